@@ -1,0 +1,109 @@
+/* Berth's configuration: one YAML file read by both daemons. This module parses the shared
+ * sections (redis, log, tenants, templates) into typed structs and offers the typed getters the
+ * daemons use for their own sections, so that every error reads "file:line:col: key: message".
+ * A loaded struct cm_config is read-only and may be shared by all threads. */
+#ifndef CM_CONFIG_H
+#define CM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "time.h"
+#include "yaml.h"
+
+struct cm_conf_ctx {
+    const char *file;
+    char *err;
+    size_t errlen;
+};
+
+/* Getters: read <key> of <map> (a CM_YNODE_MAP; NULL is an empty map). A missing key gives
+ * <def>. Return 0, or -EINVAL with the error written to ctx->err. <path> is the dotted path of
+ * <map> used in messages ("gateway.limits"). */
+int cm_conf_keys(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                 const char *const *allowed);
+int cm_conf_str(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                const char *key, const char *def, char **ret);
+int cm_conf_u64(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                const char *key, uint64_t def, uint64_t min, uint64_t max, uint64_t *ret);
+int cm_conf_bool(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                 const char *key, int def, int *ret);
+/* Durations: "250ms", "10s", "5m", "2h", "1d"; a bare number is seconds. In microseconds. */
+int cm_conf_duration(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                     const char *key, cm_usec_t def, cm_usec_t min, cm_usec_t max,
+                     cm_usec_t *ret);
+/* Sizes: "512", "64KiB", "16MiB", "1GiB" (also KB/MB/GB, powers of 1000). */
+int cm_conf_size(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                 const char *key, uint64_t def, uint64_t min, uint64_t max, uint64_t *ret);
+/* A sequence of scalars, or a single scalar taken as a list of one. NULL-terminated array;
+ * free with cm_strv_free(). Missing key: a copy of <def> (NULL-terminated, may be NULL). */
+int cm_conf_strv(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                 const char *key, const char *const *def, char ***ret);
+int cm_conf_fail(struct cm_conf_ctx *ctx, const struct cm_ynode *at, const char *path,
+                 const char *key, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void cm_strv_free(char **v);
+size_t cm_strv_len(char *const *v);
+
+/* Parsing helpers shared with the API code: return 0 or -EINVAL. */
+int cm_parse_duration(const char *s, cm_usec_t *ret);
+int cm_parse_size(const char *s, uint64_t *ret);
+
+enum cm_lost_policy {
+    CM_LOST_REPLACE, /* next request binds a fresh instance (same durable storage) */
+    CM_LOST_FAIL,    /* the session keeps answering 502 instance_lost until deleted */
+};
+
+struct cm_template {
+    char *name;
+    char *driver;       /* "process" (more to come) */
+    char **app_command; /* argv of the app, NULL-terminated */
+    char **app_env;     /* "K=V" strings, NULL-terminated */
+    uint32_t app_port;  /* TCP port the app listens on inside the sandbox */
+    uint32_t cpu_millis;  /* CPU quota in thousandths of a core; 0 = no limit */
+    uint64_t memory;      /* bytes; 0 = no limit */
+    uint64_t pids;        /* max tasks; 0 = no limit */
+    uint64_t workspace_size; /* tmpfs size in bytes */
+    uint32_t pool_min, pool_max;
+    cm_usec_t ready_timeout;
+    cm_usec_t ttl, max_ttl;
+    cm_usec_t idle_timeout, max_idle_timeout;
+    enum cm_lost_policy on_lost;
+    int data;           /* mount the session's durable directory at /data */
+};
+
+struct cm_tenant {
+    char *name;
+    char **api_key_sha256; /* lower-case hex SHA-256 of each accepted API key */
+};
+
+struct cm_redis_config {
+    char *address; /* "host:port" or "unix:/path" */
+    char *password;
+    char *prefix;
+    uint32_t db;
+    cm_usec_t connect_timeout;
+    cm_usec_t command_timeout;
+};
+
+struct cm_config {
+    char *file;
+    struct cm_ynode *root; /* kept for the daemon sections */
+    char *log_level;
+    struct cm_redis_config redis;
+    struct cm_tenant *tenants;
+    size_t n_tenants;
+    struct cm_template *templates;
+    size_t n_templates;
+};
+
+/* Loads <path>. Returns a new config (free with cm_config_free()) or NULL with the message in
+ * <err>. Unknown top-level keys other than "gateway" and "scheduler" are errors. */
+struct cm_config *cm_config_load(const char *path, char *err, size_t errlen);
+void cm_config_free(struct cm_config *cfg);
+const struct cm_template *cm_config_template(const struct cm_config *cfg, const char *name);
+const struct cm_tenant *cm_config_tenant(const struct cm_config *cfg, const char *name);
+/* Finds the tenant owning API key <key> (compared by SHA-256, in constant time per key).
+ * Returns NULL when none does. */
+const struct cm_tenant *cm_config_tenant_by_key(const struct cm_config *cfg, const char *key);
+
+#endif

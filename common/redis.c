@@ -1,0 +1,495 @@
+#include "redis.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compat.h"
+#include "time.h"
+
+const char cm_redis_err_timeout[] = "redis command timed out";
+const char cm_redis_err_disconnected[] = "redis connection lost";
+const char cm_redis_err_not_connected[] = "redis not connected";
+
+#define BACKOFF_MIN (100 * CM_USEC_PER_MSEC)
+#define BACKOFF_MAX (5 * CM_USEC_PER_SEC)
+#define WATCHDOG_PERIOD (50 * CM_USEC_PER_MSEC)
+#define MAX_ARGS 32
+
+struct pending {
+    struct pending *next;
+    struct cm_redis *r;
+    cm_redis_reply_cb cb;
+    void *data;
+    cm_usec_t sent;
+    int script; /* -1, or the script to resend with EVAL on NOSCRIPT */
+    int argc;
+    char **argv; /* kept only for scripts (to resend) */
+    size_t *lens;
+};
+
+struct sub {
+    struct sub *next;
+    char *channel;
+    cm_redis_message_cb cb;
+    void *data;
+};
+
+struct cm_redis {
+    struct event_base *base;
+    const struct cm_redis_config *cfg;
+    redisAsyncContext *ac;
+    enum cm_redis_state state;
+    cm_redis_state_cb state_cb;
+    void *state_data;
+    struct event *retry_ev, *watchdog_ev;
+    cm_usec_t backoff;
+    cm_usec_t connect_started;
+    struct pending *head, *tail; /* commands in flight, oldest first */
+    struct sub *subs;
+    int handshake_left;
+};
+
+static void start_connect(struct cm_redis *r);
+
+static void set_state(struct cm_redis *r, enum cm_redis_state st)
+{
+    int was = r->state == CM_REDIS_CONNECTED;
+    r->state = st;
+    int is = st == CM_REDIS_CONNECTED;
+    if (was != is && r->state_cb)
+        r->state_cb(r, is, r->state_data);
+}
+
+static void pending_free(struct pending *p)
+{
+    if (p->argv) {
+        for (int i = 0; i < p->argc; i++)
+            free(p->argv[i]);
+        free(p->argv);
+    }
+    free(p->lens);
+    free(p);
+}
+
+static void unlink_pending(struct cm_redis *r, struct pending *p)
+{
+    /* Replies come in order, so <p> is nearly always the head. */
+    struct pending **pp = &r->head;
+    struct pending *prev = NULL;
+    while (*pp && *pp != p) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = p->next;
+    if (r->tail == p)
+        r->tail = prev;
+}
+
+static void schedule_retry(struct cm_redis *r)
+{
+    struct timeval tv;
+    cm_usec_to_tv(r->backoff, &tv);
+    r->backoff = CM_MIN(r->backoff * 2, BACKOFF_MAX);
+    evtimer_add(r->retry_ev, &tv);
+}
+
+static int send_pending(struct cm_redis *r, struct pending *p, int argc, const char **argv,
+                        const size_t *lens);
+
+static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
+{
+    struct pending *p = privdata;
+    struct cm_redis *r = p->r;
+    redisReply *reply = rep;
+    unlink_pending(r, p);
+    if (reply && reply->type == REDIS_REPLY_ERROR && p->script >= 0 &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && r->state == CM_REDIS_CONNECTED) {
+        /* Resend the same arguments with EVAL and the source. */
+        const char *argv[MAX_ARGS + 3];
+        size_t lens[MAX_ARGS + 3];
+        const char *src = cm_store_script_source((enum cm_script)p->script);
+        argv[0] = "EVAL";
+        lens[0] = 4;
+        argv[1] = src;
+        lens[1] = strlen(src);
+        argv[2] = "0";
+        lens[2] = 1;
+        for (int i = 0; i < p->argc; i++) {
+            argv[3 + i] = p->argv[i];
+            lens[3 + i] = p->lens[i];
+        }
+        p->script = -1; /* once */
+        if (send_pending(r, p, p->argc + 3, argv, lens) == 0)
+            return;
+        if (p->cb)
+            p->cb(NULL, cm_redis_err_disconnected, p->data);
+        pending_free(p);
+        return;
+    }
+    if (p->cb) {
+        if (!reply)
+            p->cb(NULL, ac->err ? cm_redis_err_disconnected : cm_redis_err_disconnected, p->data);
+        else if (reply->type == REDIS_REPLY_ERROR)
+            p->cb(NULL, reply->str, p->data);
+        else
+            p->cb(reply, NULL, p->data);
+    }
+    pending_free(p);
+}
+
+static int send_pending(struct cm_redis *r, struct pending *p, int argc, const char **argv,
+                        const size_t *lens)
+{
+    p->sent = cm_now_mono();
+    p->next = NULL;
+    if (redisAsyncCommandArgv(r->ac, on_reply, p, argc, argv, lens) != REDIS_OK)
+        return -ENOTCONN;
+    if (r->tail)
+        r->tail->next = p;
+    else
+        r->head = p;
+    r->tail = p;
+    return 0;
+}
+
+static void on_subscribe_reply(redisAsyncContext *ac, void *rep, void *privdata);
+
+static void on_handshake(struct redisReply *reply, const char *err, void *data)
+{
+    struct cm_redis *r = data;
+    if (err) {
+        /* Wrong password or db: keep retrying with backoff, the operator sees the state. */
+        if (r->ac)
+            redisAsyncDisconnect(r->ac);
+        return;
+    }
+    if (--r->handshake_left == 0) {
+        r->backoff = BACKOFF_MIN;
+        set_state(r, CM_REDIS_CONNECTED);
+        for (struct sub *s = r->subs; s; s = s->next)
+            redisAsyncCommand(r->ac, on_subscribe_reply, NULL, "SUBSCRIBE %s", s->channel);
+    }
+}
+
+static void on_message(redisAsyncContext *ac, void *rep, void *privdata)
+{
+    struct cm_redis *r = ac->data;
+    redisReply *reply = rep;
+    (void)privdata;
+    if (!r || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
+        return;
+    if (reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *ch = reply->element[1]->str;
+    for (struct sub *s = r->subs; s; s = s->next)
+        if (strcmp(s->channel, ch) == 0)
+            s->cb(ch, reply->element[2]->str, reply->element[2]->len, s->data);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    if (!r)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback. */
+        r->ac = NULL;
+        set_state(r, CM_REDIS_DISCONNECTED);
+        schedule_retry(r);
+        return;
+    }
+    r->handshake_left = 1;
+    if (r->cfg->password && *r->cfg->password)
+        r->handshake_left++;
+    if (r->cfg->db)
+        r->handshake_left++;
+    /* Pretend connected for the handshake commands only. */
+    r->state = CM_REDIS_CONNECTING;
+    if (r->cfg->password && *r->cfg->password) {
+        const char *argv[] = {"AUTH", r->cfg->password};
+        size_t lens[] = {4, strlen(r->cfg->password)};
+        struct pending *p = calloc(1, sizeof(*p));
+        if (p) {
+            p->r = r, p->cb = on_handshake, p->data = r, p->script = -1;
+            if (send_pending(r, p, 2, argv, lens) < 0)
+                pending_free(p);
+        }
+    }
+    if (r->cfg->db) {
+        char db[16];
+        snprintf(db, sizeof(db), "%u", r->cfg->db);
+        const char *argv[] = {"SELECT", db};
+        size_t lens[] = {6, strlen(db)};
+        struct pending *p = calloc(1, sizeof(*p));
+        if (p) {
+            p->r = r, p->cb = on_handshake, p->data = r, p->script = -1;
+            if (send_pending(r, p, 2, argv, lens) < 0)
+                pending_free(p);
+        }
+    }
+    const char *argv[] = {"PING"};
+    size_t lens[] = {4};
+    struct pending *p = calloc(1, sizeof(*p));
+    if (p) {
+        p->r = r, p->cb = on_handshake, p->data = r, p->script = -1;
+        if (send_pending(r, p, 1, argv, lens) < 0)
+            pending_free(p);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    (void)status;
+    if (!r)
+        return;
+    /* hiredis has already failed every callback with a NULL reply; the list is empty. */
+    r->ac = NULL;
+    r->head = r->tail = NULL;
+    if (r->state == CM_REDIS_CLOSED)
+        return;
+    set_state(r, CM_REDIS_DISCONNECTED);
+    schedule_retry(r);
+}
+
+static void start_connect(struct cm_redis *r)
+{
+    const char *addr = r->cfg->address;
+    redisAsyncContext *ac;
+    if (strncmp(addr, "unix:", 5) == 0) {
+        ac = redisAsyncConnectUnix(addr + 5);
+    } else {
+        char host[256];
+        const char *colon = strrchr(addr, ':');
+        int port = colon ? atoi(colon + 1) : 6379;
+        size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+        if (hl >= sizeof(host))
+            hl = sizeof(host) - 1;
+        memcpy(host, addr, hl);
+        host[hl] = '\0';
+        ac = redisAsyncConnect(host, port);
+    }
+    if (!ac || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        set_state(r, CM_REDIS_DISCONNECTED);
+        schedule_retry(r);
+        return;
+    }
+    ac->data = r;
+    r->ac = ac;
+    r->connect_started = cm_now_mono();
+    set_state(r, CM_REDIS_CONNECTING);
+    redisLibeventAttach(ac, r->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Push messages arrive through the reply callback of the SUBSCRIBE; route them here. */
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    start_connect(arg);
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_redis *r = arg;
+    (void)fd, (void)what;
+    cm_usec_t now = cm_now_mono();
+    int stuck = 0;
+    if (r->ac && r->state == CM_REDIS_CONNECTING && r->handshake_left == 0 &&
+        now - r->connect_started > r->cfg->connect_timeout)
+        stuck = 1;
+    if (r->ac && r->head && now - r->head->sent > r->cfg->command_timeout)
+        stuck = 1;
+    if (stuck) {
+        /* Fail everything in flight with a timeout, then drop the connection. */
+        struct pending *p = r->head;
+        r->head = r->tail = NULL;
+        while (p) {
+            struct pending *next = p->next;
+            if (p->cb && p->cb != on_handshake)
+                p->cb(NULL, cm_redis_err_timeout, p->data);
+            p->cb = NULL; /* hiredis still calls on_reply with NULL: make it a no-op */
+            p->next = NULL;
+            p = next;
+        }
+        if (r->ac)
+            redisAsyncDisconnect(r->ac);
+    }
+}
+
+struct cm_redis *cm_redis_create(struct event_base *base, const struct cm_redis_config *cfg,
+                                 cm_redis_state_cb state_cb, void *data)
+{
+    struct cm_redis *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->base = base;
+    r->cfg = cfg;
+    r->state_cb = state_cb;
+    r->state_data = data;
+    r->backoff = BACKOFF_MIN;
+    r->retry_ev = evtimer_new(base, on_retry, r);
+    r->watchdog_ev = event_new(base, -1, EV_PERSIST, on_watchdog, r);
+    if (!r->retry_ev || !r->watchdog_ev) {
+        cm_redis_destroy(r);
+        return NULL;
+    }
+    struct timeval tv;
+    cm_usec_to_tv(WATCHDOG_PERIOD, &tv);
+    event_add(r->watchdog_ev, &tv);
+    start_connect(r);
+    return r;
+}
+
+void cm_redis_destroy(struct cm_redis *r)
+{
+    if (!r)
+        return;
+    r->state = CM_REDIS_CLOSED;
+    r->state_cb = NULL;
+    if (r->ac) {
+        redisAsyncContext *ac = r->ac;
+        r->ac = NULL;
+        /* Callbacks get NULL replies: they must not touch <r>, which stays valid here. */
+        redisAsyncFree(ac);
+    }
+    if (r->retry_ev)
+        event_free(r->retry_ev);
+    if (r->watchdog_ev)
+        event_free(r->watchdog_ev);
+    struct sub *s = r->subs;
+    while (s) {
+        struct sub *next = s->next;
+        free(s->channel);
+        free(s);
+        s = next;
+    }
+    free(r);
+}
+
+enum cm_redis_state cm_redis_state(const struct cm_redis *r)
+{
+    return r->state;
+}
+
+const char *cm_redis_prefix(const struct cm_redis *r)
+{
+    return r->cfg->prefix;
+}
+
+int cm_redis_argv(struct cm_redis *r, cm_redis_reply_cb cb, void *data, int argc,
+                  const char **argv, const size_t *lens)
+{
+    if (r->state != CM_REDIS_CONNECTED || !r->ac)
+        return -ENOTCONN;
+    struct pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->r = r, p->cb = cb, p->data = data, p->script = -1;
+    int rc = send_pending(r, p, argc, argv, lens);
+    if (rc < 0)
+        pending_free(p);
+    return rc;
+}
+
+int cm_redis_cmd(struct cm_redis *r, cm_redis_reply_cb cb, void *data, const char *fmt, ...)
+{
+    if (r->state != CM_REDIS_CONNECTED || !r->ac)
+        return -ENOTCONN;
+    struct pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->r = r, p->cb = cb, p->data = data, p->script = -1;
+    p->sent = cm_now_mono();
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(r->ac, on_reply, p, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) {
+        pending_free(p);
+        return -ENOTCONN;
+    }
+    if (r->tail)
+        r->tail->next = p;
+    else
+        r->head = p;
+    r->tail = p;
+    return 0;
+}
+
+int cm_redis_script(struct cm_redis *r, enum cm_script s, cm_redis_reply_cb cb, void *data,
+                    int argc, const char **argv, const size_t *lens)
+{
+    if (r->state != CM_REDIS_CONNECTED || !r->ac)
+        return -ENOTCONN;
+    if (argc > MAX_ARGS)
+        return -E2BIG;
+    struct pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->r = r, p->cb = cb, p->data = data, p->script = (int)s, p->argc = argc;
+    p->argv = calloc((size_t)argc + 1, sizeof(char *));
+    p->lens = calloc((size_t)argc + 1, sizeof(size_t));
+    if (!p->argv || !p->lens)
+        goto oom;
+    for (int i = 0; i < argc; i++) {
+        p->argv[i] = malloc(lens[i] + 1);
+        if (!p->argv[i])
+            goto oom;
+        memcpy(p->argv[i], argv[i], lens[i]);
+        p->argv[i][lens[i]] = '\0';
+        p->lens[i] = lens[i];
+    }
+    const char *full[MAX_ARGS + 3];
+    size_t flens[MAX_ARGS + 3];
+    full[0] = "EVALSHA", flens[0] = 7;
+    full[1] = cm_store_script_sha(s), flens[1] = 40;
+    full[2] = "0", flens[2] = 1;
+    for (int i = 0; i < argc; i++)
+        full[3 + i] = argv[i], flens[3 + i] = lens[i];
+    int rc = send_pending(r, p, argc + 3, full, flens);
+    if (rc < 0)
+        pending_free(p);
+    return rc;
+oom:
+    pending_free(p);
+    return -ENOMEM;
+}
+
+static void on_subscribe_reply(redisAsyncContext *ac, void *rep, void *privdata)
+{
+    on_message(ac, rep, privdata);
+}
+
+int cm_redis_subscribe(struct cm_redis *r, const char *channel, cm_redis_message_cb cb,
+                       void *data)
+{
+    struct sub *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->channel = strdup(channel);
+    if (!s->channel) {
+        free(s);
+        return -ENOMEM;
+    }
+    s->cb = cb;
+    s->data = data;
+    s->next = r->subs;
+    r->subs = s;
+    if (r->state == CM_REDIS_CONNECTED && r->ac)
+        redisAsyncCommand(r->ac, on_subscribe_reply, NULL, "SUBSCRIBE %s", channel);
+    return 0;
+}

@@ -1,0 +1,211 @@
+#include "store.h"
+
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Shared Lua: the deadline rule and the binding of an instance to a session. */
+#define LUA_PRELUDE                                                                                \
+    "local P = ARGV[1]\n"                                                                          \
+    "local function deadline(created, ttl, last, idle)\n"                                          \
+    "  local a = created + ttl\n"                                                                  \
+    "  local b = last + idle\n"                                                                    \
+    "  if a < b then return a end\n"                                                               \
+    "  return b\n"                                                                                 \
+    "end\n"                                                                                        \
+    "local function event(kind, ...)\n"                                                            \
+    "  redis.call('XADD', P..'events', 'MAXLEN', '~', 100000, '*', 'type', kind, 'ts', now, ...)\n" \
+    "end\n"                                                                                        \
+    "local function bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, meta)\n"          \
+    "  local sk = P..'s:'..h\n"                                                                    \
+    "  local old = redis.call('HMGET', sk, 'gen', 'created', 'ttl', 'idle_timeout')\n"             \
+    "  local gen = tonumber(old[1] or '0') + 1\n"                                                  \
+    "  local created = tonumber(old[2] or now)\n"                                                  \
+    "  if old[3] then ttl = tonumber(old[3]) end\n"                                                \
+    "  if old[4] then idle = tonumber(old[4]) end\n"                                               \
+    "  redis.call('HSET', sk, 'tenant', tenant, 'source', source, 'key', key, 'template', tpl,\n" \
+    "    'instance', id, 'addr', addr, 'host', host, 'state', 'bound', 'gen', gen,\n"             \
+    "    'created', created, 'ttl', ttl, 'idle_timeout', idle, 'last_active', now)\n"             \
+    "  if meta ~= nil and meta ~= '' then redis.call('HSET', sk, 'meta', meta) end\n"             \
+    "  redis.call('HSET', P..'i:'..id, 'state', 'bound', 'session', h, 'bound', now)\n"            \
+    "  redis.call('ZADD', P..'expiry', deadline(created, ttl, now, idle), h)\n"                    \
+    "  redis.call('ZADD', P..'sessions:'..tenant, created, h)\n"                                   \
+    "  if gen == 1 then event('created', 'session', h, 'tenant', tenant, 'template', tpl) end\n"  \
+    "  event('bound', 'session', h, 'tenant', tenant, 'instance', id, 'host', host,\n"            \
+    "    'gen', tostring(gen))\n"                                                                  \
+    "  redis.call('PUBLISH', P..'cmd:'..host, 'bind '..id..' '..h)\n"                              \
+    "  if gen > 1 then redis.call('PUBLISH', P..'inval', h) end\n"                                 \
+    "  return gen\n"                                                                               \
+    "end\n"
+
+static const char claim_src[] =
+    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE
+    "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
+    "local ttl, idle, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
+    "local s = redis.call('HMGET', P..'s:'..h, 'state', 'instance', 'addr', 'gen', 'template',\n"
+    "  'tenant')\n"
+    "if s[6] and s[6] ~= tenant then return {'absent', '', '', '0', ''} end\n"
+    "if s[1] == 'bound' then return {'bound', s[2], s[3], s[4], ''} end\n"
+    "if s[1] == 'lost' and ARGV[11] == 'fail' then return {'lost', s[2] or '', '', s[4], ''} end\n"
+    "if not s[1] and ARGV[12] == 'lookup' then return {'absent', '', '', '0', ''} end\n"
+    "if s[5] then tpl = s[5] end\n"
+    "local hosts = redis.call('ZRANGEBYSCORE', P..'hosts', now - stale, '+inf')\n"
+    "local cand = {}\n"
+    "for _, hid in ipairs(hosts) do\n"
+    "  local n = redis.call('LLEN', P..'pool:'..hid..':'..tpl)\n"
+    "  if n > 0 then cand[#cand + 1] = {hid, n} end\n"
+    "end\n"
+    "table.sort(cand, function(a, b) return a[2] > b[2] end)\n"
+    "for _, c in ipairs(cand) do\n"
+    "  local pk = P..'pool:'..c[1]..':'..tpl\n"
+    "  for _ = 1, c[2] do\n"
+    "    local id = redis.call('LPOP', pk)\n"
+    "    if not id then break end\n"
+    "    local inst = redis.call('HMGET', P..'i:'..id, 'state', 'addr', 'host')\n"
+    "    if inst[1] == 'warm' then\n"
+    "      local gen = bind(h, tenant, source, key, tpl, ttl, idle, id, inst[2], inst[3],\n"
+    "        ARGV[13])\n"
+    "      return {'new', id, inst[2], tostring(gen), inst[3]}\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local best, bestfree = '', -1\n"
+    "for _, hid in ipairs(hosts) do\n"
+    "  local hv = redis.call('HMGET', P..'host:'..hid, 'free', 'api')\n"
+    "  local f = tonumber(hv[1] or '0')\n"
+    "  if hv[2] and f > bestfree then best, bestfree = hv[2], f end\n"
+    "end\n"
+    "return {'empty', '', '', s[4] or '0', best}\n";
+
+static const char bind_src[] =
+    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE
+    "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
+    "local ttl, idle = tonumber(ARGV[8]), tonumber(ARGV[9])\n"
+    "local id, addr, host = ARGV[10], ARGV[11], ARGV[12]\n"
+    "local s = redis.call('HMGET', P..'s:'..h, 'state', 'instance', 'addr', 'gen', 'tenant')\n"
+    "if s[1] == 'bound' or (s[5] and s[5] ~= tenant) then\n"
+    "  redis.call('HSET', P..'i:'..id, 'state', 'warm')\n"
+    "  redis.call('RPUSH', P..'pool:'..host..':'..tpl, id)\n"
+    "  if s[1] ~= 'bound' then return {'absent', '', '', '0'} end\n"
+    "  return {'bound', s[2], s[3], s[4]}\n"
+    "end\n"
+    "local gen = bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, ARGV[13])\n"
+    "return {'new', id, addr, tostring(gen)}\n";
+
+static const char touch_src[] =
+    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE
+    "local sk = P..'s:'..ARGV[2]\n"
+    "local s = redis.call('HMGET', sk, 'state', 'created', 'ttl', 'idle_timeout')\n"
+    "if s[1] ~= 'bound' then return 0 end\n"
+    "redis.call('HSET', sk, 'last_active', now)\n"
+    "local d = deadline(tonumber(s[2]), tonumber(s[3]), now, tonumber(s[4]))\n"
+    "redis.call('ZADD', P..'expiry', d, ARGV[2])\n"
+    "return d\n";
+
+static const char update_src[] =
+    "local now = tonumber(ARGV[6])\n" LUA_PRELUDE
+    "local sk = P..'s:'..ARGV[2]\n"
+    "local s = redis.call('HMGET', sk, 'tenant', 'created', 'ttl', 'idle_timeout',\n"
+    "  'last_active')\n"
+    "if not s[1] or s[1] ~= ARGV[3] then return {'absent'} end\n"
+    "local ttl, idle = tonumber(s[3]), tonumber(s[4])\n"
+    "if ARGV[4] ~= '' then ttl = tonumber(ARGV[4]) end\n"
+    "if ARGV[5] ~= '' then idle = tonumber(ARGV[5]) end\n"
+    "redis.call('HSET', sk, 'ttl', ttl, 'idle_timeout', idle)\n"
+    "local d = deadline(tonumber(s[2]), ttl, tonumber(s[5]), idle)\n"
+    "redis.call('ZADD', P..'expiry', d, ARGV[2])\n"
+    "event('updated', 'session', ARGV[2], 'ttl', tostring(ttl), 'idle_timeout', tostring(idle))\n"
+    "return {'ok', tostring(d)}\n";
+
+static const char release_src[] =
+    "local now = tonumber(ARGV[5])\n" LUA_PRELUDE
+    "local h, reason = ARGV[2], ARGV[4]\n"
+    "local sk = P..'s:'..h\n"
+    "local s = redis.call('HMGET', sk, 'tenant', 'instance', 'host', 'created', 'ttl',\n"
+    "  'idle_timeout', 'last_active', 'state')\n"
+    "if not s[1] or (ARGV[3] ~= '' and s[1] ~= ARGV[3]) then\n"
+    "  if reason == 'expired' then redis.call('ZREM', P..'expiry', h) end\n"
+    "  return {'absent'}\n"
+    "end\n"
+    "if reason == 'expired' then\n"
+    "  local d = deadline(tonumber(s[4]), tonumber(s[5]), tonumber(s[7]), tonumber(s[6]))\n"
+    "  if d > now then redis.call('ZADD', P..'expiry', d, h) return {'alive', tostring(d)} end\n"
+    "  event('expiring', 'session', h, 'tenant', s[1], 'instance', s[2] or '')\n"
+    "end\n"
+    "redis.call('DEL', sk)\n"
+    "redis.call('ZREM', P..'expiry', h)\n"
+    "redis.call('ZREM', P..'sessions:'..s[1], h)\n"
+    "for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do redis.call('DEL', P..'a:'..a) end\n"
+    "redis.call('DEL', sk..':aliases')\n"
+    "local inst, host = s[2] or '', s[3] or ''\n"
+    "if inst ~= '' and s[8] == 'bound' then\n"
+    "  local ik = P..'i:'..inst\n"
+    "  if redis.call('HGET', ik, 'session') == h then\n"
+    "    redis.call('HSET', ik, 'state', 'releasing')\n"
+    "    redis.call('PUBLISH', P..'cmd:'..host, 'destroy '..inst)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PUBLISH', P..'inval', h)\n"
+    "event(reason, 'session', h, 'tenant', s[1], 'instance', inst)\n"
+    "return {'released', inst, host}\n";
+
+static const char lost_src[] =
+    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE
+    "local id = ARGV[2]\n"
+    "local ik = P..'i:'..id\n"
+    "local i = redis.call('HMGET', ik, 'host', 'template', 'session', 'state')\n"
+    "redis.call('DEL', ik)\n"
+    "if not i[1] then return '' end\n"
+    "redis.call('LREM', P..'pool:'..i[1]..':'..(i[2] or ''), 0, id)\n"
+    "local h = i[3] or ''\n"
+    "if h ~= '' then\n"
+    "  local sk = P..'s:'..h\n"
+    "  if redis.call('HGET', sk, 'instance') == id then\n"
+    "    redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"
+    "    redis.call('PUBLISH', P..'inval', h)\n"
+    "    event('lost', 'session', h, 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
+    "    return h\n"
+    "  end\n"
+    "end\n"
+    "event('lost', 'session', '', 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
+    "return ''\n";
+
+static const char *const sources[CM_SCRIPT_COUNT] = {
+    [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
+    [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
+    [CM_SCRIPT_RELEASE] = release_src, [CM_SCRIPT_LOST] = lost_src,
+};
+static const char *const names[CM_SCRIPT_COUNT] = {
+    [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
+    [CM_SCRIPT_TOUCH] = "touch",     [CM_SCRIPT_UPDATE] = "update",
+    [CM_SCRIPT_RELEASE] = "release", [CM_SCRIPT_LOST] = "lost",
+};
+static char shas[CM_SCRIPT_COUNT][41];
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void compute_shas(void)
+{
+    for (int i = 0; i < CM_SCRIPT_COUNT; i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)sources[i], strlen(sources[i]), md);
+        for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
+            snprintf(shas[i] + 2 * j, 3, "%02x", md[j]);
+    }
+}
+
+const char *cm_store_script_source(enum cm_script s)
+{
+    return sources[s];
+}
+
+const char *cm_store_script_sha(enum cm_script s)
+{
+    pthread_once(&sha_once, compute_shas);
+    return shas[s];
+}
+
+const char *cm_store_script_name(enum cm_script s)
+{
+    return names[s];
+}

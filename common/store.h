@@ -1,0 +1,62 @@
+/* Berth's Redis data model: key names and the Lua scripts that change bindings atomically. This
+ * is the contract between gateways and schedulers; DESIGN.md section 3 and common/README.md
+ * describe it. Every script takes the key prefix as ARGV[1] and builds its key names from it
+ * (Berth targets one Redis primary with Sentinel, not Redis Cluster).
+ *
+ * Keys (P = prefix, h = 32-hex session hash, id = instance id):
+ *   P s:{h}            hash  tenant source key template instance addr host state(bound|lost)
+ *                            gen created ttl idle_timeout last_active meta   (times in ms)
+ *   P i:{id}           hash  host addr template state(starting|warm|bound|releasing) session
+ *                            started bound pid
+ *   P pool:{host}:{t}  list  warm instance ids
+ *   P hosts            zset  host -> last heartbeat (ms); P host:{host} hash: api free capacity
+ *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
+ *   P sessions:{tenant} zset h -> created ms (listing)
+ *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost
+ *   P inval            channel: h whose binding changed (gateways drop cached entries)
+ *   P cmd:{host}       channel: "bind {id} {h}" | "destroy {id}" for the host's scheduler
+ */
+#ifndef CM_STORE_H
+#define CM_STORE_H
+
+enum cm_script {
+    /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
+     *              on_lost(replace|fail) mode(claim|lookup) meta
+     * Returns {status, instance, addr, gen, extra}; status:
+     *   "bound"  existing binding (extra = "")
+     *   "new"    a warm instance was popped and bound now (extra = host)
+     *   "empty"  no warm instance; extra = api address of the live host with most free room
+     *            ("" when no host is alive)
+     *   "lost"   the session's instance died and the template's policy is fail
+     *   "absent" mode lookup and no such session */
+    CM_SCRIPT_CLAIM,
+    /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta
+     * Binds the given (just started, warm) instance unless h is bound already.
+     * Returns {"new", id, addr, gen} or {"bound", instance, addr, gen} (then the caller keeps
+     * its instance: the script has put it back into its pool as warm). */
+    CM_SCRIPT_BIND,
+    /* TOUCH  ARGV: P h now_ms
+     * Records activity; returns the new deadline (ms), or 0 if the session is not bound. */
+    CM_SCRIPT_TOUCH,
+    /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
+     * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */
+    CM_SCRIPT_UPDATE,
+    /* RELEASE ARGV: P h tenant|"" reason(deleted|expired) now_ms
+     * Deletes the session and asks its host to destroy the instance. With reason expired it
+     * first re-checks the deadline and returns {"alive", deadline} if it moved.
+     * Returns {"released", instance, host} or {"absent"} (also for another tenant's). */
+    CM_SCRIPT_RELEASE,
+    /* LOST  ARGV: P id now_ms reason
+     * The instance is gone: drop it from its pool, mark its session lost (the session stays
+     * for its TTL, so the next request follows on_lost). Returns the session h or "". */
+    CM_SCRIPT_LOST,
+    CM_SCRIPT_COUNT
+};
+
+/* The script's Lua source; static storage. */
+const char *cm_store_script_source(enum cm_script s);
+/* The script's SHA-1 as 40 hex digits (computed once, thread-safe); static storage. */
+const char *cm_store_script_sha(enum cm_script s);
+const char *cm_store_script_name(enum cm_script s);
+
+#endif
