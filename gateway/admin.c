@@ -1,0 +1,435 @@
+#include "gateway/admin.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/compat.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "gateway/api.h"
+#include "gateway/claim.h"
+#include "gateway/config.h"
+#include "gateway/metrics.h"
+#include "gateway/prom.h"
+
+struct scrape;
+
+struct gw_admin {
+    const struct gw_config *gc;
+    struct gw_admin_limits lim;
+    struct gw_metrics **shards; /* the workers' shards, then our own (claims made by the API) */
+    int n_shards;
+    struct gw_metrics own;
+    struct event_base *base;
+    struct evhttp *http;
+    struct cm_redis *redis;
+    struct gw_claimer *claimer;
+    struct gw_api *api;
+    struct event *stop_ev;
+    int stop_pipe[2];
+    pthread_t thread;
+    int thread_started;
+    int ready; /* set by any thread (atomic) */
+    struct scrape *scrapes;
+};
+
+/* One /metrics scrape waiting for its ZCARDs (bounded by lim.scrape_timeout). */
+struct scrape {
+    struct scrape *prev, *next;
+    struct gw_admin *a;
+    struct evhttp_request *req; /* NULL once answered */
+    struct event *timer;
+    int waiting, failed;
+    uint64_t *counts; /* per configured tenant */
+};
+
+int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
+                         size_t errlen)
+{
+    static const char *const keys[] = {"max_body",  "max_header_bytes", "timeout",
+                                       "scrape_timeout", "max_hosts", "max_metadata",
+                                       "list_default", "list_max", NULL};
+    struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
+    const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
+    const char *p = "gateway.admin";
+    const cm_usec_t S = CM_USEC_PER_SEC;
+    struct gw_admin_limits l;
+    uint64_t hosts, list_default, list_max;
+    if (cm_conf_keys(&ctx, m, p, keys) ||
+        cm_conf_size(&ctx, m, p, "max_body", 1u << 20, 1024, 64u << 20, &l.max_body) ||
+        cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20,
+                     &l.max_header_bytes) ||
+        cm_conf_duration(&ctx, m, p, "timeout", 60 * S, S, 3600 * S, &l.timeout) ||
+        cm_conf_duration(&ctx, m, p, "scrape_timeout", 250 * CM_USEC_PER_MSEC,
+                         10 * CM_USEC_PER_MSEC, 10 * S, &l.scrape_timeout) ||
+        cm_conf_u64(&ctx, m, p, "max_hosts", 1000, 1, 100000, &hosts) ||
+        cm_conf_size(&ctx, m, p, "max_metadata", 16384, 0, 1u << 20, &l.api.max_metadata) ||
+        cm_conf_u64(&ctx, m, p, "list_max", 1000, 1, 10000, &list_max) ||
+        cm_conf_u64(&ctx, m, p, "list_default", CM_MIN(100, list_max), 1, 10000, &list_default))
+        return -EINVAL;
+    if (list_default > list_max)
+        return cm_conf_fail(&ctx, cm_ynode_get(m, "list_default"), p, "list_default",
+                            "must not exceed list_max");
+    l.max_hosts = (uint32_t)hosts;
+    l.api.list_default = (uint32_t)list_default;
+    l.api.list_max = (uint32_t)list_max;
+    *ret = l;
+    return 0;
+}
+
+static void reply_text(struct evhttp_request *req, int status, const char *body)
+{
+    gw_api_reply(req, status, NULL, body, strlen(body));
+}
+
+/* --- /metrics ----------------------------------------------------------------------------- */
+
+static void scrape_free(struct scrape *s)
+{
+    struct gw_admin *a = s->a;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        a->scrapes = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->timer)
+        event_free(s->timer);
+    free(s->counts);
+    free(s);
+}
+
+static void scrape_answer(struct scrape *s)
+{
+    struct gw_admin *a = s->a;
+    if (!s->req)
+        return;
+    struct gw_metrics sum;
+    gw_metrics_sum(a->shards, a->n_shards, &sum);
+    const struct cm_config *cfg = a->gc->common;
+    /* Sessions only from a complete, successful read: a partial family would mislead. */
+    int complete = !s->failed && s->waiting == 0;
+    struct gw_prom_tenant *tenants = NULL;
+    if (complete && cfg->n_tenants) {
+        tenants = calloc(cfg->n_tenants, sizeof(*tenants));
+        for (size_t i = 0; tenants && i < cfg->n_tenants; i++) {
+            tenants[i].name = cfg->tenants[i].name;
+            tenants[i].sessions = s->counts[i];
+        }
+    }
+    int up = cm_redis_state(a->redis) == CM_REDIS_CONNECTED && complete;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    gw_prom_write(&b, &sum, tenants, tenants ? cfg->n_tenants : 0, up);
+    free(tenants);
+    if (b.failed)
+        gw_api_reply_error(s->req, GW_ERR_INTERNAL, "out of memory", 0);
+    else
+        gw_api_reply(s->req, 200, GW_PROM_CONTENT_TYPE, b.data, b.len);
+    cm_jbuf_fini(&b);
+    s->req = NULL;
+}
+
+static void scrape_settle(struct scrape *s)
+{
+    if (!s->req && s->waiting == 0)
+        scrape_free(s);
+}
+
+struct zcard_slot {
+    struct scrape *s;
+    size_t i;
+};
+
+static void on_zcard(redisReply *r, const char *err, void *data)
+{
+    struct zcard_slot *z = data;
+    struct scrape *s = z->s;
+    size_t i = z->i;
+    free(z);
+    s->waiting--;
+    if (err || !r || r->type != REDIS_REPLY_INTEGER || r->integer < 0)
+        s->failed = 1;
+    else
+        s->counts[i] = (uint64_t)r->integer;
+    if (s->waiting == 0)
+        scrape_answer(s);
+    scrape_settle(s);
+}
+
+static void on_scrape_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct scrape *s = arg;
+    (void)fd, (void)what;
+    s->failed = 1;
+    scrape_answer(s); /* the late replies free <s> */
+    scrape_settle(s);
+}
+
+static void handle_metrics(struct gw_admin *a, struct evhttp_request *req)
+{
+    const struct cm_config *cfg = a->gc->common;
+    struct scrape *s = calloc(1, sizeof(*s));
+    if (s)
+        s->counts = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*s->counts));
+    if (!s || !s->counts) {
+        free(s);
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    s->a = a;
+    s->req = req;
+    s->next = a->scrapes;
+    if (a->scrapes)
+        a->scrapes->prev = s;
+    a->scrapes = s;
+    for (size_t i = 0; i < cfg->n_tenants && !s->failed; i++) {
+        char key[512];
+        snprintf(key, sizeof(key), "%ssessions:%s", cfg->redis.prefix, cfg->tenants[i].name);
+        const char *argv[] = {"ZCARD", key};
+        size_t lens[] = {5, strlen(key)};
+        struct zcard_slot *z = malloc(sizeof(*z));
+        if (!z) {
+            s->failed = 1;
+            break;
+        }
+        z->s = s, z->i = i;
+        if (cm_redis_argv(a->redis, on_zcard, z, 2, argv, lens) < 0) {
+            free(z);
+            s->failed = 1;
+        } else {
+            s->waiting++;
+        }
+    }
+    if (s->waiting == 0) {
+        scrape_answer(s);
+        scrape_settle(s);
+        return;
+    }
+    s->timer = evtimer_new(a->base, on_scrape_timeout, s);
+    struct timeval tv;
+    cm_usec_to_tv(a->lim.scrape_timeout, &tv);
+    if (!s->timer || evtimer_add(s->timer, &tv) < 0) {
+        /* No timer: the command timeout of the Redis client still bounds the wait. */
+        cm_log_warn("admin", "scrape timer failed: the Redis command timeout bounds this scrape");
+    }
+}
+
+/* --- routing ------------------------------------------------------------------------------ */
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct gw_admin *a = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path)
+        path = "/";
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    int get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
+    if (strcmp(path, "/healthz") == 0) {
+        if (!get)
+            gw_api_reply_405(req, "GET, HEAD");
+        else
+            reply_text(req, 200, "{\"status\":\"ok\"}");
+    } else if (strcmp(path, "/readyz") == 0) {
+        if (!get)
+            gw_api_reply_405(req, "GET, HEAD");
+        else if (!__atomic_load_n(&a->ready, __ATOMIC_ACQUIRE))
+            reply_text(req, 503, "{\"status\":\"not_ready\",\"reason\":\"data listeners not up\"}");
+        else if (cm_redis_state(a->redis) != CM_REDIS_CONNECTED)
+            reply_text(req, 503, "{\"status\":\"not_ready\",\"reason\":\"redis not connected\"}");
+        else
+            reply_text(req, 200, "{\"status\":\"ready\"}");
+    } else if (strcmp(path, "/metrics") == 0) {
+        if (!get)
+            gw_api_reply_405(req, "GET, HEAD");
+        else
+            handle_metrics(a, req);
+    } else if (strncmp(path, "/v1", 3) == 0 && (path[3] == '/' || path[3] == '\0')) {
+        gw_api_handle(a->api, req, path);
+    } else {
+        gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
+    }
+}
+
+/* --- thread ------------------------------------------------------------------------------- */
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_admin *a = arg;
+    (void)fd, (void)what;
+    event_base_loopbreak(a->base);
+}
+
+static void *run(void *arg)
+{
+    struct gw_admin *a = arg;
+    event_base_dispatch(a->base);
+    return NULL;
+}
+
+/* "host:port" or "[v6]:port" into a host string and a port. */
+static int split_listen(const char *s, char *host, size_t hostcap, uint16_t *port)
+{
+    const char *colon, *h = s;
+    size_t hl;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return -EINVAL;
+        h = s + 1;
+        hl = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -EINVAL;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= hostcap)
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long p = strtoul(colon + 1, &end, 10);
+    if (!colon[1] || *end || errno || p > 65535)
+        return -EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (uint16_t)p;
+    return 0;
+}
+
+struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *const *shards,
+                                int n_shards, char *err, size_t errlen)
+{
+    struct gw_admin *a = calloc(1, sizeof(*a));
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->gc = gc;
+    a->stop_pipe[0] = a->stop_pipe[1] = -1;
+    if (gw_admin_limits_load(gc->common, &a->lim, err, errlen) < 0)
+        goto fail;
+    /* A create may wait for an on-demand start: the connection must outlive it. */
+    if (a->lim.timeout < gc->limits.start_timeout + 5 * CM_USEC_PER_SEC)
+        a->lim.timeout = gc->limits.start_timeout + 5 * CM_USEC_PER_SEC;
+    a->shards = calloc((size_t)n_shards + 1, sizeof(*a->shards));
+    if (!a->shards) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n_shards; i++)
+        a->shards[i] = shards[i];
+    a->shards[n_shards] = &a->own;
+    a->n_shards = n_shards + 1;
+
+    char host[256];
+    uint16_t port;
+    if (split_listen(gc->admin_listen, host, sizeof(host), &port) < 0) {
+        snprintf(err, errlen, "gateway.admin_listen: '%s' is not host:port", gc->admin_listen);
+        goto fail;
+    }
+    a->base = event_base_new();
+    a->http = a->base ? evhttp_new(a->base) : NULL;
+    if (!a->http) {
+        snprintf(err, errlen, "admin: cannot create the event loop");
+        goto fail;
+    }
+    evhttp_set_max_body_size(a->http, (ev_ssize_t)a->lim.max_body);
+    evhttp_set_max_headers_size(a->http, (ev_ssize_t)a->lim.max_header_bytes);
+    struct timeval tv;
+    cm_usec_to_tv(a->lim.timeout, &tv);
+    evhttp_set_timeout_tv(a->http, &tv);
+    /* Every method reaches our handler, so that a wrong one gets a JSON 405 with Allow. */
+    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_gencb(a->http, on_request, a);
+    if (!evhttp_bind_socket_with_handle(a->http, host, port)) {
+        snprintf(err, errlen, "gateway.admin_listen %s: cannot listen: %s", gc->admin_listen,
+                 strerror(errno ? errno : EADDRINUSE));
+        goto fail;
+    }
+    a->redis = cm_redis_create(a->base, &gc->common->redis, NULL, NULL);
+    a->claimer = a->redis ? gw_claimer_create(a->base, a->redis, gc, &a->own) : NULL;
+    a->api = a->claimer ? gw_api_create(a->base, a->redis, a->claimer, gc, &a->lim) : NULL;
+    if (!a->api || pipe2(a->stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+        !(a->stop_ev = event_new(a->base, a->stop_pipe[0], EV_READ, on_stop, a)) ||
+        event_add(a->stop_ev, NULL) < 0) {
+        snprintf(err, errlen, "admin: out of resources");
+        goto fail;
+    }
+    /* Signals belong to the main thread: block them all in the admin thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&a->thread, NULL, run, a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        snprintf(err, errlen, "admin: cannot start its thread: %s", strerror(rc));
+        goto fail;
+    }
+    a->thread_started = 1;
+    cm_log_info("admin", "listening addr=%s", gc->admin_listen);
+    return a;
+fail:
+    gw_admin_stop(a);
+    return NULL;
+}
+
+void gw_admin_set_ready(struct gw_admin *a, int ready)
+{
+    if (a)
+        __atomic_store_n(&a->ready, ready ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+void gw_admin_stop(struct gw_admin *a)
+{
+    if (!a)
+        return;
+    if (a->thread_started) {
+        ssize_t n;
+        do
+            n = write(a->stop_pipe[1], "x", 1);
+        while (n < 0 && errno == EINTR);
+        pthread_join(a->thread, NULL);
+    }
+    /* The loop is stopped: tear down on this thread. Claims first (no callbacks), then Redis
+     * (its pending callbacks answer their requests), then what still waits, then HTTP. */
+    gw_claimer_destroy(a->claimer);
+    cm_redis_destroy(a->redis);
+    gw_api_destroy(a->api);
+    while (a->scrapes) {
+        struct scrape *s = a->scrapes;
+        if (s->req)
+            gw_api_reply_error(s->req, GW_ERR_OVERLOADED, "the gateway is shutting down", 0);
+        s->req = NULL;
+        scrape_free(s);
+    }
+    if (a->http)
+        evhttp_free(a->http);
+    if (a->stop_ev)
+        event_free(a->stop_ev);
+    if (a->base)
+        event_base_free(a->base);
+    if (a->stop_pipe[0] >= 0)
+        close(a->stop_pipe[0]);
+    if (a->stop_pipe[1] >= 0)
+        close(a->stop_pipe[1]);
+    free(a->shards);
+    free(a);
+}

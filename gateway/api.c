@@ -1,0 +1,961 @@
+#include "gateway/api.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/compat.h"
+#include "common/config.h"
+#include "common/json.h"
+#include "common/key.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "common/store.h"
+#include "common/time.h"
+#include "gateway/admin.h"
+#include "gateway/api_json.h"
+#include "gateway/claim.h"
+#include "gateway/config.h"
+
+#define KEY_BUF 512      /* a Redis key: prefix (<= 64) + kind + h, host or template names */
+#define MAX_FIELDS 64    /* fields of a session hash we look at */
+#define API_KEY_MAX 512  /* longest bearer token considered */
+
+enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST, OP_POOLS };
+
+struct op;
+
+/* One reply of a pipelined batch: which op, which item. */
+struct slot {
+    struct op *op;
+    size_t item;
+    int tpl;               /* pools: template index, -1 for the host hash */
+    int present;           /* list: the session exists and is the tenant's */
+    struct cm_jbuf json;   /* list: the rendered session object */
+};
+
+struct host {
+    char id[128];
+    uint64_t heartbeat;
+    char driver[32];
+    int64_t free, capacity; /* -1: unknown */
+    int64_t *warm;          /* per configured template */
+};
+
+struct op {
+    struct op *prev, *next;
+    struct gw_api *api;
+    struct evhttp_request *req; /* NULL once answered */
+    enum op_kind kind;
+    const struct cm_tenant *tenant;
+    char h[CM_HASH_HEX_LEN + 1];
+    int waiting; /* Redis replies still to come */
+    int failed;  /* one of them failed */
+    int ok_status;
+    struct gw_claim *claim;
+    struct gw_api_create create;
+    char instance[GW_INSTANCE_ID_MAX];
+    uint64_t bound_ms;
+    uint64_t cursor;
+    uint32_t limit;
+    int more;
+    struct slot *slots;
+    size_t n_slots;
+    struct host *hosts;
+    size_t n_hosts;
+};
+
+struct gw_api {
+    struct event_base *base;
+    struct cm_redis *redis;
+    struct gw_claimer *claimer;
+    const struct gw_config *gc;
+    const struct gw_admin_limits *lim;
+    struct op *ops;
+};
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "?";
+}
+
+void gw_api_reply(struct evhttp_request *req, int status, const char *ctype, const char *body,
+                  size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (status != 204) {
+        evhttp_remove_header(h, "Content-Type");
+        evhttp_add_header(h, "Content-Type", ctype ? ctype : "application/json");
+    }
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (status >= 500)
+        cm_log_warn("admin", "request failed method=%s uri=\"%.200s\" status=%d",
+                    method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
+                    status);
+    else
+        cm_log_debug("admin", "request method=%s uri=\"%.200s\" status=%d",
+                     method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
+                     status);
+    struct evbuffer *buf = len ? evbuffer_new() : NULL;
+    if (buf && evbuffer_add(buf, body, len) < 0) {
+        evbuffer_free(buf);
+        buf = NULL;
+        status = 500;
+    } else if (len && !buf) {
+        status = 500;
+    }
+    evhttp_send_reply(req, status, gw_status_reason(status), buf);
+    if (buf)
+        evbuffer_free(buf);
+}
+
+void gw_api_reply_error(struct evhttp_request *req, enum gw_err e, const char *message,
+                        unsigned retry_after)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (e == GW_ERR_NO_CAPACITY) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", retry_after);
+        evhttp_add_header(h, "Retry-After", ra);
+    }
+    if (e == GW_ERR_UNAUTHORIZED)
+        evhttp_add_header(h, "WWW-Authenticate", "Bearer");
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    gw_api_error_json(&b, e, message);
+    gw_api_reply(req, gw_err_info(e)->status, NULL, b.data ? b.data : "", b.failed ? 0 : b.len);
+    cm_jbuf_fini(&b);
+}
+
+void gw_api_reply_405(struct evhttp_request *req, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    gw_api_reply_error(req, GW_ERR_METHOD_NOT_ALLOWED, NULL, 0);
+}
+
+/* --- operations --------------------------------------------------------------------------- */
+
+static struct op *op_new(struct gw_api *api, struct evhttp_request *req, enum op_kind kind,
+                         const struct cm_tenant *t)
+{
+    struct op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return NULL;
+    op->api = api;
+    op->req = req;
+    op->kind = kind;
+    op->tenant = t;
+    op->ok_status = 200;
+    op->next = api->ops;
+    if (api->ops)
+        api->ops->prev = op;
+    api->ops = op;
+    return op;
+}
+
+static void op_free(struct op *op)
+{
+    struct gw_api *api = op->api;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        api->ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    for (size_t i = 0; i < op->n_slots; i++)
+        cm_jbuf_fini(&op->slots[i].json);
+    free(op->slots);
+    for (size_t i = 0; i < op->n_hosts; i++)
+        free(op->hosts[i].warm);
+    free(op->hosts);
+    gw_api_create_fini(&op->create);
+    free(op);
+}
+
+/* Frees <op> once it has answered and nothing refers to it any more. */
+static void op_settle(struct op *op)
+{
+    if (!op->req && op->waiting == 0 && !op->claim)
+        op_free(op);
+}
+
+static void op_error(struct op *op, enum gw_err e, const char *message)
+{
+    if (!op->req)
+        return;
+    gw_api_reply_error(op->req, e, message, op->api->gc->retry_after);
+    op->req = NULL;
+}
+
+static void op_send(struct op *op, int status, struct cm_jbuf *b)
+{
+    if (!op->req)
+        return;
+    if (b && b->failed) {
+        op_error(op, GW_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    gw_api_reply(op->req, status, NULL, b ? b->data : "", b ? b->len : 0);
+    op->req = NULL;
+}
+
+static const char *prefix(const struct gw_api *api)
+{
+    return api->gc->common->redis.prefix;
+}
+
+/* Sends argv; counts the reply as awaited. Returns 0 or a negative errno (no callback). */
+static int send_argv(struct op *op, cm_redis_reply_cb cb, void *data, int argc, const char **argv)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    int rc = cm_redis_argv(op->api->redis, cb, data, argc, argv, lens);
+    if (rc == 0)
+        op->waiting++;
+    return rc;
+}
+
+static int send_script(struct op *op, enum cm_script s, cm_redis_reply_cb cb, int argc,
+                       const char **argv)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    int rc = cm_redis_script(op->api->redis, s, cb, op, argc, argv, lens);
+    if (rc == 0)
+        op->waiting++;
+    return rc;
+}
+
+static void session_key(const struct gw_api *api, const char *h, char out[KEY_BUF])
+{
+    snprintf(out, KEY_BUF, "%ss:%s", prefix(api), h);
+}
+
+/* A session record from an HGETALL reply, checked to belong to <t>. Returns 0 or -ENOENT. */
+static int rec_from_reply(const redisReply *r, const struct cm_tenant *t,
+                          struct gw_session_rec *rec)
+{
+    const char *fv[MAX_FIELDS];
+    size_t lens[MAX_FIELDS];
+    if (!r || r->type != REDIS_REPLY_ARRAY)
+        return -ENOENT;
+    size_t n = CM_MIN(r->elements, (size_t)MAX_FIELDS) & ~(size_t)1;
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            return -ENOENT;
+        fv[i] = e->str;
+        lens[i] = e->len;
+    }
+    if (gw_api_session_parse(fv, lens, n, rec) < 0)
+        return -ENOENT;
+    if (rec->tenant_len != strlen(t->name) || memcmp(rec->tenant, t->name, rec->tenant_len) != 0)
+        return -ENOENT;
+    return 0;
+}
+
+/* Answers op->ok_status with the session object read by HGETALL. */
+static void on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    if (err)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    else if (rec_from_reply(r, op->tenant, &rec) < 0)
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    else {
+        struct cm_jbuf b;
+        cm_jbuf_init(&b);
+        gw_api_session_write(&b, &rec);
+        op_send(op, op->ok_status, &b);
+        cm_jbuf_fini(&b);
+    }
+    op_settle(op);
+}
+
+static int read_session(struct op *op, cm_redis_reply_cb cb)
+{
+    char key[KEY_BUF];
+    session_key(op->api, op->h, key);
+    const char *argv[] = {"HGETALL", key};
+    return send_argv(op, cb, op, 2, argv);
+}
+
+/* --- POST /v1/sessions -------------------------------------------------------------------- */
+
+/* The session was bound but could not be read back: answer from what the claim told us. */
+static void create_answer_known(struct op *op)
+{
+    struct gw_session_rec rec = {
+        .key = op->create.id, .key_len = op->create.id_len,
+        .tenant = op->tenant->name, .tenant_len = strlen(op->tenant->name),
+        .tpl = op->create.tpl->name, .tpl_len = strlen(op->create.tpl->name),
+        .instance = op->instance, .instance_len = strlen(op->instance),
+        .state = "bound", .state_len = 5,
+        .meta = op->create.meta, .meta_len = op->create.meta ? strlen(op->create.meta) : 0,
+        .created = op->bound_ms, .ttl = op->create.ttl_ms, .idle = op->create.idle_ms,
+        .last_active = op->bound_ms,
+    };
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    gw_api_session_write(&b, &rec);
+    op_send(op, 201, &b);
+    cm_jbuf_fini(&b);
+}
+
+static void create_on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    if (err || rec_from_reply(r, op->tenant, &rec) < 0) {
+        create_answer_known(op);
+    } else {
+        struct cm_jbuf b;
+        cm_jbuf_init(&b);
+        gw_api_session_write(&b, &rec);
+        op_send(op, 201, &b);
+        cm_jbuf_fini(&b);
+    }
+    op_settle(op);
+}
+
+static void create_on_claim(const struct gw_binding *bnd, int err, void *data)
+{
+    struct op *op = data;
+    op->claim = NULL;
+    if (!bnd) {
+        op_error(op, (enum gw_err)err, NULL);
+    } else if (bnd->how == GW_CLAIM_BOUND || bnd->how == GW_CLAIM_CACHED) {
+        op_error(op, GW_ERR_CONFLICT, "a session with this id exists");
+    } else {
+        memcpy(op->h, bnd->hash_hex, sizeof(op->h));
+        snprintf(op->instance, sizeof(op->instance), "%s", bnd->instance);
+        op->bound_ms = cm_now_wall_ms();
+        if (read_session(op, create_on_session) < 0)
+            create_answer_known(op);
+    }
+    op_settle(op);
+}
+
+static const char *body_of(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    *len = evbuffer_get_length(in);
+    return *len ? (const char *)evbuffer_pullup(in, -1) : "";
+}
+
+static void handle_create(struct gw_api *api, struct evhttp_request *req,
+                          const struct cm_tenant *t)
+{
+    size_t len;
+    const char *body = body_of(req, &len);
+    struct gw_api_error e;
+    struct gw_api_create c;
+    if (!body) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    int rc = gw_api_parse_create(body, len, api->gc, t->name, &api->lim->api, &c, &e);
+    if (rc == -EINVAL) {
+        gw_api_reply_error(req, e.err, e.message, 0);
+        return;
+    }
+    if (rc < 0) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, NULL, 0);
+        return;
+    }
+    struct op *op = op_new(api, req, OP_CREATE, t);
+    if (!op) {
+        gw_api_create_fini(&c);
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    op->create = c; /* <op> owns the metadata now */
+    struct gw_claim_req cr = {
+        .tenant = t->name,
+        .source = CM_KEY_SRC_SID,
+        .key = op->create.id,
+        .key_len = op->create.id_len,
+        .tpl = op->create.tpl,
+        .mode = GW_CLAIM_MODE_CLAIM,
+        .ttl_ms = op->create.ttl_ms,
+        .idle_ms = op->create.idle_ms,
+        .meta = op->create.meta,
+    };
+    op->claim = gw_claim_start(api->claimer, &cr, create_on_claim, op);
+    if (!op->claim) {
+        op_error(op, GW_ERR_INTERNAL, "out of memory");
+        op_settle(op);
+    }
+}
+
+/* --- GET / PATCH / DELETE /v1/sessions/{id} ----------------------------------------------- */
+
+static void handle_get(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+                       const char *h)
+{
+    struct op *op = op_new(api, req, OP_GET, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    memcpy(op->h, h, sizeof(op->h));
+    if (read_session(op, on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+static void update_on_script(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    if (err || !r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    else if (strcmp(r->element[0]->str, "ok") != 0)
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    else if (read_session(op, on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+/* The session exists and is the tenant's: validate the body against its template, update. */
+static void update_on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    } else {
+        char name[128] = "";
+        if (rec.tpl && rec.tpl_len < sizeof(name)) {
+            memcpy(name, rec.tpl, rec.tpl_len);
+            name[rec.tpl_len] = '\0';
+        }
+        /* A template gone from the config leaves only the global bound (a year). */
+        const struct cm_template *tpl = cm_config_template(op->api->gc->common, name);
+        size_t len;
+        const char *body = body_of(op->req, &len);
+        struct gw_api_update u;
+        struct gw_api_error e;
+        if (!body) {
+            op_error(op, GW_ERR_INTERNAL, "out of memory");
+        } else if (gw_api_parse_update(body, len, tpl, &u, &e) < 0) {
+            op_error(op, e.err, e.message);
+        } else {
+            char ttl[24] = "", idle[24] = "", now[24], key[KEY_BUF];
+            if (u.has_ttl)
+                snprintf(ttl, sizeof(ttl), "%" PRIu64, u.ttl_ms);
+            if (u.has_idle)
+                snprintf(idle, sizeof(idle), "%" PRIu64, u.idle_ms);
+            snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+            snprintf(key, sizeof(key), "%s", prefix(op->api));
+            const char *argv[] = {key, op->h, op->tenant->name, ttl, idle, now};
+            if (send_script(op, CM_SCRIPT_UPDATE, update_on_script, 6, argv) < 0)
+                op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+        }
+    }
+    op_settle(op);
+}
+
+static void handle_update(struct gw_api *api, struct evhttp_request *req,
+                          const struct cm_tenant *t, const char *h)
+{
+    /* Syntax and types first (no Redis needed to reject a bad body). */
+    size_t len;
+    const char *body = body_of(req, &len);
+    struct gw_api_update u;
+    struct gw_api_error e;
+    if (!body) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    if (gw_api_parse_update(body, len, NULL, &u, &e) < 0) {
+        gw_api_reply_error(req, e.err, e.message, 0);
+        return;
+    }
+    struct op *op = op_new(api, req, OP_UPDATE, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    memcpy(op->h, h, sizeof(op->h));
+    if (read_session(op, update_on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+static void delete_on_script(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    if (err || !r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (strcmp(r->element[0]->str, "released") != 0) {
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    } else {
+        cm_log_info("admin", "session deleted tenant=%s session=%s instance=%s", op->tenant->name,
+                    op->h,
+                    r->elements > 1 && r->element[1]->type == REDIS_REPLY_STRING
+                        ? r->element[1]->str
+                        : "");
+        op_send(op, 204, NULL);
+    }
+    op_settle(op);
+}
+
+static void handle_delete(struct gw_api *api, struct evhttp_request *req,
+                          const struct cm_tenant *t, const char *h)
+{
+    struct op *op = op_new(api, req, OP_DELETE, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    memcpy(op->h, h, sizeof(op->h));
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[] = {prefix(api), op->h, t->name, "deleted", now};
+    if (send_script(op, CM_SCRIPT_RELEASE, delete_on_script, 5, argv) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+/* --- GET /v1/sessions --------------------------------------------------------------------- */
+
+static void list_answer(struct op *op)
+{
+    if (op->failed) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+        return;
+    }
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"sessions\":[", 13);
+    int first = 1;
+    for (size_t i = 0; i < op->n_slots; i++) {
+        struct slot *s = &op->slots[i];
+        if (!s->present)
+            continue;
+        if (!first)
+            cm_jbuf_raw(&b, ",", 1);
+        first = 0;
+        cm_jbuf_raw(&b, s->json.data, s->json.len);
+        if (s->json.failed)
+            b.failed = 1;
+    }
+    if (op->more)
+        cm_jbuf_printf(&b, "],\"next_cursor\":\"%" PRIu64 "\"}", op->cursor + op->limit);
+    else
+        cm_jbuf_raw(&b, "],\"next_cursor\":null}", 21);
+    op_send(op, 200, &b);
+    cm_jbuf_fini(&b);
+}
+
+static void list_on_session(redisReply *r, const char *err, void *data)
+{
+    struct slot *s = data;
+    struct op *op = s->op;
+    op->waiting--;
+    struct gw_session_rec rec;
+    if (err) {
+        op->failed = 1;
+    } else if (rec_from_reply(r, op->tenant, &rec) == 0) {
+        /* Sessions deleted since the ZRANGE are simply left out. */
+        gw_api_session_write(&s->json, &rec);
+        s->present = 1;
+    }
+    if (op->waiting == 0)
+        list_answer(op);
+    op_settle(op);
+}
+
+static void list_on_range(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err || !r || r->type != REDIS_REPLY_ARRAY) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+        op_settle(op);
+        return;
+    }
+    size_t n = r->elements;
+    op->more = n > op->limit;
+    if (op->more)
+        n = op->limit;
+    op->slots = n ? calloc(n, sizeof(*op->slots)) : NULL;
+    if (n && !op->slots) {
+        op_error(op, GW_ERR_INTERNAL, "out of memory");
+        op_settle(op);
+        return;
+    }
+    op->n_slots = n;
+    for (size_t i = 0; i < n; i++) {
+        struct slot *s = &op->slots[i];
+        s->op = op;
+        s->item = i;
+        cm_jbuf_init(&s->json);
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len != CM_HASH_HEX_LEN)
+            continue; /* not a session hash: nothing to show */
+        char key[KEY_BUF];
+        session_key(op->api, e->str, key);
+        const char *argv[] = {"HGETALL", key};
+        if (send_argv(op, list_on_session, s, 2, argv) < 0) {
+            op->failed = 1;
+            break;
+        }
+    }
+    if (op->waiting == 0)
+        list_answer(op);
+    op_settle(op);
+}
+
+static void handle_list(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    struct gw_api_error e;
+    uint32_t limit;
+    uint64_t cursor;
+    if (gw_api_parse_list_query(uri ? evhttp_uri_get_query(uri) : NULL, &api->lim->api, &limit,
+                                &cursor, &e) < 0) {
+        gw_api_reply_error(req, e.err, e.message, 0);
+        return;
+    }
+    struct op *op = op_new(api, req, OP_LIST, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    op->limit = limit;
+    op->cursor = cursor;
+    /* One more than the page: its presence tells whether there is a next page. */
+    char key[KEY_BUF], start[24], stop[24];
+    snprintf(key, sizeof(key), "%ssessions:%s", prefix(api), t->name);
+    snprintf(start, sizeof(start), "%" PRIu64, cursor);
+    snprintf(stop, sizeof(stop), "%" PRIu64, cursor + limit);
+    const char *argv[] = {"ZRANGE", key, start, stop};
+    if (send_argv(op, list_on_range, op, 4, argv) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+/* --- GET /v1/pools ------------------------------------------------------------------------ */
+
+static int64_t reply_int(const redisReply *e)
+{
+    if (!e)
+        return -1;
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type == REDIS_REPLY_STRING) {
+        char *end;
+        long long v = strtoll(e->str, &end, 10);
+        return *end || end == e->str ? -1 : v;
+    }
+    return -1;
+}
+
+static void pools_answer(struct op *op)
+{
+    if (op->failed) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+        return;
+    }
+    const struct cm_config *cfg = op->api->gc->common;
+    uint64_t now = cm_now_wall_ms();
+    uint64_t stale = op->api->gc->host_stale / CM_USEC_PER_MSEC;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"hosts\":[", 10);
+    for (size_t i = 0; i < op->n_hosts; i++) {
+        const struct host *h = &op->hosts[i];
+        uint64_t age = now > h->heartbeat ? now - h->heartbeat : 0;
+        cm_jbuf_raw(&b, i ? ",{\"id\":" : "{\"id\":", i ? 7 : 6);
+        cm_jbuf_cstr(&b, h->id);
+        cm_jbuf_printf(&b, ",\"alive\":%s,\"heartbeat_ms\":%" PRIu64 ",\"heartbeat_age_ms\":%" PRIu64
+                           ",\"driver\":",
+                       age <= stale ? "true" : "false", h->heartbeat, age);
+        if (h->driver[0])
+            cm_jbuf_cstr(&b, h->driver);
+        else
+            cm_jbuf_raw(&b, "null", 4);
+        if (h->free >= 0)
+            cm_jbuf_printf(&b, ",\"free\":%" PRId64, h->free);
+        else
+            cm_jbuf_raw(&b, ",\"free\":null", 12);
+        if (h->capacity >= 0)
+            cm_jbuf_printf(&b, ",\"capacity\":%" PRId64, h->capacity);
+        else
+            cm_jbuf_raw(&b, ",\"capacity\":null", 16);
+        cm_jbuf_raw(&b, ",\"pools\":{", 10);
+        for (size_t t = 0; t < cfg->n_templates; t++) {
+            if (t)
+                cm_jbuf_raw(&b, ",", 1);
+            cm_jbuf_cstr(&b, cfg->templates[t].name);
+            cm_jbuf_printf(&b, ":%" PRId64, h->warm[t] < 0 ? 0 : h->warm[t]);
+        }
+        cm_jbuf_raw(&b, "}}", 2);
+    }
+    cm_jbuf_raw(&b, "],\"templates\":{", 15);
+    for (size_t t = 0; t < cfg->n_templates; t++) {
+        int64_t warm = 0;
+        for (size_t i = 0; i < op->n_hosts; i++) {
+            uint64_t hb = op->hosts[i].heartbeat;
+            if ((now > hb ? now - hb : 0) <= stale && op->hosts[i].warm[t] > 0)
+                warm += op->hosts[i].warm[t];
+        }
+        if (t)
+            cm_jbuf_raw(&b, ",", 1);
+        cm_jbuf_cstr(&b, cfg->templates[t].name);
+        cm_jbuf_printf(&b, ":{\"warm\":%" PRId64 ",\"pool_min\":%u,\"pool_max\":%u}", warm,
+                       cfg->templates[t].pool_min, cfg->templates[t].pool_max);
+    }
+    cm_jbuf_raw(&b, "}}", 2);
+    op_send(op, 200, &b);
+    cm_jbuf_fini(&b);
+}
+
+static void pools_on_item(redisReply *r, const char *err, void *data)
+{
+    struct slot *s = data;
+    struct op *op = s->op;
+    op->waiting--;
+    struct host *h = &op->hosts[s->item];
+    if (err) {
+        op->failed = 1;
+    } else if (s->tpl >= 0) {
+        h->warm[s->tpl] = reply_int(r);
+    } else if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+        h->free = reply_int(r->element[0]);
+        h->capacity = reply_int(r->element[1]);
+        if (r->element[2]->type == REDIS_REPLY_STRING)
+            snprintf(h->driver, sizeof(h->driver), "%s", r->element[2]->str);
+    }
+    if (op->waiting == 0)
+        pools_answer(op);
+    op_settle(op);
+}
+
+static void pools_on_hosts(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    const struct cm_config *cfg = op->api->gc->common;
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err || !r || r->type != REDIS_REPLY_ARRAY) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+        op_settle(op);
+        return;
+    }
+    size_t n = r->elements / 2, nt = cfg->n_templates;
+    op->hosts = n ? calloc(n, sizeof(*op->hosts)) : NULL;
+    op->slots = n ? calloc(n * (nt + 1), sizeof(*op->slots)) : NULL;
+    if (n && (!op->hosts || !op->slots)) {
+        op_error(op, GW_ERR_INTERNAL, "out of memory");
+        op_settle(op);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct host *h = &op->hosts[i];
+        h->free = h->capacity = -1;
+        h->warm = calloc(nt ? nt : 1, sizeof(*h->warm));
+        op->n_hosts++;
+        const redisReply *id = r->element[2 * i], *score = r->element[2 * i + 1];
+        if (!h->warm) {
+            op_error(op, GW_ERR_INTERNAL, "out of memory");
+            op_settle(op);
+            return;
+        }
+        if (id->type == REDIS_REPLY_STRING)
+            snprintf(h->id, sizeof(h->id), "%s", id->str);
+        if (score->type == REDIS_REPLY_STRING)
+            h->heartbeat = strtoull(score->str, NULL, 10);
+    }
+    op->n_slots = n * (nt + 1);
+    for (size_t i = 0; i < op->n_slots; i++)
+        cm_jbuf_init(&op->slots[i].json);
+    for (size_t i = 0; i < n && !op->failed; i++) {
+        char key[KEY_BUF];
+        struct slot *s = &op->slots[i * (nt + 1)];
+        s->op = op, s->item = i, s->tpl = -1;
+        snprintf(key, sizeof(key), "%shost:%s", prefix(op->api), op->hosts[i].id);
+        const char *hm[] = {"HMGET", key, "free", "capacity", "driver"};
+        if (send_argv(op, pools_on_item, s, 5, hm) < 0)
+            op->failed = 1;
+        for (size_t t = 0; t < nt && !op->failed; t++) {
+            s = &op->slots[i * (nt + 1) + 1 + t];
+            s->op = op, s->item = i, s->tpl = (int)t;
+            op->hosts[i].warm[t] = -1;
+            snprintf(key, sizeof(key), "%spool:%s:%s", prefix(op->api), op->hosts[i].id,
+                     cfg->templates[t].name);
+            const char *ll[] = {"LLEN", key};
+            if (send_argv(op, pools_on_item, s, 2, ll) < 0)
+                op->failed = 1;
+        }
+    }
+    if (op->waiting == 0)
+        pools_answer(op);
+    op_settle(op);
+}
+
+static void handle_pools(struct gw_api *api, struct evhttp_request *req,
+                         const struct cm_tenant *t)
+{
+    struct op *op = op_new(api, req, OP_POOLS, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    char key[KEY_BUF], stop[24];
+    snprintf(key, sizeof(key), "%shosts", prefix(api));
+    snprintf(stop, sizeof(stop), "%u", api->lim->max_hosts - 1);
+    const char *argv[] = {"ZRANGE", key, "0", stop, "WITHSCORES"};
+    if (send_argv(op, pools_on_hosts, op, 5, argv) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
+/* --- routing ------------------------------------------------------------------------------ */
+
+static const struct cm_tenant *authenticate(const struct gw_api *api, struct evhttp_request *req)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!h)
+        return NULL;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
+        return NULL;
+    h += 6;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    size_t n = strlen(h);
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n > API_KEY_MAX)
+        return NULL;
+    char key[API_KEY_MAX + 1];
+    memcpy(key, h, n);
+    key[n] = '\0';
+    return cm_config_tenant_by_key(api->gc->common, key);
+}
+
+void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *path)
+{
+    const struct cm_tenant *t = authenticate(api, req);
+    if (!t) {
+        gw_api_reply_error(req, GW_ERR_UNAUTHORIZED, NULL, 0);
+        return;
+    }
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    int get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
+    static const char sessions[] = "/v1/sessions";
+    const size_t sl = sizeof(sessions) - 1;
+    if (strcmp(path, sessions) == 0) {
+        if (get)
+            handle_list(api, req, t);
+        else if (m == EVHTTP_REQ_POST)
+            handle_create(api, req, t);
+        else
+            gw_api_reply_405(req, "GET, HEAD, POST");
+        return;
+    }
+    if (strncmp(path, sessions, sl) == 0 && path[sl] == '/' && path[sl + 1] &&
+        !strchr(path + sl + 1, '/')) {
+        if (!get && m != EVHTTP_REQ_PATCH && m != EVHTTP_REQ_DELETE) {
+            gw_api_reply_405(req, "GET, HEAD, PATCH, DELETE");
+            return;
+        }
+        const char *seg = path + sl + 1;
+        char id[CM_KEY_MAX + 1];
+        size_t id_len;
+        if (gw_api_pct_decode(seg, strlen(seg), id, CM_KEY_MAX, &id_len) < 0 ||
+            !cm_key_valid(id, id_len)) {
+            gw_api_reply_error(req, GW_ERR_INVALID_SESSION_KEY, NULL, 0);
+            return;
+        }
+        char h[CM_HASH_HEX_LEN + 1];
+        cm_hash_hex(cm_key_hash(t->name, CM_KEY_SRC_SID, id, id_len), h);
+        if (get)
+            handle_get(api, req, t, h);
+        else if (m == EVHTTP_REQ_PATCH)
+            handle_update(api, req, t, h);
+        else
+            handle_delete(api, req, t, h);
+        return;
+    }
+    if (strcmp(path, "/v1/pools") == 0) {
+        if (get)
+            handle_pools(api, req, t);
+        else
+            gw_api_reply_405(req, "GET, HEAD");
+        return;
+    }
+    gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
+}
+
+struct gw_api *gw_api_create(struct event_base *base, struct cm_redis *redis,
+                             struct gw_claimer *claimer, const struct gw_config *gc,
+                             const struct gw_admin_limits *lim)
+{
+    struct gw_api *api = calloc(1, sizeof(*api));
+    if (!api)
+        return NULL;
+    api->base = base;
+    api->redis = redis;
+    api->claimer = claimer;
+    api->gc = gc;
+    api->lim = lim;
+    return api;
+}
+
+void gw_api_destroy(struct gw_api *api)
+{
+    if (!api)
+        return;
+    while (api->ops) {
+        struct op *op = api->ops;
+        op_error(op, GW_ERR_OVERLOADED, "the gateway is shutting down");
+        op_free(op);
+    }
+    free(api);
+}

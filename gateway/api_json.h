@@ -1,0 +1,96 @@
+/* The control API's pure parts: request bodies and query strings validated into structs,
+ * session records (the fields of P s:{h}) rendered as the API's session object, JSON trees
+ * written back as compact text, strict percent-decoding. No I/O, no Redis: any thread. */
+#ifndef GW_API_JSON_H
+#define GW_API_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/json.h"
+#include "common/key.h"
+#include "gateway/errors.h"
+
+struct cm_template;
+struct gw_config;
+
+/* Limits of the control API that the validators apply (see gw_admin_limits). */
+struct gw_api_limits {
+    uint64_t max_metadata; /* bytes of the metadata object as stored (compact JSON) */
+    uint32_t list_default; /* sessions per page when ?limit is absent */
+    uint32_t list_max;     /* largest ?limit accepted */
+};
+
+/* A validation failure: the error code and a message for the client. */
+struct gw_api_error {
+    enum gw_err err;
+    char message[192];
+};
+
+struct gw_api_create {
+    char id[CM_KEY_MAX + 1];
+    size_t id_len;
+    const struct cm_template *tpl; /* borrowed from the config */
+    uint64_t ttl_ms, idle_ms;       /* always set (the template's defaults when absent) */
+    char *meta;                     /* compact JSON of "metadata", or NULL; owned */
+};
+
+/* Validates a POST /v1/sessions body (<len> 0 = "{}") for <tenant>. On success fills <ret>
+ * (release with gw_api_create_fini()) and returns 0: a missing id is replaced by 128 random
+ * bits in hex, a missing template by the template of <tenant>'s first route in <gc>, else the
+ * first configured template. On failure returns -EINVAL with <err> set (bad_request for a
+ * body that is not a JSON object, invalid_session_key, unknown_template, invalid_argument),
+ * <ret> untouched; -ENOMEM/-EIO (internal) for allocation or getrandom failures. */
+int gw_api_parse_create(const char *body, size_t len, const struct gw_config *gc,
+                        const char *tenant, const struct gw_api_limits *lim,
+                        struct gw_api_create *ret, struct gw_api_error *err);
+void gw_api_create_fini(struct gw_api_create *c);
+
+struct gw_api_update {
+    int has_ttl, has_idle;
+    uint64_t ttl_ms, idle_ms;
+};
+
+/* Validates a PATCH /v1/sessions/{id} body: {"ttl"?, "idle_timeout"?} in whole seconds, at
+ * least one present, bounded by <tpl>'s max_ttl/max_idle_timeout (<tpl> NULL: by one year).
+ * Returns 0 or -EINVAL with <err> set. */
+int gw_api_parse_update(const char *body, size_t len, const struct cm_template *tpl,
+                        struct gw_api_update *ret, struct gw_api_error *err);
+
+/* Parses the query string of GET /v1/sessions (<query> may be NULL): limit (1..list_max,
+ * default list_default) and cursor (opaque to clients: the index of the page's first entry).
+ * Unknown parameters are ignored. Returns 0 or -EINVAL with <err> set. */
+int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim,
+                            uint32_t *ret_limit, uint64_t *ret_cursor,
+                            struct gw_api_error *err);
+
+/* A session as stored in P s:{h}. Strings point into the caller's storage (borrowed). */
+struct gw_session_rec {
+    const char *key, *tenant, *tpl, *instance, *state, *meta;
+    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len;
+    uint64_t created, ttl, idle, last_active; /* ms since the epoch / durations in ms */
+};
+
+/* Reads the field/value pairs of HGETALL (<n> strings: f0 v0 f1 v1 ...). Returns 0, or
+ * -ENOENT when the hash is empty or lacks tenant/key (no such session). Unknown fields are
+ * ignored; a malformed number reads as 0. */
+int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
+                         struct gw_session_rec *ret);
+/* Appends the session object {"id","tenant","template","instance","state","created_ms",
+ * "ttl_s","idle_timeout_s","last_active_ms","expires_at_ms","metadata"}. The stored metadata
+ * is embedded as JSON when it parses as JSON, else null. */
+void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r);
+
+/* Appends <j> as compact JSON (integral numbers without a fraction). */
+void gw_api_json_write(struct cm_jbuf *b, const struct cm_json *j);
+
+/* Strict percent-decoding of <n> bytes: "%XX" with two hex digits, other bytes as they are
+ * ("+" stays "+"). Writes at most <cap> bytes and a NUL to <out> (so <cap>+1 must fit).
+ * Returns 0 with the length in <ret_len>, -EINVAL on a malformed escape, -ENOSPC when the
+ * result would exceed <cap> bytes. */
+int gw_api_pct_decode(const char *in, size_t n, char *out, size_t cap, size_t *ret_len);
+
+/* Writes {"error":{"code":...,"message":...}}; <message> NULL: the code's default message. */
+void gw_api_error_json(struct cm_jbuf *b, enum gw_err e, const char *message);
+
+#endif
