@@ -95,6 +95,18 @@ struct cm_ynode *cm_yaml_parse(const char *text, size_t len, char *err, size_t e
             goto fail;
         }
         struct cm_ynode *node = NULL;
+        const yaml_char_t *tag = event.type == YAML_SCALAR_EVENT ? event.data.scalar.tag
+                                 : event.type == YAML_SEQUENCE_START_EVENT
+                                     ? event.data.sequence_start.tag
+                                 : event.type == YAML_MAPPING_START_EVENT
+                                     ? event.data.mapping_start.tag
+                                     : NULL;
+        if (tag) {
+            snprintf(err, errlen, "%zu:%zu: tags are not supported", event.start_mark.line + 1,
+                     event.start_mark.column + 1);
+            yaml_event_delete(&event);
+            goto fail;
+        }
         switch (event.type) {
         case YAML_STREAM_END_EVENT:
         case YAML_DOCUMENT_END_EVENT:
