@@ -1,0 +1,41 @@
+/* A loop's cache of session bindings: session hash -> instance and address, so a bound session's
+ * request costs no Redis round trip. Entries are trusted for gc->cache_ttl, dropped on an `inval`
+ * message, a failed connect to the instance, and all at once after a Redis reconnect. Open
+ * addressing with linear probing and backward-shift deletion (no tombstones). One per loop; not
+ * thread-safe. */
+#ifndef GW_CACHE_H
+#define GW_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/key.h"
+#include "common/time.h"
+#include "gateway/claim.h"
+
+struct gw_cache_entry {
+    struct cm_hash hash;
+    uint8_t used;
+    uint64_t gen;
+    cm_usec_t expires;    /* monotonic: after this, ask Redis again */
+    cm_usec_t last_flush; /* monotonic: last activity written to Redis */
+    char instance[GW_INSTANCE_ID_MAX];
+    char addr[GW_ADDR_MAX];
+};
+
+struct gw_cache;
+
+/* Returns a new cache holding at most <max_entries> (then the oldest-expiring entries in a probe
+ * window are evicted), or NULL. Free with gw_cache_destroy(). */
+struct gw_cache *gw_cache_create(size_t max_entries);
+void gw_cache_destroy(struct gw_cache *c);
+/* The entry for <h>, or NULL. The pointer is valid until the next put/drop/clear. */
+struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h);
+/* Inserts or replaces the binding of <b->hash>. Returns the entry or NULL (out of memory). */
+struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding *b,
+                                    cm_usec_t expires);
+void gw_cache_drop(struct gw_cache *c, struct cm_hash h);
+void gw_cache_clear(struct gw_cache *c);
+size_t gw_cache_count(const struct gw_cache *c);
+
+#endif

@@ -1,0 +1,227 @@
+#include "gateway/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct gw_limits *l)
+{
+    static const char *const keys[] = {
+        "max_header_bytes", "max_headers",     "max_connections",     "header_timeout",
+        "keepalive_timeout", "connect_timeout", "response_timeout",    "stream_idle_timeout",
+        "start_timeout",    "buffer_high",     "buffer_low",          "upstream_idle_per_instance",
+        "upstream_idle_timeout", NULL};
+    const char *p = "gateway.limits";
+    const cm_usec_t S = CM_USEC_PER_SEC;
+    if (cm_conf_keys(ctx, m, p, keys) ||
+        cm_conf_size(ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l->max_header_bytes) ||
+        cm_conf_u64(ctx, m, p, "max_headers", 100, 8, 1000, &l->max_headers) ||
+        cm_conf_u64(ctx, m, p, "max_connections", 20000, 1, 1000000, &l->max_connections) ||
+        cm_conf_duration(ctx, m, p, "header_timeout", 10 * S, 100 * CM_USEC_PER_MSEC, 600 * S,
+                         &l->header_timeout) ||
+        cm_conf_duration(ctx, m, p, "keepalive_timeout", 75 * S, 100 * CM_USEC_PER_MSEC,
+                         3600 * S, &l->keepalive_timeout) ||
+        cm_conf_duration(ctx, m, p, "connect_timeout", 5 * S, 10 * CM_USEC_PER_MSEC, 600 * S,
+                         &l->connect_timeout) ||
+        cm_conf_duration(ctx, m, p, "response_timeout", 300 * S, 100 * CM_USEC_PER_MSEC,
+                         86400 * S, &l->response_timeout) ||
+        cm_conf_duration(ctx, m, p, "stream_idle_timeout", 3600 * S, 100 * CM_USEC_PER_MSEC,
+                         7 * 86400 * S, &l->stream_idle_timeout) ||
+        cm_conf_duration(ctx, m, p, "start_timeout", 30 * S, 100 * CM_USEC_PER_MSEC, 3600 * S,
+                         &l->start_timeout) ||
+        cm_conf_size(ctx, m, p, "buffer_high", 256u << 10, 4096, 64u << 20, &l->buffer_high) ||
+        cm_conf_size(ctx, m, p, "buffer_low", 64u << 10, 0, 64u << 20, &l->buffer_low) ||
+        cm_conf_u64(ctx, m, p, "upstream_idle_per_instance", 32, 0, 10000,
+                    &l->upstream_idle_per_instance) ||
+        cm_conf_duration(ctx, m, p, "upstream_idle_timeout", 60 * S, 100 * CM_USEC_PER_MSEC,
+                         3600 * S, &l->upstream_idle_timeout))
+        return -EINVAL;
+    if (l->buffer_low >= l->buffer_high)
+        return cm_conf_fail(ctx, cm_ynode_get(m, "buffer_low"), p, "buffer_low",
+                            "must be below buffer_high");
+    return 0;
+}
+
+static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
+                      const struct cm_ynode *m, size_t idx, struct gw_route *r)
+{
+    static const char *const keys[] = {"name",   "host",     "path_prefix", "tenant", "template",
+                                       "key_headers", "cookie", "no_key",   "max_body", "auth",
+                                       NULL};
+    static const char *const def_headers[] = {"x-fc-session-id", NULL};
+    char p[64];
+    snprintf(p, sizeof(p), "gateway.routes[%zu]", idx);
+    char *no_key = NULL;
+    if (!m || m->type != CM_YNODE_MAP)
+        return cm_conf_fail(ctx, m, p, NULL, "must be a mapping");
+    if (cm_conf_keys(ctx, m, p, keys) || cm_conf_str(ctx, m, p, "name", NULL, &r->name) ||
+        cm_conf_str(ctx, m, p, "host", NULL, &r->host) ||
+        cm_conf_str(ctx, m, p, "path_prefix", "/", &r->path_prefix) ||
+        cm_conf_str(ctx, m, p, "tenant", "default", &r->tenant) ||
+        cm_conf_str(ctx, m, p, "template", NULL, &r->template_name) ||
+        cm_conf_strv(ctx, m, p, "key_headers", def_headers, &r->key_headers) ||
+        cm_conf_str(ctx, m, p, "cookie", "berth_session", &r->cookie) ||
+        cm_conf_str(ctx, m, p, "no_key", "new", &no_key) ||
+        cm_conf_size(ctx, m, p, "max_body", 64u << 20, 0, 1ull << 40, &r->max_body) ||
+        cm_conf_bool(ctx, m, p, "auth", 0, &r->auth))
+        return free(no_key), -EINVAL;
+    if (!r->name && asprintf(&r->name, "route%zu", idx) < 0) {
+        r->name = NULL;
+        free(no_key);
+        return cm_conf_fail(ctx, m, p, "name", "out of memory");
+    }
+    if (strcmp(no_key, "new") == 0)
+        r->no_key = GW_NO_KEY_NEW;
+    else if (strcmp(no_key, "reject") == 0)
+        r->no_key = GW_NO_KEY_REJECT;
+    else if (strcmp(no_key, "issue") == 0)
+        r->no_key = GW_NO_KEY_ISSUE;
+    else {
+        free(no_key);
+        return cm_conf_fail(ctx, cm_ynode_get(m, "no_key"), p, "no_key",
+                            "must be new, reject or issue");
+    }
+    free(no_key);
+    if (r->path_prefix[0] != '/')
+        return cm_conf_fail(ctx, cm_ynode_get(m, "path_prefix"), p, "path_prefix",
+                            "must start with /");
+    if (r->cookie && (!*r->cookie || strpbrk(r->cookie, " \t;,=\"") != NULL))
+        return cm_conf_fail(ctx, cm_ynode_get(m, "cookie"), p, "cookie",
+                            "must be a cookie name (no spaces, ;, =, quotes)");
+    for (char **h = r->key_headers; h && *h; h++) {
+        if (!**h)
+            return cm_conf_fail(ctx, cm_ynode_get(m, "key_headers"), p, "key_headers",
+                                "names must not be empty");
+        for (char *c = *h; *c; c++) {
+            *c = (char)tolower((unsigned char)*c);
+            if (*c <= 0x20 || *c >= 0x7f || *c == ':')
+                return cm_conf_fail(ctx, cm_ynode_get(m, "key_headers"), p, "key_headers",
+                                    "'%s' is not a header name", *h);
+        }
+    }
+    if (!cm_config_tenant(cfg, r->tenant))
+        return cm_conf_fail(ctx, cm_ynode_get(m, "tenant"), p, "tenant",
+                            "unknown tenant '%s'", r->tenant);
+    if (!r->template_name) {
+        if (cfg->n_templates == 0)
+            return cm_conf_fail(ctx, m, p, "template", "required (no templates defined)");
+        r->template_name = strdup(cfg->templates[0].name);
+        if (!r->template_name)
+            return cm_conf_fail(ctx, m, p, "template", "out of memory");
+    }
+    r->tpl = cm_config_template(cfg, r->template_name);
+    if (!r->tpl)
+        return cm_conf_fail(ctx, cm_ynode_get(m, "template"), p, "template",
+                            "unknown template '%s'", r->template_name);
+    if (r->host)
+        for (char *c = r->host; *c; c++)
+            *c = (char)tolower((unsigned char)*c);
+    return 0;
+}
+
+struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"listen",        "admin_listen", "workers",
+                                       "expose_headers", "cache_ttl",   "activity_flush",
+                                       "host_stale",    "retry_after",  "limits",
+                                       "routes",        "admin", /* gw_admin_limits_load() */
+                                       NULL};
+    struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
+    struct gw_config *gc = calloc(1, sizeof(*gc));
+    if (!gc) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    gc->common = cfg;
+    const struct cm_ynode *m = cm_ynode_get(cfg->root, "gateway");
+    const char *p = "gateway";
+    uint64_t workers, retry_after;
+    if (cm_conf_keys(&ctx, m, p, keys) ||
+        cm_conf_str(&ctx, m, p, "listen", "127.0.0.1:8080", &gc->listen) ||
+        cm_conf_str(&ctx, m, p, "admin_listen", "127.0.0.1:9090", &gc->admin_listen) ||
+        cm_conf_u64(&ctx, m, p, "workers", 1, 1, 256, &workers) ||
+        cm_conf_bool(&ctx, m, p, "expose_headers", 1, &gc->expose_headers) ||
+        cm_conf_duration(&ctx, m, p, "cache_ttl", 5 * CM_USEC_PER_SEC, 0, 3600 * CM_USEC_PER_SEC,
+                         &gc->cache_ttl) ||
+        cm_conf_duration(&ctx, m, p, "activity_flush", CM_USEC_PER_SEC, 10 * CM_USEC_PER_MSEC,
+                         600 * CM_USEC_PER_SEC, &gc->activity_flush) ||
+        cm_conf_duration(&ctx, m, p, "host_stale", 5 * CM_USEC_PER_SEC, 100 * CM_USEC_PER_MSEC,
+                         3600 * CM_USEC_PER_SEC, &gc->host_stale) ||
+        cm_conf_u64(&ctx, m, p, "retry_after", 1, 0, 3600, &retry_after) ||
+        load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits))
+        goto fail;
+    gc->workers = (uint32_t)workers;
+    gc->retry_after = (uint32_t)retry_after;
+    const struct cm_ynode *routes = cm_ynode_get(m, "routes");
+    if (routes && routes->type != CM_YNODE_SEQ) {
+        cm_conf_fail(&ctx, routes, p, "routes", "must be a list");
+        goto fail;
+    }
+    size_t n = routes ? routes->n : 0;
+    gc->routes = calloc(n ? n : 1, sizeof(*gc->routes));
+    if (!gc->routes) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        gc->n_routes++;
+        if (load_route(&ctx, cfg, routes->items[i], i, &gc->routes[i]))
+            goto fail;
+    }
+    if (n == 0) {
+        /* No routes: one catch-all route for the default tenant and first template. */
+        struct cm_ynode empty = {.type = CM_YNODE_MAP, .line = m ? m->line : 1, .col = 1};
+        gc->n_routes = 1;
+        if (load_route(&ctx, cfg, &empty, 0, &gc->routes[0]))
+            goto fail;
+    }
+    return gc;
+fail:
+    gw_config_free(gc);
+    return NULL;
+}
+
+void gw_config_free(struct gw_config *gc)
+{
+    if (!gc)
+        return;
+    for (size_t i = 0; i < gc->n_routes; i++) {
+        struct gw_route *r = &gc->routes[i];
+        free(r->name);
+        free(r->host);
+        free(r->path_prefix);
+        free(r->tenant);
+        free(r->template_name);
+        cm_strv_free(r->key_headers);
+        free(r->cookie);
+    }
+    free(gc->routes);
+    free(gc->listen);
+    free(gc->admin_listen);
+    free(gc);
+}
+
+const struct gw_route *gw_config_route(const struct gw_config *gc, const char *host,
+                                       size_t host_len, const char *path, size_t path_len)
+{
+    /* Host without its port, compared case-insensitively. */
+    if (host) {
+        const char *colon = memchr(host, ':', host_len);
+        if (colon && host[0] != '[')
+            host_len = (size_t)(colon - host);
+    }
+    for (size_t i = 0; i < gc->n_routes; i++) {
+        const struct gw_route *r = &gc->routes[i];
+        if (r->host) {
+            if (!host || strlen(r->host) != host_len || strncasecmp(r->host, host, host_len))
+                continue;
+        }
+        size_t pl = strlen(r->path_prefix);
+        if (path_len < pl || memcmp(path, r->path_prefix, pl) != 0)
+            continue;
+        return r;
+    }
+    return NULL;
+}

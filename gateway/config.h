@@ -1,0 +1,72 @@
+/* The gateway's section of the Berth config ("gateway:"), parsed into a read-only struct shared
+ * by every worker loop and the admin thread. Every limit is a named key with a default;
+ * deploy/config/berth.yaml documents them all. */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/time.h"
+
+enum gw_no_key {
+    GW_NO_KEY_NEW,    /* a fresh session (and instance) per client connection */
+    GW_NO_KEY_REJECT, /* 400 session_key_required */
+    GW_NO_KEY_ISSUE,  /* a fresh session whose id is sent back as a Set-Cookie */
+};
+
+struct gw_route {
+    char *name;
+    char *host;        /* exact Host match (no port), NULL = any */
+    char *path_prefix; /* "/" = all */
+    char *tenant;
+    char *template_name;
+    const struct cm_template *tpl; /* resolved */
+    char **key_headers;            /* lower-case header names, in order; may be empty */
+    char *cookie;                  /* session cookie name; NULL = cookies not used */
+    enum gw_no_key no_key;
+    uint64_t max_body;             /* bytes */
+    int auth;                      /* data plane requires "Authorization: Bearer <tenant key>" */
+};
+
+struct gw_limits {
+    uint64_t max_header_bytes; /* request head, 431 above */
+    uint64_t max_headers;      /* header count, 431 above */
+    uint64_t max_connections;  /* per worker; accept pauses above */
+    cm_usec_t header_timeout;  /* first byte to end of head, 408 */
+    cm_usec_t keepalive_timeout; /* idle client connection between requests */
+    cm_usec_t connect_timeout;   /* to an instance */
+    cm_usec_t response_timeout;  /* request sent to response head received, 504 */
+    cm_usec_t stream_idle_timeout; /* no bytes either way while a body streams */
+    cm_usec_t start_timeout;     /* waiting for an on-demand start, then 503 no_capacity */
+    uint64_t buffer_high;        /* bytes queued toward a peer before reading pauses */
+    uint64_t buffer_low;         /* ...and resumes below this */
+    uint64_t upstream_idle_per_instance; /* kept-alive upstream connections per instance */
+    cm_usec_t upstream_idle_timeout;
+};
+
+struct gw_config {
+    const struct cm_config *common; /* borrowed */
+    char *listen;       /* "host:port" */
+    char *admin_listen; /* "host:port" */
+    uint32_t workers;
+    int expose_headers; /* send x-berth-instance / x-berth-session */
+    cm_usec_t cache_ttl;      /* how long a loop trusts a cached binding */
+    cm_usec_t activity_flush; /* at most one activity write per session per this */
+    cm_usec_t host_stale;     /* a host whose heartbeat is older is not used */
+    uint32_t retry_after;     /* seconds, sent with 503 no_capacity */
+    struct gw_limits limits;
+    struct gw_route *routes;
+    size_t n_routes;
+};
+
+/* Parses cfg->root's "gateway" section. Returns a new struct (free with gw_config_free()) or
+ * NULL with "file:line:col: key: message" in <err>. Borrows <cfg> for the result's life. */
+struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen);
+void gw_config_free(struct gw_config *gc);
+/* First route whose host and path prefix match; NULL if none. <host> may be NULL. */
+const struct gw_route *gw_config_route(const struct gw_config *gc, const char *host,
+                                       size_t host_len, const char *path, size_t path_len);
+
+#endif

@@ -1,0 +1,1205 @@
+#include "gateway/conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/listener.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/key.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "common/store.h"
+#include "gateway/cache.h"
+#include "gateway/claim.h"
+#include "gateway/config.h"
+#include "gateway/errors.h"
+#include "gateway/h1.h"
+#include "gateway/skey.h"
+#include "gateway/upstream.h"
+#include "gateway/worker.h"
+
+/* How long a closing connection keeps reading (and discarding) so the client sees our error
+ * response instead of a reset. */
+#define LINGER_USEC (2 * CM_USEC_PER_SEC)
+
+enum conn_state {
+    CS_IDLE,    /* between requests: keep-alive timer armed */
+    CS_HEAD,    /* receiving a request head: header timer armed */
+    CS_ROUTING, /* waiting for a claim; client reading paused */
+    CS_PROXY,   /* request sent or being sent, response awaited or being relayed */
+    CS_TUNNEL,  /* after 101 Switching Protocols: bytes both ways */
+    CS_CLOSING, /* flushing the last response, then lingering close */
+};
+
+struct gw_conn {
+    struct gw_conn *next, *prev;
+    struct gw_worker *w;
+    struct bufferevent *bev;
+    enum conn_state state;
+    struct event timer;
+    const struct gw_route *route;
+    struct gw_claim *claim;
+    struct gw_upconn *up;
+    llhttp_t req, resp;
+    size_t head_len;  /* request head at the start of the input (while head_pending) */
+    size_t scan;      /* request bytes already searched for the end of the head */
+    size_t rscan;     /* same for the response */
+    uint64_t body_bytes;
+    cm_usec_t t_start;
+    struct cm_hash hash;
+    char hash_hex[CM_HASH_HEX_LEN + 1];
+    char key[CM_KEY_MAX + 1];
+    char auto_key[CM_HASH_HEX_LEN + 1];
+    char instance[GW_INSTANCE_ID_MAX];
+    char addr[GW_ADDR_MAX];
+    char peer[INET6_ADDRSTRLEN];
+    int status;
+    unsigned key_len : 8;
+    unsigned req_keepalive : 1;
+    unsigned req_done : 1;
+    unsigned head_pending : 1;  /* bodiless request: head kept in the input for a retry */
+    unsigned resp_head_done : 1;
+    unsigned resp_keepalive : 1;
+    unsigned close_after : 1;
+    unsigned paused_client : 1; /* client reading paused: upstream output above high */
+    unsigned paused_up : 1;     /* upstream reading paused: client output above high */
+    unsigned head_method : 1;
+    unsigned http10 : 1;
+    unsigned upgrade_req : 1;
+    unsigned issue_cookie : 1;
+    unsigned from_cache : 1;
+    unsigned retried : 1;
+    unsigned reclaimed : 1;
+    unsigned up_connected : 1;
+    unsigned up_reused : 1;
+    unsigned body_too_large : 1;
+    unsigned dechunk : 1;
+    unsigned in_stream : 1;
+    unsigned shut : 1;
+};
+
+static void conn_free(struct gw_conn *c);
+static void process_head(struct gw_conn *c);
+static void relay_req_body(struct gw_conn *c);
+static void relay_resp(struct gw_conn *c);
+static void start_claim(struct gw_conn *c);
+static void forward(struct gw_conn *c, struct gw_h1_head *parsed);
+
+/* ------------------------------------------------------------------ timers and closing */
+
+static void arm_timer(struct gw_conn *c, cm_usec_t usec)
+{
+    struct timeval tv;
+    cm_usec_to_tv(usec, &tv);
+    evtimer_add(&c->timer, &tv);
+}
+
+static void send_error(struct gw_conn *c, enum gw_err e, int close);
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)fd, (void)what;
+    switch (c->state) {
+    case CS_HEAD:
+        send_error(c, GW_ERR_REQUEST_TIMEOUT, 1);
+        break;
+    case CS_IDLE:
+    case CS_CLOSING:
+    default:
+        conn_free(c);
+        break;
+    }
+}
+
+static void begin_close(struct gw_conn *c)
+{
+    /* Flush what is queued, then half-close and linger reading so the client gets it. */
+    c->state = CS_CLOSING;
+    if (c->up) {
+        gw_upconn_release(c->up, 0);
+        c->up = NULL;
+    }
+    if (c->claim) {
+        gw_claim_cancel(c->claim);
+        c->claim = NULL;
+    }
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    arm_timer(c, LINGER_USEC);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 && !c->shut) {
+        c->shut = 1;
+        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    }
+}
+
+static void end_stream(struct gw_conn *c)
+{
+    if (c->in_stream) {
+        c->in_stream = 0;
+        GW_METRIC_ADD(&c->w->metrics, streams_active, -1);
+    }
+}
+
+static void conn_free(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    end_stream(c);
+    if (c->claim)
+        gw_claim_cancel(c->claim);
+    if (c->up)
+        gw_upconn_release(c->up, 0);
+    evtimer_del(&c->timer);
+    bufferevent_free(c->bev);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->n_conns--;
+    GW_METRIC_ADD(&w->metrics, conns_active, -1);
+    if (!w->accepting && !w->stopping && w->n_conns < w->gc->limits.max_connections) {
+        w->accepting = 1;
+        evconnlistener_enable(w->listener);
+    }
+    free(c);
+}
+
+/* ------------------------------------------------------------------ responses we write */
+
+static void send_error(struct gw_conn *c, enum gw_err e, int close)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_err_info *info = gw_err_info(e);
+    GW_METRIC_INC(&w->metrics, errors[e]);
+    if (c->resp_head_done) {
+        /* The response already started: all we can do is cut it. */
+        conn_free(c);
+        return;
+    }
+    if (c->up) {
+        gw_upconn_release(c->up, 0);
+        c->up = NULL;
+    }
+    if (c->head_pending) {
+        evbuffer_drain(bufferevent_get_input(c->bev), c->head_len);
+        c->head_pending = 0;
+    }
+    if (!c->req_done)
+        close = 1;
+    if (!c->req_keepalive)
+        close = 1;
+    char body[256];
+    int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                        info->code, info->message);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                        "content-length: %d\r\ncache-control: no-store\r\n",
+                        info->status, gw_status_reason(info->status), blen);
+    if (e == GW_ERR_NO_CAPACITY || e == GW_ERR_STORE_UNAVAILABLE || e == GW_ERR_OVERLOADED)
+        evbuffer_add_printf(out, "retry-after: %u\r\n", w->gc->retry_after);
+    if (w->gc->expose_headers && c->key_len) {
+        evbuffer_add(out, "x-berth-session: ", 17);
+        evbuffer_add(out, c->key, c->key_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (close)
+        evbuffer_add(out, "connection: close\r\n", 19);
+    evbuffer_add(out, "\r\n", 2);
+    if (!c->head_method)
+        evbuffer_add(out, body, (size_t)blen);
+    c->status = info->status;
+    if (c->t_start)
+        gw_metrics_response(&w->metrics, info->status, cm_now_mono() - c->t_start);
+    end_stream(c);
+    if (close) {
+        begin_close(c);
+        return;
+    }
+    c->state = CS_IDLE;
+    c->t_start = 0;
+    arm_timer(c, w->gc->limits.keepalive_timeout);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+        c->state = CS_HEAD;
+        arm_timer(c, w->gc->limits.header_timeout);
+        process_head(c);
+    }
+}
+
+/* ------------------------------------------------------------------ activity */
+
+struct touch {
+    struct gw_worker *w;
+    struct cm_hash h;
+};
+
+static void on_touched(redisReply *reply, const char *err, void *data)
+{
+    struct touch *t = data;
+    /* 0: the session is no longer bound (deleted, expired, lost): forget the binding. */
+    if (!err && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
+        gw_cache_drop(t->w->cache, t->h);
+    free(t);
+}
+
+void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force)
+{
+    struct gw_cache_entry *e = gw_cache_get(w->cache, h);
+    cm_usec_t now = cm_now_mono();
+    if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
+        return;
+    e->last_flush = now;
+    struct touch *t = malloc(sizeof(*t));
+    if (!t)
+        return;
+    t->w = w;
+    t->h = h;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[] = {w->gc->common->redis.prefix, hex, ms};
+    size_t lens[] = {strlen(argv[0]), CM_HASH_HEX_LEN, strlen(ms)};
+    if (cm_redis_script(w->redis, CM_SCRIPT_TOUCH, on_touched, t, 3, argv, lens) < 0)
+        free(t);
+}
+
+void gw_conn_touch_streams(struct gw_worker *w)
+{
+    for (struct gw_conn *c = w->conns; c; c = c->next)
+        if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
+            gw_conn_touch(w, c->hash, c->hash_hex, 0);
+}
+
+/* ------------------------------------------------------------------ request head */
+
+static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
+{
+    struct gw_worker *w = c->w;
+    const char *data = (const char *)evbuffer_pullup(bufferevent_get_input(c->bev),
+                                                     (ev_ssize_t)c->head_len);
+    if (!data)
+        return GW_H1_BAD;
+    h->headers = w->headers;
+    h->max_headers = (uint32_t)w->gc->limits.max_headers;
+    llhttp_init(&c->req, HTTP_REQUEST, &w->req_head_settings);
+    return gw_h1_parse_head(&c->req, &w->req_head_settings, h, data, c->head_len, 0);
+}
+
+static int bearer_ok(const struct gw_conn *c, const struct gw_h1_head *h)
+{
+    if (h->authorization < 0)
+        return 0;
+    const struct gw_h1_header *a = &h->headers[h->authorization];
+    const char *v = a->value;
+    size_t n = a->value_len;
+    gw_h1_trim(&v, &n);
+    if (n < 8 || strncasecmp(v, "bearer ", 7) != 0)
+        return 0;
+    char key[256];
+    v += 7, n -= 7;
+    gw_h1_trim(&v, &n);
+    if (n == 0 || n >= sizeof(key))
+        return 0;
+    memcpy(key, v, n);
+    key[n] = '\0';
+    const struct cm_tenant *t = cm_config_tenant_by_key(c->w->gc->common, key);
+    return t && strcmp(t->name, c->route->tenant) == 0;
+}
+
+static void process_head(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_limits *lim = &w->gc->limits;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    if (len == 0)
+        return;
+    struct evbuffer_ptr start;
+    evbuffer_ptr_set(in, &start, c->scan > 3 ? c->scan - 3 : 0, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, &start);
+    if (end.pos < 0) {
+        if (len > lim->max_header_bytes) {
+            send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
+            return;
+        }
+        c->scan = len;
+        /* Garbage gets its 400 now, not after the timeout. */
+        const char *data = (const char *)evbuffer_pullup(in, -1);
+        int rc = data ? gw_h1_precheck(data, len, 0) : GW_H1_BAD;
+        if (rc != GW_H1_INCOMPLETE) {
+            c->req_keepalive = 0;
+            send_error(c, GW_ERR_BAD_REQUEST, 1);
+        }
+        return;
+    }
+    c->head_len = (size_t)end.pos + 4;
+    c->scan = 0;
+    if (c->head_len > lim->max_header_bytes) {
+        send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
+        return;
+    }
+    evtimer_del(&c->timer);
+    c->t_start = cm_now_mono();
+    c->req_done = c->resp_head_done = c->close_after = c->retried = c->reclaimed = 0;
+    c->from_cache = c->issue_cookie = c->body_too_large = c->dechunk = 0;
+    c->head_pending = 1; /* every error path from here on drains the head */
+    c->body_bytes = 0;
+    c->key_len = 0;
+    c->req_keepalive = 0;
+    c->instance[0] = '\0';
+    GW_METRIC_INC(&w->metrics, requests);
+    c->in_stream = 1;
+    GW_METRIC_INC(&w->metrics, streams_active);
+
+    struct gw_h1_head h;
+    int rc = parse_current_head(c, &h);
+    if (rc != GW_H1_OK) {
+        send_error(c, rc == GW_H1_TOO_MANY ? GW_ERR_HEADERS_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        return;
+    }
+    c->req_keepalive = h.keep_alive;
+    c->req_done = h.body_done;
+    c->head_method = h.method_id == HTTP_HEAD;
+    c->http10 = h.http_major == 1 && h.http_minor == 0;
+    c->upgrade_req = h.upgrade;
+    if (h.http_major != 1 || (h.host < 0 && !c->http10)) {
+        send_error(c, GW_ERR_BAD_REQUEST, 1);
+        return;
+    }
+    const char *host = h.host >= 0 ? h.headers[h.host].value : NULL;
+    size_t host_len = h.host >= 0 ? h.headers[h.host].value_len : 0;
+    const char *path = h.url;
+    size_t path_len = h.url_len;
+    /* absolute-form "http://host/path": route on its path */
+    if (path_len > 7 && strncasecmp(path, "http://", 7) == 0) {
+        const char *slash = memchr(path + 7, '/', path_len - 7);
+        path_len = slash ? path_len - (size_t)(slash - path) : 1;
+        path = slash ? slash : "/";
+    }
+    c->route = gw_config_route(w->gc, host, host_len, path, path_len);
+    if (!c->route) {
+        send_error(c, GW_ERR_NOT_FOUND, 0);
+        return;
+    }
+    if (h.has_cl && h.content_length > c->route->max_body) {
+        send_error(c, GW_ERR_BODY_TOO_LARGE, 1);
+        return;
+    }
+    if (c->route->auth && !bearer_ok(c, &h)) {
+        send_error(c, GW_ERR_UNAUTHORIZED, 0);
+        return;
+    }
+    const char *key;
+    size_t key_len;
+    int from_cookie = 0;
+    int kr = gw_skey_find(c->route, &h, &key, &key_len, &from_cookie);
+    if (kr == GW_SKEY_INVALID) {
+        send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
+        return;
+    }
+    if (kr == GW_SKEY_NONE) {
+        switch (c->route->no_key) {
+        case GW_NO_KEY_REJECT:
+            send_error(c, GW_ERR_SESSION_KEY_REQUIRED, 0);
+            return;
+        case GW_NO_KEY_ISSUE:
+            if (cm_random_id(c->auto_key) < 0) {
+                send_error(c, GW_ERR_INTERNAL, 1);
+                return;
+            }
+            c->issue_cookie = c->route->cookie != NULL;
+            break;
+        case GW_NO_KEY_NEW:
+            if (!c->auto_key[0] && cm_random_id(c->auto_key) < 0) {
+                send_error(c, GW_ERR_INTERNAL, 1);
+                return;
+            }
+            break;
+        }
+        key = c->auto_key;
+        key_len = CM_HASH_HEX_LEN;
+    }
+    memcpy(c->key, key, key_len);
+    c->key[key_len] = '\0';
+    c->key_len = (unsigned)key_len;
+    c->hash = cm_key_hash(c->route->tenant, CM_KEY_SRC_SID, c->key, key_len);
+    cm_hash_hex(c->hash, c->hash_hex);
+
+    struct gw_cache_entry *e = gw_cache_get(w->cache, c->hash);
+    if (e && e->expires > c->t_start) {
+        memcpy(c->instance, e->instance, sizeof(c->instance));
+        memcpy(c->addr, e->addr, sizeof(c->addr));
+        c->from_cache = 1;
+        GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
+        gw_conn_touch(w, c->hash, c->hash_hex, 0);
+        forward(c, &h);
+        return;
+    }
+    start_claim(c);
+}
+
+/* ------------------------------------------------------------------ claims */
+
+static void on_claimed(const struct gw_binding *b, int err, void *data)
+{
+    struct gw_conn *c = data;
+    struct gw_worker *w = c->w;
+    c->claim = NULL;
+    bufferevent_enable(c->bev, EV_READ);
+    if (err >= 0) {
+        if (err != GW_ERR_STORE_UNAVAILABLE)
+            cm_log_debug("conn", "claim failed session=%s err=%s", c->hash_hex,
+                         gw_err_info((enum gw_err)err)->code);
+        send_error(c, (enum gw_err)err, 0);
+        return;
+    }
+    cm_usec_t now = cm_now_mono();
+    struct gw_cache_entry *e = gw_cache_put(w->cache, b, now + w->gc->cache_ttl);
+    if (e)
+        e->last_flush = now; /* the claim script recorded the activity */
+    memcpy(c->instance, b->instance, sizeof(c->instance));
+    memcpy(c->addr, b->addr, sizeof(c->addr));
+    if (b->how != GW_CLAIM_BOUND)
+        cm_log_info("conn", "session bound session=%s instance=%s how=%s", c->hash_hex,
+                    b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
+    forward(c, NULL);
+}
+
+static void start_claim(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct gw_claim_req req = {
+        .tenant = c->route->tenant,
+        .source = CM_KEY_SRC_SID,
+        .key = c->key,
+        .key_len = c->key_len,
+        .tpl = c->route->tpl,
+        .mode = GW_CLAIM_MODE_CLAIM,
+    };
+    c->state = CS_ROUTING;
+    bufferevent_disable(c->bev, EV_READ);
+    c->claim = gw_claim_start(w->claimer, &req, on_claimed, c);
+    if (!c->claim)
+        send_error(c, GW_ERR_INTERNAL, 1);
+}
+
+/* ------------------------------------------------------------------ forwarding */
+
+static void add_run(struct evbuffer *out, const char *from, const char *to)
+{
+    if (to > from)
+        evbuffer_add(out, from, (size_t)(to - from));
+}
+
+static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                               struct evbuffer *out)
+{
+    struct gw_worker *w = c->w;
+    const char *head_end = head + c->head_len;
+    const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
+    if (!c->http10) {
+        add_run(out, head, first); /* the request line as the client sent it */
+    } else {
+        evbuffer_add(out, h->method, h->method_len);
+        evbuffer_add(out, " ", 1);
+        evbuffer_add(out, h->url, h->url_len);
+        evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    }
+    const char *run = NULL;
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        int drop = (int)i == h->xff || gw_h1_is_hop(h, x) ||
+                   gw_h1_name_eq(x, "x-forwarded-proto", 17) ||
+                   ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128));
+        if (drop) {
+            if (run)
+                add_run(out, run, x->name);
+            run = NULL;
+        } else if (!run) {
+            run = x->name;
+        }
+    }
+    if (run)
+        add_run(out, run, head_end - 2);
+    evbuffer_add(out, "x-forwarded-for: ", 17);
+    if (h->xff >= 0 && h->headers[h->xff].value_len) {
+        evbuffer_add(out, h->headers[h->xff].value, h->headers[h->xff].value_len);
+        evbuffer_add(out, ", ", 2);
+    }
+    evbuffer_add(out, c->peer, strlen(c->peer));
+    evbuffer_add(out, "\r\nx-forwarded-proto: http\r\n", 27);
+    if (h->request_id < 0 || h->headers[h->request_id].value_len == 0 ||
+        h->headers[h->request_id].value_len > 128) {
+        char id[17];
+        gw_worker_request_id(w, id);
+        evbuffer_add(out, "x-request-id: ", 14);
+        evbuffer_add(out, id, 16);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (c->http10 && h->host < 0)
+        evbuffer_add(out, "host: berth\r\n", 13);
+    if (c->upgrade_req) {
+        for (uint32_t i = 0; i < h->n_headers; i++)
+            if (gw_h1_name_eq(&h->headers[i], "upgrade", 7)) {
+                evbuffer_add(out, "upgrade: ", 9);
+                evbuffer_add(out, h->headers[i].value, h->headers[i].value_len);
+                evbuffer_add(out, "\r\n", 2);
+                break;
+            }
+        evbuffer_add(out, "connection: upgrade\r\n", 21);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void on_up_read(struct bufferevent *bev, void *arg);
+static void on_up_write(struct bufferevent *bev, void *arg);
+static void on_up_event(struct bufferevent *bev, short what, void *arg);
+
+static void instance_unreachable(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    if (c->up) {
+        gw_upconn_release(c->up, 0);
+        c->up = NULL;
+    }
+    gw_cache_drop(w->cache, c->hash);
+    if (c->from_cache && !c->reclaimed && c->head_pending) {
+        /* The cached binding may be stale (inval lost): ask Redis once more. */
+        c->reclaimed = 1;
+        c->from_cache = 0;
+        start_claim(c);
+        return;
+    }
+    cm_log_warn("conn", "instance unreachable session=%s instance=%s addr=%s", c->hash_hex,
+                c->instance, c->addr);
+    send_error(c, GW_ERR_INSTANCE_LOST, 0);
+}
+
+/* Sends the request to c->addr. <parsed> is the head parsed in this same callback (its slices
+ * are still valid), or NULL to parse it again from the input (after a claim or a retry, when the
+ * input buffer may have been rearranged). */
+static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_limits *lim = &w->gc->limits;
+    int reused = 0, err = 0;
+    c->up = gw_upstream_get(w->ups, c->addr, &reused, &err);
+    if (!c->up) {
+        instance_unreachable(c);
+        return;
+    }
+    c->up_reused = (unsigned)reused;
+    c->up_connected = (unsigned)reused;
+    struct bufferevent *ub = gw_upconn_bev(c->up);
+    bufferevent_setcb(ub, on_up_read, on_up_write, on_up_event, c);
+    bufferevent_setwatermark(ub, EV_WRITE, lim->buffer_low, 0);
+    bufferevent_setwatermark(ub, EV_READ, 0, lim->buffer_high);
+    struct timeval rt, ct;
+    cm_usec_to_tv(lim->response_timeout, &rt);
+    cm_usec_to_tv(lim->connect_timeout, &ct);
+    bufferevent_set_timeouts(ub, &rt, reused ? NULL : &ct);
+    bufferevent_enable(ub, EV_READ | EV_WRITE);
+
+    struct gw_h1_head h;
+    if (!parsed) {
+        if (parse_current_head(c, &h) != GW_H1_OK) { /* parsed fine before: cannot happen */
+            send_error(c, GW_ERR_INTERNAL, 1);
+            return;
+        }
+        parsed = &h;
+    }
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->head_len);
+    write_request_head(c, parsed, head, bufferevent_get_output(ub));
+    c->state = CS_PROXY;
+    c->rscan = 0;
+    c->resp_head_done = 0;
+    c->paused_client = c->paused_up = 0;
+    if (c->req_done) {
+        /* No body: keep the head so that a stale pooled connection or a stale cached binding
+         * can be retried transparently. */
+        c->head_pending = 1;
+        return;
+    }
+    evbuffer_drain(in, c->head_len);
+    c->head_pending = 0;
+    c->req.settings = (void *)&w->req_body_settings;
+    c->req.data = c;
+    relay_req_body(c);
+}
+
+static void drop_pending_head(struct gw_conn *c)
+{
+    if (c->head_pending) {
+        evbuffer_drain(bufferevent_get_input(c->bev), c->head_len);
+        c->head_pending = 0;
+    }
+}
+
+/* llhttp body callbacks (parser->data is the conn) */
+static int on_req_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_conn *c = p->data;
+    (void)at;
+    c->body_bytes += len;
+    if (c->body_bytes > c->route->max_body) {
+        c->body_too_large = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_msg_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_conn *c = p->data;
+    if (c->dechunk)
+        evbuffer_add(bufferevent_get_output(c->bev), at, len);
+    return 0;
+}
+
+static void relay_req_body(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(gw_upconn_bev(c->up));
+    while (!c->req_done && evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
+            c->paused_client = 1;
+            bufferevent_disable(c->bev, EV_READ);
+            return;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        const char *base = v.iov_base;
+        llhttp_errno_t e = llhttp_execute(&c->req, base, v.iov_len);
+        size_t used = v.iov_len;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&c->req) - base);
+            c->req_done = 1;
+        } else if (e != HPE_OK) {
+            cm_log_info("conn", "bad request body session=%s err=%s", c->hash_hex,
+                        llhttp_errno_name(e));
+            send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+            return;
+        }
+        evbuffer_remove_buffer(in, out, used);
+        GW_METRIC_ADD(&w->metrics, bytes_in, used);
+    }
+}
+
+/* ------------------------------------------------------------------ responses */
+
+static void finish_exchange(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    drop_pending_head(c);
+    int reusable = c->req_done && c->resp_keepalive && !c->upgrade_req;
+    if (!c->req_done)
+        c->close_after = 1;
+    gw_upconn_release(c->up, reusable);
+    c->up = NULL;
+    end_stream(c);
+    if (c->close_after || !c->req_keepalive || w->stopping) {
+        begin_close(c);
+        return;
+    }
+    c->state = CS_IDLE;
+    c->t_start = 0;
+    c->paused_client = c->paused_up = 0;
+    bufferevent_enable(c->bev, EV_READ);
+    arm_timer(c, w->gc->limits.keepalive_timeout);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+        c->state = CS_HEAD;
+        arm_timer(c, w->gc->limits.header_timeout);
+        process_head(c);
+    }
+}
+
+static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                                 size_t head_len)
+{
+    struct gw_worker *w = c->w;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const char *head_end = head + head_len;
+    const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
+    if (h->http_major == 1 && h->http_minor == 1) {
+        add_run(out, head, first);
+    } else {
+        evbuffer_add_printf(out, "HTTP/1.1 %d ", h->status);
+        evbuffer_add(out, h->reason, h->reason_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    const char *run = NULL;
+    int switching = h->status == 101;
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        int drop = (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
+                   (x->name_len > 8 && strncasecmp(x->name, "x-berth-", 8) == 0) ||
+                   (c->dechunk && gw_h1_name_eq(x, "transfer-encoding", 17));
+        if (drop) {
+            if (run)
+                add_run(out, run, x->name);
+            run = NULL;
+        } else if (!run) {
+            run = x->name;
+        }
+    }
+    if (run)
+        add_run(out, run, head_end - 2);
+    if (w->gc->expose_headers && h->status >= 200) {
+        evbuffer_add(out, "x-berth-instance: ", 18);
+        evbuffer_add(out, c->instance, strlen(c->instance));
+        evbuffer_add(out, "\r\nx-berth-session: ", 19);
+        evbuffer_add(out, c->key, c->key_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (c->issue_cookie && h->status >= 200) {
+        evbuffer_add_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
+                            c->route->cookie, c->key);
+    }
+    if (switching)
+        evbuffer_add(out, "connection: upgrade\r\n", 21);
+    else if (h->status >= 200 && (c->close_after || !c->req_keepalive))
+        evbuffer_add(out, "connection: close\r\n", 19);
+    else if (h->status >= 200 && c->http10)
+        evbuffer_add(out, "connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void start_tunnel(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct timeval tv;
+    c->state = CS_TUNNEL;
+    c->req_done = 1;
+    cm_usec_to_tv(w->gc->limits.stream_idle_timeout, &tv);
+    bufferevent_set_timeouts(gw_upconn_bev(c->up), &tv, NULL);
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+static void tunnel_pump(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct bufferevent *ub = gw_upconn_bev(c->up);
+    size_t high = w->gc->limits.buffer_high;
+    struct evbuffer *cin = bufferevent_get_input(c->bev), *cout = bufferevent_get_output(c->bev);
+    struct evbuffer *uin = bufferevent_get_input(ub), *uout = bufferevent_get_output(ub);
+    size_t n = evbuffer_get_length(cin);
+    if (n) {
+        evbuffer_add_buffer(uout, cin);
+        GW_METRIC_ADD(&w->metrics, bytes_in, n);
+    }
+    n = evbuffer_get_length(uin);
+    if (n) {
+        evbuffer_add_buffer(cout, uin);
+        GW_METRIC_ADD(&w->metrics, bytes_out, n);
+    }
+    if (evbuffer_get_length(uout) >= high) {
+        c->paused_client = 1;
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    if (evbuffer_get_length(cout) >= high) {
+        c->paused_up = 1;
+        bufferevent_disable(ub, EV_READ);
+    }
+}
+
+/* Returns 1 when the head was handled and relaying may go on, 0 to wait, -1 when <c> is gone
+ * or finished. */
+static int parse_resp_head(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct bufferevent *ub = gw_upconn_bev(c->up);
+    struct evbuffer *in = bufferevent_get_input(ub);
+    size_t len = evbuffer_get_length(in);
+    size_t max = w->gc->limits.max_header_bytes * 4;
+    if (len == 0)
+        return 0;
+    struct evbuffer_ptr start;
+    evbuffer_ptr_set(in, &start, c->rscan > 3 ? c->rscan - 3 : 0, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, &start);
+    if (end.pos < 0) {
+        c->rscan = len;
+        if (len > max) {
+            cm_log_warn("conn", "response head too large instance=%s", c->instance);
+            send_error(c, GW_ERR_BAD_GATEWAY, 1);
+            return -1;
+        }
+        return 0;
+    }
+    size_t head_len = (size_t)end.pos + 4;
+    c->rscan = 0;
+    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
+    struct gw_h1_head h;
+    h.headers = w->headers;
+    h.max_headers = (uint32_t)w->gc->limits.max_headers;
+    llhttp_init(&c->resp, HTTP_RESPONSE, &w->resp_head_settings);
+    int rc = data ? gw_h1_parse_head(&c->resp, &w->resp_head_settings, &h, data, head_len,
+                                     c->head_method)
+                  : GW_H1_BAD;
+    if (rc != GW_H1_OK) {
+        cm_log_warn("conn", "bad response head instance=%s rc=%d", c->instance, rc);
+        send_error(c, GW_ERR_BAD_GATEWAY, 1);
+        return -1;
+    }
+    if (h.status == 101 && c->upgrade_req) {
+        write_response_head(c, &h, data, head_len);
+        evbuffer_drain(in, head_len);
+        drop_pending_head(c);
+        c->resp_head_done = 1;
+        c->status = 101;
+        gw_metrics_response(&w->metrics, 101, cm_now_mono() - c->t_start);
+        start_tunnel(c);
+        tunnel_pump(c);
+        return -1;
+    }
+    if (h.status < 200) {
+        /* Interim response (100 Continue, 103 Early Hints): pass it on, wait for the final. */
+        if (!c->http10)
+            write_response_head(c, &h, data, head_len);
+        evbuffer_drain(in, head_len);
+        return 1;
+    }
+    c->resp_head_done = 1;
+    c->status = h.status;
+    c->resp_keepalive = h.keep_alive;
+    if (c->upgrade_req) /* refused upgrade: the connection state is unclear, close after */
+        c->close_after = 1;
+    if (!h.body_done && !h.chunked && !h.has_cl)
+        c->close_after = 1; /* close-delimited body: the client learns the end by the close */
+    c->dechunk = c->http10 && h.chunked;
+    if (c->dechunk)
+        c->close_after = 1;
+    write_response_head(c, &h, data, head_len);
+    evbuffer_drain(in, head_len);
+    drop_pending_head(c);
+    gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
+    struct timeval tv;
+    cm_usec_to_tv(w->gc->limits.stream_idle_timeout, &tv);
+    bufferevent_set_timeouts(ub, &tv, NULL);
+    if (h.body_done) {
+        finish_exchange(c);
+        return -1;
+    }
+    c->resp.settings = (void *)&w->resp_body_settings;
+    c->resp.data = c;
+    return 1;
+}
+
+static void relay_resp(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    while (c->up && !c->resp_head_done) {
+        int r = parse_resp_head(c);
+        if (r <= 0)
+            return;
+    }
+    if (!c->up)
+        return;
+    struct bufferevent *ub = gw_upconn_bev(c->up);
+    struct evbuffer *in = bufferevent_get_input(ub);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
+            c->paused_up = 1;
+            bufferevent_disable(ub, EV_READ);
+            return;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        const char *base = v.iov_base;
+        llhttp_errno_t e = llhttp_execute(&c->resp, base, v.iov_len);
+        size_t used = v.iov_len;
+        int done = 0;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&c->resp) - base);
+            done = 1;
+        } else if (e != HPE_OK) {
+            cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
+                        llhttp_errno_name(e));
+            conn_free(c); /* the response started: cut it */
+            return;
+        }
+        if (c->dechunk)
+            evbuffer_drain(in, used);
+        else
+            evbuffer_remove_buffer(in, out, used);
+        GW_METRIC_ADD(&w->metrics, bytes_out, used);
+        if (done) {
+            finish_exchange(c);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ upstream callbacks */
+
+static void on_up_read(struct bufferevent *bev, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)bev;
+    if (c->state == CS_TUNNEL)
+        tunnel_pump(c);
+    else if (c->state == CS_PROXY)
+        relay_resp(c);
+}
+
+static void on_up_write(struct bufferevent *bev, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)bev;
+    if (!c->paused_client)
+        return;
+    c->paused_client = 0;
+    bufferevent_enable(c->bev, EV_READ);
+    if (c->state == CS_TUNNEL)
+        tunnel_pump(c);
+    else if (c->state == CS_PROXY && !c->req_done)
+        relay_req_body(c);
+}
+
+static void retry_fresh(struct gw_conn *c)
+{
+    gw_upconn_release(c->up, 0);
+    c->up = NULL;
+    c->retried = 1;
+    forward(c, NULL);
+}
+
+static void on_up_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct gw_conn *c = arg;
+    struct gw_worker *w = c->w;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        c->up_connected = 1;
+        struct timeval rt;
+        cm_usec_to_tv(w->gc->limits.response_timeout, &rt);
+        bufferevent_set_timeouts(gw_upconn_bev(c->up), &rt, NULL);
+        return;
+    }
+    if (c->state == CS_TUNNEL) {
+        /* One side closed: flush what the other gets, then close. */
+        tunnel_pump(c);
+        c->close_after = 1;
+        begin_close(c);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!c->up_connected) {
+            instance_unreachable(c);
+        } else if (!c->resp_head_done) {
+            cm_log_warn("conn", "response timeout instance=%s", c->instance);
+            send_error(c, GW_ERR_UPSTREAM_TIMEOUT, 1);
+        } else {
+            conn_free(c); /* body stalled past stream_idle_timeout */
+        }
+        return;
+    }
+    /* EOF or error */
+    if (!c->up_connected) {
+        instance_unreachable(c);
+        return;
+    }
+    if (!c->resp_head_done) {
+        struct evbuffer *in = bufferevent_get_input(gw_upconn_bev(c->up));
+        if (c->up_reused && !c->retried && c->head_pending && evbuffer_get_length(in) == 0) {
+            retry_fresh(c); /* the pooled connection had gone stale */
+            return;
+        }
+        cm_log_warn("conn", "instance closed before answering session=%s instance=%s",
+                    c->hash_hex, c->instance);
+        gw_cache_drop(w->cache, c->hash);
+        send_error(c, GW_ERR_INSTANCE_LOST, 1);
+        return;
+    }
+    relay_resp(c); /* whatever arrived with the close */
+    if (!c->up)
+        return;
+    if ((what & BEV_EVENT_EOF) && llhttp_message_needs_eof(&c->resp)) {
+        llhttp_finish(&c->resp);
+        c->close_after = 1;
+        finish_exchange(c);
+        return;
+    }
+    /* truncated body: close so the client sees it incomplete */
+    cm_log_info("conn", "response truncated instance=%s", c->instance);
+    gw_upconn_release(c->up, 0);
+    c->up = NULL;
+    c->resp_head_done = 1;
+    begin_close(c);
+}
+
+/* ------------------------------------------------------------------ client callbacks */
+
+static void on_client_read(struct bufferevent *bev, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)bev;
+    switch (c->state) {
+    case CS_IDLE:
+        c->state = CS_HEAD;
+        arm_timer(c, c->w->gc->limits.header_timeout);
+        /* fall through */
+    case CS_HEAD:
+        process_head(c);
+        break;
+    case CS_PROXY:
+        if (!c->req_done && c->up)
+            relay_req_body(c);
+        break;
+    case CS_TUNNEL:
+        tunnel_pump(c);
+        break;
+    case CS_CLOSING: {
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        break;
+    }
+    case CS_ROUTING:
+        break;
+    }
+}
+
+static void on_client_write(struct bufferevent *bev, void *arg)
+{
+    struct gw_conn *c = arg;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (c->state == CS_CLOSING) {
+        if (evbuffer_get_length(out) == 0 && !c->shut) {
+            c->shut = 1;
+            shutdown(bufferevent_getfd(bev), SHUT_WR);
+        }
+        return;
+    }
+    if (c->paused_up && c->up) {
+        c->paused_up = 0;
+        bufferevent_enable(gw_upconn_bev(c->up), EV_READ);
+        if (c->state == CS_TUNNEL)
+            tunnel_pump(c);
+        else
+            relay_resp(c);
+    }
+}
+
+static void on_client_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)bev;
+    if (c->state == CS_TUNNEL && (what & BEV_EVENT_EOF) && c->up) {
+        /* Client closed its side: pass on what it sent, then close both. */
+        tunnel_pump(c);
+        struct bufferevent *ub = gw_upconn_bev(c->up);
+        if (evbuffer_get_length(bufferevent_get_output(ub)) == 0)
+            shutdown(bufferevent_getfd(ub), SHUT_WR);
+    }
+    /* EOF, error or stream idle timeout: the client is gone; cancel the upstream request. */
+    conn_free(c);
+}
+
+/* ------------------------------------------------------------------ accept */
+
+void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    (void)salen;
+    struct gw_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        close(fd);
+        free(c);
+        return;
+    }
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer,
+                  sizeof(c->peer));
+    else
+        snprintf(c->peer, sizeof(c->peer), "unix");
+    int one = 1;
+    if (sa->sa_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    evtimer_assign(&c->timer, w->base, on_timer, c);
+    bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
+    bufferevent_setwatermark(c->bev, EV_WRITE, w->gc->limits.buffer_low, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->state = CS_IDLE;
+    arm_timer(c, w->gc->limits.keepalive_timeout);
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->n_conns++;
+    GW_METRIC_INC(&w->metrics, conns_accepted);
+    GW_METRIC_INC(&w->metrics, conns_active);
+    if (w->n_conns >= w->gc->limits.max_connections && w->accepting) {
+        w->accepting = 0;
+        evconnlistener_disable(w->listener);
+    }
+}
+
+void gw_conn_drain_all(struct gw_worker *w)
+{
+    struct gw_conn *c = w->conns;
+    while (c) {
+        struct gw_conn *next = c->next;
+        if (c->state == CS_IDLE)
+            conn_free(c);
+        else
+            c->close_after = 1;
+        c = next;
+    }
+}
+
+void gw_conn_close_all(struct gw_worker *w)
+{
+    while (w->conns)
+        conn_free(w->conns);
+}
+
+/* Settings for the worker's parsers (body callbacks need the conn). */
+void gw_conn_settings_init(struct gw_worker *w);
+void gw_conn_settings_init(struct gw_worker *w)
+{
+    gw_h1_settings_init(&w->req_head_settings, NULL, NULL);
+    gw_h1_settings_init(&w->resp_head_settings, NULL, NULL);
+    llhttp_settings_init(&w->req_body_settings);
+    w->req_body_settings.on_body = on_req_body;
+    w->req_body_settings.on_message_complete = on_msg_complete;
+    llhttp_settings_init(&w->resp_body_settings);
+    w->resp_body_settings.on_body = on_resp_body;
+    w->resp_body_settings.on_message_complete = on_msg_complete;
+}

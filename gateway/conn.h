@@ -1,0 +1,24 @@
+/* A client connection speaking HTTP/1.1: reads request heads, finds the session's instance,
+ * relays the request and the response both ways as bytes arrive (bounded by the high/low
+ * watermarks), keeps connections alive, answers bad input with JSON errors. */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include <sys/socket.h>
+
+struct gw_worker;
+struct gw_conn;
+
+/* Takes ownership of <fd> (also on failure: it is closed). <sa> is the peer address. */
+void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Closes idle connections now and the others once their exchange ends (shutdown). */
+void gw_conn_drain_all(struct gw_worker *w);
+/* Closes every connection at once. */
+void gw_conn_close_all(struct gw_worker *w);
+/* Records activity of the sessions whose streams are open (called every activity_flush). */
+void gw_conn_touch_streams(struct gw_worker *w);
+/* Writes activity for the session with <hash> if due; used by conn.c and the tick. */
+struct cm_hash;
+void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force);
+
+#endif

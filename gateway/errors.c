@@ -1,0 +1,65 @@
+#include "gateway/errors.h"
+
+static const struct gw_err_info table[GW_ERR_COUNT] = {
+    [GW_ERR_BAD_REQUEST] = {"bad_request", 400, "malformed HTTP request"},
+    [GW_ERR_INVALID_SESSION_KEY] = {"invalid_session_key", 400,
+                                    "session key must be 1-128 visible ASCII characters"},
+    [GW_ERR_SESSION_KEY_REQUIRED] = {"session_key_required", 400,
+                                     "this route requires a session key"},
+    [GW_ERR_UNAUTHORIZED] = {"unauthorized", 401, "missing or invalid API key"},
+    [GW_ERR_NOT_FOUND] = {"not_found", 404, "not found"},
+    [GW_ERR_METHOD_NOT_ALLOWED] = {"method_not_allowed", 405, "method not allowed"},
+    [GW_ERR_REQUEST_TIMEOUT] = {"request_timeout", 408, "request headers not received in time"},
+    [GW_ERR_CONFLICT] = {"conflict", 409, "already exists"},
+    [GW_ERR_BODY_TOO_LARGE] = {"body_too_large", 413, "request body exceeds the route's limit"},
+    [GW_ERR_HEADERS_TOO_LARGE] = {"headers_too_large", 431,
+                                  "request headers exceed the size or count limit"},
+    [GW_ERR_INTERNAL] = {"internal", 500, "internal error"},
+    [GW_ERR_NOT_IMPLEMENTED] = {"not_implemented", 501, "not implemented"},
+    [GW_ERR_BAD_GATEWAY] = {"bad_gateway", 502, "the instance sent an invalid response"},
+    [GW_ERR_INSTANCE_LOST] = {"instance_lost", 502, "the session's instance is gone"},
+    [GW_ERR_NO_CAPACITY] = {"no_capacity", 503, "no instance available, retry later"},
+    [GW_ERR_STORE_UNAVAILABLE] = {"store_unavailable", 503, "session store unavailable"},
+    [GW_ERR_OVERLOADED] = {"overloaded", 503, "gateway overloaded"},
+    [GW_ERR_UPSTREAM_TIMEOUT] = {"upstream_timeout", 504, "the instance did not answer in time"},
+    [GW_ERR_INVALID_ARGUMENT] = {"invalid_argument", 400, "invalid argument"},
+    [GW_ERR_UNKNOWN_TEMPLATE] = {"unknown_template", 400, "unknown template"},
+};
+
+const struct gw_err_info *gw_err_info(enum gw_err e)
+{
+    return &table[e];
+}
+
+const char *gw_status_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}

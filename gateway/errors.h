@@ -1,0 +1,41 @@
+/* The gateway's stable error codes: each has an HTTP status and a default message, and is sent
+ * as {"error":{"code":"...","message":"..."}}. Codes are API: never rename one. */
+#ifndef GW_ERRORS_H
+#define GW_ERRORS_H
+
+enum gw_err {
+    GW_ERR_BAD_REQUEST,         /* 400 malformed request */
+    GW_ERR_INVALID_SESSION_KEY, /* 400 key not 1-128 visible ASCII */
+    GW_ERR_SESSION_KEY_REQUIRED,/* 400 route policy reject and no key */
+    GW_ERR_UNAUTHORIZED,        /* 401 missing or wrong API key */
+    GW_ERR_NOT_FOUND,           /* 404 no route / no such session */
+    GW_ERR_METHOD_NOT_ALLOWED,  /* 405 */
+    GW_ERR_REQUEST_TIMEOUT,     /* 408 headers too slow */
+    GW_ERR_CONFLICT,            /* 409 session exists */
+    GW_ERR_BODY_TOO_LARGE,      /* 413 body over the route's max_body */
+    GW_ERR_HEADERS_TOO_LARGE,   /* 431 header bytes or count over the limit */
+    GW_ERR_INTERNAL,            /* 500 */
+    GW_ERR_NOT_IMPLEMENTED,     /* 501 e.g. unsupported transfer coding */
+    GW_ERR_BAD_GATEWAY,         /* 502 upstream spoke bad HTTP */
+    GW_ERR_INSTANCE_LOST,       /* 502 the session's instance is gone */
+    GW_ERR_NO_CAPACITY,         /* 503 no warm instance and no start in time (Retry-After) */
+    GW_ERR_STORE_UNAVAILABLE,   /* 503 Redis unreachable for a new session */
+    GW_ERR_OVERLOADED,          /* 503 connection or pending limits */
+    GW_ERR_UPSTREAM_TIMEOUT,    /* 504 no response head in time */
+    GW_ERR_INVALID_ARGUMENT,    /* 400 a control API field has a wrong type or value */
+    GW_ERR_UNKNOWN_TEMPLATE,    /* 400 the control API named a template the config lacks */
+    GW_ERR_COUNT
+};
+
+struct gw_err_info {
+    const char *code;
+    int status;
+    const char *message;
+};
+
+/* Static table entry for <e>. */
+const struct gw_err_info *gw_err_info(enum gw_err e);
+/* Reason phrase for an HTTP status ("Not Found"); "Unknown" for others. */
+const char *gw_status_reason(int status);
+
+#endif

@@ -1,0 +1,77 @@
+/* HTTP/1.1 message heads: parsing with llhttp into slices of the caller's buffer, and the
+ * rewriting a proxy does (hop-by-hop headers per RFC 9110 section 7.6.1, X-Forwarded-*).
+ * Pure: no I/O, no allocation; fuzzed (tests/fuzz/fuzz_h1.c). */
+#ifndef GW_H1_H
+#define GW_H1_H
+
+#include <llhttp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct gw_h1_header {
+    const char *name, *value;
+    uint32_t name_len, value_len;
+};
+
+#define GW_H1_MAX_CONN_TOKENS 8
+
+enum gw_h1_status {
+    GW_H1_OK = 0,
+    GW_H1_INCOMPLETE = -1,   /* need more bytes */
+    GW_H1_BAD = -2,          /* malformed (400 / 502) */
+    GW_H1_TOO_MANY = -3,     /* more headers than allowed (431) */
+    GW_H1_BAD_FRAMING = -4,  /* CL+TE, duplicate CL, bad TE: smuggling shapes (400, close) */
+};
+
+struct gw_h1_head {
+    /* request */
+    const char *method;
+    uint32_t method_len;
+    const char *url;
+    uint32_t url_len;
+    uint8_t method_id; /* llhttp_method_t */
+    /* response */
+    int status;
+    const char *reason;
+    uint32_t reason_len;
+    /* both */
+    uint8_t http_major, http_minor;
+    uint8_t keep_alive; /* per llhttp: persistent connection after this message */
+    uint8_t upgrade;
+    uint8_t chunked;
+    uint8_t has_cl;
+    uint8_t body_done;  /* the message ended with its head (no body) */
+    uint64_t content_length;
+    /* named headers found while parsing (index into headers, or -1) */
+    int host, cookie, connection, te, expect, content_type, xff, request_id, authorization;
+    uint32_t n_conn_tokens;
+    struct { const char *p; uint32_t len; } conn_tokens[GW_H1_MAX_CONN_TOKENS];
+    uint32_t n_headers, max_headers;
+    struct gw_h1_header *headers; /* caller's array of max_headers */
+    /* parsing state */
+    int in_value;
+    int err;
+};
+
+/* Parses a complete head (<len> bytes ending with CRLFCRLF) with <parser>, which the caller
+ * initialised for requests or responses and keeps for the body. <head->headers> and
+ * <head->max_headers> must be set. For a response to a HEAD request pass <head_request> 1.
+ * Returns GW_H1_OK (the parser now expects the body, or head->body_done is 1) or a negative
+ * gw_h1_status. Slices point into <buf>. */
+int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
+                     const char *buf, size_t len, int head_request);
+/* Settings whose callbacks fill a struct gw_h1_head in parser->data; on_body and
+ * on_message_complete are set by the caller through <on_body>/<on_complete> (may be NULL). */
+void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb on_complete);
+/* Checks a partial head early (before CRLFCRLF arrived) so garbage gets a 400 at once instead of
+ * waiting for the size limit or the timeout. Returns GW_H1_INCOMPLETE or a negative error. */
+int gw_h1_precheck(const char *buf, size_t len, int response);
+
+/* Header helpers. */
+int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n);
+/* 1 if <h> must not be forwarded: hop-by-hop, or named by a Connection token. */
+int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h);
+/* Trims optional white space around a value. */
+void gw_h1_trim(const char **p, size_t *n);
+
+#endif

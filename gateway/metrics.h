@@ -1,0 +1,47 @@
+/* Per-worker metric shards. Each worker loop owns one shard and is its only writer (relaxed
+ * atomic adds, no locks); the admin thread sums all shards when /metrics is scraped. */
+#ifndef GW_METRICS_H
+#define GW_METRICS_H
+
+#include <stdint.h>
+
+#include "gateway/errors.h"
+
+/* Request latency histogram bounds, in microseconds (Prometheus "le" buckets), +Inf last. */
+#define GW_LAT_BUCKETS 14
+extern const uint64_t gw_lat_bounds_us[GW_LAT_BUCKETS - 1];
+
+enum gw_claim_result {
+    GW_CLAIM_CACHED,  /* served from the loop's cache, no Redis */
+    GW_CLAIM_BOUND,   /* Redis had the binding */
+    GW_CLAIM_NEW,     /* bound a warm instance */
+    GW_CLAIM_STARTED, /* pool empty: a scheduler started one */
+    GW_CLAIM_FAILED,  /* no capacity, store down, lost */
+    GW_CLAIM_COUNT
+};
+
+struct gw_metrics {
+    uint64_t requests;
+    uint64_t responses[6]; /* by status class: [1]=1xx ... [5]=5xx, [0]=other */
+    uint64_t errors[GW_ERR_COUNT];
+    uint64_t claims[GW_CLAIM_COUNT];
+    uint64_t latency[GW_LAT_BUCKETS]; /* time to response head, non-cumulative counts */
+    uint64_t latency_sum_us;
+    uint64_t conns_accepted;
+    int64_t conns_active;
+    int64_t streams_active; /* requests in flight (incl. open SSE responses) */
+    uint64_t upstream_connects;
+    uint64_t upstream_reuses;
+    uint64_t bytes_in;  /* body bytes from clients */
+    uint64_t bytes_out; /* body bytes to clients */
+};
+
+#define GW_METRIC_ADD(m, field, n) __atomic_fetch_add(&(m)->field, (n), __ATOMIC_RELAXED)
+#define GW_METRIC_INC(m, field) GW_METRIC_ADD(m, field, 1)
+
+/* Records one response: status class and time to response head. Worker loop only. */
+void gw_metrics_response(struct gw_metrics *m, int status, uint64_t usec);
+/* Sums <n> shards into <out> (relaxed loads). Any thread. */
+void gw_metrics_sum(struct gw_metrics *const *shards, int n, struct gw_metrics *out);
+
+#endif

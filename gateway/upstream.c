@@ -1,0 +1,273 @@
+#include "gateway/upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "common/time.h"
+#include "gateway/claim.h"
+#include "gateway/config.h"
+#include "gateway/metrics.h"
+
+#define BUCKETS 1024
+
+struct gw_upool {
+    struct gw_upool *next; /* bucket chain */
+    struct gw_upstreams *u;
+    uint64_t key;
+    char addr[GW_ADDR_MAX];
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    int is_tcp;
+    struct gw_upconn *idle; /* doubly linked */
+    size_t n_idle;
+    size_t refs; /* idle + in use */
+};
+
+struct gw_upconn {
+    struct gw_upconn *next, *prev;
+    struct gw_upool *pool;
+    struct bufferevent *bev;
+    int idle;
+};
+
+struct gw_upstreams {
+    struct event_base *base;
+    const struct gw_config *gc;
+    struct gw_metrics *m;
+    struct gw_upool *buckets[BUCKETS];
+    size_t n_idle;
+};
+
+static int parse_addr(const char *addr, struct sockaddr_storage *sa, socklen_t *len, int *is_tcp)
+{
+    memset(sa, 0, sizeof(*sa));
+    if (strncmp(addr, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)sa;
+        size_t n = strlen(addr + 5);
+        if (n == 0 || n >= sizeof(un->sun_path))
+            return -EINVAL;
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, addr + 5, n + 1);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+        *is_tcp = 0;
+        return 0;
+    }
+    if (strncmp(addr, "tcp:", 4) == 0)
+        addr += 4;
+    int slen = (int)sizeof(*sa);
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)sa, &slen) < 0)
+        return -EINVAL;
+    *len = (socklen_t)slen;
+    *is_tcp = 1;
+    return 0;
+}
+
+struct gw_upstreams *gw_upstreams_create(struct event_base *base, const struct gw_config *gc,
+                                         struct gw_metrics *m)
+{
+    struct gw_upstreams *u = calloc(1, sizeof(*u));
+    if (!u)
+        return NULL;
+    u->base = base;
+    u->gc = gc;
+    u->m = m;
+    return u;
+}
+
+static void pool_unref(struct gw_upool *p)
+{
+    if (--p->refs > 0)
+        return;
+    struct gw_upool **pp = &p->u->buckets[p->key % BUCKETS];
+    while (*pp && *pp != p)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = p->next;
+    free(p);
+}
+
+static void idle_unlink(struct gw_upconn *uc)
+{
+    struct gw_upool *p = uc->pool;
+    if (uc->prev)
+        uc->prev->next = uc->next;
+    else
+        p->idle = uc->next;
+    if (uc->next)
+        uc->next->prev = uc->prev;
+    uc->next = uc->prev = NULL;
+    uc->idle = 0;
+    p->n_idle--;
+    p->u->n_idle--;
+}
+
+static void upconn_close(struct gw_upconn *uc)
+{
+    struct gw_upool *p = uc->pool;
+    if (uc->idle)
+        idle_unlink(uc);
+    bufferevent_free(uc->bev);
+    free(uc);
+    pool_unref(p);
+}
+
+void gw_upstreams_destroy(struct gw_upstreams *u)
+{
+    if (!u)
+        return;
+    for (size_t b = 0; b < BUCKETS; b++) {
+        struct gw_upool *p = u->buckets[b];
+        while (p) {
+            struct gw_upool *next = p->next;
+            /* Closing the last idle connection frees the pool when nothing else holds it. */
+            while (p->idle) {
+                size_t refs = p->refs;
+                upconn_close(p->idle);
+                if (refs == 1)
+                    break;
+            }
+            p = next;
+        }
+    }
+    free(u);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev, (void)what;
+    upconn_close(arg); /* closed by the instance, error, or idle timeout */
+}
+
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    upconn_close(arg); /* bytes on an idle connection: protocol error, drop it */
+}
+
+static struct gw_upool *pool_get(struct gw_upstreams *u, const char *addr, int *ret_err)
+{
+    size_t n = strlen(addr);
+    uint64_t key = XXH3_64bits(addr, n);
+    for (struct gw_upool *p = u->buckets[key % BUCKETS]; p; p = p->next)
+        if (p->key == key && strcmp(p->addr, addr) == 0)
+            return p;
+    if (n >= GW_ADDR_MAX) {
+        *ret_err = -EINVAL;
+        return NULL;
+    }
+    struct gw_upool *p = calloc(1, sizeof(*p));
+    if (!p) {
+        *ret_err = -ENOMEM;
+        return NULL;
+    }
+    if (parse_addr(addr, &p->sa, &p->salen, &p->is_tcp) < 0) {
+        free(p);
+        *ret_err = -EINVAL;
+        return NULL;
+    }
+    memcpy(p->addr, addr, n + 1);
+    p->key = key;
+    p->u = u;
+    p->next = u->buckets[key % BUCKETS];
+    u->buckets[key % BUCKETS] = p;
+    return p;
+}
+
+struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int *ret_reused,
+                                  int *ret_err)
+{
+    struct gw_upool *p = pool_get(u, addr, ret_err);
+    if (!p)
+        return NULL;
+    if (p->idle) {
+        struct gw_upconn *uc = p->idle;
+        idle_unlink(uc);
+        bufferevent_set_timeouts(uc->bev, NULL, NULL);
+        GW_METRIC_INC(u->m, upstream_reuses);
+        *ret_reused = 1;
+        return uc;
+    }
+    struct gw_upconn *uc = calloc(1, sizeof(*uc));
+    if (!uc) {
+        if (p->refs == 0) {
+            p->refs = 1;
+            pool_unref(p);
+        }
+        *ret_err = -ENOMEM;
+        return NULL;
+    }
+    p->refs++;
+    uc->pool = p;
+    uc->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!uc->bev) {
+        free(uc);
+        pool_unref(p);
+        *ret_err = -ENOMEM;
+        return NULL;
+    }
+    if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->sa, (int)p->salen) < 0) {
+        int e = errno ? errno : ECONNREFUSED;
+        bufferevent_free(uc->bev);
+        free(uc);
+        pool_unref(p);
+        *ret_err = -e;
+        return NULL;
+    }
+    if (p->is_tcp) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(uc->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    GW_METRIC_INC(u->m, upstream_connects);
+    *ret_reused = 0;
+    return uc;
+}
+
+struct bufferevent *gw_upconn_bev(struct gw_upconn *uc)
+{
+    return uc->bev;
+}
+
+void gw_upconn_release(struct gw_upconn *uc, int reusable)
+{
+    if (!uc)
+        return;
+    struct gw_upool *p = uc->pool;
+    struct gw_upstreams *u = p->u;
+    if (!reusable || p->n_idle >= u->gc->limits.upstream_idle_per_instance ||
+        evbuffer_get_length(bufferevent_get_input(uc->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(uc->bev))) {
+        upconn_close(uc);
+        return;
+    }
+    uc->idle = 1;
+    uc->prev = NULL;
+    uc->next = p->idle;
+    if (p->idle)
+        p->idle->prev = uc;
+    p->idle = uc;
+    p->n_idle++;
+    u->n_idle++;
+    struct timeval tv;
+    cm_usec_to_tv(u->gc->limits.upstream_idle_timeout, &tv);
+    bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
+    bufferevent_setwatermark(uc->bev, EV_READ, 0, 0);
+    bufferevent_setwatermark(uc->bev, EV_WRITE, 0, 0);
+    bufferevent_set_timeouts(uc->bev, &tv, NULL);
+    bufferevent_enable(uc->bev, EV_READ);
+}
+
+size_t gw_upstreams_idle(const struct gw_upstreams *u)
+{
+    return u->n_idle;
+}

@@ -1,0 +1,237 @@
+#include "gateway/worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/key.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "gateway/cache.h"
+#include "gateway/claim.h"
+#include "gateway/config.h"
+#include "gateway/conn.h"
+#include "gateway/h1.h"
+#include "gateway/upstream.h"
+
+#define CACHE_MAX_ENTRIES (1u << 20)
+
+void gw_conn_settings_init(struct gw_worker *w);
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    (void)l;
+    gw_conn_accept(arg, fd, sa, (socklen_t)len);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct gw_worker *w = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    cm_log_warn("worker", "accept failed worker=%d err=%s", w->index,
+                evutil_socket_error_to_string(e));
+    /* Out of fds: back off briefly rather than spin. */
+    if (e == EMFILE || e == ENFILE) {
+        evconnlistener_disable(l);
+        struct timeval tv = {0, 100000};
+        event_base_once(w->base, -1, EV_TIMEOUT,
+                        (event_callback_fn)(void (*)(void))evconnlistener_enable, l, &tv);
+    }
+}
+
+static void on_inval(const char *channel, const char *msg, size_t len, void *data)
+{
+    struct gw_worker *w = data;
+    struct cm_hash h;
+    (void)channel;
+    if (cm_hash_parse(msg, len, &h) == 0)
+        gw_cache_drop(w->cache, h);
+}
+
+static void on_redis_state(struct cm_redis *r, int connected, void *data)
+{
+    struct gw_worker *w = data;
+    (void)r;
+    if (connected) {
+        if (w->redis_up_before) {
+            /* Invalidations may have been missed while away: trust nothing cached. */
+            gw_cache_clear(w->cache);
+            cm_log_info("worker", "redis reconnected, cache flushed worker=%d", w->index);
+        }
+        w->redis_up_before = 1;
+    } else if (w->index == 0) {
+        cm_log_warn("worker", "redis connection lost worker=%d", w->index);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    gw_conn_touch_streams(arg);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+    (void)fd, (void)what;
+    if (!w->stopping) {
+        w->stopping = 1;
+        evconnlistener_disable(w->listener);
+        gw_conn_drain_all(w);
+    }
+    if (w->n_conns == 0) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    /* Re-check until the last exchange ended (bounded by main's grace period). */
+    struct timeval tv = {0, 50000};
+    event_add(w->stop_ev, &tv);
+}
+
+static int listen_socket(const char *addr, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int slen = (int)sizeof(ss);
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &slen) < 0) {
+        snprintf(err, errlen, "gateway.listen: cannot parse address '%s'", addr);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, (socklen_t)slen) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "listen on %s: %s", addr, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *err,
+                                   size_t errlen)
+{
+    struct gw_worker *w = calloc(1, sizeof(*w));
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    w->index = index;
+    w->gc = gc;
+    w->accepting = 1;
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = (uint32_t)getpid() ^ (uint32_t)index;
+    snprintf(w->reqid_prefix, sizeof(w->reqid_prefix), "%08x", r);
+    w->headers = calloc(gc->limits.max_headers, sizeof(*w->headers));
+    w->base = event_base_new();
+    if (!w->headers || !w->base)
+        goto oom;
+    gw_conn_settings_init(w);
+    w->cache = gw_cache_create(CACHE_MAX_ENTRIES);
+    w->ups = gw_upstreams_create(w->base, gc, &w->metrics);
+    w->redis = cm_redis_create(w->base, &gc->common->redis, on_redis_state, w);
+    w->sub = cm_redis_create(w->base, &gc->common->redis, NULL, NULL);
+    if (!w->cache || !w->ups || !w->redis || !w->sub)
+        goto oom;
+    w->claimer = gw_claimer_create(w->base, w->redis, gc, &w->metrics);
+    if (!w->claimer)
+        goto oom;
+    char channel[128];
+    snprintf(channel, sizeof(channel), "%sinval", gc->common->redis.prefix);
+    if (cm_redis_subscribe(w->sub, channel, on_inval, w) < 0)
+        goto oom;
+    int fd = listen_socket(gc->listen, err, errlen);
+    if (fd < 0) {
+        gw_worker_destroy(w);
+        return NULL;
+    }
+    w->listener = evconnlistener_new(w->base, on_accept, w,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (!w->listener) {
+        close(fd);
+        goto oom;
+    }
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+    w->stop_ev = evtimer_new(w->base, on_stop, w);
+    if (!w->tick_ev || !w->stop_ev)
+        goto oom;
+    struct timeval tv;
+    cm_usec_to_tv(gc->activity_flush, &tv);
+    event_add(w->tick_ev, &tv);
+    return w;
+oom:
+    snprintf(err, errlen, "worker %d: out of memory", index);
+    gw_worker_destroy(w);
+    return NULL;
+}
+
+static void *run(void *arg)
+{
+    struct gw_worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int gw_worker_start(struct gw_worker *w)
+{
+    int rc = pthread_create(&w->thread, NULL, run, w);
+    return -rc;
+}
+
+void gw_worker_stop(struct gw_worker *w)
+{
+    /* event_active is thread-safe once evthread_use_pthreads() ran (main does it). */
+    event_active(w->stop_ev, EV_TIMEOUT, 0);
+}
+
+void gw_worker_destroy(struct gw_worker *w)
+{
+    if (!w)
+        return;
+    if (w->thread)
+        pthread_join(w->thread, NULL);
+    if (w->base)
+        gw_conn_close_all(w);
+    gw_claimer_destroy(w->claimer);
+    cm_redis_destroy(w->sub);
+    cm_redis_destroy(w->redis);
+    if (w->listener)
+        evconnlistener_free(w->listener);
+    gw_upstreams_destroy(w->ups);
+    gw_cache_destroy(w->cache);
+    if (w->tick_ev)
+        event_free(w->tick_ev);
+    if (w->stop_ev)
+        event_free(w->stop_ev);
+    if (w->base)
+        event_base_free(w->base);
+    free(w->headers);
+    free(w);
+}
+
+void gw_worker_request_id(struct gw_worker *w, char out[17])
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, w->reqid_prefix, 8);
+    uint64_t n = ++w->reqid_seq;
+    for (int i = 15; i >= 8; i--) {
+        out[i] = hex[n & 0xf];
+        n >>= 4;
+    }
+    out[16] = '\0';
+}

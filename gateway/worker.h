@@ -1,0 +1,66 @@
+/* A data-plane worker: one thread, one event loop, its own listener (SO_REUSEPORT), Redis
+ * clients, claimer, binding cache, upstream pools and metric shard. Nothing on the hot path is
+ * shared between workers except the read-only config. */
+#ifndef GW_WORKER_H
+#define GW_WORKER_H
+
+#include <llhttp.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "common/time.h"
+#include "gateway/metrics.h"
+
+struct event_base;
+struct event;
+struct evconnlistener;
+struct cm_redis;
+struct gw_config;
+struct gw_claimer;
+struct gw_cache;
+struct gw_upstreams;
+struct gw_conn;
+struct gw_h1_header;
+
+struct gw_worker {
+    int index;
+    const struct gw_config *gc;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct cm_redis *redis; /* commands */
+    struct cm_redis *sub;   /* `inval` subscription */
+    struct gw_claimer *claimer;
+    struct gw_cache *cache;
+    struct gw_upstreams *ups;
+    struct gw_metrics metrics;
+    /* scratch for parsing one head at a time (the loop is single-threaded) */
+    struct gw_h1_header *headers;
+    llhttp_settings_t req_head_settings, req_body_settings;
+    llhttp_settings_t resp_head_settings, resp_body_settings;
+    struct gw_conn *conns;   /* every open client connection */
+    uint64_t n_conns;
+    int accepting;           /* listener enabled (off at max_connections) */
+    struct event *tick_ev;   /* activity flush of long streams */
+    struct event *stop_ev;
+    char reqid_prefix[9];
+    uint64_t reqid_seq;
+    int redis_up_before;     /* for wholesale cache flush after a reconnect */
+    pthread_t thread;
+    int stopping;
+};
+
+/* Creates worker <index>: its loop, listener socket (bound now, so errors show at start-up) and
+ * clients. Returns NULL with a message in <err>. */
+struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *err,
+                                   size_t errlen);
+/* Runs the loop on a new thread. Returns 0 or a negative errno. */
+int gw_worker_start(struct gw_worker *w);
+/* Asks the loop to stop (any thread): stop accepting, close idle connections, finish. */
+void gw_worker_stop(struct gw_worker *w);
+/* Joins the thread and frees everything. Takes NULL. */
+void gw_worker_destroy(struct gw_worker *w);
+
+/* Next request id (16 hex digits) into <out>. Loop thread only. */
+void gw_worker_request_id(struct gw_worker *w, char out[17]);
+
+#endif
