@@ -443,7 +443,9 @@ static void process_head(struct gw_conn *c)
     cm_hash_hex(c->hash, c->hash_hex);
 
     struct gw_cache_entry *e = gw_cache_get(w->cache, c->hash);
-    if (e && e->expires > c->t_start) {
+    /* A fresh entry is used as is; a stale one too while Redis is away (DESIGN.md section 7:
+     * bound sessions keep working without the store). */
+    if (e && (e->expires > c->t_start || cm_redis_state(w->redis) != CM_REDIS_CONNECTED)) {
         memcpy(c->instance, e->instance, sizeof(c->instance));
         memcpy(c->addr, e->addr, sizeof(c->addr));
         c->from_cache = 1;
@@ -463,6 +465,16 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     struct gw_worker *w = c->w;
     c->claim = NULL;
     bufferevent_enable(c->bev, EV_READ);
+    if (err == GW_ERR_STORE_UNAVAILABLE) {
+        struct gw_cache_entry *stale = gw_cache_get(w->cache, c->hash);
+        if (stale) { /* the store timed out: a binding we knew is better than a 503 */
+            memcpy(c->instance, stale->instance, sizeof(c->instance));
+            memcpy(c->addr, stale->addr, sizeof(c->addr));
+            c->from_cache = 1;
+            forward(c, NULL);
+            return;
+        }
+    }
     if (err >= 0) {
         if (err != GW_ERR_STORE_UNAVAILABLE)
             cm_log_debug("conn", "claim failed session=%s err=%s", c->hash_hex,
