@@ -136,7 +136,10 @@ static const char release_src[] =
     "redis.call('DEL', sk)\n"
     "redis.call('ZREM', P..'expiry', h)\n"
     "redis.call('ZREM', P..'sessions:'..s[1], h)\n"
-    "for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do redis.call('DEL', P..'a:'..a) end\n"
+    "for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"
+    "  redis.call('DEL', P..'a:'..a)\n"
+    "  redis.call('PUBLISH', P..'inval', a)\n"
+    "end\n"
     "redis.call('DEL', sk..':aliases')\n"
     "local inst, host = s[2] or '', s[3] or ''\n"
     "if inst ~= '' and s[8] == 'bound' then\n"
@@ -164,6 +167,9 @@ static const char lost_src[] =
     "  if redis.call('HGET', sk, 'instance') == id then\n"
     "    redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"
     "    redis.call('PUBLISH', P..'inval', h)\n"
+    "    for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"
+    "      redis.call('PUBLISH', P..'inval', a)\n"
+    "    end\n"
     "    event('lost', 'session', h, 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
     "    return h\n"
     "  end\n"
@@ -171,15 +177,33 @@ static const char lost_src[] =
     "event('lost', 'session', '', 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
     "return ''\n";
 
+static const char resolve_src[] =
+    "local P = ARGV[1]\n"
+    "local h = redis.call('GET', P..'a:'..ARGV[2])\n"
+    "if not h then return {'absent'} end\n"
+    "local s = redis.call('HMGET', P..'s:'..h, 'state', 'instance', 'addr', 'gen', 'tenant')\n"
+    "if s[1] ~= 'bound' or s[5] ~= ARGV[3] then return {'absent'} end\n"
+    "return {'bound', s[2], s[3], s[4], h}\n";
+
+static const char alias_src[] =
+    "local P = ARGV[1]\n"
+    "local sk = P..'s:'..ARGV[3]\n"
+    "if redis.call('EXISTS', sk) == 0 then return 0 end\n"
+    "redis.call('SET', P..'a:'..ARGV[2], ARGV[3])\n"
+    "redis.call('SADD', sk..':aliases', ARGV[2])\n"
+    "return 1\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
     [CM_SCRIPT_RELEASE] = release_src, [CM_SCRIPT_LOST] = lost_src,
+    [CM_SCRIPT_RESOLVE] = resolve_src, [CM_SCRIPT_ALIAS] = alias_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
     [CM_SCRIPT_TOUCH] = "touch",     [CM_SCRIPT_UPDATE] = "update",
     [CM_SCRIPT_RELEASE] = "release", [CM_SCRIPT_LOST] = "lost",
+    [CM_SCRIPT_RESOLVE] = "resolve", [CM_SCRIPT_ALIAS] = "alias",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

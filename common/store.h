@@ -50,6 +50,15 @@ enum cm_script {
      * The instance is gone: drop it from its pool, mark its session lost (the session stays
      * for its TTL, so the next request follows on_lost). Returns the session h or "". */
     CM_SCRIPT_LOST,
+    /* RESOLVE ARGV: P ah tenant
+     * Follows alias ah (MCP session id, legacy SSE session id) to its session. Returns
+     * {"bound", instance, addr, gen, h} or {"absent"} (unknown alias, another tenant's, or a
+     * session that is no longer bound: its client must start over). */
+    CM_SCRIPT_RESOLVE,
+    /* ALIAS ARGV: P ah h
+     * Records alias ah -> h (with the session: deleted with it). Returns 1, or 0 when the
+     * session is gone. */
+    CM_SCRIPT_ALIAS,
     CM_SCRIPT_COUNT
 };
 

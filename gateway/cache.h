@@ -14,7 +14,8 @@
 #include "gateway/claim.h"
 
 struct gw_cache_entry {
-    struct cm_hash hash;
+    struct cm_hash hash;    /* the key: session hash, or alias hash */
+    struct cm_hash session; /* the session it belongs to */
     uint8_t used;
     uint64_t gen;
     cm_usec_t expires;    /* monotonic: after this, ask Redis again */

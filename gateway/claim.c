@@ -261,11 +261,29 @@ static void on_script(redisReply *reply, const char *err, void *data)
         claim_free(cl);
         return;
     }
-    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 5) {
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
         finish(cl, GW_ERR_STORE_UNAVAILABLE);
         return;
     }
     const char *status = reply_str(reply, 0);
+    if (cl->mode == GW_CLAIM_MODE_ALIAS) {
+        if (strcmp(status, "bound") != 0 || reply->elements < 5 ||
+            cm_hash_parse(reply_str(reply, 4), strlen(reply_str(reply, 4)), &cl->b.session) < 0) {
+            finish(cl, GW_ERR_NOT_FOUND);
+            return;
+        }
+        cm_hash_hex(cl->b.session, cl->b.session_hex);
+        snprintf(cl->b.instance, sizeof(cl->b.instance), "%s", reply_str(reply, 1));
+        snprintf(cl->b.addr, sizeof(cl->b.addr), "%s", reply_str(reply, 2));
+        cl->b.gen = strtoull(reply_str(reply, 3), NULL, 10);
+        cl->b.how = GW_CLAIM_BOUND;
+        finish(cl, -1);
+        return;
+    }
+    if (reply->elements < 5) {
+        finish(cl, GW_ERR_STORE_UNAVAILABLE);
+        return;
+    }
     if (strcmp(status, "bound") == 0 || strcmp(status, "new") == 0) {
         snprintf(cl->b.instance, sizeof(cl->b.instance), "%s", reply_str(reply, 1));
         snprintf(cl->b.addr, sizeof(cl->b.addr), "%s", reply_str(reply, 2));
@@ -309,6 +327,8 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     }
     cl->b.hash = cm_key_hash(cl->tenant, cl->source, cl->key, cl->key_len);
     cm_hash_hex(cl->b.hash, cl->b.hash_hex);
+    cl->b.session = cl->b.hash;
+    memcpy(cl->b.session_hex, cl->b.hash_hex, sizeof(cl->b.session_hex));
 
     char now[24], ttl[24], idle[24], stale[24];
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
@@ -328,7 +348,13 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     if (c->running)
         c->running->prev = cl;
     c->running = cl;
-    int rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl, (int)CM_ARRAY_SIZE(argv),
+    int rc;
+    if (cl->mode == GW_CLAIM_MODE_ALIAS)
+        rc = cm_redis_script(c->redis, CM_SCRIPT_RESOLVE, on_script, cl, 3,
+                             (const char *[]){prefix, cl->b.hash_hex, cl->tenant},
+                             (size_t[]){strlen(prefix), CM_HASH_HEX_LEN, strlen(cl->tenant)});
+    else
+        rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl, (int)CM_ARRAY_SIZE(argv),
                              argv, lens);
     if (rc < 0) {
         /* Not connected: answer store_unavailable on the next loop turn, never inside this

@@ -25,6 +25,8 @@ struct gw_claim;
 enum gw_claim_mode {
     GW_CLAIM_MODE_CLAIM,  /* bind an instance if the session has none */
     GW_CLAIM_MODE_LOOKUP, /* only report an existing binding ("absent" otherwise) */
+    GW_CLAIM_MODE_ALIAS,  /* <source>/<key> name an alias (MCP or legacy SSE session id):
+                           * follow it to its bound session, never bind (GW_ERR_NOT_FOUND) */
 };
 
 struct gw_claim_req {
@@ -39,8 +41,10 @@ struct gw_claim_req {
 };
 
 struct gw_binding {
-    struct cm_hash hash;
+    struct cm_hash hash; /* what was looked up: the session hash, or the alias hash */
     char hash_hex[CM_HASH_HEX_LEN + 1];
+    struct cm_hash session; /* the session's hash (equal to hash unless an alias) */
+    char session_hex[CM_HASH_HEX_LEN + 1];
     char instance[GW_INSTANCE_ID_MAX];
     char addr[GW_ADDR_MAX];
     uint64_t gen;

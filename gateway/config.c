@@ -12,7 +12,7 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         "max_header_bytes", "max_headers",     "max_connections",     "header_timeout",
         "keepalive_timeout", "connect_timeout", "response_timeout",    "stream_idle_timeout",
         "start_timeout",    "buffer_high",     "buffer_low",          "upstream_idle_per_instance",
-        "upstream_idle_timeout", NULL};
+        "upstream_idle_timeout", "sse_sniff_bytes", "rewrite_max_body", NULL};
     const char *p = "gateway.limits";
     const cm_usec_t S = CM_USEC_PER_SEC;
     if (cm_conf_keys(ctx, m, p, keys) ||
@@ -36,7 +36,10 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         cm_conf_u64(ctx, m, p, "upstream_idle_per_instance", 32, 0, 10000,
                     &l->upstream_idle_per_instance) ||
         cm_conf_duration(ctx, m, p, "upstream_idle_timeout", 60 * S, 100 * CM_USEC_PER_MSEC,
-                         3600 * S, &l->upstream_idle_timeout))
+                         3600 * S, &l->upstream_idle_timeout) ||
+        cm_conf_size(ctx, m, p, "sse_sniff_bytes", 16u << 10, 256, 1u << 20, &l->sse_sniff_bytes) ||
+        cm_conf_size(ctx, m, p, "rewrite_max_body", 1u << 20, 4096, 64u << 20,
+                     &l->rewrite_max_body))
         return -EINVAL;
     if (l->buffer_low >= l->buffer_high)
         return cm_conf_fail(ctx, cm_ynode_get(m, "buffer_low"), p, "buffer_low",
@@ -49,11 +52,11 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
 {
     static const char *const keys[] = {"name",   "host",     "path_prefix", "tenant", "template",
                                        "key_headers", "cookie", "no_key",   "max_body", "auth",
-                                       NULL};
+                                       "mcp",    "mcp_delete", "legacy_sse", "cdp_rewrite", NULL};
     static const char *const def_headers[] = {"x-fc-session-id", NULL};
     char p[64];
     snprintf(p, sizeof(p), "gateway.routes[%zu]", idx);
-    char *no_key = NULL;
+    char *no_key = NULL, *mcp_delete = NULL;
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, p, NULL, "must be a mapping");
     if (cm_conf_keys(ctx, m, p, keys) || cm_conf_str(ctx, m, p, "name", NULL, &r->name) ||
@@ -65,8 +68,23 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
         cm_conf_str(ctx, m, p, "cookie", "berth_session", &r->cookie) ||
         cm_conf_str(ctx, m, p, "no_key", "new", &no_key) ||
         cm_conf_size(ctx, m, p, "max_body", 64u << 20, 0, 1ull << 40, &r->max_body) ||
-        cm_conf_bool(ctx, m, p, "auth", 0, &r->auth))
-        return free(no_key), -EINVAL;
+        cm_conf_bool(ctx, m, p, "auth", 0, &r->auth) ||
+        cm_conf_bool(ctx, m, p, "mcp", 1, &r->mcp) ||
+        cm_conf_str(ctx, m, p, "mcp_delete", "release", &mcp_delete) ||
+        cm_conf_bool(ctx, m, p, "legacy_sse", 1, &r->legacy_sse) ||
+        cm_conf_bool(ctx, m, p, "cdp_rewrite", 0, &r->cdp_rewrite))
+        return free(no_key), free(mcp_delete), -EINVAL;
+    if (strcmp(mcp_delete, "release") == 0)
+        r->mcp_delete_releases = 1;
+    else if (strcmp(mcp_delete, "keep") == 0)
+        r->mcp_delete_releases = 0;
+    else {
+        free(mcp_delete);
+        free(no_key);
+        return cm_conf_fail(ctx, cm_ynode_get(m, "mcp_delete"), p, "mcp_delete",
+                            "must be release or keep");
+    }
+    free(mcp_delete);
     if (!r->name && asprintf(&r->name, "route%zu", idx) < 0) {
         r->name = NULL;
         free(no_key);

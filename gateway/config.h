@@ -28,6 +28,10 @@ struct gw_route {
     enum gw_no_key no_key;
     uint64_t max_body;             /* bytes */
     int auth;                      /* data plane requires "Authorization: Bearer <tenant key>" */
+    int mcp;          /* route by Mcp-Session-Id; learn it from responses (Streamable HTTP) */
+    int mcp_delete_releases; /* DELETE with Mcp-Session-Id releases the session afterwards */
+    int legacy_sse;   /* learn sessionId/session_id from the SSE endpoint event; route by it */
+    int cdp_rewrite;  /* rewrite webSocketDebuggerUrl in /json/version and /json/list answers */
 };
 
 struct gw_limits {
@@ -44,6 +48,8 @@ struct gw_limits {
     uint64_t buffer_low;         /* ...and resumes below this */
     uint64_t upstream_idle_per_instance; /* kept-alive upstream connections per instance */
     cm_usec_t upstream_idle_timeout;
+    uint64_t sse_sniff_bytes;   /* how far into an SSE stream the endpoint event is looked for */
+    uint64_t rewrite_max_body;  /* largest response body rewritten (CDP), else 502 */
 };
 
 struct gw_config {

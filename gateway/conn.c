@@ -27,6 +27,7 @@
 #include "gateway/config.h"
 #include "gateway/errors.h"
 #include "gateway/h1.h"
+#include "gateway/rewrite.h"
 #include "gateway/skey.h"
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
@@ -34,6 +35,17 @@
 /* How long a closing connection keeps reading (and discarding) so the client sees our error
  * response instead of a reset. */
 #define LINGER_USEC (2 * CM_USEC_PER_SEC)
+
+enum key_kind {
+    KEY_SID, /* platform key: x-fc-session-id, cookie, or one the gateway made */
+    KEY_MCP, /* Mcp-Session-Id (an alias) */
+    KEY_SSE, /* legacy MCP SSE sessionId / session_id query parameter (an alias) */
+};
+
+/* A Redis operation a connection waits for; the connection may go away first. */
+struct conn_op {
+    struct gw_conn *c;
+};
 
 enum conn_state {
     CS_IDLE,    /* between requests: keep-alive timer armed */
@@ -59,8 +71,16 @@ struct gw_conn {
     size_t rscan;     /* same for the response */
     uint64_t body_bytes;
     cm_usec_t t_start;
-    struct cm_hash hash;
+    struct cm_hash hash; /* cache key: the session's hash, or the alias's */
     char hash_hex[CM_HASH_HEX_LEN + 1];
+    struct cm_hash session;
+    char session_hex[CM_HASH_HEX_LEN + 1];
+    struct conn_op *op;      /* alias being stored */
+    struct evbuffer *aux;    /* SSE sniff window, or the body being rewritten */
+    struct evbuffer *aux_head; /* response head held back while its body is rewritten */
+    char *host;              /* client's Host, kept for the CDP rewrite */
+    size_t held;             /* response bytes parsed but held until the alias is stored */
+    char alias_id[CM_KEY_MAX + 1];
     char key[CM_KEY_MAX + 1];
     char auto_key[CM_HASH_HEX_LEN + 1];
     char instance[GW_INSTANCE_ID_MAX];
@@ -89,7 +109,31 @@ struct gw_conn {
     unsigned dechunk : 1;
     unsigned in_stream : 1;
     unsigned shut : 1;
+    unsigned kind : 2;
+    unsigned had_mcp_id : 1;
+    unsigned is_delete : 1;
+    unsigned is_get : 1;
+    unsigned cdp_path : 1;
+    unsigned alias_pending : 1;
+    unsigned alias_done : 1;
+    unsigned sniff : 1;
+    unsigned body_alias : 1;
+    unsigned rewrite : 1;
+    unsigned rewrite_overflow : 1;
+    size_t reframe_len; /* body length of a rewritten response */
 };
+
+static void aux_reset(struct gw_conn *c)
+{
+    if (c->aux)
+        evbuffer_free(c->aux);
+    if (c->aux_head)
+        evbuffer_free(c->aux_head);
+    c->aux = c->aux_head = NULL;
+    c->sniff = c->rewrite = c->rewrite_overflow = 0;
+    free(c->host);
+    c->host = NULL;
+}
 
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
@@ -164,6 +208,9 @@ static void conn_free(struct gw_conn *c)
         gw_claim_cancel(c->claim);
     if (c->up)
         gw_upconn_release(c->up, 0);
+    if (c->op)
+        c->op->c = NULL; /* its reply frees it */
+    aux_reset(c);
     evtimer_del(&c->timer);
     bufferevent_free(c->bev);
     if (c->prev)
@@ -215,7 +262,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
                         info->status, gw_status_reason(info->status), blen);
     if (e == GW_ERR_NO_CAPACITY || e == GW_ERR_STORE_UNAVAILABLE || e == GW_ERR_OVERLOADED)
         evbuffer_add_printf(out, "retry-after: %u\r\n", w->gc->retry_after);
-    if (w->gc->expose_headers && c->key_len) {
+    if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID) {
         evbuffer_add(out, "x-berth-session: ", 17);
         evbuffer_add(out, c->key, c->key_len);
         evbuffer_add(out, "\r\n", 2);
@@ -260,8 +307,9 @@ static void on_touched(redisReply *reply, const char *err, void *data)
     free(t);
 }
 
-void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force)
+void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *session_hex, int force)
 {
+    const char *hex = session_hex;
     struct gw_cache_entry *e = gw_cache_get(w->cache, h);
     cm_usec_t now = cm_now_mono();
     if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
@@ -284,7 +332,7 @@ void gw_conn_touch_streams(struct gw_worker *w)
 {
     for (struct gw_conn *c = w->conns; c; c = c->next)
         if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
-            gw_conn_touch(w, c->hash, c->hash_hex, 0);
+            gw_conn_touch(w, c->hash, c->session_hex, 0);
 }
 
 /* ------------------------------------------------------------------ request head */
@@ -360,6 +408,11 @@ static void process_head(struct gw_conn *c)
     c->req_done = c->resp_head_done = c->close_after = c->retried = c->reclaimed = 0;
     c->from_cache = c->issue_cookie = c->body_too_large = c->dechunk = 0;
     c->head_pending = 1; /* every error path from here on drains the head */
+    c->kind = KEY_SID;
+    c->had_mcp_id = c->is_delete = c->is_get = c->cdp_path = 0;
+    c->alias_pending = c->alias_done = c->body_alias = 0;
+    c->held = 0;
+    aux_reset(c);
     c->body_bytes = 0;
     c->key_len = 0;
     c->req_keepalive = 0;
@@ -414,7 +467,50 @@ static void process_head(struct gw_conn *c)
         send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
         return;
     }
-    if (kr == GW_SKEY_NONE) {
+    c->is_delete = h.method_id == HTTP_DELETE;
+    c->is_get = h.method_id == HTTP_GET;
+    const char *mcp_id = NULL;
+    size_t mcp_len = 0;
+    if (c->route->mcp) {
+        for (uint32_t i = 0; i < h.n_headers; i++)
+            if (gw_h1_name_eq(&h.headers[i], "mcp-session-id", 14)) {
+                mcp_id = h.headers[i].value;
+                mcp_len = h.headers[i].value_len;
+                gw_h1_trim(&mcp_id, &mcp_len);
+                break;
+            }
+    }
+    c->had_mcp_id = mcp_id != NULL;
+    if (c->route->cdp_rewrite && c->is_get && path_len >= 5 && memcmp(path, "/json", 5) == 0 &&
+        (path_len == 5 || path[5] == '/' || path[5] == '?') && host_len && host_len < 256) {
+        c->cdp_path = 1;
+        c->host = strndup(host, host_len);
+    }
+    const char *qid = NULL;
+    size_t qid_len = 0;
+    if (kr == GW_SKEY_NONE && mcp_id) {
+        /* MCP Streamable HTTP: the server's id names an alias of the session. */
+        if (!cm_key_valid(mcp_id, mcp_len)) {
+            send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
+            return;
+        }
+        c->kind = KEY_MCP;
+        key = mcp_id;
+        key_len = mcp_len;
+    } else if (kr == GW_SKEY_NONE && c->route->legacy_sse && memchr(h.url, '?', h.url_len) &&
+               gw_skey_query((const char *)memchr(h.url, '?', h.url_len) + 1,
+                             h.url_len - (size_t)((const char *)memchr(h.url, '?', h.url_len) -
+                                                  h.url) - 1,
+                             &qid, &qid_len)) {
+        /* Legacy MCP HTTP+SSE: POST /messages?sessionId=... */
+        if (!cm_key_valid(qid, qid_len)) {
+            send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
+            return;
+        }
+        c->kind = KEY_SSE;
+        key = qid;
+        key_len = qid_len;
+    } else if (kr == GW_SKEY_NONE) {
         switch (c->route->no_key) {
         case GW_NO_KEY_REJECT:
             send_error(c, GW_ERR_SESSION_KEY_REQUIRED, 0);
@@ -439,8 +535,11 @@ static void process_head(struct gw_conn *c)
     memcpy(c->key, key, key_len);
     c->key[key_len] = '\0';
     c->key_len = (unsigned)key_len;
-    c->hash = cm_key_hash(c->route->tenant, CM_KEY_SRC_SID, c->key, key_len);
+    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
+    c->hash = cm_key_hash(c->route->tenant, sources[c->kind], c->key, key_len);
     cm_hash_hex(c->hash, c->hash_hex);
+    c->session = c->hash;
+    memcpy(c->session_hex, c->hash_hex, sizeof(c->session_hex));
 
     struct gw_cache_entry *e = gw_cache_get(w->cache, c->hash);
     /* A fresh entry is used as is; a stale one too while Redis is away (DESIGN.md section 7:
@@ -448,9 +547,11 @@ static void process_head(struct gw_conn *c)
     if (e && (e->expires > c->t_start || cm_redis_state(w->redis) != CM_REDIS_CONNECTED)) {
         memcpy(c->instance, e->instance, sizeof(c->instance));
         memcpy(c->addr, e->addr, sizeof(c->addr));
+        c->session = e->session;
+        cm_hash_hex(c->session, c->session_hex);
         c->from_cache = 1;
         GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
-        gw_conn_touch(w, c->hash, c->hash_hex, 0);
+        gw_conn_touch(w, c->hash, c->session_hex, 0);
         forward(c, &h);
         return;
     }
@@ -470,6 +571,8 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
         if (stale) { /* the store timed out: a binding we knew is better than a 503 */
             memcpy(c->instance, stale->instance, sizeof(c->instance));
             memcpy(c->addr, stale->addr, sizeof(c->addr));
+            c->session = stale->session;
+            cm_hash_hex(c->session, c->session_hex);
             c->from_cache = 1;
             forward(c, NULL);
             return;
@@ -479,9 +582,13 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
         if (err != GW_ERR_STORE_UNAVAILABLE)
             cm_log_debug("conn", "claim failed session=%s err=%s", c->hash_hex,
                          gw_err_info((enum gw_err)err)->code);
+        if (err == GW_ERR_NOT_FOUND || (err == GW_ERR_INSTANCE_LOST && c->kind != KEY_SID))
+            err = GW_ERR_SESSION_NOT_FOUND; /* MCP: tells the client to initialize again */
         send_error(c, (enum gw_err)err, 0);
         return;
     }
+    c->session = b->session;
+    memcpy(c->session_hex, b->session_hex, sizeof(c->session_hex));
     cm_usec_t now = cm_now_mono();
     struct gw_cache_entry *e = gw_cache_put(w->cache, b, now + w->gc->cache_ttl);
     if (e)
@@ -497,13 +604,14 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
 static void start_claim(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
+    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
     struct gw_claim_req req = {
         .tenant = c->route->tenant,
-        .source = CM_KEY_SRC_SID,
+        .source = sources[c->kind],
         .key = c->key,
         .key_len = c->key_len,
         .tpl = c->route->tpl,
-        .mode = GW_CLAIM_MODE_CLAIM,
+        .mode = c->kind == KEY_SID ? GW_CLAIM_MODE_CLAIM : GW_CLAIM_MODE_ALIAS,
     };
     c->state = CS_ROUTING;
     bufferevent_disable(c->bev, EV_READ);
@@ -684,11 +792,58 @@ static int on_msg_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+static int sniff_endpoint(struct gw_conn *c, const char *at, size_t len)
+{
+    /* Legacy MCP SSE: look at the first events for `endpoint`, bounded by sse_sniff_bytes. */
+    if (evbuffer_add(c->aux, at, len) < 0) {
+        c->sniff = 0;
+        return 0;
+    }
+    for (;;) {
+        size_t n = evbuffer_get_length(c->aux);
+        const char *buf = (const char *)evbuffer_pullup(c->aux, -1);
+        int is_endpoint;
+        const char *data, *id;
+        size_t data_len, id_len;
+        size_t ev = buf ? gw_rewrite_sse_event(buf, n, &is_endpoint, &data, &data_len) : 0;
+        if (ev == 0) {
+            if (n > c->w->gc->limits.sse_sniff_bytes) {
+                cm_log_info("conn", "no endpoint event in the first bytes of an SSE stream "
+                                    "session=%s bytes=%zu", c->session_hex, n);
+                c->sniff = 0;
+            }
+            return 0;
+        }
+        if (is_endpoint && data && gw_rewrite_endpoint_id(data, data_len, &id, &id_len)) {
+            c->sniff = 0;
+            if (!cm_key_valid(id, id_len)) {
+                cm_log_warn("conn", "endpoint event with an invalid session id session=%s",
+                            c->session_hex);
+                return 0;
+            }
+            memcpy(c->alias_id, id, id_len);
+            c->alias_id[id_len] = '\0';
+            c->body_alias = 1;
+            return HPE_PAUSED; /* hold these bytes until the alias is stored */
+        }
+        evbuffer_drain(c->aux, ev);
+    }
+}
+
 static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 {
     struct gw_conn *c = p->data;
+    if (c->rewrite) {
+        if (evbuffer_get_length(c->aux) + len > c->w->gc->limits.rewrite_max_body) {
+            c->rewrite_overflow = 1;
+            return -1;
+        }
+        return evbuffer_add(c->aux, at, len) < 0 ? -1 : 0;
+    }
     if (c->dechunk)
         evbuffer_add(bufferevent_get_output(c->bev), at, len);
+    if (c->sniff)
+        return sniff_endpoint(c, at, len);
     return 0;
 }
 
@@ -723,6 +878,92 @@ static void relay_req_body(struct gw_conn *c)
     }
 }
 
+/* ------------------------------------------------------------------ aliases */
+
+static void alias_failed(struct gw_conn *c, enum gw_err e)
+{
+    if (!c->resp_head_done)
+        send_error(c, e, 1);
+    else
+        conn_free(c); /* mid-stream: the client cannot use the endpoint, cut the stream */
+}
+
+static void on_alias_stored(redisReply *reply, const char *err, void *data)
+{
+    struct conn_op *op = data;
+    struct gw_conn *c = op->c;
+    free(op);
+    if (!c)
+        return;
+    c->op = NULL;
+    c->alias_pending = 0;
+    if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
+        cm_log_warn("conn", "cannot store alias session=%s err=%s", c->session_hex,
+                    err ? err : "bad reply");
+        alias_failed(c, GW_ERR_STORE_UNAVAILABLE);
+        return;
+    }
+    if (reply->integer == 0) { /* the session ended meanwhile */
+        alias_failed(c, GW_ERR_INSTANCE_LOST);
+        return;
+    }
+    if (!c->up)
+        return;
+    struct bufferevent *ub = gw_upconn_bev(c->up);
+    bufferevent_enable(ub, EV_READ);
+    if (!c->resp_head_done) {
+        c->alias_done = 1;
+    } else {
+        struct evbuffer *in = bufferevent_get_input(ub);
+        if (c->dechunk)
+            evbuffer_drain(in, c->held);
+        else
+            evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), c->held);
+        GW_METRIC_ADD(&c->w->metrics, bytes_out, c->held);
+        c->held = 0;
+        llhttp_resume(&c->resp);
+    }
+    relay_resp(c);
+}
+
+/* Records c->alias_id (of <source>) as an alias of c's session before the client may use it;
+ * upstream reading pauses meanwhile. */
+static void store_alias(struct gw_conn *c, const char *source)
+{
+    struct gw_worker *w = c->w;
+    struct cm_hash ah = cm_key_hash(c->route->tenant, source, c->alias_id, strlen(c->alias_id));
+    char ahex[CM_HASH_HEX_LEN + 1];
+    cm_hash_hex(ah, ahex);
+    const char *prefix = w->gc->common->redis.prefix;
+    const char *argv[] = {prefix, ahex, c->session_hex};
+    size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, CM_HASH_HEX_LEN};
+    struct conn_op *op = malloc(sizeof(*op));
+    if (!op || cm_redis_script(w->redis, CM_SCRIPT_ALIAS, on_alias_stored, op, 3, argv, lens) < 0) {
+        free(op);
+        alias_failed(c, GW_ERR_STORE_UNAVAILABLE);
+        return;
+    }
+    op->c = c;
+    c->op = op;
+    c->alias_pending = 1;
+    bufferevent_disable(gw_upconn_bev(c->up), EV_READ);
+    cm_log_debug("conn", "alias source=%s session=%s", source, c->session_hex);
+}
+
+static void release_session(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
+    const char *prefix = w->gc->common->redis.prefix;
+    const char *argv[] = {prefix, c->session_hex, c->route->tenant, "deleted", ms};
+    size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, strlen(c->route->tenant), 7, strlen(ms)};
+    cm_redis_script(w->redis, CM_SCRIPT_RELEASE, NULL, NULL, 5, argv, lens);
+    gw_cache_drop(w->cache, c->hash);
+    gw_cache_drop(w->cache, c->session);
+    cm_log_info("conn", "session released by MCP DELETE session=%s", c->session_hex);
+}
+
 /* ------------------------------------------------------------------ responses */
 
 static void finish_exchange(struct gw_conn *c)
@@ -735,6 +976,10 @@ static void finish_exchange(struct gw_conn *c)
     gw_upconn_release(c->up, reusable);
     c->up = NULL;
     end_stream(c);
+    if (c->kind == KEY_MCP && c->is_delete && c->status >= 200 && c->status < 300 &&
+        c->route->mcp_delete_releases)
+        release_session(c);
+    aux_reset(c);
     if (c->close_after || !c->req_keepalive || w->stopping) {
         begin_close(c);
         return;
@@ -771,7 +1016,8 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         const struct gw_h1_header *x = &h->headers[i];
         int drop = (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
                    (x->name_len > 8 && strncasecmp(x->name, "x-berth-", 8) == 0) ||
-                   (c->dechunk && gw_h1_name_eq(x, "transfer-encoding", 17));
+                   ((c->dechunk || c->rewrite) && gw_h1_name_eq(x, "transfer-encoding", 17)) ||
+                   (c->rewrite && gw_h1_name_eq(x, "content-length", 14));
         if (drop) {
             if (run)
                 add_run(out, run, x->name);
@@ -782,12 +1028,17 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
     }
     if (run)
         add_run(out, run, head_end - 2);
+    if (c->rewrite)
+        evbuffer_add_printf(out, "content-length: %zu\r\n", c->reframe_len);
     if (w->gc->expose_headers && h->status >= 200) {
         evbuffer_add(out, "x-berth-instance: ", 18);
         evbuffer_add(out, c->instance, strlen(c->instance));
-        evbuffer_add(out, "\r\nx-berth-session: ", 19);
-        evbuffer_add(out, c->key, c->key_len);
         evbuffer_add(out, "\r\n", 2);
+        if (c->kind == KEY_SID) {
+            evbuffer_add(out, "x-berth-session: ", 17);
+            evbuffer_add(out, c->key, c->key_len);
+            evbuffer_add(out, "\r\n", 2);
+        }
     }
     if (c->issue_cookie && h->status >= 200) {
         evbuffer_add_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
@@ -898,6 +1149,27 @@ static int parse_resp_head(struct gw_conn *c)
         evbuffer_drain(in, head_len);
         return 1;
     }
+    if (!c->alias_done && c->route->mcp && !c->had_mcp_id) {
+        /* MCP initialize: the server minted a session id; store the alias before the client
+         * can send it to another gateway. */
+        for (uint32_t i = 0; i < h.n_headers; i++) {
+            const struct gw_h1_header *x = &h.headers[i];
+            if (!gw_h1_name_eq(x, "mcp-session-id", 14))
+                continue;
+            const char *v = x->value;
+            size_t vn = x->value_len;
+            gw_h1_trim(&v, &vn);
+            if (!cm_key_valid(v, vn)) {
+                cm_log_warn("conn", "instance sent an invalid Mcp-Session-Id instance=%s",
+                            c->instance);
+                break;
+            }
+            memcpy(c->alias_id, v, vn);
+            c->alias_id[vn] = '\0';
+            store_alias(c, CM_KEY_SRC_MCP);
+            return -1;
+        }
+    }
     c->resp_head_done = 1;
     c->status = h.status;
     c->resp_keepalive = h.keep_alive;
@@ -908,8 +1180,25 @@ static int parse_resp_head(struct gw_conn *c)
     c->dechunk = c->http10 && h.chunked;
     if (c->dechunk)
         c->close_after = 1;
-    write_response_head(c, &h, data, head_len);
-    evbuffer_drain(in, head_len);
+    int is_sse = h.content_type >= 0 && h.headers[h.content_type].value_len >= 17 &&
+                 strncasecmp(h.headers[h.content_type].value, "text/event-stream", 17) == 0;
+    if (c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse) {
+        /* CDP discovery: hold the head, collect and rewrite the (small) body. */
+        c->aux = evbuffer_new();
+        c->aux_head = evbuffer_new();
+        if (!c->aux || !c->aux_head) {
+            send_error(c, GW_ERR_INTERNAL, 1);
+            return -1;
+        }
+        c->rewrite = 1;
+        evbuffer_remove_buffer(in, c->aux_head, head_len);
+    } else {
+        if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse &&
+            h.status == 200 && (c->aux = evbuffer_new()) != NULL)
+            c->sniff = 1;
+        write_response_head(c, &h, data, head_len);
+        evbuffer_drain(in, head_len);
+    }
     drop_pending_head(c);
     gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
     struct timeval tv;
@@ -924,9 +1213,37 @@ static int parse_resp_head(struct gw_conn *c)
     return 1;
 }
 
+static int emit_rewritten(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    size_t head_len = evbuffer_get_length(c->aux_head);
+    const char *head = (const char *)evbuffer_pullup(c->aux_head, -1);
+    size_t body_len = evbuffer_get_length(c->aux);
+    const char *body = (const char *)evbuffer_pullup(c->aux, -1);
+    struct gw_h1_head h;
+    llhttp_t tmp;
+    h.headers = w->headers;
+    h.max_headers = (uint32_t)w->gc->limits.max_headers;
+    llhttp_init(&tmp, HTTP_RESPONSE, &w->resp_head_settings);
+    struct evbuffer *nb = evbuffer_new();
+    if (!nb || !head || gw_h1_parse_head(&tmp, &w->resp_head_settings, &h, head, head_len, 0) ||
+        gw_rewrite_cdp(body ? body : "", body_len, c->host, strlen(c->host), nb) < 0) {
+        if (nb)
+            evbuffer_free(nb);
+        return -1;
+    }
+    c->reframe_len = evbuffer_get_length(nb);
+    write_response_head(c, &h, head, head_len);
+    evbuffer_add_buffer(bufferevent_get_output(c->bev), nb);
+    evbuffer_free(nb);
+    return 0;
+}
+
 static void relay_resp(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
+    if (c->alias_pending)
+        return;
     while (c->up && !c->resp_head_done) {
         int r = parse_resp_head(c);
         if (r <= 0)
@@ -952,19 +1269,36 @@ static void relay_resp(struct gw_conn *c)
         int done = 0;
         if (e == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&c->resp) - base);
+            if (c->body_alias) { /* paused by the endpoint sniffer, not at the end */
+                c->body_alias = 0;
+                c->held = used;
+                store_alias(c, CM_KEY_SRC_SSE);
+                return;
+            }
             done = 1;
         } else if (e != HPE_OK) {
+            if (c->rewrite) { /* nothing reached the client yet */
+                cm_log_warn("conn", "response to rewrite too large instance=%s", c->instance);
+                c->resp_head_done = 0;
+                send_error(c, GW_ERR_BAD_GATEWAY, 1);
+                return;
+            }
             cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
                         llhttp_errno_name(e));
             conn_free(c); /* the response started: cut it */
             return;
         }
-        if (c->dechunk)
+        if (c->dechunk || c->rewrite)
             evbuffer_drain(in, used);
         else
             evbuffer_remove_buffer(in, out, used);
         GW_METRIC_ADD(&w->metrics, bytes_out, used);
         if (done) {
+            if (c->rewrite && emit_rewritten(c) < 0) {
+                c->resp_head_done = 0;
+                send_error(c, GW_ERR_BAD_GATEWAY, 1);
+                return;
+            }
             finish_exchange(c);
             return;
         }
@@ -1058,6 +1392,11 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     if ((what & BEV_EVENT_EOF) && llhttp_message_needs_eof(&c->resp)) {
         llhttp_finish(&c->resp);
         c->close_after = 1;
+        if (c->rewrite && emit_rewritten(c) < 0) {
+            c->resp_head_done = 0;
+            send_error(c, GW_ERR_BAD_GATEWAY, 1);
+            return;
+        }
         finish_exchange(c);
         return;
     }

@@ -21,6 +21,8 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_NO_CAPACITY] = {"no_capacity", 503, "no instance available, retry later"},
     [GW_ERR_STORE_UNAVAILABLE] = {"store_unavailable", 503, "session store unavailable"},
     [GW_ERR_OVERLOADED] = {"overloaded", 503, "gateway overloaded"},
+    [GW_ERR_SESSION_NOT_FOUND] = {"session_not_found", 404,
+                                  "unknown or ended session: initialize a new one"},
     [GW_ERR_UPSTREAM_TIMEOUT] = {"upstream_timeout", 504, "the instance did not answer in time"},
     [GW_ERR_INVALID_ARGUMENT] = {"invalid_argument", 400, "invalid argument"},
     [GW_ERR_UNKNOWN_TEMPLATE] = {"unknown_template", 400, "unknown template"},

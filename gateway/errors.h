@@ -24,6 +24,7 @@ enum gw_err {
     GW_ERR_UPSTREAM_TIMEOUT,    /* 504 no response head in time */
     GW_ERR_INVALID_ARGUMENT,    /* 400 a control API field has a wrong type or value */
     GW_ERR_UNKNOWN_TEMPLATE,    /* 400 the control API named a template the config lacks */
+    GW_ERR_SESSION_NOT_FOUND,   /* 404 unknown or ended MCP / legacy SSE session id */
     GW_ERR_COUNT
 };
 

@@ -83,3 +83,29 @@ int gw_skey_find(const struct gw_route *route, const struct gw_h1_head *head,
     }
     return GW_SKEY_NONE;
 }
+
+int gw_skey_query(const char *q, size_t n, const char **ret, size_t *ret_len)
+{
+    const char *end = memchr(q, '#', n);
+    if (end)
+        n = (size_t)(end - q);
+    while (n) {
+        const char *amp = memchr(q, '&', n);
+        size_t pl = amp ? (size_t)(amp - q) : n;
+        const char *eq = memchr(q, '=', pl);
+        if (eq) {
+            size_t kn = (size_t)(eq - q);
+            if ((kn == 9 && memcmp(q, "sessionId", 9) == 0) ||
+                (kn == 10 && memcmp(q, "session_id", 10) == 0)) {
+                *ret = eq + 1;
+                *ret_len = pl - kn - 1;
+                return 1;
+            }
+        }
+        if (!amp)
+            break;
+        n -= pl + 1;
+        q = amp + 1;
+    }
+    return 0;
+}

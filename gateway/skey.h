@@ -22,4 +22,8 @@ int gw_skey_find(const struct gw_route *route, const struct gw_h1_head *head,
  * is unquoted. Returns 1 and the value slice, or 0. */
 int gw_skey_cookie(const char *v, size_t n, const char *name, const char **ret, size_t *ret_len);
 
+/* Finds the legacy MCP SSE session id in a query string (without the '?'): the value of
+ * "sessionId" or "session_id", up to '&' or '#'. Returns 1 and the slice, or 0. */
+int gw_skey_query(const char *q, size_t n, const char **ret, size_t *ret_len);
+
 #endif
