@@ -360,7 +360,7 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "memory", "pids",        "workspace_size",
                                        "pool",  "ready_timeout", "ttl",    "max_ttl",
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
-                                       NULL};
+                                       "upstreams", "sessions_per_instance", NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
     static const char *const pool_keys[] = {"min", "max", NULL};
     const char *p = "templates[]";
@@ -373,11 +373,32 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         return cm_conf_fail(ctx, m, p, "name", "required: 1-63 characters of [A-Za-z0-9._-]");
     char path[128];
     snprintf(path, sizeof(path), "templates.%s", t->name);
-    if (strcmp(t->driver, "process") != 0)
+    int is_static = strcmp(t->driver, "static") == 0;
+    if (strcmp(t->driver, "process") != 0 && !is_static)
         return cm_conf_fail(ctx, cm_ynode_get(m, "driver"), path, "driver",
-                            "unknown driver '%s' (known: process)", t->driver);
+                            "unknown driver '%s' (known: process, static)", t->driver);
+    uint64_t spi;
+    if (cm_conf_strv(ctx, m, path, "upstreams", NULL, &t->upstreams) ||
+        cm_conf_u64(ctx, m, path, "sessions_per_instance", 1, 0, 1u << 30, &spi))
+        return -EINVAL;
+    t->sessions_per_instance = (uint32_t)spi;
+    if (is_static) {
+        if (!t->upstreams || !t->upstreams[0])
+            return cm_conf_fail(ctx, m, path, "upstreams",
+                                "required with driver static: a list of addresses");
+        for (char **u = t->upstreams; *u; u++)
+            if (strlen(*u) > 180 || !strchr(*u, ':'))
+                return cm_conf_fail(ctx, cm_ynode_get(m, "upstreams"), path, "upstreams",
+                                    "'%s' is not host:port, tcp:host:port or unix:/path", *u);
+        if (cm_ynode_get(m, "app"))
+            return cm_conf_fail(ctx, cm_ynode_get(m, "app"), path, "app",
+                                "not used with driver static");
+    } else if (t->upstreams) {
+        return cm_conf_fail(ctx, cm_ynode_get(m, "upstreams"), path, "upstreams",
+                            "only for driver static");
+    }
     const struct cm_ynode *app = cm_ynode_get(m, "app");
-    if (!app)
+    if (!app && !is_static)
         return cm_conf_fail(ctx, m, path, "app", "required");
     char apath[160];
     snprintf(apath, sizeof(apath), "%s.app", path);
@@ -386,7 +407,7 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_strv(ctx, app, apath, "command", NULL, &t->app_command) ||
         cm_conf_u64(ctx, app, apath, "port", 8000, 1, 65535, &port))
         return -EINVAL;
-    if (!t->app_command || !t->app_command[0])
+    if (!is_static && (!t->app_command || !t->app_command[0]))
         return cm_conf_fail(ctx, app, apath, "command", "required: the app's argv");
     t->app_port = (uint32_t)port;
     const struct cm_ynode *env = cm_ynode_get(app, "env");
@@ -560,6 +581,7 @@ void cm_config_free(struct cm_config *cfg)
         struct cm_template *t = &cfg->templates[i];
         free(t->name);
         free(t->driver);
+        cm_strv_free(t->upstreams);
         cm_strv_free(t->app_command);
         cm_strv_free(t->app_env);
     }

@@ -55,7 +55,9 @@ enum cm_lost_policy {
 
 struct cm_template {
     char *name;
-    char *driver;       /* "process" (more to come) */
+    char *driver;       /* "process", or "static": existing upstreams, nothing started */
+    char **upstreams;   /* static: instance addresses ("host:port", "tcp:…", "unix:/path") */
+    uint32_t sessions_per_instance; /* sessions one instance serves at once; 0 = unlimited */
     char **app_command; /* argv of the app, NULL-terminated */
     char **app_env;     /* "K=V" strings, NULL-terminated */
     uint32_t app_port;  /* TCP port the app listens on inside the sandbox */

@@ -28,13 +28,15 @@
     "    'instance', id, 'addr', addr, 'host', host, 'state', 'bound', 'gen', gen,\n"             \
     "    'created', created, 'ttl', ttl, 'idle_timeout', idle, 'last_active', now)\n"             \
     "  if meta ~= nil and meta ~= '' then redis.call('HSET', sk, 'meta', meta) end\n"             \
-    "  redis.call('HSET', P..'i:'..id, 'state', 'bound', 'session', h, 'bound', now)\n"            \
+    "  if host ~= '' then\n" \
+    "    redis.call('HSET', P..'i:'..id, 'state', 'bound', 'session', h, 'bound', now)\n" \
+    "  end\n"            \
     "  redis.call('ZADD', P..'expiry', deadline(created, ttl, now, idle), h)\n"                    \
     "  redis.call('ZADD', P..'sessions:'..tenant, created, h)\n"                                   \
     "  if gen == 1 then event('created', 'session', h, 'tenant', tenant, 'template', tpl) end\n"  \
     "  event('bound', 'session', h, 'tenant', tenant, 'instance', id, 'host', host,\n"            \
     "    'gen', tostring(gen))\n"                                                                  \
-    "  redis.call('PUBLISH', P..'cmd:'..host, 'bind '..id..' '..h)\n"                              \
+    "  if host ~= '' then redis.call('PUBLISH', P..'cmd:'..host, 'bind '..id..' '..h) end\n"                              \
     "  if gen > 1 then redis.call('PUBLISH', P..'inval', h) end\n"                                 \
     "  return gen\n"                                                                               \
     "end\n"
@@ -50,6 +52,17 @@ static const char claim_src[] =
     "if s[1] == 'lost' and ARGV[11] == 'fail' then return {'lost', s[2] or '', '', s[4], ''} end\n"
     "if not s[1] and ARGV[12] == 'lookup' then return {'absent', '', '', '0', ''} end\n"
     "if s[5] then tpl = s[5] end\n"
+    "if ARGV[14] and ARGV[14] ~= '' then\n"
+    "  local lim = tonumber(ARGV[14])\n"
+    "  local m = redis.call('ZRANGE', P..'static:'..tpl, 0, 0, 'WITHSCORES')\n"
+    "  if m[1] and (lim == 0 or tonumber(m[2]) < lim) then\n"
+    "    local addr = redis.call('HGET', P..'i:'..m[1], 'addr')\n"
+    "    redis.call('ZINCRBY', P..'static:'..tpl, 1, m[1])\n"
+    "    local gen = bind(h, tenant, source, key, tpl, ttl, idle, m[1], addr, '', ARGV[13])\n"
+    "    return {'new', m[1], addr, tostring(gen), ''}\n"
+    "  end\n"
+    "  return {'empty', '', '', s[4] or '0', ''}\n"
+    "end\n"
     "local hosts = redis.call('ZRANGEBYSCORE', P..'hosts', now - stale, '+inf')\n"
     "local cand = {}\n"
     "for _, hid in ipairs(hosts) do\n"
@@ -142,7 +155,12 @@ static const char release_src[] =
     "end\n"
     "redis.call('DEL', sk..':aliases')\n"
     "local inst, host = s[2] or '', s[3] or ''\n"
-    "if inst ~= '' and s[8] == 'bound' then\n"
+    "if inst ~= '' and host == '' then\n"
+    "  local tpl = redis.call('HGET', P..'i:'..inst, 'template')\n"
+    "  if tpl and redis.call('ZSCORE', P..'static:'..tpl, inst) then\n"
+    "    redis.call('ZINCRBY', P..'static:'..tpl, -1, inst)\n"
+    "  end\n"
+    "elseif inst ~= '' and s[8] == 'bound' then\n"
     "  local ik = P..'i:'..inst\n"
     "  if redis.call('HGET', ik, 'session') == h then\n"
     "    redis.call('HSET', ik, 'state', 'releasing')\n"
@@ -193,17 +211,35 @@ static const char alias_src[] =
     "redis.call('SADD', sk..':aliases', ARGV[2])\n"
     "return 1\n";
 
+static const char static_src[] =
+    "local P, tpl, now = ARGV[1], ARGV[2], ARGV[3]\n"
+    "local zk = P..'static:'..tpl\n"
+    "local keep = {}\n"
+    "for i = 4, #ARGV - 1, 2 do\n"
+    "  local id, addr = ARGV[i], ARGV[i + 1]\n"
+    "  keep[id] = true\n"
+    "  redis.call('HSET', P..'i:'..id, 'addr', addr, 'template', tpl, 'state', 'static',\n"
+    "    'host', '', 'started', now)\n"
+    "  redis.call('ZADD', zk, 'NX', 0, id)\n"
+    "end\n"
+    "for _, id in ipairs(redis.call('ZRANGE', zk, 0, -1)) do\n"
+    "  if not keep[id] then redis.call('ZREM', zk, id) end\n"
+    "end\n"
+    "return redis.call('ZCARD', zk)\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
     [CM_SCRIPT_RELEASE] = release_src, [CM_SCRIPT_LOST] = lost_src,
     [CM_SCRIPT_RESOLVE] = resolve_src, [CM_SCRIPT_ALIAS] = alias_src,
+    [CM_SCRIPT_STATIC] = static_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
     [CM_SCRIPT_TOUCH] = "touch",     [CM_SCRIPT_UPDATE] = "update",
     [CM_SCRIPT_RELEASE] = "release", [CM_SCRIPT_LOST] = "lost",
     [CM_SCRIPT_RESOLVE] = "resolve", [CM_SCRIPT_ALIAS] = "alias",
+    [CM_SCRIPT_STATIC] = "static",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

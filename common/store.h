@@ -9,6 +9,7 @@
  *   P i:{id}           hash  host addr template state(starting|warm|bound|releasing) session
  *                            started bound pid
  *   P pool:{host}:{t}  list  warm instance ids
+ *   P static:{t}       zset  static instance id -> sessions bound to it
  *   P hosts            zset  host -> last heartbeat (ms); P host:{host} hash: api free capacity
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing)
@@ -21,7 +22,10 @@
 
 enum cm_script {
     /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
-     *              on_lost(replace|fail) mode(claim|lookup) meta
+     *              on_lost(replace|fail) mode(claim|lookup) meta static_limit
+     * static_limit: "" for sandbox templates; for driver static the sessions an instance may
+     * serve ("0" = unlimited): the least-loaded member of P static:{t} is bound instead of a
+     * pool instance.
      * Returns {status, instance, addr, gen, extra}; status:
      *   "bound"  existing binding (extra = "")
      *   "new"    a warm instance was popped and bound now (extra = host)
@@ -59,6 +63,11 @@ enum cm_script {
      * Records alias ah -> h (with the session: deleted with it). Returns 1, or 0 when the
      * session is gone. */
     CM_SCRIPT_ALIAS,
+    /* STATIC ARGV: P template now_ms id addr [id addr ...]
+     * Registers a static template's instances (P i:{id} state=static, P static:{t} zset
+     * id -> bound sessions); members no longer listed are dropped from the zset. Returns the
+     * member count. */
+    CM_SCRIPT_STATIC,
     CM_SCRIPT_COUNT
 };
 

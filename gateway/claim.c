@@ -141,15 +141,28 @@ static int copy_str(char *dst, size_t cap, const struct cm_json *j)
     return 0;
 }
 
+static void free_start_conn(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    evhttp_connection_free(arg);
+}
+
 static void on_start_reply(struct evhttp_request *req, void *arg)
 {
     struct gw_claim *cl = arg;
     if (cl->state != CLAIM_START)
         return;
-    /* The connection must outlive this callback: let libevent free it when it is done. */
-    evhttp_connection_free_on_completion(cl->http);
-    cl->http = NULL;
     int status = req ? evhttp_request_get_response_code(req) : 0;
+    /* The connection must outlive this callback: let libevent free it when it is done. On a
+     * failed connection libevent 2.1 has already passed its auto-free check when it calls us
+     * (LeakSanitizer: one connection per refused start), so free it on the next loop turn. */
+    static const struct timeval zero = {0, 0};
+    if (status == 0 && event_base_once(cl->c->base, -1, EV_TIMEOUT, free_start_conn, cl->http,
+                                       &zero) == 0)
+        ;
+    else
+        evhttp_connection_free_on_completion(cl->http);
+    cl->http = NULL;
     if (!req || status != 200) {
         /* 503 from the scheduler, a timeout or a connection failure: no capacity now. */
         finish(cl, GW_ERR_NO_CAPACITY);
@@ -336,10 +349,13 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     snprintf(idle, sizeof(idle), "%" PRIu64, cl->idle_ms);
     snprintf(stale, sizeof(stale), "%" PRIu64, c->gc->host_stale / CM_USEC_PER_MSEC);
     const char *prefix = c->gc->common->redis.prefix;
+    char static_limit[16] = "";
+    if (strcmp(req->tpl->driver, "static") == 0)
+        snprintf(static_limit, sizeof(static_limit), "%u", req->tpl->sessions_per_instance);
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",
                           cl->mode == GW_CLAIM_MODE_LOOKUP ? "lookup" : "claim",
-                          cl->meta ? cl->meta : ""};
+                          cl->meta ? cl->meta : "", static_limit};
     size_t lens[CM_ARRAY_SIZE(argv)];
     for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
         lens[i] = strlen(argv[i]);

@@ -596,7 +596,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     memcpy(c->instance, b->instance, sizeof(c->instance));
     memcpy(c->addr, b->addr, sizeof(c->addr));
     if (b->how != GW_CLAIM_BOUND)
-        cm_log_info("conn", "session bound session=%s instance=%s how=%s", c->hash_hex,
+        cm_log_debug("conn", "session bound session=%s instance=%s how=%s", c->hash_hex,
                     b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
     forward(c, NULL);
 }

@@ -1,6 +1,8 @@
 #include "gateway/worker.h"
 
 #include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
@@ -12,7 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/key.h"
+#include "common/store.h"
 #include "common/log.h"
 #include "common/redis.h"
 #include "gateway/cache.h"
@@ -57,6 +61,54 @@ static void on_inval(const char *channel, const char *msg, size_t len, void *dat
         gw_cache_drop(w->cache, h);
 }
 
+static void on_static_registered(redisReply *reply, const char *err, void *data)
+{
+    const char *tpl = data;
+    if (err)
+        cm_log_warn("worker", "cannot register static template template=%s err=\"%s\"", tpl, err);
+    else if (reply && reply->type == REDIS_REPLY_INTEGER)
+        cm_log_info("worker", "static template registered template=%s instances=%lld", tpl,
+                    reply->integer);
+}
+
+/* Static templates need no scheduler: the gateway itself records their instances (idempotent,
+ * on every connect, from worker 0). */
+static void register_static(struct gw_worker *w)
+{
+    const struct cm_config *cfg = w->gc->common;
+    for (size_t t = 0; t < cfg->n_templates; t++) {
+        const struct cm_template *tpl = &cfg->templates[t];
+        if (strcmp(tpl->driver, "static") != 0)
+            continue;
+        size_t n = cm_strv_len(tpl->upstreams);
+        if (n > 120) {
+            cm_log_error("worker", "too many static upstreams template=%s max=120", tpl->name);
+            continue;
+        }
+        const char *argv[3 + 2 * 120];
+        size_t lens[3 + 2 * 120];
+        char ids[120][80], addrs[120][192], now[24];
+        snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+        argv[0] = cfg->redis.prefix;
+        argv[1] = tpl->name;
+        argv[2] = now;
+        for (size_t i = 0; i < n; i++) {
+            const char *u = tpl->upstreams[i];
+            snprintf(ids[i], sizeof(ids[i]), "%s-%zu", tpl->name, i);
+            if (strncmp(u, "unix:", 5) == 0 || strncmp(u, "tcp:", 4) == 0)
+                snprintf(addrs[i], sizeof(addrs[i]), "%s", u);
+            else
+                snprintf(addrs[i], sizeof(addrs[i]), "tcp:%s", u);
+            argv[3 + 2 * i] = ids[i];
+            argv[4 + 2 * i] = addrs[i];
+        }
+        for (size_t i = 0; i < 3 + 2 * n; i++)
+            lens[i] = strlen(argv[i]);
+        cm_redis_script(w->redis, CM_SCRIPT_STATIC, on_static_registered, (void *)tpl->name,
+                        (int)(3 + 2 * n), argv, lens);
+    }
+}
+
 static void on_redis_state(struct cm_redis *r, int connected, void *data)
 {
     struct gw_worker *w = data;
@@ -68,6 +120,8 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
             cm_log_info("worker", "redis reconnected, cache flushed worker=%d", w->index);
         }
         w->redis_up_before = 1;
+        if (w->index == 0)
+            register_static(w);
     } else if (w->index == 0) {
         cm_log_warn("worker", "redis connection lost worker=%d", w->index);
     }
