@@ -1,0 +1,551 @@
+/* berth-agent: init of every sandbox instance.
+ *
+ *   berth-agent --id ID --port N --sock-dir DIR [--ready-fd FD] [--hold-ms MS] [--log-max BYTES]
+ *               [--buffer BYTES] [--max-conns N] -- APP [ARGS...]
+ *
+ * Starts APP with the agent's own environment (the driver prepared it) in the working
+ * directory, sends the app's output to stderr (at most --log-max bytes), probes 127.0.0.1:N
+ * until the app accepts connections and then writes "READY\n" to --ready-fd. It relays every
+ * connection on DIR/app.sock to the app (relay.c) and answers the control protocol (proto.h) on
+ * DIR/ctl.sock. As PID 1 it reaps every zombie; SIGTERM/SIGINT are forwarded to the app. When
+ * the app exits, the agent writes DIR/exit ("exited status=N" or "killed signal=N") and exits
+ * with the app's status (128+signal when killed), which ends the sandbox.
+ *
+ * Static, plain libc and epoll: it must also run as PID 1 of a microVM initramfs. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "scheduler/agent/loop.h"
+#include "scheduler/agent/proto.h"
+#include "scheduler/agent/relay.h"
+
+#define PROBE_INTERVAL_MS 20
+#define PROBE_WAIT_MS 100
+#define LISTEN_BACKLOG 1024
+#define CTL_MAX_CLIENTS 16 /* concurrent control connections */
+#define MAX_EVENTS 64
+
+struct ctl_client {
+    struct agent_watch w;
+    struct agent_linebuf lb;
+    struct ctl_client *next;
+    int dead;
+};
+
+struct agent {
+    const char *id;
+    const char *sock_dir;
+    uint16_t port;
+    int ready_fd;
+    uint64_t log_max, log_written;
+    int log_dropped;
+    char **app_argv;
+    pid_t app_pid;
+    int ready;
+    int terminating;
+    char bound[AGENT_SESSION_MAX + 1];
+    int epfd;
+    struct agent_relay_config relay_cfg;
+    struct agent_relay *relay;
+    struct agent_watch sig_w, timer_w, ctl_w, out_w;
+    struct ctl_client *clients;
+    unsigned n_clients;
+    uint64_t timer_deadline; /* monotonic ms the timer fires at; 0: disarmed */
+    int exit_code;           /* -1 while running */
+};
+
+static struct agent A; /* the one agent; reached from watch callbacks */
+
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Everything the agent and the app print goes through here, bounded by --log-max. */
+static void log_bytes(const char *buf, size_t len)
+{
+    if (A.log_written >= A.log_max) {
+        if (!A.log_dropped) {
+            static const char msg[] = "berth-agent: console log limit reached, dropping output\n";
+            ssize_t n = write(2, msg, sizeof(msg) - 1);
+            (void)n;
+            A.log_dropped = 1;
+        }
+        return;
+    }
+    size_t take = len;
+    if (take > A.log_max - A.log_written)
+        take = (size_t)(A.log_max - A.log_written);
+    while (take > 0) {
+        ssize_t n = write(2, buf, take);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        buf += n;
+        take -= (size_t)n;
+        A.log_written += (uint64_t)n;
+    }
+}
+
+static void logf_(const char *fmt, ...)
+{
+    char line[512];
+    int n = snprintf(line, sizeof(line), "berth-agent: ");
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        return;
+    size_t len =
+        (size_t)n +
+        ((size_t)m < sizeof(line) - (size_t)n - 1 ? (size_t)m : sizeof(line) - (size_t)n - 2);
+    line[len++] = '\n';
+    log_bytes(line, len);
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: berth-agent --id ID --port N --sock-dir DIR [--ready-fd FD] "
+                    "[--hold-ms MS] [--log-max BYTES] [--buffer BYTES] [--max-conns N] -- APP "
+                    "[ARGS...]\n");
+    exit(2);
+}
+
+static uint64_t num_arg(const char *name, const char *v, uint64_t min, uint64_t max)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || !*v || x < min || x > max) {
+        fprintf(stderr, "berth-agent: %s: expected a number in %" PRIu64 "..%" PRIu64 "\n", name,
+                min, max);
+        exit(2);
+    }
+    return x;
+}
+
+static void parse_args(int argc, char **argv)
+{
+    A.ready_fd = -1;
+    A.log_max = 1 << 20;
+    A.relay_cfg.buffer = 64 << 10;
+    A.relay_cfg.max_conns = 1024;
+    int i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (i + 1 >= argc)
+            usage();
+        const char *v = argv[++i];
+        if (strcmp(a, "--id") == 0)
+            A.id = v;
+        else if (strcmp(a, "--port") == 0)
+            A.port = (uint16_t)num_arg(a, v, 1, 65535);
+        else if (strcmp(a, "--sock-dir") == 0)
+            A.sock_dir = v;
+        else if (strcmp(a, "--ready-fd") == 0)
+            A.ready_fd = (int)num_arg(a, v, 0, 65535);
+        else if (strcmp(a, "--hold-ms") == 0)
+            A.relay_cfg.hold_ms = num_arg(a, v, 0, 86400000);
+        else if (strcmp(a, "--log-max") == 0)
+            A.log_max = num_arg(a, v, 0, UINT64_MAX);
+        else if (strcmp(a, "--buffer") == 0)
+            A.relay_cfg.buffer = (size_t)num_arg(a, v, 1024, 1 << 30);
+        else if (strcmp(a, "--max-conns") == 0)
+            A.relay_cfg.max_conns = (unsigned)num_arg(a, v, 1, 1 << 20);
+        else
+            usage();
+    }
+    if (!A.id || !A.port || !A.sock_dir || i >= argc)
+        usage();
+    A.app_argv = argv + i;
+    A.relay_cfg.port = A.port;
+}
+
+static int listen_unix(const char *name, mode_t mode)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", A.sock_dir, name);
+    if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
+        logf_("socket path %s/%s too long", A.sock_dir, name);
+        return -1;
+    }
+    unlink(sa.sun_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        chmod(sa.sun_path, mode) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+        logf_("cannot listen on %s: %s", sa.sun_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* ------------------------------------------------------------------ app process */
+
+static void start_app(int out_fd, const sigset_t *orig_mask)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        logf_("fork: %s", strerror(errno));
+        exit(127);
+    }
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        sigprocmask(SIG_SETMASK, orig_mask, NULL);
+        if (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
+            _exit(127);
+        syscall(SYS_close_range, 3, ~0U, 0);
+        execvp(A.app_argv[0], A.app_argv);
+        dprintf(2, "berth-agent: cannot run %s: %s\n", A.app_argv[0], strerror(errno));
+        _exit(127);
+    }
+    A.app_pid = pid;
+    logf_("started app pid=%d cmd=%s port=%u", (int)pid, A.app_argv[0], A.port);
+}
+
+static void write_exit_file(const char *what)
+{
+    char path[256], tmp[256];
+    snprintf(path, sizeof(path), "%s/exit", A.sock_dir);
+    snprintf(tmp, sizeof(tmp), "%s/exit.tmp", A.sock_dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    ssize_t n = write(fd, what, strlen(what));
+    (void)n;
+    close(fd);
+    rename(tmp, path);
+}
+
+static void reap_children(void)
+{
+    for (;;) {
+        int st;
+        pid_t pid = waitpid(-1, &st, WNOHANG);
+        if (pid <= 0)
+            return;
+        if (pid != A.app_pid)
+            continue;
+        char what[64];
+        if (WIFEXITED(st)) {
+            snprintf(what, sizeof(what), "exited status=%d", WEXITSTATUS(st));
+            A.exit_code = WEXITSTATUS(st);
+        } else {
+            snprintf(what, sizeof(what), "killed signal=%d", WTERMSIG(st));
+            A.exit_code = 128 + WTERMSIG(st);
+        }
+        logf_("app %s", what);
+        write_exit_file(what);
+        A.app_pid = 0;
+    }
+}
+
+/* ------------------------------------------------------------------ readiness */
+
+static int probe_app(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(A.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = 0;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        ok = 1;
+    } else if (errno == EINPROGRESS) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (poll(&p, 1, PROBE_WAIT_MS) == 1 &&
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+            ok = 1;
+    }
+    close(fd);
+    return ok;
+}
+
+/* Keeps the one timer armed for the earliest of: the next readiness probe (until ready) and
+ * the next hold deadline of a waiting connection. Disarmed when neither is due. */
+static void rearm(void)
+{
+    uint64_t now = agent_now_ms(), want = 0;
+    if (!A.ready && A.app_pid)
+        want = now + PROBE_INTERVAL_MS;
+    if (agent_relay_waiting(A.relay)) {
+        uint64_t next = agent_relay_tick(A.relay, now);
+        if (next && (!want || next < want))
+            want = next;
+    }
+    if (A.timer_deadline && want && A.timer_deadline <= want)
+        return; /* an earlier expiry is pending anyway */
+    if (want == A.timer_deadline)
+        return;
+    struct itimerspec its = {0};
+    if (want) {
+        uint64_t d = want > now ? want - now : 1;
+        its.it_value.tv_sec = (time_t)(d / 1000);
+        its.it_value.tv_nsec = (long)(d % 1000) * 1000000;
+    }
+    timerfd_settime(A.timer_w.fd, 0, &its, NULL);
+    A.timer_deadline = want;
+}
+
+static void on_timer(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    uint64_t expirations;
+    ssize_t n = read(w->fd, &expirations, sizeof(expirations));
+    (void)n;
+    A.timer_deadline = 0;
+    if (!A.ready && A.app_pid && probe_app()) {
+        A.ready = 1;
+        logf_("app ready port=%u", A.port);
+        if (A.ready_fd >= 0) {
+            n = write(A.ready_fd, "READY\n", 6);
+            close(A.ready_fd);
+            A.ready_fd = -1;
+        }
+        agent_relay_set_ready(A.relay);
+    }
+}
+
+/* ------------------------------------------------------------------ control socket */
+
+static void client_reply(struct ctl_client *c, const char *line)
+{
+    char buf[AGENT_LINE_MAX + 2];
+    int n = snprintf(buf, sizeof(buf), "%s\n", line);
+    if (send(c->w.fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
+        c->dead = 1; /* replies are tiny: a client that cannot take one is gone */
+}
+
+static void handle_line(struct ctl_client *c, const char *line, size_t len)
+{
+    struct agent_cmd cmd;
+    const char *err;
+    char reply[AGENT_LINE_MAX];
+    if (agent_proto_parse(line, len, &cmd, &err) < 0) {
+        snprintf(reply, sizeof(reply), "ERR %s", err);
+        client_reply(c, reply);
+        return;
+    }
+    switch (cmd.type) {
+    case AGENT_CMD_PING:
+        client_reply(c, A.ready ? "OK ready" : "OK starting");
+        break;
+    case AGENT_CMD_BIND:
+        if (A.bound[0] && strcmp(A.bound, cmd.arg) != 0) {
+            snprintf(reply, sizeof(reply), "ERR bound to another session");
+            client_reply(c, reply);
+            break;
+        }
+        if (!A.bound[0])
+            logf_("bound session=%s", cmd.arg);
+        snprintf(A.bound, sizeof(A.bound), "%s", cmd.arg);
+        agent_relay_release(A.relay);
+        client_reply(c, "OK");
+        break;
+    case AGENT_CMD_STATUS:
+        snprintf(reply, sizeof(reply), "OK %s bound=%s conns=%u held=%u",
+                 A.ready ? "ready" : "starting", A.bound[0] ? A.bound : "-",
+                 agent_relay_conns(A.relay), agent_relay_waiting(A.relay));
+        client_reply(c, reply);
+        break;
+    }
+}
+
+static void on_client(struct agent_watch *w, uint32_t ev)
+{
+    struct ctl_client *c = AGENT_CONTAINER_OF(w, struct ctl_client, w);
+    char buf[1024];
+    (void)ev;
+    if (c->dead)
+        return;
+    ssize_t n = recv(w->fd, buf, sizeof(buf), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        c->dead = 1;
+        return;
+    }
+    size_t off = 0;
+    while (off < (size_t)n && !c->dead) {
+        int st;
+        off += agent_linebuf_feed(&c->lb, buf + off, (size_t)n - off, &st);
+        if (st == 1)
+            handle_line(c, c->lb.buf, c->lb.len);
+        else if (st == -E2BIG)
+            client_reply(c, "ERR line too long");
+        if (st != 0)
+            agent_linebuf_reset(&c->lb);
+    }
+}
+
+static void on_ctl_listen(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    for (;;) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        struct ctl_client *c = A.n_clients < CTL_MAX_CLIENTS ? calloc(1, sizeof(*c)) : NULL;
+        if (!c) {
+            static const char busy[] = "ERR too many control connections\n";
+            ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n;
+            close(fd);
+            continue;
+        }
+        agent_watch_init(&c->w, fd, on_client);
+        if (agent_watch_set(A.epfd, &c->w, EPOLLIN) < 0) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = A.clients;
+        A.clients = c;
+        A.n_clients++;
+    }
+}
+
+static void reap_clients(void)
+{
+    struct ctl_client **pp = &A.clients;
+    while (*pp) {
+        struct ctl_client *c = *pp;
+        if (c->dead) {
+            *pp = c->next;
+            agent_watch_close(A.epfd, &c->w);
+            free(c);
+            A.n_clients--;
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ signals, output */
+
+static void on_signal(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    struct signalfd_siginfo si;
+    while (read(w->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGCHLD) {
+            reap_children();
+        } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            A.terminating = 1;
+            if (A.app_pid) {
+                logf_("signal %d: stopping app pid=%d", (int)si.ssi_signo, (int)A.app_pid);
+                kill(A.app_pid, SIGTERM);
+            }
+        }
+    }
+}
+
+static void on_output(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    char buf[8192];
+    ssize_t n = read(w->fd, buf, sizeof(buf));
+    if (n > 0)
+        log_bytes(buf, (size_t)n);
+    else if (n == 0 || (errno != EAGAIN && errno != EINTR))
+        agent_watch_close(A.epfd, w);
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    A.exit_code = -1;
+    /* execveat() names us after the fd number; say who we are in ps. */
+    prctl(PR_SET_NAME, "berth-agent", 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t mask, orig;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, &orig);
+
+    A.epfd = epoll_create1(EPOLL_CLOEXEC);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    int out[2];
+    if (A.epfd < 0 || sfd < 0 || tfd < 0 || pipe2(out, O_CLOEXEC) < 0) {
+        logf_("setup: %s", strerror(errno));
+        return 127;
+    }
+    if (A.ready_fd >= 0)
+        fcntl(A.ready_fd, F_SETFD, FD_CLOEXEC);
+    int app_fd = listen_unix("app.sock", 0666);
+    int ctl_fd = listen_unix("ctl.sock", 0600);
+    if (app_fd < 0 || ctl_fd < 0)
+        return 127;
+    A.relay = agent_relay_create(A.epfd, app_fd, &A.relay_cfg);
+    if (!A.relay) {
+        logf_("relay: out of memory");
+        return 127;
+    }
+    agent_watch_init(&A.sig_w, sfd, on_signal);
+    agent_watch_init(&A.timer_w, tfd, on_timer);
+    agent_watch_init(&A.ctl_w, ctl_fd, on_ctl_listen);
+    agent_watch_init(&A.out_w, out[0], on_output);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    if (agent_watch_set(A.epfd, &A.sig_w, EPOLLIN) < 0 ||
+        agent_watch_set(A.epfd, &A.timer_w, EPOLLIN) < 0 ||
+        agent_watch_set(A.epfd, &A.ctl_w, EPOLLIN) < 0 ||
+        agent_watch_set(A.epfd, &A.out_w, EPOLLIN) < 0) {
+        logf_("epoll: %s", strerror(errno));
+        return 127;
+    }
+    logf_("instance=%s pid=%d hold_ms=%" PRIu64, A.id, (int)getpid(), A.relay_cfg.hold_ms);
+    start_app(out[1], &orig);
+    close(out[1]);
+    rearm();
+
+    struct epoll_event evs[MAX_EVENTS];
+    while (A.exit_code < 0) {
+        int n = epoll_wait(A.epfd, evs, MAX_EVENTS, -1);
+        if (n < 0 && errno != EINTR) {
+            logf_("epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            struct agent_watch *w = evs[i].data.ptr;
+            if (w->fd >= 0)
+                w->cb(w, evs[i].events);
+        }
+        agent_relay_reap(A.relay);
+        reap_clients();
+        rearm();
+    }
+    /* Drain the app's last words. */
+    if (A.out_w.fd >= 0)
+        on_output(&A.out_w, EPOLLIN);
+    if (A.exit_code < 0)
+        A.exit_code = 127;
+    return A.exit_code;
+}

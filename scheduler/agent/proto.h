@@ -1,0 +1,47 @@
+/* berth-agent's control protocol: one command per line on /run/berth/ctl.sock, one reply line
+ * per command. Pure code (no I/O), shared by the agent and its unit test.
+ *
+ *   PING          -> "OK ready" | "OK starting"
+ *   BIND <h>      -> "OK"            (releases held connections; <h> is 1..128 bytes 0x21..0x7E)
+ *   STATUS        -> "OK <ready|starting> bound=<h|-> conns=<n> held=<n>"
+ *   anything else -> "ERR <reason>"
+ *
+ * Lines end with "\n" ("\r\n" accepted) and are at most AGENT_LINE_MAX bytes. */
+#ifndef AGENT_PROTO_H
+#define AGENT_PROTO_H
+
+#include <stddef.h>
+
+#define AGENT_LINE_MAX 512
+#define AGENT_SESSION_MAX 128
+
+enum agent_cmd_type {
+    AGENT_CMD_PING,
+    AGENT_CMD_BIND,
+    AGENT_CMD_STATUS,
+};
+
+struct agent_cmd {
+    enum agent_cmd_type type;
+    char arg[AGENT_SESSION_MAX + 1]; /* BIND: the session */
+};
+
+/* Parses one line (without its line terminator; a trailing '\r' is ignored). Returns 0 and
+ * fills <ret>, or -EINVAL and points <ret_err> at a static reason ("unknown command", ...). */
+int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const char **ret_err);
+
+/* Splits a byte stream into lines, bounded. */
+struct agent_linebuf {
+    char buf[AGENT_LINE_MAX + 1];
+    size_t len;
+    int too_long; /* discarding the rest of an over-long line */
+};
+
+/* Consumes bytes of <in> up to and including the first '\n'; returns how many it consumed.
+ * <ret_status>: 0 more bytes needed; 1 a complete line is in lb->buf (NUL-terminated, without
+ * "\n", lb->len bytes); -E2BIG a line longer than AGENT_LINE_MAX ended (it was discarded).
+ * After a non-zero status call agent_linebuf_reset() before feeding on. */
+size_t agent_linebuf_feed(struct agent_linebuf *lb, const char *in, size_t len, int *ret_status);
+void agent_linebuf_reset(struct agent_linebuf *lb);
+
+#endif

@@ -1,0 +1,353 @@
+#include "scheduler/agent/relay.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "scheduler/agent/loop.h"
+
+enum conn_state {
+    CONN_WAITING,    /* accepted; the app is not connected yet */
+    CONN_CONNECTING, /* non-blocking connect to the app in progress */
+    CONN_OPEN,
+    CONN_DEAD, /* closed; freed by agent_relay_reap() */
+};
+
+/* One direction: bytes read from one side, not yet written to the other. */
+struct dirbuf {
+    char *data;
+    size_t off, len;
+    int eof;  /* the source side sent EOF */
+    int shut; /* EOF passed on: shutdown(SHUT_WR) done on the sink side */
+};
+
+struct conn {
+    struct agent_relay *r;
+    struct conn *prev, *next;
+    enum conn_state state;
+    uint64_t hold_until;
+    struct agent_watch cw, uw; /* client side, app side */
+    struct dirbuf up;          /* client -> app */
+    struct dirbuf down;        /* app -> client */
+};
+
+struct agent_relay {
+    int epfd;
+    struct agent_relay_config cfg;
+    struct agent_watch lw;
+    int ready, holding, paused;
+    unsigned n_conns, n_waiting;
+    struct conn *conns;
+    struct conn *dead;
+};
+
+static void conn_close(struct conn *c)
+{
+    struct agent_relay *r = c->r;
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->state == CONN_WAITING)
+        r->n_waiting--;
+    c->state = CONN_DEAD;
+    agent_watch_close(r->epfd, &c->cw);
+    agent_watch_close(r->epfd, &c->uw);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        r->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = r->dead;
+    r->dead = c;
+    r->n_conns--;
+    if (r->paused && r->n_conns < r->cfg.max_conns &&
+        agent_watch_set(r->epfd, &r->lw, EPOLLIN) == 0)
+        r->paused = 0;
+}
+
+/* Reads from <fd> into <b>. Returns 0, or -1 when the connection must end. */
+static int fill(int fd, struct dirbuf *b, size_t cap)
+{
+    if (b->off > 0) {
+        memmove(b->data, b->data + b->off, b->len - b->off);
+        b->len -= b->off;
+        b->off = 0;
+    }
+    while (b->len < cap && !b->eof) {
+        ssize_t n = recv(fd, b->data + b->len, cap - b->len, 0);
+        if (n > 0) {
+            b->len += (size_t)n;
+        } else if (n == 0) {
+            b->eof = 1;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Writes what <b> holds to <fd>. Returns 0, or -1 when the connection must end. */
+static int drain(int fd, struct dirbuf *b)
+{
+    while (b->off < b->len) {
+        ssize_t n = send(fd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL);
+        if (n > 0) {
+            b->off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        } else {
+            return -1;
+        }
+    }
+    b->off = b->len = 0;
+    return 0;
+}
+
+/* After any I/O: pass EOFs on, end the connection when both directions ended, and set the
+ * interest of both sides from the buffer levels. */
+static void settle(struct conn *c)
+{
+    size_t cap = c->r->cfg.buffer;
+    if (c->up.eof && c->up.len == 0 && !c->up.shut) {
+        shutdown(c->uw.fd, SHUT_WR);
+        c->up.shut = 1;
+    }
+    if (c->down.eof && c->down.len == 0 && !c->down.shut) {
+        shutdown(c->cw.fd, SHUT_WR);
+        c->down.shut = 1;
+    }
+    if (c->up.shut && c->down.shut) {
+        conn_close(c);
+        return;
+    }
+    uint32_t cev = (!c->up.eof && c->up.len < cap ? EPOLLIN : 0) | (c->down.len ? EPOLLOUT : 0);
+    uint32_t uev = (!c->down.eof && c->down.len < cap ? EPOLLIN : 0) | (c->up.len ? EPOLLOUT : 0);
+    if (agent_watch_set(c->r->epfd, &c->cw, cev) < 0 ||
+        agent_watch_set(c->r->epfd, &c->uw, uev) < 0)
+        conn_close(c);
+}
+
+static void on_side(struct conn *c, int fd_in, struct dirbuf *from, int fd_out, struct dirbuf *to,
+                    uint32_t ev)
+{
+    /* <from> carries bytes read on this side; <to> bytes destined to it. */
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !from->eof &&
+        fill(fd_in, from, c->r->cfg.buffer) < 0) {
+        conn_close(c);
+        return;
+    }
+    if ((ev & (EPOLLOUT | EPOLLERR)) && to->len && drain(fd_in, to) < 0) {
+        conn_close(c);
+        return;
+    }
+    /* Forward what was just read right away instead of waiting for EPOLLOUT. */
+    if (from->len && drain(fd_out, from) < 0) {
+        conn_close(c);
+        return;
+    }
+    settle(c);
+}
+
+static void on_client(struct agent_watch *w, uint32_t ev)
+{
+    struct conn *c = AGENT_CONTAINER_OF(w, struct conn, cw);
+    if (c->state != CONN_OPEN)
+        return;
+    on_side(c, c->cw.fd, &c->up, c->uw.fd, &c->down, ev);
+}
+
+static void open_conn(struct conn *c)
+{
+    size_t cap = c->r->cfg.buffer;
+    c->up.data = malloc(cap);
+    c->down.data = malloc(cap);
+    if (!c->up.data || !c->down.data) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_OPEN;
+    settle(c);
+}
+
+static void on_upstream(struct agent_watch *w, uint32_t ev)
+{
+    struct conn *c = AGENT_CONTAINER_OF(w, struct conn, uw);
+    if (c->state == CONN_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c->uw.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
+            fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", c->r->cfg.port,
+                    strerror(err ? err : errno));
+            conn_close(c);
+            return;
+        }
+        open_conn(c);
+        return;
+    }
+    if (c->state != CONN_OPEN)
+        return;
+    on_side(c, c->uw.fd, &c->down, c->cw.fd, &c->up, ev);
+}
+
+static void connect_app(struct conn *c)
+{
+    struct agent_relay *r = c->r;
+    r->n_waiting--;
+    c->state = CONN_CONNECTING;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        conn_close(c);
+        return;
+    }
+    agent_watch_init(&c->uw, fd, on_upstream);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(r->cfg.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        open_conn(c);
+    } else if (errno == EINPROGRESS) {
+        if (agent_watch_set(r->epfd, &c->uw, EPOLLOUT) < 0)
+            conn_close(c);
+    } else {
+        fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", r->cfg.port,
+                strerror(errno));
+        conn_close(c);
+    }
+}
+
+static int may_go(const struct agent_relay *r, const struct conn *c, uint64_t now)
+{
+    return r->ready && (!r->holding || now >= c->hold_until);
+}
+
+uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms)
+{
+    uint64_t next = 0;
+    struct conn *c = r->conns;
+    while (c) {
+        struct conn *n = c->next;
+        if (c->state == CONN_WAITING) {
+            if (may_go(r, c, now_ms))
+                connect_app(c);
+            else if (r->holding && (!next || c->hold_until < next))
+                next = c->hold_until;
+        }
+        c = n;
+    }
+    return next;
+}
+
+static void on_listen(struct agent_watch *w, uint32_t ev)
+{
+    struct agent_relay *r = AGENT_CONTAINER_OF(w, struct agent_relay, lw);
+    (void)ev;
+    while (r->n_conns < r->cfg.max_conns) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return; /* EAGAIN, or EMFILE and the like: try again on the next event */
+        }
+        struct conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->r = r;
+        c->state = CONN_WAITING;
+        c->hold_until = agent_now_ms() + r->cfg.hold_ms;
+        agent_watch_init(&c->cw, fd, on_client);
+        agent_watch_init(&c->uw, -1, on_upstream);
+        c->next = r->conns;
+        if (r->conns)
+            r->conns->prev = c;
+        r->conns = c;
+        r->n_conns++;
+        r->n_waiting++;
+        if (may_go(r, c, agent_now_ms()))
+            connect_app(c);
+    }
+    if (agent_watch_set(r->epfd, &r->lw, 0) == 0)
+        r->paused = 1;
+}
+
+struct agent_relay *agent_relay_create(int epfd, int listen_fd,
+                                       const struct agent_relay_config *cfg)
+{
+    struct agent_relay *r = calloc(1, sizeof(*r));
+    if (!r) {
+        close(listen_fd);
+        return NULL;
+    }
+    r->epfd = epfd;
+    r->cfg = *cfg;
+    r->holding = cfg->hold_ms > 0;
+    agent_watch_init(&r->lw, listen_fd, on_listen);
+    if (agent_watch_set(epfd, &r->lw, EPOLLIN) < 0) {
+        agent_watch_close(epfd, &r->lw);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void agent_relay_reap(struct agent_relay *r)
+{
+    while (r->dead) {
+        struct conn *c = r->dead;
+        r->dead = c->next;
+        free(c->up.data);
+        free(c->down.data);
+        free(c);
+    }
+}
+
+void agent_relay_destroy(struct agent_relay *r)
+{
+    if (!r)
+        return;
+    while (r->conns)
+        conn_close(r->conns);
+    agent_relay_reap(r);
+    agent_watch_close(r->epfd, &r->lw);
+    free(r);
+}
+
+void agent_relay_set_ready(struct agent_relay *r)
+{
+    r->ready = 1;
+    agent_relay_tick(r, agent_now_ms());
+}
+
+void agent_relay_release(struct agent_relay *r)
+{
+    r->holding = 0;
+    agent_relay_tick(r, agent_now_ms());
+}
+
+unsigned agent_relay_conns(const struct agent_relay *r)
+{
+    return r->n_conns;
+}
+
+unsigned agent_relay_waiting(const struct agent_relay *r)
+{
+    return r->n_waiting;
+}
+
+int agent_relay_holding(const struct agent_relay *r)
+{
+    return r->holding;
+}

@@ -1,0 +1,44 @@
+/* The agent's relay: every connection accepted on the app socket is copied byte for byte to
+ * 127.0.0.1:<port> and back. Both directions have a bounded buffer (reading from a side stops
+ * while the opposite buffer is full); an EOF from one side is passed on as shutdown(SHUT_WR)
+ * once its buffer is drained, so half-closed connections work; a connection ends when both
+ * directions have ended or either side fails.
+ *
+ * A new connection first waits: until the app is ready and, while the agent is holding (before
+ * BIND), until its hold deadline passes. Only then is the app connected. At most <max_conns>
+ * connections exist at once; beyond that the listener is paused (the kernel backlog queues).
+ * Single-threaded; every call comes from the agent's loop. */
+#ifndef AGENT_RELAY_H
+#define AGENT_RELAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct agent_relay;
+
+struct agent_relay_config {
+    uint16_t port; /* the app's TCP port on 127.0.0.1 */
+    size_t buffer; /* bytes per direction per connection */
+    unsigned max_conns;
+    uint64_t hold_ms; /* how long a connection waits for BIND (0: no holding at all) */
+};
+
+/* Returns a relay accepting on <listen_fd> (takes ownership of the fd, also on failure), or
+ * NULL. Starts holding when cfg->hold_ms > 0. */
+struct agent_relay *agent_relay_create(int epfd, int listen_fd,
+                                       const struct agent_relay_config *cfg);
+void agent_relay_destroy(struct agent_relay *r);
+/* The app accepts connections now: waiting connections may go. */
+void agent_relay_set_ready(struct agent_relay *r);
+/* BIND arrived: stop holding; waiting connections may go. */
+void agent_relay_release(struct agent_relay *r);
+/* Lets waiting connections whose deadline passed go; returns the next deadline (monotonic
+ * ms) still pending, or 0 when none. Call it from a timer. */
+uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms);
+/* Frees connections closed during the last batch of events (call after each batch). */
+void agent_relay_reap(struct agent_relay *r);
+unsigned agent_relay_conns(const struct agent_relay *r);
+unsigned agent_relay_waiting(const struct agent_relay *r);
+int agent_relay_holding(const struct agent_relay *r);
+
+#endif

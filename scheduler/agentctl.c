@@ -1,0 +1,118 @@
+#include "scheduler/agentctl.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "scheduler/agent/proto.h"
+
+struct req {
+    struct bufferevent *bev;
+    struct event *later; /* delivers an early failure outside the request call */
+    sch_agentctl_cb cb;
+    void *data;
+    int err;
+};
+
+static void finish(struct req *r, const char *reply, int err)
+{
+    sch_agentctl_cb cb = r->cb;
+    void *data = r->data;
+    if (r->bev)
+        bufferevent_free(r->bev);
+    if (r->later)
+        event_free(r->later);
+    free(r);
+    cb(reply, err, data);
+}
+
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct req *r = arg;
+    finish(r, NULL, r->err);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct req *r = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len;
+    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+    if (!line) {
+        if (evbuffer_get_length(in) > AGENT_LINE_MAX)
+            finish(r, NULL, -EPROTO);
+        return;
+    }
+    finish(r, line, 0);
+    free(line);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct req *r = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    finish(r, NULL, (what & BEV_EVENT_TIMEOUT) ? -ETIMEDOUT : -EPIPE);
+}
+
+int sch_agentctl_request(struct event_base *base, const char *path, const char *line,
+                         cm_usec_t timeout, sch_agentctl_cb cb, void *data)
+{
+    struct req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->cb = cb;
+    r->data = data;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = -1;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        r->err = -ENAMETOOLONG;
+    } else {
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            r->err = -errno; /* a unix connect either works at once or fails */
+            if (fd >= 0)
+                close(fd);
+            fd = -1;
+        }
+    }
+    if (fd >= 0) {
+        r->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!r->bev) {
+            close(fd);
+            r->err = -ENOMEM;
+        }
+    }
+    if (r->bev) {
+        struct timeval tv = {.tv_sec = (time_t)(timeout / CM_USEC_PER_SEC),
+                             .tv_usec = (suseconds_t)(timeout % CM_USEC_PER_SEC)};
+        bufferevent_setcb(r->bev, on_read, NULL, on_event, r);
+        bufferevent_set_timeouts(r->bev, &tv, &tv);
+        if (bufferevent_write(r->bev, line, strlen(line)) < 0 ||
+            bufferevent_write(r->bev, "\n", 1) < 0 || bufferevent_enable(r->bev, EV_READ) < 0) {
+            bufferevent_free(r->bev);
+            r->bev = NULL;
+            r->err = -ENOMEM;
+        }
+    }
+    if (!r->bev) {
+        struct timeval zero = {0, 0};
+        r->later = evtimer_new(base, on_later, r);
+        if (!r->later || evtimer_add(r->later, &zero) < 0) {
+            if (r->later)
+                event_free(r->later);
+            free(r);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}

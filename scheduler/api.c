@@ -1,0 +1,537 @@
+#include "scheduler/api.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common/config.h"
+#include "common/json.h"
+#include "common/key.h"
+#include "common/log.h"
+#include "scheduler/driver.h"
+#include "scheduler/instance.h"
+#include "scheduler/pool.h"
+#include "scheduler/sched.h"
+
+#define MAX_HEADERS_SIZE (16 * 1024)
+#define IO_TIMEOUT_SEC 30
+#define META_MAX 4096
+
+struct sch_start_req {
+    struct sch_api *api;
+    struct sch_start_req *prev, *next;
+    struct evhttp_request *http; /* NULL once the client went away */
+    const struct cm_template *tpl;
+    char h[CM_HASH_HEX_LEN + 1];
+    char tenant[64];
+    char source[8];
+    char key[CM_KEY_MAX + 1];
+    char *meta;
+    char ttl[24], idle[24];
+    struct sch_inst *inst; /* holds a reference */
+};
+
+struct sch_api {
+    struct sch_ctx *ctx;
+    struct evhttp *http;
+    struct sch_start_req *reqs;
+    unsigned n_pending;
+};
+
+/* ------------------------------------------------------------------ replies */
+
+static void reply_json(struct evhttp_request *req, int status, const char *reason,
+                       struct cm_jbuf *b)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    struct evbuffer *out = evbuffer_new();
+    if (!out || b->failed) {
+        if (out)
+            evbuffer_free(out);
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    evbuffer_add(out, b->data, b->len);
+    evbuffer_add(out, "\n", 1);
+    evhttp_send_reply(req, status, reason, out);
+    evbuffer_free(out);
+}
+
+static void reply_error(struct evhttp_request *req, int status, const char *code, const char *fmt,
+                        ...) CM_PRINTF(4, 5);
+static void reply_error(struct evhttp_request *req, int status, const char *code, const char *fmt,
+                        ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
+    cm_jbuf_cstr(&b, code);
+    cm_jbuf_raw(&b, ",\"message\":", 11);
+    cm_jbuf_cstr(&b, msg);
+    cm_jbuf_raw(&b, "}}", 2);
+    reply_json(req, status, code, &b);
+    cm_jbuf_fini(&b);
+}
+
+/* ------------------------------------------------------------------ start requests */
+
+static void on_conn_close(struct evhttp_connection *conn, void *arg)
+{
+    struct sch_start_req *r = arg;
+    (void)conn;
+    r->http = NULL; /* libevent frees the request with the connection */
+}
+
+static void detach_http(struct sch_start_req *r)
+{
+    if (r->http) {
+        struct evhttp_connection *c = evhttp_request_get_connection(r->http);
+        if (c)
+            evhttp_connection_set_closecb(c, NULL, NULL);
+    }
+}
+
+static void req_free(struct sch_start_req *r)
+{
+    struct sch_api *api = r->api;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        api->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    api->n_pending--;
+    if (r->inst)
+        sch_inst_unref(r->inst);
+    free(r->meta);
+    free(r);
+}
+
+static void req_error(struct sch_start_req *r, int status, const char *code, const char *msg)
+{
+    detach_http(r);
+    if (r->http)
+        reply_error(r->http, status, code, "%s", msg);
+    req_free(r);
+}
+
+static void on_bind_script(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_start_req *r = data;
+    struct sch_inst *inst = r->inst;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 4) {
+        cm_log_error("api", "bind script failed inst=%s session=%s err=\"%s\"", inst->id, r->h,
+                     err ? err : "unexpected reply");
+        sch_inst_destroy(inst, "bind failed");
+        req_error(r, 503, "store_unavailable", err ? err : "unexpected reply from Redis");
+        return;
+    }
+    const char *v[4];
+    for (int i = 0; i < 4; i++)
+        v[i] = reply->element[i]->type == REDIS_REPLY_STRING ? reply->element[i]->str : "";
+    if (strcmp(v[0], "new") != 0) {
+        /* The script put our instance into the pool: it is warm now. */
+        inst->for_pool = 1;
+    }
+    if (strcmp(v[0], "new") != 0 && strcmp(v[0], "bound") != 0) {
+        cm_log_warn("api", "session belongs to another tenant session=%s", r->h);
+        req_error(r, 409, "session_conflict", "the session exists for another tenant");
+        sch_pool_refill(r->api->ctx, inst->tpl);
+        return;
+    }
+    cm_log_info("api", "start answered inst=%s session=%s status=%s gen=%s", v[1], r->h, v[0],
+                v[3]);
+    detach_http(r);
+    if (r->http) {
+        struct cm_jbuf b;
+        cm_jbuf_init(&b);
+        cm_jbuf_raw(&b, "{\"status\":", 10);
+        cm_jbuf_cstr(&b, v[0]);
+        cm_jbuf_raw(&b, ",\"instance\":", 12);
+        cm_jbuf_cstr(&b, v[1]);
+        cm_jbuf_raw(&b, ",\"addr\":", 8);
+        cm_jbuf_cstr(&b, v[2]);
+        cm_jbuf_printf(&b, ",\"gen\":%lld}", strtoll(v[3], NULL, 10));
+        reply_json(r->http, 200, "OK", &b);
+        cm_jbuf_fini(&b);
+    }
+    if (strcmp(v[0], "new") != 0)
+        sch_pool_refill(r->api->ctx, inst->tpl);
+    req_free(r);
+}
+
+/* instance.c calls this when the start ends. */
+static void on_instance_ready(struct sch_inst *inst, const char *code, const char *msg,
+                              struct sch_start_req *r)
+{
+    struct sch_ctx *ctx = r->api->ctx;
+    if (code) {
+        req_error(r, strcmp(code, "start_timeout") == 0 ? 504 : 502, code, msg);
+        return;
+    }
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[] = {ctx->cfg->redis.prefix,
+                          r->h,
+                          r->tenant,
+                          r->source,
+                          r->key,
+                          r->tpl->name,
+                          now,
+                          r->ttl,
+                          r->idle,
+                          inst->id,
+                          inst->di->addr,
+                          ctx->sc->host_id,
+                          r->meta ? r->meta : ""};
+    if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, (int)CM_ARRAY_SIZE(argv), argv) < 0) {
+        sch_inst_destroy(inst, "redis not connected");
+        req_error(r, 503, "store_unavailable", "Redis is not connected");
+    }
+}
+
+static int json_str(const struct cm_json *body, const char *name, int required, char *out,
+                    size_t outlen, char *why, size_t whylen)
+{
+    const struct cm_json *v = cm_json_get(body, name);
+    if (!v) {
+        if (required)
+            snprintf(why, whylen, "%s is required", name);
+        else
+            out[0] = '\0';
+        return required ? -EINVAL : 0;
+    }
+    if (v->type != CM_JSON_STRING || strlen(v->str) != v->len || v->len + 1 > outlen) {
+        snprintf(why, whylen, "%s must be a string of at most %zu bytes", name, outlen - 1);
+        return -EINVAL;
+    }
+    memcpy(out, v->str, v->len + 1);
+    return 0;
+}
+
+/* ttl_ms / idle_ms: optional positive integers up to <max> (ms); default <def>. */
+static int json_ms(const struct cm_json *body, const char *name, uint64_t def, uint64_t max,
+                   char *out, size_t outlen, char *why, size_t whylen)
+{
+    const struct cm_json *v = cm_json_get(body, name);
+    uint64_t ms = def;
+    if (v) {
+        if (v->type != CM_JSON_NUMBER || v->number < 1 || v->number > (double)max ||
+            floor(v->number) != v->number) {
+            snprintf(why, whylen, "%s must be an integer 1..%" PRIu64, name, max);
+            return -EINVAL;
+        }
+        ms = (uint64_t)v->number;
+    }
+    snprintf(out, outlen, "%" PRIu64, ms);
+    return 0;
+}
+
+static int valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return 0;
+    return 1;
+}
+
+static void handle_start(struct sch_api *api, struct evhttp_request *req)
+{
+    struct sch_ctx *ctx = api->ctx;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char why[256], tpl_name[64];
+    if (len > ctx->sc->api_max_body) {
+        reply_error(req, 413, "body_too_large", "the body exceeds %" PRIu64 " bytes",
+                    ctx->sc->api_max_body);
+        return;
+    }
+    char *text = malloc(len + 1);
+    if (!text) {
+        reply_error(req, 503, "no_capacity", "out of memory");
+        return;
+    }
+    evbuffer_copyout(in, text, len);
+    text[len] = '\0';
+    struct cm_json *body = cm_json_parse(text, len, why, sizeof(why));
+    free(text);
+    if (!body) {
+        reply_error(req, 400, "bad_request", "invalid JSON: %s", why);
+        return;
+    }
+    struct sch_start_req *r = calloc(1, sizeof(*r));
+    if (!r) {
+        cm_json_free(body);
+        reply_error(req, 503, "no_capacity", "out of memory");
+        return;
+    }
+    r->api = api;
+    r->http = req;
+    int rc = body->type == CM_JSON_OBJECT ? 0 : -EINVAL;
+    if (rc < 0)
+        snprintf(why, sizeof(why), "the body must be a JSON object");
+    if (rc == 0)
+        rc = json_str(body, "template", 1, tpl_name, sizeof(tpl_name), why, sizeof(why));
+    if (rc == 0 && !(r->tpl = cm_config_template(ctx->cfg, tpl_name))) {
+        cm_json_free(body);
+        free(r);
+        reply_error(req, 404, "unknown_template", "no template named '%s'", tpl_name);
+        return;
+    }
+    struct cm_hash parsed;
+    char meta[META_MAX + 1];
+    if (rc == 0 && (rc = json_str(body, "session", 1, r->h, sizeof(r->h), why, sizeof(why))) == 0 &&
+        cm_hash_parse(r->h, strlen(r->h), &parsed) < 0) {
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "session must be the 32 hex digit session hash");
+    }
+    if (rc == 0 &&
+        (rc = json_str(body, "tenant", 1, r->tenant, sizeof(r->tenant), why, sizeof(why))) == 0 &&
+        !valid_name(r->tenant)) {
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "tenant must be 1-63 characters of [A-Za-z0-9._-]");
+    }
+    if (rc == 0 &&
+        (rc = json_str(body, "source", 1, r->source, sizeof(r->source), why, sizeof(why))) == 0 &&
+        strcmp(r->source, CM_KEY_SRC_SID) && strcmp(r->source, CM_KEY_SRC_MCP) &&
+        strcmp(r->source, CM_KEY_SRC_SSE)) {
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "source must be sid, mcp or sse");
+    }
+    if (rc == 0 && (rc = json_str(body, "key", 1, r->key, sizeof(r->key), why, sizeof(why))) == 0 &&
+        !cm_key_valid(r->key, strlen(r->key))) {
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "key must be 1-128 visible ASCII characters");
+    }
+    if (rc == 0)
+        rc = json_ms(body, "ttl_ms", r->tpl->ttl / CM_USEC_PER_MSEC,
+                     r->tpl->max_ttl / CM_USEC_PER_MSEC, r->ttl, sizeof(r->ttl), why, sizeof(why));
+    if (rc == 0)
+        rc = json_ms(body, "idle_ms", r->tpl->idle_timeout / CM_USEC_PER_MSEC,
+                     r->tpl->max_idle_timeout / CM_USEC_PER_MSEC, r->idle, sizeof(r->idle), why,
+                     sizeof(why));
+    if (rc == 0 && (rc = json_str(body, "meta", 0, meta, sizeof(meta), why, sizeof(why))) == 0 &&
+        meta[0] && !(r->meta = strdup(meta))) {
+        rc = -ENOMEM;
+        snprintf(why, sizeof(why), "out of memory");
+    }
+    cm_json_free(body);
+    if (rc < 0) {
+        free(r->meta);
+        free(r);
+        reply_error(req, 400, "bad_request", "%s", why);
+        return;
+    }
+    const char *code = NULL;
+    if (ctx->stopping)
+        code = "shutting_down", snprintf(why, sizeof(why), "the scheduler is stopping");
+    else if (!sch_redis_connected(ctx) || !ctx->recovered)
+        code = "store_unavailable",
+        snprintf(why, sizeof(why), "%s",
+                 ctx->recovered ? "Redis is not connected" : "recovering after a restart");
+    else if (api->n_pending >= ctx->sc->api_max_pending)
+        code = "no_capacity",
+        snprintf(why, sizeof(why), "too many starts in flight (api_max_pending %u)",
+                 ctx->sc->api_max_pending);
+    else if (ctx->n_live >= ctx->sc->capacity)
+        code = "no_capacity", snprintf(why, sizeof(why), "host %s is at capacity (%u instances)",
+                                       ctx->sc->host_id, ctx->sc->capacity);
+    if (code) {
+        free(r->meta);
+        free(r);
+        reply_error(req, 503, code, "%s", why);
+        return;
+    }
+    r->next = api->reqs;
+    if (api->reqs)
+        api->reqs->prev = r;
+    api->reqs = r;
+    api->n_pending++;
+    struct sch_inst *inst = sch_inst_start(ctx, r->tpl, 0, r, why, sizeof(why));
+    if (!inst) {
+        cm_log_error("api", "start failed template=%s err=\"%s\"", r->tpl->name, why);
+        req_error(r, ctx->n_live >= ctx->sc->capacity ? 503 : 502,
+                  ctx->n_live >= ctx->sc->capacity ? "no_capacity" : "start_failed", why);
+        return;
+    }
+    r->inst = inst;
+    sch_inst_ref(inst);
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    if (conn)
+        evhttp_connection_set_closecb(conn, on_conn_close, r);
+}
+
+/* ------------------------------------------------------------------ status */
+
+static void handle_status(struct sch_api *api, struct evhttp_request *req)
+{
+    struct sch_ctx *ctx = api->ctx;
+    unsigned by_state[SCH_INST_GONE + 1] = {0};
+    for (struct sch_inst *i = ctx->insts; i; i = i->next)
+        by_state[i->state]++;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"host\":", 8);
+    cm_jbuf_cstr(&b, ctx->sc->host_id);
+    cm_jbuf_raw(&b, ",\"api\":", 7);
+    cm_jbuf_cstr(&b, ctx->api_addr);
+    cm_jbuf_printf(&b,
+                   ",\"capacity\":%u,\"live\":%u,\"free\":%u,\"redis\":\"%s\","
+                   "\"recovered\":%s,\"pending_starts\":%u,\"driver\":",
+                   ctx->sc->capacity, ctx->n_live,
+                   ctx->n_live >= ctx->sc->capacity ? 0 : ctx->sc->capacity - ctx->n_live,
+                   sch_redis_connected(ctx) ? "connected" : "disconnected",
+                   ctx->recovered ? "true" : "false", api->n_pending);
+    ctx->drv->ops->status(ctx->drv, &b);
+    cm_jbuf_raw(&b, ",\"states\":{", 11);
+    for (int s = 0; s < SCH_INST_GONE; s++)
+        cm_jbuf_printf(&b, "%s\"%s\":%u", s ? "," : "", sch_inst_state_name((enum sch_inst_state)s),
+                       by_state[s]);
+    cm_jbuf_raw(&b, "},\"pools\":[", 11);
+    for (size_t i = 0; i < ctx->cfg->n_templates; i++) {
+        const struct sch_pool *p = &ctx->pools[i];
+        cm_jbuf_raw(&b, i ? ",{\"template\":" : "{\"template\":", i ? 13 : 12);
+        cm_jbuf_cstr(&b, p->tpl->name);
+        cm_jbuf_printf(&b, ",\"min\":%u,\"max\":%u,\"warm\":%" PRIu64 ",\"starting\":%u}",
+                       p->tpl->pool_min, p->tpl->pool_max, p->warm, sch_pool_starting(ctx, p->tpl));
+    }
+    cm_jbuf_raw(&b, "],\"instances\":[", 15);
+    for (struct sch_inst *i = ctx->insts; i; i = i->next) {
+        cm_jbuf_raw(&b, i == ctx->insts ? "{\"id\":" : ",{\"id\":", i == ctx->insts ? 6 : 7);
+        cm_jbuf_cstr(&b, i->id);
+        cm_jbuf_raw(&b, ",\"template\":", 12);
+        cm_jbuf_cstr(&b, i->tpl ? i->tpl->name : "");
+        cm_jbuf_printf(&b, ",\"state\":\"%s\",\"pid\":%d,\"addr\":", sch_inst_state_name(i->state),
+                       i->di ? (int)i->di->pid : 0);
+        cm_jbuf_cstr(&b, i->di ? i->di->addr : "");
+        cm_jbuf_raw(&b, ",\"session\":", 11);
+        cm_jbuf_cstr(&b, i->session);
+        cm_jbuf_printf(&b, ",\"agent_bound\":%s}", i->agent_bound ? "true" : "false");
+    }
+    cm_jbuf_raw(&b, "]}", 2);
+    reply_json(req, 200, "OK", &b);
+    cm_jbuf_fini(&b);
+}
+
+/* ------------------------------------------------------------------ routing */
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct sch_api *api = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (!path)
+        path = "";
+    const char *allow = NULL;
+    if (strcmp(path, "/v1/start") == 0) {
+        if (m == EVHTTP_REQ_POST) {
+            handle_start(api, req);
+            return;
+        }
+        allow = "POST";
+    } else if (strcmp(path, "/v1/status") == 0 || strcmp(path, "/healthz") == 0) {
+        if (m == EVHTTP_REQ_GET && path[1] == 'v') {
+            handle_status(api, req);
+            return;
+        }
+        if (m == EVHTTP_REQ_GET) {
+            struct cm_jbuf b;
+            cm_jbuf_init(&b);
+            cm_jbuf_printf(&b, "{\"status\":\"ok\",\"redis\":\"%s\",\"recovered\":%s}",
+                           sch_redis_connected(api->ctx) ? "connected" : "disconnected",
+                           api->ctx->recovered ? "true" : "false");
+            reply_json(req, 200, "OK", &b);
+            cm_jbuf_fini(&b);
+            return;
+        }
+        allow = "GET";
+    } else {
+        reply_error(req, 404, "not_found", "no such endpoint");
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    reply_error(req, 405, "method_not_allowed", "use %s", allow);
+}
+
+struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
+{
+    struct sch_api *api = calloc(1, sizeof(*api));
+    if (!api) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    api->ctx = ctx;
+    api->http = evhttp_new(ctx->base);
+    if (!api->http) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    /* Bodies above our own limit get a JSON 413 from handle_start; this cap only stops
+     * absurd uploads early (evhttp answers those itself). */
+    evhttp_set_max_body_size(api->http, (ev_ssize_t)(ctx->sc->api_max_body * 4));
+    evhttp_set_max_headers_size(api->http, MAX_HEADERS_SIZE);
+    evhttp_set_timeout(api->http, IO_TIMEOUT_SEC);
+    evhttp_set_allowed_methods(api->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
+                                              EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(api->http, on_request, api);
+    struct evhttp_bound_socket *sock =
+        evhttp_bind_socket_with_handle(api->http, ctx->sc->api_host, ctx->sc->api_port);
+    if (!sock) {
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", ctx->sc->api_host, ctx->sc->api_port,
+                 strerror(errno));
+        goto fail;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    unsigned port = ctx->sc->api_port;
+    if (getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s:%u", ctx->sc->api_host, port);
+    sch_inst_set_ready_cb(on_instance_ready);
+    return api;
+fail:
+    sch_api_destroy(api);
+    return NULL;
+}
+
+void sch_api_destroy(struct sch_api *api)
+{
+    if (!api)
+        return;
+    while (api->reqs) {
+        struct sch_start_req *r = api->reqs;
+        if (r->inst)
+            sch_inst_drop_req(r->inst);
+        req_error(r, 503, "shutting_down", "the scheduler is stopping");
+    }
+    if (api->http)
+        evhttp_free(api->http);
+    free(api);
+}

@@ -1,0 +1,24 @@
+/* The scheduler's HTTP API (libevent evhttp, JSON in and out, on scheduler.api_listen):
+ *   POST /v1/start  start an instance of a template for a session, wait until it is ready
+ *                   (bounded by the template's ready_timeout), bind it with the bind script;
+ *                   200 {"status":"new"|"bound","instance","addr","gen"}
+ *   GET /v1/status  host, driver (incl. cgroup controllers in use), capacity, instances, pools
+ *   GET /healthz
+ * Errors are {"error":{"code","message"}}: 400 bad_request, 404 unknown_template|not_found,
+ * 405 method_not_allowed, 409 session_conflict, 413 body_too_large, 502 start_failed,
+ * 503 no_capacity|store_unavailable|shutting_down, 504 start_timeout. */
+#ifndef SCH_API_H
+#define SCH_API_H
+
+#include <stddef.h>
+
+struct sch_ctx;
+struct sch_api;
+
+/* Binds ctx->sc->api_host:api_port and writes the bound "host:port" into ctx->api_addr.
+ * Returns NULL with a message in <err>. */
+struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen);
+/* Answers pending starts with 503 shutting_down and frees. Takes NULL. */
+void sch_api_destroy(struct sch_api *api);
+
+#endif

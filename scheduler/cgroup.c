@@ -1,0 +1,586 @@
+#include "scheduler/cgroup.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/compat.h"
+#include "common/config.h"
+#include "common/json.h"
+
+#define REMOVE_TRIES 40
+#define REMOVE_SLEEP_NS (5 * 1000 * 1000)
+
+static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids"};
+
+struct ctrl {
+    int version;  /* 1, 2, or 0 when unusable */
+    char *parent; /* absolute directory under which instance cgroups are created */
+    char warning[256];
+};
+
+struct sch_cgroups {
+    struct ctrl c[SCH_CG_COUNT];
+};
+
+const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c)
+{
+    return ctrl_names[c];
+}
+
+/* ------------------------------------------------------------------ value formatting */
+
+static int fmt(char *buf, size_t len, const char *f, ...) CM_PRINTF(3, 4);
+static int fmt(char *buf, size_t len, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(buf, len, f, ap);
+    va_end(ap);
+    return (n < 0 || (size_t)n >= len) ? -ENOSPC : 0;
+}
+
+int sch_cg_format_memory(int version, uint64_t bytes, char *buf, size_t len)
+{
+    if (bytes == 0)
+        return fmt(buf, len, "%s", version == 1 ? "-1" : "max");
+    return fmt(buf, len, "%" PRIu64, bytes);
+}
+
+int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len)
+{
+    if (millis == 0)
+        return version == 1 ? fmt(buf, len, "-1") : fmt(buf, len, "max %u", SCH_CG_CPU_PERIOD);
+    uint64_t quota = (uint64_t)millis * SCH_CG_CPU_PERIOD / 1000;
+    if (quota < 1000)
+        quota = 1000;
+    if (version == 1)
+        return fmt(buf, len, "%" PRIu64, quota);
+    return fmt(buf, len, "%" PRIu64 " %u", quota, SCH_CG_CPU_PERIOD);
+}
+
+int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len)
+{
+    (void)version;
+    if (pids == 0)
+        return fmt(buf, len, "max");
+    return fmt(buf, len, "%" PRIu64, pids);
+}
+
+/* ------------------------------------------------------------------ file helpers */
+
+static int write_file(const char *dir, const char *file, const char *value)
+{
+    char path[4096];
+    if (fmt(path, sizeof(path), "%s/%s", dir, file) < 0)
+        return -ENAMETOOLONG;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = write(fd, value, strlen(value));
+    int rc = n < 0 ? -errno : (size_t)n == strlen(value) ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+static int read_file(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t got = 0;
+    while (got + 1 < len) {
+        ssize_t n = read(fd, buf + got, len - 1 - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    close(fd);
+    return (int)got;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[4096];
+    if (fmt(tmp, sizeof(tmp), "%s", path) < 0)
+        return -ENAMETOOLONG;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Does the comma- or space-separated <list> hold <word>? */
+static int has_word(const char *list, const char *word, const char *seps)
+{
+    size_t wl = strlen(word);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, seps);
+        if (n == wl && strncmp(p, word, wl) == 0)
+            return 1;
+        p += n;
+        if (*p)
+            p++;
+    }
+    return 0;
+}
+
+/* mountinfo escapes spaces and the like as \ooo. */
+static void unescape(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r; r++) {
+        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] >= '0' && r[2] <= '7' &&
+            r[3] >= '0' && r[3] <= '7') {
+            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+            r += 3;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+}
+
+struct mnt {
+    int version;
+    char root[1024];
+    char point[1024];
+};
+
+/* Finds the mount for controller <name>: a v1 "cgroup" mount listing it, else the "cgroup2"
+ * mount (if its cgroup.controllers lists it). Only mounts under <fs_root>. */
+static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return -errno;
+    char line[4096];
+    struct mnt v2 = {0};
+    int found = 0;
+    size_t rl = strlen(fs_root);
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *save = NULL, *fields[24] = {0};
+        int nf = 0;
+        for (char *t = strtok_r(line, " \n", &save); t && nf < 24; t = strtok_r(NULL, " \n", &save))
+            fields[nf++] = t;
+        int dash = -1;
+        for (int i = 6; i < nf; i++)
+            if (strcmp(fields[i], "-") == 0) {
+                dash = i;
+                break;
+            }
+        if (dash < 0 || dash + 3 >= nf)
+            continue;
+        unescape(fields[3]);
+        unescape(fields[4]);
+        if (strncmp(fields[4], fs_root, rl) != 0 || (fields[4][rl] && fields[4][rl] != '/'))
+            continue;
+        const char *fstype = fields[dash + 1], *sopts = fields[dash + 3];
+        if (strcmp(fstype, "cgroup") == 0 && has_word(sopts, name, ",")) {
+            ret->version = 1;
+            snprintf(ret->root, sizeof(ret->root), "%s", fields[3]);
+            snprintf(ret->point, sizeof(ret->point), "%s", fields[4]);
+            found = 1;
+        } else if (strcmp(fstype, "cgroup2") == 0 && !v2.version) {
+            char path[1100], ctrls[512];
+            snprintf(path, sizeof(path), "%s/cgroup.controllers", fields[4]);
+            if (read_file(path, ctrls, sizeof(ctrls)) >= 0 && has_word(ctrls, name, " \n")) {
+                v2.version = 2;
+                snprintf(v2.root, sizeof(v2.root), "%s", fields[3]);
+                snprintf(v2.point, sizeof(v2.point), "%s", fields[4]);
+            }
+        }
+    }
+    fclose(f);
+    if (!found && v2.version) {
+        *ret = v2;
+        found = 1;
+    }
+    return found ? 0 : -ENOENT;
+}
+
+/* Our own cgroup path in the hierarchy of <name> (v1) or the unified one (v2). */
+static int own_cgroup(const char *name, int version, char *buf, size_t len)
+{
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (!f)
+        return -errno;
+    char line[4096];
+    int rc = -ENOENT;
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *ctrls = c1 + 1, *path = c2 + 1;
+        if ((version == 1 && has_word(ctrls, name, ",")) ||
+            (version == 2 && strcmp(line, "0") == 0 && *ctrls == '\0')) {
+            rc = fmt(buf, len, "%s", path);
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+static const char *limit_file(enum sch_cg_ctrl c, int version)
+{
+    switch (c) {
+    case SCH_CG_MEMORY:
+        return version == 1 ? "memory.limit_in_bytes" : "memory.max";
+    case SCH_CG_CPU:
+        return version == 1 ? "cpu.cfs_quota_us" : "cpu.max";
+    case SCH_CG_PIDS:
+        return "pids.max";
+    default:
+        return NULL;
+    }
+}
+
+static int format_value(enum sch_cg_ctrl c, int version, const struct sch_cg_limits *lim, char *buf,
+                        size_t len)
+{
+    switch (c) {
+    case SCH_CG_MEMORY:
+        return sch_cg_format_memory(version, lim->memory, buf, len);
+    case SCH_CG_CPU:
+        return sch_cg_format_cpu(version, lim->cpu_millis, buf, len);
+    case SCH_CG_PIDS:
+        return sch_cg_format_pids(version, lim->pids, buf, len);
+    default:
+        return -EINVAL;
+    }
+}
+
+/* Writes the limit of <c> into <dir> (the period first for v1 CPU). */
+static int apply_limit(enum sch_cg_ctrl c, int version, const char *dir,
+                       const struct sch_cg_limits *lim, char *what, size_t wlen)
+{
+    char val[64];
+    int rc;
+    if (c == SCH_CG_CPU && version == 1) {
+        snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
+        if ((rc = write_file(dir, "cpu.cfs_period_us", val)) < 0) {
+            fmt(what, wlen, "cannot write %s/cpu.cfs_period_us: %s", dir, strerror(-rc));
+            return rc;
+        }
+    }
+    if ((rc = format_value(c, version, lim, val, sizeof(val))) < 0)
+        return rc;
+    if ((rc = write_file(dir, limit_file(c, version), val)) < 0)
+        fmt(what, wlen, "cannot write %s/%s: %s", dir, limit_file(c, version), strerror(-rc));
+    return rc;
+}
+
+/* v2: a child only gets the controller's files when every ancestor lists it in
+ * cgroup.subtree_control. Enable it from the mount root down to <parent>. */
+static void enable_v2(const char *mountpoint, const char *parent, const char *name)
+{
+    char dir[4096], ctl[64];
+    snprintf(ctl, sizeof(ctl), "+%s", name);
+    size_t ml = strlen(mountpoint);
+    snprintf(dir, sizeof(dir), "%s", parent);
+    for (char *p = dir + ml;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char save = *p;
+            *p = '\0';
+            char path[4200], cur[512];
+            snprintf(path, sizeof(path), "%s/cgroup.subtree_control", dir);
+            if (read_file(path, cur, sizeof(cur)) >= 0 && !has_word(cur, name, " \n"))
+                write_file(dir, "cgroup.subtree_control", ctl);
+            *p = save;
+        }
+        if (*p == '\0')
+            break;
+    }
+}
+
+static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_parent,
+                       const char *fs_root)
+{
+    const char *name = ctrl_names[c];
+    struct mnt m;
+    char own[2048], dir[4096];
+    if (find_mount(name, fs_root, &m) < 0) {
+        fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name, fs_root);
+        return;
+    }
+    if (cgroup_parent[0] == '/') {
+        snprintf(dir, sizeof(dir), "%s%s", m.point, cgroup_parent);
+    } else {
+        if (own_cgroup(name, m.version, own, sizeof(own)) < 0) {
+            snprintf(ct->warning, sizeof(ct->warning),
+                     "cannot find our own %s cgroup in /proc/self/cgroup", name);
+            return;
+        }
+        const char *rel = own;
+        size_t rl = strlen(m.root);
+        if (strcmp(m.root, "/") != 0 && strncmp(own, m.root, rl) == 0)
+            rel = own + rl;
+        if (strcmp(rel, "/") == 0)
+            rel = "";
+        snprintf(dir, sizeof(dir), "%s%s/%s", m.point, rel, cgroup_parent);
+    }
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        dir[--n] = '\0';
+    int rc = mkdir_p(dir);
+    if (rc < 0) {
+        fmt(ct->warning, sizeof(ct->warning), "cannot create %s: %s", dir, strerror(-rc));
+        return;
+    }
+    if (m.version == 2)
+        enable_v2(m.point, dir, name);
+    /* Probe with a throw-away child: the limit file must exist and take a value. */
+    char probe[4200];
+    snprintf(probe, sizeof(probe), "%s/.probe-%d", dir, (int)getpid());
+    if (mkdir(probe, 0755) < 0 && errno != EEXIST) {
+        fmt(ct->warning, sizeof(ct->warning), "cannot create %s: %s", probe, strerror(errno));
+        return;
+    }
+    struct sch_cg_limits none = {0};
+    rc = apply_limit(c, m.version, probe, &none, ct->warning, sizeof(ct->warning));
+    rmdir(probe);
+    if (rc < 0)
+        return;
+    ct->parent = strdup(dir);
+    if (ct->parent) {
+        ct->version = m.version;
+        ct->warning[0] = '\0';
+    }
+}
+
+struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root)
+{
+    struct sch_cgroups *cg = calloc(1, sizeof(*cg));
+    if (!cg)
+        return NULL;
+    for (int i = 0; i < SCH_CG_COUNT; i++)
+        setup_ctrl(&cg->c[i], (enum sch_cg_ctrl)i, cgroup_parent, fs_root);
+    return cg;
+}
+
+void sch_cgroups_destroy(struct sch_cgroups *cg)
+{
+    if (!cg)
+        return;
+    for (int i = 0; i < SCH_CG_COUNT; i++)
+        free(cg->c[i].parent);
+    free(cg);
+}
+
+int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
+{
+    return cg->c[c].version;
+}
+
+const char *sch_cgroups_warning(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
+{
+    return cg->c[c].warning[0] ? cg->c[c].warning : NULL;
+}
+
+const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
+{
+    return cg->c[c].parent;
+}
+
+void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
+{
+    cm_jbuf_raw(out, "{", 1);
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        const struct ctrl *ct = &cg->c[i];
+        cm_jbuf_printf(out, "%s\"%s\":{\"version\":%d,", i ? "," : "", ctrl_names[i], ct->version);
+        if (ct->version) {
+            cm_jbuf_cstr(out, "dir");
+            cm_jbuf_raw(out, ":", 1);
+            cm_jbuf_cstr(out, ct->parent);
+        } else {
+            cm_jbuf_cstr(out, "warning");
+            cm_jbuf_raw(out, ":", 1);
+            cm_jbuf_cstr(out, ct->warning);
+        }
+        cm_jbuf_raw(out, "}", 1);
+    }
+    cm_jbuf_raw(out, "}", 1);
+}
+
+int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
+                                const struct sch_cg_limits *lim, char ***ret_dirs, char *err,
+                                size_t errlen)
+{
+    char **dirs = calloc(SCH_CG_COUNT + 1, sizeof(*dirs));
+    if (!dirs) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    size_t n = 0;
+    int rc = 0;
+    for (int i = 0; i < SCH_CG_COUNT && rc == 0; i++) {
+        const struct ctrl *ct = &cg->c[i];
+        if (!ct->version)
+            continue;
+        if (asprintf(&dirs[n], "%s/%s", ct->parent, id) < 0) {
+            dirs[n] = NULL;
+            snprintf(err, errlen, "out of memory");
+            rc = -ENOMEM;
+            break;
+        }
+        if (mkdir(dirs[n], 0755) < 0 && errno != EEXIST) {
+            rc = -errno;
+            fmt(err, errlen, "cannot create cgroup %s: %s", dirs[n], strerror(errno));
+            free(dirs[n]);
+            dirs[n] = NULL;
+            break;
+        }
+        n++;
+        rc = apply_limit((enum sch_cg_ctrl)i, ct->version, dirs[n - 1], lim, err, errlen);
+    }
+    if (rc < 0) {
+        sch_cgroups_remove(dirs);
+        cm_strv_free(dirs);
+        return rc;
+    }
+    *ret_dirs = dirs;
+    return 0;
+}
+
+int sch_cgroups_attach(char *const *dirs, pid_t pid)
+{
+    char val[32];
+    snprintf(val, sizeof(val), "%d", (int)pid);
+    for (; dirs && *dirs; dirs++) {
+        int rc = write_file(*dirs, "cgroup.procs", val);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void kill_tasks(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/cgroup.kill", dir);
+    if (access(path, W_OK) == 0 && write_file(dir, "cgroup.kill", "1") == 0)
+        return;
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return;
+    int pid;
+    while (fscanf(f, "%d", &pid) == 1)
+        if (pid > 0)
+            kill(pid, SIGKILL);
+    fclose(f);
+}
+
+int sch_cgroups_remove(char *const *dirs)
+{
+    int result = 0;
+    for (; dirs && *dirs; dirs++) {
+        int rc = 0;
+        for (int t = 0; t < REMOVE_TRIES; t++) {
+            if (rmdir(*dirs) == 0 || errno == ENOENT) {
+                rc = 0;
+                break;
+            }
+            rc = -errno;
+            if (errno != EBUSY)
+                break;
+            kill_tasks(*dirs);
+            struct timespec ts = {0, REMOVE_SLEEP_NS};
+            nanosleep(&ts, NULL);
+        }
+        if (rc < 0 && result == 0)
+            result = rc;
+    }
+    return result;
+}
+
+int sch_cgroups_list(const struct sch_cgroups *cg, char ***ret_ids)
+{
+    size_t n = 0, cap = 8;
+    char **ids = calloc(cap + 1, sizeof(*ids));
+    if (!ids)
+        return -ENOMEM;
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        if (!cg->c[i].version)
+            continue;
+        DIR *d = opendir(cg->c[i].parent);
+        if (!d)
+            continue;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.' || e->d_type != DT_DIR)
+                continue;
+            int dup = 0;
+            for (size_t j = 0; j < n && !dup; j++)
+                dup = strcmp(ids[j], e->d_name) == 0;
+            if (dup)
+                continue;
+            if (n == cap) {
+                char **bigger = realloc(ids, (cap * 2 + 1) * sizeof(*ids));
+                if (!bigger) {
+                    closedir(d);
+                    cm_strv_free(ids);
+                    return -ENOMEM;
+                }
+                ids = bigger;
+                cap *= 2;
+            }
+            if (!(ids[n] = strdup(e->d_name))) {
+                closedir(d);
+                cm_strv_free(ids);
+                return -ENOMEM;
+            }
+            ids[++n] = NULL;
+        }
+        closedir(d);
+    }
+    *ret_ids = ids;
+    return 0;
+}
+
+char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id)
+{
+    char **dirs = calloc(SCH_CG_COUNT + 1, sizeof(*dirs));
+    if (!dirs)
+        return NULL;
+    size_t n = 0;
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        if (!cg->c[i].version)
+            continue;
+        if (asprintf(&dirs[n], "%s/%s", cg->c[i].parent, id) < 0) {
+            dirs[n] = NULL;
+            cm_strv_free(dirs);
+            return NULL;
+        }
+        n++;
+    }
+    return dirs;
+}

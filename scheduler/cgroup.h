@@ -1,0 +1,84 @@
+/* cgroup limits for sandbox instances: memory, CPU quota and pids, on cgroup v1 or v2 (detected
+ * per controller from /proc/self/mountinfo, so hybrid hosts work too). A controller that cannot
+ * be used (not mounted, not delegated, not writable) is reported with a warning and skipped: an
+ * instance then runs without that limit, never silently (sch_cgroups_status() lists it).
+ *
+ * Layout: {controller mount}/{base}/{cgroup_parent}/{instance id}, where base is our own cgroup
+ * for that controller (from /proc/self/cgroup) when cgroup_parent is relative, or the root when
+ * it starts with '/'. The directories an instance got are returned to the caller, which stores
+ * them (the process driver writes them into the instance's state file) so that a restarted
+ * scheduler in another cgroup can still remove them. Used from the scheduler loop only. */
+#ifndef SCH_CGROUP_H
+#define SCH_CGROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct cm_jbuf;
+
+enum sch_cg_ctrl {
+    SCH_CG_MEMORY,
+    SCH_CG_CPU,
+    SCH_CG_PIDS,
+    SCH_CG_COUNT,
+};
+
+/* CFS period used for CPU quotas, in microseconds. */
+#define SCH_CG_CPU_PERIOD 100000u
+
+struct sch_cg_limits {
+    uint64_t memory;     /* bytes; 0 = no limit */
+    uint32_t cpu_millis; /* thousandths of a core; 0 = no limit */
+    uint64_t pids;       /* tasks; 0 = no limit */
+};
+
+struct sch_cgroups;
+
+/* Detects the hierarchy under <fs_root> (normally "/sys/fs/cgroup"; only mounts below it are
+ * considered), creates the parent directories and probes each controller with a throw-away
+ * child. Never fails for an unusable controller (it is marked and a warning recorded); returns
+ * NULL only on allocation failure. Free with sch_cgroups_destroy(). */
+struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root);
+void sch_cgroups_destroy(struct sch_cgroups *cg);
+/* 1 or 2 for a usable controller, 0 for an unusable one. */
+int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
+/* The reason a controller is unusable, or NULL. */
+const char *sch_cgroups_warning(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
+const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c);
+/* The parent directory used for <c> (NULL when unusable). */
+const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
+/* Writes a JSON object {"memory":{"version":1,"dir":...}|{"version":0,"warning":...},...}. */
+void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out);
+
+/* Creates the instance's cgroup for every usable controller and writes <lim>. Returns 0 and a
+ * NULL-terminated list of created directories in <ret_dirs> (free with cm_strv_free(); the
+ * list may be empty), or a negative errno with a message in <err> (nothing left behind). A
+ * limit of 0 is written as "no limit". */
+int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
+                                const struct sch_cg_limits *lim, char ***ret_dirs, char *err,
+                                size_t errlen);
+/* Moves process <pid> into every directory of <dirs>. Returns 0 or the first negative errno. */
+int sch_cgroups_attach(char *const *dirs, pid_t pid);
+/* Kills any task left in <dirs> and removes them, retrying for up to ~200 ms while tasks exit.
+ * Missing directories are fine. Returns 0 or a negative errno (the directory stays). */
+int sch_cgroups_remove(char *const *dirs);
+/* Directory names (instance ids) under each usable parent; NULL-terminated, deduplicated;
+ * free with cm_strv_free(). Returns 0 or -ENOMEM. */
+int sch_cgroups_list(const struct sch_cgroups *cg, char ***ret_ids);
+/* Directories of instance <id> under each usable parent, whether or not they exist (for orphan
+ * cleanup). Free with cm_strv_free(). NULL on allocation failure. */
+char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id);
+
+/* Value formatting (pure). Each writes the text to write into the controller file and returns
+ * 0, or -ENOSPC when <len> is too small.
+ *   memory: v1 memory.limit_in_bytes "<bytes>" or "-1"; v2 memory.max "<bytes>" or "max".
+ *   cpu:    v1 cpu.cfs_quota_us "<quota>" or "-1" (period written separately as
+ *           SCH_CG_CPU_PERIOD); v2 cpu.max "<quota> <period>" or "max <period>". The quota is
+ *           millis * period / 1000, at least 1000 us (the kernel's minimum).
+ *   pids:   v1 and v2 pids.max "<n>" or "max". */
+int sch_cg_format_memory(int version, uint64_t bytes, char *buf, size_t len);
+int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len);
+int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len);
+
+#endif

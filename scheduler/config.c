@@ -1,0 +1,215 @@
+#include "scheduler/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/config.h"
+
+#define SEC "scheduler"
+
+/* Longest suffix appended to {run_dir}/{id} for a unix socket path. */
+#define SOCK_SUFFIX "/sock/app.sock"
+
+static int valid_host_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SCH_HOST_ID_MAX)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
+            return 0;
+    return 1;
+}
+
+/* Makes <path> absolute against the working directory and drops trailing slashes. Takes
+ * ownership of <path>; returns a new string or NULL. */
+static char *absolutize(char *path)
+{
+    char *out = path;
+    if (path[0] != '/') {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd))) {
+            free(path);
+            return NULL;
+        }
+        const char *rel = path;
+        while (rel[0] == '.' && rel[1] == '/')
+            rel += 2;
+        if (strcmp(rel, ".") == 0)
+            rel = "";
+        if (asprintf(&out, "%s%s%s", cwd, *rel ? "/" : "", rel) < 0)
+            out = NULL;
+        free(path);
+        if (!out)
+            return NULL;
+    }
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        out[--n] = '\0';
+    return out;
+}
+
+static char *default_agent_path(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return strdup("berth-agent");
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0';
+    char *out;
+    if (asprintf(&out, "%s/berth-agent", exe) < 0)
+        return NULL;
+    return out;
+}
+
+static int parse_listen(struct cm_conf_ctx *ctx, const struct cm_ynode *section, const char *s,
+                        struct sch_config *c)
+{
+    const struct cm_ynode *at = cm_ynode_get(section, "api_listen");
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return cm_conf_fail(ctx, at, SEC, "api_listen", "must be host:port, e.g. 127.0.0.1:9191");
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno || *end || colon[1] == '\0' || port < 0 || port > 65535)
+        return cm_conf_fail(ctx, at, SEC, "api_listen", "port must be 0..65535");
+    c->api_host = strndup(s, (size_t)(colon - s));
+    if (!c->api_host)
+        return cm_conf_fail(ctx, at, SEC, "api_listen", "out of memory");
+    c->api_port = (uint16_t)port;
+    return 0;
+}
+
+int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,
+                     char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "host_id",       "api_listen",      "run_dir",     "storage_root",  "capacity",
+        "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
+        "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
+        "api_max_body",  "api_max_pending", NULL};
+    struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
+    struct sch_config c;
+    memset(&c, 0, sizeof(c));
+    char *listen = NULL;
+    uint64_t capacity, max_conns, max_pending;
+    memset(ret, 0, sizeof(*ret));
+
+    if (cm_conf_keys(&ctx, section, SEC, keys) ||
+        cm_conf_str(&ctx, section, SEC, "host_id", NULL, &c.host_id) ||
+        cm_conf_str(&ctx, section, SEC, "api_listen", "127.0.0.1:9191", &listen) ||
+        cm_conf_str(&ctx, section, SEC, "run_dir", "/var/lib/berth/run", &c.run_dir) ||
+        cm_conf_str(&ctx, section, SEC, "storage_root", "/var/lib/berth/data", &c.storage_root) ||
+        cm_conf_u64(&ctx, section, SEC, "capacity", 64, 1, 10000, &capacity) ||
+        cm_conf_duration(&ctx, section, SEC, "heartbeat", CM_USEC_PER_SEC, 10 * CM_USEC_PER_MSEC,
+                         60 * CM_USEC_PER_SEC, &c.heartbeat) ||
+        cm_conf_duration(&ctx, section, SEC, "reap_interval", CM_USEC_PER_SEC,
+                         10 * CM_USEC_PER_MSEC, 3600 * CM_USEC_PER_SEC, &c.reap_interval) ||
+        cm_conf_duration(&ctx, section, SEC, "bind_wait", 5 * CM_USEC_PER_SEC, 0,
+                         600 * CM_USEC_PER_SEC, &c.bind_wait) ||
+        cm_conf_duration(&ctx, section, SEC, "destroy_grace", 2 * CM_USEC_PER_SEC, 0,
+                         600 * CM_USEC_PER_SEC, &c.destroy_grace) ||
+        cm_conf_str(&ctx, section, SEC, "cgroup_parent", "berth", &c.cgroup_parent) ||
+        cm_conf_str(&ctx, section, SEC, "agent_path", NULL, &c.agent_path) ||
+        cm_conf_strv(&ctx, section, SEC, "ro_binds", NULL, &c.ro_binds) ||
+        cm_conf_size(&ctx, section, SEC, "console_max", 1u << 20, 0, 1ull << 40, &c.console_max) ||
+        cm_conf_size(&ctx, section, SEC, "relay_buffer", 64u << 10, 1u << 10, 64u << 20,
+                     &c.relay_buffer) ||
+        cm_conf_u64(&ctx, section, SEC, "relay_max_conns", 1024, 1, 1u << 20, &max_conns) ||
+        cm_conf_size(&ctx, section, SEC, "api_max_body", 64u << 10, 256, 16u << 20,
+                     &c.api_max_body) ||
+        cm_conf_u64(&ctx, section, SEC, "api_max_pending", 256, 1, 100000, &max_pending))
+        goto fail;
+    c.capacity = (uint32_t)capacity;
+    c.relay_max_conns = (uint32_t)max_conns;
+    c.api_max_pending = (uint32_t)max_pending;
+
+    if (!c.host_id || !*c.host_id) {
+        char host[256];
+        free(c.host_id);
+        if (gethostname(host, sizeof(host)) < 0)
+            strcpy(host, "localhost");
+        host[sizeof(host) - 1] = '\0';
+        char *dot = strchr(host, '.');
+        if (dot && dot != host)
+            *dot = '\0'; /* the short name */
+        c.host_id = strdup(host);
+        if (!c.host_id)
+            goto oom;
+        if (!valid_host_id(c.host_id)) {
+            cm_conf_fail(&ctx, section, SEC, "host_id",
+                         "the hostname '%s' is not a valid host id: set host_id", c.host_id);
+            goto fail;
+        }
+    } else if (!valid_host_id(c.host_id)) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "host_id"), SEC, "host_id",
+                     "must be 1-%d characters of [A-Za-z0-9._-]", SCH_HOST_ID_MAX);
+        goto fail;
+    }
+    if (parse_listen(&ctx, section, listen, &c))
+        goto fail;
+    if (!*c.run_dir || !*c.storage_root) {
+        cm_conf_fail(&ctx, section, SEC, !*c.run_dir ? "run_dir" : "storage_root",
+                     "must not be empty");
+        goto fail;
+    }
+    if (!(c.run_dir = absolutize(c.run_dir)) || !(c.storage_root = absolutize(c.storage_root)))
+        goto oom;
+    struct sockaddr_un sun;
+    if (strlen(c.run_dir) + 1 + SCH_INST_ID_MAX + strlen(SOCK_SUFFIX) >= sizeof(sun.sun_path)) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "run_dir"), SEC, "run_dir",
+                     "too long: {run_dir}/{id}%s must fit a unix socket path (%zu bytes)",
+                     SOCK_SUFFIX, sizeof(sun.sun_path) - 1);
+        goto fail;
+    }
+    if (!*c.cgroup_parent || strstr(c.cgroup_parent, "..")) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "cgroup_parent"), SEC, "cgroup_parent",
+                     "must be a non-empty path without '..'");
+        goto fail;
+    }
+    if (!c.agent_path || !*c.agent_path) {
+        free(c.agent_path);
+        if (!(c.agent_path = default_agent_path()))
+            goto oom;
+    } else if (!(c.agent_path = absolutize(c.agent_path))) {
+        goto oom;
+    }
+    for (char **b = c.ro_binds; b && *b; b++) {
+        if ((*b)[0] != '/' || strstr(*b, "..") || strcmp(*b, "/") == 0) {
+            cm_conf_fail(&ctx, cm_ynode_get(section, "ro_binds"), SEC, "ro_binds",
+                         "'%s': entries must be absolute paths other than / without '..'", *b);
+            goto fail;
+        }
+    }
+    free(listen);
+    *ret = c;
+    return 0;
+oom:
+    cm_conf_fail(&ctx, section, SEC, NULL, "out of memory");
+fail:
+    free(listen);
+    sch_config_fini(&c);
+    return -EINVAL;
+}
+
+void sch_config_fini(struct sch_config *c)
+{
+    free(c->host_id);
+    free(c->api_host);
+    free(c->run_dir);
+    free(c->storage_root);
+    free(c->cgroup_parent);
+    free(c->agent_path);
+    cm_strv_free(c->ro_binds);
+    memset(c, 0, sizeof(*c));
+}

@@ -1,0 +1,49 @@
+/* The scheduler's own section of the shared config file (`scheduler:`). The shared sections
+ * (redis, log, templates) are parsed by common/config.c; this module reads the rest with the
+ * cm_conf_* getters so that errors read "file:line:col: scheduler.key: message".
+ * README.md in this directory documents every key. */
+#ifndef SCH_CONFIG_H
+#define SCH_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/time.h"
+#include "common/yaml.h"
+
+/* Longest host id: instance ids are "<host>-<8 hex>" and must fit a hostname (63 bytes). */
+#define SCH_HOST_ID_MAX 40
+/* Longest instance id: host id + '-' + 8 hex digits. */
+#define SCH_INST_ID_MAX (SCH_HOST_ID_MAX + 9)
+
+struct sch_config {
+    char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
+    char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
+    uint16_t api_port;  /* 0: pick a free port (the registered address uses the real one) */
+    char *run_dir;      /* absolute: per-instance dirs {run_dir}/{id}/ */
+    char *storage_root; /* absolute: durable dirs {storage_root}/{tenant}/{h} */
+    uint32_t capacity;  /* max live instances on this host */
+    cm_usec_t heartbeat;
+    cm_usec_t reap_interval;
+    cm_usec_t bind_wait;     /* how long the agent holds a connection waiting for BIND */
+    cm_usec_t destroy_grace; /* SIGTERM to SIGKILL */
+    char *cgroup_parent;     /* relative: under our own cgroup; absolute: from the hierarchy root */
+    char *agent_path;        /* absolute path of berth-agent */
+    char **ro_binds;       /* extra host paths bound read-only into every sandbox (may be empty) */
+    uint64_t console_max;  /* bytes of app output kept in {run_dir}/{id}/console.log */
+    uint64_t relay_buffer; /* agent: bytes buffered per direction per connection */
+    uint32_t relay_max_conns; /* agent: concurrent relayed connections */
+    uint64_t api_max_body;    /* scheduler API: largest request body */
+    uint32_t api_max_pending; /* scheduler API: concurrent POST /v1/start waiting for readiness */
+};
+
+/* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file
+ * in messages. Relative paths are made absolute against the current working directory. On
+ * success fills <ret> (release with sch_config_fini()) and returns 0; on failure returns
+ * -EINVAL with "file:line:col: scheduler.key: message" in <err>, and <ret> is left empty. */
+int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,
+                     char *err, size_t errlen);
+/* Frees what sch_config_parse() allocated; takes a zeroed or half-filled struct. */
+void sch_config_fini(struct sch_config *c);
+
+#endif

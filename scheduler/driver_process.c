@@ -1,0 +1,763 @@
+/* The process driver: each instance is berth-agent as PID 1 of new mount, pid, ipc, uts and net
+ * namespaces, in its own cgroups, on a private tmpfs root (sandbox.c builds it). The host keeps
+ * per instance {run_dir}/{id}/ with:
+ *   state        "pid=N" and "cgroup=DIR" lines: what a restarted scheduler needs to adopt or
+ *                purge the instance
+ *   console.log  the agent's and the app's output (bounded by the agent)
+ *   sock/        app.sock, ctl.sock and the agent's exit file, bound to /run/berth inside
+ *   data/        shared mount point receiving the session's durable directory at bind time
+ *   root/        mount point of the tmpfs root inside the instance's mount namespace */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "scheduler/cgroup.h"
+#include "scheduler/driver.h"
+#include "scheduler/sandbox.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+#define CHILD_STACK (256 * 1024)
+#define PURGE_WAIT_MS 2000
+#define AGENT_NAME "berth-agent"
+#define SANDBOX_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct pdriver {
+    struct sch_driver base;
+    const struct sch_config *cfg;
+    struct sch_cgroups *cg;
+    int agent_fd;
+    char prefix[SCH_HOST_ID_MAX + 2]; /* "<host>-": only such ids are ours */
+};
+
+/* {run_dir}/{id}: config.c keeps {run_dir}/{id}/sock/app.sock within a unix socket path. */
+#define INST_DIR_MAX 128
+
+struct pinst {
+    struct sch_dinst pub;
+    char dir[INST_DIR_MAX];
+    char **cgdirs;
+    int child; /* started by this process: reap it with waitid() */
+};
+
+static int pidfd_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_signal(int fd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+}
+
+static int instance_dir(const struct pdriver *d, const char *id, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%s/%s", d->cfg->run_dir, id);
+    return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+static int is_ours(const struct pdriver *d, const char *id)
+{
+    size_t n = strlen(d->prefix);
+    if (strncmp(id, d->prefix, n) != 0 || strlen(id) > SCH_INST_ID_MAX)
+        return 0;
+    for (const char *p = id + n; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return 0;
+    return id[n] != '\0';
+}
+
+/* ------------------------------------------------------------------ traces on the host */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)ftw;
+    if (flag == FTW_DP)
+        rmdir(path);
+    else
+        unlink(path);
+    return 0;
+}
+
+/* Removes what an instance left on the host, never the durable directory: {dir}/data is only
+ * unmounted and rmdir'ed (an rmdir cannot delete files). */
+static void remove_traces(const char *dir, char *const *cgdirs)
+{
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof(p), "%s/data", dir);
+    for (int i = 0; i < 8 && umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW) == 0; i++)
+        ;
+    if (rmdir(p) < 0 && errno != ENOENT)
+        cm_log_warn("driver", "cannot remove instance data mount point path=%s err=\"%s\"", p,
+                    strerror(errno));
+    int rc = sch_cgroups_remove(cgdirs);
+    if (rc < 0)
+        cm_log_warn("driver", "cannot remove cgroup dir=%s err=\"%s\"",
+                    cgdirs && cgdirs[0] ? cgdirs[0] : "", strerror(-rc));
+    snprintf(p, sizeof(p), "%s/sock", dir);
+    nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    static const char *const files[] = {"state", "console.log"};
+    for (size_t i = 0; i < CM_ARRAY_SIZE(files); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    snprintf(p, sizeof(p), "%s/root", dir);
+    rmdir(p);
+    if (rmdir(dir) < 0 && errno != ENOENT)
+        cm_log_warn("driver", "cannot remove instance dir path=%s err=\"%s\"", dir,
+                    strerror(errno));
+}
+
+/* The state file: "pid=N\n" then "cgroup=DIR\n" lines. */
+static int write_state(const char *dir, pid_t pid, char *const *cgdirs)
+{
+    char path[PATH_MAX + 16], tmp[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/state", dir);
+    snprintf(tmp, sizeof(tmp), "%s/state.tmp", dir);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return -errno;
+    fprintf(f, "pid=%d\n", (int)pid);
+    for (; cgdirs && *cgdirs; cgdirs++)
+        fprintf(f, "cgroup=%s\n", *cgdirs);
+    int rc = fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -errno;
+    fclose(f);
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}
+
+static int read_state(const char *dir, pid_t *ret_pid, char ***ret_cgdirs)
+{
+    char path[PATH_MAX + 16], line[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/state", dir);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -errno;
+    pid_t pid = 0;
+    char **dirs = calloc(SCH_CG_COUNT + 1, sizeof(*dirs));
+    size_t n = 0;
+    if (!dirs) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "pid=", 4) == 0)
+            pid = (pid_t)atoi(line + 4);
+        else if (strncmp(line, "cgroup=", 7) == 0 && n < SCH_CG_COUNT && line[7] == '/')
+            dirs[n++] = strdup(line + 7);
+    }
+    fclose(f);
+    *ret_pid = pid;
+    *ret_cgdirs = dirs;
+    return pid > 0 ? 0 : -EINVAL;
+}
+
+/* Is <pid> berth-agent running instance <id>? Reads /proc/<pid>/cmdline. */
+static int is_agent_of(pid_t pid, const char *id)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    const char *argv0 = buf, *base = strrchr(argv0, '/');
+    base = base ? base + 1 : argv0;
+    if (strcmp(base, AGENT_NAME) != 0)
+        return 0;
+    for (const char *p = buf; p < buf + n; p += strlen(p) + 1)
+        if (strcmp(p, "--id") == 0 && p + 5 < buf + n && strcmp(p + 5, id) == 0)
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ start */
+
+static char **build_env(const struct sch_start_spec *spec)
+{
+    const struct cm_template *t = spec->tpl;
+    size_t n = cm_strv_len(t->app_env);
+    char **env = calloc(n + 8, sizeof(*env));
+    if (!env)
+        return NULL;
+    size_t k = 0;
+    int ok = 1;
+    ok &= asprintf(&env[k++], "BERTH_INSTANCE_ID=%s", spec->id) >= 0;
+    ok &= asprintf(&env[k++], "PORT=%u", t->app_port) >= 0;
+    /* Defaults the template may override. */
+    static const char *const defaults[] = {"PATH=" SANDBOX_PATH, "HOME=/workspace", "LANG=C.UTF-8",
+                                           "TMPDIR=/tmp"};
+    for (size_t i = 0; i < CM_ARRAY_SIZE(defaults) && ok; i++) {
+        size_t klen = strcspn(defaults[i], "=") + 1;
+        int overridden = 0;
+        for (char **e = t->app_env; e && *e; e++)
+            overridden |= strncmp(*e, defaults[i], klen) == 0;
+        if (!overridden)
+            ok &= (env[k++] = strdup(defaults[i])) != NULL;
+    }
+    for (char **e = t->app_env; e && *e && ok; e++) {
+        if (strncmp(*e, "BERTH_INSTANCE_ID=", 18) == 0 || strncmp(*e, "PORT=", 5) == 0)
+            continue;
+        ok &= (env[k++] = strdup(*e)) != NULL;
+    }
+    if (!ok) {
+        cm_strv_free(env);
+        return NULL;
+    }
+    return env;
+}
+
+static char **build_argv(const struct pdriver *d, const struct sch_start_spec *spec)
+{
+    const struct cm_template *t = spec->tpl;
+    size_t n = cm_strv_len(t->app_command);
+    char **argv = calloc(n + 24, sizeof(*argv));
+    if (!argv)
+        return NULL;
+    char port[16], hold[32], logmax[32], buf[32], conns[16];
+    snprintf(port, sizeof(port), "%u", t->app_port);
+    snprintf(hold, sizeof(hold), "%" PRIu64, t->data ? d->cfg->bind_wait / CM_USEC_PER_MSEC : 0);
+    snprintf(logmax, sizeof(logmax), "%" PRIu64, d->cfg->console_max);
+    snprintf(buf, sizeof(buf), "%" PRIu64, d->cfg->relay_buffer);
+    snprintf(conns, sizeof(conns), "%u", d->cfg->relay_max_conns);
+    const char *fixed[] = {AGENT_NAME,   "--id",       spec->id, "--port",      port,  "--sock-dir",
+                           "/run/berth", "--ready-fd", "3",      "--hold-ms",   hold,  "--log-max",
+                           logmax,       "--buffer",   buf,      "--max-conns", conns, "--"};
+    size_t k = 0;
+    for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)
+        if (!(argv[k++] = strdup(fixed[i])))
+            goto oom;
+    for (size_t i = 0; i < n; i++)
+        if (!(argv[k++] = strdup(t->app_command[i])))
+            goto oom;
+    return argv;
+oom:
+    cm_strv_free(argv);
+    return NULL;
+}
+
+static int make_shared_mountpoint(const char *path)
+{
+    if (mount(path, path, NULL, MS_BIND, NULL) < 0)
+        return -errno;
+    /* A peer group of its own: private first, so it does not join the parent's group. */
+    if (mount(NULL, path, NULL, MS_PRIVATE, NULL) < 0 ||
+        mount(NULL, path, NULL, MS_SHARED, NULL) < 0) {
+        int e = -errno;
+        umount2(path, MNT_DETACH);
+        return e;
+    }
+    return 0;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
+                   struct sch_dinst **ret, char *err, size_t errlen)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    const struct cm_template *t = spec->tpl;
+    struct pinst *pi = calloc(1, sizeof(*pi));
+    char p[PATH_MAX + 32];
+    int sync_fds[2] = {-1, -1}, ready_fds[2] = {-1, -1}, log_fd = -1, pidfd = -1;
+    char **argv = NULL, **envp = NULL;
+    char *stack = NULL;
+    pid_t pid = -1;
+    int rc;
+    int made_dir = 0;
+    if (!pi) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    pi->pub.ready_fd = pi->pub.exit_fd = -1;
+    if (!is_ours(d, spec->id) || instance_dir(d, spec->id, pi->dir, sizeof(pi->dir)) < 0) {
+        snprintf(err, errlen, "bad instance id '%s'", spec->id);
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (mkdir(pi->dir, 0755) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot create %s: %s", pi->dir, strerror(errno));
+        goto fail;
+    }
+    made_dir = 1;
+    static const char *const subdirs[][2] = {{"sock", "0755"}, {"data", "0755"}, {"root", "0700"}};
+    for (size_t i = 0; i < CM_ARRAY_SIZE(subdirs); i++) {
+        snprintf(p, sizeof(p), "%s/%s", pi->dir, subdirs[i][0]);
+        if (mkdir(p, (mode_t)strtol(subdirs[i][1], NULL, 8)) < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "cannot create %s: %s", p, strerror(errno));
+            goto fail;
+        }
+    }
+    if (t->data) {
+        snprintf(p, sizeof(p), "%s/data", pi->dir);
+        if ((rc = make_shared_mountpoint(p)) < 0) {
+            snprintf(err, errlen, "cannot make %s a shared mount: %s", p, strerror(-rc));
+            goto fail;
+        }
+    }
+    struct sch_cg_limits lim = {.memory = t->memory, .cpu_millis = t->cpu_millis, .pids = t->pids};
+    if ((rc = sch_cgroups_create_instance(d->cg, spec->id, &lim, &pi->cgdirs, err, errlen)) < 0)
+        goto fail;
+    snprintf(p, sizeof(p), "%s/console.log", pi->dir);
+    log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (log_fd < 0 || pipe2(sync_fds, O_CLOEXEC) < 0 || pipe2(ready_fds, O_CLOEXEC) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot create %s or pipes: %s", p, strerror(errno));
+        goto fail;
+    }
+    argv = build_argv(d, spec);
+    envp = build_env(spec);
+    stack = malloc(CHILD_STACK);
+    if (!argv || !envp || !stack) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    struct sch_sandbox_args args = {
+        .dir = pi->dir,
+        .hostname = spec->id,
+        .workspace_size = t->workspace_size,
+        .ro_binds = d->cfg->ro_binds,
+        .with_data = t->data,
+        .sync_fd = sync_fds[0],
+        .ready_fd = ready_fds[1],
+        .log_fd = log_fd,
+        .agent_fd = d->agent_fd,
+        .argv = argv,
+        .envp = envp,
+    };
+    /* No CLONE_PARENT_DEATHSIG-like ties: the instance outlives us. */
+    int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
+                CLONE_PIDFD | SIGCHLD;
+    pid = clone(sch_sandbox_child, stack + CHILD_STACK, flags, &args, &pidfd);
+    if (pid < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "clone: %s", strerror(errno));
+        goto fail;
+    }
+    pi->child = 1;
+    close_fd(&sync_fds[0]);
+    close_fd(&ready_fds[1]);
+    close_fd(&log_fd);
+    if ((rc = sch_cgroups_attach(pi->cgdirs, pid)) < 0) {
+        snprintf(err, errlen, "cannot move pid %d into its cgroups: %s", (int)pid, strerror(-rc));
+        goto fail;
+    }
+    if ((rc = write_state(pi->dir, pid, pi->cgdirs)) < 0) {
+        snprintf(err, errlen, "cannot write %s/state: %s", pi->dir, strerror(-rc));
+        goto fail;
+    }
+    if (write(sync_fds[1], "g", 1) != 1) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot release the sandbox child: %s", strerror(errno));
+        goto fail;
+    }
+    close_fd(&sync_fds[1]);
+    fcntl(ready_fds[0], F_SETFL, O_NONBLOCK);
+    snprintf(pi->pub.id, sizeof(pi->pub.id), "%s", spec->id);
+    snprintf(pi->pub.addr, sizeof(pi->pub.addr), "unix:%s/sock/app.sock", pi->dir);
+    snprintf(pi->pub.ctl, sizeof(pi->pub.ctl), "%s/sock/ctl.sock", pi->dir);
+    pi->pub.pid = pid;
+    pi->pub.ready_fd = ready_fds[0];
+    pi->pub.exit_fd = pidfd;
+    free(stack);
+    cm_strv_free(argv);
+    cm_strv_free(envp);
+    *ret = &pi->pub;
+    return 0;
+
+fail:
+    close_fd(&sync_fds[0]);
+    close_fd(&sync_fds[1]); /* EOF: a waiting child exits */
+    close_fd(&ready_fds[0]);
+    close_fd(&ready_fds[1]);
+    close_fd(&log_fd);
+    if (pid > 0) {
+        pidfd_signal(pidfd, SIGKILL);
+        siginfo_t si;
+        waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED);
+    }
+    close_fd(&pidfd);
+    if (made_dir)
+        remove_traces(pi->dir, pi->cgdirs);
+    cm_strv_free(pi->cgdirs);
+    free(stack);
+    cm_strv_free(argv);
+    cm_strv_free(envp);
+    free(pi);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ adopt, storage, stop */
+
+static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **ret, char *err,
+                   size_t errlen)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    char dir[INST_DIR_MAX];
+    pid_t pid;
+    char **cgdirs = NULL;
+    if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0) {
+        snprintf(err, errlen, "not an instance of this host");
+        return -EINVAL;
+    }
+    int rc = read_state(dir, &pid, &cgdirs);
+    if (rc < 0) {
+        cm_strv_free(cgdirs);
+        snprintf(err, errlen, "no state file in %s: %s", dir, strerror(-rc));
+        return -ESRCH;
+    }
+    int fd = is_agent_of(pid, id) ? pidfd_open(pid) : -1;
+    /* Check again after opening: the pid may have been reused in between. */
+    if (fd < 0 || !is_agent_of(pid, id)) {
+        if (fd >= 0)
+            close(fd);
+        cm_strv_free(cgdirs);
+        snprintf(err, errlen, "pid %d is not the agent of %s any more", (int)pid, id);
+        return -ESRCH;
+    }
+    struct pinst *pi = calloc(1, sizeof(*pi));
+    if (!pi) {
+        close(fd);
+        cm_strv_free(cgdirs);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    snprintf(pi->dir, sizeof(pi->dir), "%s", dir);
+    pi->cgdirs = cgdirs;
+    snprintf(pi->pub.id, sizeof(pi->pub.id), "%s", id);
+    snprintf(pi->pub.addr, sizeof(pi->pub.addr), "unix:%s/sock/app.sock", dir);
+    snprintf(pi->pub.ctl, sizeof(pi->pub.ctl), "%s/sock/ctl.sock", dir);
+    pi->pub.pid = pid;
+    pi->pub.ready_fd = -1;
+    pi->pub.exit_fd = fd;
+    *ret = &pi->pub;
+    return 0;
+}
+
+/* How many mounts are stacked on <path> in our namespace. */
+static int mount_depth(const char *path)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return -errno;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char *save = NULL, *tok = strtok_r(line, " ", &save);
+        for (int i = 0; tok && i < 4; i++)
+            tok = strtok_r(NULL, " ", &save);
+        if (tok && strcmp(tok, path) == 0)
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const char *dir,
+                            char *err, size_t errlen)
+{
+    (void)base;
+    struct pinst *pi = (struct pinst *)di;
+    char p[PATH_MAX + 16];
+    snprintf(p, sizeof(p), "%s/data", pi->dir);
+    int depth = mount_depth(p);
+    if (depth < 1) {
+        snprintf(err, errlen, "%s is not a shared mount point (template without data?)", p);
+        return -ENOTSUP;
+    }
+    if (depth >= 2)
+        return 0; /* bound before (e.g. by the scheduler before a restart) */
+    if (mount(dir, p, NULL, MS_BIND, NULL) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot bind %s on %s: %s", dir, p, strerror(e));
+        return -e;
+    }
+    return 0;
+}
+
+static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
+{
+    (void)base;
+    if (pidfd_signal(di->exit_fd, hard ? SIGKILL : SIGTERM) < 0)
+        return -errno;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ finish, release */
+
+static void read_exit_file(const char *dir, char *reason, size_t len)
+{
+    char p[PATH_MAX + 16];
+    snprintf(p, sizeof(p), "%s/sock/exit", dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, reason, len - 1);
+    close(fd);
+    if (n <= 0) {
+        reason[0] = '\0';
+        return;
+    }
+    reason[n] = '\0';
+    reason[strcspn(reason, "\n")] = '\0';
+}
+
+static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason, size_t len)
+{
+    (void)base;
+    struct pinst *pi = (struct pinst *)di;
+    char from_wait[64] = "";
+    if (pi->child) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_PIDFD, (id_t)di->exit_fd, &si, WEXITED | WNOHANG) == 0 && si.si_pid) {
+            if (si.si_code == CLD_EXITED)
+                snprintf(from_wait, sizeof(from_wait), "exited status=%d", si.si_status);
+            else
+                snprintf(from_wait, sizeof(from_wait), "killed signal=%d", si.si_status);
+        }
+    }
+    reason[0] = '\0';
+    /* The agent's own account names the app's status; a killed agent leaves none. */
+    read_exit_file(pi->dir, reason, len);
+    if (!reason[0])
+        snprintf(reason, len, "%s", from_wait[0] ? from_wait : "gone");
+    remove_traces(pi->dir, pi->cgdirs);
+    close_fd(&di->ready_fd);
+    close_fd(&di->exit_fd);
+    cm_strv_free(pi->cgdirs);
+    free(pi);
+}
+
+static void p_release(struct sch_driver *base, struct sch_dinst *di)
+{
+    (void)base;
+    struct pinst *pi = (struct pinst *)di;
+    close_fd(&di->ready_fd);
+    close_fd(&di->exit_fd);
+    cm_strv_free(pi->cgdirs);
+    free(pi);
+}
+
+/* ------------------------------------------------------------------ list, purge */
+
+static int add_unique(char ***ids, size_t *n, const char *id)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*ids)[i], id) == 0)
+            return 0;
+    char **bigger = realloc(*ids, (*n + 2) * sizeof(**ids));
+    if (!bigger)
+        return -ENOMEM;
+    *ids = bigger;
+    if (!(bigger[*n] = strdup(id)))
+        return -ENOMEM;
+    bigger[++*n] = NULL;
+    return 0;
+}
+
+static int p_list(struct sch_driver *base, char ***ret_ids)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    char **ids = calloc(1, sizeof(*ids)), **cg_ids = NULL;
+    size_t n = 0;
+    int rc = 0;
+    if (!ids)
+        return -ENOMEM;
+    DIR *dir = opendir(d->cfg->run_dir);
+    if (dir) {
+        struct dirent *e;
+        while ((e = readdir(dir)) && rc == 0)
+            if (is_ours(d, e->d_name))
+                rc = add_unique(&ids, &n, e->d_name);
+        closedir(dir);
+    }
+    if (rc == 0 && (rc = sch_cgroups_list(d->cg, &cg_ids)) == 0) {
+        for (char **c = cg_ids; *c && rc == 0; c++)
+            if (is_ours(d, *c))
+                rc = add_unique(&ids, &n, *c);
+        cm_strv_free(cg_ids);
+    }
+    if (rc < 0) {
+        cm_strv_free(ids);
+        return rc;
+    }
+    *ret_ids = ids;
+    return 0;
+}
+
+static int p_purge(struct sch_driver *base, const char *id)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    char dir[PATH_MAX];
+    pid_t pid = 0;
+    char **cgdirs = NULL;
+    if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0)
+        return -EINVAL;
+    read_state(dir, &pid, &cgdirs);
+    if (pid > 0 && is_agent_of(pid, id)) {
+        int fd = pidfd_open(pid);
+        if (fd >= 0 && is_agent_of(pid, id)) {
+            pidfd_signal(fd, SIGKILL);
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            poll(&pfd, 1, PURGE_WAIT_MS);
+            siginfo_t si;
+            waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG); /* ECHILD unless ours */
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    /* Also the cgroups of this id under the current parents (no state file, other cgroup). */
+    char **more = sch_cgroups_instance_dirs(d->cg, id);
+    remove_traces(dir, cgdirs);
+    if (more)
+        sch_cgroups_remove(more);
+    cm_strv_free(more);
+    cm_strv_free(cgdirs);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ driver */
+
+static void p_status(struct sch_driver *base, struct cm_jbuf *out)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    cm_jbuf_printf(out, "{\"name\":\"process\",\"run_dir\":");
+    cm_jbuf_cstr(out, d->cfg->run_dir);
+    cm_jbuf_printf(out, ",\"agent\":");
+    cm_jbuf_cstr(out, d->cfg->agent_path);
+    cm_jbuf_printf(out, ",\"cgroups\":");
+    sch_cgroups_status(d->cg, out);
+    cm_jbuf_raw(out, "}", 1);
+}
+
+static void p_destroy(struct sch_driver *base)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    if (d->agent_fd >= 0)
+        close(d->agent_fd);
+    sch_cgroups_destroy(d->cg);
+    free(d);
+}
+
+static const struct sch_driver_ops process_ops = {
+    .name = "process",
+    .start = p_start,
+    .adopt = p_adopt,
+    .attach_storage = p_attach_storage,
+    .stop = p_stop,
+    .finish = p_finish,
+    .release = p_release,
+    .list = p_list,
+    .purge = p_purge,
+    .status = p_status,
+    .destroy = p_destroy,
+};
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char *err, size_t errlen)
+{
+    struct pdriver *d = calloc(1, sizeof(*d));
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->base.ops = &process_ops;
+    d->cfg = cfg;
+    d->agent_fd = -1;
+    snprintf(d->prefix, sizeof(d->prefix), "%s-", cfg->host_id);
+    int pfd = pidfd_open(getpid());
+    if (pfd < 0) {
+        snprintf(err, errlen, "pidfd_open is not available (Linux >= 5.3 needed): %s",
+                 strerror(errno));
+        goto fail;
+    }
+    close(pfd);
+    int rc = mkdir_p(cfg->run_dir, 0755);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot create run_dir %s: %s", cfg->run_dir, strerror(-rc));
+        goto fail;
+    }
+    d->agent_fd = open(cfg->agent_path, O_RDONLY | O_CLOEXEC);
+    if (d->agent_fd < 0 || access(cfg->agent_path, X_OK) < 0) {
+        snprintf(err, errlen, "cannot use agent %s: %s (set scheduler.agent_path)", cfg->agent_path,
+                 strerror(errno));
+        goto fail;
+    }
+    d->cg = sch_cgroups_create(cfg->cgroup_parent, "/sys/fs/cgroup");
+    if (!d->cg) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        const char *w = sch_cgroups_warning(d->cg, (enum sch_cg_ctrl)i);
+        if (w)
+            cm_log_warn("cgroup",
+                        "controller unusable: instances run without this limit "
+                        "ctrl=%s reason=\"%s\"",
+                        sch_cgroups_ctrl_name((enum sch_cg_ctrl)i), w);
+        else
+            cm_log_info("cgroup", "controller ready ctrl=%s version=%d dir=%s",
+                        sch_cgroups_ctrl_name((enum sch_cg_ctrl)i),
+                        sch_cgroups_version(d->cg, (enum sch_cg_ctrl)i),
+                        sch_cgroups_parent(d->cg, (enum sch_cg_ctrl)i));
+    }
+    return &d->base;
+fail:
+    p_destroy(&d->base);
+    return NULL;
+}

@@ -1,0 +1,358 @@
+#include "scheduler/sched.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/redis.h"
+#include "scheduler/api.h"
+#include "scheduler/driver.h"
+#include "scheduler/instance.h"
+#include "scheduler/pool.h"
+#include "scheduler/recover.h"
+
+#define MAX_ARGV 32
+#define REAP_BATCH "100"
+#define EVENTS_MAXLEN "100000"
+
+/* ------------------------------------------------------------------ Redis helpers */
+
+const char *sch_key(const struct sch_ctx *ctx, char *buf, size_t len, const char *fmt, ...)
+{
+    int n = snprintf(buf, len, "%s", ctx->cfg->redis.prefix);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < len)
+        vsnprintf(buf + n, len - (size_t)n, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+int sch_redis(struct sch_ctx *ctx, void (*cb)(struct redisReply *, const char *, void *),
+              void *data, int argc, const char **argv)
+{
+    size_t lens[MAX_ARGV];
+    if (argc > MAX_ARGV)
+        return -E2BIG;
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return cm_redis_argv(ctx->redis, cb, data, argc, argv, lens);
+}
+
+int sch_script(struct sch_ctx *ctx, enum cm_script s,
+               void (*cb)(struct redisReply *, const char *, void *), void *data, int argc,
+               const char **argv)
+{
+    size_t lens[MAX_ARGV];
+    if (argc > MAX_ARGV)
+        return -E2BIG;
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return cm_redis_script(ctx->redis, s, cb, data, argc, argv, lens);
+}
+
+int sch_redis_connected(const struct sch_ctx *ctx)
+{
+    return ctx->redis && cm_redis_state(ctx->redis) == CM_REDIS_CONNECTED;
+}
+
+static void on_logged(struct redisReply *reply, const char *err, void *data)
+{
+    (void)reply;
+    struct sch_ctx *ctx = data;
+    if (err && !ctx->stopping)
+        cm_log_warn("redis", "command failed err=\"%s\"", err);
+}
+
+void sch_event(struct sch_ctx *ctx, const char *type, ...)
+{
+    const char *argv[MAX_ARGV];
+    char key[256], ts[24];
+    int argc = 0;
+    snprintf(ts, sizeof(ts), "%" PRIu64, cm_now_wall_ms());
+    argv[argc++] = "XADD";
+    argv[argc++] = sch_key(ctx, key, sizeof(key), "events");
+    argv[argc++] = "MAXLEN";
+    argv[argc++] = "~";
+    argv[argc++] = EVENTS_MAXLEN;
+    argv[argc++] = "*";
+    argv[argc++] = "type";
+    argv[argc++] = type;
+    argv[argc++] = "ts";
+    argv[argc++] = ts;
+    va_list ap;
+    va_start(ap, type);
+    const char *s;
+    while ((s = va_arg(ap, const char *)) && argc < MAX_ARGV)
+        argv[argc++] = s;
+    va_end(ap);
+    sch_redis(ctx, on_logged, ctx, argc, argv);
+}
+
+/* ------------------------------------------------------------------ heartbeat, reaper */
+
+void sch_heartbeat(struct sch_ctx *ctx)
+{
+    if (!sch_redis_connected(ctx))
+        return;
+    char key[256], now[24], cap[16], free_[16];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    snprintf(cap, sizeof(cap), "%u", ctx->sc->capacity);
+    snprintf(free_, sizeof(free_), "%u",
+             ctx->n_live >= ctx->sc->capacity ? 0 : ctx->sc->capacity - ctx->n_live);
+    const char *hset[] = {"HSET",     sch_key(ctx, key, sizeof(key), "host:%s", ctx->sc->host_id),
+                          "api",      ctx->api_addr,
+                          "capacity", cap,
+                          "free",     free_,
+                          "driver",   ctx->drv->ops->name};
+    sch_redis(ctx, on_logged, ctx, (int)CM_ARRAY_SIZE(hset), hset);
+    /* The zset entry last: a host is claimable only once its hash is there. */
+    if (ctx->recovered) {
+        const char *zadd[] = {"ZADD", sch_key(ctx, key, sizeof(key), "hosts"), now,
+                              ctx->sc->host_id};
+        sch_redis(ctx, on_logged, ctx, 4, zadd);
+    }
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    struct sch_ctx *ctx = arg;
+    (void)fd, (void)what;
+    sch_heartbeat(ctx);
+    sch_pool_refill(ctx, NULL);
+}
+
+static void on_release_reply(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    if (err) {
+        if (!ctx->stopping)
+            cm_log_warn("reaper", "release failed err=\"%s\"", err);
+        return;
+    }
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, "released") == 0)
+        cm_log_info("reaper", "session expired inst=%s host=%s",
+                    reply->element[1]->type == REDIS_REPLY_STRING ? reply->element[1]->str : "",
+                    reply->element[2]->type == REDIS_REPLY_STRING ? reply->element[2]->str : "");
+}
+
+static void on_expired(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    ctx->reap_inflight = 0;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY) {
+        if (!ctx->stopping)
+            cm_log_warn("reaper", "cannot read expiry err=\"%s\"", err ? err : "bad reply");
+        return;
+    }
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    for (size_t i = 0; i < reply->elements; i++) {
+        if (reply->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        const char *argv[] = {ctx->cfg->redis.prefix, reply->element[i]->str, "", "expired", now};
+        sch_script(ctx, CM_SCRIPT_RELEASE, on_release_reply, ctx, 5, argv);
+    }
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    struct sch_ctx *ctx = arg;
+    (void)fd, (void)what;
+    if (ctx->reap_inflight || !sch_redis_connected(ctx))
+        return;
+    char key[256], now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[] = {
+        "ZRANGEBYSCORE", sch_key(ctx, key, sizeof(key), "expiry"), "-inf", now, "LIMIT", "0",
+        REAP_BATCH};
+    if (sch_redis(ctx, on_expired, ctx, 7, argv) == 0)
+        ctx->reap_inflight = 1;
+}
+
+/* ------------------------------------------------------------------ commands */
+
+static void on_command(const char *channel, const char *msg, size_t len, void *data)
+{
+    struct sch_ctx *ctx = data;
+    char buf[256], *save = NULL;
+    (void)channel;
+    if (len >= sizeof(buf)) {
+        cm_log_warn("cmd", "command too long len=%zu", len);
+        return;
+    }
+    memcpy(buf, msg, len);
+    buf[len] = '\0';
+    char *verb = strtok_r(buf, " ", &save);
+    char *id = strtok_r(NULL, " ", &save);
+    char *arg = strtok_r(NULL, " ", &save);
+    if (!verb || !id) {
+        cm_log_warn("cmd", "malformed command msg=\"%.*s\"", (int)len, msg);
+        return;
+    }
+    struct sch_inst *inst = sch_inst_find(ctx, id);
+    if (strcmp(verb, "bind") == 0 && arg) {
+        if (!inst) {
+            cm_log_warn("cmd", "bind for an unknown instance inst=%s session=%s", id, arg);
+            return;
+        }
+        sch_inst_bind(inst, arg);
+    } else if (strcmp(verb, "destroy") == 0) {
+        if (inst) {
+            if (inst->state == SCH_INST_ADOPTING)
+                inst->destroy_pending = 1; /* recover.c destroys it once adopted */
+            else
+                sch_inst_destroy(inst, "released");
+            return;
+        }
+        /* Not in our table: remove whatever traces it left, and its record. */
+        cm_log_warn("cmd", "destroy for an unknown instance inst=%s", id);
+        ctx->drv->ops->purge(ctx->drv, id);
+        char key[256];
+        const char *del[] = {"DEL", sch_key(ctx, key, sizeof(key), "i:%s", id)};
+        sch_redis(ctx, on_logged, ctx, 2, del);
+    } else {
+        cm_log_warn("cmd", "unknown command msg=\"%.*s\"", (int)len, msg);
+    }
+}
+
+/* Recovery needs both connections: the subscription must be live before we read what Redis
+ * knows, or a bind published in between would be missed. */
+static void maybe_recover(struct sch_ctx *ctx)
+{
+    if (!ctx->recovered && !ctx->recovering && sch_redis_connected(ctx) && ctx->sub &&
+        cm_redis_state(ctx->sub) == CM_REDIS_CONNECTED)
+        sch_recover_start(ctx);
+}
+
+static void on_redis_state(struct cm_redis *r, int connected, void *data)
+{
+    struct sch_ctx *ctx = data;
+    (void)r;
+    cm_log_info("redis", "%s addr=%s", connected ? "connected" : "disconnected",
+                ctx->cfg->redis.address);
+    if (connected) {
+        maybe_recover(ctx);
+        sch_heartbeat(ctx);
+    }
+}
+
+static void on_sub_state(struct cm_redis *r, int connected, void *data)
+{
+    struct sch_ctx *ctx = data;
+    (void)r;
+    if (!connected)
+        return;
+    if (ctx->recovered)
+        sch_recover_resync(ctx); /* commands published while we were away are lost */
+    else
+        maybe_recover(ctx);
+}
+
+/* ------------------------------------------------------------------ context */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct sch_ctx *ctx = arg;
+    (void)what;
+    cm_log_info("main", "signal received, stopping; instances keep running signal=%d", (int)sig);
+    ctx->stopping = 1;
+    event_base_loopbreak(ctx->base);
+}
+
+static struct event *add_timer(struct sch_ctx *ctx, cm_usec_t every,
+                               void (*cb)(evutil_socket_t, short, void *))
+{
+    struct event *ev = event_new(ctx->base, -1, EV_PERSIST, cb, ctx);
+    struct timeval tv;
+    cm_usec_to_tv(every, &tv);
+    if (ev && event_add(ev, &tv) < 0) {
+        event_free(ev);
+        return NULL;
+    }
+    return ev;
+}
+
+struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *cfg,
+                               const struct sch_config *sc, char *err, size_t errlen)
+{
+    struct sch_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ctx->base = base;
+    ctx->cfg = cfg;
+    ctx->sc = sc;
+    for (size_t i = 0; i < cfg->n_templates; i++)
+        if (strcmp(cfg->templates[i].driver, "process") != 0) {
+            snprintf(err, errlen, "template %s: driver %s is not available on this host",
+                     cfg->templates[i].name, cfg->templates[i].driver);
+            goto fail;
+        }
+    if (sch_pool_init(ctx) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    ctx->drv = sch_driver_create("process", sc, err, errlen);
+    if (!ctx->drv)
+        goto fail;
+    ctx->api = sch_api_create(ctx, err, errlen);
+    if (!ctx->api)
+        goto fail;
+    ctx->redis = cm_redis_create(base, &cfg->redis, on_redis_state, ctx);
+    ctx->sub = cm_redis_create(base, &cfg->redis, on_sub_state, ctx);
+    char channel[256];
+    sch_key(ctx, channel, sizeof(channel), "cmd:%s", sc->host_id);
+    if (!ctx->redis || !ctx->sub || cm_redis_subscribe(ctx->sub, channel, on_command, ctx) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    ctx->heartbeat_ev = add_timer(ctx, sc->heartbeat, on_heartbeat);
+    ctx->reap_ev = add_timer(ctx, sc->reap_interval, on_reap);
+    ctx->sigterm_ev = evsignal_new(base, SIGTERM, on_signal, ctx);
+    ctx->sigint_ev = evsignal_new(base, SIGINT, on_signal, ctx);
+    if (!ctx->heartbeat_ev || !ctx->reap_ev || !ctx->sigterm_ev || !ctx->sigint_ev ||
+        event_add(ctx->sigterm_ev, NULL) < 0 || event_add(ctx->sigint_ev, NULL) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    cm_log_info("main", "scheduler up host=%s api=%s driver=%s capacity=%u", sc->host_id,
+                ctx->api_addr, ctx->drv->ops->name, sc->capacity);
+    return ctx;
+fail:
+    sch_ctx_destroy(ctx);
+    return NULL;
+}
+
+void sch_ctx_destroy(struct sch_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    ctx->stopping = 1;
+    /* The API first: pending starts answer 503 while the instances still exist. */
+    sch_api_destroy(ctx->api);
+    ctx->api = NULL;
+    /* Redis next: its pending callbacks run now (with errors) and must find everything. */
+    cm_redis_destroy(ctx->sub);
+    cm_redis_destroy(ctx->redis);
+    ctx->sub = ctx->redis = NULL;
+    sch_recover_abort(ctx);
+    sch_inst_release_all(ctx);
+    struct event *evs[] = {ctx->heartbeat_ev, ctx->reap_ev, ctx->sigterm_ev, ctx->sigint_ev};
+    for (size_t i = 0; i < CM_ARRAY_SIZE(evs); i++)
+        if (evs[i])
+            event_free(evs[i]);
+    sch_driver_destroy(ctx->drv);
+    sch_pool_fini(ctx);
+    free(ctx);
+}

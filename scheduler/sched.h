@@ -1,0 +1,79 @@
+/* The scheduler's context: one libevent loop, one struct sch_ctx reached by every callback.
+ * This header is internal to scheduler/: instance.c, pool.c, recover.c and api.c share the
+ * layout; everything else talks to the scheduler through Redis or its HTTP API.
+ *
+ * Lifecycle: sch_ctx_create() connects to Redis (a command client and a subscriber on
+ * `P cmd:<host>`), binds the API and starts the timers. Nothing starts or adopts instances until
+ * the first Redis connection has run recovery (recover.c). SIGTERM/SIGINT end the loop; the
+ * instances keep running and the next scheduler adopts them. */
+#ifndef SCH_SCHED_H
+#define SCH_SCHED_H
+
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/store.h"
+#include "scheduler/config.h"
+
+struct event;
+struct event_base;
+struct cm_redis;
+struct redisReply;
+struct sch_api;
+struct sch_driver;
+struct sch_inst;
+struct sch_recovery;
+
+/* Per template pool bookkeeping (pool.c). */
+struct sch_pool {
+    const struct cm_template *tpl;
+    uint64_t warm; /* LLEN of P pool:<host>:<tpl> at the last check */
+    int inflight;  /* an LLEN is on its way */
+    int again;     /* a refill was asked for while one was in flight */
+};
+
+struct sch_ctx {
+    struct event_base *base;
+    const struct cm_config *cfg;
+    const struct sch_config *sc;
+    struct sch_driver *drv;
+    struct cm_redis *redis; /* commands and scripts */
+    struct cm_redis *sub;   /* the P cmd:<host> subscription */
+    struct sch_api *api;
+    char api_addr[80]; /* "host:port" as registered (real port when 0 was configured) */
+
+    struct sch_inst *insts; /* every instance this scheduler knows, any state */
+    uint32_t n_live;        /* instances counted against capacity */
+    struct sch_pool *pools; /* cfg->n_templates entries */
+
+    struct event *heartbeat_ev, *reap_ev, *sigterm_ev, *sigint_ev;
+    int reap_inflight;
+    struct sch_recovery *recovery; /* recover.c, while recovering */
+    int recovering, recovered;
+    int stopping;
+};
+
+/* Creates the context on <base>. Borrows <cfg>, <sc> and <base>. Returns NULL with a message
+ * in <err>. */
+struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *cfg,
+                               const struct sch_config *sc, char *err, size_t errlen);
+/* Releases every instance without touching it, closes Redis and the API. Takes NULL. */
+void sch_ctx_destroy(struct sch_ctx *ctx);
+
+/* Redis helpers: argv given as NUL-terminated strings. Return 0 or a negative errno (then the
+ * callback does not run). The key arguments are built by the caller with sch_key(). */
+int sch_redis(struct sch_ctx *ctx, void (*cb)(struct redisReply *, const char *, void *),
+              void *data, int argc, const char **argv);
+int sch_script(struct sch_ctx *ctx, enum cm_script s,
+               void (*cb)(struct redisReply *, const char *, void *), void *data, int argc,
+               const char **argv);
+/* Writes "<prefix><fmt...>" into <buf>; returns <buf>. */
+const char *sch_key(const struct sch_ctx *ctx, char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* XADD P events MAXLEN ~ 100000 * type <type> ts <now> <kv pairs...> (NULL-terminated). */
+void sch_event(struct sch_ctx *ctx, const char *type, ...);
+int sch_redis_connected(const struct sch_ctx *ctx);
+/* Sends the heartbeat now (also refreshes `free` after capacity changes). */
+void sch_heartbeat(struct sch_ctx *ctx);
+
+#endif
