@@ -52,7 +52,8 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
 {
     static const char *const keys[] = {"name",   "host",     "path_prefix", "tenant", "template",
                                        "key_headers", "cookie", "no_key",   "max_body", "auth",
-                                       "mcp",    "mcp_delete", "legacy_sse", "cdp_rewrite", NULL};
+                                       "mcp",    "mcp_delete", "legacy_sse", "cdp_rewrite",
+                                       "preview_domain", NULL};
     static const char *const def_headers[] = {"x-fc-session-id", NULL};
     char p[64];
     snprintf(p, sizeof(p), "gateway.routes[%zu]", idx);
@@ -72,7 +73,8 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
         cm_conf_bool(ctx, m, p, "mcp", 1, &r->mcp) ||
         cm_conf_str(ctx, m, p, "mcp_delete", "release", &mcp_delete) ||
         cm_conf_bool(ctx, m, p, "legacy_sse", 1, &r->legacy_sse) ||
-        cm_conf_bool(ctx, m, p, "cdp_rewrite", 0, &r->cdp_rewrite))
+        cm_conf_bool(ctx, m, p, "cdp_rewrite", 0, &r->cdp_rewrite) ||
+        cm_conf_str(ctx, m, p, "preview_domain", NULL, &r->preview_domain))
         return free(no_key), free(mcp_delete), -EINVAL;
     if (strcmp(mcp_delete, "release") == 0)
         r->mcp_delete_releases = 1;
@@ -136,6 +138,17 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
     if (r->host)
         for (char *c = r->host; *c; c++)
             *c = (char)tolower((unsigned char)*c);
+    if (r->preview_domain) {
+        for (char *c = r->preview_domain; *c; c++) {
+            *c = (char)tolower((unsigned char)*c);
+            if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.')
+                return cm_conf_fail(ctx, cm_ynode_get(m, "preview_domain"), p, "preview_domain",
+                                    "must be a DNS name such as preview.example.com");
+        }
+        if (!*r->preview_domain)
+            return cm_conf_fail(ctx, cm_ynode_get(m, "preview_domain"), p, "preview_domain",
+                                "must not be empty");
+    }
     return 0;
 }
 
@@ -214,6 +227,7 @@ void gw_config_free(struct gw_config *gc)
         free(r->template_name);
         cm_strv_free(r->key_headers);
         free(r->cookie);
+        free(r->preview_domain);
     }
     free(gc->routes);
     free(gc->listen);
@@ -236,10 +250,43 @@ const struct gw_route *gw_config_route(const struct gw_config *gc, const char *h
             if (!host || strlen(r->host) != host_len || strncasecmp(r->host, host, host_len))
                 continue;
         }
+        if (r->preview_domain && host && gw_config_preview(r, host, host_len, NULL, NULL, NULL))
+            return r;
         size_t pl = strlen(r->path_prefix);
         if (path_len < pl || memcmp(path, r->path_prefix, pl) != 0)
             continue;
         return r;
     }
     return NULL;
+}
+
+int gw_config_preview(const struct gw_route *r, const char *host, size_t host_len,
+                      uint16_t *ret_port, const char **ret_key, size_t *ret_key_len)
+{
+    if (!r->preview_domain || !host)
+        return 0;
+    const char *colon = memchr(host, ':', host_len);
+    if (colon)
+        host_len = (size_t)(colon - host);
+    size_t dl = strlen(r->preview_domain);
+    /* "<port>-<key>." + domain */
+    if (host_len < dl + 4 || host[host_len - dl - 1] != '.' ||
+        strncasecmp(host + host_len - dl, r->preview_domain, dl) != 0)
+        return 0;
+    size_t label_len = host_len - dl - 1;
+    if (memchr(host, '.', label_len))
+        return 0;
+    unsigned port = 0;
+    size_t i = 0;
+    while (i < label_len && i < 6 && isdigit((unsigned char)host[i]))
+        port = port * 10 + (unsigned)(host[i++] - '0');
+    if (i == 0 || i >= label_len || host[i] != '-' || port == 0 || port > 65535)
+        return 0;
+    if (ret_port)
+        *ret_port = (uint16_t)port;
+    if (ret_key) {
+        *ret_key = host + i + 1;
+        *ret_key_len = label_len - i - 1;
+    }
+    return label_len - i - 1 > 0;
 }

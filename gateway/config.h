@@ -32,6 +32,7 @@ struct gw_route {
     int mcp_delete_releases; /* DELETE with Mcp-Session-Id releases the session afterwards */
     int legacy_sse;   /* learn sessionId/session_id from the SSE endpoint event; route by it */
     int cdp_rewrite;  /* rewrite webSocketDebuggerUrl in /json/version and /json/list answers */
+    char *preview_domain; /* "<port>-<session>.<domain>" Hosts reach <port> in the sandbox */
 };
 
 struct gw_limits {
@@ -74,5 +75,10 @@ void gw_config_free(struct gw_config *gc);
 /* First route whose host and path prefix match; NULL if none. <host> may be NULL. */
 const struct gw_route *gw_config_route(const struct gw_config *gc, const char *host,
                                        size_t host_len, const char *path, size_t path_len);
+
+/* Preview hosts: 1 when <host> (port ignored) is "<port>-<key>.<r->preview_domain>"; then sets
+ * <ret_port> and the key slice (may be NULL). */
+int gw_config_preview(const struct gw_route *r, const char *host, size_t host_len,
+                      uint16_t *ret_port, const char **ret_key, size_t *ret_key_len);
 
 #endif

@@ -121,6 +121,7 @@ struct gw_conn {
     unsigned rewrite : 1;
     unsigned rewrite_overflow : 1;
     size_t reframe_len; /* body length of a rewritten response */
+    uint16_t preview_port; /* preview host: the port inside the sandbox */
 };
 
 static void aux_reset(struct gw_conn *c)
@@ -462,7 +463,17 @@ static void process_head(struct gw_conn *c)
     const char *key;
     size_t key_len;
     int from_cookie = 0;
-    int kr = gw_skey_find(c->route, &h, &key, &key_len, &from_cookie);
+    int kr;
+    c->preview_port = 0;
+    uint16_t pport;
+    if (c->route->preview_domain &&
+        gw_config_preview(c->route, host, host_len, &pport, &key, &key_len)) {
+        /* <port>-<session>.<domain>: a person's browser opening an app in the sandbox */
+        c->preview_port = pport;
+        kr = cm_key_valid(key, key_len) ? GW_SKEY_FOUND : GW_SKEY_INVALID;
+    } else {
+        kr = gw_skey_find(c->route, &h, &key, &key_len, &from_cookie);
+    }
     if (kr == GW_SKEY_INVALID) {
         send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
         return;
@@ -720,7 +731,13 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     struct gw_worker *w = c->w;
     const struct gw_limits *lim = &w->gc->limits;
     int reused = 0, err = 0;
-    c->up = gw_upstream_get(w->ups, c->addr, &reused, &err);
+    if (c->preview_port) {
+        char addr[GW_ADDR_MAX + 8];
+        snprintf(addr, sizeof(addr), "%s@%u", c->addr, c->preview_port);
+        c->up = gw_upstream_get(w->ups, addr, &reused, &err);
+    } else {
+        c->up = gw_upstream_get(w->ups, c->addr, &reused, &err);
+    }
     if (!c->up) {
         instance_unreachable(c);
         return;

@@ -25,7 +25,8 @@ struct gw_upool {
     struct gw_upool *next; /* bucket chain */
     struct gw_upstreams *u;
     uint64_t key;
-    char addr[GW_ADDR_MAX];
+    char addr[GW_ADDR_MAX + 8];
+    uint16_t port; /* "addr@port": ask the agent for this port inside the sandbox */
     struct sockaddr_storage sa;
     socklen_t salen;
     int is_tcp;
@@ -162,7 +163,7 @@ static struct gw_upool *pool_get(struct gw_upstreams *u, const char *addr, int *
     for (struct gw_upool *p = u->buckets[key % BUCKETS]; p; p = p->next)
         if (p->key == key && strcmp(p->addr, addr) == 0)
             return p;
-    if (n >= GW_ADDR_MAX) {
+    if (n >= sizeof(((struct gw_upool *)0)->addr)) {
         *ret_err = -EINVAL;
         return NULL;
     }
@@ -171,7 +172,21 @@ static struct gw_upool *pool_get(struct gw_upstreams *u, const char *addr, int *
         *ret_err = -ENOMEM;
         return NULL;
     }
-    if (parse_addr(addr, &p->sa, &p->salen, &p->is_tcp) < 0) {
+    char base[GW_ADDR_MAX + 8];
+    memcpy(base, addr, n + 1);
+    char *at = strrchr(base, '@');
+    if (at) {
+        char *end;
+        unsigned long port = strtoul(at + 1, &end, 10);
+        if (*end || port == 0 || port > 65535) {
+            free(p);
+            *ret_err = -EINVAL;
+            return NULL;
+        }
+        p->port = (uint16_t)port;
+        *at = '\0';
+    }
+    if (parse_addr(base, &p->sa, &p->salen, &p->is_tcp) < 0) {
         free(p);
         *ret_err = -EINVAL;
         return NULL;
@@ -224,6 +239,8 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
         *ret_err = -e;
         return NULL;
     }
+    if (p->port) /* the agent's port selection line, before any request byte */
+        evbuffer_add_printf(bufferevent_get_output(uc->bev), "BERTH-PORT %u\r\n", p->port);
     if (p->is_tcp) {
         int one = 1;
         setsockopt(bufferevent_getfd(uc->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
