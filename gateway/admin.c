@@ -58,9 +58,9 @@ struct scrape {
 int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
                          size_t errlen)
 {
-    static const char *const keys[] = {"max_body",  "max_header_bytes", "timeout",
-                                       "scrape_timeout", "max_hosts", "max_metadata",
-                                       "list_default", "list_max", NULL};
+    static const char *const keys[] = {"max_body",       "max_header_bytes", "timeout",
+                                       "scrape_timeout", "max_hosts",        "max_metadata",
+                                       "list_default",   "list_max",         NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
     const char *p = "gateway.admin";
@@ -69,8 +69,7 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
     uint64_t hosts, list_default, list_max;
     if (cm_conf_keys(&ctx, m, p, keys) ||
         cm_conf_size(&ctx, m, p, "max_body", 1u << 20, 1024, 64u << 20, &l.max_body) ||
-        cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20,
-                     &l.max_header_bytes) ||
+        cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l.max_header_bytes) ||
         cm_conf_duration(&ctx, m, p, "timeout", 60 * S, S, 3600 * S, &l.timeout) ||
         cm_conf_duration(&ctx, m, p, "scrape_timeout", 250 * CM_USEC_PER_MSEC,
                          10 * CM_USEC_PER_MSEC, 10 * S, &l.scrape_timeout) ||

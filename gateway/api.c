@@ -22,32 +22,24 @@
 #include "common/time.h"
 #include "gateway/admin.h"
 #include "gateway/api_json.h"
+#include "gateway/api_pools.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
 
-#define KEY_BUF 512      /* a Redis key: prefix (<= 64) + kind + h, host or template names */
-#define MAX_FIELDS 64    /* fields of a session hash we look at */
-#define API_KEY_MAX 512  /* longest bearer token considered */
+#define KEY_BUF 512     /* a Redis key: prefix (<= 64) + kind + h, host or template names */
+#define MAX_FIELDS 64   /* fields of a session hash we look at */
+#define API_KEY_MAX 512 /* longest bearer token considered */
 
-enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST, OP_POOLS };
+enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST };
 
 struct op;
 
-/* One reply of a pipelined batch: which op, which item. */
+/* One reply of a pipelined batch (the list's session reads): which op, which item. */
 struct slot {
     struct op *op;
     size_t item;
-    int tpl;               /* pools: template index, -1 for the host hash */
-    int present;           /* list: the session exists and is the tenant's */
-    struct cm_jbuf json;   /* list: the rendered session object */
-};
-
-struct host {
-    char id[128];
-    uint64_t heartbeat;
-    char driver[32];
-    int64_t free, capacity; /* -1: unknown */
-    int64_t *warm;          /* per configured template */
+    int present;         /* the session exists and is the tenant's */
+    struct cm_jbuf json; /* the rendered session object */
 };
 
 struct op {
@@ -69,8 +61,6 @@ struct op {
     int more;
     struct slot *slots;
     size_t n_slots;
-    struct host *hosts;
-    size_t n_hosts;
 };
 
 struct gw_api {
@@ -85,15 +75,24 @@ struct gw_api {
 static const char *method_name(enum evhttp_cmd_type m)
 {
     switch (m) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "?";
 }
@@ -184,9 +183,6 @@ static void op_free(struct op *op)
     for (size_t i = 0; i < op->n_slots; i++)
         cm_jbuf_fini(&op->slots[i].json);
     free(op->slots);
-    for (size_t i = 0; i < op->n_hosts; i++)
-        free(op->hosts[i].warm);
-    free(op->hosts);
     gw_api_create_fini(&op->create);
     free(op);
 }
@@ -309,13 +305,21 @@ static int read_session(struct op *op, cm_redis_reply_cb cb)
 static void create_answer_known(struct op *op)
 {
     struct gw_session_rec rec = {
-        .key = op->create.id, .key_len = op->create.id_len,
-        .tenant = op->tenant->name, .tenant_len = strlen(op->tenant->name),
-        .tpl = op->create.tpl->name, .tpl_len = strlen(op->create.tpl->name),
-        .instance = op->instance, .instance_len = strlen(op->instance),
-        .state = "bound", .state_len = 5,
-        .meta = op->create.meta, .meta_len = op->create.meta ? strlen(op->create.meta) : 0,
-        .created = op->bound_ms, .ttl = op->create.ttl_ms, .idle = op->create.idle_ms,
+        .key = op->create.id,
+        .key_len = op->create.id_len,
+        .tenant = op->tenant->name,
+        .tenant_len = strlen(op->tenant->name),
+        .tpl = op->create.tpl->name,
+        .tpl_len = strlen(op->create.tpl->name),
+        .instance = op->instance,
+        .instance_len = strlen(op->instance),
+        .state = "bound",
+        .state_len = 5,
+        .meta = op->create.meta,
+        .meta_len = op->create.meta ? strlen(op->create.meta) : 0,
+        .created = op->bound_ms,
+        .ttl = op->create.ttl_ms,
+        .idle = op->create.idle_ms,
         .last_active = op->bound_ms,
     };
     struct cm_jbuf b;
@@ -367,8 +371,7 @@ static const char *body_of(struct evhttp_request *req, size_t *len)
     return *len ? (const char *)evbuffer_pullup(in, -1) : "";
 }
 
-static void handle_create(struct gw_api *api, struct evhttp_request *req,
-                          const struct cm_tenant *t)
+static void handle_create(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t)
 {
     size_t len;
     const char *body = body_of(req, &len);
@@ -488,8 +491,8 @@ static void update_on_session(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
-static void handle_update(struct gw_api *api, struct evhttp_request *req,
-                          const struct cm_tenant *t, const char *h)
+static void handle_update(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+                          const char *h)
 {
     /* Syntax and types first (no Redis needed to reject a bad body). */
     size_t len;
@@ -525,18 +528,16 @@ static void delete_on_script(redisReply *r, const char *err, void *data)
     } else if (strcmp(r->element[0]->str, "released") != 0) {
         op_error(op, GW_ERR_NOT_FOUND, "no such session");
     } else {
-        cm_log_info("admin", "session deleted tenant=%s session=%s instance=%s", op->tenant->name,
-                    op->h,
-                    r->elements > 1 && r->element[1]->type == REDIS_REPLY_STRING
-                        ? r->element[1]->str
-                        : "");
+        cm_log_info(
+            "admin", "session deleted tenant=%s session=%s instance=%s", op->tenant->name, op->h,
+            r->elements > 1 && r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "");
         op_send(op, 204, NULL);
     }
     op_settle(op);
 }
 
-static void handle_delete(struct gw_api *api, struct evhttp_request *req,
-                          const struct cm_tenant *t, const char *h)
+static void handle_delete(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+                          const char *h)
 {
     struct op *op = op_new(api, req, OP_DELETE, t);
     if (!op) {
@@ -675,185 +676,6 @@ static void handle_list(struct gw_api *api, struct evhttp_request *req, const st
     op_settle(op);
 }
 
-/* --- GET /v1/pools ------------------------------------------------------------------------ */
-
-static int64_t reply_int(const redisReply *e)
-{
-    if (!e)
-        return -1;
-    if (e->type == REDIS_REPLY_INTEGER)
-        return e->integer;
-    if (e->type == REDIS_REPLY_STRING) {
-        char *end;
-        long long v = strtoll(e->str, &end, 10);
-        return *end || end == e->str ? -1 : v;
-    }
-    return -1;
-}
-
-static void pools_answer(struct op *op)
-{
-    if (op->failed) {
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-        return;
-    }
-    const struct cm_config *cfg = op->api->gc->common;
-    uint64_t now = cm_now_wall_ms();
-    uint64_t stale = op->api->gc->host_stale / CM_USEC_PER_MSEC;
-    struct cm_jbuf b;
-    cm_jbuf_init(&b);
-    cm_jbuf_raw(&b, "{\"hosts\":[", 10);
-    for (size_t i = 0; i < op->n_hosts; i++) {
-        const struct host *h = &op->hosts[i];
-        uint64_t age = now > h->heartbeat ? now - h->heartbeat : 0;
-        cm_jbuf_raw(&b, i ? ",{\"id\":" : "{\"id\":", i ? 7 : 6);
-        cm_jbuf_cstr(&b, h->id);
-        cm_jbuf_printf(&b, ",\"alive\":%s,\"heartbeat_ms\":%" PRIu64 ",\"heartbeat_age_ms\":%" PRIu64
-                           ",\"driver\":",
-                       age <= stale ? "true" : "false", h->heartbeat, age);
-        if (h->driver[0])
-            cm_jbuf_cstr(&b, h->driver);
-        else
-            cm_jbuf_raw(&b, "null", 4);
-        if (h->free >= 0)
-            cm_jbuf_printf(&b, ",\"free\":%" PRId64, h->free);
-        else
-            cm_jbuf_raw(&b, ",\"free\":null", 12);
-        if (h->capacity >= 0)
-            cm_jbuf_printf(&b, ",\"capacity\":%" PRId64, h->capacity);
-        else
-            cm_jbuf_raw(&b, ",\"capacity\":null", 16);
-        cm_jbuf_raw(&b, ",\"pools\":{", 10);
-        for (size_t t = 0; t < cfg->n_templates; t++) {
-            if (t)
-                cm_jbuf_raw(&b, ",", 1);
-            cm_jbuf_cstr(&b, cfg->templates[t].name);
-            cm_jbuf_printf(&b, ":%" PRId64, h->warm[t] < 0 ? 0 : h->warm[t]);
-        }
-        cm_jbuf_raw(&b, "}}", 2);
-    }
-    cm_jbuf_raw(&b, "],\"templates\":{", 15);
-    for (size_t t = 0; t < cfg->n_templates; t++) {
-        int64_t warm = 0;
-        for (size_t i = 0; i < op->n_hosts; i++) {
-            uint64_t hb = op->hosts[i].heartbeat;
-            if ((now > hb ? now - hb : 0) <= stale && op->hosts[i].warm[t] > 0)
-                warm += op->hosts[i].warm[t];
-        }
-        if (t)
-            cm_jbuf_raw(&b, ",", 1);
-        cm_jbuf_cstr(&b, cfg->templates[t].name);
-        cm_jbuf_printf(&b, ":{\"warm\":%" PRId64 ",\"pool_min\":%u,\"pool_max\":%u}", warm,
-                       cfg->templates[t].pool_min, cfg->templates[t].pool_max);
-    }
-    cm_jbuf_raw(&b, "}}", 2);
-    op_send(op, 200, &b);
-    cm_jbuf_fini(&b);
-}
-
-static void pools_on_item(redisReply *r, const char *err, void *data)
-{
-    struct slot *s = data;
-    struct op *op = s->op;
-    op->waiting--;
-    struct host *h = &op->hosts[s->item];
-    if (err) {
-        op->failed = 1;
-    } else if (s->tpl >= 0) {
-        h->warm[s->tpl] = reply_int(r);
-    } else if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
-        h->free = reply_int(r->element[0]);
-        h->capacity = reply_int(r->element[1]);
-        if (r->element[2]->type == REDIS_REPLY_STRING)
-            snprintf(h->driver, sizeof(h->driver), "%s", r->element[2]->str);
-    }
-    if (op->waiting == 0)
-        pools_answer(op);
-    op_settle(op);
-}
-
-static void pools_on_hosts(redisReply *r, const char *err, void *data)
-{
-    struct op *op = data;
-    op->waiting--;
-    const struct cm_config *cfg = op->api->gc->common;
-    if (!op->req) {
-        op_settle(op);
-        return;
-    }
-    if (err || !r || r->type != REDIS_REPLY_ARRAY) {
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-        op_settle(op);
-        return;
-    }
-    size_t n = r->elements / 2, nt = cfg->n_templates;
-    op->hosts = n ? calloc(n, sizeof(*op->hosts)) : NULL;
-    op->slots = n ? calloc(n * (nt + 1), sizeof(*op->slots)) : NULL;
-    if (n && (!op->hosts || !op->slots)) {
-        op_error(op, GW_ERR_INTERNAL, "out of memory");
-        op_settle(op);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct host *h = &op->hosts[i];
-        h->free = h->capacity = -1;
-        h->warm = calloc(nt ? nt : 1, sizeof(*h->warm));
-        op->n_hosts++;
-        const redisReply *id = r->element[2 * i], *score = r->element[2 * i + 1];
-        if (!h->warm) {
-            op_error(op, GW_ERR_INTERNAL, "out of memory");
-            op_settle(op);
-            return;
-        }
-        if (id->type == REDIS_REPLY_STRING)
-            snprintf(h->id, sizeof(h->id), "%s", id->str);
-        if (score->type == REDIS_REPLY_STRING)
-            h->heartbeat = strtoull(score->str, NULL, 10);
-    }
-    op->n_slots = n * (nt + 1);
-    for (size_t i = 0; i < op->n_slots; i++)
-        cm_jbuf_init(&op->slots[i].json);
-    for (size_t i = 0; i < n && !op->failed; i++) {
-        char key[KEY_BUF];
-        struct slot *s = &op->slots[i * (nt + 1)];
-        s->op = op, s->item = i, s->tpl = -1;
-        snprintf(key, sizeof(key), "%shost:%s", prefix(op->api), op->hosts[i].id);
-        const char *hm[] = {"HMGET", key, "free", "capacity", "driver"};
-        if (send_argv(op, pools_on_item, s, 5, hm) < 0)
-            op->failed = 1;
-        for (size_t t = 0; t < nt && !op->failed; t++) {
-            s = &op->slots[i * (nt + 1) + 1 + t];
-            s->op = op, s->item = i, s->tpl = (int)t;
-            op->hosts[i].warm[t] = -1;
-            snprintf(key, sizeof(key), "%spool:%s:%s", prefix(op->api), op->hosts[i].id,
-                     cfg->templates[t].name);
-            const char *ll[] = {"LLEN", key};
-            if (send_argv(op, pools_on_item, s, 2, ll) < 0)
-                op->failed = 1;
-        }
-    }
-    if (op->waiting == 0)
-        pools_answer(op);
-    op_settle(op);
-}
-
-static void handle_pools(struct gw_api *api, struct evhttp_request *req,
-                         const struct cm_tenant *t)
-{
-    struct op *op = op_new(api, req, OP_POOLS, t);
-    if (!op) {
-        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
-        return;
-    }
-    char key[KEY_BUF], stop[24];
-    snprintf(key, sizeof(key), "%shosts", prefix(api));
-    snprintf(stop, sizeof(stop), "%u", api->lim->max_hosts - 1);
-    const char *argv[] = {"ZRANGE", key, "0", stop, "WITHSCORES"};
-    if (send_argv(op, pools_on_hosts, op, 5, argv) < 0)
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-    op_settle(op);
-}
-
 /* --- routing ------------------------------------------------------------------------------ */
 
 static const struct cm_tenant *authenticate(const struct gw_api *api, struct evhttp_request *req)
@@ -879,6 +701,16 @@ static const struct cm_tenant *authenticate(const struct gw_api *api, struct evh
     return cm_config_tenant_by_key(api->gc->common, key);
 }
 
+/* "{id}" of "/v1/sessions/{id}" (one non-empty segment), or NULL. */
+static const char *session_segment(const char *path)
+{
+    const char prefix_[] = "/v1/sessions/";
+    size_t pl = sizeof(prefix_) - 1, n = strlen(path);
+    if (n <= pl || memcmp(path, prefix_, pl) != 0 || memchr(path + pl, '/', n - pl))
+        return NULL;
+    return path + pl;
+}
+
 void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *path)
 {
     const struct cm_tenant *t = authenticate(api, req);
@@ -888,9 +720,7 @@ void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *p
     }
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     int get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
-    static const char sessions[] = "/v1/sessions";
-    const size_t sl = sizeof(sessions) - 1;
-    if (strcmp(path, sessions) == 0) {
+    if (strcmp(path, "/v1/sessions") == 0) {
         if (get)
             handle_list(api, req, t);
         else if (m == EVHTTP_REQ_POST)
@@ -899,13 +729,12 @@ void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *p
             gw_api_reply_405(req, "GET, HEAD, POST");
         return;
     }
-    if (strncmp(path, sessions, sl) == 0 && path[sl] == '/' && path[sl + 1] &&
-        !strchr(path + sl + 1, '/')) {
+    const char *seg = session_segment(path);
+    if (seg) {
         if (!get && m != EVHTTP_REQ_PATCH && m != EVHTTP_REQ_DELETE) {
             gw_api_reply_405(req, "GET, HEAD, PATCH, DELETE");
             return;
         }
-        const char *seg = path + sl + 1;
         char id[CM_KEY_MAX + 1];
         size_t id_len;
         if (gw_api_pct_decode(seg, strlen(seg), id, CM_KEY_MAX, &id_len) < 0 ||
@@ -925,7 +754,7 @@ void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *p
     }
     if (strcmp(path, "/v1/pools") == 0) {
         if (get)
-            handle_pools(api, req, t);
+            gw_api_pools(api->redis, api->gc, api->lim->max_hosts, req);
         else
             gw_api_reply_405(req, "GET, HEAD");
         return;

@@ -79,15 +79,21 @@ static int json_utf8(const struct cm_json *j)
 void gw_api_json_write(struct cm_jbuf *b, const struct cm_json *j)
 {
     switch (j->type) {
-    case CM_JSON_NULL: cm_jbuf_raw(b, "null", 4); break;
-    case CM_JSON_BOOL: j->boolean ? cm_jbuf_raw(b, "true", 4) : cm_jbuf_raw(b, "false", 5); break;
+    case CM_JSON_NULL:
+        cm_jbuf_raw(b, "null", 4);
+        break;
+    case CM_JSON_BOOL:
+        j->boolean ? cm_jbuf_raw(b, "true", 4) : cm_jbuf_raw(b, "false", 5);
+        break;
     case CM_JSON_NUMBER:
         if (j->number == floor(j->number) && fabs(j->number) < 1e15)
             cm_jbuf_printf(b, "%.0f", j->number);
         else
             cm_jbuf_printf(b, "%.17g", j->number);
         break;
-    case CM_JSON_STRING: cm_jbuf_str(b, j->str, j->len); break;
+    case CM_JSON_STRING:
+        cm_jbuf_str(b, j->str, j->len);
+        break;
     case CM_JSON_ARRAY:
     case CM_JSON_OBJECT:
         cm_jbuf_raw(b, j->type == CM_JSON_ARRAY ? "[" : "{", 1);
@@ -120,8 +126,8 @@ static struct cm_json *parse_object(const char *body, size_t len, const char *co
                                     struct gw_api_error *err)
 {
     char why[96];
-    struct cm_json *j = len ? cm_json_parse(body, len, why, sizeof(why))
-                            : cm_json_parse("{}", 2, why, sizeof(why));
+    struct cm_json *j =
+        len ? cm_json_parse(body, len, why, sizeof(why)) : cm_json_parse("{}", 2, why, sizeof(why));
     if (!j) {
         fail(err, GW_ERR_BAD_REQUEST, "request body is not valid JSON: %s", why);
         return NULL;
@@ -138,7 +144,7 @@ static struct cm_json *parse_object(const char *body, size_t len, const char *co
             !utf8_valid((const unsigned char *)j->keys[i], strlen(j->keys[i]))) {
             fail(err, GW_ERR_INVALID_ARGUMENT, "unknown field \"%.64s\"",
                  utf8_valid((const unsigned char *)j->keys[i], strlen(j->keys[i])) ? j->keys[i]
-                                                                                    : "?");
+                                                                                   : "?");
             goto bad;
         }
         for (size_t k = 0; k < i; k++)
@@ -186,8 +192,8 @@ int gw_api_parse_create(const char *body, size_t len, const struct gw_config *gc
                         const char *tenant, const struct gw_api_limits *lim,
                         struct gw_api_create *ret, struct gw_api_error *err)
 {
-    static const char *const allowed[] = {"id", "template", "ttl", "idle_timeout", "metadata",
-                                          NULL};
+    static const char *const allowed[] = {"id",           "template", "ttl",
+                                          "idle_timeout", "metadata", NULL};
     struct gw_api_create c = {0};
     struct cm_json *j = parse_object(body, len, allowed, err);
     if (!j)
@@ -300,8 +306,9 @@ int gw_api_parse_update(const char *body, size_t len, const struct cm_template *
     struct gw_api_update u = {0};
     cm_usec_t year = YEAR_S * CM_USEC_PER_SEC;
     int a = get_seconds(j, "ttl", tpl ? tpl->max_ttl : year, &u.ttl_ms, err);
-    int b = a < 0 ? 0 : get_seconds(j, "idle_timeout", tpl ? tpl->max_idle_timeout : year,
-                                    &u.idle_ms, err);
+    int b =
+        a < 0 ? 0
+              : get_seconds(j, "idle_timeout", tpl ? tpl->max_idle_timeout : year, &u.idle_ms, err);
     cm_json_free(j);
     if (a < 0 || b < 0)
         return -EINVAL;
@@ -329,9 +336,8 @@ static int parse_u64(const char *s, size_t n, uint64_t max, uint64_t *ret)
     return 0;
 }
 
-int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim,
-                            uint32_t *ret_limit, uint64_t *ret_cursor,
-                            struct gw_api_error *err)
+int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim, uint32_t *ret_limit,
+                            uint64_t *ret_cursor, struct gw_api_error *err)
 {
     uint64_t limit = lim->list_default, cursor = 0;
     const char *p = query ? query : "";
@@ -352,8 +358,8 @@ int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim,
             size_t vn = (size_t)(p + n - v);
             if (gw_api_pct_decode(v, vn, val, sizeof(val) - 1, &vl) < 0)
                 return fail(err, GW_ERR_INVALID_ARGUMENT, "%s: malformed value", key);
-            if (is_limit && (parse_u64(val, vl, UINT32_MAX, &limit) < 0 || limit < 1 ||
-                             limit > lim->list_max))
+            if (is_limit &&
+                (parse_u64(val, vl, UINT32_MAX, &limit) < 0 || limit < 1 || limit > lim->list_max))
                 return fail(err, GW_ERR_INVALID_ARGUMENT, "limit must be an integer 1..%u",
                             lim->list_max);
             if (is_cursor && vl && parse_u64(val, vl, (uint64_t)1 << 53, &cursor) < 0)
@@ -453,8 +459,8 @@ void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r)
     write_seconds(b, r->idle);
     cm_jbuf_printf(b, ",\"last_active_ms\":%llu,\"expires_at_ms\":%llu,\"metadata\":",
                    (unsigned long long)r->last_active, (unsigned long long)CM_MIN(a, c));
-    struct cm_json *m = r->meta && r->meta_len ? cm_json_parse(r->meta, r->meta_len, NULL, 0)
-                                               : NULL;
+    struct cm_json *m =
+        r->meta && r->meta_len ? cm_json_parse(r->meta, r->meta_len, NULL, 0) : NULL;
     if (m && json_utf8(m))
         gw_api_json_write(b, m);
     else

@@ -31,8 +31,8 @@ struct gw_api_create {
     char id[CM_KEY_MAX + 1];
     size_t id_len;
     const struct cm_template *tpl; /* borrowed from the config */
-    uint64_t ttl_ms, idle_ms;       /* always set (the template's defaults when absent) */
-    char *meta;                     /* compact JSON of "metadata", or NULL; owned */
+    uint64_t ttl_ms, idle_ms;      /* always set (the template's defaults when absent) */
+    char *meta;                    /* compact JSON of "metadata", or NULL; owned */
 };
 
 /* Validates a POST /v1/sessions body (<len> 0 = "{}") for <tenant>. On success fills <ret>
@@ -60,9 +60,8 @@ int gw_api_parse_update(const char *body, size_t len, const struct cm_template *
 /* Parses the query string of GET /v1/sessions (<query> may be NULL): limit (1..list_max,
  * default list_default) and cursor (opaque to clients: the index of the page's first entry).
  * Unknown parameters are ignored. Returns 0 or -EINVAL with <err> set. */
-int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim,
-                            uint32_t *ret_limit, uint64_t *ret_cursor,
-                            struct gw_api_error *err);
+int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim, uint32_t *ret_limit,
+                            uint64_t *ret_cursor, struct gw_api_error *err);
 
 /* A session as stored in P s:{h}. Strings point into the caller's storage (borrowed). */
 struct gw_session_rec {

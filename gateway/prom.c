@@ -65,8 +65,7 @@ static void usec_as_seconds(struct cm_jbuf *b, uint64_t us)
 void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
                    const struct gw_prom_tenant *tenants, size_t n, int redis_up)
 {
-    family(b, "berth_gateway_requests_total", "counter",
-           "Requests received on the data plane.");
+    family(b, "berth_gateway_requests_total", "counter", "Requests received on the data plane.");
     sample_u(b, "berth_gateway_requests_total", m->requests);
 
     static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -82,9 +81,11 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
         labeled(b, "berth_gateway_errors_total", "code", gw_err_info((enum gw_err)e)->code,
                 m->errors[e]);
 
-    static const char *const results[GW_CLAIM_COUNT] = {
-        [GW_CLAIM_CACHED] = "cached", [GW_CLAIM_BOUND] = "bound", [GW_CLAIM_NEW] = "new",
-        [GW_CLAIM_STARTED] = "started", [GW_CLAIM_FAILED] = "failed"};
+    static const char *const results[GW_CLAIM_COUNT] = {[GW_CLAIM_CACHED] = "cached",
+                                                        [GW_CLAIM_BOUND] = "bound",
+                                                        [GW_CLAIM_NEW] = "new",
+                                                        [GW_CLAIM_STARTED] = "started",
+                                                        [GW_CLAIM_FAILED] = "failed"};
     family(b, "berth_gateway_claims_total", "counter",
            "Session lookups and bindings, by how the instance was found.");
     for (int r = 0; r < GW_CLAIM_COUNT; r++)

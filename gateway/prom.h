@@ -13,7 +13,7 @@
 #define GW_PROM_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 struct gw_prom_tenant {
-    const char *name; /* borrowed */
+    const char *name;  /* borrowed */
     uint64_t sessions; /* ZCARD of P sessions:<name> */
 };
 

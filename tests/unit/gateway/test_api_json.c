@@ -19,22 +19,33 @@ static struct cm_tenant tenants[2];
 static struct cm_config cfg;
 static struct gw_route routes[1];
 static struct gw_config gc;
-static const struct gw_api_limits lim = {.max_metadata = 64, .list_default = 100,
-                                         .list_max = 1000};
+static const struct gw_api_limits lim = {.max_metadata = 64, .list_default = 100, .list_max = 1000};
 
 /* Two templates ("first", "second"); tenant "acme" routes to "second", "solo" has no route. */
 static void setup(void)
 {
-    tpls[0] = (struct cm_template){.name = "first", .ttl = 3600 * S, .max_ttl = 86400 * S,
-                                   .idle_timeout = 600 * S, .max_idle_timeout = 7200 * S};
-    tpls[1] = (struct cm_template){.name = "second", .ttl = 60 * S, .max_ttl = 120 * S,
-                                   .idle_timeout = 30 * S, .max_idle_timeout = 90 * S};
+    tpls[0] = (struct cm_template){.name = "first",
+                                   .ttl = 3600 * S,
+                                   .max_ttl = 86400 * S,
+                                   .idle_timeout = 600 * S,
+                                   .max_idle_timeout = 7200 * S};
+    tpls[1] = (struct cm_template){.name = "second",
+                                   .ttl = 60 * S,
+                                   .max_ttl = 120 * S,
+                                   .idle_timeout = 30 * S,
+                                   .max_idle_timeout = 90 * S};
     tenants[0] = (struct cm_tenant){.name = "acme"};
     tenants[1] = (struct cm_tenant){.name = "solo"};
-    cfg = (struct cm_config){.file = "test.yaml", .tenants = tenants, .n_tenants = 2,
-                             .templates = tpls, .n_templates = 2};
-    routes[0] = (struct gw_route){.name = "r", .path_prefix = "/", .tenant = "acme",
-                                  .template_name = "second", .tpl = &tpls[1]};
+    cfg = (struct cm_config){.file = "test.yaml",
+                             .tenants = tenants,
+                             .n_tenants = 2,
+                             .templates = tpls,
+                             .n_templates = 2};
+    routes[0] = (struct gw_route){.name = "r",
+                                  .path_prefix = "/",
+                                  .tenant = "acme",
+                                  .template_name = "second",
+                                  .tpl = &tpls[1]};
     gc = (struct gw_config){.common = &cfg, .routes = routes, .n_routes = 1};
 }
 
@@ -147,8 +158,7 @@ TEST(create_rejects_bad_template_and_durations)
     /* "second" (acme's default) caps ttl at 120 s and idle at 90 s */
     create_fails("{\"ttl\":121}", GW_ERR_INVALID_ARGUMENT, "120");
     create_fails("{\"idle_timeout\":91}", GW_ERR_INVALID_ARGUMENT, "90");
-    create_fails("{\"template\":\"first\",\"idle_timeout\":7201}", GW_ERR_INVALID_ARGUMENT,
-                 "7200");
+    create_fails("{\"template\":\"first\",\"idle_timeout\":7201}", GW_ERR_INVALID_ARGUMENT, "7200");
     struct gw_api_create c;
     struct gw_api_error e;
     CHECK_INT_EQ(create("{\"ttl\":120,\"idle_timeout\":90}", "acme", &c, &e), 0);
@@ -222,9 +232,10 @@ TEST(list_query)
     CHECK_UINT_EQ(limit, 7);
     CHECK_UINT_EQ(cursor, 0);
     CHECK_INT_EQ(gw_api_parse_list_query("limit=1000", &lim, &limit, &cursor, &e), 0);
-    const char *bad[] = {"limit=0", "limit=1001", "limit=", "limit=-1", "limit=1x",
-                         "limit=99999999999999999999999", "cursor=abc", "cursor=-1",
-                         "limit=%zz", NULL};
+    const char *bad[] = {"limit=0",    "limit=1001", "limit=",
+                         "limit=-1",   "limit=1x",   "limit=99999999999999999999999",
+                         "cursor=abc", "cursor=-1",  "limit=%zz",
+                         NULL};
     for (const char **q = bad; *q; q++) {
         CHECK_MSG(gw_api_parse_list_query(*q, &lim, &limit, &cursor, &e) == -EINVAL,
                   "query %s accepted", *q);
@@ -250,10 +261,19 @@ static const char *render(const char *const *fv, size_t n, char *out, size_t cap
 
 TEST(session_round_trip)
 {
-    const char *fv[] = {"tenant", "acme", "source", "sid", "key", "k\"1", "template", "first",
-                        "instance", "i-1", "addr", "unix:/x", "state", "bound", "gen", "3",
-                        "created", "1000", "ttl", "60000", "idle_timeout", "1500",
-                        "last_active", "2000", "meta", "{\"a\": [1, {\"b\":null}]}"};
+    const char *fv[] = {"tenant",       "acme",
+                        "source",       "sid",
+                        "key",          "k\"1",
+                        "template",     "first",
+                        "instance",     "i-1",
+                        "addr",         "unix:/x",
+                        "state",        "bound",
+                        "gen",          "3",
+                        "created",      "1000",
+                        "ttl",          "60000",
+                        "idle_timeout", "1500",
+                        "last_active",  "2000",
+                        "meta",         "{\"a\": [1, {\"b\":null}]}"};
     char out[1024];
     CHECK_NOT_NULL(render(fv, CM_ARRAY_SIZE(fv), out, sizeof(out)));
     CHECK_STR_EQ(out, "{\"id\":\"k\\\"1\",\"tenant\":\"acme\",\"template\":\"first\","
@@ -274,9 +294,9 @@ TEST(session_missing_or_odd_fields)
     const char *no_tenant[] = {"key", "k", "state", "bound"};
     CHECK_NULL(render(no_tenant, 4, out, sizeof(out)));
     /* lost session: no instance address; garbage meta and numbers are not echoed */
-    const char *lost[] = {"tenant", "t", "key", "k", "state", "lost", "instance", "",
-                          "created", "x9", "ttl", "100000", "idle_timeout", "5000",
-                          "last_active", "7", "meta", "{not json"};
+    const char *lost[] = {"tenant",       "t",    "key",         "k",  "state", "lost",
+                          "instance",     "",     "created",     "x9", "ttl",   "100000",
+                          "idle_timeout", "5000", "last_active", "7",  "meta",  "{not json"};
     CHECK_NOT_NULL(render(lost, CM_ARRAY_SIZE(lost), out, sizeof(out)));
     CHECK_CONTAINS(out, "\"instance\":null");
     CHECK_CONTAINS(out, "\"created_ms\":0");
