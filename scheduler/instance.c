@@ -175,6 +175,12 @@ static void on_instance_exit(evutil_socket_t fd, short what, void *arg)
                     tpl, inst->stop_reason, reason);
         const char *del[] = {"DEL", sch_key(ctx, key, sizeof(key), "i:%s", inst->id)};
         inst_redis(inst, 2, del);
+        if (inst->tpl) { /* a destroyed warm instance must not keep counting as pooled */
+            const char *lrem[] = {
+                "LREM", sch_key(ctx, key, sizeof(key), "pool:%s:%s", ctx->sc->host_id, tpl), "0",
+                inst->id};
+            inst_redis(inst, 4, lrem);
+        }
         sch_event(ctx, "destroyed", "instance", inst->id, "host", ctx->sc->host_id, "template", tpl,
                   "reason", inst->stop_reason, NULL);
     } else {

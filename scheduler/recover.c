@@ -60,6 +60,35 @@ static void run_lost(struct sch_ctx *ctx, const char *id, const char *reason)
     sch_script(ctx, CM_SCRIPT_LOST, on_logged, ctx, 4, argv);
 }
 
+/* Each pool list becomes exactly the adopted warm instances of its template: entries of
+ * instances that are gone would otherwise count as warm forever. One MULTI/EXEC per template,
+ * so a claim never sees the list half rebuilt. */
+static void rebuild_pools(struct sch_ctx *ctx)
+{
+    for (size_t t = 0; t < ctx->cfg->n_templates; t++) {
+        const struct cm_template *tpl = &ctx->cfg->templates[t];
+        char key[256];
+        sch_key(ctx, key, sizeof(key), "pool:%s:%s", ctx->sc->host_id, tpl->name);
+        const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"}, *del[] = {"DEL", key};
+        sch_redis(ctx, on_logged, ctx, 1, multi);
+        sch_redis(ctx, on_logged, ctx, 2, del);
+        const char *push[16 + 2] = {"RPUSH", key};
+        int n = 2;
+        for (struct sch_inst *i = ctx->insts; i; i = i->next) {
+            if (i->tpl != tpl || i->state != SCH_INST_WARM)
+                continue;
+            push[n++] = i->id;
+            if (n == (int)CM_ARRAY_SIZE(push)) {
+                sch_redis(ctx, on_logged, ctx, n, push);
+                n = 2;
+            }
+        }
+        if (n > 2)
+            sch_redis(ctx, on_logged, ctx, n, push);
+        sch_redis(ctx, on_logged, ctx, 1, exec);
+    }
+}
+
 static void finish_recovery(struct sch_recovery *rec)
 {
     struct sch_ctx *ctx = rec->ctx;
@@ -100,6 +129,7 @@ static void finish_recovery(struct sch_recovery *rec)
                 rec->adopted, rec->lost, rec->destroyed, rec->purged, ctx->n_live);
     cm_strv_free(rec->known);
     free(rec);
+    rebuild_pools(ctx);
     ctx->recovered = 1;
     sch_heartbeat(ctx);
     sch_pool_refill(ctx, NULL);
