@@ -1,0 +1,203 @@
+/* scheduler/config.c: the `scheduler:` section. Defaults, value syntax, relative paths made
+ * absolute, and errors that read "file:line:col: scheduler.key: message". */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/yaml.h"
+#include "scheduler/config.h"
+#include "tests/harness/test.h"
+
+/* Parses <yaml> (a whole document holding a `scheduler:` key, or none). */
+static int parse(const char *yaml, struct sch_config *c, char *err, size_t errlen)
+{
+    char perr[256];
+    struct cm_ynode *root = cm_yaml_parse(yaml, strlen(yaml), perr, sizeof(perr));
+    if (!root)
+        test_fail(__FILE__, __LINE__, "test YAML does not parse: %s", perr);
+    err[0] = '\0';
+    int rc = sch_config_parse(c, cm_ynode_get(root, "scheduler"), "b.yaml", err, errlen);
+    cm_ynode_free(root);
+    return rc;
+}
+
+#define EXPECT_ERROR(yaml, want) expect_error(__FILE__, __LINE__, yaml, want)
+static void expect_error(const char *file, int line, const char *yaml, const char *want)
+{
+    struct sch_config c;
+    char err[1024];
+    if (parse(yaml, &c, err, sizeof(err)) == 0) {
+        sch_config_fini(&c);
+        test_fail(file, line, "accepted, wanted %s", want);
+    }
+    if (!test_contains(err, want))
+        test_fail(file, line, "error\n#   got:  %s\n#   want: ...%s...", err, want);
+}
+
+TEST(defaults)
+{
+    struct sch_config c;
+    char err[1024];
+    CHECK_INT_EQ(parse("log: {level: info}\n", &c, err, sizeof(err)), 0);
+    char host[256];
+    CHECK_INT_EQ(gethostname(host, sizeof(host)), 0);
+    host[strcspn(host, ".")] = '\0';
+    CHECK_STR_EQ(c.host_id, host);
+    CHECK_STR_EQ(c.api_host, "127.0.0.1");
+    CHECK_UINT_EQ(c.api_port, 9191);
+    CHECK_STR_EQ(c.run_dir, "/var/lib/berth/run");
+    CHECK_STR_EQ(c.storage_root, "/var/lib/berth/data");
+    CHECK_UINT_EQ(c.capacity, 64);
+    CHECK_UINT_EQ(c.heartbeat, 1000000);
+    CHECK_UINT_EQ(c.reap_interval, 1000000);
+    CHECK_UINT_EQ(c.bind_wait, 5000000);
+    CHECK_UINT_EQ(c.destroy_grace, 2000000);
+    CHECK_STR_EQ(c.cgroup_parent, "berth");
+    CHECK_NULL(c.ro_binds);
+    CHECK_UINT_EQ(c.console_max, 1u << 20);
+    CHECK_UINT_EQ(c.relay_buffer, 64u << 10);
+    CHECK_UINT_EQ(c.relay_max_conns, 1024);
+    CHECK_UINT_EQ(c.api_max_body, 64u << 10);
+    CHECK_UINT_EQ(c.api_max_pending, 256);
+    /* The agent defaults to the directory of the running executable. */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    CHECK(n > 0);
+    exe[n] = '\0';
+    *strrchr(exe, '/') = '\0';
+    strcat(exe, "/berth-agent");
+    CHECK_STR_EQ(c.agent_path, exe);
+    sch_config_fini(&c);
+}
+
+TEST(values)
+{
+    struct sch_config c;
+    char err[1024];
+    int rc = parse("scheduler:\n"
+                   "  host_id: worker-1.a_b\n"
+                   "  api_listen: 0.0.0.0:0\n"
+                   "  run_dir: /run/b/\n"
+                   "  storage_root: /srv/data\n"
+                   "  capacity: 3\n"
+                   "  heartbeat: 250ms\n"
+                   "  reap_interval: 2s\n"
+                   "  bind_wait: 0\n"
+                   "  destroy_grace: 1m\n"
+                   "  cgroup_parent: /berth/x\n"
+                   "  agent_path: /opt/berth-agent\n"
+                   "  ro_binds: [/opt/app, /srv/tools]\n"
+                   "  console_max: 0\n"
+                   "  relay_buffer: 1KiB\n"
+                   "  relay_max_conns: 7\n"
+                   "  api_max_body: 1MiB\n"
+                   "  api_max_pending: 9\n",
+                   &c, err, sizeof(err));
+    CHECK_MSG(rc == 0, "%s", err);
+    CHECK_STR_EQ(c.host_id, "worker-1.a_b");
+    CHECK_STR_EQ(c.api_host, "0.0.0.0");
+    CHECK_UINT_EQ(c.api_port, 0);
+    CHECK_STR_EQ(c.run_dir, "/run/b"); /* trailing slash dropped */
+    CHECK_STR_EQ(c.storage_root, "/srv/data");
+    CHECK_UINT_EQ(c.capacity, 3);
+    CHECK_UINT_EQ(c.heartbeat, 250000);
+    CHECK_UINT_EQ(c.reap_interval, 2000000);
+    CHECK_UINT_EQ(c.bind_wait, 0);
+    CHECK_UINT_EQ(c.destroy_grace, 60000000);
+    CHECK_STR_EQ(c.cgroup_parent, "/berth/x");
+    CHECK_STR_EQ(c.agent_path, "/opt/berth-agent");
+    CHECK_NOT_NULL(c.ro_binds);
+    CHECK_STR_EQ(c.ro_binds[0], "/opt/app");
+    CHECK_STR_EQ(c.ro_binds[1], "/srv/tools");
+    CHECK_NULL(c.ro_binds[2]);
+    CHECK_UINT_EQ(c.console_max, 0);
+    CHECK_UINT_EQ(c.relay_buffer, 1024);
+    CHECK_UINT_EQ(c.relay_max_conns, 7);
+    CHECK_UINT_EQ(c.api_max_body, 1u << 20);
+    CHECK_UINT_EQ(c.api_max_pending, 9);
+    sch_config_fini(&c);
+}
+
+TEST(relative_paths_follow_the_working_directory)
+{
+    CHECK_INT_EQ(chdir(test_tmpdir()), 0);
+    char cwd[PATH_MAX], want[PATH_MAX + 32];
+    CHECK_NOT_NULL(getcwd(cwd, sizeof(cwd)));
+    struct sch_config c;
+    char err[1024];
+    int rc = parse("scheduler:\n  run_dir: run\n  storage_root: ./state/data\n"
+                   "  agent_path: bin/berth-agent\n",
+                   &c, err, sizeof(err));
+    CHECK_MSG(rc == 0, "%s", err);
+    snprintf(want, sizeof(want), "%s/run", cwd);
+    CHECK_STR_EQ(c.run_dir, want);
+    snprintf(want, sizeof(want), "%s/state/data", cwd);
+    CHECK_STR_EQ(c.storage_root, want);
+    snprintf(want, sizeof(want), "%s/bin/berth-agent", cwd);
+    CHECK_STR_EQ(c.agent_path, want);
+    sch_config_fini(&c);
+}
+
+TEST(errors_name_file_position_and_key)
+{
+    EXPECT_ERROR("scheduler:\n  capacty: 3\n", "b.yaml:2:3: scheduler.capacty: unknown key");
+    EXPECT_ERROR("scheduler:\n  capacity: 0\n", "b.yaml:2:13: scheduler.capacity:");
+    EXPECT_ERROR("scheduler:\n  capacity: 10001\n", "scheduler.capacity:");
+    EXPECT_ERROR("scheduler:\n  heartbeat: 1ms\n", "b.yaml:2:14: scheduler.heartbeat:");
+    EXPECT_ERROR("scheduler:\n  bind_wait: soon\n", "scheduler.bind_wait:");
+    EXPECT_ERROR("scheduler:\n  relay_buffer: 10\n", "scheduler.relay_buffer:");
+    EXPECT_ERROR("scheduler: [1, 2]\n", "b.yaml:1:12: scheduler: must be a mapping");
+}
+
+TEST(host_id_is_checked)
+{
+    EXPECT_ERROR("scheduler:\n  host_id: a/b\n",
+                 "b.yaml:2:12: scheduler.host_id: must be 1-40 characters of [A-Za-z0-9._-]");
+    EXPECT_ERROR("scheduler:\n  host_id: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+                 "scheduler.host_id: must be 1-40");
+}
+
+TEST(api_listen_is_checked)
+{
+    EXPECT_ERROR("scheduler:\n  api_listen: 9191\n",
+                 "b.yaml:2:15: scheduler.api_listen: must be host:port");
+    EXPECT_ERROR("scheduler:\n  api_listen: \"127.0.0.1:\"\n", "scheduler.api_listen: port");
+    EXPECT_ERROR("scheduler:\n  api_listen: 127.0.0.1:65536\n",
+                 "scheduler.api_listen: port must be 0..65535");
+    EXPECT_ERROR("scheduler:\n  api_listen: 127.0.0.1:80x\n", "scheduler.api_listen: port");
+}
+
+TEST(run_dir_must_leave_room_for_socket_paths)
+{
+    char yaml[512];
+    char longdir[101];
+    memset(longdir, 'r', sizeof(longdir) - 1);
+    longdir[sizeof(longdir) - 1] = '\0';
+    snprintf(yaml, sizeof(yaml), "scheduler:\n  run_dir: /%s\n", longdir);
+    EXPECT_ERROR(yaml, "scheduler.run_dir: too long: {run_dir}/{id}/sock/app.sock must fit a "
+                       "unix socket path (107 bytes)");
+    /* A short one is fine: 42 + "/" + 49 (longest id) + 14 ("/sock/app.sock") < 108. */
+    char ok[64];
+    memset(ok, 'r', 42);
+    ok[0] = '/';
+    ok[42] = '\0';
+    snprintf(yaml, sizeof(yaml), "scheduler:\n  run_dir: %s\n", ok);
+    struct sch_config c;
+    char err[1024];
+    CHECK_MSG(parse(yaml, &c, err, sizeof(err)) == 0, "%s", err);
+    sch_config_fini(&c);
+}
+
+TEST(paths_are_checked)
+{
+    EXPECT_ERROR("scheduler:\n  cgroup_parent: ../escape\n",
+                 "scheduler.cgroup_parent: must be a non-empty path without '..'");
+    EXPECT_ERROR("scheduler:\n  ro_binds: [opt/app]\n",
+                 "scheduler.ro_binds: 'opt/app': entries must be absolute paths");
+    EXPECT_ERROR("scheduler:\n  ro_binds: [/]\n", "scheduler.ro_binds: '/'");
+    EXPECT_ERROR("scheduler:\n  ro_binds: [/a/../etc]\n", "scheduler.ro_binds: '/a/../etc'");
+    EXPECT_ERROR("scheduler:\n  run_dir: \"\"\n", "scheduler.run_dir: must not be empty");
+}
