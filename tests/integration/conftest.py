@@ -724,6 +724,34 @@ class Stack:
         for mp in _mounts_under(self.base):
             subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
+        self.remove_cgroups()
+
+    def remove_cgroups(self):
+        """Removes this stack's (now empty) cgroup directories: the scheduler logs each
+        controller's parent directory ("controller ready ... dir=..."); the instances' cgroups
+        are below it."""
+        log = self.base / "scheduler.log"
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            return
+        name = self.cfg["scheduler"].get("cgroup_parent", "")
+        parents = {d for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text)
+                   if name and os.path.basename(d) == name}
+        for parent in parents:
+            for _ in range(50):
+                if not os.path.isdir(parent):
+                    break
+                for root, dirs, _files in os.walk(parent, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    time.sleep(0.05)
 
     def stop(self, check=True):
         self.stop_gateway()

@@ -1,0 +1,27 @@
+# Sourced by deploy/local/run and tests/run: the Debian 12 packages Berth needs, and a function
+# that installs the missing ones (apt-get runs only when something is missing).
+
+# shellcheck disable=SC2034
+BERTH_BUILD_PACKAGES="gcc libc6-dev pkg-config meson ninja-build libevent-dev libhiredis-dev
+  libxxhash-dev libyaml-dev libssl-dev libnghttp2-dev node-llhttp"
+# shellcheck disable=SC2034
+BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps"
+# shellcheck disable=SC2034
+BERTH_TEST_PACKAGES="python3 python3-pytest file"
+
+# berth_install_packages PKG...: installs those of PKG that are not installed.
+berth_install_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing Debian packages: ${missing[*]} (install them, or run this as root)" >&2
+        return 1
+    fi
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}

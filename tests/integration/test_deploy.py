@@ -1,0 +1,147 @@
+"""deploy/: the sample config documents every key and is accepted by both daemons, the systemd
+units and Kubernetes manifests are well-formed and carry a config the daemons accept."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BUILD_DIR, REPO, binary
+
+SAMPLE = REPO / "deploy" / "config" / "berth.yaml"
+
+
+def check_config(path):
+    """Runs both daemons' config checks on <path>; returns their outputs."""
+    g = subprocess.run([binary("berth-gateway"), "-t", "-c", str(path)], capture_output=True,
+                       text=True, timeout=30)
+    assert g.returncode == 0, "berth-gateway -t: %s%s" % (g.stdout, g.stderr)
+    s = subprocess.run([binary("berth-scheduler"), "--check", "-c", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    assert s.returncode == 0, "berth-scheduler --check: %s%s" % (s.stdout, s.stderr)
+    return g.stdout, s.stdout
+
+
+def test_built_sample_config_is_valid():
+    built = BUILD_DIR / "deploy" / "berth.yaml"
+    text = built.read_text()
+    assert "@BINDIR@" not in text
+    echo_dir = str(Path(binary("berth-echo")).parent)
+    assert '"%s/berth-echo"' % echo_dir in text
+    assert 'ro_binds: ["%s"]' % echo_dir in text
+    gw, sch = check_config(built)
+    assert "1 templates" in gw
+    assert "templates=1" in sch
+
+
+def test_installed_sample_config_is_valid():
+    installed = BUILD_DIR / "deploy" / "berth.installed.yaml"
+    text = installed.read_text()
+    assert "@" not in re.sub(r"#.*", "", text)
+    assert "/bin/berth-echo" in text
+    check_config(installed)
+
+
+def config_keys_in_sources():
+    """Every key the config parsers accept: the string literals of their `keys` tables."""
+    keys = {}
+    for path in sorted(list((REPO / "common").glob("*.c")) + list((REPO / "gateway").glob("*.c")) +
+                       list((REPO / "scheduler").glob("*.c"))):
+        src = str(path.relative_to(REPO))
+        text = path.read_text()
+        for m in re.finditer(r"static const char \*const (\w*keys\w*)\[\]\s*=\s*\{(.*?)\};",
+                             text, re.S):
+            for k in re.findall(r"\"([a-z0-9_]+)\"", m.group(2)):
+                keys.setdefault(k, set()).add("%s:%s" % (src, m.group(1)))
+    return keys
+
+
+def test_sample_config_documents_every_key():
+    keys = config_keys_in_sources()
+    assert {"redis", "tenants", "templates", "gateway", "scheduler", "listen", "run_dir",
+            "api_keys_sha256", "pool", "ro_binds"} <= set(keys), sorted(keys)
+    text = SAMPLE.read_text()
+    # a key is documented when it appears as "key:" in the file (set or commented out)
+    missing = sorted("%s (%s)" % (k, ", ".join(sorted(w))) for k, w in keys.items()
+                     if not re.search(r"(^|[\s{,#-])%s:" % re.escape(k), text, re.M))
+    assert not missing, "keys not documented in deploy/config/berth.yaml: %s" % missing
+
+
+def test_systemd_units():
+    d = BUILD_DIR / "deploy"
+    units = {}
+    for name in ["berth-scheduler.service", "berth-gateway.service"]:
+        text = (d / name).read_text()
+        assert "@" not in text, "unsubstituted placeholder in %s" % name
+        sections, cur = {}, None
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                cur = sections.setdefault(line.strip("[]"), {})
+                continue
+            k, _, v = line.partition("=")
+            cur.setdefault(k, []).append(v)
+        assert set(sections) == {"Unit", "Service", "Install"}, sections
+        units[name] = sections
+    sch = units["berth-scheduler.service"]["Service"]
+    assert sch["KillMode"] == ["process"]
+    assert sch["ExecStart"][0].split()[0].endswith("/bin/berth-scheduler")
+    assert "-c" in sch["ExecStart"][0].split()
+    gw = units["berth-gateway.service"]["Service"]
+    assert gw["ExecStart"][0].split()[0].endswith("/bin/berth-gateway")
+    assert any(" -t " in v for v in gw["ExecStartPre"])
+    # the config path the units use is where meson installs the sample
+    conf = sch["ExecStart"][0].split()[-1]
+    assert conf.endswith("/berth/berth.yaml")
+    analyze = "/usr/bin/systemd-analyze"
+    if os.path.exists(analyze):
+        for name in units:
+            p = subprocess.run([analyze, "verify", "--man=no", str(d / name)],
+                               capture_output=True, text=True, timeout=60)
+            bad = [line for line in (p.stderr + p.stdout).splitlines()
+                   if name in line and "is not executable" not in line]
+            assert not bad, bad
+
+
+def test_k8s_manifests(tmp_path):
+    yaml = pytest.importorskip("yaml", reason="python3-yaml is needed to read the manifests")
+    d = REPO / "deploy" / "k8s"
+    docs = []
+    for f in sorted(d.glob("*.yaml")):
+        docs += [(f.name, doc) for doc in yaml.safe_load_all(f.read_text()) if doc]
+    kinds = {}
+    for fname, doc in docs:
+        assert {"apiVersion", "kind"} <= set(doc), fname
+        kinds.setdefault(doc["kind"], []).append(doc)
+    for kind in ["Namespace", "ConfigMap", "StatefulSet", "DaemonSet", "Deployment", "Service",
+                 "Kustomization"]:
+        assert kind in kinds, kind
+    kust = kinds["Kustomization"][0]
+    assert sorted(kust["resources"]) == sorted(f.name for f in d.glob("*.yaml")
+                                               if f.name != "kustomization.yaml")
+    ds = kinds["DaemonSet"][0]["spec"]["template"]["spec"]
+    assert ds["containers"][0]["securityContext"]["privileged"] is True
+    assert ds["containers"][0]["command"][0].endswith("berth-scheduler")
+    dep = kinds["Deployment"][0]["spec"]
+    assert dep["template"]["spec"]["containers"][0]["command"][0].endswith("berth-gateway")
+    # labels and selectors line up
+    for w in kinds["DaemonSet"] + kinds["Deployment"] + kinds["StatefulSet"]:
+        assert w["spec"]["selector"]["matchLabels"].items() <= \
+            w["spec"]["template"]["metadata"]["labels"].items()
+    labels = [w["spec"]["template"]["metadata"]["labels"] for w in
+              kinds["Deployment"] + kinds["StatefulSet"]]
+    for svc in kinds["Service"]:
+        assert any(svc["spec"]["selector"].items() <= lab.items() for lab in labels), svc
+    # every ConfigMap reference exists, and the config is accepted by both daemons
+    cm = {c["metadata"]["name"]: c for c in kinds["ConfigMap"]}
+    for w in kinds["DaemonSet"] + kinds["Deployment"]:
+        for v in w["spec"]["template"]["spec"].get("volumes", []):
+            if "configMap" in v:
+                assert v["configMap"]["name"] in cm
+    conf = tmp_path / "berth.yaml"
+    conf.write_text(cm["berth-config"]["data"]["berth.yaml"])
+    check_config(conf)
