@@ -322,9 +322,6 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
     a->stop_pipe[0] = a->stop_pipe[1] = -1;
     if (gw_admin_limits_load(gc->common, &a->lim, err, errlen) < 0)
         goto fail;
-    /* A create may wait for an on-demand start: the connection must outlive it. */
-    if (a->lim.timeout < gc->limits.start_timeout + 5 * CM_USEC_PER_SEC)
-        a->lim.timeout = gc->limits.start_timeout + 5 * CM_USEC_PER_SEC;
     a->shards = calloc((size_t)n_shards + 1, sizeof(*a->shards));
     if (!a->shards) {
         snprintf(err, errlen, "out of memory");

@@ -16,10 +16,14 @@ struct gw_metrics;
 struct gw_admin;
 
 /* The admin listener's limits: the optional "gateway.admin" mapping of the config.
- *   max_body          request body (size), 1KiB..64MiB, default 1MiB; larger bodies get 413
- *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB
- *   timeout           per-connection read/write/idle timeout, 1s..1h, default 60s (raised to
- *                     gateway.limits.start_timeout + 5s when that is longer)
+ *   max_body          request body (size), 1KiB..64MiB, default 1MiB; libevent answers a
+ *                     larger body itself: 413 with its own small HTML page (evhttp 2.1 has no
+ *                     hook for that answer, nor for its 400 on an unparsable request)
+ *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB (same)
+ *   timeout           per-connection timeout for reading a request and writing an answer, and
+ *                     for keep-alive idleness, 1s..1h, default 60s. A request being handled is
+ *                     not bound by it (evhttp stops reading meanwhile): a create waits at most
+ *                     gateway.limits.start_timeout for an on-demand start
  *   scrape_timeout    Redis reads made by one /metrics scrape, 10ms..10s, default 250ms
  *   max_hosts         hosts listed by GET /v1/pools, 1..100000, default 1000
  *   max_metadata      a session's metadata as stored (size), 0..1MiB, default 16KiB

@@ -379,6 +379,31 @@ def test_no_capacity(make_stack):
     assert_error(s.api("GET", "/v1/sessions/nocap"), 404, "not_found")
 
 
+def test_slow_start_is_answered_after_start_timeout(make_stack):
+    # The host's scheduler API accepts the connection and never answers: the create waits for
+    # gateway.limits.start_timeout (2s), longer than the admin's connection timeout (1s),
+    # and still gets its JSON 503.
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(16)
+    try:
+        s = make_stack({"templates": [echo_template()],
+                        "gateway": {"retry_after": 3, "host_stale": "1h",
+                                    "limits": {"start_timeout": "2s"},
+                                    "admin": dict(ADMIN, timeout="1s")}},
+                       start_scheduler=False, wait_pools=False)
+        seed_host(s, "echo", 0)
+        s.redis.cmd("HSET", s.key("host:h-seed"), "api", "127.0.0.1:%d" % mute.getsockname()[1])
+        t = time.monotonic()
+        r = s.api("POST", "/v1/sessions", {"id": "slow"}, timeout=20)
+        took = time.monotonic() - t
+        assert_error(r, 503, "no_capacity")
+        assert 1.8 <= took < 2 + 3 * SLOW, took
+        assert curl(s.admin_url("/healthz")).status == 200
+    finally:
+        mute.close()
+
+
 def test_concurrent_creates_bind_each_instance_once(make_stack):
     s = gateway_only(make_stack)
     seed_host(s, "echo", 6)
