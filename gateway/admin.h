@@ -18,7 +18,8 @@ struct gw_admin;
 /* The admin listener's limits: the optional "gateway.admin" mapping of the config.
  *   max_body          request body (size), 1KiB..64MiB, default 1MiB; libevent answers a
  *                     larger body itself: 413 with its own small HTML page (evhttp 2.1 has no
- *                     hook for that answer, nor for its 400 on an unparsable request)
+ *                     hook for that answer, nor for its 400 on an unparsable request or a
+ *                     head over max_header_bytes, nor its 501 for an unknown method)
  *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB (same)
  *   timeout           per-connection timeout for reading a request and writing an answer, and
  *                     for keep-alive idleness, 1s..1h, default 60s. A request being handled is

@@ -106,14 +106,20 @@ void gw_api_reply(struct evhttp_request *req, int status, const char *ctype, con
         evhttp_add_header(h, "Content-Type", ctype ? ctype : "application/json");
     }
     evhttp_add_header(h, "Cache-Control", "no-store");
-    if (status >= 500)
-        cm_log_warn("admin", "request failed method=%s uri=\"%.200s\" status=%d",
-                    method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
-                    status);
-    else
-        cm_log_debug("admin", "request method=%s uri=\"%.200s\" status=%d",
-                     method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
-                     status);
+    if (status >= 500 || CM_LOG_DEBUG <= cm_log_max_level) {
+        /* The URI is the client's: keep the log line one line, its quotes balanced. */
+        char uri[201];
+        const char *u = evhttp_request_get_uri(req);
+        size_t n = 0;
+        for (; u && u[n] && n < sizeof(uri) - 1; n++)
+            uri[n] = u[n] < 0x20 || u[n] > 0x7e || u[n] == '"' || u[n] == '\\' ? '?' : u[n];
+        uri[n] = '\0';
+        const char *m = method_name(evhttp_request_get_command(req));
+        if (status >= 500)
+            cm_log_warn("admin", "request failed method=%s uri=\"%s\" status=%d", m, uri, status);
+        else
+            cm_log_debug("admin", "request method=%s uri=\"%s\" status=%d", m, uri, status);
+    }
     struct evbuffer *buf = len ? evbuffer_new() : NULL;
     if (buf && evbuffer_add(buf, body, len) < 0) {
         evbuffer_free(buf);
