@@ -13,6 +13,8 @@
 #include "scheduler/agent/proto.h"
 
 struct req {
+    struct sch_agentctl *ac;
+    struct req *prev, *next;
     struct bufferevent *bev;
     struct event *later; /* delivers an early failure outside the request call */
     sch_agentctl_cb cb;
@@ -20,8 +22,19 @@ struct req {
     int err;
 };
 
+struct sch_agentctl {
+    struct event_base *base;
+    struct req *reqs;
+};
+
 static void finish(struct req *r, const char *reply, int err)
 {
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        r->ac->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
     sch_agentctl_cb cb = r->cb;
     void *data = r->data;
     if (r->bev)
@@ -63,12 +76,31 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     finish(r, NULL, (what & BEV_EVENT_TIMEOUT) ? -ETIMEDOUT : -EPIPE);
 }
 
-int sch_agentctl_request(struct event_base *base, const char *path, const char *line,
+struct sch_agentctl *sch_agentctl_create(struct event_base *base)
+{
+    struct sch_agentctl *ac = calloc(1, sizeof(*ac));
+    if (ac)
+        ac->base = base;
+    return ac;
+}
+
+void sch_agentctl_destroy(struct sch_agentctl *ac)
+{
+    if (!ac)
+        return;
+    while (ac->reqs)
+        finish(ac->reqs, NULL, -ECANCELED);
+    free(ac);
+}
+
+int sch_agentctl_request(struct sch_agentctl *ac, const char *path, const char *line,
                          cm_usec_t timeout, sch_agentctl_cb cb, void *data)
 {
+    struct event_base *base = ac->base;
     struct req *r = calloc(1, sizeof(*r));
     if (!r)
         return -ENOMEM;
+    r->ac = ac;
     r->cb = cb;
     r->data = data;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -114,5 +146,9 @@ int sch_agentctl_request(struct event_base *base, const char *path, const char *
             return -ENOMEM;
         }
     }
+    r->next = ac->reqs;
+    if (ac->reqs)
+        ac->reqs->prev = r;
+    ac->reqs = r;
     return 0;
 }

@@ -96,7 +96,9 @@ static void free_events(struct sch_inst *inst)
         event_free(inst->exit_ev);
     if (inst->timer_ev)
         event_free(inst->timer_ev);
-    inst->ready_ev = inst->exit_ev = inst->timer_ev = NULL;
+    if (inst->retry_ev)
+        event_free(inst->retry_ev);
+    inst->ready_ev = inst->exit_ev = inst->timer_ev = inst->retry_ev = NULL;
 }
 
 /* Takes <inst> out of the list (drops the list's reference). */
@@ -436,7 +438,6 @@ static void on_bind_retry(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     if (inst->state == SCH_INST_BOUND && !inst->agent_bound)
         send_bind(inst);
-    sch_inst_unref(inst);
 }
 
 static void on_bind_reply(const char *reply, int err, void *data)
@@ -452,9 +453,10 @@ static void on_bind_reply(const char *reply, int err, void *data)
         struct timeval tv;
         cm_usec_to_tv(BIND_RETRY_DELAY, &tv);
         if (inst->bind_tries < BIND_TRIES && !inst->ctx->stopping) {
-            sch_inst_ref(inst);
-            if (event_base_once(inst->ctx->base, -1, EV_TIMEOUT, on_bind_retry, inst, &tv) < 0)
-                sch_inst_unref(inst);
+            if (!inst->retry_ev)
+                inst->retry_ev = evtimer_new(inst->ctx->base, on_bind_retry, inst);
+            if (inst->retry_ev)
+                evtimer_add(inst->retry_ev, &tv);
         }
     }
     sch_inst_unref(inst);
@@ -466,7 +468,7 @@ static void send_bind(struct sch_inst *inst)
     snprintf(line, sizeof(line), "BIND %s", inst->session);
     inst->bind_tries++;
     sch_inst_ref(inst);
-    if (sch_agentctl_request(inst->ctx->base, inst->di->ctl, line, AGENT_TIMEOUT, on_bind_reply,
+    if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, AGENT_TIMEOUT, on_bind_reply,
                              inst) < 0)
         sch_inst_unref(inst);
 }

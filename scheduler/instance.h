@@ -38,7 +38,7 @@ struct sch_inst {
     const struct cm_template *tpl; /* NULL while adopting an instance of an unknown template */
     enum sch_inst_state state;
     struct sch_dinst *di;
-    struct event *ready_ev, *exit_ev, *timer_ev;
+    struct event *ready_ev, *exit_ev, *timer_ev, *retry_ev;
     cm_usec_t started;   /* monotonic */
     int for_pool;        /* started to fill the pool (else for POST /v1/start) */
     int pushing;         /* ready, RPUSH into the pool not confirmed yet: still "starting" */

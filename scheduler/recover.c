@@ -249,7 +249,7 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
         check_done(c);
         return;
     }
-    if (sch_agentctl_request(ctx->base, c->di->ctl, "STATUS", STATUS_TIMEOUT, on_status, c) < 0)
+    if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", STATUS_TIMEOUT, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);
 }
 

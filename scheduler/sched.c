@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/redis.h"
+#include "scheduler/agentctl.h"
 #include "scheduler/api.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
@@ -306,6 +307,11 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     ctx->drv = sch_driver_create("process", sc, err, errlen);
     if (!ctx->drv)
         goto fail;
+    ctx->agentctl = sch_agentctl_create(base);
+    if (!ctx->agentctl) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     ctx->api = sch_api_create(ctx, err, errlen);
     if (!ctx->api)
         goto fail;
@@ -346,6 +352,9 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
     cm_redis_destroy(ctx->sub);
     cm_redis_destroy(ctx->redis);
     ctx->sub = ctx->redis = NULL;
+    /* Agent requests in flight hold instances and recovery checks: fail them now. */
+    sch_agentctl_destroy(ctx->agentctl);
+    ctx->agentctl = NULL;
     sch_recover_abort(ctx);
     sch_inst_release_all(ctx);
     struct event *evs[] = {ctx->heartbeat_ev, ctx->reap_ev, ctx->sigterm_ev, ctx->sigint_ev};

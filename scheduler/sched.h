@@ -19,6 +19,7 @@ struct event;
 struct event_base;
 struct cm_redis;
 struct redisReply;
+struct sch_agentctl;
 struct sch_api;
 struct sch_driver;
 struct sch_inst;
@@ -40,7 +41,8 @@ struct sch_ctx {
     struct cm_redis *redis; /* commands and scripts */
     struct cm_redis *sub;   /* the P cmd:<host> subscription */
     struct sch_api *api;
-    char api_addr[80]; /* "host:port" as registered (real port when 0 was configured) */
+    struct sch_agentctl *agentctl; /* requests to the agents' control sockets */
+    char api_addr[80];             /* "host:port" as registered (real port when 0 was configured) */
 
     struct sch_inst *insts; /* every instance this scheduler knows, any state */
     uint32_t n_live;        /* instances counted against capacity */
