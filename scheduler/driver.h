@@ -62,9 +62,11 @@ struct sch_driver_ops {
      * now. Returns 0 or a negative errno (-ESRCH: already gone). */
     int (*stop)(struct sch_driver *d, struct sch_dinst *di, int hard);
     /* Call once exit_fd is readable: reaps the instance, writes how it ended into <reason>
-     * ("exited status=N", "killed signal=N", "gone"), removes everything it left on the host
-     * except the durable directory, and frees <di>. */
-    void (*finish)(struct sch_driver *d, struct sch_dinst *di, char *reason, size_t len);
+     * ("exited status=N", "killed signal=N", "gone") and the end of its console output into
+     * <tail> (one line, newlines shown as " | ", "" when there was none), removes everything
+     * it left on the host except the durable directory, and frees <di>. */
+    void (*finish)(struct sch_driver *d, struct sch_dinst *di, char *reason, size_t len, char *tail,
+                   size_t taillen);
     /* Forgets <di> without touching the instance (scheduler shutdown) and frees it. */
     void (*release)(struct sch_driver *d, struct sch_dinst *di);
     /* Ids of every instance of this host (ids starting with "<host>-") that left traces here

@@ -540,7 +540,41 @@ static void read_exit_file(const char *dir, char *reason, size_t len)
     reason[strcspn(reason, "\n")] = '\0';
 }
 
-static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason, size_t len)
+/* The last <len>-1 bytes of the console log on one line. */
+static void read_console_tail(const char *dir, char *tail, size_t len)
+{
+    char p[PATH_MAX + 16];
+    tail[0] = '\0';
+    snprintf(p, sizeof(p), "%s/console.log", dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t from = end > (off_t)(len / 2) ? end - (off_t)(len / 2) : 0;
+    char buf[1024];
+    size_t want = CM_MIN(sizeof(buf) - 1, len / 2);
+    ssize_t n = pread(fd, buf, want, from);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    char *s = buf;
+    if (from > 0 && strchr(s, '\n'))
+        s = strchr(s, '\n') + 1; /* start at a line boundary */
+    size_t o = 0;
+    for (; *s && o + 4 < len; s++) {
+        if (*s == '\n') {
+            if (s[1] && o + 4 < len)
+                o += (size_t)snprintf(tail + o, len - o, " | ");
+        } else {
+            tail[o++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+        }
+    }
+    tail[o] = '\0';
+}
+
+static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason, size_t len,
+                     char *tail, size_t taillen)
 {
     (void)base;
     struct pinst *pi = (struct pinst *)di;
@@ -560,6 +594,7 @@ static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
     read_exit_file(pi->dir, reason, len);
     if (!reason[0])
         snprintf(reason, len, "%s", from_wait[0] ? from_wait : "gone");
+    read_console_tail(pi->dir, tail, taillen);
     remove_traces(pi->dir, pi->cgdirs);
     close_fd(&di->ready_fd);
     close_fd(&di->exit_fd);

@@ -155,14 +155,17 @@ static void on_instance_exit(evutil_socket_t fd, short what, void *arg)
 {
     struct sch_inst *inst = arg;
     struct sch_ctx *ctx = inst->ctx;
-    char reason[128], key[256], now[24];
+    char reason[128], key[256], now[24], tail[300];
     (void)fd, (void)what;
-    ctx->drv->ops->finish(ctx->drv, inst->di, reason, sizeof(reason));
+    ctx->drv->ops->finish(ctx->drv, inst->di, reason, sizeof(reason), tail, sizeof(tail));
     inst->di = NULL;
     int asked = inst->state == SCH_INST_STOPPING && !inst->lost_on_exit;
+    if (!asked || inst->req || inst->start_failed)
+        cm_log_warn("inst", "console of ended instance inst=%s console=\"%s\"", inst->id, tail);
     if (inst->req) {
-        char msg[192];
-        snprintf(msg, sizeof(msg), "instance ended before it was ready: %s", reason);
+        char msg[512];
+        snprintf(msg, sizeof(msg), "instance ended before it was ready: %s; console: %s", reason,
+                 tail);
         fail_req(inst, "start_failed", msg);
     }
     const char *tpl = inst->tpl ? inst->tpl->name : "";
@@ -299,6 +302,7 @@ static void became_ready(struct sch_inst *inst)
 
 static void start_failed(struct sch_inst *inst, const char *code, const char *msg)
 {
+    inst->start_failed = 1;
     cm_log_warn("inst", "start failed inst=%s template=%s code=%s err=\"%s\"", inst->id,
                 inst->tpl->name, code, msg);
     fail_req(inst, code, msg);
@@ -326,8 +330,7 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
         became_ready(inst);
     else if (inst->ready_line[0])
         start_failed(inst, "start_failed", inst->ready_line);
-    else
-        start_failed(inst, "start_failed", "instance exited before it was ready");
+    /* else EOF: the agent has exited; the exit event reports why (with its console). */
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)

@@ -44,6 +44,7 @@ struct sch_inst {
     int pushing;         /* ready, RPUSH into the pool not confirmed yet: still "starting" */
     int lost_on_exit;    /* when it ends, run the lost script (not a plain destroy) */
     int destroy_pending; /* a destroy command arrived while adopting */
+    int start_failed;    /* ended because it never became ready */
     char stop_reason[64];
     char session[CM_HASH_HEX_LEN + 1];      /* bound session h, or "" */
     char pending_bind[CM_HASH_HEX_LEN + 1]; /* bind command that arrived while adopting */

@@ -274,6 +274,55 @@ def test_fifty_concurrent_starts(make_stack):
     assert status(s)["states"]["bound"] == n
 
 
+def slow_template(name, delay, **over):
+    """berth-echo started after <delay> seconds (a slow app)."""
+    t = echo_template(name=name, pool={"min": 0, "max": 0}, **over)
+    echo = t["app"]["command"][0]
+    t["app"]["command"] = ["/bin/sh", "-c", "sleep %s; exec %s --port 8000" % (delay, echo)]
+    return t
+
+
+def test_start_failures_are_reported_and_cleaned_up(make_stack):
+    s = make_stack({"templates": [
+        echo_template(pool={"min": 0, "max": 0}),
+        slow_template("slow", 5, ready_timeout="1s"),
+        echo_template(name="broken", pool={"min": 0, "max": 0},
+                      app={"command": ["/nonexistent/app"], "port": 8000}),
+    ]}, start_gateway=False)
+    t0 = time.monotonic()
+    r = start(s, session(200), template="slow")
+    assert r.status == 504, r
+    assert r.json()["error"]["code"] == "start_timeout"
+    assert time.monotonic() - t0 < 4 * SLOW
+    r = start(s, session(201), template="broken")
+    assert r.status == 502, r
+    assert r.json()["error"]["code"] == "start_failed"
+    msg = r.json()["error"]["message"]
+    assert "exited status=127" in msg and "cannot run /nonexistent/app" in msg, msg
+    # Nothing is left: no records, no processes, no run dirs, no bound sessions.
+    wait_until(lambda: not s.instances(), 10 * SLOW, "failed instances removed")
+    wait_until(lambda: not list((s.base / "run").iterdir()), 5 * SLOW, "run dirs removed")
+    assert not s.session(session(200)) and not s.session(session(201))
+    assert status(s)["live"] == 0
+    # And the host still works.
+    assert start_ok(s, session(202))["status"] == "new"
+
+
+def test_client_gone_mid_start_still_binds(make_stack):
+    s = make_stack({"templates": [slow_template("slow", 1)]}, start_gateway=False)
+    h = session(210)
+    body = json.dumps({"template": "slow", "session": h, "tenant": "default",
+                       "source": "sid", "key": "gone"})
+    r = curl(s.scheduler_url("/v1/start"), method="POST", data=body, timeout=0.3,
+             headers={"Content-Type": "application/json"})
+    assert r.status == 0  # curl gave up
+    # The start went on and bound the session: a retry finds it.
+    wait_until(lambda: s.session(h).get("state") == "bound", 10 * SLOW, "session bound")
+    again = start_ok(s, h, template="slow")
+    assert again["status"] == "bound" and again["instance"] == s.session(h)["instance"]
+    assert s.scheduler.alive()
+
+
 # ------------------------------------------------------------------ the sandbox
 
 def test_instance_is_isolated(sched):
