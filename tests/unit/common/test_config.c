@@ -283,7 +283,7 @@ TEST(template_errors)
                  "2:5: templates[].name: required: 1-63 characters of [A-Za-z0-9._-]");
     EXPECT_ERROR(TPL "    colour: red\n", "4:5: templates[].colour: unknown key");
     EXPECT_ERROR("templates:\n  - name: t\n    driver: vm\n    app: {command: x}\n",
-                 "3:13: templates.t.driver: unknown driver 'vm' (known: process)");
+                 "3:13: templates.t.driver: unknown driver 'vm' (known: process, static)");
     EXPECT_ERROR("templates:\n  - name: t\n", "2:5: templates.t.app: required");
     EXPECT_ERROR("templates:\n  - name: t\n    app: {port: 80}\n",
                  "3:10: templates.t.app.command: required: the app's argv");
@@ -441,4 +441,41 @@ TEST(getters_on_daemon_sections)
     CHECK_UINT_EQ(cm_strv_len(NULL), 0);
     cm_config_free(cfg);
     cm_config_free(NULL);
+}
+
+TEST(static_driver)
+{
+    char err[1024];
+    struct cm_config *cfg = load("templates:\n"
+                                 "  - name: s\n"
+                                 "    driver: static\n"
+                                 "    upstreams: [\"127.0.0.1:7001\", \"unix:/run/app.sock\"]\n"
+                                 "    sessions_per_instance: 0\n",
+                                 err, sizeof(err));
+    CHECK_MSG(cfg != NULL, "%s", err);
+    const struct cm_template *t = &cfg->templates[0];
+    CHECK_STR_EQ(t->driver, "static");
+    CHECK_UINT_EQ(cm_strv_len(t->upstreams), 2);
+    CHECK_STR_EQ(t->upstreams[1], "unix:/run/app.sock");
+    CHECK_UINT_EQ(t->sessions_per_instance, 0);
+    CHECK_NULL(t->app_command);
+    cm_config_free(cfg);
+
+    cfg = load(TPL, err, sizeof(err)); /* process: one session per instance by default */
+    CHECK_MSG(cfg != NULL, "%s", err);
+    CHECK_UINT_EQ(cfg->templates[0].sessions_per_instance, 1);
+    CHECK_NULL(cfg->templates[0].upstreams);
+    cm_config_free(cfg);
+
+    EXPECT_ERROR("templates:\n  - name: s\n    driver: static\n",
+                 "2:5: templates.s.upstreams: required with driver static: a list of addresses");
+    EXPECT_ERROR("templates:\n  - name: s\n    driver: static\n    upstreams: [nocolon]\n",
+                 "4:16: templates.s.upstreams: 'nocolon' is not host:port, tcp:host:port or "
+                 "unix:/path");
+    EXPECT_ERROR("templates:\n  - name: s\n    driver: static\n    upstreams: [a:1]\n"
+                 "    app: {command: x}\n",
+                 "5:10: templates.s.app: not used with driver static");
+    EXPECT_ERROR(TPL "    upstreams: [a:1]\n", "4:16: templates.t.upstreams: only for driver static");
+    EXPECT_ERROR(TPL "    sessions_per_instance: -1\n",
+                 "4:28: templates.t.sessions_per_instance: must be a whole number");
 }
