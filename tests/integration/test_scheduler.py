@@ -626,6 +626,26 @@ def test_release_while_away_is_destroyed_on_restart(sched):
                "record deleted")
 
 
+def test_bind_missed_while_disconnected_is_resynced(sched):
+    s = sched
+    warm = s.redis.cmd("LPOP", s.key("pool:%s:echo" % s.host_id))
+    h = session(100)
+    s.redis.cmd("HSET", s.key("s:", h), "tenant", "default", "state", "bound", "instance", warm)
+    s.redis.cmd("HSET", s.key("i:", warm), "state", "bound", "session", h)
+    # Drop the scheduler's subscription, then publish before it can reconnect: nobody hears it.
+    s.redis.cmd("CLIENT", "KILL", "TYPE", "pubsub")
+    assert s.redis.cmd("PUBLISH", s.key("cmd:", s.host_id), "bind %s %s" % (warm, h)) == 0
+    # After reconnecting, the scheduler re-reads its warm instances and binds this one.
+    wait_until(lambda: [i for i in status(s)["instances"] if i["id"] == warm][0]["agent_bound"],
+               10 * SLOW, "missed bind applied after the reconnect")
+    addr = s.redis.hgetall(s.key("i:", warm))["addr"]
+    assert via(addr, "/files/x.txt", method="PUT", data="x").status in (200, 201)
+    assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h / "x.txt").exists()
+    # The command connection survives a kill as well.
+    s.redis.cmd("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    wait_until(lambda: start(s, session(101)).status == 200, 10 * SLOW, "starts work again")
+
+
 # ------------------------------------------------------------------ with the gateway
 
 def test_gateway_claim_binds_warm_instance_with_storage(make_stack):
