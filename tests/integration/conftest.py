@@ -216,13 +216,39 @@ class Proc:
         return problems
 
     def sanitizer_problems(self):
+        out = []
         text = self.log()
         m = SANITIZER_PATTERNS.search(text)
-        if not m:
-            return []
-        start = max(0, m.start() - 200)
-        return ["sanitizer report in %s output (%s):\n%s" % (self.name, self.log_path,
-                                                             text[start:start + 4000])]
+        if m:
+            start = max(0, m.start() - 200)
+            out.append("sanitizer report in %s output (%s):\n%s" % (
+                self.name, self.log_path, text[start:start + 4000]))
+        # With log_path=... in ASAN_OPTIONS/UBSAN_OPTIONS (tests/run sets it) the report is
+        # a file <log_path>.<pid>; it is renamed to *.seen once a test has failed on it.
+        for f in sanitizer_report_files(self.pid):
+            out.append("sanitizer report of %s (%s):\n%s" % (
+                self.name, f, Path(f).read_text(errors="replace")[:4000]))
+            os.rename(f, f + ".seen")
+        return out
+
+
+def _sanitizer_log_paths():
+    paths = []
+    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+        m = re.search(r"(?:^|:)log_path=([^:]+)", os.environ.get(var, ""))
+        if m:
+            paths.append(m.group(1))
+    return paths
+
+
+def sanitizer_report_files(pid):
+    """Report files the sanitizers wrote for process <pid> (see sanitizer_problems)."""
+    out = []
+    for lp in _sanitizer_log_paths():
+        for f in Path(lp).parent.glob(Path(lp).name + ".%d*" % pid):
+            if not f.name.endswith(".seen"):
+                out.append(str(f))
+    return sorted(set(out))
 
 
 # ------------------------------------------------------------------ Redis

@@ -75,6 +75,19 @@ def test_proc_reports_sanitizer_output_and_hangs(tmp_short):
     assert p.stop() == []
 
 
+def test_proc_finds_sanitizer_report_files(tmp_short, monkeypatch):
+    """With log_path in ASAN_OPTIONS (as tests/run sets it) a report is a file named after the
+    process id: the daemon's stop() finds it and marks it seen."""
+    lp = tmp_short / "asan"
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:log_path=%s" % lp)
+    p = Proc("reporter", ["sh", "-c", "echo '==7==ERROR: LeakSanitizer: detected memory leaks'"
+                          " > %s.$$" % lp], tmp_short)
+    p.p.wait(10)
+    problems = p.stop()
+    assert len(problems) == 1 and "LeakSanitizer" in problems[0], problems
+    assert [f.name for f in tmp_short.glob("asan.*")] == ["asan.%d.seen" % p.pid]
+
+
 def test_stack_comes_up_ready(stack):
     assert curl(stack.admin_url("/readyz")).status == 200
     assert curl(stack.scheduler_url("/healthz")).status == 200
