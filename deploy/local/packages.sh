@@ -7,7 +7,7 @@ BERTH_BUILD_PACKAGES="gcc libc6-dev pkg-config meson ninja-build libevent-dev li
 # shellcheck disable=SC2034
 BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps"
 # shellcheck disable=SC2034
-BERTH_TEST_PACKAGES="python3 python3-pytest file"
+BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file"
 
 # berth_install_packages PKG...: installs those of PKG that are not installed.
 berth_install_packages() {
