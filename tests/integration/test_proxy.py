@@ -1,0 +1,446 @@
+"""What a client sees of the gateway as an HTTP/1.1 proxy: hop-by-hop headers removed in both
+directions, X-Forwarded-For / X-Forwarded-Proto / x-request-id, the x-berth-* response headers,
+keep-alive reuse, pipelining, HEAD, 204/304, HTTP/1.0 clients. Upstreams are berth-echo in the
+process sandbox and, for the statuses berth-echo never sends, a small Python HTTP server
+registered as a "static" template."""
+
+import http.server
+import json
+import re
+import socket
+import subprocess
+import threading
+import zlib
+
+import pytest
+
+from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
+                      deep_merge, echo_template, free_port, write_config)
+
+
+# ------------------------------------------------------------------ a static upstream
+
+class MiscHandler(http.server.BaseHTTPRequestHandler):
+    """Answers /misc/<what>: statuses and header shapes berth-echo does not produce."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _send(self, status, headers, body=b""):
+        self.send_response_only(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        what = self.path.split("?")[0].rsplit("/", 1)[-1]
+        if what == "204":
+            self._send(204, [("X-Misc", "204")])
+        elif what == "304":
+            # Content-Length of a 304 describes the representation; no body follows
+            self._send(304, [("ETag", '"v1"'), ("Content-Length", "1000")])
+        elif what == "hop":
+            body = b"hop\n"
+            self._send(200, [("Connection", "keep-alive, X-Internal"), ("X-Internal", "secret"),
+                             ("Keep-Alive", "timeout=5"), ("Proxy-Authenticate", "Basic"),
+                             ("Trailer", "X-T"), ("Upgrade", "h2c"), ("X-Public", "yes"),
+                             ("X-Berth-Instance", "forged"), ("x-berth-session", "forged"),
+                             ("Content-Length", str(len(body)))], body)
+        elif what == "chunked":
+            self._send(200, [("Transfer-Encoding", "chunked"), ("Content-Type", "text/plain")])
+            if self.command != "HEAD":
+                for part in (b"first;", b"second;", b"third"):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+        elif what == "close":
+            self._send(200, [("Connection", "close"), ("Content-Type", "text/plain")])
+            if self.command != "HEAD":
+                self.wfile.write(b"until the connection closes")
+            self.close_connection = True
+        else:
+            self._send(404, [("Content-Length", "0")])
+
+
+@pytest.fixture(scope="module")
+def misc_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), MiscHandler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def pstack(misc_server):
+    _skip_unless_root()
+    d = _short_tmp()
+    s = Stack(d, {"templates": [echo_template(pool={"min": 4, "max": 40})],
+                  "scheduler": {"capacity": 48}}, start_gateway=False)
+    try:
+        # The gateway's config adds a "static" template (the Python server above) on /misc/.
+        # berth-scheduler refuses to start with a static template in its config ("driver
+        # static is not available on this host"), so it keeps the file without it.
+        cfg = deep_merge(s.cfg, {"gateway": {"routes": [
+            {"name": "misc", "path_prefix": "/misc/", "template": "misc"},
+            {"name": "echo", "path_prefix": "/", "template": "echo"}]}})
+        cfg["templates"] = cfg["templates"] + [
+            {"name": "misc", "driver": "static", "sessions_per_instance": 0,
+             "upstreams": ["127.0.0.1:%d" % misc_server]}]
+        s.config_path = write_config(d / "berth-gateway.yaml", cfg)
+        s.start_gateway()
+    except BaseException:
+        s.stop(check=False)
+        _remove_tree(d)
+        raise
+    yield s
+    try:
+        s.stop()
+    finally:
+        _remove_tree(d)
+
+
+# ------------------------------------------------------------------ raw HTTP
+
+class Conn:
+    """One raw TCP connection to the gateway with a response reader that follows the
+    message framing rules (so pipelining and HEAD can be checked byte for byte)."""
+
+    def __init__(self, port, timeout=10):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _fill(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def response(self, head_request=False):
+        """(status, version, headers as a list of (lower name, value), body)."""
+        while True:
+            line = self._line().decode("latin-1")
+            m = re.match(r"HTTP/(\d\.\d) (\d{3})(?: (.*))?$", line)
+            assert m, "bad status line %r" % line
+            headers = []
+            while True:
+                h = self._line().decode("latin-1")
+                if not h:
+                    break
+                k, _, v = h.partition(":")
+                headers.append((k.strip().lower(), v.strip()))
+            status = int(m.group(2))
+            if 100 <= status < 200 and status != 101:
+                continue  # interim
+            break
+        hd = dict(headers)
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in hd.get("transfer-encoding", "").lower():
+            body = b""
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    while self._line():
+                        pass
+                    break
+                body += self._take(size)
+                assert self._take(2) == b"\r\n"
+        elif "content-length" in hd:
+            body = self._take(int(hd["content-length"]))
+        else:
+            body = self.read_to_close()
+        return status, m.group(1), headers, body
+
+    def read_to_close(self):
+        out = self.buf
+        self.buf = b""
+        while True:
+            d = self.s.recv(65536)
+            if not d:
+                return out
+            out += d
+
+    def closed(self, wait=2):
+        """True if the peer closes within <wait> seconds without sending anything more."""
+        self.s.settimeout(wait * SLOW)
+        try:
+            return self.buf == b"" and self.s.recv(1) == b""
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.s.close()
+
+
+def hget(headers, name):
+    vals = [v for k, v in headers if k == name]
+    return vals[-1] if vals else None
+
+
+def req(method, path, session=None, headers=(), body=None, version="1.1", host=True):
+    lines = ["%s %s HTTP/%s" % (method, path, version)]
+    if host:
+        lines.append("Host: gw.test")
+    if session:
+        lines.append("x-fc-session-id: %s" % session)
+    lines += ["%s: %s" % kv for kv in headers]
+    if body is not None:
+        lines.append("Content-Length: %d" % len(body))
+    out = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return out + (body.encode() if isinstance(body, str) else (body or b""))
+
+
+def echo_seen(pstack, session, headers, path="/seen"):
+    """The headers berth-echo received for a GET through the gateway."""
+    r = curl(pstack.url(path), headers=[("x-fc-session-id", session)] + list(headers))
+    assert r.status == 200, r
+    return r, r.json()["headers"]
+
+
+def metrics(pstack):
+    out = {}
+    for line in curl(pstack.admin_url("/metrics")).text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
+# ------------------------------------------------------------------ request direction
+
+def test_connection_listed_and_hop_by_hop_request_headers_are_removed(pstack):
+    _, seen = echo_seen(pstack, "hop-req", [
+        ("Connection", "keep-alive, X-Drop-Me , x-drop-too"), ("X-Drop-Me", "1"),
+        ("X-Drop-Too", "2"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic eDp5"), ("Proxy-Connection", "keep-alive"),
+        ("Trailer", "X-T"), ("Upgrade", "h2c"), ("X-Keep-Me", "3"),
+        ("Authorization", "Bearer for-the-app")])
+    for gone in ("x-drop-me", "x-drop-too", "keep-alive", "te", "proxy-authorization",
+                 "proxy-connection", "trailer", "upgrade"):
+        assert gone not in seen, (gone, seen)
+    assert seen["x-keep-me"] == "3"
+    assert seen["authorization"] == "Bearer for-the-app"  # end-to-end: the app's business
+    assert seen["host"] == "127.0.0.1:%d" % pstack.ports["gateway"]
+
+
+def test_connection_cannot_strip_framing_or_host(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("POST", "/framing", "hop-frame",
+               [("Connection", "Content-Length, Host, Transfer-Encoding")], body="12345"))
+    st, _, _, body = c.response()
+    c.close()
+    assert st == 200
+    j = json.loads(body)
+    assert j["body"] == "12345" and j["body_bytes"] == 5
+    assert j["headers"]["host"] == "gw.test"
+
+
+def test_x_forwarded_for_is_appended(pstack):
+    _, seen = echo_seen(pstack, "xff", [])
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    _, seen = echo_seen(pstack, "xff", [("X-Forwarded-For", "203.0.113.7")])
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    _, seen = echo_seen(pstack, "xff", [("X-Forwarded-For", "203.0.113.7, 10.1.2.3")])
+    assert seen["x-forwarded-for"] == "203.0.113.7, 10.1.2.3, 127.0.0.1"
+    # two headers: the list they make, then the client
+    _, seen = echo_seen(pstack, "xff", [("X-Forwarded-For", "198.51.100.1"),
+                                        ("X-Forwarded-For", "198.51.100.2")])
+    assert [a.strip() for a in seen["x-forwarded-for"].split(",")] == \
+        ["198.51.100.1", "198.51.100.2", "127.0.0.1"]
+
+
+def test_x_forwarded_proto_is_set_by_the_gateway(pstack):
+    _, seen = echo_seen(pstack, "xfp", [])
+    assert seen["x-forwarded-proto"] == "http"
+    _, seen = echo_seen(pstack, "xfp", [("X-Forwarded-Proto", "https")])
+    assert seen["x-forwarded-proto"] == "http"  # a client cannot claim TLS
+
+
+def test_x_request_id_is_added_or_kept(pstack):
+    ids = set()
+    for _ in range(5):
+        _, seen = echo_seen(pstack, "rid", [])
+        rid = seen["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{16}", rid), rid
+        ids.add(rid)
+    assert len(ids) == 5
+    _, seen = echo_seen(pstack, "rid", [("X-Request-Id", "client-chosen-42")])
+    assert seen["x-request-id"] == "client-chosen-42"
+    _, seen = echo_seen(pstack, "rid", [("X-Request-Id", "r" * 129)])  # too long: replaced
+    assert re.fullmatch(r"[0-9a-f]{16}", seen["x-request-id"]), seen["x-request-id"]
+
+
+def test_large_header_values_pass_through(pstack):
+    big = "v" * 8000
+    _, seen = echo_seen(pstack, "bighdr", [("X-Big", big)])
+    assert seen["x-big"] == big
+
+
+# ------------------------------------------------------------------ response direction
+
+def test_berth_headers_on_every_proxied_response(pstack):
+    r = pstack.get("/any", session="berth-hdrs")
+    assert r.status == 200
+    assert r.header("x-berth-session") == "berth-hdrs"
+    assert r.header("x-berth-instance") == r.json()["instance"]
+    r404 = pstack.get("/files/does-not-exist", session="berth-hdrs")
+    assert r404.status == 404 and r404.header("x-berth-instance") == r.header("x-berth-instance")
+
+
+def test_hop_by_hop_response_headers_are_removed(pstack):
+    r = curl(pstack.url("/misc/hop"), headers={"x-fc-session-id": "hop-resp"})
+    assert r.status == 200 and r.body == b"hop\n"
+    for gone in ("x-internal", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
+        assert gone not in r.headers, (gone, r.raw_headers)
+    assert r.header("x-public") == "yes"
+    conn = [v.lower() for v in r.headers.get("connection", [])]
+    assert all("x-internal" not in v for v in conn), conn
+    # the instance cannot forge the gateway's own headers
+    assert r.headers.get("x-berth-instance") and r.headers["x-berth-instance"] != ["forged"]
+    assert len(r.headers["x-berth-instance"]) == 1
+    assert r.headers.get("x-berth-session") == ["hop-resp"]
+
+
+# ------------------------------------------------------------------ connections
+
+def test_keep_alive_one_connection_for_two_urls(pstack):
+    before = metrics(pstack)
+    p = subprocess.run(["curl", "-sS", "--http1.1", "-H", "x-fc-session-id: keepalive",
+                        "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+                        pstack.url("/ka/1"), pstack.url("/ka/2")],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30 * SLOW)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().split("\n")[:2] == ["200 1", "200 0"], p.stdout
+    after = metrics(pstack)
+    assert after["berth_gateway_connections_total"] - before["berth_gateway_connections_total"] == 1
+    # the second request went over a kept-alive upstream connection too
+    assert after["berth_gateway_upstream_reuses_total"] > before["berth_gateway_upstream_reuses_total"]
+
+
+def test_pipelined_requests_are_answered_in_order(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/p/1", "pipe-a") + req("POST", "/p/2", "pipe-a", body="body-two") +
+           req("GET", "/p/3", "pipe-b") + req("HEAD", "/p/4", "pipe-a") +
+           req("GET", "/bytes?n=300000", "pipe-b") + req("GET", "/p/6", "pipe-a"))
+    order = []
+    for i, head in enumerate([False, False, False, True, False, False]):
+        st, _, hdrs, body = c.response(head_request=head)
+        assert st == 200, (i, st, body[:200])
+        order.append((hget(hdrs, "x-berth-session"), body))
+    c.close()
+    assert json.loads(order[0][1])["path"] == "/p/1"
+    j2 = json.loads(order[1][1])
+    assert j2["path"] == "/p/2" and j2["body"] == "body-two" and j2["method"] == "POST"
+    assert json.loads(order[2][1])["path"] == "/p/3"
+    assert order[3][1] == b""
+    assert len(order[4][1]) == 300000
+    assert json.loads(order[5][1])["path"] == "/p/6"
+    assert [s for s, _ in order] == ["pipe-a", "pipe-a", "pipe-b", "pipe-a", "pipe-b", "pipe-a"]
+
+
+def test_head_responses_have_no_body(pstack):
+    c = Conn(pstack.ports["gateway"])
+    for path in ("/head", "/bytes?n=5000", "/sse?n=3&interval_ms=1"):
+        c.send(req("HEAD", path, "head-sess") + req("GET", "/after-head", "head-sess"))
+        st, _, hdrs, body = c.response(head_request=True)
+        assert st == 200 and body == b"", (path, body[:100])
+        if path.startswith("/bytes"):
+            assert hget(hdrs, "content-length") == "5000"
+        # the next response starts right where the HEAD response ended
+        st, _, _, body = c.response()
+        assert st == 200 and json.loads(body)["path"] == "/after-head", path
+    c.close()
+    # curl -I: a HEAD that returns at once (a body expected after it would hang curl)
+    r = curl(pstack.url("/bytes?n=777"), headers={"x-fc-session-id": "head-sess"}, extra=["-I"],
+             timeout=5)
+    assert r.status == 200 and r.header("content-length") == "777", r.error
+
+
+def test_204_and_304_have_no_body(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/misc/204", "misc-s") + req("GET", "/misc/304", "misc-s") +
+           req("GET", "/misc/hop", "misc-s"))
+    st, _, hdrs, body = c.response()
+    assert st == 204 and body == b"" and hget(hdrs, "x-misc") == "204"
+    st, _, hdrs, body = c.response()
+    assert st == 304 and body == b"" and hget(hdrs, "etag") == '"v1"'
+    st, _, _, body = c.response()
+    assert st == 200 and body == b"hop\n"
+    c.close()
+    r = curl(pstack.url("/misc/304"), headers={"x-fc-session-id": "misc-s"})
+    assert r.status == 304 and r.body == b""
+
+
+def test_close_delimited_upstream_body(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/misc/close", "misc-close"))
+    st, _, hdrs, body = c.response()
+    assert st == 200 and body == b"until the connection closes"
+    assert (hget(hdrs, "connection") or "").lower() == "close"
+    c.close()
+
+
+def test_http10_clients(pstack):
+    # no Host, no keep-alive: the gateway answers and closes
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/old", "http10", version="1.0", host=False))
+    st, _, hdrs, body = c.response()
+    assert st == 200
+    j = json.loads(body)
+    assert j["path"] == "/old" and j["headers"]["x-fc-session-id"] == "http10"
+    assert c.closed()
+    c.close()
+    # Connection: keep-alive is honoured for 1.0 clients and said back
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/old/1", "http10", [("Connection", "keep-alive")], version="1.0"))
+    st, _, hdrs, body = c.response()
+    assert st == 200 and (hget(hdrs, "connection") or "").lower() == "keep-alive"
+    c.send(req("GET", "/old/2", "http10", [("Connection", "keep-alive")], version="1.0"))
+    st, _, _, body = c.response()
+    assert st == 200 and json.loads(body)["path"] == "/old/2"
+    c.close()
+    # a chunked upstream body reaches a 1.0 client de-chunked and close-delimited
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/misc/chunked", "http10-misc", version="1.0"))
+    st, _, hdrs, body = c.response()
+    assert st == 200 and body == b"first;second;third", body
+    assert "transfer-encoding" not in dict(hdrs)
+    c.close()
+    # real curl in 1.0 mode, with a body
+    r = curl(pstack.url("/curl10"), http="1.0", headers={"x-fc-session-id": "http10"},
+             data="ten-bytes!")
+    assert r.status == 200 and r.json()["body"] == "ten-bytes!"
+
+
+def test_expect_100_continue(pstack):
+    data = bytes(range(256)) * 4096  # 1 MiB: curl sends Expect: 100-continue
+    r = curl(pstack.url("/expect"), headers={"x-fc-session-id": "expect"}, data=data,
+             extra=["-H", "Expect: 100-continue"])
+    assert r.status == 200
+    j = r.json()
+    assert j["body_bytes"] == len(data) and j["body_crc32"] == zlib.crc32(data)

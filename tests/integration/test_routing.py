@@ -1,0 +1,382 @@
+"""Session routing through the real stack (redis-server, berth-scheduler with the process driver,
+berth-gateway, berth-echo in the sandboxes), seen from real clients: every request of a session
+reaches the one instance bound to it, under concurrency, through two gateways sharing Redis and
+across a gateway restart."""
+
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import (SLOW, Proc, Stack, _remove_tree, _short_tmp, _skip_unless_root, binary,
+                      curl, echo_template, free_port, wait_until, write_config)
+
+N_SESSIONS = 50
+N_REQUESTS = 1000
+N_THREADS = 8
+CURL_THREADS = 2  # of N_THREADS: real curl, several URLs per process (keep-alive)
+
+# Room for one instance per session of every test in this module plus the warm pool.
+OVERRIDES = {
+    "templates": [echo_template(pool={"min": 16, "max": 110})],
+    "scheduler": {"capacity": 120},
+}
+
+
+@pytest.fixture(scope="module")
+def rstack():
+    _skip_unless_root()
+    d = _short_tmp()
+    s = Stack(d, OVERRIDES)
+    yield s
+    try:
+        s.stop()
+    finally:
+        _remove_tree(d)
+
+
+def check_echo(resp_status, headers, body, session, path):
+    """One answer as the client sees it: 200 from berth-echo for <session>. Returns the
+    instance id (the header and the echo body must agree)."""
+    assert resp_status == 200, (resp_status, body[:300])
+    j = json.loads(body)
+    inst = headers.get("x-berth-instance")
+    assert inst, headers
+    assert j["instance"] == inst, (j["instance"], inst)
+    assert headers.get("x-echo-instance") == inst
+    assert headers.get("x-berth-session") == session
+    assert j["headers"]["x-fc-session-id"] == session
+    assert j["path"] == path
+    return inst
+
+
+class Client:
+    """A keep-alive HTTP/1.1 connection (Python's http.client) to the gateway."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = None
+        self.connects = 0
+
+    def get(self, path, headers=None, method="GET", body=None):
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30 * SLOW)
+                self.connects += 1
+            try:
+                self.conn.request(method, path, body=body, headers=headers or {})
+                r = self.conn.getresponse()
+                data = r.read()
+                hdrs = {k.lower(): v for k, v in r.getheaders()}
+                if r.will_close:
+                    self.conn.close()
+                    self.conn = None
+                return r.status, hdrs, data
+            except (ConnectionError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self):
+        if self.conn:
+            self.conn.close()
+            self.conn = None
+
+
+def curl_batch(port, session, paths):
+    """One curl process, several URLs for one session (curl reuses its connection). Returns
+    [(status, headers, body, num_connects)]."""
+    marker = "\n@@berth@@ %{http_code} %{num_connects} %header{x-berth-instance} " \
+             "%header{x-berth-session} %header{x-echo-instance}\n"
+    argv = ["curl", "-sS", "--http1.1", "--max-time", str(30 * SLOW), "-H",
+            "x-fc-session-id: %s" % session, "-w", marker]
+    argv += ["http://127.0.0.1:%d%s" % (port, p) for p in paths]
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=40 * SLOW)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out = []
+    body = b""
+    for line in p.stdout.split(b"\n"):
+        if line.startswith(b"@@berth@@ "):
+            f = line.decode().split(" ")
+            hdrs = {"x-berth-instance": f[3], "x-berth-session": f[4], "x-echo-instance": f[5]}
+            out.append((int(f[1]), hdrs, body, int(f[2])))
+            body = b""
+        elif line:
+            body += line
+    assert len(out) == len(paths), p.stdout[-2000:]
+    return out
+
+
+def run_load(ports, sessions, n_requests, n_threads, curl_threads, seed):
+    """n_requests spread over <sessions> by n_threads concurrent clients (curl_threads of them
+    real curl, the others keep-alive http.client connections), round-robin over the gateway
+    <ports>. Returns {session: set of instances seen} and the number of requests done."""
+    seen = {s: set() for s in sessions}
+    lock = threading.Lock()
+    errors = []
+    done = [0]
+    per_thread = n_requests // n_threads
+
+    def record(session, inst):
+        with lock:
+            seen[session].add(inst)
+            done[0] += 1
+
+    def worker(t):
+        rnd = random.Random(seed * 1000 + t)
+        port = ports[t % len(ports)]
+        try:
+            if t < curl_threads:
+                left = per_thread
+                while left:
+                    s = rnd.choice(sessions)
+                    k = min(left, rnd.randint(1, 6))
+                    paths = ["/route/%d/%d" % (t, left - i) for i in range(k)]
+                    for i, (st, h, b, nc) in enumerate(curl_batch(port, s, paths)):
+                        record(s, check_echo(st, h, b, s, paths[i]))
+                        if i > 0:
+                            assert nc == 0, "curl opened a new connection for URL %d" % i
+                    left -= k
+            else:
+                c = Client(port)
+                for i in range(per_thread):
+                    s = rnd.choice(sessions)
+                    path = "/route/%d/%d" % (t, i)
+                    st, h, b = c.get(path, {"x-fc-session-id": s})
+                    record(s, check_echo(st, h, b, s, path))
+                c.close()
+                # keep-alive: one connection for all of this thread's requests
+                assert c.connects == 1, "%d connections for %d requests" % (c.connects, per_thread)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            with lock:
+                errors.append("thread %d: %r" % (t, e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120 * SLOW)
+    assert not any(th.is_alive() for th in threads), "client threads still running"
+    assert not errors, "\n".join(errors[:10])
+    return seen, done[0]
+
+
+def bindings_in_redis(stack):
+    """session key -> instance, from the s:{h} hashes."""
+    out = {}
+    for k in stack.redis.scan(stack.key("s:*")):
+        if ":" in k[len(stack.key("s:")):]:
+            continue  # s:{h}:aliases
+        h = stack.redis.hgetall(k)
+        if "key" in h:
+            out[h["key"]] = h.get("instance", "")
+    return out
+
+
+@pytest.mark.berth_timeout(240)
+def test_sessions_stick_to_one_instance_under_concurrency(rstack):
+    sessions = ["route-s%02d" % i for i in range(N_SESSIONS)]
+    seen, done = run_load([rstack.ports["gateway"]], sessions, N_REQUESTS, N_THREADS,
+                          CURL_THREADS, seed=1)
+    assert done == N_REQUESTS
+    multi = {s: v for s, v in seen.items() if len(v) != 1}
+    assert not multi, "sessions answered by several instances: %r" % multi
+    owner = {s: next(iter(v)) for s, v in seen.items()}
+    # one sandbox per session: different sessions never share an instance
+    by_inst = {}
+    for s, i in owner.items():
+        by_inst.setdefault(i, []).append(s)
+    shared = {i: ss for i, ss in by_inst.items() if len(ss) > 1}
+    assert not shared, "instances serving several sessions: %r" % shared
+    assert len(by_inst) == N_SESSIONS
+    # what the clients saw is what Redis holds, and the instances know their session
+    redis_view = bindings_in_redis(rstack)
+    for s in sessions:
+        assert redis_view.get(s) == owner[s], (s, redis_view.get(s), owner[s])
+    insts = rstack.instances()
+    for s, i in owner.items():
+        assert insts[i]["state"] == "bound", insts[i]
+        assert rstack.session(insts[i]["session"])["key"] == s
+    # a second round over the same sessions changes nothing
+    seen2, _ = run_load([rstack.ports["gateway"]], sessions, 200, N_THREADS, CURL_THREADS,
+                        seed=2)
+    for s, v in seen2.items():
+        assert v <= {owner[s]}, (s, v, owner[s])
+
+
+def second_gateway(stack, tag):
+    """Another berth-gateway on other ports sharing the stack's Redis. Returns (Proc, port,
+    admin_port)."""
+    port, admin = free_port(), free_port()
+    cfg = json.loads(json.dumps(stack.cfg))
+    cfg["gateway"]["listen"] = "127.0.0.1:%d" % port
+    cfg["gateway"]["admin_listen"] = "127.0.0.1:%d" % admin
+    path = write_config(stack.base / ("berth-%s.yaml" % tag), cfg)
+    p = Proc("gateway-%s" % tag, [binary("berth-gateway"), "-c", path], stack.base,
+             cwd=str(stack.base))
+
+    def ready():
+        assert p.alive(), "second gateway exited:\n%s" % p.tail()
+        return curl("http://127.0.0.1:%d/readyz" % admin, timeout=2).status == 200
+    wait_until(ready, 20 * SLOW, "second gateway /readyz")
+    return p, port, admin
+
+
+@pytest.mark.berth_timeout(180)
+def test_two_gateways_sharing_redis_agree(rstack):
+    g2, port2, _ = second_gateway(rstack, "two")
+    try:
+        ports = [rstack.ports["gateway"], port2]
+        # new sessions, each first asked for through both gateways at the same moment
+        fresh = ["twogw-%02d" % i for i in range(12)]
+        answers = {s: [] for s in fresh}
+        barrier = threading.Barrier(2 * len(fresh))
+        errors = []
+
+        def ask(s, port):
+            try:
+                barrier.wait(10 * SLOW)
+                r = curl("http://127.0.0.1:%d/race" % port, headers={"x-fc-session-id": s},
+                         timeout=30)
+                answers[s].append(check_echo(r.status, {k: v[-1] for k, v in r.headers.items()},
+                                             r.body, s, "/race"))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(repr(e))
+        threads = [threading.Thread(target=ask, args=(s, p)) for s in fresh for p in ports]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60 * SLOW)
+        assert not errors, errors[:5]
+        for s, v in answers.items():
+            assert len(v) == 2 and v[0] == v[1], "gateways disagree on %s: %r" % (s, v)
+        # then load through both gateways over old and new sessions
+        sessions = fresh + ["route-s%02d" % i for i in range(0, N_SESSIONS, 5)]
+        seen, done = run_load(ports, sessions, 400, N_THREADS, CURL_THREADS, seed=3)
+        assert done == 400
+        for s, v in seen.items():
+            assert len(v) <= 1, "session %s answered by %r" % (s, v)
+            if s in answers and v:
+                assert v == {answers[s][0]}
+    finally:
+        problems = g2.stop()
+    assert not problems, problems
+
+
+@pytest.mark.berth_timeout(180)
+def test_gateway_restart_keeps_every_binding(rstack):
+    sessions = ["restart-%02d" % i for i in range(20)]
+    c = Client(rstack.ports["gateway"])
+    before = {}
+    for s in sessions:
+        st, h, b = c.get("/before", {"x-fc-session-id": s})
+        before[s] = check_echo(st, h, b, s, "/before")
+    c.close()
+    assert len(set(before.values())) == len(sessions)
+
+    # kill -9: nothing can be flushed or handed over
+    g = rstack.gateway
+    g.signal(signal.SIGKILL)
+    g.p.wait(10)
+    problems = [p for p in g.stop() if "exited with -9" not in p]
+    assert not problems, problems
+    rstack.gateway = None
+    rstack.start_gateway()
+
+    c = Client(rstack.ports["gateway"])
+    for s in sessions:
+        st, h, b = c.get("/after", {"x-fc-session-id": s})
+        assert check_echo(st, h, b, s, "/after") == before[s], s
+    c.close()
+    # the sessions of the first test survived too
+    for i in range(0, N_SESSIONS, 7):
+        s = "route-s%02d" % i
+        r = rstack.get("/after2", session=s)
+        assert r.status == 200
+        assert r.header("x-berth-instance") == bindings_in_redis(rstack)[s]
+
+    # and a clean SIGTERM restart as well
+    rstack.stop_gateway()
+    rstack.start_gateway()
+    for s in sessions[:5]:
+        r = rstack.get("/after3", session=s)
+        assert r.status == 200 and r.header("x-berth-instance") == before[s]
+
+
+def test_cookie_and_header_reach_the_same_session(rstack):
+    r1 = rstack.get("/h", session="cookie-and-header")
+    assert r1.status == 200
+    r2 = curl(rstack.url("/c"), headers={"Cookie": "a=1; berth_session=cookie-and-header"})
+    assert r2.status == 200
+    assert r2.header("x-berth-instance") == r1.header("x-berth-instance")
+    assert r2.header("x-berth-session") == "cookie-and-header"
+    # the header wins over the cookie
+    r3 = curl(rstack.url("/hc"), headers={"Cookie": "berth_session=cookie-and-header",
+                                          "x-fc-session-id": "other-than-cookie"})
+    assert r3.status == 200
+    assert r3.header("x-berth-session") == "other-than-cookie"
+    assert r3.header("x-berth-instance") != r1.header("x-berth-instance")
+
+
+def test_keyless_requests_get_a_session_per_connection(rstack):
+    """Default route policy no_key: new: a keyless connection gets a fresh session, kept for the
+    rest of that connection and told to the client in x-berth-session."""
+    c = Client(rstack.ports["gateway"])
+    st, h, b = c.get("/nokey/1")
+    assert st == 200
+    key, inst = h.get("x-berth-session"), h.get("x-berth-instance")
+    assert key and inst and json.loads(b)["instance"] == inst
+    st, h, b = c.get("/nokey/2")
+    assert st == 200 and h.get("x-berth-session") == key and h.get("x-berth-instance") == inst
+    c.close()
+    # the key works as an explicit key from elsewhere
+    r = rstack.get("/nokey/3", session=key)
+    assert r.status == 200 and r.header("x-berth-instance") == inst
+    # another connection: another session
+    c2 = Client(rstack.ports["gateway"])
+    st, h, b = c2.get("/nokey/4")
+    c2.close()
+    assert st == 200
+    assert h.get("x-berth-session") != key and h.get("x-berth-instance") != inst
+
+
+@pytest.mark.berth_timeout(120)
+def test_tenants_and_issued_cookies(make_stack):
+    """The same key on routes of two tenants reaches two instances; no_key: issue hands out a
+    cookie that then routes like a key."""
+    s = make_stack({
+        "templates": [echo_template(pool={"min": 3, "max": 8})],
+        "gateway": {"routes": [
+            {"name": "a", "path_prefix": "/a/", "tenant": "default"},
+            {"name": "b", "path_prefix": "/b/", "tenant": "other"},
+            {"name": "issue", "path_prefix": "/i/", "no_key": "issue"},
+        ]},
+    })
+    ra = s.get("/a/x", session="same-key")
+    rb = s.get("/b/x", session="same-key")
+    assert ra.status == 200 and rb.status == 200
+    assert ra.header("x-berth-instance") != rb.header("x-berth-instance")
+    assert s.get("/a/y", session="same-key").header("x-berth-instance") == \
+        ra.header("x-berth-instance")
+    r = curl(s.url("/i/first"))
+    assert r.status == 200
+    cookie = r.header("set-cookie")
+    assert cookie, r.headers
+    name_value = cookie.split(";")[0]
+    assert name_value.startswith("berth_session=")
+    attrs = [a.strip().lower() for a in cookie.split(";")[1:]]
+    assert "httponly" in attrs and "path=/" in attrs and "samesite=lax" in attrs
+    key = name_value.split("=", 1)[1]
+    assert r.header("x-berth-session") == key
+    r2 = curl(s.url("/i/again"), headers={"Cookie": name_value})
+    assert r2.status == 200
+    assert r2.header("x-berth-instance") == r.header("x-berth-instance")
+    assert r2.header("set-cookie") is None  # the client has its cookie
