@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
+#include "scheduler/paths.h"
 #include "scheduler/pool.h"
 #include "scheduler/sched.h"
 
@@ -244,18 +245,6 @@ static int json_ms(const struct cm_json *body, const char *name, uint64_t def, u
     return 0;
 }
 
-static int valid_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 63 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-        return 0;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.'))
-            return 0;
-    return 1;
-}
-
 static void handle_start(struct sch_api *api, struct evhttp_request *req)
 {
     struct sch_ctx *ctx = api->ctx;
@@ -308,7 +297,7 @@ static void handle_start(struct sch_api *api, struct evhttp_request *req)
     }
     if (rc == 0 &&
         (rc = json_str(body, "tenant", 1, r->tenant, sizeof(r->tenant), why, sizeof(why))) == 0 &&
-        !valid_name(r->tenant)) {
+        !sch_safe_name(r->tenant, strlen(r->tenant))) {
         rc = -EINVAL;
         snprintf(why, sizeof(why), "tenant must be 1-63 characters of [A-Za-z0-9._-]");
     }

@@ -16,6 +16,7 @@
 #include "common/compat.h"
 #include "common/config.h"
 #include "common/json.h"
+#include "scheduler/paths.h"
 
 #define REMOVE_TRIES 40
 #define REMOVE_SLEEP_NS (5 * 1000 * 1000)
@@ -114,24 +115,6 @@ static int read_file(const char *path, char *buf, size_t len)
     buf[got] = '\0';
     close(fd);
     return (int)got;
-}
-
-static int mkdir_p(const char *path)
-{
-    char tmp[4096];
-    if (fmt(tmp, sizeof(tmp), "%s", path) < 0)
-        return -ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 /* Does the comma- or space-separated <list> hold <word>? */
@@ -350,7 +333,7 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/')
         dir[--n] = '\0';
-    int rc = mkdir_p(dir);
+    int rc = sch_mkdir_p(dir, 0755);
     if (rc < 0) {
         fmt(ct->warning, sizeof(ct->warning), "cannot create %s: %s", dir, strerror(-rc));
         return;

@@ -30,6 +30,7 @@
 #include "common/log.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/driver.h"
+#include "scheduler/paths.h"
 #include "scheduler/sandbox.h"
 
 #ifndef P_PIDFD
@@ -727,23 +728,6 @@ static const struct sch_driver_ops process_ops = {
     .destroy = p_destroy,
 };
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char *err, size_t errlen)
 {
     struct pdriver *d = calloc(1, sizeof(*d));
@@ -762,7 +746,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char 
         goto fail;
     }
     close(pfd);
-    int rc = mkdir_p(cfg->run_dir, 0755);
+    int rc = sch_mkdir_p(cfg->run_dir, 0755);
     if (rc < 0) {
         snprintf(err, errlen, "cannot create run_dir %s: %s", cfg->run_dir, strerror(-rc));
         goto fail;

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "scheduler/agentctl.h"
 #include "scheduler/driver.h"
+#include "scheduler/paths.h"
 #include "scheduler/pool.h"
 #include "scheduler/sched.h"
 
@@ -476,46 +477,18 @@ static void send_bind(struct sch_inst *inst)
         sch_inst_unref(inst);
 }
 
-static int valid_tenant(const char *s, size_t n)
-{
-    if (n == 0 || n > 63 || (s[0] == '.' && (n == 1 || (n == 2 && s[1] == '.'))))
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-              (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.'))
-            return 0;
-    return 1;
-}
-
-static int mkdir_mode(const char *path, mode_t mode)
-{
-    if (mkdir(path, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-/* {storage_root}/{tenant}/{h}, created 0700 (storage_root itself with its parents 0755). */
+/* {storage_root}/{tenant}/{h}: the two session levels 0700, storage_root and its parents 0755. */
 static int make_storage_dir(const struct sch_config *sc, const char *tenant, const char *h,
                             char *out, size_t len)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s", sc->storage_root);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        mkdir_mode(tmp, 0755);
-        *p = '/';
-    }
-    int rc = mkdir_mode(tmp, 0755);
-    if (rc == 0) {
-        snprintf(tmp, sizeof(tmp), "%s/%s", sc->storage_root, tenant);
-        rc = mkdir_mode(tmp, 0700);
-    }
-    if (rc == 0) {
-        snprintf(out, len, "%s/%s/%s", sc->storage_root, tenant, h);
-        rc = mkdir_mode(out, 0700);
-    }
+    char dir[4096];
+    int rc = sch_mkdir_p(sc->storage_root, 0755);
+    snprintf(dir, sizeof(dir), "%s/%s", sc->storage_root, tenant);
+    if (rc == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+        rc = -errno;
+    snprintf(out, len, "%s/%s/%s", sc->storage_root, tenant, h);
+    if (rc == 0 && mkdir(out, 0700) < 0 && errno != EEXIST)
+        rc = -errno;
     return rc;
 }
 
@@ -529,7 +502,7 @@ static void on_tenant(struct redisReply *reply, const char *err, void *data)
         return;
     }
     if (err || !reply || reply->type != REDIS_REPLY_STRING ||
-        !valid_tenant(reply->str, reply->len)) {
+        !sch_safe_name(reply->str, reply->len)) {
         /* Redis trouble: the agent still releases held connections after bind_wait. */
         cm_log_error("inst", "cannot read the session's tenant inst=%s session=%s err=\"%s\"",
                      inst->id, inst->session, err ? err : "missing or invalid tenant");
