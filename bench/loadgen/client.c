@@ -99,7 +99,7 @@ struct lg_client {
     double churn_acc;
     size_t prime_next;
     enum stage stage;
-    uint64_t t_run, t_meas_start, t_meas_end;
+    uint64_t t_prepare, t_run, t_meas_start, t_meas_end;
     /* open loop */
     double interval_ns;
     uint64_t k_next, k_meas_start, k_end;
@@ -248,6 +248,14 @@ static void conn_fail(struct conn *c, enum lg_err e)
         return;
     }
     c->measured = 0;
+    if (cl->stage == ST_PREPARE && e == LG_ERR_CONNECT &&
+        lg_now_ns() - cl->t_prepare >= cl->o->timeout_ns) {
+        /* The target is not there: give up instead of retrying until the deadline. */
+        set_state(c, C_CLOSED);
+        cl->timed_out = 1;
+        event_base_loopbreak(cl->base);
+        return;
+    }
     if (!work_left(cl)) {
         set_state(c, C_CLOSED);
         maybe_done(cl);
@@ -942,6 +950,7 @@ void lg_client_destroy(struct lg_client *cl)
 int lg_client_prepare(struct lg_client *cl)
 {
     cl->stage = ST_PREPARE;
+    cl->t_prepare = lg_now_ns();
     add_timer(cl->deadline, cl->o->timeout_ns + PREPARE_SLACK_NS);
     if (is_sse(cl)) {
         if (!cl->sse_total)

@@ -1,0 +1,281 @@
+"""bench/: the load generator, the bench upstream and `bench/run --quick` end to end.
+
+No timing assertions: these tests check that the benchmark works and that what it reports is
+true (every response of a session came from one instance, the instance Berth names is the
+upstream that answered, streams opened, nothing left running), never how fast anything is."""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import BUILD_DIR, REPO, SLOW, binary, curl, curl_stream, free_port, sanitizer_env
+
+PY = "/usr/bin/python3"
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """berth-bench-upstream with two listeners (ids a, b) on free ports: yields {id: port}."""
+    log = open(tmp_path / "upstream.log", "wb")
+    p = subprocess.Popen([binary("berth-bench-upstream"), "--listen", "127.0.0.1:0=a",
+                          "--listen", "127.0.0.1:0=b"], stdout=subprocess.PIPE, stderr=log,
+                         start_new_session=True, env=sanitizer_env())
+    try:
+        line = p.stdout.readline().decode()
+        assert line.startswith("ready "), line
+        ports = {kv.split("=")[0]: int(kv.rsplit(":", 1)[1]) for kv in line.split()[1:]}
+        yield ports
+    finally:
+        p.terminate()
+        p.wait(10 * SLOW)
+        log.close()
+        text = (tmp_path / "upstream.log").read_text(errors="replace")
+        assert "Sanitizer" not in text and "runtime error" not in text, text
+
+
+def loadgen(*args, timeout=60):
+    """Runs berth-loadgen; returns (exit code, parsed JSON or None, stderr)."""
+    p = subprocess.run([binary("berth-loadgen")] + [str(a) for a in args],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout * SLOW,
+                       env=sanitizer_env())
+    out = p.stdout.decode()
+    try:
+        doc = json.loads(out) if out.strip() else None
+    except ValueError:
+        doc = None
+    return p.returncode, doc, p.stderr.decode(errors="replace")
+
+
+# ------------------------------------------------------------------ the upstream
+
+def test_upstream_endpoints(upstream):
+    a, b = upstream["a"], upstream["b"]
+    r = curl("http://127.0.0.1:%d/" % a)
+    assert r.status == 200 and r.body == b"hello, agent\n"
+    assert r.header("x-upstream-id") == "a"
+    assert curl("http://127.0.0.1:%d/" % b).header("x-upstream-id") == "b"
+    r = curl("http://127.0.0.1:%d/bytes/100000" % a)
+    assert r.status == 200 and len(r.body) == 100000
+    r = curl("http://127.0.0.1:%d/upload" % a, method="POST", data=b"x" * 300000)
+    assert r.status == 200 and r.json() == {"received": 300000}
+    r = curl("http://127.0.0.1:%d/upload" % a, method="POST", data=b"y" * 5000,
+             headers={"Transfer-Encoding": "chunked"})
+    assert r.status == 200 and r.json() == {"received": 5000}
+    r = curl("http://127.0.0.1:%d/nope" % a)
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found"
+    r = curl("http://127.0.0.1:%d/bytes/12x" % a)
+    assert r.status == 400 and r.json()["error"]["code"] == "bad_request"
+
+
+def test_upstream_sse_events_carry_timestamps(upstream):
+    lines = []
+    for _, line in curl_stream("http://127.0.0.1:%d/sse?every=50" % upstream["a"], timeout=10):
+        lines.append(line)
+        if sum(1 for x in lines if x.startswith("data: ")) >= 4:  # open + 3 ticks
+            break
+    assert lines[0].startswith("HTTP/1.1 200")
+    assert "content-type: text/event-stream" in [x.lower() for x in lines]
+    assert "event: open" in lines
+    stamps = [int(x[6:]) for x in lines if x.startswith("data: ")]
+    assert len(stamps) >= 4 and stamps == sorted(stamps), lines
+
+
+def test_upstream_malformed_request_gets_json_400(upstream):
+    with socket.create_connection(("127.0.0.1", upstream["a"]), timeout=5 * SLOW) as s:
+        s.sendall(b"GARBAGE \x01\x02 nonsense\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), data
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+# ------------------------------------------------------------------ the load generator
+
+def test_loadgen_closed_and_open_loop_against_upstream(upstream):
+    port = upstream["a"]
+    rc, doc, err = loadgen("--target", "127.0.0.1:%d" % port, "--connections", 4,
+                           "--sessions", 20, "--duration", "0.5s", "--warmup", "0.1s",
+                           "--instance-header", "x-upstream-id")
+    assert rc == 0, err
+    assert doc["mode"] == "max" and doc["requests"] > 0 and doc["ok"] == doc["requests"]
+    assert doc["errors_total"] == 0, doc["errors"]
+    assert doc["sticky"]["sessions_checked"] == 20
+    assert doc["sticky"]["sessions_violated"] == 0
+    assert doc["sticky"]["instances"] == {"a": doc["sticky"]["responses_checked"]}
+    lat = doc["latency_us"]
+    assert lat["count"] == doc["requests"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+
+    rc, doc, err = loadgen("--target", "127.0.0.1:%d" % port, "--mode", "rate", "--rate", 400,
+                           "--connections", 4, "--sessions", 20, "--churn", 0.25,
+                           "--duration", "1s", "--warmup", "0.2s",
+                           "--instance-header", "x-upstream-id")
+    assert rc == 0, err
+    # the open loop schedules exactly rate x window requests in the window
+    assert doc["sent"] + doc["unsent"] == 400
+    assert doc["requests"] <= doc["sent"]
+    # churn: every 4th request of the run (warmup included) starts a new session; priming
+    # used the first 20
+    assert 20 + doc["sent"] // 4 <= doc["sticky"]["sessions_new"] <= 20 + 480 // 4
+
+
+def test_loadgen_counts_missing_instance_header(upstream):
+    rc, doc, err = loadgen("--target", "127.0.0.1:%d" % upstream["a"], "--connections", 2,
+                           "--sessions", 4, "--duration", "0.3s", "--warmup", "0",
+                           "--instance-header", "x-not-sent")
+    assert rc == 0, err
+    assert doc["errors"]["no_instance_header"] >= doc["ok"] > 0
+
+
+class _Flapping(BaseHTTPRequestHandler):
+    """Answers every request from a different 'instance': a proxy that does not stick."""
+    protocol_version = "HTTP/1.1"
+    counter = 0
+    lock = threading.Lock()
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        with self.lock:
+            _Flapping.counter += 1
+            n = _Flapping.counter
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("x-upstream-id", "u%d" % (n % 2))
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_loadgen_detects_a_proxy_that_does_not_stick():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Flapping)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        rc, doc, err = loadgen("--target", "127.0.0.1:%d" % srv.server_address[1],
+                               "--connections", 2, "--sessions", 3, "--duration", "0.5s",
+                               "--warmup", "0", "--instance-header", "x-upstream-id")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rc == 0, err
+    assert doc["sticky"]["sessions_violated"] > 0
+    assert doc["errors"]["sticky"] > 0
+    assert set(doc["sticky"]["instances"]) == {"u0", "u1"}
+
+
+def test_loadgen_sse_streams_and_rss(upstream, tmp_path):
+    out = tmp_path / "sse.json"
+    rc, doc, err = loadgen("--target", "127.0.0.1:%d" % upstream["b"], "--mode", "sse",
+                           "--streams", 50, "--sessions", 10, "--sse-every", 100,
+                           "--duration", "0.6s", "--watch-pid", os.getpid(),
+                           "--instance-header", "x-upstream-id", "--json", out)
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["sse"]["opened"] == 50 and doc["sse"]["failed"] == 0
+    assert doc["sse"]["events"] > 0 and doc["sse"]["cross_us"]["count"] == doc["sse"]["events"]
+    assert doc["sticky"]["sessions_checked"] == 10 and doc["sticky"]["sessions_violated"] == 0
+    assert doc["rss"]["pids"] == [os.getpid()] and doc["rss"]["before_kib"] > 0
+
+
+@pytest.mark.parametrize("args, msg", [
+    ([], "--target"),
+    (["--target", "localhost:80"], "IPv4"),
+    (["--target", "127.0.0.1:1", "--mode", "rate"], "--rate"),
+    (["--target", "127.0.0.1:1", "--churn", "2"], "--churn"),
+    (["--target", "127.0.0.1:1", "--body-size", "1MiB"], "POST"),
+    (["--target", "127.0.0.1:1", "--duration", "soon"], "--duration"),
+])
+def test_loadgen_rejects_bad_arguments(args, msg):
+    rc, doc, err = loadgen(*args)
+    assert rc == 2 and doc is None
+    assert msg in err, err
+
+
+def test_loadgen_reports_refused_connections():
+    port = free_port()  # nothing listens there
+    rc, doc, err = loadgen("--target", "127.0.0.1:%d" % port, "--connections", 1,
+                           "--sessions", 1, "--duration", "0.2s", "--timeout", "1s")
+    assert rc == 3, err
+    assert doc["prepare_failed"] is True and doc["requests"] == 0
+
+
+# ------------------------------------------------------------------ bench/run --quick
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of someone else is not "running"
+    try:
+        return Path("/proc/%d/stat" % pid).read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_bench_run_quick(tmp_path):
+    out = tmp_path / "latest.json"
+    p = subprocess.run([PY, str(REPO / "bench" / "run"), "--quick", "--build-dir",
+                        str(BUILD_DIR), "--out", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300 * SLOW,
+                       env=sanitizer_env(), cwd=str(REPO))
+    stdout, stderr = p.stdout.decode(), p.stderr.decode(errors="replace")
+    assert p.returncode == 0, "bench/run exited %d\n%s\n%s" % (p.returncode, stdout, stderr[-6000:])
+
+    # the table, on stdout and next to the JSON
+    assert "| workers | scenario | figure | Berth | nginx | HAProxy | direct | Berth/nginx | " \
+           "Berth/HAProxy | target |" in stdout
+    for fig in ("throughput, closed loop (req/s)", "added p99 over direct (µs)",
+                "proxy RSS per stream", "event crossing p99 (µs)", "upload throughput (MiB/s)",
+                "download throughput (MiB/s)"):
+        assert fig in stdout, fig
+    assert out.with_suffix(".md").read_text().strip() in stdout
+
+    doc = json.loads(out.read_text())
+    m = doc["machine"]
+    assert m["cores"] >= 1 and m["kernel"] and m["versions"]["nginx"] and \
+        m["versions"]["haproxy"] and m["versions"]["redis"]
+    assert doc["profile"] == "quick" and not doc["failures"]
+
+    # every phase ran against every target, and what it reports holds
+    runs = doc["runs"]
+    phases = {"hot-max", "hot-rate", "churn-max", "churn-rate", "sse", "upload", "download"}
+    assert {(r["phase"], r["target"]) for r in runs} == \
+        {(ph, t) for ph in phases for t in ("berth", "nginx", "haproxy", "direct")}
+    for r in runs:
+        res = r["result"]
+        label = "%s/%s" % (r["phase"], r["target"])
+        assert res["sticky"]["sessions_violated"] == 0, label
+        errs = {k: v for k, v in res["errors"].items() if v and k != "timeout"}
+        assert not errs, (label, res["errors"])
+        if r["phase"] == "sse":
+            assert res["sse"]["opened"] == res["sse"]["streams"] > 0, label
+            if r["target"] != "direct":
+                assert res["rss"]["before_kib"] > 0 and "per_stream_bytes" in res["rss"], label
+        else:
+            assert res["requests"] > 0 and res["sticky"]["responses_checked"] > 0, label
+        if r["target"] == "berth":
+            # Berth names fleet-N; the static template's N-th upstream is the bench's uN
+            for inst in res["sticky"]["instances"]:
+                berth, up = inst.split("|")
+                assert berth == "fleet-" + up[1:], inst
+        if r["phase"] == "hot-max" and r["target"] != "direct":
+            assert len(res["sticky"]["instances"]) >= 2, (label, res["sticky"]["instances"])
+
+    # nothing it started is left running
+    assert doc["processes"]
+    left = [pr for pr in doc["processes"] if _alive(pr["pid"])]
+    assert not left, left
