@@ -288,6 +288,14 @@ static void handle_start(struct sch_api *api, struct evhttp_request *req)
         reply_error(req, 404, "unknown_template", "no template named '%s'", tpl_name);
         return;
     }
+    if (rc == 0 && !sch_template_started_here(r->tpl)) {
+        reply_error(req, 400, "bad_request",
+                    "template '%s' uses the %s driver: a scheduler starts no instances of it",
+                    tpl_name, r->tpl->driver);
+        cm_json_free(body);
+        free(r);
+        return;
+    }
     struct cm_hash parsed;
     char meta[META_MAX + 1];
     if (rc == 0 && (rc = json_str(body, "session", 1, r->h, sizeof(r->h), why, sizeof(why))) == 0 &&
@@ -398,9 +406,13 @@ static void handle_status(struct sch_api *api, struct evhttp_request *req)
         cm_jbuf_printf(&b, "%s\"%s\":%u", s ? "," : "", sch_inst_state_name((enum sch_inst_state)s),
                        by_state[s]);
     cm_jbuf_raw(&b, "},\"pools\":[", 11);
+    int first = 1;
     for (size_t i = 0; i < ctx->cfg->n_templates; i++) {
         const struct sch_pool *p = &ctx->pools[i];
-        cm_jbuf_raw(&b, i ? ",{\"template\":" : "{\"template\":", i ? 13 : 12);
+        if (!sch_template_started_here(p->tpl))
+            continue;
+        cm_jbuf_raw(&b, first ? "{\"template\":" : ",{\"template\":", first ? 12 : 13);
+        first = 0;
         cm_jbuf_cstr(&b, p->tpl->name);
         cm_jbuf_printf(&b, ",\"min\":%u,\"max\":%u,\"warm\":%" PRIu64 ",\"starting\":%u}",
                        p->tpl->pool_min, p->tpl->pool_max, p->warm, sch_pool_starting(ctx, p->tpl));

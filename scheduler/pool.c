@@ -145,6 +145,6 @@ void sch_pool_refill(struct sch_ctx *ctx, const struct cm_template *tpl)
     if (!ctx->recovered || ctx->stopping || !sch_redis_connected(ctx))
         return;
     for (size_t i = 0; i < ctx->cfg->n_templates; i++)
-        if (!tpl || ctx->pools[i].tpl == tpl)
+        if ((!tpl || ctx->pools[i].tpl == tpl) && sch_template_started_here(ctx->pools[i].tpl))
             refill_one(ctx, i);
 }

@@ -67,6 +67,8 @@ static void rebuild_pools(struct sch_ctx *ctx)
 {
     for (size_t t = 0; t < ctx->cfg->n_templates; t++) {
         const struct cm_template *tpl = &ctx->cfg->templates[t];
+        if (!sch_template_started_here(tpl))
+            continue;
         char key[256];
         sch_key(ctx, key, sizeof(key), "pool:%s:%s", ctx->sc->host_id, tpl->name);
         const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"}, *del[] = {"DEL", key};

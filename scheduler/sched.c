@@ -59,6 +59,11 @@ int sch_script(struct sch_ctx *ctx, enum cm_script s,
     return cm_redis_script(ctx->redis, s, cb, data, argc, argv, lens);
 }
 
+int sch_template_started_here(const struct cm_template *tpl)
+{
+    return strcmp(tpl->driver, "process") == 0;
+}
+
 int sch_redis_connected(const struct sch_ctx *ctx)
 {
     return ctx->redis && cm_redis_state(ctx->redis) == CM_REDIS_CONNECTED;
@@ -294,12 +299,12 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     ctx->base = base;
     ctx->cfg = cfg;
     ctx->sc = sc;
+    /* Templates of other drivers (static: existing upstreams the gateway registers itself)
+     * are not ours: no pools, no starts. */
     for (size_t i = 0; i < cfg->n_templates; i++)
-        if (strcmp(cfg->templates[i].driver, "process") != 0) {
-            snprintf(err, errlen, "template %s: driver %s is not available on this host",
-                     cfg->templates[i].name, cfg->templates[i].driver);
-            goto fail;
-        }
+        if (!sch_template_started_here(&cfg->templates[i]))
+            cm_log_info("main", "template not started by this scheduler template=%s driver=%s",
+                        cfg->templates[i].name, cfg->templates[i].driver);
     if (sch_pool_init(ctx) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;

@@ -75,6 +75,8 @@ const char *sch_key(const struct sch_ctx *ctx, char *buf, size_t len, const char
 /* XADD P events MAXLEN ~ 100000 * type <type> ts <now> <kv pairs...> (NULL-terminated). */
 void sch_event(struct sch_ctx *ctx, const char *type, ...);
 int sch_redis_connected(const struct sch_ctx *ctx);
+/* Does this scheduler start instances of <tpl>? (Not for driver "static".) */
+int sch_template_started_here(const struct cm_template *tpl);
 /* Sends the heartbeat now (also refreshes `free` after capacity changes). */
 void sch_heartbeat(struct sch_ctx *ctx);
 

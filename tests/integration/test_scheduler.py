@@ -308,6 +308,21 @@ def test_start_failures_are_reported_and_cleaned_up(make_stack):
     assert start_ok(s, session(202))["status"] == "new"
 
 
+def test_static_templates_are_not_started(make_stack):
+    static = {"name": "ext", "driver": "static", "upstreams": ["127.0.0.1:9"],
+              "sessions_per_instance": 4}
+    s = make_stack({"templates": [echo_template(pool={"min": 1, "max": 1}), static]},
+                   start_gateway=False, wait_pools=False)
+    s.wait_pool("echo", 1)
+    r = start(s, session(220), template="ext")
+    assert r.status == 400, r
+    assert "static" in r.json()["error"]["message"]
+    time.sleep(0.5)
+    assert s.redis.cmd("LLEN", s.key("pool:%s:ext" % s.host_id)) == 0
+    assert [p["template"] for p in status(s)["pools"]] == ["echo"]
+    assert all(i["template"] == "echo" for i in s.instances().values())
+
+
 def test_client_gone_mid_start_still_binds(make_stack):
     s = make_stack({"templates": [slow_template("slow", 1)]}, start_gateway=False)
     h = session(210)
