@@ -501,10 +501,11 @@ int main(int argc, char **argv)
     if (A.ready_fd >= 0)
         fcntl(A.ready_fd, F_SETFD, FD_CLOEXEC);
     int app_fd = listen_unix("app.sock", 0666);
+    int ports_fd = listen_unix("ports.sock", 0666);
     int ctl_fd = listen_unix("ctl.sock", 0600);
-    if (app_fd < 0 || ctl_fd < 0)
+    if (app_fd < 0 || ports_fd < 0 || ctl_fd < 0)
         return 127;
-    A.relay = agent_relay_create(A.epfd, app_fd, &A.relay_cfg);
+    A.relay = agent_relay_create(A.epfd, app_fd, ports_fd, &A.relay_cfg);
     if (!A.relay) {
         logf_("relay: out of memory");
         return 127;

@@ -12,7 +12,10 @@
 
 #include "scheduler/agent/loop.h"
 
+#define PREAMBLE_MAX 64
+
 enum conn_state {
+    CONN_PREAMBLE,   /* accepted on the ports socket: reading "BERTH-PORT <n>\r\n" */
     CONN_WAITING,    /* accepted; the app is not connected yet */
     CONN_CONNECTING, /* non-blocking connect to the app in progress */
     CONN_OPEN,
@@ -31,6 +34,7 @@ struct conn {
     struct agent_relay *r;
     struct conn *prev, *next;
     enum conn_state state;
+    uint16_t port; /* the port inside the sandbox this connection goes to */
     uint64_t hold_until;
     struct agent_watch cw, uw; /* client side, app side */
     struct dirbuf up;          /* client -> app */
@@ -40,12 +44,22 @@ struct conn {
 struct agent_relay {
     int epfd;
     struct agent_relay_config cfg;
-    struct agent_watch lw;
+    struct agent_watch lw; /* app socket */
+    struct agent_watch pw; /* ports socket (preview links), fd -1 when absent */
     int ready, holding, paused;
     unsigned n_conns, n_waiting;
     struct conn *conns;
     struct conn *dead;
 };
+
+static int set_listeners(struct agent_relay *r, uint32_t ev)
+{
+    if (agent_watch_set(r->epfd, &r->lw, ev) < 0)
+        return -1;
+    if (r->pw.fd >= 0 && agent_watch_set(r->epfd, &r->pw, ev) < 0)
+        return -1;
+    return 0;
+}
 
 static void conn_close(struct conn *c)
 {
@@ -67,8 +81,7 @@ static void conn_close(struct conn *c)
     c->next = r->dead;
     r->dead = c;
     r->n_conns--;
-    if (r->paused && r->n_conns < r->cfg.max_conns &&
-        agent_watch_set(r->epfd, &r->lw, EPOLLIN) == 0)
+    if (r->paused && r->n_conns < r->cfg.max_conns && set_listeners(r, EPOLLIN) == 0)
         r->paused = 0;
 }
 
@@ -161,9 +174,15 @@ static void on_side(struct conn *c, int fd_in, struct dirbuf *from, int fd_out, 
     settle(c);
 }
 
+static void read_preamble(struct conn *c);
+
 static void on_client(struct agent_watch *w, uint32_t ev)
 {
     struct conn *c = AGENT_CONTAINER_OF(w, struct conn, cw);
+    if (c->state == CONN_PREAMBLE) {
+        read_preamble(c);
+        return;
+    }
     if (c->state != CONN_OPEN)
         return;
     on_side(c, c->cw.fd, &c->up, c->uw.fd, &c->down, ev);
@@ -172,7 +191,8 @@ static void on_client(struct agent_watch *w, uint32_t ev)
 static void open_conn(struct conn *c)
 {
     size_t cap = c->r->cfg.buffer;
-    c->up.data = malloc(cap);
+    if (!c->up.data)
+        c->up.data = malloc(cap);
     c->down.data = malloc(cap);
     if (!c->up.data || !c->down.data) {
         conn_close(c);
@@ -189,7 +209,7 @@ static void on_upstream(struct agent_watch *w, uint32_t ev)
         int err = 0;
         socklen_t len = sizeof(err);
         if (getsockopt(c->uw.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
-            fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", c->r->cfg.port,
+            fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", c->port,
                     strerror(err ? err : errno));
             conn_close(c);
             return;
@@ -213,7 +233,7 @@ static void connect_app(struct conn *c)
         return;
     }
     agent_watch_init(&c->uw, fd, on_upstream);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(r->cfg.port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(c->port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
         open_conn(c);
@@ -221,7 +241,7 @@ static void connect_app(struct conn *c)
         if (agent_watch_set(r->epfd, &c->uw, EPOLLOUT) < 0)
             conn_close(c);
     } else {
-        fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", r->cfg.port,
+        fprintf(stderr, "berth-agent: connect to app port %u failed: %s\n", c->port,
                 strerror(errno));
         conn_close(c);
     }
@@ -249,10 +269,47 @@ uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms)
     return next;
 }
 
-static void on_listen(struct agent_watch *w, uint32_t ev)
+/* A connection on the ports socket names its port first; what follows the line is relayed. */
+static void read_preamble(struct conn *c)
 {
-    struct agent_relay *r = AGENT_CONTAINER_OF(w, struct agent_relay, lw);
-    (void)ev;
+    struct agent_relay *r = c->r;
+    if (fill(c->cw.fd, &c->up, PREAMBLE_MAX) < 0) {
+        conn_close(c);
+        return;
+    }
+    char *nl = memchr(c->up.data, '\n', c->up.len);
+    if (!nl) {
+        if (c->up.eof || c->up.len >= PREAMBLE_MAX)
+            conn_close(c);
+        return;
+    }
+    size_t line = (size_t)(nl - c->up.data) + 1;
+    char buf[PREAMBLE_MAX + 1];
+    memcpy(buf, c->up.data, line);
+    buf[line] = '\0';
+    unsigned port = 0;
+    char tail[4] = "";
+    if (sscanf(buf, "BERTH-PORT %5u%3[\r\n]", &port, tail) != 2 || port == 0 || port > 65535) {
+        fprintf(stderr, "berth-agent: bad port selection line on the ports socket\n");
+        conn_close(c);
+        return;
+    }
+    memmove(c->up.data, c->up.data + line, c->up.len - line);
+    c->up.len -= line;
+    c->port = (uint16_t)port;
+    c->state = CONN_WAITING;
+    r->n_waiting++;
+    c->hold_until = agent_now_ms() + r->cfg.hold_ms;
+    if (agent_watch_set(r->epfd, &c->cw, 0) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (may_go(r, c, agent_now_ms()))
+        connect_app(c);
+}
+
+static void accept_on(struct agent_relay *r, struct agent_watch *w, int preamble)
+{
     while (r->n_conns < r->cfg.max_conns) {
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -261,13 +318,16 @@ static void on_listen(struct agent_watch *w, uint32_t ev)
             return; /* EAGAIN, or EMFILE and the like: try again on the next event */
         }
         struct conn *c = calloc(1, sizeof(*c));
+        if (c && preamble && !(c->up.data = malloc(r->cfg.buffer))) {
+            free(c);
+            c = NULL;
+        }
         if (!c) {
             close(fd);
             continue;
         }
         c->r = r;
-        c->state = CONN_WAITING;
-        c->hold_until = agent_now_ms() + r->cfg.hold_ms;
+        c->port = r->cfg.port;
         agent_watch_init(&c->cw, fd, on_client);
         agent_watch_init(&c->uw, -1, on_upstream);
         c->next = r->conns;
@@ -275,28 +335,52 @@ static void on_listen(struct agent_watch *w, uint32_t ev)
             r->conns->prev = c;
         r->conns = c;
         r->n_conns++;
+        if (preamble) {
+            c->state = CONN_PREAMBLE;
+            if (agent_watch_set(r->epfd, &c->cw, EPOLLIN) < 0)
+                conn_close(c);
+            continue;
+        }
+        c->state = CONN_WAITING;
+        c->hold_until = agent_now_ms() + r->cfg.hold_ms;
         r->n_waiting++;
         if (may_go(r, c, agent_now_ms()))
             connect_app(c);
     }
-    if (agent_watch_set(r->epfd, &r->lw, 0) == 0)
+    if (set_listeners(r, 0) == 0)
         r->paused = 1;
 }
 
-struct agent_relay *agent_relay_create(int epfd, int listen_fd,
+static void on_listen(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, lw), w, 0);
+}
+
+static void on_listen_ports(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, pw), w, 1);
+}
+
+struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
                                        const struct agent_relay_config *cfg)
 {
     struct agent_relay *r = calloc(1, sizeof(*r));
     if (!r) {
         close(listen_fd);
+        if (ports_fd >= 0)
+            close(ports_fd);
         return NULL;
     }
     r->epfd = epfd;
     r->cfg = *cfg;
     r->holding = cfg->hold_ms > 0;
     agent_watch_init(&r->lw, listen_fd, on_listen);
-    if (agent_watch_set(epfd, &r->lw, EPOLLIN) < 0) {
+    agent_watch_init(&r->pw, ports_fd, on_listen_ports);
+    if (set_listeners(r, EPOLLIN) < 0) {
         agent_watch_close(epfd, &r->lw);
+        agent_watch_close(epfd, &r->pw);
         free(r);
         return NULL;
     }
@@ -322,6 +406,7 @@ void agent_relay_destroy(struct agent_relay *r)
         conn_close(r->conns);
     agent_relay_reap(r);
     agent_watch_close(r->epfd, &r->lw);
+    agent_watch_close(r->epfd, &r->pw);
     free(r);
 }
 

@@ -23,9 +23,11 @@ struct agent_relay_config {
     uint64_t hold_ms; /* how long a connection waits for BIND (0: no holding at all) */
 };
 
-/* Returns a relay accepting on <listen_fd> (takes ownership of the fd, also on failure), or
- * NULL. Starts holding when cfg->hold_ms > 0. */
-struct agent_relay *agent_relay_create(int epfd, int listen_fd,
+/* Returns a relay accepting on <listen_fd> (to cfg->port) and, when <ports_fd> >= 0, on a
+ * ports socket whose connections first send one line "BERTH-PORT <n>\r\n" naming the port
+ * inside the sandbox they go to (the gateway's preview links). Takes ownership of both fds,
+ * also on failure; NULL on failure. Starts holding when cfg->hold_ms > 0. */
+struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
                                        const struct agent_relay_config *cfg);
 void agent_relay_destroy(struct agent_relay *r);
 /* The app accepts connections now: waiting connections may go. */
