@@ -78,6 +78,12 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     struct gw_h1_header *x = &h->headers[h->n_headers - 1];
     if (!x->value)
         x->value = at;
+    else if (at != x->value + x->value_len) {
+        /* llhttp accepts obs-fold and reports the continuation as a second span: refuse it
+         * (RFC 9112 5.2) rather than let the slice cover the CRLF. */
+        h->err = GW_H1_BAD;
+        return -1;
+    }
     x->value_len += (uint32_t)len;
     h->in_value = 1;
     return 0;
@@ -112,6 +118,12 @@ static int on_header_value_complete(llhttp_t *p)
         x->value = x->name + x->name_len; /* empty value: a zero-length slice */
     const char *n = x->name;
     size_t nl = x->name_len;
+    /* llhttp accepts an empty name and white space before the colon for names it has no
+     * rule for; RFC 9112 5.1 requires a 400 for both. */
+    if (nl == 0 || n[nl - 1] == ' ' || n[nl - 1] == '\t') {
+        h->err = GW_H1_BAD;
+        return -1;
+    }
     switch (nl) {
     case 4:
         if (name_is(n, nl, "host", 4)) {
@@ -182,6 +194,12 @@ static int on_headers_complete(llhttp_t *p)
     h->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
     if (p->type == HTTP_REQUEST) {
         h->method_id = p->method;
+        /* RFC 9112 6.1: a request whose transfer coding does not end in chunked has no
+         * determinable length. llhttp says so only after this callback, which pauses. */
+        if ((p->flags & F_TRANSFER_ENCODING) && !(p->flags & F_CHUNKED)) {
+            h->err = GW_H1_BAD_FRAMING;
+            return -1;
+        }
     } else {
         h->status = p->status_code;
     }
