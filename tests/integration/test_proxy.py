@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 import zlib
 
 import pytest
@@ -17,6 +18,8 @@ import pytest
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
                       deep_merge, echo_template, free_port, write_config)
 
+
+RESPONSE_TIMEOUT = 1.0  # gateway.limits.response_timeout of this module's gateway
 
 # ------------------------------------------------------------------ a static upstream
 
@@ -58,6 +61,14 @@ class MiscHandler(http.server.BaseHTTPRequestHandler):
                 for part in (b"first;", b"second;", b"third"):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                 self.wfile.write(b"0\r\n\r\n")
+        elif what == "garbage":
+            self.wfile.write(b"HTTP/1.1 2000 Nonsense\r\nContent-Length: 0\r\n\r\n")
+            self.close_connection = True
+        elif what == "drop":
+            self.close_connection = True  # closes without a byte
+        elif what == "stall":
+            time.sleep(RESPONSE_TIMEOUT * 3)
+            self._send(200, [("Content-Length", "0")])
         elif what == "close":
             self._send(200, [("Connection", "close"), ("Content-Type", "text/plain")])
             if self.command != "HEAD":
@@ -88,7 +99,9 @@ def pstack(misc_server):
         # The gateway's config adds a "static" template (the Python server above) on /misc/.
         # berth-scheduler refuses to start with a static template in its config ("driver
         # static is not available on this host"), so it keeps the file without it.
-        cfg = deep_merge(s.cfg, {"gateway": {"routes": [
+        cfg = deep_merge(s.cfg, {"gateway": {
+            "limits": {"response_timeout": "%dms" % (RESPONSE_TIMEOUT * 1000 * SLOW)},
+            "routes": [
             {"name": "misc", "path_prefix": "/misc/", "template": "misc"},
             {"name": "echo", "path_prefix": "/", "template": "echo"}]}})
         cfg["templates"] = cfg["templates"] + [
@@ -444,3 +457,55 @@ def test_expect_100_continue(pstack):
     assert r.status == 200
     j = r.json()
     assert j["body_bytes"] == len(data) and j["body_crc32"] == zlib.crc32(data)
+
+
+def test_client_connection_close_is_honoured(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/bye", "conn-close", [("Connection", "close")]))
+    st, _, hdrs, body = c.response()
+    assert st == 200 and json.loads(body)["path"] == "/bye"
+    assert (hget(hdrs, "connection") or "").lower() == "close"
+    assert c.closed()
+    c.close()
+
+
+def test_many_pipelined_requests_in_one_write(pstack):
+    n = 60
+    c = Conn(pstack.ports["gateway"])
+    c.send(b"".join(req("GET" if i % 3 else "POST", "/burst/%d" % i, "burst-%d" % (i % 3),
+                        body=None if i % 3 else "b%d" % i) for i in range(n)))
+    for i in range(n):
+        st, _, hdrs, body = c.response()
+        assert st == 200, (i, body[:200])
+        j = json.loads(body)
+        assert j["path"] == "/burst/%d" % i, (i, j["path"])
+        assert hget(hdrs, "x-berth-session") == "burst-%d" % (i % 3)
+        if i % 3 == 0:
+            assert j["body"] == "b%d" % i
+    c.close()
+
+
+def test_invalid_upstream_response_is_502_bad_gateway(pstack):
+    r = curl(pstack.url("/misc/garbage"), headers={"x-fc-session-id": "misc-bad"})
+    assert r.status == 502, r
+    assert r.json()["error"]["code"] == "bad_gateway"
+    # the next request of the session is served again
+    r = curl(pstack.url("/misc/hop"), headers={"x-fc-session-id": "misc-bad"})
+    assert r.status == 200 and r.body == b"hop\n"
+
+
+def test_upstream_closing_without_answer_is_502(pstack):
+    r = curl(pstack.url("/misc/drop"), headers={"x-fc-session-id": "misc-drop"})
+    assert r.status == 502, r
+    assert r.json()["error"]["code"] == "instance_lost"
+    r = curl(pstack.url("/misc/hop"), headers={"x-fc-session-id": "misc-drop"})
+    assert r.status == 200
+
+
+def test_upstream_not_answering_in_time_is_504(pstack):
+    t0 = time.monotonic()
+    r = curl(pstack.url("/misc/stall"), headers={"x-fc-session-id": "misc-stall"}, timeout=20)
+    took = time.monotonic() - t0
+    assert r.status == 504, r
+    assert r.json()["error"]["code"] == "upstream_timeout"
+    assert RESPONSE_TIMEOUT * SLOW - 0.1 <= took <= RESPONSE_TIMEOUT * SLOW + 2, took
