@@ -120,6 +120,9 @@ struct gw_conn {
     unsigned body_alias : 1;
     unsigned rewrite : 1;
     unsigned rewrite_overflow : 1;
+    unsigned used_auto : 1;    /* this request is on the connection's own (no_key new) session */
+    unsigned auto_is_mcp : 1;  /* ...whose server minted an Mcp-Session-Id: see process_head */
+    unsigned released : 1;     /* MCP DELETE: the session was released before the answer */
     size_t reframe_len; /* body length of a rewritten response */
     uint16_t preview_port; /* preview host: the port inside the sandbox */
 };
@@ -412,6 +415,7 @@ static void process_head(struct gw_conn *c)
     c->kind = KEY_SID;
     c->had_mcp_id = c->is_delete = c->is_get = c->cdp_path = 0;
     c->alias_pending = c->alias_done = c->body_alias = 0;
+    c->used_auto = c->released = 0;
     c->held = 0;
     aux_reset(c);
     c->body_bytes = 0;
@@ -534,10 +538,16 @@ static void process_head(struct gw_conn *c)
             c->issue_cookie = c->route->cookie != NULL;
             break;
         case GW_NO_KEY_NEW:
-            if (!c->auto_key[0] && cm_random_id(c->auto_key) < 0) {
+            /* Once the connection's session became an MCP session (its server minted an
+             * Mcp-Session-Id), a keyless request is another client's initialize on a pooled
+             * connection: it gets a session of its own, so that one session's DELETE cannot
+             * end the other. */
+            if ((!c->auto_key[0] || c->auto_is_mcp) && cm_random_id(c->auto_key) < 0) {
                 send_error(c, GW_ERR_INTERNAL, 1);
                 return;
             }
+            c->auto_is_mcp = 0;
+            c->used_auto = 1;
             break;
         }
         key = c->auto_key;
@@ -720,7 +730,8 @@ static void instance_unreachable(struct gw_conn *c)
     }
     cm_log_warn("conn", "instance unreachable session=%s instance=%s addr=%s", c->hash_hex,
                 c->instance, c->addr);
-    send_error(c, GW_ERR_INSTANCE_LOST, 0);
+    /* An MCP client learns from 404 that its session ended and initializes again. */
+    send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 0);
 }
 
 /* Sends the request to c->addr. <parsed> is the head parsed in this same callback (its slices
@@ -930,6 +941,8 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
     bufferevent_enable(ub, EV_READ);
     if (!c->resp_head_done) {
         c->alias_done = 1;
+        if (c->used_auto)
+            c->auto_is_mcp = 1;
     } else {
         struct evbuffer *in = bufferevent_get_input(ub);
         if (c->dechunk)
@@ -967,6 +980,27 @@ static void store_alias(struct gw_conn *c, const char *source)
     cm_log_debug("conn", "alias source=%s session=%s", source, c->session_hex);
 }
 
+static void on_released(redisReply *reply, const char *err, void *data)
+{
+    struct conn_op *op = data;
+    struct gw_conn *c = op->c;
+    free(op);
+    if (!c)
+        return;
+    c->op = NULL;
+    c->alias_pending = 0;
+    if (err || !reply)
+        cm_log_warn("conn", "cannot release session session=%s err=%s", c->session_hex,
+                    err ? err : "no reply");
+    if (!c->up)
+        return;
+    bufferevent_enable(gw_upconn_bev(c->up), EV_READ);
+    relay_resp(c);
+}
+
+/* MCP DELETE answered 2xx: releases the session before the answer reaches the client (who
+ * may send its next request to another replica at once); upstream reading pauses meanwhile.
+ * The answer goes on even if Redis fails: the instance has ended the MCP session anyway. */
 static void release_session(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
@@ -975,10 +1009,20 @@ static void release_session(struct gw_conn *c)
     const char *prefix = w->gc->common->redis.prefix;
     const char *argv[] = {prefix, c->session_hex, c->route->tenant, "deleted", ms};
     size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, strlen(c->route->tenant), 7, strlen(ms)};
-    cm_redis_script(w->redis, CM_SCRIPT_RELEASE, NULL, NULL, 5, argv, lens);
+    c->released = 1;
     gw_cache_drop(w->cache, c->hash);
     gw_cache_drop(w->cache, c->session);
     cm_log_info("conn", "session released by MCP DELETE session=%s", c->session_hex);
+    struct conn_op *op = malloc(sizeof(*op));
+    if (!op || cm_redis_script(w->redis, CM_SCRIPT_RELEASE, on_released, op, 5, argv, lens) < 0) {
+        free(op);
+        cm_log_warn("conn", "cannot release session session=%s err=store", c->session_hex);
+        return;
+    }
+    op->c = c;
+    c->op = op;
+    c->alias_pending = 1;
+    bufferevent_disable(gw_upconn_bev(c->up), EV_READ);
 }
 
 /* ------------------------------------------------------------------ responses */
@@ -993,9 +1037,6 @@ static void finish_exchange(struct gw_conn *c)
     gw_upconn_release(c->up, reusable);
     c->up = NULL;
     end_stream(c);
-    if (c->kind == KEY_MCP && c->is_delete && c->status >= 200 && c->status < 300 &&
-        c->route->mcp_delete_releases)
-        release_session(c);
     aux_reset(c);
     if (c->close_after || !c->req_keepalive || w->stopping) {
         begin_close(c);
@@ -1186,6 +1227,12 @@ static int parse_resp_head(struct gw_conn *c)
             store_alias(c, CM_KEY_SRC_MCP);
             return -1;
         }
+    }
+    if (c->kind == KEY_MCP && c->is_delete && h.status >= 200 && h.status < 300 &&
+        c->route->mcp_delete_releases && !c->released) {
+        release_session(c);
+        if (c->alias_pending)
+            return -1; /* on_released() parses this head again */
     }
     c->resp_head_done = 1;
     c->status = h.status;
@@ -1400,7 +1447,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         cm_log_warn("conn", "instance closed before answering session=%s instance=%s",
                     c->hash_hex, c->instance);
         gw_cache_drop(w->cache, c->hash);
-        send_error(c, GW_ERR_INSTANCE_LOST, 1);
+        send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 1);
         return;
     }
     relay_resp(c); /* whatever arrived with the close */
