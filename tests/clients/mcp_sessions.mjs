@@ -3,7 +3,7 @@
 //
 //   node mcp_sessions.mjs --transport streamable|sse --url http://127.0.0.1:P1[,http://...:P2]
 //        [--sessions 20] [--path /mcp] [--timeout-ms 90000] [--no-delete] [--shared-pool]
-//        [--header name:value]...
+//        [--header name:value]... [--stagger-ms MS] [--logging-wait-ms MS]
 //
 // Every HTTP request a session makes goes through a recording fetch: it switches to the next
 // replica of --url on every request (round robin, starting at the session's index), and
@@ -18,7 +18,8 @@
 //   404 so the client knows to initialize again).
 // Each session uses its own connection pool (an undici Agent), as separate clients would;
 // --shared-pool makes all sessions share one pool instead (one agent process multiplexing
-// sessions over keep-alive connections).
+// sessions over keep-alive connections, as Node's global fetch does). --stagger-ms starts
+// session i after i*MS milliseconds.
 //
 // Output (stdout, one JSON object): {"ok": bool, "sessions": [{index, ok, error, mcpSessionId,
 // requests: [{method, replica, status, instance, contentType}], instances: [...distinct],
@@ -34,7 +35,7 @@ import { Agent, fetch as undiciFetch } from 'undici';
 
 function parseArgs(argv) {
     const o = { transport: 'streamable', urls: [], sessions: 20, path: null, timeoutMs: 90000,
-                del: true, sharedPool: false, headers: {}, loggingWaitMs: 15000 };
+                del: true, sharedPool: false, headers: {}, loggingWaitMs: 15000, staggerMs: 0 };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i], v = argv[i + 1];
         const need = () => { if (v === undefined) usage(`${a} needs a value`); i++; return v; };
@@ -44,6 +45,7 @@ function parseArgs(argv) {
         else if (a === '--path') o.path = need();
         else if (a === '--timeout-ms') o.timeoutMs = parseInt(need(), 10);
         else if (a === '--logging-wait-ms') o.loggingWaitMs = parseInt(need(), 10);
+        else if (a === '--stagger-ms') o.staggerMs = parseInt(need(), 10);
         else if (a === '--no-delete') o.del = false;
         else if (a === '--shared-pool') o.sharedPool = true;
         else if (a === '--header') {
@@ -115,6 +117,8 @@ async function runSession(index) {
     const sess = { index, ok: false, error: null, requests: [], progress: [], logging: null,
                    afterDelete: null, mcpSessionId: null };
     results[index] = sess;
+    if (opts.staggerMs)
+        await new Promise(r => setTimeout(r, index * opts.staggerMs));
     const started = Date.now();
     const agent = sharedAgent ?? new Agent({ keepAliveTimeout: 30000 });
     const fetchImpl = recordingFetch(sess, agent);

@@ -227,6 +227,9 @@ def test_streamable_http_switching_replicas(mcp_stack):
         seq = [r["replica"] for r in sess["requests"]]
         assert all(a != b for a, b in zip(seq, seq[1:])), seq
     assert len({sess["envInstance"] for sess in doc["sessions"]}) == N_SESSIONS, info
+    # the tests after this one start single sessions: let the pool refill first, so that
+    # they do not wait for on-demand starts on a machine busy starting 20 node processes
+    s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)
 
 
 # ------------------------------------------------------------------ legacy HTTP+SSE
@@ -270,20 +273,22 @@ def rpc(method, id_=2, params=None):
     return json.dumps(m)
 
 
-def mcp_post(url, body, sid=None, host=None, method=None):
+def mcp_post(url, body, sid=None, host=None, method=None, timeout=10):
     h = dict(MCP_HEADERS)
     if sid is not None:
         h["Mcp-Session-Id"] = sid
         h["MCP-Protocol-Version"] = "2025-06-18"
     if host:
         h["Host"] = host
-    return curl(url, method=method, headers=h, data=body)
+    return curl(url, method=method, headers=h, data=body, timeout=timeout)
 
 
 def mcp_init(url, host=None):
-    """initialize + notifications/initialized with curl; returns (Mcp-Session-Id, instance)."""
-    r = mcp_post(url, INIT, host=host)
-    assert r.status == 200, (r, r.raw_headers)
+    """initialize + notifications/initialized with curl; returns (Mcp-Session-Id, instance).
+    Generous time: when the warm pool is empty (refilling after the load tests) the instance
+    is started on demand."""
+    r = mcp_post(url, INIT, host=host, timeout=40)
+    assert r.status == 200, (r, r.error, r.raw_headers)
     sid = r.header("mcp-session-id")
     assert sid and r.header("x-berth-instance"), r.raw_headers
     assert "serverInfo" in r.text  # the initialize result (JSON or one SSE event)
@@ -543,3 +548,43 @@ def test_legacy_sse_upstream_closes_mid_event(mcp_stack, framing):
              headers={"Content-Type": "application/json"})
     assert_json_error(r, 404, "session_not_found")
     assert curl(s.url("/bad/stats")).status == 200
+
+
+def test_mcp_sessions_sharing_one_connection_stay_independent(mcp_stack):
+    """One client process, two MCP sessions, one keep-alive connection (what Node's global
+    fetch pool or any pooled HTTP client does): DELETE of one session must not end the other.
+    A keyless POST on a connection whose session already became an MCP session is a new
+    initialize, so it gets a session of its own."""
+    import http.client
+    s = mcp_stack
+    conn = http.client.HTTPConnection("127.0.0.1", s.ports["gateway"], timeout=10 * SLOW)
+
+    def post(body, sid=None, method="POST"):
+        h = dict(MCP_HEADERS)
+        if sid:
+            h["Mcp-Session-Id"] = sid
+            h["MCP-Protocol-Version"] = "2025-06-18"
+        conn.request(method, "/mcp", body=body, headers=h)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, r.getheader("mcp-session-id"), r.getheader("x-berth-instance"), data
+
+    try:
+        st, sid_a, inst_a, _ = post(INIT)
+        assert st == 200 and sid_a
+        sock = conn.sock
+        assert post(rpc("notifications/initialized", None), sid_a)[0] == 202
+        st, sid_b, inst_b, _ = post(INIT)
+        assert st == 200 and sid_b and sid_b != sid_a
+        assert conn.sock is sock  # really one connection
+        assert post(rpc("notifications/initialized", None), sid_b)[0] == 202
+        assert inst_a != inst_b, "two MCP sessions of one connection share instance %s" % inst_a
+        st, _, inst, _ = post(None, sid_a, method="DELETE")
+        assert st == 200 and inst == inst_a
+        st, _, inst, data = post(rpc("tools/list"), sid_b)
+        assert st == 200 and inst == inst_b and b"get-sum" in data, (st, data[:300])
+        st, _, _, data = post(rpc("tools/list"), sid_a)
+        assert st == 404 and json.loads(data)["error"]["code"] == "session_not_found"
+        assert post(None, sid_b, method="DELETE")[0] == 200
+    finally:
+        conn.close()
