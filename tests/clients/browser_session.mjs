@@ -61,7 +61,7 @@ let browser;
 try {
     browser = await chromium.launch({
         executablePath: o.chromium, headless: true, timeout: 30000,
-        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
+        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking',
                '--disable-component-update', '--disable-sync', '--no-first-run'],
     });
     out.browserVersion = browser.version();

@@ -65,6 +65,35 @@ def _skip(reason):
 _node = None
 
 
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_matches_package():
+    """package-lock.json exists and records exactly package.json's dependencies."""
+    pkg, lock = _read_json(CLIENTS / "package.json"), _read_json(CLIENTS / "package-lock.json")
+    if not pkg or not lock:
+        return False
+    root = lock.get("packages", {}).get("", {})
+    return root.get("dependencies", {}) == pkg.get("dependencies", {})
+
+
+def _installed_matches_lock():
+    """node_modules holds every package of the lock at its locked version (npm's hidden
+    lockfile node_modules/.package-lock.json records what was installed)."""
+    lock = _read_json(CLIENTS / "package-lock.json")
+    have = _read_json(NODE_MODULES / ".package-lock.json")
+    if not lock or not have or not _lock_matches_package():
+        return False
+    want = {k: v.get("version") for k, v in lock.get("packages", {}).items() if k}
+    got = {k: v.get("version") for k, v in have.get("packages", {}).items() if k}
+    return all(got.get(k) == v for k, v in want.items() if not
+               lock["packages"][k].get("optional"))
+
+
 def ensure_clients():
     """node + npm present and tests/clients/node_modules matching the lock. Returns node's
     path, or skips the test with the reason."""
@@ -79,17 +108,13 @@ def ensure_clients():
         if why or not shutil.which("node") or not shutil.which("npm"):
             _skip("node/npm unavailable: %s" % (why or "not on PATH after apt-get install"))
     node = shutil.which("node")
-    lock = CLIENTS / "package-lock.json"
-    stamp = NODE_MODULES / ".package-lock.json"  # npm writes it after every install
     with open(CLIENTS / ".install.lock", "w") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)  # two test runs must not install at once
-        fresh = stamp.exists() and lock.exists() and \
-            stamp.stat().st_mtime >= lock.stat().st_mtime and \
-            stamp.stat().st_mtime >= (CLIENTS / "package.json").stat().st_mtime
-        if not fresh:
-            lock_current = lock.exists() and \
-                lock.stat().st_mtime >= (CLIENTS / "package.json").stat().st_mtime
-            argv = ["npm", "ci" if lock_current else "install", "--no-audit", "--no-fund"]
+        if not _installed_matches_lock():
+            # npm ci installs exactly the committed lock; npm install only when package.json
+            # names dependencies the lock does not have yet (then the lock is rewritten).
+            argv = ["npm", "ci" if _lock_matches_package() else "install",
+                    "--no-audit", "--no-fund"]
             env = dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1")  # never a browser
             try:
                 p = subprocess.run(argv, cwd=str(CLIENTS), env=env, stdout=subprocess.PIPE,
@@ -99,6 +124,9 @@ def ensure_clients():
             if p.returncode != 0:
                 _skip("%s in tests/clients failed (no registry?):\n%s" % (
                     " ".join(argv), p.stdout.decode(errors="replace")[-1500:]))
+            if not _installed_matches_lock():
+                pytest.fail("tests/clients/node_modules does not match package-lock.json "
+                            "after %s" % " ".join(argv))
     if not EVERYTHING.is_file():
         pytest.fail("%s missing after npm install" % EVERYTHING)
     _node = node
@@ -187,7 +215,7 @@ def ws_template(name="ws", **over):
 def browser_template(name="browser", port=9222, **over):
     """Headless Chromium with its DevTools endpoint on 127.0.0.1:<port> inside the sandbox.
     Root is tmpfs (workspace_size): the profile, /tmp and /dev/shm all live in it."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--remote-debugging-port=%d" % port, "--remote-debugging-address=127.0.0.1",
            "--user-data-dir=/workspace/chromium-profile", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
