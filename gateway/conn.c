@@ -632,7 +632,10 @@ static void start_claim(struct gw_conn *c)
         .key = c->key,
         .key_len = c->key_len,
         .tpl = c->route->tpl,
-        .mode = c->kind == KEY_SID ? GW_CLAIM_MODE_CLAIM : GW_CLAIM_MODE_ALIAS,
+        /* a preview link only reaches a session that exists: it never creates one */
+        .mode = c->kind != KEY_SID ? GW_CLAIM_MODE_ALIAS
+                : c->preview_port  ? GW_CLAIM_MODE_LOOKUP
+                                   : GW_CLAIM_MODE_CLAIM,
     };
     c->state = CS_ROUTING;
     bufferevent_disable(c->bev, EV_READ);
@@ -743,8 +746,16 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     const struct gw_limits *lim = &w->gc->limits;
     int reused = 0, err = 0;
     if (c->preview_port) {
+        /* The agent's ports socket sits next to its app socket; the pool key carries the
+         * port, and a new connection starts with the agent's port selection line. */
         char addr[GW_ADDR_MAX + 8];
-        snprintf(addr, sizeof(addr), "%s@%u", c->addr, c->preview_port);
+        size_t al = strlen(c->addr);
+        if (al > 9 && strncmp(c->addr, "unix:", 5) == 0 &&
+            strcmp(c->addr + al - 9, "/app.sock") == 0)
+            snprintf(addr, sizeof(addr), "%.*s/ports.sock@%u", (int)(al - 9), c->addr,
+                     c->preview_port);
+        else
+            snprintf(addr, sizeof(addr), "%s@%u", c->addr, c->preview_port);
         c->up = gw_upstream_get(w->ups, addr, &reused, &err);
     } else {
         c->up = gw_upstream_get(w->ups, c->addr, &reused, &err);
@@ -1442,6 +1453,12 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         struct evbuffer *in = bufferevent_get_input(gw_upconn_bev(c->up));
         if (c->up_reused && !c->retried && c->head_pending && evbuffer_get_length(in) == 0) {
             retry_fresh(c); /* the pooled connection had gone stale */
+            return;
+        }
+        if (c->preview_port) { /* the instance is fine; nothing answers on that port */
+            cm_log_info("conn", "preview port closed session=%s instance=%s port=%u",
+                        c->session_hex, c->instance, c->preview_port);
+            send_error(c, GW_ERR_BAD_GATEWAY, 1);
             return;
         }
         cm_log_warn("conn", "instance closed before answering session=%s instance=%s",
