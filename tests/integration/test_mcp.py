@@ -21,8 +21,9 @@ from templates import (CLIENTS, ensure_clients, mcp_template, run_node, sandbox_
                        _sandbox_template, SYS_PYTHON)
 
 N_SESSIONS = 20        # concurrent Streamable HTTP sessions
-N_SSE_SESSIONS = 10    # concurrent legacy SSE sessions
+N_SSE_SESSIONS = 20    # concurrent legacy SSE sessions
 OTHER_HOST = "other.test"  # routes of tenant "other" match this Host
+KEEP_HOST = "keep.test"    # an MCP route with mcp_delete: keep
 SNIFF = 1024           # gateway.limits.sse_sniff_bytes in this stack
 
 SSE_APP = CLIENTS / "sse_app.py"
@@ -41,7 +42,7 @@ def stack_overrides():
             mcp_template("mcp-sse", "sse", pool={"min": N_SSE_SESSIONS, "max": N_SSE_SESSIONS + 4}),
             sse_app_template(),
         ],
-        "scheduler": {"ro_binds": sandbox_ro_binds(), "capacity": 64},
+        "scheduler": {"ro_binds": sandbox_ro_binds(), "capacity": 80},
         "gateway": {
             "limits": {"sse_sniff_bytes": SNIFF, "start_timeout": "%ds" % (30 * SLOW)},
             "routes": [
@@ -50,6 +51,8 @@ def stack_overrides():
                  "tenant": "other", "template": "mcp"},
                 {"name": "other-bad", "host": OTHER_HOST, "path_prefix": "/bad/",
                  "tenant": "other", "template": "badsse"},
+                {"name": "keep-mcp", "host": KEEP_HOST, "path_prefix": "/mcp",
+                 "template": "mcp", "mcp_delete": "keep"},
                 {"name": "mcp", "path_prefix": "/mcp", "template": "mcp"},
                 # server-everything's legacy transport: GET /sse, POST /message?sessionId=
                 {"name": "legacy-sse", "path_prefix": "/sse", "template": "mcp-sse"},
@@ -588,3 +591,38 @@ def test_mcp_sessions_sharing_one_connection_stay_independent(mcp_stack):
         assert post(None, sid_b, method="DELETE")[0] == 200
     finally:
         conn.close()
+
+
+def test_mcp_delete_keep_leaves_the_session(mcp_stack):
+    """Route option mcp_delete: keep: a DELETE routed by its Mcp-Session-Id reaches the
+    instance, but the session (its alias and its instance) stays bound."""
+    s = mcp_stack
+    url = s.url("/mcp")
+    sid, inst = mcp_init(url, host=KEEP_HOST)
+    n = session_count(s)
+    r = curl(url, method="DELETE", headers={"Host": KEEP_HOST, "Mcp-Session-Id": sid})
+    assert r.status == 200 and r.header("x-berth-instance") == inst, r
+    time.sleep(0.5)
+    assert session_count(s) == n
+    assert s.instances()[inst]["state"] == "bound"
+    # the id still routes to the instance, which itself no longer knows it
+    r = tools_list(url, sid, host=KEEP_HOST)
+    assert r.header("x-berth-instance") == inst and r.status in (400, 404), r
+
+
+def test_delete_with_a_platform_key_does_not_release(mcp_stack):
+    """With x-fc-session-id the platform session is the client's (it may hold several MCP
+    sessions): an MCP DELETE ends the MCP session in the app, not the platform session."""
+    s = mcp_stack
+    url = s.url("/mcp")
+    h = {"x-fc-session-id": "pk-%s" % os.urandom(4).hex()}
+    r = curl(url, method="POST", headers=dict(MCP_HEADERS, **h), data=INIT, timeout=40)
+    assert r.status == 200, (r, r.error)
+    sid, inst = r.header("mcp-session-id"), r.header("x-berth-instance")
+    r = curl(url, method="DELETE", headers=dict(h, **{"Mcp-Session-Id": sid}))
+    assert r.status == 200 and r.header("x-berth-instance") == inst, r
+    time.sleep(0.5)
+    assert s.instances()[inst]["state"] == "bound"
+    r = curl(url, method="POST", headers=dict(MCP_HEADERS, **h), data=INIT)
+    assert r.status == 200 and r.header("x-berth-instance") == inst, r
+    assert r.header("mcp-session-id") not in (None, sid)
