@@ -1099,7 +1099,10 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         add_run(out, run, head_end - 2);
     if (c->rewrite)
         evbuffer_add_printf(out, "content-length: %zu\r\n", c->reframe_len);
-    if (w->gc->expose_headers && h->status >= 200) {
+    /* 101 too: a WebSocket opened with no_key: issue must learn its cookie (browsers store
+     * cookies of the handshake answer), or every connection makes a session nobody can
+     * reach again. */
+    if (w->gc->expose_headers && (h->status >= 200 || switching)) {
         evbuffer_add(out, "x-berth-instance: ", 18);
         evbuffer_add(out, c->instance, strlen(c->instance));
         evbuffer_add(out, "\r\n", 2);
@@ -1109,7 +1112,7 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
             evbuffer_add(out, "\r\n", 2);
         }
     }
-    if (c->issue_cookie && h->status >= 200) {
+    if (c->issue_cookie && (h->status >= 200 || switching)) {
         evbuffer_add_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
                             c->route->cookie, c->key);
     }

@@ -14,6 +14,8 @@
 //   ws:     in the first context, <ws>page (served by the ws app, which issues its own cookie),
 //           then inside the page: a WebSocket to <ws>echo, echo + whoami, a client close
 //           (code 1000), a second WebSocket the app closes with 4001.
+//   wsFirst: a fresh profile on an echo page opens two WebSockets to <ws>echo one after the
+//           other (no page of the ws route loaded first): both must reach one instance.
 
 import { chromium } from 'playwright-core';
 
@@ -160,6 +162,24 @@ try {
         return r;
     }, o.ws + 'echo');
     out.ws.stats = await (await page.request.get(at(o.ws + 'stats'))).json();
+
+    // A WebSocket opened before any page of its route was loaded: the cookie comes with the
+    // 101 answer, so the next WebSocket of this profile reaches the same instance.
+    const ctx3 = await browser.newContext();
+    const p3 = await ctx3.newPage();
+    await p3.goto(at(o.echo + 'wsfirst'));
+    out.wsFirst = await p3.evaluate(async wsPath => {
+        const whoami = () => new Promise((res, rej) => {
+            const ws = new WebSocket(`ws://${location.host}${wsPath}`);
+            ws.onopen = () => ws.send('whoami');
+            ws.onmessage = e => { ws.close(1000); res(e.data); };
+            ws.onerror = () => rej(new Error('websocket error'));
+            setTimeout(() => rej(new Error('websocket timeout')), 10000);
+        });
+        return [await whoami(), await whoami()];
+    }, o.ws + 'echo');
+    out.wsFirstCookies = (await ctx3.cookies()).map(c => c.name).sort();
+    await ctx3.close();
     out.ok = true;
 } catch (e) {
     out.error = String(e?.stack ?? e).slice(0, 2000);

@@ -150,6 +150,12 @@ def test_browser_cookie_session_and_websocket(browser_stack):
     assert p["serverClose"]["code"] == 4001, info
     assert ws["stats"]["instance"] == page_inst, info
 
+    # a WebSocket opened first (no page of its route loaded): the 101 answer issued the
+    # cookie, so the profile's next WebSocket reached the same instance
+    a, b = doc["wsFirst"]
+    assert a == b and a.startswith("t"), doc["wsFirst"]
+    assert doc["wsFirstCookies"] == ["berth_session", "berth_ws"], doc["wsFirstCookies"]
+
     # what the app saw of those two connections (same cookie: same instance)
     def stats():
         r = curl(s.url("/ws/stats"), headers={"Cookie": "berth_ws=%s" % wsid})
@@ -188,6 +194,29 @@ async def _ws_connect(s, ck):
 
 def run(coro, timeout=60):
     return asyncio.run(asyncio.wait_for(coro, timeout * SLOW))
+
+
+def test_websocket_handshake_issues_the_cookie(browser_stack):
+    """no_key: issue on a WebSocket route: the 101 answer carries Set-Cookie (and
+    x-berth-instance), and a reconnect with that cookie reaches the same instance."""
+    s = browser_stack
+
+    async def go():
+        import websockets
+        ws = await websockets.connect(ws_url(s), ping_interval=None, open_timeout=10 * SLOW)
+        h = ws.response_headers
+        await ws.send("whoami")
+        inst = await ws.recv()
+        await ws.close()
+        ck = h.get("set-cookie", "")
+        ws2 = await _ws_connect(s, ck.split(";")[0])
+        await ws2.send("whoami")
+        inst2 = await ws2.recv()
+        await ws2.close()
+        return ck, h.get("x-berth-instance"), inst, inst2
+    ck, hdr_inst, inst, inst2 = run(go())
+    assert re.match(r"^berth_ws=[0-9a-f]{32}; Path=/; HttpOnly; SameSite=Lax$", ck), ck
+    assert hdr_inst == inst == inst2, (hdr_inst, inst, inst2)
 
 
 def test_websocket_client_close_reaches_the_app(browser_stack):
