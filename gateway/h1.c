@@ -118,9 +118,9 @@ static int on_header_value_complete(llhttp_t *p)
         x->value = x->name + x->name_len; /* empty value: a zero-length slice */
     const char *n = x->name;
     size_t nl = x->name_len;
-    /* llhttp accepts an empty name and white space before the colon for names it has no
-     * rule for; RFC 9112 5.1 requires a 400 for both. */
-    if (nl == 0 || n[nl - 1] == ' ' || n[nl - 1] == '\t') {
+    /* llhttp accepts an empty name and spaces in and after names it has no rule for; a name
+     * is a token and RFC 9112 5.1 requires a 400 for white space before the colon. */
+    if (nl == 0 || memchr(n, ' ', nl) || n[nl - 1] == '\t') {
         h->err = GW_H1_BAD;
         return -1;
     }
@@ -173,6 +173,18 @@ static int on_header_value_complete(llhttp_t *p)
         if (name_is(n, nl, "x-forwarded-for", 15))
             h->xff = idx;
         break;
+    case 17:
+        if (p->type == HTTP_REQUEST && name_is(n, nl, "transfer-encoding", 17)) {
+            /* an empty one sets no llhttp flag but is no framing an instance agrees on */
+            const char *v = x->value;
+            size_t vn = x->value_len;
+            gw_h1_trim(&v, &vn);
+            if (vn == 0) {
+                h->err = GW_H1_BAD_FRAMING;
+                return -1;
+            }
+        }
+        break;
     case 16:
         if (name_is(n, nl, "proxy-connection", 16))
             add_conn_tokens(h, x->value, x->value_len);
@@ -202,6 +214,10 @@ static int on_headers_complete(llhttp_t *p)
         }
     } else {
         h->status = p->status_code;
+        if (h->status < 100) { /* llhttp takes any three digits; 0xx is no HTTP status */
+            h->err = GW_H1_BAD;
+            return -1;
+        }
     }
     /* Stop right after the head so the caller decides what to do with the body. */
     return HPE_PAUSED;
