@@ -260,9 +260,13 @@ static size_t one_message(const char *p, size_t n, int response, int head_reques
         q += piece;
     }
     if (!b.complete) {
+        /* conn.c ends a close-delimited body with llhttp_finish() at the instance's EOF. With
+         * no body byte executed since the pause after the head, llhttp still thinks it is in
+         * the head and answers HPE_INVALID_EOF_STATE (conn.c ignores the result). */
         if (response && llhttp_message_needs_eof(&parser)) {
             llhttp_errno_t e = llhttp_finish(&parser);
-            if (e != HPE_OK && e != HPE_PAUSED)
+            if (e != HPE_OK && e != HPE_PAUSED &&
+                !(e == HPE_INVALID_EOF_STATE && q == p + head_len))
                 FAIL("finish of a close-delimited body: %s", llhttp_errno_name(e));
         }
         return 0;

@@ -386,6 +386,15 @@ TEST(white_space_between_name_and_colon_is_bad)
     CHECK_MSG(rc == GW_H1_BAD, "\"X-Fc-Session-Id : abc\": rc %d, expected GW_H1_BAD", rc);
 }
 
+TEST(space_inside_a_header_name_is_bad)
+{
+    /* field-name = token: llhttp 8 accepts "Content Type" as a name */
+    int rc = req("GET / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\n\r\n");
+    CHECK_MSG(rc == GW_H1_BAD, "\"Transfer Encoding\": rc %d, expected GW_H1_BAD", rc);
+    rc = resp("HTTP/1.1 200 OK\r\nContent Type: x\r\nContent-Length: 0\r\n\r\n", 0);
+    CHECK_MSG(rc == GW_H1_BAD, "response \"Content Type\": rc %d, expected GW_H1_BAD", rc);
+}
+
 TEST(obs_fold_is_refused_or_unfolded)
 {
     /* RFC 9112 5.2: a server receiving obs-fold in a request must reject it (400) or replace
@@ -472,6 +481,8 @@ TEST(request_transfer_coding_not_ending_in_chunked_is_bad_framing)
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
         "Transfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  \r\nContent-Length: 3\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = req(bad[i]);
@@ -584,6 +595,9 @@ TEST(http10_response)
 TEST(bad_responses)
 {
     CHECK_RC(resp("HTTP/1.1 2000 OK\r\n\r\n", 0), GW_H1_BAD);
+    /* llhttp takes any three digits: 0xx is no status (and must not pass as interim) */
+    CHECK_RC(resp("HTTP/1.1 000 OK\r\nContent-Length: 2\r\n\r\n", 0), GW_H1_BAD);
+    CHECK_RC(resp("HTTP/1.1 099 Early\r\n\r\n", 0), GW_H1_BAD);
     CHECK_RC(resp("HTTP/1.1 OK\r\n\r\n", 0), GW_H1_BAD);
     CHECK_RC(resp("SSH-2.0-OpenSSH_9.2\r\n\r\n", 0), GW_H1_BAD);
     CHECK_RC(resp("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 0),
