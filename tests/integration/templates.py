@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -152,20 +153,26 @@ def ensure_websockets():
 
 
 def run_node(script, args, timeout, env=None):
-    """Runs node tests/clients/<script> <args>; returns the JSON object it printed last on
-    stdout. Fails the test (with stderr) if it printed none or ran over <timeout> seconds."""
+    """Runs node tests/clients/<script> <args> in its own process group (a browser it starts
+    goes with it); returns the JSON object it printed last on stdout. Fails the test (with
+    stderr) if it printed none or ran over <timeout> seconds."""
     node = ensure_clients()
     argv = [node, str(CLIENTS / script)] + [str(a) for a in args]
     e = dict(os.environ)
     e.update(env or {})
+    p = subprocess.Popen(argv, cwd=str(CLIENTS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=e, start_new_session=True)
     try:
-        p = subprocess.run(argv, cwd=str(CLIENTS), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=timeout * SLOW, env=e)
-    except subprocess.TimeoutExpired as ex:
+        out, err = p.communicate(timeout=timeout * SLOW)
+    except subprocess.TimeoutExpired:
+        _killpg(p)
+        out, err = p.communicate()
         pytest.fail("%s ran over %ds\nstdout: %s\nstderr: %s" % (
-            script, timeout * SLOW, (ex.stdout or b"")[-2000:], (ex.stderr or b"")[-2000:]))
-    out = p.stdout.decode(errors="replace").strip().splitlines()
-    err = p.stderr.decode(errors="replace")
+            script, timeout * SLOW, out[-2000:], err[-2000:]))
+    finally:
+        _killpg(p)  # leftovers (a browser whose node died)
+    out = out.decode(errors="replace").strip().splitlines()
+    err = err.decode(errors="replace")
     for line in reversed(out):
         if line.startswith("{"):
             doc = json.loads(line)
@@ -174,6 +181,13 @@ def run_node(script, args, timeout, env=None):
             return doc
     pytest.fail("%s printed no JSON (rc %d)\nstdout: %s\nstderr: %s" % (
         script, p.returncode, "\n".join(out)[-2000:], err[-4000:]))
+
+
+def _killpg(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # ------------------------------------------------------------------ templates
