@@ -44,9 +44,8 @@ def _apt_install(*pkgs):
         return "not root: cannot apt-get install %s" % " ".join(pkgs)
     if not shutil.which("apt-get"):
         return "no apt-get to install %s" % " ".join(pkgs)
-    for argv in (["apt-get", "install", "-y", "-q", *pkgs],
-                 ["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", *pkgs]):
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *pkgs]
+    for argv in (install, ["apt-get", "update", "-q"], install):
         try:
             p = subprocess.run(argv, env=_APT_ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, timeout=900)
