@@ -23,7 +23,8 @@
 //
 // Output (stdout, one JSON object): {"ok": bool, "sessions": [{index, ok, error, mcpSessionId,
 // requests: [{method, replica, status, instance, contentType}], instances: [...distinct],
-// envInstance, tools, echo, sum, progress: [...], logging: {level, data}|null,
+// envInstance, tools, echo, sum, progress: [...], progressAt: [ms after the call started],
+// longMs (when its result came), logging: {level, data}|null,
 // afterDelete: {status, body}|null, ms}], "elapsedMs"}. Exit status 0 when the script ran
 // (even if sessions failed: the test judges), 2 on bad arguments, 3 on the global timeout.
 
@@ -155,9 +156,13 @@ async function runSession(index) {
         } catch {
             sess.envInstance = `unparsable: ${env.slice(0, 100)}`;
         }
+        const longStart = Date.now();
+        sess.progressAt = [];
         const long = await step(client.callTool({ name: 'trigger-long-running-operation',
             arguments: { duration: 1.5, steps: 3 } }, undefined,
-            { onprogress: p => sess.progress.push(p.progress) }), 'long-running');
+            { onprogress: p => { sess.progress.push(p.progress);
+                                 sess.progressAt.push(Date.now() - longStart); } }), 'long-running');
+        sess.longMs = Date.now() - longStart;
         sess.longResult = textOf(long);
         await step(client.callTool({ name: 'toggle-simulated-logging', arguments: {} }), 'logging on');
         try {

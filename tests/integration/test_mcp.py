@@ -140,6 +140,9 @@ def check_session(s, transport, replicas):
     # Streamable HTTP; on the GET stream with legacy SSE), in order
     assert s["progress"] and s["progress"] == sorted(set(s["progress"])), s["progress"]
     assert set(s["progress"]) <= {1, 2, 3}
+    # ...as they happened (the tool sends one every 0.5 s, its result after 1.5 s): nothing on
+    # the way (gateway, sandbox relay) held the stream back
+    assert s["progressAt"][0] < s["longMs"] - 400, (s["progressAt"], s["longMs"])
     # a server-initiated logging message (no request): only the standalone SSE stream can
     # carry it; it names the MCP session it was sent for
     assert s["logging"], "no logging notification arrived"
