@@ -136,7 +136,8 @@ static void check_head(const struct gw_h1_head *h, const char *buf, size_t len, 
     if (!response) {
         if (!inside(h->method, h->method_len, buf, len) || h->method_len == 0)
             FAIL("method outside the head");
-        if (!inside(h->url, h->url_len, buf, len) || h->url_len == 0)
+        /* llhttp reports an empty target for "CONNECT   " (HTTP/0.9 shape; conn.c: 400) */
+        if (h->url_len && !inside(h->url, h->url_len, buf, len))
             FAIL("url outside the head");
     } else {
         if (h->status < 100 || h->status > 999)
