@@ -41,9 +41,12 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         cm_conf_size(ctx, m, p, "rewrite_max_body", 1u << 20, 4096, 64u << 20,
                      &l->rewrite_max_body))
         return -EINVAL;
-    if (l->buffer_low >= l->buffer_high)
-        return cm_conf_fail(ctx, cm_ynode_get(m, "buffer_low"), p, "buffer_low",
-                            "must be below buffer_high");
+    if (l->buffer_low >= l->buffer_high) {
+        const struct cm_ynode *at = cm_ynode_get(m, "buffer_low");
+        if (!at)
+            at = cm_ynode_get(m, "buffer_high");
+        return cm_conf_fail(ctx, at ? at : m, p, "buffer_low", "must be below buffer_high");
+    }
     return 0;
 }
 
@@ -107,7 +110,11 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
     if (r->path_prefix[0] != '/')
         return cm_conf_fail(ctx, cm_ynode_get(m, "path_prefix"), p, "path_prefix",
                             "must start with /");
-    if (r->cookie && (!*r->cookie || strpbrk(r->cookie, " \t;,=\"") != NULL))
+    if (r->cookie && !*r->cookie) { /* cookie: "" switches cookies off as a key source */
+        free(r->cookie);
+        r->cookie = NULL;
+    }
+    if (r->cookie && strpbrk(r->cookie, " \t;,=\"") != NULL)
         return cm_conf_fail(ctx, cm_ynode_get(m, "cookie"), p, "cookie",
                             "must be a cookie name (no spaces, ;, =, quotes)");
     for (char **h = r->key_headers; h && *h; h++) {
@@ -121,9 +128,10 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
                                     "'%s' is not a header name", *h);
         }
     }
-    if (!cm_config_tenant(cfg, r->tenant))
-        return cm_conf_fail(ctx, cm_ynode_get(m, "tenant"), p, "tenant",
-                            "unknown tenant '%s'", r->tenant);
+    if (!cm_config_tenant(cfg, r->tenant)) {
+        const struct cm_ynode *at = cm_ynode_get(m, "tenant");
+        return cm_conf_fail(ctx, at ? at : m, p, "tenant", "unknown tenant '%s'", r->tenant);
+    }
     if (!r->template_name) {
         if (cfg->n_templates == 0)
             return cm_conf_fail(ctx, m, p, "template", "required (no templates defined)");
@@ -157,6 +165,7 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
     static const char *const keys[] = {"listen",        "admin_listen", "workers",
                                        "expose_headers", "cache_ttl",   "activity_flush",
                                        "host_stale",    "retry_after",  "limits",
+                                       "shutdown_grace",
                                        "routes",        "admin", /* gw_admin_limits_load() */
                                        NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
@@ -181,6 +190,8 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         cm_conf_duration(&ctx, m, p, "host_stale", 5 * CM_USEC_PER_SEC, 100 * CM_USEC_PER_MSEC,
                          3600 * CM_USEC_PER_SEC, &gc->host_stale) ||
         cm_conf_u64(&ctx, m, p, "retry_after", 1, 0, 3600, &retry_after) ||
+        cm_conf_duration(&ctx, m, p, "shutdown_grace", 5 * CM_USEC_PER_SEC, 0,
+                         3600 * CM_USEC_PER_SEC, &gc->shutdown_grace) ||
         load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits))
         goto fail;
     gc->workers = (uint32_t)workers;
@@ -239,9 +250,13 @@ const struct gw_route *gw_config_route(const struct gw_config *gc, const char *h
                                        size_t host_len, const char *path, size_t path_len)
 {
     /* Host without its port, compared case-insensitively. */
-    if (host) {
+    if (host && host_len && host[0] == '[') { /* "[v6]:port" */
+        const char *close = memchr(host, ']', host_len);
+        if (close)
+            host_len = (size_t)(close - host) + 1;
+    } else if (host) {
         const char *colon = memchr(host, ':', host_len);
-        if (colon && host[0] != '[')
+        if (colon)
             host_len = (size_t)(colon - host);
     }
     for (size_t i = 0; i < gc->n_routes; i++) {

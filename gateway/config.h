@@ -63,6 +63,7 @@ struct gw_config {
     cm_usec_t activity_flush; /* at most one activity write per session per this */
     cm_usec_t host_stale;     /* a host whose heartbeat is older is not used */
     uint32_t retry_after;     /* seconds, sent with 503 no_capacity */
+    cm_usec_t shutdown_grace; /* on SIGTERM: how long open exchanges may finish */
     struct gw_limits limits;
     struct gw_route *routes;
     size_t n_routes;

@@ -89,7 +89,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-static void add_conn_tokens(struct gw_h1_head *h, const char *v, size_t n)
+/* Returns 0, or -1 when there are more Connection options than we can track: refusing is the
+ * only safe answer, since an untracked option could name a header meant to stop here. */
+static int add_conn_tokens(struct gw_h1_head *h, const char *v, size_t n)
 {
     while (n) {
         const char *comma = memchr(v, ',', n);
@@ -97,7 +99,9 @@ static void add_conn_tokens(struct gw_h1_head *h, const char *v, size_t n)
         const char *t = v;
         size_t tn = tl;
         gw_h1_trim(&t, &tn);
-        if (tn && h->n_conn_tokens < GW_H1_MAX_CONN_TOKENS) {
+        if (tn) {
+            if (h->n_conn_tokens == GW_H1_MAX_CONN_TOKENS)
+                return -1;
             h->conn_tokens[h->n_conn_tokens].p = t;
             h->conn_tokens[h->n_conn_tokens].len = (uint32_t)tn;
             h->n_conn_tokens++;
@@ -107,6 +111,7 @@ static void add_conn_tokens(struct gw_h1_head *h, const char *v, size_t n)
         n -= tl + 1;
         v = comma + 1;
     }
+    return 0;
 }
 
 static int on_header_value_complete(llhttp_t *p)
@@ -147,7 +152,10 @@ static int on_header_value_complete(llhttp_t *p)
     case 10:
         if (name_is(n, nl, "connection", 10)) {
             h->connection = idx;
-            add_conn_tokens(h, x->value, x->value_len);
+            if (add_conn_tokens(h, x->value, x->value_len) < 0) {
+                h->err = GW_H1_BAD;
+                return -1;
+            }
         }
         break;
     case 12:
@@ -187,7 +195,10 @@ static int on_header_value_complete(llhttp_t *p)
         break;
     case 16:
         if (name_is(n, nl, "proxy-connection", 16))
-            add_conn_tokens(h, x->value, x->value_len);
+            if (add_conn_tokens(h, x->value, x->value_len) < 0) {
+                h->err = GW_H1_BAD;
+                return -1;
+            }
         break;
     default:
         break;
@@ -253,6 +264,12 @@ int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct
     if (e == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(parser) - buf);
         llhttp_resume(parser);
+        if (head->upgrade && parser->type == HTTP_REQUEST &&
+            (head->chunked || (head->has_cl && head->content_length > 0))) {
+            /* An upgrade offer on a request with a body (h2c-style): we do not take it up;
+             * the request goes on as an ordinary one (Upgrade is hop-by-hop anyway). */
+            head->upgrade = 0;
+        }
         if (head->upgrade && parser->type == HTTP_REQUEST) {
             /* Upgrade requests (WebSocket) are handled by the caller; no body framing. */
             head->body_done = 1;
@@ -283,11 +300,18 @@ int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct
     return GW_H1_BAD;
 }
 
+static int precheck_headers_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_USER; /* the head ended without CRLFCRLF: bare LF line ends */
+}
+
 int gw_h1_precheck(const char *buf, size_t len, int response)
 {
     llhttp_t p;
     llhttp_settings_t s;
     llhttp_settings_init(&s);
+    s.on_headers_complete = precheck_headers_complete;
     llhttp_init(&p, response ? HTTP_RESPONSE : HTTP_REQUEST, &s);
     llhttp_errno_t e = llhttp_execute(&p, buf, len);
     if (e == HPE_OK || e == HPE_PAUSED)

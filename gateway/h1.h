@@ -13,7 +13,7 @@ struct gw_h1_header {
     uint32_t name_len, value_len;
 };
 
-#define GW_H1_MAX_CONN_TOKENS 8
+#define GW_H1_MAX_CONN_TOKENS 16 /* more Connection options: 400 */
 
 enum gw_h1_status {
     GW_H1_OK = 0,

@@ -139,14 +139,20 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     if (!w->stopping) {
         w->stopping = 1;
+        w->stop_deadline = cm_now_mono() + w->gc->shutdown_grace;
         evconnlistener_disable(w->listener);
         gw_conn_drain_all(w);
+    }
+    if (w->n_conns > 0 && cm_now_mono() >= w->stop_deadline) {
+        cm_log_info("worker", "shutdown grace over, closing connections worker=%d conns=%" PRIu64,
+                    w->index, w->n_conns);
+        gw_conn_close_all(w);
     }
     if (w->n_conns == 0) {
         event_base_loopbreak(w->base);
         return;
     }
-    /* Re-check until the last exchange ended (bounded by main's grace period). */
+    /* Re-check until the last exchange ended or gateway.shutdown_grace is over. */
     struct timeval tv = {0, 50000};
     event_add(w->stop_ev, &tv);
 }

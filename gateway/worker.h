@@ -47,6 +47,7 @@ struct gw_worker {
     int redis_up_before;     /* for wholesale cache flush after a reconnect */
     pthread_t thread;
     int stopping;
+    cm_usec_t stop_deadline; /* monotonic: open exchanges are cut after this */
 };
 
 /* Creates worker <index>: its loop, listener socket (bound now, so errors show at start-up) and

@@ -376,7 +376,12 @@ def test_route_with_no_key_reject_requires_a_key(bstack):
 
 @pytest.mark.berth_timeout(90)
 def test_no_capacity_is_503_with_retry_after(make_stack):
-    s = make_stack({"templates": [echo_template(pool={"min": 0, "max": 0})]}, wait_pools=False)
+    # No warm pool, and a host with room for one instance: the first session is started on
+    # demand, the second finds the pool empty and the host full. (pool.max bounds the warm
+    # pool, not the instances sessions run in.)
+    s = make_stack({"templates": [echo_template(pool={"min": 0, "max": 0})],
+                    "scheduler": {"capacity": 1}}, wait_pools=False)
+    assert s.get("/", session="takes-the-room").status == 200
     t0 = time.monotonic()
     r = s.get("/", session="no-room")
     took = time.monotonic() - t0

@@ -366,13 +366,13 @@ TEST(parse_size)
               {"64KiB", 65536},   {"16MiB", 16 * MiB},   {"1GiB", 1024 * MiB},
               {"2KB", 2000},      {"3MB", 3000000},      {"1GB", 1000000000},
               {"8k", 8192},       {"8K", 8192},          {"2M", 2 * MiB},
-              {"1G", 1024 * MiB}};
+              {"1G", 1024 * MiB}, {"1TiB", 1024 * 1024 * MiB}, {"2TB", 2000000000000ull}};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         CHECK_MSG(cm_parse_size(ok[i].s, &v) == 0, "refused '%s'", ok[i].s);
         CHECK_MSG(v == ok[i].v, "'%s' gave %llu", ok[i].s, (unsigned long long)v);
     }
     uint64_t keep = 42;
-    static const char *const bad[] = {"", "KiB", "1.5MiB", "-1", "10 MiB", "1TiB", "1kib",
+    static const char *const bad[] = {"", "KiB", "1.5MiB", "-1", "10 MiB", "1kib", "1PiB",
                                       "20000000000GiB", "99999999999999999999"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK_MSG(cm_parse_size(bad[i], &keep) == -EINVAL, "accepted '%s'", bad[i]);
