@@ -81,7 +81,8 @@ SLOW = 3 if SANITIZED else 1  # time multiplier for sanitizer builds
 
 def wait_until(pred, timeout, what, interval=0.05):
     """Polls pred() until it returns a true value (returned) or <timeout> seconds pass
-    (AssertionError naming <what>)."""
+    (AssertionError naming <what>). An AssertionError raised by pred() ends the wait at once
+    (say: the daemon being waited for exited); other exceptions count as "not yet"."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -89,6 +90,8 @@ def wait_until(pred, timeout, what, interval=0.05):
             v = pred()
             if v:
                 return v
+        except AssertionError:
+            raise
         except Exception as e:  # noqa: BLE001 - reported below if it never succeeds
             last_exc = e
         if time.monotonic() >= deadline:

@@ -160,3 +160,13 @@ def test_timeout_marker_bounds_a_test(tmp_short):
     assert p.returncode == 1, p.stdout
     assert "exceeded" in p.stdout
     assert time.monotonic() - t0 < 20
+
+
+def test_a_daemon_that_dies_fails_the_wait_at_once(tmp_short):
+    """A stack whose daemon cannot start fails fast with its output, not after the timeout."""
+    from conftest import Stack
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError) as e:
+        Stack(tmp_short, {"scheduler": {"capacity": "many"}})  # an invalid config: exits 1
+    assert time.monotonic() - t0 < 10
+    assert "exited" in str(e.value) and "capacity" in str(e.value)
