@@ -692,7 +692,9 @@ class Stack:
         return self.redis.cmd("LLEN", self.key("pool:%s:%s" % (self.host_id, template)))
 
     def wait_pool(self, template="echo", n=1, timeout=None):
-        timeout = timeout or 30 * SLOW
+        # Starts run in parallel but share 2 cores with everything else: a larger pool (or a
+        # heavier app, e.g. node) gets proportionally longer.
+        timeout = timeout or (30 + 3 * n) * SLOW
 
         def full():
             if self.scheduler and not self.scheduler.alive():
