@@ -107,14 +107,22 @@ static const char bind_src[] =
     "return {'new', id, addr, tostring(gen)}\n";
 
 static const char touch_src[] =
-    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE
-    "local sk = P..'s:'..ARGV[2]\n"
-    "local s = redis.call('HMGET', sk, 'state', 'created', 'ttl', 'idle_timeout')\n"
-    "if s[1] ~= 'bound' then return 0 end\n"
-    "redis.call('HSET', sk, 'last_active', now)\n"
-    "local d = deadline(tonumber(s[2]), tonumber(s[3]), now, tonumber(s[4]))\n"
-    "redis.call('ZADD', P..'expiry', d, ARGV[2])\n"
-    "return d\n";
+    "local now = tonumber(ARGV[2])\n" LUA_PRELUDE
+    "local out = {}\n"
+    "for i = 3, #ARGV do\n"
+    "  local h = ARGV[i]\n"
+    "  local sk = P..'s:'..h\n"
+    "  local s = redis.call('HMGET', sk, 'state', 'created', 'ttl', 'idle_timeout')\n"
+    "  if s[1] ~= 'bound' then\n"
+    "    out[#out + 1] = 0\n"
+    "  else\n"
+    "    redis.call('HSET', sk, 'last_active', now)\n"
+    "    local d = deadline(tonumber(s[2]), tonumber(s[3]), now, tonumber(s[4]))\n"
+    "    redis.call('ZADD', P..'expiry', d, h)\n"
+    "    out[#out + 1] = d\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 static const char update_src[] =
     "local now = tonumber(ARGV[6])\n" LUA_PRELUDE

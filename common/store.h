@@ -39,8 +39,9 @@ enum cm_script {
      * Returns {"new", id, addr, gen} or {"bound", instance, addr, gen} (then the caller keeps
      * its instance: the script has put it back into its pool as warm). */
     CM_SCRIPT_BIND,
-    /* TOUCH  ARGV: P h now_ms
-     * Records activity; returns the new deadline (ms), or 0 if the session is not bound. */
+    /* TOUCH  ARGV: P now_ms h [h ...]
+     * Records activity of each session (batched: one call per gateway loop and flush period);
+     * returns an array with each one's new deadline (ms), or 0 for a session not bound. */
     CM_SCRIPT_TOUCH,
     /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */

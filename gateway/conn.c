@@ -35,6 +35,7 @@
 /* How long a closing connection keeps reading (and discarding) so the client sees our error
  * response instead of a reset. */
 #define LINGER_USEC (2 * CM_USEC_PER_SEC)
+#define GW_MAX_SINGLE_IO (256 * 1024)
 
 enum key_kind {
     KEY_SID, /* platform key: x-fc-session-id, cookie, or one the gateway made */
@@ -297,39 +298,72 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
 
 /* ------------------------------------------------------------------ activity */
 
-struct touch {
+#define TOUCH_BATCH 200 /* + 2 arguments: within cm_redis_script()'s limit */
+
+struct touch_batch {
     struct gw_worker *w;
-    struct cm_hash h;
+    size_t n;
+    struct cm_hash keys[];
 };
 
 static void on_touched(redisReply *reply, const char *err, void *data)
 {
-    struct touch *t = data;
+    struct touch_batch *t = data;
     /* 0: the session is no longer bound (deleted, expired, lost): forget the binding. */
-    if (!err && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
-        gw_cache_drop(t->w->cache, t->h);
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < reply->elements && i < t->n; i++)
+            if (reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 0)
+                gw_cache_drop(t->w->cache, t->keys[i]);
     free(t);
+}
+
+void gw_conn_flush_touches(struct gw_worker *w)
+{
+    if (w->n_touch == 0)
+        return;
+    size_t n = w->n_touch;
+    w->n_touch = 0;
+    struct touch_batch *t = malloc(sizeof(*t) + n * sizeof(t->keys[0]));
+    if (!t)
+        return;
+    t->w = w;
+    t->n = n;
+    memcpy(t->keys, w->touch_key, n * sizeof(t->keys[0]));
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[2 + TOUCH_BATCH];
+    size_t lens[2 + TOUCH_BATCH];
+    argv[0] = w->gc->common->redis.prefix;
+    lens[0] = strlen(argv[0]);
+    argv[1] = ms;
+    lens[1] = strlen(ms);
+    for (size_t i = 0; i < n; i++) {
+        argv[2 + i] = w->touch_hex[i];
+        lens[2 + i] = CM_HASH_HEX_LEN;
+    }
+    if (cm_redis_script(w->redis, CM_SCRIPT_TOUCH, on_touched, t, (int)(2 + n), argv, lens) < 0)
+        free(t);
 }
 
 void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *session_hex, int force)
 {
-    const char *hex = session_hex;
+    /* Activity is written at most once per activity_flush per session, and batched: the
+     * tick sends every pending one in a single script call. */
     struct gw_cache_entry *e = gw_cache_get(w->cache, h);
     cm_usec_t now = cm_now_mono();
     if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
         return;
     e->last_flush = now;
-    struct touch *t = malloc(sizeof(*t));
-    if (!t)
-        return;
-    t->w = w;
-    t->h = h;
-    char ms[24];
-    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
-    const char *argv[] = {w->gc->common->redis.prefix, hex, ms};
-    size_t lens[] = {strlen(argv[0]), CM_HASH_HEX_LEN, strlen(ms)};
-    if (cm_redis_script(w->redis, CM_SCRIPT_TOUCH, on_touched, t, 3, argv, lens) < 0)
-        free(t);
+    if (!w->touch_hex) {
+        w->touch_hex = malloc(TOUCH_BATCH * sizeof(*w->touch_hex));
+        w->touch_key = malloc(TOUCH_BATCH * sizeof(*w->touch_key));
+        if (!w->touch_hex || !w->touch_key)
+            return;
+    }
+    memcpy(w->touch_hex[w->n_touch], session_hex, CM_HASH_HEX_LEN + 1);
+    w->touch_key[w->n_touch] = h;
+    if (++w->n_touch == TOUCH_BATCH)
+        gw_conn_flush_touches(w);
 }
 
 void gw_conn_touch_streams(struct gw_worker *w)
@@ -1587,6 +1621,10 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
     if (sa->sa_family != AF_UNIX)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evtimer_assign(&c->timer, w->base, on_timer, c);
+    /* Large bodies move in big reads and writes (libevent's default is 16 KiB a call); small
+     * exchanges are unaffected: a read takes what the socket holds. */
+    bufferevent_set_max_single_read(c->bev, GW_MAX_SINGLE_IO);
+    bufferevent_set_max_single_write(c->bev, GW_MAX_SINGLE_IO);
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
     bufferevent_setwatermark(c->bev, EV_WRITE, w->gc->limits.buffer_low, 0);

@@ -21,4 +21,7 @@ void gw_conn_touch_streams(struct gw_worker *w);
 struct cm_hash;
 void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force);
 
+/* Sends the activity gathered since the last call (one script call). */
+void gw_conn_flush_touches(struct gw_worker *w);
+
 #endif

@@ -231,6 +231,8 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
         *ret_err = -ENOMEM;
         return NULL;
     }
+    bufferevent_set_max_single_read(uc->bev, 256 * 1024);
+    bufferevent_set_max_single_write(uc->bev, 256 * 1024);
     if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->sa, (int)p->salen) < 0) {
         int e = errno ? errno : ECONNREFUSED;
         bufferevent_free(uc->bev);

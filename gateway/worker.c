@@ -1,11 +1,11 @@
 #include "gateway/worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,6 +131,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     gw_conn_touch_streams(arg);
+    gw_conn_flush_touches(arg);
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -155,6 +156,15 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     /* Re-check until the last exchange ended or gateway.shutdown_grace is over. */
     struct timeval tv = {0, 50000};
     event_add(w->stop_ev, &tv);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    char buf[16];
+    (void)what;
+    while (read(fd, buf, sizeof(buf)) > 0)
+        ;
+    on_stop(-1, EV_TIMEOUT, arg);
 }
 
 static int listen_socket(const char *addr, char *err, size_t errlen)
@@ -191,6 +201,7 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     }
     w->index = index;
     w->gc = gc;
+    w->wake_pipe[0] = w->wake_pipe[1] = -1;
     w->accepting = 1;
     uint32_t r = 0;
     if (getrandom(&r, sizeof(r), 0) != sizeof(r))
@@ -228,7 +239,10 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     evconnlistener_set_error_cb(w->listener, on_accept_error);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
     w->stop_ev = evtimer_new(w->base, on_stop, w);
-    if (!w->tick_ev || !w->stop_ev)
+    if (!w->tick_ev || !w->stop_ev || pipe2(w->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        goto oom;
+    w->wake_ev = event_new(w->base, w->wake_pipe[0], EV_READ | EV_PERSIST, on_wake, w);
+    if (!w->wake_ev || event_add(w->wake_ev, NULL) < 0)
         goto oom;
     struct timeval tv;
     cm_usec_to_tv(gc->activity_flush, &tv);
@@ -255,8 +269,8 @@ int gw_worker_start(struct gw_worker *w)
 
 void gw_worker_stop(struct gw_worker *w)
 {
-    /* event_active is thread-safe once evthread_use_pthreads() ran (main does it). */
-    event_active(w->stop_ev, EV_TIMEOUT, 0);
+    ssize_t n = write(w->wake_pipe[1], "x", 1);
+    (void)n; /* a full pipe already holds a wake-up */
 }
 
 void gw_worker_destroy(struct gw_worker *w)
@@ -278,9 +292,17 @@ void gw_worker_destroy(struct gw_worker *w)
         event_free(w->tick_ev);
     if (w->stop_ev)
         event_free(w->stop_ev);
+    if (w->wake_ev)
+        event_free(w->wake_ev);
+    if (w->wake_pipe[0] >= 0)
+        close(w->wake_pipe[0]);
+    if (w->wake_pipe[1] >= 0)
+        close(w->wake_pipe[1]);
     if (w->base)
         event_base_free(w->base);
     free(w->headers);
+    free(w->touch_hex);
+    free(w->touch_key);
     free(w);
 }
 

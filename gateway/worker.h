@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "common/key.h"
 #include "common/time.h"
 #include "gateway/metrics.h"
 
@@ -41,7 +42,13 @@ struct gw_worker {
     uint64_t n_conns;
     int accepting;           /* listener enabled (off at max_connections) */
     struct event *tick_ev;   /* activity flush of long streams */
-    struct event *stop_ev;
+    struct event *stop_ev;   /* re-check timer while draining */
+    struct event *wake_ev;   /* read end of wake_pipe: gw_worker_stop() from another thread */
+    int wake_pipe[2];
+    /* activity waiting for the next flush: session hashes (hex) and their cache keys */
+    char (*touch_hex)[33];
+    struct cm_hash *touch_key;
+    size_t n_touch;
     char reqid_prefix[9];
     uint64_t reqid_seq;
     int redis_up_before;     /* for wholesale cache flush after a reconnect */
@@ -56,7 +63,8 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
                                    size_t errlen);
 /* Runs the loop on a new thread. Returns 0 or a negative errno. */
 int gw_worker_start(struct gw_worker *w);
-/* Asks the loop to stop (any thread): stop accepting, close idle connections, finish. */
+/* Asks the loop to stop (any thread, through a pipe: the loops run without libevent's locks):
+ * stop accepting, close idle connections, finish within gateway.shutdown_grace. */
 void gw_worker_stop(struct gw_worker *w);
 /* Joins the thread and frees everything. Takes NULL. */
 void gw_worker_destroy(struct gw_worker *w);
