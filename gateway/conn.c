@@ -142,6 +142,24 @@ static void aux_reset(struct gw_conn *c)
 
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
+
+/* Writes <bev>'s output at once unless libevent already waits to: in the common case (the
+ * socket takes it all) that is one writev and no epoll_ctl, where libevent's own path costs an
+ * epoll add and delete per write. What the socket refuses is left to libevent (EV_WRITE on);
+ * the write callbacks switch EV_WRITE off again once the output is empty. */
+static void flush_now(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(bev) & EV_WRITE))
+        return;
+    /* A socket bufferevent keeps its output's front frozen for its own writer; thaw it for
+     * this write as libevent's write callback does. */
+    evbuffer_unfreeze(out, 1);
+    int n = evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (n < 0 || evbuffer_get_length(out) > 0)
+        bufferevent_enable(bev, EV_WRITE); /* the rest, or the error, through libevent */
+}
 static void relay_req_body(struct gw_conn *c);
 static void relay_resp(struct gw_conn *c);
 static void start_claim(struct gw_conn *c);
@@ -285,6 +303,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
         begin_close(c);
         return;
     }
+    flush_now(c->bev);
     c->state = CS_IDLE;
     c->t_start = 0;
     arm_timer(c, w->gc->limits.keepalive_timeout);
@@ -808,7 +827,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     cm_usec_to_tv(lim->response_timeout, &rt);
     cm_usec_to_tv(lim->connect_timeout, &ct);
     bufferevent_set_timeouts(ub, &rt, reused ? NULL : &ct);
-    bufferevent_enable(ub, EV_READ | EV_WRITE);
+    bufferevent_enable(ub, EV_READ); /* writes: flush_now(), and libevent while connecting */
 
     struct gw_h1_head h;
     if (!parsed) {
@@ -829,6 +848,8 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
         /* No body: keep the head so that a stale pooled connection or a stale cached binding
          * can be retried transparently. */
         c->head_pending = 1;
+        if (c->up_connected)
+            flush_now(ub);
         return;
     }
     evbuffer_drain(in, c->head_len);
@@ -929,6 +950,8 @@ static void relay_req_body(struct gw_conn *c)
         if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
             c->paused_client = 1;
             bufferevent_disable(c->bev, EV_READ);
+            if (c->up_connected)
+                flush_now(gw_upconn_bev(c->up));
             return;
         }
         struct evbuffer_iovec v;
@@ -949,6 +972,8 @@ static void relay_req_body(struct gw_conn *c)
         evbuffer_remove_buffer(in, out, used);
         GW_METRIC_ADD(&w->metrics, bytes_in, used);
     }
+    if (c->up_connected)
+        flush_now(gw_upconn_bev(c->up));
 }
 
 /* ------------------------------------------------------------------ aliases */
@@ -1075,6 +1100,7 @@ static void release_session(struct gw_conn *c)
 static void finish_exchange(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
+    flush_now(c->bev);
     drop_pending_head(c);
     int reusable = c->req_done && c->resp_keepalive && !c->upgrade_req;
     if (!c->req_done)
@@ -1197,6 +1223,8 @@ static void tunnel_pump(struct gw_conn *c)
         c->paused_up = 1;
         bufferevent_disable(ub, EV_READ);
     }
+    flush_now(c->bev);
+    flush_now(ub);
 }
 
 /* Returns 1 when the head was handled and relaying may go on, 0 to wait, -1 when <c> is gone
@@ -1358,6 +1386,8 @@ static void relay_resp(struct gw_conn *c)
         return;
     while (c->up && !c->resp_head_done) {
         int r = parse_resp_head(c);
+        if (r == 0)
+            flush_now(c->bev); /* e.g. a 100 Continue passed on, the final head still due */
         if (r <= 0)
             return;
     }
@@ -1370,6 +1400,7 @@ static void relay_resp(struct gw_conn *c)
         if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
             c->paused_up = 1;
             bufferevent_disable(ub, EV_READ);
+            flush_now(c->bev);
             return;
         }
         struct evbuffer_iovec v;
@@ -1415,6 +1446,7 @@ static void relay_resp(struct gw_conn *c)
             return;
         }
     }
+    flush_now(c->bev);
 }
 
 /* ------------------------------------------------------------------ upstream callbacks */
@@ -1432,7 +1464,8 @@ static void on_up_read(struct bufferevent *bev, void *arg)
 static void on_up_write(struct bufferevent *bev, void *arg)
 {
     struct gw_conn *c = arg;
-    (void)bev;
+    if (c->up_connected && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE); /* back to flush_now() */
     if (!c->paused_client)
         return;
     c->paused_client = 0;
@@ -1461,6 +1494,9 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         struct timeval rt;
         cm_usec_to_tv(w->gc->limits.response_timeout, &rt);
         bufferevent_set_timeouts(gw_upconn_bev(c->up), &rt, NULL);
+        /* libevent's connect path ends here with EV_WRITE off: flush_now() from now on */
+        bufferevent_disable(gw_upconn_bev(c->up), EV_WRITE);
+        flush_now(gw_upconn_bev(c->up));
         return;
     }
     if (c->state == CS_TUNNEL) {
@@ -1568,6 +1604,8 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         }
         return;
     }
+    if (evbuffer_get_length(out) == 0)
+        bufferevent_disable(bev, EV_WRITE); /* back to flush_now() */
     if (c->paused_up && c->up) {
         c->paused_up = 0;
         bufferevent_enable(gw_upconn_bev(c->up), EV_READ);
@@ -1628,7 +1666,8 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
     bufferevent_setwatermark(c->bev, EV_WRITE, w->gc->limits.buffer_low, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
+    bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent; writes: flush_now() */
     c->state = CS_IDLE;
     arm_timer(c, w->gc->limits.keepalive_timeout);
     c->next = w->conns;
