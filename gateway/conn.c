@@ -705,6 +705,46 @@ static void add_run(struct evbuffer *out, const char *from, const char *to)
         evbuffer_add(out, from, (size_t)(to - from));
 }
 
+typedef int (*header_drop_cb)(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i);
+
+/* Copies the header lines of <h> that <drop> keeps, as runs of consecutive lines (one add per
+ * run, not per header). <head_end> is the end of the head (after its blank line). */
+static void copy_headers(struct evbuffer *out, const struct gw_conn *c, const struct gw_h1_head *h,
+                         const char *head_end, header_drop_cb drop)
+{
+    const char *run = NULL;
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const char *name = h->headers[i].name;
+        if (drop(c, h, i)) {
+            if (run)
+                add_run(out, run, name);
+            run = NULL;
+        } else if (!run) {
+            run = name;
+        }
+    }
+    if (run)
+        add_run(out, run, head_end - 2);
+}
+
+static int drop_request_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+{
+    const struct gw_h1_header *x = &h->headers[i];
+    (void)c;
+    return (int)i == h->xff || gw_h1_is_hop(h, x) || gw_h1_name_eq(x, "x-forwarded-proto", 17) ||
+           ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128));
+}
+
+static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+{
+    const struct gw_h1_header *x = &h->headers[i];
+    int switching = h->status == 101;
+    return (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
+           (x->name_len > 8 && strncasecmp(x->name, "x-berth-", 8) == 0) ||
+           ((c->dechunk || c->rewrite) && gw_h1_name_eq(x, "transfer-encoding", 17)) ||
+           (c->rewrite && gw_h1_name_eq(x, "content-length", 14));
+}
+
 static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
                                struct evbuffer *out)
 {
@@ -719,22 +759,7 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
         evbuffer_add(out, h->url, h->url_len);
         evbuffer_add(out, " HTTP/1.1\r\n", 11);
     }
-    const char *run = NULL;
-    for (uint32_t i = 0; i < h->n_headers; i++) {
-        const struct gw_h1_header *x = &h->headers[i];
-        int drop = (int)i == h->xff || gw_h1_is_hop(h, x) ||
-                   gw_h1_name_eq(x, "x-forwarded-proto", 17) ||
-                   ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128));
-        if (drop) {
-            if (run)
-                add_run(out, run, x->name);
-            run = NULL;
-        } else if (!run) {
-            run = x->name;
-        }
-    }
-    if (run)
-        add_run(out, run, head_end - 2);
+    copy_headers(out, c, h, head_end, drop_request_header);
     evbuffer_add(out, "x-forwarded-for: ", 17);
     if (h->xff >= 0 && h->headers[h->xff].value_len) {
         evbuffer_add(out, h->headers[h->xff].value, h->headers[h->xff].value_len);
@@ -1139,24 +1164,8 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         evbuffer_add(out, h->reason, h->reason_len);
         evbuffer_add(out, "\r\n", 2);
     }
-    const char *run = NULL;
     int switching = h->status == 101;
-    for (uint32_t i = 0; i < h->n_headers; i++) {
-        const struct gw_h1_header *x = &h->headers[i];
-        int drop = (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
-                   (x->name_len > 8 && strncasecmp(x->name, "x-berth-", 8) == 0) ||
-                   ((c->dechunk || c->rewrite) && gw_h1_name_eq(x, "transfer-encoding", 17)) ||
-                   (c->rewrite && gw_h1_name_eq(x, "content-length", 14));
-        if (drop) {
-            if (run)
-                add_run(out, run, x->name);
-            run = NULL;
-        } else if (!run) {
-            run = x->name;
-        }
-    }
-    if (run)
-        add_run(out, run, head_end - 2);
+    copy_headers(out, c, h, head_end, drop_response_header);
     if (c->rewrite)
         evbuffer_add_printf(out, "content-length: %zu\r\n", c->reframe_len);
     /* 101 too: a WebSocket opened with no_key: issue must learn its cookie (browsers store
