@@ -576,6 +576,7 @@ static void complete_request(struct conn *c)
     uint64_t now = lg_now_ns();
     int ok = c->status >= 200 && c->status < 300;
     event_del(c->timer);
+    cl->st.responses_all++;
     if (c->measured) {
         cl->st.requests++;
         if (c->status > 0 && c->status < 600)
@@ -1032,6 +1033,7 @@ void lg_stats_merge(struct lg_stats *d, const struct lg_stats *s)
     lg_hist_merge(&d->sse_open, &s->sse_open);
     lg_hist_merge(&d->sse_cross, &s->sse_cross);
     d->requests += s->requests;
+    d->responses_all += s->responses_all;
     d->ok += s->ok;
     for (size_t i = 0; i < 600; i++)
         d->status[i] += s->status[i];

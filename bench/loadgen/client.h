@@ -46,6 +46,7 @@ struct lg_stats {
     struct lg_hist sse_open;  /* ns: connect start to the stream's "open" event */
     struct lg_hist sse_cross; /* ns: upstream wrote a tick event to the client read it */
     uint64_t requests;        /* responses completed for requests of the measured window */
+    uint64_t responses_all;   /* every response completed, priming and warmup included */
     uint64_t ok;              /* ...of which 2xx */
     uint64_t status[600];     /* measured responses by status code */
     uint64_t errors[LG_ERR_COUNT]; /* measured window, and every stickiness / stream error */

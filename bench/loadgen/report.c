@@ -84,11 +84,12 @@ int lg_report_json(FILE *f, const struct lg_opts *o, const struct lg_stats *s,
     json_str(f, o->path);
     fprintf(f,
             ",\n  \"body_size\": %" PRIu64 ",\n  \"prepare_failed\": %s,\n"
-            "  \"requests\": %" PRIu64 ",\n  \"sent\": %" PRIu64 ",\n  \"ok\": %" PRIu64
+            "  \"requests\": %" PRIu64 ",\n  \"responses_all\": %" PRIu64 ",\n  \"sent\": %" PRIu64 ",\n  \"ok\": %" PRIu64
             ",\n  \"rps\": %.1f,\n  \"unsent\": %" PRIu64 ",\n  \"reconnects\": %" PRIu64
             ",\n  \"body_in_bytes\": %" PRIu64 ",\n  \"body_out_bytes\": %" PRIu64
             ",\n  \"throughput_mib_s\": %.2f,\n  \"latency_us\": ",
-            o->body_size, prepare_failed ? "true" : "false", s->requests, s->sent, s->ok,
+            o->body_size, prepare_failed ? "true" : "false", s->requests, s->responses_all,
+            s->sent, s->ok,
             o->mode == LG_MODE_SSE ? 0.0 : (double)s->requests / window, s->unsent,
             s->reconnects, s->body_in, s->body_out,
             o->mode == LG_MODE_SSE ? 0.0
