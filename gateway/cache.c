@@ -128,6 +128,7 @@ struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding 
         c->count++;
     }
     e->gen = b->gen;
+    e->refreshing = 0;
     e->session = b->session;
     e->expires = expires;
     memcpy(e->instance, b->instance, sizeof(e->instance));

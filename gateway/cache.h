@@ -17,6 +17,7 @@ struct gw_cache_entry {
     struct cm_hash hash;    /* the key: session hash, or alias hash */
     struct cm_hash session; /* the session it belongs to */
     uint8_t used;
+    uint8_t refreshing; /* a background check with Redis is under way */
     uint64_t gen;
     cm_usec_t expires;    /* monotonic: after this, ask Redis again */
     cm_usec_t last_flush; /* monotonic: last activity written to Redis */

@@ -163,6 +163,8 @@ static void flush_now(struct bufferevent *bev)
 static void relay_req_body(struct gw_conn *c);
 static void relay_resp(struct gw_conn *c);
 static void start_claim(struct gw_conn *c);
+struct gw_cache_entry;
+static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e);
 static void forward(struct gw_conn *c, struct gw_h1_head *parsed);
 
 /* ------------------------------------------------------------------ timers and closing */
@@ -317,6 +319,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
 
 /* ------------------------------------------------------------------ activity */
 
+#define TOUCH_DELAY_USEC 20000
 #define TOUCH_BATCH 200 /* + 2 arguments: within cm_redis_script()'s limit */
 
 struct touch_batch {
@@ -381,8 +384,14 @@ void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *session_he
     }
     memcpy(w->touch_hex[w->n_touch], session_hex, CM_HASH_HEX_LEN + 1);
     w->touch_key[w->n_touch] = h;
-    if (++w->n_touch == TOUCH_BATCH)
+    if (++w->n_touch == TOUCH_BATCH) {
         gw_conn_flush_touches(w);
+    } else if (w->n_touch == 1) {
+        /* Small batches every few tens of milliseconds rather than one large script a
+         * second: Redis shares the machine, and a long script is a latency spike. */
+        struct timeval tv = {0, TOUCH_DELAY_USEC};
+        evtimer_add(w->touch_ev, &tv);
+    }
 }
 
 void gw_conn_touch_streams(struct gw_worker *w)
@@ -616,9 +625,14 @@ static void process_head(struct gw_conn *c)
     memcpy(c->session_hex, c->hash_hex, sizeof(c->session_hex));
 
     struct gw_cache_entry *e = gw_cache_get(w->cache, c->hash);
-    /* A fresh entry is used as is; a stale one too while Redis is away (DESIGN.md section 7:
-     * bound sessions keep working without the store). */
-    if (e && (e->expires > c->t_start || cm_redis_state(w->redis) != CM_REDIS_CONNECTED)) {
+    /* A fresh entry is used as is. A stale one too: while Redis is away (DESIGN.md section 7:
+     * bound sessions keep working without the store), and otherwise while a background check
+     * with Redis confirms it, so the request never waits for that round trip (invalidations
+     * are pushed anyway; cache_ttl only bounds how long a missed one can matter). */
+    if (e && e->expires <= c->t_start && !e->refreshing &&
+        cm_redis_state(w->redis) == CM_REDIS_CONNECTED)
+        refresh_binding(c, e);
+    if (e) {
         memcpy(c->instance, e->instance, sizeof(c->instance));
         memcpy(c->addr, e->addr, sizeof(c->addr));
         c->session = e->session;
@@ -633,6 +647,72 @@ static void process_head(struct gw_conn *c)
 }
 
 /* ------------------------------------------------------------------ claims */
+
+struct gw_refresh {
+    struct gw_refresh *next, *prev; /* worker's list: freed at shutdown if still pending */
+    struct gw_worker *w;
+    struct cm_hash key;
+};
+
+static void refresh_free(struct gw_refresh *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        r->w->refreshes = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    free(r);
+}
+
+void gw_conn_refreshes_free(struct gw_worker *w)
+{
+    while (w->refreshes)
+        refresh_free(w->refreshes);
+}
+
+static void on_refreshed(const struct gw_binding *b, int err, void *data)
+{
+    struct gw_refresh *r = data;
+    struct gw_worker *w = r->w;
+    struct gw_cache_entry *e = gw_cache_get(w->cache, r->key);
+    if (e) {
+        e->refreshing = 0;
+        if (err < 0)
+            gw_cache_put(w->cache, b, cm_now_mono() + w->gc->cache_ttl);
+        else if (err != GW_ERR_STORE_UNAVAILABLE)
+            gw_cache_drop(w->cache, r->key); /* gone or lost: the next request asks again */
+    }
+    refresh_free(r);
+}
+
+/* Checks a stale binding with Redis in the background (lookup only: never binds). */
+static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
+{
+    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
+    struct gw_refresh *r = calloc(1, sizeof(*r));
+    if (!r)
+        return;
+    r->w = c->w;
+    r->key = c->hash;
+    r->next = c->w->refreshes;
+    if (r->next)
+        r->next->prev = r;
+    c->w->refreshes = r;
+    struct gw_claim_req req = {
+        .tenant = c->route->tenant,
+        .source = sources[c->kind],
+        .key = c->key,
+        .key_len = c->key_len,
+        .tpl = c->route->tpl,
+        .mode = c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP : GW_CLAIM_MODE_ALIAS,
+    };
+    if (!gw_claim_start(c->w->claimer, &req, on_refreshed, r)) {
+        refresh_free(r);
+        return;
+    }
+    e->refreshing = 1;
+}
 
 static void on_claimed(const struct gw_binding *b, int err, void *data)
 {

@@ -24,4 +24,8 @@ void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int f
 /* Sends the activity gathered since the last call (one script call). */
 void gw_conn_flush_touches(struct gw_worker *w);
 
+/* Frees the bookkeeping of background binding checks still pending (after the claimer is
+ * destroyed, which cancels their callbacks). */
+void gw_conn_refreshes_free(struct gw_worker *w);
+
 #endif

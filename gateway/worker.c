@@ -127,6 +127,12 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     }
 }
 
+static void on_touch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    gw_conn_flush_touches(arg);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -239,7 +245,8 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     evconnlistener_set_error_cb(w->listener, on_accept_error);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
     w->stop_ev = evtimer_new(w->base, on_stop, w);
-    if (!w->tick_ev || !w->stop_ev || pipe2(w->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+    w->touch_ev = evtimer_new(w->base, on_touch_timer, w);
+    if (!w->tick_ev || !w->stop_ev || !w->touch_ev || pipe2(w->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
         goto oom;
     w->wake_ev = event_new(w->base, w->wake_pipe[0], EV_READ | EV_PERSIST, on_wake, w);
     if (!w->wake_ev || event_add(w->wake_ev, NULL) < 0)
@@ -282,6 +289,7 @@ void gw_worker_destroy(struct gw_worker *w)
     if (w->base)
         gw_conn_close_all(w);
     gw_claimer_destroy(w->claimer);
+    gw_conn_refreshes_free(w);
     cm_redis_destroy(w->sub);
     cm_redis_destroy(w->redis);
     if (w->listener)
@@ -294,6 +302,8 @@ void gw_worker_destroy(struct gw_worker *w)
         event_free(w->stop_ev);
     if (w->wake_ev)
         event_free(w->wake_ev);
+    if (w->touch_ev)
+        event_free(w->touch_ev);
     if (w->wake_pipe[0] >= 0)
         close(w->wake_pipe[0]);
     if (w->wake_pipe[1] >= 0)

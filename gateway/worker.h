@@ -22,6 +22,7 @@ struct gw_cache;
 struct gw_upstreams;
 struct gw_conn;
 struct gw_h1_header;
+struct gw_refresh;
 
 struct gw_worker {
     int index;
@@ -49,6 +50,8 @@ struct gw_worker {
     char (*touch_hex)[33];
     struct cm_hash *touch_key;
     size_t n_touch;
+    struct event *touch_ev;
+    struct gw_refresh *refreshes; /* background checks of stale bindings under way */  /* one-shot: sends pending activity a moment after the first */
     char reqid_prefix[9];
     uint64_t reqid_seq;
     int redis_up_before;     /* for wholesale cache flush after a reconnect */
