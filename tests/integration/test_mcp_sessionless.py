@@ -118,6 +118,11 @@ def check_run(s, doc, keys, rounds=ROUNDS, calls=CALLS):
         # sessionless: the server never minted an Mcp-Session-Id, the SDK never had one
         assert all(q.get("mcpSessionId") is None for q in reqs), where + info
         assert all(r["transportSessionId"] is None for r in k["rounds"]), where + info
+        # The SDK opens its optional standalone-SSE GET in the background and aborts it itself
+        # when the client closes; on a slow (sanitizer) run that can happen before the 405
+        # arrives. Such a client-side abort says nothing about the gateway: leave it out.
+        reqs = [q for q in reqs if not (q["method"] == "GET" and q.get("status") is None
+                                        and "aborted" in (q.get("error") or ""))]
         # every exchange went through the gateway to one instance
         assert all(q.get("status") and not q.get("error") for q in reqs), where + info
         inst = {q["instance"] for q in reqs}
