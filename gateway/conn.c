@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/listener.h>
@@ -22,6 +21,7 @@
 #include "common/log.h"
 #include "common/redis.h"
 #include "common/store.h"
+#include "gateway/activity.h"
 #include "gateway/cache.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
@@ -29,13 +29,10 @@
 #include "gateway/h1.h"
 #include "gateway/rewrite.h"
 #include "gateway/skey.h"
+#include "gateway/stream.h"
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
 
-/* How long a closing connection keeps reading (and discarding) so the client sees our error
- * response instead of a reset. */
-#define LINGER_USEC (2 * CM_USEC_PER_SEC)
-#define GW_MAX_SINGLE_IO (256 * 1024)
 
 enum key_kind {
     KEY_SID, /* platform key: x-fc-session-id, cookie, or one the gateway made */
@@ -60,7 +57,7 @@ enum conn_state {
 struct gw_conn {
     struct gw_conn *next, *prev;
     struct gw_worker *w;
-    struct bufferevent *bev;
+    struct gw_stream cs; /* the client's socket */
     enum conn_state state;
     struct event timer;
     const struct gw_route *route;
@@ -143,23 +140,6 @@ static void aux_reset(struct gw_conn *c)
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
 
-/* Writes <bev>'s output at once unless libevent already waits to: in the common case (the
- * socket takes it all) that is one writev and no epoll_ctl, where libevent's own path costs an
- * epoll add and delete per write. What the socket refuses is left to libevent (EV_WRITE on);
- * the write callbacks switch EV_WRITE off again once the output is empty. */
-static void flush_now(struct bufferevent *bev)
-{
-    struct evbuffer *out = bufferevent_get_output(bev);
-    if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(bev) & EV_WRITE))
-        return;
-    /* A socket bufferevent keeps its output's front frozen for its own writer; thaw it for
-     * this write as libevent's write callback does. */
-    evbuffer_unfreeze(out, 1);
-    int n = evbuffer_write(out, bufferevent_getfd(bev));
-    evbuffer_freeze(out, 1);
-    if (n < 0 || evbuffer_get_length(out) > 0)
-        bufferevent_enable(bev, EV_WRITE); /* the rest, or the error, through libevent */
-}
 static void relay_req_body(struct gw_conn *c);
 static void relay_resp(struct gw_conn *c);
 static void start_claim(struct gw_conn *c);
@@ -169,11 +149,10 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed);
 
 /* ------------------------------------------------------------------ timers and closing */
 
-static void arm_timer(struct gw_conn *c, cm_usec_t usec)
+/* <tv>: one of the worker's common timeouts */
+static void arm_timer(struct gw_conn *c, const struct timeval *tv)
 {
-    struct timeval tv;
-    cm_usec_to_tv(usec, &tv);
-    evtimer_add(&c->timer, &tv);
+    evtimer_add(&c->timer, tv);
 }
 
 static void send_error(struct gw_conn *c, enum gw_err e, int close);
@@ -206,14 +185,15 @@ static void begin_close(struct gw_conn *c)
         gw_claim_cancel(c->claim);
         c->claim = NULL;
     }
-    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-    arm_timer(c, LINGER_USEC);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 && !c->shut) {
+    gw_stream_set_timeouts(&c->cs, NULL, NULL);
+    gw_stream_set_watermarks(&c->cs, 0, 0);
+    gw_stream_read_enable(&c->cs);
+    evbuffer_drain(c->cs.in, evbuffer_get_length(c->cs.in));
+    arm_timer(c, c->w->to_linger);
+    gw_stream_flush(&c->cs); /* the write callback half-closes once the output is out */
+    if (evbuffer_get_length(c->cs.out) == 0 && !c->shut) {
         c->shut = 1;
-        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+        shutdown(c->cs.fd, SHUT_WR);
     }
 }
 
@@ -237,7 +217,7 @@ static void conn_free(struct gw_conn *c)
         c->op->c = NULL; /* its reply frees it */
     aux_reset(c);
     evtimer_del(&c->timer);
-    bufferevent_free(c->bev);
+    gw_stream_fini(&c->cs);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -270,7 +250,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
         c->up = NULL;
     }
     if (c->head_pending) {
-        evbuffer_drain(bufferevent_get_input(c->bev), c->head_len);
+        evbuffer_drain(c->cs.in, c->head_len);
         c->head_pending = 0;
     }
     if (!c->req_done)
@@ -280,7 +260,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
     char body[256];
     int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
                         info->code, info->message);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->cs.out;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                         "content-length: %d\r\ncache-control: no-store\r\n",
@@ -305,100 +285,25 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
         begin_close(c);
         return;
     }
-    flush_now(c->bev);
+    gw_stream_flush(&c->cs);
     c->state = CS_IDLE;
     c->t_start = 0;
-    arm_timer(c, w->gc->limits.keepalive_timeout);
-    bufferevent_enable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+    arm_timer(c, w->to_keepalive);
+    gw_stream_read_enable(&c->cs);
+    if (evbuffer_get_length(c->cs.in)) {
         c->state = CS_HEAD;
-        arm_timer(c, w->gc->limits.header_timeout);
+        arm_timer(c, w->to_header);
         process_head(c);
     }
 }
 
 /* ------------------------------------------------------------------ activity */
 
-#define TOUCH_DELAY_USEC 20000
-#define TOUCH_BATCH 200 /* + 2 arguments: within cm_redis_script()'s limit */
-
-struct touch_batch {
-    struct gw_worker *w;
-    size_t n;
-    struct cm_hash keys[];
-};
-
-static void on_touched(redisReply *reply, const char *err, void *data)
-{
-    struct touch_batch *t = data;
-    /* 0: the session is no longer bound (deleted, expired, lost): forget the binding. */
-    if (!err && reply && reply->type == REDIS_REPLY_ARRAY)
-        for (size_t i = 0; i < reply->elements && i < t->n; i++)
-            if (reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 0)
-                gw_cache_drop(t->w->cache, t->keys[i]);
-    free(t);
-}
-
-void gw_conn_flush_touches(struct gw_worker *w)
-{
-    if (w->n_touch == 0)
-        return;
-    size_t n = w->n_touch;
-    w->n_touch = 0;
-    struct touch_batch *t = malloc(sizeof(*t) + n * sizeof(t->keys[0]));
-    if (!t)
-        return;
-    t->w = w;
-    t->n = n;
-    memcpy(t->keys, w->touch_key, n * sizeof(t->keys[0]));
-    char ms[24];
-    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
-    const char *argv[2 + TOUCH_BATCH];
-    size_t lens[2 + TOUCH_BATCH];
-    argv[0] = w->gc->common->redis.prefix;
-    lens[0] = strlen(argv[0]);
-    argv[1] = ms;
-    lens[1] = strlen(ms);
-    for (size_t i = 0; i < n; i++) {
-        argv[2 + i] = w->touch_hex[i];
-        lens[2 + i] = CM_HASH_HEX_LEN;
-    }
-    if (cm_redis_script(w->redis, CM_SCRIPT_TOUCH, on_touched, t, (int)(2 + n), argv, lens) < 0)
-        free(t);
-}
-
-void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *session_hex, int force)
-{
-    /* Activity is written at most once per activity_flush per session, and batched: the
-     * tick sends every pending one in a single script call. */
-    struct gw_cache_entry *e = gw_cache_get(w->cache, h);
-    cm_usec_t now = cm_now_mono();
-    if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
-        return;
-    e->last_flush = now;
-    if (!w->touch_hex) {
-        w->touch_hex = malloc(TOUCH_BATCH * sizeof(*w->touch_hex));
-        w->touch_key = malloc(TOUCH_BATCH * sizeof(*w->touch_key));
-        if (!w->touch_hex || !w->touch_key)
-            return;
-    }
-    memcpy(w->touch_hex[w->n_touch], session_hex, CM_HASH_HEX_LEN + 1);
-    w->touch_key[w->n_touch] = h;
-    if (++w->n_touch == TOUCH_BATCH) {
-        gw_conn_flush_touches(w);
-    } else if (w->n_touch == 1) {
-        /* Small batches every few tens of milliseconds rather than one large script a
-         * second: Redis shares the machine, and a long script is a latency spike. */
-        struct timeval tv = {0, TOUCH_DELAY_USEC};
-        evtimer_add(w->touch_ev, &tv);
-    }
-}
-
 void gw_conn_touch_streams(struct gw_worker *w)
 {
     for (struct gw_conn *c = w->conns; c; c = c->next)
         if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
-            gw_conn_touch(w, c->hash, c->session_hex, 0);
+            gw_activity_touch(w, c->hash, c->session_hex, 0);
 }
 
 /* ------------------------------------------------------------------ request head */
@@ -406,7 +311,7 @@ void gw_conn_touch_streams(struct gw_worker *w)
 static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
 {
     struct gw_worker *w = c->w;
-    const char *data = (const char *)evbuffer_pullup(bufferevent_get_input(c->bev),
+    const char *data = (const char *)evbuffer_pullup(c->cs.in,
                                                      (ev_ssize_t)c->head_len);
     if (!data)
         return GW_H1_BAD;
@@ -441,7 +346,7 @@ static void process_head(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
     const struct gw_limits *lim = &w->gc->limits;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->cs.in;
     size_t len = evbuffer_get_length(in);
     if (len == 0)
         return;
@@ -639,7 +544,7 @@ static void process_head(struct gw_conn *c)
         cm_hash_hex(c->session, c->session_hex);
         c->from_cache = 1;
         GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
-        gw_conn_touch(w, c->hash, c->session_hex, 0);
+        gw_activity_touch(w, c->hash, c->session_hex, 0);
         forward(c, &h);
         return;
     }
@@ -719,7 +624,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     struct gw_conn *c = data;
     struct gw_worker *w = c->w;
     c->claim = NULL;
-    bufferevent_enable(c->bev, EV_READ);
+    gw_stream_read_enable(&c->cs);
     if (err == GW_ERR_STORE_UNAVAILABLE) {
         struct gw_cache_entry *stale = gw_cache_get(w->cache, c->hash);
         if (stale) { /* the store timed out: a binding we knew is better than a 503 */
@@ -745,8 +650,11 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     memcpy(c->session_hex, b->session_hex, sizeof(c->session_hex));
     cm_usec_t now = cm_now_mono();
     struct gw_cache_entry *e = gw_cache_put(w->cache, b, now + w->gc->cache_ttl);
+    /* The claim script recorded the activity. The next touch is due within activity_flush,
+     * spread by the session's (random) hash: sessions started together, as a batch of agents
+     * or a benchmark's warm-up, must not all come due in the same instant. */
     if (e)
-        e->last_flush = now; /* the claim script recorded the activity */
+        e->last_flush = now - (cm_usec_t)(b->session.lo % (w->gc->activity_flush / 2 + 1));
     memcpy(c->instance, b->instance, sizeof(c->instance));
     memcpy(c->addr, b->addr, sizeof(c->addr));
     if (b->how != GW_CLAIM_BOUND)
@@ -771,7 +679,7 @@ static void start_claim(struct gw_conn *c)
                                    : GW_CLAIM_MODE_CLAIM,
     };
     c->state = CS_ROUTING;
-    bufferevent_disable(c->bev, EV_READ);
+    gw_stream_read_disable(&c->cs);
     c->claim = gw_claim_start(w->claimer, &req, on_claimed, c);
     if (!c->claim)
         send_error(c, GW_ERR_INTERNAL, 1);
@@ -870,9 +778,9 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
     evbuffer_add(out, "\r\n", 2);
 }
 
-static void on_up_read(struct bufferevent *bev, void *arg);
-static void on_up_write(struct bufferevent *bev, void *arg);
-static void on_up_event(struct bufferevent *bev, short what, void *arg);
+static void on_up_read(struct gw_stream *us, void *arg);
+static void on_up_write(struct gw_stream *us, void *arg);
+static void on_up_event(struct gw_stream *us, short what, void *arg);
 
 static void instance_unreachable(struct gw_conn *c)
 {
@@ -924,15 +832,11 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     }
     c->up_reused = (unsigned)reused;
     c->up_connected = (unsigned)reused;
-    struct bufferevent *ub = gw_upconn_bev(c->up);
-    bufferevent_setcb(ub, on_up_read, on_up_write, on_up_event, c);
-    bufferevent_setwatermark(ub, EV_WRITE, lim->buffer_low, 0);
-    bufferevent_setwatermark(ub, EV_READ, 0, lim->buffer_high);
-    struct timeval rt, ct;
-    cm_usec_to_tv(lim->response_timeout, &rt);
-    cm_usec_to_tv(lim->connect_timeout, &ct);
-    bufferevent_set_timeouts(ub, &rt, reused ? NULL : &ct);
-    bufferevent_enable(ub, EV_READ); /* writes: flush_now(), and libevent while connecting */
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    gw_stream_setcb(us, on_up_read, on_up_write, on_up_event, c);
+    gw_stream_set_watermarks(us, lim->buffer_high, lim->buffer_low);
+    gw_stream_set_timeouts(us, w->to_response, reused ? NULL : w->to_connect);
+    gw_stream_read_enable(us);
 
     struct gw_h1_head h;
     if (!parsed) {
@@ -942,9 +846,9 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
         }
         parsed = &h;
     }
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->cs.in;
     const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->head_len);
-    write_request_head(c, parsed, head, bufferevent_get_output(ub));
+    write_request_head(c, parsed, head, us->out);
     c->state = CS_PROXY;
     c->rscan = 0;
     c->resp_head_done = 0;
@@ -954,7 +858,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
          * can be retried transparently. */
         c->head_pending = 1;
         if (c->up_connected)
-            flush_now(ub);
+            gw_stream_flush(us);
         return;
     }
     evbuffer_drain(in, c->head_len);
@@ -967,7 +871,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
 static void drop_pending_head(struct gw_conn *c)
 {
     if (c->head_pending) {
-        evbuffer_drain(bufferevent_get_input(c->bev), c->head_len);
+        evbuffer_drain(c->cs.in, c->head_len);
         c->head_pending = 0;
     }
 }
@@ -1040,7 +944,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
         return evbuffer_add(c->aux, at, len) < 0 ? -1 : 0;
     }
     if (c->dechunk)
-        evbuffer_add(bufferevent_get_output(c->bev), at, len);
+        evbuffer_add(c->cs.out, at, len);
     if (c->sniff)
         return sniff_endpoint(c, at, len);
     return 0;
@@ -1049,15 +953,18 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 static void relay_req_body(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer *out = bufferevent_get_output(gw_upconn_bev(c->up));
+    struct evbuffer *in = c->cs.in;
+    struct evbuffer *out = gw_upconn_stream(c->up)->out;
     while (!c->req_done && evbuffer_get_length(in) > 0) {
         if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-            c->paused_client = 1;
-            bufferevent_disable(c->bev, EV_READ);
             if (c->up_connected)
-                flush_now(gw_upconn_bev(c->up));
-            return;
+                gw_stream_flush(gw_upconn_stream(c->up));
+            if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
+                /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
+                c->paused_client = 1;
+                gw_stream_read_disable(&c->cs);
+                return;
+            }
         }
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
@@ -1078,7 +985,7 @@ static void relay_req_body(struct gw_conn *c)
         GW_METRIC_ADD(&w->metrics, bytes_in, used);
     }
     if (c->up_connected)
-        flush_now(gw_upconn_bev(c->up));
+        gw_stream_flush(gw_upconn_stream(c->up));
 }
 
 /* ------------------------------------------------------------------ aliases */
@@ -1112,18 +1019,18 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
     }
     if (!c->up)
         return;
-    struct bufferevent *ub = gw_upconn_bev(c->up);
-    bufferevent_enable(ub, EV_READ);
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    gw_stream_read_enable(us);
     if (!c->resp_head_done) {
         c->alias_done = 1;
         if (c->used_auto)
             c->auto_is_mcp = 1;
     } else {
-        struct evbuffer *in = bufferevent_get_input(ub);
+        struct evbuffer *in = us->in;
         if (c->dechunk)
             evbuffer_drain(in, c->held);
         else
-            evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), c->held);
+            evbuffer_remove_buffer(in, c->cs.out, c->held);
         GW_METRIC_ADD(&c->w->metrics, bytes_out, c->held);
         c->held = 0;
         llhttp_resume(&c->resp);
@@ -1151,7 +1058,7 @@ static void store_alias(struct gw_conn *c, const char *source)
     op->c = c;
     c->op = op;
     c->alias_pending = 1;
-    bufferevent_disable(gw_upconn_bev(c->up), EV_READ);
+    gw_stream_read_disable(gw_upconn_stream(c->up));
     cm_log_debug("conn", "alias source=%s session=%s", source, c->session_hex);
 }
 
@@ -1169,7 +1076,7 @@ static void on_released(redisReply *reply, const char *err, void *data)
                     err ? err : "no reply");
     if (!c->up)
         return;
-    bufferevent_enable(gw_upconn_bev(c->up), EV_READ);
+    gw_stream_read_enable(gw_upconn_stream(c->up));
     relay_resp(c);
 }
 
@@ -1197,7 +1104,7 @@ static void release_session(struct gw_conn *c)
     op->c = c;
     c->op = op;
     c->alias_pending = 1;
-    bufferevent_disable(gw_upconn_bev(c->up), EV_READ);
+    gw_stream_read_disable(gw_upconn_stream(c->up));
 }
 
 /* ------------------------------------------------------------------ responses */
@@ -1205,7 +1112,7 @@ static void release_session(struct gw_conn *c)
 static void finish_exchange(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    flush_now(c->bev);
+    gw_stream_flush(&c->cs);
     drop_pending_head(c);
     int reusable = c->req_done && c->resp_keepalive && !c->upgrade_req;
     if (!c->req_done)
@@ -1221,11 +1128,11 @@ static void finish_exchange(struct gw_conn *c)
     c->state = CS_IDLE;
     c->t_start = 0;
     c->paused_client = c->paused_up = 0;
-    bufferevent_enable(c->bev, EV_READ);
-    arm_timer(c, w->gc->limits.keepalive_timeout);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+    gw_stream_read_enable(&c->cs);
+    arm_timer(c, w->to_keepalive);
+    if (evbuffer_get_length(c->cs.in)) {
         c->state = CS_HEAD;
-        arm_timer(c, w->gc->limits.header_timeout);
+        arm_timer(c, w->to_header);
         process_head(c);
     }
 }
@@ -1234,7 +1141,7 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
                                  size_t head_len)
 {
     struct gw_worker *w = c->w;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->cs.out;
     const char *head_end = head + head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     if (h->http_major == 1 && h->http_minor == 1) {
@@ -1277,23 +1184,20 @@ static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
 static void start_tunnel(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    struct timeval tv;
     c->state = CS_TUNNEL;
     c->req_done = 1;
-    cm_usec_to_tv(w->gc->limits.stream_idle_timeout, &tv);
-    bufferevent_set_timeouts(gw_upconn_bev(c->up), &tv, NULL);
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
-    bufferevent_enable(c->bev, EV_READ);
+    gw_stream_set_timeouts(gw_upconn_stream(c->up), w->to_stream_idle, NULL);
+    gw_stream_set_timeouts(&c->cs, w->to_stream_idle, NULL);
+    gw_stream_read_enable(&c->cs);
 }
 
 static void tunnel_pump(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    struct bufferevent *ub = gw_upconn_bev(c->up);
+    struct gw_stream *us = gw_upconn_stream(c->up);
     size_t high = w->gc->limits.buffer_high;
-    struct evbuffer *cin = bufferevent_get_input(c->bev), *cout = bufferevent_get_output(c->bev);
-    struct evbuffer *uin = bufferevent_get_input(ub), *uout = bufferevent_get_output(ub);
+    struct evbuffer *cin = c->cs.in, *cout = c->cs.out;
+    struct evbuffer *uin = us->in, *uout = us->out;
     size_t n = evbuffer_get_length(cin);
     if (n) {
         evbuffer_add_buffer(uout, cin);
@@ -1304,16 +1208,17 @@ static void tunnel_pump(struct gw_conn *c)
         evbuffer_add_buffer(cout, uin);
         GW_METRIC_ADD(&w->metrics, bytes_out, n);
     }
+    gw_stream_flush(&c->cs);
+    gw_stream_flush(us);
+    /* Above the mark after the flush, so EV_WRITE is armed: its callback resumes. */
     if (evbuffer_get_length(uout) >= high) {
         c->paused_client = 1;
-        bufferevent_disable(c->bev, EV_READ);
+        gw_stream_read_disable(&c->cs);
     }
     if (evbuffer_get_length(cout) >= high) {
         c->paused_up = 1;
-        bufferevent_disable(ub, EV_READ);
+        gw_stream_read_disable(us);
     }
-    flush_now(c->bev);
-    flush_now(ub);
 }
 
 /* Returns 1 when the head was handled and relaying may go on, 0 to wait, -1 when <c> is gone
@@ -1321,8 +1226,8 @@ static void tunnel_pump(struct gw_conn *c)
 static int parse_resp_head(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    struct bufferevent *ub = gw_upconn_bev(c->up);
-    struct evbuffer *in = bufferevent_get_input(ub);
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    struct evbuffer *in = us->in;
     size_t len = evbuffer_get_length(in);
     size_t max = w->gc->limits.max_header_bytes * 4;
     if (len == 0)
@@ -1430,13 +1335,11 @@ static int parse_resp_head(struct gw_conn *c)
     }
     drop_pending_head(c);
     gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
-    struct timeval tv;
-    cm_usec_to_tv(w->gc->limits.stream_idle_timeout, &tv);
-    bufferevent_set_timeouts(ub, &tv, NULL);
     if (h.body_done) {
         finish_exchange(c);
         return -1;
     }
+    gw_stream_set_timeouts(us, w->to_stream_idle, NULL); /* the body may stream for long */
     c->resp.settings = (void *)&w->resp_body_settings;
     c->resp.data = c;
     return 1;
@@ -1463,7 +1366,7 @@ static int emit_rewritten(struct gw_conn *c)
     }
     c->reframe_len = evbuffer_get_length(nb);
     write_response_head(c, &h, head, head_len);
-    evbuffer_add_buffer(bufferevent_get_output(c->bev), nb);
+    evbuffer_add_buffer(c->cs.out, nb);
     evbuffer_free(nb);
     return 0;
 }
@@ -1476,21 +1379,23 @@ static void relay_resp(struct gw_conn *c)
     while (c->up && !c->resp_head_done) {
         int r = parse_resp_head(c);
         if (r == 0)
-            flush_now(c->bev); /* e.g. a 100 Continue passed on, the final head still due */
+            gw_stream_flush(&c->cs); /* e.g. a 100 Continue passed on, the final head still due */
         if (r <= 0)
             return;
     }
     if (!c->up)
         return;
-    struct bufferevent *ub = gw_upconn_bev(c->up);
-    struct evbuffer *in = bufferevent_get_input(ub);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    struct evbuffer *in = us->in;
+    struct evbuffer *out = c->cs.out;
     while (evbuffer_get_length(in) > 0) {
         if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-            c->paused_up = 1;
-            bufferevent_disable(ub, EV_READ);
-            flush_now(c->bev);
-            return;
+            gw_stream_flush(&c->cs);
+            if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
+                c->paused_up = 1; /* EV_WRITE is armed: on_client_write resumes */
+                gw_stream_read_disable(us);
+                return;
+            }
         }
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
@@ -1535,30 +1440,29 @@ static void relay_resp(struct gw_conn *c)
             return;
         }
     }
-    flush_now(c->bev);
+    gw_stream_flush(&c->cs);
 }
 
 /* ------------------------------------------------------------------ upstream callbacks */
 
-static void on_up_read(struct bufferevent *bev, void *arg)
+static void on_up_read(struct gw_stream *us, void *arg)
 {
     struct gw_conn *c = arg;
-    (void)bev;
+    (void)us;
     if (c->state == CS_TUNNEL)
         tunnel_pump(c);
     else if (c->state == CS_PROXY)
         relay_resp(c);
 }
 
-static void on_up_write(struct bufferevent *bev, void *arg)
+static void on_up_write(struct gw_stream *us, void *arg)
 {
     struct gw_conn *c = arg;
-    if (c->up_connected && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_disable(bev, EV_WRITE); /* back to flush_now() */
+    (void)us;
     if (!c->paused_client)
         return;
     c->paused_client = 0;
-    bufferevent_enable(c->bev, EV_READ);
+    gw_stream_read_enable(&c->cs);
     if (c->state == CS_TUNNEL)
         tunnel_pump(c);
     else if (c->state == CS_PROXY && !c->req_done)
@@ -1573,19 +1477,18 @@ static void retry_fresh(struct gw_conn *c)
     forward(c, NULL);
 }
 
-static void on_up_event(struct bufferevent *bev, short what, void *arg)
+static void on_up_event(struct gw_stream *us, short what, void *arg)
 {
     struct gw_conn *c = arg;
     struct gw_worker *w = c->w;
-    (void)bev;
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & GW_STREAM_CONNECTED) {
         c->up_connected = 1;
-        struct timeval rt;
-        cm_usec_to_tv(w->gc->limits.response_timeout, &rt);
-        bufferevent_set_timeouts(gw_upconn_bev(c->up), &rt, NULL);
-        /* libevent's connect path ends here with EV_WRITE off: flush_now() from now on */
-        bufferevent_disable(gw_upconn_bev(c->up), EV_WRITE);
-        flush_now(gw_upconn_bev(c->up));
+        gw_stream_set_timeouts(us, w->to_response, NULL);
+        gw_stream_flush(us);
+        /* What waited for the connection may all be out now, with no write callback to
+         * come: resume the request body here. */
+        if (c->paused_client && evbuffer_get_length(us->out) < w->gc->limits.buffer_high)
+            on_up_write(us, c);
         return;
     }
     if (c->state == CS_TUNNEL) {
@@ -1595,7 +1498,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         begin_close(c);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
+    if (what & GW_STREAM_TIMEOUT) {
         if (!c->up_connected) {
             instance_unreachable(c);
         } else if (!c->resp_head_done) {
@@ -1612,7 +1515,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (!c->resp_head_done) {
-        struct evbuffer *in = bufferevent_get_input(gw_upconn_bev(c->up));
+        struct evbuffer *in = gw_upconn_stream(c->up)->in;
         if (c->up_reused && !c->retried && c->head_pending && evbuffer_get_length(in) == 0) {
             retry_fresh(c); /* the pooled connection had gone stale */
             return;
@@ -1632,7 +1535,7 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
     relay_resp(c); /* whatever arrived with the close */
     if (!c->up)
         return;
-    if ((what & BEV_EVENT_EOF) && llhttp_message_needs_eof(&c->resp)) {
+    if ((what & GW_STREAM_EOF) && llhttp_message_needs_eof(&c->resp)) {
         llhttp_finish(&c->resp);
         c->close_after = 1;
         if (c->rewrite && emit_rewritten(c) < 0) {
@@ -1653,14 +1556,14 @@ static void on_up_event(struct bufferevent *bev, short what, void *arg)
 
 /* ------------------------------------------------------------------ client callbacks */
 
-static void on_client_read(struct bufferevent *bev, void *arg)
+static void on_client_read(struct gw_stream *cs, void *arg)
 {
     struct gw_conn *c = arg;
-    (void)bev;
+    (void)cs;
     switch (c->state) {
     case CS_IDLE:
         c->state = CS_HEAD;
-        arm_timer(c, c->w->gc->limits.header_timeout);
+        arm_timer(c, c->w->to_header);
         /* fall through */
     case CS_HEAD:
         process_head(c);
@@ -1673,7 +1576,7 @@ static void on_client_read(struct bufferevent *bev, void *arg)
         tunnel_pump(c);
         break;
     case CS_CLOSING: {
-        struct evbuffer *in = bufferevent_get_input(c->bev);
+        struct evbuffer *in = c->cs.in;
         evbuffer_drain(in, evbuffer_get_length(in));
         break;
     }
@@ -1682,22 +1585,19 @@ static void on_client_read(struct bufferevent *bev, void *arg)
     }
 }
 
-static void on_client_write(struct bufferevent *bev, void *arg)
+static void on_client_write(struct gw_stream *cs, void *arg)
 {
     struct gw_conn *c = arg;
-    struct evbuffer *out = bufferevent_get_output(bev);
     if (c->state == CS_CLOSING) {
-        if (evbuffer_get_length(out) == 0 && !c->shut) {
+        if (evbuffer_get_length(cs->out) == 0 && !c->shut) {
             c->shut = 1;
-            shutdown(bufferevent_getfd(bev), SHUT_WR);
+            shutdown(cs->fd, SHUT_WR);
         }
         return;
     }
-    if (evbuffer_get_length(out) == 0)
-        bufferevent_disable(bev, EV_WRITE); /* back to flush_now() */
     if (c->paused_up && c->up) {
         c->paused_up = 0;
-        bufferevent_enable(gw_upconn_bev(c->up), EV_READ);
+        gw_stream_read_enable(gw_upconn_stream(c->up));
         if (c->state == CS_TUNNEL)
             tunnel_pump(c);
         else
@@ -1705,16 +1605,16 @@ static void on_client_write(struct bufferevent *bev, void *arg)
     }
 }
 
-static void on_client_event(struct bufferevent *bev, short what, void *arg)
+static void on_client_event(struct gw_stream *cs, short what, void *arg)
 {
     struct gw_conn *c = arg;
-    (void)bev;
-    if (c->state == CS_TUNNEL && (what & BEV_EVENT_EOF) && c->up) {
+    (void)cs;
+    if (c->state == CS_TUNNEL && (what & GW_STREAM_EOF) && c->up) {
         /* Client closed its side: pass on what it sent, then close both. */
         tunnel_pump(c);
-        struct bufferevent *ub = gw_upconn_bev(c->up);
-        if (evbuffer_get_length(bufferevent_get_output(ub)) == 0)
-            shutdown(bufferevent_getfd(ub), SHUT_WR);
+        struct gw_stream *us = gw_upconn_stream(c->up);
+        if (evbuffer_get_length(us->out) == 0)
+            shutdown(us->fd, SHUT_WR);
     }
     /* EOF, error or stream idle timeout: the client is gone; cancel the upstream request. */
     conn_free(c);
@@ -1731,9 +1631,7 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         return;
     }
     c->w = w;
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        close(fd);
+    if (gw_stream_init(&c->cs, w->base, fd, &w->scratch) < 0) { /* closes fd */
         free(c);
         return;
     }
@@ -1748,17 +1646,11 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
     if (sa->sa_family != AF_UNIX)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evtimer_assign(&c->timer, w->base, on_timer, c);
-    /* Large bodies move in big reads and writes (libevent's default is 16 KiB a call); small
-     * exchanges are unaffected: a read takes what the socket holds. */
-    bufferevent_set_max_single_read(c->bev, GW_MAX_SINGLE_IO);
-    bufferevent_set_max_single_write(c->bev, GW_MAX_SINGLE_IO);
-    bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, w->gc->limits.buffer_high);
-    bufferevent_setwatermark(c->bev, EV_WRITE, w->gc->limits.buffer_low, 0);
-    bufferevent_enable(c->bev, EV_READ);
-    bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent; writes: flush_now() */
+    gw_stream_setcb(&c->cs, on_client_read, on_client_write, on_client_event, c);
+    gw_stream_set_watermarks(&c->cs, w->gc->limits.buffer_high, w->gc->limits.buffer_low);
+    gw_stream_read_enable(&c->cs);
     c->state = CS_IDLE;
-    arm_timer(c, w->gc->limits.keepalive_timeout);
+    arm_timer(c, w->to_keepalive);
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;

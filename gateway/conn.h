@@ -15,14 +15,8 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
 void gw_conn_drain_all(struct gw_worker *w);
 /* Closes every connection at once. */
 void gw_conn_close_all(struct gw_worker *w);
-/* Records activity of the sessions whose streams are open (called every activity_flush). */
+/* Queues activity of the sessions whose streams are open (called every activity_flush). */
 void gw_conn_touch_streams(struct gw_worker *w);
-/* Writes activity for the session with <hash> if due; used by conn.c and the tick. */
-struct cm_hash;
-void gw_conn_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force);
-
-/* Sends the activity gathered since the last call (one script call). */
-void gw_conn_flush_touches(struct gw_worker *w);
 
 /* Frees the bookkeeping of background binding checks still pending (after the claimer is
  * destroyed, which cancels their callbacks). */

@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,6 +17,7 @@
 #include "gateway/claim.h"
 #include "gateway/config.h"
 #include "gateway/metrics.h"
+#include "gateway/stream.h"
 
 #define BUCKETS 1024
 
@@ -38,7 +38,7 @@ struct gw_upool {
 struct gw_upconn {
     struct gw_upconn *next, *prev;
     struct gw_upool *pool;
-    struct bufferevent *bev;
+    struct gw_stream s;
     int idle;
 };
 
@@ -46,6 +46,8 @@ struct gw_upstreams {
     struct event_base *base;
     const struct gw_config *gc;
     struct gw_metrics *m;
+    struct gw_stream_scratch *scratch;
+    const struct timeval *idle_timeout; /* common timeout */
     struct gw_upool *buckets[BUCKETS];
     size_t n_idle;
 };
@@ -75,7 +77,7 @@ static int parse_addr(const char *addr, struct sockaddr_storage *sa, socklen_t *
 }
 
 struct gw_upstreams *gw_upstreams_create(struct event_base *base, const struct gw_config *gc,
-                                         struct gw_metrics *m)
+                                         struct gw_metrics *m, struct gw_stream_scratch *scratch)
 {
     struct gw_upstreams *u = calloc(1, sizeof(*u));
     if (!u)
@@ -83,6 +85,14 @@ struct gw_upstreams *gw_upstreams_create(struct event_base *base, const struct g
     u->base = base;
     u->gc = gc;
     u->m = m;
+    u->scratch = scratch;
+    struct timeval tv;
+    cm_usec_to_tv(gc->limits.upstream_idle_timeout, &tv);
+    u->idle_timeout = event_base_init_common_timeout(base, &tv);
+    if (!u->idle_timeout) {
+        free(u);
+        return NULL;
+    }
     return u;
 }
 
@@ -118,7 +128,7 @@ static void upconn_close(struct gw_upconn *uc)
     struct gw_upool *p = uc->pool;
     if (uc->idle)
         idle_unlink(uc);
-    bufferevent_free(uc->bev);
+    gw_stream_fini(&uc->s);
     free(uc);
     pool_unref(p);
 }
@@ -144,15 +154,15 @@ void gw_upstreams_destroy(struct gw_upstreams *u)
     free(u);
 }
 
-static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+static void idle_event_cb(struct gw_stream *s, short what, void *arg)
 {
-    (void)bev, (void)what;
+    (void)s, (void)what;
     upconn_close(arg); /* closed by the instance, error, or idle timeout */
 }
 
-static void idle_read_cb(struct bufferevent *bev, void *arg)
+static void idle_read_cb(struct gw_stream *s, void *arg)
 {
-    (void)bev;
+    (void)s;
     upconn_close(arg); /* bytes on an idle connection: protocol error, drop it */
 }
 
@@ -208,7 +218,6 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
     if (p->idle) {
         struct gw_upconn *uc = p->idle;
         idle_unlink(uc);
-        bufferevent_set_timeouts(uc->bev, NULL, NULL);
         GW_METRIC_INC(u->m, upstream_reuses);
         *ret_reused = 1;
         return uc;
@@ -224,37 +233,28 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
     }
     p->refs++;
     uc->pool = p;
-    uc->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!uc->bev) {
+    int rc = gw_stream_connect(&uc->s, u->base, (struct sockaddr *)&p->sa, p->salen, u->scratch);
+    if (rc < 0) {
         free(uc);
         pool_unref(p);
-        *ret_err = -ENOMEM;
-        return NULL;
-    }
-    bufferevent_set_max_single_read(uc->bev, 256 * 1024);
-    bufferevent_set_max_single_write(uc->bev, 256 * 1024);
-    if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->sa, (int)p->salen) < 0) {
-        int e = errno ? errno : ECONNREFUSED;
-        bufferevent_free(uc->bev);
-        free(uc);
-        pool_unref(p);
-        *ret_err = -e;
+        *ret_err = rc;
         return NULL;
     }
     if (p->port) /* the agent's port selection line, before any request byte */
-        evbuffer_add_printf(bufferevent_get_output(uc->bev), "BERTH-PORT %u\r\n", p->port);
+        evbuffer_add_printf(uc->s.out, "BERTH-PORT %u\r\n", p->port);
     if (p->is_tcp) {
         int one = 1;
-        setsockopt(bufferevent_getfd(uc->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(uc->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
+    gw_stream_read_enable(&uc->s);
     GW_METRIC_INC(u->m, upstream_connects);
     *ret_reused = 0;
     return uc;
 }
 
-struct bufferevent *gw_upconn_bev(struct gw_upconn *uc)
+struct gw_stream *gw_upconn_stream(struct gw_upconn *uc)
 {
-    return uc->bev;
+    return &uc->s;
 }
 
 void gw_upconn_release(struct gw_upconn *uc, int reusable)
@@ -264,8 +264,8 @@ void gw_upconn_release(struct gw_upconn *uc, int reusable)
     struct gw_upool *p = uc->pool;
     struct gw_upstreams *u = p->u;
     if (!reusable || p->n_idle >= u->gc->limits.upstream_idle_per_instance ||
-        evbuffer_get_length(bufferevent_get_input(uc->bev)) ||
-        evbuffer_get_length(bufferevent_get_output(uc->bev))) {
+        evbuffer_get_length(uc->s.in) || evbuffer_get_length(uc->s.out) ||
+        uc->s.failed) {
         upconn_close(uc);
         return;
     }
@@ -277,13 +277,10 @@ void gw_upconn_release(struct gw_upconn *uc, int reusable)
     p->idle = uc;
     p->n_idle++;
     u->n_idle++;
-    struct timeval tv;
-    cm_usec_to_tv(u->gc->limits.upstream_idle_timeout, &tv);
-    bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
-    bufferevent_setwatermark(uc->bev, EV_READ, 0, 0);
-    bufferevent_setwatermark(uc->bev, EV_WRITE, 0, 0);
-    bufferevent_set_timeouts(uc->bev, &tv, NULL);
-    bufferevent_enable(uc->bev, EV_READ);
+    gw_stream_setcb(&uc->s, idle_read_cb, NULL, idle_event_cb, uc);
+    gw_stream_set_watermarks(&uc->s, 0, 0);
+    gw_stream_set_timeouts(&uc->s, u->idle_timeout, NULL);
+    gw_stream_read_enable(&uc->s);
 }
 
 size_t gw_upstreams_idle(const struct gw_upstreams *u)

@@ -7,27 +7,29 @@
 #include <stddef.h>
 
 struct event_base;
-struct bufferevent;
+struct gw_stream;
+struct gw_stream_scratch;
 struct gw_config;
 struct gw_metrics;
 struct gw_upstreams;
 struct gw_upconn;
 
-/* Returns a new pool set, or NULL. Borrows its arguments for its life. */
+/* Returns a new pool set, or NULL. Borrows its arguments for its life (<scratch>: the loop's
+ * read buffer, see gateway/stream.h). */
 struct gw_upstreams *gw_upstreams_create(struct event_base *base, const struct gw_config *gc,
-                                         struct gw_metrics *m);
+                                         struct gw_metrics *m, struct gw_stream_scratch *scratch);
 /* Closes every idle connection and frees; connections still in use must have been released
  * first. Takes NULL. */
 void gw_upstreams_destroy(struct gw_upstreams *u);
 
 /* A connection to <addr>: a pooled idle one (*ret_reused = 1), or a new one whose connect has
- * started (*ret_reused = 0; completion arrives as BEV_EVENT_CONNECTED on the caller's event
+ * started (*ret_reused = 0; completion arrives as GW_STREAM_CONNECTED on the caller's event
  * callback). Returns NULL with *ret_err = -EINVAL (bad address), -ENOMEM, or the connect
- * errno. The caller sets its own callbacks on gw_upconn_bev() and gives the connection back
- * with gw_upconn_release(). */
+ * errno. The caller sets its own callbacks, timeouts and watermarks on gw_upconn_stream()
+ * (reading starts enabled) and gives the connection back with gw_upconn_release(). */
 struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int *ret_reused,
                                   int *ret_err);
-struct bufferevent *gw_upconn_bev(struct gw_upconn *uc);
+struct gw_stream *gw_upconn_stream(struct gw_upconn *uc);
 /* Gives <uc> back: into its pool if <reusable> (the last exchange completed cleanly and its
  * input is empty) and the pool has room, else closes it. Takes NULL. */
 void gw_upconn_release(struct gw_upconn *uc, int reusable);

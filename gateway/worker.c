@@ -19,6 +19,7 @@
 #include "common/store.h"
 #include "common/log.h"
 #include "common/redis.h"
+#include "gateway/activity.h"
 #include "gateway/cache.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
@@ -130,14 +131,14 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
 static void on_touch_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
-    gw_conn_flush_touches(arg);
+    gw_activity_flush(arg);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     gw_conn_touch_streams(arg);
-    gw_conn_flush_touches(arg);
+    gw_activity_flush(arg);
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -197,6 +198,13 @@ static int listen_socket(const char *addr, char *err, size_t errlen)
     return fd;
 }
 
+static const struct timeval *common_timeout(struct event_base *base, cm_usec_t usec)
+{
+    struct timeval tv;
+    cm_usec_to_tv(usec, &tv);
+    return event_base_init_common_timeout(base, &tv);
+}
+
 struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *err,
                                    size_t errlen)
 {
@@ -215,11 +223,21 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     snprintf(w->reqid_prefix, sizeof(w->reqid_prefix), "%08x", r);
     w->headers = calloc(gc->limits.max_headers, sizeof(*w->headers));
     w->base = event_base_new();
-    if (!w->headers || !w->base)
+    w->scratch.size = GW_SCRATCH_SIZE;
+    w->scratch.buf = malloc(w->scratch.size);
+    if (!w->headers || !w->base || !w->scratch.buf)
+        goto oom;
+    const struct gw_limits *lim = &gc->limits;
+    if (!(w->to_keepalive = common_timeout(w->base, lim->keepalive_timeout)) ||
+        !(w->to_header = common_timeout(w->base, lim->header_timeout)) ||
+        !(w->to_linger = common_timeout(w->base, GW_LINGER_USEC)) ||
+        !(w->to_connect = common_timeout(w->base, lim->connect_timeout)) ||
+        !(w->to_response = common_timeout(w->base, lim->response_timeout)) ||
+        !(w->to_stream_idle = common_timeout(w->base, lim->stream_idle_timeout)))
         goto oom;
     gw_conn_settings_init(w);
     w->cache = gw_cache_create(CACHE_MAX_ENTRIES);
-    w->ups = gw_upstreams_create(w->base, gc, &w->metrics);
+    w->ups = gw_upstreams_create(w->base, gc, &w->metrics, &w->scratch);
     w->redis = cm_redis_create(w->base, &gc->common->redis, on_redis_state, w);
     w->sub = cm_redis_create(w->base, &gc->common->redis, NULL, NULL);
     if (!w->cache || !w->ups || !w->redis || !w->sub)
@@ -311,8 +329,8 @@ void gw_worker_destroy(struct gw_worker *w)
     if (w->base)
         event_base_free(w->base);
     free(w->headers);
-    free(w->touch_hex);
-    free(w->touch_key);
+    free(w->scratch.buf);
+    gw_activity_free(w);
     free(w);
 }
 

@@ -11,6 +11,7 @@
 #include "common/key.h"
 #include "common/time.h"
 #include "gateway/metrics.h"
+#include "gateway/stream.h"
 
 struct event_base;
 struct event;
@@ -24,6 +25,13 @@ struct gw_conn;
 struct gw_h1_header;
 struct gw_refresh;
 
+/* Reads per call: large bodies move in large pieces; the buffer is the loop's, not a
+ * connection's, so idle connections do not hold it. */
+#define GW_SCRATCH_SIZE (128 * 1024)
+/* How long a closing connection keeps reading (and discarding) so the client sees our error
+ * response instead of a reset. */
+#define GW_LINGER_USEC (2 * CM_USEC_PER_SEC)
+
 struct gw_worker {
     int index;
     const struct gw_config *gc;
@@ -35,6 +43,10 @@ struct gw_worker {
     struct gw_cache *cache;
     struct gw_upstreams *ups;
     struct gw_metrics metrics;
+    struct gw_stream_scratch scratch; /* every read of this loop lands here first */
+    /* the limits as libevent common timeouts (O(1) to arm and re-arm, unlike the heap) */
+    const struct timeval *to_keepalive, *to_header, *to_linger, *to_connect, *to_response,
+        *to_stream_idle;
     /* scratch for parsing one head at a time (the loop is single-threaded) */
     struct gw_h1_header *headers;
     llhttp_settings_t req_head_settings, req_body_settings;
@@ -47,11 +59,12 @@ struct gw_worker {
     struct event *wake_ev;   /* read end of wake_pipe: gw_worker_stop() from another thread */
     int wake_pipe[2];
     /* activity waiting for the next flush: session hashes (hex) and their cache keys */
-    char (*touch_hex)[33];
+    char (*touch_hex)[33];       /* queue: [touch_head, n_touch) of touch_cap */
     struct cm_hash *touch_key;
-    size_t n_touch;
-    struct event *touch_ev;
-    struct gw_refresh *refreshes; /* background checks of stale bindings under way */  /* one-shot: sends pending activity a moment after the first */
+    size_t touch_head, n_touch, touch_cap;
+    int touch_inflight;          /* a touch script call is under way */
+    struct event *touch_ev;      /* one-shot: sends queued activity a moment after the first */
+    struct gw_refresh *refreshes; /* background checks of stale bindings under way */
     char reqid_prefix[9];
     uint64_t reqid_seq;
     int redis_up_before;     /* for wholesale cache flush after a reconnect */

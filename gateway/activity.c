@@ -1,0 +1,139 @@
+#include "gateway/activity.h"
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/redis.h"
+#include "common/store.h"
+#include "gateway/cache.h"
+#include "gateway/config.h"
+#include "gateway/worker.h"
+
+/* The first touch waits this long for others to join its call. */
+#define DELAY_USEC 20000
+
+struct call {
+    struct gw_worker *w;
+    size_t n;
+    struct cm_hash keys[GW_ACTIVITY_PER_CALL];
+};
+
+static void arm(struct gw_worker *w)
+{
+    struct timeval tv = {0, DELAY_USEC};
+    if (!evtimer_pending(w->touch_ev, NULL))
+        evtimer_add(w->touch_ev, &tv);
+}
+
+static void on_touched(redisReply *reply, const char *err, void *data)
+{
+    struct call *t = data;
+    struct gw_worker *w = t->w;
+    /* 0: the session is no longer bound (deleted, expired, lost): forget the binding. */
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < reply->elements && i < t->n; i++)
+            if (reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 0)
+                gw_cache_drop(w->cache, t->keys[i]);
+    free(t);
+    w->touch_inflight = 0;
+    if (w->n_touch > w->touch_head) {
+        if (err)
+            arm(w); /* Redis trouble: no tight loop of failing calls */
+        else
+            gw_activity_flush(w); /* the rest of a burst, right after this call */
+    }
+}
+
+void gw_activity_flush(struct gw_worker *w)
+{
+    size_t avail = w->n_touch - w->touch_head;
+    if (avail == 0 || w->touch_inflight)
+        return;
+    size_t n = avail < GW_ACTIVITY_PER_CALL ? avail : GW_ACTIVITY_PER_CALL;
+    struct call *t = malloc(sizeof(*t));
+    if (!t)
+        return;
+    t->w = w;
+    t->n = n;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[2 + GW_ACTIVITY_PER_CALL];
+    size_t lens[2 + GW_ACTIVITY_PER_CALL];
+    argv[0] = w->gc->common->redis.prefix;
+    lens[0] = strlen(argv[0]);
+    argv[1] = ms;
+    lens[1] = strlen(ms);
+    for (size_t i = 0; i < n; i++) {
+        argv[2 + i] = w->touch_hex[w->touch_head + i];
+        lens[2 + i] = CM_HASH_HEX_LEN;
+        t->keys[i] = w->touch_key[w->touch_head + i];
+    }
+    w->touch_head += n;
+    if (w->touch_head == w->n_touch)
+        w->touch_head = w->n_touch = 0;
+    /* Not sent (Redis away): these touches are lost; the sessions' next requests after
+     * activity_flush queue them again. */
+    if (cm_redis_script(w->redis, CM_SCRIPT_TOUCH, on_touched, t, (int)(2 + n), argv, lens) < 0)
+        free(t);
+    else
+        w->touch_inflight = 1;
+}
+
+static int make_room(struct gw_worker *w)
+{
+    if (w->n_touch < w->touch_cap)
+        return 0;
+    if (w->touch_head > 0) { /* slide the queue back to the front */
+        size_t live = w->n_touch - w->touch_head;
+        memmove(w->touch_hex, w->touch_hex + w->touch_head, live * sizeof(*w->touch_hex));
+        memmove(w->touch_key, w->touch_key + w->touch_head, live * sizeof(*w->touch_key));
+        w->touch_head = 0;
+        w->n_touch = live;
+        return 0;
+    }
+    if (w->touch_cap >= GW_ACTIVITY_QUEUE_MAX)
+        return -1;
+    size_t cap = w->touch_cap ? w->touch_cap * 2 : 256;
+    void *hex = realloc(w->touch_hex, cap * sizeof(*w->touch_hex));
+    if (!hex)
+        return -1;
+    w->touch_hex = hex;
+    void *key = realloc(w->touch_key, cap * sizeof(*w->touch_key));
+    if (!key)
+        return -1;
+    w->touch_key = key;
+    w->touch_cap = cap;
+    return 0;
+}
+
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force)
+{
+    struct gw_cache_entry *e = gw_cache_get(w->cache, h);
+    cm_usec_t now = cm_now_mono();
+    if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
+        return;
+    if (make_room(w) < 0)
+        return; /* last_flush unchanged: the next request tries again */
+    e->last_flush = now;
+    memcpy(w->touch_hex[w->n_touch], hex, CM_HASH_HEX_LEN + 1);
+    w->touch_key[w->n_touch] = h;
+    w->n_touch++;
+    if (w->n_touch - w->touch_head >= GW_ACTIVITY_PER_CALL)
+        gw_activity_flush(w);
+    else
+        arm(w);
+}
+
+void gw_activity_free(struct gw_worker *w)
+{
+    free(w->touch_hex);
+    free(w->touch_key);
+    w->touch_hex = NULL;
+    w->touch_key = NULL;
+    w->touch_head = w->n_touch = w->touch_cap = 0;
+}

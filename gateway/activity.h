@@ -1,0 +1,26 @@
+/* Session activity, written to Redis so the scheduler's reaper sees sessions in use: at most
+ * once per gateway.activity_flush per session, queued and sent in small script calls, one at
+ * a time per worker. Redis often shares a core with the gateway: one large script (every
+ * session of a burst at once) would stall the requests queued behind it, so the queue drains
+ * in calls of GW_ACTIVITY_PER_CALL sessions, the next sent when the last one is answered. One
+ * worker's loop only. */
+#ifndef GW_ACTIVITY_H
+#define GW_ACTIVITY_H
+
+#include "common/key.h"
+
+struct gw_worker;
+
+#define GW_ACTIVITY_PER_CALL 32
+/* Sessions waiting at most; beyond, a touch waits for that session's next request. */
+#define GW_ACTIVITY_QUEUE_MAX 65536
+
+/* Queues activity for the session with cache key <h> (its session hash as hex in <hex>) if it
+ * is due (or <force>) and the worker still has its binding cached. */
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force);
+/* Sends the next call's worth of queued activity unless one is under way. */
+void gw_activity_flush(struct gw_worker *w);
+/* Frees the queue (at worker destruction, after its Redis client). */
+void gw_activity_free(struct gw_worker *w);
+
+#endif

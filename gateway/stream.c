@@ -1,0 +1,280 @@
+#include "gateway/stream.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <string.h>
+#include <unistd.h>
+
+static void rd_update(struct gw_stream *s)
+{
+    if (s->want_read && !s->suspended) {
+        event_add(&s->rd, s->rtimeout); /* also restarts the read timeout */
+        s->rd_added = 1;
+    } else if (s->rd_added) {
+        event_del(&s->rd);
+        s->rd_added = 0;
+    }
+}
+
+static void wr_arm(struct gw_stream *s)
+{
+    event_add(&s->wr, s->wtimeout);
+    s->wr_added = 1;
+}
+
+static void wr_del(struct gw_stream *s)
+{
+    if (s->wr_added) {
+        event_del(&s->wr);
+        s->wr_added = 0;
+    }
+}
+
+static void on_input_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct gw_stream *s = arg;
+    if (info->n_deleted == 0 || (s->read_high && evbuffer_get_length(buf) >= s->read_high))
+        return;
+    s->suspended = 0;
+    evbuffer_remove_cb(buf, on_input_drained, s);
+    rd_update(s);
+}
+
+/* The input is full: stop reading until the owner drains it below read_high. An evbuffer
+ * callback watches the drain; it exists only while reading is held, so the hot path pays
+ * nothing for it. */
+static void suspend(struct gw_stream *s)
+{
+    if (s->suspended)
+        return;
+    if (!evbuffer_add_cb(s->in, on_input_drained, s))
+        return; /* no memory: keep reading past the mark rather than stall */
+    s->suspended = 1;
+    rd_update(s);
+}
+
+static void fail(struct gw_stream *s, short what, int err)
+{
+    s->error = err;
+    s->failed = 1;
+    if (what & GW_STREAM_READING) {
+        s->want_read = 0;
+        rd_update(s);
+    } else {
+        wr_del(s);
+    }
+    if (s->on_event)
+        s->on_event(s, what, s->arg);
+}
+
+static void on_rd(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_stream *s = arg;
+    if (what & EV_TIMEOUT) {
+        fail(s, GW_STREAM_READING | GW_STREAM_TIMEOUT, ETIMEDOUT);
+        return;
+    }
+    size_t len = evbuffer_get_length(s->in);
+    size_t want = s->scratch->size;
+    if (s->read_high) {
+        if (len >= s->read_high) {
+            suspend(s);
+            return;
+        }
+        if (s->read_high - len < want)
+            want = s->read_high - len;
+    }
+    /* One read per readiness (the loop is level-triggered: what is left is reported again),
+     * into the loop's scratch: no FIONREAD to size a buffer first. */
+    ssize_t n = read(fd, s->scratch->buf, want);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        fail(s, GW_STREAM_READING | GW_STREAM_ERROR, errno);
+        return;
+    }
+    if (n == 0) {
+        fail(s, GW_STREAM_READING | GW_STREAM_EOF, 0);
+        return;
+    }
+    if (evbuffer_add(s->in, s->scratch->buf, (size_t)n) < 0) {
+        fail(s, GW_STREAM_READING | GW_STREAM_ERROR, ENOMEM);
+        return;
+    }
+    if (s->read_high && len + (size_t)n >= s->read_high)
+        suspend(s);
+    if (s->on_read)
+        s->on_read(s, s->arg);
+}
+
+static void on_wr(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_stream *s = arg;
+    if (what & EV_TIMEOUT) {
+        fail(s, GW_STREAM_WRITING | GW_STREAM_TIMEOUT, ETIMEDOUT);
+        return;
+    }
+    if (s->connecting) {
+        int err = 0;
+        socklen_t l = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
+            err = errno;
+        s->connecting = 0;
+        if (err) {
+            fail(s, GW_STREAM_WRITING | GW_STREAM_ERROR, err);
+            return;
+        }
+        wr_del(s);
+        if (s->on_event)
+            s->on_event(s, GW_STREAM_CONNECTED, s->arg);
+        return;
+    }
+    int n = evbuffer_write(s->out, fd);
+    size_t left = evbuffer_get_length(s->out);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        fail(s, GW_STREAM_WRITING | GW_STREAM_ERROR, errno);
+        return;
+    }
+    if (n == 0 && left > 0) {
+        fail(s, GW_STREAM_WRITING | GW_STREAM_EOF, 0);
+        return;
+    }
+    if (left == 0)
+        wr_del(s);
+    if (left <= s->write_low && s->on_write)
+        s->on_write(s, s->arg);
+}
+
+int gw_stream_init(struct gw_stream *s, struct event_base *base, int fd,
+                   struct gw_stream_scratch *scratch)
+{
+    memset(s, 0, sizeof(*s));
+    s->fd = fd;
+    s->scratch = scratch;
+    s->in = evbuffer_new();
+    s->out = evbuffer_new();
+    if (!s->in || !s->out ||
+        event_assign(&s->rd, base, fd, EV_READ | EV_PERSIST, on_rd, s) < 0 ||
+        event_assign(&s->wr, base, fd, EV_WRITE | EV_PERSIST, on_wr, s) < 0) {
+        if (s->in)
+            evbuffer_free(s->in);
+        if (s->out)
+            evbuffer_free(s->out);
+        close(fd);
+        memset(s, 0, sizeof(*s));
+        s->fd = -1;
+        return -ENOMEM;
+    }
+    s->open = 1;
+    return 0;
+}
+
+int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct sockaddr *sa,
+                      socklen_t salen, struct gw_stream_scratch *scratch)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        int e = errno;
+        memset(s, 0, sizeof(*s));
+        s->fd = -1;
+        return -e;
+    }
+    int rc = gw_stream_init(s, base, fd, scratch);
+    if (rc < 0)
+        return rc;
+    if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS) {
+        /* unix sockets: EAGAIN is a full backlog, not "in progress" */
+        int e = errno;
+        gw_stream_fini(s);
+        return -e;
+    }
+    s->connecting = 1;
+    wr_arm(s); /* writable = connected (or failed: SO_ERROR says which) */
+    return 0;
+}
+
+void gw_stream_fini(struct gw_stream *s)
+{
+    if (!s->open)
+        return;
+    if (s->rd_added)
+        event_del(&s->rd);
+    if (s->wr_added)
+        event_del(&s->wr);
+    evbuffer_free(s->in);
+    evbuffer_free(s->out);
+    close(s->fd);
+    s->open = 0;
+    s->rd_added = s->wr_added = s->suspended = 0;
+    s->in = s->out = NULL;
+    s->fd = -1;
+}
+
+void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_data_cb on_write,
+                     gw_stream_event_cb on_event, void *arg)
+{
+    s->on_read = on_read;
+    s->on_write = on_write;
+    s->on_event = on_event;
+    s->arg = arg;
+}
+
+void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
+                            const struct timeval *wt)
+{
+    /* event_add() with NULL keeps an old timeout: it is removed explicitly. */
+    if (s->rtimeout != rt) {
+        s->rtimeout = rt;
+        if (s->rd_added && rt)
+            event_add(&s->rd, rt);
+        else if (s->rd_added)
+            event_remove_timer(&s->rd);
+    }
+    if (s->wtimeout != wt) {
+        s->wtimeout = wt;
+        if (s->wr_added && wt)
+            event_add(&s->wr, wt);
+        else if (s->wr_added)
+            event_remove_timer(&s->wr);
+    }
+}
+
+void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t write_low)
+{
+    s->read_high = read_high;
+    s->write_low = write_low;
+    if (s->suspended && (!read_high || evbuffer_get_length(s->in) < read_high)) {
+        evbuffer_remove_cb(s->in, on_input_drained, s);
+        s->suspended = 0;
+        rd_update(s);
+    }
+}
+
+void gw_stream_read_enable(struct gw_stream *s)
+{
+    if (s->want_read && (s->rd_added || s->suspended) && !s->rtimeout)
+        return; /* nothing to restart: the common case between requests */
+    s->want_read = 1;
+    rd_update(s);
+}
+
+void gw_stream_read_disable(struct gw_stream *s)
+{
+    if (!s->want_read)
+        return;
+    s->want_read = 0;
+    rd_update(s);
+}
+
+void gw_stream_flush(struct gw_stream *s)
+{
+    if (!s->open || s->connecting || s->wr_added || evbuffer_get_length(s->out) == 0)
+        return;
+    int n = evbuffer_write(s->out, s->fd);
+    /* What is left, or the error (which EV_WRITE reports at once), through the loop. */
+    if (n < 0 || evbuffer_get_length(s->out) > 0)
+        wr_arm(s);
+}

@@ -1,0 +1,98 @@
+/* A non-blocking socket with an input and an output buffer on one worker's loop: the part of
+ * libevent's bufferevent the data plane uses, without what the hot path cannot afford (an
+ * ioctl(FIONREAD) before every read to size it, an epoll add and delete around every write,
+ * deferred callbacks, rate-limit checks, locks). Reads land in the loop's scratch buffer and are
+ * appended to the input (one copy, no chain sized for the largest possible read); writes go out
+ * at once with gw_stream_flush() and only what the socket refuses waits for EV_WRITE.
+ *
+ * Callbacks (all optional) run on the loop: on_read after bytes were appended to the input,
+ * on_write after a write left the output at or below the write low watermark, on_event with
+ * GW_STREAM_READING or GW_STREAM_WRITING plus one of EOF, ERROR, TIMEOUT, or CONNECTED alone.
+ * After EOF, ERROR or TIMEOUT on a side, that side is disabled. A callback may close the
+ * stream; nothing touches it after a callback returns. No function here calls a callback
+ * synchronously. Embedded in its owner (no allocation but the two buffers); one loop only. */
+#ifndef GW_STREAM_H
+#define GW_STREAM_H
+
+#include <event2/event_struct.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct evbuffer;
+struct event_base;
+struct gw_stream;
+
+#define GW_STREAM_READING 0x01
+#define GW_STREAM_WRITING 0x02
+#define GW_STREAM_EOF 0x10
+#define GW_STREAM_ERROR 0x20
+#define GW_STREAM_TIMEOUT 0x40
+#define GW_STREAM_CONNECTED 0x80
+
+typedef void (*gw_stream_data_cb)(struct gw_stream *s, void *arg);
+typedef void (*gw_stream_event_cb)(struct gw_stream *s, short what, void *arg);
+
+/* Where reads land before they are appended to an input: one per loop, shared by its streams. */
+struct gw_stream_scratch {
+    char *buf;
+    size_t size;
+};
+
+struct gw_stream {
+    int fd;
+    struct event rd, wr;
+    struct evbuffer *in, *out;
+    struct gw_stream_scratch *scratch;
+    gw_stream_data_cb on_read, on_write;
+    gw_stream_event_cb on_event;
+    void *arg;
+    const struct timeval *rtimeout, *wtimeout; /* NULL: none; borrowed, may be common timeouts */
+    size_t read_high; /* stop reading while the input holds this much; 0: no limit */
+    size_t write_low; /* on_write once the output is down to this */
+    int error;        /* errno of the last failed read, write or connect */
+    unsigned want_read : 1;  /* reading enabled by the owner */
+    unsigned rd_added : 1;
+    unsigned wr_added : 1;
+    unsigned suspended : 1;  /* reading held: input at read_high */
+    unsigned connecting : 1;
+    unsigned failed : 1;     /* EOF, error or timeout seen: not reusable */
+    unsigned open : 1;
+};
+
+/* Sets up <s> on <fd> (non-blocking; <s> takes ownership of it, also on failure, and closes it
+ * in gw_stream_fini()). Reading and writing start disabled. Returns 0 or -ENOMEM. */
+int gw_stream_init(struct gw_stream *s, struct event_base *base, int fd,
+                   struct gw_stream_scratch *scratch);
+/* Creates a non-blocking socket for <sa> and starts connecting <s> to it; GW_STREAM_CONNECTED
+ * (or WRITING|ERROR, WRITING|TIMEOUT after the write timeout) arrives on the loop. Output may be
+ * queued meanwhile; gw_stream_flush() waits for the connection. Returns 0 or a negative errno
+ * (<s> is then finished, as after gw_stream_fini()). */
+int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct sockaddr *sa,
+                      socklen_t salen, struct gw_stream_scratch *scratch);
+/* Removes the events, frees the buffers, closes the socket. Takes a finished or zeroed <s>. */
+void gw_stream_fini(struct gw_stream *s);
+
+void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_data_cb on_write,
+                     gw_stream_event_cb on_event, void *arg);
+/* Read timeout: no byte read for that long while reading is enabled. Write timeout: output
+ * waiting that long for the socket (and the connect timeout while connecting). NULL for none;
+ * the timevals are borrowed (e.g. event_base_init_common_timeout() ones, which cost O(1)). */
+void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
+                            const struct timeval *wt);
+void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t write_low);
+void gw_stream_read_enable(struct gw_stream *s);
+void gw_stream_read_disable(struct gw_stream *s);
+static inline int gw_stream_reading(const struct gw_stream *s)
+{
+    return s->want_read;
+}
+/* Writes the output now as far as the socket takes it; the rest (or an error, reported as
+ * WRITING|ERROR) goes through EV_WRITE. Does nothing while connecting or already waiting. */
+void gw_stream_flush(struct gw_stream *s);
+/* 1 while output waits for the socket (EV_WRITE armed). */
+static inline int gw_stream_writing(const struct gw_stream *s)
+{
+    return s->wr_added;
+}
+
+#endif
