@@ -111,22 +111,28 @@ static int make_room(struct gw_worker *w)
     return 0;
 }
 
-void gw_activity_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force)
+void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int force)
 {
-    struct gw_cache_entry *e = gw_cache_get(w->cache, h);
     cm_usec_t now = cm_now_mono();
-    if (!e || (!force && now - e->last_flush < w->gc->activity_flush))
+    if (!force && now - e->last_flush < w->gc->activity_flush)
         return;
     if (make_room(w) < 0)
         return; /* last_flush unchanged: the next request tries again */
     e->last_flush = now;
-    memcpy(w->touch_hex[w->n_touch], hex, CM_HASH_HEX_LEN + 1);
-    w->touch_key[w->n_touch] = h;
+    cm_hash_hex(e->session, w->touch_hex[w->n_touch]);
+    w->touch_key[w->n_touch] = e->hash;
     w->n_touch++;
     if (w->n_touch - w->touch_head >= GW_ACTIVITY_PER_CALL)
         gw_activity_flush(w);
     else
         arm(w);
+}
+
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force)
+{
+    struct gw_cache_entry *e = gw_cache_get(w->cache, h);
+    if (e)
+        gw_activity_touch_entry(w, e, force);
 }
 
 void gw_activity_free(struct gw_worker *w)

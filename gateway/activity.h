@@ -15,9 +15,13 @@ struct gw_worker;
 /* Sessions waiting at most; beyond, a touch waits for that session's next request. */
 #define GW_ACTIVITY_QUEUE_MAX 65536
 
-/* Queues activity for the session with cache key <h> (its session hash as hex in <hex>) if it
- * is due (or <force>) and the worker still has its binding cached. */
-void gw_activity_touch(struct gw_worker *w, struct cm_hash h, const char *hex, int force);
+struct gw_cache_entry;
+
+/* Queues activity for the session bound under cache key <h> if it is due (or <force>) and the
+ * worker still has its binding cached. */
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force);
+/* The same for a cache entry the caller holds (saves the lookup). */
+void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int force);
 /* Sends the next call's worth of queued activity unless one is under way. */
 void gw_activity_flush(struct gw_worker *w);
 /* Frees the queue (at worker destruction, after its Redis client). */

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,21 @@ static void aux_reset(struct gw_conn *c)
 
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
+
+/* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
+static const char *hash_hex(struct gw_conn *c)
+{
+    if (!c->hash_hex[0])
+        cm_hash_hex(c->hash, c->hash_hex);
+    return c->hash_hex;
+}
+
+static const char *sess_hex(struct gw_conn *c)
+{
+    if (!c->session_hex[0])
+        cm_hash_hex(c->session, c->session_hex);
+    return c->session_hex;
+}
 
 static void relay_req_body(struct gw_conn *c);
 static void relay_resp(struct gw_conn *c);
@@ -303,7 +319,7 @@ void gw_conn_touch_streams(struct gw_worker *w)
 {
     for (struct gw_conn *c = w->conns; c; c = c->next)
         if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
-            gw_activity_touch(w, c->hash, c->session_hex, 0);
+            gw_activity_touch(w, c->hash, 0);
 }
 
 /* ------------------------------------------------------------------ request head */
@@ -525,9 +541,9 @@ static void process_head(struct gw_conn *c)
     c->key_len = (unsigned)key_len;
     static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
     c->hash = cm_key_hash(c->route->tenant, sources[c->kind], c->key, key_len);
-    cm_hash_hex(c->hash, c->hash_hex);
+    c->hash_hex[0] = '\0';
     c->session = c->hash;
-    memcpy(c->session_hex, c->hash_hex, sizeof(c->session_hex));
+    c->session_hex[0] = '\0';
 
     struct gw_cache_entry *e = gw_cache_get(w->cache, c->hash);
     /* A fresh entry is used as is. A stale one too: while Redis is away (DESIGN.md section 7:
@@ -541,10 +557,10 @@ static void process_head(struct gw_conn *c)
         memcpy(c->instance, e->instance, sizeof(c->instance));
         memcpy(c->addr, e->addr, sizeof(c->addr));
         c->session = e->session;
-        cm_hash_hex(c->session, c->session_hex);
+        c->session_hex[0] = '\0';
         c->from_cache = 1;
         GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
-        gw_activity_touch(w, c->hash, c->session_hex, 0);
+        gw_activity_touch_entry(w, e, 0);
         forward(c, &h);
         return;
     }
@@ -631,7 +647,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
             memcpy(c->instance, stale->instance, sizeof(c->instance));
             memcpy(c->addr, stale->addr, sizeof(c->addr));
             c->session = stale->session;
-            cm_hash_hex(c->session, c->session_hex);
+            c->session_hex[0] = '\0';
             c->from_cache = 1;
             forward(c, NULL);
             return;
@@ -639,7 +655,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     }
     if (err >= 0) {
         if (err != GW_ERR_STORE_UNAVAILABLE)
-            cm_log_debug("conn", "claim failed session=%s err=%s", c->hash_hex,
+            cm_log_debug("conn", "claim failed session=%s err=%s", hash_hex(c),
                          gw_err_info((enum gw_err)err)->code);
         if (err == GW_ERR_NOT_FOUND || (err == GW_ERR_INSTANCE_LOST && c->kind != KEY_SID))
             err = GW_ERR_SESSION_NOT_FOUND; /* MCP: tells the client to initialize again */
@@ -658,7 +674,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     memcpy(c->instance, b->instance, sizeof(c->instance));
     memcpy(c->addr, b->addr, sizeof(c->addr));
     if (b->how != GW_CLAIM_BOUND)
-        cm_log_debug("conn", "session bound session=%s instance=%s how=%s", c->hash_hex,
+        cm_log_debug("conn", "session bound session=%s instance=%s how=%s", hash_hex(c),
                     b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
     forward(c, NULL);
 }
@@ -687,17 +703,69 @@ static void start_claim(struct gw_conn *c)
 
 /* ------------------------------------------------------------------ forwarding */
 
-static void add_run(struct evbuffer *out, const char *from, const char *to)
+/* A head is assembled in a stack buffer and handed to the output in one evbuffer_add(): it is a
+ * dozen pieces, and an add each costs more than copying them here. A head larger than the
+ * buffer spills to the output in order. */
+struct hb {
+    struct evbuffer *out;
+    size_t n;
+    char buf[4096];
+};
+
+static void hb_spill(struct hb *b)
+{
+    if (b->n) {
+        evbuffer_add(b->out, b->buf, b->n);
+        b->n = 0;
+    }
+}
+
+static void hb_add(struct hb *b, const void *p, size_t len)
+{
+    if (b->n + len > sizeof(b->buf)) {
+        hb_spill(b);
+        if (len > sizeof(b->buf)) {
+            evbuffer_add(b->out, p, len);
+            return;
+        }
+    }
+    memcpy(b->buf + b->n, p, len);
+    b->n += len;
+}
+
+#define HB_LIT(b, lit) hb_add((b), (lit), sizeof(lit) - 1)
+
+static void hb_printf(struct hb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void hb_printf(struct hb *b, const char *fmt, ...)
+{
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof(tmp)) {
+        hb_add(b, tmp, (size_t)n);
+        return;
+    }
+    hb_spill(b);
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(b->out, fmt, ap);
+    va_end(ap);
+}
+
+static void add_run(struct hb *b, const char *from, const char *to)
 {
     if (to > from)
-        evbuffer_add(out, from, (size_t)(to - from));
+        hb_add(b, from, (size_t)(to - from));
 }
 
 typedef int (*header_drop_cb)(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i);
 
 /* Copies the header lines of <h> that <drop> keeps, as runs of consecutive lines (one add per
  * run, not per header). <head_end> is the end of the head (after its blank line). */
-static void copy_headers(struct evbuffer *out, const struct gw_conn *c, const struct gw_h1_head *h,
+static void copy_headers(struct hb *out, const struct gw_conn *c, const struct gw_h1_head *h,
                          const char *head_end, header_drop_cb drop)
 {
     const char *run = NULL;
@@ -734,48 +802,52 @@ static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head
 }
 
 static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                               struct evbuffer *out)
+                               struct evbuffer *dst)
 {
     struct gw_worker *w = c->w;
+    struct hb hb, *out = &hb;
+    hb.out = dst;
+    hb.n = 0;
     const char *head_end = head + c->head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     if (!c->http10) {
         add_run(out, head, first); /* the request line as the client sent it */
     } else {
-        evbuffer_add(out, h->method, h->method_len);
-        evbuffer_add(out, " ", 1);
-        evbuffer_add(out, h->url, h->url_len);
-        evbuffer_add(out, " HTTP/1.1\r\n", 11);
+        hb_add(out, h->method, h->method_len);
+        HB_LIT(out, " ");
+        hb_add(out, h->url, h->url_len);
+        HB_LIT(out, " HTTP/1.1\r\n");
     }
     copy_headers(out, c, h, head_end, drop_request_header);
-    evbuffer_add(out, "x-forwarded-for: ", 17);
+    HB_LIT(out, "x-forwarded-for: ");
     if (h->xff >= 0 && h->headers[h->xff].value_len) {
-        evbuffer_add(out, h->headers[h->xff].value, h->headers[h->xff].value_len);
-        evbuffer_add(out, ", ", 2);
+        hb_add(out, h->headers[h->xff].value, h->headers[h->xff].value_len);
+        HB_LIT(out, ", ");
     }
-    evbuffer_add(out, c->peer, strlen(c->peer));
-    evbuffer_add(out, "\r\nx-forwarded-proto: http\r\n", 27);
+    hb_add(out, c->peer, strlen(c->peer));
+    HB_LIT(out, "\r\nx-forwarded-proto: http\r\n");
     if (h->request_id < 0 || h->headers[h->request_id].value_len == 0 ||
         h->headers[h->request_id].value_len > 128) {
         char id[17];
         gw_worker_request_id(w, id);
-        evbuffer_add(out, "x-request-id: ", 14);
-        evbuffer_add(out, id, 16);
-        evbuffer_add(out, "\r\n", 2);
+        HB_LIT(out, "x-request-id: ");
+        hb_add(out, id, 16);
+        HB_LIT(out, "\r\n");
     }
     if (c->http10 && h->host < 0)
-        evbuffer_add(out, "host: berth\r\n", 13);
+        HB_LIT(out, "host: berth\r\n");
     if (c->upgrade_req) {
         for (uint32_t i = 0; i < h->n_headers; i++)
             if (gw_h1_name_eq(&h->headers[i], "upgrade", 7)) {
-                evbuffer_add(out, "upgrade: ", 9);
-                evbuffer_add(out, h->headers[i].value, h->headers[i].value_len);
-                evbuffer_add(out, "\r\n", 2);
+                HB_LIT(out, "upgrade: ");
+                hb_add(out, h->headers[i].value, h->headers[i].value_len);
+                HB_LIT(out, "\r\n");
                 break;
             }
-        evbuffer_add(out, "connection: upgrade\r\n", 21);
+        HB_LIT(out, "connection: upgrade\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    HB_LIT(out, "\r\n");
+    hb_spill(out);
 }
 
 static void on_up_read(struct gw_stream *us, void *arg);
@@ -797,7 +869,7 @@ static void instance_unreachable(struct gw_conn *c)
         start_claim(c);
         return;
     }
-    cm_log_warn("conn", "instance unreachable session=%s instance=%s addr=%s", c->hash_hex,
+    cm_log_warn("conn", "instance unreachable session=%s instance=%s addr=%s", hash_hex(c),
                 c->instance, c->addr);
     /* An MCP client learns from 404 that its session ended and initializes again. */
     send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 0);
@@ -912,7 +984,7 @@ static int sniff_endpoint(struct gw_conn *c, const char *at, size_t len)
         if (ev == 0) {
             if (n > c->w->gc->limits.sse_sniff_bytes) {
                 cm_log_info("conn", "no endpoint event in the first bytes of an SSE stream "
-                                    "session=%s bytes=%zu", c->session_hex, n);
+                                    "session=%s bytes=%zu", sess_hex(c), n);
                 c->sniff = 0;
             }
             return 0;
@@ -921,7 +993,7 @@ static int sniff_endpoint(struct gw_conn *c, const char *at, size_t len)
             c->sniff = 0;
             if (!cm_key_valid(id, id_len)) {
                 cm_log_warn("conn", "endpoint event with an invalid session id session=%s",
-                            c->session_hex);
+                            sess_hex(c));
                 return 0;
             }
             memcpy(c->alias_id, id, id_len);
@@ -976,7 +1048,7 @@ static void relay_req_body(struct gw_conn *c)
             used = (size_t)(llhttp_get_error_pos(&c->req) - base);
             c->req_done = 1;
         } else if (e != HPE_OK) {
-            cm_log_info("conn", "bad request body session=%s err=%s", c->hash_hex,
+            cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
                         llhttp_errno_name(e));
             send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
             return;
@@ -1008,7 +1080,7 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
     c->op = NULL;
     c->alias_pending = 0;
     if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
-        cm_log_warn("conn", "cannot store alias session=%s err=%s", c->session_hex,
+        cm_log_warn("conn", "cannot store alias session=%s err=%s", sess_hex(c),
                     err ? err : "bad reply");
         alias_failed(c, GW_ERR_STORE_UNAVAILABLE);
         return;
@@ -1047,7 +1119,7 @@ static void store_alias(struct gw_conn *c, const char *source)
     char ahex[CM_HASH_HEX_LEN + 1];
     cm_hash_hex(ah, ahex);
     const char *prefix = w->gc->common->redis.prefix;
-    const char *argv[] = {prefix, ahex, c->session_hex};
+    const char *argv[] = {prefix, ahex, sess_hex(c)};
     size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, CM_HASH_HEX_LEN};
     struct conn_op *op = malloc(sizeof(*op));
     if (!op || cm_redis_script(w->redis, CM_SCRIPT_ALIAS, on_alias_stored, op, 3, argv, lens) < 0) {
@@ -1059,7 +1131,7 @@ static void store_alias(struct gw_conn *c, const char *source)
     c->op = op;
     c->alias_pending = 1;
     gw_stream_read_disable(gw_upconn_stream(c->up));
-    cm_log_debug("conn", "alias source=%s session=%s", source, c->session_hex);
+    cm_log_debug("conn", "alias source=%s session=%s", source, sess_hex(c));
 }
 
 static void on_released(redisReply *reply, const char *err, void *data)
@@ -1072,7 +1144,7 @@ static void on_released(redisReply *reply, const char *err, void *data)
     c->op = NULL;
     c->alias_pending = 0;
     if (err || !reply)
-        cm_log_warn("conn", "cannot release session session=%s err=%s", c->session_hex,
+        cm_log_warn("conn", "cannot release session session=%s err=%s", sess_hex(c),
                     err ? err : "no reply");
     if (!c->up)
         return;
@@ -1089,16 +1161,16 @@ static void release_session(struct gw_conn *c)
     char ms[24];
     snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
     const char *prefix = w->gc->common->redis.prefix;
-    const char *argv[] = {prefix, c->session_hex, c->route->tenant, "deleted", ms};
+    const char *argv[] = {prefix, sess_hex(c), c->route->tenant, "deleted", ms};
     size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, strlen(c->route->tenant), 7, strlen(ms)};
     c->released = 1;
     gw_cache_drop(w->cache, c->hash);
     gw_cache_drop(w->cache, c->session);
-    cm_log_info("conn", "session released by MCP DELETE session=%s", c->session_hex);
+    cm_log_info("conn", "session released by MCP DELETE session=%s", sess_hex(c));
     struct conn_op *op = malloc(sizeof(*op));
     if (!op || cm_redis_script(w->redis, CM_SCRIPT_RELEASE, on_released, op, 5, argv, lens) < 0) {
         free(op);
-        cm_log_warn("conn", "cannot release session session=%s err=store", c->session_hex);
+        cm_log_warn("conn", "cannot release session session=%s err=store", sess_hex(c));
         return;
     }
     op->c = c;
@@ -1138,47 +1210,49 @@ static void finish_exchange(struct gw_conn *c)
 }
 
 static void write_response_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                                 size_t head_len)
+                                size_t head_len)
 {
     struct gw_worker *w = c->w;
-    struct evbuffer *out = c->cs.out;
+    struct hb hb, *out = &hb;
+    hb.out = c->cs.out;
+    hb.n = 0;
     const char *head_end = head + head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     if (h->http_major == 1 && h->http_minor == 1) {
         add_run(out, head, first);
     } else {
-        evbuffer_add_printf(out, "HTTP/1.1 %d ", h->status);
-        evbuffer_add(out, h->reason, h->reason_len);
-        evbuffer_add(out, "\r\n", 2);
+        hb_printf(out, "HTTP/1.1 %d ", h->status);
+        hb_add(out, h->reason, h->reason_len);
+        HB_LIT(out, "\r\n");
     }
     int switching = h->status == 101;
     copy_headers(out, c, h, head_end, drop_response_header);
     if (c->rewrite)
-        evbuffer_add_printf(out, "content-length: %zu\r\n", c->reframe_len);
+        hb_printf(out, "content-length: %zu\r\n", c->reframe_len);
     /* 101 too: a WebSocket opened with no_key: issue must learn its cookie (browsers store
      * cookies of the handshake answer), or every connection makes a session nobody can
      * reach again. */
     if (w->gc->expose_headers && (h->status >= 200 || switching)) {
-        evbuffer_add(out, "x-berth-instance: ", 18);
-        evbuffer_add(out, c->instance, strlen(c->instance));
-        evbuffer_add(out, "\r\n", 2);
+        HB_LIT(out, "x-berth-instance: ");
+        hb_add(out, c->instance, strlen(c->instance));
+        HB_LIT(out, "\r\n");
         if (c->kind == KEY_SID) {
-            evbuffer_add(out, "x-berth-session: ", 17);
-            evbuffer_add(out, c->key, c->key_len);
-            evbuffer_add(out, "\r\n", 2);
+            HB_LIT(out, "x-berth-session: ");
+            hb_add(out, c->key, c->key_len);
+            HB_LIT(out, "\r\n");
         }
     }
-    if (c->issue_cookie && (h->status >= 200 || switching)) {
-        evbuffer_add_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
-                            c->route->cookie, c->key);
-    }
+    if (c->issue_cookie && (h->status >= 200 || switching))
+        hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
+                  c->route->cookie, c->key);
     if (switching)
-        evbuffer_add(out, "connection: upgrade\r\n", 21);
+        HB_LIT(out, "connection: upgrade\r\n");
     else if (h->status >= 200 && (c->close_after || !c->req_keepalive))
-        evbuffer_add(out, "connection: close\r\n", 19);
+        HB_LIT(out, "connection: close\r\n");
     else if (h->status >= 200 && c->http10)
-        evbuffer_add(out, "connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        HB_LIT(out, "connection: keep-alive\r\n");
+    HB_LIT(out, "\r\n");
+    hb_spill(out);
 }
 
 static void start_tunnel(struct gw_conn *c)
@@ -1339,7 +1413,6 @@ static int parse_resp_head(struct gw_conn *c)
         finish_exchange(c);
         return -1;
     }
-    gw_stream_set_timeouts(us, w->to_stream_idle, NULL); /* the body may stream for long */
     c->resp.settings = (void *)&w->resp_body_settings;
     c->resp.data = c;
     return 1;
@@ -1440,6 +1513,8 @@ static void relay_resp(struct gw_conn *c)
             return;
         }
     }
+    /* The body goes on past this read: from now on it may stream for long. */
+    gw_stream_set_timeouts(us, w->to_stream_idle, NULL);
     gw_stream_flush(&c->cs);
 }
 
@@ -1522,12 +1597,12 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
         }
         if (c->preview_port) { /* the instance is fine; nothing answers on that port */
             cm_log_info("conn", "preview port closed session=%s instance=%s port=%u",
-                        c->session_hex, c->instance, c->preview_port);
+                        sess_hex(c), c->instance, c->preview_port);
             send_error(c, GW_ERR_BAD_GATEWAY, 1);
             return;
         }
         cm_log_warn("conn", "instance closed before answering session=%s instance=%s",
-                    c->hash_hex, c->instance);
+                    hash_hex(c), c->instance);
         gw_cache_drop(w->cache, c->hash);
         send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 1);
         return;

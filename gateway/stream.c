@@ -255,8 +255,8 @@ void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t writ
 
 void gw_stream_read_enable(struct gw_stream *s)
 {
-    if (s->want_read && (s->rd_added || s->suspended) && !s->rtimeout)
-        return; /* nothing to restart: the common case between requests */
+    if (s->want_read)
+        return; /* already reading (or held at the mark): the timeout runs on */
     s->want_read = 1;
     rd_update(s);
 }

@@ -80,6 +80,7 @@ void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_d
 void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
                             const struct timeval *wt);
 void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t write_low);
+/* Enabling arms the read timeout; enabling again while reading changes nothing. */
 void gw_stream_read_enable(struct gw_stream *s);
 void gw_stream_read_disable(struct gw_stream *s);
 static inline int gw_stream_reading(const struct gw_stream *s)
