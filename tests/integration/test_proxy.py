@@ -509,3 +509,45 @@ def test_upstream_not_answering_in_time_is_504(pstack):
     assert r.status == 504, r
     assert r.json()["error"]["code"] == "upstream_timeout"
     assert RESPONSE_TIMEOUT * SLOW - 0.1 <= took <= RESPONSE_TIMEOUT * SLOW + 2, took
+
+
+# ------------------------------------------------------------------ keep-alive timeout
+
+def _get_on(s):
+    s.sendall(b"GET /ka HTTP/1.1\r\nHost: x\r\nx-fc-session-id: ka-1\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the response"
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < n:
+        chunk = s.recv(65536)
+        assert chunk
+        body += chunk
+    return head.split(b" ", 2)[1]
+
+
+def test_keepalive_timeout_counts_from_the_last_exchange(make_stack):
+    """The connection's timer is lazy (not re-armed per exchange): a connection that keeps
+    working past the moment it was first armed stays open, and an idle one is closed once
+    keepalive_timeout has passed since its last exchange."""
+    ka = 1.5 * SLOW
+    st = make_stack({"templates": [echo_template(pool={"min": 1, "max": 2})],
+                     "gateway": {"limits": {"keepalive_timeout": "%dms" % (ka * 1000)}}})
+    s = socket.create_connection(("127.0.0.1", st.ports["gateway"]), timeout=10 * SLOW)
+    try:
+        t0 = time.monotonic()
+        assert _get_on(s) == b"200"
+        # keep working across the first arming's deadline (t0 + ka), never idle for ka
+        while time.monotonic() - t0 < ka * 1.8:
+            time.sleep(ka / 3)
+            assert _get_on(s) == b"200"
+        last = time.monotonic()
+        s.settimeout(ka * 4)
+        assert s.recv(1) == b"", "an idle connection must be closed"
+        waited = time.monotonic() - last
+        assert ka * 0.9 <= waited <= ka * 2.5, waited
+    finally:
+        s.close()
