@@ -31,7 +31,9 @@ enum cm_script {
      *   "new"    a warm instance was popped and bound now (extra = host)
      *   "empty"  no warm instance; extra = api address of the live host with most free room
      *            ("" when no host is alive)
-     *   "lost"   the session's instance died and the template's policy is fail
+     *   "lost"   the session's instance died and the template's policy is fail, or mode
+     *            lookup (which never binds: a preview link or a background cache check must
+     *            not start a replacement; the session's next claim does)
      *   "absent" mode lookup and no such session */
     CM_SCRIPT_CLAIM,
     /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta

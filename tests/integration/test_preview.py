@@ -82,3 +82,34 @@ def test_hosts_that_are_not_preview_hosts_route_normally(pstack):
         r = pstack.get("/", session="plain", headers={"Host": host})
         assert r.status == 200, (host, r)
         assert r.json()["path"] == "/"
+
+
+def test_preview_of_a_lost_session_starts_nothing(pstack):
+    """A lookup never binds: with on_lost: replace, the preview link of a session whose
+    instance died answers 502 instance_lost and leaves the session lost; the session's own
+    next request gets the replacement."""
+    import time
+    from conftest import SLOW, wait_until
+    first = pstack.get("/", session="pv4")
+    assert first.status == 200, first
+    inst = first.json()["instance"]
+    r = pstack.get("/exit", session="pv4", method="POST", data=b"")
+    assert r.status == 200 and r.json()["exiting"] is True, r
+
+    def state():
+        for k in pstack.redis.scan(pstack.key("s:*")):
+            h = pstack.redis.hgetall(k)
+            if h.get("key") == "pv4":
+                return h
+        return {}
+    wait_until(lambda: state().get("state") == "lost", 15 * SLOW, "the loss recorded")
+    for _ in range(3):
+        r = preview(pstack, 8001, "pv4")
+        assert r.status == 502, r
+        assert r.json()["error"]["code"] == "instance_lost"
+    time.sleep(0.3)
+    assert state().get("state") == "lost"
+    assert state().get("instance") == inst  # nothing was bound in its place
+    again = pstack.get("/", session="pv4", timeout=15)
+    assert again.status == 200, again
+    assert again.json()["instance"] != inst
