@@ -41,12 +41,15 @@ static void on_touched(redisReply *reply, const char *err, void *data)
                 gw_cache_drop(w->cache, t->keys[i]);
     free(t);
     w->touch_inflight = 0;
-    if (w->n_touch > w->touch_head) {
-        if (err)
-            arm(w); /* Redis trouble: no tight loop of failing calls */
-        else
-            gw_activity_flush(w); /* the rest of a burst, right after this call */
-    }
+    /* A full call's worth waiting (a burst): the next call right away. Less: the timer's
+     * next round, so that a steady trickle of touches goes out as a few calls a second, not
+     * as one small call after every reply (each script call costs Redis ~50 us before its
+     * first session). Redis trouble: the timer too, no tight loop of failing calls. */
+    size_t waiting = w->n_touch - w->touch_head;
+    if (!err && waiting >= GW_ACTIVITY_PER_CALL)
+        gw_activity_flush(w);
+    else if (waiting)
+        arm(w);
 }
 
 void gw_activity_flush(struct gw_worker *w)

@@ -2,8 +2,8 @@
  * once per gateway.activity_flush per session, queued and sent in small script calls, one at
  * a time per worker. Redis often shares a core with the gateway: one large script (every
  * session of a burst at once) would stall the requests queued behind it, so the queue drains
- * in calls of GW_ACTIVITY_PER_CALL sessions, the next sent when the last one is answered. One
- * worker's loop only. */
+ * in calls of at most GW_ACTIVITY_PER_CALL sessions: a full one as soon as the last call is
+ * answered, a partial one every 20 ms. One worker's loop only. */
 #ifndef GW_ACTIVITY_H
 #define GW_ACTIVITY_H
 

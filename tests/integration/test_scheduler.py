@@ -676,3 +676,35 @@ def test_gateway_claim_binds_warm_instance_with_storage(make_stack):
     assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h /
             "via-gateway.txt").read_text() == "through"
     wait_until(lambda: s.pool_len() == 2, 10 * SLOW, "pool refilled after the claim")
+
+
+def test_activity_keeps_a_session_past_its_idle_timeout(make_stack):
+    """Activity only sets last_active (the expiry score stays where the bind put it): the
+    reaper finds the session due, recomputes its deadline from last_active and keeps it while
+    requests come; once they stop, it ends after idle_timeout."""
+    idle = 2.0 * SLOW
+    s = make_stack({"templates": [echo_template(pool={"min": 1, "max": 2},
+                                                idle_timeout="%dms" % (idle * 1000))],
+                    "gateway": {"activity_flush": "200ms"},
+                    "scheduler": {"reap_interval": "100ms"}})
+    r = s.get("/", session="busy")
+    assert r.status == 200, r
+    inst = r.header("x-berth-instance")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < idle * 2.5:  # well past the first deadline
+        time.sleep(idle / 8)
+        r = s.get("/", session="busy")
+        assert r.status == 200 and r.header("x-berth-instance") == inst, r
+    # the reaper re-filed it with a later deadline than the bind's
+    sess = [k for k in s.redis.scan(s.key("s:*")) if ":" not in k[len(s.key("s:")):] and
+            s.redis.hgetall(k).get("key") == "busy"]
+    assert len(sess) == 1
+    hh = sess[0][len(s.key("s:")):]
+    score = float(s.redis.cmd("ZSCORE", s.key("expiry"), hh))
+    assert score > (time.time() - idle) * 1000, (score, time.time())
+    assert s.redis.hgetall(sess[0])["state"] == "bound"
+    # idle now: ended within idle_timeout plus a few reaper rounds
+    wait_until(lambda: not s.redis.hgetall(sess[0]), idle * 3 + 5 * SLOW,
+               "the idle session released by the reaper")
+    r = s.get("/", session="busy")
+    assert r.status == 200 and r.header("x-berth-instance") != inst, r
