@@ -41,6 +41,10 @@ enum key_kind {
     KEY_SSE, /* legacy MCP SSE sessionId / session_id query parameter (an alias) */
 };
 
+/* The source class each kind of key is hashed under (common/key.h). */
+static const char *const key_sources[] = {
+    [KEY_SID] = CM_KEY_SRC_SID, [KEY_MCP] = CM_KEY_SRC_MCP, [KEY_SSE] = CM_KEY_SRC_SSE};
+
 /* A Redis operation a connection waits for; the connection may go away first. */
 struct conn_op {
     struct gw_conn *c;
@@ -576,8 +580,7 @@ static void process_head(struct gw_conn *c)
     memcpy(c->key, key, key_len);
     c->key[key_len] = '\0';
     c->key_len = (unsigned)key_len;
-    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
-    c->hash = cm_key_hash(c->route->tenant, sources[c->kind], c->key, key_len);
+    c->hash = cm_key_hash(c->route->tenant, key_sources[c->kind], c->key, key_len);
     c->hash_hex[0] = '\0';
     c->session = c->hash;
     c->session_hex[0] = '\0';
@@ -656,7 +659,6 @@ static void on_refreshed(const struct gw_binding *b, int err, void *data)
 /* Checks a stale binding with Redis in the background (lookup only: never binds). */
 static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
 {
-    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
     struct gw_refresh *r = calloc(1, sizeof(*r));
     if (!r)
         return;
@@ -668,7 +670,7 @@ static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
     c->w->refreshes = r;
     struct gw_claim_req req = {
         .tenant = c->route->tenant,
-        .source = sources[c->kind],
+        .source = key_sources[c->kind],
         .key = c->key,
         .key_len = c->key_len,
         .tpl = c->route->tpl,
@@ -728,10 +730,9 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
 static void start_claim(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    static const char *const sources[] = {CM_KEY_SRC_SID, CM_KEY_SRC_MCP, CM_KEY_SRC_SSE};
     struct gw_claim_req req = {
         .tenant = c->route->tenant,
-        .source = sources[c->kind],
+        .source = key_sources[c->kind],
         .key = c->key,
         .key_len = c->key_len,
         .tpl = c->route->tpl,
@@ -1488,6 +1489,18 @@ static int emit_rewritten(struct gw_conn *c)
     return 0;
 }
 
+/* The response's last byte arrived: a held (rewritten) body goes out now, then the exchange
+ * ends. A rewrite that fails is a 502: nothing reached the client yet. */
+static void response_done(struct gw_conn *c)
+{
+    if (c->rewrite && emit_rewritten(c) < 0) {
+        c->resp_head_done = 0;
+        send_error(c, GW_ERR_BAD_GATEWAY, 1);
+        return;
+    }
+    finish_exchange(c);
+}
+
 static void relay_resp(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
@@ -1548,12 +1561,7 @@ static void relay_resp(struct gw_conn *c)
             evbuffer_remove_buffer(in, out, used);
         GW_METRIC_ADD(&w->metrics, bytes_out, used);
         if (done) {
-            if (c->rewrite && emit_rewritten(c) < 0) {
-                c->resp_head_done = 0;
-                send_error(c, GW_ERR_BAD_GATEWAY, 1);
-                return;
-            }
-            finish_exchange(c);
+            response_done(c);
             return;
         }
     }
@@ -1657,12 +1665,7 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
     if ((what & GW_STREAM_EOF) && llhttp_message_needs_eof(&c->resp)) {
         llhttp_finish(&c->resp);
         c->close_after = 1;
-        if (c->rewrite && emit_rewritten(c) < 0) {
-            c->resp_head_done = 0;
-            send_error(c, GW_ERR_BAD_GATEWAY, 1);
-            return;
-        }
-        finish_exchange(c);
+        response_done(c);
         return;
     }
     /* truncated body: close so the client sees it incomplete */
