@@ -374,6 +374,23 @@ static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
     return gw_h1_parse_head(&c->req, &w->req_head_settings, h, data, c->head_len, 0);
 }
 
+/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
+ * byte <scan> (what earlier calls searched, less 3) and no further than a head of <max> bytes
+ * can reach; -1 if not there. The first bytes are made contiguous (nothing to do when the head
+ * arrived in one read) and searched with memmem: evbuffer_search() costs several times more. */
+static ev_ssize_t head_end(struct evbuffer *in, size_t len, size_t scan, size_t max)
+{
+    size_t n = len < max + 4 ? len : max + 4;
+    size_t from = scan > 3 ? scan - 3 : 0;
+    if (from >= n)
+        return -1;
+    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (!data)
+        return -1;
+    const char *e = memmem(data + from, n - from, "\r\n\r\n", 4);
+    return e ? (ev_ssize_t)(e - data) : -1;
+}
+
 static int bearer_ok(const struct gw_conn *c, const struct gw_h1_head *h)
 {
     if (h->authorization < 0)
@@ -403,9 +420,8 @@ static void process_head(struct gw_conn *c)
     size_t len = evbuffer_get_length(in);
     if (len == 0)
         return;
-    struct evbuffer_ptr start;
-    evbuffer_ptr_set(in, &start, c->scan > 3 ? c->scan - 3 : 0, EVBUFFER_PTR_SET);
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, &start);
+    struct evbuffer_ptr end;
+    end.pos = head_end(in, len, c->scan, lim->max_header_bytes);
     if (end.pos < 0) {
         if (len > lim->max_header_bytes) {
             send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
@@ -470,7 +486,7 @@ static void process_head(struct gw_conn *c)
     const char *path = h.url;
     size_t path_len = h.url_len;
     /* absolute-form "http://host/path": route on its path */
-    if (path_len > 7 && strncasecmp(path, "http://", 7) == 0) {
+    if (path_len > 7 && gw_h1_ieq(path, "http://", 7)) {
         const char *slash = memchr(path + 7, '/', path_len - 7);
         path_len = slash ? path_len - (size_t)(slash - path) : 1;
         path = slash ? slash : "/";
@@ -843,7 +859,7 @@ static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head
     const struct gw_h1_header *x = &h->headers[i];
     int switching = h->status == 101;
     return (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
-           (x->name_len > 8 && strncasecmp(x->name, "x-berth-", 8) == 0) ||
+           (x->name_len > 8 && gw_h1_ieq(x->name, "x-berth-", 8)) ||
            ((c->dechunk || c->rewrite) && gw_h1_name_eq(x, "transfer-encoding", 17)) ||
            (c->rewrite && gw_h1_name_eq(x, "content-length", 14));
 }
@@ -1351,9 +1367,8 @@ static int parse_resp_head(struct gw_conn *c)
     size_t max = w->gc->limits.max_header_bytes * 4;
     if (len == 0)
         return 0;
-    struct evbuffer_ptr start;
-    evbuffer_ptr_set(in, &start, c->rscan > 3 ? c->rscan - 3 : 0, EVBUFFER_PTR_SET);
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, &start);
+    struct evbuffer_ptr end;
+    end.pos = head_end(in, len, c->rscan, max);
     if (end.pos < 0) {
         c->rscan = len;
         if (len > max) {
@@ -1434,7 +1449,7 @@ static int parse_resp_head(struct gw_conn *c)
     if (c->dechunk)
         c->close_after = 1;
     int is_sse = h.content_type >= 0 && h.headers[h.content_type].value_len >= 17 &&
-                 strncasecmp(h.headers[h.content_type].value, "text/event-stream", 17) == 0;
+                 gw_h1_ieq(h.headers[h.content_type].value, "text/event-stream", 17);
     if (c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse) {
         /* CDP discovery: hold the head, collect and rewrite the (small) body. */
         c->aux = evbuffer_new();

@@ -5,7 +5,7 @@
 
 static int name_is(const char *p, size_t n, const char *lower, size_t ln)
 {
-    return n == ln && strncasecmp(p, lower, n) == 0;
+    return n == ln && gw_h1_ieq(p, lower, n);
 }
 
 int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n)
@@ -340,7 +340,7 @@ int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h)
         if (name_is(t, tl, "content-length", 14) || name_is(t, tl, "transfer-encoding", 17) ||
             name_is(t, tl, "host", 4))
             continue;
-        if (name_is(h->name, h->name_len, t, tl))
+        if (h->name_len == tl && strncasecmp(h->name, t, tl) == 0) /* neither side lower-case */
             return 1;
     }
     return 0;

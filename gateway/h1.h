@@ -69,6 +69,19 @@ int gw_h1_precheck(const char *buf, size_t len, int response);
 
 /* Header helpers. */
 int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n);
+/* The <n> bytes at <p> equal <lower> (lower case) ignoring ASCII case. Inline: header names
+ * are compared several times per request, and strncasecmp() is a locale-aware call. */
+static inline int gw_h1_ieq(const char *p, const char *lower, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((unsigned)(c - 'A') < 26u)
+            c = (unsigned char)(c + 32);
+        if (c != (unsigned char)lower[i])
+            return 0;
+    }
+    return 1;
+}
 /* 1 if <h> must not be forwarded: hop-by-hop, or named by a Connection token. */
 int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h);
 /* Trims optional white space around a value. */
