@@ -4,6 +4,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static void rd_update(struct gw_stream *s)
@@ -277,4 +278,28 @@ void gw_stream_flush(struct gw_stream *s)
     /* What is left, or the error (which EV_WRITE reports at once), through the loop. */
     if (n < 0 || evbuffer_get_length(s->out) > 0)
         wr_arm(s);
+}
+
+void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
+{
+    size_t done = 0;
+    if (s->open && !s->connecting && !s->wr_added && evbuffer_get_length(s->out) == 0) {
+        ssize_t n = writev(s->fd, iov, iovcnt);
+        if (n > 0)
+            done = (size_t)n;
+    }
+    /* The rest (all of it after an error, which EV_WRITE then reports) into the output. */
+    int left = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (done >= len) {
+            done -= len;
+            continue;
+        }
+        evbuffer_add(s->out, (const char *)iov[i].iov_base + done, len - done);
+        done = 0;
+        left = 1;
+    }
+    if (left)
+        gw_stream_flush(s);
 }

@@ -90,6 +90,12 @@ static inline int gw_stream_reading(const struct gw_stream *s)
 /* Writes the output now as far as the socket takes it; the rest (or an error, reported as
  * WRITING|ERROR) goes through EV_WRITE. Does nothing while connecting or already waiting. */
 void gw_stream_flush(struct gw_stream *s);
+/* Sends <iov> after whatever output is queued: straight from the caller's memory with one
+ * writev when nothing is queued (no copy into the output buffer), the part the socket refuses
+ * (or all of it, while queued output or a connect waits) copied to the output. Errors as
+ * gw_stream_flush(). */
+struct iovec;
+void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt);
 /* 1 while output waits for the socket (EV_WRITE armed). */
 static inline int gw_stream_writing(const struct gw_stream *s)
 {

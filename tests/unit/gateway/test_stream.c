@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -342,5 +343,50 @@ TEST(stream_refused_tcp_connect_is_an_error_event)
     } else {
         CHECK_INT_EQ(rc, -ECONNREFUSED);
     }
+    fx_done(&f);
+}
+
+TEST(stream_write_sends_from_the_callers_memory_or_queues_in_order)
+{
+    struct fx f;
+    fx_pair(&f);
+    struct iovec iov[2] = {{"head ", 5}, {"body", 4}};
+    gw_stream_write(&f.s, iov, 2);
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.out), 0); /* nothing copied */
+    CHECK(!gw_stream_writing(&f.s));
+    char buf[64] = {0};
+    CHECK_INT_EQ(read(f.peer, buf, sizeof(buf)), 9);
+    CHECK_STR_EQ(buf, "head body");
+    /* with output waiting (a socket that refuses), later writes queue behind it */
+    int small = 4096;
+    setsockopt(f.s.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    static char big[1 << 20];
+    memset(big, 'x', sizeof(big));
+    struct iovec one = {big, sizeof(big)};
+    gw_stream_write(&f.s, &one, 1);
+    CHECK(gw_stream_writing(&f.s));
+    size_t queued = evbuffer_get_length(f.s.out);
+    CHECK(queued > 0 && queued < sizeof(big));
+    struct iovec tail = {"END", 3};
+    gw_stream_write(&f.s, &tail, 1);
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.out), queued + 3);
+    size_t got = 0;
+    char last[3] = {0};
+    for (int i = 0; i < 20000 && got < sizeof(big) + 3; i++) {
+        char rb[65536];
+        ssize_t n = read(f.peer, rb, sizeof(rb));
+        for (ssize_t k = 0; k < n; k++) { /* the stream's last three bytes */
+            last[0] = last[1];
+            last[1] = last[2];
+            last[2] = rb[k];
+        }
+        if (n > 0)
+            got += (size_t)n;
+        struct timeval tv = {0, 1000};
+        event_base_loopexit(f.base, &tv);
+        event_base_dispatch(f.base);
+    }
+    CHECK_UINT_EQ(got, sizeof(big) + 3);
+    CHECK_MEM_EQ(last, "END", 3);
     fx_done(&f);
 }
