@@ -678,6 +678,19 @@ static void on_refreshed(const struct gw_binding *b, int err, void *data)
     refresh_free(r);
 }
 
+/* What a claim for c's session asks the claimer, in <mode>. */
+static struct gw_claim_req claim_req(const struct gw_conn *c, enum gw_claim_mode mode)
+{
+    return (struct gw_claim_req){
+        .tenant = c->route->tenant,
+        .source = key_sources[c->kind],
+        .key = c->key,
+        .key_len = c->key_len,
+        .tpl = c->route->tpl,
+        .mode = mode,
+    };
+}
+
 /* Checks a stale binding with Redis in the background (lookup only: never binds). */
 static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
 {
@@ -690,14 +703,9 @@ static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
     if (r->next)
         r->next->prev = r;
     c->w->refreshes = r;
-    struct gw_claim_req req = {
-        .tenant = c->route->tenant,
-        .source = key_sources[c->kind],
-        .key = c->key,
-        .key_len = c->key_len,
-        .tpl = c->route->tpl,
-        .mode = c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP : GW_CLAIM_MODE_ALIAS,
-    };
+    /* lookup only: a background check never binds */
+    struct gw_claim_req req = claim_req(c, c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP
+                                                              : GW_CLAIM_MODE_ALIAS);
     if (!gw_claim_start(c->w->claimer, &req, on_refreshed, r)) {
         refresh_free(r);
         return;
@@ -752,17 +760,10 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
 static void start_claim(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
-    struct gw_claim_req req = {
-        .tenant = c->route->tenant,
-        .source = key_sources[c->kind],
-        .key = c->key,
-        .key_len = c->key_len,
-        .tpl = c->route->tpl,
-        /* a preview link only reaches a session that exists: it never creates one */
-        .mode = c->kind != KEY_SID ? GW_CLAIM_MODE_ALIAS
-                : c->preview_port  ? GW_CLAIM_MODE_LOOKUP
-                                   : GW_CLAIM_MODE_CLAIM,
-    };
+    /* a preview link only reaches a session that exists: it never creates one */
+    struct gw_claim_req req = claim_req(c, c->kind != KEY_SID ? GW_CLAIM_MODE_ALIAS
+                                           : c->preview_port  ? GW_CLAIM_MODE_LOOKUP
+                                                              : GW_CLAIM_MODE_CLAIM);
     c->state = CS_ROUTING;
     gw_stream_read_disable(&c->cs);
     c->claim = gw_claim_start(w->claimer, &req, on_claimed, c);
