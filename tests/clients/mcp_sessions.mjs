@@ -32,7 +32,8 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { Agent, fetch as undiciFetch } from 'undici';
+import { Agent } from 'undici';
+import { recordedFetch } from './recorded_fetch.mjs';
 
 function parseArgs(argv) {
     const o = { transport: 'streamable', urls: [], sessions: 20, path: null, timeoutMs: 90000,
@@ -90,23 +91,7 @@ function recordingFetch(sess, agent) {
         u.host = base.host;
         const rec = { method: init.method ?? 'GET', replica: base.host, path: u.pathname + u.search };
         sess.requests.push(rec);
-        try {
-            const res = await undiciFetch(u, { ...init, dispatcher: agent });
-            rec.status = res.status;
-            rec.instance = res.headers.get('x-berth-instance');
-            rec.contentType = res.headers.get('content-type');
-            if (res.status >= 400) {
-                // Keep the gateway's error body for the report; hand the client an equal copy.
-                const body = await res.text();
-                rec.body = body.slice(0, 300);
-                return new Response(body, { status: res.status, statusText: res.statusText,
-                                            headers: res.headers });
-            }
-            return res;
-        } catch (e) {
-            rec.error = String(e?.cause?.message ?? e?.message ?? e);
-            throw e;
-        }
+        return recordedFetch(rec, u, init, agent);
     };
 }
 

@@ -140,7 +140,8 @@ async function runClient() {
     const { Client } = await import('@modelcontextprotocol/sdk/client/index.js');
     const { StreamableHTTPClientTransport } =
         await import('@modelcontextprotocol/sdk/client/streamableHttp.js');
-    const { Agent, fetch: undiciFetch } = await import('undici');
+    const { Agent } = await import('undici');
+    const { recordedFetch } = await import('./recorded_fetch.mjs');
     const t0 = Date.now();
     const shared = opts.sharedPool > 0
         ? new Agent({ keepAliveTimeout: 30000, connections: opts.sharedPool }) : null;
@@ -149,23 +150,7 @@ async function runClient() {
     const recordingFetch = (round, agent) => async (url, init = {}) => {
         const rec = { method: init.method ?? 'GET', replica: new URL(url).host };
         round.requests.push(rec);
-        try {
-            const res = await undiciFetch(url, { ...init, dispatcher: agent });
-            rec.status = res.status;
-            rec.instance = res.headers.get('x-berth-instance');
-            rec.mcpSessionId = res.headers.get('mcp-session-id');
-            rec.contentType = res.headers.get('content-type');
-            if (res.status >= 400) {
-                const body = await res.text();
-                rec.body = body.slice(0, 300);
-                return new Response(body, { status: res.status, statusText: res.statusText,
-                                            headers: res.headers });
-            }
-            return res;
-        } catch (e) {
-            rec.error = String(e?.cause?.message ?? e?.message ?? e);
-            throw e;
-        }
+        return recordedFetch(rec, url, init, agent);
     };
 
     const runKey = async (key, index) => {
