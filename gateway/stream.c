@@ -223,24 +223,24 @@ void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_d
     s->arg = arg;
 }
 
+/* Gives <ev> (pending if <added>) the timeout <tv> in place of *<cur>. */
+static void retime(struct event *ev, int added, const struct timeval **cur,
+                   const struct timeval *tv)
+{
+    if (*cur == tv)
+        return;
+    *cur = tv;
+    if (added && tv)
+        event_add(ev, tv);
+    else if (added)
+        event_remove_timer(ev); /* event_add() with NULL would keep the old timeout */
+}
+
 void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
                             const struct timeval *wt)
 {
-    /* event_add() with NULL keeps an old timeout: it is removed explicitly. */
-    if (s->rtimeout != rt) {
-        s->rtimeout = rt;
-        if (s->rd_added && rt)
-            event_add(&s->rd, rt);
-        else if (s->rd_added)
-            event_remove_timer(&s->rd);
-    }
-    if (s->wtimeout != wt) {
-        s->wtimeout = wt;
-        if (s->wr_added && wt)
-            event_add(&s->wr, wt);
-        else if (s->wr_added)
-            event_remove_timer(&s->wr);
-    }
+    retime(&s->rd, s->rd_added, &s->rtimeout, rt);
+    retime(&s->wr, s->wr_added, &s->wtimeout, wt);
 }
 
 void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t write_low)
@@ -283,7 +283,8 @@ void gw_stream_flush(struct gw_stream *s)
 void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
 {
     size_t done = 0;
-    if (s->open && !s->connecting && !s->wr_added && evbuffer_get_length(s->out) == 0) {
+    int tried = s->open && !s->connecting && !s->wr_added && evbuffer_get_length(s->out) == 0;
+    if (tried) {
         ssize_t n = writev(s->fd, iov, iovcnt);
         if (n > 0)
             done = (size_t)n;
@@ -300,6 +301,8 @@ void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
         done = 0;
         left = 1;
     }
-    if (left)
+    if (left && tried)
+        wr_arm(s); /* the socket just refused the rest: no second write now */
+    else if (left)
         gw_stream_flush(s);
 }
