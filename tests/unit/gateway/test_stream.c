@@ -95,6 +95,30 @@ static void run(struct fx *f, int ms)
     event_base_dispatch(f->base);
 }
 
+/* The peer reads until <want> bytes came (or a bounded number of rounds passed) while the loop
+ * runs in 1 ms slices, so the stream can write what the socket refused. Returns the bytes read;
+ * <last> gets the last three of them. */
+static size_t drain_peer(struct fx *f, size_t want, char last[3])
+{
+    size_t got = 0;
+    memset(last, 0, 3);
+    for (int i = 0; i < 20000 && got < want; i++) {
+        char rb[65536];
+        ssize_t n = read(f->peer, rb, sizeof(rb));
+        for (ssize_t k = 0; k < n; k++) {
+            last[0] = last[1];
+            last[1] = last[2];
+            last[2] = rb[k];
+        }
+        if (n > 0)
+            got += (size_t)n;
+        struct timeval tv = {0, 1000};
+        event_base_loopexit(f->base, &tv);
+        event_base_dispatch(f->base);
+    }
+    return got;
+}
+
 static void put(int fd, const char *s)
 {
     CHECK_INT_EQ(write(fd, s, strlen(s)), (ssize_t)strlen(s));
@@ -233,17 +257,8 @@ TEST(stream_output_the_socket_refuses_waits_and_calls_back_at_the_low_mark)
     CHECK(evbuffer_get_length(f.s.out) > 0);
     CHECK(gw_stream_writing(&f.s));
     /* the peer reads everything; the stream writes the rest and calls back once drained */
-    size_t got = 0;
-    for (int i = 0; i < 20000 && got < sizeof(big); i++) {
-        char buf[65536];
-        ssize_t n = read(f.peer, buf, sizeof(buf));
-        if (n > 0)
-            got += (size_t)n;
-        struct timeval tv = {0, 1000};
-        event_base_loopexit(f.base, &tv);
-        event_base_dispatch(f.base);
-    }
-    CHECK_UINT_EQ(got, sizeof(big));
+    char last[3];
+    CHECK_UINT_EQ(drain_peer(&f, sizeof(big), last), sizeof(big));
     CHECK(f.writes >= 1);
     CHECK_UINT_EQ(evbuffer_get_length(f.s.out), 0);
     CHECK(!gw_stream_writing(&f.s)); /* EV_WRITE off once the output is empty */
@@ -370,23 +385,8 @@ TEST(stream_write_sends_from_the_callers_memory_or_queues_in_order)
     struct iovec tail = {"END", 3};
     gw_stream_write(&f.s, &tail, 1);
     CHECK_UINT_EQ(evbuffer_get_length(f.s.out), queued + 3);
-    size_t got = 0;
-    char last[3] = {0};
-    for (int i = 0; i < 20000 && got < sizeof(big) + 3; i++) {
-        char rb[65536];
-        ssize_t n = read(f.peer, rb, sizeof(rb));
-        for (ssize_t k = 0; k < n; k++) { /* the stream's last three bytes */
-            last[0] = last[1];
-            last[1] = last[2];
-            last[2] = rb[k];
-        }
-        if (n > 0)
-            got += (size_t)n;
-        struct timeval tv = {0, 1000};
-        event_base_loopexit(f.base, &tv);
-        event_base_dispatch(f.base);
-    }
-    CHECK_UINT_EQ(got, sizeof(big) + 3);
+    char last[3];
+    CHECK_UINT_EQ(drain_peer(&f, sizeof(big) + 3, last), sizeof(big) + 3);
     CHECK_MEM_EQ(last, "END", 3);
     fx_done(&f);
 }
