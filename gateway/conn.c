@@ -703,7 +703,6 @@ static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
     if (r->next)
         r->next->prev = r;
     c->w->refreshes = r;
-    /* lookup only: a background check never binds */
     struct gw_claim_req req = claim_req(c, c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP
                                                               : GW_CLAIM_MODE_ALIAS);
     if (!gw_claim_start(c->w->claimer, &req, on_refreshed, r)) {
@@ -773,9 +772,9 @@ static void start_claim(struct gw_conn *c)
 
 /* ------------------------------------------------------------------ forwarding */
 
-/* A head is assembled in a stack buffer and handed to the output in one evbuffer_add(): it is a
- * dozen pieces, and an add each costs more than copying them here. A head larger than the
- * buffer spills to the output in order. */
+/* A head is assembled in a stack buffer, then written from it (gw_stream_write) or added to
+ * the output in one piece: it is a dozen pieces, and an evbuffer_add() each costs more than
+ * copying them here. A head larger than the buffer spills to the output in order. */
 struct hb {
     struct evbuffer *out;
     size_t n;
@@ -1001,9 +1000,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     if (c->req_done) {
         /* No body: keep the head so that a stale pooled connection or a stale cached binding
          * can be retried transparently. */
-        c->head_pending = 1;
-        if (c->up_connected)
-            gw_stream_flush(us);
+        c->head_pending = 1; /* the head went out (or waits for the connect) above */
         return;
     }
     evbuffer_drain(in, c->head_len);
@@ -1102,8 +1099,7 @@ static void relay_req_body(struct gw_conn *c)
     struct evbuffer *out = gw_upconn_stream(c->up)->out;
     while (!c->req_done && evbuffer_get_length(in) > 0) {
         if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-            if (c->up_connected)
-                gw_stream_flush(gw_upconn_stream(c->up));
+            gw_stream_flush(gw_upconn_stream(c->up)); /* waits by itself while connecting */
             if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
                 /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
                 c->paused_client = 1;
@@ -1129,8 +1125,7 @@ static void relay_req_body(struct gw_conn *c)
         evbuffer_remove_buffer(in, out, used);
         GW_METRIC_ADD(&w->metrics, bytes_in, used);
     }
-    if (c->up_connected)
-        gw_stream_flush(gw_upconn_stream(c->up));
+    gw_stream_flush(gw_upconn_stream(c->up));
 }
 
 /* ------------------------------------------------------------------ aliases */
@@ -1465,6 +1460,7 @@ static int parse_resp_head(struct gw_conn *c)
     c->dechunk = c->http10 && h.chunked;
     if (c->dechunk)
         c->close_after = 1;
+    int whole = 0; /* the whole response was sent below */
     int is_sse = h.content_type >= 0 && h.headers[h.content_type].value_len >= 17 &&
                  gw_h1_ieq(h.headers[h.content_type].value, "text/event-stream", 17);
     if (c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse) {
@@ -1491,10 +1487,7 @@ static int parse_resp_head(struct gw_conn *c)
         gw_stream_write(&c->cs, iov, 2);
         evbuffer_drain(in, head_len + (size_t)h.content_length);
         GW_METRIC_ADD(&w->metrics, bytes_out, h.content_length);
-        drop_pending_head(c);
-        gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
-        finish_exchange(c);
-        return -1;
+        whole = 1;
     } else {
         if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse &&
             h.status == 200 && (c->aux = evbuffer_new()) != NULL)
@@ -1504,7 +1497,7 @@ static int parse_resp_head(struct gw_conn *c)
     }
     drop_pending_head(c);
     gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
-    if (h.body_done) {
+    if (h.body_done || whole) {
         finish_exchange(c);
         return -1;
     }
