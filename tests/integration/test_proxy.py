@@ -67,7 +67,7 @@ class MiscHandler(http.server.BaseHTTPRequestHandler):
         elif what == "drop":
             self.close_connection = True  # closes without a byte
         elif what == "stall":
-            time.sleep(RESPONSE_TIMEOUT * 3)
+            time.sleep(RESPONSE_TIMEOUT * SLOW * 3)  # well past the gateway's timeout in every build
             self._send(200, [("Content-Length", "0")])
         elif what == "close":
             self._send(200, [("Connection", "close"), ("Content-Type", "text/plain")])
