@@ -99,6 +99,7 @@ struct gw_conn {
     unsigned resp_head_done : 1;
     unsigned resp_keepalive : 1;
     unsigned close_after : 1;
+    unsigned eof_body : 1; /* the response body ends with the instance's close (its head said) */
     unsigned paused_client : 1; /* client reading paused: upstream output above high */
     unsigned paused_up : 1;     /* upstream reading paused: client output above high */
     unsigned head_method : 1;
@@ -362,6 +363,8 @@ void gw_conn_touch_streams(struct gw_worker *w)
 
 /* ------------------------------------------------------------------ request head */
 
+/* Parses the head of c->head_len bytes at the start of the input: with gw_h1_scan() when it
+ * has the common shape (no body), else with llhttp, which then frames the body in c->req. */
 static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
 {
     struct gw_worker *w = c->w;
@@ -371,6 +374,9 @@ static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
         return GW_H1_BAD;
     h->headers = w->headers;
     h->max_headers = (uint32_t)w->gc->limits.max_headers;
+    size_t n;
+    if (gw_h1_scan(h, data, c->head_len, 0, 0, &n) == GW_H1_OK && n == c->head_len)
+        return GW_H1_OK;
     llhttp_init(&c->req, HTTP_REQUEST, &w->req_head_settings);
     return gw_h1_parse_head(&c->req, &w->req_head_settings, h, data, c->head_len, 0);
 }
@@ -426,8 +432,18 @@ static void process_head(struct gw_conn *c)
     size_t len = evbuffer_get_length(in);
     if (len == 0)
         return;
+    /* The common head, whole in the first read, is found and parsed in one pass. A head that
+     * came in pieces is not scanned again with every piece (c->scan: searched before). */
+    struct gw_h1_head h;
+    h.headers = w->headers;
+    h.max_headers = (uint32_t)lim->max_headers;
+    size_t first = evbuffer_get_contiguous_space(in), scanned_len;
+    const char *first_data = c->scan ? NULL : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
+    int scanned = first_data && gw_h1_scan(&h, first_data, CM_MIN(first, lim->max_header_bytes),
+                                           0, 0, &scanned_len) == GW_H1_OK;
     struct evbuffer_ptr end;
-    end.pos = head_end(in, len, c->scan, lim->max_header_bytes);
+    end.pos = scanned ? (ev_ssize_t)scanned_len - 4
+                      : head_end(in, len, c->scan, lim->max_header_bytes);
     if (end.pos < 0) {
         if (len > lim->max_header_bytes) {
             send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
@@ -455,7 +471,8 @@ static void process_head(struct gw_conn *c)
     }
     c->head_timer = 0; /* the timer, if armed, is now a lazy keep-alive one (see on_timer) */
     c->t_start = cm_now_mono();
-    c->req_done = c->resp_head_done = c->close_after = c->retried = c->reclaimed = 0;
+    c->req_done = c->resp_head_done = c->close_after = c->eof_body = 0;
+    c->retried = c->reclaimed = 0;
     c->from_cache = c->issue_cookie = c->body_too_large = c->dechunk = 0;
     c->head_pending = 1; /* every error path from here on drains the head */
     c->kind = KEY_SID;
@@ -472,10 +489,12 @@ static void process_head(struct gw_conn *c)
     c->in_stream = 1;
     GW_METRIC_INC(&w->metrics, streams_active);
 
-    struct gw_h1_head h;
-    int rc = parse_current_head(c, &h);
+    int rc = scanned ? GW_H1_OK : parse_current_head(c, &h);
     if (rc != GW_H1_OK) {
-        send_error(c, rc == GW_H1_TOO_MANY ? GW_ERR_HEADERS_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        send_error(c, rc == GW_H1_TOO_MANY  ? GW_ERR_HEADERS_TOO_LARGE
+                      : rc == GW_H1_CONNECT ? GW_ERR_METHOD_NOT_ALLOWED
+                                            : GW_ERR_BAD_REQUEST,
+                   1);
         return;
     }
     c->req_keepalive = h.keep_alive;
@@ -534,7 +553,7 @@ static void process_head(struct gw_conn *c)
     size_t mcp_len = 0;
     if (c->route->mcp) {
         for (uint32_t i = 0; i < h.n_headers; i++)
-            if (gw_h1_name_eq(&h.headers[i], "mcp-session-id", 14)) {
+            if (h.headers[i].cls & GW_H1_C_MCP) {
                 mcp_id = h.headers[i].value;
                 mcp_len = h.headers[i].value_len;
                 gw_h1_trim(&mcp_id, &mcp_len);
@@ -856,18 +875,19 @@ static int drop_request_header(const struct gw_conn *c, const struct gw_h1_head 
 {
     const struct gw_h1_header *x = &h->headers[i];
     (void)c;
-    return (int)i == h->xff || gw_h1_is_hop(h, x) || gw_h1_name_eq(x, "x-forwarded-proto", 17) ||
+    return (x->cls & (GW_H1_C_HOP | GW_H1_C_XFP)) || (int)i == h->xff ||
            ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128));
 }
 
 static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
 {
     const struct gw_h1_header *x = &h->headers[i];
+    if (!x->cls)
+        return 0;
     int switching = h->status == 101;
-    return (gw_h1_is_hop(h, x) && !(switching && gw_h1_name_eq(x, "upgrade", 7))) ||
-           (x->name_len > 8 && gw_h1_ieq(x->name, "x-berth-", 8)) ||
-           ((c->dechunk || c->rewrite) && gw_h1_name_eq(x, "transfer-encoding", 17)) ||
-           (c->rewrite && gw_h1_name_eq(x, "content-length", 14));
+    return ((x->cls & GW_H1_C_HOP) && !(switching && (x->cls & GW_H1_C_UPGRADE))) ||
+           (x->cls & GW_H1_C_BERTH) || ((c->dechunk || c->rewrite) && (x->cls & GW_H1_C_TE)) ||
+           (c->rewrite && (x->cls & GW_H1_C_CL));
 }
 
 /* Sends the rewritten request head to <us>: straight from the stack when nothing is queued
@@ -909,7 +929,7 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
         HB_LIT(out, "host: berth\r\n");
     if (c->upgrade_req) {
         for (uint32_t i = 0; i < h->n_headers; i++)
-            if (gw_h1_name_eq(&h->headers[i], "upgrade", 7)) {
+            if (h->headers[i].cls & GW_H1_C_UPGRADE) {
                 HB_LIT(out, "upgrade: ");
                 hb_add(out, h->headers[i].value, h->headers[i].value_len);
                 HB_LIT(out, "\r\n");
@@ -1379,27 +1399,38 @@ static int parse_resp_head(struct gw_conn *c)
     size_t max = w->gc->limits.max_header_bytes * 4;
     if (len == 0)
         return 0;
-    struct evbuffer_ptr end;
-    end.pos = head_end(in, len, c->rscan, max);
-    if (end.pos < 0) {
-        c->rscan = len;
-        if (len > max) {
-            cm_log_warn("conn", "response head too large instance=%s", c->instance);
-            send_error(c, GW_ERR_BAD_GATEWAY, 1);
-            return -1;
-        }
-        return 0;
-    }
-    size_t head_len = (size_t)end.pos + 4;
-    c->rscan = 0;
-    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
+    /* The common head, whole in the first read, is found and parsed in one pass (llhttp only
+     * joins in below if the body needs a parser); once per head, as in process_head(). */
     struct gw_h1_head h;
     h.headers = w->headers;
     h.max_headers = (uint32_t)w->gc->limits.max_headers;
-    llhttp_init(&c->resp, HTTP_RESPONSE, &w->resp_head_settings);
-    int rc = data ? gw_h1_parse_head(&c->resp, &w->resp_head_settings, &h, data, head_len,
+    size_t first = evbuffer_get_contiguous_space(in), head_len;
+    const char *data = c->rscan ? NULL : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
+    int rc, scanned = data && gw_h1_scan(&h, data, CM_MIN(first, max), 1, c->head_method,
+                                         &head_len) == GW_H1_OK;
+    if (scanned) {
+        rc = GW_H1_OK;
+        c->rscan = 0;
+    } else {
+        struct evbuffer_ptr end;
+        end.pos = head_end(in, len, c->rscan, max);
+        if (end.pos < 0) {
+            c->rscan = len;
+            if (len > max) {
+                cm_log_warn("conn", "response head too large instance=%s", c->instance);
+                send_error(c, GW_ERR_BAD_GATEWAY, 1);
+                return -1;
+            }
+            return 0;
+        }
+        head_len = (size_t)end.pos + 4;
+        c->rscan = 0;
+        data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
+        llhttp_init(&c->resp, HTTP_RESPONSE, &w->resp_head_settings);
+        rc = data ? gw_h1_parse_head(&c->resp, &w->resp_head_settings, &h, data, head_len,
                                      c->head_method)
                   : GW_H1_BAD;
+    }
     if (rc != GW_H1_OK) {
         cm_log_warn("conn", "bad response head instance=%s rc=%d", c->instance, rc);
         send_error(c, GW_ERR_BAD_GATEWAY, 1);
@@ -1428,7 +1459,7 @@ static int parse_resp_head(struct gw_conn *c)
          * can send it to another gateway. */
         for (uint32_t i = 0; i < h.n_headers; i++) {
             const struct gw_h1_header *x = &h.headers[i];
-            if (!gw_h1_name_eq(x, "mcp-session-id", 14))
+            if (!(x->cls & GW_H1_C_MCP))
                 continue;
             const char *v = x->value;
             size_t vn = x->value_len;
@@ -1455,7 +1486,8 @@ static int parse_resp_head(struct gw_conn *c)
     c->resp_keepalive = h.keep_alive;
     if (c->upgrade_req) /* refused upgrade: the connection state is unclear, close after */
         c->close_after = 1;
-    if (!h.body_done && !h.chunked && !h.has_cl)
+    c->eof_body = !h.body_done && !h.chunked && !h.has_cl;
+    if (c->eof_body)
         c->close_after = 1; /* close-delimited body: the client learns the end by the close */
     c->dechunk = c->http10 && h.chunked;
     if (c->dechunk)
@@ -1463,7 +1495,20 @@ static int parse_resp_head(struct gw_conn *c)
     int whole = 0; /* the whole response was sent below */
     int is_sse = h.content_type >= 0 && h.headers[h.content_type].value_len >= 17 &&
                  gw_h1_ieq(h.headers[h.content_type].value, "text/event-stream", 17);
-    if (c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse) {
+    int cdp = c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse;
+    int fits = !cdp && !h.body_done && h.has_cl && !h.chunked && !c->dechunk && !is_sse &&
+               evbuffer_get_contiguous_space(in) >= head_len + h.content_length;
+    if (scanned && !h.body_done && !fits) {
+        /* The body is relayed through llhttp: let it parse the head too. It accepts whatever
+         * gw_h1_scan() does, the same way (tests/fuzz/fuzz_h1_scan.c). */
+        llhttp_init(&c->resp, HTTP_RESPONSE, &w->resp_head_settings);
+        if (gw_h1_parse_head(&c->resp, &w->resp_head_settings, &h, data, head_len,
+                             c->head_method) != GW_H1_OK) {
+            send_error(c, GW_ERR_INTERNAL, 1);
+            return -1;
+        }
+    }
+    if (cdp) {
         /* CDP discovery: hold the head, collect and rewrite the (small) body. */
         c->aux = evbuffer_new();
         c->aux_head = evbuffer_new();
@@ -1473,8 +1518,7 @@ static int parse_resp_head(struct gw_conn *c)
         }
         c->rewrite = 1;
         evbuffer_remove_buffer(in, c->aux_head, head_len);
-    } else if (!h.body_done && h.has_cl && !h.chunked && !c->dechunk && !is_sse &&
-               evbuffer_get_contiguous_space(in) >= head_len + h.content_length) {
+    } else if (fits) {
         /* The whole response came in one read (the common small answer): head and body go to
          * the client in one writev straight from the read, and the body is counted, not run
          * through llhttp again (a Content-Length body has no framing to check). */
@@ -1705,7 +1749,9 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
     relay_resp(c); /* whatever arrived with the close */
     if (!c->up)
         return;
-    if ((what & GW_STREAM_EOF) && llhttp_message_needs_eof(&c->resp)) {
+    /* The head decides, not llhttp_message_needs_eof(): a Transfer-Encoding among a chunked
+     * body's trailers changes llhttp's flags, and a close in the trailers is a truncation. */
+    if ((what & GW_STREAM_EOF) && c->eof_body) {
         llhttp_finish(&c->resp);
         c->close_after = 1;
         response_done(c);

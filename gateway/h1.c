@@ -1,16 +1,46 @@
 #include "gateway/h1.h"
 
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
+/* The <n> bytes at <p> equal <lower>, a literal of lower-case letters and '-', ignoring ASCII
+ * case. OR-ing 0x20 lower-cases a letter and turns no other byte a name or a value can hold
+ * (no CR) into a letter or '-', so eight bytes compare at once. */
+static inline int lc_eq(const char *p, const char *lower, size_t n)
+{
+    const uint64_t lc = 0x2020202020202020ull;
+    uint64_t a, b;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&a, p + i, 8);
+            memcpy(&b, lower + i, 8);
+            if ((a | lc) != b)
+                return 0;
+        }
+        if (i == n)
+            return 1;
+        memcpy(&a, p + n - 8, 8); /* the last eight, overlapping what was compared */
+        memcpy(&b, lower + n - 8, 8);
+        return (a | lc) == b;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((char)(p[i] | 0x20) != lower[i])
+            return 0;
+    return 1;
+}
+
+/* <p> (<n> bytes of a header name or value) is <lower> (lower-case letters and '-'). */
 static int name_is(const char *p, size_t n, const char *lower, size_t ln)
 {
-    return n == ln && gw_h1_ieq(p, lower, n);
+    return n == ln && lc_eq(p, lower, n);
 }
 
 int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n)
 {
-    return name_is(h->name, h->name_len, lower_name, n);
+    /* any literal (a configured key header may hold digits or '_'): byte by byte */
+    return h->name_len == n && gw_h1_ieq(h->name, lower_name, n);
 }
 
 void gw_h1_trim(const char **p, size_t *n)
@@ -65,6 +95,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         x->name_len = (uint32_t)len;
         x->value = NULL;
         x->value_len = 0;
+        x->cls = 0;
         h->in_value = 0;
     } else {
         h->headers[h->n_headers - 1].name_len += (uint32_t)len;
@@ -114,6 +145,132 @@ static int add_conn_tokens(struct gw_h1_head *h, const char *v, size_t n)
     return 0;
 }
 
+/* Records what header <idx> is (the named indices, Connection options, its class). Returns 0
+ * or the gw_h1_status the head must get. Shared by both parsers. */
+static int note_header(struct gw_h1_head *h, int idx, int request)
+{
+    struct gw_h1_header *x = &h->headers[idx];
+    const char *n = x->name;
+    size_t nl = x->name_len;
+    switch (nl) {
+    case 2:
+        if (name_is(n, nl, "te", 2)) {
+            h->te = idx;
+            x->cls = GW_H1_C_HOP;
+        }
+        break;
+    case 4:
+        if (name_is(n, nl, "host", 4)) {
+            if (h->host >= 0) /* RFC 9112 3.2: more than one Host is a 400 */
+                return GW_H1_BAD;
+            h->host = idx;
+        }
+        break;
+    case 6:
+        if (name_is(n, nl, "cookie", 6)) {
+            if (h->cookie < 0)
+                h->cookie = idx;
+        } else if (name_is(n, nl, "expect", 6)) {
+            h->expect = idx;
+        }
+        break;
+    case 7:
+        if (name_is(n, nl, "upgrade", 7))
+            x->cls = GW_H1_C_HOP | GW_H1_C_UPGRADE;
+        else if (name_is(n, nl, "trailer", 7))
+            x->cls = GW_H1_C_HOP;
+        break;
+    case 10:
+        if (name_is(n, nl, "connection", 10)) {
+            h->connection = idx;
+            x->cls = GW_H1_C_HOP;
+            if (add_conn_tokens(h, x->value, x->value_len) < 0)
+                return GW_H1_BAD;
+        } else if (name_is(n, nl, "keep-alive", 10)) {
+            x->cls = GW_H1_C_HOP;
+        }
+        break;
+    case 12:
+        if (name_is(n, nl, "content-type", 12))
+            h->content_type = idx;
+        else if (name_is(n, nl, "x-request-id", 12))
+            h->request_id = idx;
+        break;
+    case 13:
+        if (name_is(n, nl, "authorization", 13))
+            h->authorization = idx;
+        break;
+    case 14:
+        if (name_is(n, nl, "content-length", 14)) {
+            if (h->has_cl) /* llhttp also refuses; be explicit about the smuggling shape */
+                return GW_H1_BAD_FRAMING;
+            h->has_cl = 1;
+            x->cls = GW_H1_C_CL;
+        } else if (name_is(n, nl, "mcp-session-id", 14)) {
+            x->cls = GW_H1_C_MCP;
+        }
+        break;
+    case 15:
+        if (name_is(n, nl, "x-forwarded-for", 15))
+            h->xff = idx;
+        break;
+    case 16:
+        if (name_is(n, nl, "proxy-connection", 16)) {
+            x->cls = GW_H1_C_HOP;
+            if (add_conn_tokens(h, x->value, x->value_len) < 0)
+                return GW_H1_BAD;
+        }
+        break;
+    case 17:
+        if (name_is(n, nl, "transfer-encoding", 17)) {
+            x->cls = GW_H1_C_TE;
+            if (request) {
+                /* an empty one sets no llhttp flag but is no framing an instance agrees on */
+                const char *v = x->value;
+                size_t vn = x->value_len;
+                gw_h1_trim(&v, &vn);
+                if (vn == 0)
+                    return GW_H1_BAD_FRAMING;
+            }
+        } else if (name_is(n, nl, "x-forwarded-proto", 17)) {
+            x->cls = GW_H1_C_XFP;
+        }
+        break;
+    case 18:
+        if (name_is(n, nl, "proxy-authenticate", 18))
+            x->cls = GW_H1_C_HOP;
+        break;
+    case 19:
+        if (name_is(n, nl, "proxy-authorization", 19))
+            x->cls = GW_H1_C_HOP;
+        break;
+    default:
+        break;
+    }
+    if (nl > 8 && lc_eq(n, "x-berth-", 8))
+        x->cls |= GW_H1_C_BERTH;
+    return 0;
+}
+
+/* Marks the headers the Connection options name as hop-by-hop (RFC 9110 7.6.1), once the
+ * whole head is known (an option may name a header that came before it). Connection must not
+ * make us drop the framing or our own headers. */
+static void mark_conn_named(struct gw_h1_head *h)
+{
+    for (uint32_t i = 0; i < h->n_conn_tokens; i++) {
+        const char *t = h->conn_tokens[i].p;
+        uint32_t tl = h->conn_tokens[i].len;
+        if (name_is(t, tl, "content-length", 14) || name_is(t, tl, "transfer-encoding", 17) ||
+            name_is(t, tl, "host", 4))
+            continue;
+        for (uint32_t k = 0; k < h->n_headers; k++) {
+            struct gw_h1_header *x = &h->headers[k];
+            if (x->name_len == tl && strncasecmp(x->name, t, tl) == 0) /* neither lower-case */
+                x->cls |= GW_H1_C_HOP;
+        }
+    }
+}
+
 static int on_header_value_complete(llhttp_t *p)
 {
     struct gw_h1_head *h = HEAD(p);
@@ -129,79 +286,10 @@ static int on_header_value_complete(llhttp_t *p)
         h->err = GW_H1_BAD;
         return -1;
     }
-    switch (nl) {
-    case 4:
-        if (name_is(n, nl, "host", 4)) {
-            if (h->host >= 0) { /* RFC 9112 3.2: more than one Host is a 400 */
-                h->err = GW_H1_BAD;
-                return -1;
-            }
-            h->host = idx;
-        }
-        break;
-    case 2:
-        if (name_is(n, nl, "te", 2))
-            h->te = idx;
-        break;
-    case 6:
-        if (name_is(n, nl, "cookie", 6) && h->cookie < 0)
-            h->cookie = idx;
-        else if (name_is(n, nl, "expect", 6))
-            h->expect = idx;
-        break;
-    case 10:
-        if (name_is(n, nl, "connection", 10)) {
-            h->connection = idx;
-            if (add_conn_tokens(h, x->value, x->value_len) < 0) {
-                h->err = GW_H1_BAD;
-                return -1;
-            }
-        }
-        break;
-    case 12:
-        if (name_is(n, nl, "content-type", 12))
-            h->content_type = idx;
-        else if (name_is(n, nl, "x-request-id", 12))
-            h->request_id = idx;
-        break;
-    case 13:
-        if (name_is(n, nl, "authorization", 13))
-            h->authorization = idx;
-        break;
-    case 14:
-        if (name_is(n, nl, "content-length", 14)) {
-            if (h->has_cl) { /* llhttp also refuses; be explicit about the smuggling shape */
-                h->err = GW_H1_BAD_FRAMING;
-                return -1;
-            }
-            h->has_cl = 1;
-        }
-        break;
-    case 15:
-        if (name_is(n, nl, "x-forwarded-for", 15))
-            h->xff = idx;
-        break;
-    case 17:
-        if (p->type == HTTP_REQUEST && name_is(n, nl, "transfer-encoding", 17)) {
-            /* an empty one sets no llhttp flag but is no framing an instance agrees on */
-            const char *v = x->value;
-            size_t vn = x->value_len;
-            gw_h1_trim(&v, &vn);
-            if (vn == 0) {
-                h->err = GW_H1_BAD_FRAMING;
-                return -1;
-            }
-        }
-        break;
-    case 16:
-        if (name_is(n, nl, "proxy-connection", 16))
-            if (add_conn_tokens(h, x->value, x->value_len) < 0) {
-                h->err = GW_H1_BAD;
-                return -1;
-            }
-        break;
-    default:
-        break;
+    int rc = note_header(h, idx, p->type == HTTP_REQUEST);
+    if (rc) {
+        h->err = rc;
+        return -1;
     }
     return 0;
 }
@@ -217,6 +305,13 @@ static int on_headers_complete(llhttp_t *p)
     h->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
     if (p->type == HTTP_REQUEST) {
         h->method_id = p->method;
+        /* llhttp takes what follows a CONNECT head as tunnel data whatever its framing says,
+         * so a Content-Length body would be read as the next request (a desync with the
+         * instance, which reads it as the body). A reverse proxy has no use for CONNECT. */
+        if (p->method == HTTP_CONNECT) {
+            h->err = GW_H1_CONNECT;
+            return -1;
+        }
         /* RFC 9112 6.1: a request whose transfer coding does not end in chunked has no
          * determinable length. llhttp says so only after this callback, which pauses. */
         if ((p->flags & F_TRANSFER_ENCODING) && !(p->flags & F_CHUNKED)) {
@@ -248,18 +343,26 @@ void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb
     s->on_message_complete = on_complete;
 }
 
-int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
-                     const char *buf, size_t len, int head_request)
+/* Resets <head> but for its header array and limit. The Connection options array is not
+ * cleared (n_conn_tokens counts what is valid): 256 bytes less to write per head. */
+static void init_head(struct gw_h1_head *head)
 {
     struct gw_h1_header *headers = head->headers;
     uint32_t max = head->max_headers;
-    memset(head, 0, sizeof(*head));
+    memset(head, 0, offsetof(struct gw_h1_head, conn_tokens));
+    head->n_headers = 0;
+    head->in_value = head->err = 0;
     head->headers = headers;
     head->max_headers = max;
     head->host = head->cookie = head->connection = head->te = head->expect = -1;
     head->content_type = head->xff = head->request_id = head->authorization = -1;
+}
+
+static int parse_head(llhttp_t *parser, struct gw_h1_head *head, const char *buf, size_t len,
+                      int head_request)
+{
+    init_head(head);
     parser->data = head;
-    (void)settings;
     llhttp_errno_t e = llhttp_execute(parser, buf, len);
     if (e == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(parser) - buf);
@@ -300,6 +403,16 @@ int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct
     return GW_H1_BAD;
 }
 
+int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
+                     const char *buf, size_t len, int head_request)
+{
+    (void)settings;
+    int rc = parse_head(parser, head, buf, len, head_request);
+    if (rc == GW_H1_OK)
+        mark_conn_named(head);
+    return rc;
+}
+
 static int precheck_headers_complete(llhttp_t *p)
 {
     (void)p;
@@ -322,26 +435,185 @@ int gw_h1_precheck(const char *buf, size_t len, int response)
     return GW_H1_BAD;
 }
 
-int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h)
+/* ------------------------------------------------------------------ gw_h1_scan */
+
+/* Byte classes: SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar), SC_VALUE a field value
+ * byte we take (VCHAR, SP, HTAB: no obs-text, which gw_h1_parse_head() decides on), SC_URL a
+ * request-target byte we take (RFC 3986 unreserved, gen-delims but '#', sub-delims, '%'). */
+enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
+static const uint8_t sc[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 7, 2, 3, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 2, 6, 2, 6,
+    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 2, 6, 3, 7,
+    3, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2, 3, 2, 7, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+static int method_id(const char *m, size_t n)
 {
-    static const struct {
-        const char *n;
-        size_t l;
-    } hop[] = {{"connection", 10},       {"keep-alive", 10},         {"proxy-connection", 16},
-               {"te", 2},                {"trailer", 7},             {"upgrade", 7},
-               {"proxy-authorization", 19}, {"proxy-authenticate", 18}};
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (name_is(h->name, h->name_len, hop[i].n, hop[i].l))
-            return 1;
-    for (uint32_t i = 0; i < head->n_conn_tokens; i++) {
-        const char *t = head->conn_tokens[i].p;
-        uint32_t tl = head->conn_tokens[i].len;
-        /* Connection must not make us drop the framing or our own headers. */
-        if (name_is(t, tl, "content-length", 14) || name_is(t, tl, "transfer-encoding", 17) ||
-            name_is(t, tl, "host", 4))
-            continue;
-        if (h->name_len == tl && strncasecmp(h->name, t, tl) == 0) /* neither side lower-case */
-            return 1;
+    switch (n) {
+    case 3:
+        if (memcmp(m, "GET", 3) == 0)
+            return HTTP_GET;
+        if (memcmp(m, "PUT", 3) == 0)
+            return HTTP_PUT;
+        break;
+    case 4:
+        if (memcmp(m, "POST", 4) == 0)
+            return HTTP_POST;
+        if (memcmp(m, "HEAD", 4) == 0)
+            return HTTP_HEAD;
+        break;
+    case 5:
+        if (memcmp(m, "PATCH", 5) == 0)
+            return HTTP_PATCH;
+        break;
+    case 6:
+        if (memcmp(m, "DELETE", 6) == 0)
+            return HTTP_DELETE;
+        break;
+    case 7:
+        if (memcmp(m, "OPTIONS", 7) == 0)
+            return HTTP_OPTIONS;
+        break;
+    default:
+        break;
     }
-    return 0;
+    return -1;
+}
+
+static int is_crlf(const char *p, const char *end)
+{
+    return end - p >= 2 && p[0] == '\r' && p[1] == '\n';
+}
+
+int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int response,
+               int head_request, size_t *head_len)
+{
+    init_head(head);
+    const char *p = buf, *end = buf + avail;
+    if (!response) {
+        const char *m = p;
+        while (p < end && (unsigned)(*p - 'A') < 26u)
+            p++;
+        int id = method_id(m, (size_t)(p - m));
+        if (id < 0 || p == end || *p != ' ')
+            return GW_H1_DEFER;
+        head->method = m;
+        head->method_len = (uint32_t)(p - m);
+        head->method_id = (uint8_t)id;
+        const char *u = ++p;
+        if (p == end || *p != '/')
+            return GW_H1_DEFER;
+        while (p < end && (sc[(unsigned char)*p] & SC_URL))
+            p++;
+        if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0)
+            return GW_H1_DEFER;
+        head->url = u;
+        head->url_len = (uint32_t)(p - u);
+        p += 11;
+    } else {
+        if (end - p < 13 || memcmp(p, "HTTP/1.1 ", 9) != 0)
+            return GW_H1_DEFER;
+        p += 9;
+        if ((unsigned)(p[0] - '2') > 3u || (unsigned)(p[1] - '0') > 9u ||
+            (unsigned)(p[2] - '0') > 9u || p[3] != ' ')
+            return GW_H1_DEFER;
+        head->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+        if (head->status == 204 || head->status == 304)
+            return GW_H1_DEFER;
+        p += 4;
+        const char *r = p;
+        while (p < end && (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f)
+            p++;
+        if (p == r || !is_crlf(p, end))
+            return GW_H1_DEFER;
+        head->reason = r;
+        head->reason_len = (uint32_t)(p - r);
+        p += 2;
+    }
+    head->http_major = head->http_minor = 1;
+    int close = 0;
+    for (;;) {
+        if (p < end && *p == '\r') {
+            if (!is_crlf(p, end))
+                return GW_H1_DEFER;
+            p += 2;
+            break;
+        }
+        const char *name = p;
+        while (p < end && (sc[(unsigned char)*p] & SC_TCHAR))
+            p++;
+        if (p == name || p == end || *p != ':')
+            return GW_H1_DEFER;
+        uint32_t nl = (uint32_t)(p - name);
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *v = p;
+        while (p < end && (sc[(unsigned char)*p] & SC_VALUE))
+            p++;
+        if (!is_crlf(p, end))
+            return GW_H1_DEFER;
+        uint32_t vl = (uint32_t)(p - v);
+        if (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            return GW_H1_DEFER;
+        p += 2;
+        if (head->n_headers == head->max_headers)
+            return GW_H1_DEFER;
+        int idx = (int)head->n_headers++;
+        struct gw_h1_header *x = &head->headers[idx];
+        x->name = name;
+        x->name_len = nl;
+        x->value = vl ? v : name + nl; /* where gw_h1_parse_head() puts an empty value */
+        x->value_len = vl;
+        x->cls = 0;
+        int had_connection = head->connection >= 0;
+        if (note_header(head, idx, !response) != 0 || (x->cls & (GW_H1_C_TE | GW_H1_C_UPGRADE)))
+            return GW_H1_DEFER;
+        if (x->cls & GW_H1_C_CL) {
+            if (vl == 0 || vl > 15)
+                return GW_H1_DEFER;
+            uint64_t n = 0;
+            for (uint32_t i = 0; i < vl; i++) {
+                if ((unsigned)(v[i] - '0') > 9u)
+                    return GW_H1_DEFER;
+                n = n * 10 + (uint64_t)(v[i] - '0');
+            }
+            head->content_length = n;
+        } else if (head->connection == idx) {
+            if (had_connection)
+                return GW_H1_DEFER;
+            if (name_is(v, vl, "close", 5))
+                close = 1;
+            else if (!name_is(v, vl, "keep-alive", 10))
+                return GW_H1_DEFER;
+        } else if ((x->cls & GW_H1_C_HOP) && name_is(name, nl, "proxy-connection", 16)) {
+            return GW_H1_DEFER;
+        }
+    }
+    head->keep_alive = !close;
+    if (!response) {
+        if (head->content_length > 0)
+            return GW_H1_DEFER; /* a body: llhttp frames it */
+        head->body_done = 1;
+    } else {
+        if (!head->has_cl)
+            return GW_H1_DEFER; /* close-delimited: llhttp's EOF handling */
+        head->body_done = head_request || head->content_length == 0;
+    }
+    mark_conn_named(head);
+    *head_len = (size_t)(p - buf);
+    return GW_H1_OK;
 }

@@ -1,6 +1,9 @@
-/* HTTP/1.1 message heads: parsing with llhttp into slices of the caller's buffer, and the
- * rewriting a proxy does (hop-by-hop headers per RFC 9110 section 7.6.1, X-Forwarded-*).
- * Pure: no I/O, no allocation; fuzzed (tests/fuzz/fuzz_h1.c). */
+/* HTTP/1.1 message heads: parsing into slices of the caller's buffer, and the rewriting a
+ * proxy does (hop-by-hop headers per RFC 9110 section 7.6.1, X-Forwarded-*). Two parsers fill
+ * the same struct gw_h1_head: gw_h1_scan(), ours, one pass over the common strict shape of a
+ * head (and it finds the head's end), and gw_h1_parse_head() with llhttp for everything else
+ * and for any message whose body needs a parser. Pure: no I/O, no allocation; fuzzed
+ * (tests/fuzz/fuzz_h1.c, and tests/fuzz/fuzz_h1_scan.c against llhttp). */
 #ifndef GW_H1_H
 #define GW_H1_H
 
@@ -8,9 +11,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What a header is to the gateway, found once while parsing (bits; 0 for most headers). */
+enum gw_h1_class {
+    GW_H1_C_HOP = 1 << 0,     /* not forwarded: hop-by-hop by name or named by Connection */
+    GW_H1_C_XFP = 1 << 1,     /* X-Forwarded-Proto */
+    GW_H1_C_BERTH = 1 << 2,   /* X-Berth-* */
+    GW_H1_C_TE = 1 << 3,      /* Transfer-Encoding */
+    GW_H1_C_CL = 1 << 4,      /* Content-Length */
+    GW_H1_C_UPGRADE = 1 << 5, /* Upgrade */
+    GW_H1_C_MCP = 1 << 6,     /* Mcp-Session-Id */
+};
+
 struct gw_h1_header {
     const char *name, *value;
     uint32_t name_len, value_len;
+    uint8_t cls; /* enum gw_h1_class bits */
 };
 
 #define GW_H1_MAX_CONN_TOKENS 16 /* more Connection options: 400 */
@@ -21,6 +36,8 @@ enum gw_h1_status {
     GW_H1_BAD = -2,          /* malformed (400 / 502) */
     GW_H1_TOO_MANY = -3,     /* more headers than allowed (431) */
     GW_H1_BAD_FRAMING = -4,  /* CL+TE, duplicate CL, bad TE: smuggling shapes (400, close) */
+    GW_H1_DEFER = -5,        /* gw_h1_scan(): not its shape; ask gw_h1_parse_head() */
+    GW_H1_CONNECT = -6,      /* a CONNECT request: we are no forward proxy (405, close) */
 };
 
 struct gw_h1_head {
@@ -60,6 +77,21 @@ struct gw_h1_head {
  * gw_h1_status. Slices point into <buf>. */
 int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
                      const char *buf, size_t len, int head_request);
+/* Our one-pass parser for the common shape of a head: HTTP/1.1; a request with GET, HEAD,
+ * POST, PUT, DELETE, OPTIONS or PATCH, an origin-form target of plain URL characters and no
+ * body; a 2xx-5xx response (not 204 or 304) with a reason phrase and a Content-Length;
+ * header names of token characters, values of visible ASCII, spaces and tabs, no white space
+ * at their end; no Transfer-Encoding, Upgrade or Proxy-Connection; Connection, if present,
+ * only "close" or "keep-alive"; CRLF line ends. <buf> holds <avail> bytes from the start of
+ * the message; the head may end anywhere in them.
+ * Returns GW_H1_OK with *head_len set (the bytes up to and including the blank line) and
+ * <head> filled exactly as gw_h1_parse_head() fills it (tests/fuzz/fuzz_h1_scan.c checks
+ * that), or GW_H1_DEFER for anything else, including a head not complete in <avail> bytes,
+ * more than head->max_headers headers and every malformed head: gw_h1_parse_head() then
+ * decides, with the errors it gives. A response parsed here has body_done set or a
+ * Content-Length body, which the caller counts itself or hands to gw_h1_parse_head(). */
+int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int response,
+               int head_request, size_t *head_len);
 /* Settings whose callbacks fill a struct gw_h1_head in parser->data; on_body and
  * on_message_complete are set by the caller through <on_body>/<on_complete> (may be NULL). */
 void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb on_complete);
@@ -82,8 +114,13 @@ static inline int gw_h1_ieq(const char *p, const char *lower, size_t n)
     }
     return 1;
 }
-/* 1 if <h> must not be forwarded: hop-by-hop, or named by a Connection token. */
-int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h);
+/* 1 if <h> (a header of <head>, as parsed) must not be forwarded: hop-by-hop, or named by a
+ * Connection token. */
+static inline int gw_h1_is_hop(const struct gw_h1_head *head, const struct gw_h1_header *h)
+{
+    (void)head;
+    return h->cls & GW_H1_C_HOP;
+}
 /* Trims optional white space around a value. */
 void gw_h1_trim(const char **p, size_t *n);
 

@@ -218,7 +218,7 @@ static size_t one_message(const char *p, size_t n, int response, int head_reques
     h.max_headers = max_headers;
     int rc = gw_h1_parse_head(&parser, &head_settings, &h, p, head_len, head_request);
     if (rc != GW_H1_OK && rc != GW_H1_INCOMPLETE && rc != GW_H1_BAD && rc != GW_H1_TOO_MANY &&
-        rc != GW_H1_BAD_FRAMING)
+        rc != GW_H1_BAD_FRAMING && rc != GW_H1_CONNECT)
         FAIL("parse_head returned %d", rc);
     if (rc != GW_H1_OK)
         return 0;
@@ -264,7 +264,7 @@ static size_t one_message(const char *p, size_t n, int response, int head_reques
         /* conn.c ends a close-delimited body with llhttp_finish() at the instance's EOF. With
          * no body byte executed since the pause after the head, llhttp still thinks it is in
          * the head and answers HPE_INVALID_EOF_STATE (conn.c ignores the result). */
-        if (response && llhttp_message_needs_eof(&parser)) {
+        if (response && !h.chunked && !h.has_cl) { /* as conn.c, from the head */
             llhttp_errno_t e = llhttp_finish(&parser);
             if (e != HPE_OK && e != HPE_PAUSED &&
                 !(e == HPE_INVALID_EOF_STATE && q == p + head_len))

@@ -61,6 +61,13 @@ class MiscHandler(http.server.BaseHTTPRequestHandler):
                 for part in (b"first;", b"second;", b"third"):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                 self.wfile.write(b"0\r\n\r\n")
+        elif what == "trailer-cut":
+            # a chunked body whose trailer section (holding a Transfer-Encoding, which flips
+            # llhttp's framing flags) is cut by the close: a truncation, not an end
+            self._send(200, [("Transfer-Encoding", "chunked")])
+            self.wfile.write(b"5\r\nhello\r\n0\r\nTransfer-Encoding: gzip\r\n")
+            self.wfile.flush()
+            self.close_connection = True
         elif what == "garbage":
             self.wfile.write(b"HTTP/1.1 2000 Nonsense\r\nContent-Length: 0\r\n\r\n")
             self.close_connection = True
@@ -482,6 +489,33 @@ def test_many_pipelined_requests_in_one_write(pstack):
         assert hget(hdrs, "x-berth-session") == "burst-%d" % (i % 3)
         if i % 3 == 0:
             assert j["body"] == "b%d" % i
+    c.close()
+
+
+def test_chunked_body_cut_in_its_trailers_is_a_truncation(pstack):
+    truncations = pstack.gateway.log().count("response truncated")
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "/misc/trailer-cut", "misc-trailer"))
+    line = c._line()
+    assert line.startswith(b"HTTP/1.1 200"), line
+    rest = c.read_to_close()  # the gateway closes: the client must see the body incomplete
+    assert b"5\r\nhello\r\n" in rest
+    assert not rest.endswith(b"\r\n\r\n"), rest  # the chunked message was never completed
+    c.close()
+    assert pstack.gateway.log().count("response truncated") == truncations + 1
+    r = curl(pstack.url("/misc/hop"), headers={"x-fc-session-id": "misc-trailer"})
+    assert r.status == 200 and r.body == b"hop\n"
+
+
+def test_connect_is_refused_with_405(pstack):
+    # llhttp would take a CONNECT's body as tunnel data, i.e. as the next request
+    c = Conn(pstack.ports["gateway"])
+    c.send(b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\nx-fc-session-id: cn\r\n"
+           b"Content-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+    st, _, _, body = c.response()
+    assert st == 405
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+    assert c.closed()
     c.close()
 
 

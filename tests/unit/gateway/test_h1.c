@@ -1,6 +1,8 @@
 /* Unit tests of gateway/h1.c: HTTP/1.1 heads parsed with llhttp into slices of the caller's
  * buffer, the framing decisions a proxy takes from them (body or not, chunked, keep-alive,
- * smuggling shapes), the early precheck and the hop-by-hop rules (RFC 9110 7.6.1, RFC 9112). */
+ * smuggling shapes), the early precheck and the hop-by-hop rules (RFC 9110 7.6.1, RFC 9112);
+ * and gw_h1_scan(), our one-pass parser for the common head, which must agree with llhttp
+ * where it answers and leave everything else to it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -783,6 +785,219 @@ TEST(response_connection_tokens)
     CHECK_INT_EQ(hop("content-length"), 0);
 }
 
+/* ------------------------------------------------------------------ gw_h1_scan */
+
+static struct gw_h1_header scan_hdrs[MAX_HDRS];
+static struct gw_h1_head scanned;
+static size_t scanned_len;
+
+/* gw_h1_scan() over <s> (its whole length available). */
+static int scan_n(const char *s, size_t n, int response, int head_request, uint32_t max)
+{
+    memset(&scanned, 0x5a, sizeof(scanned));
+    scanned.headers = scan_hdrs;
+    scanned.max_headers = max;
+    scanned_len = 0;
+    return gw_h1_scan(&scanned, s, n, response, head_request, &scanned_len);
+}
+
+/* <s> is scanned, its head is <head_len> bytes, and llhttp parses that head the same way. */
+static void scan_agrees(const char *s, int response, int head_request, size_t head_len)
+{
+    int rc = scan_n(s, strlen(s), response, head_request, MAX_HDRS);
+    CHECK_MSG(rc == GW_H1_OK, "scan deferred (%d) on: %s", rc, s);
+    if (rc != GW_H1_OK)
+        return;
+    CHECK_UINT_EQ(scanned_len, head_len);
+    CHECK_RC(parse_n(response ? HTTP_RESPONSE : HTTP_REQUEST, s, head_len, MAX_HDRS,
+                     head_request),
+             GW_H1_OK);
+    if (!response) {
+        CHECK(scanned.method == head.method && scanned.method_len == head.method_len);
+        CHECK(scanned.url == head.url && scanned.url_len == head.url_len);
+        CHECK_UINT_EQ(scanned.method_id, head.method_id);
+    } else {
+        CHECK_INT_EQ(scanned.status, head.status);
+        CHECK(scanned.reason == head.reason && scanned.reason_len == head.reason_len);
+    }
+    CHECK_UINT_EQ(scanned.keep_alive, head.keep_alive);
+    CHECK_UINT_EQ(scanned.body_done, head.body_done);
+    CHECK_UINT_EQ(scanned.has_cl, head.has_cl);
+    CHECK_UINT_EQ(scanned.content_length, head.content_length);
+    CHECK_UINT_EQ(scanned.http_minor, head.http_minor);
+    CHECK_INT_EQ(scanned.host, head.host);
+    CHECK_INT_EQ(scanned.connection, head.connection);
+    CHECK_INT_EQ(scanned.cookie, head.cookie);
+    CHECK_INT_EQ(scanned.xff, head.xff);
+    CHECK_INT_EQ(scanned.request_id, head.request_id);
+    CHECK_UINT_EQ(scanned.n_conn_tokens, head.n_conn_tokens);
+    CHECK_UINT_EQ(scanned.n_headers, head.n_headers);
+    for (uint32_t i = 0; i < scanned.n_headers && i < head.n_headers; i++) {
+        CHECK(scan_hdrs[i].name == hdrs[i].name && scan_hdrs[i].name_len == hdrs[i].name_len);
+        CHECK_UINT_EQ(scan_hdrs[i].value_len, hdrs[i].value_len);
+        CHECK(scan_hdrs[i].value_len == 0 || scan_hdrs[i].value == hdrs[i].value);
+        CHECK_UINT_EQ(scan_hdrs[i].cls, hdrs[i].cls);
+    }
+}
+
+TEST(scan_takes_the_common_request_heads)
+{
+    const char *hot = "GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nx-fc-session-id: s-1\r\n\r\n";
+    scan_agrees(hot, 0, 0, strlen(hot));
+    CHECK_UINT_EQ(scanned.method_id, HTTP_GET);
+    CHECK_UINT_EQ(scanned.keep_alive, 1);
+    CHECK_UINT_EQ(scanned.body_done, 1);
+    const char *curl = "GET /a/b?x=1&y=%20z;p=(q) HTTP/1.1\r\nHost: gw\r\nUser-Agent: curl/7.88.1"
+                       "\r\nAccept: */*\r\nConnection: close\r\nCookie: a=b; berth_session=k\r\n"
+                       "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\n"
+                       "X-Request-Id: r\r\nEmpty:\r\nTabbed:\t v\tw\r\n\r\n";
+    scan_agrees(curl, 0, 0, strlen(curl));
+    CHECK_UINT_EQ(scanned.keep_alive, 0);
+    CHECK(slice_eq(scanned.url, scanned.url_len, "/a/b?x=1&y=%20z;p=(q)"));
+    const char *mcp = "DELETE /mcp HTTP/1.1\r\nHost: gw\r\nMcp-Session-Id: abc\r\n"
+                      "Content-Length: 0\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\n\r\n";
+    scan_agrees(mcp, 0, 0, strlen(mcp));
+    CHECK_UINT_EQ(scanned.method_id, HTTP_DELETE);
+    static const char *const methods[] = {"HEAD", "POST", "PUT", "OPTIONS", "PATCH"};
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        char m[128];
+        snprintf(m, sizeof(m), "%s /x HTTP/1.1\r\nHost: h\r\n\r\n", methods[i]);
+        scan_agrees(m, 0, 0, strlen(m));
+    }
+}
+
+TEST(scan_takes_the_common_response_heads)
+{
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nx-upstream-id: u0\r\n\r\n";
+    char full[256];
+    snprintf(full, sizeof(full), "%shello, world\n", r);
+    scan_agrees(full, 1, 0, strlen(r)); /* the body after it is not part of the head */
+    CHECK_UINT_EQ(scanned.content_length, 13);
+    CHECK_UINT_EQ(scanned.body_done, 0);
+    CHECK_UINT_EQ(scanned.keep_alive, 1);
+    const char *h = "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n"
+                    "X-Berth-Instance: i\r\nMcp-Session-Id: s\r\n\r\n";
+    scan_agrees(h, 1, 1, strlen(h)); /* response to HEAD: no body whatever the length */
+    CHECK_UINT_EQ(scanned.body_done, 1);
+    CHECK_UINT_EQ(scanned.keep_alive, 0);
+    CHECK(scan_hdrs[2].cls & GW_H1_C_BERTH);
+    CHECK(scan_hdrs[3].cls & GW_H1_C_MCP);
+    const char *z = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+    scan_agrees(z, 1, 0, strlen(z));
+    CHECK_UINT_EQ(scanned.body_done, 1);
+}
+
+TEST(scan_finds_the_end_of_a_pipelined_head)
+{
+    const char *two = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+    CHECK_INT_EQ(scan_n(two, strlen(two), 0, 0, MAX_HDRS), GW_H1_OK);
+    CHECK_UINT_EQ(scanned_len, strlen(two) / 2);
+}
+
+TEST(scan_defers_everything_else)
+{
+    static const char *const reqs[] = {
+        "GET / HTTP/1.1\r\nHost: h\r\n",                                    /* incomplete */
+        "GET / HTTP/1.1\r\nHost: h\r\n\r",                                 /* incomplete */
+        "GET / HTTP/1.0\r\nHost: h\r\n\r\n",                                /* HTTP/1.0 */
+        "get / HTTP/1.1\r\nHost: h\r\n\r\n",                                /* method case */
+        "PROPFIND / HTTP/1.1\r\nHost: h\r\n\r\n",                           /* other method */
+        "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n",                        /* CONNECT */
+        "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",                        /* absolute-form */
+        "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",                            /* asterisk-form */
+        "GET /a#f HTTP/1.1\r\nHost: h\r\n\r\n",                             /* fragment */
+        "GET /a\"b HTTP/1.1\r\nHost: h\r\n\r\n",                            /* odd byte */
+        "GET  / HTTP/1.1\r\nHost: h\r\n\r\n",                               /* two spaces */
+        "GET / HTTP/1.1\nHost: h\r\n\r\n",                                  /* bare LF */
+        "GET / HTTP/1.1\r\nHost: h\n\r\n",                                  /* bare LF */
+        "GET / HTTP/1.1\r\nHost : h\r\n\r\n",                               /* space: 400 */
+        "GET / HTTP/1.1\r\nX: a\r\n b\r\nHost: h\r\n\r\n",                  /* obs-fold */
+        "GET / HTTP/1.1\r\nHost: h \r\n\r\n",                               /* trailing OWS */
+        "GET / HTTP/1.1\r\nHost: h\r\nX: \xc3\xa9\r\n\r\n",                 /* obs-text */
+        "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n",                    /* CTL */
+        "GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",                     /* two Hosts */
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",     /* a body */
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", /* chunked */
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1234567890123456\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, X-A\r\n\r\n",     /* a list */
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
+        CHECK_MSG(scan_n(reqs[i], strlen(reqs[i]), 0, 0, MAX_HDRS) == GW_H1_DEFER,
+                  "scan took request %zu: %s", i, reqs[i]);
+    static const char *const resps[] = {
+        "HTTP/1.1 200 OK\r\n\r\n",                                 /* close-delimited */
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",  /* chunked */
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",               /* no reason */
+        "HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(resps) / sizeof(resps[0]); i++)
+        CHECK_MSG(scan_n(resps[i], strlen(resps[i]), 1, 0, MAX_HDRS) == GW_H1_DEFER,
+                  "scan took response %zu: %s", i, resps[i]);
+    /* more headers than the limit: llhttp gives the 431 */
+    const char *many = "GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n";
+    CHECK_INT_EQ(scan_n(many, strlen(many), 0, 0, 2), GW_H1_DEFER);
+    CHECK_INT_EQ(scan_n(many, strlen(many), 0, 0, 3), GW_H1_OK);
+}
+
+TEST(scan_does_not_read_past_what_it_is_given)
+{
+    /* Every prefix of a good head is deferred (incomplete), never read beyond. */
+    const char *s = "GET /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n";
+    size_t n = strlen(s);
+    for (size_t k = 0; k < n; k++) {
+        char *copy = malloc(k ? k : 1); /* exact size: ASan sees a read past it */
+        CHECK_NOT_NULL(copy);
+        if (!copy)
+            return;
+        memcpy(copy, s, k);
+        CHECK_MSG(scan_n(copy, k, 0, 0, MAX_HDRS) == GW_H1_DEFER, "prefix of %zu taken", k);
+        free(copy);
+    }
+}
+
+TEST(header_classes_are_found_by_both_parsers)
+{
+    const char *s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nX-Forwarded-Proto: x\r\n"
+                    "x-berth-thing: 1\r\nX-Berth-: 2\r\nmcp-session-id: m\r\nTE: trailers\r\n"
+                    "Trailer: x\r\nProxy-Authorization: p\r\n\r\n";
+    scan_agrees(s, 0, 0, strlen(s));
+    CHECK_UINT_EQ(scan_hdrs[1].cls, GW_H1_C_HOP);
+    CHECK_UINT_EQ(scan_hdrs[2].cls, GW_H1_C_XFP);
+    CHECK_UINT_EQ(scan_hdrs[3].cls, GW_H1_C_BERTH);
+    CHECK_UINT_EQ(scan_hdrs[4].cls, 0); /* "x-berth-" and nothing after it */
+    CHECK_UINT_EQ(scan_hdrs[5].cls, GW_H1_C_MCP);
+    CHECK_UINT_EQ(scan_hdrs[6].cls, GW_H1_C_HOP);
+    CHECK_UINT_EQ(scan_hdrs[7].cls, GW_H1_C_HOP);
+    CHECK_UINT_EQ(scan_hdrs[8].cls, GW_H1_C_HOP);
+    CHECK_RC(req("POST / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\nContent-Length: 1\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n"),
+             GW_H1_BAD_FRAMING);
+    CHECK_RC(resp("HTTP/1.1 200 OK\r\nUpgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n", 0),
+             GW_H1_OK);
+    CHECK_UINT_EQ(hdrs[0].cls, GW_H1_C_HOP | GW_H1_C_UPGRADE);
+    CHECK_UINT_EQ(hdrs[1].cls, GW_H1_C_TE);
+}
+
+TEST(connect_is_refused)
+{
+    /* llhttp would take a CONNECT's Content-Length body as tunnel data, and so as the next
+     * request: a desync with the instance. */
+    CHECK_RC(req("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\nContent-Length: 5\r\n\r\n"),
+             GW_H1_CONNECT);
+    CHECK_RC(req("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"), GW_H1_CONNECT);
+}
+
 /* ------------------------------------------------------------------ helpers */
 
 TEST(name_eq_is_case_insensitive_and_exact_length)
@@ -793,6 +1008,9 @@ TEST(name_eq_is_case_insensitive_and_exact_length)
     CHECK(!gw_h1_name_eq(&h, "x-fc-session-idx", 16));
     struct gw_h1_header part = {.name = "Hostname", .name_len = 4};
     CHECK(gw_h1_name_eq(&part, "host", 4)); /* the slice length counts, not the NUL */
+    struct gw_h1_header odd = {.name = "X_Key^1", .name_len = 7};
+    CHECK(gw_h1_name_eq(&odd, "x_key^1", 7)); /* configured names: any token characters */
+    CHECK(!gw_h1_name_eq(&odd, "x\x7fkey~1", 7));
 }
 
 TEST(trim_removes_spaces_and_tabs_only)
