@@ -1,5 +1,7 @@
 #include "gateway/stream.h"
 
+#include "common/time.h"
+
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -7,11 +9,48 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* The length of <tv>. A common timeout keeps its queue index in the high bits of tv_usec
+ * (libevent 2.1: COMMON_TIMEOUT_MICROSECONDS_MASK, 20 bits of microseconds); a plain timeval
+ * has tv_usec below 1000000, which the mask keeps whole. */
+static cm_usec_t tv_len(const struct timeval *tv)
+{
+    return (cm_usec_t)tv->tv_sec * CM_USEC_PER_SEC + ((cm_usec_t)tv->tv_usec & 0xfffff);
+}
+
+static int reading(const struct gw_stream *s)
+{
+    return s->want_read && !s->suspended;
+}
+
+/* The read timeout is lazy. libevent restarts an event's timeout with every event_add() and
+ * every time a persistent event with a timeout fires, which on a pooled upstream connection
+ * was three timer updates per proxied request. Here the read event has no timeout; a timer of
+ * the stream's own runs from when reading (re)started or the last read (rd_since) and is set
+ * only when none is pending or the pending one would fire too late. When it fires before the
+ * stream was quiet for the whole timeout it is set again for the rest. */
+static void tmo_arm(struct gw_stream *s, cm_usec_t now)
+{
+    cm_usec_t len = tv_len(s->rtimeout);
+    if (s->tmo_added && s->tmo_at <= now + len)
+        return; /* fires in time; it checks then */
+    event_add(&s->tmo, s->rtimeout);
+    s->tmo_added = 1;
+    s->tmo_at = now + len;
+}
+
+static void on_tmo(evutil_socket_t fd, short what, void *arg);
+
 static void rd_update(struct gw_stream *s)
 {
-    if (s->want_read && !s->suspended) {
-        event_add(&s->rd, s->rtimeout); /* also restarts the read timeout */
-        s->rd_added = 1;
+    if (reading(s)) {
+        if (!s->rd_added) {
+            event_add(&s->rd, NULL);
+            s->rd_added = 1;
+        }
+        if (s->rtimeout) { /* (re)starting to read restarts the timeout */
+            s->rd_since = cm_now_mono();
+            tmo_arm(s, s->rd_since);
+        }
     } else if (s->rd_added) {
         event_del(&s->rd);
         s->rd_added = 0;
@@ -69,13 +108,30 @@ static void fail(struct gw_stream *s, short what, int err)
         s->on_event(s, what, s->arg);
 }
 
-static void on_rd(evutil_socket_t fd, short what, void *arg)
+static void on_tmo(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_stream *s = arg;
-    if (what & EV_TIMEOUT) {
+    (void)fd;
+    (void)what;
+    s->tmo_added = 0;
+    if (!reading(s) || !s->rtimeout)
+        return; /* rd_update() sets it again when reading resumes */
+    cm_usec_t now = cm_now_mono(), len = tv_len(s->rtimeout);
+    if (now - s->rd_since >= len) {
         fail(s, GW_STREAM_READING | GW_STREAM_TIMEOUT, ETIMEDOUT);
         return;
     }
+    cm_usec_t left = s->rd_since + len - now;
+    struct timeval tv = {(time_t)(left / CM_USEC_PER_SEC), (suseconds_t)(left % CM_USEC_PER_SEC)};
+    event_add(&s->tmo, &tv);
+    s->tmo_added = 1;
+    s->tmo_at = now + left;
+}
+
+static void on_rd(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_stream *s = arg;
+    (void)what;
     size_t len = evbuffer_get_length(s->in);
     size_t want = s->scratch->size;
     if (s->read_high) {
@@ -103,6 +159,8 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
         fail(s, GW_STREAM_READING | GW_STREAM_ERROR, ENOMEM);
         return;
     }
+    if (s->rtimeout)
+        s->rd_since = cm_now_mono();
     if (s->read_high && len + (size_t)n >= s->read_high)
         suspend(s);
     if (s->on_read)
@@ -159,7 +217,8 @@ int gw_stream_init(struct gw_stream *s, struct event_base *base, int fd,
     s->out = evbuffer_new();
     if (!s->in || !s->out ||
         event_assign(&s->rd, base, fd, EV_READ | EV_PERSIST, on_rd, s) < 0 ||
-        event_assign(&s->wr, base, fd, EV_WRITE | EV_PERSIST, on_wr, s) < 0) {
+        event_assign(&s->wr, base, fd, EV_WRITE | EV_PERSIST, on_wr, s) < 0 ||
+        event_assign(&s->tmo, base, -1, 0, on_tmo, s) < 0) {
         if (s->in)
             evbuffer_free(s->in);
         if (s->out)
@@ -205,11 +264,13 @@ void gw_stream_fini(struct gw_stream *s)
         event_del(&s->rd);
     if (s->wr_added)
         event_del(&s->wr);
+    if (s->tmo_added)
+        event_del(&s->tmo);
     evbuffer_free(s->in);
     evbuffer_free(s->out);
     close(s->fd);
     s->open = 0;
-    s->rd_added = s->wr_added = s->suspended = 0;
+    s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
     s->in = s->out = NULL;
     s->fd = -1;
 }
@@ -239,7 +300,14 @@ static void retime(struct event *ev, int added, const struct timeval **cur,
 void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
                             const struct timeval *wt)
 {
-    retime(&s->rd, s->rd_added, &s->rtimeout, rt);
+    if (s->rtimeout != rt) {
+        /* a new timeout restarts (none: a pending timer finds none and stops) */
+        s->rtimeout = rt;
+        if (rt && reading(s)) {
+            s->rd_since = cm_now_mono();
+            tmo_arm(s, s->rd_since);
+        }
+    }
     retime(&s->wr, s->wr_added, &s->wtimeout, wt);
 }
 

@@ -16,6 +16,7 @@
 
 #include <event2/event_struct.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct evbuffer;
@@ -41,6 +42,8 @@ struct gw_stream_scratch {
 struct gw_stream {
     int fd;
     struct event rd, wr;
+    struct event tmo; /* the read timeout (lazy: see stream.c) */
+    uint64_t rd_since, tmo_at; /* CLOCK_MONOTONIC µs: reading (re)started or last read; tmo due */
     struct evbuffer *in, *out;
     struct gw_stream_scratch *scratch;
     gw_stream_data_cb on_read, on_write;
@@ -53,6 +56,7 @@ struct gw_stream {
     unsigned want_read : 1;  /* reading enabled by the owner */
     unsigned rd_added : 1;
     unsigned wr_added : 1;
+    unsigned tmo_added : 1;
     unsigned suspended : 1;  /* reading held: input at read_high */
     unsigned connecting : 1;
     unsigned failed : 1;     /* EOF, error or timeout seen: not reusable */

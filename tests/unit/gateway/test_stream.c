@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gateway/stream.h"
@@ -224,6 +225,81 @@ TEST(stream_read_timeout_fires_and_can_be_removed)
     gw_stream_set_timeouts(&f.s, NULL, NULL);
     run(&f, 200);
     CHECK_INT_EQ(f.events, 0);
+    fx_done(&f);
+}
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+TEST(stream_read_timeout_restarts_with_every_read)
+{
+    /* A 150 ms common timeout (the kind the gateway uses); the peer writes every 60 ms for
+     * 300 ms: no timeout while bytes come, then one ~150 ms after the last. */
+    struct fx f;
+    fx_pair(&f);
+    f.drain = 1;
+    struct timeval t150 = {0, 150000};
+    const struct timeval *common = event_base_init_common_timeout(f.base, &t150);
+    CHECK_NOT_NULL(common);
+    gw_stream_set_timeouts(&f.s, common, NULL);
+    gw_stream_read_enable(&f.s);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < 5; i++) {
+        usleep(60000);
+        put(f.peer, "x");
+        run(&f, 1000);
+        CHECK_INT_EQ(f.events, 0);
+    }
+    CHECK_INT_EQ(f.reads, 5);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    run(&f, 3000);
+    double waited = ms_since(&t0);
+    CHECK_INT_EQ(f.events, 1);
+    CHECK_INT_EQ(f.last_event, GW_STREAM_READING | GW_STREAM_TIMEOUT);
+    CHECK_MSG(waited >= 140 && waited < 1500, "timed out after %.0f ms", waited);
+    fx_done(&f);
+}
+
+TEST(stream_shorter_read_timeout_takes_effect_at_once)
+{
+    /* reading with a long timeout, then a short one: the short one fires, not the long */
+    struct fx f;
+    fx_pair(&f);
+    struct timeval t10s = {10, 0}, t100 = {0, 100000};
+    gw_stream_set_timeouts(&f.s, event_base_init_common_timeout(f.base, &t10s), NULL);
+    gw_stream_read_enable(&f.s);
+    run(&f, 50);
+    CHECK_INT_EQ(f.events, 0);
+    gw_stream_set_timeouts(&f.s, &t100, NULL);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    run(&f, 3000);
+    CHECK_INT_EQ(f.events, 1);
+    CHECK_INT_EQ(f.last_event, GW_STREAM_READING | GW_STREAM_TIMEOUT);
+    CHECK_MSG(ms_since(&t0) < 2000, "the 100 ms timeout took %.0f ms", ms_since(&t0));
+    fx_done(&f);
+}
+
+TEST(stream_held_reading_has_no_timeout)
+{
+    /* reading disabled (or held at the mark) is not "quiet": no timeout until it resumes */
+    struct fx f;
+    fx_pair(&f);
+    struct timeval t50 = {0, 50000};
+    gw_stream_set_timeouts(&f.s, &t50, NULL);
+    gw_stream_read_enable(&f.s);
+    gw_stream_read_disable(&f.s);
+    run(&f, 200);
+    CHECK_INT_EQ(f.events, 0);
+    gw_stream_read_enable(&f.s);
+    run(&f, 2000);
+    CHECK_INT_EQ(f.events, 1);
+    CHECK_INT_EQ(f.last_event, GW_STREAM_READING | GW_STREAM_TIMEOUT);
     fx_done(&f);
 }
 
