@@ -141,8 +141,11 @@ def check_session(s, transport, replicas):
     assert s["progress"] and s["progress"] == sorted(set(s["progress"])), s["progress"]
     assert set(s["progress"]) <= {1, 2, 3}
     # ...as they happened (the tool sends one every 0.5 s, its result after 1.5 s): nothing on
-    # the way (gateway, sandbox relay) held the stream back
-    assert s["progressAt"][0] < s["longMs"] - 400, (s["progressAt"], s["longMs"])
+    # the way (gateway, sandbox relay) held the stream back. A stream held back delivers them
+    # together with the result (within a few ms); asking for 200 ms of the 1,000 ms expected
+    # between them leaves room for a loaded machine (a 400 ms margin failed once with the
+    # whole suite on 2 cores).
+    assert s["progressAt"][0] < s["longMs"] - 200, (s["progressAt"], s["longMs"])
     # a server-initiated logging message (no request): only the standalone SSE stream can
     # carry it; it names the MCP session it was sent for
     assert s["logging"], "no logging notification arrived"
