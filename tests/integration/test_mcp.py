@@ -126,6 +126,17 @@ def summarize(doc):
     return "\n".join(lines)
 
 
+def check_streamed(sessions):
+    """Progress notifications arrived as they happened (the tool sends one every 0.5 s, its
+    result after 1.5 s): nothing on the way (gateway, sandbox relay) held the streams back. A
+    held-back stream delivers them with the result, in every session; a server that the loaded
+    machine starved for a second clumps them in some sessions only (seen: first progress
+    194 ms before the result in one session of a full-suite run). So most sessions, not
+    every one, must show the first progress 400 ms before the result."""
+    early = [x for x in sessions if x["progressAt"][0] < x["longMs"] - 400]
+    assert len(early) * 2 >= len(sessions), [(x["progressAt"], x["longMs"]) for x in sessions]
+
+
 def check_session(s, transport, replicas):
     """The checks every session must pass; <replicas>: the gateway host:ports in use."""
     i = s["index"]
@@ -140,12 +151,7 @@ def check_session(s, transport, replicas):
     # Streamable HTTP; on the GET stream with legacy SSE), in order
     assert s["progress"] and s["progress"] == sorted(set(s["progress"])), s["progress"]
     assert set(s["progress"]) <= {1, 2, 3}
-    # ...as they happened (the tool sends one every 0.5 s, its result after 1.5 s): nothing on
-    # the way (gateway, sandbox relay) held the stream back. A stream held back delivers them
-    # together with the result (within a few ms); asking for 200 ms of the 1,000 ms expected
-    # between them leaves room for a loaded machine (a 400 ms margin failed once with the
-    # whole suite on 2 cores).
-    assert s["progressAt"][0] < s["longMs"] - 200, (s["progressAt"], s["longMs"])
+    assert s["progressAt"][0] <= s["longMs"], (s["progressAt"], s["longMs"])
     # a server-initiated logging message (no request): only the standalone SSE stream can
     # carry it; it names the MCP session it was sent for
     assert s["logging"], "no logging notification arrived"
@@ -202,6 +208,7 @@ def test_streamable_http_concurrent_sessions(mcp_stack):
             check_session(sess, "streamable", ["127.0.0.1:%d" % s.ports["gateway"]])
         except AssertionError as e:
             raise AssertionError("session %d: %s\n%s" % (sess["index"], e, info))
+    check_streamed(doc["sessions"])
     instances = [sess["envInstance"] for sess in doc["sessions"]]
     assert len(set(instances)) == N_SESSIONS, info  # one instance per client session
     # DELETE released every session: no session record is bound to those instances any more,
@@ -235,6 +242,7 @@ def test_streamable_http_switching_replicas(mcp_stack):
         # alternation: consecutive requests of a session never used the same replica
         seq = [r["replica"] for r in sess["requests"]]
         assert all(a != b for a, b in zip(seq, seq[1:])), seq
+    check_streamed(doc["sessions"])
     assert len({sess["envInstance"] for sess in doc["sessions"]}) == N_SESSIONS, info
     # the tests after this one start single sessions: let the pool refill first, so that
     # they do not wait for on-demand starts on a machine busy starting 20 node processes
@@ -263,6 +271,7 @@ def test_legacy_sse_sessions_switching_replicas(mcp_stack):
         assert reqs[0]["method"] == "GET" and reqs[0]["contentType"].startswith(
             "text/event-stream")
         assert all(r["path"].startswith("/message?sessionId=") for r in reqs[1:]), reqs
+    check_streamed(doc["sessions"])
     assert len({sess["envInstance"] for sess in doc["sessions"]}) == N_SSE_SESSIONS, info
 
 
