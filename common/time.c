@@ -9,6 +9,13 @@ cm_usec_t cm_now_mono(void)
     return (cm_usec_t)ts.tv_sec * CM_USEC_PER_SEC + (cm_usec_t)ts.tv_nsec / 1000;
 }
 
+cm_usec_t cm_now_mono_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (cm_usec_t)ts.tv_sec * CM_USEC_PER_SEC + (cm_usec_t)ts.tv_nsec / 1000;
+}
+
 cm_usec_t cm_now_wall(void)
 {
     struct timespec ts;

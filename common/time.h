@@ -13,6 +13,10 @@ typedef uint64_t cm_usec_t;
 
 /* Monotonic clock in microseconds. Any thread. */
 cm_usec_t cm_now_mono(void);
+/* The same clock as of the last tick (CLOCK_MONOTONIC_COARSE: a few ms behind at most, no
+ * clock read: ~10 ns against ~45 ns on a VM's TSC). For timeouts of 100 ms and more; compare
+ * only with other coarse readings (a fine one may be ahead). */
+cm_usec_t cm_now_mono_coarse(void);
 /* Wall clock in microseconds since the Unix epoch. Any thread. */
 cm_usec_t cm_now_wall(void);
 /* Milliseconds since the Unix epoch (what Redis stores). */

@@ -75,7 +75,7 @@ struct gw_conn {
     size_t rscan;     /* same for the response */
     uint64_t body_bytes;
     cm_usec_t t_start;
-    cm_usec_t idle_since; /* CS_IDLE: when the last exchange ended (keep-alive timeout) */
+    cm_usec_t idle_since; /* CS_IDLE: when the last exchange ended (coarse clock) */
     struct cm_hash hash; /* cache key: the session's hash, or the alias's */
     char hash_hex[CM_HASH_HEX_LEN + 1];
     struct cm_hash session;
@@ -188,7 +188,7 @@ static void arm_timer(struct gw_conn *c, const struct timeval *tv)
 static void enter_idle(struct gw_conn *c)
 {
     c->state = CS_IDLE;
-    c->idle_since = cm_now_mono();
+    c->idle_since = cm_now_mono_coarse();
     if (!evtimer_pending(&c->timer, NULL))
         arm_timer(c, c->w->to_keepalive);
 }
@@ -210,7 +210,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         }
         break;
     case CS_IDLE: {
-        cm_usec_t idle = cm_now_mono() - c->idle_since;
+        cm_usec_t idle = cm_now_mono_coarse() - c->idle_since;
         if (idle >= w->gc->limits.keepalive_timeout) {
             conn_free(c);
         } else {

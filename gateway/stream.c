@@ -25,9 +25,10 @@ static int reading(const struct gw_stream *s)
 /* The read timeout is lazy. libevent restarts an event's timeout with every event_add() and
  * every time a persistent event with a timeout fires, which on a pooled upstream connection
  * was three timer updates per proxied request. Here the read event has no timeout; a timer of
- * the stream's own runs from when reading (re)started or the last read (rd_since) and is set
- * only when none is pending or the pending one would fire too late. When it fires before the
- * stream was quiet for the whole timeout it is set again for the rest. */
+ * the stream's own runs from when reading (re)started or the last read (rd_since, on the
+ * coarse clock: timeouts are 100 ms and more) and is set only when none is pending or the
+ * pending one would fire too late. When it fires before the stream was quiet for the whole
+ * timeout it is set again for the rest. */
 static void tmo_arm(struct gw_stream *s, cm_usec_t now)
 {
     cm_usec_t len = tv_len(s->rtimeout);
@@ -48,7 +49,7 @@ static void rd_update(struct gw_stream *s)
             s->rd_added = 1;
         }
         if (s->rtimeout) { /* (re)starting to read restarts the timeout */
-            s->rd_since = cm_now_mono();
+            s->rd_since = cm_now_mono_coarse();
             tmo_arm(s, s->rd_since);
         }
     } else if (s->rd_added) {
@@ -116,7 +117,7 @@ static void on_tmo(evutil_socket_t fd, short what, void *arg)
     s->tmo_added = 0;
     if (!reading(s) || !s->rtimeout)
         return; /* rd_update() sets it again when reading resumes */
-    cm_usec_t now = cm_now_mono(), len = tv_len(s->rtimeout);
+    cm_usec_t now = cm_now_mono_coarse(), len = tv_len(s->rtimeout);
     if (now - s->rd_since >= len) {
         fail(s, GW_STREAM_READING | GW_STREAM_TIMEOUT, ETIMEDOUT);
         return;
@@ -160,7 +161,7 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (s->rtimeout)
-        s->rd_since = cm_now_mono();
+        s->rd_since = cm_now_mono_coarse();
     if (s->read_high && len + (size_t)n >= s->read_high)
         suspend(s);
     if (s->on_read)
@@ -304,7 +305,7 @@ void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
         /* a new timeout restarts (none: a pending timer finds none and stops) */
         s->rtimeout = rt;
         if (rt && reading(s)) {
-            s->rd_since = cm_now_mono();
+            s->rd_since = cm_now_mono_coarse();
             tmo_arm(s, s->rd_since);
         }
     }

@@ -43,7 +43,7 @@ struct gw_stream {
     int fd;
     struct event rd, wr;
     struct event tmo; /* the read timeout (lazy: see stream.c) */
-    uint64_t rd_since, tmo_at; /* CLOCK_MONOTONIC µs: reading (re)started or last read; tmo due */
+    uint64_t rd_since, tmo_at; /* coarse clock: reading (re)started or last read; tmo due */
     struct evbuffer *in, *out;
     struct gw_stream_scratch *scratch;
     gw_stream_data_cb on_read, on_write;

@@ -968,7 +968,8 @@ TEST(scan_does_not_read_past_what_it_is_given)
 
 TEST(header_classes_are_found_by_both_parsers)
 {
-    const char *s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nX-Forwarded-Proto: x\r\n"
+    const char *s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n"
+                    "X-Forwarded-Proto: x\r\n"
                     "x-berth-thing: 1\r\nX-Berth-: 2\r\nmcp-session-id: m\r\nTE: trailers\r\n"
                     "Trailer: x\r\nProxy-Authorization: p\r\n\r\n";
     scan_agrees(s, 0, 0, strlen(s));
