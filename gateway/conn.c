@@ -943,6 +943,7 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
 }
 
 static void on_up_read(struct gw_stream *us, void *arg);
+static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg);
 static void on_up_write(struct gw_stream *us, void *arg);
 static void on_up_event(struct gw_stream *us, short what, void *arg);
 
@@ -998,6 +999,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     c->up_connected = (unsigned)reused;
     struct gw_stream *us = gw_upconn_stream(c->up);
     gw_stream_setcb(us, on_up_read, on_up_write, on_up_event, c);
+    gw_stream_set_peek(us, on_up_peek);
     gw_stream_set_watermarks(us, lim->buffer_high, lim->buffer_low);
     gw_stream_set_timeouts(us, w->to_response, reused ? NULL : w->to_connect);
     gw_stream_read_enable(us);
@@ -1388,6 +1390,77 @@ static void tunnel_pump(struct gw_conn *c)
     }
 }
 
+/* What the final response head <h> decides for the exchange. */
+static void take_final_head(struct gw_conn *c, const struct gw_h1_head *h)
+{
+    c->resp_head_done = 1;
+    c->status = h->status;
+    c->resp_keepalive = h->keep_alive;
+    if (c->upgrade_req) /* refused upgrade: the connection state is unclear, close after */
+        c->close_after = 1;
+    c->eof_body = !h->body_done && !h->chunked && !h->has_cl;
+    if (c->eof_body)
+        c->close_after = 1; /* close-delimited body: the client learns the end by the close */
+    c->dechunk = c->http10 && h->chunked;
+    if (c->dechunk)
+        c->close_after = 1;
+}
+
+static int is_event_stream(const struct gw_h1_head *h)
+{
+    return h->content_type >= 0 && h->headers[h->content_type].value_len >= 17 &&
+           gw_h1_ieq(h->headers[h->content_type].value, "text/event-stream", 17);
+}
+
+/* A whole response (the head at <data>, then <body_len> bytes of body) goes to the client in
+ * one writev: the head rewritten on the stack, the body straight from where it was read. A
+ * Content-Length body has no framing to check: it is counted, not run through llhttp. */
+static void send_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
+                       size_t head_len, size_t body_len)
+{
+    struct hb hb;
+    hb.out = c->cs.out;
+    hb.n = 0;
+    build_response_head(c, h, data, head_len, &hb);
+    struct iovec iov[2] = {{hb.buf, hb.n}, {(void *)(data + head_len), body_len}};
+    gw_stream_write(&c->cs, iov, body_len ? 2 : 1);
+    GW_METRIC_ADD(&c->w->metrics, bytes_out, body_len);
+}
+
+/* An upstream read that found the input empty, offered before it is appended there: when it
+ * is exactly one whole response of the common shape and the exchange needs nothing from it
+ * but relaying (no Mcp-Session-Id to store, no MCP DELETE, CDP, upgrade, HTTP/1.0 or event
+ * stream), it goes to the client straight from the read and never enters the input buffer (no
+ * chain allocated, copied and freed for it). Anything else is left to relay_resp() (0). */
+static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg)
+{
+    struct gw_conn *c = arg;
+    struct gw_worker *w = c->w;
+    (void)us;
+    if (c->state != CS_PROXY || c->resp_head_done || c->alias_pending || c->cdp_path ||
+        c->upgrade_req || c->http10 || (c->kind == KEY_MCP && c->is_delete))
+        return 0;
+    struct gw_h1_head h;
+    h.headers = w->headers;
+    h.max_headers = (uint32_t)w->gc->limits.max_headers;
+    size_t head_len, max = w->gc->limits.max_header_bytes * 4;
+    if (gw_h1_scan(&h, data, CM_MIN(len, max), 1, c->head_method, &head_len) != GW_H1_OK)
+        return 0;
+    size_t body_len = h.body_done ? 0 : (size_t)h.content_length;
+    if (head_len + body_len != len || is_event_stream(&h))
+        return 0;
+    if (c->route->mcp && !c->alias_done && !c->had_mcp_id)
+        for (uint32_t i = 0; i < h.n_headers; i++)
+            if (h.headers[i].cls & GW_H1_C_MCP)
+                return 0; /* a minted MCP session id: parse_resp_head() stores it first */
+    take_final_head(c, &h);
+    send_whole(c, &h, data, head_len, body_len);
+    drop_pending_head(c);
+    gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
+    finish_exchange(c);
+    return 1;
+}
+
 /* Returns 1 when the head was handled and relaying may go on, 0 to wait, -1 when <c> is gone
  * or finished. */
 static int parse_resp_head(struct gw_conn *c)
@@ -1481,20 +1554,9 @@ static int parse_resp_head(struct gw_conn *c)
         if (c->alias_pending)
             return -1; /* on_released() parses this head again */
     }
-    c->resp_head_done = 1;
-    c->status = h.status;
-    c->resp_keepalive = h.keep_alive;
-    if (c->upgrade_req) /* refused upgrade: the connection state is unclear, close after */
-        c->close_after = 1;
-    c->eof_body = !h.body_done && !h.chunked && !h.has_cl;
-    if (c->eof_body)
-        c->close_after = 1; /* close-delimited body: the client learns the end by the close */
-    c->dechunk = c->http10 && h.chunked;
-    if (c->dechunk)
-        c->close_after = 1;
+    take_final_head(c, &h);
     int whole = 0; /* the whole response was sent below */
-    int is_sse = h.content_type >= 0 && h.headers[h.content_type].value_len >= 17 &&
-                 gw_h1_ieq(h.headers[h.content_type].value, "text/event-stream", 17);
+    int is_sse = is_event_stream(&h);
     int cdp = c->cdp_path && c->host && h.status == 200 && !h.body_done && !is_sse;
     int fits = !cdp && !h.body_done && h.has_cl && !h.chunked && !c->dechunk && !is_sse &&
                evbuffer_get_contiguous_space(in) >= head_len + h.content_length;
@@ -1522,15 +1584,8 @@ static int parse_resp_head(struct gw_conn *c)
         /* The whole response came in one read (the common small answer): head and body go to
          * the client in one writev straight from the read, and the body is counted, not run
          * through llhttp again (a Content-Length body has no framing to check). */
-        struct hb hb;
-        hb.out = c->cs.out;
-        hb.n = 0;
-        build_response_head(c, &h, data, head_len, &hb);
-        struct iovec iov[2] = {{hb.buf, hb.n},
-                               {(void *)(data + head_len), (size_t)h.content_length}};
-        gw_stream_write(&c->cs, iov, 2);
+        send_whole(c, &h, data, head_len, (size_t)h.content_length);
         evbuffer_drain(in, head_len + (size_t)h.content_length);
-        GW_METRIC_ADD(&w->metrics, bytes_out, h.content_length);
         whole = 1;
     } else {
         if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse &&

@@ -156,12 +156,14 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
         fail(s, GW_STREAM_READING | GW_STREAM_EOF, 0);
         return;
     }
+    if (s->rtimeout)
+        s->rd_since = cm_now_mono_coarse();
+    if (len == 0 && s->on_peek && s->on_peek(s, s->scratch->buf, (size_t)n, s->arg))
+        return; /* taken whole; the stream may be gone */
     if (evbuffer_add(s->in, s->scratch->buf, (size_t)n) < 0) {
         fail(s, GW_STREAM_READING | GW_STREAM_ERROR, ENOMEM);
         return;
     }
-    if (s->rtimeout)
-        s->rd_since = cm_now_mono_coarse();
     if (s->read_high && len + (size_t)n >= s->read_high)
         suspend(s);
     if (s->on_read)
@@ -282,6 +284,7 @@ void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_d
     s->on_read = on_read;
     s->on_write = on_write;
     s->on_event = on_event;
+    s->on_peek = NULL;
     s->arg = arg;
 }
 

@@ -32,6 +32,10 @@ struct gw_stream;
 
 typedef void (*gw_stream_data_cb)(struct gw_stream *s, void *arg);
 typedef void (*gw_stream_event_cb)(struct gw_stream *s, short what, void *arg);
+/* Offered a read that found the input empty, straight from the scratch buffer, before it is
+ * appended: returns 1 when it took all of it (the stream may be finished then), 0 to have it
+ * appended and on_read called as usual. */
+typedef int (*gw_stream_peek_cb)(struct gw_stream *s, const char *data, size_t len, void *arg);
 
 /* Where reads land before they are appended to an input: one per loop, shared by its streams. */
 struct gw_stream_scratch {
@@ -48,6 +52,7 @@ struct gw_stream {
     struct gw_stream_scratch *scratch;
     gw_stream_data_cb on_read, on_write;
     gw_stream_event_cb on_event;
+    gw_stream_peek_cb on_peek;
     void *arg;
     const struct timeval *rtimeout, *wtimeout; /* NULL: none; borrowed, may be common timeouts */
     size_t read_high; /* stop reading while the input holds this much; 0: no limit */
@@ -76,8 +81,14 @@ int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct
 /* Removes the events, frees the buffers, closes the socket. Takes a finished or zeroed <s>. */
 void gw_stream_fini(struct gw_stream *s);
 
+/* Sets the callbacks and their argument; clears the peek callback. */
 void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_data_cb on_write,
                      gw_stream_event_cb on_event, void *arg);
+/* Sets the peek callback (after gw_stream_setcb(): same argument). */
+static inline void gw_stream_set_peek(struct gw_stream *s, gw_stream_peek_cb on_peek)
+{
+    s->on_peek = on_peek;
+}
 /* Read timeout: no byte read for that long while reading is enabled. Write timeout: output
  * waiting that long for the socket (and the connect timeout while connecting). NULL for none;
  * the timevals are borrowed (e.g. event_base_init_common_timeout() ones, which cost O(1)). */

@@ -303,6 +303,53 @@ TEST(stream_held_reading_has_no_timeout)
     fx_done(&f);
 }
 
+static int peeks, peek_taken;
+static int on_peek(struct gw_stream *s, const char *data, size_t len, void *arg)
+{
+    struct fx *f = arg;
+    (void)s;
+    peeks++;
+    if (len >= 4 && memcmp(data, "take", 4) == 0) {
+        peek_taken += (int)len;
+        event_base_loopbreak(f->base);
+        return 1;
+    }
+    return 0;
+}
+
+TEST(stream_peek_is_offered_reads_into_an_empty_input)
+{
+    struct fx f;
+    fx_pair(&f);
+    peeks = peek_taken = 0;
+    gw_stream_set_peek(&f.s, on_peek);
+    gw_stream_read_enable(&f.s);
+    put(f.peer, "take this");
+    run(&f, 2000);
+    CHECK_INT_EQ(peeks, 1);
+    CHECK_INT_EQ(peek_taken, 9);
+    CHECK_INT_EQ(f.reads, 0); /* taken: never in the input, no read callback */
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.in), 0);
+    put(f.peer, "keep");
+    run(&f, 2000);
+    CHECK_INT_EQ(peeks, 2);
+    CHECK_INT_EQ(f.reads, 1); /* declined: appended, read callback as usual */
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.in), 4);
+    put(f.peer, "take more");
+    run(&f, 2000);
+    CHECK_INT_EQ(peeks, 2); /* the input is not empty: appended after what waits, in order */
+    CHECK_INT_EQ(f.reads, 2);
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.in), 13);
+    /* gw_stream_setcb() clears it: a pooled connection's next owner starts without one */
+    evbuffer_drain(f.s.in, 13);
+    gw_stream_setcb(&f.s, on_read, on_write, on_event, &f);
+    put(f.peer, "take");
+    run(&f, 2000);
+    CHECK_INT_EQ(peeks, 2);
+    CHECK_INT_EQ(f.reads, 3);
+    fx_done(&f);
+}
+
 TEST(stream_flush_writes_at_once_without_arming_write)
 {
     struct fx f;
