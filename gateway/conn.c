@@ -808,14 +808,23 @@ static void hb_spill(struct hb *b)
     }
 }
 
-static void hb_add(struct hb *b, const void *p, size_t len)
+static void hb_add_slow(struct hb *b, const void *p, size_t len)
 {
-    if (b->n + len > sizeof(b->buf)) {
-        hb_spill(b);
-        if (len > sizeof(b->buf)) {
-            evbuffer_add(b->out, p, len);
-            return;
-        }
+    hb_spill(b);
+    if (len > sizeof(b->buf)) {
+        evbuffer_add(b->out, p, len);
+        return;
+    }
+    memcpy(b->buf, p, len);
+    b->n = len;
+}
+
+/* Inline: a head is a dozen pieces, most of them literals the compiler copies in place. */
+static inline void hb_add(struct hb *b, const void *p, size_t len)
+{
+    if (__builtin_expect(b->n + len > sizeof(b->buf), 0)) {
+        hb_add_slow(b, p, len);
+        return;
     }
     memcpy(b->buf + b->n, p, len);
     b->n += len;

@@ -37,12 +37,6 @@ static int name_is(const char *p, size_t n, const char *lower, size_t ln)
     return n == ln && lc_eq(p, lower, n);
 }
 
-int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n)
-{
-    /* any literal (a configured key header may hold digits or '_'): byte by byte */
-    return h->name_len == n && gw_h1_ieq(h->name, lower_name, n);
-}
-
 void gw_h1_trim(const char **p, size_t *n)
 {
     while (*n && ((*p)[0] == ' ' || (*p)[0] == '\t')) {

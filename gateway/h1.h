@@ -100,7 +100,6 @@ void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb
 int gw_h1_precheck(const char *buf, size_t len, int response);
 
 /* Header helpers. */
-int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n);
 /* The <n> bytes at <p> equal <lower> (lower case) ignoring ASCII case. Inline: header names
  * are compared several times per request, and strncasecmp() is a locale-aware call. */
 static inline int gw_h1_ieq(const char *p, const char *lower, size_t n)
@@ -113,6 +112,11 @@ static inline int gw_h1_ieq(const char *p, const char *lower, size_t n)
             return 0;
     }
     return 1;
+}
+/* <h> is named <lower_name> (<n> bytes, lower case; any token characters). */
+static inline int gw_h1_name_eq(const struct gw_h1_header *h, const char *lower_name, size_t n)
+{
+    return h->name_len == n && gw_h1_ieq(h->name, lower_name, n);
 }
 /* 1 if <h> (a header of <head>, as parsed) must not be forwarded: hop-by-hop, or named by a
  * Connection token. */
