@@ -1,5 +1,6 @@
 /* Per-worker metric shards. Each worker loop owns one shard and is its only writer (relaxed
- * atomic adds, no locks); the admin thread sums all shards when /metrics is scraped. */
+ * atomic loads and stores, no locks); the admin thread sums all shards when /metrics is
+ * scraped. */
 #ifndef GW_METRICS_H
 #define GW_METRICS_H
 
@@ -36,7 +37,12 @@ struct gw_metrics {
     uint64_t bytes_out; /* body bytes to clients */
 };
 
-#define GW_METRIC_ADD(m, field, n) __atomic_fetch_add(&(m)->field, (n), __ATOMIC_RELAXED)
+/* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked
+ * read-modify-write (~20 cycles each, several per request); readers on other threads still
+ * see whole 64-bit values. */
+#define GW_METRIC_ADD(m, field, n)                                                                 \
+    __atomic_store_n(&(m)->field, __atomic_load_n(&(m)->field, __ATOMIC_RELAXED) + (n),          \
+                     __ATOMIC_RELAXED)
 #define GW_METRIC_INC(m, field) GW_METRIC_ADD(m, field, 1)
 
 /* Records one response: status class and time to response head. Worker loop only. */
