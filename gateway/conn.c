@@ -1589,10 +1589,7 @@ static int parse_resp_head(struct gw_conn *c)
         }
         c->rewrite = 1;
         evbuffer_remove_buffer(in, c->aux_head, head_len);
-    } else if (fits) {
-        /* The whole response came in one read (the common small answer): head and body go to
-         * the client in one writev straight from the read, and the body is counted, not run
-         * through llhttp again (a Content-Length body has no framing to check). */
+    } else if (fits) { /* the whole response is in the first chain (see send_whole) */
         send_whole(c, &h, data, head_len, (size_t)h.content_length);
         evbuffer_drain(in, head_len + (size_t)h.content_length);
         whole = 1;
