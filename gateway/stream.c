@@ -123,7 +123,8 @@ static void on_tmo(evutil_socket_t fd, short what, void *arg)
         return;
     }
     cm_usec_t left = s->rd_since + len - now;
-    struct timeval tv = {(time_t)(left / CM_USEC_PER_SEC), (suseconds_t)(left % CM_USEC_PER_SEC)};
+    struct timeval tv;
+    cm_usec_to_tv(left, &tv);
     event_add(&s->tmo, &tv);
     s->tmo_added = 1;
     s->tmo_at = now + left;
