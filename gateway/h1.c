@@ -585,6 +585,8 @@ int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int respo
                     return GW_H1_DEFER;
                 n = n * 10 + (uint64_t)(v[i] - '0');
             }
+            if (!response && n > 0)
+                return GW_H1_DEFER; /* a request body: llhttp frames it (no need to read on) */
             head->content_length = n;
         } else if (head->connection == idx) {
             if (had_connection)
@@ -599,9 +601,7 @@ int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int respo
     }
     head->keep_alive = !close;
     if (!response) {
-        if (head->content_length > 0)
-            return GW_H1_DEFER; /* a body: llhttp frames it */
-        head->body_done = 1;
+        head->body_done = 1; /* a body was deferred on at its Content-Length */
     } else {
         if (!head->has_cl)
             return GW_H1_DEFER; /* close-delimited: llhttp's EOF handling */
