@@ -100,6 +100,7 @@ struct gw_conn {
     unsigned resp_keepalive : 1;
     unsigned close_after : 1;
     unsigned eof_body : 1; /* the response body ends with the instance's close (its head said) */
+    unsigned resp_deferred : 1; /* gw_h1_scan() deferred on this response head (on_up_peek) */
     unsigned paused_client : 1; /* client reading paused: upstream output above high */
     unsigned paused_up : 1;     /* upstream reading paused: client output above high */
     unsigned head_method : 1;
@@ -364,8 +365,9 @@ void gw_conn_touch_streams(struct gw_worker *w)
 /* ------------------------------------------------------------------ request head */
 
 /* Parses the head of c->head_len bytes at the start of the input: with gw_h1_scan() when it
- * has the common shape (no body), else with llhttp, which then frames the body in c->req. */
-static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
+ * has the common shape (no body) and <try_scan> (0: the caller's scan of these bytes already
+ * deferred), else with llhttp, which then frames the body in c->req. */
+static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h, int try_scan)
 {
     struct gw_worker *w = c->w;
     const char *data = (const char *)evbuffer_pullup(c->cs.in,
@@ -375,7 +377,7 @@ static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h)
     h->headers = w->headers;
     h->max_headers = (uint32_t)w->gc->limits.max_headers;
     size_t n;
-    if (gw_h1_scan(h, data, c->head_len, 0, 0, &n) == GW_H1_OK && n == c->head_len)
+    if (try_scan && gw_h1_scan(h, data, c->head_len, 0, 0, &n) == GW_H1_OK && n == c->head_len)
         return GW_H1_OK;
     llhttp_init(&c->req, HTTP_REQUEST, &w->req_head_settings);
     return gw_h1_parse_head(&c->req, &w->req_head_settings, h, data, c->head_len, 0);
@@ -441,10 +443,9 @@ static void process_head(struct gw_conn *c)
     const char *first_data = c->scan ? NULL : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
     int scanned = first_data && gw_h1_scan(&h, first_data, CM_MIN(first, lim->max_header_bytes),
                                            0, 0, &scanned_len) == GW_H1_OK;
-    struct evbuffer_ptr end;
-    end.pos = scanned ? (ev_ssize_t)scanned_len - 4
-                      : head_end(in, len, c->scan, lim->max_header_bytes);
-    if (end.pos < 0) {
+    ev_ssize_t end = scanned ? (ev_ssize_t)scanned_len - 4
+                             : head_end(in, len, c->scan, lim->max_header_bytes);
+    if (end < 0) {
         if (len > lim->max_header_bytes) {
             send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
             return;
@@ -463,7 +464,7 @@ static void process_head(struct gw_conn *c)
         }
         return;
     }
-    c->head_len = (size_t)end.pos + 4;
+    c->head_len = (size_t)end + 4;
     c->scan = 0;
     if (c->head_len > lim->max_header_bytes) {
         send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
@@ -489,7 +490,8 @@ static void process_head(struct gw_conn *c)
     c->in_stream = 1;
     GW_METRIC_INC(&w->metrics, streams_active);
 
-    int rc = scanned ? GW_H1_OK : parse_current_head(c, &h);
+    /* scanned: done; scanned the whole head and deferred: llhttp only */
+    int rc = scanned ? GW_H1_OK : parse_current_head(c, &h, !first_data || c->head_len > first);
     if (rc != GW_H1_OK) {
         send_error(c, rc == GW_H1_TOO_MANY  ? GW_ERR_HEADERS_TOO_LARGE
                       : rc == GW_H1_CONNECT ? GW_ERR_METHOD_NOT_ALLOWED
@@ -1015,7 +1017,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
 
     struct gw_h1_head h;
     if (!parsed) {
-        if (parse_current_head(c, &h) != GW_H1_OK) { /* parsed fine before: cannot happen */
+        if (parse_current_head(c, &h, 1) != GW_H1_OK) { /* parsed fine before: cannot happen */
             send_error(c, GW_ERR_INTERNAL, 1);
             return;
         }
@@ -1026,6 +1028,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     write_request_head(c, parsed, head, us);
     c->state = CS_PROXY;
     c->rscan = 0;
+    c->resp_deferred = 0;
     c->resp_head_done = 0;
     c->paused_client = c->paused_up = 0;
     if (c->req_done) {
@@ -1399,6 +1402,14 @@ static void tunnel_pump(struct gw_conn *c)
     }
 }
 
+/* The final response head went to the client: the request head is no longer needed for a
+ * retry, and the response is counted. */
+static void head_sent(struct gw_conn *c)
+{
+    drop_pending_head(c);
+    gw_metrics_response(&c->w->metrics, c->status, cm_now_mono() - c->t_start);
+}
+
 /* What the final response head <h> decides for the exchange. */
 static void take_final_head(struct gw_conn *c, const struct gw_h1_head *h)
 {
@@ -1453,8 +1464,10 @@ static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *
     h.headers = w->headers;
     h.max_headers = (uint32_t)w->gc->limits.max_headers;
     size_t head_len, max = w->gc->limits.max_header_bytes * 4;
-    if (gw_h1_scan(&h, data, CM_MIN(len, max), 1, c->head_method, &head_len) != GW_H1_OK)
+    if (gw_h1_scan(&h, data, CM_MIN(len, max), 1, c->head_method, &head_len) != GW_H1_OK) {
+        c->resp_deferred = 1; /* parse_resp_head() goes to llhttp at once */
         return 0;
+    }
     size_t body_len = h.body_done ? 0 : (size_t)h.content_length;
     if (head_len + body_len != len || is_event_stream(&h))
         return 0;
@@ -1464,8 +1477,7 @@ static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *
                 return 0; /* a minted MCP session id: parse_resp_head() stores it first */
     take_final_head(c, &h);
     send_whole(c, &h, data, head_len, body_len);
-    drop_pending_head(c);
-    gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
+    head_sent(c);
     finish_exchange(c);
     return 1;
 }
@@ -1482,21 +1494,23 @@ static int parse_resp_head(struct gw_conn *c)
     if (len == 0)
         return 0;
     /* The common head, whole in the first read, is found and parsed in one pass (llhttp only
-     * joins in below if the body needs a parser); once per head, as in process_head(). */
+     * joins in below if the body needs a parser); once per head, as in process_head(), and not
+     * again when on_up_peek() saw it defer. */
     struct gw_h1_head h;
     h.headers = w->headers;
     h.max_headers = (uint32_t)w->gc->limits.max_headers;
     size_t first = evbuffer_get_contiguous_space(in), head_len;
-    const char *data = c->rscan ? NULL : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
+    const char *data = c->rscan || c->resp_deferred
+                           ? NULL
+                           : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
     int rc, scanned = data && gw_h1_scan(&h, data, CM_MIN(first, max), 1, c->head_method,
                                          &head_len) == GW_H1_OK;
     if (scanned) {
         rc = GW_H1_OK;
         c->rscan = 0;
     } else {
-        struct evbuffer_ptr end;
-        end.pos = head_end(in, len, c->rscan, max);
-        if (end.pos < 0) {
+        ev_ssize_t end = head_end(in, len, c->rscan, max);
+        if (end < 0) {
             c->rscan = len;
             if (len > max) {
                 cm_log_warn("conn", "response head too large instance=%s", c->instance);
@@ -1505,7 +1519,7 @@ static int parse_resp_head(struct gw_conn *c)
             }
             return 0;
         }
-        head_len = (size_t)end.pos + 4;
+        head_len = (size_t)end + 4;
         c->rscan = 0;
         data = (const char *)evbuffer_pullup(in, (ev_ssize_t)head_len);
         llhttp_init(&c->resp, HTTP_RESPONSE, &w->resp_head_settings);
@@ -1600,8 +1614,7 @@ static int parse_resp_head(struct gw_conn *c)
         write_response_head(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
     }
-    drop_pending_head(c);
-    gw_metrics_response(&w->metrics, h.status, cm_now_mono() - c->t_start);
+    head_sent(c);
     if (h.body_done || whole) {
         finish_exchange(c);
         return -1;
