@@ -42,9 +42,10 @@ enum cm_script {
      * its instance: the script has put it back into its pool as warm). */
     CM_SCRIPT_BIND,
     /* TOUCH  ARGV: P now_ms h [h ...]
-     * Records activity (last_active) of each bound session; returns an array with 1 for each
-     * bound session, 0 for one not bound. The expiry zset is not moved: its score is a lower
-     * bound of the deadline, which RELEASE with reason expired recomputes. */
+     * Records activity (last_active) of each bound session; returns an array with the
+     * binding's gen for each bound session, 0 for one not bound (gateways revalidate their
+     * cached bindings with it). The expiry zset is not moved: its score is a lower bound of
+     * the deadline, which RELEASE with reason expired recomputes. */
     CM_SCRIPT_TOUCH,
     /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */

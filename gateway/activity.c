@@ -34,11 +34,31 @@ static void on_touched(redisReply *reply, const char *err, void *data)
 {
     struct call *t = data;
     struct gw_worker *w = t->w;
-    /* 0: the session is no longer bound (deleted, expired, lost): forget the binding. */
-    if (!err && reply && reply->type == REDIS_REPLY_ARRAY)
-        for (size_t i = 0; i < reply->elements && i < t->n; i++)
-            if (reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 0)
+    /* Each answer is the binding's gen in Redis, 0 when the session is no longer bound
+     * (deleted, expired, lost): forget that binding. The same gen as the cached one confirms
+     * it: it stays fresh for another cache_ttl, so a session in use is revalidated by its
+     * touches and never needs a lookup of its own. A newer gen: rebound elsewhere (its
+     * invalidation missed or still on its way): forget it, the next request asks. An older
+     * one: the entry changed after the touch was sent; keep it. */
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY) {
+        cm_usec_t now = cm_now_mono();
+        for (size_t i = 0; i < reply->elements && i < t->n; i++) {
+            const redisReply *r = reply->element[i];
+            if (r->type != REDIS_REPLY_INTEGER)
+                continue;
+            struct gw_cache_entry *e = gw_cache_get(w->cache, t->keys[i]);
+            if (!e)
+                continue;
+            if (r->integer <= 0 || (uint64_t)r->integer > e->gen) {
                 gw_cache_drop(w->cache, t->keys[i]);
+            } else if ((uint64_t)r->integer == e->gen) {
+                cm_usec_t fresh = gw_cache_expiry(w->gc->cache_ttl, e->hash, now);
+                if (fresh > e->expires)
+                    e->expires = fresh;
+                GW_METRIC_INC(&w->metrics, revalidations[GW_REVAL_TOUCH]);
+            }
+        }
+    }
     free(t);
     w->touch_inflight = 0;
     /* A full call's worth waiting (a burst): the next call right away. Less: the timer's

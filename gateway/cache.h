@@ -27,6 +27,14 @@ struct gw_cache_entry {
 
 struct gw_cache;
 
+/* When a binding cached (or confirmed) at <now> goes stale: <ttl>, less up to half of it by the
+ * key's (random) hash, so that sessions bound together (a batch of agents) are not all checked
+ * with Redis in the same instant a cache_ttl later. */
+static inline cm_usec_t gw_cache_expiry(cm_usec_t ttl, struct cm_hash h, cm_usec_t now)
+{
+    return now + ttl - (cm_usec_t)(h.lo % (ttl / 2 + 1));
+}
+
 /* Returns a new cache holding at most <max_entries> (then the oldest-expiring entries in a probe
  * window are evicted), or NULL. Free with gw_cache_destroy(). */
 struct gw_cache *gw_cache_create(size_t max_entries);

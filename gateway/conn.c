@@ -675,15 +675,6 @@ void gw_conn_refreshes_free(struct gw_worker *w)
         refresh_free(w->refreshes);
 }
 
-/* When a binding cached now goes stale: cache_ttl, less up to half of it by the session's
- * (random) hash, so that sessions bound together (a batch of agents) are not all checked
- * with Redis in the same instant a cache_ttl later. */
-static cm_usec_t cache_expiry(const struct gw_worker *w, const struct gw_binding *b,
-                              cm_usec_t now)
-{
-    return now + w->gc->cache_ttl - (cm_usec_t)(b->hash.lo % (w->gc->cache_ttl / 2 + 1));
-}
-
 static void on_refreshed(const struct gw_binding *b, int err, void *data)
 {
     struct gw_refresh *r = data;
@@ -692,7 +683,8 @@ static void on_refreshed(const struct gw_binding *b, int err, void *data)
     if (e) {
         e->refreshing = 0;
         if (err < 0)
-            gw_cache_put(w->cache, b, cache_expiry(w, b, cm_now_mono()));
+            gw_cache_put(w->cache, b,
+                         gw_cache_expiry(w->gc->cache_ttl, b->hash, cm_now_mono()));
         else if (err != GW_ERR_STORE_UNAVAILABLE)
             gw_cache_drop(w->cache, r->key); /* gone or lost: the next request asks again */
     }
@@ -731,6 +723,7 @@ static void refresh_binding(struct gw_conn *c, struct gw_cache_entry *e)
         return;
     }
     e->refreshing = 1;
+    GW_METRIC_INC(&c->w->metrics, revalidations[GW_REVAL_LOOKUP]);
 }
 
 static void on_claimed(const struct gw_binding *b, int err, void *data)
@@ -763,7 +756,8 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     c->session = b->session;
     memcpy(c->session_hex, b->session_hex, sizeof(c->session_hex));
     cm_usec_t now = cm_now_mono();
-    struct gw_cache_entry *e = gw_cache_put(w->cache, b, cache_expiry(w, b, now));
+    struct gw_cache_entry *e =
+        gw_cache_put(w->cache, b, gw_cache_expiry(w->gc->cache_ttl, b->hash, now));
     /* The claim script recorded the activity. The next touch is due within activity_flush,
      * spread by the session's (random) hash: sessions started together, as a batch of agents
      * or a benchmark's warm-up, must not all come due in the same instant. */

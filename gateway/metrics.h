@@ -21,11 +21,19 @@ enum gw_claim_result {
     GW_CLAIM_COUNT
 };
 
+/* How a cached binding was confirmed with Redis. */
+enum gw_reval {
+    GW_REVAL_TOUCH,  /* by the gen an activity touch returned (no call of its own) */
+    GW_REVAL_LOOKUP, /* by a lookup of its own, sent when a request found it stale */
+    GW_REVAL_COUNT
+};
+
 struct gw_metrics {
     uint64_t requests;
     uint64_t responses[6]; /* by status class: [1]=1xx ... [5]=5xx, [0]=other */
     uint64_t errors[GW_ERR_COUNT];
     uint64_t claims[GW_CLAIM_COUNT];
+    uint64_t revalidations[GW_REVAL_COUNT]; /* stale-bound cache entries checked with Redis */
     uint64_t latency[GW_LAT_BUCKETS]; /* time to response head, non-cumulative counts */
     uint64_t latency_sum_us;
     uint64_t conns_accepted;

@@ -501,6 +501,7 @@ def test_metrics(ctl):
         "berth_gateway_responses_total": "counter",
         "berth_gateway_errors_total": "counter",
         "berth_gateway_claims_total": "counter",
+        "berth_gateway_cache_revalidations_total": "counter",
         "berth_gateway_request_duration_seconds": "histogram",
         "berth_gateway_connections_active": "gauge",
         "berth_gateway_connections_total": "counter",
@@ -520,6 +521,8 @@ def test_metrics(ctl):
         assert val(s0, "berth_gateway_errors_total", code=code) is not None
     for res in ("cached", "bound", "new", "started", "failed"):
         assert val(s0, "berth_gateway_claims_total", result=res) is not None
+    for by in ("touch", "lookup"):
+        assert val(s0, "berth_gateway_cache_revalidations_total", by=by) is not None
     h = "berth_gateway_request_duration_seconds"
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in s0.items()
                      if k[0] == h + "_bucket")

@@ -4,6 +4,7 @@ reaches the one instance bound to it, under concurrency, through two gateways sh
 across a gateway restart."""
 
 import http.client
+import http.server
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from conftest import (SLOW, Proc, Stack, _remove_tree, _short_tmp, _skip_unless_root, binary,
-                      curl, echo_template, free_port, wait_until, write_config)
+                      curl, deep_merge, echo_template, free_port, wait_until, write_config)
 
 N_SESSIONS = 50
 N_REQUESTS = 1000
@@ -380,3 +381,135 @@ def test_tenants_and_issued_cookies(make_stack):
     assert r2.status == 200
     assert r2.header("x-berth-instance") == r.header("x-berth-instance")
     assert r2.header("set-cookie") is None  # the client has its cookie
+
+
+# ------------------------------------------------------------------ cache revalidation
+
+class NamedHandler(http.server.BaseHTTPRequestHandler):
+    """An upstream that names itself (the server's name) in every answer."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = self.server.name.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def static_stack():
+    """A gateway (no scheduler) whose only template is static over two upstreams named u0 and
+    u1; make(gateway_overrides) starts it. Everything is stopped after the test."""
+    _skip_unless_root()
+    servers = []
+    for name in ("u0", "u1"):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NamedHandler)
+        srv.daemon_threads = True
+        srv.name = name
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    made = []
+
+    def make(gateway):
+        d = _short_tmp()
+        s = Stack(d, start_scheduler=False, start_gateway=False)
+        made.append((s, d))
+        cfg = deep_merge(s.cfg, {"gateway": dict(gateway, routes=[
+            {"name": "fleet", "path_prefix": "/", "template": "fleet"}])})
+        cfg["templates"] = [{"name": "fleet", "driver": "static", "sessions_per_instance": 1,
+                             "upstreams": ["127.0.0.1:%d" % srv.server_address[1]
+                                           for srv in servers]}]
+        s.config_path = write_config(d / "berth-gateway.yaml", cfg)
+        s.start_gateway()
+        return s
+
+    yield make
+    try:
+        for s, d in made:
+            try:
+                s.stop()
+            finally:
+                _remove_tree(d)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+def revalidations(s):
+    """berth_gateway_cache_revalidations_total by "touch" and "lookup", from /metrics."""
+    r = curl(s.admin_url("/metrics"))
+    assert r.status == 200
+    out = {}
+    for line in r.body.decode().splitlines():
+        for by in ("touch", "lookup"):
+            if line.startswith('berth_gateway_cache_revalidations_total{by="%s"} ' % by):
+                out[by] = float(line.split()[-1])
+    assert set(out) == {"touch", "lookup"}, r.body[:2000]
+    return out
+
+
+def session_hash(s, key):
+    for k in s.redis.scan(s.key("s:*")):
+        if ":" not in k[len(s.key("s:")):] and s.redis.hgetall(k).get("key") == key:
+            return k[len(s.key("s:")):]
+    raise AssertionError("no session %r in Redis" % key)
+
+
+def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
+    """A binding changed in Redis without its invalidation message (one lost, or a writer
+    that does not publish) is noticed by the session's next activity touch, whose reply
+    carries the binding's gen: long before cache_ttl (60 s here) would have it checked."""
+    s = static_stack({"cache_ttl": "60s", "activity_flush": "200ms"})
+    r = s.get("/", session="mover")
+    assert r.status == 200, r
+    first = r.header("x-berth-instance")
+    assert r.body.decode() == {"fleet-0": "u0", "fleet-1": "u1"}[first]
+    other = "fleet-1" if first == "fleet-0" else "fleet-0"
+    h = session_hash(s, "mover")
+    sess = s.session(h)
+    addr = s.redis.hgetall(s.key("i:", other))["addr"]
+    # rebind as the claim script would, but without PUBLISH on P inval
+    s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
+                "gen", str(int(sess["gen"]) + 1))
+    t0 = time.monotonic()
+    seen = []
+    while time.monotonic() - t0 < 10 * SLOW:
+        r = s.get("/", session="mover")
+        assert r.status == 200, r
+        seen.append(r.header("x-berth-instance"))
+        if seen[-1] == other:
+            break
+        time.sleep(0.05)
+    assert seen[-1] == other, seen
+    assert r.body.decode() == {"fleet-0": "u0", "fleet-1": "u1"}[other]
+    assert time.monotonic() - t0 < 30, "took as long as cache_ttl"
+    assert revalidations(s)["lookup"] == 0  # the touch did it; no lookup of its own
+
+
+def test_a_session_in_use_is_revalidated_by_its_touches(static_stack):
+    """With requests coming, a session's touches (every activity_flush) keep its cached
+    binding fresh: no lookup of its own, however often cache_ttl passes. An idle session's
+    binding does go stale, and its next request has it looked up (in the background)."""
+    s = static_stack({"cache_ttl": "1s", "activity_flush": "200ms"})
+    inst = {}
+    for key in ("busy", "idle"):
+        r = s.get("/", session=key)
+        assert r.status == 200, r
+        inst[key] = r.header("x-berth-instance")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.0:  # three cache_ttl
+        r = s.get("/", session="busy")
+        assert r.status == 200 and r.header("x-berth-instance") == inst["busy"], r
+        time.sleep(0.05)
+    rv = revalidations(s)
+    assert rv["lookup"] == 0, rv
+    assert rv["touch"] >= 3, rv  # one every ~200 ms for "busy" (fewer when the machine is slow)
+    # "idle" went stale: its next request is served from the cache and looked up once
+    r = s.get("/", session="idle")
+    assert r.status == 200 and r.header("x-berth-instance") == inst["idle"], r
+    wait_until(lambda: revalidations(s)["lookup"] == 1, 5 * SLOW, "the idle session's lookup")
