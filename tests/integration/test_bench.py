@@ -279,3 +279,52 @@ def test_bench_run_quick(tmp_path):
     assert doc["processes"]
     left = [pr for pr in doc["processes"] if _alive(pr["pid"])]
     assert not left, left
+
+
+def load_bench_run():
+    """bench/run as a module (it is a script without .py)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("bench_run", str(REPO / "bench" / "run"))
+    spec = importlib.util.spec_from_loader("bench_run", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def test_hot_path_verdict_is_paired_by_round():
+    """The throughput verdict compares Berth with each proxy within a round (runs seconds
+    apart), not the medians each target had over rounds of a drifting machine: here Berth is
+    1.15x nginx in three rounds of five, but the medians taken apart (from different rounds)
+    say 1.51x. The verdict follows the rounds: not met; and met once every round is 1.25x."""
+    br = load_bench_run()
+    berth = [16.0, 30.0, 18.0, 32.0, 17.0]  # CPU us per response; the machine drifts
+
+    def recs(cpu):
+        return [{"round": i, "result": {"rps": 1e6 / c},
+                 "machine": {"proxy_cpu_us_per_response": c, "proxy_cpu_pct": 90,
+                             "load_cpu_pct": 80, "other_cpu_pct": 0, "steal_pct": 0}}
+                for i, c in enumerate(cpu)]
+
+    def rows_for(nginx_ratios):
+        mx = {"berth": recs(berth),
+              "nginx": recs([b * f for b, f in zip(berth, nginx_ratios)]),
+              "haproxy": recs([b * 1.1 for b in berth])}
+        rows = br.build_rows({1: {"hot": {"max": mx, "rate": {}, "rate_rps": 1000}}},
+                             ["berth", "nginx", "haproxy"], {1: 1})
+        cap = [r for r in rows if r[2].startswith("requests per proxy CPU-second")]
+        paired = [r for r in rows if r[2].startswith("the same, Berth ÷ the other within")]
+        assert len(cap) == 1 and len(paired) == 1
+        return rows, cap[0], paired[0]
+
+    rows, cap, paired = rows_for([1.15, 1.15, 1.15, 1.5, 1.6])
+    assert br.ratio(cap[3]["berth"], cap[3]["nginx"]) == "1.51×"  # medians from other rounds
+    assert cap[6] is None  # no verdict on the medians' row
+    _, _, fig, v, _, tgt, met = paired
+    assert "of 5 rounds" in fig
+    assert v[br.RATIO_CELLS] == {"nginx": "1.15× [1.15–1.60]", "haproxy": "1.10× [1.10–1.10]"}
+    assert tgt.startswith("≥ HAProxy and ≥ 1.2× nginx") and met is False
+    rows, _, paired = rows_for([1.25] * 5)
+    assert paired[6] is True
+    assert "| 1.25× [1.25–1.25] | 1.10× [1.10–1.10] | ≥ HAProxy and ≥ 1.2× nginx — **met** |" \
+        in br.render_table(rows, ["berth", "nginx", "haproxy"])
