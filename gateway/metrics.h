@@ -33,7 +33,7 @@ struct gw_metrics {
     uint64_t responses[6]; /* by status class: [1]=1xx ... [5]=5xx, [0]=other */
     uint64_t errors[GW_ERR_COUNT];
     uint64_t claims[GW_CLAIM_COUNT];
-    uint64_t revalidations[GW_REVAL_COUNT]; /* stale-bound cache entries checked with Redis */
+    uint64_t revalidations[GW_REVAL_COUNT]; /* cached bindings confirmed with Redis, by how */
     uint64_t latency[GW_LAT_BUCKETS]; /* time to response head, non-cumulative counts */
     uint64_t latency_sum_us;
     uint64_t conns_accepted;
