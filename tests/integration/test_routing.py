@@ -170,16 +170,22 @@ def run_load(ports, sessions, n_requests, n_threads, curl_threads, seed):
     return seen, done[0]
 
 
-def bindings_in_redis(stack):
-    """session key -> instance, from the s:{h} hashes."""
+def sessions_in_redis(stack):
+    """session key -> (h, the s:{h} hash)."""
     out = {}
     for k in stack.redis.scan(stack.key("s:*")):
-        if ":" in k[len(stack.key("s:")):]:
+        h = k[len(stack.key("s:")):]
+        if ":" in h:
             continue  # s:{h}:aliases
-        h = stack.redis.hgetall(k)
-        if "key" in h:
-            out[h["key"]] = h.get("instance", "")
+        fields = stack.redis.hgetall(k)
+        if "key" in fields:
+            out[fields["key"]] = (h, fields)
     return out
+
+
+def bindings_in_redis(stack):
+    """session key -> instance, from the s:{h} hashes."""
+    return {key: f.get("instance", "") for key, (_, f) in sessions_in_redis(stack).items()}
 
 
 @pytest.mark.berth_timeout(240)
@@ -453,13 +459,6 @@ def revalidations(s):
     return out
 
 
-def session_hash(s, key):
-    for k in s.redis.scan(s.key("s:*")):
-        if ":" not in k[len(s.key("s:")):] and s.redis.hgetall(k).get("key") == key:
-            return k[len(s.key("s:")):]
-    raise AssertionError("no session %r in Redis" % key)
-
-
 def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
     """A binding changed in Redis without its invalidation message (one lost, or a writer
     that does not publish) is noticed by the session's next activity touch, whose reply
@@ -470,8 +469,7 @@ def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
     first = r.header("x-berth-instance")
     assert r.body.decode() == {"fleet-0": "u0", "fleet-1": "u1"}[first]
     other = "fleet-1" if first == "fleet-0" else "fleet-0"
-    h = session_hash(s, "mover")
-    sess = s.session(h)
+    h, sess = sessions_in_redis(s)["mover"]
     addr = s.redis.hgetall(s.key("i:", other))["addr"]
     # rebind as the claim script would, but without PUBLISH on P inval
     s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
