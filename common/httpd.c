@@ -1,0 +1,925 @@
+#include "httpd.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <llhttp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "json.h"
+
+/* Bytes handed to llhttp per call: bounds the copy evbuffer_pullup() may make of a body that
+ * arrived in many chunks. */
+#define FEED_MAX 16384
+/* After an answer that closes the connection we read and discard what the client still sends
+ * for at most this long, so that closing with unread bytes (which sends a reset) does not
+ * destroy the answer on its way (a 413 to an upload in flight). */
+#define LINGER_USEC (2 * CM_USEC_PER_SEC)
+/* Accept failed (out of descriptors): the listener pauses this long instead of spinning. */
+#define ACCEPT_PAUSE_USEC (100 * CM_USEC_PER_MSEC)
+#define NO_OFF UINT32_MAX
+
+struct hdr {
+    uint32_t name, name_len, value, value_len; /* offsets into the arena; value NO_OFF: "" */
+};
+
+enum cstate {
+    C_IDLE,    /* between requests: no byte of the next one yet */
+    C_READING, /* a request begun */
+    C_PENDING, /* complete: the handler has it */
+    C_CLOSING, /* the last answer is queued: close once it is written */
+    C_LINGER,  /* written and shut down for writing: discard input until EOF or the timer */
+};
+
+struct cm_httpd_req {
+    struct hconn *c;
+    char *arena; /* the target, header names and values, each NUL-terminated */
+    size_t alen, acap;
+    struct hdr *hdrs;
+    size_t n_hdrs, hcap;
+    enum { P_NONE, P_URL, P_FIELD, P_VALUE } part;
+    uint32_t url, path, query; /* offsets; query NO_OFF: none */
+    char *body;
+    size_t blen, bcap;
+    struct evbuffer *out; /* headers the handler added */
+    cm_httpd_close_cb close_cb;
+    void *close_arg;
+    int err_status; /* set by a parser callback that refused the request */
+    const char *err_code, *err_msg;
+    uint8_t method, http10, head, keep; /* set when complete */
+};
+
+struct hconn {
+    struct hconn *prev, *next;
+    struct cm_httpd *h;
+    struct bufferevent *bev;
+    struct event *timer;
+    llhttp_t parser;
+    enum cstate state;
+    int processing; /* process() is on the stack: freeing waits for it */
+    int dead;       /* to be freed when process() returns */
+    int headers_done, message_done, close_after;
+    size_t head_raw;          /* bytes of the current head fed so far */
+    struct cm_httpd_req *req; /* reused; left to its handler if the client goes away */
+};
+
+struct lsn {
+    struct lsn *next;
+    struct evconnlistener *l;
+    struct event *pause;
+};
+
+struct cm_httpd {
+    struct event_base *base;
+    struct cm_httpd_limits lim;
+    cm_httpd_request_cb cb;
+    void *arg;
+    struct lsn *listeners;
+    struct hconn *conns;
+    size_t n_conns;
+    llhttp_settings_t settings;
+};
+
+static void process(struct hconn *c);
+
+/* --- connection lifetime ------------------------------------------------------------------ */
+
+static void req_free(struct cm_httpd_req *r)
+{
+    if (!r)
+        return;
+    if (r->out)
+        evbuffer_free(r->out);
+    free(r->arena);
+    free(r->hdrs);
+    free(r->body);
+    free(r);
+}
+
+static void conn_free(struct hconn *c)
+{
+    struct cm_httpd *h = c->h;
+    if (c->processing) {
+        c->dead = 1;
+        return;
+    }
+    if (c->state == C_PENDING && c->req) {
+        /* The handler has it: with a close callback it learns now and the request goes;
+         * without, the request waits for its answer, which then only frees it. */
+        struct cm_httpd_req *r = c->req;
+        r->c = NULL;
+        if (r->close_cb) {
+            cm_httpd_close_cb cb = r->close_cb;
+            r->close_cb = NULL;
+            cb(r->close_arg);
+            req_free(r);
+        }
+    } else {
+        req_free(c->req);
+    }
+    c->req = NULL;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    h->n_conns--;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->timer)
+        event_free(c->timer);
+    free(c);
+}
+
+/* Returns 0, or -1 after closing <c> (an unbounded wait is worse than a lost connection). */
+static int arm(struct hconn *c, cm_usec_t usec)
+{
+    struct timeval tv;
+    cm_usec_to_tv(usec, &tv);
+    if (evtimer_add(c->timer, &tv) == 0)
+        return 0;
+    conn_free(c);
+    return -1;
+}
+
+static void request_reset(struct hconn *c)
+{
+    struct cm_httpd_req *r = c->req;
+    r->alen = 0;
+    r->n_hdrs = 0;
+    r->part = P_NONE;
+    r->url = r->path = 0;
+    r->query = NO_OFF;
+    r->blen = 0;
+    r->close_cb = NULL;
+    r->close_arg = NULL;
+    r->err_status = 0;
+    if (r->out)
+        evbuffer_drain(r->out, evbuffer_get_length(r->out));
+    c->headers_done = c->message_done = 0;
+    c->head_raw = 0;
+}
+
+/* --- answers ------------------------------------------------------------------------------ */
+
+static int queue_answer(struct hconn *c, int status, const char *ctype, const char *body,
+                        size_t len, int keep, int head)
+{
+    struct evbuffer *o = bufferevent_get_output(c->bev);
+    int bodyless = status == 204 || status == 304;
+    int http10 = c->state == C_PENDING && c->req->http10;
+    if (evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\n", status, cm_http_reason(status)) < 0)
+        return -1;
+    if (ctype && !bodyless && evbuffer_add_printf(o, "Content-Type: %s\r\n", ctype) < 0)
+        return -1;
+    if (!bodyless && evbuffer_add_printf(o, "Content-Length: %zu\r\n", len) < 0)
+        return -1;
+    if (c->req->out && evbuffer_add_buffer(o, c->req->out) < 0)
+        return -1;
+    const char *conn = !keep ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "";
+    if (evbuffer_add(o, conn, strlen(conn)) < 0 || evbuffer_add(o, "\r\n", 2) < 0)
+        return -1;
+    if (len && !bodyless && !head && evbuffer_add(o, body, len) < 0)
+        return -1;
+    return 0;
+}
+
+static void finish_closing(struct hconn *c)
+{
+    c->state = C_CLOSING;
+    bufferevent_disable(c->bev, EV_READ);
+    (void)arm(c, c->h->lim.timeout);
+}
+
+/* An answer the server gives itself (the request was refused while reading): then close. */
+static void refuse(struct hconn *c, int status, const char *code, const char *msg)
+{
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
+    cm_jbuf_cstr(&b, code);
+    cm_jbuf_raw(&b, ",\"message\":", 11);
+    cm_jbuf_cstr(&b, msg);
+    cm_jbuf_raw(&b, "}}", 2);
+    if (c->req->out)
+        evbuffer_drain(c->req->out, evbuffer_get_length(c->req->out));
+    int rc = b.failed ? -1 : queue_answer(c, status, "application/json", b.data, b.len, 0, 0);
+    cm_jbuf_fini(&b);
+    if (rc < 0) {
+        conn_free(c);
+        return;
+    }
+    finish_closing(c);
+}
+
+void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_type,
+                    const char *body, size_t len)
+{
+    struct hconn *c = req->c;
+    if (!c) {
+        req_free(req); /* its client went away */
+        return;
+    }
+    if (c->state != C_PENDING)
+        return; /* answered already: a caller's bug, but not a reason to corrupt the stream */
+    if (status < 200 || status > 599)
+        status = 500;
+    int keep = req->keep;
+    req->close_cb = NULL;
+    if (queue_answer(c, status, content_type, body, len, keep, req->head) < 0) {
+        conn_free(c);
+        return;
+    }
+    if (!keep) {
+        finish_closing(c);
+        return;
+    }
+    request_reset(c);
+    c->state = C_IDLE;
+    if (arm(c, c->h->lim.timeout) < 0)
+        return;
+    process(c); /* requests the client pipelined meanwhile */
+}
+
+void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
+                          const char *message)
+{
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
+    cm_jbuf_cstr(&b, code);
+    cm_jbuf_raw(&b, ",\"message\":", 11);
+    cm_jbuf_cstr(&b, message);
+    cm_jbuf_raw(&b, "}}", 2);
+    if (b.failed)
+        cm_httpd_reply(req, 500, NULL, NULL, 0);
+    else
+        cm_httpd_reply(req, status, "application/json", b.data, b.len);
+    cm_jbuf_fini(&b);
+}
+
+/* --- parsing ------------------------------------------------------------------------------ */
+
+static int refuse_cb(struct cm_httpd_req *r, int status, const char *code, const char *msg)
+{
+    r->err_status = status;
+    r->err_code = code;
+    r->err_msg = msg;
+    return HPE_USER;
+}
+
+/* Appends <len> bytes to the piece being built; a new piece starts after the previous one's
+ * NUL. The arena is bounded by the head limit (pieces and their NULs fit in twice it). */
+static int append(struct cm_httpd_req *r, int new_piece, const char *at, size_t len,
+                  uint32_t *ret_off)
+{
+    size_t start = r->alen + (new_piece && r->alen ? 1 : 0);
+    size_t need = start + len + 1;
+    if (need > 2 * r->c->h->lim.max_header_bytes + 64)
+        return refuse_cb(r, 431, "headers_too_large", "the request head is too large");
+    if (need > r->acap) {
+        size_t cap = r->acap ? r->acap : 512;
+        while (cap < need)
+            cap *= 2;
+        char *a = realloc(r->arena, cap);
+        if (!a)
+            return refuse_cb(r, 503, "overloaded", "out of memory");
+        r->arena = a;
+        r->acap = cap;
+    }
+    if (new_piece && ret_off)
+        *ret_off = (uint32_t)start;
+    memcpy(r->arena + start, at, len);
+    r->alen = start + len;
+    r->arena[r->alen] = '\0';
+    return 0;
+}
+
+static struct hconn *conn_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct hconn *c = conn_of(p);
+    if (c->state == C_IDLE) {
+        c->state = C_READING;
+        if (arm(c, c->h->lim.timeout) < 0) /* the request's own deadline, from its first byte */
+            return -1;
+    }
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct cm_httpd_req *r = conn_of(p)->req;
+    int first = r->part != P_URL;
+    r->part = P_URL;
+    return append(r, first, at, len, &r->url);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct cm_httpd_req *r = conn_of(p)->req;
+    int first = r->part != P_FIELD;
+    if (first) {
+        if (r->n_hdrs == r->hcap) {
+            size_t cap = r->hcap ? r->hcap * 2 : 16;
+            struct hdr *hd = realloc(r->hdrs, cap * sizeof(*hd));
+            if (!hd)
+                return refuse_cb(r, 503, "overloaded", "out of memory");
+            r->hdrs = hd;
+            r->hcap = cap;
+        }
+        r->hdrs[r->n_hdrs] = (struct hdr){0, 0, NO_OFF, 0};
+        r->n_hdrs++;
+        r->part = P_FIELD;
+    }
+    struct hdr *hd = &r->hdrs[r->n_hdrs - 1];
+    hd->name_len += (uint32_t)len;
+    return append(r, first, at, len, &hd->name);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct cm_httpd_req *r = conn_of(p)->req;
+    int first = r->part != P_VALUE;
+    r->part = P_VALUE;
+    struct hdr *hd = &r->hdrs[r->n_hdrs - 1];
+    hd->value_len += (uint32_t)len;
+    return append(r, first, at, len, &hd->value);
+}
+
+/* The path (and query) of the target as their own NUL-terminated pieces after the others.
+ * Returns 0, -1 (not a target we serve) or -2 (out of memory). */
+static int split_target(struct cm_httpd_req *r)
+{
+    const char *u = r->arena + r->url;
+    size_t at = 0;
+    if (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0) {
+        const char *auth = strstr(u, "//") + 2;
+        at = (size_t)(auth + strcspn(auth, "/?#") - u);
+    } else if (u[0] != '/' && strcmp(u, "*") != 0) {
+        return -1;
+    }
+    size_t plen = strcspn(u + at, "?#");
+    size_t q = at + plen; /* '?', '#' or the end */
+    int has_q = u[q] == '?';
+    size_t qlen = has_q ? strcspn(u + q + 1, "#") : 0;
+    /* One growth for both pieces, then copies from the (possibly moved) target. */
+    size_t need = r->alen + 1 + (plen ? plen : 1) + 1 + (has_q ? qlen + 2 : 0);
+    if (need > r->acap) {
+        char *a = realloc(r->arena, need);
+        if (!a)
+            return -2;
+        r->arena = a;
+        r->acap = need;
+    }
+    u = r->arena + r->url;
+    r->path = (uint32_t)(r->alen + 1);
+    if (plen)
+        memcpy(r->arena + r->path, u + at, plen);
+    else
+        r->arena[r->path] = '/'; /* "http://host" and "http://host?x" */
+    r->alen = r->path + (plen ? plen : 1);
+    r->arena[r->alen] = '\0';
+    if (has_q) {
+        r->query = (uint32_t)(r->alen + 1);
+        memcpy(r->arena + r->query, u + q + 1, qlen);
+        r->alen = r->query + qlen;
+        r->arena[r->alen] = '\0';
+    }
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct hconn *c = conn_of(p);
+    struct cm_httpd_req *r = c->req;
+    c->headers_done = 1;
+    r->part = P_NONE;
+    if (llhttp_get_http_major(p) != 1)
+        return refuse_cb(r, 400, "bad_request", "only HTTP/1.x is served here");
+    /* Header values without the white space at their end (llhttp keeps it). */
+    for (size_t i = 0; i < r->n_hdrs; i++) {
+        struct hdr *hd = &r->hdrs[i];
+        while (hd->value != NO_OFF && hd->value_len &&
+               (r->arena[hd->value + hd->value_len - 1] == ' ' ||
+                r->arena[hd->value + hd->value_len - 1] == '\t'))
+            r->arena[hd->value + --hd->value_len] = '\0';
+    }
+    int rc = split_target(r);
+    if (rc == -1)
+        return refuse_cb(r, 400, "bad_request", "the request target is not a path");
+    if (rc < 0)
+        return refuse_cb(r, 503, "overloaded", "out of memory");
+    if (llhttp_get_upgrade(p) || llhttp_get_method(p) == HTTP_CONNECT)
+        c->close_after = 1; /* answered like any request; nothing after it is parsed */
+    int has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
+    int chunked = (p->flags & F_CHUNKED) != 0;
+    if (has_cl && p->content_length > c->h->lim.max_body)
+        return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
+    if (has_cl && p->content_length + 1 > r->bcap) {
+        char *b = realloc(r->body, (size_t)p->content_length + 1);
+        if (!b)
+            return refuse_cb(r, 503, "overloaded", "out of memory");
+        r->body = b;
+        r->bcap = (size_t)p->content_length + 1;
+    }
+    const char *expect = cm_httpd_header(r, "expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0 && llhttp_get_http_minor(p) >= 1 &&
+        ((has_cl && p->content_length > 0) || chunked)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (evbuffer_add(bufferevent_get_output(c->bev), cont, sizeof(cont) - 1) < 0)
+            return refuse_cb(r, 503, "overloaded", "out of memory");
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct cm_httpd_req *r = conn_of(p)->req;
+    if (r->blen + len > r->c->h->lim.max_body)
+        return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
+    if (r->blen + len + 1 > r->bcap) {
+        size_t cap = r->bcap ? r->bcap : 1024;
+        while (cap < r->blen + len + 1)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b)
+            return refuse_cb(r, 503, "overloaded", "out of memory");
+        r->body = b;
+        r->bcap = cap;
+    }
+    memcpy(r->body + r->blen, at, len);
+    r->blen += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_of(p)->message_done = 1;
+    return HPE_PAUSED;
+}
+
+static void dispatch(struct hconn *c)
+{
+    struct cm_httpd_req *r = c->req;
+    if (r->body)
+        r->body[r->blen] = '\0';
+    r->method = llhttp_get_method(&c->parser);
+    r->http10 = llhttp_get_http_minor(&c->parser) == 0;
+    r->head = r->method == HTTP_HEAD;
+    r->keep = !c->close_after && llhttp_should_keep_alive(&c->parser);
+    c->state = C_PENDING;
+    evtimer_del(c->timer);
+    c->h->cb(r, c->h->arg);
+}
+
+static void process(struct hconn *c)
+{
+    if (c->processing)
+        return;
+    c->processing = 1;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    const struct cm_httpd_limits *lim = &c->h->lim;
+    while (!c->dead && (c->state == C_IDLE || c->state == C_READING)) {
+        size_t n = evbuffer_get_length(in);
+        if (n == 0)
+            break;
+        if (n > FEED_MAX)
+            n = FEED_MAX;
+        if (!c->headers_done && n > lim->max_header_bytes + 1 - c->head_raw)
+            n = lim->max_header_bytes + 1 - c->head_raw;
+        const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        if (!p) {
+            conn_free(c);
+            break;
+        }
+        int had_headers = c->headers_done;
+        llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+        size_t used = n;
+        if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE)
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+        if (!had_headers && !c->headers_done)
+            c->head_raw += used;
+        evbuffer_drain(in, used);
+        if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE && c->req->err_status) {
+            refuse(c, c->req->err_status, c->req->err_code, c->req->err_msg);
+            break;
+        }
+        if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
+            refuse(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+            break;
+        }
+        if (!c->headers_done && c->head_raw > lim->max_header_bytes) {
+            refuse(c, 431, "headers_too_large", "the request head is too large");
+            break;
+        }
+        if (c->message_done || e == HPE_PAUSED_UPGRADE) {
+            if (e == HPE_PAUSED)
+                llhttp_resume(&c->parser);
+            else if (e == HPE_PAUSED_UPGRADE)
+                c->close_after = 1;
+            dispatch(c);
+        }
+    }
+    c->processing = 0;
+    if (c->dead)
+        conn_free(c);
+}
+
+/* --- events ------------------------------------------------------------------------------- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct hconn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->state == C_LINGER || c->state == C_CLOSING) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    if (c->state == C_PENDING)
+        return; /* kept (up to the read watermark) until the answer: pipelining */
+    process(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct hconn *c = arg;
+    if (c->state != C_CLOSING)
+        return;
+    /* Everything is written: stop writing, read what is still coming for a while, close. */
+    shutdown(bufferevent_getfd(bev), SHUT_WR);
+    c->state = C_LINGER;
+    bufferevent_enable(bev, EV_READ);
+    cm_usec_t t = c->h->lim.timeout < LINGER_USEC ? c->h->lim.timeout : LINGER_USEC;
+    (void)arm(c, t);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct hconn *c = arg;
+    (void)bev;
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 &&
+        (c->state == C_IDLE || c->state == C_CLOSING)) {
+        /* The client shut down its side after its request: the answer still goes out. */
+        c->state = C_CLOSING;
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    conn_free(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct hconn *c = arg;
+    (void)fd, (void)what;
+    if (c->state == C_READING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        refuse(c, 408, "request_timeout", "the request was not complete in time");
+        /* A second expiry (the client reads nothing either) closes. */
+        return;
+    }
+    conn_free(c);
+}
+
+int cm_httpd_adopt(struct cm_httpd *h, int fd)
+{
+    if (evutil_make_socket_nonblocking(fd) < 0) {
+        close(fd);
+        return -errno;
+    }
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* not TCP: no matter */
+    struct hconn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->h = h;
+    c->next = h->conns;
+    if (h->conns)
+        h->conns->prev = c;
+    h->conns = c;
+    h->n_conns++;
+    c->bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev)
+        close(fd);
+    c->timer = evtimer_new(h->base, on_timer, c);
+    c->req = calloc(1, sizeof(*c->req));
+    if (c->req) {
+        c->req->c = c;
+        c->req->query = NO_OFF;
+        c->req->out = evbuffer_new();
+    }
+    if (!c->bev || !c->timer || !c->req || !c->req->out) {
+        conn_free(c);
+        return -ENOMEM;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &h->settings);
+    c->parser.data = c;
+    c->state = C_IDLE;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    /* While the handler works, pipelined bytes wait; this bounds how many. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, h->lim.max_header_bytes + FEED_MAX);
+    if (bufferevent_enable(c->bev, EV_READ) < 0) {
+        conn_free(c);
+        return -ENOMEM;
+    }
+    return arm(c, h->lim.timeout) < 0 ? -ENOMEM : 0;
+}
+
+/* --- listeners ---------------------------------------------------------------------------- */
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    struct cm_httpd *h = arg;
+    (void)l, (void)sa, (void)salen;
+    if (h->n_conns >= h->lim.max_connections) {
+        static const char body[] = "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many "
+                                   "connections, retry later\"}}";
+        char busy[256];
+        int n = snprintf(busy, sizeof(busy),
+                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                         sizeof(body) - 1, body);
+        /* Best effort on a fresh socket (its buffer is empty): then close. */
+        (void)send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(fd);
+        return;
+    }
+    (void)cm_httpd_adopt(h, fd);
+}
+
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+{
+    struct lsn *s = arg;
+    (void)fd, (void)what;
+    evconnlistener_enable(s->l);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct cm_httpd *h = arg;
+    struct lsn *s = h->listeners;
+    while (s && s->l != l)
+        s = s->next;
+    struct timeval tv;
+    cm_usec_to_tv(ACCEPT_PAUSE_USEC, &tv);
+    if (s && evtimer_add(s->pause, &tv) == 0)
+        evconnlistener_disable(l);
+}
+
+int cm_httpd_listen(struct cm_httpd *h, const char *host, uint16_t port, uint16_t *ret_port)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char ps[8];
+    snprintf(ps, sizeof(ps), "%u", port);
+    if (getaddrinfo(host, ps, &hints, &ai) != 0 || !ai)
+        return -EADDRNOTAVAIL;
+    struct lsn *s = calloc(1, sizeof(*s));
+    if (!s) {
+        freeaddrinfo(ai);
+        return -ENOMEM;
+    }
+    s->pause = evtimer_new(h->base, on_resume_accept, s);
+    errno = 0;
+    s->l = s->pause ? evconnlistener_new_bind(h->base, on_accept, h,
+                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                                                  LEV_OPT_REUSEABLE,
+                                              128, ai->ai_addr, (int)ai->ai_addrlen)
+                    : NULL;
+    int err = errno ? errno : ENOMEM;
+    freeaddrinfo(ai);
+    if (!s->l) {
+        if (s->pause)
+            event_free(s->pause);
+        free(s);
+        return -err;
+    }
+    evconnlistener_set_error_cb(s->l, on_accept_error);
+    s->next = h->listeners;
+    h->listeners = s;
+    if (ret_port) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        *ret_port = port;
+        if (getsockname(evconnlistener_get_fd(s->l), (struct sockaddr *)&ss, &sl) == 0) {
+            if (ss.ss_family == AF_INET)
+                *ret_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+            else if (ss.ss_family == AF_INET6)
+                *ret_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    return 0;
+}
+
+struct cm_httpd *cm_httpd_create(struct event_base *base, const struct cm_httpd_limits *lim,
+                                 cm_httpd_request_cb cb, void *arg)
+{
+    struct cm_httpd *h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    h->base = base;
+    h->lim = *lim;
+    if (h->lim.max_header_bytes < 256)
+        h->lim.max_header_bytes = 256;
+    if (h->lim.max_connections == 0)
+        h->lim.max_connections = 1;
+    h->cb = cb;
+    h->arg = arg;
+    llhttp_settings_init(&h->settings);
+    h->settings.on_message_begin = on_message_begin;
+    h->settings.on_url = on_url;
+    h->settings.on_header_field = on_header_field;
+    h->settings.on_header_value = on_header_value;
+    h->settings.on_headers_complete = on_headers_complete;
+    h->settings.on_body = on_body;
+    h->settings.on_message_complete = on_message_complete;
+    return h;
+}
+
+size_t cm_httpd_connections(const struct cm_httpd *h)
+{
+    return h->n_conns;
+}
+
+void cm_httpd_destroy(struct cm_httpd *h)
+{
+    if (!h)
+        return;
+    while (h->listeners) {
+        struct lsn *s = h->listeners;
+        h->listeners = s->next;
+        evconnlistener_free(s->l);
+        event_free(s->pause);
+        free(s);
+    }
+    while (h->conns)
+        conn_free(h->conns);
+    free(h);
+}
+
+/* --- request accessors -------------------------------------------------------------------- */
+
+enum cm_http_method cm_httpd_method(const struct cm_httpd_req *req)
+{
+    switch (req->method) {
+    case HTTP_GET:
+        return CM_HTTP_GET;
+    case HTTP_HEAD:
+        return CM_HTTP_HEAD;
+    case HTTP_POST:
+        return CM_HTTP_POST;
+    case HTTP_PUT:
+        return CM_HTTP_PUT;
+    case HTTP_DELETE:
+        return CM_HTTP_DELETE;
+    case HTTP_PATCH:
+        return CM_HTTP_PATCH;
+    case HTTP_OPTIONS:
+        return CM_HTTP_OPTIONS;
+    default:
+        return CM_HTTP_OTHER;
+    }
+}
+
+const char *cm_httpd_method_name(const struct cm_httpd_req *req)
+{
+    return llhttp_method_name((llhttp_method_t)req->method);
+}
+
+const char *cm_httpd_target(const struct cm_httpd_req *req)
+{
+    return req->arena + req->url;
+}
+
+const char *cm_httpd_path(const struct cm_httpd_req *req)
+{
+    return req->arena + req->path;
+}
+
+const char *cm_httpd_query(const struct cm_httpd_req *req)
+{
+    return req->query == NO_OFF ? NULL : req->arena + req->query;
+}
+
+const char *cm_httpd_header(const struct cm_httpd_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->n_hdrs; i++) {
+        const struct hdr *hd = &req->hdrs[i];
+        if (strcasecmp(req->arena + hd->name, name) == 0)
+            return hd->value == NO_OFF ? "" : req->arena + hd->value;
+    }
+    return NULL;
+}
+
+const char *cm_httpd_body(const struct cm_httpd_req *req, size_t *ret_len)
+{
+    *ret_len = req->blen;
+    return req->body ? req->body : "";
+}
+
+void cm_httpd_set_close_cb(struct cm_httpd_req *req, cm_httpd_close_cb cb, void *arg)
+{
+    req->close_cb = cb;
+    req->close_arg = arg;
+}
+
+static int is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+int cm_httpd_add_header(struct cm_httpd_req *req, const char *name, const char *value)
+{
+    if (!*name)
+        return -EINVAL;
+    for (const char *p = name; *p; p++)
+        if (!is_tchar((unsigned char)*p))
+            return -EINVAL;
+    for (const char *p = value; *p; p++)
+        if (((unsigned char)*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return -EINVAL;
+    if (evbuffer_add_printf(req->out, "%s: %s\r\n", name, value) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+const char *cm_http_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
+    }
+}

@@ -1,0 +1,506 @@
+/* Unit tests of common/httpd.c on a real event loop: the server on one end of a socketpair
+ * (cm_httpd_adopt) or on a loopback listener, the test speaking raw HTTP on the other end.
+ * Every wait is bounded, so a missing answer fails the test instead of hanging it. */
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/httpd.h"
+#include "tests/harness/test.h"
+
+enum mode { ECHO, DEFER, DEFER_CLOSECB };
+
+struct fx {
+    struct event_base *base;
+    struct cm_httpd *h;
+    int peer;
+    enum mode mode;
+    struct cm_httpd_req *held; /* DEFER: the request not answered yet */
+    int requests, closed;
+    char got[65536]; /* what the peer read */
+    size_t got_len;
+    int eof;
+};
+
+static void on_close(void *arg)
+{
+    struct fx *f = arg;
+    f->closed++;
+    f->held = NULL;
+}
+
+static void on_req(struct cm_httpd_req *req, void *arg)
+{
+    struct fx *f = arg;
+    f->requests++;
+    if (f->mode != ECHO) {
+        f->held = req;
+        if (f->mode == DEFER_CLOSECB)
+            cm_httpd_set_close_cb(req, on_close, f);
+        return;
+    }
+    size_t blen;
+    const char *body = cm_httpd_body(req, &blen);
+    const char *q = cm_httpd_query(req);
+    const char *x = cm_httpd_header(req, "x-test");
+    char out[4096];
+    int n =
+        snprintf(out, sizeof(out), "m=%s/%d p=%s q=%s x=[%s] b=%zu:%.*s", cm_httpd_method_name(req),
+                 (int)cm_httpd_method(req), cm_httpd_path(req), q ? q : "(none)", x ? x : "(none)",
+                 blen, (int)(blen < 200 ? blen : 200), body);
+    CHECK_INT_EQ(cm_httpd_add_header(req, "X-Reply", "yes"), 0);
+    cm_httpd_reply(req, 200, "text/plain", out, (size_t)n);
+}
+
+static const struct cm_httpd_limits LIM = {.max_header_bytes = 1024,
+                                           .max_body = 1024,
+                                           .timeout = 300 * CM_USEC_PER_MSEC,
+                                           .max_connections = 4};
+
+static void fx_init(struct fx *f, const struct cm_httpd_limits *lim)
+{
+    memset(f, 0, sizeof(*f));
+    f->base = event_base_new();
+    CHECK_NOT_NULL(f->base);
+    f->h = cm_httpd_create(f->base, lim ? lim : &LIM, on_req, f);
+    CHECK_NOT_NULL(f->h);
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f->h, fds[0]), 0);
+    f->peer = fds[1];
+}
+
+static void fx_done(struct fx *f)
+{
+    cm_httpd_destroy(f->h);
+    if (f->peer >= 0)
+        close(f->peer);
+    event_base_free(f->base);
+}
+
+static void put(struct fx *f, const char *s, size_t n)
+{
+    if (n == (size_t)-1)
+        n = strlen(s);
+    CHECK_INT_EQ(write(f->peer, s, n), (ssize_t)n);
+}
+
+/* Runs the loop in 1 ms slices for up to <ms>, the peer reading meanwhile, until <until>
+ * occurs in what it read (NULL: until EOF). */
+static void pump(struct fx *f, int ms, const char *until)
+{
+    for (int i = 0; i < ms; i++) {
+        struct timeval tv = {0, 1000};
+        event_base_loopexit(f->base, &tv);
+        event_base_dispatch(f->base);
+        for (;;) {
+            ssize_t n = read(f->peer, f->got + f->got_len, sizeof(f->got) - 1 - f->got_len);
+            if (n > 0) {
+                f->got_len += (size_t)n;
+                f->got[f->got_len] = '\0';
+                continue;
+            }
+            if (n == 0)
+                f->eof = 1;
+            break;
+        }
+        if (until ? test_contains(f->got, until) : f->eof)
+            return;
+    }
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static void check_json_error(struct fx *f, const char *status_line, const char *code)
+{
+    pump(f, 2000, NULL);
+    CHECK_MSG(strncmp(f->got, status_line, strlen(status_line)) == 0, "got: %s", f->got);
+    CHECK_MSG(test_contains(f->got, "Content-Type: application/json\r\n"), "got: %s", f->got);
+    CHECK_MSG(test_contains(f->got, "Connection: close\r\n"), "got: %s", f->got);
+    char want[128];
+    snprintf(want, sizeof(want), "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
+    CHECK_MSG(test_contains(f->got, want), "got: %s", f->got);
+    CHECK_MSG(f->eof, "the connection stays open after %s", code);
+}
+
+TEST(httpd_answers_and_keeps_the_connection)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET /a/b?x=1&y=%20#frag HTTP/1.1\r\nHost: h\r\nX-Test:   v w \t\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(strncmp(f.got, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", f.got);
+    CHECK(test_contains(f.got, "Content-Type: text/plain\r\n"));
+    CHECK(test_contains(f.got, "X-Reply: yes\r\n"));
+    CHECK(!test_contains(f.got, "Connection:"));
+    CHECK_MSG(test_contains(f.got, "m=GET/1 p=/a/b q=x=1&y=%20 x=[v w] b=0:"), "got: %s", f.got);
+    f.got_len = 0;
+    put(&f, "DELETE /c HTTP/1.1\r\nHost: h\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(test_contains(f.got, "m=DELETE/5 p=/c q=(none) x=[(none)]"), "got: %s", f.got);
+    CHECK(!f.eof);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 1);
+    fx_done(&f);
+}
+
+TEST(httpd_answers_pipelined_requests_in_order)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER;
+    put(&f, "GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    CHECK_INT_EQ(f.requests, 1); /* one at a time */
+    CHECK_NOT_NULL(f.held);
+    CHECK_STR_EQ(cm_httpd_path(f.held), "/1");
+    f.mode = ECHO;
+    cm_httpd_reply(f.held, 204, "text/plain", "ignored", 7);
+    pump(&f, 2000, "p=/3");
+    CHECK_INT_EQ(f.requests, 3);
+    const char *a = strstr(f.got, "HTTP/1.1 204 No Content\r\n");
+    const char *b = strstr(f.got, "p=/2");
+    const char *c = strstr(f.got, "p=/3");
+    CHECK(a && b && c && a < b && b < c);
+    CHECK_MSG(!test_contains(f.got, "ignored") &&
+                  !test_contains(f.got, "Content-Type: text/plain\r\nContent-Length: 7"),
+              "a 204 carries no body: %s", f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_http10_closes_unless_keep_alive)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", -1);
+    pump(&f, 2000, "p=/k");
+    CHECK(test_contains(f.got, "Connection: keep-alive\r\n"));
+    f.got_len = 0;
+    put(&f, "GET /c HTTP/1.0\r\n\r\n", -1);
+    pump(&f, 2000, NULL);
+    CHECK(test_contains(f.got, "Connection: close\r\n"));
+    CHECK(test_contains(f.got, "p=/c"));
+    CHECK(f.eof);
+    fx_done(&f);
+}
+
+TEST(httpd_head_gets_the_length_but_no_body)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 2000, "p=/g");
+    CHECK(count(f.got, "HTTP/1.1 200 OK\r\n") == 2);
+    CHECK(!test_contains(f.got, "p=/h")); /* HEAD's body is not sent */
+    const char *second = strstr(f.got + 1, "HTTP/1.1 200 OK\r\n");
+    CHECK_NOT_NULL(second);
+    CHECK(second[-1] == '\n' && second[-2] == '\r' &&
+          second[-3] == '\n'); /* right after the head */
+    fx_done(&f);
+}
+
+TEST(httpd_reassembles_a_chunked_body)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n wor", -1);
+    pump(&f, 20, "never");
+    put(&f, "ld\r\n0\r\n\r\n", -1);
+    pump(&f, 2000, "b=11:");
+    CHECK_MSG(test_contains(f.got, "m=POST/3 p=/p q=(none) x=[(none)] b=11:hello world"), "got: %s",
+              f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_refuses_a_body_over_the_limit_by_its_length)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "POST /p HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", -1);
+    check_json_error(&f, "HTTP/1.1 413 Content Too Large\r\n", "body_too_large");
+    CHECK_INT_EQ(f.requests, 0);
+    fx_done(&f);
+}
+
+TEST(httpd_refuses_a_chunked_body_over_the_limit)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    char big[1200];
+    memset(big, 'z', sizeof(big));
+    put(&f, "POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4b0\r\n", -1);
+    put(&f, big, sizeof(big));
+    check_json_error(&f, "HTTP/1.1 413 Content Too Large\r\n", "body_too_large");
+    CHECK_INT_EQ(f.requests, 0);
+    fx_done(&f);
+}
+
+TEST(httpd_refuses_a_head_over_the_limit)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    char big[1100];
+    memset(big, 'a', sizeof(big));
+    put(&f, "GET / HTTP/1.1\r\nX-Big: ", -1);
+    put(&f, big, sizeof(big));
+    check_json_error(&f, "HTTP/1.1 431 Request Header Fields Too Large\r\n", "headers_too_large");
+    fx_done(&f);
+}
+
+TEST(httpd_refuses_a_head_of_white_space_over_the_limit)
+{
+    /* White space llhttp skips without a callback still counts. */
+    struct fx f;
+    fx_init(&f, NULL);
+    char big[1100];
+    memset(big, ' ', sizeof(big));
+    put(&f, "GET / HTTP/1.1\r\nX-Big:", -1);
+    put(&f, big, sizeof(big));
+    check_json_error(&f, "HTTP/1.1 431 Request Header Fields Too Large\r\n", "headers_too_large");
+    fx_done(&f);
+}
+
+TEST(httpd_answers_garbage_with_json_400)
+{
+    static const char *const bad[] = {
+        "\x00\x01GARBAGE\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        "GET nopath HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "GET / HTTP/2.0\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct fx f;
+        fx_init(&f, NULL);
+        put(&f, bad[i], i == 0 ? 13 : (size_t)-1);
+        check_json_error(&f, "HTTP/1.1 400 Bad Request\r\n", "bad_request");
+        CHECK_INT_EQ(f.requests, 0);
+        fx_done(&f);
+    }
+}
+
+TEST(httpd_times_out_a_slow_request_with_json_408)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET /slow HTTP/1.1\r\nHost: x\r\n", -1);
+    check_json_error(&f, "HTTP/1.1 408 Request Timeout\r\n", "request_timeout");
+    fx_done(&f);
+}
+
+TEST(httpd_closes_an_idle_connection_silently)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    pump(&f, 2000, NULL);
+    CHECK(f.eof);
+    CHECK_UINT_EQ(f.got_len, 0);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
+    fx_done(&f);
+}
+
+TEST(httpd_trickled_bytes_do_not_extend_the_deadline)
+{
+    /* One byte every 50 ms: each arrives well within the timeout, the whole never does. */
+    struct fx f;
+    fx_init(&f, NULL);
+    const char *req = "GET /trickle HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (size_t i = 0; req[i] && !f.got_len; i++) {
+        put(&f, req + i, 1);
+        pump(&f, 50, "HTTP/1.1");
+    }
+    CHECK_MSG(strncmp(f.got, "HTTP/1.1 408", 12) == 0, "got: %s", f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_sends_100_continue_then_takes_the_body)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "PUT /u HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", -1);
+    pump(&f, 2000, "\r\n\r\n");
+    CHECK_STR_EQ(f.got, "HTTP/1.1 100 Continue\r\n\r\n");
+    put(&f, "abcde", -1);
+    pump(&f, 2000, "b=5:abcde");
+    CHECK(test_contains(f.got, "HTTP/1.1 200 OK"));
+    fx_done(&f);
+}
+
+TEST(httpd_no_100_continue_for_a_body_over_the_limit)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "PUT /u HTTP/1.1\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n", -1);
+    check_json_error(&f, "HTTP/1.1 413", "body_too_large");
+    fx_done(&f);
+}
+
+TEST(httpd_an_answer_after_the_client_left_only_frees)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER;
+    put(&f, "GET /late HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    CHECK_NOT_NULL(f.held);
+    close(f.peer);
+    f.peer = -1;
+    struct timeval tv = {0, 50000};
+    event_base_loopexit(f.base, &tv);
+    event_base_dispatch(f.base);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
+    /* Still readable, then answered: freed (the sanitizer build checks for leaks and misuse). */
+    CHECK_STR_EQ(cm_httpd_path(f.held), "/late");
+    cm_httpd_reply_error(f.held, 503, "overloaded", "late");
+    fx_done(&f);
+}
+
+TEST(httpd_close_callback_runs_when_the_client_leaves)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER_CLOSECB;
+    put(&f, "POST /start HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", -1);
+    pump(&f, 50, "never");
+    CHECK_NOT_NULL(f.held);
+    close(f.peer);
+    f.peer = -1;
+    struct timeval tv = {0, 50000};
+    event_base_loopexit(f.base, &tv);
+    event_base_dispatch(f.base);
+    CHECK_INT_EQ(f.closed, 1);
+    CHECK(f.held == NULL);
+    fx_done(&f);
+}
+
+TEST(httpd_destroy_runs_close_callbacks)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER_CLOSECB;
+    put(&f, "GET /w HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    CHECK_NOT_NULL(f.held);
+    cm_httpd_destroy(f.h);
+    f.h = NULL;
+    CHECK_INT_EQ(f.closed, 1);
+    fx_done(&f);
+}
+
+TEST(httpd_targets_in_absolute_and_asterisk_form)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET http://example.com:8080/abs/p?q=1 HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(test_contains(f.got, "p=/abs/p q=q=1 "), "got: %s", f.got);
+    f.got_len = 0;
+    put(&f, "GET http://example.com HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(test_contains(f.got, "p=/ q=(none)"), "got: %s", f.got);
+    f.got_len = 0;
+    put(&f, "OPTIONS * HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(test_contains(f.got, "m=OPTIONS/7 p=* q=(none)"), "got: %s", f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_upgrade_and_connect_are_answered_then_closed)
+{
+    static const char *const reqs[] = {
+        "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW BYTES",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        struct fx f;
+        fx_init(&f, NULL);
+        put(&f, reqs[i], -1);
+        pump(&f, 2000, NULL);
+        CHECK_MSG(i == 1 || strncmp(f.got, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", f.got);
+        CHECK_MSG(strncmp(f.got, "HTTP/1.1 ", 9) == 0, "got: %s", f.got);
+        CHECK(test_contains(f.got, "Connection: close\r\n"));
+        CHECK(f.eof);
+        fx_done(&f);
+    }
+}
+
+static void on_req_headers(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    CHECK_INT_EQ(cm_httpd_add_header(req, "X-Bad", "a\r\nInjected: 1"), -EINVAL);
+    CHECK_INT_EQ(cm_httpd_add_header(req, "Bad Name", "v"), -EINVAL);
+    CHECK_INT_EQ(cm_httpd_add_header(req, "", "v"), -EINVAL);
+    CHECK_INT_EQ(cm_httpd_add_header(req, "X-Good", "tab\tok"), 0);
+    cm_httpd_reply_error(req, 409, "conflict", "quote \" and \\ escaped");
+}
+
+TEST(httpd_add_header_refuses_injection_and_errors_are_escaped)
+{
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    f.h = cm_httpd_create(f.base, &LIM, on_req_headers, &f);
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f.h, fds[0]), 0);
+    f.peer = fds[1];
+    put(&f, "GET / HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 2000, "}}");
+    CHECK_MSG(strncmp(f.got, "HTTP/1.1 409 Conflict\r\n", 23) == 0, "got: %s", f.got);
+    CHECK(test_contains(f.got, "X-Good: tab\tok\r\n"));
+    CHECK(!test_contains(f.got, "Injected"));
+    CHECK(test_contains(
+        f.got, "{\"error\":{\"code\":\"conflict\",\"message\":\"quote \\\" and \\\\ escaped\"}}"));
+    fx_done(&f);
+}
+
+TEST(httpd_listener_refuses_connections_over_the_limit)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.max_connections = 1;
+    lim.timeout = 5 * CM_USEC_PER_SEC;
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    f.h = cm_httpd_create(f.base, &lim, on_req, &f);
+    uint16_t port = 0;
+    CHECK_INT_EQ(cm_httpd_listen(f.h, "127.0.0.1", 0, &port), 0);
+    CHECK(port != 0);
+    CHECK_INT_EQ(cm_httpd_listen(f.h, "no-such-host.invalid", 0, NULL), -EADDRNOTAVAIL);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int a = socket(AF_INET, SOCK_STREAM, 0), b = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK_INT_EQ(connect(a, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = {0, 100000};
+    event_base_loopexit(f.base, &tv);
+    event_base_dispatch(f.base);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 1);
+    CHECK_INT_EQ(connect(b, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    event_base_loopexit(f.base, &tv);
+    event_base_dispatch(f.base);
+    char buf[1024] = {0};
+    ssize_t n = recv(b, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+    CHECK_MSG(n > 0, "nothing for the connection over the limit");
+    CHECK_MSG(strncmp(buf, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0, "got: %s", buf);
+    CHECK(test_contains(buf, "{\"error\":{\"code\":\"overloaded\""));
+    /* The advertised length is the body's. */
+    const char *body = strstr(buf, "\r\n\r\n");
+    CHECK_NOT_NULL(body);
+    CHECK(test_contains(buf, "Content-Length: ") &&
+          (size_t)atoi(strstr(buf, "Content-Length: ") + 16) == strlen(body + 4));
+    close(a);
+    close(b);
+    f.peer = -1;
+    fx_done(&f);
+}
