@@ -1,10 +1,7 @@
 #include "gateway/admin.h"
 
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
@@ -16,6 +13,7 @@
 
 #include "common/compat.h"
 #include "common/config.h"
+#include "common/httpd.h"
 #include "common/log.h"
 #include "common/redis.h"
 #include "gateway/api.h"
@@ -33,7 +31,7 @@ struct gw_admin {
     int n_shards;
     struct gw_metrics own;
     struct event_base *base;
-    struct evhttp *http;
+    struct cm_httpd *http;
     struct cm_redis *redis;
     struct gw_claimer *claimer;
     struct gw_api *api;
@@ -49,7 +47,7 @@ struct gw_admin {
 struct scrape {
     struct scrape *prev, *next;
     struct gw_admin *a;
-    struct evhttp_request *req; /* NULL once answered */
+    struct cm_httpd_req *req; /* NULL once answered */
     struct event *timer;
     int waiting, failed;
     uint64_t *counts; /* per configured tenant */
@@ -58,15 +56,16 @@ struct scrape {
 int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
                          size_t errlen)
 {
-    static const char *const keys[] = {"max_body",       "max_header_bytes", "timeout",
-                                       "scrape_timeout", "max_hosts",        "max_metadata",
-                                       "list_default",   "list_max",         NULL};
+    static const char *const keys[] = {"max_body",     "max_header_bytes", "timeout",
+                                       "scrape_timeout", "max_hosts",      "max_metadata",
+                                       "list_default", "list_max",         "max_connections",
+                                       NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
     const char *p = "gateway.admin";
     const cm_usec_t S = CM_USEC_PER_SEC;
     struct gw_admin_limits l;
-    uint64_t hosts, list_default, list_max;
+    uint64_t hosts, list_default, list_max, conns;
     if (cm_conf_keys(&ctx, m, p, keys) ||
         cm_conf_size(&ctx, m, p, "max_body", 1u << 20, 1024, 64u << 20, &l.max_body) ||
         cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l.max_header_bytes) ||
@@ -74,6 +73,7 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         cm_conf_duration(&ctx, m, p, "scrape_timeout", 250 * CM_USEC_PER_MSEC,
                          10 * CM_USEC_PER_MSEC, 10 * S, &l.scrape_timeout) ||
         cm_conf_u64(&ctx, m, p, "max_hosts", 1000, 1, 100000, &hosts) ||
+        cm_conf_u64(&ctx, m, p, "max_connections", 256, 1, 100000, &conns) ||
         cm_conf_size(&ctx, m, p, "max_metadata", 16384, 0, 1u << 20, &l.api.max_metadata) ||
         cm_conf_u64(&ctx, m, p, "list_max", 1000, 1, 10000, &list_max) ||
         cm_conf_u64(&ctx, m, p, "list_default", CM_MIN(100, list_max), 1, 10000, &list_default))
@@ -82,13 +82,14 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         return cm_conf_fail(&ctx, cm_ynode_get(m, "list_default"), p, "list_default",
                             "must not exceed list_max");
     l.max_hosts = (uint32_t)hosts;
+    l.max_connections = (uint32_t)conns;
     l.api.list_default = (uint32_t)list_default;
     l.api.list_max = (uint32_t)list_max;
     *ret = l;
     return 0;
 }
 
-static void reply_text(struct evhttp_request *req, int status, const char *body)
+static void reply_text(struct cm_httpd_req *req, int status, const char *body)
 {
     gw_api_reply(req, status, NULL, body, strlen(body));
 }
@@ -177,7 +178,7 @@ static void on_scrape_timeout(evutil_socket_t fd, short what, void *arg)
     scrape_settle(s);
 }
 
-static void handle_metrics(struct gw_admin *a, struct evhttp_request *req)
+static void handle_metrics(struct gw_admin *a, struct cm_httpd_req *req)
 {
     const struct cm_config *cfg = a->gc->common;
     struct scrape *s = calloc(1, sizeof(*s));
@@ -228,15 +229,12 @@ static void handle_metrics(struct gw_admin *a, struct evhttp_request *req)
 
 /* --- routing ------------------------------------------------------------------------------ */
 
-static void on_request(struct evhttp_request *req, void *arg)
+static void on_request(struct cm_httpd_req *req, void *arg)
 {
     struct gw_admin *a = arg;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    if (!path || !*path)
-        path = "/";
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    int get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
+    const char *path = cm_httpd_path(req);
+    enum cm_http_method m = cm_httpd_method(req);
+    int get = m == CM_HTTP_GET || m == CM_HTTP_HEAD;
     if (strcmp(path, "/healthz") == 0) {
         if (!get)
             gw_api_reply_405(req, "GET, HEAD");
@@ -339,25 +337,19 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
         goto fail;
     }
     a->base = event_base_new();
-    a->http = a->base ? evhttp_new(a->base) : NULL;
+    struct cm_httpd_limits hl = {.max_header_bytes = a->lim.max_header_bytes,
+                                 .max_body = a->lim.max_body,
+                                 .timeout = a->lim.timeout,
+                                 .max_connections = a->lim.max_connections};
+    a->http = a->base ? cm_httpd_create(a->base, &hl, on_request, a) : NULL;
     if (!a->http) {
         snprintf(err, errlen, "admin: cannot create the event loop");
         goto fail;
     }
-    evhttp_set_max_body_size(a->http, (ev_ssize_t)a->lim.max_body);
-    evhttp_set_max_headers_size(a->http, (ev_ssize_t)a->lim.max_header_bytes);
-    struct timeval tv;
-    cm_usec_to_tv(a->lim.timeout, &tv);
-    evhttp_set_timeout_tv(a->http, &tv);
-    /* Every method reaches our handler, so that a wrong one gets a JSON 405 with Allow. */
-    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-    evhttp_set_gencb(a->http, on_request, a);
-    if (!evhttp_bind_socket_with_handle(a->http, host, port)) {
+    int rc = cm_httpd_listen(a->http, host, port, NULL);
+    if (rc < 0) {
         snprintf(err, errlen, "gateway.admin_listen %s: cannot listen: %s", gc->admin_listen,
-                 strerror(errno ? errno : EADDRINUSE));
+                 strerror(-rc));
         goto fail;
     }
     a->redis = cm_redis_create(a->base, &gc->common->redis, NULL, NULL);
@@ -373,7 +365,7 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&a->thread, NULL, run, a);
+    rc = pthread_create(&a->thread, NULL, run, a);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         snprintf(err, errlen, "admin: cannot start its thread: %s", strerror(rc));
@@ -416,8 +408,7 @@ void gw_admin_stop(struct gw_admin *a)
         s->req = NULL;
         scrape_free(s);
     }
-    if (a->http)
-        evhttp_free(a->http);
+    cm_httpd_destroy(a->http);
     if (a->stop_ev)
         event_free(a->stop_ev);
     if (a->base)

@@ -15,16 +15,18 @@ struct gw_config;
 struct gw_metrics;
 struct gw_admin;
 
-/* The admin listener's limits: the optional "gateway.admin" mapping of the config.
- *   max_body          request body (size), 1KiB..64MiB, default 1MiB; libevent answers a
- *                     larger body itself: 413 with its own small HTML page (evhttp 2.1 has no
- *                     hook for that answer, nor for its 400 on an unparsable request or a
- *                     head over max_header_bytes, nor its 501 for an unknown method)
- *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB (same)
- *   timeout           per-connection timeout for reading a request and writing an answer, and
- *                     for keep-alive idleness, 1s..1h, default 60s. A request being handled is
- *                     not bound by it (evhttp stops reading meanwhile): a create waits at most
+/* The admin listener's limits: the optional "gateway.admin" mapping of the config. Its HTTP is
+ * common/httpd.c: a request over a limit, unparsable or too slow gets a JSON error with a
+ * stable code (413 body_too_large, 431 headers_too_large, 400 bad_request, 408
+ * request_timeout, 503 overloaded) and the connection closes.
+ *   max_body          request body (size), 1KiB..64MiB, default 1MiB
+ *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB
+ *   timeout           per connection: keep-alive idleness, reading one request (from its first
+ *                     byte) and writing an answer, 1s..1h, default 60s. A request being
+ *                     handled is not bound by it: a create waits at most
  *                     gateway.limits.start_timeout for an on-demand start
+ *   max_connections   admin connections open at once, 1..100000, default 256; more are
+ *                     answered 503 overloaded and closed
  *   scrape_timeout    Redis reads made by one /metrics scrape, 10ms..10s, default 250ms
  *   max_hosts         hosts listed by GET /v1/pools, 1..100000, default 1000
  *   max_metadata      a session's metadata as stored (size), 0..1MiB, default 16KiB
@@ -36,6 +38,7 @@ struct gw_admin_limits {
     cm_usec_t timeout;
     cm_usec_t scrape_timeout;
     uint32_t max_hosts;
+    uint32_t max_connections;
     struct gw_api_limits api;
 };
 

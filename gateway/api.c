@@ -1,10 +1,7 @@
 #include "gateway/api.h"
 
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -14,6 +11,7 @@
 
 #include "common/compat.h"
 #include "common/config.h"
+#include "common/httpd.h"
 #include "common/json.h"
 #include "common/key.h"
 #include "common/log.h"
@@ -45,7 +43,7 @@ struct slot {
 struct op {
     struct op *prev, *next;
     struct gw_api *api;
-    struct evhttp_request *req; /* NULL once answered */
+    struct cm_httpd_req *req; /* NULL once answered */
     enum op_kind kind;
     const struct cm_tenant *tenant;
     char h[CM_HASH_HEX_LEN + 1];
@@ -72,78 +70,37 @@ struct gw_api {
     struct op *ops;
 };
 
-static const char *method_name(enum evhttp_cmd_type m)
-{
-    switch (m) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-        return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-        return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
-    }
-    return "?";
-}
-
-void gw_api_reply(struct evhttp_request *req, int status, const char *ctype, const char *body,
+void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const char *body,
                   size_t len)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    if (status != 204) {
-        evhttp_remove_header(h, "Content-Type");
-        evhttp_add_header(h, "Content-Type", ctype ? ctype : "application/json");
-    }
-    evhttp_add_header(h, "Cache-Control", "no-store");
+    (void)cm_httpd_add_header(req, "Cache-Control", "no-store");
     if (status >= 500 || CM_LOG_DEBUG <= cm_log_max_level) {
-        /* The URI is the client's: keep the log line one line, its quotes balanced. */
+        /* The target is the client's: keep the log line one line, its quotes balanced. */
         char uri[201];
-        const char *u = evhttp_request_get_uri(req);
+        const char *u = cm_httpd_target(req);
         size_t n = 0;
         for (; u && u[n] && n < sizeof(uri) - 1; n++)
             uri[n] = u[n] < 0x20 || u[n] > 0x7e || u[n] == '"' || u[n] == '\\' ? '?' : u[n];
         uri[n] = '\0';
-        const char *m = method_name(evhttp_request_get_command(req));
+        const char *m = cm_httpd_method_name(req);
         if (status >= 500)
             cm_log_warn("admin", "request failed method=%s uri=\"%s\" status=%d", m, uri, status);
         else
             cm_log_debug("admin", "request method=%s uri=\"%s\" status=%d", m, uri, status);
     }
-    struct evbuffer *buf = len ? evbuffer_new() : NULL;
-    if (buf && evbuffer_add(buf, body, len) < 0) {
-        evbuffer_free(buf);
-        buf = NULL;
-        status = 500;
-    } else if (len && !buf) {
-        status = 500;
-    }
-    evhttp_send_reply(req, status, gw_status_reason(status), buf);
-    if (buf)
-        evbuffer_free(buf);
+    cm_httpd_reply(req, status, ctype ? ctype : "application/json", body, len);
 }
 
-void gw_api_reply_error(struct evhttp_request *req, enum gw_err e, const char *message,
+void gw_api_reply_error(struct cm_httpd_req *req, enum gw_err e, const char *message,
                         unsigned retry_after)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (e == GW_ERR_NO_CAPACITY) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%u", retry_after);
-        evhttp_add_header(h, "Retry-After", ra);
+        (void)cm_httpd_add_header(req, "Retry-After", ra);
     }
     if (e == GW_ERR_UNAUTHORIZED)
-        evhttp_add_header(h, "WWW-Authenticate", "Bearer");
+        (void)cm_httpd_add_header(req, "WWW-Authenticate", "Bearer");
     struct cm_jbuf b;
     cm_jbuf_init(&b);
     gw_api_error_json(&b, e, message);
@@ -151,15 +108,15 @@ void gw_api_reply_error(struct evhttp_request *req, enum gw_err e, const char *m
     cm_jbuf_fini(&b);
 }
 
-void gw_api_reply_405(struct evhttp_request *req, const char *allow)
+void gw_api_reply_405(struct cm_httpd_req *req, const char *allow)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    (void)cm_httpd_add_header(req, "Allow", allow);
     gw_api_reply_error(req, GW_ERR_METHOD_NOT_ALLOWED, NULL, 0);
 }
 
 /* --- operations --------------------------------------------------------------------------- */
 
-static struct op *op_new(struct gw_api *api, struct evhttp_request *req, enum op_kind kind,
+static struct op *op_new(struct gw_api *api, struct cm_httpd_req *req, enum op_kind kind,
                          const struct cm_tenant *t)
 {
     struct op *op = calloc(1, sizeof(*op));
@@ -370,14 +327,12 @@ static void create_on_claim(const struct gw_binding *bnd, int err, void *data)
     op_settle(op);
 }
 
-static const char *body_of(struct evhttp_request *req, size_t *len)
+static const char *body_of(struct cm_httpd_req *req, size_t *len)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    *len = evbuffer_get_length(in);
-    return *len ? (const char *)evbuffer_pullup(in, -1) : "";
+    return cm_httpd_body(req, len);
 }
 
-static void handle_create(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t)
+static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t)
 {
     size_t len;
     const char *body = body_of(req, &len);
@@ -423,7 +378,7 @@ static void handle_create(struct gw_api *api, struct evhttp_request *req, const 
 
 /* --- GET / PATCH / DELETE /v1/sessions/{id} ----------------------------------------------- */
 
-static void handle_get(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+static void handle_get(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
                        const char *h)
 {
     struct op *op = op_new(api, req, OP_GET, t);
@@ -497,7 +452,7 @@ static void update_on_session(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
-static void handle_update(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+static void handle_update(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
                           const char *h)
 {
     /* Syntax and types first (no Redis needed to reject a bad body). */
@@ -542,7 +497,7 @@ static void delete_on_script(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
-static void handle_delete(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t,
+static void handle_delete(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
                           const char *h)
 {
     struct op *op = op_new(api, req, OP_DELETE, t);
@@ -653,13 +608,12 @@ static void list_on_range(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
-static void handle_list(struct gw_api *api, struct evhttp_request *req, const struct cm_tenant *t)
+static void handle_list(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t)
 {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     struct gw_api_error e;
     uint32_t limit;
     uint64_t cursor;
-    if (gw_api_parse_list_query(uri ? evhttp_uri_get_query(uri) : NULL, &api->lim->api, &limit,
+    if (gw_api_parse_list_query(cm_httpd_query(req), &api->lim->api, &limit,
                                 &cursor, &e) < 0) {
         gw_api_reply_error(req, e.err, e.message, 0);
         return;
@@ -684,9 +638,9 @@ static void handle_list(struct gw_api *api, struct evhttp_request *req, const st
 
 /* --- routing ------------------------------------------------------------------------------ */
 
-static const struct cm_tenant *authenticate(const struct gw_api *api, struct evhttp_request *req)
+static const struct cm_tenant *authenticate(const struct gw_api *api, struct cm_httpd_req *req)
 {
-    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *h = cm_httpd_header(req, "Authorization");
     if (!h)
         return NULL;
     while (*h == ' ' || *h == '\t')
@@ -717,19 +671,19 @@ static const char *session_segment(const char *path)
     return path + pl;
 }
 
-void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *path)
+void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *path)
 {
     const struct cm_tenant *t = authenticate(api, req);
     if (!t) {
         gw_api_reply_error(req, GW_ERR_UNAUTHORIZED, NULL, 0);
         return;
     }
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    int get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
+    enum cm_http_method m = cm_httpd_method(req);
+    int get = m == CM_HTTP_GET || m == CM_HTTP_HEAD;
     if (strcmp(path, "/v1/sessions") == 0) {
         if (get)
             handle_list(api, req, t);
-        else if (m == EVHTTP_REQ_POST)
+        else if (m == CM_HTTP_POST)
             handle_create(api, req, t);
         else
             gw_api_reply_405(req, "GET, HEAD, POST");
@@ -737,7 +691,7 @@ void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *p
     }
     const char *seg = session_segment(path);
     if (seg) {
-        if (!get && m != EVHTTP_REQ_PATCH && m != EVHTTP_REQ_DELETE) {
+        if (!get && m != CM_HTTP_PATCH && m != CM_HTTP_DELETE) {
             gw_api_reply_405(req, "GET, HEAD, PATCH, DELETE");
             return;
         }
@@ -752,7 +706,7 @@ void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *p
         cm_hash_hex(cm_key_hash(t->name, CM_KEY_SRC_SID, id, id_len), h);
         if (get)
             handle_get(api, req, t, h);
-        else if (m == EVHTTP_REQ_PATCH)
+        else if (m == CM_HTTP_PATCH)
             handle_update(api, req, t, h);
         else
             handle_delete(api, req, t, h);

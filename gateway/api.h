@@ -10,7 +10,7 @@
 #include "gateway/errors.h"
 
 struct event_base;
-struct evhttp_request;
+struct cm_httpd_req;
 struct cm_redis;
 struct gw_admin_limits;
 struct gw_claimer;
@@ -31,16 +31,16 @@ void gw_api_destroy(struct gw_api *api);
 /* Serves <req>, whose raw (not yet percent-decoded) path <path> starts with "/v1". Checks the
  * bearer API key first (401 unauthorized), then routes (404 not_found, 405 with Allow). Every
  * request is answered exactly once, now or from a later callback. */
-void gw_api_handle(struct gw_api *api, struct evhttp_request *req, const char *path);
+void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *path);
 
 /* Sends <len> bytes of <body> with status <status> and content type <ctype> (NULL: JSON). */
-void gw_api_reply(struct evhttp_request *req, int status, const char *ctype, const char *body,
+void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const char *body,
                   size_t len);
 /* Sends {"error":{"code","message"}} with the code's status; <message> NULL: the default.
  * no_capacity carries Retry-After (<retry_after> seconds), unauthorized WWW-Authenticate. */
-void gw_api_reply_error(struct evhttp_request *req, enum gw_err e, const char *message,
+void gw_api_reply_error(struct cm_httpd_req *req, enum gw_err e, const char *message,
                         unsigned retry_after);
 /* 405 method_not_allowed with "Allow: <allow>". */
-void gw_api_reply_405(struct evhttp_request *req, const char *allow);
+void gw_api_reply_405(struct cm_httpd_req *req, const char *allow);
 
 #endif

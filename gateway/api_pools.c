@@ -1,6 +1,5 @@
 #include "gateway/api_pools.h"
 
-#include <event2/http.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -8,6 +7,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/httpd.h"
 #include "common/json.h"
 #include "common/redis.h"
 #include "common/time.h"
@@ -34,7 +34,7 @@ struct slot {
 };
 
 struct pools {
-    struct evhttp_request *req; /* NULL once answered */
+    struct cm_httpd_req *req; /* NULL once answered */
     struct cm_redis *redis;
     const struct gw_config *gc;
     int waiting, failed;
@@ -237,7 +237,7 @@ static void on_hosts(redisReply *r, const char *err, void *data)
 }
 
 void gw_api_pools(struct cm_redis *redis, const struct gw_config *gc, uint32_t max_hosts,
-                  struct evhttp_request *req)
+                  struct cm_httpd_req *req)
 {
     struct pools *p = calloc(1, sizeof(*p));
     if (!p) {

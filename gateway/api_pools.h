@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-struct evhttp_request;
+struct cm_httpd_req;
 struct cm_redis;
 struct gw_config;
 
@@ -17,6 +17,6 @@ struct gw_config;
  * listing at most <max_hosts> hosts, or 503 store_unavailable. Borrows <redis> and <gc> until
  * then; cm_redis_destroy() completes a pending answer. Hosts' API addresses are not shown. */
 void gw_api_pools(struct cm_redis *redis, const struct gw_config *gc, uint32_t max_hosts,
-                  struct evhttp_request *req);
+                  struct cm_httpd_req *req);
 
 #endif

@@ -1,21 +1,16 @@
 #include "scheduler/api.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "common/config.h"
+#include "common/httpd.h"
 #include "common/json.h"
 #include "common/key.h"
 #include "common/log.h"
@@ -25,14 +20,12 @@
 #include "scheduler/pool.h"
 #include "scheduler/sched.h"
 
-#define MAX_HEADERS_SIZE (16 * 1024)
-#define IO_TIMEOUT_SEC 30
 #define META_MAX 4096
 
 struct sch_start_req {
     struct sch_api *api;
     struct sch_start_req *prev, *next;
-    struct evhttp_request *http; /* NULL once the client went away */
+    struct cm_httpd_req *http; /* NULL once the client went away */
     const struct cm_template *tpl;
     char h[CM_HASH_HEX_LEN + 1];
     char tenant[64];
@@ -45,34 +38,25 @@ struct sch_start_req {
 
 struct sch_api {
     struct sch_ctx *ctx;
-    struct evhttp *http;
+    struct cm_httpd *http;
     struct sch_start_req *reqs;
     unsigned n_pending;
 };
 
 /* ------------------------------------------------------------------ replies */
 
-static void reply_json(struct evhttp_request *req, int status, const char *reason,
-                       struct cm_jbuf *b)
+static void reply_json(struct cm_httpd_req *req, int status, struct cm_jbuf *b)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    struct evbuffer *out = evbuffer_new();
-    if (!out || b->failed) {
-        if (out)
-            evbuffer_free(out);
-        evhttp_send_error(req, 500, "out of memory");
-        return;
-    }
-    evbuffer_add(out, b->data, b->len);
-    evbuffer_add(out, "\n", 1);
-    evhttp_send_reply(req, status, reason, out);
-    evbuffer_free(out);
+    cm_jbuf_raw(b, "\n", 1);
+    if (b->failed)
+        cm_httpd_reply_error(req, 500, "internal", "out of memory");
+    else
+        cm_httpd_reply(req, status, "application/json", b->data, b->len);
 }
 
-static void reply_error(struct evhttp_request *req, int status, const char *code, const char *fmt,
+static void reply_error(struct cm_httpd_req *req, int status, const char *code, const char *fmt,
                         ...) CM_PRINTF(4, 5);
-static void reply_error(struct evhttp_request *req, int status, const char *code, const char *fmt,
+static void reply_error(struct cm_httpd_req *req, int status, const char *code, const char *fmt,
                         ...)
 {
     char msg[512];
@@ -87,26 +71,22 @@ static void reply_error(struct evhttp_request *req, int status, const char *code
     cm_jbuf_raw(&b, ",\"message\":", 11);
     cm_jbuf_cstr(&b, msg);
     cm_jbuf_raw(&b, "}}", 2);
-    reply_json(req, status, code, &b);
+    reply_json(req, status, &b);
     cm_jbuf_fini(&b);
 }
 
 /* ------------------------------------------------------------------ start requests */
 
-static void on_conn_close(struct evhttp_connection *conn, void *arg)
+static void on_conn_close(void *arg)
 {
     struct sch_start_req *r = arg;
-    (void)conn;
-    r->http = NULL; /* libevent frees the request with the connection */
+    r->http = NULL; /* the request went with its connection */
 }
 
 static void detach_http(struct sch_start_req *r)
 {
-    if (r->http) {
-        struct evhttp_connection *c = evhttp_request_get_connection(r->http);
-        if (c)
-            evhttp_connection_set_closecb(c, NULL, NULL);
-    }
+    if (r->http)
+        cm_httpd_set_close_cb(r->http, NULL, NULL);
 }
 
 static void req_free(struct sch_start_req *r)
@@ -170,7 +150,7 @@ static void on_bind_script(struct redisReply *reply, const char *err, void *data
         cm_jbuf_raw(&b, ",\"addr\":", 8);
         cm_jbuf_cstr(&b, v[2]);
         cm_jbuf_printf(&b, ",\"gen\":%lld}", strtoll(v[3], NULL, 10));
-        reply_json(r->http, 200, "OK", &b);
+        reply_json(r->http, 200, &b);
         cm_jbuf_fini(&b);
     }
     if (strcmp(v[0], "new") != 0)
@@ -245,26 +225,13 @@ static int json_ms(const struct cm_json *body, const char *name, uint64_t def, u
     return 0;
 }
 
-static void handle_start(struct sch_api *api, struct evhttp_request *req)
+static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
 {
     struct sch_ctx *ctx = api->ctx;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
+    size_t len;
+    const char *text = cm_httpd_body(req, &len); /* at most api_max_body: common/httpd.c */
     char why[256], tpl_name[64];
-    if (len > ctx->sc->api_max_body) {
-        reply_error(req, 413, "body_too_large", "the body exceeds %" PRIu64 " bytes",
-                    ctx->sc->api_max_body);
-        return;
-    }
-    char *text = malloc(len + 1);
-    if (!text) {
-        reply_error(req, 503, "no_capacity", "out of memory");
-        return;
-    }
-    evbuffer_copyout(in, text, len);
-    text[len] = '\0';
     struct cm_json *body = cm_json_parse(text, len, why, sizeof(why));
-    free(text);
     if (!body) {
         reply_error(req, 400, "bad_request", "invalid JSON: %s", why);
         return;
@@ -374,14 +341,12 @@ static void handle_start(struct sch_api *api, struct evhttp_request *req)
     }
     r->inst = inst;
     sch_inst_ref(inst);
-    struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    if (conn)
-        evhttp_connection_set_closecb(conn, on_conn_close, r);
+    cm_httpd_set_close_cb(req, on_conn_close, r);
 }
 
 /* ------------------------------------------------------------------ status */
 
-static void handle_status(struct sch_api *api, struct evhttp_request *req)
+static void handle_status(struct sch_api *api, struct cm_httpd_req *req)
 {
     struct sch_ctx *ctx = api->ctx;
     unsigned by_state[SCH_INST_GONE + 1] = {0};
@@ -431,39 +396,36 @@ static void handle_status(struct sch_api *api, struct evhttp_request *req)
         cm_jbuf_printf(&b, ",\"agent_bound\":%s}", i->agent_bound ? "true" : "false");
     }
     cm_jbuf_raw(&b, "]}", 2);
-    reply_json(req, 200, "OK", &b);
+    reply_json(req, 200, &b);
     cm_jbuf_fini(&b);
 }
 
 /* ------------------------------------------------------------------ routing */
 
-static void on_request(struct evhttp_request *req, void *arg)
+static void on_request(struct cm_httpd_req *req, void *arg)
 {
     struct sch_api *api = arg;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    if (!path)
-        path = "";
+    const char *path = cm_httpd_path(req);
+    enum cm_http_method m = cm_httpd_method(req);
     const char *allow = NULL;
     if (strcmp(path, "/v1/start") == 0) {
-        if (m == EVHTTP_REQ_POST) {
+        if (m == CM_HTTP_POST) {
             handle_start(api, req);
             return;
         }
         allow = "POST";
     } else if (strcmp(path, "/v1/status") == 0 || strcmp(path, "/healthz") == 0) {
-        if (m == EVHTTP_REQ_GET && path[1] == 'v') {
+        if (m == CM_HTTP_GET && path[1] == 'v') {
             handle_status(api, req);
             return;
         }
-        if (m == EVHTTP_REQ_GET) {
+        if (m == CM_HTTP_GET) {
             struct cm_jbuf b;
             cm_jbuf_init(&b);
             cm_jbuf_printf(&b, "{\"status\":\"ok\",\"redis\":\"%s\",\"recovered\":%s}",
                            sch_redis_connected(api->ctx) ? "connected" : "disconnected",
                            api->ctx->recovered ? "true" : "false");
-            reply_json(req, 200, "OK", &b);
+            reply_json(req, 200, &b);
             cm_jbuf_fini(&b);
             return;
         }
@@ -472,7 +434,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_error(req, 404, "not_found", "no such endpoint");
         return;
     }
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    (void)cm_httpd_add_header(req, "Allow", allow);
     reply_error(req, 405, "method_not_allowed", "use %s", allow);
 }
 
@@ -484,35 +446,21 @@ struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
         return NULL;
     }
     api->ctx = ctx;
-    api->http = evhttp_new(ctx->base);
+    struct cm_httpd_limits lim = {.max_header_bytes = ctx->sc->api_max_header_bytes,
+                                  .max_body = ctx->sc->api_max_body,
+                                  .timeout = ctx->sc->api_timeout,
+                                  .max_connections = ctx->sc->api_max_connections};
+    api->http = cm_httpd_create(ctx->base, &lim, on_request, api);
     if (!api->http) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* Bodies above our own limit get a JSON 413 from handle_start; this cap only stops
-     * absurd uploads early (evhttp answers those itself). */
-    evhttp_set_max_body_size(api->http, (ev_ssize_t)(ctx->sc->api_max_body * 4));
-    evhttp_set_max_headers_size(api->http, MAX_HEADERS_SIZE);
-    evhttp_set_timeout(api->http, IO_TIMEOUT_SEC);
-    evhttp_set_allowed_methods(api->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
-                                              EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
-    evhttp_set_gencb(api->http, on_request, api);
-    struct evhttp_bound_socket *sock =
-        evhttp_bind_socket_with_handle(api->http, ctx->sc->api_host, ctx->sc->api_port);
-    if (!sock) {
+    uint16_t port;
+    int rc = cm_httpd_listen(api->http, ctx->sc->api_host, ctx->sc->api_port, &port);
+    if (rc < 0) {
         snprintf(err, errlen, "cannot listen on %s:%u: %s", ctx->sc->api_host, ctx->sc->api_port,
-                 strerror(errno));
+                 strerror(-rc));
         goto fail;
-    }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    unsigned port = ctx->sc->api_port;
-    if (getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET)
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        else if (ss.ss_family == AF_INET6)
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
     snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s:%u", ctx->sc->api_host, port);
     sch_inst_set_ready_cb(on_instance_ready);
@@ -532,7 +480,6 @@ void sch_api_destroy(struct sch_api *api)
             sch_inst_drop_req(r->inst);
         req_error(r, 503, "shutting_down", "the scheduler is stopping");
     }
-    if (api->http)
-        evhttp_free(api->http);
+    cm_httpd_destroy(api->http);
     free(api);
 }

@@ -1,4 +1,4 @@
-/* The scheduler's HTTP API (libevent evhttp, JSON in and out, on scheduler.api_listen):
+/* The scheduler's HTTP API (common/httpd.c, JSON in and out, on scheduler.api_listen):
  *   POST /v1/start  start an instance of a template for a session, wait until it is ready
  *                   (bounded by the template's ready_timeout), bind it with the bind script;
  *                   200 {"status":"new"|"bound","instance","addr","gen"}
@@ -6,7 +6,10 @@
  *   GET /healthz
  * Errors are {"error":{"code","message"}}: 400 bad_request, 404 unknown_template|not_found,
  * 405 method_not_allowed, 409 session_conflict, 413 body_too_large, 502 start_failed,
- * 503 no_capacity|store_unavailable|shutting_down, 504 start_timeout. */
+ * 503 no_capacity|store_unavailable|shutting_down, 504 start_timeout; from the HTTP layer
+ * itself (then the connection closes) 400 bad_request, 408 request_timeout, 413
+ * body_too_large (over api_max_body), 431 headers_too_large (over api_max_header_bytes), 503
+ * overloaded (over api_max_connections). */
 #ifndef SCH_API_H
 #define SCH_API_H
 

@@ -97,12 +97,13 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "host_id",       "api_listen",      "run_dir",     "storage_root",  "capacity",
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
-        "api_max_body",  "api_max_pending", NULL};
+        "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
+        "api_max_connections", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
     char *listen = NULL;
-    uint64_t capacity, max_conns, max_pending;
+    uint64_t capacity, max_conns, max_pending, api_conns;
     memset(ret, 0, sizeof(*ret));
 
     if (cm_conf_keys(&ctx, section, SEC, keys) ||
@@ -128,11 +129,17 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_u64(&ctx, section, SEC, "relay_max_conns", 1024, 1, 1u << 20, &max_conns) ||
         cm_conf_size(&ctx, section, SEC, "api_max_body", 64u << 10, 256, 16u << 20,
                      &c.api_max_body) ||
-        cm_conf_u64(&ctx, section, SEC, "api_max_pending", 256, 1, 100000, &max_pending))
+        cm_conf_u64(&ctx, section, SEC, "api_max_pending", 256, 1, 100000, &max_pending) ||
+        cm_conf_size(&ctx, section, SEC, "api_max_header_bytes", 16u << 10, 1u << 10, 1u << 20,
+                     &c.api_max_header_bytes) ||
+        cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC,
+                         CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
+        cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns))
         goto fail;
     c.capacity = (uint32_t)capacity;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
+    c.api_max_connections = (uint32_t)api_conns;
 
     if (!c.host_id || !*c.host_id) {
         char host[256];

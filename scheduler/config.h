@@ -35,6 +35,9 @@ struct sch_config {
     uint32_t relay_max_conns; /* agent: concurrent relayed connections */
     uint64_t api_max_body;    /* scheduler API: largest request body */
     uint32_t api_max_pending; /* scheduler API: concurrent POST /v1/start waiting for readiness */
+    uint64_t api_max_header_bytes; /* scheduler API: request line and headers */
+    cm_usec_t api_timeout;         /* scheduler API: idle, reading a request, writing an answer */
+    uint32_t api_max_connections;  /* scheduler API: connections open at once */
 };
 
 /* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file

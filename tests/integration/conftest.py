@@ -413,6 +413,47 @@ def _curl_tmp():
     return d
 
 
+def raw_exchange(port, data, timeout=5):
+    """Sends <data> on a fresh loopback connection to <port>, returns what the server sent
+    before closing. The server may answer and close (even reset) before all of <data> is
+    written: that is a refusal too."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as c:
+        try:
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        while True:
+            try:
+                chunk = c.recv(65536)
+            except socket.timeout:
+                raise AssertionError("the server neither answered nor closed")
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def raw_error(out):
+    """(status, error code) of a raw answer that must be one JSON error closing the connection
+    (common/httpd.c's refusals); fails on anything else."""
+    head, sep, body = out.partition(b"\r\n\r\n")
+    assert sep, out[:300]
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    assert hdrs.get("content-type") == "application/json", head
+    assert hdrs.get("connection") == "close", head
+    assert int(hdrs["content-length"]) == len(body), out[:300]
+    j = json.loads(body)
+    assert set(j) == {"error"} and set(j["error"]) == {"code", "message"}, j
+    assert j["error"]["message"], j
+    return status, j["error"]["code"]
+
+
 def curl(url, method=None, headers=None, data=None, data_file=None, timeout=10,
          http="1.1", output=None, extra=()):
     """Runs real curl. <headers>: dict or list of (name, value); <data>: bytes/str sent as

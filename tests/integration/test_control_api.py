@@ -19,7 +19,8 @@ import time
 import pytest
 
 from conftest import (DEV_KEY, OTHER_KEY, SLOW, Proc, Stack, _remove_tree, _short_tmp,
-                      _skip_unless_root, binary, curl, echo_template, wait_until)
+                      _skip_unless_root, binary, curl, echo_template, raw_error, raw_exchange,
+                      wait_until)
 
 ADMIN = {"max_body": "64KiB", "max_metadata": "1KiB", "list_max": 50,
          "scrape_timeout": "%dms" % (300 * SLOW)}
@@ -326,11 +327,11 @@ def test_bad_update_and_path_input(ctl):
 
 
 def test_oversize_body_is_refused(ctl):
-    # Over gateway.admin.max_body (64KiB): libevent refuses it before the handler runs (its
-    # own small HTML page, see gateway/admin.h).
+    # Over gateway.admin.max_body (64KiB): refused by its Content-Length before the handler
+    # runs, with our JSON (common/httpd.c), and curl's Expect: 100-continue gets no 100.
     big = "{\"metadata\": {\"k\": \"" + "z" * (70 * 1024) + "\"}}"
     before = zcard(ctl)
-    assert ctl.api("POST", "/v1/sessions", big).status == 413
+    assert_error(ctl.api("POST", "/v1/sessions", big), 413, "body_too_large")
     assert zcard(ctl) == before
     assert curl(ctl.admin_url("/healthz")).status == 200
 
@@ -567,36 +568,19 @@ def test_metrics(ctl):
 # --- robustness ---------------------------------------------------------------------------
 
 
-def raw_exchange(port, data, timeout=5):
-    """Sends <data>, returns what the server sent before closing. The server may answer and
-    close (even reset) before all of <data> is written: that is a refusal too."""
-    out = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as c:
-        try:
-            c.sendall(data)
-            c.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        while True:
-            try:
-                chunk = c.recv(65536)
-            except socket.timeout:
-                raise AssertionError("the server neither answered nor closed")
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
-
-
 def test_garbage_and_slow_clients_do_not_hurt(ctl):
     port = ctl.ports["admin"]
-    out = raw_exchange(port, b"\x00\x01GARBAGE\r\n\r\n")
-    assert out == b"" or out.startswith(b"HTTP/1.1 4")
+    # Every refusal is our JSON error with its stable code, then the connection closes.
+    assert raw_error(raw_exchange(port, b"\x00\x01GARBAGE\r\n\r\n")) == (400, "bad_request")
+    assert raw_error(raw_exchange(port, b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n")) == \
+        (400, "bad_request")
+    assert raw_error(raw_exchange(port, b"GET healthz HTTP/1.1\r\n\r\n")) == (400, "bad_request")
     huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
-    out = raw_exchange(port, huge)
-    assert out == b"" or out.startswith(b"HTTP/1.1 4")
+    assert raw_error(raw_exchange(port, huge)) == (431, "headers_too_large")
+    chunked = (b"POST /v1/sessions HTTP/1.1\r\nAuthorization: Bearer " + DEV_KEY.encode() +
+               b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"10000\r\n" + b"z" * 65536 +
+               b"\r\n" + b"10\r\n" + b"z" * 16 + b"\r\n0\r\n\r\n")
+    assert raw_error(raw_exchange(port, chunked)) == (413, "body_too_large")
     # a client that never finishes its head does not block anyone else
     slow = socket.create_connection(("127.0.0.1", port))
     try:
@@ -621,6 +605,25 @@ def test_garbage_and_slow_clients_do_not_hurt(ctl):
 
 
 # --- Redis outage -------------------------------------------------------------------------
+
+
+def test_admin_connections_over_the_limit_get_json_503(make_stack):
+    over = {"templates": [echo_template()],
+            "gateway": {"admin": dict(ADMIN, max_connections=2, timeout="30s")}}
+    s = make_stack(over, start_scheduler=False, wait_pools=False)
+    port = s.ports["admin"]
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        # The two idle connections are accepted: wait until the gateway has them both.
+        def third():
+            out = raw_exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            return raw_error(out) if out.startswith(b"HTTP/1.1 503") else None
+        assert wait_until(third, 10, "a 503 for a third admin connection") == (503, "overloaded")
+    finally:
+        for c in held:
+            c.close()
+    # Once they are gone, the listener serves again.
+    wait_until(lambda: curl(s.admin_url("/healthz")).status == 200, 10, "the admin listener again")
 
 
 def test_readyz_follows_redis(make_stack):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLOW, curl, echo_template, wait_until
+from conftest import SLOW, curl, echo_template, raw_error, raw_exchange, wait_until
 
 HOST_NS = {n: os.readlink("/proc/self/ns/%s" % n) for n in ("mnt", "pid", "net", "uts", "ipc")}
 
@@ -235,6 +235,13 @@ def test_api_errors_are_json(sched):
     r = curl(s.scheduler_url("/v1/start"), method="POST", data="x" * (65 * 1024),
              headers={"Content-Type": "application/json"})
     assert r.status == 413 and r.json()["error"]["code"] == "body_too_large"
+    # What the HTTP layer refuses itself is JSON too (common/httpd.c), then it closes.
+    port = s.ports["scheduler"]
+    assert raw_error(raw_exchange(port, b"\x00\x01GARBAGE\r\n\r\n")) == (400, "bad_request")
+    huge = b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (20 * 1024) + b"\r\n\r\n"
+    assert raw_error(raw_exchange(port, huge)) == (431, "headers_too_large")
+    big = b"POST /v1/start HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (65 * 1024)
+    assert raw_error(raw_exchange(port, big)) == (413, "body_too_large")
     r = curl(s.scheduler_url("/healthz"))
     assert r.status == 200 and r.json()["status"] == "ok"
     # Nothing above left anything behind.
