@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/httpd.h"
 #include "common/key.h"
 #include "common/log.h"
 #include "common/redis.h"
@@ -322,7 +323,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                         "content-length: %d\r\ncache-control: no-store\r\n",
-                        info->status, gw_status_reason(info->status), blen);
+                        info->status, cm_http_reason(info->status), blen);
     if (e == GW_ERR_NO_CAPACITY || e == GW_ERR_STORE_UNAVAILABLE || e == GW_ERR_OVERLOADED)
         evbuffer_add_printf(out, "retry-after: %u\r\n", w->gc->retry_after);
     if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID) {

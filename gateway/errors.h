@@ -36,7 +36,6 @@ struct gw_err_info {
 
 /* Static table entry for <e>. */
 const struct gw_err_info *gw_err_info(enum gw_err e);
-/* Reason phrase for an HTTP status ("Not Found"); "Unknown" for others. */
-const char *gw_status_reason(int status);
+/* Reason phrases: cm_http_reason() (common/httpd.h). */
 
 #endif
