@@ -27,6 +27,10 @@
 #define LINGER_USEC (2 * CM_USEC_PER_SEC)
 /* Accept failed (out of descriptors): the listener pauses this long instead of spinning. */
 #define ACCEPT_PAUSE_USEC (100 * CM_USEC_PER_MSEC)
+/* Answers queued and not yet written, bytes: above this no further pipelined request is
+ * parsed until the client has read them (a client that sends and never reads must not fill
+ * our memory; the timer armed at the last answer then closes it). */
+#define OUT_HIGH (256 * 1024)
 #define NO_OFF UINT32_MAX
 
 struct hdr {
@@ -64,6 +68,7 @@ struct hconn {
     struct cm_httpd *h;
     struct bufferevent *bev;
     struct event *timer;
+    struct event *resume; /* parses what was pipelined, on the loop turn after an answer */
     llhttp_t parser;
     enum cstate state;
     int processing; /* process() is on the stack: freeing waits for it */
@@ -139,6 +144,8 @@ static void conn_free(struct hconn *c)
         bufferevent_free(c->bev);
     if (c->timer)
         event_free(c->timer);
+    if (c->resume)
+        event_free(c->resume);
     free(c);
 }
 
@@ -238,6 +245,7 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
     int keep = req->keep;
     req->close_cb = NULL;
     if (queue_answer(c, status, content_type, body, len, keep, req->head) < 0) {
+        c->state = C_CLOSING; /* answered: the request goes with the connection */
         conn_free(c);
         return;
     }
@@ -249,7 +257,10 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
     c->state = C_IDLE;
     if (arm(c, c->h->lim.timeout) < 0)
         return;
-    process(c); /* requests the client pipelined meanwhile */
+    /* Requests the client pipelined meanwhile: on the next loop turn, not here, so that the
+     * next request's handler never runs inside whoever answered this one. */
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        event_active(c->resume, EV_READ, 1);
 }
 
 void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
@@ -332,6 +343,8 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
+    if (conn_of(p)->headers_done)
+        return 0; /* a chunked body's trailer: not headers of the request */
     struct cm_httpd_req *r = conn_of(p)->req;
     int first = r->part != P_FIELD;
     if (first) {
@@ -354,6 +367,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
+    if (conn_of(p)->headers_done)
+        return 0;
     struct cm_httpd_req *r = conn_of(p)->req;
     int first = r->part != P_VALUE;
     r->part = P_VALUE;
@@ -495,14 +510,20 @@ static void process(struct hconn *c)
     c->processing = 1;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     const struct cm_httpd_limits *lim = &c->h->lim;
-    while (!c->dead && (c->state == C_IDLE || c->state == C_READING)) {
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (!c->dead && (c->state == C_IDLE || c->state == C_READING) &&
+           evbuffer_get_length(out) < OUT_HIGH) {
         size_t n = evbuffer_get_length(in);
         if (n == 0)
             break;
+        if (!c->headers_done && c->head_raw >= lim->max_header_bytes) {
+            refuse(c, 431, "headers_too_large", "the request head is too large");
+            break;
+        }
         if (n > FEED_MAX)
             n = FEED_MAX;
-        if (!c->headers_done && n > lim->max_header_bytes + 1 - c->head_raw)
-            n = lim->max_header_bytes + 1 - c->head_raw;
+        if (!c->headers_done && n > lim->max_header_bytes - c->head_raw)
+            n = lim->max_header_bytes - c->head_raw; /* a head ending here is within it */
         const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
         if (!p) {
             conn_free(c);
@@ -522,10 +543,6 @@ static void process(struct hconn *c)
         }
         if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
             refuse(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
-            break;
-        }
-        if (!c->headers_done && c->head_raw > lim->max_header_bytes) {
-            refuse(c, 431, "headers_too_large", "the request head is too large");
             break;
         }
         if (c->message_done || e == HPE_PAUSED_UPGRADE) {
@@ -556,9 +573,19 @@ static void on_read(struct bufferevent *bev, void *arg)
     process(c);
 }
 
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    process(arg);
+}
+
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct hconn *c = arg;
+    if (c->state == C_IDLE || c->state == C_READING) {
+        process(c); /* parsing may have stopped at OUT_HIGH */
+        return;
+    }
     if (c->state != C_CLOSING)
         return;
     /* Everything is written: stop writing, read what is still coming for a while, close. */
@@ -574,9 +601,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     struct hconn *c = arg;
     (void)bev;
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-        evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 &&
-        (c->state == C_IDLE || c->state == C_CLOSING)) {
-        /* The client shut down its side after its request: the answer still goes out. */
+        (c->state == C_IDLE || c->state == C_CLOSING) &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        /* The client shut down its side after its request was answered: the answer still
+         * goes out. While its request is being handled, EOF means the client is gone (as
+         * nginx takes it): a half-close cannot be told from a close before we write. */
         c->state = C_CLOSING;
         bufferevent_disable(c->bev, EV_READ);
         return;
@@ -619,13 +648,14 @@ int cm_httpd_adopt(struct cm_httpd *h, int fd)
     if (!c->bev)
         close(fd);
     c->timer = evtimer_new(h->base, on_timer, c);
+    c->resume = event_new(h->base, -1, 0, on_resume, c);
     c->req = calloc(1, sizeof(*c->req));
     if (c->req) {
         c->req->c = c;
         c->req->query = NO_OFF;
         c->req->out = evbuffer_new();
     }
-    if (!c->bev || !c->timer || !c->req || !c->req->out) {
+    if (!c->bev || !c->timer || !c->resume || !c->req || !c->req->out) {
         conn_free(c);
         return -ENOMEM;
     }

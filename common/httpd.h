@@ -19,7 +19,9 @@
  * The handler answers every request exactly once, at once or later (after Redis answers). If
  * the client goes away first, that answer is dropped and only frees the request; a handler
  * that waits long can set a close callback to learn of it at once (the request is then gone
- * and must not be answered).
+ * and must not be answered). A client that shuts down its sending side while its request is
+ * being handled counts as gone (as nginx takes it: a half-close cannot be told from a close
+ * until we write); one that does so after its answer was queued still gets it.
  * Keep-alive per RFC 9112 (HTTP/1.1 unless "Connection: close", HTTP/1.0 only with
  * "Connection: keep-alive"); "Expect: 100-continue" gets its interim answer when the body is
  * within the limit. Upgrade and CONNECT requests reach the handler like any other and the

@@ -36,10 +36,25 @@ static void on_req(struct cm_httpd_req *req, void *arg)
     cm_httpd_reply(req, 200, "text/plain", cm_httpd_path(req), strlen(cm_httpd_path(req)));
 }
 
+/* Answers in <out>: status lines other than interim 100s. The handler's bodies (a path,
+ * an error JSON) cannot hold "HTTP/1.1 " (no space in a request target). */
+static int count_answers(const char *out, size_t len)
+{
+    int n = 0;
+    for (size_t i = 0; i + 12 <= len; i++)
+        if (memcmp(out + i, "HTTP/1.1 ", 9) == 0 && memcmp(out + i + 9, "100", 3) != 0)
+            n++;
+    return n;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size > 200000)
+    if (size < 1 || size > 200000)
         return 0;
+    /* The first byte picks how the client ends: at once (a half-close right after its last
+     * byte) or only once every answer came (so each request must have been answered). */
+    int patient = data[0] & 1;
+    data++, size--;
     struct event_base *base = event_base_new();
     struct st s = {0};
     const struct cm_httpd_limits lim = {.max_header_bytes = 2048,
@@ -53,40 +68,45 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (cm_httpd_adopt(h, fds[0]) < 0)
         abort();
     size_t off = 0;
-    char first[16];
+    static char out[1 << 20];
     size_t got = 0;
-    for (int i = 0; i < 2000; i++) {
+    int shut = 0, quiet = 0;
+    for (int i = 0; i < 3000; i++) {
         if (off < size) {
             ssize_t n = write(fds[1], data + off, size - off);
             if (n > 0)
                 off += (size_t)n;
-            if (off == size)
-                shutdown(fds[1], SHUT_WR);
-        } else if (size == 0 && i == 0) {
+        }
+        if (off == size && !shut && (!patient || quiet > 20)) {
             shutdown(fds[1], SHUT_WR);
+            shut = 1;
         }
         event_base_loop(base, EVLOOP_NONBLOCK);
+        int progress = 0;
         if (s.held) {
             struct cm_httpd_req *r = s.held;
             s.held = NULL;
             cm_httpd_reply_error(r, 503, "overloaded", "later");
+            progress = 1;
         }
-        char buf[65536];
         ssize_t n;
-        while ((n = read(fds[1], buf, sizeof(buf))) > 0) {
-            if (got < sizeof(first)) {
-                size_t k = (size_t)n < sizeof(first) - got ? (size_t)n : sizeof(first) - got;
-                memcpy(first + got, buf, k);
-                got += k;
-            }
+        while ((n = read(fds[1], out + got, sizeof(out) - got)) > 0) {
+            got += (size_t)n;
+            progress = 1;
         }
+        quiet = progress ? 0 : quiet + 1;
         if (cm_httpd_connections(h) == 0 && n == 0)
             break;
     }
-    if (got >= 9 && memcmp(first, "HTTP/1.1 ", 9) != 0)
+    if (got >= 9 && memcmp(out, "HTTP/1.1 ", 9) != 0)
         abort(); /* something other than an answer was written */
-    if (off == size && cm_httpd_connections(h) != 0)
+    if (cm_httpd_connections(h) != 0)
         abort(); /* the input ended: the connection must have closed */
+    int answers = count_answers(out, got);
+    if (answers > s.n + 1)
+        abort(); /* one answer per request, plus at most one refusal of our own */
+    if (patient && answers < s.n)
+        abort(); /* a request handled and never answered */
     cm_httpd_destroy(h);
     if (s.held)
         cm_httpd_reply(s.held, 200, NULL, NULL, 0); /* owed after destroy(): only frees */

@@ -13,7 +13,7 @@
 #include "common/httpd.h"
 #include "tests/harness/test.h"
 
-enum mode { ECHO, DEFER, DEFER_CLOSECB };
+enum mode { ECHO, DEFER, DEFER_CLOSECB, BIG };
 
 struct fx {
     struct event_base *base;
@@ -38,6 +38,12 @@ static void on_req(struct cm_httpd_req *req, void *arg)
 {
     struct fx *f = arg;
     f->requests++;
+    if (f->mode == BIG) {
+        static char big[8192];
+        memset(big, 'b', sizeof(big));
+        cm_httpd_reply(req, 200, "text/plain", big, sizeof(big));
+        return;
+    }
     if (f->mode != ECHO) {
         f->held = req;
         if (f->mode == DEFER_CLOSECB)
@@ -202,6 +208,8 @@ TEST(httpd_head_gets_the_length_but_no_body)
     pump(&f, 2000, "p=/g");
     CHECK(count(f.got, "HTTP/1.1 200 OK\r\n") == 2);
     CHECK(!test_contains(f.got, "p=/h")); /* HEAD's body is not sent */
+    const char *want = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 38\r\n";
+    CHECK_MSG(strncmp(f.got, want, strlen(want)) == 0, "HEAD carries GET's length: %s", f.got);
     const char *second = strstr(f.got + 1, "HTTP/1.1 200 OK\r\n");
     CHECK_NOT_NULL(second);
     CHECK(second[-1] == '\n' && second[-2] == '\r' &&
@@ -416,23 +424,126 @@ TEST(httpd_targets_in_absolute_and_asterisk_form)
     fx_done(&f);
 }
 
-TEST(httpd_upgrade_and_connect_are_answered_then_closed)
+TEST(httpd_upgrade_is_answered_then_closed_and_connect_refused)
 {
-    static const char *const reqs[] = {
-        "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW BYTES",
-        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-    };
-    for (size_t i = 0; i < 2; i++) {
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW BYTES", -1);
+    pump(&f, 2000, NULL);
+    CHECK_MSG(strncmp(f.got, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", f.got);
+    CHECK(test_contains(f.got, "p=/ws"));
+    CHECK(test_contains(f.got, "Connection: close\r\n"));
+    CHECK(f.eof);
+    CHECK_INT_EQ(f.requests, 1);
+    fx_done(&f);
+    /* CONNECT's authority-form target is no path: the control planes are no proxies. */
+    fx_init(&f, NULL);
+    put(&f, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", -1);
+    check_json_error(&f, "HTTP/1.1 400 Bad Request\r\n", "bad_request");
+    CHECK_INT_EQ(f.requests, 0);
+    fx_done(&f);
+}
+
+TEST(httpd_an_answer_does_not_run_the_next_handler_inside_it)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER;
+    put(&f, "GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    CHECK_INT_EQ(f.requests, 1);
+    struct cm_httpd_req *first = f.held;
+    f.held = NULL;
+    cm_httpd_reply(first, 200, NULL, "one", 3);
+    CHECK_INT_EQ(f.requests, 1); /* /2 waits for the next loop turn */
+    CHECK(f.held == NULL);
+    pump(&f, 2000, "one");
+    struct timeval tv = {0, 20000};
+    event_base_loopexit(f.base, &tv);
+    event_base_dispatch(f.base);
+    CHECK_INT_EQ(f.requests, 2);
+    CHECK_NOT_NULL(f.held);
+    CHECK_STR_EQ(cm_httpd_path(f.held), "/2");
+    cm_httpd_reply(f.held, 200, NULL, "two", 3);
+    pump(&f, 2000, "two");
+    fx_done(&f);
+}
+
+TEST(httpd_a_client_that_never_reads_is_not_served_without_end)
+{
+    /* Requests pipelined without reading the answers: parsing stops while unread answers
+     * pile up, so the handler runs a bounded number of times and the deadline of the last
+     * answer closes the connection, however long the client keeps sending. */
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = BIG;
+    static const char req[] = "GET /x HTTP/1.1\r\n\r\n";
+    int open_ms = 0;
+    for (int ms = 0; ms < 3000 && cm_httpd_connections(f.h) > 0; ms++, open_ms++) {
+        for (int k = 0; k < 8; k++)
+            if (write(f.peer, req, sizeof(req) - 1) < 0)
+                break;
+        struct timeval tv = {0, 1000};
+        event_base_loopexit(f.base, &tv);
+        event_base_dispatch(f.base);
+    }
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
+    CHECK_MSG(open_ms < 2000, "open for %d ms with a 300 ms timeout", open_ms);
+    /* 256 KiB of unread answers at 8 KiB each, plus what the socket buffers took. */
+    CHECK_MSG(f.requests < 200, "%d requests handled for a client that reads nothing", f.requests);
+    fx_done(&f);
+}
+
+TEST(httpd_a_half_closed_client_gets_its_answer)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f, "GET /half HTTP/1.1\r\n\r\n", -1);
+    shutdown(f.peer, SHUT_WR);
+    pump(&f, 2000, NULL);
+    CHECK_MSG(test_contains(f.got, "p=/half"), "got: %s", f.got);
+    CHECK(f.eof);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
+    fx_done(&f);
+}
+
+TEST(httpd_head_limit_is_exact)
+{
+    /* LIM.max_header_bytes is 1024: a head of exactly that is served, one byte more is not. */
+    char head[1100];
+    for (int extra = 0; extra < 2; extra++) {
+        const char *start = "GET /exact HTTP/1.1\r\nX-Pad: ";
+        size_t n = strlen(start);
+        memcpy(head, start, n);
+        size_t pad = 1024 - n - 4 + (size_t)extra;
+        memset(head + n, 'p', pad);
+        memcpy(head + n + pad, "\r\n\r\n", 4);
+        size_t len = n + pad + 4;
+        CHECK_UINT_EQ(len, 1024 + (size_t)extra);
         struct fx f;
         fx_init(&f, NULL);
-        put(&f, reqs[i], -1);
-        pump(&f, 2000, NULL);
-        CHECK_MSG(i == 1 || strncmp(f.got, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", f.got);
-        CHECK_MSG(strncmp(f.got, "HTTP/1.1 ", 9) == 0, "got: %s", f.got);
-        CHECK(test_contains(f.got, "Connection: close\r\n"));
-        CHECK(f.eof);
+        put(&f, head, len);
+        if (extra) {
+            check_json_error(&f, "HTTP/1.1 431", "headers_too_large");
+        } else {
+            pump(&f, 2000, "p=/exact");
+            CHECK_MSG(strncmp(f.got, "HTTP/1.1 200 OK", 15) == 0, "got: %s", f.got);
+        }
         fx_done(&f);
     }
+}
+
+TEST(httpd_trailers_are_not_headers)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    put(&f,
+        "POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Test: "
+        "trailer\r\n\r\n",
+        -1);
+    pump(&f, 2000, "b=2:");
+    CHECK_MSG(test_contains(f.got, "x=[(none)] b=2:ok"), "got: %s", f.got);
+    fx_done(&f);
 }
 
 static void on_req_headers(struct cm_httpd_req *req, void *arg)
