@@ -34,6 +34,7 @@ struct sch_start_req {
     char *meta;
     char ttl[24], idle[24];
     struct sch_inst *inst; /* holds a reference */
+    int binding;           /* the bind script is in flight: its callback frees us */
 };
 
 struct sch_api {
@@ -89,9 +90,11 @@ static void detach_http(struct sch_start_req *r)
         cm_httpd_set_close_cb(r->http, NULL, NULL);
 }
 
-static void req_free(struct sch_start_req *r)
+static void req_unlink(struct sch_start_req *r)
 {
     struct sch_api *api = r->api;
+    if (!api)
+        return; /* left behind by sch_api_destroy() */
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -99,6 +102,12 @@ static void req_free(struct sch_start_req *r)
     if (r->next)
         r->next->prev = r->prev;
     api->n_pending--;
+    r->api = NULL;
+}
+
+static void req_free(struct sch_start_req *r)
+{
+    req_unlink(r);
     if (r->inst)
         sch_inst_unref(r->inst);
     free(r->meta);
@@ -117,6 +126,13 @@ static void on_bind_script(struct redisReply *reply, const char *err, void *data
 {
     struct sch_start_req *r = data;
     struct sch_inst *inst = r->inst;
+    r->binding = 0;
+    if (!r->api) {
+        /* The API is gone (the scheduler stops; Redis fails what is in flight): nobody to
+         * answer, and the instances are released with everything else. */
+        req_free(r);
+        return;
+    }
     if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 4) {
         cm_log_error("api", "bind script failed inst=%s session=%s err=\"%s\"", inst->id, r->h,
                      err ? err : "unexpected reply");
@@ -182,7 +198,9 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
                           inst->di->addr,
                           ctx->sc->host_id,
                           r->meta ? r->meta : ""};
+    r->binding = 1; /* before: the callback may free <r> */
     if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, (int)CM_ARRAY_SIZE(argv), argv) < 0) {
+        r->binding = 0;
         sch_inst_destroy(inst, "redis not connected");
         req_error(r, 503, "store_unavailable", "Redis is not connected");
     }
@@ -478,7 +496,17 @@ void sch_api_destroy(struct sch_api *api)
         struct sch_start_req *r = api->reqs;
         if (r->inst)
             sch_inst_drop_req(r->inst);
-        req_error(r, 503, "shutting_down", "the scheduler is stopping");
+        if (!r->binding) {
+            req_error(r, 503, "shutting_down", "the scheduler is stopping");
+            continue;
+        }
+        /* Its bind script's callback still comes (cm_redis_destroy() fails it): answer now,
+         * leave it to that callback to free. */
+        detach_http(r);
+        if (r->http)
+            reply_error(r->http, 503, "shutting_down", "%s", "the scheduler is stopping");
+        r->http = NULL;
+        req_unlink(r);
     }
     cm_httpd_destroy(api->http);
     free(api);
