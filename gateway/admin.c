@@ -273,6 +273,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *run(void *arg)
 {
     struct gw_admin *a = arg;
+    (void)pthread_setname_np(pthread_self(), "berth-admin");
     event_base_dispatch(a->base);
     return NULL;
 }

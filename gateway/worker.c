@@ -282,6 +282,9 @@ oom:
 static void *run(void *arg)
 {
     struct gw_worker *w = arg;
+    char name[16]; /* what top -H, ps -L and perf show for this thread */
+    snprintf(name, sizeof(name), "berth-loop/%d", w->index);
+    (void)pthread_setname_np(pthread_self(), name);
     event_base_dispatch(w->base);
     return NULL;
 }
