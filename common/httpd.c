@@ -209,16 +209,22 @@ static void finish_closing(struct hconn *c)
     (void)arm(c, c->h->lim.timeout);
 }
 
+/* {"error":{"code":<code>,"message":<msg>}} into <b> (initialised by the caller). */
+static void error_json(struct cm_jbuf *b, const char *code, const char *msg)
+{
+    cm_jbuf_raw(b, "{\"error\":{\"code\":", 17);
+    cm_jbuf_cstr(b, code);
+    cm_jbuf_raw(b, ",\"message\":", 11);
+    cm_jbuf_cstr(b, msg);
+    cm_jbuf_raw(b, "}}", 2);
+}
+
 /* An answer the server gives itself (the request was refused while reading): then close. */
 static void refuse(struct hconn *c, int status, const char *code, const char *msg)
 {
     struct cm_jbuf b;
     cm_jbuf_init(&b);
-    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
-    cm_jbuf_cstr(&b, code);
-    cm_jbuf_raw(&b, ",\"message\":", 11);
-    cm_jbuf_cstr(&b, msg);
-    cm_jbuf_raw(&b, "}}", 2);
+    error_json(&b, code, msg);
     if (c->req->out)
         evbuffer_drain(c->req->out, evbuffer_get_length(c->req->out));
     int rc = b.failed ? -1 : queue_answer(c, status, "application/json", b.data, b.len, 0, 0);
@@ -268,11 +274,7 @@ void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code
 {
     struct cm_jbuf b;
     cm_jbuf_init(&b);
-    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
-    cm_jbuf_cstr(&b, code);
-    cm_jbuf_raw(&b, ",\"message\":", 11);
-    cm_jbuf_cstr(&b, message);
-    cm_jbuf_raw(&b, "}}", 2);
+    error_json(&b, code, message);
     if (b.failed)
         cm_httpd_reply(req, 500, NULL, NULL, 0);
     else

@@ -65,15 +65,7 @@ static void reply_error(struct cm_httpd_req *req, int status, const char *code, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    struct cm_jbuf b;
-    cm_jbuf_init(&b);
-    cm_jbuf_raw(&b, "{\"error\":{\"code\":", 17);
-    cm_jbuf_cstr(&b, code);
-    cm_jbuf_raw(&b, ",\"message\":", 11);
-    cm_jbuf_cstr(&b, msg);
-    cm_jbuf_raw(&b, "}}", 2);
-    reply_json(req, status, &b);
-    cm_jbuf_fini(&b);
+    cm_httpd_reply_error(req, status, code, msg);
 }
 
 /* ------------------------------------------------------------------ start requests */
