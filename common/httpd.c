@@ -292,6 +292,23 @@ static int refuse_cb(struct cm_httpd_req *r, int status, const char *code, const
     return HPE_USER;
 }
 
+/* Makes <*buf> hold at least <need> bytes: doubling from its size (or from <first>). Returns 0
+ * or -ENOMEM (<*buf> unchanged). */
+static int reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : first;
+    while (c < need)
+        c *= 2;
+    char *b = realloc(*buf, c);
+    if (!b)
+        return -ENOMEM;
+    *buf = b;
+    *cap = c;
+    return 0;
+}
+
 /* Appends <len> bytes to the piece being built; a new piece starts after the previous one's
  * NUL. The arena is bounded by the head limit (pieces and their NULs fit in twice it). */
 static int append(struct cm_httpd_req *r, int new_piece, const char *at, size_t len,
@@ -301,16 +318,8 @@ static int append(struct cm_httpd_req *r, int new_piece, const char *at, size_t 
     size_t need = start + len + 1;
     if (need > 2 * r->c->h->lim.max_header_bytes + 64)
         return refuse_cb(r, 431, "headers_too_large", "the request head is too large");
-    if (need > r->acap) {
-        size_t cap = r->acap ? r->acap : 512;
-        while (cap < need)
-            cap *= 2;
-        char *a = realloc(r->arena, cap);
-        if (!a)
-            return refuse_cb(r, 503, "overloaded", "out of memory");
-        r->arena = a;
-        r->acap = cap;
-    }
+    if (reserve(&r->arena, &r->acap, need, 512) < 0)
+        return refuse_cb(r, 503, "overloaded", "out of memory");
     if (new_piece && ret_off)
         *ret_off = (uint32_t)start;
     memcpy(r->arena + start, at, len);
@@ -397,13 +406,8 @@ static int split_target(struct cm_httpd_req *r)
     size_t qlen = has_q ? strcspn(u + q + 1, "#") : 0;
     /* One growth for both pieces, then copies from the (possibly moved) target. */
     size_t need = r->alen + 1 + (plen ? plen : 1) + 1 + (has_q ? qlen + 2 : 0);
-    if (need > r->acap) {
-        char *a = realloc(r->arena, need);
-        if (!a)
-            return -2;
-        r->arena = a;
-        r->acap = need;
-    }
+    if (reserve(&r->arena, &r->acap, need, 512) < 0)
+        return -2;
     u = r->arena + r->url;
     r->path = (uint32_t)(r->alen + 1);
     if (plen)
@@ -448,13 +452,9 @@ static int on_headers_complete(llhttp_t *p)
     int chunked = (p->flags & F_CHUNKED) != 0;
     if (has_cl && p->content_length > c->h->lim.max_body)
         return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
-    if (has_cl && p->content_length + 1 > r->bcap) {
-        char *b = realloc(r->body, (size_t)p->content_length + 1);
-        if (!b)
-            return refuse_cb(r, 503, "overloaded", "out of memory");
-        r->body = b;
-        r->bcap = (size_t)p->content_length + 1;
-    }
+    if (has_cl && reserve(&r->body, &r->bcap, (size_t)p->content_length + 1,
+                          (size_t)p->content_length + 1) < 0)
+        return refuse_cb(r, 503, "overloaded", "out of memory");
     const char *expect = cm_httpd_header(r, "expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && llhttp_get_http_minor(p) >= 1 &&
         ((has_cl && p->content_length > 0) || chunked)) {
@@ -470,16 +470,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     struct cm_httpd_req *r = conn_of(p)->req;
     if (r->blen + len > r->c->h->lim.max_body)
         return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
-    if (r->blen + len + 1 > r->bcap) {
-        size_t cap = r->bcap ? r->bcap : 1024;
-        while (cap < r->blen + len + 1)
-            cap *= 2;
-        char *b = realloc(r->body, cap);
-        if (!b)
-            return refuse_cb(r, 503, "overloaded", "out of memory");
-        r->body = b;
-        r->bcap = cap;
-    }
+    if (reserve(&r->body, &r->bcap, r->blen + len + 1, 1024) < 0)
+        return refuse_cb(r, 503, "overloaded", "out of memory");
     memcpy(r->body + r->blen, at, len);
     r->blen += len;
     return 0;
