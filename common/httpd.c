@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "json.h"
@@ -785,6 +786,25 @@ size_t cm_httpd_connections(const struct cm_httpd *h)
     return h->n_conns;
 }
 
+/* Writes what is queued for <c> as far as its socket takes it now (the bufferevent's own
+ * buffer stays as it is: its front belongs to the bufferevent). */
+static void flush_now(struct hconn *c)
+{
+    struct evbuffer_iovec v[16];
+    struct iovec iov[16];
+    int n = evbuffer_peek(bufferevent_get_output(c->bev), -1, NULL, v, 16);
+    if (n <= 0)
+        return;
+    if (n > 16)
+        n = 16;
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    (void)sendmsg(bufferevent_getfd(c->bev), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 void cm_httpd_destroy(struct cm_httpd *h)
 {
     if (!h)
@@ -796,8 +816,13 @@ void cm_httpd_destroy(struct cm_httpd *h)
         event_free(s->pause);
         free(s);
     }
-    while (h->conns)
-        conn_free(h->conns);
+    while (h->conns) {
+        /* Answers already queued (a 503 to what was waiting) go out as far as the socket
+         * takes them now, without waiting. */
+        struct hconn *c = h->conns;
+        flush_now(c);
+        conn_free(c);
+    }
     free(h);
 }
 

@@ -81,9 +81,10 @@ int cm_httpd_listen(struct cm_httpd *h, const char *host, uint16_t port, uint16_
 int cm_httpd_adopt(struct cm_httpd *h, int fd);
 /* Open connections (for tests). */
 size_t cm_httpd_connections(const struct cm_httpd *h);
-/* Closes the listeners and every connection (unanswered requests as when their client goes
- * away: close callbacks run; requests without one wait for their answer, which frees them).
- * Takes NULL. */
+/* Closes the listeners and every connection: answers already queued are written as far as
+ * each socket takes them at once (no waiting); unanswered requests go as when their client
+ * goes away (close callbacks run; requests without one wait for their answer, which frees
+ * them). Takes NULL. */
 void cm_httpd_destroy(struct cm_httpd *h);
 
 /* --- a request: until it is answered (or its close callback ran) --- */

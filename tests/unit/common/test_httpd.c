@@ -406,6 +406,25 @@ TEST(httpd_destroy_runs_close_callbacks)
     fx_done(&f);
 }
 
+TEST(httpd_destroy_writes_what_is_queued)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER;
+    put(&f, "POST /start HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", -1);
+    pump(&f, 50, "never");
+    CHECK_NOT_NULL(f.held);
+    cm_httpd_reply_error(f.held, 503, "shutting_down", "stopping"); /* queued, loop not run */
+    cm_httpd_destroy(f.h);
+    f.h = NULL;
+    char buf[1024] = {0};
+    ssize_t n = read(f.peer, buf, sizeof(buf) - 1);
+    CHECK_MSG(n > 0, "nothing written before the close");
+    CHECK_MSG(strncmp(buf, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0, "got: %s", buf);
+    CHECK(test_contains(buf, "\"shutting_down\""));
+    fx_done(&f);
+}
+
 TEST(httpd_targets_in_absolute_and_asterisk_form)
 {
     struct fx f;
