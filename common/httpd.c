@@ -447,8 +447,8 @@ static int on_headers_complete(llhttp_t *p)
         return refuse_cb(r, 400, "bad_request", "the request target is not a path");
     if (rc < 0)
         return refuse_cb(r, 503, "overloaded", "out of memory");
-    if (llhttp_get_upgrade(p) || llhttp_get_method(p) == HTTP_CONNECT)
-        c->close_after = 1; /* answered like any request; nothing after it is parsed */
+    if (llhttp_get_upgrade(p)) /* an Upgrade, or CONNECT (llhttp sets it for that too) */
+        c->close_after = 1;    /* answered like any request; nothing after it is parsed */
     int has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
     int chunked = (p->flags & F_CHUNKED) != 0;
     if (has_cl && p->content_length > c->h->lim.max_body)
