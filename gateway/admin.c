@@ -56,10 +56,9 @@ struct scrape {
 int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
                          size_t errlen)
 {
-    static const char *const keys[] = {"max_body",     "max_header_bytes", "timeout",
-                                       "scrape_timeout", "max_hosts",      "max_metadata",
-                                       "list_default", "list_max",         "max_connections",
-                                       NULL};
+    static const char *const keys[] = {
+        "max_body",     "max_header_bytes", "timeout",         "scrape_timeout", "max_hosts",
+        "max_metadata", "list_default",     "list_max",        "max_connections", NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
     const char *p = "gateway.admin";

@@ -327,15 +327,10 @@ static void create_on_claim(const struct gw_binding *bnd, int err, void *data)
     op_settle(op);
 }
 
-static const char *body_of(struct cm_httpd_req *req, size_t *len)
-{
-    return cm_httpd_body(req, len);
-}
-
 static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t)
 {
     size_t len;
-    const char *body = body_of(req, &len);
+    const char *body = cm_httpd_body(req, &len);
     struct gw_api_error e;
     struct gw_api_create c;
     if (!body) {
@@ -429,7 +424,7 @@ static void update_on_session(redisReply *r, const char *err, void *data)
         /* A template gone from the config leaves only the global bound (a year). */
         const struct cm_template *tpl = cm_config_template(op->api->gc->common, name);
         size_t len;
-        const char *body = body_of(op->req, &len);
+        const char *body = cm_httpd_body(op->req, &len);
         struct gw_api_update u;
         struct gw_api_error e;
         if (!body) {
@@ -457,7 +452,7 @@ static void handle_update(struct gw_api *api, struct cm_httpd_req *req, const st
 {
     /* Syntax and types first (no Redis needed to reject a bad body). */
     size_t len;
-    const char *body = body_of(req, &len);
+    const char *body = cm_httpd_body(req, &len);
     struct gw_api_update u;
     struct gw_api_error e;
     if (!body) {
