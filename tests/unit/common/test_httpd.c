@@ -96,14 +96,20 @@ static void put(struct fx *f, const char *s, size_t n)
     CHECK_INT_EQ(write(f->peer, s, n), (ssize_t)n);
 }
 
+/* Runs the loop of <base> for <ms> milliseconds. */
+static void run_ms(struct event_base *base, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
 /* Runs the loop in 1 ms slices for up to <ms>, the peer reading meanwhile, until <until>
  * occurs in what it read (NULL: until EOF). */
 static void pump(struct fx *f, int ms, const char *until)
 {
     for (int i = 0; i < ms; i++) {
-        struct timeval tv = {0, 1000};
-        event_base_loopexit(f->base, &tv);
-        event_base_dispatch(f->base);
+        run_ms(f->base, 1);
         for (;;) {
             ssize_t n = read(f->peer, f->got + f->got_len, sizeof(f->got) - 1 - f->got_len);
             if (n > 0) {
@@ -364,9 +370,7 @@ TEST(httpd_an_answer_after_the_client_left_only_frees)
     CHECK_NOT_NULL(f.held);
     close(f.peer);
     f.peer = -1;
-    struct timeval tv = {0, 50000};
-    event_base_loopexit(f.base, &tv);
-    event_base_dispatch(f.base);
+    run_ms(f.base, 50);
     CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
     /* Still readable, then answered: freed (the sanitizer build checks for leaks and misuse). */
     CHECK_STR_EQ(cm_httpd_path(f.held), "/late");
@@ -384,9 +388,7 @@ TEST(httpd_close_callback_runs_when_the_client_leaves)
     CHECK_NOT_NULL(f.held);
     close(f.peer);
     f.peer = -1;
-    struct timeval tv = {0, 50000};
-    event_base_loopexit(f.base, &tv);
-    event_base_dispatch(f.base);
+    run_ms(f.base, 50);
     CHECK_INT_EQ(f.closed, 1);
     CHECK(f.held == NULL);
     fx_done(&f);
@@ -477,9 +479,7 @@ TEST(httpd_an_answer_does_not_run_the_next_handler_inside_it)
     CHECK_INT_EQ(f.requests, 1); /* /2 waits for the next loop turn */
     CHECK(f.held == NULL);
     pump(&f, 2000, "one");
-    struct timeval tv = {0, 20000};
-    event_base_loopexit(f.base, &tv);
-    event_base_dispatch(f.base);
+    run_ms(f.base, 20);
     CHECK_INT_EQ(f.requests, 2);
     CHECK_NOT_NULL(f.held);
     CHECK_STR_EQ(cm_httpd_path(f.held), "/2");
@@ -502,9 +502,7 @@ TEST(httpd_a_client_that_never_reads_is_not_served_without_end)
         for (int k = 0; k < 8; k++)
             if (write(f.peer, req, sizeof(req) - 1) < 0)
                 break;
-        struct timeval tv = {0, 1000};
-        event_base_loopexit(f.base, &tv);
-        event_base_dispatch(f.base);
+        run_ms(f.base, 1);
     }
     CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
     CHECK_MSG(open_ms < 2000, "open for %d ms with a 300 ms timeout", open_ms);
@@ -612,13 +610,10 @@ TEST(httpd_listener_refuses_connections_over_the_limit)
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int a = socket(AF_INET, SOCK_STREAM, 0), b = socket(AF_INET, SOCK_STREAM, 0);
     CHECK_INT_EQ(connect(a, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    struct timeval tv = {0, 100000};
-    event_base_loopexit(f.base, &tv);
-    event_base_dispatch(f.base);
+    run_ms(f.base, 100);
     CHECK_UINT_EQ(cm_httpd_connections(f.h), 1);
     CHECK_INT_EQ(connect(b, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    event_base_loopexit(f.base, &tv);
-    event_base_dispatch(f.base);
+    run_ms(f.base, 100);
     char buf[1024] = {0};
     ssize_t n = recv(b, buf, sizeof(buf) - 1, MSG_DONTWAIT);
     CHECK_MSG(n > 0, "nothing for the connection over the limit");
