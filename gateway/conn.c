@@ -71,7 +71,8 @@ struct gw_conn {
     struct gw_claim *claim;
     struct gw_upconn *up;
     llhttp_t req, resp;
-    size_t head_len;  /* request head at the start of the input (while head_pending) */
+    size_t head_len;  /* request head: in head_slot, else at the start of the input */
+    char *head_slot;  /* the loop's slot holding a head that came whole in one read */
     size_t scan;      /* request bytes already searched for the end of the head */
     size_t rscan;     /* same for the response */
     uint64_t body_bytes;
@@ -96,7 +97,7 @@ struct gw_conn {
     unsigned key_len : 8;
     unsigned req_keepalive : 1;
     unsigned req_done : 1;
-    unsigned head_pending : 1;  /* bodiless request: head kept in the input for a retry */
+    unsigned head_pending : 1;  /* bodiless request: head kept for a retry (slot or input) */
     unsigned resp_head_done : 1;
     unsigned resp_keepalive : 1;
     unsigned close_after : 1;
@@ -138,18 +139,46 @@ struct gw_conn {
 
 static void aux_reset(struct gw_conn *c)
 {
-    if (c->aux)
+    if (c->aux) {
         evbuffer_free(c->aux);
-    if (c->aux_head)
+        c->aux = NULL;
+    }
+    if (c->aux_head) {
         evbuffer_free(c->aux_head);
-    c->aux = c->aux_head = NULL;
+        c->aux_head = NULL;
+    }
     c->sniff = c->rewrite = c->rewrite_overflow = 0;
-    free(c->host);
-    c->host = NULL;
+    if (c->host) {
+        free(c->host);
+        c->host = NULL;
+    }
+}
+
+/* The pending request head: c->head_len bytes, in the loop's slot or at the start of the
+ * input. */
+static const char *head_data(struct gw_conn *c)
+{
+    return c->head_slot ? c->head_slot
+                        : (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->head_len);
+}
+
+static void drop_pending_head(struct gw_conn *c)
+{
+    if (!c->head_pending)
+        return;
+    c->head_pending = 0;
+    if (c->head_slot) {
+        gw_worker_slot_put(c->w, c->head_slot);
+        c->head_slot = NULL;
+    } else {
+        evbuffer_drain(c->cs.in, c->head_len);
+    }
 }
 
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
+struct gw_h1_head;
+static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc);
 
 /* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
 static const char *hash_hex(struct gw_conn *c)
@@ -247,6 +276,7 @@ static void begin_close(struct gw_conn *c)
     gw_stream_set_timeouts(&c->cs, NULL, NULL);
     gw_stream_set_watermarks(&c->cs, 0, 0);
     gw_stream_read_enable(&c->cs);
+    drop_pending_head(c);
     evbuffer_drain(c->cs.in, evbuffer_get_length(c->cs.in));
     arm_timer(c, c->w->to_linger);
     gw_stream_flush(&c->cs); /* the write callback half-closes once the output is out */
@@ -275,6 +305,8 @@ static void conn_free(struct gw_conn *c)
     if (c->op)
         c->op->c = NULL; /* its reply frees it */
     aux_reset(c);
+    if (c->head_slot)
+        gw_worker_slot_put(w, c->head_slot);
     evtimer_del(&c->timer);
     gw_stream_fini(&c->cs);
     if (c->prev)
@@ -308,10 +340,7 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
         gw_upconn_release(c->up, 0);
         c->up = NULL;
     }
-    if (c->head_pending) {
-        evbuffer_drain(c->cs.in, c->head_len);
-        c->head_pending = 0;
-    }
+    drop_pending_head(c);
     if (!c->req_done)
         close = 1;
     if (!c->req_keepalive)
@@ -371,8 +400,7 @@ void gw_conn_touch_streams(struct gw_worker *w)
 static int parse_current_head(struct gw_conn *c, struct gw_h1_head *h, int try_scan)
 {
     struct gw_worker *w = c->w;
-    const char *data = (const char *)evbuffer_pullup(c->cs.in,
-                                                     (ev_ssize_t)c->head_len);
+    const char *data = head_data(c);
     if (!data)
         return GW_H1_BAD;
     h->headers = w->headers;
@@ -471,6 +499,49 @@ static void process_head(struct gw_conn *c)
         send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);
         return;
     }
+    /* scanned: done; scanned the whole head and deferred: llhttp only */
+    int rc = scanned ? GW_H1_OK : parse_current_head(c, &h, !first_data || c->head_len > first);
+    begin_exchange(c, &h, rc);
+}
+
+/* A client read that found the input empty, offered before it is appended there: one whole
+ * request head of the common shape without a body, exactly what was read, is copied to one
+ * of the loop's head slots and handled from there (its exchange never touches the input
+ * buffer). Anything else (a partial head, a body, pipelined requests, a long head) is left to
+ * process_head() (0). */
+static int on_client_peek(struct gw_stream *cs, const char *data, size_t len, void *arg)
+{
+    struct gw_conn *c = arg;
+    struct gw_worker *w = c->w;
+    (void)cs;
+    if ((c->state != CS_IDLE && c->state != CS_HEAD) || len > GW_HEAD_SLOT ||
+        len > w->gc->limits.max_header_bytes || len < 4 || memcmp(data + len - 4, "\r\n\r\n", 4))
+        return 0;
+    char *slot = gw_worker_slot_get(w);
+    if (!slot)
+        return 0;
+    memcpy(slot, data, len);
+    struct gw_h1_head h;
+    h.headers = w->headers;
+    h.max_headers = (uint32_t)w->gc->limits.max_headers;
+    size_t n;
+    if (gw_h1_scan(&h, slot, len, 0, 0, &n) != GW_H1_OK || n != len || !h.body_done) {
+        gw_worker_slot_put(w, slot);
+        return 0;
+    }
+    c->state = CS_HEAD;
+    c->head_slot = slot;
+    c->head_len = len;
+    c->scan = 0;
+    begin_exchange(c, &h, GW_H1_OK);
+    return 1;
+}
+
+/* The request head of c->head_len bytes was found (parsed into <h> if <rc> is GW_H1_OK):
+ * routes the exchange. */
+static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
+{
+    struct gw_worker *w = c->w;
     c->head_timer = 0; /* the timer, if armed, is now a lazy keep-alive one (see on_timer) */
     c->t_start = cm_now_mono();
     c->req_done = c->resp_head_done = c->close_after = c->eof_body = 0;
@@ -490,9 +561,6 @@ static void process_head(struct gw_conn *c)
     GW_METRIC_INC(&w->metrics, requests);
     c->in_stream = 1;
     GW_METRIC_INC(&w->metrics, streams_active);
-
-    /* scanned: done; scanned the whole head and deferred: llhttp only */
-    int rc = scanned ? GW_H1_OK : parse_current_head(c, &h, !first_data || c->head_len > first);
     if (rc != GW_H1_OK) {
         send_error(c, rc == GW_H1_TOO_MANY  ? GW_ERR_HEADERS_TOO_LARGE
                       : rc == GW_H1_CONNECT ? GW_ERR_METHOD_NOT_ALLOWED
@@ -500,19 +568,19 @@ static void process_head(struct gw_conn *c)
                    1);
         return;
     }
-    c->req_keepalive = h.keep_alive;
-    c->req_done = h.body_done;
-    c->head_method = h.method_id == HTTP_HEAD;
-    c->http10 = h.http_major == 1 && h.http_minor == 0;
-    c->upgrade_req = h.upgrade;
-    if (h.http_major != 1 || (h.host < 0 && !c->http10)) {
+    c->req_keepalive = h->keep_alive;
+    c->req_done = h->body_done;
+    c->head_method = h->method_id == HTTP_HEAD;
+    c->http10 = h->http_major == 1 && h->http_minor == 0;
+    c->upgrade_req = h->upgrade;
+    if (h->http_major != 1 || (h->host < 0 && !c->http10)) {
         send_error(c, GW_ERR_BAD_REQUEST, 1);
         return;
     }
-    const char *host = h.host >= 0 ? h.headers[h.host].value : NULL;
-    size_t host_len = h.host >= 0 ? h.headers[h.host].value_len : 0;
-    const char *path = h.url;
-    size_t path_len = h.url_len;
+    const char *host = h->host >= 0 ? h->headers[h->host].value : NULL;
+    size_t host_len = h->host >= 0 ? h->headers[h->host].value_len : 0;
+    const char *path = h->url;
+    size_t path_len = h->url_len;
     /* absolute-form "http://host/path": route on its path */
     if (path_len > 7 && gw_h1_ieq(path, "http://", 7)) {
         const char *slash = memchr(path + 7, '/', path_len - 7);
@@ -524,11 +592,11 @@ static void process_head(struct gw_conn *c)
         send_error(c, GW_ERR_NOT_FOUND, 0);
         return;
     }
-    if (h.has_cl && h.content_length > c->route->max_body) {
+    if (h->has_cl && h->content_length > c->route->max_body) {
         send_error(c, GW_ERR_BODY_TOO_LARGE, 1);
         return;
     }
-    if (c->route->auth && !bearer_ok(c, &h)) {
+    if (c->route->auth && !bearer_ok(c, h)) {
         send_error(c, GW_ERR_UNAUTHORIZED, 0);
         return;
     }
@@ -544,21 +612,21 @@ static void process_head(struct gw_conn *c)
         c->preview_port = pport;
         kr = cm_key_valid(key, key_len) ? GW_SKEY_FOUND : GW_SKEY_INVALID;
     } else {
-        kr = gw_skey_find(c->route, &h, &key, &key_len, &from_cookie);
+        kr = gw_skey_find(c->route, h, &key, &key_len, &from_cookie);
     }
     if (kr == GW_SKEY_INVALID) {
         send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
         return;
     }
-    c->is_delete = h.method_id == HTTP_DELETE;
-    c->is_get = h.method_id == HTTP_GET;
+    c->is_delete = h->method_id == HTTP_DELETE;
+    c->is_get = h->method_id == HTTP_GET;
     const char *mcp_id = NULL;
     size_t mcp_len = 0;
     if (c->route->mcp) {
-        for (uint32_t i = 0; i < h.n_headers; i++)
-            if (h.headers[i].cls & GW_H1_C_MCP) {
-                mcp_id = h.headers[i].value;
-                mcp_len = h.headers[i].value_len;
+        for (uint32_t i = 0; i < h->n_headers; i++)
+            if (h->headers[i].cls & GW_H1_C_MCP) {
+                mcp_id = h->headers[i].value;
+                mcp_len = h->headers[i].value_len;
                 gw_h1_trim(&mcp_id, &mcp_len);
                 break;
             }
@@ -580,10 +648,10 @@ static void process_head(struct gw_conn *c)
         c->kind = KEY_MCP;
         key = mcp_id;
         key_len = mcp_len;
-    } else if (kr == GW_SKEY_NONE && c->route->legacy_sse && memchr(h.url, '?', h.url_len) &&
-               gw_skey_query((const char *)memchr(h.url, '?', h.url_len) + 1,
-                             h.url_len - (size_t)((const char *)memchr(h.url, '?', h.url_len) -
-                                                  h.url) - 1,
+    } else if (kr == GW_SKEY_NONE && c->route->legacy_sse && memchr(h->url, '?', h->url_len) &&
+               gw_skey_query((const char *)memchr(h->url, '?', h->url_len) + 1,
+                             h->url_len - (size_t)((const char *)memchr(h->url, '?', h->url_len) -
+                                                  h->url) - 1,
                              &qid, &qid_len)) {
         /* Legacy MCP HTTP+SSE: POST /messages?sessionId=... */
         if (!cm_key_valid(qid, qid_len)) {
@@ -645,7 +713,7 @@ static void process_head(struct gw_conn *c)
         c->from_cache = 1;
         GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
         gw_activity_touch_entry(w, e, 0);
-        forward(c, &h);
+        forward(c, h);
         return;
     }
     start_claim(c);
@@ -1018,9 +1086,7 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
         }
         parsed = &h;
     }
-    struct evbuffer *in = c->cs.in;
-    const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->head_len);
-    write_request_head(c, parsed, head, us);
+    write_request_head(c, parsed, head_data(c), us);
     c->state = CS_PROXY;
     c->rscan = 0;
     c->resp_deferred = 0;
@@ -1032,19 +1098,10 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
         c->head_pending = 1; /* the head went out (or waits for the connect) above */
         return;
     }
-    evbuffer_drain(in, c->head_len);
-    c->head_pending = 0;
+    drop_pending_head(c); /* the body follows it in the input */
     c->req.settings = (void *)&w->req_body_settings;
     c->req.data = c;
     relay_req_body(c);
-}
-
-static void drop_pending_head(struct gw_conn *c)
-{
-    if (c->head_pending) {
-        evbuffer_drain(c->cs.in, c->head_len);
-        c->head_pending = 0;
-    }
 }
 
 /* llhttp body callbacks (parser->data is the conn) */
@@ -1926,6 +1983,7 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     evtimer_assign(&c->timer, w->base, on_timer, c);
     gw_stream_setcb(&c->cs, on_client_read, on_client_write, on_client_event, c);
+    gw_stream_set_peek(&c->cs, on_client_peek);
     gw_stream_set_watermarks(&c->cs, w->gc->limits.buffer_high, w->gc->limits.buffer_low);
     gw_stream_read_enable(&c->cs);
     enter_idle(c);

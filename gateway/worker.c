@@ -333,6 +333,11 @@ void gw_worker_destroy(struct gw_worker *w)
         event_base_free(w->base);
     free(w->headers);
     free(w->scratch.buf);
+    while (w->free_slots) {
+        void *s = w->free_slots;
+        memcpy(&w->free_slots, s, sizeof(void *));
+        free(s);
+    }
     gw_activity_free(w);
     free(w);
 }

@@ -7,6 +7,8 @@
 #include <llhttp.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common/key.h"
 #include "common/time.h"
@@ -28,6 +30,15 @@ struct gw_refresh;
 /* Reads per call: large bodies move in large pieces; the buffer is the loop's, not a
  * connection's, so idle connections do not hold it. */
 #define GW_SCRATCH_SIZE (128 * 1024)
+/* A request head that arrives whole in one read (the common case) waits out its exchange (it
+ * is kept for a transparent retry until the response head is sent) in one of the loop's head
+ * slots, not in the connection's input buffer, whose chain libevent would allocate and free
+ * for every request. Free slots are kept on a list (up to GW_HEAD_SLOTS_KEPT), so after the
+ * first requests the hot path allocates nothing; a slot is held only while an exchange waits
+ * for its response head, never by an idle connection or a stream. Longer heads use the input
+ * buffer as before. */
+#define GW_HEAD_SLOT 4096
+#define GW_HEAD_SLOTS_KEPT 256
 /* How long a closing connection keeps reading (and discarding) so the client sees our error
  * response instead of a reset. */
 #define GW_LINGER_USEC (2 * CM_USEC_PER_SEC)
@@ -44,6 +55,8 @@ struct gw_worker {
     struct gw_upstreams *ups;
     struct gw_metrics metrics;
     struct gw_stream_scratch scratch; /* every read of this loop lands here first */
+    void *free_slots;        /* head slots for reuse: a list linked through their first bytes */
+    size_t n_free_slots;
     /* the limits as libevent common timeouts (O(1) to arm and re-arm, unlike the heap) */
     const struct timeval *to_keepalive, *to_header, *to_linger, *to_connect, *to_response,
         *to_stream_idle;
@@ -84,6 +97,28 @@ int gw_worker_start(struct gw_worker *w);
 void gw_worker_stop(struct gw_worker *w);
 /* Joins the thread and frees everything. Takes NULL. */
 void gw_worker_destroy(struct gw_worker *w);
+
+/* A head slot of GW_HEAD_SLOT bytes (from the list, else malloc), or NULL. Loop thread only. */
+static inline char *gw_worker_slot_get(struct gw_worker *w)
+{
+    void *s = w->free_slots;
+    if (!s)
+        return malloc(GW_HEAD_SLOT);
+    memcpy(&w->free_slots, s, sizeof(void *));
+    w->n_free_slots--;
+    return s;
+}
+/* Gives a slot back: kept for reuse, or freed beyond GW_HEAD_SLOTS_KEPT. */
+static inline void gw_worker_slot_put(struct gw_worker *w, char *s)
+{
+    if (w->n_free_slots >= GW_HEAD_SLOTS_KEPT) {
+        free(s);
+        return;
+    }
+    memcpy(s, &w->free_slots, sizeof(void *));
+    w->free_slots = s;
+    w->n_free_slots++;
+}
 
 /* Next request id (16 hex digits) into <out>. Loop thread only. */
 void gw_worker_request_id(struct gw_worker *w, char out[17]);
