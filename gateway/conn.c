@@ -509,11 +509,18 @@ static void process_head(struct gw_conn *c)
  * of the loop's head slots and handled from there (its exchange never touches the input
  * buffer). Anything else (a partial head, a body, pipelined requests, a long head) is left to
  * process_head() (0). */
-static int on_client_peek(struct gw_stream *cs, const char *data, size_t len, void *arg)
+static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len);
+static size_t pass_tunnel(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len);
+
+static size_t on_client_peek(struct gw_stream *cs, const char *data, size_t len, void *arg)
 {
     struct gw_conn *c = arg;
     struct gw_worker *w = c->w;
     (void)cs;
+    if (c->state == CS_PROXY && !c->req_done && c->up)
+        return pass_req_body(c, data, len);
+    if (c->state == CS_TUNNEL && c->up)
+        return pass_tunnel(c, gw_upconn_stream(c->up), data, len);
     if ((c->state != CS_IDLE && c->state != CS_HEAD) || len > GW_HEAD_SLOT ||
         len > w->gc->limits.max_header_bytes || len < 4 || memcmp(data + len - 4, "\r\n\r\n", 4))
         return 0;
@@ -534,7 +541,7 @@ static int on_client_peek(struct gw_stream *cs, const char *data, size_t len, vo
     c->head_len = len;
     c->scan = 0;
     begin_exchange(c, &h, GW_H1_OK);
-    return 1;
+    return len;
 }
 
 /* The request head of c->head_len bytes was found (parsed into <h> if <rc> is GW_H1_OK):
@@ -1017,7 +1024,7 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
 }
 
 static void on_up_read(struct gw_stream *us, void *arg);
-static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg);
+static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg);
 static void on_up_write(struct gw_stream *us, void *arg);
 static void on_up_event(struct gw_stream *us, short what, void *arg);
 
@@ -1212,6 +1219,37 @@ static void relay_req_body(struct gw_conn *c)
         GW_METRIC_ADD(&w->metrics, bytes_in, used);
     }
     gw_stream_flush(gw_upconn_stream(c->up));
+}
+
+/* Request body bytes read into the client's empty input (on_client_peek): framed by llhttp
+ * where they were read and sent to the instance from there, so the body is never copied into
+ * the input buffer (only what the instance's socket refuses is copied, to its output). Takes
+ * the body's bytes; what follows the body (a pipelined request) is left to the input. */
+static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
+{
+    struct gw_worker *w = c->w;
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    llhttp_errno_t e = llhttp_execute(&c->req, data, len);
+    size_t used = len;
+    if (e == HPE_PAUSED) {
+        used = (size_t)(llhttp_get_error_pos(&c->req) - data);
+        c->req_done = 1;
+    } else if (e != HPE_OK) {
+        cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
+                    llhttp_errno_name(e));
+        send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        return len; /* <c> may be gone */
+    }
+    if (used) {
+        struct iovec iov = {(void *)data, used};
+        gw_stream_write(us, &iov, 1);
+        GW_METRIC_ADD(&w->metrics, bytes_in, used);
+    }
+    if (!c->req_done && evbuffer_get_length(us->out) >= w->gc->limits.buffer_high) {
+        c->paused_client = 1; /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
+        gw_stream_read_disable(&c->cs);
+    }
+    return used;
 }
 
 /* ------------------------------------------------------------------ aliases */
@@ -1454,6 +1492,31 @@ static void tunnel_pump(struct gw_conn *c)
     }
 }
 
+/* A tunnel's bytes read into an empty input: sent to the other side straight from the read
+ * (what its socket refuses is copied to its output); reading pauses while that output is
+ * above the mark, as in tunnel_pump(). */
+static size_t pass_tunnel(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len)
+{
+    struct gw_worker *w = c->w;
+    int to_client = to == &c->cs;
+    struct iovec iov = {(void *)data, len};
+    gw_stream_write(to, &iov, 1);
+    if (to_client)
+        GW_METRIC_ADD(&w->metrics, bytes_out, len);
+    else
+        GW_METRIC_ADD(&w->metrics, bytes_in, len);
+    if (evbuffer_get_length(to->out) >= w->gc->limits.buffer_high) {
+        if (to_client) {
+            c->paused_up = 1;
+            gw_stream_read_disable(gw_upconn_stream(c->up));
+        } else {
+            c->paused_client = 1;
+            gw_stream_read_disable(&c->cs);
+        }
+    }
+    return len;
+}
+
 /* The final response head went to the client: the request head is no longer needed for a
  * retry, and the response is counted. */
 static void head_sent(struct gw_conn *c)
@@ -1504,11 +1567,59 @@ static void send_whole(struct gw_conn *c, const struct gw_h1_head *h, const char
  * but relaying (no Mcp-Session-Id to store, no MCP DELETE, CDP, upgrade, HTTP/1.0 or event
  * stream), it goes to the client straight from the read and never enters the input buffer (no
  * chain allocated, copied and freed for it). Anything else is left to relay_resp() (0). */
-static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg)
+/* Response body bytes read into the instance's empty input, once the head went out and the
+ * body needs only relaying (no dechunking, rewriting or sniffing): framed by llhttp where
+ * they were read and written to the client from there (what its socket refuses is copied to
+ * its output), never copied into the input. Takes all of it (bytes after the response: the
+ * connection is not reused, as when they waited in the input). */
+static void response_done(struct gw_conn *c);
+
+static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char *data,
+                             size_t len)
+{
+    struct gw_worker *w = c->w;
+    llhttp_errno_t e = llhttp_execute(&c->resp, data, len);
+    size_t used = len;
+    int done = 0;
+    if (e == HPE_PAUSED) {
+        used = (size_t)(llhttp_get_error_pos(&c->resp) - data);
+        done = 1;
+    } else if (e != HPE_OK) {
+        cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
+                    llhttp_errno_name(e));
+        conn_free(c); /* the response started: cut it */
+        return len;
+    }
+    if (used) {
+        struct iovec iov = {(void *)data, used};
+        gw_stream_write(&c->cs, &iov, 1);
+        GW_METRIC_ADD(&w->metrics, bytes_out, used);
+    }
+    if (done) {
+        if (used < len)
+            c->resp_keepalive = 0;
+        response_done(c);
+        return len;
+    }
+    /* The body goes on past this read: from now on it may stream for long. */
+    if (us->rtimeout != w->to_stream_idle)
+        gw_stream_set_timeouts(us, w->to_stream_idle, NULL);
+    if (evbuffer_get_length(c->cs.out) >= w->gc->limits.buffer_high) {
+        c->paused_up = 1; /* EV_WRITE is armed: on_client_write resumes */
+        gw_stream_read_disable(us);
+    }
+    return len;
+}
+
+static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg)
 {
     struct gw_conn *c = arg;
     struct gw_worker *w = c->w;
-    (void)us;
+    if (c->state == CS_TUNNEL)
+        return pass_tunnel(c, &c->cs, data, len);
+    if (c->state == CS_PROXY && c->resp_head_done && !c->rewrite && !c->dechunk && !c->sniff &&
+        !c->alias_pending)
+        return pass_resp_body(c, us, data, len);
     if (c->state != CS_PROXY || c->resp_head_done || c->alias_pending || c->cdp_path ||
         c->upgrade_req || c->http10 || (c->kind == KEY_MCP && c->is_delete))
         return 0;
@@ -1531,7 +1642,7 @@ static int on_up_peek(struct gw_stream *us, const char *data, size_t len, void *
     send_whole(c, &h, data, head_len, body_len);
     head_sent(c);
     finish_exchange(c);
-    return 1;
+    return len;
 }
 
 /* Returns 1 when the head was handled and relaying may go on, 0 to wait, -1 when <c> is gone

@@ -159,9 +159,15 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
     }
     if (s->rtimeout)
         s->rd_since = cm_now_mono_coarse();
-    if (len == 0 && s->on_peek && s->on_peek(s, s->scratch->buf, (size_t)n, s->arg))
-        return; /* taken whole; the stream may be gone */
-    if (evbuffer_add(s->in, s->scratch->buf, (size_t)n) < 0) {
+    const char *data = s->scratch->buf;
+    if (len == 0 && s->on_peek) {
+        size_t took = s->on_peek(s, data, (size_t)n, s->arg);
+        if (took >= (size_t)n)
+            return; /* taken whole; the stream may be gone */
+        data += took;
+        n -= (ssize_t)took;
+    }
+    if (evbuffer_add(s->in, data, (size_t)n) < 0) {
         fail(s, GW_STREAM_READING | GW_STREAM_ERROR, ENOMEM);
         return;
     }

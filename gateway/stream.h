@@ -33,9 +33,11 @@ struct gw_stream;
 typedef void (*gw_stream_data_cb)(struct gw_stream *s, void *arg);
 typedef void (*gw_stream_event_cb)(struct gw_stream *s, short what, void *arg);
 /* Offered a read that found the input empty, straight from the scratch buffer, before it is
- * appended: returns 1 when it took all of it (the stream may be finished then), 0 to have it
- * appended and on_read called as usual. */
-typedef int (*gw_stream_peek_cb)(struct gw_stream *s, const char *data, size_t len, void *arg);
+ * appended: returns how many of the <len> bytes it took. All of them: done (the stream may be
+ * finished then). Fewer: the stream must still be open; the rest is appended and on_read
+ * called as usual (0: as if there were no peek callback). */
+typedef size_t (*gw_stream_peek_cb)(struct gw_stream *s, const char *data, size_t len,
+                                    void *arg);
 
 /* Where reads land before they are appended to an input: one per loop, shared by its streams. */
 struct gw_stream_scratch {

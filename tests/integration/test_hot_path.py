@@ -322,3 +322,93 @@ def test_request_on_a_closed_pooled_connection_is_retried(dropping_upstream, gat
     assert dropping_upstream.dropped >= 5
     for head in dropping_upstream.heads:
         assert b"x-fc-session-id: drop" in head.lower()
+
+
+# ------------------------------------------------------------------ bodies relayed from the read
+
+def test_body_then_pipelined_request_in_one_read(bench_upstream, gateway):
+    """The body arrives in a read of its own (sent from where it was read) together with the
+    next request, which must wait in the input for its turn."""
+    g = gateway(bench_upstream)
+    c = Client(g.port)
+    try:
+        c.send(request("body"))
+        assert c.response()[0] == 200
+        body = b"b" * 3000
+        c.send(b"POST /upload HTTP/1.1\r\nHost: hot\r\nx-fc-session-id: body\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.1)  # the head is routed and sent before the body comes
+        c.send(body + request("body", "/bytes/9"))
+        st, h, got = c.response()
+        assert (st, got) == (200, b'{"received":3000}\n'), (st, h, got)
+        st, h, got = c.response()
+        assert (st, len(got)) == (200, 9), (st, h, got)
+        # a chunked body the same way, its last chunk with a request behind it
+        c.send(b"PUT /up HTTP/1.1\r\nHost: hot\r\nx-fc-session-id: body\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+        time.sleep(0.1)
+        c.send(b"5\r\nhello\r\n")
+        time.sleep(0.05)
+        c.send(b"6\r\n world\r\n0\r\n\r\n" + request("body"))
+        st, h, got = c.response()
+        assert (st, got) == (200, b'{"received":11}\n'), (st, h, got)
+        assert c.response()[0] == 200
+    finally:
+        c.close()
+
+
+class TrailingJunkUpstream:
+    """Sends each response's head, then (in a later write) its 5-byte body followed by bytes
+    that belong to no response; a proxy must not reuse that connection."""
+
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.connections = 0
+        self.t = threading.Thread(target=self._serve, daemon=True)
+        self.t.start()
+
+    def _conn(self, s):
+        with s:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                time.sleep(0.05)
+                s.sendall(b"helloHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk")
+
+    def _serve(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._conn, args=(s,), daemon=True).start()
+
+    def stop(self):
+        self.ls.close()
+
+
+def test_bytes_after_a_response_body_are_not_taken_for_the_next(gateway):
+    u = TrailingJunkUpstream()
+    try:
+        g = gateway(["127.0.0.1:%d" % u.port])
+        c = Client(g.port)
+        try:
+            for i in range(3):
+                c.send(request("junk"))
+                st, h, body = c.response()
+                assert (st, body) == (200, b"hello"), (i, st, h, body)
+        finally:
+            c.close()
+        assert u.connections == 3  # none reused after its junk
+    finally:
+        u.stop()

@@ -304,7 +304,7 @@ TEST(stream_held_reading_has_no_timeout)
 }
 
 static int peeks, peek_taken;
-static int on_peek(struct gw_stream *s, const char *data, size_t len, void *arg)
+static size_t on_peek(struct gw_stream *s, const char *data, size_t len, void *arg)
 {
     struct fx *f = arg;
     (void)s;
@@ -312,7 +312,11 @@ static int on_peek(struct gw_stream *s, const char *data, size_t len, void *arg)
     if (len >= 4 && memcmp(data, "take", 4) == 0) {
         peek_taken += (int)len;
         event_base_loopbreak(f->base);
-        return 1;
+        return len;
+    }
+    if (len >= 4 && memcmp(data, "part", 4) == 0) {
+        peek_taken += 4;
+        return 4; /* the rest is appended */
     }
     return 0;
 }
@@ -347,6 +351,23 @@ TEST(stream_peek_is_offered_reads_into_an_empty_input)
     run(&f, 2000);
     CHECK_INT_EQ(peeks, 2);
     CHECK_INT_EQ(f.reads, 3);
+    fx_done(&f);
+}
+
+TEST(stream_peek_may_take_part_of_a_read)
+{
+    struct fx f;
+    fx_pair(&f);
+    peeks = peek_taken = 0;
+    gw_stream_set_peek(&f.s, on_peek);
+    gw_stream_read_enable(&f.s);
+    put(f.peer, "part and the rest");
+    run(&f, 2000);
+    CHECK_INT_EQ(peeks, 1);
+    CHECK_INT_EQ(peek_taken, 4);
+    CHECK_INT_EQ(f.reads, 1); /* the rest appended, read callback as usual */
+    CHECK_UINT_EQ(evbuffer_get_length(f.s.in), 13);
+    CHECK(memcmp(evbuffer_pullup(f.s.in, -1), " and the rest", 13) == 0);
     fx_done(&f);
 }
 
