@@ -204,6 +204,23 @@ def test_loadgen_rejects_bad_arguments(args, msg):
     assert msg in err, err
 
 
+@pytest.mark.parametrize("args", [["--cpus", "0"], ["--rounds", "5"], ["--gap-us", "-1"],
+                                  ["--bogus"]])
+def test_wakeprobe_rejects_bad_arguments(args):
+    p = subprocess.run([binary("berth-wakeprobe")] + args, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2 and "berth-wakeprobe" in p.stderr, (p.returncode, p.stderr)
+
+
+def test_wakeprobe_measures_round_trips():
+    p = subprocess.run([binary("berth-wakeprobe"), "--cpus", "0,0", "--rounds", "200",
+                        "--gap-us", "10"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["rounds"] == 200 and doc["other_pair"] == "cpu0<->cpu0"
+    assert 0 < doc["same_cpu"]["p50"] <= doc["same_cpu"]["p99"], doc
+
+
 def test_loadgen_reports_refused_connections():
     port = free_port()  # nothing listens there
     rc, doc, err = loadgen("--target", "127.0.0.1:%d" % port, "--connections", 1,
@@ -249,6 +266,11 @@ def test_bench_run_quick(tmp_path):
     assert m["cores"] >= 1 and m["kernel"] and m["versions"]["nginx"] and \
         m["versions"]["haproxy"] and m["versions"]["redis"]
     assert doc["profile"] == "quick" and not doc["failures"]
+    if len(os.sched_getaffinity(0)) >= 2:  # the wake-up floor, measured and shown
+        wp = m["wake_probe"]
+        for pair in ("other_cpu", "same_cpu"):
+            assert 0 < wp[pair]["p50"] <= wp[pair]["p99"] <= wp[pair]["p99.9"], wp
+        assert "Wake-ups (berth-wakeprobe" in stdout
 
     # every phase ran against every target, and what it reports holds
     runs = doc["runs"]
