@@ -1,8 +1,10 @@
 /* A non-blocking socket with an input and an output buffer on one worker's loop: the part of
  * libevent's bufferevent the data plane uses, without what the hot path cannot afford (an
  * ioctl(FIONREAD) before every read to size it, an epoll add and delete around every write,
- * deferred callbacks, rate-limit checks, locks). Reads land in the loop's scratch buffer and are
- * appended to the input (one copy, no chain sized for the largest possible read); writes go out
+ * deferred callbacks, rate-limit checks, locks). Reads land in the loop's scratch buffer, are
+ * offered to the peek callback when the input is empty (the owner may pass them on from
+ * there) and appended to the input otherwise (one copy, no chain sized for the largest
+ * possible read); writes go out
  * at once with gw_stream_flush() and only what the socket refuses waits for EV_WRITE.
  *
  * Callbacks (all optional) run on the loop: on_read after bytes were appended to the input,
