@@ -177,7 +177,6 @@ static void drop_pending_head(struct gw_conn *c)
 
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
-struct gw_h1_head;
 static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc);
 
 /* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
@@ -1111,6 +1110,22 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     relay_req_body(c);
 }
 
+/* Runs <len> bytes of a message body through <p> (its body callbacks see them): returns how
+ * many belong to the message, fewer than <len> when it ended in them (*ended = 1: a callback
+ * paused the parser), or -1 with llhttp's error in *err. */
+static ssize_t body_step(llhttp_t *p, const char *data, size_t len, int *ended,
+                         llhttp_errno_t *err)
+{
+    llhttp_errno_t e = llhttp_execute(p, data, len);
+    *ended = 0;
+    *err = e;
+    if (e == HPE_PAUSED) {
+        *ended = 1;
+        return llhttp_get_error_pos(p) - data;
+    }
+    return e == HPE_OK ? (ssize_t)len : -1;
+}
+
 /* llhttp body callbacks (parser->data is the conn) */
 static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
@@ -1185,6 +1200,24 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* The request body's next <len> bytes: how many belong to it (c->req_done once it ended), or
+ * -1 after answering a bad body (<c> may be gone). */
+static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
+{
+    int ended;
+    llhttp_errno_t e;
+    ssize_t used = body_step(&c->req, data, len, &ended, &e);
+    if (used < 0) {
+        cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
+                    llhttp_errno_name(e));
+        send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        return -1;
+    }
+    if (ended)
+        c->req_done = 1;
+    return used;
+}
+
 static void relay_req_body(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
@@ -1203,19 +1236,10 @@ static void relay_req_body(struct gw_conn *c)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        const char *base = v.iov_base;
-        llhttp_errno_t e = llhttp_execute(&c->req, base, v.iov_len);
-        size_t used = v.iov_len;
-        if (e == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->req) - base);
-            c->req_done = 1;
-        } else if (e != HPE_OK) {
-            cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
-                        llhttp_errno_name(e));
-            send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        ssize_t used = req_body_step(c, v.iov_base, v.iov_len);
+        if (used < 0)
             return;
-        }
-        evbuffer_remove_buffer(in, out, used);
+        evbuffer_remove_buffer(in, out, (size_t)used);
         GW_METRIC_ADD(&w->metrics, bytes_in, used);
     }
     gw_stream_flush(gw_upconn_stream(c->up));
@@ -1229,27 +1253,19 @@ static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
 {
     struct gw_worker *w = c->w;
     struct gw_stream *us = gw_upconn_stream(c->up);
-    llhttp_errno_t e = llhttp_execute(&c->req, data, len);
-    size_t used = len;
-    if (e == HPE_PAUSED) {
-        used = (size_t)(llhttp_get_error_pos(&c->req) - data);
-        c->req_done = 1;
-    } else if (e != HPE_OK) {
-        cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
-                    llhttp_errno_name(e));
-        send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
-        return len; /* <c> may be gone */
-    }
+    ssize_t used = req_body_step(c, data, len);
+    if (used < 0)
+        return len; /* answered; <c> may be gone */
     if (used) {
-        struct iovec iov = {(void *)data, used};
+        struct iovec iov = {(void *)data, (size_t)used};
         gw_stream_write(us, &iov, 1);
-        GW_METRIC_ADD(&w->metrics, bytes_in, used);
+        GW_METRIC_ADD(&w->metrics, bytes_in, (size_t)used);
     }
     if (!c->req_done && evbuffer_get_length(us->out) >= w->gc->limits.buffer_high) {
         c->paused_client = 1; /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
         gw_stream_read_disable(&c->cs);
     }
-    return used;
+    return (size_t)used;
 }
 
 /* ------------------------------------------------------------------ aliases */
@@ -1562,41 +1578,33 @@ static void send_whole(struct gw_conn *c, const struct gw_h1_head *h, const char
     GW_METRIC_ADD(&c->w->metrics, bytes_out, body_len);
 }
 
-/* An upstream read that found the input empty, offered before it is appended there: when it
- * is exactly one whole response of the common shape and the exchange needs nothing from it
- * but relaying (no Mcp-Session-Id to store, no MCP DELETE, CDP, upgrade, HTTP/1.0 or event
- * stream), it goes to the client straight from the read and never enters the input buffer (no
- * chain allocated, copied and freed for it). Anything else is left to relay_resp() (0). */
+static void response_done(struct gw_conn *c);
+
 /* Response body bytes read into the instance's empty input, once the head went out and the
  * body needs only relaying (no dechunking, rewriting or sniffing): framed by llhttp where
  * they were read and written to the client from there (what its socket refuses is copied to
  * its output), never copied into the input. Takes all of it (bytes after the response: the
  * connection is not reused, as when they waited in the input). */
-static void response_done(struct gw_conn *c);
-
 static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char *data,
                              size_t len)
 {
     struct gw_worker *w = c->w;
-    llhttp_errno_t e = llhttp_execute(&c->resp, data, len);
-    size_t used = len;
-    int done = 0;
-    if (e == HPE_PAUSED) {
-        used = (size_t)(llhttp_get_error_pos(&c->resp) - data);
-        done = 1;
-    } else if (e != HPE_OK) {
+    int done;
+    llhttp_errno_t e;
+    ssize_t used = body_step(&c->resp, data, len, &done, &e);
+    if (used < 0) {
         cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
                     llhttp_errno_name(e));
         conn_free(c); /* the response started: cut it */
         return len;
     }
     if (used) {
-        struct iovec iov = {(void *)data, used};
+        struct iovec iov = {(void *)data, (size_t)used};
         gw_stream_write(&c->cs, &iov, 1);
-        GW_METRIC_ADD(&w->metrics, bytes_out, used);
+        GW_METRIC_ADD(&w->metrics, bytes_out, (size_t)used);
     }
     if (done) {
-        if (used < len)
+        if ((size_t)used < len)
             c->resp_keepalive = 0;
         response_done(c);
         return len;
@@ -1611,6 +1619,13 @@ static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char
     return len;
 }
 
+/* An upstream read that found the input empty, offered before it is appended there: when it
+ * is exactly one whole response of the common shape and the exchange needs nothing from it
+ * but relaying (no Mcp-Session-Id to store, no MCP DELETE, CDP, upgrade, HTTP/1.0 or event
+ * stream), it goes to the client straight from the read and never enters the input buffer (no
+ * chain allocated, copied and freed for it). Body bytes after the head and tunnel bytes are
+ * passed on from the read too (pass_resp_body(), pass_tunnel()). Anything else is left to
+ * relay_resp() (0). */
 static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg)
 {
     struct gw_conn *c = arg;
@@ -1854,20 +1869,17 @@ static void relay_resp(struct gw_conn *c)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        const char *base = v.iov_base;
-        llhttp_errno_t e = llhttp_execute(&c->resp, base, v.iov_len);
-        size_t used = v.iov_len;
-        int done = 0;
-        if (e == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->resp) - base);
-            if (c->body_alias) { /* paused by the endpoint sniffer, not at the end */
-                c->body_alias = 0;
-                c->held = used;
-                store_alias(c, CM_KEY_SRC_SSE);
-                return;
-            }
-            done = 1;
-        } else if (e != HPE_OK) {
+        int done;
+        llhttp_errno_t e;
+        ssize_t n = body_step(&c->resp, v.iov_base, v.iov_len, &done, &e);
+        size_t used = n < 0 ? 0 : (size_t)n;
+        if (done && c->body_alias) { /* paused by the endpoint sniffer, not at the end */
+            c->body_alias = 0;
+            c->held = used;
+            store_alias(c, CM_KEY_SRC_SSE);
+            return;
+        }
+        if (n < 0) {
             if (c->rewrite) { /* nothing reached the client yet */
                 cm_log_warn("conn", "response to rewrite too large instance=%s", c->instance);
                 c->resp_head_done = 0;
