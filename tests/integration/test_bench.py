@@ -350,3 +350,30 @@ def test_hot_path_verdict_is_paired_by_round():
     assert paired[6] is True
     assert "| 1.25× [1.25–1.25] | 1.10× [1.10–1.10] | ≥ HAProxy and ≥ 1.2× nginx — **met** |" \
         in br.render_table(rows, ["berth", "nginx", "haproxy"])
+
+
+def test_cpu_per_response_at_the_same_rate_is_shown():
+    """Besides the closed loop (where a faster proxy idles and the slower ones do not), the
+    table shows what each proxy spent per response at the open loop's common rate: the
+    median of the rate runs' figures, with its ratios, and no verdict on it."""
+    br = load_bench_run()
+
+    def recs(cpu):
+        return [{"round": i, "result": {"rps": 1e6 / c, "latency_us": {
+                    "p50": 50, "p99": 90, "p999": 120}},
+                 "machine": {"proxy_cpu_us_per_response": c, "proxy_cpu_pct": 60,
+                             "load_cpu_pct": 50, "other_cpu_pct": 0, "steal_pct": 0}}
+                for i, c in enumerate(cpu)]
+
+    mx = {"berth": recs([20.0] * 3), "nginx": recs([24.0] * 3)}
+    rt = {"berth": recs([33.0, 30.0, 36.0]), "nginx": recs([31.0, 32.0, 30.0])}
+    rows = br.build_rows({2: {"hot": {"max": mx, "rate": rt, "rate_rps": 17913}}},
+                         ["berth", "nginx"], {2: 1})
+    at_rate = [r for r in rows if r[2] == "proxy CPU per response at 17,913 req/s (µs)"]
+    assert len(at_rate) == 1
+    w, scenario, _, v, digits, tgt, met = at_rate[0]
+    assert (w, scenario, digits, tgt, met) == (2, "hot path", 1, "", None)
+    assert v == {"berth": 33.0, "nginx": 31.0}
+    table = br.render_table(rows, ["berth", "nginx"])
+    assert "| 2 | hot path | proxy CPU per response at 17,913 req/s (µs) | 33.0 | 31.0 | 1.06× |" \
+        in table
