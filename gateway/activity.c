@@ -12,6 +12,7 @@
 #include "common/store.h"
 #include "gateway/cache.h"
 #include "gateway/config.h"
+#include "gateway/touchtab.h"
 #include "gateway/worker.h"
 
 /* The first touch waits this long for others to join its call. */
@@ -49,6 +50,9 @@ static void on_touched(redisReply *reply, const char *err, void *data)
             struct gw_cache_entry *e = gw_cache_get(w->cache, t->keys[i]);
             if (!e)
                 continue;
+            /* Worth telling the other loops too, unless it is older than this entry */
+            if (w->touchtab && r->integer > 0 && (uint64_t)r->integer >= e->gen)
+                gw_touchtab_confirm(w->touchtab, e->session, (uint64_t)r->integer, now);
             if (r->integer <= 0 || (uint64_t)r->integer > e->gen) {
                 gw_cache_drop(w->cache, t->keys[i]);
             } else if ((uint64_t)r->integer == e->gen) {
@@ -142,6 +146,13 @@ void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int 
     if (make_room(w) < 0)
         return; /* last_flush unchanged: the next request tries again */
     e->last_flush = now;
+    /* Another loop queued this session's touch less than activity_flush ago (its connections
+     * reach several loops): that touch carries the session's activity, and its reply
+     * revalidates this loop's binding too (gw_touchtab_confirmed() in conn.c). This loop asks
+     * again a flush from now. */
+    if (w->touchtab &&
+        !gw_touchtab_claim(w->touchtab, e->session, now, force ? 0 : w->gc->activity_flush))
+        return;
     cm_hash_hex(e->session, w->touch_hex[w->n_touch]);
     w->touch_key[w->n_touch] = e->hash;
     w->n_touch++;

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "gateway/admin.h"
 #include "gateway/config.h"
+#include "gateway/touchtab.h"
 #include "gateway/worker.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -88,6 +89,14 @@ int main(int argc, char **argv)
     }
     int rc = 0;
     uint32_t started = 0;
+    /* With several loops, a session's connections may reach more than one: they share a note
+     * of its touches (gateway/touchtab.h). */
+    struct gw_touchtab *touchtab = NULL;
+    if (gc->workers > 1 && !(touchtab = gw_touchtab_create(GW_TOUCHTAB_SLOTS))) {
+        fprintf(stderr, "berth-gateway: out of memory\n");
+        rc = 1;
+        goto out;
+    }
     for (uint32_t i = 0; i < gc->workers; i++) {
         workers[i] = gw_worker_create((int)i, gc, err, sizeof(err));
         if (!workers[i]) {
@@ -95,6 +104,7 @@ int main(int argc, char **argv)
             rc = 1;
             goto out;
         }
+        workers[i]->touchtab = touchtab;
         shards[i] = &workers[i]->metrics;
     }
     struct gw_admin *admin = gw_admin_start(gc, shards, (int)gc->workers, err, sizeof(err));
@@ -140,6 +150,7 @@ out:
             workers[i]->thread = 0;
         gw_worker_destroy(workers[i]);
     }
+    gw_touchtab_destroy(touchtab);
     free(workers);
     free(shards);
     gw_config_free(gc);

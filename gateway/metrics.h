@@ -25,6 +25,7 @@ enum gw_claim_result {
 enum gw_reval {
     GW_REVAL_TOUCH,  /* by the gen an activity touch returned (no call of its own) */
     GW_REVAL_LOOKUP, /* by a lookup of its own, sent when a request found it stale */
+    GW_REVAL_LOOP,   /* by the gen another loop's touch returned (the shared touchtab) */
     GW_REVAL_COUNT
 };
 

@@ -92,12 +92,14 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
         labeled(b, "berth_gateway_claims_total", "result", results[r], m->claims[r]);
 
     family(b, "berth_gateway_cache_revalidations_total", "counter",
-           "Cached session bindings confirmed with Redis: by an activity touch's reply, or by a "
-           "lookup of their own.");
+           "Cached session bindings confirmed with Redis: by an activity touch's reply, by the "
+           "reply another loop's touch had, or by a lookup of their own.");
     labeled(b, "berth_gateway_cache_revalidations_total", "by", "touch",
             m->revalidations[GW_REVAL_TOUCH]);
     labeled(b, "berth_gateway_cache_revalidations_total", "by", "lookup",
             m->revalidations[GW_REVAL_LOOKUP]);
+    labeled(b, "berth_gateway_cache_revalidations_total", "by", "loop",
+            m->revalidations[GW_REVAL_LOOP]);
 
     const char *h = "berth_gateway_request_duration_seconds";
     family(b, h, "histogram", "Time from request head to response head on the data plane.");

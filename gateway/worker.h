@@ -1,6 +1,7 @@
 /* A data-plane worker: one thread, one event loop, its own listener (SO_REUSEPORT), Redis
- * clients, claimer, binding cache, upstream pools and metric shard. Nothing on the hot path is
- * shared between workers except the read-only config. */
+ * clients, claimer, binding cache, upstream pools and metric shard. Nothing on the per-request
+ * path is shared between workers except the read-only config; the activity table
+ * (touchtab.h) is read once per activity_flush and cache_ttl of a session. */
 #ifndef GW_WORKER_H
 #define GW_WORKER_H
 
@@ -26,6 +27,7 @@ struct gw_upstreams;
 struct gw_conn;
 struct gw_h1_header;
 struct gw_refresh;
+struct gw_touchtab;
 
 /* Reads per call: large bodies move in large pieces; the buffer is the loop's, not a
  * connection's, so idle connections do not hold it. */
@@ -77,6 +79,9 @@ struct gw_worker {
     size_t touch_head, n_touch, touch_cap;
     int touch_inflight;          /* a touch script call is under way */
     struct event *touch_ev;      /* one-shot: sends queued activity a moment after the first */
+    /* the loops' shared note of touches and confirmed gens (NULL with one loop); borrowed:
+     * whoever set it frees it after gw_worker_destroy() of every loop */
+    struct gw_touchtab *touchtab;
     struct gw_refresh *refreshes; /* background checks of stale bindings under way */
     char reqid_prefix[9];
     uint64_t reqid_seq;

@@ -522,7 +522,7 @@ def test_metrics(ctl):
         assert val(s0, "berth_gateway_errors_total", code=code) is not None
     for res in ("cached", "bound", "new", "started", "failed"):
         assert val(s0, "berth_gateway_claims_total", result=res) is not None
-    for by in ("touch", "lookup"):
+    for by in ("touch", "lookup", "loop"):
         assert val(s0, "berth_gateway_cache_revalidations_total", by=by) is not None
     h = "berth_gateway_request_duration_seconds"
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in s0.items()

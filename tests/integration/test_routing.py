@@ -392,13 +392,15 @@ def test_tenants_and_issued_cookies(make_stack):
 # ------------------------------------------------------------------ cache revalidation
 
 class NamedHandler(http.server.BaseHTTPRequestHandler):
-    """An upstream that names itself (the server's name) in every answer."""
+    """An upstream that names itself (the server's name) in every answer, and echoes the
+    request's x-request-id (whose first 8 characters name the gateway loop that sent it)."""
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         body = self.server.name.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-seen-request-id", self.headers.get("x-request-id", ""))
         self.end_headers()
         self.wfile.write(body)
 
@@ -447,16 +449,26 @@ def static_stack():
 
 
 def revalidations(s):
-    """berth_gateway_cache_revalidations_total by "touch" and "lookup", from /metrics."""
+    """berth_gateway_cache_revalidations_total by "touch", "lookup" and "loop", from /metrics."""
     r = curl(s.admin_url("/metrics"))
     assert r.status == 200
     out = {}
     for line in r.body.decode().splitlines():
-        for by in ("touch", "lookup"):
+        for by in ("touch", "lookup", "loop"):
             if line.startswith('berth_gateway_cache_revalidations_total{by="%s"} ' % by):
                 out[by] = float(line.split()[-1])
-    assert set(out) == {"touch", "lookup"}, r.body[:2000]
+    assert set(out) == {"touch", "lookup", "loop"}, r.body[:2000]
     return out
+
+
+def redis_hset_calls(s):
+    """How many HSETs Redis ran (INFO commandstats counts the ones inside scripts too)."""
+    info = s.redis.cmd("INFO", "commandstats")
+    info = info.decode() if isinstance(info, bytes) else info
+    for line in info.splitlines():
+        if line.startswith("cmdstat_hset:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
 
 
 def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
@@ -513,3 +525,40 @@ def test_a_session_in_use_is_revalidated_by_its_touches(static_stack):
     r = s.get("/", session="idle")
     assert r.status == 200 and r.header("x-berth-instance") == inst["idle"], r
     wait_until(lambda: revalidations(s)["lookup"] == 1, 5 * SLOW, "the idle session's lookup")
+
+
+def test_a_session_on_two_loops_is_touched_once_per_flush(static_stack):
+    """With two loops, a session whose connections reach both is touched once per
+    activity_flush by the gateway, not once by each loop (DESIGN.md: at most once per flush
+    per session), and a loop that left the touching to the other takes that touch's
+    confirmation of the binding instead of a lookup of its own."""
+    s = static_stack({"workers": 2, "cache_ttl": "2s", "activity_flush": "500ms"})
+    r = s.get("/", session="spread")
+    assert r.status == 200, r
+    inst = r.header("x-berth-instance")
+    loops = {r.header("x-seen-request-id")[:8]}
+    t0 = time.monotonic()
+    while len(loops) < 2 and time.monotonic() - t0 < 10:  # each loop has the binding cached
+        loops.add(s.get("/", session="spread").header("x-seen-request-id")[:8])
+    assert len(loops) == 2, loops
+    time.sleep(0.6)  # the loops' claims and first touches are done; count from here
+    before = redis_hset_calls(s)
+    loops, n = set(), 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 4.0:
+        # curl: a new connection each time, which the kernel gives to either loop
+        r = s.get("/", session="spread")
+        assert r.status == 200 and r.header("x-berth-instance") == inst, r
+        loops.add(r.header("x-seen-request-id")[:8])
+        n += 1
+        time.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    time.sleep(0.1)  # the last touch's reply
+    touches = redis_hset_calls(s) - before
+    assert len(loops) == 2, (loops, n)  # both loops served the session
+    # one toucher: ~elapsed / 0.5 = 8; each loop for itself: ~16
+    assert 1 <= touches <= elapsed / 0.5 + 2, (touches, elapsed, n)
+    rv = revalidations(s)
+    assert rv["lookup"] == 0, rv
+    assert rv["loop"] >= 1, rv  # the other loop's entries went stale (cache_ttl 2 s) and
+    # were confirmed from the table

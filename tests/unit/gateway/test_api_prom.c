@@ -127,6 +127,7 @@ TEST(counters_and_gauges)
     m.claims[GW_CLAIM_STARTED] = 1;
     m.revalidations[GW_REVAL_TOUCH] = 17;
     m.revalidations[GW_REVAL_LOOKUP] = 2;
+    m.revalidations[GW_REVAL_LOOP] = 5;
     m.conns_active = 3;
     m.conns_accepted = 9;
     m.streams_active = -1; /* a transient negative sum must print as such */
@@ -146,6 +147,7 @@ TEST(counters_and_gauges)
     CHECK_CONTAINS(t, "# TYPE berth_gateway_cache_revalidations_total counter\n");
     CHECK_CONTAINS(t, "berth_gateway_cache_revalidations_total{by=\"touch\"} 17\n");
     CHECK_CONTAINS(t, "berth_gateway_cache_revalidations_total{by=\"lookup\"} 2\n");
+    CHECK_CONTAINS(t, "berth_gateway_cache_revalidations_total{by=\"loop\"} 5\n");
     CHECK_CONTAINS(t, "berth_gateway_connections_active 3\n");
     CHECK_CONTAINS(t, "berth_gateway_connections_total 9\n");
     CHECK_CONTAINS(t, "berth_gateway_streams_active -1\n");
