@@ -1,7 +1,8 @@
 /* A loop's cache of session bindings: session hash -> instance and address, so a bound session's
  * request costs no Redis round trip. Entries are trusted for gc->cache_ttl, dropped on an `inval`
- * message, a failed connect to the instance, and all at once after a Redis reconnect. Open
- * addressing with linear probing and backward-shift deletion (no tombstones). One per loop; not
+ * message, a failed connect to the instance, and all at once after a Redis reconnect. Chained
+ * buckets that grow incrementally: no put ever moves more than a few buckets' entries (no stall
+ * of the loop however large the cache), and entries never move in memory. One per loop; not
  * thread-safe. */
 #ifndef GW_CACHE_H
 #define GW_CACHE_H
@@ -39,7 +40,8 @@ static inline cm_usec_t gw_cache_expiry(cm_usec_t ttl, struct cm_hash h, cm_usec
  * window are evicted), or NULL. Free with gw_cache_destroy(). */
 struct gw_cache *gw_cache_create(size_t max_entries);
 void gw_cache_destroy(struct gw_cache *c);
-/* The entry for <h>, or NULL. The pointer is valid until the next put/drop/clear. */
+/* The entry for <h>, or NULL. The pointer is valid until that entry is dropped (by
+ * gw_cache_drop(), gw_cache_clear(), or evicted by a put of a new key into a full cache). */
 struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h);
 /* Inserts or replaces the binding of <b->hash>. Returns the entry or NULL (out of memory). */
 struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding *b,
@@ -47,5 +49,8 @@ struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding 
 void gw_cache_drop(struct gw_cache *c, struct cm_hash h);
 void gw_cache_clear(struct gw_cache *c);
 size_t gw_cache_count(const struct gw_cache *c);
+/* While the cache grows: how many buckets of the old table are still to be moved (a put moves
+ * a few); 0 otherwise. For tests and metrics. */
+size_t gw_cache_growing(const struct gw_cache *c);
 
 #endif

@@ -1,7 +1,7 @@
-/* Unit tests of gateway/cache.c: the per-loop binding cache (open addressing, linear probing,
- * backward-shift deletion, bounded size with eviction of the earliest-expiring entry near the
- * new key). The home slot of a hash is (lo ^ (hi >> 7)) & mask and the table starts with 64
- * slots; the collision tests build their hashes from that so the probe runs are known. */
+/* Unit tests of gateway/cache.c: the per-loop binding cache (chained buckets grown a few at a
+ * time, bounded size with eviction of the earliest-expiring entry near the new key). The bucket
+ * of a hash is (lo ^ (hi >> 7)) & mask and the table starts with 64 buckets; the collision tests
+ * build their hashes from that so the chains are known. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +25,12 @@ static struct gw_binding bind_of(uint64_t hi, uint64_t lo, uint64_t gen)
     return b;
 }
 
-static struct cm_hash H(uint64_t hi, uint64_t lo)
-{
+static struct cm_hash H(uint64_t hi, uint64_t lo) {
     return (struct cm_hash){.hi = hi, .lo = lo};
 }
 
-static void put(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen, cm_usec_t exp)
+static void
+put(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen, cm_usec_t exp)
 {
     struct gw_binding b = bind_of(hi, lo, gen);
     struct gw_cache_entry *e = gw_cache_put(c, &b, exp);
@@ -45,8 +45,7 @@ static void put(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen, cm_u
 static void has(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen)
 {
     struct gw_cache_entry *e = gw_cache_get(c, H(hi, lo));
-    CHECK_MSG(e != NULL, "entry %llx:%llx missing", (unsigned long long)hi,
-              (unsigned long long)lo);
+    CHECK_MSG(e != NULL, "entry %llx:%llx missing", (unsigned long long)hi, (unsigned long long)lo);
     struct gw_binding b = bind_of(hi, lo, gen);
     CHECK_MSG(e->gen == gen, "entry %llx:%llx gen %llu, expected %llu", (unsigned long long)hi,
               (unsigned long long)lo, (unsigned long long)e->gen, (unsigned long long)gen);
@@ -56,8 +55,8 @@ static void has(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen)
 
 static void absent(struct gw_cache *c, uint64_t hi, uint64_t lo)
 {
-    CHECK_MSG(gw_cache_get(c, H(hi, lo)) == NULL, "entry %llx:%llx present",
-              (unsigned long long)hi, (unsigned long long)lo);
+    CHECK_MSG(gw_cache_get(c, H(hi, lo)) == NULL, "entry %llx:%llx present", (unsigned long long)hi,
+              (unsigned long long)lo);
 }
 
 TEST(empty_cache)
@@ -118,8 +117,11 @@ TEST(drop_and_reinsert)
 TEST(colliding_keys_survive_deletes_in_any_order)
 {
     /* Five keys with home slot 5 (lo = 5 + 64k) and one with home 6 that lands after them. */
-    static const int orders[][6] = {{0, 1, 2, 3, 4, 5}, {4, 3, 2, 1, 0, 5}, {2, 5, 0, 4, 1, 3},
-                                    {5, 0, 1, 2, 3, 4}, {1, 3, 5, 0, 2, 4}};
+    static const int orders[][6] = {{0, 1, 2, 3, 4, 5},
+                                    {4, 3, 2, 1, 0, 5},
+                                    {2, 5, 0, 4, 1, 3},
+                                    {5, 0, 1, 2, 3, 4},
+                                    {1, 3, 5, 0, 2, 4}};
     uint64_t lo[6] = {5, 69, 133, 197, 261, 6};
     for (size_t o = 0; o < sizeof(orders) / sizeof(orders[0]); o++) {
         struct gw_cache *c = gw_cache_create(1000);
@@ -191,6 +193,53 @@ TEST(grows_far_past_its_initial_size)
         else
             absent(c, (uint64_t)i * 0x9e3779b97f4a7c15ull, (uint64_t)i);
     }
+    gw_cache_destroy(c);
+}
+
+TEST(growing_moves_a_few_buckets_per_put)
+{
+    /* 64 buckets: the 65th entry starts the growth into 128; each later put moves at most a
+     * few chains, lookups find entries in either table meanwhile, and the growth is over long
+     * before the next one is due. */
+    struct gw_cache *c = gw_cache_create(1000000);
+    for (uint64_t i = 0; i < 64; i++)
+        put(c, 0, i, i, 1);
+    CHECK_UINT_EQ(gw_cache_growing(c), 0);
+    put(c, 0, 64, 64, 1);
+    CHECK_UINT_EQ(gw_cache_growing(c), 64); /* nothing moved by the put that started it */
+    size_t before = gw_cache_growing(c), puts = 0;
+    for (uint64_t i = 65; gw_cache_growing(c) > 0; i++) {
+        put(c, 0, i, i, 1);
+        puts++;
+        size_t left = gw_cache_growing(c);
+        CHECK(before - left <= 20); /* bounded work per put: MOVE_PER_PUT chains, 10x looked at */
+        before = left;
+        for (uint64_t j = 0; j <= i; j += 7)
+            has(c, 0, j, j);
+    }
+    CHECK(puts <= 32); /* 64 one-entry chains, 2 a put */
+    CHECK_UINT_EQ(gw_cache_count(c), 65 + puts);
+    /* entries keep their addresses through a growth */
+    struct gw_cache_entry *e = gw_cache_get(c, H(0, 3));
+    for (uint64_t i = 1000; i < 1400; i++)
+        put(c, 0, i, i, 1);
+    CHECK(gw_cache_get(c, H(0, 3)) == e);
+    /* dropping and clearing in the middle of a growth */
+    CHECK(gw_cache_growing(c) > 0 || gw_cache_count(c) > 256);
+    for (uint64_t i = 1000; i < 1400; i += 2)
+        gw_cache_drop(c, H(0, i));
+    for (uint64_t i = 1000; i < 1400; i++) {
+        if (i % 2)
+            has(c, 0, i, i);
+        else
+            absent(c, 0, i);
+    }
+    gw_cache_clear(c);
+    CHECK_UINT_EQ(gw_cache_count(c), 0);
+    CHECK_UINT_EQ(gw_cache_growing(c), 0);
+    absent(c, 0, 3);
+    put(c, 7, 7, 7, 7);
+    has(c, 7, 7, 7);
     gw_cache_destroy(c);
 }
 
