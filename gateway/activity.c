@@ -50,9 +50,11 @@ static void on_touched(redisReply *reply, const char *err, void *data)
             struct gw_cache_entry *e = gw_cache_get(w->cache, t->keys[i]);
             if (!e)
                 continue;
-            /* Worth telling the other loops too, unless it is older than this entry */
-            if (w->touchtab && r->integer > 0 && (uint64_t)r->integer >= e->gen)
-                gw_touchtab_confirm(w->touchtab, e->session, (uint64_t)r->integer, now);
+            /* Worth telling the other loops too (gen 0: not bound), unless it is older than
+             * this entry */
+            if (w->touchtab && (r->integer <= 0 || (uint64_t)r->integer >= e->gen))
+                gw_touchtab_confirm(w->touchtab, e->session,
+                                    r->integer > 0 ? (uint64_t)r->integer : 0, now);
             if (r->integer <= 0 || (uint64_t)r->integer > e->gen) {
                 gw_cache_drop(w->cache, t->keys[i]);
             } else if ((uint64_t)r->integer == e->gen) {
@@ -147,11 +149,15 @@ void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int 
         return; /* last_flush unchanged: the next request tries again */
     e->last_flush = now;
     /* Another loop queued this session's touch less than activity_flush ago (its connections
-     * reach several loops): that touch carries the session's activity, and its reply
-     * revalidates this loop's binding too (gw_touchtab_confirmed() in conn.c). This loop asks
-     * again a flush from now. */
+     * reach several loops), and the reply to its touch before confirmed the binding this loop
+     * has: that touch carries the session's activity, and the confirmation revalidates this
+     * loop's entry as its own touch would have (so a missed invalidation is still caught
+     * within about a flush here too). This loop asks again a flush from now. Otherwise (a
+     * session's first touches, a binding that changed, another session in the slot) it
+     * touches too: a touch too many, never one too few. */
     if (w->touchtab &&
-        !gw_touchtab_claim(w->touchtab, e->session, now, force ? 0 : w->gc->activity_flush))
+        !gw_touchtab_claim(w->touchtab, e->session, now, force ? 0 : w->gc->activity_flush) &&
+        gw_activity_confirmed_elsewhere(w, e, now, 2 * w->gc->activity_flush))
         return;
     cm_hash_hex(e->session, w->touch_hex[w->n_touch]);
     w->touch_key[w->n_touch] = e->hash;
@@ -160,6 +166,21 @@ void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int 
         gw_activity_flush(w);
     else
         arm(w);
+}
+
+int gw_activity_confirmed_elsewhere(struct gw_worker *w, struct gw_cache_entry *e, cm_usec_t now,
+                                    cm_usec_t within)
+{
+    cm_usec_t age;
+    if (!w->touchtab || !gw_touchtab_confirmed(w->touchtab, e->session, e->gen, now, within, &age))
+        return 0;
+    cm_usec_t fresh = gw_cache_expiry(w->gc->cache_ttl, e->hash, now - age);
+    if (fresh <= now)
+        return 0;
+    if (fresh > e->expires)
+        e->expires = fresh;
+    GW_METRIC_INC(&w->metrics, revalidations[GW_REVAL_LOOP]);
+    return 1;
 }
 
 void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force)

@@ -8,6 +8,7 @@
 #define GW_ACTIVITY_H
 
 #include "common/key.h"
+#include "common/time.h"
 
 struct gw_worker;
 
@@ -22,6 +23,13 @@ struct gw_cache_entry;
 void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force);
 /* The same for a cache entry the caller holds (saves the lookup). */
 void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int force);
+/* With several loops (w->touchtab set): whether another loop's touch had Redis confirm <e>'s
+ * binding (its session and gen) at most <within> before <now>, recently enough that <e> is
+ * fresh at <now> when counted from that reply. If so, <e> is made fresh as this loop's own
+ * touch would have (counted as a revalidation by "loop") and 1 is returned; else 0, <e>
+ * unchanged. */
+int gw_activity_confirmed_elsewhere(struct gw_worker *w, struct gw_cache_entry *e, cm_usec_t now,
+                                    cm_usec_t within);
 /* Sends the next call's worth of queued activity unless one is under way. */
 void gw_activity_flush(struct gw_worker *w);
 /* Frees the queue (at worker destruction, after its Redis client). */

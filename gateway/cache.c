@@ -95,8 +95,12 @@ void gw_cache_destroy(struct gw_cache *c)
     free(c);
 }
 
+static void move_some(struct gw_cache *c, size_t chains);
+
 struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h)
 {
+    if (growing(c)) /* lookups finish a growth too, should new keys stop coming */
+        move_some(c, 1);
     size_t s = slot_of(h);
     for (struct node *n = c->t[0].b[s & c->t[0].mask]; n; n = n->next)
         if (same(n->e.hash, h))
@@ -113,7 +117,8 @@ struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h)
 static void move_some(struct gw_cache *c, size_t chains)
 {
     struct table *from = &c->t[0], *to = &c->t[1];
-    for (size_t looked = 0; c->moved <= from->mask && chains && looked < chains * 10; looked++) {
+    size_t look = chains * 10;
+    for (size_t looked = 0; c->moved <= from->mask && chains && looked < look; looked++) {
         struct node *n = from->b[c->moved];
         from->b[c->moved++] = NULL;
         if (!n)
@@ -145,7 +150,12 @@ static struct table *current(struct gw_cache *c)
 /* Full: evicts the entry expiring first among the first few found from <h>'s bucket on. */
 static void evict_near(struct gw_cache *c, struct cm_hash h)
 {
-    while (growing(c)) /* only at max_entries: rare; one table to look in */
+    /* One table to look in. Finishing a growth here would stall the loop as the old design
+     * did, but it does not happen with a power-of-two max_entries (the gateway's 2^20): a
+     * growth starts at one entry per bucket and ends within half as many puts again, so the
+     * table reaches max_entries buckets before the entries reach max_entries, and grows no
+     * further. Only a growth delayed by failed allocations can still be running here. */
+    while (growing(c))
         move_some(c, (size_t)-1 / 16);
     struct table *t = &c->t[0];
     struct node **best = NULL;

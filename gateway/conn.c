@@ -33,7 +33,6 @@
 #include "gateway/rewrite.h"
 #include "gateway/skey.h"
 #include "gateway/stream.h"
-#include "gateway/touchtab.h"
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
 
@@ -179,7 +178,6 @@ static void drop_pending_head(struct gw_conn *c)
 static void conn_free(struct gw_conn *c);
 static void process_head(struct gw_conn *c);
 static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc);
-static int confirmed_by_another_loop(struct gw_worker *w, struct gw_cache_entry *e);
 
 /* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
 static const char *hash_hex(struct gw_conn *c)
@@ -711,7 +709,9 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
      * with Redis confirms it, so the request never waits for that round trip (invalidations
      * are pushed anyway; cache_ttl only bounds how long a missed one can matter). */
     if (e && e->expires <= c->t_start && !e->refreshing &&
-        cm_redis_state(w->redis) == CM_REDIS_CONNECTED && !confirmed_by_another_loop(w, e))
+        cm_redis_state(w->redis) == CM_REDIS_CONNECTED &&
+        /* another loop's touch confirmed it lately (within half a cache_ttl): no lookup */
+        !gw_activity_confirmed_elsewhere(w, e, c->t_start, w->gc->cache_ttl / 2))
         refresh_binding(c, e);
     if (e) {
         memcpy(c->instance, e->instance, sizeof(c->instance));
@@ -728,21 +728,6 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
 }
 
 /* ------------------------------------------------------------------ claims */
-
-/* A stale binding that another loop's touch confirmed lately (the same gen, within half a
- * cache_ttl: the session's connections reach several loops and that loop touched it) is fresh
- * again from when that touch was answered, as the toucher's own entry is: no lookup of its
- * own. Returns 1 if so. */
-static int confirmed_by_another_loop(struct gw_worker *w, struct gw_cache_entry *e)
-{
-    cm_usec_t now = cm_now_mono(), age;
-    if (!w->touchtab ||
-        !gw_touchtab_confirmed(w->touchtab, e->session, e->gen, now, w->gc->cache_ttl / 2, &age))
-        return 0;
-    e->expires = gw_cache_expiry(w->gc->cache_ttl, e->hash, now - age);
-    GW_METRIC_INC(&w->metrics, revalidations[GW_REVAL_LOOP]);
-    return 1;
-}
 
 struct gw_refresh {
     struct gw_refresh *next, *prev; /* worker's list: freed at shutdown if still pending */

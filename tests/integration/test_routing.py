@@ -562,3 +562,65 @@ def test_a_session_on_two_loops_is_touched_once_per_flush(static_stack):
     assert rv["lookup"] == 0, rv
     assert rv["loop"] >= 1, rv  # the other loop's entries went stale (cache_ttl 2 s) and
     # were confirmed from the table
+
+
+def test_a_missed_invalidation_is_caught_by_every_loop(static_stack):
+    """With two loops, a binding changed in Redis without its invalidation message is noticed
+    by both loops within a few activity_flush, not only by the loop whose touches carry the
+    session: the other one leaves the touch to it only while that touch's reply confirms the
+    binding it has cached. One keep-alive connection on each loop sends the session's
+    requests, so the loop that touches first stays the toucher (cache_ttl is 60 s: without
+    that check the other loop kept the old binding until then)."""
+    s = static_stack({"workers": 2, "cache_ttl": "60s", "activity_flush": "1s"})
+    hdr = {"x-fc-session-id": "mover2"}
+    conns, spare = {}, []
+    try:
+        for _ in range(64):  # a keep-alive connection on each loop
+            c = http.client.HTTPConnection("127.0.0.1", s.ports["gateway"], timeout=10 * SLOW)
+            c.request("GET", "/", headers=hdr)
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+            first = r.getheader("x-berth-instance")
+            loop = r.getheader("x-seen-request-id")[:8]
+            if loop in conns:
+                spare.append(c)
+            else:
+                conns[loop] = c
+            if len(conns) == 2:
+                break
+        assert len(conns) == 2, conns
+
+        def ask(c):
+            c.request("GET", "/", headers=hdr)
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200, r.status
+            return r.getheader("x-berth-instance")
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:  # touches settle: one loop carries them
+            for c in conns.values():
+                assert ask(c) == first
+            time.sleep(0.02)
+        other = "fleet-1" if first == "fleet-0" else "fleet-0"
+        h, sess = sessions_in_redis(s)["mover2"]
+        addr = s.redis.hgetall(s.key("i:", other))["addr"]
+        # rebind as the claim script would, but without PUBLISH on P inval
+        s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
+                    "gen", str(int(sess["gen"]) + 1))
+        t0 = time.monotonic()
+        switched = {}  # loop -> seconds until it answered with the new instance
+        while time.monotonic() - t0 < 15 * SLOW and len(switched) < 2:
+            for loop, c in conns.items():
+                if ask(c) == other:
+                    switched.setdefault(loop, time.monotonic() - t0)
+            time.sleep(0.02)
+        assert set(switched) == set(conns), switched
+        assert max(switched.values()) < 15 * SLOW, switched  # far from cache_ttl's 60 s
+        for _ in range(10):  # and neither goes back to the old binding
+            for c in conns.values():
+                assert ask(c) == other
+    finally:
+        for c in list(conns.values()) + spare:
+            c.close()

@@ -207,13 +207,16 @@ TEST(growing_moves_a_few_buckets_per_put)
     CHECK_UINT_EQ(gw_cache_growing(c), 0);
     put(c, 0, 64, 64, 1);
     CHECK_UINT_EQ(gw_cache_growing(c), 64); /* nothing moved by the put that started it */
-    size_t before = gw_cache_growing(c), puts = 0;
+    size_t puts = 0;
     for (uint64_t i = 65; gw_cache_growing(c) > 0; i++) {
+        size_t before = gw_cache_growing(c);
         put(c, 0, i, i, 1);
         puts++;
-        size_t left = gw_cache_growing(c);
-        CHECK(before - left <= 20); /* bounded work per put: MOVE_PER_PUT chains, 10x looked at */
-        before = left;
+        /* bounded work per put: MOVE_PER_PUT chains, ten times as many buckets looked at */
+        CHECK(before - gw_cache_growing(c) <= 20);
+        before = gw_cache_growing(c);
+        CHECK_NOT_NULL(gw_cache_get(c, H(0, i))); /* a lookup moves one chain at most */
+        CHECK(before - gw_cache_growing(c) <= 10);
         for (uint64_t j = 0; j <= i; j += 7)
             has(c, 0, j, j);
     }
@@ -238,6 +241,13 @@ TEST(growing_moves_a_few_buckets_per_put)
     CHECK_UINT_EQ(gw_cache_count(c), 0);
     CHECK_UINT_EQ(gw_cache_growing(c), 0);
     absent(c, 0, 3);
+    /* a growth that new keys stop feeding is finished by lookups */
+    for (uint64_t i = 0; gw_cache_growing(c) == 0; i++)
+        put(c, 0, 5000 + i, i, 1);
+    for (int n = 0; n < 100000 && gw_cache_growing(c) > 0; n++)
+        CHECK_NOT_NULL(gw_cache_get(c, H(0, 5000)));
+    CHECK_UINT_EQ(gw_cache_growing(c), 0);
+    has(c, 0, 5000, 0);
     put(c, 7, 7, 7, 7);
     has(c, 7, 7, 7);
     gw_cache_destroy(c);

@@ -1,6 +1,6 @@
 /* Unit tests of gateway/touchtab.c: the loops' shared note of touches and confirmed gens. The
- * slot of a hash is lo & mask; the tag comes from hi, so two hashes with the same lo and
- * another hi share a slot (a collision) and are still told apart. */
+ * slot of a hash is lo & mask; the tag comes from the top 24 bits of hi, so two hashes with
+ * the same lo and another hi share a slot (a collision) and are still told apart. */
 #include <pthread.h>
 #include <stdint.h>
 
@@ -96,18 +96,67 @@ TEST(a_note_made_after_the_readers_clock_reading_is_fresh)
     gw_touchtab_destroy(t);
 }
 
-TEST(the_millisecond_clock_wraps_without_harm)
+TEST(old_notes_stay_old)
 {
-    /* Notes keep milliseconds modulo 2^32 (~49.7 days of uptime): ages across the wrap hold. */
+    /* A note a month old (a key used again after weeks, the slot untouched meanwhile) is
+     * long expired: it neither stops a touch nor confirms a binding. (With 32 bits of
+     * milliseconds it came back as fresh after 24.9 days.) */
     struct gw_touchtab *t = gw_touchtab_create(8);
     struct cm_hash a = H(0x9999999999999999ull, 2);
-    cm_usec_t wrap = ((cm_usec_t)1 << 32) * MS, age = 0;
+    cm_usec_t t0 = 3600 * SEC, age = 0;
+    CHECK_INT_EQ(gw_touchtab_claim(t, a, t0, SEC), 1);
+    gw_touchtab_confirm(t, a, 1, t0);
+    for (cm_usec_t days = 1; days <= 400; days += 7) {
+        cm_usec_t later = t0 + days * 86400 * SEC;
+        CHECK_INT_EQ(gw_touchtab_confirmed(t, a, 1, later, 3600 * SEC, &age), 0);
+    }
+    CHECK_INT_EQ(gw_touchtab_claim(t, a, t0 + 30 * 86400 * SEC, SEC), 1); /* and re-noted */
+    CHECK_INT_EQ(gw_touchtab_claim(t, a, t0 + 30 * 86400 * SEC + 5 * MS, SEC), 0);
+    gw_touchtab_destroy(t);
+}
+
+TEST(a_note_far_ahead_is_garbage_not_fresh)
+{
+    struct gw_touchtab *t = gw_touchtab_create(8);
+    struct cm_hash a = H(0x7777777777777777ull, 3);
+    cm_usec_t t0 = 100 * SEC, age = 0;
+    gw_touchtab_confirm(t, a, 4, t0 + 1000 * MS); /* a second ahead: a clock reading apart */
+    CHECK_INT_EQ(gw_touchtab_confirmed(t, a, 4, t0, SEC, &age), 1);
+    CHECK_UINT_EQ(age, 0);
+    gw_touchtab_confirm(t, a, 4, t0 + 1001 * MS); /* further: expired */
+    CHECK_INT_EQ(gw_touchtab_confirmed(t, a, 4, t0, SEC, &age), 0);
+    CHECK_INT_EQ(gw_touchtab_claim(t, a, t0 + 60 * SEC, SEC), 1);
+    CHECK_INT_EQ(gw_touchtab_claim(t, a, t0, SEC), 1);
+    gw_touchtab_destroy(t);
+}
+
+TEST(the_millisecond_clock_wraps_without_harm)
+{
+    /* Notes keep milliseconds modulo 2^40 (~35 years of uptime): ages across the wrap hold. */
+    struct gw_touchtab *t = gw_touchtab_create(8);
+    struct cm_hash a = H(0x9999999999999999ull, 2);
+    cm_usec_t wrap = ((cm_usec_t)1 << 40) * MS, age = 0;
     CHECK_INT_EQ(gw_touchtab_claim(t, a, wrap - 400 * MS, SEC), 1);
     CHECK_INT_EQ(gw_touchtab_claim(t, a, wrap + 500 * MS, SEC), 0);
     CHECK_INT_EQ(gw_touchtab_claim(t, a, wrap + 600 * MS, SEC), 1);
     gw_touchtab_confirm(t, a, 1, wrap - 10 * MS);
     CHECK_INT_EQ(gw_touchtab_confirmed(t, a, 1, wrap + 20 * MS, SEC, &age), 1);
     CHECK_UINT_EQ(age, 30 * MS);
+    gw_touchtab_destroy(t);
+}
+
+TEST(not_bound_replaces_a_confirmation)
+{
+    /* A touch answered "not bound" (gen 0) notes that: no loop takes the binding it has
+     * cached as confirmed any longer. */
+    struct gw_touchtab *t = gw_touchtab_create(8);
+    struct cm_hash a = H(0x1234123412341234ull, 6);
+    cm_usec_t t0 = 20 * SEC, age = 0;
+    gw_touchtab_confirm(t, a, 3, t0);
+    CHECK_INT_EQ(gw_touchtab_confirmed(t, a, 3, t0 + MS, SEC, &age), 1);
+    gw_touchtab_confirm(t, a, 0, t0 + 2 * MS);
+    for (uint64_t g = 1; g < 100; g++)
+        CHECK_INT_EQ(gw_touchtab_confirmed(t, a, g, t0 + 3 * MS, SEC, &age), 0);
     gw_touchtab_destroy(t);
 }
 
