@@ -128,6 +128,22 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     }
 }
 
+/* The `inval` subscription has its own connection: when it comes back after a loss (a
+ * network blip can take it alone), invalidations published meanwhile were missed, so the cache
+ * is flushed as after a reconnect of the command connection. */
+static void on_sub_state(struct cm_redis *r, int connected, void *data)
+{
+    struct gw_worker *w = data;
+    (void)r;
+    if (!connected)
+        return;
+    if (w->sub_up_before) {
+        gw_cache_clear(w->cache);
+        cm_log_info("worker", "redis subscription back, cache flushed worker=%d", w->index);
+    }
+    w->sub_up_before = 1;
+}
+
 static void on_touch_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -239,7 +255,7 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     w->cache = gw_cache_create(CACHE_MAX_ENTRIES);
     w->ups = gw_upstreams_create(w->base, gc, &w->metrics, &w->scratch);
     w->redis = cm_redis_create(w->base, &gc->common->redis, on_redis_state, w);
-    w->sub = cm_redis_create(w->base, &gc->common->redis, NULL, NULL);
+    w->sub = cm_redis_create(w->base, &gc->common->redis, on_sub_state, w);
     if (!w->cache || !w->ups || !w->redis || !w->sub)
         goto oom;
     w->claimer = gw_claimer_create(w->base, w->redis, gc, &w->metrics);

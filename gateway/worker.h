@@ -86,6 +86,7 @@ struct gw_worker {
     char reqid_prefix[9];
     uint64_t reqid_seq;
     int redis_up_before;     /* for wholesale cache flush after a reconnect */
+    int sub_up_before;       /* the same for the `inval` subscription's connection */
     pthread_t thread;
     int stopping;
     cm_usec_t stop_deadline; /* monotonic: open exchanges are cut after this */

@@ -624,3 +624,43 @@ def test_a_missed_invalidation_is_caught_by_every_loop(static_stack):
     finally:
         for c in list(conns.values()) + spare:
             c.close()
+
+
+def claims(s):
+    """berth_gateway_claims_total by result, from /metrics."""
+    r = curl(s.admin_url("/metrics"))
+    assert r.status == 200
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line.startswith('berth_gateway_claims_total{result="'):
+            out[line.split('"')[1]] = float(line.split()[-1])
+    return out
+
+
+def test_a_lost_subscription_flushes_the_cache(static_stack):
+    """Invalidations arrive on a connection of their own. When that connection alone is lost
+    and comes back, whatever was published meanwhile was missed: the loop's cached bindings
+    are dropped (the next request asks Redis) as after a reconnect of the command
+    connection."""
+    s = static_stack({"cache_ttl": "60s", "activity_flush": "60s"})
+    r = s.get("/", session="subscribed")
+    assert r.status == 200, r
+    inst = r.header("x-berth-instance")
+    before = claims(s)
+    assert s.get("/", session="subscribed").header("x-berth-instance") == inst
+    assert claims(s)["cached"] == before["cached"] + 1  # served from the cache
+    channel = s.key("inval")
+
+    def subscribers():
+        reply = s.redis.cmd("PUBSUB", "NUMSUB", channel)
+        return int(reply[1])
+
+    assert subscribers() == 1
+    assert int(s.redis.cmd("CLIENT", "KILL", "TYPE", "pubsub")) == 1
+    wait_until(lambda: subscribers() == 1, 10 * SLOW, "the gateway subscribed again")
+    before = claims(s)
+    r = s.get("/", session="subscribed")
+    assert r.status == 200 and r.header("x-berth-instance") == inst, r
+    after = claims(s)
+    assert after["bound"] == before["bound"] + 1, (before, after)  # asked Redis
+    assert after["cached"] == before["cached"], (before, after)
