@@ -448,16 +448,21 @@ def static_stack():
             srv.server_close()
 
 
-def revalidations(s):
-    """berth_gateway_cache_revalidations_total by "touch", "lookup" and "loop", from /metrics."""
+def metric_by(s, family, label):
+    """{value of <label>: sample} of a counter family with one label, from /metrics."""
     r = curl(s.admin_url("/metrics"))
     assert r.status == 200
-    out = {}
+    out, head = {}, '%s{%s="' % (family, label)
     for line in r.body.decode().splitlines():
-        for by in ("touch", "lookup", "loop"):
-            if line.startswith('berth_gateway_cache_revalidations_total{by="%s"} ' % by):
-                out[by] = float(line.split()[-1])
-    assert set(out) == {"touch", "lookup", "loop"}, r.body[:2000]
+        if line.startswith(head):
+            out[line[len(head):].split('"')[0]] = float(line.split()[-1])
+    return out
+
+
+def revalidations(s):
+    """berth_gateway_cache_revalidations_total by "touch", "lookup" and "loop"."""
+    out = metric_by(s, "berth_gateway_cache_revalidations_total", "by")
+    assert set(out) == {"touch", "lookup", "loop"}, out
     return out
 
 
@@ -471,6 +476,18 @@ def redis_hset_calls(s):
     return 0
 
 
+def rebind_without_inval(s, key, first):
+    """Binds session <key> (now on instance <first>) to the other instance of the fleet as the
+    claim script would, but without PUBLISH on P inval (a lost invalidation, or a writer that
+    does not publish). Returns the other instance."""
+    other = "fleet-1" if first == "fleet-0" else "fleet-0"
+    h, sess = sessions_in_redis(s)[key]
+    addr = s.redis.hgetall(s.key("i:", other))["addr"]
+    s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
+                "gen", str(int(sess["gen"]) + 1))
+    return other
+
+
 def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
     """A binding changed in Redis without its invalidation message (one lost, or a writer
     that does not publish) is noticed by the session's next activity touch, whose reply
@@ -480,12 +497,7 @@ def test_missed_invalidation_is_caught_by_the_next_touch(static_stack):
     assert r.status == 200, r
     first = r.header("x-berth-instance")
     assert r.body.decode() == {"fleet-0": "u0", "fleet-1": "u1"}[first]
-    other = "fleet-1" if first == "fleet-0" else "fleet-0"
-    h, sess = sessions_in_redis(s)["mover"]
-    addr = s.redis.hgetall(s.key("i:", other))["addr"]
-    # rebind as the claim script would, but without PUBLISH on P inval
-    s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
-                "gen", str(int(sess["gen"]) + 1))
+    other = rebind_without_inval(s, "mover", first)
     t0 = time.monotonic()
     seen = []
     while time.monotonic() - t0 < 10 * SLOW:
@@ -603,12 +615,7 @@ def test_a_missed_invalidation_is_caught_by_every_loop(static_stack):
             for c in conns.values():
                 assert ask(c) == first
             time.sleep(0.02)
-        other = "fleet-1" if first == "fleet-0" else "fleet-0"
-        h, sess = sessions_in_redis(s)["mover2"]
-        addr = s.redis.hgetall(s.key("i:", other))["addr"]
-        # rebind as the claim script would, but without PUBLISH on P inval
-        s.redis.cmd("HSET", s.key("s:", h), "instance", other, "addr", addr,
-                    "gen", str(int(sess["gen"]) + 1))
+        other = rebind_without_inval(s, "mover2", first)
         t0 = time.monotonic()
         switched = {}  # loop -> seconds until it answered with the new instance
         while time.monotonic() - t0 < 15 * SLOW and len(switched) < 2:
@@ -626,17 +633,6 @@ def test_a_missed_invalidation_is_caught_by_every_loop(static_stack):
             c.close()
 
 
-def claims(s):
-    """berth_gateway_claims_total by result, from /metrics."""
-    r = curl(s.admin_url("/metrics"))
-    assert r.status == 200
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line.startswith('berth_gateway_claims_total{result="'):
-            out[line.split('"')[1]] = float(line.split()[-1])
-    return out
-
-
 def test_a_lost_subscription_flushes_the_cache(static_stack):
     """Invalidations arrive on a connection of their own. When that connection alone is lost
     and comes back, whatever was published meanwhile was missed: the loop's cached bindings
@@ -646,9 +642,13 @@ def test_a_lost_subscription_flushes_the_cache(static_stack):
     r = s.get("/", session="subscribed")
     assert r.status == 200, r
     inst = r.header("x-berth-instance")
-    before = claims(s)
+
+    def claims():
+        return metric_by(s, "berth_gateway_claims_total", "result")
+
+    before = claims()
     assert s.get("/", session="subscribed").header("x-berth-instance") == inst
-    assert claims(s)["cached"] == before["cached"] + 1  # served from the cache
+    assert claims()["cached"] == before["cached"] + 1  # served from the cache
     channel = s.key("inval")
 
     def subscribers():
@@ -658,9 +658,9 @@ def test_a_lost_subscription_flushes_the_cache(static_stack):
     assert subscribers() == 1
     assert int(s.redis.cmd("CLIENT", "KILL", "TYPE", "pubsub")) == 1
     wait_until(lambda: subscribers() == 1, 10 * SLOW, "the gateway subscribed again")
-    before = claims(s)
+    before = claims()
     r = s.get("/", session="subscribed")
     assert r.status == 200 and r.header("x-berth-instance") == inst, r
-    after = claims(s)
+    after = claims()
     assert after["bound"] == before["bound"] + 1, (before, after)  # asked Redis
     assert after["cached"] == before["cached"], (before, after)
