@@ -84,7 +84,7 @@ TEST(a_confirmation_is_of_one_gen_and_ages)
 TEST(a_note_made_after_the_readers_clock_reading_is_fresh)
 {
     /* A loop reads its clock, another thread notes a touch a moment later: the note's time is
-     * ahead of the reader's "now". It counts as just made, not as 49 days old. */
+     * ahead of the reader's "now". It counts as just made, not as expired. */
     struct gw_touchtab *t = gw_touchtab_create(8);
     struct cm_hash a = H(0x5555555555555555ull, 1);
     cm_usec_t t0 = 10 * SEC, age = 99;
