@@ -110,17 +110,24 @@ static void register_static(struct gw_worker *w)
     }
 }
 
+/* A connection to Redis is up (again). Invalidations may have been missed while it was away
+ * (the `inval` subscription has a connection of its own, which a network blip can take
+ * alone): after the first time, trust nothing cached. */
+static void connected_again(struct gw_worker *w, int *up_before, const char *which)
+{
+    if (*up_before) {
+        gw_cache_clear(w->cache);
+        cm_log_info("worker", "redis %s reconnected, cache flushed worker=%d", which, w->index);
+    }
+    *up_before = 1;
+}
+
 static void on_redis_state(struct cm_redis *r, int connected, void *data)
 {
     struct gw_worker *w = data;
     (void)r;
     if (connected) {
-        if (w->redis_up_before) {
-            /* Invalidations may have been missed while away: trust nothing cached. */
-            gw_cache_clear(w->cache);
-            cm_log_info("worker", "redis reconnected, cache flushed worker=%d", w->index);
-        }
-        w->redis_up_before = 1;
+        connected_again(w, &w->redis_up_before, "connection");
         if (w->index == 0)
             register_static(w);
     } else if (w->index == 0) {
@@ -128,20 +135,13 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     }
 }
 
-/* The `inval` subscription has its own connection: when it comes back after a loss (a
- * network blip can take it alone), invalidations published meanwhile were missed, so the cache
- * is flushed as after a reconnect of the command connection. */
 static void on_sub_state(struct cm_redis *r, int connected, void *data)
 {
-    struct gw_worker *w = data;
     (void)r;
-    if (!connected)
-        return;
-    if (w->sub_up_before) {
-        gw_cache_clear(w->cache);
-        cm_log_info("worker", "redis subscription back, cache flushed worker=%d", w->index);
+    if (connected) {
+        struct gw_worker *w = data;
+        connected_again(w, &w->sub_up_before, "subscription");
     }
-    w->sub_up_before = 1;
 }
 
 static void on_touch_timer(evutil_socket_t fd, short what, void *arg)
