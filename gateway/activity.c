@@ -31,6 +31,14 @@ static void arm(struct gw_worker *w)
         evtimer_add(w->touch_ev, &tv);
 }
 
+/* <e> was confirmed with Redis (<by>): fresh until <fresh>, unless it already was longer. */
+static void extend(struct gw_worker *w, struct gw_cache_entry *e, cm_usec_t fresh, enum gw_reval by)
+{
+    if (fresh > e->expires)
+        e->expires = fresh;
+    GW_METRIC_INC(&w->metrics, revalidations[by]);
+}
+
 static void on_touched(redisReply *reply, const char *err, void *data)
 {
     struct call *t = data;
@@ -50,19 +58,14 @@ static void on_touched(redisReply *reply, const char *err, void *data)
             struct gw_cache_entry *e = gw_cache_get(w->cache, t->keys[i]);
             if (!e)
                 continue;
-            /* Worth telling the other loops too (gen 0: not bound), unless it is older than
-             * this entry */
-            if (w->touchtab && (r->integer <= 0 || (uint64_t)r->integer >= e->gen))
-                gw_touchtab_confirm(w->touchtab, e->session,
-                                    r->integer > 0 ? (uint64_t)r->integer : 0, now);
-            if (r->integer <= 0 || (uint64_t)r->integer > e->gen) {
+            uint64_t gen = r->integer > 0 ? (uint64_t)r->integer : 0;
+            /* worth telling the other loops too, unless it is older than this entry */
+            if (w->touchtab && (gen == 0 || gen >= e->gen))
+                gw_touchtab_confirm(w->touchtab, e->session, gen, now);
+            if (gen == 0 || gen > e->gen)
                 gw_cache_drop(w->cache, t->keys[i]);
-            } else if ((uint64_t)r->integer == e->gen) {
-                cm_usec_t fresh = gw_cache_expiry(w->gc->cache_ttl, e->hash, now);
-                if (fresh > e->expires)
-                    e->expires = fresh;
-                GW_METRIC_INC(&w->metrics, revalidations[GW_REVAL_TOUCH]);
-            }
+            else if (gen == e->gen)
+                extend(w, e, gw_cache_expiry(w->gc->cache_ttl, e->hash, now), GW_REVAL_TOUCH);
         }
     }
     free(t);
@@ -177,9 +180,7 @@ int gw_activity_confirmed_elsewhere(struct gw_worker *w, struct gw_cache_entry *
     cm_usec_t fresh = gw_cache_expiry(w->gc->cache_ttl, e->hash, now - age);
     if (fresh <= now)
         return 0;
-    if (fresh > e->expires)
-        e->expires = fresh;
-    GW_METRIC_INC(&w->metrics, revalidations[GW_REVAL_LOOP]);
+    extend(w, e, fresh, GW_REVAL_LOOP);
     return 1;
 }
 
