@@ -143,10 +143,10 @@ static int make_room(struct gw_worker *w)
     return 0;
 }
 
-void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int force)
+void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e)
 {
     cm_usec_t now = cm_now_mono();
-    if (!force && now - e->last_flush < w->gc->activity_flush)
+    if (now - e->last_flush < w->gc->activity_flush)
         return;
     if (make_room(w) < 0)
         return; /* last_flush unchanged: the next request tries again */
@@ -158,8 +158,7 @@ void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int 
      * within about a flush here too). This loop asks again a flush from now. Otherwise (a
      * session's first touches, a binding that changed, another session in the slot) it
      * touches too: a touch too many, never one too few. */
-    if (w->touchtab &&
-        !gw_touchtab_claim(w->touchtab, e->session, now, force ? 0 : w->gc->activity_flush) &&
+    if (w->touchtab && !gw_touchtab_claim(w->touchtab, e->session, now, w->gc->activity_flush) &&
         gw_activity_confirmed_elsewhere(w, e, now, 2 * w->gc->activity_flush))
         return;
     cm_hash_hex(e->session, w->touch_hex[w->n_touch]);
@@ -184,11 +183,11 @@ int gw_activity_confirmed_elsewhere(struct gw_worker *w, struct gw_cache_entry *
     return 1;
 }
 
-void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force)
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h)
 {
     struct gw_cache_entry *e = gw_cache_get(w->cache, h);
     if (e)
-        gw_activity_touch_entry(w, e, force);
+        gw_activity_touch_entry(w, e);
 }
 
 void gw_activity_free(struct gw_worker *w)

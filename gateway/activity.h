@@ -18,11 +18,11 @@ struct gw_worker;
 
 struct gw_cache_entry;
 
-/* Queues activity for the session bound under cache key <h> if it is due (or <force>) and the
- * worker still has its binding cached. */
-void gw_activity_touch(struct gw_worker *w, struct cm_hash h, int force);
+/* Queues activity for the session bound under cache key <h> if it is due and the worker still
+ * has its binding cached. */
+void gw_activity_touch(struct gw_worker *w, struct cm_hash h);
 /* The same for a cache entry the caller holds (saves the lookup). */
-void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e, int force);
+void gw_activity_touch_entry(struct gw_worker *w, struct gw_cache_entry *e);
 /* With several loops (w->touchtab set): whether another loop's touch had Redis confirm <e>'s
  * binding (its session and gen) at most <within> before <now>, recently enough that <e> is
  * fresh at <now> when counted from that reply. If so, <e> is made fresh as this loop's own

@@ -388,7 +388,7 @@ void gw_conn_touch_streams(struct gw_worker *w)
 {
     for (struct gw_conn *c = w->conns; c; c = c->next)
         if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
-            gw_activity_touch(w, c->hash, 0);
+            gw_activity_touch(w, c->hash);
 }
 
 /* ------------------------------------------------------------------ request head */
@@ -720,7 +720,7 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
         c->session_hex[0] = '\0';
         c->from_cache = 1;
         GW_METRIC_INC(&w->metrics, claims[GW_CLAIM_CACHED]);
-        gw_activity_touch_entry(w, e, 0);
+        gw_activity_touch_entry(w, e);
         forward(c, h);
         return;
     }

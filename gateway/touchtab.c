@@ -101,7 +101,7 @@ int gw_touchtab_claim(struct gw_touchtab *t, struct cm_hash h, cm_usec_t now, cm
     uint64_t mine = note(tag, now);
     uint64_t v = __atomic_load_n(&s->queued, __ATOMIC_RELAXED);
     for (;;) {
-        if (every && note_tag(v) == tag && age(v, now) < every)
+        if (note_tag(v) == tag && age(v, now) < every)
             return 0;
         /* The compare-and-swap makes one of two loops asking at once the toucher; the other
          * sees its note on the retry. Another session's note in the slot is overwritten. */

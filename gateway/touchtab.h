@@ -31,9 +31,8 @@ struct gw_touchtab *gw_touchtab_create(size_t slots);
 void gw_touchtab_destroy(struct gw_touchtab *t);
 
 /* A loop is about to touch session <h> at monotonic time <now>. Returns 0 when some loop
- * noted a touch of <h> less than <every> before <now> (the caller skips its own: the session's
- * activity is on its way), else notes this one at <now> and returns 1. <every> 0: always 1 (a
- * forced touch), noted all the same. Of loops asking at the same moment, one gets 1. */
+ * noted a touch of <h> less than <every> before <now> (the caller may leave the touch to it),
+ * else notes this one at <now> and returns 1. Of loops asking at the same moment, one gets 1. */
 int gw_touchtab_claim(struct gw_touchtab *t, struct cm_hash h, cm_usec_t now, cm_usec_t every);
 
 /* Redis answered at <now> that session <h> is bound with gen <gen> (> 0), or is not bound
