@@ -188,7 +188,6 @@ struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding 
         if (!n)
             return NULL;
         memset(&n->e, 0, sizeof(n->e));
-        n->e.used = 1;
         n->e.hash = b->hash;
         struct table *t = current(c);
         size_t j = slot_of(b->hash) & t->mask;

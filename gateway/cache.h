@@ -17,8 +17,7 @@
 struct gw_cache_entry {
     struct cm_hash hash;    /* the key: session hash, or alias hash */
     struct cm_hash session; /* the session it belongs to */
-    uint8_t used;
-    uint8_t refreshing; /* a background check with Redis is under way */
+    uint8_t refreshing;     /* a background check with Redis is under way */
     uint64_t gen;
     cm_usec_t expires;    /* monotonic: after this, ask Redis again */
     cm_usec_t last_flush; /* monotonic: last activity written to Redis */
@@ -36,8 +35,9 @@ static inline cm_usec_t gw_cache_expiry(cm_usec_t ttl, struct cm_hash h, cm_usec
     return now + ttl - (cm_usec_t)(h.lo % (ttl / 2 + 1));
 }
 
-/* Returns a new cache holding at most <max_entries> (then the oldest-expiring entries in a probe
- * window are evicted), or NULL. Free with gw_cache_destroy(). */
+/* Returns a new cache holding at most <max_entries> (then a put of a new key evicts the
+ * earliest-expiring of a few entries in the buckets from its own on), or NULL. Free with
+ * gw_cache_destroy(). */
 struct gw_cache *gw_cache_create(size_t max_entries);
 void gw_cache_destroy(struct gw_cache *c);
 /* The entry for <h>, or NULL. The pointer is valid until that entry is dropped (by
@@ -50,7 +50,7 @@ void gw_cache_drop(struct gw_cache *c, struct cm_hash h);
 void gw_cache_clear(struct gw_cache *c);
 size_t gw_cache_count(const struct gw_cache *c);
 /* While the cache grows: how many buckets of the old table are still to be moved (a put moves
- * a few); 0 otherwise. For tests and metrics. */
+ * a few, a lookup one); 0 otherwise. For tests. */
 size_t gw_cache_growing(const struct gw_cache *c);
 
 #endif

@@ -35,7 +35,6 @@ put(struct gw_cache *c, uint64_t hi, uint64_t lo, uint64_t gen, cm_usec_t exp)
     struct gw_binding b = bind_of(hi, lo, gen);
     struct gw_cache_entry *e = gw_cache_put(c, &b, exp);
     CHECK_NOT_NULL(e);
-    CHECK(e->used);
     CHECK(e->hash.hi == hi && e->hash.lo == lo);
     CHECK_UINT_EQ(e->gen, gen);
     CHECK_UINT_EQ(e->expires, exp);
