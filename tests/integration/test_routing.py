@@ -618,13 +618,14 @@ def test_a_missed_invalidation_is_caught_by_every_loop(static_stack):
         other = rebind_without_inval(s, "mover2", first)
         t0 = time.monotonic()
         switched = {}  # loop -> seconds until it answered with the new instance
-        while time.monotonic() - t0 < 15 * SLOW and len(switched) < 2:
+        # waits up to 45 s (below cache_ttl, after which any loop would ask Redis itself)
+        while time.monotonic() - t0 < 45 and len(switched) < 2:
             for loop, c in conns.items():
                 if ask(c) == other:
                     switched.setdefault(loop, time.monotonic() - t0)
             time.sleep(0.02)
         assert set(switched) == set(conns), switched
-        assert max(switched.values()) < 15 * SLOW, switched  # far from cache_ttl's 60 s
+        assert max(switched.values()) < 5 * SLOW, switched  # a few activity_flush
         for _ in range(10):  # and neither goes back to the old binding
             for c in conns.values():
                 assert ask(c) == other

@@ -221,25 +221,35 @@ TEST(growing_moves_a_few_buckets_per_put)
     }
     CHECK(puts <= 32); /* 64 one-entry chains, 2 a put */
     CHECK_UINT_EQ(gw_cache_count(c), 65 + puts);
-    /* entries keep their addresses through a growth */
+    /* entries keep their addresses through a growth; drops and a clear in the middle of one */
     struct gw_cache_entry *e = gw_cache_get(c, H(0, 3));
-    for (uint64_t i = 1000; i < 1400; i++)
-        put(c, 0, i, i, 1);
+    uint64_t next = 1000;
+    while (gw_cache_growing(c) == 0) /* up to the next growth (into 256 buckets) */
+        put(c, 0, next, next, 1), next++;
+    for (int k = 0; k < 8; k++)
+        put(c, 0, next, next, 1), next++;
+    CHECK(gw_cache_growing(c) > 0); /* a put moves a few chains of 128: still under way */
     CHECK(gw_cache_get(c, H(0, 3)) == e);
-    /* dropping and clearing in the middle of a growth */
-    CHECK(gw_cache_growing(c) > 0 || gw_cache_count(c) > 256);
-    for (uint64_t i = 1000; i < 1400; i += 2)
+    for (uint64_t i = 1000; i < next; i += 2)
         gw_cache_drop(c, H(0, i));
-    for (uint64_t i = 1000; i < 1400; i++) {
+    CHECK(gw_cache_growing(c) > 0);
+    for (uint64_t i = 1000; i < next; i++) {
         if (i % 2)
             has(c, 0, i, i);
         else
             absent(c, 0, i);
     }
-    gw_cache_clear(c);
+    while (gw_cache_growing(c) > 0)
+        put(c, 0, next, next, 1), next++;
+    CHECK(gw_cache_get(c, H(0, 3)) == e); /* the growth is over; the entry never moved */
+    while (gw_cache_growing(c) == 0)
+        put(c, 0, next, next, 1), next++;
+    gw_cache_clear(c); /* in the middle of the next growth */
     CHECK_UINT_EQ(gw_cache_count(c), 0);
     CHECK_UINT_EQ(gw_cache_growing(c), 0);
     absent(c, 0, 3);
+    for (uint64_t i = 1000; i < next; i++)
+        absent(c, 0, i);
     /* a growth that new keys stop feeding is finished by lookups */
     for (uint64_t i = 0; gw_cache_growing(c) == 0; i++)
         put(c, 0, 5000 + i, i, 1);
