@@ -97,10 +97,8 @@ void gw_cache_destroy(struct gw_cache *c)
 
 static void move_some(struct gw_cache *c, size_t chains);
 
-struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h)
+static struct gw_cache_entry *find(const struct gw_cache *c, struct cm_hash h)
 {
-    if (growing(c)) /* lookups finish a growth too, should new keys stop coming */
-        move_some(c, 1);
     size_t s = slot_of(h);
     for (struct node *n = c->t[0].b[s & c->t[0].mask]; n; n = n->next)
         if (same(n->e.hash, h))
@@ -110,6 +108,13 @@ struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h)
             if (same(n->e.hash, h))
                 return &n->e;
     return NULL;
+}
+
+struct gw_cache_entry *gw_cache_get(struct gw_cache *c, struct cm_hash h)
+{
+    if (growing(c)) /* lookups finish a growth too, should new keys stop coming */
+        move_some(c, 1);
+    return find(c, h);
 }
 
 /* Moves up to <chains> non-empty buckets of t[0] into t[1] (looking at no more than ten times as
@@ -176,7 +181,7 @@ static void evict_near(struct gw_cache *c, struct cm_hash h)
 struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding *b,
                                     cm_usec_t expires)
 {
-    struct gw_cache_entry *e = gw_cache_get(c, b->hash);
+    struct gw_cache_entry *e = find(c, b->hash);
     if (!e) {
         if (c->count >= c->max_entries)
             evict_near(c, b->hash);
