@@ -3,9 +3,9 @@
 
 # shellcheck disable=SC2034
 BERTH_BUILD_PACKAGES="gcc libc6-dev pkg-config meson ninja-build libevent-dev libhiredis-dev
-  libxxhash-dev libyaml-dev libssl-dev libnghttp2-dev node-llhttp"
+  libxxhash-dev libyaml-dev libssl-dev libnghttp2-dev node-llhttp libseccomp-dev"
 # shellcheck disable=SC2034
-BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps"
+BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps e2fsprogs libseccomp2"
 # shellcheck disable=SC2034
 BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file"
 
