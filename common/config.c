@@ -361,7 +361,10 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "memory", "pids",        "workspace_size",
                                        "pool",  "ready_timeout", "ttl",    "max_ttl",
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
-                                       "upstreams", "sessions_per_instance", NULL};
+                                       "upstreams", "sessions_per_instance", "data_size",
+                                       "run_as_root", "seccomp", "io", NULL};
+    static const char *const io_keys[] = {"read_bps", "write_bps", "read_iops", "write_iops",
+                                          NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
     static const char *const pool_keys[] = {"min", "max", NULL};
     const char *p = "templates[]";
@@ -461,8 +464,24 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                          CM_MAX(t->idle_timeout, 86400 * CM_USEC_PER_SEC), CM_USEC_PER_SEC,
                          365 * 86400 * CM_USEC_PER_SEC, &t->max_idle_timeout) ||
         cm_conf_str(ctx, m, path, "on_lost", "replace", &lost_s) ||
-        cm_conf_bool(ctx, m, path, "data", 1, &t->data))
+        cm_conf_bool(ctx, m, path, "data", 1, &t->data) ||
+        cm_conf_size(ctx, m, path, "data_size", 1ull << 30, 16u << 20, 1ull << 44, &t->data_size) ||
+        cm_conf_bool(ctx, m, path, "run_as_root", 0, &t->run_as_root) ||
+        cm_conf_str(ctx, m, path, "seccomp", "default", &t->seccomp))
         return free(lost_s), -EINVAL;
+    const struct cm_ynode *io = cm_ynode_get(m, "io");
+    char iopath[160];
+    snprintf(iopath, sizeof(iopath), "%s.io", path);
+    if (cm_conf_keys(ctx, io, iopath, io_keys) ||
+        cm_conf_size(ctx, io, iopath, "read_bps", 0, 0, UINT64_MAX, &t->io_read_bps) ||
+        cm_conf_size(ctx, io, iopath, "write_bps", 0, 0, UINT64_MAX, &t->io_write_bps) ||
+        cm_conf_u64(ctx, io, iopath, "read_iops", 0, 0, UINT32_MAX, &t->io_read_iops) ||
+        cm_conf_u64(ctx, io, iopath, "write_iops", 0, 0, UINT32_MAX, &t->io_write_iops))
+        return free(lost_s), -EINVAL;
+    if (strcmp(t->seccomp, "default") != 0 && strcmp(t->seccomp, "strict") != 0)
+        return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(m, "seccomp"), path, "seccomp",
+                                          "unknown profile '%s' (known: default, strict)",
+                                          t->seccomp);
     lost = lost_s;
     if (strcmp(lost, "replace") == 0)
         t->on_lost = CM_LOST_REPLACE;
@@ -582,6 +601,7 @@ void cm_config_free(struct cm_config *cfg)
         struct cm_template *t = &cfg->templates[i];
         free(t->name);
         free(t->driver);
+        free(t->seccomp);
         cm_strv_free(t->upstreams);
         cm_strv_free(t->app_command);
         cm_strv_free(t->app_env);

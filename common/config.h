@@ -71,6 +71,10 @@ struct cm_template {
     cm_usec_t idle_timeout, max_idle_timeout;
     enum cm_lost_policy on_lost;
     int data;           /* mount the session's durable directory at /data */
+    uint64_t data_size; /* size of each session's /data file system (its quota) */
+    int run_as_root;    /* the app runs as the user namespace's root (still no capability) */
+    char *seccomp;      /* seccomp profile name ("default", "strict") */
+    uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
 };
 
 struct cm_tenant {

@@ -98,12 +98,14 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", NULL};
+        "api_max_connections", "uid_base", "insecure", "reserve", NULL};
+    static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
     char *listen = NULL;
-    uint64_t capacity, max_conns, max_pending, api_conns;
+    uint64_t capacity, max_conns, max_pending, api_conns, uid_base;
+    const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     memset(ret, 0, sizeof(*ret));
 
     if (cm_conf_keys(&ctx, section, SEC, keys) ||
@@ -134,8 +136,32 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                      &c.api_max_header_bytes) ||
         cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC,
                          CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
-        cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns))
+        cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns) ||
+        cm_conf_u64(&ctx, section, SEC, "uid_base", SCH_UID_BASE_DEFAULT, 65536,
+                    UINT32_MAX - 1, &uid_base) ||
+        cm_conf_bool(&ctx, section, SEC, "insecure", 0, &c.insecure) ||
+        cm_conf_keys(&ctx, reserve, SEC ".reserve", reserve_keys) ||
+        cm_conf_size(&ctx, reserve, SEC ".reserve", "memory", 512u << 20, 0, 1ull << 50,
+                     &c.reserve_memory))
         goto fail;
+    c.reserve_cpu_millis = 500;
+    const struct cm_ynode *rcpus = cm_ynode_get(reserve, "cpus");
+    if (rcpus) {
+        char *end;
+        double v = rcpus->type == CM_YNODE_SCALAR ? strtod(rcpus->scalar, &end) : -1;
+        if (rcpus->type != CM_YNODE_SCALAR || *end || v < 0 || v > 1024) {
+            cm_conf_fail(&ctx, rcpus, SEC ".reserve", "cpus", "must be a number of cores 0..1024");
+            goto fail;
+        }
+        c.reserve_cpu_millis = (uint32_t)(v * 1000 + 0.5);
+    }
+    /* Each possible instance gets its own range of SCH_UID_RANGE_SIZE host ids. */
+    if (uid_base + (uint64_t)capacity * SCH_UID_RANGE_SIZE > UINT32_MAX) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "uid_base"), SEC, "uid_base",
+                     "uid_base + capacity x %u must stay below 2^32", SCH_UID_RANGE_SIZE);
+        goto fail;
+    }
+    c.uid_base = (uint32_t)uid_base;
     c.capacity = (uint32_t)capacity;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;

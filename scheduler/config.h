@@ -16,6 +16,12 @@
 /* Longest instance id: host id + '-' + 8 hex digits. */
 #define SCH_INST_ID_MAX (SCH_HOST_ID_MAX + 9)
 
+/* Host ids for sandboxes: instance slot k maps its user namespace's 0..65535 to
+ * uid_base + k * SCH_UID_RANGE_SIZE + (0..65535). The default stays clear of /etc/subuid's
+ * usual ranges (100000 + 65536 per user) and below 2^31 for tools that read ids as signed. */
+#define SCH_UID_BASE_DEFAULT 1000000000u
+#define SCH_UID_RANGE_SIZE 65536u
+
 struct sch_config {
     char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
     char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
@@ -38,6 +44,10 @@ struct sch_config {
     uint64_t api_max_header_bytes; /* scheduler API: request line and headers */
     cm_usec_t api_timeout;         /* scheduler API: idle, reading a request, writing an answer */
     uint32_t api_max_connections;  /* scheduler API: connections open at once */
+    uint32_t uid_base;             /* first host uid/gid of the sandboxes' ranges */
+    int insecure;                  /* start sandboxes without user namespace or seccomp */
+    uint64_t reserve_memory;       /* kept out of the sandboxes' common cgroup */
+    uint32_t reserve_cpu_millis;   /* likewise, in thousandths of a core */
 };
 
 /* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file

@@ -1,12 +1,17 @@
-/* The process driver: each instance is berth-agent as PID 1 of new mount, pid, ipc, uts and net
- * namespaces, in its own cgroups, on a private tmpfs root (sandbox.c builds it). The host keeps
- * per instance {run_dir}/{id}/ with:
- *   state        "pid=N" and "cgroup=DIR" lines: what a restarted scheduler needs to adopt or
- *                purge the instance
+/* The process driver: each instance is berth-agent as PID 1 of a new user namespace (its own
+ * range of host uids) owning new mount, pid, ipc, uts, net and cgroup namespaces, in its own
+ * cgroups, on a private tmpfs root (sandbox.c builds it), with no capability, no_new_privs and
+ * a seccomp filter. The host keeps per instance {run_dir}/{id}/ (0711, root's; nothing of it is
+ * visible inside but data/'s contents):
+ *   state        "pid=N", "slot=K" and "cgroup=DIR" lines: what a restarted scheduler needs to
+ *                adopt or purge the instance
  *   console.log  the agent's and the app's output (bounded by the agent)
- *   sock/        app.sock, ctl.sock and the agent's exit file, bound to /run/berth inside
- *   data/        shared mount point receiving the session's durable directory at bind time
- *   root/        mount point of the tmpfs root inside the instance's mount namespace */
+ *   exit         the agent's account of the end, written through a descriptor we opened
+ *   sock/        app.sock (0660), ports.sock (0660), ctl.sock (0600): made and bound here,
+ *                passed to the agent as listening descriptors
+ *   data/        shared mount point receiving the session's durable file system at bind time
+ *   root/        mount point of the tmpfs root inside the instance's mount namespace
+ * Everything read back from here is opened with O_NOFOLLOW|O_NONBLOCK and read with a bound. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,8 +35,13 @@
 #include "common/log.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/driver.h"
+#include "scheduler/hostcheck.h"
 #include "scheduler/paths.h"
 #include "scheduler/sandbox.h"
+#include "scheduler/seccomp.h"
+#include "scheduler/storage.h"
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -41,6 +51,8 @@
 #endif
 
 #define CHILD_STACK (256 * 1024)
+#define EXIT_FILE_MAX 64
+#define STATE_FILE_MAX 16384
 #define PURGE_WAIT_MS 2000
 #define AGENT_NAME "berth-agent"
 #define SANDBOX_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,6 +62,11 @@ struct pdriver {
     const struct sch_config *cfg;
     struct sch_cgroups *cg;
     int agent_fd;
+    /* What this host offers (probed at start-up) and what we use. */
+    int userns, seccomp;             /* 1: works here */
+    char userns_why[160], seccomp_why[160];
+    struct sch_seccomp_prog progs[2]; /* "default", "strict" */
+    unsigned char *slots;            /* capacity entries: 1 = uid range in use */
     char prefix[SCH_HOST_ID_MAX + 2]; /* "<host>-": only such ids are ours */
 };
 
@@ -61,6 +78,9 @@ struct pinst {
     char dir[INST_DIR_MAX];
     char **cgdirs;
     int child; /* started by this process: reap it with waitid() */
+    int slot;  /* uid range, -1 without a user namespace */
+    uint64_t data_size; /* the template's, for the session's image (kept in the state file) */
+    int data_lock;      /* the attached image's lock, -1 */
 };
 
 static int pidfd_open(pid_t pid)
@@ -88,6 +108,99 @@ static int is_ours(const struct pdriver *d, const char *id)
         if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
             return 0;
     return id[n] != '\0';
+}
+
+/* ------------------------------------------------------------------ uid ranges */
+
+static int slot_take(struct pdriver *d)
+{
+    for (uint32_t k = 0; k < d->cfg->capacity; k++)
+        if (!d->slots[k]) {
+            d->slots[k] = 1;
+            return (int)k;
+        }
+    return -1;
+}
+
+static void slot_mark(struct pdriver *d, int k, int used)
+{
+    if (k >= 0 && (uint32_t)k < d->cfg->capacity)
+        d->slots[k] = (unsigned char)used;
+}
+
+static uint32_t slot_uid(const struct pdriver *d, int k)
+{
+    return d->cfg->uid_base + (uint32_t)k * SCH_UID_RANGE_SIZE;
+}
+
+/* Writes "0 <base> 65536" into /proc/<pid>/{uid,gid}_map (we are root in the parent
+ * namespace, so any range works; setgroups stays allowed for the child's setgroups(0)). */
+static int write_id_maps(pid_t pid, uint32_t base)
+{
+    static const char *const files[] = {"uid_map", "gid_map"};
+    char path[64], line[64];
+    int n = snprintf(line, sizeof(line), "0 %u %u\n", base, SCH_UID_RANGE_SIZE);
+    for (size_t i = 0; i < CM_ARRAY_SIZE(files); i++) {
+        snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, files[i]);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        ssize_t w = write(fd, line, (size_t)n);
+        int e = w == n ? 0 : (w < 0 ? -errno : -EIO);
+        close(fd);
+        if (e < 0)
+            return e;
+    }
+    return 0;
+}
+
+/* Reads at most <len>-1 bytes of <dir>/<name>, a file the host made but that must not be
+ * trusted to still be a regular file: no symlink followed, no FIFO waited on. */
+static ssize_t read_host_file(const char *dir, const char *name, char *buf, size_t len)
+{
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    size_t got = 0;
+    while (got + 1 < len) {
+        ssize_t n = read(fd, buf + got, len - 1 - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = '\0';
+    return (ssize_t)got;
+}
+
+/* A listening unix socket at <dir>/<name>, mode <mode>, made by the host. */
+static int listen_at(const char *dir, const char *name, mode_t mode, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "socket path %s/%s too long", dir, name);
+        return -ENAMETOOLONG;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        fchmodat(AT_FDCWD, sa.sun_path, mode, 0) < 0 || listen(fd, 1024) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s: %s", sa.sun_path, strerror(e));
+        if (fd >= 0)
+            close(fd);
+        return -e;
+    }
+    return fd;
 }
 
 /* ------------------------------------------------------------------ traces on the host */
@@ -119,7 +232,7 @@ static void remove_traces(const char *dir, char *const *cgdirs)
                     cgdirs && cgdirs[0] ? cgdirs[0] : "", strerror(-rc));
     snprintf(p, sizeof(p), "%s/sock", dir);
     nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-    static const char *const files[] = {"state", "console.log"};
+    static const char *const files[] = {"state", "console.log", "exit", "state.tmp"};
     for (size_t i = 0; i < CM_ARRAY_SIZE(files); i++) {
         snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
         unlink(p);
@@ -132,7 +245,8 @@ static void remove_traces(const char *dir, char *const *cgdirs)
 }
 
 /* The state file: "pid=N\n" then "cgroup=DIR\n" lines. */
-static int write_state(const char *dir, pid_t pid, char *const *cgdirs)
+static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
+                       char *const *cgdirs)
 {
     char path[PATH_MAX + 16], tmp[PATH_MAX + 16];
     snprintf(path, sizeof(path), "%s/state", dir);
@@ -141,6 +255,9 @@ static int write_state(const char *dir, pid_t pid, char *const *cgdirs)
     if (!f)
         return -errno;
     fprintf(f, "pid=%d\n", (int)pid);
+    if (slot >= 0)
+        fprintf(f, "slot=%d\n", slot);
+    fprintf(f, "data_size=%" PRIu64 "\n", data_size);
     for (; cgdirs && *cgdirs; cgdirs++)
         fprintf(f, "cgroup=%s\n", *cgdirs);
     int rc = fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -errno;
@@ -152,29 +269,32 @@ static int write_state(const char *dir, pid_t pid, char *const *cgdirs)
     return rc;
 }
 
-static int read_state(const char *dir, pid_t *ret_pid, char ***ret_cgdirs)
+static int read_state(const char *dir, pid_t *ret_pid, int *ret_slot, uint64_t *ret_data_size,
+                      char ***ret_cgdirs)
 {
-    char path[PATH_MAX + 16], line[PATH_MAX + 16];
-    snprintf(path, sizeof(path), "%s/state", dir);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -errno;
+    char buf[STATE_FILE_MAX];
+    ssize_t len = read_host_file(dir, "state", buf, sizeof(buf));
+    if (len < 0)
+        return (int)len;
     pid_t pid = 0;
+    int slot = -1;
     char **dirs = calloc(SCH_CG_COUNT + 1, sizeof(*dirs));
     size_t n = 0;
-    if (!dirs) {
-        fclose(f);
+    if (!dirs)
         return -ENOMEM;
-    }
-    while (fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\n")] = '\0';
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         if (strncmp(line, "pid=", 4) == 0)
             pid = (pid_t)atoi(line + 4);
+        else if (strncmp(line, "slot=", 5) == 0)
+            slot = atoi(line + 5);
+        else if (strncmp(line, "data_size=", 10) == 0)
+            *ret_data_size = strtoull(line + 10, NULL, 10);
         else if (strncmp(line, "cgroup=", 7) == 0 && n < SCH_CG_COUNT && line[7] == '/')
             dirs[n++] = strdup(line + 7);
     }
-    fclose(f);
     *ret_pid = pid;
+    *ret_slot = slot;
     *ret_cgdirs = dirs;
     return pid > 0 ? 0 : -EINVAL;
 }
@@ -242,7 +362,7 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
 {
     const struct cm_template *t = spec->tpl;
     size_t n = cm_strv_len(t->app_command);
-    char **argv = calloc(n + 24, sizeof(*argv));
+    char **argv = calloc(n + 32, sizeof(*argv));
     if (!argv)
         return NULL;
     char port[16], hold[32], logmax[32], buf[32], conns[16];
@@ -251,9 +371,15 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
     snprintf(logmax, sizeof(logmax), "%" PRIu64, d->cfg->console_max);
     snprintf(buf, sizeof(buf), "%" PRIu64, d->cfg->relay_buffer);
     snprintf(conns, sizeof(conns), "%u", d->cfg->relay_max_conns);
-    const char *fixed[] = {AGENT_NAME,   "--id",       spec->id, "--port",      port,  "--sock-dir",
-                           "/run/berth", "--ready-fd", "3",      "--hold-ms",   hold,  "--log-max",
-                           logmax,       "--buffer",   buf,      "--max-conns", conns, "--"};
+    char fds[SCH_FD_COUNT][8];
+    for (int i = 0; i < SCH_FD_COUNT; i++)
+        snprintf(fds[i], sizeof(fds[i]), "%d", i);
+    const char *fixed[] = {AGENT_NAME, "--id",          spec->id,         "--port",
+                           port,       "--app-fd",      fds[SCH_FD_APP],  "--ports-fd",
+                           fds[SCH_FD_PORTS], "--ctl-fd", fds[SCH_FD_CTL], "--exit-fd",
+                           fds[SCH_FD_EXIT],  "--ready-fd", fds[SCH_FD_READY], "--hold-ms",
+                           hold,       "--log-max",     logmax,           "--buffer",
+                           buf,        "--max-conns",   conns,            "--"};
     size_t k = 0;
     for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)
         if (!(argv[k++] = strdup(fixed[i])))
@@ -288,6 +414,11 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
+static int profile_index(const char *name)
+{
+    return name && strcmp(name, "strict") == 0 ? 1 : 0;
+}
+
 static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
                    struct sch_dinst **ret, char *err, size_t errlen)
 {
@@ -296,6 +427,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     struct pinst *pi = calloc(1, sizeof(*pi));
     char p[PATH_MAX + 32];
     int sync_fds[2] = {-1, -1}, ready_fds[2] = {-1, -1}, log_fd = -1, pidfd = -1;
+    int socks[3] = {-1, -1, -1}, exit_fd = -1;
     char **argv = NULL, **envp = NULL;
     char *stack = NULL;
     pid_t pid = -1;
@@ -306,18 +438,26 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         return -ENOMEM;
     }
     pi->pub.ready_fd = pi->pub.exit_fd = -1;
+    pi->slot = -1;
+    pi->data_lock = -1;
+    pi->data_size = t->data_size;
     if (!is_ours(d, spec->id) || instance_dir(d, spec->id, pi->dir, sizeof(pi->dir)) < 0) {
         snprintf(err, errlen, "bad instance id '%s'", spec->id);
         rc = -EINVAL;
         goto fail;
     }
-    if (mkdir(pi->dir, 0755) < 0) {
+    if (d->userns && (pi->slot = slot_take(d)) < 0) {
+        snprintf(err, errlen, "no free uid range (capacity %u reached)", d->cfg->capacity);
+        rc = -EAGAIN;
+        goto fail;
+    }
+    if (mkdir(pi->dir, 0711) < 0) {
         rc = -errno;
         snprintf(err, errlen, "cannot create %s: %s", pi->dir, strerror(errno));
         goto fail;
     }
     made_dir = 1;
-    static const char *const subdirs[][2] = {{"sock", "0755"}, {"data", "0755"}, {"root", "0700"}};
+    static const char *const subdirs[][2] = {{"sock", "0711"}, {"data", "0755"}, {"root", "0700"}};
     for (size_t i = 0; i < CM_ARRAY_SIZE(subdirs); i++) {
         snprintf(p, sizeof(p), "%s/%s", pi->dir, subdirs[i][0]);
         if (mkdir(p, (mode_t)strtol(subdirs[i][1], NULL, 8)) < 0) {
@@ -333,11 +473,28 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
             goto fail;
         }
     }
+    /* The sandbox's sockets and exit file are ours: made here, in a directory it cannot see,
+     * and handed to the agent as descriptors. */
+    snprintf(p, sizeof(p), "%s/sock", pi->dir);
+    static const struct {
+        const char *name;
+        mode_t mode;
+    } sockets[] = {{"app.sock", 0660}, {"ports.sock", 0660}, {"ctl.sock", 0600}};
+    for (size_t i = 0; i < CM_ARRAY_SIZE(sockets); i++)
+        if ((socks[i] = rc = listen_at(p, sockets[i].name, sockets[i].mode, err, errlen)) < 0)
+            goto fail;
+    snprintf(p, sizeof(p), "%s/exit", pi->dir);
+    exit_fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (exit_fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot create %s: %s", p, strerror(errno));
+        goto fail;
+    }
     struct sch_cg_limits lim = {.memory = t->memory, .cpu_millis = t->cpu_millis, .pids = t->pids};
     if ((rc = sch_cgroups_create_instance(d->cg, spec->id, &lim, &pi->cgdirs, err, errlen)) < 0)
         goto fail;
     snprintf(p, sizeof(p), "%s/console.log", pi->dir);
-    log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
     if (log_fd < 0 || pipe2(sync_fds, O_CLOEXEC) < 0 || pipe2(ready_fds, O_CLOEXEC) < 0) {
         rc = -errno;
         snprintf(err, errlen, "cannot create %s or pipes: %s", p, strerror(errno));
@@ -357,16 +514,26 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         .workspace_size = t->workspace_size,
         .ro_binds = d->cfg->ro_binds,
         .with_data = t->data,
+        .insecure = !d->userns,
+        .app_uid = t->run_as_root ? 0 : SCH_SANDBOX_USER,
+        .seccomp = d->seccomp ? &d->progs[profile_index(t->seccomp)] : NULL,
         .sync_fd = sync_fds[0],
         .ready_fd = ready_fds[1],
         .log_fd = log_fd,
         .agent_fd = d->agent_fd,
+        .app_fd = socks[0],
+        .ports_fd = socks[1],
+        .ctl_fd = socks[2],
+        .exit_fd = exit_fd,
         .argv = argv,
         .envp = envp,
     };
-    /* No CLONE_PARENT_DEATHSIG-like ties: the instance outlives us. */
+    /* No CLONE_PARENT_DEATHSIG-like ties: the instance outlives us. The user namespace comes
+     * first, so it owns every other namespace the child gets. */
     int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
                 CLONE_PIDFD | SIGCHLD;
+    if (d->userns)
+        flags |= CLONE_NEWUSER;
     pid = clone(sch_sandbox_child, stack + CHILD_STACK, flags, &args, &pidfd);
     if (pid < 0) {
         rc = -errno;
@@ -377,11 +544,18 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     close_fd(&sync_fds[0]);
     close_fd(&ready_fds[1]);
     close_fd(&log_fd);
+    for (size_t i = 0; i < CM_ARRAY_SIZE(socks); i++)
+        close_fd(&socks[i]);
+    close_fd(&exit_fd);
+    if (d->userns && (rc = write_id_maps(pid, slot_uid(d, pi->slot))) < 0) {
+        snprintf(err, errlen, "cannot write the id maps of pid %d: %s", (int)pid, strerror(-rc));
+        goto fail;
+    }
     if ((rc = sch_cgroups_attach(pi->cgdirs, pid)) < 0) {
         snprintf(err, errlen, "cannot move pid %d into its cgroups: %s", (int)pid, strerror(-rc));
         goto fail;
     }
-    if ((rc = write_state(pi->dir, pid, pi->cgdirs)) < 0) {
+    if ((rc = write_state(pi->dir, pid, pi->slot, pi->data_size, pi->cgdirs)) < 0) {
         snprintf(err, errlen, "cannot write %s/state: %s", pi->dir, strerror(-rc));
         goto fail;
     }
@@ -410,6 +584,9 @@ fail:
     close_fd(&ready_fds[0]);
     close_fd(&ready_fds[1]);
     close_fd(&log_fd);
+    for (size_t i = 0; i < CM_ARRAY_SIZE(socks); i++)
+        close_fd(&socks[i]);
+    close_fd(&exit_fd);
     if (pid > 0) {
         pidfd_signal(pidfd, SIGKILL);
         siginfo_t si;
@@ -418,6 +595,7 @@ fail:
     close_fd(&pidfd);
     if (made_dir)
         remove_traces(pi->dir, pi->cgdirs);
+    slot_mark(d, pi->slot, 0);
     cm_strv_free(pi->cgdirs);
     free(stack);
     cm_strv_free(argv);
@@ -434,12 +612,14 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     struct pdriver *d = (struct pdriver *)base;
     char dir[INST_DIR_MAX];
     pid_t pid;
+    int slot = -1;
+    uint64_t data_size = 1ull << 30;
     char **cgdirs = NULL;
     if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0) {
         snprintf(err, errlen, "not an instance of this host");
         return -EINVAL;
     }
-    int rc = read_state(dir, &pid, &cgdirs);
+    int rc = read_state(dir, &pid, &slot, &data_size, &cgdirs);
     if (rc < 0) {
         cm_strv_free(cgdirs);
         snprintf(err, errlen, "no state file in %s: %s", dir, strerror(-rc));
@@ -463,6 +643,10 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     }
     snprintf(pi->dir, sizeof(pi->dir), "%s", dir);
     pi->cgdirs = cgdirs;
+    pi->slot = d->userns ? slot : -1;
+    slot_mark(d, pi->slot, 1);
+    pi->data_size = data_size;
+    pi->data_lock = -1;
     snprintf(pi->pub.id, sizeof(pi->pub.id), "%s", id);
     snprintf(pi->pub.addr, sizeof(pi->pub.addr), "unix:%s/sock/app.sock", dir);
     snprintf(pi->pub.ctl, sizeof(pi->pub.ctl), "%s/sock/ctl.sock", dir);
@@ -495,7 +679,7 @@ static int mount_depth(const char *path)
 static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const char *dir,
                             char *err, size_t errlen)
 {
-    (void)base;
+    struct pdriver *d = (struct pdriver *)base;
     struct pinst *pi = (struct pinst *)di;
     char p[PATH_MAX + 16];
     snprintf(p, sizeof(p), "%s/data", pi->dir);
@@ -504,14 +688,32 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         snprintf(err, errlen, "%s is not a shared mount point (template without data?)", p);
         return -ENOTSUP;
     }
-    if (depth >= 2)
-        return 0; /* bound before (e.g. by the scheduler before a restart) */
-    if (mount(dir, p, NULL, MS_BIND, NULL) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "cannot bind %s on %s: %s", dir, p, strerror(e));
-        return -e;
+    if (depth >= 2) {
+        /* Attached before (e.g. by the scheduler before a restart): hold its lock again. */
+        if (pi->data_lock < 0)
+            pi->data_lock = sch_storage_relock(dir);
+        return 0;
     }
-    return 0;
+    int userns_fd = -1;
+    if (d->userns) {
+        /* The instance's own user namespace, through a pid we still hold a pidfd of. */
+        char ns[64];
+        snprintf(ns, sizeof(ns), "/proc/%d/ns/user", (int)pi->pub.pid);
+        userns_fd = open(ns, O_RDONLY | O_CLOEXEC);
+        if (userns_fd < 0 || pidfd_signal(di->exit_fd, 0) < 0) {
+            int e = errno;
+            if (userns_fd >= 0)
+                close(userns_fd);
+            snprintf(err, errlen, "instance %s is gone: %s", pi->pub.id, strerror(e));
+            return -ESRCH;
+        }
+    }
+    struct sch_storage_dev dev;
+    int rc = sch_storage_attach(dir, pi->data_size, userns_fd, p, &pi->data_lock, &dev, err,
+                                errlen);
+    if (userns_fd >= 0)
+        close(userns_fd);
+    return rc;
 }
 
 static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
@@ -524,21 +726,20 @@ static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
 
 /* ------------------------------------------------------------------ finish, release */
 
+/* The agent's account of the end: "exited status=N" or "killed signal=N". Written from inside
+ * the sandbox, so anything else is ignored (the wait status speaks instead). */
 static void read_exit_file(const char *dir, char *reason, size_t len)
 {
-    char p[PATH_MAX + 16];
-    snprintf(p, sizeof(p), "%s/sock/exit", dir);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[EXIT_FILE_MAX];
+    reason[0] = '\0';
+    if (read_host_file(dir, "exit", buf, sizeof(buf)) <= 0)
         return;
-    ssize_t n = read(fd, reason, len - 1);
-    close(fd);
-    if (n <= 0) {
-        reason[0] = '\0';
-        return;
-    }
-    reason[n] = '\0';
-    reason[strcspn(reason, "\n")] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    int v, end = 0;
+    if ((sscanf(buf, "exited status=%3d%n", &v, &end) == 1 ||
+         sscanf(buf, "killed signal=%2d%n", &v, &end) == 1) &&
+        end > 0 && buf[end] == '\0' && v >= 0)
+        snprintf(reason, len, "%s", buf);
 }
 
 /* The last <len>-1 bytes of the console log on one line. */
@@ -547,7 +748,7 @@ static void read_console_tail(const char *dir, char *tail, size_t len)
     char p[PATH_MAX + 16];
     tail[0] = '\0';
     snprintf(p, sizeof(p), "%s/console.log", dir);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return;
     off_t end = lseek(fd, 0, SEEK_END);
@@ -577,7 +778,7 @@ static void read_console_tail(const char *dir, char *tail, size_t len)
 static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason, size_t len,
                      char *tail, size_t taillen)
 {
-    (void)base;
+    struct pdriver *d = (struct pdriver *)base;
     struct pinst *pi = (struct pinst *)di;
     char from_wait[64] = "";
     if (pi->child) {
@@ -597,6 +798,8 @@ static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
         snprintf(reason, len, "%s", from_wait[0] ? from_wait : "gone");
     read_console_tail(pi->dir, tail, taillen);
     remove_traces(pi->dir, pi->cgdirs);
+    close_fd(&pi->data_lock); /* after the umount: the image is free for the next instance */
+    slot_mark(d, pi->slot, 0);
     close_fd(&di->ready_fd);
     close_fd(&di->exit_fd);
     cm_strv_free(pi->cgdirs);
@@ -609,6 +812,7 @@ static void p_release(struct sch_driver *base, struct sch_dinst *di)
     struct pinst *pi = (struct pinst *)di;
     close_fd(&di->ready_fd);
     close_fd(&di->exit_fd);
+    close_fd(&pi->data_lock);
     cm_strv_free(pi->cgdirs);
     free(pi);
 }
@@ -665,10 +869,12 @@ static int p_purge(struct sch_driver *base, const char *id)
     struct pdriver *d = (struct pdriver *)base;
     char dir[PATH_MAX];
     pid_t pid = 0;
+    int slot = -1;
+    uint64_t data_size = 0;
     char **cgdirs = NULL;
     if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0)
         return -EINVAL;
-    read_state(dir, &pid, &cgdirs);
+    read_state(dir, &pid, &slot, &data_size, &cgdirs);
     if (pid > 0 && is_agent_of(pid, id)) {
         int fd = pidfd_open(pid);
         if (fd >= 0 && is_agent_of(pid, id)) {
@@ -684,6 +890,8 @@ static int p_purge(struct sch_driver *base, const char *id)
     /* Also the cgroups of this id under the current parents (no state file, other cgroup). */
     char **more = sch_cgroups_instance_dirs(d->cg, id);
     remove_traces(dir, cgdirs);
+    /* An orphan's uid range was never marked as ours (recovery purges before any start). */
+    (void)slot;
     if (more)
         sch_cgroups_remove(more);
     cm_strv_free(more);
@@ -696,7 +904,21 @@ static int p_purge(struct sch_driver *base, const char *id)
 static void p_status(struct sch_driver *base, struct cm_jbuf *out)
 {
     struct pdriver *d = (struct pdriver *)base;
-    cm_jbuf_printf(out, "{\"name\":\"process\",\"run_dir\":");
+    cm_jbuf_printf(out, "{\"name\":\"process\",\"security\":{\"user_namespace\":%s",
+                   d->userns ? "true" : "false");
+    if (!d->userns) {
+        cm_jbuf_printf(out, ",\"user_namespace_missing\":");
+        cm_jbuf_cstr(out, d->userns_why);
+    }
+    cm_jbuf_printf(out, ",\"seccomp\":%s", d->seccomp ? "true" : "false");
+    if (!d->seccomp) {
+        cm_jbuf_printf(out, ",\"seccomp_missing\":");
+        cm_jbuf_cstr(out, d->seccomp_why);
+    }
+    cm_jbuf_printf(out, ",\"insecure\":%s,\"uid_base\":%u,\"uid_range\":%u,"
+                        "\"seccomp_profiles\":[\"default\",\"strict\"]},\"run_dir\":",
+                   d->userns && d->seccomp ? "false" : "true", d->cfg->uid_base,
+                   SCH_UID_RANGE_SIZE);
     cm_jbuf_cstr(out, d->cfg->run_dir);
     cm_jbuf_printf(out, ",\"agent\":");
     cm_jbuf_cstr(out, d->cfg->agent_path);
@@ -711,7 +933,47 @@ static void p_destroy(struct sch_driver *base)
     if (d->agent_fd >= 0)
         close(d->agent_fd);
     sch_cgroups_destroy(d->cg);
+    for (size_t i = 0; i < CM_ARRAY_SIZE(d->progs); i++)
+        sch_seccomp_prog_fini(&d->progs[i]);
+    free(d->slots);
     free(d);
+}
+
+/* Compiles the profiles and probes the host. Without a user namespace or seccomp the driver
+ * refuses to start unless scheduler.insecure is set, and then says so at every start. */
+static int probe_security(struct pdriver *d, char *err, size_t errlen)
+{
+    char cerr[160] = "";
+    int compiled = 1;
+    for (size_t i = 0; i < CM_ARRAY_SIZE(d->progs) && compiled; i++)
+        compiled = sch_seccomp_compile(sch_seccomp_profiles[i], &d->progs[i], cerr,
+                                       sizeof(cerr)) == 0;
+    struct sch_host_support hs;
+    sch_hostcheck(&hs, compiled ? &d->progs[0] : NULL, cerr, d->cfg->uid_base);
+    d->userns = hs.userns;
+    d->seccomp = hs.seccomp;
+    snprintf(d->userns_why, sizeof(d->userns_why), "%s", hs.userns_why);
+    snprintf(d->seccomp_why, sizeof(d->seccomp_why), "%s", hs.seccomp_why);
+    if (d->userns && d->seccomp) {
+        cm_log_info("driver", "sandbox security: user namespaces and seccomp available "
+                              "uid_base=%u",
+                    d->cfg->uid_base);
+        return 0;
+    }
+    if (!d->cfg->insecure) {
+        snprintf(err, errlen,
+                 "this host cannot sandbox hostile code:%s%s%s%s (set scheduler.insecure: true "
+                 "to run sandboxes without them, never for untrusted code)",
+                 d->userns ? "" : " no user namespaces: ", d->userns ? "" : d->userns_why,
+                 d->seccomp ? "" : " no seccomp: ", d->seccomp ? "" : d->seccomp_why);
+        return -ENOTSUP;
+    }
+    cm_log_error("driver",
+                 "INSECURE: sandboxes start without%s%s because scheduler.insecure is set; "
+                 "do not run untrusted code here userns_why=\"%s\" seccomp_why=\"%s\"",
+                 d->userns ? "" : " a user namespace (they run as host uids, 1000 for the app)",
+                 d->seccomp ? "" : " a seccomp filter", d->userns_why, d->seccomp_why);
+    return 0;
 }
 
 static const struct sch_driver_ops process_ops = {
@@ -746,6 +1008,12 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char 
         goto fail;
     }
     close(pfd);
+    if (!(d->slots = calloc(cfg->capacity, 1))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (probe_security(d, err, errlen) < 0)
+        goto fail;
     int rc = sch_mkdir_p(cfg->run_dir, 0755);
     if (rc < 0) {
         snprintf(err, errlen, "cannot create run_dir %s: %s", cfg->run_dir, strerror(-rc));

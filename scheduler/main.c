@@ -13,12 +13,48 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "scheduler/cgroup.h"
 #include "scheduler/config.h"
+#include "scheduler/hostcheck.h"
+#include "scheduler/seccomp.h"
 #include "scheduler/sched.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: berth-scheduler -c CONFIG [--check]\n");
+}
+
+/* --check: what this host offers the sandbox. Returns 1 when sandboxes may start (everything
+ * works, or scheduler.insecure accepts what is missing). */
+static int check_host(const struct sch_config *sc)
+{
+    struct sch_seccomp_prog prog = {0};
+    char err[160] = "";
+    int compiled = sch_seccomp_compile("default", &prog, err, sizeof(err)) == 0;
+    struct sch_host_support hs;
+    sch_hostcheck(&hs, compiled ? &prog : NULL, err, sc->uid_base);
+    sch_seccomp_prog_fini(&prog);
+    printf("user_namespaces=%s%s%s\n", hs.userns ? "yes" : "no (", hs.userns ? "" : hs.userns_why,
+           hs.userns ? "" : ")");
+    printf("seccomp=%s%s%s\n", hs.seccomp ? "yes" : "no (", hs.seccomp ? "" : hs.seccomp_why,
+           hs.seccomp ? "" : ")");
+    struct sch_cgroups *cg = sch_cgroups_create(sc->cgroup_parent, "/sys/fs/cgroup");
+    for (int i = 0; cg && i < SCH_CG_COUNT; i++) {
+        const char *w = sch_cgroups_warning(cg, (enum sch_cg_ctrl)i);
+        printf("cgroup.%s=%s%s%s\n", sch_cgroups_ctrl_name((enum sch_cg_ctrl)i),
+               w ? "no (" : (sch_cgroups_version(cg, (enum sch_cg_ctrl)i) == 2 ? "v2" : "v1"),
+               w ? w : "", w ? ")" : "");
+    }
+    sch_cgroups_destroy(cg);
+    int secure = hs.userns && hs.seccomp;
+    if (secure)
+        printf("sandboxes=secure\n");
+    else if (sc->insecure)
+        printf("sandboxes=INSECURE (scheduler.insecure is set: never run untrusted code here)\n");
+    else
+        printf("sandboxes=refused (this host lacks what the sandbox needs; scheduler.insecure: "
+               "true would start them anyway, never for untrusted code)\n");
+    return secure || sc->insecure;
 }
 
 int main(int argc, char **argv)
@@ -70,9 +106,10 @@ int main(int argc, char **argv)
                "templates=%zu\n",
                sc.host_id, sc.api_host, sc.api_port, sc.run_dir, sc.storage_root, sc.capacity,
                sc.agent_path, cfg->n_templates);
+        int ok = check_host(&sc);
         sch_config_fini(&sc);
         cm_config_free(cfg);
-        return 0;
+        return ok ? 0 : 3;
     }
     signal(SIGPIPE, SIG_IGN);
     struct event_base *base = event_base_new();

@@ -2,33 +2,96 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/if.h>
+#include <linux/seccomp.h>
+#include <linux/securebits.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Host directories offered read-only inside every sandbox (the ones that exist). */
-static const char *const system_dirs[] = {"/usr",   "/bin",   "/sbin",   "/lib",
-                                          "/lib32", "/lib64", "/libx32", "/etc"};
-static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+#include "common/config.h"
+#include "scheduler/seccomp.h"
 
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#define MOUNT_ATTR_NOEXEC 0x00000008
+struct mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+#endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+
+#define ROOT_TMPFS_OPTS "size=8m,nr_inodes=4096,mode=0755"
+#define LDSO_CACHE_MAX (8 << 20)
 #define ESC_FD_BASE 100 /* fds are moved up here before being put into place */
+
+/* Host trees shown read-only inside every sandbox (those that exist). No /etc: it is generated. */
+static const char *const system_dirs[] = {"/usr",   "/bin",   "/sbin",  "/lib",
+                                          "/lib32", "/lib64", "/libx32"};
+static const char *const dev_nodes[] = {"/dev/null",   "/dev/zero",    "/dev/full",
+                                        "/dev/random", "/dev/urandom", "/dev/tty"};
+/* runc's lists: read-only and masked parts of /proc. */
+static const char *const proc_readonly[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq",
+                                            "/proc/bus", "/proc/fs"};
+static const char *const proc_masked_files[] = {
+    "/proc/kcore",       "/proc/keys",        "/proc/key-users",     "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/latency_stats", "/proc/kallsyms",
+    "/proc/kmsg",        "/proc/config.gz",   "/proc/kpagecount",    "/proc/kpageflags",
+    "/proc/kpagecgroup", "/proc/vmallocinfo", "/proc/pagetypeinfo",  "/proc/slabinfo"};
+static const char *const proc_masked_dirs[] = {"/proc/acpi", "/proc/scsi", "/proc/asound",
+                                               "/proc/driver"};
+
+enum bind_kind { BIND_RO, BIND_DEV };
+
+/* One host tree taken with open_tree() before the identity switch, placed after it. */
+struct hostbind {
+    const char *src, *dst;
+    enum bind_kind kind;
+    int fd; /* detached copy of the tree; -1 for a symlink */
+    int is_dir;
+    char target[PATH_MAX]; /* symlink target (merged-/usr systems: /bin -> usr/bin) */
+};
 
 struct child {
     const struct sch_sandbox_args *a;
     int ready_fd; /* where die() reports */
+    int dir_fd;   /* {dir}, opened with the host identity (its parents may be 0700) */
+    char dir[64]; /* "/proc/self/fd/<dir_fd>": {dir} without walking its parents again */
     char root[PATH_MAX];
+    struct hostbind *binds;
+    size_t n_binds;
+    char *ldso;
+    ssize_t ldso_len;
 };
 
-/* Reports the failed step to the parent and exits. Only async-signal-safe calls from here on
- * would be required with threads; the scheduler is single-threaded, so dprintf is fine. */
+/* Reports the failed step to the parent and exits. The child is a copy of a single-threaded
+ * process with its own memory: stdio and malloc are safe here. */
 static void die(const struct child *c, const char *step, const char *what)
 {
     int e = errno;
@@ -72,41 +135,296 @@ static void mkdirs_in_root(const struct child *c, const char *rel)
     mkdir_in_root(c, tmp, 0755);
 }
 
-/* Binds host <src> at <rel> inside the new root, read-only unless <rw>. Symlinks (merged-/usr
- * systems have /bin -> usr/bin) are recreated as symlinks. Missing sources are skipped. */
-static void bind_in_root(const struct child *c, const char *src, const char *rel, int rw)
+static void write_in_root(const struct child *c, const char *rel, const char *data, size_t len,
+                          mode_t mode)
+{
+    char p[PATH_MAX];
+    path_in_root(c, p, sizeof(p), rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        die(c, "create", p);
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die(c, "write", p);
+        data += n;
+        len -= (size_t)n;
+    }
+    close(fd);
+}
+
+static void printf_in_root(const struct child *c, const char *rel, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void printf_in_root(const struct child *c, const char *rel, const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(buf)) {
+        errno = E2BIG;
+        die(c, "format", rel);
+    }
+    write_in_root(c, rel, buf, (size_t)n, 0644);
+}
+
+/* ------------------------------------------------------------------ host trees */
+
+static void take_bind(struct child *c, const char *src, const char *dst, enum bind_kind kind)
 {
     struct stat st;
-    char dst[PATH_MAX];
     if (lstat(src, &st) < 0) {
         if (errno == ENOENT)
             return;
         die(c, "stat", src);
     }
-    path_in_root(c, dst, sizeof(dst), rel);
+    struct hostbind *b = &c->binds[c->n_binds++];
+    b->src = src;
+    b->dst = dst;
+    b->kind = kind;
+    b->fd = -1;
     if (S_ISLNK(st.st_mode)) {
-        char target[PATH_MAX];
-        ssize_t n = readlink(src, target, sizeof(target) - 1);
+        ssize_t n = readlink(src, b->target, sizeof(b->target) - 1);
         if (n < 0)
             die(c, "readlink", src);
-        target[n] = '\0';
-        if (symlink(target, dst) < 0 && errno != EEXIST)
-            die(c, "symlink", dst);
+        b->target[n] = '\0';
         return;
     }
-    if (S_ISDIR(st.st_mode)) {
-        mkdirs_in_root(c, rel);
-    } else {
-        int fd = open(dst, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
-        if (fd < 0)
-            die(c, "create", dst);
+    b->is_dir = S_ISDIR(st.st_mode);
+    b->fd = (int)syscall(SYS_open_tree, AT_FDCWD, src,
+                         OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (b->fd < 0)
+        die(c, "open_tree", src);
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID};
+    attr.attr_set |= kind == BIND_RO ? MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV : MOUNT_ATTR_NOEXEC;
+    if (syscall(SYS_mount_setattr, b->fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof(attr)) <
+        0)
+        die(c, "mount_setattr", src);
+}
+
+/* Everything of the host the sandbox will see is looked up here, with the scheduler's identity
+ * (host root as the owner of root's directories, no capability over them): an ro_bind below a
+ * 0700 directory must still be reachable. */
+static void take_host_trees(struct child *c)
+{
+    const struct sch_sandbox_args *a = c->a;
+    size_t max = sizeof(system_dirs) / sizeof(system_dirs[0]) +
+                 sizeof(dev_nodes) / sizeof(dev_nodes[0]) + 1 + cm_strv_len(a->ro_binds);
+    c->binds = calloc(max, sizeof(*c->binds));
+    if (!c->binds)
+        die(c, "calloc", "binds");
+    for (size_t i = 0; i < sizeof(system_dirs) / sizeof(system_dirs[0]); i++)
+        take_bind(c, system_dirs[i], system_dirs[i], BIND_RO);
+    take_bind(c, "/etc/ssl/certs", "/etc/ssl/certs", BIND_RO);
+    for (char *const *b = a->ro_binds; b && *b; b++)
+        take_bind(c, *b, *b, BIND_RO);
+    for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++)
+        take_bind(c, dev_nodes[i], dev_nodes[i], BIND_DEV);
+    /* The instance directory's parents may be closed to everyone but root (a 0700 temp dir):
+     * keep a handle, and reach {dir}/root and {dir}/data through it from now on. */
+    c->dir_fd = open(a->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (c->dir_fd < 0)
+        die(c, "open", a->dir);
+    snprintf(c->dir, sizeof(c->dir), "/proc/self/fd/%d", c->dir_fd);
+    /* The loader's cache is copied, not bound: /etc holds nothing of the host's. */
+    int fd = open("/etc/ld.so.cache", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= LDSO_CACHE_MAX &&
+            (c->ldso = malloc((size_t)st.st_size + 1)))
+            c->ldso_len = read(fd, c->ldso, (size_t)st.st_size);
         close(fd);
     }
-    if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
-        die(c, "bind", src);
-    if (!rw &&
-        mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
-        die(c, "remount read-only", dst);
+}
+
+static void place_binds(struct child *c)
+{
+    for (size_t i = 0; i < c->n_binds; i++) {
+        const struct hostbind *b = &c->binds[i];
+        char dst[PATH_MAX];
+        path_in_root(c, dst, sizeof(dst), b->dst);
+        if (b->fd < 0) {
+            if (symlink(b->target, dst) < 0 && errno != EEXIST)
+                die(c, "symlink", dst);
+            continue;
+        }
+        if (b->is_dir) {
+            mkdirs_in_root(c, b->dst);
+        } else {
+            char parent[PATH_MAX];
+            snprintf(parent, sizeof(parent), "%s", b->dst);
+            char *slash = strrchr(parent, '/');
+            if (slash && slash != parent) {
+                *slash = '\0';
+                mkdirs_in_root(c, parent);
+            }
+            int fd = open(dst, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+            if (fd < 0 && errno != EEXIST)
+                die(c, "create", dst);
+            if (fd >= 0)
+                close(fd);
+        }
+        if (syscall(SYS_move_mount, b->fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            die(c, "move_mount", b->src);
+        close(b->fd);
+    }
+}
+
+/* ------------------------------------------------------------------ the root */
+
+static void make_etc(struct child *c)
+{
+    const struct sch_sandbox_args *a = c->a;
+    mkdir_in_root(c, "/etc", 0755);
+    printf_in_root(c, "/etc/passwd",
+                   "root:x:0:0:root:/root:/bin/sh\n"
+                   "sandbox:x:%d:%d:sandbox:/workspace:/bin/sh\n"
+                   "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+                   SCH_SANDBOX_USER, SCH_SANDBOX_USER);
+    printf_in_root(c, "/etc/group", "root:x:0:\nsandbox:x:%d:\nnogroup:x:65534:\n",
+                   SCH_SANDBOX_USER);
+    printf_in_root(c, "/etc/hosts",
+                   "127.0.0.1\tlocalhost %s\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                   a->hostname);
+    printf_in_root(c, "/etc/hostname", "%s\n", a->hostname);
+    printf_in_root(c, "/etc/resolv.conf", "# no network but loopback in this sandbox\n");
+    printf_in_root(c, "/etc/nsswitch.conf",
+                   "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+                   "networks: files\nprotocols: files\nservices: files\n");
+    if (c->ldso && c->ldso_len > 0)
+        write_in_root(c, "/etc/ld.so.cache", c->ldso, (size_t)c->ldso_len, 0644);
+}
+
+static void make_proc(struct child *c)
+{
+    char p[PATH_MAX];
+    mkdir_in_root(c, "/proc", 0555);
+    path_in_root(c, p, sizeof(p), "/proc");
+    if (mount("proc", p, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, NULL) < 0)
+        die(c, "mount", p);
+    for (size_t i = 0; i < sizeof(proc_readonly) / sizeof(proc_readonly[0]); i++) {
+        path_in_root(c, p, sizeof(p), proc_readonly[i]);
+        if (access(p, F_OK) < 0)
+            continue;
+        if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+            mount(NULL, p, NULL,
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            die(c, "read-only", p);
+    }
+    for (size_t i = 0; i < sizeof(proc_masked_files) / sizeof(proc_masked_files[0]); i++) {
+        path_in_root(c, p, sizeof(p), proc_masked_files[i]);
+        if (access(p, F_OK) < 0)
+            continue;
+        if (mount("/dev/null", p, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) <
+                0)
+            die(c, "mask", p);
+    }
+    for (size_t i = 0; i < sizeof(proc_masked_dirs) / sizeof(proc_masked_dirs[0]); i++) {
+        path_in_root(c, p, sizeof(p), proc_masked_dirs[i]);
+        if (access(p, F_OK) < 0)
+            continue;
+        if (mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=4k,nr_inodes=1,mode=0555") < 0)
+            die(c, "mask", p);
+    }
+}
+
+static void make_dev(struct child *c)
+{
+    char p[PATH_MAX];
+    static const char *const links[][2] = {{"/proc/self/fd", "/dev/fd"},
+                                           {"/proc/self/fd/0", "/dev/stdin"},
+                                           {"/proc/self/fd/1", "/dev/stdout"},
+                                           {"/proc/self/fd/2", "/dev/stderr"},
+                                           {"pts/ptmx", "/dev/ptmx"}};
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        path_in_root(c, p, sizeof(p), links[i][1]);
+        if (symlink(links[i][0], p) < 0)
+            die(c, "symlink", p);
+    }
+    mkdir_in_root(c, "/dev/pts", 0755);
+    path_in_root(c, p, sizeof(p), "/dev/pts");
+    if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") <
+        0)
+        die(c, "mount", p);
+    mkdir_in_root(c, "/dev/shm", 01777);
+}
+
+/* /workspace, /tmp and /dev/shm: three directories of one tmpfs of workspace_size, so that one
+ * bound covers everything the sandbox may write outside /data. */
+static void make_workspace(struct child *c)
+{
+    const struct sch_sandbox_args *a = c->a;
+    char w[PATH_MAX], p[PATH_MAX], opts[96];
+    mkdir_in_root(c, "/.w", 0700);
+    path_in_root(c, w, sizeof(w), "/.w");
+    snprintf(opts, sizeof(opts), "size=%llu,mode=0755", (unsigned long long)a->workspace_size);
+    if (mount("tmpfs", w, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        die(c, "mount tmpfs", w);
+    static const struct {
+        const char *sub, *at;
+        mode_t mode;
+        unsigned long extra;
+    } parts[] = {{"workspace", "/workspace", 0755, 0},
+                 {"tmp", "/tmp", 01777, 0},
+                 {"shm", "/dev/shm", 01777, MS_NOEXEC}};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        char src[PATH_MAX + 16];
+        snprintf(src, sizeof(src), "%s/%s", w, parts[i].sub);
+        if (mkdir(src, parts[i].mode) < 0 || chmod(src, parts[i].mode) < 0)
+            die(c, "mkdir", src);
+        if (parts[i].mode == 0755 && chown(src, a->app_uid, a->app_uid) < 0)
+            die(c, "chown", src);
+        mkdir_in_root(c, parts[i].at, parts[i].mode);
+        path_in_root(c, p, sizeof(p), parts[i].at);
+        if (mount(src, p, NULL, MS_BIND, NULL) < 0)
+            die(c, "bind", src);
+        if (parts[i].extra &&
+            mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | parts[i].extra,
+                  NULL) < 0)
+            die(c, "remount", p);
+    }
+    if (umount2(w, MNT_DETACH) < 0)
+        die(c, "umount", w);
+    if (rmdir(w) < 0)
+        die(c, "rmdir", w);
+}
+
+static void build_root(struct child *c)
+{
+    const struct sch_sandbox_args *a = c->a;
+    char p[PATH_MAX];
+
+    /* Nothing we mount may leak back to the host, but the host's later mount on {dir}/data
+     * must still reach us: slave, not private. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+        die(c, "make-rslave", "/");
+    snprintf(c->root, sizeof(c->root), "%s/root", c->dir);
+    if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTS) < 0)
+        die(c, "mount tmpfs", c->root);
+    make_etc(c);
+    mkdir_in_root(c, "/dev", 0755);
+    place_binds(c);
+    make_proc(c);
+    make_dev(c);
+    make_workspace(c);
+    mkdir_in_root(c, "/run", 0755);
+    if (a->with_data) {
+        char src[PATH_MAX];
+        mkdir_in_root(c, "/data", 0755);
+        snprintf(src, sizeof(src), "%s/data", c->dir);
+        path_in_root(c, p, sizeof(p), "/data");
+        if (mount(src, p, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, NULL) < 0)
+            die(c, "bind", src);
+    }
+    /* Everything the root itself holds (mount points, /etc) is final: read-only from here. */
+    if (mount(NULL, c->root, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+        die(c, "remount read-only", c->root);
 }
 
 static void loopback_up(const struct child *c)
@@ -125,68 +443,6 @@ static void loopback_up(const struct child *c)
     close(s);
 }
 
-static void build_root(struct child *c)
-{
-    const struct sch_sandbox_args *a = c->a;
-    char p[PATH_MAX], opts[64];
-
-    /* Nothing we mount may leak back to the host, but the host's later mount on {dir}/data
-     * must still reach us: slave, not private. */
-    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
-        die(c, "make-rslave", "/");
-    snprintf(c->root, sizeof(c->root), "%s/root", a->dir);
-    snprintf(opts, sizeof(opts), "size=%llu,mode=0755", (unsigned long long)a->workspace_size);
-    if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
-        die(c, "mount tmpfs", c->root);
-
-    for (size_t i = 0; i < sizeof(system_dirs) / sizeof(system_dirs[0]); i++)
-        bind_in_root(c, system_dirs[i], system_dirs[i], 0);
-    for (char *const *b = a->ro_binds; b && *b; b++)
-        bind_in_root(c, *b, *b, 0);
-
-    mkdir_in_root(c, "/proc", 0555);
-    path_in_root(c, p, sizeof(p), "/proc");
-    if (mount("proc", p, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, NULL) < 0)
-        die(c, "mount", p);
-
-    mkdir_in_root(c, "/dev", 0755);
-    for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++) {
-        char src[64], rel[64];
-        snprintf(src, sizeof(src), "/dev/%s", dev_nodes[i]);
-        snprintf(rel, sizeof(rel), "/dev/%s", dev_nodes[i]);
-        bind_in_root(c, src, rel, 1);
-    }
-    static const char *const links[][2] = {{"/proc/self/fd", "/dev/fd"},
-                                           {"/proc/self/fd/0", "/dev/stdin"},
-                                           {"/proc/self/fd/1", "/dev/stdout"},
-                                           {"/proc/self/fd/2", "/dev/stderr"}};
-    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
-        path_in_root(c, p, sizeof(p), links[i][1]);
-        if (symlink(links[i][0], p) < 0)
-            die(c, "symlink", p);
-    }
-    mkdir_in_root(c, "/dev/shm", 01777);
-    mkdir_in_root(c, "/tmp", 01777);
-    mkdir_in_root(c, "/workspace", 0755);
-    mkdir_in_root(c, "/data", 0755);
-    if (a->with_data) {
-        char src[PATH_MAX];
-        snprintf(src, sizeof(src), "%s/data", a->dir);
-        path_in_root(c, p, sizeof(p), "/data");
-        if (mount(src, p, NULL, MS_BIND, NULL) < 0)
-            die(c, "bind", src);
-    }
-    mkdir_in_root(c, "/run", 0755);
-    mkdir_in_root(c, "/run/berth", 0755);
-    {
-        char src[PATH_MAX];
-        snprintf(src, sizeof(src), "%s/sock", a->dir);
-        path_in_root(c, p, sizeof(p), "/run/berth");
-        if (mount(src, p, NULL, MS_BIND, NULL) < 0)
-            die(c, "bind", src);
-    }
-}
-
 static void enter_root(const struct child *c)
 {
     if (chdir(c->root) < 0)
@@ -200,29 +456,76 @@ static void enter_root(const struct child *c)
         die(c, "chdir", "/workspace");
 }
 
-/* Puts the inherited fds into place: 0 /dev/null, 1 and 2 the console log, 3 the readiness
- * pipe, 4 the agent binary (close-on-exec); closes everything else. */
-static void arrange_fds(struct child *c, int *agent_fd)
+/* ------------------------------------------------------------------ identity and privileges */
+
+/* Becomes the user namespace's root (host uid = the instance's base) and leaves the scheduler's
+ * supplementary groups: they would still count for host files the sandbox can reach. */
+static void become_ns_root(const struct child *c)
+{
+    if (setresgid(0, 0, 0) < 0)
+        die(c, "setresgid", "0");
+    if (setgroups(0, NULL) < 0)
+        die(c, "setgroups", "none");
+    if (setresuid(0, 0, 0) < 0)
+        die(c, "setresuid", "0");
+}
+
+static void drop_privileges(const struct child *c)
 {
     const struct sch_sandbox_args *a = c->a;
-    int ready = fcntl(a->ready_fd, F_DUPFD, ESC_FD_BASE);
-    int log = fcntl(a->log_fd, F_DUPFD, ESC_FD_BASE);
-    int agent = fcntl(a->agent_fd, F_DUPFD, ESC_FD_BASE);
-    if (ready < 0 || log < 0 || agent < 0)
-        die(c, "dup", "fds");
-    c->ready_fd = ready;
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null < 0)
+    /* The bounding set first (that needs CAP_SETPCAP, which goes last with everything else). */
+    for (int cap = 0; cap < 64; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            die(c, "PR_CAPBSET_DROP", "");
+    if (prctl(PR_SET_SECUREBITS,
+              SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                  SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                  SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+              0, 0, 0) < 0)
+        die(c, "PR_SET_SECUREBITS", "");
+    if (setresgid(a->app_uid, a->app_uid, a->app_uid) < 0)
+        die(c, "setresgid", "app");
+    if (setresuid(a->app_uid, a->app_uid, a->app_uid) < 0)
+        die(c, "setresuid", "app");
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        die(c, "capset", "empty");
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        die(c, "PR_CAP_AMBIENT", "clear");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        die(c, "PR_SET_NO_NEW_PRIVS", "");
+    if (a->seccomp && a->seccomp->len) {
+        struct sock_fprog prog = {.len = a->seccomp->len, .filter = a->seccomp->filter};
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+            die(c, "seccomp", "install");
+    }
+}
+
+/* Puts the inherited fds at their SCH_FD_* numbers, 0 on /dev/null and 1, 2 on the console log;
+ * closes everything else. */
+static void arrange_fds(struct child *c)
+{
+    const struct sch_sandbox_args *a = c->a;
+    int want[SCH_FD_COUNT] = {-1,        a->log_fd,   a->log_fd, a->ready_fd, a->agent_fd,
+                              a->app_fd, a->ports_fd, a->ctl_fd, a->exit_fd};
+    int moved[SCH_FD_COUNT];
+    for (int i = 1; i < SCH_FD_COUNT; i++)
+        if ((moved[i] = fcntl(want[i], F_DUPFD_CLOEXEC, ESC_FD_BASE)) < 0)
+            die(c, "dup", "fds");
+    c->ready_fd = moved[SCH_FD_READY];
+    moved[0] = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (moved[0] < 0)
         die(c, "open", "/dev/null");
-    if (dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0 || dup2(agent, 4) < 0 ||
-        dup2(ready, 3) < 0)
-        die(c, "dup2", "fds");
-    c->ready_fd = 3;
-    if (fcntl(4, F_SETFD, FD_CLOEXEC) < 0)
+    for (int i = 0; i < SCH_FD_COUNT; i++)
+        if (dup2(moved[i], i) < 0)
+            die(c, "dup2", "fds");
+    c->ready_fd = SCH_FD_READY;
+    if (fcntl(SCH_FD_AGENT, F_SETFD, FD_CLOEXEC) < 0)
         die(c, "fcntl", "agent fd");
-    if (syscall(SYS_close_range, 5, ~0U, 0) < 0)
+    if (syscall(SYS_close_range, SCH_FD_COUNT, ~0U, 0) < 0)
         die(c, "close_range", "fds");
-    *agent_fd = 4;
 }
 
 int sch_sandbox_child(void *arg)
@@ -230,7 +533,7 @@ int sch_sandbox_child(void *arg)
     struct child c = {.a = arg, .ready_fd = ((struct sch_sandbox_args *)arg)->ready_fd};
     const struct sch_sandbox_args *a = c.a;
     char go;
-    /* Wait until the parent has put us into our cgroups. */
+    /* Wait until the parent has written our id maps and put us into our cgroups. */
     ssize_t n;
     do
         n = read(a->sync_fd, &go, 1);
@@ -238,6 +541,11 @@ int sch_sandbox_child(void *arg)
     if (n != 1)
         _exit(1);
     close(a->sync_fd);
+    take_host_trees(&c);
+    if (!a->insecure)
+        become_ns_root(&c);
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        die(&c, "unshare", "cgroup namespace");
     if (setsid() < 0)
         die(&c, "setsid", "");
     build_root(&c);
@@ -245,9 +553,9 @@ int sch_sandbox_child(void *arg)
         die(&c, "sethostname", a->hostname);
     loopback_up(&c);
     enter_root(&c);
-    int agent_fd;
-    arrange_fds(&c, &agent_fd);
-    syscall(SYS_execveat, agent_fd, "", a->argv, a->envp, AT_EMPTY_PATH);
+    arrange_fds(&c);
+    drop_privileges(&c);
+    syscall(SYS_execveat, SCH_FD_AGENT, "", a->argv, a->envp, AT_EMPTY_PATH);
     die(&c, "exec", a->argv[0]);
     return 127;
 }

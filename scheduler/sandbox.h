@@ -1,18 +1,47 @@
 /* The child side of the process driver: what runs inside the fresh namespaces between clone()
- * and the exec of berth-agent. It builds the sandbox's root filesystem on a private tmpfs
- * (read-only binds of the host's /usr, /bin, /lib*, /sbin, /etc, a fresh /proc, a minimal /dev,
- * /tmp, /workspace, /data, /run/berth), sets the hostname, brings up loopback, pivots into the
- * new root and executes the agent as PID 1.
+ * and the exec of berth-agent. The child is created with CLONE_NEWUSER (and new mount, pid,
+ * ipc, uts and net namespaces owned by that user namespace); the parent writes its uid and gid
+ * maps and moves it into its cgroups, then releases it. The child then:
+ *   1. takes copies of the host trees it will show (open_tree) while it still has the host
+ *      identity that can look them up, then becomes the namespace's root (an unprivileged host
+ *      uid), drops the scheduler's supplementary groups and enters a new cgroup namespace;
+ *   2. builds the root on a small tmpfs: read-only /usr, /bin, /sbin, /lib* and ro_binds, a
+ *      generated /etc, /proc with runc's read-only and masked paths, a minimal /dev (null, zero,
+ *      full, random, urandom, tty, a private devpts, shm), /workspace + /tmp + /dev/shm on one
+ *      tmpfs of workspace_size, /data (a slave of {dir}/data), no /sys; the root is then made
+ *      read-only; hostname = instance id; loopback up; pivot_root;
+ *   3. drops every capability (bounding, ambient, permitted, effective, inheritable) with the
+ *      securebits locked, becomes the app user, sets no_new_privs, installs the seccomp filter
+ *      and executes the agent, with the host-made sockets as file descriptors 5-7.
+ * With <insecure> set (hosts without user namespaces or seccomp) the user namespace, the uid
+ * switch and the seccomp filter are skipped; the rest is the same.
  *
- * Layout of the instance directory {dir} on the host (made by the parent beforehand):
+ * Host layout of the instance directory {dir} (made by the parent; the sandbox sees none of it
+ * but {dir}/data's contents):
  *   {dir}/root   empty directory: the tmpfs root is mounted here inside the child's namespace
- *   {dir}/sock   bound to /run/berth (the agent's unix sockets)
  *   {dir}/data   a shared mount point on the host; inside it becomes a slave bound to /data,
- *                so a bind mount the scheduler later makes on {dir}/data appears at /data */
+ *                so a mount the scheduler later makes on {dir}/data appears at /data */
 #ifndef SCH_SANDBOX_H
 #define SCH_SANDBOX_H
 
 #include <stdint.h>
+#include <sys/types.h>
+
+struct sch_seccomp_prog;
+
+/* File descriptors the agent gets, at these numbers. */
+enum {
+    SCH_FD_READY = 3, /* readiness pipe: "READY\n" */
+    SCH_FD_AGENT = 4, /* berth-agent, opened for execution (close-on-exec) */
+    SCH_FD_APP = 5,   /* listening socket: the instance address ({dir}/sock/app.sock) */
+    SCH_FD_PORTS = 6, /* listening socket: preview ports ({dir}/sock/ports.sock) */
+    SCH_FD_CTL = 7,   /* listening socket: control ({dir}/sock/ctl.sock) */
+    SCH_FD_EXIT = 8,  /* {dir}/exit, opened by the host for writing the agent's account */
+    SCH_FD_COUNT = 9,
+};
+
+/* Inside the sandbox: the app user (uid = gid). */
+#define SCH_SANDBOX_USER 1000
 
 struct sch_sandbox_args {
     const char *dir;      /* absolute instance directory */
@@ -20,16 +49,21 @@ struct sch_sandbox_args {
     uint64_t workspace_size;
     char *const *ro_binds; /* extra host paths bound read-only at the same path; may be NULL */
     int with_data;         /* bind {dir}/data to /data */
-    int sync_fd;           /* read end: one byte from the parent means go, EOF means abort */
-    int ready_fd;          /* write end of the readiness pipe: becomes the agent's fd 3 */
-    int log_fd;            /* console log: becomes the agent's stdout and stderr */
-    int agent_fd;          /* berth-agent opened for execution */
-    char **argv;           /* the agent's argv */
-    char **envp;           /* the agent's (and so the app's) environment */
+    int insecure;          /* no user namespace, no seccomp (refused unless configured) */
+    uid_t app_uid;         /* inside: SCH_SANDBOX_USER, or 0 for templates run_as_root */
+    const struct sch_seccomp_prog *seccomp;
+    int sync_fd;  /* read end: one byte from the parent means go, EOF means abort */
+    int ready_fd; /* write end of the readiness pipe */
+    int log_fd;   /* console log: becomes the agent's stdout and stderr */
+    int agent_fd;
+    int app_fd, ports_fd, ctl_fd, exit_fd;
+    char **argv; /* the agent's argv */
+    char **envp; /* the agent's (and so the app's) environment */
 };
 
 /* The clone() entry point; <arg> is a struct sch_sandbox_args. Never returns on success (it
- * becomes berth-agent); on failure writes "ERR <step>: <reason>\n" to ready_fd and exits 127. */
+ * becomes berth-agent); on failure writes "ERR <step> <what>: <reason>\n" to ready_fd and exits
+ * 127. */
 int sch_sandbox_child(void *arg);
 
 #endif

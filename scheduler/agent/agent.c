@@ -1,7 +1,13 @@
 /* berth-agent: init of every sandbox instance.
  *
- *   berth-agent --id ID --port N --sock-dir DIR [--ready-fd FD] [--hold-ms MS] [--log-max BYTES]
- *               [--buffer BYTES] [--max-conns N] -- APP [ARGS...]
+ *   berth-agent --id ID --port N (--sock-dir DIR | --app-fd FD --ports-fd FD --ctl-fd FD
+ *               --exit-fd FD) [--ready-fd FD] [--hold-ms MS] [--log-max BYTES] [--buffer BYTES]
+ *               [--max-conns N] -- APP [ARGS...]
+ *
+ * With --sock-dir the agent makes its sockets (app.sock, ports.sock, ctl.sock) and its exit file
+ * in DIR itself (a microVM guest). The process driver instead passes sockets the host made, in a
+ * directory the sandbox cannot see, and the exit file opened for writing: nothing the sandbox
+ * could replace.
  *
  * Starts APP with the agent's own environment (the driver prepared it) in the working
  * directory, sends the app's output to stderr (at most --log-max bytes), probes 127.0.0.1:N
@@ -53,6 +59,7 @@ struct ctl_client {
 struct agent {
     const char *id;
     const char *sock_dir;
+    int app_fd, ports_fd, ctl_fd, exit_fd; /* host-made, or -1 (then sock_dir) */
     uint16_t port;
     int ready_fd;
     uint64_t log_max, log_written;
@@ -122,9 +129,9 @@ static void logf_(const char *fmt, ...)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: berth-agent --id ID --port N --sock-dir DIR [--ready-fd FD] "
-                    "[--hold-ms MS] [--log-max BYTES] [--buffer BYTES] [--max-conns N] -- APP "
-                    "[ARGS...]\n");
+    fprintf(stderr, "usage: berth-agent --id ID --port N (--sock-dir DIR | --app-fd FD "
+                    "--ports-fd FD --ctl-fd FD --exit-fd FD) [--ready-fd FD] [--hold-ms MS] "
+                    "[--log-max BYTES] [--buffer BYTES] [--max-conns N] -- APP [ARGS...]\n");
     exit(2);
 }
 
@@ -144,6 +151,7 @@ static uint64_t num_arg(const char *name, const char *v, uint64_t min, uint64_t 
 static void parse_args(int argc, char **argv)
 {
     A.ready_fd = -1;
+    A.app_fd = A.ports_fd = A.ctl_fd = A.exit_fd = -1;
     A.log_max = 1 << 20;
     A.relay_cfg.buffer = 64 << 10;
     A.relay_cfg.max_conns = 1024;
@@ -163,6 +171,14 @@ static void parse_args(int argc, char **argv)
             A.port = (uint16_t)num_arg(a, v, 1, 65535);
         else if (strcmp(a, "--sock-dir") == 0)
             A.sock_dir = v;
+        else if (strcmp(a, "--app-fd") == 0)
+            A.app_fd = (int)num_arg(a, v, 0, 65535);
+        else if (strcmp(a, "--ports-fd") == 0)
+            A.ports_fd = (int)num_arg(a, v, 0, 65535);
+        else if (strcmp(a, "--ctl-fd") == 0)
+            A.ctl_fd = (int)num_arg(a, v, 0, 65535);
+        else if (strcmp(a, "--exit-fd") == 0)
+            A.exit_fd = (int)num_arg(a, v, 0, 65535);
         else if (strcmp(a, "--ready-fd") == 0)
             A.ready_fd = (int)num_arg(a, v, 0, 65535);
         else if (strcmp(a, "--hold-ms") == 0)
@@ -176,7 +192,8 @@ static void parse_args(int argc, char **argv)
         else
             usage();
     }
-    if (!A.id || !A.port || !A.sock_dir || i >= argc)
+    int by_fd = A.app_fd >= 0 && A.ports_fd >= 0 && A.ctl_fd >= 0 && A.exit_fd >= 0;
+    if (!A.id || !A.port || (!A.sock_dir == !by_fd) || i >= argc)
         usage();
     A.app_argv = argv + i;
     A.relay_cfg.port = A.port;
@@ -227,6 +244,14 @@ static void start_app(int out_fd, const sigset_t *orig_mask)
 
 static void write_exit_file(const char *what)
 {
+    if (A.exit_fd >= 0) {
+        /* The host's file: rewritten in place, read by the scheduler once we are gone. */
+        ssize_t w = pwrite(A.exit_fd, what, strlen(what), 0);
+        (void)w;
+        if (ftruncate(A.exit_fd, (off_t)strlen(what)) < 0)
+            return;
+        return;
+    }
     char path[256], tmp[256];
     snprintf(path, sizeof(path), "%s/exit", A.sock_dir);
     snprintf(tmp, sizeof(tmp), "%s/exit.tmp", A.sock_dir);
@@ -482,6 +507,9 @@ int main(int argc, char **argv)
     A.exit_code = -1;
     /* execveat() names us after the fd number; say who we are in ps. */
     prctl(PR_SET_NAME, "berth-agent", 0, 0, 0);
+    /* The app may run as our uid (run_as_root): not dumpable, so it cannot ptrace us or read our
+     * /proc files (our descriptors are the instance's sockets). Its exec resets its own flag. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
     sigset_t mask, orig;
     sigemptyset(&mask);
@@ -500,9 +528,22 @@ int main(int argc, char **argv)
     }
     if (A.ready_fd >= 0)
         fcntl(A.ready_fd, F_SETFD, FD_CLOEXEC);
-    int app_fd = listen_unix("app.sock", 0666);
-    int ports_fd = listen_unix("ports.sock", 0666);
-    int ctl_fd = listen_unix("ctl.sock", 0600);
+    int app_fd, ports_fd, ctl_fd;
+    if (A.sock_dir) {
+        app_fd = listen_unix("app.sock", 0666);
+        ports_fd = listen_unix("ports.sock", 0666);
+        ctl_fd = listen_unix("ctl.sock", 0600);
+    } else {
+        /* Host-made listening sockets: ours to accept on, not to re-create. */
+        app_fd = A.app_fd, ports_fd = A.ports_fd, ctl_fd = A.ctl_fd;
+        int fds[] = {app_fd, ports_fd, ctl_fd, A.exit_fd};
+        for (size_t k = 0; k < sizeof(fds) / sizeof(fds[0]); k++)
+            if (fcntl(fds[k], F_SETFD, FD_CLOEXEC) < 0 ||
+                (k < 3 && fcntl(fds[k], F_SETFL, O_NONBLOCK) < 0)) {
+                logf_("fd %d: %s", fds[k], strerror(errno));
+                return 127;
+            }
+    }
     if (app_fd < 0 || ports_fd < 0 || ctl_fd < 0)
         return 127;
     A.relay = agent_relay_create(A.epfd, app_fd, ports_fd, &A.relay_cfg);
