@@ -610,6 +610,26 @@ def make_config(base, redis_address, ports, overrides=None, host_id=None):
     return deep_merge(cfg, overrides)
 
 
+def stored_file(s, h, name, tenant="default"):
+    """Text of /data/<name> in session <h>'s durable storage, or None when it has no such file.
+    The storage is an ext4 image ({storage_root}/{tenant}/{h}/data.img): read through the
+    live mount while an instance of the session has it attached, else with debugfs (the file
+    system was unmounted cleanly, so its journal is empty)."""
+    for iid, inst in s.instances().items():
+        if inst.get("session") == h:
+            p = Path(s.cfg["scheduler"]["run_dir"]) / iid / "data" / name
+            if any(line.split()[4] == str(p.parent) for line in open("/proc/self/mountinfo")):
+                return p.read_text() if p.exists() else None
+    img = Path(s.cfg["scheduler"]["storage_root"]) / tenant / h / "data.img"
+    if not img.exists():
+        return None
+    p = subprocess.run(["debugfs", "-R", "cat /%s" % name, str(img)], capture_output=True,
+                       timeout=30)
+    if p.returncode != 0 or b"not found" in p.stderr:
+        return None
+    return p.stdout.decode()
+
+
 def write_config(path, cfg):
     """Writes <cfg> as YAML (JSON is a subset of YAML's flow style). Returns the path."""
     Path(path).write_text(json.dumps(cfg, indent=2) + "\n")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLOW, curl, echo_template, raw_error, raw_exchange, wait_until
+from conftest import (SLOW, curl, echo_template, raw_error, raw_exchange, stored_file,
+                      wait_until)
 
 HOST_NS = {n: os.readlink("/proc/self/ns/%s" % n) for n in ("mnt", "pid", "net", "uts", "ipc")}
 
@@ -387,22 +388,27 @@ def test_instance_is_isolated(sched):
     ifaces = [line.split(":")[0].strip() for line in
               read("/proc/%d/net/dev" % pid).splitlines()[2:]]
     assert ifaces == ["lo"]
-    # Its root: a tmpfs of workspace_size, read-only system dirs, fresh /proc, /run/berth.
+    # Its root: a small read-only tmpfs with read-only system dirs, a generated /etc, a fresh
+    # /proc; /workspace, /tmp and /dev/shm share one tmpfs of workspace_size. No /run/berth:
+    # the agent's sockets are the host's, passed as descriptors.
     mi = [line.split() for line in read("/proc/%d/mountinfo" % pid).splitlines()]
     by_point = {}
     for m in mi:
         by_point.setdefault(m[4], m)
     root = by_point["/"]
-    assert root[root.index("-") + 1] == "tmpfs"
-    assert "size=65536k" in root[-1]
-    for d in ("/usr", "/etc"):
-        assert by_point[d][5].split(",")[0] == "ro", by_point[d]
+    assert root[root.index("-") + 1] == "tmpfs" and root[5].split(",")[0] == "ro"
+    ws = by_point["/workspace"]
+    assert ws[ws.index("-") + 1] == "tmpfs" and "size=65536k" in ws[-1]
+    assert by_point["/tmp"][2] == ws[2]  # the same file system
+    assert by_point["/usr"][5].split(",")[0] == "ro", by_point["/usr"]
     assert by_point["/proc"][by_point["/proc"].index("-") + 1] == "proc"
-    assert "/run/berth" in by_point and "/data" in by_point
-    # Nothing else of the host is mounted: only these (and device nodes under /dev).
-    allowed = {"/", "/usr", "/etc", "/proc", "/data", "/run/berth",
+    assert "/run/berth" not in by_point and "/data" in by_point and "/etc" not in by_point
+    # Nothing else of the host is mounted: only these (and device nodes under /dev, runc's
+    # read-only and masked parts of /proc).
+    allowed = {"/", "/usr", "/etc/ssl/certs", "/proc", "/data", "/workspace", "/tmp",
                s.cfg["scheduler"]["ro_binds"][0]}
-    extra = [p for p in by_point if p not in allowed and not p.startswith("/dev/")]
+    extra = [p for p in by_point
+             if p not in allowed and not p.startswith(("/dev/", "/proc/"))]
     assert not extra, extra
     # The host's files outside the offered dirs are not visible.
     assert not os.path.exists("/proc/%d/root%s" % (pid, s.base))
@@ -469,9 +475,10 @@ def test_bind_mounts_durable_storage(sched):
     r = start_ok(s, h)
     w = via(r["addr"], "/files/notes.txt", method="PUT", data="kept across instances\n")
     assert w.status in (200, 201), w
-    stored = Path(s.cfg["scheduler"]["storage_root"]) / "default" / h / "notes.txt"
-    assert stored.read_text() == "kept across instances\n"
-    assert oct(stored.parent.stat().st_mode & 0o777) == oct(0o700)
+    assert stored_file(s, h, "notes.txt") == "kept across instances\n"
+    d = Path(s.cfg["scheduler"]["storage_root"]) / "default" / h
+    assert oct(d.stat().st_mode & 0o777) == oct(0o700)
+    assert oct((d / "data.img").stat().st_mode & 0o777) == oct(0o600)
     # A warm, unbound instance has an empty /data.
     warm = s.redis.cmd("LINDEX", s.key("pool:%s:echo" % s.host_id), 0)
     wpid = int(s.redis.hgetall(s.key("i:", warm))["pid"])
@@ -500,8 +507,7 @@ def test_unbound_connections_wait_for_bind(sched):
         w = fut.result(timeout=10)
     assert w.status in (200, 201), w
     # The held request ran after the mount: it wrote into the session's durable directory.
-    assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h / "first.txt").read_text() \
-        == "first"
+    assert stored_file(s, h, "first.txt") == "first"
     t0 = time.monotonic()
     assert via(addr, "/").status == 200
     assert time.monotonic() - t0 < 0.5 * SLOW
@@ -522,7 +528,7 @@ def test_destroy_removes_instance_keeps_data(sched):
     wait_until(lambda: not running(pid), 10 * SLOW, "instance process gone")
     wait_until(lambda: not run.exists(), 5 * SLOW, "run dir removed")
     wait_until(lambda: not s.redis.cmd("EXISTS", s.key("i:", iid)), 5 * SLOW, "i:id deleted")
-    assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h / "a.txt").read_text() == "A"
+    assert stored_file(s, h, "a.txt") == "A"
     assert not any(str(run) in line for line in open("/proc/self/mountinfo"))
     assert any(e["instance"] == iid for e in events(s, "destroyed"))
     assert iid not in s.redis.cmd("SMEMBERS", s.key("host:%s:instances" % s.host_id))
@@ -619,8 +625,7 @@ def test_restart_adopts_live_instances(sched, how):
     # Still serving the same session with the same durable directory, mounted once.
     assert via(r["addr"], "/").json()["instance"] == r["instance"]
     assert via(r["addr"], "/files/after.txt", method="PUT", data="2").status in (200, 201)
-    d = Path(s.cfg["scheduler"]["storage_root"]) / "default" / h
-    assert (d / "before.txt").read_text() == "1" and (d / "after.txt").read_text() == "2"
+    assert stored_file(s, h, "before.txt") == "1" and stored_file(s, h, "after.txt") == "2"
     data_mp = "%s/run/%s/data" % (s.base, r["instance"])
     assert sum(1 for line in open("/proc/self/mountinfo") if line.split()[4] == data_mp) == 2
     assert s.session(h)["state"] == "bound"
@@ -687,7 +692,7 @@ def test_bind_missed_while_disconnected_is_resynced(sched):
                10 * SLOW, "missed bind applied after the reconnect")
     addr = s.redis.hgetall(s.key("i:", warm))["addr"]
     assert via(addr, "/files/x.txt", method="PUT", data="x").status in (200, 201)
-    assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h / "x.txt").exists()
+    assert stored_file(s, h, "x.txt") == "x"
     # The command connection survives a kill as well.
     s.redis.cmd("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     wait_until(lambda: start(s, session(101)).status == 200, 10 * SLOW, "starts work again")
@@ -705,8 +710,7 @@ def test_gateway_claim_binds_warm_instance_with_storage(make_stack):
     inst = s.redis.hgetall(s.key("i:", iid))
     h = inst["session"]
     assert inst["state"] == "bound"
-    assert (Path(s.cfg["scheduler"]["storage_root"]) / "default" / h /
-            "via-gateway.txt").read_text() == "through"
+    assert stored_file(s, h, "via-gateway.txt") == "through"
     wait_until(lambda: s.pool_len() == 2, 10 * SLOW, "pool refilled after the claim")
 
 

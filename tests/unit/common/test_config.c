@@ -70,6 +70,10 @@ TEST(sample_config_loads)
     CHECK_UINT_EQ(t->idle_timeout, 600 * CM_USEC_PER_SEC);
     CHECK_INT_EQ(t->on_lost, CM_LOST_REPLACE);
     CHECK_INT_EQ(t->data, 1);
+    CHECK_UINT_EQ(t->data_size, 1024 * MiB);
+    CHECK_INT_EQ(t->run_as_root, 0);
+    CHECK_STR_EQ(t->seccomp, "default");
+    CHECK_UINT_EQ(t->io_read_bps + t->io_write_bps + t->io_read_iops + t->io_write_iops, 0);
     cm_config_free(cfg);
 }
 
@@ -108,6 +112,10 @@ TEST(full_config_values)
         "    max_idle_timeout: 3h\n"
         "    on_lost: fail\n"
         "    data: no\n"
+        "    data_size: 64MiB\n"
+        "    run_as_root: yes\n"
+        "    seccomp: strict\n"
+        "    io: {read_bps: 10MiB, write_bps: 1MiB, read_iops: 100, write_iops: 50}\n"
         "gateway: {anything: goes here}\n"
         "scheduler: {the daemon: checks it}\n",
         err, sizeof(err));
@@ -152,6 +160,13 @@ TEST(full_config_values)
     CHECK_UINT_EQ(t->max_idle_timeout, 3 * 3600 * CM_USEC_PER_SEC);
     CHECK_INT_EQ(t->on_lost, CM_LOST_FAIL);
     CHECK_INT_EQ(t->data, 0);
+    CHECK_UINT_EQ(t->data_size, 64 * MiB);
+    CHECK_INT_EQ(t->run_as_root, 1);
+    CHECK_STR_EQ(t->seccomp, "strict");
+    CHECK_UINT_EQ(t->io_read_bps, 10 * MiB);
+    CHECK_UINT_EQ(t->io_write_bps, 1 * MiB);
+    CHECK_UINT_EQ(t->io_read_iops, 100);
+    CHECK_UINT_EQ(t->io_write_iops, 50);
     cm_config_free(cfg);
 }
 
@@ -326,6 +341,14 @@ TEST(template_errors)
                  "2:5: templates.t.idle_timeout: must not exceed max_idle_timeout");
     EXPECT_ERROR(TPL "    on_lost: maybe\n", "4:14: templates.t.on_lost: must be replace or fail");
     EXPECT_ERROR(TPL "    data: perhaps\n", "4:11: templates.t.data: must be true or false");
+    EXPECT_ERROR(TPL "    data_size: 1MiB\n",
+                 "4:16: templates.t.data_size: must be 16777216..17592186044416 bytes");
+    EXPECT_ERROR(TPL "    seccomp: none\n",
+                 "4:14: templates.t.seccomp: unknown profile 'none' (known: default, strict)");
+    EXPECT_ERROR(TPL "    run_as_root: maybe\n",
+                 "4:18: templates.t.run_as_root: must be true or false");
+    EXPECT_ERROR(TPL "    io: {write: 1}\n", "4:10: templates.t.io.write: unknown key");
+    EXPECT_ERROR(TPL "    io: {read_iops: -1}\n", "4:21: templates.t.io.read_iops: must be a whole number");
     EXPECT_ERROR(TPL "  - name: t\n    app: {command: y}\n", "4:5: templates.t: defined twice");
 }
 

@@ -62,6 +62,10 @@ TEST(defaults)
     CHECK_UINT_EQ(c.relay_max_conns, 1024);
     CHECK_UINT_EQ(c.api_max_body, 64u << 10);
     CHECK_UINT_EQ(c.api_max_pending, 256);
+    CHECK_UINT_EQ(c.uid_base, 1000000000u);
+    CHECK_INT_EQ(c.insecure, 0);
+    CHECK_UINT_EQ(c.reserve_memory, 512u << 20);
+    CHECK_UINT_EQ(c.reserve_cpu_millis, 500);
     /* The agent defaults to the directory of the running executable. */
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -200,4 +204,28 @@ TEST(paths_are_checked)
     EXPECT_ERROR("scheduler:\n  ro_binds: [/]\n", "scheduler.ro_binds: '/'");
     EXPECT_ERROR("scheduler:\n  ro_binds: [/a/../etc]\n", "scheduler.ro_binds: '/a/../etc'");
     EXPECT_ERROR("scheduler:\n  run_dir: \"\"\n", "scheduler.run_dir: must not be empty");
+}
+
+TEST(sandbox_security_keys)
+{
+    struct sch_config c;
+    char err[1024];
+    CHECK_INT_EQ(parse("scheduler:\n  uid_base: 200000\n  insecure: true\n"
+                       "  reserve: {memory: 2GiB, cpus: 1.5}\n",
+                       &c, err, sizeof(err)),
+                 0);
+    CHECK_UINT_EQ(c.uid_base, 200000);
+    CHECK_INT_EQ(c.insecure, 1);
+    CHECK_UINT_EQ(c.reserve_memory, 2ull << 30);
+    CHECK_UINT_EQ(c.reserve_cpu_millis, 1500);
+    sch_config_fini(&c);
+    EXPECT_ERROR("scheduler:\n  uid_base: 1000\n", "scheduler.uid_base: must be 65536..");
+    /* 10000 instances x 65536 ids from 4e9 would pass 2^32 */
+    EXPECT_ERROR("scheduler:\n  uid_base: 4000000000\n  capacity: 10000\n",
+                 "scheduler.uid_base: uid_base + capacity x 65536 must stay below 2^32");
+    EXPECT_ERROR("scheduler:\n  insecure: sometimes\n",
+                 "scheduler.insecure: must be true or false");
+    EXPECT_ERROR("scheduler:\n  reserve: {disk: 1}\n", "scheduler.reserve.disk: unknown key");
+    EXPECT_ERROR("scheduler:\n  reserve: {cpus: lots}\n",
+                 "scheduler.reserve.cpus: must be a number of cores 0..1024");
 }
