@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,13 +99,14 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", "uid_base", "insecure", "reserve", NULL};
+        "api_max_connections", "uid_base", "insecure", "reserve", "socket_group", NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
     char *listen = NULL;
     uint64_t capacity, max_conns, max_pending, api_conns, uid_base;
+    char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     memset(ret, 0, sizeof(*ret));
 
@@ -140,6 +142,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_u64(&ctx, section, SEC, "uid_base", SCH_UID_BASE_DEFAULT, 65536,
                     UINT32_MAX - 1, &uid_base) ||
         cm_conf_bool(&ctx, section, SEC, "insecure", 0, &c.insecure) ||
+        cm_conf_str(&ctx, section, SEC, "socket_group", NULL, &socket_group) ||
         cm_conf_keys(&ctx, reserve, SEC ".reserve", reserve_keys) ||
         cm_conf_size(&ctx, reserve, SEC ".reserve", "memory", 512u << 20, 0, 1ull << 50,
                      &c.reserve_memory))
@@ -162,6 +165,25 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         goto fail;
     }
     c.uid_base = (uint32_t)uid_base;
+    c.socket_gid = 0;
+    if (socket_group && *socket_group) {
+        char *end;
+        errno = 0;
+        unsigned long gid = strtoul(socket_group, &end, 10);
+        struct group *gr = NULL;
+        if (*end || errno || gid >= UINT32_MAX) {
+            gr = getgrnam(socket_group);
+            gid = gr ? gr->gr_gid : UINT32_MAX;
+        }
+        if (gid >= UINT32_MAX) {
+            cm_conf_fail(&ctx, cm_ynode_get(section, "socket_group"), SEC, "socket_group",
+                         "no group '%s' on this host", socket_group);
+            goto fail;
+        }
+        c.socket_gid = (uint32_t)gid;
+    }
+    free(socket_group);
+    socket_group = NULL;
     c.capacity = (uint32_t)capacity;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
@@ -231,6 +253,7 @@ oom:
     cm_conf_fail(&ctx, section, SEC, NULL, "out of memory");
 fail:
     free(listen);
+    free(socket_group);
     sch_config_fini(&c);
     return -EINVAL;
 }

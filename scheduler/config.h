@@ -48,6 +48,7 @@ struct sch_config {
     int insecure;                  /* start sandboxes without user namespace or seccomp */
     uint64_t reserve_memory;       /* kept out of the sandboxes' common cgroup */
     uint32_t reserve_cpu_millis;   /* likewise, in thousandths of a core */
+    uint32_t socket_gid;           /* group of the instances' app.sock and ports.sock (0660) */
 };
 
 /* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file

@@ -37,6 +37,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/hostcheck.h"
 #include "scheduler/paths.h"
+#include "scheduler/report.h"
 #include "scheduler/sandbox.h"
 #include "scheduler/seccomp.h"
 #include "scheduler/storage.h"
@@ -182,8 +183,9 @@ static ssize_t read_host_file(const char *dir, const char *name, char *buf, size
     return (ssize_t)got;
 }
 
-/* A listening unix socket at <dir>/<name>, mode <mode>, made by the host. */
-static int listen_at(const char *dir, const char *name, mode_t mode, char *err, size_t errlen)
+/* A listening unix socket at <dir>/<name>, mode <mode>, group <gid>, made by the host. */
+static int listen_at(const char *dir, const char *name, mode_t mode, gid_t gid, char *err,
+                     size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, name);
@@ -193,6 +195,7 @@ static int listen_at(const char *dir, const char *name, mode_t mode, char *err, 
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        fchownat(AT_FDCWD, sa.sun_path, 0, gid, AT_SYMLINK_NOFOLLOW) < 0 ||
         fchmodat(AT_FDCWD, sa.sun_path, mode, 0) < 0 || listen(fd, 1024) < 0) {
         int e = errno;
         snprintf(err, errlen, "cannot listen on %s: %s", sa.sun_path, strerror(e));
@@ -479,9 +482,12 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     static const struct {
         const char *name;
         mode_t mode;
-    } sockets[] = {{"app.sock", 0660}, {"ports.sock", 0660}, {"ctl.sock", 0600}};
+        int gateway; /* the gateway's group may connect */
+    } sockets[] = {{"app.sock", 0660, 1}, {"ports.sock", 0660, 1}, {"ctl.sock", 0600, 0}};
     for (size_t i = 0; i < CM_ARRAY_SIZE(sockets); i++)
-        if ((socks[i] = rc = listen_at(p, sockets[i].name, sockets[i].mode, err, errlen)) < 0)
+        if ((socks[i] = rc = listen_at(p, sockets[i].name, sockets[i].mode,
+                                       sockets[i].gateway ? d->cfg->socket_gid : 0, err,
+                                       errlen)) < 0)
             goto fail;
     snprintf(p, sizeof(p), "%s/exit", pi->dir);
     exit_fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -732,14 +738,9 @@ static void read_exit_file(const char *dir, char *reason, size_t len)
 {
     char buf[EXIT_FILE_MAX];
     reason[0] = '\0';
-    if (read_host_file(dir, "exit", buf, sizeof(buf)) <= 0)
-        return;
-    buf[strcspn(buf, "\n")] = '\0';
-    int v, end = 0;
-    if ((sscanf(buf, "exited status=%3d%n", &v, &end) == 1 ||
-         sscanf(buf, "killed signal=%2d%n", &v, &end) == 1) &&
-        end > 0 && buf[end] == '\0' && v >= 0)
-        snprintf(reason, len, "%s", buf);
+    ssize_t n = read_host_file(dir, "exit", buf, sizeof(buf));
+    if (n > 0)
+        sch_report_exit(buf, (size_t)n, reason, len);
 }
 
 /* The last <len>-1 bytes of the console log on one line. */

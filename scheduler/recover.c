@@ -13,6 +13,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
 #include "scheduler/pool.h"
+#include "scheduler/report.h"
 #include "scheduler/sched.h"
 
 #define STATUS_TIMEOUT (2 * CM_USEC_PER_SEC)
@@ -159,9 +160,14 @@ static void on_status(const char *reply, int err, void *data)
         return;
     }
     int bound = strcmp(c->state, "bound") == 0;
-    int ready = reply && strncmp(reply, "OK ready", 8) == 0;
-    const char *agent_bound = reply ? strstr(reply, "bound=") : NULL;
-    int agent_has_session = agent_bound && strncmp(agent_bound + 6, "-", 1) != 0;
+    /* The agent runs inside the sandbox: its reply is parsed strictly and logged sanitized. */
+    int ready = 0, agent_has_session = 0;
+    char shown[128] = "";
+    if (reply) {
+        sch_report_status(reply, strlen(reply), &ready, &agent_has_session);
+        sch_report_sanitize(reply, strlen(reply), shown, sizeof(shown));
+        reply = shown;
+    }
     struct sch_dinst *di = c->di;
     c->di = NULL;
     sch_inst_adopted(inst, c->tpl, di, bound && ready && c->tpl, c->session);

@@ -193,8 +193,12 @@ def _killpg(p):
 
 def sandbox_ro_binds():
     """berth-echo's directory (the default template) and tests/clients (node_modules with
-    server-everything, ws_app.py), bound read-only at the same paths inside every sandbox."""
-    return [str(Path(binary("berth-echo")).parent), str(CLIENTS)]
+    server-everything, ws_app.py), bound read-only at the same paths inside every sandbox,
+    and what Debian's Chromium reads from /etc (the sandbox's /etc is generated: its launcher
+    script sources /etc/chromium.d/*, and fontconfig wants /etc/fonts)."""
+    # Listed even before Chromium is installed: a missing ro_bind is skipped at start.
+    etc = ["/etc/chromium.d", "/etc/chromium", "/etc/fonts"]
+    return [str(Path(binary("berth-echo")).parent), str(CLIENTS)] + etc
 
 
 def _sandbox_template(name, command, port=8000, **over):

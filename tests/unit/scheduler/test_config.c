@@ -223,6 +223,14 @@ TEST(sandbox_security_keys)
     /* 10000 instances x 65536 ids from 4e9 would pass 2^32 */
     EXPECT_ERROR("scheduler:\n  uid_base: 4000000000\n  capacity: 10000\n",
                  "scheduler.uid_base: uid_base + capacity x 65536 must stay below 2^32");
+    CHECK_INT_EQ(parse("scheduler:\n  socket_group: \"4242\"\n", &c, err, sizeof(err)), 0);
+    CHECK_UINT_EQ(c.socket_gid, 4242);
+    sch_config_fini(&c);
+    CHECK_INT_EQ(parse("scheduler:\n  socket_group: root\n", &c, err, sizeof(err)), 0);
+    CHECK_UINT_EQ(c.socket_gid, 0);
+    sch_config_fini(&c);
+    EXPECT_ERROR("scheduler:\n  socket_group: no-such-group-here\n",
+                 "scheduler.socket_group: no group 'no-such-group-here' on this host");
     EXPECT_ERROR("scheduler:\n  insecure: sometimes\n",
                  "scheduler.insecure: must be true or false");
     EXPECT_ERROR("scheduler:\n  reserve: {disk: 1}\n", "scheduler.reserve.disk: unknown key");
