@@ -154,11 +154,19 @@ struct mnt {
     char point[1024];
 };
 
+/* Where the hierarchy is described: <fs_root> and the two /proc files (tests name fakes). */
+struct src {
+    const char *fs_root;
+    const char *mountinfo;   /* normally /proc/self/mountinfo */
+    const char *self_cgroup; /* normally /proc/self/cgroup */
+};
+
 /* Finds the mount for controller <name>: a v1 "cgroup" mount listing it, else the "cgroup2"
- * mount (if its cgroup.controllers lists it). Only mounts under <fs_root>. */
-static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
+ * mount (if its cgroup.controllers lists it). Only mounts under <src->fs_root>. */
+static int find_mount(const char *name, const struct src *src, struct mnt *ret)
 {
-    FILE *f = fopen("/proc/self/mountinfo", "re");
+    const char *fs_root = src->fs_root;
+    FILE *f = fopen(src->mountinfo, "re");
     if (!f)
         return -errno;
     char line[4096];
@@ -207,9 +215,9 @@ static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
 }
 
 /* Our own cgroup path in the hierarchy of <name> (v1) or the unified one (v2). */
-static int own_cgroup(const char *name, int version, char *buf, size_t len)
+static int own_cgroup(const char *name, int version, const struct src *src, char *buf, size_t len)
 {
-    FILE *f = fopen("/proc/self/cgroup", "re");
+    FILE *f = fopen(src->self_cgroup, "re");
     if (!f)
         return -errno;
     char line[4096];
@@ -305,21 +313,22 @@ static void enable_v2(const char *mountpoint, const char *parent, const char *na
 }
 
 static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_parent,
-                       const char *fs_root)
+                       const struct src *src)
 {
     const char *name = ctrl_names[c];
     struct mnt m;
     char own[2048], dir[4096];
-    if (find_mount(name, fs_root, &m) < 0) {
-        fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name, fs_root);
+    if (find_mount(name, src, &m) < 0) {
+        fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name,
+            src->fs_root);
         return;
     }
     if (cgroup_parent[0] == '/') {
         snprintf(dir, sizeof(dir), "%s%s", m.point, cgroup_parent);
     } else {
-        if (own_cgroup(name, m.version, own, sizeof(own)) < 0) {
-            snprintf(ct->warning, sizeof(ct->warning),
-                     "cannot find our own %s cgroup in /proc/self/cgroup", name);
+        if (own_cgroup(name, m.version, src, own, sizeof(own)) < 0) {
+            fmt(ct->warning, sizeof(ct->warning), "cannot find our own %s cgroup in %s", name,
+                src->self_cgroup);
             return;
         }
         const char *rel = own;
@@ -359,14 +368,22 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     }
 }
 
-struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root)
+struct sch_cgroups *sch_cgroups_create_at(const char *cgroup_parent, const char *fs_root,
+                                          const char *mountinfo, const char *self_cgroup)
 {
     struct sch_cgroups *cg = calloc(1, sizeof(*cg));
     if (!cg)
         return NULL;
+    const struct src src = {fs_root, mountinfo, self_cgroup};
     for (int i = 0; i < SCH_CG_COUNT; i++)
-        setup_ctrl(&cg->c[i], (enum sch_cg_ctrl)i, cgroup_parent, fs_root);
+        setup_ctrl(&cg->c[i], (enum sch_cg_ctrl)i, cgroup_parent, &src);
     return cg;
+}
+
+struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root)
+{
+    return sch_cgroups_create_at(cgroup_parent, fs_root, "/proc/self/mountinfo",
+                                 "/proc/self/cgroup");
 }
 
 void sch_cgroups_destroy(struct sch_cgroups *cg)

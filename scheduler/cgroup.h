@@ -40,6 +40,10 @@ struct sch_cgroups;
  * child. Never fails for an unusable controller (it is marked and a warning recorded); returns
  * NULL only on allocation failure. Free with sch_cgroups_destroy(). */
 struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root);
+/* sch_cgroups_create() reading <mountinfo> and <self_cgroup> instead of /proc/self/mountinfo
+ * and /proc/self/cgroup: unit tests describe a fake hierarchy of plain files with them. */
+struct sch_cgroups *sch_cgroups_create_at(const char *cgroup_parent, const char *fs_root,
+                                          const char *mountinfo, const char *self_cgroup);
 void sch_cgroups_destroy(struct sch_cgroups *cg);
 /* 1 or 2 for a usable controller, 0 for an unusable one. */
 int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c);

@@ -1,12 +1,123 @@
 /* scheduler/cgroup.c: the values written into cgroup v1 and v2 controller files, and that an
- * unusable hierarchy is reported, never silently ignored. */
+ * unusable hierarchy is reported, never silently ignored. The v1 and v2 paths run over fake
+ * hierarchies: plain files and directories under the test's directory, described by a fake
+ * mountinfo and /proc/self/cgroup (a kernel creates a child's files itself; here the test
+ * creates the probe's and the instance's directories with their files beforehand). */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "common/config.h"
 #include "common/json.h"
 #include "scheduler/cgroup.h"
+#include "scheduler/paths.h"
 #include "tests/harness/test.h"
+
+/* ------------------------------------------------------------------ fake hierarchies */
+
+/* test_tmpdir()/<rel> (static storage, four in rotation so one CHECK can use two). */
+static const char *at(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *at(const char *fmt, ...)
+{
+    static char bufs[4][1024];
+    static int next;
+    char *b = bufs[next++ % 4];
+    int n = snprintf(b, sizeof(bufs[0]), "%s/", test_tmpdir());
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b + n, sizeof(bufs[0]) - (size_t)n, fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+/* Creates (or empties) file <path> with <content>, and its directories. */
+static void put(const char *path, const char *content)
+{
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s", path);
+    *strrchr(dir, '/') = '\0';
+    CHECK_INT_EQ(sch_mkdir_p(dir, 0755), 0);
+    FILE *f = fopen(path, "w");
+    CHECK_MSG(f != NULL, "cannot create %s", path);
+    fputs(content, f);
+    CHECK_INT_EQ(fclose(f), 0);
+}
+
+/* The content of <path> ("(missing)" when it does not exist). Static storage. */
+static const char *get(const char *path)
+{
+    static char buf[4096];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return "(missing)";
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* A cgroup directory <dir> holding the empty files listed in <files> (NULL-terminated). */
+static void cgdir(const char *dir, const char *const *files)
+{
+    CHECK_INT_EQ(sch_mkdir_p(dir, 0755), 0);
+    for (; *files; files++) {
+        char path[2048];
+        CHECK(snprintf(path, sizeof(path), "%s/%s", dir, *files) < (int)sizeof(path));
+        put(path, "");
+    }
+}
+
+static const char *const v1_memory_files[] = {"memory.limit_in_bytes",
+                                              "memory.memsw.limit_in_bytes", NULL};
+static const char *const v1_cpu_files[] = {"cpu.cfs_period_us", "cpu.cfs_quota_us", NULL};
+static const char *const v1_pids_files[] = {"pids.max", NULL};
+static const char *const v1_blkio_files[] = {
+    "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+    "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device", NULL};
+
+/* Makes the parent, probe and instance ("h-1") directories under <parent> with <files>. */
+static void cgdirs(const char *parent, const char *const *files)
+{
+    char d[2048];
+    cgdir(parent, files);
+    CHECK(snprintf(d, sizeof(d), "%s/.probe-%d", parent, (int)getpid()) < (int)sizeof(d));
+    cgdir(d, files);
+    CHECK(snprintf(d, sizeof(d), "%s/h-1", parent) < (int)sizeof(d));
+    cgdir(d, files);
+}
+
+/* Hybrid, as on this project's CI host: v1 memory (we live in /job), cpu co-mounted with
+ * cpuacct, pids and blkio (/job), and a cgroup2 mount with no controllers. A v1 memory mount
+ * outside fs_root comes first and must be ignored. */
+static void fake_v1(const char *const *memory_files)
+{
+    char mi[4096];
+    snprintf(mi, sizeof(mi),
+             "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+             "32 31 0:29 / %s rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+             "35 31 0:42 / %s rw,relatime - cgroup cgroup rw,memory\n"
+             "39 31 0:36 / %s rw,relatime - cgroup cgroup rw,pids\n"
+             "38 31 0:35 / %s rw,relatime - cgroup cgroup rw,blkio\n"
+             "41 31 0:38 / %s rw,relatime - cgroup2 cgroup2 rw\n",
+             at("cg/cpu,cpuacct"), at("cg/memory"), at("cg/pids"), at("cg/blkio"),
+             at("cg/unified"));
+    put(at("mountinfo"), mi);
+    put(at("self_cgroup"), "8:pids:/\n7:blkio:/job\n4:memory:/job\n1:cpu,cpuacct:/\n0::/\n");
+    put(at("cg/unified/cgroup.controllers"), "");
+    cgdirs(at("cg/memory/job/berth"), memory_files);
+    cgdirs(at("cg/cpu,cpuacct/berth"), v1_cpu_files);
+    cgdirs(at("cg/pids/berth"), v1_pids_files);
+    cgdirs(at("cg/blkio/job/berth"), v1_blkio_files);
+}
+
+static struct sch_cgroups *fake_create(void)
+{
+    return sch_cgroups_create_at("berth", at("cg"), at("mountinfo"), at("self_cgroup"));
+}
 
 static const char *mem(int v, uint64_t b)
 {
@@ -98,5 +209,52 @@ TEST(missing_hierarchy_is_reported)
     CHECK_NOT_NULL(dirs);
     CHECK_NULL(dirs[0]);
     free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_instance_limits)
+{
+    fake_v1(v1_memory_files);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_NOT_NULL(cg);
+    CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_MEMORY), at("cg/memory/job/berth"));
+    CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_CPU), at("cg/cpu,cpuacct/berth"));
+    CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_PIDS), at("cg/pids/berth"));
+    for (int i = 0; i < SCH_CG_COUNT; i++)
+        CHECK_INT_EQ(sch_cgroups_version(cg, (enum sch_cg_ctrl)i), 1);
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20, .cpu_millis = 1500, .pids = 64};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_STR_EQ(dirs[0], at("cg/memory/job/berth/h-1"));
+    CHECK_STR_EQ(dirs[1], at("cg/cpu,cpuacct/berth/h-1"));
+    CHECK_STR_EQ(dirs[2], at("cg/pids/berth/h-1"));
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.limit_in_bytes")), "268435456");
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_period_us")), "100000");
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_quota_us")), "150000");
+    CHECK_STR_EQ(get(at("cg/pids/berth/h-1/pids.max")), "64");
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_missing_limit_file_fails_the_probe)
+{
+    /* A pids hierarchy whose children lack pids.max cannot limit anything: unusable, with the
+     * file named, and instances get no pids directory. */
+    fake_v1(v1_memory_files);
+    char probe[2048];
+    CHECK(snprintf(probe, sizeof(probe), "%s/.probe-%d/pids.max", at("cg/pids/berth"),
+                   (int)getpid()) < (int)sizeof(probe));
+    CHECK_INT_EQ(unlink(probe), 0);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_PIDS), 0);
+    CHECK_CONTAINS(sch_cgroups_warning(cg, SCH_CG_PIDS), "pids.max");
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.pids = 64};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    for (size_t i = 0; dirs[i]; i++)
+        CHECK(strstr(dirs[i], "/pids/") == NULL);
+    cm_strv_free(dirs);
     sch_cgroups_destroy(cg);
 }
