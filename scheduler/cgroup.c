@@ -228,6 +228,7 @@ static int own_cgroup(const char *name, int version, const struct src *src, char
         char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c2)
             continue;
+        *c1 = '\0';
         *c2 = '\0';
         const char *ctrls = c1 + 1, *path = c2 + 1;
         if ((version == 1 && has_word(ctrls, name, ",")) ||

@@ -71,6 +71,8 @@ static void cgdir(const char *dir, const char *const *files)
     }
 }
 
+static const char *const v2_files[] = {"memory.max", "memory.swap.max", "cpu.max",
+                                       "pids.max",   "io.max",          NULL};
 static const char *const v1_memory_files[] = {"memory.limit_in_bytes",
                                               "memory.memsw.limit_in_bytes", NULL};
 static const char *const v1_cpu_files[] = {"cpu.cfs_period_us", "cpu.cfs_quota_us", NULL};
@@ -88,6 +90,25 @@ static void cgdirs(const char *parent, const char *const *files)
     cgdir(d, files);
     CHECK(snprintf(d, sizeof(d), "%s/h-1", parent) < (int)sizeof(d));
     cgdir(d, files);
+}
+
+/* v2 only: a cgroup2 mount at cg/, we live in /job, cgroup_parent "berth" -> cg/job/berth.
+ * A real cgroup2 mount outside fs_root comes first in mountinfo and must be ignored. Every
+ * level already delegates every controller. */
+static void fake_v2(const char *const *files)
+{
+    char mi[2048];
+    snprintf(mi, sizeof(mi),
+             "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+             "90 20 0:50 / %s rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n",
+             at("cg"));
+    put(at("mountinfo"), mi);
+    put(at("self_cgroup"), "0::/job\n");
+    put(at("cg/cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n");
+    put(at("cg/cgroup.subtree_control"), "cpu io memory pids\n");
+    put(at("cg/job/cgroup.subtree_control"), "cpu io memory pids\n");
+    put(at("cg/job/berth/cgroup.subtree_control"), "cpu io memory pids\n");
+    cgdirs(at("cg/job/berth"), files);
 }
 
 /* Hybrid, as on this project's CI host: v1 memory (we live in /job), cpu co-mounted with
@@ -117,6 +138,32 @@ static void fake_v1(const char *const *memory_files)
 static struct sch_cgroups *fake_create(void)
 {
     return sch_cgroups_create_at("berth", at("cg"), at("mountinfo"), at("self_cgroup"));
+}
+
+/* sch_cgroups_status() as a parsed tree (free with cm_json_free()). */
+static struct cm_json *status_of(const struct sch_cgroups *cg)
+{
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    sch_cgroups_status(cg, &b);
+    char err[128];
+    struct cm_json *j = cm_json_parse(b.data, b.len, err, sizeof(err));
+    CHECK_MSG(j != NULL, "status is not JSON (%s): %.*s", err, (int)b.len, b.data);
+    cm_jbuf_fini(&b);
+    return j;
+}
+
+static const char *jstr(const struct cm_json *j, const char *obj, const char *key)
+{
+    const struct cm_json *v = cm_json_get(cm_json_get(j, obj), key);
+    return v && v->type == CM_JSON_STRING ? v->str : NULL;
+}
+
+static double jnum(const struct cm_json *j, const char *obj, const char *key)
+{
+    const struct cm_json *v = cm_json_get(cm_json_get(j, obj), key);
+    CHECK_MSG(v && v->type == CM_JSON_NUMBER, "no number %s.%s", obj, key);
+    return v->number;
 }
 
 static const char *mem(int v, uint64_t b)
@@ -209,6 +256,63 @@ TEST(missing_hierarchy_is_reported)
     CHECK_NOT_NULL(dirs);
     CHECK_NULL(dirs[0]);
     free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_instance_limits)
+{
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_NOT_NULL(cg);
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        CHECK_INT_EQ(sch_cgroups_version(cg, (enum sch_cg_ctrl)i), 2);
+        CHECK_STR_EQ(sch_cgroups_parent(cg, (enum sch_cg_ctrl)i), at("cg/job/berth"));
+        CHECK_NULL(sch_cgroups_warning(cg, (enum sch_cg_ctrl)i));
+    }
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20, .cpu_millis = 500, .pids = 64};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_INT_EQ(cm_strv_len(dirs), SCH_CG_COUNT);
+    for (size_t i = 0; dirs[i]; i++)
+        CHECK_STR_EQ(dirs[i], at("cg/job/berth/h-1"));
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.max")), "268435456");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/cpu.max")), "50000 100000");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/pids.max")), "64");
+    cm_strv_free(dirs);
+
+    struct cm_json *j = status_of(cg);
+    CHECK_INT_EQ(jnum(j, "memory", "version"), 2);
+    CHECK_STR_EQ(jstr(j, "memory", "dir"), at("cg/job/berth"));
+    CHECK_NULL(jstr(j, "memory", "warning"));
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_controllers_are_enabled_from_the_mount_down)
+{
+    /* Every level lacks "pids" in its subtree_control: each gets "+pids" (a plain file keeps
+     * the bytes the write did not cover, so the write shows at its start). */
+    fake_v2(v2_files);
+    put(at("cg/cgroup.subtree_control"), "cpu io memory\n");
+    put(at("cg/job/cgroup.subtree_control"), "cpu io memory\n");
+    put(at("cg/job/berth/cgroup.subtree_control"), "cpu io memory\n");
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_PIDS), 2);
+    CHECK(strncmp(get(at("cg/cgroup.subtree_control")), "+pids", 5) == 0);
+    CHECK(strncmp(get(at("cg/job/cgroup.subtree_control")), "+pids", 5) == 0);
+    CHECK(strncmp(get(at("cg/job/berth/cgroup.subtree_control")), "+pids", 5) == 0);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_controller_not_listed_is_unusable)
+{
+    fake_v2(v2_files);
+    put(at("cg/cgroup.controllers"), "cpu memory\n");
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_MEMORY), 2);
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_PIDS), 0);
+    CHECK_CONTAINS(sch_cgroups_warning(cg, SCH_CG_PIDS), "no pids controller mounted under");
     sch_cgroups_destroy(cg);
 }
 
