@@ -27,6 +27,8 @@ struct ctrl {
     int version;  /* 1, 2, or 0 when unusable */
     char *parent; /* absolute directory under which instance cgroups are created */
     char warning[256];
+    int swap;               /* memory: the swap limit file exists and takes a value */
+    char swap_warning[256]; /* memory: why swap is not limited (usable controller only) */
 };
 
 struct sch_cgroups {
@@ -67,6 +69,13 @@ int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len)
     if (version == 1)
         return fmt(buf, len, "%" PRIu64, quota);
     return fmt(buf, len, "%" PRIu64 " %u", quota, SCH_CG_CPU_PERIOD);
+}
+
+int sch_cg_format_swap(int version, uint64_t memory, char *buf, size_t len)
+{
+    if (version == 1)
+        return sch_cg_format_memory(1, memory, buf, len);
+    return fmt(buf, len, "%s", memory ? "0" : "max");
 }
 
 int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len)
@@ -115,6 +124,23 @@ static int read_file(const char *path, char *buf, size_t len)
     buf[got] = '\0';
     close(fd);
     return (int)got;
+}
+
+/* The number in <dir>/<file> (a cgroup file: "-1", "max" is not a number). */
+static int read_num(const char *dir, const char *file, long long *ret)
+{
+    char path[4200], buf[64], *end;
+    if (fmt(path, sizeof(path), "%s/%s", dir, file) < 0)
+        return -ENAMETOOLONG;
+    int n = read_file(path, buf, sizeof(buf));
+    if (n < 0)
+        return n;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (end == buf || (*end && *end != '\n') || errno)
+        return -EINVAL;
+    *ret = v;
+    return 0;
 }
 
 /* Does the comma- or space-separated <list> hold <word>? */
@@ -241,6 +267,11 @@ static int own_cgroup(const char *name, int version, const struct src *src, char
     return rc;
 }
 
+static const char *swap_file(int version)
+{
+    return version == 1 ? "memory.memsw.limit_in_bytes" : "memory.swap.max";
+}
+
 static const char *limit_file(enum sch_cg_ctrl c, int version)
 {
     switch (c) {
@@ -270,12 +301,48 @@ static int format_value(enum sch_cg_ctrl c, int version, const struct sch_cg_lim
     }
 }
 
-/* Writes the limit of <c> into <dir> (the period first for v1 CPU). */
-static int apply_limit(enum sch_cg_ctrl c, int version, const char *dir,
+static int write_value(const char *dir, const char *file, const char *value, char *what,
+                       size_t wlen)
+{
+    int rc = write_file(dir, file, value);
+    if (rc < 0)
+        fmt(what, wlen, "cannot write %s/%s: %s", dir, file, strerror(-rc));
+    return rc;
+}
+
+/* The memory limit of <dir>, and with <swap> the swap limit (see sch_cg_format_swap()). v1
+ * keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every step (the kernel refuses
+ * anything else with EINVAL): memsw goes first when the new value is above the current memsw
+ * limit (raising), memory first otherwise (lowering; a new cgroup, where both are unlimited). */
+static int write_memory(int version, int swap, const char *dir, uint64_t bytes, char *what,
+                        size_t wlen)
+{
+    char mem[32], sw[32];
+    int rc;
+    if ((rc = sch_cg_format_memory(version, bytes, mem, sizeof(mem))) < 0 ||
+        (rc = sch_cg_format_swap(version, bytes, sw, sizeof(sw))) < 0)
+        return rc;
+    long long now;
+    int swap_first = swap && version == 1 && read_num(dir, swap_file(1), &now) == 0 &&
+                     (bytes ? bytes : UINT64_MAX) > (uint64_t)now;
+    if (swap_first && (rc = write_value(dir, swap_file(version), sw, what, wlen)) < 0)
+        return rc;
+    if ((rc = write_value(dir, limit_file(SCH_CG_MEMORY, version), mem, what, wlen)) < 0)
+        return rc;
+    if (swap && !swap_first && (rc = write_value(dir, swap_file(version), sw, what, wlen)) < 0)
+        return rc;
+    return 0;
+}
+
+/* Writes the limit of <c> into <dir> (the period first for v1 CPU; with <swap>, the swap limit
+ * with the memory limit). */
+static int apply_limit(enum sch_cg_ctrl c, int version, int swap, const char *dir,
                        const struct sch_cg_limits *lim, char *what, size_t wlen)
 {
     char val[64];
     int rc;
+    if (c == SCH_CG_MEMORY)
+        return write_memory(version, swap, dir, lim->memory, what, wlen);
     if (c == SCH_CG_CPU && version == 1) {
         snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
         if ((rc = write_file(dir, "cpu.cfs_period_us", val)) < 0) {
@@ -311,6 +378,27 @@ static void enable_v2(const char *mountpoint, const char *parent, const char *na
         if (*p == '\0')
             break;
     }
+}
+
+/* Swap accounting can be off (v1 memory.memsw.*, v2 memory.swap.max missing): the memory
+ * controller stays usable, the warning says that swap is not limited. */
+static void probe_swap(struct ctrl *ct, int version, const char *probe)
+{
+    char path[4200], val[32];
+    if (fmt(path, sizeof(path), "%s/%s", probe, swap_file(version)) < 0 || access(path, F_OK) < 0) {
+        fmt(ct->swap_warning, sizeof(ct->swap_warning),
+            "swap is not limited: cgroups have no %s (swap accounting is off in the kernel)",
+            swap_file(version));
+        return;
+    }
+    sch_cg_format_swap(version, 0, val, sizeof(val));
+    int rc = write_file(probe, swap_file(version), val);
+    if (rc < 0) {
+        fmt(ct->swap_warning, sizeof(ct->swap_warning), "swap is not limited: cannot write %s: %s",
+            path, strerror(-rc));
+        return;
+    }
+    ct->swap = 1;
 }
 
 static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_parent,
@@ -358,7 +446,9 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
         return;
     }
     struct sch_cg_limits none = {0};
-    rc = apply_limit(c, m.version, probe, &none, ct->warning, sizeof(ct->warning));
+    rc = apply_limit(c, m.version, 0, probe, &none, ct->warning, sizeof(ct->warning));
+    if (rc == 0 && c == SCH_CG_MEMORY)
+        probe_swap(ct, m.version, probe);
     rmdir(probe);
     if (rc < 0)
         return;
@@ -406,6 +496,12 @@ const char *sch_cgroups_warning(const struct sch_cgroups *cg, enum sch_cg_ctrl c
     return cg->c[c].warning[0] ? cg->c[c].warning : NULL;
 }
 
+const char *sch_cgroups_swap_warning(const struct sch_cgroups *cg)
+{
+    const struct ctrl *ct = &cg->c[SCH_CG_MEMORY];
+    return ct->version && !ct->swap ? ct->swap_warning : NULL;
+}
+
 const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
 {
     return cg->c[c].parent;
@@ -421,6 +517,15 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
             cm_jbuf_cstr(out, "dir");
             cm_jbuf_raw(out, ":", 1);
             cm_jbuf_cstr(out, ct->parent);
+            if (i == SCH_CG_MEMORY) {
+                cm_jbuf_printf(out, ",\"swap\":%s", ct->swap ? "true" : "false");
+                if (!ct->swap) {
+                    cm_jbuf_raw(out, ",", 1);
+                    cm_jbuf_cstr(out, "swap_warning");
+                    cm_jbuf_raw(out, ":", 1);
+                    cm_jbuf_cstr(out, ct->swap_warning);
+                }
+            }
         } else {
             cm_jbuf_cstr(out, "warning");
             cm_jbuf_raw(out, ":", 1);
@@ -460,7 +565,7 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
             break;
         }
         n++;
-        rc = apply_limit((enum sch_cg_ctrl)i, ct->version, dirs[n - 1], lim, err, errlen);
+        rc = apply_limit((enum sch_cg_ctrl)i, ct->version, ct->swap, dirs[n - 1], lim, err, errlen);
     }
     if (rc < 0) {
         sch_cgroups_remove(dirs);

@@ -50,15 +50,21 @@ int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
 /* The reason a controller is unusable, or NULL. */
 const char *sch_cgroups_warning(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
 const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c);
+/* Why the memory limit does not cap swap (the kernel has no swap accounting, or the swap file
+ * refused a value), or NULL: swap is limited, or memory is unusable (its warning says why). */
+const char *sch_cgroups_swap_warning(const struct sch_cgroups *cg);
 /* The parent directory used for <c> (NULL when unusable). */
 const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
-/* Writes a JSON object {"memory":{"version":1,"dir":...}|{"version":0,"warning":...},...}. */
+/* Writes a JSON object {"memory":{"version":1,"dir":...,"swap":true},"cpu":{"version":1,
+ * "dir":...},...}; an unusable controller is {"version":0,"warning":...}; memory without a
+ * swap limit has "swap":false,"swap_warning":.... */
 void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out);
 
 /* Creates the instance's cgroup for every usable controller and writes <lim>. Returns 0 and a
  * NULL-terminated list of created directories in <ret_dirs> (free with cm_strv_free(); the
  * list may be empty), or a negative errno with a message in <err> (nothing left behind). A
- * limit of 0 is written as "no limit". */
+ * limit of 0 is written as "no limit". The memory limit caps swap too (v1 memsw = memory, v2
+ * memory.swap.max 0) unless sch_cgroups_swap_warning() says swap cannot be limited. */
 int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
                                 const struct sch_cg_limits *lim, char ***ret_dirs, char *err,
                                 size_t errlen);
@@ -80,9 +86,13 @@ char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id);
  *   cpu:    v1 cpu.cfs_quota_us "<quota>" or "-1" (period written separately as
  *           SCH_CG_CPU_PERIOD); v2 cpu.max "<quota> <period>" or "max <period>". The quota is
  *           millis * period / 1000, at least 1000 us (the kernel's minimum).
+ *   swap:   for a memory limit of <memory> bytes: v1 memory.memsw.limit_in_bytes the same as
+ *           memory.limit_in_bytes (memory + swap = memory: no swap); v2 memory.swap.max "0",
+ *           or "max" when <memory> is 0 (no limit).
  *   pids:   v1 and v2 pids.max "<n>" or "max". */
 int sch_cg_format_memory(int version, uint64_t bytes, char *buf, size_t len);
 int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len);
+int sch_cg_format_swap(int version, uint64_t memory, char *buf, size_t len);
 int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len);
 
 #endif

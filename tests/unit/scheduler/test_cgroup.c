@@ -159,6 +159,14 @@ static const char *jstr(const struct cm_json *j, const char *obj, const char *ke
     return v && v->type == CM_JSON_STRING ? v->str : NULL;
 }
 
+/* 1 for true, 0 for false; fails the test for anything else. */
+static int jbool(const struct cm_json *j, const char *obj, const char *key)
+{
+    const struct cm_json *v = cm_json_get(cm_json_get(j, obj), key);
+    CHECK_MSG(v && v->type == CM_JSON_BOOL, "no boolean %s.%s", obj, key);
+    return v->boolean;
+}
+
 static double jnum(const struct cm_json *j, const char *obj, const char *key)
 {
     const struct cm_json *v = cm_json_get(cm_json_get(j, obj), key);
@@ -177,6 +185,13 @@ static const char *cpu(int v, uint32_t millis)
 {
     static char buf[64];
     CHECK_INT_EQ(sch_cg_format_cpu(v, millis, buf, sizeof(buf)), 0);
+    return buf;
+}
+
+static const char *swap(int v, uint64_t memory)
+{
+    static char buf[64];
+    CHECK_INT_EQ(sch_cg_format_swap(v, memory, buf, sizeof(buf)), 0);
     return buf;
 }
 
@@ -209,6 +224,18 @@ TEST(cpu_values)
     CHECK_STR_EQ(cpu(1, 0), "-1");
     CHECK_STR_EQ(cpu(2, 0), "max 100000");
     CHECK_STR_EQ(cpu(2, 1024000), "102400000 100000");
+}
+
+TEST(swap_values)
+{
+    /* v1 limits memory + swap: the same value as memory leaves no room for swap. */
+    CHECK_STR_EQ(swap(1, 268435456), "268435456");
+    CHECK_STR_EQ(swap(1, 0), "-1");
+    /* v2 limits swap alone. */
+    CHECK_STR_EQ(swap(2, 268435456), "0");
+    CHECK_STR_EQ(swap(2, 0), "max");
+    char buf[4];
+    CHECK_INT_EQ(sch_cg_format_swap(1, 268435456, buf, sizeof(buf)), -ENOSPC);
 }
 
 TEST(pids_values)
@@ -277,6 +304,7 @@ TEST(v2_instance_limits)
     for (size_t i = 0; dirs[i]; i++)
         CHECK_STR_EQ(dirs[i], at("cg/job/berth/h-1"));
     CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.max")), "268435456");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.swap.max")), "0");
     CHECK_STR_EQ(get(at("cg/job/berth/h-1/cpu.max")), "50000 100000");
     CHECK_STR_EQ(get(at("cg/job/berth/h-1/pids.max")), "64");
     cm_strv_free(dirs);
@@ -285,7 +313,48 @@ TEST(v2_instance_limits)
     CHECK_INT_EQ(jnum(j, "memory", "version"), 2);
     CHECK_STR_EQ(jstr(j, "memory", "dir"), at("cg/job/berth"));
     CHECK_NULL(jstr(j, "memory", "warning"));
+    CHECK_INT_EQ(jbool(j, "memory", "swap"), 1);
+    CHECK_NULL(jstr(j, "memory", "swap_warning"));
     cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_no_memory_limit_leaves_swap_unlimited)
+{
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.pids = 64};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.max")), "max");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.swap.max")), "max");
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_without_swap_accounting_warns_and_limits_memory)
+{
+    /* No memory.swap.max in any cgroup (swap accounting off): memory stays usable, the status
+     * says that swap is not limited, and instances get their memory limit. */
+    static const char *const no_swap[] = {"memory.max", "cpu.max", "pids.max", "io.max", NULL};
+    fake_v2(no_swap);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_MEMORY), 2);
+    CHECK_NULL(sch_cgroups_warning(cg, SCH_CG_MEMORY));
+    CHECK_CONTAINS(sch_cgroups_swap_warning(cg), "swap is not limited");
+    CHECK_CONTAINS(sch_cgroups_swap_warning(cg), "memory.swap.max");
+    struct cm_json *j = status_of(cg);
+    CHECK_INT_EQ(jbool(j, "memory", "swap"), 0);
+    CHECK_CONTAINS(jstr(j, "memory", "swap_warning"), "memory.swap.max");
+    cm_json_free(j);
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.max")), "268435456");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/memory.swap.max")), "(missing)");
+    cm_strv_free(dirs);
     sch_cgroups_destroy(cg);
 }
 
@@ -334,10 +403,30 @@ TEST(v1_instance_limits)
     CHECK_STR_EQ(dirs[1], at("cg/cpu,cpuacct/berth/h-1"));
     CHECK_STR_EQ(dirs[2], at("cg/pids/berth/h-1"));
     CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.limit_in_bytes")), "268435456");
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.memsw.limit_in_bytes")), "268435456");
     CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_period_us")), "100000");
     CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_quota_us")), "150000");
     CHECK_STR_EQ(get(at("cg/pids/berth/h-1/pids.max")), "64");
     cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_without_swap_accounting_warns_and_limits_memory)
+{
+    static const char *const no_memsw[] = {"memory.limit_in_bytes", NULL};
+    fake_v1(no_memsw);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_MEMORY), 1);
+    CHECK_CONTAINS(sch_cgroups_swap_warning(cg), "memory.memsw.limit_in_bytes");
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.limit_in_bytes")), "268435456");
+    cm_strv_free(dirs);
+    struct cm_json *j = status_of(cg);
+    CHECK_INT_EQ(jbool(j, "memory", "swap"), 0);
+    cm_json_free(j);
     sch_cgroups_destroy(cg);
 }
 
