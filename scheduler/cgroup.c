@@ -21,7 +21,14 @@
 #define REMOVE_TRIES 40
 #define REMOVE_SLEEP_NS (5 * 1000 * 1000)
 
-static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids"};
+static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "io"};
+/* The name of each controller in v1 mount options and /proc/self/cgroup. */
+static const char *const v1_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "blkio"};
+
+/* v1 throttle files, in the order of struct sch_cg_io's fields. */
+static const char *const blkio_files[4] = {
+    "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+    "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device"};
 
 struct ctrl {
     int version;  /* 1, 2, or 0 when unusable */
@@ -76,6 +83,25 @@ int sch_cg_format_swap(int version, uint64_t memory, char *buf, size_t len)
     if (version == 1)
         return sch_cg_format_memory(1, memory, buf, len);
     return fmt(buf, len, "%s", memory ? "0" : "max");
+}
+
+int sch_cg_format_io_v1(unsigned major, unsigned minor, uint64_t value, char *buf, size_t len)
+{
+    return fmt(buf, len, "%u:%u %" PRIu64, major, minor, value);
+}
+
+int sch_cg_format_io_v2(unsigned major, unsigned minor, const struct sch_cg_io *io, char *buf,
+                        size_t len)
+{
+    const uint64_t v[4] = {io->read_bps, io->write_bps, io->read_iops, io->write_iops};
+    static const char *const keys[4] = {"rbps", "wbps", "riops", "wiops"};
+    int rc = fmt(buf, len, "%u:%u", major, minor);
+    for (int i = 0; i < 4 && rc == 0; i++) {
+        size_t used = strlen(buf);
+        rc = v[i] ? fmt(buf + used, len - used, " %s=%" PRIu64, keys[i], v[i])
+                  : fmt(buf + used, len - used, " %s=max", keys[i]);
+    }
+    return rc;
 }
 
 int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len)
@@ -187,10 +213,11 @@ struct src {
     const char *self_cgroup; /* normally /proc/self/cgroup */
 };
 
-/* Finds the mount for controller <name>: a v1 "cgroup" mount listing it, else the "cgroup2"
+/* Finds the mount for controller <c>: a v1 "cgroup" mount listing it, else the "cgroup2"
  * mount (if its cgroup.controllers lists it). Only mounts under <src->fs_root>. */
-static int find_mount(const char *name, const struct src *src, struct mnt *ret)
+static int find_mount(enum sch_cg_ctrl c, const struct src *src, struct mnt *ret)
 {
+    const char *name = ctrl_names[c], *v1_name = v1_names[c];
     const char *fs_root = src->fs_root;
     FILE *f = fopen(src->mountinfo, "re");
     if (!f)
@@ -217,7 +244,7 @@ static int find_mount(const char *name, const struct src *src, struct mnt *ret)
         if (strncmp(fields[4], fs_root, rl) != 0 || (fields[4][rl] && fields[4][rl] != '/'))
             continue;
         const char *fstype = fields[dash + 1], *sopts = fields[dash + 3];
-        if (strcmp(fstype, "cgroup") == 0 && has_word(sopts, name, ",")) {
+        if (strcmp(fstype, "cgroup") == 0 && has_word(sopts, v1_name, ",")) {
             ret->version = 1;
             snprintf(ret->root, sizeof(ret->root), "%s", fields[3]);
             snprintf(ret->point, sizeof(ret->point), "%s", fields[4]);
@@ -281,6 +308,8 @@ static const char *limit_file(enum sch_cg_ctrl c, int version)
         return version == 1 ? "cpu.cfs_quota_us" : "cpu.max";
     case SCH_CG_PIDS:
         return "pids.max";
+    case SCH_CG_IO:
+        return version == 1 ? blkio_files[0] : "io.max";
     default:
         return NULL;
     }
@@ -296,6 +325,9 @@ static int format_value(enum sch_cg_ctrl c, int version, const struct sch_cg_lim
         return sch_cg_format_cpu(version, lim->cpu_millis, buf, len);
     case SCH_CG_PIDS:
         return sch_cg_format_pids(version, lim->pids, buf, len);
+    case SCH_CG_IO:
+        *buf = '\0'; /* io limits name a device: sch_cgroups_limit_io() writes them */
+        return 0;
     default:
         return -EINVAL;
     }
@@ -343,6 +375,8 @@ static int apply_limit(enum sch_cg_ctrl c, int version, int swap, const char *di
     int rc;
     if (c == SCH_CG_MEMORY)
         return write_memory(version, swap, dir, lim->memory, what, wlen);
+    if (c == SCH_CG_IO)
+        return 0; /* no device yet: sch_cgroups_limit_io() */
     if (c == SCH_CG_CPU && version == 1) {
         snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
         if ((rc = write_file(dir, "cpu.cfs_period_us", val)) < 0) {
@@ -380,6 +414,25 @@ static void enable_v2(const char *mountpoint, const char *parent, const char *na
     }
 }
 
+/* An io limit names a device, so the probe only opens the limit files for writing. */
+static int probe_io(int version, const char *probe, char *what, size_t wlen)
+{
+    for (int i = 0; i < (version == 1 ? 4 : 1); i++) {
+        const char *file = version == 1 ? blkio_files[i] : "io.max";
+        char path[4200];
+        if (fmt(path, sizeof(path), "%s/%s", probe, file) < 0)
+            return -ENAMETOOLONG;
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            int rc = -errno;
+            fmt(what, wlen, "cannot open %s for writing: %s", path, strerror(errno));
+            return rc;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
 /* Swap accounting can be off (v1 memory.memsw.*, v2 memory.swap.max missing): the memory
  * controller stays usable, the warning says that swap is not limited. */
 static void probe_swap(struct ctrl *ct, int version, const char *probe)
@@ -407,7 +460,7 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     const char *name = ctrl_names[c];
     struct mnt m;
     char own[2048], dir[4096];
-    if (find_mount(name, src, &m) < 0) {
+    if (find_mount(c, src, &m) < 0) {
         fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name,
             src->fs_root);
         return;
@@ -415,7 +468,7 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     if (cgroup_parent[0] == '/') {
         snprintf(dir, sizeof(dir), "%s%s", m.point, cgroup_parent);
     } else {
-        if (own_cgroup(name, m.version, src, own, sizeof(own)) < 0) {
+        if (own_cgroup(v1_names[c], m.version, src, own, sizeof(own)) < 0) {
             fmt(ct->warning, sizeof(ct->warning), "cannot find our own %s cgroup in %s", name,
                 src->self_cgroup);
             return;
@@ -446,7 +499,10 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
         return;
     }
     struct sch_cg_limits none = {0};
-    rc = apply_limit(c, m.version, 0, probe, &none, ct->warning, sizeof(ct->warning));
+    if (c == SCH_CG_IO)
+        rc = probe_io(m.version, probe, ct->warning, sizeof(ct->warning));
+    else
+        rc = apply_limit(c, m.version, 0, probe, &none, ct->warning, sizeof(ct->warning));
     if (rc == 0 && c == SCH_CG_MEMORY)
         probe_swap(ct, m.version, probe);
     rmdir(probe);
@@ -573,6 +629,51 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
         return rc;
     }
     *ret_dirs = dirs;
+    return 0;
+}
+
+int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsigned dev_major,
+                         unsigned dev_minor, const struct sch_cg_io *io, char *err, size_t errlen)
+{
+    const uint64_t v[4] = {io->read_bps, io->write_bps, io->read_iops, io->write_iops};
+    if (!v[0] && !v[1] && !v[2] && !v[3])
+        return 0;
+    const struct ctrl *ct = &cg->c[SCH_CG_IO];
+    if (!ct->version) {
+        fmt(err, errlen, "io controller unusable, the instance runs without io limits: %s",
+            ct->warning);
+        return -ENOTSUP;
+    }
+    /* The instance's io cgroup is the one directly under the io parent. */
+    const char *dir = NULL;
+    size_t pl = strlen(ct->parent);
+    for (; dirs && *dirs && !dir; dirs++)
+        if (strncmp(*dirs, ct->parent, pl) == 0 && (*dirs)[pl] == '/' && (*dirs)[pl + 1] &&
+            !strchr(*dirs + pl + 1, '/'))
+            dir = *dirs;
+    if (!dir) {
+        fmt(err, errlen, "the instance has no io cgroup under %s", ct->parent);
+        return -ENOENT;
+    }
+    char val[160];
+    for (int i = 0; i < 4; i++) {
+        const char *file = ct->version == 1 ? blkio_files[i] : "io.max";
+        int rc = ct->version == 1
+                     ? sch_cg_format_io_v1(dev_major, dev_minor, v[i], val, sizeof(val))
+                     : sch_cg_format_io_v2(dev_major, dev_minor, io, val, sizeof(val));
+        if (rc < 0)
+            return rc;
+        if (ct->version == 1 && !v[i])
+            continue;
+        if ((rc = write_file(dir, file, val)) < 0) {
+            /* blkio/io refuse partitions and unknown devices alike with ENODEV. */
+            fmt(err, errlen, "cannot write \"%s\" to %s/%s: %s%s", val, dir, file, strerror(-rc),
+                rc == -ENODEV ? " (io limits need a whole disk's device, not a partition)" : "");
+            return rc;
+        }
+        if (ct->version == 2)
+            break;
+    }
     return 0;
 }
 

@@ -1,7 +1,8 @@
-/* cgroup limits for sandbox instances: memory, CPU quota and pids, on cgroup v1 or v2 (detected
- * per controller from /proc/self/mountinfo, so hybrid hosts work too). A controller that cannot
- * be used (not mounted, not delegated, not writable) is reported with a warning and skipped: an
- * instance then runs without that limit, never silently (sch_cgroups_status() lists it).
+/* cgroup limits for sandbox instances: memory (+ swap), CPU quota, pids and io (v1 blkio
+ * throttling, v2 io.max), on cgroup v1 or v2 (detected per controller from
+ * /proc/self/mountinfo, so hybrid hosts work too). A controller that cannot be used (not
+ * mounted, not delegated, not writable) is reported with a warning and skipped: an instance
+ * then runs without that limit, never silently (sch_cgroups_status() lists it).
  *
  * Layout: {controller mount}/{base}/{cgroup_parent}/{instance id}, where base is our own cgroup
  * for that controller (from /proc/self/cgroup) when cgroup_parent is relative, or the root when
@@ -21,6 +22,7 @@ enum sch_cg_ctrl {
     SCH_CG_MEMORY,
     SCH_CG_CPU,
     SCH_CG_PIDS,
+    SCH_CG_IO, /* v1 "blkio", v2 "io" */
     SCH_CG_COUNT,
 };
 
@@ -31,6 +33,12 @@ struct sch_cg_limits {
     uint64_t memory;     /* bytes; 0 = no limit */
     uint32_t cpu_millis; /* thousandths of a core; 0 = no limit */
     uint64_t pids;       /* tasks; 0 = no limit */
+};
+
+/* io limits for one block device. */
+struct sch_cg_io {
+    uint64_t read_bps, write_bps;   /* bytes per second; 0 = no limit */
+    uint64_t read_iops, write_iops; /* operations per second; 0 = no limit */
 };
 
 struct sch_cgroups;
@@ -68,6 +76,17 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out);
 int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
                                 const struct sch_cg_limits *lim, char ***ret_dirs, char *err,
                                 size_t errlen);
+/* Limits the instance's io on block device <dev_major>:<dev_minor>, which must be a whole disk
+ * (the kernel refuses a partition with ENODEV). <dirs> is the list sch_cgroups_create_instance()
+ * returned; the io cgroup is the one directly under sch_cgroups_parent(cg, SCH_CG_IO). Writes
+ * v1: blkio.throttle.{read,write}_{bps,iops}_device, one write per non-zero field (a 0 field is
+ * not written: a new cgroup has no rule, so it stays unlimited); v2: one io.max line ("max"
+ * for 0 fields). All fields 0: returns 0 and writes nothing, even without an io controller.
+ * Returns 0; -ENOTSUP when the io controller is unusable, -ENOENT when <dirs> holds no io
+ * cgroup, or the negative errno of a write (limits written before it stay), each with a
+ * message in <err>. */
+int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsigned dev_major,
+                         unsigned dev_minor, const struct sch_cg_io *io, char *err, size_t errlen);
 /* Moves process <pid> into every directory of <dirs>. Returns 0 or the first negative errno. */
 int sch_cgroups_attach(char *const *dirs, pid_t pid);
 /* Kills any task left in <dirs> and removes them, retrying for up to ~200 ms while tasks exit.
@@ -89,10 +108,16 @@ char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id);
  *   swap:   for a memory limit of <memory> bytes: v1 memory.memsw.limit_in_bytes the same as
  *           memory.limit_in_bytes (memory + swap = memory: no swap); v2 memory.swap.max "0",
  *           or "max" when <memory> is 0 (no limit).
- *   pids:   v1 and v2 pids.max "<n>" or "max". */
+ *   pids:   v1 and v2 pids.max "<n>" or "max".
+ *   io v1:  one blkio.throttle.*_device line "<major>:<minor> <value>" (0 would remove the
+ *           device's rule; sch_cgroups_limit_io() does not write 0s).
+ *   io v2:  io.max "<major>:<minor> rbps=<n> wbps=<n> riops=<n> wiops=<n>", "max" for 0. */
 int sch_cg_format_memory(int version, uint64_t bytes, char *buf, size_t len);
 int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len);
 int sch_cg_format_swap(int version, uint64_t memory, char *buf, size_t len);
 int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len);
+int sch_cg_format_io_v1(unsigned major, unsigned minor, uint64_t value, char *buf, size_t len);
+int sch_cg_format_io_v2(unsigned major, unsigned minor, const struct sch_cg_io *io, char *buf,
+                        size_t len);
 
 #endif

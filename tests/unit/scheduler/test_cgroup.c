@@ -19,13 +19,13 @@
 
 /* ------------------------------------------------------------------ fake hierarchies */
 
-/* test_tmpdir()/<rel> (static storage, four in rotation so one CHECK can use two). */
+/* test_tmpdir()/<rel> (static storage, eight in rotation: one call can use several). */
 static const char *at(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static const char *at(const char *fmt, ...)
 {
-    static char bufs[4][1024];
+    static char bufs[8][1024];
     static int next;
-    char *b = bufs[next++ % 4];
+    char *b = bufs[next++ % 8];
     int n = snprintf(b, sizeof(bufs[0]), "%s/", test_tmpdir());
     va_list ap;
     va_start(ap, fmt);
@@ -112,20 +112,22 @@ static void fake_v2(const char *const *files)
 }
 
 /* Hybrid, as on this project's CI host: v1 memory (we live in /job), cpu co-mounted with
- * cpuacct, pids and blkio (/job), and a cgroup2 mount with no controllers. A v1 memory mount
- * outside fs_root comes first and must be ignored. */
-static void fake_v1(const char *const *memory_files)
+ * cpuacct, pids and, with <blkio>, blkio (/job), and a cgroup2 mount with no controllers. A v1
+ * memory mount outside fs_root comes first and must be ignored. */
+static void fake_v1(const char *const *memory_files, int blkio)
 {
-    char mi[4096];
+    char mi[4096], bl[1200] = "";
+    if (blkio)
+        snprintf(bl, sizeof(bl), "38 31 0:35 / %s rw,relatime - cgroup cgroup rw,blkio\n",
+                 at("cg/blkio"));
     snprintf(mi, sizeof(mi),
              "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
              "32 31 0:29 / %s rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
              "35 31 0:42 / %s rw,relatime - cgroup cgroup rw,memory\n"
              "39 31 0:36 / %s rw,relatime - cgroup cgroup rw,pids\n"
-             "38 31 0:35 / %s rw,relatime - cgroup cgroup rw,blkio\n"
+             "%s"
              "41 31 0:38 / %s rw,relatime - cgroup2 cgroup2 rw\n",
-             at("cg/cpu,cpuacct"), at("cg/memory"), at("cg/pids"), at("cg/blkio"),
-             at("cg/unified"));
+             at("cg/cpu,cpuacct"), at("cg/memory"), at("cg/pids"), bl, at("cg/unified"));
     put(at("mountinfo"), mi);
     put(at("self_cgroup"), "8:pids:/\n7:blkio:/job\n4:memory:/job\n1:cpu,cpuacct:/\n0::/\n");
     put(at("cg/unified/cgroup.controllers"), "");
@@ -246,6 +248,33 @@ TEST(pids_values)
     CHECK_STR_EQ(pids(2, 0), "max");
 }
 
+TEST(io_values)
+{
+    char buf[128];
+    CHECK_INT_EQ(sch_cg_format_io_v1(8, 0, 1048576, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "8:0 1048576");
+    CHECK_INT_EQ(sch_cg_format_io_v1(254, 16, 100, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "254:16 100");
+    struct sch_cg_io io = {.read_bps = 1048576, .write_iops = 100};
+    CHECK_INT_EQ(sch_cg_format_io_v2(8, 0, &io, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "8:0 rbps=1048576 wbps=max riops=max wiops=100");
+    io = (struct sch_cg_io){.write_bps = 2097152, .read_iops = 50};
+    CHECK_INT_EQ(sch_cg_format_io_v2(259, 3, &io, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "259:3 rbps=max wbps=2097152 riops=50 wiops=max");
+    io = (struct sch_cg_io){0};
+    CHECK_INT_EQ(sch_cg_format_io_v2(8, 0, &io, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "8:0 rbps=max wbps=max riops=max wiops=max");
+    io = (struct sch_cg_io){UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+    CHECK_INT_EQ(sch_cg_format_io_v2(4095, 1048575, &io, buf, sizeof(buf)), 0);
+    CHECK_STR_EQ(buf, "4095:1048575 rbps=18446744073709551615 wbps=18446744073709551615 "
+                      "riops=18446744073709551615 wiops=18446744073709551615");
+    /* Too small: refused wherever the text stops fitting, never cut short. */
+    for (size_t len = 1; len < strlen("4095:1048575 rbps=18446744073709551615"); len++)
+        CHECK_INT_EQ(sch_cg_format_io_v2(4095, 1048575, &io, buf, len), -ENOSPC);
+    CHECK_INT_EQ(sch_cg_format_io_v1(8, 0, 1048576, buf, 11), -ENOSPC);
+    CHECK_INT_EQ(sch_cg_format_io_v1(8, 0, 1048576, buf, 12), 0);
+}
+
 TEST(small_buffers_are_refused)
 {
     char buf[4];
@@ -319,6 +348,31 @@ TEST(v2_instance_limits)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v2_io_limits)
+{
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_IO), 2);
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    /* All zeros: nothing is written. */
+    struct sch_cg_io io = {0};
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, dirs, 8, 0, &io, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/io.max")), "");
+    io = (struct sch_cg_io){.read_bps = 1048576, .write_iops = 100};
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, dirs, 8, 0, &io, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/io.max")),
+                 "8:0 rbps=1048576 wbps=max riops=max wiops=100");
+    cm_strv_free(dirs);
+    struct cm_json *j = status_of(cg);
+    CHECK_INT_EQ(jnum(j, "io", "version"), 2);
+    CHECK_STR_EQ(jstr(j, "io", "dir"), at("cg/job/berth"));
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v2_no_memory_limit_leaves_swap_unlimited)
 {
     fake_v2(v2_files);
@@ -360,17 +414,17 @@ TEST(v2_without_swap_accounting_warns_and_limits_memory)
 
 TEST(v2_controllers_are_enabled_from_the_mount_down)
 {
-    /* Every level lacks "pids" in its subtree_control: each gets "+pids" (a plain file keeps
-     * the bytes the write did not cover, so the write shows at its start). */
+    /* Every level lacks "io" in its subtree_control: each gets "+io" (a plain file keeps the
+     * bytes the write did not cover, so the write shows at its start). */
     fake_v2(v2_files);
-    put(at("cg/cgroup.subtree_control"), "cpu io memory\n");
-    put(at("cg/job/cgroup.subtree_control"), "cpu io memory\n");
-    put(at("cg/job/berth/cgroup.subtree_control"), "cpu io memory\n");
+    put(at("cg/cgroup.subtree_control"), "cpu memory pids\n");
+    put(at("cg/job/cgroup.subtree_control"), "cpu memory pids\n");
+    put(at("cg/job/berth/cgroup.subtree_control"), "cpu memory pids\n");
     struct sch_cgroups *cg = fake_create();
-    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_PIDS), 2);
-    CHECK(strncmp(get(at("cg/cgroup.subtree_control")), "+pids", 5) == 0);
-    CHECK(strncmp(get(at("cg/job/cgroup.subtree_control")), "+pids", 5) == 0);
-    CHECK(strncmp(get(at("cg/job/berth/cgroup.subtree_control")), "+pids", 5) == 0);
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_IO), 2);
+    CHECK_STR_EQ(get(at("cg/cgroup.subtree_control")), "+io memory pids\n");
+    CHECK_STR_EQ(get(at("cg/job/cgroup.subtree_control")), "+io memory pids\n");
+    CHECK_STR_EQ(get(at("cg/job/berth/cgroup.subtree_control")), "+io memory pids\n");
     sch_cgroups_destroy(cg);
 }
 
@@ -387,7 +441,7 @@ TEST(v2_controller_not_listed_is_unusable)
 
 TEST(v1_instance_limits)
 {
-    fake_v1(v1_memory_files);
+    fake_v1(v1_memory_files, 1);
     struct sch_cgroups *cg = fake_create();
     CHECK_NOT_NULL(cg);
     CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_MEMORY), at("cg/memory/job/berth"));
@@ -402,6 +456,8 @@ TEST(v1_instance_limits)
     CHECK_STR_EQ(dirs[0], at("cg/memory/job/berth/h-1"));
     CHECK_STR_EQ(dirs[1], at("cg/cpu,cpuacct/berth/h-1"));
     CHECK_STR_EQ(dirs[2], at("cg/pids/berth/h-1"));
+    CHECK_STR_EQ(dirs[3], at("cg/blkio/job/berth/h-1"));
+    CHECK_NULL(dirs[4]);
     CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.limit_in_bytes")), "268435456");
     CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.memsw.limit_in_bytes")), "268435456");
     CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_period_us")), "100000");
@@ -411,10 +467,84 @@ TEST(v1_instance_limits)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v1_io_limits)
+{
+    fake_v1(v1_memory_files, 1);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_IO), 1);
+    CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_IO), at("cg/blkio/job/berth"));
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    /* Found by its parent wherever it is in the list. */
+    char *rev[SCH_CG_COUNT + 1] = {0};
+    size_t n = cm_strv_len(dirs);
+    CHECK_INT_EQ(n, SCH_CG_COUNT);
+    for (size_t i = 0; i < n; i++)
+        rev[i] = dirs[n - 1 - i];
+    struct sch_cg_io io = {.read_bps = 1048576, .write_iops = 100};
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, rev, 254, 0, &io, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/blkio/job/berth/h-1/blkio.throttle.read_bps_device")), "254:0 1048576");
+    CHECK_STR_EQ(get(at("cg/blkio/job/berth/h-1/blkio.throttle.write_iops_device")), "254:0 100");
+    /* 0 fields are not written. */
+    CHECK_STR_EQ(get(at("cg/blkio/job/berth/h-1/blkio.throttle.write_bps_device")), "");
+    CHECK_STR_EQ(get(at("cg/blkio/job/berth/h-1/blkio.throttle.read_iops_device")), "");
+    /* A list without the io cgroup (e.g. other controllers only). */
+    rev[0] = NULL;
+    err[0] = '\0';
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, rev, 254, 0, &io, err, sizeof(err)), -ENOENT);
+    CHECK_CONTAINS(err, "no io cgroup");
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_without_blkio_io_is_unusable)
+{
+    /* No blkio mount, and the hybrid cgroup2 mount lists no controllers: io is unusable, the
+     * instance gets no io cgroup, and io limits are refused with -ENOTSUP and the reason. */
+    fake_v1(v1_memory_files, 0);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_MEMORY), 1);
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_IO), 0);
+    CHECK_CONTAINS(sch_cgroups_warning(cg, SCH_CG_IO), "no io controller mounted under");
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.memory = 256 << 20};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_INT_EQ(cm_strv_len(dirs), 3);
+    struct sch_cg_io io = {0};
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, dirs, 254, 0, &io, err, sizeof(err)), 0);
+    io.write_bps = 1 << 20;
+    CHECK_INT_EQ(sch_cgroups_limit_io(cg, dirs, 254, 0, &io, err, sizeof(err)), -ENOTSUP);
+    CHECK_CONTAINS(err, "io controller unusable");
+    CHECK_CONTAINS(err, "no io controller mounted under");
+    cm_strv_free(dirs);
+    struct cm_json *j = status_of(cg);
+    CHECK_INT_EQ(jnum(j, "io", "version"), 0);
+    CHECK_CONTAINS(jstr(j, "io", "warning"), "no io controller mounted under");
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_blkio_without_throttle_files_is_unusable)
+{
+    /* A kernel without CONFIG_BLK_DEV_THROTTLING has no blkio.throttle.* files. */
+    fake_v1(v1_memory_files, 1);
+    char probe[2048];
+    CHECK(snprintf(probe, sizeof(probe), "%s/.probe-%d/blkio.throttle.write_iops_device",
+                   at("cg/blkio/job/berth"), (int)getpid()) < (int)sizeof(probe));
+    CHECK_INT_EQ(unlink(probe), 0);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_IO), 0);
+    CHECK_CONTAINS(sch_cgroups_warning(cg, SCH_CG_IO), "blkio.throttle.write_iops_device");
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v1_without_swap_accounting_warns_and_limits_memory)
 {
     static const char *const no_memsw[] = {"memory.limit_in_bytes", NULL};
-    fake_v1(no_memsw);
+    fake_v1(no_memsw, 1);
     struct sch_cgroups *cg = fake_create();
     CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_MEMORY), 1);
     CHECK_CONTAINS(sch_cgroups_swap_warning(cg), "memory.memsw.limit_in_bytes");
@@ -434,7 +564,7 @@ TEST(v1_missing_limit_file_fails_the_probe)
 {
     /* A pids hierarchy whose children lack pids.max cannot limit anything: unusable, with the
      * file named, and instances get no pids directory. */
-    fake_v1(v1_memory_files);
+    fake_v1(v1_memory_files, 1);
     char probe[2048];
     CHECK(snprintf(probe, sizeof(probe), "%s/.probe-%d/pids.max", at("cg/pids/berth"),
                    (int)getpid()) < (int)sizeof(probe));
