@@ -32,6 +32,7 @@ static const char *const blkio_files[4] = {
 
 struct ctrl {
     int version;  /* 1, 2, or 0 when unusable */
+    char *mount;  /* mount point of its hierarchy */
     char *parent; /* absolute directory under which instance cgroups are created */
     char warning[256];
     int swap;               /* memory: the swap limit file exists and takes a value */
@@ -325,9 +326,6 @@ static int format_value(enum sch_cg_ctrl c, int version, const struct sch_cg_lim
         return sch_cg_format_cpu(version, lim->cpu_millis, buf, len);
     case SCH_CG_PIDS:
         return sch_cg_format_pids(version, lim->pids, buf, len);
-    case SCH_CG_IO:
-        *buf = '\0'; /* io limits name a device: sch_cgroups_limit_io() writes them */
-        return 0;
     default:
         return -EINVAL;
     }
@@ -366,29 +364,77 @@ static int write_memory(int version, int swap, const char *dir, uint64_t bytes, 
     return 0;
 }
 
-/* Writes the limit of <c> into <dir> (the period first for v1 CPU; with <swap>, the swap limit
- * with the memory limit). */
-static int apply_limit(enum sch_cg_ctrl c, int version, int swap, const char *dir,
+/* v1 refuses (EINVAL) a CFS quota above the nearest limited ancestor's, where v2 just lets the
+ * smaller one apply. The smallest quota of <dir> and its ancestors up to <mount>, in millis
+ * rounded down (so that a child given it passes the kernel's check); 0 = none. */
+static uint32_t v1_cpu_ceiling(const char *mount, const char *dir)
+{
+    char d[4096];
+    uint64_t best = 0;
+    size_t ml = strlen(mount);
+    if (fmt(d, sizeof(d), "%s", dir) < 0 || strncmp(d, mount, ml) != 0)
+        return 0;
+    for (;;) {
+        long long q, p;
+        if (read_num(d, "cpu.cfs_quota_us", &q) == 0 && q > 0 &&
+            read_num(d, "cpu.cfs_period_us", &p) == 0 && p > 0) {
+            uint64_t m = (uint64_t)q * 1000 / (uint64_t)p;
+            if (m && (!best || m < best))
+                best = m;
+        }
+        char *slash = strrchr(d, '/');
+        if (strlen(d) <= ml || !slash || (size_t)(slash - d) < ml)
+            break;
+        *slash = '\0';
+    }
+    return best > UINT32_MAX ? UINT32_MAX : (uint32_t)best;
+}
+
+/* The CPU limit of <dir> (v1: the period, then the quota, at most the ceiling of <dir>'s
+ * ancestors when <mount> is given). The millis written go to <ret_millis> (may be NULL). */
+static int write_cpu(int version, const char *mount, const char *dir, uint32_t millis,
+                     uint32_t *ret_millis, char *what, size_t wlen)
+{
+    char val[64], up[4096];
+    int rc;
+    if (version == 1) {
+        if (millis && mount && fmt(up, sizeof(up), "%s", dir) == 0 && strrchr(up, '/')) {
+            *strrchr(up, '/') = '\0';
+            uint32_t ceiling = v1_cpu_ceiling(mount, up);
+            if (ceiling && millis > ceiling)
+                millis = ceiling;
+        }
+        snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
+        if ((rc = write_value(dir, "cpu.cfs_period_us", val, what, wlen)) < 0)
+            return rc;
+    }
+    if ((rc = sch_cg_format_cpu(version, millis, val, sizeof(val))) < 0 ||
+        (rc = write_value(dir, limit_file(SCH_CG_CPU, version), val, what, wlen)) < 0)
+        return rc;
+    if (ret_millis)
+        *ret_millis = millis;
+    return 0;
+}
+
+/* Writes the limit of <c> into the cgroup <dir>, of a controller like <ct> (version, swap,
+ * mount). */
+static int apply_limit(enum sch_cg_ctrl c, const struct ctrl *ct, const char *dir,
                        const struct sch_cg_limits *lim, char *what, size_t wlen)
 {
     char val[64];
     int rc;
-    if (c == SCH_CG_MEMORY)
-        return write_memory(version, swap, dir, lim->memory, what, wlen);
-    if (c == SCH_CG_IO)
-        return 0; /* no device yet: sch_cgroups_limit_io() */
-    if (c == SCH_CG_CPU && version == 1) {
-        snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
-        if ((rc = write_file(dir, "cpu.cfs_period_us", val)) < 0) {
-            fmt(what, wlen, "cannot write %s/cpu.cfs_period_us: %s", dir, strerror(-rc));
+    switch (c) {
+    case SCH_CG_MEMORY:
+        return write_memory(ct->version, ct->swap, dir, lim->memory, what, wlen);
+    case SCH_CG_CPU:
+        return write_cpu(ct->version, ct->mount, dir, lim->cpu_millis, NULL, what, wlen);
+    case SCH_CG_IO:
+        return 0; /* an io limit names a device: sch_cgroups_limit_io() */
+    default:
+        if ((rc = format_value(c, ct->version, lim, val, sizeof(val))) < 0)
             return rc;
-        }
+        return write_value(dir, limit_file(c, ct->version), val, what, wlen);
     }
-    if ((rc = format_value(c, version, lim, val, sizeof(val))) < 0)
-        return rc;
-    if ((rc = write_file(dir, limit_file(c, version), val)) < 0)
-        fmt(what, wlen, "cannot write %s/%s: %s", dir, limit_file(c, version), strerror(-rc));
-    return rc;
 }
 
 /* v2: a child only gets the controller's files when every ancestor lists it in
@@ -502,17 +548,24 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     if (c == SCH_CG_IO)
         rc = probe_io(m.version, probe, ct->warning, sizeof(ct->warning));
     else
-        rc = apply_limit(c, m.version, 0, probe, &none, ct->warning, sizeof(ct->warning));
+        rc = apply_limit(c, &(struct ctrl){.version = m.version}, probe, &none, ct->warning,
+                         sizeof(ct->warning));
     if (rc == 0 && c == SCH_CG_MEMORY)
         probe_swap(ct, m.version, probe);
     rmdir(probe);
     if (rc < 0)
         return;
     ct->parent = strdup(dir);
-    if (ct->parent) {
-        ct->version = m.version;
-        ct->warning[0] = '\0';
+    ct->mount = strdup(m.point);
+    if (!ct->parent || !ct->mount) {
+        free(ct->parent);
+        free(ct->mount);
+        ct->parent = ct->mount = NULL;
+        fmt(ct->warning, sizeof(ct->warning), "out of memory");
+        return;
     }
+    ct->version = m.version;
+    ct->warning[0] = '\0';
 }
 
 struct sch_cgroups *sch_cgroups_create_at(const char *cgroup_parent, const char *fs_root,
@@ -537,8 +590,10 @@ void sch_cgroups_destroy(struct sch_cgroups *cg)
 {
     if (!cg)
         return;
-    for (int i = 0; i < SCH_CG_COUNT; i++)
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
         free(cg->c[i].parent);
+        free(cg->c[i].mount);
+    }
     free(cg);
 }
 
@@ -621,7 +676,7 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
             break;
         }
         n++;
-        rc = apply_limit((enum sch_cg_ctrl)i, ct->version, ct->swap, dirs[n - 1], lim, err, errlen);
+        rc = apply_limit((enum sch_cg_ctrl)i, ct, dirs[n - 1], lim, err, errlen);
     }
     if (rc < 0) {
         sch_cgroups_remove(dirs);

@@ -72,7 +72,9 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out);
  * NULL-terminated list of created directories in <ret_dirs> (free with cm_strv_free(); the
  * list may be empty), or a negative errno with a message in <err> (nothing left behind). A
  * limit of 0 is written as "no limit". The memory limit caps swap too (v1 memsw = memory, v2
- * memory.swap.max 0) unless sch_cgroups_swap_warning() says swap cannot be limited. */
+ * memory.swap.max 0) unless sch_cgroups_swap_warning() says swap cannot be limited. On v1 a
+ * CPU limit above the smallest quota of the parent and its ancestors (up to the mount) is
+ * lowered to it: the kernel refuses more, where v2 applies the smaller one by itself. */
 int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
                                 const struct sch_cg_limits *lim, char ***ret_dirs, char *err,
                                 size_t errlen);

@@ -467,6 +467,48 @@ TEST(v1_instance_limits)
     sch_cgroups_destroy(cg);
 }
 
+/* The CFS quota v1 wrote for instance <id> with <millis>. */
+static const char *v1_quota(struct sch_cgroups *cg, const char *id, uint32_t millis)
+{
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {.cpu_millis = millis};
+    put(at("cg/cpu,cpuacct/berth/%s/cpu.cfs_quota_us", id), ""); /* a plain file keeps its tail */
+    CHECK_MSG(sch_cgroups_create_instance(cg, id, &lim, &dirs, err, sizeof(err)) == 0, "%s", err);
+    cm_strv_free(dirs);
+    return get(at("cg/cpu,cpuacct/berth/%s/cpu.cfs_quota_us", id));
+}
+
+TEST(v1_cpu_quota_is_kept_under_the_ancestors)
+{
+    /* v1 refuses a child's quota above its nearest limited ancestor's: the instance gets the
+     * ancestor's. A quota file above the mount point is not an ancestor. */
+    fake_v1(v1_memory_files, 1);
+    put(at("cg/cpu.cfs_quota_us"), "1000\n");
+    put(at("cg/cpu.cfs_period_us"), "100000\n");
+    put(at("cg/cpu,cpuacct/cpu.cfs_quota_us"), "-1\n");
+    put(at("cg/cpu,cpuacct/cpu.cfs_period_us"), "100000\n");
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_CPU), 1);
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 2000), "200000");
+    /* The parent at 1.5 CPUs. */
+    put(at("cg/cpu,cpuacct/berth/cpu.cfs_quota_us"), "150000\n");
+    put(at("cg/cpu,cpuacct/berth/cpu.cfs_period_us"), "100000\n");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 2000), "150000");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 1500), "150000");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 1000), "100000");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 0), "-1");
+    /* The mount's root at 1 CPU with another period: the smallest ancestor wins. */
+    put(at("cg/cpu,cpuacct/cpu.cfs_quota_us"), "25000\n");
+    put(at("cg/cpu,cpuacct/cpu.cfs_period_us"), "25000\n");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 2000), "100000");
+    /* 1/3 CPU rounds down (333 millis): never above the ancestor's share. */
+    put(at("cg/cpu,cpuacct/cpu.cfs_quota_us"), "100000\n");
+    put(at("cg/cpu,cpuacct/cpu.cfs_period_us"), "300000\n");
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 2000), "33300");
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v1_io_limits)
 {
     fake_v1(v1_memory_files, 1);
