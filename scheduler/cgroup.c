@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -41,6 +42,8 @@ struct ctrl {
 
 struct sch_cgroups {
     struct ctrl c[SCH_CG_COUNT];
+    uint64_t parent_memory;     /* bytes written by sch_cgroups_limit_parent(); 0 = none */
+    uint32_t parent_cpu_millis; /* millis written (v1: after the ancestors' ceiling) */
 };
 
 const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c)
@@ -390,30 +393,34 @@ static uint32_t v1_cpu_ceiling(const char *mount, const char *dir)
     return best > UINT32_MAX ? UINT32_MAX : (uint32_t)best;
 }
 
-/* The CPU limit of <dir> (v1: the period, then the quota, at most the ceiling of <dir>'s
- * ancestors when <mount> is given). The millis written go to <ret_millis> (may be NULL). */
-static int write_cpu(int version, const char *mount, const char *dir, uint32_t millis,
-                     uint32_t *ret_millis, char *what, size_t wlen)
+/* v1: <millis> for cgroup <dir>, lowered to the ceiling of its ancestors. */
+static uint32_t v1_cpu_clamp(const char *mount, const char *dir, uint32_t millis)
 {
-    char val[64], up[4096];
+    char up[4096];
+    if (!millis || fmt(up, sizeof(up), "%s", dir) < 0 || !strrchr(up, '/'))
+        return millis;
+    *strrchr(up, '/') = '\0';
+    uint32_t ceiling = v1_cpu_ceiling(mount, up);
+    return ceiling && millis > ceiling ? ceiling : millis;
+}
+
+/* The CPU limit of <dir> (v1: the period, then the quota, lowered to the ceiling of <dir>'s
+ * ancestors when <mount> is given). */
+static int write_cpu(int version, const char *mount, const char *dir, uint32_t millis, char *what,
+                     size_t wlen)
+{
+    char val[64];
     int rc;
     if (version == 1) {
-        if (millis && mount && fmt(up, sizeof(up), "%s", dir) == 0 && strrchr(up, '/')) {
-            *strrchr(up, '/') = '\0';
-            uint32_t ceiling = v1_cpu_ceiling(mount, up);
-            if (ceiling && millis > ceiling)
-                millis = ceiling;
-        }
+        if (mount)
+            millis = v1_cpu_clamp(mount, dir, millis);
         snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
         if ((rc = write_value(dir, "cpu.cfs_period_us", val, what, wlen)) < 0)
             return rc;
     }
-    if ((rc = sch_cg_format_cpu(version, millis, val, sizeof(val))) < 0 ||
-        (rc = write_value(dir, limit_file(SCH_CG_CPU, version), val, what, wlen)) < 0)
+    if ((rc = sch_cg_format_cpu(version, millis, val, sizeof(val))) < 0)
         return rc;
-    if (ret_millis)
-        *ret_millis = millis;
-    return 0;
+    return write_value(dir, limit_file(SCH_CG_CPU, version), val, what, wlen);
 }
 
 /* Writes the limit of <c> into the cgroup <dir>, of a controller like <ct> (version, swap,
@@ -427,7 +434,7 @@ static int apply_limit(enum sch_cg_ctrl c, const struct ctrl *ct, const char *di
     case SCH_CG_MEMORY:
         return write_memory(ct->version, ct->swap, dir, lim->memory, what, wlen);
     case SCH_CG_CPU:
-        return write_cpu(ct->version, ct->mount, dir, lim->cpu_millis, NULL, what, wlen);
+        return write_cpu(ct->version, ct->mount, dir, lim->cpu_millis, what, wlen);
     case SCH_CG_IO:
         return 0; /* an io limit names a device: sch_cgroups_limit_io() */
     default:
@@ -628,8 +635,11 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
             cm_jbuf_cstr(out, "dir");
             cm_jbuf_raw(out, ":", 1);
             cm_jbuf_cstr(out, ct->parent);
+            if (i == SCH_CG_CPU)
+                cm_jbuf_printf(out, ",\"limit_millis\":%" PRIu32, cg->parent_cpu_millis);
             if (i == SCH_CG_MEMORY) {
-                cm_jbuf_printf(out, ",\"swap\":%s", ct->swap ? "true" : "false");
+                cm_jbuf_printf(out, ",\"limit\":%" PRIu64 ",\"swap\":%s", cg->parent_memory,
+                               ct->swap ? "true" : "false");
                 if (!ct->swap) {
                     cm_jbuf_raw(out, ",", 1);
                     cm_jbuf_cstr(out, "swap_warning");
@@ -645,6 +655,101 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
         cm_jbuf_raw(out, "}", 1);
     }
     cm_jbuf_raw(out, "}", 1);
+}
+
+/* v1: lowering the parent's quota below a child's is refused (EINVAL): lower the children
+ * first. Instances are the parent's direct children. */
+static int lower_v1_children(const struct ctrl *ct, uint32_t millis, char *err, size_t errlen)
+{
+    DIR *d = opendir(ct->parent);
+    if (!d)
+        return 0;
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_type != DT_DIR || strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char child[4200];
+        long long q, p;
+        if (fmt(child, sizeof(child), "%s/%s", ct->parent, e->d_name) < 0 ||
+            read_num(child, "cpu.cfs_quota_us", &q) < 0 || q <= 0 ||
+            read_num(child, "cpu.cfs_period_us", &p) < 0 || p <= 0)
+            continue;
+        if ((uint64_t)q * 1000 > (uint64_t)millis * (uint64_t)p)
+            rc = write_cpu(1, NULL, child, millis, err, errlen);
+    }
+    closedir(d);
+    return rc;
+}
+
+int sch_cgroups_limit_parent(struct sch_cgroups *cg, uint64_t memory, uint32_t cpu_millis,
+                             char *err, size_t errlen)
+{
+    int result = 0, rc;
+    char what[512] = "";
+    const struct ctrl *mem = &cg->c[SCH_CG_MEMORY], *cpu = &cg->c[SCH_CG_CPU];
+    if (mem->version) {
+        rc = write_memory(mem->version, mem->swap, mem->parent, memory, what, sizeof(what));
+        if (rc == 0) {
+            cg->parent_memory = memory;
+        } else {
+            result = rc;
+            fmt(err, errlen, "%s", what);
+        }
+    }
+    if (cpu->version) {
+        uint32_t millis = cpu_millis;
+        rc = 0;
+        if (cpu->version == 1 && millis) {
+            /* The parent gets no more than its ancestors allow, its children no more than
+             * the parent. */
+            millis = v1_cpu_clamp(cpu->mount, cpu->parent, millis);
+            rc = lower_v1_children(cpu, millis, what, sizeof(what));
+        }
+        if (rc == 0)
+            rc = write_cpu(cpu->version, NULL, cpu->parent, millis, what, sizeof(what));
+        if (rc == 0) {
+            cg->parent_cpu_millis = millis;
+        } else if (result == 0) {
+            result = rc;
+            fmt(err, errlen, "%s", what);
+        }
+    }
+    return result;
+}
+
+int sch_host_resources(uint64_t *ret_mem_bytes, uint32_t *ret_cpu_millis)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (!f)
+        return -errno;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    if (kb == 0 || kb > UINT64_MAX / 1024)
+        return -EINVAL;
+    /* The CPUs we may run on (a cpuset or taskset narrows them), not the CPUs the host has. */
+    int cpus = -1;
+    for (int n = 1024; n <= (1 << 22) && cpus < 0; n *= 2) {
+        cpu_set_t *set = CPU_ALLOC(n);
+        if (!set)
+            return -ENOMEM;
+        size_t size = CPU_ALLOC_SIZE(n);
+        if (sched_getaffinity(0, size, set) == 0)
+            cpus = CPU_COUNT_S(size, set);
+        int e = errno;
+        CPU_FREE(set);
+        if (cpus < 0 && e != EINVAL)
+            return -e;
+    }
+    if (cpus <= 0)
+        return -EINVAL;
+    *ret_mem_bytes = (uint64_t)kb * 1024;
+    *ret_cpu_millis = (uint32_t)cpus * 1000;
+    return 0;
 }
 
 int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,

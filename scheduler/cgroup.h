@@ -63,9 +63,11 @@ const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c);
 const char *sch_cgroups_swap_warning(const struct sch_cgroups *cg);
 /* The parent directory used for <c> (NULL when unusable). */
 const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
-/* Writes a JSON object {"memory":{"version":1,"dir":...,"swap":true},"cpu":{"version":1,
- * "dir":...},...}; an unusable controller is {"version":0,"warning":...}; memory without a
- * swap limit has "swap":false,"swap_warning":.... */
+/* Writes a JSON object {"memory":{"version":1,"dir":...,"limit":N,"swap":true},"cpu":
+ * {"version":1,"dir":...,"limit_millis":N},"pids":{...},"io":{...}}. "limit" (bytes) and
+ * "limit_millis" are what sch_cgroups_limit_parent() last wrote on "dir" (0: no limit, or not
+ * called yet: a cap written by an earlier run stays until it is). An unusable controller is
+ * {"version":0,"warning":...}; memory without a swap limit has "swap":false,"swap_warning". */
 void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out);
 
 /* Creates the instance's cgroup for every usable controller and writes <lim>. Returns 0 and a
@@ -89,6 +91,18 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
  * message in <err>. */
 int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsigned dev_major,
                          unsigned dev_minor, const struct sch_cg_io *io, char *err, size_t errlen);
+/* Caps all instances together: writes <memory> (bytes; with the swap limit as for an instance)
+ * on the memory parent directory and <cpu_millis> on the CPU parent (0 = no limit; skipped
+ * for an unusable controller). On v1 the CPU cap is lowered to the ancestors' quota, and
+ * instances above it are lowered to it first (the kernel refuses a parent under a child).
+ * Both are tried; returns 0 or the first negative errno with a message in <err> (a limit that
+ * was written stays). sch_cgroups_status() shows what was written. */
+int sch_cgroups_limit_parent(struct sch_cgroups *cg, uint64_t memory, uint32_t cpu_millis,
+                             char *err, size_t errlen);
+/* The host's memory (MemTotal of /proc/meminfo, bytes) and the CPUs this process may run on
+ * (sched_getaffinity(), in thousandths of a core). Returns 0, or a negative errno and leaves
+ * the out-parameters untouched. */
+int sch_host_resources(uint64_t *ret_mem_bytes, uint32_t *ret_cpu_millis);
 /* Moves process <pid> into every directory of <dirs>. Returns 0 or the first negative errno. */
 int sch_cgroups_attach(char *const *dirs, pid_t pid);
 /* Kills any task left in <dirs> and removes them, retrying for up to ~200 ms while tasks exit.

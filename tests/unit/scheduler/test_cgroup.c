@@ -4,11 +4,13 @@
  * mountinfo and /proc/self/cgroup (a kernel creates a child's files itself; here the test
  * creates the probe's and the instance's directories with their files beforehand). */
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "common/config.h"
@@ -81,15 +83,18 @@ static const char *const v1_blkio_files[] = {
     "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
     "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device", NULL};
 
-/* Makes the parent, probe and instance ("h-1") directories under <parent> with <files>. */
+/* Makes the parent, probe and instance ("h-1", "h-2") directories under <parent> with
+ * <files>. */
 static void cgdirs(const char *parent, const char *const *files)
 {
     char d[2048];
     cgdir(parent, files);
     CHECK(snprintf(d, sizeof(d), "%s/.probe-%d", parent, (int)getpid()) < (int)sizeof(d));
     cgdir(d, files);
-    CHECK(snprintf(d, sizeof(d), "%s/h-1", parent) < (int)sizeof(d));
-    cgdir(d, files);
+    for (int i = 1; i <= 2; i++) {
+        CHECK(snprintf(d, sizeof(d), "%s/h-%d", parent, i) < (int)sizeof(d));
+        cgdir(d, files);
+    }
 }
 
 /* v2 only: a cgroup2 mount at cg/, we live in /job, cgroup_parent "berth" -> cg/job/berth.
@@ -373,6 +378,63 @@ TEST(v2_io_limits)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v2_parent_limits)
+{
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    char err[256] = "";
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 1 << 30, 1500, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/memory.max")), "1073741824");
+    CHECK_STR_EQ(get(at("cg/job/berth/memory.swap.max")), "0");
+    CHECK_STR_EQ(get(at("cg/job/berth/cpu.max")), "150000 100000");
+    struct cm_json *j = status_of(cg);
+    CHECK_UINT_EQ(jnum(j, "memory", "limit"), 1 << 30);
+    CHECK_UINT_EQ(jnum(j, "cpu", "limit_millis"), 1500);
+    cm_json_free(j);
+    /* 0 = no limit. */
+    put(at("cg/job/berth/memory.max"), "");
+    put(at("cg/job/berth/memory.swap.max"), "");
+    put(at("cg/job/berth/cpu.max"), "");
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 0, 0, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/memory.max")), "max");
+    CHECK_STR_EQ(get(at("cg/job/berth/memory.swap.max")), "max");
+    CHECK_STR_EQ(get(at("cg/job/berth/cpu.max")), "max 100000");
+    j = status_of(cg);
+    CHECK_UINT_EQ(jnum(j, "memory", "limit"), 0);
+    CHECK_UINT_EQ(jnum(j, "cpu", "limit_millis"), 0);
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(parent_limit_failure_is_reported_and_the_rest_written)
+{
+    /* The parent's memory.max is gone: the error names it, the CPU cap is still written, and
+     * the status shows only what was written. */
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(unlink(at("cg/job/berth/memory.max")), 0);
+    char err[256] = "";
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 1 << 30, 1500, err, sizeof(err)), -ENOENT);
+    CHECK_CONTAINS(err, "memory.max");
+    CHECK_STR_EQ(get(at("cg/job/berth/cpu.max")), "150000 100000");
+    struct cm_json *j = status_of(cg);
+    CHECK_UINT_EQ(jnum(j, "memory", "limit"), 0);
+    CHECK_UINT_EQ(jnum(j, "cpu", "limit_millis"), 1500);
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(parent_limits_skip_unusable_controllers)
+{
+    struct sch_cgroups *cg = sch_cgroups_create("berth", test_tmpdir());
+    char err[256] = "";
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 1 << 30, 1500, err, sizeof(err)), 0);
+    struct cm_json *j = status_of(cg);
+    CHECK_NULL(cm_json_get(cm_json_get(j, "memory"), "limit"));
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v2_no_memory_limit_leaves_swap_unlimited)
 {
     fake_v2(v2_files);
@@ -509,6 +571,46 @@ TEST(v1_cpu_quota_is_kept_under_the_ancestors)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v1_parent_limits)
+{
+    fake_v1(v1_memory_files, 1);
+    struct sch_cgroups *cg = fake_create();
+    /* An instance started before the cap, at 2 CPUs. */
+    CHECK_STR_EQ(v1_quota(cg, "h-1", 2000), "200000");
+    char err[256] = "";
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 1 << 30, 1500, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/memory.limit_in_bytes")), "1073741824");
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/memory.memsw.limit_in_bytes")), "1073741824");
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/cpu.cfs_period_us")), "100000");
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/cpu.cfs_quota_us")), "150000");
+    /* The kernel would refuse the parent under its child: the child came down first. */
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_quota_us")), "150000");
+    /* New instances stay under the cap. */
+    CHECK_STR_EQ(v1_quota(cg, "h-2", 4000), "150000");
+    struct cm_json *j = status_of(cg);
+    CHECK_UINT_EQ(jnum(j, "memory", "limit"), 1 << 30);
+    CHECK_UINT_EQ(jnum(j, "cpu", "limit_millis"), 1500);
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v1_parent_cpu_cap_stays_under_its_ancestors)
+{
+    fake_v1(v1_memory_files, 1);
+    put(at("cg/cpu,cpuacct/cpu.cfs_quota_us"), "100000\n");
+    put(at("cg/cpu,cpuacct/cpu.cfs_period_us"), "100000\n");
+    struct sch_cgroups *cg = fake_create();
+    char err[256] = "";
+    CHECK_INT_EQ(sch_cgroups_limit_parent(cg, 0, 1500, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/cpu.cfs_quota_us")), "100000");
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/memory.limit_in_bytes")), "-1");
+    CHECK_STR_EQ(get(at("cg/memory/job/berth/memory.memsw.limit_in_bytes")), "-1");
+    struct cm_json *j = status_of(cg);
+    CHECK_UINT_EQ(jnum(j, "cpu", "limit_millis"), 1000);
+    cm_json_free(j);
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v1_io_limits)
 {
     fake_v1(v1_memory_files, 1);
@@ -622,4 +724,26 @@ TEST(v1_missing_limit_file_fails_the_probe)
         CHECK(strstr(dirs[i], "/pids/") == NULL);
     cm_strv_free(dirs);
     sch_cgroups_destroy(cg);
+}
+
+TEST(host_resources)
+{
+    uint64_t mem = 0;
+    uint32_t cpus = 0;
+    CHECK_INT_EQ(sch_host_resources(&mem, &cpus), 0);
+    struct sysinfo si;
+    CHECK_INT_EQ(sysinfo(&si), 0);
+    CHECK_UINT_EQ(mem, (uint64_t)si.totalram * si.mem_unit);
+    cpu_set_t set;
+    CHECK_INT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+    CHECK_UINT_EQ(cpus, (uint32_t)CPU_COUNT(&set) * 1000);
+    /* Narrowed to one CPU (as a cpuset or taskset would): one CPU's worth. */
+    int first = 0;
+    while (!CPU_ISSET(first, &set))
+        first++;
+    CPU_ZERO(&set);
+    CPU_SET(first, &set);
+    CHECK_INT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    CHECK_INT_EQ(sch_host_resources(&mem, &cpus), 0);
+    CHECK_UINT_EQ(cpus, 1000);
 }
