@@ -2,7 +2,8 @@
  * unusable hierarchy is reported, never silently ignored. The v1 and v2 paths run over fake
  * hierarchies: plain files and directories under the test's directory, described by a fake
  * mountinfo and /proc/self/cgroup (a kernel creates a child's files itself; here the test
- * creates the probe's and the instance's directories with their files beforehand). */
+ * creates the probe's and the instance's directories with their files beforehand). One test
+ * runs on the host's own hierarchy, as root, for the rules only a kernel enforces. */
 #include <errno.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "common/config.h"
@@ -746,4 +748,127 @@ TEST(host_resources)
     CHECK_INT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
     CHECK_INT_EQ(sch_host_resources(&mem, &cpus), 0);
     CHECK_UINT_EQ(cpus, 1000);
+}
+
+/* ------------------------------------------------------------------ the host's kernel */
+
+/* <dir>/<file> without its newline, into <buf>; "(unreadable)" on error. */
+static const char *real(const char *dir, const char *file, char *buf, size_t len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, len - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    return f ? buf : "(unreadable)";
+}
+
+/* The whole disk holding "/" (io limits refuse partitions): 0 when there is none. */
+static int root_disk(unsigned *ret_major, unsigned *ret_minor)
+{
+    struct stat st;
+    char path[256], buf[64];
+    if (stat("/", &st) < 0)
+        return 0;
+    snprintf(path, sizeof(path), "/sys/dev/block/%u:%u", major(st.st_dev), minor(st.st_dev));
+    if (access(path, F_OK) < 0)
+        return 0;
+    if (strcmp(real(path, "partition", buf, sizeof(buf)), "(unreadable)") != 0)
+        strcat(path, "/..");
+    return sscanf(real(path, "dev", buf, sizeof(buf)), "%u:%u", ret_major, ret_minor) == 2;
+}
+
+/* On this host's real hierarchy, as root (skipped elsewhere): the kernel's rules that a fake
+ * cannot enforce. v1 keeps memory <= memsw, so raising and lowering the parent cap must write
+ * them in the right order; v1 refuses a child's CPU quota above its parent's, so an instance
+ * asking for more than the cap, and a cap lowered under a running instance, must both work;
+ * blkio/io take the root disk's rule. Everything is removed before the checks. */
+TEST(real_hierarchy_limits)
+{
+    if (geteuid() != 0)
+        test_skip("needs root");
+    char name[64];
+    snprintf(name, sizeof(name), "berth-unit-%d", (int)getpid());
+    struct sch_cgroups *cg = sch_cgroups_create(name, "/sys/fs/cgroup");
+    CHECK_NOT_NULL(cg);
+    int vm = sch_cgroups_version(cg, SCH_CG_MEMORY), vc = sch_cgroups_version(cg, SCH_CG_CPU);
+    int vio = sch_cgroups_version(cg, SCH_CG_IO);
+    const char *pm = sch_cgroups_parent(cg, SCH_CG_MEMORY),
+               *pc = sch_cgroups_parent(cg, SCH_CG_CPU);
+    char err[5][256] = {""};
+    int rc[5] = {0};
+    char **dirs = NULL;
+    char inst_quota[2][64] = {""}, par_quota[2][64] = {""}, mem[2][64] = {""};
+    char io_rule[128] = "";
+    char inst_cpu[4200] = "";
+    unsigned maj = 0, min = 0;
+    int have_disk = root_disk(&maj, &min);
+    if (vm && vc) {
+        const char *qf = vc == 1 ? "cpu.cfs_quota_us" : "cpu.max";
+        rc[0] = sch_cgroups_limit_parent(cg, 512 << 20, 1500, err[0], sizeof(err[0]));
+        real(pc, qf, par_quota[0], sizeof(par_quota[0]));
+        struct sch_cg_limits lim = {.memory = 256 << 20, .cpu_millis = 2000, .pids = 64};
+        rc[1] = sch_cgroups_create_instance(cg, "u-1", &lim, &dirs, err[1], sizeof(err[1]));
+        snprintf(inst_cpu, sizeof(inst_cpu), "%s/u-1", pc);
+        real(inst_cpu, qf, inst_quota[0], sizeof(inst_quota[0]));
+        rc[2] = sch_cgroups_limit_parent(cg, 1 << 30, 3000, err[2], sizeof(err[2]));
+        rc[3] = sch_cgroups_limit_parent(cg, 128 << 20, 500, err[3], sizeof(err[3]));
+        real(inst_cpu, qf, inst_quota[1], sizeof(inst_quota[1]));
+        real(pc, qf, par_quota[1], sizeof(par_quota[1]));
+        real(pm, vm == 1 ? "memory.limit_in_bytes" : "memory.max", mem[0], sizeof(mem[0]));
+        if (!sch_cgroups_swap_warning(cg))
+            real(pm, vm == 1 ? "memory.memsw.limit_in_bytes" : "memory.swap.max", mem[1],
+                 sizeof(mem[1]));
+        if (vio && have_disk && rc[1] == 0) {
+            struct sch_cg_io io = {.read_bps = 10 << 20};
+            rc[4] = sch_cgroups_limit_io(cg, dirs, maj, min, &io, err[4], sizeof(err[4]));
+            char d[4200];
+            snprintf(d, sizeof(d), "%s/u-1", sch_cgroups_parent(cg, SCH_CG_IO));
+            real(d, vio == 1 ? "blkio.throttle.read_bps_device" : "io.max", io_rule,
+                 sizeof(io_rule));
+        }
+    }
+    int removed = sch_cgroups_remove(dirs);
+    cm_strv_free(dirs);
+    for (int i = 0; i < SCH_CG_COUNT; i++)
+        if (sch_cgroups_parent(cg, (enum sch_cg_ctrl)i))
+            rmdir(sch_cgroups_parent(cg, (enum sch_cg_ctrl)i));
+    sch_cgroups_destroy(cg);
+    if (!vm || !vc)
+        test_skip("no usable memory and cpu controllers here");
+
+    CHECK_MSG(rc[0] == 0, "cap: %s", err[0]);
+    CHECK_MSG(rc[1] == 0, "instance under the cap: %s", err[1]);
+    CHECK_MSG(rc[2] == 0, "raising the cap: %s", err[2]);
+    CHECK_MSG(rc[3] == 0, "lowering the cap: %s", err[3]);
+    CHECK_INT_EQ(removed, 0);
+    CHECK_STR_EQ(mem[0], "134217728");
+    if (vm == 1 && mem[1][0])
+        CHECK_STR_EQ(mem[1], "134217728");
+    if (vm == 2 && mem[1][0])
+        CHECK_STR_EQ(mem[1], "0");
+    if (vc == 1) {
+        /* 1.5 CPUs, or less when an ancestor of ours has less: the instance gets the cap. */
+        CHECK(atoll(par_quota[0]) > 0 && atoll(par_quota[0]) <= 150000);
+        CHECK_STR_EQ(inst_quota[0], par_quota[0]);
+        CHECK_STR_EQ(inst_quota[1], "50000");
+        CHECK_STR_EQ(par_quota[1], "50000");
+    } else {
+        CHECK_STR_EQ(par_quota[0], "150000 100000");
+        CHECK_STR_EQ(inst_quota[0], "200000 100000");
+        CHECK_STR_EQ(par_quota[1], "50000 100000");
+    }
+    if (vio && have_disk) {
+        char want[128];
+        CHECK_MSG(rc[4] == 0, "io: %s", err[4]);
+        if (vio == 1)
+            snprintf(want, sizeof(want), "%u:%u 10485760", maj, min);
+        else
+            snprintf(want, sizeof(want), "%u:%u rbps=10485760 wbps=max riops=max wiops=max", maj,
+                     min);
+        CHECK_STR_EQ(io_rule, want);
+    }
 }
