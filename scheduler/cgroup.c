@@ -738,12 +738,12 @@ int sch_host_resources(uint64_t *ret_mem_bytes, uint32_t *ret_cpu_millis)
         if (!set)
             return -ENOMEM;
         size_t size = CPU_ALLOC_SIZE(n);
-        if (sched_getaffinity(0, size, set) == 0)
+        int rc = sched_getaffinity(0, size, set) == 0 ? 0 : -errno;
+        if (rc == 0)
             cpus = CPU_COUNT_S(size, set);
-        int e = errno;
         CPU_FREE(set);
-        if (cpus < 0 && e != EINVAL)
-            return -e;
+        if (rc < 0 && rc != -EINVAL) /* EINVAL: the kernel's mask is larger than ours */
+            return rc;
     }
     if (cpus <= 0)
         return -EINVAL;
@@ -792,6 +792,16 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
     return 0;
 }
 
+static int write_io(const char *dir, const char *file, const char *val, char *err, size_t errlen)
+{
+    int rc = write_file(dir, file, val);
+    /* blkio/io refuse partitions and unknown devices alike with ENODEV. */
+    if (rc < 0)
+        fmt(err, errlen, "cannot write \"%s\" to %s/%s: %s%s", val, dir, file, strerror(-rc),
+            rc == -ENODEV ? " (io limits need a whole disk's device, not a partition)" : "");
+    return rc;
+}
+
 int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsigned dev_major,
                          unsigned dev_minor, const struct sch_cg_io *io, char *err, size_t errlen)
 {
@@ -816,23 +826,18 @@ int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsign
         return -ENOENT;
     }
     char val[160];
+    int rc;
+    if (ct->version == 2) {
+        if ((rc = sch_cg_format_io_v2(dev_major, dev_minor, io, val, sizeof(val))) < 0)
+            return rc;
+        return write_io(dir, "io.max", val, err, errlen);
+    }
     for (int i = 0; i < 4; i++) {
-        const char *file = ct->version == 1 ? blkio_files[i] : "io.max";
-        int rc = ct->version == 1
-                     ? sch_cg_format_io_v1(dev_major, dev_minor, v[i], val, sizeof(val))
-                     : sch_cg_format_io_v2(dev_major, dev_minor, io, val, sizeof(val));
-        if (rc < 0)
-            return rc;
-        if (ct->version == 1 && !v[i])
+        if (!v[i])
             continue;
-        if ((rc = write_file(dir, file, val)) < 0) {
-            /* blkio/io refuse partitions and unknown devices alike with ENODEV. */
-            fmt(err, errlen, "cannot write \"%s\" to %s/%s: %s%s", val, dir, file, strerror(-rc),
-                rc == -ENODEV ? " (io limits need a whole disk's device, not a partition)" : "");
+        if ((rc = sch_cg_format_io_v1(dev_major, dev_minor, v[i], val, sizeof(val))) < 0 ||
+            (rc = write_io(dir, blkio_files[i], val, err, errlen)) < 0)
             return rc;
-        }
-        if (ct->version == 2)
-            break;
     }
     return 0;
 }

@@ -798,8 +798,8 @@ TEST(real_hierarchy_limits)
     int vio = sch_cgroups_version(cg, SCH_CG_IO);
     const char *pm = sch_cgroups_parent(cg, SCH_CG_MEMORY),
                *pc = sch_cgroups_parent(cg, SCH_CG_CPU);
-    char err[5][256] = {""};
-    int rc[5] = {0};
+    char err[6][256] = {""};
+    int rc[6] = {0};
     char **dirs = NULL;
     char inst_quota[2][64] = {""}, par_quota[2][64] = {""}, mem[2][64] = {""};
     char io_rule[128] = "";
@@ -825,6 +825,8 @@ TEST(real_hierarchy_limits)
         if (vio && have_disk && rc[1] == 0) {
             struct sch_cg_io io = {.read_bps = 10 << 20};
             rc[4] = sch_cgroups_limit_io(cg, dirs, maj, min, &io, err[4], sizeof(err[4]));
+            /* A device that is no disk: refused, with the hint. */
+            rc[5] = sch_cgroups_limit_io(cg, dirs, maj, min + 4095, &io, err[5], sizeof(err[5]));
             char d[4200];
             snprintf(d, sizeof(d), "%s/u-1", sch_cgroups_parent(cg, SCH_CG_IO));
             real(d, vio == 1 ? "blkio.throttle.read_bps_device" : "io.max", io_rule,
@@ -870,5 +872,7 @@ TEST(real_hierarchy_limits)
             snprintf(want, sizeof(want), "%u:%u rbps=10485760 wbps=max riops=max wiops=max", maj,
                      min);
         CHECK_STR_EQ(io_rule, want);
+        CHECK_INT_EQ(rc[5], -ENODEV);
+        CHECK_CONTAINS(err[5], "whole disk");
     }
 }
