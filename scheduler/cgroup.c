@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,16 +22,28 @@
 #define REMOVE_TRIES 40
 #define REMOVE_SLEEP_NS (5 * 1000 * 1000)
 
-static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids"};
+static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "io"};
+/* The name of each controller in v1 mount options and /proc/self/cgroup. */
+static const char *const v1_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "blkio"};
+
+/* v1 throttle files, in the order of struct sch_cg_io's fields. */
+static const char *const blkio_files[4] = {
+    "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+    "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device"};
 
 struct ctrl {
     int version;  /* 1, 2, or 0 when unusable */
+    char *mount;  /* mount point of its hierarchy */
     char *parent; /* absolute directory under which instance cgroups are created */
     char warning[256];
+    int swap;               /* memory: the swap limit file exists and takes a value */
+    char swap_warning[256]; /* memory: why swap is not limited (usable controller only) */
 };
 
 struct sch_cgroups {
     struct ctrl c[SCH_CG_COUNT];
+    uint64_t parent_memory;     /* bytes written by sch_cgroups_limit_parent(); 0 = none */
+    uint32_t parent_cpu_millis; /* millis written (v1: after the ancestors' ceiling) */
 };
 
 const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c)
@@ -67,6 +80,32 @@ int sch_cg_format_cpu(int version, uint32_t millis, char *buf, size_t len)
     if (version == 1)
         return fmt(buf, len, "%" PRIu64, quota);
     return fmt(buf, len, "%" PRIu64 " %u", quota, SCH_CG_CPU_PERIOD);
+}
+
+int sch_cg_format_swap(int version, uint64_t memory, char *buf, size_t len)
+{
+    if (version == 1)
+        return sch_cg_format_memory(1, memory, buf, len);
+    return fmt(buf, len, "%s", memory ? "0" : "max");
+}
+
+int sch_cg_format_io_v1(unsigned major, unsigned minor, uint64_t value, char *buf, size_t len)
+{
+    return fmt(buf, len, "%u:%u %" PRIu64, major, minor, value);
+}
+
+int sch_cg_format_io_v2(unsigned major, unsigned minor, const struct sch_cg_io *io, char *buf,
+                        size_t len)
+{
+    const uint64_t v[4] = {io->read_bps, io->write_bps, io->read_iops, io->write_iops};
+    static const char *const keys[4] = {"rbps", "wbps", "riops", "wiops"};
+    int rc = fmt(buf, len, "%u:%u", major, minor);
+    for (int i = 0; i < 4 && rc == 0; i++) {
+        size_t used = strlen(buf);
+        rc = v[i] ? fmt(buf + used, len - used, " %s=%" PRIu64, keys[i], v[i])
+                  : fmt(buf + used, len - used, " %s=max", keys[i]);
+    }
+    return rc;
 }
 
 int sch_cg_format_pids(int version, uint64_t pids, char *buf, size_t len)
@@ -117,6 +156,23 @@ static int read_file(const char *path, char *buf, size_t len)
     return (int)got;
 }
 
+/* The number in <dir>/<file> (a cgroup file: "-1", "max" is not a number). */
+static int read_num(const char *dir, const char *file, long long *ret)
+{
+    char path[4200], buf[64], *end;
+    if (fmt(path, sizeof(path), "%s/%s", dir, file) < 0)
+        return -ENAMETOOLONG;
+    int n = read_file(path, buf, sizeof(buf));
+    if (n < 0)
+        return n;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (end == buf || (*end && *end != '\n') || errno)
+        return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
 /* Does the comma- or space-separated <list> hold <word>? */
 static int has_word(const char *list, const char *word, const char *seps)
 {
@@ -154,11 +210,20 @@ struct mnt {
     char point[1024];
 };
 
-/* Finds the mount for controller <name>: a v1 "cgroup" mount listing it, else the "cgroup2"
- * mount (if its cgroup.controllers lists it). Only mounts under <fs_root>. */
-static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
+/* Where the hierarchy is described: <fs_root> and the two /proc files (tests name fakes). */
+struct src {
+    const char *fs_root;
+    const char *mountinfo;   /* normally /proc/self/mountinfo */
+    const char *self_cgroup; /* normally /proc/self/cgroup */
+};
+
+/* Finds the mount for controller <c>: a v1 "cgroup" mount listing it, else the "cgroup2"
+ * mount (if its cgroup.controllers lists it). Only mounts under <src->fs_root>. */
+static int find_mount(enum sch_cg_ctrl c, const struct src *src, struct mnt *ret)
 {
-    FILE *f = fopen("/proc/self/mountinfo", "re");
+    const char *name = ctrl_names[c], *v1_name = v1_names[c];
+    const char *fs_root = src->fs_root;
+    FILE *f = fopen(src->mountinfo, "re");
     if (!f)
         return -errno;
     char line[4096];
@@ -183,7 +248,7 @@ static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
         if (strncmp(fields[4], fs_root, rl) != 0 || (fields[4][rl] && fields[4][rl] != '/'))
             continue;
         const char *fstype = fields[dash + 1], *sopts = fields[dash + 3];
-        if (strcmp(fstype, "cgroup") == 0 && has_word(sopts, name, ",")) {
+        if (strcmp(fstype, "cgroup") == 0 && has_word(sopts, v1_name, ",")) {
             ret->version = 1;
             snprintf(ret->root, sizeof(ret->root), "%s", fields[3]);
             snprintf(ret->point, sizeof(ret->point), "%s", fields[4]);
@@ -207,9 +272,9 @@ static int find_mount(const char *name, const char *fs_root, struct mnt *ret)
 }
 
 /* Our own cgroup path in the hierarchy of <name> (v1) or the unified one (v2). */
-static int own_cgroup(const char *name, int version, char *buf, size_t len)
+static int own_cgroup(const char *name, int version, const struct src *src, char *buf, size_t len)
 {
-    FILE *f = fopen("/proc/self/cgroup", "re");
+    FILE *f = fopen(src->self_cgroup, "re");
     if (!f)
         return -errno;
     char line[4096];
@@ -220,6 +285,7 @@ static int own_cgroup(const char *name, int version, char *buf, size_t len)
         char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c2)
             continue;
+        *c1 = '\0';
         *c2 = '\0';
         const char *ctrls = c1 + 1, *path = c2 + 1;
         if ((version == 1 && has_word(ctrls, name, ",")) ||
@@ -232,6 +298,11 @@ static int own_cgroup(const char *name, int version, char *buf, size_t len)
     return rc;
 }
 
+static const char *swap_file(int version)
+{
+    return version == 1 ? "memory.memsw.limit_in_bytes" : "memory.swap.max";
+}
+
 static const char *limit_file(enum sch_cg_ctrl c, int version)
 {
     switch (c) {
@@ -241,6 +312,8 @@ static const char *limit_file(enum sch_cg_ctrl c, int version)
         return version == 1 ? "cpu.cfs_quota_us" : "cpu.max";
     case SCH_CG_PIDS:
         return "pids.max";
+    case SCH_CG_IO:
+        return version == 1 ? blkio_files[0] : "io.max";
     default:
         return NULL;
     }
@@ -261,24 +334,114 @@ static int format_value(enum sch_cg_ctrl c, int version, const struct sch_cg_lim
     }
 }
 
-/* Writes the limit of <c> into <dir> (the period first for v1 CPU). */
-static int apply_limit(enum sch_cg_ctrl c, int version, const char *dir,
+static int write_value(const char *dir, const char *file, const char *value, char *what,
+                       size_t wlen)
+{
+    int rc = write_file(dir, file, value);
+    if (rc < 0)
+        fmt(what, wlen, "cannot write %s/%s: %s", dir, file, strerror(-rc));
+    return rc;
+}
+
+/* The memory limit of <dir>, and with <swap> the swap limit (see sch_cg_format_swap()). v1
+ * keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every step (the kernel refuses
+ * anything else with EINVAL): memsw goes first when the new value is above the current memsw
+ * limit (raising), memory first otherwise (lowering; a new cgroup, where both are unlimited). */
+static int write_memory(int version, int swap, const char *dir, uint64_t bytes, char *what,
+                        size_t wlen)
+{
+    char mem[32], sw[32];
+    int rc;
+    if ((rc = sch_cg_format_memory(version, bytes, mem, sizeof(mem))) < 0 ||
+        (rc = sch_cg_format_swap(version, bytes, sw, sizeof(sw))) < 0)
+        return rc;
+    long long now;
+    int swap_first = swap && version == 1 && read_num(dir, swap_file(1), &now) == 0 &&
+                     (bytes ? bytes : UINT64_MAX) > (uint64_t)now;
+    if (swap_first && (rc = write_value(dir, swap_file(version), sw, what, wlen)) < 0)
+        return rc;
+    if ((rc = write_value(dir, limit_file(SCH_CG_MEMORY, version), mem, what, wlen)) < 0)
+        return rc;
+    if (swap && !swap_first && (rc = write_value(dir, swap_file(version), sw, what, wlen)) < 0)
+        return rc;
+    return 0;
+}
+
+/* v1 refuses (EINVAL) a CFS quota above the nearest limited ancestor's, where v2 just lets the
+ * smaller one apply. The smallest quota of <dir> and its ancestors up to <mount>, in millis
+ * rounded down (so that a child given it passes the kernel's check); 0 = none. */
+static uint32_t v1_cpu_ceiling(const char *mount, const char *dir)
+{
+    char d[4096];
+    uint64_t best = 0;
+    size_t ml = strlen(mount);
+    if (fmt(d, sizeof(d), "%s", dir) < 0 || strncmp(d, mount, ml) != 0)
+        return 0;
+    for (;;) {
+        long long q, p;
+        if (read_num(d, "cpu.cfs_quota_us", &q) == 0 && q > 0 &&
+            read_num(d, "cpu.cfs_period_us", &p) == 0 && p > 0) {
+            uint64_t m = (uint64_t)q * 1000 / (uint64_t)p;
+            if (m && (!best || m < best))
+                best = m;
+        }
+        char *slash = strrchr(d, '/');
+        if (strlen(d) <= ml || !slash || (size_t)(slash - d) < ml)
+            break;
+        *slash = '\0';
+    }
+    return best > UINT32_MAX ? UINT32_MAX : (uint32_t)best;
+}
+
+/* v1: <millis> for cgroup <dir>, lowered to the ceiling of its ancestors. */
+static uint32_t v1_cpu_clamp(const char *mount, const char *dir, uint32_t millis)
+{
+    char up[4096];
+    if (!millis || fmt(up, sizeof(up), "%s", dir) < 0 || !strrchr(up, '/'))
+        return millis;
+    *strrchr(up, '/') = '\0';
+    uint32_t ceiling = v1_cpu_ceiling(mount, up);
+    return ceiling && millis > ceiling ? ceiling : millis;
+}
+
+/* The CPU limit of <dir> (v1: the period, then the quota, lowered to the ceiling of <dir>'s
+ * ancestors when <mount> is given). */
+static int write_cpu(int version, const char *mount, const char *dir, uint32_t millis, char *what,
+                     size_t wlen)
+{
+    char val[64];
+    int rc;
+    if (version == 1) {
+        if (mount)
+            millis = v1_cpu_clamp(mount, dir, millis);
+        snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
+        if ((rc = write_value(dir, "cpu.cfs_period_us", val, what, wlen)) < 0)
+            return rc;
+    }
+    if ((rc = sch_cg_format_cpu(version, millis, val, sizeof(val))) < 0)
+        return rc;
+    return write_value(dir, limit_file(SCH_CG_CPU, version), val, what, wlen);
+}
+
+/* Writes the limit of <c> into the cgroup <dir>, of a controller like <ct> (version, swap,
+ * mount). */
+static int apply_limit(enum sch_cg_ctrl c, const struct ctrl *ct, const char *dir,
                        const struct sch_cg_limits *lim, char *what, size_t wlen)
 {
     char val[64];
     int rc;
-    if (c == SCH_CG_CPU && version == 1) {
-        snprintf(val, sizeof(val), "%u", SCH_CG_CPU_PERIOD);
-        if ((rc = write_file(dir, "cpu.cfs_period_us", val)) < 0) {
-            fmt(what, wlen, "cannot write %s/cpu.cfs_period_us: %s", dir, strerror(-rc));
+    switch (c) {
+    case SCH_CG_MEMORY:
+        return write_memory(ct->version, ct->swap, dir, lim->memory, what, wlen);
+    case SCH_CG_CPU:
+        return write_cpu(ct->version, ct->mount, dir, lim->cpu_millis, what, wlen);
+    case SCH_CG_IO:
+        return 0; /* an io limit names a device: sch_cgroups_limit_io() */
+    default:
+        if ((rc = format_value(c, ct->version, lim, val, sizeof(val))) < 0)
             return rc;
-        }
+        return write_value(dir, limit_file(c, ct->version), val, what, wlen);
     }
-    if ((rc = format_value(c, version, lim, val, sizeof(val))) < 0)
-        return rc;
-    if ((rc = write_file(dir, limit_file(c, version), val)) < 0)
-        fmt(what, wlen, "cannot write %s/%s: %s", dir, limit_file(c, version), strerror(-rc));
-    return rc;
 }
 
 /* v2: a child only gets the controller's files when every ancestor lists it in
@@ -304,22 +467,63 @@ static void enable_v2(const char *mountpoint, const char *parent, const char *na
     }
 }
 
+/* An io limit names a device, so the probe only opens the limit files for writing. */
+static int probe_io(int version, const char *probe, char *what, size_t wlen)
+{
+    for (int i = 0; i < (version == 1 ? 4 : 1); i++) {
+        const char *file = version == 1 ? blkio_files[i] : "io.max";
+        char path[4200];
+        if (fmt(path, sizeof(path), "%s/%s", probe, file) < 0)
+            return -ENAMETOOLONG;
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            int rc = -errno;
+            fmt(what, wlen, "cannot open %s for writing: %s", path, strerror(errno));
+            return rc;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
+/* Swap accounting can be off (v1 memory.memsw.*, v2 memory.swap.max missing): the memory
+ * controller stays usable, the warning says that swap is not limited. */
+static void probe_swap(struct ctrl *ct, int version, const char *probe)
+{
+    char path[4200], val[32];
+    if (fmt(path, sizeof(path), "%s/%s", probe, swap_file(version)) < 0 || access(path, F_OK) < 0) {
+        fmt(ct->swap_warning, sizeof(ct->swap_warning),
+            "swap is not limited: cgroups have no %s (swap accounting is off in the kernel)",
+            swap_file(version));
+        return;
+    }
+    sch_cg_format_swap(version, 0, val, sizeof(val));
+    int rc = write_file(probe, swap_file(version), val);
+    if (rc < 0) {
+        fmt(ct->swap_warning, sizeof(ct->swap_warning), "swap is not limited: cannot write %s: %s",
+            path, strerror(-rc));
+        return;
+    }
+    ct->swap = 1;
+}
+
 static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_parent,
-                       const char *fs_root)
+                       const struct src *src)
 {
     const char *name = ctrl_names[c];
     struct mnt m;
     char own[2048], dir[4096];
-    if (find_mount(name, fs_root, &m) < 0) {
-        fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name, fs_root);
+    if (find_mount(c, src, &m) < 0) {
+        fmt(ct->warning, sizeof(ct->warning), "no %s controller mounted under %s", name,
+            src->fs_root);
         return;
     }
     if (cgroup_parent[0] == '/') {
         snprintf(dir, sizeof(dir), "%s%s", m.point, cgroup_parent);
     } else {
-        if (own_cgroup(name, m.version, own, sizeof(own)) < 0) {
-            snprintf(ct->warning, sizeof(ct->warning),
-                     "cannot find our own %s cgroup in /proc/self/cgroup", name);
+        if (own_cgroup(v1_names[c], m.version, src, own, sizeof(own)) < 0) {
+            fmt(ct->warning, sizeof(ct->warning), "cannot find our own %s cgroup in %s", name,
+                src->self_cgroup);
             return;
         }
         const char *rel = own;
@@ -348,33 +552,55 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
         return;
     }
     struct sch_cg_limits none = {0};
-    rc = apply_limit(c, m.version, probe, &none, ct->warning, sizeof(ct->warning));
+    if (c == SCH_CG_IO)
+        rc = probe_io(m.version, probe, ct->warning, sizeof(ct->warning));
+    else
+        rc = apply_limit(c, &(struct ctrl){.version = m.version}, probe, &none, ct->warning,
+                         sizeof(ct->warning));
+    if (rc == 0 && c == SCH_CG_MEMORY)
+        probe_swap(ct, m.version, probe);
     rmdir(probe);
     if (rc < 0)
         return;
     ct->parent = strdup(dir);
-    if (ct->parent) {
-        ct->version = m.version;
-        ct->warning[0] = '\0';
+    ct->mount = strdup(m.point);
+    if (!ct->parent || !ct->mount) {
+        free(ct->parent);
+        free(ct->mount);
+        ct->parent = ct->mount = NULL;
+        fmt(ct->warning, sizeof(ct->warning), "out of memory");
+        return;
     }
+    ct->version = m.version;
+    ct->warning[0] = '\0';
 }
 
-struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root)
+struct sch_cgroups *sch_cgroups_create_at(const char *cgroup_parent, const char *fs_root,
+                                          const char *mountinfo, const char *self_cgroup)
 {
     struct sch_cgroups *cg = calloc(1, sizeof(*cg));
     if (!cg)
         return NULL;
+    const struct src src = {fs_root, mountinfo, self_cgroup};
     for (int i = 0; i < SCH_CG_COUNT; i++)
-        setup_ctrl(&cg->c[i], (enum sch_cg_ctrl)i, cgroup_parent, fs_root);
+        setup_ctrl(&cg->c[i], (enum sch_cg_ctrl)i, cgroup_parent, &src);
     return cg;
+}
+
+struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs_root)
+{
+    return sch_cgroups_create_at(cgroup_parent, fs_root, "/proc/self/mountinfo",
+                                 "/proc/self/cgroup");
 }
 
 void sch_cgroups_destroy(struct sch_cgroups *cg)
 {
     if (!cg)
         return;
-    for (int i = 0; i < SCH_CG_COUNT; i++)
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
         free(cg->c[i].parent);
+        free(cg->c[i].mount);
+    }
     free(cg);
 }
 
@@ -386,6 +612,12 @@ int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
 const char *sch_cgroups_warning(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
 {
     return cg->c[c].warning[0] ? cg->c[c].warning : NULL;
+}
+
+const char *sch_cgroups_swap_warning(const struct sch_cgroups *cg)
+{
+    const struct ctrl *ct = &cg->c[SCH_CG_MEMORY];
+    return ct->version && !ct->swap ? ct->swap_warning : NULL;
 }
 
 const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c)
@@ -403,6 +635,18 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
             cm_jbuf_cstr(out, "dir");
             cm_jbuf_raw(out, ":", 1);
             cm_jbuf_cstr(out, ct->parent);
+            if (i == SCH_CG_CPU)
+                cm_jbuf_printf(out, ",\"limit_millis\":%" PRIu32, cg->parent_cpu_millis);
+            if (i == SCH_CG_MEMORY) {
+                cm_jbuf_printf(out, ",\"limit\":%" PRIu64 ",\"swap\":%s", cg->parent_memory,
+                               ct->swap ? "true" : "false");
+                if (!ct->swap) {
+                    cm_jbuf_raw(out, ",", 1);
+                    cm_jbuf_cstr(out, "swap_warning");
+                    cm_jbuf_raw(out, ":", 1);
+                    cm_jbuf_cstr(out, ct->swap_warning);
+                }
+            }
         } else {
             cm_jbuf_cstr(out, "warning");
             cm_jbuf_raw(out, ":", 1);
@@ -411,6 +655,101 @@ void sch_cgroups_status(const struct sch_cgroups *cg, struct cm_jbuf *out)
         cm_jbuf_raw(out, "}", 1);
     }
     cm_jbuf_raw(out, "}", 1);
+}
+
+/* v1: lowering the parent's quota below a child's is refused (EINVAL): lower the children
+ * first. Instances are the parent's direct children. */
+static int lower_v1_children(const struct ctrl *ct, uint32_t millis, char *err, size_t errlen)
+{
+    DIR *d = opendir(ct->parent);
+    if (!d)
+        return 0;
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_type != DT_DIR || strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char child[4200];
+        long long q, p;
+        if (fmt(child, sizeof(child), "%s/%s", ct->parent, e->d_name) < 0 ||
+            read_num(child, "cpu.cfs_quota_us", &q) < 0 || q <= 0 ||
+            read_num(child, "cpu.cfs_period_us", &p) < 0 || p <= 0)
+            continue;
+        if ((uint64_t)q * 1000 > (uint64_t)millis * (uint64_t)p)
+            rc = write_cpu(1, NULL, child, millis, err, errlen);
+    }
+    closedir(d);
+    return rc;
+}
+
+int sch_cgroups_limit_parent(struct sch_cgroups *cg, uint64_t memory, uint32_t cpu_millis,
+                             char *err, size_t errlen)
+{
+    int result = 0, rc;
+    char what[512] = "";
+    const struct ctrl *mem = &cg->c[SCH_CG_MEMORY], *cpu = &cg->c[SCH_CG_CPU];
+    if (mem->version) {
+        rc = write_memory(mem->version, mem->swap, mem->parent, memory, what, sizeof(what));
+        if (rc == 0) {
+            cg->parent_memory = memory;
+        } else {
+            result = rc;
+            fmt(err, errlen, "%s", what);
+        }
+    }
+    if (cpu->version) {
+        uint32_t millis = cpu_millis;
+        rc = 0;
+        if (cpu->version == 1 && millis) {
+            /* The parent gets no more than its ancestors allow, its children no more than
+             * the parent. */
+            millis = v1_cpu_clamp(cpu->mount, cpu->parent, millis);
+            rc = lower_v1_children(cpu, millis, what, sizeof(what));
+        }
+        if (rc == 0)
+            rc = write_cpu(cpu->version, NULL, cpu->parent, millis, what, sizeof(what));
+        if (rc == 0) {
+            cg->parent_cpu_millis = millis;
+        } else if (result == 0) {
+            result = rc;
+            fmt(err, errlen, "%s", what);
+        }
+    }
+    return result;
+}
+
+int sch_host_resources(uint64_t *ret_mem_bytes, uint32_t *ret_cpu_millis)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (!f)
+        return -errno;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    if (kb == 0 || kb > UINT64_MAX / 1024)
+        return -EINVAL;
+    /* The CPUs we may run on (a cpuset or taskset narrows them), not the CPUs the host has. */
+    int cpus = -1;
+    for (int n = 1024; n <= (1 << 22) && cpus < 0; n *= 2) {
+        cpu_set_t *set = CPU_ALLOC(n);
+        if (!set)
+            return -ENOMEM;
+        size_t size = CPU_ALLOC_SIZE(n);
+        int rc = sched_getaffinity(0, size, set) == 0 ? 0 : -errno;
+        if (rc == 0)
+            cpus = CPU_COUNT_S(size, set);
+        CPU_FREE(set);
+        if (rc < 0 && rc != -EINVAL) /* EINVAL: the kernel's mask is larger than ours */
+            return rc;
+    }
+    if (cpus <= 0)
+        return -EINVAL;
+    *ret_mem_bytes = (uint64_t)kb * 1024;
+    *ret_cpu_millis = (uint32_t)cpus * 1000;
+    return 0;
 }
 
 int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
@@ -442,7 +781,7 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
             break;
         }
         n++;
-        rc = apply_limit((enum sch_cg_ctrl)i, ct->version, dirs[n - 1], lim, err, errlen);
+        rc = apply_limit((enum sch_cg_ctrl)i, ct, dirs[n - 1], lim, err, errlen);
     }
     if (rc < 0) {
         sch_cgroups_remove(dirs);
@@ -450,6 +789,56 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
         return rc;
     }
     *ret_dirs = dirs;
+    return 0;
+}
+
+static int write_io(const char *dir, const char *file, const char *val, char *err, size_t errlen)
+{
+    int rc = write_file(dir, file, val);
+    /* blkio/io refuse partitions and unknown devices alike with ENODEV. */
+    if (rc < 0)
+        fmt(err, errlen, "cannot write \"%s\" to %s/%s: %s%s", val, dir, file, strerror(-rc),
+            rc == -ENODEV ? " (io limits need a whole disk's device, not a partition)" : "");
+    return rc;
+}
+
+int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsigned dev_major,
+                         unsigned dev_minor, const struct sch_cg_io *io, char *err, size_t errlen)
+{
+    const uint64_t v[4] = {io->read_bps, io->write_bps, io->read_iops, io->write_iops};
+    if (!v[0] && !v[1] && !v[2] && !v[3])
+        return 0;
+    const struct ctrl *ct = &cg->c[SCH_CG_IO];
+    if (!ct->version) {
+        fmt(err, errlen, "io controller unusable, the instance runs without io limits: %s",
+            ct->warning);
+        return -ENOTSUP;
+    }
+    /* The instance's io cgroup is the one directly under the io parent. */
+    const char *dir = NULL;
+    size_t pl = strlen(ct->parent);
+    for (; dirs && *dirs && !dir; dirs++)
+        if (strncmp(*dirs, ct->parent, pl) == 0 && (*dirs)[pl] == '/' && (*dirs)[pl + 1] &&
+            !strchr(*dirs + pl + 1, '/'))
+            dir = *dirs;
+    if (!dir) {
+        fmt(err, errlen, "the instance has no io cgroup under %s", ct->parent);
+        return -ENOENT;
+    }
+    char val[160];
+    int rc;
+    if (ct->version == 2) {
+        if ((rc = sch_cg_format_io_v2(dev_major, dev_minor, io, val, sizeof(val))) < 0)
+            return rc;
+        return write_io(dir, "io.max", val, err, errlen);
+    }
+    for (int i = 0; i < 4; i++) {
+        if (!v[i])
+            continue;
+        if ((rc = sch_cg_format_io_v1(dev_major, dev_minor, v[i], val, sizeof(val))) < 0 ||
+            (rc = write_io(dir, blkio_files[i], val, err, errlen)) < 0)
+            return rc;
+    }
     return 0;
 }
 
