@@ -64,10 +64,10 @@ struct pdriver {
     struct sch_cgroups *cg;
     int agent_fd;
     /* What this host offers (probed at start-up) and what we use. */
-    int userns, seccomp;             /* 1: works here */
+    int userns, seccomp; /* 1: works here */
     char userns_why[160], seccomp_why[160];
     struct sch_seccomp_prog progs[2]; /* "default", "strict" */
-    unsigned char *slots;            /* capacity entries: 1 = uid range in use */
+    unsigned char *slots;             /* capacity entries: 1 = uid range in use */
     char prefix[SCH_HOST_ID_MAX + 2]; /* "<host>-": only such ids are ours */
 };
 
@@ -78,10 +78,11 @@ struct pinst {
     struct sch_dinst pub;
     char dir[INST_DIR_MAX];
     char **cgdirs;
-    int child; /* started by this process: reap it with waitid() */
-    int slot;  /* uid range, -1 without a user namespace */
-    uint64_t data_size; /* the template's, for the session's image (kept in the state file) */
-    int data_lock;      /* the attached image's lock, -1 */
+    int child;           /* started by this process: reap it with waitid() */
+    int slot;            /* uid range, -1 without a user namespace */
+    uint64_t data_size;  /* the template's, for the session's image (kept in the state file) */
+    struct sch_cg_io io; /* the template's io limits for /data's device (state file too) */
+    int data_lock;       /* the attached image's lock, -1 */
 };
 
 static int pidfd_open(pid_t pid)
@@ -249,7 +250,7 @@ static void remove_traces(const char *dir, char *const *cgdirs)
 
 /* The state file: "pid=N\n" then "cgroup=DIR\n" lines. */
 static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
-                       char *const *cgdirs)
+                       const struct sch_cg_io *io, char *const *cgdirs)
 {
     char path[PATH_MAX + 16], tmp[PATH_MAX + 16];
     snprintf(path, sizeof(path), "%s/state", dir);
@@ -261,6 +262,8 @@ static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
     if (slot >= 0)
         fprintf(f, "slot=%d\n", slot);
     fprintf(f, "data_size=%" PRIu64 "\n", data_size);
+    fprintf(f, "io=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", io->read_bps, io->write_bps,
+            io->read_iops, io->write_iops);
     for (; cgdirs && *cgdirs; cgdirs++)
         fprintf(f, "cgroup=%s\n", *cgdirs);
     int rc = fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -errno;
@@ -273,7 +276,7 @@ static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
 }
 
 static int read_state(const char *dir, pid_t *ret_pid, int *ret_slot, uint64_t *ret_data_size,
-                      char ***ret_cgdirs)
+                      struct sch_cg_io *ret_io, char ***ret_cgdirs)
 {
     char buf[STATE_FILE_MAX];
     ssize_t len = read_host_file(dir, "state", buf, sizeof(buf));
@@ -293,6 +296,9 @@ static int read_state(const char *dir, pid_t *ret_pid, int *ret_slot, uint64_t *
             slot = atoi(line + 5);
         else if (strncmp(line, "data_size=", 10) == 0)
             *ret_data_size = strtoull(line + 10, NULL, 10);
+        else if (strncmp(line, "io=", 3) == 0 && ret_io)
+            sscanf(line + 3, "%" SCNu64 ",%" SCNu64 ",%" SCNu64 ",%" SCNu64, &ret_io->read_bps,
+                   &ret_io->write_bps, &ret_io->read_iops, &ret_io->write_iops);
         else if (strncmp(line, "cgroup=", 7) == 0 && n < SCH_CG_COUNT && line[7] == '/')
             dirs[n++] = strdup(line + 7);
     }
@@ -377,12 +383,30 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
     char fds[SCH_FD_COUNT][8];
     for (int i = 0; i < SCH_FD_COUNT; i++)
         snprintf(fds[i], sizeof(fds[i]), "%d", i);
-    const char *fixed[] = {AGENT_NAME, "--id",          spec->id,         "--port",
-                           port,       "--app-fd",      fds[SCH_FD_APP],  "--ports-fd",
-                           fds[SCH_FD_PORTS], "--ctl-fd", fds[SCH_FD_CTL], "--exit-fd",
-                           fds[SCH_FD_EXIT],  "--ready-fd", fds[SCH_FD_READY], "--hold-ms",
-                           hold,       "--log-max",     logmax,           "--buffer",
-                           buf,        "--max-conns",   conns,            "--"};
+    const char *fixed[] = {AGENT_NAME,
+                           "--id",
+                           spec->id,
+                           "--port",
+                           port,
+                           "--app-fd",
+                           fds[SCH_FD_APP],
+                           "--ports-fd",
+                           fds[SCH_FD_PORTS],
+                           "--ctl-fd",
+                           fds[SCH_FD_CTL],
+                           "--exit-fd",
+                           fds[SCH_FD_EXIT],
+                           "--ready-fd",
+                           fds[SCH_FD_READY],
+                           "--hold-ms",
+                           hold,
+                           "--log-max",
+                           logmax,
+                           "--buffer",
+                           buf,
+                           "--max-conns",
+                           conns,
+                           "--"};
     size_t k = 0;
     for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)
         if (!(argv[k++] = strdup(fixed[i])))
@@ -444,6 +468,10 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     pi->slot = -1;
     pi->data_lock = -1;
     pi->data_size = t->data_size;
+    pi->io = (struct sch_cg_io){.read_bps = t->io_read_bps,
+                                .write_bps = t->io_write_bps,
+                                .read_iops = t->io_read_iops,
+                                .write_iops = t->io_write_iops};
     if (!is_ours(d, spec->id) || instance_dir(d, spec->id, pi->dir, sizeof(pi->dir)) < 0) {
         snprintf(err, errlen, "bad instance id '%s'", spec->id);
         rc = -EINVAL;
@@ -486,8 +514,8 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     } sockets[] = {{"app.sock", 0660, 1}, {"ports.sock", 0660, 1}, {"ctl.sock", 0600, 0}};
     for (size_t i = 0; i < CM_ARRAY_SIZE(sockets); i++)
         if ((socks[i] = rc = listen_at(p, sockets[i].name, sockets[i].mode,
-                                       sockets[i].gateway ? d->cfg->socket_gid : 0, err,
-                                       errlen)) < 0)
+                                       sockets[i].gateway ? d->cfg->socket_gid : 0, err, errlen)) <
+            0)
             goto fail;
     snprintf(p, sizeof(p), "%s/exit", pi->dir);
     exit_fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -561,7 +589,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         snprintf(err, errlen, "cannot move pid %d into its cgroups: %s", (int)pid, strerror(-rc));
         goto fail;
     }
-    if ((rc = write_state(pi->dir, pid, pi->slot, pi->data_size, pi->cgdirs)) < 0) {
+    if ((rc = write_state(pi->dir, pid, pi->slot, pi->data_size, &pi->io, pi->cgdirs)) < 0) {
         snprintf(err, errlen, "cannot write %s/state: %s", pi->dir, strerror(-rc));
         goto fail;
     }
@@ -625,7 +653,8 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         snprintf(err, errlen, "not an instance of this host");
         return -EINVAL;
     }
-    int rc = read_state(dir, &pid, &slot, &data_size, &cgdirs);
+    struct sch_cg_io io = {0};
+    int rc = read_state(dir, &pid, &slot, &data_size, &io, &cgdirs);
     if (rc < 0) {
         cm_strv_free(cgdirs);
         snprintf(err, errlen, "no state file in %s: %s", dir, strerror(-rc));
@@ -652,6 +681,7 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     pi->slot = d->userns ? slot : -1;
     slot_mark(d, pi->slot, 1);
     pi->data_size = data_size;
+    pi->io = io;
     pi->data_lock = -1;
     snprintf(pi->pub.id, sizeof(pi->pub.id), "%s", id);
     snprintf(pi->pub.addr, sizeof(pi->pub.addr), "unix:%s/sock/app.sock", dir);
@@ -715,10 +745,18 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         }
     }
     struct sch_storage_dev dev;
-    int rc = sch_storage_attach(dir, pi->data_size, userns_fd, p, &pi->data_lock, &dev, err,
-                                errlen);
+    int rc =
+        sch_storage_attach(dir, pi->data_size, userns_fd, p, &pi->data_lock, &dev, err, errlen);
     if (userns_fd >= 0)
         close(userns_fd);
+    if (rc == 0) {
+        /* The session's disk bandwidth: on its own loop device, so only its I/O counts. */
+        char ioerr[256];
+        int r = sch_cgroups_limit_io(d->cg, pi->cgdirs, dev.major, dev.minor, &pi->io, ioerr,
+                                     sizeof(ioerr));
+        if (r < 0)
+            cm_log_warn("driver", "io limits not applied inst=%s err=\"%s\"", pi->pub.id, ioerr);
+    }
     return rc;
 }
 
@@ -875,7 +913,7 @@ static int p_purge(struct sch_driver *base, const char *id)
     char **cgdirs = NULL;
     if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0)
         return -EINVAL;
-    read_state(dir, &pid, &slot, &data_size, &cgdirs);
+    read_state(dir, &pid, &slot, &data_size, NULL, &cgdirs);
     if (pid > 0 && is_agent_of(pid, id)) {
         int fd = pidfd_open(pid);
         if (fd >= 0 && is_agent_of(pid, id)) {
@@ -916,8 +954,9 @@ static void p_status(struct sch_driver *base, struct cm_jbuf *out)
         cm_jbuf_printf(out, ",\"seccomp_missing\":");
         cm_jbuf_cstr(out, d->seccomp_why);
     }
-    cm_jbuf_printf(out, ",\"insecure\":%s,\"uid_base\":%u,\"uid_range\":%u,"
-                        "\"seccomp_profiles\":[\"default\",\"strict\"]},\"run_dir\":",
+    cm_jbuf_printf(out,
+                   ",\"insecure\":%s,\"uid_base\":%u,\"uid_range\":%u,"
+                   "\"seccomp_profiles\":[\"default\",\"strict\"]},\"run_dir\":",
                    d->userns && d->seccomp ? "false" : "true", d->cfg->uid_base,
                    SCH_UID_RANGE_SIZE);
     cm_jbuf_cstr(out, d->cfg->run_dir);
@@ -940,6 +979,35 @@ static void p_destroy(struct sch_driver *base)
     free(d);
 }
 
+/* One parent cgroup caps every sandbox of this host together: the host's memory and CPUs minus
+ * scheduler.reserve, so that the gateway, Redis and the scheduler keep working under load. */
+static void limit_all_sandboxes(struct pdriver *d)
+{
+    uint64_t mem = 0;
+    uint32_t cpu = 0;
+    char err[256] = "";
+    if (sch_host_resources(&mem, &cpu) < 0) {
+        cm_log_warn("cgroup",
+                    "cannot read the host's memory and CPUs: sandboxes not capped together");
+        return;
+    }
+    /* A reserve as large as the host leaves a token share, never "no limit". */
+    uint64_t mem_cap =
+        mem > d->cfg->reserve_memory + (64u << 20) ? mem - d->cfg->reserve_memory : 64u << 20;
+    uint32_t cpu_cap =
+        cpu > d->cfg->reserve_cpu_millis + 100 ? cpu - d->cfg->reserve_cpu_millis : 100;
+    if (sch_cgroups_limit_parent(d->cg, mem_cap, cpu_cap, err, sizeof(err)) < 0)
+        cm_log_warn("cgroup", "cap on all sandboxes not fully applied err=\"%s\"", err);
+    else
+        cm_log_info("cgroup",
+                    "all sandboxes capped memory=%" PRIu64 " cpu_millis=%u "
+                    "(host %" PRIu64 ", %u; reserve %" PRIu64 ", %u)",
+                    mem_cap, cpu_cap, mem, cpu, d->cfg->reserve_memory, d->cfg->reserve_cpu_millis);
+    const char *sw = sch_cgroups_swap_warning(d->cg);
+    if (sw)
+        cm_log_warn("cgroup", "swap not limited with memory reason=\"%s\"", sw);
+}
+
 /* Compiles the profiles and probes the host. Without a user namespace or seccomp the driver
  * refuses to start unless scheduler.insecure is set, and then says so at every start. */
 static int probe_security(struct pdriver *d, char *err, size_t errlen)
@@ -947,8 +1015,8 @@ static int probe_security(struct pdriver *d, char *err, size_t errlen)
     char cerr[160] = "";
     int compiled = 1;
     for (size_t i = 0; i < CM_ARRAY_SIZE(d->progs) && compiled; i++)
-        compiled = sch_seccomp_compile(sch_seccomp_profiles[i], &d->progs[i], cerr,
-                                       sizeof(cerr)) == 0;
+        compiled =
+            sch_seccomp_compile(sch_seccomp_profiles[i], &d->progs[i], cerr, sizeof(cerr)) == 0;
     struct sch_host_support hs;
     sch_hostcheck(&hs, compiled ? &d->progs[0] : NULL, cerr, d->cfg->uid_base);
     d->userns = hs.userns;
@@ -956,8 +1024,9 @@ static int probe_security(struct pdriver *d, char *err, size_t errlen)
     snprintf(d->userns_why, sizeof(d->userns_why), "%s", hs.userns_why);
     snprintf(d->seccomp_why, sizeof(d->seccomp_why), "%s", hs.seccomp_why);
     if (d->userns && d->seccomp) {
-        cm_log_info("driver", "sandbox security: user namespaces and seccomp available "
-                              "uid_base=%u",
+        cm_log_info("driver",
+                    "sandbox security: user namespaces and seccomp available "
+                    "uid_base=%u",
                     d->cfg->uid_base);
         return 0;
     }
@@ -1031,6 +1100,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char 
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    limit_all_sandboxes(d);
     for (int i = 0; i < SCH_CG_COUNT; i++) {
         const char *w = sch_cgroups_warning(d->cg, (enum sch_cg_ctrl)i);
         if (w)

@@ -31,6 +31,7 @@ def probe_template(name="probe", **over):
         "cpus": 1,
         "workspace_size": "16MiB",
         "data_size": "32MiB",
+        "io": {"read_bps": "8MiB", "write_iops": 500},
         "ready_timeout": "%ds" % (20 * SLOW),
         "ttl": "1h",
         "idle_timeout": "10m",
@@ -477,3 +478,35 @@ def test_scheduler_stays_healthy_throughout(st):
     assert curl(st.scheduler_url("/healthz"), timeout=5).status == 200
     r = curl(st.scheduler_url("/v1/status"), timeout=5)
     assert r.status in (200, 401)
+
+
+def test_io_limits_apply_to_the_session_s_device(st):
+    """The template's io limits land on the session's own loop device (its /data), in the
+    instance's blkio/io cgroup."""
+    run(st, "sec-io", ["sh", "-c", "echo x > /data/x"])
+    iid = instance_of(st, "sec-io")
+    state = (Path(st.cfg["scheduler"]["run_dir"]) / iid / "state").read_text()
+    dirs = [l[7:] for l in state.splitlines() if l.startswith("cgroup=")]
+    dev = [l.split()[2] for l in open("/proc/self/mountinfo")
+           if l.split()[4] == "%s/%s/data" % (st.cfg["scheduler"]["run_dir"], iid)]
+    assert dev, "the session's file system is mounted on the instance's data/"
+    blkio = [d for d in dirs if "/blkio/" in d or Path(d, "io.max").exists()]
+    assert blkio, dirs
+    d = Path(blkio[0])
+    if (d / "io.max").exists():
+        text = (d / "io.max").read_text()
+        assert "rbps=8388608" in text and "wiops=500" in text, text
+    else:
+        assert (d / "blkio.throttle.read_bps_device").read_text().split()[1] == "8388608"
+        assert (d / "blkio.throttle.write_iops_device").read_text().split()[1] == "500"
+        major_minor = (d / "blkio.throttle.read_bps_device").read_text().split()[0]
+        assert major_minor.startswith("7:"), major_minor  # a loop device
+
+
+def test_all_sandboxes_share_one_capped_parent(st):
+    """scheduler.reserve: the parent cgroup of every instance is capped below the host."""
+    status = curl(st.scheduler_url("/v1/status"), timeout=5).json()
+    cg = status["driver"]["cgroups"]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < cg["memory"]["limit"] <= total - (512 << 20) + 4096, cg["memory"]
+    assert 0 < cg["cpu"]["limit_millis"] <= os.cpu_count() * 1000 - 500, cg["cpu"]
