@@ -7,7 +7,8 @@ Run with Debian's interpreter (the first python3 on PATH may be another build):
 What is here:
   binary(name)        absolute path of a built executable (berth-gateway, berth-echo, ...)
   free_port()         a free TCP port on 127.0.0.1
-  RedisServer         redis-server on a free loopback port, data in a temp dir
+  RedisServer         redis-server on a free loopback port, data in a temp dir (extra
+                      settings such as ACL users, and the AUTH its clients send)
   RedisClient         a small RESP client (Python sockets): r.cmd("HGETALL", key), r.hgetall()
   Proc                a daemon in its own process group with its output in a log file;
                       stop() sends SIGTERM to the group, then SIGKILL; sanitizer reports in
@@ -335,13 +336,18 @@ class RedisClient:
 
 
 class RedisServer:
-    """redis-server on a free 127.0.0.1 port (no persistence), data in <base>/redis."""
+    """redis-server on a free 127.0.0.1 port (no persistence), data in <base>/redis.
+    <args>: more command-line settings (e.g. ["--user", "berth", "on", ">pw", ...] for ACL
+    users); <auth>: (user, password) that client() sends first (for a server whose default
+    user is off)."""
 
-    def __init__(self, base, port=None):
+    def __init__(self, base, port=None, args=(), auth=None):
         self.base = Path(base)
         self.dir = self.base / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.args = [str(a) for a in args]
+        self.auth = auth
         self.proc = None
         self.start()
 
@@ -350,7 +356,7 @@ class RedisServer:
         self.proc = Proc("redis", [exe, "--port", self.port, "--bind", "127.0.0.1",
                                    "--dir", self.dir, "--save", "", "--appendonly", "no",
                                    "--daemonize", "no", "--protected-mode", "yes",
-                                   "--loglevel", "warning"],
+                                   "--loglevel", "warning"] + self.args,
                          self.base, env=dict(os.environ))
         wait_until(lambda: self.ping(), 10, "redis-server on port %d" % self.port)
 
@@ -362,7 +368,14 @@ class RedisServer:
             c.close()
 
     def client(self, timeout=5):
-        return RedisClient(self.port, timeout=timeout)
+        c = RedisClient(self.port, timeout=timeout)
+        if self.auth:
+            try:
+                c.cmd("AUTH", *self.auth)
+            except BaseException:
+                c.close()
+                raise
+        return c
 
     @property
     def address(self):
@@ -657,12 +670,12 @@ class Stack:
     """redis-server + berth-scheduler + berth-gateway from one config."""
 
     def __init__(self, base, overrides=None, start_scheduler=True, start_gateway=True,
-                 wait_pools=True):
+                 wait_pools=True, redis_args=(), redis_auth=None):
         self.base = Path(base)
         self.ports = {"gateway": free_port(), "admin": free_port(), "scheduler": free_port()}
         self.problems = []
         self.scheduler = self.gateway = None
-        self.redis_server = RedisServer(self.base)
+        self.redis_server = RedisServer(self.base, args=redis_args, auth=redis_auth)
         self.cfg = make_config(self.base, self.redis_server.address, self.ports, overrides)
         self.host_id = self.cfg["scheduler"]["host_id"]
         self.prefix = self.cfg["redis"]["prefix"]
