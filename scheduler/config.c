@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/secret.h"
 
 #define SEC "scheduler"
 
@@ -98,7 +99,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", NULL};
+        "api_max_connections", "api_secret", "api_secret_file", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
@@ -134,8 +135,25 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                      &c.api_max_header_bytes) ||
         cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC,
                          CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
-        cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns))
+        cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns) ||
+        cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
+                       CM_SECRET_TOKEN, &c.api_secret))
         goto fail;
+    if (!c.api_secret) {
+        /* No insecure default: anyone who reaches the API could start sandboxes and read
+         * every session's binding. */
+#define NO_SECRET                                                                              \
+    "api_secret or api_secret_file is required: the shared secret (%d-%d visible ASCII "      \
+    "characters, e.g. `openssl rand -hex 32`) that the gateway sends to this API as "         \
+    "\"Authorization: Bearer <secret>\""
+        if (section)
+            cm_conf_fail(&ctx, section, SEC, NULL, NO_SECRET, CM_API_SECRET_MIN, CM_SECRET_MAX);
+        else
+            snprintf(err, errlen, "%s: scheduler: (no such section) " NO_SECRET, file,
+                     CM_API_SECRET_MIN, CM_SECRET_MAX);
+#undef NO_SECRET
+        goto fail;
+    }
     c.capacity = (uint32_t)capacity;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
@@ -218,5 +236,6 @@ void sch_config_fini(struct sch_config *c)
     free(c->cgroup_parent);
     free(c->agent_path);
     cm_strv_free(c->ro_binds);
+    cm_secret_free(c->api_secret);
     memset(c, 0, sizeof(*c));
 }

@@ -38,10 +38,12 @@ struct sch_config {
     uint64_t api_max_header_bytes; /* scheduler API: request line and headers */
     cm_usec_t api_timeout;         /* scheduler API: idle, reading a request, writing an answer */
     uint32_t api_max_connections;  /* scheduler API: connections open at once */
+    char *api_secret; /* required: POST /v1/start and the full GET /v1/status need
+                       * "Authorization: Bearer <api_secret>" (api_secret or api_secret_file) */
 };
 
-/* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file
- * in messages. Relative paths are made absolute against the current working directory. On
+/* Parses the `scheduler:` mapping <section> (NULL: all defaults, which fails: the API secret
+ * has no default). <file> names the config file in messages. Relative paths are made absolute against the current working directory. On
  * success fills <ret> (release with sch_config_fini()) and returns 0; on failure returns
  * -EINVAL with "file:line:col: scheduler.key: message" in <err>, and <ret> is left empty. */
 int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,

@@ -16,7 +16,8 @@ What is here:
   curl(url, ...)      runs real curl; returns Response(status, headers, body); .json()
   curl_stream(...)    runs curl -N and yields (seconds since start, line) as lines arrive
   make_config(...)    a config dict (the sample config's shape) with overrides deep-merged;
-                      write_config() writes it (JSON is YAML)
+                      write_config() writes it (JSON is YAML); its scheduler.api_secret is
+                      SCHED_SECRET (Stack.sched_api() sends it)
   Stack               redis + berth-scheduler + berth-gateway from one config, started and
                       waited for (gateway /readyz, scheduler /healthz, pools filled in Redis),
                       always stopped (instances killed, mounts undone, dirs removed)
@@ -57,6 +58,8 @@ BUILD_DIR = _build if _build.is_absolute() else REPO / _build
 DEV_KEY = "berth-dev-key"          # tenant "default" (the sample config's development key)
 OTHER_KEY = "berth-other-key"      # tenant "other"
 PREFIX = "berth:"
+# The scheduler API's shared secret (scheduler.api_secret) of every stack the tests make.
+SCHED_SECRET = "test-sched-" + os.urandom(24).hex()
 
 
 def _sha256(s):
@@ -618,6 +621,7 @@ def make_config(base, redis_address, ports, overrides=None, host_id=None):
             "reap_interval": "200ms",
             "cgroup_parent": "berth-test-%s" % host_id,
             "ro_binds": [str(Path(binary("berth-echo")).parent)],
+            "api_secret": SCHED_SECRET,
         },
     }
     return deep_merge(cfg, overrides)
@@ -772,6 +776,18 @@ class Stack:
         if session is not None:
             h["x-fc-session-id"] = session
         return curl(self.url(path), headers=h, **kw)
+
+    def sched_api(self, path, method=None, body=None, secret=SCHED_SECRET, headers=None, **kw):
+        """A call to the scheduler's API, with "Authorization: Bearer <secret>" unless
+        <secret> is None; <body>: a dict sent as JSON, or bytes/str as they are."""
+        h = dict(headers or {})
+        if secret is not None:
+            h["Authorization"] = "Bearer %s" % secret
+        data = None
+        if body is not None:
+            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        return curl(self.scheduler_url(path), method=method, headers=h, data=data, **kw)
 
     def api(self, method, path, body=None, key=DEV_KEY, headers=None, **kw):
         h = dict(headers or {})

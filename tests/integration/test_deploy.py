@@ -24,24 +24,45 @@ def check_config(path):
     return g.stdout, s.stdout
 
 
-def test_built_sample_config_is_valid():
+SECRET_LINE = re.compile(r"^  api_secret_file: (\S+)$", re.M)
+
+
+def with_secret_file(path, tmp_path, mode=0o600, content="s" * 40 + "\n"):
+    """A copy of the config <path> in <tmp_path> whose scheduler.api_secret_file names a new
+    file there (<content>, <mode>): the sample names <sysconfdir>/berth/api_secret, which an
+    installation makes. Returns (copy, the path it named, the secret file)."""
+    text = Path(path).read_text()
+    m = SECRET_LINE.search(text)
+    assert m, "no scheduler.api_secret_file in %s" % path
+    secret = tmp_path / "api_secret"
+    secret.write_text(content)
+    os.chmod(secret, mode)
+    copy = tmp_path / "berth.yaml"
+    copy.write_text(text[:m.start(1)] + str(secret) + text[m.end(1):])
+    return copy, m.group(1), secret
+
+
+def test_built_sample_config_is_valid(tmp_path):
     built = BUILD_DIR / "deploy" / "berth.yaml"
     text = built.read_text()
-    assert "@BINDIR@" not in text
+    assert "@BINDIR@" not in text and "@SYSCONFDIR@" not in text
     echo_dir = str(Path(binary("berth-echo")).parent)
     assert '"%s/berth-echo"' % echo_dir in text
     assert 'ro_binds: ["%s"]' % echo_dir in text
-    gw, sch = check_config(built)
+    conf, named, _ = with_secret_file(built, tmp_path)
+    assert named.endswith("/berth/api_secret"), named
+    gw, sch = check_config(conf)
     assert "1 templates" in gw
-    assert "templates=1" in sch
+    assert "templates=1" in sch and "api_secret=set" in sch
+    assert "s" * 40 not in gw + sch  # the secret is never printed
 
 
-def test_installed_sample_config_is_valid():
+def test_installed_sample_config_is_valid(tmp_path):
     installed = BUILD_DIR / "deploy" / "berth.installed.yaml"
     text = installed.read_text()
     assert "@" not in re.sub(r"#.*", "", text)
     assert "/bin/berth-echo" in text
-    check_config(installed)
+    check_config(with_secret_file(installed, tmp_path)[0])
 
 
 def config_keys_in_sources():
