@@ -65,6 +65,30 @@ def test_installed_sample_config_is_valid(tmp_path):
     check_config(with_secret_file(installed, tmp_path)[0])
 
 
+def refusals(path):
+    """Both daemons' config checks on <path>, which must fail; returns their messages."""
+    out = []
+    for argv in ([binary("berth-gateway"), "-t", "-c", str(path)],
+                 [binary("berth-scheduler"), "--check", "-c", str(path)]):
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0, (argv, p.stdout)
+        out.append(p.stderr)
+    return out
+
+
+def test_sample_config_needs_its_secret_file(tmp_path):
+    """No insecure fallback: until the secret file exists (and only its owner may read it),
+    neither daemon accepts the sample; the message names the key and the file."""
+    conf, _, secret = with_secret_file(BUILD_DIR / "deploy" / "berth.yaml", tmp_path)
+    secret.unlink()
+    for err in refusals(conf):
+        assert "scheduler.api_secret_file: cannot open '%s': No such file" % secret in err, err
+    conf, _, secret = with_secret_file(BUILD_DIR / "deploy" / "berth.yaml", tmp_path,
+                                       mode=0o644)
+    for err in refusals(conf):
+        assert "is open to group or others (mode 0644)" in err, err
+
+
 def config_keys_in_sources():
     """Every key the config parsers accept: the string literals of their `keys` tables."""
     keys = {}

@@ -6,6 +6,8 @@ redis-server, the real berth-scheduler and berth-gateway, real curl.
   GET /v1/status without it answers host-level counts only; /healthz stays open.
 - A start for a tenant the config does not define: 400 unknown_tenant.
 - The scheduler does not start without a secret, nor with a secret file others may read.
+- The gateway sends the secret from the same keys (on-demand starts work); with another secret
+  its starts are refused and it says why.
 
 Run as root: BERTH_BUILD_DIR=build /usr/bin/python3 -m pytest
 tests/integration/test_scheduler_auth.py
@@ -185,3 +187,44 @@ def test_scheduler_refuses_a_secret_file_others_may_read(redis_server, tmp_short
     err = run_scheduler_expecting_failure(tmp_short, cfg)
     assert "must be at least 32 bytes" in err, err
     assert not redis_server.client().scan("berth:*")
+
+
+# ------------------------------------------------------------------ the gateway as the client
+
+def test_gateway_sends_the_secret_from_a_secret_file(make_stack, tmp_short):
+    """Both daemons read the secret from the same 0600 file; with empty pools every new
+    session is an on-demand POST /v1/start from the gateway, which succeeds."""
+    secret = tmp_short / "api_secret"
+    fd = os.open(str(secret), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (SCHED_SECRET + "\n").encode())
+    os.close(fd)
+    s = make_stack({"templates": [echo_template(pool={"min": 0, "max": 4})],
+                    "scheduler": {"api_secret": None, "api_secret_file": str(secret)}},
+                   wait_pools=False)
+    assert "api_secret_file" in json.loads(open(s.config_path).read())["scheduler"]
+    for n in range(2):
+        r = s.get("/", session="from-file-%d" % n)
+        assert r.status == 200, (r, s.gateway.tail(), s.scheduler.tail())
+    log = s.scheduler.log()
+    assert log.count("start answered") == 2, log
+    assert "request refused" not in log
+
+
+def test_gateway_with_another_secret_gets_no_session(make_stack):
+    """A gateway whose secret differs: the scheduler refuses its start (401), the client gets
+    a 500 (not a retryable 503), both daemons say why, and nothing is bound."""
+    s = make_stack({"templates": [echo_template(pool={"min": 0, "max": 4})]},
+                   wait_pools=False, start_gateway=False)
+    cfg = json.loads(open(s.config_path).read())
+    cfg["scheduler"]["api_secret"] = "another-secret-" + "y" * 32
+    s.config_path = write_config(s.base / "gateway-wrong.yaml", cfg)
+    s.start_gateway()
+    r = s.get("/", session="wrong-secret")
+    assert r.status == 500, (r, s.gateway.tail())
+    assert r.json()["error"]["code"] == "internal"
+    wait_until(lambda: "scheduler refused the start" in s.gateway.log(), 5 * SLOW,
+               "the gateway to log the refusal")
+    assert "status=401" in s.gateway.log()
+    assert 'msg="request refused: wrong secret" method=POST path=/v1/start' in s.scheduler.log()
+    assert not s.redis.scan(s.key("s:*"))
+    assert s.gateway.alive() and s.scheduler.alive()
