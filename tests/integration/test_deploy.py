@@ -3,6 +3,7 @@ units and Kubernetes manifests are well-formed and carry a config the daemons ac
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_sample_config_documents_every_key():
     assert not missing, "keys not documented in deploy/config/berth.yaml: %s" % missing
 
 
-def test_systemd_units():
+def test_systemd_units(tmp_path):
     d = BUILD_DIR / "deploy"
     units = {}
     for name in ["berth-scheduler.service", "berth-gateway.service"]:
@@ -142,6 +143,21 @@ def test_systemd_units():
     # the config path the units use is where meson installs the sample
     conf = sch["ExecStart"][0].split()[-1]
     assert conf.endswith("/berth/berth.yaml")
+    # The scheduler makes the API secret the installed config names, once, root's only.
+    named = SECRET_LINE.search((d / "berth.installed.yaml").read_text()).group(1)
+    assert named == os.path.dirname(conf) + "/api_secret", (named, conf)
+    make = [v for v in sch["ExecStartPre"] if "api_secret" in v]
+    assert len(make) == 1, sch["ExecStartPre"]
+    argv = shlex.split(make[0].replace("$$", "$"))  # what systemd runs
+    assert argv[:2] == ["/bin/sh", "-c"], argv
+    target = tmp_path / "api_secret"
+    script = argv[2].replace(named, str(target))
+    subprocess.run(["/bin/sh", "-c", script], check=True, timeout=30)
+    first = target.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", first), first
+    assert (target.stat().st_mode & 0o777) == 0o600, oct(target.stat().st_mode)
+    subprocess.run(["/bin/sh", "-c", script], check=True, timeout=30)
+    assert target.read_text() == first  # kept, not replaced
     analyze = "/usr/bin/systemd-analyze"
     if os.path.exists(analyze):
         for name in units:
