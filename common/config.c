@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "compat.h"
+#include "secret.h"
 
 int cm_conf_fail(struct cm_conf_ctx *ctx, const struct cm_ynode *at, const char *path,
                  const char *key, const char *fmt, ...)
@@ -297,12 +298,15 @@ int cm_conf_strv(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char
 static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                       struct cm_redis_config *r)
 {
-    static const char *const keys[] = {"address", "password", "prefix", "db",
-                                       "connect_timeout", "command_timeout", NULL};
+    static const char *const keys[] = {"address", "username", "password", "password_file",
+                                       "prefix", "db", "connect_timeout", "command_timeout",
+                                       NULL};
     uint64_t db;
     if (cm_conf_keys(ctx, m, "redis", keys) || cm_conf_str(ctx, m, "redis", "address",
                                                            "127.0.0.1:6379", &r->address) ||
-        cm_conf_str(ctx, m, "redis", "password", NULL, &r->password) ||
+        cm_conf_str(ctx, m, "redis", "username", NULL, &r->username) ||
+        cm_conf_secret(ctx, m, "redis", "password", "password_file", 1, CM_SECRET_LINE,
+                       &r->password) ||
         cm_conf_str(ctx, m, "redis", "prefix", "berth:", &r->prefix) ||
         cm_conf_u64(ctx, m, "redis", "db", 0, 0, 255, &db) ||
         cm_conf_duration(ctx, m, "redis", "connect_timeout", 2 * CM_USEC_PER_SEC,
@@ -314,6 +318,20 @@ static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
     if (strlen(r->prefix) > 64)
         return cm_conf_fail(ctx, cm_ynode_get(m, "prefix"), "redis", "prefix",
                             "must be at most 64 characters");
+    if (r->username) {
+        const struct cm_ynode *at = cm_ynode_get(m, "username");
+        size_t n = strlen(r->username);
+        int ok = n >= 1 && n <= 128;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = r->username[i] > 0x20 && r->username[i] < 0x7f;
+        if (!ok)
+            return cm_conf_fail(ctx, at, "redis", "username",
+                                "must be 1-128 visible ASCII characters");
+        if (!r->password)
+            return cm_conf_fail(ctx, at, "redis", "username",
+                                "needs redis.password or redis.password_file (AUTH username "
+                                "password)");
+    }
     return 0;
 }
 
@@ -608,7 +626,8 @@ void cm_config_free(struct cm_config *cfg)
     }
     free(cfg->templates);
     free(cfg->redis.address);
-    free(cfg->redis.password);
+    free(cfg->redis.username);
+    cm_secret_free(cfg->redis.password);
     free(cfg->redis.prefix);
     free(cfg->log_level);
     cm_ynode_free(cfg->root);

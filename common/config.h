@@ -83,8 +83,9 @@ struct cm_tenant {
 };
 
 struct cm_redis_config {
-    char *address; /* "host:port" or "unix:/path" */
-    char *password;
+    char *address;  /* "host:port" or "unix:/path" */
+    char *username; /* ACL user (AUTH username password); NULL: the default user */
+    char *password; /* redis.password or the content of redis.password_file; NULL: no AUTH */
     char *prefix;
     uint32_t db;
     cm_usec_t connect_timeout;

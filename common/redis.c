@@ -6,6 +6,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +54,10 @@ struct cm_redis {
     struct pending *head, *tail; /* commands in flight, oldest first */
     struct sub *subs;
     int handshake_left;
+    int handshake_failed;       /* this connection's handshake was refused (reported once) */
+    cm_redis_refused_cb refused_cb;
+    void *refused_data;
+    char last_refusal[160];     /* reported refusal, until a handshake succeeds */
 };
 
 static void start_connect(struct cm_redis *r);
@@ -208,14 +213,27 @@ static void on_subscribe_reply(redisAsyncContext *ac, void *rep, void *privdata)
 static void on_handshake(struct redisReply *reply, const char *err, void *data)
 {
     struct cm_redis *r = data;
+    (void)reply;
     if (err) {
-        /* Wrong password or db: keep retrying with backoff, the operator sees the state. */
+        /* Wrong user, password or db: keep retrying with backoff. The first refusal of this
+         * connection is what Redis said (AUTH comes first); its later commands only fail for
+         * the same reason. Each different refusal is reported once. */
+        if (!r->handshake_failed && err != cm_redis_err_disconnected &&
+            err != cm_redis_err_timeout && strcmp(err, r->last_refusal) != 0) {
+            snprintf(r->last_refusal, sizeof(r->last_refusal), "%s", err);
+            if (r->refused_cb)
+                r->refused_cb(r, err, r->refused_data);
+        }
+        r->handshake_failed = 1;
         if (r->ac)
             redisAsyncDisconnect(r->ac);
         return;
     }
+    if (r->handshake_failed)
+        return;
     if (--r->handshake_left == 0) {
         r->backoff = BACKOFF_MIN;
+        r->last_refusal[0] = '\0';
         set_state(r, CM_REDIS_CONNECTED);
         for (struct sub *s = r->subs; s; s = s->next)
             redisAsyncCommand(r->ac, on_subscribe_reply, NULL, "SUBSCRIBE %s", s->channel);
@@ -252,6 +270,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     r->handshake_left = 1;
+    r->handshake_failed = 0;
     if (r->cfg->password && *r->cfg->password)
         r->handshake_left++;
     if (r->cfg->db)
@@ -259,12 +278,16 @@ static void on_connect(const redisAsyncContext *ac, int status)
     /* Pretend connected for the handshake commands only. */
     r->state = CM_REDIS_CONNECTING;
     if (r->cfg->password && *r->cfg->password) {
-        const char *argv[] = {"AUTH", r->cfg->password};
-        size_t lens[] = {4, strlen(r->cfg->password)};
+        /* AUTH <username> <password> for an ACL user (Redis 6+), AUTH <password> for the
+         * default user (requirepass). */
+        int user = r->cfg->username && *r->cfg->username;
+        const char *argv[] = {"AUTH", user ? r->cfg->username : r->cfg->password,
+                              r->cfg->password};
+        size_t lens[] = {4, strlen(argv[1]), strlen(r->cfg->password)};
         struct pending *p = calloc(1, sizeof(*p));
         if (p) {
             p->r = r, p->cb = on_handshake, p->data = r, p->script = -1;
-            if (send_pending(r, p, 2, argv, lens) < 0)
+            if (send_pending(r, p, user ? 3 : 2, argv, lens) < 0)
                 pending_free(p);
         }
     }
@@ -426,6 +449,12 @@ void cm_redis_destroy(struct cm_redis *r)
 enum cm_redis_state cm_redis_state(const struct cm_redis *r)
 {
     return r->state;
+}
+
+void cm_redis_set_refused_cb(struct cm_redis *r, cm_redis_refused_cb cb, void *data)
+{
+    r->refused_cb = cb;
+    r->refused_data = data;
 }
 
 const char *cm_redis_prefix(const struct cm_redis *r)

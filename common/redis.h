@@ -32,6 +32,11 @@ extern const char cm_redis_err_not_connected[];
 typedef void (*cm_redis_reply_cb)(struct redisReply *reply, const char *err, void *data);
 /* Connection state changes: <connected> 1 after AUTH/SELECT succeeded, 0 when lost. */
 typedef void (*cm_redis_state_cb)(struct cm_redis *r, int connected, void *data);
+/* Redis refused the connection's handshake (AUTH: wrong user or password, or SELECT): <err>
+ * is Redis's error text (borrowed), e.g. "WRONGPASS invalid username-password pair or user
+ * is disabled.". The client keeps retrying with backoff; this runs once per different
+ * refusal until a connection succeeds again, so a daemon can log it without flooding. */
+typedef void (*cm_redis_refused_cb)(struct cm_redis *r, const char *err, void *data);
 /* A message on a subscribed channel; <msg> is borrowed. */
 typedef void (*cm_redis_message_cb)(const char *channel, const char *msg, size_t len, void *data);
 
@@ -41,6 +46,8 @@ struct cm_redis *cm_redis_create(struct event_base *base, const struct cm_redis_
                                  cm_redis_state_cb state_cb, void *data);
 /* Fails every pending command with cm_redis_err_disconnected, then frees. Takes NULL. */
 void cm_redis_destroy(struct cm_redis *r);
+/* Sets (or clears, <cb> NULL) what runs when Redis refuses the handshake. */
+void cm_redis_set_refused_cb(struct cm_redis *r, cm_redis_refused_cb cb, void *data);
 enum cm_redis_state cm_redis_state(const struct cm_redis *r);
 const char *cm_redis_prefix(const struct cm_redis *r);
 

@@ -13,7 +13,9 @@
 
 #include "common/config.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/redis.h"
+#include "common/secret.h"
 #include "common/store.h"
 #include "gateway/config.h"
 
@@ -43,6 +45,7 @@ struct gw_claim {
     char *meta;
     struct evhttp_connection *http;
     struct event *timeout_ev;
+    char api[136]; /* the scheduler asked to start (CLAIM_START), for logs */
 };
 
 struct gw_claimer {
@@ -51,6 +54,8 @@ struct gw_claimer {
     const struct gw_config *gc;
     struct gw_metrics *m;
     struct gw_claim *running;
+    cm_usec_t refused_logged; /* a scheduler's 401 was last logged (monotonic) */
+    unsigned refused_quiet;   /* 401s not logged since */
 };
 
 struct gw_claimer *gw_claimer_create(struct event_base *base, struct cm_redis *redis,
@@ -160,6 +165,24 @@ static void on_start_reply(struct evhttp_request *req, void *arg)
     if (event_base_once(cl->c->base, -1, EV_TIMEOUT, free_start_conn, cl->http, &zero) < 0)
         evhttp_connection_free_on_completion(cl->http);
     cl->http = NULL;
+    if (status == 401) {
+        /* Our scheduler.api_secret is not the scheduler's: a configuration error, not a lack
+         * of capacity (a retry would not help). Logged at most once a second per loop. */
+        struct gw_claimer *c = cl->c;
+        cm_usec_t now = cm_now_mono();
+        if (!c->refused_logged || now - c->refused_logged >= CM_USEC_PER_SEC) {
+            cm_log_error("claim",
+                         "scheduler refused the start: scheduler.api_secret differs from the "
+                         "scheduler's status=401 api=%s not_logged=%u",
+                         cl->api, c->refused_quiet);
+            c->refused_logged = now;
+            c->refused_quiet = 0;
+        } else {
+            c->refused_quiet++;
+        }
+        finish(cl, GW_ERR_INTERNAL);
+        return;
+    }
     if (!req || status != 200) {
         /* 503 from the scheduler, a timeout or a connection failure: no capacity now. */
         finish(cl, GW_ERR_NO_CAPACITY);
@@ -201,6 +224,7 @@ static int start_on_scheduler(struct gw_claim *cl, const char *api)
     int port = atoi(colon + 1);
     if (port <= 0 || port > 65535)
         return -EINVAL;
+    snprintf(cl->api, sizeof(cl->api), "%s", api);
     cl->http = evhttp_connection_base_new(c->base, NULL, host, (unsigned short)port);
     if (!cl->http)
         return -ENOMEM;
@@ -236,6 +260,16 @@ static int start_on_scheduler(struct gw_claim *cl, const char *api)
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", api);
     evhttp_add_header(h, "Content-Type", "application/json");
+    if (c->gc->scheduler_secret) {
+        char auth[CM_SECRET_MAX + 8];
+        snprintf(auth, sizeof(auth), "Bearer %s", c->gc->scheduler_secret);
+        int rc = evhttp_add_header(h, "Authorization", auth); /* copies it */
+        explicit_bzero(auth, sizeof(auth));
+        if (rc < 0) {
+            evhttp_request_free(req);
+            return -ENOMEM;
+        }
+    }
     evbuffer_add(evhttp_request_get_output_buffer(req), jb.data, jb.len);
     cm_jbuf_fini(&jb);
     /* evhttp frees <req> after the callback, and also when this call fails. */

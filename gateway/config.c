@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/secret.h"
+
 static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct gw_limits *l)
 {
     static const char *const keys[] = {
@@ -160,6 +162,32 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
     return 0;
 }
 
+/* The scheduler API's secret, from the scheduler's own keys in the shared file (the gateway
+ * reads only those two there). */
+static int load_scheduler_secret(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
+                                 struct gw_config *gc)
+{
+    const struct cm_ynode *sched = cm_ynode_get(cfg->root, "scheduler");
+    if (sched && sched->type != CM_YNODE_MAP)
+        sched = NULL; /* the scheduler reports that */
+    if (cm_conf_secret(ctx, sched, "scheduler", "api_secret", "api_secret_file",
+                       CM_API_SECRET_MIN, CM_SECRET_TOKEN, &gc->scheduler_secret))
+        return -EINVAL;
+    if (gc->scheduler_secret)
+        return 0;
+    const struct cm_ynode *tpls = cm_ynode_get(cfg->root, "templates");
+    for (size_t i = 0; i < cfg->n_templates; i++) {
+        if (strcmp(cfg->templates[i].driver, "static") == 0)
+            continue;
+        return cm_conf_fail(ctx, sched ? sched : tpls->items[i], "scheduler", NULL,
+                            "api_secret or api_secret_file is required: template '%s' is "
+                            "started by a scheduler on demand, and the gateway must send the "
+                            "scheduler API's secret",
+                            cfg->templates[i].name);
+    }
+    return 0;
+}
+
 struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen)
 {
     static const char *const keys[] = {"listen",        "admin_listen", "workers",
@@ -219,6 +247,8 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         if (load_route(&ctx, cfg, &empty, 0, &gc->routes[0]))
             goto fail;
     }
+    if (load_scheduler_secret(&ctx, cfg, gc))
+        goto fail;
     return gc;
 fail:
     gw_config_free(gc);
@@ -241,6 +271,7 @@ void gw_config_free(struct gw_config *gc)
         free(r->preview_domain);
     }
     free(gc->routes);
+    cm_secret_free(gc->scheduler_secret);
     free(gc->listen);
     free(gc->admin_listen);
     free(gc);

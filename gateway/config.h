@@ -65,6 +65,10 @@ struct gw_config {
     uint32_t retry_after;     /* seconds, sent with 503 no_capacity */
     cm_usec_t shutdown_grace; /* on SIGTERM: how long open exchanges may finish */
     struct gw_limits limits;
+    /* scheduler.api_secret / api_secret_file of the same file: sent to the schedulers' API
+     * ("Authorization: Bearer ..."). Required when a template is started by schedulers; NULL
+     * when every template is static and none is set. */
+    char *scheduler_secret;
     struct gw_route *routes;
     size_t n_routes;
 };

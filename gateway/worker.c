@@ -135,6 +135,17 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     }
 }
 
+/* Wrong redis.username / password (or db): every connection keeps retrying; the first
+ * worker's command connection says why, once per different refusal. */
+static void on_redis_refused(struct cm_redis *r, const char *err, void *data)
+{
+    struct gw_worker *w = data;
+    (void)r;
+    const struct cm_redis_config *rc = &w->gc->common->redis;
+    cm_log_error("worker", "redis refused, retrying addr=%s user=%s err=\"%s\"", rc->address,
+                 rc->username ? rc->username : "default", err);
+}
+
 static void on_sub_state(struct cm_redis *r, int connected, void *data)
 {
     (void)r;
@@ -258,6 +269,8 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     w->sub = cm_redis_create(w->base, &gc->common->redis, on_sub_state, w);
     if (!w->cache || !w->ups || !w->redis || !w->sub)
         goto oom;
+    if (w->index == 0)
+        cm_redis_set_refused_cb(w->redis, on_redis_refused, w);
     w->claimer = gw_claimer_create(w->base, w->redis, gc, &w->metrics);
     if (!w->claimer)
         goto oom;

@@ -14,6 +14,7 @@
 #include "common/json.h"
 #include "common/key.h"
 #include "common/log.h"
+#include "common/secret.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
 #include "scheduler/paths.h"
@@ -42,6 +43,8 @@ struct sch_api {
     struct cm_httpd *http;
     struct sch_start_req *reqs;
     unsigned n_pending;
+    cm_usec_t unauth_logged; /* when a refused request was last logged (monotonic) */
+    unsigned unauth_quiet;   /* refusals not logged since */
 };
 
 /* ------------------------------------------------------------------ replies */
@@ -286,6 +289,13 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
         rc = -EINVAL;
         snprintf(why, sizeof(why), "tenant must be 1-63 characters of [A-Za-z0-9._-]");
     }
+    const char *code400 = "bad_request";
+    if (rc == 0 && !cm_config_tenant(ctx->cfg, r->tenant)) {
+        /* Only the configured tenants own sessions (and storage under storage_root). */
+        rc = -EINVAL;
+        code400 = "unknown_tenant";
+        snprintf(why, sizeof(why), "no tenant named '%s'", r->tenant);
+    }
     if (rc == 0 &&
         (rc = json_str(body, "source", 1, r->source, sizeof(r->source), why, sizeof(why))) == 0 &&
         strcmp(r->source, CM_KEY_SRC_SID) && strcmp(r->source, CM_KEY_SRC_MCP) &&
@@ -314,7 +324,7 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
     if (rc < 0) {
         free(r->meta);
         free(r);
-        reply_error(req, 400, "bad_request", "%s", why);
+        reply_error(req, 400, code400, "%s", why);
         return;
     }
     const char *code = NULL;
@@ -356,7 +366,9 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
 
 /* ------------------------------------------------------------------ status */
 
-static void handle_status(struct sch_api *api, struct cm_httpd_req *req)
+/* <full>: the caller sent the secret. Without it, host-level counts only: no instance,
+ * session, address or driver detail (paths, cgroups). */
+static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int full)
 {
     struct sch_ctx *ctx = api->ctx;
     unsigned by_state[SCH_INST_GONE + 1] = {0};
@@ -366,16 +378,21 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req)
     cm_jbuf_init(&b);
     cm_jbuf_raw(&b, "{\"host\":", 8);
     cm_jbuf_cstr(&b, ctx->sc->host_id);
-    cm_jbuf_raw(&b, ",\"api\":", 7);
-    cm_jbuf_cstr(&b, ctx->api_addr);
+    if (full) {
+        cm_jbuf_raw(&b, ",\"api\":", 7);
+        cm_jbuf_cstr(&b, ctx->api_addr);
+    }
     cm_jbuf_printf(&b,
-                   ",\"capacity\":%u,\"live\":%u,\"free\":%u,\"redis\":\"%s\","
-                   "\"recovered\":%s,\"pending_starts\":%u,\"driver\":",
-                   ctx->sc->capacity, ctx->n_live,
+                   ",\"authenticated\":%s,\"capacity\":%u,\"live\":%u,\"free\":%u,"
+                   "\"redis\":\"%s\",\"recovered\":%s,\"pending_starts\":%u",
+                   full ? "true" : "false", ctx->sc->capacity, ctx->n_live,
                    ctx->n_live >= ctx->sc->capacity ? 0 : ctx->sc->capacity - ctx->n_live,
                    sch_redis_connected(ctx) ? "connected" : "disconnected",
                    ctx->recovered ? "true" : "false", api->n_pending);
-    ctx->drv->ops->status(ctx->drv, &b);
+    if (full) {
+        cm_jbuf_raw(&b, ",\"driver\":", 10);
+        ctx->drv->ops->status(ctx->drv, &b);
+    }
     cm_jbuf_raw(&b, ",\"states\":{", 11);
     for (int s = 0; s < SCH_INST_GONE; s++)
         cm_jbuf_printf(&b, "%s\"%s\":%u", s ? "," : "", sch_inst_state_name((enum sch_inst_state)s),
@@ -391,6 +408,12 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req)
         cm_jbuf_cstr(&b, p->tpl->name);
         cm_jbuf_printf(&b, ",\"min\":%u,\"max\":%u,\"warm\":%" PRIu64 ",\"starting\":%u}",
                        p->tpl->pool_min, p->tpl->pool_max, p->warm, sch_pool_starting(ctx, p->tpl));
+    }
+    if (!full) {
+        cm_jbuf_raw(&b, "]}", 2);
+        reply_json(req, 200, &b);
+        cm_jbuf_fini(&b);
+        return;
     }
     cm_jbuf_raw(&b, "],\"instances\":[", 15);
     for (struct sch_inst *i = ctx->insts; i; i = i->next) {
@@ -412,6 +435,37 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req)
 
 /* ------------------------------------------------------------------ routing */
 
+/* A request without the right secret: logged at most once a second (with how many were not),
+ * so that a caller probing the API cannot flood the log. */
+static void log_refused(struct sch_api *api, struct cm_httpd_req *req, int had_header)
+{
+    cm_usec_t now = cm_now_mono();
+    if (api->unauth_logged && now - api->unauth_logged < CM_USEC_PER_SEC) {
+        api->unauth_quiet++;
+        return;
+    }
+    cm_log_warn("api", "request refused: %s secret method=%s path=%s not_logged=%u",
+                had_header ? "wrong" : "no", cm_httpd_method_name(req), cm_httpd_path(req),
+                api->unauth_quiet);
+    api->unauth_logged = now;
+    api->unauth_quiet = 0;
+}
+
+/* 1 when <req> carries "Authorization: Bearer <scheduler.api_secret>". */
+static int authenticated(const struct sch_api *api, const struct cm_httpd_req *req)
+{
+    return cm_secret_bearer_ok(cm_httpd_header(req, "Authorization"), api->ctx->sc->api_secret);
+}
+
+static void reply_unauthorized(struct sch_api *api, struct cm_httpd_req *req)
+{
+    log_refused(api, req, cm_httpd_header(req, "Authorization") != NULL);
+    (void)cm_httpd_add_header(req, "WWW-Authenticate", "Bearer");
+    reply_error(req, 401, "unauthorized",
+                "send \"Authorization: Bearer <secret>\" with the secret of "
+                "scheduler.api_secret / api_secret_file");
+}
+
 static void on_request(struct cm_httpd_req *req, void *arg)
 {
     struct sch_api *api = arg;
@@ -420,13 +474,22 @@ static void on_request(struct cm_httpd_req *req, void *arg)
     const char *allow = NULL;
     if (strcmp(path, "/v1/start") == 0) {
         if (m == CM_HTTP_POST) {
-            handle_start(api, req);
+            if (!authenticated(api, req))
+                reply_unauthorized(api, req);
+            else
+                handle_start(api, req);
             return;
         }
         allow = "POST";
     } else if (strcmp(path, "/v1/status") == 0 || strcmp(path, "/healthz") == 0) {
         if (m == CM_HTTP_GET && path[1] == 'v') {
-            handle_status(api, req);
+            /* Open, but the instances (sessions, addresses) only to who has the secret; a
+             * wrong secret is refused rather than answered with less. */
+            const char *auth = cm_httpd_header(req, "Authorization");
+            if (auth && !authenticated(api, req))
+                reply_unauthorized(api, req);
+            else
+                handle_status(api, req, auth != NULL);
             return;
         }
         if (m == CM_HTTP_GET) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/secret.h"
 
 #define SEC "scheduler"
 
@@ -99,7 +100,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", "uid_base", "insecure", "reserve", "socket_group", NULL};
+        "api_max_connections", "uid_base", "insecure", "reserve", "socket_group",
+        "api_secret", "api_secret_file", NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
@@ -145,7 +147,9 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_str(&ctx, section, SEC, "socket_group", NULL, &socket_group) ||
         cm_conf_keys(&ctx, reserve, SEC ".reserve", reserve_keys) ||
         cm_conf_size(&ctx, reserve, SEC ".reserve", "memory", 512u << 20, 0, 1ull << 50,
-                     &c.reserve_memory))
+                     &c.reserve_memory) ||
+        cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
+                       CM_SECRET_TOKEN, &c.api_secret))
         goto fail;
     c.reserve_cpu_millis = 500;
     const struct cm_ynode *rcpus = cm_ynode_get(reserve, "cpus");
@@ -184,6 +188,21 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     }
     free(socket_group);
     socket_group = NULL;
+    if (!c.api_secret) {
+        /* No insecure default: anyone who reaches the API could start sandboxes and read
+         * every session's binding. */
+#define NO_SECRET                                                                              \
+    "api_secret or api_secret_file is required: the shared secret (%d-%d visible ASCII "      \
+    "characters, e.g. `openssl rand -hex 32`) that the gateway sends to this API as "         \
+    "\"Authorization: Bearer <secret>\""
+        if (section)
+            cm_conf_fail(&ctx, section, SEC, NULL, NO_SECRET, CM_API_SECRET_MIN, CM_SECRET_MAX);
+        else
+            snprintf(err, errlen, "%s: scheduler: (no such section) " NO_SECRET, file,
+                     CM_API_SECRET_MIN, CM_SECRET_MAX);
+#undef NO_SECRET
+        goto fail;
+    }
     c.capacity = (uint32_t)capacity;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
@@ -267,5 +286,6 @@ void sch_config_fini(struct sch_config *c)
     free(c->cgroup_parent);
     free(c->agent_path);
     cm_strv_free(c->ro_binds);
+    cm_secret_free(c->api_secret);
     memset(c, 0, sizeof(*c));
 }

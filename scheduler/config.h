@@ -49,10 +49,12 @@ struct sch_config {
     uint64_t reserve_memory;       /* kept out of the sandboxes' common cgroup */
     uint32_t reserve_cpu_millis;   /* likewise, in thousandths of a core */
     uint32_t socket_gid;           /* group of the instances' app.sock and ports.sock (0660) */
+    char *api_secret; /* required: POST /v1/start and the full GET /v1/status need
+                       * "Authorization: Bearer <api_secret>" (api_secret or api_secret_file) */
 };
 
-/* Parses the `scheduler:` mapping <section> (NULL: all defaults). <file> names the config file
- * in messages. Relative paths are made absolute against the current working directory. On
+/* Parses the `scheduler:` mapping <section> (NULL: all defaults, which fails: the API secret
+ * has no default). <file> names the config file in messages. Relative paths are made absolute against the current working directory. On
  * success fills <ret> (release with sch_config_fini()) and returns 0; on failure returns
  * -EINVAL with "file:line:col: scheduler.key: message" in <err>, and <ret> is left empty. */
 int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,

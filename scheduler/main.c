@@ -102,8 +102,8 @@ int main(int argc, char **argv)
     cm_log_level_parse(cfg->log_level, &level);
     cm_log_init("berth-scheduler", level);
     if (check) {
-        printf("host_id=%s api=%s:%u run_dir=%s storage_root=%s capacity=%u agent=%s "
-               "templates=%zu\n",
+        printf("host_id=%s api=%s:%u api_secret=set run_dir=%s storage_root=%s capacity=%u "
+               "agent=%s templates=%zu\n",
                sc.host_id, sc.api_host, sc.api_port, sc.run_dir, sc.storage_root, sc.capacity,
                sc.agent_path, cfg->n_templates);
         int ok = check_host(&sc);

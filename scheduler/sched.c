@@ -252,6 +252,17 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     }
 }
 
+/* Wrong redis.username / password (or db): the client keeps retrying; say why, once per
+ * different refusal (the subscriber is refused alike and stays quiet). */
+static void on_redis_refused(struct cm_redis *r, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    (void)r;
+    cm_log_error("redis", "refused, retrying addr=%s user=%s err=\"%s\"",
+                 ctx->cfg->redis.address,
+                 ctx->cfg->redis.username ? ctx->cfg->redis.username : "default", err);
+}
+
 static void on_sub_state(struct cm_redis *r, int connected, void *data)
 {
     struct sch_ctx *ctx = data;
@@ -322,6 +333,8 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         goto fail;
     ctx->redis = cm_redis_create(base, &cfg->redis, on_redis_state, ctx);
     ctx->sub = cm_redis_create(base, &cfg->redis, on_sub_state, ctx);
+    if (ctx->redis)
+        cm_redis_set_refused_cb(ctx->redis, on_redis_refused, ctx);
     char channel[256];
     sch_key(ctx, channel, sizeof(channel), "cmd:%s", sc->host_id);
     if (!ctx->redis || !ctx->sub || cm_redis_subscribe(ctx->sub, channel, on_command, ctx) < 0) {

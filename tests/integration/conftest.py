@@ -7,7 +7,8 @@ Run with Debian's interpreter (the first python3 on PATH may be another build):
 What is here:
   binary(name)        absolute path of a built executable (berth-gateway, berth-echo, ...)
   free_port()         a free TCP port on 127.0.0.1
-  RedisServer         redis-server on a free loopback port, data in a temp dir
+  RedisServer         redis-server on a free loopback port, data in a temp dir (extra
+                      settings such as ACL users, and the AUTH its clients send)
   RedisClient         a small RESP client (Python sockets): r.cmd("HGETALL", key), r.hgetall()
   Proc                a daemon in its own process group with its output in a log file;
                       stop() sends SIGTERM to the group, then SIGKILL; sanitizer reports in
@@ -15,7 +16,8 @@ What is here:
   curl(url, ...)      runs real curl; returns Response(status, headers, body); .json()
   curl_stream(...)    runs curl -N and yields (seconds since start, line) as lines arrive
   make_config(...)    a config dict (the sample config's shape) with overrides deep-merged;
-                      write_config() writes it (JSON is YAML)
+                      write_config() writes it (JSON is YAML); its scheduler.api_secret is
+                      SCHED_SECRET (Stack.sched_api() sends it)
   Stack               redis + berth-scheduler + berth-gateway from one config, started and
                       waited for (gateway /readyz, scheduler /healthz, pools filled in Redis),
                       always stopped (instances killed, mounts undone, dirs removed)
@@ -56,6 +58,8 @@ BUILD_DIR = _build if _build.is_absolute() else REPO / _build
 DEV_KEY = "berth-dev-key"          # tenant "default" (the sample config's development key)
 OTHER_KEY = "berth-other-key"      # tenant "other"
 PREFIX = "berth:"
+# The scheduler API's shared secret (scheduler.api_secret) of every stack the tests make.
+SCHED_SECRET = "test-sched-" + os.urandom(24).hex()
 
 
 def _sha256(s):
@@ -335,13 +339,18 @@ class RedisClient:
 
 
 class RedisServer:
-    """redis-server on a free 127.0.0.1 port (no persistence), data in <base>/redis."""
+    """redis-server on a free 127.0.0.1 port (no persistence), data in <base>/redis.
+    <args>: more command-line settings (e.g. ["--user", "berth", "on", ">pw", ...] for ACL
+    users); <auth>: (user, password) that client() sends first (for a server whose default
+    user is off)."""
 
-    def __init__(self, base, port=None):
+    def __init__(self, base, port=None, args=(), auth=None):
         self.base = Path(base)
         self.dir = self.base / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.args = [str(a) for a in args]
+        self.auth = auth
         self.proc = None
         self.start()
 
@@ -350,7 +359,7 @@ class RedisServer:
         self.proc = Proc("redis", [exe, "--port", self.port, "--bind", "127.0.0.1",
                                    "--dir", self.dir, "--save", "", "--appendonly", "no",
                                    "--daemonize", "no", "--protected-mode", "yes",
-                                   "--loglevel", "warning"],
+                                   "--loglevel", "warning"] + self.args,
                          self.base, env=dict(os.environ))
         wait_until(lambda: self.ping(), 10, "redis-server on port %d" % self.port)
 
@@ -362,7 +371,14 @@ class RedisServer:
             c.close()
 
     def client(self, timeout=5):
-        return RedisClient(self.port, timeout=timeout)
+        c = RedisClient(self.port, timeout=timeout)
+        if self.auth:
+            try:
+                c.cmd("AUTH", *self.auth)
+            except BaseException:
+                c.close()
+                raise
+        return c
 
     @property
     def address(self):
@@ -605,6 +621,7 @@ def make_config(base, redis_address, ports, overrides=None, host_id=None):
             "reap_interval": "200ms",
             "cgroup_parent": "berth-test-%s" % host_id,
             "ro_binds": [str(Path(binary("berth-echo")).parent)],
+            "api_secret": SCHED_SECRET,
         },
     }
     return deep_merge(cfg, overrides)
@@ -677,12 +694,12 @@ class Stack:
     """redis-server + berth-scheduler + berth-gateway from one config."""
 
     def __init__(self, base, overrides=None, start_scheduler=True, start_gateway=True,
-                 wait_pools=True):
+                 wait_pools=True, redis_args=(), redis_auth=None):
         self.base = Path(base)
         self.ports = {"gateway": free_port(), "admin": free_port(), "scheduler": free_port()}
         self.problems = []
         self.scheduler = self.gateway = None
-        self.redis_server = RedisServer(self.base)
+        self.redis_server = RedisServer(self.base, args=redis_args, auth=redis_auth)
         self.cfg = make_config(self.base, self.redis_server.address, self.ports, overrides)
         self.host_id = self.cfg["scheduler"]["host_id"]
         self.prefix = self.cfg["redis"]["prefix"]
@@ -779,6 +796,18 @@ class Stack:
         if session is not None:
             h["x-fc-session-id"] = session
         return curl(self.url(path), headers=h, **kw)
+
+    def sched_api(self, path, method=None, body=None, secret=SCHED_SECRET, headers=None, **kw):
+        """A call to the scheduler's API, with "Authorization: Bearer <secret>" unless
+        <secret> is None; <body>: a dict sent as JSON, or bytes/str as they are."""
+        h = dict(headers or {})
+        if secret is not None:
+            h["Authorization"] = "Bearer %s" % secret
+        data = None
+        if body is not None:
+            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        return curl(self.scheduler_url(path), method=method, headers=h, data=data, **kw)
 
     def api(self, method, path, body=None, key=DEV_KEY, headers=None, **kw):
         h = dict(headers or {})

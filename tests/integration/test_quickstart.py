@@ -68,6 +68,14 @@ def test_quick_start_runs_what_it_prints():
         assert "api-demo" in created and "error" not in created, created
         metrics = next(o for c, o in by_cmd.items() if "/metrics" in c)
         assert metrics.strip(), "no metrics"
+        # The scheduler API's secret: made in the state dir, root's only, and the printed
+        # status command sends it (the full status lists the instances).
+        secret = state / "api_secret"
+        assert (secret.stat().st_mode & 0o777) == 0o600, oct(secret.stat().st_mode)
+        assert len(secret.read_text().strip()) == 64
+        assert "api_secret_file: %s" % secret in (state / "berth.yaml").read_text()
+        status = next(o for c, o in by_cmd.items() if "/v1/status" in c)
+        assert '"authenticated":true' in status and '"instances":[' in status, status
     finally:
         if p.poll() is None:
             os.kill(p.pid, signal.SIGINT)  # what Ctrl-C does to the script

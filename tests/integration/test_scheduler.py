@@ -44,8 +44,7 @@ def start(stack, h, template="echo", tenant="default", **extra):
     body = {"template": template, "session": h, "tenant": tenant, "source": "sid",
             "key": "key-%s" % h[-6:]}
     body.update(extra)
-    return curl(stack.scheduler_url("/v1/start"), method="POST", data=json.dumps(body),
-                headers={"Content-Type": "application/json"}, timeout=30)
+    return stack.sched_api("/v1/start", method="POST", body=body, timeout=30)
 
 
 def start_ok(stack, h, **kw):
@@ -62,8 +61,9 @@ def via(addr, path="/", method=None, data=None, timeout=10):
 
 
 def status(stack):
-    r = curl(stack.scheduler_url("/v1/status"))
+    r = stack.sched_api("/v1/status")
     assert r.status == 200, r
+    assert r.json()["authenticated"] is True, r
     return r.json()
 
 
@@ -218,8 +218,7 @@ def test_start_honours_ttl_and_idle(sched):
     ('{"template":5}', 400, "bad_request"),
 ])
 def test_start_rejects_bad_requests(sched, body, status, code):
-    r = curl(sched.scheduler_url("/v1/start"), method="POST", data=body,
-             headers={"Content-Type": "application/json"})
+    r = sched.sched_api("/v1/start", method="POST", body=body)
     assert r.status == status, r
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
@@ -233,8 +232,7 @@ def test_api_errors_are_json(sched):
     assert r.header("allow") == "POST"
     r = curl(s.scheduler_url("/v1/nothing"))
     assert r.status == 404 and r.json()["error"]["code"] == "not_found"
-    r = curl(s.scheduler_url("/v1/start"), method="POST", data="x" * (65 * 1024),
-             headers={"Content-Type": "application/json"})
+    r = s.sched_api("/v1/start", method="POST", body="x" * (65 * 1024))
     assert r.status == 413 and r.json()["error"]["code"] == "body_too_large"
     # What the HTTP layer refuses itself is JSON too (common/httpd.c), then it closes.
     port = s.ports["scheduler"]
@@ -361,8 +359,7 @@ def test_client_gone_mid_start_still_binds(make_stack):
     h = session(210)
     body = json.dumps({"template": "slow", "session": h, "tenant": "default",
                        "source": "sid", "key": "gone"})
-    r = curl(s.scheduler_url("/v1/start"), method="POST", data=body, timeout=0.3,
-             headers={"Content-Type": "application/json"})
+    r = s.sched_api("/v1/start", method="POST", body=body, timeout=0.3)
     assert r.status == 0  # curl gave up
     # The start went on and bound the session: a retry finds it.
     wait_until(lambda: s.session(h).get("state") == "bound", 10 * SLOW, "session bound")

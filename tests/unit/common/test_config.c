@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/config.h"
 #include "tests/harness/test.h"
@@ -84,6 +85,7 @@ TEST(full_config_values)
         "log: {level: debug}\n"
         "redis:\n"
         "  address: unix:/run/redis.sock\n"
+        "  username: berth-gw\n"
         "  password: s3cret\n"
         "  prefix: 'x:'\n"
         "  db: 3\n"
@@ -124,6 +126,7 @@ TEST(full_config_values)
     CHECK_NOT_NULL(cfg->root);
     CHECK_STR_EQ(cfg->log_level, "debug");
     CHECK_STR_EQ(cfg->redis.address, "unix:/run/redis.sock");
+    CHECK_STR_EQ(cfg->redis.username, "berth-gw");
     CHECK_STR_EQ(cfg->redis.password, "s3cret");
     CHECK_STR_EQ(cfg->redis.prefix, "x:");
     CHECK_UINT_EQ(cfg->redis.db, 3);
@@ -177,6 +180,7 @@ TEST(defaults)
     CHECK_MSG(cfg != NULL, "%s", err);
     CHECK_STR_EQ(cfg->log_level, "info");
     CHECK_STR_EQ(cfg->redis.address, "127.0.0.1:6379");
+    CHECK_NULL(cfg->redis.username);
     CHECK_NULL(cfg->redis.password);
     CHECK_STR_EQ(cfg->redis.prefix, "berth:");
     CHECK_UINT_EQ(cfg->redis.db, 0);
@@ -266,6 +270,46 @@ TEST(redis_errors)
     EXPECT_ERROR("redis:\n  prefix: "
                  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
                  "2:11: redis.prefix: must be at most 64 characters");
+}
+
+TEST(redis_password_file_and_username)
+{
+    char err[1024], yaml[4400], pw[4200];
+    snprintf(pw, sizeof(pw), "%s", test_write_file("redis.pw", "pass word!\n", (size_t)-1));
+    CHECK_INT_EQ(chmod(pw, 0600), 0);
+    snprintf(yaml, sizeof(yaml), "redis:\n  username: berth\n  password_file: %s\n", pw);
+    struct cm_config *cfg = load(yaml, err, sizeof(err));
+    CHECK_MSG(cfg != NULL, "%s", err);
+    CHECK_STR_EQ(cfg->redis.username, "berth");
+    CHECK_STR_EQ(cfg->redis.password, "pass word!"); /* the newline dropped, blanks kept */
+    cm_config_free(cfg);
+
+    /* A password file open to others is refused, with the key's position. */
+    CHECK_INT_EQ(chmod(pw, 0640), 0);
+    cfg = load(yaml, err, sizeof(err));
+    CHECK_NULL(cfg);
+    CHECK_CONTAINS(err, ":3:18: redis.password_file: ");
+    CHECK_CONTAINS(err, "is open to group or others (mode 0640)");
+
+    /* One way only. */
+    CHECK_INT_EQ(chmod(pw, 0600), 0);
+    snprintf(yaml, sizeof(yaml), "redis:\n  password: x\n  password_file: %s\n", pw);
+    cfg = load(yaml, err, sizeof(err));
+    CHECK_NULL(cfg);
+    CHECK_CONTAINS(err, ":3:18: redis.password_file: set either password or password_file, "
+                        "not both");
+}
+
+TEST(redis_username_errors)
+{
+    EXPECT_ERROR("redis:\n  username: berth\n",
+                 "2:13: redis.username: needs redis.password or redis.password_file (AUTH "
+                 "username password)");
+    EXPECT_ERROR("redis:\n  username: \"a b\"\n  password: x\n",
+                 "2:13: redis.username: must be 1-128 visible ASCII characters");
+    EXPECT_ERROR("redis:\n  password: \"a\\nb\"\n",
+                 "2:13: redis.password: the secret must not hold NUL or line breaks: byte 1 "
+                 "is 0x0a");
 }
 
 TEST(tenant_errors)

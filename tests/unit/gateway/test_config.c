@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/config.h"
 #include "gateway/config.h"
@@ -14,6 +15,8 @@
 #define MS CM_USEC_PER_MSEC
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
+
+#define SECRET "0123456789abcdef0123456789abcdef"
 
 /* The shared sections every test config ends with (the gateway part comes first, so its line
  * numbers are easy to read in the tests). */
@@ -25,7 +28,9 @@
     "  - name: echo\n"                                                                             \
     "    app: {command: [/bin/echo-app], port: 8000}\n"                                            \
     "  - name: other\n"                                                                            \
-    "    app: {command: x}\n"
+    "    app: {command: x}\n"                                                                      \
+    "scheduler:\n"                                                                                 \
+    "  api_secret: " SECRET "\n"
 
 static char path[4096];
 static char doc[16384];
@@ -216,7 +221,26 @@ TEST(sample_config_documents_the_defaults)
     if (!sample)
         test_skip("BERTH_SAMPLE_CONFIG not set (run through meson test)");
     char err[1024];
-    struct cm_config *c = cm_config_load(sample, err, sizeof(err));
+    /* Its api_secret_file is made at install time: the test gives it one of its own. */
+    FILE *f = fopen(sample, "r");
+    CHECK_NOT_NULL(f);
+    static char text[65536], out[65536 + 4096];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char *line = strstr(text, "  api_secret_file: ");
+    CHECK_MSG(line != NULL, "the sample config has no api_secret_file");
+    char *eol = strchr(line, '\n');
+    CHECK_NOT_NULL(eol);
+    char secret_path[4200];
+    snprintf(secret_path, sizeof(secret_path), "%s",
+             test_write_file("api_secret", SECRET "\n", (size_t)-1));
+    CHECK_INT_EQ(chmod(secret_path, 0600), 0);
+    snprintf(out, sizeof(out), "%.*s  api_secret_file: %s%s", (int)(line - text), text,
+             secret_path, eol);
+    char copy[4200];
+    snprintf(copy, sizeof(copy), "%s", test_write_file("sample.yaml", out, (size_t)-1));
+    struct cm_config *c = cm_config_load(copy, err, sizeof(err));
     CHECK_MSG(c != NULL, "%s", err);
     struct gw_config *gc = gw_config_load(c, err, sizeof(err));
     CHECK_MSG(gc != NULL, "%s", err);
@@ -224,6 +248,7 @@ TEST(sample_config_documents_the_defaults)
     CHECK_UINT_EQ(gc->n_routes, 1);
     CHECK_STR_EQ(gc->routes[0].name, "default");
     check_default_route(gc, &gc->routes[0]);
+    CHECK_STR_EQ(gc->scheduler_secret, SECRET);
     gw_config_free(gc);
     cm_config_free(c);
 }
@@ -505,6 +530,60 @@ TEST(default_tenant_missing_names_a_position)
     cm_config_free(cfg);
     CHECK_CONTAINS(err, "gateway.routes[0].tenant: unknown tenant 'default'");
     CHECK_MSG(!test_contains(err, ":0:0:"), "no position: %s", err);
+}
+
+TEST(scheduler_secret_is_read_from_the_scheduler_section)
+{
+    struct gw_config *gc = load_ok("");
+    CHECK_STR_EQ(gc->scheduler_secret, SECRET);
+    done(gc);
+    /* From a file too; the gateway reads no other scheduler key. */
+    char secret_path[4200], text[8192], err[1024];
+    snprintf(secret_path, sizeof(secret_path), "%s",
+             test_write_file("s", "abcdefghijklmnopqrstuvwxyz0123456789\n", (size_t)-1));
+    CHECK_INT_EQ(chmod(secret_path, 0400), 0);
+    snprintf(text, sizeof(text),
+             "templates: [{name: t, app: {command: x}}]\ntenants: [{name: default}]\n"
+             "scheduler:\n  host_id: whatever\n  api_secret_file: %s\n",
+             secret_path);
+    gc = load_doc(text, err, sizeof(err));
+    CHECK_MSG(gc != NULL, "%s", err);
+    CHECK_STR_EQ(gc->scheduler_secret, "abcdefghijklmnopqrstuvwxyz0123456789");
+    done(gc);
+}
+
+TEST(scheduler_secret_is_required_for_scheduler_templates)
+{
+    char err[1024];
+    struct gw_config *gc = load_doc("tenants: [{name: default}]\n"
+                                    "templates:\n  - {name: s, driver: static, upstreams: [a:1]}\n"
+                                    "  - {name: t, app: {command: x}}\n",
+                                    err, sizeof(err));
+    CHECK_NULL(gc);
+    cm_config_free(cfg);
+    char want[8192];
+    snprintf(want, sizeof(want), "%s:4:5: scheduler: api_secret or api_secret_file is required: "
+             "template 't' is started by a scheduler on demand", path);
+    CHECK_MSG(strncmp(err, want, strlen(want)) == 0, "got %s", err);
+    /* With a scheduler section, the error points at it. */
+    gc = load_doc("tenants: [{name: default}]\ntemplates: [{name: t, app: {command: x}}]\n"
+                  "scheduler:\n  host_id: h\n", err, sizeof(err));
+    CHECK_NULL(gc);
+    cm_config_free(cfg);
+    CHECK_CONTAINS(err, ":4:3: scheduler: api_secret or api_secret_file is required");
+    /* Static templates alone need no scheduler, so no secret. */
+    gc = load_doc("tenants: [{name: default}]\n"
+                  "templates: [{name: s, driver: static, upstreams: [a:1]}]\n", err, sizeof(err));
+    CHECK_MSG(gc != NULL, "%s", err);
+    CHECK_NULL(gc->scheduler_secret);
+    done(gc);
+    /* A bad secret is refused like the scheduler refuses it. */
+    gc = load_doc("tenants: [{name: default}]\n"
+                  "templates: [{name: s, driver: static, upstreams: [a:1]}]\n"
+                  "scheduler: {api_secret: short}\n", err, sizeof(err));
+    CHECK_NULL(gc);
+    cm_config_free(cfg);
+    CHECK_CONTAINS(err, ":3:25: scheduler.api_secret: the secret must be at least 32 bytes");
 }
 
 TEST(error_buffer_is_bounded)

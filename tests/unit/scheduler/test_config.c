@@ -5,14 +5,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/yaml.h"
 #include "scheduler/config.h"
 #include "tests/harness/test.h"
 
-/* Parses <yaml> (a whole document holding a `scheduler:` key, or none). */
-static int parse(const char *yaml, struct sch_config *c, char *err, size_t errlen)
+#define SECRET "0123456789abcdef0123456789abcdef"
+
+/* Parses <yaml> (a whole document holding a `scheduler:` key, or none) as is. */
+static int parse_as_is(const char *yaml, struct sch_config *c, char *err, size_t errlen)
 {
     char perr[256];
     struct cm_ynode *root = cm_yaml_parse(yaml, strlen(yaml), perr, sizeof(perr));
@@ -22,6 +25,20 @@ static int parse(const char *yaml, struct sch_config *c, char *err, size_t errle
     int rc = sch_config_parse(c, cm_ynode_get(root, "scheduler"), "b.yaml", err, errlen);
     cm_ynode_free(root);
     return rc;
+}
+
+/* Parses <yaml> with a valid API secret added unless it names one itself (the secret is
+ * required, and most tests are about other keys): appended as the last key of a block
+ * `scheduler:` section (so the positions of the test's own lines stay put), or as a section
+ * of its own when there is none. A flow-style section is left alone. */
+static int parse(const char *yaml, struct sch_config *c, char *err, size_t errlen)
+{
+    if (strstr(yaml, "api_secret") || strstr(yaml, "scheduler: "))
+        return parse_as_is(yaml, c, err, errlen);
+    char doc[4096];
+    snprintf(doc, sizeof(doc), "%s%s  api_secret: " SECRET "\n", yaml,
+             strstr(yaml, "scheduler:\n") ? "" : "scheduler:\n");
+    return parse_as_is(doc, c, err, errlen);
 }
 
 #define EXPECT_ERROR(yaml, want) expect_error(__FILE__, __LINE__, yaml, want)
@@ -66,6 +83,7 @@ TEST(defaults)
     CHECK_INT_EQ(c.insecure, 0);
     CHECK_UINT_EQ(c.reserve_memory, 512u << 20);
     CHECK_UINT_EQ(c.reserve_cpu_millis, 500);
+    CHECK_STR_EQ(c.api_secret, SECRET);
     /* The agent defaults to the directory of the running executable. */
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -236,4 +254,37 @@ TEST(sandbox_security_keys)
     EXPECT_ERROR("scheduler:\n  reserve: {disk: 1}\n", "scheduler.reserve.disk: unknown key");
     EXPECT_ERROR("scheduler:\n  reserve: {cpus: lots}\n",
                  "scheduler.reserve.cpus: must be a number of cores 0..1024");
+}
+
+TEST(api_secret_is_required)
+{
+    struct sch_config c;
+    char err[1024];
+    CHECK_INT_EQ(parse_as_is("scheduler:\n  capacity: 3\n", &c, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "b.yaml:2:3: scheduler: api_secret or api_secret_file is required");
+    CHECK_CONTAINS(err, "Authorization: Bearer <secret>");
+    CHECK_NULL(c.host_id); /* left empty */
+    CHECK_INT_EQ(parse_as_is("log: {level: info}\n", &c, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "b.yaml: scheduler: (no such section) api_secret or api_secret_file is "
+                        "required");
+    EXPECT_ERROR("scheduler:\n  api_secret: too-short\n",
+                 "b.yaml:2:15: scheduler.api_secret: the secret must be at least 32 bytes");
+}
+
+TEST(api_secret_from_a_file)
+{
+    char path[4200], yaml[4400], err[1024];
+    snprintf(path, sizeof(path), "%s", test_write_file("secret", SECRET "\n", (size_t)-1));
+    CHECK_INT_EQ(chmod(path, 0600), 0);
+    snprintf(yaml, sizeof(yaml), "scheduler:\n  api_secret_file: %s\n", path);
+    struct sch_config c;
+    CHECK_MSG(parse(yaml, &c, err, sizeof(err)) == 0, "%s", err);
+    CHECK_STR_EQ(c.api_secret, SECRET);
+    sch_config_fini(&c);
+    /* Readable by the group: refused, naming the key, the file and the fix. */
+    CHECK_INT_EQ(chmod(path, 0640), 0);
+    CHECK_INT_EQ(parse(yaml, &c, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "b.yaml:2:20: scheduler.api_secret_file: ");
+    CHECK_CONTAINS(err, path);
+    CHECK_CONTAINS(err, "is open to group or others (mode 0640): it holds a secret, chmod 600 it");
 }
