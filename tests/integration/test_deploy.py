@@ -318,7 +318,9 @@ def test_k8s_scheduler_pod_is_not_privileged():
     added = set(sc["capabilities"]["add"])
     readme = (K8S / "README.md").read_text()
     needed = set(re.findall(r"^\| `CAP_(\w+)` \| yes \|", readme, re.M))
-    assert added == needed == {"SYS_ADMIN", "NET_ADMIN"}, (added, needed)
+    assert added == needed == {"SYS_ADMIN", "SETUID", "SETGID", "KILL", "SYS_PTRACE"}, (
+        added, needed)
+    assert sc["procMount"] == "Unmasked"
     assert sc["appArmorProfile"] == {"type": "Unconfined"}
     ann = kinds["DaemonSet"][0]["spec"]["template"]["metadata"]["annotations"]
     assert ann["container.apparmor.security.beta.kubernetes.io/" + c["name"]] == "unconfined"
