@@ -380,7 +380,7 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "pool",  "ready_timeout", "ttl",    "max_ttl",
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
                                        "upstreams", "sessions_per_instance", "data_size",
-                                       "run_as_root", "seccomp", "io", NULL};
+                                       "run_as_root", "seccomp", "io", "rootfs", NULL};
     static const char *const io_keys[] = {"read_bps", "write_bps", "read_iops", "write_iops",
                                           NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
@@ -485,8 +485,14 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_bool(ctx, m, path, "data", 1, &t->data) ||
         cm_conf_size(ctx, m, path, "data_size", 1ull << 30, 16u << 20, 1ull << 44, &t->data_size) ||
         cm_conf_bool(ctx, m, path, "run_as_root", 0, &t->run_as_root) ||
-        cm_conf_str(ctx, m, path, "seccomp", "default", &t->seccomp))
+        cm_conf_str(ctx, m, path, "seccomp", "default", &t->seccomp) ||
+        cm_conf_str(ctx, m, path, "rootfs", NULL, &t->rootfs))
         return free(lost_s), -EINVAL;
+    if (t->rootfs && (t->rootfs[0] != '/' || strstr(t->rootfs, "..") || strlen(t->rootfs) > 1024 ||
+                      strcmp(t->rootfs, "/") == 0))
+        return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(m, "rootfs"), path, "rootfs",
+                                          "must be an absolute directory other than / without "
+                                          "'..'");
     const struct cm_ynode *io = cm_ynode_get(m, "io");
     char iopath[160];
     snprintf(iopath, sizeof(iopath), "%s.io", path);
@@ -620,6 +626,7 @@ void cm_config_free(struct cm_config *cfg)
         free(t->name);
         free(t->driver);
         free(t->seccomp);
+        free(t->rootfs);
         cm_strv_free(t->upstreams);
         cm_strv_free(t->app_command);
         cm_strv_free(t->app_env);

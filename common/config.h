@@ -74,6 +74,7 @@ struct cm_template {
     uint64_t data_size; /* size of each session's /data file system (its quota) */
     int run_as_root;    /* the app runs as the user namespace's root (still no capability) */
     char *seccomp;      /* seccomp profile name ("default", "strict") */
+    char *rootfs;       /* NULL: the host's /usr, /bin, /sbin, /lib*; else a root directory */
     uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
 };
 

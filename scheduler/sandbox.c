@@ -176,6 +176,10 @@ static void printf_in_root(const struct child *c, const char *rel, const char *f
 static void take_bind(struct child *c, const char *src, const char *dst, enum bind_kind kind)
 {
     struct stat st;
+    if (strlen(src) >= PATH_MAX - 1) {
+        errno = ENAMETOOLONG;
+        die(c, "path", src);
+    }
     if (lstat(src, &st) < 0) {
         if (errno == ENOENT)
             return;
@@ -205,6 +209,15 @@ static void take_bind(struct child *c, const char *src, const char *dst, enum bi
         die(c, "mount_setattr", src);
 }
 
+/* "<root><path>" in a new string that lives as long as the child (which execs or exits). */
+static const char *prefixed(const struct child *c, const char *root, const char *path)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s%s", root, path) < 0)
+        die(c, "asprintf", path);
+    return p;
+}
+
 /* Everything of the host the sandbox will see is looked up here, with the scheduler's identity
  * (host root as the owner of root's directories, no capability over them): an ro_bind below a
  * 0700 directory must still be reachable. */
@@ -216,9 +229,12 @@ static void take_host_trees(struct child *c)
     c->binds = calloc(max, sizeof(*c->binds));
     if (!c->binds)
         die(c, "calloc", "binds");
+    /* The system trees (and the CA certificates and loader cache) come from the host, or from
+     * the template's rootfs (e.g. a debootstrap tree) at the same places. */
+    const char *from = a->rootfs ? a->rootfs : "";
     for (size_t i = 0; i < sizeof(system_dirs) / sizeof(system_dirs[0]); i++)
-        take_bind(c, system_dirs[i], system_dirs[i], BIND_RO);
-    take_bind(c, "/etc/ssl/certs", "/etc/ssl/certs", BIND_RO);
+        take_bind(c, prefixed(c, from, system_dirs[i]), system_dirs[i], BIND_RO);
+    take_bind(c, prefixed(c, from, "/etc/ssl/certs"), "/etc/ssl/certs", BIND_RO);
     for (char *const *b = a->ro_binds; b && *b; b++)
         take_bind(c, *b, *b, BIND_RO);
     for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++)
@@ -230,7 +246,7 @@ static void take_host_trees(struct child *c)
         die(c, "open", a->dir);
     snprintf(c->dir, sizeof(c->dir), "/proc/self/fd/%d", c->dir_fd);
     /* The loader's cache is copied, not bound: /etc holds nothing of the host's. */
-    int fd = open("/etc/ld.so.cache", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(prefixed(c, from, "/etc/ld.so.cache"), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= LDSO_CACHE_MAX &&

@@ -48,6 +48,7 @@ struct sch_sandbox_args {
     const char *hostname; /* the instance id */
     uint64_t workspace_size;
     char *const *ro_binds; /* extra host paths bound read-only at the same path; may be NULL */
+    const char *rootfs;    /* NULL: the host's system trees; else they come from this directory */
     int with_data;         /* bind {dir}/data to /data */
     int insecure;          /* no user namespace, no seccomp (refused unless configured) */
     uid_t app_uid;         /* inside: SCH_SANDBOX_USER, or 0 for templates run_as_root */

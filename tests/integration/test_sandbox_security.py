@@ -515,3 +515,42 @@ def test_all_sandboxes_share_one_capped_parent(st):
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < cg["memory"]["limit"] <= total - (512 << 20) + 4096, cg["memory"]
     assert 0 < cg["cpu"]["limit_millis"] <= os.cpu_count() * 1000 - 500, cg["cpu"]
+
+
+def _minimal_rootfs(base):
+    """A root directory holding only what berth-echo needs (its libraries and the loader, found
+    with ldd) and a marker: what a template's `rootfs` (e.g. a debootstrap tree) provides."""
+    import shutil
+    import subprocess
+    root = Path(base) / "rootfs"
+    echo = binary("berth-echo")
+    out = subprocess.run(["ldd", echo], capture_output=True, text=True, timeout=30).stdout
+    libs = [w for line in out.splitlines() for w in line.split() if w.startswith("/")]
+    for lib in libs:
+        real = os.path.realpath(lib)
+        for p in {lib, real}:
+            dst = root / p.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                shutil.copy2(real, dst)
+    (root / "usr/share").mkdir(parents=True, exist_ok=True)
+    (root / "usr/share/berth-rootfs").write_text("mine\n")
+    os.chmod(root, 0o755)
+    return root
+
+
+def test_template_rootfs_replaces_the_host_system_trees(make_stack, tmp_path):
+    root = _minimal_rootfs(tmp_path)
+    s = make_stack({
+        "templates": [echo_template("own", rootfs=str(root), pool={"min": 1, "max": 2})],
+        "scheduler": overrides()["scheduler"],
+    })
+    r = s.get("/", session="sec-rootfs")
+    assert r.status == 200, (r, s.scheduler.tail())
+    pid = s.instances()[r.json()["instance"]]["pid"]
+    inside = Path("/proc/%s/root" % pid)
+    assert (inside / "usr/share/berth-rootfs").read_text() == "mine\n"
+    assert not (inside / "usr/bin/python3").exists()  # nothing of the host's /usr
+    mi = Path("/proc/%s/mountinfo" % pid).read_text().splitlines()
+    usr = [l.split() for l in mi if l.split()[4] == "/usr"]
+    assert usr and usr[0][5].split(",")[0] == "ro", usr

@@ -74,6 +74,7 @@ TEST(sample_config_loads)
     CHECK_UINT_EQ(t->data_size, 1024 * MiB);
     CHECK_INT_EQ(t->run_as_root, 0);
     CHECK_STR_EQ(t->seccomp, "default");
+    CHECK_NULL(t->rootfs);
     CHECK_UINT_EQ(t->io_read_bps + t->io_write_bps + t->io_read_iops + t->io_write_iops, 0);
     cm_config_free(cfg);
 }
@@ -392,6 +393,10 @@ TEST(template_errors)
     EXPECT_ERROR(TPL "    run_as_root: maybe\n",
                  "4:18: templates.t.run_as_root: must be true or false");
     EXPECT_ERROR(TPL "    io: {write: 1}\n", "4:10: templates.t.io.write: unknown key");
+    EXPECT_ERROR(TPL "    rootfs: relative/dir\n",
+                 "4:13: templates.t.rootfs: must be an absolute directory other than / without '..'");
+    EXPECT_ERROR(TPL "    rootfs: /\n",
+                 "4:13: templates.t.rootfs: must be an absolute directory other than / without '..'");
     EXPECT_ERROR(TPL "    io: {read_iops: -1}\n", "4:21: templates.t.io.read_iops: must be a whole number");
     EXPECT_ERROR(TPL "  - name: t\n    app: {command: y}\n", "4:5: templates.t: defined twice");
 }
