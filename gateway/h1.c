@@ -4,6 +4,29 @@
 #include <string.h>
 #include <strings.h>
 
+/* Byte classes: SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar), SC_VALUE a field value
+ * byte we take (VCHAR, SP, HTAB: no obs-text, which gw_h1_parse_head() decides on), SC_URL a
+ * request-target byte we take (RFC 3986 unreserved, gen-delims but '#', sub-delims, '%'). */
+enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
+static const uint8_t sc[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 7, 2, 3, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 2, 6, 2, 6,
+    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 2, 6, 3, 7,
+    3, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2, 3, 2, 7, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
 /* The <n> bytes at <p> equal <lower>, a literal of lower-case letters and '-', ignoring ASCII
  * case. OR-ing 0x20 lower-cases a letter and turns no other byte a name or a value can hold
  * (no CR) into a letter or '-', so eight bytes compare at once. */
@@ -352,10 +375,56 @@ static void init_head(struct gw_h1_head *head)
     head->content_type = head->xff = head->request_id = head->authorization = -1;
 }
 
+/* RFC 9112 3: request-line = method SP request-target SP HTTP-version CRLF, exactly: a token,
+ * one SP, a target of visible ASCII (0x21-0x7E), one SP, "HTTP/" DIGIT "." DIGIT, CRLF; empty
+ * lines (CRLF) before it are allowed (2.2). llhttp 8 also takes doubled spaces, a bare LF,
+ * bytes >= 0x80 in the target, and a line without a version (HTTP/0.9), after which it waits
+ * for header lines: such a client got its 400 only at header_timeout. Returns GW_H1_OK,
+ * GW_H1_INCOMPLETE (the <n> bytes are a proper prefix of such a line) or GW_H1_BAD. */
+static int check_request_line(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && p[i] == '\r') {
+        if (i + 1 == n)
+            return GW_H1_INCOMPLETE;
+        if (p[i + 1] != '\n')
+            return GW_H1_BAD;
+        i += 2;
+    }
+    size_t from = i;
+    while (i < n && (sc[(unsigned char)p[i]] & SC_TCHAR))
+        i++;
+    if (i == n)
+        return GW_H1_INCOMPLETE;
+    if (i == from || p[i] != ' ')
+        return GW_H1_BAD;
+    from = ++i;
+    while (i < n && (unsigned char)p[i] - 0x21u < 0x5eu)
+        i++;
+    if (i == n)
+        return GW_H1_INCOMPLETE;
+    if (i == from || p[i] != ' ')
+        return GW_H1_BAD;
+    i++;
+    static const char version[] = "HTTP/#.#\r\n"; /* '#': a digit */
+    for (size_t k = 0; k < sizeof(version) - 1; k++, i++) {
+        if (i == n)
+            return GW_H1_INCOMPLETE;
+        if (version[k] == '#' ? (unsigned)(p[i] - '0') > 9u : p[i] != version[k])
+            return GW_H1_BAD;
+    }
+    return GW_H1_OK;
+}
+
 static int parse_head(llhttp_t *parser, struct gw_h1_head *head, const char *buf, size_t len,
                       int head_request)
 {
     init_head(head);
+    if (parser->type == HTTP_REQUEST) {
+        int rc = check_request_line(buf, len);
+        if (rc != GW_H1_OK)
+            return rc;
+    }
     parser->data = head;
     llhttp_errno_t e = llhttp_execute(parser, buf, len);
     if (e == HPE_PAUSED) {
@@ -415,6 +484,8 @@ static int precheck_headers_complete(llhttp_t *p)
 
 int gw_h1_precheck(const char *buf, size_t len, int response)
 {
+    if (!response && check_request_line(buf, len) == GW_H1_BAD)
+        return GW_H1_BAD;
     llhttp_t p;
     llhttp_settings_t s;
     llhttp_settings_init(&s);
@@ -430,29 +501,6 @@ int gw_h1_precheck(const char *buf, size_t len, int response)
 }
 
 /* ------------------------------------------------------------------ gw_h1_scan */
-
-/* Byte classes: SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar), SC_VALUE a field value
- * byte we take (VCHAR, SP, HTAB: no obs-text, which gw_h1_parse_head() decides on), SC_URL a
- * request-target byte we take (RFC 3986 unreserved, gen-delims but '#', sub-delims, '%'). */
-enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
-static const uint8_t sc[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    2, 7, 2, 3, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 2, 6, 2, 6,
-    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 2, 6, 3, 7,
-    3, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2, 3, 2, 7, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-};
 
 static int method_id(const char *m, size_t n)
 {

@@ -73,6 +73,8 @@ struct gw_h1_head {
 /* Parses a complete head (<len> bytes ending with CRLFCRLF) with <parser>, which the caller
  * initialised for requests or responses and keeps for the body. <head->headers> and
  * <head->max_headers> must be set. For a response to a HEAD request pass <head_request> 1.
+ * A request line must be exactly method SP target SP HTTP-version CRLF, the target visible
+ * ASCII (RFC 9112 3; llhttp 8 alone takes doubled spaces, a bare LF, bytes >= 0x80).
  * Returns GW_H1_OK (the parser now expects the body, or head->body_done is 1) or a negative
  * gw_h1_status. Slices point into <buf>. */
 int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
@@ -96,7 +98,9 @@ int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int respo
  * on_message_complete are set by the caller through <on_body>/<on_complete> (may be NULL). */
 void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb on_complete);
 /* Checks a partial head early (before CRLFCRLF arrived) so garbage gets a 400 at once instead of
- * waiting for the size limit or the timeout. Returns GW_H1_INCOMPLETE or a negative error. */
+ * waiting for the size limit or the timeout: a request line that is not exactly method SP
+ * target SP HTTP-version CRLF (HTTP/0.9 included) as soon as it is there. Returns
+ * GW_H1_INCOMPLETE or a negative error. */
 int gw_h1_precheck(const char *buf, size_t len, int response);
 
 /* Header helpers. */

@@ -182,7 +182,40 @@ def test_too_many_headers_is_431(bstack):
 ])
 def test_malformed_request_line_is_400_at_once(bstack, line):
     # no end of head needed: garbage is refused before the header timeout
+    a = exchange(bstack.ports["gateway"], b"GET /\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed
+    assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed
+    still_serving(bstack)
+
+
+@pytest.mark.parametrize("line", ids=["two-spaces-after-method", "two-spaces-after-target",
+                                     "bare-lf", "utf8-target", "obs-text-target"], argvalues=[
+    b"GET  /two-spaces HTTP/1.1\r\n",
+    b"GET /two-spaces  HTTP/1.1\r\n",
+    b"GET /bare-lf HTTP/1.1\n",
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\n",
+    b"GET /\x80 HTTP/1.1\r\n",
+])
+def test_request_line_not_exactly_method_target_version_is_400(bstack, line):
+    """RFC 9112 3: method SP request-target SP HTTP-version CRLF, one SP each, a target of
+    visible ASCII. llhttp 8 takes all of these (the instance then sees a line it may split
+    another way): 400 and close, with the whole head or with the line alone."""
+    a = exchange(bstack.ports["gateway"],
+                 line + b"Host: x\r\nx-fc-session-id: bad-input\r\n\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
     a = exchange(bstack.ports["gateway"], line)
+    gateway_error(a, 400, "bad_request")
+    assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed
+    still_serving(bstack)
+
+
+def test_http09_request_is_answered_at_once(bstack):
+    """An HTTP/0.9 request is its request line without a version; its client waits for the
+    answer. llhttp 8 waits for header lines after it, so the gateway answered only when
+    header_timeout ran out (408)."""
+    a = exchange(bstack.ports["gateway"], b"GET /\r\n")
     gateway_error(a, 400, "bad_request")
     assert a.closed
     assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed

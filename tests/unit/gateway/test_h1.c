@@ -349,6 +349,48 @@ TEST(malformed_request_lines_are_bad)
     }
 }
 
+TEST(request_line_is_exactly_method_sp_target_sp_version_crlf)
+{
+    /* RFC 9112 3: one SP between the parts, CRLF at the end, a target of visible ASCII.
+     * llhttp 8 takes each of these; an instance may split them differently. */
+    static const char *const bad[] = {
+        "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",            /* two spaces after the method */
+        "GET /  HTTP/1.1\r\nHost: x\r\n\r\n",            /* two spaces after the target */
+        "GET / HTTP/1.1\nHost: x\r\n\r\n",                /* bare LF */
+        "GET / HTTP/1.1\rHost: x\r\n\r\n",                /* bare CR */
+        "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",   /* UTF-8 in the target */
+        "GET /\x80 HTTP/1.1\r\nHost: x\r\n\r\n",          /* obs-text in the target */
+        "\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",              /* bare LF before it */
+        "GET /\r\nHost: x\r\n\r\n",                        /* HTTP/0.9: no version */
+        "GET /\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = req(bad[i]);
+        CHECK_MSG(rc == GW_H1_BAD, "request %zu: rc %d, expected GW_H1_BAD", i, rc);
+        /* and the precheck refuses it before the end of the head is there */
+        size_t n = strlen(bad[i]);
+        rc = gw_h1_precheck(bad[i], n - 2, 0);
+        CHECK_MSG(rc == GW_H1_BAD, "precheck of request %zu: rc %d, expected GW_H1_BAD", i, rc);
+    }
+    /* empty lines before the request line are allowed (RFC 9112 2.2) */
+    CHECK_RC(req("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"), GW_H1_OK);
+    CHECK(slice_eq(head.url, head.url_len, "/"));
+    CHECK_RC(req("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), GW_H1_OK);
+}
+
+TEST(http09_request_is_refused_as_soon_as_its_line_ends)
+{
+    /* "GET /" CRLF is a whole HTTP/0.9 request: its client waits for an answer, and llhttp 8
+     * waits for header lines, so it got its 400 only at header_timeout. */
+    CHECK_INT_EQ(gw_h1_precheck("GET /\r\n", 7, 0), GW_H1_BAD);
+    CHECK_INT_EQ(gw_h1_precheck("GET /index.html\r", 16, 0), GW_H1_BAD);
+    /* what could still become a request line is not refused early */
+    CHECK_INT_EQ(gw_h1_precheck("GET /", 5, 0), GW_H1_INCOMPLETE);
+    CHECK_INT_EQ(gw_h1_precheck("GET / HTTP/1.", 13, 0), GW_H1_INCOMPLETE);
+    CHECK_INT_EQ(gw_h1_precheck("GET / HTTP/1.1\r", 15, 0), GW_H1_INCOMPLETE);
+    CHECK_INT_EQ(gw_h1_precheck("\r", 1, 0), GW_H1_INCOMPLETE);
+}
+
 TEST(malformed_header_lines_are_bad)
 {
     static const char *const bad[] = {
