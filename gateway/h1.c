@@ -416,6 +416,36 @@ static int check_request_line(const char *p, size_t n)
     return GW_H1_OK;
 }
 
+/* Each header of <h> is one line, name ":" OWS value OWS CRLF, up to the next one or the
+ * blank line at <blank>. RFC 9112 5.2 makes a server reject obs-fold (a line starting with SP
+ * or HTAB continues the previous one) or unfold it; we reject it. llhttp 8 accepts it, and when
+ * the first line's value is empty ("Transfer-Encoding:" CRLF " chunked") it reports the
+ * continuation as the value, so nothing but the bytes around the slices shows the fold: the
+ * gateway read "chunked" (or a Host, a session key) that the instance may read unfolded,
+ * differently, or not at all. */
+static int one_line_each(const struct gw_h1_head *h, const char *blank)
+{
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        const char *p = x->name + x->name_len;
+        const char *next = i + 1 < h->n_headers ? h->headers[i + 1].name : blank;
+        if (p >= next || *p++ != ':')
+            return 0;
+        if (x->value_len) {
+            while (p < x->value && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p != x->value)
+                return 0; /* the value starts on a later line */
+            p += x->value_len;
+        }
+        while (p < next && (*p == ' ' || *p == '\t'))
+            p++;
+        if (next - p != 2 || p[0] != '\r' || p[1] != '\n')
+            return 0;
+    }
+    return 1;
+}
+
 static int parse_head(llhttp_t *parser, struct gw_h1_head *head, const char *buf, size_t len,
                       int head_request)
 {
@@ -430,6 +460,8 @@ static int parse_head(llhttp_t *parser, struct gw_h1_head *head, const char *buf
     if (e == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(parser) - buf);
         llhttp_resume(parser);
+        if (used < 2 || !one_line_each(head, buf + used - 2))
+            return GW_H1_BAD;
         if (head->upgrade && parser->type == HTTP_REQUEST &&
             (head->chunked || (head->has_cl && head->content_length > 0))) {
             /* An upgrade offer on a request with a body (h2c-style): we do not take it up;

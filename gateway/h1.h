@@ -74,7 +74,8 @@ struct gw_h1_head {
  * initialised for requests or responses and keeps for the body. <head->headers> and
  * <head->max_headers> must be set. For a response to a HEAD request pass <head_request> 1.
  * A request line must be exactly method SP target SP HTTP-version CRLF, the target visible
- * ASCII (RFC 9112 3; llhttp 8 alone takes doubled spaces, a bare LF, bytes >= 0x80).
+ * ASCII (RFC 9112 3; llhttp 8 alone takes doubled spaces, a bare LF, bytes >= 0x80); each
+ * header one line (obs-fold refused, RFC 9112 5.2, in requests and responses).
  * Returns GW_H1_OK (the parser now expects the body, or head->body_done is 1) or a negative
  * gw_h1_status. Slices point into <buf>. */
 int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,

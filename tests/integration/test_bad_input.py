@@ -335,6 +335,26 @@ def test_obs_fold_is_refused_or_unfolded(bstack):
     still_serving(bstack)
 
 
+@pytest.mark.parametrize("head", ids=["transfer-encoding", "content-length", "host",
+                                     "x-fc-session-id", "mcp-session-id", "cookie"], argvalues=[
+    b"POST /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id: bad-input\r\n"
+    b"Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id: bad-input\r\n"
+    b"Content-Length:\r\n 5\r\n\r\nhello",
+    b"GET /fold HTTP/1.1\r\nHost:\r\n x\r\nx-fc-session-id: bad-input\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id:\r\n bad-input\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nMcp-Session-Id:\r\n some-mcp-id\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nCookie:\r\n berth_session=bad-input\r\n\r\n",
+])
+def test_obs_fold_after_an_empty_first_line_is_400(bstack, head):
+    """RFC 9112 5.2. llhttp 8 reads "Name:" CRLF " value" as the value: the gateway framed,
+    routed or keyed the request by it while the folded line went to the instance as sent."""
+    a = exchange(bstack.ports["gateway"], head)
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
+    still_serving(bstack)
+
+
 def test_upgrade_request_with_a_body_is_not_left_hanging(bstack):
     """An Upgrade request the instance does not switch for is an ordinary request: its body
     must reach the instance (or the request be refused), not be read as the next request."""

@@ -458,6 +458,36 @@ TEST(obs_fold_is_refused_or_unfolded)
     }
 }
 
+TEST(obs_fold_anywhere_is_bad)
+{
+    /* RFC 9112 5.2, refused rather than unfolded. After an empty first line llhttp 8 reports
+     * the continuation as the value: "Transfer-Encoding:" CRLF " chunked" parsed as chunked,
+     * and the same for the headers the gateway routes by, while the instance may read the
+     * folded line another way. */
+    static const char *const bad[] = {
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 5\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost:\r\n x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nx-fc-session-id:\r\n abc\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nx-fc-session-id: \r\n\tabc\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nMcp-Session-Id:\r\n abc\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nCookie:\r\n berth_session=abc\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A:\r\n \r\n\r\n",          /* an empty fold */
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A:\r\n one\r\nHost: x\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = req(bad[i]);
+        CHECK_MSG(rc == GW_H1_BAD, "request %zu: rc %d, expected GW_H1_BAD", i, rc);
+    }
+    CHECK_RC(resp("HTTP/1.1 200 OK\r\nContent-Length:\r\n 2\r\n\r\n", 0), GW_H1_BAD);
+    CHECK_RC(resp("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", 0), GW_H1_BAD);
+    /* empty values and white space around values are no folds */
+    CHECK_RC(req("GET / HTTP/1.1\r\nHost: x\r\nX-E:\r\nX-F: \t\r\nX-G:\tg \r\n\r\n"), GW_H1_OK);
+    CHECK_UINT_EQ(head.n_headers, 4);
+    CHECK_STR_EQ(value_of("x-g"), "g ");
+}
+
 TEST(duplicate_host_is_bad)
 {
     CHECK_RC(req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), GW_H1_BAD);
