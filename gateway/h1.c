@@ -242,13 +242,19 @@ static int note_header(struct gw_h1_head *h, int idx, int request)
         if (name_is(n, nl, "transfer-encoding", 17)) {
             x->cls = GW_H1_C_TE;
             if (request) {
-                /* an empty one sets no llhttp flag but is no framing an instance agrees on */
+                /* One header of exactly "chunked" (RFC 9112 6.1 lets a server refuse codings
+                 * it does not know; 400 is allowed). llhttp 8 frames "cow, chunked" and
+                 * "identity, chunked", and a second header, as chunked; an instance that
+                 * knows no "cow", takes only the first header or reads a list differently
+                 * frames the body another way. An empty value sets no llhttp flag but is no
+                 * framing an instance agrees on either. */
                 const char *v = x->value;
                 size_t vn = x->value_len;
                 gw_h1_trim(&v, &vn);
-                if (vn == 0)
+                if (h->has_te || !name_is(v, vn, "chunked", 7))
                     return GW_H1_BAD_FRAMING;
             }
+            h->has_te = 1;
         } else if (name_is(n, nl, "x-forwarded-proto", 17)) {
             x->cls = GW_H1_C_XFP;
         }

@@ -57,6 +57,7 @@ struct gw_h1_head {
     uint8_t upgrade;
     uint8_t chunked;
     uint8_t has_cl;
+    uint8_t has_te;     /* a Transfer-Encoding header was seen (requests: exactly one) */
     uint8_t body_done;  /* the message ended with its head (no body) */
     uint64_t content_length;
     /* named headers found while parsing (index into headers, or -1) */
@@ -75,7 +76,8 @@ struct gw_h1_head {
  * <head->max_headers> must be set. For a response to a HEAD request pass <head_request> 1.
  * A request line must be exactly method SP target SP HTTP-version CRLF, the target visible
  * ASCII (RFC 9112 3; llhttp 8 alone takes doubled spaces, a bare LF, bytes >= 0x80); each
- * header one line (obs-fold refused, RFC 9112 5.2, in requests and responses).
+ * header one line (obs-fold refused, RFC 9112 5.2, in requests and responses); a request's
+ * Transfer-Encoding, if any, one header of exactly "chunked" (else GW_H1_BAD_FRAMING).
  * Returns GW_H1_OK (the parser now expects the body, or head->body_done is 1) or a negative
  * gw_h1_status. Slices point into <buf>. */
 int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,

@@ -11,7 +11,8 @@
  * head, indices name the right headers, Connection tokens are trimmed non-empty tokens, no
  * header value spans a line break, a head that parses had no earlier prefix refused by the
  * precheck, framing is consistent (never Content-Length with chunked, bodiless when it must
- * be), and a Content-Length body is exactly that long. */
+ * be, a request's Transfer-Encoding one header of exactly "chunked"), and a Content-Length
+ * body is exactly that long. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,9 +161,19 @@ static void check_head(const struct gw_h1_head *h, const char *buf, size_t len, 
     if (!response && ((h->has_cl && h->content_length > 0) || h->chunked) && h->body_done)
         FAIL("request announces a body (Content-Length %llu, chunked %d) but body_done is set",
              (unsigned long long)h->content_length, h->chunked);
-    for (uint32_t i = 0; i < h->n_headers && !response; i++)
-        if (gw_h1_name_eq(&h->headers[i], "transfer-encoding", 17) && !h->chunked)
+    int n_te = 0;
+    for (uint32_t i = 0; i < h->n_headers && !response; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        if (!gw_h1_name_eq(x, "transfer-encoding", 17))
+            continue;
+        if (!h->chunked)
             FAIL("request with a Transfer-Encoding not ending in chunked accepted (RFC 9112 6.1)");
+        const char *v = x->value;
+        size_t vn = x->value_len;
+        gw_h1_trim(&v, &vn);
+        if (++n_te > 1 || vn != 7 || strncasecmp(v, "chunked", 7) != 0)
+            FAIL("request Transfer-Encoding other than one \"chunked\" accepted: %.*s", (int)vn, v);
+    }
     /* Every header a Connection (or Proxy-Connection) option names is hop-by-hop, however
      * many options there are (RFC 9110 7.6.1), except the framing and Host. */
     for (uint32_t i = 0; i < h->n_headers; i++) {
