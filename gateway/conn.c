@@ -629,13 +629,17 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
     const char *mcp_id = NULL;
     size_t mcp_len = 0;
     if (c->route->mcp) {
-        for (uint32_t i = 0; i < h->n_headers; i++)
-            if (h->headers[i].cls & GW_H1_C_MCP) {
-                mcp_id = h->headers[i].value;
-                mcp_len = h->headers[i].value_len;
-                gw_h1_trim(&mcp_id, &mcp_len);
-                break;
+        for (uint32_t i = 0; i < h->n_headers; i++) {
+            if (!(h->headers[i].cls & GW_H1_C_MCP))
+                continue;
+            if (mcp_id) { /* two: the gateway and the server may each take another one */
+                send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
+                return;
             }
+            mcp_id = h->headers[i].value;
+            mcp_len = h->headers[i].value_len;
+            gw_h1_trim(&mcp_id, &mcp_len);
+        }
     }
     c->had_mcp_id = mcp_id != NULL;
     if (c->route->cdp_rewrite && c->is_get && path_len >= 5 && memcmp(path, "/json", 5) == 0 &&

@@ -428,6 +428,25 @@ def test_invalid_session_key_is_400(bstack, key):
     still_serving(bstack)
 
 
+@pytest.mark.parametrize("keys", ids=["two-headers", "same-twice", "comma-list", "two-mcp-ids"],
+                         argvalues=[
+    [("x-fc-session-id", "key-one"), ("x-fc-session-id", "key-two")],
+    [("x-fc-session-id", "key-one"), ("X-FC-Session-Id", "key-one")],
+    [("x-fc-session-id", "key-one,key-two")],
+    [("Mcp-Session-Id", "mcp-one"), ("Mcp-Session-Id", "mcp-two")],
+])
+def test_two_session_keys_are_400(bstack, keys):
+    """Which of two keys is the key depends on the parser (the gateway took the first; an
+    instance may take the last or join them): 400 invalid_session_key, as for two Hosts."""
+    a = exchange(bstack.ports["gateway"],
+                 request("/two-keys", session=None, headers=keys) +
+                 request("/next", session="valid-key"))
+    gateway_error(a, 400, "invalid_session_key")
+    assert not a.closed  # the framing is fine: the next request on the connection is served
+    assert a.rest.startswith(b"HTTP/1.1 200"), a.rest[:200]
+    still_serving(bstack)
+
+
 def test_invalid_cookie_key_is_400(bstack):
     a = exchange(bstack.ports["gateway"], request(headers=[("Cookie", "berth_session=a b")],
                                                   session=None))
