@@ -51,6 +51,7 @@ struct gw_limits {
     cm_usec_t upstream_idle_timeout;
     uint64_t sse_sniff_bytes;   /* how far into an SSE stream the endpoint event is looked for */
     uint64_t rewrite_max_body;  /* largest response body rewritten (CDP), else 502 */
+    uint64_t max_chunk_ext_bytes; /* chunk extensions per chunk-size line of a request, 400 */
 };
 
 struct gw_config {

@@ -7,20 +7,89 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      echo_template, wait_until)
+                      deep_merge, echo_template, wait_until, write_config)
 
 HEADER_TIMEOUT = 1.0
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20
 
 
+class Recorder:
+    """A raw upstream (the /rec/ route's "static" template) that keeps every byte each
+    gateway connection sends it: what an instance would have read. It answers a request head
+    at once (200, connection: close) and reads on until the gateway closes."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conns = []  # [bytearray, closed]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            rec = [bytearray(), False]
+            with self.lock:
+                self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(s, rec), daemon=True).start()
+
+    def _serve(self, s, rec):
+        answered = False
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                with self.lock:
+                    rec[0] += d
+                if not answered and b"\r\n\r\n" in rec[0]:
+                    answered = True
+                    s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n"
+                              b"connection: close\r\n\r\nrecorded\n")
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                rec[1] = True
+            s.close()
+
+    def mark(self):
+        with self.lock:
+            return len(self.conns)
+
+    def since(self, mark):
+        """What each connection accepted since <mark> got (one at least), once the gateway
+        closed them all."""
+        def all_closed():
+            with self.lock:
+                return len(self.conns) > mark and all(c for _, c in self.conns[mark:])
+        wait_until(all_closed, 10 * SLOW, "a connection from the gateway to the recorder, closed")
+        with self.lock:
+            return [bytes(data) for data, _ in self.conns[mark:]]
+
+    def close(self):
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
-def bstack():
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def bstack(recorder):
     _skip_unless_root()
     d = _short_tmp()
     s = Stack(d, {
@@ -34,7 +103,22 @@ def bstack():
                 {"name": "reject", "path_prefix": "/reject/", "no_key": "reject"},
                 {"name": "default", "path_prefix": "/"},
             ]},
-    })
+    }, start_gateway=False)
+    try:
+        # The gateway's config adds a "static" template for the recorder on /rec/ (the
+        # scheduler refuses one it cannot run, so its config stays without it).
+        cfg = deep_merge(s.cfg, {})
+        cfg["gateway"]["routes"] = [{"name": "rec", "path_prefix": "/rec/", "template": "rec"}] \
+            + cfg["gateway"]["routes"]
+        cfg["templates"] = cfg["templates"] + [
+            {"name": "rec", "driver": "static", "sessions_per_instance": 0,
+             "upstreams": ["127.0.0.1:%d" % recorder.port]}]
+        s.config_path = write_config(d / "berth-gateway.yaml", cfg)
+        s.start_gateway()
+    except BaseException:
+        s.stop(check=False)
+        _remove_tree(d)
+        raise
     yield s
     try:
         s.stop()
@@ -269,6 +353,52 @@ def test_bad_chunk_size_is_400(bstack):
     gateway_error(a, 400, "bad_request")
     assert a.closed
     still_serving(bstack)
+
+
+# a session of its own: a key bound to an echo instance by other tests would go there
+CHUNKED_HEAD = (b"POST /rec/chunked HTTP/1.1\r\nHost: x\r\nx-fc-session-id: recorded\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("body", ids=["bare-cr-in-size-line", "no-crlf-after-data",
+                                      "long-chunk-extension", "obs-fold-in-trailer",
+                                      "space-before-trailer-colon", "bare-lf-ending-trailers"],
+                         argvalues=[
+    b"5\r\r;ABCD\r\n0\r\n\r\n",
+    b"1\r\nZxx0\r\n\r\n",
+    b"1;" + b"e" * 300 + b"\r\nZ\r\n0\r\n\r\n",  # limits.max_chunk_ext_bytes: 256 (default)
+    b"1\r\nZ\r\n0\r\nX-T: a\r\n b\r\n\r\n",
+    b"1\r\nZ\r\n0\r\nX-T : a\r\n\r\n",
+    b"1\r\nZ\r\n0\r\n\n",
+])
+def test_bad_chunked_framing_is_400_and_never_forwarded(bstack, recorder, body):
+    """Chunked framing llhttp 8.1 accepts (issue 14): "5" CR CR ";ABCD" (h2o reads the CR
+    ";ABCD" as an extension), chunk data followed by any two bytes, chunk extensions past
+    the limit, invalid trailer lines. The gateway forwarded such a body byte for byte, so an
+    instance parsing it another way saw a request the gateway never checked. Now: 400, close,
+    and the instance (connected to: the request was routed there) got at most the request
+    head, not a byte of the body."""
+    mark = recorder.mark()
+    a = exchange(bstack.ports["gateway"], CHUNKED_HEAD + body +
+                 b"POST /rec/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
+    for got in recorder.since(mark):
+        head, _, after = got.partition(b"\r\n\r\n")
+        assert after == b"", "body bytes reached the instance: %r" % got
+    still_serving(bstack)
+
+
+def test_chunked_body_within_the_limits_is_forwarded_as_sent(bstack, recorder):
+    """The counterpart: extensions up to the limit and valid trailers reach the instance as
+    the client sent them (chunked bodies are relayed, not re-framed)."""
+    body = (b"1;" + b"e" * 200 + b"\r\nZ\r\n3;a=\"q s\"\r\nabc\r\n0\r\n"
+            b"X-Trailer: t\r\nY:\r\n\r\n")
+    mark = recorder.mark()
+    a = exchange(bstack.ports["gateway"], CHUNKED_HEAD + body)
+    assert a.status == 200 and a.body == b"recorded\n", a
+    got = recorder.since(mark)
+    assert len(got) == 1 and got[0].partition(b"\r\n\r\n")[2] == body, got
 
 
 def test_body_over_max_body_with_content_length_is_413(bstack):
