@@ -18,7 +18,8 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     const cm_usec_t S = CM_USEC_PER_SEC;
     if (cm_conf_keys(ctx, m, p, keys) ||
         cm_conf_size(ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l->max_header_bytes) ||
-        cm_conf_u64(ctx, m, p, "max_headers", 100, 8, 1000, &l->max_headers) ||
+        /* 96: the gateway adds up to 4 headers, and 100 is a common server limit */
+        cm_conf_u64(ctx, m, p, "max_headers", 96, 8, 1000, &l->max_headers) ||
         cm_conf_u64(ctx, m, p, "max_connections", 20000, 1, 1000000, &l->max_connections) ||
         cm_conf_duration(ctx, m, p, "header_timeout", 10 * S, 100 * CM_USEC_PER_MSEC, 600 * S,
                          &l->header_timeout) ||

@@ -37,7 +37,7 @@ struct gw_route {
 
 struct gw_limits {
     uint64_t max_header_bytes; /* request head, 431 above */
-    uint64_t max_headers;      /* header count, 431 above */
+    uint64_t max_headers;      /* header count, 431 above (instances must take 4 more) */
     uint64_t max_connections;  /* per worker; accept pauses above */
     cm_usec_t header_timeout;  /* first byte to end of head, 408 */
     cm_usec_t keepalive_timeout; /* idle client connection between requests */

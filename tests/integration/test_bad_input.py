@@ -255,6 +255,28 @@ def test_too_many_headers_is_431(bstack):
     still_serving(bstack)
 
 
+def test_a_head_the_gateway_takes_is_not_too_many_headers_for_a_default_instance(stack):
+    """The gateway adds up to 4 headers (x-forwarded-for, x-forwarded-proto, x-request-id;
+    Host for HTTP/1.0). With the default limits (gateway.limits.max_headers, berth-echo's
+    --max-headers) each count around the limit gets the instance's answer, with every header,
+    or the gateway's own 431; never the instance's 431 (before: 100 client headers, the
+    gateway's limit, became 103 and berth-echo refused them)."""
+    refused_from = None
+    for n in range(90, 106):  # client headers, Host and the key included
+        a = exchange(stack.ports["gateway"], request(
+            "/many-headers", [("X-H%d" % i, "v") for i in range(n - 2)], session="many-headers"),
+            wait_close=0.1)
+        if a.status == 431:
+            gateway_error(a, 431, "headers_too_large")
+            refused_from = refused_from or n
+            continue
+        assert a.status == 200, "%d headers: %r" % (n, a)
+        assert refused_from is None, "%d headers refused, %d taken" % (refused_from, n)
+        got = a.json()["headers"]
+        assert len(got) == n + 3, "%d headers sent, the instance got %d" % (n, len(got))
+    assert refused_from is not None, "no limit between 90 and 105 headers"
+
+
 @pytest.mark.parametrize("line", ids=["extra", "space-in-target", "bad-method", "bad-version",
                                      "tls-hello", "h2-preface"], argvalues=[
     b"GET / HTTP/1.1 extra\r\n",

@@ -145,7 +145,7 @@ static void check_defaults(const struct gw_config *gc)
     CHECK_UINT_EQ(gc->retry_after, 1);
     const struct gw_limits *l = &gc->limits;
     CHECK_UINT_EQ(l->max_header_bytes, 16 * KiB);
-    CHECK_UINT_EQ(l->max_headers, 100);
+    CHECK_UINT_EQ(l->max_headers, 96);
     CHECK_UINT_EQ(l->max_connections, 20000);
     CHECK_UINT_EQ(l->header_timeout, 10 * S);
     CHECK_UINT_EQ(l->keepalive_timeout, 75 * S);
