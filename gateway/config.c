@@ -14,12 +14,14 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         "max_header_bytes", "max_headers",     "max_connections",     "header_timeout",
         "keepalive_timeout", "connect_timeout", "response_timeout",    "stream_idle_timeout",
         "start_timeout",    "buffer_high",     "buffer_low",          "upstream_idle_per_instance",
-        "upstream_idle_timeout", "sse_sniff_bytes", "rewrite_max_body", NULL};
+        "upstream_idle_timeout", "sse_sniff_bytes", "rewrite_max_body", "max_chunk_ext_bytes",
+        NULL};
     const char *p = "gateway.limits";
     const cm_usec_t S = CM_USEC_PER_SEC;
     if (cm_conf_keys(ctx, m, p, keys) ||
         cm_conf_size(ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l->max_header_bytes) ||
-        cm_conf_u64(ctx, m, p, "max_headers", 100, 8, 1000, &l->max_headers) ||
+        /* 96: the gateway adds up to 4 headers, and 100 is a common server limit */
+        cm_conf_u64(ctx, m, p, "max_headers", 96, 8, 1000, &l->max_headers) ||
         cm_conf_u64(ctx, m, p, "max_connections", 20000, 1, 1000000, &l->max_connections) ||
         cm_conf_duration(ctx, m, p, "header_timeout", 10 * S, 100 * CM_USEC_PER_MSEC, 600 * S,
                          &l->header_timeout) ||
@@ -41,7 +43,8 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
                          3600 * S, &l->upstream_idle_timeout) ||
         cm_conf_size(ctx, m, p, "sse_sniff_bytes", 16u << 10, 256, 1u << 20, &l->sse_sniff_bytes) ||
         cm_conf_size(ctx, m, p, "rewrite_max_body", 1u << 20, 4096, 64u << 20,
-                     &l->rewrite_max_body))
+                     &l->rewrite_max_body) ||
+        cm_conf_size(ctx, m, p, "max_chunk_ext_bytes", 256, 0, 4096, &l->max_chunk_ext_bytes))
         return -EINVAL;
     if (l->buffer_low >= l->buffer_high) {
         const struct cm_ynode *at = cm_ynode_get(m, "buffer_low");

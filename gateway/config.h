@@ -37,7 +37,7 @@ struct gw_route {
 
 struct gw_limits {
     uint64_t max_header_bytes; /* request head, 431 above */
-    uint64_t max_headers;      /* header count, 431 above */
+    uint64_t max_headers;      /* header count, 431 above (instances must take 4 more) */
     uint64_t max_connections;  /* per worker; accept pauses above */
     cm_usec_t header_timeout;  /* first byte to end of head, 408 */
     cm_usec_t keepalive_timeout; /* idle client connection between requests */
@@ -51,6 +51,7 @@ struct gw_limits {
     cm_usec_t upstream_idle_timeout;
     uint64_t sse_sniff_bytes;   /* how far into an SSE stream the endpoint event is looked for */
     uint64_t rewrite_max_body;  /* largest response body rewritten (CDP), else 502 */
+    uint64_t max_chunk_ext_bytes; /* chunk extensions per chunk-size line of a request, 400 */
 };
 
 struct gw_config {

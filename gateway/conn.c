@@ -71,6 +71,7 @@ struct gw_conn {
     struct gw_claim *claim;
     struct gw_upconn *up;
     llhttp_t req, resp;
+    struct gw_h1_chunked chunk; /* our check of a chunked request body's framing */
     size_t head_len;  /* request head: in head_slot, else at the start of the input */
     char *head_slot;  /* the loop's slot holding a head that came whole in one read */
     size_t scan;      /* request bytes already searched for the end of the head */
@@ -97,6 +98,7 @@ struct gw_conn {
     unsigned key_len : 8;
     unsigned req_keepalive : 1;
     unsigned req_done : 1;
+    unsigned req_chunked : 1;   /* the request body is chunked: c->chunk checks it first */
     unsigned head_pending : 1;  /* bodiless request: head kept for a retry (slot or input) */
     unsigned resp_head_done : 1;
     unsigned resp_keepalive : 1;
@@ -576,6 +578,10 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
     }
     c->req_keepalive = h->keep_alive;
     c->req_done = h->body_done;
+    c->req_chunked = h->chunked && !h->body_done;
+    if (c->req_chunked)
+        gw_h1_chunked_init(&c->chunk, (uint32_t)w->gc->limits.max_chunk_ext_bytes,
+                           (uint32_t)w->gc->limits.max_header_bytes);
     c->head_method = h->method_id == HTTP_HEAD;
     c->http10 = h->http_major == 1 && h->http_minor == 0;
     c->upgrade_req = h->upgrade;
@@ -629,13 +635,17 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
     const char *mcp_id = NULL;
     size_t mcp_len = 0;
     if (c->route->mcp) {
-        for (uint32_t i = 0; i < h->n_headers; i++)
-            if (h->headers[i].cls & GW_H1_C_MCP) {
-                mcp_id = h->headers[i].value;
-                mcp_len = h->headers[i].value_len;
-                gw_h1_trim(&mcp_id, &mcp_len);
-                break;
+        for (uint32_t i = 0; i < h->n_headers; i++) {
+            if (!(h->headers[i].cls & GW_H1_C_MCP))
+                continue;
+            if (mcp_id) { /* two: the gateway and the server may each take another one */
+                send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
+                return;
             }
+            mcp_id = h->headers[i].value;
+            mcp_len = h->headers[i].value_len;
+            gw_h1_trim(&mcp_id, &mcp_len);
+        }
     }
     c->had_mcp_id = mcp_id != NULL;
     if (c->route->cdp_rewrite && c->is_get && path_len >= 5 && memcmp(path, "/json", 5) == 0 &&
@@ -1208,11 +1218,30 @@ static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
 {
     int ended;
     llhttp_errno_t e;
-    ssize_t used = body_step(&c->req, data, len, &ended, &e);
+    size_t body = len;
+    if (c->req_chunked) {
+        /* Our framing check first, over the whole read: llhttp 8 takes shapes another parser
+         * reads as a second request (h1.h, struct gw_h1_chunked), and no byte of a read it
+         * refuses is forwarded. llhttp then sees only the body's bytes. */
+        ssize_t k = gw_h1_chunked_step(&c->chunk, data, len);
+        if (k < 0) {
+            cm_log_info("conn", "bad chunked request body session=%s", hash_hex(c));
+            send_error(c, GW_ERR_BAD_REQUEST, 1);
+            return -1;
+        }
+        body = (size_t)k;
+    }
+    ssize_t used = body_step(&c->req, data, body, &ended, &e);
     if (used < 0) {
         cm_log_info("conn", "bad request body session=%s err=%s", hash_hex(c),
                     llhttp_errno_name(e));
         send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
+        return -1;
+    }
+    if (c->req_chunked && (ended != gw_h1_chunked_done(&c->chunk) || (size_t)used != body)) {
+        /* the two disagree on where the body ends: neither reading is forwarded */
+        cm_log_warn("conn", "chunked body framed differently by llhttp session=%s", hash_hex(c));
+        send_error(c, GW_ERR_BAD_REQUEST, 1);
         return -1;
     }
     if (ended)

@@ -4,6 +4,29 @@
 #include <string.h>
 #include <strings.h>
 
+/* Byte classes: SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar), SC_VALUE a field value
+ * byte we take (VCHAR, SP, HTAB: no obs-text, which gw_h1_parse_head() decides on), SC_URL a
+ * request-target byte we take (RFC 3986 unreserved, gen-delims but '#', sub-delims, '%'). */
+enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
+static const uint8_t sc[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 7, 2, 3, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 2, 6, 2, 6,
+    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 2, 6, 3, 7,
+    3, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2, 3, 2, 7, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
 /* The <n> bytes at <p> equal <lower>, a literal of lower-case letters and '-', ignoring ASCII
  * case. OR-ing 0x20 lower-cases a letter and turns no other byte a name or a value can hold
  * (no CR) into a letter or '-', so eight bytes compare at once. */
@@ -219,13 +242,19 @@ static int note_header(struct gw_h1_head *h, int idx, int request)
         if (name_is(n, nl, "transfer-encoding", 17)) {
             x->cls = GW_H1_C_TE;
             if (request) {
-                /* an empty one sets no llhttp flag but is no framing an instance agrees on */
+                /* One header of exactly "chunked" (RFC 9112 6.1 lets a server refuse codings
+                 * it does not know; 400 is allowed). llhttp 8 frames "cow, chunked" and
+                 * "identity, chunked", and a second header, as chunked; an instance that
+                 * knows no "cow", takes only the first header or reads a list differently
+                 * frames the body another way. An empty value sets no llhttp flag but is no
+                 * framing an instance agrees on either. */
                 const char *v = x->value;
                 size_t vn = x->value_len;
                 gw_h1_trim(&v, &vn);
-                if (vn == 0)
+                if (h->has_te || !name_is(v, vn, "chunked", 7))
                     return GW_H1_BAD_FRAMING;
             }
+            h->has_te = 1;
         } else if (name_is(n, nl, "x-forwarded-proto", 17)) {
             x->cls = GW_H1_C_XFP;
         }
@@ -352,15 +381,93 @@ static void init_head(struct gw_h1_head *head)
     head->content_type = head->xff = head->request_id = head->authorization = -1;
 }
 
+/* RFC 9112 3: request-line = method SP request-target SP HTTP-version CRLF, exactly: a token,
+ * one SP, a target of visible ASCII (0x21-0x7E), one SP, "HTTP/" DIGIT "." DIGIT, CRLF; empty
+ * lines (CRLF) before it are allowed (2.2). llhttp 8 also takes doubled spaces, a bare LF,
+ * bytes >= 0x80 in the target, and a line without a version (HTTP/0.9), after which it waits
+ * for header lines: such a client got its 400 only at header_timeout. Returns GW_H1_OK,
+ * GW_H1_INCOMPLETE (the <n> bytes are a proper prefix of such a line) or GW_H1_BAD. */
+static int check_request_line(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && p[i] == '\r') {
+        if (i + 1 == n)
+            return GW_H1_INCOMPLETE;
+        if (p[i + 1] != '\n')
+            return GW_H1_BAD;
+        i += 2;
+    }
+    size_t from = i;
+    while (i < n && (sc[(unsigned char)p[i]] & SC_TCHAR))
+        i++;
+    if (i == n)
+        return GW_H1_INCOMPLETE;
+    if (i == from || p[i] != ' ')
+        return GW_H1_BAD;
+    from = ++i;
+    while (i < n && (unsigned char)p[i] - 0x21u < 0x5eu)
+        i++;
+    if (i == n)
+        return GW_H1_INCOMPLETE;
+    if (i == from || p[i] != ' ')
+        return GW_H1_BAD;
+    i++;
+    static const char version[] = "HTTP/#.#\r\n"; /* '#': a digit */
+    for (size_t k = 0; k < sizeof(version) - 1; k++, i++) {
+        if (i == n)
+            return GW_H1_INCOMPLETE;
+        if (version[k] == '#' ? (unsigned)(p[i] - '0') > 9u : p[i] != version[k])
+            return GW_H1_BAD;
+    }
+    return GW_H1_OK;
+}
+
+/* Each header of <h> is one line, name ":" OWS value OWS CRLF, up to the next one or the
+ * blank line at <blank>. RFC 9112 5.2 makes a server reject obs-fold (a line starting with SP
+ * or HTAB continues the previous one) or unfold it; we reject it. llhttp 8 accepts it, and when
+ * the first line's value is empty ("Transfer-Encoding:" CRLF " chunked") it reports the
+ * continuation as the value, so nothing but the bytes around the slices shows the fold: the
+ * gateway read "chunked" (or a Host, a session key) that the instance may read unfolded,
+ * differently, or not at all. */
+static int one_line_each(const struct gw_h1_head *h, const char *blank)
+{
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        const char *p = x->name + x->name_len;
+        const char *next = i + 1 < h->n_headers ? h->headers[i + 1].name : blank;
+        if (p >= next || *p++ != ':')
+            return 0;
+        if (x->value_len) {
+            while (p < x->value && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p != x->value)
+                return 0; /* the value starts on a later line */
+            p += x->value_len;
+        }
+        while (p < next && (*p == ' ' || *p == '\t'))
+            p++;
+        if (next - p != 2 || p[0] != '\r' || p[1] != '\n')
+            return 0;
+    }
+    return 1;
+}
+
 static int parse_head(llhttp_t *parser, struct gw_h1_head *head, const char *buf, size_t len,
                       int head_request)
 {
     init_head(head);
+    if (parser->type == HTTP_REQUEST) {
+        int rc = check_request_line(buf, len);
+        if (rc != GW_H1_OK)
+            return rc;
+    }
     parser->data = head;
     llhttp_errno_t e = llhttp_execute(parser, buf, len);
     if (e == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(parser) - buf);
         llhttp_resume(parser);
+        if (used < 2 || !one_line_each(head, buf + used - 2))
+            return GW_H1_BAD;
         if (head->upgrade && parser->type == HTTP_REQUEST &&
             (head->chunked || (head->has_cl && head->content_length > 0))) {
             /* An upgrade offer on a request with a body (h2c-style): we do not take it up;
@@ -415,6 +522,8 @@ static int precheck_headers_complete(llhttp_t *p)
 
 int gw_h1_precheck(const char *buf, size_t len, int response)
 {
+    if (!response && check_request_line(buf, len) == GW_H1_BAD)
+        return GW_H1_BAD;
     llhttp_t p;
     llhttp_settings_t s;
     llhttp_settings_init(&s);
@@ -429,30 +538,211 @@ int gw_h1_precheck(const char *buf, size_t len, int response)
     return GW_H1_BAD;
 }
 
-/* ------------------------------------------------------------------ gw_h1_scan */
+/* ------------------------------------------------------------------ chunked framing */
 
-/* Byte classes: SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar), SC_VALUE a field value
- * byte we take (VCHAR, SP, HTAB: no obs-text, which gw_h1_parse_head() decides on), SC_URL a
- * request-target byte we take (RFC 3986 unreserved, gen-delims but '#', sub-delims, '%'). */
-enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
-static const uint8_t sc[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    2, 7, 2, 3, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 2, 6, 2, 6,
-    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 2, 6, 3, 7,
-    3, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2, 3, 2, 7, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+enum {
+    CK_SIZE0,     /* the first hex digit of a size line */
+    CK_SIZE,      /* more digits, ';' or CR */
+    CK_EXT_NAME0, /* after ';': the first byte of an extension name */
+    CK_EXT_NAME,  /* name bytes, '=', ';' or CR */
+    CK_EXT_VAL0,  /* after '=': a token or a quoted-string */
+    CK_EXT_TOKEN, /* token bytes, ';' or CR */
+    CK_EXT_QUOTED,
+    CK_EXT_QPAIR, /* after a backslash in a quoted-string */
+    CK_EXT_QEND,  /* after the closing quote: ';' or CR */
+    CK_SIZE_LF,   /* the LF of a size line */
+    CK_DATA,
+    CK_DATA_CR,
+    CK_DATA_LF,
+    CK_TRAILER0, /* the start of a trailer line, or the CR of the final CRLF */
+    CK_TNAME,
+    CK_TVALUE,
+    CK_TLF,
+    CK_END_LF,
+    CK_DONE,
+    CK_BAD,
 };
+
+void gw_h1_chunked_init(struct gw_h1_chunked *ck, uint32_t max_ext, uint32_t max_trailer)
+{
+    ck->left = 0;
+    ck->n = 0;
+    ck->max_ext = max_ext;
+    ck->max_trailer = max_trailer;
+    ck->state = CK_SIZE0;
+}
+
+int gw_h1_chunked_done(const struct gw_h1_chunked *ck)
+{
+    return ck->state == CK_DONE;
+}
+
+static int hex_digit(unsigned c)
+{
+    if (c - '0' < 10u)
+        return (int)(c - '0');
+    c |= 0x20;
+    return c - 'a' < 6u ? (int)(c - 'a' + 10) : -1;
+}
+
+/* qdtext (RFC 9110 5.6.4): HTAB, SP, 0x21, 0x23-0x5B, 0x5D-0x7E, obs-text */
+static int qdtext(unsigned c)
+{
+    return c == '\t' || (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f);
+}
+
+/* field-value bytes (RFC 9110 5.5): VCHAR, obs-text, SP, HTAB */
+static int field_byte(unsigned c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+ssize_t gw_h1_chunked_step(struct gw_h1_chunked *ck, const char *data, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)data, *end = p + len;
+    unsigned st = ck->state;
+    while (p < end) {
+        unsigned c = *p;
+        if (st == CK_DATA) { /* the common case: skip the data, no byte looked at */
+            size_t take = (size_t)(end - p);
+            if (take > ck->left)
+                take = (size_t)ck->left;
+            p += take;
+            ck->left -= take;
+            if (ck->left == 0)
+                st = CK_DATA_CR;
+            continue;
+        }
+        if (st >= CK_EXT_NAME0 && st <= CK_EXT_QEND && c != '\r' && ++ck->n > ck->max_ext)
+            goto bad;
+        switch (st) {
+        case CK_SIZE0:
+        case CK_SIZE: {
+            int d = hex_digit(c);
+            if (d >= 0) {
+                if (ck->left >> 56) /* 15 hex digits at most (leading zeros aside) */
+                    goto bad;
+                ck->left = ck->left << 4 | (unsigned)d;
+                st = CK_SIZE;
+            } else if (st == CK_SIZE0) {
+                goto bad;
+            } else if (c == ';') {
+                ck->n = 1;
+                if (ck->n > ck->max_ext)
+                    goto bad;
+                st = CK_EXT_NAME0;
+            } else if (c == '\r') {
+                st = CK_SIZE_LF;
+            } else {
+                goto bad;
+            }
+            break;
+        }
+        case CK_EXT_NAME0:
+            if (!(sc[c] & SC_TCHAR))
+                goto bad;
+            st = CK_EXT_NAME;
+            break;
+        case CK_EXT_NAME:
+        case CK_EXT_TOKEN:
+        case CK_EXT_QEND:
+            if (st != CK_EXT_QEND && (sc[c] & SC_TCHAR))
+                break;
+            if (c == ';')
+                st = CK_EXT_NAME0;
+            else if (c == '\r')
+                st = CK_SIZE_LF;
+            else if (c == '=' && st == CK_EXT_NAME)
+                st = CK_EXT_VAL0;
+            else
+                goto bad;
+            break;
+        case CK_EXT_VAL0:
+            if (sc[c] & SC_TCHAR)
+                st = CK_EXT_TOKEN;
+            else if (c == '"')
+                st = CK_EXT_QUOTED;
+            else
+                goto bad;
+            break;
+        case CK_EXT_QUOTED:
+            if (c == '"')
+                st = CK_EXT_QEND;
+            else if (c == '\\')
+                st = CK_EXT_QPAIR;
+            else if (!qdtext(c))
+                goto bad;
+            break;
+        case CK_EXT_QPAIR: /* quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text ) */
+            if (!field_byte(c))
+                goto bad;
+            st = CK_EXT_QUOTED;
+            break;
+        case CK_SIZE_LF:
+            if (c != '\n')
+                goto bad;
+            ck->n = 0;
+            st = ck->left ? CK_DATA : CK_TRAILER0;
+            break;
+        case CK_DATA_CR:
+            if (c != '\r')
+                goto bad;
+            st = CK_DATA_LF;
+            break;
+        case CK_DATA_LF:
+            if (c != '\n')
+                goto bad;
+            st = CK_SIZE0;
+            break;
+        case CK_TRAILER0:
+        case CK_TNAME:
+        case CK_TVALUE:
+        case CK_TLF:
+        case CK_END_LF:
+            if (++ck->n > ck->max_trailer)
+                goto bad;
+            if (st == CK_TRAILER0) {
+                if (c == '\r')
+                    st = CK_END_LF;
+                else if (sc[c] & SC_TCHAR) /* not SP or HTAB: no obs-fold */
+                    st = CK_TNAME;
+                else
+                    goto bad;
+            } else if (st == CK_TNAME) {
+                if (c == ':')
+                    st = CK_TVALUE;
+                else if (!(sc[c] & SC_TCHAR)) /* no white space before the colon either */
+                    goto bad;
+            } else if (st == CK_TVALUE) {
+                if (c == '\r')
+                    st = CK_TLF;
+                else if (!field_byte(c))
+                    goto bad;
+            } else {
+                if (c != '\n')
+                    goto bad;
+                if (st == CK_END_LF) {
+                    ck->state = CK_DONE;
+                    return (ssize_t)(p + 1 - (const unsigned char *)data);
+                }
+                st = CK_TRAILER0;
+            }
+            break;
+        default: /* CK_DONE: nothing more belongs to the body; CK_BAD stays bad */
+            if (st == CK_DONE)
+                return (ssize_t)(p - (const unsigned char *)data);
+            goto bad;
+        }
+        p++;
+    }
+    ck->state = (uint8_t)st;
+    return (ssize_t)len;
+bad:
+    ck->state = CK_BAD;
+    return GW_H1_BAD_FRAMING;
+}
+
+/* ------------------------------------------------------------------ gw_h1_scan */
 
 static int method_id(const char *m, size_t n)
 {

@@ -10,6 +10,7 @@
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* What a header is to the gateway, found once while parsing (bits; 0 for most headers). */
 enum gw_h1_class {
@@ -57,6 +58,7 @@ struct gw_h1_head {
     uint8_t upgrade;
     uint8_t chunked;
     uint8_t has_cl;
+    uint8_t has_te;     /* a Transfer-Encoding header was seen (requests: exactly one) */
     uint8_t body_done;  /* the message ended with its head (no body) */
     uint64_t content_length;
     /* named headers found while parsing (index into headers, or -1) */
@@ -73,6 +75,10 @@ struct gw_h1_head {
 /* Parses a complete head (<len> bytes ending with CRLFCRLF) with <parser>, which the caller
  * initialised for requests or responses and keeps for the body. <head->headers> and
  * <head->max_headers> must be set. For a response to a HEAD request pass <head_request> 1.
+ * A request line must be exactly method SP target SP HTTP-version CRLF, the target visible
+ * ASCII (RFC 9112 3; llhttp 8 alone takes doubled spaces, a bare LF, bytes >= 0x80); each
+ * header one line (obs-fold refused, RFC 9112 5.2, in requests and responses); a request's
+ * Transfer-Encoding, if any, one header of exactly "chunked" (else GW_H1_BAD_FRAMING).
  * Returns GW_H1_OK (the parser now expects the body, or head->body_done is 1) or a negative
  * gw_h1_status. Slices point into <buf>. */
 int gw_h1_parse_head(llhttp_t *parser, const llhttp_settings_t *settings, struct gw_h1_head *head,
@@ -96,8 +102,35 @@ int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int respo
  * on_message_complete are set by the caller through <on_body>/<on_complete> (may be NULL). */
 void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb on_complete);
 /* Checks a partial head early (before CRLFCRLF arrived) so garbage gets a 400 at once instead of
- * waiting for the size limit or the timeout. Returns GW_H1_INCOMPLETE or a negative error. */
+ * waiting for the size limit or the timeout: a request line that is not exactly method SP
+ * target SP HTTP-version CRLF (HTTP/0.9 included) as soon as it is there. Returns
+ * GW_H1_INCOMPLETE or a negative error. */
 int gw_h1_precheck(const char *buf, size_t len, int response);
+
+/* A chunked request body's framing, checked by us before llhttp sees the bytes (RFC 9112 7.1,
+ * strictly): chunk-size = 1*HEXDIG (at most 2^60 - 1) right at the line start; chunk
+ * extensions ";" token [ "=" ( token / quoted-string ) ], repeated, without white space, at
+ * most max_ext bytes per line (0: none); every line end CRLF; the chunk data followed by CRLF;
+ * the trailer lines token ":" field-value (VCHAR, obs-text, SP, HTAB) CRLF, no obs-fold, at
+ * most max_trailer bytes with the final CRLF. llhttp 8 takes a bare CR in a size line
+ * ("5" CR CR ";ABCD" CRLF) and any two bytes after chunk data ("1" CRLF "Zxx0" CRLF CRLF),
+ * shapes another parser reads as extensions or data: the instance then finds a request the
+ * gateway never checked. Whatever llhttp version is built, this decides first. Value type,
+ * caller's storage; pure. */
+struct gw_h1_chunked {
+    uint64_t left; /* the chunk size being read, then its data bytes not yet seen */
+    uint32_t n;    /* bytes of the extensions of this line, or of the trailer section */
+    uint32_t max_ext, max_trailer;
+    uint8_t state;
+};
+void gw_h1_chunked_init(struct gw_h1_chunked *ck, uint32_t max_ext, uint32_t max_trailer);
+/* The next <len> bytes of the body (<len> > 0). Returns how many belong to it: <len>, or fewer
+ * when the body ended in them (gw_h1_chunked_done() is then 1 and the rest follows the
+ * message); or GW_H1_BAD_FRAMING if a byte breaks the grammar or a limit (none of <data> is to
+ * be forwarded then; the state is left at the error, for good). */
+ssize_t gw_h1_chunked_step(struct gw_h1_chunked *ck, const char *data, size_t len);
+/* 1 once the last chunk's trailer section ended. */
+int gw_h1_chunked_done(const struct gw_h1_chunked *ck);
 
 /* Header helpers. */
 /* The <n> bytes at <p> equal <lower> (lower case) ignoring ASCII case. Inline: header names

@@ -46,21 +46,30 @@ int gw_skey_find(const struct gw_route *route, const struct gw_h1_head *head,
 {
     for (char **name = route->key_headers; name && *name; name++) {
         size_t nl = strlen(*name);
+        const struct gw_h1_header *found = NULL;
         for (uint32_t i = 0; i < head->n_headers; i++) {
             const struct gw_h1_header *h = &head->headers[i];
             if (!gw_h1_name_eq(h, *name, nl))
                 continue;
-            const char *v = h->value;
-            size_t vn = h->value_len;
-            gw_h1_trim(&v, &vn);
-            if (!cm_key_valid(v, vn))
+            /* Two of them (or a list, below): which one is the key depends on the parser;
+             * an instance that takes the last, or joins them, reads another session's key
+             * than the one the gateway routed by. */
+            if (found)
                 return GW_SKEY_INVALID;
-            *ret_key = v;
-            *ret_len = vn;
-            if (ret_from_cookie)
-                *ret_from_cookie = 0;
-            return GW_SKEY_FOUND;
+            found = h;
         }
+        if (!found)
+            continue;
+        const char *v = found->value;
+        size_t vn = found->value_len;
+        gw_h1_trim(&v, &vn);
+        if (!cm_key_valid(v, vn) || memchr(v, ',', vn))
+            return GW_SKEY_INVALID;
+        *ret_key = v;
+        *ret_len = vn;
+        if (ret_from_cookie)
+            *ret_from_cookie = 0;
+        return GW_SKEY_FOUND;
     }
     if (!route->cookie)
         return GW_SKEY_NONE;

@@ -11,7 +11,8 @@ struct gw_route;
 enum gw_skey_result {
     GW_SKEY_NONE = 0,    /* no key in the request */
     GW_SKEY_FOUND = 1,   /* <ret_key>/<ret_len> point into the head */
-    GW_SKEY_INVALID = -1 /* a key is present but not 1-128 visible ASCII characters */
+    GW_SKEY_INVALID = -1 /* a key is present but not 1-128 visible ASCII characters, or a
+                          * key header comes twice or holds a comma (a list) */
 };
 
 /* Looks for the key per <route>. On GW_SKEY_FOUND sets <ret_key> and <ret_len>, else leaves

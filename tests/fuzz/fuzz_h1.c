@@ -11,7 +11,9 @@
  * head, indices name the right headers, Connection tokens are trimmed non-empty tokens, no
  * header value spans a line break, a head that parses had no earlier prefix refused by the
  * precheck, framing is consistent (never Content-Length with chunked, bodiless when it must
- * be), and a Content-Length body is exactly that long. */
+ * be, a request's Transfer-Encoding one header of exactly "chunked"), a Content-Length
+ * body is exactly that long, and where llhttp and our chunked framing check
+ * (gw_h1_chunked_step) both take a chunked request body they end it at the same byte. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,9 +162,19 @@ static void check_head(const struct gw_h1_head *h, const char *buf, size_t len, 
     if (!response && ((h->has_cl && h->content_length > 0) || h->chunked) && h->body_done)
         FAIL("request announces a body (Content-Length %llu, chunked %d) but body_done is set",
              (unsigned long long)h->content_length, h->chunked);
-    for (uint32_t i = 0; i < h->n_headers && !response; i++)
-        if (gw_h1_name_eq(&h->headers[i], "transfer-encoding", 17) && !h->chunked)
+    int n_te = 0;
+    for (uint32_t i = 0; i < h->n_headers && !response; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        if (!gw_h1_name_eq(x, "transfer-encoding", 17))
+            continue;
+        if (!h->chunked)
             FAIL("request with a Transfer-Encoding not ending in chunked accepted (RFC 9112 6.1)");
+        const char *v = x->value;
+        size_t vn = x->value_len;
+        gw_h1_trim(&v, &vn);
+        if (++n_te > 1 || vn != 7 || strncasecmp(v, "chunked", 7) != 0)
+            FAIL("request Transfer-Encoding other than one \"chunked\" accepted: %.*s", (int)vn, v);
+    }
     /* Every header a Connection (or Proxy-Connection) option names is hop-by-hop, however
      * many options there are (RFC 9110 7.6.1), except the framing and Host. */
     for (uint32_t i = 0; i < h->n_headers; i++) {
@@ -237,27 +249,45 @@ static size_t one_message(const char *p, size_t n, int response, int head_reques
     if (h.body_done)
         return head_len;
 
-    /* The body, through the same parser, in pieces. */
+    /* The body, through the same parser, in pieces; a chunked request's pieces through our
+     * framing check first, llhttp seeing only what it takes (as conn.c). */
     struct body_state b = {.lo = p + head_len, .hi = p + n};
     parser.settings = (void *)&body_settings;
     parser.data = &b;
     const char *q = p + head_len, *qend = p + n;
+    int checked = !response && h.chunked;
+    struct gw_h1_chunked ck;
+    gw_h1_chunked_init(&ck, 64 << (split_seed & 3), 4096);
     unsigned seed = split_seed * 2654435761u + 1;
     while (q < qend && !b.complete) {
         seed = seed * 1103515245u + 12345u;
         size_t piece = 1 + (seed >> 16) % 4096;
         if (piece > (size_t)(qend - q))
             piece = (size_t)(qend - q);
+        if (checked) {
+            ssize_t k = gw_h1_chunked_step(&ck, q, piece);
+            if (k < 0)
+                return 0; /* conn.c: 400, nothing of the piece forwarded */
+            if ((size_t)k > piece || ((size_t)k < piece && !gw_h1_chunked_done(&ck)))
+                FAIL("chunked check took %zd of %zu bytes", k, piece);
+            piece = (size_t)k;
+        }
         llhttp_errno_t e = llhttp_execute(&parser, q, piece);
         if (e == HPE_PAUSED) {
             const char *at = llhttp_get_error_pos(&parser);
             if (!b.complete || at < q || at > q + piece)
                 FAIL("paused outside the message end");
+            /* Both take the body: they must end it at the same byte (conn.c refuses a
+             * disagreement, but either side being wrong is a bug to know of). */
+            if (checked && (!gw_h1_chunked_done(&ck) || at != q + piece))
+                FAIL("llhttp ended a chunked body where our check does not");
             q = at;
             break;
         }
         if (e != HPE_OK)
             return 0; /* conn.c: 400 (request) or cut (response) */
+        if (checked && gw_h1_chunked_done(&ck))
+            FAIL("our check ended a chunked body llhttp goes on with");
         q += piece;
     }
     if (!b.complete) {

@@ -6,9 +6,9 @@
  *
  * Checks: a found key is 1-128 bytes of 0x21-0x7E lying inside one of the request's header
  * values; the out-parameters stay untouched unless a key is found; and the answer equals the
- * one of a plain reference implementation of the rules (route headers in order, first header
- * of a name decides, OWS trimmed; then the Cookie headers in order, first pair of that name,
- * one pair of quotes removed). */
+ * one of a plain reference implementation of the rules (route headers in order, the first
+ * name present decides: one header of it, OWS trimmed, no comma, else invalid; then the Cookie
+ * headers in order, first pair of that name, one pair of quotes removed). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,18 +93,24 @@ static int ref_cookie(const char *v, size_t n, const char *name, const char **re
 static int ref_find(const struct gw_route *r, const struct gw_h1_head *h, const char **key,
                     size_t *len, int *from_cookie)
 {
-    for (char **name = r->key_headers; name && *name; name++)
-        for (uint32_t i = 0; i < h->n_headers; i++) {
-            if (!name_is(&h->headers[i], *name))
-                continue;
-            const char *v = h->headers[i].value;
-            size_t vn = h->headers[i].value_len;
-            trim(&v, &vn);
-            if (!valid(v, vn))
-                return GW_SKEY_INVALID;
-            *key = v, *len = vn, *from_cookie = 0;
-            return GW_SKEY_FOUND;
-        }
+    for (char **name = r->key_headers; name && *name; name++) {
+        int count = 0;
+        uint32_t at = 0;
+        for (uint32_t i = 0; i < h->n_headers; i++)
+            if (name_is(&h->headers[i], *name) && count++ == 0)
+                at = i;
+        if (count == 0)
+            continue;
+        if (count > 1)
+            return GW_SKEY_INVALID;
+        const char *v = h->headers[at].value;
+        size_t vn = h->headers[at].value_len;
+        trim(&v, &vn);
+        if (!valid(v, vn) || memchr(v, ',', vn))
+            return GW_SKEY_INVALID;
+        *key = v, *len = vn, *from_cookie = 0;
+        return GW_SKEY_FOUND;
+    }
     if (!r->cookie)
         return GW_SKEY_NONE;
     for (uint32_t i = 0; i < h->n_headers; i++) {

@@ -7,20 +7,89 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      echo_template, wait_until)
+                      deep_merge, echo_template, wait_until, write_config)
 
 HEADER_TIMEOUT = 1.0
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20
 
 
+class Recorder:
+    """A raw upstream (the /rec/ route's "static" template) that keeps every byte each
+    gateway connection sends it: what an instance would have read. It answers a request head
+    at once (200, connection: close) and reads on until the gateway closes."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conns = []  # [bytearray, closed]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            rec = [bytearray(), False]
+            with self.lock:
+                self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(s, rec), daemon=True).start()
+
+    def _serve(self, s, rec):
+        answered = False
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                with self.lock:
+                    rec[0] += d
+                if not answered and b"\r\n\r\n" in rec[0]:
+                    answered = True
+                    s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n"
+                              b"connection: close\r\n\r\nrecorded\n")
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                rec[1] = True
+            s.close()
+
+    def mark(self):
+        with self.lock:
+            return len(self.conns)
+
+    def since(self, mark):
+        """What each connection accepted since <mark> got (one at least), once the gateway
+        closed them all."""
+        def all_closed():
+            with self.lock:
+                return len(self.conns) > mark and all(c for _, c in self.conns[mark:])
+        wait_until(all_closed, 10 * SLOW, "a connection from the gateway to the recorder, closed")
+        with self.lock:
+            return [bytes(data) for data, _ in self.conns[mark:]]
+
+    def close(self):
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
-def bstack():
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def bstack(recorder):
     _skip_unless_root()
     d = _short_tmp()
     s = Stack(d, {
@@ -34,7 +103,22 @@ def bstack():
                 {"name": "reject", "path_prefix": "/reject/", "no_key": "reject"},
                 {"name": "default", "path_prefix": "/"},
             ]},
-    })
+    }, start_gateway=False)
+    try:
+        # The gateway's config adds a "static" template for the recorder on /rec/ (the
+        # scheduler refuses one it cannot run, so its config stays without it).
+        cfg = deep_merge(s.cfg, {})
+        cfg["gateway"]["routes"] = [{"name": "rec", "path_prefix": "/rec/", "template": "rec"}] \
+            + cfg["gateway"]["routes"]
+        cfg["templates"] = cfg["templates"] + [
+            {"name": "rec", "driver": "static", "sessions_per_instance": 0,
+             "upstreams": ["127.0.0.1:%d" % recorder.port]}]
+        s.config_path = write_config(d / "berth-gateway.yaml", cfg)
+        s.start_gateway()
+    except BaseException:
+        s.stop(check=False)
+        _remove_tree(d)
+        raise
     yield s
     try:
         s.stop()
@@ -171,6 +255,28 @@ def test_too_many_headers_is_431(bstack):
     still_serving(bstack)
 
 
+def test_a_head_the_gateway_takes_is_not_too_many_headers_for_a_default_instance(stack):
+    """The gateway adds up to 4 headers (x-forwarded-for, x-forwarded-proto, x-request-id;
+    Host for HTTP/1.0). With the default limits (gateway.limits.max_headers, berth-echo's
+    --max-headers) each count around the limit gets the instance's answer, with every header,
+    or the gateway's own 431; never the instance's 431 (before: 100 client headers, the
+    gateway's limit, became 103 and berth-echo refused them)."""
+    refused_from = None
+    for n in range(90, 106):  # client headers, Host and the key included
+        a = exchange(stack.ports["gateway"], request(
+            "/many-headers", [("X-H%d" % i, "v") for i in range(n - 2)], session="many-headers"),
+            wait_close=0.1)
+        if a.status == 431:
+            gateway_error(a, 431, "headers_too_large")
+            refused_from = refused_from or n
+            continue
+        assert a.status == 200, "%d headers: %r" % (n, a)
+        assert refused_from is None, "%d headers refused, %d taken" % (refused_from, n)
+        got = a.json()["headers"]
+        assert len(got) == n + 3, "%d headers sent, the instance got %d" % (n, len(got))
+    assert refused_from is not None, "no limit between 90 and 105 headers"
+
+
 @pytest.mark.parametrize("line", ids=["extra", "space-in-target", "bad-method", "bad-version",
                                      "tls-hello", "h2-preface"], argvalues=[
     b"GET / HTTP/1.1 extra\r\n",
@@ -182,7 +288,40 @@ def test_too_many_headers_is_431(bstack):
 ])
 def test_malformed_request_line_is_400_at_once(bstack, line):
     # no end of head needed: garbage is refused before the header timeout
+    a = exchange(bstack.ports["gateway"], b"GET /\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed
+    assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed
+    still_serving(bstack)
+
+
+@pytest.mark.parametrize("line", ids=["two-spaces-after-method", "two-spaces-after-target",
+                                     "bare-lf", "utf8-target", "obs-text-target"], argvalues=[
+    b"GET  /two-spaces HTTP/1.1\r\n",
+    b"GET /two-spaces  HTTP/1.1\r\n",
+    b"GET /bare-lf HTTP/1.1\n",
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\n",
+    b"GET /\x80 HTTP/1.1\r\n",
+])
+def test_request_line_not_exactly_method_target_version_is_400(bstack, line):
+    """RFC 9112 3: method SP request-target SP HTTP-version CRLF, one SP each, a target of
+    visible ASCII. llhttp 8 takes all of these (the instance then sees a line it may split
+    another way): 400 and close, with the whole head or with the line alone."""
+    a = exchange(bstack.ports["gateway"],
+                 line + b"Host: x\r\nx-fc-session-id: bad-input\r\n\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
     a = exchange(bstack.ports["gateway"], line)
+    gateway_error(a, 400, "bad_request")
+    assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed
+    still_serving(bstack)
+
+
+def test_http09_request_is_answered_at_once(bstack):
+    """An HTTP/0.9 request is its request line without a version; its client waits for the
+    answer. llhttp 8 waits for header lines after it, so the gateway answered only when
+    header_timeout ran out (408)."""
+    a = exchange(bstack.ports["gateway"], b"GET /\r\n")
     gateway_error(a, 400, "bad_request")
     assert a.closed
     assert a.elapsed < HEADER_TIMEOUT, "400 only after %.2fs" % a.elapsed
@@ -236,6 +375,52 @@ def test_bad_chunk_size_is_400(bstack):
     gateway_error(a, 400, "bad_request")
     assert a.closed
     still_serving(bstack)
+
+
+# a session of its own: a key bound to an echo instance by other tests would go there
+CHUNKED_HEAD = (b"POST /rec/chunked HTTP/1.1\r\nHost: x\r\nx-fc-session-id: recorded\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("body", ids=["bare-cr-in-size-line", "no-crlf-after-data",
+                                      "long-chunk-extension", "obs-fold-in-trailer",
+                                      "space-before-trailer-colon", "bare-lf-ending-trailers"],
+                         argvalues=[
+    b"5\r\r;ABCD\r\n0\r\n\r\n",
+    b"1\r\nZxx0\r\n\r\n",
+    b"1;" + b"e" * 300 + b"\r\nZ\r\n0\r\n\r\n",  # limits.max_chunk_ext_bytes: 256 (default)
+    b"1\r\nZ\r\n0\r\nX-T: a\r\n b\r\n\r\n",
+    b"1\r\nZ\r\n0\r\nX-T : a\r\n\r\n",
+    b"1\r\nZ\r\n0\r\n\n",
+])
+def test_bad_chunked_framing_is_400_and_never_forwarded(bstack, recorder, body):
+    """Chunked framing llhttp 8.1 accepts (issue 14): "5" CR CR ";ABCD" (h2o reads the CR
+    ";ABCD" as an extension), chunk data followed by any two bytes, chunk extensions past
+    the limit, invalid trailer lines. The gateway forwarded such a body byte for byte, so an
+    instance parsing it another way saw a request the gateway never checked. Now: 400, close,
+    and the instance (connected to: the request was routed there) got at most the request
+    head, not a byte of the body."""
+    mark = recorder.mark()
+    a = exchange(bstack.ports["gateway"], CHUNKED_HEAD + body +
+                 b"POST /rec/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
+    for got in recorder.since(mark):
+        head, _, after = got.partition(b"\r\n\r\n")
+        assert after == b"", "body bytes reached the instance: %r" % got
+    still_serving(bstack)
+
+
+def test_chunked_body_within_the_limits_is_forwarded_as_sent(bstack, recorder):
+    """The counterpart: extensions up to the limit and valid trailers reach the instance as
+    the client sent them (chunked bodies are relayed, not re-framed)."""
+    body = (b"1;" + b"e" * 200 + b"\r\nZ\r\n3;a=\"q s\"\r\nabc\r\n0\r\n"
+            b"X-Trailer: t\r\nY:\r\n\r\n")
+    mark = recorder.mark()
+    a = exchange(bstack.ports["gateway"], CHUNKED_HEAD + body)
+    assert a.status == 200 and a.body == b"recorded\n", a
+    got = recorder.since(mark)
+    assert len(got) == 1 and got[0].partition(b"\r\n\r\n")[2] == body, got
 
 
 def test_body_over_max_body_with_content_length_is_413(bstack):
@@ -302,6 +487,43 @@ def test_obs_fold_is_refused_or_unfolded(bstack):
     still_serving(bstack)
 
 
+@pytest.mark.parametrize("te", ids=["cow-chunked", "identity-chunked", "two-headers",
+                                   "chunked-twice"], argvalues=[
+    [b"cow, chunked"], [b"identity, chunked"], [b"gzip", b"chunked"], [b"chunked", b"chunked"],
+])
+def test_transfer_encoding_other_than_exactly_chunked_is_refused(bstack, te):
+    """RFC 9112 6.1 allows 501 or 400 for a coding the server does not know. llhttp 8 frames
+    all but the last as chunked and the gateway forwarded them; an instance that knows no
+    "cow" or reads only the first header reads the body as the next request."""
+    head = b"POST /te-list HTTP/1.1\r\nHost: x\r\nx-fc-session-id: bad-input\r\n"
+    head += b"".join(b"Transfer-Encoding: " + v + b"\r\n" for v in te)
+    a = exchange(bstack.ports["gateway"], head + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+                 b"GET /smuggled HTTP/1.1\r\nHost: x\r\nx-fc-session-id: victim\r\n\r\n")
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
+    still_serving(bstack)
+
+
+@pytest.mark.parametrize("head", ids=["transfer-encoding", "content-length", "host",
+                                     "x-fc-session-id", "mcp-session-id", "cookie"], argvalues=[
+    b"POST /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id: bad-input\r\n"
+    b"Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id: bad-input\r\n"
+    b"Content-Length:\r\n 5\r\n\r\nhello",
+    b"GET /fold HTTP/1.1\r\nHost:\r\n x\r\nx-fc-session-id: bad-input\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nx-fc-session-id:\r\n bad-input\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nMcp-Session-Id:\r\n some-mcp-id\r\n\r\n",
+    b"GET /fold HTTP/1.1\r\nHost: x\r\nCookie:\r\n berth_session=bad-input\r\n\r\n",
+])
+def test_obs_fold_after_an_empty_first_line_is_400(bstack, head):
+    """RFC 9112 5.2. llhttp 8 reads "Name:" CRLF " value" as the value: the gateway framed,
+    routed or keyed the request by it while the folded line went to the instance as sent."""
+    a = exchange(bstack.ports["gateway"], head)
+    gateway_error(a, 400, "bad_request")
+    assert a.closed and a.rest == b"", a
+    still_serving(bstack)
+
+
 def test_upgrade_request_with_a_body_is_not_left_hanging(bstack):
     """An Upgrade request the instance does not switch for is an ordinary request: its body
     must reach the instance (or the request be refused), not be read as the next request."""
@@ -354,6 +576,25 @@ def test_invalid_session_key_is_400(bstack, key):
     gateway_error(a, 400, "invalid_session_key")
     # the connection stays usable: the next request on it is answered normally
     assert not a.closed
+    assert a.rest.startswith(b"HTTP/1.1 200"), a.rest[:200]
+    still_serving(bstack)
+
+
+@pytest.mark.parametrize("keys", ids=["two-headers", "same-twice", "comma-list", "two-mcp-ids"],
+                         argvalues=[
+    [("x-fc-session-id", "key-one"), ("x-fc-session-id", "key-two")],
+    [("x-fc-session-id", "key-one"), ("X-FC-Session-Id", "key-one")],
+    [("x-fc-session-id", "key-one,key-two")],
+    [("Mcp-Session-Id", "mcp-one"), ("Mcp-Session-Id", "mcp-two")],
+])
+def test_two_session_keys_are_400(bstack, keys):
+    """Which of two keys is the key depends on the parser (the gateway took the first; an
+    instance may take the last or join them): 400 invalid_session_key, as for two Hosts."""
+    a = exchange(bstack.ports["gateway"],
+                 request("/two-keys", session=None, headers=keys) +
+                 request("/next", session="valid-key"))
+    gateway_error(a, 400, "invalid_session_key")
+    assert not a.closed  # the framing is fine: the next request on the connection is served
     assert a.rest.startswith(b"HTTP/1.1 200"), a.rest[:200]
     still_serving(bstack)
 

@@ -150,7 +150,7 @@ static void check_defaults(const struct gw_config *gc)
     CHECK_UINT_EQ(gc->retry_after, 1);
     const struct gw_limits *l = &gc->limits;
     CHECK_UINT_EQ(l->max_header_bytes, 16 * KiB);
-    CHECK_UINT_EQ(l->max_headers, 100);
+    CHECK_UINT_EQ(l->max_headers, 96);
     CHECK_UINT_EQ(l->max_connections, 20000);
     CHECK_UINT_EQ(l->header_timeout, 10 * S);
     CHECK_UINT_EQ(l->keepalive_timeout, 75 * S);
@@ -162,6 +162,7 @@ static void check_defaults(const struct gw_config *gc)
     CHECK_UINT_EQ(l->buffer_low, 64 * KiB);
     CHECK_UINT_EQ(l->upstream_idle_per_instance, 32);
     CHECK_UINT_EQ(l->upstream_idle_timeout, 60 * S);
+    CHECK_UINT_EQ(l->max_chunk_ext_bytes, 256);
 }
 
 static void check_default_route(const struct gw_config *gc, const struct gw_route *r)
@@ -281,6 +282,7 @@ TEST(every_key_with_a_non_default_value)
                                    "    buffer_low: 0\n"
                                    "    upstream_idle_per_instance: 0\n"
                                    "    upstream_idle_timeout: 90s\n"
+                                   "    max_chunk_ext_bytes: 0\n"
                                    "  routes:\n"
                                    "    - name: api\n"
                                    "      host: API.Example.COM\n"
@@ -321,6 +323,7 @@ TEST(every_key_with_a_non_default_value)
     CHECK_UINT_EQ(l->buffer_low, 0);
     CHECK_UINT_EQ(l->upstream_idle_per_instance, 0);
     CHECK_UINT_EQ(l->upstream_idle_timeout, 90 * S);
+    CHECK_UINT_EQ(l->max_chunk_ext_bytes, 0);
 
     CHECK_UINT_EQ(gc->n_routes, 3);
     const struct gw_route *r = &gc->routes[0];
@@ -362,7 +365,8 @@ TEST(bounds_are_inclusive)
                                    "    response_timeout: 100ms\n    stream_idle_timeout: 100ms\n"
                                    "    start_timeout: 1h\n    buffer_high: 4096\n"
                                    "    buffer_low: 4095\n    upstream_idle_per_instance: 10000\n"
-                                   "    upstream_idle_timeout: 1h\n");
+                                   "    upstream_idle_timeout: 1h\n"
+                                   "    max_chunk_ext_bytes: 4KiB\n");
     CHECK_UINT_EQ(gc->workers, 256);
     CHECK_UINT_EQ(gc->retry_after, 0);
     CHECK_UINT_EQ(gc->activity_flush, 10 * MS);
@@ -375,6 +379,7 @@ TEST(bounds_are_inclusive)
     CHECK_UINT_EQ(gc->limits.buffer_high, 4096);
     CHECK_UINT_EQ(gc->limits.buffer_low, 4095);
     CHECK_UINT_EQ(gc->limits.upstream_idle_per_instance, 10000);
+    CHECK_UINT_EQ(gc->limits.max_chunk_ext_bytes, 4096);
     done(gc);
 }
 
@@ -445,6 +450,8 @@ TEST(limits_errors)
                  "gateway.limits.upstream_idle_per_instance: must be 0..10000");
     EXPECT_ERROR("gateway:\n  limits:\n    upstream_idle_timeout: |50ms\n",
                  "gateway.limits.upstream_idle_timeout: must be 100ms..3600000ms");
+    EXPECT_ERROR("gateway:\n  limits:\n    max_chunk_ext_bytes: |4097\n",
+                 "gateway.limits.max_chunk_ext_bytes: must be 0..4096 bytes");
     EXPECT_ERROR("gateway:\n  limits:\n    buffer_high: 64KiB\n    buffer_low: |64KiB\n",
                  "gateway.limits.buffer_low: must be below buffer_high");
     EXPECT_ERROR("gateway:\n  limits:\n    buffer_low: |1MiB\n",

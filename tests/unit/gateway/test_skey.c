@@ -98,6 +98,33 @@ TEST(route_order_of_key_headers_wins_over_request_order)
     CHECK_STR_EQ(f.key, "two");
 }
 
+TEST(two_key_headers_of_a_name_are_invalid)
+{
+    /* Which one is the key depends on the parser: the gateway took the first, an instance
+     * may take the last or join them ("a, b"). Like a second Host: refused. */
+    struct gw_route r = route(default_headers, "berth_session");
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: a\r\nx-fc-session-id: b\r\n").rc, GW_SKEY_INVALID);
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: a\r\nX-FC-SESSION-ID: a\r\n").rc, GW_SKEY_INVALID);
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: a\r\nX-Other: 1\r\nx-fc-session-id: \r\n").rc,
+                 GW_SKEY_INVALID);
+    /* a list in one header is two keys as well */
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: a,b\r\n").rc, GW_SKEY_INVALID);
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: a,\r\n").rc, GW_SKEY_INVALID);
+    CHECK_INT_EQ(find(&r, "x-fc-session-id: ,a\r\n").rc, GW_SKEY_INVALID);
+    /* the cookie does not rescue it */
+    CHECK_INT_EQ(
+        find(&r, "Cookie: berth_session=c\r\nx-fc-session-id: a\r\nx-fc-session-id: b\r\n").rc,
+        GW_SKEY_INVALID);
+    /* one header of each of two key names: the route's order decides, as before */
+    char *names[] = {"x-first", "x-second", NULL};
+    struct gw_route r2 = route(names, NULL);
+    struct found f = find(&r2, "X-Second: two\r\nX-First: one\r\n");
+    CHECK_INT_EQ(f.rc, GW_SKEY_FOUND);
+    CHECK_STR_EQ(f.key, "one");
+    /* ...but a doubled lower-priority one is refused too, not skipped */
+    CHECK_INT_EQ(find(&r2, "X-Second: two\r\nX-Second: three\r\n").rc, GW_SKEY_INVALID);
+}
+
 TEST(header_wins_over_cookie)
 {
     struct gw_route r = route(default_headers, "berth_session");
@@ -218,8 +245,11 @@ TEST(longest_valid_keys)
 {
     struct gw_route r = route(default_headers, "berth_session");
     char key[CM_KEY_MAX + 1];
-    for (int i = 0; i < CM_KEY_MAX; i++)
+    for (int i = 0; i < CM_KEY_MAX; i++) {
         key[i] = (char)(0x21 + i % (0x7e - 0x21 + 1));
+        if (key[i] == ',') /* a list in a header: two_key_headers_of_a_name_are_invalid */
+            key[i] = '.';
+    }
     key[CM_KEY_MAX] = '\0';
     /* '"' and ';' are fine in a header key */
     char h[400];
