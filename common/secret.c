@@ -145,15 +145,15 @@ void cm_secret_free(char *s)
     free(s);
 }
 
-int cm_secret_bearer_ok(const char *authorization, const char *secret)
+const char *cm_bearer_token(const char *authorization, size_t *ret_len)
 {
-    if (!authorization || !secret)
-        return 0;
+    if (!authorization)
+        return NULL;
     const char *h = authorization;
     while (*h == ' ' || *h == '\t')
         h++;
     if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return 0;
+        return NULL;
     h += 6;
     while (*h == ' ' || *h == '\t')
         h++;
@@ -161,6 +161,16 @@ int cm_secret_bearer_ok(const char *authorization, const char *secret)
     while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
         n--;
     if (n == 0)
+        return NULL;
+    *ret_len = n;
+    return h;
+}
+
+int cm_secret_bearer_ok(const char *authorization, const char *secret)
+{
+    size_t n = 0;
+    const char *h = cm_bearer_token(authorization, &n);
+    if (!h || !secret)
         return 0;
     /* Digests of equal length, compared in constant time: neither a prefix that matches nor
      * the secret's length shows in the time taken. */

@@ -48,5 +48,9 @@ void cm_secret_free(char *s);
  * token is compared through SHA-256 digests with CRYPTO_memcmp(), so the time taken tells
  * nothing about how much of it matched or how long the secret is. */
 int cm_secret_bearer_ok(const char *authorization, const char *secret);
+/* The token of an "Authorization: Bearer <token>" value (scheme case-insensitive, blanks around
+ * it dropped): a pointer into <authorization> and its length in <ret_len>, or NULL when the
+ * value is not a non-empty bearer token (<ret_len> untouched). */
+const char *cm_bearer_token(const char *authorization, size_t *ret_len);
 
 #endif

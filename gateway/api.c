@@ -16,6 +16,7 @@
 #include "common/key.h"
 #include "common/log.h"
 #include "common/redis.h"
+#include "common/secret.h"
 #include "common/store.h"
 #include "common/time.h"
 #include "gateway/admin.h"
@@ -638,17 +639,9 @@ static const struct cm_tenant *authenticate(const struct gw_api *api, struct cm_
     const char *h = cm_httpd_header(req, "Authorization");
     if (!h)
         return NULL;
-    while (*h == ' ' || *h == '\t')
-        h++;
-    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return NULL;
-    h += 6;
-    while (*h == ' ' || *h == '\t')
-        h++;
-    size_t n = strlen(h);
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    if (n == 0 || n > API_KEY_MAX)
+    size_t n = 0;
+    h = cm_bearer_token(h, &n);
+    if (!h || n > API_KEY_MAX)
         return NULL;
     char key[API_KEY_MAX + 1];
     memcpy(key, h, n);
