@@ -364,6 +364,15 @@ static int write_memory(int version, int swap, const char *dir, uint64_t bytes, 
         return rc;
     if (swap && !swap_first && (rc = write_value(dir, swap_file(version), sw, what, wlen)) < 0)
         return rc;
+    /* v1 does not charge socket buffers to the memory limit: TCP gets its own counter, capped
+     * like memory (v2 charges them to memory.max). Kernels without the file: nothing to cap. */
+    if (version == 1 && bytes) {
+        char path[4200];
+        if (fmt(path, sizeof(path), "%s/memory.kmem.tcp.limit_in_bytes", dir) == 0 &&
+            access(path, F_OK) == 0 &&
+            (rc = write_value(dir, "memory.kmem.tcp.limit_in_bytes", mem, what, wlen)) < 0)
+            return rc;
+    }
     return 0;
 }
 

@@ -264,6 +264,22 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                          "'%s': entries must be absolute paths other than / without '..'", *b);
             goto fail;
         }
+        /* Every sandbox sees its ro_binds: never the other instances' sockets and data. */
+        const char *inner[] = {c.run_dir, c.storage_root};
+        for (size_t k = 0; k < 2; k++) {
+            size_t bl = strlen(*b), il = strlen(inner[k]);
+            int overlap = (il >= bl && strncmp(inner[k], *b, bl) == 0 &&
+                           (inner[k][bl] == '/' || inner[k][bl] == '\0' || (*b)[bl - 1] == '/')) ||
+                          (bl >= il && strncmp(*b, inner[k], il) == 0 &&
+                           ((*b)[il] == '/' || (*b)[il] == '\0'));
+            if (overlap) {
+                cm_conf_fail(&ctx, cm_ynode_get(section, "ro_binds"), SEC, "ro_binds",
+                             "'%s' overlaps %s %s: every sandbox would see the others' sockets "
+                             "and data",
+                             *b, k ? "storage_root" : "run_dir", inner[k]);
+                goto fail;
+            }
+        }
     }
     free(listen);
     *ret = c;

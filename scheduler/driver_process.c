@@ -65,6 +65,7 @@ struct pdriver {
     int agent_fd;
     /* What this host offers (probed at start-up) and what we use. */
     int userns, seccomp; /* 1: works here */
+    int owner_ok;        /* user namespaces can be owned by the instance base id */
     char userns_why[160], seccomp_why[160];
     struct sch_seccomp_prog progs[2]; /* "default", "strict" */
     unsigned char *slots;             /* capacity entries: 1 = uid range in use */
@@ -83,6 +84,7 @@ struct pinst {
     uint64_t data_size;  /* the template's, for the session's image (kept in the state file) */
     struct sch_cg_io io; /* the template's io limits for /data's device (state file too) */
     int data_lock;       /* the attached image's lock, -1 */
+    unsigned app_uid;    /* the app's uid inside (state file too): owns a new image's root */
 };
 
 static int pidfd_open(pid_t pid)
@@ -249,7 +251,7 @@ static void remove_traces(const char *dir, char *const *cgdirs)
 }
 
 /* The state file: "pid=N\n" then "cgroup=DIR\n" lines. */
-static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
+static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size, unsigned app_uid,
                        const struct sch_cg_io *io, char *const *cgdirs)
 {
     char path[PATH_MAX + 16], tmp[PATH_MAX + 16];
@@ -261,7 +263,7 @@ static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
     fprintf(f, "pid=%d\n", (int)pid);
     if (slot >= 0)
         fprintf(f, "slot=%d\n", slot);
-    fprintf(f, "data_size=%" PRIu64 "\n", data_size);
+    fprintf(f, "data_size=%" PRIu64 "\napp_uid=%u\n", data_size, app_uid);
     fprintf(f, "io=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", io->read_bps, io->write_bps,
             io->read_iops, io->write_iops);
     for (; cgdirs && *cgdirs; cgdirs++)
@@ -276,7 +278,7 @@ static int write_state(const char *dir, pid_t pid, int slot, uint64_t data_size,
 }
 
 static int read_state(const char *dir, pid_t *ret_pid, int *ret_slot, uint64_t *ret_data_size,
-                      struct sch_cg_io *ret_io, char ***ret_cgdirs)
+                      unsigned *ret_app_uid, struct sch_cg_io *ret_io, char ***ret_cgdirs)
 {
     char buf[STATE_FILE_MAX];
     ssize_t len = read_host_file(dir, "state", buf, sizeof(buf));
@@ -296,6 +298,8 @@ static int read_state(const char *dir, pid_t *ret_pid, int *ret_slot, uint64_t *
             slot = atoi(line + 5);
         else if (strncmp(line, "data_size=", 10) == 0)
             *ret_data_size = strtoull(line + 10, NULL, 10);
+        else if (strncmp(line, "app_uid=", 8) == 0 && ret_app_uid)
+            *ret_app_uid = strtoul(line + 8, NULL, 10) == 0 ? 0 : SCH_SANDBOX_USER;
         else if (strncmp(line, "io=", 3) == 0 && ret_io)
             sscanf(line + 3, "%" SCNu64 ",%" SCNu64 ",%" SCNu64 ",%" SCNu64, &ret_io->read_bps,
                    &ret_io->write_bps, &ret_io->read_iops, &ret_io->write_iops);
@@ -441,6 +445,47 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
+/* clone() with effective ids <owner> (uid and gid), so that the new user namespace is owned by
+ * the instance's base id and not by root: the kernel charges what the sandbox creates (inotify
+ * instances and watches, message queues, pending signals, ...) up to the namespace's owner, so
+ * with root as the owner every sandbox would share, and could exhaust, root's budget on this
+ * host. Back to root right after; the other namespaces need no capability in ours, being owned
+ * by the new user namespace. <owner> 0: a plain clone. Falls back to root as the owner where an
+ * unprivileged user namespace is refused (logged once). */
+static pid_t clone_as(struct pdriver *d, uint32_t owner, int flags, struct sch_sandbox_args *args,
+                      int *pidfd)
+{
+    static int warned;
+    char *stack_top = args->stack_top;
+    if (owner && d->owner_ok) {
+        if (setresgid(-1, owner, -1) == 0 && setresuid(-1, owner, -1) == 0) {
+            pid_t pid = clone(sch_sandbox_child, stack_top, flags, args, pidfd);
+            int e = errno;
+            if (setresuid(-1, 0, -1) < 0 || setresgid(-1, 0, -1) < 0) {
+                /* Without root we cannot manage anything any more: stop loudly. */
+                cm_log_error("driver", "cannot become root again after clone: %s", strerror(errno));
+                abort();
+            }
+            if (pid >= 0)
+                return pid;
+            errno = e;
+            if (e != EPERM && e != EACCES && e != ENOSPC)
+                return -1;
+        } else {
+            setresuid(-1, 0, -1);
+            setresgid(-1, 0, -1);
+        }
+        d->owner_ok = 0;
+        if (!warned++)
+            cm_log_warn("driver",
+                        "unprivileged user namespaces refused: sandboxes' user "
+                        "namespaces are owned by root and share its budgets (inotify, "
+                        "message queues) err=\"%s\"",
+                        strerror(errno));
+    }
+    return clone(sch_sandbox_child, stack_top, flags, args, pidfd);
+}
+
 static int profile_index(const char *name)
 {
     return name && strcmp(name, "strict") == 0 ? 1 : 0;
@@ -457,6 +502,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     int socks[3] = {-1, -1, -1}, exit_fd = -1;
     char **argv = NULL, **envp = NULL;
     char *stack = NULL;
+    struct sch_sandbox_host *host = NULL;
     pid_t pid = -1;
     int rc;
     int made_dir = 0;
@@ -468,6 +514,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     pi->slot = -1;
     pi->data_lock = -1;
     pi->data_size = t->data_size;
+    pi->app_uid = t->run_as_root ? 0 : SCH_SANDBOX_USER;
     pi->io = (struct sch_cg_io){.read_bps = t->io_read_bps,
                                 .write_bps = t->io_write_bps,
                                 .read_iops = t->io_read_iops,
@@ -482,16 +529,25 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         rc = -EAGAIN;
         goto fail;
     }
-    if (mkdir(pi->dir, 0711) < 0) {
+    /* 0710, the gateway's group: only root and the gateway reach the sockets and data/ (the
+     * session's files); the sandbox reaches what it needs through handles. */
+    if (mkdir(pi->dir, 0710) < 0) {
         rc = -errno;
         snprintf(err, errlen, "cannot create %s: %s", pi->dir, strerror(errno));
         goto fail;
     }
     made_dir = 1;
-    static const char *const subdirs[][2] = {{"sock", "0711"}, {"data", "0755"}, {"root", "0700"}};
+    if (chown(pi->dir, 0, d->cfg->socket_gid) < 0 || chmod(pi->dir, 0710) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot give %s to group %u: %s", pi->dir, d->cfg->socket_gid,
+                 strerror(errno));
+        goto fail;
+    }
+    static const char *const subdirs[][2] = {{"sock", "0710"}, {"data", "0755"}};
     for (size_t i = 0; i < CM_ARRAY_SIZE(subdirs); i++) {
         snprintf(p, sizeof(p), "%s/%s", pi->dir, subdirs[i][0]);
-        if (mkdir(p, (mode_t)strtol(subdirs[i][1], NULL, 8)) < 0) {
+        if (mkdir(p, (mode_t)strtol(subdirs[i][1], NULL, 8)) < 0 ||
+            (i == 0 && chown(p, 0, d->cfg->socket_gid) < 0)) {
             rc = -errno;
             snprintf(err, errlen, "cannot create %s: %s", p, strerror(errno));
             goto fail;
@@ -550,7 +606,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         .rootfs = t->rootfs,
         .with_data = t->data,
         .insecure = !d->userns,
-        .app_uid = t->run_as_root ? 0 : SCH_SANDBOX_USER,
+        .app_uid = pi->app_uid,
         .seccomp = d->seccomp ? &d->progs[profile_index(t->seccomp)] : NULL,
         .sync_fd = sync_fds[0],
         .ready_fd = ready_fds[1],
@@ -562,19 +618,27 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         .exit_fd = exit_fd,
         .argv = argv,
         .envp = envp,
+        .stack_top = stack + CHILD_STACK,
     };
+    if (!(host = sch_sandbox_host_create(&args, err, errlen))) {
+        rc = -EIO;
+        goto fail;
+    }
+    args.host = host;
     /* No CLONE_PARENT_DEATHSIG-like ties: the instance outlives us. The user namespace comes
      * first, so it owns every other namespace the child gets. */
     int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
                 CLONE_PIDFD | SIGCHLD;
     if (d->userns)
         flags |= CLONE_NEWUSER;
-    pid = clone(sch_sandbox_child, stack + CHILD_STACK, flags, &args, &pidfd);
+    pid = clone_as(d, d->userns ? slot_uid(d, pi->slot) : 0, flags, &args, &pidfd);
     if (pid < 0) {
         rc = -errno;
         snprintf(err, errlen, "clone: %s", strerror(errno));
         goto fail;
     }
+    sch_sandbox_host_destroy(host); /* the child has its own copies of the handles */
+    host = NULL;
     pi->child = 1;
     close_fd(&sync_fds[0]);
     close_fd(&ready_fds[1]);
@@ -590,7 +654,8 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         snprintf(err, errlen, "cannot move pid %d into its cgroups: %s", (int)pid, strerror(-rc));
         goto fail;
     }
-    if ((rc = write_state(pi->dir, pid, pi->slot, pi->data_size, &pi->io, pi->cgdirs)) < 0) {
+    if ((rc = write_state(pi->dir, pid, pi->slot, pi->data_size, pi->app_uid, &pi->io,
+                          pi->cgdirs)) < 0) {
         snprintf(err, errlen, "cannot write %s/state: %s", pi->dir, strerror(-rc));
         goto fail;
     }
@@ -614,6 +679,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     return 0;
 
 fail:
+    sch_sandbox_host_destroy(host);
     close_fd(&sync_fds[0]);
     close_fd(&sync_fds[1]); /* EOF: a waiting child exits */
     close_fd(&ready_fds[0]);
@@ -655,7 +721,8 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         return -EINVAL;
     }
     struct sch_cg_io io = {0};
-    int rc = read_state(dir, &pid, &slot, &data_size, &io, &cgdirs);
+    unsigned app_uid = SCH_SANDBOX_USER;
+    int rc = read_state(dir, &pid, &slot, &data_size, &app_uid, &io, &cgdirs);
     if (rc < 0) {
         cm_strv_free(cgdirs);
         snprintf(err, errlen, "no state file in %s: %s", dir, strerror(-rc));
@@ -682,6 +749,7 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     pi->slot = d->userns ? slot : -1;
     slot_mark(d, pi->slot, 1);
     pi->data_size = data_size;
+    pi->app_uid = app_uid;
     pi->io = io;
     pi->data_lock = -1;
     snprintf(pi->pub.id, sizeof(pi->pub.id), "%s", id);
@@ -746,8 +814,8 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         }
     }
     struct sch_storage_dev dev;
-    int rc =
-        sch_storage_attach(dir, pi->data_size, userns_fd, p, &pi->data_lock, &dev, err, errlen);
+    int rc = sch_storage_attach(dir, pi->data_size, pi->app_uid, userns_fd, p, &pi->data_lock, &dev,
+                                err, errlen);
     if (userns_fd >= 0)
         close(userns_fd);
     if (rc == 0) {
@@ -809,7 +877,8 @@ static void read_console_tail(const char *dir, char *tail, size_t len)
             if (s[1] && o + 4 < len)
                 o += (size_t)snprintf(tail + o, len - o, " | ");
         } else {
-            tail[o++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+            /* written by the sandbox, logged inside quotes: no quote, backslash or control */
+            tail[o++] = (*s >= 0x20 && *s < 0x7f && *s != '"' && *s != '\\') ? *s : '?';
         }
     }
     tail[o] = '\0';
@@ -914,7 +983,7 @@ static int p_purge(struct sch_driver *base, const char *id)
     char **cgdirs = NULL;
     if (!is_ours(d, id) || instance_dir(d, id, dir, sizeof(dir)) < 0)
         return -EINVAL;
-    read_state(dir, &pid, &slot, &data_size, NULL, &cgdirs);
+    read_state(dir, &pid, &slot, &data_size, NULL, NULL, &cgdirs);
     if (pid > 0 && is_agent_of(pid, id)) {
         int fd = pidfd_open(pid);
         if (fd >= 0 && is_agent_of(pid, id)) {
@@ -1079,6 +1148,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char 
         goto fail;
     }
     close(pfd);
+    d->owner_ok = 1;
     if (!(d->slots = calloc(cfg->capacity, 1))) {
         snprintf(err, errlen, "out of memory");
         goto fail;

@@ -60,10 +60,12 @@ static const char *const dev_nodes[] = {"/dev/null",   "/dev/zero",    "/dev/ful
 static const char *const proc_readonly[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq",
                                             "/proc/bus", "/proc/fs"};
 static const char *const proc_masked_files[] = {
-    "/proc/kcore",       "/proc/keys",        "/proc/key-users",     "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/latency_stats", "/proc/kallsyms",
-    "/proc/kmsg",        "/proc/config.gz",   "/proc/kpagecount",    "/proc/kpageflags",
-    "/proc/kpagecgroup", "/proc/vmallocinfo", "/proc/pagetypeinfo",  "/proc/slabinfo"};
+    "/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list", "/proc/timer_stats",
+    "/proc/sched_debug", "/proc/latency_stats", "/proc/kallsyms", "/proc/kmsg", "/proc/config.gz",
+    "/proc/kpagecount", "/proc/kpageflags", "/proc/kpagecgroup", "/proc/vmallocinfo",
+    "/proc/pagetypeinfo", "/proc/slabinfo",
+    /* other tenants' loop devices and their I/O */
+    "/proc/partitions", "/proc/diskstats"};
 static const char *const proc_masked_dirs[] = {"/proc/acpi", "/proc/scsi", "/proc/asound",
                                                "/proc/driver"};
 
@@ -71,23 +73,27 @@ enum bind_kind { BIND_RO, BIND_DEV };
 
 /* One host tree taken with open_tree() before the identity switch, placed after it. */
 struct hostbind {
-    const char *src, *dst;
+    const char *dst;
     enum bind_kind kind;
     int fd; /* detached copy of the tree; -1 for a symlink */
     int is_dir;
     char target[PATH_MAX]; /* symlink target (merged-/usr systems: /bin -> usr/bin) */
 };
 
-struct child {
-    const struct sch_sandbox_args *a;
-    int ready_fd; /* where die() reports */
-    int dir_fd;   /* {dir}, opened with the host identity (its parents may be 0700) */
-    char dir[64]; /* "/proc/self/fd/<dir_fd>": {dir} without walking its parents again */
-    char root[PATH_MAX];
+/* What the parent (host root, before clone) takes of the host for one sandbox. */
+struct sch_sandbox_host {
     struct hostbind *binds;
     size_t n_binds;
+    int data_fd; /* a detached slave copy of {dir}/data, -1 without data */
     char *ldso;
     ssize_t ldso_len;
+};
+
+struct child {
+    const struct sch_sandbox_args *a;
+    const struct sch_sandbox_host *h;
+    int ready_fd;  /* where die() reports */
+    char root[16]; /* where the new root is built in the child's own mount namespace */
 };
 
 /* Reports the failed step to the parent and exits. The child is a copy of a single-threaded
@@ -173,93 +179,134 @@ static void printf_in_root(const struct child *c, const char *rel, const char *f
 
 /* ------------------------------------------------------------------ host trees */
 
-static void take_bind(struct child *c, const char *src, const char *dst, enum bind_kind kind)
+/* Takes <src> for <dst>: a detached, private, read-only (or device) copy of the tree, or the
+ * symlink's target. A missing source is skipped. Returns 0 or a negative errno. */
+static int take_bind(struct sch_sandbox_host *h, const char *src, const char *dst,
+                     enum bind_kind kind, char *err, size_t errlen)
 {
     struct stat st;
     if (strlen(src) >= PATH_MAX - 1) {
-        errno = ENAMETOOLONG;
-        die(c, "path", src);
+        snprintf(err, errlen, "path too long: %s", src);
+        return -ENAMETOOLONG;
     }
     if (lstat(src, &st) < 0) {
         if (errno == ENOENT)
-            return;
-        die(c, "stat", src);
+            return 0;
+        snprintf(err, errlen, "stat %s: %s", src, strerror(errno));
+        return -errno;
     }
-    struct hostbind *b = &c->binds[c->n_binds++];
-    b->src = src;
+    struct hostbind *b = &h->binds[h->n_binds];
     b->dst = dst;
     b->kind = kind;
     b->fd = -1;
     if (S_ISLNK(st.st_mode)) {
         ssize_t n = readlink(src, b->target, sizeof(b->target) - 1);
-        if (n < 0)
-            die(c, "readlink", src);
+        if (n < 0) {
+            snprintf(err, errlen, "readlink %s: %s", src, strerror(errno));
+            return -errno;
+        }
         b->target[n] = '\0';
-        return;
+        h->n_binds++;
+        return 0;
     }
     b->is_dir = S_ISDIR(st.st_mode);
     b->fd = (int)syscall(SYS_open_tree, AT_FDCWD, src,
                          OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-    if (b->fd < 0)
-        die(c, "open_tree", src);
-    struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID};
+    if (b->fd < 0) {
+        snprintf(err, errlen, "open_tree %s: %s", src, strerror(errno));
+        return -errno;
+    }
+    h->n_binds++;
+    /* Private: a mount the host makes later under <src> must not appear inside (it would come
+     * without these flags). */
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID, .propagation = MS_PRIVATE};
     attr.attr_set |= kind == BIND_RO ? MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV : MOUNT_ATTR_NOEXEC;
     if (syscall(SYS_mount_setattr, b->fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof(attr)) <
-        0)
-        die(c, "mount_setattr", src);
+        0) {
+        snprintf(err, errlen, "mount_setattr %s: %s", src, strerror(errno));
+        return -errno;
+    }
+    return 0;
 }
 
-/* "<root><path>" in a new string that lives as long as the child (which execs or exits). */
-static const char *prefixed(const struct child *c, const char *root, const char *path)
+void sch_sandbox_host_destroy(struct sch_sandbox_host *h)
 {
-    char *p = NULL;
-    if (asprintf(&p, "%s%s", root, path) < 0)
-        die(c, "asprintf", path);
-    return p;
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n_binds; i++)
+        if (h->binds[i].fd >= 0)
+            close(h->binds[i].fd);
+    free(h->binds);
+    if (h->data_fd >= 0)
+        close(h->data_fd);
+    free(h->ldso);
+    free(h);
 }
 
-/* Everything of the host the sandbox will see is looked up here, with the scheduler's identity
- * (host root as the owner of root's directories, no capability over them): an ro_bind below a
- * 0700 directory must still be reachable. */
-static void take_host_trees(struct child *c)
+struct sch_sandbox_host *sch_sandbox_host_create(const struct sch_sandbox_args *a, char *err,
+                                                 size_t errlen)
 {
-    const struct sch_sandbox_args *a = c->a;
+    struct sch_sandbox_host *h = calloc(1, sizeof(*h));
     size_t max = sizeof(system_dirs) / sizeof(system_dirs[0]) +
                  sizeof(dev_nodes) / sizeof(dev_nodes[0]) + 1 + cm_strv_len(a->ro_binds);
-    c->binds = calloc(max, sizeof(*c->binds));
-    if (!c->binds)
-        die(c, "calloc", "binds");
+    if (!h || !(h->binds = calloc(max, sizeof(*h->binds)))) {
+        free(h);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->data_fd = -1;
+    char src[PATH_MAX + 64];
     /* The system trees (and the CA certificates and loader cache) come from the host, or from
      * the template's rootfs (e.g. a debootstrap tree) at the same places. */
     const char *from = a->rootfs ? a->rootfs : "";
-    for (size_t i = 0; i < sizeof(system_dirs) / sizeof(system_dirs[0]); i++)
-        take_bind(c, prefixed(c, from, system_dirs[i]), system_dirs[i], BIND_RO);
-    take_bind(c, prefixed(c, from, "/etc/ssl/certs"), "/etc/ssl/certs", BIND_RO);
-    for (char *const *b = a->ro_binds; b && *b; b++)
-        take_bind(c, *b, *b, BIND_RO);
-    for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++)
-        take_bind(c, dev_nodes[i], dev_nodes[i], BIND_DEV);
-    /* The instance directory's parents may be closed to everyone but root (a 0700 temp dir):
-     * keep a handle, and reach {dir}/root and {dir}/data through it from now on. */
-    c->dir_fd = open(a->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (c->dir_fd < 0)
-        die(c, "open", a->dir);
-    snprintf(c->dir, sizeof(c->dir), "/proc/self/fd/%d", c->dir_fd);
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(system_dirs) / sizeof(system_dirs[0]) && rc == 0; i++) {
+        snprintf(src, sizeof(src), "%s%s", from, system_dirs[i]);
+        rc = take_bind(h, src, system_dirs[i], BIND_RO, err, errlen);
+    }
+    snprintf(src, sizeof(src), "%s/etc/ssl/certs", from);
+    if (rc == 0)
+        rc = take_bind(h, src, "/etc/ssl/certs", BIND_RO, err, errlen);
+    for (char *const *b = a->ro_binds; b && *b && rc == 0; b++)
+        rc = take_bind(h, *b, *b, BIND_RO, err, errlen);
+    for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]) && rc == 0; i++)
+        rc = take_bind(h, dev_nodes[i], dev_nodes[i], BIND_DEV, err, errlen);
+    /* {dir}/data as a detached copy, a slave of the host's shared mount point: the session's
+     * file system that the scheduler mounts there later appears in it. The child moves it to
+     * /data without looking up {dir}, which is closed to its uid. */
+    snprintf(src, sizeof(src), "%s/data", a->dir);
+    if (rc == 0 && a->with_data) {
+        h->data_fd =
+            (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        struct mount_attr attr = {.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                                  .propagation = MS_SLAVE};
+        if (h->data_fd < 0 ||
+            syscall(SYS_mount_setattr, h->data_fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "open_tree %s: %s", src, strerror(errno));
+        }
+    }
+    if (rc < 0) {
+        sch_sandbox_host_destroy(h);
+        return NULL;
+    }
     /* The loader's cache is copied, not bound: /etc holds nothing of the host's. */
-    int fd = open(prefixed(c, from, "/etc/ld.so.cache"), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    snprintf(src, sizeof(src), "%s/etc/ld.so.cache", from);
+    int fd = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= LDSO_CACHE_MAX &&
-            (c->ldso = malloc((size_t)st.st_size + 1)))
-            c->ldso_len = read(fd, c->ldso, (size_t)st.st_size);
+            (h->ldso = malloc((size_t)st.st_size + 1)))
+            h->ldso_len = read(fd, h->ldso, (size_t)st.st_size);
         close(fd);
     }
+    return h;
 }
 
 static void place_binds(struct child *c)
 {
-    for (size_t i = 0; i < c->n_binds; i++) {
-        const struct hostbind *b = &c->binds[i];
+    for (size_t i = 0; i < c->h->n_binds; i++) {
+        const struct hostbind *b = &c->h->binds[i];
         char dst[PATH_MAX];
         path_in_root(c, dst, sizeof(dst), b->dst);
         if (b->fd < 0) {
@@ -284,7 +331,7 @@ static void place_binds(struct child *c)
                 close(fd);
         }
         if (syscall(SYS_move_mount, b->fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-            die(c, "move_mount", b->src);
+            die(c, "move_mount", b->dst);
         close(b->fd);
     }
 }
@@ -310,8 +357,27 @@ static void make_etc(struct child *c)
     printf_in_root(c, "/etc/nsswitch.conf",
                    "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
                    "networks: files\nprotocols: files\nservices: files\n");
-    if (c->ldso && c->ldso_len > 0)
-        write_in_root(c, "/etc/ld.so.cache", c->ldso, (size_t)c->ldso_len, 0644);
+    if (c->h->ldso && c->h->ldso_len > 0)
+        write_in_root(c, "/etc/ld.so.cache", c->h->ldso, (size_t)c->h->ldso_len, 0644);
+}
+
+/* Per network namespace, while /proc/sys is still writable for our root: socket buffers bounded,
+ * so that a sandbox cannot park host memory in TCP queues (on cgroup v1 they are charged to the
+ * kernel's TCP memory, not to its memory limit). */
+static void limit_sockets(const struct child *c, const char *proc)
+{
+    /* tcp_[rw]mem are per network namespace and ours to set; the SO_*BUF ceiling
+     * (core/[rw]mem_max) is the host's (4 MiB by default) and not writable from here. */
+    static const char *const knobs[][2] = {{"/sys/net/ipv4/tcp_rmem", SCH_TCP_RMEM},
+                                           {"/sys/net/ipv4/tcp_wmem", SCH_TCP_WMEM}};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof(knobs) / sizeof(knobs[0]); i++) {
+        snprintf(p, sizeof(p), "%s%s", proc, knobs[i][0]);
+        int fd = open(p, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, knobs[i][1], strlen(knobs[i][1])) < 0)
+            die(c, "sysctl", knobs[i][0]);
+        close(fd);
+    }
 }
 
 static void make_proc(struct child *c)
@@ -321,6 +387,7 @@ static void make_proc(struct child *c)
     path_in_root(c, p, sizeof(p), "/proc");
     if (mount("proc", p, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, NULL) < 0)
         die(c, "mount", p);
+    limit_sockets(c, p);
     for (size_t i = 0; i < sizeof(proc_readonly) / sizeof(proc_readonly[0]); i++) {
         path_in_root(c, p, sizeof(p), proc_readonly[i]);
         if (access(p, F_OK) < 0)
@@ -419,7 +486,9 @@ static void build_root(struct child *c)
      * must still reach us: slave, not private. */
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
         die(c, "make-rslave", "/");
-    snprintf(c->root, sizeof(c->root), "%s/root", c->dir);
+    /* Any directory of our own (copied) mount namespace serves as the mount point: nothing we
+     * mount here reaches the host, and every host tree we show was taken beforehand. */
+    snprintf(c->root, sizeof(c->root), "/tmp");
     if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTS) < 0)
         die(c, "mount tmpfs", c->root);
     make_etc(c);
@@ -430,13 +499,10 @@ static void build_root(struct child *c)
     make_workspace(c);
     mkdir_in_root(c, "/run", 0755);
     if (a->with_data) {
-        char src[PATH_MAX];
         mkdir_in_root(c, "/data", 0755);
-        snprintf(src, sizeof(src), "%s/data", c->dir);
         path_in_root(c, p, sizeof(p), "/data");
-        if (mount(src, p, NULL, MS_BIND, NULL) < 0 ||
-            mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, NULL) < 0)
-            die(c, "bind", src);
+        if (syscall(SYS_move_mount, c->h->data_fd, "", AT_FDCWD, p, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            die(c, "move_mount", "/data");
     }
     /* Everything the root itself holds (mount points, /etc) is final: read-only from here. */
     if (mount(NULL, c->root, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
@@ -546,7 +612,9 @@ static void arrange_fds(struct child *c)
 
 int sch_sandbox_child(void *arg)
 {
-    struct child c = {.a = arg, .ready_fd = ((struct sch_sandbox_args *)arg)->ready_fd};
+    struct child c = {.a = arg,
+                      .h = ((struct sch_sandbox_args *)arg)->host,
+                      .ready_fd = ((struct sch_sandbox_args *)arg)->ready_fd};
     const struct sch_sandbox_args *a = c.a;
     char go;
     /* Wait until the parent has written our id maps and put us into our cgroups. */
@@ -557,7 +625,6 @@ int sch_sandbox_child(void *arg)
     if (n != 1)
         _exit(1);
     close(a->sync_fd);
-    take_host_trees(&c);
     if (!a->insecure)
         become_ns_root(&c);
     if (unshare(CLONE_NEWCGROUP) < 0)

@@ -95,15 +95,23 @@ static int build(scmp_filter_ctx ctx, int strict, char *err, size_t errlen)
         snprintf(err, errlen, "seccomp namespace rules: %s", strerror(-rc));
         return rc;
     }
+    /* vsock ignores network namespaces: it would be a channel to the hypervisor or the host
+     * around the sandbox's loopback-only network. */
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 1,
+                          SCMP_A0(SCMP_CMP_EQ, AF_VSOCK));
+    if (rc < 0) {
+        snprintf(err, errlen, "seccomp vsock rule: %s", strerror(-rc));
+        return rc;
+    }
     if (!strict)
         return 0;
     for (const char *const *s = denied_strict; *s; s++)
         if ((rc = deny(ctx, *s, err, errlen)) < 0)
             return rc;
     /* socket(): only AF_UNIX, AF_INET and AF_INET6. */
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 3,
-                          SCMP_A0(SCMP_CMP_NE, AF_UNIX), SCMP_A0(SCMP_CMP_NE, AF_INET),
-                          SCMP_A0(SCMP_CMP_NE, AF_INET6));
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 4,
+                          SCMP_A0(SCMP_CMP_NE, AF_VSOCK), SCMP_A0(SCMP_CMP_NE, AF_UNIX),
+                          SCMP_A0(SCMP_CMP_NE, AF_INET), SCMP_A0(SCMP_CMP_NE, AF_INET6));
     if (rc == -EINVAL) {
         /* Older libseccomp cannot AND several comparisons of one argument: refuse the ranges
          * around the three allowed families instead. */

@@ -8,7 +8,8 @@
  *   default  Docker's default profile in spirit: mounts, module loading, kexec, reboot, swap,
  *            clock and time setting, acct, quotas, syslog, keyrings, bpf, perf events,
  *            userfaultfd, file handles, io_uring, new namespaces (unshare/clone with CLONE_NEW*,
- *            setns) and a few obsolete or host-wide calls.
+ *            setns), vsock sockets (they ignore network namespaces) and a few obsolete or
+ *            host-wide calls.
  *   strict   default, plus ptrace, process_vm_readv/writev, kcmp, personality and every socket
  *            family but AF_UNIX, AF_INET and AF_INET6. */
 #ifndef SCH_SECCOMP_H

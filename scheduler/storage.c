@@ -50,7 +50,7 @@ struct mount_attr {
 
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
 
-static int run_mkfs(const char *image, char *err, size_t errlen)
+static int run_mkfs(const char *image, unsigned owner, char *err, size_t errlen)
 {
     const char *mkfs = NULL;
     for (size_t i = 0; i < sizeof(mkfs_paths) / sizeof(mkfs_paths[0]) && !mkfs; i++)
@@ -60,9 +60,8 @@ static int run_mkfs(const char *image, char *err, size_t errlen)
         snprintf(err, errlen, "mkfs.ext4 not found (install e2fsprogs)");
         return -ENOENT;
     }
-    char owner[64];
-    snprintf(owner, sizeof(owner), "root_owner=%d:%d,lazy_itable_init=1,nodiscard",
-             SCH_SANDBOX_USER, SCH_SANDBOX_USER);
+    char opts[64];
+    snprintf(opts, sizeof(opts), "root_owner=%u:%u,lazy_itable_init=1,nodiscard", owner, owner);
     int out[2];
     if (pipe2(out, O_CLOEXEC) < 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));
@@ -81,7 +80,7 @@ static int run_mkfs(const char *image, char *err, size_t errlen)
         if (null < 0 || dup2(null, 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0)
             _exit(127);
         char *const argv[] = {(char *)mkfs, "-q", "-F",         "-m",          "0", "-E",
-                              owner,        "-L", "berth-data", (char *)image, NULL};
+                              opts,         "-L", "berth-data", (char *)image, NULL};
         char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
         execve(mkfs, argv, envp);
         _exit(127);
@@ -124,7 +123,7 @@ static int run_mkfs(const char *image, char *err, size_t errlen)
 }
 
 /* Opens (creating and formatting when missing) the image; returns an O_RDWR fd. */
-static int open_image(const char *dir, uint64_t size, char *err, size_t errlen)
+static int open_image(const char *dir, uint64_t size, unsigned owner, char *err, size_t errlen)
 {
     char img[4200];
     snprintf(img, sizeof(img), "%s/%s", dir, IMAGE_NAME);
@@ -144,7 +143,7 @@ static int open_image(const char *dir, uint64_t size, char *err, size_t errlen)
         close(t);
         if (rc < 0)
             snprintf(err, errlen, "cannot size %s: %s", tmp, strerror(-rc));
-        else if ((rc = run_mkfs(tmp, err, errlen)) == 0 && rename(tmp, img) < 0) {
+        else if ((rc = run_mkfs(tmp, owner, err, errlen)) == 0 && rename(tmp, img) < 0) {
             rc = -errno;
             snprintf(err, errlen, "cannot rename %s: %s", tmp, strerror(errno));
         }
@@ -210,10 +209,11 @@ static int loop_attach(int img_fd, char *name, size_t namelen, char *err, size_t
     return rc;
 }
 
-int sch_storage_attach(const char *dir, uint64_t size, int userns_fd, const char *target,
-                       int *ret_lock_fd, struct sch_storage_dev *ret_dev, char *err, size_t errlen)
+int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int userns_fd,
+                       const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
+                       char *err, size_t errlen)
 {
-    int img = open_image(dir, size, err, errlen);
+    int img = open_image(dir, size, owner, err, errlen);
     if (img < 0)
         return img;
     if (flock(img, LOCK_EX | LOCK_NB) < 0) {

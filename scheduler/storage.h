@@ -3,7 +3,7 @@
  * quota (ENOSPC inside when full) that no amount of small files or metadata can exceed.
  *
  * Attaching: the image is created sparse and formatted on first use (mkfs.ext4, the root
- * directory owned by the sandbox user 1000), locked (flock, so that two instances never mount
+ * directory owned by the app's user inside), locked (flock, so that two instances never mount
  * one image), set up on a free loop device (autoclear: it goes away with the last mount), mounted
  * nosuid,nodev with the new mount API and, when the instance has a user namespace, idmapped
  * through it: files are stored with the ids the sandbox sees (1000 for the app), whatever host
@@ -22,13 +22,15 @@ struct sch_storage_dev {
     unsigned major, minor; /* the loop device, for io limits */
 };
 
-/* Attaches the image in <dir> (created when missing: <size> bytes) on <target>. <userns_fd> is
+/* Attaches the image in <dir> (created when missing: <size> bytes, its root directory owned by
+ * <owner>, the app's uid inside the sandbox) on <target>. <userns_fd> is
  * the instance's user namespace (-1: no idmapping). Returns 0 with the image's lock in
  * <ret_lock_fd> (keep it open while attached; closing it releases the lock) and the loop device
  * in <ret_dev>, or a negative errno with a message in <err> (-EBUSY: the image is attached to
  * another instance). Blocks for the format (milliseconds) on first use. */
-int sch_storage_attach(const char *dir, uint64_t size, int userns_fd, const char *target,
-                       int *ret_lock_fd, struct sch_storage_dev *ret_dev, char *err, size_t errlen);
+int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int userns_fd,
+                       const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
+                       char *err, size_t errlen);
 
 /* Takes the lock of an image already attached (after a scheduler restart). Returns the lock fd
  * or a negative errno. */

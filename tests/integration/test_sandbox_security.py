@@ -178,6 +178,9 @@ def test_run_as_root_template_still_has_no_capability(make_stack):
     # root in name only: the host's files stay the host's
     out = run(s, "sec-rooty", ["sh", "-c", "echo x > /usr/berth-pwned"])
     assert out["code"] != 0
+    # its own /data is its own (the image's root belongs to the app's uid, 0 here)
+    out = run(s, "sec-rooty", ["sh", "-c", "echo mine > /data/f && cat /data/f"])
+    assert out["stdout"] == "mine\n", out
 
 
 # ------------------------------------------------------------------ seccomp
@@ -554,3 +557,77 @@ def test_template_rootfs_replaces_the_host_system_trees(make_stack, tmp_path):
     mi = Path("/proc/%s/mountinfo" % pid).read_text().splitlines()
     usr = [l.split() for l in mi if l.split()[4] == "/usr"]
     assert usr and usr[0][5].split(",")[0] == "ro", usr
+
+
+def test_inotify_exhaustion_stays_inside_the_sandbox(st):
+    """What a sandbox creates in kernel budgets counted per user (inotify instances, message
+    queues, ...) is charged up to its user namespace's owner: the instance's own base id, not
+    root. A sandbox that takes every inotify instance it can leaves root's and other tenants'."""
+    import ctypes
+    import fcntl
+    iid = instance_of(st, "sec-inotify")
+    pid = st.instances()[iid]["pid"]
+    fd = os.open("/proc/%s/ns/user" % pid, os.O_RDONLY)
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, 0xb704, buf)  # NS_GET_OWNER_UID
+        owner = int.from_bytes(buf, "little")
+    finally:
+        os.close(fd)
+    assert owner >= 1000000000, "the user namespace is owned by the instance's range, not root"
+    # The sandbox takes every inotify instance it can and holds them (in the background).
+    hog = ("import ctypes, time\n"
+           "libc = ctypes.CDLL(None, use_errno=True)\n"
+           "fds = []\n"
+           "while len(fds) < 100000:\n"
+           "    r = libc.inotify_init()\n"
+           "    if r < 0: break\n"
+           "    fds.append(r)\n"
+           "open('/tmp/ino.out', 'w').write('%d %d' % (len(fds), ctypes.get_errno()))\n"
+           "time.sleep(30)\n")
+    run(st, "sec-inotify", ["sh", "-c", "%s -c \"$0\" >/dev/null 2>&1 &" % PY, hog])
+    got = wait_until(lambda: run(st, "sec-inotify", ["cat", "/tmp/ino.out"])["stdout"],
+                     20 * SLOW, "the sandbox to hold its inotify instances")
+    assert 0 < int(got.split()[0]) < 100000, got
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = []
+    try:
+        for _ in range(8):  # root can still make instances (and while one sandbox holds many)
+            r = libc.inotify_init()
+            assert r >= 0, "host root lost its inotify budget: errno %d" % ctypes.get_errno()
+            held.append(r)
+    finally:
+        for r in held:
+            os.close(r)
+    other = run(st, "sec-inotify-other", [PY, "-c", "import ctypes; l = ctypes.CDLL(None); "
+                                          "print(l.inotify_init() >= 0)"])
+    assert other["stdout"].strip() == "True", other
+    run(st, "sec-inotify", ["sh", "-c", "pkill -f ino.out; true"])
+
+
+def test_tcp_buffers_cannot_park_memory_beyond_the_limit(st):
+    """Loopback TCP queues are kernel memory outside memory.limit_in_bytes on cgroup v1: the
+    sandbox's TCP memory is capped like its memory (memory.kmem.tcp) and each socket's buffers
+    by its network namespace's tcp_rmem/tcp_wmem. 60 connections filled without reading park
+    at most about the memory limit (128 MiB here), not 60 x the host's buffer sizes."""
+    r = py(st, "sec-tcpmem", """
+import json, socket, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(128)
+queued, conns = 0, []
+for i in range(60):
+    c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+    c.setblocking(False); conns.append((c, a))
+    chunk = b"x" * 65536
+    end = time.time() + 2
+    while time.time() < end:
+        try:
+            queued += c.send(chunk)
+        except BlockingIOError:
+            break
+        except OSError:
+            break
+print(json.dumps({"queued": queued, "rmem": open("/proc/sys/net/ipv4/tcp_rmem").read().split()}))
+""", timeout=200)
+    print("queued MiB", r["queued"] >> 20)
+    assert r["rmem"][2] == "4194304", r
+    assert r["queued"] < 200 << 20, "parked %d MiB in TCP buffers" % (r["queued"] >> 20)

@@ -220,6 +220,10 @@ TEST(paths_are_checked)
     EXPECT_ERROR("scheduler:\n  ro_binds: [opt/app]\n",
                  "scheduler.ro_binds: 'opt/app': entries must be absolute paths");
     EXPECT_ERROR("scheduler:\n  ro_binds: [/]\n", "scheduler.ro_binds: '/'");
+    EXPECT_ERROR("scheduler:\n  run_dir: /srv/b/run\n  ro_binds: [/srv/b]\n",
+                 "scheduler.ro_binds: '/srv/b' overlaps run_dir /srv/b/run");
+    EXPECT_ERROR("scheduler:\n  storage_root: /srv/d\n  ro_binds: [/srv/d/t]\n",
+                 "scheduler.ro_binds: '/srv/d/t' overlaps storage_root /srv/d");
     EXPECT_ERROR("scheduler:\n  ro_binds: [/a/../etc]\n", "scheduler.ro_binds: '/a/../etc'");
     EXPECT_ERROR("scheduler:\n  run_dir: \"\"\n", "scheduler.run_dir: must not be empty");
 }

@@ -58,9 +58,11 @@ static int default_refusals(void)
     /* Allowed: what every program needs, and unshare without namespace flags. */
     if (syscall(SYS_getpid) <= 0 || syscall(SYS_unshare, CLONE_FILES) != 0)
         return 9;
+    if (socket(AF_VSOCK, SOCK_STREAM, 0) != -1 || errno != EAFNOSUPPORT)
+        return 12;
     int s = socket(AF_NETLINK, SOCK_RAW, 0);
     if (s < 0)
-        return 10; /* default leaves socket families alone */
+        return 10; /* default leaves the other socket families alone */
     close(s);
     pid_t kid = fork(); /* clone without CLONE_NEW* works */
     if (kid == 0)
