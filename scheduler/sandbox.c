@@ -370,7 +370,7 @@ static void limit_sockets(const struct child *c, const char *proc)
      * (core/[rw]mem_max) is the host's (4 MiB by default) and not writable from here. */
     static const char *const knobs[][2] = {{"/sys/net/ipv4/tcp_rmem", SCH_TCP_RMEM},
                                            {"/sys/net/ipv4/tcp_wmem", SCH_TCP_WMEM}};
-    char p[PATH_MAX];
+    char p[PATH_MAX + 64];
     for (size_t i = 0; i < sizeof(knobs) / sizeof(knobs[0]); i++) {
         snprintf(p, sizeof(p), "%s%s", proc, knobs[i][0]);
         int fd = open(p, O_WRONLY | O_CLOEXEC);
