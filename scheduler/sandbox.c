@@ -120,9 +120,12 @@ static void mkdir_in_root(const struct child *c, const char *rel, mode_t mode)
 {
     char p[PATH_MAX];
     path_in_root(c, p, sizeof(p), rel);
-    if (mkdir(p, mode) < 0 && errno != EEXIST)
-        die(c, "mkdir", p);
-    if (chmod(p, mode) < 0)
+    if (mkdir(p, mode) < 0) {
+        if (errno != EEXIST)
+            die(c, "mkdir", p);
+        return; /* made before (a parent of another path, or /tmp): keep its mode */
+    }
+    if (chmod(p, mode) < 0) /* exact, whatever the umask */
         die(c, "chmod", p);
 }
 
@@ -493,10 +496,12 @@ static void build_root(struct child *c)
         die(c, "mount tmpfs", c->root);
     make_etc(c);
     mkdir_in_root(c, "/dev", 0755);
+    /* The writable tmpfs first: an ro_bind below /tmp (a checkout in /tmp) must land on top of
+     * the sandbox's own /tmp, not under it. */
+    make_workspace(c);
     place_binds(c);
     make_proc(c);
     make_dev(c);
-    make_workspace(c);
     mkdir_in_root(c, "/run", 0755);
     if (a->with_data) {
         mkdir_in_root(c, "/data", 0755);

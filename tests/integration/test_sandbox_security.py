@@ -631,3 +631,26 @@ print(json.dumps({"queued": queued, "rmem": open("/proc/sys/net/ipv4/tcp_rmem").
     print("queued MiB", r["queued"] >> 20)
     assert r["rmem"][2] == "4194304", r
     assert r["queued"] < 200 << 20, "parked %d MiB in TCP buffers" % (r["queued"] >> 20)
+
+
+def test_ro_bind_below_tmp_is_visible_over_the_sandbox_tmp(make_stack):
+    """A checkout in /tmp (an ro_bind below /tmp) must be visible inside, read-only, on top of
+    the sandbox's own writable /tmp (found by running the quick start from a clone in /tmp)."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="berth-rob-", dir="/tmp")
+    try:
+        os.chmod(d, 0o755)
+        Path(d, "marker").write_text("from the host\n")
+        ov = overrides()
+        ov["scheduler"]["ro_binds"].append(d)
+        ov["templates"] = [probe_template(pool={"min": 1, "max": 2})]
+        ov["gateway"] = {"routes": [{"path_prefix": "/", "template": "probe"}]}
+        s = make_stack(ov)
+        out = run(s, "sec-robtmp", ["cat", "%s/marker" % d])
+        assert out["stdout"] == "from the host\n", out
+        out = run(s, "sec-robtmp", ["sh", "-c", "echo x > %s/new; echo y > /tmp/mine && "
+                                    "cat /tmp/mine" % d])
+        assert out["stdout"] == "y\n" and not Path(d, "new").exists(), out
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
