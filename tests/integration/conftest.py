@@ -690,6 +690,19 @@ def _pids_matching(host_id, cgroup_name):
     return found
 
 
+def _bearer_call(url, method, body, token, headers, **kw):
+    """curl <url> with "Authorization: Bearer <token>" (none when <token> is None); <body>: a
+    dict sent as JSON, or bytes/str as they are."""
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = "Bearer %s" % token
+    data = None
+    if body is not None:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        h.setdefault("Content-Type", "application/json")
+    return curl(url, method=method, headers=h, data=data, **kw)
+
+
 class Stack:
     """redis-server + berth-scheduler + berth-gateway from one config."""
 
@@ -800,24 +813,10 @@ class Stack:
     def sched_api(self, path, method=None, body=None, secret=SCHED_SECRET, headers=None, **kw):
         """A call to the scheduler's API, with "Authorization: Bearer <secret>" unless
         <secret> is None; <body>: a dict sent as JSON, or bytes/str as they are."""
-        h = dict(headers or {})
-        if secret is not None:
-            h["Authorization"] = "Bearer %s" % secret
-        data = None
-        if body is not None:
-            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            h.setdefault("Content-Type", "application/json")
-        return curl(self.scheduler_url(path), method=method, headers=h, data=data, **kw)
+        return _bearer_call(self.scheduler_url(path), method, body, secret, headers, **kw)
 
     def api(self, method, path, body=None, key=DEV_KEY, headers=None, **kw):
-        h = dict(headers or {})
-        if key is not None:
-            h["Authorization"] = "Bearer %s" % key
-        data = None
-        if body is not None:
-            data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            h.setdefault("Content-Type", "application/json")
-        return curl(self.admin_url(path), method=method, headers=h, data=data, **kw)
+        return _bearer_call(self.admin_url(path), method, body, key, headers, **kw)
 
     # -- teardown
     def kill_instances(self):
