@@ -271,9 +271,14 @@ static pid_t clone_as(struct pdriver *d, uint32_t owner, int flags, struct sch_s
     return clone(sch_sandbox_child, stack_top, flags, args, pidfd);
 }
 
+/* The index of profile <name> in sch_seccomp_profiles (and so in d->progs); 0, "default",
+ * for an unknown one (the config loader refuses those). */
 static int profile_index(const char *name)
 {
-    return name && strcmp(name, "strict") == 0 ? 1 : 0;
+    for (int i = 0; name && sch_seccomp_profiles[i]; i++)
+        if (strcmp(sch_seccomp_profiles[i], name) == 0)
+            return i;
+    return 0;
 }
 
 static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,

@@ -246,10 +246,9 @@ static void write_exit_file(const char *what)
 {
     if (A.exit_fd >= 0) {
         /* The host's file: rewritten in place, read by the scheduler once we are gone. */
-        ssize_t w = pwrite(A.exit_fd, what, strlen(what), 0);
-        (void)w;
-        if (ftruncate(A.exit_fd, (off_t)strlen(what)) < 0)
-            return;
+        size_t n = strlen(what);
+        if (pwrite(A.exit_fd, what, n, 0) == (ssize_t)n && ftruncate(A.exit_fd, (off_t)n) < 0)
+            logf_("cannot truncate the exit file: %s", strerror(errno));
         return;
     }
     char path[256], tmp[256];
