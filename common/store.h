@@ -13,7 +13,8 @@
  *   P hosts            zset  host -> last heartbeat (ms); P host:{host} hash: api free capacity
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing)
- *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost
+ *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
+ *                      unused
  *   P inval            channel: h whose binding changed (gateways drop cached entries)
  *   P cmd:{host}       channel: "bind {id} {h}" | "destroy {id}" for the host's scheduler
  */
@@ -50,7 +51,8 @@ enum cm_script {
     /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */
     CM_SCRIPT_UPDATE,
-    /* RELEASE ARGV: P h tenant|"" reason(deleted|expired) now_ms
+    /* RELEASE ARGV: P h tenant|"" reason(deleted|expired|unused) now_ms
+     * (unused: the gateway made it for a keyless request whose answer did not start it)
      * Deletes the session and asks its host to destroy the instance. With reason expired it
      * first re-checks the deadline and returns {"alive", deadline} if it moved.
      * Returns {"released", instance, host} or {"absent"} (also for another tenant's). */

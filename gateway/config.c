@@ -55,17 +55,39 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     return 0;
 }
 
+/* "*" or an origin as browsers send it (RFC 6454): http or https, "://", a host (DNS name,
+ * IPv4 or [IPv6]) and an optional port, nothing after. Lower-cases it (browsers send scheme
+ * and host in lower case, and Origin is compared byte for byte). */
+static int origin_valid(char *o)
+{
+    if (strcmp(o, "*") == 0)
+        return 1;
+    for (char *c = o; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    const char *h = strncmp(o, "http://", 7) == 0    ? o + 7
+                    : strncmp(o, "https://", 8) == 0 ? o + 8
+                                                     : NULL;
+    if (!h || !*h || strlen(o) > 255)
+        return 0;
+    for (const char *c = h; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("-.:[]", *c))
+            return 0;
+    return 1;
+}
+
 static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
                       const struct cm_ynode *m, size_t idx, struct gw_route *r)
 {
     static const char *const keys[] = {"name",   "host",     "path_prefix", "tenant", "template",
                                        "key_headers", "cookie", "no_key",   "max_body", "auth",
                                        "mcp",    "mcp_delete", "legacy_sse", "cdp_rewrite",
-                                       "preview_domain", NULL};
+                                       "preview_domain", "upstream_host", "cors_origins",
+                                       "cors_max_age", NULL};
     static const char *const def_headers[] = {"x-fc-session-id", NULL};
     char p[64];
     snprintf(p, sizeof(p), "gateway.routes[%zu]", idx);
-    char *no_key = NULL, *mcp_delete = NULL;
+    char *no_key = NULL, *mcp_delete = NULL, *upstream_host = NULL;
+    uint64_t max_age;
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, p, NULL, "must be a mapping");
     if (cm_conf_keys(ctx, m, p, keys) || cm_conf_str(ctx, m, p, "name", NULL, &r->name) ||
@@ -82,8 +104,33 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
         cm_conf_str(ctx, m, p, "mcp_delete", "release", &mcp_delete) ||
         cm_conf_bool(ctx, m, p, "legacy_sse", 1, &r->legacy_sse) ||
         cm_conf_bool(ctx, m, p, "cdp_rewrite", 0, &r->cdp_rewrite) ||
-        cm_conf_str(ctx, m, p, "preview_domain", NULL, &r->preview_domain))
-        return free(no_key), free(mcp_delete), -EINVAL;
+        cm_conf_str(ctx, m, p, "preview_domain", NULL, &r->preview_domain) ||
+        cm_conf_strv(ctx, m, p, "cors_origins", NULL, &r->cors_origins) ||
+        cm_conf_u64(ctx, m, p, "cors_max_age", 600, 0, 86400, &max_age) ||
+        cm_conf_str(ctx, m, p, "upstream_host", "instance", &upstream_host))
+        return free(no_key), free(mcp_delete), free(upstream_host), -EINVAL;
+    r->cors_max_age = (uint32_t)max_age;
+    if (strcmp(upstream_host, "client") == 0) {
+        r->upstream_host_client = 1;
+    } else if (strcmp(upstream_host, "instance") != 0) {
+        free(upstream_host);
+        free(mcp_delete);
+        free(no_key);
+        return cm_conf_fail(ctx, cm_ynode_get(m, "upstream_host"), p, "upstream_host",
+                            "must be instance or client");
+    }
+    free(upstream_host);
+    for (char **o = r->cors_origins; o && *o; o++, r->n_cors_origins++) {
+        if (!origin_valid(*o)) {
+            free(mcp_delete);
+            free(no_key);
+            return cm_conf_fail(ctx, cm_ynode_get(m, "cors_origins"), p, "cors_origins",
+                                "'%s' is not an origin: \"*\" or scheme://host[:port], "
+                                "no path or trailing slash",
+                                *o);
+        }
+    }
+    r->cors_preflight = r->mcp || r->n_cors_origins > 0;
     if (strcmp(mcp_delete, "release") == 0)
         r->mcp_delete_releases = 1;
     else if (strcmp(mcp_delete, "keep") == 0)
@@ -272,6 +319,7 @@ void gw_config_free(struct gw_config *gc)
         cm_strv_free(r->key_headers);
         free(r->cookie);
         free(r->preview_domain);
+        cm_strv_free(r->cors_origins);
     }
     free(gc->routes);
     cm_secret_free(gc->scheduler_secret);

@@ -33,6 +33,11 @@ struct gw_route {
     int legacy_sse;   /* learn sessionId/session_id from the SSE endpoint event; route by it */
     int cdp_rewrite;  /* rewrite webSocketDebuggerUrl in /json/version and /json/list answers */
     char *preview_domain; /* "<port>-<session>.<domain>" Hosts reach <port> in the sandbox */
+    int upstream_host_client; /* upstream_host: client (the client's Host goes upstream) */
+    char **cors_origins;      /* allowed Origins ("*": any), lower-case; may be empty */
+    size_t n_cors_origins;
+    uint32_t cors_max_age;    /* seconds, Access-Control-Max-Age of preflight answers */
+    int cors_preflight;       /* the gateway answers CORS preflights itself (mcp or origins) */
 };
 
 struct gw_limits {

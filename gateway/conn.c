@@ -1,6 +1,7 @@
 #include "gateway/conn.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -31,6 +32,10 @@
 #include "gateway/errors.h"
 #include "gateway/h1.h"
 #include "gateway/rewrite.h"
+
+/* The longest Host taken (a DNS name's 253 bytes, a port, IPv6 brackets): it is sent upstream
+ * twice (X-Forwarded-Host and, with upstream_host: client, Host). */
+#define GW_HOST_MAX 261
 #include "gateway/skey.h"
 #include "gateway/stream.h"
 #include "gateway/upstream.h"
@@ -135,6 +140,9 @@ struct gw_conn {
     unsigned auto_is_mcp : 1;  /* ...whose server minted an Mcp-Session-Id: see process_head */
     unsigned released : 1;     /* MCP DELETE: the session was released before the answer */
     unsigned head_timer : 1;   /* the timer runs header_timeout for the head being received */
+    unsigned keyless_new : 1;  /* no key: this request named a session of its own making */
+    unsigned unproven : 1;     /* ...bound for it now, and not yet answered with success */
+    uint8_t cors;              /* 1 + the route's cors_origins entry the Origin matched, or 0 */
     size_t reframe_len; /* body length of a rewritten response */
     uint16_t preview_port; /* preview host: the port inside the sandbox */
 };
@@ -226,6 +234,7 @@ static void enter_idle(struct gw_conn *c)
 }
 
 static void send_error(struct gw_conn *c, enum gw_err e, int close);
+static void answered(struct gw_conn *c, int status, int close);
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -295,9 +304,13 @@ static void end_stream(struct gw_conn *c)
     }
 }
 
+static void release_unused(struct gw_conn *c, const char *why);
+
 static void conn_free(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
+    if (c->unproven) /* the client left before an answer that starts its session */
+        release_unused(c, "client gone");
     end_stream(c);
     if (c->claim)
         gw_claim_cancel(c->claim);
@@ -325,6 +338,121 @@ static void conn_free(struct gw_conn *c)
     free(c);
 }
 
+/* ------------------------------------------------------------------ keyless sessions */
+
+static void on_unused_released(redisReply *reply, const char *err, void *data)
+{
+    (void)data;
+    if (err || !reply || reply->type == REDIS_REPLY_ERROR)
+        cm_log_warn("conn", "cannot release an unused session err=%s",
+                    err ? err : reply ? reply->str : "no reply");
+}
+
+/* A session made for a keyless request whose answer did not start it (an error, no
+ * Mcp-Session-Id, or no answer at all): nobody can reach it again, so it must not hold its
+ * instance until the idle timeout. Released at once (not waited for); the RELEASE script has
+ * the instance destroyed, never handed to another session (it has seen a client's bytes),
+ * and the scheduler refills the pool. The connection's next keyless request makes a new one. */
+static void release_unused(struct gw_conn *c, const char *why)
+{
+    struct gw_worker *w = c->w;
+    c->unproven = 0;
+    c->issue_cookie = 0;
+    if (c->used_auto)
+        c->auto_key[0] = '\0';
+    gw_cache_drop(w->cache, c->hash);
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
+    const char *prefix = w->gc->common->redis.prefix;
+    const char *argv[] = {prefix, sess_hex(c), c->route->tenant, "unused", ms};
+    size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, strlen(c->route->tenant), 6, strlen(ms)};
+    GW_METRIC_INC(&w->metrics, sessions_unused);
+    cm_log_info("conn", "keyless request did not start its session: released session=%s "
+                "instance=%s why=\"%s\"", sess_hex(c), c->instance, why);
+    if (cm_redis_script(w->redis, CM_SCRIPT_RELEASE, on_unused_released, NULL, 5, argv, lens) < 0)
+        cm_log_warn("conn", "cannot release an unused session session=%s err=store",
+                    sess_hex(c));
+}
+
+/* ------------------------------------------------------------------ CORS */
+
+/* The value of the first header named <name> (<nl> bytes, lower-case), or NULL. */
+static const struct gw_h1_header *find_header(const struct gw_h1_head *h, const char *name,
+                                              size_t nl)
+{
+    for (uint32_t i = 0; i < h->n_headers; i++)
+        if (h->headers[i].name_len == nl && strncasecmp(h->headers[i].name, name, nl) == 0)
+            return &h->headers[i];
+    return NULL;
+}
+
+/* 1 + the index of the route's cors_origins entry allowing <origin>, or 0. */
+static uint8_t cors_match(const struct gw_route *r, const char *origin, size_t n)
+{
+    for (size_t i = 0; i < r->n_cors_origins && i < 255; i++) {
+        const char *o = r->cors_origins[i];
+        if ((o[0] == '*' && o[1] == '\0') || (strlen(o) == n && memcmp(o, origin, n) == 0))
+            return (uint8_t)(i + 1);
+    }
+    return 0;
+}
+
+/* A token list as Access-Control-Request-Headers carries it ("content-type, mcp-session-id"). */
+static int token_list_ok(const char *v, size_t n)
+{
+    if (n > 1024)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!isalnum(ch) && !strchr("!#$%&'*+-.^_`|~, \t", ch))
+            return 0;
+    }
+    return 1;
+}
+
+/* What a browser script may read of an answer besides the CORS-safelisted headers. */
+#define CORS_EXPOSE                                                                                \
+    "access-control-expose-headers: mcp-session-id, mcp-protocol-version, x-berth-session, "     \
+    "x-berth-instance, retry-after\r\n"
+
+/* The CORS headers of an answer to an allowed Origin (c->cors), preflight or not. */
+static size_t cors_headers(const struct gw_conn *c, char *buf, size_t cap)
+{
+    const char *o = c->route->cors_origins[c->cors - 1];
+    int any = o[0] == '*';
+    int n = snprintf(buf, cap, "access-control-allow-origin: %s\r\n%s" CORS_EXPOSE, o,
+                     any ? "" : "access-control-allow-credentials: true\r\n");
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+static void add_cors_headers(struct evbuffer *out, const struct gw_conn *c)
+{
+    char buf[512];
+    evbuffer_add(out, buf, cors_headers(c, buf, sizeof(buf)));
+}
+
+static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
+                             const struct gw_h1_header *acrm);
+
+/* Routes with CORS handled by the gateway (MCP routes, and any with cors_origins): notes
+ * whether the request's Origin is allowed (its answer then carries the CORS headers, the
+ * instance's own replaced), and answers a preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method) itself: no session is claimed and no instance sees it, so
+ * a browser's preflights never bind sandboxes. Returns 1 when the request was answered. */
+static int cors_request(struct gw_conn *c, const struct gw_h1_head *h)
+{
+    const struct gw_h1_header *origin = find_header(h, "origin", 6);
+    if (origin)
+        c->cors = cors_match(c->route, origin->value, origin->value_len);
+    if (h->method_id != HTTP_OPTIONS || !c->route->cors_preflight || !origin)
+        return 0;
+    const struct gw_h1_header *acrm = find_header(h, "access-control-request-method", 29);
+    if (!acrm)
+        return 0;
+    answer_preflight(c, h, acrm);
+    return 1;
+}
+
 /* ------------------------------------------------------------------ responses we write */
 
 static void send_error(struct gw_conn *c, enum gw_err e, int close)
@@ -332,6 +460,8 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
     struct gw_worker *w = c->w;
     const struct gw_err_info *info = gw_err_info(e);
     GW_METRIC_INC(&w->metrics, errors[e]);
+    if (c->unproven)
+        release_unused(c, info->code);
     if (c->resp_head_done) {
         /* The response already started: all we can do is cut it. */
         conn_free(c);
@@ -361,14 +491,67 @@ static void send_error(struct gw_conn *c, enum gw_err e, int close)
         evbuffer_add(out, c->key, c->key_len);
         evbuffer_add(out, "\r\n", 2);
     }
+    if (c->cors) {
+        add_cors_headers(out, c);
+        evbuffer_add(out, "vary: origin\r\n", 14);
+    }
     if (close)
         evbuffer_add(out, "connection: close\r\n", 19);
     evbuffer_add(out, "\r\n", 2);
     if (!c->head_method)
         evbuffer_add(out, body, (size_t)blen);
-    c->status = info->status;
+    answered(c, info->status, close);
+}
+
+/* The answer to a preflight the gateway handles itself (see cors_request()). */
+static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
+                             const struct gw_h1_header *acrm)
+{
+    const struct gw_h1_header *acrh = find_header(h, "access-control-request-headers", 30);
+    const char *m = acrm->value, *rh = acrh ? acrh->value : "";
+    size_t mn = acrm->value_len, rhn = acrh ? acrh->value_len : 0;
+    gw_h1_trim(&m, &mn);
+    gw_h1_trim(&rh, &rhn);
+    if (mn == 0 || mn > 32 || !token_list_ok(m, mn) || memchr(m, ',', mn) || memchr(m, ' ', mn) ||
+        !token_list_ok(rh, rhn)) {
+        c->cors = 0;
+        send_error(c, GW_ERR_BAD_REQUEST, 0);
+        return;
+    }
+    if (!c->cors) {
+        cm_log_debug("conn", "CORS preflight from an origin not allowed route=%s",
+                     c->route->name);
+        send_error(c, GW_ERR_ORIGIN_NOT_ALLOWED, 0);
+        return;
+    }
+    int close = !c->req_done || !c->req_keepalive;
+    struct evbuffer *out = c->cs.out;
+    evbuffer_add(out, "HTTP/1.1 204 No Content\r\n", 25);
+    add_cors_headers(out, c);
+    evbuffer_add_printf(out,
+                        "access-control-allow-methods: %.*s\r\n"
+                        "access-control-max-age: %u\r\n"
+                        "vary: origin, access-control-request-method, "
+                        "access-control-request-headers\r\n"
+                        "cache-control: no-store\r\n",
+                        (int)mn, m, c->route->cors_max_age);
+    if (rhn)
+        evbuffer_add_printf(out, "access-control-allow-headers: %.*s\r\n", (int)rhn, rh);
+    if (close)
+        evbuffer_add(out, "connection: close\r\n", 19);
+    evbuffer_add(out, "\r\n", 2);
+    drop_pending_head(c);
+    answered(c, 204, close);
+}
+
+/* Ends an exchange the gateway answered itself: the connection closes, or waits for (or
+ * goes on with) the next request. */
+static void answered(struct gw_conn *c, int status, int close)
+{
+    struct gw_worker *w = c->w;
+    c->status = status;
     if (c->t_start)
-        gw_metrics_response(&w->metrics, info->status, cm_now_mono() - c->t_start);
+        gw_metrics_response(&w->metrics, status, cm_now_mono() - c->t_start);
     end_stream(c);
     if (close) {
         begin_close(c);
@@ -560,6 +743,8 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
     c->had_mcp_id = c->is_delete = c->is_get = c->cdp_path = 0;
     c->alias_pending = c->alias_done = c->body_alias = 0;
     c->used_auto = c->released = 0;
+    c->keyless_new = c->unproven = 0;
+    c->cors = 0;
     c->held = 0;
     aux_reset(c);
     c->body_bytes = 0;
@@ -599,10 +784,18 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
         path_len = slash ? path_len - (size_t)(slash - path) : 1;
         path = slash ? slash : "/";
     }
+    if (host_len > GW_HOST_MAX) { /* it goes upstream twice (Host, X-Forwarded-Host) */
+        send_error(c, GW_ERR_BAD_REQUEST, 1);
+        return;
+    }
     c->route = gw_config_route(w->gc, host, host_len, path, path_len);
     if (!c->route) {
         send_error(c, GW_ERR_NOT_FOUND, 0);
         return;
+    }
+    if ((c->route->cors_preflight && h->method_id == HTTP_OPTIONS) || c->route->n_cors_origins) {
+        if (cors_request(c, h)) /* a preflight: answered here, no session touched */
+            return;
     }
     if (h->has_cl && h->content_length > c->route->max_body) {
         send_error(c, GW_ERR_BODY_TOO_LARGE, 1);
@@ -648,7 +841,8 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
         }
     }
     c->had_mcp_id = mcp_id != NULL;
-    if (c->route->cdp_rewrite && c->is_get && path_len >= 5 && memcmp(path, "/json", 5) == 0 &&
+    if (c->route->cdp_rewrite && (c->is_get || h->method_id == HTTP_PUT) && path_len >= 5 &&
+        memcmp(path, "/json", 5) == 0 &&
         (path_len == 5 || path[5] == '/' || path[5] == '?') && host_len && host_len < 256) {
         c->cdp_path = 1;
         c->host = strndup(host, host_len);
@@ -688,15 +882,19 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
                 return;
             }
             c->issue_cookie = c->route->cookie != NULL;
+            c->keyless_new = 1;
             break;
         case GW_NO_KEY_NEW:
             /* Once the connection's session became an MCP session (its server minted an
              * Mcp-Session-Id), a keyless request is another client's initialize on a pooled
              * connection: it gets a session of its own, so that one session's DELETE cannot
              * end the other. */
-            if ((!c->auto_key[0] || c->auto_is_mcp) && cm_random_id(c->auto_key) < 0) {
-                send_error(c, GW_ERR_INTERNAL, 1);
-                return;
+            if (!c->auto_key[0] || c->auto_is_mcp) {
+                if (cm_random_id(c->auto_key) < 0) {
+                    send_error(c, GW_ERR_INTERNAL, 1);
+                    return;
+                }
+                c->keyless_new = 1;
             }
             c->auto_is_mcp = 0;
             c->used_auto = 1;
@@ -852,6 +1050,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
         e->last_flush = now - (cm_usec_t)(b->session.lo % (w->gc->activity_flush / 2 + 1));
     memcpy(c->instance, b->instance, sizeof(c->instance));
     memcpy(c->addr, b->addr, sizeof(c->addr));
+    c->unproven = c->keyless_new && b->how != GW_CLAIM_BOUND;
     if (b->how != GW_CLAIM_BOUND)
         cm_log_debug("conn", "session bound session=%s instance=%s how=%s", hash_hex(c),
                     b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
@@ -963,12 +1162,41 @@ static void copy_headers(struct hb *out, const struct gw_conn *c, const struct g
         add_run(out, run, head_end - 2);
 }
 
+/* The Host an instance gets with upstream_host: instance: the address it listens on as it
+ * sees it, "127.0.0.1:<app port>" for a sandbox (reached through its socket) or a preview
+ * port, the upstream's "host:port" for a static one. Returns its length (< cap). */
+static size_t upstream_authority(const struct gw_conn *c, char *buf, size_t cap)
+{
+    const char *a = c->addr;
+    unsigned port = c->preview_port ? c->preview_port : c->route->tpl->app_port;
+    if (!c->preview_port && strncmp(a, "unix:", 5) != 0) {
+        if (strncmp(a, "tcp:", 4) == 0)
+            a += 4;
+        size_t n = strnlen(a, cap - 1);
+        memcpy(buf, a, n);
+        return n;
+    }
+    if (port == 0) {
+        memcpy(buf, "localhost", 9);
+        return 9;
+    }
+    memcpy(buf, "127.0.0.1:", 10);
+    char d[5];
+    int k = 0;
+    do
+        d[k++] = (char)('0' + port % 10);
+    while ((port /= 10) && k < 5);
+    for (int i = 0; i < k; i++)
+        buf[10 + i] = d[k - 1 - i];
+    return 10 + (size_t)k;
+}
+
 static int drop_request_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
 {
     const struct gw_h1_header *x = &h->headers[i];
-    (void)c;
-    return (x->cls & (GW_H1_C_HOP | GW_H1_C_XFP)) || (int)i == h->xff ||
-           ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128));
+    return (x->cls & (GW_H1_C_HOP | GW_H1_C_XFP | GW_H1_C_XFH)) || (int)i == h->xff ||
+           ((int)i == h->request_id && (x->value_len == 0 || x->value_len > 128)) ||
+           ((int)i == h->host && !c->route->upstream_host_client);
 }
 
 static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
@@ -979,7 +1207,8 @@ static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head
     int switching = h->status == 101;
     return ((x->cls & GW_H1_C_HOP) && !(switching && (x->cls & GW_H1_C_UPGRADE))) ||
            (x->cls & GW_H1_C_BERTH) || ((c->dechunk || c->rewrite) && (x->cls & GW_H1_C_TE)) ||
-           (c->rewrite && (x->cls & GW_H1_C_CL));
+           (c->rewrite && (x->cls & GW_H1_C_CL)) ||
+           (c->route->n_cors_origins && (x->cls & GW_H1_C_CORS));
 }
 
 /* Sends the rewritten request head to <us>: straight from the stack when nothing is queued
@@ -993,15 +1222,35 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
     hb.n = 0;
     const char *head_end = head + c->head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
-    if (!c->http10) {
+    const char *url = h->url;
+    size_t url_len = h->url_len;
+    int instance_host = !c->route->upstream_host_client;
+    if (instance_host && url_len > 7 && gw_h1_ieq(url, "http://", 7)) {
+        /* absolute-form names the client's host: the instance gets origin-form */
+        const char *slash = memchr(url + 7, '/', url_len - 7);
+        url_len = slash ? url_len - (size_t)(slash - url) : 1;
+        url = slash ? slash : "/";
+    }
+    if (!c->http10 && url == h->url) {
         add_run(out, head, first); /* the request line as the client sent it */
     } else {
         hb_add(out, h->method, h->method_len);
         HB_LIT(out, " ");
-        hb_add(out, h->url, h->url_len);
+        hb_add(out, url, url_len);
         HB_LIT(out, " HTTP/1.1\r\n");
     }
     copy_headers(out, c, h, head_end, drop_request_header);
+    if (h->host >= 0) {
+        HB_LIT(out, "x-forwarded-host: ");
+        hb_add(out, h->headers[h->host].value, h->headers[h->host].value_len);
+        HB_LIT(out, "\r\n");
+    }
+    if (instance_host) {
+        char auth[GW_ADDR_MAX + 16];
+        HB_LIT(out, "host: ");
+        hb_add(out, auth, upstream_authority(c, auth, sizeof(auth)));
+        HB_LIT(out, "\r\n");
+    }
     HB_LIT(out, "x-forwarded-for: ");
     if (h->xff >= 0 && h->headers[h->xff].value_len) {
         hb_add(out, h->headers[h->xff].value, h->headers[h->xff].value_len);
@@ -1017,7 +1266,7 @@ static void write_request_head(struct gw_conn *c, const struct gw_h1_head *h, co
         hb_add(out, id, 16);
         HB_LIT(out, "\r\n");
     }
-    if (c->http10 && h->host < 0)
+    if (c->http10 && h->host < 0 && !instance_host)
         HB_LIT(out, "host: berth\r\n");
     if (c->upgrade_req) {
         for (uint32_t i = 0; i < h->n_headers; i++)
@@ -1093,7 +1342,15 @@ static void forward(struct gw_conn *c, struct gw_h1_head *parsed)
     gw_stream_setcb(us, on_up_read, on_up_write, on_up_event, c);
     gw_stream_set_peek(us, on_up_peek);
     gw_stream_set_watermarks(us, lim->buffer_high, lim->buffer_low);
-    gw_stream_set_timeouts(us, w->to_response, reused ? NULL : w->to_connect);
+    if (c->req_done) {
+        gw_stream_set_timeouts(us, w->to_response, reused ? NULL : w->to_connect);
+    } else {
+        /* A body follows: response_timeout runs from its end (request_sent()); until then
+         * each side's progress is bounded by stream_idle_timeout, the client's sending and
+         * the instance's taking it (a long upload at a slow, steady rate is fine). */
+        gw_stream_set_timeouts(us, NULL, reused ? w->to_stream_idle : w->to_connect);
+        gw_stream_set_timeouts(&c->cs, w->to_stream_idle, NULL);
+    }
     gw_stream_read_enable(us);
 
     struct gw_h1_head h;
@@ -1212,6 +1469,17 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* The request's last body byte was read (and goes out with what is queued): the instance's
+ * answer is now due within response_timeout. */
+static void request_sent(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    c->req_done = 1;
+    gw_stream_set_timeouts(&c->cs, NULL, NULL);
+    if (c->up && c->up_connected && !c->resp_head_done)
+        gw_stream_set_timeouts(gw_upconn_stream(c->up), w->to_response, NULL);
+}
+
 /* The request body's next <len> bytes: how many belong to it (c->req_done once it ended), or
  * -1 after answering a bad body (<c> may be gone). */
 static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
@@ -1245,7 +1513,7 @@ static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
         return -1;
     }
     if (ended)
-        c->req_done = 1;
+        request_sent(c);
     return used;
 }
 
@@ -1480,6 +1748,11 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
     if (c->issue_cookie && (h->status >= 200 || switching))
         hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
                   c->route->cookie, c->key);
+    if (c->cors) {
+        char buf[512];
+        hb_add(out, buf, cors_headers(c, buf, sizeof(buf)));
+        HB_LIT(out, "vary: origin\r\n");
+    }
     if (switching)
         HB_LIT(out, "connection: upgrade\r\n");
     else if (h->status >= 200 && (c->close_after || !c->req_keepalive))
@@ -1667,7 +1940,7 @@ static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, voi
         !c->alias_pending)
         return pass_resp_body(c, us, data, len);
     if (c->state != CS_PROXY || c->resp_head_done || c->alias_pending || c->cdp_path ||
-        c->upgrade_req || c->http10 || (c->kind == KEY_MCP && c->is_delete))
+        c->upgrade_req || c->http10 || (c->kind == KEY_MCP && c->is_delete) || c->unproven)
         return 0;
     struct gw_h1_head h;
     h.headers = w->headers;
@@ -1742,6 +2015,7 @@ static int parse_resp_head(struct gw_conn *c)
         return -1;
     }
     if (h.status == 101 && c->upgrade_req) {
+        c->unproven = 0;
         write_response_head(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
         drop_pending_head(c);
@@ -1785,6 +2059,18 @@ static int parse_resp_head(struct gw_conn *c)
         release_session(c);
         if (c->alias_pending)
             return -1; /* on_released() parses this head again */
+    }
+    if (c->unproven) {
+        /* The answer to the keyless request its session was made for: a success starts the
+         * session (the client has its key: a cookie, x-berth-session, the connection, or an
+         * Mcp-Session-Id stored above); an error leaves nothing bound. */
+        if (h.status >= 400 && !c->alias_done) {
+            char why[32];
+            snprintf(why, sizeof(why), "answered %d", h.status);
+            release_unused(c, why);
+        } else {
+            c->unproven = 0;
+        }
     }
     take_final_head(c, &h);
     int whole = 0; /* the whole response was sent below */
@@ -1847,7 +2133,8 @@ static int emit_rewritten(struct gw_conn *c)
     llhttp_init(&tmp, HTTP_RESPONSE, &w->resp_head_settings);
     struct evbuffer *nb = evbuffer_new();
     if (!nb || !head || gw_h1_parse_head(&tmp, &w->resp_head_settings, &h, head, head_len, 0) ||
-        gw_rewrite_cdp(body ? body : "", body_len, c->host, strlen(c->host), nb) < 0) {
+        gw_rewrite_cdp(body ? body : "", body_len, c->host, strlen(c->host), 0 /* no TLS yet */,
+                       nb) < 0) {
         if (nb)
             evbuffer_free(nb);
         return -1;
@@ -1977,7 +2264,10 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
     struct gw_worker *w = c->w;
     if (what & GW_STREAM_CONNECTED) {
         c->up_connected = 1;
-        gw_stream_set_timeouts(us, w->to_response, NULL);
+        if (c->req_done)
+            gw_stream_set_timeouts(us, w->to_response, NULL);
+        else
+            gw_stream_set_timeouts(us, NULL, w->to_stream_idle);
         gw_stream_flush(us);
         /* What waited for the connection may all be out now, with no write callback to
          * come: resume the request body here. */
@@ -2105,6 +2395,13 @@ static void on_client_event(struct gw_stream *cs, short what, void *arg)
         struct gw_stream *us = gw_upconn_stream(c->up);
         if (evbuffer_get_length(us->out) == 0)
             shutdown(us->fd, SHUT_WR);
+    }
+    if ((what & GW_STREAM_TIMEOUT) && c->state == CS_PROXY && !c->req_done &&
+        !c->resp_head_done) {
+        /* the request body stalled past stream_idle_timeout */
+        cm_log_info("conn", "request body stalled session=%s", hash_hex(c));
+        send_error(c, GW_ERR_REQUEST_TIMEOUT, 1);
+        return;
     }
     /* EOF, error or stream idle timeout: the client is gone; cancel the upstream request. */
     conn_free(c);

@@ -9,7 +9,7 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_UNAUTHORIZED] = {"unauthorized", 401, "missing or invalid API key"},
     [GW_ERR_NOT_FOUND] = {"not_found", 404, "not found"},
     [GW_ERR_METHOD_NOT_ALLOWED] = {"method_not_allowed", 405, "method not allowed"},
-    [GW_ERR_REQUEST_TIMEOUT] = {"request_timeout", 408, "request headers not received in time"},
+    [GW_ERR_REQUEST_TIMEOUT] = {"request_timeout", 408, "request not received in time"},
     [GW_ERR_CONFLICT] = {"conflict", 409, "already exists"},
     [GW_ERR_BODY_TOO_LARGE] = {"body_too_large", 413, "request body exceeds the route's limit"},
     [GW_ERR_HEADERS_TOO_LARGE] = {"headers_too_large", 431,
@@ -26,6 +26,8 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_UPSTREAM_TIMEOUT] = {"upstream_timeout", 504, "the instance did not answer in time"},
     [GW_ERR_INVALID_ARGUMENT] = {"invalid_argument", 400, "invalid argument"},
     [GW_ERR_UNKNOWN_TEMPLATE] = {"unknown_template", 400, "unknown template"},
+    [GW_ERR_ORIGIN_NOT_ALLOWED] = {"origin_not_allowed", 403,
+                                   "this route does not allow requests from that Origin"},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

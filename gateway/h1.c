@@ -236,6 +236,8 @@ static int note_header(struct gw_h1_head *h, int idx, int request)
             x->cls = GW_H1_C_HOP;
             if (add_conn_tokens(h, x->value, x->value_len) < 0)
                 return GW_H1_BAD;
+        } else if (name_is(n, nl, "x-forwarded-host", 16)) {
+            x->cls = GW_H1_C_XFH;
         }
         break;
     case 17:
@@ -272,6 +274,8 @@ static int note_header(struct gw_h1_head *h, int idx, int request)
     }
     if (nl > 8 && lc_eq(n, "x-berth-", 8))
         x->cls |= GW_H1_C_BERTH;
+    else if (nl > 15 && lc_eq(n, "access-control-", 15))
+        x->cls |= GW_H1_C_CORS;
     return 0;
 }
 

@@ -21,12 +21,14 @@ enum gw_h1_class {
     GW_H1_C_CL = 1 << 4,      /* Content-Length */
     GW_H1_C_UPGRADE = 1 << 5, /* Upgrade */
     GW_H1_C_MCP = 1 << 6,     /* Mcp-Session-Id */
+    GW_H1_C_XFH = 1 << 7,     /* X-Forwarded-Host */
+    GW_H1_C_CORS = 1 << 8,    /* Access-Control-* */
 };
 
 struct gw_h1_header {
     const char *name, *value;
     uint32_t name_len, value_len;
-    uint8_t cls; /* enum gw_h1_class bits */
+    uint16_t cls; /* enum gw_h1_class bits */
 };
 
 #define GW_H1_MAX_CONN_TOKENS 16 /* more Connection options: 400 */

@@ -42,6 +42,7 @@ struct gw_metrics {
     int64_t streams_active; /* requests in flight (incl. open SSE responses) */
     uint64_t upstream_connects;
     uint64_t upstream_reuses;
+    uint64_t sessions_unused; /* keyless sessions released: their first answer was an error */
     uint64_t bytes_in;  /* body bytes from clients */
     uint64_t bytes_out; /* body bytes to clients */
 };

@@ -129,6 +129,10 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
     family(b, "berth_gateway_upstream_reuses_total", "counter",
            "Requests sent on a kept-alive instance connection.");
     sample_u(b, "berth_gateway_upstream_reuses_total", m->upstream_reuses);
+    family(b, "berth_gateway_sessions_unused_total", "counter",
+           "Sessions made for a keyless request and released at once: its answer was an "
+           "error (or none), so no client can reach them again.");
+    sample_u(b, "berth_gateway_sessions_unused_total", m->sessions_unused);
     family(b, "berth_gateway_body_bytes_total", "counter",
            "Body bytes relayed: in = from clients, out = to clients.");
     labeled(b, "berth_gateway_body_bytes_total", "direction", "in", m->bytes_in);

@@ -1,5 +1,6 @@
 #include "gateway/rewrite.h"
 
+#include <ctype.h>
 #include <event2/buffer.h>
 #include <string.h>
 
@@ -18,29 +19,54 @@ static const char *find(const char *p, const char *end, const char *needle, size
     return NULL;
 }
 
-int gw_rewrite_cdp(const char *in, size_t n, const char *host, size_t host_len,
+/* The next "ws://", "wss://", "ws=" or "wss=" in [p, end): its start, and in *len its length;
+ * NULL when none is left. */
+static const char *next_ws(const char *p, const char *end, size_t *len)
+{
+    while ((size_t)(end - p) >= 3) {
+        const char *q = find(p, end, "ws", 2);
+        if (!q)
+            return NULL;
+        const char *r = q + 2;
+        if (r < end && *r == 's')
+            r++;
+        if (r < end && *r == '=') {
+            *len = (size_t)(r + 1 - q);
+            return q;
+        }
+        if (end - r >= 3 && memcmp(r, "://", 3) == 0) {
+            *len = (size_t)(r + 3 - q);
+            return q;
+        }
+        p = q + 1;
+    }
+    return NULL;
+}
+
+int gw_rewrite_cdp(const char *in, size_t n, const char *host, size_t host_len, int secure,
                    struct evbuffer *out)
 {
     const char *p = in, *end = in + n;
     int count = 0;
-    while (p < end) {
-        const char *a = find(p, end, "ws://", 5);
-        const char *b = find(p, end, "ws=", 3);
-        const char *m = a && (!b || a < b) ? a : b;
-        if (!m)
-            break;
-        size_t skip = m == a ? 5 : 3;
-        const char *auth = m + skip;
+    size_t mlen;
+    const char *m;
+    while ((m = next_ws(p, end, &mlen)) != NULL) {
+        const char *auth = m + mlen;
         const char *slash = auth;
         while (slash < end && *slash != '/' && *slash != '"' && *slash != '&' && *slash != ' ')
             slash++;
-        if (slash >= end || *slash != '/' || slash == auth) {
+        /* A word that merely ends in "ws" ("news://", "rows=") is not a URL of the browser's. */
+        int word = m > in && (isalnum((unsigned char)m[-1]) || m[-1] == '_');
+        if (word || slash >= end || *slash != '/' || slash == auth) {
             if (evbuffer_add(out, p, (size_t)(auth - p)) < 0)
                 return -1;
             p = auth;
             continue;
         }
-        if (evbuffer_add(out, p, (size_t)(auth - p)) < 0 || evbuffer_add(out, host, host_len) < 0)
+        int eq = m[mlen - 1] == '=';
+        const char *scheme = secure ? (eq ? "wss=" : "wss://") : (eq ? "ws=" : "ws://");
+        if (evbuffer_add(out, p, (size_t)(m - p)) < 0 ||
+            evbuffer_add(out, scheme, strlen(scheme)) < 0 || evbuffer_add(out, host, host_len) < 0)
             return -1;
         p = slash;
         count++;

@@ -6,12 +6,14 @@
 
 struct evbuffer;
 
-/* CDP discovery answers (/json/version, /json/list) name the browser's own address in
- * "ws://127.0.0.1:9222/devtools/..." and in devtoolsFrontendUrl's "ws=127.0.0.1:9222/devtools/".
- * Writes <in> to <out> with every such authority replaced by <host> (the Host the client used to
- * reach the gateway), so a CDP client connecting through the gateway stays on it. Returns the
- * number of replacements, or -1 when <out> could not grow. */
-int gw_rewrite_cdp(const char *in, size_t n, const char *host, size_t host_len,
+/* CDP discovery answers (/json/version, /json/list, /json/new) name the browser's own address
+ * in "ws://127.0.0.1:9222/devtools/..." and in devtoolsFrontendUrl's
+ * "ws=127.0.0.1:9222/devtools/" (or "wss" in both). Writes <in> to <out> with every such URL
+ * rebuilt from the client's side: the authority replaced by <host> (the Host the client used
+ * to reach the gateway) and the scheme by "wss" when <secure> (the client came over TLS), else
+ * "ws", so a CDP client connecting through the gateway stays on it. Returns the number of
+ * replacements, or -1 when <out> could not grow. */
+int gw_rewrite_cdp(const char *in, size_t n, const char *host, size_t host_len, int secure,
                    struct evbuffer *out);
 
 /* Legacy MCP SSE: finds the session id in the data of an `endpoint` event, e.g.

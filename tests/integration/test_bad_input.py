@@ -256,8 +256,8 @@ def test_too_many_headers_is_431(bstack):
 
 
 def test_a_head_the_gateway_takes_is_not_too_many_headers_for_a_default_instance(stack):
-    """The gateway adds up to 4 headers (x-forwarded-for, x-forwarded-proto, x-request-id;
-    Host for HTTP/1.0). With the default limits (gateway.limits.max_headers, berth-echo's
+    """The gateway adds up to 4 headers (x-forwarded-for, x-forwarded-proto, x-request-id,
+    x-forwarded-host; the client's Host is replaced by the instance's own). With the default limits (gateway.limits.max_headers, berth-echo's
     --max-headers) each count around the limit gets the instance's answer, with every header,
     or the gateway's own 431; never the instance's 431 (before: 100 client headers, the
     gateway's limit, became 103 and berth-echo refused them)."""
@@ -273,7 +273,7 @@ def test_a_head_the_gateway_takes_is_not_too_many_headers_for_a_default_instance
         assert a.status == 200, "%d headers: %r" % (n, a)
         assert refused_from is None, "%d headers refused, %d taken" % (refused_from, n)
         got = a.json()["headers"]
-        assert len(got) == n + 3, "%d headers sent, the instance got %d" % (n, len(got))
+        assert len(got) == n + 4, "%d headers sent, the instance got %d" % (n, len(got))
     assert refused_from is not None, "no limit between 90 and 105 headers"
 
 

@@ -18,6 +18,7 @@ import asyncio
 import json
 import re
 import secrets
+import socket
 import time
 
 import pytest
@@ -359,3 +360,50 @@ def test_cdp_through_the_gateway(browser_stack):
     assert other["ok"] and other["title"] == "berth-b2" and title not in other["titles"], other
     r2 = cdp_get(s, "/json/version", "b2")
     assert r2.status == 200 and r2.header("x-berth-instance") not in (None, inst1), r2
+
+
+@pytest.mark.berth_timeout(180)
+def test_cdp_through_a_named_gateway_host(browser_stack):
+    """Chromium's DevTools answers only requests whose Host is an IP address or localhost
+    (its DNS-rebinding guard: 500 "Host header is specified and is not an IP address or
+    localhost" otherwise). With upstream_host: instance (default) the browser gets its own
+    address as Host, and the discovery answers are rewritten to the name the client used:
+    GET /json/version, PUT /json/new and the WebSocket all work through a named gateway."""
+    s = browser_stack
+    port = s.ports["gateway"]
+    name = "browsers.example.com:%d" % port
+    h = {"x-fc-session-id": "b-named", "Host": name}
+    r = curl(s.url("/json/version"), headers=h)
+    assert r.status == 200, r
+    browser_ws = r.json()["webSocketDebuggerUrl"]
+    assert browser_ws.startswith("ws://%s/devtools/browser/" % name), browser_ws
+    r = curl(s.url("/json/new?about:blank"), method="PUT", headers=h)
+    assert r.status == 200, r
+    page = r.json()
+    assert page["webSocketDebuggerUrl"] == "ws://%s/devtools/page/%s" % (name, page["id"]), page
+    if "devtoolsFrontendUrl" in page:
+        assert "ws=%s/devtools/page/%s" % (name, page["id"]) in page["devtoolsFrontendUrl"]
+
+    import websockets
+
+    async def cdp(url, method, params=None):
+        # connect to the gateway's address, with the URL's name as Host (no DNS needed)
+        sock = socket.create_connection(("127.0.0.1", port))
+        ws = await websockets.connect(url, sock=sock, extra_headers={"x-fc-session-id":
+                                                                     "b-named"},
+                                      ping_interval=None, open_timeout=20 * SLOW,
+                                      max_size=None)
+        try:
+            await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg.get("id") == 1:
+                    return msg
+        finally:
+            await ws.close()
+    v = asyncio.run(asyncio.wait_for(cdp(browser_ws, "Browser.getVersion"), 60 * SLOW))
+    assert "Chrome" in v["result"]["product"] or "Chromium" in v["result"]["product"], v
+    p = asyncio.run(asyncio.wait_for(cdp(page["webSocketDebuggerUrl"], "Runtime.evaluate",
+                                         {"expression": "6 * 7", "returnByValue": True}),
+                                     60 * SLOW))
+    assert p["result"]["result"]["value"] == 42, p  # the page's own target answered

@@ -20,8 +20,33 @@ from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, 
 
 
 RESPONSE_TIMEOUT = 1.0  # gateway.limits.response_timeout of this module's gateway
+STREAM_IDLE = 4.0       # gateway.limits.stream_idle_timeout (both scaled by SLOW)
+ECHO_AUTHORITY = "127.0.0.1:8000"  # the Host an echo instance gets (upstream_host: instance)
+CLIENT_HOST = "client-host.test"   # the route with upstream_host: client
 
 # ------------------------------------------------------------------ a static upstream
+
+def _read_body(handler):
+    """The request body of <handler> (Content-Length or chunked), read as it arrives."""
+    n = 0
+    if (handler.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return n
+            n += len(handler.rfile.read(size))
+            handler.rfile.readline()
+    left = int(handler.headers.get("Content-Length") or 0)
+    while left:
+        got = handler.rfile.read1(min(left, 65536))
+        if not got:
+            break
+        n += len(got)
+        left -= len(got)
+    return n
+
 
 class MiscHandler(http.server.BaseHTTPRequestHandler):
     """Answers /misc/<what>: statuses and header shapes berth-echo does not produce."""
@@ -40,6 +65,18 @@ class MiscHandler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):
         self.do_GET()
+
+    def do_POST(self):
+        what = self.path.split("?")[0].rsplit("/", 1)[-1]
+        n = _read_body(self)
+        if what == "upload-stall":
+            time.sleep(RESPONSE_TIMEOUT * SLOW * 3)  # past the gateway's response_timeout
+        body = json.dumps({"bytes": n}).encode()
+        try:
+            self._send(200, [("Content-Type", "application/json"),
+                             ("Content-Length", str(len(body)))], body)
+        except OSError:
+            self.close_connection = True  # the gateway gave up on us (the timeout tests)
 
     def do_GET(self):
         what = self.path.split("?")[0].rsplit("/", 1)[-1]
@@ -76,6 +113,12 @@ class MiscHandler(http.server.BaseHTTPRequestHandler):
         elif what == "stall":
             time.sleep(RESPONSE_TIMEOUT * SLOW * 3)  # well past the gateway's timeout in every build
             self._send(200, [("Content-Length", "0")])
+        elif what == "host":
+            body = json.dumps({"host": self.headers.get_all("Host"),
+                               "xfh": self.headers.get_all("X-Forwarded-Host"),
+                               "target": self.path}).encode()
+            self._send(200, [("Content-Type", "application/json"),
+                             ("Content-Length", str(len(body)))], body)
         elif what == "close":
             self._send(200, [("Connection", "close"), ("Content-Type", "text/plain")])
             if self.command != "HEAD":
@@ -107,8 +150,11 @@ def pstack(misc_server):
         # berth-scheduler refuses to start with a static template in its config ("driver
         # static is not available on this host"), so it keeps the file without it.
         cfg = deep_merge(s.cfg, {"gateway": {
-            "limits": {"response_timeout": "%dms" % (RESPONSE_TIMEOUT * 1000 * SLOW)},
+            "limits": {"response_timeout": "%dms" % (RESPONSE_TIMEOUT * 1000 * SLOW),
+                       "stream_idle_timeout": "%dms" % (STREAM_IDLE * 1000 * SLOW)},
             "routes": [
+            {"name": "client-host", "host": CLIENT_HOST, "template": "echo",
+             "upstream_host": "client"},
             {"name": "misc", "path_prefix": "/misc/", "template": "misc"},
             {"name": "echo", "path_prefix": "/", "template": "echo"}]}})
         cfg["templates"] = cfg["templates"] + [
@@ -265,7 +311,8 @@ def test_connection_listed_and_hop_by_hop_request_headers_are_removed(pstack):
         assert gone not in seen, (gone, seen)
     assert seen["x-keep-me"] == "3"
     assert seen["authorization"] == "Bearer for-the-app"  # end-to-end: the app's business
-    assert seen["host"] == "127.0.0.1:%d" % pstack.ports["gateway"]
+    assert seen["host"] == ECHO_AUTHORITY
+    assert seen["x-forwarded-host"] == "127.0.0.1:%d" % pstack.ports["gateway"]
 
 
 def test_connection_cannot_strip_framing_or_host(pstack):
@@ -277,7 +324,8 @@ def test_connection_cannot_strip_framing_or_host(pstack):
     assert st == 200
     j = json.loads(body)
     assert j["body"] == "12345" and j["body_bytes"] == 5
-    assert j["headers"]["host"] == "gw.test"
+    assert j["headers"]["host"] == ECHO_AUTHORITY
+    assert j["headers"]["x-forwarded-host"] == "gw.test"
 
 
 def test_x_forwarded_for_is_appended(pstack):
@@ -313,6 +361,107 @@ def test_x_request_id_is_added_or_kept(pstack):
     assert seen["x-request-id"] == "client-chosen-42"
     _, seen = echo_seen(pstack, "rid", [("X-Request-Id", "r" * 129)])  # too long: replaced
     assert re.fullmatch(r"[0-9a-f]{16}", seen["x-request-id"]), seen["x-request-id"]
+
+
+# ------------------------------------------------------------------ Host upstream
+
+def test_instance_gets_its_own_host_and_the_client_host_in_x_forwarded_host(pstack,
+                                                                            misc_server):
+    # upstream_host: instance (default): apps that check Host (DNS-rebinding guards, Chromium's
+    # DevTools) see the address they listen on; a client's X-Forwarded-Host is replaced
+    _, seen = echo_seen(pstack, "host-1", [("Host", "agents.example.com:8443"),
+                                           ("X-Forwarded-Host", "forged.example")])
+    assert seen["host"] == ECHO_AUTHORITY, seen
+    assert seen["x-forwarded-host"] == "agents.example.com:8443", seen
+    # a static upstream gets its configured address
+    r = curl(pstack.url("/misc/host"), headers=[("x-fc-session-id", "host-misc"),
+                                                ("Host", "agents.example.com")])
+    assert r.status == 200, r
+    j = r.json()
+    assert j["host"] == ["127.0.0.1:%d" % misc_server], j
+    assert j["xfh"] == ["agents.example.com"], j
+    # absolute-form: the instance gets origin-form (its Host is its own now)
+    c = Conn(pstack.ports["gateway"])
+    c.send(req("GET", "http://agents.example.com/misc/host?q=1", "host-misc"))
+    st, _, _, body = c.response()
+    c.close()
+    j = json.loads(body)
+    assert st == 200 and j["target"] == "/misc/host?q=1" and j["xfh"] == ["gw.test"], j
+
+
+def test_upstream_host_client_passes_the_clients_host(pstack):
+    _, seen = echo_seen(pstack, "host-2", [("Host", CLIENT_HOST + ":81"),
+                                           ("X-Forwarded-Host", "forged.example")])
+    assert seen["host"] == CLIENT_HOST + ":81", seen
+    assert seen["x-forwarded-host"] == CLIENT_HOST + ":81", seen
+
+
+def test_overlong_host_is_refused(pstack):
+    c = Conn(pstack.ports["gateway"])
+    c.send("GET / HTTP/1.1\r\nHost: %s\r\nx-fc-session-id: long-host\r\n\r\n" % ("h" * 262))
+    st, _, _, body = c.response()
+    c.close()
+    assert st == 400 and json.loads(body)["error"]["code"] == "bad_request"
+    # 261 bytes (a 253-byte name, a port) is fine
+    name = ".".join(["a" * 63] * 3 + ["b" * 61]) + ":65535"
+    assert len(name) == 259
+    _, seen = echo_seen(pstack, "long-host", [("Host", name)])
+    assert seen["x-forwarded-host"] == name
+
+
+# ------------------------------------------------------------------ request body timing
+
+def _slow_upload(port, path, session, total, pieces, pause, chunked=False):
+    """Sends a POST whose body arrives in <pieces> equal parts <pause> s apart; returns the
+    connection and the monotonic time the last byte was sent."""
+    c = Conn(port, timeout=30)
+    part = b"x" * (total // pieces)
+    assert len(part) * pieces == total
+    framing = [("Transfer-Encoding", "chunked")] if chunked else \
+        [("Content-Length", str(total))]
+    c.send(req("POST", path, session, framing))
+    for i in range(pieces):
+        time.sleep(pause)
+        c.send(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+    if chunked:
+        c.send(b"0\r\n\r\n")
+    return c, time.monotonic()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_slow_steady_upload_outlives_response_timeout(pstack, chunked):
+    # response_timeout runs from the end of the request: an upload taking three times as long
+    # at a steady rate succeeds (each pause is well inside stream_idle_timeout)
+    pieces = 12
+    pause = RESPONSE_TIMEOUT * SLOW * 3 / pieces
+    c, _ = _slow_upload(pstack.ports["gateway"], "/misc/upload", "upload-1", 12 * 1000, pieces,
+                        pause, chunked)
+    st, _, _, body = c.response()
+    c.close()
+    assert st == 200 and json.loads(body) == {"bytes": 12000}, (st, body)
+
+
+def test_response_timeout_counts_from_the_last_body_byte(pstack):
+    c, t_end = _slow_upload(pstack.ports["gateway"], "/misc/upload-stall", "upload-2", 6000, 6,
+                            RESPONSE_TIMEOUT * SLOW * 2 / 6)
+    st, _, _, body = c.response()
+    took = time.monotonic() - t_end
+    c.close()
+    assert st == 504 and json.loads(body)["error"]["code"] == "upstream_timeout", body
+    assert took >= RESPONSE_TIMEOUT * SLOW - 0.1, took  # not from the head
+
+
+def test_stalled_upload_gets_408_after_stream_idle_timeout(pstack):
+    c = Conn(pstack.ports["gateway"], timeout=STREAM_IDLE * 3 + 10)
+    c.send(req("POST", "/misc/upload", "upload-3", [("Content-Length", "1000")]))
+    c.send(b"y" * 400)
+    t0 = time.monotonic()
+    st, _, hdrs, body = c.response()
+    took = time.monotonic() - t0
+    assert st == 408 and json.loads(body)["error"]["code"] == "request_timeout", body
+    assert took >= STREAM_IDLE * SLOW - 0.1, took
+    assert hget(hdrs, "connection") == "close" and c.closed()
+    c.close()
 
 
 def test_large_header_values_pass_through(pstack):

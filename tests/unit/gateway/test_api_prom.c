@@ -133,6 +133,7 @@ TEST(counters_and_gauges)
     m.streams_active = -1; /* a transient negative sum must print as such */
     m.upstream_connects = 4;
     m.upstream_reuses = 38;
+    m.sessions_unused = 39;
     m.bytes_in = 1000;
     m.bytes_out = 123456789012ull;
     char *t = write_prom(&m, NULL, 0, 1);
@@ -153,6 +154,7 @@ TEST(counters_and_gauges)
     CHECK_CONTAINS(t, "berth_gateway_streams_active -1\n");
     CHECK_CONTAINS(t, "berth_gateway_upstream_connects_total 4\n");
     CHECK_CONTAINS(t, "berth_gateway_upstream_reuses_total 38\n");
+    CHECK_CONTAINS(t, "berth_gateway_sessions_unused_total 39\n");
     CHECK_CONTAINS(t, "berth_gateway_body_bytes_total{direction=\"in\"} 1000\n");
     CHECK_CONTAINS(t, "berth_gateway_body_bytes_total{direction=\"out\"} 123456789012\n");
     CHECK_CONTAINS(t, "berth_redis_up 1\n");

@@ -179,6 +179,10 @@ static void check_default_route(const struct gw_config *gc, const struct gw_rout
     CHECK_INT_EQ(r->no_key, GW_NO_KEY_NEW);
     CHECK_UINT_EQ(r->max_body, 64 * MiB);
     CHECK_INT_EQ(r->auth, 0);
+    CHECK_INT_EQ(r->upstream_host_client, 0);
+    CHECK_UINT_EQ(r->n_cors_origins, 0);
+    CHECK_UINT_EQ(r->cors_max_age, 600);
+    CHECK_INT_EQ(r->cors_preflight, 1); /* mcp: true */
 }
 
 TEST(no_gateway_section_gives_every_default)
@@ -294,6 +298,10 @@ TEST(every_key_with_a_non_default_value)
                                    "      no_key: reject\n"
                                    "      max_body: 1KiB\n"
                                    "      auth: yes\n"
+                                   "      upstream_host: client\n"
+                                   "      cors_origins: [HTTPS://App.Example.com, 'http://[::1]:8080', '*']\n"
+                                   "      cors_max_age: 0\n"
+                                   "      mcp: false\n"
                                    "    - path_prefix: /browser\n"
                                    "      key_headers: X-One\n"
                                    "      no_key: issue\n"
@@ -340,6 +348,13 @@ TEST(every_key_with_a_non_default_value)
     CHECK_INT_EQ(r->no_key, GW_NO_KEY_REJECT);
     CHECK_UINT_EQ(r->max_body, 1 * KiB);
     CHECK_INT_EQ(r->auth, 1);
+    CHECK_INT_EQ(r->upstream_host_client, 1);
+    CHECK_UINT_EQ(r->n_cors_origins, 3);
+    CHECK_STR_EQ(r->cors_origins[0], "https://app.example.com"); /* lower-cased */
+    CHECK_STR_EQ(r->cors_origins[1], "http://[::1]:8080");
+    CHECK_STR_EQ(r->cors_origins[2], "*");
+    CHECK_UINT_EQ(r->cors_max_age, 0);
+    CHECK_INT_EQ(r->cors_preflight, 1); /* mcp: false, but origins listed */
     r = &gc->routes[1];
     CHECK_STR_EQ(r->name, "route1");
     CHECK_STR_EQ(r->key_headers[0], "x-one"); /* a scalar is a list of one */
@@ -508,6 +523,19 @@ TEST(routes_errors)
                  "gateway.routes[0].max_body: must be a size such as 4096, 64KiB, 16MiB");
     EXPECT_ERROR("gateway:\n  routes:\n    - auth: |perhaps\n",
                  "gateway.routes[0].auth: must be true or false");
+    EXPECT_ERROR("gateway:\n  routes:\n    - upstream_host: |gateway\n",
+                 "gateway.routes[0].upstream_host: must be instance or client");
+    EXPECT_ERROR("gateway:\n  routes:\n    - cors_origins: |[https://a.example/]\n",
+                 "gateway.routes[0].cors_origins: 'https://a.example/' is not an origin: \"*\" "
+                 "or scheme://host[:port], no path or trailing slash");
+    EXPECT_ERROR("gateway:\n  routes:\n    - cors_origins: |[a.example]\n",
+                 "gateway.routes[0].cors_origins: 'a.example' is not an origin: \"*\" "
+                 "or scheme://host[:port], no path or trailing slash");
+    EXPECT_ERROR("gateway:\n  routes:\n    - cors_origins: |[\"https://\"]\n",
+                 "gateway.routes[0].cors_origins: 'https://' is not an origin: \"*\" "
+                 "or scheme://host[:port], no path or trailing slash");
+    EXPECT_ERROR("gateway:\n  routes:\n    - cors_max_age: |86401\n",
+                 "gateway.routes[0].cors_max_age: must be 0..86400");
 }
 
 TEST(route_without_templates_defined)
