@@ -13,23 +13,54 @@ Needs root (the process sandbox), node + npm (tests/clients is installed with np
 Run: BERTH_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_keyless.py
 """
 
+import http.server
 import json
 import socket
+import threading
 
 import pytest
 
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      echo_template, wait_until)
-from templates import (CLIENTS, _sandbox_template, ensure_clients, mcp_template, run_node,
-                       sandbox_ro_binds)
+                      echo_template, free_port, wait_until)
+from templates import (CLIENTS, _sandbox_template, ensure_chromium, ensure_clients,
+                       mcp_template, run_node, sandbox_ro_binds)
 
 APP = "https://app.example"      # the origin the routes allow
 EVIL = "https://evil.example"
 POOL_MIN = 2
 
 
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """A blank page: the origin a browser-based MCP client runs in."""
+    def log_message(self, fmt, *args):
+        pass
+
+    def do_GET(self):
+        body = b"<!doctype html><title>mcp client</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @pytest.fixture(scope="module")
-def kstack():
+def pages():
+    """Two page servers on loopback: [allowed origin, other origin]."""
+    servers = []
+    for _ in range(2):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), PageHandler)
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    yield ["http://127.0.0.1:%d" % srv.server_address[1] for srv in servers]
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def kstack(pages):
     _skip_unless_root()
     ensure_clients()
     d = _short_tmp()
@@ -55,7 +86,7 @@ def kstack():
                 {"name": "host-checked-client", "host": "mcp-client.example.com",
                  "template": "hostmcp", "upstream_host": "client"},
                 {"name": "everything", "path_prefix": "/", "template": "mcp",
-                 "cors_origins": [APP]},
+                 "cors_origins": [APP, pages[0]]},
             ]},
         })
     except BaseException:
@@ -336,3 +367,27 @@ def test_mcp_server_with_dns_rebinding_protection_behind_a_named_gateway(kstack)
     r3 = curl(s.url("/mcp"), method="POST", data=json.dumps(INIT), timeout=30,
               headers=dict(MCP_ACCEPT, Host="mcp-client.example.com"))
     assert r3.status == 403, r3
+
+
+# ------------------------------------------------------------------ a real browser
+
+@pytest.mark.berth_timeout(240)
+def test_browser_mcp_client_from_another_origin(kstack, pages):
+    """Chromium runs an MCP client in a page of an allowed origin: its preflights are
+    answered by the gateway, the answers are readable (Mcp-Session-Id exposed), and the
+    session works; from an origin the route does not list, the browser refuses (no session
+    was made for the refused preflight)."""
+    ensure_chromium()
+    s = kstack
+    settle(s, n_sessions(s), template="mcp", pool=1)
+    before = n_sessions(s)
+    ok = run_node("cors_fetch.mjs", ["--page", pages[0] + "/", "--endpoint", s.url("/mcp"),
+                                     "--timeout-ms", int(120 * SLOW * 1000)], 180)
+    assert ok["ok"], ok
+    assert ok["init"].get("status") == 200 and ok["init"]["sessionId"], ok
+    assert ok["list"]["status"] == 200 and '"tools"' in ok["list"]["body"], ok
+    assert n_sessions(s) == before + 1
+    bad = run_node("cors_fetch.mjs", ["--page", pages[1] + "/", "--endpoint", s.url("/mcp"),
+                                      "--timeout-ms", int(120 * SLOW * 1000)], 180)
+    assert bad["ok"] and "Failed to fetch" in bad["init"].get("error", ""), bad
+    assert n_sessions(s) == before + 1
