@@ -158,8 +158,7 @@ def test_redis_restarted_empty_is_reconciled(make_stack):
     s.redis.close()
     s.problems += s.redis_server.stop()
     s.redis_server.start()
-    s.redis = s.redis_server.client()
-    assert s.redis.cmd("DBSIZE") == 0
+    s.redis = s.redis_server.client()  # empty: the daemons may already be writing back
     replaced = watch_sessions(s, bound, 40 * SLOW)
     check_recovered(s, bound, replaced)
 
