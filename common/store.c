@@ -28,6 +28,7 @@
     "    'instance', id, 'addr', addr, 'host', host, 'state', 'bound', 'gen', gen,\n"             \
     "    'created', created, 'ttl', ttl, 'idle_timeout', idle, 'last_active', now)\n"             \
     "  if meta ~= nil and meta ~= '' then redis.call('HSET', sk, 'meta', meta) end\n"             \
+    "  redis.call('PERSIST', sk)\n"                                                               \
     "  if host ~= '' then\n" \
     "    redis.call('HSET', P..'i:'..id, 'state', 'bound', 'session', h, 'bound', now)\n" \
     "  end\n"            \
@@ -41,8 +42,17 @@
     "  return gen\n"                                                                               \
     "end\n"
 
+/* Did Redis lose its data a moment ago? P epoch is written by the schedulers once they have
+ * put back what Redis lost (recover.c, reconcile.c): missing, or holding a time still ahead,
+ * means a session Redis does not know may still be bound on some host. */
+#define LUA_UNSETTLED                                                                              \
+    "local function unsettled(P, now)\n"                                                           \
+    "  local e = redis.call('GET', P..'epoch')\n"                                                  \
+    "  return not e or tonumber(e) > now\n"                                                        \
+    "end\n"
+
 static const char claim_src[] =
-    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE
+    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE LUA_UNSETTLED
     "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
     "local ttl, idle, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
     "local s = redis.call('HMGET', P..'s:'..h, 'state', 'instance', 'addr', 'gen', 'template',\n"
@@ -52,6 +62,9 @@ static const char claim_src[] =
     "if s[1] == 'lost' and ARGV[11] == 'fail' then return {'lost', s[2] or '', '', s[4], ''} end\n"
     "if ARGV[12] == 'lookup' then\n"
     "  if s[1] == 'lost' then return {'lost', s[2] or '', '', s[4], ''} end\n"
+    "  if not s[1] and ARGV[14] == '' and unsettled(P, now) then\n"
+    "    return {'unknown', '', '', '0', ''}\n"
+    "  end\n"
     "  return {'absent', '', '', '0', ''}\n"
     "end\n"
     "if s[5] then tpl = s[5] end\n"
@@ -115,7 +128,7 @@ static const char bind_src[] =
  * a lower bound of the deadline; the reaper's release (reason expired) recomputes the deadline
  * from last_active and re-files a session that is still active (common/README.md). */
 static const char touch_src[] =
-    "local P, now = ARGV[1], ARGV[2]\n"
+    "local P, now = ARGV[1], tonumber(ARGV[2])\n" LUA_UNSETTLED
     "local out = {}\n"
     "for i = 3, #ARGV do\n"
     "  local sk = P..'s:'..ARGV[i]\n"
@@ -123,6 +136,8 @@ static const char touch_src[] =
     "  if s[1] == 'bound' then\n"
     "    redis.call('HSET', sk, 'last_active', now)\n"
     "    out[#out + 1] = tonumber(s[2]) or 1\n"
+    "  elseif not s[1] and unsettled(P, now) then\n"
+    "    out[#out + 1] = -1\n"
     "  else\n"
     "    out[#out + 1] = 0\n"
     "  end\n"
@@ -240,19 +255,56 @@ static const char static_src[] =
     "end\n"
     "return redis.call('ZCARD', zk)\n";
 
+/* One instance as its scheduler knows it, written back after Redis lost (some of) its data. */
+static const char reconcile_src[] =
+    "local now = tonumber(ARGV[10])\n" LUA_PRELUDE
+    "local host, id, tpl, addr, st, h = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]\n"
+    "local ik = P..'i:'..id\n"
+    "redis.call('SADD', P..'host:'..host..':instances', id)\n"
+    "local cur = redis.call('HMGET', ik, 'state', 'session')\n"
+    "redis.call('HSET', ik, 'host', host, 'addr', addr, 'template', tpl, 'started', ARGV[8],\n"
+    "  'pid', ARGV[9])\n"
+    "if st == 'warm' then\n"
+    "  if cur[1] == 'bound' or cur[1] == 'releasing' then return {'claimed', cur[2] or ''} end\n"
+    "  redis.call('HSET', ik, 'state', 'warm')\n"
+    "  local pk = P..'pool:'..host..':'..tpl\n"
+    "  redis.call('LREM', pk, 0, id)\n"
+    "  redis.call('RPUSH', pk, id)\n"
+    "  return {'warm', ''}\n"
+    "end\n"
+    "if st ~= 'bound' then\n"
+    "  if not cur[1] then redis.call('HSET', ik, 'state', st) end\n"
+    "  return {st, ''}\n"
+    "end\n"
+    "if cur[1] == 'releasing' then return {'released', ''} end\n"
+    "local sk = P..'s:'..h\n"
+    "local s = redis.call('HMGET', sk, 'state', 'instance')\n"
+    "if s[1] == 'bound' and s[2] == id then\n"
+    "  redis.call('HSET', ik, 'state', 'bound', 'session', h)\n"
+    "  return {'bound', ''}\n"
+    "end\n"
+    "redis.call('HSET', ik, 'state', 'releasing', 'session', h)\n"
+    "if s[1] then return {'taken', s[2] or ''} end\n"
+    "redis.call('HSET', sk, 'state', 'lost', 'template', tpl, 'instance', id, 'addr', '',\n"
+    "  'host', host, 'gen', ARGV[10])\n"
+    "redis.call('PEXPIRE', sk, ARGV[11])\n"
+    "event('lost', 'session', h, 'instance', id, 'host', host, 'reason', 'redis lost the session')\n"
+    "redis.call('PUBLISH', P..'inval', h)\n"
+    "return {'vanished', ''}\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
     [CM_SCRIPT_RELEASE] = release_src, [CM_SCRIPT_LOST] = lost_src,
     [CM_SCRIPT_RESOLVE] = resolve_src, [CM_SCRIPT_ALIAS] = alias_src,
-    [CM_SCRIPT_STATIC] = static_src,
+    [CM_SCRIPT_STATIC] = static_src,   [CM_SCRIPT_RECONCILE] = reconcile_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
     [CM_SCRIPT_TOUCH] = "touch",     [CM_SCRIPT_UPDATE] = "update",
     [CM_SCRIPT_RELEASE] = "release", [CM_SCRIPT_LOST] = "lost",
     [CM_SCRIPT_RESOLVE] = "resolve", [CM_SCRIPT_ALIAS] = "alias",
-    [CM_SCRIPT_STATIC] = "static",
+    [CM_SCRIPT_STATIC] = "static",   [CM_SCRIPT_RECONCILE] = "reconcile",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

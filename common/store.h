@@ -17,6 +17,10 @@
  *                      unused
  *   P inval            channel: h whose binding changed (gateways drop cached entries)
  *   P cmd:{host}       channel: "bind {id} {h}" | "destroy {id}" for the host's scheduler
+ *   P host:{host}:mark string: a token the host's scheduler wrote; missing = Redis lost it
+ *   P epoch            string: ms from which a session Redis does not know counts as ended
+ *                      (written NX by schedulers once their records are back; missing, or
+ *                      ahead of now: "unknown", see TOUCH and CLAIM mode lookup)
  */
 #ifndef CM_STORE_H
 #define CM_STORE_H
@@ -35,7 +39,10 @@ enum cm_script {
      *   "lost"   the session's instance died and the template's policy is fail, or mode
      *            lookup (which never binds: a preview link or a background cache check must
      *            not start a replacement; the session's next claim does)
-     *   "absent" mode lookup and no such session */
+     *   "absent" mode lookup and no such session
+     *   "unknown" mode lookup, no such session, and P epoch is missing or ahead of now (Redis
+     *            lost its data a moment ago and the schedulers have not written all of it
+     *            back): the caller keeps what it had cached; sandbox templates only */
     CM_SCRIPT_CLAIM,
     /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta
      * Binds the given (just started, warm) instance unless h is bound already.
@@ -45,7 +52,8 @@ enum cm_script {
     /* TOUCH  ARGV: P now_ms h [h ...]
      * Records activity (last_active) of each bound session; returns an array with the
      * binding's gen for each bound session, 0 for one not bound (gateways revalidate their
-     * cached bindings with it). The expiry zset is not moved: its score is a lower bound of
+     * cached bindings with it), -1 for one Redis does not know while P epoch is missing or
+     * ahead of now (not known yet: gateways keep the binding). The expiry zset is not moved: its score is a lower bound of
      * the deadline, which RELEASE with reason expired recomputes. */
     CM_SCRIPT_TOUCH,
     /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
@@ -75,6 +83,20 @@ enum cm_script {
      * id -> bound sessions); members no longer listed are dropped from the zset. Returns the
      * member count. */
     CM_SCRIPT_STATIC,
+    /* RECONCILE ARGV: P host id template addr state(starting|warm|bound|releasing) h started
+     *                 pid now_ms ttl_ms
+     * A scheduler writes one live instance back after Redis lost its data (scheduler/
+     * reconcile.c): SADD P host:{host}:instances, the P i:{id} fields; then by state:
+     *   warm: back into P pool:{host}:{t} (LREM + RPUSH: idempotent) -> {"warm"}, unless a
+     *         claim bound it meanwhile -> {"claimed", h}
+     *   starting, releasing: the state if the record had none -> {state}
+     *   bound: P s:{h} still bound to it -> {"bound"}; being released -> {"released"};
+     *          bound elsewhere or lost -> {"taken"}; no record at all -> {"vanished"}: the
+     *          record comes back as state=lost (template, instance, gen = now_ms, so newer than
+     *          any gen a gateway cached) expiring after ttl_ms, with a `lost` event and an
+     *          `inval`, so the session's next request follows its on_lost policy.
+     * The caller ends the instance for every answer but warm/starting/releasing/bound/claimed. */
+    CM_SCRIPT_RECONCILE,
     CM_SCRIPT_COUNT
 };
 

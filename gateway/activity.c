@@ -53,7 +53,9 @@ static void on_touched(redisReply *reply, const char *err, void *data)
         cm_usec_t now = cm_now_mono();
         for (size_t i = 0; i < reply->elements && i < t->n; i++) {
             const redisReply *r = reply->element[i];
-            if (r->type != REDIS_REPLY_INTEGER)
+            /* -1: Redis does not know the session yet (it lost its data; the schedulers are
+             * writing back what they run): keep the binding, neither drop nor confirm it. */
+            if (r->type != REDIS_REPLY_INTEGER || r->integer < 0)
                 continue;
             struct gw_cache_entry *e = gw_cache_get(w->cache, t->keys[i]);
             if (!e)

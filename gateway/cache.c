@@ -248,6 +248,18 @@ void gw_cache_clear(struct gw_cache *c)
     c->count = 0;
 }
 
+void gw_cache_expire_all(struct gw_cache *c)
+{
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &c->t[t];
+        if (!tb->b)
+            continue;
+        for (size_t i = t == 0 ? c->moved : 0; i <= tb->mask; i++)
+            for (struct node *n = tb->b[i]; n; n = n->next)
+                n->e.expires = 0;
+    }
+}
+
 size_t gw_cache_count(const struct gw_cache *c)
 {
     return c->count;

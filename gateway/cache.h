@@ -48,6 +48,8 @@ struct gw_cache_entry *gw_cache_put(struct gw_cache *c, const struct gw_binding 
                                     cm_usec_t expires);
 void gw_cache_drop(struct gw_cache *c, struct cm_hash h);
 void gw_cache_clear(struct gw_cache *c);
+/* Marks every entry stale (expires = 0): each is used once more and checked with Redis. */
+void gw_cache_expire_all(struct gw_cache *c);
 size_t gw_cache_count(const struct gw_cache *c);
 /* While the cache grows: how many buckets of the old table are still to be moved (a put moves
  * a few, a lookup one); 0 otherwise. For tests. */

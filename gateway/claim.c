@@ -342,6 +342,10 @@ static void on_script(redisReply *reply, const char *err, void *data)
         finish(cl, GW_ERR_INSTANCE_LOST);
     } else if (strcmp(status, "absent") == 0) {
         finish(cl, GW_ERR_NOT_FOUND);
+    } else if (strcmp(status, "unknown") == 0) {
+        /* Redis lost its data a moment ago and may not know the session yet: as when it is
+         * away, a binding the caller has cached is kept (common/store.h, CLAIM) */
+        finish(cl, GW_ERR_STORE_UNAVAILABLE);
     } else {
         finish(cl, GW_ERR_INTERNAL);
     }

@@ -110,14 +110,58 @@ static void register_static(struct gw_worker *w)
     }
 }
 
+static void flush_cache(struct gw_worker *w, int keep, const char *which)
+{
+    if (keep)
+        gw_cache_expire_all(w->cache);
+    else
+        gw_cache_clear(w->cache);
+    cm_log_info("worker", "redis %s reconnected, cache %s worker=%d", which,
+                keep ? "marked stale (redis lost its data)" : "flushed", w->index);
+}
+
+static void on_epoch_cmd(redisReply *reply, const char *err, void *data, const char *which)
+{
+    struct gw_worker *w = data;
+    /* No epoch, or one still ahead: Redis came back without its data and the schedulers have
+     * not written back all of it. A flushed cache would claim a new instance for a session
+     * Redis does not know yet; a stale one is used and checked, and its session gets its
+     * on_lost answer once its scheduler has written it back as lost (common/store.h). */
+    int keep = !err && reply &&
+               (reply->type == REDIS_REPLY_NIL ||
+                (reply->type == REDIS_REPLY_STRING &&
+                 strtoull(reply->str, NULL, 10) > cm_now_wall_ms()));
+    flush_cache(w, keep, which);
+}
+
+static void on_epoch_conn(redisReply *reply, const char *err, void *data)
+{
+    on_epoch_cmd(reply, err, data, "connection");
+}
+
+static void on_epoch_sub(redisReply *reply, const char *err, void *data)
+{
+    on_epoch_cmd(reply, err, data, "subscription");
+}
+
 /* A connection to Redis is up (again). Invalidations may have been missed while it was away
  * (the `inval` subscription has a connection of its own, which a network blip can take
- * alone): after the first time, trust nothing cached. */
+ * alone): after the first time, trust nothing cached. With sandbox templates, P epoch says
+ * first whether Redis lost its data (then the entries are only marked stale). */
 static void connected_again(struct gw_worker *w, int *up_before, const char *which)
 {
     if (*up_before) {
-        gw_cache_clear(w->cache);
-        cm_log_info("worker", "redis %s reconnected, cache flushed worker=%d", which, w->index);
+        const struct cm_config *cfg = w->gc->common;
+        int sandboxes = 0;
+        for (size_t t = 0; t < cfg->n_templates; t++)
+            sandboxes |= strcmp(cfg->templates[t].driver, "static") != 0;
+        char key[256];
+        snprintf(key, sizeof(key), "%sepoch", cfg->redis.prefix);
+        const char *argv[] = {"GET", key};
+        size_t lens[] = {3, strlen(key)};
+        if (!sandboxes || cm_redis_argv(w->redis, which[0] == 'c' ? on_epoch_conn : on_epoch_sub,
+                                        w, 2, argv, lens) < 0)
+            flush_cache(w, 0, which);
     }
     *up_before = 1;
 }

@@ -13,6 +13,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
 #include "scheduler/pool.h"
+#include "scheduler/reconcile.h"
 #include "scheduler/report.h"
 #include "scheduler/sched.h"
 
@@ -134,6 +135,7 @@ static void finish_recovery(struct sch_recovery *rec)
     free(rec);
     rebuild_pools(ctx);
     ctx->recovered = 1;
+    sch_reconcile_mark(ctx);
     sch_heartbeat(ctx);
     sch_pool_refill(ctx, NULL);
 }
@@ -343,7 +345,8 @@ static void on_resync(struct redisReply *reply, const char *err, void *data)
         inst->state == SCH_INST_WARM && !inst->pushing && !inst->ctx->stopping) {
         const struct redisReply *st = reply->element[0], *se = reply->element[1];
         if (st->type != REDIS_REPLY_STRING) {
-            sch_inst_destroy(inst, "record vanished");
+            /* Redis lost it (restarted empty?): write back every record, not only this one. */
+            sch_reconcile_start(inst->ctx, "a warm instance's record vanished");
         } else if (strcmp(st->str, "bound") == 0 && se->type == REDIS_REPLY_STRING) {
             cm_log_info("recover", "resync: bind missed while away inst=%s", inst->id);
             sch_inst_bind(inst, se->str);

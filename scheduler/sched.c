@@ -17,6 +17,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
 #include "scheduler/pool.h"
+#include "scheduler/reconcile.h"
 #include "scheduler/recover.h"
 
 #define MAX_ARGV 32
@@ -132,7 +133,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     struct sch_ctx *ctx = arg;
     (void)fd, (void)what;
     sch_heartbeat(ctx);
-    sch_pool_refill(ctx, NULL);
+    sch_reconcile_check(ctx); /* refills the pools when Redis still holds our records */
 }
 
 static void on_release_reply(struct redisReply *reply, const char *err, void *data)
@@ -249,6 +250,7 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
     if (connected) {
         maybe_recover(ctx);
         sch_heartbeat(ctx);
+        sch_reconcile_check(ctx); /* a restarted Redis may have come back empty */
     }
 }
 

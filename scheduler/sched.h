@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/key.h"
 #include "common/store.h"
 #include "scheduler/config.h"
 
@@ -52,6 +53,10 @@ struct sch_ctx {
     int reap_inflight;
     struct sch_recovery *recovery; /* recover.c, while recovering */
     int recovering, recovered;
+    /* reconcile.c: the token in P host:<host>:mark ("" while Redis may lack our records) */
+    char mark[CM_HASH_HEX_LEN + 1];
+    int mark_inflight;            /* a GET of the marker is on its way */
+    int reconciling, reconcile_again;
     int stopping;
 };
 

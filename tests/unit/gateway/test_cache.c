@@ -277,6 +277,24 @@ TEST(clear_empties_everything)
     gw_cache_destroy(c);
 }
 
+TEST(expire_all_keeps_every_entry_stale)
+{
+    /* also in the middle of a growth: entries in both tables are reached */
+    struct gw_cache *c = gw_cache_create(1000000);
+    uint64_t n = 0;
+    while (gw_cache_growing(c) == 0)
+        put(c, 0, n, n, 1000 + n), n++;
+    put(c, 0, n, n, 1000 + n), n++;
+    CHECK(gw_cache_growing(c) > 0);
+    gw_cache_expire_all(c);
+    CHECK_UINT_EQ(gw_cache_count(c), n);
+    for (uint64_t i = 0; i < n; i++) {
+        has(c, 0, i, i);
+        CHECK_UINT_EQ(gw_cache_get(c, H(0, i))->expires, 0);
+    }
+    gw_cache_destroy(c);
+}
+
 TEST(full_cache_evicts_the_earliest_expiring_nearby_entry)
 {
     struct gw_cache *c = gw_cache_create(3);
