@@ -47,8 +47,8 @@ static int set_mark(struct sch_ctx *ctx)
         ctx->mark[0] = '\0';
         return -1;
     }
-    const char *argv[] = {
-        "SET", sch_key(ctx, key, sizeof(key), "host:%s:mark", ctx->sc->host_id), ctx->mark};
+    const char *argv[] = {"SET", sch_key(ctx, key, sizeof(key), "host:%s:mark", ctx->sc->host_id),
+                          ctx->mark};
     if (sch_redis(ctx, on_logged, ctx, 3, argv) < 0) {
         ctx->mark[0] = '\0';
         return -1;
@@ -56,9 +56,8 @@ static int set_mark(struct sch_ctx *ctx)
     return 0;
 }
 
-static void set_epoch(struct sch_ctx *ctx, uint64_t at_ms, void (*cb)(struct redisReply *,
-                                                                       const char *, void *),
-                      void *data)
+static void set_epoch(struct sch_ctx *ctx, uint64_t at_ms,
+                      void (*cb)(struct redisReply *, const char *, void *), void *data)
 {
     char key[256], at[24];
     snprintf(at, sizeof(at), "%" PRIu64, at_ms);
@@ -223,7 +222,8 @@ void sch_reconcile_start(struct sch_ctx *ctx, const char *why)
         return;
     r->ctx = ctx;
     r->pending = 1; /* the epoch write, sent last */
-    cm_log_warn("reconcile", "redis lacks this host's records, writing them back host=%s why=\"%s\"",
+    cm_log_warn("reconcile",
+                "redis lacks this host's records, writing them back host=%s why=\"%s\"",
                 ctx->sc->host_id, why);
     /* The marker first: a second loss while the records are written takes it along and is
      * caught at the next heartbeat. */
@@ -237,11 +237,20 @@ void sch_reconcile_start(struct sch_ctx *ctx, const char *why)
     for (struct sch_inst *i = ctx->insts; i; i = i->next) {
         const char *state = NULL;
         switch (i->state) {
-        case SCH_INST_STARTING: state = "starting"; break;
-        case SCH_INST_WARM: state = "warm"; break;
-        case SCH_INST_BOUND: state = "bound"; break;
-        case SCH_INST_STOPPING: state = "releasing"; break;
-        default: break; /* adopting (no reconcile before recovery) or gone */
+        case SCH_INST_STARTING:
+            state = "starting";
+            break;
+        case SCH_INST_WARM:
+            state = "warm";
+            break;
+        case SCH_INST_BOUND:
+            state = "bound";
+            break;
+        case SCH_INST_STOPPING:
+            state = "releasing";
+            break;
+        default:
+            break; /* adopting (no reconcile before recovery) or gone */
         }
         if (!state || !i->tpl || !i->di)
             continue;
@@ -266,8 +275,8 @@ static void on_mark(struct redisReply *reply, const char *err, void *data)
         sch_pool_refill(ctx, NULL);
         return;
     }
-    sch_reconcile_start(ctx, reply->type == REDIS_REPLY_STRING ? "marker changed"
-                                                                : "marker missing");
+    sch_reconcile_start(ctx,
+                        reply->type == REDIS_REPLY_STRING ? "marker changed" : "marker missing");
 }
 
 void sch_reconcile_check(struct sch_ctx *ctx)
@@ -276,8 +285,7 @@ void sch_reconcile_check(struct sch_ctx *ctx)
         !sch_redis_connected(ctx))
         return;
     char key[256];
-    const char *argv[] = {"GET",
-                          sch_key(ctx, key, sizeof(key), "host:%s:mark", ctx->sc->host_id)};
+    const char *argv[] = {"GET", sch_key(ctx, key, sizeof(key), "host:%s:mark", ctx->sc->host_id)};
     if (sch_redis(ctx, on_mark, ctx, 2, argv) == 0)
         ctx->mark_inflight = 1;
 }
