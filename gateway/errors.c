@@ -26,6 +26,8 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_UPSTREAM_TIMEOUT] = {"upstream_timeout", 504, "the instance did not answer in time"},
     [GW_ERR_INVALID_ARGUMENT] = {"invalid_argument", 400, "invalid argument"},
     [GW_ERR_UNKNOWN_TEMPLATE] = {"unknown_template", 400, "unknown template"},
+    [GW_ERR_TOO_MANY_CONNECTIONS] = {"too_many_connections", 429,
+                                     "too many connections open, close one or retry later"},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

@@ -25,6 +25,7 @@ enum gw_err {
     GW_ERR_INVALID_ARGUMENT,    /* 400 a control API field has a wrong type or value */
     GW_ERR_UNKNOWN_TEMPLATE,    /* 400 the control API named a template the config lacks */
     GW_ERR_SESSION_NOT_FOUND,   /* 404 unknown or ended MCP / legacy SSE session id */
+    GW_ERR_TOO_MANY_CONNECTIONS,/* 429 a tenant or client address over its connection limit */
     GW_ERR_COUNT
 };
 
