@@ -778,8 +778,8 @@ int cm_httpd_adopt(struct cm_httpd *h, int fd)
 static void refuse_fd(evutil_socket_t fd, int status, const char *code, const char *msg)
 {
     char body[256], busy[512];
-    int b = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
-                     msg);
+    int b =
+        snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
     int n = b > 0 && (size_t)b < sizeof(body)
                 ? snprintf(busy, sizeof(busy),
                            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"

@@ -404,8 +404,8 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
         a->health = cm_httpd_create(a->base, &pl, on_health_request, a);
         rc = a->health ? cm_httpd_listen(a->health, host, port, NULL) : -ENOMEM;
         if (rc < 0) {
-            snprintf(err, errlen, "gateway.health_listen %s: cannot listen: %s",
-                     gc->health_listen, strerror(-rc));
+            snprintf(err, errlen, "gateway.health_listen %s: cannot listen: %s", gc->health_listen,
+                     strerror(-rc));
             goto fail;
         }
     }

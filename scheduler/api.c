@@ -563,14 +563,14 @@ struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
                                      .max_body = 0,
                                      .timeout = ctx->sc->api_header_timeout,
                                      .header_timeout = ctx->sc->api_header_timeout,
-                                     .max_connections = ctx->sc->health_max_connections};
+                                     .max_connections = ctx->sc->health_max_conns};
         api->health = cm_httpd_create(ctx->base, &pl, on_health_request, api);
-        rc = api->health ? cm_httpd_listen(api->health, ctx->sc->health_host,
-                                           ctx->sc->health_port, NULL)
-                         : -ENOMEM;
+        rc = api->health
+                 ? cm_httpd_listen(api->health, ctx->sc->health_host, ctx->sc->health_port, NULL)
+                 : -ENOMEM;
         if (rc < 0) {
-            snprintf(err, errlen, "health_listen: cannot listen on %s:%u: %s",
-                     ctx->sc->health_host, ctx->sc->health_port, strerror(-rc));
+            snprintf(err, errlen, "health_listen: cannot listen on %s:%u: %s", ctx->sc->health_host,
+                     ctx->sc->health_port, strerror(-rc));
             goto fail;
         }
     }

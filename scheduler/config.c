@@ -216,7 +216,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
     c.api_max_connections = (uint32_t)api_conns;
-    c.health_max_connections = (uint32_t)health_conns;
+    c.health_max_conns = (uint32_t)health_conns;
     if (c.api_header_timeout > c.api_timeout) {
         cm_conf_fail(&ctx, cm_ynode_get(section, "api_header_timeout"), SEC, "api_header_timeout",
                      "must not exceed api_timeout");
@@ -246,8 +246,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         goto fail;
     }
     if (parse_listen(&ctx, section, "api_listen", listen, &c.api_host, &c.api_port) ||
-        (*health && parse_listen(&ctx, section, "health_listen", health, &c.health_host,
-                                 &c.health_port)))
+        (*health &&
+         parse_listen(&ctx, section, "health_listen", health, &c.health_host, &c.health_port)))
         goto fail;
     if (!*c.run_dir || !*c.storage_root) {
         cm_conf_fail(&ctx, section, SEC, !*c.run_dir ? "run_dir" : "storage_root",
