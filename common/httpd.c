@@ -33,6 +33,16 @@
  * our memory; the timer armed at the last answer then closes it). */
 #define OUT_HIGH (256 * 1024)
 #define NO_OFF UINT32_MAX
+/* Buckets of the table of connections per client address and per owner (chained). */
+#define QUOTA_BUCKETS 256
+
+/* How many connections one client address (not yet held) or one owner has open. */
+struct quota {
+    struct quota *next;
+    uint32_t n;
+    uint16_t len;
+    unsigned char key[]; /* 'A' and an address, or 'O' and an owner's name */
+};
 
 struct hdr {
     uint32_t name, name_len, value, value_len; /* offsets into the arena; value NO_OFF: "" */
@@ -76,6 +86,9 @@ struct hconn {
     int dead;       /* to be freed when process() returns */
     int headers_done, message_done, close_after;
     size_t head_raw;          /* bytes of the current head fed so far */
+    cm_usec_t req_start;      /* monotonic: the first byte of the current request */
+    struct quota *addr_q;     /* counted against its client address (until held), or NULL */
+    struct quota *owner_q;    /* counted against its owner (cm_httpd_hold()), or NULL */
     struct cm_httpd_req *req; /* reused; left to its handler if the client goes away */
 };
 
@@ -93,10 +106,83 @@ struct cm_httpd {
     struct lsn *listeners;
     struct hconn *conns;
     size_t n_conns;
+    struct quota *quotas[QUOTA_BUCKETS];
     llhttp_settings_t settings;
 };
 
 static void process(struct hconn *c);
+
+/* --- connections per address and per owner ------------------------------------------------ */
+
+static size_t quota_bucket(const unsigned char *key, size_t len)
+{
+    uint32_t x = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        x = (x ^ key[i]) * 16777619u;
+    return x % QUOTA_BUCKETS;
+}
+
+static struct quota *quota_find(struct cm_httpd *h, const unsigned char *key, size_t len)
+{
+    for (struct quota *q = h->quotas[quota_bucket(key, len)]; q; q = q->next)
+        if (q->len == len && memcmp(q->key, key, len) == 0)
+            return q;
+    return NULL;
+}
+
+/* The entry of <key> with one more connection counted (made when absent), or NULL when out
+ * of memory. */
+static struct quota *quota_take(struct cm_httpd *h, const unsigned char *key, size_t len)
+{
+    struct quota *q = quota_find(h, key, len);
+    if (!q) {
+        q = calloc(1, sizeof(*q) + len);
+        if (!q)
+            return NULL;
+        q->len = (uint16_t)len;
+        memcpy(q->key, key, len);
+        size_t b = quota_bucket(key, len);
+        q->next = h->quotas[b];
+        h->quotas[b] = q;
+    }
+    q->n++;
+    return q;
+}
+
+/* One connection fewer for <q> (freed at none). Takes NULL. */
+static void quota_release(struct cm_httpd *h, struct quota *q)
+{
+    if (!q || --q->n > 0)
+        return;
+    struct quota **pp = &h->quotas[quota_bucket(q->key, q->len)];
+    while (*pp != q)
+        pp = &(*pp)->next;
+    *pp = q->next;
+    free(q);
+}
+
+/* The key of a client address: IPv4 whole, IPv6 its /64 (what one host is usually given, so
+ * that one host cannot count as 2^64 clients). Returns its length, 0 for other families. */
+static size_t addr_key(const struct sockaddr *sa, unsigned char key[17])
+{
+    key[0] = 'A';
+    if (sa && sa->sa_family == AF_INET) {
+        memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 5;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, v4mapped, 12) == 0) {
+            memcpy(key + 1, a + 12, 4);
+            return 5;
+        }
+        memcpy(key + 1, a, 8);
+        key[9] = '6';
+        return 10;
+    }
+    return 0;
+}
 
 /* --- connection lifetime ------------------------------------------------------------------ */
 
@@ -141,6 +227,8 @@ static void conn_free(struct hconn *c)
     if (c->next)
         c->next->prev = c->prev;
     h->n_conns--;
+    quota_release(h, c->addr_q);
+    quota_release(h, c->owner_q);
     if (c->bev)
         bufferevent_free(c->bev);
     if (c->timer)
@@ -262,7 +350,9 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
     }
     request_reset(c);
     c->state = C_IDLE;
-    if (arm(c, c->h->lim.timeout) < 0)
+    /* Only a held connection may idle long: any other must come with its next request as
+     * soon as with a first one. */
+    if (arm(c, c->owner_q ? c->h->lim.timeout : c->h->lim.header_timeout) < 0)
         return;
     /* Requests the client pipelined meanwhile: on the next loop turn, not here, so that the
      * next request's handler never runs inside whoever answered this one. */
@@ -339,7 +429,8 @@ static int on_message_begin(llhttp_t *p)
     struct hconn *c = conn_of(p);
     if (c->state == C_IDLE) {
         c->state = C_READING;
-        if (arm(c, c->h->lim.timeout) < 0) /* the request's own deadline, from its first byte */
+        c->req_start = cm_now_mono();
+        if (arm(c, c->h->lim.header_timeout) < 0) /* the head's deadline, from its first byte */
             return -1;
     }
     return 0;
@@ -432,6 +523,10 @@ static int on_headers_complete(llhttp_t *p)
     struct cm_httpd_req *r = c->req;
     c->headers_done = 1;
     r->part = P_NONE;
+    /* The rest of the request has what is left of <timeout> from its first byte. */
+    cm_usec_t spent = cm_now_mono() - c->req_start, t = c->h->lim.timeout;
+    if (arm(c, spent < t ? t - spent : 1) < 0)
+        return -1;
     if (llhttp_get_http_major(p) != 1)
         return refuse_cb(r, 400, "bad_request", "only HTTP/1.x is served here");
     /* Header values without the white space at their end (llhttp keeps it). */
@@ -613,14 +708,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     struct hconn *c = arg;
     (void)fd, (void)what;
     if (c->state == C_READING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-        refuse(c, 408, "request_timeout", "the request was not complete in time");
+        refuse(c, 408, "request_timeout",
+               c->headers_done ? "the request was not complete in time"
+                               : "the request head was not complete in time");
         /* A second expiry (the client reads nothing either) closes. */
         return;
     }
     conn_free(c);
 }
 
-int cm_httpd_adopt(struct cm_httpd *h, int fd)
+/* Serves <fd>, counted against the client address <akey> (<alen> 0: none). */
+static int adopt(struct cm_httpd *h, int fd, const unsigned char *akey, size_t alen)
 {
     if (evutil_make_socket_nonblocking(fd) < 0) {
         close(fd);
@@ -650,7 +748,9 @@ int cm_httpd_adopt(struct cm_httpd *h, int fd)
         c->req->query = NO_OFF;
         c->req->out = evbuffer_new();
     }
-    if (!c->bev || !c->timer || !c->resume || !c->req || !c->req->out) {
+    if (alen)
+        c->addr_q = quota_take(h, akey, alen);
+    if (!c->bev || !c->timer || !c->resume || !c->req || !c->req->out || (alen && !c->addr_q)) {
         conn_free(c);
         return -ENOMEM;
     }
@@ -664,30 +764,52 @@ int cm_httpd_adopt(struct cm_httpd *h, int fd)
         conn_free(c);
         return -ENOMEM;
     }
-    return arm(c, h->lim.timeout) < 0 ? -ENOMEM : 0;
+    return arm(c, h->lim.header_timeout) < 0 ? -ENOMEM : 0;
+}
+
+int cm_httpd_adopt(struct cm_httpd *h, int fd)
+{
+    return adopt(h, fd, NULL, 0);
 }
 
 /* --- listeners ---------------------------------------------------------------------------- */
+
+/* Answers a connection refused at accept with the error JSON and closes it. */
+static void refuse_fd(evutil_socket_t fd, int status, const char *code, const char *msg)
+{
+    char body[256], busy[512];
+    int b =
+        snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
+    int n = b > 0 && (size_t)b < sizeof(body)
+                ? snprintf(busy, sizeof(busy),
+                           "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                           status, cm_http_reason(status), b, body)
+                : -1;
+    /* Best effort on a fresh socket (its buffer is empty): then close. */
+    if (n > 0 && (size_t)n < sizeof(busy))
+        (void)send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+}
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     struct cm_httpd *h = arg;
-    (void)l, (void)sa, (void)salen;
+    (void)l, (void)salen;
     if (h->n_conns >= h->lim.max_connections) {
-        static const char body[] = "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many "
-                                   "connections, retry later\"}}";
-        char busy[256];
-        int n = snprintf(busy, sizeof(busy),
-                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                         "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                         sizeof(body) - 1, body);
-        /* Best effort on a fresh socket (its buffer is empty): then close. */
-        (void)send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        close(fd);
+        refuse_fd(fd, 503, "overloaded", "too many connections, retry later");
         return;
     }
-    (void)cm_httpd_adopt(h, fd);
+    unsigned char key[17];
+    size_t alen = addr_key(sa, key);
+    const struct quota *q = alen && h->lim.max_per_address ? quota_find(h, key, alen) : NULL;
+    if (q && q->n >= h->lim.max_per_address) {
+        refuse_fd(fd, 429, "too_many_connections",
+                  "too many connections from this address that are not authenticated yet");
+        return;
+    }
+    (void)adopt(h, fd, key, h->lim.max_per_address ? alen : 0);
 }
 
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
@@ -768,6 +890,8 @@ struct cm_httpd *cm_httpd_create(struct event_base *base, const struct cm_httpd_
         h->lim.max_header_bytes = 256;
     if (h->lim.max_connections == 0)
         h->lim.max_connections = 1;
+    if (h->lim.header_timeout == 0 || h->lim.header_timeout > h->lim.timeout)
+        h->lim.header_timeout = h->lim.timeout;
     h->cb = cb;
     h->arg = arg;
     llhttp_settings_init(&h->settings);
@@ -884,6 +1008,34 @@ const char *cm_httpd_body(const struct cm_httpd_req *req, size_t *ret_len)
 {
     *ret_len = req->blen;
     return req->body ? req->body : "";
+}
+
+int cm_httpd_hold(struct cm_httpd_req *req, const char *owner, size_t len)
+{
+    struct hconn *c = req->c;
+    if (len == 0 || len > 255)
+        return -EINVAL;
+    if (!c)
+        return 0; /* its client went away: nothing left to count */
+    struct cm_httpd *h = c->h;
+    unsigned char key[256];
+    key[0] = 'O';
+    memcpy(key + 1, owner, len);
+    const struct quota *q = quota_find(h, key, len + 1);
+    if (q && q == c->owner_q)
+        return 0;
+    if (q && h->lim.max_per_owner && q->n >= h->lim.max_per_owner) {
+        req->keep = 0; /* its answer (a refusal) closes the connection */
+        return -EBUSY;
+    }
+    struct quota *nq = quota_take(h, key, len + 1);
+    if (!nq)
+        return -ENOMEM;
+    quota_release(h, c->owner_q);
+    quota_release(h, c->addr_q);
+    c->owner_q = nq;
+    c->addr_q = NULL;
+    return 0;
 }
 
 void cm_httpd_set_close_cb(struct cm_httpd_req *req, cm_httpd_close_cb cb, void *arg)

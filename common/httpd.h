@@ -11,6 +11,7 @@
  *     408 request_timeout    a request begun and not complete within the timeout
  *     413 body_too_large     a body over max_body (refused at its Content-Length when known)
  *     431 headers_too_large  a head over max_header_bytes
+ *     429 too_many_connections  a connection over max_per_address (sent, then closed)
  *     503 overloaded         a connection over max_connections (sent, then closed)
  * Each is followed by closing the connection (the rest of the stream cannot be trusted).
  *
@@ -27,9 +28,20 @@
  * within the limit. Upgrade and CONNECT requests reach the handler like any other and the
  * connection closes after the answer.
  *
- * One timer per connection: a connection idle, reading a request or writing an answer for
- * longer than <timeout> is closed (a begun request first gets the 408). The wait for the
- * handler is not timed here: the handler bounds its own waits.
+ * One timer per connection: a request's head must be complete within <header_timeout> of
+ * its first byte, the whole request within <timeout>; a begun request that misses either
+ * gets the 408 and the connection closes. A new connection must begin its first request
+ * within <header_timeout>, and so must every later one unless an owner holds the connection
+ * (cm_httpd_hold()): only held connections idle for up to <timeout> between requests. So a
+ * connection nobody has vouched for costs a slot for <header_timeout> at most per request.
+ * Writing an answer is bounded by <timeout>. The wait for the handler is not timed here: the
+ * handler bounds its own waits.
+ *
+ * Owners (e.g. a tenant, once its request carried its API key) and client addresses: a
+ * connection counts against its client address (max_per_address) until its handler gives it
+ * to an owner with cm_httpd_hold(), then against that owner (max_per_owner) until it closes.
+ * This lets one client hold at most that many connections, so that it cannot take every
+ * connection (max_connections) from the others.
  *
  * Single-threaded: everything runs on the event base given to cm_httpd_create(). common/ does
  * not log: what goes wrong on a connection is answered to its client. */
@@ -48,8 +60,14 @@ struct cm_httpd_req;
 struct cm_httpd_limits {
     size_t max_header_bytes;  /* request line and headers, bytes (>= 256) */
     size_t max_body;          /* request body, bytes */
-    cm_usec_t timeout;        /* idle, reading a request, writing an answer */
+    cm_usec_t timeout;        /* idle (a held connection), reading a request, writing */
+    cm_usec_t header_timeout; /* a request head, from its first byte; the first byte of a new
+                               * connection's or an unheld connection's next request
+                               * (0 or over timeout: timeout) */
     uint32_t max_connections; /* open at once; more are answered 503 and closed */
+    uint32_t max_per_owner;   /* connections one owner may hold (cm_httpd_hold); 0: any */
+    uint32_t max_per_address; /* connections no owner holds, per client address (IPv6: per
+                               * /64); more are answered 429 at accept and closed; 0: any */
 };
 
 enum cm_http_method {
@@ -103,6 +121,13 @@ const char *cm_httpd_query(const struct cm_httpd_req *req);
 const char *cm_httpd_header(const struct cm_httpd_req *req, const char *name);
 /* The body (complete, de-chunked; NUL-terminated for convenience) and its length. */
 const char *cm_httpd_body(const struct cm_httpd_req *req, size_t *ret_len);
+/* Gives the connection of <req> to the owner named by the <len> bytes of <owner> (1..255;
+ * e.g. a tenant's name) for the rest of its life, counted against max_per_owner and no longer
+ * against its client address; it may then idle up to <timeout> between requests. Holding it
+ * again for the same owner changes nothing; for another one moves it. Returns 0, -EBUSY when
+ * the owner holds max_per_owner connections already (nothing changes, and the answer to
+ * <req> will close the connection: answer it 429), -EINVAL (a bad <len>) or -ENOMEM. */
+int cm_httpd_hold(struct cm_httpd_req *req, const char *owner, size_t len);
 /* Sets or clears (<cb> NULL) what runs if the client goes away before the answer. */
 void cm_httpd_set_close_cb(struct cm_httpd_req *req, cm_httpd_close_cb cb, void *arg);
 

@@ -32,6 +32,7 @@ struct gw_admin {
     struct gw_metrics own;
     struct event_base *base;
     struct cm_httpd *http;
+    struct cm_httpd *health; /* gc->health_listen, or NULL */
     struct cm_redis *redis;
     struct gw_claimer *claimer;
     struct gw_api *api;
@@ -58,17 +59,24 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
 {
     static const char *const keys[] = {
         "max_body",     "max_header_bytes", "timeout",         "scrape_timeout", "max_hosts",
-        "max_metadata", "list_default",     "list_max",        "max_connections", NULL};
+        "max_metadata", "list_default",     "list_max",        "max_connections",
+        "header_timeout", "max_connections_per_tenant", "max_connections_per_address",
+        "health_max_connections", NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
     const char *p = "gateway.admin";
     const cm_usec_t S = CM_USEC_PER_SEC;
     struct gw_admin_limits l;
-    uint64_t hosts, list_default, list_max, conns;
+    uint64_t hosts, list_default, list_max, conns, per_tenant, per_address, health_conns;
     if (cm_conf_keys(&ctx, m, p, keys) ||
         cm_conf_size(&ctx, m, p, "max_body", 1u << 20, 1024, 64u << 20, &l.max_body) ||
         cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l.max_header_bytes) ||
         cm_conf_duration(&ctx, m, p, "timeout", 60 * S, S, 3600 * S, &l.timeout) ||
+        cm_conf_duration(&ctx, m, p, "header_timeout", CM_MIN(5 * S, l.timeout),
+                         100 * CM_USEC_PER_MSEC, 3600 * S, &l.header_timeout) ||
+        cm_conf_u64(&ctx, m, p, "max_connections_per_tenant", 64, 1, 100000, &per_tenant) ||
+        cm_conf_u64(&ctx, m, p, "max_connections_per_address", 32, 1, 100000, &per_address) ||
+        cm_conf_u64(&ctx, m, p, "health_max_connections", 16, 1, 10000, &health_conns) ||
         cm_conf_duration(&ctx, m, p, "scrape_timeout", 250 * CM_USEC_PER_MSEC,
                          10 * CM_USEC_PER_MSEC, 10 * S, &l.scrape_timeout) ||
         cm_conf_u64(&ctx, m, p, "max_hosts", 1000, 1, 100000, &hosts) ||
@@ -77,11 +85,17 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         cm_conf_u64(&ctx, m, p, "list_max", 1000, 1, 10000, &list_max) ||
         cm_conf_u64(&ctx, m, p, "list_default", CM_MIN(100, list_max), 1, 10000, &list_default))
         return -EINVAL;
+    if (l.header_timeout > l.timeout)
+        return cm_conf_fail(&ctx, cm_ynode_get(m, "header_timeout"), p, "header_timeout",
+                            "must not exceed timeout");
     if (list_default > list_max)
         return cm_conf_fail(&ctx, cm_ynode_get(m, "list_default"), p, "list_default",
                             "must not exceed list_max");
     l.max_hosts = (uint32_t)hosts;
     l.max_connections = (uint32_t)conns;
+    l.max_per_tenant = (uint32_t)per_tenant;
+    l.max_per_address = (uint32_t)per_address;
+    l.health_max_connections = (uint32_t)health_conns;
     l.api.list_default = (uint32_t)list_default;
     l.api.list_max = (uint32_t)list_max;
     *ret = l;
@@ -228,10 +242,9 @@ static void handle_metrics(struct gw_admin *a, struct cm_httpd_req *req)
 
 /* --- routing ------------------------------------------------------------------------------ */
 
-static void on_request(struct cm_httpd_req *req, void *arg)
+/* /healthz and /readyz, on either listener. Returns 1 when <path> was one of them (answered). */
+static int serve_probe(struct gw_admin *a, struct cm_httpd_req *req, const char *path)
 {
-    struct gw_admin *a = arg;
-    const char *path = cm_httpd_path(req);
     enum cm_http_method m = cm_httpd_method(req);
     int get = m == CM_HTTP_GET || m == CM_HTTP_HEAD;
     if (strcmp(path, "/healthz") == 0) {
@@ -248,6 +261,26 @@ static void on_request(struct cm_httpd_req *req, void *arg)
             reply_text(req, 503, "{\"status\":\"not_ready\",\"reason\":\"redis not connected\"}");
         else
             reply_text(req, 200, "{\"status\":\"ready\"}");
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static void on_health_request(struct cm_httpd_req *req, void *arg)
+{
+    if (!serve_probe(arg, req, cm_httpd_path(req)))
+        gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
+}
+
+static void on_request(struct cm_httpd_req *req, void *arg)
+{
+    struct gw_admin *a = arg;
+    const char *path = cm_httpd_path(req);
+    enum cm_http_method m = cm_httpd_method(req);
+    int get = m == CM_HTTP_GET || m == CM_HTTP_HEAD;
+    if (serve_probe(a, req, path)) {
+        /* answered */
     } else if (strcmp(path, "/metrics") == 0) {
         if (!get)
             gw_api_reply_405(req, "GET, HEAD");
@@ -340,7 +373,10 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
     struct cm_httpd_limits hl = {.max_header_bytes = a->lim.max_header_bytes,
                                  .max_body = a->lim.max_body,
                                  .timeout = a->lim.timeout,
-                                 .max_connections = a->lim.max_connections};
+                                 .header_timeout = a->lim.header_timeout,
+                                 .max_connections = a->lim.max_connections,
+                                 .max_per_owner = a->lim.max_per_tenant,
+                                 .max_per_address = a->lim.max_per_address};
     a->http = a->base ? cm_httpd_create(a->base, &hl, on_request, a) : NULL;
     if (!a->http) {
         snprintf(err, errlen, "admin: cannot create the event loop");
@@ -351,6 +387,27 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
         snprintf(err, errlen, "gateway.admin_listen %s: cannot listen: %s", gc->admin_listen,
                  strerror(-rc));
         goto fail;
+    }
+    if (gc->health_listen[0]) {
+        /* Probes only: small heads, no bodies, no keep-alive worth the name; its own
+         * connections, so that nothing on the admin listener can take them. */
+        if (split_listen(gc->health_listen, host, sizeof(host), &port) < 0) {
+            snprintf(err, errlen, "gateway.health_listen: '%s' is not host:port",
+                     gc->health_listen);
+            goto fail;
+        }
+        struct cm_httpd_limits pl = {.max_header_bytes = 4096,
+                                     .max_body = 0,
+                                     .timeout = a->lim.header_timeout,
+                                     .header_timeout = a->lim.header_timeout,
+                                     .max_connections = a->lim.health_max_connections};
+        a->health = cm_httpd_create(a->base, &pl, on_health_request, a);
+        rc = a->health ? cm_httpd_listen(a->health, host, port, NULL) : -ENOMEM;
+        if (rc < 0) {
+            snprintf(err, errlen, "gateway.health_listen %s: cannot listen: %s", gc->health_listen,
+                     strerror(-rc));
+            goto fail;
+        }
     }
     a->redis = cm_redis_create(a->base, &gc->common->redis, NULL, NULL);
     a->claimer = a->redis ? gw_claimer_create(a->base, a->redis, gc, &a->own) : NULL;
@@ -372,7 +429,8 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
         goto fail;
     }
     a->thread_started = 1;
-    cm_log_info("admin", "listening addr=%s", gc->admin_listen);
+    cm_log_info("admin", "listening addr=%s health=%s", gc->admin_listen,
+                gc->health_listen[0] ? gc->health_listen : "off");
     return a;
 fail:
     gw_admin_stop(a);
@@ -409,6 +467,7 @@ void gw_admin_stop(struct gw_admin *a)
         scrape_free(s);
     }
     cm_httpd_destroy(a->http);
+    cm_httpd_destroy(a->health);
     if (a->stop_ev)
         event_free(a->stop_ev);
     if (a->base)

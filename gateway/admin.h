@@ -1,6 +1,8 @@
 /* The admin listener: the control API (/v1/sessions...), /healthz, /readyz and /metrics. It runs
  * on its own thread with its own event loop and Redis client, so that nothing it does can stall
- * a data-plane loop. */
+ * a data-plane loop. The health listener (gateway.health_listen, optional) serves /healthz and
+ * /readyz alone on the same loop, with connections of its own: for probes, which then answer
+ * whatever the admin listener's clients do with its connections. */
 #ifndef GW_ADMIN_H
 #define GW_ADMIN_H
 
@@ -18,15 +20,26 @@ struct gw_admin;
 /* The admin listener's limits: the optional "gateway.admin" mapping of the config. Its HTTP is
  * common/httpd.c: a request over a limit, unparsable or too slow gets a JSON error with a
  * stable code (413 body_too_large, 431 headers_too_large, 400 bad_request, 408
- * request_timeout, 503 overloaded) and the connection closes.
+ * request_timeout, 429 too_many_connections, 503 overloaded) and the connection closes.
  *   max_body          request body (size), 1KiB..64MiB, default 1MiB
  *   max_header_bytes  request line + headers (size), 1KiB..1MiB, default 16KiB
- *   timeout           per connection: keep-alive idleness, reading one request (from its first
- *                     byte) and writing an answer, 1s..1h, default 60s. A request being
- *                     handled is not bound by it: a create waits at most
+ *   timeout           per connection: keep-alive idleness of a tenant's connection, reading one
+ *                     request (from its first byte) and writing an answer, 1s..1h, default 60s.
+ *                     A request being handled is not bound by it: a create waits at most
  *                     gateway.limits.start_timeout for an on-demand start
+ *   header_timeout    a request head, from its first byte; also the wait for the first byte of
+ *                     a new connection's request, and of the next one on a connection no tenant
+ *                     holds (no request with an API key yet): 100ms..timeout, default 5s
  *   max_connections   admin connections open at once, 1..100000, default 256; more are
  *                     answered 503 overloaded and closed
+ *   max_connections_per_tenant  connections one tenant holds (from its first request with its
+ *                     API key until they close), 1..100000, default 64; a request that would
+ *                     make one more is answered 429 too_many_connections and its connection
+ *                     closes
+ *   max_connections_per_address  connections from one client address (IPv6: one /64) that no
+ *                     tenant holds yet, 1..100000, default 32; more are answered 429
+ *                     too_many_connections at accept and closed
+ *   health_max_connections  connections of the health listener, 1..10000, default 16
  *   scrape_timeout    Redis reads made by one /metrics scrape, 10ms..10s, default 250ms
  *   max_hosts         hosts listed by GET /v1/pools, 1..100000, default 1000
  *   max_metadata      a session's metadata as stored (size), 0..1MiB, default 16KiB
@@ -36,9 +49,13 @@ struct gw_admin_limits {
     uint64_t max_body;
     uint64_t max_header_bytes;
     cm_usec_t timeout;
+    cm_usec_t header_timeout;
     cm_usec_t scrape_timeout;
     uint32_t max_hosts;
     uint32_t max_connections;
+    uint32_t max_per_tenant;
+    uint32_t max_per_address;
+    uint32_t health_max_connections;
     struct gw_api_limits api;
 };
 
@@ -47,7 +64,8 @@ struct gw_admin_limits {
 int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
                          size_t errlen);
 
-/* Reads gateway.admin, binds gc->admin_listen and starts the admin thread. Borrows <gc> and the
+/* Reads gateway.admin, binds gc->admin_listen (and gc->health_listen unless empty) and starts
+ * the admin thread. Borrows <gc> and the
  * <n_shards> metric shards (one per worker) until gw_admin_stop(); the pointer array itself is
  * copied. Returns a new admin or NULL with a message in <err>. */
 struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *const *shards,

@@ -666,6 +666,20 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
         gw_api_reply_error(req, GW_ERR_UNAUTHORIZED, NULL, 0);
         return;
     }
+    /* From now on the connection is the tenant's: counted against its limit, not against its
+     * client address, and allowed to idle between requests. */
+    int rc = cm_httpd_hold(req, t->name, strlen(t->name));
+    if (rc == -EBUSY) {
+        gw_api_reply_error(req, GW_ERR_TOO_MANY_CONNECTIONS,
+                           "this tenant has gateway.admin.max_connections_per_tenant "
+                           "connections open: close one or retry later",
+                           0);
+        return;
+    }
+    if (rc < 0) {
+        gw_api_reply_error(req, GW_ERR_OVERLOADED, "out of memory", 0);
+        return;
+    }
     enum cm_http_method m = cm_httpd_method(req);
     int get = m == CM_HTTP_GET || m == CM_HTTP_HEAD;
     if (strcmp(path, "/v1/sessions") == 0) {

@@ -240,7 +240,7 @@ static int load_scheduler_secret(struct cm_conf_ctx *ctx, const struct cm_config
 
 struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"listen",        "admin_listen", "workers",
+    static const char *const keys[] = {"listen",        "admin_listen", "health_listen", "workers",
                                        "expose_headers", "cache_ttl",   "activity_flush",
                                        "host_stale",    "retry_after",  "limits",
                                        "shutdown_grace",
@@ -259,6 +259,7 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
     if (cm_conf_keys(&ctx, m, p, keys) ||
         cm_conf_str(&ctx, m, p, "listen", "127.0.0.1:8080", &gc->listen) ||
         cm_conf_str(&ctx, m, p, "admin_listen", "127.0.0.1:9090", &gc->admin_listen) ||
+        cm_conf_str(&ctx, m, p, "health_listen", "", &gc->health_listen) ||
         cm_conf_u64(&ctx, m, p, "workers", 1, 1, 256, &workers) ||
         cm_conf_bool(&ctx, m, p, "expose_headers", 1, &gc->expose_headers) ||
         cm_conf_duration(&ctx, m, p, "cache_ttl", 5 * CM_USEC_PER_SEC, 0, 3600 * CM_USEC_PER_SEC,
@@ -325,6 +326,7 @@ void gw_config_free(struct gw_config *gc)
     cm_secret_free(gc->scheduler_secret);
     free(gc->listen);
     free(gc->admin_listen);
+    free(gc->health_listen);
     free(gc);
 }
 

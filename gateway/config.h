@@ -63,6 +63,7 @@ struct gw_config {
     const struct cm_config *common; /* borrowed */
     char *listen;       /* "host:port" */
     char *admin_listen; /* "host:port" */
+    char *health_listen; /* "host:port" of /healthz and /readyz alone, or "": none */
     uint32_t workers;
     int expose_headers; /* send x-berth-instance / x-berth-session */
     cm_usec_t cache_ttl;      /* how long a loop trusts a cached binding */

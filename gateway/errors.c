@@ -28,6 +28,8 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_UNKNOWN_TEMPLATE] = {"unknown_template", 400, "unknown template"},
     [GW_ERR_ORIGIN_NOT_ALLOWED] = {"origin_not_allowed", 403,
                                    "this route does not allow requests from that Origin"},
+    [GW_ERR_TOO_MANY_CONNECTIONS] = {"too_many_connections", 429,
+                                     "too many connections open, close one or retry later"},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

@@ -26,6 +26,7 @@ enum gw_err {
     GW_ERR_UNKNOWN_TEMPLATE,    /* 400 the control API named a template the config lacks */
     GW_ERR_SESSION_NOT_FOUND,   /* 404 unknown or ended MCP / legacy SSE session id */
     GW_ERR_ORIGIN_NOT_ALLOWED,  /* 403 a CORS preflight from an Origin the route does not list */
+    GW_ERR_TOO_MANY_CONNECTIONS,/* 429 a tenant or client address over its connection limit */
     GW_ERR_COUNT
 };
 

@@ -41,6 +41,7 @@ struct sch_start_req {
 struct sch_api {
     struct sch_ctx *ctx;
     struct cm_httpd *http;
+    struct cm_httpd *health; /* scheduler.health_listen, or NULL */
     struct sch_start_req *reqs;
     unsigned n_pending;
     cm_usec_t unauth_logged; /* when a refused request was last logged (monotonic) */
@@ -466,6 +467,30 @@ static void reply_unauthorized(struct sch_api *api, struct cm_httpd_req *req)
                 "scheduler.api_secret / api_secret_file");
 }
 
+static void reply_healthz(struct sch_api *api, struct cm_httpd_req *req)
+{
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_printf(&b, "{\"status\":\"ok\",\"redis\":\"%s\",\"recovered\":%s}",
+                   sch_redis_connected(api->ctx) ? "connected" : "disconnected",
+                   api->ctx->recovered ? "true" : "false");
+    reply_json(req, 200, &b);
+    cm_jbuf_fini(&b);
+}
+
+/* The health listener: GET /healthz alone. */
+static void on_health_request(struct cm_httpd_req *req, void *arg)
+{
+    if (strcmp(cm_httpd_path(req), "/healthz") != 0) {
+        reply_error(req, 404, "not_found", "no such endpoint");
+    } else if (cm_httpd_method(req) != CM_HTTP_GET) {
+        (void)cm_httpd_add_header(req, "Allow", "GET");
+        reply_error(req, 405, "method_not_allowed", "use GET");
+    } else {
+        reply_healthz(arg, req);
+    }
+}
+
 static void on_request(struct cm_httpd_req *req, void *arg)
 {
     struct sch_api *api = arg;
@@ -493,13 +518,7 @@ static void on_request(struct cm_httpd_req *req, void *arg)
             return;
         }
         if (m == CM_HTTP_GET) {
-            struct cm_jbuf b;
-            cm_jbuf_init(&b);
-            cm_jbuf_printf(&b, "{\"status\":\"ok\",\"redis\":\"%s\",\"recovered\":%s}",
-                           sch_redis_connected(api->ctx) ? "connected" : "disconnected",
-                           api->ctx->recovered ? "true" : "false");
-            reply_json(req, 200, &b);
-            cm_jbuf_fini(&b);
+            reply_healthz(api, req);
             return;
         }
         allow = "GET";
@@ -522,6 +541,7 @@ struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
     struct cm_httpd_limits lim = {.max_header_bytes = ctx->sc->api_max_header_bytes,
                                   .max_body = ctx->sc->api_max_body,
                                   .timeout = ctx->sc->api_timeout,
+                                  .header_timeout = ctx->sc->api_header_timeout,
                                   .max_connections = ctx->sc->api_max_connections};
     api->http = cm_httpd_create(ctx->base, &lim, on_request, api);
     if (!api->http) {
@@ -536,6 +556,24 @@ struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
         goto fail;
     }
     snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s:%u", ctx->sc->api_host, port);
+    if (ctx->sc->health_host) {
+        /* Probes only, on connections of their own: the API's (which starts on behalf of
+         * tenants' sessions can fill) never make a probe wait or fail. */
+        struct cm_httpd_limits pl = {.max_header_bytes = 4096,
+                                     .max_body = 0,
+                                     .timeout = ctx->sc->api_header_timeout,
+                                     .header_timeout = ctx->sc->api_header_timeout,
+                                     .max_connections = ctx->sc->health_max_conns};
+        api->health = cm_httpd_create(ctx->base, &pl, on_health_request, api);
+        rc = api->health
+                 ? cm_httpd_listen(api->health, ctx->sc->health_host, ctx->sc->health_port, NULL)
+                 : -ENOMEM;
+        if (rc < 0) {
+            snprintf(err, errlen, "health_listen: cannot listen on %s:%u: %s", ctx->sc->health_host,
+                     ctx->sc->health_port, strerror(-rc));
+            goto fail;
+        }
+    }
     sch_inst_set_ready_cb(on_instance_ready);
     return api;
 fail:
@@ -564,5 +602,6 @@ void sch_api_destroy(struct sch_api *api)
         req_unlink(r);
     }
     cm_httpd_destroy(api->http);
+    cm_httpd_destroy(api->health);
     free(api);
 }

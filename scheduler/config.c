@@ -1,5 +1,7 @@
 #include "scheduler/config.h"
 
+#include "common/compat.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -73,22 +75,23 @@ static char *default_agent_path(void)
     return out;
 }
 
-static int parse_listen(struct cm_conf_ctx *ctx, const struct cm_ynode *section, const char *s,
-                        struct sch_config *c)
+/* "host:port" of <key> into *ret_host (a new string) and *ret_port. */
+static int parse_listen(struct cm_conf_ctx *ctx, const struct cm_ynode *section, const char *key,
+                        const char *s, char **ret_host, uint16_t *ret_port)
 {
-    const struct cm_ynode *at = cm_ynode_get(section, "api_listen");
+    const struct cm_ynode *at = cm_ynode_get(section, key);
     const char *colon = strrchr(s, ':');
     if (!colon || colon == s)
-        return cm_conf_fail(ctx, at, SEC, "api_listen", "must be host:port, e.g. 127.0.0.1:9191");
+        return cm_conf_fail(ctx, at, SEC, key, "must be host:port, e.g. 127.0.0.1:9191");
     char *end;
     errno = 0;
     long port = strtol(colon + 1, &end, 10);
     if (errno || *end || colon[1] == '\0' || port < 0 || port > 65535)
-        return cm_conf_fail(ctx, at, SEC, "api_listen", "port must be 0..65535");
-    c->api_host = strndup(s, (size_t)(colon - s));
-    if (!c->api_host)
-        return cm_conf_fail(ctx, at, SEC, "api_listen", "out of memory");
-    c->api_port = (uint16_t)port;
+        return cm_conf_fail(ctx, at, SEC, key, "port must be 0..65535");
+    *ret_host = strndup(s, (size_t)(colon - s));
+    if (!*ret_host)
+        return cm_conf_fail(ctx, at, SEC, key, "out of memory");
+    *ret_port = (uint16_t)port;
     return 0;
 }
 
@@ -100,14 +103,15 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
         "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", "uid_base", "insecure", "reserve", "socket_group",
+        "api_max_connections", "api_header_timeout", "health_listen", "health_max_connections",
+        "uid_base", "insecure", "reserve", "socket_group",
         "api_secret", "api_secret_file", NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
-    char *listen = NULL;
-    uint64_t capacity, max_conns, max_pending, api_conns, uid_base;
+    char *listen = NULL, *health = NULL;
+    uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns;
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     memset(ret, 0, sizeof(*ret));
@@ -141,6 +145,11 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC,
                          CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
         cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns) ||
+        cm_conf_duration(&ctx, section, SEC, "api_header_timeout",
+                         CM_MIN(5 * CM_USEC_PER_SEC, c.api_timeout), 100 * CM_USEC_PER_MSEC,
+                         3600 * CM_USEC_PER_SEC, &c.api_header_timeout) ||
+        cm_conf_str(&ctx, section, SEC, "health_listen", "", &health) ||
+        cm_conf_u64(&ctx, section, SEC, "health_max_connections", 16, 1, 10000, &health_conns) ||
         cm_conf_u64(&ctx, section, SEC, "uid_base", SCH_UID_BASE_DEFAULT, 65536,
                     UINT32_MAX - 1, &uid_base) ||
         cm_conf_bool(&ctx, section, SEC, "insecure", 0, &c.insecure) ||
@@ -207,6 +216,12 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
     c.api_max_connections = (uint32_t)api_conns;
+    c.health_max_conns = (uint32_t)health_conns;
+    if (c.api_header_timeout > c.api_timeout) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "api_header_timeout"), SEC, "api_header_timeout",
+                     "must not exceed api_timeout");
+        goto fail;
+    }
 
     if (!c.host_id || !*c.host_id) {
         char host[256];
@@ -230,7 +245,9 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                      "must be 1-%d characters of [A-Za-z0-9._-]", SCH_HOST_ID_MAX);
         goto fail;
     }
-    if (parse_listen(&ctx, section, listen, &c))
+    if (parse_listen(&ctx, section, "api_listen", listen, &c.api_host, &c.api_port) ||
+        (*health &&
+         parse_listen(&ctx, section, "health_listen", health, &c.health_host, &c.health_port)))
         goto fail;
     if (!*c.run_dir || !*c.storage_root) {
         cm_conf_fail(&ctx, section, SEC, !*c.run_dir ? "run_dir" : "storage_root",
@@ -282,12 +299,14 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         }
     }
     free(listen);
+    free(health);
     *ret = c;
     return 0;
 oom:
     cm_conf_fail(&ctx, section, SEC, NULL, "out of memory");
 fail:
     free(listen);
+    free(health);
     free(socket_group);
     sch_config_fini(&c);
     return -EINVAL;
@@ -297,6 +316,7 @@ void sch_config_fini(struct sch_config *c)
 {
     free(c->host_id);
     free(c->api_host);
+    free(c->health_host);
     free(c->run_dir);
     free(c->storage_root);
     free(c->cgroup_parent);

@@ -44,6 +44,10 @@ struct sch_config {
     uint64_t api_max_header_bytes; /* scheduler API: request line and headers */
     cm_usec_t api_timeout;         /* scheduler API: idle, reading a request, writing an answer */
     uint32_t api_max_connections;  /* scheduler API: connections open at once */
+    cm_usec_t api_header_timeout;  /* scheduler API: a request head, from its first byte */
+    char *health_host;             /* health_listen: GET /healthz alone; NULL: none */
+    uint16_t health_port;
+    uint32_t health_max_conns;     /* health_max_connections: its connections open at once */
     uint32_t uid_base;             /* first host uid/gid of the sandboxes' ranges */
     int insecure;                  /* start sandboxes without user namespace or seccomp */
     uint64_t reserve_memory;       /* kept out of the sandboxes' common cgroup */

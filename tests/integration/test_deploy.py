@@ -373,3 +373,33 @@ def test_k8s_redis_start_script(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_k8s_probes_use_the_health_listeners():
+    """Issue 14: the probes go to each daemon's health listener (its own connections, on the
+    node's loopback), not to the admin port or the scheduler API, which clients can fill; the
+    port is declared and no NetworkPolicy rule opens it."""
+    yaml = pytest.importorskip("yaml", reason="python3-yaml is needed to read the manifests")
+    kinds = k8s_kinds()
+    cm = {c["metadata"]["name"]: c for c in kinds["ConfigMap"]}["berth-config"]
+    conf = yaml.safe_load(cm["data"]["berth.yaml"])
+    pols = [p["spec"] for p in kinds["NetworkPolicy"]]
+    opened = {pt["port"] for p in pols for rule in p.get("ingress", [])
+              for pt in rule.get("ports", [])}
+    for kind, app, section, paths in [
+            ("Deployment", "berth-gateway", "gateway", {"/healthz", "/readyz"}),
+            ("DaemonSet", "berth-scheduler", "scheduler", {"/healthz"})]:
+        host, port = conf[section]["health_listen"].rsplit(":", 1)
+        assert host == "127.0.0.1", conf[section]
+        port = int(port)
+        assert port not in (int(conf[section].get("admin_listen", ":0").rsplit(":", 1)[1]),
+                            int(conf[section].get("api_listen", ":0").rsplit(":", 1)[1]))
+        c = pod_spec(kinds, kind, app)["containers"][0]
+        assert {"name": "health", "containerPort": port} in c["ports"], c["ports"]
+        seen = set()
+        for probe in ("livenessProbe", "readinessProbe"):
+            g = c[probe]["httpGet"]
+            assert (g["host"], g["port"]) == ("127.0.0.1", port), (app, probe, g)
+            seen.add(g["path"])
+        assert seen == paths, (app, seen)
+        assert port not in opened, (app, port)

@@ -13,7 +13,7 @@
 #include "common/httpd.h"
 #include "tests/harness/test.h"
 
-enum mode { ECHO, DEFER, DEFER_CLOSECB, BIG };
+enum mode { ECHO, DEFER, DEFER_CLOSECB, BIG, HOLD };
 
 struct fx {
     struct event_base *base;
@@ -42,6 +42,18 @@ static void on_req(struct cm_httpd_req *req, void *arg)
         static char big[8192];
         memset(big, 'b', sizeof(big));
         cm_httpd_reply(req, 200, "text/plain", big, sizeof(big));
+        return;
+    }
+    if (f->mode == HOLD) {
+        /* The owner is named by the path ("/t1"); over max_per_owner: 429, as the admin does. */
+        const char *owner = cm_httpd_path(req) + 1;
+        int rc = cm_httpd_hold(req, owner, strlen(owner));
+        if (rc == -EBUSY) {
+            cm_httpd_reply_error(req, 429, "too_many_connections", "over the owner's limit");
+            return;
+        }
+        CHECK_INT_EQ(rc, 0);
+        cm_httpd_reply(req, 200, "text/plain", "held", 4);
         return;
     }
     if (f->mode != ECHO) {
@@ -148,8 +160,11 @@ static void check_json_error(struct fx *f, const char *status_line, const char *
 
 TEST(httpd_answers_and_keeps_the_connection)
 {
+    /* Not about time: a timeout a busy machine cannot reach between the two requests. */
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
     struct fx f;
-    fx_init(&f, NULL);
+    fx_init(&f, &lim);
     put(&f, "GET /a/b?x=1&y=%20#frag HTTP/1.1\r\nHost: h\r\nX-Test:   v w \t\r\n\r\n", -1);
     pump(&f, 2000, "b=0:");
     CHECK_MSG(strncmp(f.got, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %s", f.got);
@@ -626,6 +641,216 @@ TEST(httpd_listener_refuses_connections_over_the_limit)
           (size_t)atoi(strstr(buf, "Content-Length: ") + 16) == strlen(body + 4));
     close(a);
     close(b);
+    f.peer = -1;
+    fx_done(&f);
+}
+
+/* --- header timeout, idle connections, owners and addresses ------------------------------- */
+
+/* Runs the loop in 1 ms slices for up to <ms> while reading <fd> into <buf> (<cap> bytes,
+ * NUL-terminated) until <until> occurs in it (NULL: until EOF). Returns 1 at EOF. */
+static int read_peer(struct event_base *base, int fd, char *buf, size_t cap, int ms,
+                     const char *until)
+{
+    size_t len = strlen(buf);
+    int eof = 0;
+    for (int i = 0; i < ms && !eof; i++) {
+        run_ms(base, 1);
+        for (;;) {
+            ssize_t n = recv(fd, buf + len, cap - 1 - len, MSG_DONTWAIT);
+            if (n > 0) {
+                len += (size_t)n;
+                buf[len] = '\0';
+                continue;
+            }
+            if (n == 0)
+                eof = 1;
+            break;
+        }
+        if (until && test_contains(buf, until))
+            break;
+    }
+    return eof;
+}
+
+static void say(int fd, const char *s)
+{
+    CHECK_INT_EQ(write(fd, s, strlen(s)), (ssize_t)strlen(s));
+}
+
+static int adopt_peer(struct fx *f)
+{
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f->h, fds[0]), 0);
+    return fds[1];
+}
+
+TEST(httpd_a_head_not_complete_within_header_timeout_gets_408)
+{
+    /* The request's whole deadline (timeout) is far away; its head's is not. */
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.header_timeout = 100 * CM_USEC_PER_MSEC;
+    struct fx f;
+    fx_init(&f, &lim);
+    put(&f, "GET /slow HTTP/1.1\r\nHost: x\r\n", -1);
+    check_json_error(&f, "HTTP/1.1 408 Request Timeout\r\n", "request_timeout");
+    CHECK_MSG(test_contains(f.got, "head was not complete"), "got: %s", f.got);
+    CHECK_INT_EQ(f.requests, 0);
+    fx_done(&f);
+}
+
+TEST(httpd_a_body_may_take_longer_than_the_header_timeout)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.header_timeout = 100 * CM_USEC_PER_MSEC;
+    struct fx f;
+    fx_init(&f, &lim);
+    put(&f, "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab", -1);
+    pump(&f, 400, "HTTP/1.1"); /* four header timeouts: nothing may come */
+    CHECK_MSG(f.got_len == 0 && !f.eof, "got: %s", f.got);
+    put(&f, "cde", -1);
+    pump(&f, 2000, "b=5:");
+    CHECK_MSG(test_contains(f.got, "HTTP/1.1 200 OK") && test_contains(f.got, "b=5:abcde"),
+              "got: %s", f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_a_silent_new_connection_is_closed_after_header_timeout)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.header_timeout = 100 * CM_USEC_PER_MSEC;
+    struct fx f;
+    fx_init(&f, &lim);
+    pump(&f, 3000, NULL);
+    CHECK_MSG(f.eof && f.got_len == 0, "got: %s", f.got);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 0);
+    fx_done(&f);
+}
+
+TEST(httpd_only_a_held_connection_idles_for_timeout)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.header_timeout = 100 * CM_USEC_PER_MSEC;
+    struct fx f;
+    fx_init(&f, &lim);
+    f.mode = HOLD;
+    int unheld = adopt_peer(&f);
+    put(&f, "GET /t1 HTTP/1.1\r\nHost: x\r\n\r\n", -1);
+    pump(&f, 2000, "held");
+    CHECK_MSG(test_contains(f.got, "HTTP/1.1 200 OK"), "got: %s", f.got);
+    /* A keep-alive answer that nobody holds: like a new connection, header_timeout. */
+    f.mode = ECHO;
+    say(unheld, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    char buf[4096] = "";
+    CHECK_MSG(read_peer(f.base, unheld, buf, sizeof(buf), 3000, NULL), "still open: %s", buf);
+    CHECK_MSG(test_contains(buf, "HTTP/1.1 200 OK"), "got: %s", buf);
+    close(unheld);
+    /* The held one stayed (ten header timeouts later) and still serves. */
+    pump(&f, 1000, NULL);
+    CHECK(!f.eof);
+    f.got_len = 0;
+    put(&f, "GET /again HTTP/1.1\r\nHost: x\r\n\r\n", -1);
+    pump(&f, 2000, "b=0:");
+    CHECK_MSG(test_contains(f.got, "p=/again"), "got: %s", f.got);
+    fx_done(&f);
+}
+
+TEST(httpd_an_owner_holds_at_most_max_per_owner_connections)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.max_connections = 16;
+    lim.max_per_owner = 2;
+    struct fx f;
+    fx_init(&f, &lim);
+    f.mode = HOLD;
+    int p[4] = {f.peer, adopt_peer(&f), adopt_peer(&f), adopt_peer(&f)};
+    char buf[4][2048] = {""};
+    for (int i = 0; i < 2; i++) {
+        say(p[i], "GET /t1 HTTP/1.1\r\n\r\n");
+        read_peer(f.base, p[i], buf[i], sizeof(buf[i]), 2000, "held");
+        CHECK_MSG(test_contains(buf[i], "HTTP/1.1 200 OK"), "%d got: %s", i, buf[i]);
+        /* the same owner again on the same connection: still one */
+        buf[i][0] = '\0';
+        say(p[i], "GET /t1 HTTP/1.1\r\n\r\n");
+        read_peer(f.base, p[i], buf[i], sizeof(buf[i]), 2000, "held");
+        CHECK_MSG(test_contains(buf[i], "HTTP/1.1 200 OK"), "%d got: %s", i, buf[i]);
+    }
+    /* A third for t1: 429 and closed; another owner is not affected. */
+    say(p[2], "GET /t1 HTTP/1.1\r\n\r\n");
+    CHECK(read_peer(f.base, p[2], buf[2], sizeof(buf[2]), 2000, NULL));
+    CHECK_MSG(strncmp(buf[2], "HTTP/1.1 429 Too Many Requests\r\n", 32) == 0, "got: %s", buf[2]);
+    CHECK(test_contains(buf[2], "Connection: close\r\n"));
+    CHECK(test_contains(buf[2], "\"too_many_connections\""));
+    say(p[3], "GET /t2 HTTP/1.1\r\n\r\n");
+    read_peer(f.base, p[3], buf[3], sizeof(buf[3]), 2000, "held");
+    CHECK_MSG(test_contains(buf[3], "HTTP/1.1 200 OK"), "got: %s", buf[3]);
+    /* Once one of t1's goes, t1 may hold another (p[3] moves from t2 to t1). */
+    close(p[1]);
+    run_ms(f.base, 50);
+    buf[3][0] = '\0';
+    say(p[3], "GET /t1 HTTP/1.1\r\n\r\n");
+    read_peer(f.base, p[3], buf[3], sizeof(buf[3]), 2000, "held");
+    CHECK_MSG(test_contains(buf[3], "HTTP/1.1 200 OK"), "got: %s", buf[3]);
+    close(p[2]);
+    close(p[3]);
+    fx_done(&f);
+}
+
+TEST(httpd_listener_limits_unheld_connections_per_address)
+{
+    struct cm_httpd_limits lim = LIM;
+    lim.timeout = 30 * CM_USEC_PER_SEC;
+    lim.header_timeout = 10 * CM_USEC_PER_SEC;
+    lim.max_connections = 16;
+    lim.max_per_address = 2;
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    f.h = cm_httpd_create(f.base, &lim, on_req, &f);
+    f.mode = HOLD;
+    uint16_t port = 0;
+    CHECK_INT_EQ(cm_httpd_listen(f.h, "127.0.0.1", 0, &port), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s[4];
+    for (int i = 0; i < 4; i++) {
+        s[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (i == 3) { /* another client address: 127.0.0.2 */
+            struct sockaddr_in src = {.sin_family = AF_INET};
+            src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1);
+            CHECK_INT_EQ(bind(s[i], (struct sockaddr *)&src, sizeof(src)), 0);
+        }
+        CHECK_INT_EQ(connect(s[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+        run_ms(f.base, 50);
+    }
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 3);
+    char buf[4][2048] = {""};
+    CHECK(read_peer(f.base, s[2], buf[2], sizeof(buf[2]), 2000, NULL));
+    CHECK_MSG(strncmp(buf[2], "HTTP/1.1 429 Too Many Requests\r\n", 32) == 0, "got: %s", buf[2]);
+    CHECK(test_contains(buf[2], "{\"error\":{\"code\":\"too_many_connections\""));
+    const char *body = strstr(buf[2], "\r\n\r\n");
+    CHECK(body && (size_t)atoi(strstr(buf[2], "Content-Length: ") + 16) == strlen(body + 4));
+    close(s[2]);
+    /* A held connection no longer counts against its address. */
+    say(s[0], "GET /t1 HTTP/1.1\r\n\r\n");
+    read_peer(f.base, s[0], buf[0], sizeof(buf[0]), 2000, "held");
+    CHECK_MSG(test_contains(buf[0], "HTTP/1.1 200 OK"), "got: %s", buf[0]);
+    s[2] = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK_INT_EQ(connect(s[2], (struct sockaddr *)&sa, sizeof(sa)), 0);
+    run_ms(f.base, 50);
+    CHECK_UINT_EQ(cm_httpd_connections(f.h), 4);
+    say(s[2], "GET /t2 HTTP/1.1\r\n\r\n");
+    buf[2][0] = '\0';
+    read_peer(f.base, s[2], buf[2], sizeof(buf[2]), 2000, "held");
+    CHECK_MSG(test_contains(buf[2], "HTTP/1.1 200 OK"), "got: %s", buf[2]);
+    for (int i = 0; i < 4; i++)
+        close(s[i]);
     f.peer = -1;
     fx_done(&f);
 }
