@@ -1169,8 +1169,9 @@ static size_t upstream_authority(const struct gw_conn *c, char *buf, size_t cap)
 {
     const char *a = c->addr;
     unsigned port = c->preview_port ? c->preview_port : c->route->tpl->app_port;
-    if (!c->preview_port && strncmp(a, "unix:", 5) != 0) {
-        if (strncmp(a, "tcp:", 4) == 0)
+    /* memcmp of a constant length is inlined; strncmp is a call (callgrind: ~50 a request) */
+    if (!c->preview_port && memcmp(a, "unix:", 5) != 0) {
+        if (memcmp(a, "tcp:", 4) == 0)
             a += 4;
         size_t n = strnlen(a, cap - 1);
         memcpy(buf, a, n);
