@@ -105,13 +105,13 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
         "api_max_connections", "api_header_timeout", "health_listen", "health_max_connections",
         "uid_base", "insecure", "reserve", "socket_group",
-        "api_secret", "api_secret_file", NULL};
+        "api_secret", "api_secret_file", "pool_max_starting", NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
     char *listen = NULL, *health = NULL;
-    uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns;
+    uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns, max_starting;
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     memset(ret, 0, sizeof(*ret));
@@ -122,6 +122,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_str(&ctx, section, SEC, "run_dir", "/var/lib/berth/run", &c.run_dir) ||
         cm_conf_str(&ctx, section, SEC, "storage_root", "/var/lib/berth/data", &c.storage_root) ||
         cm_conf_u64(&ctx, section, SEC, "capacity", 64, 1, 10000, &capacity) ||
+        cm_conf_u64(&ctx, section, SEC, "pool_max_starting", 8, 1, 10000, &max_starting) ||
         cm_conf_duration(&ctx, section, SEC, "heartbeat", CM_USEC_PER_SEC, 10 * CM_USEC_PER_MSEC,
                          60 * CM_USEC_PER_SEC, &c.heartbeat) ||
         cm_conf_duration(&ctx, section, SEC, "reap_interval", CM_USEC_PER_SEC,
@@ -213,6 +214,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         goto fail;
     }
     c.capacity = (uint32_t)capacity;
+    c.pool_max_starting = (uint32_t)max_starting;
     c.relay_max_conns = (uint32_t)max_conns;
     c.api_max_pending = (uint32_t)max_pending;
     c.api_max_connections = (uint32_t)api_conns;

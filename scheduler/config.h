@@ -29,6 +29,7 @@ struct sch_config {
     char *run_dir;      /* absolute: per-instance dirs {run_dir}/{id}/ */
     char *storage_root; /* absolute: durable dirs {storage_root}/{tenant}/{h} */
     uint32_t capacity;  /* max live instances on this host */
+    uint32_t pool_max_starting; /* pool refills: instances starting at once on this host */
     cm_usec_t heartbeat;
     cm_usec_t reap_interval;
     cm_usec_t bind_wait;     /* how long the agent holds a connection waiting for BIND */

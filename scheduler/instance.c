@@ -260,6 +260,9 @@ static void on_pushed(struct redisReply *reply, const char *err, void *data)
         if (inst->state == SCH_INST_WARM)
             sch_inst_destroy(inst, "pool push failed");
     }
+    /* A start slot is free (pool_max_starting): the next one need not wait for a heartbeat. */
+    if (!err)
+        sch_pool_refill(inst->ctx, NULL);
     sch_inst_unref(inst);
 }
 

@@ -45,6 +45,16 @@ unsigned sch_pool_starting(const struct sch_ctx *ctx, const struct cm_template *
     return n;
 }
 
+/* Instances starting for any pool of this host (those of POST /v1/start are not counted). */
+static unsigned pool_starts(const struct sch_ctx *ctx)
+{
+    unsigned n = 0;
+    for (const struct sch_inst *i = ctx->insts; i; i = i->next)
+        if (i->for_pool && i->state == SCH_INST_STARTING)
+            n++;
+    return n;
+}
+
 static void refill_one(struct sch_ctx *ctx, size_t idx);
 
 static void on_trim(struct redisReply *reply, const char *err, void *data)
@@ -82,6 +92,16 @@ static void on_llen(struct redisReply *reply, const char *err, void *data)
     const struct cm_template *t = p->tpl;
     if (have < t->pool_min) {
         uint64_t need = t->pool_min - have;
+        /* Bounded, so that a start storm (a new host, many pools) cannot take so much CPU
+         * that no instance gets ready within its ready_timeout: all would be killed and
+         * started again, forever. The rest follows as starts finish (on_pushed, heartbeat). */
+        unsigned busy = pool_starts(ctx);
+        uint64_t budget = busy < ctx->sc->pool_max_starting ? ctx->sc->pool_max_starting - busy : 0;
+        if (need > budget) {
+            cm_log_debug("pool", "starts held back template=%s missing=%llu starting=%u", t->name,
+                         (unsigned long long)need, busy);
+            need = budget;
+        }
         for (uint64_t i = 0; i < need; i++) {
             char err_msg[256];
             if (ctx->n_live >= ctx->sc->capacity) {

@@ -4,6 +4,7 @@
 //   node mcp_sessions.mjs --transport streamable|sse --url http://127.0.0.1:P1[,http://...:P2]
 //        [--sessions 20] [--path /mcp] [--timeout-ms 90000] [--no-delete] [--shared-pool]
 //        [--header name:value]... [--stagger-ms MS] [--logging-wait-ms MS]
+//        [--await-reconnect-ms MS]
 //
 // Every HTTP request a session makes goes through a recording fetch: it switches to the next
 // replica of --url on every request (round robin, starting at the session's index), and
@@ -19,10 +20,15 @@
 // Each session uses its own connection pool (an undici Agent), as separate clients would;
 // --shared-pool makes all sessions share one pool instead (one agent process multiplexing
 // sessions over keep-alive connections, as Node's global fetch does). --stagger-ms starts
-// session i after i*MS milliseconds.
+// session i after i*MS milliseconds. --await-reconnect-ms: after the DELETE, the client still
+// open, wait (at most MS) until the SDK, on its own, has reconnected the standalone GET stream
+// that the DELETE ended and that GET has its answer (or error), then send the request with the
+// ended id (what the SDK may do anyway when that request is slow, on a busy machine).
 //
 // Output (stdout, one JSON object): {"ok": bool, "sessions": [{index, ok, error, mcpSessionId,
-// requests: [{method, replica, status, instance, contentType}], instances: [...distinct],
+// requests: [{method, replica, path, sid (the Mcp-Session-Id sent, or null), status, instance,
+// contentType, mcpSessionId (answered), body (of a 4xx/5xx), error (no answer)}],
+// instances: [...distinct, of every request],
 // envInstance, tools, echo, sum, progress: [...], progressAt: [ms after the call started],
 // longMs (when its result came), logging: {level, data}|null,
 // afterDelete: {status, body}|null, ms}], "elapsedMs"}. Exit status 0 when the script ran
@@ -37,7 +43,8 @@ import { recordedFetch } from './recorded_fetch.mjs';
 
 function parseArgs(argv) {
     const o = { transport: 'streamable', urls: [], sessions: 20, path: null, timeoutMs: 90000,
-                del: true, sharedPool: false, headers: {}, loggingWaitMs: 15000, staggerMs: 0 };
+                del: true, sharedPool: false, headers: {}, loggingWaitMs: 15000, staggerMs: 0,
+                awaitReconnectMs: 0 };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i], v = argv[i + 1];
         const need = () => { if (v === undefined) usage(`${a} needs a value`); i++; return v; };
@@ -48,6 +55,7 @@ function parseArgs(argv) {
         else if (a === '--timeout-ms') o.timeoutMs = parseInt(need(), 10);
         else if (a === '--logging-wait-ms') o.loggingWaitMs = parseInt(need(), 10);
         else if (a === '--stagger-ms') o.staggerMs = parseInt(need(), 10);
+        else if (a === '--await-reconnect-ms') o.awaitReconnectMs = parseInt(need(), 10);
         else if (a === '--no-delete') o.del = false;
         else if (a === '--shared-pool') o.sharedPool = true;
         else if (a === '--header') {
@@ -89,10 +97,20 @@ function recordingFetch(sess, agent) {
         const base = new URL(opts.urls[n++ % opts.urls.length]);
         u.protocol = base.protocol;
         u.host = base.host;
-        const rec = { method: init.method ?? 'GET', replica: base.host, path: u.pathname + u.search };
+        const rec = { method: init.method ?? 'GET', replica: base.host, path: u.pathname + u.search,
+                      sid: new Headers(init.headers ?? {}).get('mcp-session-id') };
         sess.requests.push(rec);
         return recordedFetch(rec, u, init, agent);
     };
+}
+
+// Resolves when a GET sent after the session's DELETE has its answer or error, or after ms.
+async function lateGetDone(sess, ms) {
+    const d = sess.requests.map(r => r.method).lastIndexOf('DELETE');
+    const done = () => sess.requests.slice(d + 1).some(
+        r => r.method === 'GET' && (r.status !== undefined || r.error !== undefined));
+    for (const end = Date.now() + ms; !done() && Date.now() < end;)
+        await new Promise(r => setTimeout(r, 20));
 }
 
 function textOf(result) {
@@ -158,6 +176,8 @@ async function runSession(index) {
         if (opts.transport === 'streamable' && opts.del) {
             const id = transport.sessionId;
             await step(transport.terminateSession(), 'terminateSession (DELETE)');
+            if (opts.awaitReconnectMs)
+                await lateGetDone(sess, opts.awaitReconnectMs);
             // One more request with the ended id: the gateway must answer 404.
             const res = await fetchImpl(url, { method: 'POST',
                 headers: { 'content-type': 'application/json',

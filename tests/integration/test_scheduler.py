@@ -339,6 +339,28 @@ def test_start_failures_are_reported_and_cleaned_up(make_stack):
     assert start_ok(s, session(202))["status"] == "new"
 
 
+def test_pool_starts_are_bounded(make_stack):
+    """pool_max_starting bounds the instances starting for the pools at once, all templates
+    together (issue 14: 40 node servers started at once on a busy host all missed their
+    ready_timeout, were started again, and the pools never filled); the pools still fill.
+    The scheduler's log has every start and every ready in the order they happened."""
+    a, b = slow_template("slow-a", 0.5), slow_template("slow-b", 0.5)
+    a["pool"] = b["pool"] = {"min": 3, "max": 3}
+    s = make_stack({"templates": [a, b], "scheduler": {"pool_max_starting": 2}},
+                   start_gateway=False)  # waits for both pools at min
+    starting, most, seen = set(), 0, 0
+    for line in (s.base / "scheduler.log").read_text().splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv and '"' not in kv)
+        if 'msg="starting"' in line and f.get("for") == "pool":
+            starting.add(f["inst"])
+            seen += 1
+        elif 'msg="ready"' in line or 'msg="start failed"' in line:
+            starting.discard(f.get("inst"))
+        most = max(most, len(starting))
+    assert seen >= 6 and most == 2, (seen, most)
+    assert s.pool_len("slow-a") == 3 and s.pool_len("slow-b") == 3
+
+
 def test_static_templates_are_not_started(make_stack):
     static = {"name": "ext", "driver": "static", "upstreams": ["127.0.0.1:9"],
               "sessions_per_instance": 4}

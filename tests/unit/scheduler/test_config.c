@@ -68,6 +68,7 @@ TEST(defaults)
     CHECK_STR_EQ(c.run_dir, "/var/lib/berth/run");
     CHECK_STR_EQ(c.storage_root, "/var/lib/berth/data");
     CHECK_UINT_EQ(c.capacity, 64);
+    CHECK_UINT_EQ(c.pool_max_starting, 8);
     CHECK_UINT_EQ(c.heartbeat, 1000000);
     CHECK_UINT_EQ(c.reap_interval, 1000000);
     CHECK_UINT_EQ(c.bind_wait, 5000000);
@@ -105,6 +106,7 @@ TEST(values)
                    "  run_dir: /run/b/\n"
                    "  storage_root: /srv/data\n"
                    "  capacity: 3\n"
+                   "  pool_max_starting: 2\n"
                    "  heartbeat: 250ms\n"
                    "  reap_interval: 2s\n"
                    "  bind_wait: 0\n"
@@ -125,6 +127,7 @@ TEST(values)
     CHECK_STR_EQ(c.run_dir, "/run/b"); /* trailing slash dropped */
     CHECK_STR_EQ(c.storage_root, "/srv/data");
     CHECK_UINT_EQ(c.capacity, 3);
+    CHECK_UINT_EQ(c.pool_max_starting, 2);
     CHECK_UINT_EQ(c.heartbeat, 250000);
     CHECK_UINT_EQ(c.reap_interval, 2000000);
     CHECK_UINT_EQ(c.bind_wait, 0);
@@ -168,6 +171,8 @@ TEST(errors_name_file_position_and_key)
     EXPECT_ERROR("scheduler:\n  capacty: 3\n", "b.yaml:2:3: scheduler.capacty: unknown key");
     EXPECT_ERROR("scheduler:\n  capacity: 0\n", "b.yaml:2:13: scheduler.capacity:");
     EXPECT_ERROR("scheduler:\n  capacity: 10001\n", "scheduler.capacity:");
+    EXPECT_ERROR("scheduler:\n  pool_max_starting: 0\n", "scheduler.pool_max_starting:");
+    EXPECT_ERROR("scheduler:\n  pool_max_starting: 10001\n", "scheduler.pool_max_starting:");
     EXPECT_ERROR("scheduler:\n  heartbeat: 1ms\n", "b.yaml:2:14: scheduler.heartbeat:");
     EXPECT_ERROR("scheduler:\n  bind_wait: soon\n", "scheduler.bind_wait:");
     EXPECT_ERROR("scheduler:\n  relay_buffer: 10\n", "scheduler.relay_buffer:");
