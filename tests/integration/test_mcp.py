@@ -170,10 +170,21 @@ def check_session(s, transport, replicas):
     assert {r["replica"] for r in reqs} == set(replicas)
     bad = [r for r in reqs if r.get("status") and r["status"] >= 400]
     if transport == "streamable":
-        # the last request reused the id after DELETE: 404 from the gateway, nothing else
+        # the last request reused the id after DELETE: 404 from the gateway, nothing else.
+        # It goes to the other replica, whose cached alias is dropped by the release's
+        # invalidation (Redis pub/sub); on a loaded machine the request can beat it (seen once
+        # in a full run) and reach the ended session's own instance, still being destroyed,
+        # which answers for the ended session itself (server-everything: 400 "No valid
+        # session ID"). Either way the client learns the session ended and no other instance
+        # ever sees the id (checked above: every request reached envInstance).
         assert bad == [reqs[-1]] and reqs[-1]["method"] == "POST", bad
-        assert s["afterDelete"]["status"] == 404
-        assert json.loads(s["afterDelete"]["body"])["error"]["code"] == "session_not_found"
+        last = reqs[-1]
+        if last.get("instance"):
+            assert last["instance"] == s["envInstance"] and 400 <= last["status"] < 500, last
+            assert s["afterDelete"]["status"] == last["status"]
+        else:
+            assert s["afterDelete"]["status"] == 404
+            assert json.loads(s["afterDelete"]["body"])["error"]["code"] == "session_not_found"
     else:
         assert not bad, bad
     # no request was left unanswered (only the SDK's late GETs above may be aborted)
