@@ -346,6 +346,17 @@ static int valid_name(const char *s)
     return 1;
 }
 
+static int valid_driver_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 32)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!(*p >= 'a' && *p <= 'z') && !(*p >= '0' && *p <= '9') && *p != '-' && *p != '_')
+            return 0;
+    return 1;
+}
+
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
     static const char *const keys[] = {"name", "api_keys_sha256", NULL};
@@ -396,9 +407,13 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
     char path[128];
     snprintf(path, sizeof(path), "templates.%s", t->name);
     int is_static = strcmp(t->driver, "static") == 0;
-    if (strcmp(t->driver, "process") != 0 && !is_static)
+    /* Which sandbox drivers exist is the scheduler's to say (its driver registry: it refuses
+     * to start with a name it does not know); here only the form of a name is checked. */
+    if (!is_static && !valid_driver_name(t->driver))
         return cm_conf_fail(ctx, cm_ynode_get(m, "driver"), path, "driver",
-                            "unknown driver '%s' (known: process, static)", t->driver);
+                            "'%s' is not a driver name (static, or a scheduler driver such as "
+                            "process: 1-32 of [a-z0-9_-])",
+                            t->driver);
     uint64_t spi;
     if (cm_conf_strv(ctx, m, path, "upstreams", NULL, &t->upstreams) ||
         cm_conf_u64(ctx, m, path, "sessions_per_instance", 1, 0, 1u << 30, &spi))

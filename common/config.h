@@ -55,7 +55,8 @@ enum cm_lost_policy {
 
 struct cm_template {
     char *name;
-    char *driver;       /* "process", or "static": existing upstreams, nothing started */
+    char *driver; /* "static": existing upstreams, nothing started; else the scheduler driver
+                     that starts the instances ("process"; checked by berth-scheduler) */
     char **upstreams;   /* static: instance addresses ("host:port", "tcp:…", "unix:/path") */
     uint32_t sessions_per_instance; /* sessions one instance serves at once; 0 = unlimited */
     char **app_command; /* argv of the app, NULL-terminated */

@@ -79,14 +79,15 @@ enum cm_script {
      * session is gone. */
     CM_SCRIPT_ALIAS,
     /* STATIC ARGV: P template now_ms id addr [id addr ...]
-     * Registers a static template's instances (P i:{id} state=static, P static:{t} zset
+     * Registers a static template's instances (P i:{id} state=static driver=static, P static:{t} zset
      * id -> bound sessions); members no longer listed are dropped from the zset. Returns the
      * member count. */
     CM_SCRIPT_STATIC,
     /* RECONCILE ARGV: P host id template addr state(starting|warm|bound|releasing) h started
-     *                 pid now_ms ttl_ms
+     *                 pid now_ms ttl_ms driver
      * A scheduler writes one live instance back after Redis lost its data (scheduler/
-     * reconcile.c): SADD P host:{host}:instances, the P i:{id} fields; then by state:
+     * reconcile.c): SADD P host:{host}:instances, the P i:{id} fields (driver too); then by
+     * state:
      *   warm: back into P pool:{host}:{t} (LREM + RPUSH: idempotent) -> {"warm"}, unless a
      *         claim bound it meanwhile -> {"claimed", h}
      *   starting, releasing: the state if the record had none -> {state}

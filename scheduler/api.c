@@ -391,8 +391,8 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
                    sch_redis_connected(ctx) ? "connected" : "disconnected",
                    ctx->recovered ? "true" : "false", api->n_pending);
     if (full) {
-        cm_jbuf_raw(&b, ",\"driver\":", 10);
-        ctx->drv->ops->status(ctx->drv, &b);
+        cm_jbuf_raw(&b, ",\"drivers\":", 11);
+        sch_drivers_status(ctx->drivers, &b);
     }
     cm_jbuf_raw(&b, ",\"states\":{", 11);
     for (int s = 0; s < SCH_INST_GONE; s++)
@@ -422,6 +422,8 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
         cm_jbuf_cstr(&b, i->id);
         cm_jbuf_raw(&b, ",\"template\":", 12);
         cm_jbuf_cstr(&b, i->tpl ? i->tpl->name : "");
+        cm_jbuf_raw(&b, ",\"driver\":", 10);
+        cm_jbuf_cstr(&b, i->drv ? i->drv->ops->name : "");
         cm_jbuf_printf(&b, ",\"state\":\"%s\",\"pid\":%d,\"addr\":", sch_inst_state_name(i->state),
                        i->di ? (int)i->di->pid : 0);
         cm_jbuf_cstr(&b, i->di ? i->di->addr : "");

@@ -21,6 +21,7 @@
 
 #include "scheduler/config.h"
 
+struct cm_config;
 struct cm_jbuf;
 struct cm_template;
 struct sch_driver;
@@ -70,10 +71,14 @@ struct sch_driver_ops {
     /* Forgets <di> without touching the instance (scheduler shutdown) and frees it. */
     void (*release)(struct sch_driver *d, struct sch_dinst *di);
     /* Ids of every instance of this host (ids starting with "<host>-") that left traces here
-     * (run dirs, cgroups), live or not. NULL-terminated; free with cm_strv_free(). */
+     * (run dirs, cgroups), live or not. NULL-terminated; free with cm_strv_free(). Only this
+     * driver's traces: this list is how a restarted scheduler tells which driver owns an
+     * instance (Redis may have lost the record), so a driver keeps its traces where no other
+     * driver's list() looks. */
     int (*list)(struct sch_driver *d, char ***ret_ids);
     /* Kills whatever still runs as <id> (after checking it is ours) and removes its traces.
-     * Returns 0 or a negative errno. */
+     * An id this driver left no traces for is left alone (the registry purges an unknown id
+     * through every driver). Returns 0 or a negative errno. */
     int (*purge)(struct sch_driver *d, const char *id);
     /* Driver details for GET /v1/status: writes one JSON object. */
     void (*status)(struct sch_driver *d, struct cm_jbuf *out);
@@ -84,13 +89,82 @@ struct sch_driver {
     const struct sch_driver_ops *ops;
 };
 
-/* Creates the driver called <name> ("process"). Borrows <cfg> for the driver's life. Returns
- * NULL with a message in <err> when the name is unknown or the host cannot run it. */
-struct sch_driver *sch_driver_create(const char *name, const struct sch_config *cfg, char *err,
-                                     size_t errlen);
+/* ------------------------------------------------------------------ the registry
+ *
+ * A driver kind is what the registry knows of a driver before one is created: its name (what a
+ * template's `driver:` says), a host probe and a constructor. sch_driver_builtin[] lists the
+ * drivers this scheduler is built with; a new driver adds one line there. */
+struct sch_driver_kind {
+    const char *name; /* [a-z0-9_-], unique; never "static" (that is the gateway's) */
+    /* Can this driver work on this host with <cfg>? Returns 1, or 0 with the reason in <why>.
+     * With 1, <why> holds a caveat or "". May fork and wait for children: start-up and
+     * --check only, never while the loop serves. */
+    int (*probe)(const struct sch_config *cfg, char *why, size_t len);
+    /* Creates the driver; borrows <cfg> for its life. NULL with a message in <err>. */
+    struct sch_driver *(*create)(const struct sch_config *cfg, char *err, size_t errlen);
+};
+
+/* The built-in drivers, terminated by an entry whose name is NULL. */
+extern const struct sch_driver_kind sch_driver_builtin[];
+
+/* The drivers of one scheduler: every known kind, its probe result once probed, and the
+ * driver once a template needed it (created lazily, so a scheduler with only process
+ * templates creates only the process driver). Opaque. */
+struct sch_drivers;
+
+/* Returns a new registry over <kinds> (terminated by a NULL name; borrowed for the registry's
+ * life, as is <cfg>); nothing probed or created yet. NULL when out of memory. Free with
+ * sch_drivers_destroy(). */
+struct sch_drivers *sch_drivers_create(const struct sch_driver_kind *kinds,
+                                       const struct sch_config *cfg);
+/* Destroys every created driver (their instances keep running) and the registry. Takes NULL. */
+void sch_drivers_destroy(struct sch_drivers *r);
+/* Runs the probe of every kind not probed yet (forks: start-up and --check only). */
+void sch_drivers_probe_all(struct sch_drivers *r);
+/* Checks every template that names a driver (all but driver "static"): the name must be
+ * known and the driver must work on this host (probed once). create 1: also creates each used
+ * driver (the scheduler's start-up); 0: nothing is created (--check). Returns 0, or a negative
+ * errno with "file:line:col: templates.<t>.driver: <why>" in <err> for the first bad one. */
+int sch_drivers_for_templates(struct sch_drivers *r, const struct cm_config *cfg, int create,
+                              char *err, size_t errlen);
+/* The driver called <name>, created on first use. Probes it first when not probed yet.
+ * Returns NULL with a message in <err> when the name is unknown ("unknown driver 'x' (known:
+ * a, b)"), when the driver cannot work on this host ("driver 'x' cannot work on this host:
+ * <why>") or when creating it failed. */
+struct sch_driver *sch_drivers_use(struct sch_drivers *r, const char *name, char *err,
+                                   size_t errlen);
+/* The created driver called <name>, or NULL (unknown or not created). */
+struct sch_driver *sch_drivers_get(const struct sch_drivers *r, const char *name);
+/* Known kinds, in registry order: count, and the <i>th's name, probe result (-1: not probed;
+ * <ret_why> borrowed, "" when none) and created driver (NULL when none). */
+size_t sch_drivers_count(const struct sch_drivers *r);
+const char *sch_drivers_name(const struct sch_drivers *r, size_t i);
+int sch_drivers_available(const struct sch_drivers *r, size_t i, const char **ret_why);
+struct sch_driver *sch_drivers_at(const struct sch_drivers *r, size_t i);
+/* Writes "name,name" of the created drivers into <buf> ("" when none). */
+void sch_drivers_names(const struct sch_drivers *r, char *buf, size_t len);
+/* Writes a JSON array: per known kind {"name","available","reason","in_use"} and, for a
+ * created one, "status" (its status() object). A kind not probed shows "available":null. */
+void sch_drivers_status(const struct sch_drivers *r, struct cm_jbuf *out);
+/* Purges <id> through every created driver (each ignores ids that are not its own). */
+void sch_drivers_purge(struct sch_drivers *r, const char *id);
+/* Which created driver's host traces hold <id>, from lists made with sch_driver_list_all():
+ * the owning driver, or NULL when none lists it. *ret_ambiguous is set to 1 when two or more
+ * do (then NULL is returned unless <recorded> names one of them). */
+struct sch_drivers_traces;
+struct sch_drivers_traces *sch_drivers_list_all(struct sch_drivers *r);
+struct sch_driver *sch_drivers_owner(const struct sch_drivers_traces *t, const char *id,
+                                     const char *recorded, int *ret_ambiguous);
+/* Calls <cb> for every listed id with its owner (NULL when ambiguous). */
+void sch_drivers_traces_each(const struct sch_drivers_traces *t,
+                             void (*cb)(const char *id, struct sch_driver *owner, void *data),
+                             void *data);
+void sch_drivers_traces_free(struct sch_drivers_traces *t);
+
 void sch_driver_destroy(struct sch_driver *d);
 
 /* The process driver (driver_process.c). */
+int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len);
 struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char *err,
                                              size_t errlen);
 

@@ -842,6 +842,37 @@ static int probe_security(struct pdriver *d, char *err, size_t errlen)
     return 0;
 }
 
+/* The registry's probe: the kernel features the driver cannot do without (pidfd_open), then
+ * the sandbox mechanisms, as the driver's start-up checks them. Without a user namespace or
+ * seccomp it works only when scheduler.insecure is set, and says so in <why>. */
+int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len)
+{
+    int pfd = pidfd_open(getpid());
+    if (pfd < 0) {
+        snprintf(why, len, "pidfd_open is not available (Linux >= 5.3 needed): %s",
+                 strerror(errno));
+        return 0;
+    }
+    close(pfd);
+    struct sch_seccomp_prog prog = {0};
+    char cerr[160] = "";
+    int compiled = sch_seccomp_compile("default", &prog, cerr, sizeof(cerr)) == 0;
+    struct sch_host_support hs;
+    sch_hostcheck(&hs, compiled ? &prog : NULL, cerr, cfg->uid_base);
+    sch_seccomp_prog_fini(&prog);
+    if (hs.userns && hs.seccomp) {
+        why[0] = '\0';
+        return 1;
+    }
+    snprintf(why, len, "%s:%s%s%s%s%s",
+             cfg->insecure ? "INSECURE (scheduler.insecure is set)"
+                           : "this host cannot sandbox hostile code",
+             hs.userns ? "" : " no user namespaces: ", hs.userns ? "" : hs.userns_why,
+             hs.userns || hs.seccomp ? "" : ";",
+             hs.seccomp ? "" : " no seccomp: ", hs.seccomp ? "" : hs.seccomp_why);
+    return cfg->insecure ? 1 : 0;
+}
+
 static const struct sch_driver_ops process_ops = {
     .name = "process",
     .start = p_start,

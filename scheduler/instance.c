@@ -158,7 +158,7 @@ static void on_instance_exit(evutil_socket_t fd, short what, void *arg)
     struct sch_ctx *ctx = inst->ctx;
     char reason[128], key[256], now[24], tail[300];
     (void)fd, (void)what;
-    ctx->drv->ops->finish(ctx->drv, inst->di, reason, sizeof(reason), tail, sizeof(tail));
+    inst->drv->ops->finish(inst->drv, inst->di, reason, sizeof(reason), tail, sizeof(tail));
     inst->di = NULL;
     int asked = inst->state == SCH_INST_STOPPING && !inst->lost_on_exit;
     if (!asked || inst->req || inst->start_failed)
@@ -225,7 +225,7 @@ void sch_inst_stop(struct sch_inst *inst, const char *reason, int lost)
         inst->ready_ev = NULL;
     }
     int hard = ctx->sc->destroy_grace == 0;
-    int rc = ctx->drv->ops->stop(ctx->drv, inst->di, hard);
+    int rc = inst->drv->ops->stop(inst->drv, inst->di, hard);
     cm_log_info("inst", "stopping inst=%s reason=\"%s\" signal=%s rc=%d", inst->id, reason,
                 hard ? "KILL" : "TERM", rc);
     if (!hard) {
@@ -345,7 +345,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         start_failed(inst, "start_timeout", "not ready within the template's ready_timeout");
     } else if (inst->state == SCH_INST_STOPPING && inst->di) {
         cm_log_warn("inst", "still running after destroy_grace, killing inst=%s", inst->id);
-        inst->ctx->drv->ops->stop(inst->ctx->drv, inst->di, 1);
+        inst->drv->ops->stop(inst->drv, inst->di, 1);
     }
 }
 
@@ -372,6 +372,12 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
                  ctx->sc->capacity);
         return NULL;
     }
+    struct sch_driver *drv = sch_template_driver(ctx, tpl);
+    if (!drv) {
+        snprintf(err, errlen, "template %s: driver '%s' is not in use here", tpl->name,
+                 tpl->driver);
+        return NULL;
+    }
     struct sch_dinst *di = NULL;
     char id[SCH_INST_ID_MAX + 1];
     int rc = -EEXIST;
@@ -385,18 +391,19 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
         if (sch_inst_find(ctx, id))
             continue;
         struct sch_start_spec spec = {.id = id, .tpl = tpl};
-        rc = ctx->drv->ops->start(ctx->drv, &spec, &di, err, errlen);
+        rc = drv->ops->start(drv, &spec, &di, err, errlen);
     }
     if (rc < 0)
         return NULL;
     struct sch_inst *inst = inst_new(ctx, id);
     if (!inst) {
         snprintf(err, errlen, "out of memory");
-        ctx->drv->ops->stop(ctx->drv, di, 1);
-        ctx->drv->ops->release(ctx->drv, di); /* the recovery of the next start purges it */
+        drv->ops->stop(drv, di, 1);
+        drv->ops->release(drv, di); /* the recovery of the next start purges it */
         return NULL;
     }
     inst->tpl = tpl;
+    inst->drv = drv;
     inst->di = di;
     inst->state = SCH_INST_STARTING;
     inst->for_pool = for_pool;
@@ -405,8 +412,8 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
     if (watch(inst) < 0) {
         snprintf(err, errlen, "out of memory");
         inst->req = NULL;
-        ctx->drv->ops->stop(ctx->drv, di, 1);
-        ctx->drv->ops->release(ctx->drv, di);
+        drv->ops->stop(drv, di, 1);
+        drv->ops->release(drv, di);
         inst->di = NULL;
         inst_remove(inst);
         return NULL;
@@ -426,6 +433,7 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
                           "host",     ctx->sc->host_id,
                           "addr",     di->addr,
                           "template", tpl->name,
+                          "driver",   drv->ops->name,
                           "state",    "starting",
                           "started",  started,
                           "pid",      pid};
@@ -515,7 +523,7 @@ static void on_tenant(struct redisReply *reply, const char *err, void *data)
     int rc = make_storage_dir(ctx->sc, reply->str, inst->session, dir, sizeof(dir));
     if (rc < 0) {
         snprintf(msg, sizeof(msg), "cannot create storage dir: %s", strerror(-rc));
-    } else if ((rc = ctx->drv->ops->attach_storage(ctx->drv, inst->di, dir, msg, sizeof(msg))) ==
+    } else if ((rc = inst->drv->ops->attach_storage(inst->drv, inst->di, dir, msg, sizeof(msg))) ==
                0) {
         cm_log_info("inst", "storage attached inst=%s session=%s dir=%s", inst->id, inst->session,
                     dir);
@@ -592,7 +600,7 @@ void sch_inst_adopted(struct sch_inst *inst, const struct cm_template *tpl, stru
     inst->started = cm_now_mono();
     if (watch(inst) < 0) {
         cm_log_error("inst", "out of memory watching adopted inst=%s", inst->id);
-        inst->ctx->drv->ops->release(inst->ctx->drv, di);
+        inst->drv->ops->release(inst->drv, di);
         inst->di = NULL;
         inst_remove(inst);
         return;
@@ -619,7 +627,7 @@ void sch_inst_release_all(struct sch_ctx *ctx)
         struct sch_inst *inst = ctx->insts;
         inst->req = NULL;
         if (inst->di)
-            ctx->drv->ops->release(ctx->drv, inst->di);
+            inst->drv->ops->release(inst->drv, inst->di);
         inst->di = NULL;
         inst_remove(inst);
     }

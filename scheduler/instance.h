@@ -19,6 +19,7 @@ struct cm_template;
 struct event;
 struct sch_ctx;
 struct sch_dinst;
+struct sch_driver;
 struct sch_start_req;
 
 enum sch_inst_state {
@@ -37,7 +38,9 @@ struct sch_inst {
     char id[SCH_INST_ID_MAX + 1];
     const struct cm_template *tpl; /* NULL while adopting an instance of an unknown template */
     enum sch_inst_state state;
-    struct sch_dinst *di;
+    struct sch_driver *drv; /* its driver (recorded as `driver` in P i:<id>); NULL while adopting
+                               until recovery found the owner of its traces */
+    struct sch_dinst *di;   /* inst->drv's handle */
     struct event *ready_ev, *exit_ev, *timer_ev, *retry_ev;
     cm_usec_t started;   /* monotonic */
     int for_pool;        /* started to fill the pool (else for POST /v1/start) */
@@ -67,7 +70,7 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
                                 struct sch_start_req *req, char *err, size_t errlen);
 /* Takes over an instance recover.c found: creates the list entry in state ADOPTING. */
 struct sch_inst *sch_inst_adopting(struct sch_ctx *ctx, const char *id);
-/* Completes adoption with the driver handle <di> (takes ownership) and the state Redis knows
+/* Completes adoption with the handle <di> of inst->drv (takes ownership) and the state Redis knows
  * ("warm", "bound" with <session>). */
 void sch_inst_adopted(struct sch_inst *inst, const struct cm_template *tpl, struct sch_dinst *di,
                       int bound, const char *session);

@@ -3,7 +3,11 @@
  *
  *   berth-scheduler -c CONFIG [--check]
  *
- * --check loads and validates the configuration, prints the scheduler settings and exits. */
+ * --check loads and validates the configuration, prints the scheduler settings, what this host
+ * offers the sandbox and, per driver, whether it works here and why not, and exits: 0 when
+ * everything the templates need works, 1 for a configuration error (a driver no one knows),
+ * 3 when a driver a template uses cannot work here (or sandboxes would be refused). */
+#include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
@@ -15,6 +19,7 @@
 #include "common/log.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/config.h"
+#include "scheduler/driver.h"
 #include "scheduler/hostcheck.h"
 #include "scheduler/seccomp.h"
 #include "scheduler/sched.h"
@@ -55,6 +60,36 @@ static int check_host(const struct sch_config *sc)
         printf("sandboxes=refused (this host lacks what the sandbox needs; scheduler.insecure: "
                "true would start them anyway, never for untrusted code)\n");
     return secure || sc->insecure;
+}
+
+/* --check: every driver this scheduler knows, whether it works here (and why not), and the
+ * templates that use it. Returns 0; -ENOTSUP when a template's driver cannot work here (the
+ * line says why); another negative errno with <err> for a driver no driver kind is called. */
+static int check_drivers(const struct cm_config *cfg, const struct sch_config *sc, char *err,
+                         size_t errlen)
+{
+    struct sch_drivers *r = sch_drivers_create(sch_driver_builtin, sc);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    sch_drivers_probe_all(r);
+    for (size_t i = 0; i < sch_drivers_count(r); i++) {
+        const char *name = sch_drivers_name(r, i), *why = "";
+        int ok = sch_drivers_available(r, i, &why) == 1;
+        printf("driver.%s=%s%s%s%s templates=", name, ok ? "works" : "does not work (",
+               ok ? (*why ? " (" : "") : why, ok ? why : "", *why || !ok ? ")" : "");
+        int n = 0;
+        for (size_t t = 0; t < cfg->n_templates; t++)
+            if (strcmp(cfg->templates[t].driver, name) == 0)
+                printf("%s%s", n++ ? "," : "", cfg->templates[t].name);
+        printf("%s\n", n ? "" : "-");
+    }
+    int rc = sch_drivers_for_templates(r, cfg, 0, err, errlen);
+    if (rc == -ENOTSUP)
+        printf("drivers=refused (%s)\n", err);
+    sch_drivers_destroy(r);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -107,9 +142,12 @@ int main(int argc, char **argv)
                sc.host_id, sc.api_host, sc.api_port, sc.run_dir, sc.storage_root, sc.capacity,
                sc.agent_path, cfg->n_templates);
         int ok = check_host(&sc);
+        int rc = check_drivers(cfg, &sc, err, sizeof(err));
+        if (rc < 0 && rc != -ENOTSUP)
+            fprintf(stderr, "berth-scheduler: %s\n", err);
         sch_config_fini(&sc);
         cm_config_free(cfg);
-        return ok ? 0 : 3;
+        return rc < 0 && rc != -ENOTSUP ? 1 : ok && rc == 0 ? 0 : 3;
     }
     signal(SIGPIPE, SIG_IGN);
     struct event_base *base = event_base_new();

@@ -197,7 +197,8 @@ static int send_item(struct round *r, struct sch_inst *inst, const char *state, 
                           started,
                           pid,
                           now,
-                          ttl};
+                          ttl,
+                          inst->drv->ops->name};
     sch_inst_ref(inst);
     r->pending++;
     if (sch_script(ctx, CM_SCRIPT_RECONCILE, on_item, it, (int)CM_ARRAY_SIZE(argv), argv) < 0) {

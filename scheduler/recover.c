@@ -25,6 +25,11 @@ struct sch_recovery {
     int listed;   /* the SMEMBERS reply has been handled */
     int failed;   /* Redis failed on the way: retry on the next connect */
     char **known; /* ids in P host:<host>:instances */
+    /* Every created driver's list of the ids it left traces of, taken when recovery starts:
+     * which driver owns an instance (Redis may have lost the record, or a forged one may name
+     * another driver). NULL when a list failed: then the recorded driver is trusted and no
+     * orphan is purged. */
+    struct sch_drivers_traces *traces;
     unsigned adopted, lost, purged, destroyed;
 };
 
@@ -93,6 +98,46 @@ static void rebuild_pools(struct sch_ctx *ctx)
     }
 }
 
+static void purge_orphan(const char *id, struct sch_driver *owner, void *data)
+{
+    struct sch_recovery *rec = data;
+    struct sch_ctx *ctx = rec->ctx;
+    int known = sch_inst_find(ctx, id) != NULL;
+    for (char **k = rec->known; k && *k && !known; k++)
+        known = strcmp(*k, id) == 0;
+    if (known)
+        return;
+    if (!owner) {
+        cm_log_error("recover", "orphan listed by several drivers, left alone inst=%s", id);
+        return;
+    }
+    cm_log_warn("recover", "purging orphan inst=%s driver=%s", id, owner->ops->name);
+    owner->ops->purge(owner, id);
+    rec->purged++;
+}
+
+/* The driver owning instance <id>: the one whose traces hold it. The record's `driver` only
+ * decides between several that list it, or when the traces could not be listed. */
+static struct sch_driver *owner_of(struct sch_recovery *rec, const char *id, const char *recorded)
+{
+    struct sch_ctx *ctx = rec->ctx;
+    if (!rec->traces)
+        return recorded ? sch_drivers_get(ctx->drivers, recorded) : NULL;
+    int ambiguous = 0;
+    struct sch_driver *owner = sch_drivers_owner(rec->traces, id, recorded, &ambiguous);
+    if (ambiguous && !owner)
+        cm_log_error("recover",
+                     "instance listed by several drivers, none recorded inst=%s "
+                     "recorded=%s",
+                     id, recorded ? recorded : "-");
+    else if (owner && recorded && strcmp(recorded, owner->ops->name) != 0)
+        cm_log_warn("recover",
+                    "record names another driver than the instance's traces "
+                    "inst=%s recorded=%s traces=%s",
+                    id, recorded, owner->ops->name);
+    return owner;
+}
+
 static void finish_recovery(struct sch_recovery *rec)
 {
     struct sch_ctx *ctx = rec->ctx;
@@ -111,27 +156,20 @@ static void finish_recovery(struct sch_recovery *rec)
             i = next;
         }
         cm_strv_free(rec->known);
+        sch_drivers_traces_free(rec->traces);
         free(rec);
         return;
     }
-    /* Traces of our ids that Redis does not know: orphans. */
-    char **traces = NULL;
-    if (ctx->drv->ops->list(ctx->drv, &traces) == 0) {
-        for (char **t = traces; *t; t++) {
-            int known = sch_inst_find(ctx, *t) != NULL;
-            for (char **k = rec->known; k && *k && !known; k++)
-                known = strcmp(*k, *t) == 0;
-            if (known)
-                continue;
-            cm_log_warn("recover", "purging orphan inst=%s", *t);
-            ctx->drv->ops->purge(ctx->drv, *t);
-            rec->purged++;
-        }
-        cm_strv_free(traces);
-    }
+    /* Traces of our ids that Redis does not know: orphans, purged by the driver that left
+     * them. */
+    if (rec->traces)
+        sch_drivers_traces_each(rec->traces, purge_orphan, rec);
+    else
+        cm_log_warn("recover", "cannot list the drivers' instances: orphans not purged");
     cm_log_info("recover", "recovery done adopted=%u lost=%u destroyed=%u purged=%u live=%u",
                 rec->adopted, rec->lost, rec->destroyed, rec->purged, ctx->n_live);
     cm_strv_free(rec->known);
+    sch_drivers_traces_free(rec->traces);
     free(rec);
     rebuild_pools(ctx);
     ctx->recovered = 1;
@@ -157,7 +195,7 @@ static void on_status(const char *reply, int err, void *data)
     struct sch_ctx *ctx = inst->ctx;
     if (ctx->stopping || inst->state != SCH_INST_ADOPTING) {
         if (c->di)
-            ctx->drv->ops->release(ctx->drv, c->di);
+            inst->drv->ops->release(inst->drv, c->di);
         check_done(c);
         return;
     }
@@ -233,10 +271,15 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
     }
     const char *host = field(reply, "host"), *tpl = field(reply, "template");
     const char *state = field(reply, "state"), *session = field(reply, "session");
+    const char *recorded = field(reply, "driver");
+    struct sch_driver *owner = owner_of(c->rec, inst->id, recorded);
     if (reply->elements == 0 || !host || strcmp(host, ctx->sc->host_id) != 0) {
         /* No record (or another host's): nothing can be bound to it. */
         cm_log_warn("recover", "no instance record, purging inst=%s", inst->id);
-        ctx->drv->ops->purge(ctx->drv, inst->id);
+        if (owner)
+            owner->ops->purge(owner, inst->id);
+        else
+            sch_drivers_purge(ctx->drivers, inst->id);
         srem(ctx, inst->id);
         sch_inst_forget(inst);
         c->rec->purged++;
@@ -246,18 +289,30 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
     c->tpl = tpl ? cm_config_template(ctx->cfg, tpl) : NULL;
     snprintf(c->state, sizeof(c->state), "%s", state ? state : "");
     snprintf(c->session, sizeof(c->session), "%s", session ? session : "");
-    char msg[256];
-    int rc = ctx->drv->ops->adopt(ctx->drv, inst->id, &c->di, msg, sizeof(msg));
+    char msg[256] = "no driver in use here left traces of it";
+    int rc = -ESRCH;
+    if (owner) {
+        inst->drv = owner;
+        rc = owner->ops->adopt(owner, inst->id, &c->di, msg, sizeof(msg));
+    }
     if (rc < 0) {
         cm_log_warn("recover", "instance gone while the scheduler was away inst=%s err=\"%s\"",
                     inst->id, msg);
-        ctx->drv->ops->purge(ctx->drv, inst->id);
+        if (owner)
+            owner->ops->purge(owner, inst->id);
         run_lost(ctx, inst->id, "gone while the scheduler was down");
         srem(ctx, inst->id);
         sch_inst_forget(inst);
         c->rec->lost++;
         check_done(c);
         return;
+    }
+    if (!recorded || strcmp(recorded, owner->ops->name) != 0) {
+        /* Written before drivers were recorded, or changed in Redis: the traces decide. */
+        char key[256];
+        const char *hset[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "driver",
+                              owner->ops->name};
+        sch_redis(ctx, on_logged, ctx, 4, hset);
     }
     if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", STATUS_TIMEOUT, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);
@@ -316,6 +371,7 @@ void sch_recover_start(struct sch_ctx *ctx)
     if (!rec)
         return;
     rec->ctx = ctx;
+    rec->traces = sch_drivers_list_all(ctx->drivers);
     ctx->recovery = rec;
     ctx->recovering = 1;
     cm_log_info("recover", "reconciling instances with Redis host=%s", ctx->sc->host_id);

@@ -62,7 +62,12 @@ int sch_script(struct sch_ctx *ctx, enum cm_script s,
 
 int sch_template_started_here(const struct cm_template *tpl)
 {
-    return strcmp(tpl->driver, "process") == 0;
+    return strcmp(tpl->driver, "static") != 0;
+}
+
+struct sch_driver *sch_template_driver(const struct sch_ctx *ctx, const struct cm_template *tpl)
+{
+    return sch_template_started_here(tpl) ? sch_drivers_get(ctx->drivers, tpl->driver) : NULL;
 }
 
 int sch_redis_connected(const struct sch_ctx *ctx)
@@ -109,7 +114,8 @@ void sch_heartbeat(struct sch_ctx *ctx)
 {
     if (!sch_redis_connected(ctx))
         return;
-    char key[256], now[24], cap[16], free_[16];
+    char key[256], now[24], cap[16], free_[16], drivers[128];
+    sch_drivers_names(ctx->drivers, drivers, sizeof(drivers));
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
     snprintf(cap, sizeof(cap), "%u", ctx->sc->capacity);
     snprintf(free_, sizeof(free_), "%u",
@@ -118,7 +124,7 @@ void sch_heartbeat(struct sch_ctx *ctx)
                           "api",      ctx->api_addr,
                           "capacity", cap,
                           "free",     free_,
-                          "driver",   ctx->drv->ops->name};
+                          "driver",   drivers};
     sch_redis(ctx, on_logged, ctx, (int)CM_ARRAY_SIZE(hset), hset);
     /* The zset entry last: a host is claimable only once its hash is there. */
     if (ctx->recovered) {
@@ -223,7 +229,7 @@ static void on_command(const char *channel, const char *msg, size_t len, void *d
         }
         /* Not in our table: remove whatever traces it left, and its record. */
         cm_log_warn("cmd", "destroy for an unknown instance inst=%s", id);
-        ctx->drv->ops->purge(ctx->drv, id);
+        sch_drivers_purge(ctx->drivers, id);
         char key[256];
         const char *del[] = {"DEL", sch_key(ctx, key, sizeof(key), "i:%s", id)};
         sch_redis(ctx, on_logged, ctx, 2, del);
@@ -322,8 +328,21 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    ctx->drv = sch_driver_create("process", sc, err, errlen);
-    if (!ctx->drv)
+    ctx->drivers = sch_drivers_create(sch_driver_builtin, sc);
+    if (!ctx->drivers) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    /* Every known driver is probed (GET /v1/status says which work here); only those the
+     * templates name are created, and one that is unknown or cannot work here stops us. */
+    sch_drivers_probe_all(ctx->drivers);
+    for (size_t i = 0; i < sch_drivers_count(ctx->drivers); i++) {
+        const char *why = "";
+        int ok = sch_drivers_available(ctx->drivers, i, &why);
+        cm_log_info("driver", "probed driver=%s available=%s reason=\"%s\"",
+                    sch_drivers_name(ctx->drivers, i), ok == 1 ? "yes" : "no", why);
+    }
+    if (sch_drivers_for_templates(ctx->drivers, cfg, 1, err, errlen) < 0)
         goto fail;
     ctx->agentctl = sch_agentctl_create(base);
     if (!ctx->agentctl) {
@@ -352,8 +371,10 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    cm_log_info("main", "scheduler up host=%s api=%s driver=%s capacity=%u", sc->host_id,
-                ctx->api_addr, ctx->drv->ops->name, sc->capacity);
+    char drivers[128];
+    sch_drivers_names(ctx->drivers, drivers, sizeof(drivers));
+    cm_log_info("main", "scheduler up host=%s api=%s drivers=%s capacity=%u", sc->host_id,
+                ctx->api_addr, drivers, sc->capacity);
     return ctx;
 fail:
     sch_ctx_destroy(ctx);
@@ -381,7 +402,7 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
     for (size_t i = 0; i < CM_ARRAY_SIZE(evs); i++)
         if (evs[i])
             event_free(evs[i]);
-    sch_driver_destroy(ctx->drv);
+    sch_drivers_destroy(ctx->drivers);
     sch_pool_fini(ctx);
     free(ctx);
 }

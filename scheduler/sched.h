@@ -23,6 +23,7 @@ struct redisReply;
 struct sch_agentctl;
 struct sch_api;
 struct sch_driver;
+struct sch_drivers;
 struct sch_inst;
 struct sch_recovery;
 
@@ -38,7 +39,7 @@ struct sch_ctx {
     struct event_base *base;
     const struct cm_config *cfg;
     const struct sch_config *sc;
-    struct sch_driver *drv;
+    struct sch_drivers *drivers; /* the registry; a template's driver: its `driver:` name */
     struct cm_redis *redis; /* commands and scripts */
     struct cm_redis *sub;   /* the P cmd:<host> subscription */
     struct sch_api *api;
@@ -80,8 +81,11 @@ const char *sch_key(const struct sch_ctx *ctx, char *buf, size_t len, const char
 /* XADD P events MAXLEN ~ 100000 * type <type> ts <now> <kv pairs...> (NULL-terminated). */
 void sch_event(struct sch_ctx *ctx, const char *type, ...);
 int sch_redis_connected(const struct sch_ctx *ctx);
-/* Does this scheduler start instances of <tpl>? (Not for driver "static".) */
+/* Does this scheduler start instances of <tpl>? (Every driver but "static", whose instances
+ * are existing upstreams the gateway registers itself.) */
 int sch_template_started_here(const struct cm_template *tpl);
+/* The driver of <tpl> (created at start-up for every template started here), or NULL. */
+struct sch_driver *sch_template_driver(const struct sch_ctx *ctx, const struct cm_template *tpl);
 /* Sends the heartbeat now (also refreshes `free` after capacity changes). */
 void sch_heartbeat(struct sch_ctx *ctx);
 

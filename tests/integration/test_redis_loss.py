@@ -122,6 +122,8 @@ def check_recovered(s, bound, replaced):
 
     live = wait_until(consistent, 30 * SLOW, "live sandboxes == instances in Redis, old ones gone")
     assert len(live) <= CAPACITY
+    # Written back with their driver too (the reconcile script writes every i:<id> field).
+    assert all(v.get("driver") == "process" for v in s.instances().values()), s.instances()
     for n in range(2):
         for fail in (False, True):
             r = get(s, "after-%d-%d" % (n, fail), fail)

@@ -480,12 +480,13 @@ def test_data_filler_hits_data_size(st):
 def test_scheduler_stays_healthy_throughout(st):
     assert curl(st.scheduler_url("/healthz"), timeout=5).status == 200
     r = st.sched_api("/v1/status", timeout=5)
-    assert r.status == 200 and r.json()["driver"]["security"] == {
+    process = [d for d in r.json()["drivers"] if d["name"] == "process"][0]
+    assert r.status == 200 and process["status"]["security"] == {
         "user_namespace": True, "seccomp": True, "insecure": False, "uid_base": 1000000000,
-        "uid_range": 65536, "seccomp_profiles": ["default", "strict"]}, r.json()["driver"]
+        "uid_range": 65536, "seccomp_profiles": ["default", "strict"]}, process
     # without the secret: no driver details, no instances
     anon = curl(st.scheduler_url("/v1/status"), timeout=5).json()
-    assert "instances" not in anon and "driver" not in anon, anon
+    assert "instances" not in anon and "drivers" not in anon and "driver" not in anon, anon
 
 
 def test_io_limits_apply_to_the_session_s_device(st):
@@ -514,7 +515,7 @@ def test_io_limits_apply_to_the_session_s_device(st):
 def test_all_sandboxes_share_one_capped_parent(st):
     """scheduler.reserve: the parent cgroup of every instance is capped below the host."""
     status = st.sched_api("/v1/status", timeout=5).json()
-    cg = status["driver"]["cgroups"]
+    cg = [d for d in status["drivers"] if d["name"] == "process"][0]["status"]["cgroups"]
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < cg["memory"]["limit"] <= total - (512 << 20) + 4096, cg["memory"]
     assert 0 < cg["cpu"]["limit_millis"] <= os.cpu_count() * 1000 - 500, cg["cpu"]

@@ -10,12 +10,13 @@ import concurrent.futures
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (SLOW, curl, echo_template, raw_error, raw_exchange, stored_file,
+from conftest import (SLOW, binary, curl, echo_template, raw_error, raw_exchange, stored_file,
                       wait_until)
 
 HOST_NS = {n: os.readlink("/proc/self/ns/%s" % n) for n in ("mnt", "pid", "net", "uts", "ipc")}
@@ -65,6 +66,13 @@ def status(stack):
     assert r.status == 200, r
     assert r.json()["authenticated"] is True, r
     return r.json()
+
+
+def process_driver(st):
+    """The process driver's entry of GET /v1/status: its status() under "status"."""
+    d = [d for d in st["drivers"] if d["name"] == "process"]
+    assert len(d) == 1 and d[0]["in_use"] is True, st["drivers"]
+    return d[0]["status"]
 
 
 def running(pid):
@@ -128,7 +136,7 @@ def test_pool_fills_to_min_and_host_registers(sched):
     for i in ids:
         inst = s.redis.hgetall(s.key("i:", i))
         assert inst["host"] == s.host_id and inst["template"] == "echo"
-        assert inst["state"] == "warm"
+        assert inst["state"] == "warm" and inst["driver"] == "process"
         assert inst["addr"] == "unix:%s/run/%s/sock/app.sock" % (s.base, i)
         assert running(int(inst["pid"]))
         assert i.startswith(s.host_id + "-")
@@ -143,6 +151,12 @@ def test_pool_fills_to_min_and_host_registers(sched):
     assert set(ids) <= started
     st = status(s)
     assert st["states"]["warm"] == 2 and st["live"] == 2
+    # Every driver this scheduler knows, whether it works here and why not, and what the one
+    # in use says about itself.
+    assert [(d["name"], d["available"], d["in_use"]) for d in st["drivers"]] == [
+        ("process", True, True)], st["drivers"]
+    assert process_driver(st)["name"] == "process"
+    assert {i["driver"] for i in st["instances"]} == {"process"}
     assert st["pools"] == [{"template": "echo", "min": 2, "max": 4, "warm": 2, "starting": 0}]
     # Stays at min: no extra instances appear over a few heartbeats.
     time.sleep(1)
@@ -441,7 +455,7 @@ def test_cgroup_limits_are_applied_and_enforced(sched):
     s = sched
     r = start_ok(s, session(21))
     pid = int(s.redis.hgetall(s.key("i:", r["instance"]))["pid"])
-    st = status(s)["driver"]["cgroups"]
+    st = process_driver(status(s))["cgroups"]
     versions = {c: st[c]["version"] for c in ("memory", "cpu", "pids")}
     assert all(v in (1, 2) for v in versions.values()), st
     mem = cgroup_dir(pid, "memory")
@@ -649,6 +663,40 @@ def test_restart_adopts_live_instances(sched, how):
     assert sum(1 for line in open("/proc/self/mountinfo") if line.split()[4] == data_mp) == 2
     assert s.session(h)["state"] == "bound"
     assert s.pool_len() == 2
+
+
+def test_restart_adopts_by_the_traces_not_by_the_recorded_driver(sched):
+    """Adoption asks the driver whose traces on this host hold the instance. The `driver` of
+    P i:<id> cannot redirect it: a record from before drivers were recorded has none, and
+    Redis is shared with everything that reaches it, so a forged one may name another
+    driver. Both instances are adopted by the process driver and their records corrected."""
+    s = sched
+    h = session(75)
+    r = start_ok(s, h)
+    assert via(r["addr"], "/files/before.txt", method="PUT", data="1").status in (200, 201)
+    warm = s.redis.cmd("LRANGE", s.key("pool:%s:echo" % s.host_id), 0, -1)
+    before = _snapshot(s)
+    assert all(s.redis.hgetall(s.key("i:", i))["driver"] == "process" for i in before)
+    s.stop_scheduler()
+    s.redis.cmd("HDEL", s.key("i:", warm[0]), "driver")
+    s.redis.cmd("HSET", s.key("i:", r["instance"]), "driver", "microvm")
+    s.start_scheduler()
+    wait_until(lambda: status(s)["recovered"], 10 * SLOW, "recovery done")
+    assert _snapshot(s) == before
+    wait_until(lambda: all(s.redis.hgetall(s.key("i:", i)).get("driver") == "process"
+                           for i in before), 5 * SLOW, "records name the owning driver")
+    assert {i["id"]: i["driver"] for i in status(s)["instances"]} == {
+        i: "process" for i in before}
+    assert via(r["addr"], "/").json()["instance"] == r["instance"]
+    assert ('msg="record names another driver than the instance\'s traces" inst=%s '
+            'recorded=microvm traces=process' % r["instance"]) in s.scheduler.log()
+
+
+def test_check_says_which_drivers_work_here(sched):
+    p = subprocess.run([binary("berth-scheduler"), "--check", "-c", sched.config_path],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "\ndriver.process=works templates=echo\n" in p.stdout, p.stdout
 
 
 def test_restart_reconciles_dead_and_orphans(sched):

@@ -98,7 +98,9 @@ def test_status_without_the_secret_shows_host_counts_only(sched):
     fj = full.json()
     assert fj["authenticated"] is True
     assert any(i["session"] == h and i["id"] == bound["instance"] for i in fj["instances"])
-    assert fj["api"] and "driver" in fj
+    assert fj["api"] and [d["name"] for d in fj["drivers"]] == ["process"]
+    assert fj["drivers"][0]["available"] is True and fj["drivers"][0]["in_use"] is True
+    assert all(i["driver"] == "process" for i in fj["instances"]), fj["instances"]
     # Without: counts only. No instance, session, address or driver detail anywhere.
     r = s.sched_api("/v1/status", secret=None)
     assert r.status == 200, r
@@ -187,6 +189,23 @@ def test_scheduler_refuses_a_secret_file_others_may_read(redis_server, tmp_short
     err = run_scheduler_expecting_failure(tmp_short, cfg)
     assert "must be at least 32 bytes" in err, err
     assert not redis_server.client().scan("berth:*")
+
+
+def test_scheduler_refuses_a_template_of_a_driver_it_does_not_know(redis_server, tmp_short):
+    """The driver registry: a template naming a driver this scheduler does not have stops it
+    at start-up (and --check) with the template's position; nothing is made on the host."""
+    ports = {"gateway": free_port(), "admin": free_port(), "scheduler": free_port()}
+    cfg = make_config(tmp_short, redis_server.address, ports)
+    cfg["templates"].append(dict(cfg["templates"][0], name="vm", driver="microvm"))
+    err = run_scheduler_expecting_failure(tmp_short, cfg)
+    want = "templates.vm.driver: unknown driver 'microvm' (known: process)"
+    assert want in err and "refused.yaml:" in err, err
+    assert not redis_server.client().scan("berth:*")
+    assert not (tmp_short / "run").exists()
+    p = subprocess.run([binary("berth-scheduler"), "--check", "-c", str(tmp_short / "refused.yaml")],
+                       capture_output=True, text=True, timeout=60 * SLOW, cwd=str(tmp_short))
+    assert p.returncode == 1 and want in p.stderr, (p.returncode, p.stdout, p.stderr)
+    assert "driver.process=works templates=echo\n" in p.stdout, p.stdout
 
 
 # ------------------------------------------------------------------ the gateway as the client

@@ -342,8 +342,9 @@ TEST(template_errors)
     EXPECT_ERROR("templates:\n  - app: {command: x}\n",
                  "2:5: templates[].name: required: 1-63 characters of [A-Za-z0-9._-]");
     EXPECT_ERROR(TPL "    colour: red\n", "4:5: templates[].colour: unknown key");
-    EXPECT_ERROR("templates:\n  - name: t\n    driver: vm\n    app: {command: x}\n",
-                 "3:13: templates.t.driver: unknown driver 'vm' (known: process, static)");
+    EXPECT_ERROR("templates:\n  - name: t\n    driver: V M\n    app: {command: x}\n",
+                 "3:13: templates.t.driver: 'V M' is not a driver name (static, or a scheduler "
+                 "driver such as process: 1-32 of [a-z0-9_-])");
     EXPECT_ERROR("templates:\n  - name: t\n", "2:5: templates.t.app: required");
     EXPECT_ERROR("templates:\n  - name: t\n    app: {port: 80}\n",
                  "3:10: templates.t.app.command: required: the app's argv");
@@ -550,4 +551,20 @@ TEST(static_driver)
     EXPECT_ERROR(TPL "    upstreams: [a:1]\n", "4:16: templates.t.upstreams: only for driver static");
     EXPECT_ERROR(TPL "    sessions_per_instance: -1\n",
                  "4:28: templates.t.sessions_per_instance: must be a whole number");
+}
+
+/* Which sandbox drivers exist is the scheduler's registry's to say (it refuses unknown ones):
+ * the shared config takes any well-formed name, so a driver can be added without common/. */
+TEST(template_driver_name_is_left_to_the_scheduler)
+{
+    char err[1024];
+    struct cm_config *cfg =
+        load("templates:\n  - name: t\n    driver: microvm\n    app: {command: x}\n", err,
+             sizeof(err));
+    CHECK_MSG(cfg != NULL, "%s", err);
+    CHECK_STR_EQ(cfg->templates[0].driver, "microvm");
+    cm_config_free(cfg);
+    EXPECT_ERROR("templates:\n  - name: t\n    driver: ../x\n    app: {command: x}\n",
+                 "3:13: templates.t.driver: '../x' is not a driver name (static, or a scheduler "
+                 "driver such as process: 1-32 of [a-z0-9_-])");
 }
