@@ -292,9 +292,9 @@ static int has_virtio_console(void)
 static int open_console(void)
 {
     /* hvc0 becomes usable some time after virtio_console has loaded (its console port is set
-     * up after the probe; measured up to ~1 s of a loaded TCG guest's time): while it is not,
-     * open() fails with ENODEV. So with a virtio console device, wait for it, bounded; without
-     * one, fall through to the 8250 at once. */
+     * up after the probe; under TCG on a loaded host, later than 1 s in 3 of 6 boots): until
+     * then open() fails. So with a virtio console device, wait for it, bounded; without one,
+     * fall through to the 8250 at once. */
     if (has_virtio_console()) {
         for (unsigned waited = 0; waited < CONSOLE_WAIT_MS; waited += WAIT_STEP_MS) {
             int fd = open("/dev/hvc0", O_WRONLY | O_NOCTTY | O_CLOEXEC);
