@@ -18,9 +18,9 @@
  * with the app's status (128+signal when killed), which ends the sandbox.
  *
  * Static, plain libc and epoll: it also runs as PID 1 of a microVM initramfs. Started there by
- * the kernel, as PID 1 and without arguments, it first prepares the machine and reads its
- * configuration (guest.h), then runs as above with --sock-dir /run/berth, reports READY on the
- * console, and powers the VM off when the app has exited. */
+ * the kernel (as PID 1, /init, without arguments, on the initramfs: guest.h), it first prepares the
+ * machine and reads its configuration (guest.h), then runs as above with --sock-dir /run/berth,
+ * reports READY on the console, and powers the VM off when the app has exited. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -527,8 +527,8 @@ static void guest_args(void)
 
 int main(int argc, char **argv)
 {
-    /* The kernel starts init without arguments; every other caller passes --id. */
-    if (argc == 1 && getpid() == 1)
+    /* The kernel starts /init without arguments; every other caller passes --id. */
+    if (agent_guest_detect(argc, argv[0]))
         guest_args();
     else
         parse_args(argc, argv);

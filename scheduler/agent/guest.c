@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +27,14 @@
 #define WAIT_STEP_MS 10
 #define ETH_WAIT_MS 2000      /* eth0 appears when virtio_net binds (normally at once) */
 #define CONSOLE_WAIT_MS 10000 /* hvc0: see open_console() */
+
+int agent_guest_detect(int argc, const char *argv0)
+{
+    struct statfs st;
+    if (argc != 1 || getpid() != 1 || !argv0 || strcmp(argv0, "/init") != 0 || statfs("/", &st) < 0)
+        return 0;
+    return st.f_type == RAMFS_MAGIC || st.f_type == TMPFS_MAGIC;
+}
 
 void agent_guest_conf_init(struct agent_guest_conf *conf)
 {

@@ -25,6 +25,12 @@ struct agent_guest_conf {
     char store[AGENT_GUEST_CONF_MAX + 1]; /* argv points in here */
 };
 
+/* Whether this process is the init of a microVM initramfs: PID 1, started without arguments,
+ * as "/init" (the kernel's name for it), on a root file system that is the initramfs (ramfs or
+ * tmpfs). Only then may guest mode mount, load modules and configure eth0: run by hand as PID
+ * 1 of a namespace on a host, the agent stays in its normal mode (and prints its usage). */
+int agent_guest_detect(int argc, const char *argv0);
+
 /* Sets the defaults (id "guest", no port, no app). */
 void agent_guest_conf_init(struct agent_guest_conf *conf);
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, REPO, SANITIZED, Proc, curl, free_port, wait_until
+from conftest import BUILD_DIR, REPO, SANITIZED, Proc, binary, curl, free_port, wait_until
 
 GUEST_DIR = BUILD_DIR / "scheduler" / "guest"
 IMAGE = ["vmlinux", "initramfs.cpio.gz", "kernel.release"]
@@ -141,3 +141,23 @@ def test_guest_app_workspace_and_files(guest):
     assert r.status == 200 and r.body == b"in the guest"
     r = curl(base + "/files/x", method="PUT", data=b"x", timeout=30)
     assert r.status == 503 and json.loads(r.body)["error"]["code"] == "storage_unavailable"
+
+
+@pytest.mark.parametrize("argv0", ["agent", "/init"])
+def test_agent_as_pid1_of_a_host_namespace_refuses_guest_mode(argv0):
+    """Guest mode mounts over /dev, loads modules and configures eth0: it must not start on a
+    host, where the agent can be PID 1 of a pid namespace without arguments (an admin's
+    `unshare -pf berth-agent`, a tenant that got hold of the binary). Without the initramfs as
+    its root it prints its usage and exits 2, even when named /init. (Private mount and network
+    namespaces: an agent that did enter guest mode here harms nothing.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare of pid, mount and network namespaces)")
+    agent = binary("berth-agent")
+    p = subprocess.run(
+        ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "bash", "-c",
+         'exec -a "$1" "$0"', agent, agent if argv0 == "agent" else argv0],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "usage: berth-agent" in p.stderr
+    assert "module" not in p.stderr and "guest.conf" not in p.stderr
