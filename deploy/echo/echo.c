@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,7 @@ static struct opts opts = {
 };
 
 static char hostname[256];
+static struct utsname uts; /* "kernel": uname -r, tells a microVM guest from the host */
 static atomic_uint_fast64_t n_conns;
 static char pattern[IO_CHUNK]; /* GET /bytes content, repeated */
 static const char pattern_alphabet[] =
@@ -752,6 +754,8 @@ static int handle_echo(struct conn *c)
     sb_json_cstr(&b, opts.instance);
     sb_printf(&b, ",\"pid\":%d,\"hostname\":", (int)getpid());
     sb_json_cstr(&b, hostname);
+    sb_add(&b, ",\"kernel\":", 10);
+    sb_json_cstr(&b, uts.release);
     sb_add(&b, ",\"method\":", 10);
     sb_json_cstr(&b, method_name(c));
     sb_add(&b, ",\"path\":", 8);
@@ -1143,6 +1147,8 @@ int main(int argc, char **argv)
         opts.instance = "local";
     if (gethostname(hostname, sizeof(hostname) - 1) < 0)
         strcpy(hostname, "unknown");
+    if (uname(&uts) < 0)
+        strcpy(uts.release, "unknown");
     crc_init();
     settings_init();
     for (size_t i = 0; i < sizeof(pattern); i++)

@@ -17,7 +17,10 @@
  * the app exits, the agent writes DIR/exit ("exited status=N" or "killed signal=N") and exits
  * with the app's status (128+signal when killed), which ends the sandbox.
  *
- * Static, plain libc and epoll: it must also run as PID 1 of a microVM initramfs. */
+ * Static, plain libc and epoll: it also runs as PID 1 of a microVM initramfs. Started there by
+ * the kernel (as PID 1, /init, without arguments, on the initramfs: guest.h), it first prepares the
+ * machine and reads its configuration (guest.h), then runs as above with --sock-dir /run/berth,
+ * reports READY on the console, and powers the VM off when the app has exited. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -39,6 +42,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "scheduler/agent/guest.h"
 #include "scheduler/agent/loop.h"
 #include "scheduler/agent/proto.h"
 #include "scheduler/agent/relay.h"
@@ -77,6 +81,8 @@ struct agent {
     unsigned n_clients;
     uint64_t timer_deadline; /* monotonic ms the timer fires at; 0: disarmed */
     int exit_code;           /* -1 while running */
+    int guest;               /* PID 1 of a microVM (guest.h) */
+    struct agent_guest_conf guest_conf;
 };
 
 static struct agent A; /* the one agent; reached from watch callbacks */
@@ -148,13 +154,18 @@ static uint64_t num_arg(const char *name, const char *v, uint64_t min, uint64_t 
     return x;
 }
 
-static void parse_args(int argc, char **argv)
+static void set_defaults(void)
 {
     A.ready_fd = -1;
     A.app_fd = A.ports_fd = A.ctl_fd = A.exit_fd = -1;
     A.log_max = 1 << 20;
     A.relay_cfg.buffer = 64 << 10;
     A.relay_cfg.max_conns = 1024;
+}
+
+static void parse_args(int argc, char **argv)
+{
+    set_defaults();
     int i;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -500,9 +511,27 @@ static void on_output(struct agent_watch *w, uint32_t ev)
         agent_watch_close(A.epfd, w);
 }
 
+/* Guest mode: the configuration comes from the image and the kernel command line. */
+static void guest_args(void)
+{
+    set_defaults();
+    A.guest = 1;
+    if (agent_guest_boot(&A.guest_conf, &A.ready_fd) < 0)
+        agent_guest_poweroff();
+    A.id = A.guest_conf.id;
+    A.port = A.guest_conf.port;
+    A.relay_cfg.port = A.port;
+    A.sock_dir = AGENT_GUEST_SOCK_DIR;
+    A.app_argv = A.guest_conf.argv;
+}
+
 int main(int argc, char **argv)
 {
-    parse_args(argc, argv);
+    /* The kernel starts /init without arguments; every other caller passes --id. */
+    if (agent_guest_detect(argc, argv[0]))
+        guest_args();
+    else
+        parse_args(argc, argv);
     A.exit_code = -1;
     /* execveat() names us after the fd number; say who we are in ps. */
     prctl(PR_SET_NAME, "berth-agent", 0, 0, 0);
@@ -588,5 +617,7 @@ int main(int argc, char **argv)
         on_output(&A.out_w, EPOLLIN);
     if (A.exit_code < 0)
         A.exit_code = 127;
+    if (A.guest)
+        agent_guest_poweroff();
     return A.exit_code;
 }

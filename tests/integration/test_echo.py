@@ -66,6 +66,7 @@ def test_echo_describes_the_request(echo_server):
     assert j["instance"] == "i-echo-1"
     assert j["pid"] == proc.pid
     assert j["hostname"] == socket.gethostname()
+    assert j["kernel"] == os.uname().release
     assert j["method"] == "GET"
     assert j["path"] == "/some/path"
     assert j["query"] == "x=1&y=two"
