@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, REPO, SANITIZED, Proc, binary, curl, free_port, wait_until
+from conftest import (BUILD_DIR, REPO, SANITIZED, SLOW, Proc, binary, curl, free_port,
+                      wait_until)
 
 GUEST_DIR = BUILD_DIR / "scheduler" / "guest"
 IMAGE = ["vmlinux", "initramfs.cpio.gz", "kernel.release"]
@@ -112,8 +113,10 @@ def test_guest_boots_agent_as_init_and_serves_echo_through_hostfwd(guest, guest_
     # The agent ran as PID 1, took its identity from the kernel command line, and said READY
     # only after the app accepted connections.
     assert re.search(r"berth-agent: instance=mvm-\w+ pid=1 ", con), con
-    # (the app's own output passes through the agent, so it may come after READY)
-    assert "listening on 0.0.0.0:%d" % APP_PORT in con, con
+    # (the app's own output passes through the agent, so it may come after READY: seen in a
+    # loaded full run)
+    wait_until(lambda: "listening on 0.0.0.0:%d" % APP_PORT in guest.console(), 30 * SLOW,
+               "berth-echo's own line on the console")
     assert con.index("app ready port=%d" % APP_PORT) < re.search(r"^READY", con, re.M).start()
     assert "module" not in con, con   # no module failed to load (guest.c logs "module X: ...")
     assert "eth0:" not in con, con

@@ -85,6 +85,13 @@ def watch_sessions(s, bound, until_s):
                 continue
             r = get(s, key, fail)
             got = r.header("x-berth-instance") if r.status == 200 else None
+            if r.status == 503:
+                # Redis is away (restarted: the gateway reconnects with backoff) and this
+                # request needed it: the documented answer while the store is down, retried
+                # (seen in a loaded full run); never another instance
+                assert r.json()["error"]["code"] == "store_unavailable", r
+                assert r.header("retry-after"), r
+                continue
             if r.status == 502:
                 assert r.json()["error"]["code"] == "instance_lost", r
                 if fail:
