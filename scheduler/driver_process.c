@@ -814,7 +814,11 @@ static int probe_security(struct pdriver *d, char *err, size_t errlen)
         compiled =
             sch_seccomp_compile(sch_seccomp_profiles[i], &d->progs[i], cerr, sizeof(cerr)) == 0;
     struct sch_host_support hs;
-    sch_hostcheck(&hs, compiled ? &d->progs[0] : NULL, cerr, d->cfg->uid_base);
+    sch_hostcheck(&hs, d->cfg->uid_base);
+    if (!compiled) { /* a profile other than the default failed: no filter for this host */
+        hs.seccomp = 0;
+        snprintf(hs.seccomp_why, sizeof(hs.seccomp_why), "%s", cerr);
+    }
     d->userns = hs.userns;
     d->seccomp = hs.seccomp;
     snprintf(d->userns_why, sizeof(d->userns_why), "%s", hs.userns_why);
@@ -854,12 +858,8 @@ int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len
         return 0;
     }
     close(pfd);
-    struct sch_seccomp_prog prog = {0};
-    char cerr[160] = "";
-    int compiled = sch_seccomp_compile("default", &prog, cerr, sizeof(cerr)) == 0;
     struct sch_host_support hs;
-    sch_hostcheck(&hs, compiled ? &prog : NULL, cerr, cfg->uid_base);
-    sch_seccomp_prog_fini(&prog);
+    sch_hostcheck(&hs, cfg->uid_base);
     if (hs.userns && hs.seccomp) {
         why[0] = '\0';
         return 1;

@@ -106,14 +106,29 @@ static int probe_seccomp(const struct sch_seccomp_prog *prog, char *why, size_t 
     return reap(pid, "installing the default filter", why, len);
 }
 
-void sch_hostcheck(struct sch_host_support *ret, const struct sch_seccomp_prog *prog,
-                   const char *compile_err, uint32_t uid_base)
+void sch_hostcheck(struct sch_host_support *ret, uint32_t uid_base)
 {
+    /* Start-up asks more than once (the driver registry's probe, the process driver's own
+     * start, --check): the children fork once. The host does not change under us meanwhile;
+     * single-threaded start-up. */
+    static struct sch_host_support memo;
+    static uint32_t memo_uid_base;
+    static int memo_set;
+    if (memo_set && memo_uid_base == uid_base) {
+        *ret = memo;
+        return;
+    }
     memset(ret, 0, sizeof(*ret));
     ret->userns = probe_userns(uid_base, ret->userns_why, sizeof(ret->userns_why));
-    if (!prog || !prog->len)
+    struct sch_seccomp_prog prog = {0};
+    char cerr[sizeof(ret->seccomp_why)] = "";
+    if (sch_seccomp_compile("default", &prog, cerr, sizeof(cerr)) != 0 || !prog.len)
         snprintf(ret->seccomp_why, sizeof(ret->seccomp_why), "%s",
-                 compile_err && *compile_err ? compile_err : "no filter compiled");
+                 *cerr ? cerr : "no filter compiled");
     else
-        ret->seccomp = probe_seccomp(prog, ret->seccomp_why, sizeof(ret->seccomp_why));
+        ret->seccomp = probe_seccomp(&prog, ret->seccomp_why, sizeof(ret->seccomp_why));
+    sch_seccomp_prog_fini(&prog);
+    memo = *ret;
+    memo_uid_base = uid_base;
+    memo_set = 1;
 }

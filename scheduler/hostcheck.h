@@ -10,16 +10,14 @@
 
 #include <stdint.h>
 
-struct sch_seccomp_prog;
-
 struct sch_host_support {
     int userns, seccomp; /* 1: works */
     char userns_why[160], seccomp_why[160];
 };
 
-/* Probes both. <prog> is the compiled default profile (NULL: seccomp is reported missing with
- * <compile_err> as the reason). <uid_base> is the first host id the probe maps. */
-void sch_hostcheck(struct sch_host_support *ret, const struct sch_seccomp_prog *prog,
-                   const char *compile_err, uint32_t uid_base);
+/* Probes both, with the default seccomp profile (one that does not compile is reported as
+ * seccomp missing, with the compiler's words). <uid_base> is the first host id the probe
+ * maps. The answer is kept: a later call with the same <uid_base> forks nothing. */
+void sch_hostcheck(struct sch_host_support *ret, uint32_t uid_base);
 
 #endif

@@ -21,7 +21,6 @@
 #include "scheduler/config.h"
 #include "scheduler/driver.h"
 #include "scheduler/hostcheck.h"
-#include "scheduler/seccomp.h"
 #include "scheduler/sched.h"
 
 static void usage(FILE *f)
@@ -33,12 +32,8 @@ static void usage(FILE *f)
  * works, or scheduler.insecure accepts what is missing). */
 static int check_host(const struct sch_config *sc)
 {
-    struct sch_seccomp_prog prog = {0};
-    char err[160] = "";
-    int compiled = sch_seccomp_compile("default", &prog, err, sizeof(err)) == 0;
     struct sch_host_support hs;
-    sch_hostcheck(&hs, compiled ? &prog : NULL, err, sc->uid_base);
-    sch_seccomp_prog_fini(&prog);
+    sch_hostcheck(&hs, sc->uid_base);
     printf("user_namespaces=%s%s%s\n", hs.userns ? "yes" : "no (", hs.userns ? "" : hs.userns_why,
            hs.userns ? "" : ")");
     printf("seccomp=%s%s%s\n", hs.seccomp ? "yes" : "no (", hs.seccomp ? "" : hs.seccomp_why,
