@@ -129,15 +129,16 @@ static const char bind_src[] =
  * from last_active and re-files a session that is still active (common/README.md). */
 static const char touch_src[] =
     "local P, now = ARGV[1], tonumber(ARGV[2])\n" LUA_UNSETTLED
-    "local out = {}\n"
+    "local out, u = {}, nil\n"
     "for i = 3, #ARGV do\n"
     "  local sk = P..'s:'..ARGV[i]\n"
     "  local s = redis.call('HMGET', sk, 'state', 'gen')\n"
     "  if s[1] == 'bound' then\n"
     "    redis.call('HSET', sk, 'last_active', now)\n"
     "    out[#out + 1] = tonumber(s[2]) or 1\n"
-    "  elseif not s[1] and unsettled(P, now) then\n"
-    "    out[#out + 1] = -1\n"
+    "  elseif not s[1] then\n"
+    "    if u == nil then u = unsettled(P, now) end\n" /* one GET per call, not per session */
+    "    out[#out + 1] = u and -1 or 0\n"
     "  else\n"
     "    out[#out + 1] = 0\n"
     "  end\n"

@@ -291,6 +291,7 @@ TEST(an_id_listed_by_two_drivers_is_ambiguous)
     ok_traces[1] = "h-2";
     no_traces[0] = "h-2";
     struct sch_drivers_traces *t = sch_drivers_list_all(r);
+    CHECK_NOT_NULL(t);
     int amb = 0;
     CHECK_NULL(sch_drivers_owner(t, "h-2", NULL, &amb));
     CHECK_INT_EQ(amb, 1);
