@@ -351,8 +351,10 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
     request_reset(c);
     c->state = C_IDLE;
     /* Only a held connection may idle long: any other must come with its next request as
-     * soon as with a first one. */
-    if (arm(c, c->owner_q ? c->h->lim.timeout : c->h->lim.header_timeout) < 0)
+     * soon as with a first one, counted once its answer is out (on_write); writing the
+     * answer is bounded by <timeout>. */
+    int writing = evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+    if (arm(c, c->owner_q || writing ? c->h->lim.timeout : c->h->lim.header_timeout) < 0)
         return;
     /* Requests the client pipelined meanwhile: on the next loop turn, not here, so that the
      * next request's handler never runs inside whoever answered this one. */
@@ -673,6 +675,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     struct hconn *c = arg;
     if (c->state == C_IDLE || c->state == C_READING) {
+        /* an answer is out: an unheld connection's wait for its next request starts now */
+        if (c->state == C_IDLE && !c->owner_q && arm(c, c->h->lim.header_timeout) < 0)
+            return;
         process(c); /* parsing may have stopped at OUT_HIGH */
         return;
     }

@@ -126,7 +126,8 @@ def close_all(socks):
 def test_unfinished_heads_fill_the_admin_port_not_the_health_listener(make_stack):
     n = 300
     s, health = gateway(make_stack, {"max_connections": n, "max_connections_per_address": 1000,
-                                     "timeout": "60s", "header_timeout": "2s"})
+                                     "timeout": "%ds" % (60 * SLOW),
+                                     "header_timeout": "%ds" % (2 * SLOW)})
     admin = s.ports["admin"]
     socks = []
     try:
@@ -143,7 +144,7 @@ def test_unfinished_heads_fill_the_admin_port_not_the_health_listener(make_stack
         assert (r.status, r.json()) == (200, {"status": "ready"}), r
         assert curl(url(health, "/readyz"), method="HEAD", extra=["-I"]).status == 200
         # Each unfinished head gets its 408 within header_timeout (2s), far before timeout
-        # (60s): the bound here is between the two.
+        # (60s; both times SLOW): the bound here is between the two.
         outs = all_answers(socks, 20 * SLOW)
         assert [raw_error(o) for o in outs] == [(408, "request_timeout")] * n, outs[:3]
     finally:
@@ -258,8 +259,9 @@ def test_gateway_refuses_a_header_timeout_over_its_timeout(tmp_short):
 def test_scheduler_api_full_of_unfinished_heads_leaves_its_health_listener(make_stack):
     n = 16
     health = free_port()
-    s = make_stack({"scheduler": {"api_max_connections": n, "api_header_timeout": "2s",
-                                  "api_timeout": "60s",
+    s = make_stack({"scheduler": {"api_max_connections": n,
+                                  "api_header_timeout": "%ds" % (2 * SLOW),
+                                  "api_timeout": "%ds" % (60 * SLOW),
                                   "health_listen": "127.0.0.1:%d" % health}},
                    start_gateway=False, wait_pools=False)
     api = s.ports["scheduler"]
