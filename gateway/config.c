@@ -130,6 +130,12 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
                                 *o);
         }
     }
+    if (r->n_cors_origins > 255) { /* a request notes its match in a byte (conn.c) */
+        free(mcp_delete);
+        free(no_key);
+        return cm_conf_fail(ctx, cm_ynode_get(m, "cors_origins"), p, "cors_origins",
+                            "at most 255 origins");
+    }
     r->cors_preflight = r->mcp || r->n_cors_origins > 0;
     if (strcmp(mcp_delete, "release") == 0)
         r->mcp_delete_releases = 1;

@@ -32,14 +32,15 @@
 #include "gateway/errors.h"
 #include "gateway/h1.h"
 #include "gateway/rewrite.h"
-
-/* The longest Host taken (a DNS name's 253 bytes, a port, IPv6 brackets): it is sent upstream
- * twice (X-Forwarded-Host and, with upstream_host: client, Host). */
-#define GW_HOST_MAX 261
 #include "gateway/skey.h"
 #include "gateway/stream.h"
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
+
+/* The longest Host taken (a DNS name's 253 bytes, a port, IPv6 brackets): it goes upstream in
+ * X-Forwarded-Host (and, with upstream_host: client, as Host too), and the CDP rewrite puts it
+ * in every URL it rewrites. */
+#define GW_HOST_MAX 261
 
 
 enum key_kind {
@@ -348,8 +349,8 @@ static void on_unused_released(redisReply *reply, const char *err, void *data)
                     err ? err : reply ? reply->str : "no reply");
 }
 
-/* A session made for a keyless request whose answer did not start it (an error, no
- * Mcp-Session-Id, or no answer at all): nobody can reach it again, so it must not hold its
+/* A session made for a keyless request whose answer did not start it (an error status
+ * without an Mcp-Session-Id, or no answer at all): nobody can reach it again, so it must not hold its
  * instance until the idle timeout. Released at once (not waited for); the RELEASE script has
  * the instance destroyed, never handed to another session (it has seen a client's bytes),
  * and the scheduler refills the pool. The connection's next keyless request makes a new one. */
@@ -389,7 +390,7 @@ static const struct gw_h1_header *find_header(const struct gw_h1_head *h, const 
 /* 1 + the index of the route's cors_origins entry allowing <origin>, or 0. */
 static uint8_t cors_match(const struct gw_route *r, const char *origin, size_t n)
 {
-    for (size_t i = 0; i < r->n_cors_origins && i < 255; i++) {
+    for (size_t i = 0; i < r->n_cors_origins; i++) { /* at most 255 (config.c) */
         const char *o = r->cors_origins[i];
         if ((o[0] == '*' && o[1] == '\0') || (strlen(o) == n && memcmp(o, origin, n) == 0))
             return (uint8_t)(i + 1);
@@ -784,7 +785,7 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
         path_len = slash ? path_len - (size_t)(slash - path) : 1;
         path = slash ? slash : "/";
     }
-    if (host_len > GW_HOST_MAX) { /* it goes upstream twice (Host, X-Forwarded-Host) */
+    if (host_len > GW_HOST_MAX) {
         send_error(c, GW_ERR_BAD_REQUEST, 1);
         return;
     }
@@ -843,7 +844,7 @@ static void begin_exchange(struct gw_conn *c, struct gw_h1_head *h, int rc)
     c->had_mcp_id = mcp_id != NULL;
     if (c->route->cdp_rewrite && (c->is_get || h->method_id == HTTP_PUT) && path_len >= 5 &&
         memcmp(path, "/json", 5) == 0 &&
-        (path_len == 5 || path[5] == '/' || path[5] == '?') && host_len && host_len < 256) {
+        (path_len == 5 || path[5] == '/' || path[5] == '?') && host_len) {
         c->cdp_path = 1;
         c->host = strndup(host, host_len);
     }

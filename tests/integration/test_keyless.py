@@ -185,7 +185,7 @@ def test_preflight_any_origin_and_bad_preflights(kstack):
     r = preflight(s, "/open/x", EVIL, "GET")
     assert r.status == 204 and r.header("access-control-allow-origin") == "*", r
     assert r.header("access-control-allow-credentials") is None  # never with "*"
-    for method, hdrs in (("GET, POST", None), ("POST", "content-type\x01"), ("", None)):
+    for method, hdrs in (("GET, POST", None), ("POST", "content-type(x"), ("", None)):
         h = [("Origin", APP), ("Access-Control-Request-Method", method)]
         if hdrs:
             h.append(("Access-Control-Request-Headers", hdrs))
