@@ -27,21 +27,48 @@ struct entry {
 
 struct sch_drivers {
     const struct sch_config *cfg;
+    struct sch_slots slots;
+    struct sch_driver_env env;
     size_t n;
     struct entry *e;
 };
 
+int sch_slots_take(struct sch_slots *s)
+{
+    for (uint32_t k = 0; k < s->n; k++)
+        if (!s->used[k]) {
+            s->used[k] = 1;
+            return (int)k;
+        }
+    return -1;
+}
+
+void sch_slots_mark(struct sch_slots *s, int k, int used)
+{
+    if (k >= 0 && (uint32_t)k < s->n)
+        s->used[k] = (unsigned char)used;
+}
+
 struct sch_drivers *sch_drivers_create(const struct sch_driver_kind *kinds,
-                                       const struct sch_config *cfg)
+                                       const struct sch_config *cfg, struct event_base *base)
 {
     struct sch_drivers *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
     r->cfg = cfg;
+    r->slots.n = cfg->capacity;
+    r->slots.used = calloc(cfg->capacity ? cfg->capacity : 1, 1);
+    r->env.base = base;
+    r->env.slots = &r->slots;
+    if (!r->slots.used) {
+        free(r);
+        return NULL;
+    }
     while (kinds[r->n].name)
         r->n++;
     r->e = calloc(r->n ? r->n : 1, sizeof(*r->e));
     if (!r->e) {
+        free(r->slots.used);
         free(r);
         return NULL;
     }
@@ -57,6 +84,7 @@ void sch_drivers_destroy(struct sch_drivers *r)
     for (size_t i = 0; i < r->n; i++)
         sch_driver_destroy(r->e[i].drv);
     free(r->e);
+    free(r->slots.used);
     free(r);
 }
 
@@ -105,7 +133,7 @@ struct sch_driver *sch_drivers_use(struct sch_drivers *r, const char *name, char
         return NULL;
     }
     char why[WHY_MAX] = "";
-    e->drv = e->kind->create(r->cfg, why, sizeof(why));
+    e->drv = e->kind->create(r->cfg, &r->env, why, sizeof(why));
     if (!e->drv)
         snprintf(err, errlen, "driver '%s': %s", name, why[0] ? why : "cannot be created");
     return e->drv;

@@ -17,6 +17,7 @@
 #define SCH_DRIVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "scheduler/config.h"
@@ -24,6 +25,7 @@
 struct cm_config;
 struct cm_jbuf;
 struct cm_template;
+struct event_base;
 struct sch_driver;
 
 #define SCH_ADDR_MAX 160
@@ -89,6 +91,25 @@ struct sch_driver {
     const struct sch_driver_ops *ops;
 };
 
+/* Host uid slots, shared by every driver of one scheduler: slot k is the uid range
+ * uid_base + k*65536 .. +65535 (the process driver maps a user namespace onto it; the microvm
+ * driver runs its QEMU as its first uid). One table, so that two drivers never hand out one
+ * range. <n> = scheduler.capacity. */
+struct sch_slots {
+    unsigned char *used; /* n entries: 1 = in use */
+    uint32_t n;
+};
+/* A free slot, now marked used, or -1 when all are. */
+int sch_slots_take(struct sch_slots *s);
+/* Marks slot <k> used (1) or free (0); out-of-range <k> (e.g. -1) is ignored. */
+void sch_slots_mark(struct sch_slots *s, int k, int used);
+
+/* What the registry gives a driver it creates. */
+struct sch_driver_env {
+    struct event_base *base; /* the scheduler's loop (NULL under --check: nothing is created) */
+    struct sch_slots *slots;
+};
+
 /* ------------------------------------------------------------------ the registry
  *
  * A driver kind is what the registry knows of a driver before one is created: its name (what a
@@ -100,8 +121,9 @@ struct sch_driver_kind {
      * With 1, <why> holds a caveat or "". May fork and wait for children: start-up and
      * --check only, never while the loop serves. */
     int (*probe)(const struct sch_config *cfg, char *why, size_t len);
-    /* Creates the driver; borrows <cfg> for its life. NULL with a message in <err>. */
-    struct sch_driver *(*create)(const struct sch_config *cfg, char *err, size_t errlen);
+    /* Creates the driver; borrows <cfg> and <env> for its life. NULL with a message in <err>. */
+    struct sch_driver *(*create)(const struct sch_config *cfg, const struct sch_driver_env *env,
+                                 char *err, size_t errlen);
 };
 
 /* The built-in drivers, terminated by an entry whose name is NULL. */
@@ -113,10 +135,10 @@ extern const struct sch_driver_kind sch_driver_builtin[];
 struct sch_drivers;
 
 /* Returns a new registry over <kinds> (terminated by a NULL name; borrowed for the registry's
- * life, as is <cfg>); nothing probed or created yet. NULL when out of memory. Free with
- * sch_drivers_destroy(). */
+ * life, as are <cfg> and <base>, which may be NULL when no driver will be created); nothing
+ * probed or created yet. NULL when out of memory. Free with sch_drivers_destroy(). */
 struct sch_drivers *sch_drivers_create(const struct sch_driver_kind *kinds,
-                                       const struct sch_config *cfg);
+                                       const struct sch_config *cfg, struct event_base *base);
 /* Destroys every created driver (their instances keep running) and the registry. Takes NULL. */
 void sch_drivers_destroy(struct sch_drivers *r);
 /* Runs the probe of every kind not probed yet (forks: start-up and --check only). */
@@ -165,7 +187,8 @@ void sch_driver_destroy(struct sch_driver *d);
 
 /* The process driver (driver_process.c). */
 int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len);
-struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char *err,
+struct sch_driver *sch_driver_process_create(const struct sch_config *cfg,
+                                             const struct sch_driver_env *env, char *err,
                                              size_t errlen);
 
 #endif

@@ -63,7 +63,7 @@ struct pdriver {
     int owner_ok;        /* user namespaces can be owned by the instance base id */
     char userns_why[160], seccomp_why[160];
     struct sch_seccomp_prog progs[2]; /* "default", "strict" */
-    unsigned char *slots;             /* capacity entries: 1 = uid range in use */
+    struct sch_slots *slots;          /* the registry's, shared with the other drivers */
     char prefix[SCH_HOST_ID_MAX + 2]; /* "<host>-": only such ids are ours */
 };
 
@@ -113,18 +113,12 @@ static int is_ours(const struct pdriver *d, const char *id)
 
 static int slot_take(struct pdriver *d)
 {
-    for (uint32_t k = 0; k < d->cfg->capacity; k++)
-        if (!d->slots[k]) {
-            d->slots[k] = 1;
-            return (int)k;
-        }
-    return -1;
+    return sch_slots_take(d->slots);
 }
 
 static void slot_mark(struct pdriver *d, int k, int used)
 {
-    if (k >= 0 && (uint32_t)k < d->cfg->capacity)
-        d->slots[k] = (unsigned char)used;
+    sch_slots_mark(d->slots, k, used);
 }
 
 static uint32_t slot_uid(const struct pdriver *d, int k)
@@ -771,7 +765,6 @@ static void p_destroy(struct sch_driver *base)
     sch_cgroups_destroy(d->cg);
     for (size_t i = 0; i < CM_ARRAY_SIZE(d->progs); i++)
         sch_seccomp_prog_fini(&d->progs[i]);
-    free(d->slots);
     free(d);
 }
 
@@ -887,7 +880,9 @@ static const struct sch_driver_ops process_ops = {
     .destroy = p_destroy,
 };
 
-struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char *err, size_t errlen)
+struct sch_driver *sch_driver_process_create(const struct sch_config *cfg,
+                                             const struct sch_driver_env *env, char *err,
+                                             size_t errlen)
 {
     struct pdriver *d = calloc(1, sizeof(*d));
     if (!d) {
@@ -906,10 +901,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg, char 
     }
     close(pfd);
     d->owner_ok = 1;
-    if (!(d->slots = calloc(cfg->capacity, 1))) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
+    d->slots = env->slots;
     if (probe_security(d, err, errlen) < 0)
         goto fail;
     int rc = sch_mkdir_p(cfg->run_dir, 0755);

@@ -63,7 +63,7 @@ static int check_host(const struct sch_config *sc)
 static int check_drivers(const struct cm_config *cfg, const struct sch_config *sc, char *err,
                          size_t errlen)
 {
-    struct sch_drivers *r = sch_drivers_create(sch_driver_builtin, sc);
+    struct sch_drivers *r = sch_drivers_create(sch_driver_builtin, sc, NULL);
     if (!r) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;

@@ -328,7 +328,7 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    ctx->drivers = sch_drivers_create(sch_driver_builtin, sc);
+    ctx->drivers = sch_drivers_create(sch_driver_builtin, sc, base);
     if (!ctx->drivers) {
         snprintf(err, errlen, "out of memory");
         goto fail;

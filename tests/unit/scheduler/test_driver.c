@@ -77,15 +77,17 @@ static struct sch_driver *make(const struct sch_driver_ops *ops, const char **tr
     return &f->base;
 }
 
-static struct sch_driver *ok_create(const struct sch_config *cfg, char *err, size_t errlen)
+static struct sch_driver *ok_create(const struct sch_config *cfg, const struct sch_driver_env *env,
+                                  char *err, size_t errlen)
 {
-    (void)cfg, (void)err, (void)errlen;
+    (void)cfg, (void)env, (void)err, (void)errlen;
     return make(&ok_ops, ok_traces);
 }
 
-static struct sch_driver *no_create(const struct sch_config *cfg, char *err, size_t errlen)
+static struct sch_driver *no_create(const struct sch_config *cfg, const struct sch_driver_env *env,
+                                  char *err, size_t errlen)
 {
-    (void)cfg, (void)err, (void)errlen;
+    (void)cfg, (void)env, (void)err, (void)errlen;
     return make(&no_ops, no_traces);
 }
 
@@ -102,7 +104,7 @@ static struct sch_drivers *fresh(void)
     probes = creates = purges = 0;
     memset(ok_traces, 0, sizeof(ok_traces));
     memset(no_traces, 0, sizeof(no_traces));
-    struct sch_drivers *r = sch_drivers_create(kinds, &sc);
+    struct sch_drivers *r = sch_drivers_create(kinds, &sc, NULL);
     CHECK_NOT_NULL(r);
     return r;
 }
@@ -282,7 +284,7 @@ TEST(an_id_listed_by_two_drivers_is_ambiguous)
     probes = creates = purges = 0;
     memset(ok_traces, 0, sizeof(ok_traces));
     memset(no_traces, 0, sizeof(no_traces));
-    struct sch_drivers *r = sch_drivers_create(two_ok, &sc);
+    struct sch_drivers *r = sch_drivers_create(two_ok, &sc, NULL);
     char err[256];
     struct sch_driver *a = sch_drivers_use(r, "ok", err, sizeof(err));
     struct sch_driver *b = sch_drivers_use(r, "no", err, sizeof(err));
