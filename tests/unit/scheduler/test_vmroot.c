@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gnu/libc-version.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,7 +204,7 @@ TEST(build_dynamic_binary_and_reuse_and_gc)
     const char *truebin = real("/usr/bin/true");
     CHECK_STR_EQ(type_in(b.path, truebin), "regular");
     Dl_info di;
-    CHECK(dladdr((void *)printf, &di) && di.dli_fname);
+    CHECK(dladdr((void *)gnu_get_libc_version, &di) && di.dli_fname);
     CHECK_STR_EQ(type_in(b.path, real(di.dli_fname)), "regular");
     if (strcmp(di.dli_fname, real(di.dli_fname)) != 0)
         CHECK(type_in(b.path, di.dli_fname)[0] != '\0');
@@ -346,7 +347,7 @@ TEST(script_command_brings_its_interpreter)
     CHECK_STR_EQ(type_in(b.path, app), "regular");
     CHECK_STR_EQ(type_in(b.path, real("/bin/sh")), "regular");
     Dl_info di;
-    CHECK(dladdr((void *)printf, &di) && di.dli_fname);
+    CHECK(dladdr((void *)gnu_get_libc_version, &di) && di.dli_fname);
     CHECK_STR_EQ(type_in(b.path, real(di.dli_fname)), "regular");
 }
 
@@ -386,4 +387,26 @@ TEST(refuses_host_root_and_cache_overlap)
     CHECK_CONTAINS(b.err, "ro_binds");
     t.name = "../x";
     CHECK_INT_EQ(build(&t, NULL).rc, -EINVAL);
+}
+
+TEST(static_binary_needs_no_libraries)
+{
+    need_tools();
+    /* Debian's ldconfig is linked statically. */
+    FILE *f = popen("ldd /sbin/ldconfig 2>&1", "r");
+    char line[256] = "";
+    CHECK(f != NULL);
+    if (!fgets(line, sizeof(line), f))
+        line[0] = '\0';
+    pclose(f);
+    if (!test_contains(line, "statically linked") && !test_contains(line, "not a dynamic"))
+        test_skip("no static binary at /sbin/ldconfig here");
+    char *cmd[] = {"/sbin/ldconfig", NULL};
+    struct cm_template t = tpl_of(cmd, NULL);
+    struct built b = build_ok(&t, NULL);
+    CHECK_STR_EQ(type_in(b.path, real("/sbin/ldconfig")), "regular");
+    Dl_info di;
+    CHECK(dladdr((void *)gnu_get_libc_version, &di) && di.dli_fname);
+    CHECK_STR_EQ(type_in(b.path, real(di.dli_fname)), "");
+    CHECK_CONTAINS(dbg(b.path, "cat /etc/berth/guest.conf"), "\narg=/sbin/ldconfig\n");
 }
