@@ -39,9 +39,9 @@
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
 
 enum kind { K_DIR, K_FILE, K_LINK, K_DATA };
-/* Which entry wins when two name the same path: generated files over the closure over trees
- * (rootfs, ro_binds). */
-enum prio { P_TREE = 1, P_CLOSURE = 2, P_GEN = 3 };
+/* Which entry wins when two name the same path: generated files over the closure over
+ * ro_binds over the rootfs (a bind mount hides what it is mounted on). */
+enum prio { P_ROOTFS = 1, P_BIND = 2, P_CLOSURE = 3, P_GEN = 4 };
 
 struct entry {
     char *dst;  /* absolute path in the image */
@@ -225,8 +225,11 @@ static int resolve_add(struct set *s, const char *path, int prio, int flags)
             int rc = add(s, K_LINK, prio, next, NULL, tgt, &st, 0777);
             if (rc < 0)
                 return rc;
+            /* Resolution goes on through the target as written: a lexical ".." after another
+             * link would be wrong. */
             int nb = !b;
-            if (snprintf(buf[nb], PATH_MAX, "%s%s", abs, rest) >= PATH_MAX)
+            if (snprintf(buf[nb], PATH_MAX, "%s%s%s%s", tgt[0] == '/' ? "" : cur,
+                         tgt[0] == '/' ? "" : "/", tgt, rest) >= PATH_MAX)
                 return fail(s, -ENAMETOOLONG, "%s: path too long", path);
             b = nb;
             p = buf[b];
@@ -661,16 +664,23 @@ static int find(const struct set *s, const char *dst)
 
 /* Sorted by path (a parent sorts before its children), one entry per path, every parent a
  * directory of the image; the totals within bounds. */
-static int finish(struct set *s)
+static int finish(struct set *s, char *const *binds)
 {
     qsort(s->v, s->n, sizeof(*s->v), entry_cmp);
     size_t w = 0;
     for (size_t i = 0; i < s->n; i++) {
         struct entry *e = &s->v[i];
-        if (w > 0 && strcmp(s->v[w - 1].dst, e->dst) == 0) {
-            const struct entry *kept = &s->v[w - 1];
-            if (kept->prio == e->prio && kept->kind != e->kind)
-                return fail(s, -EEXIST, "%s: in the image twice, as different kinds", e->dst);
+        int hidden = 0;
+        for (char *const *b = binds; e->prio == P_ROOTFS && b && *b && !hidden; b++)
+            hidden = under(e->dst, *b) && strcmp(e->dst, *b) != 0;
+        if (hidden || (w > 0 && strcmp(s->v[w - 1].dst, e->dst) == 0)) {
+            if (!hidden && s->v[w - 1].prio == e->prio && s->v[w - 1].kind != e->kind) {
+                fail(s, -EEXIST, "%s: in the image twice, as different kinds", e->dst);
+                /* Keep what set_fini() frees exact: the kept ones, then the rest. */
+                memmove(&s->v[w], e, (s->n - i) * sizeof(*e));
+                s->n = w + (s->n - i);
+                return -EEXIST;
+            }
             free(e->dst);
             free(e->src);
             free(e->data);
@@ -710,7 +720,12 @@ static void hash_set(const struct set *s, const char *conf, const char *rootfs, 
     XXH3_64bits_update(&st, rootfs ? rootfs : "", rootfs ? strlen(rootfs) + 1 : 1);
     for (size_t i = 0; i < s->n; i++) {
         const struct entry *e = &s->v[i];
-        uint64_t num[5] = {e->kind, e->mode, e->size, e->ino, (uint64_t)e->mtime_ns};
+        /* A directory's or link's own size, inode and mtime say nothing about what is copied
+         * (its entries are in the list themselves): a file added next to a library must not
+         * make a new image. */
+        int file = e->kind == K_FILE;
+        uint64_t num[5] = {e->kind, e->mode, file ? e->size : 0, file ? e->ino : 0,
+                           file ? (uint64_t)e->mtime_ns : 0};
         XXH3_64bits_update(&st, e->dst, strlen(e->dst) + 1);
         XXH3_64bits_update(&st, num, sizeof(num));
         if (e->src)
@@ -1070,7 +1085,7 @@ int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t p
         if ((rootfd = open(rootfs, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
             return fail(&s, -errno, "rootfs %s: %s", rootfs, strerror(errno));
     }
-    for (char *const *b = p->ro_binds; !t->rootfs && b && *b; b++)
+    for (char *const *b = p->ro_binds; b && *b; b++)
         if (overlaps_cache(*b, cache_real))
             return fail(&s, -EINVAL, "ro_binds %s overlaps the image cache %s", *b, cache_real);
     rc = resolve_cmd(&s, t->app_command ? t->app_command[0] : NULL, rootfd, argv0, sizeof(argv0));
@@ -1091,11 +1106,9 @@ int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t p
             rc = fail(&s, -errno, "rootfs %s: %s", rootfs, strerror(errno));
             goto out;
         }
-        rc = walk(&s, rootfs, "/", P_TREE, 0, st.st_dev, 0);
+        rc = walk(&s, rootfs, "/", P_ROOTFS, 0, st.st_dev, 0);
     } else {
         rc = add_command(&s, argv0);
-        for (char *const *b = p->ro_binds; rc == 0 && b && *b; b++)
-            rc = resolve_add(&s, *b, P_TREE, R_TREE);
         static const char *const optional[] = {"/etc/ld.so.cache", "/etc/ssl/certs"};
         for (size_t i = 0; i < 2 && rc == 0; i++) {
             if (access(optional[i], F_OK) < 0)
@@ -1104,7 +1117,10 @@ int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t p
             rc = resolve_add(&s, optional[i], P_CLOSURE, R_CHECK_ETC | (i ? R_TREE | R_CERTS : 0));
         }
     }
-    if (rc < 0 || (rc = finish(&s)) < 0)
+    /* As the process driver binds them, also over a rootfs. */
+    for (char *const *b = p->ro_binds; rc == 0 && b && *b; b++)
+        rc = resolve_add(&s, *b, P_BIND, R_TREE);
+    if (rc < 0 || (rc = finish(&s, p->ro_binds)) < 0)
         goto out;
     hash_set(&s, conf, t->rootfs ? rootfs : NULL, hash);
     if ((size_t)snprintf(final, sizeof(final), "%s/root-%s-%s.img", p->cache_dir, t->name, hash) >=

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "scheduler/paths.h"
 #include "scheduler/vmroot.h"
 #include "tests/harness/test.h"
 
@@ -332,6 +333,44 @@ TEST(key_follows_mtime_and_env_only)
     struct built c = build_ok(&t, NULL);
     CHECK(strcmp(c.hash, a.hash) != 0 && strcmp(c.hash, b.hash) != 0);
     CHECK_INT_EQ(count_images(), 3);
+    /* A directory's own mtime is not content. */
+    char sub[4300];
+    snprintf(sub, sizeof(sub), "%s/sub", root);
+    CHECK(mkdir(sub, 0755) == 0);
+    struct built d = build_ok(&t, NULL);
+    CHECK(utimensat(AT_FDCWD, sub, ts, 0) == 0);
+    CHECK(utimensat(AT_FDCWD, root, ts, 0) == 0);
+    CHECK_STR_EQ(build_ok(&t, NULL).hash, d.hash);
+}
+
+/* ro_binds are copied over a rootfs too, hiding what the rootfs has there (a bind mount). */
+TEST(ro_binds_over_a_rootfs)
+{
+    need_tools();
+    char root[4200], rb[4200], shadow[8400];
+    snprintf(root, sizeof(root), "%s/root", test_tmpdir());
+    snprintf(rb, sizeof(rb), "%s/rb", test_tmpdir());
+    snprintf(shadow, sizeof(shadow), "%s%s", root, rb);
+    CHECK(sch_mkdir_p(shadow, 0755) == 0);
+    CHECK(mkdir(rb, 0755) == 0);
+    test_write_file("root/app", "#!/bin/sh\n", (size_t)-1);
+    char app[4300], old[8500];
+    snprintf(app, sizeof(app), "%s/app", root);
+    CHECK(chmod(app, 0755) == 0);
+    snprintf(old, sizeof(old), "%s/old", shadow);
+    CHECK(close(open(old, O_CREAT | O_WRONLY, 0644)) == 0);
+    test_write_file("rb/new", "host", (size_t)-1);
+    char *cmd[] = {"/app", NULL};
+    char *binds[] = {rb, NULL};
+    struct cm_template t = tpl_of(cmd, NULL);
+    t.rootfs = root;
+    struct built b = build_ok(&t, binds);
+    char p1[4300], p2[4300];
+    snprintf(p1, sizeof(p1), "%s/new", rb);
+    snprintf(p2, sizeof(p2), "%s/old", rb);
+    CHECK_STR_EQ(type_in(b.path, p1), "regular");
+    CHECK_STR_EQ(type_in(b.path, p2), "");
+    CHECK_STR_EQ(type_in(b.path, "/app"), "regular");
 }
 
 TEST(script_command_brings_its_interpreter)
