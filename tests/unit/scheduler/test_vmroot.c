@@ -364,7 +364,14 @@ TEST(ro_binds_over_a_rootfs)
     char *binds[] = {rb, NULL};
     struct cm_template t = tpl_of(cmd, NULL);
     t.rootfs = root;
+    /* What a crash mid-build leaves: removed by the next build. */
+    char junk[2][4400];
+    snprintf(junk[0], sizeof(junk[0]), "%s/stage-echo-0123456789abcdef.aBc123", cache_dir());
+    snprintf(junk[1], sizeof(junk[1]), "%s/root-echo-0123456789abcdef.aBc123.tmp", cache_dir());
+    CHECK(mkdir(junk[0], 0700) == 0);
+    CHECK(close(open(junk[1], O_CREAT | O_WRONLY, 0600)) == 0);
     struct built b = build_ok(&t, binds);
+    CHECK(access(junk[0], F_OK) != 0 && access(junk[1], F_OK) != 0);
     char p1[4300], p2[4300];
     snprintf(p1, sizeof(p1), "%s/new", rb);
     snprintf(p2, sizeof(p2), "%s/old", rb);
