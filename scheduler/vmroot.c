@@ -1075,6 +1075,14 @@ int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t p
     if (!p->cache_dir || p->cache_dir[0] != '/' || !realpath(p->cache_dir, cache_real))
         return fail(&s, -EINVAL, "cache dir %s: not an existing absolute path",
                     p->cache_dir ? p->cache_dir : "(none)");
+    /* Whoever may write there could plant an image under a key the builder would reuse. */
+    struct stat cst;
+    if (stat(cache_real, &cst) < 0 || !S_ISDIR(cst.st_mode) || cst.st_uid != geteuid() ||
+        (cst.st_mode & 022))
+        return fail(&s, -EPERM,
+                    "cache dir %s: must be a directory of ours that no one else may "
+                    "write to",
+                    cache_real);
     if (t->rootfs) {
         if (!realpath(t->rootfs, rootfs))
             return fail(&s, -errno, "rootfs %s: %s", t->rootfs, strerror(errno));

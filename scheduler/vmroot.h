@@ -31,8 +31,9 @@ struct sch_vmroot_params {
  * <ret_hash>, building it when no image with that key exists yet in cache_dir; or a negative
  * errno with a one-line message in <err>. Blocks (copies files, runs mkfs.ext4): call at
  * start-up only. The image is 0644, root-owned, never written after it is renamed into place.
- * Refuses a rootfs that is "/" and a rootfs or ro_binds path that holds cache_dir or lies in
- * it. Removes this template's leftovers of an interrupted build (stage-*, *.tmp) first. */
+ * Refuses a rootfs that is "/", a rootfs or ro_binds path that holds cache_dir or lies in
+ * it, and a cache_dir not owned by the caller's euid or writable by group or others. Removes this
+ * template's leftovers of an interrupted build (stage-*, *.tmp) first. */
 int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t pathlen,
                      char *ret_hash, char *err, size_t errlen);
 

@@ -433,6 +433,12 @@ TEST(refuses_host_root_and_cache_overlap)
     CHECK_CONTAINS(b.err, "ro_binds");
     t.name = "../x";
     CHECK_INT_EQ(build(&t, NULL).rc, -EINVAL);
+    /* A cache dir others may write to: they could plant an image under a reused key. */
+    t.name = "echo";
+    CHECK(chmod(cache_dir(), 0777) == 0);
+    b = build(&t, NULL);
+    CHECK_INT_EQ(b.rc, -EPERM);
+    CHECK_CONTAINS(b.err, "no one else may write");
 }
 
 TEST(static_binary_needs_no_libraries)
