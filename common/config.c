@@ -391,7 +391,7 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "pool",  "ready_timeout", "ttl",    "max_ttl",
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
                                        "upstreams", "sessions_per_instance", "data_size",
-                                       "run_as_root", "seccomp", "io", "rootfs", NULL};
+                                       "run_as_root", "seccomp", "io", "rootfs", "accel", NULL};
     static const char *const io_keys[] = {"read_bps", "write_bps", "read_iops", "write_iops",
                                           NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
@@ -501,7 +501,8 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_size(ctx, m, path, "data_size", 1ull << 30, 16u << 20, 1ull << 44, &t->data_size) ||
         cm_conf_bool(ctx, m, path, "run_as_root", 0, &t->run_as_root) ||
         cm_conf_str(ctx, m, path, "seccomp", "default", &t->seccomp) ||
-        cm_conf_str(ctx, m, path, "rootfs", NULL, &t->rootfs))
+        cm_conf_str(ctx, m, path, "rootfs", NULL, &t->rootfs) ||
+        cm_conf_str(ctx, m, path, "accel", "auto", &t->accel))
         return free(lost_s), -EINVAL;
     if (t->rootfs && (t->rootfs[0] != '/' || strstr(t->rootfs, "..") || strlen(t->rootfs) > 1024 ||
                       strcmp(t->rootfs, "/") == 0))
@@ -517,6 +518,10 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_u64(ctx, io, iopath, "read_iops", 0, 0, UINT32_MAX, &t->io_read_iops) ||
         cm_conf_u64(ctx, io, iopath, "write_iops", 0, 0, UINT32_MAX, &t->io_write_iops))
         return free(lost_s), -EINVAL;
+    if (strcmp(t->accel, "auto") != 0 && strcmp(t->accel, "kvm") != 0 &&
+        strcmp(t->accel, "tcg") != 0)
+        return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(m, "accel"), path, "accel",
+                                          "must be auto, kvm or tcg, not '%s'", t->accel);
     if (strcmp(t->seccomp, "default") != 0 && strcmp(t->seccomp, "strict") != 0)
         return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(m, "seccomp"), path, "seccomp",
                                           "unknown profile '%s' (known: default, strict)",
@@ -641,6 +646,7 @@ void cm_config_free(struct cm_config *cfg)
         free(t->name);
         free(t->driver);
         free(t->seccomp);
+        free(t->accel);
         free(t->rootfs);
         cm_strv_free(t->upstreams);
         cm_strv_free(t->app_command);

@@ -76,6 +76,7 @@ struct cm_template {
     int run_as_root;    /* the app runs as the user namespace's root (still no capability) */
     char *seccomp;      /* seccomp profile name ("default", "strict") */
     char *rootfs;       /* NULL: the host's /usr, /bin, /sbin, /lib*; else a root directory */
+    char *accel;        /* microvm: "auto" (the host's probe decides), "kvm" or "tcg" */
     uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
 };
 

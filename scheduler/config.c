@@ -105,7 +105,10 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
         "api_max_connections", "api_header_timeout", "health_listen", "health_max_connections",
         "uid_base", "insecure", "reserve", "socket_group",
-        "api_secret", "api_secret_file", "pool_max_starting", NULL};
+        "api_secret", "api_secret_file", "pool_max_starting", "microvm", NULL};
+    static const char *const microvm_keys[] = {"qemu",          "image_dir",       "accel",
+                                               "probe_timeout", "memory_overhead", "default_memory",
+                                               NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
@@ -114,6 +117,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns, max_starting;
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
+    const struct cm_ynode *mvm = cm_ynode_get(section, "microvm");
     memset(ret, 0, sizeof(*ret));
 
     if (cm_conf_keys(&ctx, section, SEC, keys) ||
@@ -158,9 +162,26 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_keys(&ctx, reserve, SEC ".reserve", reserve_keys) ||
         cm_conf_size(&ctx, reserve, SEC ".reserve", "memory", 512u << 20, 0, 1ull << 50,
                      &c.reserve_memory) ||
+        cm_conf_keys(&ctx, mvm, SEC ".microvm", microvm_keys) ||
+        cm_conf_str(&ctx, mvm, SEC ".microvm", "qemu", "/usr/bin/qemu-system-x86_64",
+                    &c.microvm.qemu) ||
+        cm_conf_str(&ctx, mvm, SEC ".microvm", "image_dir", NULL, &c.microvm.image_dir) ||
+        cm_conf_str(&ctx, mvm, SEC ".microvm", "accel", "auto", &c.microvm.accel) ||
+        cm_conf_duration(&ctx, mvm, SEC ".microvm", "probe_timeout", 10 * CM_USEC_PER_SEC,
+                         CM_USEC_PER_SEC, 600 * CM_USEC_PER_SEC, &c.microvm.probe_timeout) ||
+        cm_conf_size(&ctx, mvm, SEC ".microvm", "memory_overhead", 192u << 20, 16u << 20,
+                     1ull << 40, &c.microvm.memory_overhead) ||
+        cm_conf_size(&ctx, mvm, SEC ".microvm", "default_memory", 256u << 20, 64u << 20,
+                     1ull << 40, &c.microvm.default_memory) ||
         cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
                        CM_SECRET_TOKEN, &c.api_secret))
         goto fail;
+    if (strcmp(c.microvm.accel, "auto") != 0 && strcmp(c.microvm.accel, "kvm") != 0 &&
+        strcmp(c.microvm.accel, "tcg") != 0) {
+        cm_conf_fail(&ctx, cm_ynode_get(mvm, "accel"), SEC ".microvm", "accel",
+                     "must be auto, kvm or tcg, not '%s'", c.microvm.accel);
+        goto fail;
+    }
     c.reserve_cpu_millis = 500;
     const struct cm_ynode *rcpus = cm_ynode_get(reserve, "cpus");
     if (rcpus) {
@@ -277,6 +298,20 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     } else if (!(c.agent_path = absolutize(c.agent_path))) {
         goto oom;
     }
+    if (!c.microvm.image_dir || !*c.microvm.image_dir) {
+        /* The build's guest image: guest/ next to berth-agent (meson's scheduler/guest/). */
+        free(c.microvm.image_dir);
+        const char *slash = strrchr(c.agent_path, '/');
+        size_t dl = slash ? (size_t)(slash - c.agent_path) : 0;
+        if (!(c.microvm.image_dir = malloc(dl + sizeof("/guest"))))
+            goto oom;
+        memcpy(c.microvm.image_dir, c.agent_path, dl);
+        memcpy(c.microvm.image_dir + dl, "/guest", sizeof("/guest"));
+    } else if (!(c.microvm.image_dir = absolutize(c.microvm.image_dir))) {
+        goto oom;
+    }
+    if (!(c.microvm.qemu = absolutize(c.microvm.qemu)))
+        goto oom;
     for (char **b = c.ro_binds; b && *b; b++) {
         if ((*b)[0] != '/' || strstr(*b, "..") || strcmp(*b, "/") == 0) {
             cm_conf_fail(&ctx, cm_ynode_get(section, "ro_binds"), SEC, "ro_binds",
@@ -325,5 +360,8 @@ void sch_config_fini(struct sch_config *c)
     free(c->agent_path);
     cm_strv_free(c->ro_binds);
     cm_secret_free(c->api_secret);
+    free(c->microvm.qemu);
+    free(c->microvm.image_dir);
+    free(c->microvm.accel);
     memset(c, 0, sizeof(*c));
 }

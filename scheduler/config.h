@@ -22,6 +22,16 @@
 #define SCH_UID_BASE_DEFAULT 1000000000u
 #define SCH_UID_RANGE_SIZE 65536u
 
+/* scheduler.microvm: the microvm driver (driver_microvm.c). */
+struct sch_microvm_config {
+    char *qemu;               /* absolute path of qemu-system-x86_64 */
+    char *image_dir;          /* absolute: vmlinux, initramfs.cpio.gz, kernel.release */
+    char *accel;              /* "auto" (probe boot), "kvm" or "tcg": the host's choice */
+    cm_usec_t probe_timeout;  /* the KVM probe boot */
+    uint64_t memory_overhead; /* added to a VM's RAM for its cgroup's memory limit */
+    uint64_t default_memory;  /* guest RAM of a template with memory: 0 */
+};
+
 struct sch_config {
     char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
     char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
@@ -54,6 +64,7 @@ struct sch_config {
     uint64_t reserve_memory;       /* kept out of the sandboxes' common cgroup */
     uint32_t reserve_cpu_millis;   /* likewise, in thousandths of a core */
     uint32_t socket_gid;           /* group of the instances' app.sock and ports.sock (0660) */
+    struct sch_microvm_config microvm;
     char *api_secret; /* required: POST /v1/start and the full GET /v1/status need
                        * "Authorization: Bearer <api_secret>" (api_secret or api_secret_file) */
 };

@@ -73,3 +73,25 @@ void sch_report_sanitize(const char *in, size_t len, char *out, size_t outlen)
     }
     out[o] = '\0';
 }
+
+int sch_console_scan_feed(struct sch_console_scan *s, const char *buf, size_t len)
+{
+    int ready = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+        if (c == '\n') {
+            size_t n = s->len;
+            if (n && s->line[n - 1] == '\r')
+                n--;
+            if (!s->overlong && n == 5 && memcmp(s->line, "READY", 5) == 0)
+                ready = 1;
+            s->len = 0;
+            s->overlong = 0;
+        } else if (s->len < sizeof(s->line)) {
+            s->line[s->len++] = c;
+        } else {
+            s->overlong = 1;
+        }
+    }
+    return ready;
+}

@@ -20,4 +20,15 @@ int sch_report_status(const char *line, size_t len, int *ret_ready, int *ret_bou
  * outside printable ASCII, quotes and backslashes become '?'; cut to outlen-1. */
 void sch_report_sanitize(const char *in, size_t len, char *out, size_t outlen);
 
+/* A microVM's console, scanned for berth-agent's "READY" line (a line of its own; the kernel,
+ * the agent and the app write there too). Bounded: a line longer than the buffer is skipped. */
+struct sch_console_scan {
+    char line[64];
+    size_t len;
+    int overlong;
+};
+/* Feeds <len> bytes of console output. Returns 1 when a line exactly "READY" (a trailing '\r'
+ * allowed) ended within them, else 0. */
+int sch_console_scan_feed(struct sch_console_scan *s, const char *buf, size_t len);
+
 #endif

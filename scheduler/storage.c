@@ -281,6 +281,21 @@ out:
     return 0;
 }
 
+int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
+                            size_t errlen)
+{
+    int img = open_image(dir, size, owner, err, errlen);
+    if (img < 0)
+        return img;
+    if (flock(img, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno == EWOULDBLOCK ? EBUSY : errno;
+        snprintf(err, errlen, "the storage in %s is attached to another instance", dir);
+        close(img);
+        return -e;
+    }
+    return img;
+}
+
 int sch_storage_relock(const char *dir)
 {
     char img[4200];

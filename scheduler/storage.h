@@ -32,6 +32,13 @@ int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int usern
                        const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
                        char *err, size_t errlen);
 
+/* For a driver that hands the image itself to its instance (microvm: a virtio disk): opens the
+ * image in <dir> (created and formatted when missing, as above) and locks it. Returns the
+ * locked O_RDWR descriptor (the lock lives as long as any duplicate of it, e.g. one passed to
+ * QEMU), or a negative errno with a message in <err> (-EBUSY: attached elsewhere). */
+int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
+                            size_t errlen);
+
 /* Takes the lock of an image already attached (after a scheduler restart). Returns the lock fd
  * or a negative errno. */
 int sch_storage_relock(const char *dir);
