@@ -13,6 +13,7 @@
 
 const struct sch_driver_kind sch_driver_builtin[] = {
     {"process", sch_driver_process_probe, sch_driver_process_create},
+    {"microvm", sch_driver_microvm_probe, sch_driver_microvm_create},
     {NULL, NULL, NULL},
 };
 
@@ -163,8 +164,12 @@ int sch_drivers_for_templates(struct sch_drivers *r, const struct cm_config *cfg
                              t->driver, e->why);
                     rc = -ENOTSUP;
                 }
-            } else if (!sch_drivers_use(r, t->driver, why, sizeof(why))) {
-                rc = -ENOTSUP;
+            } else {
+                struct sch_driver *d = sch_drivers_use(r, t->driver, why, sizeof(why));
+                if (!d)
+                    rc = -ENOTSUP;
+                else if (d->ops->prepare && (rc = d->ops->prepare(d, t, why, sizeof(why))) == 0)
+                    continue;
             }
             if (rc == 0)
                 continue;

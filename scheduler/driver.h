@@ -39,6 +39,10 @@ struct sch_dinst {
     pid_t pid;               /* host pid of the instance's init, for Redis and status */
     int ready_fd;
     int exit_fd;
+    /* A restored microVM clone not resumed yet: its agent cannot answer before bind() (the
+     * scheduler must not ask it), and it is warm. 0 for every other instance. */
+    int paused;
+    char accel[8]; /* the accelerator of a VM ("kvm", "tcg"), "" for other drivers: i:<id> accel */
 };
 
 struct sch_start_spec {
@@ -61,6 +65,17 @@ struct sch_driver_ops {
      * same <dir>. Returns 0 or a negative errno with a message in <err>. */
     int (*attach_storage)(struct sch_driver *d, struct sch_dinst *di, const char *dir, char *err,
                           size_t errlen);
+    /* Optional: called once at start-up for every template that names this driver, after the
+     * driver was created and before any start; may block (a driver builds per-template images
+     * here). Returns 0, or a negative errno with a message in <err> (the scheduler does not
+     * start: "templates.<t>.driver: <err>"). */
+    int (*prepare)(struct sch_driver *d, const struct cm_template *tpl, char *err, size_t errlen);
+    /* Optional (NULL: the agent gets "BIND <session>"). Called before every BIND sent to the
+     * agent (retries too): prepares the instance for <session> (a paused VM clone is resumed)
+     * and writes the agent's BIND line, without "\n", into <line>. Returns 0, or a negative
+     * errno with a message in <err> (the BIND is retried later). */
+    int (*bind_line)(struct sch_driver *d, struct sch_dinst *di, const char *session, char *line,
+                     size_t len, char *err, size_t errlen);
     /* hard 0: ask the instance to stop (the agent forwards SIGTERM to the app); hard 1: kill it
      * now. Returns 0 or a negative errno (-ESRCH: already gone). */
     int (*stop)(struct sch_driver *d, struct sch_dinst *di, int hard);
@@ -184,6 +199,12 @@ void sch_drivers_traces_each(const struct sch_drivers_traces *t,
 void sch_drivers_traces_free(struct sch_drivers_traces *t);
 
 void sch_driver_destroy(struct sch_driver *d);
+
+/* The microvm driver (driver_microvm.c). */
+int sch_driver_microvm_probe(const struct sch_config *cfg, char *why, size_t len);
+struct sch_driver *sch_driver_microvm_create(const struct sch_config *cfg,
+                                             const struct sch_driver_env *env, char *err,
+                                             size_t errlen);
 
 /* The process driver (driver_process.c). */
 int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len);

@@ -436,8 +436,9 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
                           "driver",   drv->ops->name,
                           "state",    "starting",
                           "started",  started,
-                          "pid",      pid};
-    inst_redis(inst, (int)CM_ARRAY_SIZE(hset), hset);
+                          "pid",      pid,
+                          "accel",    di->accel};
+    inst_redis(inst, (int)CM_ARRAY_SIZE(hset) - (di->accel[0] ? 0 : 2), hset);
     cm_log_info("inst", "starting inst=%s template=%s pid=%s for=%s", inst->id, tpl->name, pid,
                 for_pool ? "pool" : "api");
     return inst;
@@ -479,9 +480,17 @@ static void on_bind_reply(const char *reply, int err, void *data)
 
 static void send_bind(struct sch_inst *inst)
 {
-    char line[8 + CM_HASH_HEX_LEN];
-    snprintf(line, sizeof(line), "BIND %s", inst->session);
+    char line[512], msg[300];
     inst->bind_tries++;
+    if (!inst->drv->ops->bind_line) {
+        snprintf(line, sizeof(line), "BIND %s", inst->session);
+    } else if (inst->drv->ops->bind_line(inst->drv, inst->di, inst->session, line, sizeof(line),
+                                         msg, sizeof(msg)) < 0) {
+        sch_inst_ref(inst);
+        on_bind_reply(NULL, -EIO, inst); /* logged, retried like a failed BIND */
+        cm_log_warn("inst", "preparing the bind failed inst=%s err=\"%s\"", inst->id, msg);
+        return;
+    }
     sch_inst_ref(inst);
     if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, AGENT_TIMEOUT, on_bind_reply,
                              inst) < 0)

@@ -314,6 +314,12 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
                               owner->ops->name};
         sch_redis(ctx, on_logged, ctx, 4, hset);
     }
+    if (c->di->paused) {
+        /* A restored VM clone not resumed yet: its agent runs only after bind; QEMU already
+         * said it is paused, which is a warm instance's state. */
+        on_status("OK ready bound=- conns=0 held=0", 0, c);
+        return;
+    }
     if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", STATUS_TIMEOUT, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);
 }

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #define BODY_KEEP (64u * 1024) /* bytes of a request body echoed back as "body" */
@@ -753,9 +754,24 @@ static int handle_echo(struct conn *c)
     sb_add(&b, "{\"instance\":", 12);
     sb_json_cstr(&b, opts.instance);
     sb_printf(&b, ",\"pid\":%d,\"hostname\":", (int)getpid());
+    /* Read per request: a microVM clone gets its name at bind, after the app started. */
+    if (gethostname(hostname, sizeof(hostname) - 1) < 0)
+        hostname[0] = '\0';
     sb_json_cstr(&b, hostname);
     sb_add(&b, ",\"kernel\":", 10);
     sb_json_cstr(&b, uts.release);
+    /* The clock and fresh random bytes: clones of one snapshot must differ in the one and
+     * agree with the host in the other (scheduler/README.md, the microvm driver). */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    unsigned char rnd[16];
+    char rhex[33];
+    if (getrandom(rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd))
+        memset(rnd, 0, sizeof(rnd));
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(rhex + 2 * i, 3, "%02x", rnd[i]);
+    sb_printf(&b, ",\"time_ms\":%lld,\"random\":\"%s\"",
+              (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000, rhex);
     sb_add(&b, ",\"method\":", 10);
     sb_json_cstr(&b, method_name(c));
     sb_add(&b, ",\"path\":", 8);

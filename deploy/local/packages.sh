@@ -5,10 +5,12 @@
 BERTH_BUILD_PACKAGES="gcc libc6-dev pkg-config meson ninja-build libevent-dev libhiredis-dev
   libxxhash-dev libyaml-dev libssl-dev libnghttp2-dev node-llhttp libseccomp-dev"
 # shellcheck disable=SC2034
-BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps e2fsprogs libseccomp2"
-# qemu-system-x86 and lz4: the microVM guest image test (scheduler/README.md, "microVM guest image")
+# qemu-system-x86 runs the microvm driver's VMs; lz4 and python3 build its guest image
+# (scheduler/README.md, "The microvm driver").
+BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps e2fsprogs libseccomp2
+  qemu-system-x86 lz4 python3"
 # shellcheck disable=SC2034
-BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file qemu-system-x86 lz4"
+BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file"
 
 # berth_install_packages PKG...: installs those of PKG that are not installed.
 berth_install_packages() {

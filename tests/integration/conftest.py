@@ -901,8 +901,11 @@ def require_root():
 
 
 def _short_tmp():
-    # Short: {run_dir}/{id}/sock/app.sock must fit a unix socket path.
-    return Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
+    # Short: {run_dir}/{id}/sock/app.sock must fit a unix socket path. Searchable by others:
+    # the microvm driver's QEMU runs as an unprivileged uid and reaches {run_dir}/microvm/.
+    d = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
+    os.chmod(d, 0o711)
+    return d
 
 
 def _remove_tree(path):
