@@ -74,6 +74,7 @@ TEST(sample_config_loads)
     CHECK_UINT_EQ(t->data_size, 1024 * MiB);
     CHECK_INT_EQ(t->run_as_root, 0);
     CHECK_STR_EQ(t->seccomp, "default");
+    CHECK_STR_EQ(t->accel, "auto");
     CHECK_NULL(t->rootfs);
     CHECK_UINT_EQ(t->io_read_bps + t->io_write_bps + t->io_read_iops + t->io_write_iops, 0);
     cm_config_free(cfg);
@@ -118,6 +119,7 @@ TEST(full_config_values)
         "    data_size: 64MiB\n"
         "    run_as_root: yes\n"
         "    seccomp: strict\n"
+        "    accel: tcg\n"
         "    io: {read_bps: 10MiB, write_bps: 1MiB, read_iops: 100, write_iops: 50}\n"
         "gateway: {anything: goes here}\n"
         "scheduler: {the daemon: checks it}\n",
@@ -167,6 +169,7 @@ TEST(full_config_values)
     CHECK_UINT_EQ(t->data_size, 64 * MiB);
     CHECK_INT_EQ(t->run_as_root, 1);
     CHECK_STR_EQ(t->seccomp, "strict");
+    CHECK_STR_EQ(t->accel, "tcg");
     CHECK_UINT_EQ(t->io_read_bps, 10 * MiB);
     CHECK_UINT_EQ(t->io_write_bps, 1 * MiB);
     CHECK_UINT_EQ(t->io_read_iops, 100);
@@ -389,6 +392,8 @@ TEST(template_errors)
     EXPECT_ERROR(TPL "    data: perhaps\n", "4:11: templates.t.data: must be true or false");
     EXPECT_ERROR(TPL "    data_size: 1MiB\n",
                  "4:16: templates.t.data_size: must be 16777216..17592186044416 bytes");
+    EXPECT_ERROR(TPL "    accel: hvf\n",
+                 "4:12: templates.t.accel: must be auto, kvm or tcg, not 'hvf'");
     EXPECT_ERROR(TPL "    seccomp: none\n",
                  "4:14: templates.t.seccomp: unknown profile 'none' (known: default, strict)");
     EXPECT_ERROR(TPL "    run_as_root: maybe\n",

@@ -93,7 +93,44 @@ TEST(defaults)
     *strrchr(exe, '/') = '\0';
     strcat(exe, "/berth-agent");
     CHECK_STR_EQ(c.agent_path, exe);
+    /* The microvm driver: its image next to the agent, in guest/. */
+    *strrchr(exe, '/') = '\0';
+    strcat(exe, "/guest");
+    CHECK_STR_EQ(c.microvm.image_dir, exe);
+    CHECK_STR_EQ(c.microvm.qemu, "/usr/bin/qemu-system-x86_64");
+    CHECK_STR_EQ(c.microvm.accel, "auto");
+    CHECK_UINT_EQ(c.microvm.probe_timeout, 10000000);
+    CHECK_UINT_EQ(c.microvm.memory_overhead, 192u << 20);
+    CHECK_UINT_EQ(c.microvm.default_memory, 256u << 20);
     sch_config_fini(&c);
+}
+
+TEST(microvm)
+{
+    struct sch_config c;
+    char err[1024];
+    CHECK_INT_EQ(parse("scheduler:\n"
+                       "  microvm:\n"
+                       "    qemu: /opt/q/qemu\n"
+                       "    image_dir: /srv/guest\n"
+                       "    accel: tcg\n"
+                       "    probe_timeout: 3s\n"
+                       "    memory_overhead: 64MiB\n"
+                       "    default_memory: 512MiB\n",
+                       &c, err, sizeof(err)),
+                 0);
+    CHECK_STR_EQ(c.microvm.qemu, "/opt/q/qemu");
+    CHECK_STR_EQ(c.microvm.image_dir, "/srv/guest");
+    CHECK_STR_EQ(c.microvm.accel, "tcg");
+    CHECK_UINT_EQ(c.microvm.probe_timeout, 3000000);
+    CHECK_UINT_EQ(c.microvm.memory_overhead, 64u << 20);
+    CHECK_UINT_EQ(c.microvm.default_memory, 512u << 20);
+    sch_config_fini(&c);
+    EXPECT_ERROR("scheduler:\n  microvm:\n    accel: hvf\n",
+                 "scheduler.microvm.accel: must be auto, kvm or tcg, not 'hvf'");
+    EXPECT_ERROR("scheduler:\n  microvm:\n    vcpus: 2\n", "scheduler.microvm.vcpus");
+    EXPECT_ERROR("scheduler:\n  microvm:\n    probe_timeout: 10ms\n",
+                 "scheduler.microvm.probe_timeout");
 }
 
 TEST(values)
