@@ -901,6 +901,45 @@ static void on_console(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* The end of what the VM said, for a reason or a tail: its console, else QEMU's own stderr
+ * (QEMU's errors: a port taken, a bad option). Sanitized, newlines as " | ", "" when none. */
+static void last_words(const struct minst *mi, char *out, size_t len)
+{
+    char raw[301];
+    size_t n = 0;
+    const char *src = mi->tail;
+    size_t srclen = mi->tail_len;
+    char qlog[300];
+    if (!srclen) {
+        char path[DIR_MAX + 16];
+        snprintf(path, sizeof(path), "%s/qemu.log", mi->dir);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+            off_t off = st.st_size > (off_t)sizeof(qlog) ? st.st_size - (off_t)sizeof(qlog) : 0;
+            ssize_t k = pread(fd, qlog, sizeof(qlog), off);
+            if (k > 0) {
+                src = qlog;
+                srclen = (size_t)k;
+            }
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    while (srclen && (src[srclen - 1] == '\n' || src[srclen - 1] == '\r'))
+        srclen--;
+    size_t from = srclen > 280 ? srclen - 280 : 0;
+    for (size_t i = from; i < srclen && n + 3 < sizeof(raw); i++) {
+        if (src[i] == '\n') {
+            memcpy(raw + n, " | ", 3);
+            n += 3;
+        } else if (src[i] != '\r') {
+            raw[n++] = src[i];
+        }
+    }
+    sch_report_sanitize(raw, n, out, len);
+}
+
 /* ------------------------------------------------------------------ snapshots */
 
 static uint64_t file_key(uint64_t h, const char *path)
@@ -1217,8 +1256,7 @@ static void on_pid_exit(evutil_socket_t fd, short what, void *arg)
             snapshot_ready(t);
         } else if (t->snap == SNAP_BUILDING) {
             char why[TAIL_MAX + 100], tail[300];
-            sch_report_sanitize(mi->tail + (mi->tail_len > 280 ? mi->tail_len - 280 : 0),
-                                mi->tail_len > 280 ? 280 : mi->tail_len, tail, sizeof(tail));
+            last_words(mi, tail, sizeof(tail));
             snprintf(why, sizeof(why), "the template VM ended (%s %d) before its snapshot: %s",
                      si.si_code == CLD_EXITED ? "status" : "signal", si.si_status, tail);
             snapshot_failed(t, why);
@@ -1612,12 +1650,7 @@ static void m_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
     } else {
         snprintf(reason, len, "gone");
     }
-    size_t from = mi->tail_len > 300 ? mi->tail_len - 300 : 0;
-    char raw[301];
-    size_t n = 0;
-    for (size_t i = from; i < mi->tail_len && n < sizeof(raw) - 1; i++)
-        raw[n++] = mi->tail[i] == '\n' ? ' ' : mi->tail[i];
-    sch_report_sanitize(raw, n, tail, taillen);
+    last_words(mi, tail, taillen);
     if (mi->pidfd >= 0)
         pidfd_signal(mi->pidfd, SIGKILL); /* nothing of it stays (a no-op when gone) */
     inst_cleanup(mi);
