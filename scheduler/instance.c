@@ -279,6 +279,9 @@ static void became_ready(struct sch_inst *inst)
     sch_event(ctx, "started", "instance", inst->id, "host", ctx->sc->host_id, "template",
               inst->tpl->name, "pid", pid, "ready_ms", ms, NULL);
     inst->state = SCH_INST_WARM;
+    /* A driver may start the process only later (a VM clone waiting for its snapshot). */
+    const char *hpid[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "pid", pid};
+    inst_redis(inst, 4, hpid);
     if (inst->for_pool) {
         const char *hset[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "state",
                               "warm"};
