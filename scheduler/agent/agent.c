@@ -69,6 +69,7 @@ struct ctl_client {
 #define PORT_WAIT_MS 10000
 struct ctl_port {
     struct ctl_client c; /* c.w.fd: the open port, -1 until found */
+    int connected;       /* a host was seen (data or EAGAIN) since the last read of 0 */
     uint64_t retry_at;   /* monotonic ms of the next look; 0: none due */
     uint64_t give_up_at; /* the port did not appear by then: stop looking */
 };
@@ -532,14 +533,21 @@ static void on_port(struct agent_watch *w, uint32_t ev)
         ssize_t n = read(w->fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN)
+        if (n < 0 && errno == EAGAIN) {
+            p->connected = 1;
             return;
+        }
         if (n <= 0) {
+            if (p->connected)
+                logf_("%s: host disconnected (dropped %zu bytes of a partial line)",
+                      AGENT_GUEST_CTL_PORT, p->c.lb.len);
+            p->connected = 0;
             agent_linebuf_reset(&p->c.lb);
             agent_watch_set(A.epfd, w, 0);
             p->retry_at = agent_now_ms() + PORT_POLL_MS;
             return;
         }
+        p->connected = 1;
         feed(&p->c, buf, n);
     }
 }
