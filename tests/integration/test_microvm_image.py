@@ -12,6 +12,7 @@ build directory and cached there. Skipped, with the reason, in sanitized builds 
 echo are dynamically linked), without qemu-system-x86_64, or when the kernel cannot be fetched
 (no network). A build failure after the fetch fails the test.
 """
+import gzip
 import json
 import os
 import re
@@ -371,3 +372,60 @@ def test_rooted_guest_holds_until_bind_then_applies_clock_seed_id_and_data(roote
     p = subprocess.run(["debugfs", "-R", "cat /proof", str(g.data_img)], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     assert p.stdout == b"durable in sess-1", (p.stdout, p.stderr)
+
+
+def _cpio_file(archive, wanted):
+    """The content of <wanted> in a cpio newc archive (bytes)."""
+    off = 0
+    while off < len(archive):
+        hdr = archive[off:off + 110]
+        assert hdr[:6] == b"070701", hdr
+        filesize, namesize = int(hdr[54:62], 16), int(hdr[94:102], 16)
+        name = archive[off + 110:off + 110 + namesize - 1].decode()
+        data = off + 110 + namesize
+        data += -data % 4
+        if name == wanted:
+            return archive[data:data + filesize]
+        off = data + filesize
+        off += -off % 4
+    raise AssertionError("%s not in the archive" % wanted)
+
+
+def _overlay_initramfs(image, tmp, files):
+    """The image's initramfs with a second cpio appended (the kernel unpacks both; later
+    entries replace earlier ones): <files> maps paths to bytes."""
+    sys.path.insert(0, str(REPO / "scheduler/guest"))
+    try:
+        import mkimage
+    finally:
+        sys.path.pop(0)
+    c = mkimage.Cpio()
+    for name, data in files.items():
+        c.file(name, data)
+    out = tmp / "initramfs-overlaid.cpio.gz"
+    out.write_bytes(Path(image["initramfs.cpio.gz"]).read_bytes() + gzip.compress(c.finish()))
+    return dict(image, **{"initramfs.cpio.gz": out})
+
+
+@pytest.mark.berth_timeout(240)
+def test_failed_module_and_bad_config_are_on_the_console_and_power_off(guest_image, tmp_path):
+    """Early failures are visible despite `quiet` (they happen before the console is open)
+    and every exit path of the agent in guest mode powers the VM off: QEMU exits by itself."""
+    order = _cpio_file(gzip.decompress(Path(guest_image["initramfs.cpio.gz"]).read_bytes()),
+                       "lib/modules/order")
+    assert order.startswith(b"virtio"), order
+    image = _overlay_initramfs(guest_image, tmp_path, {
+        "lib/modules/order": order + b"bogus.ko\n",
+        "lib/modules/bogus.ko": b"not an ELF module",
+        "etc/berth/guest.conf": b"port=8080\narg=/bin/berth-echo\nsurprise=1\n",
+    })
+    g = Guest(image, tmp_path, "mvm-" + uuid.uuid4().hex[:12])
+    try:
+        wait_until(lambda: not g.proc.alive(), BOOT_LIMIT, "QEMU powering off by itself")
+        con = g.console()
+        assert "berth-agent: module bogus.ko: " in con, con
+        assert "/etc/berth/guest.conf: unknown key" in con, con
+        assert "READY" not in con
+        assert g.proc.p.returncode == 0, con
+    finally:
+        g.stop()
