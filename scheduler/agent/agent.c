@@ -20,7 +20,9 @@
  * Static, plain libc and epoll: it also runs as PID 1 of a microVM initramfs. Started there by
  * the kernel (as PID 1, /init, without arguments, on the initramfs: guest.h), it first prepares the
  * machine and reads its configuration (guest.h), then runs as above with --sock-dir /run/berth,
- * reports READY on the console, and powers the VM off when the app has exited. */
+ * a TCP relay listener that holds every connection until BIND, the control protocol also on
+ * the virtio-serial port "berth.ctl", READY on the console, and powers the VM off whenever it
+ * ends. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
