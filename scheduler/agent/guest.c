@@ -12,16 +12,16 @@
 #include <linux/random.h>
 #include <net/if.h>
 #include <net/route.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -156,18 +156,28 @@ int agent_guest_parse_conf(struct agent_guest_conf *conf, const char *text, size
                 *ret_err = "a key given twice (only arg= and env= repeat)";
                 return -EINVAL;
             }
-            if (parse_num(line + strlen(num_keys[k].name), num_keys[k].min, num_keys[k].max,
-                          &v) < 0) {
+            if (parse_num(line + strlen(num_keys[k].name), num_keys[k].min, num_keys[k].max, &v) <
+                0) {
                 *ret_err = num_keys[k].err;
                 return -EINVAL;
             }
             conf->seen |= 1u << k;
             switch (k) {
-            case K_PORT: conf->port = (uint16_t)v; break;
-            case K_RELAY: conf->relay_port = (uint16_t)v; break;
-            case K_HOLD: conf->hold_ms = v; break;
-            case K_UID: conf->uid = (uint32_t)v; break;
-            case K_WORKSPACE: conf->workspace_size = v; break;
+            case K_PORT:
+                conf->port = (uint16_t)v;
+                break;
+            case K_RELAY:
+                conf->relay_port = (uint16_t)v;
+                break;
+            case K_HOLD:
+                conf->hold_ms = v;
+                break;
+            case K_UID:
+                conf->uid = (uint32_t)v;
+                break;
+            case K_WORKSPACE:
+                conf->workspace_size = v;
+                break;
             }
         } else if (strncmp(line, "arg=", 4) == 0) {
             if (conf->argc >= AGENT_GUEST_ARGS_MAX) {
@@ -589,8 +599,8 @@ static const struct {
     const char *name;
     unsigned major, minor;
 } app_devs[] = {
-    {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9},
-    {"tty", 5, 0},
+    {"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
+    {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
 };
 
 /* The overlay of the root disk (LOWER) and a tmpfs of workspace_size at /sysroot, and in it:
@@ -618,8 +628,8 @@ static int build_sysroot(const struct agent_guest_conf *conf)
         (r = sysroot_dir("workspace", 0755, (uid_t)conf->uid)) < 0 ||
         (r = sysroot_dir("data", 0755, 0)) < 0)
         return r;
-    if ((r = mount_at("proc", AGENT_GUEST_SYSROOT "/proc", "proc",
-                      MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) < 0 ||
+    if ((r = mount_at("proc", AGENT_GUEST_SYSROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      NULL)) < 0 ||
         (r = mount_at("tmpfs", AGENT_GUEST_SYSROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
                       "size=64k,mode=0755")) < 0)
         return r;

@@ -19,17 +19,17 @@
 
 #define AGENT_GUEST_CONF_MAX 4096 /* bytes of guest.conf, and of the kernel command line */
 #define AGENT_GUEST_ARGS_MAX 32   /* app arguments */
-#define AGENT_GUEST_ENV_MAX 64   /* env= lines */
+#define AGENT_GUEST_ENV_MAX 64    /* env= lines */
 #define AGENT_GUEST_ENV_NAME_MAX 128
 #define AGENT_GUEST_ID_MAX AGENT_ID_MAX
 #define AGENT_GUEST_CONF_PATH "/etc/berth/guest.conf"
 #define AGENT_GUEST_SOCK_DIR "/run/berth"
-#define AGENT_GUEST_SYSROOT "/sysroot" /* the app's root when the VM has a root disk */
+#define AGENT_GUEST_SYSROOT "/sysroot"   /* the app's root when the VM has a root disk */
 #define AGENT_GUEST_CTL_PORT "berth.ctl" /* the virtio-serial port of the control protocol */
 
-#define AGENT_GUEST_RELAY_PORT 1           /* relay_port= default */
-#define AGENT_GUEST_HOLD_MS 5000           /* hold_ms= default; 1..86400000 */
-#define AGENT_GUEST_UID_MAX 65534          /* uid= 0..65534 */
+#define AGENT_GUEST_RELAY_PORT 1            /* relay_port= default */
+#define AGENT_GUEST_HOLD_MS 5000            /* hold_ms= default; 1..86400000 */
+#define AGENT_GUEST_UID_MAX 65534           /* uid= 0..65534 */
 #define AGENT_GUEST_WORKSPACE (64ull << 20) /* workspace_size= default */
 #define AGENT_GUEST_WORKSPACE_MIN (1ull << 20)
 #define AGENT_GUEST_WORKSPACE_MAX (64ull << 30)

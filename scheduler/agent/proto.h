@@ -21,8 +21,8 @@
 
 #define AGENT_LINE_MAX 512
 #define AGENT_SESSION_MAX 128
-#define AGENT_ID_MAX 64       /* BIND id=: [A-Za-z0-9._-], like the kernel's berth.id= */
-#define AGENT_SEED_BYTES 32   /* BIND seed=: exactly 64 hex digits */
+#define AGENT_ID_MAX 64     /* BIND id=: [A-Za-z0-9._-], like the kernel's berth.id= */
+#define AGENT_SEED_BYTES 32 /* BIND seed=: exactly 64 hex digits */
 #define AGENT_CLOCK_SEC_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
 
 enum agent_cmd_type {
