@@ -837,7 +837,8 @@ int agent_guest_boot(struct agent_guest_conf *conf, int *ret_console_fd)
     ssize_t n;
     const char *conf_path = AGENT_GUEST_CONF_PATH;
     wait_disks();
-    if (find_disk("berth-root", root_dev, sizeof(root_dev)) == 0) {
+    int rooted = find_disk("berth-root", root_dev, sizeof(root_dev)) == 0;
+    if (rooted) {
         /* guest.conf is read from the lower layer: the tmpfs under the overlay needs its
          * workspace_size first (the upper layer is empty at boot, so this is what the app
          * will see at /etc/berth/guest.conf). */
@@ -860,7 +861,7 @@ int agent_guest_boot(struct agent_guest_conf *conf, int *ret_console_fd)
         glog("%s: %s", conf_path, err);
         return -EINVAL;
     }
-    if (conf_path != (const char *)AGENT_GUEST_CONF_PATH) {
+    if (rooted) {
         int r = build_sysroot(conf);
         if (r < 0)
             return r;
