@@ -495,7 +495,8 @@ static void send_bind(struct sch_inst *inst)
         return;
     }
     sch_inst_ref(inst);
-    if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, AGENT_TIMEOUT, on_bind_reply,
+    cm_usec_t timeout = inst->di->bind_timeout ? inst->di->bind_timeout : AGENT_TIMEOUT;
+    if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, timeout, on_bind_reply,
                              inst) < 0)
         sch_inst_unref(inst);
 }
