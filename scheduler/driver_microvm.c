@@ -68,6 +68,11 @@
 #define DIR_MAX 256
 #define APP_UID 1000
 #define BIND_TIMEOUT (15 * CM_USEC_PER_SEC) /* a resumed clone's first BIND (TCG: many at once) */
+/* In a VM the agent lets no connection through before BIND (not after bind_wait, as under the
+ * process driver): a clone must not serve a tenant on its snapshot's clock and RNG state, which
+ * every clone of the snapshot shares until BIND reseeds it. The gateway's timeouts end a
+ * request that waits that long. */
+#define GUEST_HOLD_MS 86400000u
 
 /* ------------------------------------------------------------------ the host's probe */
 
@@ -703,6 +708,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
         mi->data_size = t->tpl->data_size;
     }
     mi->di.bind_timeout = BIND_TIMEOUT;
+    mi->di.bind_required = 1;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     mi->timer = evtimer_new(d->evb, on_timer, mi);
     if (mi->di.exit_fd < 0 || !mi->timer) {
@@ -1312,7 +1318,7 @@ static int m_prepare(struct sch_driver *base, const struct cm_template *tpl, cha
     struct sch_vmroot_params p = {.tpl = tpl,
                                   .ro_binds = d->cfg->ro_binds,
                                   .relay_port = RELAY_PORT,
-                                  .hold_ms = d->cfg->bind_wait / 1000,
+                                  .hold_ms = GUEST_HOLD_MS,
                                   .cache_dir = d->cache};
     cm_usec_t t0 = cm_now_mono();
     int rc = sch_vmroot_build(&p, t->root_img, sizeof(t->root_img), t->root_hash, err, errlen);
