@@ -937,6 +937,10 @@ static void last_words(const struct minst *mi, char *out, size_t len)
     while (srclen && (src[srclen - 1] == '\n' || src[srclen - 1] == '\r'))
         srclen--;
     size_t from = srclen > 280 ? srclen - 280 : 0;
+    /* A kernel panic's register dump says less than the line that opened it. */
+    const char *panic = memmem(src, srclen, "Kernel panic", 12);
+    if (panic && (size_t)(panic - src) < from)
+        from = (size_t)(panic - src);
     for (size_t i = from; i < srclen && n + 3 < sizeof(raw); i++) {
         if (src[i] == '\n') {
             memcpy(raw + n, " | ", 3);
