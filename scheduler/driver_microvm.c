@@ -1917,12 +1917,17 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
         snprintf(why, len, "cannot prepare the KVM probe boot: %s", strerror(errno));
         goto out;
     }
-    struct spawn_fds f = {.mem = mem, .con = sv[1], .incoming = -1, .root = -1, .log = -1};
+    int ep[2] = {-1, -1};
+    if (pipe2(ep, O_CLOEXEC | O_NONBLOCK) < 0)
+        ep[0] = ep[1] = -1;
+    struct spawn_fds f = {.mem = mem, .con = sv[1], .incoming = -1, .root = -1, .log = ep[1]};
     char err[300] = "";
     cm_usec_t t0 = cm_now_mono();
     pid_t pid = spawn_qemu(&d, a->v, 65534, NULL, dir, &f, err, sizeof(err));
     close(sv[1]);
     sv[1] = -1;
+    if (ep[1] >= 0)
+        close(ep[1]);
     if (pid < 0) {
         snprintf(why, len, "KVM probe boot: %s", err);
         goto out;
@@ -1950,6 +1955,16 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
+    if (!tail[0] && ep[0] >= 0) { /* QEMU's own words: why it would not run */
+        ssize_t n = read(ep[0], buf, sizeof(buf));
+        size_t got = n > 0 ? (size_t)n : 0;
+        while (got && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+            got--;
+        size_t from = got > 150 ? got - 150 : 0;
+        sch_report_sanitize(buf + from, got - from, tail, sizeof(tail));
+    }
+    if (ep[0] >= 0)
+        close(ep[0]);
     if (ok)
         snprintf(why, len, "a probe boot under KVM reached READY in %" PRIu64 " ms",
                  (cm_now_mono() - t0) / 1000);
@@ -1961,6 +1976,8 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
                  "a probe boot under KVM did not reach READY within %" PRIu64
                  " s (a nested or PVM KVM that cannot run a stock kernel?)",
                  (uint64_t)(cfg->microvm.probe_timeout / CM_USEC_PER_SEC));
+    if (ep[0] >= 0)
+        close(ep[0]);
 out:
     if (sv[0] >= 0)
         close(sv[0]);

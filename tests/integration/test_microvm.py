@@ -134,8 +134,11 @@ def test_each_session_gets_its_own_vm(mvm, image_dir):
     release = guest_release(image_dir)
     names = set()
     now = time.time() * 1000
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        host_boot = f.read().strip()
     for key, o in outs.items():
         assert o["kernel"] == release and o["kernel"] != host_release, o
+        assert o["boot_id"] and o["boot_id"] != host_boot, o
         names.add(o["hostname"])
         # The clone's clock was set at bind (the snapshot's is older than this test).
         assert abs(o["time_ms"] - now) < 60_000, o
@@ -298,3 +301,34 @@ def test_guest_panic_fails_the_start_with_its_reason(image_dir, make_stack):
     base = Path(s.cfg["scheduler"]["run_dir"]) / "microvm"
     wait_until(lambda: not [p for p in base.iterdir() if p.name != "cache"], 30 * SLOW,
                "the failed VMs' dirs to go")
+
+
+def test_kvm_probe_boot_decides(image_dir, tmp_short):
+    """With /dev/kvm open to a group (here only in a private mount namespace: this host's is
+    root-only), the probe really boots the guest image under KVM: READY makes it KVM, anything
+    else TCG with the reason (on these PVM hosts a stock kernel never boots under KVM)."""
+    from conftest import SCHED_SECRET, _skip_unless_root, make_config, write_config
+    _skip_unless_root()
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm on this host: the driver picks TCG without a probe boot")
+    import stat as st
+    node = tmp_short / "kvm"
+    os.mknod(node, st.S_IFCHR | 0o660, os.stat("/dev/kvm").st_rdev)
+    os.chown(node, 0, 4242)
+    os.chmod(node, 0o660)
+    cfg = make_config(tmp_short, "127.0.0.1:1", {"gateway": 1, "admin": 2, "scheduler": 3},
+                      mvm_overrides(image_dir, [mvm_template()], capacity=4))
+    cfg["scheduler"]["microvm"]["probe_timeout"] = "%ds" % (10 * SLOW)
+    path = write_config(tmp_short / "berth.yaml", cfg)
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$1" /dev/kvm && exec "$2" -c "$3" --check', "sh",
+                        str(node), binary("berth-scheduler"), path],
+                       capture_output=True, text=True, timeout=120 * SLOW)
+    line = [x for x in r.stdout.splitlines() if x.startswith("driver.microvm=")]
+    assert line, r.stdout + r.stderr
+    print(line[0])
+    assert (line[0].startswith("driver.microvm=works (kvm: a probe boot under KVM reached READY")
+            or line[0].startswith("driver.microvm=works (tcg: a probe boot under KVM")), line
+    # Nothing of the probe stays: no QEMU of it runs.
+    ps = subprocess.run(["pgrep", "-f", "berth-kvm-probe"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", ps.stdout
