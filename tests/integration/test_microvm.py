@@ -332,3 +332,45 @@ def test_kvm_probe_boot_decides(image_dir, tmp_short):
     # Nothing of the probe stays: no QEMU of it runs.
     ps = subprocess.run(["pgrep", "-f", "berth-kvm-probe"], capture_output=True, text=True)
     assert ps.stdout.strip() == "", ps.stdout
+
+
+def _status_fields(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def test_qemu_is_confined(mvm):
+    """What a guest that broke out into its QEMU would be: an unprivileged uid of its own, no
+    capability, no_new_privs, in QEMU's seccomp filter, unable to change the snapshot every
+    clone maps, reaching no other VM's sockets; its forward listens on loopback only."""
+    s = mvm
+    a, b = echo(s, "conf-a")["hostname"], echo(s, "conf-b")["hostname"]
+    uids = set()
+    for iid in (a, b):
+        pid, _ = vm_of(s, iid)
+        st = _status_fields(pid)
+        uid = int(st["Uid"].split()[0])
+        assert uid != 0 and st["Uid"].split() == [str(uid)] * 4, st["Uid"]
+        assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+        uids.add(uid)
+        q = run_dir(s, iid) / "q"
+        qs = q.stat()
+        assert qs.st_uid == uid and qs.st_mode & 0o777 == 0o700
+        # The snapshot's RAM (fd 3) is sealed: even its owner cannot write it.
+        fd = os.open("/proc/%d/fd/3" % pid, os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                os.pwrite(fd, b"x", 0)
+        finally:
+            os.close(fd)
+        # The forward: 127.0.0.1 only.
+        port = int(s.instances()[iid]["addr"].rsplit(":", 1)[1])
+        listeners = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+        mine = [l for l in listeners if int(l[1].split(":")[1], 16) == port and l[3] == "0A"]
+        assert mine and all(l[1].split(":")[0] == "0100007F" for l in mine), mine
+    assert len(uids) == 2
