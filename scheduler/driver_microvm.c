@@ -196,18 +196,25 @@ static int is_ours(const struct mdriver *d, const char *id)
 }
 
 /* Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot (0: unreadable). */
-static uint64_t proc_starttime(pid_t pid)
+/* Reads /proc/<pid>/<name> (at most len-1 bytes, NUL-terminated). Returns the length or 0. */
+static size_t read_proc(pid_t pid, const char *name, char *buf, size_t len)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    ssize_t n = read(fd, buf, len - 1);
     close(fd);
-    if (n <= 0)
+    buf[n > 0 ? n : 0] = '\0';
+    return n > 0 ? (size_t)n : 0;
+}
+
+static uint64_t proc_starttime(pid_t pid)
+{
+    char buf[1024];
+    if (!read_proc(pid, "stat", buf, sizeof(buf)))
         return 0;
-    buf[n] = '\0';
     char *p = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
     if (!p)
         return 0;
@@ -220,17 +227,11 @@ static uint64_t proc_starttime(pid_t pid)
 /* Whether /proc/<pid>/cmdline holds the word "berth-<id>" (our -name). */
 static int proc_is_vm_of(pid_t pid, const char *id)
 {
-    char path[64], buf[8192], want[SCH_INST_ID_MAX + 8];
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    char buf[8192], want[SCH_INST_ID_MAX + 8];
     snprintf(want, sizeof(want), "berth-%s", id);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    size_t n = read_proc(pid, "cmdline", buf, sizeof(buf));
+    if (!n)
         return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
     for (char *p = buf; p < buf + n; p += strlen(p) + 1)
         if (strcmp(p, want) == 0)
             return 1;

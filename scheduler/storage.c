@@ -209,9 +209,8 @@ static int loop_attach(int img_fd, char *name, size_t namelen, char *err, size_t
     return rc;
 }
 
-int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int userns_fd,
-                       const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
-                       char *err, size_t errlen)
+int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
+                            size_t errlen)
 {
     int img = open_image(dir, size, owner, err, errlen);
     if (img < 0)
@@ -222,6 +221,16 @@ int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int usern
         close(img);
         return -e;
     }
+    return img;
+}
+
+int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int userns_fd,
+                       const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
+                       char *err, size_t errlen)
+{
+    int img = sch_storage_open_locked(dir, size, owner, err, errlen);
+    if (img < 0)
+        return img;
     char devname[64];
     int dev = loop_attach(img, devname, sizeof(devname), err, errlen);
     if (dev < 0) {
@@ -279,21 +288,6 @@ out:
     }
     *ret_lock_fd = img;
     return 0;
-}
-
-int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
-                            size_t errlen)
-{
-    int img = open_image(dir, size, owner, err, errlen);
-    if (img < 0)
-        return img;
-    if (flock(img, LOCK_EX | LOCK_NB) < 0) {
-        int e = errno == EWOULDBLOCK ? EBUSY : errno;
-        snprintf(err, errlen, "the storage in %s is attached to another instance", dir);
-        close(img);
-        return -e;
-    }
-    return img;
 }
 
 int sch_storage_relock(const char *dir)
