@@ -50,6 +50,9 @@ struct sch_dinst {
     /* The agent lets no connection through before BIND (a VM): when BIND keeps failing the
      * scheduler ends the instance (lost) instead of leaving its connections held. */
     int bind_required;
+    /* The least time a stop(hard 0) gets before the kill, whatever destroy_grace says (0:
+     * destroy_grace): a VM's guest must end its app, sync /data and power off. */
+    cm_usec_t min_grace;
 };
 
 struct sch_start_spec {

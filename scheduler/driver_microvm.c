@@ -59,7 +59,9 @@
 #define FD_CON 4
 #define FD_INCOMING 5
 #define FD_ROOT 6
-#define FD_FIRST_FREE 7
+#define FD_MON 7 /* a clone's monitor: the restore is driven over it, event by event */
+#define FD_FIRST_FREE 8
+#define MON_LINE_MAX 8192
 #define QMP_TIMEOUT (2 * CM_USEC_PER_SEC)
 #define POLL_STEP (10 * CM_USEC_PER_MSEC)
 #define TAIL_MAX 2048 /* console bytes kept for finish()'s tail */
@@ -73,6 +75,9 @@
  * every clone of the snapshot shares until BIND reseeds it. The gateway's timeouts end a
  * request that waits that long. */
 #define GUEST_HOLD_MS 86400000u
+/* A running guest asked to stop (TERM) ends its app, syncs and unmounts /data and powers off:
+ * under TCG on a busy host that takes seconds; a kill before it could lose /data's last writes. */
+#define MIN_GRACE (20 * CM_USEC_PER_SEC)
 
 /* ------------------------------------------------------------------ the host's probe */
 
@@ -114,8 +119,12 @@ struct minst {
     uint16_t port;
     pid_t pid;
     uint64_t starttime;
-    int child; /* ours to reap */
-    int incoming_sent;
+    int child;  /* ours to reap */
+    int mon_fd; /* our end of a clone's monitor while it restores, -1 */
+    struct event *mon_ev;
+    char mon_buf[MON_LINE_MAX];
+    size_t mon_len;
+    int mon_overlong;
     int pidfd;
     struct event *pid_ev;
     int ready_w; /* write end of di.ready_fd's pipe, -1 once used */
@@ -497,6 +506,10 @@ static int build_argv(const struct mdriver *d, const struct mtpl *t, const struc
     arg(a, "-qmp");
     arg(a, "unix:qmp.sock,server=on,wait=off");
     if (kind == VM_CLONE) {
+        arg(a, "-chardev");
+        arg(a, "socket,id=mon0,fd=%d", FD_MON);
+        arg(a, "-mon");
+        arg(a, "chardev=mon0,mode=control");
         arg(a, "-S");
         arg(a, "-incoming");
         arg(a, "defer");
@@ -510,8 +523,8 @@ static int build_argv(const struct mdriver *d, const struct mtpl *t, const struc
 /* ------------------------------------------------------------------ spawning QEMU */
 
 struct spawn_fds {
-    int mem, con, incoming, root; /* -1: none */
-    int log;                      /* QEMU's stdout and stderr */
+    int mem, con, incoming, root, mon; /* -1: none */
+    int log;                           /* QEMU's stdout and stderr */
 };
 
 static void child_fail(int errw, const char *step)
@@ -548,15 +561,15 @@ static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid
         int errw = fcntl(ep[1], F_DUPFD_CLOEXEC, 64);
         if (errw < 0)
             _exit(127);
-        int src[4] = {f->mem, f->con, f->incoming, f->root}, tmp[4];
-        for (int i = 0; i < 4; i++)
+        int src[5] = {f->mem, f->con, f->incoming, f->root, f->mon}, tmp[5];
+        for (int i = 0; i < 5; i++)
             tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD_CLOEXEC, 70) : -1;
         int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (nul < 0 || dup2(nul, 0) < 0)
             child_fail(errw, "stdin");
         if (f->log >= 0 && (dup2(f->log, 1) < 0 || dup2(f->log, 2) < 0))
             child_fail(errw, "stdout");
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             if (tmp[i] >= 0 && dup2(tmp[i], FD_MEM + i) < 0)
                 child_fail(errw, "dup2");
         if (syscall(SYS_close_range, FD_FIRST_FREE, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
@@ -668,9 +681,12 @@ static void inst_free(struct minst *mi)
         event_free(mi->pid_ev);
     if (mi->con_ev)
         event_free(mi->con_ev);
+    if (mi->mon_ev)
+        event_free(mi->mon_ev);
     if (mi->timer)
         event_free(mi->timer);
-    int fds[] = {mi->pidfd, mi->con_fd, mi->con_log, mi->ready_w, mi->di.ready_fd, mi->di.exit_fd};
+    int fds[] = {mi->pidfd,       mi->con_fd,     mi->con_log, mi->ready_w,
+                 mi->di.ready_fd, mi->di.exit_fd, mi->mon_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)
             close(fds[i]);
@@ -690,7 +706,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
     mi->d = d;
     mi->t = t;
     mi->slot = -1;
-    mi->pidfd = mi->con_fd = mi->con_log = mi->ready_w = -1;
+    mi->pidfd = mi->con_fd = mi->con_log = mi->ready_w = mi->mon_fd = -1;
     mi->di.ready_fd = mi->di.exit_fd = -1;
     snprintf(mi->di.id, sizeof(mi->di.id), "%s", id);
     /* create() checked that these fit (the sockets within a unix socket path). */
@@ -711,6 +727,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
     }
     mi->di.bind_timeout = BIND_TIMEOUT;
     mi->di.bind_required = 1;
+    mi->di.min_grace = MIN_GRACE;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     mi->timer = evtimer_new(d->evb, on_timer, mi);
     if (mi->di.exit_fd < 0 || !mi->timer) {
@@ -780,7 +797,7 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     struct mdriver *d = mi->d;
     struct mtpl *t = mi->t;
     struct argv_buf *a = malloc(sizeof(*a));
-    int sv[2] = {-1, -1}, incoming = -1, log = -1, rc;
+    int sv[2] = {-1, -1}, mv[2] = {-1, -1}, incoming = -1, log = -1, rc;
     if (!a) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -790,6 +807,11 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
         goto out;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "socketpair: %s", strerror(errno));
+        goto out;
+    }
+    if (kind == VM_CLONE && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, mv) < 0) {
         rc = -errno;
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         goto out;
@@ -808,7 +830,7 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     snprintf(lp, sizeof(lp), "%s/qemu.log", mi->dir);
     log = open(lp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     struct spawn_fds f = {
-        .mem = t->mem_fd, .con = sv[1], .incoming = incoming, .root = -1, .log = log};
+        .mem = t->mem_fd, .con = sv[1], .incoming = incoming, .root = -1, .mon = mv[1], .log = log};
     int root = open(t->root_img, O_RDONLY | O_CLOEXEC);
     if (root < 0) {
         rc = -errno;
@@ -830,6 +852,8 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     mi->pidfd = pidfd_open(pid);
     mi->con_fd = sv[0];
     sv[0] = -1;
+    mi->mon_fd = mv[0];
+    mv[0] = -1;
     fcntl(mi->con_fd, F_SETFL, O_NONBLOCK);
     mi->pid_ev = mi->pidfd >= 0 ? event_new(d->evb, mi->pidfd, EV_READ, on_pid_exit, mi) : NULL;
     mi->con_ev = event_new(d->evb, mi->con_fd, EV_READ | EV_PERSIST, on_console, mi);
@@ -847,6 +871,9 @@ out:
         close(sv[0]);
     if (sv[1] >= 0)
         close(sv[1]);
+    for (int i = 0; i < 2; i++)
+        if (mv[i] >= 0)
+            close(mv[i]);
     if (incoming >= 0)
         close(incoming);
     if (log >= 0)
@@ -1157,56 +1184,117 @@ static void snapshot_build(struct mtpl *t)
 
 /* ------------------------------------------------------------------ clones */
 
-/* QEMU of clone <mi> started: load the snapshot's state (polled: QMP appears within ms). */
-static void clone_poll(struct minst *mi)
+/* A clone's restore, driven over its own monitor (a socket pair QEMU got at exec: no socket
+ * to wait for, no polling, nothing blocks): the commands are written at once and wait in the
+ * socket until QEMU reads them; QEMU's MIGRATION event says when the state is loaded. */
+static void mon_done(struct minst *mi, const char *err)
 {
-    struct sch_qmp q;
-    char err[300] = "", status[32] = "";
-    int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, sizeof(err));
-    if (rc == -ENOENT || rc == -ECONNREFUSED) {
-        arm(mi, POLL_STEP); /* QEMU not listening yet */
-        return;
+    if (mi->mon_ev) {
+        event_free(mi->mon_ev);
+        mi->mon_ev = NULL;
     }
-    if (rc == 0 && !mi->incoming_sent) {
-        /* first contact: start the incoming migration */
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd),
-                 "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:%d\"}}",
-                 FD_INCOMING);
-        rc =
-            sch_qmp_cmd(&q,
-                        "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
-                        "[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}",
-                        -1, NULL, err, sizeof(err));
-        if (rc == 0)
-            rc = sch_qmp_cmd(&q, cmd, -1, NULL, err, sizeof(err));
-        mi->incoming_sent = 1;
-    }
-    struct cm_json *r = NULL;
-    if (rc == 0 &&
-        (rc = sch_qmp_cmd(&q, "{\"execute\":\"query-status\"}", -1, &r, err, sizeof(err))) == 0) {
-        const struct cm_json *s = cm_json_get(cm_json_get(r, "return"), "status");
-        if (s && s->type == CM_JSON_STRING)
-            snprintf(status, sizeof(status), "%s", s->str);
-    }
-    cm_json_free(r);
-    if (rc == 0)
-        sch_qmp_close(&q);
-    if (rc < 0) {
-        char line[400];
-        snprintf(line, sizeof(line), "ERR restoring the snapshot: %s", err);
-        tell_ready(mi, line);
-        if (mi->pidfd >= 0)
-            pidfd_signal(mi->pidfd, SIGKILL);
-        return;
-    }
-    if (strcmp(status, "paused") == 0) {
+    if (mi->mon_fd >= 0)
+        close(mi->mon_fd);
+    mi->mon_fd = -1;
+    if (!err) {
         mi->st = M_PAUSED;
         mi->di.paused = 1;
         tell_ready(mi, "READY");
         return;
     }
-    arm(mi, POLL_STEP); /* "inmigrate": still loading */
+    char line[400];
+    snprintf(line, sizeof(line), "ERR restoring the snapshot: %s", err);
+    tell_ready(mi, line);
+    if (mi->pidfd >= 0)
+        pidfd_signal(mi->pidfd, SIGKILL);
+}
+
+/* One line from the clone's monitor. Returns 1 when the restore is over (mon_done called). */
+static int mon_line(struct minst *mi, const char *line, size_t len)
+{
+    char err[300] = "";
+    struct cm_json *tree = NULL;
+    const struct cm_json *value = NULL;
+    int kind = sch_qmp_parse_line(line, len, &tree, &value, err, sizeof(err));
+    cm_json_free(tree);
+    if (kind == -EIO) {
+        mon_done(mi, err);
+        return 1;
+    }
+    if (kind != 2)
+        return 0; /* the greeting, a command's return */
+    struct cm_json *ev = cm_json_parse(line, len, err, sizeof(err));
+    const struct cm_json *name = cm_json_get(ev, "event");
+    const struct cm_json *st = cm_json_get(cm_json_get(ev, "data"), "status");
+    int over = 0;
+    if (name && name->type == CM_JSON_STRING && strcmp(name->str, "MIGRATION") == 0 && st &&
+        st->type == CM_JSON_STRING) {
+        if (strcmp(st->str, "completed") == 0) {
+            mon_done(mi, NULL);
+            over = 1;
+        } else if (strcmp(st->str, "failed") == 0 || strcmp(st->str, "cancelled") == 0) {
+            char why[64];
+            snprintf(why, sizeof(why), "the incoming migration %s", st->str);
+            mon_done(mi, why);
+            over = 1;
+        }
+    }
+    cm_json_free(ev);
+    return over;
+}
+
+static void on_monitor(evutil_socket_t fd, short what, void *arg)
+{
+    struct minst *mi = arg;
+    (void)what;
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = read(fd, mi->mon_buf + mi->mon_len, sizeof(mi->mon_buf) - mi->mon_len);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            mon_done(mi, "QEMU closed its monitor");
+            return;
+        }
+        mi->mon_len += (size_t)n;
+        char *nl;
+        while ((nl = memchr(mi->mon_buf, '\n', mi->mon_len))) {
+            size_t len = (size_t)(nl - mi->mon_buf);
+            int skip = mi->mon_overlong;
+            mi->mon_overlong = 0;
+            if (!skip && mon_line(mi, mi->mon_buf, len))
+                return;
+            memmove(mi->mon_buf, nl + 1, mi->mon_len - len - 1);
+            mi->mon_len -= len + 1;
+        }
+        if (mi->mon_len == sizeof(mi->mon_buf)) { /* a line too long for us: skip it */
+            mi->mon_len = 0;
+            mi->mon_overlong = 1;
+        }
+    }
+}
+
+static int clone_restore(struct minst *mi, char *err, size_t errlen)
+{
+    char script[768];
+    int n = snprintf(script, sizeof(script),
+                     "{\"execute\":\"qmp_capabilities\"}\n"
+                     "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
+                     "[{\"capability\":\"x-ignore-shared\",\"state\":true},"
+                     "{\"capability\":\"events\",\"state\":true}]}}\n"
+                     "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:%d\"}}\n",
+                     FD_INCOMING);
+    if (mi->mon_fd < 0 || n < 0 || (size_t)n >= sizeof(script) ||
+        send(mi->mon_fd, script, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
+        snprintf(err, errlen, "cannot write to QEMU's monitor: %s", strerror(errno));
+        return -EIO;
+    }
+    fcntl(mi->mon_fd, F_SETFL, O_NONBLOCK);
+    mi->mon_ev = event_new(mi->d->evb, mi->mon_fd, EV_READ | EV_PERSIST, on_monitor, mi);
+    if (!mi->mon_ev || event_add(mi->mon_ev, NULL) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 static void clone_spawn(struct minst *mi)
@@ -1222,7 +1310,13 @@ static void clone_spawn(struct minst *mi)
     }
     mi->t->clones++;
     mi->st = M_RESTORING;
-    arm(mi, POLL_STEP);
+    if ((rc = clone_restore(mi, err, sizeof(err))) < 0) {
+        char line[450];
+        snprintf(line, sizeof(line), "ERR %s", err);
+        tell_ready(mi, line);
+        if (mi->pidfd >= 0)
+            pidfd_signal(mi->pidfd, SIGKILL);
+    }
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -1240,9 +1334,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         break;
     case M_SAVING:
         snapshot_poll_save(mi);
-        break;
-    case M_RESTORING:
-        clone_poll(mi);
         break;
     default:
         break;
@@ -1923,7 +2014,8 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
     int ep[2] = {-1, -1};
     if (pipe2(ep, O_CLOEXEC | O_NONBLOCK) < 0)
         ep[0] = ep[1] = -1;
-    struct spawn_fds f = {.mem = mem, .con = sv[1], .incoming = -1, .root = -1, .log = ep[1]};
+    struct spawn_fds f = {
+        .mem = mem, .con = sv[1], .incoming = -1, .root = -1, .mon = -1, .log = ep[1]};
     char err[300] = "";
     cm_usec_t t0 = cm_now_mono();
     pid_t pid = spawn_qemu(&d, a->v, 65534, NULL, dir, &f, err, sizeof(err));

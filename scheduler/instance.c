@@ -230,7 +230,10 @@ void sch_inst_stop(struct sch_inst *inst, const char *reason, int lost)
                 hard ? "KILL" : "TERM", rc);
     if (!hard) {
         struct timeval tv;
-        cm_usec_to_tv(ctx->sc->destroy_grace, &tv);
+        cm_usec_t grace = ctx->sc->destroy_grace;
+        if (inst->di && inst->di->min_grace > grace)
+            grace = inst->di->min_grace;
+        cm_usec_to_tv(grace, &tv);
         evtimer_add(inst->timer_ev, &tv);
     }
 }

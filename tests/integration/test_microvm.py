@@ -124,6 +124,7 @@ def guest_release(image_dir):
     return (Path(image_dir) / "kernel.release").read_text().strip()
 
 
+@pytest.mark.berth_timeout(600)
 def test_each_session_gets_its_own_vm(mvm, image_dir):
     s = mvm
     accel = status(s)["status"]["accel"]
@@ -228,6 +229,7 @@ def test_app_exit_ends_the_vm(mvm):
     wait_until(lambda: not run_dir(s, iid).exists(), 30 * SLOW, "the VM's run dir to go")
 
 
+@pytest.mark.berth_timeout(900)
 def test_many_at_once_and_scheduler_kill9(image_dir, make_stack):
     cold = mvm_template(pool={"min": 0, "max": 24})
     warm = mvm_template("warm", pool={"min": 10, "max": 24})
