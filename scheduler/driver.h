@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/time.h"
 #include "scheduler/config.h"
 
 struct cm_config;
@@ -43,6 +44,9 @@ struct sch_dinst {
      * scheduler must not ask it), and it is warm. 0 for every other instance. */
     int paused;
     char accel[8]; /* the accelerator of a VM ("kvm", "tcg"), "" for other drivers: i:<id> accel */
+    /* How long the agent may take to answer BIND (0: the scheduler's default, 2 s): a VM clone
+     * resumed at bind first runs its guest again (under TCG, many at once share the cores). */
+    cm_usec_t bind_timeout;
 };
 
 struct sch_start_spec {

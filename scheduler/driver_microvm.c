@@ -67,6 +67,7 @@
 #define SNAP_RETRY_MAX (60 * CM_USEC_PER_SEC)
 #define DIR_MAX 256
 #define APP_UID 1000
+#define BIND_TIMEOUT (15 * CM_USEC_PER_SEC) /* a resumed clone's first BIND (TCG: many at once) */
 
 /* ------------------------------------------------------------------ the host's probe */
 
@@ -206,7 +207,7 @@ static uint64_t proc_starttime(pid_t pid)
     if (!p)
         return 0;
     p++;
-    for (int field = 2; field < 22 && p; field++)
+    for (int field = 3; field < 22 && p; field++) /* p: the space before field 3 */
         p = strchr(p + 1, ' ');
     return p ? strtoull(p + 1, NULL, 10) : 0;
 }
@@ -701,6 +702,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
         mi->data = t->tpl->data;
         mi->data_size = t->tpl->data_size;
     }
+    mi->di.bind_timeout = BIND_TIMEOUT;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     mi->timer = evtimer_new(d->evb, on_timer, mi);
     if (mi->di.exit_fd < 0 || !mi->timer) {

@@ -279,6 +279,9 @@ static void became_ready(struct sch_inst *inst)
     sch_event(ctx, "started", "instance", inst->id, "host", ctx->sc->host_id, "template",
               inst->tpl->name, "pid", pid, "ready_ms", ms, NULL);
     inst->state = SCH_INST_WARM;
+    /* A driver may start the process only later (a VM clone waiting for its snapshot). */
+    const char *hpid[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "pid", pid};
+    inst_redis(inst, 4, hpid);
     if (inst->for_pool) {
         const char *hset[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "state",
                               "warm"};
@@ -492,7 +495,8 @@ static void send_bind(struct sch_inst *inst)
         return;
     }
     sch_inst_ref(inst);
-    if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, AGENT_TIMEOUT, on_bind_reply,
+    cm_usec_t timeout = inst->di->bind_timeout ? inst->di->bind_timeout : AGENT_TIMEOUT;
+    if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, timeout, on_bind_reply,
                              inst) < 0)
         sch_inst_unref(inst);
 }

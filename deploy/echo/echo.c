@@ -277,6 +277,7 @@ enum route {
     ROUTE_FILE_GET,
     ROUTE_FILE_PUT,
     ROUTE_EXIT,
+    ROUTE_ENV,
     ROUTE_ERROR, /* answer err_* once the body is drained */
 };
 
@@ -339,6 +340,7 @@ static const char *reason(int status)
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
     default: return "Unknown";
     }
 }
@@ -562,6 +564,8 @@ static void route_request(struct conn *c)
     } else if (plen == 5 && memcmp(path, "/exit", 5) == 0 && method == HTTP_POST) {
         if (query_u64(c, "code", 0, 255, &dummy) == 0)
             c->route = ROUTE_EXIT;
+    } else if (plen > 5 && memcmp(path, "/env/", 5) == 0 && get) {
+        c->route = ROUTE_ENV;
     } else if ((plen >= 7 && memcmp(path, "/files/", 7) == 0) ||
                (plen >= 11 && memcmp(path, "/workspace/", 11) == 0)) {
         if (!get && method != HTTP_PUT) {
@@ -694,6 +698,14 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
             ssize_t w = write(c->file_fd, at, n);
             if (w < 0 && errno == EINTR)
                 continue;
+            if (w < 0 && (errno == ENOSPC || errno == EDQUOT)) {
+                set_error(c, 507, "insufficient_storage", "writing %s: %s", c->final_path,
+                          strerror(errno));
+                close(c->file_fd);
+                unlink(c->tmp_path);
+                c->file_fd = -1;
+                return 0;
+            }
             if (w <= 0) {
                 set_error(c, 500, "internal", "writing %s: %s", c->final_path,
                           w < 0 ? strerror(errno) : "short write");
@@ -753,25 +765,25 @@ static int handle_echo(struct conn *c)
     const char *path = path_of(c, &plen), *query = query_of(c, &qlen);
     sb_add(&b, "{\"instance\":", 12);
     sb_json_cstr(&b, opts.instance);
-    sb_printf(&b, ",\"pid\":%d,\"hostname\":", (int)getpid());
-    /* Read per request: a microVM clone gets its name at bind, after the app started. */
-    if (gethostname(hostname, sizeof(hostname) - 1) < 0)
-        hostname[0] = '\0';
-    sb_json_cstr(&b, hostname);
+    /* Read per request: a microVM clone gets its hostname and clock when it is bound. */
+    char host[256];
+    if (gethostname(host, sizeof(host) - 1) < 0)
+        snprintf(host, sizeof(host), "%s", hostname);
+    host[sizeof(host) - 1] = '\0';
+    sb_printf(&b, ",\"pid\":%d,\"uid\":%u,\"gid\":%u,\"time_ms\":%" PRIu64 ",\"hostname\":",
+              (int)getpid(), (unsigned)getuid(), (unsigned)getgid(), now_ms());
+    sb_json_cstr(&b, host);
     sb_add(&b, ",\"kernel\":", 10);
     sb_json_cstr(&b, uts.release);
-    /* The clock and fresh random bytes: clones of one snapshot must differ in the one and
-     * agree with the host in the other (scheduler/README.md, the microvm driver). */
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
+    /* Fresh random bytes: clones of one snapshot must draw different ones (scheduler/README.md,
+     * the microvm driver: the agent reseeds the guest's RNG at bind). */
     unsigned char rnd[16];
     char rhex[33];
     if (getrandom(rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd))
         memset(rnd, 0, sizeof(rnd));
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(rhex + 2 * i, 3, "%02x", rnd[i]);
-    sb_printf(&b, ",\"time_ms\":%lld,\"random\":\"%s\"",
-              (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000, rhex);
+    sb_printf(&b, ",\"random\":\"%s\"", rhex);
     sb_add(&b, ",\"method\":", 10);
     sb_json_cstr(&b, method_name(c));
     sb_add(&b, ",\"path\":", 8);
@@ -981,6 +993,35 @@ static int handle_exit(struct conn *c)
     _exit((int)code);
 }
 
+/* GET /env/<NAME>: one variable of the app's environment, only ECHO_* names (a template's
+ * other variables may hold secrets the session's user must not read through the echo). */
+static int handle_env(struct conn *c)
+{
+    size_t plen;
+    const char *path = path_of(c, &plen);
+    const char *name = path + 5;
+    size_t nlen = plen - 5;
+    char buf[NAME_MAX_LEN + 1];
+    if (nlen <= 5 || nlen > NAME_MAX_LEN || memcmp(name, "ECHO_", 5) != 0)
+        return respond_error(c, 400, "bad_name", "only ECHO_* variables are shown",
+                             !c->keep_alive);
+    memcpy(buf, name, nlen);
+    buf[nlen] = '\0';
+    const char *v = getenv(buf);
+    if (!v)
+        return respond_error(c, 404, "not_found", "not set", !c->keep_alive);
+    struct sbuf b = {0};
+    sb_add(&b, "{\"name\":", 8);
+    sb_json_cstr(&b, buf);
+    sb_add(&b, ",\"value\":", 9);
+    sb_json_cstr(&b, v);
+    sb_add(&b, "}\n", 2);
+    int rc = b.failed ? respond_error(c, 500, "internal", "out of memory", 1)
+                      : respond(c, 200, "application/json", b.data, b.len, !c->keep_alive);
+    free(b.data);
+    return rc;
+}
+
 /* Answers the request just completed. Returns 0 to keep the connection, -1 to close it. */
 static int handle(struct conn *c)
 {
@@ -991,6 +1032,7 @@ static int handle(struct conn *c)
     case ROUTE_FILE_GET: rc = handle_file_get(c); break;
     case ROUTE_FILE_PUT: rc = handle_file_put(c); break;
     case ROUTE_EXIT: rc = handle_exit(c); break;
+    case ROUTE_ENV: rc = handle_env(c); break;
     case ROUTE_ERROR:
         rc = respond_error(c, c->err_status, c->err_code, c->err_msg, !c->keep_alive);
         break;

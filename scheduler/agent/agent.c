@@ -20,7 +20,9 @@
  * Static, plain libc and epoll: it also runs as PID 1 of a microVM initramfs. Started there by
  * the kernel (as PID 1, /init, without arguments, on the initramfs: guest.h), it first prepares the
  * machine and reads its configuration (guest.h), then runs as above with --sock-dir /run/berth,
- * reports READY on the console, and powers the VM off when the app has exited. */
+ * a TCP relay listener that holds every connection until BIND, the control protocol also on
+ * the virtio-serial port "berth.ctl", READY on the console, and powers the VM off whenever it
+ * ends. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -60,6 +62,20 @@ struct ctl_client {
     int dead;
 };
 
+/* Guest mode: the control protocol on the virtio-serial port "berth.ctl". The host's side is a
+ * unix socket QEMU serves to one client at a time; while none is connected the port polls
+ * EPOLLHUP (level-triggered, so it would spin the loop): the port is then left out of the epoll
+ * set and looked at again every PORT_POLL_MS. Until the port exists (its name arrives from the
+ * host after the device is probed) it is looked for every PORT_POLL_MS, for PORT_WAIT_MS. */
+#define PORT_POLL_MS 50
+#define PORT_WAIT_MS 10000
+struct ctl_port {
+    struct ctl_client c; /* c.w.fd: the open port, -1 until found */
+    int connected;       /* a host was seen (data or EAGAIN) since the last read of 0 */
+    uint64_t retry_at;   /* monotonic ms of the next look; 0: none due */
+    uint64_t give_up_at; /* the port did not appear by then: stop looking */
+};
+
 struct agent {
     const char *id;
     const char *sock_dir;
@@ -83,6 +99,7 @@ struct agent {
     int exit_code;           /* -1 while running */
     int guest;               /* PID 1 of a microVM (guest.h) */
     struct agent_guest_conf guest_conf;
+    struct ctl_port vport;
 };
 
 static struct agent A; /* the one agent; reached from watch callbacks */
@@ -131,6 +148,14 @@ static void logf_(const char *fmt, ...)
         ((size_t)m < sizeof(line) - (size_t)n - 1 ? (size_t)m : sizeof(line) - (size_t)n - 2);
     line[len++] = '\n';
     log_bytes(line, len);
+}
+
+/* Ends the agent with <code>; in guest mode every end powers the VM off (sync first). */
+static void __attribute__((noreturn)) agent_exit(int code)
+{
+    if (A.guest)
+        agent_guest_poweroff();
+    exit(code);
 }
 
 static void usage(void)
@@ -230,6 +255,28 @@ static int listen_unix(const char *name, mode_t mode)
     return fd;
 }
 
+/* Guest mode: the relay's TCP listener on 0.0.0.0:PORT, the target of the host's forward. */
+static int listen_tcp(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+        logf_("cannot listen on 0.0.0.0:%u: %s", port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int r = agent_relay_listen_tcp(A.relay, fd);
+    if (r < 0)
+        logf_("relay listener: %s", strerror(-r));
+    else
+        logf_("relay listening on 0.0.0.0:%u hold_ms=%" PRIu64, port, A.relay_cfg.hold_ms);
+    return r;
+}
+
 /* ------------------------------------------------------------------ app process */
 
 static void start_app(int out_fd, const sigset_t *orig_mask)
@@ -237,7 +284,7 @@ static void start_app(int out_fd, const sigset_t *orig_mask)
     pid_t pid = fork();
     if (pid < 0) {
         logf_("fork: %s", strerror(errno));
-        exit(127);
+        agent_exit(127);
     }
     if (pid == 0) {
         signal(SIGPIPE, SIG_DFL);
@@ -245,6 +292,12 @@ static void start_app(int out_fd, const sigset_t *orig_mask)
         if (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
             _exit(127);
         syscall(SYS_close_range, 3, ~0U, 0);
+        const char *what;
+        int r;
+        if (A.guest && (r = agent_guest_enter_app(&A.guest_conf, &what)) < 0) {
+            dprintf(2, "berth-agent: cannot start the app: %s: %s\n", what, strerror(-r));
+            _exit(127);
+        }
         execvp(A.app_argv[0], A.app_argv);
         dprintf(2, "berth-agent: cannot run %s: %s\n", A.app_argv[0], strerror(errno));
         _exit(127);
@@ -321,6 +374,8 @@ static int probe_app(void)
     return ok;
 }
 
+static void port_tick(uint64_t now);
+
 /* Keeps the one timer armed for the earliest of: the next readiness probe (until ready) and
  * the next hold deadline of a waiting connection. Disarmed when neither is due. */
 static void rearm(void)
@@ -333,6 +388,8 @@ static void rearm(void)
         if (next && (!want || next < want))
             want = next;
     }
+    if (A.vport.retry_at && (!want || A.vport.retry_at < want))
+        want = A.vport.retry_at;
     if (A.timer_deadline && want && A.timer_deadline <= want)
         return; /* an earlier expiry is pending anyway */
     if (want == A.timer_deadline)
@@ -354,6 +411,7 @@ static void on_timer(struct agent_watch *w, uint32_t ev)
     ssize_t n = read(w->fd, &expirations, sizeof(expirations));
     (void)n;
     A.timer_deadline = 0;
+    port_tick(agent_now_ms());
     if (!A.ready && A.app_pid && probe_app()) {
         A.ready = 1;
         logf_("app ready port=%u", A.port);
@@ -368,11 +426,23 @@ static void on_timer(struct agent_watch *w, uint32_t ev)
 
 /* ------------------------------------------------------------------ control socket */
 
+/* SIGTERM to the app (a signal or TERM): the agent ends when the app has exited. */
+static void stop_app(const char *why)
+{
+    A.terminating = 1;
+    if (A.app_pid) {
+        logf_("%s: stopping app pid=%d", why, (int)A.app_pid);
+        kill(A.app_pid, SIGTERM);
+    }
+}
+
 static void client_reply(struct ctl_client *c, const char *line)
 {
     char buf[AGENT_LINE_MAX + 2];
     int n = snprintf(buf, sizeof(buf), "%s\n", line);
-    if (send(c->w.fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
+    /* write(), not send(): the virtio port is a character device. SIGPIPE is ignored and
+     * every fd is non-blocking. */
+    if (write(c->w.fd, buf, (size_t)n) != n && c != &A.vport.c)
         c->dead = 1; /* replies are tiny: a client that cannot take one is gone */
 }
 
@@ -396,18 +466,43 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
             client_reply(c, reply);
             break;
         }
+        if (A.guest && agent_guest_bind(&A.guest_conf, &cmd, reply + 4, sizeof(reply) - 4) < 0) {
+            memcpy(reply, "ERR ", 4);
+            logf_("BIND session=%s refused: %s", cmd.arg, reply + 4);
+            client_reply(c, reply);
+            break;
+        }
         if (!A.bound[0])
-            logf_("bound session=%s", cmd.arg);
+            logf_("bound session=%s id=%s", cmd.arg, A.id);
         snprintf(A.bound, sizeof(A.bound), "%s", cmd.arg);
         agent_relay_release(A.relay);
         client_reply(c, "OK");
         break;
     case AGENT_CMD_STATUS:
-        snprintf(reply, sizeof(reply), "OK %s bound=%s conns=%u held=%u",
+        snprintf(reply, sizeof(reply), "OK %s bound=%s conns=%u held=%u id=%s",
                  A.ready ? "ready" : "starting", A.bound[0] ? A.bound : "-",
-                 agent_relay_conns(A.relay), agent_relay_waiting(A.relay));
+                 agent_relay_conns(A.relay), agent_relay_waiting(A.relay), A.id);
         client_reply(c, reply);
         break;
+    case AGENT_CMD_TERM:
+        stop_app("TERM");
+        client_reply(c, "OK");
+        break;
+    }
+}
+
+static void feed(struct ctl_client *c, const char *buf, ssize_t n)
+{
+    size_t off = 0;
+    while (off < (size_t)n && !c->dead) {
+        int st;
+        off += agent_linebuf_feed(&c->lb, buf + off, (size_t)n - off, &st);
+        if (st == 1)
+            handle_line(c, c->lb.buf, c->lb.len);
+        else if (st == -E2BIG)
+            client_reply(c, "ERR line too long");
+        if (st != 0)
+            agent_linebuf_reset(&c->lb);
     }
 }
 
@@ -425,17 +520,69 @@ static void on_client(struct agent_watch *w, uint32_t ev)
         c->dead = 1;
         return;
     }
-    size_t off = 0;
-    while (off < (size_t)n && !c->dead) {
-        int st;
-        off += agent_linebuf_feed(&c->lb, buf + off, (size_t)n - off, &st);
-        if (st == 1)
-            handle_line(c, c->lb.buf, c->lb.len);
-        else if (st == -E2BIG)
-            client_reply(c, "ERR line too long");
-        if (st != 0)
-            agent_linebuf_reset(&c->lb);
+    feed(c, buf, n);
+}
+
+/* The virtio port: reads what the host sent; a read of 0 means no host is connected (or it
+ * just left): the partial line is dropped, so the next host connection starts clean, and the
+ * port sleeps for PORT_POLL_MS instead of polling its EPOLLHUP. */
+static void on_port(struct agent_watch *w, uint32_t ev)
+{
+    struct ctl_port *p = AGENT_CONTAINER_OF(w, struct ctl_port, c.w);
+    char buf[1024];
+    (void)ev;
+    for (int i = 0; i < 16; i++) { /* bounded per event: the loop has other work */
+        ssize_t n = read(w->fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            p->connected = 1;
+            return;
+        }
+        if (n <= 0) {
+            if (p->connected)
+                logf_("%s: host disconnected (dropped %zu bytes of a partial line)",
+                      AGENT_GUEST_CTL_PORT, p->c.lb.len);
+            p->connected = 0;
+            agent_linebuf_reset(&p->c.lb);
+            agent_watch_set(A.epfd, w, 0);
+            p->retry_at = agent_now_ms() + PORT_POLL_MS;
+            return;
+        }
+        p->connected = 1;
+        feed(&p->c, buf, n);
     }
+}
+
+/* Due from the timer: finds and opens the port, or puts it back in the epoll set. */
+static void port_tick(uint64_t now)
+{
+    struct ctl_port *p = &A.vport;
+    if (!p->retry_at || now < p->retry_at)
+        return;
+    p->retry_at = 0;
+    if (p->c.w.fd < 0) {
+        char path[64];
+        if (agent_guest_ctl_port(path, sizeof(path)) < 0) {
+            if (now < p->give_up_at)
+                p->retry_at = now + PORT_POLL_MS;
+            else
+                logf_("no virtio port %s after %u ms: control only on ctl.sock",
+                      AGENT_GUEST_CTL_PORT, PORT_WAIT_MS);
+            return;
+        }
+        int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) {
+            logf_("open %s: %s", path, strerror(errno));
+            p->retry_at = now + PORT_POLL_MS;
+            return;
+        }
+        agent_watch_init(&p->c.w, fd, on_port);
+        agent_linebuf_reset(&p->c.lb);
+        logf_("control on %s (%s)", path, AGENT_GUEST_CTL_PORT);
+    }
+    if (agent_watch_set(A.epfd, &p->c.w, EPOLLIN) < 0)
+        p->retry_at = now + PORT_POLL_MS;
 }
 
 static void on_ctl_listen(struct agent_watch *w, uint32_t ev)
@@ -491,11 +638,7 @@ static void on_signal(struct agent_watch *w, uint32_t ev)
         if (si.ssi_signo == SIGCHLD) {
             reap_children();
         } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            A.terminating = 1;
-            if (A.app_pid) {
-                logf_("signal %d: stopping app pid=%d", (int)si.ssi_signo, (int)A.app_pid);
-                kill(A.app_pid, SIGTERM);
-            }
+            stop_app(si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
         }
     }
 }
@@ -518,9 +661,14 @@ static void guest_args(void)
     A.guest = 1;
     if (agent_guest_boot(&A.guest_conf, &A.ready_fd) < 0)
         agent_guest_poweroff();
-    A.id = A.guest_conf.id;
+    A.id = A.guest_conf.id; /* BIND id= changes it in place */
     A.port = A.guest_conf.port;
     A.relay_cfg.port = A.port;
+    /* A clone is always held: its connections wait for BIND (the host's post-restore step). */
+    A.relay_cfg.hold_ms = A.guest_conf.hold_ms;
+    agent_watch_init(&A.vport.c.w, -1, on_port);
+    A.vport.retry_at = agent_now_ms();
+    A.vport.give_up_at = A.vport.retry_at + PORT_WAIT_MS;
     A.sock_dir = AGENT_GUEST_SOCK_DIR;
     A.app_argv = A.guest_conf.argv;
 }
@@ -552,7 +700,7 @@ int main(int argc, char **argv)
     int out[2];
     if (A.epfd < 0 || sfd < 0 || tfd < 0 || pipe2(out, O_CLOEXEC) < 0) {
         logf_("setup: %s", strerror(errno));
-        return 127;
+        agent_exit(127);
     }
     if (A.ready_fd >= 0)
         fcntl(A.ready_fd, F_SETFD, FD_CLOEXEC);
@@ -569,16 +717,18 @@ int main(int argc, char **argv)
             if (fcntl(fds[k], F_SETFD, FD_CLOEXEC) < 0 ||
                 (k < 3 && fcntl(fds[k], F_SETFL, O_NONBLOCK) < 0)) {
                 logf_("fd %d: %s", fds[k], strerror(errno));
-                return 127;
+                agent_exit(127);
             }
     }
     if (app_fd < 0 || ports_fd < 0 || ctl_fd < 0)
-        return 127;
+        agent_exit(127);
     A.relay = agent_relay_create(A.epfd, app_fd, ports_fd, &A.relay_cfg);
     if (!A.relay) {
         logf_("relay: out of memory");
-        return 127;
+        agent_exit(127);
     }
+    if (A.guest && listen_tcp(A.guest_conf.relay_port) < 0)
+        agent_exit(127);
     agent_watch_init(&A.sig_w, sfd, on_signal);
     agent_watch_init(&A.timer_w, tfd, on_timer);
     agent_watch_init(&A.ctl_w, ctl_fd, on_ctl_listen);
@@ -589,7 +739,7 @@ int main(int argc, char **argv)
         agent_watch_set(A.epfd, &A.ctl_w, EPOLLIN) < 0 ||
         agent_watch_set(A.epfd, &A.out_w, EPOLLIN) < 0) {
         logf_("epoll: %s", strerror(errno));
-        return 127;
+        agent_exit(127);
     }
     logf_("instance=%s pid=%d hold_ms=%" PRIu64, A.id, (int)getpid(), A.relay_cfg.hold_ms);
     start_app(out[1], &orig);
@@ -617,7 +767,5 @@ int main(int argc, char **argv)
         on_output(&A.out_w, EPOLLIN);
     if (A.exit_code < 0)
         A.exit_code = 127;
-    if (A.guest)
-        agent_guest_poweroff();
-    return A.exit_code;
+    agent_exit(A.exit_code);
 }

@@ -8,6 +8,118 @@ static int word_is(const char *w, size_t n, const char *lit)
     return n == strlen(lit) && memcmp(w, lit, n) == 0;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int id_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '.' ||
+           c == '_' || c == '-';
+}
+
+/* clock=<sec>.<nsec9>: decimal seconds since the epoch (1..12 digits, at most
+ * AGENT_CLOCK_SEC_MAX), a dot, exactly nine digits of nanoseconds. */
+static int parse_clock(struct agent_cmd *cmd, const char *v, size_t n)
+{
+    size_t i = 0;
+    long long sec = 0;
+    while (i < n && is_digit(v[i]) && i < 12)
+        sec = sec * 10 + (v[i++] - '0');
+    if (i == 0 || i >= n || v[i] != '.' || n - i - 1 != 9 || sec > AGENT_CLOCK_SEC_MAX)
+        return -EINVAL;
+    long nsec = 0;
+    for (i++; i < n; i++) {
+        if (!is_digit(v[i]))
+            return -EINVAL;
+        nsec = nsec * 10 + (v[i] - '0');
+    }
+    cmd->clock_sec = sec;
+    cmd->clock_nsec = nsec;
+    cmd->has_clock = 1;
+    return 0;
+}
+
+/* One optional word of BIND. */
+static int bind_word(struct agent_cmd *cmd, const char *w, size_t n, const char **ret_err)
+{
+    const char *eq = memchr(w, '=', n);
+    if (n == 0 || !eq) {
+        *ret_err = "BIND: expected clock=, seed=, id= or data= after the session";
+        return -EINVAL;
+    }
+    size_t klen = (size_t)(eq - w), vlen = n - klen - 1;
+    const char *v = eq + 1;
+    if (word_is(w, klen, "clock")) {
+        if (cmd->has_clock) {
+            *ret_err = "BIND: clock= given twice";
+            return -EINVAL;
+        }
+        if (parse_clock(cmd, v, vlen) < 0) {
+            *ret_err = "BIND: clock= expects <seconds>.<9 digits of nanoseconds>";
+            return -EINVAL;
+        }
+    } else if (word_is(w, klen, "seed")) {
+        if (cmd->has_seed) {
+            *ret_err = "BIND: seed= given twice";
+            return -EINVAL;
+        }
+        if (vlen != 2 * AGENT_SEED_BYTES) {
+            *ret_err = "BIND: seed= expects 64 hex digits";
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < AGENT_SEED_BYTES; i++) {
+            int hi = hexval(v[2 * i]), lo = hexval(v[2 * i + 1]);
+            if (hi < 0 || lo < 0) {
+                *ret_err = "BIND: seed= expects 64 hex digits";
+                return -EINVAL;
+            }
+            cmd->seed[i] = (unsigned char)(hi << 4 | lo);
+        }
+        cmd->has_seed = 1;
+    } else if (word_is(w, klen, "id")) {
+        if (cmd->id[0]) {
+            *ret_err = "BIND: id= given twice";
+            return -EINVAL;
+        }
+        int ok = vlen > 0 && vlen <= AGENT_ID_MAX;
+        for (size_t i = 0; ok && i < vlen; i++)
+            ok = id_char(v[i]);
+        if (!ok) {
+            *ret_err = "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -";
+            return -EINVAL;
+        }
+        memcpy(cmd->id, v, vlen);
+        cmd->id[vlen] = '\0';
+    } else if (word_is(w, klen, "data")) {
+        if (cmd->data) {
+            *ret_err = "BIND: data= given twice";
+            return -EINVAL;
+        }
+        if (!word_is(v, vlen, "1")) {
+            *ret_err = "BIND: data= expects 1";
+            return -EINVAL;
+        }
+        cmd->data = 1;
+    } else {
+        *ret_err = "BIND: expected clock=, seed=, id= or data= after the session";
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const char **ret_err)
 {
     if (len > 0 && line[len - 1] == '\r')
@@ -36,21 +148,35 @@ int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const
         }
     struct agent_cmd cmd;
     memset(&cmd, 0, sizeof(cmd));
-    if (word_is(line, cmdlen, "PING") || word_is(line, cmdlen, "STATUS")) {
+    if (word_is(line, cmdlen, "PING") || word_is(line, cmdlen, "STATUS") ||
+        word_is(line, cmdlen, "TERM")) {
         if (cmdlen != len) {
             *ret_err = "this command takes no argument";
             return -EINVAL;
         }
-        cmd.type = word_is(line, cmdlen, "PING") ? AGENT_CMD_PING : AGENT_CMD_STATUS;
+        cmd.type = word_is(line, cmdlen, "PING")     ? AGENT_CMD_PING
+                   : word_is(line, cmdlen, "STATUS") ? AGENT_CMD_STATUS
+                                                     : AGENT_CMD_TERM;
     } else if (word_is(line, cmdlen, "BIND")) {
-        if (cmdlen == len || arglen == 0 || arglen > AGENT_SESSION_MAX ||
-            memchr(arg, ' ', arglen)) {
-            *ret_err = "usage: BIND <session>";
+        size_t slen = 0;
+        while (slen < arglen && arg[slen] != ' ')
+            slen++;
+        if (cmdlen == len || slen == 0 || slen > AGENT_SESSION_MAX) {
+            *ret_err = "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]";
             return -EINVAL;
         }
         cmd.type = AGENT_CMD_BIND;
-        memcpy(cmd.arg, arg, arglen);
-        cmd.arg[arglen] = '\0';
+        memcpy(cmd.arg, arg, slen);
+        cmd.arg[slen] = '\0';
+        const char *p = arg + slen, *end = arg + arglen;
+        while (p < end) {
+            p++; /* the one space before each word */
+            const char *w = p;
+            while (p < end && *p != ' ')
+                p++;
+            if (bind_word(&cmd, w, (size_t)(p - w), ret_err) < 0)
+                return -EINVAL;
+        }
     } else {
         *ret_err = "unknown command";
         return -EINVAL;

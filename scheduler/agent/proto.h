@@ -2,9 +2,16 @@
  * per command. Pure code (no I/O), shared by the agent and its unit test.
  *
  *   PING          -> "OK ready" | "OK starting"
- *   BIND <h>      -> "OK"            (releases held connections; <h> is 1..128 bytes 0x21..0x7E)
- *   STATUS        -> "OK <ready|starting> bound=<h|-> conns=<n> held=<n>"
+ *   BIND <h> [clock=<sec>.<nsec9>] [seed=<64 hex>] [id=<instance id>] [data=1]
+ *                 -> "OK"            (releases held connections; <h> is 1..128 bytes 0x21..0x7E)
+ *   STATUS        -> "OK <ready|starting> bound=<h|-> conns=<n> held=<n> id=<id>"
+ *   TERM          -> "OK"            (SIGTERM to the app; the agent ends when it has exited)
  *   anything else -> "ERR <reason>"
+ *
+ * BIND's optional words (each at most once, any order, one space apart) are for a microVM
+ * clone (guest mode, scheduler/README.md "microVM guest image"): the wall clock to set, 32
+ * bytes to seed the kernel's RNG with, the instance's id, and "mount the data disk". Under the
+ * process driver the agent ignores them. A line with any bad word is refused as a whole.
  *
  * Lines end with "\n" ("\r\n" accepted) and are at most AGENT_LINE_MAX bytes. */
 #ifndef AGENT_PROTO_H
@@ -14,20 +21,31 @@
 
 #define AGENT_LINE_MAX 512
 #define AGENT_SESSION_MAX 128
+#define AGENT_ID_MAX 64     /* BIND id=: [A-Za-z0-9._-], like the kernel's berth.id= */
+#define AGENT_SEED_BYTES 32 /* BIND seed=: exactly 64 hex digits */
+#define AGENT_CLOCK_SEC_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
 
 enum agent_cmd_type {
     AGENT_CMD_PING,
     AGENT_CMD_BIND,
     AGENT_CMD_STATUS,
+    AGENT_CMD_TERM,
 };
 
 struct agent_cmd {
     enum agent_cmd_type type;
     char arg[AGENT_SESSION_MAX + 1]; /* BIND: the session */
+    /* BIND's optional words; has_* say which were given. */
+    int has_clock, has_seed, data;
+    long long clock_sec; /* 0..AGENT_CLOCK_SEC_MAX */
+    long clock_nsec;     /* 0..999999999 */
+    unsigned char seed[AGENT_SEED_BYTES];
+    char id[AGENT_ID_MAX + 1]; /* "" when absent */
 };
 
 /* Parses one line (without its line terminator; a trailing '\r' is ignored). Returns 0 and
- * fills <ret>, or -EINVAL and points <ret_err> at a static reason ("unknown command", ...). */
+ * fills <ret>, or -EINVAL and points <ret_err> at a static reason ("unknown command", ...);
+ * <ret> is untouched on failure. */
 int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const char **ret_err);
 
 /* Splits a byte stream into lines, bounded. */

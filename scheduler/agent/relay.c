@@ -46,6 +46,7 @@ struct agent_relay {
     struct agent_relay_config cfg;
     struct agent_watch lw; /* app socket */
     struct agent_watch pw; /* ports socket (preview links), fd -1 when absent */
+    struct agent_watch tw; /* TCP listener (guest mode: the host's forward), fd -1 when absent */
     int ready, holding, paused;
     unsigned n_conns, n_waiting;
     struct conn *conns;
@@ -57,6 +58,8 @@ static int set_listeners(struct agent_relay *r, uint32_t ev)
     if (agent_watch_set(r->epfd, &r->lw, ev) < 0)
         return -1;
     if (r->pw.fd >= 0 && agent_watch_set(r->epfd, &r->pw, ev) < 0)
+        return -1;
+    if (r->tw.fd >= 0 && agent_watch_set(r->epfd, &r->tw, ev) < 0)
         return -1;
     return 0;
 }
@@ -363,6 +366,25 @@ static void on_listen_ports(struct agent_watch *w, uint32_t ev)
     accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, pw), w, 1);
 }
 
+static void on_listen_tcp(struct agent_watch *w, uint32_t ev)
+{
+    (void)ev;
+    accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, tw), w, 0);
+}
+
+int agent_relay_listen_tcp(struct agent_relay *r, int fd)
+{
+    if (r->tw.fd >= 0) {
+        close(fd);
+        return -EBUSY;
+    }
+    agent_watch_init(&r->tw, fd, on_listen_tcp);
+    int rc = r->paused ? 0 : agent_watch_set(r->epfd, &r->tw, EPOLLIN);
+    if (rc < 0)
+        agent_watch_close(r->epfd, &r->tw);
+    return rc;
+}
+
 struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
                                        const struct agent_relay_config *cfg)
 {
@@ -378,6 +400,7 @@ struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
     r->holding = cfg->hold_ms > 0;
     agent_watch_init(&r->lw, listen_fd, on_listen);
     agent_watch_init(&r->pw, ports_fd, on_listen_ports);
+    agent_watch_init(&r->tw, -1, on_listen_tcp);
     if (set_listeners(r, EPOLLIN) < 0) {
         agent_watch_close(epfd, &r->lw);
         agent_watch_close(epfd, &r->pw);
@@ -407,6 +430,7 @@ void agent_relay_destroy(struct agent_relay *r)
     agent_relay_reap(r);
     agent_watch_close(r->epfd, &r->lw);
     agent_watch_close(r->epfd, &r->pw);
+    agent_watch_close(r->epfd, &r->tw);
     free(r);
 }
 

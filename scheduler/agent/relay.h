@@ -29,6 +29,10 @@ struct agent_relay_config {
  * also on failure; NULL on failure. Starts holding when cfg->hold_ms > 0. */
 struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
                                        const struct agent_relay_config *cfg);
+/* Adds a listening TCP socket (guest mode: 0.0.0.0:relay_port, the host's forward) whose
+ * connections are relayed like those of the app socket. Takes ownership of <fd>, also on
+ * failure. Returns 0 or -errno (-EBUSY: one is there already). */
+int agent_relay_listen_tcp(struct agent_relay *r, int fd);
 void agent_relay_destroy(struct agent_relay *r);
 /* The app accepts connections now: waiting connections may go. */
 void agent_relay_set_ready(struct agent_relay *r);

@@ -29,7 +29,7 @@ import sys
 # The modules the guest needs (the cloud kernel builds them as modules), by module name. Their
 # dependencies are added from each .ko's modinfo "depends=" and everything is loaded in
 # dependency order (the agent has no modprobe).
-MODULES = ["virtio_mmio", "virtio_net", "virtio_console", "virtio_rng", "virtio_blk"]
+MODULES = ["virtio_mmio", "virtio_net", "virtio_console", "virtio_rng", "virtio_blk", "overlay"]
 APP_PORT = 8080
 META = "linux-image-cloud-amd64"
 
@@ -218,8 +218,10 @@ def main():
                     os.path.join(a.outdir, "vmlinux"))
 
     c = Cpio()
-    for d in ["bin", "dev", "etc", "etc/berth", "lib", "lib/modules", "proc", "run", "sys",
-              "tmp"]:
+    # mnt/lower, mnt/rw and sysroot: the root disk, the workspace tmpfs and their overlay (the
+    # app's root). No /data: without a root disk the agent makes it when BIND data=1 mounts.
+    for d in ["bin", "dev", "etc", "etc/berth", "lib", "lib/modules", "mnt", "proc",
+              "run", "sys", "sysroot", "tmp"]:
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.file("init", open(a.agent, "rb").read(), 0o755)

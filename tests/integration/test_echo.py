@@ -67,6 +67,8 @@ def test_echo_describes_the_request(echo_server):
     assert j["pid"] == proc.pid
     assert j["hostname"] == socket.gethostname()
     assert j["kernel"] == os.uname().release
+    assert j["uid"] == os.getuid() and j["gid"] == os.getgid()
+    assert abs(j["time_ms"] / 1000 - time.time()) < 3600     # its wall clock, in ms
     assert j["method"] == "GET"
     assert j["path"] == "/some/path"
     assert j["query"] == "x=1&y=two"
@@ -74,6 +76,20 @@ def test_echo_describes_the_request(echo_server):
     assert j["headers"]["x-fc-session-id"] == "s1"
     assert j["headers"]["host"] == "127.0.0.1:%d" % port
     assert j["body"] == "" and j["body_bytes"] == 0 and j["body_crc32"] == 0
+
+
+def test_env_shows_only_echo_variables(echo_server):
+    port, _ = echo_server(env={"ECHO_GREETING": "hi there", "SECRET_TOKEN": "s3cr3t"})
+    r = curl("http://127.0.0.1:%d/env/ECHO_GREETING" % port)
+    assert r.status == 200 and r.json() == {"name": "ECHO_GREETING", "value": "hi there"}
+    r = curl("http://127.0.0.1:%d/env/SECRET_TOKEN" % port)
+    assert r.status == 400 and b"s3cr3t" not in r.body
+    is_json_error(r.body, "bad_name")
+    r = curl("http://127.0.0.1:%d/env/ECHO_" % port)
+    assert r.status == 400
+    r = curl("http://127.0.0.1:%d/env/ECHO_UNSET" % port)
+    assert r.status == 404
+    is_json_error(r.body, "not_found")
 
 
 def test_instance_defaults_to_local(echo_server):

@@ -37,7 +37,7 @@ def _image_dir():
         if fetch.returncode == 3:
             pytest.skip("guest kernel not cached and cannot be fetched: %s" % fetch.stdout[-300:])
         assert fetch.returncode == 0, fetch.stdout
-        build = subprocess.run(["nice", "ninja", "-C", str(BUILD_DIR), "guest-image"],
+        build = subprocess.run(["nice", "meson", "compile", "-C", str(BUILD_DIR), "guest-image"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                timeout=900)
         assert build.returncode == 0, build.stdout[-3000:]

@@ -12,12 +12,16 @@ build directory and cached there. Skipped, with the reason, in sanitized builds 
 echo are dynamically linked), without qemu-system-x86_64, or when the kernel cannot be fetched
 (no network). A build failure after the fetch fails the test.
 """
+import gzip
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -66,10 +70,28 @@ def guest_image():
 
 
 class Guest:
-    """One microVM: console (hvc0) in <tmp>/qemu.log, the app forwarded to 127.0.0.1:port."""
+    """One microVM: console (hvc0) in <tmp>/qemu.log, the app forwarded to 127.0.0.1:port.
+    With <root>/<data> (ext4 images) the VM gets the contract's disks, the berth.ctl control
+    port (a unix socket QEMU serves, <ctl_path>) and the forward goes to <guest_port> (the
+    agent's relay listener)."""
 
-    def __init__(self, image, tmp, instance_id):
+    def __init__(self, image, tmp, instance_id, root=None, data=None, ctl_path=None,
+                 guest_port=APP_PORT):
         self.port = free_port()
+        self.ctl_path = ctl_path
+        extra = []
+        if ctl_path:
+            extra += ["-chardev", "socket,id=ctl,path=%s,server=on,wait=off" % ctl_path,
+                      "-device", "virtserialport,chardev=ctl,name=berth.ctl"]
+        net = ["-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d"
+               % (self.port, guest_port), "-device", "virtio-net-device,netdev=n0"]
+        disks = ["-device", "virtio-rng-device"] if root else []
+        if root:
+            disks += ["-drive", "file=%s,if=none,id=root,format=raw,readonly=on" % root,
+                      "-device", "virtio-blk-device,drive=root,serial=berth-root"]
+        if data:
+            disks += ["-drive", "file=%s,if=none,id=data,format=raw" % data,
+                      "-device", "virtio-blk-device,drive=data,serial=berth-data"]
         self.proc = Proc("qemu", [
             QEMU, "-M", "microvm,x-option-roms=off,isa-serial=off",
             "-accel", "tcg,tb-size=64", "-cpu", "max", "-m", "128", "-smp", "1",
@@ -78,10 +100,8 @@ class Guest:
             "-append", "console=hvc0 quiet panic=-1 tsc_early_khz=%d berth.id=%s"
             % (_tsc_khz(), instance_id),
             "-device", "virtio-serial-device",
-            "-chardev", "stdio,id=con0,signal=off", "-device", "virtconsole,chardev=con0",
-            "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d"
-            % (self.port, APP_PORT),
-            "-device", "virtio-net-device,netdev=n0"], tmp)
+            "-chardev", "stdio,id=con0,signal=off", "-device", "virtconsole,chardev=con0"]
+            + extra + net + disks, tmp)
 
     def console(self):
         return self.proc.log()
@@ -164,3 +184,248 @@ def test_agent_as_pid1_of_a_host_namespace_refuses_guest_mode(argv0):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "usage: berth-agent" in p.stderr
     assert "module" not in p.stderr and "guest.conf" not in p.stderr
+
+
+# ---------------------------------------------------------------- the host <-> guest contract
+
+WORKSPACE_SIZE = 4 << 20   # the rooted guest's workspace tmpfs (guest.conf workspace_size=)
+RELAY_PORT = 1             # guest.conf relay_port= (the contract's default)
+HOLD_MS = 120000           # guest.conf hold_ms=: longer than the test, so only BIND releases
+SEED = "5eed" * 16
+
+
+def _mkfs(img, size_mb, tree=None):
+    with open(img, "wb") as f:
+        f.truncate(size_mb << 20)
+    cmd = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal"]
+    if tree:
+        cmd += ["-d", str(tree)]
+    subprocess.run(cmd + [str(img)], check=True, timeout=60, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT)
+
+
+class Ctl:
+    """A connection to the guest agent's control port through QEMU's unix socket."""
+
+    def __init__(self, path):
+        self.s = None
+        deadline = time.monotonic() + 30 * SLOW
+        while True:   # QEMU creates the socket while it starts
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        s.settimeout(30 * SLOW)
+        self.s = s
+        self.buf = b""
+
+    def send_raw(self, data):
+        self.s.sendall(data)
+
+    def cmd(self, line):
+        self.s.sendall(line.encode() + b"\n")
+        while b"\n" not in self.buf:
+            chunk = self.s.recv(4096)
+            assert chunk, "control port closed waiting for the reply to %r" % line
+            self.buf += chunk
+        reply, self.buf = self.buf.split(b"\n", 1)
+        return reply.decode()
+
+    def close(self):
+        if self.s:
+            self.s.close()
+            self.s = None
+
+
+@pytest.fixture
+def rooted(guest_image, tmp_path):
+    """A VM with the contract's disks: the template's root (a static berth-echo and a
+    guest.conf with env=, uid=1000, relay_port=, hold_ms=, workspace_size=), a data disk and
+    the berth.ctl port; the forward goes to the agent's relay listener."""
+    if not shutil.which("mkfs.ext4") or not shutil.which("debugfs"):
+        pytest.skip("mkfs.ext4/debugfs not installed (Debian package e2fsprogs)")
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "etc/berth").mkdir(parents=True)
+    shutil.copy(binary("berth-echo"), tree / "bin/berth-echo")
+    conf = ["port=8080", "relay_port=%d" % RELAY_PORT, "hold_ms=%d" % HOLD_MS, "uid=1000",
+            "workspace_size=%d" % WORKSPACE_SIZE, "env=ECHO_GREETING=hello from the root disk",
+            "env=LANG=C"]
+    conf += ["arg=" + a for a in ["/bin/berth-echo", "--host", "127.0.0.1", "--port", "8080"]]
+    (tree / "etc/berth/guest.conf").write_text("\n".join(conf) + "\n")
+    _mkfs(tmp_path / "root.img", 32, tree)
+    _mkfs(tmp_path / "data.img", 16)
+    sockdir = tempfile.mkdtemp(prefix="mvm", dir="/tmp")   # a unix socket path is short
+    g = Guest(guest_image, tmp_path, "mvm-" + uuid.uuid4().hex[:12], root=tmp_path / "root.img",
+              data=tmp_path / "data.img", ctl_path=os.path.join(sockdir, "ctl.sock"),
+              guest_port=RELAY_PORT)
+    g.data_img = tmp_path / "data.img"
+    ctls = []
+    g.ctl = lambda: ctls.append(Ctl(g.ctl_path)) or ctls[-1]
+    try:
+        yield g
+    finally:
+        for c in ctls:
+            c.close()
+        g.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert not g.proc.alive()
+
+
+def _status(ctl):
+    r = ctl.cmd("STATUS")
+    m = re.fullmatch(r"OK (ready|starting) bound=(\S+) conns=(\d+) held=(\d+) id=(\S+)", r)
+    assert m, r
+    return {"state": m.group(1), "bound": m.group(2), "conns": int(m.group(3)),
+            "held": int(m.group(4)), "id": m.group(5)}
+
+
+@pytest.mark.berth_timeout(300)
+def test_rooted_guest_holds_until_bind_then_applies_clock_seed_id_and_data(rooted):
+    g = rooted
+    g.wait_ready()
+    con = g.console()
+    instance = re.search(r"instance=(mvm-\w+) pid=1 ", con).group(1)
+    assert "module" not in con, con            # overlay and the virtio modules loaded
+    ctl = g.ctl()
+    assert ctl.cmd("PING") == "OK ready"
+    st = _status(ctl)
+    assert st["bound"] == "-" and st["held"] == 0 and st["id"] == instance, st
+
+    # A request through the forward reaches the agent's relay and is held: no BIND yet.
+    url = "http://127.0.0.1:%d" % g.port
+    held = subprocess.Popen(["curl", "-sS", "--max-time", str(120 * SLOW), url + "/hello"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _status(ctl)["held"] == 1, 60 * SLOW, "the request held by the agent")
+        assert held.poll() is None, "the request completed before BIND"
+
+        # Hostile BINDs: one bad word refuses the whole line; nothing is applied or released.
+        for bad in ["BIND s1 clock=now seed=%s id=evil" % SEED,
+                    "BIND s1 clock=1.000000000 seed=%s id=evil" % SEED[:-1],
+                    "BIND s1 clock=99999999999999.000000000 id=evil",
+                    "BIND s1 id=evil/x data=1", "BIND s1 id=evil data=yes",
+                    "BIND s1 id=evil mount=/etc"]:
+            assert ctl.cmd(bad).startswith("ERR "), bad
+        st = _status(ctl)
+        assert st["bound"] == "-" and st["held"] == 1 and st["id"] == instance, st
+        assert held.poll() is None, "a refused BIND released the held request"
+
+        future = int(time.time()) + 1000
+        assert ctl.cmd("BIND sess-1 clock=%d.000000000 seed=%s id=mvm-clone-1 data=1"
+                       % (future, SEED)) == "OK"
+        out, err = held.communicate(timeout=60 * SLOW)
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
+    assert held.returncode == 0, err
+    j = json.loads(out)
+    assert j["path"] == "/hello"
+    assert j["hostname"] == "mvm-clone-1"                 # id=: sethostname
+    assert j["instance"] == instance                      # the app's env from the boot
+    assert j["time_ms"] >= (future - 60) * 1000, (j["time_ms"], future)   # clock= applied
+    assert j["uid"] == 1000 and j["gid"] == 1000          # uid= of guest.conf
+    st = _status(ctl)
+    assert st["bound"] == "sess-1" and st["id"] == "mvm-clone-1" and st["held"] == 0, st
+    assert "data disk /dev/vd" in g.console()
+
+    # The same session again: OK, not mounted twice; another session: refused.
+    assert ctl.cmd("BIND sess-1 data=1") == "OK"
+    assert ctl.cmd("BIND sess-2") == "ERR bound to another session"
+    assert g.console().count("data disk /dev/vd") == 1
+
+    # The app's environment (guest.conf env=) and its bounded workspace (cwd /workspace).
+    r = curl(url + "/env/ECHO_GREETING", timeout=30)
+    assert r.status == 200 and r.json()["value"] == "hello from the root disk", r.body
+    r = curl(url + "/workspace/small", method="PUT", data=b"fits", timeout=30)
+    assert r.status in (200, 201), r.body
+    big = g.data_img.parent / "big"
+    big.write_bytes(b"x" * (WORKSPACE_SIZE + (1 << 20)))
+    r = curl(url + "/workspace/big", method="PUT", data_file=str(big), timeout=60)
+    assert r.status == 507 and json.loads(r.body)["error"]["code"] == "insufficient_storage", \
+        r.body
+    r = curl(url + "/workspace/small", timeout=30)
+    assert r.status == 200 and r.body == b"fits"
+
+    # /data is the data disk: what the app writes there is in the image after power-off.
+    r = curl(url + "/files/proof", method="PUT", data=b"durable in sess-1", timeout=30)
+    assert r.status in (200, 201), r.body
+
+    # A host that leaves mid-line: the guest drops the partial line, the next host starts clean.
+    ctl.send_raw(b"STAT")
+    ctl.close()
+    wait_until(lambda: "berth.ctl: host disconnected (dropped 4 bytes" in g.console(),
+               30 * SLOW, "the agent noticing the host left")
+    ctl = g.ctl()
+    assert ctl.cmd("PING") == "OK ready"
+
+    # TERM: the app stops, the agent syncs, unmounts /data and powers off; QEMU exits 0.
+    assert ctl.cmd("TERM") == "OK"
+    wait_until(lambda: not g.proc.alive(), 60 * SLOW, "QEMU exiting after TERM")
+    assert g.proc.p.returncode == 0, g.console()[-2000:]
+    p = subprocess.run(["debugfs", "-R", "cat /proof", str(g.data_img)], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert p.stdout == b"durable in sess-1", (p.stdout, p.stderr)
+
+
+def _cpio_file(archive, wanted):
+    """The content of <wanted> in a cpio newc archive (bytes)."""
+    off = 0
+    while off < len(archive):
+        hdr = archive[off:off + 110]
+        assert hdr[:6] == b"070701", hdr
+        filesize, namesize = int(hdr[54:62], 16), int(hdr[94:102], 16)
+        name = archive[off + 110:off + 110 + namesize - 1].decode()
+        data = off + 110 + namesize
+        data += -data % 4
+        if name == wanted:
+            return archive[data:data + filesize]
+        off = data + filesize
+        off += -off % 4
+    raise AssertionError("%s not in the archive" % wanted)
+
+
+def _overlay_initramfs(image, tmp, files):
+    """The image's initramfs with a second cpio appended (the kernel unpacks both; later
+    entries replace earlier ones): <files> maps paths to bytes."""
+    sys.path.insert(0, str(REPO / "scheduler/guest"))
+    try:
+        import mkimage
+    finally:
+        sys.path.pop(0)
+    c = mkimage.Cpio()
+    for name, data in files.items():
+        c.file(name, data)
+    out = tmp / "initramfs-overlaid.cpio.gz"
+    out.write_bytes(Path(image["initramfs.cpio.gz"]).read_bytes() + gzip.compress(c.finish()))
+    return dict(image, **{"initramfs.cpio.gz": out})
+
+
+@pytest.mark.berth_timeout(240)
+def test_failed_module_and_bad_config_are_on_the_console_and_power_off(guest_image, tmp_path):
+    """Early failures are visible despite `quiet` (they happen before the console is open)
+    and every exit path of the agent in guest mode powers the VM off: QEMU exits by itself."""
+    order = _cpio_file(gzip.decompress(Path(guest_image["initramfs.cpio.gz"]).read_bytes()),
+                       "lib/modules/order")
+    assert order.startswith(b"virtio"), order
+    image = _overlay_initramfs(guest_image, tmp_path, {
+        "lib/modules/order": order + b"bogus.ko\n",
+        "lib/modules/bogus.ko": b"not an ELF module",
+        "etc/berth/guest.conf": b"port=8080\narg=/bin/berth-echo\nsurprise=1\n",
+    })
+    g = Guest(image, tmp_path, "mvm-" + uuid.uuid4().hex[:12])
+    try:
+        wait_until(lambda: not g.proc.alive(), BOOT_LIMIT, "QEMU powering off by itself")
+        con = g.console()
+        assert "berth-agent: module bogus.ko: " in con, con
+        assert "/etc/berth/guest.conf: unknown key" in con, con
+        assert "READY" not in con
+        assert g.proc.p.returncode == 0, con
+    finally:
+        g.stop()

@@ -1,5 +1,6 @@
 /* scheduler/agent/proto.c: berth-agent's control line protocol and its bounded line splitter. */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "scheduler/agent/proto.h"
@@ -10,6 +11,8 @@ static int parse(const char *line, struct agent_cmd *cmd, const char **err)
     *err = NULL;
     return agent_proto_parse(line, strlen(line), cmd, err);
 }
+
+#define USAGE "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]"
 
 #define EXPECT_BAD(line, why)                                                                      \
     do {                                                                                           \
@@ -48,7 +51,7 @@ TEST(bind_argument_limits)
     CHECK_UINT_EQ(strlen(c.arg), AGENT_SESSION_MAX);
     line[5 + AGENT_SESSION_MAX] = 'a';
     line[6 + AGENT_SESSION_MAX] = '\0';
-    EXPECT_BAD(line, "usage: BIND <session>");
+    EXPECT_BAD(line, "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]");
 }
 
 TEST(bad_lines)
@@ -60,16 +63,116 @@ TEST(bad_lines)
     EXPECT_BAD("PINGX", "unknown command");
     EXPECT_BAD("PING now", "this command takes no argument");
     EXPECT_BAD("STATUS ", "this command takes no argument");
-    EXPECT_BAD("BIND", "usage: BIND <session>");
-    EXPECT_BAD("BIND ", "usage: BIND <session>");
-    EXPECT_BAD("BIND a b", "usage: BIND <session>");
-    EXPECT_BAD("BIND  a", "usage: BIND <session>");
+    EXPECT_BAD("BIND", USAGE);
+    EXPECT_BAD("BIND ", USAGE);
+    EXPECT_BAD("BIND a b", "BIND: expected clock=, seed=, id= or data= after the session");
+    EXPECT_BAD("BIND  a", USAGE);
+    EXPECT_BAD("TERM now", "this command takes no argument");
     EXPECT_BAD("BIND a\tb", "control or non-ASCII byte in line");
     EXPECT_BAD("BIND \xc3\xa9", "control or non-ASCII byte in line");
     struct agent_cmd c;
     const char *err;
     CHECK_INT_EQ(agent_proto_parse("PING\0x", 6, &c, &err), -EINVAL);
     CHECK_STR_EQ(err, "control or non-ASCII byte in line");
+}
+
+TEST(term)
+{
+    struct agent_cmd c;
+    const char *err;
+    CHECK_INT_EQ(parse("TERM", &c, &err), 0);
+    CHECK_INT_EQ(c.type, AGENT_CMD_TERM);
+    CHECK_INT_EQ(parse("TERM\r", &c, &err), 0);
+}
+
+#define SEED "00112233445566778899aabbccddeeffFFEEDDCCBBAA99887766554433221100"
+
+TEST(bind_words)
+{
+    struct agent_cmd c;
+    const char *err;
+    /* The process driver's plain BIND: no words, nothing set. */
+    CHECK_INT_EQ(parse("BIND s1", &c, &err), 0);
+    CHECK_STR_EQ(c.arg, "s1");
+    CHECK_INT_EQ(c.has_clock, 0);
+    CHECK_INT_EQ(c.has_seed, 0);
+    CHECK_INT_EQ(c.data, 0);
+    CHECK_STR_EQ(c.id, "");
+    CHECK_INT_EQ(parse("BIND s1 clock=1700000000.000000042 seed=" SEED " id=i-1.a_b data=1\r", &c,
+                       &err),
+                 0);
+    CHECK_STR_EQ(c.arg, "s1");
+    CHECK_INT_EQ(c.has_clock, 1);
+    CHECK(c.clock_sec == 1700000000LL);
+    CHECK(c.clock_nsec == 42);
+    CHECK_INT_EQ(c.has_seed, 1);
+    CHECK_UINT_EQ(c.seed[0], 0x00);
+    CHECK_UINT_EQ(c.seed[1], 0x11);
+    CHECK_UINT_EQ(c.seed[15], 0xff);
+    CHECK_UINT_EQ(c.seed[16], 0xff);
+    CHECK_UINT_EQ(c.seed[31], 0x00);
+    CHECK_STR_EQ(c.id, "i-1.a_b");
+    CHECK_INT_EQ(c.data, 1);
+    /* Any order; the clock's bounds. */
+    CHECK_INT_EQ(parse("BIND s2 data=1 id=x clock=0.999999999", &c, &err), 0);
+    CHECK(c.clock_sec == 0 && c.clock_nsec == 999999999);
+    CHECK_INT_EQ(c.has_seed, 0);
+    CHECK_INT_EQ(parse("BIND s2 clock=253402300799.000000000", &c, &err), 0);
+    CHECK(c.clock_sec == AGENT_CLOCK_SEC_MAX);
+    /* The longest id. */
+    char line[AGENT_LINE_MAX];
+    char id[AGENT_ID_MAX + 2];
+    memset(id, 'a', sizeof(id));
+    id[AGENT_ID_MAX] = '\0';
+    snprintf(line, sizeof(line), "BIND s id=%s", id);
+    CHECK_INT_EQ(parse(line, &c, &err), 0);
+    CHECK_UINT_EQ(strlen(c.id), AGENT_ID_MAX);
+    id[AGENT_ID_MAX] = 'a';
+    id[AGENT_ID_MAX + 1] = '\0';
+    snprintf(line, sizeof(line), "BIND s id=%s", id);
+    EXPECT_BAD(line, "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -");
+}
+
+TEST(bind_refuses_bad_words)
+{
+#define CLOCK_BAD "BIND: clock= expects <seconds>.<9 digits of nanoseconds>"
+#define SEED_BAD "BIND: seed= expects 64 hex digits"
+#define WORD_BAD "BIND: expected clock=, seed=, id= or data= after the session"
+    EXPECT_BAD("BIND s clock=", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1.", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1.00000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1.0000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=-1.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=+1.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1.00000000x", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=253402300800.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=9999999999999.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1e9.000000000", CLOCK_BAD);
+    EXPECT_BAD("BIND s clock=1.000000000 clock=2.000000000", "BIND: clock= given twice");
+    EXPECT_BAD("BIND s seed=", SEED_BAD);
+    EXPECT_BAD("BIND s seed=" SEED "0", SEED_BAD);
+    EXPECT_BAD("BIND s seed=0112233445566778899aabbccddeeffFFEEDDCCBBAA99887766554433221100",
+               SEED_BAD);
+    EXPECT_BAD("BIND s seed=g0112233445566778899aabbccddeeffFFEEDDCCBBAA99887766554433221100",
+               SEED_BAD);
+    EXPECT_BAD("BIND s seed=" SEED " seed=" SEED, "BIND: seed= given twice");
+    EXPECT_BAD("BIND s id=", "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -");
+    EXPECT_BAD("BIND s id=a/b", "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -");
+    EXPECT_BAD("BIND s id=a id=b", "BIND: id= given twice");
+    EXPECT_BAD("BIND s data=0", "BIND: data= expects 1");
+    EXPECT_BAD("BIND s data=", "BIND: data= expects 1");
+    EXPECT_BAD("BIND s data=11", "BIND: data= expects 1");
+    EXPECT_BAD("BIND s data=1 data=1", "BIND: data= given twice");
+    EXPECT_BAD("BIND s data", WORD_BAD);
+    EXPECT_BAD("BIND s foo=1", WORD_BAD);
+    EXPECT_BAD("BIND s =1", WORD_BAD);
+    EXPECT_BAD("BIND s data=1 ", WORD_BAD);
+    EXPECT_BAD("BIND s  data=1", WORD_BAD);
+    /* One bad word refuses the whole line, whatever came before it. */
+    EXPECT_BAD("BIND s clock=1.000000000 seed=" SEED " id=ok data=1 x=y", WORD_BAD);
+    EXPECT_BAD("BIND s seed=" SEED " clock=1.00000000", CLOCK_BAD);
 }
 
 TEST(linebuf_splits_and_joins)
