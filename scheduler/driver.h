@@ -47,6 +47,9 @@ struct sch_dinst {
     /* How long the agent may take to answer BIND (0: the scheduler's default, 2 s): a VM clone
      * resumed at bind first runs its guest again (under TCG, many at once share the cores). */
     cm_usec_t bind_timeout;
+    /* The agent lets no connection through before BIND (a VM): when BIND keeps failing the
+     * scheduler ends the instance (lost) instead of leaving its connections held. */
+    int bind_required;
 };
 
 struct sch_start_spec {

@@ -54,28 +54,33 @@
 #include "scheduler/storage.h"
 #include "scheduler/vmroot.h"
 
-#define RELAY_PORT 1         /* the agent's TCP relay in the guest (guest.conf relay_port=) */
-#define FD_MEM 3             /* fds as QEMU sees them */
+#define RELAY_PORT 1 /* the agent's TCP relay in the guest (guest.conf relay_port=) */
+#define FD_MEM 3     /* fds as QEMU sees them */
 #define FD_CON 4
 #define FD_INCOMING 5
 #define FD_ROOT 6
 #define FD_FIRST_FREE 7
 #define QMP_TIMEOUT (2 * CM_USEC_PER_SEC)
 #define POLL_STEP (10 * CM_USEC_PER_MSEC)
-#define TAIL_MAX 2048        /* console bytes kept for finish()'s tail */
+#define TAIL_MAX 2048 /* console bytes kept for finish()'s tail */
 #define SNAP_SAVE_TIMEOUT (60 * CM_USEC_PER_SEC)
 #define SNAP_RETRY_MAX (60 * CM_USEC_PER_SEC)
 #define DIR_MAX 256
 #define APP_UID 1000
 #define BIND_TIMEOUT (15 * CM_USEC_PER_SEC) /* a resumed clone's first BIND (TCG: many at once) */
+/* In a VM the agent lets no connection through before BIND (not after bind_wait, as under the
+ * process driver): a clone must not serve a tenant on its snapshot's clock and RNG state, which
+ * every clone of the snapshot shares until BIND reseeds it. The gateway's timeouts end a
+ * request that waits that long. */
+#define GUEST_HOLD_MS 86400000u
 
 /* ------------------------------------------------------------------ the host's probe */
 
 static struct {
     int done, available;
-    char accel[8];  /* "kvm" or "tcg" */
-    char why[512];  /* why this accelerator (or why the driver cannot work) */
-    int kvm_gid;    /* group that may open /dev/kvm, -1 */
+    char accel[8]; /* "kvm" or "tcg" */
+    char why[512]; /* why this accelerator (or why the driver cannot work) */
+    int kvm_gid;   /* group that may open /dev/kvm, -1 */
     uint32_t tsc_khz;
 } g_probe = {.kvm_gid = -1};
 
@@ -109,7 +114,7 @@ struct minst {
     uint16_t port;
     pid_t pid;
     uint64_t starttime;
-    int child;  /* ours to reap */
+    int child; /* ours to reap */
     int incoming_sent;
     int pidfd;
     struct event *pid_ev;
@@ -140,7 +145,7 @@ struct mtpl {
     char accel[8];
     char root_img[4096];
     char root_hash[SCH_VMROOT_HASH_LEN + 1];
-    uint64_t mem;   /* guest RAM */
+    uint64_t mem; /* guest RAM */
     unsigned vcpus;
     enum snap_state snap;
     int mem_fd, state_fd; /* the snapshot (sealed memfds), -1 */
@@ -256,9 +261,9 @@ static void write_state(struct minst *mi)
     snprintf(text, sizeof(text),
              "pid=%d\nstart=%" PRIu64 "\nslot=%d\nport=%u\ntemplate=%s\naccel=%s\n"
              "data_size=%" PRIu64 "\n%s%s%s",
-             (int)mi->pid, mi->starttime, mi->slot, (unsigned)mi->port, mi->tpl_name,
-             mi->di.accel, mi->data_size, mi->data_attached ? "data=" : "",
-             mi->data_attached ? mi->data_dir : "", mi->data_attached ? "\n" : "");
+             (int)mi->pid, mi->starttime, mi->slot, (unsigned)mi->port, mi->tpl_name, mi->di.accel,
+             mi->data_size, mi->data_attached ? "data=" : "", mi->data_attached ? mi->data_dir : "",
+             mi->data_attached ? "\n" : "");
     snprintf(path, sizeof(path), "%s/state", mi->dir);
     int rc = write_file(path, text, 0600);
     if (rc < 0)
@@ -520,8 +525,9 @@ static void child_fail(int errw, const char *step)
 
 /* Forks and execs QEMU as <uid> in <cgdirs>, in directory <qdir>. Returns the pid (the child
  * has exec'd), or a negative errno with the reason in <err>. */
-static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid, char *const *cgdirs,
-                        const char *qdir, const struct spawn_fds *f, char *err, size_t errlen)
+static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid,
+                        char *const *cgdirs, const char *qdir, const struct spawn_fds *f, char *err,
+                        size_t errlen)
 {
     int ep[2];
     if (pipe2(ep, O_CLOEXEC) < 0) {
@@ -703,6 +709,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
         mi->data_size = t->tpl->data_size;
     }
     mi->di.bind_timeout = BIND_TIMEOUT;
+    mi->di.bind_required = 1;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     mi->timer = evtimer_new(d->evb, on_timer, mi);
     if (mi->di.exit_fd < 0 || !mi->timer) {
@@ -799,11 +806,8 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     char lp[DIR_MAX + 16];
     snprintf(lp, sizeof(lp), "%s/qemu.log", mi->dir);
     log = open(lp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-    struct spawn_fds f = {.mem = t->mem_fd,
-                          .con = sv[1],
-                          .incoming = incoming,
-                          .root = -1,
-                          .log = log};
+    struct spawn_fds f = {
+        .mem = t->mem_fd, .con = sv[1], .incoming = incoming, .root = -1, .log = log};
     int root = open(t->root_img, O_RDONLY | O_CLOEXEC);
     if (root < 0) {
         rc = -errno;
@@ -931,6 +935,10 @@ static void last_words(const struct minst *mi, char *out, size_t len)
     while (srclen && (src[srclen - 1] == '\n' || src[srclen - 1] == '\r'))
         srclen--;
     size_t from = srclen > 280 ? srclen - 280 : 0;
+    /* A kernel panic's register dump says less than the line that opened it. */
+    const char *panic = memmem(src, srclen, "Kernel panic", 12);
+    if (panic && (size_t)(panic - src) < from)
+        from = (size_t)(panic - src);
     for (size_t i = from; i < srclen && n + 3 < sizeof(raw); i++) {
         if (src[i] == '\n') {
             memcpy(raw + n, " | ", 3);
@@ -1088,7 +1096,9 @@ static void snapshot_poll_save(struct minst *mi)
         cm_now_mono() > mi->deadline) {
         char why[400];
         snprintf(why, sizeof(why), "migrating the template VM's state: %s",
-                 rc < 0 ? err : status[0] ? status : "timed out");
+                 rc < 0      ? err
+                 : status[0] ? status
+                             : "timed out");
         snapshot_failed(t, why);
         return;
     }
@@ -1162,10 +1172,11 @@ static void clone_poll(struct minst *mi)
         snprintf(cmd, sizeof(cmd),
                  "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:%d\"}}",
                  FD_INCOMING);
-        rc = sch_qmp_cmd(&q,
-                         "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
-                         "[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}",
-                         -1, NULL, err, sizeof(err));
+        rc =
+            sch_qmp_cmd(&q,
+                        "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
+                        "[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}",
+                        -1, NULL, err, sizeof(err));
         if (rc == 0)
             rc = sch_qmp_cmd(&q, cmd, -1, NULL, err, sizeof(err));
         mi->incoming_sent = 1;
@@ -1312,7 +1323,7 @@ static int m_prepare(struct sch_driver *base, const struct cm_template *tpl, cha
     struct sch_vmroot_params p = {.tpl = tpl,
                                   .ro_binds = d->cfg->ro_binds,
                                   .relay_port = RELAY_PORT,
-                                  .hold_ms = d->cfg->bind_wait / 1000,
+                                  .hold_ms = GUEST_HOLD_MS,
                                   .cache_dir = d->cache};
     cm_usec_t t0 = cm_now_mono();
     int rc = sch_vmroot_build(&p, t->root_img, sizeof(t->root_img), t->root_hash, err, errlen);
@@ -1381,8 +1392,8 @@ static int m_start(struct sch_driver *base, const struct sch_start_spec *spec,
         mi->st = M_WAITING;
         mi->next_wait = t->waiting;
         t->waiting = mi;
-        cm_usec_t backoff = t->failures ? (CM_USEC_PER_SEC << (t->failures < 6 ? t->failures : 6))
-                                        : 0;
+        cm_usec_t backoff =
+            t->failures ? (CM_USEC_PER_SEC << (t->failures < 6 ? t->failures : 6)) : 0;
         if (backoff > SNAP_RETRY_MAX)
             backoff = SNAP_RETRY_MAX;
         if (t->snap == SNAP_NONE ||
@@ -1525,7 +1536,8 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
                              "\"driver\":\"raw\",\"node-name\":\"data\",\"file\":\"dfile\"}]}}",
                              -1, NULL, err, errlen);
         if (rc == 0)
-            sch_qmp_cmd(&q, "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"dnull\"}}",
+            sch_qmp_cmd(&q,
+                        "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"dnull\"}}",
                         -1, NULL, err, errlen);
         if (rc == 0 && (uint64_t)st.st_size != mi->data_size) {
             /* An image made with another data_size: the guest learns its real size. */
@@ -1907,12 +1919,17 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
         snprintf(why, len, "cannot prepare the KVM probe boot: %s", strerror(errno));
         goto out;
     }
-    struct spawn_fds f = {.mem = mem, .con = sv[1], .incoming = -1, .root = -1, .log = -1};
+    int ep[2] = {-1, -1};
+    if (pipe2(ep, O_CLOEXEC | O_NONBLOCK) < 0)
+        ep[0] = ep[1] = -1;
+    struct spawn_fds f = {.mem = mem, .con = sv[1], .incoming = -1, .root = -1, .log = ep[1]};
     char err[300] = "";
     cm_usec_t t0 = cm_now_mono();
     pid_t pid = spawn_qemu(&d, a->v, 65534, NULL, dir, &f, err, sizeof(err));
     close(sv[1]);
     sv[1] = -1;
+    if (ep[1] >= 0)
+        close(ep[1]);
     if (pid < 0) {
         snprintf(why, len, "KVM probe boot: %s", err);
         goto out;
@@ -1940,6 +1957,16 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
+    if (!tail[0] && ep[0] >= 0) { /* QEMU's own words: why it would not run */
+        ssize_t n = read(ep[0], buf, sizeof(buf));
+        size_t got = n > 0 ? (size_t)n : 0;
+        while (got && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+            got--;
+        size_t from = got > 150 ? got - 150 : 0;
+        sch_report_sanitize(buf + from, got - from, tail, sizeof(tail));
+    }
+    if (ep[0] >= 0)
+        close(ep[0]);
     if (ok)
         snprintf(why, len, "a probe boot under KVM reached READY in %" PRIu64 " ms",
                  (cm_now_mono() - t0) / 1000);
@@ -1951,6 +1978,8 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
                  "a probe boot under KVM did not reach READY within %" PRIu64
                  " s (a nested or PVM KVM that cannot run a stock kernel?)",
                  (uint64_t)(cfg->microvm.probe_timeout / CM_USEC_PER_SEC));
+    if (ep[0] >= 0)
+        close(ep[0]);
 out:
     if (sv[0] >= 0)
         close(sv[0]);

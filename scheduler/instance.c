@@ -476,6 +476,12 @@ static void on_bind_reply(const char *reply, int err, void *data)
                 inst->retry_ev = evtimer_new(inst->ctx->base, on_bind_retry, inst);
             if (inst->retry_ev)
                 evtimer_add(inst->retry_ev, &tv);
+        } else if (inst->di && inst->di->bind_required && !inst->ctx->stopping) {
+            /* Its agent lets nothing through before BIND: without one the session cannot
+             * be served here; it follows its on_lost policy. */
+            cm_log_error("inst", "agent never took BIND, ending inst=%s session=%s", inst->id,
+                         inst->session);
+            sch_inst_stop(inst, "agent never took BIND", 1);
         }
     }
     sch_inst_unref(inst);
