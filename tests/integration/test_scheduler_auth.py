@@ -98,7 +98,7 @@ def test_status_without_the_secret_shows_host_counts_only(sched):
     fj = full.json()
     assert fj["authenticated"] is True
     assert any(i["session"] == h and i["id"] == bound["instance"] for i in fj["instances"])
-    assert fj["api"] and [d["name"] for d in fj["drivers"]] == ["process"]
+    assert fj["api"] and [d["name"] for d in fj["drivers"]] == ["process", "microvm"]
     assert fj["drivers"][0]["available"] is True and fj["drivers"][0]["in_use"] is True
     assert all(i["driver"] == "process" for i in fj["instances"]), fj["instances"]
     # Without: counts only. No instance, session, address or driver detail anywhere.
@@ -196,9 +196,9 @@ def test_scheduler_refuses_a_template_of_a_driver_it_does_not_know(redis_server,
     at start-up (and --check) with the template's position; nothing is made on the host."""
     ports = {"gateway": free_port(), "admin": free_port(), "scheduler": free_port()}
     cfg = make_config(tmp_short, redis_server.address, ports)
-    cfg["templates"].append(dict(cfg["templates"][0], name="vm", driver="microvm"))
+    cfg["templates"].append(dict(cfg["templates"][0], name="vm", driver="firecracker"))
     err = run_scheduler_expecting_failure(tmp_short, cfg)
-    want = "templates.vm.driver: unknown driver 'microvm' (known: process)"
+    want = "templates.vm.driver: unknown driver 'firecracker' (known: process, microvm)"
     assert want in err and "refused.yaml:" in err, err
     assert not redis_server.client().scan("berth:*")
     assert not (tmp_short / "run").exists()
