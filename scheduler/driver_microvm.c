@@ -135,6 +135,7 @@ struct minst {
     struct sch_console_scan scan;
     char tail[TAIL_MAX];
     size_t tail_len;
+    char panic[160]; /* the guest kernel's "Kernel panic ..." line, once seen */
     struct event *timer; /* restore polling, snapshot steps */
     cm_usec_t deadline;
     char **cgdirs;
@@ -924,6 +925,13 @@ static void on_console(evutil_socket_t fd, short what, void *arg)
             return;
         }
         tail_add(mi, buf, (size_t)n);
+        const char *kp = mi->panic[0] ? NULL : memmem(buf, (size_t)n, "Kernel panic", 12);
+        if (kp) { /* its register dump that follows can be longer than the tail */
+            size_t k = 0, room = (size_t)(buf + n - kp);
+            while (k < room && k < sizeof(mi->panic) - 1 && kp[k] != '\n' && kp[k] != '\r')
+                k++;
+            sch_report_sanitize(kp, k, mi->panic, sizeof(mi->panic));
+        }
         uint64_t room = mi->d->cfg->console_max > mi->con_written
                             ? mi->d->cfg->console_max - mi->con_written
                             : 0;
@@ -939,6 +947,10 @@ static void on_console(evutil_socket_t fd, short what, void *arg)
  * (QEMU's errors: a port taken, a bad option). Sanitized, newlines as " | ", "" when none. */
 static void last_words(const struct minst *mi, char *out, size_t len)
 {
+    if (mi->panic[0]) {
+        snprintf(out, len, "%s", mi->panic);
+        return;
+    }
     char raw[301];
     size_t n = 0;
     const char *src = mi->tail;
