@@ -44,9 +44,10 @@ struct sch_dinst {
      * scheduler must not ask it), and it is warm. 0 for every other instance. */
     int paused;
     char accel[8]; /* the accelerator of a VM ("kvm", "tcg"), "" for other drivers: i:<id> accel */
-    /* How long the agent may take to answer BIND (0: the scheduler's default, 2 s): a VM clone
-     * resumed at bind first runs its guest again (under TCG, many at once share the cores). */
-    cm_usec_t bind_timeout;
+    /* How long the agent may take to answer BIND or STATUS (0: the scheduler's defaults, 2 s):
+     * a VM's agent runs in a guest that, under TCG with many VMs, may be slow to get the CPU
+     * (a clone resumed at bind first runs its code through the translator again). */
+    cm_usec_t agent_timeout;
     /* The agent lets no connection through before BIND (a VM): when BIND keeps failing the
      * scheduler ends the instance (lost) instead of leaving its connections held. */
     int bind_required;

@@ -69,7 +69,7 @@
 #define SNAP_RETRY_MAX (60 * CM_USEC_PER_SEC)
 #define DIR_MAX 256
 #define APP_UID 1000
-#define BIND_TIMEOUT (15 * CM_USEC_PER_SEC) /* a resumed clone's first BIND (TCG: many at once) */
+#define AGENT_TIMEOUT (15 * CM_USEC_PER_SEC) /* BIND after resume, STATUS at adoption (TCG) */
 /* In a VM the agent lets no connection through before BIND (not after bind_wait, as under the
  * process driver): a clone must not serve a tenant on its snapshot's clock and RNG state, which
  * every clone of the snapshot shares until BIND reseeds it. The gateway's timeouts end a
@@ -726,7 +726,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
         mi->data = t->tpl->data;
         mi->data_size = t->tpl->data_size;
     }
-    mi->di.bind_timeout = BIND_TIMEOUT;
+    mi->di.agent_timeout = AGENT_TIMEOUT;
     mi->di.bind_required = 1;
     mi->di.min_grace = MIN_GRACE;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

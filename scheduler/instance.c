@@ -504,7 +504,7 @@ static void send_bind(struct sch_inst *inst)
         return;
     }
     sch_inst_ref(inst);
-    cm_usec_t timeout = inst->di->bind_timeout ? inst->di->bind_timeout : AGENT_TIMEOUT;
+    cm_usec_t timeout = inst->di->agent_timeout ? inst->di->agent_timeout : AGENT_TIMEOUT;
     if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, timeout, on_bind_reply,
                              inst) < 0)
         sch_inst_unref(inst);

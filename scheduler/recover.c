@@ -320,7 +320,8 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
         on_status("OK ready bound=- conns=0 held=0", 0, c);
         return;
     }
-    if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", STATUS_TIMEOUT, on_status, c) < 0)
+    cm_usec_t timeout = c->di->agent_timeout ? c->di->agent_timeout : STATUS_TIMEOUT;
+    if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", timeout, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);
 }
 
