@@ -135,7 +135,7 @@ struct minst {
     struct sch_console_scan scan;
     char tail[TAIL_MAX];
     size_t tail_len;
-    char panic[160]; /* the guest kernel's "Kernel panic ..." line, once seen */
+    char panic[160];     /* the guest kernel's "Kernel panic ..." line, once seen */
     struct event *timer; /* restore polling, snapshot steps */
     cm_usec_t deadline;
     char **cgdirs;
