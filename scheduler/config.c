@@ -108,13 +108,14 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         "api_secret", "api_secret_file", "pool_max_starting", "microvm", NULL};
     static const char *const microvm_keys[] = {"qemu",          "image_dir",       "accel",
                                                "probe_timeout", "memory_overhead", "default_memory",
-                                               NULL};
+                                               "nice",          NULL};
     static const char *const reserve_keys[] = {"memory", "cpus", NULL};
     struct cm_conf_ctx ctx = {.file = file, .err = err, .errlen = errlen};
     struct sch_config c;
     memset(&c, 0, sizeof(c));
     char *listen = NULL, *health = NULL;
     uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns, max_starting;
+    uint64_t mvm_nice = 10;
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     const struct cm_ynode *mvm = cm_ynode_get(section, "microvm");
@@ -173,9 +174,11 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                      1ull << 40, &c.microvm.memory_overhead) ||
         cm_conf_size(&ctx, mvm, SEC ".microvm", "default_memory", 256u << 20, 64u << 20,
                      1ull << 40, &c.microvm.default_memory) ||
+        cm_conf_u64(&ctx, mvm, SEC ".microvm", "nice", 10, 0, 19, &mvm_nice) ||
         cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
                        CM_SECRET_TOKEN, &c.api_secret))
         goto fail;
+    c.microvm.nice = (uint32_t)mvm_nice;
     if (strcmp(c.microvm.accel, "auto") != 0 && strcmp(c.microvm.accel, "kvm") != 0 &&
         strcmp(c.microvm.accel, "tcg") != 0) {
         cm_conf_fail(&ctx, cm_ynode_get(mvm, "accel"), SEC ".microvm", "accel",

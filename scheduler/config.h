@@ -30,6 +30,7 @@ struct sch_microvm_config {
     cm_usec_t probe_timeout;  /* the KVM probe boot */
     uint64_t memory_overhead; /* added to a VM's RAM for its cgroup's memory limit */
     uint64_t default_memory;  /* guest RAM of a template with memory: 0 */
+    uint32_t nice;            /* added to QEMU's nice value: the control plane comes first */
 };
 
 struct sch_config {

@@ -102,6 +102,7 @@ TEST(defaults)
     CHECK_UINT_EQ(c.microvm.probe_timeout, 10000000);
     CHECK_UINT_EQ(c.microvm.memory_overhead, 192u << 20);
     CHECK_UINT_EQ(c.microvm.default_memory, 256u << 20);
+    CHECK_UINT_EQ(c.microvm.nice, 10);
     sch_config_fini(&c);
 }
 
@@ -116,7 +117,8 @@ TEST(microvm)
                        "    accel: tcg\n"
                        "    probe_timeout: 3s\n"
                        "    memory_overhead: 64MiB\n"
-                       "    default_memory: 512MiB\n",
+                       "    default_memory: 512MiB\n"
+                       "    nice: 0\n",
                        &c, err, sizeof(err)),
                  0);
     CHECK_STR_EQ(c.microvm.qemu, "/opt/q/qemu");
@@ -125,6 +127,7 @@ TEST(microvm)
     CHECK_UINT_EQ(c.microvm.probe_timeout, 3000000);
     CHECK_UINT_EQ(c.microvm.memory_overhead, 64u << 20);
     CHECK_UINT_EQ(c.microvm.default_memory, 512u << 20);
+    CHECK_UINT_EQ(c.microvm.nice, 0);
     sch_config_fini(&c);
     EXPECT_ERROR("scheduler:\n  microvm:\n    accel: hvf\n",
                  "scheduler.microvm.accel: must be auto, kvm or tcg, not 'hvf'");
