@@ -31,8 +31,8 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -126,6 +126,7 @@ struct minst {
     char mon_buf[MON_LINE_MAX];
     size_t mon_len;
     int mon_overlong;
+    int restored; /* the monitor then carries bind's commands (cont, the /data swap) */
     int pidfd;
     struct event *pid_ev;
     int ready_w; /* write end of di.ready_fd's pipe, -1 once used */
@@ -1209,7 +1210,7 @@ static void snapshot_build(struct mtpl *t)
 /* A clone's restore, driven over its own monitor (a socket pair QEMU got at exec: no socket
  * to wait for, no polling, nothing blocks): the commands are written at once and wait in the
  * socket until QEMU reads them; QEMU's MIGRATION event says when the state is loaded. */
-static void mon_done(struct minst *mi, const char *err)
+static void mon_close(struct minst *mi)
 {
     if (mi->mon_ev) {
         event_free(mi->mon_ev);
@@ -1218,12 +1219,20 @@ static void mon_done(struct minst *mi, const char *err)
     if (mi->mon_fd >= 0)
         close(mi->mon_fd);
     mi->mon_fd = -1;
+}
+
+static void mon_done(struct minst *mi, const char *err)
+{
     if (!err) {
+        /* The monitor stays: bind sends its commands over it without waiting (they run in
+         * order, cont after the disk swap), so a slow QEMU never holds the scheduler. */
+        mi->restored = 1;
         mi->st = M_PAUSED;
         mi->di.paused = 1;
         tell_ready(mi, "READY");
         return;
     }
+    mon_close(mi);
     char line[400];
     snprintf(line, sizeof(line), "ERR restoring the snapshot: %s", err);
     tell_ready(mi, line);
@@ -1239,12 +1248,23 @@ static int mon_line(struct minst *mi, const char *line, size_t len)
     const struct cm_json *value = NULL;
     int kind = sch_qmp_parse_line(line, len, &tree, &value, err, sizeof(err));
     cm_json_free(tree);
+    if (kind == -EIO && mi->restored) {
+        /* A bind command QEMU refused (the disk swap, cont): the session cannot run here. */
+        cm_log_error("microvm", "QEMU refused a bind command, ending the VM inst=%s err=\"%s\"",
+                     mi->di.id, err);
+        snprintf(mi->end_reason, sizeof(mi->end_reason), "QEMU refused a bind command: %.150s",
+                 err);
+        if (mi->pidfd >= 0)
+            pidfd_signal(mi->pidfd, SIGKILL);
+        mon_close(mi);
+        return 1;
+    }
     if (kind == -EIO) {
         mon_done(mi, err);
         return 1;
     }
-    if (kind != 2)
-        return 0; /* the greeting, a command's return */
+    if (kind != 2 || mi->restored)
+        return 0; /* the greeting, a command's return, events of a running VM */
     struct cm_json *ev = cm_json_parse(line, len, err, sizeof(err));
     const struct cm_json *name = cm_json_get(ev, "event");
     const struct cm_json *st = cm_json_get(cm_json_get(ev, "data"), "status");
@@ -1274,7 +1294,10 @@ static void on_monitor(evutil_socket_t fd, short what, void *arg)
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
         if (n <= 0) {
-            mon_done(mi, "QEMU closed its monitor");
+            if (mi->restored)
+                mon_close(mi); /* QEMU ended: its pidfd says so */
+            else
+                mon_done(mi, "QEMU closed its monitor");
             return;
         }
         mi->mon_len += (size_t)n;
@@ -1293,6 +1316,38 @@ static void on_monitor(evutil_socket_t fd, short what, void *arg)
             mi->mon_overlong = 1;
         }
     }
+}
+
+/* Sends one command over the clone's monitor without waiting for its answer (on_monitor
+ * reads it; a refusal ends the VM). <pass_fd> >= 0 goes with it (SCM_RIGHTS). */
+static int mon_send(struct minst *mi, const char *json, int pass_fd)
+{
+    if (mi->mon_fd < 0)
+        return -ENOTCONN;
+    char line[512];
+    int n = snprintf(line, sizeof(line), "%s\n", json);
+    if (n < 0 || (size_t)n >= sizeof(line))
+        return -E2BIG;
+    struct iovec iov = {.iov_base = line, .iov_len = (size_t)n};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    if (pass_fd >= 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    /* A few hundred bytes into a socket buffer of hundreds of KB: never partial in practice;
+     * a short write is an error (the caller falls back or fails the bind). */
+    ssize_t w = sendmsg(mi->mon_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    return w == n ? 0 : w < 0 ? -errno : -EIO;
 }
 
 static int clone_restore(struct minst *mi, char *err, size_t errlen)
@@ -1629,8 +1684,49 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         snprintf(err, errlen, "fstat: %s", strerror(errno));
         return -EIO;
     }
-    struct sch_qmp q;
+    /* The commands, in order: the image's descriptor to QEMU (it cannot open the root-only
+     * file itself, and the lock travels with it), a node on it, that node swapped in under
+     * the guest's disk (the agent mounts it at BIND), the placeholder dropped, and for an
+     * image made with another data_size a resize (the guest learns its real size). */
+    static const char *const swap[] = {
+        "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"file\","
+        "\"node-name\":\"dfile\",\"filename\":\"/dev/fdset/2\"},\"id\":\"blockdev-add\"}",
+        "{\"execute\":\"blockdev-reopen\",\"arguments\":{\"options\":[{"
+        "\"driver\":\"raw\",\"node-name\":\"data\",\"file\":\"dfile\"}]},\"id\":\"reopen\"}",
+        "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"dnull\"},\"id\":\"del\"}",
+    };
     char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "{\"execute\":\"block_resize\",\"arguments\":{\"node-name\":\"data\","
+             "\"size\":%" PRIu64 "},\"id\":\"resize\"}",
+             (uint64_t)st.st_size);
+    int resize = (uint64_t)st.st_size != mi->data_size;
+    if (mi->restored && mi->mon_fd >= 0) {
+        /* Over the clone's own monitor, without waiting: the answers come to on_monitor, and a
+         * refusal ends the VM (its session follows on_lost). cont, sent at bind after these,
+         * runs after them. */
+        int rc = mon_send(mi,
+                          "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":2},"
+                          "\"id\":\"add-fd\"}",
+                          img);
+        for (size_t i = 0; rc == 0 && i < sizeof(swap) / sizeof(swap[0]); i++)
+            rc = mon_send(mi, swap[i], -1);
+        if (rc == 0 && resize)
+            rc = mon_send(mi, cmd, -1);
+        close(img);
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot send the disk swap to QEMU: %s", strerror(-rc));
+            if (mi->pidfd >= 0) /* half a swap: this VM cannot be trusted with the session */
+                pidfd_signal(mi->pidfd, SIGKILL);
+            return rc;
+        }
+        mi->data_attached = 1;
+        snprintf(mi->data_dir, sizeof(mi->data_dir), "%s", dir);
+        write_state(mi);
+        return 0;
+    }
+    /* An adopted VM (no monitor of ours): over its QMP socket, waiting for each answer. */
+    struct sch_qmp q;
     int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, errlen);
     if (rc == 0) {
         /* The image's descriptor goes to QEMU (it cannot open the root-only file itself, and
@@ -1639,28 +1735,12 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
          * connection is dropped when it closes unless a node uses it. */
         rc = sch_qmp_cmd(&q, "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":2}}", img, NULL,
                          err, errlen);
+        for (size_t i = 0; rc == 0 && i < 2; i++)
+            rc = sch_qmp_cmd(&q, swap[i], -1, NULL, err, errlen);
         if (rc == 0)
-            rc = sch_qmp_cmd(&q,
-                             "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"file\","
-                             "\"node-name\":\"dfile\",\"filename\":\"/dev/fdset/2\"}}",
-                             -1, NULL, err, errlen);
-        if (rc == 0)
-            rc = sch_qmp_cmd(&q,
-                             "{\"execute\":\"blockdev-reopen\",\"arguments\":{\"options\":[{"
-                             "\"driver\":\"raw\",\"node-name\":\"data\",\"file\":\"dfile\"}]}}",
-                             -1, NULL, err, errlen);
-        if (rc == 0)
-            sch_qmp_cmd(&q,
-                        "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"dnull\"}}",
-                        -1, NULL, err, errlen);
-        if (rc == 0 && (uint64_t)st.st_size != mi->data_size) {
-            /* An image made with another data_size: the guest learns its real size. */
-            snprintf(cmd, sizeof(cmd),
-                     "{\"execute\":\"block_resize\",\"arguments\":{\"node-name\":\"data\","
-                     "\"size\":%" PRIu64 "}}",
-                     (uint64_t)st.st_size);
+            sch_qmp_cmd(&q, swap[2], -1, NULL, err, errlen);
+        if (rc == 0 && resize)
             rc = sch_qmp_cmd(&q, cmd, -1, NULL, err, errlen);
-        }
         sch_qmp_close(&q);
     }
     close(img);
@@ -1677,7 +1757,11 @@ static int m_bind_line(struct sch_driver *base, struct sch_dinst *di, const char
 {
     (void)base;
     struct minst *mi = (struct minst *)di;
-    if (mi->st == M_PAUSED) {
+    if (mi->st == M_PAUSED && mi->restored &&
+        mon_send(mi, "{\"execute\":\"cont\",\"id\":\"cont\"}", -1) == 0) {
+        mi->st = M_RUNNING; /* sent without waiting; a refusal ends the VM */
+        mi->di.paused = 0;
+    } else if (mi->st == M_PAUSED) {
         struct sch_qmp q;
         int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, errlen);
         if (rc == 0) {
