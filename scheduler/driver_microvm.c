@@ -78,7 +78,7 @@
 #define GUEST_HOLD_MS 86400000u
 /* A running guest asked to stop (TERM) ends its app, syncs and unmounts /data and powers off:
  * under TCG on a busy host that takes seconds; a kill before it could lose /data's last writes. */
-#define MIN_GRACE (20 * CM_USEC_PER_SEC)
+#define MIN_GRACE (30 * CM_USEC_PER_SEC)
 
 /* ------------------------------------------------------------------ the host's probe */
 
