@@ -1328,25 +1328,7 @@ static int mon_send(struct minst *mi, const char *json, int pass_fd)
     int n = snprintf(line, sizeof(line), "%s\n", json);
     if (n < 0 || (size_t)n >= sizeof(line))
         return -E2BIG;
-    struct iovec iov = {.iov_base = line, .iov_len = (size_t)n};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    if (pass_fd >= 0) {
-        memset(&u, 0, sizeof(u));
-        mh.msg_control = u.buf;
-        mh.msg_controllen = sizeof(u.buf);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-    }
-    /* A few hundred bytes into a socket buffer of hundreds of KB: never partial in practice;
-     * a short write is an error (the caller falls back or fails the bind). */
-    ssize_t w = sendmsg(mi->mon_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = sch_qmp_sendmsg(mi->mon_fd, line, (size_t)n, pass_fd, MSG_DONTWAIT);
     return w == n ? 0 : w < 0 ? -errno : -EIO;
 }
 
@@ -1885,51 +1867,49 @@ static int is_live_template(const struct mdriver *d, const char *id)
     return 0;
 }
 
+/* Appends a copy of <id> to the NULL-terminated <*ids> (n entries, room for cap) unless it is
+ * there already. Returns 0 or -ENOMEM. */
+static int add_id(char ***ids, size_t *n, size_t *cap, const char *id)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*ids)[i], id) == 0)
+            return 0;
+    if (*n == *cap) {
+        char **m = realloc(*ids, (*cap * 2 + 1) * sizeof(**ids));
+        if (!m)
+            return -ENOMEM;
+        *ids = m;
+        *cap *= 2;
+    }
+    if (!((*ids)[*n] = strdup(id)))
+        return -ENOMEM;
+    (*ids)[++*n] = NULL;
+    return 0;
+}
+
 static int m_list(struct sch_driver *base, char ***ret_ids)
 {
     struct mdriver *d = (struct mdriver *)base;
     size_t n = 0, cap = 16;
-    char **ids = calloc(cap + 1, sizeof(*ids));
-    if (!ids)
-        return -ENOMEM;
-    DIR *dp = opendir(d->root);
+    char **ids = calloc(cap + 1, sizeof(*ids)), **cg = NULL;
+    int rc = ids ? 0 : -ENOMEM;
+    DIR *dp = rc == 0 ? opendir(d->root) : NULL;
     struct dirent *e;
-    while (dp && (e = readdir(dp))) {
-        if (!is_ours(d, e->d_name) || is_live_template(d, e->d_name))
-            continue; /* a template VM being snapshotted is no instance */
-        if (n == cap) {
-            char **m = realloc(ids, (cap * 2 + 1) * sizeof(*ids));
-            if (!m)
-                break;
-            ids = m;
-            cap *= 2;
-        }
-        if (!(ids[n] = strdup(e->d_name)))
-            break;
-        ids[++n] = NULL;
-    }
+    /* A template VM being snapshotted is no instance. */
+    while (dp && rc == 0 && (e = readdir(dp)))
+        if (is_ours(d, e->d_name) && !is_live_template(d, e->d_name))
+            rc = add_id(&ids, &n, &cap, e->d_name);
     if (dp)
         closedir(dp);
-    char **cg = NULL;
-    if (sch_cgroups_list(d->cg, &cg) == 0) {
-        for (char **c = cg; *c; c++) {
-            int dup = !is_ours(d, *c) || is_live_template(d, *c);
-            for (size_t i = 0; i < n && !dup; i++)
-                dup = strcmp(ids[i], *c) == 0;
-            if (dup)
-                continue;
-            if (n == cap) {
-                char **m = realloc(ids, (cap * 2 + 1) * sizeof(*ids));
-                if (!m)
-                    break;
-                ids = m;
-                cap *= 2;
-            }
-            if (!(ids[n] = strdup(*c)))
-                break;
-            ids[++n] = NULL;
-        }
+    if (rc == 0 && (rc = sch_cgroups_list(d->cg, &cg)) == 0) {
+        for (char **c = cg; *c && rc == 0; c++)
+            if (is_ours(d, *c) && !is_live_template(d, *c))
+                rc = add_id(&ids, &n, &cap, *c);
         cm_strv_free(cg);
+    }
+    if (rc < 0) { /* a partial list would make another driver's instances orphans */
+        cm_strv_free(ids);
+        return rc;
     }
     *ret_ids = ids;
     return 0;

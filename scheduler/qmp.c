@@ -115,28 +115,33 @@ static void consume_line(struct sch_qmp *q, size_t len)
     q->len -= used;
 }
 
+ssize_t sch_qmp_sendmsg(int sock, const char *data, size_t len, int pass_fd, int flags)
+{
+    struct iovec iov = {.iov_base = (char *)data, .iov_len = len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    if (pass_fd >= 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    return sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
+}
+
 static int send_all(struct sch_qmp *q, const char *data, size_t len, int pass_fd, char *err,
                     size_t errlen)
 {
     size_t off = 0;
     while (off < len) {
-        struct iovec iov = {.iov_base = (char *)data + off, .iov_len = len - off};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } u;
-        if (pass_fd >= 0 && off == 0) {
-            memset(&u, 0, sizeof(u));
-            mh.msg_control = u.buf;
-            mh.msg_controllen = sizeof(u.buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-        }
-        ssize_t n = sendmsg(q->fd, &mh, MSG_NOSIGNAL);
+        ssize_t n = sch_qmp_sendmsg(q->fd, data + off, len - off, off == 0 ? pass_fd : -1, 0);
         if (n > 0) {
             off += (size_t)n;
             continue;

@@ -10,6 +10,7 @@
 #define SCH_QMP_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "common/time.h"
 
@@ -35,6 +36,10 @@ int sch_qmp_open(struct sch_qmp *q, const char *path, cm_usec_t timeout, char *e
  * with QEMU's error description, or another negative errno, with a message in <err>. */
 int sch_qmp_cmd(struct sch_qmp *q, const char *json, int pass_fd, struct cm_json **ret, char *err,
                 size_t errlen);
+
+/* sendmsg() of <len> bytes on unix socket <sock> with <pass_fd> (>= 0) as SCM_RIGHTS, with
+ * MSG_NOSIGNAL | <flags>. Returns what sendmsg() returns. */
+ssize_t sch_qmp_sendmsg(int sock, const char *data, size_t len, int pass_fd, int flags);
 
 /* Closes the connection (fd sets added on it that no block node uses are dropped by QEMU). */
 void sch_qmp_close(struct sch_qmp *q);
