@@ -44,16 +44,6 @@ struct sch_dinst {
      * scheduler must not ask it), and it is warm. 0 for every other instance. */
     int paused;
     char accel[8]; /* the accelerator of a VM ("kvm", "tcg"), "" for other drivers: i:<id> accel */
-    /* How long the agent may take to answer BIND or STATUS (0: the scheduler's defaults, 2 s):
-     * a VM's agent runs in a guest that, under TCG with many VMs, may be slow to get the CPU
-     * (a clone resumed at bind first runs its code through the translator again). */
-    cm_usec_t agent_timeout;
-    /* The agent lets no connection through before BIND (a VM): when BIND keeps failing the
-     * scheduler ends the instance (lost) instead of leaving its connections held. */
-    int bind_required;
-    /* The least time a stop(hard 0) gets before the kill, whatever destroy_grace says (0:
-     * destroy_grace): a VM's guest must end its app, sync /data and power off. */
-    cm_usec_t min_grace;
 };
 
 struct sch_start_spec {
@@ -63,6 +53,16 @@ struct sch_start_spec {
 
 struct sch_driver_ops {
     const char *name;
+    /* How long the agent may take to answer BIND or STATUS (0: the scheduler's defaults, 2 s):
+     * a VM's agent runs in a guest that, under TCG with many VMs, may be slow to get the CPU
+     * (a clone resumed at bind first runs its code through the translator again). */
+    cm_usec_t agent_timeout;
+    /* The agent lets no connection through before BIND (a VM): when no BIND can be delivered
+     * the scheduler ends the instance (lost) instead of leaving its connections held. */
+    int bind_required;
+    /* The least time a stop(hard 0) gets before the kill, whatever destroy_grace says (0:
+     * destroy_grace): a VM's guest must end its app, sync /data and power off. */
+    cm_usec_t min_grace;
     /* Starts an instance. Returns 0 with a new instance in <ret> (it runs on its own; watch its
      * fds), or a negative errno with a message in <err> (nothing left behind). */
     int (*start)(struct sch_driver *d, const struct sch_start_spec *spec, struct sch_dinst **ret,

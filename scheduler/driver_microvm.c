@@ -527,6 +527,7 @@ static int build_argv(const struct mdriver *d, const struct mtpl *t, const struc
 
 struct spawn_fds {
     int mem, con, incoming, root, mon; /* -1: none */
+    uint64_t fsize;                    /* RLIMIT_FSIZE, 0: none */
     int log;                           /* QEMU's stdout and stderr */
 };
 
@@ -566,7 +567,9 @@ static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid
             _exit(127);
         int src[5] = {f->mem, f->con, f->incoming, f->root, f->mon}, tmp[5];
         for (int i = 0; i < 5; i++)
-            tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD_CLOEXEC, 70) : -1;
+            if ((tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD_CLOEXEC, 70) : -1) < 0 &&
+                src[i] >= 0)
+                child_fail(errw, "dup");
         int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (nul < 0 || dup2(nul, 0) < 0)
             child_fail(errw, "stdin");
@@ -591,6 +594,11 @@ static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid
         }
         if (cgdirs && sch_cgroups_attach(cgdirs, getpid()) < 0)
             child_fail(errw, "cgroup");
+        /* The largest file QEMU may write: a QEMU a guest took over holds a writable /data
+         * image and its log, and must not grow either past the session's quota. */
+        struct rlimit fl = {.rlim_cur = f->fsize, .rlim_max = f->fsize};
+        if (f->fsize && setrlimit(RLIMIT_FSIZE, &fl) < 0)
+            child_fail(errw, "rlimit");
         gid_t groups[1];
         int ngroups = 0;
         if (g_probe.kvm_gid >= 0)
@@ -737,9 +745,6 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
         mi->data = t->tpl->data;
         mi->data_size = t->tpl->data_size;
     }
-    mi->di.agent_timeout = AGENT_TIMEOUT;
-    mi->di.bind_required = 1;
-    mi->di.min_grace = MIN_GRACE;
     mi->di.exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     mi->timer = evtimer_new(d->evb, on_timer, mi);
     if (mi->di.exit_fd < 0 || !mi->timer) {
@@ -2034,6 +2039,9 @@ static void m_destroy(struct sch_driver *base)
 
 static const struct sch_driver_ops microvm_ops = {
     .name = "microvm",
+    .agent_timeout = AGENT_TIMEOUT,
+    .bind_required = 1,
+    .min_grace = MIN_GRACE,
     .start = m_start,
     .adopt = m_adopt,
     .attach_storage = m_attach_storage,

@@ -231,8 +231,8 @@ void sch_inst_stop(struct sch_inst *inst, const char *reason, int lost)
     if (!hard) {
         struct timeval tv;
         cm_usec_t grace = ctx->sc->destroy_grace;
-        if (inst->di && inst->di->min_grace > grace)
-            grace = inst->di->min_grace;
+        if (inst->drv->ops->min_grace > grace)
+            grace = inst->drv->ops->min_grace;
         cm_usec_to_tv(grace, &tv);
         evtimer_add(inst->timer_ev, &tv);
     }
@@ -282,13 +282,17 @@ static void became_ready(struct sch_inst *inst)
     sch_event(ctx, "started", "instance", inst->id, "host", ctx->sc->host_id, "template",
               inst->tpl->name, "pid", pid, "ready_ms", ms, NULL);
     inst->state = SCH_INST_WARM;
-    /* A driver may start the process only later (a VM clone waiting for its snapshot). */
-    const char *hpid[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "pid", pid};
-    inst_redis(inst, 4, hpid);
+    /* A driver may start the process only later (a VM clone waiting for its snapshot): the
+     * pid goes into the record now when it had none at start. */
+    int late_pid = inst->started_pid != inst->di->pid;
+    if (!inst->for_pool && late_pid) {
+        const char *hpid[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "pid", pid};
+        inst_redis(inst, 4, hpid);
+    }
     if (inst->for_pool) {
-        const char *hset[] = {"HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "state",
-                              "warm"};
-        inst_redis(inst, 4, hset);
+        const char *hset[] = {
+            "HSET", sch_key(ctx, key, sizeof(key), "i:%s", inst->id), "state", "warm", "pid", pid};
+        inst_redis(inst, late_pid ? 6 : 4, hset);
         const char *push[] = {
             "RPUSH",
             sch_key(ctx, key, sizeof(key), "pool:%s:%s", ctx->sc->host_id, inst->tpl->name),
@@ -415,6 +419,7 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
     inst->for_pool = for_pool;
     inst->req = req;
     inst->started = cm_now_mono();
+    inst->started_pid = di->pid;
     if (watch(inst) < 0) {
         snprintf(err, errlen, "out of memory");
         inst->req = NULL;
@@ -462,6 +467,19 @@ static void on_bind_retry(evutil_socket_t fd, short what, void *arg)
         send_bind(inst);
 }
 
+/* No BIND will reach the agent. Under the process driver its held connections go on to the
+ * app after bind_wait; a driver whose agent lets nothing through before BIND (a VM) would hold
+ * them until the session ends: that instance is ended instead and the session follows its
+ * on_lost policy. */
+static void bind_gave_up(struct sch_inst *inst, const char *why)
+{
+    if (!inst->drv->ops->bind_required || inst->ctx->stopping)
+        return;
+    cm_log_error("inst", "no BIND can reach the agent, ending inst=%s session=%s why=\"%s\"",
+                 inst->id, inst->session, why);
+    sch_inst_stop(inst, why, 1);
+}
+
 static void on_bind_reply(const char *reply, int err, void *data)
 {
     struct sch_inst *inst = data;
@@ -479,12 +497,8 @@ static void on_bind_reply(const char *reply, int err, void *data)
                 inst->retry_ev = evtimer_new(inst->ctx->base, on_bind_retry, inst);
             if (inst->retry_ev)
                 evtimer_add(inst->retry_ev, &tv);
-        } else if (inst->di && inst->di->bind_required && !inst->ctx->stopping) {
-            /* Its agent lets nothing through before BIND: without one the session cannot
-             * be served here; it follows its on_lost policy. */
-            cm_log_error("inst", "agent never took BIND, ending inst=%s session=%s", inst->id,
-                         inst->session);
-            sch_inst_stop(inst, "agent never took BIND", 1);
+        } else {
+            bind_gave_up(inst, "agent never took BIND");
         }
     }
     sch_inst_unref(inst);
@@ -498,16 +512,17 @@ static void send_bind(struct sch_inst *inst)
         snprintf(line, sizeof(line), "BIND %s", inst->session);
     } else if (inst->drv->ops->bind_line(inst->drv, inst->di, inst->session, line, sizeof(line),
                                          msg, sizeof(msg)) < 0) {
-        sch_inst_ref(inst);
-        on_bind_reply(NULL, -EIO, inst); /* logged, retried like a failed BIND */
         cm_log_warn("inst", "preparing the bind failed inst=%s err=\"%s\"", inst->id, msg);
+        sch_inst_ref(inst);
+        on_bind_reply(NULL, -EIO, inst); /* retried like a failed BIND */
         return;
     }
     sch_inst_ref(inst);
-    cm_usec_t timeout = inst->di->agent_timeout ? inst->di->agent_timeout : AGENT_TIMEOUT;
+    cm_usec_t timeout =
+        inst->drv->ops->agent_timeout ? inst->drv->ops->agent_timeout : AGENT_TIMEOUT;
     if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, line, timeout, on_bind_reply,
                              inst) < 0)
-        sch_inst_unref(inst);
+        on_bind_reply(NULL, -ENOMEM, inst); /* retried like a failed BIND (consumes the ref) */
 }
 
 /* {storage_root}/{tenant}/{h}: the two session levels 0700, storage_root and its parents 0755. */
@@ -536,9 +551,9 @@ static void on_tenant(struct redisReply *reply, const char *err, void *data)
     }
     if (err || !reply || reply->type != REDIS_REPLY_STRING ||
         !sch_safe_name(reply->str, reply->len)) {
-        /* Redis trouble: the agent still releases held connections after bind_wait. */
         cm_log_error("inst", "cannot read the session's tenant inst=%s session=%s err=\"%s\"",
                      inst->id, inst->session, err ? err : "missing or invalid tenant");
+        bind_gave_up(inst, "cannot read the session's tenant");
         sch_inst_unref(inst);
         return;
     }
@@ -597,6 +612,7 @@ void sch_inst_bind(struct sch_inst *inst, const char *h)
         if (sch_redis(ctx, on_tenant, inst, 3, hget) < 0) {
             cm_log_error("inst", "redis not connected: cannot bind inst=%s session=%s", inst->id,
                          h);
+            bind_gave_up(inst, "redis not connected at bind");
             sch_inst_unref(inst);
         }
     }

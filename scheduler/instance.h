@@ -10,6 +10,7 @@
 #define SCH_INSTANCE_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "common/key.h"
 #include "common/time.h"
@@ -44,6 +45,7 @@ struct sch_inst {
     struct event *ready_ev, *exit_ev, *timer_ev, *retry_ev;
     cm_usec_t started;   /* monotonic */
     int for_pool;        /* started to fill the pool (else for POST /v1/start) */
+    pid_t started_pid;   /* the pid written with the record at start (0: none yet) */
     int pushing;         /* ready, RPUSH into the pool not confirmed yet: still "starting" */
     int lost_on_exit;    /* when it ends, run the lost script (not a plain destroy) */
     int destroy_pending; /* a destroy command arrived while adopting */

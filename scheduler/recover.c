@@ -187,10 +187,25 @@ static void check_done(struct check *c)
     finish_recovery(rec);
 }
 
-/* The agent answered (or not): decide what the instance becomes. */
+static void decide(struct check *c, int ready, int agent_has_session, const char *reply, int err);
+
+/* The agent answered (or not): its reply runs inside the sandbox, so it is parsed strictly and
+ * logged sanitized. */
 static void on_status(const char *reply, int err, void *data)
 {
-    struct check *c = data;
+    int ready = 0, agent_has_session = 0;
+    char shown[128] = "";
+    if (reply) {
+        sch_report_status(reply, strlen(reply), &ready, &agent_has_session);
+        sch_report_sanitize(reply, strlen(reply), shown, sizeof(shown));
+    }
+    decide(data, ready, agent_has_session, reply ? shown : NULL, err);
+}
+
+/* What the adopted instance becomes, from what its agent said (<reply>: sanitized, NULL when
+ * it did not answer). */
+static void decide(struct check *c, int ready, int agent_has_session, const char *reply, int err)
+{
     struct sch_inst *inst = c->inst;
     struct sch_ctx *ctx = inst->ctx;
     if (ctx->stopping || inst->state != SCH_INST_ADOPTING) {
@@ -200,14 +215,6 @@ static void on_status(const char *reply, int err, void *data)
         return;
     }
     int bound = strcmp(c->state, "bound") == 0;
-    /* The agent runs inside the sandbox: its reply is parsed strictly and logged sanitized. */
-    int ready = 0, agent_has_session = 0;
-    char shown[128] = "";
-    if (reply) {
-        sch_report_status(reply, strlen(reply), &ready, &agent_has_session);
-        sch_report_sanitize(reply, strlen(reply), shown, sizeof(shown));
-        reply = shown;
-    }
     struct sch_dinst *di = c->di;
     c->di = NULL;
     sch_inst_adopted(inst, c->tpl, di, bound && ready && c->tpl, c->session);
@@ -316,11 +323,11 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
     }
     if (c->di->paused) {
         /* A restored VM clone not resumed yet: its agent runs only after bind; QEMU already
-         * said it is paused, which is a warm instance's state. */
-        on_status("OK ready bound=- conns=0 held=0", 0, c);
+         * said it is paused, which is a warm instance's state (ready, no session). */
+        decide(c, 1, 0, "paused VM", 0);
         return;
     }
-    cm_usec_t timeout = c->di->agent_timeout ? c->di->agent_timeout : STATUS_TIMEOUT;
+    cm_usec_t timeout = owner->ops->agent_timeout ? owner->ops->agent_timeout : STATUS_TIMEOUT;
     if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", timeout, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);
 }
