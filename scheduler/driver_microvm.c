@@ -49,6 +49,7 @@
 #include "common/log.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/driver.h"
+#include "scheduler/instdir.h"
 #include "scheduler/paths.h"
 #include "scheduler/qmp.h"
 #include "scheduler/report.h"
@@ -59,13 +60,14 @@
 #define FD_MEM 3     /* fds as QEMU sees them */
 #define FD_CON 4
 #define FD_INCOMING 5
+#define FD_INCOMING_STR "5"
 #define FD_ROOT 6
-#define FD_MON 7 /* a clone's monitor: the restore is driven over it, event by event */
+#define FD_MON 7 /* the VM's monitor: a socket pair ("the monitor" below) */
 #define FD_FIRST_FREE 8
 #define MON_LINE_MAX 8192
 #define QMP_TIMEOUT (2 * CM_USEC_PER_SEC)
-#define POLL_STEP (10 * CM_USEC_PER_MSEC)
-#define TAIL_MAX 2048 /* console bytes kept for finish()'s tail */
+#define TAIL_MAX 2048         /* console bytes kept for finish()'s tail */
+#define FSIZE_MIN (64u << 20) /* QEMU's RLIMIT_FSIZE when the VM has no /data (its log) */
 #define SNAP_SAVE_TIMEOUT (60 * CM_USEC_PER_SEC)
 #define SNAP_RETRY_MAX (60 * CM_USEC_PER_SEC)
 #define DIR_MAX 256
@@ -126,7 +128,9 @@ struct minst {
     char mon_buf[MON_LINE_MAX];
     size_t mon_len;
     int mon_overlong;
-    int restored; /* the monitor then carries bind's commands (cont, the /data swap) */
+    int restored;      /* a clone's state is loaded (bind's commands may follow) */
+    char exit_how[32]; /* "exited status=N" | "killed signal=N" once reaped, else "" */
+    uint64_t fsize;    /* QEMU's RLIMIT_FSIZE */
     int pidfd;
     struct event *pid_ev;
     int ready_w; /* write end of di.ready_fd's pipe, -1 once used */
@@ -207,7 +211,6 @@ static int is_ours(const struct mdriver *d, const char *id)
     return 1;
 }
 
-/* Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot (0: unreadable). */
 /* Reads /proc/<pid>/<name> (at most len-1 bytes, NUL-terminated). Returns the length or 0. */
 static size_t read_proc(pid_t pid, const char *name, char *buf, size_t len)
 {
@@ -222,6 +225,7 @@ static size_t read_proc(pid_t pid, const char *name, char *buf, size_t len)
     return n > 0 ? (size_t)n : 0;
 }
 
+/* Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot (0: unreadable). */
 static uint64_t proc_starttime(pid_t pid)
 {
     char buf[1024];
@@ -258,7 +262,7 @@ static int write_file(const char *path, const char *text, mode_t mode)
     if (fd < 0)
         return -errno;
     size_t len = strlen(text);
-    int rc = write(fd, text, len) == (ssize_t)len ? 0 : -EIO;
+    int rc = write(fd, text, len) == (ssize_t)len && fsync(fd) == 0 ? 0 : -EIO;
     if (close(fd) < 0 && rc == 0)
         rc = -errno;
     if (rc == 0 && rename(tmp, path) < 0)
@@ -294,18 +298,12 @@ struct mstate_file {
 /* The state file is written by us in a directory only root can write: parsed strictly anyway. */
 static int read_state(const char *dir, struct mstate_file *s)
 {
-    char path[DIR_MAX + 16], buf[8192];
+    char buf[8192];
     memset(s, 0, sizeof(*s));
     s->slot = -1;
-    snprintf(path, sizeof(path), "%s/state", dir);
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
+    ssize_t n = sch_instdir_read_host_file(dir, "state", buf, sizeof(buf));
     if (n <= 0)
-        return -EINVAL;
-    buf[n] = '\0';
+        return n < 0 ? (int)n : -EINVAL;
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
         if (strncmp(line, "pid=", 4) == 0)
             s->pid = (pid_t)strtol(line + 4, NULL, 10);
@@ -508,11 +506,13 @@ static int build_argv(const struct mdriver *d, const struct mtpl *t, const struc
     }
     arg(a, "-qmp");
     arg(a, "unix:qmp.sock,server=on,wait=off");
-    if (kind == VM_CLONE) {
+    if (kind != VM_PROBE) {
         arg(a, "-chardev");
         arg(a, "socket,id=mon0,fd=%d", FD_MON);
         arg(a, "-mon");
         arg(a, "chardev=mon0,mode=control");
+    }
+    if (kind == VM_CLONE) {
         arg(a, "-S");
         arg(a, "-incoming");
         arg(a, "defer");
@@ -567,8 +567,7 @@ static pid_t spawn_qemu(const struct mdriver *d, char *const *argv, uint32_t uid
             _exit(127);
         int src[5] = {f->mem, f->con, f->incoming, f->root, f->mon}, tmp[5];
         for (int i = 0; i < 5; i++)
-            if ((tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD_CLOEXEC, 70) : -1) < 0 &&
-                src[i] >= 0)
+            if ((tmp[i] = src[i] >= 0 ? fcntl(src[i], F_DUPFD_CLOEXEC, 70) : -1) < 0 && src[i] >= 0)
                 child_fail(errw, "dup");
         int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (nul < 0 || dup2(nul, 0) < 0)
@@ -640,7 +639,11 @@ static void on_pid_exit(evutil_socket_t fd, short what, void *arg);
 static void on_console(evutil_socket_t fd, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void snapshot_build(struct mtpl *t);
+static void snapshot_failed(struct mtpl *t, const char *why);
 static void clone_spawn(struct minst *mi);
+static int mon_send_all(struct minst *mi, const char *const *cmds, size_t n, int pass_fd);
+static void mon_refused(struct minst *mi, const char *err);
+static int mon_open(struct minst *mi, char *err, size_t errlen);
 
 static void tell_ready(struct minst *mi, const char *line)
 {
@@ -757,7 +760,9 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
     return mi;
 }
 
-/* Directories, slot, port, cgroups, console: everything a QEMU of <mi> needs. */
+/* Directories, port, cgroups, console: what a QEMU of <mi> needs but its uid (vm_spawn takes
+ * the slot: a start waiting for its template's snapshot holds none, so the template VM finds
+ * one even at capacity). */
 static int inst_prepare(struct minst *mi, char *err, size_t errlen)
 {
     struct mdriver *d = mi->d;
@@ -766,12 +771,7 @@ static int inst_prepare(struct minst *mi, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create %s: %s", mi->dir, strerror(e));
         return -e;
     }
-    if ((mi->slot = sch_slots_take(d->slots)) < 0) {
-        snprintf(err, errlen, "no free uid slot (capacity %u)", d->cfg->capacity);
-        return -EAGAIN;
-    }
-    mi->uid = d->cfg->uid_base + (uint32_t)mi->slot * SCH_UID_RANGE_SIZE;
-    if (mkdir(mi->qdir, 0700) < 0 || chown(mi->qdir, mi->uid, mi->uid) < 0) {
+    if (mkdir(mi->qdir, 0700) < 0) {
         int e = errno;
         snprintf(err, errlen, "cannot create %s: %s", mi->qdir, strerror(e));
         return -e;
@@ -828,7 +828,18 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         goto out;
     }
-    if (kind == VM_CLONE && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, mv) < 0) {
+    if (mi->slot < 0 && (mi->slot = sch_slots_take(d->slots)) < 0) {
+        rc = -EAGAIN;
+        snprintf(err, errlen, "no free uid slot (capacity %u)", d->cfg->capacity);
+        goto out;
+    }
+    mi->uid = d->cfg->uid_base + (uint32_t)mi->slot * SCH_UID_RANGE_SIZE;
+    if (chown(mi->qdir, mi->uid, mi->uid) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot hand %s to QEMU's uid: %s", mi->qdir, strerror(errno));
+        goto out;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, mv) < 0) {
         rc = -errno;
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         goto out;
@@ -846,8 +857,14 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     char lp[DIR_MAX + 16];
     snprintf(lp, sizeof(lp), "%s/qemu.log", mi->dir);
     log = open(lp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-    struct spawn_fds f = {
-        .mem = t->mem_fd, .con = sv[1], .incoming = incoming, .root = -1, .mon = mv[1], .log = log};
+    mi->fsize = mi->data && mi->data_size > FSIZE_MIN ? mi->data_size : FSIZE_MIN;
+    struct spawn_fds f = {.mem = t->mem_fd,
+                          .con = sv[1],
+                          .incoming = incoming,
+                          .root = -1,
+                          .mon = mv[1],
+                          .log = log,
+                          .fsize = mi->fsize};
     int root = open(t->root_img, O_RDONLY | O_CLOEXEC);
     if (root < 0) {
         rc = -errno;
@@ -875,10 +892,13 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     mi->pid_ev = mi->pidfd >= 0 ? event_new(d->evb, mi->pidfd, EV_READ, on_pid_exit, mi) : NULL;
     mi->con_ev = event_new(d->evb, mi->con_fd, EV_READ | EV_PERSIST, on_console, mi);
     if (!mi->pid_ev || !mi->con_ev || event_add(mi->pid_ev, NULL) < 0 ||
-        event_add(mi->con_ev, NULL) < 0) {
+        event_add(mi->con_ev, NULL) < 0 || mon_open(mi, err, errlen) < 0) {
         kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        mi->child = 0;
         rc = -ENOMEM;
-        snprintf(err, errlen, "cannot watch QEMU: out of memory or descriptors");
+        if (!err[0])
+            snprintf(err, errlen, "cannot watch QEMU: out of memory or descriptors");
         goto out;
     }
     write_state(mi);
@@ -1046,14 +1066,10 @@ static void snapshot_drop(struct mtpl *t)
 static void snapshot_failed(struct mtpl *t, const char *why)
 {
     snprintf(t->why, sizeof(t->why), "%s", why);
+    snapshot_drop(t);
     t->snap = SNAP_FAILED;
     t->failures++;
     t->failed_at = cm_now_mono();
-    if (t->mem_fd >= 0)
-        close(t->mem_fd);
-    if (t->state_fd >= 0)
-        close(t->state_fd);
-    t->mem_fd = t->state_fd = -1;
     cm_log_error("microvm", "snapshot failed template=%s try=%u err=\"%s\"", t->tpl->name,
                  t->failures, why);
     char line[400];
@@ -1096,69 +1112,25 @@ static void snapshot_ready(struct mtpl *t)
     }
 }
 
-/* The template VM is READY: stop it and migrate its device state out (its RAM is already in
- * the memfd: x-ignore-shared). Completion is polled by on_timer. */
+/* The template VM is READY: stop it and migrate its device state out over its monitor (its RAM
+ * is in the memfd already: x-ignore-shared). The MIGRATION event goes on (mon_migration). */
 static void snapshot_save(struct minst *mi)
 {
-    struct mtpl *t = mi->t;
-    struct sch_qmp *q = malloc(sizeof(*q));
-    char err[300] = "";
-    int rc = q ? 0 : -ENOMEM;
-    if (rc == 0 && (rc = sch_qmp_open(q, mi->qmp, QMP_TIMEOUT, err, sizeof(err))) == 0) {
-        const char *cmds[] = {
-            "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
-            "[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}",
-            "{\"execute\":\"stop\"}",
-            "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"fd:snap\"}}",
-        };
-        rc = sch_qmp_cmd(q, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"snap\"}}",
-                         t->state_fd, NULL, err, sizeof(err));
-        for (size_t i = 0; rc == 0 && i < sizeof(cmds) / sizeof(cmds[0]); i++)
-            rc = sch_qmp_cmd(q, cmds[i], -1, NULL, err, sizeof(err));
-        sch_qmp_close(q);
-    }
-    free(q);
-    if (rc < 0) {
-        char why[400];
-        snprintf(why, sizeof(why), "saving the template VM: %s", err[0] ? err : strerror(-rc));
-        snapshot_failed(t, why);
-        return;
-    }
+    static const char *const save[] = {
+        "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"snap\"}}",
+        "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
+        "[{\"capability\":\"x-ignore-shared\",\"state\":true},"
+        "{\"capability\":\"events\",\"state\":true}]}}",
+        "{\"execute\":\"stop\"}",
+        "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"fd:snap\"}}",
+    };
     mi->st = M_SAVING;
-    mi->deadline = cm_now_mono() + SNAP_SAVE_TIMEOUT;
-    arm(mi, POLL_STEP);
-}
-
-static void snapshot_poll_save(struct minst *mi)
-{
-    struct mtpl *t = mi->t;
-    struct sch_qmp q;
-    char err[300] = "", status[32] = "";
-    struct cm_json *r = NULL;
-    int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, sizeof(err));
-    if (rc == 0) {
-        rc = sch_qmp_cmd(&q, "{\"execute\":\"query-migrate\"}", -1, &r, err, sizeof(err));
-        const struct cm_json *s = r ? cm_json_get(cm_json_get(r, "return"), "status") : NULL;
-        if (s && s->type == CM_JSON_STRING)
-            snprintf(status, sizeof(status), "%s", s->str);
-        cm_json_free(r);
-        if (rc == 0 && strcmp(status, "completed") == 0)
-            sch_qmp_cmd(&q, "{\"execute\":\"quit\"}", -1, NULL, err, sizeof(err));
-        sch_qmp_close(&q);
-    }
-    if (rc == 0 && strcmp(status, "completed") == 0)
-        return; /* QEMU quits: on_pid_exit makes the snapshot ready */
-    if (rc < 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0 ||
-        cm_now_mono() > mi->deadline) {
-        char why[400];
-        snprintf(why, sizeof(why), "migrating the template VM's state: %s",
-                 rc < 0      ? err
-                 : status[0] ? status
-                             : "timed out");
-        snapshot_failed(t, why);
+    if (mon_send_all(mi, save, sizeof(save) / sizeof(save[0]), mi->t->state_fd) < 0) {
+        mon_refused(mi, "cannot write to QEMU's monitor");
         return;
     }
-    arm(mi, POLL_STEP);
+    mi->deadline = cm_now_mono() + SNAP_SAVE_TIMEOUT;
+    arm(mi, SNAP_SAVE_TIMEOUT);
 }
 
 /* Boots the template VM of <t> (asynchronously: READY on its console continues). */
@@ -1210,11 +1182,14 @@ static void snapshot_build(struct mtpl *t)
                 mi->di.id, t->accel, (int)mi->pid);
 }
 
-/* ------------------------------------------------------------------ clones */
+/* ------------------------------------------------------------------ the monitor
+ *
+ * Each VM's QMP monitor is a socket pair QEMU gets at exec (`-chardev socket,fd=7 -mon ...`):
+ * no socket path to wait for or to trust, nothing polled, nothing blocks. Commands are written
+ * without waiting (they run in order; QEMU reads them when it is ready), answers and events
+ * come to on_monitor. It carries the template VM's save, a clone's restore, and bind's
+ * commands (the /data swap, cont). A refused command ends what it was for. */
 
-/* A clone's restore, driven over its own monitor (a socket pair QEMU got at exec: no socket
- * to wait for, no polling, nothing blocks): the commands are written at once and wait in the
- * socket until QEMU reads them; QEMU's MIGRATION event says when the state is loaded. */
 static void mon_close(struct minst *mi)
 {
     if (mi->mon_ev) {
@@ -1226,17 +1201,32 @@ static void mon_close(struct minst *mi)
     mi->mon_fd = -1;
 }
 
-static void mon_done(struct minst *mi, const char *err)
+/* Sends one command without waiting for its answer. <pass_fd> >= 0 goes with it (SCM_RIGHTS). */
+static int mon_send(struct minst *mi, const char *json, int pass_fd)
 {
-    if (!err) {
-        /* The monitor stays: bind sends its commands over it without waiting (they run in
-         * order, cont after the disk swap), so a slow QEMU never holds the scheduler. */
-        mi->restored = 1;
-        mi->st = M_PAUSED;
-        mi->di.paused = 1;
-        tell_ready(mi, "READY");
-        return;
-    }
+    if (mi->mon_fd < 0)
+        return -ENOTCONN;
+    char line[512];
+    int n = snprintf(line, sizeof(line), "%s\n", json);
+    if (n < 0 || (size_t)n >= sizeof(line))
+        return -E2BIG;
+    /* A few hundred bytes into a socket buffer of hundreds of KB: never short in practice, and
+     * a short write is an error (a half command would be the next one's prefix). */
+    ssize_t w = sch_qmp_sendmsg(mi->mon_fd, line, (size_t)n, pass_fd, MSG_DONTWAIT);
+    return w == n ? 0 : w < 0 ? -errno : -EIO;
+}
+
+static int mon_send_all(struct minst *mi, const char *const *cmds, size_t n, int pass_fd)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = mon_send(mi, cmds[i], i == 0 ? pass_fd : -1);
+    return rc;
+}
+
+/* The restore failed: the start fails with <err>, and QEMU goes. */
+static void restore_failed(struct minst *mi, const char *err)
+{
     mon_close(mi);
     char line[400];
     snprintf(line, sizeof(line), "ERR restoring the snapshot: %s", err);
@@ -1245,16 +1235,36 @@ static void mon_done(struct minst *mi, const char *err)
         pidfd_signal(mi->pidfd, SIGKILL);
 }
 
-/* One line from the clone's monitor. Returns 1 when the restore is over (mon_done called). */
-static int mon_line(struct minst *mi, const char *line, size_t len)
+/* A clone's state is loaded: it is warm. QEMU made its sockets in q/ at start-up and needs
+ * the directory no more: it becomes root's, so that a QEMU a guest takes over later cannot
+ * swap ctl.sock or qmp.sock for a link to another VM's (root connects to them). */
+static void restored(struct minst *mi)
 {
-    char err[300] = "";
-    struct cm_json *tree = NULL;
-    const struct cm_json *value = NULL;
-    int kind = sch_qmp_parse_line(line, len, &tree, &value, err, sizeof(err));
-    cm_json_free(tree);
-    if (kind == -EIO && mi->restored) {
-        /* A bind command QEMU refused (the disk swap, cont): the session cannot run here. */
+    if (chown(mi->qdir, 0, 0) < 0 || chmod(mi->qdir, 0711) < 0) {
+        restore_failed(mi, "cannot take back its directory");
+        return;
+    }
+    mi->restored = 1;
+    mi->st = M_PAUSED;
+    mi->di.paused = 1;
+    tell_ready(mi, "READY");
+}
+
+/* QEMU refused a command: <err> is its description. */
+static void mon_refused(struct minst *mi, const char *err)
+{
+    struct mtpl *t = mi->t;
+    if (mi->template_vm) {
+        if (t && t->builder == mi && t->snap == SNAP_BUILDING) {
+            char why[400];
+            snprintf(why, sizeof(why), "saving the template VM: %s", err);
+            snapshot_failed(t, why);
+        }
+        mon_close(mi);
+    } else if (!mi->restored) {
+        restore_failed(mi, err);
+    } else {
+        /* A bind command (the disk swap, cont): the session cannot run here. */
         cm_log_error("microvm", "QEMU refused a bind command, ending the VM inst=%s err=\"%s\"",
                      mi->di.id, err);
         snprintf(mi->end_reason, sizeof(mi->end_reason), "QEMU refused a bind command: %.150s",
@@ -1262,57 +1272,71 @@ static int mon_line(struct minst *mi, const char *line, size_t len)
         if (mi->pidfd >= 0)
             pidfd_signal(mi->pidfd, SIGKILL);
         mon_close(mi);
-        return 1;
     }
+}
+
+/* A MIGRATION event: the template VM's state saved, or a clone's loaded (or not). */
+static void mon_migration(struct minst *mi, const char *status)
+{
+    int done = strcmp(status, "completed") == 0;
+    if (!done && strcmp(status, "failed") != 0 && strcmp(status, "cancelled") != 0)
+        return;
+    if (mi->template_vm) {
+        char why[64];
+        snprintf(why, sizeof(why), "the state's migration %s", status);
+        if (mi->st != M_SAVING)
+            return;
+        if (!done)
+            mon_refused(mi, why);
+        else if (mon_send(mi, "{\"execute\":\"quit\"}", -1) < 0) /* on_pid_exit goes on */
+            mon_refused(mi, "cannot ask QEMU to quit");
+    } else if (!mi->restored) {
+        if (done)
+            restored(mi);
+        else
+            restore_failed(mi, "the incoming migration failed");
+    }
+}
+
+static void mon_line(struct minst *mi, const char *line, size_t len)
+{
+    char err[300] = "";
+    struct cm_json *tree = NULL;
+    const struct cm_json *value = NULL;
+    int kind = sch_qmp_parse_line(line, len, &tree, &value, err, sizeof(err));
     if (kind == -EIO) {
-        mon_done(mi, err);
-        return 1;
+        mon_refused(mi, err);
+    } else if (kind == 2) {
+        const struct cm_json *name = cm_json_get(tree, "event");
+        const struct cm_json *st = cm_json_get(cm_json_get(tree, "data"), "status");
+        if (name && name->type == CM_JSON_STRING && strcmp(name->str, "MIGRATION") == 0 && st &&
+            st->type == CM_JSON_STRING)
+            mon_migration(mi, st->str);
     }
-    if (kind != 2 || mi->restored)
-        return 0; /* the greeting, a command's return, events of a running VM */
-    struct cm_json *ev = cm_json_parse(line, len, err, sizeof(err));
-    const struct cm_json *name = cm_json_get(ev, "event");
-    const struct cm_json *st = cm_json_get(cm_json_get(ev, "data"), "status");
-    int over = 0;
-    if (name && name->type == CM_JSON_STRING && strcmp(name->str, "MIGRATION") == 0 && st &&
-        st->type == CM_JSON_STRING) {
-        if (strcmp(st->str, "completed") == 0) {
-            mon_done(mi, NULL);
-            over = 1;
-        } else if (strcmp(st->str, "failed") == 0 || strcmp(st->str, "cancelled") == 0) {
-            char why[64];
-            snprintf(why, sizeof(why), "the incoming migration %s", st->str);
-            mon_done(mi, why);
-            over = 1;
-        }
-    }
-    cm_json_free(ev);
-    return over;
+    cm_json_free(tree);
 }
 
 static void on_monitor(evutil_socket_t fd, short what, void *arg)
 {
     struct minst *mi = arg;
     (void)what;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 8 && mi->mon_fd >= 0; i++) {
         ssize_t n = read(fd, mi->mon_buf + mi->mon_len, sizeof(mi->mon_buf) - mi->mon_len);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
-        if (n <= 0) {
-            if (mi->restored)
-                mon_close(mi); /* QEMU ended: its pidfd says so */
-            else
-                mon_done(mi, "QEMU closed its monitor");
+        if (n <= 0) { /* QEMU ended (its pidfd says how) */
+            if (!mi->template_vm && !mi->restored)
+                restore_failed(mi, "QEMU closed its monitor");
+            mon_close(mi);
             return;
         }
         mi->mon_len += (size_t)n;
         char *nl;
-        while ((nl = memchr(mi->mon_buf, '\n', mi->mon_len))) {
+        while (mi->mon_fd >= 0 && (nl = memchr(mi->mon_buf, '\n', mi->mon_len))) {
             size_t len = (size_t)(nl - mi->mon_buf);
-            int skip = mi->mon_overlong;
+            if (!mi->mon_overlong)
+                mon_line(mi, mi->mon_buf, len);
             mi->mon_overlong = 0;
-            if (!skip && mon_line(mi, mi->mon_buf, len))
-                return;
             memmove(mi->mon_buf, nl + 1, mi->mon_len - len - 1);
             mi->mon_len -= len + 1;
         }
@@ -1323,46 +1347,52 @@ static void on_monitor(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* Sends one command over the clone's monitor without waiting for its answer (on_monitor
- * reads it; a refusal ends the VM). <pass_fd> >= 0 goes with it (SCM_RIGHTS). */
-static int mon_send(struct minst *mi, const char *json, int pass_fd)
+/* Watches QEMU's end of the monitor and negotiates it (right after the spawn). */
+static int mon_open(struct minst *mi, char *err, size_t errlen)
 {
-    if (mi->mon_fd < 0)
-        return -ENOTCONN;
-    char line[512];
-    int n = snprintf(line, sizeof(line), "%s\n", json);
-    if (n < 0 || (size_t)n >= sizeof(line))
-        return -E2BIG;
-    ssize_t w = sch_qmp_sendmsg(mi->mon_fd, line, (size_t)n, pass_fd, MSG_DONTWAIT);
-    return w == n ? 0 : w < 0 ? -errno : -EIO;
-}
-
-static int clone_restore(struct minst *mi, char *err, size_t errlen)
-{
-    char script[768];
-    int n = snprintf(script, sizeof(script),
-                     "{\"execute\":\"qmp_capabilities\"}\n"
-                     "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
-                     "[{\"capability\":\"x-ignore-shared\",\"state\":true},"
-                     "{\"capability\":\"events\",\"state\":true}]}}\n"
-                     "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:%d\"}}\n",
-                     FD_INCOMING);
-    if (mi->mon_fd < 0 || n < 0 || (size_t)n >= sizeof(script) ||
-        send(mi->mon_fd, script, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
-        snprintf(err, errlen, "cannot write to QEMU's monitor: %s", strerror(errno));
-        return -EIO;
-    }
     fcntl(mi->mon_fd, F_SETFL, O_NONBLOCK);
     mi->mon_ev = event_new(mi->d->evb, mi->mon_fd, EV_READ | EV_PERSIST, on_monitor, mi);
     if (!mi->mon_ev || event_add(mi->mon_ev, NULL) < 0) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    return 0;
+    int rc = mon_send(mi, "{\"execute\":\"qmp_capabilities\"}", -1);
+    if (rc < 0)
+        snprintf(err, errlen, "cannot write to QEMU's monitor: %s", strerror(-rc));
+    return rc;
 }
+
+/* Runs <cmds> in order on <mi>'s QEMU, <pass_fd> (>= 0) with the first: over its monitor
+ * without waiting when this scheduler started it (a refusal then ends the VM), else (a VM
+ * adopted after a restart) over its QMP socket, waiting for each answer. */
+static int vm_cmds(struct minst *mi, const char *const *cmds, size_t n, int pass_fd, char *err,
+                   size_t errlen)
+{
+    int rc;
+    if (mi->mon_fd >= 0) {
+        if ((rc = mon_send_all(mi, cmds, n, pass_fd)) < 0)
+            snprintf(err, errlen, "cannot write to QEMU's monitor: %s", strerror(-rc));
+        return rc;
+    }
+    struct sch_qmp q;
+    if ((rc = sch_qmp_open(&q, mi->qmp, mi->pid, QMP_TIMEOUT, err, errlen)) < 0)
+        return rc;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = sch_qmp_cmd(&q, cmds[i], i == 0 ? pass_fd : -1, NULL, err, errlen);
+    sch_qmp_close(&q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ clones */
 
 static void clone_spawn(struct minst *mi)
 {
+    static const char *const restore[] = {
+        "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
+        "[{\"capability\":\"x-ignore-shared\",\"state\":true},"
+        "{\"capability\":\"events\",\"state\":true}]}}",
+        "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:" FD_INCOMING_STR "\"}}",
+    };
     char err[400] = "";
     int rc = vm_spawn(mi, VM_CLONE, err, sizeof(err));
     if (rc < 0) {
@@ -1374,34 +1404,26 @@ static void clone_spawn(struct minst *mi)
     }
     mi->t->clones++;
     mi->st = M_RESTORING;
-    if ((rc = clone_restore(mi, err, sizeof(err))) < 0) {
-        char line[450];
-        snprintf(line, sizeof(line), "ERR %s", err);
-        tell_ready(mi, line);
-        if (mi->pidfd >= 0)
-            pidfd_signal(mi->pidfd, SIGKILL);
-    }
+    if ((rc = mon_send_all(mi, restore, 2, -1)) < 0)
+        restore_failed(mi, "cannot write to QEMU's monitor");
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct minst *mi = arg;
     (void)fd, (void)what;
-    switch (mi->st) {
-    case M_BOOTING:
-        if (mi->template_vm && mi->t) {
-            char why[200];
-            snprintf(why, sizeof(why), "the template VM was not READY within %" PRIu64 " s",
-                     (uint64_t)(mi->deadline - mi->t->built_us) / CM_USEC_PER_SEC);
-            snapshot_failed(mi->t, why);
-        }
-        break;
-    case M_SAVING:
-        snapshot_poll_save(mi);
-        break;
-    default:
-        break;
-    }
+    if (!mi->template_vm || !mi->t || mi->t->builder != mi)
+        return;
+    char why[200];
+    if (mi->st == M_BOOTING)
+        snprintf(why, sizeof(why), "the template VM was not READY within %" PRIu64 " s",
+                 (uint64_t)(mi->deadline - mi->t->built_us) / CM_USEC_PER_SEC);
+    else if (mi->st == M_SAVING)
+        snprintf(why, sizeof(why), "the template VM's state was not saved within %" PRIu64 " s",
+                 (uint64_t)(SNAP_SAVE_TIMEOUT / CM_USEC_PER_SEC));
+    else
+        return;
+    snapshot_failed(mi->t, why);
 }
 
 static void on_pid_exit(evutil_socket_t fd, short what, void *arg)
@@ -1410,24 +1432,28 @@ static void on_pid_exit(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     if (mi->con_fd >= 0) /* the last words on the console */
         on_console(mi->con_fd, EV_READ, mi);
+    if (mi->child) { /* ours: reaped now, how it ended kept for finish() */
+        siginfo_t si = {0};
+        if (waitid((idtype_t)P_PIDFD, (id_t)mi->pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid)
+            snprintf(mi->exit_how, sizeof(mi->exit_how), "%s=%d",
+                     si.si_code == CLD_EXITED ? "exited status" : "killed signal", si.si_status);
+        mi->child = 0;
+    }
     if (!mi->template_vm) {
         mark_gone(mi, NULL);
         return;
     }
-    /* The template VM: it quits after its state was saved; anything else is a failure. */
+    /* The template VM quits after its state was saved; anything else is a failure. */
     struct mtpl *t = mi->t;
-    siginfo_t si = {0};
-    waitid((idtype_t)P_PIDFD, (id_t)mi->pidfd, &si, WEXITED | WNOHANG);
-    mi->child = 0;
     if (t && t->builder == mi) {
         t->builder = NULL;
-        if (mi->st == M_SAVING && si.si_code == CLD_EXITED && si.si_status == 0) {
+        if (mi->st == M_SAVING && strcmp(mi->exit_how, "exited status=0") == 0) {
             snapshot_ready(t);
         } else if (t->snap == SNAP_BUILDING) {
             char why[TAIL_MAX + 100], tail[300];
             last_words(mi, tail, sizeof(tail));
-            snprintf(why, sizeof(why), "the template VM ended (%s %d) before its snapshot: %s",
-                     si.si_code == CLD_EXITED ? "status" : "signal", si.si_status, tail);
+            snprintf(why, sizeof(why), "the template VM ended (%s) before its snapshot: %s",
+                     mi->exit_how[0] ? mi->exit_how : "gone", tail);
             snapshot_failed(t, why);
         }
     }
@@ -1530,7 +1556,6 @@ static int m_start(struct sch_driver *base, const struct sch_start_spec *spec,
         inst_free(mi);
         return rc;
     }
-    write_state(mi);
     /* The snapshot is stale when QEMU, the kernel or an image changed under us. */
     if (t->snap == SNAP_READY && snapshot_key(d, t) != t->key) {
         cm_log_info("microvm", "snapshot stale, rebuilding template=%s", t->tpl->name);
@@ -1598,9 +1623,7 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     mi->pid = mi->di.pid = s.pid;
     mi->starttime = s.start;
     mi->pidfd = pfd;
-    mi->slot = s.slot;
     mi->uid = d->cfg->uid_base + (uint32_t)(s.slot > 0 ? s.slot : 0) * SCH_UID_RANGE_SIZE;
-    sch_slots_mark(d->slots, s.slot, 1);
     mi->port = (uint16_t)s.port;
     snprintf(mi->di.addr, sizeof(mi->di.addr), "tcp:127.0.0.1:%u", s.port);
     mi->data_size = s.data_size;
@@ -1610,11 +1633,12 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         snprintf(mi->data_dir, sizeof(mi->data_dir), "%s", s.data);
     }
     mi->cgdirs = sch_cgroups_instance_dirs(d->cg, id);
-    /* Running (bound) or paused (warm): QEMU says which. */
+    /* Running (bound) or paused (warm): QEMU says which. One that does not answer in time (a
+     * busy TCG host) is taken as running: its agent's STATUS decides, as for any instance. */
     struct sch_qmp q;
     char status[32] = "";
     struct cm_json *r = NULL;
-    int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, errlen);
+    int rc = sch_qmp_open(&q, mi->qmp, mi->pid, QMP_TIMEOUT, err, errlen);
     if (rc == 0) {
         rc = sch_qmp_cmd(&q, "{\"execute\":\"query-status\"}", -1, &r, err, errlen);
         const struct cm_json *v = cm_json_get(cm_json_get(r, "return"), "status");
@@ -1623,7 +1647,7 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         cm_json_free(r);
         sch_qmp_close(&q);
     }
-    if (rc == 0 && strcmp(status, "running") == 0) {
+    if ((rc == 0 && strcmp(status, "running") == 0) || rc == -ETIMEDOUT) {
         mi->st = M_RUNNING;
     } else if (rc == 0 && strcmp(status, "paused") == 0) {
         mi->st = M_PAUSED;
@@ -1642,6 +1666,8 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    mi->slot = s.slot; /* its uid range is in use again (only once it is really ours) */
+    sch_slots_mark(d->slots, s.slot, 1);
     *ret = &mi->di;
     return 0;
 }
@@ -1671,68 +1697,46 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         snprintf(err, errlen, "fstat: %s", strerror(errno));
         return -EIO;
     }
-    /* The commands, in order: the image's descriptor to QEMU (it cannot open the root-only
-     * file itself, and the lock travels with it), a node on it, that node swapped in under
+    /* A file written past QEMU's RLIMIT_FSIZE kills it: an image made larger (an older
+     * data_size) raises the limit to its size. */
+    struct rlimit fl;
+    if (prlimit(mi->pid, RLIMIT_FSIZE, NULL, &fl) == 0 && fl.rlim_cur != RLIM_INFINITY &&
+        (uint64_t)st.st_size > fl.rlim_cur) {
+        fl.rlim_cur = fl.rlim_max = (rlim_t)st.st_size;
+        if (prlimit(mi->pid, RLIMIT_FSIZE, &fl, NULL) < 0) {
+            close(img);
+            snprintf(err, errlen, "cannot raise QEMU's file size limit: %s", strerror(errno));
+            return -EIO;
+        }
+    }
+    /* In order: the image's descriptor to QEMU (it cannot open the root-only file itself, and
+     * the lock travels with it; one exchange, since an fd set added on a monitor connection
+     * that closes before a node uses it is dropped), a node on it, that node swapped in under
      * the guest's disk (the agent mounts it at BIND), the placeholder dropped, and for an
-     * image made with another data_size a resize (the guest learns its real size). */
-    static const char *const swap[] = {
+     * image made with another data_size a resize (the guest learns its real size). cont,
+     * sent at bind after these, runs after them. */
+    char resize[256];
+    snprintf(resize, sizeof(resize),
+             "{\"execute\":\"block_resize\",\"arguments\":{\"node-name\":\"data\","
+             "\"size\":%" PRIu64 "},\"id\":\"resize\"}",
+             (uint64_t)st.st_size);
+    const char *const swap[] = {
+        "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":2},\"id\":\"add-fd\"}",
         "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"file\","
         "\"node-name\":\"dfile\",\"filename\":\"/dev/fdset/2\"},\"id\":\"blockdev-add\"}",
         "{\"execute\":\"blockdev-reopen\",\"arguments\":{\"options\":[{"
         "\"driver\":\"raw\",\"node-name\":\"data\",\"file\":\"dfile\"}]},\"id\":\"reopen\"}",
         "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"dnull\"},\"id\":\"del\"}",
+        resize,
     };
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd),
-             "{\"execute\":\"block_resize\",\"arguments\":{\"node-name\":\"data\","
-             "\"size\":%" PRIu64 "},\"id\":\"resize\"}",
-             (uint64_t)st.st_size);
-    int resize = (uint64_t)st.st_size != mi->data_size;
-    if (mi->restored && mi->mon_fd >= 0) {
-        /* Over the clone's own monitor, without waiting: the answers come to on_monitor, and a
-         * refusal ends the VM (its session follows on_lost). cont, sent at bind after these,
-         * runs after them. */
-        int rc = mon_send(mi,
-                          "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":2},"
-                          "\"id\":\"add-fd\"}",
-                          img);
-        for (size_t i = 0; rc == 0 && i < sizeof(swap) / sizeof(swap[0]); i++)
-            rc = mon_send(mi, swap[i], -1);
-        if (rc == 0 && resize)
-            rc = mon_send(mi, cmd, -1);
-        close(img);
-        if (rc < 0) {
-            snprintf(err, errlen, "cannot send the disk swap to QEMU: %s", strerror(-rc));
-            if (mi->pidfd >= 0) /* half a swap: this VM cannot be trusted with the session */
-                pidfd_signal(mi->pidfd, SIGKILL);
-            return rc;
-        }
-        mi->data_attached = 1;
-        snprintf(mi->data_dir, sizeof(mi->data_dir), "%s", dir);
-        write_state(mi);
-        return 0;
-    }
-    /* An adopted VM (no monitor of ours): over its QMP socket, waiting for each answer. */
-    struct sch_qmp q;
-    int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, errlen);
-    if (rc == 0) {
-        /* The image's descriptor goes to QEMU (it cannot open the root-only file itself, and
-         * the lock travels with it); the placeholder node is swapped for it under the guest's
-         * disk, which the agent mounts at BIND. One connection: an fd set added on a monitor
-         * connection is dropped when it closes unless a node uses it. */
-        rc = sch_qmp_cmd(&q, "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":2}}", img, NULL,
-                         err, errlen);
-        for (size_t i = 0; rc == 0 && i < 2; i++)
-            rc = sch_qmp_cmd(&q, swap[i], -1, NULL, err, errlen);
-        if (rc == 0)
-            sch_qmp_cmd(&q, swap[2], -1, NULL, err, errlen);
-        if (rc == 0 && resize)
-            rc = sch_qmp_cmd(&q, cmd, -1, NULL, err, errlen);
-        sch_qmp_close(&q);
-    }
+    size_t n = sizeof(swap) / sizeof(swap[0]) - ((uint64_t)st.st_size == mi->data_size);
+    int rc = vm_cmds(mi, swap, n, img, err, errlen);
     close(img);
-    if (rc < 0)
+    if (rc < 0) {
+        if (mi->pidfd >= 0) /* maybe half a swap: this VM cannot be trusted with the session */
+            pidfd_signal(mi->pidfd, SIGKILL);
         return rc;
+    }
     mi->data_attached = 1;
     snprintf(mi->data_dir, sizeof(mi->data_dir), "%s", dir);
     write_state(mi);
@@ -1744,17 +1748,9 @@ static int m_bind_line(struct sch_driver *base, struct sch_dinst *di, const char
 {
     (void)base;
     struct minst *mi = (struct minst *)di;
-    if (mi->st == M_PAUSED && mi->restored &&
-        mon_send(mi, "{\"execute\":\"cont\",\"id\":\"cont\"}", -1) == 0) {
-        mi->st = M_RUNNING; /* sent without waiting; a refusal ends the VM */
-        mi->di.paused = 0;
-    } else if (mi->st == M_PAUSED) {
-        struct sch_qmp q;
-        int rc = sch_qmp_open(&q, mi->qmp, QMP_TIMEOUT, err, errlen);
-        if (rc == 0) {
-            rc = sch_qmp_cmd(&q, "{\"execute\":\"cont\"}", -1, NULL, err, errlen);
-            sch_qmp_close(&q);
-        }
+    static const char *const cont[] = {"{\"execute\":\"cont\",\"id\":\"cont\"}"};
+    if (mi->st == M_PAUSED) {
+        int rc = vm_cmds(mi, cont, 1, -1, err, errlen);
         if (rc < 0)
             return rc;
         mi->st = M_RUNNING;
@@ -1795,8 +1791,12 @@ static int send_term(struct minst *mi)
         return -ENAMETOOLONG;
     }
     int rc = 0;
+    struct ucred cr;
+    socklen_t crlen = sizeof(cr);
     if (connect(s, (struct sockaddr *)&sun, sizeof(sun)) < 0 && errno != EINPROGRESS)
         rc = -errno;
+    else if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || cr.pid != mi->pid)
+        rc = -EPERM; /* not this VM's QEMU listening there */
     /* Queued in the socket until QEMU accepts (it takes one connection at a time). */
     if (rc == 0 && send(s, "TERM\n", 5, MSG_NOSIGNAL) != 5)
         rc = -EIO;
@@ -1834,21 +1834,10 @@ static void m_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
     struct minst *mi = (struct minst *)di;
     if (mi->con_fd >= 0)
         on_console(mi->con_fd, EV_READ, mi);
-    if (mi->end_reason[0]) {
-        snprintf(reason, len, "%s", mi->end_reason);
-    } else if (mi->child && mi->pidfd >= 0) {
-        siginfo_t si = {0};
-        if (waitid((idtype_t)P_PIDFD, (id_t)mi->pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid) {
-            if (si.si_code == CLD_EXITED)
-                snprintf(reason, len, "exited status=%d", si.si_status);
-            else
-                snprintf(reason, len, "killed signal=%d", si.si_status);
-        } else {
-            snprintf(reason, len, "gone");
-        }
-    } else {
-        snprintf(reason, len, "gone");
-    }
+    snprintf(reason, len, "%s",
+             mi->end_reason[0] ? mi->end_reason
+             : mi->exit_how[0] ? mi->exit_how
+                               : "gone");
     last_words(mi, tail, taillen);
     if (mi->pidfd >= 0)
         pidfd_signal(mi->pidfd, SIGKILL); /* nothing of it stays (a no-op when gone) */
@@ -2165,8 +2154,6 @@ static int kvm_probe_boot(const struct sch_config *cfg, const char *kernel, cons
                  "a probe boot under KVM did not reach READY within %" PRIu64
                  " s (a nested or PVM KVM that cannot run a stock kernel?)",
                  (uint64_t)(cfg->microvm.probe_timeout / CM_USEC_PER_SEC));
-    if (ep[0] >= 0)
-        close(ep[0]);
 out:
     if (sv[0] >= 0)
         close(sv[0]);

@@ -34,10 +34,13 @@ int sch_qmp_parse_line(const char *line, size_t len, struct cm_json **ret_tree,
         *ret_value = v;
         return 1;
     }
-    int kind = cm_json_get(j, "event") ? 2 : cm_json_get(j, "QMP") ? 3 : 0;
-    if (kind) {
+    if (cm_json_get(j, "event")) {
+        *ret_tree = j;
+        return 2;
+    }
+    if (cm_json_get(j, "QMP")) {
         cm_json_free(j);
-        return kind;
+        return 3;
     }
     const struct cm_json *e = cm_json_get(j, "error");
     const struct cm_json *d = e && e->type == CM_JSON_OBJECT ? cm_json_get(e, "desc") : NULL;
@@ -176,8 +179,10 @@ int sch_qmp_cmd(struct sch_qmp *q, const char *json, int pass_fd, struct cm_json
         const struct cm_json *value;
         int kind = sch_qmp_parse_line(q->buf, len, &tree, &value, err, errlen);
         consume_line(q, len);
-        if (kind == 2 || kind == 3)
+        if (kind == 2 || kind == 3) {
+            cm_json_free(tree);
             continue;
+        }
         if (kind == 1) {
             if (ret)
                 *ret = tree;
@@ -190,7 +195,8 @@ int sch_qmp_cmd(struct sch_qmp *q, const char *json, int pass_fd, struct cm_json
     return rc;
 }
 
-int sch_qmp_open(struct sch_qmp *q, const char *path, cm_usec_t timeout, char *err, size_t errlen)
+int sch_qmp_open(struct sch_qmp *q, const char *path, pid_t peer, cm_usec_t timeout, char *err,
+                 size_t errlen)
 {
     q->len = 0;
     q->deadline = cm_now_mono() + timeout;
@@ -214,7 +220,17 @@ int sch_qmp_open(struct sch_qmp *q, const char *path, cm_usec_t timeout, char *e
         return -e;
     }
     size_t len;
-    int rc = read_line(q, &len, err, errlen);
+    int rc = 0;
+    struct ucred cr;
+    socklen_t crlen = sizeof(cr);
+    if (peer > 0 &&
+        (getsockopt(q->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || cr.pid != peer)) {
+        /* Not the QEMU we started: the path was swapped (a QEMU owns the directory). */
+        snprintf(err, errlen, "the monitor at %s is not QEMU pid %d's", path, (int)peer);
+        rc = -EPERM;
+    }
+    if (rc == 0)
+        rc = read_line(q, &len, err, errlen);
     if (rc == 0) {
         struct cm_json *tree;
         const struct cm_json *value;

@@ -25,10 +25,13 @@ struct sch_qmp {
     char buf[SCH_QMP_LINE_MAX + 1];
 };
 
-/* Connects to the monitor at <path>, reads the greeting and negotiates capabilities, all within
- * <timeout>, which also bounds every later command of this exchange. Returns 0, or a negative
- * errno (-ENOENT/-ECONNREFUSED: no QEMU listening yet; -ETIMEDOUT) with a message in <err>. */
-int sch_qmp_open(struct sch_qmp *q, const char *path, cm_usec_t timeout, char *err, size_t errlen);
+/* Connects to the monitor at <path>, checks that process <peer> listens on it (SO_PEERCRED;
+ * <peer> 0: no check), reads the greeting and negotiates capabilities, all within <timeout>,
+ * which also bounds every later command of this exchange. Returns 0, or a negative errno
+ * (-ENOENT/-ECONNREFUSED: no QEMU listening yet; -EPERM: another process listens there;
+ * -ETIMEDOUT) with a message in <err>. */
+int sch_qmp_open(struct sch_qmp *q, const char *path, pid_t peer, cm_usec_t timeout, char *err,
+                 size_t errlen);
 
 /* Runs one command, <json> an object text such as {"execute":"cont"}. <pass_fd> >= 0 is sent
  * with it (SCM_RIGHTS: getfd, add-fd). Events that arrive first are skipped. Returns 0 with the
@@ -45,8 +48,9 @@ ssize_t sch_qmp_sendmsg(int sock, const char *data, size_t len, int pass_fd, int
 void sch_qmp_close(struct sch_qmp *q);
 
 /* Pure, fuzzed: classifies one line QEMU sent. Returns 1 for a reply with *ret_value set to
- * its "return" value (owned by *ret_tree, free that), 2 for an event (nothing set), 3 for the
- * greeting, or -EIO for an error reply (its "desc" in <err>), -EINVAL for anything else. */
+ * its "return" value (owned by *ret_tree, free that), 2 for an event (the whole object in
+ * *ret_tree, free it), 3 for the greeting (nothing set), or -EIO for an error reply (its
+ * "desc" in <err>), -EINVAL for anything else. */
 int sch_qmp_parse_line(const char *line, size_t len, struct cm_json **ret_tree,
                        const struct cm_json **ret_value, char *err, size_t errlen);
 

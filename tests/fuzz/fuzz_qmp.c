@@ -26,8 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[48];
     memset(err, 'x', sizeof(err));
     int kind = sch_qmp_parse_line(line, qlen, &tree, &value, err, sizeof(err));
-    if (kind == 1) {
-        if (!tree || !value || tree->type != CM_JSON_OBJECT)
+    if (kind == 1 || kind == 2) {
+        if (!tree || tree->type != CM_JSON_OBJECT || (kind == 1) != (value != NULL))
+            abort();
+        if (kind == 2 && !cm_json_get(tree, "event"))
             abort();
     } else {
         if (tree || value)

@@ -360,9 +360,22 @@ def test_qemu_is_confined(mvm):
         assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
         uids.add(uid)
+        # q/ (QEMU's sockets) is root's once the clone is restored: a QEMU the guest took over
+        # cannot swap ctl.sock or qmp.sock for a link to another VM's, which root connects to.
         q = run_dir(s, iid) / "q"
         qs = q.stat()
-        assert qs.st_uid == uid and qs.st_mode & 0o777 == 0o700
+        assert qs.st_uid == 0 and qs.st_mode & 0o777 == 0o711, oct(qs.st_mode)
+        attack = subprocess.run(
+            ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "sh", "-c",
+             'ln -s /tmp/elsewhere.sock "$1/ctl.sock.new" && mv -f "$1/ctl.sock.new" '
+             '"$1/ctl.sock"', "sh", str(q)], capture_output=True, text=True, timeout=30)
+        assert attack.returncode != 0 and "ermission denied" in attack.stderr, attack
+        assert (q / "ctl.sock").is_socket()
+        # What QEMU may write is bounded: the session's /data image size (or 64 MiB for its log).
+        limits = open("/proc/%d/limits" % pid).read()
+        fsize = [line.split()[3:5] for line in limits.splitlines()
+                 if line.startswith("Max file size")][0]
+        assert fsize == [str(1 << 30)] * 2, fsize
         # The snapshot's RAM (fd 3) is sealed: even its owner cannot write it.
         fd = os.open("/proc/%d/fd/3" % pid, os.O_RDWR)
         try:
