@@ -75,9 +75,10 @@
 #define AGENT_TIMEOUT (15 * CM_USEC_PER_SEC) /* BIND after resume, STATUS at adoption (TCG) */
 /* In a VM the agent lets no connection through before BIND (not after bind_wait, as under the
  * process driver): a clone must not serve a tenant on its snapshot's clock and RNG state, which
- * every clone of the snapshot shares until BIND reseeds it. The gateway's timeouts end a
- * request that waits that long. */
-#define GUEST_HOLD_MS 86400000u
+ * every clone of the snapshot shares until BIND reseeds it. A connection still waiting after
+ * this long is closed by the agent (the scheduler ends an instance it cannot BIND long before:
+ * 3 tries of AGENT_TIMEOUT). */
+#define GUEST_HOLD_MS 600000u
 /* A running guest asked to stop (TERM) ends its app, syncs and unmounts /data and powers off:
  * under TCG on a busy host that takes seconds; a kill before it could lose /data's last writes. */
 #define MIN_GRACE (30 * CM_USEC_PER_SEC)

@@ -664,8 +664,10 @@ static void guest_args(void)
     A.id = A.guest_conf.id; /* BIND id= changes it in place */
     A.port = A.guest_conf.port;
     A.relay_cfg.port = A.port;
-    /* A clone is always held: its connections wait for BIND (the host's post-restore step). */
+    /* A clone is always held: its connections wait for BIND (the host's post-restore step),
+     * and one that waits longer than hold_ms is closed, never passed to the app unbound. */
     A.relay_cfg.hold_ms = A.guest_conf.hold_ms;
+    A.relay_cfg.hold_closes = 1;
     agent_watch_init(&A.vport.c.w, -1, on_port);
     A.vport.retry_at = agent_now_ms();
     A.vport.give_up_at = A.vport.retry_at + PORT_WAIT_MS;

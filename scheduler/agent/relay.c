@@ -252,7 +252,7 @@ static void connect_app(struct conn *c)
 
 static int may_go(const struct agent_relay *r, const struct conn *c, uint64_t now)
 {
-    return r->ready && (!r->holding || now >= c->hold_until);
+    return r->ready && (!r->holding || (!r->cfg.hold_closes && now >= c->hold_until));
 }
 
 uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms)
@@ -264,6 +264,8 @@ uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms)
         if (c->state == CONN_WAITING) {
             if (may_go(r, c, now_ms))
                 connect_app(c);
+            else if (r->holding && r->cfg.hold_closes && now_ms >= c->hold_until)
+                conn_close(c); /* no BIND in time: nothing reaches the app before one */
             else if (r->holding && (!next || c->hold_until < next))
                 next = c->hold_until;
         }

@@ -21,6 +21,9 @@ struct agent_relay_config {
     size_t buffer; /* bytes per direction per connection */
     unsigned max_conns;
     uint64_t hold_ms; /* how long a connection waits for BIND (0: no holding at all) */
+    int hold_closes;  /* 1: at its hold deadline a connection is closed, never passed to the app
+                       * before BIND (a VM clone: the snapshot's clock and RNG state until
+                       * BIND); 0: it goes on to the app (the process driver's bind_wait) */
 };
 
 /* Returns a relay accepting on <listen_fd> (to cfg->port) and, when <ports_fd> >= 0, on a

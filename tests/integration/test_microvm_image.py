@@ -243,7 +243,7 @@ class Ctl:
 
 
 @pytest.fixture
-def rooted(guest_image, tmp_path):
+def rooted(guest_image, tmp_path, request):
     """A VM with the contract's disks: the template's root (a static berth-echo and a
     guest.conf with env=, uid=1000, relay_port=, hold_ms=, workspace_size=), a data disk and
     the berth.ctl port; the forward goes to the agent's relay listener."""
@@ -253,7 +253,8 @@ def rooted(guest_image, tmp_path):
     (tree / "bin").mkdir(parents=True)
     (tree / "etc/berth").mkdir(parents=True)
     shutil.copy(binary("berth-echo"), tree / "bin/berth-echo")
-    conf = ["port=8080", "relay_port=%d" % RELAY_PORT, "hold_ms=%d" % HOLD_MS, "uid=1000",
+    hold_ms = getattr(request, "param", HOLD_MS)   # indirect parametrization: another hold
+    conf = ["port=8080", "relay_port=%d" % RELAY_PORT, "hold_ms=%d" % hold_ms, "uid=1000",
             "workspace_size=%d" % WORKSPACE_SIZE, "env=ECHO_GREETING=hello from the root disk",
             "env=LANG=C"]
     conf += ["arg=" + a for a in ["/bin/berth-echo", "--host", "127.0.0.1", "--port", "8080"]]
@@ -283,6 +284,22 @@ def _status(ctl):
     assert m, r
     return {"state": m.group(1), "bound": m.group(2), "conns": int(m.group(3)),
             "held": int(m.group(4)), "id": m.group(5)}
+
+
+@pytest.mark.berth_timeout(300)
+@pytest.mark.parametrize("rooted", [1500], indirect=True)
+def test_a_connection_never_reaches_the_app_before_bind(rooted):
+    """hold_ms passes without a BIND: the agent closes the connection; it does not go on to
+    the app, which would answer on the snapshot's clock and RNG state."""
+    g = rooted
+    g.wait_ready()
+    ctl = g.ctl()
+    r = subprocess.run(["curl", "-sS", "--max-time", str(60 * SLOW),
+                        "http://127.0.0.1:%d/never" % g.port],
+                       capture_output=True, text=True, timeout=90 * SLOW)
+    assert r.returncode == 52 and r.stdout == "", (r.returncode, r.stdout, r.stderr)  # empty reply
+    st = _status(ctl)
+    assert st["bound"] == "-" and st["held"] == 0 and st["conns"] == 0, st
 
 
 @pytest.mark.berth_timeout(300)
