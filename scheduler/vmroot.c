@@ -5,6 +5,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <linux/openat2.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -22,6 +24,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "common/log.h"
 #include "scheduler/paths.h"
 
 #define FORMAT_VERSION "berth-vmroot 1"
@@ -49,14 +52,16 @@ struct entry {
     char *data; /* K_LINK: target; K_DATA: content */
     uint32_t mode;
     uint8_t kind, prio;
-    uint64_t size, ino;
-    int64_t mtime_ns;
+    uint64_t size, ino, dev;
+    int64_t mtime_ns, ctime_ns; /* ctime: no utimensat() sets it back (a rebuilt file with a
+                                 * fixed mtime, same size, a reused inode is still new) */
 };
 
 struct set {
     struct entry *v;
     size_t n, cap;
     uint64_t bytes;
+    size_t skipped; /* ro_binds files not readable by others, left out */
     const char *cache_dir;
     char *err;
     size_t errlen;
@@ -106,7 +111,9 @@ static int add(struct set *s, int kind, int prio, const char *dst, const char *s
     if (st) {
         e->size = (uint64_t)st->st_size;
         e->ino = (uint64_t)st->st_ino;
+        e->dev = (uint64_t)st->st_dev;
         e->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+        e->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
     }
     e->dst = strdup(dst);
     e->src = src ? strdup(src) : NULL;
@@ -291,6 +298,10 @@ static int walk(struct set *s, const char *host, const char *dst, int prio, int 
             rc = add(s, K_DIR, prio, dp, NULL, NULL, &st, st.st_mode & 07777);
             if (rc == 0 && (!one_fs || st.st_dev == one_fs))
                 rc = walk(s, hp, dp, prio, certs, one_fs, depth + 1);
+        } else if (S_ISREG(st.st_mode) && prio == P_BIND && !(st.st_mode & S_IROTH)) {
+            /* The process driver binds ro_binds into sandboxes whose uids cannot read such a
+             * file; in a VM a run_as_root app could. Left out. */
+            s->skipped++;
         } else if (S_ISREG(st.st_mode)) {
             rc = add(s, K_FILE, prio, dp, hp, NULL, &st, st.st_mode & 07777);
         } else if (S_ISLNK(st.st_mode)) {
@@ -316,7 +327,8 @@ static int walk(struct set *s, const char *host, const char *dst, int prio, int 
 /* Runs argv[0] with a clean environment, stdin /dev/null, stdout and stderr into <out>
  * (NUL-terminated; the first outlen-1 bytes, *ret_trunc set when there was more). Returns its
  * exit status (>= 0), or a negative errno (-ETIMEDOUT: killed after <timeout_ms>). */
-static int run_capture(char *const argv[], char *out, size_t outlen, int *ret_trunc, int timeout_ms)
+static int run_capture(char *const argv[], char *out, size_t outlen, int *ret_trunc, int timeout_ms,
+                       int unprivileged)
 {
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0)
@@ -336,6 +348,12 @@ static int run_capture(char *const argv[], char *out, size_t outlen, int *ret_tr
         if (null < 0 || dup2(null, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(pfd[1], 2) < 0)
             _exit(127);
         syscall(SYS_close_range, 3u, ~0u, 0u);
+        /* The command's own loader (its PT_INTERP) runs as nobody: whoever could write the
+         * command's file could otherwise have root run what it names. */
+        if (unprivileged &&
+            (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+             setresuid(65534, 65534, 65534) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0))
+            _exit(126);
         char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
         execve(argv[0], argv, envp);
         _exit(127);
@@ -450,7 +468,7 @@ static int add_elf_deps(struct set *s, const char *path, int fd)
         return fail(s, -ENOMEM, "out of memory");
     int trunc = 0;
     char *const argv[] = {interp, "--list", (char *)path, NULL};
-    int st = run_capture(argv, out, LDSO_OUT_MAX, &trunc, LDSO_TIMEOUT_MS);
+    int st = run_capture(argv, out, LDSO_OUT_MAX, &trunc, LDSO_TIMEOUT_MS, 1);
     if (st < 0 || trunc) {
         free(out);
         return fail(s, st < 0 ? st : -EFBIG, "%s --list %s: %s", interp, path,
@@ -724,8 +742,13 @@ static void hash_set(const struct set *s, const char *conf, const char *rootfs, 
          * (its entries are in the list themselves): a file added next to a library must not
          * make a new image. */
         int file = e->kind == K_FILE;
-        uint64_t num[5] = {e->kind, e->mode, file ? e->size : 0, file ? e->ino : 0,
-                           file ? (uint64_t)e->mtime_ns : 0};
+        uint64_t num[7] = {e->kind,
+                           e->mode,
+                           file ? e->size : 0,
+                           file ? e->ino : 0,
+                           file ? e->dev : 0,
+                           file ? (uint64_t)e->mtime_ns : 0,
+                           file ? (uint64_t)e->ctime_ns : 0};
         XXH3_64bits_update(&st, e->dst, strlen(e->dst) + 1);
         XXH3_64bits_update(&st, num, sizeof(num));
         if (e->src)
@@ -913,9 +936,11 @@ static int materialize(struct set *s, int stagefd)
                 if (in < 0 || fstat(in, &st) < 0)
                     rc = fail(s, -errno, "%s: %s", e->src, strerror(errno));
                 else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != e->size ||
-                         (uint64_t)st.st_ino != e->ino ||
+                         (uint64_t)st.st_ino != e->ino || (uint64_t)st.st_dev != e->dev ||
                          (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec !=
-                             e->mtime_ns)
+                             e->mtime_ns ||
+                         (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec !=
+                             e->ctime_ns)
                     rc = fail(s, -EAGAIN, "%s changed while the image was built", e->src);
             }
             if (rc == 0 &&
@@ -943,6 +968,12 @@ static int materialize(struct set *s, int stagefd)
     return 0;
 }
 
+/* Inodes the image gets: one per entry, 10% more, and some for lost+found and the like. */
+static size_t inode_count(const struct set *s)
+{
+    return s->n + s->n / 10 + 64;
+}
+
 static int run_mkfs(struct set *s, const char *stage, const char *img, uint64_t bytes)
 {
     const char *mkfs = NULL;
@@ -952,7 +983,7 @@ static int run_mkfs(struct set *s, const char *stage, const char *img, uint64_t 
     if (!mkfs)
         return fail(s, -ENOENT, "mkfs.ext4 not found (install e2fsprogs)");
     char inodes[32], size[32];
-    snprintf(inodes, sizeof(inodes), "%zu", s->n + s->n / 10 + 64);
+    snprintf(inodes, sizeof(inodes), "%zu", inode_count(s));
     snprintf(size, sizeof(size), "%" PRIu64 "k", bytes / 1024);
     char *const argv[] = {(char *)mkfs,
                           "-q",
@@ -976,7 +1007,7 @@ static int run_mkfs(struct set *s, const char *stage, const char *img, uint64_t 
                           NULL};
     char out[512];
     int trunc;
-    int st = run_capture(argv, out, sizeof(out), &trunc, MKFS_TIMEOUT_MS);
+    int st = run_capture(argv, out, sizeof(out), &trunc, MKFS_TIMEOUT_MS, 0);
     if (st == 0)
         return 0;
     out[strcspn(out, "\n")] = '\0';
@@ -986,8 +1017,8 @@ static int run_mkfs(struct set *s, const char *stage, const char *img, uint64_t 
                          : "exit status");
 }
 
-/* Size of the image: file blocks (directories and long links one block each), 15% more, and
- * 16 MiB for the metadata. */
+/* Size of the image: file blocks (directories and long links one block each), 15% more, the
+ * inode tables (256 bytes an inode) and 16 MiB for the rest of the metadata. */
 static uint64_t image_size(const struct set *s)
 {
     uint64_t blocks = 0;
@@ -999,7 +1030,7 @@ static uint64_t image_size(const struct set *s)
                                           : (strlen(e->data) > 59 ? BLOCK : 0);
         blocks += (sz + BLOCK - 1) / BLOCK;
     }
-    uint64_t bytes = blocks * BLOCK * 115 / 100 + (16ull << 20);
+    uint64_t bytes = blocks * BLOCK * 115 / 100 + (uint64_t)inode_count(s) * 256 + (16ull << 20);
     return (bytes + BLOCK - 1) / BLOCK * BLOCK;
 }
 
@@ -1025,7 +1056,9 @@ static int build(struct set *s, const char *tpl, const char *hash, const char *f
         rc = fail(s, -errno, "cannot size %s: %s", tmp, strerror(errno));
     if (rc == 0)
         rc = run_mkfs(s, stage, tmp, size);
-    if (rc == 0 && (fchmod(imgfd, 0644) < 0 || fsync(imgfd) < 0))
+    /* Root's only: QEMU gets a descriptor, and nobody else on the host reads the template's
+     * files through it. */
+    if (rc == 0 && (fchmod(imgfd, 0600) < 0 || fsync(imgfd) < 0))
         rc = fail(s, -errno, "%s: %s", tmp, strerror(errno));
     if (rc == 0 && rename(tmp, final) < 0)
         rc = fail(s, -errno, "cannot rename %s: %s", tmp, strerror(errno));
@@ -1130,6 +1163,11 @@ int sch_vmroot_build(const struct sch_vmroot_params *p, char *ret_path, size_t p
         rc = resolve_add(&s, *b, P_BIND, R_TREE);
     if (rc < 0 || (rc = finish(&s, p->ro_binds)) < 0)
         goto out;
+    if (s.skipped)
+        cm_log_warn("vmroot",
+                    "ro_binds files not readable by others left out of the image template=%s "
+                    "files=%zu",
+                    t->name, s.skipped);
     hash_set(&s, conf, t->rootfs ? rootfs : NULL, hash);
     if ((size_t)snprintf(final, sizeof(final), "%s/root-%s-%s.img", p->cache_dir, t->name, hash) >=
         sizeof(final)) {

@@ -30,7 +30,8 @@ struct sch_vmroot_params {
  * system) in <ret_path> and its content key (SCH_VMROOT_HASH_LEN lower-case hex + NUL) in
  * <ret_hash>, building it when no image with that key exists yet in cache_dir; or a negative
  * errno with a one-line message in <err>. Blocks (copies files, runs mkfs.ext4): call at
- * start-up only. The image is 0644, root-owned, never written after it is renamed into place.
+ * start-up only. The image is 0600, root-owned (QEMU gets a descriptor; a rootfs's root-only
+ * files stay unreadable to the host's users), never written after it is renamed into place.
  * Refuses a rootfs that is "/", a rootfs or ro_binds path that holds cache_dir or lies in
  * it, and a cache_dir not owned by the caller's euid or writable by group or others. Removes this
  * template's leftovers of an interrupted build (stage-*, *.tmp) first. */

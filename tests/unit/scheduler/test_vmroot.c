@@ -198,7 +198,7 @@ TEST(build_dynamic_binary_and_reuse_and_gc)
     CHECK_STR_EQ(b.path, want);
     struct stat st1;
     CHECK(stat(b.path, &st1) == 0);
-    CHECK_INT_EQ(st1.st_mode & 07777, 0644);
+    CHECK_INT_EQ(st1.st_mode & 07777, 0600);
     CHECK_INT_EQ(st1.st_uid, 0);
 
     /* The binary, its libc and ld.so (at their host paths and through the host's links). */
@@ -333,6 +333,13 @@ TEST(key_follows_mtime_and_env_only)
     struct built c = build_ok(&t, NULL);
     CHECK(strcmp(c.hash, a.hash) != 0 && strcmp(c.hash, b.hash) != 0);
     CHECK_INT_EQ(count_images(), 3);
+    /* Rewritten in place (same inode), same size, its mtime set back as a reproducible build
+     * does: the ctime still says it is new. */
+    CHECK(test_write_file("root/app", "#!/bin/s\n\n", (size_t)-1) != NULL);
+    CHECK(utimensat(AT_FDCWD, app, ts, 0) == 0);
+    struct built c2 = build_ok(&t, NULL);
+    CHECK(strcmp(c2.hash, c.hash) != 0);
+    CHECK_CONTAINS(dbg(c2.path, "cat /app"), "#!/bin/s\n\n");
     /* A directory's own mtime is not content. */
     char sub[4300];
     snprintf(sub, sizeof(sub), "%s/sub", root);
@@ -360,6 +367,10 @@ TEST(ro_binds_over_a_rootfs)
     snprintf(old, sizeof(old), "%s/old", shadow);
     CHECK(close(open(old, O_CREAT | O_WRONLY, 0644)) == 0);
     test_write_file("rb/new", "host", (size_t)-1);
+    test_write_file("rb/secret", "only root", (size_t)-1);
+    char secret[4300];
+    snprintf(secret, sizeof(secret), "%s/secret", rb);
+    CHECK(chmod(secret, 0600) == 0); /* no sandbox uid could read it: not in the image either */
     char *cmd[] = {"/app", NULL};
     char *binds[] = {rb, NULL};
     struct cm_template t = tpl_of(cmd, NULL);
@@ -377,6 +388,7 @@ TEST(ro_binds_over_a_rootfs)
     snprintf(p2, sizeof(p2), "%s/old", rb);
     CHECK_STR_EQ(type_in(b.path, p1), "regular");
     CHECK_STR_EQ(type_in(b.path, p2), "");
+    CHECK_STR_EQ(type_in(b.path, secret), "");
     CHECK_STR_EQ(type_in(b.path, "/app"), "regular");
 }
 
