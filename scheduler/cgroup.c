@@ -17,6 +17,7 @@
 #include "common/compat.h"
 #include "common/config.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "scheduler/paths.h"
 
 #define REMOVE_TRIES 40
@@ -964,4 +965,21 @@ char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id)
         n++;
     }
     return dirs;
+}
+
+void sch_cgroups_log(const struct sch_cgroups *cg)
+{
+    for (int i = 0; i < SCH_CG_COUNT; i++) {
+        enum sch_cg_ctrl c = (enum sch_cg_ctrl)i;
+        const char *w = sch_cgroups_warning(cg, c);
+        if (w)
+            cm_log_warn("cgroup",
+                        "controller unusable: instances run without this limit "
+                        "ctrl=%s reason=\"%s\"",
+                        sch_cgroups_ctrl_name(c), w);
+        else
+            cm_log_info("cgroup", "controller ready ctrl=%s version=%d dir=%s",
+                        sch_cgroups_ctrl_name(c), sch_cgroups_version(cg, c),
+                        sch_cgroups_parent(cg, c));
+    }
 }

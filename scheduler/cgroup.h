@@ -61,6 +61,9 @@ const char *sch_cgroups_ctrl_name(enum sch_cg_ctrl c);
 /* Why the memory limit does not cap swap (the kernel has no swap accounting, or the swap file
  * refused a value), or NULL: swap is limited, or memory is unusable (its warning says why). */
 const char *sch_cgroups_swap_warning(const struct sch_cgroups *cg);
+/* Logs each controller: "controller ready ctrl= version= dir=<parent>" (deploy/local/run and
+ * the tests find the instances' cgroups from these lines) or why it is unusable. */
+void sch_cgroups_log(const struct sch_cgroups *cg);
 /* The parent directory used for <c> (NULL when unusable). */
 const char *sch_cgroups_parent(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
 /* Writes a JSON object {"memory":{"version":1,"dir":...,"limit":N,"swap":true},"cpu":

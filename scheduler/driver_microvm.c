@@ -2314,6 +2314,7 @@ struct sch_driver *sch_driver_microvm_create(const struct sch_config *cfg,
         free(d);
         return NULL;
     }
+    sch_cgroups_log(d->cg);
     cm_log_info("microvm", "driver ready accel=%s reason=\"%s\" kernel=%s", g_probe.accel,
                 g_probe.why, d->release);
     return &d->base;

@@ -921,19 +921,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg,
         goto fail;
     }
     limit_all_sandboxes(d);
-    for (int i = 0; i < SCH_CG_COUNT; i++) {
-        const char *w = sch_cgroups_warning(d->cg, (enum sch_cg_ctrl)i);
-        if (w)
-            cm_log_warn("cgroup",
-                        "controller unusable: instances run without this limit "
-                        "ctrl=%s reason=\"%s\"",
-                        sch_cgroups_ctrl_name((enum sch_cg_ctrl)i), w);
-        else
-            cm_log_info("cgroup", "controller ready ctrl=%s version=%d dir=%s",
-                        sch_cgroups_ctrl_name((enum sch_cg_ctrl)i),
-                        sch_cgroups_version(d->cg, (enum sch_cg_ctrl)i),
-                        sch_cgroups_parent(d->cg, (enum sch_cg_ctrl)i));
-    }
+    sch_cgroups_log(d->cg);
     return &d->base;
 fail:
     p_destroy(&d->base);

@@ -856,8 +856,11 @@ class Stack:
         except OSError:
             return
         name = self.cfg["scheduler"].get("cgroup_parent", "")
-        parents = {d for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text)
-                   if name and os.path.basename(d) == name}
+        # The process driver's parents end in <name>; the microvm driver's are <name>/microvm.
+        parents = set()
+        for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text):
+            if name and ("/" + name + "/") in d + "/":
+                parents.add(d[:(d + "/").index("/" + name + "/") + len(name) + 1])
         for parent in parents:
             for _ in range(50):
                 if not os.path.isdir(parent):
