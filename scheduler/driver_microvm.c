@@ -1689,7 +1689,7 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         return -EINVAL;
     }
     unsigned owner = mi->t && mi->t->tpl->run_as_root ? 0 : APP_UID;
-    int img = sch_storage_open_locked(dir, mi->data_size, owner, err, errlen);
+    int img = sch_storage_open_locked(dir, mi->data_size, owner, 1, err, errlen);
     if (img < 0)
         return img;
     struct stat st;

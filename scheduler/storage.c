@@ -48,6 +48,9 @@ struct mount_attr {
 #define MKFS_TIMEOUT_MS 60000
 #define LOOP_TRIES 16
 
+/* Next to an image a guest kernel has had as a block device (microvm driver). */
+#define GUEST_MARK "guest-written"
+
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
 
 static int run_mkfs(const char *image, unsigned owner, char *err, size_t errlen)
@@ -209,9 +212,20 @@ static int loop_attach(int img_fd, char *name, size_t namelen, char *err, size_t
     return rc;
 }
 
-int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
+int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, int guest, char *err,
                             size_t errlen)
 {
+    char mark[4200];
+    snprintf(mark, sizeof(mark), "%s/%s", dir, GUEST_MARK);
+    if (!guest && access(mark, F_OK) == 0) {
+        /* A guest kernel (a tenant's, as root in its VM) wrote this file system's blocks: the
+         * host kernel must not parse it. The session keeps it for its microVMs. */
+        snprintf(err, errlen,
+                 "the storage in %s was written by a microVM: not mounted on the host (use a "
+                 "microvm template for this session)",
+                 dir);
+        return -EPERM;
+    }
     int img = open_image(dir, size, owner, err, errlen);
     if (img < 0)
         return img;
@@ -221,6 +235,15 @@ int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char
         close(img);
         return -e;
     }
+    int m = guest ? open(mark, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600) : 0;
+    if (m < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot mark %s: %s", mark, strerror(e));
+        close(img);
+        return -e;
+    }
+    if (guest)
+        close(m);
     return img;
 }
 
@@ -228,7 +251,7 @@ int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int usern
                        const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
                        char *err, size_t errlen)
 {
-    int img = sch_storage_open_locked(dir, size, owner, err, errlen);
+    int img = sch_storage_open_locked(dir, size, owner, 0, err, errlen);
     if (img < 0)
         return img;
     char devname[64];

@@ -32,11 +32,13 @@ int sch_storage_attach(const char *dir, uint64_t size, unsigned owner, int usern
                        const char *target, int *ret_lock_fd, struct sch_storage_dev *ret_dev,
                        char *err, size_t errlen);
 
-/* For a driver that hands the image itself to its instance (microvm: a virtio disk): opens the
- * image in <dir> (created and formatted when missing, as above) and locks it. Returns the
+/* Opens the image in <dir> (created and formatted when missing, as above) and locks it.
+ * <guest> 1: for a driver that hands the image itself to its instance (microvm: a virtio disk
+ * whose blocks a guest kernel writes): <dir>/guest-written is made, and from then on the image
+ * is refused (-EPERM) with <guest> 0, i.e. never mounted by the host's kernel. Returns the
  * locked O_RDWR descriptor (the lock lives as long as any duplicate of it, e.g. one passed to
  * QEMU), or a negative errno with a message in <err> (-EBUSY: attached elsewhere). */
-int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, char *err,
+int sch_storage_open_locked(const char *dir, uint64_t size, unsigned owner, int guest, char *err,
                             size_t errlen);
 
 /* Takes the lock of an image already attached (after a scheduler restart). Returns the lock fd

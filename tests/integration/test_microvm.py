@@ -105,7 +105,8 @@ def mvm(image_dir, tmp_path_factory):
     _skip_unless_root()
     d = _short_tmp()
     idle = mvm_template("idle", idle_timeout="2s", pool={"min": 1, "max": 4})
-    s = Stack(d, mvm_overrides(image_dir, [mvm_template(), idle]), wait_pools=False)
+    proc = echo_template("proc", pool={"min": 0, "max": 2})   # the process driver beside it
+    s = Stack(d, mvm_overrides(image_dir, [mvm_template(), idle, proc]), wait_pools=False)
     try:
         s.wait_pool("echo", 2, timeout=120 * SLOW)
         s.wait_pool("idle", 1, timeout=120 * SLOW)
@@ -389,3 +390,28 @@ def test_qemu_is_confined(mvm):
         mine = [l for l in listeners if int(l[1].split(":")[1], 16) == port and l[3] == "0A"]
         assert mine and all(l[1].split(":")[0] == "0100007F" for l in mine), mine
     assert len(uids) == 2
+
+
+def test_data_a_vm_wrote_is_never_mounted_on_the_host(mvm):
+    """A guest kernel (a tenant's, root in its VM) wrote the session's /data blocks: a later
+    process-driver instance of the same session must not have the host kernel mount them."""
+    s = mvm
+    r = s.api("POST", "/v1/sessions", {"id": "cross-1", "template": "echo"})
+    assert r.status in (200, 201), r
+    iid = r.json()["instance"]
+    w = s.get("/files/x.txt", session="cross-1", method="PUT", data="vm", timeout=120 * SLOW)
+    assert w.status in (200, 201), w
+    h = s.instances()[iid]["session"]
+    store = Path(s.cfg["scheduler"]["storage_root"]) / "default" / h
+    assert (store / "guest-written").is_file()
+    pid, _ = vm_of(s, iid)
+    assert s.api("DELETE", "/v1/sessions/cross-1").status == 204
+    wait_until(lambda: not os.path.exists("/proc/%d" % pid), 60 * SLOW, "QEMU to end")
+    r = s.api("POST", "/v1/sessions", {"id": "cross-1", "template": "proc"})
+    assert r.status in (200, 201), r
+    log = Path(s.base) / "scheduler.log"
+    wait_until(lambda: "was written by a microVM: not mounted on the host" in log.read_text(),
+               30 * SLOW, "the process driver to refuse the image")
+    mounts = open("/proc/self/mountinfo").read()
+    assert str(store) not in mounts and "data.img" not in mounts
+    s.api("DELETE", "/v1/sessions/cross-1")
