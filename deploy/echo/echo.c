@@ -68,6 +68,7 @@ static struct opts opts = {
 };
 
 static char hostname[256];
+static char boot_id[40];   /* read once: it is the kernel's, fixed for its life */
 static struct utsname uts; /* "kernel": uname -r, tells a microVM guest from the host */
 static atomic_uint_fast64_t n_conns;
 static char pattern[IO_CHUNK]; /* GET /bytes content, repeated */
@@ -784,17 +785,8 @@ static int handle_echo(struct conn *c)
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(rhex + 2 * i, 3, "%02x", rnd[i]);
     sb_printf(&b, ",\"random\":\"%s\"", rhex);
-    /* The kernel's boot id: a microVM's differs from the host's (its own kernel). */
-    char boot[40] = "";
-    int bfd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (bfd >= 0) {
-        ssize_t bn = read(bfd, boot, sizeof(boot) - 1);
-        boot[bn > 0 ? bn : 0] = '\0';
-        boot[strcspn(boot, "\n")] = '\0';
-        close(bfd);
-    }
     sb_add(&b, ",\"boot_id\":", 11);
-    sb_json_cstr(&b, boot);
+    sb_json_cstr(&b, boot_id);
     sb_add(&b, ",\"method\":", 10);
     sb_json_cstr(&b, method_name(c));
     sb_add(&b, ",\"path\":", 8);
@@ -1218,6 +1210,14 @@ int main(int argc, char **argv)
         strcpy(hostname, "unknown");
     if (uname(&uts) < 0)
         strcpy(uts.release, "unknown");
+    /* The kernel's boot id: a microVM's differs from the host's (its own kernel). */
+    int bfd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (bfd >= 0) {
+        ssize_t bn = read(bfd, boot_id, sizeof(boot_id) - 1);
+        boot_id[bn > 0 ? bn : 0] = '\0';
+        boot_id[strcspn(boot_id, "\n")] = '\0';
+        close(bfd);
+    }
     crc_init();
     settings_init();
     for (size_t i = 0; i < sizeof(pattern); i++)

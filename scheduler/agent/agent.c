@@ -74,6 +74,7 @@ struct ctl_port {
     int connected;       /* a host was seen (data or EAGAIN) since the last read of 0 */
     uint64_t retry_at;   /* monotonic ms of the next look; 0: none due */
     uint64_t give_up_at; /* the port did not appear by then: stop looking */
+    int open_failed;     /* an open() failure was logged (retries are not) */
 };
 
 struct agent {
@@ -442,7 +443,11 @@ static void client_reply(struct ctl_client *c, const char *line)
     int n = snprintf(buf, sizeof(buf), "%s\n", line);
     /* write(), not send(): the virtio port is a character device. SIGPIPE is ignored and
      * every fd is non-blocking. */
-    if (write(c->w.fd, buf, (size_t)n) != n && c != &A.vport.c)
+    if (write(c->w.fd, buf, (size_t)n) == n)
+        return;
+    if (c == &A.vport.c) /* the host went away meanwhile: it sees its own timeout */
+        logf_("control reply dropped on the virtio port: %s", strerror(errno));
+    else
         c->dead = 1; /* replies are tiny: a client that cannot take one is gone */
 }
 
@@ -573,7 +578,9 @@ static void port_tick(uint64_t now)
         }
         int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
         if (fd < 0) {
-            logf_("open %s: %s", path, strerror(errno));
+            if (!p->open_failed) /* logged once: it is retried every PORT_POLL_MS */
+                logf_("open %s: %s (retrying)", path, strerror(errno));
+            p->open_failed = 1;
             p->retry_at = now + PORT_POLL_MS;
             return;
         }

@@ -211,12 +211,6 @@ int agent_guest_parse_conf(struct agent_guest_conf *conf, const char *text, size
     return 0;
 }
 
-static int id_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-}
-
 int agent_guest_parse_cmdline(struct agent_guest_conf *conf, const char *text, size_t len,
                               const char **ret_err)
 {
@@ -242,11 +236,10 @@ int agent_guest_parse_cmdline(struct agent_guest_conf *conf, const char *text, s
             *ret_err = "berth.id: 1 to 64 characters";
             return -EINVAL;
         }
-        for (size_t k = 0; k < vlen; k++)
-            if (!id_char(v[k])) {
-                *ret_err = "berth.id: only A-Z a-z 0-9 . _ -";
-                return -EINVAL;
-            }
+        if (!agent_id_valid(v, vlen)) {
+            *ret_err = "berth.id: only A-Z a-z 0-9 . _ -";
+            return -EINVAL;
+        }
         memcpy(conf->id, v, vlen);
         conf->id[vlen] = '\0';
     }
@@ -421,19 +414,8 @@ static void network(void)
 }
 
 /* Whether the machine has a virtio console device (virtio device id 3). */
-static int has_virtio_console(void)
-{
-    char path[128], id[16];
-    for (int i = 0; i < 64; i++) {
-        snprintf(path, sizeof(path), "/sys/bus/virtio/devices/virtio%d/device", i);
-        ssize_t n = read_small(path, id, sizeof(id));
-        if (n == -ENOENT)
-            break;
-        if (n > 0 && strncmp(id, "0x0003", 6) == 0)
-            return 1;
-    }
-    return 0;
-}
+
+static int count_virtio(const char *kind);
 
 static int open_console(void)
 {
@@ -441,7 +423,7 @@ static int open_console(void)
      * up after the probe; under TCG on a loaded host, later than 1 s in 3 of 6 boots): until
      * then open() fails. So with a virtio console device, wait for it, bounded; without one,
      * fall through to the 8250 at once. */
-    if (has_virtio_console()) {
+    if (count_virtio("0x0003") > 0) { /* a virtio console device */
         for (unsigned waited = 0; waited < CONSOLE_WAIT_MS; waited += WAIT_STEP_MS) {
             int fd = open("/dev/hvc0", O_WRONLY | O_NOCTTY | O_CLOEXEC);
             if (fd >= 0)
@@ -585,8 +567,18 @@ static int sysroot_dir(const char *rel, mode_t mode, uid_t owner)
 {
     char p[128];
     snprintf(p, sizeof(p), "%s/%s", AGENT_GUEST_SYSROOT, rel);
-    if ((mkdir(p, mode) < 0 && errno != EEXIST) || chmod(p, mode) < 0 ||
-        chown(p, owner, owner) < 0) {
+    struct stat st;
+    if (mkdir(p, mode) < 0 && errno != EEXIST) {
+        glog("%s: %s", p, strerror(errno));
+        return -errno;
+    }
+    /* The root disk may have put a link there (dev -> /dev would mount over the agent's own
+     * devices): only a real directory is used. */
+    if (lstat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        glog("%s: not a directory on the root disk", p);
+        return -ENOTDIR;
+    }
+    if (chmod(p, mode) < 0 || chown(p, owner, owner) < 0) {
         glog("%s: %s", p, strerror(errno));
         return -errno;
     }

@@ -24,10 +24,17 @@ static int is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-static int id_char(char c)
+int agent_id_valid(const char *v, size_t len)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '.' ||
-           c == '_' || c == '-';
+    if (len == 0 || len > AGENT_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '.' ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
 }
 
 /* clock=<sec>.<nsec9>: decimal seconds since the epoch (1..12 digits, at most
@@ -94,10 +101,7 @@ static int bind_word(struct agent_cmd *cmd, const char *w, size_t n, const char 
             *ret_err = "BIND: id= given twice";
             return -EINVAL;
         }
-        int ok = vlen > 0 && vlen <= AGENT_ID_MAX;
-        for (size_t i = 0; ok && i < vlen; i++)
-            ok = id_char(v[i]);
-        if (!ok) {
+        if (!agent_id_valid(v, vlen)) {
             *ret_err = "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -";
             return -EINVAL;
         }

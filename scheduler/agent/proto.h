@@ -43,6 +43,9 @@ struct agent_cmd {
     char id[AGENT_ID_MAX + 1]; /* "" when absent */
 };
 
+/* Whether <v> (<len> bytes) is an instance id: 1..AGENT_ID_MAX of [A-Za-z0-9._-]. */
+int agent_id_valid(const char *v, size_t len);
+
 /* Parses one line (without its line terminator; a trailing '\r' is ignored). Returns 0 and
  * fills <ret>, or -EINVAL and points <ret_err> at a static reason ("unknown command", ...);
  * <ret> is untouched on failure. */
