@@ -45,6 +45,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -652,6 +653,39 @@ def write_config(path, cfg):
     Path(path).write_text(json.dumps(cfg, indent=2) + "\n")
     return str(path)
 
+
+
+def guest_image(build_dir=None):
+    """The normal build's microVM guest image (scheduler/guest/): its kernel package fetched
+    once from Debian's mirror into the build's cache (skips the test, with the reason, when it
+    is not cached and cannot be fetched), then the meson target (which rebuilds it when the
+    agent, berth-echo or mkimage.py changed, else does nothing). Returns the directory."""
+    build_dir = Path(build_dir or BUILD_DIR)
+    d = build_dir / "scheduler" / "guest"
+    fetch = subprocess.run(
+        [sys.executable, str(REPO / "scheduler/guest/mkimage.py"), "--cache", str(d / "cache"),
+         "--fetch-only"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600)
+    if fetch.returncode == 3:
+        pytest.skip("guest kernel not cached and cannot be fetched: %s" % fetch.stdout[-300:])
+    assert fetch.returncode == 0, fetch.stdout
+    build = subprocess.run(["nice", "meson", "compile", "-C", str(build_dir), "guest-image"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=900)
+    assert build.returncode == 0, "guest-image build failed:\n" + build.stdout[-3000:]
+    return d
+
+
+def pid_alive(pid):
+    """Whether <pid> runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 # ------------------------------------------------------------------ the stack
 

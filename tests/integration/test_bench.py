@@ -10,11 +10,11 @@ import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, REPO, SLOW, binary, curl, curl_stream, free_port, sanitizer_env
+from conftest import (BUILD_DIR, REPO, SLOW, binary, curl, curl_stream, free_port, pid_alive,
+                      sanitizer_env)
 
 PY = "/usr/bin/python3"
 
@@ -231,18 +231,6 @@ def test_loadgen_reports_refused_connections():
 
 # ------------------------------------------------------------------ bench/run --quick
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie child of someone else is not "running"
-    try:
-        return Path("/proc/%d/stat" % pid).read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_bench_run_quick(tmp_path):
     out = tmp_path / "latest.json"
     p = subprocess.run([PY, str(REPO / "bench" / "run"), "--quick", "--build-dir",
@@ -299,7 +287,7 @@ def test_bench_run_quick(tmp_path):
 
     # nothing it started is left running
     assert doc["processes"]
-    left = [pr for pr in doc["processes"] if _alive(pr["pid"])]
+    left = [pr for pr in doc["processes"] if pid_alive(pr["pid"])]
     assert not left, left
 
 

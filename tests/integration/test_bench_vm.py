@@ -13,13 +13,12 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, REPO, SANITIZED
+from conftest import BUILD_DIR, REPO, SANITIZED, guest_image, pid_alive
 
 PY = "/usr/bin/python3"
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -35,25 +34,7 @@ def vm_ready():
                     "static binaries)")
     if not os.path.exists(QEMU):
         pytest.skip("qemu-system-x86_64 not installed (tests/run installs qemu-system-x86)")
-    fetch = subprocess.run(
-        [sys.executable, str(REPO / "scheduler/guest/mkimage.py"), "--cache",
-         str(BUILD_DIR / "scheduler" / "guest" / "cache"), "--fetch-only"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if fetch.returncode == 3:
-        pytest.skip("guest kernel not cached and cannot be fetched: %s" % fetch.stdout[-300:])
-    assert fetch.returncode == 0, fetch.stdout
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie of ours is not running
-    try:
-        return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    guest_image()
 
 
 def leftovers(host_id, cgroup_parent):
@@ -137,7 +118,7 @@ def test_bench_vm_quick(vm_ready, tmp_path):
         assert t["verdict"].split(" (")[0] in stdout
 
     # nothing it started is left running: its own children, and every stack's instances
-    left = [pr for pr in doc["processes"] if _alive(pr["pid"])]
+    left = [pr for pr in doc["processes"] if pid_alive(pr["pid"])]
     assert not left, left
     for driver in ("microvm", "process"):
         r = doc["results"][driver]
@@ -186,5 +167,5 @@ def test_bench_vm_sigterm_stops_every_vm(vm_ready, tmp_path):
     assert b"interrupted" in err
     procs, cgroups = leftovers(host, cg)
     assert not procs and not cgroups, (procs, cgroups)
-    assert not [pid for pid in qemus if _alive(pid)]
+    assert not [pid for pid in qemus if pid_alive(pid)]
     assert not os.path.exists(sdir)

@@ -15,32 +15,20 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BUILD_DIR, REPO, SANITIZED, SLOW, binary, echo_template, wait_until
+from conftest import (BUILD_DIR, REPO, SANITIZED, SLOW, binary, echo_template, guest_image,
+                      wait_until)
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 
 def _image_dir():
-    own = BUILD_DIR / "scheduler" / "guest"
     if not SANITIZED:
-        fetch = subprocess.run(
-            [sys.executable, str(REPO / "scheduler/guest/mkimage.py"), "--cache",
-             str(own / "cache"), "--fetch-only"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-        if fetch.returncode == 3:
-            pytest.skip("guest kernel not cached and cannot be fetched: %s" % fetch.stdout[-300:])
-        assert fetch.returncode == 0, fetch.stdout
-        build = subprocess.run(["nice", "meson", "compile", "-C", str(BUILD_DIR), "guest-image"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               timeout=900)
-        assert build.returncode == 0, build.stdout[-3000:]
-        return own
+        return guest_image()
     # A sanitized build has no image target (its agent is not static): the normal build's.
     for cand in (BUILD_DIR.parent / "build-tests", REPO / "build"):
         d = cand / "scheduler" / "guest"
@@ -310,7 +298,7 @@ def test_kvm_probe_boot_decides(image_dir, tmp_short):
     """With /dev/kvm open to a group (here only in a private mount namespace: this host's is
     root-only), the probe really boots the guest image under KVM: READY makes it KVM, anything
     else TCG with the reason (on these PVM hosts a stock kernel never boots under KVM)."""
-    from conftest import SCHED_SECRET, _skip_unless_root, make_config, write_config
+    from conftest import _skip_unless_root, make_config, write_config
     _skip_unless_root()
     if not os.path.exists("/dev/kvm"):
         pytest.skip("no /dev/kvm on this host: the driver picks TCG without a probe boot")

@@ -29,6 +29,7 @@ import pytest
 
 from conftest import (BUILD_DIR, REPO, SANITIZED, SLOW, Proc, binary, curl, free_port,
                       wait_until)
+from conftest import guest_image as conftest_guest_image
 
 GUEST_DIR = BUILD_DIR / "scheduler" / "guest"
 IMAGE = ["vmlinux", "initramfs.cpio.gz", "kernel.release"]
@@ -53,19 +54,7 @@ def guest_image():
     if not shutil.which(QEMU):
         pytest.skip("%s not installed (Debian package qemu-system-x86; tests/run installs it)"
                     % QEMU)
-    fetch = subprocess.run(
-        [sys.executable, str(REPO / "scheduler/guest/mkimage.py"), "--cache",
-         str(GUEST_DIR / "cache"), "--fetch-only"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if fetch.returncode == 3:
-        pytest.skip("guest kernel not cached and cannot be fetched: %s" % fetch.stdout[-300:])
-    assert fetch.returncode == 0, fetch.stdout
-    # ninja rebuilds the image when the agent, echo or mkimage.py changed, else does nothing.
-    build = subprocess.run(["nice", "ninja", "-C", str(BUILD_DIR)] +
-                           ["scheduler/guest/" + f for f in IMAGE],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=600)
-    assert build.returncode == 0, "guest-image build failed:\n" + build.stdout[-3000:]
+    conftest_guest_image()
     return {f: GUEST_DIR / f for f in IMAGE}
 
 
