@@ -189,16 +189,6 @@ struct mdriver {
     struct minst *insts;
 };
 
-static int pidfd_open(pid_t pid)
-{
-    return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
-static int pidfd_signal(int fd, int sig)
-{
-    return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
-}
-
 /* ------------------------------------------------------------------ small helpers */
 
 static int is_ours(const struct mdriver *d, const char *id)
@@ -884,7 +874,7 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
     mi->di.pid = pid;
     mi->child = 1;
     mi->starttime = proc_starttime(pid);
-    mi->pidfd = pidfd_open(pid);
+    mi->pidfd = sch_pidfd_open(pid);
     mi->con_fd = sv[0];
     sv[0] = -1;
     mi->mon_fd = mv[0];
@@ -1085,7 +1075,7 @@ static void snapshot_failed(struct mtpl *t, const char *why)
     if (t->builder) {
         struct minst *b = t->builder;
         if (b->pidfd >= 0)
-            pidfd_signal(b->pidfd, SIGKILL);
+            sch_pidfd_signal(b->pidfd, SIGKILL);
     }
 }
 
@@ -1233,7 +1223,7 @@ static void restore_failed(struct minst *mi, const char *err)
     snprintf(line, sizeof(line), "ERR restoring the snapshot: %s", err);
     tell_ready(mi, line);
     if (mi->pidfd >= 0)
-        pidfd_signal(mi->pidfd, SIGKILL);
+        sch_pidfd_signal(mi->pidfd, SIGKILL);
 }
 
 /* A clone's state is loaded: it is warm. QEMU made its sockets in q/ at start-up and needs
@@ -1271,7 +1261,7 @@ static void mon_refused(struct minst *mi, const char *err)
         snprintf(mi->end_reason, sizeof(mi->end_reason), "QEMU refused a bind command: %.150s",
                  err);
         if (mi->pidfd >= 0)
-            pidfd_signal(mi->pidfd, SIGKILL);
+            sch_pidfd_signal(mi->pidfd, SIGKILL);
         mon_close(mi);
     }
 }
@@ -1607,7 +1597,7 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     uint64_t st = proc_starttime(s.pid);
     if (!st || st != s.start || !proc_is_vm_of(s.pid, id))
         return -ESRCH;
-    int pfd = pidfd_open(s.pid);
+    int pfd = sch_pidfd_open(s.pid);
     if (pfd < 0 || proc_starttime(s.pid) != s.start) {
         if (pfd >= 0)
             close(pfd);
@@ -1735,7 +1725,7 @@ static int m_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
     close(img);
     if (rc < 0) {
         if (mi->pidfd >= 0) /* maybe half a swap: this VM cannot be trusted with the session */
-            pidfd_signal(mi->pidfd, SIGKILL);
+            sch_pidfd_signal(mi->pidfd, SIGKILL);
         return rc;
     }
     mi->data_attached = 1;
@@ -1823,7 +1813,7 @@ static int m_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
             return 0;
         sig = SIGTERM; /* QEMU ends at once; a paused clone has nothing to save */
     }
-    if (pidfd_signal(mi->pidfd, sig) < 0)
+    if (sch_pidfd_signal(mi->pidfd, sig) < 0)
         return errno == ESRCH ? -ESRCH : -errno;
     return 0;
 }
@@ -1841,7 +1831,7 @@ static void m_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
                                : "gone");
     last_words(mi, tail, taillen);
     if (mi->pidfd >= 0)
-        pidfd_signal(mi->pidfd, SIGKILL); /* nothing of it stays (a no-op when gone) */
+        sch_pidfd_signal(mi->pidfd, SIGKILL); /* nothing of it stays (a no-op when gone) */
     inst_cleanup(mi);
     inst_free(mi);
 }
@@ -1923,9 +1913,9 @@ static int m_purge(struct sch_driver *base, const char *id)
     if (snprintf(dir, sizeof(dir), "%s/%s", d->root, id) >= (int)sizeof(dir))
         return -ENAMETOOLONG;
     if (read_state(dir, &s) == 0 && proc_starttime(s.pid) == s.start && proc_is_vm_of(s.pid, id)) {
-        int pfd = pidfd_open(s.pid);
+        int pfd = sch_pidfd_open(s.pid);
         if (pfd >= 0 && proc_starttime(s.pid) == s.start) {
-            pidfd_signal(pfd, SIGKILL);
+            sch_pidfd_signal(pfd, SIGKILL);
             struct pollfd p = {.fd = pfd, .events = POLLIN};
             poll(&p, 1, 2000);
         }
@@ -2007,7 +1997,7 @@ static void m_destroy(struct sch_driver *base)
         if (mi->template_vm) {
             /* A half-made snapshot is of no use to the next scheduler. */
             if (mi->pidfd >= 0)
-                pidfd_signal(mi->pidfd, SIGKILL);
+                sch_pidfd_signal(mi->pidfd, SIGKILL);
             if (mi->pidfd >= 0) {
                 struct pollfd p = {.fd = mi->pidfd, .events = POLLIN};
                 poll(&p, 1, 2000);

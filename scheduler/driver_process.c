@@ -82,16 +82,6 @@ struct pinst {
     unsigned app_uid;    /* the app's uid inside (state file too): owns a new image's root */
 };
 
-static int pidfd_open(pid_t pid)
-{
-    return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
-static int pidfd_signal(int fd, int sig)
-{
-    return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
-}
-
 static int instance_dir(const struct pdriver *d, const char *id, char *buf, size_t len)
 {
     int n = snprintf(buf, len, "%s/%s", d->cfg->run_dir, id);
@@ -473,7 +463,7 @@ fail:
         close_fd(&socks[i]);
     close_fd(&exit_fd);
     if (pid > 0) {
-        pidfd_signal(pidfd, SIGKILL);
+        sch_pidfd_signal(pidfd, SIGKILL);
         siginfo_t si;
         waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED);
     }
@@ -512,7 +502,7 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
         snprintf(err, errlen, "no state file in %s: %s", dir, strerror(-rc));
         return -ESRCH;
     }
-    int fd = sch_instdir_is_agent_of(pid, id) ? pidfd_open(pid) : -1;
+    int fd = sch_instdir_is_agent_of(pid, id) ? sch_pidfd_open(pid) : -1;
     /* Check again after opening: the pid may have been reused in between. */
     if (fd < 0 || !sch_instdir_is_agent_of(pid, id)) {
         if (fd >= 0)
@@ -570,7 +560,7 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
         char ns[64];
         snprintf(ns, sizeof(ns), "/proc/%d/ns/user", (int)pi->pub.pid);
         userns_fd = open(ns, O_RDONLY | O_CLOEXEC);
-        if (userns_fd < 0 || pidfd_signal(di->exit_fd, 0) < 0) {
+        if (userns_fd < 0 || sch_pidfd_signal(di->exit_fd, 0) < 0) {
             int e = errno;
             if (userns_fd >= 0)
                 close(userns_fd);
@@ -597,7 +587,7 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
 static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
 {
     (void)base;
-    if (pidfd_signal(di->exit_fd, hard ? SIGKILL : SIGTERM) < 0)
+    if (sch_pidfd_signal(di->exit_fd, hard ? SIGKILL : SIGTERM) < 0)
         return -errno;
     return 0;
 }
@@ -705,9 +695,9 @@ static int p_purge(struct sch_driver *base, const char *id)
         return -EINVAL;
     sch_instdir_read_state(dir, &pid, &slot, &data_size, NULL, NULL, &cgdirs);
     if (pid > 0 && sch_instdir_is_agent_of(pid, id)) {
-        int fd = pidfd_open(pid);
+        int fd = sch_pidfd_open(pid);
         if (fd >= 0 && sch_instdir_is_agent_of(pid, id)) {
-            pidfd_signal(fd, SIGKILL);
+            sch_pidfd_signal(fd, SIGKILL);
             struct pollfd pfd = {.fd = fd, .events = POLLIN};
             poll(&pfd, 1, PURGE_WAIT_MS);
             siginfo_t si;
@@ -844,7 +834,7 @@ static int probe_security(struct pdriver *d, char *err, size_t errlen)
  * seccomp it works only when scheduler.insecure is set, and says so in <why>. */
 int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len)
 {
-    int pfd = pidfd_open(getpid());
+    int pfd = sch_pidfd_open(getpid());
     if (pfd < 0) {
         snprintf(why, len, "pidfd_open is not available (Linux >= 5.3 needed): %s",
                  strerror(errno));
@@ -893,7 +883,7 @@ struct sch_driver *sch_driver_process_create(const struct sch_config *cfg,
     d->cfg = cfg;
     d->agent_fd = -1;
     snprintf(d->prefix, sizeof(d->prefix), "%s-", cfg->host_id);
-    int pfd = pidfd_open(getpid());
+    int pfd = sch_pidfd_open(getpid());
     if (pfd < 0) {
         snprintf(err, errlen, "pidfd_open is not available (Linux >= 5.3 needed): %s",
                  strerror(errno));

@@ -14,6 +14,11 @@ struct sch_cg_io;
 
 #define SCH_AGENT_NAME "berth-agent"
 
+/* pidfd_open(2) and pidfd_send_signal(2) (no glibc wrappers in Debian 12): a descriptor or
+ * 0, else -1 with errno. */
+int sch_pidfd_open(pid_t pid);
+int sch_pidfd_signal(int pidfd, int sig);
+
 /* Writes "0 <base> 65536" into /proc/<pid>/{uid,gid}_map (we are root in the parent
  * namespace, so any range works; setgroups stays allowed for the child's setgroups(0)).
  * Returns 0 or a negative errno. */
