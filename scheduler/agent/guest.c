@@ -290,12 +290,9 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-/* Reads at most MAX-1 bytes of PATH into BUF (NUL-terminated); returns the length or -errno. */
-static ssize_t read_small(const char *path, char *buf, size_t max)
+/* Reads at most MAX-1 bytes of FD into BUF (NUL-terminated), closes FD; returns the length. */
+static ssize_t read_fd(int fd, char *buf, size_t max)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
     size_t got = 0;
     while (got < max - 1) {
         ssize_t n = read(fd, buf + got, max - 1 - got);
@@ -308,6 +305,13 @@ static ssize_t read_small(const char *path, char *buf, size_t max)
     close(fd);
     buf[got] = '\0';
     return (ssize_t)got;
+}
+
+/* Reads at most MAX-1 bytes of PATH into BUF (NUL-terminated); returns the length or -errno. */
+static ssize_t read_small(const char *path, char *buf, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : read_fd(fd, buf, max);
 }
 
 static void mount_one(const char *src, const char *dir, const char *type, unsigned long flags)
@@ -548,18 +552,7 @@ static ssize_t read_beneath(const char *dir, const char *rel, char *buf, size_t 
         close(fd);
         return -EINVAL;
     }
-    size_t got = 0;
-    while (got < max - 1) {
-        ssize_t n = read(fd, buf + got, max - 1 - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[got] = '\0';
-    return (ssize_t)got;
+    return read_fd(fd, buf, max);
 }
 
 /* A directory of the sysroot: made (or kept), then given MODE and OWNER. */
