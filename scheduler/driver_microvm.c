@@ -67,6 +67,10 @@
 #define MON_LINE_MAX 8192
 #define QMP_TIMEOUT (2 * CM_USEC_PER_SEC)
 #define TAIL_MAX 2048         /* console bytes kept for finish()'s tail */
+/* QEMU's end of the console socket: a guest's console writes are small (16 bytes from hvc),
+ * each costing a whole skb of the default send buffer, which a busy scheduler then fills
+ * within a few KB of text and QEMU holds the rest; with room for 1 MiB it rarely waits. */
+#define CONSOLE_SNDBUF (1024 * 1024)
 #define FSIZE_MIN (64u << 20) /* QEMU's RLIMIT_FSIZE when the VM has no /data (its log) */
 #define SNAP_SAVE_TIMEOUT (60 * CM_USEC_PER_SEC)
 #define SNAP_RETRY_MAX (60 * CM_USEC_PER_SEC)
@@ -819,6 +823,9 @@ static int vm_spawn(struct minst *mi, enum vm_kind kind, char *err, size_t errle
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         goto out;
     }
+    int sndbuf = CONSOLE_SNDBUF; /* FORCE past wmem_max as root; else what the limit allows */
+    if (setsockopt(sv[1], SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     if (mi->slot < 0 && (mi->slot = sch_slots_take(d->slots)) < 0) {
         rc = -EAGAIN;
         snprintf(err, errlen, "no free uid slot (capacity %u)", d->cfg->capacity);
@@ -937,27 +944,33 @@ static void tail_add(struct minst *mi, const char *buf, size_t n)
 
 static void snapshot_save(struct minst *mi);
 
-static void on_console(evutil_socket_t fd, short what, void *arg)
+/* Reads at most `reads` chunks of the console; 1 when it reached its end (EOF, or nothing more
+ * once QEMU is gone). */
+static int console_read(struct minst *mi, int reads)
 {
-    struct minst *mi = arg;
-    (void)what;
     char buf[4096];
-    /* A bounded amount per call: a guest flooding its console cannot starve the loop. */
-    for (int i = 0; i < 16; i++) {
-        ssize_t n = read(fd, buf, sizeof(buf));
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
+    for (int i = 0; i < reads; i++) {
+        ssize_t n = read(mi->con_fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return 1;
         if (n <= 0) {
             event_del(mi->con_ev);
-            return;
+            return 1;
         }
         tail_add(mi, buf, (size_t)n);
-        const char *kp = mi->panic[0] ? NULL : memmem(buf, (size_t)n, "Kernel panic", 12);
-        if (kp) { /* its register dump that follows can be longer than the tail */
-            size_t k = 0, room = (size_t)(buf + n - kp);
-            while (k < room && k < sizeof(mi->panic) - 1 && kp[k] != '\n' && kp[k] != '\r')
-                k++;
-            sch_report_sanitize(kp, k, mi->panic, sizeof(mi->panic));
+        if (!mi->panic[0]) { /* its register dump that follows can be longer than the tail */
+            /* The new bytes end the tail: searched with the 11 before them, so a line split
+             * between two reads is found too. */
+            size_t from = mi->tail_len > (size_t)n + 11 ? mi->tail_len - (size_t)n - 11 : 0;
+            const char *kp = memmem(mi->tail + from, mi->tail_len - from, "Kernel panic", 12);
+            if (kp) {
+                size_t k = 0, room = (size_t)(mi->tail + mi->tail_len - kp);
+                while (k < room && k < sizeof(mi->panic) - 1 && kp[k] != '\n' && kp[k] != '\r')
+                    k++;
+                sch_report_sanitize(kp, k, mi->panic, sizeof(mi->panic));
+            }
         }
         uint64_t room = mi->d->cfg->console_max > mi->con_written
                             ? mi->d->cfg->console_max - mi->con_written
@@ -968,6 +981,22 @@ static void on_console(evutil_socket_t fd, short what, void *arg)
         if (sch_console_scan_feed(&mi->scan, buf, (size_t)n) && mi->st == M_BOOTING)
             snapshot_save(mi);
     }
+    return 0;
+}
+
+static void on_console(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    /* A bounded amount per call: a guest flooding its console cannot starve the loop. */
+    console_read(arg, 16);
+}
+
+/* QEMU is gone: what it wrote is all in the socket (at most its send buffer, CONSOLE_SNDBUF),
+ * read to the end so the last words are the last ones, however far behind we were. */
+static void console_drain(struct minst *mi)
+{
+    if (mi->con_fd >= 0)
+        console_read(mi, (int)(CONSOLE_SNDBUF / 4096) + 64);
 }
 
 /* The end of what the VM said, for a reason or a tail: its console, else QEMU's own stderr
@@ -1421,8 +1450,7 @@ static void on_pid_exit(evutil_socket_t fd, short what, void *arg)
 {
     struct minst *mi = arg;
     (void)fd, (void)what;
-    if (mi->con_fd >= 0) /* the last words on the console */
-        on_console(mi->con_fd, EV_READ, mi);
+    console_drain(mi); /* the last words on the console */
     if (mi->child) { /* ours: reaped now, how it ended kept for finish() */
         siginfo_t si = {0};
         if (waitid((idtype_t)P_PIDFD, (id_t)mi->pidfd, &si, WEXITED | WNOHANG) == 0 && si.si_pid)
@@ -1823,8 +1851,7 @@ static void m_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
 {
     (void)base;
     struct minst *mi = (struct minst *)di;
-    if (mi->con_fd >= 0)
-        on_console(mi->con_fd, EV_READ, mi);
+    console_drain(mi);
     snprintf(reason, len, "%s",
              mi->end_reason[0] ? mi->end_reason
              : mi->exit_how[0] ? mi->exit_how
