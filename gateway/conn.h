@@ -19,7 +19,10 @@ void gw_conn_close_all(struct gw_worker *w);
 void gw_conn_touch_streams(struct gw_worker *w);
 
 /* Frees the bookkeeping of background binding checks still pending (after the claimer is
- * destroyed, which cancels their callbacks). */
-void gw_conn_refreshes_free(struct gw_worker *w);
+ * destroyed, which cancels their callbacks). In binding.c. */
+void gw_binding_refreshes_free(struct gw_worker *w);
+
+/* The worker's parser settings (body callbacks need the connection). */
+void gw_conn_settings_init(struct gw_worker *w);
 
 #endif

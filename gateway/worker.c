@@ -29,7 +29,6 @@
 
 #define CACHE_MAX_ENTRIES (1u << 20)
 
-void gw_conn_settings_init(struct gw_worker *w);
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
@@ -383,7 +382,7 @@ void gw_worker_destroy(struct gw_worker *w)
     if (w->base)
         gw_conn_close_all(w);
     gw_claimer_destroy(w->claimer);
-    gw_conn_refreshes_free(w);
+    gw_binding_refreshes_free(w);
     cm_redis_destroy(w->sub);
     cm_redis_destroy(w->redis);
     if (w->listener)

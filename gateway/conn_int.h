@@ -1,0 +1,234 @@
+/* The client connection's insides, shared by the modules that make up the client side of the
+ * gateway: conn (the HTTP/1 connection and its exchange), binding (cache and claims), cors,
+ * mcp (aliases and releases of MCP and keyless sessions), cdp (the discovery rewrite), tunnel
+ * (bytes both ways after 101) and h1_write (the heads we write). Not an interface for anything
+ * else in the gateway: conn.h is. */
+#ifndef GW_CONN_INT_H
+#define GW_CONN_INT_H
+
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/time.h"
+#include "common/key.h"
+#include "gateway/cache.h"
+#include "gateway/config.h"
+#include "gateway/errors.h"
+#include "gateway/h1.h"
+#include "gateway/stream.h"
+
+struct gw_worker;
+struct gw_claim;
+struct gw_upconn;
+
+enum key_kind {
+    KEY_SID, /* platform key: x-fc-session-id, cookie, or one the gateway made */
+    KEY_MCP, /* Mcp-Session-Id (an alias) */
+    KEY_SSE, /* legacy MCP SSE sessionId / session_id query parameter (an alias) */
+};
+
+/* The source class each kind of key is hashed under (common/key.h). */
+static inline const char *gw_conn_key_source(unsigned kind)
+{
+    return kind == KEY_MCP ? CM_KEY_SRC_MCP : kind == KEY_SSE ? CM_KEY_SRC_SSE : CM_KEY_SRC_SID;
+}
+
+/* A Redis operation a connection waits for; the connection may go away first. */
+struct conn_op {
+    struct gw_conn *c;
+};
+
+enum conn_state {
+    CS_IDLE,    /* between requests: keep-alive timer armed */
+    CS_HEAD,    /* receiving a request head: header timer armed */
+    CS_ROUTING, /* waiting for a claim; client reading paused */
+    CS_PROXY,   /* request sent or being sent, response awaited or being relayed */
+    CS_TUNNEL,  /* after 101 Switching Protocols: bytes both ways */
+    CS_CLOSING, /* flushing the last response, then lingering close */
+};
+
+struct gw_conn {
+    struct gw_conn *next, *prev;
+    struct gw_worker *w;
+    struct gw_stream cs; /* the client's socket */
+    enum conn_state state;
+    struct event timer;
+    const struct gw_route *route;
+    struct gw_claim *claim;
+    struct gw_upconn *up;
+    llhttp_t req, resp;
+    struct gw_h1_chunked chunk; /* our check of a chunked request body's framing */
+    size_t head_len;  /* request head: in head_slot, else at the start of the input */
+    char *head_slot;  /* the loop's slot holding a head that came whole in one read */
+    size_t scan;      /* request bytes already searched for the end of the head */
+    size_t rscan;     /* same for the response */
+    uint64_t body_bytes;
+    cm_usec_t t_start;
+    cm_usec_t idle_since; /* CS_IDLE: when the last exchange ended (coarse clock) */
+    struct cm_hash hash; /* cache key: the session's hash, or the alias's */
+    char hash_hex[CM_HASH_HEX_LEN + 1];
+    struct cm_hash session;
+    char session_hex[CM_HASH_HEX_LEN + 1];
+    struct conn_op *op;      /* alias being stored */
+    struct evbuffer *aux;    /* SSE sniff window, or the body being rewritten */
+    struct evbuffer *aux_head; /* response head held back while its body is rewritten */
+    char *host;              /* client's Host, kept for the CDP rewrite */
+    size_t held;             /* response bytes parsed but held until the alias is stored */
+    char alias_id[CM_KEY_MAX + 1];
+    char key[CM_KEY_MAX + 1];
+    char auto_key[CM_HASH_HEX_LEN + 1];
+    char instance[GW_INSTANCE_ID_MAX];
+    char addr[GW_ADDR_MAX];
+    char peer[INET6_ADDRSTRLEN];
+    int status;
+    unsigned key_len : 8;
+    unsigned req_keepalive : 1;
+    unsigned req_done : 1;
+    unsigned req_chunked : 1;   /* the request body is chunked: c->chunk checks it first */
+    unsigned head_pending : 1;  /* bodiless request: head kept for a retry (slot or input) */
+    unsigned resp_head_done : 1;
+    unsigned resp_keepalive : 1;
+    unsigned close_after : 1;
+    unsigned eof_body : 1; /* the response body ends with the instance's close (its head said) */
+    unsigned resp_deferred : 1; /* gw_h1_scan() deferred on this response head (on_up_peek) */
+    unsigned paused_client : 1; /* client reading paused: upstream output above high */
+    unsigned paused_up : 1;     /* upstream reading paused: client output above high */
+    unsigned head_method : 1;
+    unsigned http10 : 1;
+    unsigned upgrade_req : 1;
+    unsigned issue_cookie : 1;
+    unsigned from_cache : 1;
+    unsigned retried : 1;
+    unsigned reclaimed : 1;
+    unsigned up_connected : 1;
+    unsigned up_reused : 1;
+    unsigned body_too_large : 1;
+    unsigned dechunk : 1;
+    unsigned in_stream : 1;
+    unsigned shut : 1;
+    unsigned kind : 2;
+    unsigned had_mcp_id : 1;
+    unsigned is_delete : 1;
+    unsigned is_get : 1;
+    unsigned cdp_path : 1;
+    unsigned alias_pending : 1;
+    unsigned alias_done : 1;
+    unsigned sniff : 1;
+    unsigned body_alias : 1;
+    unsigned rewrite : 1;
+    unsigned rewrite_overflow : 1;
+    unsigned used_auto : 1;    /* this request is on the connection's own (no_key new) session */
+    unsigned auto_is_mcp : 1;  /* ...whose server minted an Mcp-Session-Id: see process_head */
+    unsigned released : 1;     /* MCP DELETE: the session was released before the answer */
+    unsigned head_timer : 1;   /* the timer runs header_timeout for the head being received */
+    unsigned keyless_new : 1;  /* no key: this request named a session of its own making */
+    unsigned unproven : 1;     /* ...bound for it now, and not yet answered with success */
+    uint8_t cors;              /* 1 + the route's cors_origins entry the Origin matched, or 0 */
+    size_t reframe_len; /* body length of a rewritten response */
+    uint16_t preview_port; /* preview host: the port inside the sandbox */
+};
+
+
+/* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
+static inline const char *gw_conn_hash_hex(struct gw_conn *c)
+{
+    if (!c->hash_hex[0])
+        cm_hash_hex(c->hash, c->hash_hex);
+    return c->hash_hex;
+}
+
+static inline const char *gw_conn_sess_hex(struct gw_conn *c)
+{
+    if (!c->session_hex[0])
+        cm_hash_hex(c->session, c->session_hex);
+    return c->session_hex;
+}
+
+/* ---- conn.c */
+
+/* Answers the exchange with error <e> (JSON body) and ends it; <close> closes the connection
+ * after it (also done when the request is not whole or not keep-alive). A response already
+ * started is cut instead. <c> may be gone after it. */
+void gw_conn_send_error(struct gw_conn *c, enum gw_err e, int close);
+/* Ends an exchange the gateway answered itself (status <status> already queued): the
+ * connection closes, or waits for (or goes on with) the next request. */
+void gw_conn_answered(struct gw_conn *c, int status, int close);
+/* The request head kept for a retry is not needed any more: its slot or input bytes go. */
+void gw_conn_drop_pending_head(struct gw_conn *c);
+/* Flushes what is queued, then half-closes and lingers (CS_CLOSING). */
+void gw_conn_begin_close(struct gw_conn *c);
+/* Frees <c> at once: its claim cancelled, its upstream connection closed. */
+void gw_conn_free(struct gw_conn *c);
+/* Sends the request to c->addr. <parsed> is the head parsed in this same callback (its slices
+ * are still valid), or NULL to parse it again. */
+void gw_conn_forward(struct gw_conn *c, struct gw_h1_head *parsed);
+/* Relays what the instance sent (head, then body), as far as the client's output allows. */
+void gw_conn_relay_resp(struct gw_conn *c);
+
+/* ---- binding.c */
+
+/* Asks the claimer for c's session (claim, lookup for a preview link, or an alias); reading
+ * the client pauses meanwhile; forwards or answers the error when it returns. */
+void gw_binding_claim(struct gw_conn *c);
+/* Checks the stale cache entry <e> of c's session with Redis in the background. */
+void gw_binding_refresh(struct gw_conn *c, struct gw_cache_entry *e);
+/* The instance could not be reached: its binding is dropped from the cache, and a bodiless
+ * request whose binding came from the cache is claimed once more; else 502/404. */
+void gw_binding_unreachable(struct gw_conn *c);
+
+/* ---- cors.c */
+
+/* Routes with CORS handled by the gateway: notes whether the request's Origin is allowed
+ * (c->cors), and answers a preflight itself. Returns 1 when the request was answered. */
+int gw_cors_request(struct gw_conn *c, const struct gw_h1_head *h);
+/* The CORS header lines of an answer to an allowed Origin (c->cors != 0) into <buf>; their
+ * length (< cap). */
+size_t gw_cors_headers(const struct gw_conn *c, char *buf, size_t cap);
+
+/* ---- mcp.c */
+
+/* Releases the session made for a keyless request whose answer did not start it. */
+void gw_mcp_release_unused(struct gw_conn *c, const char *why);
+/* Records c->alias_id (of <source>, common/key.h) as an alias of c's session before the
+ * client may use it; upstream reading pauses meanwhile. <c> may be gone after it. */
+void gw_mcp_store_alias(struct gw_conn *c, const char *source);
+/* Legacy MCP SSE: looks for the `endpoint` event in the first bytes of the stream; returns
+ * HPE_PAUSED (llhttp) when it found one whose id must be stored first, else 0. */
+int gw_mcp_sniff(struct gw_conn *c, const char *at, size_t len);
+/* The final response head <h>: stores an Mcp-Session-Id the server minted, releases the
+ * session on an MCP DELETE's success, settles a keyless request's session (started by a
+ * success, released by an error). 1 when the exchange now waits (upstream reading paused, the
+ * head is parsed again after) or <c> may be gone; 0 to go on. */
+int gw_mcp_on_resp_head(struct gw_conn *c, const struct gw_h1_head *h);
+
+/* ---- cdp.c */
+
+/* CDP discovery: writes the held head (c->aux_head) and the rewritten body (c->aux) to the
+ * client. -1 when either cannot be read or rewritten (nothing was written). */
+int gw_cdp_emit(struct gw_conn *c);
+
+/* ---- tunnel.c */
+
+/* After 101 Switching Protocols: bytes both ways until either side closes. */
+void gw_tunnel_start(struct gw_conn *c);
+/* Moves what both inputs hold to the other side; pauses a side whose output is above the mark. */
+void gw_tunnel_pump(struct gw_conn *c);
+/* Bytes read into an empty input, sent to <to> straight from the read. Returns <len>. */
+size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len);
+
+/* ---- h1_write.c */
+
+/* Sends the rewritten request head (the client's at <head>, parsed as <h>) to <us>. */
+void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                         struct gw_stream *us);
+/* Queues the client's response head, rewritten from the instance's (<head>, <head_len>). */
+void gw_h1_write_response(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                          size_t head_len);
+/* A whole response (its head at <data>, then <body_len> bytes of body) to the client in one
+ * writev. */
+void gw_h1_write_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
+                       size_t head_len, size_t body_len);
+
+#endif

@@ -1,0 +1,75 @@
+/* A tunnel after 101 Switching Protocols: bytes both ways, each side's reading paused
+ * while the other's output is above the mark. */
+#include "gateway/conn_int.h"
+
+#include <event2/buffer.h>
+#include <sys/uio.h>
+
+#include "gateway/metrics.h"
+#include "gateway/upstream.h"
+#include "gateway/worker.h"
+
+void gw_tunnel_start(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    c->state = CS_TUNNEL;
+    c->req_done = 1;
+    gw_stream_set_timeouts(gw_upconn_stream(c->up), w->to_stream_idle, NULL);
+    gw_stream_set_timeouts(&c->cs, w->to_stream_idle, NULL);
+    gw_stream_read_enable(&c->cs);
+}
+
+void gw_tunnel_pump(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    size_t high = w->gc->limits.buffer_high;
+    struct evbuffer *cin = c->cs.in, *cout = c->cs.out;
+    struct evbuffer *uin = us->in, *uout = us->out;
+    size_t n = evbuffer_get_length(cin);
+    if (n) {
+        evbuffer_add_buffer(uout, cin);
+        GW_METRIC_ADD(&w->metrics, bytes_in, n);
+    }
+    n = evbuffer_get_length(uin);
+    if (n) {
+        evbuffer_add_buffer(cout, uin);
+        GW_METRIC_ADD(&w->metrics, bytes_out, n);
+    }
+    gw_stream_flush(&c->cs);
+    gw_stream_flush(us);
+    /* Above the mark after the flush, so EV_WRITE is armed: its callback resumes. */
+    if (evbuffer_get_length(uout) >= high) {
+        c->paused_client = 1;
+        gw_stream_read_disable(&c->cs);
+    }
+    if (evbuffer_get_length(cout) >= high) {
+        c->paused_up = 1;
+        gw_stream_read_disable(us);
+    }
+}
+
+/* A tunnel's bytes read into an empty input: sent to the other side straight from the read
+ * (what its socket refuses is copied to its output); reading pauses while that output is
+ * above the mark, as in gw_tunnel_pump(). */
+size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len)
+{
+    struct gw_worker *w = c->w;
+    int to_client = to == &c->cs;
+    struct iovec iov = {(void *)data, len};
+    gw_stream_write(to, &iov, 1);
+    if (to_client)
+        GW_METRIC_ADD(&w->metrics, bytes_out, len);
+    else
+        GW_METRIC_ADD(&w->metrics, bytes_in, len);
+    if (evbuffer_get_length(to->out) >= w->gc->limits.buffer_high) {
+        if (to_client) {
+            c->paused_up = 1;
+            gw_stream_read_disable(gw_upconn_stream(c->up));
+        } else {
+            c->paused_client = 1;
+            gw_stream_read_disable(&c->cs);
+        }
+    }
+    return len;
+}
