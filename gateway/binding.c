@@ -104,7 +104,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
             c->session = stale->session;
             c->session_hex[0] = '\0';
             c->from_cache = 1;
-            gw_conn_forward(c, NULL);
+            gw_up_forward(c, NULL);
             return;
         }
     }
@@ -133,7 +133,7 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     if (b->how != GW_CLAIM_BOUND)
         cm_log_debug("conn", "session bound session=%s instance=%s how=%s", gw_conn_hash_hex(c),
                     b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
-    gw_conn_forward(c, NULL);
+    gw_up_forward(c, NULL);
 }
 
 void gw_binding_claim(struct gw_conn *c)

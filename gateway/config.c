@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/secret.h"
 
@@ -244,9 +245,114 @@ static int load_scheduler_secret(struct cm_conf_ctx *ctx, const struct cm_config
     return 0;
 }
 
+/* Mozilla's "intermediate" configuration (version 5.7): TLS 1.2 with forward-secret AEAD
+ * suites only, TLS 1.3's own suites as OpenSSL orders them. */
+#define GW_TLS_CIPHERS                                                                             \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"    \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"      \
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+#define GW_TLS_CIPHERSUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+/* A file named in the config: relative names are taken from the config file's directory
+ * (where a quick start keeps its certificates), else from the working directory when only
+ * that has the file. */
+static char *config_path(const struct cm_config *cfg, const char *name)
+{
+    if (name[0] == '/')
+        return strdup(name);
+    const char *slash = cfg->file ? strrchr(cfg->file, '/') : NULL;
+    if (slash) {
+        char *p = NULL;
+        if (asprintf(&p, "%.*s/%s", (int)(slash - cfg->file), cfg->file, name) < 0)
+            return NULL;
+        if (access(p, F_OK) == 0 || access(name, F_OK) != 0)
+            return p;
+        free(p);
+    }
+    return strdup(name);
+}
+
+static int load_tls(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
+                    const struct cm_ynode *m, struct gw_config *gc)
+{
+    static const char *const keys[] = {"certificates", "min_version", "ciphers", "ciphersuites",
+                                       "session_tickets", "ticket_key_lifetime", NULL};
+    const char *p = "gateway.tls";
+    struct gw_tls_config *t = &gc->tls;
+    char *minv = NULL;
+    if (cm_conf_keys(ctx, m, p, keys) ||
+        cm_conf_str(ctx, m, p, "min_version", "1.2", &minv) ||
+        cm_conf_str(ctx, m, p, "ciphers", GW_TLS_CIPHERS, &t->ciphers) ||
+        cm_conf_str(ctx, m, p, "ciphersuites", GW_TLS_CIPHERSUITES, &t->ciphersuites) ||
+        cm_conf_bool(ctx, m, p, "session_tickets", 1, &t->session_tickets) ||
+        cm_conf_duration(ctx, m, p, "ticket_key_lifetime", 3600 * CM_USEC_PER_SEC,
+                         60 * CM_USEC_PER_SEC, 7 * 86400 * CM_USEC_PER_SEC,
+                         &t->ticket_key_lifetime)) {
+        free(minv);
+        return -1;
+    }
+    if (strcmp(minv, "1.2") == 0 || strcmp(minv, "1.3") == 0) {
+        t->min_version = minv[2] == '2' ? 0x0303 : 0x0304;
+        free(minv);
+    } else {
+        free(minv);
+        return cm_conf_fail(ctx, cm_ynode_get(m, "min_version"), p, "min_version",
+                            "must be \"1.2\" or \"1.3\" (older versions are not offered)");
+    }
+    const struct cm_ynode *certs = cm_ynode_get(m, "certificates");
+    if (!*gc->tls_listen) {
+        if (certs)
+            return cm_conf_fail(ctx, certs, p, "certificates",
+                                "certificates without gateway.tls_listen: set the TLS listener's "
+                                "address too");
+        return 0;
+    }
+    if (!certs || certs->type != CM_YNODE_SEQ || certs->n == 0)
+        return cm_conf_fail(ctx, certs ? certs : m, p, "certificates",
+                            "gateway.tls_listen needs at least one certificate "
+                            "([{cert: fullchain.pem, key: key.pem}])");
+    if (certs->n > 256)
+        return cm_conf_fail(ctx, certs, p, "certificates", "at most 256 certificates");
+    t->certs = calloc(certs->n, sizeof(*t->certs));
+    if (!t->certs)
+        return cm_conf_fail(ctx, certs, p, "certificates", "out of memory");
+    for (size_t i = 0; i < certs->n; i++) {
+        static const char *const ckeys[] = {"cert", "key", "ocsp", NULL};
+        const struct cm_ynode *c = certs->items[i];
+        char cp[64];
+        snprintf(cp, sizeof(cp), "gateway.tls.certificates[%zu]", i);
+        struct gw_tls_cert *x = &t->certs[i];
+        t->n_certs++;
+        char *cert = NULL, *key = NULL, *ocsp = NULL;
+        if (!c || c->type != CM_YNODE_MAP)
+            return cm_conf_fail(ctx, c ? c : certs, p, "certificates",
+                                "each certificate is a map {cert: ..., key: ...}");
+        int rc = cm_conf_keys(ctx, c, cp, ckeys) || cm_conf_str(ctx, c, cp, "cert", "", &cert) ||
+                 cm_conf_str(ctx, c, cp, "key", "", &key) ||
+                 cm_conf_str(ctx, c, cp, "ocsp", "", &ocsp);
+        if (!rc && (!*cert || !*key))
+            rc = cm_conf_fail(ctx, c, cp, *cert ? "key" : "cert",
+                              "a certificate needs both cert (its chain, PEM) and key (PEM)");
+        if (!rc) {
+            x->cert = config_path(cfg, cert);
+            x->key = config_path(cfg, key);
+            x->ocsp = *ocsp ? config_path(cfg, ocsp) : NULL;
+            if (!x->cert || !x->key || (*ocsp && !x->ocsp))
+                rc = cm_conf_fail(ctx, c, cp, "cert", "out of memory");
+        }
+        free(cert);
+        free(key);
+        free(ocsp);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
 struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen)
 {
     static const char *const keys[] = {"listen",        "admin_listen", "health_listen", "workers",
+                                       "tls_listen",    "tls",
                                        "expose_headers", "cache_ttl",   "activity_flush",
                                        "host_stale",    "retry_after",  "limits",
                                        "shutdown_grace",
@@ -266,6 +372,7 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         cm_conf_str(&ctx, m, p, "listen", "127.0.0.1:8080", &gc->listen) ||
         cm_conf_str(&ctx, m, p, "admin_listen", "127.0.0.1:9090", &gc->admin_listen) ||
         cm_conf_str(&ctx, m, p, "health_listen", "", &gc->health_listen) ||
+        cm_conf_str(&ctx, m, p, "tls_listen", "", &gc->tls_listen) ||
         cm_conf_u64(&ctx, m, p, "workers", 1, 1, 256, &workers) ||
         cm_conf_bool(&ctx, m, p, "expose_headers", 1, &gc->expose_headers) ||
         cm_conf_duration(&ctx, m, p, "cache_ttl", 5 * CM_USEC_PER_SEC, 0, 3600 * CM_USEC_PER_SEC,
@@ -277,7 +384,8 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         cm_conf_u64(&ctx, m, p, "retry_after", 1, 0, 3600, &retry_after) ||
         cm_conf_duration(&ctx, m, p, "shutdown_grace", 5 * CM_USEC_PER_SEC, 0,
                          3600 * CM_USEC_PER_SEC, &gc->shutdown_grace) ||
-        load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits))
+        load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits) ||
+        load_tls(&ctx, cfg, cm_ynode_get(m, "tls"), gc))
         goto fail;
     gc->workers = (uint32_t)workers;
     gc->retry_after = (uint32_t)retry_after;
@@ -333,6 +441,15 @@ void gw_config_free(struct gw_config *gc)
     free(gc->listen);
     free(gc->admin_listen);
     free(gc->health_listen);
+    free(gc->tls_listen);
+    for (size_t i = 0; i < gc->tls.n_certs; i++) {
+        free(gc->tls.certs[i].cert);
+        free(gc->tls.certs[i].key);
+        free(gc->tls.certs[i].ocsp);
+    }
+    free(gc->tls.certs);
+    free(gc->tls.ciphers);
+    free(gc->tls.ciphersuites);
     free(gc);
 }
 

@@ -59,9 +59,31 @@ struct gw_limits {
     uint64_t max_chunk_ext_bytes; /* chunk extensions per chunk-size line of a request, 400 */
 };
 
+/* One certificate of the TLS listener: its chain and key (PEM), and a stapled OCSP response
+ * (DER, as `openssl ocsp -respout` writes it), or NULL. Paths as resolved (absolute, or
+ * relative to the working directory). */
+struct gw_tls_cert {
+    char *cert;
+    char *key;
+    char *ocsp;
+};
+
+/* gateway.tls: what the TLS listener (gateway.tls_listen) offers. */
+struct gw_tls_config {
+    struct gw_tls_cert *certs; /* the first is the default; SNI picks among them */
+    size_t n_certs;
+    int min_version;           /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+    char *ciphers;             /* TLS 1.2 cipher list (OpenSSL syntax) */
+    char *ciphersuites;        /* TLS 1.3 suites */
+    int session_tickets;       /* resumption by tickets (their keys rotated) */
+    cm_usec_t ticket_key_lifetime; /* a ticket key encrypts this long, then decrypts as long */
+};
+
 struct gw_config {
     const struct cm_config *common; /* borrowed */
     char *listen;       /* "host:port" */
+    char *tls_listen;   /* "host:port" of the TLS listener, or "": none */
+    struct gw_tls_config tls;
     char *admin_listen; /* "host:port" */
     char *health_listen; /* "host:port" of /healthz and /readyz alone, or "": none */
     uint32_t workers;

@@ -9,8 +9,10 @@
 struct gw_worker;
 struct gw_conn;
 
-/* Takes ownership of <fd> (also on failure: it is closed). <sa> is the peer address. */
-void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Takes ownership of <fd> (also on failure: it is closed). <sa> is the peer address; <tls>:
+ * it came to the TLS listener (the handshake is bounded by header_timeout). */
+void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, socklen_t salen,
+                    int tls);
 /* Closes idle connections now and the others once their exchange ends (shutdown). */
 void gw_conn_drain_all(struct gw_worker *w);
 /* Closes every connection at once. */

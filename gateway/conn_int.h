@@ -6,6 +6,7 @@
 #ifndef GW_CONN_INT_H
 #define GW_CONN_INT_H
 
+#include <event2/event.h>
 #include <event2/event_struct.h>
 #include <netinet/in.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 struct gw_worker;
 struct gw_claim;
 struct gw_upconn;
+struct evbuffer;
 
 enum key_kind {
     KEY_SID, /* platform key: x-fc-session-id, cookie, or one the gateway made */
@@ -125,6 +127,7 @@ struct gw_conn {
     unsigned head_timer : 1;   /* the timer runs header_timeout for the head being received */
     unsigned keyless_new : 1;  /* no key: this request named a session of its own making */
     unsigned unproven : 1;     /* ...bound for it now, and not yet answered with success */
+    unsigned secure : 1;       /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */
     uint8_t cors;              /* 1 + the route's cors_origins entry the Origin matched, or 0 */
     size_t reframe_len; /* body length of a rewritten response */
     uint16_t preview_port; /* preview host: the port inside the sandbox */
@@ -161,11 +164,45 @@ void gw_conn_drop_pending_head(struct gw_conn *c);
 void gw_conn_begin_close(struct gw_conn *c);
 /* Frees <c> at once: its claim cancelled, its upstream connection closed. */
 void gw_conn_free(struct gw_conn *c);
+/* After an exchange: closes (<close>), or waits for the next request, going on at once with
+ * one already in the input (pipelined). */
+void gw_conn_next(struct gw_conn *c, int close);
+/* The request head kept for the exchange (c->head_len bytes), and that head parsed again into
+ * <h> (GW_H1_OK, else a gw_h1 error). */
+const char *gw_conn_head_data(struct gw_conn *c);
+int gw_conn_parse_head(struct gw_conn *c, struct gw_h1_head *h, int try_scan);
+/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
+ * byte <scan> and no further than a head of <max> bytes can reach; -1 if not there. */
+ev_ssize_t gw_conn_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max);
+/* Relays the request body from the client's input, as far as the instance's output allows. */
+void gw_conn_relay_req_body(struct gw_conn *c);
+
+/* ---- exchange.c */
+
+/* The request head of c->head_len bytes was found (parsed into <h> if <rc> is GW_H1_OK):
+ * routes the exchange (an error answered, else forwarded from the cache or claimed). */
+void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc);
+/* The final response head <h> decides the exchange's framing and keep-alive. */
+void gw_exchange_final_head(struct gw_conn *c, const struct gw_h1_head *h);
+/* The final response head went to the client: the request head goes, the response is counted. */
+void gw_exchange_head_sent(struct gw_conn *c);
+/* The response ended: the upstream connection goes back to its pool (or closes), and the
+ * connection goes on (gw_conn_next()). */
+void gw_exchange_finish(struct gw_conn *c);
+/* The exchange is no longer counted in streams_active (idempotent). */
+void gw_exchange_end(struct gw_conn *c);
+/* Frees the feature buffers (SSE sniff window, CDP head and body, the Host copy). */
+void gw_exchange_reset_aux(struct gw_conn *c);
+
+/* ---- up_h1.c */
+
 /* Sends the request to c->addr. <parsed> is the head parsed in this same callback (its slices
  * are still valid), or NULL to parse it again. */
-void gw_conn_forward(struct gw_conn *c, struct gw_h1_head *parsed);
+void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed);
 /* Relays what the instance sent (head, then body), as far as the client's output allows. */
-void gw_conn_relay_resp(struct gw_conn *c);
+void gw_up_relay(struct gw_conn *c);
+/* llhttp's on_body for responses (parser->data is the connection). */
+int gw_up_on_body(llhttp_t *p, const char *at, size_t len);
 
 /* ---- binding.c */
 

@@ -197,7 +197,10 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
         HB_LIT(out, ", ");
     }
     hb_add(out, c->peer, strlen(c->peer));
-    HB_LIT(out, "\r\nx-forwarded-proto: http\r\n");
+    if (c->secure)
+        HB_LIT(out, "\r\nx-forwarded-proto: https\r\n");
+    else
+        HB_LIT(out, "\r\nx-forwarded-proto: http\r\n");
     if (h->request_id < 0 || h->headers[h->request_id].value_len == 0 ||
         h->headers[h->request_id].value_len > 128) {
         char id[17];
@@ -255,8 +258,8 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         }
     }
     if (c->issue_cookie && (h->status >= 200 || switching))
-        hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n",
-                  c->route->cookie, c->key);
+        hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax%s\r\n",
+                  c->route->cookie, c->key, c->secure ? "; Secure" : "");
     if (c->cors) {
         char buf[512];
         hb_add(out, buf, gw_cors_headers(c, buf, sizeof(buf)));

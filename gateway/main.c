@@ -13,13 +13,49 @@
 #include "gateway/admin.h"
 #include "gateway/config.h"
 #include "gateway/touchtab.h"
+#include "gateway/tls.h"
 #include "gateway/worker.h"
 
 static volatile sig_atomic_t stop_signal;
 
+static volatile sig_atomic_t reload_signal;
+
 static void on_signal(int sig)
 {
-    stop_signal = sig;
+    if (sig == SIGHUP)
+        reload_signal = 1;
+    else
+        stop_signal = sig;
+}
+
+/* SIGHUP: the config file is read again and its gateway.tls section (certificates, keys, OCSP
+ * responses, protocol settings) replaces the TLS listener's; connections keep what they
+ * negotiated. Anything wrong keeps the previous one, with the reason in the log. Nothing else
+ * of the config changes without a restart. */
+static void reload_tls(const char *path, const struct gw_config *running)
+{
+    char err[1024];
+    if (!*running->tls_listen) {
+        cm_log_info("main", "SIGHUP: no gateway.tls_listen, nothing to reload");
+        return;
+    }
+    struct cm_config *cfg = cm_config_load(path, err, sizeof(err));
+    struct gw_config *gc = cfg ? gw_config_load(cfg, err, sizeof(err)) : NULL;
+    struct gw_tls *t = NULL;
+    if (gc && !*gc->tls_listen)
+        snprintf(err, sizeof(err), "gateway.tls_listen was removed: a restart does that");
+    else if (gc)
+        t = gw_tls_new(gc, err, sizeof(err));
+    if (t) {
+        gw_tls_publish(t);
+        cm_log_info("main", "SIGHUP: TLS certificates reloaded certificates=%zu",
+                    gc->tls.n_certs);
+    } else {
+        cm_log_error("main", "SIGHUP: TLS reload failed, keeping the running certificates "
+                     "err=\"%s\"", err);
+    }
+    gw_config_free(gc);
+    cm_config_free(cfg);
 }
 
 static void usage(FILE *f)
@@ -69,7 +105,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "berth-gateway: bad log level '%s'\n", level_arg);
         return 2;
     }
+    if (*gc->tls_listen) {
+        struct gw_tls *t = gw_tls_new(gc, err, sizeof(err));
+        if (!t) {
+            fprintf(stderr, "berth-gateway: %s: gateway.tls: %s\n", path, err);
+            gw_config_free(gc);
+            cm_config_free(cfg);
+            return 1;
+        }
+        gw_tls_publish(t);
+    }
     if (test) {
+        gw_tls_free_all();
         printf("berth-gateway: %s: configuration OK (%zu routes, %zu templates)\n", path,
                gc->n_routes, cfg->n_templates);
         gw_config_free(gc);
@@ -118,11 +165,13 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     /* Workers inherit this mask: signals are taken by the main thread only. */
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, &old);
     for (; started < gc->workers; started++) {
         if (gw_worker_start(workers[started]) < 0) {
@@ -134,10 +183,15 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) {
         gw_admin_set_ready(admin, 1);
-        cm_log_info("main", "listening listen=%s admin=%s workers=%u", gc->listen,
-                    gc->admin_listen, gc->workers);
-        while (!stop_signal)
+        cm_log_info("main", "listening listen=%s tls_listen=%s admin=%s workers=%u", gc->listen,
+                    *gc->tls_listen ? gc->tls_listen : "-", gc->admin_listen, gc->workers);
+        while (!stop_signal) {
             pause();
+            if (reload_signal && !stop_signal) {
+                reload_signal = 0;
+                reload_tls(path, gc);
+            }
+        }
         cm_log_info("main", "stopping signal=%d", (int)stop_signal);
     }
     gw_admin_set_ready(admin, 0);
@@ -151,6 +205,7 @@ out:
         gw_worker_destroy(workers[i]);
     }
     gw_touchtab_destroy(touchtab);
+    gw_tls_free_all();
     free(workers);
     free(shards);
     gw_config_free(gc);

@@ -136,7 +136,7 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
         c->held = 0;
         llhttp_resume(&c->resp);
     }
-    gw_conn_relay_resp(c);
+    gw_up_relay(c);
 }
 
 /* Records c->alias_id (of <source>) as an alias of c's session before the client may use it;
@@ -178,7 +178,7 @@ static void on_released(redisReply *reply, const char *err, void *data)
     if (!c->up)
         return;
     gw_stream_read_enable(gw_upconn_stream(c->up));
-    gw_conn_relay_resp(c);
+    gw_up_relay(c);
 }
 
 /* MCP DELETE answered 2xx: releases the session before the answer reaches the client (who
@@ -236,7 +236,7 @@ int gw_mcp_on_resp_head(struct gw_conn *c, const struct gw_h1_head *h)
         c->route->mcp_delete_releases && !c->released) {
         release_session(c);
         if (c->alias_pending)
-            return 1; /* on_released() parses this head again */
+            return 1; /* on_released() relays again: the head is parsed anew */
     }
     if (c->unproven) {
         /* The answer to the keyless request its session was made for: a success starts the

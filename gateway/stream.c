@@ -5,7 +5,10 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -47,6 +50,10 @@ static void rd_update(struct gw_stream *s)
         if (!s->rd_added) {
             event_add(&s->rd, NULL);
             s->rd_added = 1;
+            /* TLS: what OpenSSL read from the socket before reading paused is not the
+             * socket's to report */
+            if (s->ssl && SSL_has_pending(s->ssl))
+                event_active(&s->rd, EV_READ, 0);
         }
         if (s->rtimeout) { /* (re)starting to read restarts the timeout */
             s->rd_since = cm_now_mono_coarse();
@@ -130,6 +137,122 @@ static void on_tmo(evutil_socket_t fd, short what, void *arg)
     s->tmo_at = now + left;
 }
 
+/* ------------------------------------------------------------------ TLS */
+
+/* OpenSSL's error queue is per thread and must be empty before each call whose error is read
+ * with SSL_get_error(): what one connection left there must not decide for the next. */
+static void ssl_clear(void)
+{
+    ERR_clear_error();
+}
+
+/* One SSL_read into the scratch: bytes, 0 at the peer's close (close_notify, or the socket's
+ * EOF), -EAGAIN to wait (for a read, or a write: rd_wants_wr), else a negative errno (EPROTO:
+ * not TLS, or a TLS error). Plaintext OpenSSL holds beyond <want> is read on the next turn of
+ * the loop (event_active): the socket will not report it. */
+static ssize_t ssl_read(struct gw_stream *s, size_t want)
+{
+    size_t n = 0;
+    ssl_clear();
+    if (SSL_read_ex(s->ssl, s->scratch->buf, want, &n) == 1) {
+        if (SSL_has_pending(s->ssl))
+            event_active(&s->rd, EV_READ, 0);
+        if (s->wr_wants_rd) { /* a write waited for this read */
+            s->wr_wants_rd = 0;
+            if (evbuffer_get_length(s->out))
+                event_active(&s->wr, EV_WRITE, 0);
+        }
+        return (ssize_t)n;
+    }
+    switch (SSL_get_error(s->ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+        return -EAGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        s->rd_wants_wr = 1;
+        if (!s->wr_added)
+            event_add(&s->wr, NULL);
+        s->wr_added = 1;
+        return -EAGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        return errno ? -errno : 0; /* no errno: the socket's EOF without close_notify */
+    default:
+        return -EPROTO;
+    }
+}
+
+/* Writes the output with SSL_write, chunk by chunk: bytes written, or -1 with errno (EAGAIN:
+ * wait for the socket, or for a read: wr_wants_rd). A retried write presents the same bytes
+ * (they stay in the output until written; SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets their
+ * address change). */
+static int ssl_write_out(struct gw_stream *s)
+{
+    size_t total = 0;
+    s->wr_wants_rd = 0;
+    while (evbuffer_get_length(s->out) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(s->out, -1, NULL, &v, 1) < 1)
+            break;
+        size_t n = 0;
+        ssl_clear();
+        if (SSL_write_ex(s->ssl, v.iov_base, v.iov_len, &n) == 1) {
+            evbuffer_drain(s->out, n);
+            total += n;
+            continue;
+        }
+        int e = SSL_get_error(s->ssl, 0);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            errno = EAGAIN;
+        } else if (e == SSL_ERROR_WANT_READ) {
+            s->wr_wants_rd = 1;
+            errno = EAGAIN;
+        } else {
+            errno = e == SSL_ERROR_SYSCALL && errno ? errno : EPIPE;
+            return -1;
+        }
+        return total ? (int)total : -1;
+    }
+    return (int)total;
+}
+
+/* evbuffer_write() for both kinds of stream. */
+static int out_write(struct gw_stream *s)
+{
+    return s->ssl ? ssl_write_out(s) : evbuffer_write(s->out, s->fd);
+}
+
+int gw_stream_set_ssl(struct gw_stream *s, SSL *ssl)
+{
+    if (!ssl)
+        return -ENOMEM;
+    if (!SSL_set_fd(ssl, s->fd)) {
+        SSL_free(ssl);
+        return -ENOMEM;
+    }
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                          SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_accept_state(ssl);
+    s->ssl = ssl;
+    return 0;
+}
+
+int gw_stream_tls_ready(const struct gw_stream *s)
+{
+    return !s->ssl || SSL_is_init_finished(s->ssl);
+}
+
+void gw_stream_shutdown_write(struct gw_stream *s)
+{
+    if (!s->open)
+        return;
+    if (s->ssl && SSL_is_init_finished(s->ssl)) {
+        ssl_clear();
+        SSL_shutdown(s->ssl); /* one try: a close_notify the socket takes now, or none */
+    }
+    shutdown(s->fd, SHUT_WR);
+}
+
 static void on_rd(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_stream *s = arg;
@@ -146,8 +269,14 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
     }
     /* One read per readiness (the loop is level-triggered: what is left is reported again),
      * into the loop's scratch: no FIONREAD to size a buffer first. */
-    ssize_t n = read(fd, s->scratch->buf, want);
+    ssize_t n = s->ssl ? ssl_read(s, want) : read(fd, s->scratch->buf, want);
     if (n < 0) {
+        if (s->ssl) {
+            if (n == -EAGAIN)
+                return;
+            fail(s, GW_STREAM_READING | GW_STREAM_ERROR, (int)-n);
+            return;
+        }
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
         fail(s, GW_STREAM_READING | GW_STREAM_ERROR, errno);
@@ -199,8 +328,19 @@ static void on_wr(evutil_socket_t fd, short what, void *arg)
             s->on_event(s, GW_STREAM_CONNECTED, s->arg);
         return;
     }
-    int n = evbuffer_write(s->out, fd);
+    if (s->rd_wants_wr) { /* the handshake (in a read) waited for the socket */
+        s->rd_wants_wr = 0;
+        if (evbuffer_get_length(s->out) == 0)
+            wr_del(s);
+        on_rd(fd, EV_READ, s);
+        return; /* the stream may be gone; a pending write is reported again */
+    }
+    int n = out_write(s);
     size_t left = evbuffer_get_length(s->out);
+    if (s->wr_wants_rd) { /* TLS: the write waits for a read, not for the socket */
+        wr_del(s);
+        return;
+    }
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -278,6 +418,10 @@ void gw_stream_fini(struct gw_stream *s)
         event_del(&s->tmo);
     evbuffer_free(s->in);
     evbuffer_free(s->out);
+    if (s->ssl) {
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+    }
     close(s->fd);
     s->open = 0;
     s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
@@ -353,16 +497,17 @@ void gw_stream_flush(struct gw_stream *s)
 {
     if (!s->open || s->connecting || s->wr_added || evbuffer_get_length(s->out) == 0)
         return;
-    int n = evbuffer_write(s->out, s->fd);
+    int n = out_write(s);
     /* What is left, or the error (which EV_WRITE reports at once), through the loop. */
-    if (n < 0 || evbuffer_get_length(s->out) > 0)
+    if ((n < 0 || evbuffer_get_length(s->out) > 0) && !s->wr_wants_rd)
         wr_arm(s);
 }
 
 void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
 {
     size_t done = 0;
-    int tried = s->open && !s->connecting && !s->wr_added && evbuffer_get_length(s->out) == 0;
+    int tried = s->open && !s->connecting && !s->wr_added && !s->ssl &&
+                evbuffer_get_length(s->out) == 0;
     if (tried) {
         ssize_t n = writev(s->fd, iov, iovcnt);
         if (n > 0)

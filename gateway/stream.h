@@ -24,6 +24,7 @@
 struct evbuffer;
 struct event_base;
 struct gw_stream;
+typedef struct ssl_st SSL;
 
 #define GW_STREAM_READING 0x01
 #define GW_STREAM_WRITING 0x02
@@ -62,6 +63,7 @@ struct gw_stream {
     size_t read_high; /* stop reading while the input holds this much; 0: no limit */
     size_t write_low; /* on_write once the output is down to this */
     int error;        /* errno of the last failed read, write or connect */
+    SSL *ssl;         /* TLS on the socket (server side), or NULL: owned, freed by fini */
     unsigned want_read : 1;  /* reading enabled by the owner */
     unsigned rd_added : 1;
     unsigned wr_added : 1;
@@ -70,6 +72,8 @@ struct gw_stream {
     unsigned connecting : 1;
     unsigned failed : 1;     /* EOF, error or timeout seen: not reusable */
     unsigned open : 1;
+    unsigned rd_wants_wr : 1; /* TLS: a read (the handshake) waits for the socket to be writable */
+    unsigned wr_wants_rd : 1; /* TLS: a write waits for bytes from the peer */
 };
 
 /* Sets up <s> on <fd> (non-blocking; <s> takes ownership of it, also on failure, and closes it
@@ -84,6 +88,15 @@ int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct
                       socklen_t salen, struct gw_stream_scratch *scratch);
 /* Removes the events, frees the buffers, closes the socket. Takes a finished or zeroed <s>. */
 void gw_stream_fini(struct gw_stream *s);
+/* Speaks TLS on <s> from now on, as the server: the handshake is driven by the reads (no byte
+ * reaches the input before it completed), writes go through the output (no writev from the
+ * caller's memory) and SSL_write. Takes ownership of <ssl> (also on failure); call before
+ * reading or writing. Returns 0 or -ENOMEM. */
+int gw_stream_set_ssl(struct gw_stream *s, SSL *ssl);
+/* 1 when <s> is not TLS or its handshake completed. */
+int gw_stream_tls_ready(const struct gw_stream *s);
+/* Half-closes the writing side once the output is out: a TLS close_notify first. */
+void gw_stream_shutdown_write(struct gw_stream *s);
 
 /* Sets the callbacks and their argument; clears the peek callback. */
 void gw_stream_setcb(struct gw_stream *s, gw_stream_data_cb on_read, gw_stream_data_cb on_write,

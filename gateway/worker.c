@@ -33,8 +33,22 @@
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
-    (void)l;
-    gw_conn_accept(arg, fd, sa, (socklen_t)len);
+    struct gw_worker *w = arg;
+    gw_conn_accept(w, fd, sa, (socklen_t)len, l == w->tls_listener);
+}
+
+void gw_worker_accepting(struct gw_worker *w, int on)
+{
+    w->accepting = on;
+    if (on) {
+        evconnlistener_enable(w->listener);
+        if (w->tls_listener)
+            evconnlistener_enable(w->tls_listener);
+    } else {
+        evconnlistener_disable(w->listener);
+        if (w->tls_listener)
+            evconnlistener_disable(w->tls_listener);
+    }
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -218,7 +232,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (!w->stopping) {
         w->stopping = 1;
         w->stop_deadline = cm_now_mono() + w->gc->shutdown_grace;
-        evconnlistener_disable(w->listener);
+        gw_worker_accepting(w, 0);
         gw_conn_drain_all(w);
     }
     if (w->n_conns > 0 && cm_now_mono() >= w->stop_deadline) {
@@ -249,7 +263,7 @@ static int listen_socket(const char *addr, char *err, size_t errlen)
     struct sockaddr_storage ss;
     int slen = (int)sizeof(ss);
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &slen) < 0) {
-        snprintf(err, errlen, "gateway.listen: cannot parse address '%s'", addr);
+        snprintf(err, errlen, "cannot parse the listen address '%s'", addr);
         return -1;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -333,6 +347,20 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
         goto oom;
     }
     evconnlistener_set_error_cb(w->listener, on_accept_error);
+    if (*gc->tls_listen) {
+        int tfd = listen_socket(gc->tls_listen, err, errlen);
+        if (tfd < 0) {
+            gw_worker_destroy(w);
+            return NULL;
+        }
+        w->tls_listener = evconnlistener_new(w->base, on_accept, w,
+                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, tfd);
+        if (!w->tls_listener) {
+            close(tfd);
+            goto oom;
+        }
+        evconnlistener_set_error_cb(w->tls_listener, on_accept_error);
+    }
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
     w->stop_ev = evtimer_new(w->base, on_stop, w);
     w->touch_ev = evtimer_new(w->base, on_touch_timer, w);
@@ -387,6 +415,8 @@ void gw_worker_destroy(struct gw_worker *w)
     cm_redis_destroy(w->redis);
     if (w->listener)
         evconnlistener_free(w->listener);
+    if (w->tls_listener)
+        evconnlistener_free(w->tls_listener);
     gw_upstreams_destroy(w->ups);
     gw_cache_destroy(w->cache);
     if (w->tick_ev)

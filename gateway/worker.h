@@ -50,6 +50,7 @@ struct gw_worker {
     const struct gw_config *gc;
     struct event_base *base;
     struct evconnlistener *listener;
+    struct evconnlistener *tls_listener; /* gateway.tls_listen, or NULL */
     struct cm_redis *redis; /* commands */
     struct cm_redis *sub;   /* `inval` subscription */
     struct gw_claimer *claimer;
@@ -91,6 +92,9 @@ struct gw_worker {
     int stopping;
     cm_usec_t stop_deadline; /* monotonic: open exchanges are cut after this */
 };
+
+/* Turns accepting on or off on every listener of <w> (w->accepting follows). */
+void gw_worker_accepting(struct gw_worker *w, int on);
 
 /* Creates worker <index>: its loop, listener socket (bound now, so errors show at start-up) and
  * clients. Returns NULL with a message in <err>. */

@@ -7,10 +7,12 @@ BERTH_BUILD_PACKAGES="gcc libc6-dev pkg-config meson ninja-build libevent-dev li
 # shellcheck disable=SC2034
 # qemu-system-x86 runs the microvm driver's VMs; lz4 and python3 build its guest image
 # (scheduler/README.md, "The microvm driver").
+# openssl (the CLI) makes the quick start's TLS certificate.
 BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps e2fsprogs libseccomp2
-  qemu-system-x86 lz4 python3"
+  qemu-system-x86 lz4 python3 openssl"
 # shellcheck disable=SC2034
-BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file"
+# testssl.sh checks the gateway's TLS listener (tests/integration/test_tls.py).
+BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file openssl testssl.sh"
 
 # berth_install_packages PKG...: installs those of PKG that are not installed.
 berth_install_packages() {

@@ -591,6 +591,71 @@ def echo_template(name="echo", **over):
     return deep_merge(t, over)
 
 
+# ------------------------------------------------------------------ TLS test certificates
+
+def openssl(*args):
+    p = subprocess.run(["openssl"] + [str(a) for a in args], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    assert p.returncode == 0, p.stdout.decode(errors="replace")
+    return p.stdout.decode(errors="replace")
+
+
+def make_ca(d):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "400",
+            "-subj", "/CN=berth test CA")
+    (d / "index.txt").write_text("")
+
+
+def make_cert(d, name, sans, days=365):
+    """<d>/<name>.key, <name>.pem (the leaf) and <name>-chain.pem (leaf + CA), signed by the CA.
+    Shaped as a public one would be (a year, an OCSP responder named), so that testssl.sh
+    rates the gateway's settings, not the test certificate."""
+    ext = d / ("%s.ext" % name)
+    ext.write_text("subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                   "extendedKeyUsage=serverAuth\n"
+                   "authorityInfoAccess=OCSP;URI:http://127.0.0.1:9/\n" % ",".join(sans))
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", d / ("%s.key" % name), "-out", d / ("%s.csr" % name),
+            "-subj", "/CN=%s" % sans[0].split(":", 1)[1])
+    openssl("x509", "-req", "-in", d / ("%s.csr" % name), "-CA", d / "ca.pem",
+            "-CAkey", d / "ca.key", "-CAcreateserial", "-out", d / ("%s.pem" % name),
+            "-days", str(days), "-extfile", ext)
+    (d / ("%s-chain.pem" % name)).write_text((d / ("%s.pem" % name)).read_text() +
+                                             (d / "ca.pem").read_text())
+    return cert_serial(d / ("%s.pem" % name))
+
+
+def cert_serial(pem):
+    return openssl("x509", "-in", pem, "-noout", "-serial").strip().split("=", 1)[1]
+
+
+def make_ocsp(d, name):
+    """A successful OCSP response for <name>'s certificate, signed by the CA (as a responder)."""
+    openssl("ocsp", "-issuer", d / "ca.pem", "-cert", d / ("%s.pem" % name), "-reqout",
+            d / ("%s.ocspreq" % name))
+    # the CA's index: "V", expiry, (revocation), serial, file, subject
+    line = "V\t301231235959Z\t\t%s\tunknown\t/CN=%s\n" % (cert_serial(d / ("%s.pem" % name)), name)
+    with open(d / "index.txt", "a") as f:
+        f.write(line)
+    openssl("ocsp", "-index", d / "index.txt", "-rsigner", d / "ca.pem", "-rkey", d / "ca.key",
+            "-CA", d / "ca.pem", "-reqin", d / ("%s.ocspreq" % name), "-respout",
+            d / ("%s.ocsp" % name), "-ndays", "1")
+
+
+def make_test_certs(d):
+    """In <d>: a test CA (ca.pem, ca.key); localhost (localhost.pem, -chain.pem, .key: DNS
+    localhost and IP 127.0.0.1) with a stapleable OCSP response (localhost.ocsp); preview
+    (*.preview.test and web.test)."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    make_ca(d)
+    make_cert(d, "localhost", ["DNS:localhost", "IP:127.0.0.1"])
+    make_cert(d, "preview", ["DNS:*.preview.test", "DNS:web.test"])
+    make_ocsp(d, "localhost")
+    return d
+
+
 def make_config(base, redis_address, ports, overrides=None, host_id=None):
     """A full config dict for a stack rooted at <base> (a short directory: unix socket paths
     under run_dir must fit 108 bytes). <ports>: dict with gateway, admin, scheduler."""

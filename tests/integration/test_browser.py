@@ -7,7 +7,9 @@ python3-websockets as a WebSocket client.
   - WebSocket: tests/clients/ws_app.py as the app of a `ws` template; echo from inside a page;
     close from either side reaches the other; a silent peer is cut by stream_idle_timeout;
   - CDP: a `browser` template whose app is headless Chromium inside the sandbox, a route with
-    cdp_rewrite: true, and playwright's connectOverCDP through the gateway.
+    cdp_rewrite: true, and playwright's connectOverCDP through the gateway;
+  - the same over the gateway's TLS listener: wss:// in CDP answers, playwright over https and
+    wss, a WebSocket tunnelled over TLS.
 
 Needs root (the process sandbox), node + npm (tests/clients, npm ci), Debian's chromium and
 python3-websockets (installed with apt-get when absent, else skipped with the reason).
@@ -24,7 +26,7 @@ import time
 import pytest
 
 from conftest import (DEV_KEY, SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      echo_template, wait_until)
+                      echo_template, free_port, make_test_certs, wait_until)
 from templates import (browser_template, ensure_chromium, ensure_clients, ensure_websockets,
                        run_node, sandbox_ro_binds, ws_template)
 
@@ -54,14 +56,22 @@ def base_overrides(idle_timeout=None):
     }
 
 
-def _make(overrides, templates=None):
+def _make(overrides, tls=False):
     _skip_unless_root()
     ensure_clients()
     ensure_chromium()
     ensure_websockets()
     d = _short_tmp()
     try:
+        port = None
+        if tls:  # a TLS listener too, with a test CA's certificate for 127.0.0.1
+            certs = make_test_certs(d / "tls")
+            port = free_port()
+            overrides["gateway"]["tls_listen"] = "127.0.0.1:%d" % port
+            overrides["gateway"]["tls"] = {"certificates": [
+                {"cert": str(certs / "localhost-chain.pem"), "key": str(certs / "localhost.key")}]}
         s = Stack(d, overrides)
+        s.tls_port, s.tls_ca = port, d / "tls" / "ca.pem"
     except BaseException:
         _remove_tree(d)
         raise
@@ -70,7 +80,7 @@ def _make(overrides, templates=None):
 
 @pytest.fixture(scope="module")
 def browser_stack():
-    s, d = _make(base_overrides())
+    s, d = _make(base_overrides(), tls=True)
     try:
         yield s
     finally:
@@ -407,3 +417,62 @@ def test_cdp_through_a_named_gateway_host(browser_stack):
                                          {"expression": "6 * 7", "returnByValue": True}),
                                      60 * SLOW))
     assert p["result"]["result"]["value"] == 42, p  # the page's own target answered
+
+
+# ------------------------------------------------------------------ over TLS
+
+@pytest.mark.berth_timeout(180)
+def test_cdp_and_websockets_over_tls(browser_stack):
+    """The TLS listener: CDP discovery answers name wss://, playwright's connectOverCDP works
+    over https and wss (Node trusts the test CA through NODE_EXTRA_CA_CERTS), and a WebSocket
+    is tunnelled over TLS to the same app as over the cleartext listener."""
+    s = browser_stack
+    gw = "127.0.0.1:%d" % s.tls_port
+    base = "https://%s" % gw
+    r = curl(base + "/json/version", headers={"x-fc-session-id": "btls"},
+             extra=["--cacert", str(s.tls_ca)])
+    assert r.status == 200, r
+    v = r.json()
+    assert v["webSocketDebuggerUrl"].startswith("wss://%s/devtools/browser/" % gw), v
+    assert int(r.header("content-length")) == len(r.body)
+    title = "berth-tls-%s" % secrets.token_hex(4)
+    doc = run_node("cdp_connect.mjs", ["--url", base, "--session", "btls", "--title", title,
+                                       "--timeout-ms", 60000 * SLOW], 90,
+                   env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)})
+    assert doc["ok"], "%s\n%s" % (doc.get("error"), doc.get("_stderr"))
+    assert doc["title"] == title and doc["computed"] == ["session btls", 42, True], doc
+    # the same session's browser, asked over the cleartext listener, has that page
+    r = cdp_get(s, "/json/list", "btls")
+    assert r.status == 200 and any(p.get("title") == title for p in r.json()), r.text
+
+    import ssl
+
+    async def go():
+        import websockets
+        ctx = ssl.create_default_context(cafile=str(s.tls_ca))
+        ws = await websockets.connect("wss://%s/ws/echo" % gw, ssl=ctx, ping_interval=None,
+                                      open_timeout=10 * SLOW, close_timeout=5 * SLOW)
+        ck = ws.response_headers.get("set-cookie", "")
+        msgs = []
+        for m in ("hello over tls", "x" * 100000):
+            await ws.send(m)
+            msgs.append(await ws.recv())
+        await ws.send("whoami")
+        inst = await ws.recv()
+        await ws.close()
+        return ck, msgs, inst
+    ck, msgs, inst = run(go())
+    assert msgs == ["echo:hello over tls", "echo:" + "x" * 100000], [m[:40] for m in msgs]
+    assert "; Secure" in ck, ck
+    assert inst == ws_stats_instance(s, ck.split(";")[0]), (inst, ck)
+
+
+def ws_stats_instance(s, ck):
+    """The instance a cookie's session is on, asked over the cleartext listener."""
+    async def go():
+        ws = await _ws_connect(s, ck)
+        await ws.send("whoami")
+        inst = await ws.recv()
+        await ws.close()
+        return inst
+    return run(go())

@@ -19,7 +19,7 @@ def test_quick_start_runs_what_it_prints():
     state = _short_tmp()
     host_id = "qs%s" % os.urandom(3).hex()
     ports = {"BERTH_GATEWAY_PORT": free_port(), "BERTH_ADMIN_PORT": free_port(),
-             "BERTH_SCHEDULER_PORT": free_port()}
+             "BERTH_SCHEDULER_PORT": free_port(), "BERTH_GATEWAY_TLS_PORT": free_port()}
     env = dict(os.environ, BERTH_BUILD_DIR=str(BUILD_DIR), BERTH_STATE_DIR=str(state),
                BERTH_HOST_ID=host_id, BERTH_SKIP_INSTALL="1",
                BERTH_READY_TIMEOUT=str(60 * SLOW), **{k: str(v) for k, v in ports.items()})
@@ -60,6 +60,9 @@ def test_quick_start_runs_what_it_prints():
         by_cmd = {c: o for c, _, o in results}
         echo = next(o for c, o in by_cmd.items() if "-d 'hello'" in c)
         assert '"body":"hello"' in echo and '"path":"/some/path"' in echo
+        # over the TLS listener, with the certificate it made: the same session's sandbox
+        tls = next(o for c, o in by_cmd.items() if "https://localhost:" in c)
+        assert '"path":"/over/tls"' in tls and '"x-forwarded-proto":"https"' in tls, tls
         sse = next(o for c, o in by_cmd.items() if "/sse?" in c)
         assert len(re.findall(r"^data: ", sse, re.M)) == 5, sse
         files = [o for c, o in by_cmd.items() if "/files/notes.txt" in c]

@@ -1,0 +1,354 @@
+#include "gateway/tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ocsp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/time.h"
+#include "gateway/config.h"
+
+#define OCSP_MAX (64 * 1024) /* a stapled response is a few KB */
+
+/* What ALPN can pick, in our order of preference (wire format). HTTP/2 joins once it is
+ * served: a client that asks only for h2 gets no ALPN answer and falls back to HTTP/1.1. */
+static const unsigned char alpn_protos[] = "\x08http/1.1";
+
+struct ticket_key {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+    cm_usec_t created; /* monotonic; 0: none */
+};
+
+struct tls_cert {
+    SSL_CTX *ctx;
+    X509 *x509;          /* borrowed from ctx */
+    unsigned char *ocsp; /* DER, or NULL */
+    size_t ocsp_len;
+};
+
+struct gw_tls {
+    struct gw_tls *retired; /* the one it replaced */
+    struct tls_cert *certs;
+    size_t n_certs;
+    cm_usec_t key_lifetime;
+    pthread_mutex_t keys_lock; /* the loops' handshakes share the ticket keys */
+    struct ticket_key cur, prev;
+};
+
+static struct gw_tls *current;
+static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void gw_tls_errors(char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0 && n + 2 < len) {
+        if (n)
+            buf[n++] = ';', buf[n++] = ' ';
+        ERR_error_string_n(e, buf + n, len - n);
+        n += strlen(buf + n);
+    }
+    if (!n)
+        snprintf(buf, len, "no detail from OpenSSL");
+}
+
+/* ------------------------------------------------------------------ session tickets */
+
+static int new_key(struct ticket_key *k, cm_usec_t now)
+{
+    if (RAND_bytes(k->name, sizeof(k->name)) != 1 || RAND_bytes(k->aes, sizeof(k->aes)) != 1 ||
+        RAND_bytes(k->hmac, sizeof(k->hmac)) != 1)
+        return -1;
+    k->created = now;
+    return 0;
+}
+
+static int hmac_key(EVP_MAC_CTX *hctx, const struct ticket_key *k)
+{
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, sizeof(k->hmac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
+    return EVP_MAC_CTX_set_params(hctx, params) == 1 ? 0 : -1;
+}
+
+/* OpenSSL asks for a key to encrypt a new ticket (enc = 1) or names the key of a ticket to
+ * decrypt. A key encrypts for key_lifetime, then decrypts for as long (a ticket it made is
+ * renewed under the newer key): a stolen ticket key exposes at most two lifetimes of
+ * sessions, and nothing of it is ever written anywhere. Returns 1 (go on), 2 (go on, issue a
+ * new ticket), 0 (unknown key: a full handshake), -1 (error). */
+static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    struct gw_tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(s));
+    if (!t)
+        return -1;
+    cm_usec_t now = cm_now_mono();
+    struct ticket_key k;
+    int rc = 0;
+    pthread_mutex_lock(&t->keys_lock);
+    if (!t->cur.created || now - t->cur.created >= t->key_lifetime) {
+        struct ticket_key fresh;
+        if (new_key(&fresh, now) == 0) {
+            t->prev = t->cur;
+            t->cur = fresh;
+        }
+    }
+    if (enc) {
+        k = t->cur;
+        rc = k.created ? 1 : -1;
+    } else if (t->cur.created && memcmp(name, t->cur.name, 16) == 0) {
+        k = t->cur;
+        rc = 1;
+    } else if (t->prev.created && memcmp(name, t->prev.name, 16) == 0 &&
+               now - t->prev.created < 2 * t->key_lifetime) {
+        k = t->prev;
+        rc = 2;
+    }
+    pthread_mutex_unlock(&t->keys_lock);
+    if (rc <= 0)
+        return rc;
+    if (enc) {
+        memcpy(name, k.name, 16);
+        if (RAND_bytes(iv, 16) != 1 ||
+            EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+            rc = -1;
+    } else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1) {
+        rc = -1;
+    }
+    if (rc > 0 && hmac_key(hctx, &k) < 0)
+        rc = -1;
+    OPENSSL_cleanse(&k, sizeof(k));
+    return rc;
+}
+
+/* ------------------------------------------------------------------ SNI, ALPN, OCSP */
+
+/* The certificate whose names cover the client's server name (X509_check_host: SAN DNS names,
+ * one-label wildcards); none: the default (the first), as a server without SNI does. */
+static int servername_cb(SSL *s, int *alert, void *arg)
+{
+    struct gw_tls *t = arg;
+    (void)alert;
+    const char *name = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+    if (!name || !*name)
+        return SSL_TLSEXT_ERR_OK;
+    for (size_t i = 0; i < t->n_certs; i++) {
+        if (X509_check_host(t->certs[i].x509, name, strlen(name), 0, NULL) == 1) {
+            if (i > 0 && !SSL_set_SSL_CTX(s, t->certs[i].ctx))
+                return SSL_TLSEXT_ERR_ALERT_FATAL;
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)s, (void)arg;
+    unsigned char *o;
+    if (SSL_select_next_proto(&o, outlen, alpn_protos, sizeof(alpn_protos) - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = o;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int status_cb(SSL *s, void *arg)
+{
+    const struct tls_cert *c = arg;
+    if (!c || !c->ocsp)
+        return SSL_TLSEXT_ERR_NOACK;
+    unsigned char *copy = OPENSSL_malloc(c->ocsp_len); /* the SSL frees it */
+    if (!copy)
+        return SSL_TLSEXT_ERR_NOACK;
+    memcpy(copy, c->ocsp, c->ocsp_len);
+    if (!SSL_set_tlsext_status_ocsp_resp(s, copy, (long)c->ocsp_len)) {
+        OPENSSL_free(copy);
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Reads the DER OCSP response at <path> (at most OCSP_MAX bytes) and checks it parses. */
+static int load_ocsp(const char *path, struct tls_cert *c, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+        st.st_size > OCSP_MAX) {
+        snprintf(err, errlen, "%s: %s", path,
+                 fd < 0 ? strerror(errno) : "not a regular file of 1 byte to 64 KiB");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    c->ocsp = malloc((size_t)st.st_size);
+    ssize_t n = c->ocsp ? read(fd, c->ocsp, (size_t)st.st_size) : -1;
+    close(fd);
+    if (n != st.st_size) {
+        snprintf(err, errlen, "%s: cannot read it", path);
+        return -1;
+    }
+    c->ocsp_len = (size_t)n;
+    const unsigned char *p = c->ocsp;
+    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)n);
+    int status = r ? OCSP_response_status(r) : -1;
+    OCSP_RESPONSE_free(r);
+    if (status != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        snprintf(err, errlen, "%s: not a successful OCSP response (DER, as openssl ocsp "
+                 "-respout writes it)", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ contexts */
+
+static SSL_CTX *new_ctx(const struct gw_tls_config *tc, const struct gw_tls_cert *cc,
+                        struct gw_tls *t, char *err, size_t errlen)
+{
+    char why[512];
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        gw_tls_errors(why, sizeof(why));
+        snprintf(err, errlen, "cannot create a TLS context: %s", why);
+        return NULL;
+    }
+    SSL_CTX_set_app_data(ctx, t);
+    const char *what = "settings";
+    if (!SSL_CTX_set_min_proto_version(ctx, tc->min_version) ||
+        !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION))
+        goto fail;
+    what = "gateway.tls.ciphers";
+    if (!SSL_CTX_set_cipher_list(ctx, tc->ciphers))
+        goto fail;
+    what = "gateway.tls.ciphersuites";
+    if (!SSL_CTX_set_ciphersuites(ctx, tc->ciphersuites))
+        goto fail;
+    /* Our order of the suites, not the client's: the list is strongest first, and a client
+     * cannot steer toward the weakest one it shares with us. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_dh_auto(ctx, 1);
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"berth", 5);
+    if (tc->session_tickets) {
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    } else {
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    }
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+    what = cc->cert;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cc->cert) != 1)
+        goto fail;
+    what = cc->key;
+    if (SSL_CTX_use_PrivateKey_file(ctx, cc->key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        goto fail;
+    return ctx;
+fail:
+    gw_tls_errors(why, sizeof(why));
+    snprintf(err, errlen, "%s: %s", what, why);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void tls_free(struct gw_tls *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n_certs; i++) {
+        SSL_CTX_free(t->certs[i].ctx);
+        free(t->certs[i].ocsp);
+    }
+    free(t->certs);
+    OPENSSL_cleanse(&t->cur, sizeof(t->cur));
+    OPENSSL_cleanse(&t->prev, sizeof(t->prev));
+    pthread_mutex_destroy(&t->keys_lock);
+    free(t);
+}
+
+struct gw_tls *gw_tls_new(const struct gw_config *gc, char *err, size_t errlen)
+{
+    const struct gw_tls_config *tc = &gc->tls;
+    struct gw_tls *t = calloc(1, sizeof(*t));
+    if (!t || !(t->certs = calloc(tc->n_certs ? tc->n_certs : 1, sizeof(*t->certs)))) {
+        free(t);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&t->keys_lock, NULL);
+    t->key_lifetime = tc->ticket_key_lifetime;
+    for (size_t i = 0; i < tc->n_certs; i++) {
+        struct tls_cert *c = &t->certs[i];
+        t->n_certs++;
+        if (!(c->ctx = new_ctx(tc, &tc->certs[i], t, err, errlen)))
+            goto fail;
+        c->x509 = SSL_CTX_get0_certificate(c->ctx);
+        if (tc->certs[i].ocsp && load_ocsp(tc->certs[i].ocsp, c, err, errlen) < 0)
+            goto fail;
+        SSL_CTX_set_tlsext_status_cb(c->ctx, status_cb);
+        SSL_CTX_set_tlsext_status_arg(c->ctx, c);
+    }
+    if (!t->n_certs) {
+        snprintf(err, errlen, "no certificate");
+        goto fail;
+    }
+    SSL_CTX_set_tlsext_servername_callback(t->certs[0].ctx, servername_cb);
+    SSL_CTX_set_tlsext_servername_arg(t->certs[0].ctx, t);
+    return t;
+fail:
+    tls_free(t);
+    return NULL;
+}
+
+void gw_tls_publish(struct gw_tls *t)
+{
+    pthread_mutex_lock(&publish_lock);
+    t->retired = current;
+    __atomic_store_n(&current, t, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&publish_lock);
+}
+
+struct gw_tls *gw_tls_current(void)
+{
+    return __atomic_load_n(&current, __ATOMIC_ACQUIRE);
+}
+
+SSL *gw_tls_ssl_new(struct gw_tls *t)
+{
+    return SSL_new(t->certs[0].ctx);
+}
+
+void gw_tls_free_all(void)
+{
+    pthread_mutex_lock(&publish_lock);
+    struct gw_tls *t = current;
+    current = NULL;
+    pthread_mutex_unlock(&publish_lock);
+    while (t) {
+        struct gw_tls *next = t->retired;
+        tls_free(t);
+        t = next;
+    }
+}
