@@ -47,8 +47,7 @@ static void on_refreshed(const struct gw_binding *b, int err, void *data)
     if (e) {
         e->refreshing = 0;
         if (err < 0)
-            gw_cache_put(w->cache, b,
-                         gw_cache_expiry(w->gc->cache_ttl, b->hash, cm_now_mono()));
+            gw_cache_put(w->cache, b, gw_cache_expiry(w->gc->cache_ttl, b->hash, cm_now_mono()));
         else if (err != GW_ERR_STORE_UNAVAILABLE)
             gw_cache_drop(w->cache, r->key); /* gone or lost: the next request asks again */
     }
@@ -80,8 +79,8 @@ void gw_binding_refresh(struct gw_conn *c, struct gw_cache_entry *e)
     if (r->next)
         r->next->prev = r;
     c->w->refreshes = r;
-    struct gw_claim_req req = claim_req(c, c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP
-                                                              : GW_CLAIM_MODE_ALIAS);
+    struct gw_claim_req req =
+        claim_req(c, c->kind == KEY_SID ? GW_CLAIM_MODE_LOOKUP : GW_CLAIM_MODE_ALIAS);
     if (!gw_claim_start(c->w->claimer, &req, on_refreshed, r)) {
         refresh_free(r);
         return;
@@ -110,8 +109,8 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     }
     if (err >= 0) {
         if (err != GW_ERR_STORE_UNAVAILABLE)
-            cm_log_debug("conn", "claim failed session=%s err=%s", gw_conn_hash_hex(c),
-                         gw_err_info((enum gw_err)err)->code);
+            GW_XLOG(debug, c, "claim failed session=%s err=%s", gw_conn_hash_hex(c),
+                    gw_err_info((enum gw_err)err)->code);
         if (err == GW_ERR_NOT_FOUND || (err == GW_ERR_INSTANCE_LOST && c->kind != KEY_SID))
             err = GW_ERR_SESSION_NOT_FOUND; /* MCP: tells the client to initialize again */
         gw_conn_send_error(c, (enum gw_err)err, 0);
@@ -131,8 +130,8 @@ static void on_claimed(const struct gw_binding *b, int err, void *data)
     memcpy(c->addr, b->addr, sizeof(c->addr));
     c->unproven = c->keyless_new && b->how != GW_CLAIM_BOUND;
     if (b->how != GW_CLAIM_BOUND)
-        cm_log_debug("conn", "session bound session=%s instance=%s how=%s", gw_conn_hash_hex(c),
-                    b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
+        GW_XLOG(debug, c, "session bound session=%s instance=%s how=%s", gw_conn_hash_hex(c),
+                b->instance, b->how == GW_CLAIM_NEW ? "pool" : "started");
     gw_up_forward(c, NULL);
 }
 
@@ -165,8 +164,8 @@ void gw_binding_unreachable(struct gw_conn *c)
         gw_binding_claim(c);
         return;
     }
-    cm_log_warn("conn", "instance unreachable session=%s instance=%s addr=%s", gw_conn_hash_hex(c),
-                c->instance, c->addr);
+    GW_XLOG(warn, c, "instance unreachable session=%s instance=%s addr=%s", gw_conn_hash_hex(c),
+            c->instance, c->addr);
     /* An MCP client learns from 404 that its session ended and initializes again. */
     gw_conn_send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 0);
 }

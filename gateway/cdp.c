@@ -22,8 +22,7 @@ int gw_cdp_emit(struct gw_conn *c)
     llhttp_init(&tmp, HTTP_RESPONSE, &w->resp_head_settings);
     struct evbuffer *nb = evbuffer_new();
     if (!nb || !head || gw_h1_parse_head(&tmp, &w->resp_head_settings, &h, head, head_len, 0) ||
-        gw_rewrite_cdp(body ? body : "", body_len, c->host, strlen(c->host), c->secure,
-                       nb) < 0) {
+        gw_rewrite_cdp(body ? body : "", body_len, c->host, strlen(c->host), c->secure, nb) < 0) {
         if (nb)
             evbuffer_free(nb);
         return -1;

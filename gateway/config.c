@@ -248,10 +248,11 @@ static int load_scheduler_secret(struct cm_conf_ctx *ctx, const struct cm_config
 /* Mozilla's "intermediate" configuration (version 5.7): TLS 1.2 with forward-secret AEAD
  * suites only, TLS 1.3's own suites as OpenSSL orders them. */
 #define GW_TLS_CIPHERS                                                                             \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"    \
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"      \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"       \
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
-#define GW_TLS_CIPHERSUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#define GW_TLS_CIPHERSUITES                                                                        \
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 /* A file named in the config: relative names are taken from the config file's directory
  * (where a quick start keeps its certificates), else from the working directory when only
@@ -272,16 +273,27 @@ static char *config_path(const struct cm_config *cfg, const char *name)
     return strdup(name);
 }
 
-static int load_tls(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
-                    const struct cm_ynode *m, struct gw_config *gc)
+static int load_access_log(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
+                           struct gw_access_log *a)
 {
-    static const char *const keys[] = {"certificates", "min_version", "ciphers", "ciphersuites",
-                                       "session_tickets", "ticket_key_lifetime", NULL};
+    static const char *const keys[] = {"enabled", "sample", NULL};
+    const char *p = "gateway.access_log";
+    return cm_conf_keys(ctx, m, p, keys) || cm_conf_bool(ctx, m, p, "enabled", 0, &a->enabled) ||
+                   cm_conf_u64(ctx, m, p, "sample", 1, 1, 1000000, &a->sample)
+               ? -1
+               : 0;
+}
+
+static int load_tls(struct cm_conf_ctx *ctx, const struct cm_config *cfg, const struct cm_ynode *m,
+                    struct gw_config *gc)
+{
+    static const char *const keys[] = {
+        "certificates",    "min_version",         "ciphers", "ciphersuites",
+        "session_tickets", "ticket_key_lifetime", NULL};
     const char *p = "gateway.tls";
     struct gw_tls_config *t = &gc->tls;
     char *minv = NULL;
-    if (cm_conf_keys(ctx, m, p, keys) ||
-        cm_conf_str(ctx, m, p, "min_version", "1.2", &minv) ||
+    if (cm_conf_keys(ctx, m, p, keys) || cm_conf_str(ctx, m, p, "min_version", "1.2", &minv) ||
         cm_conf_str(ctx, m, p, "ciphers", GW_TLS_CIPHERS, &t->ciphers) ||
         cm_conf_str(ctx, m, p, "ciphersuites", GW_TLS_CIPHERSUITES, &t->ciphersuites) ||
         cm_conf_bool(ctx, m, p, "session_tickets", 1, &t->session_tickets) ||
@@ -351,13 +363,12 @@ static int load_tls(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
 
 struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"listen",        "admin_listen", "health_listen", "workers",
-                                       "tls_listen",    "tls",
-                                       "expose_headers", "cache_ttl",   "activity_flush",
-                                       "host_stale",    "retry_after",  "limits",
-                                       "shutdown_grace",
-                                       "routes",        "admin", /* gw_admin_limits_load() */
-                                       NULL};
+    static const char *const keys[] = {
+        "listen",     "admin_listen", "health_listen",  "workers",        "tls_listen",
+        "tls",        "access_log",   "expose_headers", "cache_ttl",      "activity_flush",
+        "host_stale", "retry_after",  "limits",         "shutdown_grace", "routes",
+        "admin", /* gw_admin_limits_load() */
+        NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     struct gw_config *gc = calloc(1, sizeof(*gc));
     if (!gc) {
@@ -385,7 +396,8 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         cm_conf_duration(&ctx, m, p, "shutdown_grace", 5 * CM_USEC_PER_SEC, 0,
                          3600 * CM_USEC_PER_SEC, &gc->shutdown_grace) ||
         load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits) ||
-        load_tls(&ctx, cfg, cm_ynode_get(m, "tls"), gc))
+        load_tls(&ctx, cfg, cm_ynode_get(m, "tls"), gc) ||
+        load_access_log(&ctx, cm_ynode_get(m, "access_log"), &gc->access_log))
         goto fail;
     gc->workers = (uint32_t)workers;
     gc->retry_after = (uint32_t)retry_after;

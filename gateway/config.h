@@ -72,11 +72,17 @@ struct gw_tls_cert {
 struct gw_tls_config {
     struct gw_tls_cert *certs; /* the first is the default; SNI picks among them */
     size_t n_certs;
-    int min_version;           /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
-    char *ciphers;             /* TLS 1.2 cipher list (OpenSSL syntax) */
-    char *ciphersuites;        /* TLS 1.3 suites */
-    int session_tickets;       /* resumption by tickets (their keys rotated) */
+    int min_version;               /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+    char *ciphers;                 /* TLS 1.2 cipher list (OpenSSL syntax) */
+    char *ciphersuites;            /* TLS 1.3 suites */
+    int session_tickets;           /* resumption by tickets (their keys rotated) */
     cm_usec_t ticket_key_lifetime; /* a ticket key encrypts this long, then decrypts as long */
+};
+
+/* gateway.access_log: one line per exchange. */
+struct gw_access_log {
+    int enabled;
+    uint64_t sample; /* log 1 exchange in <sample> (1: every one) */
 };
 
 struct gw_config {
@@ -94,6 +100,7 @@ struct gw_config {
     uint32_t retry_after;     /* seconds, sent with 503 no_capacity */
     cm_usec_t shutdown_grace; /* on SIGTERM: how long open exchanges may finish */
     struct gw_limits limits;
+    struct gw_access_log access_log;
     /* scheduler.api_secret / api_secret_file of the same file: sent to the schedulers' API
      * ("Authorization: Bearer ..."). Required when a template is started by schedulers; NULL
      * when every template is static and none is set. */

@@ -39,7 +39,6 @@
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
 
-
 /* The pending request head: c->head_len bytes, in the loop's slot or at the start of the
  * input. */
 const char *gw_conn_head_data(struct gw_conn *c)
@@ -63,7 +62,6 @@ void gw_conn_drop_pending_head(struct gw_conn *c)
 
 static void process_head(struct gw_conn *c);
 
-
 /* ------------------------------------------------------------------ timers and closing */
 
 /* <tv>: one of the worker's common timeouts */
@@ -85,7 +83,6 @@ static void enter_idle(struct gw_conn *c)
     if (!evtimer_pending(&c->timer, NULL))
         arm_timer(c, c->w->to_keepalive);
 }
-
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -149,13 +146,12 @@ void gw_conn_begin_close(struct gw_conn *c)
     }
 }
 
-
 void gw_conn_free(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
     if (c->unproven) /* the client left before an answer that starts its session */
         gw_mcp_release_unused(c, "client gone");
-    gw_exchange_end(c);
+    gw_exchange_end(c, 1); /* still in progress: cut */
     if (c->claim)
         gw_claim_cancel(c->claim);
     if (c->up)
@@ -238,9 +234,11 @@ void gw_conn_answered(struct gw_conn *c, int status, int close)
 {
     struct gw_worker *w = c->w;
     c->status = status;
-    if (c->t_start)
-        gw_metrics_response(&w->metrics, status, cm_now_mono() - c->t_start);
-    gw_exchange_end(c);
+    if (c->t_start) {
+        c->t_head = cm_now_mono();
+        gw_metrics_response(&w->metrics, status, c->t_head - c->t_start);
+    }
+    gw_exchange_end(c, 0);
     gw_conn_next(c, close);
 }
 
@@ -402,7 +400,6 @@ static size_t on_client_peek(struct gw_stream *cs, const char *data, size_t len,
 
 /* ------------------------------------------------------------------ forwarding */
 
-
 /* llhttp body callbacks (parser->data is the conn) */
 static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
@@ -446,7 +443,7 @@ static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
          * refuses is forwarded. llhttp then sees only the body's bytes. */
         ssize_t k = gw_h1_chunked_step(&c->chunk, data, len);
         if (k < 0) {
-            cm_log_info("conn", "bad chunked request body session=%s", gw_conn_hash_hex(c));
+            GW_XLOG(info, c, "bad chunked request body session=%s", gw_conn_hash_hex(c));
             gw_conn_send_error(c, GW_ERR_BAD_REQUEST, 1);
             return -1;
         }
@@ -454,14 +451,15 @@ static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
     }
     ssize_t used = gw_h1_body_step(&c->req, data, body, &ended, &e);
     if (used < 0) {
-        cm_log_info("conn", "bad request body session=%s err=%s", gw_conn_hash_hex(c),
-                    llhttp_errno_name(e));
+        GW_XLOG(info, c, "bad request body session=%s err=%s", gw_conn_hash_hex(c),
+                llhttp_errno_name(e));
         gw_conn_send_error(c, c->body_too_large ? GW_ERR_BODY_TOO_LARGE : GW_ERR_BAD_REQUEST, 1);
         return -1;
     }
     if (c->req_chunked && (ended != gw_h1_chunked_done(&c->chunk) || (size_t)used != body)) {
         /* the two disagree on where the body ends: neither reading is forwarded */
-        cm_log_warn("conn", "chunked body framed differently by llhttp session=%s", gw_conn_hash_hex(c));
+        GW_XLOG(warn, c, "chunked body framed differently by llhttp session=%s",
+                gw_conn_hash_hex(c));
         gw_conn_send_error(c, GW_ERR_BAD_REQUEST, 1);
         return -1;
     }
@@ -492,7 +490,7 @@ void gw_conn_relay_req_body(struct gw_conn *c)
         if (used < 0)
             return;
         evbuffer_remove_buffer(in, out, (size_t)used);
-        GW_METRIC_ADD(&w->metrics, bytes_in, used);
+        GW_XFER_IN(c, used);
     }
     gw_stream_flush(gw_upconn_stream(c->up));
 }
@@ -511,7 +509,7 @@ static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
     if (used) {
         struct iovec iov = {(void *)data, (size_t)used};
         gw_stream_write(us, &iov, 1);
-        GW_METRIC_ADD(&w->metrics, bytes_in, (size_t)used);
+        GW_XFER_IN(c, (size_t)used);
     }
     if (!c->req_done && evbuffer_get_length(us->out) >= w->gc->limits.buffer_high) {
         c->paused_client = 1; /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
@@ -521,7 +519,6 @@ static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
 }
 
 /* ------------------------------------------------------------------ responses */
-
 
 /* ------------------------------------------------------------------ upstream callbacks */
 
@@ -589,7 +586,7 @@ static void on_client_event(struct gw_stream *cs, short what, void *arg)
     if ((what & GW_STREAM_TIMEOUT) && c->state == CS_PROXY && !c->req_done &&
         !c->resp_head_done) {
         /* the request body stalled past stream_idle_timeout */
-        cm_log_info("conn", "request body stalled session=%s", gw_conn_hash_hex(c));
+        GW_XLOG(info, c, "request body stalled session=%s", gw_conn_hash_hex(c));
         gw_conn_send_error(c, GW_ERR_REQUEST_TIMEOUT, 1);
         return;
     }

@@ -12,12 +12,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/time.h"
 #include "common/key.h"
+#include "common/log.h"
+#include "common/time.h"
 #include "gateway/cache.h"
 #include "gateway/config.h"
 #include "gateway/errors.h"
 #include "gateway/h1.h"
+#include "gateway/metrics.h"
 #include "gateway/stream.h"
 
 struct gw_worker;
@@ -51,6 +53,11 @@ enum conn_state {
     CS_CLOSING, /* flushing the last response, then lingering close */
 };
 
+/* A request id: the client's X-Request-Id when it sent a usable one, else ours (16 hex). */
+#define GW_REQ_ID_MAX 128
+/* The path kept for an exchange's access-log line (longer ones are cut, marked "..."). */
+#define GW_ACC_PATH_MAX 256
+
 struct gw_conn {
     struct gw_conn *next, *prev;
     struct gw_worker *w;
@@ -62,22 +69,22 @@ struct gw_conn {
     struct gw_upconn *up;
     llhttp_t req, resp;
     struct gw_h1_chunked chunk; /* our check of a chunked request body's framing */
-    size_t head_len;  /* request head: in head_slot, else at the start of the input */
-    char *head_slot;  /* the loop's slot holding a head that came whole in one read */
-    size_t scan;      /* request bytes already searched for the end of the head */
-    size_t rscan;     /* same for the response */
+    size_t head_len;            /* request head: in head_slot, else at the start of the input */
+    char *head_slot;            /* the loop's slot holding a head that came whole in one read */
+    size_t scan;                /* request bytes already searched for the end of the head */
+    size_t rscan;               /* same for the response */
     uint64_t body_bytes;
     cm_usec_t t_start;
     cm_usec_t idle_since; /* CS_IDLE: when the last exchange ended (coarse clock) */
-    struct cm_hash hash; /* cache key: the session's hash, or the alias's */
+    struct cm_hash hash;  /* cache key: the session's hash, or the alias's */
     char hash_hex[CM_HASH_HEX_LEN + 1];
     struct cm_hash session;
     char session_hex[CM_HASH_HEX_LEN + 1];
-    struct conn_op *op;      /* alias being stored */
-    struct evbuffer *aux;    /* SSE sniff window, or the body being rewritten */
+    struct conn_op *op;        /* alias being stored */
+    struct evbuffer *aux;      /* SSE sniff window, or the body being rewritten */
     struct evbuffer *aux_head; /* response head held back while its body is rewritten */
-    char *host;              /* client's Host, kept for the CDP rewrite */
-    size_t held;             /* response bytes parsed but held until the alias is stored */
+    char *host;                /* client's Host, kept for the CDP rewrite */
+    size_t held;               /* response bytes parsed but held until the alias is stored */
     char alias_id[CM_KEY_MAX + 1];
     char key[CM_KEY_MAX + 1];
     char auto_key[CM_HASH_HEX_LEN + 1];
@@ -88,8 +95,8 @@ struct gw_conn {
     unsigned key_len : 8;
     unsigned req_keepalive : 1;
     unsigned req_done : 1;
-    unsigned req_chunked : 1;   /* the request body is chunked: c->chunk checks it first */
-    unsigned head_pending : 1;  /* bodiless request: head kept for a retry (slot or input) */
+    unsigned req_chunked : 1;  /* the request body is chunked: c->chunk checks it first */
+    unsigned head_pending : 1; /* bodiless request: head kept for a retry (slot or input) */
     unsigned resp_head_done : 1;
     unsigned resp_keepalive : 1;
     unsigned close_after : 1;
@@ -121,18 +128,47 @@ struct gw_conn {
     unsigned body_alias : 1;
     unsigned rewrite : 1;
     unsigned rewrite_overflow : 1;
-    unsigned used_auto : 1;    /* this request is on the connection's own (no_key new) session */
-    unsigned auto_is_mcp : 1;  /* ...whose server minted an Mcp-Session-Id: see process_head */
-    unsigned released : 1;     /* MCP DELETE: the session was released before the answer */
-    unsigned head_timer : 1;   /* the timer runs header_timeout for the head being received */
-    unsigned keyless_new : 1;  /* no key: this request named a session of its own making */
-    unsigned unproven : 1;     /* ...bound for it now, and not yet answered with success */
-    unsigned secure : 1;       /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */
-    uint8_t cors;              /* 1 + the route's cors_origins entry the Origin matched, or 0 */
-    size_t reframe_len; /* body length of a rewritten response */
-    uint16_t preview_port; /* preview host: the port inside the sandbox */
+    unsigned used_auto : 1;     /* this request is on the connection's own (no_key new) session */
+    unsigned auto_is_mcp : 1;   /* ...whose server minted an Mcp-Session-Id: see process_head */
+    unsigned released : 1;      /* MCP DELETE: the session was released before the answer */
+    unsigned head_timer : 1;    /* the timer runs header_timeout for the head being received */
+    unsigned keyless_new : 1;   /* no key: this request named a session of its own making */
+    unsigned unproven : 1;      /* ...bound for it now, and not yet answered with success */
+    unsigned secure : 1;        /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */
+    uint8_t cors;               /* 1 + the route's cors_origins entry the Origin matched, or 0 */
+    size_t reframe_len;         /* body length of a rewritten response */
+    uint16_t preview_port;      /* preview host: the port inside the sandbox */
+    unsigned req_id_client : 1; /* req_id is the client's (it goes upstream as it came) */
+    unsigned acc_on : 1;        /* this exchange gets an access-log line */
+    uint64_t xfer_in, xfer_out; /* body bytes of this exchange, client to instance and back */
+    cm_usec_t t_head;           /* when the final response head went out; 0: not yet */
+    char req_id[GW_REQ_ID_MAX + 1];
+    char acc_method[16];
+    char acc_path[GW_ACC_PATH_MAX + 4];
 };
 
+/* Body bytes of c's exchange toward the instance (IN) or the client (OUT): counted for the
+ * worker's metrics and for the exchange's access-log line. */
+#define GW_XFER_IN(c, n)                                                                           \
+    do {                                                                                           \
+        GW_METRIC_ADD(&(c)->w->metrics, bytes_in, (n));                                            \
+        (c)->xfer_in += (uint64_t)(n);                                                             \
+    } while (0)
+#define GW_XFER_OUT(c, n)                                                                          \
+    do {                                                                                           \
+        GW_METRIC_ADD(&(c)->w->metrics, bytes_out, (n));                                           \
+        (c)->xfer_out += (uint64_t)(n);                                                            \
+    } while (0)
+
+/* A log line about c's exchange: its request id goes last ("... req=<id>"). */
+#define GW_XLOG(level, c, fmt, ...)                                                                \
+    cm_log_##level("conn", fmt " req=%s", ##__VA_ARGS__, gw_conn_req_id(c))
+
+/* c's request id, safe in a log line; "-" before its first exchange. */
+static inline const char *gw_conn_req_id(const struct gw_conn *c)
+{
+    return c->req_id[0] ? c->req_id : "-";
+}
 
 /* The hashes as hex, made when first needed (logs, Redis scripts): not on the hot path. */
 static inline const char *gw_conn_hash_hex(struct gw_conn *c)
@@ -189,8 +225,9 @@ void gw_exchange_head_sent(struct gw_conn *c);
 /* The response ended: the upstream connection goes back to its pool (or closes), and the
  * connection goes on (gw_conn_next()). */
 void gw_exchange_finish(struct gw_conn *c);
-/* The exchange is no longer counted in streams_active (idempotent). */
-void gw_exchange_end(struct gw_conn *c);
+/* The exchange ended (<aborted>: cut before its response was whole): no longer counted in
+ * streams_active, and its access-log line written. Idempotent. */
+void gw_exchange_end(struct gw_conn *c, int aborted);
 /* Frees the feature buffers (SSE sniff window, CDP head and body, the Host copy). */
 void gw_exchange_reset_aux(struct gw_conn *c);
 

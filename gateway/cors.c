@@ -47,7 +47,7 @@ static int token_list_ok(const char *v, size_t n)
 
 /* What a browser script may read of an answer besides the CORS-safelisted headers. */
 #define CORS_EXPOSE                                                                                \
-    "access-control-expose-headers: mcp-session-id, mcp-protocol-version, x-berth-session, "     \
+    "access-control-expose-headers: mcp-session-id, mcp-protocol-version, x-berth-session, "       \
     "x-berth-instance, retry-after\r\n"
 
 /* The CORS headers of an answer to an allowed Origin (c->cors), preflight or not. */
@@ -82,8 +82,7 @@ static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
         return;
     }
     if (!c->cors) {
-        cm_log_debug("conn", "CORS preflight from an origin not allowed route=%s",
-                     c->route->name);
+        GW_XLOG(debug, c, "CORS preflight from an origin not allowed route=%s", c->route->name);
         gw_conn_send_error(c, GW_ERR_ORIGIN_NOT_ALLOWED, 0);
         return;
     }

@@ -4,6 +4,7 @@
 #include "gateway/conn_int.h"
 
 #include <event2/buffer.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -40,12 +41,80 @@ void gw_exchange_reset_aux(struct gw_conn *c)
     }
 }
 
-void gw_exchange_end(struct gw_conn *c)
+/* A log-safe copy of <n> bytes at <v> into <out> (<cap> bytes): what a key=value line can
+ * carry unquoted (no space, quote, backslash or control byte: '_' for those), cut with "...". */
+static void log_safe(char *out, size_t cap, const char *v, size_t n)
 {
-    if (c->in_stream) {
-        c->in_stream = 0;
-        GW_METRIC_ADD(&c->w->metrics, streams_active, -1);
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 4 < cap; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        out[k++] = ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\' ? (char)ch : '_';
     }
+    if (k + 4 >= cap && n > k) {
+        memcpy(out + k, "...", 3);
+        k += 3;
+    }
+    out[k] = '\0';
+}
+
+/* The exchange's request id: the client's X-Request-Id when it is usable (1..128 bytes; it goes
+ * upstream as it came, and logs carry it made log-safe), else ours, which goes upstream. */
+static void take_request_id(struct gw_conn *c, const struct gw_h1_head *h)
+{
+    if (h && h->request_id >= 0) {
+        const struct gw_h1_header *x = &h->headers[h->request_id];
+        if (x->value_len && x->value_len <= GW_REQ_ID_MAX) {
+            log_safe(c->req_id, sizeof(c->req_id), x->value, x->value_len);
+            c->req_id_client = 1;
+            return;
+        }
+    }
+    gw_worker_request_id(c->w, c->req_id);
+    c->req_id_client = 0;
+}
+
+/* Keeps what the access-log line needs of the request head, when this exchange gets one. */
+static void access_begin(struct gw_conn *c, const struct gw_h1_head *h)
+{
+    const struct gw_access_log *a = &c->w->gc->access_log;
+    c->acc_on = a->enabled && (a->sample <= 1 || ++c->w->access_seq % a->sample == 0);
+    if (!c->acc_on)
+        return;
+    if (h) {
+        log_safe(c->acc_method, sizeof(c->acc_method), h->method, h->method_len);
+        log_safe(c->acc_path, sizeof(c->acc_path), h->url, h->url_len);
+    } else {
+        memcpy(c->acc_method, "-", 2);
+        memcpy(c->acc_path, "-", 2);
+    }
+}
+
+/* One line per exchange (gateway.access_log), whatever the log level: who, what, how it ended,
+ * bytes each way (bodies), time to the response head and in all. */
+static void access_line(struct gw_conn *c, int aborted)
+{
+    cm_usec_t now = cm_now_mono();
+    double ttfb = c->t_head ? (double)(c->t_head - c->t_start) / 1000.0 : -1.0;
+    const char *tenant = c->route ? c->route->tenant : "-";
+    cm_log_write(CM_LOG_INFO, "access",
+                 "exchange req=%s peer=%s proto=%s/%s method=%s path=%s status=%d tenant=%s "
+                 "session=%s instance=%s in=%" PRIu64 " out=%" PRIu64 " ttfb_ms=%.3f "
+                 "total_ms=%.3f%s",
+                 gw_conn_req_id(c), c->peer, c->secure ? "https" : "http",
+                 c->http10 ? "1.0" : "1.1", c->acc_method, c->acc_path, c->status, tenant,
+                 c->key_len ? gw_conn_sess_hex(c) : "-", c->instance[0] ? c->instance : "-",
+                 c->xfer_in, c->xfer_out, ttfb, (double)(now - c->t_start) / 1000.0,
+                 aborted ? " end=aborted" : "");
+}
+
+void gw_exchange_end(struct gw_conn *c, int aborted)
+{
+    if (!c->in_stream)
+        return;
+    c->in_stream = 0;
+    GW_METRIC_ADD(&c->w->metrics, streams_active, -1);
+    if (c->acc_on)
+        access_line(c, aborted);
 }
 
 static int bearer_ok(const struct gw_conn *c, const struct gw_h1_head *h)
@@ -92,14 +161,21 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
     c->key_len = 0;
     c->req_keepalive = 0;
     c->instance[0] = '\0';
+    c->status = 0;
+    c->xfer_in = c->xfer_out = 0;
+    c->t_head = 0;
+    c->route = NULL;
+    take_request_id(c, rc == GW_H1_OK ? h : NULL);
+    access_begin(c, rc == GW_H1_OK ? h : NULL);
     GW_METRIC_INC(&w->metrics, requests);
     c->in_stream = 1;
     GW_METRIC_INC(&w->metrics, streams_active);
     if (rc != GW_H1_OK) {
-        gw_conn_send_error(c, rc == GW_H1_TOO_MANY  ? GW_ERR_HEADERS_TOO_LARGE
-                      : rc == GW_H1_CONNECT ? GW_ERR_METHOD_NOT_ALLOWED
-                                            : GW_ERR_BAD_REQUEST,
-                   1);
+        gw_conn_send_error(c,
+                           rc == GW_H1_TOO_MANY  ? GW_ERR_HEADERS_TOO_LARGE
+                           : rc == GW_H1_CONNECT ? GW_ERR_METHOD_NOT_ALLOWED
+                                                 : GW_ERR_BAD_REQUEST,
+                           1);
         return;
     }
     c->req_keepalive = h->keep_alive;
@@ -183,8 +259,8 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
     }
     c->had_mcp_id = mcp_id != NULL;
     if (c->route->cdp_rewrite && (c->is_get || h->method_id == HTTP_PUT) && path_len >= 5 &&
-        memcmp(path, "/json", 5) == 0 &&
-        (path_len == 5 || path[5] == '/' || path[5] == '?') && host_len) {
+        memcmp(path, "/json", 5) == 0 && (path_len == 5 || path[5] == '/' || path[5] == '?') &&
+        host_len) {
         c->cdp_path = 1;
         c->host = strndup(host, host_len);
     }
@@ -201,8 +277,9 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
         key_len = mcp_len;
     } else if (kr == GW_SKEY_NONE && c->route->legacy_sse && memchr(h->url, '?', h->url_len) &&
                gw_skey_query((const char *)memchr(h->url, '?', h->url_len) + 1,
-                             h->url_len - (size_t)((const char *)memchr(h->url, '?', h->url_len) -
-                                                  h->url) - 1,
+                             h->url_len -
+                                 (size_t)((const char *)memchr(h->url, '?', h->url_len) - h->url) -
+                                 1,
                              &qid, &qid_len)) {
         /* Legacy MCP HTTP+SSE: POST /messages?sessionId=... */
         if (!cm_key_valid(qid, qid_len)) {
@@ -286,7 +363,7 @@ void gw_exchange_finish(struct gw_conn *c)
         c->close_after = 1;
     gw_upconn_release(c->up, reusable);
     c->up = NULL;
-    gw_exchange_end(c);
+    gw_exchange_end(c, 0);
     gw_exchange_reset_aux(c);
     gw_conn_next(c, c->close_after || !c->req_keepalive || w->stopping);
 }
@@ -295,8 +372,9 @@ void gw_exchange_finish(struct gw_conn *c)
  * retry, and the response is counted. */
 void gw_exchange_head_sent(struct gw_conn *c)
 {
+    c->t_head = cm_now_mono();
     gw_conn_drop_pending_head(c);
-    gw_metrics_response(&c->w->metrics, c->status, cm_now_mono() - c->t_start);
+    gw_metrics_response(&c->w->metrics, c->status, c->t_head - c->t_start);
 }
 
 /* What the final response head <h> decides for the exchange. */

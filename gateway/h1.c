@@ -909,8 +909,7 @@ int gw_h1_scan(struct gw_h1_head *head, const char *buf, size_t avail, int respo
 /* Runs <len> bytes of a message body through <p> (its body callbacks see them): returns how
  * many belong to the message, fewer than <len> when it ended in them (*ended = 1: a callback
  * paused the parser), or -1 with llhttp's error in *err. */
-ssize_t gw_h1_body_step(llhttp_t *p, const char *data, size_t len, int *ended,
-                         llhttp_errno_t *err)
+ssize_t gw_h1_body_step(llhttp_t *p, const char *data, size_t len, int *ended, llhttp_errno_t *err)
 {
     llhttp_errno_t e = llhttp_execute(p, data, len);
     *ended = 0;

@@ -166,7 +166,6 @@ void gw_h1_trim(const char **p, size_t *n);
 /* Runs <len> bytes of a message body through <p> (its body callbacks see them): returns how
  * many belong to the message, fewer than <len> when it ended in them (*ended = 1: a callback
  * paused the parser), or -1 with llhttp's error in *err. */
-ssize_t gw_h1_body_step(llhttp_t *p, const char *data, size_t len, int *ended,
-                        llhttp_errno_t *err);
+ssize_t gw_h1_body_step(llhttp_t *p, const char *data, size_t len, int *ended, llhttp_errno_t *err);
 
 #endif

@@ -154,9 +154,8 @@ static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head
 /* Sends the rewritten request head to <us>: straight from the stack when nothing is queued
  * (no copy into the output buffer), else after what is. */
 void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                               struct gw_stream *us)
+                         struct gw_stream *us)
 {
-    struct gw_worker *w = c->w;
     struct hb hb, *out = &hb;
     hb.out = us->out;
     hb.n = 0;
@@ -201,12 +200,9 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
         HB_LIT(out, "\r\nx-forwarded-proto: https\r\n");
     else
         HB_LIT(out, "\r\nx-forwarded-proto: http\r\n");
-    if (h->request_id < 0 || h->headers[h->request_id].value_len == 0 ||
-        h->headers[h->request_id].value_len > 128) {
-        char id[17];
-        gw_worker_request_id(w, id);
+    if (!c->req_id_client) { /* the client's, usable, went with its header lines */
         HB_LIT(out, "x-request-id: ");
-        hb_add(out, id, 16);
+        hb_add(out, c->req_id, 16);
         HB_LIT(out, "\r\n");
     }
     if (c->http10 && h->host < 0 && !instance_host)
@@ -258,8 +254,8 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         }
     }
     if (c->issue_cookie && (h->status >= 200 || switching))
-        hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax%s\r\n",
-                  c->route->cookie, c->key, c->secure ? "; Secure" : "");
+        hb_printf(out, "set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax%s\r\n", c->route->cookie,
+                  c->key, c->secure ? "; Secure" : "");
     if (c->cors) {
         char buf[512];
         hb_add(out, buf, gw_cors_headers(c, buf, sizeof(buf)));
@@ -275,7 +271,7 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
 }
 
 void gw_h1_write_response(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                                size_t head_len)
+                          size_t head_len)
 {
     struct hb hb;
     hb.out = c->cs.out;
@@ -296,5 +292,5 @@ void gw_h1_write_whole(struct gw_conn *c, const struct gw_h1_head *h, const char
     build_response_head(c, h, data, head_len, &hb);
     struct iovec iov[2] = {{hb.buf, hb.n}, {(void *)(data + head_len), body_len}};
     gw_stream_write(&c->cs, iov, body_len ? 2 : 1);
-    GW_METRIC_ADD(&c->w->metrics, bytes_out, body_len);
+    GW_XFER_OUT(c, body_len);
 }

@@ -12,8 +12,8 @@
 #include "common/log.h"
 #include "gateway/admin.h"
 #include "gateway/config.h"
-#include "gateway/touchtab.h"
 #include "gateway/tls.h"
+#include "gateway/touchtab.h"
 #include "gateway/worker.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -48,11 +48,12 @@ static void reload_tls(const char *path, const struct gw_config *running)
         t = gw_tls_new(gc, err, sizeof(err));
     if (t) {
         gw_tls_publish(t);
-        cm_log_info("main", "SIGHUP: TLS certificates reloaded certificates=%zu",
-                    gc->tls.n_certs);
+        cm_log_info("main", "SIGHUP: TLS certificates reloaded certificates=%zu", gc->tls.n_certs);
     } else {
-        cm_log_error("main", "SIGHUP: TLS reload failed, keeping the running certificates "
-                     "err=\"%s\"", err);
+        cm_log_error("main",
+                     "SIGHUP: TLS reload failed, keeping the running certificates "
+                     "err=\"%s\"",
+                     err);
     }
     gw_config_free(gc);
     cm_config_free(cfg);

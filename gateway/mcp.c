@@ -24,12 +24,14 @@ static void on_unused_released(redisReply *reply, const char *err, void *data)
     (void)data;
     if (err || !reply || reply->type == REDIS_REPLY_ERROR)
         cm_log_warn("conn", "cannot release an unused session err=%s",
-                    err ? err : reply ? reply->str : "no reply");
+                    err     ? err
+                    : reply ? reply->str
+                            : "no reply");
 }
 
 /* A session made for a keyless request whose answer did not start it (an error status
- * without an Mcp-Session-Id, or no answer at all): nobody can reach it again, so it must not hold its
- * instance until the idle timeout. Released at once (not waited for); the RELEASE script has
+ * without an Mcp-Session-Id, or no answer at all): nobody can reach it again, so it must not hold
+ * its instance until the idle timeout. Released at once (not waited for); the RELEASE script has
  * the instance destroyed, never handed to another session (it has seen a client's bytes),
  * and the scheduler refills the pool. The connection's next keyless request makes a new one. */
 void gw_mcp_release_unused(struct gw_conn *c, const char *why)
@@ -46,11 +48,13 @@ void gw_mcp_release_unused(struct gw_conn *c, const char *why)
     const char *argv[] = {prefix, gw_conn_sess_hex(c), c->route->tenant, "unused", ms};
     size_t lens[] = {strlen(prefix), CM_HASH_HEX_LEN, strlen(c->route->tenant), 6, strlen(ms)};
     GW_METRIC_INC(&w->metrics, sessions_unused);
-    cm_log_info("conn", "keyless request did not start its session: released session=%s "
-                "instance=%s why=\"%s\"", gw_conn_sess_hex(c), c->instance, why);
+    GW_XLOG(info, c,
+            "keyless request did not start its session: released session=%s "
+            "instance=%s why=\"%s\"",
+            gw_conn_sess_hex(c), c->instance, why);
     if (cm_redis_script(w->redis, CM_SCRIPT_RELEASE, on_unused_released, NULL, 5, argv, lens) < 0)
-        cm_log_warn("conn", "cannot release an unused session session=%s err=store",
-                    gw_conn_sess_hex(c));
+        GW_XLOG(warn, c, "cannot release an unused session session=%s err=store",
+                gw_conn_sess_hex(c));
 }
 
 int gw_mcp_sniff(struct gw_conn *c, const char *at, size_t len)
@@ -69,8 +73,10 @@ int gw_mcp_sniff(struct gw_conn *c, const char *at, size_t len)
         size_t ev = buf ? gw_rewrite_sse_event(buf, n, &is_endpoint, &data, &data_len) : 0;
         if (ev == 0) {
             if (n > c->w->gc->limits.sse_sniff_bytes) {
-                cm_log_info("conn", "no endpoint event in the first bytes of an SSE stream "
-                                    "session=%s bytes=%zu", gw_conn_sess_hex(c), n);
+                GW_XLOG(info, c,
+                        "no endpoint event in the first bytes of an SSE stream "
+                        "session=%s bytes=%zu",
+                        gw_conn_sess_hex(c), n);
                 c->sniff = 0;
             }
             return 0;
@@ -78,8 +84,8 @@ int gw_mcp_sniff(struct gw_conn *c, const char *at, size_t len)
         if (is_endpoint && data && gw_rewrite_endpoint_id(data, data_len, &id, &id_len)) {
             c->sniff = 0;
             if (!cm_key_valid(id, id_len)) {
-                cm_log_warn("conn", "endpoint event with an invalid session id session=%s",
-                            gw_conn_sess_hex(c));
+                GW_XLOG(warn, c, "endpoint event with an invalid session id session=%s",
+                        gw_conn_sess_hex(c));
                 return 0;
             }
             memcpy(c->alias_id, id, id_len);
@@ -109,8 +115,8 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
     c->op = NULL;
     c->alias_pending = 0;
     if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
-        cm_log_warn("conn", "cannot store alias session=%s err=%s", gw_conn_sess_hex(c),
-                    err ? err : "bad reply");
+        GW_XLOG(warn, c, "cannot store alias session=%s err=%s", gw_conn_sess_hex(c),
+                err ? err : "bad reply");
         alias_failed(c, GW_ERR_STORE_UNAVAILABLE);
         return;
     }
@@ -132,7 +138,7 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
             evbuffer_drain(in, c->held);
         else
             evbuffer_remove_buffer(in, c->cs.out, c->held);
-        GW_METRIC_ADD(&c->w->metrics, bytes_out, c->held);
+        GW_XFER_OUT(c, c->held);
         c->held = 0;
         llhttp_resume(&c->resp);
     }
@@ -160,7 +166,7 @@ void gw_mcp_store_alias(struct gw_conn *c, const char *source)
     c->op = op;
     c->alias_pending = 1;
     gw_stream_read_disable(gw_upconn_stream(c->up));
-    cm_log_debug("conn", "alias source=%s session=%s", source, gw_conn_sess_hex(c));
+    GW_XLOG(debug, c, "alias source=%s session=%s", source, gw_conn_sess_hex(c));
 }
 
 static void on_released(redisReply *reply, const char *err, void *data)
@@ -173,8 +179,8 @@ static void on_released(redisReply *reply, const char *err, void *data)
     c->op = NULL;
     c->alias_pending = 0;
     if (err || !reply)
-        cm_log_warn("conn", "cannot release session session=%s err=%s", gw_conn_sess_hex(c),
-                    err ? err : "no reply");
+        GW_XLOG(warn, c, "cannot release session session=%s err=%s", gw_conn_sess_hex(c),
+                err ? err : "no reply");
     if (!c->up)
         return;
     gw_stream_read_enable(gw_upconn_stream(c->up));
@@ -195,11 +201,11 @@ static void release_session(struct gw_conn *c)
     c->released = 1;
     gw_cache_drop(w->cache, c->hash);
     gw_cache_drop(w->cache, c->session);
-    cm_log_info("conn", "session released by MCP DELETE session=%s", gw_conn_sess_hex(c));
+    GW_XLOG(info, c, "session released by MCP DELETE session=%s", gw_conn_sess_hex(c));
     struct conn_op *op = malloc(sizeof(*op));
     if (!op || cm_redis_script(w->redis, CM_SCRIPT_RELEASE, on_released, op, 5, argv, lens) < 0) {
         free(op);
-        cm_log_warn("conn", "cannot release session session=%s err=store", gw_conn_sess_hex(c));
+        GW_XLOG(warn, c, "cannot release session session=%s err=store", gw_conn_sess_hex(c));
         return;
     }
     op->c = c;
@@ -222,8 +228,8 @@ int gw_mcp_on_resp_head(struct gw_conn *c, const struct gw_h1_head *h)
             size_t vn = x->value_len;
             gw_h1_trim(&v, &vn);
             if (!cm_key_valid(v, vn)) {
-                cm_log_warn("conn", "instance sent an invalid Mcp-Session-Id instance=%s",
-                            c->instance);
+                GW_XLOG(warn, c, "instance sent an invalid Mcp-Session-Id instance=%s",
+                        c->instance);
                 break;
             }
             memcpy(c->alias_id, v, vn);

@@ -506,8 +506,8 @@ void gw_stream_flush(struct gw_stream *s)
 void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
 {
     size_t done = 0;
-    int tried = s->open && !s->connecting && !s->wr_added && !s->ssl &&
-                evbuffer_get_length(s->out) == 0;
+    int tried =
+        s->open && !s->connecting && !s->wr_added && !s->ssl && evbuffer_get_length(s->out) == 0;
     if (tried) {
         ssize_t n = writev(s->fd, iov, iovcnt);
         if (n > 0)

@@ -213,8 +213,10 @@ static int load_ocsp(const char *path, struct tls_cert *c, char *err, size_t err
     int status = r ? OCSP_response_status(r) : -1;
     OCSP_RESPONSE_free(r);
     if (status != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-        snprintf(err, errlen, "%s: not a successful OCSP response (DER, as openssl ocsp "
-                 "-respout writes it)", path);
+        snprintf(err, errlen,
+                 "%s: not a successful OCSP response (DER, as openssl ocsp "
+                 "-respout writes it)",
+                 path);
         return -1;
     }
     return 0;

@@ -29,12 +29,12 @@ void gw_tunnel_pump(struct gw_conn *c)
     size_t n = evbuffer_get_length(cin);
     if (n) {
         evbuffer_add_buffer(uout, cin);
-        GW_METRIC_ADD(&w->metrics, bytes_in, n);
+        GW_XFER_IN(c, n);
     }
     n = evbuffer_get_length(uin);
     if (n) {
         evbuffer_add_buffer(cout, uin);
-        GW_METRIC_ADD(&w->metrics, bytes_out, n);
+        GW_XFER_OUT(c, n);
     }
     gw_stream_flush(&c->cs);
     gw_stream_flush(us);
@@ -59,9 +59,9 @@ size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data,
     struct iovec iov = {(void *)data, len};
     gw_stream_write(to, &iov, 1);
     if (to_client)
-        GW_METRIC_ADD(&w->metrics, bytes_out, len);
+        GW_XFER_OUT(c, len);
     else
-        GW_METRIC_ADD(&w->metrics, bytes_in, len);
+        GW_XFER_IN(c, len);
     if (evbuffer_get_length(to->out) >= w->gc->limits.buffer_high) {
         if (to_client) {
             c->paused_up = 1;

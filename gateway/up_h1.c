@@ -119,23 +119,21 @@ static int is_event_stream(const struct gw_h1_head *h)
  * they were read and written to the client from there (what its socket refuses is copied to
  * its output), never copied into the input. Takes all of it (bytes after the response: the
  * connection is not reused, as when they waited in the input). */
-static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char *data,
-                             size_t len)
+static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char *data, size_t len)
 {
     struct gw_worker *w = c->w;
     int done;
     llhttp_errno_t e;
     ssize_t used = gw_h1_body_step(&c->resp, data, len, &done, &e);
     if (used < 0) {
-        cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
-                    llhttp_errno_name(e));
+        GW_XLOG(warn, c, "bad response body instance=%s err=%s", c->instance, llhttp_errno_name(e));
         gw_conn_free(c); /* the response started: cut it */
         return len;
     }
     if (used) {
         struct iovec iov = {(void *)data, (size_t)used};
         gw_stream_write(&c->cs, &iov, 1);
-        GW_METRIC_ADD(&w->metrics, bytes_out, (size_t)used);
+        GW_XFER_OUT(c, (size_t)used);
     }
     if (done) {
         if ((size_t)used < len)
@@ -206,15 +204,14 @@ static int parse_resp_head(struct gw_conn *c)
     if (len == 0)
         return 0;
     /* The common head, whole in the first read, is found and parsed in one pass (llhttp only
-     * joins in below if the body needs a parser); once per head, as in conn.c process_head(), and not
-     * again when on_up_peek() saw it defer. */
+     * joins in below if the body needs a parser); once per head, as in conn.c process_head(), and
+     * not again when on_up_peek() saw it defer. */
     struct gw_h1_head h;
     h.headers = w->headers;
     h.max_headers = (uint32_t)w->gc->limits.max_headers;
     size_t first = evbuffer_get_contiguous_space(in), head_len;
-    const char *data = c->rscan || c->resp_deferred
-                           ? NULL
-                           : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
+    const char *data =
+        c->rscan || c->resp_deferred ? NULL : (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
     int rc, scanned = data && gw_h1_scan(&h, data, CM_MIN(first, max), 1, c->head_method,
                                          &head_len) == GW_H1_OK;
     if (scanned) {
@@ -225,7 +222,7 @@ static int parse_resp_head(struct gw_conn *c)
         if (end < 0) {
             c->rscan = len;
             if (len > max) {
-                cm_log_warn("conn", "response head too large instance=%s", c->instance);
+                GW_XLOG(warn, c, "response head too large instance=%s", c->instance);
                 gw_conn_send_error(c, GW_ERR_BAD_GATEWAY, 1);
                 return -1;
             }
@@ -240,7 +237,7 @@ static int parse_resp_head(struct gw_conn *c)
                   : GW_H1_BAD;
     }
     if (rc != GW_H1_OK) {
-        cm_log_warn("conn", "bad response head instance=%s rc=%d", c->instance, rc);
+        GW_XLOG(warn, c, "bad response head instance=%s rc=%d", c->instance, rc);
         gw_conn_send_error(c, GW_ERR_BAD_GATEWAY, 1);
         return -1;
     }
@@ -296,8 +293,8 @@ static int parse_resp_head(struct gw_conn *c)
         evbuffer_drain(in, head_len + (size_t)h.content_length);
         whole = 1;
     } else {
-        if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse &&
-            h.status == 200 && (c->aux = evbuffer_new()) != NULL)
+        if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse && h.status == 200 &&
+            (c->aux = evbuffer_new()) != NULL)
             c->sniff = 1;
         gw_h1_write_response(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
@@ -365,13 +362,13 @@ void gw_up_relay(struct gw_conn *c)
         }
         if (n < 0) {
             if (c->rewrite) { /* nothing reached the client yet */
-                cm_log_warn("conn", "response to rewrite too large instance=%s", c->instance);
+                GW_XLOG(warn, c, "response to rewrite too large instance=%s", c->instance);
                 c->resp_head_done = 0;
                 gw_conn_send_error(c, GW_ERR_BAD_GATEWAY, 1);
                 return;
             }
-            cm_log_warn("conn", "bad response body instance=%s err=%s", c->instance,
-                        llhttp_errno_name(e));
+            GW_XLOG(warn, c, "bad response body instance=%s err=%s", c->instance,
+                    llhttp_errno_name(e));
             gw_conn_free(c); /* the response started: cut it */
             return;
         }
@@ -379,7 +376,7 @@ void gw_up_relay(struct gw_conn *c)
             evbuffer_drain(in, used);
         else
             evbuffer_remove_buffer(in, out, used);
-        GW_METRIC_ADD(&w->metrics, bytes_out, used);
+        GW_XFER_OUT(c, used);
         if (done) {
             response_done(c);
             return;
@@ -450,7 +447,7 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
         if (!c->up_connected) {
             gw_binding_unreachable(c);
         } else if (!c->resp_head_done) {
-            cm_log_warn("conn", "response timeout instance=%s", c->instance);
+            GW_XLOG(warn, c, "response timeout instance=%s", c->instance);
             gw_conn_send_error(c, GW_ERR_UPSTREAM_TIMEOUT, 1);
         } else {
             gw_conn_free(c); /* body stalled past stream_idle_timeout */
@@ -469,15 +466,16 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
             return;
         }
         if (c->preview_port) { /* the instance is fine; nothing answers on that port */
-            cm_log_info("conn", "preview port closed session=%s instance=%s port=%u",
-                        gw_conn_sess_hex(c), c->instance, c->preview_port);
+            GW_XLOG(info, c, "preview port closed session=%s instance=%s port=%u",
+                    gw_conn_sess_hex(c), c->instance, c->preview_port);
             gw_conn_send_error(c, GW_ERR_BAD_GATEWAY, 1);
             return;
         }
-        cm_log_warn("conn", "instance closed before answering session=%s instance=%s",
-                    gw_conn_hash_hex(c), c->instance);
+        GW_XLOG(warn, c, "instance closed before answering session=%s instance=%s",
+                gw_conn_hash_hex(c), c->instance);
         gw_cache_drop(w->cache, c->hash);
-        gw_conn_send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND, 1);
+        gw_conn_send_error(c, c->kind == KEY_SID ? GW_ERR_INSTANCE_LOST : GW_ERR_SESSION_NOT_FOUND,
+                           1);
         return;
     }
     gw_up_relay(c); /* whatever arrived with the close */
@@ -492,7 +490,7 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
         return;
     }
     /* truncated body: close so the client sees it incomplete */
-    cm_log_info("conn", "response truncated instance=%s", c->instance);
+    GW_XLOG(info, c, "response truncated instance=%s", c->instance);
     gw_upconn_release(c->up, 0);
     c->up = NULL;
     c->resp_head_done = 1;

@@ -29,7 +29,6 @@
 
 #define CACHE_MAX_ENTRIES (1u << 20)
 
-
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
@@ -353,8 +352,8 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
             gw_worker_destroy(w);
             return NULL;
         }
-        w->tls_listener = evconnlistener_new(w->base, on_accept, w,
-                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, tfd);
+        w->tls_listener = evconnlistener_new(
+            w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, tfd);
         if (!w->tls_listener) {
             close(tfd);
             goto oom;

@@ -86,6 +86,7 @@ struct gw_worker {
     struct gw_refresh *refreshes; /* background checks of stale bindings under way */
     char reqid_prefix[9];
     uint64_t reqid_seq;
+    uint64_t access_seq;     /* exchanges seen, for gateway.access_log.sample */
     int redis_up_before;     /* for wholesale cache flush after a reconnect */
     int sub_up_before;       /* the same for the `inval` subscription's connection */
     pthread_t thread;
