@@ -105,15 +105,25 @@ static void alias_failed(struct gw_conn *c, enum gw_err e)
         gw_conn_free(c); /* mid-stream: the client cannot use the endpoint, cut the stream */
 }
 
-static void on_alias_stored(redisReply *reply, const char *err, void *data)
+/* A Redis operation the connection waited for answered: the connection, or NULL when it went
+ * away meanwhile; its upstream reading may resume. */
+static struct gw_conn *op_done(void *data)
 {
     struct conn_op *op = data;
     struct gw_conn *c = op->c;
     free(op);
+    if (c) {
+        c->op = NULL;
+        c->alias_pending = 0;
+    }
+    return c;
+}
+
+static void on_alias_stored(redisReply *reply, const char *err, void *data)
+{
+    struct gw_conn *c = op_done(data);
     if (!c)
         return;
-    c->op = NULL;
-    c->alias_pending = 0;
     if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
         GW_XLOG(warn, c, "cannot store alias session=%s err=%s", gw_conn_sess_hex(c),
                 err ? err : "bad reply");
@@ -171,13 +181,9 @@ void gw_mcp_store_alias(struct gw_conn *c, const char *source)
 
 static void on_released(redisReply *reply, const char *err, void *data)
 {
-    struct conn_op *op = data;
-    struct gw_conn *c = op->c;
-    free(op);
+    struct gw_conn *c = op_done(data);
     if (!c)
         return;
-    c->op = NULL;
-    c->alias_pending = 0;
     if (err || !reply)
         GW_XLOG(warn, c, "cannot release session session=%s err=%s", gw_conn_sess_hex(c),
                 err ? err : "no reply");
