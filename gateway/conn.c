@@ -468,21 +468,36 @@ static ssize_t req_body_step(struct gw_conn *c, const char *data, size_t len)
     return used;
 }
 
+int gw_conn_backpressure(struct gw_conn *c, struct gw_stream *to, int flush)
+{
+    size_t high = c->w->gc->limits.buffer_high;
+    if (evbuffer_get_length(to->out) < high)
+        return 0;
+    if (flush) { /* waits by itself while connecting */
+        gw_stream_flush(to);
+        if (evbuffer_get_length(to->out) < high)
+            return 0;
+    }
+    /* Above the mark after a write attempt: EV_WRITE is armed (or the connect pending), and
+     * the write callback resumes (on_client_write, on_up_write). */
+    if (to == &c->cs) {
+        c->paused_up = 1;
+        gw_stream_read_disable(gw_upconn_stream(c->up));
+    } else {
+        c->paused_client = 1;
+        gw_stream_read_disable(&c->cs);
+    }
+    return 1;
+}
+
 void gw_conn_relay_req_body(struct gw_conn *c)
 {
-    struct gw_worker *w = c->w;
+    struct gw_stream *us = gw_upconn_stream(c->up);
     struct evbuffer *in = c->cs.in;
-    struct evbuffer *out = gw_upconn_stream(c->up)->out;
+    struct evbuffer *out = us->out;
     while (!c->req_done && evbuffer_get_length(in) > 0) {
-        if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-            gw_stream_flush(gw_upconn_stream(c->up)); /* waits by itself while connecting */
-            if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-                /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
-                c->paused_client = 1;
-                gw_stream_read_disable(&c->cs);
-                return;
-            }
-        }
+        if (gw_conn_backpressure(c, us, 1))
+            return;
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
@@ -492,7 +507,7 @@ void gw_conn_relay_req_body(struct gw_conn *c)
         evbuffer_remove_buffer(in, out, (size_t)used);
         GW_XFER_IN(c, used);
     }
-    gw_stream_flush(gw_upconn_stream(c->up));
+    gw_stream_flush(us);
 }
 
 /* Request body bytes read into the client's empty input (on_client_peek): framed by llhttp
@@ -501,7 +516,6 @@ void gw_conn_relay_req_body(struct gw_conn *c)
  * the body's bytes; what follows the body (a pipelined request) is left to the input. */
 static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
 {
-    struct gw_worker *w = c->w;
     struct gw_stream *us = gw_upconn_stream(c->up);
     ssize_t used = req_body_step(c, data, len);
     if (used < 0)
@@ -511,10 +525,8 @@ static size_t pass_req_body(struct gw_conn *c, const char *data, size_t len)
         gw_stream_write(us, &iov, 1);
         GW_XFER_IN(c, (size_t)used);
     }
-    if (!c->req_done && evbuffer_get_length(us->out) >= w->gc->limits.buffer_high) {
-        c->paused_client = 1; /* EV_WRITE is armed (or the connect pending): on_up_write resumes */
-        gw_stream_read_disable(&c->cs);
-    }
+    if (!c->req_done)
+        gw_conn_backpressure(c, us, 0);
     return (size_t)used;
 }
 

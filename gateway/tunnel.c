@@ -21,9 +21,7 @@ void gw_tunnel_start(struct gw_conn *c)
 
 void gw_tunnel_pump(struct gw_conn *c)
 {
-    struct gw_worker *w = c->w;
     struct gw_stream *us = gw_upconn_stream(c->up);
-    size_t high = w->gc->limits.buffer_high;
     struct evbuffer *cin = c->cs.in, *cout = c->cs.out;
     struct evbuffer *uin = us->in, *uout = us->out;
     size_t n = evbuffer_get_length(cin);
@@ -38,15 +36,8 @@ void gw_tunnel_pump(struct gw_conn *c)
     }
     gw_stream_flush(&c->cs);
     gw_stream_flush(us);
-    /* Above the mark after the flush, so EV_WRITE is armed: its callback resumes. */
-    if (evbuffer_get_length(uout) >= high) {
-        c->paused_client = 1;
-        gw_stream_read_disable(&c->cs);
-    }
-    if (evbuffer_get_length(cout) >= high) {
-        c->paused_up = 1;
-        gw_stream_read_disable(us);
-    }
+    gw_conn_backpressure(c, us, 0);
+    gw_conn_backpressure(c, &c->cs, 0);
 }
 
 /* A tunnel's bytes read into an empty input: sent to the other side straight from the read
@@ -54,22 +45,12 @@ void gw_tunnel_pump(struct gw_conn *c)
  * above the mark, as in gw_tunnel_pump(). */
 size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len)
 {
-    struct gw_worker *w = c->w;
-    int to_client = to == &c->cs;
     struct iovec iov = {(void *)data, len};
     gw_stream_write(to, &iov, 1);
-    if (to_client)
+    if (to == &c->cs)
         GW_XFER_OUT(c, len);
     else
         GW_XFER_IN(c, len);
-    if (evbuffer_get_length(to->out) >= w->gc->limits.buffer_high) {
-        if (to_client) {
-            c->paused_up = 1;
-            gw_stream_read_disable(gw_upconn_stream(c->up));
-        } else {
-            c->paused_client = 1;
-            gw_stream_read_disable(&c->cs);
-        }
-    }
+    gw_conn_backpressure(c, to, 0);
     return len;
 }

@@ -144,10 +144,7 @@ static size_t pass_resp_body(struct gw_conn *c, struct gw_stream *us, const char
     /* The body goes on past this read: from now on it may stream for long. */
     if (us->rtimeout != w->to_stream_idle)
         gw_stream_set_timeouts(us, w->to_stream_idle, NULL);
-    if (evbuffer_get_length(c->cs.out) >= w->gc->limits.buffer_high) {
-        c->paused_up = 1; /* EV_WRITE is armed: on_client_write resumes */
-        gw_stream_read_disable(us);
-    }
+    gw_conn_backpressure(c, &c->cs, 0);
     return len;
 }
 
@@ -339,14 +336,8 @@ void gw_up_relay(struct gw_conn *c)
     struct evbuffer *in = us->in;
     struct evbuffer *out = c->cs.out;
     while (evbuffer_get_length(in) > 0) {
-        if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-            gw_stream_flush(&c->cs);
-            if (evbuffer_get_length(out) >= w->gc->limits.buffer_high) {
-                c->paused_up = 1; /* EV_WRITE is armed: on_client_write resumes */
-                gw_stream_read_disable(us);
-                return;
-            }
-        }
+        if (gw_conn_backpressure(c, &c->cs, 1))
+            return;
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
