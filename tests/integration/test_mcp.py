@@ -16,7 +16,8 @@ import time
 import pytest
 
 from conftest import (SLOW, Proc, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      curl_stream, echo_template, free_port, wait_until, write_config)
+                      curl_stream, echo_template, free_port, make_test_certs, wait_until,
+                      write_config)
 from templates import (CLIENTS, ensure_clients, mcp_template, run_node, sandbox_ro_binds,
                        _sandbox_template, SYS_PYTHON)
 
@@ -71,6 +72,9 @@ class Replica:
         cfg = json.loads(json.dumps(stack.cfg))
         cfg["gateway"]["listen"] = "127.0.0.1:%d" % self.port
         cfg["gateway"]["admin_listen"] = "127.0.0.1:%d" % self.admin
+        self.tls_port = free_port()
+        if cfg["gateway"].get("tls_listen"):
+            cfg["gateway"]["tls_listen"] = "127.0.0.1:%d" % self.tls_port
         path = write_config(stack.base / ("%s.yaml" % name), cfg)
         from conftest import binary
         self.proc = Proc(name, [binary("berth-gateway"), "-c", path], stack.base,
@@ -97,7 +101,15 @@ def mcp_stack():
     s = None
     replica = None
     try:
-        s = Stack(d, stack_overrides())
+        # both replicas also listen for TLS, with a test CA's certificate for 127.0.0.1
+        certs = make_test_certs(d / "tls")
+        o = stack_overrides()
+        tls_port = free_port()
+        o["gateway"]["tls_listen"] = "127.0.0.1:%d" % tls_port
+        o["gateway"]["tls"] = {"certificates": [
+            {"cert": str(certs / "localhost-chain.pem"), "key": str(certs / "localhost.key")}]}
+        s = Stack(d, o)
+        s.tls_port, s.tls_ca = tls_port, certs / "ca.pem"
         replica = Replica(s)
         s.replica = replica
         yield s
@@ -225,10 +237,10 @@ def sdk_late_gets(s):
     return late
 
 
-def mcp_sessions(urls, n, transport="streamable", extra=(), timeout=150):
+def mcp_sessions(urls, n, transport="streamable", extra=(), timeout=150, env=None):
     args = ["--transport", transport, "--url", ",".join(urls), "--sessions", n,
             "--timeout-ms", int((timeout - 10) * SLOW * 1000)] + list(extra)
-    return run_node("mcp_sessions.mjs", args, timeout)
+    return run_node("mcp_sessions.mjs", args, timeout, env=env)
 
 
 def sessions_bound_to(stack, instances):
@@ -272,6 +284,26 @@ def test_streamable_http_concurrent_sessions(mcp_stack):
         live = s.instances()
         return all(i not in live or live[i].get("state") == "releasing" for i in instances)
     wait_until(destroyed, 20 * SLOW, "instances destroyed after DELETE")
+
+
+@pytest.mark.berth_timeout(240)
+def test_streamable_http_over_tls_switching_replicas(mcp_stack):
+    """The SDK over https (Node trusts the test CA through NODE_EXTRA_CA_CERTS), every request
+    to the other replica's TLS listener: the same checks as over cleartext, SSE streams and
+    DELETE included."""
+    s = mcp_stack
+    s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)
+    urls = ["https://127.0.0.1:%d" % s.tls_port, "https://127.0.0.1:%d" % s.replica.tls_port]
+    n = 6
+    doc = mcp_sessions(urls, n, env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)})
+    info = summarize(doc)
+    assert doc["_rc"] == 0 and len(doc["sessions"]) == n, info
+    replicas = [u.split("//")[1].rstrip("/") for u in urls]
+    for sess in doc["sessions"]:
+        try:
+            check_session(sess, "streamable", replicas)
+        except AssertionError as e:
+            raise AssertionError("session %d: %s\n%s" % (sess["index"], e, info))
 
 
 @pytest.mark.berth_timeout(240)
