@@ -93,6 +93,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     case CS_HEAD:
         if (c->secure && !gw_stream_tls_ready(&c->cs)) {
             gw_conn_free(c); /* no handshake in time: nothing to answer over */
+        } else if (c->secure && c->head_timer && !c->scan && !c->head_slot &&
+                   evbuffer_get_length(c->cs.in) == 0) {
+            /* a finished handshake and no byte of a request yet (a browser's preconnect):
+             * idle, as a cleartext connection is from its accept */
+            c->head_timer = 0;
+            enter_idle(c);
         } else if (c->head_timer) {
             gw_conn_send_error(c, GW_ERR_REQUEST_TIMEOUT, 1);
         } else { /* the head's first bytes came as a keep-alive timer ran out */

@@ -89,6 +89,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* Until its handler is installed, a SIGHUP (a reload asked too early) must not end us. */
+    signal(SIGHUP, SIG_IGN);
     char err[1024];
     struct cm_config *cfg = cm_config_load(path, err, sizeof(err));
     if (!cfg) {
@@ -181,13 +183,14 @@ int main(int argc, char **argv)
             break;
         }
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) {
         gw_admin_set_ready(admin, 1);
         cm_log_info("main", "listening listen=%s tls_listen=%s admin=%s workers=%u", gc->listen,
                     *gc->tls_listen ? gc->tls_listen : "-", gc->admin_listen, gc->workers);
+        /* The three signals stay blocked but while sigsuspend() waits: one that comes during a
+         * reload is taken at the next wait, never lost before a pause(). */
         while (!stop_signal) {
-            pause();
+            sigsuspend(&old);
             if (reload_signal && !stop_signal) {
                 reload_signal = 0;
                 reload_tls(path, gc);
@@ -195,6 +198,7 @@ int main(int argc, char **argv)
         }
         cm_log_info("main", "stopping signal=%d", (int)stop_signal);
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     gw_admin_set_ready(admin, 0);
     for (uint32_t i = 0; i < started; i++)
         gw_worker_stop(workers[i]);

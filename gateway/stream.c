@@ -22,7 +22,9 @@ static cm_usec_t tv_len(const struct timeval *tv)
 
 static int reading(const struct gw_stream *s)
 {
-    return s->want_read && !s->suspended;
+    /* a TLS handshake waiting to write reads nothing: EV_READ would fire on the client's
+     * next bytes for as long as the socket stays full */
+    return s->want_read && !s->suspended && !s->rd_wants_wr;
 }
 
 /* The read timeout is lazy. libevent restarts an event's timeout with every event_add() and
@@ -154,13 +156,14 @@ static ssize_t ssl_read(struct gw_stream *s, size_t want)
 {
     size_t n = 0;
     ssl_clear();
+    errno = 0;
     if (SSL_read_ex(s->ssl, s->scratch->buf, want, &n) == 1) {
         if (SSL_has_pending(s->ssl))
             event_active(&s->rd, EV_READ, 0);
-        if (s->wr_wants_rd) { /* a write waited for this read */
+        if (s->wr_wants_rd) { /* a write waited for this read: EV_WRITE again */
             s->wr_wants_rd = 0;
-            if (evbuffer_get_length(s->out))
-                event_active(&s->wr, EV_WRITE, 0);
+            if (evbuffer_get_length(s->out) && !s->wr_added)
+                wr_arm(s);
         }
         return (ssize_t)n;
     }
@@ -169,14 +172,16 @@ static ssize_t ssl_read(struct gw_stream *s, size_t want)
         return -EAGAIN;
     case SSL_ERROR_WANT_WRITE:
         s->rd_wants_wr = 1;
+        rd_update(s); /* EV_READ off until EV_WRITE (on_wr) */
         if (!s->wr_added)
-            event_add(&s->wr, NULL);
-        s->wr_added = 1;
+            wr_arm(s);
         return -EAGAIN;
     case SSL_ERROR_ZERO_RETURN:
         return 0;
-    case SSL_ERROR_SYSCALL:
-        return errno ? -errno : 0; /* no errno: the socket's EOF without close_notify */
+    case SSL_ERROR_SYSCALL: /* no errno: the socket's EOF without close_notify */
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EIO
+               : errno                                                   ? -errno
+                                                                         : 0;
     default:
         return -EPROTO;
     }
@@ -196,6 +201,7 @@ static int ssl_write_out(struct gw_stream *s)
             break;
         size_t n = 0;
         ssl_clear();
+        errno = 0;
         if (SSL_write_ex(s->ssl, v.iov_base, v.iov_len, &n) == 1) {
             evbuffer_drain(s->out, n);
             total += n;
@@ -332,8 +338,10 @@ static void on_wr(evutil_socket_t fd, short what, void *arg)
         s->rd_wants_wr = 0;
         if (evbuffer_get_length(s->out) == 0)
             wr_del(s);
-        on_rd(fd, EV_READ, s);
-        return; /* the stream may be gone; a pending write is reported again */
+        rd_update(s);
+        if (reading(s))
+            on_rd(fd, EV_READ, s); /* the stream may be gone */
+        return;                    /* a pending write is reported again */
     }
     int n = out_write(s);
     size_t left = evbuffer_get_length(s->out);
@@ -410,12 +418,10 @@ void gw_stream_fini(struct gw_stream *s)
 {
     if (!s->open)
         return;
-    if (s->rd_added)
-        event_del(&s->rd);
-    if (s->wr_added)
-        event_del(&s->wr);
-    if (s->tmo_added)
-        event_del(&s->tmo);
+    /* unconditionally: an event made active (event_active) may be pending though not added */
+    event_del(&s->rd);
+    event_del(&s->wr);
+    event_del(&s->tmo);
     evbuffer_free(s->in);
     evbuffer_free(s->out);
     if (s->ssl) {

@@ -32,6 +32,7 @@ struct ticket_key {
     unsigned char aes[32];
     unsigned char hmac[32];
     cm_usec_t created; /* monotonic; 0: none */
+    cm_usec_t retired; /* when a newer key took over encrypting; 0: still current */
 };
 
 struct tls_cert {
@@ -89,7 +90,8 @@ static int hmac_key(EVP_MAC_CTX *hctx, const struct ticket_key *k)
 }
 
 /* OpenSSL asks for a key to encrypt a new ticket (enc = 1) or names the key of a ticket to
- * decrypt. A key encrypts for key_lifetime, then decrypts for as long (a ticket it made is
+ * decrypt. A key encrypts for key_lifetime, then decrypts for as long after it was retired
+ * (a ticket it made is
  * renewed under the newer key): a stolen ticket key exposes at most two lifetimes of
  * sessions, and nothing of it is ever written anywhere. Returns 1 (go on), 2 (go on, issue a
  * new ticket), 0 (unknown key: a full handshake), -1 (error). */
@@ -107,6 +109,7 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
         struct ticket_key fresh;
         if (new_key(&fresh, now) == 0) {
             t->prev = t->cur;
+            t->prev.retired = now;
             t->cur = fresh;
         }
     }
@@ -117,7 +120,7 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
         k = t->cur;
         rc = 1;
     } else if (t->prev.created && memcmp(name, t->prev.name, 16) == 0 &&
-               now - t->prev.created < 2 * t->key_lifetime) {
+               now - t->prev.retired < t->key_lifetime) {
         k = t->prev;
         rc = 2;
     }
@@ -254,6 +257,8 @@ static SSL_CTX *new_ctx(const struct gw_tls_config *tc, const struct gw_tls_cert
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"berth", 5);
     if (tc->session_tickets) {
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+        /* a session lives as long as a ticket can be decrypted (OpenSSL's default: 2 h) */
+        SSL_CTX_set_timeout(ctx, (long)(2 * tc->ticket_key_lifetime / CM_USEC_PER_SEC));
     } else {
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
         SSL_CTX_set_num_tickets(ctx, 0);
@@ -327,6 +332,13 @@ fail:
 void gw_tls_publish(struct gw_tls *t)
 {
     pthread_mutex_lock(&publish_lock);
+    if (current && t->key_lifetime == current->key_lifetime) {
+        /* a reload keeps the ticket keys: clients resume across it */
+        pthread_mutex_lock(&current->keys_lock);
+        t->cur = current->cur;
+        t->prev = current->prev;
+        pthread_mutex_unlock(&current->keys_lock);
+    }
     t->retired = current;
     __atomic_store_n(&current, t, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&publish_lock);

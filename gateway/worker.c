@@ -50,6 +50,16 @@ void gw_worker_accepting(struct gw_worker *w, int on)
     }
 }
 
+/* The back-off after running out of descriptors is over: accept again, unless accepting was
+ * turned off meanwhile (max_connections, shutdown). */
+static void reenable_accept(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+    (void)fd, (void)what;
+    if (w->accepting && !w->stopping)
+        gw_worker_accepting(w, 1);
+}
+
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
     struct gw_worker *w = arg;
@@ -60,8 +70,7 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     if (e == EMFILE || e == ENFILE) {
         evconnlistener_disable(l);
         struct timeval tv = {0, 100000};
-        event_base_once(w->base, -1, EV_TIMEOUT,
-                        (event_callback_fn)(void (*)(void))evconnlistener_enable, l, &tv);
+        event_base_once(w->base, -1, EV_TIMEOUT, reenable_accept, w, &tv);
     }
 }
 

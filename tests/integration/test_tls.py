@@ -58,7 +58,8 @@ def tls_overrides(certs, tls_port, header_timeout=None, **tls):
         },
     }
     if header_timeout:
-        o["gateway"]["limits"] = {"header_timeout": header_timeout}
+        o["gateway"]["limits"] = {"header_timeout": header_timeout,
+                                  "keepalive_timeout": header_timeout}
     return o
 
 
@@ -287,10 +288,18 @@ def test_a_handshake_never_finished_is_closed_at_header_timeout(tstack):
         c.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # the first bytes of a ClientHello
         read_until_closed(c, 15 * SLOW)
     assert time.monotonic() - t0 >= 2 * 2 * SLOW * 0.9
-    # a client that finished its handshake and sends no request is answered 408 then
     ctx = ssl.create_default_context(cafile=str(s.certs / "ca.pem"))
+    # a finished handshake and no request (a browser's preconnect): an idle connection, closed
+    # without an answer once keepalive_timeout ran out too (no 408 for what was never asked)
+    t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as c:
+            out = read_until_closed(c, 20 * SLOW)
+    assert out == b"" and time.monotonic() - t0 >= 2 * 2 * SLOW * 0.9, out
+    # part of a head and no more: 408 at header_timeout
+    with socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
             out = read_until_closed(c, 15 * SLOW)
     assert out.startswith(b"HTTP/1.1 408"), out
 
@@ -334,6 +343,9 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, make_st
             f.read(n)
             return status
         assert ask("/one").startswith(b"HTTP/1.1 200")
+        sess = tmp_path / "sess.pem"
+        rc, out = s_client(s, "-tls1_2", "-servername", "localhost", "-sess_out", sess)
+        assert rc == 0, out
         assert format(c.getpeercert(binary_form=False)["serialNumber"]).upper() == \
             before.upper()
         # a new certificate (new serial) in place of the old files, then SIGHUP
@@ -353,6 +365,9 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, make_st
         assert p.stdout.decode().strip().split("=", 1)[1] == after, out
         # the connection made before goes on, with the certificate it negotiated
         assert ask("/two").startswith(b"HTTP/1.1 200")
+        # and a session made before resumes: the ticket keys outlive the reload
+        rc, out = s_client(s, "-tls1_2", "-servername", "localhost", "-sess_in", sess)
+        assert rc == 0 and "Reused, TLSv1.2" in out, out
         # a broken reload (a key that does not match) keeps the running certificate
         shutil.copy(certs / "preview.key", Path(s.base) / "live" / "localhost.key")
         s.gateway.signal(signal.SIGHUP)
