@@ -794,3 +794,36 @@ def test_instance_death_during_a_stream_ends_it(make_stack):
         p.wait()
         p.stdout.close()
         p.stderr.close()
+
+
+def test_out_of_descriptors_backs_off_and_serves_again(make_stack):
+    """The gateway's descriptors run out (a low RLIMIT_NOFILE and a flood of idle
+    connections): accept fails with EMFILE, the listener pauses 100 ms and resumes by itself,
+    and once the flood is gone requests are served again. (The resume once called
+    evconnlistener_enable with the timer's -1 as its listener: a crash 100 ms after the first
+    EMFILE.)"""
+    from conftest import Proc, binary
+    s = make_stack(start_gateway=False)
+    s.gateway = Proc("gateway", ["prlimit", "--nofile=64:64", binary("berth-gateway"), "-c",
+                                 s.config_path], s.base, cwd=str(s.base))
+    wait_until(lambda: curl(s.admin_url("/readyz"), timeout=2).status == 200, 20 * SLOW,
+               "berth-gateway /readyz")
+    flood = []
+    try:
+        for _ in range(80):  # more than the gateway has descriptors
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", s.ports["gateway"]),
+                                                      timeout=5 * SLOW))
+            except OSError:
+                break
+        wait_until(lambda: "accept failed" in s.gateway.log(), 10 * SLOW, "EMFILE")
+        time.sleep(0.5)  # several back-off periods over (each 100 ms)
+        assert s.gateway.alive(), s.gateway.tail()
+    finally:
+        for c in flood:
+            c.close()
+    r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(
+        curl(s.url("/after"), headers={"x-fc-session-id": "emfile"}, timeout=5)),
+        20 * SLOW, "a request served after the flood")
+    assert r.header("x-berth-instance"), r
+    assert s.gateway.alive(), s.gateway.tail()
