@@ -286,37 +286,13 @@ def test_streamable_http_concurrent_sessions(mcp_stack):
     wait_until(destroyed, 20 * SLOW, "instances destroyed after DELETE")
 
 
-@pytest.mark.berth_timeout(240)
-def test_streamable_http_over_tls_switching_replicas(mcp_stack):
-    """The SDK over https (Node trusts the test CA through NODE_EXTRA_CA_CERTS), every request
-    to the other replica's TLS listener: the same checks as over cleartext, SSE streams and
-    DELETE included."""
-    s = mcp_stack
-    s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)
-    urls = ["https://127.0.0.1:%d" % s.tls_port, "https://127.0.0.1:%d" % s.replica.tls_port]
-    n = 6
-    doc = mcp_sessions(urls, n, env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)})
+def switching_replicas(s, urls, n, env=None):
+    """<n> SDK sessions, every request to the other of <urls> than the one before: each session
+    passes check_session(), alternates, and has an instance of its own."""
+    s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)  # refilled after the previous test
+    doc = mcp_sessions(urls, n, env=env)
     info = summarize(doc)
     assert doc["_rc"] == 0 and len(doc["sessions"]) == n, info
-    replicas = [u.split("//")[1].rstrip("/") for u in urls]
-    for sess in doc["sessions"]:
-        try:
-            check_session(sess, "streamable", replicas)
-        except AssertionError as e:
-            raise AssertionError("session %d: %s\n%s" % (sess["index"], e, info))
-
-
-@pytest.mark.berth_timeout(240)
-def test_streamable_http_switching_replicas(mcp_stack):
-    """Two gateway replicas on one Redis; every request of every session goes to the other
-    replica than the one before (the initialize answer's Mcp-Session-Id must be in Redis
-    before the client can send it to the second replica)."""
-    s = mcp_stack
-    s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)  # refilled after the previous test
-    urls = [s.url(), s.replica.url()]
-    doc = mcp_sessions(urls, N_SESSIONS)
-    info = summarize(doc)
-    assert doc["_rc"] == 0 and len(doc["sessions"]) == N_SESSIONS, info
     replicas = [u.split("//")[1].rstrip("/") for u in urls]
     for sess in doc["sessions"]:
         try:
@@ -327,10 +303,30 @@ def test_streamable_http_switching_replicas(mcp_stack):
         seq = [r["replica"] for r in sess["requests"]]
         assert all(a != b for a, b in zip(seq, seq[1:])), seq
     check_streamed(doc["sessions"])
-    assert len({sess["envInstance"] for sess in doc["sessions"]}) == N_SESSIONS, info
+    assert len({sess["envInstance"] for sess in doc["sessions"]}) == n, info
     # the tests after this one start single sessions: let the pool refill first, so that
-    # they do not wait for on-demand starts on a machine busy starting 20 node processes
+    # they do not wait for on-demand starts on a machine busy starting node processes
     s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)
+
+
+@pytest.mark.berth_timeout(240)
+def test_streamable_http_over_tls_switching_replicas(mcp_stack):
+    """The SDK over https (Node trusts the test CA through NODE_EXTRA_CA_CERTS), every request
+    to the other replica's TLS listener: the same checks as over cleartext, SSE streams and
+    DELETE included."""
+    s = mcp_stack
+    switching_replicas(s, ["https://127.0.0.1:%d" % s.tls_port,
+                           "https://127.0.0.1:%d" % s.replica.tls_port], 6,
+                       env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)})
+
+
+@pytest.mark.berth_timeout(240)
+def test_streamable_http_switching_replicas(mcp_stack):
+    """Two gateway replicas on one Redis; every request of every session goes to the other
+    replica than the one before (the initialize answer's Mcp-Session-Id must be in Redis
+    before the client can send it to the second replica)."""
+    s = mcp_stack
+    switching_replicas(s, [s.url(), s.replica.url()], N_SESSIONS)
 
 
 @pytest.mark.berth_timeout(240)
