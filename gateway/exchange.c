@@ -264,31 +264,29 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
         c->cdp_path = 1;
         c->host = strndup(host, host_len);
     }
-    const char *qid = NULL;
-    size_t qid_len = 0;
+    /* No platform key: an alias may name the session. MCP Streamable HTTP: the server's id;
+     * legacy MCP HTTP+SSE: POST /messages?sessionId=... */
+    const char *alias = NULL, *q;
+    size_t alias_len = 0;
+    unsigned alias_kind = KEY_MCP;
     if (kr == GW_SKEY_NONE && mcp_id) {
-        /* MCP Streamable HTTP: the server's id names an alias of the session. */
-        if (!cm_key_valid(mcp_id, mcp_len)) {
+        alias = mcp_id;
+        alias_len = mcp_len;
+    } else if (kr == GW_SKEY_NONE && c->route->legacy_sse &&
+               (q = memchr(h->url, '?', h->url_len)) != NULL &&
+               gw_skey_query(q + 1, h->url_len - (size_t)(q - h->url) - 1, &alias, &alias_len)) {
+        alias_kind = KEY_SSE;
+    } else {
+        alias = NULL; /* gw_skey_query() may have set it before it refused */
+    }
+    if (alias) {
+        if (!cm_key_valid(alias, alias_len)) {
             gw_conn_send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
             return;
         }
-        c->kind = KEY_MCP;
-        key = mcp_id;
-        key_len = mcp_len;
-    } else if (kr == GW_SKEY_NONE && c->route->legacy_sse && memchr(h->url, '?', h->url_len) &&
-               gw_skey_query((const char *)memchr(h->url, '?', h->url_len) + 1,
-                             h->url_len -
-                                 (size_t)((const char *)memchr(h->url, '?', h->url_len) - h->url) -
-                                 1,
-                             &qid, &qid_len)) {
-        /* Legacy MCP HTTP+SSE: POST /messages?sessionId=... */
-        if (!cm_key_valid(qid, qid_len)) {
-            gw_conn_send_error(c, GW_ERR_INVALID_SESSION_KEY, 0);
-            return;
-        }
-        c->kind = KEY_SSE;
-        key = qid;
-        key_len = qid_len;
+        c->kind = alias_kind;
+        key = alias;
+        key_len = alias_len;
     } else if (kr == GW_SKEY_NONE) {
         switch (c->route->no_key) {
         case GW_NO_KEY_REJECT:
