@@ -190,7 +190,7 @@ def test_sni_picks_the_certificate(tstack):
 def test_only_tls12_and_tls13_with_strong_ciphers(tstack):
     s = tstack
     rc, out = s_client(s, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
-    assert rc != 0 and "Cipher is (NONE)" in out or "alert" in out, out
+    assert rc != 0, out
     rc, out = s_client(s, "-tls1_2")
     assert rc == 0 and "Protocol  : TLSv1.2" in out and "ECDHE" in out, out
     rc, out = s_client(s, "-tls1_3")
