@@ -284,6 +284,39 @@ static int load_access_log(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                : 0;
 }
 
+static int load_h2(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct gw_config *gc)
+{
+    static const char *const keys[] = {
+        "enabled",    "max_concurrent_streams", "stream_window", "max_header_list",  "reset_burst",
+        "reset_rate", "max_continuations",      "max_settings",  "max_outbound_ack", "send_timeout",
+        NULL};
+    const char *p = "gateway.h2";
+    struct gw_h2_config *h = &gc->h2;
+    uint64_t streams, window, hl, burst, rate, cont, settings, acks;
+    if (cm_conf_keys(ctx, m, p, keys) || cm_conf_bool(ctx, m, p, "enabled", 1, &h->enabled) ||
+        cm_conf_u64(ctx, m, p, "max_concurrent_streams", 100, 1, 10000, &streams) ||
+        cm_conf_u64(ctx, m, p, "stream_window", 65535, 1024, 16 * 1024 * 1024, &window) ||
+        cm_conf_u64(ctx, m, p, "max_header_list", gc->limits.max_header_bytes, 1024, 1024 * 1024,
+                    &hl) ||
+        cm_conf_u64(ctx, m, p, "reset_burst", 200, 1, 1000000, &burst) ||
+        cm_conf_u64(ctx, m, p, "reset_rate", 100, 1, 1000000, &rate) ||
+        cm_conf_u64(ctx, m, p, "max_continuations", 8, 1, 1024, &cont) ||
+        cm_conf_u64(ctx, m, p, "max_settings", 32, 1, 1024, &settings) ||
+        cm_conf_u64(ctx, m, p, "max_outbound_ack", 1000, 1, 1000000, &acks) ||
+        cm_conf_duration(ctx, m, p, "send_timeout", 30 * CM_USEC_PER_SEC, 100 * CM_USEC_PER_MSEC,
+                         3600 * CM_USEC_PER_SEC, &h->send_timeout))
+        return -1;
+    h->max_streams = (uint32_t)streams;
+    h->stream_window = (uint32_t)window;
+    h->max_header_list = (uint32_t)hl;
+    h->reset_burst = (uint32_t)burst;
+    h->reset_rate = (uint32_t)rate;
+    h->max_continuations = (uint32_t)cont;
+    h->max_settings = (uint32_t)settings;
+    h->max_outbound_ack = (uint32_t)acks;
+    return 0;
+}
+
 static int load_tls(struct cm_conf_ctx *ctx, const struct cm_config *cfg, const struct cm_ynode *m,
                     struct gw_config *gc)
 {
@@ -367,7 +400,7 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         "listen",     "admin_listen", "health_listen",  "workers",        "tls_listen",
         "tls",        "access_log",   "expose_headers", "cache_ttl",      "activity_flush",
         "host_stale", "retry_after",  "limits",         "shutdown_grace", "routes",
-        "admin", /* gw_admin_limits_load() */
+        "h2c",        "h2",           "admin", /* gw_admin_limits_load() */
         NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     struct gw_config *gc = calloc(1, sizeof(*gc));
@@ -397,9 +430,11 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
                          3600 * CM_USEC_PER_SEC, &gc->shutdown_grace) ||
         load_limits(&ctx, cm_ynode_get(m, "limits"), &gc->limits) ||
         load_tls(&ctx, cfg, cm_ynode_get(m, "tls"), gc) ||
-        load_access_log(&ctx, cm_ynode_get(m, "access_log"), &gc->access_log))
+        load_access_log(&ctx, cm_ynode_get(m, "access_log"), &gc->access_log) ||
+        cm_conf_bool(&ctx, m, p, "h2c", 1, &gc->h2c) || load_h2(&ctx, cm_ynode_get(m, "h2"), gc))
         goto fail;
     gc->workers = (uint32_t)workers;
+    gc->tls.alpn_h2 = gc->h2.enabled;
     gc->retry_after = (uint32_t)retry_after;
     const struct cm_ynode *routes = cm_ynode_get(m, "routes");
     if (routes && routes->type != CM_YNODE_SEQ) {

@@ -77,6 +77,7 @@ struct gw_tls_config {
     char *ciphersuites;            /* TLS 1.3 suites */
     int session_tickets;           /* resumption by tickets (their keys rotated) */
     cm_usec_t ticket_key_lifetime; /* a ticket key encrypts this long, then decrypts as long */
+    int alpn_h2;                   /* offer h2 (gateway.h2.enabled) */
 };
 
 /* gateway.access_log: one line per exchange. */
@@ -85,8 +86,25 @@ struct gw_access_log {
     uint64_t sample; /* log 1 exchange in <sample> (1: every one) */
 };
 
+/* gateway.h2: HTTP/2 on the client side (h2 by ALPN, h2c with prior knowledge). */
+struct gw_h2_config {
+    int enabled;                /* offer h2 by ALPN on the TLS listener */
+    uint32_t max_streams;       /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t stream_window;     /* SETTINGS_INITIAL_WINDOW_SIZE: request bytes buffered a stream */
+    uint32_t max_header_list;   /* decoded header list (RFC 9113 6.5.2 size) before a 431 */
+    uint32_t reset_burst;       /* streams a client may reset at once ... */
+    uint32_t reset_rate;        /* ... and per second after, before GOAWAY (CVE-2023-44487) */
+    uint32_t max_continuations; /* CONTINUATION frames per header block (CVE-2024-27316) */
+    uint32_t max_settings;      /* entries in one SETTINGS frame */
+    uint32_t max_outbound_ack;  /* SETTINGS/PING acks queued unsent before GOAWAY */
+    cm_usec_t send_timeout;     /* a stream whose response waits this long on the client's
+                                   window is reset (zero-window stalls) */
+};
+
 struct gw_config {
     const struct cm_config *common; /* borrowed */
+    int h2c; /* gateway.h2c: HTTP/2 with prior knowledge on the cleartext listener */
+    struct gw_h2_config h2;
     char *listen;       /* "host:port" */
     char *tls_listen;   /* "host:port" of the TLS listener, or "": none */
     struct gw_tls_config tls;

@@ -32,6 +32,7 @@
 #include "gateway/config.h"
 #include "gateway/errors.h"
 #include "gateway/h1.h"
+#include "gateway/h2.h"
 #include "gateway/rewrite.h"
 #include "gateway/skey.h"
 #include "gateway/stream.h"
@@ -120,6 +121,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     case CS_CLOSING:
         gw_conn_free(c);
         break;
+    case CS_H2:
+        gw_h2_timer(c);
+        break;
     case CS_ROUTING:
     case CS_PROXY:
     case CS_TUNNEL:
@@ -144,6 +148,16 @@ void gw_conn_begin_close(struct gw_conn *c)
     gw_stream_read_enable(&c->cs);
     gw_conn_drop_pending_head(c);
     evbuffer_drain(c->cs.in, evbuffer_get_length(c->cs.in));
+    if (c->virt) {
+        /* an HTTP/2 stream's exchange: the codec takes what the output holds when it is
+         * freed, on the next turn of the loop */
+        static const struct timeval now = {0, 0};
+        gw_stream_flush(&c->cs);
+        c->shut = 1;
+        gw_stream_shutdown_write(&c->cs);
+        evtimer_add(&c->timer, &now);
+        return;
+    }
     arm_timer(c, c->w->to_linger);
     gw_stream_flush(&c->cs); /* the write callback half-closes once the output is out */
     if (evbuffer_get_length(c->cs.out) == 0 && !c->shut) {
@@ -168,7 +182,13 @@ void gw_conn_free(struct gw_conn *c)
     if (c->head_slot)
         gw_worker_slot_put(w, c->head_slot);
     evtimer_del(&c->timer);
+    if (c->h2)
+        gw_h2_free(c->h2); /* every stream's exchange first */
     gw_stream_fini(&c->cs);
+    if (c->virt) { /* not one of the worker's connections */
+        free(c);
+        return;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -250,7 +270,7 @@ void gw_conn_answered(struct gw_conn *c, int status, int close)
 
 void gw_conn_next(struct gw_conn *c, int close)
 {
-    if (close) {
+    if (close || c->virt) { /* an HTTP/2 stream is one exchange long */
         gw_conn_begin_close(c);
         return;
     }
@@ -269,9 +289,12 @@ void gw_conn_next(struct gw_conn *c, int close)
 
 void gw_conn_touch_streams(struct gw_worker *w)
 {
-    for (struct gw_conn *c = w->conns; c; c = c->next)
+    for (struct gw_conn *c = w->conns; c; c = c->next) {
         if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
             gw_activity_touch(w, c->hash);
+        else if (c->state == CS_H2)
+            gw_h2_touch(c->h2);
+    }
 }
 
 /* ------------------------------------------------------------------ request head */
@@ -316,6 +339,16 @@ ev_ssize_t gw_conn_head_end(struct evbuffer *in, size_t len, size_t scan, size_t
     return -1;
 }
 
+/* The connection's first bytes (<len> at <data>): 1 when it speaks HTTP/2 (ALPN h2 on TLS,
+ * the preface on cleartext with gateway.h2c), 0 when it speaks HTTP/1, -1 while too few came
+ * to say. */
+static int speaks_h2(struct gw_conn *c, const char *data, size_t len)
+{
+    if (c->secure)
+        return gw_tls_alpn_h2(c->cs.ssl);
+    return c->w->gc->h2c ? gw_h2_preface(data, len) : 0;
+}
+
 static void process_head(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
@@ -324,6 +357,23 @@ static void process_head(struct gw_conn *c)
     size_t len = evbuffer_get_length(in);
     if (len == 0)
         return;
+    if (!c->h1_seen) {
+        size_t n = len < 24 ? len : 24;
+        const char *first = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        int h2 = first ? speaks_h2(c, first, n) : 0;
+        if (h2 > 0) {
+            gw_h2_start(c, NULL, 0);
+            return;
+        }
+        if (h2 < 0) { /* part of the preface: the rest within header_timeout */
+            if (!c->head_timer) {
+                c->head_timer = 1;
+                arm_timer(c, w->to_header);
+            }
+            return;
+        }
+        c->h1_seen = 1;
+    }
     /* The common head, whole in the first read, is found and parsed in one pass. A head that
      * came in pieces is not scanned again with every piece (c->scan: searched before). */
     struct gw_h1_head h;
@@ -381,6 +431,16 @@ static size_t on_client_peek(struct gw_stream *cs, const char *data, size_t len,
         return pass_req_body(c, data, len);
     if (c->state == CS_TUNNEL && c->up)
         return gw_tunnel_pass(c, gw_upconn_stream(c->up), data, len);
+    if (!c->h1_seen && (c->state == CS_IDLE || c->state == CS_HEAD)) {
+        int h2 = speaks_h2(c, data, len);
+        if (h2 > 0) {
+            gw_h2_start(c, data, len);
+            return len;
+        }
+        if (h2 < 0)
+            return 0; /* to the input: process_head() waits for the rest */
+        c->h1_seen = 1;
+    }
     if ((c->state != CS_IDLE && c->state != CS_HEAD) || len > GW_HEAD_SLOT ||
         len > w->gc->limits.max_header_bytes || len < 4 || memcmp(data + len - 4, "\r\n\r\n", 4))
         return 0;
@@ -566,6 +626,7 @@ static void on_client_read(struct gw_stream *cs, void *arg)
         break;
     }
     case CS_ROUTING:
+    case CS_H2: /* the codec's callbacks, not these */
         break;
     }
 }
@@ -624,6 +685,7 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         return;
     }
     c->w = w;
+    c->autok = &c->own_auto;
     if (gw_stream_init(&c->cs, w->base, fd, &w->scratch) < 0) { /* closes fd */
         free(c);
         return;
@@ -672,12 +734,46 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         gw_worker_accepting(w, 0);
 }
 
+struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stream_vops *ops,
+                                    void *ctx)
+{
+    struct gw_worker *w = parent->w;
+    struct gw_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->w = w;
+    c->virt = 1;
+    c->h1_seen = 1;
+    c->secure = parent->secure;
+    c->autok = parent->autok;
+    memcpy(c->peer, parent->peer, sizeof(c->peer));
+    if (gw_stream_init_virtual(&c->cs, w->base, ops, ctx) < 0) {
+        free(c);
+        return NULL;
+    }
+    evtimer_assign(&c->timer, w->base, on_timer, c);
+    gw_stream_setcb(&c->cs, on_client_read, on_client_write, on_client_event, c);
+    gw_stream_set_watermarks(&c->cs, 0, w->gc->limits.buffer_low);
+    c->cs.v_wtimeout = w->to_h2_send; /* a client that keeps its window shut: RST_STREAM */
+    c->state = CS_HEAD;               /* the head is on its way (the codec gives it whole) */
+    gw_stream_read_enable(&c->cs);
+    return c;
+}
+
+void gw_conn_h2_close(struct gw_conn *c)
+{
+    gw_stream_setcb(&c->cs, on_client_read, on_client_write, on_client_event, c);
+    gw_conn_begin_close(c);
+}
+
 void gw_conn_drain_all(struct gw_worker *w)
 {
     struct gw_conn *c = w->conns;
     while (c) {
         struct gw_conn *next = c->next;
-        if (c->state == CS_IDLE)
+        if (c->state == CS_H2)
+            gw_h2_drain(c->h2);
+        else if (c->state == CS_IDLE)
             gw_conn_free(c);
         else
             c->close_after = 1;

@@ -23,6 +23,7 @@
 #include "gateway/stream.h"
 
 struct gw_worker;
+struct gw_h2;
 struct gw_claim;
 struct gw_upconn;
 struct evbuffer;
@@ -51,6 +52,14 @@ enum conn_state {
     CS_PROXY,   /* request sent or being sent, response awaited or being relayed */
     CS_TUNNEL,  /* after 101 Switching Protocols: bytes both ways */
     CS_CLOSING, /* flushing the last response, then lingering close */
+    CS_H2,      /* HTTP/2: the codec (c->h2) owns the socket; streams run exchanges of their own */
+};
+
+/* The session a `no_key: new` route made for a connection's keyless requests (exchange.c);
+ * an HTTP/2 connection's streams share their connection's. */
+struct gw_conn_auto {
+    char key[CM_HASH_HEX_LEN + 1];
+    unsigned is_mcp : 1; /* its server minted an Mcp-Session-Id: see gw_exchange_begin() */
 };
 
 /* A request id: the client's X-Request-Id when it sent a usable one, else ours (16 hex). */
@@ -87,7 +96,9 @@ struct gw_conn {
     size_t held;               /* response bytes parsed but held until the alias is stored */
     char alias_id[CM_KEY_MAX + 1];
     char key[CM_KEY_MAX + 1];
-    char auto_key[CM_HASH_HEX_LEN + 1];
+    struct gw_conn_auto own_auto;
+    struct gw_conn_auto *autok; /* &own_auto, or an HTTP/2 connection's for its streams */
+    struct gw_h2 *h2;           /* CS_H2: the codec */
     char instance[GW_INSTANCE_ID_MAX];
     char addr[GW_ADDR_MAX];
     char peer[INET6_ADDRSTRLEN];
@@ -129,7 +140,8 @@ struct gw_conn {
     unsigned rewrite : 1;
     unsigned rewrite_overflow : 1;
     unsigned used_auto : 1;     /* this request is on the connection's own (no_key new) session */
-    unsigned auto_is_mcp : 1;   /* ...whose server minted an Mcp-Session-Id: see process_head */
+    unsigned virt : 1;          /* an HTTP/2 stream's exchange (on a virtual stream) */
+    unsigned h1_seen : 1;       /* bytes other than HTTP/2's preface came first */
     unsigned released : 1;      /* MCP DELETE: the session was released before the answer */
     unsigned head_timer : 1;    /* the timer runs header_timeout for the head being received */
     unsigned keyless_new : 1;   /* no key: this request named a session of its own making */
@@ -217,6 +229,13 @@ ev_ssize_t gw_conn_head_end(struct evbuffer *in, size_t len, size_t scan, size_t
 int gw_conn_backpressure(struct gw_conn *c, struct gw_stream *to, int flush);
 /* Relays the request body from the client's input, as far as the instance's output allows. */
 void gw_conn_relay_req_body(struct gw_conn *c);
+
+/* An HTTP/2 stream's exchange on <parent>'s connection: a gw_conn of its own on a virtual
+ * stream of <ops> and <ctx> (stream.h), one exchange long. NULL when out of memory. */
+struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stream_vops *ops,
+                                    void *ctx);
+/* The HTTP/2 codec of <c> gave up the connection: what is queued goes out, then it closes. */
+void gw_conn_h2_close(struct gw_conn *c);
 
 /* ---- exchange.c */
 

@@ -101,7 +101,10 @@ static void access_line(struct gw_conn *c, int aborted)
                  "session=%s instance=%s in=%" PRIu64 " out=%" PRIu64 " ttfb_ms=%.3f "
                  "total_ms=%.3f%s",
                  gw_conn_req_id(c), c->peer, c->secure ? "https" : "http",
-                 c->http10 ? "1.0" : "1.1", c->acc_method, c->acc_path, c->status, tenant,
+                 c->virt     ? "2"
+                 : c->http10 ? "1.0"
+                             : "1.1",
+                 c->acc_method, c->acc_path, c->status, tenant,
                  c->key_len ? gw_conn_sess_hex(c) : "-", c->instance[0] ? c->instance : "-",
                  c->xfer_in, c->xfer_out, ttfb, (double)(now - c->t_start) / 1000.0,
                  aborted ? " end=aborted" : "");
@@ -293,7 +296,7 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
             gw_conn_send_error(c, GW_ERR_SESSION_KEY_REQUIRED, 0);
             return;
         case GW_NO_KEY_ISSUE:
-            if (cm_random_id(c->auto_key) < 0) {
+            if (cm_random_id(c->autok->key) < 0) {
                 gw_conn_send_error(c, GW_ERR_INTERNAL, 1);
                 return;
             }
@@ -305,18 +308,18 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
              * Mcp-Session-Id), a keyless request is another client's initialize on a pooled
              * connection: it gets a session of its own, so that one session's DELETE cannot
              * end the other. */
-            if (!c->auto_key[0] || c->auto_is_mcp) {
-                if (cm_random_id(c->auto_key) < 0) {
+            if (!c->autok->key[0] || c->autok->is_mcp) {
+                if (cm_random_id(c->autok->key) < 0) {
                     gw_conn_send_error(c, GW_ERR_INTERNAL, 1);
                     return;
                 }
                 c->keyless_new = 1;
             }
-            c->auto_is_mcp = 0;
+            c->autok->is_mcp = 0;
             c->used_auto = 1;
             break;
         }
-        key = c->auto_key;
+        key = c->autok->key;
         key_len = CM_HASH_HEX_LEN;
     }
     memcpy(c->key, key, key_len);

@@ -40,7 +40,7 @@ void gw_mcp_release_unused(struct gw_conn *c, const char *why)
     c->unproven = 0;
     c->issue_cookie = 0;
     if (c->used_auto)
-        c->auto_key[0] = '\0';
+        c->autok->key[0] = '\0';
     gw_cache_drop(w->cache, c->hash);
     char ms[24];
     snprintf(ms, sizeof(ms), "%" PRIu64, cm_now_wall_ms());
@@ -141,7 +141,7 @@ static void on_alias_stored(redisReply *reply, const char *err, void *data)
     if (!c->resp_head_done) {
         c->alias_done = 1;
         if (c->used_auto)
-            c->auto_is_mcp = 1;
+            c->autok->is_mcp = 1;
     } else {
         struct evbuffer *in = us->in;
         if (c->dechunk)

@@ -45,6 +45,10 @@ struct gw_metrics {
     uint64_t sessions_unused; /* keyless sessions released: their first answer was an error */
     uint64_t bytes_in;  /* body bytes from clients */
     uint64_t bytes_out; /* body bytes to clients */
+    uint64_t h2_conns;  /* connections that spoke HTTP/2 */
+    uint64_t h2_streams; /* HTTP/2 streams opened by clients */
+    uint64_t h2_resets;  /* streams that ended before their answer was whole */
+    uint64_t h2_goaways; /* connections ended for a protocol error or a flood */
 };
 
 /* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked

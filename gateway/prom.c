@@ -120,6 +120,17 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
     sample_i(b, "berth_gateway_connections_active", m->conns_active);
     family(b, "berth_gateway_connections_total", "counter", "Client connections accepted.");
     sample_u(b, "berth_gateway_connections_total", m->conns_accepted);
+    family(b, "berth_gateway_h2_connections_total", "counter",
+           "Client connections that spoke HTTP/2 (h2 by ALPN, or h2c).");
+    sample_u(b, "berth_gateway_h2_connections_total", m->h2_conns);
+    family(b, "berth_gateway_h2_streams_total", "counter", "HTTP/2 streams opened by clients.");
+    sample_u(b, "berth_gateway_h2_streams_total", m->h2_streams);
+    family(b, "berth_gateway_h2_stream_resets_total", "counter",
+           "HTTP/2 streams that ended before their answer was whole.");
+    sample_u(b, "berth_gateway_h2_stream_resets_total", m->h2_resets);
+    family(b, "berth_gateway_h2_goaways_total", "counter",
+           "HTTP/2 connections ended with GOAWAY for a protocol error or a flood.");
+    sample_u(b, "berth_gateway_h2_goaways_total", m->h2_goaways);
     family(b, "berth_gateway_streams_active", "gauge",
            "Requests in flight, including open SSE and WebSocket streams.");
     sample_i(b, "berth_gateway_streams_active", m->streams_active);

@@ -48,6 +48,17 @@ static void on_tmo(evutil_socket_t fd, short what, void *arg);
 
 static void rd_update(struct gw_stream *s)
 {
+    if (s->vops) { /* virtual: no socket to watch; the codec's bytes are reported */
+        if (reading(s)) {
+            if (s->v_new || s->v_fail)
+                event_active(&s->rd, EV_READ, 0);
+            if (s->rtimeout) {
+                s->rd_since = cm_now_mono_coarse();
+                tmo_arm(s, s->rd_since);
+            }
+        }
+        return;
+    }
     if (reading(s)) {
         if (!s->rd_added) {
             event_add(&s->rd, NULL);
@@ -252,6 +263,10 @@ void gw_stream_shutdown_write(struct gw_stream *s)
 {
     if (!s->open)
         return;
+    if (s->vops) {
+        s->vops->shutdown(s->vctx);
+        return;
+    }
     if (s->ssl && SSL_is_init_finished(s->ssl)) {
         ssl_clear();
         SSL_shutdown(s->ssl); /* one try: a close_notify the socket takes now, or none */
@@ -390,6 +405,117 @@ int gw_stream_init(struct gw_stream *s, struct event_base *base, int fd,
     return 0;
 }
 
+/* ------------------------------------------------------------------ virtual streams */
+
+static void on_vrd(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_stream *s = arg;
+    (void)fd, (void)what;
+    if (s->v_fail & GW_STREAM_ERROR) { /* a reset: at once, whatever the input holds */
+        s->v_fail = 0;
+        fail(s, GW_STREAM_READING | GW_STREAM_ERROR, ECONNRESET);
+        return;
+    }
+    if (!reading(s))
+        return; /* rd_update() reports it when reading resumes */
+    if (s->v_new) {
+        s->v_new = 0;
+        if (s->rtimeout)
+            s->rd_since = cm_now_mono_coarse();
+        if (s->v_fail)
+            event_active(&s->rd, EV_READ, 0); /* the end after the bytes, on the next turn */
+        if (s->on_read)
+            s->on_read(s, s->arg); /* the stream may be gone */
+        return;
+    }
+    if (s->v_fail) {
+        short f = s->v_fail;
+        s->v_fail = 0;
+        fail(s, (short)(GW_STREAM_READING | f), 0);
+    }
+}
+
+static void on_vwr(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_stream *s = arg;
+    (void)fd;
+    size_t left = evbuffer_get_length(s->out);
+    if (what & EV_TIMEOUT) {
+        if (left > 0) {
+            fail(s, GW_STREAM_WRITING | GW_STREAM_TIMEOUT, ETIMEDOUT);
+            return;
+        }
+        wr_del(s);
+        return;
+    }
+    if (left <= s->write_low && s->on_write)
+        s->on_write(s, s->arg);
+}
+
+int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
+                           const struct gw_stream_vops *ops, void *ctx)
+{
+    memset(s, 0, sizeof(*s));
+    s->fd = -1;
+    s->vops = ops;
+    s->vctx = ctx;
+    s->in = evbuffer_new();
+    s->out = evbuffer_new();
+    if (!s->in || !s->out || event_assign(&s->rd, base, -1, EV_PERSIST, on_vrd, s) < 0 ||
+        event_assign(&s->wr, base, -1, EV_PERSIST, on_vwr, s) < 0 ||
+        event_assign(&s->tmo, base, -1, 0, on_tmo, s) < 0) {
+        if (s->in)
+            evbuffer_free(s->in);
+        if (s->out)
+            evbuffer_free(s->out);
+        memset(s, 0, sizeof(*s));
+        s->fd = -1;
+        return -ENOMEM;
+    }
+    s->open = 1;
+    return 0;
+}
+
+int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len)
+{
+    if (!s->open || evbuffer_add(s->in, data, len) < 0)
+        return -ENOMEM;
+    s->v_new = 1;
+    if (reading(s))
+        event_active(&s->rd, EV_READ, 0);
+    return 0;
+}
+
+int gw_stream_v_input_buffer(struct gw_stream *s, struct evbuffer *buf)
+{
+    if (!s->open || evbuffer_add_buffer(s->in, buf) < 0)
+        return -ENOMEM;
+    s->v_new = 1;
+    if (reading(s))
+        event_active(&s->rd, EV_READ, 0);
+    return 0;
+}
+
+void gw_stream_v_fail(struct gw_stream *s, short what)
+{
+    if (!s->open || s->failed)
+        return;
+    s->v_fail = what;
+    if ((what & GW_STREAM_ERROR) || reading(s))
+        event_active(&s->rd, EV_READ, 0);
+}
+
+void gw_stream_v_taken(struct gw_stream *s)
+{
+    size_t left = evbuffer_get_length(s->out);
+    if (left == 0)
+        wr_del(s);
+    else if (s->wr_added) /* progress: the write timeout starts again */
+        event_add(&s->wr, s->v_wtimeout);
+    if (left <= s->write_low && s->on_write)
+        event_active(&s->wr, EV_WRITE, 0);
+}
+
 int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct sockaddr *sa,
                       socklen_t salen, struct gw_stream_scratch *scratch)
 {
@@ -422,6 +548,15 @@ void gw_stream_fini(struct gw_stream *s)
     event_del(&s->rd);
     event_del(&s->wr);
     event_del(&s->tmo);
+    if (s->vops) {
+        s->open = 0;
+        s->vops->closed(s->vctx, s->out);
+        evbuffer_free(s->in);
+        evbuffer_free(s->out);
+        s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
+        s->in = s->out = NULL;
+        return;
+    }
     evbuffer_free(s->in);
     evbuffer_free(s->out);
     if (s->ssl) {
@@ -469,7 +604,8 @@ void gw_stream_set_timeouts(struct gw_stream *s, const struct timeval *rt,
             tmo_arm(s, s->rd_since);
         }
     }
-    retime(&s->wr, s->wr_added, &s->wtimeout, wt);
+    if (!s->vops) /* a virtual stream's write timeout is its own (v_wtimeout) */
+        retime(&s->wr, s->wr_added, &s->wtimeout, wt);
 }
 
 void gw_stream_set_watermarks(struct gw_stream *s, size_t read_high, size_t write_low)
@@ -501,6 +637,16 @@ void gw_stream_read_disable(struct gw_stream *s)
 
 void gw_stream_flush(struct gw_stream *s)
 {
+    if (s->vops) {
+        if (!s->open || evbuffer_get_length(s->out) == 0)
+            return;
+        if (s->v_wtimeout && !s->wr_added) {
+            event_add(&s->wr, s->v_wtimeout);
+            s->wr_added = 1;
+        }
+        s->vops->output(s->vctx);
+        return;
+    }
     if (!s->open || s->connecting || s->wr_added || evbuffer_get_length(s->out) == 0)
         return;
     int n = out_write(s);
@@ -512,8 +658,8 @@ void gw_stream_flush(struct gw_stream *s)
 void gw_stream_write(struct gw_stream *s, const struct iovec *iov, int iovcnt)
 {
     size_t done = 0;
-    int tried =
-        s->open && !s->connecting && !s->wr_added && !s->ssl && evbuffer_get_length(s->out) == 0;
+    int tried = s->open && !s->connecting && !s->wr_added && !s->ssl && !s->vops &&
+                evbuffer_get_length(s->out) == 0;
     if (tried) {
         ssize_t n = writev(s->fd, iov, iovcnt);
         if (n > 0)

@@ -48,8 +48,22 @@ struct gw_stream_scratch {
     size_t size;
 };
 
+/* A virtual stream (no socket): an HTTP/2 stream seen by the HTTP/1 exchange as its client
+ * connection. The codec that owns it puts request bytes into its input
+ * (gw_stream_v_input()), takes response bytes from its output when it has room
+ * (gw_stream_v_taken()), and learns through these what the stream's user does. */
+struct gw_stream_vops {
+    void (*output)(void *ctx);   /* the output holds bytes to take (called from a flush) */
+    void (*shutdown)(void *ctx); /* no more output: the response ends with what is there */
+    /* the stream is being finished: what its output still holds (<out>) may be taken over
+     * with evbuffer_add_buffer(); the stream is gone after it */
+    void (*closed)(void *ctx, struct evbuffer *out);
+};
+
 struct gw_stream {
     int fd;
+    const struct gw_stream_vops *vops; /* a virtual stream's codec, else NULL */
+    void *vctx;
     struct event rd, wr;
     struct event tmo; /* the read timeout (lazy: see stream.c) */
     uint64_t rd_since, tmo_at; /* coarse clock: reading (re)started or last read; tmo due */
@@ -60,6 +74,7 @@ struct gw_stream {
     gw_stream_peek_cb on_peek;
     void *arg;
     const struct timeval *rtimeout, *wtimeout; /* NULL: none; borrowed, may be common timeouts */
+    const struct timeval *v_wtimeout; /* virtual: the output may wait this long for the codec */
     size_t read_high; /* stop reading while the input holds this much; 0: no limit */
     size_t write_low; /* on_write once the output is down to this */
     int error;        /* errno of the last failed read, write or connect */
@@ -74,6 +89,8 @@ struct gw_stream {
     unsigned open : 1;
     unsigned rd_wants_wr : 1; /* TLS: a read (the handshake) waits for the socket to be writable */
     unsigned wr_wants_rd : 1; /* TLS: a write waits for bytes from the peer */
+    unsigned v_new : 1;       /* virtual: bytes came that on_read was not told of */
+    short v_fail;             /* virtual: READING|EOF or READING|ERROR to report */
 };
 
 /* Sets up <s> on <fd> (non-blocking; <s> takes ownership of it, also on failure, and closes it
@@ -88,6 +105,23 @@ int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct
                       socklen_t salen, struct gw_stream_scratch *scratch);
 /* Removes the events, frees the buffers, closes the socket. Takes a finished or zeroed <s>. */
 void gw_stream_fini(struct gw_stream *s);
+/* Sets up <s> as a virtual stream of <ops> and <ctx> (see struct gw_stream_vops): reading and
+ * writing disabled, no socket. The read timeout works as on a socket; v_wtimeout (set by the
+ * owner; gw_stream_set_timeouts() leaves it) runs while the output waits for the codec. Returns 0
+ * or -ENOMEM. */
+int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
+                           const struct gw_stream_vops *ops, void *ctx);
+/* The codec's side of a virtual stream: <len> request bytes arrive (on_read follows on the
+ * loop while reading is enabled); -ENOMEM or 0. */
+int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len);
+/* Like gw_stream_v_input(), the bytes moved from <buf>. */
+int gw_stream_v_input_buffer(struct gw_stream *s, struct evbuffer *buf);
+/* The peer ended (GW_STREAM_EOF) or reset (GW_STREAM_ERROR) its side: reported through
+ * on_event on the loop, once the input was read. */
+void gw_stream_v_fail(struct gw_stream *s, short what);
+/* The codec took bytes from the output: on_write follows on the loop at the low mark. */
+void gw_stream_v_taken(struct gw_stream *s);
+
 /* Speaks TLS on <s> from now on, as the server: the handshake is driven by the reads (no byte
  * reaches the input before it completed), writes go through the output (no writev from the
  * caller's memory) and SSL_write. Takes ownership of <ssl> (also on failure); call before

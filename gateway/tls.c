@@ -23,9 +23,10 @@
 
 #define OCSP_MAX (64 * 1024) /* a stapled response is a few KB */
 
-/* What ALPN can pick, in our order of preference (wire format). HTTP/2 joins once it is
- * served: a client that asks only for h2 gets no ALPN answer and falls back to HTTP/1.1. */
-static const unsigned char alpn_protos[] = "\x08http/1.1";
+/* What ALPN can pick, in our order of preference (wire format): h2 first unless gateway.h2
+ * is disabled. */
+static const unsigned char alpn_h2[] = "\x02h2\x08http/1.1";
+static const unsigned char alpn_h1[] = "\x08http/1.1";
 
 struct ticket_key {
     unsigned char name[16];
@@ -165,10 +166,11 @@ static int servername_cb(SSL *s, int *alert, void *arg)
 static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)s, (void)arg;
+    (void)s;
     unsigned char *o;
-    if (SSL_select_next_proto(&o, outlen, alpn_protos, sizeof(alpn_protos) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    const unsigned char *protos = arg ? alpn_h2 : alpn_h1;
+    unsigned plen = arg ? sizeof(alpn_h2) - 1 : sizeof(alpn_h1) - 1;
+    if (SSL_select_next_proto(&o, outlen, protos, plen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = o;
     return SSL_TLSEXT_ERR_OK;
@@ -264,7 +266,7 @@ static SSL_CTX *new_ctx(const struct gw_tls_config *tc, const struct gw_tls_cert
         SSL_CTX_set_num_tickets(ctx, 0);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     }
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, tc->alpn_h2 ? (void *)alpn_h2 : NULL);
     what = cc->cert;
     if (SSL_CTX_use_certificate_chain_file(ctx, cc->cert) != 1)
         goto fail;
@@ -365,4 +367,12 @@ void gw_tls_free_all(void)
         tls_free(t);
         t = next;
     }
+}
+
+int gw_tls_alpn_h2(SSL *ssl)
+{
+    const unsigned char *p = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl, &p, &len);
+    return len == 2 && p[0] == 'h' && p[1] == '2';
 }

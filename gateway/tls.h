@@ -29,6 +29,8 @@ struct gw_tls *gw_tls_current(void);
 SSL *gw_tls_ssl_new(struct gw_tls *t);
 /* Frees the current and every retired one: at exit, after the loops stopped. */
 void gw_tls_free_all(void);
+/* 1 when ALPN picked h2 on <ssl> (after its handshake). */
+int gw_tls_alpn_h2(SSL *ssl);
 /* OpenSSL's error queue as one line (and emptied), for logs. */
 void gw_tls_errors(char *buf, size_t len);
 

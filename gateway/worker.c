@@ -325,7 +325,8 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
         !(w->to_linger = common_timeout(w->base, GW_LINGER_USEC)) ||
         !(w->to_connect = common_timeout(w->base, lim->connect_timeout)) ||
         !(w->to_response = common_timeout(w->base, lim->response_timeout)) ||
-        !(w->to_stream_idle = common_timeout(w->base, lim->stream_idle_timeout)))
+        !(w->to_stream_idle = common_timeout(w->base, lim->stream_idle_timeout)) ||
+        !(w->to_h2_send = common_timeout(w->base, w->gc->h2.send_timeout)))
         goto oom;
     gw_conn_settings_init(w);
     w->cache = gw_cache_create(CACHE_MAX_ENTRIES);

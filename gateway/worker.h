@@ -62,7 +62,7 @@ struct gw_worker {
     size_t n_free_slots;
     /* the limits as libevent common timeouts (O(1) to arm and re-arm, unlike the heap) */
     const struct timeval *to_keepalive, *to_header, *to_linger, *to_connect, *to_response,
-        *to_stream_idle;
+        *to_stream_idle, *to_h2_send;
     /* scratch for parsing one head at a time (the loop is single-threaded) */
     struct gw_h1_header *headers;
     llhttp_settings_t req_head_settings, req_body_settings;

@@ -482,7 +482,10 @@ def curl(url, method=None, headers=None, data=None, data_file=None, timeout=10,
     hfile, bfile = d / ("h%d" % n), d / ("b%d" % n)
     argv = ["curl", "-sS", "--max-time", str(timeout * SLOW), "-D", str(hfile),
             "-o", str(output or bfile), "-w", "%{http_code}"]
-    argv.append("--http1.0" if http == "1.0" else "--http1.1")
+    if http == "2":  # h2 by ALPN over TLS, h2c with prior knowledge in the clear
+        argv.append("--http2" if url.startswith("https:") else "--http2-prior-knowledge")
+    else:
+        argv.append("--http1.0" if http == "1.0" else "--http1.1")
     if method:
         argv += ["-X", method]
     hl = headers.items() if isinstance(headers, dict) else (headers or [])
