@@ -206,6 +206,15 @@ static int on_head_done(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* :status of <code> (100-999). */
+static void status_digits(char out[4], unsigned code)
+{
+    out[0] = (char)('0' + code / 100 % 10);
+    out[1] = (char)('0' + code / 10 % 10);
+    out[2] = (char)('0' + code % 10);
+    out[3] = '\0';
+}
+
 static struct evbuffer *st_src(struct gw_h2s *st)
 {
     return st->vc ? st->vc->cs.out : st->src;
@@ -244,7 +253,7 @@ static void pump_head(struct gw_h2s *st)
             return;
         }
         char status[4];
-        snprintf(status, sizeof(status), "%03u", (unsigned)p.status_code);
+        status_digits(status, p.status_code);
         h2->nv[0] =
             (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
         int code = p.status_code;
@@ -553,7 +562,7 @@ static void answer_error(struct gw_h2s *st, enum gw_err e)
     char body[256], status[4], clen[16];
     int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
                         info->code, info->message);
-    snprintf(status, sizeof(status), "%03d", info->status);
+    status_digits(status, (unsigned)info->status);
     snprintf(clen, sizeof(clen), "%d", blen);
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
     nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "application/json"),
