@@ -72,7 +72,10 @@ struct gw_h2 {
     size_t nv_cap;
     cm_usec_t idle_since;
     unsigned send_queued : 1;
-    unsigned final : 1; /* the last frames (GOAWAY): queued whatever the output holds */
+    unsigned final : 1;
+    unsigned full : 1;
+        /* a frame waited: the output was at buffer_high */ /* the last frames (GOAWAY): queued
+                                                               whatever the output holds */
     unsigned draining : 1;
     unsigned dead : 1;
 };
@@ -409,8 +412,10 @@ static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
     struct gw_h2s *st = source->ptr;
     struct gw_conn *c = h2->c;
     (void)s;
-    if (evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high)
+    if (evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high) {
+        h2->full = 1;
         return NGHTTP2_ERR_WOULDBLOCK;
+    }
     if (evbuffer_add(c->cs.out, framehd, 9) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->data.padlen > 0) {
@@ -650,8 +655,10 @@ static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int 
     struct gw_h2 *h2 = arg;
     struct gw_conn *c = h2->c;
     (void)s, (void)flags;
-    if (!h2->final && evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high)
+    if (!h2->final && evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high) {
+        h2->full = 1;
         return NGHTTP2_ERR_WOULDBLOCK;
+    }
     if (evbuffer_add(c->cs.out, data, len) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     return (ssize_t)len;
@@ -852,16 +859,27 @@ static void h2_send(struct gw_h2 *h2)
             nghttp2_session_resume_data(h2->s, st->id);
         }
     }
-    int rv = nghttp2_session_send(h2->s);
-    if (rv < 0) {
-        cm_log_info("h2", "send failed peer=%s: %s", c->peer, nghttp2_strerror(rv));
-        h2_close(h2);
-        return;
+    /* Frames into the output up to buffer_high, then to the socket; again while the socket
+     * took it all (no write callback would come), a bounded number of times per turn. */
+    for (int turn = 0;; turn++) {
+        h2->full = 0;
+        int rv = nghttp2_session_send(h2->s);
+        if (rv < 0) {
+            cm_log_info("h2", "send failed peer=%s: %s", c->peer, nghttp2_strerror(rv));
+            h2_close(h2);
+            return;
+        }
+        gw_stream_flush(&c->cs);
+        if (!h2->full || gw_stream_writing(&c->cs))
+            break; /* all sent, or the write callback goes on */
+        if (turn == 16) {
+            h2_schedule(h2); /* the loop's other connections first */
+            break;
+        }
     }
     /* Reading goes on while the output waits: what a client that does not read makes us
      * queue is bounded by nghttp2 (acks: max_outbound_ack, then GOAWAY; answers: streams and
      * windows), and the socket's output by buffer_high (send_cb). */
-    gw_stream_flush(&c->cs);
     if (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s))
         h2_close(h2);
 }

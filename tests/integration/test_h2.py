@@ -284,6 +284,17 @@ def test_h2load_many_streams(hstack):
     assert "2000 succeeded" in out, out
 
 
+def test_h2load_large_downloads_with_large_windows(hstack):
+    """h2load's windows are 1 GiB: the gateway's output, not the client, is what bounds the
+    frames queued at once (a stall there once left every stream waiting), over h2c and h2."""
+    s = hstack
+    for url in (s.url("/bytes?n=%d" % (1 << 20)),
+                "https://127.0.0.1:%d/bytes?n=%d" % (s.tls_port, 1 << 20)):
+        rc, out = run(["h2load", "-n", "64", "-c", "2", "-m", "4", "-H",
+                       "x-fc-session-id: load-mib", url], timeout=120)
+        assert rc == 0 and "64 succeeded" in out, out
+
+
 # ------------------------------------------------------------------ streaming
 
 def test_sse_streams_event_by_event(hstack):
