@@ -287,13 +287,19 @@ void gw_conn_next(struct gw_conn *c, int close)
 
 /* ------------------------------------------------------------------ activity */
 
+static void touch_one(struct gw_conn *c, void *arg)
+{
+    if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
+        gw_activity_touch(arg, c->hash);
+}
+
 void gw_conn_touch_streams(struct gw_worker *w)
 {
     for (struct gw_conn *c = w->conns; c; c = c->next) {
-        if ((c->state == CS_PROXY || c->state == CS_TUNNEL) && c->instance[0])
-            gw_activity_touch(w, c->hash);
-        else if (c->state == CS_H2)
-            gw_h2_touch(c->h2);
+        if (c->state == CS_H2)
+            gw_h2_foreach(c->h2, touch_one, w); /* each stream's exchange */
+        else
+            touch_one(c, w);
     }
 }
 
@@ -315,28 +321,6 @@ int gw_conn_parse_head(struct gw_conn *c, struct gw_h1_head *h, int try_scan)
         return GW_H1_OK;
     llhttp_init(&c->req, HTTP_REQUEST, &w->req_head_settings);
     return gw_h1_parse_head(&c->req, &w->req_head_settings, h, data, c->head_len, 0);
-}
-
-/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
- * byte <scan> (what earlier calls searched, less 3) and no further than a head of <max> bytes
- * can reach; -1 if not there. The first bytes are made contiguous (nothing to do when the head
- * arrived in one read): evbuffer_search() costs several times more. */
-ev_ssize_t gw_conn_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max)
-{
-    size_t n = len < max + 4 ? len : max + 4;
-    size_t from = scan > 3 ? scan - 3 : 0;
-    if (from >= n)
-        return -1;
-    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (!data)
-        return -1;
-    /* From one line end to the next with memchr: a head has a handful of lines, and glibc's
-     * memmem (two-way) cost more than the whole llhttp parse of a small head. */
-    const char *end = data + n;
-    for (const char *p = data + from; p < end && (p = memchr(p, '\n', (size_t)(end - p))); p++)
-        if (p - data >= 3 && p[-1] == '\r' && p[-2] == '\n' && p[-3] == '\r')
-            return (ev_ssize_t)(p - 3 - data);
-    return -1;
 }
 
 /* The connection's first bytes (<len> at <data>): 1 when it speaks HTTP/2 (ALPN h2 on TLS,
@@ -384,7 +368,7 @@ static void process_head(struct gw_conn *c)
     int scanned = first_data && gw_h1_scan(&h, first_data, CM_MIN(first, lim->max_header_bytes),
                                            0, 0, &scanned_len) == GW_H1_OK;
     ev_ssize_t end = scanned ? (ev_ssize_t)scanned_len - 4
-                             : gw_conn_head_end(in, len, c->scan, lim->max_header_bytes);
+                             : gw_h1_head_end(in, len, c->scan, lim->max_header_bytes);
     if (end < 0) {
         if (len > lim->max_header_bytes) {
             gw_conn_send_error(c, GW_ERR_HEADERS_TOO_LARGE, 1);

@@ -219,9 +219,6 @@ void gw_conn_next(struct gw_conn *c, int close);
  * <h> (GW_H1_OK, else a gw_h1 error). */
 const char *gw_conn_head_data(struct gw_conn *c);
 int gw_conn_parse_head(struct gw_conn *c, struct gw_h1_head *h, int try_scan);
-/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
- * byte <scan> and no further than a head of <max> bytes can reach; -1 if not there. */
-ev_ssize_t gw_conn_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max);
 /* The relay's one backpressure step, for every direction: when <to>'s output holds
  * limits.buffer_high or more (after a flush when <flush>), reading the other side pauses
  * (toward the client: the instance, paused_up; toward the instance: the client,

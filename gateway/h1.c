@@ -1,5 +1,7 @@
 #include "gateway/h1.h"
 
+#include <event2/buffer.h>
+
 #include <stddef.h>
 #include <string.h>
 #include <strings.h>
@@ -919,4 +921,26 @@ ssize_t gw_h1_body_step(llhttp_t *p, const char *data, size_t len, int *ended, l
         return llhttp_get_error_pos(p) - data;
     }
     return e == HPE_OK ? (ssize_t)len : -1;
+}
+
+/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
+ * byte <scan> (what earlier calls searched, less 3) and no further than a head of <max> bytes
+ * can reach; -1 if not there. The first bytes are made contiguous (nothing to do when the head
+ * arrived in one read): evbuffer_search() costs several times more. */
+ev_ssize_t gw_h1_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max)
+{
+    size_t n = len < max + 4 ? len : max + 4;
+    size_t from = scan > 3 ? scan - 3 : 0;
+    if (from >= n)
+        return -1;
+    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (!data)
+        return -1;
+    /* From one line end to the next with memchr: a head has a handful of lines, and glibc's
+     * memmem (two-way) cost more than the whole llhttp parse of a small head. */
+    const char *end = data + n;
+    for (const char *p = data + from; p < end && (p = memchr(p, '\n', (size_t)(end - p))); p++)
+        if (p - data >= 3 && p[-1] == '\r' && p[-2] == '\n' && p[-3] == '\r')
+            return (ev_ssize_t)(p - 3 - data);
+    return -1;
 }

@@ -7,6 +7,7 @@
 #ifndef GW_H1_H
 #define GW_H1_H
 
+#include <event2/util.h>
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -108,6 +109,11 @@ void gw_h1_settings_init(llhttp_settings_t *s, llhttp_data_cb on_body, llhttp_cb
  * target SP HTTP-version CRLF (HTTP/0.9 included) as soon as it is there. Returns
  * GW_H1_INCOMPLETE or a negative error. */
 int gw_h1_precheck(const char *buf, size_t len, int response);
+
+/* Offset of the "\r\n\r\n" ending the head at the start of <in> (<len> bytes), searching from
+ * byte <scan> and no further than a head of <max> bytes can reach; -1 if not there. */
+struct evbuffer;
+ev_ssize_t gw_h1_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max);
 
 /* A chunked request body's framing, checked by us before llhttp sees the bytes (RFC 9112 7.1,
  * strictly): chunk-size = 1*HEXDIG (at most 2^60 - 1) right at the line start; chunk

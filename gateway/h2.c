@@ -15,7 +15,6 @@
 
 #include "common/httpd.h"
 #include "common/log.h"
-#include "gateway/activity.h"
 #include "gateway/conn_int.h"
 #include "gateway/errors.h"
 #include "gateway/worker.h"
@@ -239,7 +238,7 @@ static void pump_head(struct gw_h2s *st)
     while (!st->head_sent && !st->sclosed) {
         struct evbuffer *src = st_src(st);
         size_t len = src ? evbuffer_get_length(src) : 0;
-        ev_ssize_t end = len ? gw_conn_head_end(src, len, 0, GW_H2_HEAD_MAX) : -1;
+        ev_ssize_t end = len ? gw_h1_head_end(src, len, 0, GW_H2_HEAD_MAX) : -1;
         if (end < 0)
             return;
         size_t hlen = (size_t)end + 4;
@@ -971,12 +970,11 @@ void gw_h2_drain(struct gw_h2 *h2)
     h2_schedule(h2);
 }
 
-void gw_h2_touch(struct gw_h2 *h2)
+void gw_h2_foreach(struct gw_h2 *h2, void (*fn)(struct gw_conn *vc, void *arg), void *arg)
 {
     for (struct gw_h2s *st = h2->streams; st; st = st->next)
-        if (st->vc && (st->vc->state == CS_PROXY || st->vc->state == CS_TUNNEL) &&
-            st->vc->instance[0])
-            gw_activity_touch(h2->c->w, st->vc->hash);
+        if (st->vc)
+            fn(st->vc, arg);
 }
 
 void gw_h2_free(struct gw_h2 *h2)

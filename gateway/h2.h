@@ -25,7 +25,7 @@ void gw_h2_free(struct gw_h2 *h2);
 void gw_h2_timer(struct gw_conn *c);
 /* Graceful stop: GOAWAY, and the connection closes when its streams are done. */
 void gw_h2_drain(struct gw_h2 *h2);
-/* Marks the sessions of the streams being proxied as active (gw_conn_touch_streams()). */
-void gw_h2_touch(struct gw_h2 *h2);
+/* Calls <fn> with each stream's exchange (gw_conn_touch_streams()). */
+void gw_h2_foreach(struct gw_h2 *h2, void (*fn)(struct gw_conn *vc, void *arg), void *arg);
 
 #endif

@@ -215,7 +215,7 @@ static int parse_resp_head(struct gw_conn *c)
         rc = GW_H1_OK;
         c->rscan = 0;
     } else {
-        ev_ssize_t end = gw_conn_head_end(in, len, c->rscan, max);
+        ev_ssize_t end = gw_h1_head_end(in, len, c->rscan, max);
         if (end < 0) {
             c->rscan = len;
             if (len > max) {
