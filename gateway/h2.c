@@ -36,6 +36,7 @@ struct gw_h2s {
     struct evbuffer *hdr;   /* request: the header lines; answer: its trailers */
     struct evbuffer *extra; /* request: cookie crumbs, then trailers */
     llhttp_t resp;
+    struct event stall; /* send_timeout for an answer left by its ended exchange */
     char method[16];
     char *path, *authority;
     size_t hdr_bytes;
@@ -481,11 +482,27 @@ static void vs_closed(void *ctx, struct evbuffer *out)
     }
     if (evbuffer_get_length(out) && (st->src || (st->src = evbuffer_new())))
         evbuffer_add_buffer(st->src, out);
+    /* the exchange's send timeout ends with it: what it left has its own */
+    if (!st->h2->dead)
+        evtimer_add(&st->stall, st->h2->c->w->to_h2_send);
     st->ready = 1;
     h2_schedule(st->h2);
 }
 
 static const struct gw_stream_vops vs_ops = {vs_output, vs_shutdown, vs_closed};
+
+/* An answer its exchange left behind waited send_timeout on the client's window: reset. */
+static void on_stall(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_h2s *st = arg;
+    (void)fd, (void)what;
+    if (st->sclosed)
+        return;
+    st->cut = 1;
+    GW_METRIC_INC(&st->h2->c->w->metrics, h2_resets);
+    nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    h2_schedule(st->h2);
+}
 
 static void on_vin_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
@@ -504,6 +521,7 @@ static struct gw_h2s *h2s_new(struct gw_h2 *h2, int32_t id)
         return NULL;
     st->h2 = h2;
     st->id = id;
+    evtimer_assign(&st->stall, h2->c->w->base, on_stall, st);
     st->data = evbuffer_new();
     st->hdr = evbuffer_new();
     st->extra = evbuffer_new();
@@ -540,6 +558,7 @@ static void h2s_free(struct gw_h2s *st)
         if (!h2->dead)
             evtimer_add(&h2->c->timer, h2->c->w->to_keepalive);
     }
+    evtimer_del(&st->stall);
     if (st->src)
         evbuffer_free(st->src);
     evbuffer_free(st->data);
@@ -795,6 +814,20 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     return 0;
 }
 
+/* The answer is whole and the request is not: the client may stop sending it (RFC 9113 8.1),
+ * and the stream does not stay open on the client's word. */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
+{
+    (void)arg;
+    if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    struct gw_h2s *st = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+    if (st && !st->req_end && !st->sclosed)
+        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *arg)
 {
     (void)arg;
@@ -1037,6 +1070,7 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_continuations(opt, hc->max_continuations);
     nghttp2_option_set_stream_reset_rate_limit(opt, hc->reset_burst, hc->reset_rate);

@@ -4,7 +4,7 @@
 //   node mcp_sessions.mjs --transport streamable|sse --url http://127.0.0.1:P1[,http://...:P2]
 //        [--sessions 20] [--path /mcp] [--timeout-ms 90000] [--no-delete] [--shared-pool]
 //        [--header name:value]... [--stagger-ms MS] [--logging-wait-ms MS]
-//        [--await-reconnect-ms MS]
+//        [--await-reconnect-ms MS] [--h2]
 //
 // Every HTTP request a session makes goes through a recording fetch: it switches to the next
 // replica of --url on every request (round robin, starting at the session's index), and
@@ -19,7 +19,9 @@
 //   404 so the client knows to initialize again).
 // Each session uses its own connection pool (an undici Agent), as separate clients would;
 // --shared-pool makes all sessions share one pool instead (one agent process multiplexing
-// sessions over keep-alive connections, as Node's global fetch does). --stagger-ms starts
+// sessions over keep-alive connections, as Node's global fetch does). --h2: the pools offer h2
+// by ALPN (undici's allowH2; https URLs), so a shared pool multiplexes every session's requests
+// and streams over one HTTP/2 connection per replica. --stagger-ms starts
 // session i after i*MS milliseconds. --await-reconnect-ms: after the DELETE, the client still
 // open, wait (at most MS) until the SDK, on its own, has reconnected the standalone GET stream
 // that the DELETE ended and that GET has its answer (or error), then send the request with the
@@ -58,6 +60,7 @@ function parseArgs(argv) {
         else if (a === '--await-reconnect-ms') o.awaitReconnectMs = parseInt(need(), 10);
         else if (a === '--no-delete') o.del = false;
         else if (a === '--shared-pool') o.sharedPool = true;
+        else if (a === '--h2') o.h2 = true;
         else if (a === '--header') {
             const h = need(), c = h.indexOf(':');
             if (c <= 0) usage(`bad --header ${h}`);
@@ -79,7 +82,8 @@ function usage(msg) {
 const opts = parseArgs(process.argv.slice(2));
 const t0 = Date.now();
 const results = [];
-const sharedAgent = opts.sharedPool ? new Agent({ keepAliveTimeout: 30000 }) : null;
+const agentOpts = { keepAliveTimeout: 30000, allowH2: !!opts.h2 };
+const sharedAgent = opts.sharedPool ? new Agent(agentOpts) : null;
 
 function withTimeout(p, ms, what) {
     let timer;
@@ -124,7 +128,7 @@ async function runSession(index) {
     if (opts.staggerMs)
         await new Promise(r => setTimeout(r, index * opts.staggerMs));
     const started = Date.now();
-    const agent = sharedAgent ?? new Agent({ keepAliveTimeout: 30000 });
+    const agent = sharedAgent ?? new Agent(agentOpts);
     const fetchImpl = recordingFetch(sess, agent);
     const url = new URL(opts.path, opts.urls[0]);
     const tinit = { fetch: fetchImpl, requestInit: { headers: { ...opts.headers } } };

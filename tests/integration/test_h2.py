@@ -422,6 +422,34 @@ def test_a_window_held_shut_stalls_only_its_stream_then_it_is_reset(hstack):
         assert st["headers"][":status"] == "200"  # the connection lives on
 
 
+def test_an_answer_left_behind_by_its_exchange_is_reset_too(hstack):
+    """A download small enough for its exchange to finish (and free the instance's
+    connection) while the client holds the window shut: what is left is reset at
+    send_timeout as well, never kept for as long as the client likes."""
+    s = hstack
+    with H2(port(s)) as c:
+        held = c.request("/bytes?n=200000", [("x-fc-session-id", "h2-left")])
+        c.streams[held]["hold_window"] = True
+        c.wait(lambda: len(c.streams[held]["data"]) >= 65535, what="the first window")
+        st = c.wait_done(held, timeout=SEND_TIMEOUT * 5)
+        assert st["reset"] == 8 and not st["ended"], st  # CANCEL
+        st = c.wait_done(c.request("/seen", [("x-fc-session-id", "h2-left")]))
+        assert st["headers"][":status"] == "200"
+
+
+def test_an_answer_before_the_request_ended_resets_the_rest_of_it(hstack):
+    """The gateway answers a request it refuses at once (a bad session key) while the client
+    is still to send its body: a whole answer, then RST_STREAM NO_ERROR (RFC 9113 8.1), so the
+    stream does not stay open on the client's word."""
+    s = hstack
+    with H2(port(s)) as c:
+        sid = c.request("/seen", [("x-fc-session-id", "bad key")], end=False, method="POST")
+        st = c.wait_done(sid)
+        c.wait(lambda: st["reset"] is not None, what="the RST_STREAM")
+        assert st["headers"][":status"] == "400" and st["ended"] and st["reset"] == 0, st
+        assert json.loads(st["data"])["error"]["code"] == "invalid_session_key"
+
+
 # ------------------------------------------------------------------ limits and attacks
 
 def frame(ftype, flags, sid, payload):

@@ -286,11 +286,11 @@ def test_streamable_http_concurrent_sessions(mcp_stack):
     wait_until(destroyed, 20 * SLOW, "instances destroyed after DELETE")
 
 
-def switching_replicas(s, urls, n, env=None):
+def switching_replicas(s, urls, n, env=None, extra=()):
     """<n> SDK sessions, every request to the other of <urls> than the one before: each session
     passes check_session(), alternates, and has an instance of its own."""
     s.wait_pool("mcp", N_SESSIONS, timeout=90 * SLOW)  # refilled after the previous test
-    doc = mcp_sessions(urls, n, env=env)
+    doc = mcp_sessions(urls, n, env=env, extra=extra)
     info = summarize(doc)
     assert doc["_rc"] == 0 and len(doc["sessions"]) == n, info
     replicas = [u.split("//")[1].rstrip("/") for u in urls]
@@ -318,6 +318,30 @@ def test_streamable_http_over_tls_switching_replicas(mcp_stack):
     switching_replicas(s, ["https://127.0.0.1:%d" % s.tls_port,
                            "https://127.0.0.1:%d" % s.replica.tls_port], 6,
                        env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)})
+
+
+def h2_streams(url):
+    r = curl(url + "/metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith("berth_gateway_h2_streams_total "):
+            return float(line.split()[1])
+    raise AssertionError("no berth_gateway_h2_streams_total")
+
+
+@pytest.mark.berth_timeout(240)
+def test_streamable_http_over_h2_one_connection_for_all_sessions(mcp_stack):
+    """The SDK with undici's allowH2 and one shared pool: every session's requests and SSE
+    streams multiplexed over one HTTP/2 connection per replica, each stream sticking to its
+    own session's sandbox, the replica switching on every request as above."""
+    s = mcp_stack
+    admins = [s.admin_url(""), "http://127.0.0.1:%d" % s.replica.admin]
+    before = [h2_streams(a) for a in admins]
+    switching_replicas(s, ["https://127.0.0.1:%d" % s.tls_port,
+                           "https://127.0.0.1:%d" % s.replica.tls_port], 6,
+                       env={"NODE_EXTRA_CA_CERTS": str(s.tls_ca)},
+                       extra=("--h2", "--shared-pool"))
+    after = [h2_streams(a) for a in admins]
+    assert all(a - b >= 6 for a, b in zip(after, before)), (before, after)
 
 
 @pytest.mark.berth_timeout(240)
