@@ -949,7 +949,7 @@ static void on_h2_read(struct gw_stream *cs, void *arg)
             return;
         evbuffer_drain(cs->in, v.iov_len);
     }
-    h2_send(h2);
+    h2_schedule(h2);
 }
 
 static size_t on_h2_peek(struct gw_stream *cs, const char *data, size_t len, void *arg)
@@ -958,14 +958,14 @@ static size_t on_h2_peek(struct gw_stream *cs, const char *data, size_t len, voi
     (void)cs;
     h2_recv(h2, data, len);
     if (!h2->dead)
-        h2_send(h2);
+        h2_schedule(h2);
     return len;
 }
 
 static void on_h2_write(struct gw_stream *cs, void *arg)
 {
     (void)cs;
-    h2_send(arg);
+    h2_schedule(arg);
 }
 
 static void on_h2_event(struct gw_stream *cs, short what, void *arg)

@@ -198,7 +198,10 @@ static ssize_t ssl_read(struct gw_stream *s, size_t want)
     }
 }
 
-/* Writes the output with SSL_write, chunk by chunk: bytes written, or -1 with errno (EAGAIN:
+/* The largest TLS record's plaintext. */
+#define GW_TLS_RECORD 16384
+
+/* Writes the output with SSL_write, a record at a time: bytes written, or -1 with errno (EAGAIN:
  * wait for the socket, or for a read: wr_wants_rd). A retried write presents the same bytes
  * (they stay in the output until written; SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets their
  * address change). */
@@ -207,9 +210,21 @@ static int ssl_write_out(struct gw_stream *s)
     size_t total = 0;
     s->wr_wants_rd = 0;
     while (evbuffer_get_length(s->out) > 0) {
+        /* One record's worth (16 KiB) at a time, made contiguous: SSL_write per chain made a
+         * record and a write(2) per chain, and a response's head and body are two chains. */
+        size_t len = evbuffer_get_length(s->out);
+        size_t want = len < GW_TLS_RECORD ? len : GW_TLS_RECORD;
         struct evbuffer_iovec v;
         if (evbuffer_peek(s->out, -1, NULL, &v, 1) < 1)
             break;
+        if (v.iov_len < want) {
+            v.iov_base = evbuffer_pullup(s->out, (ev_ssize_t)want);
+            if (!v.iov_base) {
+                errno = ENOMEM;
+                return -1;
+            }
+        }
+        v.iov_len = want;
         size_t n = 0;
         ssl_clear();
         errno = 0;
