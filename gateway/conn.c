@@ -184,11 +184,19 @@ void gw_conn_free(struct gw_conn *c)
     evtimer_del(&c->timer);
     if (c->h2)
         gw_h2_free(c->h2); /* every stream's exchange first */
-    gw_stream_fini(&c->cs);
     if (c->virt) { /* not one of the worker's connections */
+        if (w->n_vconn_spare < GW_VCONN_SPARE) { /* kept for the next stream's exchange */
+            gw_stream_fini_keep(&c->cs);
+            c->next = w->vconn_spare;
+            w->vconn_spare = c;
+            w->n_vconn_spare++;
+            return;
+        }
+        gw_stream_fini(&c->cs);
         free(c);
         return;
     }
+    gw_stream_fini(&c->cs);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -722,19 +730,29 @@ struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stre
                                     void *ctx)
 {
     struct gw_worker *w = parent->w;
-    struct gw_conn *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
+    struct gw_conn *c = w->vconn_spare;
+    if (c) { /* an ended stream's exchange: its stream's buffers reused */
+        w->vconn_spare = c->next;
+        w->n_vconn_spare--;
+        struct gw_stream keep = c->cs;
+        memset(c, 0, sizeof(*c));
+        c->cs.in = keep.in;
+        c->cs.out = keep.out;
+        gw_stream_reinit_virtual(&c->cs, w->base, ops, ctx);
+    } else {
+        if (!(c = calloc(1, sizeof(*c))))
+            return NULL;
+        if (gw_stream_init_virtual(&c->cs, w->base, ops, ctx) < 0) {
+            free(c);
+            return NULL;
+        }
+    }
     c->w = w;
     c->virt = 1;
     c->h1_seen = 1;
     c->secure = parent->secure;
     c->autok = parent->autok;
     memcpy(c->peer, parent->peer, sizeof(c->peer));
-    if (gw_stream_init_virtual(&c->cs, w->base, ops, ctx) < 0) {
-        free(c);
-        return NULL;
-    }
     evtimer_assign(&c->timer, w->base, on_timer, c);
     gw_stream_setcb(&c->cs, on_client_read, on_client_write, on_client_event, c);
     gw_stream_set_watermarks(&c->cs, 0, w->gc->limits.buffer_low);
@@ -769,6 +787,14 @@ void gw_conn_close_all(struct gw_worker *w)
 {
     while (w->conns)
         gw_conn_free(w->conns);
+    while (w->vconn_spare) {
+        struct gw_conn *c = w->vconn_spare;
+        w->vconn_spare = c->next;
+        w->n_vconn_spare--;
+        evbuffer_free(c->cs.in); /* gw_stream_fini_keep() left only its buffers */
+        evbuffer_free(c->cs.out);
+        free(c);
+    }
 }
 
 /* Settings for the worker's parsers (body callbacks need the conn). */

@@ -9,6 +9,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,14 @@
 #include "gateway/conn_int.h"
 #include "gateway/errors.h"
 #include "gateway/worker.h"
+
+/* Ended streams a connection keeps for its next ones (none under AddressSanitizer, as
+ * GW_VCONN_SPARE). */
+#if defined(__SANITIZE_ADDRESS__)
+#define H2S_SPARE(h2) 0u
+#else
+#define H2S_SPARE(h2) ((h2)->c->w->gc->h2.max_streams)
+#endif
 
 /* The longest answer head read back (the exchange wrote it within the response limits). */
 #define GW_H2_HEAD_MAX 65536
@@ -31,6 +40,7 @@ struct gw_h2s {
     struct gw_h2 *h2;
     int32_t id;
     struct gw_conn *vc;     /* the exchange; NULL once it ended */
+    struct evbuffer *vin;   /* its input (watched for the window's consumption) */
     struct evbuffer *src;   /* answer bytes the ended exchange left, not framed yet */
     struct evbuffer *data;  /* DATA payload ready to go */
     struct evbuffer *hdr;   /* request: the header lines; answer: its trailers */
@@ -67,6 +77,9 @@ struct gw_h2 {
     nghttp2_session *s;
     struct gw_h2s *streams;
     uint32_t n_streams;
+    struct gw_h2s *spare; /* ended streams kept for reuse (at most max_concurrent_streams) */
+    uint32_t n_spare;
+    struct evbuffer *head; /* a request head being written (empty between) */
     struct event send_ev;
     nghttp2_nv *nv;
     size_t nv_cap;
@@ -461,13 +474,18 @@ static void consume(struct gw_h2s *st, size_t n)
     h2_schedule(st->h2);
 }
 
+static void on_vin_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+                           void *arg);
+
 static void vs_closed(void *ctx, struct evbuffer *out)
 {
     struct gw_h2s *st = ctx;
-    struct gw_conn *vc = st->vc;
     st->vc = NULL;
+    if (st->vin) { /* the exchange's input may serve another stream next */
+        evbuffer_remove_cb(st->vin, on_vin_drained, st);
+        st->vin = NULL;
+    }
     consume(st, st->owed); /* request bytes the exchange will not read */
-    (void)vc;
     if (st->sclosed) {
         h2s_maybe_free(st);
         return;
@@ -516,7 +534,19 @@ static void on_vin_drained(struct evbuffer *buf, const struct evbuffer_cb_info *
 
 static struct gw_h2s *h2s_new(struct gw_h2 *h2, int32_t id)
 {
-    struct gw_h2s *st = calloc(1, sizeof(*st));
+    struct gw_h2s *st = h2->spare;
+    if (st) { /* a stream of this connection that ended: its buffers and timer kept */
+        h2->spare = st->next;
+        h2->n_spare--;
+        struct evbuffer *data = st->data, *hdr = st->hdr, *extra = st->extra, *src = st->src;
+        memset(st, 0, offsetof(struct gw_h2s, stall));
+        memset(&st->method, 0, sizeof(*st) - offsetof(struct gw_h2s, method));
+        st->data = data, st->hdr = hdr, st->extra = extra, st->src = src;
+        st->h2 = h2;
+        st->id = id;
+        goto linked;
+    }
+    st = calloc(1, sizeof(*st));
     if (!st)
         return NULL;
     st->h2 = h2;
@@ -535,12 +565,23 @@ static struct gw_h2s *h2s_new(struct gw_h2 *h2, int32_t id)
         free(st);
         return NULL;
     }
+linked:
     st->next = h2->streams;
     if (h2->streams)
         h2->streams->prev = st;
     h2->streams = st;
     h2->n_streams++;
     return st;
+}
+
+static void h2s_destroy(struct gw_h2s *st)
+{
+    if (st->src)
+        evbuffer_free(st->src);
+    evbuffer_free(st->data);
+    evbuffer_free(st->hdr);
+    evbuffer_free(st->extra);
+    free(st);
 }
 
 static void h2s_free(struct gw_h2s *st)
@@ -559,14 +600,22 @@ static void h2s_free(struct gw_h2s *st)
             evtimer_add(&h2->c->timer, h2->c->w->to_keepalive);
     }
     evtimer_del(&st->stall);
-    if (st->src)
-        evbuffer_free(st->src);
-    evbuffer_free(st->data);
-    evbuffer_free(st->hdr);
-    evbuffer_free(st->extra);
     free(st->path);
     free(st->authority);
-    free(st);
+    st->path = st->authority = NULL;
+    if (!h2->dead && h2->n_spare < H2S_SPARE(h2)) {
+        /* kept for the connection's next stream (no allocation per stream once warm) */
+        evbuffer_drain(st->data, evbuffer_get_length(st->data));
+        evbuffer_drain(st->hdr, evbuffer_get_length(st->hdr));
+        evbuffer_drain(st->extra, evbuffer_get_length(st->extra));
+        if (st->src)
+            evbuffer_drain(st->src, evbuffer_get_length(st->src));
+        st->next = h2->spare;
+        h2->spare = st;
+        h2->n_spare++;
+        return;
+    }
+    h2s_destroy(st);
 }
 
 /* Freed once both nghttp2 and the exchange let go of it. */
@@ -625,12 +674,12 @@ static void begin_exchange(struct gw_h2s *st, int end_stream)
         return;
     }
     st->req_end = (unsigned)end_stream;
-    struct evbuffer *head = evbuffer_new();
-    if (!head) {
-        nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        return;
-    }
-    evbuffer_add_printf(head, "%s %s HTTP/1.1\r\n", st->ws ? "GET" : st->method, st->path);
+    struct evbuffer *head = h2->head;
+    const char *m = st->ws ? "GET" : st->method;
+    evbuffer_add(head, m, strlen(m));
+    evbuffer_add(head, " ", 1);
+    evbuffer_add(head, st->path, strlen(st->path));
+    evbuffer_add(head, " HTTP/1.1\r\n", 11);
     if (st->authority)
         add_line(head, "host", 4, st->authority, strlen(st->authority));
     evbuffer_add_buffer(head, st->hdr);
@@ -654,14 +703,14 @@ static void begin_exchange(struct gw_h2s *st, int end_stream)
     evbuffer_add(head, "\r\n", 2);
     struct gw_conn *vc = gw_conn_new_virtual(c, &vs_ops, st);
     if (!vc) {
-        evbuffer_free(head);
+        evbuffer_drain(head, evbuffer_get_length(head));
         answer_error(st, GW_ERR_OVERLOADED);
         return;
     }
     st->vc = vc;
-    evbuffer_add_cb(vc->cs.in, on_vin_drained, st);
-    gw_stream_v_input_buffer(&vc->cs, head);
-    evbuffer_free(head);
+    st->vin = vc->cs.in;
+    evbuffer_add_cb(st->vin, on_vin_drained, st);
+    gw_stream_v_input_buffer(&vc->cs, head); /* moves it: head is empty again */
     if (end_stream && st->chunked)
         gw_stream_v_input(&vc->cs, "0\r\n\r\n", 5);
 }
@@ -1022,6 +1071,13 @@ void gw_h2_free(struct gw_h2 *h2)
         else
             h2s_free(st);
     }
+    while (h2->spare) {
+        struct gw_h2s *st = h2->spare;
+        h2->spare = st->next;
+        h2s_destroy(st);
+    }
+    if (h2->head)
+        evbuffer_free(h2->head);
     event_del(&h2->send_ev);
     nghttp2_session_del(h2->s);
     free(h2->nv);
@@ -1061,7 +1117,8 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
     h2->c = c;
     h2->nv_cap = w->gc->limits.max_headers + 8;
     h2->nv = calloc(h2->nv_cap, sizeof(*h2->nv));
-    if (!h2->nv)
+    h2->head = evbuffer_new();
+    if (!h2->nv || !h2->head)
         goto fail;
     nghttp2_session_callbacks_set_send_callback(cb, send_cb);
     nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
@@ -1128,6 +1185,8 @@ fail:
     if (h2) {
         if (h2->s)
             nghttp2_session_del(h2->s);
+        if (h2->head)
+            evbuffer_free(h2->head);
         free(h2->nv);
         free(h2);
     }

@@ -491,6 +491,37 @@ int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
     return 0;
 }
 
+int gw_stream_reinit_virtual(struct gw_stream *s, struct event_base *base,
+                             const struct gw_stream_vops *ops, void *ctx)
+{
+    struct evbuffer *in = s->in, *out = s->out;
+    memset(s, 0, sizeof(*s));
+    s->fd = -1;
+    s->vops = ops;
+    s->vctx = ctx;
+    s->in = in;
+    s->out = out;
+    event_assign(&s->rd, base, -1, EV_PERSIST, on_vrd, s);
+    event_assign(&s->wr, base, -1, EV_PERSIST, on_vwr, s);
+    event_assign(&s->tmo, base, -1, 0, on_tmo, s);
+    s->open = 1;
+    return 0;
+}
+
+void gw_stream_fini_keep(struct gw_stream *s)
+{
+    if (!s->open)
+        return;
+    event_del(&s->rd);
+    event_del(&s->wr);
+    event_del(&s->tmo);
+    s->open = 0;
+    s->vops->closed(s->vctx, s->out);
+    evbuffer_drain(s->in, evbuffer_get_length(s->in));
+    evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
+}
+
 int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len)
 {
     if (!s->open || evbuffer_add(s->in, data, len) < 0)

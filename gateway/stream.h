@@ -111,6 +111,13 @@ void gw_stream_fini(struct gw_stream *s);
  * or -ENOMEM. */
 int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
                            const struct gw_stream_vops *ops, void *ctx);
+/* A virtual stream finished with gw_stream_fini_keep() set up again for <ops> and <ctx>, its
+ * buffers reused (no allocation). */
+int gw_stream_reinit_virtual(struct gw_stream *s, struct event_base *base,
+                             const struct gw_stream_vops *ops, void *ctx);
+/* gw_stream_fini() of a virtual stream that keeps its (emptied) buffers for
+ * gw_stream_reinit_virtual() (or evbuffer_free() by their owner). */
+void gw_stream_fini_keep(struct gw_stream *s);
 /* The codec's side of a virtual stream: <len> request bytes arrive (on_read follows on the
  * loop while reading is enabled); -ENOMEM or 0. */
 int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len);

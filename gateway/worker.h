@@ -41,6 +41,14 @@ struct gw_touchtab;
  * buffer as before. */
 #define GW_HEAD_SLOT 4096
 #define GW_HEAD_SLOTS_KEPT 256
+/* HTTP/2 streams' exchanges kept for reuse per loop (their structs and stream buffers). None
+ * under AddressSanitizer: a stale pointer to a freed exchange must stay a reported
+ * use-after-free, not a write into the next stream's. */
+#if defined(__SANITIZE_ADDRESS__)
+#define GW_VCONN_SPARE 0
+#else
+#define GW_VCONN_SPARE 1024
+#endif
 /* How long a closing connection keeps reading (and discarding) so the client sees our error
  * response instead of a reset. */
 #define GW_LINGER_USEC (2 * CM_USEC_PER_SEC)
@@ -68,6 +76,8 @@ struct gw_worker {
     llhttp_settings_t req_head_settings, req_body_settings;
     llhttp_settings_t resp_head_settings, resp_body_settings;
     struct gw_conn *conns;   /* every open client connection */
+    struct gw_conn *vconn_spare; /* HTTP/2 streams' ended exchanges, kept for reuse */
+    size_t n_vconn_spare;
     uint64_t n_conns;
     int accepting;           /* listener enabled (off at max_connections) */
     struct event *tick_ev;   /* activity flush of long streams */
