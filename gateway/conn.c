@@ -185,7 +185,7 @@ void gw_conn_free(struct gw_conn *c)
     if (c->h2)
         gw_h2_free(c->h2); /* every stream's exchange first */
     if (c->virt) { /* not one of the worker's connections */
-        if (w->n_vconn_spare < GW_VCONN_SPARE) { /* kept for the next stream's exchange */
+        if (w->n_vconn_spare < gw_vconn_spare_max()) { /* kept for the next stream's exchange */
             gw_stream_fini_keep(&c->cs);
             c->next = w->vconn_spare;
             w->vconn_spare = c;

@@ -21,12 +21,8 @@
 #include "gateway/worker.h"
 
 /* Ended streams a connection keeps for its next ones (none under AddressSanitizer, as
- * GW_VCONN_SPARE). */
-#if defined(__SANITIZE_ADDRESS__)
-#define H2S_SPARE(h2) 0u
-#else
-#define H2S_SPARE(h2) ((h2)->c->w->gc->h2.max_streams)
-#endif
+ * gw_vconn_spare_max()). */
+static inline uint32_t h2s_spare_max(const struct gw_h2 *h2);
 
 /* The longest answer head read back (the exchange wrote it within the response limits). */
 #define GW_H2_HEAD_MAX 65536
@@ -85,6 +81,10 @@ struct gw_h2 {
     size_t nv_cap;
     cm_usec_t idle_since;
     unsigned send_queued : 1;
+    unsigned calm : 1;   /* the client went over a flood limit: GOAWAY ENHANCE_YOUR_CALM */
+    uint32_t rst_tokens; /* RST_STREAMs the client may still send now (reset_burst, refilled
+                            at reset_rate a second) */
+    cm_usec_t rst_at;    /* when rst_tokens was last refilled; 0: never */
     unsigned final : 1;
     unsigned full : 1;
         /* a frame waited: the output was at buffer_high */ /* the last frames (GOAWAY): queued
@@ -95,6 +95,16 @@ struct gw_h2 {
 
 static void h2_send(struct gw_h2 *h2);
 static void h2s_maybe_free(struct gw_h2s *st);
+
+static inline uint32_t h2s_spare_max(const struct gw_h2 *h2)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    (void)h2;
+    return 0;
+#else
+    return h2->c->w->gc->h2.max_streams;
+#endif
+}
 
 int gw_h2_preface(const char *data, size_t len)
 {
@@ -603,7 +613,7 @@ static void h2s_free(struct gw_h2s *st)
     free(st->path);
     free(st->authority);
     st->path = st->authority = NULL;
-    if (!h2->dead && h2->n_spare < H2S_SPARE(h2)) {
+    if (!h2->dead && h2->n_spare < h2s_spare_max(h2)) {
         /* kept for the connection's next stream (no allocation per stream once warm) */
         evbuffer_drain(st->data, evbuffer_get_length(st->data));
         evbuffer_drain(st->hdr, evbuffer_get_length(st->hdr));
@@ -805,10 +815,38 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     return 0;
 }
 
+/* Rapid reset (CVE-2023-44487): the client's RST_STREAMs drain a bucket of reset_burst refilled
+ * at reset_rate a second; an empty one ends the connection with ENHANCE_YOUR_CALM. 0: go on. */
+static int reset_limited(struct gw_h2 *h2)
+{
+    const struct gw_h2_config *hc = &h2->c->w->gc->h2;
+    cm_usec_t now = cm_now_mono_coarse();
+    if (!h2->rst_at) {
+        h2->rst_tokens = hc->reset_burst;
+        h2->rst_at = now;
+    } else {
+        uint64_t add = (uint64_t)(now - h2->rst_at) * hc->reset_rate / CM_USEC_PER_SEC;
+        if (add) {
+            uint64_t t = h2->rst_tokens + add;
+            h2->rst_tokens = t > hc->reset_burst ? hc->reset_burst : (uint32_t)t;
+            h2->rst_at = now;
+        }
+    }
+    if (h2->rst_tokens == 0)
+        return 1;
+    h2->rst_tokens--;
+    return 0;
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
 {
-    (void)arg;
+    struct gw_h2 *h2 = arg;
     int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (frame->hd.type == NGHTTP2_RST_STREAM && !h2->calm && reset_limited(h2)) {
+        h2->calm = 1;
+        nghttp2_session_terminate_session(s, NGHTTP2_ENHANCE_YOUR_CALM);
+        return 0;
+    }
     struct gw_h2s *st = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
     if (!st)
         return 0;
@@ -974,9 +1012,23 @@ static void on_send_ev(evutil_socket_t fd, short what, void *arg)
 static void h2_recv(struct gw_h2 *h2, const char *data, size_t len)
 {
     ssize_t rv = nghttp2_session_mem_recv(h2->s, (const uint8_t *)data, len);
+    if (rv >= 0 && h2->calm) {
+        cm_log_info("h2",
+                    "connection ended peer=%s: streams reset faster than "
+                    "gateway.h2.reset_burst/reset_rate",
+                    h2->c->peer);
+        GW_METRIC_INC(&h2->c->w->metrics, h2_goaways);
+        h2->final = 1;
+        nghttp2_session_send(h2->s);
+        h2_close(h2);
+        return;
+    }
     if (rv < 0) {
-        uint32_t code =
-            rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR;
+        /* floods get ENHANCE_YOUR_CALM; anything else broke the protocol */
+        uint32_t code = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+                                rv == NGHTTP2_ERR_TOO_MANY_SETTINGS
+                            ? NGHTTP2_ENHANCE_YOUR_CALM
+                            : NGHTTP2_PROTOCOL_ERROR;
         cm_log_info("h2", "connection error peer=%s: %s", h2->c->peer, nghttp2_strerror((int)rv));
         GW_METRIC_INC(&h2->c->w->metrics, h2_goaways);
         nghttp2_session_terminate_session(h2->s, code);
@@ -1130,7 +1182,9 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_continuations(opt, hc->max_continuations);
-    nghttp2_option_set_stream_reset_rate_limit(opt, hc->reset_burst, hc->reset_rate);
+    /* ours (reset_limited()) answers ENHANCE_YOUR_CALM first; nghttp2's is the backstop */
+    nghttp2_option_set_stream_reset_rate_limit(opt, 2 * (uint64_t)hc->reset_burst,
+                                               2 * hc->reset_rate);
     nghttp2_option_set_max_settings(opt, hc->max_settings);
     nghttp2_option_set_max_outbound_ack(opt, hc->max_outbound_ack);
     if (nghttp2_session_server_new2(&h2->s, cb, h2, opt))

@@ -44,11 +44,14 @@ struct gw_touchtab;
 /* HTTP/2 streams' exchanges kept for reuse per loop (their structs and stream buffers). None
  * under AddressSanitizer: a stale pointer to a freed exchange must stay a reported
  * use-after-free, not a write into the next stream's. */
+static inline size_t gw_vconn_spare_max(void)
+{
 #if defined(__SANITIZE_ADDRESS__)
-#define GW_VCONN_SPARE 0
+    return 0;
 #else
-#define GW_VCONN_SPARE 1024
+    return 1024;
 #endif
+}
 /* How long a closing connection keeps reading (and discarding) so the client sees our error
  * response instead of a reset. */
 #define GW_LINGER_USEC (2 * CM_USEC_PER_SEC)

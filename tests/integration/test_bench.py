@@ -291,6 +291,37 @@ def test_bench_run_quick(tmp_path):
     assert not left, left
 
 
+def test_bench_run_h2_quick(tmp_path):
+    """bench/run --h2: h2load over TLS against each proxy, every request answered."""
+    out = tmp_path / "latest.json"
+    p = subprocess.run([PY, str(REPO / "bench" / "run"), "--h2", "--quick", "--build-dir",
+                        str(BUILD_DIR), "--out", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300 * SLOW,
+                       env=sanitizer_env(), cwd=str(REPO))
+    assert p.returncode == 0, "bench/run --h2 exited %d\n%s\n%s" % (
+        p.returncode, p.stdout.decode(), p.stderr.decode(errors="replace")[-6000:])
+    doc = json.loads((tmp_path / "h2.json").read_text())["h2"]
+    assert set(doc["summary"]) == {"berth", "nginx", "haproxy"}
+    for key, runs in doc["runs"].items():
+        for r in runs["small"]:
+            assert r["succeeded"] > 0 and r["succeeded"] == r["done"] == r["status_2xx"], (key, r)
+        for r in runs["mib"]:
+            assert r["succeeded"] == r["done"] == 200 and r["data_bytes"] >= 200 << 20, (key, r)
+    assert doc["summary"]["berth"]["small"]["vs_nginx"] > 0
+
+
+def test_parse_h2load():
+    b = load_bench_run()
+    text = ("finished in 1.00s, 100.00 req/s, 1.00MB/s\n"
+            "requests: 120 total, 110 started, 100 done, 98 succeeded, 2 failed, 0 errored, "
+            "0 timeout\n"
+            "status codes: 98 2xx, 0 3xx, 0 4xx, 2 5xx\n"
+            "traffic: 1.17MB (1226400) total, 3.56KB (3646) headers (space savings 90.1%), "
+            "1.15MB (1205000) data\n")
+    assert b.parse_h2load(text) == {"done": 100, "succeeded": 98, "status_2xx": 98,
+                                    "data_bytes": 1205000}
+
+
 def load_bench_run():
     """bench/run as a module (it is a script without .py)."""
     import importlib.machinery
