@@ -63,6 +63,11 @@ def test_quick_start_runs_what_it_prints():
         # over the TLS listener, with the certificate it made: the same session's sandbox
         tls = next(o for c, o in by_cmd.items() if "https://localhost:" in c)
         assert '"path":"/over/tls"' in tls and '"x-forwarded-proto":"https"' in tls, tls
+        # HTTP/2 both ways: h2 over TLS, h2c in the clear
+        h2 = next(o for c, o in by_cmd.items() if "/over/h2 " in c + " ")
+        assert '"path":"/over/h2"' in h2 and h2.rstrip().endswith("http/2"), h2
+        h2c = next(o for c, o in by_cmd.items() if "/over/h2c" in c)
+        assert '"path":"/over/h2c"' in h2c and h2c.rstrip().endswith("http/2"), h2c
         sse = next(o for c, o in by_cmd.items() if "/sse?" in c)
         assert len(re.findall(r"^data: ", sse, re.M)) == 5, sse
         files = [o for c, o in by_cmd.items() if "/files/notes.txt" in c]
