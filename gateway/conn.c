@@ -653,6 +653,9 @@ static void on_client_event(struct gw_stream *cs, short what, void *arg)
         struct gw_stream *us = gw_upconn_stream(c->up);
         if (evbuffer_get_length(us->out) == 0)
             shutdown(us->fd, SHUT_WR);
+        if (c->virt)
+            return; /* HTTP/2 END_STREAM is a half-close (RFC 8441): the instance's side
+                     * goes on until it closes, or its stream_idle_timeout */
     }
     if ((what & GW_STREAM_TIMEOUT) && c->state == CS_PROXY && !c->req_done &&
         !c->resp_head_done) {

@@ -24,8 +24,12 @@
  * gw_vconn_spare_max()). */
 static inline uint32_t h2s_spare_max(const struct gw_h2 *h2);
 
-/* The longest answer head read back (the exchange wrote it within the response limits). */
-#define GW_H2_HEAD_MAX 65536
+/* The longest answer head read back: the exchange takes an instance's response head of up to
+ * 4 x limits.max_header_bytes (up_h1.c) and adds its own fields (cookies, CORS, x-berth-*). */
+#define H2_HEAD_MAX(w) (4 * (size_t)(w)->gc->limits.max_header_bytes + 16384)
+/* Interim (1xx) heads an answer may have, and bytes of its trailers: more cuts the stream
+ * (a hostile instance must not queue HEADERS frames or trailer bytes without end). */
+#define H2_MAX_INTERIM 16
 
 static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define PREFACE_LEN (sizeof(preface) - 1)
@@ -47,6 +51,9 @@ struct gw_h2s {
     char *path, *authority;
     size_t hdr_bytes;
     size_t owed; /* request DATA bytes given to the exchange and not yet consumed */
+    cm_usec_t t_begin;     /* when its header block began (coarse clock) */
+    uint8_t n_interim;     /* 1xx heads passed on */
+    unsigned hdr_done : 1; /* its header block was whole (an exchange or our answer) */
     unsigned has_cl : 1;
     unsigned chunked : 1; /* the request body goes to the exchange chunked */
     unsigned req_end : 1;
@@ -66,6 +73,7 @@ struct gw_h2s {
     unsigned sclosed : 1;   /* nghttp2 closed the stream */
     unsigned in_trailer : 1;
     unsigned bad : 1;
+    unsigned we_reset : 1; /* an RST_STREAM of ours (not one nghttp2 sent for the client) */
 };
 
 struct gw_h2 {
@@ -95,6 +103,14 @@ struct gw_h2 {
 
 static void h2_send(struct gw_h2 *h2);
 static void h2s_maybe_free(struct gw_h2s *st);
+static int reset_limited(struct gw_h2 *h2);
+
+/* An RST_STREAM of ours (not counted as the client's: see on_frame_send()). */
+static void st_reset(struct gw_h2s *st, uint32_t code)
+{
+    st->we_reset = 1;
+    nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, code);
+}
 
 static inline uint32_t h2s_spare_max(const struct gw_h2 *h2)
 {
@@ -140,13 +156,21 @@ static int on_resp_complete(llhttp_t *p)
 }
 
 /* Trailers (after the head: fields after the last chunk): "name\0value\0" into st->hdr. */
+/* Trailer bytes kept: up to limits.max_header_bytes, then the answer is cut (-1). */
+static int trl_add(struct gw_h2s *st, const char *at, size_t len)
+{
+    if (evbuffer_get_length(st->hdr) + len > st->h2->c->w->gc->limits.max_header_bytes)
+        return -1;
+    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
+}
+
 static int on_trl_field(llhttp_t *p, const char *at, size_t len)
 {
     struct gw_h2s *st = p->data;
     if (!st->head_sent)
         return 0;
     st->in_trailer = 1;
-    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
+    return trl_add(st, at, len);
 }
 
 static int on_trl_value(llhttp_t *p, const char *at, size_t len)
@@ -154,7 +178,7 @@ static int on_trl_value(llhttp_t *p, const char *at, size_t len)
     struct gw_h2s *st = p->data;
     if (!st->head_sent)
         return 0;
-    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
+    return trl_add(st, at, len);
 }
 
 static int on_trl_end(llhttp_t *p)
@@ -190,6 +214,8 @@ static int on_head_field(llhttp_t *p, const char *at, size_t len)
 static int conn_specific(const char *n, size_t l)
 {
     switch (l) {
+    case 2:
+        return !strncasecmp(n, "te", 2);
     case 7:
         return !strncasecmp(n, "upgrade", 7);
     case 10:
@@ -262,7 +288,7 @@ static void pump_head(struct gw_h2s *st)
     while (!st->head_sent && !st->sclosed) {
         struct evbuffer *src = st_src(st);
         size_t len = src ? evbuffer_get_length(src) : 0;
-        ev_ssize_t end = len ? gw_h1_head_end(src, len, 0, GW_H2_HEAD_MAX) : -1;
+        ev_ssize_t end = len ? gw_h1_head_end(src, len, 0, H2_HEAD_MAX(h2->c->w)) : -1;
         if (end < 0)
             return;
         size_t hlen = (size_t)end + 4;
@@ -275,7 +301,7 @@ static void pump_head(struct gw_h2s *st)
         if ((e != HPE_PAUSED && e != HPE_OK) || hc.over || p.status_code < 100 ||
             p.status_code > 999) {
             st->bad = st->cut = 1;
-            nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+            st_reset(st, NGHTTP2_INTERNAL_ERROR);
             return;
         }
         char status[4];
@@ -284,6 +310,11 @@ static void pump_head(struct gw_h2s *st)
             (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
         int code = p.status_code;
         if (code >= 100 && code < 200 && code != 101) {
+            if (++st->n_interim > H2_MAX_INTERIM) {
+                st->bad = st->cut = 1;
+                st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                return;
+            }
             nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, hc.n, NULL);
             evbuffer_drain(src, hlen);
             st_taken(st);
@@ -292,11 +323,13 @@ static void pump_head(struct gw_h2s *st)
         if (code == 101) {
             if (!st->ws) {
                 st->bad = st->cut = 1;
-                nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+                st_reset(st, NGHTTP2_INTERNAL_ERROR);
                 return;
             }
             memcpy(status, "200", 4); /* RFC 8441: the CONNECT's success */
             st->tunnel = 1;
+            if (st->req_end && st->vc) /* the client ended its side before the 101 */
+                gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF);
         }
         /* the answer's framing, as an HTTP/1 client reads it, from here on */
         llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
@@ -307,7 +340,7 @@ static void pump_head(struct gw_h2s *st)
             llhttp_errno_t e2 = llhttp_execute(&st->resp, head, hlen);
             if (e2 != HPE_OK && e2 != HPE_PAUSED) {
                 st->bad = st->cut = 1;
-                nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+                st_reset(st, NGHTTP2_INTERNAL_ERROR);
                 return;
             }
         }
@@ -322,7 +355,7 @@ static void pump_head(struct gw_h2s *st)
         st_taken(st);
         if (rv < 0) {
             st->cut = 1;
-            nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+            st_reset(st, NGHTTP2_INTERNAL_ERROR);
         }
         return;
     }
@@ -412,8 +445,10 @@ static ssize_t data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
     (void)s, (void)id, (void)buf, (void)arg;
     fill(st, length);
     size_t have = evbuffer_get_length(st->data);
-    if (st->cut && have == 0)
+    if (st->cut && have == 0) {
+        st->we_reset = 1; /* nghttp2 sends it, for the instance's short answer */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM: the answer is short */
+    }
     if (have == 0 && !st->resp_end) {
         st->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -435,10 +470,12 @@ static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
     struct gw_h2s *st = source->ptr;
     struct gw_conn *c = h2->c;
     (void)s;
-    if (evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high) {
+    if (!h2->final && evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high) {
         h2->full = 1;
         return NGHTTP2_ERR_WOULDBLOCK;
     }
+    if (!st->vc && !st->sclosed) /* progress: an answer left behind has send_timeout again */
+        evtimer_add(&st->stall, h2->c->w->to_h2_send);
     if (evbuffer_add(c->cs.out, framehd, 9) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->data.padlen > 0) {
@@ -504,7 +541,7 @@ static void vs_closed(void *ctx, struct evbuffer *out)
         /* freed without ending its answer: cut (a timeout, an error, the window held shut) */
         st->cut = 1;
         GW_METRIC_INC(&st->h2->c->w->metrics, h2_resets);
-        nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        st_reset(st, NGHTTP2_INTERNAL_ERROR);
         h2_schedule(st->h2);
         return;
     }
@@ -528,7 +565,7 @@ static void on_stall(evutil_socket_t fd, short what, void *arg)
         return;
     st->cut = 1;
     GW_METRIC_INC(&st->h2->c->w->metrics, h2_resets);
-    nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    st_reset(st, NGHTTP2_CANCEL);
     h2_schedule(st->h2);
 }
 
@@ -671,6 +708,7 @@ static void begin_exchange(struct gw_h2s *st, int end_stream)
 {
     struct gw_h2 *h2 = st->h2;
     struct gw_conn *c = h2->c;
+    st->hdr_done = 1;
     if (st->too_big) {
         answer_error(st, GW_ERR_HEADERS_TOO_LARGE);
         return;
@@ -749,7 +787,10 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
     struct gw_h2s *st = h2s_new(h2, frame->hd.stream_id);
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    evtimer_del(&h2->c->timer); /* busy: no idle timeout */
+    st->t_begin = cm_now_mono_coarse();
+    /* busy: the timer now checks that header blocks end within header_timeout */
+    if (h2->n_streams == 1)
+        evtimer_add(&h2->c->timer, h2->c->w->to_header);
     nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, st);
     GW_METRIC_INC(&h2->c->w->metrics, h2_streams);
     return 0;
@@ -867,8 +908,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
     st->req_end = 1;
     if (!st->vc)
         return 0;
-    if (st->tunnel || st->ws) {
-        gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF);
+    if (st->tunnel) {
+        gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF); /* a half-close (RFC 8441) */
+    } else if (st->ws) {
+        /* before the instance's 101: passed on when the tunnel starts (pump_head()) */
     } else if (st->chunked) {
         gw_stream_v_input(&st->vc->cs, "0\r\n", 3);
         if (evbuffer_get_length(st->extra))
@@ -905,13 +948,24 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
  * and the stream does not stay open on the client's word. */
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
 {
-    (void)arg;
+    struct gw_h2 *h2 = arg;
+    struct gw_h2s *st = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        /* A reset nghttp2 sent for the client's protocol error counts as the client's own
+         * (MadeYouReset, CVE-2025-8671): a stream it made the gateway start and end. */
+        if ((!st || !st->we_reset) && frame->rst_stream.error_code != NGHTTP2_NO_ERROR &&
+            !h2->calm && reset_limited(h2)) {
+            h2->calm = 1;
+            nghttp2_session_terminate_session(s, NGHTTP2_ENHANCE_YOUR_CALM);
+        }
+        return 0;
+    }
     if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
-    struct gw_h2s *st = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
-    if (st && !st->req_end && !st->sclosed)
-        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    if (st && !st->sclosed && !nghttp2_session_get_stream_remote_close(s, st->id)) {
+        st_reset(st, NGHTTP2_NO_ERROR);
+    }
     return 0;
 }
 
@@ -970,7 +1024,7 @@ static void h2_send(struct gw_h2 *h2)
             if (!st->head_sent && !st->cut && (!st->vc || st->shut)) {
                 /* the exchange ended without an answer */
                 st->cut = 1;
-                nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+                st_reset(st, NGHTTP2_INTERNAL_ERROR);
             }
         }
         if (st->deferred && st->head_sent) {
@@ -1079,12 +1133,34 @@ static void on_h2_event(struct gw_stream *cs, short what, void *arg)
 void gw_h2_timer(struct gw_conn *c)
 {
     struct gw_h2 *h2 = c->h2;
-    if (h2->n_streams)
-        return; /* on_begin_headers stopped it; the last stream's end starts it */
-    cm_usec_t idle = cm_now_mono_coarse() - h2->idle_since;
-    cm_usec_t limit = c->w->gc->limits.keepalive_timeout;
+    const struct gw_limits *lim = &c->w->gc->limits;
+    cm_usec_t now = cm_now_mono_coarse();
+    if (h2->n_streams) {
+        /* A header block begun and not ended within header_timeout (a HEADERS frame's first
+         * bytes, or a CONTINUATION that never comes) holds no exchange and no timer of its
+         * own: the connection ends. */
+        for (struct gw_h2s *st = h2->streams; st; st = st->next) {
+            if (!st->hdr_done && !st->sclosed && now - st->t_begin >= lim->header_timeout) {
+                cm_log_info("h2",
+                            "connection ended peer=%s: a header block took longer than "
+                            "header_timeout",
+                            c->peer);
+                GW_METRIC_INC(&c->w->metrics, h2_goaways);
+                nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
+                h2->final = 1;
+                nghttp2_session_send(h2->s);
+                h2_close(h2);
+                return;
+            }
+        }
+        evtimer_add(&c->timer, c->w->to_header);
+        return;
+    }
+    cm_usec_t idle = now - h2->idle_since;
+    cm_usec_t limit = lim->keepalive_timeout;
     if (idle >= limit || h2->draining) {
         nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
+        h2->final = 1;
         nghttp2_session_send(h2->s);
         h2_close(h2);
         return;
@@ -1167,7 +1243,7 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
     if (!h2 || nghttp2_session_callbacks_new(&cb) || nghttp2_option_new(&opt))
         goto fail;
     h2->c = c;
-    h2->nv_cap = w->gc->limits.max_headers + 8;
+    h2->nv_cap = w->gc->limits.max_headers + 32; /* + :status and the gateway's own fields */
     h2->nv = calloc(h2->nv_cap, sizeof(*h2->nv));
     h2->head = evbuffer_new();
     if (!h2->nv || !h2->head)
@@ -1213,7 +1289,9 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
     h2->idle_since = cm_now_mono_coarse();
     evtimer_del(&c->timer);
     evtimer_add(&c->timer, w->to_keepalive);
-    gw_stream_set_timeouts(&c->cs, NULL, NULL);
+    /* a client that takes none of its output for send_timeout is gone (its streams' resets
+     * could not reach it either) */
+    gw_stream_set_timeouts(&c->cs, NULL, w->to_h2_send);
     gw_stream_setcb(&c->cs, on_h2_read, on_h2_write, on_h2_event, h2);
     gw_stream_set_peek(&c->cs, on_h2_peek);
     gw_stream_read_enable(&c->cs);

@@ -33,6 +33,7 @@ SEND_TIMEOUT = 2.0   # gateway.h2.send_timeout (scaled by SLOW)
 MAX_STREAMS = 8      # gateway.h2.max_concurrent_streams
 RESET_BURST = 50     # gateway.h2.reset_burst
 HEADER_LIST = 16384  # gateway.h2.max_header_list
+HEADER_TIMEOUT = 3.0  # gateway.limits.header_timeout (scaled by SLOW)
 
 # ------------------------------------------------------------------ a static upstream
 
@@ -88,6 +89,22 @@ class Misc(threading.Thread):
                         if not d:
                             return
                         c.sendall(d)
+                elif what == "bigtrailer":  # a trailer section without end
+                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"2\r\nok\r\n0\r\nx-t: ")
+                    try:
+                        for _ in range(1000):
+                            c.sendall(b"v" * 65536)
+                    except OSError:
+                        pass
+                    return
+                elif what == "interims":  # 1xx heads without end
+                    try:
+                        for _ in range(10000):
+                            c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                    except OSError:
+                        pass
+                    return
                 elif what == "noread":
                     self.noread_seen.set()
                     time.sleep(30)
@@ -124,12 +141,14 @@ def hstack(misc):
     tls_port = free_port()
     s = Stack(d, {"templates": [echo_template(pool={"min": 4, "max": 16})],
                   "scheduler": {"capacity": 24}}, start_gateway=False)
+    s_header_timeout = "%dms" % (HEADER_TIMEOUT * 1000 * SLOW)
     try:
         cfg = deep_merge(s.cfg, {"gateway": {
             "tls_listen": "127.0.0.1:%d" % tls_port,
             "tls": {"certificates": [{"cert": str(certs / "localhost-chain.pem"),
                                       "key": str(certs / "localhost.key")}]},
             "access_log": {"enabled": True},
+            "limits": {"header_timeout": s_header_timeout},
             "h2": {"send_timeout": "%dms" % (SEND_TIMEOUT * 1000 * SLOW),
                    "max_concurrent_streams": MAX_STREAMS, "reset_burst": RESET_BURST,
                    "reset_rate": 10, "max_header_list": HEADER_LIST},
@@ -353,19 +372,25 @@ def test_websocket_over_h2_extended_connect(hstack):
             c.send_body(sid, msg, end=False)
             c.wait(lambda: len(c.streams[sid]["data"]) >= len(msg), what="the echo")
             assert c.streams[sid]["data"] == msg
+        # END_STREAM is a half-close: the instance sees its end, closes, and the stream ends
+        # cleanly (no reset)
         c.conn.end_stream(sid)
         c.flush()
-        c.wait_done(sid)
+        st = c.wait_done(sid)
+        assert st["ended"] and st["reset"] is None, st
     # a plain CONNECT (no :protocol) is not a tunnel the gateway opens
     with H2(port(s)) as c:
         c.conn.config.validate_outbound_headers = False
         sid = c.conn.get_next_available_stream_id()
         c.streams[sid] = {"headers": None, "informational": [], "data": b"", "trailers": None,
                           "ended": False, "reset": None, "t_first": None, "t_end": None}
-        c.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", "example.com:443")])
+        c.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", "example.com:443")],
+                            end_stream=True)
         c.flush()
         st = c.wait_done(sid)
         assert st["headers"][":status"] == "405", st
+        c.pump(0.3)
+        assert st["reset"] is None, st  # the stream was closed: no RST_STREAM after it
 
 
 # ------------------------------------------------------------------ flow control
@@ -448,6 +473,85 @@ def test_an_answer_before_the_request_ended_resets_the_rest_of_it(hstack):
         c.wait(lambda: st["reset"] is not None, what="the RST_STREAM")
         assert st["headers"][":status"] == "400" and st["ended"] and st["reset"] == 0, st
         assert json.loads(st["data"])["error"]["code"] == "invalid_session_key"
+
+
+def test_a_hostile_instance_cannot_grow_trailers_or_interim_heads(hstack):
+    """An instance that sends a trailer section without end, or 1xx heads without end: its
+    stream is cut (RST_STREAM) before the gateway holds more than max_header_bytes of
+    trailers or 16 interim heads; the connection's other streams are served."""
+    s = hstack
+    with H2(port(s)) as c:
+        for what in ("bigtrailer", "interims"):
+            sid = c.request("/misc/" + what)
+            st = c.wait_done(sid, timeout=20)
+            assert st["reset"] == 2 and not st["ended"], (what, st)  # INTERNAL_ERROR
+            assert len(st["informational"]) <= 16, len(st["informational"])
+            ok = c.wait_done(c.request("/seen", [("x-fc-session-id", "h2-hostile")]))
+            assert ok["headers"][":status"] == "200"
+
+
+def test_a_client_that_stops_reading_is_closed_at_send_timeout(hstack):
+    s = hstack
+    with H2(port(s), rcvbuf=4096,
+            settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1}) as c:
+        c.conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+        c.flush()
+        c.request("/bytes?n=%d" % (8 << 20), [("x-fc-session-id", "h2-noread")])
+        time.sleep(SEND_TIMEOUT * SLOW * 2)  # never reading meanwhile
+        c.sock.settimeout(10 * SLOW)
+        deadline = time.monotonic() + 20 * SLOW
+        closed = False
+        while time.monotonic() < deadline:
+            try:
+                if not c.sock.recv(1 << 20):
+                    closed = True
+                    break
+            except (ConnectionResetError, OSError):
+                closed = True
+                break
+        assert closed, "the gateway kept a connection whose client took nothing"
+    served(s)
+
+
+def test_a_header_block_that_never_ends_is_closed_at_header_timeout(hstack):
+    s = hstack
+    for tail in (frame(1, 0x4, 1, b"")[:9].replace(b"\x00\x00\x00", b"\x00\x00\x10", 1),
+                 frame(1, 0x1, 1, request_block("/seen"))):  # no END_HEADERS, no CONTINUATION
+        sock = raw_conn(s)
+        try:
+            t0 = time.monotonic()
+            sock.sendall(tail)
+            codes = read_until_closed(sock, timeout=HEADER_TIMEOUT * 4)
+            assert time.monotonic() - t0 >= HEADER_TIMEOUT * SLOW * 0.5
+            assert codes == [0], codes  # GOAWAY NO_ERROR, then the close
+        finally:
+            sock.close()
+    served(s)
+
+
+def test_resets_the_client_provokes_count_as_its_own(hstack):
+    """MadeYouReset (CVE-2025-8671): streams the client makes nghttp2 reset (a DATA frame
+    beyond its content-length: PROTOCOL_ERROR) count as resets: GOAWAY ENHANCE_YOUR_CALM."""
+    s = hstack
+    sock = raw_conn(s)
+    try:
+        enc = hpack.Encoder()
+        out = b""
+        for i in range(RESET_BURST * 4):
+            sid = 1 + 2 * i
+            out += frame(1, 0x4, sid, enc.encode([
+                (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+                (":path", "/seen"), ("x-fc-session-id", "myr"), ("content-length", "0")]))
+            out += frame(0, 0x1, sid, b"x")  # more than its content-length
+        try:
+            sock.sendall(out)
+        except OSError:
+            pass
+        codes = read_until_closed(sock)
+        assert codes == [11], codes
+    finally:
+        sock.close()
+    served(s)
 
 
 # ------------------------------------------------------------------ limits and attacks
