@@ -989,12 +989,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 
 /* ------------------------------------------------------------------ the connection */
 
-/* Ends the connection: every stream's exchange is cut, the frames queued go out, then the
- * socket closes (the codec itself is freed with the connection). */
-static void h2_close(struct gw_h2 *h2)
+/* The codec is done: every stream's exchange is cut and every stream freed. */
+static void cut_all(struct gw_h2 *h2)
 {
-    if (h2->dead)
-        return;
     h2->dead = 1;
     for (struct gw_h2s *st = h2->streams, *next; st; st = next) {
         next = st->next;
@@ -1004,6 +1001,15 @@ static void h2_close(struct gw_h2 *h2)
         else
             h2s_free(st);
     }
+}
+
+/* Ends the connection: every stream's exchange is cut, the frames queued go out, then the
+ * socket closes (the codec itself is freed with the connection). */
+static void h2_close(struct gw_h2 *h2)
+{
+    if (h2->dead)
+        return;
+    cut_all(h2);
     gw_conn_h2_close(h2->c);
 }
 
@@ -1189,16 +1195,8 @@ void gw_h2_foreach(struct gw_h2 *h2, void (*fn)(struct gw_conn *vc, void *arg), 
 
 void gw_h2_free(struct gw_h2 *h2)
 {
-    h2->dead = 1;
     /* the exchanges go first: each one's end frees its stream when nghttp2 let go too */
-    for (struct gw_h2s *st = h2->streams, *next; st; st = next) {
-        next = st->next;
-        st->sclosed = 1;
-        if (st->vc)
-            gw_conn_free(st->vc); /* vs_closed() frees st */
-        else
-            h2s_free(st);
-    }
+    cut_all(h2);
     while (h2->spare) {
         struct gw_h2s *st = h2->spare;
         h2->spare = st->next;

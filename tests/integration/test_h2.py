@@ -533,24 +533,16 @@ def test_resets_the_client_provokes_count_as_its_own(hstack):
     """MadeYouReset (CVE-2025-8671): streams the client makes nghttp2 reset (a DATA frame
     beyond its content-length: PROTOCOL_ERROR) count as resets: GOAWAY ENHANCE_YOUR_CALM."""
     s = hstack
-    sock = raw_conn(s)
-    try:
-        enc = hpack.Encoder()
-        out = b""
-        for i in range(RESET_BURST * 4):
-            sid = 1 + 2 * i
-            out += frame(1, 0x4, sid, enc.encode([
-                (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
-                (":path", "/seen"), ("x-fc-session-id", "myr"), ("content-length", "0")]))
-            out += frame(0, 0x1, sid, b"x")  # more than its content-length
-        try:
-            sock.sendall(out)
-        except OSError:
-            pass
-        codes = read_until_closed(sock)
-        assert codes == [11], codes
-    finally:
-        sock.close()
+    enc = hpack.Encoder()
+    out = b""
+    for i in range(RESET_BURST * 4):
+        sid = 1 + 2 * i
+        out += frame(1, 0x4, sid, enc.encode([
+            (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+            (":path", "/seen"), ("x-fc-session-id", "myr"), ("content-length", "0")]))
+        out += frame(0, 0x1, sid, b"x")  # more than its content-length
+    codes = flood_codes(s, out)
+    assert codes == [11], codes
     served(s)
 
 
@@ -594,6 +586,20 @@ def read_until_closed(sock, timeout=10):
     return codes
 
 
+def flood_codes(s, data):
+    """Sends <data> after the preface on a raw connection; the GOAWAY codes the gateway sent
+    before closing it (the gateway may close before taking all of <data>)."""
+    sock = raw_conn(s)
+    try:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        return read_until_closed(sock)
+    finally:
+        sock.close()
+
+
 def request_block(path, extra=()):
     e = hpack.Encoder()
     return e.encode([(":method", "GET"), (":scheme", "http"), (":authority", "localhost"),
@@ -603,21 +609,13 @@ def request_block(path, extra=()):
 def test_rapid_reset_gets_goaway(hstack):
     s = hstack
     before = metric(s, "berth_gateway_h2_goaways_total")
-    sock = raw_conn(s)
-    try:
-        out = b""
-        for i in range(RESET_BURST * 4):
-            sid = 1 + 2 * i
-            out += frame(1, 0x4 | 0x1, sid, request_block("/seen"))  # HEADERS, END_HEADERS
-            out += frame(3, 0, sid, struct.pack(">I", 8))            # RST_STREAM CANCEL
-        try:
-            sock.sendall(out)
-        except OSError:
-            pass
-        codes = read_until_closed(sock)
-        assert codes == [11], codes  # GOAWAY ENHANCE_YOUR_CALM
-    finally:
-        sock.close()
+    out = b""
+    for i in range(RESET_BURST * 4):
+        sid = 1 + 2 * i
+        out += frame(1, 0x4 | 0x1, sid, request_block("/seen"))  # HEADERS, END_HEADERS
+        out += frame(3, 0, sid, struct.pack(">I", 8))            # RST_STREAM CANCEL
+    codes = flood_codes(s, out)
+    assert codes == [11], codes  # GOAWAY ENHANCE_YOUR_CALM
     served(s)
     wait_until(lambda: metric(s, "berth_gateway_streams_active") == 0, 10 * SLOW,
                "the reset streams' exchanges to end")
@@ -626,21 +624,12 @@ def test_rapid_reset_gets_goaway(hstack):
 
 def test_continuation_flood_gets_goaway(hstack):
     s = hstack
-    sock = raw_conn(s)
-    try:
-        block = request_block("/seen")
-        out = frame(1, 0x1, 1, block)  # HEADERS without END_HEADERS
-        filler = hpack.Encoder().encode([("x-filler", "a" * 100)])
-        for _ in range(500):
-            out += frame(9, 0, 1, filler)  # CONTINUATION, never the last
-        try:
-            sock.sendall(out)
-        except OSError:
-            pass
-        codes = read_until_closed(sock)
-        assert codes == [11], codes  # GOAWAY ENHANCE_YOUR_CALM
-    finally:
-        sock.close()
+    out = frame(1, 0x1, 1, request_block("/seen"))  # HEADERS without END_HEADERS
+    filler = hpack.Encoder().encode([("x-filler", "a" * 100)])
+    for _ in range(500):
+        out += frame(9, 0, 1, filler)  # CONTINUATION, never the last
+    codes = flood_codes(s, out)
+    assert codes == [11], codes  # GOAWAY ENHANCE_YOUR_CALM
     served(s)
 
 
@@ -770,13 +759,8 @@ def test_streams_over_the_limit_end_the_connection(hstack):
 
 def test_garbage_after_the_preface_gets_goaway(hstack):
     s = hstack
-    sock = raw_conn(s)
-    try:
-        sock.sendall(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\xff" * 64)  # nonsense
-        codes = read_until_closed(sock)
-        assert codes and codes[-1] != 0, codes
-    finally:
-        sock.close()
+    codes = flood_codes(s, b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\xff" * 64)  # nonsense
+    assert codes and codes[-1] != 0, codes
     served(s)
 
 
