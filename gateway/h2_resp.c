@@ -1,0 +1,406 @@
+/* HTTP/2: the exchanges' answers (HTTP/1.1, as the exchange wrote them) read back into
+ * HEADERS, DATA and trailers (gateway/README.md "HTTP/2"). */
+#include "gateway/h2_int.h"
+
+#include <ctype.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "gateway/conn_int.h"
+#include "gateway/h1.h"
+#include "gateway/metrics.h"
+#include "gateway/worker.h"
+
+/* ------------------------------------------------------------------ the answer, read back */
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_h2s *st = p->data;
+    if (evbuffer_add(st->data, at, len) < 0)
+        return -1;
+    return 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    struct gw_h2s *st = p->data;
+    st->msg_done = 1;
+    return HPE_PAUSED;
+}
+
+/* Trailers (after the head: fields after the last chunk): "name\0value\0" into st->hdr. */
+/* Trailer bytes kept: up to limits.max_header_bytes, then the answer is cut (-1). */
+static int trl_add(struct gw_h2s *st, const char *at, size_t len)
+{
+    if (evbuffer_get_length(st->hdr) + len > st->h2->c->w->gc->limits.max_header_bytes)
+        return -1;
+    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
+}
+
+static int on_trl_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_h2s *st = p->data;
+    if (!st->head_sent)
+        return 0;
+    st->in_trailer = 1;
+    return trl_add(st, at, len);
+}
+
+static int on_trl_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_h2s *st = p->data;
+    if (!st->head_sent)
+        return 0;
+    return trl_add(st, at, len);
+}
+
+static int on_trl_end(llhttp_t *p)
+{
+    struct gw_h2s *st = p->data;
+    if (!st->head_sent)
+        return 0;
+    return evbuffer_add(st->hdr, "", 1) < 0 ? -1 : 0;
+}
+
+static llhttp_settings_t resp_settings;
+static llhttp_settings_t head_settings;
+
+/* Head callbacks: the whole head is parsed in one call, so each field and value comes whole. */
+struct head_ctx {
+    struct gw_h2 *h2;
+    size_t n;
+    const char *name;
+    size_t name_len;
+    int skip_value;
+    int over;
+};
+
+static int on_head_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct head_ctx *hc = p->data;
+    hc->name = at;
+    hc->name_len = len;
+    return 0;
+}
+
+/* Not sent over HTTP/2 (RFC 9113 8.2.2), or only the HTTP/1 side's business. */
+static int conn_specific(const char *n, size_t l)
+{
+    switch (l) {
+    case 2:
+        return !strncasecmp(n, "te", 2);
+    case 7:
+        return !strncasecmp(n, "upgrade", 7);
+    case 10:
+        return !strncasecmp(n, "connection", 10) || !strncasecmp(n, "keep-alive", 10);
+    case 16:
+        return !strncasecmp(n, "proxy-connection", 16);
+    case 17:
+        return !strncasecmp(n, "transfer-encoding", 17);
+    case 20:
+        return !strncasecmp(n, "sec-websocket-accept", 20);
+    default:
+        return 0;
+    }
+}
+
+static int on_head_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct head_ctx *hc = p->data;
+    if (conn_specific(hc->name, hc->name_len))
+        return 0;
+    if (hc->n >= hc->h2->nv_cap) {
+        hc->over = 1;
+        return 0;
+    }
+    char *name = (char *)hc->name; /* our copy of the head, drained after */
+    for (size_t i = 0; i < hc->name_len; i++)
+        name[i] = (char)tolower((unsigned char)name[i]);
+    nghttp2_nv *nv = &hc->h2->nv[hc->n++];
+    nv->name = (uint8_t *)name;
+    nv->namelen = hc->name_len;
+    nv->value = (uint8_t *)at;
+    nv->valuelen = len;
+    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    return 0;
+}
+
+static int on_head_done(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+/* :status of <code> (100-999). */
+static void status_digits(char out[4], unsigned code)
+{
+    out[0] = (char)('0' + code / 100 % 10);
+    out[1] = (char)('0' + code / 10 % 10);
+    out[2] = (char)('0' + code % 10);
+    out[3] = '\0';
+}
+
+static struct evbuffer *st_src(struct gw_h2s *st)
+{
+    return st->vc ? st->vc->cs.out : st->src;
+}
+
+static void st_taken(struct gw_h2s *st)
+{
+    if (st->vc)
+        gw_stream_v_taken(&st->vc->cs);
+}
+
+/* Submits the answer's heads found at the start of its bytes (1xx, then the final one). */
+void gw_h2_pump_head(struct gw_h2s *st)
+{
+    struct gw_h2 *h2 = st->h2;
+    while (!st->head_sent && !st->sclosed) {
+        struct evbuffer *src = st_src(st);
+        size_t len = src ? evbuffer_get_length(src) : 0;
+        ev_ssize_t end = len ? gw_h1_head_end(src, len, 0, H2_HEAD_MAX(h2->c->w)) : -1;
+        if (end < 0)
+            return;
+        size_t hlen = (size_t)end + 4;
+        char *head = (char *)evbuffer_pullup(src, (ev_ssize_t)hlen);
+        struct head_ctx hc = {.h2 = h2, .n = 1};
+        llhttp_t p;
+        llhttp_init(&p, HTTP_RESPONSE, &head_settings);
+        p.data = &hc;
+        llhttp_errno_t e = head ? llhttp_execute(&p, head, hlen) : HPE_INTERNAL;
+        if ((e != HPE_PAUSED && e != HPE_OK) || hc.over || p.status_code < 100 ||
+            p.status_code > 999) {
+            st->bad = st->cut = 1;
+            gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        char status[4];
+        status_digits(status, p.status_code);
+        h2->nv[0] =
+            (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
+        int code = p.status_code;
+        if (code >= 100 && code < 200 && code != 101) {
+            if (++st->n_interim > H2_MAX_INTERIM) {
+                st->bad = st->cut = 1;
+                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                return;
+            }
+            nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, hc.n, NULL);
+            evbuffer_drain(src, hlen);
+            st_taken(st);
+            continue;
+        }
+        if (code == 101) {
+            if (!st->ws) {
+                st->bad = st->cut = 1;
+                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                return;
+            }
+            memcpy(status, "200", 4); /* RFC 8441: the CONNECT's success */
+            st->tunnel = 1;
+            if (st->req_end && st->vc) /* the client ended its side before the 101 */
+                gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF);
+        }
+        /* the answer's framing, as an HTTP/1 client reads it, from here on */
+        llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
+        st->resp.data = st;
+        size_t skip = 0;
+        if (!st->tunnel && !st->head_req) {
+            /* the body's framing parser reads the head too (msg_done: it has no body) */
+            llhttp_errno_t e2 = llhttp_execute(&st->resp, head, hlen);
+            if (e2 != HPE_OK && e2 != HPE_PAUSED) {
+                st->bad = st->cut = 1;
+                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                return;
+            }
+        }
+        skip = hlen;
+        st->head_sent = 1;
+        int nobody = !st->tunnel && (st->head_req || st->msg_done || code == 204 || code == 304);
+        if (nobody)
+            st->resp_end = 1;
+        nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
+        int rv = nghttp2_submit_response(h2->s, st->id, h2->nv, hc.n, nobody ? NULL : &prd);
+        evbuffer_drain(src, skip);
+        st_taken(st);
+        if (rv < 0) {
+            st->cut = 1;
+            gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+        }
+        return;
+    }
+}
+
+/* Frames up to <want> more payload bytes into st->data from the answer's bytes; decides the
+ * end (resp_end) or a cut. */
+static void fill(struct gw_h2s *st, size_t want)
+{
+    while (!st->resp_end && !st->cut && evbuffer_get_length(st->data) < want) {
+        struct evbuffer *src = st_src(st);
+        size_t len = src ? evbuffer_get_length(src) : 0;
+        if (len == 0) {
+            if (st->vc && !st->shut)
+                return; /* more to come */
+            /* the exchange ended and left nothing more */
+            if (st->tunnel) {
+                st->resp_end = 1;
+            } else {
+                if (!st->msg_done)
+                    llhttp_finish(&st->resp); /* a body that ends with the close */
+                if (st->msg_done)
+                    st->resp_end = 1;
+                else
+                    st->cut = 1;
+            }
+            return;
+        }
+        size_t room = want - evbuffer_get_length(st->data);
+        if (st->tunnel) {
+            size_t n = len < room ? len : room;
+            evbuffer_remove_buffer(src, st->data, n);
+            st_taken(st);
+            continue;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(src, -1, NULL, &v, 1) < 1)
+            return;
+        size_t n = v.iov_len < room + 64 ? v.iov_len : room + 64;
+        llhttp_errno_t e = llhttp_execute(&st->resp, v.iov_base, n);
+        size_t used = n;
+        if (e == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&st->resp) - (const char *)v.iov_base);
+        } else if (e != HPE_OK) {
+            st->cut = st->bad = 1;
+            return;
+        }
+        evbuffer_drain(src, used);
+        st_taken(st);
+        if (st->msg_done) {
+            st->resp_end = 1;
+            if (st->vc) /* what follows the answer is not the client's */
+                evbuffer_drain(src, evbuffer_get_length(src));
+        }
+    }
+}
+
+/* The answer's trailers (st->hdr, "name\0value\0"...) as a HEADERS frame ending the stream. */
+static int submit_trailers(struct gw_h2s *st)
+{
+    struct gw_h2 *h2 = st->h2;
+    size_t len = evbuffer_get_length(st->hdr);
+    char *p = (char *)evbuffer_pullup(st->hdr, (ev_ssize_t)len);
+    size_t n = 0;
+    for (char *q = p, *end = p + len; q && q < end && n < h2->nv_cap;) {
+        char *name = q, *z = memchr(q, 0, (size_t)(end - q));
+        if (!z)
+            break;
+        char *value = z + 1, *z2 = value < end ? memchr(value, 0, (size_t)(end - value)) : NULL;
+        if (!z2)
+            break;
+        size_t nl = (size_t)(z - name);
+        for (size_t i = 0; i < nl; i++)
+            name[i] = (char)tolower((unsigned char)name[i]);
+        if (!conn_specific(name, nl))
+            h2->nv[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nl, (size_t)(z2 - value),
+                                       NGHTTP2_NV_FLAG_NONE};
+        q = z2 + 1;
+    }
+    return n ? nghttp2_submit_trailer(h2->s, st->id, h2->nv, n) : -1;
+}
+
+ssize_t gw_h2_data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
+                           uint32_t *flags, nghttp2_data_source *source, void *arg)
+{
+    struct gw_h2s *st = source->ptr;
+    (void)s, (void)id, (void)buf, (void)arg;
+    fill(st, length);
+    size_t have = evbuffer_get_length(st->data);
+    if (st->cut && have == 0) {
+        st->we_reset = 1; /* nghttp2 sends it, for the instance's short answer */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM: the answer is short */
+    }
+    if (have == 0 && !st->resp_end) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = have < length ? have : length;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->resp_end && n == have) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (evbuffer_get_length(st->hdr) && submit_trailers(st) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    }
+    return (ssize_t)n;
+}
+
+int gw_h2_send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+                       size_t length, nghttp2_data_source *source, void *arg)
+{
+    struct gw_h2 *h2 = arg;
+    struct gw_h2s *st = source->ptr;
+    struct gw_conn *c = h2->c;
+    (void)s;
+    if (!h2->final && evbuffer_get_length(c->cs.out) >= c->w->gc->limits.buffer_high) {
+        h2->full = 1;
+        return NGHTTP2_ERR_WOULDBLOCK;
+    }
+    if (!st->vc && !st->sclosed) /* progress: an answer left behind has send_timeout again */
+        evtimer_add(&st->stall, h2->c->w->to_h2_send);
+    if (evbuffer_add(c->cs.out, framehd, 9) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->data.padlen > 0) {
+        uint8_t pad = (uint8_t)(frame->data.padlen - 1);
+        evbuffer_add(c->cs.out, &pad, 1);
+    }
+    evbuffer_remove_buffer(st->data, c->cs.out, length);
+    if (frame->data.padlen > 1) {
+        static const uint8_t zero[256];
+        evbuffer_add(c->cs.out, zero, frame->data.padlen - 1);
+    }
+    return 0;
+}
+
+/* An answer of the gateway's own (an error, JSON) to a stream that gets no exchange. */
+void gw_h2_answer_error(struct gw_h2s *st, enum gw_err e)
+{
+    struct gw_h2 *h2 = st->h2;
+    const struct gw_err_info *info = gw_err_info(e);
+    GW_METRIC_INC(&h2->c->w->metrics, errors[e]);
+    char body[256], status[4], clen[16];
+    int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                        info->code, info->message);
+    status_digits(status, (unsigned)info->status);
+    snprintf(clen, sizeof(clen), "%d", blen);
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+    nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "application/json"),
+                       NV("content-length", clen), NV("cache-control", "no-store")};
+#undef NV
+    st->head_sent = st->resp_end = 1;
+    int head = st->head_req;
+    if (!head)
+        evbuffer_add(st->data, body, (size_t)blen);
+    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
+    nghttp2_submit_response(h2->s, st->id, nv, 4, head ? NULL : &prd);
+}
+
+void gw_h2_resp_init(void)
+{
+    static int done;
+    if (done)
+        return;
+    done = 1;
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_body = on_resp_body;
+    resp_settings.on_message_complete = on_resp_complete;
+    resp_settings.on_header_field = on_trl_field;
+    resp_settings.on_header_value = on_trl_value;
+    resp_settings.on_header_field_complete = on_trl_end;
+    resp_settings.on_header_value_complete = on_trl_end;
+    llhttp_settings_init(&head_settings);
+    head_settings.on_header_field = on_head_field;
+    head_settings.on_header_value = on_head_value;
+    head_settings.on_headers_complete = on_head_done;
+}
