@@ -737,18 +737,16 @@ struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stre
     if (c) { /* an ended stream's exchange: its stream's buffers reused */
         w->vconn_spare = c->next;
         w->n_vconn_spare--;
-        struct gw_stream keep = c->cs;
+        struct evbuffer *in = c->cs.in, *out = c->cs.out;
         memset(c, 0, sizeof(*c));
-        c->cs.in = keep.in;
-        c->cs.out = keep.out;
-        gw_stream_reinit_virtual(&c->cs, w->base, ops, ctx);
-    } else {
-        if (!(c = calloc(1, sizeof(*c))))
-            return NULL;
-        if (gw_stream_init_virtual(&c->cs, w->base, ops, ctx) < 0) {
-            free(c);
-            return NULL;
-        }
+        c->cs.in = in;
+        c->cs.out = out;
+    } else if (!(c = calloc(1, sizeof(*c)))) {
+        return NULL;
+    }
+    if (gw_stream_init_virtual(&c->cs, w->base, ops, ctx) < 0) {
+        free(c);
+        return NULL;
     }
     c->w = w;
     c->virt = 1;
@@ -794,8 +792,7 @@ void gw_conn_close_all(struct gw_worker *w)
         struct gw_conn *c = w->vconn_spare;
         w->vconn_spare = c->next;
         w->n_vconn_spare--;
-        evbuffer_free(c->cs.in); /* gw_stream_fini_keep() left only its buffers */
-        evbuffer_free(c->cs.out);
+        gw_stream_fini(&c->cs); /* kept by gw_stream_fini_keep(): its buffers */
         free(c);
     }
 }

@@ -470,37 +470,22 @@ static void on_vwr(evutil_socket_t fd, short what, void *arg)
 int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
                            const struct gw_stream_vops *ops, void *ctx)
 {
+    struct evbuffer *in = s->in ? s->in : evbuffer_new();
+    struct evbuffer *out = s->out ? s->out : evbuffer_new();
     memset(s, 0, sizeof(*s));
     s->fd = -1;
-    s->vops = ops;
-    s->vctx = ctx;
-    s->in = evbuffer_new();
-    s->out = evbuffer_new();
-    if (!s->in || !s->out || event_assign(&s->rd, base, -1, EV_PERSIST, on_vrd, s) < 0 ||
-        event_assign(&s->wr, base, -1, EV_PERSIST, on_vwr, s) < 0 ||
-        event_assign(&s->tmo, base, -1, 0, on_tmo, s) < 0) {
-        if (s->in)
-            evbuffer_free(s->in);
-        if (s->out)
-            evbuffer_free(s->out);
-        memset(s, 0, sizeof(*s));
-        s->fd = -1;
+    if (!in || !out) {
+        if (in)
+            evbuffer_free(in);
+        if (out)
+            evbuffer_free(out);
         return -ENOMEM;
     }
-    s->open = 1;
-    return 0;
-}
-
-int gw_stream_reinit_virtual(struct gw_stream *s, struct event_base *base,
-                             const struct gw_stream_vops *ops, void *ctx)
-{
-    struct evbuffer *in = s->in, *out = s->out;
-    memset(s, 0, sizeof(*s));
-    s->fd = -1;
     s->vops = ops;
     s->vctx = ctx;
     s->in = in;
     s->out = out;
+    /* fd -1: no socket to watch; event_active() and the timers drive them */
     event_assign(&s->rd, base, -1, EV_PERSIST, on_vrd, s);
     event_assign(&s->wr, base, -1, EV_PERSIST, on_vwr, s);
     event_assign(&s->tmo, base, -1, 0, on_tmo, s);
@@ -522,9 +507,10 @@ void gw_stream_fini_keep(struct gw_stream *s)
     s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
 }
 
-int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len)
+/* Bytes came into a virtual stream's input: on_read on the loop, once reading. */
+static int v_arrived(struct gw_stream *s, int rc)
 {
-    if (!s->open || evbuffer_add(s->in, data, len) < 0)
+    if (rc < 0)
         return -ENOMEM;
     s->v_new = 1;
     if (reading(s))
@@ -532,14 +518,14 @@ int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len)
     return 0;
 }
 
+int gw_stream_v_input(struct gw_stream *s, const void *data, size_t len)
+{
+    return s->open ? v_arrived(s, evbuffer_add(s->in, data, len)) : -ENOMEM;
+}
+
 int gw_stream_v_input_buffer(struct gw_stream *s, struct evbuffer *buf)
 {
-    if (!s->open || evbuffer_add_buffer(s->in, buf) < 0)
-        return -ENOMEM;
-    s->v_new = 1;
-    if (reading(s))
-        event_active(&s->rd, EV_READ, 0);
-    return 0;
+    return s->open ? v_arrived(s, evbuffer_add_buffer(s->in, buf)) : -ENOMEM;
 }
 
 void gw_stream_v_fail(struct gw_stream *s, short what)
@@ -588,21 +574,21 @@ int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct
 
 void gw_stream_fini(struct gw_stream *s)
 {
+    if (s->vops) { /* open, or kept by gw_stream_fini_keep(): its buffers go too */
+        gw_stream_fini_keep(s);
+        if (s->in)
+            evbuffer_free(s->in);
+        if (s->out)
+            evbuffer_free(s->out);
+        s->in = s->out = NULL;
+        return;
+    }
     if (!s->open)
         return;
     /* unconditionally: an event made active (event_active) may be pending though not added */
     event_del(&s->rd);
     event_del(&s->wr);
     event_del(&s->tmo);
-    if (s->vops) {
-        s->open = 0;
-        s->vops->closed(s->vctx, s->out);
-        evbuffer_free(s->in);
-        evbuffer_free(s->out);
-        s->rd_added = s->wr_added = s->tmo_added = s->suspended = 0;
-        s->in = s->out = NULL;
-        return;
-    }
     evbuffer_free(s->in);
     evbuffer_free(s->out);
     if (s->ssl) {

@@ -106,17 +106,14 @@ int gw_stream_connect(struct gw_stream *s, struct event_base *base, const struct
 /* Removes the events, frees the buffers, closes the socket. Takes a finished or zeroed <s>. */
 void gw_stream_fini(struct gw_stream *s);
 /* Sets up <s> as a virtual stream of <ops> and <ctx> (see struct gw_stream_vops): reading and
- * writing disabled, no socket. The read timeout works as on a socket; v_wtimeout (set by the
- * owner; gw_stream_set_timeouts() leaves it) runs while the output waits for the codec. Returns 0
- * or -ENOMEM. */
+ * writing disabled, no socket. <s> is zeroed, or was finished with gw_stream_fini_keep() (its
+ * buffers are reused: no allocation). The read timeout works as on a socket; v_wtimeout (set by
+ * the owner; gw_stream_set_timeouts() leaves it) runs while the output waits for the codec.
+ * Returns 0 or -ENOMEM. */
 int gw_stream_init_virtual(struct gw_stream *s, struct event_base *base,
                            const struct gw_stream_vops *ops, void *ctx);
-/* A virtual stream finished with gw_stream_fini_keep() set up again for <ops> and <ctx>, its
- * buffers reused (no allocation). */
-int gw_stream_reinit_virtual(struct gw_stream *s, struct event_base *base,
-                             const struct gw_stream_vops *ops, void *ctx);
 /* gw_stream_fini() of a virtual stream that keeps its (emptied) buffers for
- * gw_stream_reinit_virtual() (or evbuffer_free() by their owner). */
+ * gw_stream_init_virtual(); gw_stream_fini() frees them. */
 void gw_stream_fini_keep(struct gw_stream *s);
 /* The codec's side of a virtual stream: <len> request bytes arrive (on_read follows on the
  * loop while reading is enabled); -ENOMEM or 0. */
