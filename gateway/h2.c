@@ -18,10 +18,6 @@
 #include "gateway/h2_int.h"
 #include "gateway/worker.h"
 
-/* Ended streams a connection keeps for its next ones (none under AddressSanitizer, as
- * gw_vconn_spare_max()). */
-static inline uint32_t h2s_spare_max(const struct gw_h2 *h2);
-
 static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define PREFACE_LEN (sizeof(preface) - 1)
 
@@ -34,6 +30,8 @@ void gw_h2_st_reset(struct gw_h2s *st, uint32_t code)
     nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, code);
 }
 
+/* Ended streams a connection keeps for its next ones (none under AddressSanitizer, as
+ * gw_vconn_spare_max()). */
 static inline uint32_t h2s_spare_max(const struct gw_h2 *h2)
 {
 #if defined(__SANITIZE_ADDRESS__)
@@ -62,56 +60,45 @@ void gw_h2_schedule(struct gw_h2 *h2)
 
 /* ------------------------------------------------------------------ streams */
 
+static void h2s_destroy(struct gw_h2s *st)
+{
+    struct evbuffer *bufs[] = {st->src, st->data, st->hdr, st->extra};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i])
+            evbuffer_free(bufs[i]);
+    free(st);
+}
+
 static struct gw_h2s *h2s_new(struct gw_h2 *h2, int32_t id)
 {
     struct gw_h2s *st = h2->spare;
-    if (st) { /* a stream of this connection that ended: its buffers and timer kept */
+    if (st) { /* a stream of this connection that ended: its (emptied) buffers kept */
         h2->spare = st->next;
         h2->n_spare--;
         struct evbuffer *data = st->data, *hdr = st->hdr, *extra = st->extra, *src = st->src;
-        memset(st, 0, offsetof(struct gw_h2s, stall));
-        memset(&st->method, 0, sizeof(*st) - offsetof(struct gw_h2s, method));
+        memset(st, 0, sizeof(*st));
         st->data = data, st->hdr = hdr, st->extra = extra, st->src = src;
-        st->h2 = h2;
-        st->id = id;
-        goto linked;
+    } else {
+        st = calloc(1, sizeof(*st));
+        if (!st)
+            return NULL;
+        st->data = evbuffer_new();
+        st->hdr = evbuffer_new();
+        st->extra = evbuffer_new();
+        if (!st->data || !st->hdr || !st->extra) {
+            h2s_destroy(st);
+            return NULL;
+        }
     }
-    st = calloc(1, sizeof(*st));
-    if (!st)
-        return NULL;
     st->h2 = h2;
     st->id = id;
     evtimer_assign(&st->stall, h2->c->w->base, gw_h2_on_stall, st);
-    st->data = evbuffer_new();
-    st->hdr = evbuffer_new();
-    st->extra = evbuffer_new();
-    if (!st->data || !st->hdr || !st->extra) {
-        if (st->data)
-            evbuffer_free(st->data);
-        if (st->hdr)
-            evbuffer_free(st->hdr);
-        if (st->extra)
-            evbuffer_free(st->extra);
-        free(st);
-        return NULL;
-    }
-linked:
     st->next = h2->streams;
     if (h2->streams)
         h2->streams->prev = st;
     h2->streams = st;
     h2->n_streams++;
     return st;
-}
-
-static void h2s_destroy(struct gw_h2s *st)
-{
-    if (st->src)
-        evbuffer_free(st->src);
-    evbuffer_free(st->data);
-    evbuffer_free(st->hdr);
-    evbuffer_free(st->extra);
-    free(st);
 }
 
 static void h2s_free(struct gw_h2s *st)
@@ -132,7 +119,6 @@ static void h2s_free(struct gw_h2s *st)
     evtimer_del(&st->stall);
     free(st->path);
     free(st->authority);
-    st->path = st->authority = NULL;
     if (!h2->dead && h2->n_spare < h2s_spare_max(h2)) {
         /* kept for the connection's next stream (no allocation per stream once warm) */
         evbuffer_drain(st->data, evbuffer_get_length(st->data));
@@ -271,13 +257,22 @@ static int reset_limited(struct gw_h2 *h2)
     return 0;
 }
 
+/* A reset the client made (its RST_STREAM, or ours for its protocol error): counted, and
+ * past the limit the connection ends with ENHANCE_YOUR_CALM (h2_recv() closes it). */
+static void client_reset(struct gw_h2 *h2)
+{
+    if (!h2->calm && reset_limited(h2)) {
+        h2->calm = 1;
+        nghttp2_session_terminate_session(h2->s, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
 {
     struct gw_h2 *h2 = arg;
     int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
-    if (frame->hd.type == NGHTTP2_RST_STREAM && !h2->calm && reset_limited(h2)) {
-        h2->calm = 1;
-        nghttp2_session_terminate_session(s, NGHTTP2_ENHANCE_YOUR_CALM);
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        client_reset(h2);
         return 0;
     }
     struct gw_h2s *st = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
@@ -345,11 +340,8 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *a
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
         /* A reset nghttp2 sent for the client's protocol error counts as the client's own
          * (MadeYouReset, CVE-2025-8671): a stream it made the gateway start and end. */
-        if ((!st || !st->we_reset) && frame->rst_stream.error_code != NGHTTP2_NO_ERROR &&
-            !h2->calm && reset_limited(h2)) {
-            h2->calm = 1;
-            nghttp2_session_terminate_session(s, NGHTTP2_ENHANCE_YOUR_CALM);
-        }
+        if ((!st || !st->we_reset) && frame->rst_stream.error_code != NGHTTP2_NO_ERROR)
+            client_reset(h2);
         return 0;
     }
     if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
@@ -455,6 +447,16 @@ static void h2_send(struct gw_h2 *h2)
         h2_close(h2);
 }
 
+/* Ends the connection with GOAWAY <code>: the frames already queued and the GOAWAY go out
+ * whatever the output holds (bounded: nghttp2 queues no more), then the socket closes. */
+static void h2_goaway(struct gw_h2 *h2, uint32_t code)
+{
+    nghttp2_session_terminate_session(h2->s, code); /* kept code if one is queued already */
+    h2->final = 1;
+    nghttp2_session_send(h2->s);
+    h2_close(h2);
+}
+
 static void on_send_ev(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -470,9 +472,7 @@ static void h2_recv(struct gw_h2 *h2, const char *data, size_t len)
                     "gateway.h2.reset_burst/reset_rate",
                     h2->c->peer);
         GW_METRIC_INC(&h2->c->w->metrics, h2_goaways);
-        h2->final = 1;
-        nghttp2_session_send(h2->s);
-        h2_close(h2);
+        h2_goaway(h2, NGHTTP2_ENHANCE_YOUR_CALM);
         return;
     }
     if (rv < 0) {
@@ -483,10 +483,7 @@ static void h2_recv(struct gw_h2 *h2, const char *data, size_t len)
                             : NGHTTP2_PROTOCOL_ERROR;
         cm_log_info("h2", "connection error peer=%s: %s", h2->c->peer, nghttp2_strerror((int)rv));
         GW_METRIC_INC(&h2->c->w->metrics, h2_goaways);
-        nghttp2_session_terminate_session(h2->s, code);
-        h2->final = 1; /* bounded: nghttp2 stopped queueing at its limits */
-        nghttp2_session_send(h2->s);
-        h2_close(h2);
+        h2_goaway(h2, code);
     }
 }
 
@@ -544,10 +541,7 @@ void gw_h2_timer(struct gw_conn *c)
                             "header_timeout",
                             c->peer);
                 GW_METRIC_INC(&c->w->metrics, h2_goaways);
-                nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
-                h2->final = 1;
-                nghttp2_session_send(h2->s);
-                h2_close(h2);
+                h2_goaway(h2, NGHTTP2_NO_ERROR);
                 return;
             }
         }
@@ -557,10 +551,7 @@ void gw_h2_timer(struct gw_conn *c)
     cm_usec_t idle = now - h2->idle_since;
     cm_usec_t limit = lim->keepalive_timeout;
     if (idle >= limit || h2->draining) {
-        nghttp2_session_terminate_session(h2->s, NGHTTP2_NO_ERROR);
-        h2->final = 1;
-        nghttp2_session_send(h2->s);
-        h2_close(h2);
+        h2_goaway(h2, NGHTTP2_NO_ERROR);
         return;
     }
     struct timeval tv;
@@ -607,7 +598,6 @@ void gw_h2_start(struct gw_conn *c, const char *data, size_t len)
 {
     struct gw_worker *w = c->w;
     const struct gw_h2_config *hc = &w->gc->h2;
-    gw_h2_resp_init();
     struct gw_h2 *h2 = calloc(1, sizeof(*h2));
     nghttp2_session_callbacks *cb = NULL;
     nghttp2_option *opt = NULL;

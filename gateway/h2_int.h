@@ -61,8 +61,6 @@ struct gw_h2s {
     unsigned ready : 1;     /* the exchange wrote: look at it on the next send */
     unsigned deferred : 1;  /* the data source waits (NGHTTP2_ERR_DEFERRED) */
     unsigned sclosed : 1;   /* nghttp2 closed the stream */
-    unsigned in_trailer : 1;
-    unsigned bad : 1;
     unsigned we_reset : 1; /* an RST_STREAM of ours (not one nghttp2 sent for the client) */
 };
 
@@ -75,18 +73,18 @@ struct gw_h2 {
     uint32_t n_spare;
     struct evbuffer *head; /* a request head being written (empty between) */
     struct event send_ev;
-    nghttp2_nv *nv;
-    size_t nv_cap;
+    nghttp2_nv *nv; /* an answer head's fields while it is read back (h2_resp.c) */
+    size_t nv_cap, nv_n;
+    const char *nv_name; /* the field whose value comes next */
+    size_t nv_name_len;
     cm_usec_t idle_since;
     unsigned send_queued : 1;
     unsigned calm : 1;   /* the client went over a flood limit: GOAWAY ENHANCE_YOUR_CALM */
     uint32_t rst_tokens; /* RST_STREAMs the client may still send now (reset_burst, refilled
                             at reset_rate a second) */
     cm_usec_t rst_at;    /* when rst_tokens was last refilled; 0: never */
-    unsigned final : 1;
-    unsigned full : 1;
-    /* a frame waited: the output was at buffer_high */ /* the last frames (GOAWAY): queued
-                                                           whatever the output holds */
+    unsigned final : 1;  /* the last frames (GOAWAY): queued whatever the output holds */
+    unsigned full : 1;   /* a frame waited: the output was at buffer_high */
     unsigned draining : 1;
     unsigned dead : 1;
 };
@@ -113,8 +111,6 @@ void gw_h2_on_stall(evutil_socket_t fd, short what, void *arg);
 
 /* ---- h2_resp.c */
 
-/* The llhttp settings the read-back uses (once per process; idempotent). */
-void gw_h2_resp_init(void);
 /* Submits the answer's heads found at the start of its bytes (1xx, then the final one). */
 void gw_h2_pump_head(struct gw_h2s *st);
 /* nghttp2's data source and send-data callbacks for an answer's body (NO_COPY). */

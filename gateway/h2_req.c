@@ -141,7 +141,11 @@ void gw_h2_begin_exchange(struct gw_h2s *st, int end_stream)
     }
     if (st->ws) {
         unsigned char nonce[16], key[32];
-        RAND_bytes(nonce, sizeof(nonce));
+        if (RAND_bytes(nonce, sizeof(nonce)) != 1) { /* never our stack's bytes instead */
+            evbuffer_drain(head, evbuffer_get_length(head));
+            gw_h2_answer_error(st, GW_ERR_INTERNAL);
+            return;
+        }
         int kl = EVP_EncodeBlock(key, nonce, sizeof(nonce));
         evbuffer_add_printf(head,
                             "upgrade: websocket\r\nconnection: upgrade\r\n"
@@ -162,6 +166,4 @@ void gw_h2_begin_exchange(struct gw_h2s *st, int end_stream)
     st->vin = vc->cs.in;
     evbuffer_add_cb(st->vin, on_vin_drained, st);
     gw_stream_v_input_buffer(&vc->cs, head); /* moves it: head is empty again */
-    if (end_stream && st->chunked)
-        gw_stream_v_input(&vc->cs, "0\r\n\r\n", 5);
 }

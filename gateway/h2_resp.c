@@ -16,75 +16,9 @@
 
 /* ------------------------------------------------------------------ the answer, read back */
 
-static int on_resp_body(llhttp_t *p, const char *at, size_t len)
-{
-    struct gw_h2s *st = p->data;
-    if (evbuffer_add(st->data, at, len) < 0)
-        return -1;
-    return 0;
-}
-
-static int on_resp_complete(llhttp_t *p)
-{
-    struct gw_h2s *st = p->data;
-    st->msg_done = 1;
-    return HPE_PAUSED;
-}
-
-/* Trailers (after the head: fields after the last chunk): "name\0value\0" into st->hdr. */
-/* Trailer bytes kept: up to limits.max_header_bytes, then the answer is cut (-1). */
-static int trl_add(struct gw_h2s *st, const char *at, size_t len)
-{
-    if (evbuffer_get_length(st->hdr) + len > st->h2->c->w->gc->limits.max_header_bytes)
-        return -1;
-    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
-}
-
-static int on_trl_field(llhttp_t *p, const char *at, size_t len)
-{
-    struct gw_h2s *st = p->data;
-    if (!st->head_sent)
-        return 0;
-    st->in_trailer = 1;
-    return trl_add(st, at, len);
-}
-
-static int on_trl_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct gw_h2s *st = p->data;
-    if (!st->head_sent)
-        return 0;
-    return trl_add(st, at, len);
-}
-
-static int on_trl_end(llhttp_t *p)
-{
-    struct gw_h2s *st = p->data;
-    if (!st->head_sent)
-        return 0;
-    return evbuffer_add(st->hdr, "", 1) < 0 ? -1 : 0;
-}
-
-static llhttp_settings_t resp_settings;
-static llhttp_settings_t head_settings;
-
-/* Head callbacks: the whole head is parsed in one call, so each field and value comes whole. */
-struct head_ctx {
-    struct gw_h2 *h2;
-    size_t n;
-    const char *name;
-    size_t name_len;
-    int skip_value;
-    int over;
-};
-
-static int on_head_field(llhttp_t *p, const char *at, size_t len)
-{
-    struct head_ctx *hc = p->data;
-    hc->name = at;
-    hc->name_len = len;
-    return 0;
-}
+/* One llhttp parser per answer (st->resp) reads its head and frames its body. While the head
+ * is read (whole, in one llhttp_execute() over contiguous bytes, so each field and value comes
+ * in one callback) its fields go to the connection's nv array; after it, fields are trailers. */
 
 /* Not sent over HTTP/2 (RFC 9113 8.2.2), or only the HTTP/1 side's business. */
 static int conn_specific(const char *n, size_t l)
@@ -107,32 +41,70 @@ static int conn_specific(const char *n, size_t l)
     }
 }
 
-static int on_head_value(llhttp_t *p, const char *at, size_t len)
+/* Trailer bytes ("name\0value\0"... in st->hdr) kept up to limits.max_header_bytes; past it
+ * the answer is cut (-1). */
+static int trl_add(struct gw_h2s *st, const char *at, size_t len)
 {
-    struct head_ctx *hc = p->data;
-    if (conn_specific(hc->name, hc->name_len))
-        return 0;
-    if (hc->n >= hc->h2->nv_cap) {
-        hc->over = 1;
-        return 0;
-    }
-    char *name = (char *)hc->name; /* our copy of the head, drained after */
-    for (size_t i = 0; i < hc->name_len; i++)
-        name[i] = (char)tolower((unsigned char)name[i]);
-    nghttp2_nv *nv = &hc->h2->nv[hc->n++];
-    nv->name = (uint8_t *)name;
-    nv->namelen = hc->name_len;
-    nv->value = (uint8_t *)at;
-    nv->valuelen = len;
-    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    if (evbuffer_get_length(st->hdr) + len > st->h2->c->w->gc->limits.max_header_bytes)
+        return -1;
+    return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
+}
+
+static int on_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_h2s *st = p->data;
+    if (st->head_sent)
+        return trl_add(st, at, len);
+    st->h2->nv_name = at;
+    st->h2->nv_name_len = len;
     return 0;
 }
 
-static int on_head_done(llhttp_t *p)
+static int on_value(llhttp_t *p, const char *at, size_t len)
 {
-    (void)p;
+    struct gw_h2s *st = p->data;
+    struct gw_h2 *h2 = st->h2;
+    if (st->head_sent)
+        return trl_add(st, at, len);
+    if (conn_specific(h2->nv_name, h2->nv_name_len))
+        return 0;
+    if (h2->nv_n >= h2->nv_cap)
+        return -1; /* more fields than the connection's array: the answer is cut */
+    char *name = (char *)h2->nv_name; /* the head pulled up in its buffer, drained after */
+    for (size_t i = 0; i < h2->nv_name_len; i++)
+        name[i] = (char)tolower((unsigned char)name[i]);
+    h2->nv[h2->nv_n++] =
+        (nghttp2_nv){(uint8_t *)name, (uint8_t *)at, h2->nv_name_len, len, NGHTTP2_NV_FLAG_NONE};
+    return 0;
+}
+
+static int on_field_end(llhttp_t *p)
+{
+    struct gw_h2s *st = p->data;
+    return st->head_sent ? trl_add(st, "", 1) : 0;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct gw_h2s *st = p->data;
+    return evbuffer_add(st->data, at, len) < 0 ? -1 : 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    struct gw_h2s *st = p->data;
+    st->msg_done = 1;
     return HPE_PAUSED;
 }
+
+static const llhttp_settings_t resp_settings = {
+    .on_header_field = on_field,
+    .on_header_value = on_value,
+    .on_header_field_complete = on_field_end,
+    .on_header_value_complete = on_field_end,
+    .on_body = on_resp_body,
+    .on_message_complete = on_resp_complete,
+};
 
 /* :status of <code> (100-999). */
 static void status_digits(char out[4], unsigned code)
@@ -154,7 +126,13 @@ static void st_taken(struct gw_h2s *st)
         gw_stream_v_taken(&st->vc->cs);
 }
 
-/* Submits the answer's heads found at the start of its bytes (1xx, then the final one). */
+/* The answer cannot go on (a bad head, too many interim heads, a 101 nobody asked for). */
+static void cut(struct gw_h2s *st)
+{
+    st->cut = 1;
+    gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+}
+
 void gw_h2_pump_head(struct gw_h2s *st)
 {
     struct gw_h2 *h2 = st->h2;
@@ -166,37 +144,34 @@ void gw_h2_pump_head(struct gw_h2s *st)
             return;
         size_t hlen = (size_t)end + 4;
         char *head = (char *)evbuffer_pullup(src, (ev_ssize_t)hlen);
-        struct head_ctx hc = {.h2 = h2, .n = 1};
-        llhttp_t p;
-        llhttp_init(&p, HTTP_RESPONSE, &head_settings);
-        p.data = &hc;
-        llhttp_errno_t e = head ? llhttp_execute(&p, head, hlen) : HPE_INTERNAL;
-        if ((e != HPE_PAUSED && e != HPE_OK) || hc.over || p.status_code < 100 ||
-            p.status_code > 999) {
-            st->bad = st->cut = 1;
-            gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+        llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
+        st->resp.data = st;
+        st->msg_done = 0;
+        h2->nv_n = 1; /* [0]: :status */
+        llhttp_errno_t e = head ? llhttp_execute(&st->resp, head, hlen) : HPE_INTERNAL;
+        unsigned code = st->resp.status_code;
+        if ((e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) || code < 100 ||
+            code > 999) {
+            cut(st);
             return;
         }
         char status[4];
-        status_digits(status, p.status_code);
+        status_digits(status, code);
         h2->nv[0] =
             (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
-        int code = p.status_code;
         if (code >= 100 && code < 200 && code != 101) {
             if (++st->n_interim > H2_MAX_INTERIM) {
-                st->bad = st->cut = 1;
-                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                cut(st);
                 return;
             }
-            nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, hc.n, NULL);
+            nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, h2->nv_n, NULL);
             evbuffer_drain(src, hlen);
             st_taken(st);
             continue;
         }
         if (code == 101) {
             if (!st->ws) {
-                st->bad = st->cut = 1;
-                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+                cut(st);
                 return;
             }
             memcpy(status, "200", 4); /* RFC 8441: the CONNECT's success */
@@ -204,32 +179,17 @@ void gw_h2_pump_head(struct gw_h2s *st)
             if (st->req_end && st->vc) /* the client ended its side before the 101 */
                 gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF);
         }
-        /* the answer's framing, as an HTTP/1 client reads it, from here on */
-        llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
-        st->resp.data = st;
-        size_t skip = 0;
-        if (!st->tunnel && !st->head_req) {
-            /* the body's framing parser reads the head too (msg_done: it has no body) */
-            llhttp_errno_t e2 = llhttp_execute(&st->resp, head, hlen);
-            if (e2 != HPE_OK && e2 != HPE_PAUSED) {
-                st->bad = st->cut = 1;
-                gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
-                return;
-            }
-        }
-        skip = hlen;
+        /* from here on the parser frames the body (msg_done: the head said it has none) */
         st->head_sent = 1;
         int nobody = !st->tunnel && (st->head_req || st->msg_done || code == 204 || code == 304);
         if (nobody)
             st->resp_end = 1;
         nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
-        int rv = nghttp2_submit_response(h2->s, st->id, h2->nv, hc.n, nobody ? NULL : &prd);
-        evbuffer_drain(src, skip);
+        int rv = nghttp2_submit_response(h2->s, st->id, h2->nv, h2->nv_n, nobody ? NULL : &prd);
+        evbuffer_drain(src, hlen);
         st_taken(st);
-        if (rv < 0) {
-            st->cut = 1;
-            gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
-        }
+        if (rv < 0)
+            cut(st);
         return;
     }
 }
@@ -273,7 +233,7 @@ static void fill(struct gw_h2s *st, size_t want)
         if (e == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&st->resp) - (const char *)v.iov_base);
         } else if (e != HPE_OK) {
-            st->cut = st->bad = 1;
+            st->cut = 1;
             return;
         }
         evbuffer_drain(src, used);
@@ -349,17 +309,10 @@ int gw_h2_send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *
     }
     if (!st->vc && !st->sclosed) /* progress: an answer left behind has send_timeout again */
         evtimer_add(&st->stall, h2->c->w->to_h2_send);
+    (void)frame; /* never padded: no select_padding callback */
     if (evbuffer_add(c->cs.out, framehd, 9) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (frame->data.padlen > 0) {
-        uint8_t pad = (uint8_t)(frame->data.padlen - 1);
-        evbuffer_add(c->cs.out, &pad, 1);
-    }
     evbuffer_remove_buffer(st->data, c->cs.out, length);
-    if (frame->data.padlen > 1) {
-        static const uint8_t zero[256];
-        evbuffer_add(c->cs.out, zero, frame->data.padlen - 1);
-    }
     return 0;
 }
 
@@ -384,23 +337,4 @@ void gw_h2_answer_error(struct gw_h2s *st, enum gw_err e)
         evbuffer_add(st->data, body, (size_t)blen);
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
     nghttp2_submit_response(h2->s, st->id, nv, 4, head ? NULL : &prd);
-}
-
-void gw_h2_resp_init(void)
-{
-    static int done;
-    if (done)
-        return;
-    done = 1;
-    llhttp_settings_init(&resp_settings);
-    resp_settings.on_body = on_resp_body;
-    resp_settings.on_message_complete = on_resp_complete;
-    resp_settings.on_header_field = on_trl_field;
-    resp_settings.on_header_value = on_trl_value;
-    resp_settings.on_header_field_complete = on_trl_end;
-    resp_settings.on_header_value_complete = on_trl_end;
-    llhttp_settings_init(&head_settings);
-    head_settings.on_header_field = on_head_field;
-    head_settings.on_header_value = on_head_value;
-    head_settings.on_headers_complete = on_head_done;
 }
