@@ -235,14 +235,13 @@ void gw_conn_send_error(struct gw_conn *c, enum gw_err e, int close)
     if (!c->req_keepalive)
         close = 1;
     char body[256];
-    int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                        info->code, info->message);
+    size_t blen = gw_err_body(e, body, sizeof(body));
     struct evbuffer *out = c->cs.out;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                        "content-length: %d\r\ncache-control: no-store\r\n",
+                        "content-length: %zu\r\ncache-control: no-store\r\n",
                         info->status, cm_http_reason(info->status), blen);
-    if (e == GW_ERR_NO_CAPACITY || e == GW_ERR_STORE_UNAVAILABLE || e == GW_ERR_OVERLOADED)
+    if (info->retry)
         evbuffer_add_printf(out, "retry-after: %u\r\n", w->gc->retry_after);
     if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID) {
         evbuffer_add(out, "x-berth-session: ", 17);
@@ -258,7 +257,7 @@ void gw_conn_send_error(struct gw_conn *c, enum gw_err e, int close)
         evbuffer_add(out, "connection: close\r\n", 19);
     evbuffer_add(out, "\r\n", 2);
     if (!c->head_method)
-        evbuffer_add(out, body, (size_t)blen);
+        evbuffer_add(out, body, blen);
     gw_conn_answered(c, info->status, close);
 }
 

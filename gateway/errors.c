@@ -1,5 +1,7 @@
 #include "gateway/errors.h"
 
+#include <stdio.h>
+
 static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_BAD_REQUEST] = {"bad_request", 400, "malformed HTTP request"},
     [GW_ERR_INVALID_SESSION_KEY] = {"invalid_session_key", 400,
@@ -18,9 +20,9 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_NOT_IMPLEMENTED] = {"not_implemented", 501, "not implemented"},
     [GW_ERR_BAD_GATEWAY] = {"bad_gateway", 502, "the instance sent an invalid response"},
     [GW_ERR_INSTANCE_LOST] = {"instance_lost", 502, "the session's instance is gone"},
-    [GW_ERR_NO_CAPACITY] = {"no_capacity", 503, "no instance available, retry later"},
-    [GW_ERR_STORE_UNAVAILABLE] = {"store_unavailable", 503, "session store unavailable"},
-    [GW_ERR_OVERLOADED] = {"overloaded", 503, "gateway overloaded"},
+    [GW_ERR_NO_CAPACITY] = {"no_capacity", 503, "no instance available, retry later", 1},
+    [GW_ERR_STORE_UNAVAILABLE] = {"store_unavailable", 503, "session store unavailable", 1},
+    [GW_ERR_OVERLOADED] = {"overloaded", 503, "gateway overloaded", 1},
     [GW_ERR_SESSION_NOT_FOUND] = {"session_not_found", 404,
                                   "unknown or ended session: initialize a new one"},
     [GW_ERR_UPSTREAM_TIMEOUT] = {"upstream_timeout", 504, "the instance did not answer in time"},
@@ -35,4 +37,12 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
 const struct gw_err_info *gw_err_info(enum gw_err e)
 {
     return &table[e];
+}
+
+size_t gw_err_body(enum gw_err e, char *buf, size_t cap)
+{
+    const struct gw_err_info *info = &table[e];
+    int n = snprintf(buf, cap, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", info->code,
+                     info->message);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }

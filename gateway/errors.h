@@ -3,6 +3,8 @@
 #ifndef GW_ERRORS_H
 #define GW_ERRORS_H
 
+#include <stddef.h>
+
 enum gw_err {
     GW_ERR_BAD_REQUEST,         /* 400 malformed request */
     GW_ERR_INVALID_SESSION_KEY, /* 400 key not 1-128 visible ASCII */
@@ -34,10 +36,14 @@ struct gw_err_info {
     const char *code;
     int status;
     const char *message;
+    int retry; /* the answer carries Retry-After (gateway.retry_after): try again later */
 };
 
 /* Static table entry for <e>. */
 const struct gw_err_info *gw_err_info(enum gw_err e);
+/* The JSON body of an answer of <e>, {"error":{"code":...,"message":...}} and a newline, into
+ * <buf> (<cap> bytes, 256 hold every one); its length. */
+size_t gw_err_body(enum gw_err e, char *buf, size_t cap);
 /* Reason phrases: cm_http_reason() (common/httpd.h). */
 
 #endif

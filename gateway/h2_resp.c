@@ -322,19 +322,20 @@ void gw_h2_answer_error(struct gw_h2s *st, enum gw_err e)
     struct gw_h2 *h2 = st->h2;
     const struct gw_err_info *info = gw_err_info(e);
     GW_METRIC_INC(&h2->c->w->metrics, errors[e]);
-    char body[256], status[4], clen[16];
-    int blen = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                        info->code, info->message);
+    char body[256], status[4], clen[24], retry[24];
+    size_t blen = gw_err_body(e, body, sizeof(body));
     status_digits(status, (unsigned)info->status);
-    snprintf(clen, sizeof(clen), "%d", blen);
+    snprintf(clen, sizeof(clen), "%zu", blen);
+    snprintf(retry, sizeof(retry), "%u", h2->c->w->gc->retry_after);
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
     nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "application/json"),
-                       NV("content-length", clen), NV("cache-control", "no-store")};
+                       NV("content-length", clen), NV("cache-control", "no-store"),
+                       NV("retry-after", retry)};
 #undef NV
     st->head_sent = st->resp_end = 1;
     int head = st->head_req;
     if (!head)
-        evbuffer_add(st->data, body, (size_t)blen);
+        evbuffer_add(st->data, body, blen);
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
-    nghttp2_submit_response(h2->s, st->id, nv, 4, head ? NULL : &prd);
+    nghttp2_submit_response(h2->s, st->id, nv, info->retry ? 5 : 4, head ? NULL : &prd);
 }
