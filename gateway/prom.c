@@ -21,6 +21,13 @@ static void sample_i(struct cm_jbuf *b, const char *name, int64_t v)
     cm_jbuf_printf(b, "%s %" PRId64 "\n", name, v);
 }
 
+/* A counter family with its one sample. */
+static void counter(struct cm_jbuf *b, const char *name, const char *help, uint64_t v)
+{
+    family(b, name, "counter", help);
+    sample_u(b, name, v);
+}
+
 /* A label value: backslash, double quote and line feed escaped (exposition format rules). */
 static void label_value(struct cm_jbuf *b, const char *s)
 {
@@ -65,8 +72,7 @@ static void usec_as_seconds(struct cm_jbuf *b, uint64_t us)
 void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
                    const struct gw_prom_tenant *tenants, size_t n, int redis_up)
 {
-    family(b, "berth_gateway_requests_total", "counter", "Requests received on the data plane.");
-    sample_u(b, "berth_gateway_requests_total", m->requests);
+    counter(b, "berth_gateway_requests_total", "Requests received on the data plane.", m->requests);
 
     static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
     family(b, "berth_gateway_responses_total", "counter",
@@ -118,32 +124,27 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
 
     family(b, "berth_gateway_connections_active", "gauge", "Client connections open now.");
     sample_i(b, "berth_gateway_connections_active", m->conns_active);
-    family(b, "berth_gateway_connections_total", "counter", "Client connections accepted.");
-    sample_u(b, "berth_gateway_connections_total", m->conns_accepted);
-    family(b, "berth_gateway_h2_connections_total", "counter",
-           "Client connections that spoke HTTP/2 (h2 by ALPN, or h2c).");
-    sample_u(b, "berth_gateway_h2_connections_total", m->h2_conns);
-    family(b, "berth_gateway_h2_streams_total", "counter", "HTTP/2 streams opened by clients.");
-    sample_u(b, "berth_gateway_h2_streams_total", m->h2_streams);
-    family(b, "berth_gateway_h2_stream_resets_total", "counter",
-           "HTTP/2 streams that ended before their answer was whole.");
-    sample_u(b, "berth_gateway_h2_stream_resets_total", m->h2_resets);
-    family(b, "berth_gateway_h2_goaways_total", "counter",
-           "HTTP/2 connections ended with GOAWAY for a protocol error or a flood.");
-    sample_u(b, "berth_gateway_h2_goaways_total", m->h2_goaways);
+    counter(b, "berth_gateway_connections_total", "Client connections accepted.",
+            m->conns_accepted);
+    counter(b, "berth_gateway_h2_connections_total",
+            "Client connections that spoke HTTP/2 (h2 by ALPN, or h2c).", m->h2_conns);
+    counter(b, "berth_gateway_h2_streams_total", "HTTP/2 streams opened by clients.",
+            m->h2_streams);
+    counter(b, "berth_gateway_h2_stream_resets_total",
+            "HTTP/2 streams that ended before their answer was whole.", m->h2_resets);
+    counter(b, "berth_gateway_h2_goaways_total",
+            "HTTP/2 connections ended with GOAWAY for a protocol error or a flood.", m->h2_goaways);
     family(b, "berth_gateway_streams_active", "gauge",
            "Requests in flight, including open SSE and WebSocket streams.");
     sample_i(b, "berth_gateway_streams_active", m->streams_active);
-    family(b, "berth_gateway_upstream_connects_total", "counter",
-           "New connections opened to instances.");
-    sample_u(b, "berth_gateway_upstream_connects_total", m->upstream_connects);
-    family(b, "berth_gateway_upstream_reuses_total", "counter",
-           "Requests sent on a kept-alive instance connection.");
-    sample_u(b, "berth_gateway_upstream_reuses_total", m->upstream_reuses);
-    family(b, "berth_gateway_sessions_unused_total", "counter",
-           "Sessions made for a keyless request and released at once: its answer was an "
-           "error (or none), so no client can reach them again.");
-    sample_u(b, "berth_gateway_sessions_unused_total", m->sessions_unused);
+    counter(b, "berth_gateway_upstream_connects_total", "New connections opened to instances.",
+            m->upstream_connects);
+    counter(b, "berth_gateway_upstream_reuses_total",
+            "Requests sent on a kept-alive instance connection.", m->upstream_reuses);
+    counter(b, "berth_gateway_sessions_unused_total",
+            "Sessions made for a keyless request and released at once: its answer was an "
+            "error (or none), so no client can reach them again.",
+            m->sessions_unused);
     family(b, "berth_gateway_body_bytes_total", "counter",
            "Body bytes relayed: in = from clients, out = to clients.");
     labeled(b, "berth_gateway_body_bytes_total", "direction", "in", m->bytes_in);

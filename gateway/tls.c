@@ -168,9 +168,9 @@ static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
 {
     (void)s;
     unsigned char *o;
-    const unsigned char *protos = arg ? alpn_h2 : alpn_h1;
-    unsigned plen = arg ? sizeof(alpn_h2) - 1 : sizeof(alpn_h1) - 1;
-    if (SSL_select_next_proto(&o, outlen, protos, plen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    const unsigned char *protos = arg; /* alpn_h2 or alpn_h1: no zero byte inside */
+    if (SSL_select_next_proto(&o, outlen, protos, (unsigned)strlen((const char *)protos), in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = o;
     return SSL_TLSEXT_ERR_OK;
@@ -266,7 +266,7 @@ static SSL_CTX *new_ctx(const struct gw_tls_config *tc, const struct gw_tls_cert
         SSL_CTX_set_num_tickets(ctx, 0);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     }
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, tc->alpn_h2 ? (void *)alpn_h2 : NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, (void *)(tc->alpn_h2 ? alpn_h2 : alpn_h1));
     what = cc->cert;
     if (SSL_CTX_use_certificate_chain_file(ctx, cc->cert) != 1)
         goto fail;
