@@ -36,10 +36,9 @@ class H2:
             self.conn.update_settings(settings)
         self.flush()
         self.streams = {}  # id -> dict(headers, data, trailers, ended, reset)
-        self.events = []
         self.goaway = None
         self.closed = False
-        self.remote_settings_acked = False
+        self.got_settings = False  # the gateway's SETTINGS arrived
 
     def flush(self):
         out = self.conn.data_to_send()
@@ -62,14 +61,22 @@ class H2:
         self.close()
 
     # -- requests
-    def request(self, path, headers=(), body=None, end=True, method=None, stream_id=None):
-        sid = stream_id or self.conn.get_next_available_stream_id()
+    def new_stream(self):
+        """The next stream id, and its record of what the gateway sent:
+        headers, informational heads, data, trailers, ended, reset (its code), t_first and
+        t_end (monotonic times of the first DATA and of the end); hold_window True keeps
+        the stream's window shut."""
+        sid = self.conn.get_next_available_stream_id()
+        self.streams[sid] = {"headers": None, "informational": [], "data": b"",
+                             "trailers": None, "ended": False, "reset": None, "t_first": None,
+                             "t_end": None, "hold_window": False}
+        return sid
+
+    def request(self, path, headers=(), body=None, end=True, method=None):
+        sid = self.new_stream()
         hdrs = [(":method", method or ("POST" if body is not None else "GET")),
                 (":scheme", "https" if isinstance(self.sock, ssl.SSLSocket) else "http"),
                 (":authority", self.authority), (":path", path)] + list(headers)
-        self.streams[sid] = {"headers": None, "informational": [], "data": b"",
-                             "trailers": None, "ended": False, "reset": None, "t_first": None,
-                             "t_end": None}
         self.conn.send_headers(sid, hdrs, end_stream=(body is None and end))
         if body is not None:
             self.send_body(sid, body, end=end)
@@ -111,7 +118,6 @@ class H2:
             raise AssertionError("h2 protocol error from the gateway: %r" % e)
         now = time.monotonic()
         for ev in evs:
-            self.events.append(ev)
             st = self.streams.get(getattr(ev, "stream_id", None))
             if isinstance(ev, h2.events.ResponseReceived):
                 st["headers"] = dict(ev.headers)
@@ -122,7 +128,7 @@ class H2:
                     if st["t_first"] is None:
                         st["t_first"] = now
                     st["data"] += ev.data
-                    if sid_acks(st):
+                    if not st["hold_window"]:
                         self.conn.acknowledge_received_data(ev.flow_controlled_length,
                                                             ev.stream_id)
                     elif ev.flow_controlled_length:
@@ -144,7 +150,7 @@ class H2:
             elif isinstance(ev, h2.events.SettingsAcknowledged):
                 pass
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
-                self.remote_settings_acked = True
+                self.got_settings = True
         try:
             self.flush()
         except OSError:
@@ -165,20 +171,3 @@ class H2:
         self.wait(lambda: self.streams[sid]["ended"] or self.streams[sid]["reset"] is not None,
                   timeout, "stream %d to end" % sid)
         return self.streams[sid]
-
-    def wait_closed(self, timeout=10):
-        """Reads until the gateway closes the connection; returns the GOAWAY seen (or None)."""
-        deadline = time.monotonic() + timeout * SLOW
-        while not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("the gateway did not close the connection")
-            try:
-                self.pump(min(left, 0.5))
-            except AssertionError:
-                raise
-        return self.goaway
-
-
-def sid_acks(st):
-    return not st.get("hold_window")
