@@ -530,6 +530,16 @@ def curl(url, method=None, headers=None, data=None, data_file=None, timeout=10,
     return r
 
 
+def prom_metrics(url):
+    """The samples of a /metrics page at <url>: {"name{labels}": value}."""
+    out = {}
+    for line in curl(url).text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
 def curl_stream(url, headers=None, timeout=30, extra=()):
     """Runs curl -N and yields (seconds since start, line without newline) as lines arrive;
     the response headers come first (curl -i). Ends when curl ends; kills curl if the

@@ -25,7 +25,7 @@ import hpack
 import pytest
 
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      deep_merge, echo_template, free_port, make_test_certs, wait_until,
+                      deep_merge, echo_template, free_port, make_test_certs, prom_metrics, wait_until,
                       write_config)
 from h2client import H2
 
@@ -184,11 +184,7 @@ def port(s):
 
 
 def metric(s, name):
-    r = curl(s.admin_url("/metrics"))
-    for line in r.body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("no metric %s" % name)
+    return prom_metrics(s.admin_url("/metrics"))[name]
 
 
 def served(s):

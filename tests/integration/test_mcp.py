@@ -16,8 +16,8 @@ import time
 import pytest
 
 from conftest import (SLOW, Proc, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      curl_stream, echo_template, free_port, make_test_certs, wait_until,
-                      write_config)
+                      curl_stream, echo_template, free_port, make_test_certs, prom_metrics,
+                      wait_until, write_config)
 from templates import (CLIENTS, ensure_clients, mcp_template, run_node, sandbox_ro_binds,
                        _sandbox_template, SYS_PYTHON)
 
@@ -321,11 +321,7 @@ def test_streamable_http_over_tls_switching_replicas(mcp_stack):
 
 
 def h2_streams(url):
-    r = curl(url + "/metrics")
-    for line in r.body.decode().splitlines():
-        if line.startswith("berth_gateway_h2_streams_total "):
-            return float(line.split()[1])
-    raise AssertionError("no berth_gateway_h2_streams_total")
+    return prom_metrics(url + "/metrics")["berth_gateway_h2_streams_total"]
 
 
 @pytest.mark.berth_timeout(240)

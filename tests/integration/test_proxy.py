@@ -16,7 +16,7 @@ import zlib
 import pytest
 
 from conftest import (SLOW, Stack, _remove_tree, _short_tmp, _skip_unless_root, curl,
-                      deep_merge, echo_template, free_port, write_config)
+                      deep_merge, echo_template, free_port, prom_metrics, write_config)
 
 
 RESPONSE_TIMEOUT = 1.0  # gateway.limits.response_timeout of this module's gateway
@@ -289,12 +289,7 @@ def echo_seen(pstack, session, headers, path="/seen"):
 
 
 def metrics(pstack):
-    out = {}
-    for line in curl(pstack.admin_url("/metrics")).text.splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            out[k] = float(v)
-    return out
+    return prom_metrics(pstack.admin_url("/metrics"))
 
 
 # ------------------------------------------------------------------ request direction
