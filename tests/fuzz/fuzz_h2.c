@@ -10,9 +10,10 @@
  * it into two requests).
  *
  * Input: byte 0 flags (bit 0: the exchange aborts instead of ending; bits 1-2: pieces the answer
- * is written in; bit 3: answer before reading the request body), bytes 1-2 the answer's length
- * (little endian, cut to what is there), the answer, then the client's bytes after the
- * connection preface and an empty SETTINGS frame (which the harness sends first). */
+ * is written in; each exchange answers as soon as its request head came, before any body),
+ * bytes 1-2 the answer's length (little endian, cut to what is there), the answer, then the
+ * client's bytes after the connection preface and an empty SETTINGS frame (which the harness
+ * sends first). */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
