@@ -30,7 +30,7 @@ class H2:
         self.authority = host
         self.conn = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
-                                             validate_inbound_headers=False))
+                                             validate_inbound_headers=True))
         self.conn.initiate_connection()
         if settings:
             self.conn.update_settings(settings)

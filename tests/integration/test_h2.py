@@ -89,6 +89,12 @@ class Misc(threading.Thread):
                         if not d:
                             return
                         c.sendall(d)
+                elif what == "hop":  # HTTP/1 connection fields, mixed-case names, chunked
+                    c.sendall(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\n"
+                              b"X-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
+                              b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\n"
+                              b"X-Mixed-Case: yes\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"3\r\nhop\r\n0\r\n\r\n")
                 elif what == "bigtrailer":  # a trailer section without end
                     c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                               b"2\r\nok\r\n0\r\nx-t: ")
@@ -465,6 +471,21 @@ def test_an_answer_before_the_request_ended_resets_the_rest_of_it(hstack):
         c.wait(lambda: st["reset"] is not None, what="the RST_STREAM")
         assert st["headers"][":status"] == "400" and st["ended"] and st["reset"] == 0, st
         assert json.loads(st["data"])["error"]["code"] == "invalid_session_key"
+
+
+def test_an_instances_http1_connection_fields_never_reach_the_client(hstack):
+    """What an instance sends for its HTTP/1 connection (Connection and the fields it names,
+    Keep-Alive, Proxy-Connection, Upgrade, TE, Transfer-Encoding) is not HTTP/2's to carry
+    (RFC 9113 8.2.2: a client treats it as malformed): the client gets the rest, names in
+    lower case. python-h2 validates what it receives."""
+    s = hstack
+    with H2(port(s)) as c:
+        st = c.wait_done(c.request("/misc/hop"))
+        assert st["headers"][":status"] == "200" and st["data"] == b"hop", st
+        h = st["headers"]
+        assert h["x-mixed-case"] == "yes"
+        assert not {"connection", "x-internal", "keep-alive", "proxy-connection", "upgrade",
+                    "te", "transfer-encoding"} & set(h), h
 
 
 def test_a_hostile_instance_cannot_grow_trailers_or_interim_heads(hstack):
