@@ -115,6 +115,11 @@ int gw_h1_precheck(const char *buf, size_t len, int response);
 struct evbuffer;
 ev_ssize_t gw_h1_head_end(struct evbuffer *in, size_t len, size_t scan, size_t max);
 
+/* Byte classes of gw_h1_sc[] (h1.c): SC_TCHAR a header name byte (RFC 9110 5.6.2 tchar),
+ * SC_VALUE a field value byte we take, SC_URL a request-target byte we take. */
+enum { SC_TCHAR = 1, SC_VALUE = 2, SC_URL = 4 };
+extern const uint8_t gw_h1_sc[256];
+
 /* A chunked request body's framing, checked by us before llhttp sees the bytes (RFC 9112 7.1,
  * strictly): chunk-size = 1*HEXDIG (at most 2^60 - 1) right at the line start; chunk
  * extensions ";" token [ "=" ( token / quoted-string ) ], repeated, without white space, at
