@@ -2,17 +2,11 @@
 #include "gateway/conn_int.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <event2/listener.h>
-#include <hiredis/hiredis.h>
-#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,21 +14,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "common/config.h"
 #include "common/httpd.h"
-#include "common/key.h"
 #include "common/log.h"
-#include "common/redis.h"
-#include "common/store.h"
 #include "gateway/activity.h"
-#include "gateway/cache.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
 #include "gateway/errors.h"
 #include "gateway/h1.h"
 #include "gateway/h2.h"
-#include "gateway/rewrite.h"
-#include "gateway/skey.h"
 #include "gateway/stream.h"
 #include "gateway/tls.h"
 #include "gateway/upstream.h"
