@@ -21,6 +21,7 @@
 #include "gateway/config.h"
 #include "gateway/metrics.h"
 #include "gateway/prom.h"
+#include "gateway/tls.h"
 
 struct scrape;
 
@@ -146,6 +147,11 @@ static void scrape_answer(struct scrape *s)
     struct cm_jbuf b;
     cm_jbuf_init(&b);
     gw_prom_write(&b, &sum, tenants, tenants ? cfg->n_tenants : 0, up);
+    if (*a->gc->tls_listen)
+        gw_prom_gauge(&b, "berth_gateway_tls_configs",
+                      "TLS configurations in memory: the current one, and those a reload "
+                      "replaced that connections made before it still use.",
+                      (int64_t)gw_tls_live());
     free(tenants);
     if (b.failed)
         gw_api_reply_error(s->req, GW_ERR_INTERNAL, "out of memory", 0);

@@ -672,8 +672,7 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         return;
     }
     if (tls) {
-        struct gw_tls *t = gw_tls_current();
-        if (!t || gw_stream_set_ssl(&c->cs, gw_tls_ssl_new(t)) < 0) {
+        if (gw_stream_set_ssl(&c->cs, gw_tls_ssl_new()) < 0) {
             gw_stream_fini(&c->cs);
             free(c);
             return;

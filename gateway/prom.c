@@ -28,6 +28,12 @@ static void counter(struct cm_jbuf *b, const char *name, const char *help, uint6
     sample_u(b, name, v);
 }
 
+void gw_prom_gauge(struct cm_jbuf *b, const char *name, const char *help, int64_t v)
+{
+    family(b, name, "gauge", help);
+    sample_i(b, name, v);
+}
+
 /* A label value: backslash, double quote and line feed escaped (exposition format rules). */
 static void label_value(struct cm_jbuf *b, const char *s)
 {

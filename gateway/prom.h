@@ -23,5 +23,7 @@ struct gw_prom_tenant {
  * # TYPE lines; histogram buckets are cumulative, in seconds. */
 void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
                    const struct gw_prom_tenant *tenants, size_t n, int redis_up);
+/* Appends a gauge family with its one sample <v>. */
+void gw_prom_gauge(struct cm_jbuf *b, const char *name, const char *help, int64_t v);
 
 #endif

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -41,10 +42,12 @@ struct tls_cert {
     X509 *x509;          /* borrowed from ctx */
     unsigned char *ocsp; /* DER, or NULL */
     size_t ocsp_len;
+    time_t ocsp_expires; /* stapled until then (its nextUpdate and 5 minutes); 0: always */
+    int expired_logged;
 };
 
 struct gw_tls {
-    struct gw_tls *retired; /* the one it replaced */
+    unsigned refs; /* its connections' SSLs, and 1 while it is the current one (publish_lock) */
     struct tls_cert *certs;
     size_t n_certs;
     cm_usec_t key_lifetime;
@@ -52,8 +55,42 @@ struct gw_tls {
     struct ticket_key cur, prev;
 };
 
+/* The current configuration, and how many are alive (the current one, and older ones that
+ * connections made before a reload still use): both under publish_lock. */
 static struct gw_tls *current;
+static unsigned n_live;
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The SSL ex_data slot holding an SSL's gw_tls: released when the SSL is freed. */
+static int ssl_idx = -1;
+static pthread_once_t ssl_idx_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(struct gw_tls *t);
+
+/* Drops a reference to <t> (publish_lock held); returns <t> when it was the last (the caller
+ * frees it after unlocking), else NULL. */
+static struct gw_tls *unref_locked(struct gw_tls *t)
+{
+    if (!t || --t->refs)
+        return NULL;
+    n_live--;
+    return t;
+}
+
+static void on_ssl_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (!ptr)
+        return;
+    pthread_mutex_lock(&publish_lock);
+    struct gw_tls *dead = unref_locked(ptr);
+    pthread_mutex_unlock(&publish_lock);
+    tls_free(dead);
+}
+
+static void ssl_idx_init(void)
+{
+    ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_ssl_free);
+}
 
 void gw_tls_errors(char *buf, size_t len)
 {
@@ -178,9 +215,16 @@ static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
 
 static int status_cb(SSL *s, void *arg)
 {
-    const struct tls_cert *c = arg;
+    struct tls_cert *c = arg;
     if (!c || !c->ocsp)
         return SSL_TLSEXT_ERR_NOACK;
+    if (c->ocsp_expires && time(NULL) > c->ocsp_expires) {
+        /* Stapling an expired response would fail clients that check it: none is sent. */
+        if (!__atomic_exchange_n(&c->expired_logged, 1, __ATOMIC_RELAXED))
+            cm_log_warn("tls", "the OCSP response of a certificate expired: no longer stapled; "
+                               "put a fresh one in place and send SIGHUP");
+        return SSL_TLSEXT_ERR_NOACK;
+    }
     unsigned char *copy = OPENSSL_malloc(c->ocsp_len); /* the SSL frees it */
     if (!copy)
         return SSL_TLSEXT_ERR_NOACK;
@@ -190,6 +234,86 @@ static int status_cb(SSL *s, void *arg)
         return SSL_TLSEXT_ERR_NOACK;
     }
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* <leaf>'s issuer name hashed with <md>, as an OCSP CertID carries it; its length, or 0. */
+static unsigned issuer_name_hash(const X509 *leaf, const EVP_MD *md, unsigned char *out)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509_NAME(X509_get_issuer_name(leaf), &der);
+    unsigned n = 0;
+    if (len <= 0 || !EVP_Digest(der, (size_t)len, out, &n, md, NULL))
+        n = 0;
+    OPENSSL_free(der);
+    return n;
+}
+
+int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf, time_t now,
+                      time_t *expires, char *why, size_t whylen)
+{
+    const unsigned char *p = der;
+    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+    OCSP_BASICRESP *bs = NULL;
+    const char *fail = NULL;
+    *expires = 0;
+    if (!r || OCSP_response_status(r) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
+        !(bs = OCSP_response_get1_basic(r))) {
+        fail = "not a successful OCSP response (DER, as openssl ocsp -respout writes it)";
+        goto out;
+    }
+    /* The single response about this certificate: its serial number and its issuer's name. */
+    OCSP_SINGLERESP *single = NULL;
+    for (int i = 0; i < OCSP_resp_count(bs) && !single; i++) {
+        OCSP_SINGLERESP *sr = OCSP_resp_get0(bs, i);
+        ASN1_OCTET_STRING *name_hash = NULL;
+        ASN1_OBJECT *md_oid = NULL;
+        ASN1_INTEGER *serial = NULL;
+        if (!OCSP_id_get0_info(&name_hash, &md_oid, NULL, &serial,
+                               (OCSP_CERTID *)OCSP_SINGLERESP_get0_id(sr)))
+            continue;
+        const EVP_MD *md = EVP_get_digestbyobj(md_oid);
+        unsigned char h[EVP_MAX_MD_SIZE];
+        unsigned hl = md ? issuer_name_hash(leaf, md, h) : 0;
+        if (serial && ASN1_INTEGER_cmp(serial, X509_get0_serialNumber(leaf)) == 0 && hl &&
+            name_hash && (unsigned)ASN1_STRING_length(name_hash) == hl &&
+            memcmp(ASN1_STRING_get0_data(name_hash), h, hl) == 0)
+            single = sr;
+    }
+    if (!single) {
+        fail = "the OCSP response is about another certificate (serial number or issuer)";
+        goto out;
+    }
+    int reason;
+    ASN1_GENERALIZEDTIME *rev, *thisupd, *nextupd;
+    int status = OCSP_single_get0_status(single, &reason, &rev, &thisupd, &nextupd);
+    if (status != V_OCSP_CERTSTATUS_GOOD) {
+        fail = status == V_OCSP_CERTSTATUS_REVOKED
+                   ? "the OCSP response says the certificate is revoked"
+                   : "the OCSP response does not say the certificate is good";
+        goto out;
+    }
+    /* Valid now (5 minutes of clock skew either way), as a client checks it. */
+    struct tm tm;
+    time_t t_this = 0, t_next = 0;
+    if (thisupd && ASN1_TIME_to_tm(thisupd, &tm))
+        t_this = timegm(&tm);
+    if (nextupd && ASN1_TIME_to_tm(nextupd, &tm))
+        t_next = timegm(&tm);
+    if (!thisupd || !t_this || t_this > now + 300) {
+        fail = "the OCSP response is not valid yet (thisUpdate in the future)";
+        goto out;
+    }
+    if (nextupd && (!t_next || t_next < now - 300)) {
+        fail = "the OCSP response has expired (nextUpdate has passed): fetch a new one";
+        goto out;
+    }
+    *expires = nextupd ? t_next + 300 : 0;
+out:
+    if (fail)
+        snprintf(why, whylen, "%s", fail);
+    OCSP_BASICRESP_free(bs);
+    OCSP_RESPONSE_free(r);
+    return fail ? -1 : 0;
 }
 
 /* Reads the DER OCSP response at <path> (at most OCSP_MAX bytes) and checks it parses. */
@@ -213,15 +337,10 @@ static int load_ocsp(const char *path, struct tls_cert *c, char *err, size_t err
         return -1;
     }
     c->ocsp_len = (size_t)n;
-    const unsigned char *p = c->ocsp;
-    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)n);
-    int status = r ? OCSP_response_status(r) : -1;
-    OCSP_RESPONSE_free(r);
-    if (status != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-        snprintf(err, errlen,
-                 "%s: not a successful OCSP response (DER, as openssl ocsp "
-                 "-respout writes it)",
-                 path);
+    char why[256];
+    if (gw_tls_ocsp_check(c->ocsp, c->ocsp_len, c->x509, time(NULL), &c->ocsp_expires, why,
+                          sizeof(why)) < 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
         return -1;
     }
     return 0;
@@ -306,6 +425,13 @@ struct gw_tls *gw_tls_new(const struct gw_config *gc, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_once(&ssl_idx_once, ssl_idx_init);
+    if (ssl_idx < 0) {
+        free(t->certs);
+        free(t);
+        snprintf(err, errlen, "no SSL ex_data index");
+        return NULL;
+    }
     pthread_mutex_init(&t->keys_lock, NULL);
     t->key_lifetime = tc->ticket_key_lifetime;
     for (size_t i = 0; i < tc->n_certs; i++) {
@@ -341,32 +467,44 @@ void gw_tls_publish(struct gw_tls *t)
         t->prev = current->prev;
         pthread_mutex_unlock(&current->keys_lock);
     }
-    t->retired = current;
-    __atomic_store_n(&current, t, __ATOMIC_RELEASE);
+    t->refs = 1;
+    n_live++;
+    struct gw_tls *dead = unref_locked(current); /* its connections keep it until they end */
+    current = t;
     pthread_mutex_unlock(&publish_lock);
+    tls_free(dead);
 }
 
-struct gw_tls *gw_tls_current(void)
+SSL *gw_tls_ssl_new(void)
 {
-    return __atomic_load_n(&current, __ATOMIC_ACQUIRE);
+    pthread_mutex_lock(&publish_lock);
+    struct gw_tls *t = current;
+    SSL *ssl = t ? SSL_new(t->certs[0].ctx) : NULL;
+    if (ssl && !SSL_set_ex_data(ssl, ssl_idx, t)) {
+        SSL_free(ssl);
+        ssl = NULL;
+    }
+    if (ssl)
+        t->refs++;
+    pthread_mutex_unlock(&publish_lock);
+    return ssl;
 }
 
-SSL *gw_tls_ssl_new(struct gw_tls *t)
+unsigned gw_tls_live(void)
 {
-    return SSL_new(t->certs[0].ctx);
+    pthread_mutex_lock(&publish_lock);
+    unsigned n = n_live;
+    pthread_mutex_unlock(&publish_lock);
+    return n;
 }
 
 void gw_tls_free_all(void)
 {
     pthread_mutex_lock(&publish_lock);
-    struct gw_tls *t = current;
+    struct gw_tls *dead = unref_locked(current);
     current = NULL;
     pthread_mutex_unlock(&publish_lock);
-    while (t) {
-        struct gw_tls *next = t->retired;
-        tls_free(t);
-        t = next;
-    }
+    tls_free(dead);
 }
 
 int gw_tls_alpn_h2(SSL *ssl)

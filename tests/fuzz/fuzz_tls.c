@@ -130,7 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct gw_stream s;
     struct run r = {0, 0};
     if (gw_stream_init(&s, base, sv[0], &scratch) < 0 ||
-        gw_stream_set_ssl(&s, gw_tls_ssl_new(gw_tls_current())) < 0)
+        gw_stream_set_ssl(&s, gw_tls_ssl_new()) < 0)
         FAIL("stream set-up");
     gw_stream_setcb(&s, on_read, NULL, on_event, &r);
     gw_stream_read_enable(&s);

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import (SLOW, _remove_tree, _short_tmp, binary, cert_serial, curl, echo_template,
-                      free_port, make_cert, make_config, make_test_certs, raw_exchange,
-                      wait_until, write_config)
+                      free_port, make_cert, make_config, make_ocsp, make_test_certs,
+                      prom_metrics, raw_exchange, wait_until, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +341,11 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, make_st
                     n = int(v)
             f.read(n)
             return status
+        def configs():
+            return prom_metrics(s.admin_url("/metrics"))["berth_gateway_tls_configs"]
+
         assert ask("/one").startswith(b"HTTP/1.1 200")
+        assert configs() == 1
         sess = tmp_path / "sess.pem"
         rc, out = s_client(s, "-tls1_2", "-servername", "localhost", "-sess_out", sess)
         assert rc == 0, out
@@ -362,8 +366,10 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, make_st
         p = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem.encode(),
                            stdout=subprocess.PIPE)
         assert p.stdout.decode().strip().split("=", 1)[1] == after, out
-        # the connection made before goes on, with the certificate it negotiated
+        # the connection made before goes on, with the certificate it negotiated; the
+        # configuration it was made under lives as long as it does
         assert ask("/two").startswith(b"HTTP/1.1 200")
+        assert configs() == 2
         # and a session made before resumes: the ticket keys outlive the reload
         rc, out = s_client(s, "-tls1_2", "-servername", "localhost", "-sess_in", sess)
         assert rc == 0 and "Reused, TLSv1.2" in out, out
@@ -375,6 +381,16 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, make_st
         r = https(s, "/three", headers={"x-fc-session-id": "reload"})
         assert r.status == 200, r
         assert ask("/four").startswith(b"HTTP/1.1 200")
+        # once that connection ends, only the current configuration is left in memory
+        c.close()
+        wait_until(lambda: configs() == 1, 10 * SLOW, "the old TLS configuration freed")
+        # reloads with no connection in between keep one
+        for i in range(3):
+            shutil.copy(certs / "reloaded.key", Path(s.base) / "live" / "localhost.key")
+            s.gateway.signal(signal.SIGHUP)
+            wait_until(lambda: s.gateway.log().count("TLS certificates reloaded") == 2 + i,
+                       10 * SLOW, "reload %d" % i)
+        assert configs() == 1
     finally:
         c.close()
 
@@ -408,6 +424,16 @@ def test_config_errors_are_clear(certs, tmp_path):
         {"cert": str(certs / "localhost-chain.pem"), "key": str(certs / "localhost.key"),
          "ocsp": str(certs / "localhost.key")}]}})
     assert rc == 1 and "OCSP" in out, out
+    # a good OCSP response, but about another certificate (what a mixed-up file name does)
+    o = tmp_path / "o"
+    o.mkdir()
+    for f in ("ca.pem", "ca.key", "preview.pem"):
+        shutil.copy(certs / f, o / f)
+    make_ocsp(o, "preview")
+    rc, out = check({"tls_listen": "127.0.0.1:1", "tls": {"certificates": [
+        {"cert": str(certs / "localhost-chain.pem"), "key": str(certs / "localhost.key"),
+         "ocsp": str(o / "preview.ocsp")}]}})
+    assert rc == 1 and "preview.ocsp" in out and "another certificate" in out, out
     rc, out = check({"tls_listen": "127.0.0.1:1", "tls": {"certificates": [
         {"cert": str(certs / "localhost-chain.pem"), "key": str(certs / "localhost.key")}]}})
     assert rc == 0, out
