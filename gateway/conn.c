@@ -636,12 +636,17 @@ static void on_client_event(struct gw_stream *cs, short what, void *arg)
     if (c->state == CS_TUNNEL && (what & GW_STREAM_EOF) && c->up) {
         /* Client closed its side: pass on what it sent, then close both. */
         gw_tunnel_pump(c);
+        if (c->virt) {
+            /* HTTP/2 END_STREAM is a half-close (RFC 8441): the instance gets its end once
+             * what it is owed is out (gw_tunnel_shut_up()), and its side goes on until it
+             * closes, or its stream_idle_timeout */
+            c->up_wshut = 1;
+            gw_tunnel_shut_up(c);
+            return;
+        }
         struct gw_stream *us = gw_upconn_stream(c->up);
         if (evbuffer_get_length(us->out) == 0)
             shutdown(us->fd, SHUT_WR);
-        if (c->virt)
-            return; /* HTTP/2 END_STREAM is a half-close (RFC 8441): the instance's side
-                     * goes on until it closes, or its stream_idle_timeout */
     }
     if ((what & GW_STREAM_TIMEOUT) && c->state == CS_PROXY && !c->req_done &&
         !c->resp_head_done) {

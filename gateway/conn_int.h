@@ -147,6 +147,7 @@ struct gw_conn {
     unsigned keyless_new : 1;   /* no key: this request named a session of its own making */
     unsigned unproven : 1;      /* ...bound for it now, and not yet answered with success */
     unsigned secure : 1;        /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */
+    unsigned up_wshut : 1;      /* tunnel: shut the instance's side once its output is out */
     uint8_t cors;               /* 1 + the route's cors_origins entry the Origin matched, or 0 */
     size_t reframe_len;         /* body length of a rewritten response */
     uint16_t preview_port;      /* preview host: the port inside the sandbox */
@@ -310,6 +311,9 @@ int gw_cdp_emit(struct gw_conn *c);
 void gw_tunnel_start(struct gw_conn *c);
 /* Moves what both inputs hold to the other side; pauses a side whose output is above the mark. */
 void gw_tunnel_pump(struct gw_conn *c);
+/* The client half-closed (c->up_wshut): the instance's side is shut for writing once its
+ * output is out (now, or from the instance's write callback). */
+void gw_tunnel_shut_up(struct gw_conn *c);
 /* Bytes read into an empty input, sent to <to> straight from the read. Returns <len>. */
 size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data, size_t len);
 

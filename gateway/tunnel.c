@@ -40,6 +40,15 @@ void gw_tunnel_pump(struct gw_conn *c)
     gw_conn_backpressure(c, &c->cs, 0);
 }
 
+void gw_tunnel_shut_up(struct gw_conn *c)
+{
+    struct gw_stream *us = gw_upconn_stream(c->up);
+    if (!c->up_wshut || evbuffer_get_length(us->out))
+        return;
+    c->up_wshut = 0;
+    shutdown(us->fd, SHUT_WR);
+}
+
 /* A tunnel's bytes read into an empty input: sent to the other side straight from the read
  * (what its socket refuses is copied to its output); reading pauses while that output is
  * above the mark, as in gw_tunnel_pump(). */

@@ -392,6 +392,8 @@ static void on_up_write(struct gw_stream *us, void *arg)
 {
     struct gw_conn *c = arg;
     (void)us;
+    if (c->up_wshut)
+        gw_tunnel_shut_up(c);
     if (!c->paused_client)
         return;
     c->paused_client = 0;

@@ -40,6 +40,8 @@ HEADER_TIMEOUT = 3.0  # gateway.limits.header_timeout (scaled by SLOW)
 
 class Misc(threading.Thread):
     """/misc/trailers: a chunked answer with trailers. /misc/ws: 101, then every byte back.
+    /misc/wslate: 101, then nothing read until wslate_go is set, then every byte back, read
+    slowly; at the end of its input it records the byte count (wslate_eof) and closes.
     /misc/noread: never reads the request body, answers after the client gave up.
     /misc/slow: answers after a second."""
 
@@ -52,6 +54,8 @@ class Misc(threading.Thread):
         self.port = self.srv.getsockname()[1]
         self.stop = False
         self.noread_seen = threading.Event()
+        self.wslate_go = threading.Event()
+        self.wslate_eof = None
 
     def run(self):
         while not self.stop:
@@ -89,6 +93,21 @@ class Misc(threading.Thread):
                         if not d:
                             return
                         c.sendall(d)
+                elif what == "wslate":
+                    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+                    self.wslate_go.wait(60)
+                    n = len(rest)
+                    if rest:
+                        c.sendall(rest)
+                    while True:
+                        d = c.recv(4096)
+                        if not d:
+                            self.wslate_eof = n
+                            return
+                        n += len(d)
+                        c.sendall(d)
+                        time.sleep(0.004)  # slower than the gateway: its output stays full
                 elif what == "hop":  # HTTP/1 connection fields, mixed-case names, chunked
                     c.sendall(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\n"
                               b"X-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
@@ -389,6 +408,45 @@ def test_websocket_over_h2_extended_connect(hstack):
         assert st["headers"][":status"] == "405", st
         c.pump(0.3)
         assert st["reset"] is None, st  # the stream was closed: no RST_STREAM after it
+
+
+def test_websocket_over_h2_end_reaches_an_instance_that_reads_late(hstack, misc):
+    """The client's END_STREAM comes while the gateway still holds bytes for the instance
+    (it reads slowly): the instance gets every byte and then its end, answers, closes, and
+    the stream ends cleanly, long before stream_idle_timeout."""
+    s = hstack
+    with H2(port(s)) as c:
+        sid = c.new_stream()
+        c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                  (":scheme", "http"), (":authority", "localhost"),
+                                  (":path", "/misc/wslate"), ("sec-websocket-version", "13")])
+        c.flush()
+        c.wait(lambda: c.streams[sid]["headers"] is not None, what="the CONNECT's answer")
+        assert c.streams[sid]["headers"][":status"] == "200", c.streams[sid]
+        # send until what the gateway holds toward the instance shuts the stream's window
+        sent, quiet_since = 0, None
+        deadline = time.monotonic() + 30 * SLOW
+        while time.monotonic() < deadline and sent < (64 << 20):
+            w = c.conn.local_flow_control_window(sid)
+            if w > 0:
+                n = min(w, c.conn.max_outbound_frame_size)
+                c.conn.send_data(sid, b"w" * n)
+                c.flush()
+                sent += n
+                quiet_since = None
+                continue
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 1.0 * SLOW:
+                break
+            c.pump(0.1)
+        assert c.conn.local_flow_control_window(sid) == 0, sent
+        c.conn.end_stream(sid)  # an empty DATA frame: no window needed
+        c.flush()
+        misc.wslate_go.set()
+        st = c.wait_done(sid, timeout=60 * SLOW)
+        assert st["ended"] and st["reset"] is None, st
+        assert len(st["data"]) == sent and misc.wslate_eof == sent, (len(st["data"]), sent,
+                                                                     misc.wslate_eof)
 
 
 # ------------------------------------------------------------------ flow control
