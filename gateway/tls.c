@@ -42,8 +42,8 @@ struct tls_cert {
     X509 *x509;          /* borrowed from ctx */
     unsigned char *ocsp; /* DER, or NULL */
     size_t ocsp_len;
-    time_t ocsp_expires; /* stapled until then (its nextUpdate and 5 minutes); 0: always */
-    int expired_logged;
+    struct gw_tls_ocsp_window ocsp_valid; /* stapled only within it */
+    int stale_logged;
 };
 
 struct gw_tls {
@@ -87,9 +87,19 @@ static void on_ssl_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, lo
     tls_free(dead);
 }
 
+/* Nothing duplicates a connection's SSL (SSL_dup() would copy the slot without a reference):
+ * a copy gets an empty slot. */
+static int on_ssl_dup(CRYPTO_EX_DATA *to, const CRYPTO_EX_DATA *from, void **from_d, int idx,
+                      long argl, void *argp)
+{
+    (void)to, (void)from, (void)idx, (void)argl, (void)argp;
+    *from_d = NULL;
+    return 1;
+}
+
 static void ssl_idx_init(void)
 {
-    ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, on_ssl_free);
+    ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, on_ssl_dup, on_ssl_free);
 }
 
 void gw_tls_errors(char *buf, size_t len)
@@ -218,11 +228,11 @@ static int status_cb(SSL *s, void *arg)
     struct tls_cert *c = arg;
     if (!c || !c->ocsp)
         return SSL_TLSEXT_ERR_NOACK;
-    if (c->ocsp_expires && time(NULL) > c->ocsp_expires) {
-        /* Stapling an expired response would fail clients that check it: none is sent. */
-        if (!__atomic_exchange_n(&c->expired_logged, 1, __ATOMIC_RELAXED))
-            cm_log_warn("tls", "the OCSP response of a certificate expired: no longer stapled; "
-                               "put a fresh one in place and send SIGHUP");
+    if (!gw_tls_ocsp_fresh(&c->ocsp_valid, time(NULL))) {
+        /* A stale staple fails the clients that check it; none only makes them ask the CA. */
+        if (!__atomic_exchange_n(&c->stale_logged, 1, __ATOMIC_RELAXED))
+            cm_log_warn("tls", "an OCSP response is outside its validity: not stapled; put a "
+                               "fresh one in place and send SIGHUP");
         return SSL_TLSEXT_ERR_NOACK;
     }
     unsigned char *copy = OPENSSL_malloc(c->ocsp_len); /* the SSL frees it */
@@ -248,17 +258,23 @@ static unsigned issuer_name_hash(const X509 *leaf, const EVP_MD *md, unsigned ch
     return n;
 }
 
-int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf, time_t now,
-                      time_t *expires, char *why, size_t whylen)
+int gw_tls_ocsp_fresh(const struct gw_tls_ocsp_window *v, time_t now)
+{
+    return now >= v->from && (v->until == 0 || now < v->until);
+}
+
+int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf,
+                      struct gw_tls_ocsp_window *valid, char *why, size_t whylen)
 {
     const unsigned char *p = der;
     OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
     OCSP_BASICRESP *bs = NULL;
     const char *fail = NULL;
-    *expires = 0;
-    if (!r || OCSP_response_status(r) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
+    *valid = (struct gw_tls_ocsp_window){0, 0};
+    if (!r || p != der + len || OCSP_response_status(r) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
         !(bs = OCSP_response_get1_basic(r))) {
-        fail = "not a successful OCSP response (DER, as openssl ocsp -respout writes it)";
+        fail = "not a successful OCSP response, DER and nothing after it (as openssl ocsp "
+               "-respout writes it)";
         goto out;
     }
     /* The single response about this certificate: its serial number and its issuer's name. */
@@ -292,22 +308,21 @@ int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf, ti
                    : "the OCSP response does not say the certificate is good";
         goto out;
     }
-    /* Valid now (5 minutes of clock skew either way), as a client checks it. */
     struct tm tm;
-    time_t t_this = 0, t_next = 0;
-    if (thisupd && ASN1_TIME_to_tm(thisupd, &tm))
-        t_this = timegm(&tm);
-    if (nextupd && ASN1_TIME_to_tm(nextupd, &tm))
-        t_next = timegm(&tm);
-    if (!thisupd || !t_this || t_this > now + 300) {
-        fail = "the OCSP response is not valid yet (thisUpdate in the future)";
+    if (!thisupd || !ASN1_TIME_to_tm(thisupd, &tm)) {
+        fail = "the OCSP response has no usable thisUpdate";
         goto out;
     }
-    if (nextupd && (!t_next || t_next < now - 300)) {
-        fail = "the OCSP response has expired (nextUpdate has passed): fetch a new one";
-        goto out;
+    /* From thisUpdate less the 5 minutes of clock skew a client allows (our clock may be
+     * behind the responder's), until nextUpdate exactly. */
+    valid->from = timegm(&tm) - 300;
+    if (nextupd) {
+        if (!ASN1_TIME_to_tm(nextupd, &tm)) {
+            fail = "the OCSP response has no usable nextUpdate";
+            goto out;
+        }
+        valid->until = timegm(&tm);
     }
-    *expires = nextupd ? t_next + 300 : 0;
 out:
     if (fail)
         snprintf(why, whylen, "%s", fail);
@@ -338,10 +353,18 @@ static int load_ocsp(const char *path, struct tls_cert *c, char *err, size_t err
     }
     c->ocsp_len = (size_t)n;
     char why[256];
-    if (gw_tls_ocsp_check(c->ocsp, c->ocsp_len, c->x509, time(NULL), &c->ocsp_expires, why,
-                          sizeof(why)) < 0) {
+    if (gw_tls_ocsp_check(c->ocsp, c->ocsp_len, c->x509, &c->ocsp_valid, why, sizeof(why)) < 0) {
         snprintf(err, errlen, "%s: %s", path, why);
         return -1;
+    }
+    /* Out of date is not a config error: a restart or a certificate rotation must not wait
+     * for whoever fetches the responses. It is not stapled meanwhile. */
+    if (!gw_tls_ocsp_fresh(&c->ocsp_valid, time(NULL))) {
+        cm_log_warn("tls",
+                    "%s: the OCSP response is outside its validity (expired, or not yet "
+                    "valid): not stapled until a fresh one is loaded",
+                    path);
+        c->stale_logged = 1;
     }
     return 0;
 }
@@ -477,17 +500,25 @@ void gw_tls_publish(struct gw_tls *t)
 
 SSL *gw_tls_ssl_new(void)
 {
+    /* The reference is taken under the lock, the SSL made outside it (the loops' accepts
+     * do not wait on one another). */
     pthread_mutex_lock(&publish_lock);
     struct gw_tls *t = current;
-    SSL *ssl = t ? SSL_new(t->certs[0].ctx) : NULL;
-    if (ssl && !SSL_set_ex_data(ssl, ssl_idx, t)) {
-        SSL_free(ssl);
-        ssl = NULL;
-    }
-    if (ssl)
+    if (t)
         t->refs++;
     pthread_mutex_unlock(&publish_lock);
-    return ssl;
+    if (!t)
+        return NULL;
+    SSL *ssl = SSL_new(t->certs[0].ctx);
+    if (ssl && SSL_set_ex_data(ssl, ssl_idx, t))
+        return ssl; /* SSL_free() releases t (on_ssl_free()) */
+    if (ssl)        /* its slot is empty: on_ssl_free() releases nothing */
+        SSL_free(ssl);
+    pthread_mutex_lock(&publish_lock);
+    struct gw_tls *dead = unref_locked(t);
+    pthread_mutex_unlock(&publish_lock);
+    tls_free(dead);
+    return NULL;
 }
 
 unsigned gw_tls_live(void)

@@ -35,12 +35,18 @@ SSL *gw_tls_ssl_new(void);
 unsigned gw_tls_live(void);
 /* Drops the current one: at exit, after the loops stopped (and freed their connections). */
 void gw_tls_free_all(void);
-/* Checks the DER OCSP response <der> for stapling with the certificate <leaf>: successful,
- * about <leaf> (its serial number and issuer name), saying "good", and valid at <now> (5
- * minutes of clock skew allowed). 0 with <expires> set (its nextUpdate plus the skew; 0 when
- * it has none), or -1 with the reason in <why>. */
-int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf, time_t now,
-                      time_t *expires, char *why, size_t whylen);
+/* When a stapled OCSP response may go out: from <from> (its thisUpdate less 5 minutes of clock
+ * skew) until <until> (its nextUpdate; 0: it has none, no end). */
+struct gw_tls_ocsp_window {
+    time_t from, until;
+};
+/* Checks the DER OCSP response <der> for stapling with the certificate <leaf>: successful, DER
+ * with nothing after it, about <leaf> (its serial number and issuer name), saying "good".
+ * 0 with its validity in <valid>, or -1 with the reason in <why>. */
+int gw_tls_ocsp_check(const unsigned char *der, size_t len, const X509 *leaf,
+                      struct gw_tls_ocsp_window *valid, char *why, size_t whylen);
+/* 1 when a response of validity <v> may be stapled at <now>. */
+int gw_tls_ocsp_fresh(const struct gw_tls_ocsp_window *v, time_t now);
 /* 1 when ALPN picked h2 on <ssl> (after its handshake). */
 int gw_tls_alpn_h2(SSL *ssl);
 /* OpenSSL's error queue as one line (and emptied), for logs. */

@@ -13,9 +13,10 @@ BERTH_RUN_PACKAGES="redis-server redis-tools curl util-linux procps e2fsprogs li
 # shellcheck disable=SC2034
 # testssl.sh checks the gateway's TLS listener (tests/integration/test_tls.py).
 # nghttp2-client (nghttp, h2load) and python3-h2 (raw frames) test the HTTP/2 side
-# (tests/integration/test_h2.py).
+# (tests/integration/test_h2.py). python3-cryptography dates an OCSP response in the past,
+# which openssl ocsp cannot (test_tls.py).
 BERTH_TEST_PACKAGES="python3 python3-pytest python3-yaml file openssl testssl.sh nghttp2-client
-  python3-h2"
+  python3-h2 python3-cryptography"
 
 # berth_install_packages PKG...: installs those of PKG that are not installed.
 berth_install_packages() {

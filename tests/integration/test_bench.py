@@ -323,12 +323,12 @@ class FlipH2Server:
     turn for each session key: berth-h2load's stickiness check must see the second one.
     Keeps the session keys it was sent."""
 
-    def __init__(self, flip):
+    def __init__(self, flip, goaway_after=0):
         import h2.config
         import h2.connection
         import h2.events
         self.h2 = h2
-        self.flip, self.keys = flip, {}
+        self.flip, self.keys, self.goaway_after = flip, {}, goaway_after
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -353,6 +353,7 @@ class FlipH2Server:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         s.settimeout(0.2)
+        answered = 0
         with s:
             s.sendall(conn.data_to_send())
             while not self.stop.is_set():
@@ -376,6 +377,11 @@ class FlipH2Server:
                                                          ("x-upstream-id", inst),
                                                          ("content-length", "2")])
                         conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                        answered += 1
+                        if answered == self.goaway_after:  # then the connection ends
+                            conn.close_connection()
+                            s.sendall(conn.data_to_send())
+                            return
                 s.sendall(conn.data_to_send())
 
     def close(self):
@@ -393,7 +399,7 @@ def test_berth_h2load(flip):
     try:
         p = subprocess.run([binary("berth-h2load"), "--target", "127.0.0.1:%d" % srv.port,
                             "--connections", "2", "--streams", "4", "--sessions", "10",
-                            "--session-prefix", "t", "--duration", "0.3",
+                            "--session-prefix", "t", "--duration", "2",
                             "--instance-header", "x-upstream-id"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60 * SLOW,
                            env=sanitizer_env())
@@ -408,6 +414,25 @@ def test_berth_h2load(flip):
     else:
         assert p.returncode == 0 and doc["sticky_violated"] == 0, (p.returncode, doc)
         assert doc["sessions_seen"] == 10 and doc["sticky_checked"] == doc["succeeded"], doc
+
+
+def test_berth_h2load_ends_when_the_server_sends_goaway():
+    """A server that answers 20 requests per connection, then GOAWAY and a close: no new
+    request goes out on that connection (nghttp2 would refuse each at once, and asking for
+    the next from its close would never end), the run ends and fails."""
+    srv = FlipH2Server(False, goaway_after=20)
+    try:
+        p = subprocess.run([binary("berth-h2load"), "--target", "127.0.0.1:%d" % srv.port,
+                            "--connections", "2", "--streams", "4", "--sessions", "10",
+                            "--duration", "30", "--timeout", "5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30 * SLOW,
+                           env=sanitizer_env())
+    finally:
+        srv.close()
+    doc = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    assert p.returncode == 1, (p.returncode, doc)
+    assert doc["status_2xx"] == 40 and doc["conn_errors"] == 2, doc
+    assert doc["started"] < 100 and doc["elapsed_s"] < 20, doc
 
 
 def test_berth_h2load_bad_arguments():

@@ -214,6 +214,44 @@ def test_ocsp_response_is_stapled(tstack):
     assert rc == 0 and "OCSP response: no response sent" in out, out
 
 
+def expired_ocsp(certs, out):
+    """An OCSP response for localhost's certificate, signed by the test CA, good but a day
+    out of date (python3-cryptography: openssl ocsp cannot date one in the past)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+    leaf = x509.load_pem_x509_certificate((certs / "localhost.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    now = datetime.datetime.utcnow()
+    b = ocsp.OCSPResponseBuilder().add_response(
+        cert=leaf, issuer=ca, algorithm=hashes.SHA1(), cert_status=ocsp.OCSPCertStatus.GOOD,
+        this_update=now - datetime.timedelta(days=2),
+        next_update=now - datetime.timedelta(days=1), revocation_time=None,
+        revocation_reason=None).responder_id(ocsp.OCSPResponderEncoding.HASH, ca)
+    out.write_bytes(b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
+def test_an_expired_ocsp_response_is_not_stapled_and_does_not_stop_the_gateway(
+        certs, make_stack, tmp_path):
+    """Whoever fetches the responses fell behind: the gateway still starts (a restart or a
+    certificate rotation must not wait for them), says so, and staples nothing: a stale
+    staple fails the clients that check it."""
+    stale = tmp_path / "stale.ocsp"
+    expired_ocsp(certs, stale)
+    port = free_port()
+    o = tls_overrides(certs, port)
+    o["gateway"]["tls"]["certificates"][0]["ocsp"] = str(stale)
+    s = make_stack(o, wait_pools=True)
+    s.tls_port, s.certs = port, certs
+    wait_until(lambda: "outside its validity" in s.gateway.log(), 10 * SLOW, "the warning")
+    rc, out = s_client(s, "-servername", "localhost", "-status")
+    assert rc == 0 and "OCSP response: no response sent" in out, out
+    r = https(s, "/seen", headers={"x-fc-session-id": "stale-ocsp"})
+    assert r.status == 200, r
+
+
 def test_sessions_resume_with_tickets(tstack, tmp_path):
     s = tstack
     sess = tmp_path / "sess.pem"
