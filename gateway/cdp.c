@@ -28,7 +28,7 @@ int gw_cdp_emit(struct gw_conn *c)
         return -1;
     }
     c->reframe_len = evbuffer_get_length(nb);
-    gw_h1_write_response(c, &h, head, head_len);
+    c->down->head(c, &h, head, head_len);
     evbuffer_add_buffer(c->cs.out, nb);
     evbuffer_free(nb);
     return 0;

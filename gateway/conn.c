@@ -221,30 +221,17 @@ void gw_conn_send_error(struct gw_conn *c, enum gw_err e, int close)
         close = 1;
     if (!c->req_keepalive)
         close = 1;
-    char body[256];
+    char body[256], fields[GW_FIELDS_MAX];
     size_t blen = gw_err_body(e, body, sizeof(body));
-    struct evbuffer *out = c->cs.out;
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                        "content-length: %zu\r\ncache-control: no-store\r\n",
-                        info->status, cm_http_reason(info->status), blen);
-    if (info->retry)
-        evbuffer_add_printf(out, "retry-after: %u\r\n", w->gc->retry_after);
-    if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID) {
-        evbuffer_add(out, "x-berth-session: ", 17);
-        evbuffer_add(out, c->key, c->key_len);
-        evbuffer_add(out, "\r\n", 2);
-    }
+    size_t fl = gw_err_fields(e, blen, w->gc->retry_after, fields, sizeof(fields));
+    if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID)
+        fl += (size_t)snprintf(fields + fl, sizeof(fields) - fl, "x-berth-session: %.*s\r\n",
+                               (int)c->key_len, c->key); /* fits: a key is at most 255 bytes */
     if (c->cors) {
-        char cors[512];
-        evbuffer_add(out, cors, gw_cors_headers(c, cors, sizeof(cors)));
-        evbuffer_add(out, "vary: origin\r\n", 14);
+        fl += gw_cors_headers(c, fields + fl, sizeof(fields) - fl);
+        fl += (size_t)snprintf(fields + fl, sizeof(fields) - fl, "vary: origin\r\n");
     }
-    if (close)
-        evbuffer_add(out, "connection: close\r\n", 19);
-    evbuffer_add(out, "\r\n", 2);
-    if (!c->head_method)
-        evbuffer_add(out, body, blen);
+    c->down->answer(c, info->status, fields, fl, body, blen, close);
     gw_conn_answered(c, info->status, close);
 }
 
@@ -671,6 +658,7 @@ void gw_conn_accept(struct gw_worker *w, int fd, const struct sockaddr *sa, sock
         return;
     }
     c->w = w;
+    c->down = &gw_h1_down;
     c->autok = &c->own_auto;
     if (gw_stream_init(&c->cs, w->base, fd, &w->scratch) < 0) { /* closes fd */
         free(c);
@@ -739,6 +727,7 @@ struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stre
         return NULL;
     }
     c->w = w;
+    c->down = &gw_h2_down;
     c->virt = 1;
     c->h1_seen = 1;
     c->secure = parent->secure;

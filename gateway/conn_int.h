@@ -62,6 +62,27 @@ struct gw_conn_auto {
     unsigned is_mcp : 1; /* its server minted an Mcp-Session-Id: see gw_exchange_begin() */
 };
 
+/* What the client side's codec does for an exchange: the exchange answers through these and
+ * never writes the bytes of a protocol itself (HTTP/1: gw_h1_down in h1_write.c; HTTP/2:
+ * gw_h2_down in h2_resp.c). A body follows its head into c->cs's output as the instance
+ * framed it (HTTP/1.1: Content-Length, chunked, or up to the close), tunnel bytes after a 101
+ * as they come: the HTTP/1 codec passes them on as they are, the HTTP/2 codec de-frames them
+ * into DATA (and trailers). */
+struct gw_down_ops {
+    /* A response head rewritten from the instance's <h> (its bytes at <head>, <head_len>):
+     * an interim one (1xx), the final one, or 101 before a tunnel. */
+    void (*head)(struct gw_conn *c, const struct gw_h1_head *h, const char *head, size_t head_len);
+    /* A whole response: its head (as above), then <body_len> body bytes after it at
+     * <data> + <head_len> (a Content-Length body), counted as sent to the client. */
+    void (*whole)(struct gw_conn *c, const struct gw_h1_head *h, const char *data, size_t head_len,
+                  size_t body_len);
+    /* An answer of the gateway's own: <status>, the header lines <fields> ("name: value\r\n",
+     * the framing's included), the body <body> (not sent for a HEAD request); <close>: the
+     * connection ends after it (HTTP/1). */
+    void (*answer)(struct gw_conn *c, int status, const char *fields, size_t flen, const char *body,
+                   size_t blen, int close);
+};
+
 /* A request id: the client's X-Request-Id when it sent a usable one, else ours (16 hex). */
 #define GW_REQ_ID_MAX 128
 /* The path kept for an exchange's access-log line (longer ones are cut, marked "..."). */
@@ -99,6 +120,7 @@ struct gw_conn {
     struct gw_conn_auto own_auto;
     struct gw_conn_auto *autok; /* &own_auto, or an HTTP/2 connection's for its streams */
     struct gw_h2 *h2;           /* CS_H2: the codec */
+    const struct gw_down_ops *down; /* the client side's codec, for the exchange's answers */
     char instance[GW_INSTANCE_ID_MAX];
     char addr[GW_ADDR_MAX];
     char peer[INET6_ADDRSTRLEN];
@@ -322,12 +344,20 @@ size_t gw_tunnel_pass(struct gw_conn *c, struct gw_stream *to, const char *data,
 /* Sends the rewritten request head (the client's at <head>, parsed as <h>) to <us>. */
 void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
                          struct gw_stream *us);
-/* Queues the client's response head, rewritten from the instance's (<head>, <head_len>). */
-void gw_h1_write_response(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                          size_t head_len);
-/* A whole response (its head at <data>, then <body_len> bytes of body) to the client in one
- * writev. */
-void gw_h1_write_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
-                       size_t head_len, size_t body_len);
+/* 1 when header <i> of the instance's response head <h> does not go to the client (hop-by-hop
+ * but an upgrade's, x-berth-*, framing the gateway changes, CORS it answers itself). */
+int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i);
+/* The header lines ("name: value\r\n") the gateway adds to the response head <h>, whatever
+ * the client's protocol: a rewritten body's length, x-berth-*, the cookie it issues, CORS.
+ * Their length in <buf> (0 if they do not fit <cap>; 4096 is enough). */
+size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap);
+/* The HTTP/1 codec's answers (struct gw_down_ops). */
+extern const struct gw_down_ops gw_h1_down;
+
+/* ---- h2_resp.c */
+
+/* The HTTP/2 codec's answers for a stream's exchange (struct gw_down_ops): HEADERS, DATA
+ * and trailers straight from the instance's parsed head, no HTTP/1 head in between. */
+extern const struct gw_down_ops gw_h2_down;
 
 #endif

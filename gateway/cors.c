@@ -60,12 +60,6 @@ size_t gw_cors_headers(const struct gw_conn *c, char *buf, size_t cap)
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-static void add_cors_headers(struct evbuffer *out, const struct gw_conn *c)
-{
-    char buf[512];
-    evbuffer_add(out, buf, gw_cors_headers(c, buf, sizeof(buf)));
-}
-
 /* The answer to a preflight the gateway handles itself (see gw_cors_request()). */
 static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
                              const struct gw_h1_header *acrm)
@@ -87,10 +81,15 @@ static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
         return;
     }
     int close = !c->req_done || !c->req_keepalive;
-    struct evbuffer *out = c->cs.out;
-    evbuffer_add(out, "HTTP/1.1 204 No Content\r\n", 25);
-    add_cors_headers(out, c);
-    evbuffer_add_printf(out,
+    /* the request headers' names: bounded by max_header_bytes, so built in an evbuffer */
+    struct evbuffer *f = evbuffer_new();
+    char cors[512];
+    if (!f) {
+        gw_conn_send_error(c, GW_ERR_INTERNAL, 1);
+        return;
+    }
+    evbuffer_add(f, cors, gw_cors_headers(c, cors, sizeof(cors)));
+    evbuffer_add_printf(f,
                         "access-control-allow-methods: %.*s\r\n"
                         "access-control-max-age: %u\r\n"
                         "vary: origin, access-control-request-method, "
@@ -98,10 +97,16 @@ static void answer_preflight(struct gw_conn *c, const struct gw_h1_head *h,
                         "cache-control: no-store\r\n",
                         (int)mn, m, c->route->cors_max_age);
     if (rhn)
-        evbuffer_add_printf(out, "access-control-allow-headers: %.*s\r\n", (int)rhn, rh);
-    if (close)
-        evbuffer_add(out, "connection: close\r\n", 19);
-    evbuffer_add(out, "\r\n", 2);
+        evbuffer_add_printf(f, "access-control-allow-headers: %.*s\r\n", (int)rhn, rh);
+    size_t fl = evbuffer_get_length(f);
+    const char *fields = (const char *)evbuffer_pullup(f, -1);
+    if (!fields) {
+        evbuffer_free(f);
+        gw_conn_send_error(c, GW_ERR_INTERNAL, 1);
+        return;
+    }
+    c->down->answer(c, 204, fields, fl, NULL, 0, close);
+    evbuffer_free(f);
     gw_conn_drop_pending_head(c);
     gw_conn_answered(c, 204, close);
 }

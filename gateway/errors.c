@@ -46,3 +46,14 @@ size_t gw_err_body(enum gw_err e, char *buf, size_t cap)
                      info->message);
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
+
+size_t gw_err_fields(enum gw_err e, size_t blen, unsigned retry_after, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap,
+                     "content-type: application/json\r\ncontent-length: %zu\r\n"
+                     "cache-control: no-store\r\n",
+                     blen);
+    if (n >= 0 && (size_t)n < cap && table[e].retry)
+        n += snprintf(buf + n, cap - (size_t)n, "retry-after: %u\r\n", retry_after);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}

@@ -44,6 +44,12 @@ const struct gw_err_info *gw_err_info(enum gw_err e);
 /* The JSON body of an answer of <e>, {"error":{"code":...,"message":...}} and a newline, into
  * <buf> (<cap> bytes, 256 hold every one); its length. */
 size_t gw_err_body(enum gw_err e, char *buf, size_t cap);
+/* Room for an answer's header lines: gw_err_fields(), a session key, CORS. */
+#define GW_FIELDS_MAX 2048
+/* The header lines ("name: value\r\n") of an answer of <e> with a body of <blen> bytes:
+ * content-type, content-length, cache-control, and retry-after (<retry_after> s) when <e>
+ * says try again later; their length (< cap; 256 hold them). */
+size_t gw_err_fields(enum gw_err e, size_t blen, unsigned retry_after, char *buf, size_t cap);
 /* Reason phrases: cm_http_reason() (common/httpd.h). */
 
 #endif

@@ -1,7 +1,8 @@
 /* The HTTP/1 heads the gateway writes for a proxied exchange: the request head to the
  * instance and the response head to the client, rewritten from theirs (unchanged header lines
  * copied in runs, hop-by-hop and our own dropped, X-Forwarded-*, x-berth-*, cookie and CORS
- * added), assembled on the stack. */
+ * added), assembled on the stack; and the HTTP/1 codec's answers to the exchange
+ * (gw_h1_down: a head, a whole response, an answer of the gateway's own). */
 #include "gateway/conn_int.h"
 
 #include <event2/buffer.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <sys/uio.h>
 
+#include "common/httpd.h"
 #include "gateway/metrics.h"
 #include "gateway/worker.h"
 
@@ -24,7 +26,7 @@ struct hb {
 
 static void hb_spill(struct hb *b)
 {
-    if (b->n) {
+    if (b->n && b->out) { /* no output: lines that fit the buffer only (gw_h1_resp_fields) */
         evbuffer_add(b->out, b->buf, b->n);
         b->n = 0;
     }
@@ -33,12 +35,14 @@ static void hb_spill(struct hb *b)
 static void hb_add_slow(struct hb *b, const void *p, size_t len)
 {
     hb_spill(b);
+    if (!b->out && b->n + len > sizeof(b->buf))
+        return; /* cannot happen: see gw_h1_resp_fields() */
     if (len > sizeof(b->buf)) {
         evbuffer_add(b->out, p, len);
         return;
     }
-    memcpy(b->buf, p, len);
-    b->n = len;
+    memcpy(b->buf + b->n, p, len);
+    b->n += len;
 }
 
 /* Inline: a head is a dozen pieces, most of them literals the compiler copies in place. */
@@ -68,6 +72,8 @@ static void hb_printf(struct hb *b, const char *fmt, ...)
         return;
     }
     hb_spill(b);
+    if (!b->out)
+        return; /* cannot happen: see gw_h1_resp_fields() */
     va_start(ap, fmt);
     evbuffer_add_vprintf(b->out, fmt, ap);
     va_end(ap);
@@ -139,7 +145,7 @@ static int drop_request_header(const struct gw_conn *c, const struct gw_h1_head 
            ((int)i == h->host && !c->route->upstream_host_client);
 }
 
-static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
 {
     const struct gw_h1_header *x = &h->headers[i];
     if (!x->cls)
@@ -222,11 +228,12 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
     gw_stream_write(us, &iov, 1);
 }
 
+static inline void add_fields(struct gw_conn *c, const struct gw_h1_head *h, struct hb *out);
+
 /* Builds the client's response head in <out> (spilling to its output only if it overflows). */
 static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
                                 size_t head_len, struct hb *out)
 {
-    struct gw_worker *w = c->w;
     const char *head_end = head + head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     if (h->http_major == 1 && h->http_minor == 1) {
@@ -237,7 +244,23 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         HB_LIT(out, "\r\n");
     }
     int switching = h->status == 101;
-    copy_headers(out, c, h, head_end, drop_response_header);
+    copy_headers(out, c, h, head_end, gw_h1_resp_drop);
+    add_fields(c, h, out);
+    if (switching)
+        HB_LIT(out, "connection: upgrade\r\n");
+    else if (h->status >= 200 && (c->close_after || !c->req_keepalive))
+        HB_LIT(out, "connection: close\r\n");
+    else if (h->status >= 200 && c->http10)
+        HB_LIT(out, "connection: keep-alive\r\n");
+    HB_LIT(out, "\r\n");
+}
+
+/* The lines the gateway adds to a response head <h> (any protocol): the length of a rewritten
+ * body, x-berth-*, the cookie it issues, CORS. */
+static inline void add_fields(struct gw_conn *c, const struct gw_h1_head *h, struct hb *out)
+{
+    struct gw_worker *w = c->w;
+    int switching = h->status == 101;
     if (c->rewrite)
         hb_printf(out, "content-length: %zu\r\n", c->reframe_len);
     /* 101 too: a WebSocket opened with no_key: issue must learn its cookie (browsers store
@@ -261,17 +284,23 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         hb_add(out, buf, gw_cors_headers(c, buf, sizeof(buf)));
         HB_LIT(out, "vary: origin\r\n");
     }
-    if (switching)
-        HB_LIT(out, "connection: upgrade\r\n");
-    else if (h->status >= 200 && (c->close_after || !c->req_keepalive))
-        HB_LIT(out, "connection: close\r\n");
-    else if (h->status >= 200 && c->http10)
-        HB_LIT(out, "connection: keep-alive\r\n");
-    HB_LIT(out, "\r\n");
 }
 
-void gw_h1_write_response(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
-                          size_t head_len)
+size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap)
+{
+    struct hb hb;
+    hb.out = NULL; /* at most ~1.5 KB: instance id, session key, cookie, CORS (512) */
+    hb.n = 0;
+    add_fields(c, h, &hb);
+    size_t n = hb.n < cap ? hb.n : 0;
+    memcpy(buf, hb.buf, n);
+    return n;
+}
+
+/* ------------------------------------------------------------------ the HTTP/1 codec's answers */
+
+static void h1_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                    size_t head_len)
 {
     struct hb hb;
     hb.out = c->cs.out;
@@ -283,8 +312,8 @@ void gw_h1_write_response(struct gw_conn *c, const struct gw_h1_head *h, const c
 /* A whole response (the head at <data>, then <body_len> bytes of body) goes to the client in
  * one writev: the head rewritten on the stack, the body straight from where it was read. A
  * Content-Length body has no framing to check: it is counted, not run through llhttp. */
-void gw_h1_write_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
-                       size_t head_len, size_t body_len)
+static void h1_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
+                     size_t head_len, size_t body_len)
 {
     struct hb hb;
     hb.out = c->cs.out;
@@ -294,3 +323,21 @@ void gw_h1_write_whole(struct gw_conn *c, const struct gw_h1_head *h, const char
     gw_stream_write(&c->cs, iov, body_len ? 2 : 1);
     GW_XFER_OUT(c, body_len);
 }
+
+static void h1_answer(struct gw_conn *c, int status, const char *fields, size_t flen,
+                      const char *body, size_t blen, int close)
+{
+    struct hb hb;
+    hb.out = c->cs.out;
+    hb.n = 0;
+    hb_printf(&hb, "HTTP/1.1 %d %s\r\n", status, cm_http_reason(status));
+    hb_add(&hb, fields, flen);
+    if (close)
+        HB_LIT(&hb, "connection: close\r\n");
+    HB_LIT(&hb, "\r\n");
+    if (blen && !c->head_method)
+        hb_add(&hb, body, blen);
+    hb_spill(&hb);
+}
+
+const struct gw_down_ops gw_h1_down = {h1_head, h1_whole, h1_answer};

@@ -298,7 +298,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
     if (st->tunnel) {
         gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF); /* a half-close (RFC 8441) */
     } else if (st->ws) {
-        /* before the instance's 101: passed on when the tunnel starts (gw_h2_pump_head()) */
+        /* before the instance's 101: passed on when the tunnel starts (h2_resp.c) */
     } else if (st->chunked) {
         gw_stream_v_input(&st->vc->cs, "0\r\n", 3);
         if (evbuffer_get_length(st->extra))
@@ -410,8 +410,7 @@ static void h2_send(struct gw_h2 *h2)
         if (st->sclosed)
             continue;
         if (!st->head_sent) {
-            gw_h2_pump_head(st);
-            if (!st->head_sent && !st->cut && (!st->vc || st->shut)) {
+            if (!st->cut && (!st->vc || st->shut)) {
                 /* the exchange ended without an answer */
                 st->cut = 1;
                 gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);

@@ -1,6 +1,6 @@
-/* The HTTP/2 codec's insides, shared by h2.c (the connection, its streams, the requests
- * given to their exchanges) and h2_resp.c (the exchanges' answers read back into HEADERS,
- * DATA and trailers). Not an interface for anything else: h2.h is. */
+/* The HTTP/2 codec's insides, shared by h2.c (the connection, its frames and streams),
+ * h2_req.c (the requests given to their exchanges) and h2_resp.c (the codec's answers to
+ * them: HEADERS, DATA and trailers). Not an interface for anything else: h2.h is. */
 #ifndef GW_H2_INT_H
 #define GW_H2_INT_H
 
@@ -17,9 +17,6 @@
 struct gw_conn;
 struct evbuffer;
 
-/* The longest answer head read back: the exchange takes an instance's response head of up to
- * 4 x limits.max_header_bytes (up_h1.c) and adds its own fields (cookies, CORS, x-berth-*). */
-#define H2_HEAD_MAX(w) (4 * (size_t)(w)->gc->limits.max_header_bytes + 16384)
 /* Interim (1xx) heads an answer may have, and bytes of its trailers: more cuts the stream
  * (a hostile instance must not queue HEADERS frames or trailer bytes without end). */
 #define H2_MAX_INTERIM 16
@@ -73,10 +70,8 @@ struct gw_h2 {
     uint32_t n_spare;
     struct evbuffer *head; /* a request head being written (empty between) */
     struct event send_ev;
-    nghttp2_nv *nv; /* an answer head's fields while it is read back (h2_resp.c) */
+    nghttp2_nv *nv; /* an answer head's fields while it is built (h2_resp.c) */
     size_t nv_cap, nv_n;
-    const char *nv_name; /* the field whose value comes next */
-    size_t nv_name_len;
     cm_usec_t idle_since;
     unsigned send_queued : 1;
     unsigned calm : 1;   /* the client went over a flood limit: GOAWAY ENHANCE_YOUR_CALM */
@@ -111,8 +106,6 @@ void gw_h2_on_stall(evutil_socket_t fd, short what, void *arg);
 
 /* ---- h2_resp.c */
 
-/* Submits the answer's heads found at the start of its bytes (1xx, then the final one). */
-void gw_h2_pump_head(struct gw_h2s *st);
 /* nghttp2's data source and send-data callbacks for an answer's body (NO_COPY). */
 ssize_t gw_h2_data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
                            uint32_t *flags, nghttp2_data_source *source, void *arg);

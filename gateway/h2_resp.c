@@ -1,24 +1,28 @@
-/* HTTP/2: the exchanges' answers (HTTP/1.1, as the exchange wrote them) read back into
- * HEADERS, DATA and trailers (gateway/README.md "HTTP/2"). */
+/* HTTP/2: the codec's answers to a stream's exchange (gw_h2_down): its heads as HEADERS
+ * straight from the instance's parsed head, its body as DATA and trailers, de-framed from
+ * the instance's HTTP/1.1 framing (gateway/README.md "HTTP/2"). */
 #include "gateway/h2_int.h"
 
 #include <ctype.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/uio.h>
 
 #include "gateway/conn_int.h"
 #include "gateway/h1.h"
 #include "gateway/metrics.h"
 #include "gateway/worker.h"
 
-/* ------------------------------------------------------------------ the answer, read back */
+/* ------------------------------------------------------------------ the answer's body */
 
-/* One llhttp parser per answer (st->resp) reads its head and frames its body. While the head
- * is read (whole, in one llhttp_execute() over contiguous bytes, so each field and value comes
- * in one callback) its fields go to the connection's nv array; after it, fields are trailers. */
+/* One llhttp parser per answer (st->resp) frames its body as the instance framed it: the head
+ * went out as HEADERS straight from the instance's parsed head (h2_head()), and the parser is
+ * set to that head's framing by a head of our own that says only that (frame_as()). Fields
+ * it reports after that are trailers. */
 
 /* Not sent over HTTP/2 (RFC 9113 8.2.2), or only the HTTP/1 side's business. */
 static int conn_specific(const char *n, size_t l)
@@ -50,32 +54,11 @@ static int trl_add(struct gw_h2s *st, const char *at, size_t len)
     return evbuffer_add(st->hdr, at, len) < 0 ? -1 : 0;
 }
 
+/* Fields: the framing head's are not looked at; after it, trailers. */
 static int on_field(llhttp_t *p, const char *at, size_t len)
 {
     struct gw_h2s *st = p->data;
-    if (st->head_sent)
-        return trl_add(st, at, len);
-    st->h2->nv_name = at;
-    st->h2->nv_name_len = len;
-    return 0;
-}
-
-static int on_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct gw_h2s *st = p->data;
-    struct gw_h2 *h2 = st->h2;
-    if (st->head_sent)
-        return trl_add(st, at, len);
-    if (conn_specific(h2->nv_name, h2->nv_name_len))
-        return 0;
-    if (h2->nv_n >= h2->nv_cap)
-        return -1; /* more fields than the connection's array: the answer is cut */
-    char *name = (char *)h2->nv_name; /* the head pulled up in its buffer, drained after */
-    for (size_t i = 0; i < h2->nv_name_len; i++)
-        name[i] = (char)tolower((unsigned char)name[i]);
-    h2->nv[h2->nv_n++] =
-        (nghttp2_nv){(uint8_t *)name, (uint8_t *)at, h2->nv_name_len, len, NGHTTP2_NV_FLAG_NONE};
-    return 0;
+    return st->head_sent ? trl_add(st, at, len) : 0;
 }
 
 static int on_field_end(llhttp_t *p)
@@ -99,7 +82,7 @@ static int on_resp_complete(llhttp_t *p)
 
 static const llhttp_settings_t resp_settings = {
     .on_header_field = on_field,
-    .on_header_value = on_value,
+    .on_header_value = on_field,
     .on_header_field_complete = on_field_end,
     .on_header_value_complete = on_field_end,
     .on_body = on_resp_body,
@@ -131,68 +114,182 @@ static void cut(struct gw_h2s *st)
 {
     st->cut = 1;
     gw_h2_st_reset(st, NGHTTP2_INTERNAL_ERROR);
+    gw_h2_schedule(st->h2);
 }
 
-void gw_h2_pump_head(struct gw_h2s *st)
+/* Sets the answer's parser to frame a body as <h> says (or as a rewritten body of
+ * <reframe_len> bytes when <rewrite>). 1 when no body follows after all. */
+static int frame_as(struct gw_h2s *st, const struct gw_h1_head *h, int rewrite, size_t reframe_len)
+{
+    char head[96];
+    int n;
+    if (rewrite)
+        n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\ncontent-length: %zu\r\n\r\n",
+                     reframe_len);
+    else if (h->chunked)
+        n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+    else if (h->has_cl)
+        n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\ncontent-length: %" PRIu64 "\r\n\r\n",
+                     h->content_length);
+    else /* up to the instance's close */
+        n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\n\r\n");
+    llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
+    st->resp.data = st;
+    st->msg_done = 0;
+    llhttp_errno_t e = llhttp_execute(&st->resp, head, (size_t)n);
+    return st->msg_done || (e != HPE_OK && e != HPE_PAUSED);
+}
+
+/* One more field of an answer's head into the connection's nv array; -1 when it is full. */
+static int add_nv(struct gw_h2 *h2, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (h2->nv_n >= h2->nv_cap)
+        return -1;
+    h2->nv[h2->nv_n++] =
+        (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nl, vl, NGHTTP2_NV_FLAG_NONE};
+    return 0;
+}
+
+/* The gateway's own header lines ("name: value\r\n", lower-case names) into the nv array;
+ * -1 when it is full. The lines stay where they are until the head is submitted. */
+static int lines_nv(struct gw_h2 *h2, const char *p, size_t len)
+{
+    const char *end = p + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        if (!eol || !colon || colon > eol || eol == p || eol[-1] != '\r')
+            return -1;
+        const char *v = colon + 1;
+        while (v < eol && *v == ' ')
+            v++;
+        if (!conn_specific(p, (size_t)(colon - p)) &&
+            add_nv(h2, p, (size_t)(colon - p), v, (size_t)(eol - 1 - v)) < 0)
+            return -1;
+        p = eol + 1;
+    }
+    return 0;
+}
+
+/* Submits the final head in the nv array (and a body's data source unless <nobody>). */
+static void submit_final(struct gw_h2s *st, int nobody)
 {
     struct gw_h2 *h2 = st->h2;
-    while (!st->head_sent && !st->sclosed) {
-        struct evbuffer *src = st_src(st);
-        size_t len = src ? evbuffer_get_length(src) : 0;
-        ev_ssize_t end = len ? gw_h1_head_end(src, len, 0, H2_HEAD_MAX(h2->c->w)) : -1;
-        if (end < 0)
-            return;
-        size_t hlen = (size_t)end + 4;
-        char *head = (char *)evbuffer_pullup(src, (ev_ssize_t)hlen);
-        llhttp_init(&st->resp, HTTP_RESPONSE, &resp_settings);
-        st->resp.data = st;
-        st->msg_done = 0;
-        h2->nv_n = 1; /* [0]: :status */
-        llhttp_errno_t e = head ? llhttp_execute(&st->resp, head, hlen) : HPE_INTERNAL;
-        unsigned code = st->resp.status_code;
-        if ((e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) || code < 100 ||
-            code > 999) {
-            cut(st);
-            return;
-        }
-        char status[4];
-        status_digits(status, code);
-        h2->nv[0] =
-            (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
-        if (code >= 100 && code < 200 && code != 101) {
-            if (++st->n_interim > H2_MAX_INTERIM) {
-                cut(st);
-                return;
-            }
-            nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, h2->nv_n, NULL);
-            evbuffer_drain(src, hlen);
-            st_taken(st);
-            continue;
-        }
-        if (code == 101) {
-            if (!st->ws) {
-                cut(st);
-                return;
-            }
-            memcpy(status, "200", 4); /* RFC 8441: the CONNECT's success */
-            st->tunnel = 1;
-            if (st->req_end && st->vc) /* the client ended its side before the 101 */
-                gw_stream_v_fail(&st->vc->cs, GW_STREAM_EOF);
-        }
-        /* from here on the parser frames the body (msg_done: the head said it has none) */
-        st->head_sent = 1;
-        int nobody = !st->tunnel && (st->head_req || st->msg_done || code == 204 || code == 304);
-        if (nobody)
-            st->resp_end = 1;
-        nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
-        int rv = nghttp2_submit_response(h2->s, st->id, h2->nv, h2->nv_n, nobody ? NULL : &prd);
-        evbuffer_drain(src, hlen);
-        st_taken(st);
-        if (rv < 0)
-            cut(st);
+    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
+    if (nghttp2_submit_response(h2->s, st->id, h2->nv, h2->nv_n, nobody ? NULL : &prd) < 0)
+        cut(st);
+    gw_h2_schedule(h2);
+}
+
+/* ------------------------------------------------------------------ the codec's answers */
+
+/* The instance's head <h>, rewritten as for any client (gw_h1_resp_drop(),
+ * gw_h1_resp_fields()), as HEADERS: interim ones as they come, at most H2_MAX_INTERIM; a 101
+ * only for an extended CONNECT, as its 200, after which the stream's DATA are a tunnel. */
+static void h2_head(struct gw_conn *c, const struct gw_h1_head *h, const char *head,
+                    size_t head_len)
+{
+    struct gw_h2s *st = c->cs.vctx;
+    struct gw_h2 *h2 = st->h2;
+    (void)head, (void)head_len;
+    if (st->head_sent || st->sclosed || st->cut)
+        return;
+    unsigned code = (unsigned)h->status;
+    int interim = code >= 100 && code < 200 && code != 101;
+    if (code < 100 || code > 999 || (code == 101 && !st->ws) ||
+        (interim && ++st->n_interim > H2_MAX_INTERIM)) {
+        cut(st);
         return;
     }
+    char status[4];
+    status_digits(status, code == 101 ? 200 : code); /* RFC 8441: the CONNECT's success */
+    h2->nv_n = 0;
+    add_nv(h2, ":status", 7, status, 3);
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const struct gw_h1_header *x = &h->headers[i];
+        if (gw_h1_resp_drop(c, h, i) || conn_specific(x->name, x->name_len))
+            continue;
+        /* HTTP/2 names are lower case: the head's bytes are the instance's, read into our
+         * buffers, and not used again once it is submitted */
+        char *name = (char *)x->name;
+        for (uint32_t k = 0; k < x->name_len; k++)
+            name[k] = (char)tolower((unsigned char)name[k]);
+        if (add_nv(h2, name, x->name_len, x->value, x->value_len) < 0) {
+            cut(st);
+            return;
+        }
+    }
+    if (interim) {
+        if (nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, h2->nv_n, NULL) <
+            0)
+            cut(st);
+        gw_h2_schedule(h2);
+        return;
+    }
+    char fields[4096];
+    size_t fl = gw_h1_resp_fields(c, h, fields, sizeof(fields));
+    if (lines_nv(h2, fields, fl) < 0) {
+        cut(st);
+        return;
+    }
+    int nobody = 0;
+    if (code == 101) {
+        st->tunnel = 1;
+        if (st->req_end) /* the client ended its side before the 101 */
+            gw_stream_v_fail(&c->cs, GW_STREAM_EOF);
+    } else {
+        nobody = st->head_req || h->body_done || code == 204 || code == 304 ||
+                 frame_as(st, h, c->rewrite, c->reframe_len);
+    }
+    st->head_sent = 1;
+    if (nobody)
+        st->resp_end = 1;
+    submit_final(st, nobody);
 }
+
+static void h2_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *data,
+                     size_t head_len, size_t body_len)
+{
+    h2_head(c, h, data, head_len);
+    if (body_len) {
+        struct iovec iov = {(void *)(data + head_len), body_len};
+        gw_stream_write(&c->cs, &iov, 1);
+    }
+    GW_XFER_OUT(c, body_len);
+}
+
+/* An answer of the gateway's own to <st>, whole (its body into the DATA queue at once). */
+static void answer(struct gw_h2s *st, int status, const char *fields, size_t flen, const char *body,
+                   size_t blen)
+{
+    struct gw_h2 *h2 = st->h2;
+    if (st->head_sent || st->sclosed || st->cut)
+        return;
+    char digits[4];
+    status_digits(digits, (unsigned)status);
+    h2->nv_n = 0;
+    add_nv(h2, ":status", 7, digits, 3);
+    if (lines_nv(h2, fields, flen) < 0) {
+        cut(st);
+        return;
+    }
+    st->head_sent = st->resp_end = 1;
+    int nobody = st->head_req || blen == 0;
+    if (!nobody && evbuffer_add(st->data, body, blen) < 0) {
+        cut(st);
+        return;
+    }
+    submit_final(st, nobody);
+}
+
+static void h2_answer(struct gw_conn *c, int status, const char *fields, size_t flen,
+                      const char *body, size_t blen, int close)
+{
+    (void)close; /* the stream ends with it; the connection goes on */
+    answer(c->cs.vctx, status, fields, flen, body, blen);
+}
+
+const struct gw_down_ops gw_h2_down = {h2_head, h2_whole, h2_answer};
 
 /* Frames up to <want> more payload bytes into st->data from the answer's bytes; decides the
  * end (resp_end) or a cut. */
@@ -319,23 +416,10 @@ int gw_h2_send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *
 /* An answer of the gateway's own (an error, JSON) to a stream that gets no exchange. */
 void gw_h2_answer_error(struct gw_h2s *st, enum gw_err e)
 {
-    struct gw_h2 *h2 = st->h2;
-    const struct gw_err_info *info = gw_err_info(e);
-    GW_METRIC_INC(&h2->c->w->metrics, errors[e]);
-    char body[256], status[4], clen[24], retry[24];
+    struct gw_worker *w = st->h2->c->w;
+    GW_METRIC_INC(&w->metrics, errors[e]);
+    char body[256], fields[256];
     size_t blen = gw_err_body(e, body, sizeof(body));
-    status_digits(status, (unsigned)info->status);
-    snprintf(clen, sizeof(clen), "%zu", blen);
-    snprintf(retry, sizeof(retry), "%u", h2->c->w->gc->retry_after);
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
-    nghttp2_nv nv[] = {NV(":status", status), NV("content-type", "application/json"),
-                       NV("content-length", clen), NV("cache-control", "no-store"),
-                       NV("retry-after", retry)};
-#undef NV
-    st->head_sent = st->resp_end = 1;
-    int head = st->head_req;
-    if (!head)
-        evbuffer_add(st->data, body, blen);
-    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = gw_h2_data_read_cb};
-    nghttp2_submit_response(h2->s, st->id, nv, info->retry ? 5 : 4, head ? NULL : &prd);
+    size_t fl = gw_err_fields(e, blen, w->gc->retry_after, fields, sizeof(fields));
+    answer(st, gw_err_info(e)->status, fields, fl, body, blen);
 }

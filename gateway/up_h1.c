@@ -183,7 +183,7 @@ static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, voi
             if (h.headers[i].cls & GW_H1_C_MCP)
                 return 0; /* a minted MCP session id: gw_mcp_on_resp_head() stores it first */
     gw_exchange_final_head(c, &h);
-    gw_h1_write_whole(c, &h, data, head_len, body_len);
+    c->down->whole(c, &h, data, head_len, body_len);
     gw_exchange_head_sent(c);
     gw_exchange_finish(c);
     return len;
@@ -240,7 +240,7 @@ static int parse_resp_head(struct gw_conn *c)
     }
     if (h.status == 101 && c->upgrade_req) {
         c->unproven = 0;
-        gw_h1_write_response(c, &h, data, head_len);
+        c->down->head(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
         gw_conn_drop_pending_head(c);
         c->resp_head_done = 1;
@@ -253,7 +253,7 @@ static int parse_resp_head(struct gw_conn *c)
     if (h.status < 200) {
         /* Interim response (100 Continue, 103 Early Hints): pass it on, wait for the final. */
         if (!c->http10)
-            gw_h1_write_response(c, &h, data, head_len);
+            c->down->head(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
         return 1;
     }
@@ -285,15 +285,15 @@ static int parse_resp_head(struct gw_conn *c)
         }
         c->rewrite = 1;
         evbuffer_remove_buffer(in, c->aux_head, head_len);
-    } else if (fits) { /* the whole response is in the first chain (see gw_h1_write_whole()) */
-        gw_h1_write_whole(c, &h, data, head_len, (size_t)h.content_length);
+    } else if (fits) { /* the whole response is in the first chain (see struct gw_down_ops) */
+        c->down->whole(c, &h, data, head_len, (size_t)h.content_length);
         evbuffer_drain(in, head_len + (size_t)h.content_length);
         whole = 1;
     } else {
         if (c->route->legacy_sse && c->is_get && c->kind == KEY_SID && is_sse && h.status == 200 &&
             (c->aux = evbuffer_new()) != NULL)
             c->sniff = 1;
-        gw_h1_write_response(c, &h, data, head_len);
+        c->down->head(c, &h, data, head_len);
         evbuffer_drain(in, head_len);
     }
     gw_exchange_head_sent(c);

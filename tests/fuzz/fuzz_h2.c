@@ -2,8 +2,9 @@
  * answered with what an instance could make the exchange write. The codec runs on a
  * connection whose socket is one end of a socket pair (the harness drains the other); the
  * exchanges it starts are the harness's own stand-ins (gw_conn_new_virtual() and friends are
- * defined here, so conn.c is not linked): each takes its request head, checks it, and writes
- * the input's "answer" bytes back in pieces, then ends (shutdown) or is freed mid-way (abort).
+ * defined here, so conn.c is not linked): each takes its request head, checks it, gives the
+ * codec the heads of the input's "answer" as the exchange would (parsed, interim ones first)
+ * and writes its body bytes in pieces, then ends (shutdown) or is freed mid-way (abort).
  *
  * Beyond "no crash, no leak, no hang": every request head the codec writes from a client's
  * header block is one head (its only empty line at its end: nothing a client sends can split
@@ -76,14 +77,47 @@ static void check_head(struct evbuffer *in)
             FAIL("a bare CR or LF in a request head");
 }
 
+/* The answer's heads as the exchange gives them to the codec (up_h1.c): each parsed, the
+ * interim ones, then the final one; a head that does not parse is the exchange's 502. What
+ * follows the final head is its body, written in pieces as the instance framed it. */
 static void answer(struct fake *f)
 {
     struct gw_stream *s = &f->c.cs;
+    static struct gw_h1_header headers[100];
+    static llhttp_settings_t settings;
+    static int settings_done;
+    if (!settings_done) {
+        gw_h1_settings_init(&settings, NULL, NULL);
+        settings_done = 1;
+    }
+    static char head[65536];
+    const uint8_t *p = run.answer, *end = run.answer + run.answer_len;
+    for (;;) {
+        const uint8_t *e = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
+        struct gw_h1_head h;
+        h.headers = headers;
+        h.max_headers = 100;
+        llhttp_t parser;
+        llhttp_init(&parser, HTTP_RESPONSE, &settings);
+        size_t hl = e ? (size_t)(e + 4 - p) : 0;
+        if (e)
+            memcpy(head, p, hl); /* the codec lower-cases names in place, as in the input */
+        if (!e || gw_h1_parse_head(&parser, &settings, &h, head, hl, 0) != GW_H1_OK) {
+            static const char fields[] = "content-type: application/json\r\n"
+                                         "content-length: 2\r\n";
+            gw_h2_down.answer(&f->c, 502, fields, sizeof(fields) - 1, "{}", 2, 1);
+            break;
+        }
+        p += hl;
+        gw_h2_down.head(&f->c, &h, head, hl);
+        if (h.status >= 200 || h.status == 101)
+            break;
+    }
     int pieces = 1 + (int)((run.flags >> 1) & 3);
-    size_t off = 0, step = run.answer_len / (size_t)pieces + 1;
-    while (off < run.answer_len) {
-        size_t n = run.answer_len - off < step ? run.answer_len - off : step;
-        evbuffer_add(s->out, run.answer + off, n);
+    size_t left = (size_t)(end - p), off = 0, step = left / (size_t)pieces + 1;
+    while (off < left) {
+        size_t n = left - off < step ? left - off : step;
+        evbuffer_add(s->out, p + off, n);
         gw_stream_flush(s);
         off += n;
     }
@@ -113,7 +147,23 @@ static void fake_event(struct gw_stream *s, short what, void *arg)
     gw_conn_free(&((struct fake *)arg)->c); /* a reset, or the send timeout */
 }
 
-/* ---- conn.c's functions the codec calls, for this harness */
+/* ---- conn.c's and h1_write.c's functions the codec calls, for this harness */
+
+int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+{
+    (void)c;
+    return (h->headers[i].cls & GW_H1_C_HOP) != 0;
+}
+
+size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap)
+{
+    (void)c, (void)h;
+    static const char mine[] = "x-berth-instance: fuzz\r\n";
+    if (cap < sizeof(mine))
+        return 0;
+    memcpy(buf, mine, sizeof(mine) - 1);
+    return sizeof(mine) - 1;
+}
 
 struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stream_vops *ops,
                                     void *ctx)
@@ -123,6 +173,7 @@ struct gw_conn *gw_conn_new_virtual(struct gw_conn *parent, const struct gw_stre
         return NULL;
     f->c.w = parent->w;
     f->c.virt = 1;
+    f->c.down = &gw_h2_down;
     if (gw_stream_init_virtual(&f->c.cs, base, ops, ctx) < 0) {
         free(f);
         return NULL;
