@@ -145,7 +145,7 @@ static int drop_request_header(const struct gw_conn *c, const struct gw_h1_head 
            ((int)i == h->host && !c->route->upstream_host_client);
 }
 
-int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+static int drop_response_header(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
 {
     const struct gw_h1_header *x = &h->headers[i];
     if (!x->cls)
@@ -155,6 +155,13 @@ int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_
            (x->cls & GW_H1_C_BERTH) || ((c->dechunk || c->rewrite) && (x->cls & GW_H1_C_TE)) ||
            (c->rewrite && (x->cls & GW_H1_C_CL)) ||
            (c->route->n_cors_origins && (x->cls & GW_H1_C_CORS));
+}
+
+/* Exported for the HTTP/2 codec; the HTTP/1 head calls the static one (-fPIC: an exported
+ * function is not inlined into copy_headers()). */
+int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i)
+{
+    return drop_response_header(c, h, i);
 }
 
 /* Sends the rewritten request head to <us>: straight from the stack when nothing is queued
@@ -244,7 +251,7 @@ static void build_response_head(struct gw_conn *c, const struct gw_h1_head *h, c
         HB_LIT(out, "\r\n");
     }
     int switching = h->status == 101;
-    copy_headers(out, c, h, head_end, gw_h1_resp_drop);
+    copy_headers(out, c, h, head_end, drop_response_header);
     add_fields(c, h, out);
     if (switching)
         HB_LIT(out, "connection: upgrade\r\n");
