@@ -212,6 +212,28 @@ def metric(s, name):
     return prom_metrics(s.admin_url("/metrics"))[name]
 
 
+def fill_until_shut(c, sid):
+    """Sends DATA on <sid> as long as its window opens again: until what the gateway holds
+    toward the instance keeps the window shut for a second. Returns the bytes sent."""
+    sent, quiet_since = 0, None
+    deadline = time.monotonic() + 30 * SLOW
+    while time.monotonic() < deadline and sent < (64 << 20):
+        w = c.conn.local_flow_control_window(sid)
+        if w > 0:
+            n = min(w, c.conn.max_outbound_frame_size)
+            c.conn.send_data(sid, b"x" * n)
+            c.flush()
+            sent += n
+            quiet_since = None
+            continue
+        quiet_since = quiet_since or time.monotonic()
+        if time.monotonic() - quiet_since > 1.0 * SLOW:
+            break
+        c.pump(0.1)
+    assert c.conn.local_flow_control_window(sid) == 0, sent
+    return sent
+
+
 def served(s):
     """Another client, on its own connection, is served meanwhile."""
     r = curl(s.url("/seen"), headers={"x-fc-session-id": "bystander"}, http="2")
@@ -424,22 +446,7 @@ def test_websocket_over_h2_end_reaches_an_instance_that_reads_late(hstack, misc)
         c.wait(lambda: c.streams[sid]["headers"] is not None, what="the CONNECT's answer")
         assert c.streams[sid]["headers"][":status"] == "200", c.streams[sid]
         # send until what the gateway holds toward the instance shuts the stream's window
-        sent, quiet_since = 0, None
-        deadline = time.monotonic() + 30 * SLOW
-        while time.monotonic() < deadline and sent < (64 << 20):
-            w = c.conn.local_flow_control_window(sid)
-            if w > 0:
-                n = min(w, c.conn.max_outbound_frame_size)
-                c.conn.send_data(sid, b"w" * n)
-                c.flush()
-                sent += n
-                quiet_since = None
-                continue
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 1.0 * SLOW:
-                break
-            c.pump(0.1)
-        assert c.conn.local_flow_control_window(sid) == 0, sent
+        sent = fill_until_shut(c, sid)
         c.conn.end_stream(sid)  # an empty DATA frame: no window needed
         c.flush()
         misc.wslate_go.set()
@@ -459,22 +466,7 @@ def test_an_instance_that_does_not_read_stalls_only_its_stream(hstack, misc):
         assert misc.noread_seen.wait(10 * SLOW)
         # what the gateway buffers toward the instance (buffer_high, and the socket's) fills,
         # then the stream's window stays shut
-        sent, quiet_since = 65535, None
-        deadline = time.monotonic() + 30 * SLOW
-        while time.monotonic() < deadline and sent < (64 << 20):
-            w = c.conn.local_flow_control_window(stuck)
-            if w > 0:
-                n = min(w, c.conn.max_outbound_frame_size)
-                c.conn.send_data(stuck, b"x" * n)
-                c.flush()
-                sent += n
-                quiet_since = None
-                continue
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 1.0 * SLOW:
-                break
-            c.pump(0.1)
-        assert c.conn.local_flow_control_window(stuck) == 0, sent
+        fill_until_shut(c, stuck)
         # the connection's other streams go on
         for i in range(3):
             body = b"y" * (512 * 1024)
