@@ -173,9 +173,9 @@ static int load_route(struct cm_conf_ctx *ctx, const struct cm_config *cfg,
         free(r->cookie);
         r->cookie = NULL;
     }
-    if (r->cookie && strpbrk(r->cookie, " \t;,=\"") != NULL)
+    if (r->cookie && (strpbrk(r->cookie, " \t;,=\"") != NULL || strlen(r->cookie) > 128))
         return cm_conf_fail(ctx, cm_ynode_get(m, "cookie"), p, "cookie",
-                            "must be a cookie name (no spaces, ;, =, quotes)");
+                            "must be a cookie name (no spaces, ;, =, quotes; at most 128 bytes)");
     for (char **h = r->key_headers; h && *h; h++) {
         if (!**h)
             return cm_conf_fail(ctx, cm_ynode_get(m, "key_headers"), p, "key_headers",

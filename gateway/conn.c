@@ -224,13 +224,16 @@ void gw_conn_send_error(struct gw_conn *c, enum gw_err e, int close)
     char body[256], fields[GW_FIELDS_MAX];
     size_t blen = gw_err_body(e, body, sizeof(body));
     size_t fl = gw_err_fields(e, blen, w->gc->retry_after, fields, sizeof(fields));
+    /* fits: 256 for gw_err_fields(), a key of at most 128 bytes, CORS lines under 512 */
     if (w->gc->expose_headers && c->key_len && c->kind == KEY_SID)
         fl += (size_t)snprintf(fields + fl, sizeof(fields) - fl, "x-berth-session: %.*s\r\n",
-                               (int)c->key_len, c->key); /* fits: a key is at most 255 bytes */
-    if (c->cors) {
+                               (int)c->key_len, c->key);
+    if (c->cors && fl < sizeof(fields)) {
         fl += gw_cors_headers(c, fields + fl, sizeof(fields) - fl);
         fl += (size_t)snprintf(fields + fl, sizeof(fields) - fl, "vary: origin\r\n");
     }
+    if (fl >= sizeof(fields)) /* cannot happen; never past the buffer */
+        fl = sizeof(fields) - 1;
     c->down->answer(c, info->status, fields, fl, body, blen, close);
     gw_conn_answered(c, info->status, close);
 }

@@ -170,6 +170,7 @@ struct gw_conn {
     unsigned unproven : 1;      /* ...bound for it now, and not yet answered with success */
     unsigned secure : 1;        /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */
     unsigned up_wshut : 1;      /* tunnel: shut the instance's side once its output is out */
+    unsigned resp_cut : 1;      /* the response ended short: the instance failed mid-body */
     uint8_t cors;               /* 1 + the route's cors_origins entry the Origin matched, or 0 */
     size_t reframe_len;         /* body length of a rewritten response */
     uint16_t preview_port;      /* preview host: the port inside the sandbox */
@@ -349,7 +350,8 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
 int gw_h1_resp_drop(const struct gw_conn *c, const struct gw_h1_head *h, uint32_t i);
 /* The header lines ("name: value\r\n") the gateway adds to the response head <h>, whatever
  * the client's protocol: a rewritten body's length, x-berth-*, the cookie it issues, CORS.
- * Their length in <buf> (0 if they do not fit <cap>; 4096 is enough). */
+ * Their length in <buf>, or (size_t)-1 when they do not fit <cap> (4096 is enough: the
+ * config bounds origins and the cookie's name). */
 size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap);
 /* The HTTP/1 codec's answers (struct gw_down_ops). */
 extern const struct gw_down_ops gw_h1_down;

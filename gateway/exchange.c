@@ -155,7 +155,7 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
     c->kind = KEY_SID;
     c->had_mcp_id = c->is_delete = c->is_get = c->cdp_path = 0;
     c->alias_pending = c->alias_done = c->body_alias = 0;
-    c->used_auto = c->released = 0;
+    c->used_auto = c->released = c->resp_cut = 0;
     c->keyless_new = c->unproven = 0;
     c->cors = 0;
     c->held = 0;

@@ -21,6 +21,7 @@
 struct hb {
     struct evbuffer *out;
     size_t n;
+    int lost; /* no output, and a piece did not fit the buffer (gw_h1_resp_fields) */
     char buf[4096];
 };
 
@@ -35,8 +36,10 @@ static void hb_spill(struct hb *b)
 static void hb_add_slow(struct hb *b, const void *p, size_t len)
 {
     hb_spill(b);
-    if (!b->out && b->n + len > sizeof(b->buf))
-        return; /* cannot happen: see gw_h1_resp_fields() */
+    if (!b->out && b->n + len > sizeof(b->buf)) {
+        b->lost = 1;
+        return;
+    }
     if (len > sizeof(b->buf)) {
         evbuffer_add(b->out, p, len);
         return;
@@ -72,8 +75,10 @@ static void hb_printf(struct hb *b, const char *fmt, ...)
         return;
     }
     hb_spill(b);
-    if (!b->out)
-        return; /* cannot happen: see gw_h1_resp_fields() */
+    if (!b->out) {
+        b->lost = 1;
+        return;
+    }
     va_start(ap, fmt);
     evbuffer_add_vprintf(b->out, fmt, ap);
     va_end(ap);
@@ -172,6 +177,7 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
     struct hb hb, *out = &hb;
     hb.out = us->out;
     hb.n = 0;
+    hb.lost = 0;
     const char *head_end = head + c->head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     const char *url = h->url;
@@ -296,12 +302,14 @@ static inline void add_fields(struct gw_conn *c, const struct gw_h1_head *h, str
 size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap)
 {
     struct hb hb;
-    hb.out = NULL; /* at most ~1.5 KB: instance id, session key, cookie, CORS (512) */
+    hb.out = NULL; /* ~1 KB at most: instance id, session key, cookie, CORS (< 512) */
     hb.n = 0;
+    hb.lost = 0;
     add_fields(c, h, &hb);
-    size_t n = hb.n < cap ? hb.n : 0;
-    memcpy(buf, hb.buf, n);
-    return n;
+    if (hb.lost || hb.n > cap)
+        return (size_t)-1;
+    memcpy(buf, hb.buf, hb.n);
+    return hb.n;
 }
 
 /* ------------------------------------------------------------------ the HTTP/1 codec's answers */
@@ -312,6 +320,7 @@ static void h1_head(struct gw_conn *c, const struct gw_h1_head *h, const char *h
     struct hb hb;
     hb.out = c->cs.out;
     hb.n = 0;
+    hb.lost = 0;
     build_response_head(c, h, head, head_len, &hb);
     hb_spill(&hb);
 }
@@ -325,6 +334,7 @@ static void h1_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *
     struct hb hb;
     hb.out = c->cs.out;
     hb.n = 0;
+    hb.lost = 0;
     build_response_head(c, h, data, head_len, &hb);
     struct iovec iov[2] = {{hb.buf, hb.n}, {(void *)(data + head_len), body_len}};
     gw_stream_write(&c->cs, iov, body_len ? 2 : 1);
@@ -337,6 +347,7 @@ static void h1_answer(struct gw_conn *c, int status, const char *fields, size_t 
     struct hb hb;
     hb.out = c->cs.out;
     hb.n = 0;
+    hb.lost = 0;
     hb_printf(&hb, "HTTP/1.1 %d %s\r\n", status, cm_http_reason(status));
     hb_add(&hb, fields, flen);
     if (close)

@@ -26,6 +26,11 @@ static void vs_shutdown(void *ctx)
     struct gw_h2s *st = ctx;
     st->shut = 1;
     st->ready = 1;
+    if (st->vc && st->vc->resp_cut && !st->resp_end && !st->tunnel) {
+        /* the instance failed mid-body: the client must not take what came as whole */
+        st->cut = 1;
+        GW_METRIC_INC(&st->h2->c->w->metrics, h2_resets);
+    }
     gw_h2_schedule(st->h2);
 }
 

@@ -219,17 +219,17 @@ static void h2_head(struct gw_conn *c, const struct gw_h1_head *h, const char *h
             return;
         }
     }
+    char fields[4096]; /* as HTTP/1 has them: CORS on every head, the rest on the final */
+    size_t fl = gw_h1_resp_fields(c, h, fields, sizeof(fields));
+    if (fl == (size_t)-1 || lines_nv(h2, fields, fl) < 0) {
+        cut(st);
+        return;
+    }
     if (interim) {
         if (nghttp2_submit_headers(h2->s, NGHTTP2_FLAG_NONE, st->id, NULL, h2->nv, h2->nv_n, NULL) <
             0)
             cut(st);
         gw_h2_schedule(h2);
-        return;
-    }
-    char fields[4096];
-    size_t fl = gw_h1_resp_fields(c, h, fields, sizeof(fields));
-    if (lines_nv(h2, fields, fl) < 0) {
-        cut(st);
         return;
     }
     int nobody = 0;

@@ -482,10 +482,12 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
         response_done(c);
         return;
     }
-    /* truncated body: close so the client sees it incomplete */
+    /* truncated body: close so the client sees it incomplete (HTTP/2: RST_STREAM, even for
+     * a body that ends with the close, which an error is not) */
     GW_XLOG(info, c, "response truncated instance=%s", c->instance);
     gw_upconn_release(c->up, 0);
     c->up = NULL;
     c->resp_head_done = 1;
+    c->resp_cut = 1;
     gw_conn_begin_close(c);
 }

@@ -11,7 +11,9 @@
  * it into two requests).
  *
  * Input: byte 0 flags (bit 0: the exchange aborts instead of ending; bits 1-2: pieces the answer
- * is written in; each exchange answers as soon as its request head came, before any body),
+ * is written in; bit 3: a 200 with a body is answered as the CDP rewrite does, the rest of the
+ * answer its body of a stated length; each exchange answers as soon as its request head came,
+ * before any body),
  * bytes 1-2 the answer's length (little endian, cut to what is there), the answer, then the
  * client's bytes after the connection preface and an empty SETTINGS frame (which the harness
  * sends first). */
@@ -35,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
-        fprintf(stderr, "fuzz_h2: " __VA_ARGS__);                                                 \
+        fprintf(stderr, "fuzz_h2: " __VA_ARGS__);                                                  \
         fprintf(stderr, "\n");                                                                     \
         abort();                                                                                   \
     } while (0)
@@ -59,6 +61,7 @@ static struct {
 struct fake {
     struct gw_conn c; /* first: the codec's gw_conn pointer is this */
     int answered;
+    int head_req; /* its request was a HEAD: the answer's head says no body follows */
 };
 
 static void check_head(struct evbuffer *in)
@@ -102,13 +105,18 @@ static void answer(struct fake *f)
         size_t hl = e ? (size_t)(e + 4 - p) : 0;
         if (e)
             memcpy(head, p, hl); /* the codec lower-cases names in place, as in the input */
-        if (!e || gw_h1_parse_head(&parser, &settings, &h, head, hl, 0) != GW_H1_OK) {
+        if (!e || gw_h1_parse_head(&parser, &settings, &h, head, hl, f->head_req) != GW_H1_OK) {
             static const char fields[] = "content-type: application/json\r\n"
                                          "content-length: 2\r\n";
             gw_h2_down.answer(&f->c, 502, fields, sizeof(fields) - 1, "{}", 2, 1);
             break;
         }
         p += hl;
+        if ((run.flags & 8) && h.status == 200 && !h.body_done) {
+            /* as the CDP rewrite does: a body of its own, of a length it states */
+            f->c.rewrite = 1;
+            f->c.reframe_len = (size_t)(end - p);
+        }
         gw_h2_down.head(&f->c, &h, head, hl);
         if (h.status >= 200 || h.status == 101)
             break;
@@ -133,6 +141,8 @@ static void fake_read(struct gw_stream *s, void *arg)
     struct fake *f = arg;
     if (!f->answered) {
         check_head(s->in);
+        const char *p = (const char *)evbuffer_pullup(s->in, 5);
+        f->head_req = p && memcmp(p, "HEAD ", 5) == 0;
         f->answered = 1;
         evbuffer_drain(s->in, evbuffer_get_length(s->in));
         answer(f); /* f may be gone */

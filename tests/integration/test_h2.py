@@ -42,6 +42,8 @@ class Misc(threading.Thread):
     """/misc/trailers: a chunked answer with trailers. /misc/ws: 101, then every byte back.
     /misc/wslate: 101, then nothing read until wslate_go is set, then every byte back, read
     slowly; at the end of its input it records the byte count (wslate_eof) and closes.
+    /misc/eofbody: a body that ends with the instance's close; /misc/eofrst: the same body,
+    then a reset instead of the close.
     /misc/noread: never reads the request body, answers after the client gave up.
     /misc/slow: answers after a second."""
 
@@ -108,6 +110,13 @@ class Misc(threading.Thread):
                         n += len(d)
                         c.sendall(d)
                         time.sleep(0.004)  # slower than the gateway: its output stays full
+                elif what in ("eofbody", "eofrst"):  # a body that ends with the close
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+                              b"the whole body")
+                    if what == "eofrst":  # an error, not the end: RST instead of FIN
+                        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+                    return
                 elif what == "hop":  # HTTP/1 connection fields, mixed-case names, chunked
                     c.sendall(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\n"
                               b"X-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
@@ -385,6 +394,19 @@ def test_request_body_without_length_and_a_large_download(hstack):
         sid = c.request("/bytes?n=%d" % (3 << 20), [("x-fc-session-id", "h2-up")])
         st = c.wait_done(sid, timeout=30)
         assert st["headers"][":status"] == "200" and len(st["data"]) == 3 << 20
+
+
+def test_a_body_that_ends_with_the_close_and_one_cut_by_a_reset(hstack):
+    """A body delimited by the instance's close is whole when the instance closes (END_STREAM)
+    and cut when it resets the connection (RST_STREAM): the client must not take a body the
+    instance never finished as whole."""
+    s = hstack
+    with H2(port(s)) as c:
+        st = c.wait_done(c.request("/misc/eofbody"))
+        assert st["headers"][":status"] == "200" and st["data"] == b"the whole body", st
+        assert st["ended"] and st["reset"] is None, st
+        st = c.wait_done(c.request("/misc/eofrst"))
+        assert st["reset"] is not None and not st["ended"], st
 
 
 def test_trailers_are_passed_on(hstack):

@@ -241,8 +241,8 @@ TEST(sample_config_documents_the_defaults)
     snprintf(secret_path, sizeof(secret_path), "%s",
              test_write_file("api_secret", SECRET "\n", (size_t)-1));
     CHECK_INT_EQ(chmod(secret_path, 0600), 0);
-    snprintf(out, sizeof(out), "%.*s  api_secret_file: %s%s", (int)(line - text), text,
-             secret_path, eol);
+    snprintf(out, sizeof(out), "%.*s  api_secret_file: %s%s", (int)(line - text), text, secret_path,
+             eol);
     char copy[4200];
     snprintf(copy, sizeof(copy), "%s", test_write_file("sample.yaml", out, (size_t)-1));
     struct cm_config *c = cm_config_load(copy, err, sizeof(err));
@@ -262,53 +262,54 @@ TEST(sample_config_documents_the_defaults)
 
 TEST(every_key_with_a_non_default_value)
 {
-    struct gw_config *gc = load_ok("gateway:\n"
-                                   "  listen: 0.0.0.0:18080\n"
-                                   "  admin_listen: 127.0.0.1:19090\n"
-                                   "  workers: 4\n"
-                                   "  expose_headers: false\n"
-                                   "  cache_ttl: 0\n"
-                                   "  activity_flush: 250ms\n"
-                                   "  host_stale: 2m\n"
-                                   "  retry_after: 3600\n"
-                                   "  admin: {max_body: 2MiB}\n"
-                                   "  limits:\n"
-                                   "    max_header_bytes: 1MiB\n"
-                                   "    max_headers: 8\n"
-                                   "    max_connections: 1000000\n"
-                                   "    header_timeout: 100ms\n"
-                                   "    keepalive_timeout: 1h\n"
-                                   "    connect_timeout: 10ms\n"
-                                   "    response_timeout: 1d\n"
-                                   "    stream_idle_timeout: 7d\n"
-                                   "    start_timeout: 1500ms\n"
-                                   "    buffer_high: 64MiB\n"
-                                   "    buffer_low: 0\n"
-                                   "    upstream_idle_per_instance: 0\n"
-                                   "    upstream_idle_timeout: 90s\n"
-                                   "    max_chunk_ext_bytes: 0\n"
-                                   "  routes:\n"
-                                   "    - name: api\n"
-                                   "      host: API.Example.COM\n"
-                                   "      path_prefix: /v2/\n"
-                                   "      tenant: acme\n"
-                                   "      template: other\n"
-                                   "      key_headers: [X-Agent-Id, x-fc-session-id]\n"
-                                   "      cookie: sid\n"
-                                   "      no_key: reject\n"
-                                   "      max_body: 1KiB\n"
-                                   "      auth: yes\n"
-                                   "      upstream_host: client\n"
-                                   "      cors_origins: [HTTPS://App.Example.com, 'http://[::1]:8080', '*']\n"
-                                   "      cors_max_age: 0\n"
-                                   "      mcp: false\n"
-                                   "    - path_prefix: /browser\n"
-                                   "      key_headers: X-One\n"
-                                   "      no_key: issue\n"
-                                   "      max_body: 0\n"
-                                   "    - key_headers: []\n"
-                                   "      cookie: ''\n"
-                                   "      max_body: 1TiB\n");
+    struct gw_config *gc =
+        load_ok("gateway:\n"
+                "  listen: 0.0.0.0:18080\n"
+                "  admin_listen: 127.0.0.1:19090\n"
+                "  workers: 4\n"
+                "  expose_headers: false\n"
+                "  cache_ttl: 0\n"
+                "  activity_flush: 250ms\n"
+                "  host_stale: 2m\n"
+                "  retry_after: 3600\n"
+                "  admin: {max_body: 2MiB}\n"
+                "  limits:\n"
+                "    max_header_bytes: 1MiB\n"
+                "    max_headers: 8\n"
+                "    max_connections: 1000000\n"
+                "    header_timeout: 100ms\n"
+                "    keepalive_timeout: 1h\n"
+                "    connect_timeout: 10ms\n"
+                "    response_timeout: 1d\n"
+                "    stream_idle_timeout: 7d\n"
+                "    start_timeout: 1500ms\n"
+                "    buffer_high: 64MiB\n"
+                "    buffer_low: 0\n"
+                "    upstream_idle_per_instance: 0\n"
+                "    upstream_idle_timeout: 90s\n"
+                "    max_chunk_ext_bytes: 0\n"
+                "  routes:\n"
+                "    - name: api\n"
+                "      host: API.Example.COM\n"
+                "      path_prefix: /v2/\n"
+                "      tenant: acme\n"
+                "      template: other\n"
+                "      key_headers: [X-Agent-Id, x-fc-session-id]\n"
+                "      cookie: sid\n"
+                "      no_key: reject\n"
+                "      max_body: 1KiB\n"
+                "      auth: yes\n"
+                "      upstream_host: client\n"
+                "      cors_origins: [HTTPS://App.Example.com, 'http://[::1]:8080', '*']\n"
+                "      cors_max_age: 0\n"
+                "      mcp: false\n"
+                "    - path_prefix: /browser\n"
+                "      key_headers: X-One\n"
+                "      no_key: issue\n"
+                "      max_body: 0\n"
+                "    - key_headers: []\n"
+                "      cookie: ''\n"
+                "      max_body: 1TiB\n");
     CHECK_STR_EQ(gc->listen, "0.0.0.0:18080");
     CHECK_STR_EQ(gc->admin_listen, "127.0.0.1:19090");
     CHECK_UINT_EQ(gc->workers, 4);
@@ -365,7 +366,7 @@ TEST(every_key_with_a_non_default_value)
     r = &gc->routes[2];
     CHECK_NOT_NULL(r->key_headers);
     CHECK_NULL(r->key_headers[0]); /* headers switched off */
-    CHECK_NULL(r->cookie);          /* cookie: '' switches the cookie off */
+    CHECK_NULL(r->cookie);         /* cookie: '' switches the cookie off */
     CHECK_UINT_EQ(r->max_body, 1ull << 40);
     done(gc);
 }
@@ -497,12 +498,24 @@ TEST(routes_errors)
                  "gateway.routes[1].no_key: must be new, reject or issue");
     EXPECT_ERROR("gateway:\n  routes:\n    - path_prefix: |api\n",
                  "gateway.routes[0].path_prefix: must start with /");
-    EXPECT_ERROR("gateway:\n  routes:\n    - cookie: |\"a b\"\n",
-                 "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes)");
-    EXPECT_ERROR("gateway:\n  routes:\n    - cookie: |\"a;b\"\n",
-                 "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes)");
-    EXPECT_ERROR("gateway:\n  routes:\n    - cookie: |a=b\n",
-                 "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes)");
+    EXPECT_ERROR(
+        "gateway:\n  routes:\n    - cookie: |\"a b\"\n",
+        "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes; at most "
+        "128 bytes)");
+    EXPECT_ERROR(
+        "gateway:\n  routes:\n    - cookie: |\"a;b\"\n",
+        "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes; at most "
+        "128 bytes)");
+    EXPECT_ERROR(
+        "gateway:\n  routes:\n    - cookie: |a=b\n",
+        "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes; at most "
+        "128 bytes)");
+    EXPECT_ERROR(
+        "gateway:\n  routes:\n    - cookie: |"
+        "a23456789012345678901234567890123456789012345678901234567890123456789012345"
+        "6789012345678901234567890123456789012345678901234567890\n",
+        "gateway.routes[0].cookie: must be a cookie name (no spaces, ;, =, quotes; at most "
+        "128 bytes)");
     EXPECT_ERROR("gateway:\n  routes:\n    - key_headers: |[\"x y\"]\n",
                  "gateway.routes[0].key_headers: 'x y' is not a header name");
     EXPECT_ERROR("gateway:\n  routes:\n    - key_headers: |[x-a, \"x:b\"]\n",
@@ -546,8 +559,10 @@ TEST(route_without_templates_defined)
                                     err, sizeof(err));
     CHECK_NULL(gc);
     char want[8192];
-    snprintf(want, sizeof(want), "%s:4:7: gateway.routes[0].template: required (no templates "
-             "defined)", path);
+    snprintf(want, sizeof(want),
+             "%s:4:7: gateway.routes[0].template: required (no templates "
+             "defined)",
+             path);
     CHECK_STR_EQ(err, want);
     cm_config_free(cfg);
 }
@@ -597,25 +612,30 @@ TEST(scheduler_secret_is_required_for_scheduler_templates)
     CHECK_NULL(gc);
     cm_config_free(cfg);
     char want[8192];
-    snprintf(want, sizeof(want), "%s:4:5: scheduler: api_secret or api_secret_file is required: "
-             "template 't' is started by a scheduler on demand", path);
+    snprintf(want, sizeof(want),
+             "%s:4:5: scheduler: api_secret or api_secret_file is required: "
+             "template 't' is started by a scheduler on demand",
+             path);
     CHECK_MSG(strncmp(err, want, strlen(want)) == 0, "got %s", err);
     /* With a scheduler section, the error points at it. */
     gc = load_doc("tenants: [{name: default}]\ntemplates: [{name: t, app: {command: x}}]\n"
-                  "scheduler:\n  host_id: h\n", err, sizeof(err));
+                  "scheduler:\n  host_id: h\n",
+                  err, sizeof(err));
     CHECK_NULL(gc);
     cm_config_free(cfg);
     CHECK_CONTAINS(err, ":4:3: scheduler: api_secret or api_secret_file is required");
     /* Static templates alone need no scheduler, so no secret. */
     gc = load_doc("tenants: [{name: default}]\n"
-                  "templates: [{name: s, driver: static, upstreams: [a:1]}]\n", err, sizeof(err));
+                  "templates: [{name: s, driver: static, upstreams: [a:1]}]\n",
+                  err, sizeof(err));
     CHECK_MSG(gc != NULL, "%s", err);
     CHECK_NULL(gc->scheduler_secret);
     done(gc);
     /* A bad secret is refused like the scheduler refuses it. */
     gc = load_doc("tenants: [{name: default}]\n"
                   "templates: [{name: s, driver: static, upstreams: [a:1]}]\n"
-                  "scheduler: {api_secret: short}\n", err, sizeof(err));
+                  "scheduler: {api_secret: short}\n",
+                  err, sizeof(err));
     CHECK_NULL(gc);
     cm_config_free(cfg);
     CHECK_CONTAINS(err, ":3:25: scheduler.api_secret: the secret must be at least 32 bytes");
@@ -642,8 +662,7 @@ TEST(free_takes_null)
 
 /* ------------------------------------------------------------------ route selection */
 
-static const struct gw_route *route_for(const struct gw_config *gc, const char *host,
-                                        const char *p)
+static const struct gw_route *route_for(const struct gw_config *gc, const char *host, const char *p)
 {
     return gw_config_route(gc, host, host ? strlen(host) : 0, p, strlen(p));
 }
