@@ -25,6 +25,14 @@ struct hb {
     char buf[4096];
 };
 
+/* Not the buffer: a head is written over it from the start. */
+static inline void hb_init(struct hb *b, struct evbuffer *out)
+{
+    b->out = out;
+    b->n = 0;
+    b->lost = 0;
+}
+
 static void hb_spill(struct hb *b)
 {
     if (b->n && b->out) { /* no output: lines that fit the buffer only (gw_h1_resp_fields) */
@@ -175,9 +183,7 @@ void gw_h1_write_request(struct gw_conn *c, const struct gw_h1_head *h, const ch
                          struct gw_stream *us)
 {
     struct hb hb, *out = &hb;
-    hb.out = us->out;
-    hb.n = 0;
-    hb.lost = 0;
+    hb_init(&hb, us->out);
     const char *head_end = head + c->head_len;
     const char *first = h->n_headers ? h->headers[0].name : head_end - 2;
     const char *url = h->url;
@@ -302,9 +308,7 @@ static inline void add_fields(struct gw_conn *c, const struct gw_h1_head *h, str
 size_t gw_h1_resp_fields(struct gw_conn *c, const struct gw_h1_head *h, char *buf, size_t cap)
 {
     struct hb hb;
-    hb.out = NULL; /* ~1 KB at most: instance id, session key, cookie, CORS (< 512) */
-    hb.n = 0;
-    hb.lost = 0;
+    hb_init(&hb, NULL); /* ~1 KB at most: instance id, session key, cookie, CORS (< 512) */
     add_fields(c, h, &hb);
     if (hb.lost || hb.n > cap)
         return (size_t)-1;
@@ -318,9 +322,7 @@ static void h1_head(struct gw_conn *c, const struct gw_h1_head *h, const char *h
                     size_t head_len)
 {
     struct hb hb;
-    hb.out = c->cs.out;
-    hb.n = 0;
-    hb.lost = 0;
+    hb_init(&hb, c->cs.out);
     build_response_head(c, h, head, head_len, &hb);
     hb_spill(&hb);
 }
@@ -332,9 +334,7 @@ static void h1_whole(struct gw_conn *c, const struct gw_h1_head *h, const char *
                      size_t head_len, size_t body_len)
 {
     struct hb hb;
-    hb.out = c->cs.out;
-    hb.n = 0;
-    hb.lost = 0;
+    hb_init(&hb, c->cs.out);
     build_response_head(c, h, data, head_len, &hb);
     struct iovec iov[2] = {{hb.buf, hb.n}, {(void *)(data + head_len), body_len}};
     gw_stream_write(&c->cs, iov, body_len ? 2 : 1);
@@ -345,9 +345,7 @@ static void h1_answer(struct gw_conn *c, int status, const char *fields, size_t 
                       const char *body, size_t blen, int close)
 {
     struct hb hb;
-    hb.out = c->cs.out;
-    hb.n = 0;
-    hb.lost = 0;
+    hb_init(&hb, c->cs.out);
     hb_printf(&hb, "HTTP/1.1 %d %s\r\n", status, cm_http_reason(status));
     hb_add(&hb, fields, flen);
     if (close)
