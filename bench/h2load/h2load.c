@@ -45,11 +45,8 @@ struct stats {
     uint64_t sticky_checked, sticky_violated, conn_errors;
 };
 
-struct conn;
-
 /* A request in flight: its session, and the instance its response named. */
 struct req {
-    struct conn *c;
     uint32_t sess;
     int status;
     char inst[INST_MAX];
@@ -114,7 +111,6 @@ static int submit_one(struct conn *c)
         return -1;
     struct req *r = c->free[--c->n_free];
     memset(r, 0, sizeof(*r));
-    r->c = c;
     r->sess = x->next_sess;
     x->next_sess = (x->next_sess + 1) % x->o.sessions;
     char sid[96];
@@ -331,14 +327,12 @@ static int handshake(struct conn *c)
 
 static void start_session(struct conn *c)
 {
-    struct ctx *x = c->x;
     if (nghttp2_session_client_new(&c->s, callbacks(), c) != 0)
         die("%s", "out of memory");
     nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100},
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
     nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, iv, 2);
     nghttp2_session_set_local_window_size(c->s, NGHTTP2_FLAG_NONE, 0, 16 << 20);
-    (void)x;
     fill(c);
     conn_flush(c);
 }
