@@ -455,9 +455,12 @@ def test_websocket_over_h2_extended_connect(hstack):
 
 
 def test_websocket_over_h2_end_reaches_an_instance_that_reads_late(hstack, misc):
-    """The client's END_STREAM comes while the gateway still holds bytes for the instance
-    (it reads slowly): the instance gets every byte and then its end, answers, closes, and
-    the stream ends cleanly, long before stream_idle_timeout."""
+    """The client's END_STREAM comes while the stream's window is shut by what waits for an
+    instance that reads late and slowly: the instance gets every byte and then its end,
+    answers, closes, and the stream ends cleanly, long before stream_idle_timeout. (Whether
+    the gateway's own output toward the instance is still non-empty at that moment depends on
+    the kernel's buffers: usually they have taken it, so this checks the half-close end to
+    end, not that one moment.)"""
     s = hstack
     with H2(port(s)) as c:
         sid = c.new_stream()
