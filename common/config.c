@@ -391,7 +391,9 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "pool",  "ready_timeout", "ttl",    "max_ttl",
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
                                        "upstreams", "sessions_per_instance", "data_size",
-                                       "run_as_root", "seccomp", "io", "rootfs", "accel", NULL};
+                                       "run_as_root", "seccomp", "io", "rootfs", "accel", "idle",
+                                       NULL};
+    static const char *const idle_keys[] = {"pause_after", NULL};
     static const char *const io_keys[] = {"read_bps", "write_bps", "read_iops", "write_iops",
                                           NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
@@ -518,6 +520,21 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_u64(ctx, io, iopath, "read_iops", 0, 0, UINT32_MAX, &t->io_read_iops) ||
         cm_conf_u64(ctx, io, iopath, "write_iops", 0, 0, UINT32_MAX, &t->io_write_iops))
         return free(lost_s), -EINVAL;
+    const struct cm_ynode *idle = cm_ynode_get(m, "idle");
+    char idlepath[160];
+    snprintf(idlepath, sizeof(idlepath), "%s.idle", path);
+    if (cm_conf_keys(ctx, idle, idlepath, idle_keys) ||
+        cm_conf_duration(ctx, idle, idlepath, "pause_after", 0, 0, 365 * 86400 * CM_USEC_PER_SEC,
+                         &t->pause_after))
+        return free(lost_s), -EINVAL;
+    /* Sessions in use are touched once per gateway.activity_flush (1 s by default): a shorter
+     * pause_after would pause sessions between two touches. */
+    if (t->pause_after && t->pause_after < CM_USEC_PER_SEC)
+        return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(idle, "pause_after"), idlepath,
+                                          "pause_after", "must be 0 (never) or at least 1s");
+    if (t->pause_after && is_static)
+        return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(idle, "pause_after"), idlepath,
+                                          "pause_after", "not used with driver static");
     if (strcmp(t->accel, "auto") != 0 && strcmp(t->accel, "kvm") != 0 &&
         strcmp(t->accel, "tcg") != 0)
         return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(m, "accel"), path, "accel",

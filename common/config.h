@@ -70,6 +70,8 @@ struct cm_template {
     cm_usec_t ready_timeout;
     cm_usec_t ttl, max_ttl;
     cm_usec_t idle_timeout, max_idle_timeout;
+    cm_usec_t pause_after; /* idle.pause_after: freeze a bound session's sandbox idle this long;
+                              0 = never */
     enum cm_lost_policy on_lost;
     int data;           /* mount the session's durable directory at /data */
     uint64_t data_size; /* size of each session's /data file system (its quota) */

@@ -293,12 +293,58 @@ static const char reconcile_src[] =
     "redis.call('PUBLISH', P..'inval', h)\n"
     "return {'vanished', ''}\n";
 
+/* Which of the given bound sessions have been idle for their pause_after. */
+static const char idle_src[] =
+    "local P, now = ARGV[1], tonumber(ARGV[2])\n"
+    "local out = {}\n"
+    "for i = 3, #ARGV - 2, 3 do\n"
+    "  local s = redis.call('HMGET', P..'s:'..ARGV[i], 'state', 'instance', 'last_active',\n"
+    "    'paused')\n"
+    "  local idle = 0\n"
+    "  if s[1] == 'bound' and s[2] == ARGV[i + 1] and not s[4] and\n"
+    "     now - tonumber(s[3] or now) >= tonumber(ARGV[i + 2]) then idle = 1 end\n"
+    "  out[#out + 1] = idle\n"
+    "end\n"
+    "return out\n";
+
+/* Shared by PAUSED and RESUMED: the session's record when it is bound to instance id. */
+#define LUA_PAUSE_PRELUDE                                                                          \
+    "local now = tonumber(ARGV[4])\n" LUA_PRELUDE                                                  \
+    "local h, id, why = ARGV[2], ARGV[3], ARGV[5]\n"                                              \
+    "local sk = P..'s:'..h\n"                                                                      \
+    "local s = redis.call('HMGET', sk, 'state', 'instance', 'tenant', 'template', 'host',\n"      \
+    "  'paused')\n"
+
+static const char paused_src[] =
+    LUA_PAUSE_PRELUDE
+    "if s[1] ~= 'bound' or s[2] ~= id then return 0 end\n"
+    "redis.call('HSET', sk, 'paused', now)\n"
+    "redis.call('HSET', P..'i:'..id, 'paused', now)\n"
+    "event('paused', 'session', h, 'tenant', s[3], 'template', s[4], 'instance', id,\n"
+    "  'host', s[5] or '', 'reason', why)\n"
+    "return 1\n";
+
+static const char resumed_src[] =
+    LUA_PAUSE_PRELUDE
+    "redis.call('HDEL', P..'i:'..id, 'paused')\n"
+    "if s[2] ~= id or not s[6] then return -1 end\n"
+    "local d = now - tonumber(s[6])\n"
+    "if d < 0 then d = 0 end\n"
+    "redis.call('HDEL', sk, 'paused')\n"
+    "redis.call('HINCRBY', sk, 'paused_ms', d)\n"
+    "if s[1] == 'bound' then redis.call('HSET', sk, 'last_active', now) end\n"
+    "event('resumed', 'session', h, 'tenant', s[3], 'template', s[4], 'instance', id,\n"
+    "  'host', s[5] or '', 'reason', why, 'paused_ms', tostring(d))\n"
+    "return d\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
     [CM_SCRIPT_RELEASE] = release_src, [CM_SCRIPT_LOST] = lost_src,
     [CM_SCRIPT_RESOLVE] = resolve_src, [CM_SCRIPT_ALIAS] = alias_src,
     [CM_SCRIPT_STATIC] = static_src,   [CM_SCRIPT_RECONCILE] = reconcile_src,
+    [CM_SCRIPT_IDLE] = idle_src,       [CM_SCRIPT_PAUSED] = paused_src,
+    [CM_SCRIPT_RESUMED] = resumed_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
@@ -306,6 +352,8 @@ static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_RELEASE] = "release", [CM_SCRIPT_LOST] = "lost",
     [CM_SCRIPT_RESOLVE] = "resolve", [CM_SCRIPT_ALIAS] = "alias",
     [CM_SCRIPT_STATIC] = "static",   [CM_SCRIPT_RECONCILE] = "reconcile",
+    [CM_SCRIPT_IDLE] = "idle",       [CM_SCRIPT_PAUSED] = "paused",
+    [CM_SCRIPT_RESUMED] = "resumed",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

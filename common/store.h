@@ -6,15 +6,16 @@
  * Keys (P = prefix, h = 32-hex session hash, id = instance id):
  *   P s:{h}            hash  tenant source key template instance addr host state(bound|lost)
  *                            gen created ttl idle_timeout last_active meta   (times in ms)
+ *                            paused (since, while its sandbox is frozen) paused_ms (total)
  *   P i:{id}           hash  host addr template state(starting|warm|bound|releasing) session
- *                            started bound pid
+ *                            started bound pid paused
  *   P pool:{host}:{t}  list  warm instance ids
  *   P static:{t}       zset  static instance id -> sessions bound to it
  *   P hosts            zset  host -> last heartbeat (ms); P host:{host} hash: api free capacity
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
- *                      unused
+ *                      unused|paused|resumed
  *   P inval            channel: h whose binding changed (gateways drop cached entries)
  *   P cmd:{host}       channel: "bind {id} {h}" | "destroy {id}" for the host's scheduler
  *   P host:{host}:mark string: a token the host's scheduler wrote; missing = Redis lost it
@@ -98,6 +99,20 @@ enum cm_script {
      *          `inval`, so the session's next request follows its on_lost policy.
      * The caller ends the instance for every answer but warm/starting/releasing/bound/claimed. */
     CM_SCRIPT_RECONCILE,
+    /* IDLE ARGV: P now_ms h id pause_ms [h id pause_ms ...]
+     * For each triple 1 when P s:{h} is bound to instance id, not paused, and its last_active
+     * is at least pause_ms before now_ms; else 0 (an array in the same order). Read-only. */
+    CM_SCRIPT_IDLE,
+    /* PAUSED ARGV: P h id now_ms reason
+     * The scheduler froze instance id: P s:{h} paused = now_ms (and P i:{id} paused), a
+     * `paused` event. Returns 1, or 0 when the session is no longer bound to id (nothing
+     * written: the caller thaws it again). */
+    CM_SCRIPT_PAUSED,
+    /* RESUMED ARGV: P h id now_ms reason
+     * Instance id was thawed: the time since `paused` is added to P s:{h} paused_ms, `paused`
+     * removed, last_active = now_ms (a resume is activity), a `resumed` event with paused_ms.
+     * Returns that time (ms), or -1 when the session was not recorded as paused by id. */
+    CM_SCRIPT_RESUMED,
     CM_SCRIPT_COUNT
 };
 

@@ -18,6 +18,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
 #include "scheduler/paths.h"
+#include "scheduler/pause.h"
 #include "scheduler/pool.h"
 #include "scheduler/sched.h"
 
@@ -429,11 +430,96 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
         cm_jbuf_cstr(&b, i->di ? i->di->addr : "");
         cm_jbuf_raw(&b, ",\"session\":", 11);
         cm_jbuf_cstr(&b, i->session);
-        cm_jbuf_printf(&b, ",\"agent_bound\":%s}", i->agent_bound ? "true" : "false");
+        cm_jbuf_printf(&b, ",\"agent_bound\":%s,\"pause\":\"%s\"}",
+                       i->agent_bound ? "true" : "false", sch_pause_state_name(i->pause));
     }
     cm_jbuf_raw(&b, "]}", 2);
     reply_json(req, 200, &b);
     cm_jbuf_fini(&b);
+}
+
+/* ------------------------------------------------------------------ pause, resume */
+
+/* POST /v1/instances/{id}/pause|resume: waits for the outcome (sch_pause(), sch_resume()). */
+struct pause_req {
+    struct sch_pause_wait w; /* first: the callback gets it */
+    struct cm_httpd_req *http;
+    struct sch_inst *inst; /* holds a reference */
+};
+
+static void pause_done(struct sch_pause_wait *w, int status, const char *code, const char *msg)
+{
+    struct pause_req *p = (struct pause_req *)w;
+    if (p->http) {
+        cm_httpd_set_close_cb(p->http, NULL, NULL);
+        if (status == 200) {
+            struct cm_jbuf b;
+            cm_jbuf_init(&b);
+            cm_jbuf_raw(&b, "{\"instance\":", 12);
+            cm_jbuf_cstr(&b, p->inst->id);
+            cm_jbuf_raw(&b, ",\"session\":", 11);
+            cm_jbuf_cstr(&b, p->inst->session);
+            cm_jbuf_printf(&b, ",\"pause\":\"%s\"}", sch_pause_state_name(p->inst->pause));
+            reply_json(p->http, 200, &b);
+            cm_jbuf_fini(&b);
+        } else {
+            reply_error(p->http, status, code, "%s", msg ? msg : "");
+        }
+    }
+    sch_inst_unref(p->inst);
+    free(p);
+}
+
+static void pause_gone(void *arg)
+{
+    struct pause_req *p = arg;
+    sch_pause_cancel(p->inst, &p->w);
+    sch_inst_unref(p->inst);
+    free(p);
+}
+
+/* "{id}" and the action of "/v1/instances/{id}/{action}", or -1. */
+static int instance_action(const char *path, char *id, size_t idlen, int *ret_resume)
+{
+    static const char prefix[] = "/v1/instances/";
+    size_t pl = sizeof(prefix) - 1;
+    if (strncmp(path, prefix, pl) != 0)
+        return -1;
+    const char *slash = strchr(path + pl, '/');
+    if (!slash || (size_t)(slash - path - pl) >= idlen || slash == path + pl)
+        return -1;
+    if (strcmp(slash, "/pause") == 0)
+        *ret_resume = 0;
+    else if (strcmp(slash, "/resume") == 0)
+        *ret_resume = 1;
+    else
+        return -1;
+    memcpy(id, path + pl, (size_t)(slash - path - pl));
+    id[slash - path - pl] = '\0';
+    return 0;
+}
+
+static void handle_pause(struct sch_api *api, struct cm_httpd_req *req, const char *id, int resume)
+{
+    struct sch_inst *inst = sch_inst_find(api->ctx, id);
+    if (!inst || inst->state == SCH_INST_GONE) {
+        reply_error(req, 404, "not_found", "no instance %s on this host", id);
+        return;
+    }
+    struct pause_req *p = calloc(1, sizeof(*p));
+    if (!p) {
+        reply_error(req, 503, "overloaded", "out of memory");
+        return;
+    }
+    p->w.cb = pause_done;
+    p->http = req;
+    p->inst = inst;
+    sch_inst_ref(inst);
+    cm_httpd_set_close_cb(req, pause_gone, p);
+    if (resume)
+        sch_resume(inst, "api", &p->w);
+    else
+        sch_pause(inst, "api", &p->w);
 }
 
 /* ------------------------------------------------------------------ routing */
@@ -505,6 +591,21 @@ static void on_request(struct cm_httpd_req *req, void *arg)
                 reply_unauthorized(api, req);
             else
                 handle_start(api, req);
+            return;
+        }
+        allow = "POST";
+    } else if (strncmp(path, "/v1/instances/", 14) == 0) {
+        char id[SCH_INST_ID_MAX + 1];
+        int resume = 0;
+        if (instance_action(path, id, sizeof(id), &resume) < 0) {
+            reply_error(req, 404, "not_found", "no such endpoint");
+            return;
+        }
+        if (m == CM_HTTP_POST) {
+            if (!authenticated(api, req))
+                reply_unauthorized(api, req);
+            else
+                handle_pause(api, req, id, resume);
             return;
         }
         allow = "POST";

@@ -23,9 +23,11 @@
 #define REMOVE_TRIES 40
 #define REMOVE_SLEEP_NS (5 * 1000 * 1000)
 
-static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "io"};
+static const char *const ctrl_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "io", "freezer"};
 /* The name of each controller in v1 mount options and /proc/self/cgroup. */
-static const char *const v1_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "blkio"};
+static const char *const v1_names[SCH_CG_COUNT] = {"memory", "cpu", "pids", "blkio", "freezer"};
+
+#define FREEZE_POLL_NS (250 * 1000) /* how often sch_cgroups_freeze() looks at the state */
 
 /* v1 throttle files, in the order of struct sch_cg_io's fields. */
 static const char *const blkio_files[4] = {
@@ -257,7 +259,10 @@ static int find_mount(enum sch_cg_ctrl c, const struct src *src, struct mnt *ret
         } else if (strcmp(fstype, "cgroup2") == 0 && !v2.version) {
             char path[1100], ctrls[512];
             snprintf(path, sizeof(path), "%s/cgroup.controllers", fields[4]);
-            if (read_file(path, ctrls, sizeof(ctrls)) >= 0 && has_word(ctrls, name, " \n")) {
+            /* v2's freezer is no controller: every non-root cgroup has cgroup.freeze (5.2+;
+             * the probe checks the file). */
+            if (c == SCH_CG_FREEZER ||
+                (read_file(path, ctrls, sizeof(ctrls)) >= 0 && has_word(ctrls, name, " \n"))) {
                 v2.version = 2;
                 snprintf(v2.root, sizeof(v2.root), "%s", fields[3]);
                 snprintf(v2.point, sizeof(v2.point), "%s", fields[4]);
@@ -315,6 +320,8 @@ static const char *limit_file(enum sch_cg_ctrl c, int version)
         return "pids.max";
     case SCH_CG_IO:
         return version == 1 ? blkio_files[0] : "io.max";
+    case SCH_CG_FREEZER:
+        return version == 1 ? "freezer.state" : "cgroup.freeze";
     default:
         return NULL;
     }
@@ -447,6 +454,8 @@ static int apply_limit(enum sch_cg_ctrl c, const struct ctrl *ct, const char *di
         return write_cpu(ct->version, ct->mount, dir, lim->cpu_millis, what, wlen);
     case SCH_CG_IO:
         return 0; /* an io limit names a device: sch_cgroups_limit_io() */
+    case SCH_CG_FREEZER:
+        return 0; /* no limit: a new cgroup starts thawed */
     default:
         if ((rc = format_value(c, ct->version, lim, val, sizeof(val))) < 0)
             return rc;
@@ -552,7 +561,7 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
         fmt(ct->warning, sizeof(ct->warning), "cannot create %s: %s", dir, strerror(-rc));
         return;
     }
-    if (m.version == 2)
+    if (m.version == 2 && c != SCH_CG_FREEZER)
         enable_v2(m.point, dir, name);
     /* Probe with a throw-away child: the limit file must exist and take a value. */
     char probe[4200];
@@ -564,6 +573,9 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     struct sch_cg_limits none = {0};
     if (c == SCH_CG_IO)
         rc = probe_io(m.version, probe, ct->warning, sizeof(ct->warning));
+    else if (c == SCH_CG_FREEZER)
+        rc = write_value(probe, limit_file(c, m.version), m.version == 1 ? "THAWED" : "0",
+                         ct->warning, sizeof(ct->warning));
     else
         rc = apply_limit(c, &(struct ctrl){.version = m.version}, probe, &none, ct->warning,
                          sizeof(ct->warning));
@@ -802,6 +814,17 @@ int sch_cgroups_create_instance(struct sch_cgroups *cg, const char *id,
     return 0;
 }
 
+/* The instance's cgroup of controller <ct>: the one of <dirs> directly under its parent. */
+static const char *instance_dir(const struct ctrl *ct, char *const *dirs)
+{
+    size_t pl = strlen(ct->parent);
+    for (; dirs && *dirs; dirs++)
+        if (strncmp(*dirs, ct->parent, pl) == 0 && (*dirs)[pl] == '/' && (*dirs)[pl + 1] &&
+            !strchr(*dirs + pl + 1, '/'))
+            return *dirs;
+    return NULL;
+}
+
 static int write_io(const char *dir, const char *file, const char *val, char *err, size_t errlen)
 {
     int rc = write_file(dir, file, val);
@@ -824,13 +847,7 @@ int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsign
             ct->warning);
         return -ENOTSUP;
     }
-    /* The instance's io cgroup is the one directly under the io parent. */
-    const char *dir = NULL;
-    size_t pl = strlen(ct->parent);
-    for (; dirs && *dirs && !dir; dirs++)
-        if (strncmp(*dirs, ct->parent, pl) == 0 && (*dirs)[pl] == '/' && (*dirs)[pl + 1] &&
-            !strchr(*dirs + pl + 1, '/'))
-            dir = *dirs;
+    const char *dir = instance_dir(ct, dirs);
     if (!dir) {
         fmt(err, errlen, "the instance has no io cgroup under %s", ct->parent);
         return -ENOENT;
@@ -852,6 +869,90 @@ int sch_cgroups_limit_io(const struct sch_cgroups *cg, char *const *dirs, unsign
     return 0;
 }
 
+/* 1 frozen (v1 FROZEN, v2 "frozen 1"), 0 not (yet), or a negative errno. */
+static int freezer_state(int version, const char *dir, int *ret_freezing)
+{
+    char path[4200], buf[512];
+    if (fmt(path, sizeof(path), "%s/%s", dir, version == 1 ? "freezer.state" : "cgroup.events") < 0)
+        return -ENAMETOOLONG;
+    int n = read_file(path, buf, sizeof(buf));
+    if (n < 0)
+        return n;
+    if (version == 1) {
+        *ret_freezing = strncmp(buf, "FREEZING", 8) == 0;
+        return strncmp(buf, "FROZEN", 6) == 0;
+    }
+    char want[512];
+    long long v;
+    *ret_freezing = read_num(dir, "cgroup.freeze", &v) == 0 && v == 1;
+    for (const char *l = buf; *l;) {
+        size_t len = strcspn(l, "\n");
+        if (len < sizeof(want)) {
+            memcpy(want, l, len);
+            want[len] = '\0';
+            if (strcmp(want, "frozen 1") == 0)
+                return 1;
+        }
+        l += len;
+        if (*l)
+            l++;
+    }
+    return 0;
+}
+
+int sch_cgroups_freeze(const struct sch_cgroups *cg, char *const *dirs, int frozen,
+                       unsigned wait_ms, char *err, size_t errlen)
+{
+    const struct ctrl *ct = &cg->c[SCH_CG_FREEZER];
+    if (!ct->version) {
+        fmt(err, errlen, "the freezer is unusable: %s", ct->warning);
+        return -ENOTSUP;
+    }
+    const char *dir = instance_dir(ct, dirs);
+    if (!dir) {
+        fmt(err, errlen, "the instance has no freezer cgroup under %s", ct->parent);
+        return -ENOENT;
+    }
+    const char *file = limit_file(SCH_CG_FREEZER, ct->version);
+    const char *val = ct->version == 1 ? (frozen ? "FROZEN" : "THAWED") : (frozen ? "1" : "0");
+    int rc = write_value(dir, file, val, err, errlen);
+    if (rc < 0 || !frozen)
+        return rc;
+    uint64_t polls = (uint64_t)wait_ms * 1000000 / FREEZE_POLL_NS;
+    for (uint64_t i = 0;; i++) {
+        int freezing = 0;
+        rc = freezer_state(ct->version, dir, &freezing);
+        if (rc == 1)
+            return 0;
+        if (rc < 0) {
+            fmt(err, errlen, "cannot read the freezer state of %s: %s", dir, strerror(-rc));
+            break;
+        }
+        if (i >= polls) {
+            fmt(err, errlen, "%s did not freeze within %u ms", dir, wait_ms);
+            rc = -EAGAIN;
+            break;
+        }
+        struct timespec ts = {0, FREEZE_POLL_NS};
+        nanosleep(&ts, NULL);
+    }
+    write_file(dir, file, ct->version == 1 ? "THAWED" : "0");
+    return rc;
+}
+
+int sch_cgroups_frozen(const struct sch_cgroups *cg, char *const *dirs)
+{
+    const struct ctrl *ct = &cg->c[SCH_CG_FREEZER];
+    if (!ct->version)
+        return -ENOTSUP;
+    const char *dir = instance_dir(ct, dirs);
+    if (!dir)
+        return -ENOENT;
+    int freezing = 0;
+    int rc = freezer_state(ct->version, dir, &freezing);
+    return rc < 0 ? rc : rc || freezing;
+}
+
 int sch_cgroups_attach(char *const *dirs, pid_t pid)
 {
     char val[32];
@@ -867,6 +968,13 @@ int sch_cgroups_attach(char *const *dirs, pid_t pid)
 static void kill_tasks(const char *dir)
 {
     char path[4200];
+    /* Frozen tasks take a SIGKILL only once thawed (v1; v2 kills them frozen). */
+    snprintf(path, sizeof(path), "%s/freezer.state", dir);
+    if (access(path, W_OK) == 0)
+        write_file(dir, "freezer.state", "THAWED");
+    snprintf(path, sizeof(path), "%s/cgroup.freeze", dir);
+    if (access(path, W_OK) == 0)
+        write_file(dir, "cgroup.freeze", "0");
     snprintf(path, sizeof(path), "%s/cgroup.kill", dir);
     if (access(path, W_OK) == 0 && write_file(dir, "cgroup.kill", "1") == 0)
         return;

@@ -22,7 +22,8 @@ enum sch_cg_ctrl {
     SCH_CG_MEMORY,
     SCH_CG_CPU,
     SCH_CG_PIDS,
-    SCH_CG_IO, /* v1 "blkio", v2 "io" */
+    SCH_CG_IO,      /* v1 "blkio", v2 "io" */
+    SCH_CG_FREEZER, /* v1 "freezer" (freezer.state), v2 the core's cgroup.freeze */
     SCH_CG_COUNT,
 };
 
@@ -108,12 +109,25 @@ int sch_cgroups_limit_parent(struct sch_cgroups *cg, uint64_t memory, uint32_t c
 int sch_host_resources(uint64_t *ret_mem_bytes, uint32_t *ret_cpu_millis);
 /* Moves process <pid> into every directory of <dirs>. Returns 0 or the first negative errno. */
 int sch_cgroups_attach(char *const *dirs, pid_t pid);
-/* Kills any task left in <dirs> and removes them, retrying for up to ~200 ms while tasks exit.
+/* Kills any task left in <dirs> (thawing a frozen cgroup first: a frozen task does not die)
+ * and removes them, retrying for up to ~200 ms while tasks exit.
  * Missing directories are fine. Returns 0 or a negative errno (the directory stays). */
 int sch_cgroups_remove(char *const *dirs);
 /* Directory names (instance ids) under each usable parent; NULL-terminated, deduplicated;
  * free with cm_strv_free(). Returns 0 or -ENOMEM. */
 int sch_cgroups_list(const struct sch_cgroups *cg, char ***ret_ids);
+/* Freezes (<frozen> 1) or thaws (0) every task of the instance whose cgroup directories are
+ * <dirs> (v1 freezer.state FROZEN/THAWED, v2 cgroup.freeze 1/0). Freezing waits up to
+ * <wait_ms> for the kernel to report the cgroup frozen (v1 freezer.state, v2 cgroup.events
+ * "frozen 1"), blocking the caller; if it is not by then, the tasks are thawed again and
+ * -EAGAIN returned (a task in an uninterruptible sleep can hold a freeze up). Returns 0;
+ * -ENOTSUP when the freezer is unusable, -ENOENT when <dirs> holds no freezer cgroup, or the
+ * negative errno of a write, each with a message in <err>. */
+int sch_cgroups_freeze(const struct sch_cgroups *cg, char *const *dirs, int frozen,
+                       unsigned wait_ms, char *err, size_t errlen);
+/* 1 when the instance's freezer cgroup is frozen or freezing, 0 when thawed, or a negative
+ * errno (-ENOTSUP, -ENOENT as above). */
+int sch_cgroups_frozen(const struct sch_cgroups *cg, char *const *dirs);
 /* Directories of instance <id> under each usable parent, whether or not they exist (for orphan
  * cleanup). Free with cm_strv_free(). NULL on allocation failure. */
 char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id);

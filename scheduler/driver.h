@@ -44,6 +44,10 @@ struct sch_dinst {
      * scheduler must not ask it), and it is warm. 0 for every other instance. */
     int paused;
     char accel[8]; /* the accelerator of a VM ("kvm", "tcg"), "" for other drivers: i:<id> accel */
+    /* With the pause op: the listening sockets the gateway connects to (the app socket, the
+     * ports socket), the driver's own descriptors (-1: none). While the instance is frozen a
+     * pending connection makes one readable: that is the scheduler's cue to thaw it. */
+    int wake_fds[2];
 };
 
 struct sch_start_spec {
@@ -87,6 +91,11 @@ struct sch_driver_ops {
      * errno with a message in <err> (the BIND is retried later). */
     int (*bind_line)(struct sch_driver *d, struct sch_dinst *di, const char *session, char *line,
                      size_t len, char *err, size_t errlen);
+    /* Optional (NULL: the driver's instances are never paused). Freezes every process of the
+     * instance (<paused> 1: it uses no CPU, keeps its memory and files) or thaws it (0; fine on
+     * an instance not frozen). May block briefly (the process driver waits up to 50 ms for the
+     * kernel to report the freeze). Returns 0 or a negative errno with a message in <err>. */
+    int (*pause)(struct sch_driver *d, struct sch_dinst *di, int paused, char *err, size_t errlen);
     /* hard 0: ask the instance to stop (the agent forwards SIGTERM to the app); hard 1: kill it
      * now. Returns 0 or a negative errno (-ESRCH: already gone). */
     int (*stop)(struct sch_driver *d, struct sch_dinst *di, int hard);

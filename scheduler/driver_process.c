@@ -20,12 +20,15 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -51,6 +54,7 @@
 
 #define CHILD_STACK (256 * 1024)
 #define PURGE_WAIT_MS 2000
+#define PAUSE_WAIT_MS 50 /* how long a freeze may take before the pause is given up */
 #define SANDBOX_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct pdriver {
@@ -285,6 +289,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         return -ENOMEM;
     }
     pi->pub.ready_fd = pi->pub.exit_fd = -1;
+    pi->pub.wake_fds[0] = pi->pub.wake_fds[1] = -1;
     pi->slot = -1;
     pi->data_lock = -1;
     pi->data_size = t->data_size;
@@ -414,6 +419,14 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
     sch_sandbox_host_destroy(host); /* the child has its own copies of the handles */
     host = NULL;
     pi->child = 1;
+    /* Our own copies of the two listeners: a connection waiting in one while the instance is
+     * frozen is the cue to thaw it (p_pause()). */
+    for (int i = 0; i < 2; i++)
+        if ((pi->pub.wake_fds[i] = fcntl(socks[i], F_DUPFD_CLOEXEC, 3)) < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "cannot keep a listener: %s", strerror(errno));
+            goto fail;
+        }
     close_fd(&sync_fds[0]);
     close_fd(&ready_fds[1]);
     close_fd(&log_fd);
@@ -462,6 +475,8 @@ fail:
     for (size_t i = 0; i < CM_ARRAY_SIZE(socks); i++)
         close_fd(&socks[i]);
     close_fd(&exit_fd);
+    close_fd(&pi->pub.wake_fds[0]);
+    close_fd(&pi->pub.wake_fds[1]);
     if (pid > 0) {
         sch_pidfd_signal(pidfd, SIGKILL);
         siginfo_t si;
@@ -480,6 +495,39 @@ fail:
 }
 
 /* ------------------------------------------------------------------ adopt, storage, stop */
+
+/* An adopted instance's listener: the agent's descriptor <target> (pidfd_getfd(), Linux 5.6),
+ * kept only when it is a listening unix socket bound to {dir}/sock/<name>; else *ret stays -1
+ * (the instance is then never paused: nothing would wake it). */
+static void take_listener(int pidfd, int target, const char *dir, const char *name, int *ret)
+{
+    *ret = -1;
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target, 0);
+    if (fd < 0) {
+        cm_log_warn("process",
+                    "cannot take the agent's listener, the instance will not be paused "
+                    "dir=%s sock=%s err=\"%s\"",
+                    dir, name, strerror(errno));
+        return;
+    }
+    struct sockaddr_un sa;
+    socklen_t len = sizeof(sa);
+    int listening = 0;
+    socklen_t ll = sizeof(listening);
+    char want[sizeof(sa.sun_path) + 1];
+    int n = snprintf(want, sizeof(want), "%s/sock/%s", dir, name);
+    memset(&sa, 0, sizeof(sa));
+    if (n > 0 && (size_t)n < sizeof(want) &&
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && listening &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && sa.sun_family == AF_UNIX &&
+        len > offsetof(struct sockaddr_un, sun_path) &&
+        strncmp(sa.sun_path, want, sizeof(sa.sun_path)) == 0) {
+        *ret = fd;
+        return;
+    }
+    cm_log_warn("process", "the agent's listener is not %s, the instance will not be paused", want);
+    close(fd);
+}
 
 static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **ret, char *err,
                    size_t errlen)
@@ -532,6 +580,8 @@ static int p_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     pi->pub.pid = pid;
     pi->pub.ready_fd = -1;
     pi->pub.exit_fd = fd;
+    take_listener(fd, SCH_FD_APP, dir, "app.sock", &pi->pub.wake_fds[0]);
+    take_listener(fd, SCH_FD_PORTS, dir, "ports.sock", &pi->pub.wake_fds[1]);
     *ret = &pi->pub;
     return 0;
 }
@@ -584,9 +634,26 @@ static int p_attach_storage(struct sch_driver *base, struct sch_dinst *di, const
     return rc;
 }
 
+static int p_pause(struct sch_driver *base, struct sch_dinst *di, int paused, char *err,
+                   size_t errlen)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    struct pinst *pi = (struct pinst *)di;
+    if (paused && (di->wake_fds[0] < 0 || di->wake_fds[1] < 0)) {
+        snprintf(err, errlen, "the instance's listeners are not known: nothing would wake it");
+        return -ENOTSUP;
+    }
+    return sch_cgroups_freeze(d->cg, pi->cgdirs, paused, PAUSE_WAIT_MS, err, errlen);
+}
+
 static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
 {
-    (void)base;
+    struct pdriver *d = (struct pdriver *)base;
+    struct pinst *pi = (struct pinst *)di;
+    char err[256];
+    /* A frozen task takes no signal until thawed (cgroup v1). */
+    if (sch_cgroups_frozen(d->cg, pi->cgdirs) == 1)
+        sch_cgroups_freeze(d->cg, pi->cgdirs, 0, 0, err, sizeof(err));
     if (sch_pidfd_signal(di->exit_fd, hard ? SIGKILL : SIGTERM) < 0)
         return -errno;
     return 0;
@@ -621,6 +688,8 @@ static void p_finish(struct sch_driver *base, struct sch_dinst *di, char *reason
     slot_mark(d, pi->slot, 0);
     close_fd(&di->ready_fd);
     close_fd(&di->exit_fd);
+    close_fd(&di->wake_fds[0]);
+    close_fd(&di->wake_fds[1]);
     cm_strv_free(pi->cgdirs);
     free(pi);
 }
@@ -631,6 +700,8 @@ static void p_release(struct sch_driver *base, struct sch_dinst *di)
     struct pinst *pi = (struct pinst *)di;
     close_fd(&di->ready_fd);
     close_fd(&di->exit_fd);
+    close_fd(&di->wake_fds[0]);
+    close_fd(&di->wake_fds[1]);
     close_fd(&pi->data_lock);
     cm_strv_free(pi->cgdirs);
     free(pi);
@@ -861,6 +932,7 @@ static const struct sch_driver_ops process_ops = {
     .start = p_start,
     .adopt = p_adopt,
     .attach_storage = p_attach_storage,
+    .pause = p_pause,
     .stop = p_stop,
     .finish = p_finish,
     .release = p_release,

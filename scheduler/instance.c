@@ -91,6 +91,7 @@ static struct sch_inst *inst_new(struct sch_ctx *ctx, const char *id)
 
 static void free_events(struct sch_inst *inst)
 {
+    sch_pause_forget(inst);
     if (inst->ready_ev)
         event_free(inst->ready_ev);
     if (inst->exit_ev)
@@ -217,6 +218,7 @@ void sch_inst_stop(struct sch_inst *inst, const char *reason, int lost)
         return;
     }
     inst->state = SCH_INST_STOPPING;
+    sch_pause_forget(inst); /* the driver thaws a frozen instance before it signals it */
     inst->lost_on_exit = lost;
     snprintf(inst->stop_reason, sizeof(inst->stop_reason), "%s", reason);
     fail_req(inst, "start_failed", reason);
@@ -652,6 +654,7 @@ void sch_inst_adopted(struct sch_inst *inst, const struct cm_template *tpl, stru
         sch_inst_bind(inst, session); /* idempotent: re-checks the mount and the agent */
     else if (pending[0])
         sch_inst_bind(inst, pending);
+    sch_pause_adopted(inst);
 }
 
 void sch_inst_forget(struct sch_inst *inst)

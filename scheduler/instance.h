@@ -15,6 +15,7 @@
 #include "common/key.h"
 #include "common/time.h"
 #include "scheduler/config.h"
+#include "scheduler/pause.h"
 
 struct cm_template;
 struct event;
@@ -58,6 +59,13 @@ struct sch_inst {
     char ready_line[128];
     size_t ready_len;
     struct sch_start_req *req; /* the API request waiting for this start, or NULL */
+    /* pause.c */
+    enum sch_pause_state pause;
+    int resume_after;  /* a resume was asked for while the pause was on its way */
+    int idle_checking; /* in an `idle` script call */
+    char pause_reason[16], resume_reason[16];
+    struct event *wake_ev[2];
+    struct sch_pause_wait *pause_waiters;
 };
 
 /* Called when a start for the API ends: <inst> ready (err NULL), or failed with <code> and

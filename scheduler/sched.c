@@ -16,6 +16,7 @@
 #include "scheduler/api.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
+#include "scheduler/pause.h"
 #include "scheduler/pool.h"
 #include "scheduler/reconcile.h"
 #include "scheduler/recover.h"
@@ -140,6 +141,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     sch_heartbeat(ctx);
     sch_reconcile_check(ctx); /* refills the pools when Redis still holds our records */
+    sch_pause_check(ctx);
 }
 
 static void on_release_reply(struct redisReply *reply, const char *err, void *data)

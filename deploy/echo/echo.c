@@ -45,6 +45,7 @@ struct opts {
     uint64_t max_bytes;       /* GET /bytes?n= */
     uint64_t max_sse_events;  /* GET /sse?n= */
     uint64_t max_interval_ms; /* GET /sse?interval_ms= */
+    uint64_t max_spin_ms;     /* POST /spin?ms= */
     uint64_t idle_timeout_ms; /* between requests on a kept-alive connection */
     uint64_t read_timeout_ms; /* silence while a request is being received */
     uint64_t write_timeout_ms;
@@ -62,6 +63,7 @@ static struct opts opts = {
     .max_bytes = 64ull << 30,
     .max_sse_events = 100000,
     .max_interval_ms = 60000,
+    .max_spin_ms = 600000,
     .idle_timeout_ms = 75000,
     .read_timeout_ms = 30000,
     .write_timeout_ms = 30000,
@@ -279,6 +281,7 @@ enum route {
     ROUTE_FILE_PUT,
     ROUTE_EXIT,
     ROUTE_ENV,
+    ROUTE_SPIN,
     ROUTE_ERROR, /* answer err_* once the body is drained */
 };
 
@@ -565,6 +568,9 @@ static void route_request(struct conn *c)
     } else if (plen == 5 && memcmp(path, "/exit", 5) == 0 && method == HTTP_POST) {
         if (query_u64(c, "code", 0, 255, &dummy) == 0)
             c->route = ROUTE_EXIT;
+    } else if (plen == 5 && memcmp(path, "/spin", 5) == 0 && method == HTTP_POST) {
+        if (query_u64(c, "ms", 1000, opts.max_spin_ms, &dummy) == 0)
+            c->route = ROUTE_SPIN;
     } else if (plen > 5 && memcmp(path, "/env/", 5) == 0 && get) {
         c->route = ROUTE_ENV;
     } else if ((plen >= 7 && memcmp(path, "/files/", 7) == 0) ||
@@ -996,6 +1002,35 @@ static int handle_exit(struct conn *c)
     _exit((int)code);
 }
 
+/* POST /spin?ms=N: a thread of its own burns CPU for N ms of wall time (tests measure what a
+ * paused sandbox uses); the answer comes at once. */
+static void *spin_thread(void *arg)
+{
+    uint64_t until = now_ms() + (uint64_t)(uintptr_t)arg;
+    volatile uint64_t x = 0;
+    while (now_ms() < until)
+        for (int i = 0; i < 100000; i++)
+            x += (uint64_t)i;
+    return NULL;
+}
+
+static int handle_spin(struct conn *c)
+{
+    uint64_t ms;
+    query_u64(c, "ms", 1000, opts.max_spin_ms, &ms);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, spin_thread, (void *)(uintptr_t)ms);
+    pthread_attr_destroy(&attr);
+    if (rc != 0)
+        return respond_error(c, 503, "overloaded", "cannot start a thread", 0);
+    char body[96];
+    int len = snprintf(body, sizeof(body), "{\"spinning\":true,\"ms\":%" PRIu64 "}\n", ms);
+    return respond(c, 200, "application/json", body, (size_t)len, 0);
+}
+
 /* GET /env/<NAME>: one variable of the app's environment, only ECHO_* names (a template's
  * other variables may hold secrets the session's user must not read through the echo). */
 static int handle_env(struct conn *c)
@@ -1036,6 +1071,7 @@ static int handle(struct conn *c)
     case ROUTE_FILE_PUT: rc = handle_file_put(c); break;
     case ROUTE_EXIT: rc = handle_exit(c); break;
     case ROUTE_ENV: rc = handle_env(c); break;
+    case ROUTE_SPIN: rc = handle_spin(c); break;
     case ROUTE_ERROR:
         rc = respond_error(c, c->err_status, c->err_code, c->err_msg, !c->keep_alive);
         break;
@@ -1141,6 +1177,7 @@ static void usage(FILE *f)
             "  --max-bytes N           GET /bytes?n= limit (default 68719476736)\n"
             "  --max-sse-events N      GET /sse?n= limit (default 100000)\n"
             "  --max-interval-ms N     GET /sse?interval_ms= limit (default 60000)\n"
+            "  --max-spin-ms N         POST /spin?ms= limit (default 600000)\n"
             "  --idle-timeout-ms N     idle kept-alive connection (default 75000)\n"
             "  --read-timeout-ms N     silence within a request (default 30000)\n"
             "  --write-timeout-ms N    blocked write (default 30000)\n"
@@ -1173,6 +1210,7 @@ int main(int argc, char **argv)
         {"idle-timeout-ms", required_argument, NULL, 8},
         {"read-timeout-ms", required_argument, NULL, 9},
         {"write-timeout-ms", required_argument, NULL, 10},
+        {"max-spin-ms", required_argument, NULL, 11},
         {"help", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
@@ -1194,6 +1232,7 @@ int main(int argc, char **argv)
         case 8: opt_u64("idle-timeout-ms", optarg, 1, 86400000, &opts.idle_timeout_ms); break;
         case 9: opt_u64("read-timeout-ms", optarg, 1, 86400000, &opts.read_timeout_ms); break;
         case 10: opt_u64("write-timeout-ms", optarg, 1, 86400000, &opts.write_timeout_ms); break;
+        case 11: opt_u64("max-spin-ms", optarg, 0, 86400000, &opts.max_spin_ms); break;
         case 'H': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

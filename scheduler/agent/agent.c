@@ -493,6 +493,24 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
         stop_app("TERM");
         client_reply(c, "OK");
         break;
+    case AGENT_CMD_PAUSE: {
+        unsigned closed = 0;
+        const char *why = "";
+        if (agent_relay_pause(A.relay, agent_now_ms(), cmd.quiet_ms, &closed, &why) < 0) {
+            snprintf(reply, sizeof(reply), "BUSY %s", why);
+        } else {
+            snprintf(reply, sizeof(reply), "OK closed=%u", closed);
+            logf_("pausing closed=%u", closed);
+        }
+        client_reply(c, reply);
+        break;
+    }
+    case AGENT_CMD_RESUME:
+        if (agent_relay_quiesced(A.relay))
+            logf_("resumed");
+        agent_relay_resume(A.relay);
+        client_reply(c, "OK");
+        break;
     }
 }
 

@@ -153,14 +153,26 @@ int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const
     struct agent_cmd cmd;
     memset(&cmd, 0, sizeof(cmd));
     if (word_is(line, cmdlen, "PING") || word_is(line, cmdlen, "STATUS") ||
-        word_is(line, cmdlen, "TERM")) {
+        word_is(line, cmdlen, "TERM") || word_is(line, cmdlen, "RESUME")) {
         if (cmdlen != len) {
             *ret_err = "this command takes no argument";
             return -EINVAL;
         }
         cmd.type = word_is(line, cmdlen, "PING")     ? AGENT_CMD_PING
                    : word_is(line, cmdlen, "STATUS") ? AGENT_CMD_STATUS
-                                                     : AGENT_CMD_TERM;
+                   : word_is(line, cmdlen, "TERM")   ? AGENT_CMD_TERM
+                                                     : AGENT_CMD_RESUME;
+    } else if (word_is(line, cmdlen, "PAUSE")) {
+        unsigned long v = 0;
+        size_t i = 0;
+        while (i < arglen && i < 9 && is_digit(arg[i]))
+            v = v * 10 + (unsigned long)(arg[i++] - '0');
+        if (cmdlen == len || i == 0 || i != arglen || v > AGENT_QUIET_MS_MAX) {
+            *ret_err = "usage: PAUSE <quiet_ms> (0..86400000)";
+            return -EINVAL;
+        }
+        cmd.type = AGENT_CMD_PAUSE;
+        cmd.quiet_ms = v;
     } else if (word_is(line, cmdlen, "BIND")) {
         size_t slen = 0;
         while (slen < arglen && arg[slen] != ' ')

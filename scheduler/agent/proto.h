@@ -6,6 +6,12 @@
  *                 -> "OK"            (releases held connections; <h> is 1..128 bytes 0x21..0x7E)
  *   STATUS        -> "OK <ready|starting> bound=<h|-> conns=<n> held=<n> id=<id>"
  *   TERM          -> "OK"            (SIGTERM to the app; the agent ends when it has exited)
+ *   PAUSE <quiet_ms>
+ *                 -> "OK closed=<n>" (the host is about to freeze the sandbox: the relay stops
+ *                                     accepting and closes its idle connections)
+ *                  | "BUSY <reason>" (a connection is in use, or carried bytes less than
+ *                                     <quiet_ms> ago, 0..86400000: nothing changed)
+ *   RESUME        -> "OK"            (the host thawed it: accept again; also when not paused)
  *   anything else -> "ERR <reason>"
  *
  * BIND's optional words (each at most once, any order, one space apart) are for a microVM
@@ -24,12 +30,15 @@
 #define AGENT_ID_MAX 64     /* BIND id=: [A-Za-z0-9._-], like the kernel's berth.id= */
 #define AGENT_SEED_BYTES 32 /* BIND seed=: exactly 64 hex digits */
 #define AGENT_CLOCK_SEC_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
+#define AGENT_QUIET_MS_MAX 86400000UL      /* PAUSE's <quiet_ms>: a day */
 
 enum agent_cmd_type {
     AGENT_CMD_PING,
     AGENT_CMD_BIND,
     AGENT_CMD_STATUS,
     AGENT_CMD_TERM,
+    AGENT_CMD_PAUSE,
+    AGENT_CMD_RESUME,
 };
 
 struct agent_cmd {
@@ -41,6 +50,7 @@ struct agent_cmd {
     long clock_nsec;     /* 0..999999999 */
     unsigned char seed[AGENT_SEED_BYTES];
     char id[AGENT_ID_MAX + 1]; /* "" when absent */
+    unsigned long quiet_ms;    /* PAUSE */
 };
 
 /* Whether <v> (<len> bytes) is an instance id: 1..AGENT_ID_MAX of [A-Za-z0-9._-]. */

@@ -48,6 +48,8 @@ struct agent_relay {
     struct agent_watch pw; /* ports socket (preview links), fd -1 when absent */
     struct agent_watch tw; /* TCP listener (guest mode: the host's forward), fd -1 when absent */
     int ready, holding, paused;
+    int quiesced;     /* agent_relay_pause(): listeners off until agent_relay_resume() */
+    uint64_t last_io; /* monotonic ms of the last byte relayed either way */
     unsigned n_conns, n_waiting;
     struct conn *conns;
     struct conn *dead;
@@ -84,7 +86,8 @@ static void conn_close(struct conn *c)
     c->next = r->dead;
     r->dead = c;
     r->n_conns--;
-    if (r->paused && r->n_conns < r->cfg.max_conns && set_listeners(r, EPOLLIN) == 0)
+    if (r->paused && !r->quiesced && r->n_conns < r->cfg.max_conns &&
+        set_listeners(r, EPOLLIN) == 0)
         r->paused = 0;
 }
 
@@ -160,6 +163,7 @@ static void on_side(struct conn *c, int fd_in, struct dirbuf *from, int fd_out, 
                     uint32_t ev)
 {
     /* <from> carries bytes read on this side; <to> bytes destined to it. */
+    c->r->last_io = agent_now_ms();
     if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !from->eof &&
         fill(fd_in, from, c->r->cfg.buffer) < 0) {
         conn_close(c);
@@ -381,7 +385,7 @@ int agent_relay_listen_tcp(struct agent_relay *r, int fd)
         return -EBUSY;
     }
     agent_watch_init(&r->tw, fd, on_listen_tcp);
-    int rc = r->paused ? 0 : agent_watch_set(r->epfd, &r->tw, EPOLLIN);
+    int rc = r->paused || r->quiesced ? 0 : agent_watch_set(r->epfd, &r->tw, EPOLLIN);
     if (rc < 0)
         agent_watch_close(r->epfd, &r->tw);
     return rc;
@@ -456,6 +460,51 @@ unsigned agent_relay_conns(const struct agent_relay *r)
 unsigned agent_relay_waiting(const struct agent_relay *r)
 {
     return r->n_waiting;
+}
+
+int agent_relay_pause(struct agent_relay *r, uint64_t now_ms, uint64_t quiet_ms,
+                      unsigned *ret_closed, const char **ret_why)
+{
+    for (const struct conn *c = r->conns; c; c = c->next) {
+        if (c->state != CONN_OPEN) {
+            *ret_why = "a connection is being set up";
+            return -EBUSY;
+        }
+        if (c->up.len || c->down.len || c->up.eof != c->down.eof) {
+            *ret_why = "a connection has bytes in flight";
+            return -EBUSY;
+        }
+    }
+    if (r->n_conns && now_ms < r->last_io + quiet_ms) {
+        *ret_why = "a connection carried bytes lately";
+        return -EBUSY;
+    }
+    if (set_listeners(r, 0) < 0) {
+        *ret_why = "cannot stop the listeners";
+        return -EIO;
+    }
+    r->quiesced = 1;
+    unsigned n = 0;
+    while (r->conns) {
+        conn_close(r->conns);
+        n++;
+    }
+    *ret_closed = n;
+    return 0;
+}
+
+void agent_relay_resume(struct agent_relay *r)
+{
+    if (!r->quiesced)
+        return;
+    r->quiesced = 0;
+    if (r->n_conns < r->cfg.max_conns && set_listeners(r, EPOLLIN) == 0)
+        r->paused = 0;
+}
+
+int agent_relay_quiesced(const struct agent_relay *r)
+{
+    return r->quiesced;
 }
 
 int agent_relay_holding(const struct agent_relay *r)

@@ -49,5 +49,17 @@ void agent_relay_reap(struct agent_relay *r);
 unsigned agent_relay_conns(const struct agent_relay *r);
 unsigned agent_relay_waiting(const struct agent_relay *r);
 int agent_relay_holding(const struct agent_relay *r);
+/* Before the host freezes the sandbox (PAUSE): refuses with -EBUSY and a reason in <ret_why>
+ * while any connection is being set up, has bytes buffered or is half-closed, or any byte was
+ * relayed less than <quiet_ms> before <now_ms> (a request in flight); else stops accepting
+ * (new connections wait in the listeners' backlogs, which is what the host watches to resume)
+ * and closes every connection, idle keep-alive connections of the gateway (a request the
+ * gateway would send on one while frozen would wait unseen; it reconnects instead). Returns 0
+ * with how many it closed in <ret_closed>. */
+int agent_relay_pause(struct agent_relay *r, uint64_t now_ms, uint64_t quiet_ms,
+                      unsigned *ret_closed, const char **ret_why);
+/* After the host thawed the sandbox (RESUME): accepts again. A relay not paused is unchanged. */
+void agent_relay_resume(struct agent_relay *r);
+int agent_relay_quiesced(const struct agent_relay *r);
 
 #endif

@@ -802,6 +802,42 @@ def _pids_matching(host_id, cgroup_name):
     return found
 
 
+def events(stack, kind):
+    out = []
+    for _id, fields in stack.redis.cmd("XRANGE", stack.key("events"), "-", "+"):
+        e = dict(zip(fields[0::2], fields[1::2]))
+        if e.get("type") == kind:
+            out.append(e)
+    return out
+
+
+def cgroup_dir(pid, ctrl):
+    """The directory of <pid>'s cgroup for controller <ctrl> (v1 hierarchy or v2 unified)."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            fstype, sopts = parts[sep + 1], parts[sep + 3]
+            if fstype == "cgroup":
+                for c in sopts.split(","):
+                    mounts[c] = (parts[3], parts[4])
+            elif fstype == "cgroup2":
+                mounts.setdefault("", (parts[3], parts[4]))
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _n, ctrls, path = line.rstrip("\n").split(":", 2)
+            if ctrl in ctrls.split(",") and ctrl in mounts:
+                root, point = mounts[ctrl]
+            elif ctrls == "" and ctrl not in mounts and "" in mounts:
+                root, point = mounts[""]
+            else:
+                continue
+            rel = path[len(root):] if root != "/" and path.startswith(root) else path
+            return point + rel
+    raise AssertionError("no %s cgroup for pid %d" % (ctrl, pid))
+
+
 def _bearer_call(url, method, body, token, headers, **kw):
     """curl <url> with "Authorization: Bearer <token>" (none when <token> is None); <body>: a
     dict sent as JSON, or bytes/str as they are."""

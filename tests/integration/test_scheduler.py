@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (SLOW, binary, curl, echo_template, raw_error, raw_exchange, stored_file,
-                      wait_until)
+from conftest import (SLOW, binary, cgroup_dir, curl, echo_template, events, raw_error,
+                      raw_exchange, stored_file, wait_until)
 
 HOST_NS = {n: os.readlink("/proc/self/ns/%s" % n) for n in ("mnt", "pid", "net", "uts", "ipc")}
 
@@ -85,42 +85,6 @@ def running(pid):
     except OSError:
         return False
     return False
-
-
-def events(stack, kind):
-    out = []
-    for _id, fields in stack.redis.cmd("XRANGE", stack.key("events"), "-", "+"):
-        e = dict(zip(fields[0::2], fields[1::2]))
-        if e.get("type") == kind:
-            out.append(e)
-    return out
-
-
-def cgroup_dir(pid, ctrl):
-    """The directory of <pid>'s cgroup for controller <ctrl> (v1 hierarchy or v2 unified)."""
-    mounts = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            fstype, sopts = parts[sep + 1], parts[sep + 3]
-            if fstype == "cgroup":
-                for c in sopts.split(","):
-                    mounts[c] = (parts[3], parts[4])
-            elif fstype == "cgroup2":
-                mounts.setdefault("", (parts[3], parts[4]))
-    with open("/proc/%d/cgroup" % pid) as f:
-        for line in f:
-            _n, ctrls, path = line.rstrip("\n").split(":", 2)
-            if ctrl in ctrls.split(",") and ctrl in mounts:
-                root, point = mounts[ctrl]
-            elif ctrls == "" and ctrl not in mounts and "" in mounts:
-                root, point = mounts[""]
-            else:
-                continue
-            rel = path[len(root):] if root != "/" and path.startswith(root) else path
-            return point + rel
-    raise AssertionError("no %s cgroup for pid %d" % (ctrl, pid))
 
 
 def read(path):

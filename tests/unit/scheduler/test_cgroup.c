@@ -75,12 +75,13 @@ static void cgdir(const char *dir, const char *const *files)
     }
 }
 
-static const char *const v2_files[] = {"memory.max", "memory.swap.max", "cpu.max",
-                                       "pids.max",   "io.max",          NULL};
+static const char *const v2_files[] = {"memory.max", "memory.swap.max", "cpu.max",       "pids.max",
+                                       "io.max",     "cgroup.freeze",   "cgroup.events", NULL};
 static const char *const v1_memory_files[] = {"memory.limit_in_bytes",
                                               "memory.memsw.limit_in_bytes", NULL};
 static const char *const v1_cpu_files[] = {"cpu.cfs_period_us", "cpu.cfs_quota_us", NULL};
 static const char *const v1_pids_files[] = {"pids.max", NULL};
+static const char *const v1_freezer_files[] = {"freezer.state", NULL};
 static const char *const v1_blkio_files[] = {
     "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
     "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device", NULL};
@@ -119,7 +120,8 @@ static void fake_v2(const char *const *files)
 }
 
 /* Hybrid, as on this project's CI host: v1 memory (we live in /job), cpu co-mounted with
- * cpuacct, pids and, with <blkio>, blkio (/job), and a cgroup2 mount with no controllers. A v1
+ * cpuacct, pids, freezer and, with <blkio>, blkio (/job), and a cgroup2 mount with no
+ * controllers (so v2's core freezer is not taken either: v1's is mounted). A v1
  * memory mount outside fs_root comes first and must be ignored. */
 static void fake_v1(const char *const *memory_files, int blkio)
 {
@@ -132,16 +134,20 @@ static void fake_v1(const char *const *memory_files, int blkio)
              "32 31 0:29 / %s rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
              "35 31 0:42 / %s rw,relatime - cgroup cgroup rw,memory\n"
              "39 31 0:36 / %s rw,relatime - cgroup cgroup rw,pids\n"
+             "40 31 0:37 / %s rw,relatime - cgroup cgroup rw,freezer\n"
              "%s"
              "41 31 0:38 / %s rw,relatime - cgroup2 cgroup2 rw\n",
-             at("cg/cpu,cpuacct"), at("cg/memory"), at("cg/pids"), bl, at("cg/unified"));
+             at("cg/cpu,cpuacct"), at("cg/memory"), at("cg/pids"), at("cg/freezer"), bl,
+             at("cg/unified"));
     put(at("mountinfo"), mi);
-    put(at("self_cgroup"), "8:pids:/\n7:blkio:/job\n4:memory:/job\n1:cpu,cpuacct:/\n0::/\n");
+    put(at("self_cgroup"),
+        "8:pids:/\n7:blkio:/job\n6:freezer:/\n4:memory:/job\n1:cpu,cpuacct:/\n0::/\n");
     put(at("cg/unified/cgroup.controllers"), "");
     cgdirs(at("cg/memory/job/berth"), memory_files);
     cgdirs(at("cg/cpu,cpuacct/berth"), v1_cpu_files);
     cgdirs(at("cg/pids/berth"), v1_pids_files);
     cgdirs(at("cg/blkio/job/berth"), v1_blkio_files);
+    cgdirs(at("cg/freezer/berth"), v1_freezer_files);
 }
 
 static struct sch_cgroups *fake_create(void)
@@ -355,6 +361,57 @@ TEST(v2_instance_limits)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v2_freeze_waits_for_the_kernel)
+{
+    fake_v2(v2_files);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_FREEZER), 2);
+    /* No "+freezer" is written anywhere: v2's freezer is no controller. */
+    CHECK_STR_EQ(get(at("cg/job/berth/cgroup.subtree_control")), "cpu io memory pids\n");
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {0};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    /* The kernel reports it frozen: done. */
+    put(at("cg/job/berth/h-1/cgroup.events"), "populated 1\nfrozen 1\n");
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 1, 5, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/cgroup.freeze")), "1");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, dirs), 1);
+    /* It never does: -EAGAIN after the wait, and thawed again. */
+    put(at("cg/job/berth/h-1/cgroup.events"), "populated 1\nfrozen 0\n");
+    put(at("cg/job/berth/h-1/cgroup.freeze"), "0");
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 1, 2, err, sizeof(err)), -EAGAIN);
+    CHECK_CONTAINS(err, "did not freeze within 2 ms");
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/cgroup.freeze")), "0");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, dirs), 0);
+    /* "frozen 10" is not "frozen 1". */
+    put(at("cg/job/berth/h-1/cgroup.events"), "frozen 10\n");
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 1, 1, err, sizeof(err)), -EAGAIN);
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 0, 1, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/job/berth/h-1/cgroup.freeze")), "0");
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
+TEST(v2_freezer_needs_cgroup_freeze)
+{
+    /* A kernel before 5.2 has no cgroup.freeze: the probe fails, the freezer is unusable. */
+    static const char *const old[] = {"memory.max", "memory.swap.max", "cpu.max",
+                                      "pids.max",   "io.max",          NULL};
+    fake_v2(old);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_FREEZER), 0);
+    CHECK_CONTAINS(sch_cgroups_warning(cg, SCH_CG_FREEZER), "cgroup.freeze");
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {0};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 1, 1, err, sizeof(err)), -ENOTSUP);
+    CHECK_CONTAINS(err, "freezer is unusable");
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v2_io_limits)
 {
     fake_v2(v2_files);
@@ -503,6 +560,36 @@ TEST(v2_controller_not_listed_is_unusable)
     sch_cgroups_destroy(cg);
 }
 
+TEST(v1_freeze_and_thaw)
+{
+    fake_v1(v1_memory_files, 1);
+    struct sch_cgroups *cg = fake_create();
+    CHECK_INT_EQ(sch_cgroups_version(cg, SCH_CG_FREEZER), 1);
+    CHECK_STR_EQ(sch_cgroups_parent(cg, SCH_CG_FREEZER), at("cg/freezer/berth"));
+    /* The probe left its child thawed. */
+    char **dirs = NULL;
+    char err[256] = "";
+    struct sch_cg_limits lim = {0};
+    CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
+    /* A plain file reads back what was written: FROZEN at once. */
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 1, 5, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/freezer/berth/h-1/freezer.state")), "FROZEN");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, dirs), 1);
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, dirs, 0, 5, err, sizeof(err)), 0);
+    CHECK_STR_EQ(get(at("cg/freezer/berth/h-1/freezer.state")), "THAWED");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, dirs), 0);
+    /* FREEZING counts as frozen for sch_cgroups_frozen() (a task holds it up). */
+    put(at("cg/freezer/berth/h-1/freezer.state"), "FREEZING\n");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, dirs), 1);
+    /* An instance without a freezer cgroup (made before it existed): a clear error. */
+    char *only_memory[] = {dirs[0], NULL};
+    CHECK_INT_EQ(sch_cgroups_freeze(cg, only_memory, 1, 5, err, sizeof(err)), -ENOENT);
+    CHECK_CONTAINS(err, "no freezer cgroup");
+    CHECK_INT_EQ(sch_cgroups_frozen(cg, only_memory), -ENOENT);
+    cm_strv_free(dirs);
+    sch_cgroups_destroy(cg);
+}
+
 TEST(v1_instance_limits)
 {
     fake_v1(v1_memory_files, 1);
@@ -521,7 +608,8 @@ TEST(v1_instance_limits)
     CHECK_STR_EQ(dirs[1], at("cg/cpu,cpuacct/berth/h-1"));
     CHECK_STR_EQ(dirs[2], at("cg/pids/berth/h-1"));
     CHECK_STR_EQ(dirs[3], at("cg/blkio/job/berth/h-1"));
-    CHECK_NULL(dirs[4]);
+    CHECK_STR_EQ(dirs[4], at("cg/freezer/berth/h-1"));
+    CHECK_NULL(dirs[5]);
     CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.limit_in_bytes")), "268435456");
     CHECK_STR_EQ(get(at("cg/memory/job/berth/h-1/memory.memsw.limit_in_bytes")), "268435456");
     CHECK_STR_EQ(get(at("cg/cpu,cpuacct/berth/h-1/cpu.cfs_period_us")), "100000");
@@ -658,7 +746,7 @@ TEST(v1_without_blkio_io_is_unusable)
     char err[256] = "";
     struct sch_cg_limits lim = {.memory = 256 << 20};
     CHECK_INT_EQ(sch_cgroups_create_instance(cg, "h-1", &lim, &dirs, err, sizeof(err)), 0);
-    CHECK_INT_EQ(cm_strv_len(dirs), 3);
+    CHECK_INT_EQ(cm_strv_len(dirs), 4) /* memory, cpu, pids, freezer */;
     struct sch_cg_io io = {0};
     CHECK_INT_EQ(sch_cgroups_limit_io(cg, dirs, 254, 0, &io, err, sizeof(err)), 0);
     io.write_bps = 1 << 20;

@@ -85,6 +85,29 @@ TEST(term)
     CHECK_INT_EQ(parse("TERM\r", &c, &err), 0);
 }
 
+TEST(pause_resume)
+{
+    struct agent_cmd c;
+    const char *err;
+    CHECK_INT_EQ(parse("PAUSE 0", &c, &err), 0);
+    CHECK_INT_EQ(c.type, AGENT_CMD_PAUSE);
+    CHECK_INT_EQ((long long)c.quiet_ms, 0);
+    CHECK_INT_EQ(parse("PAUSE 86400000", &c, &err), 0);
+    CHECK_INT_EQ((long long)c.quiet_ms, 86400000);
+    CHECK_INT_EQ(parse("PAUSE 1500\r", &c, &err), 0);
+    CHECK_INT_EQ((long long)c.quiet_ms, 1500);
+    CHECK_INT_EQ(parse("RESUME", &c, &err), 0);
+    CHECK_INT_EQ(c.type, AGENT_CMD_RESUME);
+    const char *bad[] = {"PAUSE",          "PAUSE ",           "PAUSE x",   "PAUSE 1x", "PAUSE -1",
+                         "PAUSE 86400001", "PAUSE 1000000000", "PAUSE 1 2", "PAUSE  1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_INT_EQ(parse(bad[i], &c, &err), -EINVAL);
+        CHECK_STR_EQ(err, "usage: PAUSE <quiet_ms> (0..86400000)");
+    }
+    CHECK_INT_EQ(parse("RESUME now", &c, &err), -EINVAL);
+    CHECK_STR_EQ(err, "this command takes no argument");
+}
+
 #define SEED "00112233445566778899aabbccddeeffFFEEDDCCBBAA99887766554433221100"
 
 TEST(bind_words)
