@@ -22,6 +22,7 @@
 #include "gateway/admin.h"
 #include "gateway/api_json.h"
 #include "gateway/api_pools.h"
+#include "gateway/api_sched.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
 
@@ -29,7 +30,7 @@
 #define MAX_FIELDS 64   /* fields of a session hash we look at */
 #define API_KEY_MAX 512 /* longest bearer token considered */
 
-enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST };
+enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST, OP_PAUSE };
 
 struct op;
 
@@ -60,6 +61,8 @@ struct op {
     int more;
     struct slot *slots;
     size_t n_slots;
+    int resume;                 /* OP_PAUSE: resume rather than pause */
+    struct gw_sched_call *call; /* OP_PAUSE: the scheduler's answer is awaited */
 };
 
 struct gw_api {
@@ -95,7 +98,7 @@ void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const
 void gw_api_reply_error(struct cm_httpd_req *req, enum gw_err e, const char *message,
                         unsigned retry_after)
 {
-    if (e == GW_ERR_NO_CAPACITY) {
+    if (gw_err_info(e)->retry) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%u", retry_after);
         (void)cm_httpd_add_header(req, "Retry-After", ra);
@@ -510,6 +513,130 @@ static void handle_delete(struct gw_api *api, struct cm_httpd_req *req, const st
     op_settle(op);
 }
 
+/* --- POST /v1/sessions/{id}/pause | resume ----------------------------------------------- */
+
+/* Whether <n> bytes of <v> can go into a path segment as they are (instance and host ids). */
+static int plain_segment(const char *v, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+              (v[i] >= '0' && v[i] <= '9') || v[i] == '.' || v[i] == '_' || v[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static void pause_on_answer(int status, const char *body, size_t len, void *arg)
+{
+    struct op *op = arg;
+    op->waiting--;
+    op->call = NULL;
+    char msg[256] = "";
+    struct cm_json *j = len ? cm_json_parse(body, len, NULL, 0) : NULL;
+    const struct cm_json *m = cm_json_get(cm_json_get(j, "error"), "message");
+    if (m && m->type == CM_JSON_STRING)
+        snprintf(msg, sizeof(msg), "%s", m->str);
+    cm_json_free(j);
+    if (status == 200) {
+        if (read_session(op, on_session) < 0)
+            op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (status == 409) {
+        op_error(op, GW_ERR_SESSION_BUSY, msg[0] ? msg : NULL);
+    } else if (status == 501) {
+        op_error(op, GW_ERR_NOT_IMPLEMENTED, "this session's sandbox driver cannot pause");
+    } else if (status == 404 || status == 502) {
+        op_error(op, GW_ERR_INSTANCE_LOST, msg[0] ? msg : NULL);
+    } else {
+        if (status == 401)
+            cm_log_error("admin",
+                         "scheduler refused a %s: scheduler.api_secret differs from the "
+                         "scheduler's session=%s instance=%s",
+                         op->resume ? "resume" : "pause", op->h, op->instance);
+        else
+            cm_log_warn("admin", "scheduler did not %s session=%s instance=%s status=%d",
+                        op->resume ? "resume" : "pause", op->h, op->instance, status);
+        op_error(op, status == 401 ? GW_ERR_INTERNAL : GW_ERR_SCHEDULER_UNAVAILABLE, NULL);
+    }
+    op_settle(op);
+}
+
+static void pause_on_host(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (!r || r->type != REDIS_REPLY_STRING || !r->len) {
+        op_error(op, GW_ERR_INSTANCE_LOST, "the session's host is gone");
+    } else {
+        char path[GW_INSTANCE_ID_MAX + 40];
+        snprintf(path, sizeof(path), "/v1/instances/%s/%s", op->instance,
+                 op->resume ? "resume" : "pause");
+        op->call = gw_sched_post(op->api->base, op->api->gc, r->str, path,
+                                 op->api->gc->limits.resume_timeout, pause_on_answer, op);
+        if (op->call)
+            op->waiting++;
+        else
+            op_error(op, GW_ERR_SCHEDULER_UNAVAILABLE, NULL);
+    }
+    op_settle(op);
+}
+
+/* The session exists and is the tenant's: find its instance's scheduler. */
+static void pause_on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
+        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    } else if (!rec.host || !rec.host_len) {
+        op_error(op, GW_ERR_NOT_IMPLEMENTED,
+                 "the session's template is static: nothing of it can be paused");
+    } else if (!plain_segment(rec.instance, rec.instance_len) ||
+               rec.instance_len >= sizeof(op->instance) || !plain_segment(rec.host, rec.host_len) ||
+               rec.host_len > 64) {
+        op_error(op, GW_ERR_INTERNAL, "the session's record is malformed");
+    } else {
+        memcpy(op->instance, rec.instance, rec.instance_len);
+        op->instance[rec.instance_len] = '\0';
+        char key[KEY_BUF];
+        snprintf(key, sizeof(key), "%shost:%.*s", prefix(op->api), (int)rec.host_len, rec.host);
+        const char *argv[] = {"HGET", key, "api"};
+        if (send_argv(op, pause_on_host, op, 3, argv) < 0)
+            op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    }
+    op_settle(op);
+}
+
+static void handle_pause(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
+                         const char *h, int resume)
+{
+    struct op *op = op_new(api, req, OP_PAUSE, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    memcpy(op->h, h, sizeof(op->h));
+    op->resume = resume;
+    if (read_session(op, pause_on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
 /* --- GET /v1/sessions --------------------------------------------------------------------- */
 
 static void list_answer(struct op *op)
@@ -649,14 +776,24 @@ static const struct cm_tenant *authenticate(const struct gw_api *api, struct cm_
     return cm_config_tenant_by_key(api->gc->common, key);
 }
 
-/* "{id}" of "/v1/sessions/{id}" (one non-empty segment), or NULL. */
-static const char *session_segment(const char *path)
+/* "{id}" of "/v1/sessions/{id}" or "/v1/sessions/{id}/{action}" (one non-empty segment each),
+ * or NULL; <ret_len> its length, <ret_action> the action or NULL. */
+static const char *session_segment(const char *path, size_t *ret_len, const char **ret_action)
 {
     const char prefix_[] = "/v1/sessions/";
     size_t pl = sizeof(prefix_) - 1, n = strlen(path);
-    if (n <= pl || memcmp(path, prefix_, pl) != 0 || memchr(path + pl, '/', n - pl))
+    if (n <= pl || memcmp(path, prefix_, pl) != 0)
         return NULL;
-    return path + pl;
+    const char *seg = path + pl, *slash = memchr(seg, '/', n - pl);
+    *ret_action = NULL;
+    *ret_len = n - pl;
+    if (slash) {
+        if (slash == seg || !slash[1] || strchr(slash + 1, '/'))
+            return NULL;
+        *ret_len = (size_t)(slash - seg);
+        *ret_action = slash + 1;
+    }
+    return seg;
 }
 
 void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *path)
@@ -691,22 +828,36 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
             gw_api_reply_405(req, "GET, HEAD, POST");
         return;
     }
-    const char *seg = session_segment(path);
+    size_t seg_len;
+    const char *action;
+    const char *seg = session_segment(path, &seg_len, &action);
+    int pause = action && strcmp(action, "pause") == 0;
+    int resume = action && strcmp(action, "resume") == 0;
+    if (seg && action && !pause && !resume) {
+        gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
+        return;
+    }
     if (seg) {
-        if (!get && m != CM_HTTP_PATCH && m != CM_HTTP_DELETE) {
+        if (action && m != CM_HTTP_POST) {
+            gw_api_reply_405(req, "POST");
+            return;
+        }
+        if (!action && !get && m != CM_HTTP_PATCH && m != CM_HTTP_DELETE) {
             gw_api_reply_405(req, "GET, HEAD, PATCH, DELETE");
             return;
         }
         char id[CM_KEY_MAX + 1];
         size_t id_len;
-        if (gw_api_pct_decode(seg, strlen(seg), id, CM_KEY_MAX, &id_len) < 0 ||
+        if (gw_api_pct_decode(seg, seg_len, id, CM_KEY_MAX, &id_len) < 0 ||
             !cm_key_valid(id, id_len)) {
             gw_api_reply_error(req, GW_ERR_INVALID_SESSION_KEY, NULL, 0);
             return;
         }
         char h[CM_HASH_HEX_LEN + 1];
         cm_hash_hex(cm_key_hash(t->name, CM_KEY_SRC_SID, id, id_len), h);
-        if (get)
+        if (action)
+            handle_pause(api, req, t, h, resume);
+        else if (get)
             handle_get(api, req, t, h);
         else if (m == CM_HTTP_PATCH)
             handle_update(api, req, t, h);
@@ -745,6 +896,8 @@ void gw_api_destroy(struct gw_api *api)
         return;
     while (api->ops) {
         struct op *op = api->ops;
+        gw_sched_cancel(op->call);
+        op->call = NULL;
         op_error(op, GW_ERR_OVERLOADED, "the gateway is shutting down");
         op_free(op);
     }

@@ -398,6 +398,7 @@ int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
         {"state", offsetof(struct gw_session_rec, state),
          offsetof(struct gw_session_rec, state_len)},
         {"meta", offsetof(struct gw_session_rec, meta), offsetof(struct gw_session_rec, meta_len)},
+        {"host", offsetof(struct gw_session_rec, host), offsetof(struct gw_session_rec, host_len)},
     };
     for (size_t i = 0; i + 1 < n; i += 2) {
         const char *f = fv[i], *v = fv[i + 1];
@@ -414,6 +415,8 @@ int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
         NUMF("ttl", ttl)
         NUMF("idle_timeout", idle)
         NUMF("last_active", last_active)
+        NUMF("paused", paused)
+        NUMF("paused_ms", paused_ms)
 #undef NUMF
     }
     if (!r.tenant || !r.key)
@@ -457,8 +460,14 @@ void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r)
     write_seconds(b, r->ttl);
     cm_jbuf_raw(b, ",\"idle_timeout_s\":", 18);
     write_seconds(b, r->idle);
-    cm_jbuf_printf(b, ",\"last_active_ms\":%llu,\"expires_at_ms\":%llu,\"metadata\":",
-                   (unsigned long long)r->last_active, (unsigned long long)CM_MIN(a, c));
+    cm_jbuf_printf(b, ",\"last_active_ms\":%llu,\"expires_at_ms\":%llu,\"paused\":%s",
+                   (unsigned long long)r->last_active, (unsigned long long)CM_MIN(a, c),
+                   r->paused ? "true" : "false");
+    if (r->paused)
+        cm_jbuf_printf(b, ",\"paused_since_ms\":%llu", (unsigned long long)r->paused);
+    else
+        cm_jbuf_raw(b, ",\"paused_since_ms\":null", 23);
+    cm_jbuf_printf(b, ",\"paused_ms\":%llu,\"metadata\":", (unsigned long long)r->paused_ms);
     struct cm_json *m =
         r->meta && r->meta_len ? cm_json_parse(r->meta, r->meta_len, NULL, 0) : NULL;
     if (m && json_utf8(m))

@@ -65,9 +65,10 @@ int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim, 
 
 /* A session as stored in P s:{h}. Strings point into the caller's storage (borrowed). */
 struct gw_session_rec {
-    const char *key, *tenant, *tpl, *instance, *state, *meta;
-    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len;
+    const char *key, *tenant, *tpl, *instance, *state, *meta, *host;
+    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len, host_len;
     uint64_t created, ttl, idle, last_active; /* ms since the epoch / durations in ms */
+    uint64_t paused, paused_ms; /* since when its sandbox is paused (0: running); time paused */
 };
 
 /* Reads the field/value pairs of HGETALL (<n> strings: f0 v0 f1 v1 ...). Returns 0, or
@@ -76,7 +77,9 @@ struct gw_session_rec {
 int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
                          struct gw_session_rec *ret);
 /* Appends the session object {"id","tenant","template","instance","state","created_ms",
- * "ttl_s","idle_timeout_s","last_active_ms","expires_at_ms","metadata"}. The stored metadata
+ * "ttl_s","idle_timeout_s","last_active_ms","expires_at_ms","paused","paused_since_ms",
+ * "paused_ms","metadata"}: "paused" whether its sandbox is paused now, "paused_since_ms" since
+ * when (null when running), "paused_ms" the time it was paused before, in all. The stored metadata
  * is embedded as JSON when it parses as JSON, else null. */
 void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r);
 

@@ -12,11 +12,12 @@
 static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct gw_limits *l)
 {
     static const char *const keys[] = {
-        "max_header_bytes", "max_headers",     "max_connections",     "header_timeout",
-        "keepalive_timeout", "connect_timeout", "response_timeout",    "stream_idle_timeout",
-        "start_timeout",    "buffer_high",     "buffer_low",          "upstream_idle_per_instance",
-        "upstream_idle_timeout", "sse_sniff_bytes", "rewrite_max_body", "max_chunk_ext_bytes",
-        NULL};
+        "max_header_bytes",      "max_headers",         "max_connections",
+        "header_timeout",        "keepalive_timeout",   "connect_timeout",
+        "response_timeout",      "stream_idle_timeout", "start_timeout",
+        "buffer_high",           "buffer_low",          "upstream_idle_per_instance",
+        "upstream_idle_timeout", "sse_sniff_bytes",     "rewrite_max_body",
+        "max_chunk_ext_bytes",   "resume_timeout",      NULL};
     const char *p = "gateway.limits";
     const cm_usec_t S = CM_USEC_PER_SEC;
     if (cm_conf_keys(ctx, m, p, keys) ||
@@ -26,16 +27,18 @@ static int load_limits(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         cm_conf_u64(ctx, m, p, "max_connections", 20000, 1, 1000000, &l->max_connections) ||
         cm_conf_duration(ctx, m, p, "header_timeout", 10 * S, 100 * CM_USEC_PER_MSEC, 600 * S,
                          &l->header_timeout) ||
-        cm_conf_duration(ctx, m, p, "keepalive_timeout", 75 * S, 100 * CM_USEC_PER_MSEC,
-                         3600 * S, &l->keepalive_timeout) ||
+        cm_conf_duration(ctx, m, p, "keepalive_timeout", 75 * S, 100 * CM_USEC_PER_MSEC, 3600 * S,
+                         &l->keepalive_timeout) ||
         cm_conf_duration(ctx, m, p, "connect_timeout", 5 * S, 10 * CM_USEC_PER_MSEC, 600 * S,
                          &l->connect_timeout) ||
-        cm_conf_duration(ctx, m, p, "response_timeout", 300 * S, 100 * CM_USEC_PER_MSEC,
-                         86400 * S, &l->response_timeout) ||
+        cm_conf_duration(ctx, m, p, "response_timeout", 300 * S, 100 * CM_USEC_PER_MSEC, 86400 * S,
+                         &l->response_timeout) ||
         cm_conf_duration(ctx, m, p, "stream_idle_timeout", 3600 * S, 100 * CM_USEC_PER_MSEC,
                          7 * 86400 * S, &l->stream_idle_timeout) ||
         cm_conf_duration(ctx, m, p, "start_timeout", 30 * S, 100 * CM_USEC_PER_MSEC, 3600 * S,
                          &l->start_timeout) ||
+        cm_conf_duration(ctx, m, p, "resume_timeout", 10 * S, 100 * CM_USEC_PER_MSEC, 600 * S,
+                         &l->resume_timeout) ||
         cm_conf_size(ctx, m, p, "buffer_high", 256u << 10, 4096, 64u << 20, &l->buffer_high) ||
         cm_conf_size(ctx, m, p, "buffer_low", 64u << 10, 0, 64u << 20, &l->buffer_low) ||
         cm_conf_u64(ctx, m, p, "upstream_idle_per_instance", 32, 0, 10000,

@@ -50,6 +50,8 @@ struct gw_limits {
     cm_usec_t response_timeout;  /* request sent to response head received, 504 */
     cm_usec_t stream_idle_timeout; /* no bytes either way while a body streams */
     cm_usec_t start_timeout;     /* waiting for an on-demand start, then 503 no_capacity */
+    cm_usec_t resume_timeout;    /* a paused sandbox taking a request, or the API's pause and
+                                  * resume, then 503 */
     uint64_t buffer_high;        /* bytes queued toward a peer before reading pauses */
     uint64_t buffer_low;         /* ...and resumes below this */
     uint64_t upstream_idle_per_instance; /* kept-alive upstream connections per instance */

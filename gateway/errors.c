@@ -32,6 +32,14 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                                    "this route does not allow requests from that Origin", 0},
     [GW_ERR_TOO_MANY_CONNECTIONS] = {"too_many_connections", 429,
                                      "too many connections open, close one or retry later", 0},
+    [GW_ERR_SESSION_BUSY] = {"session_busy", 409,
+                             "the session's sandbox is in use or changing state: retry later", 0},
+    [GW_ERR_SCHEDULER_UNAVAILABLE] = {"scheduler_unavailable", 503,
+                                      "the session's host did not answer, retry later", 1},
+    [GW_ERR_INSTANCE_UNAVAILABLE] = {"instance_unavailable", 503,
+                                     "the session's sandbox did not take the request in time "
+                                     "(paused and not resumed), retry later",
+                                     1},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

@@ -6,29 +6,33 @@
 #include <stddef.h>
 
 enum gw_err {
-    GW_ERR_BAD_REQUEST,         /* 400 malformed request */
-    GW_ERR_INVALID_SESSION_KEY, /* 400 key not 1-128 visible ASCII */
-    GW_ERR_SESSION_KEY_REQUIRED,/* 400 route policy reject and no key */
-    GW_ERR_UNAUTHORIZED,        /* 401 missing or wrong API key */
-    GW_ERR_NOT_FOUND,           /* 404 no route / no such session */
-    GW_ERR_METHOD_NOT_ALLOWED,  /* 405 */
-    GW_ERR_REQUEST_TIMEOUT,     /* 408 headers too slow */
-    GW_ERR_CONFLICT,            /* 409 session exists */
-    GW_ERR_BODY_TOO_LARGE,      /* 413 body over the route's max_body */
-    GW_ERR_HEADERS_TOO_LARGE,   /* 431 header bytes or count over the limit */
-    GW_ERR_INTERNAL,            /* 500 */
-    GW_ERR_NOT_IMPLEMENTED,     /* 501 e.g. unsupported transfer coding */
-    GW_ERR_BAD_GATEWAY,         /* 502 upstream spoke bad HTTP */
-    GW_ERR_INSTANCE_LOST,       /* 502 the session's instance is gone */
-    GW_ERR_NO_CAPACITY,         /* 503 no warm instance and no start in time (Retry-After) */
-    GW_ERR_STORE_UNAVAILABLE,   /* 503 Redis unreachable for a new session */
-    GW_ERR_OVERLOADED,          /* 503 connection or pending limits */
-    GW_ERR_UPSTREAM_TIMEOUT,    /* 504 no response head in time */
-    GW_ERR_INVALID_ARGUMENT,    /* 400 a control API field has a wrong type or value */
-    GW_ERR_UNKNOWN_TEMPLATE,    /* 400 the control API named a template the config lacks */
-    GW_ERR_SESSION_NOT_FOUND,   /* 404 unknown or ended MCP / legacy SSE session id */
-    GW_ERR_ORIGIN_NOT_ALLOWED,  /* 403 a CORS preflight from an Origin the route does not list */
-    GW_ERR_TOO_MANY_CONNECTIONS,/* 429 a tenant or client address over its connection limit */
+    GW_ERR_BAD_REQUEST,           /* 400 malformed request */
+    GW_ERR_INVALID_SESSION_KEY,   /* 400 key not 1-128 visible ASCII */
+    GW_ERR_SESSION_KEY_REQUIRED,  /* 400 route policy reject and no key */
+    GW_ERR_UNAUTHORIZED,          /* 401 missing or wrong API key */
+    GW_ERR_NOT_FOUND,             /* 404 no route / no such session */
+    GW_ERR_METHOD_NOT_ALLOWED,    /* 405 */
+    GW_ERR_REQUEST_TIMEOUT,       /* 408 headers too slow */
+    GW_ERR_CONFLICT,              /* 409 session exists */
+    GW_ERR_BODY_TOO_LARGE,        /* 413 body over the route's max_body */
+    GW_ERR_HEADERS_TOO_LARGE,     /* 431 header bytes or count over the limit */
+    GW_ERR_INTERNAL,              /* 500 */
+    GW_ERR_NOT_IMPLEMENTED,       /* 501 e.g. unsupported transfer coding */
+    GW_ERR_BAD_GATEWAY,           /* 502 upstream spoke bad HTTP */
+    GW_ERR_INSTANCE_LOST,         /* 502 the session's instance is gone */
+    GW_ERR_NO_CAPACITY,           /* 503 no warm instance and no start in time (Retry-After) */
+    GW_ERR_STORE_UNAVAILABLE,     /* 503 Redis unreachable for a new session */
+    GW_ERR_OVERLOADED,            /* 503 connection or pending limits */
+    GW_ERR_UPSTREAM_TIMEOUT,      /* 504 no response head in time */
+    GW_ERR_INVALID_ARGUMENT,      /* 400 a control API field has a wrong type or value */
+    GW_ERR_UNKNOWN_TEMPLATE,      /* 400 the control API named a template the config lacks */
+    GW_ERR_SESSION_NOT_FOUND,     /* 404 unknown or ended MCP / legacy SSE session id */
+    GW_ERR_ORIGIN_NOT_ALLOWED,    /* 403 a CORS preflight from an Origin the route does not list */
+    GW_ERR_TOO_MANY_CONNECTIONS,  /* 429 a tenant or client address over its connection limit */
+    GW_ERR_SESSION_BUSY,          /* 409 a pause refused: the sandbox is in use or changing state */
+    GW_ERR_SCHEDULER_UNAVAILABLE, /* 503 the session's scheduler did not answer (Retry-After) */
+    GW_ERR_INSTANCE_UNAVAILABLE,  /* 503 the instance took none of the request within
+                                   * limits.resume_timeout (paused, not resumed) (Retry-After) */
     GW_ERR_COUNT
 };
 

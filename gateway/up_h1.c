@@ -5,8 +5,10 @@
 #include "gateway/conn_int.h"
 
 #include <event2/buffer.h>
+#include <linux/sockios.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 
 #include "common/log.h"
@@ -14,6 +16,9 @@
 #include "gateway/metrics.h"
 #include "gateway/upstream.h"
 #include "gateway/worker.h"
+
+/* Request bodies up to this size are checked at resume_timeout (on_up_event()). */
+#define RESUME_CHECK_MAX_BODY 4096
 
 static void on_up_read(struct gw_stream *us, void *arg);
 static size_t on_up_peek(struct gw_stream *us, const char *data, size_t len, void *arg);
@@ -78,6 +83,7 @@ void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed)
     c->rscan = 0;
     c->resp_deferred = 0;
     c->resp_head_done = 0;
+    c->up_took = 0;
     c->paused_client = c->paused_up = 0;
     if (c->req_done) {
         /* No body: keep the head so that a stale pooled connection or a stale cached binding
@@ -439,6 +445,24 @@ static void on_up_event(struct gw_stream *us, short what, void *arg)
     if (what & GW_STREAM_TIMEOUT) {
         if (!c->up_connected) {
             gw_binding_unreachable(c);
+        } else if (!c->resp_head_done && !c->up_took && w->to_response_rest) {
+            /* resume_timeout: has the instance taken the request at all? A paused sandbox that
+             * was not thawed (its scheduler is down) leaves it unread in the socket, where a
+             * live agent reads a head and a small body at once (its relay buffer, 64 KiB by
+             * default, is empty when an exchange begins), whatever its app does. A larger
+             * body may wait on a slow app: only response_timeout applies to it. */
+            int unread = 0;
+            if (c->xfer_in <= RESUME_CHECK_MAX_BODY && ioctl(us->fd, SIOCOUTQ, &unread) == 0 &&
+                unread > 0) {
+                GW_XLOG(warn, c,
+                        "instance took nothing of the request session=%s instance=%s "
+                        "unread=%d",
+                        gw_conn_hash_hex(c), c->instance, unread);
+                gw_conn_send_error(c, GW_ERR_INSTANCE_UNAVAILABLE, 1);
+                return;
+            }
+            c->up_took = 1;
+            gw_stream_set_timeouts(us, w->to_response_rest, NULL);
         } else if (!c->resp_head_done) {
             GW_XLOG(warn, c, "response timeout instance=%s", c->instance);
             gw_conn_send_error(c, GW_ERR_UPSTREAM_TIMEOUT, 1);

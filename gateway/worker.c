@@ -324,7 +324,11 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
         !(w->to_header = common_timeout(w->base, lim->header_timeout)) ||
         !(w->to_linger = common_timeout(w->base, GW_LINGER_USEC)) ||
         !(w->to_connect = common_timeout(w->base, lim->connect_timeout)) ||
-        !(w->to_response = common_timeout(w->base, lim->response_timeout)) ||
+        !(w->to_response =
+              common_timeout(w->base, CM_MIN(lim->response_timeout, lim->resume_timeout))) ||
+        (lim->resume_timeout < lim->response_timeout &&
+         !(w->to_response_rest =
+               common_timeout(w->base, lim->response_timeout - lim->resume_timeout))) ||
         !(w->to_stream_idle = common_timeout(w->base, lim->stream_idle_timeout)) ||
         !(w->to_h2_send = common_timeout(w->base, w->gc->h2.send_timeout)))
         goto oom;

@@ -72,8 +72,11 @@ struct gw_worker {
     void *free_slots;        /* head slots for reuse: a list linked through their first bytes */
     size_t n_free_slots;
     /* the limits as libevent common timeouts (O(1) to arm and re-arm, unlike the heap) */
+    /* to_response: the first wait for a response head, min(response_timeout, resume_timeout);
+     * to_response_rest: what is left of response_timeout once the instance has taken the
+     * request (NULL when resume_timeout >= response_timeout). */
     const struct timeval *to_keepalive, *to_header, *to_linger, *to_connect, *to_response,
-        *to_stream_idle, *to_h2_send;
+        *to_response_rest, *to_stream_idle, *to_h2_send;
     /* scratch for parsing one head at a time (the loop is single-threaded) */
     struct gw_h1_header *headers;
     llhttp_settings_t req_head_settings, req_body_settings;

@@ -88,13 +88,29 @@ void sch_pause_forget(struct sch_inst *inst)
     settle(inst, 502, "instance_lost", "the instance ended");
 }
 
-static void on_script_logged(struct redisReply *r, const char *err, void *data)
+/* Waiters are answered once Redis has the record, so that what a caller reads next (the
+ * control API reads the session again) says paused or not: when the instance is still in
+ * the state recorded (a resume that came on top answers them when it is recorded). */
+static void recorded(struct sch_inst *inst, const char *err, enum sch_pause_state state)
 {
-    struct sch_inst *inst = data;
     if (err)
         cm_log_warn("pause", "script failed inst=%s err=\"%s\"", inst->id, err);
+    if (inst->pause == state)
+        settle(inst, 200, NULL, NULL);
+}
+
+static void on_paused(struct redisReply *r, const char *err, void *data)
+{
     (void)r;
-    sch_inst_unref(inst);
+    recorded(data, err, SCH_PAUSE_PAUSED);
+    sch_inst_unref(data);
+}
+
+static void on_resumed(struct redisReply *r, const char *err, void *data)
+{
+    (void)r;
+    recorded(data, err, SCH_PAUSE_RUNNING);
+    sch_inst_unref(data);
 }
 
 /* The `paused` or `resumed` script for <inst>'s session. */
@@ -104,9 +120,11 @@ static void record(struct sch_inst *inst, enum cm_script s, const char *reason)
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
     const char *argv[] = {inst->ctx->cfg->redis.prefix, inst->session, inst->id, now, reason};
     sch_inst_ref(inst);
-    if (sch_script(inst->ctx, s, on_script_logged, inst, 5, argv) < 0) {
+    if (sch_script(inst->ctx, s, s == CM_SCRIPT_PAUSED ? on_paused : on_resumed, inst, 5, argv) <
+        0) {
         cm_log_warn("pause", "redis not connected: %s not recorded inst=%s",
                     cm_store_script_name(s), inst->id);
+        recorded(inst, NULL, s == CM_SCRIPT_PAUSED ? SCH_PAUSE_PAUSED : SCH_PAUSE_RUNNING);
         sch_inst_unref(inst);
     }
 }
@@ -141,9 +159,13 @@ static void on_resume_reply(const char *reply, int err, void *data)
         return;
     }
     inst->pause = SCH_PAUSE_RUNNING;
-    cm_log_info("pause", "resumed inst=%s session=%s reason=%s", inst->id, inst->session,
-                inst->resume_reason);
-    settle(inst, 200, NULL, NULL);
+    if (inst->resume_reason[0]) {
+        cm_log_info("pause", "resumed inst=%s session=%s reason=%s", inst->id, inst->session,
+                    inst->resume_reason);
+        record(inst, CM_SCRIPT_RESUMED, inst->resume_reason);
+    } else { /* after a freeze that failed: it was never recorded as paused */
+        settle(inst, 200, NULL, NULL);
+    }
     sch_inst_unref(inst);
 }
 
@@ -163,7 +185,6 @@ static void do_resume(struct sch_inst *inst, const char *reason)
         return;
     }
     inst->pause = SCH_PAUSE_RESUMING;
-    record(inst, CM_SCRIPT_RESUMED, reason);
     sch_inst_ref(inst);
     if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, "RESUME", agent_timeout(inst),
                              on_resume_reply, inst) < 0)
@@ -253,6 +274,7 @@ static void on_pause_reply(const char *reply, int err, void *data)
         cm_log_warn("pause", "freeze failed inst=%s err=\"%s\"", inst->id, msg);
         inst->pause = SCH_PAUSE_RESUMING;
         settle(inst, rc == -EAGAIN ? 409 : 502, rc == -EAGAIN ? "busy" : "pause_failed", msg);
+        inst->resume_reason[0] = '\0';
         sch_inst_ref(inst);
         if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, "RESUME", agent_timeout(inst),
                                  on_resume_reply, inst) < 0)
@@ -264,7 +286,6 @@ static void on_pause_reply(const char *reply, int err, void *data)
     cm_log_info("pause", "paused inst=%s session=%s reason=%s agent=\"%s\"", inst->id,
                 inst->session, inst->pause_reason, reply);
     record(inst, CM_SCRIPT_PAUSED, inst->pause_reason);
-    settle(inst, 200, NULL, NULL);
     int waiting = watch(inst);
     if (waiting < 0) {
         cm_log_error("pause", "cannot watch the listeners, resuming inst=%s", inst->id);

@@ -327,6 +327,10 @@ static void on_record(struct redisReply *reply, const char *err, void *data)
         decide(c, 1, 0, "paused VM", 0);
         return;
     }
+    /* A paused (frozen) instance answers nothing: thaw it first (sch_inst_adopted() then tells
+     * its agent to RESUME and counts the time it was paused). */
+    if (owner->ops->pause && owner->ops->pause(owner, c->di, 0, msg, sizeof(msg)) < 0)
+        cm_log_warn("recover", "cannot thaw inst=%s err=\"%s\"", inst->id, msg);
     cm_usec_t timeout = owner->ops->agent_timeout ? owner->ops->agent_timeout : STATUS_TIMEOUT;
     if (sch_agentctl_request(ctx->agentctl, c->di->ctl, "STATUS", timeout, on_status, c) < 0)
         on_status(NULL, -ENOMEM, c);

@@ -30,7 +30,8 @@ OVERRIDES = {
     "gateway": {"retry_after": 3, "admin": ADMIN},
 }
 SESSION_FIELDS = {"id", "tenant", "template", "instance", "state", "created_ms", "ttl_s",
-                  "idle_timeout_s", "last_active_ms", "expires_at_ms", "metadata"}
+                  "idle_timeout_s", "last_active_ms", "expires_at_ms", "paused",
+                  "paused_since_ms", "paused_ms", "metadata"}
 
 
 @pytest.fixture(scope="module")

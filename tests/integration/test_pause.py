@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import (SLOW, cgroup_dir, curl, curl_stream, echo_template,
+from conftest import (OTHER_KEY, SLOW, cgroup_dir, curl, curl_stream, echo_template,
                       events, wait_until)
 
 pytestmark = pytest.mark.berth_timeout(240)
@@ -201,3 +201,70 @@ def test_pause_api_errors(make_stack):
     # Resuming a running instance is fine.
     r = sched_pause(s, inst, action="resume")
     assert r.status == 200 and r.json()["pause"] == "running"
+
+
+def test_control_api_pauses_and_resumes_a_session(make_stack):
+    s = pause_stack(make_stack, pause_after="1h")
+    inst, h, pid = bind(s, "p-ctl")
+    r = s.api("POST", "/v1/sessions/p-ctl/pause")
+    assert r.status == 200, r
+    j = r.json()
+    assert j["id"] == "p-ctl" and j["instance"] == inst and j["paused"] is True
+    assert j["paused_since_ms"] > 0 and j["paused_ms"] == 0
+    assert frozen(pid)
+    g = s.api("GET", "/v1/sessions/p-ctl").json()
+    assert g["paused"] is True and g["paused_since_ms"] == j["paused_since_ms"]
+    # Pausing a paused session is fine; another tenant's is not found.
+    assert s.api("POST", "/v1/sessions/p-ctl/pause").status == 200
+    r = s.api("POST", "/v1/sessions/p-ctl/resume", key=OTHER_KEY)
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found"
+    assert frozen(pid)
+    time.sleep(0.2)
+    r = s.api("POST", "/v1/sessions/p-ctl/resume")
+    assert r.status == 200, r
+    j = r.json()
+    assert j["paused"] is False and j["paused_since_ms"] is None and j["paused_ms"] >= 200
+    assert not frozen(pid)
+    assert s.get("/", session="p-ctl").header("x-berth-instance") == inst
+    # Bad input: clear errors.
+    r = s.api("GET", "/v1/sessions/p-ctl/pause")
+    assert r.status == 405 and r.header("Allow") == "POST"
+    assert s.api("POST", "/v1/sessions/p-ctl/freeze").json()["error"]["code"] == "not_found"
+    assert s.api("POST", "/v1/sessions/p-ctl/pause/x").status == 404
+    assert s.api("POST", "/v1/sessions/nosuch/pause").json()["error"]["code"] == "not_found"
+    assert s.api("POST", "/v1/sessions/p-ctl/pause", key="wrong").status == 401
+    # Its scheduler gone: 503 scheduler_unavailable with Retry-After, not a hang.
+    s.stop_scheduler()
+    t0 = time.monotonic()
+    r = s.api("POST", "/v1/sessions/p-ctl/pause", timeout=30 * SLOW)
+    assert r.status == 503 and r.json()["error"]["code"] == "scheduler_unavailable", r
+    assert r.header("Retry-After")
+    assert time.monotonic() - t0 < 15 * SLOW
+
+
+def test_paused_sandbox_without_its_scheduler_is_503_then_adopted_and_resumed(make_stack):
+    tpl = echo_template(pool={"min": 1, "max": 4})
+    s = make_stack({"templates": [tpl], "gateway": {"limits": {"resume_timeout": "1s"}}})
+    inst, h, pid = bind(s, "p-orphan")
+    assert sched_pause(s, inst).status == 200
+    s.stop_scheduler()  # the instance stays, frozen, with nobody to thaw it
+    assert frozen(pid)
+    t0 = time.monotonic()
+    r = s.get("/", session="p-orphan", timeout=30 * SLOW)
+    assert r.status == 503, r
+    assert r.json()["error"]["code"] == "instance_unavailable"
+    assert r.header("Retry-After")
+    assert time.monotonic() - t0 < 10 * SLOW
+    # A request with a small body is checked the same way.
+    r = curl(s.url("/"), method="POST", data=b"x" * 1000,
+             headers={"x-fc-session-id": "p-orphan"}, timeout=30 * SLOW)
+    assert r.status == 503 and r.json()["error"]["code"] == "instance_unavailable", r
+    # The restarted scheduler adopts it, thaws it and counts the time it was paused.
+    s.start_scheduler(wait_pools=False)
+    wait_until(lambda: not frozen(pid), 20 * SLOW, "the adopted instance to be thawed")
+    r = s.get("/", session="p-orphan")
+    assert r.status == 200 and r.header("x-berth-instance") == inst
+    wait_until(lambda: [e for e in events(s, "resumed") if e["session"] == h], 10 * SLOW,
+               "the resumed event")
+    e = [e for e in events(s, "resumed") if e["session"] == h][0]
+    assert e["reason"] == "adopted" and int(e["paused_ms"]) >= 1000

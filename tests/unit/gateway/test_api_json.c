@@ -279,7 +279,8 @@ TEST(session_round_trip)
     CHECK_STR_EQ(out, "{\"id\":\"k\\\"1\",\"tenant\":\"acme\",\"template\":\"first\","
                       "\"instance\":\"i-1\",\"state\":\"bound\",\"created_ms\":1000,"
                       "\"ttl_s\":60,\"idle_timeout_s\":1.500,\"last_active_ms\":2000,"
-                      "\"expires_at_ms\":3500,\"metadata\":{\"a\":[1,{\"b\":null}]}}");
+                      "\"expires_at_ms\":3500,\"paused\":false,\"paused_since_ms\":null,"
+                      "\"paused_ms\":0,\"metadata\":{\"a\":[1,{\"b\":null}]}}");
     /* the result is JSON */
     struct cm_json *j = cm_json_parse(out, strlen(out), NULL, 0);
     CHECK_NOT_NULL(j);
