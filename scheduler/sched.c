@@ -346,6 +346,15 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     }
     if (sch_drivers_for_templates(ctx->drivers, cfg, 1, err, errlen) < 0)
         goto fail;
+    for (size_t i = 0; i < cfg->n_templates; i++) {
+        const struct cm_template *t = &cfg->templates[i];
+        struct sch_driver *d = sch_template_driver(ctx, t);
+        if (t->pause_after && d && !d->ops->pause)
+            cm_log_warn("pause",
+                        "this driver cannot pause: idle.pause_after is ignored "
+                        "template=%s driver=%s",
+                        t->name, d->ops->name);
+    }
     ctx->agentctl = sch_agentctl_create(base);
     if (!ctx->agentctl) {
         snprintf(err, errlen, "out of memory");

@@ -69,6 +69,7 @@ TEST(sample_config_loads)
     CHECK_UINT_EQ(t->pool_max, 8);
     CHECK_UINT_EQ(t->ttl, 3600 * CM_USEC_PER_SEC);
     CHECK_UINT_EQ(t->idle_timeout, 600 * CM_USEC_PER_SEC);
+    CHECK_UINT_EQ(t->pause_after, 300 * CM_USEC_PER_SEC);
     CHECK_INT_EQ(t->on_lost, CM_LOST_REPLACE);
     CHECK_INT_EQ(t->data, 1);
     CHECK_UINT_EQ(t->data_size, 1024 * MiB);
@@ -120,6 +121,7 @@ TEST(full_config_values)
         "    run_as_root: yes\n"
         "    seccomp: strict\n"
         "    accel: tcg\n"
+        "    idle: {pause_after: 45s}\n"
         "    io: {read_bps: 10MiB, write_bps: 1MiB, read_iops: 100, write_iops: 50}\n"
         "gateway: {anything: goes here}\n"
         "scheduler: {the daemon: checks it}\n",
@@ -164,6 +166,7 @@ TEST(full_config_values)
     CHECK_UINT_EQ(t->max_ttl, 7 * 86400 * CM_USEC_PER_SEC);
     CHECK_UINT_EQ(t->idle_timeout, 90 * CM_USEC_PER_SEC);
     CHECK_UINT_EQ(t->max_idle_timeout, 3 * 3600 * CM_USEC_PER_SEC);
+    CHECK_UINT_EQ(t->pause_after, 45 * CM_USEC_PER_SEC);
     CHECK_INT_EQ(t->on_lost, CM_LOST_FAIL);
     CHECK_INT_EQ(t->data, 0);
     CHECK_UINT_EQ(t->data_size, 64 * MiB);
@@ -388,6 +391,10 @@ TEST(template_errors)
                  "2:5: templates.t.ttl: must not exceed max_ttl");
     EXPECT_ERROR(TPL "    idle_timeout: 2h\n    max_idle_timeout: 1h\n",
                  "2:5: templates.t.idle_timeout: must not exceed max_idle_timeout");
+    EXPECT_ERROR(TPL "    idle: {pause_after: 500ms}\n",
+                 "4:25: templates.t.idle.pause_after: must be 0 (never) or at least 1s");
+    EXPECT_ERROR(TPL "    idle: {later: 1s}\n", "4:12: templates.t.idle.later: unknown key");
+    EXPECT_ERROR(TPL "    idle: 5m\n", "4:11: templates.t.idle: must be a mapping");
     EXPECT_ERROR(TPL "    on_lost: maybe\n", "4:14: templates.t.on_lost: must be replace or fail");
     EXPECT_ERROR(TPL "    data: perhaps\n", "4:11: templates.t.data: must be true or false");
     EXPECT_ERROR(TPL "    data_size: 1MiB\n",

@@ -287,6 +287,16 @@ TEST(session_round_trip)
     cm_json_free(j);
 }
 
+TEST(session_paused)
+{
+    const char *fv[] = {"tenant", "acme", "key",    "k",      "state",     "bound",
+                        "created", "1000", "ttl",   "60000",  "idle_timeout", "1000",
+                        "last_active", "2000", "paused", "5000", "paused_ms", "1234"};
+    char out[1024];
+    CHECK_NOT_NULL(render(fv, CM_ARRAY_SIZE(fv), out, sizeof(out)));
+    CHECK_CONTAINS(out, "\"paused\":true,\"paused_since_ms\":5000,\"paused_ms\":1234,");
+}
+
 TEST(session_missing_or_odd_fields)
 {
     char out[1024];

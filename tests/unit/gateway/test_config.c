@@ -158,6 +158,7 @@ static void check_defaults(const struct gw_config *gc)
     CHECK_UINT_EQ(l->response_timeout, 300 * S);
     CHECK_UINT_EQ(l->stream_idle_timeout, 3600 * S);
     CHECK_UINT_EQ(l->start_timeout, 30 * S);
+    CHECK_UINT_EQ(l->resume_timeout, 10 * S);
     CHECK_UINT_EQ(l->buffer_high, 256 * KiB);
     CHECK_UINT_EQ(l->buffer_low, 64 * KiB);
     CHECK_UINT_EQ(l->upstream_idle_per_instance, 32);
@@ -283,6 +284,7 @@ TEST(every_key_with_a_non_default_value)
                 "    response_timeout: 1d\n"
                 "    stream_idle_timeout: 7d\n"
                 "    start_timeout: 1500ms\n"
+                "    resume_timeout: 2s\n"
                 "    buffer_high: 64MiB\n"
                 "    buffer_low: 0\n"
                 "    upstream_idle_per_instance: 0\n"
@@ -328,6 +330,7 @@ TEST(every_key_with_a_non_default_value)
     CHECK_UINT_EQ(l->response_timeout, 86400 * S);
     CHECK_UINT_EQ(l->stream_idle_timeout, 7 * 86400 * S);
     CHECK_UINT_EQ(l->start_timeout, 1500 * MS);
+    CHECK_UINT_EQ(l->resume_timeout, 2 * S);
     CHECK_UINT_EQ(l->buffer_high, 64 * MiB);
     CHECK_UINT_EQ(l->buffer_low, 0);
     CHECK_UINT_EQ(l->upstream_idle_per_instance, 0);
@@ -458,6 +461,8 @@ TEST(limits_errors)
                  "gateway.limits.stream_idle_timeout: must be 100ms..604800000ms");
     EXPECT_ERROR("gateway:\n  limits:\n    start_timeout: |50ms\n",
                  "gateway.limits.start_timeout: must be 100ms..3600000ms");
+    EXPECT_ERROR("gateway:\n  limits:\n    resume_timeout: |11m\n",
+                 "gateway.limits.resume_timeout: must be 100ms..600000ms");
     EXPECT_ERROR("gateway:\n  limits:\n    buffer_high: |1KiB\n",
                  "gateway.limits.buffer_high: must be 4096..67108864 bytes");
     EXPECT_ERROR("gateway:\n  limits:\n    buffer_low: |65MiB\n",
