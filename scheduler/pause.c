@@ -40,17 +40,40 @@ static cm_usec_t agent_timeout(const struct sch_inst *inst)
     return inst->drv->ops->agent_timeout ? inst->drv->ops->agent_timeout : AGENT_TIMEOUT;
 }
 
-/* Answers and forgets every waiter. */
+/* Answers and forgets the waiters for a pause (<pausers> 1) or every waiter (0). */
+static void settle_some(struct sch_inst *inst, int pausers, int status, const char *code,
+                        const char *msg)
+{
+    struct sch_pause_wait *done = NULL, **p = &inst->pause_waiters;
+    while (*p) {
+        struct sch_pause_wait *w = *p;
+        if (pausers && w->resume) {
+            p = &w->next;
+            continue;
+        }
+        *p = w->next;
+        w->next = done;
+        done = w;
+    }
+    while (done) {
+        struct sch_pause_wait *next = done->next;
+        done->next = NULL;
+        done->cb(done, status, code, msg);
+        done = next;
+    }
+}
+
 static void settle(struct sch_inst *inst, int status, const char *code, const char *msg)
 {
-    struct sch_pause_wait *w = inst->pause_waiters;
-    inst->pause_waiters = NULL;
-    while (w) {
-        struct sch_pause_wait *next = w->next;
-        w->next = NULL;
-        w->cb(w, status, code, msg);
-        w = next;
-    }
+    settle_some(inst, 0, status, code, msg);
+}
+
+/* A pause did not happen: its waiters get the error, a resume's (it runs) 200. */
+static void pause_failed(struct sch_inst *inst, int status, const char *code, const char *msg)
+{
+    settle_some(inst, 1, status, code, msg);
+    if (inst->pause == SCH_PAUSE_RUNNING)
+        settle(inst, 200, NULL, NULL);
 }
 
 static void add_waiter(struct sch_inst *inst, struct sch_pause_wait *w)
@@ -96,7 +119,7 @@ static void recorded(struct sch_inst *inst, const char *err, enum sch_pause_stat
     if (err)
         cm_log_warn("pause", "script failed inst=%s err=\"%s\"", inst->id, err);
     if (inst->pause == state)
-        settle(inst, 200, NULL, NULL);
+        settle_some(inst, state == SCH_PAUSE_PAUSED, 200, NULL, NULL);
 }
 
 static void on_paused(struct redisReply *r, const char *err, void *data)
@@ -201,6 +224,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 void sch_resume(struct sch_inst *inst, const char *reason, struct sch_pause_wait *w)
 {
+    if (w)
+        w->resume = 1;
     switch (inst->pause) {
     case SCH_PAUSE_RUNNING:
         if (w)
@@ -257,7 +282,7 @@ static void on_pause_reply(const char *reply, int err, void *data)
             cm_log_debug("pause", "not paused, busy inst=%s why=\"%s\"", inst->id, msg);
         else
             cm_log_warn("pause", "agent refused PAUSE inst=%s reply=\"%s\"", inst->id, msg);
-        settle(inst, busy ? 409 : 502, busy ? "busy" : "agent_error", msg);
+        pause_failed(inst, busy ? 409 : 502, busy ? "busy" : "agent_error", msg);
         /* No answer: the agent may have stopped accepting before the reply was lost. Tell it
          * to accept again (an agent that answers nothing at all is not ended for that). */
         if (!reply) {
@@ -273,7 +298,7 @@ static void on_pause_reply(const char *reply, int err, void *data)
     if (rc < 0) {
         cm_log_warn("pause", "freeze failed inst=%s err=\"%s\"", inst->id, msg);
         inst->pause = SCH_PAUSE_RESUMING;
-        settle(inst, rc == -EAGAIN ? 409 : 502, rc == -EAGAIN ? "busy" : "pause_failed", msg);
+        pause_failed(inst, rc == -EAGAIN ? 409 : 502, rc == -EAGAIN ? "busy" : "pause_failed", msg);
         inst->resume_reason[0] = '\0';
         sch_inst_ref(inst);
         if (sch_agentctl_request(inst->ctx->agentctl, inst->di->ctl, "RESUME", agent_timeout(inst),
@@ -291,8 +316,10 @@ static void on_pause_reply(const char *reply, int err, void *data)
         cm_log_error("pause", "cannot watch the listeners, resuming inst=%s", inst->id);
         do_resume(inst, "request");
     } else if (waiting || inst->resume_after) {
+        char why[sizeof(inst->resume_reason)];
+        snprintf(why, sizeof(why), "%s", waiting ? "request" : inst->resume_reason);
         inst->resume_after = 0;
-        do_resume(inst, waiting ? "request" : inst->resume_reason);
+        do_resume(inst, why);
     }
     sch_inst_unref(inst);
 }
@@ -309,6 +336,8 @@ void sch_pause(struct sch_inst *inst, const char *reason, struct sch_pause_wait 
             w->cb(w, 501, "not_supported", "this instance's driver cannot pause");
         return;
     }
+    if (w)
+        w->resume = 0;
     switch (inst->pause) {
     case SCH_PAUSE_PAUSED:
         if (w)

@@ -37,6 +37,8 @@ enum sch_pause_state {
 struct sch_pause_wait {
     struct sch_pause_wait *next;
     void (*cb)(struct sch_pause_wait *w, int status, const char *code, const char *msg);
+    int resume; /* set by sch_resume(): it waits for the instance to run (a pause that fails
+                 * leaves it running: 200) */
 };
 
 /* Pauses <inst> (reason: "idle" or "api"); <w> (may be NULL) learns the outcome. Paused

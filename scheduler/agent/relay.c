@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -470,7 +471,10 @@ int agent_relay_pause(struct agent_relay *r, uint64_t now_ms, uint64_t quiet_ms,
             *ret_why = "a connection is being set up";
             return -EBUSY;
         }
-        if (c->up.len || c->down.len || c->up.eof != c->down.eof) {
+        int unread = 0, unread_up = 0;
+        if (c->up.len || c->down.len || c->up.eof != c->down.eof ||
+            ioctl(c->cw.fd, FIONREAD, &unread) < 0 || unread > 0 ||
+            ioctl(c->uw.fd, FIONREAD, &unread_up) < 0 || unread_up > 0) {
             *ret_why = "a connection has bytes in flight";
             return -EBUSY;
         }

@@ -50,7 +50,8 @@ unsigned agent_relay_conns(const struct agent_relay *r);
 unsigned agent_relay_waiting(const struct agent_relay *r);
 int agent_relay_holding(const struct agent_relay *r);
 /* Before the host freezes the sandbox (PAUSE): refuses with -EBUSY and a reason in <ret_why>
- * while any connection is being set up, has bytes buffered or is half-closed, or any byte was
+ * while any connection is being set up, has bytes buffered or waiting in either socket
+ * (FIONREAD) or is half-closed, or any byte was
  * relayed less than <quiet_ms> before <now_ms> (a request in flight); else stops accepting
  * (new connections wait in the listeners' backlogs, which is what the host watches to resume)
  * and closes every connection, idle keep-alive connections of the gateway (a request the

@@ -978,6 +978,7 @@ class Stack:
         except Exception:  # noqa: BLE001 - Redis may be gone already
             pass
         cg = self.cfg["scheduler"].get("cgroup_parent")
+        self.thaw_cgroups()  # a frozen (paused) sandbox takes no SIGKILL on cgroup v1
         for _ in range(50):
             pids |= _pids_matching(self.host_id, cg)
             if not pids:
@@ -994,22 +995,39 @@ class Stack:
                            stderr=subprocess.DEVNULL)
         self.remove_cgroups()
 
-    def remove_cgroups(self):
-        """Removes this stack's (now empty) cgroup directories: the scheduler logs each
-        controller's parent directory ("controller ready ... dir=..."); the instances' cgroups
-        are below it."""
+    def cgroup_parents(self):
+        """This stack's cgroup parent directories: the scheduler logs each controller's
+        ("controller ready ... dir=..."); the instances' cgroups are below them."""
         log = self.base / "scheduler.log"
         try:
             text = log.read_text(errors="replace")
         except OSError:
-            return
+            return set()
         name = self.cfg["scheduler"].get("cgroup_parent", "")
         # The process driver's parents end in <name>; the microvm driver's are <name>/microvm.
         parents = set()
         for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text):
             if name and ("/" + name + "/") in d + "/":
                 parents.add(d[:(d + "/").index("/" + name + "/") + len(name) + 1])
-        for parent in parents:
+        return parents
+
+    def thaw_cgroups(self):
+        """Thaws every frozen cgroup of this stack (tests that pause sandboxes may leave one)."""
+        for parent in self.cgroup_parents():
+            for root, _dirs, files in os.walk(parent):
+                for f, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                    if f in files and root != parent:
+                        try:
+                            with open(os.path.join(root, f), "w") as fh:
+                                fh.write(value)
+                        except OSError:
+                            pass
+
+    def remove_cgroups(self):
+        """Removes this stack's (now empty) cgroup directories: the scheduler logs each
+        controller's parent directory ("controller ready ... dir=..."); the instances' cgroups
+        are below it."""
+        for parent in self.cgroup_parents():
             for _ in range(50):
                 if not os.path.isdir(parent):
                     break

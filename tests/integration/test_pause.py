@@ -9,6 +9,7 @@ a frozen sandbox really runs nothing."""
 import concurrent.futures
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -268,3 +269,31 @@ def test_paused_sandbox_without_its_scheduler_is_503_then_adopted_and_resumed(ma
                "the resumed event")
     e = [e for e in events(s, "resumed") if e["session"] == h][0]
     assert e["reason"] == "adopted" and int(e["paused_ms"]) >= 1000
+
+
+def test_pause_is_refused_while_bytes_are_in_flight(make_stack):
+    """A download the client reads slowly keeps bytes in the agent's buffers: the agent says
+    BUSY, the control API answers 409 session_busy, the download goes on, and the session is
+    not paused."""
+    s = pause_stack(make_stack)
+    inst, h, pid = bind(s, "p-busy")
+    p = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "--limit-rate", "200K",
+                          "-H", "x-fc-session-id: p-busy", "--max-time", str(60 * SLOW),
+                          s.url("/bytes?n=%d" % (64 << 20))])
+    try:
+        wait_until(lambda: any(i["pause"] == "running" and i["id"] == inst
+                               for i in s.sched_api("/v1/status").json()["instances"]) and
+                   p.poll() is None and time.sleep(0.5) is None, 10 * SLOW, "the download")
+        r = s.api("POST", "/v1/sessions/p-busy/pause")
+        assert r.status == 409, r
+        assert r.json()["error"]["code"] == "session_busy"
+        assert "bytes in flight" in r.json()["error"]["message"]
+        assert not frozen(pid) and p.poll() is None
+        assert not paused_field(s, h)
+    finally:
+        p.kill()
+        p.wait()
+    # Once the connection is gone, it pauses.
+    wait_until(lambda: s.api("POST", "/v1/sessions/p-busy/pause").status == 200, 10 * SLOW,
+               "the pause once the download is gone")
+    assert frozen(pid)
