@@ -32,6 +32,8 @@
  * parsed until the client has read them (a client that sends and never reads must not fill
  * our memory; the timer armed at the last answer then closes it). */
 #define OUT_HIGH (256 * 1024)
+/* A streamed answer's drain callback runs once no more than this is queued. */
+#define STREAM_LOW (16 * 1024)
 #define NO_OFF UINT32_MAX
 /* Buckets of the table of connections per client address and per owner (chained). */
 #define QUOTA_BUCKETS 256
@@ -49,11 +51,12 @@ struct hdr {
 };
 
 enum cstate {
-    C_IDLE,    /* between requests: no byte of the next one yet */
-    C_READING, /* a request begun */
-    C_PENDING, /* complete: the handler has it */
-    C_CLOSING, /* the last answer is queued: close once it is written */
-    C_LINGER,  /* written and shut down for writing: discard input until EOF or the timer */
+    C_IDLE,      /* between requests: no byte of the next one yet */
+    C_READING,   /* a request begun */
+    C_PENDING,   /* complete: the handler has it */
+    C_STREAMING, /* the handler answers in chunks (cm_httpd_stream_begin()) */
+    C_CLOSING,   /* the last answer is queued: close once it is written */
+    C_LINGER,    /* written and shut down for writing: discard input until EOF or the timer */
 };
 
 struct cm_httpd_req {
@@ -69,6 +72,9 @@ struct cm_httpd_req {
     struct evbuffer *out; /* headers the handler added */
     cm_httpd_close_cb close_cb;
     void *close_arg;
+    cm_httpd_drain_cb drain_cb; /* streaming: what waits for the output to drain */
+    void *drain_arg;
+    uint8_t chunked; /* streaming with chunked framing (HTTP/1.1) */
     int err_status; /* set by a parser callback that refused the request */
     const char *err_code, *err_msg;
     uint8_t method, http10, head, keep; /* set when complete */
@@ -205,7 +211,7 @@ static void conn_free(struct hconn *c)
         c->dead = 1;
         return;
     }
-    if (c->state == C_PENDING && c->req) {
+    if ((c->state == C_PENDING || c->state == C_STREAMING) && c->req) {
         /* The handler has it: with a close callback it learns now and the request goes;
          * without, the request waits for its answer, which then only frees it. */
         struct cm_httpd_req *r = c->req;
@@ -260,6 +266,9 @@ static void request_reset(struct hconn *c)
     r->blen = 0;
     r->close_cb = NULL;
     r->close_arg = NULL;
+    r->drain_cb = NULL;
+    r->drain_arg = NULL;
+    r->chunked = 0;
     r->err_status = 0;
     if (r->out)
         evbuffer_drain(r->out, evbuffer_get_length(r->out));
@@ -269,6 +278,7 @@ static void request_reset(struct hconn *c)
 
 /* --- answers ------------------------------------------------------------------------------ */
 
+/* <len> SIZE_MAX: a streamed body (chunked for HTTP/1.1, until the close for HTTP/1.0). */
 static int queue_answer(struct hconn *c, int status, const char *ctype, const char *body,
                         size_t len, int keep, int head)
 {
@@ -279,8 +289,13 @@ static int queue_answer(struct hconn *c, int status, const char *ctype, const ch
         return -1;
     if (ctype && !bodyless && evbuffer_add_printf(o, "Content-Type: %s\r\n", ctype) < 0)
         return -1;
-    if (!bodyless && evbuffer_add_printf(o, "Content-Length: %zu\r\n", len) < 0)
+    if (len == SIZE_MAX) {
+        if (!http10 && evbuffer_add(o, "Transfer-Encoding: chunked\r\n", 28) < 0)
+            return -1;
+        len = 0;
+    } else if (!bodyless && evbuffer_add_printf(o, "Content-Length: %zu\r\n", len) < 0) {
         return -1;
+    }
     if (c->req->out && evbuffer_add_buffer(o, c->req->out) < 0)
         return -1;
     const char *conn = !keep ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "";
@@ -325,6 +340,8 @@ static void refuse(struct hconn *c, int status, const char *code, const char *ms
     finish_closing(c);
 }
 
+static void answered(struct hconn *c, int keep);
+
 void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_type,
                     const char *body, size_t len)
 {
@@ -344,6 +361,12 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
         conn_free(c);
         return;
     }
+    answered(c, keep);
+}
+
+/* The answer to c's request is queued in full: close, or wait for the next request. */
+static void answered(struct hconn *c, int keep)
+{
     if (!keep) {
         finish_closing(c);
         return;
@@ -360,6 +383,70 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
      * next request's handler never runs inside whoever answered this one. */
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
         event_active(c->resume, EV_READ, 1);
+}
+
+int cm_httpd_stream_begin(struct cm_httpd_req *req, int status, const char *content_type)
+{
+    struct hconn *c = req->c;
+    if (!c || c->state != C_PENDING)
+        return -EPIPE;
+    if (status < 200 || status > 599 || status == 204 || status == 304)
+        return -EINVAL;
+    req->chunked = !req->http10;
+    if (!req->chunked)
+        req->keep = 0; /* an HTTP/1.0 body ends with the connection */
+    if (queue_answer(c, status, content_type, NULL, SIZE_MAX, req->keep, req->head) < 0) {
+        conn_free(c); /* its close callback runs */
+        return -ENOMEM;
+    }
+    c->state = C_STREAMING;
+    /* From now on the timer bounds each wait for the client to take what is queued. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, STREAM_LOW, 0);
+    return arm(c, c->h->lim.timeout) < 0 ? -EPIPE : 0;
+}
+
+long cm_httpd_stream_write(struct cm_httpd_req *req, const void *data, size_t len)
+{
+    struct hconn *c = req->c;
+    if (!c || c->state != C_STREAMING)
+        return -EPIPE;
+    struct evbuffer *o = bufferevent_get_output(c->bev);
+    if (len && !req->head && evbuffer_get_length(o) == 0 && arm(c, c->h->lim.timeout) < 0)
+        return -EPIPE; /* <c> is gone, and <req> with it */
+    if (len && !req->head) {
+        int rc = req->chunked ? evbuffer_add_printf(o, "%zx\r\n", len) : 0;
+        if (rc < 0 || evbuffer_add(o, data, len) < 0 ||
+            (req->chunked && evbuffer_add(o, "\r\n", 2) < 0))
+            return -ENOMEM;
+    }
+    return (long)evbuffer_get_length(o);
+}
+
+void cm_httpd_stream_on_drain(struct cm_httpd_req *req, cm_httpd_drain_cb cb, void *arg)
+{
+    req->drain_cb = cb;
+    req->drain_arg = arg;
+}
+
+void cm_httpd_stream_end(struct cm_httpd_req *req)
+{
+    struct hconn *c = req->c;
+    if (!c) {
+        req_free(req); /* its client went away */
+        return;
+    }
+    if (c->state != C_STREAMING)
+        return;
+    req->close_cb = NULL;
+    req->drain_cb = NULL;
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    if (req->chunked && !req->head &&
+        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5) < 0) {
+        conn_free(c);
+        return;
+    }
+    c->state = C_PENDING; /* as if answered at once */
+    answered(c, req->keep);
 }
 
 void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
@@ -660,7 +747,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
-    if (c->state == C_PENDING)
+    if (c->state == C_PENDING || c->state == C_STREAMING)
         return; /* kept (up to the read watermark) until the answer: pipelining */
     process(c);
 }
@@ -674,6 +761,19 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct hconn *c = arg;
+    if (c->state == C_STREAMING) {
+        /* the client took what was queued down to STREAM_LOW: progress (nothing queued: no
+         * wait to bound, however long the handler has nothing to send) */
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            evtimer_del(c->timer);
+        else if (arm(c, c->h->lim.timeout) < 0)
+            return;
+        cm_httpd_drain_cb cb = c->req->drain_cb;
+        c->req->drain_cb = NULL;
+        if (cb)
+            cb(c->req->drain_arg);
+        return;
+    }
     if (c->state == C_IDLE || c->state == C_READING) {
         /* an answer is out: an unheld connection's wait for its next request starts now */
         if (c->state == C_IDLE && !c->owner_q && arm(c, c->h->lim.header_timeout) < 0)

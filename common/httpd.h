@@ -146,6 +146,27 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
 void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
                           const char *message);
 
+/* --- a streamed answer (issue 17: exec output, event streams) ---
+ * cm_httpd_stream_begin() queues the head (HTTP/1.1: "Transfer-Encoding: chunked"; HTTP/1.0:
+ * the body ends with the connection, which then closes); each cm_httpd_stream_write() queues
+ * one chunk; cm_httpd_stream_end() the last, and <req> is gone after it. Until then the
+ * request's close callback (set it first) says the client went away: <req> is gone then, and
+ * must not be used again. The connection's timer bounds only waits for the client to take
+ * what is queued (<timeout>); a handler that has nothing to send may take as long as it
+ * needs (send something now and then if the client may be behind a proxy with an idle
+ * timeout). The client's next pipelined request waits for the end. */
+typedef void (*cm_httpd_drain_cb)(void *arg);
+/* Returns 0, -EINVAL (a status with no body, or out of range), -EPIPE (answered already, or
+ * the client is gone) or -ENOMEM (the connection is closed: the close callback ran). */
+int cm_httpd_stream_begin(struct cm_httpd_req *req, int status, const char *content_type);
+/* Queues <len> bytes (0: nothing). Returns how many bytes are queued for the client in all
+ * (stop producing above a bound of yours and wait for the drain callback), or -EPIPE / -ENOMEM
+ * (then end the stream). A HEAD request queues nothing. */
+long cm_httpd_stream_write(struct cm_httpd_req *req, const void *data, size_t len);
+/* Runs <cb> once, the next time what is queued falls to 16 KiB or below (NULL: none). */
+void cm_httpd_stream_on_drain(struct cm_httpd_req *req, cm_httpd_drain_cb cb, void *arg);
+void cm_httpd_stream_end(struct cm_httpd_req *req);
+
 /* The reason phrase of <status> ("Unknown" for codes we do not send). */
 const char *cm_http_reason(int status);
 

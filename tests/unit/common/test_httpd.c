@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,5 +854,110 @@ TEST(httpd_listener_limits_unheld_connections_per_address)
     for (int i = 0; i < 4; i++)
         close(s[i]);
     f.peer = -1;
+    fx_done(&f);
+}
+
+/* --- streamed answers -------------------------------------------------------------------- */
+
+static void on_drained(void *arg)
+{
+    struct fx *f = arg;
+    f->requests += 100; /* counted apart from the requests */
+}
+
+TEST(httpd_streams_chunks_then_keeps_the_connection)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER_CLOSECB;
+    put(&f, "GET /s HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    CHECK_NOT_NULL(f.held);
+    struct cm_httpd_req *r = f.held;
+    CHECK_INT_EQ(cm_httpd_stream_begin(r, 200, "application/x-ndjson"), 0);
+    CHECK_INT_EQ(cm_httpd_stream_begin(r, 200, NULL), -EPIPE); /* once */
+    CHECK(cm_httpd_stream_write(r, "one\n", 4) > 0);
+    pump(&f, 200, "one\n");
+    CHECK_CONTAINS(f.got, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n4\r\none\n\r\n");
+    /* Nothing to send for longer than the timeout (300 ms) is fine: only a wait for the
+     * client to take bytes is bounded. */
+    run_ms(f.base, 450);
+    CHECK_INT_EQ(f.closed, 0);
+    CHECK(cm_httpd_stream_write(r, "", 0) >= 0); /* nothing: no empty chunk (it would end it) */
+    CHECK(cm_httpd_stream_write(r, "two\n", 4) > 0);
+    cm_httpd_stream_end(r);
+    f.held = NULL;
+    pump(&f, 200, "0\r\n\r\n");
+    CHECK_CONTAINS(f.got, "4\r\ntwo\n\r\n0\r\n\r\n");
+    CHECK(!test_contains(f.got, "\r\n0\r\n\r\n4\r\n"));
+    CHECK_INT_EQ(f.closed, 0);
+    /* The connection serves the next request. */
+    f.mode = ECHO;
+    f.got_len = 0;
+    f.got[0] = '\0';
+    put(&f, "GET /next HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 200, "p=/next");
+    CHECK_CONTAINS(f.got, "p=/next");
+    fx_done(&f);
+}
+
+TEST(httpd_stream_to_http10_ends_with_the_connection)
+{
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER_CLOSECB;
+    put(&f, "GET /s HTTP/1.0\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    struct cm_httpd_req *r = f.held;
+    CHECK_NOT_NULL(r);
+    CHECK_INT_EQ(cm_httpd_stream_begin(r, 200, "text/plain"), 0);
+    CHECK(cm_httpd_stream_write(r, "raw bytes", 9) > 0);
+    cm_httpd_stream_end(r);
+    f.held = NULL;
+    pump(&f, 500, NULL);
+    CHECK(f.eof);
+    CHECK(!test_contains(f.got, "Transfer-Encoding"));
+    CHECK(!test_contains(f.got, "Content-Length"));
+    CHECK_CONTAINS(f.got, "Connection: close\r\n\r\nraw bytes");
+    fx_done(&f);
+}
+
+TEST(httpd_stream_close_callback_and_drain)
+{
+    signal(SIGPIPE, SIG_IGN); /* as the daemons do: the stream is written after the close */
+    struct fx f;
+    fx_init(&f, NULL);
+    f.mode = DEFER_CLOSECB;
+    put(&f, "GET /s HTTP/1.1\r\n\r\n", -1);
+    pump(&f, 50, "never");
+    struct cm_httpd_req *r = f.held;
+    CHECK_NOT_NULL(r);
+    CHECK_INT_EQ(cm_httpd_stream_begin(r, 204, NULL), -EINVAL);
+    CHECK_INT_EQ(cm_httpd_stream_begin(r, 200, "text/plain"), 0);
+    /* More than the socket takes at once: the drain callback comes when the client reads. */
+    static char big[512 * 1024];
+    memset(big, 'x', sizeof(big));
+    long queued = cm_httpd_stream_write(r, big, sizeof(big));
+    CHECK(queued > 0);
+    cm_httpd_stream_on_drain(r, on_drained, &f);
+    int before = f.requests;
+    size_t taken = 0;
+    for (int i = 0; i < 2000 && f.requests == before; i++) { /* the client reads, slowly */
+        run_ms(f.base, 1);
+        char buf[65536];
+        ssize_t n = read(f.peer, buf, sizeof(buf));
+        if (n > 0)
+            taken += (size_t)n;
+    }
+    CHECK_INT_EQ(f.requests, before + 100); /* the drain callback ran, once */
+    CHECK(taken > sizeof(big) - 64 * 1024);
+    CHECK_INT_EQ(f.closed, 0);
+    /* The client leaves while the stream is open: the close callback says so. */
+    close(f.peer);
+    f.peer = -1;
+    run_ms(f.base, 50);
+    CHECK_INT_EQ(f.closed, 1);
+    CHECK(f.held == NULL);
     fx_done(&f);
 }
