@@ -58,11 +58,22 @@ struct scrape {
 int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *ret, char *err,
                          size_t errlen)
 {
-    static const char *const keys[] = {
-        "max_body",     "max_header_bytes", "timeout",         "scrape_timeout", "max_hosts",
-        "max_metadata", "list_default",     "list_max",        "max_connections",
-        "header_timeout", "max_connections_per_tenant", "max_connections_per_address",
-        "health_max_connections", NULL};
+    static const char *const keys[] = {"max_body",
+                                       "max_header_bytes",
+                                       "timeout",
+                                       "scrape_timeout",
+                                       "max_hosts",
+                                       "max_metadata",
+                                       "list_default",
+                                       "list_max",
+                                       "max_connections",
+                                       "header_timeout",
+                                       "max_connections_per_tenant",
+                                       "max_connections_per_address",
+                                       "health_max_connections",
+                                       "exec_timeout",
+                                       "exec_max_timeout",
+                                       NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
     const char *p = "gateway.admin";
@@ -84,8 +95,15 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         cm_conf_u64(&ctx, m, p, "max_connections", 256, 1, 100000, &conns) ||
         cm_conf_size(&ctx, m, p, "max_metadata", 16384, 0, 1u << 20, &l.api.max_metadata) ||
         cm_conf_u64(&ctx, m, p, "list_max", 1000, 1, 10000, &list_max) ||
-        cm_conf_u64(&ctx, m, p, "list_default", CM_MIN(100, list_max), 1, 10000, &list_default))
+        cm_conf_u64(&ctx, m, p, "list_default", CM_MIN(100, list_max), 1, 10000, &list_default) ||
+        cm_conf_duration(&ctx, m, p, "exec_max_timeout", 3600 * S, S, 86400 * S,
+                         &l.api.exec_max_timeout) ||
+        cm_conf_duration(&ctx, m, p, "exec_timeout", CM_MIN(300 * S, l.api.exec_max_timeout), S,
+                         86400 * S, &l.api.exec_timeout))
         return -EINVAL;
+    if (l.api.exec_timeout > l.api.exec_max_timeout)
+        return cm_conf_fail(&ctx, cm_ynode_get(m, "exec_timeout"), p, "exec_timeout",
+                            "must not exceed exec_max_timeout");
     if (l.header_timeout > l.timeout)
         return cm_conf_fail(&ctx, cm_ynode_get(m, "header_timeout"), p, "header_timeout",
                             "must not exceed timeout");

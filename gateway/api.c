@@ -20,6 +20,7 @@
 #include "common/store.h"
 #include "common/time.h"
 #include "gateway/admin.h"
+#include "gateway/api_exec.h"
 #include "gateway/api_json.h"
 #include "gateway/api_pools.h"
 #include "gateway/api_sched.h"
@@ -30,7 +31,7 @@
 #define MAX_FIELDS 64   /* fields of a session hash we look at */
 #define API_KEY_MAX 512 /* longest bearer token considered */
 
-enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST, OP_PAUSE };
+enum op_kind { OP_CREATE, OP_GET, OP_UPDATE, OP_DELETE, OP_LIST, OP_PAUSE, OP_EXEC };
 
 struct op;
 
@@ -62,6 +63,7 @@ struct op {
     struct slot *slots;
     size_t n_slots;
     int resume;                 /* OP_PAUSE: resume rather than pause */
+    struct gw_api_exec exec;    /* OP_EXEC: the parsed body (its tree freed with the op) */
     struct gw_sched_call *call; /* OP_PAUSE: the scheduler's answer is awaited */
 };
 
@@ -151,6 +153,7 @@ static void op_free(struct op *op)
         cm_jbuf_fini(&op->slots[i].json);
     free(op->slots);
     gw_api_create_fini(&op->create);
+    cm_json_free(op->exec.j);
     free(op);
 }
 
@@ -637,6 +640,64 @@ static void handle_pause(struct gw_api *api, struct cm_httpd_req *req, const str
     op_settle(op);
 }
 
+/* --- POST /v1/sessions/{id}/exec ---------------------------------------------------------- */
+
+static void exec_on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    char addr[256];
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
+        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    } else if (!rec.addr || !rec.addr_len || rec.addr_len >= sizeof(addr)) {
+        op_error(op, GW_ERR_INSTANCE_LOST, NULL);
+    } else {
+        memcpy(addr, rec.addr, rec.addr_len);
+        addr[rec.addr_len] = '\0';
+        struct cm_httpd_req *req = op->req;
+        op->req = NULL;
+        gw_api_exec_start(op->api->base, op->api->gc, req, addr, &op->exec);
+    }
+    op_settle(op);
+}
+
+static void handle_exec(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
+                        const char *h)
+{
+    size_t len;
+    const char *body = cm_httpd_body(req, &len);
+    struct gw_api_exec spec;
+    struct gw_api_error e;
+    if (!body) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    if (gw_api_parse_exec(body, len, &api->lim->api, &spec, &e) < 0) {
+        gw_api_reply_error(req, e.err, e.message, 0);
+        return;
+    }
+    struct op *op = op_new(api, req, OP_EXEC, t);
+    if (!op) {
+        cm_json_free(spec.j);
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    op->exec = spec;
+    memcpy(op->h, h, sizeof(op->h));
+    if (read_session(op, exec_on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
 /* --- GET /v1/sessions --------------------------------------------------------------------- */
 
 static void list_answer(struct op *op)
@@ -833,7 +894,8 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
     const char *seg = session_segment(path, &seg_len, &action);
     int pause = action && strcmp(action, "pause") == 0;
     int resume = action && strcmp(action, "resume") == 0;
-    if (seg && action && !pause && !resume) {
+    int exec = action && strcmp(action, "exec") == 0;
+    if (seg && action && !pause && !resume && !exec) {
         gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
         return;
     }
@@ -855,7 +917,9 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
         }
         char h[CM_HASH_HEX_LEN + 1];
         cm_hash_hex(cm_key_hash(t->name, CM_KEY_SRC_SID, id, id_len), h);
-        if (action)
+        if (exec)
+            handle_exec(api, req, t, h);
+        else if (action)
             handle_pause(api, req, t, h, resume);
         else if (get)
             handle_get(api, req, t, h);

@@ -16,6 +16,7 @@
 #define YEAR_S (365ull * 86400)
 
 static int fail(struct gw_api_error *err, enum gw_err e, const char *fmt, ...) CM_PRINTF(3, 4);
+static int utf8_valid(const unsigned char *s, size_t n);
 
 static int fail(struct gw_api_error *err, enum gw_err e, const char *fmt, ...)
 {
@@ -25,6 +26,11 @@ static int fail(struct gw_api_error *err, enum gw_err e, const char *fmt, ...)
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
     return -EINVAL;
+}
+
+int gw_api_utf8_valid(const char *s, size_t n)
+{
+    return utf8_valid((const unsigned char *)s, n);
 }
 
 static int utf8_valid(const unsigned char *s, size_t n)
@@ -399,6 +405,7 @@ int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
          offsetof(struct gw_session_rec, state_len)},
         {"meta", offsetof(struct gw_session_rec, meta), offsetof(struct gw_session_rec, meta_len)},
         {"host", offsetof(struct gw_session_rec, host), offsetof(struct gw_session_rec, host_len)},
+        {"addr", offsetof(struct gw_session_rec, addr), offsetof(struct gw_session_rec, addr_len)},
     };
     for (size_t i = 0; i + 1 < n; i += 2) {
         const char *f = fv[i], *v = fv[i + 1];
@@ -510,4 +517,100 @@ int gw_api_pct_decode(const char *in, size_t n, char *out, size_t cap, size_t *r
     out[o] = '\0';
     *ret_len = o;
     return 0;
+}
+
+/* ------------------------------------------------------------------ exec */
+
+static int exec_str(const struct cm_json *v, size_t max, int absolute)
+{
+    return v && v->type == CM_JSON_STRING && v->len > 0 && v->len <= max &&
+           !memchr(v->str, '\0', v->len) && (!absolute || v->str[0] == '/');
+}
+
+static int env_name(const char *k)
+{
+    if (!*k || (*k >= '0' && *k <= '9') || strlen(k) > 256)
+        return 0;
+    for (; *k; k++)
+        if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9') ||
+              *k == '_'))
+            return 0;
+    return 1;
+}
+
+int gw_api_parse_exec(const char *body, size_t len, const struct gw_api_limits *lim,
+                      struct gw_api_exec *ret, struct gw_api_error *err)
+{
+    char perr[64];
+    memset(ret, 0, sizeof(*ret));
+    struct cm_json *j = cm_json_parse(body, len, perr, sizeof(perr));
+    if (!j || j->type != CM_JSON_OBJECT) {
+        cm_json_free(j);
+        return fail(err, GW_ERR_BAD_REQUEST, "the body must be a JSON object%s%s", j ? "" : ": ",
+                    j ? "" : perr);
+    }
+    ret->j = j;
+    static const char *const known[] = {"cmd", "env", "cwd", "stdin", "timeout"};
+    for (size_t i = 0; i < j->len; i++) {
+        int ok = 0;
+        for (size_t k = 0; k < CM_ARRAY_SIZE(known) && !ok; k++)
+            ok = strcmp(j->keys[i], known[k]) == 0;
+        if (!ok) {
+            fail(err, GW_ERR_INVALID_ARGUMENT,
+                 "unknown field (known: cmd, env, cwd, stdin, "
+                 "timeout)");
+            goto bad;
+        }
+    }
+    ret->cmd = cm_json_get(j, "cmd");
+    if (!ret->cmd || ret->cmd->type != CM_JSON_ARRAY || ret->cmd->len < 1 || ret->cmd->len > 256) {
+        fail(err, GW_ERR_INVALID_ARGUMENT, "cmd: an array of 1 to 256 strings (the argv)");
+        goto bad;
+    }
+    for (size_t i = 0; i < ret->cmd->len; i++)
+        if (!exec_str(ret->cmd->items[i], 4096, 0)) {
+            fail(err, GW_ERR_INVALID_ARGUMENT, "cmd[%zu]: a string of 1 to 4096 bytes without NUL",
+                 i);
+            goto bad;
+        }
+    ret->env = cm_json_get(j, "env");
+    if (ret->env) {
+        if (ret->env->type != CM_JSON_OBJECT || ret->env->len > 256) {
+            fail(err, GW_ERR_INVALID_ARGUMENT, "env: an object of up to 256 NAME: \"value\"");
+            goto bad;
+        }
+        for (size_t i = 0; i < ret->env->len; i++) {
+            const struct cm_json *v = ret->env->items[i];
+            if (!env_name(ret->env->keys[i]) || v->type != CM_JSON_STRING ||
+                memchr(v->str, '\0', v->len) || v->len > 32768) {
+                fail(err, GW_ERR_INVALID_ARGUMENT,
+                     "env: names of [A-Za-z_][A-Za-z0-9_]*, values strings of up to 32 KiB "
+                     "without NUL");
+                goto bad;
+            }
+        }
+    }
+    ret->cwd = cm_json_get(j, "cwd");
+    if (ret->cwd && !exec_str(ret->cwd, 4096, 1)) {
+        fail(err, GW_ERR_INVALID_ARGUMENT, "cwd: an absolute path");
+        goto bad;
+    }
+    ret->stdin_ = cm_json_get(j, "stdin");
+    if (ret->stdin_ && ret->stdin_->type != CM_JSON_STRING) {
+        fail(err, GW_ERR_INVALID_ARGUMENT, "stdin: a string");
+        goto bad;
+    }
+    const struct cm_json *t = cm_json_get(j, "timeout");
+    uint64_t max_s = lim->exec_max_timeout / CM_USEC_PER_SEC;
+    if (t && (t->type != CM_JSON_NUMBER || t->number < 1 || t->number > (double)max_s)) {
+        fail(err, GW_ERR_INVALID_ARGUMENT, "timeout: seconds, 1 to %llu",
+             (unsigned long long)max_s);
+        goto bad;
+    }
+    ret->timeout_ms = t ? (uint64_t)(t->number * 1000) : lim->exec_timeout / CM_USEC_PER_MSEC;
+    return 0;
+bad:
+    cm_json_free(j);
+    memset(ret, 0, sizeof(*ret));
+    return -EINVAL;
 }

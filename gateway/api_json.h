@@ -9,6 +9,7 @@
 
 #include "common/json.h"
 #include "common/key.h"
+#include "common/time.h"
 #include "gateway/errors.h"
 
 struct cm_template;
@@ -19,6 +20,7 @@ struct gw_api_limits {
     uint64_t max_metadata; /* bytes of the metadata object as stored (compact JSON) */
     uint32_t list_default; /* sessions per page when ?limit is absent */
     uint32_t list_max;     /* largest ?limit accepted */
+    cm_usec_t exec_timeout, exec_max_timeout; /* POST .../exec: "timeout" absent, its bound */
 };
 
 /* A validation failure: the error code and a message for the client. */
@@ -63,10 +65,26 @@ int gw_api_parse_update(const char *body, size_t len, const struct cm_template *
 int gw_api_parse_list_query(const char *query, const struct gw_api_limits *lim, uint32_t *ret_limit,
                             uint64_t *ret_cursor, struct gw_api_error *err);
 
+/* POST /v1/sessions/{id}/exec: {"cmd": [argv...], "env"?: {NAME: value}, "cwd"?: "/abs",
+ * "stdin"?: "text", "timeout"?: seconds}. The strings point into <j> (the parsed body, kept by
+ * the caller until done; free with cm_json_free()). */
+struct gw_api_exec {
+    struct cm_json *j;
+    const struct cm_json *cmd, *env, *cwd, *stdin_; /* env, cwd, stdin_: NULL when absent */
+    uint64_t timeout_ms;
+};
+/* Validates the body (argv 1..256 strings of 1..4096 bytes, env up to 256 names of
+ * [A-Za-z_][A-Za-z0-9_]* with string values, cwd absolute, no NUL anywhere, timeout 1 s up to
+ * lim->exec_max_timeout, default lim->exec_timeout). Returns 0 or -EINVAL with <err> set. */
+int gw_api_parse_exec(const char *body, size_t len, const struct gw_api_limits *lim,
+                      struct gw_api_exec *ret, struct gw_api_error *err);
+/* Whether <n> bytes at <s> are UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
+int gw_api_utf8_valid(const char *s, size_t n);
+
 /* A session as stored in P s:{h}. Strings point into the caller's storage (borrowed). */
 struct gw_session_rec {
-    const char *key, *tenant, *tpl, *instance, *state, *meta, *host;
-    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len, host_len;
+    const char *key, *tenant, *tpl, *instance, *state, *meta, *host, *addr;
+    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len, host_len, addr_len;
     uint64_t created, ttl, idle, last_active; /* ms since the epoch / durations in ms */
     uint64_t paused, paused_ms; /* since when its sandbox is paused (0: running); time paused */
 };

@@ -36,6 +36,9 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                              "the session's sandbox is in use or changing state: retry later", 0},
     [GW_ERR_SCHEDULER_UNAVAILABLE] = {"scheduler_unavailable", 503,
                                       "the session's host did not answer, retry later", 1},
+    [GW_ERR_TOO_MANY_EXECS] = {"too_many_execs", 429,
+                               "the sandbox runs as many commands as it may: retry later", 1},
+    [GW_ERR_EXEC_FAILED] = {"exec_failed", 400, "the command could not start", 0},
     [GW_ERR_INSTANCE_UNAVAILABLE] = {"instance_unavailable", 503,
                                      "the session's sandbox did not take the request in time "
                                      "(paused and not resumed), retry later",

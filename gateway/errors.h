@@ -31,6 +31,8 @@ enum gw_err {
     GW_ERR_TOO_MANY_CONNECTIONS,  /* 429 a tenant or client address over its connection limit */
     GW_ERR_SESSION_BUSY,          /* 409 a pause refused: the sandbox is in use or changing state */
     GW_ERR_SCHEDULER_UNAVAILABLE, /* 503 the session's scheduler did not answer (Retry-After) */
+    GW_ERR_TOO_MANY_EXECS,        /* 429 the sandbox runs its limit of commands (Retry-After) */
+    GW_ERR_EXEC_FAILED,           /* 400 the command could not start (not found, bad cwd) */
     GW_ERR_INSTANCE_UNAVAILABLE,  /* 503 the instance took none of the request within
                                    * limits.resume_timeout (paused, not resumed) (Retry-After) */
     GW_ERR_COUNT

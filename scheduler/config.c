@@ -98,14 +98,39 @@ static int parse_listen(struct cm_conf_ctx *ctx, const struct cm_ynode *section,
 int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,
                      char *err, size_t errlen)
 {
-    static const char *const keys[] = {
-        "host_id",       "api_listen",      "run_dir",     "storage_root",  "capacity",
-        "heartbeat",     "reap_interval",   "bind_wait",   "cgroup_parent", "agent_path",
-        "destroy_grace", "ro_binds",        "console_max", "relay_buffer",  "relay_max_conns",
-        "api_max_body",  "api_max_pending", "api_max_header_bytes", "api_timeout",
-        "api_max_connections", "api_header_timeout", "health_listen", "health_max_connections",
-        "uid_base", "insecure", "reserve", "socket_group",
-        "api_secret", "api_secret_file", "pool_max_starting", "microvm", NULL};
+    static const char *const keys[] = {"host_id",
+                                       "api_listen",
+                                       "run_dir",
+                                       "storage_root",
+                                       "capacity",
+                                       "heartbeat",
+                                       "reap_interval",
+                                       "bind_wait",
+                                       "cgroup_parent",
+                                       "agent_path",
+                                       "destroy_grace",
+                                       "ro_binds",
+                                       "console_max",
+                                       "relay_buffer",
+                                       "relay_max_conns",
+                                       "api_max_body",
+                                       "api_max_pending",
+                                       "api_max_header_bytes",
+                                       "api_timeout",
+                                       "api_max_connections",
+                                       "api_header_timeout",
+                                       "health_listen",
+                                       "health_max_connections",
+                                       "uid_base",
+                                       "insecure",
+                                       "reserve",
+                                       "socket_group",
+                                       "api_secret",
+                                       "api_secret_file",
+                                       "pool_max_starting",
+                                       "microvm",
+                                       "exec_max",
+                                       NULL};
     static const char *const microvm_keys[] = {"qemu",          "image_dir",       "accel",
                                                "probe_timeout", "memory_overhead", "default_memory",
                                                "nice",          NULL};
@@ -115,6 +140,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     memset(&c, 0, sizeof(c));
     char *listen = NULL, *health = NULL;
     uint64_t capacity, max_conns, max_pending, api_conns, uid_base, health_conns, max_starting;
+    uint64_t exec_max;
     uint64_t mvm_nice = 10;
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
@@ -143,21 +169,22 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         cm_conf_size(&ctx, section, SEC, "relay_buffer", 64u << 10, 1u << 10, 64u << 20,
                      &c.relay_buffer) ||
         cm_conf_u64(&ctx, section, SEC, "relay_max_conns", 1024, 1, 1u << 20, &max_conns) ||
+        cm_conf_u64(&ctx, section, SEC, "exec_max", 16, 0, 10000, &exec_max) ||
         cm_conf_size(&ctx, section, SEC, "api_max_body", 64u << 10, 256, 16u << 20,
                      &c.api_max_body) ||
         cm_conf_u64(&ctx, section, SEC, "api_max_pending", 256, 1, 100000, &max_pending) ||
         cm_conf_size(&ctx, section, SEC, "api_max_header_bytes", 16u << 10, 1u << 10, 1u << 20,
                      &c.api_max_header_bytes) ||
-        cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC,
-                         CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
+        cm_conf_duration(&ctx, section, SEC, "api_timeout", 30 * CM_USEC_PER_SEC, CM_USEC_PER_SEC,
+                         3600 * CM_USEC_PER_SEC, &c.api_timeout) ||
         cm_conf_u64(&ctx, section, SEC, "api_max_connections", 256, 1, 100000, &api_conns) ||
         cm_conf_duration(&ctx, section, SEC, "api_header_timeout",
                          CM_MIN(5 * CM_USEC_PER_SEC, c.api_timeout), 100 * CM_USEC_PER_MSEC,
                          3600 * CM_USEC_PER_SEC, &c.api_header_timeout) ||
         cm_conf_str(&ctx, section, SEC, "health_listen", "", &health) ||
         cm_conf_u64(&ctx, section, SEC, "health_max_connections", 16, 1, 10000, &health_conns) ||
-        cm_conf_u64(&ctx, section, SEC, "uid_base", SCH_UID_BASE_DEFAULT, 65536,
-                    UINT32_MAX - 1, &uid_base) ||
+        cm_conf_u64(&ctx, section, SEC, "uid_base", SCH_UID_BASE_DEFAULT, 65536, UINT32_MAX - 1,
+                    &uid_base) ||
         cm_conf_bool(&ctx, section, SEC, "insecure", 0, &c.insecure) ||
         cm_conf_str(&ctx, section, SEC, "socket_group", NULL, &socket_group) ||
         cm_conf_keys(&ctx, reserve, SEC ".reserve", reserve_keys) ||
@@ -172,8 +199,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                          CM_USEC_PER_SEC, 600 * CM_USEC_PER_SEC, &c.microvm.probe_timeout) ||
         cm_conf_size(&ctx, mvm, SEC ".microvm", "memory_overhead", 192u << 20, 16u << 20,
                      1ull << 40, &c.microvm.memory_overhead) ||
-        cm_conf_size(&ctx, mvm, SEC ".microvm", "default_memory", 256u << 20, 64u << 20,
-                     1ull << 40, &c.microvm.default_memory) ||
+        cm_conf_size(&ctx, mvm, SEC ".microvm", "default_memory", 256u << 20, 64u << 20, 1ull << 40,
+                     &c.microvm.default_memory) ||
         cm_conf_u64(&ctx, mvm, SEC ".microvm", "nice", 10, 0, 19, &mvm_nice) ||
         cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
                        CM_SECRET_TOKEN, &c.api_secret))
@@ -240,6 +267,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     c.capacity = (uint32_t)capacity;
     c.pool_max_starting = (uint32_t)max_starting;
     c.relay_max_conns = (uint32_t)max_conns;
+    c.exec_max = (uint32_t)exec_max;
     c.api_max_pending = (uint32_t)max_pending;
     c.api_max_connections = (uint32_t)api_conns;
     c.health_max_conns = (uint32_t)health_conns;

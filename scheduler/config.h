@@ -51,6 +51,7 @@ struct sch_config {
     uint64_t console_max;  /* bytes of app output kept in {run_dir}/{id}/console.log */
     uint64_t relay_buffer; /* agent: bytes buffered per direction per connection */
     uint32_t relay_max_conns; /* agent: concurrent relayed connections */
+    uint32_t exec_max;        /* agent: commands run through the exec channel at once */
     uint64_t api_max_body;    /* scheduler API: largest request body */
     uint32_t api_max_pending; /* scheduler API: concurrent POST /v1/start waiting for readiness */
     uint64_t api_max_header_bytes; /* scheduler API: request line and headers */

@@ -165,12 +165,13 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
     char **argv = calloc(n + 32, sizeof(*argv));
     if (!argv)
         return NULL;
-    char port[16], hold[32], logmax[32], buf[32], conns[16];
+    char port[16], hold[32], logmax[32], buf[32], conns[16], execs[16];
     snprintf(port, sizeof(port), "%u", t->app_port);
     snprintf(hold, sizeof(hold), "%" PRIu64, t->data ? d->cfg->bind_wait / CM_USEC_PER_MSEC : 0);
     snprintf(logmax, sizeof(logmax), "%" PRIu64, d->cfg->console_max);
     snprintf(buf, sizeof(buf), "%" PRIu64, d->cfg->relay_buffer);
     snprintf(conns, sizeof(conns), "%u", d->cfg->relay_max_conns);
+    snprintf(execs, sizeof(execs), "%u", d->cfg->exec_max);
     char fds[SCH_FD_COUNT][8];
     for (int i = 0; i < SCH_FD_COUNT; i++)
         snprintf(fds[i], sizeof(fds[i]), "%d", i);
@@ -197,6 +198,8 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
                            buf,
                            "--max-conns",
                            conns,
+                           "--max-execs",
+                           execs,
                            "--"};
     size_t k = 0;
     for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)

@@ -44,6 +44,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "scheduler/agent/exec.h"
 #include "scheduler/agent/guest.h"
 #include "scheduler/agent/loop.h"
 #include "scheduler/agent/proto.h"
@@ -99,6 +100,7 @@ struct agent {
     uint64_t timer_deadline; /* monotonic ms the timer fires at; 0: disarmed */
     int exit_code;           /* -1 while running */
     int guest;               /* PID 1 of a microVM (guest.h) */
+    unsigned max_execs;      /* commands run through the exec channel at once (exec.h) */
     struct agent_guest_conf guest_conf;
     struct ctl_port vport;
 };
@@ -161,9 +163,11 @@ static void __attribute__((noreturn)) agent_exit(int code)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: berth-agent --id ID --port N (--sock-dir DIR | --app-fd FD "
-                    "--ports-fd FD --ctl-fd FD --exit-fd FD) [--ready-fd FD] [--hold-ms MS] "
-                    "[--log-max BYTES] [--buffer BYTES] [--max-conns N] -- APP [ARGS...]\n");
+    fprintf(
+        stderr,
+        "usage: berth-agent --id ID --port N (--sock-dir DIR | --app-fd FD "
+        "--ports-fd FD --ctl-fd FD --exit-fd FD) [--ready-fd FD] [--hold-ms MS] "
+        "[--log-max BYTES] [--buffer BYTES] [--max-conns N] [--max-execs N] -- APP [ARGS...]\n");
     exit(2);
 }
 
@@ -187,6 +191,7 @@ static void set_defaults(void)
     A.log_max = 1 << 20;
     A.relay_cfg.buffer = 64 << 10;
     A.relay_cfg.max_conns = 1024;
+    A.max_execs = 16;
 }
 
 static void parse_args(int argc, char **argv)
@@ -226,6 +231,8 @@ static void parse_args(int argc, char **argv)
             A.relay_cfg.buffer = (size_t)num_arg(a, v, 1024, 1 << 30);
         else if (strcmp(a, "--max-conns") == 0)
             A.relay_cfg.max_conns = (unsigned)num_arg(a, v, 1, 1 << 20);
+        else if (strcmp(a, "--max-execs") == 0)
+            A.max_execs = (unsigned)num_arg(a, v, 0, 10000);
         else
             usage();
     }
@@ -335,8 +342,10 @@ static void reap_children(void)
         pid_t pid = waitpid(-1, &st, WNOHANG);
         if (pid <= 0)
             return;
-        if (pid != A.app_pid)
+        if (pid != A.app_pid) {
+            agent_exec_reaped(pid, st);
             continue;
+        }
         char what[64];
         if (WIFEXITED(st)) {
             snprintf(what, sizeof(what), "exited status=%d", WEXITSTATUS(st));
@@ -391,6 +400,9 @@ static void rearm(void)
     }
     if (A.vport.retry_at && (!want || A.vport.retry_at < want))
         want = A.vport.retry_at;
+    uint64_t ex = agent_exec_tick(now);
+    if (ex && (!want || ex < want))
+        want = ex;
     if (A.timer_deadline && want && A.timer_deadline <= want)
         return; /* an earlier expiry is pending anyway */
     if (want == A.timer_deadline)
@@ -496,7 +508,9 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
     case AGENT_CMD_PAUSE: {
         unsigned closed = 0;
         const char *why = "";
-        if (agent_relay_pause(A.relay, agent_now_ms(), cmd.quiet_ms, &closed, &why) < 0) {
+        if (agent_exec_running()) {
+            snprintf(reply, sizeof(reply), "BUSY a command is running (exec)");
+        } else if (agent_relay_pause(A.relay, agent_now_ms(), cmd.quiet_ms, &closed, &why) < 0) {
             snprintf(reply, sizeof(reply), "BUSY %s", why);
         } else {
             snprintf(reply, sizeof(reply), "OK closed=%u", closed);
@@ -749,6 +763,11 @@ int main(int argc, char **argv)
     }
     if (app_fd < 0 || ports_fd < 0 || ctl_fd < 0)
         agent_exit(127);
+    A.relay_cfg.on_exec = agent_exec_take;
+    struct agent_exec_config xcfg = {.max_execs = A.max_execs,
+                                     .child_mask = &orig,
+                                     .guest_conf = A.guest ? &A.guest_conf : NULL};
+    agent_exec_init(A.epfd, &xcfg);
     A.relay = agent_relay_create(A.epfd, app_fd, ports_fd, &A.relay_cfg);
     if (!A.relay) {
         logf_("relay: out of memory");
@@ -786,6 +805,7 @@ int main(int argc, char **argv)
                 w->cb(w, evs[i].events);
         }
         agent_relay_reap(A.relay);
+        agent_exec_reap();
         reap_clients();
         rearm();
     }

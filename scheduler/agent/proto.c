@@ -1,6 +1,7 @@
 #include "scheduler/agent/proto.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int word_is(const char *w, size_t n, const char *lit)
@@ -231,4 +232,97 @@ void agent_linebuf_reset(struct agent_linebuf *lb)
     lb->len = 0;
     lb->too_long = 0;
     lb->buf[0] = '\0';
+}
+
+/* ------------------------------------------------------------------ exec frames */
+
+static char *dup_bytes(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+static int env_name_ok(const char *p, size_t n)
+{
+    if (n == 0 || (p[0] >= '0' && p[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') || is_digit(p[i]) ||
+              p[i] == '_'))
+            return 0;
+    return 1;
+}
+
+int agent_exec_spec_add(struct agent_exec_spec *s, char type, const char *p, size_t n,
+                        const char **ret_err)
+{
+    if (memchr(p, '\0', n)) {
+        *ret_err = "a NUL byte in the command";
+        return -EINVAL;
+    }
+    if (s->bytes + n > AGENT_EXEC_SPEC_MAX) {
+        *ret_err = "the command, its environment and directory are over 256 KiB";
+        return -EINVAL;
+    }
+    switch (type) {
+    case 'A':
+        if (n == 0 || n > AGENT_EXEC_ARG_MAX || s->argc >= AGENT_EXEC_ARGS_MAX) {
+            *ret_err = "argv: 1 to 256 elements of 1 to 4096 bytes";
+            return -EINVAL;
+        }
+        if (!(s->argv[s->argc] = dup_bytes(p, n)))
+            return -ENOMEM;
+        s->argc++;
+        break;
+    case 'E': {
+        const char *eq = memchr(p, '=', n);
+        if (!eq || !env_name_ok(p, (size_t)(eq - p)) || s->envc >= AGENT_EXEC_ENV_MAX) {
+            *ret_err = "env: up to 256 NAME=value, NAME of [A-Za-z_][A-Za-z0-9_]*";
+            return -EINVAL;
+        }
+        if (!(s->env[s->envc] = dup_bytes(p, n)))
+            return -ENOMEM;
+        s->envc++;
+        break;
+    }
+    case 'D':
+        if (n == 0 || p[0] != '/' || n > AGENT_EXEC_ARG_MAX || s->cwd) {
+            *ret_err = "cwd: one absolute path of up to 4096 bytes";
+            return -EINVAL;
+        }
+        if (!(s->cwd = dup_bytes(p, n)))
+            return -ENOMEM;
+        break;
+    case 'T': {
+        uint64_t v = 0;
+        size_t i = 0;
+        while (i < n && i < 12 && is_digit(p[i]))
+            v = v * 10 + (uint64_t)(p[i++] - '0');
+        if (i == 0 || i != n || v == 0 || v > AGENT_EXEC_TIMEOUT_MAX || s->timeout_ms) {
+            *ret_err = "timeout: one number of ms, 1..86400000";
+            return -EINVAL;
+        }
+        s->timeout_ms = v;
+        break;
+    }
+    default:
+        *ret_err = "unexpected frame before the start";
+        return -EINVAL;
+    }
+    s->bytes += n;
+    return 0;
+}
+
+void agent_exec_spec_free(struct agent_exec_spec *s)
+{
+    for (size_t i = 0; i < s->argc; i++)
+        free(s->argv[i]);
+    for (size_t i = 0; i < s->envc; i++)
+        free(s->env[i]);
+    free(s->cwd);
+    memset(s, 0, sizeof(*s));
 }

@@ -24,6 +24,9 @@
 #define AGENT_PROTO_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "common/frame.h"
 
 #define AGENT_LINE_MAX 512
 #define AGENT_SESSION_MAX 128
@@ -74,5 +77,37 @@ struct agent_linebuf {
  * After a non-zero status call agent_linebuf_reset() before feeding on. */
 size_t agent_linebuf_feed(struct agent_linebuf *lb, const char *in, size_t len, int *ret_status);
 void agent_linebuf_reset(struct agent_linebuf *lb);
+
+/* --- the exec channel (issue 17) ---
+ * A connection on the ports socket whose first line is "BERTH-EXEC\r\n" (the gateway's: only
+ * it reaches that socket) runs one command in the sandbox. Frames both ways:
+ *     [type: 1 byte][length: 4 bytes, big-endian][payload: length bytes]
+ * Gateway to agent: 'A' one argv element (1..4096 bytes), 'E' one "NAME=value" of the
+ * command's environment (on top of the app's; NAME [A-Za-z_][A-Za-z0-9_]*), 'D' the working
+ * directory (absolute), 'T' the timeout in ms (decimal, 1..86400000), then 'S' start; after
+ * it 'I' bytes for the command's stdin and 'Z' its end. Agent to gateway: 'O' stdout bytes,
+ * 'R' stderr bytes, 'F' the command did not start (a reason), and last 'X' its end:
+ * "code=N ms=M" or "signal=N ms=M", with " timeout=1" when the timeout killed it. */
+#define AGENT_EXEC_ARGS_MAX 256
+#define AGENT_EXEC_ENV_MAX 256
+#define AGENT_EXEC_ARG_MAX 4096
+#define AGENT_EXEC_SPEC_MAX (256 * 1024) /* argv + env + cwd bytes in all */
+#define AGENT_EXEC_TIMEOUT_MAX 86400000ULL
+
+/* What the frames before 'S' say. */
+struct agent_exec_spec {
+    char *argv[AGENT_EXEC_ARGS_MAX + 1]; /* NULL-terminated */
+    size_t argc;
+    char *env[AGENT_EXEC_ENV_MAX + 1]; /* "NAME=value", NULL-terminated */
+    size_t envc;
+    char *cwd;           /* NULL: the agent's (the workspace) */
+    uint64_t timeout_ms; /* 0: none given */
+    size_t bytes;
+};
+/* Adds frame <type> ('A', 'E', 'D' or 'T') of <n> bytes at <p>. Returns 0, -EINVAL with a
+ * reason in <ret_err> (a bad value, another type, over a bound), or -ENOMEM. */
+int agent_exec_spec_add(struct agent_exec_spec *s, char type, const char *p, size_t n,
+                        const char **ret_err);
+void agent_exec_spec_free(struct agent_exec_spec *s);
 
 #endif

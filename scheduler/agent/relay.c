@@ -297,6 +297,22 @@ static void read_preamble(struct conn *c)
     char buf[PREAMBLE_MAX + 1];
     memcpy(buf, c->up.data, line);
     buf[line] = '\0';
+    if (strcmp(buf, "BERTH-EXEC\r\n") == 0 || strcmp(buf, "BERTH-EXEC\n") == 0) {
+        if (!r->cfg.on_exec) {
+            conn_close(c);
+            return;
+        }
+        /* Not relayed: the exec channel takes the connection, with what followed the line. */
+        int fd = c->cw.fd;
+        agent_watch_set(r->epfd, &c->cw, 0);
+        c->cw.fd = -1;
+        char rest[PREAMBLE_MAX];
+        size_t n = c->up.len - line;
+        memcpy(rest, c->up.data + line, n);
+        conn_close(c);
+        r->cfg.on_exec(fd, rest, n);
+        return;
+    }
     unsigned port = 0;
     char tail[4] = "";
     if (sscanf(buf, "BERTH-PORT %5u%3[\r\n]", &port, tail) != 2 || port == 0 || port > 65535) {

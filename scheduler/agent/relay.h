@@ -24,6 +24,9 @@ struct agent_relay_config {
     int hold_closes;  /* 1: at its hold deadline a connection is closed, never passed to the app
                        * before BIND (a VM clone: the snapshot's clock and RNG state until
                        * BIND); 0: it goes on to the app (the process driver's bind_wait) */
+    /* A ports-socket connection whose first line is "BERTH-EXEC" is handed over: its fd and
+     * the bytes read after the line (exec.h). NULL: such connections are closed. */
+    void (*on_exec)(int fd, const char *pending, size_t len);
 };
 
 /* Returns a relay accepting on <listen_fd> (to cfg->port) and, when <ports_fd> >= 0, on a

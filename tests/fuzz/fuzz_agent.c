@@ -1,7 +1,8 @@
 /* Fuzz target: berth-agent's pure parsers (scheduler/agent/proto.c, guest.c): control lines
  * (the host's BIND with its clock/seed/id/data words, split into lines by the bounded line
  * buffer), guest.conf and the kernel command line. The input is split at its first 0xff byte:
- * before it control-channel bytes, after it a guest.conf text (also tried as a command line). */
+ * before it control-channel bytes, after it a guest.conf text (also tried as a command line).
+ * The whole input is also read as exec-channel frames (the gateway's, on the ports socket). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,8 +13,37 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The input as exec-channel frames (proto.h): each frame's bounds, and a spec built from them
+ * never over its limits. */
+static void frames(const char *in, size_t len)
+{
+    struct agent_exec_spec spec;
+    memset(&spec, 0, sizeof(spec));
+    size_t off = 0;
+    while (off < len) {
+        char type;
+        const char *p;
+        size_t n;
+        long used = cm_frame_next(in + off, len - off, &type, &p, &n);
+        if (used <= 0)
+            break;
+        if ((size_t)used != CM_FRAME_HDR + n || n > CM_FRAME_MAX || p != in + off + CM_FRAME_HDR)
+            abort();
+        const char *err = NULL;
+        if (agent_exec_spec_add(&spec, type, p, n, &err) == -EINVAL && !err)
+            abort();
+        if (spec.argc > AGENT_EXEC_ARGS_MAX || spec.envc > AGENT_EXEC_ENV_MAX ||
+            spec.bytes > AGENT_EXEC_SPEC_MAX || spec.argv[spec.argc] || spec.env[spec.envc] ||
+            spec.timeout_ms > AGENT_EXEC_TIMEOUT_MAX)
+            abort();
+        off += (size_t)used;
+    }
+    agent_exec_spec_free(&spec);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    frames((const char *)data, size);
     const uint8_t *cut = memchr(data, 0xff, size);
     size_t clen = cut ? (size_t)(cut - data) : size;
     struct agent_linebuf lb;

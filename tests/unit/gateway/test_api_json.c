@@ -365,3 +365,35 @@ TEST(error_json)
     CHECK_INT_EQ(gw_err_info(GW_ERR_INVALID_ARGUMENT)->status, 400);
     CHECK_INT_EQ(gw_err_info(GW_ERR_UNKNOWN_TEMPLATE)->status, 400);
 }
+
+TEST(exec_body)
+{
+    struct gw_api_limits xl = {.exec_timeout = 300 * CM_USEC_PER_SEC,
+                                .exec_max_timeout = 3600 * CM_USEC_PER_SEC};
+    struct gw_api_exec x;
+    struct gw_api_error e;
+    const char *ok = "{\"cmd\":[\"ls\",\"-l\"],\"env\":{\"A\":\"1\"},\"cwd\":\"/tmp\","
+                     "\"stdin\":\"in\",\"timeout\":2.5}";
+    CHECK_INT_EQ(gw_api_parse_exec(ok, strlen(ok), &xl, &x, &e), 0);
+    CHECK_INT_EQ((int)x.cmd->len, 2);
+    CHECK_STR_EQ(x.cwd->str, "/tmp");
+    CHECK_INT_EQ((long long)x.timeout_ms, 2500);
+    cm_json_free(x.j);
+    const char *dflt = "{\"cmd\":[\"true\"]}";
+    CHECK_INT_EQ(gw_api_parse_exec(dflt, strlen(dflt), &xl, &x, &e), 0);
+    CHECK_INT_EQ((long long)x.timeout_ms, 300000);
+    CHECK_NULL(x.env);
+    cm_json_free(x.j);
+    static const char *const bad[] = {
+        "[]", "{}", "{\"cmd\":[]}", "{\"cmd\":\"ls\"}", "{\"cmd\":[1]}", "{\"cmd\":[\"\"]}",
+        "{\"cmd\":[\"a\\u0000b\"]}", "{\"cmd\":[\"ls\"],\"env\":{\"9\":\"x\"}}",
+        "{\"cmd\":[\"ls\"],\"env\":{\"A\":1}}", "{\"cmd\":[\"ls\"],\"cwd\":\"x\"}",
+        "{\"cmd\":[\"ls\"],\"stdin\":1}", "{\"cmd\":[\"ls\"],\"timeout\":0}",
+        "{\"cmd\":[\"ls\"],\"timeout\":3601}", "{\"cmd\":[\"ls\"],\"other\":1}", "not json"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_MSG(gw_api_parse_exec(bad[i], strlen(bad[i]), &xl, &x, &e) == -EINVAL, "%s",
+                  bad[i]);
+        CHECK_NULL(x.j);
+        CHECK(e.err == GW_ERR_INVALID_ARGUMENT || e.err == GW_ERR_BAD_REQUEST);
+    }
+}

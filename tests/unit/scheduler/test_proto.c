@@ -250,3 +250,53 @@ TEST(linebuf_refuses_long_lines_then_recovers)
     CHECK_INT_EQ(st, 1);
     CHECK_UINT_EQ(lb.len, AGENT_LINE_MAX);
 }
+
+TEST(exec_frames_and_spec)
+{
+    char buf[64];
+    cm_frame_header(buf, 'A', 3);
+    memcpy(buf + CM_FRAME_HDR, "abc", 3);
+    char type;
+    const char *p;
+    size_t n;
+    CHECK_INT_EQ(cm_frame_next(buf, 4, &type, &p, &n), 0); /* a header needs 5 bytes */
+    CHECK_INT_EQ(cm_frame_next(buf, 7, &type, &p, &n), 0); /* and its payload */
+    CHECK_INT_EQ(cm_frame_next(buf, 8, &type, &p, &n), 8);
+    CHECK_INT_EQ(type, 'A');
+    CHECK_INT_EQ((int)n, 3);
+    CHECK(p == buf + CM_FRAME_HDR);
+    cm_frame_header(buf, 'I', CM_FRAME_MAX + 1);
+    CHECK_INT_EQ(cm_frame_next(buf, 5, &type, &p, &n), -EPROTO);
+
+    struct agent_exec_spec s;
+    memset(&s, 0, sizeof(s));
+    const char *err = NULL;
+    CHECK_INT_EQ(agent_exec_spec_add(&s, 'A', "/bin/sh", 7, &err), 0);
+    CHECK_INT_EQ(agent_exec_spec_add(&s, 'E', "A_1=x=y", 7, &err), 0);
+    CHECK_INT_EQ(agent_exec_spec_add(&s, 'D', "/tmp", 4, &err), 0);
+    CHECK_INT_EQ(agent_exec_spec_add(&s, 'T', "1500", 4, &err), 0);
+    CHECK_STR_EQ(s.argv[0], "/bin/sh");
+    CHECK_NULL(s.argv[1]);
+    CHECK_STR_EQ(s.env[0], "A_1=x=y");
+    CHECK_STR_EQ(s.cwd, "/tmp");
+    CHECK_INT_EQ((long long)s.timeout_ms, 1500);
+    static const struct {
+        char type;
+        const char *v;
+        size_t n;
+    } bad[] = {{'A', "", 0},      {'A', "a\0b", 3}, {'E', "1A=x", 4}, {'E', "noeq", 4},
+               {'E', "=x", 2},    {'D', "/x", 2},   {'T', "0", 1},     {'T', "86400001", 8},
+               {'T', "12a", 3},   {'D', "rel", 3},  {'Q', "x", 1}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = NULL;
+        CHECK_MSG(agent_exec_spec_add(&s, bad[i].type, bad[i].v, bad[i].n, &err) == -EINVAL,
+                  "frame %zu", i);
+        CHECK_NOT_NULL(err);
+    }
+    for (int i = 1; i < AGENT_EXEC_ARGS_MAX; i++)
+        CHECK_INT_EQ(agent_exec_spec_add(&s, 'A', "x", 1, &err), 0);
+    CHECK_INT_EQ(agent_exec_spec_add(&s, 'A', "x", 1, &err), -EINVAL); /* the 257th */
+    CHECK_INT_EQ((int)s.argc, AGENT_EXEC_ARGS_MAX);
+    agent_exec_spec_free(&s);
+    CHECK_INT_EQ((int)s.argc, 0);
+}

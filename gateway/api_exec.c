@@ -1,0 +1,337 @@
+#include "gateway/api_exec.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "common/frame.h"
+#include "common/httpd.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "gateway/api.h"
+#include "gateway/config.h"
+
+#define STREAM_HIGH (256 * 1024) /* output queued for the client: stop reading the sandbox */
+
+struct gw_exec {
+    struct cm_httpd_req *req; /* NULL once the client is gone or answered */
+    struct bufferevent *bev;
+    struct event *timer; /* the first frame must come within limits.resume_timeout */
+    const struct gw_config *gc;
+    int streaming, sse, answered;
+    char instance[96];
+};
+
+static void exec_free(struct gw_exec *x)
+{
+    if (x->req)
+        cm_httpd_set_close_cb(x->req, NULL, NULL);
+    if (x->bev)
+        bufferevent_free(x->bev); /* the agent sees the close and kills the command */
+    if (x->timer)
+        event_free(x->timer);
+    free(x);
+}
+
+/* Ends the exchange: an error answer when nothing was streamed yet, else the stream's end. */
+static void finish(struct gw_exec *x, enum gw_err e, const char *msg)
+{
+    if (x->req && !x->streaming)
+        gw_api_reply_error(x->req, e, msg, x->gc->retry_after);
+    else if (x->req)
+        cm_httpd_stream_end(x->req);
+    x->req = NULL;
+    exec_free(x);
+}
+
+static void on_client_gone(void *arg)
+{
+    struct gw_exec *x = arg;
+    x->req = NULL; /* gone with its connection */
+    exec_free(x);
+}
+
+/* Appends one event object to the stream. Returns -1 when the client is gone. */
+static int emit(struct gw_exec *x, const char *type, struct cm_jbuf *obj)
+{
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    if (x->sse)
+        cm_jbuf_printf(&b, "event: %s\ndata: ", type);
+    cm_jbuf_raw(&b, obj->data ? obj->data : "", obj->len);
+    cm_jbuf_raw(&b, x->sse ? "\n\n" : "\n", x->sse ? 2 : 1);
+    long queued = b.failed || obj->failed ? -ENOMEM : cm_httpd_stream_write(x->req, b.data, b.len);
+    cm_jbuf_fini(&b);
+    if (queued < 0)
+        return -1;
+    return queued > STREAM_HIGH ? 1 : 0;
+}
+
+static void write_b64(struct cm_jbuf *b, const unsigned char *p, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char q[4];
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        q[0] = tab[v >> 18 & 63];
+        q[1] = tab[v >> 12 & 63];
+        q[2] = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        q[3] = i + 2 < n ? tab[v & 63] : '=';
+        cm_jbuf_raw(b, q, 4);
+    }
+}
+
+static void on_drain(void *arg)
+{
+    struct gw_exec *x = arg;
+    bufferevent_enable(x->bev, EV_READ);
+}
+
+static int begin(struct gw_exec *x)
+{
+    if (x->streaming)
+        return 0;
+    if (x->timer)
+        evtimer_del(x->timer);
+    (void)cm_httpd_add_header(x->req, "Cache-Control", "no-store");
+    (void)cm_httpd_add_header(x->req, "X-Berth-Instance", x->instance);
+    if (cm_httpd_stream_begin(x->req, 200, x->sse ? "text/event-stream" : "application/x-ndjson") <
+        0)
+        return -1;
+    x->streaming = 1;
+    return 0;
+}
+
+/* "code=N ms=M [timeout=1]" or "signal=N ms=M [timeout=1]" as the exit event. */
+static void exit_event(struct cm_jbuf *b, const char *p, size_t n)
+{
+    char line[128];
+    long code = -1, sig = -1;
+    unsigned long long ms = 0;
+    snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
+    if (sscanf(line, "code=%ld ms=%llu", &code, &ms) != 2)
+        sscanf(line, "signal=%ld ms=%llu", &sig, &ms);
+    cm_jbuf_printf(b, "{\"type\":\"exit\",\"exit_code\":");
+    if (code >= 0)
+        cm_jbuf_printf(b, "%ld", code);
+    else
+        cm_jbuf_raw(b, "null", 4);
+    cm_jbuf_raw(b, ",\"signal\":", 10);
+    if (sig >= 0)
+        cm_jbuf_printf(b, "%ld", sig);
+    else
+        cm_jbuf_raw(b, "null", 4);
+    cm_jbuf_printf(b, ",\"timed_out\":%s,\"duration_ms\":%llu}",
+                   strstr(line, " timeout=1") ? "true" : "false", ms);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct gw_exec *x = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail < CM_FRAME_HDR)
+            return;
+        size_t want = avail < CM_FRAME_HDR + CM_FRAME_MAX ? avail : CM_FRAME_HDR + CM_FRAME_MAX;
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+        char type;
+        const char *p;
+        size_t n;
+        long used = buf ? cm_frame_next(buf, want, &type, &p, &n) : -ENOMEM;
+        if (used == 0)
+            return;
+        if (used < 0) {
+            finish(x, GW_ERR_BAD_GATEWAY, "the sandbox's agent broke the exec protocol");
+            return;
+        }
+        if (type == 'F') {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "%.*s", (int)(n < sizeof(msg) ? n : sizeof(msg) - 1), p);
+            if (!x->streaming)
+                finish(x, strncmp(msg, "busy", 4) == 0 ? GW_ERR_TOO_MANY_EXECS : GW_ERR_EXEC_FAILED,
+                       msg);
+            else
+                finish(x, GW_ERR_INTERNAL, NULL);
+            return;
+        }
+        if (!x->req || begin(x) < 0) {
+            exec_free(x);
+            return;
+        }
+        struct cm_jbuf obj;
+        cm_jbuf_init(&obj);
+        const char *ev = type == 'O' ? "stdout" : type == 'R' ? "stderr" : "exit";
+        if (type == 'O' || type == 'R') {
+            cm_jbuf_printf(&obj, "{\"type\":\"%s\",", ev);
+            if (gw_api_utf8_valid(p, n)) {
+                cm_jbuf_raw(&obj, "\"data\":", 7);
+                cm_jbuf_str(&obj, p, n);
+            } else {
+                cm_jbuf_raw(&obj, "\"data_base64\":\"", 15);
+                write_b64(&obj, (const unsigned char *)p, n);
+                cm_jbuf_raw(&obj, "\"", 1);
+            }
+            cm_jbuf_raw(&obj, "}", 1);
+        } else if (type == 'X') {
+            exit_event(&obj, p, n);
+        } else {
+            cm_jbuf_fini(&obj);
+            finish(x, GW_ERR_BAD_GATEWAY, "the sandbox's agent broke the exec protocol");
+            return;
+        }
+        int rc = emit(x, ev, &obj);
+        cm_jbuf_fini(&obj);
+        evbuffer_drain(in, (size_t)used);
+        if (rc < 0) {
+            exec_free(x);
+            return;
+        }
+        if (type == 'X') {
+            finish(x, GW_ERR_INTERNAL, NULL);
+            return;
+        }
+        if (rc > 0) { /* the client is behind: wait for it */
+            bufferevent_disable(bev, EV_READ);
+            cm_httpd_stream_on_drain(x->req, on_drain, x);
+            return;
+        }
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct gw_exec *x = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    /* The sandbox closed before the end: it ended, or its agent did. */
+    if (x->streaming && x->req) {
+        struct cm_jbuf obj;
+        cm_jbuf_init(&obj);
+        cm_jbuf_cstr(&obj, "the sandbox ended the command's connection before its end");
+        struct cm_jbuf ev;
+        cm_jbuf_init(&ev);
+        cm_jbuf_raw(&ev, "{\"type\":\"error\",\"message\":", 26);
+        cm_jbuf_raw(&ev, obj.data ? obj.data : "\"\"", obj.data ? obj.len : 2);
+        cm_jbuf_raw(&ev, "}", 1);
+        (void)emit(x, "error", &ev);
+        cm_jbuf_fini(&ev);
+        cm_jbuf_fini(&obj);
+    }
+    finish(x, GW_ERR_INSTANCE_LOST, "the session's sandbox closed the exec connection");
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    finish(arg, GW_ERR_INSTANCE_UNAVAILABLE,
+           "the session's sandbox did not take the command within limits.resume_timeout");
+}
+
+static int put_frame(struct evbuffer *o, char type, const char *p, size_t n)
+{
+    char hdr[CM_FRAME_HDR];
+    cm_frame_header(hdr, type, n);
+    return evbuffer_add(o, hdr, sizeof(hdr)) < 0 || (n && evbuffer_add(o, p, n) < 0) ? -1 : 0;
+}
+
+/* The command's frames, then its stdin and its end. */
+static int put_spec(struct evbuffer *o, const struct gw_api_exec *spec)
+{
+    int rc = evbuffer_add(o, "BERTH-EXEC\r\n", 12);
+    for (size_t i = 0; rc == 0 && i < spec->cmd->len; i++)
+        rc = put_frame(o, 'A', spec->cmd->items[i]->str, spec->cmd->items[i]->len);
+    for (size_t i = 0; rc == 0 && spec->env && i < spec->env->len; i++) {
+        const struct cm_json *v = spec->env->items[i];
+        size_t kl = strlen(spec->env->keys[i]);
+        char *kv = malloc(kl + 1 + v->len);
+        if (!kv)
+            return -1;
+        memcpy(kv, spec->env->keys[i], kl);
+        kv[kl] = '=';
+        memcpy(kv + kl + 1, v->str, v->len);
+        rc = put_frame(o, 'E', kv, kl + 1 + v->len);
+        free(kv);
+    }
+    if (rc == 0 && spec->cwd)
+        rc = put_frame(o, 'D', spec->cwd->str, spec->cwd->len);
+    char t[24];
+    int tn = snprintf(t, sizeof(t), "%" PRIu64, spec->timeout_ms);
+    if (rc == 0)
+        rc = put_frame(o, 'T', t, (size_t)tn);
+    if (rc == 0)
+        rc = put_frame(o, 'S', NULL, 0);
+    for (size_t off = 0; rc == 0 && spec->stdin_ && off < spec->stdin_->len;) {
+        size_t n = spec->stdin_->len - off;
+        if (n > CM_FRAME_MAX)
+            n = CM_FRAME_MAX;
+        rc = put_frame(o, 'I', spec->stdin_->str + off, n);
+        off += n;
+    }
+    if (rc == 0)
+        rc = put_frame(o, 'Z', NULL, 0);
+    return rc;
+}
+
+void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
+                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t al = strlen(addr);
+    const char *sfx = "/app.sock";
+    if (al <= 5 + 9 || strncmp(addr, "unix:", 5) != 0 || strcmp(addr + al - 9, sfx) != 0 ||
+        al - 5 - 9 + strlen("/ports.sock") >= sizeof(sa.sun_path)) {
+        cm_json_free(spec->j);
+        gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
+                           "exec needs a sandbox of the process driver (this one has no "
+                           "exec channel)",
+                           0);
+        return;
+    }
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%.*s/ports.sock", (int)(al - 5 - 9), addr + 5);
+    struct gw_exec *x = calloc(1, sizeof(*x));
+    if (!x) {
+        cm_json_free(spec->j);
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    x->req = req;
+    x->gc = gc;
+    const char *accept = cm_httpd_header(req, "Accept");
+    x->sse = accept && strstr(accept, "text/event-stream") != NULL;
+    /* The instance id is the directory the sockets are in. */
+    const char *dir_end = addr + al - 9 - 5; /* before "/sock/app.sock" */
+    const char *dir = dir_end;
+    while (dir > addr + 5 && dir[-1] != '/')
+        dir--;
+    snprintf(x->instance, sizeof(x->instance), "%.*s", (int)(dir_end - dir), dir);
+    cm_httpd_set_close_cb(req, on_client_gone, x);
+    x->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    x->timer = evtimer_new(base, on_timeout, x);
+    int rc = x->bev && x->timer ? put_spec(bufferevent_get_output(x->bev), spec) : -1;
+    cm_json_free(spec->j);
+    spec->j = NULL;
+    if (rc < 0) {
+        finish(x, GW_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    bufferevent_setcb(x->bev, on_read, NULL, on_event, x);
+    bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
+    struct timeval tv;
+    cm_usec_to_tv(gc->limits.resume_timeout, &tv);
+    evtimer_add(x->timer, &tv);
+    if (bufferevent_socket_connect(x->bev, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        finish(x, GW_ERR_INSTANCE_LOST, "cannot reach the session's sandbox");
+        return;
+    }
+    bufferevent_enable(x->bev, EV_READ);
+}

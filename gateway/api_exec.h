@@ -1,0 +1,29 @@
+/* POST /v1/sessions/{id}/exec, once api.c has checked the body and found the session bound to
+ * a live instance: the command runs in the sandbox through berth-agent's exec channel
+ * (scheduler/agent/proto.h), on a connection of its own to the instance's ports socket (the
+ * one the gateway alone reaches; a paused sandbox is resumed by that connection). Its output
+ * streams back as it is produced, NDJSON by default:
+ *     {"type":"stdout","data":"..."}      (or "data_base64" for bytes that are not UTF-8)
+ *     {"type":"stderr","data":"..."}
+ *     {"type":"exit","exit_code":N|null,"signal":N|null,"timed_out":bool,"duration_ms":N}
+ * or, when the request's Accept names text/event-stream, the same objects as SSE events
+ * ("event: stdout", "data: {...}"). A command that cannot start is an HTTP error instead: 429
+ * too_many_execs (the sandbox runs its limit of commands: Retry-After), 400 exec_failed (not
+ * found, not executable, a bad cwd). A client that goes away, or reads nothing for
+ * gateway.admin.timeout while output waits, ends the connection, and the agent kills the
+ * command. On the admin loop. */
+#ifndef GW_API_EXEC_H
+#define GW_API_EXEC_H
+
+#include "gateway/api_json.h"
+
+struct cm_httpd_req;
+struct event_base;
+struct gw_config;
+
+/* Takes over <req> (answered or streamed from now on) and <spec> (its parsed body, freed
+ * here); <addr> is the instance's address ("unix:.../app.sock"). */
+void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
+                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec);
+
+#endif
