@@ -15,7 +15,19 @@
     "  return b\n"                                                                                 \
     "end\n"                                                                                        \
     "local function event(kind, ...)\n"                                                            \
-    "  redis.call('XADD', P..'events', 'MAXLEN', '~', 100000, '*', 'type', kind, 'ts', now, ...)\n" \
+    "  redis.call('XADD', P..'events', 'MAXLEN', '~', 100000, '*', 'type', kind, 'ts', now,\n"  \
+    "    ...)\n"                                                                                 \
+    "  local a = {...}\n"                                                                          \
+    "  for i = 1, #a - 1, 2 do\n"                                                                  \
+    "    if a[i] == 'tenant' then\n"                                                              \
+    "      if a[i + 1] and a[i + 1] ~= '' then\n"                                                 \
+    "        redis.call('XADD', P..'events:'..a[i + 1], 'MAXLEN', '~', 100000, '*', 'type',\n"  \
+    "          kind,\n"                                                                          \
+    "          'ts', now, ...)\n"                                                                \
+    "      end\n"                                                                                  \
+    "      break\n"                                                                                \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
     "end\n"                                                                                        \
     "local function bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, meta)\n"          \
     "  local sk = P..'s:'..h\n"                                                                    \
@@ -157,7 +169,8 @@ static const char update_src[] =
     "redis.call('HSET', sk, 'ttl', ttl, 'idle_timeout', idle)\n"
     "local d = deadline(tonumber(s[2]), ttl, tonumber(s[5]), idle)\n"
     "redis.call('ZADD', P..'expiry', d, ARGV[2])\n"
-    "event('updated', 'session', ARGV[2], 'ttl', tostring(ttl), 'idle_timeout', tostring(idle))\n"
+    "event('updated', 'session', ARGV[2], 'tenant', s[1], 'ttl', tostring(ttl),\n"
+    "  'idle_timeout', tostring(idle))\n"
     "return {'ok', tostring(d)}\n";
 
 static const char release_src[] =
@@ -211,13 +224,15 @@ static const char lost_src[] =
     "local h = i[3] or ''\n"
     "if h ~= '' then\n"
     "  local sk = P..'s:'..h\n"
-    "  if redis.call('HGET', sk, 'instance') == id then\n"
+    "  local cur = redis.call('HMGET', sk, 'instance', 'tenant')\n"
+    "  if cur[1] == id then\n"
     "    redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"
     "    redis.call('PUBLISH', P..'inval', h)\n"
     "    for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"
     "      redis.call('PUBLISH', P..'inval', a)\n"
     "    end\n"
-    "    event('lost', 'session', h, 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
+    "    event('lost', 'session', h, 'tenant', cur[2] or '', 'instance', id, 'host', i[1],\n"
+    "      'reason', ARGV[4])\n"
     "    return h\n"
     "  end\n"
     "end\n"
@@ -293,6 +308,14 @@ static const char reconcile_src[] =
     "redis.call('PUBLISH', P..'inval', h)\n"
     "return {'vanished', ''}\n";
 
+/* An event the gateway writes itself (exec): both streams, as the scripts' events. */
+static const char event_src[] =
+    "local now = tonumber(ARGV[2])\n" LUA_PRELUDE
+    "local kv = {}\n"
+    "for i = 5, #ARGV do kv[#kv + 1] = ARGV[i] end\n"
+    "event(ARGV[4], 'tenant', ARGV[3], unpack(kv))\n"
+    "return 1\n";
+
 /* Which of the given bound sessions have been idle for their pause_after. */
 static const char idle_src[] =
     "local P, now = ARGV[1], tonumber(ARGV[2])\n"
@@ -344,7 +367,7 @@ static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_RESOLVE] = resolve_src, [CM_SCRIPT_ALIAS] = alias_src,
     [CM_SCRIPT_STATIC] = static_src,   [CM_SCRIPT_RECONCILE] = reconcile_src,
     [CM_SCRIPT_IDLE] = idle_src,       [CM_SCRIPT_PAUSED] = paused_src,
-    [CM_SCRIPT_RESUMED] = resumed_src,
+    [CM_SCRIPT_RESUMED] = resumed_src, [CM_SCRIPT_EVENT] = event_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
@@ -353,7 +376,7 @@ static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_RESOLVE] = "resolve", [CM_SCRIPT_ALIAS] = "alias",
     [CM_SCRIPT_STATIC] = "static",   [CM_SCRIPT_RECONCILE] = "reconcile",
     [CM_SCRIPT_IDLE] = "idle",       [CM_SCRIPT_PAUSED] = "paused",
-    [CM_SCRIPT_RESUMED] = "resumed",
+    [CM_SCRIPT_RESUMED] = "resumed", [CM_SCRIPT_EVENT] = "event",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

@@ -15,7 +15,9 @@
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
- *                      unused|paused|resumed
+ *                      unused|paused|resumed|updated|exec_started|exec_ended
+ *   P events:{tenant}  stream: the same entries (ids of its own) of that tenant's sessions, which
+ *                      GET /v1/events reads; trimmed by age and length by the gateways
  *   P inval            channel: h whose binding changed (gateways drop cached entries)
  *   P cmd:{host}       channel: "bind {id} {h}" | "destroy {id}" for the host's scheduler
  *   P host:{host}:mark string: a token the host's scheduler wrote; missing = Redis lost it
@@ -113,6 +115,10 @@ enum cm_script {
      * removed, last_active = now_ms (a resume is activity), a `resumed` event with paused_ms.
      * Returns that time (ms), or -1 when the session was not recorded as paused by id. */
     CM_SCRIPT_RESUMED,
+    /* EVENT ARGV: P now_ms tenant type [field value ...]
+     * An event written by the gateway itself (exec started and ended): into P events and
+     * P events:{tenant}, as every script's events. Returns 1. */
+    CM_SCRIPT_EVENT,
     CM_SCRIPT_COUNT
 };
 

@@ -73,6 +73,10 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
                                        "health_max_connections",
                                        "exec_timeout",
                                        "exec_max_timeout",
+                                       "events_poll",
+                                       "events_max_age",
+                                       "events_max_len",
+                                       "events_page_max",
                                        NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
@@ -80,6 +84,7 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
     const cm_usec_t S = CM_USEC_PER_SEC;
     struct gw_admin_limits l;
     uint64_t hosts, list_default, list_max, conns, per_tenant, per_address, health_conns;
+    uint64_t page_max;
     if (cm_conf_keys(&ctx, m, p, keys) ||
         cm_conf_size(&ctx, m, p, "max_body", 1u << 20, 1024, 64u << 20, &l.max_body) ||
         cm_conf_size(&ctx, m, p, "max_header_bytes", 16384, 1024, 1u << 20, &l.max_header_bytes) ||
@@ -99,7 +104,13 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         cm_conf_duration(&ctx, m, p, "exec_max_timeout", 3600 * S, S, 86400 * S,
                          &l.api.exec_max_timeout) ||
         cm_conf_duration(&ctx, m, p, "exec_timeout", CM_MIN(300 * S, l.api.exec_max_timeout), S,
-                         86400 * S, &l.api.exec_timeout))
+                         86400 * S, &l.api.exec_timeout) ||
+        cm_conf_duration(&ctx, m, p, "events_poll", 500 * CM_USEC_PER_MSEC, 50 * CM_USEC_PER_MSEC,
+                         60 * S, &l.events_poll) ||
+        cm_conf_duration(&ctx, m, p, "events_max_age", 7 * 86400 * S, 60 * S, 365 * 86400 * S,
+                         &l.events_max_age) ||
+        cm_conf_u64(&ctx, m, p, "events_max_len", 100000, 100, 100000, &l.events_max_len) ||
+        cm_conf_u64(&ctx, m, p, "events_page_max", 1000, 1, 10000, &page_max))
         return -EINVAL;
     if (l.api.exec_timeout > l.api.exec_max_timeout)
         return cm_conf_fail(&ctx, cm_ynode_get(m, "exec_timeout"), p, "exec_timeout",
@@ -115,6 +126,7 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
     l.max_per_tenant = (uint32_t)per_tenant;
     l.max_per_address = (uint32_t)per_address;
     l.health_max_connections = (uint32_t)health_conns;
+    l.events_page_max = (uint32_t)page_max;
     l.api.list_default = (uint32_t)list_default;
     l.api.list_max = (uint32_t)list_max;
     *ret = l;

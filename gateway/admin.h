@@ -56,6 +56,10 @@ struct gw_admin_limits {
     uint32_t max_per_tenant;
     uint32_t max_per_address;
     uint32_t health_max_connections;
+    cm_usec_t events_poll;    /* GET /v1/events?follow=1: how often a follower reads */
+    cm_usec_t events_max_age; /* P events:{tenant} and P events keep this long... */
+    uint64_t events_max_len;  /* ...and at most this many entries */
+    uint32_t events_page_max; /* largest ?limit of GET /v1/events */
     struct gw_api_limits api;
 };
 

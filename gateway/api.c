@@ -4,6 +4,7 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "common/store.h"
 #include "common/time.h"
 #include "gateway/admin.h"
+#include "gateway/api_events.h"
 #include "gateway/api_exec.h"
 #include "gateway/api_json.h"
 #include "gateway/api_pools.h"
@@ -74,6 +76,7 @@ struct gw_api {
     const struct gw_config *gc;
     const struct gw_admin_limits *lim;
     struct op *ops;
+    struct gw_events *events;
 };
 
 void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const char *body,
@@ -640,6 +643,19 @@ static void handle_pause(struct gw_api *api, struct cm_httpd_req *req, const str
     op_settle(op);
 }
 
+/* The API key's id for audit events: the first 12 hex digits of its SHA-256 (the config
+ * lists keys by their SHA-256, so an operator can tell which key it was; the key is not
+ * recoverable from it). */
+static void key_id(struct cm_httpd_req *req, char out[13])
+{
+    size_t n = 0;
+    const char *k = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)(k ? k : ""), k ? n : 0, d);
+    for (int i = 0; i < 6; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
 /* --- POST /v1/sessions/{id}/exec ---------------------------------------------------------- */
 
 static void exec_on_session(redisReply *r, const char *err, void *data)
@@ -665,7 +681,10 @@ static void exec_on_session(redisReply *r, const char *err, void *data)
         addr[rec.addr_len] = '\0';
         struct cm_httpd_req *req = op->req;
         op->req = NULL;
-        gw_api_exec_start(op->api->base, op->api->gc, req, addr, &op->exec);
+        struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
+        memcpy(audit.session, op->h, sizeof(audit.session));
+        key_id(req, audit.key_id);
+        gw_api_exec_start(op->api->base, op->api->gc, req, addr, &op->exec, &audit);
     }
     op_settle(op);
 }
@@ -929,6 +948,13 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
             handle_delete(api, req, t, h);
         return;
     }
+    if (strcmp(path, "/v1/events") == 0) {
+        if (get)
+            gw_events_handle(api->events, req, t);
+        else
+            gw_api_reply_405(req, "GET, HEAD");
+        return;
+    }
     if (strcmp(path, "/v1/pools") == 0) {
         if (get)
             gw_api_pools(api->redis, api->gc, api->lim->max_hosts, req);
@@ -951,6 +977,11 @@ struct gw_api *gw_api_create(struct event_base *base, struct cm_redis *redis,
     api->claimer = claimer;
     api->gc = gc;
     api->lim = lim;
+    api->events = gw_events_create(base, redis, gc, lim);
+    if (!api->events) {
+        free(api);
+        return NULL;
+    }
     return api;
 }
 
@@ -965,5 +996,6 @@ void gw_api_destroy(struct gw_api *api)
         op_error(op, GW_ERR_OVERLOADED, "the gateway is shutting down");
         op_free(op);
     }
+    gw_events_destroy(api->events);
     free(api);
 }

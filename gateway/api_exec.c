@@ -15,6 +15,9 @@
 #include "common/httpd.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/redis.h"
+#include "common/store.h"
+#include "common/time.h"
 #include "gateway/api.h"
 #include "gateway/config.h"
 
@@ -27,7 +30,33 @@ struct gw_exec {
     const struct gw_config *gc;
     int streaming, sse, answered;
     char instance[96];
+    struct gw_exec_audit audit;
 };
+
+/* EVENT script: <type> with the session, instance, key id and <n> more field/value pairs. */
+static void audit_event(struct gw_exec *x, const char *type, int n, const char **kv)
+{
+    char now[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    const char *argv[24] = {x->gc->common->redis.prefix,
+                            now,
+                            x->audit.tenant,
+                            type,
+                            "session",
+                            x->audit.session,
+                            "instance",
+                            x->instance,
+                            "key_id",
+                            x->audit.key_id};
+    size_t lens[24];
+    int argc = 10;
+    for (int i = 0; i < n && argc < 24; i++)
+        argv[argc++] = kv[i];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (cm_redis_script(x->audit.redis, CM_SCRIPT_EVENT, NULL, NULL, argc, argv, lens) < 0)
+        cm_log_warn("admin", "exec event not recorded type=%s session=%s", type, x->audit.session);
+}
 
 static void exec_free(struct gw_exec *x)
 {
@@ -183,6 +212,12 @@ static void on_read(struct bufferevent *bev, void *arg)
             cm_jbuf_raw(&obj, "}", 1);
         } else if (type == 'X') {
             exit_event(&obj, p, n);
+            char line[128], *sp;
+            snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
+            const char *kv[4] = {"end", line, "timed_out", strstr(line, " timeout=1") ? "1" : "0"};
+            if ((sp = strstr(line, " timeout=1")))
+                *sp = '\0';
+            audit_event(x, "exec_ended", 4, kv);
         } else {
             cm_jbuf_fini(&obj);
             finish(x, GW_ERR_BAD_GATEWAY, "the sandbox's agent broke the exec protocol");
@@ -283,7 +318,8 @@ static int put_spec(struct evbuffer *o, const struct gw_api_exec *spec)
 }
 
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
-                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec)
+                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec,
+                       const struct gw_exec_audit *audit)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     size_t al = strlen(addr);
@@ -306,6 +342,7 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     }
     x->req = req;
     x->gc = gc;
+    x->audit = *audit;
     const char *accept = cm_httpd_header(req, "Accept");
     x->sse = accept && strstr(accept, "text/event-stream") != NULL;
     /* The instance id is the directory the sockets are in. */
@@ -318,6 +355,16 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     x->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     x->timer = evtimer_new(base, on_timeout, x);
     int rc = x->bev && x->timer ? put_spec(bufferevent_get_output(x->bev), spec) : -1;
+    char cmdline[512];
+    size_t cl = 0;
+    for (size_t i = 0; i < spec->cmd->len && cl + 1 < sizeof(cmdline); i++)
+        cl += (size_t)snprintf(cmdline + cl, sizeof(cmdline) - cl, "%s%s", i ? " " : "",
+                               spec->cmd->items[i]->str);
+    if (cl >= sizeof(cmdline))
+        cl = sizeof(cmdline) - 1;
+    cmdline[cl] = '\0';
+    const char *kv[2] = {"cmd", cmdline};
+    audit_event(x, "exec_started", 2, kv);
     cm_json_free(spec->j);
     spec->j = NULL;
     if (rc < 0) {

@@ -11,19 +11,32 @@
  * too_many_execs (the sandbox runs its limit of commands: Retry-After), 400 exec_failed (not
  * found, not executable, a bad cwd). A client that goes away, or reads nothing for
  * gateway.admin.timeout while output waits, ends the connection, and the agent kills the
- * command. On the admin loop. */
+ * command. The audit trail gets exec_started (the command line, the API key's id) and
+ * exec_ended (exit code or signal, timed out, duration). On the admin loop. */
 #ifndef GW_API_EXEC_H
 #define GW_API_EXEC_H
 
+#include "common/key.h"
 #include "gateway/api_json.h"
 
 struct cm_httpd_req;
 struct event_base;
 struct gw_config;
 
+struct cm_redis;
+
+/* Who asked, for the audit events exec_started and exec_ended (the EVENT script). */
+struct gw_exec_audit {
+    struct cm_redis *redis;
+    const char *tenant; /* the config's: outlives the command */
+    char session[CM_HASH_HEX_LEN + 1];
+    char key_id[13]; /* the API key's: the first 12 hex digits of its SHA-256 */
+};
+
 /* Takes over <req> (answered or streamed from now on) and <spec> (its parsed body, freed
- * here); <addr> is the instance's address ("unix:.../app.sock"). */
+ * here); <addr> is the instance's address ("unix:.../app.sock"); <audit> is copied. */
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
-                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec);
+                       struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec,
+                       const struct gw_exec_audit *audit);
 
 #endif

@@ -97,8 +97,13 @@ def test_healthz_and_readyz(ctl):
 
 def test_unknown_paths_are_json_404(ctl):
     for path in ["/", "/nope", "/v1", "/v1/", "/v1/nope", "/v1/sessions/a/b", "/v2/sessions",
-                 "/v1/sessions/x/exec", "/metrics/x"]:
+                 "/v1/sessions/x/files", "/v1/sessions/x/exec/y", "/metrics/x"]:
         assert_error(ctl.api("GET", path), 404, "not_found")
+    # The session actions exist, for POST only.
+    for action in ("exec", "pause", "resume"):
+        r = ctl.api("GET", "/v1/sessions/x/" + action)
+        assert_error(r, 405, "method_not_allowed")
+        assert r.header("allow") == "POST"
     assert_error(curl(ctl.admin_url("/nope")), 404, "not_found")
 
 
