@@ -449,6 +449,26 @@ void cm_httpd_stream_end(struct cm_httpd_req *req)
     answered(c, req->keep);
 }
 
+static void aborted(void *arg)
+{
+    (void)arg;
+}
+
+void cm_httpd_stream_abort(struct cm_httpd_req *req)
+{
+    struct hconn *c = req->c;
+    if (!c) {
+        req_free(req);
+        return;
+    }
+    if (c->state != C_STREAMING)
+        return;
+    /* The connection goes, and the request with it (a close callback frees it there). */
+    req->close_cb = aborted;
+    req->drain_cb = NULL;
+    conn_free(c); /* no last chunk: the client sees the answer cut */
+}
+
 void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
                           const char *message)
 {
@@ -1225,6 +1245,8 @@ const char *cm_http_reason(int status)
         return "Service Unavailable";
     case 504:
         return "Gateway Timeout";
+    case 507:
+        return "Insufficient Storage";
     default:
         return "Unknown";
     }

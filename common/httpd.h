@@ -166,6 +166,9 @@ long cm_httpd_stream_write(struct cm_httpd_req *req, const void *data, size_t le
 /* Runs <cb> once, the next time what is queued falls to 16 KiB or below (NULL: none). */
 void cm_httpd_stream_on_drain(struct cm_httpd_req *req, cm_httpd_drain_cb cb, void *arg);
 void cm_httpd_stream_end(struct cm_httpd_req *req);
+/* Closes the connection without ending the answer (no last chunk), so the client sees it cut
+ * (a download whose source failed); <req> is gone after this. */
+void cm_httpd_stream_abort(struct cm_httpd_req *req);
 
 /* The reason phrase of <status> ("Unknown" for codes we do not send). */
 const char *cm_http_reason(int status);

@@ -66,6 +66,8 @@ struct op {
     size_t n_slots;
     int resume;                 /* OP_PAUSE: resume rather than pause */
     struct gw_api_exec exec;    /* OP_EXEC: the parsed body (its tree freed with the op) */
+    char fop;                   /* files: 'G' read, 'W' write, 'U' delete, 'L' list */
+    char fpath[GW_FILE_PATH_MAX + 1];
     struct gw_sched_call *call; /* OP_PAUSE: the scheduler's answer is awaited */
 };
 
@@ -717,6 +719,65 @@ static void handle_exec(struct gw_api *api, struct cm_httpd_req *req, const stru
     op_settle(op);
 }
 
+/* --- GET, PUT, DELETE /v1/sessions/{id}/files/{path} -------------------------------------- */
+
+static void files_on_session(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    struct gw_session_rec rec;
+    char addr[256];
+    if (!op->req) {
+        op_settle(op);
+        return;
+    }
+    if (err) {
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
+        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    } else if (!rec.addr || !rec.addr_len || rec.addr_len >= sizeof(addr)) {
+        op_error(op, GW_ERR_INSTANCE_LOST, NULL);
+    } else {
+        memcpy(addr, rec.addr, rec.addr_len);
+        addr[rec.addr_len] = '\0';
+        struct cm_httpd_req *req = op->req;
+        op->req = NULL;
+        struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
+        memcpy(audit.session, op->h, sizeof(audit.session));
+        key_id(req, audit.key_id);
+        gw_api_file_start(op->api->base, op->api->gc, req, addr, op->fop, op->fpath, &audit);
+    }
+    op_settle(op);
+}
+
+static void handle_files(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
+                         const char *h, const char *raw)
+{
+    char path[GW_FILE_PATH_MAX + 1];
+    size_t n;
+    if (gw_api_pct_decode(raw, strlen(raw), path, GW_FILE_PATH_MAX, &n) < 0 || n == 0 ||
+        memchr(path, '\0', n)) {
+        gw_api_reply_error(req, GW_ERR_INVALID_ARGUMENT,
+                           "the path: percent-encoded, 1 to 4096 bytes, no NUL", 0);
+        return;
+    }
+    enum cm_http_method m = cm_httpd_method(req);
+    char fop = m == CM_HTTP_PUT ? 'W' : m == CM_HTTP_DELETE ? 'U' : path[n - 1] == '/' ? 'L' : 'G';
+    struct op *op = op_new(api, req, OP_EXEC, t);
+    if (!op) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    op->fop = fop;
+    memcpy(op->fpath, path, n + 1);
+    memcpy(op->h, h, sizeof(op->h));
+    if (read_session(op, files_on_session) < 0)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    op_settle(op);
+}
+
 /* --- GET /v1/sessions --------------------------------------------------------------------- */
 
 static void list_answer(struct op *op)
@@ -868,7 +929,9 @@ static const char *session_segment(const char *path, size_t *ret_len, const char
     *ret_action = NULL;
     *ret_len = n - pl;
     if (slash) {
-        if (slash == seg || !slash[1] || strchr(slash + 1, '/'))
+        /* "{id}/files/{path}": the path may have slashes of its own */
+        int files = strncmp(slash + 1, "files/", 6) == 0;
+        if (slash == seg || !slash[1] || (!files && strchr(slash + 1, '/')))
             return NULL;
         *ret_len = (size_t)(slash - seg);
         *ret_action = slash + 1;
@@ -914,12 +977,17 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
     int pause = action && strcmp(action, "pause") == 0;
     int resume = action && strcmp(action, "resume") == 0;
     int exec = action && strcmp(action, "exec") == 0;
-    if (seg && action && !pause && !resume && !exec) {
+    int files = action && strncmp(action, "files/", 6) == 0;
+    if (seg && action && !pause && !resume && !exec && !files) {
         gw_api_reply_error(req, GW_ERR_NOT_FOUND, NULL, 0);
         return;
     }
     if (seg) {
-        if (action && m != CM_HTTP_POST) {
+        if (files && m != CM_HTTP_GET && m != CM_HTTP_PUT && m != CM_HTTP_DELETE) {
+            gw_api_reply_405(req, "GET, PUT, DELETE");
+            return;
+        }
+        if (action && !files && m != CM_HTTP_POST) {
             gw_api_reply_405(req, "POST");
             return;
         }
@@ -936,7 +1004,9 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
         }
         char h[CM_HASH_HEX_LEN + 1];
         cm_hash_hex(cm_key_hash(t->name, CM_KEY_SRC_SID, id, id_len), h);
-        if (exec)
+        if (files)
+            handle_files(api, req, t, h, action + 6);
+        else if (exec)
             handle_exec(api, req, t, h);
         else if (action)
             handle_pause(api, req, t, h, resume);

@@ -31,6 +31,9 @@ struct gw_exec {
     int streaming, sse, answered;
     char instance[96];
     struct gw_exec_audit audit;
+    char fop;                         /* files: 'G', 'W', 'U', 'L'; 0 for a command */
+    char fpath[GW_FILE_PATH_MAX + 2]; /* "/" and the sandbox path */
+    int entries;                      /* L: entries streamed so far */
 };
 
 /* EVENT script: <type> with the session, instance, key id and <n> more field/value pairs. */
@@ -57,6 +60,10 @@ static void audit_event(struct gw_exec *x, const char *type, int n, const char *
     if (cm_redis_script(x->audit.redis, CM_SCRIPT_EVENT, NULL, NULL, argc, argv, lens) < 0)
         cm_log_warn("admin", "exec event not recorded type=%s session=%s", type, x->audit.session);
 }
+
+static void write_b64(struct cm_jbuf *b, const unsigned char *p, size_t n);
+static void audit_event(struct gw_exec *x, const char *type, int n, const char **kv);
+static void on_drain(void *arg);
 
 static void exec_free(struct gw_exec *x)
 {
@@ -249,6 +256,13 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED)
         return;
     /* The sandbox closed before the end: it ended, or its agent did. */
+    if (x->fop && x->streaming && x->req) { /* a download or listing cut short: cut it too */
+        cm_httpd_set_close_cb(x->req, NULL, NULL);
+        cm_httpd_stream_abort(x->req);
+        x->req = NULL;
+        exec_free(x);
+        return;
+    }
     if (x->streaming && x->req) {
         struct cm_jbuf obj;
         cm_jbuf_init(&obj);
@@ -277,6 +291,165 @@ static int put_frame(struct evbuffer *o, char type, const char *p, size_t n)
     char hdr[CM_FRAME_HDR];
     cm_frame_header(hdr, type, n);
     return evbuffer_add(o, hdr, sizeof(hdr)) < 0 || (n && evbuffer_add(o, p, n) < 0) ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ files */
+
+/* 'F' of a file operation: "<code>: <message>". */
+static enum gw_err file_error(const char *msg)
+{
+    static const struct {
+        const char *code;
+        enum gw_err e;
+    } map[] = {{"not_found:", GW_ERR_NOT_FOUND},          {"bad_path:", GW_ERR_INVALID_ARGUMENT},
+               {"not_a_file:", GW_ERR_CONFLICT},          {"not_a_directory:", GW_ERR_CONFLICT},
+               {"not_empty:", GW_ERR_CONFLICT},           {"denied:", GW_ERR_PERMISSION_DENIED},
+               {"no_space:", GW_ERR_INSUFFICIENT_STORAGE}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strncmp(msg, map[i].code, strlen(map[i].code)) == 0)
+            return map[i].e;
+    return GW_ERR_INTERNAL;
+}
+
+/* L: one entry "<type>\0<size>\0<mtime>\0<mode>\0<name>" as JSON. */
+static void entry_json(struct cm_jbuf *b, const char *p, size_t n)
+{
+    const char *f[5];
+    size_t fl[5], k = 0, start = 0;
+    for (size_t i = 0; i <= n && k < 5; i++)
+        if (i == n || (p[i] == '\0' && k < 4)) {
+            f[k] = p + start;
+            fl[k++] = i - start;
+            start = i + 1;
+        }
+    if (k != 5 || fl[0] != 1) {
+        cm_jbuf_raw(b, "null", 4);
+        return;
+    }
+    const char *type = f[0][0] == 'f'   ? "file"
+                       : f[0][0] == 'd' ? "directory"
+                       : f[0][0] == 'l' ? "symlink"
+                                        : "other";
+    cm_jbuf_raw(b, "{\"name\":", 8);
+    if (gw_api_utf8_valid(f[4], fl[4])) {
+        cm_jbuf_str(b, f[4], fl[4]);
+    } else {
+        cm_jbuf_raw(b, "null,\"name_base64\":\"", 20);
+        write_b64(b, (const unsigned char *)f[4], fl[4]);
+        cm_jbuf_raw(b, "\"", 1);
+    }
+    cm_jbuf_printf(b, ",\"type\":\"%s\",\"size\":%.*s,\"mtime_ms\":%.*s,\"mode\":\"%.*s\"}", type,
+                   (int)fl[1], f[1], (int)fl[2], f[2], (int)fl[3], f[3]);
+}
+
+static void on_file_read(struct bufferevent *bev, void *arg)
+{
+    struct gw_exec *x = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail < CM_FRAME_HDR)
+            return;
+        size_t want = avail < CM_FRAME_HDR + CM_FRAME_MAX ? avail : CM_FRAME_HDR + CM_FRAME_MAX;
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+        char type;
+        const char *p;
+        size_t n;
+        long used = buf ? cm_frame_next(buf, want, &type, &p, &n) : -ENOMEM;
+        if (used == 0)
+            return;
+        if (used < 0 || (type != 'O' && type != 'X' && type != 'F') ||
+            (type == 'O' && x->fop != 'G' && x->fop != 'L')) {
+            finish(x, GW_ERR_BAD_GATEWAY, "the sandbox's agent broke the exec protocol");
+            return;
+        }
+        if (!x->req) {
+            exec_free(x);
+            return;
+        }
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%.*s", (int)(n < sizeof(msg) ? n : sizeof(msg) - 1), p);
+        if (type == 'F') {
+            finish(x, x->streaming ? GW_ERR_INTERNAL : file_error(msg), msg);
+            return;
+        }
+        if (type == 'X' && (x->fop == 'W' || x->fop == 'U')) {
+            unsigned long long size = 0;
+            sscanf(msg, "size=%llu", &size);
+            char sz[24];
+            snprintf(sz, sizeof(sz), "%llu", size);
+            const char *kv[4] = {"path", x->fpath, "size", sz};
+            audit_event(x, x->fop == 'W' ? "file_written" : "file_deleted", x->fop == 'W' ? 4 : 2,
+                        kv);
+            struct cm_jbuf b;
+            cm_jbuf_init(&b);
+            if (x->fop == 'W') {
+                cm_jbuf_raw(&b, "{\"path\":", 8);
+                cm_jbuf_cstr(&b, x->fpath);
+                cm_jbuf_printf(&b, ",\"size\":%llu}", size);
+            }
+            gw_api_reply(x->req, x->fop == 'W' ? 200 : 204, NULL, b.data ? b.data : "",
+                         b.failed ? 0 : b.len);
+            cm_jbuf_fini(&b);
+            x->req = NULL;
+            exec_free(x);
+            return;
+        }
+        if (!x->streaming) {
+            if (x->timer)
+                evtimer_del(x->timer);
+            (void)cm_httpd_add_header(x->req, "Cache-Control", "no-store");
+            if (cm_httpd_stream_begin(x->req, 200,
+                                      x->fop == 'G' ? "application/octet-stream"
+                                                    : "application/json") < 0) {
+                exec_free(x);
+                return;
+            }
+            x->streaming = 1;
+            if (x->fop == 'L') {
+                struct cm_jbuf b;
+                cm_jbuf_init(&b);
+                cm_jbuf_raw(&b, "{\"path\":", 8);
+                cm_jbuf_cstr(&b, x->fpath);
+                cm_jbuf_raw(&b, ",\"entries\":[", 12);
+                long q = b.failed ? -1 : cm_httpd_stream_write(x->req, b.data, b.len);
+                cm_jbuf_fini(&b);
+                if (q < 0) {
+                    exec_free(x);
+                    return;
+                }
+            }
+        }
+        long q;
+        if (type == 'X') {
+            q = x->fop == 'L' ? cm_httpd_stream_write(x->req, "]}", 2) : 0;
+            evbuffer_drain(in, (size_t)used);
+            finish(x, GW_ERR_INTERNAL, NULL);
+            (void)q;
+            return;
+        }
+        if (x->fop == 'G') {
+            q = cm_httpd_stream_write(x->req, p, n);
+        } else {
+            struct cm_jbuf b;
+            cm_jbuf_init(&b);
+            if (x->entries++)
+                cm_jbuf_raw(&b, ",", 1);
+            entry_json(&b, p, n);
+            q = b.failed ? -1 : cm_httpd_stream_write(x->req, b.data, b.len);
+            cm_jbuf_fini(&b);
+        }
+        evbuffer_drain(in, (size_t)used);
+        if (q < 0) {
+            exec_free(x);
+            return;
+        }
+        if (q > STREAM_HIGH) {
+            bufferevent_disable(bev, EV_READ);
+            cm_httpd_stream_on_drain(x->req, on_drain, x);
+            return;
+        }
+    }
 }
 
 /* The command's frames, then its stdin and its end. */
@@ -317,15 +490,97 @@ static int put_spec(struct evbuffer *o, const struct gw_api_exec *spec)
     return rc;
 }
 
+/* The ports socket next to the app socket of <addr>, and the instance id (its directory);
+ * -1 when <addr> is not a process sandbox's. */
+static int ports_socket(const char *addr, struct sockaddr_un *sa, char *inst, size_t ilen)
+{
+    size_t al = strlen(addr);
+    if (al <= 5 + 14 || strncmp(addr, "unix:", 5) != 0 ||
+        strcmp(addr + al - 14, "/sock/app.sock") != 0 ||
+        al - 5 - 9 + strlen("/ports.sock") >= sizeof(sa->sun_path))
+        return -1;
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    snprintf(sa->sun_path, sizeof(sa->sun_path), "%.*s/ports.sock", (int)(al - 5 - 9), addr + 5);
+    const char *dir_end = addr + al - 14, *dir = dir_end;
+    while (dir > addr + 5 && dir[-1] != '/')
+        dir--;
+    snprintf(inst, ilen, "%.*s", (int)(dir_end - dir), dir);
+    return 0;
+}
+
+/* Connects x->bev (its output already queued) to <sa>, bounded by resume_timeout. */
+static void connect_agent(struct gw_exec *x, struct sockaddr_un *sa)
+{
+    struct timeval tv;
+    cm_usec_to_tv(x->gc->limits.resume_timeout, &tv);
+    evtimer_add(x->timer, &tv);
+    if (bufferevent_socket_connect(x->bev, (struct sockaddr *)sa, sizeof(*sa)) < 0) {
+        finish(x, GW_ERR_INSTANCE_LOST, "cannot reach the session's sandbox");
+        return;
+    }
+    bufferevent_enable(x->bev, EV_READ);
+}
+
+void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
+                       struct cm_httpd_req *req, const char *addr, char op, const char *path,
+                       const struct gw_exec_audit *audit)
+{
+    struct sockaddr_un sa;
+    struct gw_exec *x = calloc(1, sizeof(*x));
+    if (!x) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
+        return;
+    }
+    if (ports_socket(addr, &sa, x->instance, sizeof(x->instance)) < 0) {
+        free(x);
+        gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
+                           "files need a sandbox of the process driver (this one has no "
+                           "exec channel)",
+                           0);
+        return;
+    }
+    x->req = req;
+    x->gc = gc;
+    x->audit = *audit;
+    x->fop = op;
+    snprintf(x->fpath, sizeof(x->fpath), "/%s", path);
+    cm_httpd_set_close_cb(req, on_client_gone, x);
+    x->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    x->timer = evtimer_new(base, on_timeout, x);
+    int rc = -1;
+    if (x->bev && x->timer) {
+        struct evbuffer *o = bufferevent_get_output(x->bev);
+        size_t blen = 0;
+        const char *body = op == 'W' ? cm_httpd_body(req, &blen) : NULL;
+        rc = evbuffer_add(o, "BERTH-EXEC\r\n", 12) < 0 ||
+                     put_frame(o, 'P', path, strlen(path)) < 0 || put_frame(o, op, NULL, 0) < 0
+                 ? -1
+                 : 0;
+        for (size_t off = 0; rc == 0 && op == 'W' && body && off < blen;) {
+            size_t n = blen - off < CM_FRAME_MAX ? blen - off : CM_FRAME_MAX;
+            rc = put_frame(o, 'I', body + off, n);
+            off += n;
+        }
+        if (rc == 0 && op == 'W')
+            rc = put_frame(o, 'Z', NULL, 0);
+    }
+    if (rc < 0) {
+        finish(x, GW_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    bufferevent_setcb(x->bev, on_file_read, NULL, on_event, x);
+    bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
+    connect_agent(x, &sa);
+}
+
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec,
                        const struct gw_exec_audit *audit)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    size_t al = strlen(addr);
-    const char *sfx = "/app.sock";
-    if (al <= 5 + 9 || strncmp(addr, "unix:", 5) != 0 || strcmp(addr + al - 9, sfx) != 0 ||
-        al - 5 - 9 + strlen("/ports.sock") >= sizeof(sa.sun_path)) {
+    struct sockaddr_un sa;
+    char inst[96];
+    if (ports_socket(addr, &sa, inst, sizeof(inst)) < 0) {
         cm_json_free(spec->j);
         gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
                            "exec needs a sandbox of the process driver (this one has no "
@@ -333,7 +588,6 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
                            0);
         return;
     }
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%.*s/ports.sock", (int)(al - 5 - 9), addr + 5);
     struct gw_exec *x = calloc(1, sizeof(*x));
     if (!x) {
         cm_json_free(spec->j);
@@ -345,12 +599,7 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     x->audit = *audit;
     const char *accept = cm_httpd_header(req, "Accept");
     x->sse = accept && strstr(accept, "text/event-stream") != NULL;
-    /* The instance id is the directory the sockets are in. */
-    const char *dir_end = addr + al - 9 - 5; /* before "/sock/app.sock" */
-    const char *dir = dir_end;
-    while (dir > addr + 5 && dir[-1] != '/')
-        dir--;
-    snprintf(x->instance, sizeof(x->instance), "%.*s", (int)(dir_end - dir), dir);
+    memcpy(x->instance, inst, sizeof(x->instance));
     cm_httpd_set_close_cb(req, on_client_gone, x);
     x->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     x->timer = evtimer_new(base, on_timeout, x);
@@ -373,12 +622,5 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     }
     bufferevent_setcb(x->bev, on_read, NULL, on_event, x);
     bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
-    struct timeval tv;
-    cm_usec_to_tv(gc->limits.resume_timeout, &tv);
-    evtimer_add(x->timer, &tv);
-    if (bufferevent_socket_connect(x->bev, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        finish(x, GW_ERR_INSTANCE_LOST, "cannot reach the session's sandbox");
-        return;
-    }
-    bufferevent_enable(x->bev, EV_READ);
+    connect_agent(x, &sa);
 }

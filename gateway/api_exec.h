@@ -33,6 +33,20 @@ struct gw_exec_audit {
     char key_id[13]; /* the API key's: the first 12 hex digits of its SHA-256 */
 };
 
+#define GW_FILE_PATH_MAX 4096
+
+/* Files (the same channel; scheduler/agent/proto.h): <op> 'G' read (streamed as
+ * application/octet-stream), 'W' write (the request's body: 200 {"path","size"}), 'U' delete
+ * (204), 'L' list a directory (200 {"path","entries":[{"name","type","size","mtime_ms",
+ * "mode"}...]}, streamed as it is read); <path> the sandbox path without its leading slash.
+ * Errors from the agent: 404 not_found, 400 invalid_argument (bad_path: outside workspace/ and
+ * data/, or ".." and the like), 409 conflict (not a file, not a directory, not empty), 403
+ * permission_denied, 507 insufficient_storage. The audit trail gets file_written (path,
+ * size) and file_deleted (path). */
+void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
+                       struct cm_httpd_req *req, const char *addr, char op, const char *path,
+                       const struct gw_exec_audit *audit);
+
 /* Takes over <req> (answered or streamed from now on) and <spec> (its parsed body, freed
  * here); <addr> is the instance's address ("unix:.../app.sock"); <audit> is copied. */
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,

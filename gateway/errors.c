@@ -39,6 +39,10 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
     [GW_ERR_TOO_MANY_EXECS] = {"too_many_execs", 429,
                                "the sandbox runs as many commands as it may: retry later", 1},
     [GW_ERR_EXEC_FAILED] = {"exec_failed", 400, "the command could not start", 0},
+    [GW_ERR_PERMISSION_DENIED] = {"permission_denied", 403,
+                                  "the sandbox's user may not do that to this file", 0},
+    [GW_ERR_INSUFFICIENT_STORAGE] = {"insufficient_storage", 507,
+                                     "the file does not fit in the sandbox's storage", 0},
     [GW_ERR_INSTANCE_UNAVAILABLE] = {"instance_unavailable", 503,
                                      "the session's sandbox did not take the request in time "
                                      "(paused and not resumed), retry later",

@@ -33,6 +33,8 @@ enum gw_err {
     GW_ERR_SCHEDULER_UNAVAILABLE, /* 503 the session's scheduler did not answer (Retry-After) */
     GW_ERR_TOO_MANY_EXECS,        /* 429 the sandbox runs its limit of commands (Retry-After) */
     GW_ERR_EXEC_FAILED,           /* 400 the command could not start (not found, bad cwd) */
+    GW_ERR_PERMISSION_DENIED,     /* 403 the sandbox's user may not touch that file */
+    GW_ERR_INSUFFICIENT_STORAGE,  /* 507 the file does not fit (the workspace's or /data's size) */
     GW_ERR_INSTANCE_UNAVAILABLE,  /* 503 the instance took none of the request within
                                    * limits.resume_timeout (paused, not resumed) (Retry-After) */
     GW_ERR_COUNT

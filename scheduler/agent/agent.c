@@ -508,8 +508,8 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
     case AGENT_CMD_PAUSE: {
         unsigned closed = 0;
         const char *why = "";
-        if (agent_exec_running()) {
-            snprintf(reply, sizeof(reply), "BUSY a command is running (exec)");
+        if (agent_exec_open()) {
+            snprintf(reply, sizeof(reply), "BUSY a command or a file transfer is running");
         } else if (agent_relay_pause(A.relay, agent_now_ms(), cmd.quiet_ms, &closed, &why) < 0) {
             snprintf(reply, sizeof(reply), "BUSY %s", why);
         } else {

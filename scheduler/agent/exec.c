@@ -1,13 +1,16 @@
 #include "scheduler/agent/exec.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,6 +44,14 @@ struct xc {
     int conn_gone; /* the gateway closed or failed */
     int ended;     /* X or F queued: close once written */
     int dead;
+    /* files: the operation ('G', 'W', 'U', 'L'; 0 for a command), its path and state */
+    char fop;
+    char *fpath;
+    int file_fd, parent_fd; /* G: the file, W: the temp file and its directory */
+    DIR *dir;               /* L */
+    char *fbase;            /* W: the target's name in parent_fd */
+    char tmpname[64];
+    uint64_t fsize;
 };
 
 static struct {
@@ -59,6 +70,14 @@ void agent_exec_init(int epfd, const struct agent_exec_config *cfg)
 unsigned agent_exec_running(void)
 {
     return X.running;
+}
+
+unsigned agent_exec_open(void)
+{
+    unsigned n = 0;
+    for (const struct xc *x = X.all; x; x = x->next)
+        n += !x->dead;
+    return n;
 }
 
 static void update(struct xc *x);
@@ -249,6 +268,251 @@ fail:
     fail(x, why);
 }
 
+/* ------------------------------------------------------------------ files */
+
+static int open_beneath(int dirfd, const char *path, uint64_t flags)
+{
+    struct open_how how = {.flags = flags | O_CLOEXEC,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, dirfd, *path ? path : ".", &how, sizeof(how));
+    return fd < 0 ? -errno : fd;
+}
+
+static void file_fail(struct xc *x, int err, const char *what)
+{
+    const char *code = err == ENOENT                    ? "not_found"
+                       : err == ENOTDIR                 ? "not_a_directory"
+                       : err == EISDIR                  ? "not_a_file"
+                       : err == ENOTEMPTY               ? "not_empty"
+                       : err == ENOSPC || err == EDQUOT ? "no_space"
+                       : err == EACCES || err == EPERM  ? "denied"
+                       : err == EXDEV || err == ELOOP   ? "bad_path"
+                                                        : "io";
+    char msg[256];
+    snprintf(msg, sizeof(msg), "%s: %s: %s", code, what, strerror(err));
+    fail(x, msg);
+}
+
+static void file_cleanup(struct xc *x)
+{
+    if (x->file_fd >= 0)
+        close(x->file_fd);
+    x->file_fd = -1;
+    if (x->tmpname[0] && x->parent_fd >= 0)
+        unlinkat(x->parent_fd, x->tmpname, 0); /* an upload that did not finish */
+    x->tmpname[0] = '\0';
+    if (x->parent_fd >= 0)
+        close(x->parent_fd);
+    x->parent_fd = -1;
+    if (x->dir)
+        closedir(x->dir);
+    x->dir = NULL;
+}
+
+/* W: the directories up to the target's, made where missing; returns an fd or -errno. */
+static int make_parents(int root, char *rest, char **ret_base)
+{
+    int cur = dup(root);
+    if (cur < 0)
+        return -errno;
+    char *p = rest, *slash;
+    while ((slash = strchr(p, '/'))) {
+        *slash = '\0';
+        int next = open_beneath(cur, p, O_PATH | O_DIRECTORY);
+        if (next == -ENOENT && mkdirat(cur, p, 0755) == 0)
+            next = open_beneath(cur, p, O_PATH | O_DIRECTORY);
+        *slash = '/';
+        close(cur);
+        if (next < 0)
+            return next;
+        cur = next;
+        p = slash + 1;
+    }
+    *ret_base = p;
+    return cur;
+}
+
+static void file_start(struct xc *x, char op)
+{
+    const char *root_name, *err = NULL;
+    int is_dir = 0;
+    x->fop = op;
+    x->started = 1;
+    x->t0 = agent_now_ms();
+    size_t n = x->fpath ? strlen(x->fpath) : 0;
+    char *rest = malloc(n + 1);
+    if (!rest || !x->fpath || agent_file_path(x->fpath, n, &root_name, rest, &is_dir, &err) < 0) {
+        free(rest);
+        fail(x, err ? err : "bad_path: no path");
+        return;
+    }
+    char rootp[16];
+    snprintf(rootp, sizeof(rootp), "/%s", root_name);
+    int root = open(rootp, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) {
+        file_fail(x, errno, rootp);
+        free(rest);
+        return;
+    }
+    int fd;
+    struct stat st;
+    if (op == 'G' || op == 'L') {
+        fd = open_beneath(root, rest, op == 'G' ? O_RDONLY | O_NONBLOCK : O_RDONLY | O_DIRECTORY);
+        if (fd < 0) {
+            file_fail(x, -fd, x->fpath);
+        } else if (op == 'G' && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+            close(fd);
+            file_fail(x, EISDIR, x->fpath);
+        } else if (op == 'G') {
+            x->file_fd = fd;
+        } else if (!(x->dir = fdopendir(fd))) {
+            close(fd);
+            file_fail(x, errno, x->fpath);
+        }
+    } else if (!*rest || is_dir) {
+        file_fail(x, EISDIR, x->fpath);
+    } else if (op == 'U') {
+        char *base = strrchr(rest, '/');
+        int parent;
+        if (base) {
+            *base++ = '\0';
+            parent = open_beneath(root, rest, O_PATH | O_DIRECTORY);
+        } else {
+            base = rest;
+            parent = dup(root);
+        }
+        if (parent < 0) {
+            file_fail(x, parent == -1 ? errno : -parent, x->fpath);
+        } else {
+            int rc = unlinkat(parent, base, 0);
+            if (rc < 0 && errno == EISDIR)
+                rc = unlinkat(parent, base, AT_REMOVEDIR);
+            if (rc < 0)
+                file_fail(x, errno, x->fpath);
+            else
+                queue(x, 'X', "ok", 2), x->ended = 1;
+            close(parent);
+        }
+    } else { /* W */
+        char *base = NULL;
+        x->parent_fd = make_parents(root, rest, &base);
+        if (x->parent_fd < 0) {
+            int e = -x->parent_fd;
+            x->parent_fd = -1;
+            file_fail(x, e, x->fpath);
+        } else if (!(x->fbase = strdup(base))) {
+            fail(x, "io: out of memory");
+        } else {
+            static unsigned seq;
+            snprintf(x->tmpname, sizeof(x->tmpname), ".berth-upload.%d.%u", (int)getpid(), ++seq);
+            x->file_fd = openat(x->parent_fd, x->tmpname,
+                                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+            if (x->file_fd < 0) {
+                x->tmpname[0] = '\0';
+                file_fail(x, errno, x->fpath);
+            }
+        }
+    }
+    close(root);
+    free(rest);
+}
+
+/* W: bytes of the upload. */
+static void file_write(struct xc *x, const char *p, size_t n)
+{
+    while (n && !x->ended) {
+        ssize_t w = write(x->file_fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            file_cleanup(x);
+            file_fail(x, e, x->fpath);
+            return;
+        }
+        p += w;
+        n -= (size_t)w;
+        x->fsize += (uint64_t)w;
+    }
+}
+
+/* W: the end of the upload: synced, then renamed into place. */
+static void file_commit(struct xc *x)
+{
+    if (fsync(x->file_fd) < 0 || renameat(x->parent_fd, x->tmpname, x->parent_fd, x->fbase) < 0) {
+        int e = errno;
+        file_cleanup(x);
+        file_fail(x, e, x->fpath);
+        return;
+    }
+    x->tmpname[0] = '\0';
+    file_cleanup(x);
+    char msg[40];
+    snprintf(msg, sizeof(msg), "size=%" PRIu64, x->fsize);
+    queue(x, 'X', msg, strlen(msg));
+    x->ended = 1;
+}
+
+/* G and L: more of the answer while the gateway takes it. */
+static void file_refill(struct xc *x)
+{
+    char buf[READ_CHUNK];
+    while (!x->ended && x->olen < OUT_MAX && (x->file_fd >= 0 || x->dir)) {
+        if (x->file_fd >= 0) {
+            ssize_t n = read(x->file_fd, buf, sizeof(buf));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                int e = errno;
+                file_cleanup(x);
+                file_fail(x, e, x->fpath);
+                return;
+            }
+            if (n == 0) {
+                file_cleanup(x);
+                char msg[40];
+                snprintf(msg, sizeof(msg), "size=%" PRIu64, x->fsize);
+                queue(x, 'X', msg, strlen(msg));
+                x->ended = 1;
+                return;
+            }
+            x->fsize += (uint64_t)n;
+            if (queue(x, 'O', buf, (size_t)n) < 0) {
+                file_cleanup(x);
+                fail(x, "io: out of memory");
+                return;
+            }
+            continue;
+        }
+        errno = 0;
+        struct dirent *e = readdir(x->dir);
+        if (!e) {
+            int err = errno;
+            file_cleanup(x);
+            if (err)
+                file_fail(x, err, x->fpath);
+            else
+                queue(x, 'X', "ok", 2), x->ended = 1;
+            return;
+        }
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(x->dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* gone meanwhile */
+        char type = S_ISREG(st.st_mode)   ? 'f'
+                    : S_ISDIR(st.st_mode) ? 'd'
+                    : S_ISLNK(st.st_mode) ? 'l'
+                                          : 'o';
+        int n = snprintf(
+            buf, sizeof(buf), "%c%c%" PRIu64 "%c%" PRIu64 "%c%o%c%s", type, 0, (uint64_t)st.st_size,
+            0, (uint64_t)st.st_mtim.tv_sec * 1000 + (uint64_t)st.st_mtim.tv_nsec / 1000000, 0,
+            (unsigned)(st.st_mode & 07777), 0, e->d_name);
+        if (n > 0 && (size_t)n < sizeof(buf))
+            queue(x, 'O', buf, (size_t)n);
+    }
+}
+
 /* ------------------------------------------------------------------ I/O */
 
 /* Frames from the gateway in x->rbuf: spec, start, stdin. Returns -1 on a protocol error. */
@@ -268,9 +532,22 @@ static int consume(struct xc *x)
             const char *err;
             if (type == 'S') {
                 start(x);
+            } else if (type == 'P') {
+                if (x->fpath || n == 0 || n > AGENT_PATH_MAX || !(x->fpath = malloc(n + 1)))
+                    fail(x, "bad_path: one path of 1 to 4096 bytes");
+                else
+                    memcpy(x->fpath, p, n), x->fpath[n] = '\0';
+            } else if (type == 'G' || type == 'W' || type == 'U' || type == 'L') {
+                file_start(x, type);
             } else if (agent_exec_spec_add(&x->spec, type, p, n, &err) < 0) {
                 fail(x, err ? err : "out of memory");
             }
+        } else if (x->fop == 'W' && type == 'I') {
+            file_write(x, p, n);
+        } else if (x->fop == 'W' && type == 'Z') {
+            file_commit(x);
+        } else if (x->fop) {
+            return -1;
         } else if (type == 'I' && !x->stdin_eof) {
             if (x->in_w.fd >= 0) { /* else the command closed its stdin: dropped */
                 char *b = realloc(x->ibuf, x->ilen + n ? x->ilen + n : 1);
@@ -378,6 +655,8 @@ static void update(struct xc *x)
 {
     if (x->dead)
         return;
+    if ((x->fop == 'G' || x->fop == 'L') && !x->ended && !x->conn_gone)
+        file_refill(x);
     if (x->started && x->in_w.fd >= 0 && x->stdin_eof && x->ilen == 0)
         agent_watch_close(X.epfd, &x->in_w);
     if (x->exited && !x->ended && x->out_w.fd < 0 && x->err_w.fd < 0)
@@ -404,6 +683,7 @@ static void update(struct xc *x)
     if (x->cw.fd < 0 && (!x->started || x->pid == 0 || (x->exited && x->ended)) &&
         !(x->running && !x->exited)) {
         close_pipes(x);
+        file_cleanup(x);
         x->dead = 1;
     }
 }
@@ -422,6 +702,7 @@ void agent_exec_take(int fd, const char *pending, size_t len)
     agent_watch_init(&x->in_w, -1, on_in);
     agent_watch_init(&x->out_w, -1, on_out);
     agent_watch_init(&x->err_w, -1, on_err);
+    x->file_fd = x->parent_fd = -1;
     x->next = X.all;
     X.all = x;
     memcpy(x->rbuf, pending, len);
@@ -491,6 +772,8 @@ void agent_exec_reap(void)
         }
         *p = x->next;
         agent_exec_spec_free(&x->spec);
+        free(x->fpath);
+        free(x->fbase);
         free(x->obuf);
         free(x->ibuf);
         free(x);

@@ -42,5 +42,7 @@ uint64_t agent_exec_tick(uint64_t now_ms);
 void agent_exec_reap(void);
 /* Commands running now. */
 unsigned agent_exec_running(void);
+/* Exchanges open on the channel now (commands, and file transfers: PAUSE waits for them). */
+unsigned agent_exec_open(void);
 
 #endif

@@ -326,3 +326,51 @@ void agent_exec_spec_free(struct agent_exec_spec *s)
     free(s->cwd);
     memset(s, 0, sizeof(*s));
 }
+
+/* ------------------------------------------------------------------ file paths */
+
+int agent_file_path(const char *p, size_t n, const char **ret_root, char *rest, int *ret_dir,
+                    const char **ret_err)
+{
+    static const char *const roots[] = {"workspace", "data"};
+    *ret_dir = 0;
+    if (n == 0 || n > AGENT_PATH_MAX || memchr(p, '\0', n)) {
+        *ret_err = "bad_path: a path of 1 to 4096 bytes without NUL";
+        return -EINVAL;
+    }
+    if (p[n - 1] == '/') {
+        *ret_dir = 1;
+        n--;
+    }
+    const char *root = NULL;
+    size_t rl = 0;
+    for (size_t i = 0; i < 2 && !root; i++) {
+        size_t l = strlen(roots[i]);
+        if (n >= l && memcmp(p, roots[i], l) == 0 && (n == l || p[l] == '/')) {
+            root = roots[i];
+            rl = l;
+        }
+    }
+    if (!root) {
+        *ret_err = "bad_path: files live under workspace/ or data/";
+        return -EINVAL;
+    }
+    size_t off = rl < n ? rl + 1 : n;
+    for (size_t i = off; i <= n; i++) { /* every component: not empty, not . or .. */
+        size_t start = i;
+        while (i < n && p[i] != '/')
+            i++;
+        size_t cl = i - start;
+        if (off == n)
+            break;
+        if (cl == 0 || (cl == 1 && p[start] == '.') ||
+            (cl == 2 && p[start] == '.' && p[start + 1] == '.')) {
+            *ret_err = "bad_path: an empty, . or .. component";
+            return -EINVAL;
+        }
+    }
+    memcpy(rest, p + off, n - off);
+    rest[n - off] = '\0';
+    *ret_root = root;
+    return 0;
+}

@@ -94,6 +94,24 @@ void agent_linebuf_reset(struct agent_linebuf *lb);
 #define AGENT_EXEC_SPEC_MAX (256 * 1024) /* argv + env + cwd bytes in all */
 #define AGENT_EXEC_TIMEOUT_MAX 86400000ULL
 
+/* Files (issue 17) on the same channel: 'P' a path, then one of 'G' read (the agent answers
+ * 'O' with the file's bytes, then 'X' "size=N"), 'W' write (then 'I' the bytes and 'Z' their
+ * end; 'X' "size=N" once the file is in place), 'U' delete ('X' "ok"), 'L' list a directory
+ * ('O' one entry each: "<type>\0<size>\0<mtime ms>\0<mode octal>\0<name>", type f d l o;
+ * then 'X' "ok"). A failure is 'F' "<code>: <message>", code one of not_found bad_path
+ * not_a_file not_a_directory not_empty no_space denied io. A path is a sandbox path without
+ * its leading slash, inside the workspace or /data: "workspace[/...]" or "data[/...]"; no
+ * empty, "." or ".." component (a trailing "/" only for a directory to list); symlinks are
+ * resolved inside that root (openat2 RESOLVE_BENEATH), never out of it. */
+#define AGENT_PATH_MAX 4096
+
+/* Checks <n> bytes at <p> as a file path: 0 with the root ("workspace" or "data") in
+ * *ret_root and what follows it (without the slash; "" for the root itself, a trailing "/"
+ * dropped) in <rest> (at least <n> + 1 bytes), *ret_dir 1 when it ended with "/"; else
+ * -EINVAL with a reason. */
+int agent_file_path(const char *p, size_t n, const char **ret_root, char *rest, int *ret_dir,
+                    const char **ret_err);
+
 /* What the frames before 'S' say. */
 struct agent_exec_spec {
     char *argv[AGENT_EXEC_ARGS_MAX + 1]; /* NULL-terminated */

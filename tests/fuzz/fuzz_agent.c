@@ -30,8 +30,20 @@ static void frames(const char *in, size_t len)
         if ((size_t)used != CM_FRAME_HDR + n || n > CM_FRAME_MAX || p != in + off + CM_FRAME_HDR)
             abort();
         const char *err = NULL;
-        if (agent_exec_spec_add(&spec, type, p, n, &err) == -EINVAL && !err)
+        if (type == 'P') { /* a file path: confined to its root, or refused with a reason */
+            char *rest = malloc(n + 1);
+            const char *root = NULL;
+            int dir = 0;
+            if (rest && agent_file_path(p, n, &root, rest, &dir, &err) == 0 &&
+                ((strcmp(root, "data") != 0 && strcmp(root, "workspace") != 0) ||
+                 strcmp(rest, "..") == 0 || strncmp(rest, "../", 3) == 0 ||
+                 strstr(rest, "/../") || strstr(rest, "//") || strlen(rest) > n ||
+                 (strlen(rest) >= 3 && strcmp(rest + strlen(rest) - 3, "/..") == 0)))
+                abort();
+            free(rest);
+        } else if (agent_exec_spec_add(&spec, type, p, n, &err) == -EINVAL && !err) {
             abort();
+        }
         if (spec.argc > AGENT_EXEC_ARGS_MAX || spec.envc > AGENT_EXEC_ENV_MAX ||
             spec.bytes > AGENT_EXEC_SPEC_MAX || spec.argv[spec.argc] || spec.env[spec.envc] ||
             spec.timeout_ms > AGENT_EXEC_TIMEOUT_MAX)

@@ -195,7 +195,7 @@ def test_exec_resumes_a_paused_sandbox(make_stack):
                    10 * SLOW, "the command to run")
         r = s.api("POST", "/v1/sessions/x-paused/pause")
         assert r.status == 409 and r.json()["error"]["code"] == "session_busy", r
-        assert "command" in r.json()["error"]["message"]
+        assert "a command" in r.json()["error"]["message"]
     finally:
         p.kill()
         p.wait()

@@ -300,3 +300,34 @@ TEST(exec_frames_and_spec)
     agent_exec_spec_free(&s);
     CHECK_INT_EQ((int)s.argc, 0);
 }
+
+TEST(file_paths)
+{
+    const char *root, *err;
+    char rest[64];
+    int dir;
+    CHECK_INT_EQ(agent_file_path("data/a/b.txt", 12, &root, rest, &dir, &err), 0);
+    CHECK_STR_EQ(root, "data");
+    CHECK_STR_EQ(rest, "a/b.txt");
+    CHECK_INT_EQ(dir, 0);
+    CHECK_INT_EQ(agent_file_path("workspace/", 10, &root, rest, &dir, &err), 0);
+    CHECK_STR_EQ(root, "workspace");
+    CHECK_STR_EQ(rest, "");
+    CHECK_INT_EQ(dir, 1);
+    CHECK_INT_EQ(agent_file_path("data", 4, &root, rest, &dir, &err), 0);
+    CHECK_STR_EQ(rest, "");
+    CHECK_INT_EQ(agent_file_path("data/x/", 7, &root, rest, &dir, &err), 0);
+    CHECK_STR_EQ(rest, "x");
+    CHECK_INT_EQ(dir, 1);
+    static const char *const bad[] = {"",           "/data/x",    "etc/passwd", "datax/y",
+                                      "data/../x",  "data/./x",   "data//x",    "data/x/..",
+                                      "workspaces", "data/x//",   "tmp",        "data/.."};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = NULL;
+        CHECK_MSG(agent_file_path(bad[i], strlen(bad[i]), &root, rest, &dir, &err) == -EINVAL,
+                  "%s", bad[i]);
+        CHECK_NOT_NULL(err);
+        CHECK(strncmp(err, "bad_path:", 9) == 0);
+    }
+    CHECK_INT_EQ(agent_file_path("data/a\0b", 8, &root, rest, &dir, &err), -EINVAL);
+}
