@@ -300,7 +300,7 @@ static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
 {
     static const char *const keys[] = {"address", "username", "password", "password_file",
                                        "prefix", "db", "connect_timeout", "command_timeout",
-                                       NULL};
+                                       "usage_retention", NULL};
     uint64_t db;
     if (cm_conf_keys(ctx, m, "redis", keys) || cm_conf_str(ctx, m, "redis", "address",
                                                            "127.0.0.1:6379", &r->address) ||
@@ -312,7 +312,10 @@ static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_duration(ctx, m, "redis", "connect_timeout", 2 * CM_USEC_PER_SEC,
                          10 * CM_USEC_PER_MSEC, 60 * CM_USEC_PER_SEC, &r->connect_timeout) ||
         cm_conf_duration(ctx, m, "redis", "command_timeout", 2 * CM_USEC_PER_SEC,
-                         10 * CM_USEC_PER_MSEC, 60 * CM_USEC_PER_SEC, &r->command_timeout))
+                         10 * CM_USEC_PER_MSEC, 60 * CM_USEC_PER_SEC, &r->command_timeout) ||
+        cm_conf_duration(ctx, m, "redis", "usage_retention", 90ull * 86400 * CM_USEC_PER_SEC,
+                         3600 * CM_USEC_PER_SEC, 3650ull * 86400 * CM_USEC_PER_SEC,
+                         &r->usage_retention))
         return -EINVAL;
     r->db = (uint32_t)db;
     if (strlen(r->prefix) > 64)

@@ -95,6 +95,7 @@ struct cm_redis_config {
     uint32_t db;
     cm_usec_t connect_timeout;
     cm_usec_t command_timeout;
+    cm_usec_t usage_retention; /* how long Redis keeps usage records (P u:{tenant}:{hour}) */
 };
 
 struct cm_config {

@@ -360,6 +360,39 @@ static const char resumed_src[] =
     "  'host', s[5] or '', 'reason', why, 'paused_ms', tostring(d))\n"
     "return d\n";
 
+/* Usage (issue 17): per tenant and hour a hash of "<h>|<template>|<metric>" counters, with
+ * the hour in P u:{tenant} (a zset, score = the hour) and the session ids in ...:ids. */
+static const char usage_src[] =
+    "local P, now, ret = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local hour = math.floor(now / 3600000) * 3600000\n"
+    "local i = 4\n"
+    "while i + 1 <= #ARGV do\n"
+    "  local h, n = ARGV[i], tonumber(ARGV[i + 1])\n"
+    "  i = i + 2\n"
+    "  local s = redis.call('HMGET', P..'s:'..h, 'tenant', 'template', 'key')\n"
+    "  if s[1] then\n"
+    "    local k = P..'u:'..s[1]..':'..hour\n"
+    "    local pre = h..'|'..(s[2] or '')..'|'\n"
+    "    for j = 0, n - 1 do\n"
+    "      local f, v = pre..ARGV[i + 2 * j], tonumber(ARGV[i + 2 * j + 1])\n"
+    "      if ARGV[i + 2 * j] == 'mem_peak' then\n"
+    "        if v > tonumber(redis.call('HGET', k, f) or '0') then redis.call('HSET', k, f, v) end\n"
+    "      else\n"
+    "        redis.call('HINCRBY', k, f, v)\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('HSETNX', k..':ids', h, s[3] or '')\n"
+    "    redis.call('PEXPIRE', k, ret)\n"
+    "    redis.call('PEXPIRE', k..':ids', ret)\n"
+    "    local z = P..'u:'..s[1]\n"
+    "    redis.call('ZADD', z, hour, hour)\n"
+    "    redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ret)\n"
+    "    redis.call('PEXPIRE', z, ret)\n"
+    "  end\n"
+    "  i = i + 2 * n\n"
+    "end\n"
+    "return 1\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
@@ -368,6 +401,7 @@ static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_STATIC] = static_src,   [CM_SCRIPT_RECONCILE] = reconcile_src,
     [CM_SCRIPT_IDLE] = idle_src,       [CM_SCRIPT_PAUSED] = paused_src,
     [CM_SCRIPT_RESUMED] = resumed_src, [CM_SCRIPT_EVENT] = event_src,
+    [CM_SCRIPT_USAGE] = usage_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
@@ -377,6 +411,7 @@ static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_STATIC] = "static",   [CM_SCRIPT_RECONCILE] = "reconcile",
     [CM_SCRIPT_IDLE] = "idle",       [CM_SCRIPT_PAUSED] = "paused",
     [CM_SCRIPT_RESUMED] = "resumed", [CM_SCRIPT_EVENT] = "event",
+    [CM_SCRIPT_USAGE] = "usage",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

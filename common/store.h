@@ -16,6 +16,8 @@
  *   P sessions:{tenant} zset h -> created ms (listing)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended
+ *   P u:{tenant}:{hour} hash  usage counters "<h>|<template>|<metric>" (USAGE); ...:ids h -> id
+ *   P u:{tenant}       zset  the hours that have usage (score = hour ms)
  *   P events:{tenant}  stream: the same entries (ids of its own) of that tenant's sessions, which
  *                      GET /v1/events reads; trimmed by age and length by the gateways
  *   P inval            channel: h whose binding changed (gateways drop cached entries)
@@ -119,6 +121,14 @@ enum cm_script {
      * An event written by the gateway itself (exec started and ended): into P events and
      * P events:{tenant}, as every script's events. Returns 1. */
     CM_SCRIPT_EVENT,
+    /* USAGE ARGV: P now_ms retention_ms { h n metric value [metric value ...] }...
+     * Adds each session's <n> metric deltas to P u:{tenant}:{hour} (the session's tenant and
+     * template from P s:{h}; a session Redis no longer knows is skipped) as
+     * "<h>|<template>|<metric>" (HINCRBY; mem_peak keeps the largest), notes the session id
+     * in P u:{tenant}:{hour}:ids and the hour in the zset P u:{tenant}; all expire after
+     * retention_ms. Returns 1. Metrics: requests bytes_in bytes_out active_ms (gateways),
+     * wall_ms paused_ms cpu_ms mem_peak mem_kib_ms (schedulers). */
+    CM_SCRIPT_USAGE,
     CM_SCRIPT_COUNT
 };
 

@@ -26,6 +26,7 @@
 #include "gateway/api_json.h"
 #include "gateway/api_pools.h"
 #include "gateway/api_sched.h"
+#include "gateway/api_usage.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
 
@@ -1016,6 +1017,13 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
             handle_update(api, req, t, h);
         else
             handle_delete(api, req, t, h);
+        return;
+    }
+    if (strcmp(path, "/v1/usage") == 0) {
+        if (get)
+            gw_api_usage(api->base, api->redis, api->gc, req, t);
+        else
+            gw_api_reply_405(req, "GET, HEAD");
         return;
     }
     if (strcmp(path, "/v1/events") == 0) {

@@ -167,6 +167,7 @@ struct gw_conn {
     unsigned released : 1;      /* MCP DELETE: the session was released before the answer */
     unsigned head_timer : 1;    /* the timer runs header_timeout for the head being received */
     unsigned up_took : 1;       /* the instance took the request within resume_timeout */
+    unsigned usage_on : 1;      /* counted in the loop's usage table (usage.h) until its end */
     unsigned keyless_new : 1;   /* no key: this request named a session of its own making */
     unsigned unproven : 1;      /* ...bound for it now, and not yet answered with success */
     unsigned secure : 1;        /* TLS: X-Forwarded-Proto https, Secure cookies, wss:// */

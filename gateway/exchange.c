@@ -17,6 +17,7 @@
 #include "gateway/metrics.h"
 #include "gateway/skey.h"
 #include "gateway/upstream.h"
+#include "gateway/usage.h"
 #include "gateway/worker.h"
 
 /* The longest Host taken (a DNS name's 253 bytes, a port, IPv6 brackets): it goes upstream in
@@ -112,6 +113,10 @@ static void access_line(struct gw_conn *c, int aborted)
 
 void gw_exchange_end(struct gw_conn *c, int aborted)
 {
+    if (c->usage_on) {
+        c->usage_on = 0;
+        gw_usage_end(c->w->usage, c->session, cm_now_mono(), c->xfer_in, c->xfer_out);
+    }
     if (!c->in_stream)
         return;
     c->in_stream = 0;

@@ -49,6 +49,7 @@ struct gw_metrics {
     uint64_t h2_streams; /* HTTP/2 streams opened by clients */
     uint64_t h2_resets;  /* streams that ended before their answer was whole */
     uint64_t h2_goaways; /* connections ended for a protocol error or a flood */
+    uint64_t usage_dropped; /* exchanges not metered: the loop's usage table was full */
 };
 
 /* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked

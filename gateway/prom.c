@@ -138,6 +138,8 @@ void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
             m->h2_streams);
     counter(b, "berth_gateway_h2_stream_resets_total",
             "HTTP/2 streams that ended before their answer was whole.", m->h2_resets);
+    counter(b, "berth_gateway_usage_dropped_total",
+            "Exchanges not metered for usage: a loop's usage table was full.", m->usage_dropped);
     counter(b, "berth_gateway_h2_goaways_total",
             "HTTP/2 connections ended with GOAWAY for a protocol error or a flood.", m->h2_goaways);
     family(b, "berth_gateway_streams_active", "gauge",

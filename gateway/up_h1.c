@@ -15,6 +15,7 @@
 #include "gateway/cache.h"
 #include "gateway/metrics.h"
 #include "gateway/upstream.h"
+#include "gateway/usage.h"
 #include "gateway/worker.h"
 
 /* Request bodies up to this size are checked at resume_timeout (on_up_event()). */
@@ -34,6 +35,12 @@ void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed)
     struct gw_worker *w = c->w;
     const struct gw_limits *lim = &w->gc->limits;
     int reused = 0, err = 0;
+    if (!c->usage_on && w->usage) {
+        if (gw_usage_begin(w->usage, c->session, cm_now_mono()))
+            c->usage_on = 1;
+        else
+            GW_METRIC_INC(&w->metrics, usage_dropped);
+    }
     if (c->preview_port) {
         /* The agent's ports socket sits next to its app socket; the pool key carries the
          * port, and a new connection starts with the agent's port selection line. */

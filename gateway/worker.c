@@ -1,5 +1,7 @@
 #include "gateway/worker.h"
 
+#include "gateway/usage.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -231,6 +233,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     gw_conn_touch_streams(arg);
     gw_activity_flush(arg);
+    gw_usage_flush(arg);
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -334,6 +337,7 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
         goto oom;
     gw_conn_settings_init(w);
     w->cache = gw_cache_create(CACHE_MAX_ENTRIES);
+    w->usage = calloc(1, sizeof(*w->usage));
     w->ups = gw_upstreams_create(w->base, gc, &w->metrics, &w->scratch);
     w->redis = cm_redis_create(w->base, &gc->common->redis, on_redis_state, w);
     w->sub = cm_redis_create(w->base, &gc->common->redis, on_sub_state, w);
@@ -454,6 +458,7 @@ void gw_worker_destroy(struct gw_worker *w)
         free(s);
     }
     gw_activity_free(w);
+    free(w->usage);
     free(w);
 }
 

@@ -66,6 +66,7 @@ struct gw_worker {
     struct cm_redis *sub;   /* `inval` subscription */
     struct gw_claimer *claimer;
     struct gw_cache *cache;
+    struct gw_usage *usage; /* usage.h: per-session counters until the next flush */
     struct gw_upstreams *ups;
     struct gw_metrics metrics;
     struct gw_stream_scratch scratch; /* every read of this loop lands here first */

@@ -953,6 +953,61 @@ int sch_cgroups_frozen(const struct sch_cgroups *cg, char *const *dirs)
     return rc < 0 ? rc : rc || freezing;
 }
 
+/* utime + stime + cutime + cstime of <pid>, in clock ticks (0 when it is gone). */
+static uint64_t proc_ticks(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    int n = read_file(path, buf, sizeof(buf));
+    if (n <= 0)
+        return 0;
+    const char *p = strrchr(buf, ')'); /* the name may hold anything but not end the line */
+    if (!p)
+        return 0;
+    unsigned long long v[4];
+    /* after ")": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt,
+     * then utime stime cutime cstime */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &v[0],
+               &v[1], &v[2], &v[3]) != 4)
+        return 0;
+    return v[0] + v[1] + v[2] + v[3];
+}
+
+int sch_cgroups_stats(const struct sch_cgroups *cg, char *const *dirs, struct sch_cg_stats *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    const struct ctrl *mem = &cg->c[SCH_CG_MEMORY];
+    const char *tasks_dir = NULL;
+    for (int i = 0; i < SCH_CG_COUNT && !tasks_dir; i++)
+        if (cg->c[i].version)
+            tasks_dir = instance_dir(&cg->c[i], dirs);
+    if (!tasks_dir)
+        return -ENOENT;
+    const char *md = mem->version ? instance_dir(mem, dirs) : NULL;
+    long long v;
+    if (md && read_num(md, mem->version == 1 ? "memory.usage_in_bytes" : "memory.current", &v) == 0)
+        ret->mem = (uint64_t)v;
+    if (md &&
+        read_num(md, mem->version == 1 ? "memory.max_usage_in_bytes" : "memory.peak", &v) == 0)
+        ret->mem_peak = (uint64_t)v;
+    if (ret->mem_peak < ret->mem)
+        ret->mem_peak = ret->mem;
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/cgroup.procs", tasks_dir);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    uint64_t ticks = 0;
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1)
+        if (pid > 0)
+            ticks += proc_ticks(pid);
+    fclose(f);
+    long hz = sysconf(_SC_CLK_TCK);
+    ret->cpu_ms = ticks * 1000 / (uint64_t)(hz > 0 ? hz : 100);
+    return 0;
+}
+
 int sch_cgroups_attach(char *const *dirs, pid_t pid)
 {
     char val[32];

@@ -128,6 +128,16 @@ int sch_cgroups_freeze(const struct sch_cgroups *cg, char *const *dirs, int froz
 /* 1 when the instance's freezer cgroup is frozen or freezing, 0 when thawed, or a negative
  * errno (-ENOTSUP, -ENOENT as above). */
 int sch_cgroups_frozen(const struct sch_cgroups *cg, char *const *dirs);
+/* What an instance uses now (usage metering). */
+struct sch_cg_stats {
+    uint64_t cpu_ms;   /* CPU time of its processes and of their reaped children, so far */
+    uint64_t mem;      /* bytes charged to its memory cgroup now */
+    uint64_t mem_peak; /* the most so far (v1 max_usage_in_bytes, v2 memory.peak; else mem) */
+};
+/* Reads the instance's memory cgroup and the CPU times of the tasks in its cgroups
+ * (/proc/<pid>/stat utime+stime+cutime+cstime: its init reaps everything, so that total only
+ * grows). Returns 0, or -ENOENT when <dirs> holds no usable cgroup. */
+int sch_cgroups_stats(const struct sch_cgroups *cg, char *const *dirs, struct sch_cg_stats *ret);
 /* Directories of instance <id> under each usable parent, whether or not they exist (for orphan
  * cleanup). Free with cm_strv_free(). NULL on allocation failure. */
 char **sch_cgroups_instance_dirs(const struct sch_cgroups *cg, const char *id);

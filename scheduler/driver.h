@@ -26,6 +26,7 @@
 struct cm_config;
 struct cm_jbuf;
 struct cm_template;
+struct sch_cg_stats;
 struct event_base;
 struct sch_driver;
 
@@ -96,6 +97,8 @@ struct sch_driver_ops {
      * an instance not frozen). May block briefly (the process driver waits up to 50 ms for the
      * kernel to report the freeze). Returns 0 or a negative errno with a message in <err>. */
     int (*pause)(struct sch_driver *d, struct sch_dinst *di, int paused, char *err, size_t errlen);
+    /* Optional (NULL: no usage metering of CPU and memory): what the instance uses now. */
+    int (*stats)(struct sch_driver *d, struct sch_dinst *di, struct sch_cg_stats *ret);
     /* hard 0: ask the instance to stop (the agent forwards SIGTERM to the app); hard 1: kill it
      * now. Returns 0 or a negative errno (-ESRCH: already gone). */
     int (*stop)(struct sch_driver *d, struct sch_dinst *di, int hard);

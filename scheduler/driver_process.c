@@ -649,6 +649,12 @@ static int p_pause(struct sch_driver *base, struct sch_dinst *di, int paused, ch
     return sch_cgroups_freeze(d->cg, pi->cgdirs, paused, PAUSE_WAIT_MS, err, errlen);
 }
 
+static int p_stats(struct sch_driver *base, struct sch_dinst *di, struct sch_cg_stats *ret)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    return sch_cgroups_stats(d->cg, ((struct pinst *)di)->cgdirs, ret);
+}
+
 static int p_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
 {
     struct pdriver *d = (struct pdriver *)base;
@@ -936,6 +942,7 @@ static const struct sch_driver_ops process_ops = {
     .adopt = p_adopt,
     .attach_storage = p_attach_storage,
     .pause = p_pause,
+    .stats = p_stats,
     .stop = p_stop,
     .finish = p_finish,
     .release = p_release,

@@ -66,6 +66,8 @@ struct sch_inst {
     char pause_reason[16], resume_reason[16];
     struct event *wake_ev[2];
     struct sch_pause_wait *pause_waiters;
+    /* usage.c: the last sample (monotonic ms, 0: none yet) and the CPU time then */
+    uint64_t usage_at, usage_cpu_ms;
 };
 
 /* Called when a start for the API ends: <inst> ready (err NULL), or failed with <code> and

@@ -20,6 +20,7 @@
 #include "scheduler/pool.h"
 #include "scheduler/reconcile.h"
 #include "scheduler/recover.h"
+#include "scheduler/usage.h"
 
 #define MAX_ARGV 32
 #define REAP_BATCH "100"
@@ -142,6 +143,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     sch_heartbeat(ctx);
     sch_reconcile_check(ctx); /* refills the pools when Redis still holds our records */
     sch_pause_check(ctx);
+    sch_usage_sample(ctx);
 }
 
 static void on_release_reply(struct redisReply *reply, const char *err, void *data)

@@ -1,0 +1,149 @@
+#include "gateway/usage.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "common/store.h"
+#include "gateway/config.h"
+#include "gateway/worker.h"
+
+#define BATCH 32
+#define METRICS 4 /* requests bytes_in bytes_out active_ms */
+#define VAL_LEN 24
+
+static struct gw_usage_slot *find(struct gw_usage *u, struct cm_hash h, int add)
+{
+    size_t i = (size_t)(h.lo % GW_USAGE_SLOTS);
+    for (size_t n = 0; n < GW_USAGE_SLOTS; n++, i = (i + 1) % GW_USAGE_SLOTS) {
+        struct gw_usage_slot *s = &u->slots[i];
+        if (!s->used) {
+            if (!add || u->n_used >= GW_USAGE_SLOTS * 3 / 4) /* keep probes short */
+                return NULL;
+            memset(s, 0, sizeof(*s));
+            s->used = 1;
+            s->h = h;
+            u->n_used++;
+            return s;
+        }
+        if (s->h.hi == h.hi && s->h.lo == h.lo)
+            return s;
+    }
+    return NULL;
+}
+
+int gw_usage_begin(struct gw_usage *u, struct cm_hash h, cm_usec_t now)
+{
+    struct gw_usage_slot *s = find(u, h, 1);
+    if (!s) {
+        u->dropped++;
+        return 0;
+    }
+    if (s->inflight++ == 0)
+        s->since = now;
+    s->requests++;
+    return 1;
+}
+
+void gw_usage_end(struct gw_usage *u, struct cm_hash h, cm_usec_t now, uint64_t in, uint64_t out)
+{
+    struct gw_usage_slot *s = find(u, h, 0);
+    if (!s || !s->inflight)
+        return;
+    s->bytes_in += in;
+    s->bytes_out += out;
+    if (--s->inflight == 0 && now > s->since)
+        s->active_us += now - s->since;
+}
+
+static void on_usage(struct redisReply *r, const char *err, void *data)
+{
+    (void)r, (void)data;
+    if (err)
+        cm_log_warn("usage", "usage not recorded err=\"%s\"", err);
+}
+
+struct batch {
+    int argc, n;
+    const char *argv[3 + BATCH * (2 + 2 * METRICS)];
+    size_t lens[3 + BATCH * (2 + 2 * METRICS)];
+    char hex[BATCH][CM_HASH_HEX_LEN + 1];
+    char vals[BATCH][1 + METRICS][VAL_LEN];
+};
+
+static void send_batch(struct gw_worker *w, struct batch *b)
+{
+    if (!b->n)
+        return;
+    for (int i = 0; i < b->argc; i++)
+        b->lens[i] = strlen(b->argv[i]);
+    if (cm_redis_script(w->redis, CM_SCRIPT_USAGE, on_usage, NULL, b->argc, b->argv, b->lens) < 0)
+        cm_log_warn("usage", "redis not connected: %d sessions' usage not recorded", b->n);
+    b->argc = 3;
+    b->n = 0;
+}
+
+void gw_usage_flush(struct gw_worker *w)
+{
+    static __thread struct batch b; /* per loop thread; never reentered */
+    struct gw_usage *u = w->usage;
+    if (!u || !u->n_used)
+        return;
+    char now_s[24], ret_s[24];
+    cm_usec_t now = cm_now_mono();
+    snprintf(now_s, sizeof(now_s), "%" PRIu64, cm_now_wall_ms());
+    snprintf(ret_s, sizeof(ret_s), "%" PRIu64,
+             w->gc->common->redis.usage_retention / CM_USEC_PER_MSEC);
+    b.argv[0] = w->gc->common->redis.prefix;
+    b.argv[1] = now_s;
+    b.argv[2] = ret_s;
+    b.argc = 3;
+    b.n = 0;
+    /* The table is rebuilt: sessions with nothing in flight and nothing to write go. */
+    static __thread struct gw_usage_slot keep[GW_USAGE_SLOTS];
+    uint32_t n_keep = 0;
+    for (size_t i = 0; i < GW_USAGE_SLOTS; i++) {
+        struct gw_usage_slot *s = &u->slots[i];
+        if (!s->used)
+            continue;
+        if (s->inflight && now > s->since) { /* a long stream counts as it goes */
+            s->active_us += now - s->since;
+            s->since = now;
+        }
+        if (s->requests || s->bytes_in || s->bytes_out || s->active_us >= 1000) {
+            char(*v)[VAL_LEN] = b.vals[b.n];
+            cm_hash_hex(s->h, b.hex[b.n]);
+            snprintf(v[0], VAL_LEN, "%d", METRICS);
+            snprintf(v[1], VAL_LEN, "%" PRIu32, s->requests);
+            snprintf(v[2], VAL_LEN, "%" PRIu64, s->bytes_in);
+            snprintf(v[3], VAL_LEN, "%" PRIu64, s->bytes_out);
+            snprintf(v[4], VAL_LEN, "%" PRIu64, s->active_us / 1000);
+            static const char *const names[METRICS] = {"requests", "bytes_in", "bytes_out",
+                                                       "active_ms"};
+            b.argv[b.argc++] = b.hex[b.n];
+            b.argv[b.argc++] = v[0];
+            for (int k = 0; k < METRICS; k++) {
+                b.argv[b.argc++] = names[k];
+                b.argv[b.argc++] = v[1 + k];
+            }
+            s->requests = 0;
+            s->bytes_in = s->bytes_out = 0;
+            s->active_us %= 1000;
+            if (++b.n == BATCH)
+                send_batch(w, &b);
+        }
+        if (s->inflight)
+            keep[n_keep++] = *s;
+    }
+    send_batch(w, &b);
+    memset(u->slots, 0, sizeof(u->slots));
+    u->n_used = 0;
+    for (uint32_t i = 0; i < n_keep; i++) {
+        struct gw_usage_slot *s = find(u, keep[i].h, 1);
+        if (s)
+            *s = keep[i];
+    }
+}

@@ -1,0 +1,83 @@
+"""Usage metering (issue 17), checked against what a test session really did: a known number
+of requests and bytes (the gateway's counters), a command burning CPU for a known time and a
+pause of a known length (the scheduler's samples), read back with GET /v1/usage per session
+and per template. What a hostile tenant could do: read another tenant's usage (it cannot: the
+records are per tenant), or make its own look smaller (the counts come from the gateway and
+from the host's view of its processes, not from anything inside the sandbox)."""
+import time
+
+import pytest
+
+from conftest import OTHER_KEY, SLOW, curl, echo_template, wait_until
+
+pytestmark = pytest.mark.berth_timeout(180)
+
+
+def usage(s, query="", key=None):
+    kw = {"key": key} if key else {}
+    r = s.api("GET", "/v1/usage" + query, **kw)
+    assert r.status == 200, r
+    return r.json()
+
+
+def row(s, sid, query="?group_by=session"):
+    for u in usage(s, query)["usage"]:
+        if u.get("id") == sid:
+            return u
+    return None
+
+
+def test_usage_counts_what_a_session_did(make_stack):
+    s = make_stack({"templates": [echo_template(pool={"min": 2, "max": 4})],
+                    "gateway": {"activity_flush": "200ms"}})
+    t0 = int(time.time() * 1000)
+    body = b"x" * 10000
+    for _ in range(5):
+        r = curl(s.url("/"), method="POST", data=body, headers={"x-fc-session-id": "u-1"})
+        assert r.status == 200
+    out = len(r.body)
+    # A command that burns CPU for 3 s of wall time: the template's quota (cpus 0.5) makes
+    # that about 1.5 s of CPU time.
+    r = s.api("POST", "/v1/sessions/u-1/exec",
+              {"cmd": ["/bin/sh", "-c", "end=$(($(date +%s%N) + 3000000000)); "
+                       "while [ $(date +%s%N) -lt $end ]; do :; done"]},
+              timeout=60 * SLOW)
+    assert r.status == 200 and b'"exit_code":0' in r.body
+    assert s.api("POST", "/v1/sessions/u-1/pause").status == 200
+    time.sleep(1.2)
+    assert s.api("POST", "/v1/sessions/u-1/resume").status == 200
+    # Another session, of the same template.
+    assert s.get("/", session="u-2").status == 200
+
+    def settled():
+        u = row(s, "u-1")
+        return u if u and u["requests"] >= 5 and u["cpu_ms"] >= 1000 and \
+            u["paused_ms"] >= 1000 else None
+    u = wait_until(settled, 15 * SLOW, "the usage to be recorded")
+    assert u["requests"] == 5                      # data-plane requests, not API calls
+    assert u["bytes_in"] == 5 * len(body)
+    assert u["bytes_out"] >= 5 * (out - 100) and u["bytes_out"] <= 5 * out * 2
+    assert 1000 <= u["cpu_ms"] <= 3000 + 1000  # what the command burned, and little else
+    assert 1000 <= u["paused_ms"] <= 3000
+    assert u["wall_ms"] >= u["paused_ms"] + u["active_ms"]
+    assert u["idle_ms"] == u["wall_ms"] - u["active_ms"] - u["paused_ms"]
+    assert u["active_ms"] < u["wall_ms"] and u["template"] == "echo"
+    assert u["mem_peak_bytes"] > 0 and 0 < u["mem_avg_bytes"] <= u["mem_peak_bytes"]
+    # Per template: both sessions together.
+    wait_until(lambda: row(s, "u-2") and row(s, "u-2")["requests"] >= 1, 10 * SLOW,
+               "the second session's usage")
+    tpl = usage(s, "?group_by=template")["usage"]
+    assert [t["template"] for t in tpl] == ["echo"]
+    assert tpl[0]["requests"] >= 6 and tpl[0]["cpu_ms"] >= u["cpu_ms"]
+    # A record survives its session.
+    assert s.api("DELETE", "/v1/sessions/u-1").status == 204
+    assert row(s, "u-1")["requests"] == 5
+    # Time windows, tenants apart, bad input.
+    now = int(time.time() * 1000)
+    assert usage(s, "?from=%d&to=%d" % (t0 - 7200000, t0 - 3600001))["usage"] == []
+    assert usage(s, "?from=%d&to=%d" % (t0 - 1000, now + 1000))["usage"]
+    assert usage(s, key=OTHER_KEY)["usage"] == []
+    for q in ("?from=x", "?to=5&from=9", "?group_by=instance", "?other=1",
+              "?from=0&to=%d" % (40 * 86400000)):
+        r = s.api("GET", "/v1/usage" + q)
+        assert r.status == 400 and r.json()["error"]["code"] == "invalid_argument", (q, r)
