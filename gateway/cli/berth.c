@@ -5,6 +5,7 @@
  *     exec SESSION [--env NAME=VALUE]... [--cwd DIR] [--timeout S] -- CMD [ARG...]
  *     cp SESSION:/PATH LOCAL | cp LOCAL SESSION:/PATH
  *     events [--session ID] [--type T[,T...]] [--since ID] [--follow]
+ *     usage [--by session|template] [--from MS] [--to MS]
  *     pause SESSION | resume SESSION
  *
  * URL and KEY default to $BERTH_URL (else http://127.0.0.1:9090, the admin listener) and
@@ -61,6 +62,7 @@ static void __attribute__((noreturn)) usage(void)
           "  exec SESSION [--env NAME=VALUE]... [--cwd DIR] [--timeout S] -- CMD [ARG...]\n"
           "  cp SESSION:/PATH LOCAL | cp LOCAL SESSION:/PATH\n"
           "  events [--session ID] [--type T[,T...]] [--since ID] [--follow]\n"
+          "  usage [--by session|template] [--from MS] [--to MS]\n"
           "  pause SESSION | resume SESSION\n"
           "URL: $BERTH_URL (default http://127.0.0.1:9090); KEY: $BERTH_API_KEY\n",
           stderr);
@@ -666,6 +668,55 @@ static int cmd_events(int argc, char **argv)
     return 0;
 }
 
+static int cmd_usage(int argc, char **argv)
+{
+    struct buf path = {0}, out = {0};
+    buf_add(&path, "/v1/usage?group_by=", 19);
+    const char *by = "session";
+    char q[64];
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--by") == 0 && i + 1 < argc) {
+            by = argv[++i];
+        } else if ((strcmp(argv[i], "--from") == 0 || strcmp(argv[i], "--to") == 0) &&
+                   i + 1 < argc) {
+            snprintf(q, sizeof(q), "&%s=%s", argv[i] + 2, argv[i + 1]);
+            buf_add(&path, q, strlen(q)); /* ms since the epoch: checked by the API */
+            i++;
+        } else {
+            usage();
+        }
+    }
+    if (strcmp(by, "session") != 0 && strcmp(by, "template") != 0)
+        usage();
+    buf_add(&path, by, strlen(by));
+    struct sink sink = {.fd = -1, .whole = &out};
+    request("GET", path.data, NULL, NULL, -1, 0, &sink);
+    if (O.json) {
+        print_json(&out);
+        return 0;
+    }
+    struct cm_json *j = parse(&out);
+    const struct cm_json *l = cm_json_get(j, "usage");
+    printf("%-24s %9s %12s %12s %10s %10s %10s %9s %10s\n", by[0] == 's' ? "SESSION" : "TEMPLATE",
+           "REQUESTS", "BYTES_IN", "BYTES_OUT", "ACTIVE_S", "IDLE_S", "PAUSED_S", "CPU_S",
+           "MEM_PEAK");
+    for (size_t i = 0; l && l->type == CM_JSON_ARRAY && i < l->len; i++) {
+        const struct cm_json *u = l->items[i];
+        double v[8];
+        static const char *const k[8] = {"requests", "bytes_in",  "bytes_out", "active_ms",
+                                         "idle_ms",  "paused_ms", "cpu_ms",    "mem_peak_bytes"};
+        for (int n = 0; n < 8; n++) {
+            const struct cm_json *x = cm_json_get(u, k[n]);
+            v[n] = x && x->type == CM_JSON_NUMBER ? x->number : 0;
+        }
+        const char *name = by[0] == 's' ? jstr(u, "id") : jstr(u, "template");
+        printf("%-24s %9.0f %12.0f %12.0f %10.1f %10.1f %10.1f %9.2f %9.1fM\n", name, v[0], v[1],
+               v[2], v[3] / 1000, v[4] / 1000, v[5] / 1000, v[6] / 1000, v[7] / 1048576);
+    }
+    cm_json_free(j);
+    return 0;
+}
+
 static int cmd_pause(int argc, char **argv, const char *action)
 {
     if (argc != 1)
@@ -757,6 +808,8 @@ int main(int argc, char **argv)
         return cmd_cp(n, rest);
     if (strcmp(cmd, "events") == 0)
         return cmd_events(n, rest);
+    if (strcmp(cmd, "usage") == 0)
+        return cmd_usage(n, rest);
     if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0)
         return cmd_pause(n, rest, cmd);
     usage();

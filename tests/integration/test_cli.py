@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, binary, echo_template, free_port
+from conftest import SLOW, binary, echo_template, free_port, wait_until
 
 pytestmark = pytest.mark.berth_timeout(180)
 
@@ -84,6 +84,18 @@ def test_exec_cp_events_pause(cli):
     types = [line.split()[1] for line in p.stdout.decode().splitlines()[1:]]
     for t in ("created", "exec_started", "exec_ended", "file_written", "paused", "resumed"):
         assert t in types, types
+    # usage: a table per session and per template.
+    def metered():
+        p = cli("usage", check=0)
+        rows = [line.split() for line in p.stdout.decode().splitlines()[1:]]
+        # cli-2 made no data-plane request: its time is all idle (and paused), its CPU its
+        # commands'
+        return [r for r in rows if r[0] == "cli-2" and r[1] == "0" and
+                float(r[5]) + float(r[6]) > 0] or None
+    assert wait_until(metered, 10 * SLOW, "cli-2's usage")
+    p = cli("usage", "--by", "template", check=0)
+    assert p.stdout.decode().splitlines()[1].split()[0] == "echo"
+    assert cli("usage", "--by", "instance", check=2)
     # --follow streams: a new session's created event arrives, then we stop it.
     f = subprocess.Popen([binary("berth"), "--json", "events", "--follow", "--type", "created"],
                          stdout=subprocess.PIPE,
