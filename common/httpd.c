@@ -55,6 +55,7 @@ enum cstate {
     C_READING,   /* a request begun */
     C_PENDING,   /* complete: the handler has it */
     C_STREAMING, /* the handler answers in chunks (cm_httpd_stream_begin()) */
+    C_BODY,      /* the handler has the request; its body streams to it (cm_httpd_body_stream) */
     C_CLOSING,   /* the last answer is queued: close once it is written */
     C_LINGER,    /* written and shut down for writing: discard input until EOF or the timer */
 };
@@ -75,6 +76,10 @@ struct cm_httpd_req {
     cm_httpd_drain_cb drain_cb; /* streaming: what waits for the output to drain */
     void *drain_arg;
     uint8_t chunked; /* streaming with chunked framing (HTTP/1.1) */
+    uint8_t streamed;    /* the head callback took its body as a stream */
+    uint8_t body_paused; /* its body callback asked for a pause */
+    cm_httpd_body_cb body_cb;
+    void *body_arg;
     int err_status; /* set by a parser callback that refused the request */
     const char *err_code, *err_msg;
     uint8_t method, http10, head, keep; /* set when complete */
@@ -91,6 +96,7 @@ struct hconn {
     int processing; /* process() is on the stack: freeing waits for it */
     int dead;       /* to be freed when process() returns */
     int headers_done, message_done, close_after;
+    int head_dispatch;        /* the head of a streamed-body request is complete: dispatch it now */
     size_t head_raw;          /* bytes of the current head fed so far */
     cm_usec_t req_start;      /* monotonic: the first byte of the current request */
     struct quota *addr_q;     /* counted against its client address (until held), or NULL */
@@ -114,6 +120,7 @@ struct cm_httpd {
     size_t n_conns;
     struct quota *quotas[QUOTA_BUCKETS];
     llhttp_settings_t settings;
+    cm_httpd_head_cb head_cb;
 };
 
 static void process(struct hconn *c);
@@ -211,7 +218,7 @@ static void conn_free(struct hconn *c)
         c->dead = 1;
         return;
     }
-    if ((c->state == C_PENDING || c->state == C_STREAMING) && c->req) {
+    if ((c->state == C_PENDING || c->state == C_STREAMING || c->state == C_BODY) && c->req) {
         /* The handler has it: with a close callback it learns now and the request goes;
          * without, the request waits for its answer, which then only frees it. */
         struct cm_httpd_req *r = c->req;
@@ -269,6 +276,9 @@ static void request_reset(struct hconn *c)
     r->drain_cb = NULL;
     r->drain_arg = NULL;
     r->chunked = 0;
+    r->streamed = r->body_paused = 0;
+    r->body_cb = NULL;
+    r->body_arg = NULL;
     r->err_status = 0;
     if (r->out)
         evbuffer_drain(r->out, evbuffer_get_length(r->out));
@@ -350,6 +360,8 @@ void cm_httpd_reply(struct cm_httpd_req *req, int status, const char *content_ty
         req_free(req); /* its client went away */
         return;
     }
+    if (c->state == C_BODY) /* answered before its body ended: the rest is not read */
+        c->state = C_PENDING;
     if (c->state != C_PENDING)
         return; /* answered already: a caller's bug, but not a reason to corrupt the stream */
     if (status < 200 || status > 599)
@@ -467,6 +479,28 @@ void cm_httpd_stream_abort(struct cm_httpd_req *req)
     req->close_cb = aborted;
     req->drain_cb = NULL;
     conn_free(c); /* no last chunk: the client sees the answer cut */
+}
+
+void cm_httpd_set_head_cb(struct cm_httpd *h, cm_httpd_head_cb cb)
+{
+    h->head_cb = cb;
+}
+
+void cm_httpd_body_stream(struct cm_httpd_req *req, cm_httpd_body_cb cb, void *arg)
+{
+    req->body_cb = cb;
+    req->body_arg = arg;
+}
+
+void cm_httpd_body_resume(struct cm_httpd_req *req)
+{
+    struct hconn *c = req->c;
+    if (!c || !req->body_paused)
+        return;
+    req->body_paused = 0;
+    llhttp_resume(&c->parser);
+    if (c->state == C_BODY)
+        event_active(c->resume, EV_READ, 1);
 }
 
 void cm_httpd_reply_error(struct cm_httpd_req *req, int status, const char *code,
@@ -655,10 +689,15 @@ static int on_headers_complete(llhttp_t *p)
         c->close_after = 1;    /* answered like any request; nothing after it is parsed */
     int has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
     int chunked = (p->flags & F_CHUNKED) != 0;
-    if (has_cl && p->content_length > c->h->lim.max_body)
+    r->method = llhttp_get_method(p); /* for the head callback (dispatch sets it again) */
+    if (!c->close_after && c->h->head_cb && c->h->head_cb(r, c->h->arg)) {
+        r->streamed = 1; /* max_body is the handler's to apply */
+        c->head_dispatch = 1;
+    } else if (has_cl && p->content_length > c->h->lim.max_body)
         return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
-    if (has_cl && reserve(&r->body, &r->bcap, (size_t)p->content_length + 1,
-                          (size_t)p->content_length + 1) < 0)
+    if (has_cl && !r->streamed &&
+        reserve(&r->body, &r->bcap, (size_t)p->content_length + 1, (size_t)p->content_length + 1) <
+            0)
         return refuse_cb(r, 503, "overloaded", "out of memory");
     const char *expect = cm_httpd_header(r, "expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && llhttp_get_http_minor(p) >= 1 &&
@@ -667,12 +706,24 @@ static int on_headers_complete(llhttp_t *p)
         if (evbuffer_add(bufferevent_get_output(c->bev), cont, sizeof(cont) - 1) < 0)
             return refuse_cb(r, 503, "overloaded", "out of memory");
     }
-    return 0;
+    return c->head_dispatch ? HPE_PAUSED : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    struct cm_httpd_req *r = conn_of(p)->req;
+    struct hconn *c = conn_of(p);
+    struct cm_httpd_req *r = c->req;
+    if (r->streamed) {
+        if (c->state != C_BODY || !r->body_cb)
+            return 0;                      /* answered already, or nobody takes it: dropped */
+        if (arm(c, c->h->lim.timeout) < 0) /* progress: the next byte is due within timeout */
+            return -1;
+        if (r->body_cb(r->body_arg, at, len)) {
+            r->body_paused = 1;
+            return HPE_PAUSED;
+        }
+        return 0;
+    }
     if (r->blen + len > r->c->h->lim.max_body)
         return refuse_cb(r, 413, "body_too_large", "the request body is over the limit");
     if (reserve(&r->body, &r->bcap, r->blen + len + 1, 1024) < 0)
@@ -684,7 +735,11 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_message_complete(llhttp_t *p)
 {
-    conn_of(p)->message_done = 1;
+    struct hconn *c = conn_of(p);
+    c->message_done = 1;
+    struct cm_httpd_req *r = c->req;
+    if (r->streamed && c->state == C_BODY && r->body_cb)
+        r->body_cb(r->body_arg, NULL, 0); /* its end */
     return HPE_PAUSED;
 }
 
@@ -699,6 +754,12 @@ static void dispatch(struct hconn *c)
     r->keep = !c->close_after && llhttp_should_keep_alive(&c->parser);
     c->state = C_PENDING;
     evtimer_del(c->timer);
+    if (r->streamed) { /* its body is still to come: read it for the handler */
+        r->keep = 0;   /* the answer may come before its end: then the rest is not read */
+        c->state = C_BODY;
+        if (arm(c, c->h->lim.timeout) < 0)
+            return;
+    }
     c->h->cb(r, c->h->arg);
 }
 
@@ -710,7 +771,9 @@ static void process(struct hconn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     const struct cm_httpd_limits *lim = &c->h->lim;
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (!c->dead && (c->state == C_IDLE || c->state == C_READING) &&
+    while (!c->dead &&
+           (c->state == C_IDLE || c->state == C_READING ||
+            (c->state == C_BODY && !c->req->body_paused)) &&
            evbuffer_get_length(out) < OUT_HIGH) {
         size_t n = evbuffer_get_length(in);
         if (n == 0)
@@ -736,6 +799,30 @@ static void process(struct hconn *c)
         if (!had_headers && !c->headers_done)
             c->head_raw += used;
         evbuffer_drain(in, used);
+        if (c->state == C_BODY && e != HPE_OK && e != HPE_PAUSED) {
+            /* A streamed body broke. The handler's request is gone for it, as when its client
+             * leaves (its close callback runs; without one, its answer will only free it);
+             * the connection answers 400 on a request of its own, after what is queued. */
+            struct cm_httpd_req *old = c->req, *fresh = calloc(1, sizeof(*fresh));
+            if (!fresh || !(fresh->out = evbuffer_new())) {
+                free(fresh);
+                conn_free(c);
+                break;
+            }
+            fresh->c = c;
+            fresh->query = NO_OFF;
+            c->req = fresh;
+            old->c = NULL;
+            if (old->close_cb) {
+                cm_httpd_close_cb cb = old->close_cb;
+                old->close_cb = NULL;
+                cb(old->close_arg);
+                req_free(old);
+            }
+            c->state = C_PENDING; /* for queue_answer: an answer of this request */
+            refuse(c, 400, "bad_request", "the request body is malformed");
+            break;
+        }
         if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE && c->req->err_status) {
             refuse(c, c->req->err_status, c->req->err_code, c->req->err_msg);
             break;
@@ -744,6 +831,20 @@ static void process(struct hconn *c)
             refuse(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
             break;
         }
+        if (c->head_dispatch) { /* a streamed body's head: the handler gets it now */
+            c->head_dispatch = 0;
+            llhttp_resume(&c->parser);
+            dispatch(c);
+            continue;
+        }
+        if (c->state == C_BODY && c->message_done) { /* its end: now the answer is awaited */
+            llhttp_resume(&c->parser);
+            c->state = C_PENDING;
+            evtimer_del(c->timer);
+            break;
+        }
+        if (c->state == C_BODY && e == HPE_PAUSED) /* its body callback asked for a pause */
+            break;
         if (c->message_done || e == HPE_PAUSED_UPGRADE) {
             if (e == HPE_PAUSED)
                 llhttp_resume(&c->parser);
@@ -765,6 +866,10 @@ static void on_read(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     if (c->state == C_LINGER || c->state == C_CLOSING) {
         evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    if (c->state == C_BODY) {
+        process(c);
         return;
     }
     if (c->state == C_PENDING || c->state == C_STREAMING)

@@ -170,6 +170,22 @@ void cm_httpd_stream_end(struct cm_httpd_req *req);
  * (a download whose source failed); <req> is gone after this. */
 void cm_httpd_stream_abort(struct cm_httpd_req *req);
 
+/* --- a streamed request body (issue 17: file uploads) ---
+ * A head callback (set on the server) runs once a request's head is complete; returning 1
+ * takes that request's body as a stream: the request callback gets the request at once, its
+ * body not read yet, and max_body does not apply (the handler bounds it). In the request
+ * callback (synchronously: bytes arriving before are dropped) the handler installs a body
+ * callback, which gets the body's bytes as they are read (after de-chunking) and returns 0 for
+ * more or 1 to pause reading until cm_httpd_body_resume(); at the end it gets <len> 0 once. The
+ * answer to such a request closes the connection; an answer before the body's end leaves the
+ * rest unread. A client that sends nothing for <timeout> while the body is being read, or
+ * goes away, runs the close callback. */
+typedef int (*cm_httpd_head_cb)(struct cm_httpd_req *req, void *arg);
+typedef int (*cm_httpd_body_cb)(void *arg, const char *data, size_t len);
+void cm_httpd_set_head_cb(struct cm_httpd *h, cm_httpd_head_cb cb);
+void cm_httpd_body_stream(struct cm_httpd_req *req, cm_httpd_body_cb cb, void *arg);
+void cm_httpd_body_resume(struct cm_httpd_req *req);
+
 /* The reason phrase of <status> ("Unknown" for codes we do not send). */
 const char *cm_http_reason(int status);
 

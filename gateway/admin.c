@@ -77,6 +77,7 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
                                        "events_max_age",
                                        "events_max_len",
                                        "events_page_max",
+                                       "max_upload",
                                        NULL};
     struct cm_conf_ctx ctx = {.file = cfg->file, .err = err, .errlen = errlen};
     const struct cm_ynode *m = cm_ynode_get(cm_ynode_get(cfg->root, "gateway"), "admin");
@@ -110,7 +111,8 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
         cm_conf_duration(&ctx, m, p, "events_max_age", 7 * 86400 * S, 60 * S, 365 * 86400 * S,
                          &l.events_max_age) ||
         cm_conf_u64(&ctx, m, p, "events_max_len", 100000, 100, 100000, &l.events_max_len) ||
-        cm_conf_u64(&ctx, m, p, "events_page_max", 1000, 1, 10000, &page_max))
+        cm_conf_u64(&ctx, m, p, "events_page_max", 1000, 1, 10000, &page_max) ||
+        cm_conf_size(&ctx, m, p, "max_upload", 10ull << 30, 0, 1ull << 50, &l.max_upload))
         return -EINVAL;
     if (l.api.exec_timeout > l.api.exec_max_timeout)
         return cm_conf_fail(&ctx, cm_ynode_get(m, "exec_timeout"), p, "exec_timeout",
@@ -414,6 +416,8 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
                                  .max_per_owner = a->lim.max_per_tenant,
                                  .max_per_address = a->lim.max_per_address};
     a->http = a->base ? cm_httpd_create(a->base, &hl, on_request, a) : NULL;
+    if (a->http)
+        cm_httpd_set_head_cb(a->http, gw_api_upload_head);
     if (!a->http) {
         snprintf(err, errlen, "admin: cannot create the event loop");
         goto fail;

@@ -60,6 +60,7 @@ struct gw_admin_limits {
     cm_usec_t events_max_age; /* P events:{tenant} and P events keep this long... */
     uint64_t events_max_len;  /* ...and at most this many entries */
     uint32_t events_page_max; /* largest ?limit of GET /v1/events */
+    uint64_t max_upload;      /* a file PUT to a sandbox (streamed: not admin.max_body) */
     struct gw_api_limits api;
 };
 

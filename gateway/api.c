@@ -1,6 +1,7 @@
 #include "gateway/api.h"
 
 #include <errno.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -68,6 +69,8 @@ struct op {
     int resume;                 /* OP_PAUSE: resume rather than pause */
     struct gw_api_exec exec;    /* OP_EXEC: the parsed body (its tree freed with the op) */
     char fop;                   /* files: 'G' read, 'W' write, 'U' delete, 'L' list */
+    struct evbuffer *upload;    /* W: the body read before the sandbox's channel is open */
+    int upload_done;            /* ...all of it */
     char fpath[GW_FILE_PATH_MAX + 1];
     struct gw_sched_call *call; /* OP_PAUSE: the scheduler's answer is awaited */
 };
@@ -160,6 +163,8 @@ static void op_free(struct op *op)
     free(op->slots);
     gw_api_create_fini(&op->create);
     cm_json_free(op->exec.j);
+    if (op->upload)
+        evbuffer_free(op->upload);
     free(op);
 }
 
@@ -748,9 +753,34 @@ static void files_on_session(redisReply *r, const char *err, void *data)
         struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
         memcpy(audit.session, op->h, sizeof(audit.session));
         key_id(req, audit.key_id);
-        gw_api_file_start(op->api->base, op->api->gc, req, addr, op->fop, op->fpath, &audit);
+        struct gw_upload up = {
+            .pending = op->upload, .done = op->upload_done, .max = op->api->lim->max_upload};
+        op->upload = NULL; /* the channel's now */
+        gw_api_file_start(op->api->base, op->api->gc, req, addr, op->fop, op->fpath, &audit, &up);
     }
     op_settle(op);
+}
+
+/* W: the body as it comes, until the sandbox's channel takes over (gw_api_file_start()). */
+static int upload_cb(void *arg, const char *data, size_t len)
+{
+    struct op *op = arg;
+    if (!len) {
+        op->upload_done = 1;
+        return 0;
+    }
+    if (op->upload && evbuffer_add(op->upload, data, len) < 0)
+        return 1;
+    return op->upload && evbuffer_get_length(op->upload) >= GW_UPLOAD_HIGH;
+}
+
+int gw_api_upload_head(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    const char *p = cm_httpd_path(req);
+    const char *slash = strncmp(p, "/v1/sessions/", 13) == 0 ? strchr(p + 13, '/') : NULL;
+    return cm_httpd_method(req) == CM_HTTP_PUT && slash && slash > p + 13 &&
+           strncmp(slash, "/files/", 7) == 0;
 }
 
 static void handle_files(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
@@ -773,6 +803,20 @@ static void handle_files(struct gw_api *api, struct cm_httpd_req *req, const str
     }
     op->fop = fop;
     memcpy(op->fpath, path, n + 1);
+    if (fop == 'W') {
+        const char *cl = cm_httpd_header(req, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > api->lim->max_upload) {
+            op_error(op, GW_ERR_BODY_TOO_LARGE, "the file is over gateway.admin.max_upload");
+            op_settle(op);
+            return;
+        }
+        if (!(op->upload = evbuffer_new())) {
+            op_error(op, GW_ERR_INTERNAL, "out of memory");
+            op_settle(op);
+            return;
+        }
+        cm_httpd_body_stream(req, upload_cb, op);
+    }
     memcpy(op->h, h, sizeof(op->h));
     if (read_session(op, files_on_session) < 0)
         op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);

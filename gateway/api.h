@@ -42,5 +42,8 @@ void gw_api_reply_error(struct cm_httpd_req *req, enum gw_err e, const char *mes
                         unsigned retry_after);
 /* 405 method_not_allowed with "Allow: <allow>". */
 void gw_api_reply_405(struct cm_httpd_req *req, const char *allow);
+/* The admin listener's head callback (common/httpd.h): a file upload (PUT
+ * /v1/sessions/{id}/files/...) takes its body as a stream. */
+int gw_api_upload_head(struct cm_httpd_req *req, void *arg);
 
 #endif

@@ -34,6 +34,8 @@ struct gw_exec {
     char fop;                         /* files: 'G', 'W', 'U', 'L'; 0 for a command */
     char fpath[GW_FILE_PATH_MAX + 2]; /* "/" and the sandbox path */
     int entries;                      /* L: entries streamed so far */
+    uint64_t up_bytes, up_max;        /* W: the upload's bytes so far, its bound */
+    int up_waiting;                   /* W: reading the client waits for the channel */
 };
 
 /* EVENT script: <type> with the session, instance, key id and <n> more field/value pairs. */
@@ -522,24 +524,74 @@ static void connect_agent(struct gw_exec *x, struct sockaddr_un *sa)
     bufferevent_enable(x->bev, EV_READ);
 }
 
+/* W: more of the upload for the channel, as the client sends it. */
+static int put_upload(struct evbuffer *o, const char *p, size_t n)
+{
+    for (size_t off = 0; off < n;) {
+        size_t k = n - off < CM_FRAME_MAX ? n - off : CM_FRAME_MAX;
+        if (put_frame(o, 'I', p + off, k) < 0)
+            return -1;
+        off += k;
+    }
+    return 0;
+}
+
+static void on_up_write(struct bufferevent *bev, void *arg)
+{
+    struct gw_exec *x = arg;
+    (void)bev;
+    if (x->up_waiting && x->req) {
+        x->up_waiting = 0;
+        cm_httpd_body_resume(x->req);
+    }
+}
+
+static int upload_cb(void *arg, const char *data, size_t len)
+{
+    struct gw_exec *x = arg;
+    struct evbuffer *o = bufferevent_get_output(x->bev);
+    if (!len)
+        return put_frame(o, 'Z', NULL, 0) < 0;
+    x->up_bytes += len;
+    if (x->up_bytes > x->up_max) {
+        finish(x, GW_ERR_BODY_TOO_LARGE, "the file is over gateway.admin.max_upload");
+        return 1;
+    }
+    if (put_upload(o, data, len) < 0) {
+        finish(x, GW_ERR_INTERNAL, "out of memory");
+        return 1;
+    }
+    if (evbuffer_get_length(o) < GW_UPLOAD_HIGH)
+        return 0;
+    x->up_waiting = 1; /* the sandbox takes it slower than the client sends it */
+    return 1;
+}
+
 void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, char op, const char *path,
-                       const struct gw_exec_audit *audit)
+                       const struct gw_exec_audit *audit, struct gw_upload *up)
 {
     struct sockaddr_un sa;
     struct gw_exec *x = calloc(1, sizeof(*x));
     if (!x) {
+        if (up->pending)
+            evbuffer_free(up->pending);
         gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
         return;
     }
+    struct evbuffer *pending = up->pending;
+    up->pending = NULL;
     if (ports_socket(addr, &sa, x->instance, sizeof(x->instance)) < 0) {
         free(x);
+        if (pending)
+            evbuffer_free(pending);
         gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
                            "files need a sandbox of the process driver (this one has no "
                            "exec channel)",
                            0);
         return;
     }
+    x->up_max = up->max;
     x->req = req;
     x->gc = gc;
     x->audit = *audit;
@@ -551,25 +603,34 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
     int rc = -1;
     if (x->bev && x->timer) {
         struct evbuffer *o = bufferevent_get_output(x->bev);
-        size_t blen = 0;
-        const char *body = op == 'W' ? cm_httpd_body(req, &blen) : NULL;
         rc = evbuffer_add(o, "BERTH-EXEC\r\n", 12) < 0 ||
                      put_frame(o, 'P', path, strlen(path)) < 0 || put_frame(o, op, NULL, 0) < 0
                  ? -1
                  : 0;
-        for (size_t off = 0; rc == 0 && op == 'W' && body && off < blen;) {
-            size_t n = blen - off < CM_FRAME_MAX ? blen - off : CM_FRAME_MAX;
-            rc = put_frame(o, 'I', body + off, n);
-            off += n;
-        }
-        if (rc == 0 && op == 'W')
+        /* W: what was read so far, then the rest as it comes (or its end already) */
+        size_t plen = pending ? evbuffer_get_length(pending) : 0;
+        x->up_bytes = plen;
+        if (rc == 0 && plen)
+            rc = put_upload(o, (const char *)evbuffer_pullup(pending, -1), plen);
+        if (rc == 0 && op == 'W' && up->done)
             rc = put_frame(o, 'Z', NULL, 0);
     }
+    if (pending)
+        evbuffer_free(pending);
     if (rc < 0) {
         finish(x, GW_ERR_INTERNAL, "out of memory");
         return;
     }
-    bufferevent_setcb(x->bev, on_file_read, NULL, on_event, x);
+    if (x->up_bytes > x->up_max) {
+        finish(x, GW_ERR_BODY_TOO_LARGE, "the file is over gateway.admin.max_upload");
+        return;
+    }
+    bufferevent_setcb(x->bev, on_file_read, on_up_write, on_event, x);
+    if (op == 'W' && !up->done) {
+        bufferevent_setwatermark(x->bev, EV_WRITE, GW_UPLOAD_HIGH / 4, 0);
+        cm_httpd_body_stream(req, upload_cb, x);
+        cm_httpd_body_resume(req); /* it may have paused while the session was looked up */
+    }
     bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
     connect_agent(x, &sa);
 }

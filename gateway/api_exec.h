@@ -24,6 +24,7 @@ struct event_base;
 struct gw_config;
 
 struct cm_redis;
+struct evbuffer;
 
 /* Who asked, for the audit events exec_started and exec_ended (the EVENT script). */
 struct gw_exec_audit {
@@ -43,9 +44,19 @@ struct gw_exec_audit {
  * data/, or ".." and the like), 409 conflict (not a file, not a directory, not empty), 403
  * permission_denied, 507 insufficient_storage. The audit trail gets file_written (path,
  * size) and file_deleted (path). */
+#define GW_UPLOAD_HIGH (256 * 1024) /* an upload's bytes waiting: stop reading the client */
+
+/* W: the upload's body as far as it was read before (taken over: freed here), whether that
+ * was all, and the most it may be. */
+struct gw_upload {
+    struct evbuffer *pending;
+    int done;
+    uint64_t max;
+};
+
 void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, char op, const char *path,
-                       const struct gw_exec_audit *audit);
+                       const struct gw_exec_audit *audit, struct gw_upload *up);
 
 /* Takes over <req> (answered or streamed from now on) and <spec> (its parsed body, freed
  * here); <addr> is the instance's address ("unix:.../app.sock"); <audit> is copied. */

@@ -43,6 +43,7 @@ struct xc {
     int stdin_eof; /* the gateway sent Z */
     int conn_gone; /* the gateway closed or failed */
     int ended;     /* X or F queued: close once written */
+    int shut;      /* ...written, our side shut down: waiting for the gateway's close */
     int dead;
     /* files: the operation ('G', 'W', 'U', 'L'; 0 for a command), its path and state */
     char fop;
@@ -579,6 +580,14 @@ static void gone(struct xc *x)
 static void on_conn(struct agent_watch *w, uint32_t ev)
 {
     struct xc *x = AGENT_CONTAINER_OF(w, struct xc, cw);
+    if (x->shut) { /* only waiting for the gateway's close */
+        char drop[4096];
+        ssize_t n = recv(w->fd, drop, sizeof(drop), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            gone(x);
+        update(x);
+        return;
+    }
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         ssize_t n = recv(w->fd, x->rbuf + x->rlen, sizeof(x->rbuf) - x->rlen, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
@@ -667,9 +676,16 @@ static void update(struct xc *x)
     if (x->cw.fd >= 0) {
         uint32_t ev = (x->olen ? EPOLLOUT : 0) |
                       ((!x->started || x->ilen < IN_MAX) && !x->ended ? EPOLLIN : 0);
-        if (x->ended && x->olen == 0) {
-            agent_watch_close(X.epfd, &x->cw); /* all said: the gateway sees the close */
-        } else if (agent_watch_set(X.epfd, &x->cw, ev) < 0) {
+        if (x->ended && x->olen == 0 && !x->shut) {
+            /* All said: the gateway sees the end; what it still sends (the rest of an upload
+             * that failed) is read and dropped until it closes, so that our close cannot
+             * reset the connection before it has read our last frame. */
+            shutdown(x->cw.fd, SHUT_WR);
+            x->shut = 1;
+        }
+        if (x->shut)
+            ev = EPOLLIN;
+        if (agent_watch_set(X.epfd, &x->cw, ev) < 0) {
             gone(x);
         }
     }

@@ -18,7 +18,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 struct st {
     struct cm_httpd_req *held;
     int n;
+    struct cm_httpd_req *streamed; /* a PUT whose body streams (the head callback's) */
+    int paused, ended, chunks;
 };
+
+static int head_cb(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    return cm_httpd_method(req) == CM_HTTP_PUT;
+}
+
+static void on_streamed_gone(void *arg)
+{
+    struct st *s = arg;
+    s->streamed = NULL;
+}
+
+/* Pauses every third chunk (resumed by the loop), answers after the end (by the loop). */
+static int on_chunk(void *arg, const char *data, size_t len)
+{
+    struct st *s = arg;
+    (void)data;
+    if (!len) {
+        s->ended = 1;
+        return 0;
+    }
+    if (++s->chunks % 3 == 0) {
+        s->paused = 1;
+        return 1;
+    }
+    return 0;
+}
 
 static void on_req(struct cm_httpd_req *req, void *arg)
 {
@@ -29,6 +59,15 @@ static void on_req(struct cm_httpd_req *req, void *arg)
     (void)cm_httpd_query(req);
     if (strlen(cm_httpd_path(req)) == 0)
         abort(); /* never empty */
+    if (cm_httpd_method(req) == CM_HTTP_PUT) {
+        if (s->streamed)
+            abort();       /* one request at a time per connection */
+        s->streamed = req; /* counted in n once answered: a broken body gets no answer */
+        s->paused = s->ended = 0;
+        cm_httpd_set_close_cb(req, on_streamed_gone, s);
+        cm_httpd_body_stream(req, on_chunk, s);
+        return;
+    }
     if (s->n++ % 2 == 0 && !s->held) {
         s->held = req; /* answered on the next loop turn */
         return;
@@ -62,6 +101,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                         .timeout = 5 * CM_USEC_PER_SEC,
                                         .max_connections = 4};
     struct cm_httpd *h = cm_httpd_create(base, &lim, on_req, &s);
+    if (h)
+        cm_httpd_set_head_cb(h, head_cb);
     int fds[2];
     if (!base || !h || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) < 0)
         abort();
@@ -89,6 +130,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             cm_httpd_reply_error(r, 503, "overloaded", "later");
             progress = 1;
         }
+        if (s.streamed && s.paused) {
+            s.paused = 0;
+            cm_httpd_body_resume(s.streamed);
+            progress = 1;
+        } else if (s.streamed && (s.ended || s.chunks > 50)) { /* answered at its end, or early */
+            struct cm_httpd_req *r = s.streamed;
+            s.streamed = NULL;
+            cm_httpd_set_close_cb(r, NULL, NULL);
+            cm_httpd_reply(r, 200, "text/plain", "stored", 6);
+            s.n++;
+            progress = 1;
+        }
         ssize_t n;
         while ((n = read(fds[1], out + got, sizeof(out) - got)) > 0) {
             got += (size_t)n;
@@ -108,6 +161,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (patient && answers < s.n)
         abort(); /* a request handled and never answered */
     cm_httpd_destroy(h);
+    if (s.streamed) /* destroy() ran its close callback */
+        abort();
     if (s.held)
         cm_httpd_reply(s.held, 200, NULL, NULL, 0); /* owed after destroy(): only frees */
     close(fds[1]);

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.berth_timeout(180)
 def fstack(make_stack):
     return make_stack({"templates": [echo_template(pool={"min": 1, "max": 4},
                                                    workspace_size="2MiB")],
-                       "gateway": {"admin": {"max_body": "4MiB"}}})
+                       "gateway": {"admin": {"max_upload": "16MiB"}}})
 
 
 def fcall(s, method, path, data=None, key="berth-dev-key", timeout=30):
@@ -38,7 +38,8 @@ def run(s, key, *cmd):
 def test_files_round_trip(fstack):
     s = fstack
     assert s.get("/", session="f1").status == 200
-    blob = os.urandom(3 << 20) + b"end"  # in /data (1 GiB), under admin.max_body (4 MiB)
+    # 12 MiB: over admin.max_body (1 MiB), streamed to the sandbox, never buffered whole.
+    blob = os.urandom(12 << 20) + b"end"
     r = fcall(s, "PUT", "f1/files/data/dir/sub/blob.bin", data=blob)
     assert r.status == 200, r
     assert r.json() == {"path": "/data/dir/sub/blob.bin", "size": len(blob)}
@@ -99,9 +100,18 @@ def test_files_stay_inside_the_roots(fstack):
     # Over the workspace's size (2 MiB): 507, and nothing is left behind.
     r = fcall(s, "PUT", "f2/files/workspace/big", data=b"z" * (3 << 20))
     assert r.status == 507 and r.json()["error"]["code"] == "insufficient_storage", r
-    # Over admin.max_body: 413 before anything reaches the sandbox.
-    r = fcall(s, "PUT", "f2/files/data/huge", data=b"z" * (5 << 20))
+    # Over admin.max_upload (16 MiB): 413 at its Content-Length, before any byte goes in...
+    r = fcall(s, "PUT", "f2/files/data/huge", data=b"z" * (17 << 20))
     assert r.status == 413, r
+    # ...or, chunked (no length), once the bytes passed it; nothing is left behind.
+    big = s.base / "big.bin"
+    big.write_bytes(b"y" * (17 << 20))
+    r = curl(s.admin_url("/v1/sessions/f2/files/data/huge"), method="PUT",
+             headers={"Authorization": "Bearer berth-dev-key", "Transfer-Encoding": "chunked"},
+             data_file=str(big), timeout=60 * SLOW)
+    assert r.status in (0, 413), r
+    assert fcall(s, "GET", "f2/files/data/huge").status == 404
+    assert ".berth-upload" not in run(s, "f2", "/bin/ls", "-a", "/data")
     assert fcall(s, "GET", "f2/files/workspace/big").status == 404
     assert ".berth-upload" not in run(s, "f2", "/bin/ls", "-a", "/workspace")
 

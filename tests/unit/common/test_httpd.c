@@ -961,3 +961,142 @@ TEST(httpd_stream_close_callback_and_drain)
     CHECK(f.held == NULL);
     fx_done(&f);
 }
+
+/* --- streamed request bodies ------------------------------------------------------------- */
+
+static struct {
+    char got[4096];
+    size_t len;
+    int ends, pause_once, calls;
+    struct cm_httpd_req *req;
+} SB;
+
+static int head_put(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    return cm_httpd_method(req) == CM_HTTP_PUT;
+}
+
+static int sb_body(void *arg, const char *data, size_t len)
+{
+    (void)arg;
+    SB.calls++;
+    if (!len) {
+        SB.ends++;
+        return 0;
+    }
+    memcpy(SB.got + SB.len, data, len);
+    SB.len += len;
+    if (SB.pause_once) {
+        SB.pause_once = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void on_req_stream(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    SB.req = req;
+    if (cm_httpd_method(req) == CM_HTTP_PUT)
+        cm_httpd_body_stream(req, sb_body, NULL);
+    else
+        cm_httpd_reply(req, 200, "text/plain", "plain", 5);
+}
+
+TEST(httpd_streams_a_request_body_with_pauses)
+{
+    memset(&SB, 0, sizeof(SB));
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    struct cm_httpd_limits lim = LIM; /* max_body 1024: the stream is not bound by it */
+    f.h = cm_httpd_create(f.base, &lim, on_req_stream, &f);
+    cm_httpd_set_head_cb(f.h, head_put);
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f.h, fds[0]), 0);
+    f.peer = fds[1];
+    char body[2000];
+    memset(body, 'q', sizeof(body));
+    put(&f, "PUT /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n", -1);
+    run_ms(f.base, 20);
+    CHECK_NOT_NULL(SB.req); /* the handler has it before the body */
+    SB.pause_once = 1;
+    put(&f, body, 1000);
+    run_ms(f.base, 20);
+    CHECK_INT_EQ((int)SB.len, 1000);
+    put(&f, body + 1000, 1000);
+    put(&f, "\r\n0\r\n\r\n", -1);
+    run_ms(f.base, 20);
+    CHECK_INT_EQ((int)SB.len, 1000); /* paused: nothing more until resumed */
+    cm_httpd_body_resume(SB.req);
+    run_ms(f.base, 20);
+    CHECK_INT_EQ((int)SB.len, 2000);
+    CHECK_INT_EQ(SB.ends, 1);
+    cm_httpd_reply(SB.req, 200, "text/plain", "stored", 6);
+    pump(&f, 500, NULL);
+    CHECK_CONTAINS(f.got, "HTTP/1.1 200 OK\r\n");
+    CHECK_CONTAINS(f.got, "Connection: close\r\n");
+    CHECK(f.eof);
+    fx_done(&f);
+}
+
+TEST(httpd_an_early_answer_leaves_a_streamed_body_unread)
+{
+    memset(&SB, 0, sizeof(SB));
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    f.h = cm_httpd_create(f.base, &LIM, on_req_stream, &f);
+    cm_httpd_set_head_cb(f.h, head_put);
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f.h, fds[0]), 0);
+    f.peer = fds[1];
+    put(&f, "PUT /up HTTP/1.1\r\nContent-Length: 100000\r\n\r\nabc", -1);
+    run_ms(f.base, 20);
+    CHECK_NOT_NULL(SB.req);
+    cm_httpd_reply_error(SB.req, 507, "insufficient_storage", "full");
+    pump(&f, 500, NULL);
+    CHECK_CONTAINS(f.got, "HTTP/1.1 507 Insufficient Storage\r\n");
+    CHECK(f.eof);
+    fx_done(&f);
+}
+
+static int sb_closed;
+static void sb_on_close(void *arg)
+{
+    (void)arg;
+    sb_closed++;
+}
+
+static void on_req_stream_cb(struct cm_httpd_req *req, void *arg)
+{
+    (void)arg;
+    SB.req = req;
+    cm_httpd_set_close_cb(req, sb_on_close, NULL);
+    cm_httpd_body_stream(req, sb_body, NULL);
+}
+
+TEST(httpd_a_broken_streamed_body_ends_the_request_for_its_handler)
+{
+    memset(&SB, 0, sizeof(SB));
+    sb_closed = 0;
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    f.base = event_base_new();
+    f.h = cm_httpd_create(f.base, &LIM, on_req_stream_cb, &f);
+    cm_httpd_set_head_cb(f.h, head_put);
+    int fds[2];
+    test_socketpair(fds);
+    CHECK_INT_EQ(cm_httpd_adopt(f.h, fds[0]), 0);
+    f.peer = fds[1];
+    put(&f, "PUT /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", -1);
+    pump(&f, 500, NULL);
+    CHECK_INT_EQ(sb_closed, 1); /* the handler learns its request is gone */
+    CHECK_CONTAINS(f.got, "HTTP/1.1 400 Bad Request\r\n");
+    CHECK_CONTAINS(f.got, "the request body is malformed");
+    CHECK(f.eof);
+    fx_done(&f);
+}
