@@ -14,16 +14,17 @@
     "  if a < b then return a end\n"                                                               \
     "  return b\n"                                                                                 \
     "end\n"                                                                                        \
+    "local key_id = ''\n"                                                                         \
     "local function event(kind, ...)\n"                                                            \
-    "  redis.call('XADD', P..'events', 'MAXLEN', '~', 100000, '*', 'type', kind, 'ts', now,\n"  \
-    "    ...)\n"                                                                                 \
     "  local a = {...}\n"                                                                          \
+    "  if key_id ~= '' then a[#a + 1] = 'key_id' a[#a + 1] = key_id end\n"                         \
+    "  redis.call('XADD', P..'events', 'MAXLEN', '~', 100000, '*', 'type', kind, 'ts', now,\n"  \
+    "    unpack(a))\n"                                                                           \
     "  for i = 1, #a - 1, 2 do\n"                                                                  \
     "    if a[i] == 'tenant' then\n"                                                              \
     "      if a[i + 1] and a[i + 1] ~= '' then\n"                                                 \
     "        redis.call('XADD', P..'events:'..a[i + 1], 'MAXLEN', '~', 100000, '*', 'type',\n"  \
-    "          kind,\n"                                                                          \
-    "          'ts', now, ...)\n"                                                                \
+    "          kind, 'ts', now, unpack(a))\n"                                                    \
     "      end\n"                                                                                  \
     "      break\n"                                                                                \
     "    end\n"                                                                                    \
@@ -175,6 +176,7 @@ static const char update_src[] =
 
 static const char release_src[] =
     "local now = tonumber(ARGV[5])\n" LUA_PRELUDE
+    "key_id = ARGV[6] or ''\n"
     "local h, reason = ARGV[2], ARGV[4]\n"
     "local sk = P..'s:'..h\n"
     "local s = redis.call('HMGET', sk, 'tenant', 'instance', 'host', 'created', 'ttl',\n"
@@ -332,7 +334,7 @@ static const char idle_src[] =
 
 /* Shared by PAUSED and RESUMED: the session's record when it is bound to instance id. */
 #define LUA_PAUSE_PRELUDE                                                                          \
-    "local now = tonumber(ARGV[4])\n" LUA_PRELUDE                                                  \
+    "local now = tonumber(ARGV[4])\n" LUA_PRELUDE "key_id = ARGV[6] or ''\n"                       \
     "local h, id, why = ARGV[2], ARGV[3], ARGV[5]\n"                                              \
     "local sk = P..'s:'..h\n"                                                                      \
     "local s = redis.call('HMGET', sk, 'state', 'instance', 'tenant', 'template', 'host',\n"      \

@@ -64,7 +64,8 @@ enum cm_script {
     /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */
     CM_SCRIPT_UPDATE,
-    /* RELEASE ARGV: P h tenant|"" reason(deleted|expired|unused) now_ms
+    /* RELEASE ARGV: P h tenant|"" reason(deleted|expired|unused) now_ms [key_id]
+     * (key_id: the API key's id, written into its event)
      * (unused: the gateway made it for a keyless request whose answer did not start it)
      * Deletes the session and asks its host to destroy the instance. With reason expired it
      * first re-checks the deadline and returns {"alive", deadline} if it moved.
@@ -107,7 +108,7 @@ enum cm_script {
      * For each triple 1 when P s:{h} is bound to instance id, not paused, and its last_active
      * is at least pause_ms before now_ms; else 0 (an array in the same order). Read-only. */
     CM_SCRIPT_IDLE,
-    /* PAUSED ARGV: P h id now_ms reason
+    /* PAUSED ARGV: P h id now_ms reason [key_id] (and RESUMED: the API key that asked)
      * The scheduler froze instance id: P s:{h} paused = now_ms (and P i:{id} paused), a
      * `paused` event. Returns 1, or 0 when the session is no longer bound to id (nothing
      * written: the caller thaws it again). */

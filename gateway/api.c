@@ -389,6 +389,19 @@ static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const st
     }
 }
 
+/* The API key's id for audit events: the first 12 hex digits of its SHA-256 (the config
+ * lists keys by their SHA-256, so an operator can tell which key it was; the key is not
+ * recoverable from it). */
+static void key_id(struct cm_httpd_req *req, char out[13])
+{
+    size_t n = 0;
+    const char *k = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)(k ? k : ""), k ? n : 0, d);
+    for (int i = 0; i < 6; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
 /* --- GET / PATCH / DELETE /v1/sessions/{id} ----------------------------------------------- */
 
 static void handle_get(struct gw_api *api, struct cm_httpd_req *req, const struct cm_tenant *t,
@@ -521,8 +534,10 @@ static void handle_delete(struct gw_api *api, struct cm_httpd_req *req, const st
     memcpy(op->h, h, sizeof(op->h));
     char now[24];
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
-    const char *argv[] = {prefix(api), op->h, t->name, "deleted", now};
-    if (send_script(op, CM_SCRIPT_RELEASE, delete_on_script, 5, argv) < 0)
+    char kid[13];
+    key_id(req, kid);
+    const char *argv[] = {prefix(api), op->h, t->name, "deleted", now, kid};
+    if (send_script(op, CM_SCRIPT_RELEASE, delete_on_script, 6, argv) < 0)
         op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
     op_settle(op);
 }
@@ -588,9 +603,10 @@ static void pause_on_host(redisReply *r, const char *err, void *data)
     } else if (!r || r->type != REDIS_REPLY_STRING || !r->len) {
         op_error(op, GW_ERR_INSTANCE_LOST, "the session's host is gone");
     } else {
-        char path[GW_INSTANCE_ID_MAX + 40];
-        snprintf(path, sizeof(path), "/v1/instances/%s/%s", op->instance,
-                 op->resume ? "resume" : "pause");
+        char path[GW_INSTANCE_ID_MAX + 64], kid[13];
+        key_id(op->req, kid);
+        snprintf(path, sizeof(path), "/v1/instances/%s/%s?key_id=%s", op->instance,
+                 op->resume ? "resume" : "pause", kid);
         op->call = gw_sched_post(op->api->base, op->api->gc, r->str, path,
                                  op->api->gc->limits.resume_timeout, pause_on_answer, op);
         if (op->call)
@@ -649,19 +665,6 @@ static void handle_pause(struct gw_api *api, struct cm_httpd_req *req, const str
     if (read_session(op, pause_on_session) < 0)
         op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
     op_settle(op);
-}
-
-/* The API key's id for audit events: the first 12 hex digits of its SHA-256 (the config
- * lists keys by their SHA-256, so an operator can tell which key it was; the key is not
- * recoverable from it). */
-static void key_id(struct cm_httpd_req *req, char out[13])
-{
-    size_t n = 0;
-    const char *k = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)(k ? k : ""), k ? n : 0, d);
-    for (int i = 0; i < 6; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
 /* --- POST /v1/sessions/{id}/exec ---------------------------------------------------------- */

@@ -514,6 +514,12 @@ static void handle_pause(struct sch_api *api, struct cm_httpd_req *req, const ch
     p->w.cb = pause_done;
     p->http = req;
     p->inst = inst;
+    /* ?key_id=<12 hex>: the gateway's name of the API key that asked (for the event) */
+    const char *q = cm_httpd_query(req);
+    inst->api_key_id[0] = '\0';
+    if (q && strncmp(q, "key_id=", 7) == 0 && strlen(q + 7) == 12 &&
+        strspn(q + 7, "0123456789abcdef") == 12)
+        memcpy(inst->api_key_id, q + 7, 13);
     sch_inst_ref(inst);
     cm_httpd_set_close_cb(req, pause_gone, p);
     if (resume)

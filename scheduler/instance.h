@@ -64,6 +64,7 @@ struct sch_inst {
     int resume_after;  /* a resume was asked for while the pause was on its way */
     int idle_checking; /* in an `idle` script call */
     char pause_reason[16], resume_reason[16];
+    char api_key_id[13]; /* the API key of the last pause or resume by hand, for its event */
     struct event *wake_ev[2];
     struct sch_pause_wait *pause_waiters;
     /* usage.c: the last sample (monotonic ms, 0: none yet) and the CPU time then */

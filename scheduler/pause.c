@@ -141,9 +141,14 @@ static void record(struct sch_inst *inst, enum cm_script s, const char *reason)
 {
     char now[24];
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
-    const char *argv[] = {inst->ctx->cfg->redis.prefix, inst->session, inst->id, now, reason};
+    const char *argv[] = {inst->ctx->cfg->redis.prefix,
+                          inst->session,
+                          inst->id,
+                          now,
+                          reason,
+                          strcmp(reason, "api") == 0 ? inst->api_key_id : ""};
     sch_inst_ref(inst);
-    if (sch_script(inst->ctx, s, s == CM_SCRIPT_PAUSED ? on_paused : on_resumed, inst, 5, argv) <
+    if (sch_script(inst->ctx, s, s == CM_SCRIPT_PAUSED ? on_paused : on_resumed, inst, 6, argv) <
         0) {
         cm_log_warn("pause", "redis not connected: %s not recorded inst=%s",
                     cm_store_script_name(s), inst->id);

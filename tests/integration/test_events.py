@@ -2,6 +2,7 @@
 session and type, and followed as SSE. What a hostile tenant could do with it: read another
 tenant's events (it cannot: each tenant reads its own stream, P events:{tenant}), or hold
 followers open (bounded by gateway.admin.max_connections_per_tenant, like any connection)."""
+import hashlib
 import json
 import os
 import select
@@ -57,6 +58,12 @@ def test_the_trail_of_a_session(ev_stack):
     assert ended["end"].startswith("code=4 ") and ended["timed_out"] == "0"
     paused = [e for e in j["events"] if e["type"] == "paused"][0]
     assert paused["reason"] == "api" and paused["instance"]
+    # The API key that asked: the first 12 hex digits of its SHA-256, as the config lists it.
+
+    kid = hashlib.sha256(b"berth-dev-key").hexdigest()[:12]
+    for t in ("paused", "resumed", "exec_started", "exec_ended", "deleted"):
+        assert [e for e in j["events"] if e["type"] == t][0]["key_id"] == kid, t
+    assert "key_id" not in [e for e in j["events"] if e["type"] == "bound"][0]
     # Filters and paging.
     only = events(s, "?type=paused,resumed")["events"]
     assert [e["type"] for e in only] == ["paused", "resumed"]
