@@ -617,6 +617,21 @@ static void pause_on_host(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
+/* The session of <op> from its HGETALL reply, when it is the tenant's and bound; else answers
+ * the error and returns -1. */
+static int bound_session(struct op *op, redisReply *r, const char *err, struct gw_session_rec *rec)
+{
+    if (err)
+        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+    else if (rec_from_reply(r, op->tenant, rec) < 0)
+        op_error(op, GW_ERR_NOT_FOUND, "no such session");
+    else if (!rec->state || rec->state_len != 5 || memcmp(rec->state, "bound", 5) != 0)
+        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    else
+        return 0;
+    return -1;
+}
+
 /* The session exists and is the tenant's: find its instance's scheduler. */
 static void pause_on_session(redisReply *r, const char *err, void *data)
 {
@@ -627,12 +642,8 @@ static void pause_on_session(redisReply *r, const char *err, void *data)
         op_settle(op);
         return;
     }
-    if (err) {
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
-        op_error(op, GW_ERR_NOT_FOUND, "no such session");
-    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
-        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    if (bound_session(op, r, err, &rec) < 0) {
+        /* answered */
     } else if (!rec.host || !rec.host_len) {
         op_error(op, GW_ERR_NOT_IMPLEMENTED,
                  "the session's template is static: nothing of it can be paused");
@@ -667,9 +678,12 @@ static void handle_pause(struct gw_api *api, struct cm_httpd_req *req, const str
     op_settle(op);
 }
 
-/* --- POST /v1/sessions/{id}/exec ---------------------------------------------------------- */
+/* --- POST /v1/sessions/{id}/exec, files ---------------------------------------------------------
+ */
 
-static void exec_on_session(redisReply *r, const char *err, void *data)
+/* Exec and files: the session exists, is the tenant's and bound: hand the request to the
+ * sandbox's channel (api_exec.c). */
+static void channel_on_session(redisReply *r, const char *err, void *data)
 {
     struct op *op = data;
     op->waiting--;
@@ -679,12 +693,8 @@ static void exec_on_session(redisReply *r, const char *err, void *data)
         op_settle(op);
         return;
     }
-    if (err) {
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
-        op_error(op, GW_ERR_NOT_FOUND, "no such session");
-    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
-        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
+    if (bound_session(op, r, err, &rec) < 0) {
+        /* answered */
     } else if (!rec.addr || !rec.addr_len || rec.addr_len >= sizeof(addr)) {
         op_error(op, GW_ERR_INSTANCE_LOST, NULL);
     } else {
@@ -695,7 +705,15 @@ static void exec_on_session(redisReply *r, const char *err, void *data)
         struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
         memcpy(audit.session, op->h, sizeof(audit.session));
         key_id(req, audit.key_id);
-        gw_api_exec_start(op->api->base, op->api->gc, req, addr, &op->exec, &audit);
+        if (op->fop) {
+            struct gw_upload up = {
+                .pending = op->upload, .done = op->upload_done, .max = op->api->lim->max_upload};
+            op->upload = NULL; /* the channel's now */
+            gw_api_file_start(op->api->base, op->api->gc, req, addr, op->fop, op->fpath, &audit,
+                              &up);
+        } else {
+            gw_api_exec_start(op->api->base, op->api->gc, req, addr, &op->exec, &audit);
+        }
     }
     op_settle(op);
 }
@@ -723,46 +741,12 @@ static void handle_exec(struct gw_api *api, struct cm_httpd_req *req, const stru
     }
     op->exec = spec;
     memcpy(op->h, h, sizeof(op->h));
-    if (read_session(op, exec_on_session) < 0)
+    if (read_session(op, channel_on_session) < 0)
         op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
     op_settle(op);
 }
 
 /* --- GET, PUT, DELETE /v1/sessions/{id}/files/{path} -------------------------------------- */
-
-static void files_on_session(redisReply *r, const char *err, void *data)
-{
-    struct op *op = data;
-    op->waiting--;
-    struct gw_session_rec rec;
-    char addr[256];
-    if (!op->req) {
-        op_settle(op);
-        return;
-    }
-    if (err) {
-        op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
-    } else if (rec_from_reply(r, op->tenant, &rec) < 0) {
-        op_error(op, GW_ERR_NOT_FOUND, "no such session");
-    } else if (!rec.state || rec.state_len != 5 || memcmp(rec.state, "bound", 5) != 0) {
-        op_error(op, GW_ERR_CONFLICT, "the session has no running instance (it was lost)");
-    } else if (!rec.addr || !rec.addr_len || rec.addr_len >= sizeof(addr)) {
-        op_error(op, GW_ERR_INSTANCE_LOST, NULL);
-    } else {
-        memcpy(addr, rec.addr, rec.addr_len);
-        addr[rec.addr_len] = '\0';
-        struct cm_httpd_req *req = op->req;
-        op->req = NULL;
-        struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
-        memcpy(audit.session, op->h, sizeof(audit.session));
-        key_id(req, audit.key_id);
-        struct gw_upload up = {
-            .pending = op->upload, .done = op->upload_done, .max = op->api->lim->max_upload};
-        op->upload = NULL; /* the channel's now */
-        gw_api_file_start(op->api->base, op->api->gc, req, addr, op->fop, op->fpath, &audit, &up);
-    }
-    op_settle(op);
-}
 
 /* W: the body as it comes, until the sandbox's channel takes over (gw_api_file_start()). */
 static int upload_cb(void *arg, const char *data, size_t len)
@@ -821,7 +805,7 @@ static void handle_files(struct gw_api *api, struct cm_httpd_req *req, const str
         cm_httpd_body_stream(req, upload_cb, op);
     }
     memcpy(op->h, h, sizeof(op->h));
-    if (read_session(op, files_on_session) < 0)
+    if (read_session(op, channel_on_session) < 0)
         op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
     op_settle(op);
 }

@@ -171,20 +171,26 @@ static void exit_event(struct cm_jbuf *b, const char *p, size_t n)
                    strstr(line, " timeout=1") ? "true" : "false", ms);
 }
 
+/* The next frame waiting in <in> (made contiguous): its size, 0 for more bytes, or < 0. */
+static long next_frame(struct evbuffer *in, char *type, const char **p, size_t *n)
+{
+    size_t avail = evbuffer_get_length(in);
+    if (avail < CM_FRAME_HDR)
+        return 0;
+    size_t want = avail < CM_FRAME_HDR + CM_FRAME_MAX ? avail : CM_FRAME_HDR + CM_FRAME_MAX;
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+    return buf ? cm_frame_next(buf, want, type, p, n) : -ENOMEM;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct gw_exec *x = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     for (;;) {
-        size_t avail = evbuffer_get_length(in);
-        if (avail < CM_FRAME_HDR)
-            return;
-        size_t want = avail < CM_FRAME_HDR + CM_FRAME_MAX ? avail : CM_FRAME_HDR + CM_FRAME_MAX;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
         char type;
         const char *p;
         size_t n;
-        long used = buf ? cm_frame_next(buf, want, &type, &p, &n) : -ENOMEM;
+        long used = next_frame(in, &type, &p, &n);
         if (used == 0)
             return;
         if (used < 0) {
@@ -349,15 +355,10 @@ static void on_file_read(struct bufferevent *bev, void *arg)
     struct gw_exec *x = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     for (;;) {
-        size_t avail = evbuffer_get_length(in);
-        if (avail < CM_FRAME_HDR)
-            return;
-        size_t want = avail < CM_FRAME_HDR + CM_FRAME_MAX ? avail : CM_FRAME_HDR + CM_FRAME_MAX;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
         char type;
         const char *p;
         size_t n;
-        long used = buf ? cm_frame_next(buf, want, &type, &p, &n) : -ENOMEM;
+        long used = next_frame(in, &type, &p, &n);
         if (used == 0)
             return;
         if (used < 0 || (type != 'O' && type != 'X' && type != 'F') ||
