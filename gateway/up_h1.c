@@ -36,7 +36,7 @@ void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed)
     const struct gw_limits *lim = &w->gc->limits;
     int reused = 0, err = 0;
     if (!c->usage_on && w->usage) {
-        if (gw_usage_begin(w->usage, c->session, cm_now_mono()))
+        if (gw_usage_begin(w->usage, c->session, c->t_start))
             c->usage_on = 1;
         else
             GW_METRIC_INC(&w->metrics, usage_dropped);
