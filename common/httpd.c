@@ -776,6 +776,18 @@ static void process(struct hconn *c)
             (c->state == C_BODY && !c->req->body_paused)) &&
            evbuffer_get_length(out) < OUT_HIGH) {
         size_t n = evbuffer_get_length(in);
+        if (n == 0 && c->state == C_BODY && !c->message_done && !c->req->body_paused &&
+            !(c->parser.flags & F_CHUNKED) && c->parser.content_length == 0) {
+            /* A streamed request without a body completes without another byte: let the
+             * parser get there (it paused at the end of the head). */
+            llhttp_errno_t e = llhttp_execute(&c->parser, "", 0);
+            if (c->message_done && (e == HPE_OK || e == HPE_PAUSED)) {
+                llhttp_resume(&c->parser);
+                c->state = C_PENDING;
+                evtimer_del(c->timer);
+            }
+            break;
+        }
         if (n == 0)
             break;
         if (!c->headers_done && c->head_raw >= lim->max_header_bytes) {

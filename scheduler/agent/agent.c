@@ -493,6 +493,7 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
             logf_("bound session=%s id=%s", cmd.arg, A.id);
         snprintf(A.bound, sizeof(A.bound), "%s", cmd.arg);
         agent_relay_release(A.relay);
+        agent_exec_release();
         client_reply(c, "OK");
         break;
     case AGENT_CMD_STATUS:
@@ -765,6 +766,7 @@ int main(int argc, char **argv)
         agent_exit(127);
     A.relay_cfg.on_exec = agent_exec_take;
     struct agent_exec_config xcfg = {.max_execs = A.max_execs,
+                                     .hold_ms = A.relay_cfg.hold_ms,
                                      .child_mask = &orig,
                                      .guest_conf = A.guest ? &A.guest_conf : NULL};
     agent_exec_init(A.epfd, &xcfg);

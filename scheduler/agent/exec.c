@@ -44,6 +44,7 @@ struct xc {
     int conn_gone; /* the gateway closed or failed */
     int ended;     /* X or F queued: close once written */
     int shut;      /* ...written, our side shut down: waiting for the gateway's close */
+    uint64_t hold_until; /* while holding: when it starts anyway (the relay's hold_ms) */
     int dead;
     /* files: the operation ('G', 'W', 'U', 'L'; 0 for a command), its path and state */
     char fop;
@@ -60,12 +61,29 @@ static struct {
     struct agent_exec_config cfg;
     struct xc *all;
     unsigned running;
+    int holding; /* no BIND yet: nothing starts (the session's /data is not mounted) */
 } X;
 
 void agent_exec_init(int epfd, const struct agent_exec_config *cfg)
 {
     X.epfd = epfd;
     X.cfg = *cfg;
+    X.holding = cfg->hold_ms > 0;
+}
+
+static int consume(struct xc *x);
+static void gone(struct xc *x);
+static void update(struct xc *x);
+
+void agent_exec_release(void)
+{
+    X.holding = 0;
+    for (struct xc *x = X.all; x; x = x->next)
+        if (!x->dead && !x->started && x->cw.fd >= 0) {
+            if (consume(x) < 0)
+                gone(x);
+            update(x);
+        }
 }
 
 unsigned agent_exec_running(void)
@@ -529,6 +547,10 @@ static int consume(struct xc *x)
             return -1;
         if (used == 0)
             break;
+        if (!x->started &&
+            (type == 'S' || type == 'G' || type == 'W' || type == 'U' || type == 'L') &&
+            X.holding && agent_now_ms() < x->hold_until)
+            break; /* starts at BIND (or at its hold deadline), as the app's connections do */
         if (!x->started) {
             const char *err;
             if (type == 'S') {
@@ -674,8 +696,10 @@ static void update(struct xc *x)
         x->olen = 0;
     int out_room = x->olen < OUT_MAX && !x->ended;
     if (x->cw.fd >= 0) {
-        uint32_t ev = (x->olen ? EPOLLOUT : 0) |
-                      ((!x->started || x->ilen < IN_MAX) && !x->ended ? EPOLLIN : 0);
+        uint32_t ev =
+            (x->olen ? EPOLLOUT : 0) |
+            ((!x->started || x->ilen < IN_MAX) && !x->ended && x->rlen < sizeof(x->rbuf) ? EPOLLIN
+                                                                                         : 0);
         if (x->ended && x->olen == 0 && !x->shut) {
             /* All said: the gateway sees the end; what it still sends (the rest of an upload
              * that failed) is read and dropped until it closes, so that our close cannot
@@ -719,6 +743,7 @@ void agent_exec_take(int fd, const char *pending, size_t len)
     agent_watch_init(&x->out_w, -1, on_out);
     agent_watch_init(&x->err_w, -1, on_err);
     x->file_fd = x->parent_fd = -1;
+    x->hold_until = agent_now_ms() + X.cfg.hold_ms;
     x->next = X.all;
     X.all = x;
     memcpy(x->rbuf, pending, len);
@@ -755,6 +780,15 @@ uint64_t agent_exec_tick(uint64_t now_ms)
 {
     uint64_t next = 0;
     for (struct xc *x = X.all; x; x = x->next) {
+        if (X.holding && !x->dead && !x->started && x->cw.fd >= 0) {
+            if (now_ms >= x->hold_until) {
+                if (consume(x) < 0)
+                    gone(x);
+                update(x);
+            } else if (!next || x->hold_until < next) {
+                next = x->hold_until;
+            }
+        }
         if (x->dead)
             continue;
         if (x->running && x->deadline) {

@@ -25,6 +25,8 @@ struct agent_guest_conf;
 
 struct agent_exec_config {
     unsigned max_execs;
+    uint64_t hold_ms; /* > 0: until BIND (agent_exec_release()), at most this long, nothing
+                       * starts: a session's /data is mounted at its bind */
     const sigset_t *child_mask;                /* the signal mask a command starts with */
     const struct agent_guest_conf *guest_conf; /* guest mode: the app's identity, else NULL */
 };
@@ -40,6 +42,8 @@ int agent_exec_reaped(pid_t pid, int status);
 uint64_t agent_exec_tick(uint64_t now_ms);
 /* Frees the exchanges that ended during the last batch of events. */
 void agent_exec_reap(void);
+/* BIND arrived: held exchanges start. */
+void agent_exec_release(void);
 /* Commands running now. */
 unsigned agent_exec_running(void);
 /* Exchanges open on the channel now (commands, and file transfers: PAUSE waits for them). */

@@ -176,6 +176,25 @@ def test_exec_bad_input_and_other_tenants(make_stack):
     assert r.status == 405 and r.header("Allow") == "POST"
 
 
+def test_exec_and_files_wait_for_the_sessions_data(make_stack):
+    """A command or a file sent right after the session is created waits for the bind, whose
+    /data (an ext4 image made at the first bind) is mounted then: before the fix it ran on
+    the empty mount point, and a file written there was hidden under the image."""
+    s = exec_stack(make_stack)
+    for i in range(3):
+        key = "x-early-%d" % i
+        r = s.api("POST", "/v1/sessions", {"id": key})
+        assert r.status == 201, r
+        st, ev, _ = run(s, key, {"cmd": ["/bin/sh", "-c",
+                                         "ls -a /data; echo early > /data/early.txt"]})
+        assert st == 200 and "lost+found" in out_of(ev).split(), ev  # the image's root
+        r = s.api("PUT", "/v1/sessions/%s/files/data/put.txt" % key, None)
+        assert r.status == 200, r
+    time.sleep(0.5)
+    st, ev, _ = run(s, "x-early-2", {"cmd": ["/bin/ls", "/data"]})
+    assert set(out_of(ev).split()) >= {"early.txt", "put.txt"}
+
+
 def test_exec_resumes_a_paused_sandbox(make_stack):
     s = exec_stack(make_stack)
     inst = bind(s, "x-paused")
