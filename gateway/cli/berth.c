@@ -33,6 +33,9 @@
 
 #include "common/json.h"
 
+/* One command per process: the buffers of a command are static (reachable until exit, where
+ * the process ends them), the answers' JSON trees freed. */
+
 #define IO_CHUNK 65536
 #define COLLECT_MAX (64u << 20) /* an answer kept in memory (a list, an error) */
 #define STDIN_MAX (64u << 20)
@@ -285,6 +288,10 @@ static int request(const char *method, const char *path, const char *extra_heade
         die(1, "the answer from %s was cut short", O.url);
     if (sink && sink->line && sink->pending.len)
         sink->line(sink->pending.data, sink->pending.len, sink->arg);
+    if (sink) {
+        free(sink->pending.data);
+        sink->pending = (struct buf){0};
+    }
     if (x.status >= 400) {
         struct cm_json *j = x.err.len ? cm_json_parse(x.err.data, x.err.len, NULL, 0) : NULL;
         const struct cm_json *e = cm_json_get(j, "error");
@@ -337,7 +344,7 @@ static int cmd_sessions(int argc, char **argv)
 {
     if (argc < 1)
         usage();
-    struct buf out = {0}, path = {0}, body = {0};
+    static struct buf out = {0}, path = {0}, body = {0};
     struct sink sink = {.fd = -1, .whole = &out};
     const char *what = argv[0];
     if (strcmp(what, "list") == 0 && argc == 1) {
@@ -534,7 +541,7 @@ static int cmd_exec(int argc, char **argv)
     cm_jbuf_raw(&jb, "}", 1);
     if (jb.failed)
         die(1, "out of memory");
-    struct buf body = {0}, path = {0};
+    static struct buf body = {0}, path = {0};
     buf_add(&body, jb.data, jb.len);
     cm_jbuf_fini(&jb);
     cm_jbuf_fini(&env);
@@ -569,7 +576,7 @@ static int cmd_cp(int argc, char **argv)
     const char *dst = src ? NULL : remote(argv[1], session, sizeof(session));
     if (!src == !dst)
         usage(); /* exactly one side in a session */
-    struct buf path = {0};
+    static struct buf path = {0};
     buf_add(&path, "/v1/sessions/", 13);
     enc(&path, session, 0);
     buf_add(&path, "/files/", 7);
@@ -591,7 +598,7 @@ static int cmd_cp(int argc, char **argv)
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))
         die(1, "cannot read %s: %s", argv[0], fd < 0 ? strerror(errno) : "not a regular file");
-    struct buf out = {0};
+    static struct buf out = {0};
     struct sink sink = {.fd = -1, .whole = &out};
     request("PUT", path.data, "Content-Type: application/octet-stream\r\n", NULL, fd,
             (uint64_t)sb.st_size, &sink);
@@ -622,7 +629,7 @@ static void event_line(const char *line, size_t len, void *arg)
 
 static int cmd_events(int argc, char **argv)
 {
-    struct buf path = {0};
+    static struct buf path = {0};
     buf_add(&path, "/v1/events?limit=1000", 21);
     int follow = 0;
     for (int i = 0; i < argc; i++) {
@@ -652,7 +659,7 @@ static int cmd_events(int argc, char **argv)
         request("GET", path.data, NULL, NULL, -1, 0, &sink);
         return 0;
     }
-    struct buf out = {0};
+    static struct buf out = {0};
     struct sink sink = {.fd = -1, .whole = &out};
     request("GET", path.data, NULL, NULL, -1, 0, &sink);
     struct cm_json *j = parse(&out);
@@ -670,7 +677,7 @@ static int cmd_events(int argc, char **argv)
 
 static int cmd_usage(int argc, char **argv)
 {
-    struct buf path = {0}, out = {0};
+    static struct buf path = {0}, out = {0};
     buf_add(&path, "/v1/usage?group_by=", 19);
     const char *by = "session";
     char q[64];
@@ -721,7 +728,7 @@ static int cmd_pause(int argc, char **argv, const char *action)
 {
     if (argc != 1)
         usage();
-    struct buf path = {0}, out = {0};
+    static struct buf path = {0}, out = {0};
     buf_add(&path, "/v1/sessions/", 13);
     enc(&path, argv[0], 0);
     buf_add(&path, "/", 1);
