@@ -302,6 +302,8 @@ static int request(const char *method, const char *path, const char *extra_heade
         else
             fprintf(stderr, "berth: HTTP %d: %.*s\n", x.status,
                     (int)(x.err.len > 200 ? 200 : x.err.len), x.err.data ? x.err.data : "");
+        cm_json_free(j);
+        free(x.err.data);
         exit(1);
     }
     free(x.err.data);
