@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,4 +181,24 @@ int cm_secret_bearer_ok(const char *authorization, const char *secret)
         !EVP_Digest(secret, strlen(secret), want, &wl, EVP_sha256(), NULL) || gl != 32 || wl != 32)
         return 0;
     return CRYPTO_memcmp(given, want, 32) == 0;
+}
+
+int cm_secret_exec_key(const char *secret, const char *id, char *out)
+{
+    unsigned char msg[256], md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    out[0] = '\0';
+    int n = snprintf((char *)msg, sizeof(msg), "berth-exec %s", id);
+    if (!secret || n < 0 || (size_t)n >= sizeof(msg) ||
+        !HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, (size_t)n, md, &mdlen) ||
+        mdlen * 2 != CM_EXEC_KEY_LEN)
+        return -EIO;
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[CM_EXEC_KEY_LEN] = '\0';
+    OPENSSL_cleanse(md, sizeof(md));
+    return 0;
 }

@@ -53,4 +53,13 @@ int cm_secret_bearer_ok(const char *authorization, const char *secret);
  * value is not a non-empty bearer token (<ret_len> untouched). */
 const char *cm_bearer_token(const char *authorization, size_t *ret_len);
 
+/* Length of cm_secret_exec_key()'s answer: 64 lower-case hex digits. */
+#define CM_EXEC_KEY_LEN 64
+/* The key of instance <id>'s exec channel: HMAC-SHA256(<secret>, "berth-exec " <id>) as
+ * lower-case hex into <out> (CM_EXEC_KEY_LEN + 1 bytes). The scheduler gives it to a VM's agent
+ * with BIND; the gateway presents it on the channel ("BERTH-EXEC <key>"): both hold
+ * scheduler.api_secret, a process on the host without it cannot open the channel, and one
+ * instance's key opens no other. Returns 0, or -EIO (OpenSSL failed; <out> is ""). */
+int cm_secret_exec_key(const char *secret, const char *id, char *out);
+
 #endif

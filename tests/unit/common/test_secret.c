@@ -195,3 +195,15 @@ TEST(bearer_check)
     CHECK(!cm_secret_bearer_ok("Bearer 0123456789abcdef0123456789abcdeF", S32));
     CHECK(!cm_secret_bearer_ok("Bearer " S32, NULL));
 }
+
+TEST(exec_key)
+{
+    char k[CM_EXEC_KEY_LEN + 1];
+    /* HMAC-SHA256(secret, "berth-exec " id), as Python's hmac module computes it. */
+    CHECK_INT_EQ(cm_secret_exec_key(S32, "h1-00ff", k), 0);
+    CHECK_STR_EQ(k, "9215f9371ca23a8d9f21e86e54fe4d9dae0fc0029f32330241dd6b45eb0bb087");
+    CHECK_INT_EQ(cm_secret_exec_key(S32, "h1-00fe", k), 0);
+    CHECK_STR_EQ(k, "591c27636344a85435a43cfb5edb5fa7cdd5fa87eac8a7e517615542fdd7b062");
+    CHECK_INT_EQ(cm_secret_exec_key(NULL, "h1-00fe", k), -EIO);
+    CHECK_STR_EQ(k, "");
+}
