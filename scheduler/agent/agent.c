@@ -264,7 +264,7 @@ static int listen_unix(const char *name, mode_t mode)
 }
 
 /* Guest mode: the relay's TCP listener on 0.0.0.0:PORT, the target of the host's forward. */
-static int listen_tcp(uint16_t port)
+static int listen_tcp(uint16_t port, int ports)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -277,11 +277,12 @@ static int listen_tcp(uint16_t port)
             close(fd);
         return -1;
     }
-    int r = agent_relay_listen_tcp(A.relay, fd);
+    int r = agent_relay_listen_tcp(A.relay, fd, ports);
     if (r < 0)
         logf_("relay listener: %s", strerror(-r));
     else
-        logf_("relay listening on 0.0.0.0:%u hold_ms=%" PRIu64, port, A.relay_cfg.hold_ms);
+        logf_("relay listening on 0.0.0.0:%u%s hold_ms=%" PRIu64, port, ports ? " (ports)" : "",
+              A.relay_cfg.hold_ms);
     return r;
 }
 
@@ -492,6 +493,8 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
         if (!A.bound[0])
             logf_("bound session=%s id=%s", cmd.arg, A.id);
         snprintf(A.bound, sizeof(A.bound), "%s", cmd.arg);
+        if (cmd.exec_key[0])
+            agent_exec_set_key(cmd.exec_key);
         agent_relay_release(A.relay);
         agent_exec_release();
         client_reply(c, "OK");
@@ -768,14 +771,16 @@ int main(int argc, char **argv)
     struct agent_exec_config xcfg = {.max_execs = A.max_execs,
                                      .hold_ms = A.relay_cfg.hold_ms,
                                      .child_mask = &orig,
-                                     .guest_conf = A.guest ? &A.guest_conf : NULL};
+                                     .guest_conf = A.guest ? &A.guest_conf : NULL,
+                                     .require_key = A.guest};
     agent_exec_init(A.epfd, &xcfg);
     A.relay = agent_relay_create(A.epfd, app_fd, ports_fd, &A.relay_cfg);
     if (!A.relay) {
         logf_("relay: out of memory");
         agent_exit(127);
     }
-    if (A.guest && listen_tcp(A.guest_conf.relay_port) < 0)
+    if (A.guest &&
+        (listen_tcp(A.guest_conf.relay_port, 0) < 0 || listen_tcp(A.guest_conf.ports_port, 1) < 0))
         agent_exit(127);
     agent_watch_init(&A.sig_w, sfd, on_signal);
     agent_watch_init(&A.timer_w, tfd, on_timer);

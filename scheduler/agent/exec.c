@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -46,6 +47,7 @@ struct xc {
     int shut;      /* ...written, our side shut down: waiting for the gateway's close */
     uint64_t hold_until; /* while holding: when it starts anyway (the relay's hold_ms) */
     int dead;
+    char key[AGENT_EXEC_KEY_LEN + 1]; /* what the connection presented, "" when nothing */
     /* files: the operation ('G', 'W', 'U', 'L'; 0 for a command), its path and state */
     char fop;
     char *fpath;
@@ -62,6 +64,7 @@ static struct {
     struct xc *all;
     unsigned running;
     int holding; /* no BIND yet: nothing starts (the session's /data is not mounted) */
+    char key[AGENT_EXEC_KEY_LEN + 1]; /* BIND's exec_key=, "" when none */
 } X;
 
 void agent_exec_init(int epfd, const struct agent_exec_config *cfg)
@@ -312,13 +315,28 @@ static void file_fail(struct xc *x, int err, const char *what)
     fail(x, msg);
 }
 
+/* In a guest the agent is root: the file calls take the app's identity (setfsuid), so that
+ * the app's permissions apply and what is written is the app's. Elsewhere the agent already
+ * is the sandbox's user. */
+static void fs_as_app(int on)
+{
+    const struct agent_guest_conf *g = X.cfg.guest_conf;
+    if (!g || !g->uid)
+        return;
+    setfsgid(on ? g->uid : 0);
+    setfsuid(on ? g->uid : 0);
+}
+
 static void file_cleanup(struct xc *x)
 {
     if (x->file_fd >= 0)
         close(x->file_fd);
     x->file_fd = -1;
-    if (x->tmpname[0] && x->parent_fd >= 0)
+    if (x->tmpname[0] && x->parent_fd >= 0) {
+        fs_as_app(1);
         unlinkat(x->parent_fd, x->tmpname, 0); /* an upload that did not finish */
+        fs_as_app(0);
+    }
     x->tmpname[0] = '\0';
     if (x->parent_fd >= 0)
         close(x->parent_fd);
@@ -351,7 +369,16 @@ static int make_parents(int root, char *rest, char **ret_base)
     return cur;
 }
 
+static void file_start_(struct xc *x, char op);
+
 static void file_start(struct xc *x, char op)
+{
+    fs_as_app(1);
+    file_start_(x, op);
+    fs_as_app(0);
+}
+
+static void file_start_(struct xc *x, char op)
 {
     const char *root_name, *err = NULL;
     int is_dir = 0;
@@ -365,8 +392,10 @@ static void file_start(struct xc *x, char op)
         fail(x, err ? err : "bad_path: no path");
         return;
     }
-    char rootp[16];
-    snprintf(rootp, sizeof(rootp), "/%s", root_name);
+    char rootp[32];
+    /* A guest's app sees the sysroot as its root. */
+    snprintf(rootp, sizeof(rootp), "%s/%s",
+             X.cfg.guest_conf && X.cfg.guest_conf->rooted ? AGENT_GUEST_SYSROOT : "", root_name);
     int root = open(rootp, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) {
         file_fail(x, errno, rootp);
@@ -458,8 +487,13 @@ static void file_write(struct xc *x, const char *p, size_t n)
 /* W: the end of the upload: synced, then renamed into place. */
 static void file_commit(struct xc *x)
 {
-    if (fsync(x->file_fd) < 0 || renameat(x->parent_fd, x->tmpname, x->parent_fd, x->fbase) < 0) {
-        int e = errno;
+    fs_as_app(1);
+    int rc = fsync(x->file_fd) < 0 || renameat(x->parent_fd, x->tmpname, x->parent_fd, x->fbase) < 0
+                 ? -1
+                 : 0;
+    int e = errno;
+    fs_as_app(0);
+    if (rc < 0) {
         file_cleanup(x);
         file_fail(x, e, x->fpath);
         return;
@@ -535,6 +569,20 @@ static void file_refill(struct xc *x)
 /* ------------------------------------------------------------------ I/O */
 
 /* Frames from the gateway in x->rbuf: spec, start, stdin. Returns -1 on a protocol error. */
+/* Whether <x> may start: with a key (given by BIND, or required before one came: a guest),
+ * the connection must have presented the same one (compared in constant time). */
+static int key_ok(const struct xc *x)
+{
+    if (!X.key[0] && !X.cfg.require_key)
+        return 1;
+    if (!X.key[0])
+        return 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < AGENT_EXEC_KEY_LEN; i++)
+        diff |= (unsigned char)(x->key[i] ^ X.key[i]);
+    return diff == 0;
+}
+
 static int consume(struct xc *x)
 {
     size_t off = 0;
@@ -551,6 +599,12 @@ static int consume(struct xc *x)
             (type == 'S' || type == 'G' || type == 'W' || type == 'U' || type == 'L') &&
             X.holding && agent_now_ms() < x->hold_until)
             break; /* starts at BIND (or at its hold deadline), as the app's connections do */
+        if (!x->started &&
+            (type == 'S' || type == 'G' || type == 'W' || type == 'U' || type == 'L') &&
+            !key_ok(x)) {
+            fail(x, "unauthorized: this sandbox's exec channel needs its key");
+            break;
+        }
         if (!x->started) {
             const char *err;
             if (type == 'S') {
@@ -730,7 +784,12 @@ static void update(struct xc *x)
 
 /* ------------------------------------------------------------------ the agent's side */
 
-void agent_exec_take(int fd, const char *pending, size_t len)
+void agent_exec_set_key(const char *key)
+{
+    snprintf(X.key, sizeof(X.key), "%s", key && strlen(key) == AGENT_EXEC_KEY_LEN ? key : "");
+}
+
+void agent_exec_take(int fd, const char *pending, size_t len, const char *key)
 {
     struct xc *x = calloc(1, sizeof(*x));
     if (!x || len > sizeof(x->rbuf)) {
@@ -748,6 +807,7 @@ void agent_exec_take(int fd, const char *pending, size_t len)
     X.all = x;
     memcpy(x->rbuf, pending, len);
     x->rlen = len;
+    snprintf(x->key, sizeof(x->key), "%s", key ? key : "");
     if (consume(x) < 0)
         gone(x);
     update(x);

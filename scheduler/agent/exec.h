@@ -29,12 +29,18 @@ struct agent_exec_config {
                        * starts: a session's /data is mounted at its bind */
     const sigset_t *child_mask;                /* the signal mask a command starts with */
     const struct agent_guest_conf *guest_conf; /* guest mode: the app's identity, else NULL */
+    /* 1: nothing starts without the key BIND gives (exec_key=; a VM's channel is a TCP forward
+     * any local user of the host can reach); 0: a key is checked only once BIND gave one. */
+    int require_key;
 };
 
 void agent_exec_init(int epfd, const struct agent_exec_config *cfg);
 /* Takes connection <fd> (its "BERTH-EXEC" line read; <len> bytes at <pending> came after
- * it). Takes ownership of <fd>, also on failure. */
-void agent_exec_take(int fd, const char *pending, size_t len);
+ * it; <key> the line's key, "" when none). Takes ownership of <fd>, also on failure. */
+void agent_exec_take(int fd, const char *pending, size_t len, const char *key);
+/* BIND's exec_key= (AGENT_EXEC_KEY_LEN hex digits; "" or NULL: none): from now on a command
+ * or file operation starts only on a connection that presented it. */
+void agent_exec_set_key(const char *key);
 /* Child <pid> ended with wait status <status>: 1 when it was a command's, else 0. */
 int agent_exec_reaped(pid_t pid, int status);
 /* Kills commands past their timeout, reports ends that waited for their pipes; returns the

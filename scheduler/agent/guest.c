@@ -50,6 +50,7 @@ void agent_guest_conf_init(struct agent_guest_conf *conf)
     memset(conf, 0, sizeof(*conf));
     snprintf(conf->id, sizeof(conf->id), "guest");
     conf->relay_port = AGENT_GUEST_RELAY_PORT;
+    conf->ports_port = AGENT_GUEST_PORTS_PORT;
     conf->hold_ms = AGENT_GUEST_HOLD_MS;
     conf->workspace_size = AGENT_GUEST_WORKSPACE;
 }
@@ -72,7 +73,7 @@ static int parse_num(const char *v, uint64_t min, uint64_t max, uint64_t *ret)
 }
 
 /* The keys taking one number: name, bounds, error, where it goes. */
-enum { K_PORT, K_RELAY, K_HOLD, K_UID, K_WORKSPACE, K_COUNT };
+enum { K_PORT, K_RELAY, K_PORTS, K_HOLD, K_UID, K_WORKSPACE, K_COUNT };
 static const struct num_key {
     const char *name;
     uint64_t min, max;
@@ -80,6 +81,7 @@ static const struct num_key {
 } num_keys[K_COUNT] = {
     [K_PORT] = {"port=", 1, 65535, "port: expected a number in 1..65535"},
     [K_RELAY] = {"relay_port=", 1, 65535, "relay_port: expected a number in 1..65535"},
+    [K_PORTS] = {"ports_port=", 1, 65535, "ports_port: expected a number in 1..65535"},
     [K_HOLD] = {"hold_ms=", 1, 86400000, "hold_ms: expected a number in 1..86400000"},
     [K_UID] = {"uid=", 0, AGENT_GUEST_UID_MAX, "uid: expected a number in 0..65534"},
     [K_WORKSPACE] = {"workspace_size=", AGENT_GUEST_WORKSPACE_MIN, AGENT_GUEST_WORKSPACE_MAX,
@@ -169,6 +171,9 @@ int agent_guest_parse_conf(struct agent_guest_conf *conf, const char *text, size
             case K_RELAY:
                 conf->relay_port = (uint16_t)v;
                 break;
+            case K_PORTS:
+                conf->ports_port = (uint16_t)v;
+                break;
             case K_HOLD:
                 conf->hold_ms = v;
                 break;
@@ -189,8 +194,8 @@ int agent_guest_parse_conf(struct agent_guest_conf *conf, const char *text, size
             if (env_line(conf, line + 4, ret_err) < 0)
                 return -EINVAL;
         } else {
-            *ret_err = "unknown key (expected port=, arg=, env=, relay_port=, hold_ms=, uid= or "
-                       "workspace_size=)";
+            *ret_err = "unknown key (expected port=, arg=, env=, relay_port=, ports_port=, hold_ms=, "
+                       "uid= or workspace_size=)";
             return -EINVAL;
         }
     }
@@ -206,6 +211,10 @@ int agent_guest_parse_conf(struct agent_guest_conf *conf, const char *text, size
     }
     if (conf->relay_port == conf->port) {
         *ret_err = "relay_port: must differ from port";
+        return -EINVAL;
+    }
+    if (conf->ports_port == conf->port || conf->ports_port == conf->relay_port) {
+        *ret_err = "ports_port: must differ from port and relay_port";
         return -EINVAL;
     }
     return 0;

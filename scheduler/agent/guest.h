@@ -28,6 +28,7 @@
 #define AGENT_GUEST_CTL_PORT "berth.ctl" /* the virtio-serial port of the control protocol */
 
 #define AGENT_GUEST_RELAY_PORT 1            /* relay_port= default */
+#define AGENT_GUEST_PORTS_PORT 2            /* ports_port= default */
 #define AGENT_GUEST_HOLD_MS 5000            /* hold_ms= default; 1..86400000 */
 #define AGENT_GUEST_UID_MAX 65534           /* uid= 0..65534 */
 #define AGENT_GUEST_WORKSPACE (64ull << 20) /* workspace_size= default */
@@ -38,6 +39,7 @@ struct agent_guest_conf {
     char id[AGENT_GUEST_ID_MAX + 1]; /* default "guest"; BIND id= changes it */
     uint16_t port;                   /* the app's TCP port; 0 until configured */
     uint16_t relay_port;             /* the agent's TCP relay listener (0.0.0.0) */
+    uint16_t ports_port; /* the agent's TCP ports listener (0.0.0.0): exec channel, previews */
     uint32_t uid;                    /* the app's uid and gid */
     uint64_t hold_ms;                /* how long a connection waits for BIND */
     uint64_t workspace_size;         /* bytes of the tmpfs under the overlay */
@@ -66,6 +68,9 @@ void agent_guest_conf_init(struct agent_guest_conf *conf);
  *   env=NAME=VALUE    the app's environment (NAME: [A-Za-z_][A-Za-z0-9_]*, at most 128; not
  *                     BERTH_INSTANCE_ID or PORT, which the agent sets; each NAME once)
  *   relay_port=N      the TCP relay listener (1..65535, not port; default 1)
+ *   ports_port=N      the TCP ports listener: exec channel and preview links, each
+ *                     connection's first line says which (1..65535, neither port nor
+ *                     relay_port; default 2)
  *   hold_ms=N         how long a connection waits for BIND (1..86400000; default 5000)
  *   uid=N             the app's uid and gid (0..65534; default 0)
  *   workspace_size=N  bytes of the overlay's tmpfs (1 MiB..64 GiB; default 64 MiB)

@@ -65,7 +65,7 @@ static int bind_word(struct agent_cmd *cmd, const char *w, size_t n, const char 
 {
     const char *eq = memchr(w, '=', n);
     if (n == 0 || !eq) {
-        *ret_err = "BIND: expected clock=, seed=, id= or data= after the session";
+        *ret_err = "BIND: expected clock=, seed=, id=, data= or exec_key= after the session";
         return -EINVAL;
     }
     size_t klen = (size_t)(eq - w), vlen = n - klen - 1;
@@ -118,8 +118,22 @@ static int bind_word(struct agent_cmd *cmd, const char *w, size_t n, const char 
             return -EINVAL;
         }
         cmd->data = 1;
+    } else if (word_is(w, klen, "exec_key")) {
+        if (cmd->exec_key[0]) {
+            *ret_err = "BIND: exec_key= given twice";
+            return -EINVAL;
+        }
+        int ok = vlen == AGENT_EXEC_KEY_LEN;
+        for (size_t i = 0; ok && i < vlen; i++)
+            ok = is_digit(v[i]) || (v[i] >= 'a' && v[i] <= 'f');
+        if (!ok) {
+            *ret_err = "BIND: exec_key= expects 64 lower-case hex digits";
+            return -EINVAL;
+        }
+        memcpy(cmd->exec_key, v, vlen);
+        cmd->exec_key[vlen] = '\0';
     } else {
-        *ret_err = "BIND: expected clock=, seed=, id= or data= after the session";
+        *ret_err = "BIND: expected clock=, seed=, id=, data= or exec_key= after the session";
         return -EINVAL;
     }
     return 0;
@@ -179,7 +193,7 @@ int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const
         while (slen < arglen && arg[slen] != ' ')
             slen++;
         if (cmdlen == len || slen == 0 || slen > AGENT_SESSION_MAX) {
-            *ret_err = "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]";
+            *ret_err = "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1] [exec_key=HEX]";
             return -EINVAL;
         }
         cmd.type = AGENT_CMD_BIND;

@@ -34,6 +34,11 @@
 #define AGENT_SEED_BYTES 32 /* BIND seed=: exactly 64 hex digits */
 #define AGENT_CLOCK_SEC_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
 #define AGENT_QUIET_MS_MAX 86400000UL      /* PAUSE's <quiet_ms>: a day */
+/* BIND exec_key=: 64 lower-case hex digits, HMAC-SHA256(scheduler.api_secret, "berth-exec " +
+ * instance id) (common/secret.h cm_secret_exec_key()). With one, every exec-channel
+ * connection must present it ("BERTH-EXEC <key>"): a VM's ports listener is a TCP forward on
+ * the host's loopback, which any local user can reach. */
+#define AGENT_EXEC_KEY_LEN 64
 
 enum agent_cmd_type {
     AGENT_CMD_PING,
@@ -53,7 +58,8 @@ struct agent_cmd {
     long clock_nsec;     /* 0..999999999 */
     unsigned char seed[AGENT_SEED_BYTES];
     char id[AGENT_ID_MAX + 1]; /* "" when absent */
-    unsigned long quiet_ms;    /* PAUSE */
+    char exec_key[AGENT_EXEC_KEY_LEN + 1]; /* "" when absent */
+    unsigned long quiet_ms;                /* PAUSE */
 };
 
 /* Whether <v> (<len> bytes) is an instance id: 1..AGENT_ID_MAX of [A-Za-z0-9._-]. */

@@ -12,8 +12,9 @@
 #include <unistd.h>
 
 #include "scheduler/agent/loop.h"
+#include "scheduler/agent/proto.h"
 
-#define PREAMBLE_MAX 64
+#define PREAMBLE_MAX 96 /* "BERTH-EXEC <64 hex>\r\n" fits */
 
 enum conn_state {
     CONN_PREAMBLE,   /* accepted on the ports socket: reading "BERTH-PORT <n>\r\n" */
@@ -48,6 +49,7 @@ struct agent_relay {
     struct agent_watch lw; /* app socket */
     struct agent_watch pw; /* ports socket (preview links), fd -1 when absent */
     struct agent_watch tw; /* TCP listener (guest mode: the host's forward), fd -1 when absent */
+    struct agent_watch tpw; /* TCP ports listener (guest mode: the host's second forward), -1 */
     int ready, holding, paused;
     int quiesced;     /* agent_relay_pause(): listeners off until agent_relay_resume() */
     uint64_t last_io; /* monotonic ms of the last byte relayed either way */
@@ -63,6 +65,8 @@ static int set_listeners(struct agent_relay *r, uint32_t ev)
     if (r->pw.fd >= 0 && agent_watch_set(r->epfd, &r->pw, ev) < 0)
         return -1;
     if (r->tw.fd >= 0 && agent_watch_set(r->epfd, &r->tw, ev) < 0)
+        return -1;
+    if (r->tpw.fd >= 0 && agent_watch_set(r->epfd, &r->tpw, ev) < 0)
         return -1;
     return 0;
 }
@@ -297,7 +301,24 @@ static void read_preamble(struct conn *c)
     char buf[PREAMBLE_MAX + 1];
     memcpy(buf, c->up.data, line);
     buf[line] = '\0';
-    if (strcmp(buf, "BERTH-EXEC\r\n") == 0 || strcmp(buf, "BERTH-EXEC\n") == 0) {
+    /* "BERTH-EXEC" [" " key] CRLF or LF: the key is checked by the exec channel (a guest's
+     * learns its key with BIND, which may come after this line). */
+    char key[AGENT_EXEC_KEY_LEN + 1] = "";
+    int is_exec = strcmp(buf, "BERTH-EXEC\r\n") == 0 || strcmp(buf, "BERTH-EXEC\n") == 0;
+    if (!is_exec && strncmp(buf, "BERTH-EXEC ", 11) == 0) {
+        size_t kl = strspn(buf + 11, "0123456789abcdef");
+        if (kl == AGENT_EXEC_KEY_LEN &&
+            (strcmp(buf + 11 + kl, "\r\n") == 0 || strcmp(buf + 11 + kl, "\n") == 0)) {
+            memcpy(key, buf + 11, kl);
+            key[kl] = '\0';
+            is_exec = 1;
+        } else {
+            fprintf(stderr, "berth-agent: bad exec line on the ports socket\n");
+            conn_close(c);
+            return;
+        }
+    }
+    if (is_exec) {
         if (!r->cfg.on_exec) {
             conn_close(c);
             return;
@@ -310,7 +331,7 @@ static void read_preamble(struct conn *c)
         size_t n = c->up.len - line;
         memcpy(rest, c->up.data + line, n);
         conn_close(c);
-        r->cfg.on_exec(fd, rest, n);
+        r->cfg.on_exec(fd, rest, n, key);
         return;
     }
     unsigned port = 0;
@@ -395,16 +416,23 @@ static void on_listen_tcp(struct agent_watch *w, uint32_t ev)
     accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, tw), w, 0);
 }
 
-int agent_relay_listen_tcp(struct agent_relay *r, int fd)
+static void on_listen_tcp_ports(struct agent_watch *w, uint32_t ev)
 {
-    if (r->tw.fd >= 0) {
+    (void)ev;
+    accept_on(AGENT_CONTAINER_OF(w, struct agent_relay, tpw), w, 1);
+}
+
+int agent_relay_listen_tcp(struct agent_relay *r, int fd, int ports)
+{
+    struct agent_watch *w = ports ? &r->tpw : &r->tw;
+    if (w->fd >= 0) {
         close(fd);
         return -EBUSY;
     }
-    agent_watch_init(&r->tw, fd, on_listen_tcp);
-    int rc = r->paused || r->quiesced ? 0 : agent_watch_set(r->epfd, &r->tw, EPOLLIN);
+    agent_watch_init(w, fd, ports ? on_listen_tcp_ports : on_listen_tcp);
+    int rc = r->paused || r->quiesced ? 0 : agent_watch_set(r->epfd, w, EPOLLIN);
     if (rc < 0)
-        agent_watch_close(r->epfd, &r->tw);
+        agent_watch_close(r->epfd, w);
     return rc;
 }
 
@@ -424,6 +452,7 @@ struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
     agent_watch_init(&r->lw, listen_fd, on_listen);
     agent_watch_init(&r->pw, ports_fd, on_listen_ports);
     agent_watch_init(&r->tw, -1, on_listen_tcp);
+    agent_watch_init(&r->tpw, -1, on_listen_tcp_ports);
     if (set_listeners(r, EPOLLIN) < 0) {
         agent_watch_close(epfd, &r->lw);
         agent_watch_close(epfd, &r->pw);
@@ -454,6 +483,7 @@ void agent_relay_destroy(struct agent_relay *r)
     agent_watch_close(r->epfd, &r->lw);
     agent_watch_close(r->epfd, &r->pw);
     agent_watch_close(r->epfd, &r->tw);
+    agent_watch_close(r->epfd, &r->tpw);
     free(r);
 }
 

@@ -24,9 +24,10 @@ struct agent_relay_config {
     int hold_closes;  /* 1: at its hold deadline a connection is closed, never passed to the app
                        * before BIND (a VM clone: the snapshot's clock and RNG state until
                        * BIND); 0: it goes on to the app (the process driver's bind_wait) */
-    /* A ports-socket connection whose first line is "BERTH-EXEC" is handed over: its fd and
-     * the bytes read after the line (exec.h). NULL: such connections are closed. */
-    void (*on_exec)(int fd, const char *pending, size_t len);
+    /* A ports-socket connection whose first line is "BERTH-EXEC" (or "BERTH-EXEC <key>", 64
+     * lower-case hex digits) is handed over: its fd, the bytes read after the line and the key
+     * ("" when none; exec.h checks it). NULL: such connections are closed. */
+    void (*on_exec)(int fd, const char *pending, size_t len, const char *key);
 };
 
 /* Returns a relay accepting on <listen_fd> (to cfg->port) and, when <ports_fd> >= 0, on a
@@ -35,10 +36,11 @@ struct agent_relay_config {
  * also on failure; NULL on failure. Starts holding when cfg->hold_ms > 0. */
 struct agent_relay *agent_relay_create(int epfd, int listen_fd, int ports_fd,
                                        const struct agent_relay_config *cfg);
-/* Adds a listening TCP socket (guest mode: 0.0.0.0:relay_port, the host's forward) whose
- * connections are relayed like those of the app socket. Takes ownership of <fd>, also on
- * failure. Returns 0 or -errno (-EBUSY: one is there already). */
-int agent_relay_listen_tcp(struct agent_relay *r, int fd);
+/* Adds a listening TCP socket (guest mode: the host's forwards) whose connections are relayed
+ * like those of the app socket (<ports> 0: 0.0.0.0:relay_port) or of the ports socket (1:
+ * 0.0.0.0:ports_port, the exec channel and preview links of a VM). Takes ownership of <fd>,
+ * also on failure. Returns 0 or -errno (-EBUSY: one is there already). */
+int agent_relay_listen_tcp(struct agent_relay *r, int fd, int ports);
 void agent_relay_destroy(struct agent_relay *r);
 /* The app accepts connections now: waiting connections may go. */
 void agent_relay_set_ready(struct agent_relay *r);

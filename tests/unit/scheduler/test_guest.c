@@ -8,7 +8,8 @@
 #include "tests/harness/test.h"
 
 #define UNKNOWN                                                                                    \
-    "unknown key (expected port=, arg=, env=, relay_port=, hold_ms=, uid= or workspace_size=)"
+    "unknown key (expected port=, arg=, env=, relay_port=, ports_port=, hold_ms=, uid= or " \
+    "workspace_size=)"
 
 static int conf(struct agent_guest_conf *c, const char *text, const char **err)
 {
@@ -36,8 +37,8 @@ TEST(conf_port_and_argv)
     CHECK_NULL(c.argv[3]);
     CHECK_STR_EQ(c.id, "guest");
     /* No final newline. */
-    CHECK_INT_EQ(conf(&c, "arg=/bin/app\nport=2", &err), 0);
-    CHECK_UINT_EQ(c.port, 2);
+    CHECK_INT_EQ(conf(&c, "arg=/bin/app\nport=7", &err), 0);
+    CHECK_UINT_EQ(c.port, 7);
     CHECK_INT_EQ(c.argc, 1);
 }
 
@@ -60,7 +61,7 @@ TEST(conf_refuses)
     CHECK_INT_EQ(conf(&c, "port=80\nfoo=1\narg=x\n", &err), -EINVAL);
     CHECK_STR_EQ(err, UNKNOWN);
     char many[AGENT_GUEST_CONF_MAX];
-    size_t n = (size_t)snprintf(many, sizeof(many), "port=2\n");
+    size_t n = (size_t)snprintf(many, sizeof(many), "port=7\n");
     for (int i = 0; i <= AGENT_GUEST_ARGS_MAX; i++)
         n += (size_t)snprintf(many + n, sizeof(many) - n, "arg=a\n");
     CHECK_INT_EQ(conf(&c, many, &err), -EINVAL);
@@ -83,6 +84,7 @@ TEST(conf_defaults)
     const char *err;
     CHECK_INT_EQ(conf(&c, "port=8080\narg=/bin/app\n", &err), 0);
     CHECK_UINT_EQ(c.relay_port, 1);
+    CHECK_UINT_EQ(c.ports_port, 2);
     CHECK_UINT_EQ(c.hold_ms, 5000);
     CHECK_UINT_EQ(c.uid, 0);
     CHECK(c.workspace_size == 64ull << 20);
@@ -96,7 +98,8 @@ TEST(conf_guest_keys)
     const char *err;
     CHECK_INT_EQ(conf(&c,
                       "port=8080\narg=/bin/app\nenv=A=1\nenv=_b9=x=y z\nenv=EMPTY=\n"
-                      "relay_port=9\nhold_ms=86400000\nuid=1000\nworkspace_size=1048576\n",
+                      "relay_port=9\nports_port=10\nhold_ms=86400000\nuid=1000\n"
+                      "workspace_size=1048576\n",
                       &err),
                  0);
     CHECK_INT_EQ(c.envc, 3);
@@ -105,11 +108,12 @@ TEST(conf_guest_keys)
     CHECK_STR_EQ(c.env[2], "EMPTY=");
     CHECK_NULL(c.env[3]);
     CHECK_UINT_EQ(c.relay_port, 9);
+    CHECK_UINT_EQ(c.ports_port, 10);
     CHECK_UINT_EQ(c.hold_ms, 86400000);
     CHECK_UINT_EQ(c.uid, 1000);
     CHECK(c.workspace_size == 1048576);
     /* The bounds themselves. */
-    CHECK_INT_EQ(conf(&c, "port=2\narg=a\nrelay_port=65535\nhold_ms=1\nuid=65534\n"
+    CHECK_INT_EQ(conf(&c, "port=3\narg=a\nrelay_port=65535\nhold_ms=1\nuid=65534\n"
                           "workspace_size=68719476736\n",
                       &err),
                  0);
@@ -117,7 +121,7 @@ TEST(conf_guest_keys)
     CHECK_UINT_EQ(c.uid, 65534);
     CHECK(c.workspace_size == 64ull << 30);
     /* PORT-like names that are not PORT are fine. */
-    CHECK_INT_EQ(conf(&c, "port=2\narg=a\nenv=PORTS=1\nenv=BERTH_INSTANCE=x\n", &err), 0);
+    CHECK_INT_EQ(conf(&c, "port=3\narg=a\nenv=PORTS=1\nenv=BERTH_INSTANCE=x\n", &err), 0);
 }
 
 TEST(conf_refuses_guest_keys)
@@ -131,6 +135,10 @@ TEST(conf_refuses_guest_keys)
         {"relay_port=65536", "relay_port: expected a number in 1..65535"},
         {"relay_port=", "relay_port: expected a number in 1..65535"},
         {"relay_port=1x", "relay_port: expected a number in 1..65535"},
+        {"ports_port=0", "ports_port: expected a number in 1..65535"},
+        {"ports_port=65536", "ports_port: expected a number in 1..65535"},
+        {"ports_port=1", "ports_port: must differ from port and relay_port"},
+        {"ports_port=7", "ports_port: must differ from port and relay_port"},
         {"hold_ms=0", "hold_ms: expected a number in 1..86400000"},
         {"hold_ms=86400001", "hold_ms: expected a number in 1..86400000"},
         {"hold_ms=-5", "hold_ms: expected a number in 1..86400000"},
@@ -154,13 +162,13 @@ TEST(conf_refuses_guest_keys)
         {"env=A=1\nenv=A=2", "env: NAME given twice"},
         {"port=3", "a key given twice (only arg= and env= repeat)"},
         {"uid=1\nuid=1", "a key given twice (only arg= and env= repeat)"},
-        {"relay_port=2", "relay_port: must differ from port"},
+        {"relay_port=7", "relay_port: must differ from port"},
         {"Port=2", UNKNOWN},
         {" port=2", UNKNOWN},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[256];
-        snprintf(text, sizeof(text), "port=2\narg=/bin/app\n%s\n", bad[i].line);
+        snprintf(text, sizeof(text), "port=7\narg=/bin/app\n%s\n", bad[i].line);
         CHECK_INT_EQ(conf(&c, text, &err), -EINVAL);
         CHECK_MSG(err && strcmp(err, bad[i].err) == 0, "%s: got %s", bad[i].line,
                   err ? err : "(null)");
@@ -170,15 +178,15 @@ TEST(conf_refuses_guest_keys)
     char name[AGENT_GUEST_ENV_NAME_MAX + 2];
     memset(name, 'N', sizeof(name));
     name[AGENT_GUEST_ENV_NAME_MAX] = '\0';
-    snprintf(text, sizeof(text), "port=2\narg=a\nenv=%s=v\n", name);
+    snprintf(text, sizeof(text), "port=7\narg=a\nenv=%s=v\n", name);
     CHECK_INT_EQ(conf(&c, text, &err), 0);
     name[AGENT_GUEST_ENV_NAME_MAX] = 'N';
     name[AGENT_GUEST_ENV_NAME_MAX + 1] = '\0';
-    snprintf(text, sizeof(text), "port=2\narg=a\nenv=%s=v\n", name);
+    snprintf(text, sizeof(text), "port=7\narg=a\nenv=%s=v\n", name);
     CHECK_INT_EQ(conf(&c, text, &err), -EINVAL);
     /* At most AGENT_GUEST_ENV_MAX env lines. */
     char many[AGENT_GUEST_CONF_MAX];
-    size_t n = (size_t)snprintf(many, sizeof(many), "port=2\narg=a\n");
+    size_t n = (size_t)snprintf(many, sizeof(many), "port=7\narg=a\n");
     for (int i = 0; i < AGENT_GUEST_ENV_MAX; i++)
         n += (size_t)snprintf(many + n, sizeof(many) - n, "env=V%d=1\n", i);
     CHECK_INT_EQ(conf(&c, many, &err), 0);

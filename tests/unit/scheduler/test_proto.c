@@ -12,7 +12,7 @@ static int parse(const char *line, struct agent_cmd *cmd, const char **err)
     return agent_proto_parse(line, strlen(line), cmd, err);
 }
 
-#define USAGE "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]"
+#define USAGE "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1] [exec_key=HEX]"
 
 #define EXPECT_BAD(line, why)                                                                      \
     do {                                                                                           \
@@ -51,7 +51,7 @@ TEST(bind_argument_limits)
     CHECK_UINT_EQ(strlen(c.arg), AGENT_SESSION_MAX);
     line[5 + AGENT_SESSION_MAX] = 'a';
     line[6 + AGENT_SESSION_MAX] = '\0';
-    EXPECT_BAD(line, "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1]");
+    EXPECT_BAD(line, "usage: BIND <session> [clock=S.N] [seed=HEX] [id=ID] [data=1] [exec_key=HEX]");
 }
 
 TEST(bad_lines)
@@ -65,7 +65,7 @@ TEST(bad_lines)
     EXPECT_BAD("STATUS ", "this command takes no argument");
     EXPECT_BAD("BIND", USAGE);
     EXPECT_BAD("BIND ", USAGE);
-    EXPECT_BAD("BIND a b", "BIND: expected clock=, seed=, id= or data= after the session");
+    EXPECT_BAD("BIND a b", "BIND: expected clock=, seed=, id=, data= or exec_key= after the session");
     EXPECT_BAD("BIND  a", USAGE);
     EXPECT_BAD("TERM now", "this command takes no argument");
     EXPECT_BAD("BIND a\tb", "control or non-ASCII byte in line");
@@ -156,11 +156,23 @@ TEST(bind_words)
     EXPECT_BAD(line, "BIND: id= expects 1 to 64 of A-Z a-z 0-9 . _ -");
 }
 
+#define KEY "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+TEST(bind_takes_an_exec_key)
+{
+    struct agent_cmd c;
+    const char *err = NULL;
+    CHECK_INT_EQ(parse("BIND s id=x exec_key=" KEY, &c, &err), 0);
+    CHECK_STR_EQ(c.exec_key, KEY);
+    CHECK_INT_EQ(parse("BIND s", &c, &err), 0);
+    CHECK_STR_EQ(c.exec_key, "");
+}
+
 TEST(bind_refuses_bad_words)
 {
 #define CLOCK_BAD "BIND: clock= expects <seconds>.<9 digits of nanoseconds>"
 #define SEED_BAD "BIND: seed= expects 64 hex digits"
-#define WORD_BAD "BIND: expected clock=, seed=, id= or data= after the session"
+#define WORD_BAD "BIND: expected clock=, seed=, id=, data= or exec_key= after the session"
     EXPECT_BAD("BIND s clock=", CLOCK_BAD);
     EXPECT_BAD("BIND s clock=1", CLOCK_BAD);
     EXPECT_BAD("BIND s clock=1.", CLOCK_BAD);
@@ -193,6 +205,10 @@ TEST(bind_refuses_bad_words)
     EXPECT_BAD("BIND s =1", WORD_BAD);
     EXPECT_BAD("BIND s data=1 ", WORD_BAD);
     EXPECT_BAD("BIND s  data=1", WORD_BAD);
+    EXPECT_BAD("BIND s exec_key=", "BIND: exec_key= expects 64 lower-case hex digits");
+    EXPECT_BAD("BIND s exec_key=" SEED, "BIND: exec_key= expects 64 lower-case hex digits");
+    EXPECT_BAD("BIND s exec_key=" KEY "0", "BIND: exec_key= expects 64 lower-case hex digits");
+    EXPECT_BAD("BIND s exec_key=" KEY " exec_key=" KEY, "BIND: exec_key= given twice");
     /* One bad word refuses the whole line, whatever came before it. */
     EXPECT_BAD("BIND s clock=1.000000000 seed=" SEED " id=ok data=1 x=y", WORD_BAD);
     EXPECT_BAD("BIND s seed=" SEED " clock=1.00000000", CLOCK_BAD);
