@@ -47,6 +47,7 @@
 #include "common/config.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/secret.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/driver.h"
 #include "scheduler/instdir.h"
@@ -57,6 +58,9 @@
 #include "scheduler/vmroot.h"
 
 #define RELAY_PORT 1 /* the agent's TCP relay in the guest (guest.conf relay_port=) */
+/* Its ports listener (guest.conf ports_port=): the exec channel and preview links. The host's
+ * forward to it is the app's forward's port + 1 (the gateway derives it from `addr`). */
+#define PORTS_PORT 2
 #define FD_MEM 3     /* fds as QEMU sees them */
 #define FD_CON 4
 #define FD_INCOMING 5
@@ -86,6 +90,10 @@
 /* A running guest asked to stop (TERM) ends its app, syncs and unmounts /data and powers off:
  * under TCG on a busy host that takes seconds; a kill before it could lose /data's last writes. */
 #define MIN_GRACE (30 * CM_USEC_PER_SEC)
+/* How long freezing a VM's QEMU (its vCPU threads mid-translation under TCG included) may take
+ * before the pause is given up (it blocks the scheduler's loop meanwhile). */
+#define PAUSE_WAIT_MS 200
+#define FD_SCAN_MAX 4096 /* descriptors of a QEMU looked at for its forwards' listeners */
 
 /* ------------------------------------------------------------------ the host's probe */
 
@@ -139,6 +147,7 @@ struct minst {
     int pidfd;
     struct event *pid_ev;
     int ready_w; /* write end of di.ready_fd's pipe, -1 once used */
+    int frozen;  /* its QEMU is frozen (m_pause()) */
     int con_fd;  /* our end of the console, -1 */
     struct event *con_ev;
     int con_log; /* console.log, -1 */
@@ -352,20 +361,36 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
-/* A free TCP port on 127.0.0.1 for the VM's forward (QEMU binds it; a race with another
- * process that takes it in between fails that start, and the pool starts another). */
+/* Two free TCP ports on 127.0.0.1, P and P + 1, for the VM's forwards (the app's and the
+ * ports listener's); returns P. QEMU binds them; a race with another process that takes one
+ * in between fails that start, and the pool starts another. */
 static int free_port(void)
 {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    int rc = bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-                     getsockname(s, (struct sockaddr *)&a, &al) < 0
-                 ? -errno
-                 : ntohs(a.sin_port);
-    close(s);
+    int rc = -EADDRNOTAVAIL;
+    for (int tries = 0; tries < 64; tries++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof(a);
+        if (s < 0 || s2 < 0) {
+            rc = -errno;
+        } else if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+                   getsockname(s, (struct sockaddr *)&a, &al) < 0) {
+            rc = -errno;
+        } else if (ntohs(a.sin_port) < 65535) {
+            uint16_t p = ntohs(a.sin_port);
+            a.sin_port = htons((uint16_t)(p + 1));
+            if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
+                rc = p;
+        }
+        if (s >= 0)
+            close(s);
+        if (s2 >= 0)
+            close(s2);
+        if (rc > 0 || (rc < 0 && rc != -EADDRNOTAVAIL && rc != -EADDRINUSE))
+            return rc;
+        rc = -EADDRNOTAVAIL;
+    }
     return rc;
 }
 
@@ -471,8 +496,8 @@ static int build_argv(const struct mdriver *d, const struct mtpl *t, const struc
     arg(a, "-device");
     arg(a, "virtserialport,chardev=ctl,name=berth.ctl");
     arg(a, "-netdev");
-    arg(a, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%u-:%u", (unsigned)mi->port,
-        (unsigned)RELAY_PORT);
+    arg(a, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%u-:%u,hostfwd=tcp:127.0.0.1:%u-:%u",
+        (unsigned)mi->port, (unsigned)RELAY_PORT, (unsigned)mi->port + 1u, (unsigned)PORTS_PORT);
     arg(a, "-device");
     arg(a, "virtio-net-device,netdev=n0");
     arg(a, "-object");
@@ -703,8 +728,9 @@ static void inst_free(struct minst *mi)
         event_free(mi->mon_ev);
     if (mi->timer)
         event_free(mi->timer);
-    int fds[] = {mi->pidfd,       mi->con_fd,     mi->con_log, mi->ready_w,
-                 mi->di.ready_fd, mi->di.exit_fd, mi->mon_fd};
+    int fds[] = {mi->pidfd,       mi->con_fd,     mi->con_log,        mi->ready_w,
+                 mi->di.ready_fd, mi->di.exit_fd, mi->mon_fd,         mi->di.wake_fds[0],
+                 mi->di.wake_fds[1]};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)
             close(fds[i]);
@@ -726,6 +752,7 @@ static struct minst *inst_new(struct mdriver *d, const char *id, struct mtpl *t,
     mi->slot = -1;
     mi->pidfd = mi->con_fd = mi->con_log = mi->ready_w = mi->mon_fd = -1;
     mi->di.ready_fd = mi->di.exit_fd = -1;
+    mi->di.wake_fds[0] = mi->di.wake_fds[1] = -1;
     snprintf(mi->di.id, sizeof(mi->di.id), "%s", id);
     /* create() checked that these fit (the sockets within a unix socket path). */
     if (snprintf(mi->dir, sizeof(mi->dir), "%s/%s", d->root, id) >= (int)sizeof(mi->dir) ||
@@ -1497,8 +1524,9 @@ static int m_prepare(struct sch_driver *base, const struct cm_template *tpl, cha
     struct mdriver *d = (struct mdriver *)base;
     if (tpl_find(d, tpl->name))
         return 0;
-    if (tpl->app_port == RELAY_PORT) {
-        snprintf(err, errlen, "app.port %u is the agent's relay port in the guest", RELAY_PORT);
+    if (tpl->app_port == RELAY_PORT || tpl->app_port == PORTS_PORT) {
+        snprintf(err, errlen, "app.port %u is the agent's %s port in the guest", tpl->app_port,
+                 tpl->app_port == RELAY_PORT ? "relay" : "ports");
         return -EINVAL;
     }
     struct mtpl *t = calloc(1, sizeof(*t));
@@ -1524,6 +1552,7 @@ static int m_prepare(struct sch_driver *base, const struct cm_template *tpl, cha
     struct sch_vmroot_params p = {.tpl = tpl,
                                   .ro_binds = d->cfg->ro_binds,
                                   .relay_port = RELAY_PORT,
+                                  .ports_port = PORTS_PORT,
                                   .hold_ms = GUEST_HOLD_MS,
                                   .cache_dir = d->cache};
     cm_usec_t t0 = cm_now_mono();
@@ -1787,14 +1816,151 @@ static int m_bind_line(struct sch_driver *base, struct sch_dinst *di, const char
         snprintf(hex + 2 * i, 3, "%02x", seed[i]);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    int n = snprintf(line, len, "BIND %s clock=%lld.%09ld seed=%s id=%s%s", session,
+    /* The exec channel's key: the gateway computes the same from the shared secret. */
+    char key[CM_EXEC_KEY_LEN + 1];
+    if (cm_secret_exec_key(mi->d->cfg->api_secret, mi->di.id, key) < 0) {
+        snprintf(err, errlen, "cannot compute the exec key");
+        return -EIO;
+    }
+    int n = snprintf(line, len, "BIND %s clock=%lld.%09ld seed=%s id=%s%s exec_key=%s", session,
                      (long long)now.tv_sec, now.tv_nsec, hex, mi->di.id,
-                     mi->data_attached ? " data=1" : "");
+                     mi->data_attached ? " data=1" : "", key);
     if (n < 0 || (size_t)n >= len) {
         snprintf(err, errlen, "BIND line too long");
         return -E2BIG;
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------ pause, stats
+ *
+ * A pause freezes the VM's whole QEMU with the cgroup freezer, not QMP `stop`: under `stop`
+ * QEMU's main loop keeps running, and its user-mode network accepts the connections that come
+ * to the forwards (and holds them inside QEMU), so nothing on the host would see that one is
+ * waiting. Frozen, QEMU accepts nothing: a new connection waits in the kernel's accept queue
+ * of a forward's listener, and the scheduler's copies of those two listeners (taken from QEMU
+ * with pidfd_getfd()) become readable: its cue to thaw the VM. The guest's clocks run on the
+ * host's, so after a thaw the guest's time is right (it sees the pause as a long stall). */
+
+/* The listening socket on 127.0.0.1:<port> among QEMU's descriptors (a copy), or -1. */
+static int take_forward(struct minst *mi, uint16_t port)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)mi->pid);
+    DIR *dp = opendir(path);
+    if (!dp)
+        return -1;
+    int found = -1, seen = 0;
+    struct dirent *e;
+    while (found < 0 && (e = readdir(dp)) && seen++ < FD_SCAN_MAX) {
+        char *end;
+        long target = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || target < 0 || target > INT_MAX)
+            continue;
+        char what[32];
+        ssize_t n = readlinkat(dirfd(dp), e->d_name, what, sizeof(what) - 1);
+        if (n < 8 || strncmp(what, "socket:[", 8) != 0)
+            continue;
+        int fd = (int)syscall(SYS_pidfd_getfd, mi->pidfd, (int)target, 0);
+        if (fd < 0)
+            continue;
+        struct sockaddr_in sa;
+        socklen_t len = sizeof(sa);
+        int listening = 0;
+        socklen_t ll = sizeof(listening);
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && listening &&
+            getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && len == sizeof(sa) &&
+            sa.sin_family == AF_INET && sa.sin_addr.s_addr == htonl(INADDR_LOOPBACK) &&
+            ntohs(sa.sin_port) == port)
+            found = fd;
+        else
+            close(fd);
+    }
+    closedir(dp);
+    return found;
+}
+
+/* Connections to the VM's forwards that QEMU holds or is about to accept: host sockets on
+ * 127.0.0.1:<port> or <port>+1 in state ESTABLISHED or SYN_RECV (/proc/net/tcp, whose
+ * addresses are in the kernel's byte order). -1 when the table cannot be read. */
+static int forward_conns(uint16_t port)
+{
+    FILE *f = fopen("/proc/net/tcp", "re");
+    if (!f)
+        return -1;
+    char line[256];
+    int n = 0;
+    if (!fgets(line, sizeof(line), f)) { /* the header */
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        unsigned addr, lport, st;
+        if (sscanf(line, " %*u: %8x:%4x %*8x:%*4x %2x", &addr, &lport, &st) != 3)
+            continue;
+        if ((lport == port || lport == (unsigned)port + 1) && (st == 0x01 || st == 0x03))
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
+/* A guest's agent that took PAUSE has closed its connections, but QEMU's user-mode network
+ * passes that on to the host's sockets on its own loop: a connection still open on the host
+ * side when QEMU is frozen would take a request that nothing sees. So the freeze waits
+ * (briefly) for none to be left, and is undone if one was accepted meanwhile. */
+static int m_pause(struct sch_driver *base, struct sch_dinst *di, int paused, char *err,
+                   size_t errlen)
+{
+    struct mdriver *d = (struct mdriver *)base;
+    struct minst *mi = (struct minst *)di;
+    if (paused) {
+        if (mi->st != M_RUNNING || mi->pidfd < 0) {
+            snprintf(err, errlen, "the VM is not running");
+            return -EINVAL;
+        }
+        for (int i = 0; i < 2; i++)
+            if (di->wake_fds[i] < 0 &&
+                (di->wake_fds[i] = take_forward(mi, (uint16_t)(mi->port + i))) < 0) {
+                snprintf(err, errlen,
+                         "QEMU's listener on 127.0.0.1:%u is not found: nothing would wake it",
+                         (unsigned)(mi->port + i));
+                return -ENOTSUP;
+            }
+    }
+    if (!paused) {
+        int rc = sch_cgroups_freeze(d->cg, mi->cgdirs, 0, 0, err, errlen);
+        if (rc == 0)
+            mi->frozen = 0;
+        return rc;
+    }
+    int open = forward_conns(mi->port);
+    for (int waited = 0; open > 0 && waited < PAUSE_WAIT_MS; waited += 5) {
+        poll(NULL, 0, 5);
+        open = forward_conns(mi->port);
+    }
+    if (open != 0) {
+        snprintf(err, errlen, open < 0 ? "cannot read /proc/net/tcp"
+                                       : "connections to the VM are open");
+        return -EAGAIN;
+    }
+    int rc = sch_cgroups_freeze(d->cg, mi->cgdirs, 1, PAUSE_WAIT_MS, err, errlen);
+    if (rc < 0)
+        return rc;
+    mi->frozen = 1;
+    if (forward_conns(mi->port) != 0) { /* one came in before the freeze took */
+        if (sch_cgroups_freeze(d->cg, mi->cgdirs, 0, 0, err, errlen) == 0)
+            mi->frozen = 0;
+        snprintf(err, errlen, "a connection to the VM came in");
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+static int m_stats(struct sch_driver *base, struct sch_dinst *di, struct sch_cg_stats *ret)
+{
+    struct mdriver *d = (struct mdriver *)base;
+    return sch_cgroups_stats(d->cg, ((struct minst *)di)->cgdirs, ret);
 }
 
 /* Tells a running guest's agent to end its app (it syncs /data and powers off). */
@@ -1834,6 +2000,13 @@ static int m_stop(struct sch_driver *base, struct sch_dinst *di, int hard)
         tell_ready(mi, "ERR stopped before it started");
         mark_gone(mi, "stopped before it started");
         return 0;
+    }
+    /* A frozen QEMU takes no signal and reads no TERM until thawed (also one frozen before a
+     * scheduler restart). */
+    if (mi->frozen || (mi->cgdirs && sch_cgroups_frozen(mi->d->cg, mi->cgdirs) == 1)) {
+        char err[256];
+        if (sch_cgroups_freeze(mi->d->cg, mi->cgdirs, 0, 0, err, sizeof(err)) == 0)
+            mi->frozen = 0;
     }
     int sig = SIGKILL;
     if (!hard) {
@@ -2054,6 +2227,8 @@ static const struct sch_driver_ops microvm_ops = {
     .attach_storage = m_attach_storage,
     .prepare = m_prepare,
     .bind_line = m_bind_line,
+    .pause = m_pause,
+    .stats = m_stats,
     .stop = m_stop,
     .finish = m_finish,
     .release = m_release,

@@ -611,6 +611,8 @@ int sch_vmroot_guest_conf(const struct sch_vmroot_params *p, const char *resolve
     PUT("# written by berth-scheduler (vmroot.c)\n");
     PUT("port=%u\nrelay_port=%u\nhold_ms=%" PRIu64 "\nuid=%d\nworkspace_size=%" PRIu64 "\n",
         t->app_port, p->relay_port, p->hold_ms, t->run_as_root ? 0 : APP_UID, t->workspace_size);
+    if (p->ports_port)
+        PUT("ports_port=%u\n", p->ports_port);
     for (char **e = t->app_env; e && *e; e++)
         PUT("env=%s\n", *e);
     PUT("arg=%s\n", resolved_argv0);

@@ -22,6 +22,7 @@ struct sch_vmroot_params {
     const struct cm_template *tpl;
     char *const *ro_binds; /* scheduler.ro_binds (NULL-terminated, may be empty) */
     uint16_t relay_port;   /* the agent's TCP relay port in the guest (guest.conf relay_port=) */
+    uint16_t ports_port;   /* its TCP ports listener (guest.conf ports_port=; 0: not written) */
     uint64_t hold_ms;      /* guest.conf hold_ms= */
     const char *cache_dir; /* absolute, exists, root-owned 0700: images and staging go here */
 };

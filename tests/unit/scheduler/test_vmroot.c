@@ -29,7 +29,8 @@ static struct cm_template tpl_of(char **cmd, char **env)
 
 static int conf(const struct cm_template *t, const char *argv0, char *buf, size_t len)
 {
-    struct sch_vmroot_params p = {.tpl = t, .relay_port = 9000, .hold_ms = 5000};
+    struct sch_vmroot_params p = {
+        .tpl = t, .relay_port = 9000, .ports_port = 9001, .hold_ms = 5000};
     return sch_vmroot_guest_conf(&p, argv0, buf, len);
 }
 
@@ -40,7 +41,7 @@ TEST(guest_conf_text)
     int n = conf(&t, "/usr/local/bin/berth-echo", buf, sizeof(buf));
     const char *want = "# written by berth-scheduler (vmroot.c)\n"
                        "port=8080\nrelay_port=9000\nhold_ms=5000\nuid=1000\n"
-                       "workspace_size=67108864\n"
+                       "workspace_size=67108864\nports_port=9001\n"
                        "env=A=1\nenv=B=x y\n"
                        "arg=/usr/local/bin/berth-echo\narg=--host\narg=0.0.0.0\n"
                        "arg=--greeting\narg=hello world\n";
