@@ -704,6 +704,10 @@ static void channel_on_session(redisReply *r, const char *err, void *data)
         op->req = NULL;
         struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
         memcpy(audit.session, op->h, sizeof(audit.session));
+        if (rec.instance && rec.instance_len < sizeof(audit.instance)) {
+            memcpy(audit.instance, rec.instance, rec.instance_len);
+            audit.instance[rec.instance_len] = '\0';
+        }
         key_id(req, audit.key_id);
         if (op->fop) {
             struct gw_upload up = {

@@ -4,7 +4,10 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +19,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/redis.h"
+#include "common/secret.h"
 #include "common/store.h"
 #include "common/time.h"
 #include "gateway/api.h"
@@ -455,10 +459,66 @@ static void on_file_read(struct bufferevent *bev, void *arg)
     }
 }
 
-/* The command's frames, then its stdin and its end. */
-static int put_spec(struct evbuffer *o, const struct gw_api_exec *spec)
+/* Where the sandbox's exec channel is, and the key it wants. */
+struct chan {
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char key[CM_EXEC_KEY_LEN + 1]; /* "" for a process sandbox (its socket's mode is the lock) */
+    char instance[96];
+};
+
+/* The channel of the instance at <addr> (<instance>: its id from the session record):
+ *   "unix:<dir>/<id>/sock/app.sock" (process driver): the ports socket next to it;
+ *   "tcp:<host>:<port>" (microvm driver): the VM's ports forward at <port> + 1, opened with
+ *   the instance's key (HMAC of scheduler.api_secret, common/secret.h).
+ * -1 when <addr> has no channel (a static upstream) or no key can be made. */
+static int chan_of(const struct gw_config *gc, const char *addr, const char *instance,
+                   struct chan *ret)
 {
-    int rc = evbuffer_add(o, "BERTH-EXEC\r\n", 12);
+    size_t al = strlen(addr);
+    memset(ret, 0, sizeof(*ret));
+    if (al > 4 && strncmp(addr, "tcp:", 4) == 0) {
+        int slen = (int)sizeof(ret->sa);
+        if (!instance || !*instance || strlen(instance) >= sizeof(ret->instance) ||
+            evutil_parse_sockaddr_port(addr + 4, (struct sockaddr *)&ret->sa, &slen) < 0 ||
+            cm_secret_exec_key(gc->scheduler_secret, instance, ret->key) < 0)
+            return -1;
+        in_port_t *port = ret->sa.ss_family == AF_INET6
+                              ? &((struct sockaddr_in6 *)&ret->sa)->sin6_port
+                              : &((struct sockaddr_in *)&ret->sa)->sin_port;
+        if (ntohs(*port) == 65535)
+            return -1;
+        *port = htons((uint16_t)(ntohs(*port) + 1));
+        ret->len = (socklen_t)slen;
+        snprintf(ret->instance, sizeof(ret->instance), "%s", instance);
+        return 0;
+    }
+    struct sockaddr_un *sa = (struct sockaddr_un *)&ret->sa;
+    if (al <= 5 + 14 || strncmp(addr, "unix:", 5) != 0 ||
+        strcmp(addr + al - 14, "/sock/app.sock") != 0 ||
+        al - 5 - 9 + strlen("/ports.sock") >= sizeof(sa->sun_path))
+        return -1;
+    sa->sun_family = AF_UNIX;
+    snprintf(sa->sun_path, sizeof(sa->sun_path), "%.*s/ports.sock", (int)(al - 5 - 9), addr + 5);
+    ret->len = sizeof(*sa);
+    const char *dir_end = addr + al - 14, *dir = dir_end;
+    while (dir > addr + 5 && dir[-1] != '/')
+        dir--;
+    snprintf(ret->instance, sizeof(ret->instance), "%.*s", (int)(dir_end - dir), dir);
+    return 0;
+}
+
+/* The channel's first line. */
+static int put_hello(struct evbuffer *o, const struct chan *ch)
+{
+    return ch->key[0] ? evbuffer_add_printf(o, "BERTH-EXEC %s\r\n", ch->key) < 0
+                      : evbuffer_add(o, "BERTH-EXEC\r\n", 12);
+}
+
+/* The command's frames, then its stdin and its end. */
+static int put_spec(struct evbuffer *o, const struct chan *ch, const struct gw_api_exec *spec)
+{
+    int rc = put_hello(o, ch);
     for (size_t i = 0; rc == 0 && i < spec->cmd->len; i++)
         rc = put_frame(o, 'A', spec->cmd->items[i]->str, spec->cmd->items[i]->len);
     for (size_t i = 0; rc == 0 && spec->env && i < spec->env->len; i++) {
@@ -493,34 +553,19 @@ static int put_spec(struct evbuffer *o, const struct gw_api_exec *spec)
     return rc;
 }
 
-/* The ports socket next to the app socket of <addr>, and the instance id (its directory);
- * -1 when <addr> is not a process sandbox's. */
-static int ports_socket(const char *addr, struct sockaddr_un *sa, char *inst, size_t ilen)
-{
-    size_t al = strlen(addr);
-    if (al <= 5 + 14 || strncmp(addr, "unix:", 5) != 0 ||
-        strcmp(addr + al - 14, "/sock/app.sock") != 0 ||
-        al - 5 - 9 + strlen("/ports.sock") >= sizeof(sa->sun_path))
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    snprintf(sa->sun_path, sizeof(sa->sun_path), "%.*s/ports.sock", (int)(al - 5 - 9), addr + 5);
-    const char *dir_end = addr + al - 14, *dir = dir_end;
-    while (dir > addr + 5 && dir[-1] != '/')
-        dir--;
-    snprintf(inst, ilen, "%.*s", (int)(dir_end - dir), dir);
-    return 0;
-}
-
-/* Connects x->bev (its output already queued) to <sa>, bounded by resume_timeout. */
-static void connect_agent(struct gw_exec *x, struct sockaddr_un *sa)
+/* Connects x->bev (its output already queued) to <ch>, bounded by resume_timeout. */
+static void connect_agent(struct gw_exec *x, const struct chan *ch)
 {
     struct timeval tv;
     cm_usec_to_tv(x->gc->limits.resume_timeout, &tv);
     evtimer_add(x->timer, &tv);
-    if (bufferevent_socket_connect(x->bev, (struct sockaddr *)sa, sizeof(*sa)) < 0) {
+    if (bufferevent_socket_connect(x->bev, (const struct sockaddr *)&ch->sa, (int)ch->len) < 0) {
         finish(x, GW_ERR_INSTANCE_LOST, "cannot reach the session's sandbox");
         return;
+    }
+    if (ch->sa.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(x->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     bufferevent_enable(x->bev, EV_READ);
 }
@@ -572,7 +617,7 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, char op, const char *path,
                        const struct gw_exec_audit *audit, struct gw_upload *up)
 {
-    struct sockaddr_un sa;
+    struct chan ch;
     struct gw_exec *x = calloc(1, sizeof(*x));
     if (!x) {
         if (up->pending)
@@ -582,16 +627,17 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
     }
     struct evbuffer *pending = up->pending;
     up->pending = NULL;
-    if (ports_socket(addr, &sa, x->instance, sizeof(x->instance)) < 0) {
+    if (chan_of(gc, addr, audit->instance, &ch) < 0) {
         free(x);
         if (pending)
             evbuffer_free(pending);
         gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
-                           "files need a sandbox of the process driver (this one has no "
+                           "files need a sandbox started by a scheduler (this one has no "
                            "exec channel)",
                            0);
         return;
     }
+    memcpy(x->instance, ch.instance, sizeof(x->instance));
     x->up_max = up->max;
     x->req = req;
     x->gc = gc;
@@ -604,8 +650,8 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
     int rc = -1;
     if (x->bev && x->timer) {
         struct evbuffer *o = bufferevent_get_output(x->bev);
-        rc = evbuffer_add(o, "BERTH-EXEC\r\n", 12) < 0 ||
-                     put_frame(o, 'P', path, strlen(path)) < 0 || put_frame(o, op, NULL, 0) < 0
+        rc = put_hello(o, &ch) < 0 || put_frame(o, 'P', path, strlen(path)) < 0 ||
+                     put_frame(o, op, NULL, 0) < 0
                  ? -1
                  : 0;
         /* W: what was read so far, then the rest as it comes (or its end already) */
@@ -633,19 +679,18 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
         cm_httpd_body_resume(req); /* it may have paused while the session was looked up */
     }
     bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
-    connect_agent(x, &sa);
+    connect_agent(x, &ch);
 }
 
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec,
                        const struct gw_exec_audit *audit)
 {
-    struct sockaddr_un sa;
-    char inst[96];
-    if (ports_socket(addr, &sa, inst, sizeof(inst)) < 0) {
+    struct chan ch;
+    if (chan_of(gc, addr, audit->instance, &ch) < 0) {
         cm_json_free(spec->j);
         gw_api_reply_error(req, GW_ERR_NOT_IMPLEMENTED,
-                           "exec needs a sandbox of the process driver (this one has no "
+                           "exec needs a sandbox started by a scheduler (this one has no "
                            "exec channel)",
                            0);
         return;
@@ -661,11 +706,11 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     x->audit = *audit;
     const char *accept = cm_httpd_header(req, "Accept");
     x->sse = accept && strstr(accept, "text/event-stream") != NULL;
-    memcpy(x->instance, inst, sizeof(x->instance));
+    memcpy(x->instance, ch.instance, sizeof(x->instance));
     cm_httpd_set_close_cb(req, on_client_gone, x);
     x->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     x->timer = evtimer_new(base, on_timeout, x);
-    int rc = x->bev && x->timer ? put_spec(bufferevent_get_output(x->bev), spec) : -1;
+    int rc = x->bev && x->timer ? put_spec(bufferevent_get_output(x->bev), &ch, spec) : -1;
     char cmdline[512];
     size_t cl = 0;
     for (size_t i = 0; i < spec->cmd->len && cl + 1 < sizeof(cmdline); i++)
@@ -684,5 +729,5 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     }
     bufferevent_setcb(x->bev, on_read, NULL, on_event, x);
     bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
-    connect_agent(x, &sa);
+    connect_agent(x, &ch);
 }

@@ -32,6 +32,7 @@ struct gw_exec_audit {
     const char *tenant; /* the config's: outlives the command */
     char session[CM_HASH_HEX_LEN + 1];
     char key_id[13]; /* the API key's: the first 12 hex digits of its SHA-256 */
+    char instance[96]; /* the session's instance id (its record's), "" when unknown */
 };
 
 #define GW_FILE_PATH_MAX 4096

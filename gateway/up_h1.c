@@ -42,14 +42,21 @@ void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed)
             GW_METRIC_INC(&w->metrics, usage_dropped);
     }
     if (c->preview_port) {
-        /* The agent's ports socket sits next to its app socket; the pool key carries the
-         * port, and a new connection starts with the agent's port selection line. */
+        /* The agent's ports socket sits next to its app socket (a VM's ports forward is its
+         * app forward's port + 1); the pool key carries the port, and a new connection
+         * starts with the agent's port selection line. */
         char addr[GW_ADDR_MAX + 8];
         size_t al = strlen(c->addr);
+        const char *colon = strrchr(c->addr, ':');
+        unsigned long fwd = 0;
         if (al > 9 && strncmp(c->addr, "unix:", 5) == 0 &&
             strcmp(c->addr + al - 9, "/app.sock") == 0)
             snprintf(addr, sizeof(addr), "%.*s/ports.sock@%u", (int)(al - 9), c->addr,
                      c->preview_port);
+        else if (strncmp(c->addr, "tcp:", 4) == 0 && colon && colon > c->addr + 4 &&
+                 (fwd = strtoul(colon + 1, NULL, 10)) > 0 && fwd < 65535)
+            snprintf(addr, sizeof(addr), "%.*s:%lu@%u", (int)(colon - c->addr), c->addr,
+                     fwd + 1, c->preview_port);
         else
             snprintf(addr, sizeof(addr), "%s@%u", c->addr, c->preview_port);
         c->up = gw_upstream_get(w->ups, addr, &reused, &err);
