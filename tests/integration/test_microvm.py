@@ -409,3 +409,158 @@ def test_data_a_vm_wrote_is_never_mounted_on_the_host(mvm):
     mounts = open("/proc/self/mountinfo").read()
     assert str(store) not in mounts and "data.img" not in mounts
     s.api("DELETE", "/v1/sessions/cross-1")
+
+
+# -- exec, files, pause and usage in a VM (issue 17) -----------------------------------------
+
+# The guest's root holds the app's closure only: these tools (and their libraries) are added
+# through scheduler.ro_binds so that commands have something to run.
+VM_TOOLS = ["/usr/bin/dash", "/usr/bin/cat", "/usr/bin/ls", "/usr/bin/touch",
+            "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libselinux.so.1", "/lib/x86_64-linux-gnu/libpcre2-8.so.0"]
+
+
+@pytest.fixture(scope="module")
+def vmx(image_dir):
+    """One microvm template whose guests have a shell and a few tools."""
+    from conftest import Stack, _remove_tree, _short_tmp, _skip_unless_root
+    _skip_unless_root()
+    missing = [p for p in VM_TOOLS if not os.path.exists(p)]
+    if missing:
+        pytest.skip("host tools missing: %s" % missing)
+    d = _short_tmp()
+    over = mvm_overrides(image_dir, [mvm_template(pool={"min": 1, "max": 6})])
+    over["scheduler"]["ro_binds"] = [str(Path(binary("berth-echo")).parent)] + VM_TOOLS
+    s = Stack(d, over, wait_pools=False)
+    try:
+        s.wait_pool("echo", 1, timeout=180 * SLOW)
+        yield s
+    finally:
+        try:
+            s.stop()
+        finally:
+            _remove_tree(d)
+
+
+def vm_exec(s, key, cmd, timeout=120):
+    r = s.api("POST", "/v1/sessions/%s/exec" % key, {"cmd": cmd}, timeout=timeout * SLOW)
+    assert r.status == 200, r
+    evs = [json.loads(x) for x in r.body.decode().splitlines() if x]
+    out = "".join(e.get("data", "") for e in evs if e["type"] == "stdout")
+    return out, evs[-1], r
+
+
+def vm_files(s, method, path, data=None, timeout=120):
+    from conftest import curl
+    return curl(s.admin_url("/v1/sessions/" + path), method=method, data=data,
+                headers={"Authorization": "Bearer berth-dev-key"}, timeout=timeout * SLOW)
+
+
+@pytest.mark.berth_timeout(600)
+def test_exec_and_files_in_a_vm(vmx):
+    """The exec channel and files reach the guest's agent through the VM's second forward
+    (the app's port + 1), opened with the instance's key: the command runs in the guest as
+    the app's user, files land in the guest's workspace owned by it."""
+    s = vmx
+    iid = echo(s, "vm-x")["hostname"]
+    out, end, r = vm_exec(s, "vm-x", ["/usr/bin/dash", "-c",
+                                      "cat /proc/self/status; cat /proc/1/cmdline; echo err >&2; "
+                                      "exit 4"])
+    assert r.header("X-Berth-Instance") == iid
+    uid = [ln.split() for ln in out.split("\n") if ln.startswith("Uid:")][0]
+    assert uid[1:] == ["1000"] * 4      # the app's user in the guest, not root
+    assert out.rstrip("\0").endswith("/init")  # the guest's own init: berth-agent
+    assert end["type"] == "exit" and end["exit_code"] == 4
+    blob = os.urandom(3 << 20)
+    r = vm_files(s, "PUT", "vm-x/files/workspace/in/blob.bin", data=blob)
+    assert r.status == 200 and r.json()["size"] == len(blob), r
+    r = vm_files(s, "GET", "vm-x/files/workspace/in/blob.bin")
+    assert r.status == 200 and r.body == blob
+    out, _, _ = vm_exec(s, "vm-x", ["/usr/bin/ls", "-ln", "/workspace/in/blob.bin"])
+    assert out.split()[2] == "1000" and out.split()[4] == str(len(blob)), out
+    r = vm_files(s, "GET", "vm-x/files/workspace/in/")
+    assert [(e["name"], e["size"]) for e in r.json()["entries"]] == [("blob.bin", len(blob))]
+    assert vm_files(s, "GET", "vm-x/files/workspace/../etc/passwd").status in (400, 403, 404)
+    assert vm_files(s, "DELETE", "vm-x/files/workspace/in/blob.bin").status == 204
+    assert vm_files(s, "GET", "vm-x/files/workspace/in/blob.bin").status == 404
+
+
+@pytest.mark.berth_timeout(600)
+def test_vm_exec_channel_refuses_a_caller_without_the_key(vmx):
+    """A process on the host that connects to a VM's ports forward itself, without the key
+    the gateway derives from scheduler.api_secret (or with another instance's key), runs
+    nothing: the agent answers F unauthorized and closes."""
+    s = vmx
+    iid = echo(s, "vm-nokey")["hostname"]
+    port = int(s.instances()[iid]["addr"].rsplit(":", 1)[1]) + 1
+    marker = "/workspace/pwned-%d" % os.getpid()
+
+    def frame(t, p=b""):
+        return t + len(p).to_bytes(4, "big") + p
+
+    spec = (frame(b"A", b"/usr/bin/touch") + frame(b"A", marker.encode()) + frame(b"S")
+            + frame(b"Z"))
+    for hello in (b"BERTH-EXEC\r\n", b"BERTH-EXEC " + b"0" * 64 + b"\r\n",
+                  b"BERTH-EXEC " + b"a" * 63 + b"\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=60 * SLOW) as c:
+            c.sendall(hello + spec)
+            got = b""
+            while True:
+                b = c.recv(4096)
+                if not b:
+                    break
+                got += b
+        assert b"X" not in got[:1], got
+        assert got == b"" or (got[:1] == b"F" and b"unauthorized" in got), got
+    out, _, _ = vm_exec(s, "vm-nokey", ["/usr/bin/dash", "-c", "ls %s 2>&1; true" % marker])
+    assert "No such file" in out, out
+
+
+@pytest.mark.berth_timeout(600)
+def test_paused_vm_uses_no_cpu_and_resumes_on_the_next_request(vmx):
+    """A pause freezes the VM's whole QEMU (cgroup freezer): not one tick of CPU while
+    paused, the guest's memory kept; the next request is held in the forward's accept queue
+    until the scheduler thaws it, then answered by the same VM with its state."""
+    from test_pause import cpu_ticks, frozen
+    s = vmx
+    iid = echo(s, "vm-p")["hostname"]
+    pid, _ = vm_of(s, iid)
+    w = s.get("/workspace/state", session="vm-p", method="PUT", data="kept in guest RAM",
+              timeout=60 * SLOW)
+    assert w.status in (200, 201), w
+    r = s.api("POST", "/v1/sessions/vm-p/pause", timeout=60 * SLOW)
+    assert r.status == 200 and r.json()["paused"] is True, r
+    assert frozen(pid)
+    before = cpu_ticks(pid)
+    time.sleep(1.0)
+    assert cpu_ticks(pid) == before
+    r = s.get("/workspace/state", session="vm-p", timeout=120 * SLOW)
+    assert r.status == 200 and r.body == b"kept in guest RAM", r
+    assert r.header("x-berth-instance") == iid
+    assert not frozen(pid)
+    g = s.api("GET", "/v1/sessions/vm-p").json()
+    assert g["paused"] is False and g["paused_ms"] >= 1000
+    # Exec and files wake it too.
+    assert s.api("POST", "/v1/sessions/vm-p/pause", timeout=60 * SLOW).status == 200
+    assert frozen(pid)
+    out, end, _ = vm_exec(s, "vm-p", ["/usr/bin/cat", "/workspace/state"])
+    assert out == "kept in guest RAM" and end["exit_code"] == 0
+    assert not frozen(pid)
+
+
+@pytest.mark.berth_timeout(600)
+def test_vm_usage_has_cpu_and_memory(vmx):
+    """The scheduler samples a VM's CPU and memory from its QEMU's cgroup."""
+    s = vmx
+    echo(s, "vm-u")
+    vm_exec(s, "vm-u", ["/usr/bin/dash", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+
+    def row():
+        r = s.api("GET", "/v1/usage?group_by=session")
+        assert r.status == 200, r
+        return next((u for u in r.json()["usage"] if u.get("id") == "vm-u"), None)
+
+    wait_until(lambda: (row() or {}).get("cpu_ms", 0) > 0, 60 * SLOW, "a CPU sample")
+    u = row()
+    assert u["mem_peak_bytes"] > 16 << 20, u  # the guest RAM is charged to QEMU's cgroup
+    assert u["wall_ms"] > 0
