@@ -66,6 +66,7 @@
 
 static const char claim_src[] =
     "local now = tonumber(ARGV[7])\n" LUA_PRELUDE LUA_UNSETTLED
+    "key_id = ARGV[15] or ''\n"
     "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
     "local ttl, idle, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
     "local s = redis.call('HMGET', P..'s:'..h, 'state', 'instance', 'addr', 'gen', 'template',\n"
@@ -122,6 +123,7 @@ static const char claim_src[] =
 
 static const char bind_src[] =
     "local now = tonumber(ARGV[7])\n" LUA_PRELUDE
+    "key_id = ARGV[14] or ''\n"
     "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
     "local ttl, idle = tonumber(ARGV[8]), tonumber(ARGV[9])\n"
     "local id, addr, host = ARGV[10], ARGV[11], ARGV[12]\n"
@@ -160,6 +162,7 @@ static const char touch_src[] =
 
 static const char update_src[] =
     "local now = tonumber(ARGV[6])\n" LUA_PRELUDE
+    "key_id = ARGV[7] or ''\n"
     "local sk = P..'s:'..ARGV[2]\n"
     "local s = redis.call('HMGET', sk, 'tenant', 'created', 'ttl', 'idle_timeout',\n"
     "  'last_active')\n"

@@ -15,7 +15,8 @@
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
- *                      unused|paused|resumed|updated|exec_started|exec_ended
+ *                      unused|paused|resumed|updated|exec_started|exec_ended|
+ *                      file_written|file_deleted; key_id on those an API call caused
  *   P u:{tenant}:{hour} hash  usage counters "<h>|<template>|<metric>" (USAGE); ...:ids h -> id
  *   P u:{tenant}       zset  the hours that have usage (score = hour ms)
  *   P events:{tenant}  stream: the same entries (ids of its own) of that tenant's sessions, which
@@ -32,7 +33,9 @@
 
 enum cm_script {
     /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
-     *              on_lost(replace|fail) mode(claim|lookup) meta static_limit
+     *              on_lost(replace|fail) mode(claim|lookup) meta static_limit [key_id]
+     * (key: the session key; key_id: the id of the API key whose control API call asks, written
+     * into the created and bound events it causes; the data plane has none and omits it)
      * static_limit: "" for sandbox templates; for driver static the sessions an instance may
      * serve ("0" = unlimited): the least-loaded member of P static:{t} is bound instead of a
      * pool instance.
@@ -50,7 +53,9 @@ enum cm_script {
      *            back): the caller keeps what it had cached; sandbox templates only */
     CM_SCRIPT_CLAIM,
     /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta
-     * Binds the given (just started, warm) instance unless h is bound already.
+     *             [key_id]
+     * Binds the given (just started, warm) instance unless h is bound already. key_id: as for
+     * CLAIM (the scheduler has it from POST /v1/start), into the created and bound events.
      * Returns {"new", id, addr, gen} or {"bound", instance, addr, gen} (then the caller keeps
      * its instance: the script has put it back into its pool as warm). */
     CM_SCRIPT_BIND,
@@ -61,7 +66,8 @@ enum cm_script {
      * ahead of now (not known yet: gateways keep the binding). The expiry zset is not moved: its score is a lower bound of
      * the deadline, which RELEASE with reason expired recomputes. */
     CM_SCRIPT_TOUCH,
-    /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms
+    /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms [key_id]
+     * (key_id: the API key's id, written into its `updated` event)
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */
     CM_SCRIPT_UPDATE,
     /* RELEASE ARGV: P h tenant|"" reason(deleted|expired|unused) now_ms [key_id]

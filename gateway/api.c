@@ -280,6 +280,19 @@ static int read_session(struct op *op, cm_redis_reply_cb cb)
     return send_argv(op, cb, op, 2, argv);
 }
 
+/* The API key's id for audit events: the first 12 hex digits of its SHA-256 (the config
+ * lists keys by their SHA-256, so an operator can tell which key it was; the key is not
+ * recoverable from it). */
+static void key_id(struct cm_httpd_req *req, char out[13])
+{
+    size_t n = 0;
+    const char *k = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)(k ? k : ""), k ? n : 0, d);
+    for (int i = 0; i < 6; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
 /* --- POST /v1/sessions -------------------------------------------------------------------- */
 
 /* The session was bound but could not be read back: answer from what the claim told us. */
@@ -371,6 +384,8 @@ static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const st
         return;
     }
     op->create = c; /* <op> owns the metadata now */
+    char kid[13];
+    key_id(req, kid); /* the claim copies it: its created and bound events carry it */
     struct gw_claim_req cr = {
         .tenant = t->name,
         .source = CM_KEY_SRC_SID,
@@ -381,25 +396,13 @@ static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const st
         .ttl_ms = op->create.ttl_ms,
         .idle_ms = op->create.idle_ms,
         .meta = op->create.meta,
+        .key_id = kid,
     };
     op->claim = gw_claim_start(api->claimer, &cr, create_on_claim, op);
     if (!op->claim) {
         op_error(op, GW_ERR_INTERNAL, "out of memory");
         op_settle(op);
     }
-}
-
-/* The API key's id for audit events: the first 12 hex digits of its SHA-256 (the config
- * lists keys by their SHA-256, so an operator can tell which key it was; the key is not
- * recoverable from it). */
-static void key_id(struct cm_httpd_req *req, char out[13])
-{
-    size_t n = 0;
-    const char *k = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)(k ? k : ""), k ? n : 0, d);
-    for (int i = 0; i < 6; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
 /* --- GET / PATCH / DELETE /v1/sessions/{id} ----------------------------------------------- */
@@ -463,15 +466,16 @@ static void update_on_session(redisReply *r, const char *err, void *data)
         } else if (gw_api_parse_update(body, len, tpl, &u, &e) < 0) {
             op_error(op, e.err, e.message);
         } else {
-            char ttl[24] = "", idle[24] = "", now[24], key[KEY_BUF];
+            char ttl[24] = "", idle[24] = "", now[24], key[KEY_BUF], kid[13];
             if (u.has_ttl)
                 snprintf(ttl, sizeof(ttl), "%" PRIu64, u.ttl_ms);
             if (u.has_idle)
                 snprintf(idle, sizeof(idle), "%" PRIu64, u.idle_ms);
             snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
             snprintf(key, sizeof(key), "%s", prefix(op->api));
-            const char *argv[] = {key, op->h, op->tenant->name, ttl, idle, now};
-            if (send_script(op, CM_SCRIPT_UPDATE, update_on_script, 6, argv) < 0)
+            key_id(op->req, kid);
+            const char *argv[] = {key, op->h, op->tenant->name, ttl, idle, now, kid};
+            if (send_script(op, CM_SCRIPT_UPDATE, update_on_script, 7, argv) < 0)
                 op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
         }
     }

@@ -43,6 +43,7 @@ struct gw_claim {
     int fail_on_lost;
     enum gw_claim_mode mode;
     char *meta;
+    char key_id[13]; /* "" unless a control API call asks (gw_claim_req) */
     struct evhttp_connection *http;
     struct event *timeout_ev;
     char api[136]; /* the scheduler asked to start (CLAIM_START), for logs */
@@ -246,6 +247,10 @@ static int start_on_scheduler(struct gw_claim *cl, const char *api)
     cm_jbuf_cstr(&jb, cl->source);
     cm_jbuf_raw(&jb, ",\"key\":", 7);
     cm_jbuf_str(&jb, cl->key, cl->key_len);
+    if (cl->key_id[0]) {
+        cm_jbuf_raw(&jb, ",\"key_id\":", 10);
+        cm_jbuf_cstr(&jb, cl->key_id);
+    }
     cm_jbuf_printf(&jb, ",\"ttl_ms\":%" PRIu64 ",\"idle_ms\":%" PRIu64, cl->ttl_ms, cl->idle_ms);
     if (cl->meta) {
         cm_jbuf_raw(&jb, ",\"meta\":", 8);
@@ -369,6 +374,8 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     cl->ttl_ms = req->ttl_ms ? req->ttl_ms : req->tpl->ttl / CM_USEC_PER_MSEC;
     cl->idle_ms = req->idle_ms ? req->idle_ms : req->tpl->idle_timeout / CM_USEC_PER_MSEC;
     cl->fail_on_lost = req->tpl->on_lost == CM_LOST_FAIL;
+    if (req->key_id)
+        snprintf(cl->key_id, sizeof(cl->key_id), "%s", req->key_id);
     if (req->meta && !(cl->meta = strdup(req->meta))) {
         free(cl);
         return NULL;
@@ -390,7 +397,7 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",
                           cl->mode == GW_CLAIM_MODE_LOOKUP ? "lookup" : "claim",
-                          cl->meta ? cl->meta : "", static_limit};
+                          cl->meta ? cl->meta : "", static_limit, cl->key_id};
     size_t lens[CM_ARRAY_SIZE(argv)];
     for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
         lens[i] = strlen(argv[i]);
@@ -405,8 +412,9 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
                              (const char *[]){prefix, cl->b.hash_hex, cl->tenant},
                              (size_t[]){strlen(prefix), CM_HASH_HEX_LEN, strlen(cl->tenant)});
     else
-        rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl, (int)CM_ARRAY_SIZE(argv),
-                             argv, lens);
+        /* key_id (the last) only when there is one: the data plane's claim is as it was */
+        rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl,
+                             (int)CM_ARRAY_SIZE(argv) - !cl->key_id[0], argv, lens);
     if (rc < 0) {
         /* Not connected: answer store_unavailable on the next loop turn, never inside this
          * call (DESIGN.md section 7: new sessions fail fast while Redis is away). */

@@ -38,6 +38,8 @@ struct gw_claim_req {
     enum gw_claim_mode mode;
     uint64_t ttl_ms, idle_ms; /* 0: the template's defaults */
     const char *meta;         /* JSON text stored with a new session, or NULL */
+    const char *key_id;       /* a control API call's API key id (12 hex digits), for the
+                               * created and bound events; NULL for the data plane */
 };
 
 struct gw_binding {

@@ -33,6 +33,7 @@ struct sch_start_req {
     char tenant[64];
     char source[8];
     char key[CM_KEY_MAX + 1];
+    char key_id[13]; /* the API key of a control API create (12 hex), or "" */
     char *meta;
     char ttl[24], idle[24];
     struct sch_inst *inst; /* holds a reference */
@@ -194,9 +195,12 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
                           inst->id,
                           inst->di->addr,
                           ctx->sc->host_id,
-                          r->meta ? r->meta : ""};
+                          r->meta ? r->meta : "",
+                          r->key_id};
     r->binding = 1; /* before: the callback may free <r> */
-    if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, (int)CM_ARRAY_SIZE(argv), argv) < 0) {
+    /* key_id (the last ARGV) only when the gateway sent one */
+    if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, (int)CM_ARRAY_SIZE(argv) - !r->key_id[0],
+                   argv) < 0) {
         r->binding = 0;
         sch_inst_destroy(inst, "redis not connected");
         req_error(r, 503, "store_unavailable", "Redis is not connected");
@@ -309,6 +313,14 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
         !cm_key_valid(r->key, strlen(r->key))) {
         rc = -EINVAL;
         snprintf(why, sizeof(why), "key must be 1-128 visible ASCII characters");
+    }
+    /* key_id: the API key of the control API call that creates the session, for the created
+     * and bound events (the gateway's name for it: 12 lower-case hex digits) */
+    if (rc == 0 &&
+        (rc = json_str(body, "key_id", 0, r->key_id, sizeof(r->key_id), why, sizeof(why))) == 0 &&
+        r->key_id[0] && strspn(r->key_id, "0123456789abcdef") != 12) { /* at most 12: json_str */
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "key_id must be 12 lower-case hex digits");
     }
     if (rc == 0)
         rc = json_ms(body, "ttl_ms", r->tpl->ttl / CM_USEC_PER_MSEC,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import OTHER_KEY, SLOW, echo_template, wait_until
+from conftest import DEV_KEY, OTHER_KEY, SLOW, echo_template, wait_until
 
 pytestmark = pytest.mark.berth_timeout(180)
 
@@ -20,6 +20,28 @@ pytestmark = pytest.mark.berth_timeout(180)
 def ev_stack(make_stack):
     return make_stack({"templates": [echo_template(pool={"min": 1, "max": 4})],
                        "gateway": {"admin": {"events_poll": "100ms"}}})
+
+
+AUDIT_KEY = "berth-audit-key"  # a second key of tenant default (kid_stack)
+
+
+def sha256(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def kid_stack(make_stack):
+    """Tenant default with two API keys; echo (a warm pool: a create is bound by the claim
+    script) and cold (no pool: the scheduler starts one and its bind script binds it), routed
+    at /cold/ for the data plane."""
+    return make_stack({
+        "tenants": [{"name": "default", "api_keys_sha256": [sha256(DEV_KEY), sha256(AUDIT_KEY)]},
+                    {"name": "other", "api_keys_sha256": [sha256(OTHER_KEY)]}],
+        "templates": [echo_template(pool={"min": 1, "max": 4}),
+                      echo_template("cold", pool={"min": 0, "max": 2})],
+        "gateway": {"admin": {"events_poll": "100ms"},
+                    "routes": [{"name": "cold", "path_prefix": "/cold/", "template": "cold"},
+                               {"name": "default", "path_prefix": "/"}]}})
 
 
 def events(s, query="", key=None):
@@ -122,3 +144,43 @@ def test_events_bad_input(ev_stack):
         assert r.status == 400 and r.json()["error"]["code"] == "invalid_argument", (q, r)
     assert s.api("POST", "/v1/events").status == 405
     assert s.api("GET", "/v1/events", key="wrong").status == 401
+
+
+def test_key_id_of_created_bound_updated(kid_stack):
+    """created, bound and updated carry the id of the API key whose call caused them (the first
+    12 hex digits of its SHA-256), whether the claim script bound a warm instance or the
+    scheduler's bind script one it started; a session the data plane made has no API key, so
+    its created and bound events have no key_id."""
+    s = kid_stack
+    kid = sha256(AUDIT_KEY)[:12]
+    assert kid != sha256(DEV_KEY)[:12]
+    assert s.pool_len("echo") >= 1 and s.pool_len("cold") == 0
+    for sid, tpl in (("kid-warm", "echo"), ("kid-cold", "cold")):
+        r = s.api("POST", "/v1/sessions", {"id": sid, "template": tpl}, key=AUDIT_KEY,
+                  timeout=30)
+        assert r.status == 201 and r.json()["template"] == tpl, r
+        r = s.api("PATCH", "/v1/sessions/" + sid, {"ttl": 600}, key=AUDIT_KEY)
+        assert r.status == 200, r
+    # Keyless: a warm one (the claim script) and a started one (the bind script).
+    assert s.get("/", session="kid-dp").status == 200
+    assert s.get("/cold/", session="kid-dp-cold").status == 200
+
+    def trail(sid, want):
+        def got():
+            evs = events(s, "?session=" + sid)["events"]
+            return evs if want <= {e["type"] for e in evs} else None
+        return wait_until(got, 10 * SLOW, "the events of " + sid)
+
+    for sid in ("kid-warm", "kid-cold"):
+        evs = trail(sid, {"created", "bound", "updated"})
+        for t in ("created", "bound", "updated"):
+            e = [e for e in evs if e["type"] == t]
+            assert len(e) == 1 and e[0]["key_id"] == kid, (sid, t, evs)
+    for sid in ("kid-dp", "kid-dp-cold"):
+        evs = trail(sid, {"created", "bound"})
+        for t in ("created", "bound"):
+            e = [e for e in evs if e["type"] == t]
+            assert len(e) == 1 and "key_id" not in e[0], (sid, t, evs)
+    # The key's id only: never the key.
+    raw = json.dumps(events(s)["events"])
+    assert AUDIT_KEY not in raw and DEV_KEY not in raw

@@ -197,6 +197,10 @@ def test_start_honours_ttl_and_idle(sched):
      '"ttl_ms":999999999999}' % ("a" * 32), 400, "bad_request"),
     ('{"template":"echo","session":"%s","tenant":"default","source":"sid","key":"k",'
      '"idle_ms":1.5}' % ("a" * 32), 400, "bad_request"),
+    ('{"template":"echo","session":"%s","tenant":"default","source":"sid","key":"k",'
+     '"key_id":"ABCDEF012345"}' % ("a" * 32), 400, "bad_request"),
+    ('{"template":"echo","session":"%s","tenant":"default","source":"sid","key":"k",'
+     '"key_id":"abcdef0123456"}' % ("a" * 32), 400, "bad_request"),
     ('{"template":5}', 400, "bad_request"),
 ])
 def test_start_rejects_bad_requests(sched, body, status, code):
