@@ -10,8 +10,10 @@
  * belongs to, go to the loop's counters by tenant and template (common/usagetab.h: bounded,
  * what does not fit is the (other) series), which the admin's /metrics sums over the loops as
  * berth_usage_{requests,bytes_in,bytes_out,active_seconds}_total{tenant,template}: work done
- * in the flush's reply, none on the request path. A call Redis did not answer (an error, a
- * timeout) is in neither. */
+ * in the flush's reply, none on the request path. A call that failed (Redis not connected,
+ * a script error) is in neither; one whose reply did not come in time (the Redis client's
+ * command timeout, a connection lost after sending) may be in Redis and not in the
+ * counters. */
 #ifndef GW_USAGE_H
 #define GW_USAGE_H
 

@@ -7,7 +7,9 @@
  * The same deltas are counters by tenant and template on GET /metrics (scheduler/api.c,
  * common/usagetab.h: bounded, what does not fit is the (other) series), added when the USAGE
  * call's reply names each session's tenant and template: a session Redis no longer knows,
- * or a call that failed, is in neither. Counters of this process's life, for this host. */
+ * or a call that failed, is in neither; a call whose reply was lost (timeout, connection lost
+ * after sending) may be in Redis and not in the counters. Counters of this process's life,
+ * for this host. */
 #ifndef SCH_USAGE_H
 #define SCH_USAGE_H
 
