@@ -370,11 +370,13 @@ static const char resumed_src[] =
 static const char usage_src[] =
     "local P, now, ret = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local hour = math.floor(now / 3600000) * 3600000\n"
-    "local i = 4\n"
+    "local i, out = 4, {}\n"
     "while i + 1 <= #ARGV do\n"
     "  local h, n = ARGV[i], tonumber(ARGV[i + 1])\n"
     "  i = i + 2\n"
     "  local s = redis.call('HMGET', P..'s:'..h, 'tenant', 'template', 'key')\n"
+    "  out[#out + 1] = s[1] or false\n" /* false: a nil reply */
+    "  out[#out + 1] = s[1] and (s[2] or '') or false\n"
     "  if s[1] then\n"
     "    local k = P..'u:'..s[1]..':'..hour\n"
     "    local pre = h..'|'..(s[2] or '')..'|'\n"
@@ -396,7 +398,7 @@ static const char usage_src[] =
     "  end\n"
     "  i = i + 2 * n\n"
     "end\n"
-    "return 1\n";
+    "return out\n";
 
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,

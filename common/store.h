@@ -133,8 +133,12 @@ enum cm_script {
      * template from P s:{h}; a session Redis no longer knows is skipped) as
      * "<h>|<template>|<metric>" (HINCRBY; mem_peak keeps the largest), notes the session id
      * in P u:{tenant}:{hour}:ids and the hour in the zset P u:{tenant}; all expire after
-     * retention_ms. Returns 1. Metrics: requests bytes_in bytes_out active_ms (gateways),
-     * wall_ms paused_ms cpu_ms mem_peak mem_kib_ms (schedulers). */
+     * retention_ms. Metrics: requests bytes_in bytes_out active_ms (gateways), wall_ms
+     * paused_ms cpu_ms mem_peak mem_kib_ms (schedulers).
+     * Returns an array of two entries per session, in the order of ARGV: the tenant and the
+     * template it was counted under (template "" when the record has none), or two nils for
+     * a session Redis does not know (not counted), so that the caller can add the deltas it
+     * sent to counters of its own by tenant and template (common/usagetab.h). */
     CM_SCRIPT_USAGE,
     CM_SCRIPT_COUNT
 };

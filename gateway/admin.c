@@ -22,6 +22,7 @@
 #include "gateway/metrics.h"
 #include "gateway/prom.h"
 #include "gateway/tls.h"
+#include "gateway/usage.h"
 
 struct scrape;
 
@@ -30,6 +31,7 @@ struct gw_admin {
     struct gw_admin_limits lim;
     struct gw_metrics **shards; /* the workers' shards, then our own (claims made by the API) */
     int n_shards;
+    struct cm_usagetab **usage; /* the workers' usage by tenant and template (n_shards - 1) */
     struct gw_metrics own;
     struct event_base *base;
     struct cm_httpd *http;
@@ -185,6 +187,7 @@ static void scrape_answer(struct scrape *s)
                       "replaced that connections made before it still use.",
                       (int64_t)gw_tls_live());
     free(tenants);
+    gw_usage_prom(&b, a->usage, (size_t)a->n_shards - 1);
     if (b.failed)
         gw_api_reply_error(s->req, GW_ERR_INTERNAL, "out of memory", 0);
     else
@@ -380,7 +383,8 @@ static int split_listen(const char *s, char *host, size_t hostcap, uint16_t *por
 }
 
 struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *const *shards,
-                                int n_shards, char *err, size_t errlen)
+                                struct cm_usagetab *const *usage, int n_shards, char *err,
+                                size_t errlen)
 {
     struct gw_admin *a = calloc(1, sizeof(*a));
     if (!a) {
@@ -392,12 +396,15 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
     if (gw_admin_limits_load(gc->common, &a->lim, err, errlen) < 0)
         goto fail;
     a->shards = calloc((size_t)n_shards + 1, sizeof(*a->shards));
-    if (!a->shards) {
+    a->usage = calloc((size_t)n_shards + 1, sizeof(*a->usage));
+    if (!a->shards || !a->usage) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < n_shards; i++)
+    for (int i = 0; i < n_shards; i++) {
         a->shards[i] = shards[i];
+        a->usage[i] = usage[i];
+    }
     a->shards[n_shards] = &a->own;
     a->n_shards = n_shards + 1;
 
@@ -517,5 +524,6 @@ void gw_admin_stop(struct gw_admin *a)
     if (a->stop_pipe[1] >= 0)
         close(a->stop_pipe[1]);
     free(a->shards);
+    free(a->usage);
     free(a);
 }

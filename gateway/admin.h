@@ -15,6 +15,7 @@
 struct cm_config;
 struct gw_config;
 struct gw_metrics;
+struct cm_usagetab;
 struct gw_admin;
 
 /* The admin listener's limits: the optional "gateway.admin" mapping of the config. Its HTTP is
@@ -70,11 +71,12 @@ int gw_admin_limits_load(const struct cm_config *cfg, struct gw_admin_limits *re
                          size_t errlen);
 
 /* Reads gateway.admin, binds gc->admin_listen (and gc->health_listen unless empty) and starts
- * the admin thread. Borrows <gc> and the
- * <n_shards> metric shards (one per worker) until gw_admin_stop(); the pointer array itself is
- * copied. Returns a new admin or NULL with a message in <err>. */
+ * the admin thread. Borrows <gc>, the <n_shards> metric shards and as many usage tables by
+ * tenant and template <usage> (one of each per worker) until gw_admin_stop(); the pointer
+ * arrays themselves are copied. Returns a new admin or NULL with a message in <err>. */
 struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *const *shards,
-                                int n_shards, char *err, size_t errlen);
+                                struct cm_usagetab *const *usage, int n_shards, char *err,
+                                size_t errlen);
 /* Tells the workers' readiness to /readyz (1 once every data listener is up). Any thread. */
 void gw_admin_set_ready(struct gw_admin *a, int ready);
 /* Stops the thread and frees; requests still waiting are answered 503 first. Takes NULL. Call

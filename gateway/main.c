@@ -14,6 +14,7 @@
 #include "gateway/config.h"
 #include "gateway/tls.h"
 #include "gateway/touchtab.h"
+#include "gateway/usage.h"
 #include "gateway/worker.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -133,7 +134,8 @@ int main(int argc, char **argv)
 
     struct gw_worker **workers = calloc(gc->workers, sizeof(*workers));
     struct gw_metrics **shards = calloc(gc->workers, sizeof(*shards));
-    if (!workers || !shards) {
+    struct cm_usagetab **usage = calloc(gc->workers, sizeof(*usage));
+    if (!workers || !shards || !usage) {
         fprintf(stderr, "berth-gateway: out of memory\n");
         return 1;
     }
@@ -156,8 +158,9 @@ int main(int argc, char **argv)
         }
         workers[i]->touchtab = touchtab;
         shards[i] = &workers[i]->metrics;
+        usage[i] = workers[i]->usage->labels;
     }
-    struct gw_admin *admin = gw_admin_start(gc, shards, (int)gc->workers, err, sizeof(err));
+    struct gw_admin *admin = gw_admin_start(gc, shards, usage, (int)gc->workers, err, sizeof(err));
     if (!admin) {
         cm_log_error("main", "cannot start admin listener err=\"%s\"", err);
         rc = 1;
@@ -213,6 +216,7 @@ out:
     gw_tls_free_all();
     free(workers);
     free(shards);
+    free(usage);
     gw_config_free(gc);
     cm_config_free(cfg);
     return rc;

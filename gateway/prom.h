@@ -8,9 +8,10 @@
 #include <stdint.h>
 
 #include "common/json.h"
+#include "common/prom.h"
 #include "gateway/metrics.h"
 
-#define GW_PROM_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define GW_PROM_CONTENT_TYPE CM_PROM_CONTENT_TYPE
 
 struct gw_prom_tenant {
     const char *name;  /* borrowed */

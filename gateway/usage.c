@@ -1,18 +1,21 @@
 #include "gateway/usage.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/config.h"
 #include "common/log.h"
 #include "common/redis.h"
 #include "common/store.h"
+#include "common/usagetab.h"
 #include "gateway/config.h"
 #include "gateway/worker.h"
 
 #define BATCH 32
-#define METRICS 4 /* requests bytes_in bytes_out active_ms */
+#define METRICS CM_USAGETAB_METRICS /* requests bytes_in bytes_out active_ms */
 #define VAL_LEN 24
 
 static struct gw_usage_slot *find(struct gw_usage *u, struct cm_hash h, int add)
@@ -59,11 +62,21 @@ void gw_usage_end(struct gw_usage *u, struct cm_hash h, cm_usec_t now, uint64_t 
         s->active_us += now - s->since;
 }
 
+/* One USAGE call's deltas, for the counters by tenant and template its reply names. */
+struct call {
+    struct cm_usagetab *labels;
+    size_t n;
+    uint64_t d[]; /* n x METRICS */
+};
+
 static void on_usage(struct redisReply *r, const char *err, void *data)
 {
-    (void)r, (void)data;
+    struct call *c = data;
     if (err)
         cm_log_warn("usage", "usage not recorded err=\"%s\"", err);
+    else if (c && cm_usagetab_add_reply(c->labels, r, c->n, (const uint64_t(*)[METRICS])c->d) < 0)
+        cm_log_warn("usage", "usage script answered an unexpected reply: not counted in /metrics");
+    free(c);
 }
 
 struct batch {
@@ -72,6 +85,7 @@ struct batch {
     size_t lens[3 + BATCH * (2 + 2 * METRICS)];
     char hex[BATCH][CM_HASH_HEX_LEN + 1];
     char vals[BATCH][1 + METRICS][VAL_LEN];
+    uint64_t d[BATCH][METRICS]; /* the same values, for the reply */
 };
 
 static void send_batch(struct gw_worker *w, struct batch *b)
@@ -80,8 +94,21 @@ static void send_batch(struct gw_worker *w, struct batch *b)
         return;
     for (int i = 0; i < b->argc; i++)
         b->lens[i] = strlen(b->argv[i]);
-    if (cm_redis_script(w->redis, CM_SCRIPT_USAGE, on_usage, NULL, b->argc, b->argv, b->lens) < 0)
+    /* One allocation per call of up to BATCH sessions (per flush, never per request). Without
+     * it Redis still records the usage; only /metrics misses it. */
+    size_t dsize = (size_t)b->n * sizeof(b->d[0]);
+    struct call *c = malloc(sizeof(*c) + dsize);
+    if (c) {
+        c->labels = w->usage->labels;
+        c->n = (size_t)b->n;
+        memcpy(c->d, b->d, dsize);
+    } else {
+        cm_log_warn("usage", "out of memory: %d sessions' usage not counted in /metrics", b->n);
+    }
+    if (cm_redis_script(w->redis, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv, b->lens) < 0) {
         cm_log_warn("usage", "redis not connected: %d sessions' usage not recorded", b->n);
+        free(c);
+    }
     b->argc = 3;
     b->n = 0;
 }
@@ -115,12 +142,15 @@ void gw_usage_flush(struct gw_worker *w)
         }
         if (s->requests || s->bytes_in || s->bytes_out || s->active_us >= 1000) {
             char(*v)[VAL_LEN] = b.vals[b.n];
+            uint64_t *d = b.d[b.n];
             cm_hash_hex(s->h, b.hex[b.n]);
+            d[0] = s->requests;
+            d[1] = s->bytes_in;
+            d[2] = s->bytes_out;
+            d[3] = s->active_us / 1000;
             snprintf(v[0], VAL_LEN, "%d", METRICS);
-            snprintf(v[1], VAL_LEN, "%" PRIu32, s->requests);
-            snprintf(v[2], VAL_LEN, "%" PRIu64, s->bytes_in);
-            snprintf(v[3], VAL_LEN, "%" PRIu64, s->bytes_out);
-            snprintf(v[4], VAL_LEN, "%" PRIu64, s->active_us / 1000);
+            for (int k = 0; k < METRICS; k++)
+                snprintf(v[1 + k], VAL_LEN, "%" PRIu64, d[k]);
             static const char *const names[METRICS] = {"requests", "bytes_in", "bytes_out",
                                                        "active_ms"};
             b.argv[b.argc++] = b.hex[b.n];
@@ -146,4 +176,24 @@ void gw_usage_flush(struct gw_worker *w)
         if (s)
             *s = keep[i];
     }
+}
+
+static const struct cm_usagetab_metric prom_metrics[METRICS] = {
+    {"berth_usage_requests_total",
+     "Data-plane requests of sessions, by the session's tenant and template (as in GET "
+     "/v1/usage).",
+     1},
+    {"berth_usage_bytes_in_total",
+     "Body bytes from clients to sessions, by the session's tenant and template.", 1},
+    {"berth_usage_bytes_out_total",
+     "Body bytes from sessions to clients, by the session's tenant and template.", 1},
+    {"berth_usage_active_seconds_total",
+     "Time at least one data-plane exchange of a session was in flight, by the session's "
+     "tenant and template.",
+     1000},
+};
+
+void gw_usage_prom(struct cm_jbuf *b, struct cm_usagetab *const *tabs, size_t n)
+{
+    cm_usagetab_write(b, tabs, n, prom_metrics);
 }

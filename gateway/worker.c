@@ -21,6 +21,7 @@
 #include "common/store.h"
 #include "common/log.h"
 #include "common/redis.h"
+#include "common/usagetab.h"
 #include "gateway/activity.h"
 #include "gateway/cache.h"
 #include "gateway/claim.h"
@@ -338,10 +339,12 @@ struct gw_worker *gw_worker_create(int index, const struct gw_config *gc, char *
     gw_conn_settings_init(w);
     w->cache = gw_cache_create(CACHE_MAX_ENTRIES);
     w->usage = calloc(1, sizeof(*w->usage));
+    if (w->usage)
+        w->usage->labels = cm_usagetab_create();
     w->ups = gw_upstreams_create(w->base, gc, &w->metrics, &w->scratch);
     w->redis = cm_redis_create(w->base, &gc->common->redis, on_redis_state, w);
     w->sub = cm_redis_create(w->base, &gc->common->redis, on_sub_state, w);
-    if (!w->cache || !w->ups || !w->redis || !w->sub)
+    if (!w->cache || !w->usage || !w->usage->labels || !w->ups || !w->redis || !w->sub)
         goto oom;
     if (w->index == 0)
         cm_redis_set_refused_cb(w->redis, on_redis_refused, w);
@@ -458,6 +461,8 @@ void gw_worker_destroy(struct gw_worker *w)
         free(s);
     }
     gw_activity_free(w);
+    if (w->usage) /* after Redis: the USAGE calls' callbacks (failed by its destroy) are done */
+        cm_usagetab_destroy(w->usage->labels);
     free(w->usage);
     free(w);
 }

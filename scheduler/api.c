@@ -14,6 +14,7 @@
 #include "common/json.h"
 #include "common/key.h"
 #include "common/log.h"
+#include "common/prom.h"
 #include "common/secret.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
@@ -21,6 +22,7 @@
 #include "scheduler/pause.h"
 #include "scheduler/pool.h"
 #include "scheduler/sched.h"
+#include "scheduler/usage.h"
 
 #define META_MAX 4096
 
@@ -450,6 +452,37 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
     cm_jbuf_fini(&b);
 }
 
+/* ------------------------------------------------------------------ metrics */
+
+/* GET /metrics (with the secret): the host's instances and the usage counters by tenant and
+ * template, in the Prometheus text format. */
+static void handle_metrics(struct sch_api *api, struct cm_httpd_req *req)
+{
+    struct sch_ctx *ctx = api->ctx;
+    unsigned by_state[SCH_INST_GONE + 1] = {0};
+    for (struct sch_inst *i = ctx->insts; i; i = i->next)
+        by_state[i->state]++;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_prom_family(&b, "berth_scheduler_capacity", "gauge",
+                   "Instances this host may run at once (scheduler.capacity).");
+    cm_jbuf_printf(&b, "berth_scheduler_capacity %u\n", ctx->sc->capacity);
+    cm_prom_family(&b, "berth_scheduler_instances", "gauge",
+                   "Instances this scheduler knows, by state.");
+    for (int s = 0; s < SCH_INST_GONE; s++)
+        cm_jbuf_printf(&b, "berth_scheduler_instances{state=\"%s\"} %u\n",
+                       sch_inst_state_name((enum sch_inst_state)s), by_state[s]);
+    cm_prom_family(&b, "berth_scheduler_redis_up", "gauge",
+                   "1 when the scheduler's Redis client is connected.");
+    cm_jbuf_printf(&b, "berth_scheduler_redis_up %d\n", sch_redis_connected(ctx) ? 1 : 0);
+    sch_usage_prom(ctx, &b);
+    if (b.failed)
+        cm_httpd_reply_error(req, 500, "internal", "out of memory");
+    else
+        cm_httpd_reply(req, 200, CM_PROM_CONTENT_TYPE, b.data, b.len);
+    cm_jbuf_fini(&b);
+}
+
 /* ------------------------------------------------------------------ pause, resume */
 
 /* POST /v1/instances/{id}/pause|resume: waits for the outcome (sch_pause(), sch_resume()). */
@@ -627,6 +660,15 @@ static void on_request(struct cm_httpd_req *req, void *arg)
             return;
         }
         allow = "POST";
+    } else if (strcmp(path, "/metrics") == 0) {
+        if (m == CM_HTTP_GET) {
+            if (!authenticated(api, req))
+                reply_unauthorized(api, req);
+            else
+                handle_metrics(api, req);
+            return;
+        }
+        allow = "GET";
     } else if (strcmp(path, "/v1/status") == 0 || strcmp(path, "/healthz") == 0) {
         if (m == CM_HTTP_GET && path[1] == 'v') {
             /* Open, but the instances (sessions, addresses) only to who has the secret; a

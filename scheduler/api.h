@@ -3,6 +3,8 @@
  *                   (bounded by the template's ready_timeout), bind it with the bind script;
  *                   200 {"status":"new"|"bound","instance","addr","gen"}
  *   GET /v1/status  host, driver (incl. cgroup controllers in use), capacity, instances, pools
+ *   GET /metrics    Prometheus text: capacity, instances by state, Redis up, and the usage
+ *                   counters by tenant and template (scheduler/usage.h); with the secret only
  *   GET /healthz
  * Errors are {"error":{"code","message"}}: 400 bad_request, 404 unknown_template|not_found,
  * 405 method_not_allowed, 409 session_conflict, 413 body_too_large, 502 start_failed,

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/redis.h"
+#include "common/usagetab.h"
 #include "scheduler/agentctl.h"
 #include "scheduler/api.h"
 #include "scheduler/driver.h"
@@ -358,7 +359,8 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
                         t->name, d->ops->name);
     }
     ctx->agentctl = sch_agentctl_create(base);
-    if (!ctx->agentctl) {
+    ctx->usage_labels = cm_usagetab_create();
+    if (!ctx->agentctl || !ctx->usage_labels) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -417,5 +419,6 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
             event_free(evs[i]);
     sch_drivers_destroy(ctx->drivers);
     sch_pool_fini(ctx);
+    cm_usagetab_destroy(ctx->usage_labels); /* after Redis: no USAGE reply is still to come */
     free(ctx);
 }

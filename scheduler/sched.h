@@ -19,6 +19,7 @@
 struct event;
 struct event_base;
 struct cm_redis;
+struct cm_usagetab;
 struct redisReply;
 struct sch_agentctl;
 struct sch_api;
@@ -44,6 +45,7 @@ struct sch_ctx {
     struct cm_redis *sub;   /* the P cmd:<host> subscription */
     struct sch_api *api;
     struct sch_agentctl *agentctl; /* requests to the agents' control sockets */
+    struct cm_usagetab *usage_labels; /* usage.c: by tenant and template, for GET /metrics */
     char api_addr[80];             /* "host:port" as registered (real port when 0 was configured) */
 
     struct sch_inst *insts; /* every instance this scheduler knows, any state */

@@ -8,6 +8,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/time.h"
+#include "common/usagetab.h"
 #include "scheduler/cgroup.h"
 #include "scheduler/driver.h"
 #include "scheduler/instance.h"
@@ -16,25 +17,55 @@
 #define BATCH 64  /* sessions per script call */
 #define METRICS 5 /* wall_ms paused_ms cpu_ms mem_peak mem_kib_ms */
 #define VAL_LEN 24
+/* The counters by tenant and template (common/usagetab.h): wall_ms paused_ms cpu_ms
+ * mem_kib_ms (mem_peak is no counter). */
+#define LABELED CM_USAGETAB_METRICS
 
 struct batch {
     int argc;
     const char *argv[3 + BATCH * (2 + 2 * METRICS)];
     char vals[BATCH][1 + METRICS][VAL_LEN];
+    uint64_t d[BATCH][LABELED]; /* for the reply */
     int n;
+};
+
+/* One USAGE call's deltas, for the counters by tenant and template its reply names. */
+struct call {
+    struct sch_ctx *ctx;
+    size_t n;
+    uint64_t d[]; /* n x LABELED */
 };
 
 static void on_usage(struct redisReply *r, const char *err, void *data)
 {
-    (void)r, (void)data;
+    struct call *c = data;
     if (err)
         cm_log_warn("usage", "usage not recorded err=\"%s\"", err);
+    else if (c && cm_usagetab_add_reply(c->ctx->usage_labels, r, c->n,
+                                        (const uint64_t(*)[LABELED])c->d) < 0)
+        cm_log_warn("usage", "usage script answered an unexpected reply: not counted in /metrics");
+    free(c);
 }
 
 static void send_batch(struct sch_ctx *ctx, struct batch *b)
 {
-    if (b->n && sch_script(ctx, CM_SCRIPT_USAGE, on_usage, NULL, b->argc, b->argv) < 0)
+    if (!b->n)
+        return;
+    /* One allocation per call of up to BATCH sessions, once a heartbeat. Without it Redis
+     * still records the usage; only /metrics misses it. */
+    size_t dsize = (size_t)b->n * sizeof(b->d[0]);
+    struct call *c = malloc(sizeof(*c) + dsize);
+    if (c) {
+        c->ctx = ctx;
+        c->n = (size_t)b->n;
+        memcpy(c->d, b->d, dsize);
+    } else {
+        cm_log_warn("usage", "out of memory: %d sessions' usage not counted in /metrics", b->n);
+    }
+    if (sch_script(ctx, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv) < 0) {
         cm_log_warn("usage", "redis not connected: %d sessions' usage not recorded", b->n);
+        free(c);
+    }
     b->argc = 3;
     b->n = 0;
 }
@@ -72,12 +103,17 @@ void sch_usage_sample(struct sch_ctx *ctx)
         if (!connected || dt == 0)
             continue;
         char(*v)[VAL_LEN] = b.vals[b.n];
+        uint64_t *d = b.d[b.n];
+        d[0] = dt;
+        d[1] = i->pause == SCH_PAUSE_PAUSED ? dt : 0;
+        d[2] = cpu;
+        d[3] = (st.mem >> 10) * dt;
         snprintf(v[0], VAL_LEN, "%d", METRICS);
-        snprintf(v[1], VAL_LEN, "%" PRIu64, dt);
-        snprintf(v[2], VAL_LEN, "%" PRIu64, i->pause == SCH_PAUSE_PAUSED ? dt : 0);
-        snprintf(v[3], VAL_LEN, "%" PRIu64, cpu);
+        snprintf(v[1], VAL_LEN, "%" PRIu64, d[0]);
+        snprintf(v[2], VAL_LEN, "%" PRIu64, d[1]);
+        snprintf(v[3], VAL_LEN, "%" PRIu64, d[2]);
         snprintf(v[4], VAL_LEN, "%" PRIu64, st.mem_peak);
-        snprintf(v[5], VAL_LEN, "%" PRIu64, (st.mem >> 10) * dt);
+        snprintf(v[5], VAL_LEN, "%" PRIu64, d[3]);
         static const char *const names[METRICS] = {"wall_ms", "paused_ms", "cpu_ms", "mem_peak",
                                                    "mem_kib_ms"};
         b.argv[b.argc++] = i->session;
@@ -90,4 +126,25 @@ void sch_usage_sample(struct sch_ctx *ctx)
             send_batch(ctx, &b);
     }
     send_batch(ctx, &b);
+}
+
+static const struct cm_usagetab_metric prom_metrics[LABELED] = {
+    {"berth_usage_wall_seconds_total",
+     "Time sessions were bound to a sandbox of this host, by the session's tenant and template "
+     "(as in GET /v1/usage).",
+     1000},
+    {"berth_usage_paused_seconds_total",
+     "Of the wall time, the time sessions' sandboxes were frozen, by tenant and template.", 1000},
+    {"berth_usage_cpu_seconds_total",
+     "CPU time of every process of sessions' sandboxes, by the session's tenant and template.",
+     1000},
+    {"berth_usage_memory_kib_seconds_total",
+     "Sandbox memory in KiB times seconds, by the session's tenant and template: divided by the "
+     "wall seconds, the average memory in KiB.",
+     1000},
+};
+
+void sch_usage_prom(struct sch_ctx *ctx, struct cm_jbuf *b)
+{
+    cm_usagetab_write(b, &ctx->usage_labels, 1, prom_metrics);
 }

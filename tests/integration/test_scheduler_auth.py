@@ -3,7 +3,8 @@ redis-server, the real berth-scheduler and berth-gateway, real curl.
 
 - POST /v1/start and the full GET /v1/status need "Authorization: Bearer <secret>"; without it
   or with a wrong one: 401 unauthorized (WWW-Authenticate: Bearer), nothing started or bound;
-  GET /v1/status without it answers host-level counts only; /healthz stays open.
+  GET /v1/status without it answers host-level counts only; /healthz stays open. GET /metrics
+  (usage by tenant and template) needs it too.
 - A start for a tenant the config does not define: 400 unknown_tenant.
 - The scheduler does not start without a secret, nor with a secret file others may read.
 - The gateway sends the secret from the same keys (on-demand starts work); with another secret
@@ -126,6 +127,28 @@ def test_healthz_is_open_and_holds_no_session_data(sched):
     assert r.status == 200, r
     assert set(r.json()) == {"status", "redis", "recovered"}, r.json()
     assert session(3) not in r.text
+
+
+def test_metrics_scrape_without_or_with_a_wrong_secret_is_refused(sched):
+    """Usage by tenant and template is the operator's: a scrape needs the secret."""
+    s = sched
+    r = s.sched_api("/metrics", secret=None)
+    assert_unauthorized(r)
+    assert "berth_" not in r.text
+    for what, value in WRONG.items():
+        r = s.sched_api("/metrics", secret=None, headers={"Authorization": value})
+        assert r.status == 401 and "berth_" not in r.text, (what, r)
+    r = s.sched_api("/metrics", method="POST", body=b"")
+    assert r.status == 405 and r.header("allow") == "GET", r
+    r = s.sched_api("/metrics")
+    assert r.status == 200, r
+    assert r.header("content-type") == "text/plain; version=0.0.4; charset=utf-8", r.headers
+    for family in ("berth_scheduler_capacity", "berth_scheduler_instances",
+                   "berth_usage_wall_seconds_total", "berth_usage_cpu_seconds_total",
+                   "berth_usage_paused_seconds_total", "berth_usage_memory_kib_seconds_total"):
+        assert "# TYPE %s " % family in r.text, (family, r.text)
+    assert "berth_scheduler_capacity 16\n" in r.text
+    assert 'berth_scheduler_instances{state="warm"} ' in r.text
 
 
 def test_unknown_tenant_is_refused(sched):

@@ -1,14 +1,17 @@
 """Usage metering (issue 17), checked against what a test session really did: a known number
 of requests and bytes (the gateway's counters), a command burning CPU for a known time and a
 pause of a known length (the scheduler's samples), read back with GET /v1/usage per session
-and per template. What a hostile tenant could do: read another tenant's usage (it cannot: the
+and per template, and as Prometheus counters by tenant and template on the gateway's /metrics
+(requests, bytes, active time: exactly what /v1/usage has, summed over two loops) and the
+scheduler's (wall, paused, CPU, memory: what /v1/usage has, to within what was sampled between
+the two reads; that endpoint wants the scheduler's secret). What a hostile tenant could do: read another tenant's usage (it cannot: the
 records are per tenant), or make its own look smaller (the counts come from the gateway and
 from the host's view of its processes, not from anything inside the sandbox)."""
 import time
 
 import pytest
 
-from conftest import OTHER_KEY, SLOW, curl, echo_template, wait_until
+from conftest import OTHER_KEY, SLOW, curl, echo_template, prom_metrics, wait_until
 
 pytestmark = pytest.mark.berth_timeout(180)
 
@@ -27,10 +30,43 @@ def row(s, sid, query="?group_by=session"):
     return None
 
 
+def series(name, tenant="default", template="echo"):
+    return '%s{tenant="%s",template="%s"}' % (name, tenant, template)
+
+
+GW_USAGE = {"requests": "berth_usage_requests_total", "bytes_in": "berth_usage_bytes_in_total",
+            "bytes_out": "berth_usage_bytes_out_total",
+            "active_ms": "berth_usage_active_seconds_total"}
+SCHED_USAGE = {"wall_ms": "berth_usage_wall_seconds_total",
+               "paused_ms": "berth_usage_paused_seconds_total",
+               "cpu_ms": "berth_usage_cpu_seconds_total",
+               "mem_kib_ms": "berth_usage_memory_kib_seconds_total"}
+
+
+def gateway_usage(s):
+    """The gateway's berth_usage_* counters of (default, echo), in /v1/usage's units."""
+    m = prom_metrics(s.admin_url("/metrics"))
+    return {k: round(m.get(series(v), 0) * (1000 if k == "active_ms" else 1))
+            for k, v in GW_USAGE.items()}
+
+
+def scheduler_usage(s):
+    """The scheduler's berth_usage_* counters of (default, echo), in ms (KiB x ms)."""
+    r = s.sched_api("/metrics")
+    assert r.status == 200 and r.header("content-type").startswith("text/plain"), r
+    m = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            m[k] = float(v)
+    return {k: round(m.get(series(v), 0) * 1000) for k, v in SCHED_USAGE.items()}
+
+
 def test_usage_counts_what_a_session_did(make_stack):
     s = make_stack({"templates": [echo_template(pool={"min": 2, "max": 4})],
-                    "gateway": {"activity_flush": "200ms"}})
+                    "gateway": {"activity_flush": "200ms", "workers": 2}})
     t0 = int(time.time() * 1000)
+    gw0, sch0 = gateway_usage(s), scheduler_usage(s)
     body = b"x" * 10000
     for _ in range(5):
         r = curl(s.url("/"), method="POST", data=body, headers={"x-fc-session-id": "u-1"})
@@ -69,6 +105,37 @@ def test_usage_counts_what_a_session_did(make_stack):
     tpl = usage(s, "?group_by=template")["usage"]
     assert [t["template"] for t in tpl] == ["echo"]
     assert tpl[0]["requests"] >= 6 and tpl[0]["cpu_ms"] >= u["cpu_ms"]
+    # The same as Prometheus counters by tenant and template. The gateway's: exactly the
+    # requests and bytes sent (nothing else reached the data plane), and what /v1/usage has
+    # (both count the deltas of the same USAGE calls; the counters once their reply is in).
+    assert gw0 == {k: 0 for k in GW_USAGE}
+
+    def gateway_caught_up():
+        t = usage(s, "?group_by=template")["usage"][0]
+        g = gateway_usage(s)
+        return (t, g) if g["requests"] == 6 and all(g[k] == t[k] for k in GW_USAGE) else None
+    t, g = wait_until(gateway_caught_up, 10 * SLOW, "the gateway's usage counters")
+    assert g["requests"] == t["requests"] == 6
+    assert g["bytes_in"] == t["bytes_in"] == 5 * len(body)
+    assert g["bytes_out"] == t["bytes_out"] >= u["bytes_out"]
+    assert g["active_ms"] == t["active_ms"] < t["wall_ms"]
+    # The scheduler's: it samples every heartbeat while u-2 is bound, so a read of it is
+    # bracketed by /v1/usage before and after (a reply is counted after Redis ran the call).
+    assert all(v == 0 for v in sch0.values()), sch0
+    before = scheduler_usage(s)
+    t = usage(s, "?group_by=template")["usage"][0]
+    assert before["wall_ms"] <= t["wall_ms"] and before["cpu_ms"] <= t["cpu_ms"]
+    assert before["paused_ms"] <= t["paused_ms"]
+    after = wait_until(lambda: (lambda a: a if a["wall_ms"] >= t["wall_ms"] else None)(
+        scheduler_usage(s)), 10 * SLOW, "the scheduler's usage counters")
+    assert after["cpu_ms"] >= t["cpu_ms"] >= u["cpu_ms"] >= 1000
+    assert after["cpu_ms"] <= t["cpu_ms"] + 1000  # echo idles: little CPU meanwhile
+    assert after["paused_ms"] >= t["paused_ms"] >= u["paused_ms"] >= 1000
+    assert after["paused_ms"] <= t["paused_ms"] + 1000  # nothing is paused meanwhile
+    assert 0 < after["mem_kib_ms"]
+    # KiB x s / s: the mean memory, of the order of what /v1/usage says it was.
+    avg = after["mem_kib_ms"] * 1024 / after["wall_ms"]
+    assert 0 < avg <= 2 * t["mem_peak_bytes"], (avg, t)
     # A record survives its session.
     assert s.api("DELETE", "/v1/sessions/u-1").status == 204
     assert row(s, "u-1")["requests"] == 5
