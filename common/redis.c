@@ -20,7 +20,7 @@ const char cm_redis_err_not_connected[] = "redis not connected";
 #define BACKOFF_MIN (100 * CM_USEC_PER_MSEC)
 #define BACKOFF_MAX (5 * CM_USEC_PER_SEC)
 #define WATCHDOG_PERIOD (50 * CM_USEC_PER_MSEC)
-#define MAX_ARGS 256
+#define MAX_ARGS CM_REDIS_MAX_ARGS
 
 struct pending {
     struct pending *next;

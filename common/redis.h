@@ -57,6 +57,8 @@ int cm_redis_argv(struct cm_redis *r, cm_redis_reply_cb cb, void *data, int argc
                   const char **argv, const size_t *lens);
 /* printf-style command (hiredis format: %s, %b with pointer+length, %d...). Same returns. */
 int cm_redis_cmd(struct cm_redis *r, cm_redis_reply_cb cb, void *data, const char *fmt, ...);
+/* The most arguments of one command (cm_redis_argv) or ARGV of one script: more is -E2BIG. */
+#define CM_REDIS_MAX_ARGS 256
 /* Runs a store script with ARGV <argv> (no KEYS). EVALSHA first; on NOSCRIPT the script is
  * sent once with EVAL. Same returns. */
 int cm_redis_script(struct cm_redis *r, enum cm_script s, cm_redis_reply_cb cb, void *data,

@@ -14,8 +14,10 @@
 #include "gateway/config.h"
 #include "gateway/worker.h"
 
-#define BATCH 32
 #define METRICS CM_USAGETAB_METRICS /* requests bytes_in bytes_out active_ms */
+/* Sessions per script call: as many as fit one call's ARGV (3 + 10 each). */
+#define BATCH ((CM_REDIS_MAX_ARGS - 3) / (2 + 2 * METRICS))
+_Static_assert(3 + BATCH * (2 + 2 * METRICS) <= CM_REDIS_MAX_ARGS, "one USAGE call's ARGV");
 #define VAL_LEN 24
 
 static struct gw_usage_slot *find(struct gw_usage *u, struct cm_hash h, int add)
@@ -105,8 +107,9 @@ static void send_batch(struct gw_worker *w, struct batch *b)
     } else {
         cm_log_warn("usage", "out of memory: %d sessions' usage not counted in /metrics", b->n);
     }
-    if (cm_redis_script(w->redis, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv, b->lens) < 0) {
-        cm_log_warn("usage", "redis not connected: %d sessions' usage not recorded", b->n);
+    int rc = cm_redis_script(w->redis, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv, b->lens);
+    if (rc < 0) {
+        cm_log_warn("usage", "%d sessions' usage not recorded err=\"%s\"", b->n, strerror(-rc));
         free(c);
     }
     b->argc = 3;

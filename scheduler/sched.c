@@ -23,7 +23,7 @@
 #include "scheduler/recover.h"
 #include "scheduler/usage.h"
 
-#define MAX_ARGV 32
+#define MAX_ARGV CM_REDIS_MAX_ARGS
 #define REAP_BATCH "100"
 #define EVENTS_MAXLEN "100000"
 

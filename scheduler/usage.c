@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/redis.h"
 #include "common/time.h"
 #include "common/usagetab.h"
 #include "scheduler/cgroup.h"
@@ -14,8 +15,10 @@
 #include "scheduler/instance.h"
 #include "scheduler/sched.h"
 
-#define BATCH 64  /* sessions per script call */
 #define METRICS 5 /* wall_ms paused_ms cpu_ms mem_peak mem_kib_ms */
+/* Sessions per script call: as many as fit one call's ARGV (3 + 12 each). */
+#define BATCH ((CM_REDIS_MAX_ARGS - 3) / (2 + 2 * METRICS))
+_Static_assert(3 + BATCH * (2 + 2 * METRICS) <= CM_REDIS_MAX_ARGS, "one USAGE call's ARGV");
 #define VAL_LEN 24
 /* The counters by tenant and template (common/usagetab.h): wall_ms paused_ms cpu_ms
  * mem_kib_ms (mem_peak is no counter). */
@@ -62,8 +65,9 @@ static void send_batch(struct sch_ctx *ctx, struct batch *b)
     } else {
         cm_log_warn("usage", "out of memory: %d sessions' usage not counted in /metrics", b->n);
     }
-    if (sch_script(ctx, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv) < 0) {
-        cm_log_warn("usage", "redis not connected: %d sessions' usage not recorded", b->n);
+    int rc = sch_script(ctx, CM_SCRIPT_USAGE, on_usage, c, b->argc, b->argv);
+    if (rc < 0) {
+        cm_log_warn("usage", "%d sessions' usage not recorded err=\"%s\"", b->n, strerror(-rc));
         free(c);
     }
     b->argc = 3;

@@ -148,3 +148,22 @@ def test_usage_counts_what_a_session_did(make_stack):
               "?from=0&to=%d" % (40 * 86400000)):
         r = s.api("GET", "/v1/usage" + q)
         assert r.status == 400 and r.json()["error"]["code"] == "invalid_argument", (q, r)
+
+
+def test_usage_of_more_sessions_than_one_script_call_takes(make_stack):
+    """30 sessions active in one flush of the gateway, and bound on one scheduler: more than
+    one USAGE call takes (its ARGV is bounded), so each side splits them into calls that fit.
+    A call over the bound was refused whole, and every session in it lost its usage."""
+    s = make_stack({"templates": [echo_template(pool={"min": 4, "max": 34})],
+                    "gateway": {"activity_flush": "2s"}, "scheduler": {"capacity": 40}})
+    keys = ["many-%02d" % i for i in range(30)]
+    for k in keys:
+        assert s.get("/", session=k, timeout=30 * SLOW).status == 200
+
+    def all_recorded():
+        rows = {u.get("id"): u for u in usage(s, "?group_by=session")["usage"]}
+        return rows if all(k in rows and rows[k]["requests"] == 1 and rows[k]["wall_ms"] > 0
+                           for k in keys) else None
+    rows = wait_until(all_recorded, 20 * SLOW, "every session's usage from both sides")
+    assert all(rows[k]["mem_peak_bytes"] > 0 for k in keys)
+    assert "not recorded" not in s.gateway.log() and "not recorded" not in s.scheduler.log()
