@@ -431,6 +431,7 @@ def vmx(image_dir):
     d = _short_tmp()
     over = mvm_overrides(image_dir, [mvm_template(pool={"min": 1, "max": 6})])
     over["scheduler"]["ro_binds"] = [str(Path(binary("berth-echo")).parent)] + VM_TOOLS
+    over["gateway"] = {"routes": [{"name": "preview", "preview_domain": "preview.localhost"}]}
     s = Stack(d, over, wait_pools=False)
     try:
         s.wait_pool("echo", 1, timeout=180 * SLOW)
@@ -564,3 +565,19 @@ def test_vm_usage_has_cpu_and_memory(vmx):
     u = row()
     assert u["mem_peak_bytes"] > 16 << 20, u  # the guest RAM is charged to QEMU's cgroup
     assert u["wall_ms"] > 0
+
+
+@pytest.mark.berth_timeout(600)
+def test_preview_link_reaches_a_port_in_the_vm(vmx):
+    """A preview link goes to the VM's ports forward (its app forward's port + 1) with the
+    agent's port selection line, as to a process sandbox's ports.sock."""
+    s = vmx
+    iid = echo(s, "vm-pv")["hostname"]
+    r = s.get("/pg", headers={"Host": "8000-vm-pv.preview.localhost"}, timeout=60 * SLOW)
+    assert r.status == 200, r
+    assert r.json()["hostname"] == iid and r.json()["path"] == "/pg"
+    assert r.header("x-berth-instance") == iid
+    # Nothing listens on 8001 in the guest: 502, the session untouched.
+    r = s.get("/", headers={"Host": "8001-vm-pv.preview.localhost"}, timeout=60 * SLOW)
+    assert r.status == 502, r
+    assert echo(s, "vm-pv")["hostname"] == iid
