@@ -41,6 +41,7 @@ struct ctrl {
     char warning[256];
     int swap;               /* memory: the swap limit file exists and takes a value */
     char swap_warning[256]; /* memory: why swap is not limited (usable controller only) */
+    char *made;             /* the parent directory when this object created it, else NULL */
 };
 
 struct sch_cgroups {
@@ -556,11 +557,14 @@ static void setup_ctrl(struct ctrl *ct, enum sch_cg_ctrl c, const char *cgroup_p
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/')
         dir[--n] = '\0';
+    int existed = access(dir, F_OK) == 0;
     int rc = sch_mkdir_p(dir, 0755);
     if (rc < 0) {
         fmt(ct->warning, sizeof(ct->warning), "cannot create %s: %s", dir, strerror(-rc));
         return;
     }
+    if (!existed)
+        ct->made = strdup(dir); /* NULL when out of memory: then it stays */
     if (m.version == 2 && c != SCH_CG_FREEZER)
         enable_v2(m.point, dir, name);
     /* Probe with a throw-away child: the limit file must exist and take a value. */
@@ -615,6 +619,13 @@ struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs
                                  "/proc/self/cgroup");
 }
 
+void sch_cgroups_undo_parents(const struct sch_cgroups *cg)
+{
+    for (int i = 0; cg && i < SCH_CG_COUNT; i++)
+        if (cg->c[i].made)
+            rmdir(cg->c[i].made); /* fails, harmlessly, when not empty */
+}
+
 void sch_cgroups_destroy(struct sch_cgroups *cg)
 {
     if (!cg)
@@ -622,6 +633,7 @@ void sch_cgroups_destroy(struct sch_cgroups *cg)
     for (int i = 0; i < SCH_CG_COUNT; i++) {
         free(cg->c[i].parent);
         free(cg->c[i].mount);
+        free(cg->c[i].made);
     }
     free(cg);
 }

@@ -54,6 +54,9 @@ struct sch_cgroups *sch_cgroups_create(const char *cgroup_parent, const char *fs
 struct sch_cgroups *sch_cgroups_create_at(const char *cgroup_parent, const char *fs_root,
                                           const char *mountinfo, const char *self_cgroup);
 void sch_cgroups_destroy(struct sch_cgroups *cg);
+/* Removes the parent directories sch_cgroups_create() made (not those that were there), when
+ * empty: for a caller that only probed (--check) or could not start. */
+void sch_cgroups_undo_parents(const struct sch_cgroups *cg);
 /* 1 or 2 for a usable controller, 0 for an unusable one. */
 int sch_cgroups_version(const struct sch_cgroups *cg, enum sch_cg_ctrl c);
 /* The reason a controller is unusable, or NULL. */

@@ -45,6 +45,7 @@ static int check_host(const struct sch_config *sc)
                w ? "no (" : (sch_cgroups_version(cg, (enum sch_cg_ctrl)i) == 2 ? "v2" : "v1"),
                w ? w : "", w ? ")" : "");
     }
+    sch_cgroups_undo_parents(cg); /* a check leaves nothing on the host */
     sch_cgroups_destroy(cg);
     int secure = hs.userns && hs.seccomp;
     if (secure)

@@ -851,6 +851,35 @@ def _bearer_call(url, method, body, token, headers, **kw):
     return curl(url, method=method, headers=h, data=data, **kw)
 
 
+
+def logged_cgroup_parents(text, name):
+    """The cgroup parent directories a scheduler's log <text> names ("controller ready ...
+    dir=...") for cgroup_parent <name>. The process driver's end in <name>; the microvm
+    driver's are <name>/microvm."""
+    parents = set()
+    for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text):
+        if name and ("/" + name + "/") in d + "/":
+            parents.add(d[:(d + "/").index("/" + name + "/") + len(name) + 1])
+    return parents
+
+
+def remove_cgroup_dirs(parents):
+    """Removes each (empty by now) cgroup directory of <parents>, bottom up; bounded."""
+    for parent in parents:
+        for _ in range(50):
+            if not os.path.isdir(parent):
+                break
+            for root, dirs, _files in os.walk(parent, topdown=False):
+                for d in dirs:
+                    try:
+                        os.rmdir(os.path.join(root, d))
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(parent)
+            except OSError:
+                time.sleep(0.05)
+
 class Stack:
     """redis-server + berth-scheduler + berth-gateway from one config."""
 
@@ -1003,13 +1032,7 @@ class Stack:
             text = log.read_text(errors="replace")
         except OSError:
             return set()
-        name = self.cfg["scheduler"].get("cgroup_parent", "")
-        # The process driver's parents end in <name>; the microvm driver's are <name>/microvm.
-        parents = set()
-        for d in re.findall(r"\bdir=(/sys/fs/cgroup/\S+)", text):
-            if name and ("/" + name + "/") in d + "/":
-                parents.add(d[:(d + "/").index("/" + name + "/") + len(name) + 1])
-        return parents
+        return logged_cgroup_parents(text, self.cfg["scheduler"].get("cgroup_parent", ""))
 
     def thaw_cgroups(self):
         """Thaws every frozen cgroup of this stack (tests that pause sandboxes may leave one)."""
@@ -1027,20 +1050,7 @@ class Stack:
         """Removes this stack's (now empty) cgroup directories: the scheduler logs each
         controller's parent directory ("controller ready ... dir=..."); the instances' cgroups
         are below it."""
-        for parent in self.cgroup_parents():
-            for _ in range(50):
-                if not os.path.isdir(parent):
-                    break
-                for root, dirs, _files in os.walk(parent, topdown=False):
-                    for d in dirs:
-                        try:
-                            os.rmdir(os.path.join(root, d))
-                        except OSError:
-                            pass
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    time.sleep(0.05)
+        remove_cgroup_dirs(self.cgroup_parents())
 
     def stop(self, check=True):
         self.stop_gateway()

@@ -21,8 +21,9 @@ import time
 
 import pytest
 
-from conftest import (SCHED_SECRET, SLOW, binary, echo_template, free_port, make_config,
-                      port_open, wait_until, write_config)
+from conftest import (SCHED_SECRET, SLOW, binary, echo_template, free_port,
+                      logged_cgroup_parents, make_config, port_open, remove_cgroup_dirs,
+                      wait_until, write_config)
 
 
 def session(n):
@@ -173,6 +174,9 @@ def run_scheduler_expecting_failure(base, cfg):
     path = write_config(base / "refused.yaml", cfg)
     p = subprocess.run([binary("berth-scheduler"), "-c", path], capture_output=True, text=True,
                        timeout=30 * SLOW, cwd=str(base))
+    # A scheduler refused after its cgroups were set up leaves their (empty) parents.
+    remove_cgroup_dirs(logged_cgroup_parents(p.stderr + p.stdout,
+                                             cfg["scheduler"].get("cgroup_parent", "")))
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     port = int(cfg["scheduler"]["api_listen"].rsplit(":", 1)[1])
     assert not port_open(port)

@@ -964,3 +964,22 @@ TEST(real_hierarchy_limits)
         CHECK_CONTAINS(err[5], "whole disk");
     }
 }
+
+TEST(undo_parents_removes_only_what_it_made)
+{
+    fake_v2(v2_files);
+    struct stat st;
+    /* "berth" was there: kept. */
+    struct sch_cgroups *cg = fake_create();
+    CHECK_NOT_NULL(cg);
+    sch_cgroups_undo_parents(cg);
+    sch_cgroups_destroy(cg);
+    CHECK_INT_EQ(stat(at("cg/job/berth"), &st), 0);
+    /* "fresh" was not: made to probe, removed again (a --check leaves nothing). */
+    cg = sch_cgroups_create_at("fresh", at("cg"), at("mountinfo"), at("self_cgroup"));
+    CHECK_NOT_NULL(cg);
+    CHECK_INT_EQ(stat(at("cg/job/fresh"), &st), 0);
+    sch_cgroups_undo_parents(cg);
+    sch_cgroups_destroy(cg);
+    CHECK_INT_EQ(stat(at("cg/job/fresh"), &st), -1);
+}
