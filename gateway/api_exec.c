@@ -469,24 +469,25 @@ struct chan {
 
 /* The channel of the instance at <addr> (<instance>: its id from the session record):
  *   "unix:<dir>/<id>/sock/app.sock" (process driver): the ports socket next to it;
- *   "tcp:<host>:<port>" (microvm driver): the VM's ports forward at <port> + 1, opened with
+ *   "vm:<host>:<port>" (microvm driver): the VM's ports forward at <port> + 1, opened with
  *   the instance's key (HMAC of scheduler.api_secret, common/secret.h).
- * -1 when <addr> has no channel (a static upstream) or no key can be made. */
+ * -1 when <addr> has no channel (a static upstream's "tcp:", a VM started by a scheduler
+ * before VMs had the forward) or no key can be made. */
 static int chan_of(const struct gw_config *gc, const char *addr, const char *instance,
                    struct chan *ret)
 {
     size_t al = strlen(addr);
     memset(ret, 0, sizeof(*ret));
-    if (al > 4 && strncmp(addr, "tcp:", 4) == 0) {
+    if (al > 3 && strncmp(addr, "vm:", 3) == 0) {
         int slen = (int)sizeof(ret->sa);
         if (!instance || !*instance || strlen(instance) >= sizeof(ret->instance) ||
-            evutil_parse_sockaddr_port(addr + 4, (struct sockaddr *)&ret->sa, &slen) < 0 ||
+            evutil_parse_sockaddr_port(addr + 3, (struct sockaddr *)&ret->sa, &slen) < 0 ||
             cm_secret_exec_key(gc->scheduler_secret, instance, ret->key) < 0)
             return -1;
         in_port_t *port = ret->sa.ss_family == AF_INET6
                               ? &((struct sockaddr_in6 *)&ret->sa)->sin6_port
                               : &((struct sockaddr_in *)&ret->sa)->sin_port;
-        if (ntohs(*port) == 65535)
+        if (ntohs(*port) == 0 || ntohs(*port) == 65535)
             return -1;
         *port = htons((uint16_t)(ntohs(*port) + 1));
         ret->len = (socklen_t)slen;

@@ -131,6 +131,8 @@ static size_t upstream_authority(const struct gw_conn *c, char *buf, size_t cap)
     if (!c->preview_port && memcmp(a, "unix:", 5) != 0) {
         if (memcmp(a, "tcp:", 4) == 0)
             a += 4;
+        else if (memcmp(a, "vm:", 3) == 0)
+            a += 3;
         size_t n = strnlen(a, cap - 1);
         memcpy(buf, a, n);
         return n;

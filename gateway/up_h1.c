@@ -45,18 +45,19 @@ void gw_up_forward(struct gw_conn *c, struct gw_h1_head *parsed)
         /* The agent's ports socket sits next to its app socket (a VM's ports forward is its
          * app forward's port + 1); the pool key carries the port, and a new connection
          * starts with the agent's port selection line. */
-        char addr[GW_ADDR_MAX + 8];
+        char addr[GW_UPOOL_ADDR_MAX];
         size_t al = strlen(c->addr);
         const char *colon = strrchr(c->addr, ':');
+        char *end = NULL;
         unsigned long fwd = 0;
         if (al > 9 && strncmp(c->addr, "unix:", 5) == 0 &&
             strcmp(c->addr + al - 9, "/app.sock") == 0)
             snprintf(addr, sizeof(addr), "%.*s/ports.sock@%u", (int)(al - 9), c->addr,
                      c->preview_port);
-        else if (strncmp(c->addr, "tcp:", 4) == 0 && colon && colon > c->addr + 4 &&
-                 (fwd = strtoul(colon + 1, NULL, 10)) > 0 && fwd < 65535)
-            snprintf(addr, sizeof(addr), "%.*s:%lu@%u", (int)(colon - c->addr), c->addr,
-                     fwd + 1, c->preview_port);
+        else if (strncmp(c->addr, "vm:", 3) == 0 && colon && colon > c->addr + 3 &&
+                 (fwd = strtoul(colon + 1, &end, 10)) > 0 && fwd < 65535 && !*end)
+            snprintf(addr, sizeof(addr), "%.*s:%lu@%u#%s", (int)(colon - c->addr), c->addr,
+                     fwd + 1, c->preview_port, c->instance);
         else
             snprintf(addr, sizeof(addr), "%s@%u", c->addr, c->preview_port);
         c->up = gw_upstream_get(w->ups, addr, &reused, &err);

@@ -13,6 +13,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "common/secret.h"
 #include "common/time.h"
 #include "gateway/claim.h"
 #include "gateway/config.h"
@@ -25,8 +26,10 @@ struct gw_upool {
     struct gw_upool *next; /* bucket chain */
     struct gw_upstreams *u;
     uint64_t key;
-    char addr[GW_ADDR_MAX + 8];
+    char addr[GW_UPOOL_ADDR_MAX];
     uint16_t port; /* "addr@port": ask the agent for this port inside the sandbox */
+    /* "addr@port#instance" (a VM's): the port line carries that instance's key */
+    char instance[GW_INSTANCE_ID_MAX];
     struct sockaddr_storage sa;
     socklen_t salen;
     int is_tcp;
@@ -68,6 +71,8 @@ static int parse_addr(const char *addr, struct sockaddr_storage *sa, socklen_t *
     }
     if (strncmp(addr, "tcp:", 4) == 0)
         addr += 4;
+    else if (strncmp(addr, "vm:", 3) == 0)
+        addr += 3;
     int slen = (int)sizeof(*sa);
     if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)sa, &slen) < 0)
         return -EINVAL;
@@ -182,8 +187,18 @@ static struct gw_upool *pool_get(struct gw_upstreams *u, const char *addr, int *
         *ret_err = -ENOMEM;
         return NULL;
     }
-    char base[GW_ADDR_MAX + 8];
+    char base[GW_UPOOL_ADDR_MAX];
     memcpy(base, addr, n + 1);
+    char *hash = strncmp(base, "vm:", 3) == 0 ? strrchr(base, '#') : NULL;
+    if (hash) {
+        if (strlen(hash + 1) == 0 || strlen(hash + 1) >= sizeof(p->instance)) {
+            free(p);
+            *ret_err = -EINVAL;
+            return NULL;
+        }
+        memcpy(p->instance, hash + 1, strlen(hash + 1) + 1);
+        *hash = '\0';
+    }
     char *at = strrchr(base, '@');
     if (at) {
         char *end;
@@ -240,8 +255,14 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
         *ret_err = rc;
         return NULL;
     }
-    if (p->port) /* the agent's port selection line, before any request byte */
+    if (p->port && p->instance[0]) { /* a VM's agent wants the instance's key on the line */
+        char key[CM_EXEC_KEY_LEN + 1];
+        if (cm_secret_exec_key(u->gc->scheduler_secret, p->instance, key) == 0)
+            evbuffer_add_printf(uc->s.out, "BERTH-PORT %u %s\r\n", p->port, key);
+        /* else no line at all: the agent closes the connection, a 502 */
+    } else if (p->port) { /* the agent's port selection line, before any request byte */
         evbuffer_add_printf(uc->s.out, "BERTH-PORT %u\r\n", p->port);
+    }
     if (p->is_tcp) {
         int one = 1;
         setsockopt(uc->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -1,10 +1,18 @@
-/* Connections to instances: a keep-alive pool per instance address ("unix:/path" or
- * "tcp:host:port"), per loop. An idle pooled connection that the instance closes, or that stays
- * idle past limits.upstream_idle_timeout, is dropped. One per loop; not thread-safe. */
+/* Connections to instances: a keep-alive pool per instance address ("unix:/path",
+ * "tcp:host:port", or "vm:host:port", a microVM's forward), per loop. "<addr>@<n>" is the
+ * agent's ports socket or forward, asked for port <n> inside the sandbox ("BERTH-PORT <n>"
+ * first); "vm:...@<n>#<instance>" adds that instance's key to the line (common/secret.h). An
+ * idle pooled connection that the instance closes, or that stays idle past
+ * limits.upstream_idle_timeout, is dropped. One per loop; not thread-safe. */
 #ifndef GW_UPSTREAM_H
 #define GW_UPSTREAM_H
 
 #include <stddef.h>
+
+#include "gateway/claim.h"
+
+/* The longest pool address: an instance's, "@65535", "#" and an instance id. */
+#define GW_UPOOL_ADDR_MAX (GW_ADDR_MAX + 8 + GW_INSTANCE_ID_MAX)
 
 struct event_base;
 struct gw_stream;

@@ -8,8 +8,8 @@
  *   exit_fd   readable (POLLIN) once the instance has gone (a pidfd for the process driver).
  *
  * Every instance runs berth-agent as its init: the agent's app socket is the instance address
- * (`addr`, "unix:/abs/path" or "tcp:127.0.0.1:port") and its control socket is `ctl` (a unix
- * socket path; scheduler/agentctl.h speaks to it). Instances outlive the scheduler process:
+ * (`addr`, "unix:/abs/path", or "vm:127.0.0.1:port" for a VM's forward) and its control
+ * socket is `ctl` (a unix socket path; scheduler/agentctl.h speaks to it). Instances outlive the scheduler process:
  * nothing here ties their life to ours.
  *
  * All functions run on the scheduler loop and may block only briefly (local syscalls). */
@@ -95,7 +95,9 @@ struct sch_driver_ops {
     /* Optional (NULL: the driver's instances are never paused). Freezes every process of the
      * instance (<paused> 1: it uses no CPU, keeps its memory and files) or thaws it (0; fine on
      * an instance not frozen). May block briefly (the process driver waits up to 50 ms for the
-     * kernel to report the freeze). Returns 0 or a negative errno with a message in <err>. */
+     * kernel to report the freeze; the microvm driver up to 50 ms for QEMU to close the host's
+     * sockets, then up to 200 ms for the freeze). Returns 0 or a negative errno with a message
+     * in <err> (-EAGAIN: busy now, try again later). */
     int (*pause)(struct sch_driver *d, struct sch_dinst *di, int paused, char *err, size_t errlen);
     /* Optional (NULL: no usage metering of CPU and memory): what the instance uses now. */
     int (*stats)(struct sch_driver *d, struct sch_dinst *di, struct sch_cg_stats *ret);

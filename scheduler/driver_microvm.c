@@ -93,6 +93,9 @@
 /* How long freezing a VM's QEMU (its vCPU threads mid-translation under TCG included) may take
  * before the pause is given up (it blocks the scheduler's loop meanwhile). */
 #define PAUSE_WAIT_MS 200
+/* How long a pause waits for QEMU to pass the guest's closes on to the host's sockets (it
+ * blocks the loop; one a client holds open makes the pause `busy`, retried later). */
+#define CONN_WAIT_MS 50
 #define FD_SCAN_MAX 4096 /* descriptors of a QEMU looked at for its forwards' listeners */
 
 /* ------------------------------------------------------------------ the host's probe */
@@ -148,6 +151,7 @@ struct minst {
     struct event *pid_ev;
     int ready_w; /* write end of di.ready_fd's pipe, -1 once used */
     int frozen;  /* its QEMU is frozen (m_pause()) */
+    int fwd2;    /* it has the ports forward (port + 1): every VM but one adopted from before */
     int con_fd;  /* our end of the console, -1 */
     struct event *con_ev;
     int con_log; /* console.log, -1 */
@@ -280,9 +284,10 @@ static void write_state(struct minst *mi)
 {
     char text[4600], path[DIR_MAX + 16];
     snprintf(text, sizeof(text),
-             "pid=%d\nstart=%" PRIu64 "\nslot=%d\nport=%u\ntemplate=%s\naccel=%s\n"
+             "pid=%d\nstart=%" PRIu64 "\nslot=%d\nport=%u\n%stemplate=%s\naccel=%s\n"
              "data_size=%" PRIu64 "\n%s%s%s",
-             (int)mi->pid, mi->starttime, mi->slot, (unsigned)mi->port, mi->tpl_name, mi->di.accel,
+             (int)mi->pid, mi->starttime, mi->slot, (unsigned)mi->port,
+             mi->fwd2 ? "ports_forward=1\n" : "", mi->tpl_name, mi->di.accel,
              mi->data_size, mi->data_attached ? "data=" : "", mi->data_attached ? mi->data_dir : "",
              mi->data_attached ? "\n" : "");
     snprintf(path, sizeof(path), "%s/state", mi->dir);
@@ -296,6 +301,7 @@ struct mstate_file {
     uint64_t start, data_size;
     int slot;
     unsigned port;
+    int fwd2; /* ports_forward=1: it has the forward at port + 1 */
     char tpl[128], accel[8], data[4096];
 };
 
@@ -317,6 +323,8 @@ static int read_state(const char *dir, struct mstate_file *s)
             s->slot = (int)strtol(line + 5, NULL, 10);
         else if (strncmp(line, "port=", 5) == 0)
             s->port = (unsigned)strtoul(line + 5, NULL, 10);
+        else if (strcmp(line, "ports_forward=1") == 0)
+            s->fwd2 = 1;
         else if (strncmp(line, "data_size=", 10) == 0)
             s->data_size = strtoull(line + 10, NULL, 10);
         else if (strncmp(line, "template=", 9) == 0)
@@ -804,7 +812,9 @@ static int inst_prepare(struct minst *mi, char *err, size_t errlen)
         return port < 0 ? port : -EADDRNOTAVAIL;
     }
     mi->port = (uint16_t)port;
-    snprintf(mi->di.addr, sizeof(mi->di.addr), "tcp:127.0.0.1:%u", (unsigned)mi->port);
+    /* "vm:": the gateway finds the ports forward at port + 1 (a "tcp:" address has none) */
+    snprintf(mi->di.addr, sizeof(mi->di.addr), "vm:127.0.0.1:%u", (unsigned)mi->port);
+    mi->fwd2 = 1;
     struct sch_cg_limits lim = {
         .memory = (mi->t ? mi->t->mem : 128u << 20) + d->cfg->microvm.memory_overhead,
         .cpu_millis = mi->t ? mi->t->tpl->cpu_millis : 0,
@@ -1673,7 +1683,11 @@ static int m_adopt(struct sch_driver *base, const char *id, struct sch_dinst **r
     mi->pidfd = pfd;
     mi->uid = d->cfg->uid_base + (uint32_t)(s.slot > 0 ? s.slot : 0) * SCH_UID_RANGE_SIZE;
     mi->port = (uint16_t)s.port;
-    snprintf(mi->di.addr, sizeof(mi->di.addr), "tcp:127.0.0.1:%u", s.port);
+    /* A VM started before VMs had the ports forward: a "tcp:" address, so that no gateway
+     * looks for one at port + 1 (where another process may listen); it gets no exec, files,
+     * previews or pause, and ends with its session. */
+    mi->fwd2 = s.fwd2;
+    snprintf(mi->di.addr, sizeof(mi->di.addr), "%s:127.0.0.1:%u", s.fwd2 ? "vm" : "tcp", s.port);
     mi->data_size = s.data_size;
     mi->data = s.data_size > 0;
     if (s.data[0]) {
@@ -1816,15 +1830,16 @@ static int m_bind_line(struct sch_driver *base, struct sch_dinst *di, const char
         snprintf(hex + 2 * i, 3, "%02x", seed[i]);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    /* The exec channel's key: the gateway computes the same from the shared secret. */
-    char key[CM_EXEC_KEY_LEN + 1];
-    if (cm_secret_exec_key(mi->d->cfg->api_secret, mi->di.id, key) < 0) {
+    /* The exec channel's key: the gateway computes the same from the shared secret (not for
+     * a VM adopted from before the ports forward: its agent knows no exec_key=). */
+    char key[CM_EXEC_KEY_LEN + 1] = "";
+    if (mi->fwd2 && cm_secret_exec_key(mi->d->cfg->api_secret, mi->di.id, key) < 0) {
         snprintf(err, errlen, "cannot compute the exec key");
         return -EIO;
     }
-    int n = snprintf(line, len, "BIND %s clock=%lld.%09ld seed=%s id=%s%s exec_key=%s", session,
+    int n = snprintf(line, len, "BIND %s clock=%lld.%09ld seed=%s id=%s%s%s%s", session,
                      (long long)now.tv_sec, now.tv_nsec, hex, mi->di.id,
-                     mi->data_attached ? " data=1" : "", key);
+                     mi->data_attached ? " data=1" : "", key[0] ? " exec_key=" : "", key);
     if (n < 0 || (size_t)n >= len) {
         snprintf(err, errlen, "BIND line too long");
         return -E2BIG;
@@ -1881,8 +1896,10 @@ static int take_forward(struct minst *mi, uint16_t port)
 }
 
 /* Connections to the VM's forwards that QEMU holds or is about to accept: host sockets on
- * 127.0.0.1:<port> or <port>+1 in state ESTABLISHED or SYN_RECV (/proc/net/tcp, whose
- * addresses are in the kernel's byte order). -1 when the table cannot be read. */
+ * 127.0.0.1:<port> or <port>+1 in state ESTABLISHED, SYN_RECV or CLOSE_WAIT (a client that
+ * sent its request and half-closed). /proc/net/tcp prints an address as the raw big-endian
+ * word read as a host integer, hence htonl() for the comparison; ports are plain numbers.
+ * -1 when the table cannot be read. */
 static int forward_conns(uint16_t port)
 {
     FILE *f = fopen("/proc/net/tcp", "re");
@@ -1898,7 +1915,8 @@ static int forward_conns(uint16_t port)
         unsigned addr, lport, st;
         if (sscanf(line, " %*u: %8x:%4x %*8x:%*4x %2x", &addr, &lport, &st) != 3)
             continue;
-        if ((lport == port || lport == (unsigned)port + 1) && (st == 0x01 || st == 0x03))
+        if (addr == htonl(INADDR_LOOPBACK) && (lport == port || lport == (unsigned)port + 1) &&
+            (st == 0x01 || st == 0x03 || st == 0x08))
             n++;
     }
     fclose(f);
@@ -1919,6 +1937,10 @@ static int m_pause(struct sch_driver *base, struct sch_dinst *di, int paused, ch
             snprintf(err, errlen, "the VM is not running");
             return -EINVAL;
         }
+        if (!mi->fwd2) {
+            snprintf(err, errlen, "a VM started by an older scheduler (no ports forward)");
+            return -ENOTSUP;
+        }
         for (int i = 0; i < 2; i++)
             if (di->wake_fds[i] < 0 &&
                 (di->wake_fds[i] = take_forward(mi, (uint16_t)(mi->port + i))) < 0) {
@@ -1935,13 +1957,16 @@ static int m_pause(struct sch_driver *base, struct sch_dinst *di, int paused, ch
         return rc;
     }
     int open = forward_conns(mi->port);
-    for (int waited = 0; open > 0 && waited < PAUSE_WAIT_MS; waited += 5) {
+    for (int waited = 0; open > 0 && waited < CONN_WAIT_MS; waited += 5) {
         poll(NULL, 0, 5);
         open = forward_conns(mi->port);
     }
-    if (open != 0) {
-        snprintf(err, errlen, open < 0 ? "cannot read /proc/net/tcp"
-                                       : "connections to the VM are open");
+    if (open < 0) {
+        snprintf(err, errlen, "cannot read /proc/net/tcp");
+        return -EIO;
+    }
+    if (open > 0) {
+        snprintf(err, errlen, "connections to the VM are open");
         return -EAGAIN;
     }
     int rc = sch_cgroups_freeze(d->cg, mi->cgdirs, 1, PAUSE_WAIT_MS, err, errlen);

@@ -11,6 +11,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/redis.h"
 #include "common/time.h"
 #include "scheduler/agentctl.h"
 #include "scheduler/driver.h"
@@ -21,7 +22,9 @@
 /* An idle pause is refused by the agent when a byte was relayed within this time: a request
  * that began after the gateway's last touch reached Redis. */
 #define IDLE_QUIET_MS 1000
-#define IDLE_BATCH 128 /* sessions per `idle` script call */
+/* Sessions per `idle` script call: as many as fit one call's ARGV (2 + 3 each). */
+#define IDLE_BATCH ((CM_REDIS_MAX_ARGS - 2) / 3)
+_Static_assert(2 + 3 * IDLE_BATCH <= CM_REDIS_MAX_ARGS, "one IDLE call's ARGV");
 
 static const char *const state_names[] = {
     [SCH_PAUSE_RUNNING] = "running",
@@ -414,7 +417,11 @@ static void on_idle(struct redisReply *r, const char *err, void *data)
 
 static void send_batch(struct sch_ctx *ctx, struct idle_batch *b, const char **argv, int argc)
 {
-    if (sch_script(ctx, CM_SCRIPT_IDLE, on_idle, b, argc, argv) < 0) {
+    int rc = sch_script(ctx, CM_SCRIPT_IDLE, on_idle, b, argc, argv);
+    if (rc < 0) {
+        if (rc != -ENOTCONN) /* Redis away is logged by the Redis client */
+            cm_log_warn("pause", "idle check not sent sessions=%zu err=\"%s\"", b->n,
+                        strerror(-rc));
         for (size_t i = 0; i < b->n; i++) {
             b->insts[i]->idle_checking = 0;
             sch_inst_unref(b->insts[i]);

@@ -394,7 +394,7 @@ static void rearm(void)
     uint64_t now = agent_now_ms(), want = 0;
     if (!A.ready && A.app_pid)
         want = now + PROBE_INTERVAL_MS;
-    if (agent_relay_waiting(A.relay)) {
+    if (agent_relay_timed(A.relay)) {
         uint64_t next = agent_relay_tick(A.relay, now);
         if (next && (!want || next < want))
             want = next;
@@ -493,8 +493,10 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
         if (!A.bound[0])
             logf_("bound session=%s id=%s", cmd.arg, A.id);
         snprintf(A.bound, sizeof(A.bound), "%s", cmd.arg);
-        if (cmd.exec_key[0])
+        if (cmd.exec_key[0]) {
             agent_exec_set_key(cmd.exec_key);
+            agent_relay_set_key(A.relay, cmd.exec_key);
+        }
         agent_relay_release(A.relay);
         agent_exec_release();
         client_reply(c, "OK");
@@ -711,6 +713,10 @@ static void guest_args(void)
      * and one that waits longer than hold_ms is closed, never passed to the app unbound. */
     A.relay_cfg.hold_ms = A.guest_conf.hold_ms;
     A.relay_cfg.hold_closes = 1;
+    /* Its ports listener is a host forward any local user reaches: port lines need the key. */
+    A.relay_cfg.require_key = 1;
+    A.relay_cfg.own_ports[0] = A.guest_conf.relay_port;
+    A.relay_cfg.own_ports[1] = A.guest_conf.ports_port;
     agent_watch_init(&A.vport.c.w, -1, on_port);
     A.vport.retry_at = agent_now_ms();
     A.vport.give_up_at = A.vport.retry_at + PORT_WAIT_MS;

@@ -58,6 +58,10 @@ struct xc {
     uint64_t fsize;
 };
 
+/* Exec-channel connections that have not started a command or file operation yet (held
+ * until BIND, or sending their frames): more are closed at once. */
+#define UNSTARTED_MAX 64
+
 static struct {
     int epfd;
     struct agent_exec_config cfg;
@@ -198,8 +202,8 @@ static void start(struct xc *x)
         return;
     }
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, st[2] = {-1, -1};
-    char **env = build_env(&x->spec);
-    if (!env || pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
+    char **env = X.cfg.guest_conf ? NULL : build_env(&x->spec); /* a guest's: in the child */
+    if ((!env && !X.cfg.guest_conf) || pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
         pipe2(err, O_CLOEXEC) < 0 || pipe2(st, O_CLOEXEC) < 0) {
         snprintf(why, sizeof(why), "cannot make pipes: %s", strerror(errno));
         goto fail;
@@ -216,9 +220,6 @@ static void start(struct xc *x)
         sigprocmask(SIG_SETMASK, X.cfg.child_mask, NULL);
         if (setsid() < 0 || dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) {
             e = errno;
-        } else if (x->spec.cwd && chdir(x->spec.cwd) < 0) {
-            e = errno;
-            what = "chdir";
         } else {
             int keep = st[1];
             if (keep != 3 && dup2(keep, 3) < 0)
@@ -226,10 +227,19 @@ static void start(struct xc *x)
             fcntl(3, F_SETFD, FD_CLOEXEC);
             syscall(SYS_close_range, 4, ~0U, 0);
             st[1] = 3;
+            /* In a guest the app's identity, root, home and environment come first: the
+             * working directory is then the app's view of it, and the environment the app's
+             * plus the command's (built here, after the agent became the app). */
             if (X.cfg.guest_conf) {
                 int r = agent_guest_enter_app(X.cfg.guest_conf, &what);
                 if (r < 0)
                     e = -r;
+                else if (!(env = build_env(&x->spec)))
+                    e = ENOMEM, what = "environment";
+            }
+            if (!e && x->spec.cwd && chdir(x->spec.cwd) < 0) {
+                e = errno;
+                what = "chdir";
             }
             if (!e) {
                 execvpe(x->spec.argv[0], x->spec.argv, env);
@@ -396,7 +406,7 @@ static void file_start_(struct xc *x, char op)
     /* A guest's app sees the sysroot as its root. */
     snprintf(rootp, sizeof(rootp), "%s/%s",
              X.cfg.guest_conf && X.cfg.guest_conf->rooted ? AGENT_GUEST_SYSROOT : "", root_name);
-    int root = open(rootp, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int root = open(rootp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (root < 0) {
         file_fail(x, errno, rootp);
         free(rest);
@@ -602,8 +612,11 @@ static int consume(struct xc *x)
         if (!x->started &&
             (type == 'S' || type == 'G' || type == 'W' || type == 'U' || type == 'L') &&
             !key_ok(x)) {
-            fail(x, "unauthorized: this sandbox's exec channel needs its key");
-            break;
+            /* Closed without a word (and at once: a caller without the key gets nothing,
+             * not even a connection to keep open). */
+            fprintf(stderr, "berth-agent: exec channel: a connection without this sandbox's "
+                            "key, closed\n");
+            return -1;
         }
         if (!x->started) {
             const char *err;
@@ -791,7 +804,11 @@ void agent_exec_set_key(const char *key)
 
 void agent_exec_take(int fd, const char *pending, size_t len, const char *key)
 {
-    struct xc *x = calloc(1, sizeof(*x));
+    /* Connections that have not started anything are bounded: each holds a read buffer. */
+    unsigned waiting = 0;
+    for (const struct xc *o = X.all; o; o = o->next)
+        waiting += !o->dead && !o->started;
+    struct xc *x = waiting < UNSTARTED_MAX ? calloc(1, sizeof(*x)) : NULL;
     if (!x || len > sizeof(x->rbuf)) {
         free(x);
         close(fd);

@@ -14,6 +14,7 @@
 #include "scheduler/agent/loop.h"
 #include "scheduler/agent/proto.h"
 
+#define PREAMBLE_TIMEOUT_MS 10000 /* for a ports connection's first line */
 #define PREAMBLE_MAX 96 /* "BERTH-EXEC <64 hex>\r\n" fits */
 
 enum conn_state {
@@ -37,7 +38,9 @@ struct conn {
     struct conn *prev, *next;
     enum conn_state state;
     uint16_t port; /* the port inside the sandbox this connection goes to */
-    uint64_t hold_until;
+    uint64_t hold_until; /* waiting: its hold deadline; reading its first line: that line's */
+    int keyed; /* a port line of a relay that needs the key: checked before it goes on */
+    char key[AGENT_EXEC_KEY_LEN + 1]; /* the key the line presented, "" when none */
     struct agent_watch cw, uw; /* client side, app side */
     struct dirbuf up;          /* client -> app */
     struct dirbuf down;        /* app -> client */
@@ -53,7 +56,8 @@ struct agent_relay {
     int ready, holding, paused;
     int quiesced;     /* agent_relay_pause(): listeners off until agent_relay_resume() */
     uint64_t last_io; /* monotonic ms of the last byte relayed either way */
-    unsigned n_conns, n_waiting;
+    unsigned n_conns, n_waiting, n_preamble;
+    char key[AGENT_EXEC_KEY_LEN + 1]; /* agent_relay_set_key(), "" until then */
     struct conn *conns;
     struct conn *dead;
 };
@@ -78,6 +82,8 @@ static void conn_close(struct conn *c)
         return;
     if (c->state == CONN_WAITING)
         r->n_waiting--;
+    if (c->state == CONN_PREAMBLE)
+        r->n_preamble--;
     c->state = CONN_DEAD;
     agent_watch_close(r->epfd, &c->cw);
     agent_watch_close(r->epfd, &c->uw);
@@ -234,9 +240,24 @@ static void on_upstream(struct agent_watch *w, uint32_t ev)
     on_side(c, c->uw.fd, &c->down, c->cw.fd, &c->up, ev);
 }
 
+/* Whether a keyed port line presented the relay's key (constant time; none known yet: no). */
+static int key_ok(const struct agent_relay *r, const struct conn *c)
+{
+    if (!r->key[0])
+        return 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < AGENT_EXEC_KEY_LEN; i++)
+        diff |= (unsigned char)(c->key[i] ^ r->key[i]);
+    return diff == 0;
+}
+
 static void connect_app(struct conn *c)
 {
     struct agent_relay *r = c->r;
+    if (c->keyed && !key_ok(r, c)) {
+        conn_close(c); /* still waiting: counted as such until closed */
+        return;
+    }
     r->n_waiting--;
     c->state = CONN_CONNECTING;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -276,6 +297,11 @@ uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms)
             else if (r->holding && r->cfg.hold_closes && now_ms >= c->hold_until)
                 conn_close(c); /* no BIND in time: nothing reaches the app before one */
             else if (r->holding && (!next || c->hold_until < next))
+                next = c->hold_until;
+        } else if (c->state == CONN_PREAMBLE) {
+            if (now_ms >= c->hold_until)
+                conn_close(c); /* no first line in time */
+            else if (!next || c->hold_until < next)
                 next = c->hold_until;
         }
         c = n;
@@ -334,16 +360,35 @@ static void read_preamble(struct conn *c)
         r->cfg.on_exec(fd, rest, n, key);
         return;
     }
+    /* "BERTH-PORT <n>" [" " key] CRLF or LF; a relay that needs the key (a guest's) checks
+     * it before the connection goes on (BIND brings the key). */
     unsigned port = 0;
+    int at = 0;
     char tail[4] = "";
-    if (sscanf(buf, "BERTH-PORT %5u%3[\r\n]", &port, tail) != 2 || port == 0 || port > 65535) {
+    int ok = sscanf(buf, "BERTH-PORT %5u%n", &port, &at) == 1 && port > 0 && port <= 65535;
+    if (ok && buf[at] == ' ') {
+        size_t kl = strspn(buf + at + 1, "0123456789abcdef");
+        ok = kl == AGENT_EXEC_KEY_LEN;
+        if (ok) {
+            memcpy(c->key, buf + at + 1, kl);
+            c->key[kl] = '\0';
+            at += 1 + (int)kl;
+        }
+    }
+    ok = ok && sscanf(buf + at, "%3[\r\n]", tail) == 1 &&
+         (strcmp(tail, "\r\n") == 0 || strcmp(tail, "\n") == 0);
+    /* Never one of the agent's own listeners (a chain through them would take a slot each). */
+    ok = ok && port != r->cfg.own_ports[0] && port != r->cfg.own_ports[1];
+    if (!ok) {
         fprintf(stderr, "berth-agent: bad port selection line on the ports socket\n");
         conn_close(c);
         return;
     }
+    c->keyed = r->cfg.require_key;
     memmove(c->up.data, c->up.data + line, c->up.len - line);
     c->up.len -= line;
     c->port = (uint16_t)port;
+    r->n_preamble--;
     c->state = CONN_WAITING;
     r->n_waiting++;
     c->hold_until = agent_now_ms() + r->cfg.hold_ms;
@@ -384,6 +429,8 @@ static void accept_on(struct agent_relay *r, struct agent_watch *w, int preamble
         r->n_conns++;
         if (preamble) {
             c->state = CONN_PREAMBLE;
+            r->n_preamble++;
+            c->hold_until = agent_now_ms() + PREAMBLE_TIMEOUT_MS;
             if (agent_watch_set(r->epfd, &c->cw, EPOLLIN) < 0)
                 conn_close(c);
             continue;
@@ -502,6 +549,16 @@ void agent_relay_release(struct agent_relay *r)
 unsigned agent_relay_conns(const struct agent_relay *r)
 {
     return r->n_conns;
+}
+
+void agent_relay_set_key(struct agent_relay *r, const char *key)
+{
+    snprintf(r->key, sizeof(r->key), "%s", key && strlen(key) == AGENT_EXEC_KEY_LEN ? key : "");
+}
+
+unsigned agent_relay_timed(const struct agent_relay *r)
+{
+    return r->n_waiting + r->n_preamble;
 }
 
 unsigned agent_relay_waiting(const struct agent_relay *r)

@@ -28,6 +28,10 @@ struct agent_relay_config {
      * lower-case hex digits) is handed over: its fd, the bytes read after the line and the key
      * ("" when none; exec.h checks it). NULL: such connections are closed. */
     void (*on_exec)(int fd, const char *pending, size_t len, const char *key);
+    /* 1: a ports connection's "BERTH-PORT <n> <key>" must carry the key agent_relay_set_key()
+     * gave (a guest's: its ports listener is a forward any local user of the host reaches). */
+    int require_key;
+    uint16_t own_ports[2]; /* ports a port line may not name (the agent's own listeners), 0 */
 };
 
 /* Returns a relay accepting on <listen_fd> (to cfg->port) and, when <ports_fd> >= 0, on a
@@ -51,6 +55,10 @@ void agent_relay_release(struct agent_relay *r);
 uint64_t agent_relay_tick(struct agent_relay *r, uint64_t now_ms);
 /* Frees connections closed during the last batch of events (call after each batch). */
 void agent_relay_reap(struct agent_relay *r);
+/* BIND's key (AGENT_EXEC_KEY_LEN hex digits): keyed port lines are checked against it. */
+void agent_relay_set_key(struct agent_relay *r, const char *key);
+/* Connections with a deadline (waiting, or reading their first line): tick when non-zero. */
+unsigned agent_relay_timed(const struct agent_relay *r);
 unsigned agent_relay_conns(const struct agent_relay *r);
 unsigned agent_relay_waiting(const struct agent_relay *r);
 int agent_relay_holding(const struct agent_relay *r);
