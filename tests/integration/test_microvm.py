@@ -587,7 +587,11 @@ def test_preview_link_reaches_a_port_in_the_vm(vmx):
     """A preview link goes to the VM's ports forward (its app forward's port + 1) with the
     agent's port selection line, as to a process sandbox's ports.sock."""
     s = vmx
-    iid = echo(s, "vm-pv")["hostname"]
+    o = echo(s, "vm-pv")
+    iid = o["hostname"]
+    # The app sees the Host of a sandbox, its own port (not the host's forward).
+    host = {k.lower(): v for k, v in o["headers"].items()}.get("host")
+    assert host == "127.0.0.1:8000", o["headers"]
     r = s.get("/pg", headers={"Host": "8000-vm-pv.preview.localhost"}, timeout=60 * SLOW)
     assert r.status == 200, r
     assert r.json()["hostname"] == iid and r.json()["path"] == "/pg"
