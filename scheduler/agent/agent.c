@@ -67,15 +67,29 @@ struct ctl_client {
  * unix socket QEMU serves to one client at a time; while none is connected the port polls
  * EPOLLHUP (level-triggered, so it would spin the loop): the port is then left out of the epoll
  * set and looked at again every PORT_POLL_MS. Until the port exists (its name arrives from the
- * host after the device is probed) it is looked for every PORT_POLL_MS, for PORT_WAIT_MS. */
+ * host after the device is probed) it is looked for every PORT_POLL_MS, for PORT_WAIT_MS.
+ *
+ * The guest learns that a host connected from a control message that the kernel handles in a
+ * work queue, while the host's data arrives by interrupt: on a loaded TCG host the first
+ * command is read while the port still says "no host" (a read of 0 once the data is taken,
+ * EAGAIN on write). Until the guest has seen the host (a read of EAGAIN, a write that went
+ * through) a read of 0 is therefore not taken as a disconnect: the partial line and the
+ * replies stay, the replies wait for EPOLLOUT, for at most PORT_REPLY_HOLD_MS (a host whose
+ * connection ended before the guest saw it begin must not have its reply go to the next). A
+ * read of 0 after the host was seen ends the connection: its partial line and replies go. */
 #define PORT_POLL_MS 50
 #define PORT_WAIT_MS 10000
+#define PORT_REPLY_HOLD_MS 5000
+#define PORT_OUT_MAX (8 * (AGENT_LINE_MAX + 2))
 struct ctl_port {
     struct ctl_client c; /* c.w.fd: the open port, -1 until found */
-    int connected;       /* a host was seen (data or EAGAIN) since the last read of 0 */
+    int connected;       /* the guest saw the host connected since the last read of 0 */
     uint64_t retry_at;   /* monotonic ms of the next look; 0: none due */
     uint64_t give_up_at; /* the port did not appear by then: stop looking */
     int open_failed;     /* an open() failure was logged (retries are not) */
+    char out[PORT_OUT_MAX];
+    size_t out_len;          /* bytes of whole reply lines in out, not yet written */
+    uint64_t out_expires_at; /* monotonic ms: out is dropped then, unless written */
 };
 
 struct agent {
@@ -401,6 +415,8 @@ static void rearm(void)
     }
     if (A.vport.retry_at && (!want || A.vport.retry_at < want))
         want = A.vport.retry_at;
+    if (A.vport.out_len && (!want || A.vport.out_expires_at < want))
+        want = A.vport.out_expires_at;
     uint64_t ex = agent_exec_tick(now);
     if (ex && (!want || ex < want))
         want = ex;
@@ -450,17 +466,55 @@ static void stop_app(const char *why)
     }
 }
 
+static uint32_t port_events(const struct ctl_port *p)
+{
+    return EPOLLIN | (p->out_len ? EPOLLOUT : 0);
+}
+
+/* Writes what waits for the port. A virtio port takes a write whole (one buffer of up to
+ * 32 KiB) or not at all (EAGAIN); a short count is handled all the same. */
+static void port_flush(struct ctl_port *p)
+{
+    while (p->out_len) {
+        ssize_t n = write(p->c.w.fd, p->out, p->out_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n < 0 && errno != EAGAIN) { /* not a full queue: the port itself failed */
+                logf_("control replies dropped on the virtio port: %s", strerror(errno));
+                p->out_len = 0;
+            }
+            break;
+        }
+        p->connected = 1; /* a write goes through only to a connected host */
+        memmove(p->out, p->out + n, p->out_len - (size_t)n);
+        p->out_len -= (size_t)n;
+    }
+    if (p->c.w.added) /* else port_tick puts it back with these events */
+        agent_watch_set(A.epfd, &p->c.w, port_events(p));
+}
+
 static void client_reply(struct ctl_client *c, const char *line)
 {
     char buf[AGENT_LINE_MAX + 2];
     int n = snprintf(buf, sizeof(buf), "%s\n", line);
-    /* write(), not send(): the virtio port is a character device. SIGPIPE is ignored and
-     * every fd is non-blocking. */
-    if (write(c->w.fd, buf, (size_t)n) == n)
+    if (c == &A.vport.c) {
+        struct ctl_port *p = &A.vport;
+        if (p->out_len + (size_t)n > sizeof(p->out)) { /* a host that reads nothing */
+            logf_("control reply dropped on the virtio port: %zu bytes wait already",
+                  p->out_len);
+            return;
+        }
+        if (!p->out_len)
+            p->out_expires_at = agent_now_ms() + PORT_REPLY_HOLD_MS;
+        memcpy(p->out + p->out_len, buf, (size_t)n);
+        p->out_len += (size_t)n;
+        port_flush(p);
         return;
-    if (c == &A.vport.c) /* the host went away meanwhile: it sees its own timeout */
-        logf_("control reply dropped on the virtio port: %s", strerror(errno));
-    else
+    }
+    /* write(), not send(): the same code serves the virtio port. SIGPIPE is ignored and
+     * every fd is non-blocking. */
+    if (write(c->w.fd, buf, (size_t)n) != n)
         c->dead = 1; /* replies are tiny: a client that cannot take one is gone */
 }
 
@@ -566,14 +620,15 @@ static void on_client(struct agent_watch *w, uint32_t ev)
     feed(c, buf, n);
 }
 
-/* The virtio port: reads what the host sent; a read of 0 means no host is connected (or it
- * just left): the partial line is dropped, so the next host connection starts clean, and the
- * port sleeps for PORT_POLL_MS instead of polling its EPOLLHUP. */
+/* The virtio port: reads what the host sent. A read of 0 means the guest sees no host (the
+ * comment on struct ctl_port says when that ends a connection); the port then sleeps for
+ * PORT_POLL_MS instead of polling its EPOLLHUP. */
 static void on_port(struct agent_watch *w, uint32_t ev)
 {
     struct ctl_port *p = AGENT_CONTAINER_OF(w, struct ctl_port, c.w);
     char buf[1024];
-    (void)ev;
+    if (ev & EPOLLOUT)
+        port_flush(p);
     for (int i = 0; i < 16; i++) { /* bounded per event: the loop has other work */
         ssize_t n = read(w->fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR)
@@ -583,16 +638,18 @@ static void on_port(struct agent_watch *w, uint32_t ev)
             return;
         }
         if (n <= 0) {
-            if (p->connected)
-                logf_("%s: host disconnected (dropped %zu bytes of a partial line)",
-                      AGENT_GUEST_CTL_PORT, p->c.lb.len);
-            p->connected = 0;
-            agent_linebuf_reset(&p->c.lb);
+            if (p->connected) {
+                logf_("%s: host disconnected (dropped %zu bytes of a partial line, %zu of "
+                      "replies)",
+                      AGENT_GUEST_CTL_PORT, p->c.lb.len, p->out_len);
+                p->connected = 0;
+                p->out_len = 0;
+                agent_linebuf_reset(&p->c.lb);
+            }
             agent_watch_set(A.epfd, w, 0);
             p->retry_at = agent_now_ms() + PORT_POLL_MS;
             return;
         }
-        p->connected = 1;
         feed(&p->c, buf, n);
     }
 }
@@ -601,6 +658,13 @@ static void on_port(struct agent_watch *w, uint32_t ev)
 static void port_tick(uint64_t now)
 {
     struct ctl_port *p = &A.vport;
+    if (p->out_len && now >= p->out_expires_at) {
+        logf_("%s: %zu bytes of replies dropped: the host was not seen in %u ms",
+              AGENT_GUEST_CTL_PORT, p->out_len, PORT_REPLY_HOLD_MS);
+        p->out_len = 0;
+        if (p->c.w.added)
+            agent_watch_set(A.epfd, &p->c.w, port_events(p));
+    }
     if (!p->retry_at || now < p->retry_at)
         return;
     p->retry_at = 0;
@@ -626,7 +690,7 @@ static void port_tick(uint64_t now)
         agent_linebuf_reset(&p->c.lb);
         logf_("control on %s (%s)", path, AGENT_GUEST_CTL_PORT);
     }
-    if (agent_watch_set(A.epfd, &p->c.w, EPOLLIN) < 0)
+    if (agent_watch_set(A.epfd, &p->c.w, port_events(p)) < 0)
         p->retry_at = now + PORT_POLL_MS;
 }
 
