@@ -362,7 +362,8 @@ static int valid_driver_name(const char *s)
 
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
-    static const char *const keys[] = {"name", "api_keys_sha256", NULL};
+    static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
+    static const char *const limit_keys[] = {"max_sessions", NULL};
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, "tenants", NULL, "items must be mappings");
     if (cm_conf_keys(ctx, m, "tenants[]", keys) ||
@@ -372,6 +373,15 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     if (!t->name || !valid_name(t->name))
         return cm_conf_fail(ctx, m, "tenants[]", "name",
                             "required: 1-63 characters of [A-Za-z0-9._-]");
+    char lpath[96];
+    snprintf(lpath, sizeof(lpath), "tenants.%s.limits", t->name);
+    const struct cm_ynode *lim = cm_ynode_get(m, "limits");
+    uint64_t max_sessions = 0;
+    if (cm_conf_keys(ctx, lim, lpath, limit_keys) ||
+        cm_conf_u64(ctx, lim, lpath, "max_sessions", 0, 0, CM_TENANT_MAX_SESSIONS,
+                    &max_sessions))
+        return -EINVAL;
+    t->max_sessions = (uint32_t)max_sessions;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;

@@ -82,9 +82,15 @@ struct cm_template {
     uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
 };
 
+/* The largest tenants[].limits.max_sessions (a sanity bound, not a capacity). */
+#define CM_TENANT_MAX_SESSIONS 10000000u
+
 struct cm_tenant {
     char *name;
     char **api_key_sha256; /* lower-case hex SHA-256 of each accepted API key */
+    /* limits.max_sessions: the tenant's sessions (bound or lost, not yet ended) at most at
+     * once, across all gateways; 0: unlimited. */
+    uint32_t max_sessions;
 };
 
 struct cm_redis_config {

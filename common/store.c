@@ -64,8 +64,22 @@
     "  return not e or tonumber(e) > now\n"                                                        \
     "end\n"
 
+/* A tenant's limit on its sessions: a new session (no record yet) is refused while the tenant
+ * has max of them (P sessions:{tenant}, which holds every session not yet ended: bound or
+ * lost). A refusal writes a tenant_limit event, at most one a second per tenant and limit (P
+ * limited:{tenant}:{limit}): a client that retries in a loop must not flood the streams. */
+#define LUA_LIMIT                                                                                  \
+    "local function over_limit(tenant, max, h)\n"                                                  \
+    "  if max <= 0 or redis.call('ZCARD', P..'sessions:'..tenant) < max then return false end\n"   \
+    "  if redis.call('SET', P..'limited:'..tenant..':max_sessions', '1', 'NX', 'PX', 1000) then\n" \
+    "    event('tenant_limit', 'tenant', tenant, 'limit', 'max_sessions', 'max', tostring(max),\n"  \
+    "      'session', h)\n"                                                                      \
+    "  end\n"                                                                                     \
+    "  return true\n"                                                                             \
+    "end\n"
+
 static const char claim_src[] =
-    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE LUA_UNSETTLED
+    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE LUA_UNSETTLED LUA_LIMIT
     "key_id = ARGV[15] or ''\n"
     "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
     "local ttl, idle, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
@@ -82,6 +96,10 @@ static const char claim_src[] =
     "  return {'absent', '', '', '0', ''}\n"
     "end\n"
     "if s[5] then tpl = s[5] end\n"
+    "local max = tonumber(ARGV[16] or '') or 0\n"
+    "if not s[1] and over_limit(tenant, max, h) then\n"
+    "  return {'limit', 'max_sessions', '', '0', tostring(max)}\n"
+    "end\n"
     "if ARGV[14] and ARGV[14] ~= '' then\n"
     "  local lim = tonumber(ARGV[14])\n"
     "  local m = redis.call('ZRANGE', P..'static:'..tpl, 0, 0, 'WITHSCORES')\n"
@@ -122,7 +140,7 @@ static const char claim_src[] =
     "return {'empty', '', '', s[4] or '0', best}\n";
 
 static const char bind_src[] =
-    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE
+    "local now = tonumber(ARGV[7])\n" LUA_PRELUDE LUA_LIMIT
     "key_id = ARGV[14] or ''\n"
     "local h, tenant, source, key, tpl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
     "local ttl, idle = tonumber(ARGV[8]), tonumber(ARGV[9])\n"
@@ -133,6 +151,11 @@ static const char bind_src[] =
     "  redis.call('RPUSH', P..'pool:'..host..':'..tpl, id)\n"
     "  if s[1] ~= 'bound' then return {'absent', '', '', '0'} end\n"
     "  return {'bound', s[2], s[3], s[4]}\n"
+    "end\n"
+    "if not s[1] and over_limit(tenant, tonumber(ARGV[15] or '') or 0, h) then\n"
+    "  redis.call('HSET', P..'i:'..id, 'state', 'warm')\n"
+    "  redis.call('RPUSH', P..'pool:'..host..':'..tpl, id)\n"
+    "  return {'limit', 'max_sessions', '', '0'}\n"
     "end\n"
     "local gen = bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, ARGV[13])\n"
     "return {'new', id, addr, tostring(gen)}\n";

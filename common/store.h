@@ -13,10 +13,12 @@
  *   P static:{t}       zset  static instance id -> sessions bound to it
  *   P hosts            zset  host -> last heartbeat (ms); P host:{host} hash: api free capacity
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
- *   P sessions:{tenant} zset h -> created ms (listing)
+ *   P sessions:{tenant} zset h -> created ms (listing; its size is what max_sessions limits)
+ *   P limited:{tenant}:{limit} string (1 s): a tenant_limit event was written
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
- *                      file_written|file_deleted; key_id on those an API call caused
+ *                      file_written|file_deleted|tenant_limit; key_id on those an API call
+ *                      caused
  *   P u:{tenant}:{hour} hash  usage counters "<h>|<template>|<metric>" (USAGE); ...:ids h -> id
  *   P u:{tenant}       zset  the hours that have usage (score = hour ms)
  *   P events:{tenant}  stream: the same entries (ids of its own) of that tenant's sessions, which
@@ -33,9 +35,11 @@
 
 enum cm_script {
     /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
-     *              on_lost(replace|fail) mode(claim|lookup) meta static_limit [key_id]
+     *              on_lost(replace|fail) mode(claim|lookup) meta static_limit [key_id
+     *              [max_sessions]]
      * (key: the session key; key_id: the id of the API key whose control API call asks, written
-     * into the created and bound events it causes; the data plane has none and omits it)
+     * into the created and bound events it causes, "" or absent for the data plane;
+     * max_sessions: the tenant's limits.max_sessions, ""/"0"/absent: none)
      * static_limit: "" for sandbox templates; for driver static the sessions an instance may
      * serve ("0" = unlimited): the least-loaded member of P static:{t} is bound instead of a
      * pool instance.
@@ -47,17 +51,21 @@ enum cm_script {
      *   "lost"   the session's instance died and the template's policy is fail, or mode
      *            lookup (which never binds: a preview link or a background cache check must
      *            not start a replacement; the session's next claim does)
+     *   "limit"  a new session, and the tenant has max_sessions already (instance = the
+     *            limit's name "max_sessions", extra = the limit); a tenant_limit event
      *   "absent" mode lookup and no such session
      *   "unknown" mode lookup, no such session, and P epoch is missing or ahead of now (Redis
      *            lost its data a moment ago and the schedulers have not written all of it
      *            back): the caller keeps what it had cached; sandbox templates only */
     CM_SCRIPT_CLAIM,
     /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta
-     *             [key_id]
-     * Binds the given (just started, warm) instance unless h is bound already. key_id: as for
-     * CLAIM (the scheduler has it from POST /v1/start), into the created and bound events.
-     * Returns {"new", id, addr, gen} or {"bound", instance, addr, gen} (then the caller keeps
-     * its instance: the script has put it back into its pool as warm). */
+     *             [key_id [max_sessions]]
+     * Binds the given (just started, warm) instance unless h is bound already. key_id and
+     * max_sessions: as for CLAIM (the scheduler has them from POST /v1/start).
+     * Returns {"new", id, addr, gen}, or {"bound", instance, addr, gen}, {"limit",
+     * "max_sessions", "", "0"} (a new session over the tenant's limit) or {"absent", ...}
+     * (another tenant's session): then the script has put the instance back into its pool as
+     * warm. */
     CM_SCRIPT_BIND,
     /* TOUCH  ARGV: P now_ms h [h ...]
      * Records activity (last_active) of each bound session; returns an array with the

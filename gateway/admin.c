@@ -181,6 +181,7 @@ static void scrape_answer(struct scrape *s)
     struct cm_jbuf b;
     cm_jbuf_init(&b);
     gw_prom_write(&b, &sum, tenants, tenants ? cfg->n_tenants : 0, up);
+    gw_prom_tenant_limits(&b, &sum, cfg);
     if (*a->gc->tls_listen)
         gw_prom_gauge(&b, "berth_gateway_tls_configs",
                       "TLS configurations in memory: the current one, and those a reload "

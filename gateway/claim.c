@@ -44,6 +44,8 @@ struct gw_claim {
     enum gw_claim_mode mode;
     char *meta;
     char key_id[13]; /* "" unless a control API call asks (gw_claim_req) */
+    uint32_t max_sessions;        /* the tenant's limits.max_sessions; 0: none */
+    const struct cm_tenant *tcfg; /* the tenant's config entry, NULL: none (a route's tenant) */
     struct evhttp_connection *http;
     struct event *timeout_ev;
     char api[136]; /* the scheduler asked to start (CLAIM_START), for logs */
@@ -119,6 +121,11 @@ static void finish(struct gw_claim *cl, int err)
     struct gw_claimer *c = cl->c;
     if (!cl->cancelled && c) {
         GW_METRIC_INC(c->m, claims[err < 0 ? cl->b.how : GW_CLAIM_FAILED]);
+        if (err == GW_ERR_TENANT_MAX_SESSIONS && cl->tcfg) {
+            size_t i = (size_t)(cl->tcfg - c->gc->common->tenants);
+            if (i < GW_TENANT_SLOTS)
+                GW_METRIC_INC(c->m, tenant_max_sessions[i]);
+        }
         cl->cb(err < 0 ? &cl->b : NULL, err, cl->data);
     }
     if (c)
@@ -182,6 +189,10 @@ static void on_start_reply(struct evhttp_request *req, void *arg)
             c->refused_quiet++;
         }
         finish(cl, GW_ERR_INTERNAL);
+        return;
+    }
+    if (status == 429) { /* the scheduler's bind found the tenant at max_sessions */
+        finish(cl, GW_ERR_TENANT_MAX_SESSIONS);
         return;
     }
     if (!req || status != 200) {
@@ -252,6 +263,8 @@ static int start_on_scheduler(struct gw_claim *cl, const char *api)
         cm_jbuf_cstr(&jb, cl->key_id);
     }
     cm_jbuf_printf(&jb, ",\"ttl_ms\":%" PRIu64 ",\"idle_ms\":%" PRIu64, cl->ttl_ms, cl->idle_ms);
+    if (cl->max_sessions)
+        cm_jbuf_printf(&jb, ",\"max_sessions\":%" PRIu32, cl->max_sessions);
     if (cl->meta) {
         cm_jbuf_raw(&jb, ",\"meta\":", 8);
         cm_jbuf_cstr(&jb, cl->meta);
@@ -345,6 +358,8 @@ static void on_script(redisReply *reply, const char *err, void *data)
             finish(cl, GW_ERR_NO_CAPACITY);
     } else if (strcmp(status, "lost") == 0) {
         finish(cl, GW_ERR_INSTANCE_LOST);
+    } else if (strcmp(status, "limit") == 0) {
+        finish(cl, GW_ERR_TENANT_MAX_SESSIONS);
     } else if (strcmp(status, "absent") == 0) {
         finish(cl, GW_ERR_NOT_FOUND);
     } else if (strcmp(status, "unknown") == 0) {
@@ -376,6 +391,8 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     cl->fail_on_lost = req->tpl->on_lost == CM_LOST_FAIL;
     if (req->key_id)
         snprintf(cl->key_id, sizeof(cl->key_id), "%s", req->key_id);
+    if ((cl->tcfg = cm_config_tenant(c->gc->common, cl->tenant)))
+        cl->max_sessions = cl->tcfg->max_sessions;
     if (req->meta && !(cl->meta = strdup(req->meta))) {
         free(cl);
         return NULL;
@@ -394,10 +411,13 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     char static_limit[16] = "";
     if (strcmp(req->tpl->driver, "static") == 0)
         snprintf(static_limit, sizeof(static_limit), "%u", req->tpl->sessions_per_instance);
+    char max[16] = "";
+    if (cl->max_sessions)
+        snprintf(max, sizeof(max), "%" PRIu32, cl->max_sessions);
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",
                           cl->mode == GW_CLAIM_MODE_LOOKUP ? "lookup" : "claim",
-                          cl->meta ? cl->meta : "", static_limit, cl->key_id};
+                          cl->meta ? cl->meta : "", static_limit, cl->key_id, max};
     size_t lens[CM_ARRAY_SIZE(argv)];
     for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
         lens[i] = strlen(argv[i]);
@@ -412,9 +432,11 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
                              (const char *[]){prefix, cl->b.hash_hex, cl->tenant},
                              (size_t[]){strlen(prefix), CM_HASH_HEX_LEN, strlen(cl->tenant)});
     else
-        /* key_id (the last) only when there is one: the data plane's claim is as it was */
+        /* key_id and max_sessions (the last two) only when needed: the claim of a tenant
+         * without limits is as it was */
         rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl,
-                             (int)CM_ARRAY_SIZE(argv) - !cl->key_id[0], argv, lens);
+                             (int)CM_ARRAY_SIZE(argv) - (max[0] ? 0 : cl->key_id[0] ? 1 : 2),
+                             argv, lens);
     if (rc < 0) {
         /* Not connected: answer store_unavailable on the next loop turn, never inside this
          * call (DESIGN.md section 7: new sessions fail fast while Redis is away). */

@@ -54,7 +54,8 @@ struct gw_binding {
 };
 
 /* Result: <b> (borrowed for the call) when <err> is -1; else <b> is NULL and <err> is one of
- * GW_ERR_STORE_UNAVAILABLE, GW_ERR_NO_CAPACITY, GW_ERR_INSTANCE_LOST, GW_ERR_NOT_FOUND (lookup
+ * GW_ERR_STORE_UNAVAILABLE, GW_ERR_NO_CAPACITY, GW_ERR_INSTANCE_LOST, GW_ERR_TENANT_MAX_SESSIONS
+ * (a new session over the tenant's limits.max_sessions), GW_ERR_NOT_FOUND (lookup
  * of an absent session), GW_ERR_INTERNAL. Runs on the claimer's loop, never inside
  * gw_claim_start(). */
 typedef void (*gw_claim_cb)(const struct gw_binding *b, int err, void *data);

@@ -47,6 +47,10 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                                      "the session's sandbox did not take the request in time "
                                      "(paused and not resumed), retry later",
                                      1},
+    [GW_ERR_TENANT_MAX_SESSIONS] = {"tenant_limit", 429,
+                                    "the tenant has as many sessions as its limit max_sessions "
+                                    "allows: end one, or retry later",
+                                    1},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

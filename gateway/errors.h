@@ -37,6 +37,8 @@ enum gw_err {
     GW_ERR_INSUFFICIENT_STORAGE,  /* 507 the file does not fit (the workspace's or /data's size) */
     GW_ERR_INSTANCE_UNAVAILABLE,  /* 503 the instance took none of the request within
                                    * limits.resume_timeout (paused, not resumed) (Retry-After) */
+    GW_ERR_TENANT_MAX_SESSIONS,   /* 429 tenant_limit: a new session over the tenant's
+                                   * limits.max_sessions (Retry-After) */
     GW_ERR_COUNT
 };
 

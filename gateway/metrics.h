@@ -29,6 +29,9 @@ enum gw_reval {
     GW_REVAL_COUNT
 };
 
+/* Per-tenant counters are kept for this many configured tenants. */
+#define GW_TENANT_SLOTS 256
+
 struct gw_metrics {
     uint64_t requests;
     uint64_t responses[6]; /* by status class: [1]=1xx ... [5]=5xx, [0]=other */
@@ -50,6 +53,9 @@ struct gw_metrics {
     uint64_t h2_resets;  /* streams that ended before their answer was whole */
     uint64_t h2_goaways; /* connections ended for a protocol error or a flood */
     uint64_t usage_dropped; /* exchanges not metered: the loop's usage table was full */
+    /* New sessions refused for tenants[i].limits.max_sessions, by the tenant's index in the
+     * config (the first GW_TENANT_SLOTS tenants; the rest count in errors[] only). */
+    uint64_t tenant_max_sessions[GW_TENANT_SLOTS];
 };
 
 /* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked

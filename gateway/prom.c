@@ -24,6 +24,34 @@ static void counter(struct cm_jbuf *b, const char *name, const char *help, uint6
     sample_u(b, name, v);
 }
 
+void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
+                           const struct cm_config *cfg)
+{
+    int any = 0;
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        any |= cfg->tenants[i].max_sessions != 0;
+    if (!any)
+        return;
+    cm_prom_family(b, "berth_tenant_limit", "gauge",
+                   "A tenant's configured limit (tenants[].limits), by tenant and limit.");
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
+        if (!cfg->tenants[i].max_sessions)
+            continue;
+        cm_jbuf_raw(b, "berth_tenant_limit{tenant=", 26);
+        cm_prom_label_value(b, cfg->tenants[i].name);
+        cm_jbuf_printf(b, ",limit=\"max_sessions\"} %" PRIu32 "\n", cfg->tenants[i].max_sessions);
+    }
+    cm_prom_family(b, "berth_tenant_limited_total", "counter",
+                   "New sessions this gateway refused with 429 tenant_limit, by tenant and limit.");
+    for (size_t i = 0; i < cfg->n_tenants && i < GW_TENANT_SLOTS; i++) {
+        if (!cfg->tenants[i].max_sessions)
+            continue;
+        cm_jbuf_raw(b, "berth_tenant_limited_total{tenant=", 34);
+        cm_prom_label_value(b, cfg->tenants[i].name);
+        cm_jbuf_printf(b, ",limit=\"max_sessions\"} %" PRIu64 "\n", m->tenant_max_sessions[i]);
+    }
+}
+
 void gw_prom_gauge(struct cm_jbuf *b, const char *name, const char *help, int64_t v)
 {
     cm_prom_family(b, name, "gauge", help);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/config.h"
 #include "common/json.h"
 #include "common/prom.h"
 #include "gateway/metrics.h"
@@ -24,6 +25,11 @@ struct gw_prom_tenant {
  * # TYPE lines; histogram buckets are cumulative, in seconds. */
 void gw_prom_write(struct cm_jbuf *b, const struct gw_metrics *m,
                    const struct gw_prom_tenant *tenants, size_t n, int redis_up);
+/* Appends berth_tenant_limit{tenant,limit} (the configured limits) and
+ * berth_tenant_limited_total{tenant,limit} (refusals counted in <m>) for the tenants of <cfg>
+ * that have a limit; nothing when none has. */
+void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
+                           const struct cm_config *cfg);
 /* Appends a gauge family with its one sample <v>. */
 void gw_prom_gauge(struct cm_jbuf *b, const char *name, const char *help, int64_t v);
 

@@ -38,6 +38,7 @@ struct sch_start_req {
     char key_id[13]; /* the API key of a control API create (12 hex), or "" */
     char *meta;
     char ttl[24], idle[24];
+    char max_sessions[16]; /* the tenant's limits.max_sessions as the gateway sent it, or "" */
     struct sch_inst *inst; /* holds a reference */
     int binding;           /* the bind script is in flight: its callback frees us */
 };
@@ -147,10 +148,18 @@ static void on_bind_script(struct redisReply *reply, const char *err, void *data
         /* The script put our instance into the pool: it is warm now. */
         inst->for_pool = 1;
     }
+    if (strcmp(v[0], "limit") == 0) {
+        cm_log_info("api", "start refused: tenant %s at max_sessions %s session=%s", r->tenant,
+                    r->max_sessions, r->h);
+        /* the refill first: req_error() frees <r> (and its reference on <inst>) */
+        sch_pool_refill(r->api->ctx, inst->tpl);
+        req_error(r, 429, "tenant_limit", "the tenant has as many sessions as max_sessions allows");
+        return;
+    }
     if (strcmp(v[0], "new") != 0 && strcmp(v[0], "bound") != 0) {
         cm_log_warn("api", "session belongs to another tenant session=%s", r->h);
-        req_error(r, 409, "session_conflict", "the session exists for another tenant");
         sch_pool_refill(r->api->ctx, inst->tpl);
+        req_error(r, 409, "session_conflict", "the session exists for another tenant");
         return;
     }
     cm_log_info("api", "start answered inst=%s session=%s status=%s gen=%s", v[1], r->h, v[0],
@@ -198,11 +207,12 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
                           inst->di->addr,
                           ctx->sc->host_id,
                           r->meta ? r->meta : "",
-                          r->key_id};
+                          r->key_id,
+                          r->max_sessions};
     r->binding = 1; /* before: the callback may free <r> */
-    /* key_id (the last ARGV) only when the gateway sent one */
-    if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, (int)CM_ARRAY_SIZE(argv) - !r->key_id[0],
-                   argv) < 0) {
+    /* key_id and max_sessions (the last ARGVs) only when the gateway sent them */
+    int argc = (int)CM_ARRAY_SIZE(argv) - (r->max_sessions[0] ? 0 : r->key_id[0] ? 1 : 2);
+    if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, argc, argv) < 0) {
         r->binding = 0;
         sch_inst_destroy(inst, "redis not connected");
         req_error(r, 503, "store_unavailable", "Redis is not connected");
@@ -331,6 +341,18 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
         rc = json_ms(body, "idle_ms", r->tpl->idle_timeout / CM_USEC_PER_MSEC,
                      r->tpl->max_idle_timeout / CM_USEC_PER_MSEC, r->idle, sizeof(r->idle), why,
                      sizeof(why));
+    /* max_sessions: the tenant's limit as the gateway applies it (the bind re-checks it) */
+    const struct cm_json *ms = cm_json_get(body, "max_sessions");
+    if (rc == 0 && ms) {
+        if (ms->type != CM_JSON_NUMBER || ms->number < 0 ||
+            ms->number > (double)CM_TENANT_MAX_SESSIONS || floor(ms->number) != ms->number) {
+            rc = -EINVAL;
+            snprintf(why, sizeof(why), "max_sessions must be an integer 0..%u",
+                     CM_TENANT_MAX_SESSIONS);
+        } else if (ms->number > 0) {
+            snprintf(r->max_sessions, sizeof(r->max_sessions), "%u", (unsigned)ms->number);
+        }
+    }
     if (rc == 0 && (rc = json_str(body, "meta", 0, meta, sizeof(meta), why, sizeof(why))) == 0 &&
         meta[0] && !(r->meta = strdup(meta))) {
         rc = -ENOMEM;

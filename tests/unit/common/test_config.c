@@ -97,6 +97,7 @@ TEST(full_config_values)
         "tenants:\n"
         "  - name: acme\n"
         "    api_keys_sha256: 4AE56750C98CC0BB9E30FA2F42BC165F150C596874E4C5EFB1B354E9DF3BEA45\n"
+        "    limits: {max_sessions: 25}\n"
         "  - name: other.team_2\n"
         "templates:\n"
         "  - name: web\n"
@@ -143,6 +144,8 @@ TEST(full_config_values)
                  "4ae56750c98cc0bb9e30fa2f42bc165f150c596874e4c5efb1b354e9df3bea45");
     CHECK_NULL(cfg->tenants[0].api_key_sha256[1]);
     CHECK_NULL(cfg->tenants[1].api_key_sha256);
+    CHECK_UINT_EQ(cfg->tenants[0].max_sessions, 25);
+    CHECK_UINT_EQ(cfg->tenants[1].max_sessions, 0); /* none: unlimited */
     CHECK(cm_config_tenant_by_key(cfg, "berth-dev-key") == cm_config_tenant(cfg, "acme"));
     CHECK(cm_config_tenant(cfg, "other.team_2") == &cfg->tenants[1]);
     CHECK_NULL(cm_config_tenant(cfg, "nobody"));
@@ -339,6 +342,15 @@ TEST(tenant_errors)
     EXPECT_ERROR("tenants:\n  - name: t\n    api_keys_sha256: {a: b}\n",
                  "3:22: tenants[].api_keys_sha256: must be a list of strings");
     EXPECT_ERROR("tenants:\n  - name: t\n  - name: t\n", "3:5: tenants.t: defined twice");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: 3\n", "3:13: tenants.t.limits: must be a mapping");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {max_session: 3}\n",
+                 "3:14: tenants.t.limits.max_session: unknown key");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {max_sessions: -1}\n",
+                 "3:28: tenants.t.limits.max_sessions: must be a whole number");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {max_sessions: 20000000}\n",
+                 "3:28: tenants.t.limits.max_sessions: must be 0..10000000");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {max_sessions: many}\n",
+                 "3:28: tenants.t.limits.max_sessions: must be a whole number");
 }
 
 TEST(template_errors)

@@ -1,0 +1,169 @@
+"""Per-tenant limits (issue 19): tenants[].limits.max_sessions, enforced in Redis's claim and
+bind scripts (so across every gateway replica), answered 429 tenant_limit with Retry-After on
+the data plane and the control API, with an audit event and per-tenant metrics. Real
+redis-server, berth-scheduler (process sandboxes running berth-echo), berth-gateway, curl.
+
+    BERTH_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_tenant_limits.py
+"""
+import concurrent.futures
+import json
+import math
+import time
+
+import pytest
+
+from conftest import (DEV_KEY, OTHER_KEY, SLOW, Proc, _sha256, binary, curl, echo_template, free_port,
+                      wait_until, write_config)
+from test_control_api import scrape, val
+
+RETRY_AFTER = 3
+
+
+def limited_config(max_sessions, templates=None):
+    return {
+        "tenants": [
+            {"name": "default", "api_keys_sha256": [_sha256(DEV_KEY)],
+             "limits": {"max_sessions": max_sessions}},
+            {"name": "other", "api_keys_sha256": [_sha256(OTHER_KEY)]},
+        ],
+        "templates": templates or [echo_template(pool={"min": 2, "max": 8})],
+        "gateway": {"retry_after": RETRY_AFTER, "admin": {"events_poll": "100ms"},
+                    "routes": [{"name": "other", "path_prefix": "/other/", "tenant": "other"},
+                               {"name": "default", "path_prefix": "/"}]},
+    }
+
+
+def assert_limited(r):
+    assert r.status == 429, (r.status, r.body[:300])
+    j = r.json()
+    assert set(j) == {"error"} and j["error"]["code"] == "tenant_limit", j
+    assert "max_sessions" in j["error"]["message"], j
+    assert r.header("retry-after") == str(RETRY_AFTER), r.headers
+
+
+def sessions(s, tenant="default"):
+    return s.redis.cmd("ZCARD", s.key("sessions:", tenant))
+
+
+def test_control_api_creates_stop_at_the_limit_and_resume_after_a_delete(make_stack):
+    s = make_stack(limited_config(3))
+    for i in range(3):
+        r = s.api("POST", "/v1/sessions", {"id": "lim-%d" % i})
+        assert r.status == 201, r
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "lim-3"}))
+    assert_limited(s.api("POST", "/v1/sessions", {}))   # a generated id is a new session too
+    assert sessions(s) == 3
+    # Another tenant is not limited, and is not slowed by the refusals.
+    for i in range(4):
+        assert s.api("POST", "/v1/sessions", {"id": "oth-%d" % i}, key=OTHER_KEY).status == 201
+    # The tenant's existing sessions are served as before.
+    r = s.get("/x", session="lim-1")
+    assert r.status == 200, r
+    # Creating an existing session is not a new one: the conflict, not the limit.
+    assert s.api("POST", "/v1/sessions", {"id": "lim-1"}).status == 409
+    # One ends: there is room for one more, and only one.
+    assert s.api("DELETE", "/v1/sessions/lim-0").status == 204
+    assert s.api("POST", "/v1/sessions", {"id": "lim-3"}).status == 201
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "lim-4"}))
+
+    # The audit trail: a tenant_limit event (at most one a second per tenant and limit).
+    def limit_events():
+        r = s.api("GET", "/v1/events?type=tenant_limit")
+        assert r.status == 200, r
+        return r.json()["events"] or None
+    ev = wait_until(limit_events, 10 * SLOW, "a tenant_limit event")
+    assert ev[0]["tenant"] == "default" and ev[0]["limit"] == "max_sessions", ev
+    assert ev[0]["max"] == "3", ev
+    other = s.api("GET", "/v1/events?type=tenant_limit", key=OTHER_KEY).json()["events"]
+    assert other == []
+    # A client that retries in a loop does not flood the audit trail: one event a second.
+    t0 = time.monotonic()
+    for i in range(30):
+        assert_limited(s.api("POST", "/v1/sessions", {"id": "flood-%d" % i}))
+    elapsed = time.monotonic() - t0
+    r = s.api("GET", "/v1/events?type=tenant_limit&limit=1000")
+    n = len(r.json()["events"])
+    assert 1 <= n <= len(ev) + math.ceil(elapsed) + 1, (n, elapsed)
+    # Metrics: the configured limit and the refusals, by tenant and limit.
+    types, samples = scrape(s)
+    assert types["berth_tenant_limit"] == "gauge"
+    assert types["berth_tenant_limited_total"] == "counter"
+    assert val(samples, "berth_tenant_limit", tenant="default", limit="max_sessions") == 3
+    assert val(samples, "berth_tenant_limited_total", tenant="default",
+               limit="max_sessions") == 33
+    assert val(samples, "berth_tenant_limited_total", tenant="other", limit="max_sessions") is None
+
+
+def test_data_plane_new_session_keys_stop_at_the_limit(make_stack):
+    s = make_stack(limited_config(2))
+    assert s.get("/a", session="dp-1").status == 200
+    assert s.get("/a", session="dp-2").status == 200
+    assert_limited(s.get("/a", session="dp-3"))
+    # Existing sessions keep working, at the limit.
+    for k in ("dp-1", "dp-2", "dp-1"):
+        assert s.get("/again", session=k).status == 200
+    # The other tenant's route is not limited.
+    for i in range(4):
+        assert s.get("/other/x", session="o-%d" % i).status == 200
+    assert sessions(s) == 2 and sessions(s, "other") == 4
+    assert s.api("DELETE", "/v1/sessions/dp-1").status == 204
+    assert s.get("/a", session="dp-3").status == 200
+    types, samples = scrape(s)
+    assert val(samples, "berth_gateway_errors_total", code="tenant_limit") == 1
+
+
+@pytest.mark.berth_timeout(240)
+def test_concurrent_cold_starts_bind_at_most_the_limit(make_stack):
+    """No warm instance: every claim goes to the scheduler, and the bind script re-checks the
+    limit there. Of 6 concurrent creates with max_sessions 2, exactly 2 get a session; the
+    instances started for the others are put into the pool, not leaked."""
+    s = make_stack(limited_config(2, [echo_template("cold", pool={"min": 0, "max": 6})]),
+                   wait_pools=False)
+
+    def create(i):
+        return s.api("POST", "/v1/sessions", {"id": "c-%d" % i, "template": "cold"},
+                     timeout=60 * SLOW)
+    with concurrent.futures.ThreadPoolExecutor(6) as ex:
+        rs = list(ex.map(create, range(6)))
+    ok = [r for r in rs if r.status == 201]
+    assert len(ok) == 2, [(r.status, r.body[:120]) for r in rs]
+    for r in rs:
+        if r.status != 201:
+            assert_limited(r)
+    assert sessions(s) == 2
+    # Every started instance is either bound or warm in the pool (none left starting).
+    def settled():
+        states = [i.get("state") for i in s.instances().values()]
+        return states if states and all(x in ("bound", "warm") for x in states) else None
+    states = wait_until(settled, 30 * SLOW, "the refused starts' instances in the pool")
+    assert states.count("bound") == 2, states
+
+
+def test_the_limit_holds_across_two_gateways(make_stack):
+    """Counted in Redis: a second gateway on the same Redis sees the first one's sessions."""
+    s = make_stack(limited_config(4))
+    cfg = json.loads(json.dumps(s.cfg))
+    cfg["gateway"]["listen"] = "127.0.0.1:%d" % free_port()
+    cfg["gateway"]["admin_listen"] = "127.0.0.1:%d" % free_port()
+    path = write_config(s.base / "gw2.yaml", cfg)
+    gw2 = Proc("gateway2", [binary("berth-gateway"), "-c", path], s.base, cwd=str(s.base))
+    try:
+        admin2 = "http://%s" % cfg["gateway"]["admin_listen"]
+        wait_until(lambda: curl(admin2 + "/readyz", timeout=2).status == 200, 20 * SLOW,
+                   "the second gateway's /readyz")
+        url2 = "http://%s/x" % cfg["gateway"]["listen"]
+        answers = []
+        for i in range(8):
+            key = "two-%d" % i
+            if i % 2:
+                r = curl(url2, headers={"x-fc-session-id": key})
+            else:
+                r = s.get("/x", session=key)
+            answers.append(r.status)
+            if r.status != 200:
+                assert_limited(r)
+        assert answers == [200] * 4 + [429] * 4, answers
+        assert sessions(s) == 4
+    finally:
+        problems = gw2.stop()
+    assert not problems, problems
