@@ -363,7 +363,8 @@ static int valid_driver_name(const char *s)
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
     static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
-    static const char *const limit_keys[] = {"max_sessions", NULL};
+    static const char *const limit_keys[] = {"max_sessions", "sessions_per_second",
+                                             "sessions_burst", NULL};
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, "tenants", NULL, "items must be mappings");
     if (cm_conf_keys(ctx, m, "tenants[]", keys) ||
@@ -376,12 +377,21 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     char lpath[96];
     snprintf(lpath, sizeof(lpath), "tenants.%s.limits", t->name);
     const struct cm_ynode *lim = cm_ynode_get(m, "limits");
-    uint64_t max_sessions = 0;
+    uint64_t max_sessions = 0, rate = 0, burst = 0;
     if (cm_conf_keys(ctx, lim, lpath, limit_keys) ||
         cm_conf_u64(ctx, lim, lpath, "max_sessions", 0, 0, CM_TENANT_MAX_SESSIONS,
-                    &max_sessions))
+                    &max_sessions) ||
+        cm_conf_u64(ctx, lim, lpath, "sessions_per_second", 0, 0, CM_TENANT_MAX_RATE, &rate))
         return -EINVAL;
+    if (cm_conf_u64(ctx, lim, lpath, "sessions_burst", rate, rate ? 1 : 0, CM_TENANT_MAX_RATE,
+                    &burst))
+        return -EINVAL;
+    if (burst && !rate)
+        return cm_conf_fail(ctx, cm_ynode_get(lim, "sessions_burst"), lpath, "sessions_burst",
+                            "needs sessions_per_second");
     t->max_sessions = (uint32_t)max_sessions;
+    t->sessions_per_second = (uint32_t)rate;
+    t->sessions_burst = (uint32_t)burst;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;

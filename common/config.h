@@ -82,8 +82,9 @@ struct cm_template {
     uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
 };
 
-/* The largest tenants[].limits.max_sessions (a sanity bound, not a capacity). */
+/* The largest tenants[].limits.max_sessions and rates (sanity bounds, not capacities). */
 #define CM_TENANT_MAX_SESSIONS 10000000u
+#define CM_TENANT_MAX_RATE 1000000u
 
 struct cm_tenant {
     char *name;
@@ -91,6 +92,9 @@ struct cm_tenant {
     /* limits.max_sessions: the tenant's sessions (bound or lost, not yet ended) at most at
      * once, across all gateways; 0: unlimited. */
     uint32_t max_sessions;
+    /* limits.sessions_per_second / sessions_burst: new sessions, a token bucket in Redis
+     * (across all gateways) that holds up to sessions_burst (default: the rate); 0: none. */
+    uint32_t sessions_per_second, sessions_burst;
 };
 
 struct cm_redis_config {

@@ -69,13 +69,16 @@
  * lost). A refusal writes a tenant_limit event, at most one a second per tenant and limit (P
  * limited:{tenant}:{limit}): a client that retries in a loop must not flood the streams. */
 #define LUA_LIMIT                                                                                  \
-    "local function over_limit(tenant, max, h)\n"                                                  \
-    "  if max <= 0 or redis.call('ZCARD', P..'sessions:'..tenant) < max then return false end\n"   \
-    "  if redis.call('SET', P..'limited:'..tenant..':max_sessions', '1', 'NX', 'PX', 1000) then\n" \
-    "    event('tenant_limit', 'tenant', tenant, 'limit', 'max_sessions', 'max', tostring(max),\n"  \
+    "local function limited(tenant, limit, max, h)\n"                                              \
+    "  if redis.call('SET', P..'limited:'..tenant..':'..limit, '1', 'NX', 'PX', 1000) then\n"     \
+    "    event('tenant_limit', 'tenant', tenant, 'limit', limit, 'max', tostring(max),\n"         \
     "      'session', h)\n"                                                                      \
     "  end\n"                                                                                     \
     "  return true\n"                                                                             \
+    "end\n"                                                                                       \
+    "local function over_limit(tenant, max, h)\n"                                                  \
+    "  if max <= 0 or redis.call('ZCARD', P..'sessions:'..tenant) < max then return false end\n"   \
+    "  return limited(tenant, 'max_sessions', max, h)\n"                                          \
     "end\n"
 
 static const char claim_src[] =
@@ -99,6 +102,23 @@ static const char claim_src[] =
     "local max = tonumber(ARGV[16] or '') or 0\n"
     "if not s[1] and over_limit(tenant, max, h) then\n"
     "  return {'limit', 'max_sessions', '', '0', tostring(max)}\n"
+    "end\n"
+    /* New sessions per second: a token bucket on Redis's clock (gateways' clocks differ),
+     * refilled at rate tokens a second up to burst; a new session takes one. */
+    "local rate, burst = tonumber(ARGV[17] or '') or 0, tonumber(ARGV[18] or '') or 0\n"
+    "if not s[1] and rate > 0 then\n"
+    "  local bk = P..'rate:'..tenant..':sessions'\n"
+    "  local t = redis.call('TIME')\n"
+    "  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  local b = redis.call('HMGET', bk, 'tokens', 'ms')\n"
+    "  local tokens, last = tonumber(b[1] or '') or burst, tonumber(b[2] or '') or ms\n"
+    "  if ms > last then tokens = math.min(burst, tokens + (ms - last) * rate / 1000) end\n"
+    "  if tokens < 1 then\n"
+    "    limited(tenant, 'sessions_per_second', rate, h)\n"
+    "    return {'limit', 'sessions_per_second', '', '0', tostring(rate)}\n"
+    "  end\n"
+    "  redis.call('HSET', bk, 'tokens', tostring(tokens - 1), 'ms', ms)\n"
+    "  redis.call('PEXPIRE', bk, math.ceil(burst * 1000 / rate) + 1000)\n"
     "end\n"
     "if ARGV[14] and ARGV[14] ~= '' then\n"
     "  local lim = tonumber(ARGV[14])\n"

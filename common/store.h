@@ -15,6 +15,7 @@
  *   P expiry           zset  h -> deadline ms = min(created+ttl, last_active+idle_timeout)
  *   P sessions:{tenant} zset h -> created ms (listing; its size is what max_sessions limits)
  *   P limited:{tenant}:{limit} string (1 s): a tenant_limit event was written
+ *   P rate:{tenant}:sessions hash tokens ms: the new-session bucket (Redis's clock)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
  *                      file_written|file_deleted|tenant_limit; key_id on those an API call
@@ -36,10 +37,11 @@
 enum cm_script {
     /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
      *              on_lost(replace|fail) mode(claim|lookup) meta static_limit [key_id
-     *              [max_sessions]]
+     *              [max_sessions [sessions_per_second sessions_burst]]]
      * (key: the session key; key_id: the id of the API key whose control API call asks, written
      * into the created and bound events it causes, "" or absent for the data plane;
-     * max_sessions: the tenant's limits.max_sessions, ""/"0"/absent: none)
+     * max_sessions: the tenant's limits.max_sessions, ""/"0"/absent: none; a new session
+     * takes a token from the tenant's bucket P rate:{tenant}:sessions when a rate is given)
      * static_limit: "" for sandbox templates; for driver static the sessions an instance may
      * serve ("0" = unlimited): the least-loaded member of P static:{t} is bound instead of a
      * pool instance.
@@ -51,8 +53,9 @@ enum cm_script {
      *   "lost"   the session's instance died and the template's policy is fail, or mode
      *            lookup (which never binds: a preview link or a background cache check must
      *            not start a replacement; the session's next claim does)
-     *   "limit"  a new session, and the tenant has max_sessions already (instance = the
-     *            limit's name "max_sessions", extra = the limit); a tenant_limit event
+     *   "limit"  a new session, and the tenant has max_sessions already, or its bucket is
+     *            empty (instance = the limit's name "max_sessions" or "sessions_per_second",
+     *            extra = the limit); a tenant_limit event
      *   "absent" mode lookup and no such session
      *   "unknown" mode lookup, no such session, and P epoch is missing or ahead of now (Redis
      *            lost its data a moment ago and the schedulers have not written all of it

@@ -121,11 +121,11 @@ static void finish(struct gw_claim *cl, int err)
     struct gw_claimer *c = cl->c;
     if (!cl->cancelled && c) {
         GW_METRIC_INC(c->m, claims[err < 0 ? cl->b.how : GW_CLAIM_FAILED]);
-        if (err == GW_ERR_TENANT_MAX_SESSIONS && cl->tcfg) {
-            size_t i = (size_t)(cl->tcfg - c->gc->common->tenants);
-            if (i < GW_TENANT_SLOTS)
-                GW_METRIC_INC(c->m, tenant_max_sessions[i]);
-        }
+        size_t i = cl->tcfg ? (size_t)(cl->tcfg - c->gc->common->tenants) : GW_TENANT_SLOTS;
+        if (err == GW_ERR_TENANT_MAX_SESSIONS && i < GW_TENANT_SLOTS)
+            GW_METRIC_INC(c->m, tenant_max_sessions[i]);
+        else if (err == GW_ERR_TENANT_SESSION_RATE && i < GW_TENANT_SLOTS)
+            GW_METRIC_INC(c->m, tenant_session_rate[i]);
         cl->cb(err < 0 ? &cl->b : NULL, err, cl->data);
     }
     if (c)
@@ -359,7 +359,9 @@ static void on_script(redisReply *reply, const char *err, void *data)
     } else if (strcmp(status, "lost") == 0) {
         finish(cl, GW_ERR_INSTANCE_LOST);
     } else if (strcmp(status, "limit") == 0) {
-        finish(cl, GW_ERR_TENANT_MAX_SESSIONS);
+        finish(cl, strcmp(reply_str(reply, 1), "sessions_per_second") == 0
+                       ? GW_ERR_TENANT_SESSION_RATE
+                       : GW_ERR_TENANT_MAX_SESSIONS);
     } else if (strcmp(status, "absent") == 0) {
         finish(cl, GW_ERR_NOT_FOUND);
     } else if (strcmp(status, "unknown") == 0) {
@@ -411,13 +413,17 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     char static_limit[16] = "";
     if (strcmp(req->tpl->driver, "static") == 0)
         snprintf(static_limit, sizeof(static_limit), "%u", req->tpl->sessions_per_instance);
-    char max[16] = "";
+    char max[16] = "", rate[16] = "", burst[16] = "";
     if (cl->max_sessions)
         snprintf(max, sizeof(max), "%" PRIu32, cl->max_sessions);
+    if (cl->tcfg && cl->tcfg->sessions_per_second) {
+        snprintf(rate, sizeof(rate), "%" PRIu32, cl->tcfg->sessions_per_second);
+        snprintf(burst, sizeof(burst), "%" PRIu32, cl->tcfg->sessions_burst);
+    }
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",
                           cl->mode == GW_CLAIM_MODE_LOOKUP ? "lookup" : "claim",
-                          cl->meta ? cl->meta : "", static_limit, cl->key_id, max};
+                          cl->meta ? cl->meta : "", static_limit, cl->key_id, max, rate, burst};
     size_t lens[CM_ARRAY_SIZE(argv)];
     for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
         lens[i] = strlen(argv[i]);
@@ -432,10 +438,11 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
                              (const char *[]){prefix, cl->b.hash_hex, cl->tenant},
                              (size_t[]){strlen(prefix), CM_HASH_HEX_LEN, strlen(cl->tenant)});
     else
-        /* key_id and max_sessions (the last two) only when needed: the claim of a tenant
+        /* key_id and the limits (the last ones) only when needed: the claim of a tenant
          * without limits is as it was */
         rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl,
-                             (int)CM_ARRAY_SIZE(argv) - (max[0] ? 0 : cl->key_id[0] ? 1 : 2),
+                             (int)CM_ARRAY_SIZE(argv) -
+                                 (rate[0] ? 0 : max[0] ? 2 : cl->key_id[0] ? 3 : 4),
                              argv, lens);
     if (rc < 0) {
         /* Not connected: answer store_unavailable on the next loop turn, never inside this

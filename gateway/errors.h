@@ -39,6 +39,8 @@ enum gw_err {
                                    * limits.resume_timeout (paused, not resumed) (Retry-After) */
     GW_ERR_TENANT_MAX_SESSIONS,   /* 429 tenant_limit: a new session over the tenant's
                                    * limits.max_sessions (Retry-After) */
+    GW_ERR_TENANT_SESSION_RATE,   /* 429 tenant_limit: new sessions faster than the tenant's
+                                   * limits.sessions_per_second (Retry-After) */
     GW_ERR_COUNT
 };
 

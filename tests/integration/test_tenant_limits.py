@@ -167,3 +167,46 @@ def test_the_limit_holds_across_two_gateways(make_stack):
     finally:
         problems = gw2.stop()
     assert not problems, problems
+
+
+def test_new_sessions_per_second_is_a_token_bucket(make_stack):
+    """limits.sessions_per_second 1 with sessions_burst 3: a burst of 3 goes through at once,
+    then new sessions are refused (429 tenant_limit naming sessions_per_second) until the
+    bucket refills; existing sessions and the other tenant are not limited."""
+    cfg = limited_config(0)
+    cfg["tenants"][0]["limits"] = {"sessions_per_second": 1, "sessions_burst": 3}
+    s = make_stack(cfg)
+    t0 = time.monotonic()
+    made, refused = [], None
+    for i in range(50):   # bounded: the bucket refills at 1/s, so it empties long before
+        r = s.api("POST", "/v1/sessions", {"id": "r-%d" % i})
+        if r.status != 201:
+            refused = r
+            break
+        made.append("r-%d" % i)
+    elapsed = time.monotonic() - t0
+    assert refused is not None, "never refused"
+    assert refused.status == 429, refused
+    j = refused.json()
+    assert j["error"]["code"] == "tenant_limit", j
+    assert "sessions_per_second" in j["error"]["message"], j
+    assert refused.header("retry-after") == str(RETRY_AFTER)
+    # The burst, plus at most what refilled meanwhile (one a second).
+    assert 3 <= len(made) <= 3 + math.ceil(elapsed), (len(made), elapsed)
+    # Existing sessions are served; the other tenant creates freely.
+    assert s.get("/x", session=made[0]).status == 200
+    for i in range(5):
+        assert s.api("POST", "/v1/sessions", {"id": "o-%d" % i}, key=OTHER_KEY).status == 201
+    # The bucket refills: a new session goes through again within a few seconds.
+    def refilled():
+        r = s.api("POST", "/v1/sessions", {"id": "later"})
+        assert r.status in (201, 429), r
+        return r.status == 201
+    wait_until(refilled, 10 * SLOW, "a token in the tenant's bucket")
+    types, samples = scrape(s)
+    assert val(samples, "berth_tenant_limit", tenant="default", limit="sessions_per_second") == 1
+    assert val(samples, "berth_tenant_limit", tenant="default", limit="sessions_burst") == 3
+    assert val(samples, "berth_tenant_limited_total", tenant="default",
+               limit="sessions_per_second") >= 1
+    ev = s.api("GET", "/v1/events?type=tenant_limit").json()["events"]
+    assert ev and ev[0]["limit"] == "sessions_per_second" and ev[0]["max"] == "1", ev

@@ -104,8 +104,17 @@ TEST(zero_metrics_are_well_formed)
     CHECK_CONTAINS(t, "berth_redis_up 0\n");
     CHECK(!test_contains(t, "berth_sessions"));
     CHECK_UINT_EQ(count(t, "# TYPE "), count(t, "# HELP "));
-    /* one line per error code */
-    CHECK_UINT_EQ(count(t, "berth_gateway_errors_total{code="), GW_ERR_COUNT);
+    /* one line per error code (tenant_limit is the code of one error per limit) */
+    size_t codes = 0;
+    for (int e = 0; e < GW_ERR_COUNT; e++) {
+        int first = 1;
+        for (int p = 0; p < e; p++)
+            if (strcmp(gw_err_info((enum gw_err)p)->code, gw_err_info((enum gw_err)e)->code) == 0)
+                first = 0;
+        codes += (size_t)first;
+    }
+    CHECK_UINT_EQ(codes, GW_ERR_COUNT - 1);
+    CHECK_UINT_EQ(count(t, "berth_gateway_errors_total{code="), codes);
     for (int e = 0; e < GW_ERR_COUNT; e++) {
         char line[128];
         snprintf(line, sizeof(line), "berth_gateway_errors_total{code=\"%s\"} 0\n",
@@ -123,6 +132,8 @@ TEST(counters_and_gauges)
     m.responses[2] = 40;
     m.responses[5] = 2;
     m.errors[GW_ERR_NO_CAPACITY] = 2;
+    m.errors[GW_ERR_TENANT_MAX_SESSIONS] = 2; /* one code, two errors: summed */
+    m.errors[GW_ERR_TENANT_SESSION_RATE] = 5;
     m.claims[GW_CLAIM_CACHED] = 30;
     m.claims[GW_CLAIM_STARTED] = 1;
     m.revalidations[GW_REVAL_TOUCH] = 17;
@@ -142,6 +153,7 @@ TEST(counters_and_gauges)
     CHECK_CONTAINS(t, "berth_gateway_responses_total{class=\"2xx\"} 40\n");
     CHECK_CONTAINS(t, "berth_gateway_responses_total{class=\"5xx\"} 2\n");
     CHECK_CONTAINS(t, "berth_gateway_errors_total{code=\"no_capacity\"} 2\n");
+    CHECK_CONTAINS(t, "berth_gateway_errors_total{code=\"tenant_limit\"} 7\n");
     CHECK_CONTAINS(t, "berth_gateway_claims_total{result=\"cached\"} 30\n");
     CHECK_CONTAINS(t, "berth_gateway_claims_total{result=\"started\"} 1\n");
     CHECK_CONTAINS(t, "berth_gateway_claims_total{result=\"failed\"} 0\n");
@@ -215,4 +227,37 @@ TEST(sessions_by_tenant_and_label_escaping)
     CHECK_CONTAINS(t, "# TYPE berth_sessions gauge\n");
     CHECK(!test_contains(t, "berth_sessions{"));
     free(t);
+}
+
+TEST(tenant_limits)
+{
+    struct gw_metrics m;
+    memset(&m, 0, sizeof(m));
+    struct cm_tenant ten[3] = {{.name = "a", .max_sessions = 5},
+                               {.name = "b"},
+                               {.name = "c", .sessions_per_second = 2, .sessions_burst = 4}};
+    struct cm_config cfg = {.tenants = ten, .n_tenants = 3};
+    m.tenant_max_sessions[0] = 7;
+    m.tenant_session_rate[2] = 9;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    gw_prom_tenant_limits(&b, &m, &cfg);
+    cm_jbuf_raw(&b, "", 1);
+    const char *t = b.data;
+    check_format(t);
+    CHECK_CONTAINS(t, "# TYPE berth_tenant_limit gauge\n");
+    CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"a\",limit=\"max_sessions\"} 5\n");
+    CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"sessions_per_second\"} 2\n");
+    CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"sessions_burst\"} 4\n");
+    CHECK_CONTAINS(t, "# TYPE berth_tenant_limited_total counter\n");
+    CHECK_CONTAINS(t, "berth_tenant_limited_total{tenant=\"a\",limit=\"max_sessions\"} 7\n");
+    CHECK_CONTAINS(t, "berth_tenant_limited_total{tenant=\"c\",limit=\"sessions_per_second\"} 9\n");
+    CHECK(!test_contains(t, "tenant=\"b\""));  /* no limits: no samples */
+    cm_jbuf_fini(&b);
+    /* no tenant with a limit: nothing at all */
+    cm_jbuf_init(&b);
+    cfg.n_tenants = 2, ten[0].max_sessions = 0;
+    gw_prom_tenant_limits(&b, &m, &cfg);
+    CHECK_UINT_EQ(b.len, 0);
+    cm_jbuf_fini(&b);
 }
