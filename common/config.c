@@ -363,8 +363,9 @@ static int valid_driver_name(const char *s)
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
     static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
-    static const char *const limit_keys[] = {"max_sessions", "sessions_per_second",
-                                             "sessions_burst", NULL};
+    static const char *const limit_keys[] = {"max_sessions",        "sessions_per_second",
+                                             "sessions_burst",      "requests_per_second",
+                                             "requests_burst",      NULL};
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, "tenants", NULL, "items must be mappings");
     if (cm_conf_keys(ctx, m, "tenants[]", keys) ||
@@ -392,6 +393,15 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     t->max_sessions = (uint32_t)max_sessions;
     t->sessions_per_second = (uint32_t)rate;
     t->sessions_burst = (uint32_t)burst;
+    if (cm_conf_u64(ctx, lim, lpath, "requests_per_second", 0, 0, CM_TENANT_MAX_RATE, &rate) ||
+        cm_conf_u64(ctx, lim, lpath, "requests_burst", rate, rate ? 1 : 0, CM_TENANT_MAX_RATE,
+                    &burst))
+        return -EINVAL;
+    if (burst && !rate)
+        return cm_conf_fail(ctx, cm_ynode_get(lim, "requests_burst"), lpath, "requests_burst",
+                            "needs requests_per_second");
+    t->requests_per_second = (uint32_t)rate;
+    t->requests_burst = (uint32_t)burst;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;

@@ -95,6 +95,9 @@ struct cm_tenant {
     /* limits.sessions_per_second / sessions_burst: new sessions, a token bucket in Redis
      * (across all gateways) that holds up to sessions_burst (default: the rate); 0: none. */
     uint32_t sessions_per_second, sessions_burst;
+    /* limits.requests_per_second / requests_burst: data-plane requests, limited by each
+     * gateway process on its own (gateway/rate.h); 0: none. */
+    uint32_t requests_per_second, requests_burst;
 };
 
 struct cm_redis_config {

@@ -462,6 +462,20 @@ struct gw_config *gw_config_load(const struct cm_config *cfg, char *err, size_t 
         if (load_route(&ctx, cfg, &empty, 0, &gc->routes[0]))
             goto fail;
     }
+    gc->tenant_rates = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*gc->tenant_rates));
+    if (!gc->tenant_rates) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        gw_rate_init(&gc->tenant_rates[i], cfg->tenants[i].requests_per_second,
+                     cfg->tenants[i].requests_burst);
+    for (size_t i = 0; i < gc->n_routes; i++) {
+        struct gw_route *r = &gc->routes[i];
+        const struct cm_tenant *t = cm_config_tenant(cfg, r->tenant); /* checked: load_route */
+        r->tenant_idx = t ? (size_t)(t - cfg->tenants) : 0;
+        r->rate = t && t->requests_per_second ? &gc->tenant_rates[r->tenant_idx] : NULL;
+    }
     if (load_scheduler_secret(&ctx, cfg, gc))
         goto fail;
     return gc;
@@ -487,6 +501,7 @@ void gw_config_free(struct gw_config *gc)
         cm_strv_free(r->cors_origins);
     }
     free(gc->routes);
+    free(gc->tenant_rates);
     cm_secret_free(gc->scheduler_secret);
     free(gc->listen);
     free(gc->admin_listen);

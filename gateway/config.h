@@ -9,6 +9,7 @@
 
 #include "common/config.h"
 #include "common/time.h"
+#include "gateway/rate.h"
 
 enum gw_no_key {
     GW_NO_KEY_NEW,    /* a fresh session (and instance) per client connection */
@@ -38,6 +39,8 @@ struct gw_route {
     size_t n_cors_origins;
     uint32_t cors_max_age;    /* seconds, Access-Control-Max-Age of preflight answers */
     int cors_preflight;       /* the gateway answers CORS preflights itself (mcp or origins) */
+    size_t tenant_idx;        /* the route's tenant's index in the common config's tenants */
+    struct gw_rate *rate;     /* its limits.requests_per_second (shared), NULL: none */
 };
 
 struct gw_limits {
@@ -127,6 +130,9 @@ struct gw_config {
     char *scheduler_secret;
     struct gw_route *routes;
     size_t n_routes;
+    /* One request-rate state per configured tenant, shared by every worker (mutable: the
+     * config is otherwise read-only once loaded). */
+    struct gw_rate *tenant_rates;
 };
 
 /* Parses cfg->root's "gateway" section. Returns a new struct (free with gw_config_free()) or

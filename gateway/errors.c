@@ -55,6 +55,10 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                                     "the tenant starts new sessions faster than its limit "
                                     "sessions_per_second allows: retry later",
                                     1},
+    [GW_ERR_TENANT_REQUEST_RATE] = {"tenant_limit", 429,
+                                    "the tenant sends requests faster than its limit "
+                                    "requests_per_second allows: retry later",
+                                    1},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

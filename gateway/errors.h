@@ -41,6 +41,8 @@ enum gw_err {
                                    * limits.max_sessions (Retry-After) */
     GW_ERR_TENANT_SESSION_RATE,   /* 429 tenant_limit: new sessions faster than the tenant's
                                    * limits.sessions_per_second (Retry-After) */
+    GW_ERR_TENANT_REQUEST_RATE,   /* 429 tenant_limit: data-plane requests faster than the
+                                   * tenant's limits.requests_per_second (Retry-After) */
     GW_ERR_COUNT
 };
 

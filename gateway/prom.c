@@ -37,7 +37,8 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
 {
     int any = 0;
     for (size_t i = 0; i < cfg->n_tenants; i++)
-        any |= cfg->tenants[i].max_sessions || cfg->tenants[i].sessions_per_second;
+        any |= cfg->tenants[i].max_sessions || cfg->tenants[i].sessions_per_second ||
+               cfg->tenants[i].requests_per_second;
     if (!any)
         return;
     const char *f = "berth_tenant_limit";
@@ -51,16 +52,24 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
             tenant_sample(b, f, t->name, "sessions_per_second", t->sessions_per_second);
             tenant_sample(b, f, t->name, "sessions_burst", t->sessions_burst);
         }
+        if (t->requests_per_second) {
+            tenant_sample(b, f, t->name, "requests_per_second", t->requests_per_second);
+            tenant_sample(b, f, t->name, "requests_burst", t->requests_burst);
+        }
     }
     f = "berth_tenant_limited_total";
     cm_prom_family(b, f, "counter",
-                   "New sessions this gateway refused with 429 tenant_limit, by tenant and limit.");
+                   "New sessions (max_sessions, sessions_per_second) and requests "
+                   "(requests_per_second) this gateway refused with 429 tenant_limit, by tenant "
+                   "and limit.");
     for (size_t i = 0; i < cfg->n_tenants && i < GW_TENANT_SLOTS; i++) {
         const struct cm_tenant *t = &cfg->tenants[i];
         if (t->max_sessions)
             tenant_sample(b, f, t->name, "max_sessions", m->tenant_max_sessions[i]);
         if (t->sessions_per_second)
             tenant_sample(b, f, t->name, "sessions_per_second", m->tenant_session_rate[i]);
+        if (t->requests_per_second)
+            tenant_sample(b, f, t->name, "requests_per_second", m->tenant_request_rate[i]);
     }
 }
 

@@ -210,3 +210,41 @@ def test_new_sessions_per_second_is_a_token_bucket(make_stack):
                limit="sessions_per_second") >= 1
     ev = s.api("GET", "/v1/events?type=tenant_limit").json()["events"]
     assert ev and ev[0]["limit"] == "sessions_per_second" and ev[0]["max"] == "1", ev
+
+
+def test_data_plane_requests_per_second(make_stack):
+    """limits.requests_per_second 5 with requests_burst 5, per gateway process: a burst of
+    requests on the tenant's routes is cut at the rate with 429 tenant_limit naming
+    requests_per_second; the other tenant's route is not limited; the limit is one for the
+    whole gateway (two workers share it)."""
+    cfg = limited_config(0)
+    cfg["tenants"][0]["limits"] = {"requests_per_second": 5, "requests_burst": 5}
+    cfg["gateway"]["workers"] = 2
+    s = make_stack(cfg)
+    assert s.get("/warm", session="rq-1").status == 200   # the session exists (1 token)
+    t0 = time.monotonic()
+    statuses = []
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:   # several connections: both workers
+        for r in ex.map(lambda i: s.get("/r%d" % i, session="rq-1"), range(40)):
+            statuses.append(r.status)
+            if r.status != 200:
+                assert r.status == 429, r
+                j = r.json()
+                assert j["error"]["code"] == "tenant_limit", j
+                assert "requests_per_second" in j["error"]["message"], j
+                assert r.header("retry-after") == str(RETRY_AFTER)
+    elapsed = time.monotonic() - t0
+    ok = statuses.count(200)
+    # at most the burst left after the first request plus what the rate refilled meanwhile
+    assert 1 <= ok <= 4 + math.ceil(elapsed * 5) + 1, (ok, elapsed)
+    assert statuses.count(429) >= 40 - (4 + math.ceil(elapsed * 5) + 1)
+    # The other tenant's route is not limited.
+    for i in range(20):
+        assert s.get("/other/x", session="o-1").status == 200
+    # After a pause the tenant is served again.
+    wait_until(lambda: s.get("/again", session="rq-1").status == 200, 10 * SLOW,
+               "a request within the rate")
+    types, samples = scrape(s)
+    assert val(samples, "berth_tenant_limit", tenant="default", limit="requests_per_second") == 5
+    assert val(samples, "berth_tenant_limited_total", tenant="default",
+               limit="requests_per_second") >= statuses.count(429)

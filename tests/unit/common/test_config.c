@@ -97,7 +97,8 @@ TEST(full_config_values)
         "tenants:\n"
         "  - name: acme\n"
         "    api_keys_sha256: 4AE56750C98CC0BB9E30FA2F42BC165F150C596874E4C5EFB1B354E9DF3BEA45\n"
-        "    limits: {max_sessions: 25, sessions_per_second: 5}\n"
+        "    limits: {max_sessions: 25, sessions_per_second: 5, requests_per_second: 100,\n"
+        "             requests_burst: 400}\n"
         "  - name: other.team_2\n"
         "templates:\n"
         "  - name: web\n"
@@ -150,6 +151,9 @@ TEST(full_config_values)
     CHECK_UINT_EQ(cfg->tenants[0].sessions_burst, 5); /* the rate by default */
     CHECK_UINT_EQ(cfg->tenants[1].sessions_per_second, 0);
     CHECK_UINT_EQ(cfg->tenants[1].sessions_burst, 0);
+    CHECK_UINT_EQ(cfg->tenants[0].requests_per_second, 100);
+    CHECK_UINT_EQ(cfg->tenants[0].requests_burst, 400);
+    CHECK_UINT_EQ(cfg->tenants[1].requests_per_second, 0);
     CHECK(cm_config_tenant_by_key(cfg, "berth-dev-key") == cm_config_tenant(cfg, "acme"));
     CHECK(cm_config_tenant(cfg, "other.team_2") == &cfg->tenants[1]);
     CHECK_NULL(cm_config_tenant(cfg, "nobody"));
@@ -357,6 +361,10 @@ TEST(tenant_errors)
                  "3:30: tenants.t.limits.sessions_burst: needs sessions_per_second");
     EXPECT_ERROR("tenants:\n  - name: t\n    limits: {sessions_per_second: 2, sessions_burst: 0}\n",
                  "3:54: tenants.t.limits.sessions_burst: must be 1..1000000");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {requests_burst: 4}\n",
+                 "3:30: tenants.t.limits.requests_burst: needs requests_per_second");
+    EXPECT_ERROR("tenants:\n  - name: t\n    limits: {requests_per_second: 2000000}\n",
+                 "3:35: tenants.t.limits.requests_per_second: must be 0..1000000");
     EXPECT_ERROR("tenants:\n  - name: t\n    limits: {max_sessions: many}\n",
                  "3:28: tenants.t.limits.max_sessions: must be a whole number");
 }
