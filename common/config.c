@@ -300,7 +300,7 @@ static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
 {
     static const char *const keys[] = {"address", "username", "password", "password_file",
                                        "prefix", "db", "connect_timeout", "command_timeout",
-                                       "usage_retention", NULL};
+                                       "usage_retention", "sentinels", "master_name", NULL};
     uint64_t db;
     if (cm_conf_keys(ctx, m, "redis", keys) || cm_conf_str(ctx, m, "redis", "address",
                                                            "127.0.0.1:6379", &r->address) ||
@@ -315,9 +315,34 @@ static int load_redis(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                          10 * CM_USEC_PER_MSEC, 60 * CM_USEC_PER_SEC, &r->command_timeout) ||
         cm_conf_duration(ctx, m, "redis", "usage_retention", 90ull * 86400 * CM_USEC_PER_SEC,
                          3600 * CM_USEC_PER_SEC, 3650ull * 86400 * CM_USEC_PER_SEC,
-                         &r->usage_retention))
+                         &r->usage_retention) ||
+        cm_conf_strv(ctx, m, "redis", "sentinels", NULL, &r->sentinels) ||
+        cm_conf_str(ctx, m, "redis", "master_name", NULL, &r->master_name))
         return -EINVAL;
     r->db = (uint32_t)db;
+    size_t n_sentinels = 0;
+    for (char **s = r->sentinels; s && *s; s++, n_sentinels++) {
+        const char *colon = strrchr(*s, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == *s || colon - *s > 255 || !end || *end || port < 1 ||
+            port > 65535)
+            return cm_conf_fail(ctx, cm_ynode_get(m, "sentinels"), "redis", "sentinels",
+                                "'%s' is not host:port", *s);
+    }
+    if (n_sentinels > CM_REDIS_MAX_SENTINELS)
+        return cm_conf_fail(ctx, cm_ynode_get(m, "sentinels"), "redis", "sentinels",
+                            "at most %d", CM_REDIS_MAX_SENTINELS);
+    if (n_sentinels && (!r->master_name || !*r->master_name || strlen(r->master_name) > 128))
+        return cm_conf_fail(ctx, m, "redis", "master_name",
+                            "required with redis.sentinels: the name the sentinels monitor "
+                            "(1-128 characters)");
+    if (!n_sentinels && r->master_name)
+        return cm_conf_fail(ctx, cm_ynode_get(m, "master_name"), "redis", "master_name",
+                            "needs redis.sentinels");
+    if (n_sentinels && cm_ynode_get(m, "address"))
+        return cm_conf_fail(ctx, cm_ynode_get(m, "address"), "redis", "address",
+                            "not with redis.sentinels (they name the primary)");
     if (strlen(r->prefix) > 64)
         return cm_conf_fail(ctx, cm_ynode_get(m, "prefix"), "redis", "prefix",
                             "must be at most 64 characters");
@@ -704,6 +729,8 @@ void cm_config_free(struct cm_config *cfg)
     }
     free(cfg->templates);
     free(cfg->redis.address);
+    cm_strv_free(cfg->redis.sentinels);
+    free(cfg->redis.master_name);
     free(cfg->redis.username);
     cm_secret_free(cfg->redis.password);
     free(cfg->redis.prefix);

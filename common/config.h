@@ -100,8 +100,14 @@ struct cm_tenant {
     uint32_t requests_per_second, requests_burst;
 };
 
+#define CM_REDIS_MAX_SENTINELS 16
+
 struct cm_redis_config {
-    char *address;  /* "host:port" or "unix:/path" */
+    char *address;  /* "host:port" or "unix:/path"; unused with sentinels */
+    /* redis.sentinels ("host:port" each, NULL-terminated; NULL: none) and redis.master_name:
+     * the primary is the one the sentinels name (common/redis.c) */
+    char **sentinels;
+    char *master_name;
     char *username; /* ACL user (AUTH username password); NULL: the default user */
     char *password; /* redis.password or the content of redis.password_file; NULL: no AUTH */
     char *prefix;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "compat.h"
+#include "log.h"
 #include "time.h"
 
 const char cm_redis_err_timeout[] = "redis command timed out";
@@ -58,9 +59,28 @@ struct cm_redis {
     cm_redis_refused_cb refused_cb;
     void *refused_data;
     char last_refusal[160];     /* reported refusal, until a handshake succeeds */
+    /* Sentinel mode (cfg->sentinels): each connect first asks the sentinels, in turn, where
+     * the primary is, and the handshake ends with ROLE, which must say master. A sentinel
+     * connection subscribed to +switch-master drops the connection when the primary moves;
+     * a READONLY answer (a demoted primary) drops it too. */
+    size_t n_sentinels;
+    size_t sentinel_next;    /* the sentinel asked next */
+    size_t sentinel_tries;   /* sentinels asked in this round */
+    redisAsyncContext *qac;  /* the query in flight, or NULL */
+    cm_usec_t query_started;
+    int query_got;           /* the query named a primary */
+    char master_host[256];
+    int master_port;
+    size_t master_sentinel;  /* the sentinel that named it (the watch subscribes there) */
+    redisAsyncContext *wac;  /* +switch-master subscription, or NULL */
+    struct event *watch_ev;  /* re-opens it */
+    int role_pending;        /* the handshake's ROLE has not answered */
+    char addr[300];          /* cm_redis_address() */
 };
 
 static void start_connect(struct cm_redis *r);
+static void query_done(struct cm_redis *r);
+static void watch_open(struct cm_redis *r);
 
 static void set_state(struct cm_redis *r, enum cm_redis_state st)
 {
@@ -133,6 +153,8 @@ static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
         pending_free(p);
         return;
     }
+    int demoted = r->n_sentinels && reply && reply->type == REDIS_REPLY_ERROR &&
+                  strncmp(reply->str, "READONLY", 8) == 0;
     if (p->cb) {
         if (!reply)
             p->cb(NULL, ac->err ? cm_redis_err_disconnected : cm_redis_err_disconnected, p->data);
@@ -142,6 +164,12 @@ static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
             p->cb(reply, NULL, p->data);
     }
     pending_free(p);
+    if (demoted && r->ac == ac && r->state == CM_REDIS_CONNECTED) {
+        /* A replica now: the primary moved. Reconnect through the sentinels. */
+        cm_log_warn("redis", "%s:%d answered READONLY: asking the sentinels again",
+                    r->master_host, r->master_port);
+        redisAsyncDisconnect(ac);
+    }
 }
 
 static char *put_uint(char *q, size_t v)
@@ -231,12 +259,27 @@ static void on_handshake(struct redisReply *reply, const char *err, void *data)
     }
     if (r->handshake_failed)
         return;
+    if (r->role_pending && reply && reply->type == REDIS_REPLY_ARRAY) {
+        r->role_pending = 0;
+        const redisReply *e = reply->elements ? reply->element[0] : NULL;
+        if (!e || e->type != REDIS_REPLY_STRING || strcmp(e->str, "master") != 0) {
+            cm_log_warn("redis", "%s:%d is not the primary (ROLE %s): asking the sentinels again",
+                        r->master_host, r->master_port,
+                        e && e->type == REDIS_REPLY_STRING ? e->str : "?");
+            r->handshake_failed = 1;
+            if (r->ac)
+                redisAsyncDisconnect(r->ac);
+            return;
+        }
+    }
     if (--r->handshake_left == 0) {
         r->backoff = BACKOFF_MIN;
         r->last_refusal[0] = '\0';
         set_state(r, CM_REDIS_CONNECTED);
         for (struct sub *s = r->subs; s; s = s->next)
             redisAsyncCommand(r->ac, on_subscribe_reply, NULL, "SUBSCRIBE %s", s->channel);
+        if (r->n_sentinels && !r->wac)
+            watch_open(r);
     }
 }
 
@@ -303,11 +346,14 @@ static void on_connect(const redisAsyncContext *ac, int status)
                 pending_free(p);
         }
     }
-    const char *argv[] = {"PING"};
+    /* PING, or in sentinel mode ROLE: the server the sentinels named must still be the
+     * primary (a failover may have demoted it since; its writes would fail). */
+    const char *argv[] = {r->n_sentinels ? "ROLE" : "PING"};
     size_t lens[] = {4};
     struct pending *p = calloc(1, sizeof(*p));
     if (p) {
         p->r = r, p->cb = on_handshake, p->data = r, p->script = -1;
+        r->role_pending = r->n_sentinels != 0;
         if (send_pending(r, p, 1, argv, lens) < 0)
             pending_free(p);
     }
@@ -328,23 +374,43 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     schedule_retry(r);
 }
 
+/* "host:port" into <host> (<cap> bytes) and the port (6379 when none). */
+static int split_addr(const char *addr, char *host, size_t cap)
+{
+    const char *colon = strrchr(addr, ':');
+    int port = colon ? atoi(colon + 1) : 6379;
+    size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (hl >= cap)
+        hl = cap - 1;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    return port;
+}
+
+static void sentinel_query(struct cm_redis *r);
+static void connect_with(struct cm_redis *r, redisAsyncContext *ac);
+
 static void start_connect(struct cm_redis *r)
 {
+    if (r->n_sentinels) {
+        r->sentinel_tries = 0;
+        sentinel_query(r);
+        return;
+    }
     const char *addr = r->cfg->address;
     redisAsyncContext *ac;
     if (strncmp(addr, "unix:", 5) == 0) {
         ac = redisAsyncConnectUnix(addr + 5);
     } else {
         char host[256];
-        const char *colon = strrchr(addr, ':');
-        int port = colon ? atoi(colon + 1) : 6379;
-        size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
-        if (hl >= sizeof(host))
-            hl = sizeof(host) - 1;
-        memcpy(host, addr, hl);
-        host[hl] = '\0';
+        int port = split_addr(addr, host, sizeof(host));
         ac = redisAsyncConnect(host, port);
     }
+    connect_with(r, ac);
+}
+
+static void connect_with(struct cm_redis *r, redisAsyncContext *ac)
+{
     if (!ac || ac->err) {
         if (ac)
             redisAsyncFree(ac);
@@ -360,6 +426,192 @@ static void start_connect(struct cm_redis *r)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Push messages arrive through the reply callback of the SUBSCRIBE; route them here. */
+}
+
+/* ---------------------------------------------------------------- Sentinel */
+
+/* The query of one sentinel ended: on to the primary it named, or to the next sentinel, or
+ * (every sentinel asked) a retry after the backoff. */
+static void query_done(struct cm_redis *r)
+{
+    if (r->state == CM_REDIS_CLOSED)
+        return;
+    if (r->query_got) {
+        r->query_got = 0;
+        connect_with(r, redisAsyncConnect(r->master_host, r->master_port));
+        return;
+    }
+    if (r->sentinel_tries < r->n_sentinels) {
+        sentinel_query(r);
+        return;
+    }
+    set_state(r, CM_REDIS_DISCONNECTED);
+    schedule_retry(r);
+}
+
+static void on_query_reply(redisAsyncContext *ac, void *rep, void *privdata)
+{
+    struct cm_redis *r = ac->data;
+    redisReply *reply = rep;
+    (void)privdata;
+    if (!r)
+        return;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        reply->element[1]->type == REDIS_REPLY_STRING &&
+        reply->element[0]->len < sizeof(r->master_host)) {
+        int port = atoi(reply->element[1]->str);
+        size_t asked = (r->sentinel_next + r->n_sentinels - 1) % r->n_sentinels;
+        if (port > 0 && port < 65536) {
+            if (strcmp(r->master_host, reply->element[0]->str) != 0 || r->master_port != port)
+                cm_log_info("redis", "sentinel %s names %s:%d the primary of %s",
+                            r->cfg->sentinels[asked], reply->element[0]->str, port,
+                            r->cfg->master_name);
+            memcpy(r->master_host, reply->element[0]->str, reply->element[0]->len + 1);
+            r->master_port = port;
+            r->master_sentinel = asked;
+            r->query_got = 1;
+        }
+    }
+    redisAsyncDisconnect(ac); /* on_query_disconnect goes on */
+}
+
+static void on_query_connect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    if (!r)
+        return;
+    if (status != REDIS_OK) { /* hiredis frees the context; no disconnect callback */
+        r->qac = NULL;
+        query_done(r);
+        return;
+    }
+    redisAsyncCommand(r->qac, on_query_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+                      r->cfg->master_name);
+}
+
+static void on_query_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    (void)status;
+    if (!r)
+        return;
+    r->qac = NULL;
+    query_done(r);
+}
+
+/* Asks the next sentinel where the primary is. */
+static void sentinel_query(struct cm_redis *r)
+{
+    char host[256];
+    size_t i = r->sentinel_next;
+    r->sentinel_next = (i + 1) % r->n_sentinels;
+    r->sentinel_tries++;
+    r->query_got = 0;
+    int port = split_addr(r->cfg->sentinels[i], host, sizeof(host));
+    redisAsyncContext *q = redisAsyncConnect(host, port);
+    if (!q || q->err) {
+        if (q)
+            redisAsyncFree(q);
+        query_done(r);
+        return;
+    }
+    q->data = r;
+    r->qac = q;
+    r->query_started = cm_now_mono();
+    set_state(r, CM_REDIS_CONNECTING);
+    redisLibeventAttach(q, r->base);
+    redisAsyncSetConnectCallback(q, on_query_connect);
+    redisAsyncSetDisconnectCallback(q, on_query_disconnect);
+}
+
+/* +switch-master "<name> <old ip> <old port> <new ip> <new port>": our primary moved. */
+static void on_switch(redisAsyncContext *ac, void *rep, void *privdata)
+{
+    struct cm_redis *r = ac->data;
+    redisReply *reply = rep;
+    (void)privdata;
+    if (!r || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    char name[160], ip[256];
+    int port;
+    if (sscanf(reply->element[2]->str, "%159s %*s %*d %255s %d", name, ip, &port) != 3 ||
+        strcmp(name, r->cfg->master_name) != 0)
+        return;
+    if (strcmp(ip, r->master_host) == 0 && port == r->master_port)
+        return;
+    cm_log_info("redis", "+switch-master: the primary of %s is now %s:%d (was %s:%d)", name, ip,
+                port, r->master_host, r->master_port);
+    if (r->state == CM_REDIS_CLOSED)
+        return;
+    if (r->ac) {
+        redisAsyncDisconnect(r->ac); /* the reconnect asks the sentinels */
+    } else if (!r->qac && r->state == CM_REDIS_DISCONNECTED) {
+        /* Waiting out a backoff (the old primary is gone): the new one is known now. */
+        evtimer_del(r->retry_ev);
+        r->backoff = BACKOFF_MIN;
+        start_connect(r);
+    }
+}
+
+static void watch_later(struct cm_redis *r)
+{
+    struct timeval tv = {1, 0}; /* a sentinel that went away: another in a second */
+    evtimer_add(r->watch_ev, &tv);
+}
+
+static void on_watch_connect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    if (!r)
+        return;
+    if (status != REDIS_OK) {
+        r->wac = NULL;
+        watch_later(r);
+        return;
+    }
+    redisAsyncCommand(r->wac, on_switch, NULL, "SUBSCRIBE +switch-master");
+}
+
+static void on_watch_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cm_redis *r = ac->data;
+    (void)status;
+    if (!r)
+        return;
+    r->wac = NULL;
+    if (r->state != CM_REDIS_CLOSED)
+        watch_later(r);
+}
+
+static void watch_open(struct cm_redis *r)
+{
+    if (r->wac || r->state == CM_REDIS_CLOSED)
+        return;
+    char host[256];
+    int port = split_addr(r->cfg->sentinels[r->master_sentinel], host, sizeof(host));
+    redisAsyncContext *w = redisAsyncConnect(host, port);
+    if (!w || w->err) {
+        if (w)
+            redisAsyncFree(w);
+        watch_later(r);
+        return;
+    }
+    w->data = r;
+    r->wac = w;
+    redisLibeventAttach(w, r->base);
+    redisAsyncSetConnectCallback(w, on_watch_connect);
+    redisAsyncSetDisconnectCallback(w, on_watch_disconnect);
+}
+
+static void on_watch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_redis *r = arg;
+    (void)fd, (void)what;
+    /* The sentinel that named the primary may be the one that is gone: take the next. */
+    r->master_sentinel = (r->master_sentinel + 1) % r->n_sentinels;
+    watch_open(r);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -379,6 +631,14 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
         stuck = 1;
     if (r->ac && r->head && now - r->head->sent > r->cfg->command_timeout)
         stuck = 1;
+    if (r->qac && now - r->query_started > r->cfg->connect_timeout) {
+        /* A sentinel that does not answer: free the query quietly, ask the next one. */
+        redisAsyncContext *q = r->qac;
+        r->qac = NULL;
+        q->data = NULL;
+        redisAsyncFree(q);
+        query_done(r);
+    }
     if (stuck) {
         /* Fail everything in flight with a timeout, then drop the connection. */
         struct pending *p = r->head;
@@ -409,7 +669,10 @@ struct cm_redis *cm_redis_create(struct event_base *base, const struct cm_redis_
     r->backoff = BACKOFF_MIN;
     r->retry_ev = evtimer_new(base, on_retry, r);
     r->watchdog_ev = event_new(base, -1, EV_PERSIST, on_watchdog, r);
-    if (!r->retry_ev || !r->watchdog_ev) {
+    r->watch_ev = evtimer_new(base, on_watch_timer, r);
+    for (char **s = cfg->sentinels; s && *s; s++)
+        r->n_sentinels++;
+    if (!r->retry_ev || !r->watchdog_ev || !r->watch_ev) {
         cm_redis_destroy(r);
         return NULL;
     }
@@ -432,6 +695,16 @@ void cm_redis_destroy(struct cm_redis *r)
         /* Callbacks get NULL replies: they must not touch <r>, which stays valid here. */
         redisAsyncFree(ac);
     }
+    redisAsyncContext *side[2] = {r->qac, r->wac};
+    r->qac = r->wac = NULL;
+    for (int i = 0; i < 2; i++) {
+        if (side[i]) {
+            side[i]->data = NULL; /* their callbacks do nothing */
+            redisAsyncFree(side[i]);
+        }
+    }
+    if (r->watch_ev)
+        event_free(r->watch_ev);
     if (r->retry_ev)
         event_free(r->retry_ev);
     if (r->watchdog_ev)
@@ -455,6 +728,17 @@ void cm_redis_set_refused_cb(struct cm_redis *r, cm_redis_refused_cb cb, void *d
 {
     r->refused_cb = cb;
     r->refused_data = data;
+}
+
+const char *cm_redis_address(struct cm_redis *r)
+{
+    if (!r->n_sentinels)
+        return r->cfg->address;
+    if (!r->master_port)
+        snprintf(r->addr, sizeof(r->addr), "sentinel:%s", r->cfg->master_name);
+    else
+        snprintf(r->addr, sizeof(r->addr), "%s:%d", r->master_host, r->master_port);
+    return r->addr;
 }
 
 const char *cm_redis_prefix(const struct cm_redis *r)

@@ -50,6 +50,9 @@ void cm_redis_destroy(struct cm_redis *r);
 void cm_redis_set_refused_cb(struct cm_redis *r, cm_redis_refused_cb cb, void *data);
 enum cm_redis_state cm_redis_state(const struct cm_redis *r);
 const char *cm_redis_prefix(const struct cm_redis *r);
+/* For logs: redis.address, or with sentinels the primary they named last ("host:port", or
+ * "sentinel:<master_name>" before any answer). Valid until the next call. */
+const char *cm_redis_address(struct cm_redis *r);
 
 /* Sends a command given as argv. Returns 0 (the callback will run exactly once) or
  * -ENOTCONN when not connected, -ENOMEM (the callback will not run). <cb> may be NULL. */

@@ -208,9 +208,9 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
 static void on_redis_refused(struct cm_redis *r, const char *err, void *data)
 {
     struct gw_worker *w = data;
-    (void)r;
     const struct cm_redis_config *rc = &w->gc->common->redis;
-    cm_log_error("worker", "redis refused, retrying addr=%s user=%s err=\"%s\"", rc->address,
+    cm_log_error("worker", "redis refused, retrying addr=%s user=%s err=\"%s\"",
+                 cm_redis_address(r),
                  rc->username ? rc->username : "default", err);
 }
 

@@ -596,8 +596,14 @@ void sch_inst_bind(struct sch_inst *inst, const char *h)
         return;
     }
     if (inst->state == SCH_INST_BOUND && strcmp(inst->session, h) != 0) {
-        cm_log_error("inst", "bind to a second session refused inst=%s session=%s bound=%s",
+        /* Redis gave a bound sandbox to another session: it lost the first binding (a
+         * failover that dropped writes not yet replicated). The gateways route the second
+         * session here: end the sandbox now, as lost, so that neither session reaches the
+         * other's app and files (both get a new one by their template's on_lost). */
+        cm_log_error("inst", "bind to a second session: ending the instance inst=%s session=%s "
+                             "bound=%s",
                      inst->id, h, inst->session);
+        sch_inst_stop(inst, "bound to a second session", 1);
         return;
     }
     if (inst->state == SCH_INST_BOUND && inst->agent_bound)

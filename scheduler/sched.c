@@ -255,9 +255,8 @@ static void maybe_recover(struct sch_ctx *ctx)
 static void on_redis_state(struct cm_redis *r, int connected, void *data)
 {
     struct sch_ctx *ctx = data;
-    (void)r;
     cm_log_info("redis", "%s addr=%s", connected ? "connected" : "disconnected",
-                ctx->cfg->redis.address);
+                cm_redis_address(r));
     if (connected) {
         maybe_recover(ctx);
         sch_heartbeat(ctx);
@@ -270,9 +269,8 @@ static void on_redis_state(struct cm_redis *r, int connected, void *data)
 static void on_redis_refused(struct cm_redis *r, const char *err, void *data)
 {
     struct sch_ctx *ctx = data;
-    (void)r;
     cm_log_error("redis", "refused, retrying addr=%s user=%s err=\"%s\"",
-                 ctx->cfg->redis.address,
+                 cm_redis_address(r),
                  ctx->cfg->redis.username ? ctx->cfg->redis.username : "default", err);
 }
 

@@ -540,6 +540,31 @@ def test_destroy_removes_instance_keeps_data(sched):
     assert iid not in [i["id"] for i in status(s)["instances"]]
 
 
+def test_a_bind_to_a_second_session_ends_the_instance_as_lost(sched):
+    """Redis handed a bound sandbox to another session (a failover lost the first binding,
+    which had not reached the replica): the scheduler must not let the second session into
+    the first one's sandbox. It ends the instance as lost, so the second session's next
+    request follows its on_lost policy."""
+    s = sched
+    h1, h2 = session(51), session(52)
+    r = start_ok(s, h1)
+    iid = r["instance"]
+    pid = int(s.redis.hgetall(s.key("i:", iid))["pid"])
+    assert via(r["addr"], "/files/mine.txt", method="PUT", data="h1's").status in (200, 201)
+    # What a claim on a primary without h1's binding writes for h2 (common/store.c, bind()).
+    s.redis.cmd("HSET", s.key("s:", h2), "tenant", "other", "state", "bound", "instance", iid,
+                "addr", r["addr"], "gen", 1)
+    s.redis.cmd("HSET", s.key("i:", iid), "state", "bound", "session", h2)
+    s.redis.cmd("PUBLISH", s.key("cmd:", s.host_id), "bind %s %s" % (iid, h2))
+    wait_until(lambda: not running(pid), 10 * SLOW, "the instance ended")
+    wait_until(lambda: s.redis.hgetall(s.key("s:", h2)).get("state") == "lost", 10 * SLOW,
+               "the second session marked lost")
+    assert "bind to a second session: ending the instance" in s.scheduler.log()
+    # h1's files stay in h1's storage, and only there.
+    assert stored_file(s, h1, "mine.txt") == "h1's"
+    assert stored_file(s, h2, "mine.txt", tenant="other") is None
+
+
 def test_destroying_a_warm_instance_refills_the_pool(sched):
     s = sched
     warm = s.redis.cmd("LINDEX", s.key("pool:%s:echo" % s.host_id), 0)

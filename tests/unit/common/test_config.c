@@ -288,6 +288,30 @@ TEST(redis_errors)
     EXPECT_ERROR("redis:\n  prefix: "
                  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
                  "2:11: redis.prefix: must be at most 64 characters");
+    EXPECT_ERROR("redis:\n  sentinels: [a:1]\n",
+                 "2:3: redis.master_name: required with redis.sentinels: the name the sentinels "
+                 "monitor (1-128 characters)");
+    EXPECT_ERROR("redis:\n  master_name: m\n", "2:16: redis.master_name: needs redis.sentinels");
+    EXPECT_ERROR("redis:\n  sentinels: [a]\n  master_name: m\n",
+                 "2:14: redis.sentinels: 'a' is not host:port");
+    EXPECT_ERROR("redis:\n  sentinels: ['a:0']\n  master_name: m\n",
+                 "2:14: redis.sentinels: 'a:0' is not host:port");
+    EXPECT_ERROR("redis:\n  sentinels: [a:1]\n  master_name: m\n  address: b:2\n",
+                 "4:12: redis.address: not with redis.sentinels (they name the primary)");
+}
+
+TEST(redis_sentinels)
+{
+    char err[512];
+    struct cm_config *cfg = load("redis:\n  sentinels: [s1:26379, '10.0.0.2:26380']\n"
+                                      "  master_name: berth\n",
+                                      err, sizeof(err));
+    CHECK_MSG(cfg != NULL, "%s", err);
+    CHECK_STR_EQ(cfg->redis.sentinels[0], "s1:26379");
+    CHECK_STR_EQ(cfg->redis.sentinels[1], "10.0.0.2:26380");
+    CHECK_NULL(cfg->redis.sentinels[2]);
+    CHECK_STR_EQ(cfg->redis.master_name, "berth");
+    cm_config_free(cfg);
 }
 
 TEST(redis_password_file_and_username)
