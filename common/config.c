@@ -390,7 +390,8 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
     static const char *const limit_keys[] = {"max_sessions",        "sessions_per_second",
                                              "sessions_burst",      "requests_per_second",
-                                             "requests_burst",      NULL};
+                                             "requests_burst",      "max_execs",
+                                             NULL};
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, "tenants", NULL, "items must be mappings");
     if (cm_conf_keys(ctx, m, "tenants[]", keys) ||
@@ -427,6 +428,10 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
                             "needs requests_per_second");
     t->requests_per_second = (uint32_t)rate;
     t->requests_burst = (uint32_t)burst;
+    uint64_t execs = 0;
+    if (cm_conf_u64(ctx, lim, lpath, "max_execs", 0, 0, CM_TENANT_MAX_SESSIONS, &execs))
+        return -EINVAL;
+    t->max_execs = (uint32_t)execs;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;

@@ -98,6 +98,9 @@ struct cm_tenant {
     /* limits.requests_per_second / requests_burst: data-plane requests, limited by each
      * gateway process on its own (gateway/rate.h); 0: none. */
     uint32_t requests_per_second, requests_burst;
+    /* limits.max_execs: commands of the tenant running at once through the control API's
+     * /exec, across all gateways (leases in Redis, P execs:{tenant}); 0: none. */
+    uint32_t max_execs;
 };
 
 #define CM_REDIS_MAX_SENTINELS 16

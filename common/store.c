@@ -443,6 +443,26 @@ static const char usage_src[] =
     "end\n"
     "return out\n";
 
+static const char execs_src[] =
+    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE LUA_LIMIT
+    "local tenant, lease, max, id, op = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]),\n"
+    "  ARGV[6], ARGV[7]\n"
+    "local k = P..'execs:'..tenant\n"
+    "if op == 'end' then redis.call('ZREM', k, id) return 1 end\n"
+    "if op == 'renew' then\n"
+    "  redis.call('ZADD', k, 'XX', now + lease, id)\n"
+    "  redis.call('PEXPIRE', k, lease)\n"
+    "  return 1\n"
+    "end\n"
+    "redis.call('ZREMRANGEBYSCORE', k, '-inf', now)\n"
+    "if max > 0 and redis.call('ZCARD', k) >= max then\n"
+    "  limited(tenant, 'max_execs', max, ARGV[8] or '')\n"
+    "  return 0\n"
+    "end\n"
+    "redis.call('ZADD', k, now + lease, id)\n"
+    "redis.call('PEXPIRE', k, lease)\n"
+    "return 1\n";
+
 static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = claim_src,     [CM_SCRIPT_BIND] = bind_src,
     [CM_SCRIPT_TOUCH] = touch_src,     [CM_SCRIPT_UPDATE] = update_src,
@@ -451,7 +471,7 @@ static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_STATIC] = static_src,   [CM_SCRIPT_RECONCILE] = reconcile_src,
     [CM_SCRIPT_IDLE] = idle_src,       [CM_SCRIPT_PAUSED] = paused_src,
     [CM_SCRIPT_RESUMED] = resumed_src, [CM_SCRIPT_EVENT] = event_src,
-    [CM_SCRIPT_USAGE] = usage_src,
+    [CM_SCRIPT_USAGE] = usage_src,      [CM_SCRIPT_EXECS] = execs_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
@@ -461,7 +481,7 @@ static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_STATIC] = "static",   [CM_SCRIPT_RECONCILE] = "reconcile",
     [CM_SCRIPT_IDLE] = "idle",       [CM_SCRIPT_PAUSED] = "paused",
     [CM_SCRIPT_RESUMED] = "resumed", [CM_SCRIPT_EVENT] = "event",
-    [CM_SCRIPT_USAGE] = "usage",
+    [CM_SCRIPT_USAGE] = "usage",        [CM_SCRIPT_EXECS] = "execs",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

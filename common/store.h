@@ -16,6 +16,7 @@
  *   P sessions:{tenant} zset h -> created ms (listing; its size is what max_sessions limits)
  *   P limited:{tenant}:{limit} string (1 s): a tenant_limit event was written
  *   P rate:{tenant}:sessions hash tokens ms: the new-session bucket (Redis's clock)
+ *   P execs:{tenant}   zset  running commands: exec id -> lease end ms (EXECS)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
  *                      file_written|file_deleted|tenant_limit; key_id on those an API call
@@ -151,6 +152,13 @@ enum cm_script {
      * a session Redis does not know (not counted), so that the caller can add the deltas it
      * sent to counters of its own by tenant and template (common/usagetab.h). */
     CM_SCRIPT_USAGE,
+    /* EXECS ARGV: P tenant now_ms lease_ms max id op(begin|renew|end) h
+     * The tenant's running commands, as leases in the zset P execs:{tenant} (id -> lease end
+     * ms: a gateway that dies holds its slots no longer than lease_ms). begin: drops expired
+     * leases, then takes a slot unless max are held (then a tenant_limit event, at most one a
+     * second, for session h); renew: extends id's lease; end: gives it back. Returns 1, or 0
+     * for a begin over max. */
+    CM_SCRIPT_EXECS,
     CM_SCRIPT_COUNT
 };
 

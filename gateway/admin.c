@@ -459,7 +459,7 @@ struct gw_admin *gw_admin_start(const struct gw_config *gc, struct gw_metrics *c
     }
     a->redis = cm_redis_create(a->base, &gc->common->redis, NULL, NULL);
     a->claimer = a->redis ? gw_claimer_create(a->base, a->redis, gc, &a->own) : NULL;
-    a->api = a->claimer ? gw_api_create(a->base, a->redis, a->claimer, gc, &a->lim) : NULL;
+    a->api = a->claimer ? gw_api_create(a->base, a->redis, a->claimer, gc, &a->lim, &a->own) : NULL;
     if (!a->api || pipe2(a->stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
         !(a->stop_ev = event_new(a->base, a->stop_pipe[0], EV_READ, on_stop, a)) ||
         event_add(a->stop_ev, NULL) < 0) {

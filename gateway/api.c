@@ -83,6 +83,7 @@ struct gw_api {
     const struct gw_admin_limits *lim;
     struct op *ops;
     struct gw_events *events;
+    struct gw_metrics *m; /* the admin loop's shard (gw_api_create) */
 };
 
 void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const char *body,
@@ -706,7 +707,12 @@ static void channel_on_session(redisReply *r, const char *err, void *data)
         addr[rec.addr_len] = '\0';
         struct cm_httpd_req *req = op->req;
         op->req = NULL;
-        struct gw_exec_audit audit = {.redis = op->api->redis, .tenant = op->tenant->name};
+        struct gw_exec_audit audit = {.redis = op->api->redis,
+                                      .tenant = op->tenant->name,
+                                      .max_execs = op->tenant->max_execs,
+                                      .m = op->api->m,
+                                      .tenant_idx = (size_t)(op->tenant -
+                                                             op->api->gc->common->tenants)};
         memcpy(audit.session, op->h, sizeof(audit.session));
         if (rec.instance && rec.instance_len < sizeof(audit.instance)) {
             memcpy(audit.instance, rec.instance, rec.instance_len);
@@ -1084,11 +1090,12 @@ void gw_api_handle(struct gw_api *api, struct cm_httpd_req *req, const char *pat
 
 struct gw_api *gw_api_create(struct event_base *base, struct cm_redis *redis,
                              struct gw_claimer *claimer, const struct gw_config *gc,
-                             const struct gw_admin_limits *lim)
+                             const struct gw_admin_limits *lim, struct gw_metrics *m)
 {
     struct gw_api *api = calloc(1, sizeof(*api));
     if (!api)
         return NULL;
+    api->m = m;
     api->base = base;
     api->redis = redis;
     api->claimer = claimer;

@@ -16,12 +16,13 @@ struct gw_admin_limits;
 struct gw_claimer;
 struct gw_config;
 struct gw_api;
+struct gw_metrics;
 
 /* Returns a new handler set, or NULL when out of memory. Borrows every argument until
  * gw_api_destroy(). */
 struct gw_api *gw_api_create(struct event_base *base, struct cm_redis *redis,
                              struct gw_claimer *claimer, const struct gw_config *gc,
-                             const struct gw_admin_limits *lim);
+                             const struct gw_admin_limits *lim, struct gw_metrics *m);
 /* Answers 503 to every request still waiting (on a claim: the claimer must have been
  * destroyed first, so that no claim callback can run later), then frees. Requests waiting on
  * Redis are answered by their reply callbacks, which cm_redis_destroy() runs: destroy the

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <hiredis/hiredis.h>
 
 #include "common/frame.h"
 #include "common/httpd.h"
@@ -20,12 +21,18 @@
 #include "common/log.h"
 #include "common/redis.h"
 #include "common/secret.h"
+#include "gateway/metrics.h"
 #include "common/store.h"
 #include "common/time.h"
 #include "gateway/api.h"
 #include "gateway/config.h"
 
 #define STREAM_HIGH (256 * 1024) /* output queued for the client: stop reading the sandbox */
+/* limits.max_execs: a running command holds a lease in Redis (P execs:{tenant}) renewed
+ * every EXEC_LEASE_MS / 3, so a gateway that dies frees its tenants' slots within a lease. */
+#define EXEC_LEASE_MS 30000
+
+struct chan;
 
 struct gw_exec {
     struct cm_httpd_req *req; /* NULL once the client is gone or answered */
@@ -40,6 +47,14 @@ struct gw_exec {
     int entries;                      /* L: entries streamed so far */
     uint64_t up_bytes, up_max;        /* W: the upload's bytes so far, its bound */
     int up_waiting;                   /* W: reading the client waits for the channel */
+    /* max_execs: the slot (a lease in Redis) this command holds or waits for */
+    char slot[64];
+    int slot_waiting; /* the EXECS begin is in flight: its reply frees us if gone */
+    int slot_held;
+    int gone;         /* the client went away while the slot was asked for */
+    struct event *renew;
+    struct chan *ch;  /* kept until the slot is given (then the agent is connected) */
+    char cmdline[512];
 };
 
 /* EVENT script: <type> with the session, instance, key id and <n> more field/value pairs. */
@@ -70,9 +85,39 @@ static void audit_event(struct gw_exec *x, const char *type, int n, const char *
 static void write_b64(struct cm_jbuf *b, const unsigned char *p, size_t n);
 static void audit_event(struct gw_exec *x, const char *type, int n, const char **kv);
 static void on_drain(void *arg);
+static void exec_go(struct gw_exec *x, const struct chan *ch);
+static void on_slot(struct redisReply *reply, const char *err, void *data);
+
+static void slot_call(struct gw_exec *x, const char *op, cm_redis_reply_cb cb)
+{
+    char now[24], lease[16], max[16];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    snprintf(lease, sizeof(lease), "%d", EXEC_LEASE_MS);
+    snprintf(max, sizeof(max), "%" PRIu32, x->audit.max_execs);
+    const char *argv[] = {x->gc->common->redis.prefix, x->audit.tenant, now, lease, max,
+                          x->slot, op, x->audit.session};
+    size_t lens[CM_ARRAY_SIZE(argv)];
+    for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
+        lens[i] = strlen(argv[i]);
+    if (cm_redis_script(x->audit.redis, CM_SCRIPT_EXECS, cb, cb ? x : NULL,
+                        (int)CM_ARRAY_SIZE(argv), argv, lens) < 0 && cb)
+        cb(NULL, cm_redis_err_not_connected, x);
+}
 
 static void exec_free(struct gw_exec *x)
 {
+    if (x->slot_waiting) { /* the EXECS reply is coming: it frees us (and gives the slot) */
+        x->gone = 1;
+        if (x->req)
+            cm_httpd_set_close_cb(x->req, NULL, NULL);
+        x->req = NULL;
+        return;
+    }
+    if (x->slot_held)
+        slot_call(x, "end", NULL); /* a lease left behind would only expire */
+    if (x->renew)
+        event_free(x->renew);
+    free(x->ch);
     if (x->req)
         cm_httpd_set_close_cb(x->req, NULL, NULL);
     if (x->bev)
@@ -683,6 +728,52 @@ void gw_api_file_start(struct event_base *base, const struct gw_config *gc,
     connect_agent(x, &ch);
 }
 
+/* Writes exec_started and connects to the sandbox's agent (the spec is queued already). */
+static void exec_go(struct gw_exec *x, const struct chan *ch)
+{
+    const char *kv[2] = {"cmd", x->cmdline};
+    audit_event(x, "exec_started", 2, kv);
+    bufferevent_setcb(x->bev, on_read, NULL, on_event, x);
+    bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
+    connect_agent(x, ch);
+}
+
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    slot_call(arg, "renew", NULL);
+}
+
+static void on_slot(struct redisReply *reply, const char *err, void *data)
+{
+    struct gw_exec *x = data;
+    x->slot_waiting = 0;
+    int got = !err && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    x->slot_held = got;
+    if (x->gone) {
+        exec_free(x);
+        return;
+    }
+    if (err || !reply) {
+        finish(x, GW_ERR_STORE_UNAVAILABLE, "cannot count the tenant's running commands");
+        return;
+    }
+    if (!got) {
+        if (x->audit.m && x->audit.tenant_idx < GW_TENANT_SLOTS)
+            GW_METRIC_INC(x->audit.m, tenant_max_execs[x->audit.tenant_idx]);
+        finish(x, GW_ERR_TENANT_MAX_EXECS, NULL);
+        return;
+    }
+    struct timeval tv = {EXEC_LEASE_MS / 3000, 0};
+    x->renew = event_new(bufferevent_get_base(x->bev), -1, EV_PERSIST, on_renew, x);
+    if (x->renew)
+        event_add(x->renew, &tv);
+    struct chan *ch = x->ch;
+    x->ch = NULL;
+    exec_go(x, ch);
+    free(ch);
+}
+
 void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
                        struct cm_httpd_req *req, const char *addr, struct gw_api_exec *spec,
                        const struct gw_exec_audit *audit)
@@ -720,15 +811,25 @@ void gw_api_exec_start(struct event_base *base, const struct gw_config *gc,
     if (cl >= sizeof(cmdline))
         cl = sizeof(cmdline) - 1;
     cmdline[cl] = '\0';
-    const char *kv[2] = {"cmd", cmdline};
-    audit_event(x, "exec_started", 2, kv);
+    memcpy(x->cmdline, cmdline, cl + 1);
     cm_json_free(spec->j);
     spec->j = NULL;
     if (rc < 0) {
         finish(x, GW_ERR_INTERNAL, "out of memory");
         return;
     }
-    bufferevent_setcb(x->bev, on_read, NULL, on_event, x);
-    bufferevent_setwatermark(x->bev, EV_READ, 0, CM_FRAME_HDR + CM_FRAME_MAX);
-    connect_agent(x, &ch);
+    if (!audit->max_execs) {
+        exec_go(x, &ch);
+        return;
+    }
+    /* The tenant's limit on running commands: a slot first (Redis, across gateways). */
+    snprintf(x->slot, sizeof(x->slot), "%08x%08x%08x%08x", arc4random(), arc4random(),
+             arc4random(), arc4random()); /* unique across gateways */
+    if (!(x->ch = malloc(sizeof(*x->ch)))) {
+        finish(x, GW_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    *x->ch = ch;
+    x->slot_waiting = 1;
+    slot_call(x, "begin", on_slot);
 }

@@ -27,12 +27,17 @@ struct cm_redis;
 struct evbuffer;
 
 /* Who asked, for the audit events exec_started and exec_ended (the EVENT script). */
+struct gw_metrics;
+
 struct gw_exec_audit {
     struct cm_redis *redis;
     const char *tenant; /* the config's: outlives the command */
     char session[CM_HASH_HEX_LEN + 1];
     char key_id[13]; /* the API key's: the first 12 hex digits of its SHA-256 */
     char instance[96]; /* the session's instance id (its record's), "" when unknown */
+    uint32_t max_execs;    /* the tenant's limits.max_execs (commands only), 0: none */
+    struct gw_metrics *m;  /* the loop's metrics (refusals by tenant), or NULL */
+    size_t tenant_idx;     /* the tenant's index in the config */
 };
 
 #define GW_FILE_PATH_MAX 4096

@@ -59,6 +59,10 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                                     "the tenant sends requests faster than its limit "
                                     "requests_per_second allows: retry later",
                                     1},
+    [GW_ERR_TENANT_MAX_EXECS] = {"tenant_limit", 429,
+                                 "the tenant runs as many commands as its limit max_execs "
+                                 "allows: retry later",
+                                 1},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

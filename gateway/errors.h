@@ -43,6 +43,8 @@ enum gw_err {
                                    * limits.sessions_per_second (Retry-After) */
     GW_ERR_TENANT_REQUEST_RATE,   /* 429 tenant_limit: data-plane requests faster than the
                                    * tenant's limits.requests_per_second (Retry-After) */
+    GW_ERR_TENANT_MAX_EXECS,      /* 429 tenant_limit: a command over the tenant's
+                                   * limits.max_execs running at once (Retry-After) */
     GW_ERR_COUNT
 };
 

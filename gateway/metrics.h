@@ -58,6 +58,7 @@ struct gw_metrics {
     uint64_t tenant_max_sessions[GW_TENANT_SLOTS];
     uint64_t tenant_session_rate[GW_TENANT_SLOTS]; /* the same for sessions_per_second */
     uint64_t tenant_request_rate[GW_TENANT_SLOTS]; /* requests refused: requests_per_second */
+    uint64_t tenant_max_execs[GW_TENANT_SLOTS];    /* commands refused: max_execs */
 };
 
 /* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked

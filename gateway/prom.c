@@ -38,7 +38,7 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
     int any = 0;
     for (size_t i = 0; i < cfg->n_tenants; i++)
         any |= cfg->tenants[i].max_sessions || cfg->tenants[i].sessions_per_second ||
-               cfg->tenants[i].requests_per_second;
+               cfg->tenants[i].requests_per_second || cfg->tenants[i].max_execs;
     if (!any)
         return;
     const char *f = "berth_tenant_limit";
@@ -56,6 +56,8 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
             tenant_sample(b, f, t->name, "requests_per_second", t->requests_per_second);
             tenant_sample(b, f, t->name, "requests_burst", t->requests_burst);
         }
+        if (t->max_execs)
+            tenant_sample(b, f, t->name, "max_execs", t->max_execs);
     }
     f = "berth_tenant_limited_total";
     cm_prom_family(b, f, "counter",
@@ -70,6 +72,8 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
             tenant_sample(b, f, t->name, "sessions_per_second", m->tenant_session_rate[i]);
         if (t->requests_per_second)
             tenant_sample(b, f, t->name, "requests_per_second", m->tenant_request_rate[i]);
+        if (t->max_execs)
+            tenant_sample(b, f, t->name, "max_execs", m->tenant_max_execs[i]);
     }
 }
 

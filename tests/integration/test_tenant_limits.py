@@ -8,6 +8,8 @@ redis-server, berth-scheduler (process sandboxes running berth-echo), berth-gate
 import concurrent.futures
 import json
 import math
+import os
+import subprocess
 import time
 
 import pytest
@@ -33,11 +35,11 @@ def limited_config(max_sessions, templates=None):
     }
 
 
-def assert_limited(r):
+def assert_limited(r, limit="max_sessions"):
     assert r.status == 429, (r.status, r.body[:300])
     j = r.json()
     assert set(j) == {"error"} and j["error"]["code"] == "tenant_limit", j
-    assert "max_sessions" in j["error"]["message"], j
+    assert limit in j["error"]["message"], j
     assert r.header("retry-after") == str(RETRY_AFTER), r.headers
 
 
@@ -248,3 +250,54 @@ def test_data_plane_requests_per_second(make_stack):
     assert val(samples, "berth_tenant_limit", tenant="default", limit="requests_per_second") == 5
     assert val(samples, "berth_tenant_limited_total", tenant="default",
                limit="requests_per_second") >= statuses.count(429)
+
+
+@pytest.mark.berth_timeout(240)
+def test_max_execs_counts_the_tenants_commands_across_its_sessions(make_stack):
+    """limits.max_execs 2: two long commands in two of the tenant's sessions hold both slots
+    (leases in Redis); a third command, in either session, gets 429 tenant_limit naming
+    max_execs; the other tenant's commands run; a client that goes away gives its slot back."""
+    cfg = limited_config(0)
+    cfg["tenants"][0]["limits"] = {"max_execs": 2}
+    s = make_stack(cfg)
+    for k in ("ex-a", "ex-b"):
+        assert s.get("/", session=k).status == 200
+    assert s.get("/other/", session="ex-o").status == 200
+    body = json.dumps({"cmd": ["/bin/sleep", "25"]})
+    ps = [subprocess.Popen(["curl", "-sS", "-N", "-H", "Authorization: Bearer " + DEV_KEY,
+                            "--data-binary", body, s.admin_url("/v1/sessions/%s/exec" % k)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+          for k in ("ex-a", "ex-b")]
+    try:
+        def sleeps():
+            out = subprocess.run(["pgrep", "-f", "^/bin/sleep 25$"], capture_output=True,
+                                 text=True).stdout.split()
+            return out if len(out) == 2 else None
+        pids = wait_until(sleeps, 20 * SLOW, "two commands running")
+        assert s.redis.cmd("ZCARD", s.key("execs:", "default")) == 2
+        for k in ("ex-a", "ex-b"):
+            r = s.api("POST", "/v1/sessions/%s/exec" % k, {"cmd": ["/bin/true"]})
+            assert_limited(r, "max_execs")
+        r = s.api("POST", "/v1/sessions/ex-o/exec", {"cmd": ["/bin/true"]}, key=OTHER_KEY)
+        assert r.status == 200, r
+        ps[0].kill()
+        ps[0].wait()
+        wait_until(lambda: s.redis.cmd("ZCARD", s.key("execs:", "default")) == 1, 10 * SLOW,
+                   "the slot given back")
+        r = s.api("POST", "/v1/sessions/ex-a/exec", {"cmd": ["/bin/true"]})
+        assert r.status == 200, r
+        assert json.loads(r.body.decode().splitlines()[-1])["exit_code"] == 0
+        wait_until(lambda: s.redis.cmd("ZCARD", s.key("execs:", "default")) == 1, 10 * SLOW,
+                   "the finished command's slot given back")
+    finally:
+        for p in ps:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    wait_until(lambda: not any(os.path.exists("/proc/%s" % pid) for pid in pids), 10 * SLOW,
+               "the commands killed")
+    types, samples = scrape(s)
+    assert val(samples, "berth_tenant_limit", tenant="default", limit="max_execs") == 2
+    assert val(samples, "berth_tenant_limited_total", tenant="default", limit="max_execs") == 2
+    ev = s.api("GET", "/v1/events?type=tenant_limit").json()["events"]
+    assert ev and ev[0]["limit"] == "max_execs", ev
