@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "compat.h"
 #include "log.h"
@@ -73,6 +74,7 @@ struct cm_redis {
     int master_port;
     size_t master_sentinel;  /* the sentinel that named it (the watch subscribes there) */
     redisAsyncContext *wac;  /* +switch-master subscription, or NULL */
+    cm_usec_t watch_started;
     struct event *watch_ev;  /* re-opens it */
     int role_pending;        /* the handshake's ROLE has not answered */
     char addr[300];          /* cm_redis_address() */
@@ -81,6 +83,7 @@ struct cm_redis {
 static void start_connect(struct cm_redis *r);
 static void query_done(struct cm_redis *r);
 static void watch_open(struct cm_redis *r);
+static void watch_later(struct cm_redis *r);
 
 static void set_state(struct cm_redis *r, enum cm_redis_state st)
 {
@@ -122,6 +125,31 @@ static void schedule_retry(struct cm_redis *r)
 
 static int send_pending(struct cm_redis *r, struct pending *p, int argc, const char **argv,
                         const size_t *lens);
+
+/* Ends the connection now. hiredis's redisAsyncDisconnect() waits for the replies still due
+ * (from a server that is gone they never come), and frees a context that has not connected
+ * yet without the disconnect callback: so a connect in progress is freed here quietly, and an
+ * established one is shut down, which makes hiredis take its error path at once (pending
+ * callbacks get NULL replies, then on_disconnect). Either way a retry follows. */
+static void drop_conn(struct cm_redis *r)
+{
+    redisAsyncContext *ac = r->ac;
+    if (!ac)
+        return;
+    if (!(ac->c.flags & REDIS_CONNECTED)) {
+        r->ac = NULL;
+        ac->data = NULL; /* on_connect does nothing */
+        redisAsyncFree(ac);
+        if (r->state != CM_REDIS_CLOSED) {
+            set_state(r, CM_REDIS_DISCONNECTED);
+            schedule_retry(r);
+        }
+        return;
+    }
+    if (ac->c.fd >= 0)
+        shutdown(ac->c.fd, SHUT_RDWR);
+    redisAsyncDisconnect(ac);
+}
 
 static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
 {
@@ -168,7 +196,7 @@ static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
         /* A replica now: the primary moved. Reconnect through the sentinels. */
         cm_log_warn("redis", "%s:%d answered READONLY: asking the sentinels again",
                     r->master_host, r->master_port);
-        redisAsyncDisconnect(ac);
+        drop_conn(r);
     }
 }
 
@@ -421,6 +449,9 @@ static void connect_with(struct cm_redis *r, redisAsyncContext *ac)
     ac->data = r;
     r->ac = ac;
     r->connect_started = cm_now_mono();
+    r->handshake_left = 0; /* the watchdog times the connect (a refused handshake left it) */
+    if (ac->c.connection_type == REDIS_CONN_TCP)
+        redisEnableKeepAlive(&ac->c); /* a primary whose host vanished is noticed */
     set_state(r, CM_REDIS_CONNECTING);
     redisLibeventAttach(ac, r->base);
     redisAsyncSetConnectCallback(ac, on_connect);
@@ -518,6 +549,7 @@ static void sentinel_query(struct cm_redis *r)
     }
     q->data = r;
     r->qac = q;
+    redisEnableKeepAlive(&q->c);
     r->query_started = cm_now_mono();
     set_state(r, CM_REDIS_CONNECTING);
     redisLibeventAttach(q, r->base);
@@ -546,7 +578,8 @@ static void on_switch(redisAsyncContext *ac, void *rep, void *privdata)
     if (r->state == CM_REDIS_CLOSED)
         return;
     if (r->ac) {
-        redisAsyncDisconnect(r->ac); /* the reconnect asks the sentinels */
+        r->backoff = BACKOFF_MIN; /* the reconnect asks the sentinels, at once */
+        drop_conn(r);
     } else if (!r->qac && r->state == CM_REDIS_DISCONNECTED) {
         /* Waiting out a backoff (the old primary is gone): the new one is known now. */
         evtimer_del(r->retry_ev);
@@ -600,6 +633,8 @@ static void watch_open(struct cm_redis *r)
     }
     w->data = r;
     r->wac = w;
+    r->watch_started = cm_now_mono();
+    redisEnableKeepAlive(&w->c); /* a sentinel host that vanished is noticed */
     redisLibeventAttach(w, r->base);
     redisAsyncSetConnectCallback(w, on_watch_connect);
     redisAsyncSetDisconnectCallback(w, on_watch_disconnect);
@@ -631,6 +666,14 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
         stuck = 1;
     if (r->ac && r->head && now - r->head->sent > r->cfg->command_timeout)
         stuck = 1;
+    if (r->wac && !(r->wac->c.flags & REDIS_CONNECTED) &&
+        now - r->watch_started > r->cfg->connect_timeout) {
+        redisAsyncContext *w = r->wac; /* a sentinel that takes no connection: another */
+        r->wac = NULL;
+        w->data = NULL;
+        redisAsyncFree(w);
+        watch_later(r);
+    }
     if (r->qac && now - r->query_started > r->cfg->connect_timeout) {
         /* A sentinel that does not answer: free the query quietly, ask the next one. */
         redisAsyncContext *q = r->qac;
@@ -651,8 +694,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
             p->next = NULL;
             p = next;
         }
-        if (r->ac)
-            redisAsyncDisconnect(r->ac);
+        drop_conn(r);
     }
 }
 

@@ -230,7 +230,7 @@ void gw_exchange_begin(struct gw_conn *c, struct gw_h1_head *h, int rc)
         gw_conn_send_error(c, GW_ERR_UNAUTHORIZED, 0);
         return;
     }
-    if (c->route->rate && !gw_rate_take(c->route->rate, (uint64_t)cm_now_mono())) {
+    if (c->route->rate && !gw_rate_take(c->route->rate, (uint64_t)cm_now_mono() * 1000)) {
         if (c->route->tenant_idx < GW_TENANT_SLOTS)
             GW_METRIC_INC(&w->metrics, tenant_request_rate[c->route->tenant_idx]);
         gw_conn_send_error(c, GW_ERR_TENANT_REQUEST_RATE, 0);

@@ -2,7 +2,7 @@
  * one number), lock-free across the worker threads of one gateway process.
  *
  * <tat> is the theoretical arrival time of the next request at the steady rate (monotonic
- * µs). A request at <now> is allowed when, once it is counted (tat' = max(tat, now) +
+ * ns: a µs interval would round 400k/s up to 500k/s). A request at <now> is allowed when, once it is counted (tat' = max(tat, now) +
  * interval), tat' - now stays within <limit> = burst x interval: so <burst> requests may go at
  * once, then one every <interval>. One compare-and-swap per allowed request; a refused one
  * writes nothing. */
@@ -13,20 +13,20 @@
 
 struct gw_rate {
     uint64_t tat;      /* atomic */
-    uint64_t interval; /* µs per request: 1e6 / rate */
+    uint64_t interval; /* ns per request: 1e9 / rate */
     uint64_t limit;    /* burst x interval */
 };
 
 static inline void gw_rate_init(struct gw_rate *r, uint32_t per_second, uint32_t burst)
 {
     r->tat = 0;
-    r->interval = per_second ? 1000000u / per_second : 0;
+    r->interval = per_second ? 1000000000u / per_second : 0;
     if (r->interval == 0)
         r->interval = 1;
     r->limit = (uint64_t)(burst ? burst : 1) * r->interval;
 }
 
-/* 1: allowed (and counted), 0: over the rate. <now>: monotonic µs. */
+/* 1: allowed (and counted), 0: over the rate. <now>: monotonic ns. */
 static inline int gw_rate_take(struct gw_rate *r, uint64_t now)
 {
     uint64_t tat = __atomic_load_n(&r->tat, __ATOMIC_RELAXED);

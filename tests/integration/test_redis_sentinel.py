@@ -11,6 +11,8 @@ sandboxes) and berth-gateway, curl.
 """
 import shutil
 import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -170,3 +172,87 @@ def test_no_sentinel_answers_means_redis_unavailable_not_a_hang(make_stack):
     assert curl(s.admin_url("/readyz"), timeout=5).status == 503
     r = s.get("/", session="nobody", timeout=10)
     assert r.status == 503 and r.json()["error"]["code"] == "store_unavailable", r
+
+
+class FakeSentinel:
+    """Answers every command with the address it is told (a RESP array of host and port):
+    enough of a sentinel for SENTINEL get-master-addr-by-name; SUBSCRIBE gets the same
+    (not a subscribe reply: the client's watch just waits)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.answer = ("127.0.0.1", "1")
+        self.asked = 0
+        self.stopped = False
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            c.settimeout(2)
+            try:
+                if c.recv(4096):
+                    self.asked += 1
+                    h, p = self.answer
+                    c.sendall(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                        len(h), h.encode(), len(p), p.encode()))
+            except OSError:
+                pass
+            finally:
+                c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.t.join(5)
+        self.sock.close()
+
+
+@pytest.mark.berth_timeout(180)
+def test_a_primary_that_takes_no_connection_is_given_up_and_the_next_one_found(make_stack):
+    """The sentinel names a primary whose SYNs go unanswered (a listener with a full accept
+    queue: its host is gone, as far as a client can tell). Each connect is given up after
+    redis.connect_timeout and retried, the daemon lives on; once the sentinel names the real
+    primary it connects. (A connect still in progress used to be freed without hiredis's
+    disconnect callback: a double free at the next watchdog tick.)"""
+    s = make_stack(start_scheduler=False, start_gateway=False)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(3):   # fill the accept queue: more SYNs are dropped
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(hole.getsockname())
+        fillers.append(f)
+    fake = FakeSentinel()
+    try:
+        fake.answer = ("127.0.0.1", str(hole.getsockname()[1]))
+        del s.cfg["redis"]["address"]
+        s.cfg["redis"]["sentinels"] = ["127.0.0.1:%d" % fake.port]
+        s.cfg["redis"]["master_name"] = MASTER
+        s.cfg["redis"]["connect_timeout"] = "300ms"
+        write_config(s.config_path, s.cfg)
+        s.gateway = Proc("gateway", [str(__import__("conftest").binary("berth-gateway")), "-c",
+                                     s.config_path], s.base, cwd=str(s.base))
+        wait_until(lambda: curl(s.admin_url("/healthz"), timeout=2).status == 200, 20 * SLOW,
+                   "the gateway's /healthz")
+        asked = fake.asked
+        wait_until(lambda: fake.asked >= asked + 6, 30 * SLOW, "several connects given up")
+        assert s.gateway.alive(), s.gateway.tail()
+        assert curl(s.admin_url("/readyz"), timeout=5).status == 503
+        fake.answer = ("127.0.0.1", str(s.redis_server.port))
+        wait_until(lambda: curl(s.admin_url("/readyz"), timeout=2).status == 200, 30 * SLOW,
+                   "the gateway ready on the real primary")
+    finally:
+        fake.stop()
+        for f in fillers:
+            f.close()
+        hole.close()
