@@ -153,9 +153,9 @@ static const char claim_src[] =
     "end\n"
     "local best, bestfree = '', -1\n"
     "for _, hid in ipairs(hosts) do\n"
-    "  local hv = redis.call('HMGET', P..'host:'..hid, 'free', 'api')\n"
+    "  local hv = redis.call('HMGET', P..'host:'..hid, 'free', 'api', 'draining')\n"
     "  local f = tonumber(hv[1] or '0')\n"
-    "  if hv[2] and f > bestfree then best, bestfree = hv[2], f end\n"
+    "  if hv[2] and hv[3] ~= '1' and f > bestfree then best, bestfree = hv[2], f end\n"
     "end\n"
     "return {'empty', '', '', s[4] or '0', best}\n";
 

@@ -372,6 +372,8 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
         code = "store_unavailable",
         snprintf(why, sizeof(why), "%s",
                  ctx->recovered ? "Redis is not connected" : "recovering after a restart");
+    else if (ctx->draining)
+        code = "no_capacity", snprintf(why, sizeof(why), "host %s is draining", ctx->sc->host_id);
     else if (api->n_pending >= ctx->sc->api_max_pending)
         code = "no_capacity",
         snprintf(why, sizeof(why), "too many starts in flight (api_max_pending %u)",
@@ -427,6 +429,7 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
                    ctx->n_live >= ctx->sc->capacity ? 0 : ctx->sc->capacity - ctx->n_live,
                    sch_redis_connected(ctx) ? "connected" : "disconnected",
                    ctx->recovered ? "true" : "false", api->n_pending);
+    cm_jbuf_printf(&b, ",\"draining\":%s", ctx->draining ? "true" : "false");
     if (full) {
         cm_jbuf_raw(&b, ",\"drivers\":", 11);
         sch_drivers_status(ctx->drivers, &b);
@@ -682,6 +685,32 @@ static void on_request(struct cm_httpd_req *req, void *arg)
             return;
         }
         allow = "POST";
+    } else if (strcmp(path, "/v1/drain") == 0) {
+        if (m == CM_HTTP_POST || m == CM_HTTP_DELETE) {
+            if (!authenticated(api, req)) {
+                reply_unauthorized(api, req);
+                return;
+            }
+            int rc = sch_drain(api->ctx, m == CM_HTTP_POST);
+            if (rc < 0) {
+                reply_error(req, 500, "internal", "cannot record the drain in run_dir: %s",
+                            strerror(-rc));
+                return;
+            }
+            unsigned bound = 0;
+            for (struct sch_inst *i = api->ctx->insts; i; i = i->next)
+                bound += i->state == SCH_INST_BOUND;
+            struct cm_jbuf b;
+            cm_jbuf_init(&b);
+            cm_jbuf_printf(&b, "{\"host\":");
+            cm_jbuf_cstr(&b, api->ctx->sc->host_id);
+            cm_jbuf_printf(&b, ",\"draining\":%s,\"bound\":%u}",
+                           api->ctx->draining ? "true" : "false", bound);
+            reply_json(req, 200, &b);
+            cm_jbuf_fini(&b);
+            return;
+        }
+        allow = "POST, DELETE";
     } else if (strcmp(path, "/metrics") == 0) {
         if (m == CM_HTTP_GET) {
             if (!authenticated(api, req))

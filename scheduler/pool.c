@@ -162,7 +162,7 @@ static void refill_one(struct sch_ctx *ctx, size_t idx)
 
 void sch_pool_refill(struct sch_ctx *ctx, const struct cm_template *tpl)
 {
-    if (!ctx->recovered || ctx->stopping || !sch_redis_connected(ctx))
+    if (!ctx->recovered || ctx->stopping || ctx->draining || !sch_redis_connected(ctx))
         return;
     for (size_t i = 0; i < ctx->cfg->n_templates; i++)
         if ((!tpl || ctx->pools[i].tpl == tpl) && sch_template_started_here(ctx->pools[i].tpl))

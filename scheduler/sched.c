@@ -1,6 +1,7 @@
 #include "scheduler/sched.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/redis.h"
@@ -122,12 +124,14 @@ void sch_heartbeat(struct sch_ctx *ctx)
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
     snprintf(cap, sizeof(cap), "%u", ctx->sc->capacity);
     snprintf(free_, sizeof(free_), "%u",
-             ctx->n_live >= ctx->sc->capacity ? 0 : ctx->sc->capacity - ctx->n_live);
+             ctx->draining || ctx->n_live >= ctx->sc->capacity ? 0
+                                                                : ctx->sc->capacity - ctx->n_live);
     const char *hset[] = {"HSET",     sch_key(ctx, key, sizeof(key), "host:%s", ctx->sc->host_id),
                           "api",      ctx->api_addr,
                           "capacity", cap,
                           "free",     free_,
-                          "driver",   drivers};
+                          "driver",   drivers,
+                          "draining", ctx->draining ? "1" : "0"};
     sch_redis(ctx, on_logged, ctx, (int)CM_ARRAY_SIZE(hset), hset);
     /* The zset entry last: a host is claimable only once its hash is there. */
     if (ctx->recovered) {
@@ -135,6 +139,48 @@ void sch_heartbeat(struct sch_ctx *ctx)
                               ctx->sc->host_id};
         sch_redis(ctx, on_logged, ctx, 4, zadd);
     }
+}
+
+static void drain_path(const struct sch_ctx *ctx, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/draining", ctx->sc->run_dir);
+}
+
+int sch_drain(struct sch_ctx *ctx, int on)
+{
+    char path[512];
+    drain_path(ctx, path, sizeof(path));
+    if (on) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            return -errno;
+        close(fd);
+    } else if (unlink(path) < 0 && errno != ENOENT) {
+        return -errno;
+    }
+    if (ctx->draining == on)
+        return 0;
+    ctx->draining = on;
+    unsigned ended = 0, bound = 0;
+    for (struct sch_inst *i = ctx->insts; i; i = i->next)
+        bound += i->state == SCH_INST_BOUND;
+    if (on) {
+        /* Warm (and starting) instances would only be claimed: end them now. */
+        for (struct sch_inst *i = ctx->insts, *next; i; i = next) {
+            next = i->next;
+            if (i->state == SCH_INST_WARM || (i->state == SCH_INST_STARTING && !i->req)) {
+                sch_inst_destroy(i, "draining");
+                ended++;
+            }
+        }
+    }
+    cm_log_info("main", "%s host=%s warm_ended=%u bound=%u", on ? "draining" : "drain ended",
+                ctx->sc->host_id, ended, bound);
+    sch_event(ctx, on ? "host_draining" : "host_undrained", "host", ctx->sc->host_id, NULL);
+    sch_heartbeat(ctx);
+    if (!on)
+        sch_pool_refill(ctx, NULL);
+    return 0;
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
@@ -321,6 +367,13 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     ctx->base = base;
     ctx->cfg = cfg;
     ctx->sc = sc;
+    char dpath[512];
+    drain_path(ctx, dpath, sizeof(dpath));
+    if (access(dpath, F_OK) == 0) {
+        ctx->draining = 1;
+        cm_log_info("main", "draining (since before the restart: %s) host=%s", dpath,
+                    sc->host_id);
+    }
     /* Templates of other drivers (static: existing upstreams the gateway registers itself)
      * are not ours: no pools, no starts. */
     for (size_t i = 0; i < cfg->n_templates; i++)

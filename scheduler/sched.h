@@ -47,6 +47,7 @@ struct sch_ctx {
     struct sch_agentctl *agentctl; /* requests to the agents' control sockets */
     struct cm_usagetab *usage_labels; /* usage.c: by tenant and template, for GET /metrics */
     char api_addr[80];             /* "host:port" as registered (real port when 0 was configured) */
+    int draining; /* sch_drain(): no new instances; kept in <run_dir>/draining across restarts */
 
     struct sch_inst *insts; /* every instance this scheduler knows, any state */
     uint32_t n_live;        /* instances counted against capacity */
@@ -90,5 +91,10 @@ int sch_template_started_here(const struct cm_template *tpl);
 struct sch_driver *sch_template_driver(const struct sch_ctx *ctx, const struct cm_template *tpl);
 /* Sends the heartbeat now (also refreshes `free` after capacity changes). */
 void sch_heartbeat(struct sch_ctx *ctx);
+/* Drain (<on> 1): no new instances here: warm ones are ended, the pools not refilled, starts
+ * refused (503 no_capacity), the host advertised with no room (`draining` in its record, which
+ * the claim script skips); bound sessions go on until they end. <on> 0 undoes it. Kept in
+ * <run_dir>/draining, so a restarted scheduler still drains. Returns 0 or -errno (the file). */
+int sch_drain(struct sch_ctx *ctx, int on);
 
 #endif
