@@ -385,6 +385,25 @@ static int valid_driver_name(const char *s)
     return 1;
 }
 
+/* <what>_per_second and <what>_burst of a tenant's limits: a rate 0..CM_TENANT_MAX_RATE (0:
+ * none) and a burst 1..CM_TENANT_MAX_RATE that defaults to the rate and needs one. */
+static int load_rate(struct cm_conf_ctx *ctx, const struct cm_ynode *lim, const char *lpath,
+                     const char *what, uint32_t *per_second, uint32_t *burst)
+{
+    char rkey[40], bkey[40];
+    snprintf(rkey, sizeof(rkey), "%s_per_second", what);
+    snprintf(bkey, sizeof(bkey), "%s_burst", what);
+    uint64_t r = 0, b = 0;
+    if (cm_conf_u64(ctx, lim, lpath, rkey, 0, 0, CM_TENANT_MAX_RATE, &r) ||
+        cm_conf_u64(ctx, lim, lpath, bkey, r, r ? 1 : 0, CM_TENANT_MAX_RATE, &b))
+        return -EINVAL;
+    if (b && !r)
+        return cm_conf_fail(ctx, cm_ynode_get(lim, bkey), lpath, bkey, "needs %s", rkey);
+    *per_second = (uint32_t)r;
+    *burst = (uint32_t)b;
+    return 0;
+}
+
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
     static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
@@ -404,33 +423,15 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     char lpath[96];
     snprintf(lpath, sizeof(lpath), "tenants.%s.limits", t->name);
     const struct cm_ynode *lim = cm_ynode_get(m, "limits");
-    uint64_t max_sessions = 0, rate = 0, burst = 0;
+    uint64_t max_sessions = 0, execs = 0;
     if (cm_conf_keys(ctx, lim, lpath, limit_keys) ||
         cm_conf_u64(ctx, lim, lpath, "max_sessions", 0, 0, CM_TENANT_MAX_SESSIONS,
                     &max_sessions) ||
-        cm_conf_u64(ctx, lim, lpath, "sessions_per_second", 0, 0, CM_TENANT_MAX_RATE, &rate))
+        cm_conf_u64(ctx, lim, lpath, "max_execs", 0, 0, CM_TENANT_MAX_SESSIONS, &execs) ||
+        load_rate(ctx, lim, lpath, "sessions", &t->sessions_per_second, &t->sessions_burst) ||
+        load_rate(ctx, lim, lpath, "requests", &t->requests_per_second, &t->requests_burst))
         return -EINVAL;
-    if (cm_conf_u64(ctx, lim, lpath, "sessions_burst", rate, rate ? 1 : 0, CM_TENANT_MAX_RATE,
-                    &burst))
-        return -EINVAL;
-    if (burst && !rate)
-        return cm_conf_fail(ctx, cm_ynode_get(lim, "sessions_burst"), lpath, "sessions_burst",
-                            "needs sessions_per_second");
     t->max_sessions = (uint32_t)max_sessions;
-    t->sessions_per_second = (uint32_t)rate;
-    t->sessions_burst = (uint32_t)burst;
-    if (cm_conf_u64(ctx, lim, lpath, "requests_per_second", 0, 0, CM_TENANT_MAX_RATE, &rate) ||
-        cm_conf_u64(ctx, lim, lpath, "requests_burst", rate, rate ? 1 : 0, CM_TENANT_MAX_RATE,
-                    &burst))
-        return -EINVAL;
-    if (burst && !rate)
-        return cm_conf_fail(ctx, cm_ynode_get(lim, "requests_burst"), lpath, "requests_burst",
-                            "needs requests_per_second");
-    t->requests_per_second = (uint32_t)rate;
-    t->requests_burst = (uint32_t)burst;
-    uint64_t execs = 0;
-    if (cm_conf_u64(ctx, lim, lpath, "max_execs", 0, 0, CM_TENANT_MAX_SESSIONS, &execs))
-        return -EINVAL;
     t->max_execs = (uint32_t)execs;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);

@@ -532,29 +532,41 @@ static void on_query_disconnect(const redisAsyncContext *ac, int status)
 }
 
 /* Asks the next sentinel where the primary is. */
-static void sentinel_query(struct cm_redis *r)
+/* A connection to sentinel <i> with its callbacks (keepalive on: a sentinel host that
+ * vanished is noticed), or NULL when it cannot even start. */
+static redisAsyncContext *sentinel_connect(struct cm_redis *r, size_t i,
+                                           redisConnectCallback *on_conn,
+                                           redisDisconnectCallback *on_disc)
 {
     char host[256];
+    int port = split_addr(r->cfg->sentinels[i], host, sizeof(host));
+    redisAsyncContext *c = redisAsyncConnect(host, port);
+    if (!c || c->err) {
+        if (c)
+            redisAsyncFree(c);
+        return NULL;
+    }
+    c->data = r;
+    redisEnableKeepAlive(&c->c);
+    redisLibeventAttach(c, r->base);
+    redisAsyncSetConnectCallback(c, on_conn);
+    redisAsyncSetDisconnectCallback(c, on_disc);
+    return c;
+}
+
+static void sentinel_query(struct cm_redis *r)
+{
     size_t i = r->sentinel_next;
     r->sentinel_next = (i + 1) % r->n_sentinels;
     r->sentinel_tries++;
     r->query_got = 0;
-    int port = split_addr(r->cfg->sentinels[i], host, sizeof(host));
-    redisAsyncContext *q = redisAsyncConnect(host, port);
-    if (!q || q->err) {
-        if (q)
-            redisAsyncFree(q);
+    r->qac = sentinel_connect(r, i, on_query_connect, on_query_disconnect);
+    if (!r->qac) {
         query_done(r);
         return;
     }
-    q->data = r;
-    r->qac = q;
-    redisEnableKeepAlive(&q->c);
     r->query_started = cm_now_mono();
     set_state(r, CM_REDIS_CONNECTING);
-    redisLibeventAttach(q, r->base);
-    redisAsyncSetConnectCallback(q, on_query_connect);
-    redisAsyncSetDisconnectCallback(q, on_query_disconnect);
 }
 
 /* +switch-master "<name> <old ip> <old port> <new ip> <new port>": our primary moved. */
@@ -622,22 +634,12 @@ static void watch_open(struct cm_redis *r)
 {
     if (r->wac || r->state == CM_REDIS_CLOSED)
         return;
-    char host[256];
-    int port = split_addr(r->cfg->sentinels[r->master_sentinel], host, sizeof(host));
-    redisAsyncContext *w = redisAsyncConnect(host, port);
-    if (!w || w->err) {
-        if (w)
-            redisAsyncFree(w);
+    r->wac = sentinel_connect(r, r->master_sentinel, on_watch_connect, on_watch_disconnect);
+    if (!r->wac) {
         watch_later(r);
         return;
     }
-    w->data = r;
-    r->wac = w;
     r->watch_started = cm_now_mono();
-    redisEnableKeepAlive(&w->c); /* a sentinel host that vanished is noticed */
-    redisLibeventAttach(w, r->base);
-    redisAsyncSetConnectCallback(w, on_watch_connect);
-    redisAsyncSetDisconnectCallback(w, on_watch_disconnect);
 }
 
 static void on_watch_timer(evutil_socket_t fd, short what, void *arg)
