@@ -410,6 +410,7 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
     static const char *const limit_keys[] = {"max_sessions",        "sessions_per_second",
                                              "sessions_burst",      "requests_per_second",
                                              "requests_burst",      "max_execs",
+                                             "max_memory",          "max_cpus",
                                              NULL};
     if (!m || m->type != CM_YNODE_MAP)
         return cm_conf_fail(ctx, m, "tenants", NULL, "items must be mappings");
@@ -433,6 +434,17 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
         return -EINVAL;
     t->max_sessions = (uint32_t)max_sessions;
     t->max_execs = (uint32_t)execs;
+    if (cm_conf_size(ctx, lim, lpath, "max_memory", 0, 0, 1ull << 50, &t->max_memory))
+        return -EINVAL;
+    const struct cm_ynode *cpus = cm_ynode_get(lim, "max_cpus");
+    if (cpus) {
+        char *end;
+        double c = cpus->type == CM_YNODE_SCALAR ? strtod(cpus->scalar, &end) : -1;
+        if (cpus->type != CM_YNODE_SCALAR || *end || c < 0 || c > 1000000)
+            return cm_conf_fail(ctx, cpus, lpath, "max_cpus",
+                                "must be a number of cores 0..1000000 (0: none)");
+        t->max_cpu_millis = (uint64_t)(c * 1000 + 0.5);
+    }
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;

@@ -101,6 +101,11 @@ struct cm_tenant {
     /* limits.max_execs: commands of the tenant running at once through the control API's
      * /exec, across all gateways (leases in Redis, P execs:{tenant}); 0: none. */
     uint32_t max_execs;
+    /* limits.max_memory / max_cpus: the templates' memory and cpus summed over the tenant's
+     * sessions that hold a sandbox (P use:{tenant}, kept by the claim, bind, release and lost
+     * scripts); 0: none. */
+    uint64_t max_memory;     /* bytes */
+    uint64_t max_cpu_millis; /* thousandths of a core */
 };
 
 #define CM_REDIS_MAX_SENTINELS 16

@@ -30,6 +30,13 @@
     "    end\n"                                                                                    \
     "  end\n"                                                                                      \
     "end\n"                                                                                        \
+    "local function uncount(sk, tenant)\n"                                                      \
+    "  local f = redis.call('HMGET', sk, 'use_mem', 'use_mcpu')\n"                               \
+    "  if not f[1] and not f[2] then return end\n"                                               \
+    "  redis.call('HINCRBY', P..'use:'..tenant, 'mem', -tonumber(f[1] or '0'))\n"               \
+    "  redis.call('HINCRBY', P..'use:'..tenant, 'mcpu', -tonumber(f[2] or '0'))\n"              \
+    "  redis.call('HDEL', sk, 'use_mem', 'use_mcpu')\n"                                          \
+    "end\n"                                                                                       \
     "local function bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, meta)\n"          \
     "  local sk = P..'s:'..h\n"                                                                    \
     "  local old = redis.call('HMGET', sk, 'gen', 'created', 'ttl', 'idle_timeout')\n"             \
@@ -76,6 +83,23 @@
     "  end\n"                                                                                     \
     "  return true\n"                                                                             \
     "end\n"                                                                                       \
+    "local function over_room(tenant, mem, mcpu, max_mem, max_mcpu, h)\n"                        \
+    "  if max_mem <= 0 and max_mcpu <= 0 then return nil end\n"                                   \
+    "  local u = redis.call('HMGET', P..'use:'..tenant, 'mem', 'mcpu')\n"                        \
+    "  if max_mem > 0 and tonumber(u[1] or '0') + mem > max_mem then\n"                           \
+    "    limited(tenant, 'max_memory', max_mem, h) return 'max_memory'\n"                         \
+    "  end\n"                                                                                     \
+    "  if max_mcpu > 0 and tonumber(u[2] or '0') + mcpu > max_mcpu then\n"                        \
+    "    limited(tenant, 'max_cpus', max_mcpu / 1000, h) return 'max_cpus'\n"                     \
+    "  end\n"                                                                                     \
+    "  return nil\n"                                                                              \
+    "end\n"                                                                                       \
+    "local function count_room(tenant, h, mem, mcpu)\n"                                           \
+    "  if mem <= 0 and mcpu <= 0 then return end\n"                                              \
+    "  redis.call('HINCRBY', P..'use:'..tenant, 'mem', mem)\n"                                   \
+    "  redis.call('HINCRBY', P..'use:'..tenant, 'mcpu', mcpu)\n"                                 \
+    "  redis.call('HSET', P..'s:'..h, 'use_mem', mem, 'use_mcpu', mcpu)\n"                       \
+    "end\n"                                                                                       \
     "local function over_limit(tenant, max, h)\n"                                                  \
     "  if max <= 0 or redis.call('ZCARD', P..'sessions:'..tenant) < max then return false end\n"   \
     "  return limited(tenant, 'max_sessions', max, h)\n"                                          \
@@ -120,6 +144,14 @@ static const char claim_src[] =
     "  redis.call('HSET', bk, 'tokens', tostring(tokens - 1), 'ms', ms)\n"
     "  redis.call('PEXPIRE', bk, math.ceil(burst * 1000 / rate) + 1000)\n"
     "end\n"
+    /* The tenant's memory and cpus: for a session that needs a sandbox (new, or lost and
+     * replaced), with the template's (ARGV 21, 22) against the limits (ARGV 19, 20). */
+    "local need_mem, need_mcpu = tonumber(ARGV[21] or '') or 0, tonumber(ARGV[22] or '') or 0\n"
+    "local max_mem, max_mcpu = tonumber(ARGV[19] or '') or 0, tonumber(ARGV[20] or '') or 0\n"
+    "if (not s[1] or s[1] == 'lost') and (ARGV[14] or '') == '' then\n"
+    "  local why = over_room(tenant, need_mem, need_mcpu, max_mem, max_mcpu, h)\n"
+    "  if why then return {'limit', why, '', '0', ''} end\n"
+    "end\n"
     "if ARGV[14] and ARGV[14] ~= '' then\n"
     "  local lim = tonumber(ARGV[14])\n"
     "  local m = redis.call('ZRANGE', P..'static:'..tpl, 0, 0, 'WITHSCORES')\n"
@@ -147,6 +179,7 @@ static const char claim_src[] =
     "    if inst[1] == 'warm' then\n"
     "      local gen = bind(h, tenant, source, key, tpl, ttl, idle, id, inst[2], inst[3],\n"
     "        ARGV[13])\n"
+    "      if max_mem > 0 or max_mcpu > 0 then count_room(tenant, h, need_mem, need_mcpu) end\n"
     "      return {'new', id, inst[2], tostring(gen), inst[3]}\n"
     "    end\n"
     "  end\n"
@@ -177,7 +210,17 @@ static const char bind_src[] =
     "  redis.call('RPUSH', P..'pool:'..host..':'..tpl, id)\n"
     "  return {'limit', 'max_sessions', '', '0'}\n"
     "end\n"
+    "local max_mem, max_mcpu = tonumber(ARGV[16] or '') or 0, tonumber(ARGV[17] or '') or 0\n"
+    "local need_mem, need_mcpu = tonumber(ARGV[18] or '') or 0, tonumber(ARGV[19] or '') or 0\n"
+    "local why = (not s[1] or s[1] == 'lost') and\n"
+    "  over_room(tenant, need_mem, need_mcpu, max_mem, max_mcpu, h)\n"
+    "if why then\n"
+    "  redis.call('HSET', P..'i:'..id, 'state', 'warm')\n"
+    "  redis.call('RPUSH', P..'pool:'..host..':'..tpl, id)\n"
+    "  return {'limit', why, '', '0'}\n"
+    "end\n"
     "local gen = bind(h, tenant, source, key, tpl, ttl, idle, id, addr, host, ARGV[13])\n"
+    "if max_mem > 0 or max_mcpu > 0 then count_room(tenant, h, need_mem, need_mcpu) end\n"
     "return {'new', id, addr, tostring(gen)}\n";
 
 /* Activity only sets last_active: two calls per session where keeping the expiry zset exact
@@ -236,6 +279,7 @@ static const char release_src[] =
     "  if d > now then redis.call('ZADD', P..'expiry', d, h) return {'alive', tostring(d)} end\n"
     "  event('expiring', 'session', h, 'tenant', s[1], 'instance', s[2] or '')\n"
     "end\n"
+    "uncount(sk, s[1])\n"
     "redis.call('DEL', sk)\n"
     "redis.call('ZREM', P..'expiry', h)\n"
     "redis.call('ZREM', P..'sessions:'..s[1], h)\n"
@@ -275,6 +319,7 @@ static const char lost_src[] =
     "  local cur = redis.call('HMGET', sk, 'instance', 'tenant')\n"
     "  if cur[1] == id then\n"
     "    redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"
+    "    uncount(sk, cur[2] or '')\n"
     "    redis.call('PUBLISH', P..'inval', h)\n"
     "    for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"
     "      redis.call('PUBLISH', P..'inval', a)\n"

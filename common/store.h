@@ -17,6 +17,8 @@
  *   P limited:{tenant}:{limit} string (1 s): a tenant_limit event was written
  *   P rate:{tenant}:sessions hash tokens ms: the new-session bucket (Redis's clock)
  *   P execs:{tenant}   zset  running commands: exec id -> lease end ms (EXECS)
+ *   P use:{tenant}     hash  mem mcpu: templates' memory/cpus of its sessions with a sandbox
+ *                            (counted while it has max_memory/max_cpus; s:{h} use_mem use_mcpu)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
  *                      file_written|file_deleted|tenant_limit; key_id on those an API call
@@ -38,7 +40,8 @@
 enum cm_script {
     /* CLAIM  ARGV: P h tenant source key template now_ms ttl_ms idle_ms host_stale_ms
      *              on_lost(replace|fail) mode(claim|lookup) meta static_limit [key_id
-     *              [max_sessions [sessions_per_second sessions_burst]]]
+     *              [max_sessions [sessions_per_second sessions_burst [max_memory
+     *              max_cpu_millis template_memory template_cpu_millis]]]]
      * (key: the session key; key_id: the id of the API key whose control API call asks, written
      * into the created and bound events it causes, "" or absent for the data plane;
      * max_sessions: the tenant's limits.max_sessions, ""/"0"/absent: none; a new session
@@ -55,15 +58,17 @@ enum cm_script {
      *            lookup (which never binds: a preview link or a background cache check must
      *            not start a replacement; the session's next claim does)
      *   "limit"  a new session, and the tenant has max_sessions already, or its bucket is
-     *            empty (instance = the limit's name "max_sessions" or "sessions_per_second",
-     *            extra = the limit); a tenant_limit event
+     *            empty, or the template's memory or cpus would take its P use:{tenant} over
+     *            max_memory / max_cpu_millis (instance = the limit's name "max_sessions",
+     *            "sessions_per_second", "max_memory" or "max_cpus"); a tenant_limit event
      *   "absent" mode lookup and no such session
      *   "unknown" mode lookup, no such session, and P epoch is missing or ahead of now (Redis
      *            lost its data a moment ago and the schedulers have not written all of it
      *            back): the caller keeps what it had cached; sandbox templates only */
     CM_SCRIPT_CLAIM,
     /* BIND  ARGV: P h tenant source key template now_ms ttl_ms idle_ms id addr host meta
-     *             [key_id [max_sessions]]
+     *             [key_id [max_sessions [max_memory max_cpu_millis template_memory
+     *             template_cpu_millis]]]
      * Binds the given (just started, warm) instance unless h is bound already. key_id and
      * max_sessions: as for CLAIM (the scheduler has them from POST /v1/start).
      * Returns {"new", id, addr, gen}, or {"bound", instance, addr, gen}, {"limit",

@@ -126,6 +126,10 @@ static void finish(struct gw_claim *cl, int err)
             GW_METRIC_INC(c->m, tenant_max_sessions[i]);
         else if (err == GW_ERR_TENANT_SESSION_RATE && i < GW_TENANT_SLOTS)
             GW_METRIC_INC(c->m, tenant_session_rate[i]);
+        else if (err == GW_ERR_TENANT_MAX_MEMORY && i < GW_TENANT_SLOTS)
+            GW_METRIC_INC(c->m, tenant_max_memory[i]);
+        else if (err == GW_ERR_TENANT_MAX_CPUS && i < GW_TENANT_SLOTS)
+            GW_METRIC_INC(c->m, tenant_max_cpus[i]);
         cl->cb(err < 0 ? &cl->b : NULL, err, cl->data);
     }
     if (c)
@@ -191,8 +195,16 @@ static void on_start_reply(struct evhttp_request *req, void *arg)
         finish(cl, GW_ERR_INTERNAL);
         return;
     }
-    if (status == 429) { /* the scheduler's bind found the tenant at max_sessions */
-        finish(cl, GW_ERR_TENANT_MAX_SESSIONS);
+    if (status == 429) { /* the scheduler's bind found the tenant at a limit: which one */
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t n = evbuffer_get_length(in);
+        const char *body = n ? (const char *)evbuffer_pullup(in, -1) : NULL;
+        enum gw_err e = GW_ERR_TENANT_MAX_SESSIONS;
+        if (body && memmem(body, n, "max_memory", 10))
+            e = GW_ERR_TENANT_MAX_MEMORY;
+        else if (body && memmem(body, n, "max_cpus", 8))
+            e = GW_ERR_TENANT_MAX_CPUS;
+        finish(cl, e);
         return;
     }
     if (!req || status != 200) {
@@ -265,6 +277,9 @@ static int start_on_scheduler(struct gw_claim *cl, const char *api)
     cm_jbuf_printf(&jb, ",\"ttl_ms\":%" PRIu64 ",\"idle_ms\":%" PRIu64, cl->ttl_ms, cl->idle_ms);
     if (cl->max_sessions)
         cm_jbuf_printf(&jb, ",\"max_sessions\":%" PRIu32, cl->max_sessions);
+    if (cl->tcfg && (cl->tcfg->max_memory || cl->tcfg->max_cpu_millis))
+        cm_jbuf_printf(&jb, ",\"max_memory\":%" PRIu64 ",\"max_cpu_millis\":%" PRIu64,
+                       cl->tcfg->max_memory, cl->tcfg->max_cpu_millis);
     if (cl->meta) {
         cm_jbuf_raw(&jb, ",\"meta\":", 8);
         cm_jbuf_cstr(&jb, cl->meta);
@@ -359,9 +374,11 @@ static void on_script(redisReply *reply, const char *err, void *data)
     } else if (strcmp(status, "lost") == 0) {
         finish(cl, GW_ERR_INSTANCE_LOST);
     } else if (strcmp(status, "limit") == 0) {
-        finish(cl, strcmp(reply_str(reply, 1), "sessions_per_second") == 0
-                       ? GW_ERR_TENANT_SESSION_RATE
-                       : GW_ERR_TENANT_MAX_SESSIONS);
+        const char *lim = reply_str(reply, 1);
+        finish(cl, strcmp(lim, "sessions_per_second") == 0 ? GW_ERR_TENANT_SESSION_RATE
+                   : strcmp(lim, "max_memory") == 0        ? GW_ERR_TENANT_MAX_MEMORY
+                   : strcmp(lim, "max_cpus") == 0          ? GW_ERR_TENANT_MAX_CPUS
+                                                           : GW_ERR_TENANT_MAX_SESSIONS);
     } else if (strcmp(status, "absent") == 0) {
         finish(cl, GW_ERR_NOT_FOUND);
     } else if (strcmp(status, "unknown") == 0) {
@@ -414,6 +431,13 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     if (strcmp(req->tpl->driver, "static") == 0)
         snprintf(static_limit, sizeof(static_limit), "%u", req->tpl->sessions_per_instance);
     char max[16] = "", rate[16] = "", burst[16] = "";
+    char max_mem[24] = "", max_mcpu[24] = "", need_mem[24] = "", need_mcpu[24] = "";
+    if (cl->tcfg && (cl->tcfg->max_memory || cl->tcfg->max_cpu_millis)) {
+        snprintf(max_mem, sizeof(max_mem), "%" PRIu64, cl->tcfg->max_memory);
+        snprintf(max_mcpu, sizeof(max_mcpu), "%" PRIu64, cl->tcfg->max_cpu_millis);
+        snprintf(need_mem, sizeof(need_mem), "%" PRIu64, req->tpl->memory);
+        snprintf(need_mcpu, sizeof(need_mcpu), "%" PRIu32, req->tpl->cpu_millis);
+    }
     if (cl->max_sessions)
         snprintf(max, sizeof(max), "%" PRIu32, cl->max_sessions);
     if (cl->tcfg && cl->tcfg->sessions_per_second) {
@@ -423,7 +447,8 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",
                           cl->mode == GW_CLAIM_MODE_LOOKUP ? "lookup" : "claim",
-                          cl->meta ? cl->meta : "", static_limit, cl->key_id, max, rate, burst};
+                          cl->meta ? cl->meta : "", static_limit, cl->key_id, max, rate, burst,
+                          max_mem, max_mcpu, need_mem, need_mcpu};
     size_t lens[CM_ARRAY_SIZE(argv)];
     for (size_t i = 0; i < CM_ARRAY_SIZE(argv); i++)
         lens[i] = strlen(argv[i]);
@@ -442,7 +467,11 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
          * without limits is as it was */
         rc = cm_redis_script(c->redis, CM_SCRIPT_CLAIM, on_script, cl,
                              (int)CM_ARRAY_SIZE(argv) -
-                                 (rate[0] ? 0 : max[0] ? 2 : cl->key_id[0] ? 3 : 4),
+                                 (max_mem[0] ? 0
+                                  : rate[0]  ? 4
+                                  : max[0]   ? 6
+                                  : cl->key_id[0] ? 7
+                                                  : 8),
                              argv, lens);
     if (rc < 0) {
         /* Not connected: answer store_unavailable on the next loop turn, never inside this

@@ -63,6 +63,14 @@ static const struct gw_err_info table[GW_ERR_COUNT] = {
                                  "the tenant runs as many commands as its limit max_execs "
                                  "allows: retry later",
                                  1},
+    [GW_ERR_TENANT_MAX_MEMORY] = {"tenant_limit", 429,
+                                  "another sandbox would take the tenant's sessions over its "
+                                  "limit max_memory: end one, or retry later",
+                                  1},
+    [GW_ERR_TENANT_MAX_CPUS] = {"tenant_limit", 429,
+                                "another sandbox would take the tenant's sessions over its "
+                                "limit max_cpus: end one, or retry later",
+                                1},
 };
 
 const struct gw_err_info *gw_err_info(enum gw_err e)

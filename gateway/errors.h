@@ -45,6 +45,8 @@ enum gw_err {
                                    * tenant's limits.requests_per_second (Retry-After) */
     GW_ERR_TENANT_MAX_EXECS,      /* 429 tenant_limit: a command over the tenant's
                                    * limits.max_execs running at once (Retry-After) */
+    GW_ERR_TENANT_MAX_MEMORY,     /* 429 tenant_limit: a sandbox over limits.max_memory */
+    GW_ERR_TENANT_MAX_CPUS,       /* 429 tenant_limit: a sandbox over limits.max_cpus */
     GW_ERR_COUNT
 };
 

@@ -59,6 +59,8 @@ struct gw_metrics {
     uint64_t tenant_session_rate[GW_TENANT_SLOTS]; /* the same for sessions_per_second */
     uint64_t tenant_request_rate[GW_TENANT_SLOTS]; /* requests refused: requests_per_second */
     uint64_t tenant_max_execs[GW_TENANT_SLOTS];    /* commands refused: max_execs */
+    uint64_t tenant_max_memory[GW_TENANT_SLOTS];   /* sessions refused: max_memory */
+    uint64_t tenant_max_cpus[GW_TENANT_SLOTS];     /* sessions refused: max_cpus */
 };
 
 /* One writer per shard: a relaxed load and store (plain moves on x86-64) instead of a locked

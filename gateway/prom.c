@@ -38,7 +38,8 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
     int any = 0;
     for (size_t i = 0; i < cfg->n_tenants; i++)
         any |= cfg->tenants[i].max_sessions || cfg->tenants[i].sessions_per_second ||
-               cfg->tenants[i].requests_per_second || cfg->tenants[i].max_execs;
+               cfg->tenants[i].requests_per_second || cfg->tenants[i].max_execs ||
+               cfg->tenants[i].max_memory || cfg->tenants[i].max_cpu_millis;
     if (!any)
         return;
     const char *f = "berth_tenant_limit";
@@ -58,6 +59,15 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
         }
         if (t->max_execs)
             tenant_sample(b, f, t->name, "max_execs", t->max_execs);
+        if (t->max_memory) /* bytes */
+            tenant_sample(b, f, t->name, "max_memory", t->max_memory);
+        if (t->max_cpu_millis) { /* cores */
+            cm_jbuf_printf(b, "%s{tenant=", f);
+            cm_prom_label_value(b, t->name);
+            cm_jbuf_raw(b, ",limit=\"max_cpus\"} ", 19);
+            cm_prom_scaled(b, t->max_cpu_millis, 1000);
+            cm_jbuf_raw(b, "\n", 1);
+        }
     }
     f = "berth_tenant_limited_total";
     cm_prom_family(b, f, "counter",
@@ -74,6 +84,10 @@ void gw_prom_tenant_limits(struct cm_jbuf *b, const struct gw_metrics *m,
             tenant_sample(b, f, t->name, "requests_per_second", m->tenant_request_rate[i]);
         if (t->max_execs)
             tenant_sample(b, f, t->name, "max_execs", m->tenant_max_execs[i]);
+        if (t->max_memory)
+            tenant_sample(b, f, t->name, "max_memory", m->tenant_max_memory[i]);
+        if (t->max_cpu_millis)
+            tenant_sample(b, f, t->name, "max_cpus", m->tenant_max_cpus[i]);
     }
 }
 

@@ -39,6 +39,7 @@ struct sch_start_req {
     char *meta;
     char ttl[24], idle[24];
     char max_sessions[16]; /* the tenant's limits.max_sessions as the gateway sent it, or "" */
+    char max_mem[24], max_mcpu[24]; /* its max_memory and max_cpu_millis, or "" */
     struct sch_inst *inst; /* holds a reference */
     int binding;           /* the bind script is in flight: its callback frees us */
 };
@@ -149,11 +150,14 @@ static void on_bind_script(struct redisReply *reply, const char *err, void *data
         inst->for_pool = 1;
     }
     if (strcmp(v[0], "limit") == 0) {
-        cm_log_info("api", "start refused: tenant %s at max_sessions %s session=%s", r->tenant,
-                    r->max_sessions, r->h);
+        const char *lim = v[1][0] ? v[1] : "max_sessions";
+        cm_log_info("api", "start refused: tenant %s at its limit %s session=%s", r->tenant, lim,
+                    r->h);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the tenant is at its limit %s", lim);
         /* the refill first: req_error() frees <r> (and its reference on <inst>) */
         sch_pool_refill(r->api->ctx, inst->tpl);
-        req_error(r, 429, "tenant_limit", "the tenant has as many sessions as max_sessions allows");
+        req_error(r, 429, "tenant_limit", msg);
         return;
     }
     if (strcmp(v[0], "new") != 0 && strcmp(v[0], "bound") != 0) {
@@ -192,8 +196,10 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
         req_error(r, strcmp(code, "start_timeout") == 0 ? 504 : 502, code, msg);
         return;
     }
-    char now[24];
+    char now[24], need_mem[24], need_mcpu[24];
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    snprintf(need_mem, sizeof(need_mem), "%" PRIu64, r->tpl->memory);
+    snprintf(need_mcpu, sizeof(need_mcpu), "%" PRIu32, r->tpl->cpu_millis);
     const char *argv[] = {ctx->cfg->redis.prefix,
                           r->h,
                           r->tenant,
@@ -208,10 +214,17 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
                           ctx->sc->host_id,
                           r->meta ? r->meta : "",
                           r->key_id,
-                          r->max_sessions};
+                          r->max_sessions,
+                          r->max_mem,
+                          r->max_mcpu,
+                          need_mem,
+                          need_mcpu};
     r->binding = 1; /* before: the callback may free <r> */
     /* key_id and max_sessions (the last ARGVs) only when the gateway sent them */
-    int argc = (int)CM_ARRAY_SIZE(argv) - (r->max_sessions[0] ? 0 : r->key_id[0] ? 1 : 2);
+    int argc = (int)CM_ARRAY_SIZE(argv) - (r->max_mem[0]        ? 0
+                                           : r->max_sessions[0] ? 4
+                                           : r->key_id[0]       ? 5
+                                                                : 6);
     if (sch_script(ctx, CM_SCRIPT_BIND, on_bind_script, r, argc, argv) < 0) {
         r->binding = 0;
         sch_inst_destroy(inst, "redis not connected");
@@ -352,6 +365,26 @@ static void handle_start(struct sch_api *api, struct cm_httpd_req *req)
         } else if (ms->number > 0) {
             snprintf(r->max_sessions, sizeof(r->max_sessions), "%u", (unsigned)ms->number);
         }
+    }
+    /* max_memory, max_cpu_millis: the tenant's limits, which the bind checks the template's
+     * memory and cpus against (and then counts them) */
+    const char *room[2] = {"max_memory", "max_cpu_millis"};
+    char *room_out[2] = {r->max_mem, r->max_mcpu};
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        const struct cm_json *v = cm_json_get(body, room[k]);
+        if (!v)
+            continue;
+        if (v->type != CM_JSON_NUMBER || v->number < 0 || v->number > 1e18 ||
+            floor(v->number) != v->number) {
+            rc = -EINVAL;
+            snprintf(why, sizeof(why), "%s must be a whole number", room[k]);
+        } else {
+            snprintf(room_out[k], sizeof(r->max_mem), "%" PRIu64, (uint64_t)v->number);
+        }
+    }
+    if (rc == 0 && (!r->max_mem[0]) != (!r->max_mcpu[0])) {
+        rc = -EINVAL;
+        snprintf(why, sizeof(why), "max_memory and max_cpu_millis go together");
     }
     if (rc == 0 && (rc = json_str(body, "meta", 0, meta, sizeof(meta), why, sizeof(why))) == 0 &&
         meta[0] && !(r->meta = strdup(meta))) {

@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import math
 import os
+import signal
 import subprocess
 import time
 
@@ -301,3 +302,47 @@ def test_max_execs_counts_the_tenants_commands_across_its_sessions(make_stack):
     assert val(samples, "berth_tenant_limited_total", tenant="default", limit="max_execs") == 2
     ev = s.api("GET", "/v1/events?type=tenant_limit").json()["events"]
     assert ev and ev[0]["limit"] == "max_execs", ev
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("limit,value", [("max_memory", "600MiB"), ("max_cpus", 1.2)])
+def test_memory_and_cpus_of_a_tenants_sandboxes(make_stack, limit, value):
+    """The templates' memory (256MiB) and cpus (0.5) summed over the tenant's sessions that
+    hold a sandbox: two fit under 600MiB (or 1.2 cores), a third is 429 tenant_limit naming
+    the limit, warm or cold-started; a session that ends, or whose sandbox is lost, gives its
+    room back."""
+    cfg = limited_config(0, [echo_template(pool={"min": 2, "max": 4}),
+                             echo_template("cold", pool={"min": 0, "max": 2})])
+    cfg["tenants"][0]["limits"] = {limit: value}
+    s = make_stack(cfg)
+    use = lambda: s.redis.hgetall(s.key("use:", "default"))  # noqa: E731
+    assert s.api("POST", "/v1/sessions", {"id": "m-1"}).status == 201
+    assert s.api("POST", "/v1/sessions", {"id": "m-2", "template": "cold"},
+                 timeout=60 * SLOW).status == 201
+    assert use() == {"mem": str(512 * MIB), "mcpu": "1000"}, use()
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "m-3"}), limit)
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "m-3", "template": "cold"},
+                         timeout=60 * SLOW), limit)
+    assert_limited(s.get("/", session="m-3"), limit)
+    # The other tenant is not counted against it.
+    for i in range(3):
+        assert s.get("/other/", session="o-%d" % i).status == 200
+    # An ended session gives its room back.
+    assert s.api("DELETE", "/v1/sessions/m-1").status == 204
+    assert use() == {"mem": str(256 * MIB), "mcpu": "500"}, use()
+    assert s.get("/", session="m-3").status == 200
+    # So does one whose sandbox is lost (its record stays, without a sandbox).
+    iid = s.api("GET", "/v1/sessions/m-2").json()["instance"]
+    os.kill(int(s.redis.hgetall(s.key("i:", iid))["pid"]), signal.SIGKILL)
+    wait_until(lambda: s.api("GET", "/v1/sessions/m-2").json()["state"] == "lost", 20 * SLOW,
+               "the session lost")
+    assert use() == {"mem": str(256 * MIB), "mcpu": "500"}, use()   # m-3's alone
+    # Deleting the lost session does not count it off twice.
+    assert s.api("DELETE", "/v1/sessions/m-2").status == 204
+    assert use() == {"mem": str(256 * MIB), "mcpu": "500"}, use()
+    assert s.api("DELETE", "/v1/sessions/m-3").status == 204
+    assert use() == {"mem": "0", "mcpu": "0"}, use()
+    types, samples = scrape(s)
+    assert val(samples, "berth_tenant_limited_total", tenant="default", limit=limit) >= 2

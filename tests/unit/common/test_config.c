@@ -98,7 +98,7 @@ TEST(full_config_values)
         "  - name: acme\n"
         "    api_keys_sha256: 4AE56750C98CC0BB9E30FA2F42BC165F150C596874E4C5EFB1B354E9DF3BEA45\n"
         "    limits: {max_sessions: 25, sessions_per_second: 5, requests_per_second: 100,\n"
-        "             requests_burst: 400, max_execs: 7}\n"
+        "             requests_burst: 400, max_execs: 7, max_memory: 2GiB, max_cpus: 3.5}\n"
         "  - name: other.team_2\n"
         "templates:\n"
         "  - name: web\n"
@@ -156,6 +156,9 @@ TEST(full_config_values)
     CHECK_UINT_EQ(cfg->tenants[1].requests_per_second, 0);
     CHECK_UINT_EQ(cfg->tenants[0].max_execs, 7);
     CHECK_UINT_EQ(cfg->tenants[1].max_execs, 0);
+    CHECK_UINT_EQ(cfg->tenants[0].max_memory, 2ull << 30);
+    CHECK_UINT_EQ(cfg->tenants[0].max_cpu_millis, 3500);
+    CHECK_UINT_EQ(cfg->tenants[1].max_memory, 0);
     CHECK(cm_config_tenant_by_key(cfg, "berth-dev-key") == cm_config_tenant(cfg, "acme"));
     CHECK(cm_config_tenant(cfg, "other.team_2") == &cfg->tenants[1]);
     CHECK_NULL(cm_config_tenant(cfg, "nobody"));

@@ -104,7 +104,7 @@ TEST(zero_metrics_are_well_formed)
     CHECK_CONTAINS(t, "berth_redis_up 0\n");
     CHECK(!test_contains(t, "berth_sessions"));
     CHECK_UINT_EQ(count(t, "# TYPE "), count(t, "# HELP "));
-    /* one line per error code (tenant_limit is the code of one error per limit: 4) */
+    /* one line per error code (tenant_limit is the code of one error per limit: 6) */
     size_t codes = 0;
     for (int e = 0; e < GW_ERR_COUNT; e++) {
         int first = 1;
@@ -113,7 +113,7 @@ TEST(zero_metrics_are_well_formed)
                 first = 0;
         codes += (size_t)first;
     }
-    CHECK_UINT_EQ(codes, GW_ERR_COUNT - 3);
+    CHECK_UINT_EQ(codes, GW_ERR_COUNT - 5);
     CHECK_UINT_EQ(count(t, "berth_gateway_errors_total{code="), codes);
     for (int e = 0; e < GW_ERR_COUNT; e++) {
         char line[128];
@@ -235,7 +235,8 @@ TEST(tenant_limits)
     memset(&m, 0, sizeof(m));
     struct cm_tenant ten[3] = {{.name = "a", .max_sessions = 5},
                                {.name = "b"},
-                               {.name = "c", .sessions_per_second = 2, .sessions_burst = 4}};
+                               {.name = "c", .sessions_per_second = 2, .sessions_burst = 4,
+                                .max_memory = 1ull << 30, .max_cpu_millis = 2500}};
     struct cm_config cfg = {.tenants = ten, .n_tenants = 3};
     m.tenant_max_sessions[0] = 7;
     m.tenant_session_rate[2] = 9;
@@ -249,6 +250,9 @@ TEST(tenant_limits)
     CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"a\",limit=\"max_sessions\"} 5\n");
     CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"sessions_per_second\"} 2\n");
     CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"sessions_burst\"} 4\n");
+    CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"max_memory\"} 1073741824\n");
+    CHECK_CONTAINS(t, "berth_tenant_limit{tenant=\"c\",limit=\"max_cpus\"} 2.5\n");
+    CHECK_CONTAINS(t, "berth_tenant_limited_total{tenant=\"c\",limit=\"max_cpus\"} 0\n");
     CHECK_CONTAINS(t, "# TYPE berth_tenant_limited_total counter\n");
     CHECK_CONTAINS(t, "berth_tenant_limited_total{tenant=\"a\",limit=\"max_sessions\"} 7\n");
     CHECK_CONTAINS(t, "berth_tenant_limited_total{tenant=\"c\",limit=\"sessions_per_second\"} 9\n");
