@@ -109,7 +109,8 @@ def test_status_without_the_secret_shows_host_counts_only(sched):
     j = r.json()
     assert j["authenticated"] is False
     assert set(j) == {"host", "authenticated", "capacity", "live", "free", "redis",
-                      "recovered", "pending_starts", "states", "pools"}, j
+                      "recovered", "pending_starts", "draining", "states", "pools"}, j
+    assert j["draining"] is False
     assert j["live"] == fj["live"] and j["states"] == fj["states"]
     assert j["pools"] == fj["pools"]
     text = r.text
