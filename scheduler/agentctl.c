@@ -20,7 +20,17 @@ struct req {
     sch_agentctl_cb cb;
     void *data;
     int err;
+    char sync[40];   /* "SYNC <token>": the echo that fences the reply, "" once seen */
+    unsigned skipped; /* lines before the echo: a reply meant for an earlier connection */
 };
+
+/* Every request is "SYNC <token>" then the command: the reply is the line after the echo.
+ * A VM's agent may hold a reply the port could not take, and a host connection that left
+ * before the guest saw it begin leaves that reply for the next one (agent.c, struct
+ * ctl_port): the lines before the echo are skipped. An agent from before SYNC (an instance
+ * adopted across an upgrade) answers "ERR unknown command" instead, and holds no replies. */
+#define SYNC_OLD_AGENT "ERR unknown command"
+#define SYNC_SKIP_MAX 16
 
 struct sch_agentctl {
     struct event_base *base;
@@ -57,14 +67,27 @@ static void on_read(struct bufferevent *bev, void *arg)
     struct req *r = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len;
-    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
-    if (!line) {
-        if (evbuffer_get_length(in) > AGENT_LINE_MAX)
+    for (;;) {
+        char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+        if (!line) {
+            if (evbuffer_get_length(in) > AGENT_LINE_MAX)
+                finish(r, NULL, -EPROTO);
+            return;
+        }
+        if (!r->sync[0]) {
+            finish(r, line, 0);
+            free(line);
+            return;
+        }
+        if (strcmp(line, r->sync) == 0 || strcmp(line, SYNC_OLD_AGENT) == 0) {
+            r->sync[0] = '\0';
+        } else if (++r->skipped > SYNC_SKIP_MAX) {
+            free(line);
             finish(r, NULL, -EPROTO);
-        return;
+            return;
+        }
+        free(line);
     }
-    finish(r, line, 0);
-    free(line);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -129,7 +152,10 @@ int sch_agentctl_request(struct sch_agentctl *ac, const char *path, const char *
                              .tv_usec = (suseconds_t)(timeout % CM_USEC_PER_SEC)};
         bufferevent_setcb(r->bev, on_read, NULL, on_event, r);
         bufferevent_set_timeouts(r->bev, &tv, &tv);
-        if (bufferevent_write(r->bev, line, strlen(line)) < 0 ||
+        snprintf(r->sync, sizeof(r->sync), "SYNC %08x%08x", arc4random(), arc4random());
+        if (bufferevent_write(r->bev, r->sync, strlen(r->sync)) < 0 ||
+            bufferevent_write(r->bev, "\n", 1) < 0 ||
+            bufferevent_write(r->bev, line, strlen(line)) < 0 ||
             bufferevent_write(r->bev, "\n", 1) < 0 || bufferevent_enable(r->bev, EV_READ) < 0) {
             bufferevent_free(r->bev);
             r->bev = NULL;

@@ -585,6 +585,10 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
         agent_relay_resume(A.relay);
         client_reply(c, "OK");
         break;
+    case AGENT_CMD_SYNC: /* the host's fence: what came before its echo was not its own */
+        snprintf(reply, sizeof(reply), "SYNC %s", cmd.arg);
+        client_reply(c, reply);
+        break;
     }
 }
 

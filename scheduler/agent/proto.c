@@ -177,6 +177,18 @@ int agent_proto_parse(const char *line, size_t len, struct agent_cmd *ret, const
                    : word_is(line, cmdlen, "STATUS") ? AGENT_CMD_STATUS
                    : word_is(line, cmdlen, "TERM")   ? AGENT_CMD_TERM
                                                      : AGENT_CMD_RESUME;
+    } else if (word_is(line, cmdlen, "SYNC")) {
+        int ok = cmdlen != len && arglen >= 1 && arglen <= AGENT_SYNC_MAX;
+        for (size_t i = 0; ok && i < arglen; i++)
+            ok = is_digit(arg[i]) || (arg[i] >= 'a' && arg[i] <= 'z') ||
+                 (arg[i] >= 'A' && arg[i] <= 'Z');
+        if (!ok) {
+            *ret_err = "usage: SYNC <token> (1-32 of [A-Za-z0-9])";
+            return -EINVAL;
+        }
+        cmd.type = AGENT_CMD_SYNC;
+        memcpy(cmd.arg, arg, arglen);
+        cmd.arg[arglen] = '\0';
     } else if (word_is(line, cmdlen, "PAUSE")) {
         unsigned long v = 0;
         size_t i = 0;

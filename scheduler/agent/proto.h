@@ -47,11 +47,13 @@ enum agent_cmd_type {
     AGENT_CMD_TERM,
     AGENT_CMD_PAUSE,
     AGENT_CMD_RESUME,
+    AGENT_CMD_SYNC, /* "SYNC <token>": answered "SYNC <token>" (agentctl's fence) */
 };
+#define AGENT_SYNC_MAX 32 /* a SYNC token: 1..32 of [A-Za-z0-9] */
 
 struct agent_cmd {
     enum agent_cmd_type type;
-    char arg[AGENT_SESSION_MAX + 1]; /* BIND: the session */
+    char arg[AGENT_SESSION_MAX + 1]; /* BIND: the session; SYNC: the token */
     /* BIND's optional words; has_* say which were given. */
     int has_clock, has_seed, data;
     long long clock_sec; /* 0..AGENT_CLOCK_SEC_MAX */

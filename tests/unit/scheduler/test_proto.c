@@ -108,6 +108,22 @@ TEST(pause_resume)
     CHECK_STR_EQ(err, "this command takes no argument");
 }
 
+TEST(sync_fences_a_reply)
+{
+    struct agent_cmd c;
+    const char *err;
+    CHECK_INT_EQ(parse("SYNC 1a2B3c4d5e6f7a8b", &c, &err), 0);
+    CHECK_INT_EQ(c.type, AGENT_CMD_SYNC);
+    CHECK_STR_EQ(c.arg, "1a2B3c4d5e6f7a8b");
+    CHECK_INT_EQ(parse("SYNC 01234567890123456789012345678901", &c, &err), 0); /* 32 */
+    const char *bad[] = {"SYNC", "SYNC ", "SYNC a-b", "SYNC a b", "SYNC  a",
+                         "SYNC 012345678901234567890123456789012"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_INT_EQ(parse(bad[i], &c, &err), -EINVAL);
+        CHECK_STR_EQ(err, "usage: SYNC <token> (1-32 of [A-Za-z0-9])");
+    }
+}
+
 #define SEED "00112233445566778899aabbccddeeffFFEEDDCCBBAA99887766554433221100"
 
 TEST(bind_words)
