@@ -12,6 +12,8 @@
  *                  | "BUSY <reason>" (a connection is in use, or carried bytes less than
  *                                     <quiet_ms> ago, 0..86400000: nothing changed)
  *   RESUME        -> "OK"            (the host thawed it: accept again; also when not paused)
+ *   SYNC <token>  -> "SYNC <token>"  (1-32 of [A-Za-z0-9]: the host's fence; agentctl sends one
+ *                                     before each command and takes the line after its echo)
  *   anything else -> "ERR <reason>"
  *
  * BIND's optional words (each at most once, any order, one space apart) are for a microVM
