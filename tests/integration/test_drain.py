@@ -79,8 +79,10 @@ def test_a_drained_host_takes_no_new_sessions_and_keeps_its_own(make_stack):
         assert st["draining"] is True and st["host"] == a and st["bound"] >= 1
         wait_until(lambda: s.redis.cmd("LLEN", s.key("pool:%s:echo" % a)) == 0, 20 * SLOW,
                    "host a's pool emptied")
-        hv = s.redis.hgetall(s.key("host:", a))
-        assert hv["draining"] == "1" and hv["free"] == "0", hv
+        # The answer comes before the scheduler's own write reaches Redis: wait for it.
+        wait_until(lambda: s.redis.hgetall(s.key("host:", a)).get("draining") == "1",
+                   10 * SLOW, "host a's record saying it drains")
+        assert s.redis.hgetall(s.key("host:", a))["free"] == "0"
         assert api(a_port, "/v1/status")["draining"] is True
         # Its bound session goes on, on the same instance.
         r = s.get("/again", session=on_a[0])
@@ -107,7 +109,8 @@ def test_a_drained_host_takes_no_new_sessions_and_keeps_its_own(make_stack):
         assert api(a_port, "/v1/drain", "DELETE")["draining"] is False
         wait_until(lambda: s.redis.cmd("LLEN", s.key("pool:%s:echo" % a)) >= 1, 20 * SLOW,
                    "host a's pool refilled")
-        assert s.redis.hgetall(s.key("host:", a))["draining"] == "0"
+        wait_until(lambda: s.redis.hgetall(s.key("host:", a)).get("draining") == "0",
+                   10 * SLOW, "host a's record no longer draining")
         # Without the secret: refused.
         r = curl("http://127.0.0.1:%d/v1/drain" % a_port, method="POST", timeout=10)
         assert r.status == 401, r
