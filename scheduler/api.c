@@ -688,6 +688,29 @@ static void on_health_request(struct cm_httpd_req *req, void *arg)
     }
 }
 
+/* POST (<on>) or DELETE /v1/drain: sched.c's sch_drain(), then the host's state. */
+static void handle_drain(struct sch_api *api, struct cm_httpd_req *req, int on)
+{
+    struct sch_ctx *ctx = api->ctx;
+    int rc = sch_drain(ctx, on);
+    if (rc < 0) {
+        reply_error(req, 500, "internal", "cannot record the drain in run_dir: %s",
+                    strerror(-rc));
+        return;
+    }
+    unsigned bound = 0;
+    for (struct sch_inst *i = ctx->insts; i; i = i->next)
+        bound += i->state == SCH_INST_BOUND;
+    struct cm_jbuf b;
+    cm_jbuf_init(&b);
+    cm_jbuf_raw(&b, "{\"host\":", 8);
+    cm_jbuf_cstr(&b, ctx->sc->host_id);
+    cm_jbuf_printf(&b, ",\"draining\":%s,\"bound\":%u}", ctx->draining ? "true" : "false",
+                   bound);
+    reply_json(req, 200, &b);
+    cm_jbuf_fini(&b);
+}
+
 static void on_request(struct cm_httpd_req *req, void *arg)
 {
     struct sch_api *api = arg;
@@ -720,27 +743,10 @@ static void on_request(struct cm_httpd_req *req, void *arg)
         allow = "POST";
     } else if (strcmp(path, "/v1/drain") == 0) {
         if (m == CM_HTTP_POST || m == CM_HTTP_DELETE) {
-            if (!authenticated(api, req)) {
+            if (!authenticated(api, req))
                 reply_unauthorized(api, req);
-                return;
-            }
-            int rc = sch_drain(api->ctx, m == CM_HTTP_POST);
-            if (rc < 0) {
-                reply_error(req, 500, "internal", "cannot record the drain in run_dir: %s",
-                            strerror(-rc));
-                return;
-            }
-            unsigned bound = 0;
-            for (struct sch_inst *i = api->ctx->insts; i; i = i->next)
-                bound += i->state == SCH_INST_BOUND;
-            struct cm_jbuf b;
-            cm_jbuf_init(&b);
-            cm_jbuf_printf(&b, "{\"host\":");
-            cm_jbuf_cstr(&b, api->ctx->sc->host_id);
-            cm_jbuf_printf(&b, ",\"draining\":%s,\"bound\":%u}",
-                           api->ctx->draining ? "true" : "false", bound);
-            reply_json(req, 200, &b);
-            cm_jbuf_fini(&b);
+            else
+                handle_drain(api, req, m == CM_HTTP_POST);
             return;
         }
         allow = "POST, DELETE";
