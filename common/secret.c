@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -183,13 +184,13 @@ int cm_secret_bearer_ok(const char *authorization, const char *secret)
     return CRYPTO_memcmp(given, want, 32) == 0;
 }
 
-int cm_secret_exec_key(const char *secret, const char *id, char *out)
+/* HMAC-SHA256(<secret>, <msg>) as lower-case hex into <out> (CM_EXEC_KEY_LEN + 1 bytes). */
+static int hmac_hex(const char *secret, const unsigned char *msg, int n, char *out)
 {
-    unsigned char msg[256], md[EVP_MAX_MD_SIZE];
+    unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     out[0] = '\0';
-    int n = snprintf((char *)msg, sizeof(msg), "berth-exec %s", id);
-    if (!secret || n < 0 || (size_t)n >= sizeof(msg) ||
+    if (!secret || n < 0 || (size_t)n >= 256 ||
         !HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, (size_t)n, md, &mdlen) ||
         mdlen * 2 != CM_EXEC_KEY_LEN)
         return -EIO;
@@ -201,4 +202,40 @@ int cm_secret_exec_key(const char *secret, const char *id, char *out)
     out[CM_EXEC_KEY_LEN] = '\0';
     OPENSSL_cleanse(md, sizeof(md));
     return 0;
+}
+
+int cm_secret_exec_key(const char *secret, const char *id, char *out)
+{
+    unsigned char msg[256];
+    int n = snprintf((char *)msg, sizeof(msg), "berth-exec %s", id);
+    return hmac_hex(secret, msg, n, out);
+}
+
+int cm_secret_relay_mac(const char *secret, const char *id, const char *channel, int64_t ts,
+                        char *out)
+{
+    unsigned char msg[256];
+    int n = snprintf((char *)msg, sizeof(msg), "berth-relay %s %s %" PRId64, id, channel, ts);
+    return hmac_hex(secret, msg, n, out);
+}
+
+int cm_secret_relay_hello(const char *secret, const char *id, const char *channel, int64_t now_s,
+                          char *out)
+{
+    char mac[CM_EXEC_KEY_LEN + 1];
+    size_t il = strlen(id);
+    out[0] = '\0';
+    if (il == 0 || il > CM_RELAY_ID_MAX || strspn(id, CM_RELAY_ID_CHARS) != il ||
+        (strcmp(channel, "app") != 0 && strcmp(channel, "ports") != 0))
+        return -EINVAL;
+    if (cm_secret_relay_mac(secret, id, channel, now_s, mac) < 0)
+        return -EIO;
+    int n = snprintf(out, CM_RELAY_HELLO_MAX, "BERTH-RELAY %s %s %" PRId64 " %s\r\n", id, channel,
+                     now_s, mac);
+    OPENSSL_cleanse(mac, sizeof(mac));
+    if (n < 0 || n >= CM_RELAY_HELLO_MAX) {
+        out[0] = '\0';
+        return -EINVAL;
+    }
+    return n;
 }

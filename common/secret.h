@@ -15,6 +15,7 @@
 #define CM_SECRET_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -61,5 +62,26 @@ const char *cm_bearer_token(const char *authorization, size_t *ret_len);
  * scheduler.api_secret, a process on the host without it cannot open the channel, and one
  * instance's key opens no other. Returns 0, or -EIO (OpenSSL failed; <out> is ""). */
 int cm_secret_exec_key(const char *secret, const char *id, char *out);
+
+/* The instance relay (scheduler/relay.h): a gateway on any host opens a connection to an
+ * instance through its scheduler host's relay by sending one line first,
+ *   "BERTH-RELAY <instance> <channel> <unix seconds> <mac>\r\n",
+ * <channel> "app" (the app socket or forward) or "ports" (the agent's ports socket or forward),
+ * <mac> HMAC-SHA256(<secret>, "berth-relay <instance> <channel> <seconds>") in lower-case hex.
+ * Both daemons hold scheduler.api_secret; the relay takes a line only within its allowed clock
+ * skew of the time in it. */
+#define CM_RELAY_HELLO_MAX 256
+/* Longest instance id in the line, and its characters. */
+#define CM_RELAY_ID_MAX 96
+#define CM_RELAY_ID_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+/* Writes that line for instance <id> (1..CM_RELAY_ID_MAX bytes of CM_RELAY_ID_CHARS) and
+ * <channel> at <now_s> into <out> (CM_RELAY_HELLO_MAX bytes). Returns its length, or -EINVAL
+ * (a bad id or channel), -EIO (OpenSSL failed; <out> is ""). */
+int cm_secret_relay_hello(const char *secret, const char *id, const char *channel, int64_t now_s,
+                          char *out);
+/* The MAC of the line's fields as lower-case hex into <out> (CM_EXEC_KEY_LEN + 1 bytes).
+ * Returns 0, or -EIO. */
+int cm_secret_relay_mac(const char *secret, const char *id, const char *channel, int64_t ts,
+                        char *out);
 
 #endif

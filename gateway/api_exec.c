@@ -26,6 +26,7 @@
 #include "common/time.h"
 #include "gateway/api.h"
 #include "gateway/config.h"
+#include "gateway/upstream.h"
 
 #define STREAM_HIGH (256 * 1024) /* output queued for the client: stop reading the sandbox */
 /* limits.max_execs: a running command holds a lease in Redis (P execs:{tenant}) renewed
@@ -510,12 +511,16 @@ struct chan {
     socklen_t len;
     char key[CM_EXEC_KEY_LEN + 1]; /* "" for a process sandbox (its socket's mode is the lock) */
     char instance[96];
+    int relay_len;                    /* > 0: the instance relay's line goes first */
+    char relay[CM_RELAY_HELLO_MAX];
 };
 
 /* The channel of the instance at <addr> (<instance>: its id from the session record):
  *   "unix:<dir>/<id>/sock/app.sock" (process driver): the ports socket next to it;
  *   "vm:<host>:<port>" (microvm driver): the VM's ports forward at <port> + 1, opened with
- *   the instance's key (HMAC of scheduler.api_secret, common/secret.h).
+ *   the instance's key (HMAC of scheduler.api_secret, common/secret.h);
+ *   "relay:<host:port>/<kind>/<id>": the instance relay of its host, asked for the ports
+ *   channel (scheduler/relay.h), then as the process or VM kind.
  * -1 when <addr> has no channel (a static upstream's "tcp:", a VM started by a scheduler
  * before VMs had the forward) or no key can be made. */
 static int chan_of(const struct gw_config *gc, const char *addr, const char *instance,
@@ -523,6 +528,17 @@ static int chan_of(const struct gw_config *gc, const char *addr, const char *ins
 {
     size_t al = strlen(addr);
     memset(ret, 0, sizeof(*ret));
+    if (strncmp(addr, "relay:", 6) == 0) {
+        struct gw_relay_addr ra;
+        if (gw_relay_addr_parse(addr, &ra) < 0 || !ra.has_ports ||
+            (ra.vm && cm_secret_exec_key(gc->scheduler_secret, ra.id, ret->key) < 0) ||
+            (ret->relay_len = gw_relay_hello(gc->scheduler_secret, &ra, "ports", ret->relay)) <= 0)
+            return -1;
+        memcpy(&ret->sa, &ra.sa, sizeof(ret->sa));
+        ret->len = ra.salen;
+        snprintf(ret->instance, sizeof(ret->instance), "%s", ra.id);
+        return 0;
+    }
     if (al > 3 && strncmp(addr, "vm:", 3) == 0) {
         int slen = (int)sizeof(ret->sa);
         if (!instance || !*instance || strlen(instance) >= sizeof(ret->instance) ||
@@ -557,6 +573,8 @@ static int chan_of(const struct gw_config *gc, const char *addr, const char *ins
 /* The channel's first line. */
 static int put_hello(struct evbuffer *o, const struct chan *ch)
 {
+    if (ch->relay_len > 0 && evbuffer_add(o, ch->relay, (size_t)ch->relay_len) < 0)
+        return -1;
     return ch->key[0] ? evbuffer_add_printf(o, "BERTH-EXEC %s\r\n", ch->key) < 0
                       : evbuffer_add(o, "BERTH-EXEC\r\n", 12);
 }

@@ -121,14 +121,15 @@ static void copy_headers(struct hb *out, const struct gw_conn *c, const struct g
 }
 
 /* The Host an instance gets with upstream_host: instance: the address it listens on as it
- * sees it, "127.0.0.1:<app port>" for a sandbox (reached through its socket, or a VM's
- * forward) or a preview port, the upstream's "host:port" for a static one. Returns its length (< cap). */
+ * sees it, "127.0.0.1:<app port>" for a sandbox (reached through its socket, a VM's
+ * forward, or its host's instance relay) or a preview port, the upstream's "host:port" for a static one. Returns its length (< cap). */
 static size_t upstream_authority(const struct gw_conn *c, char *buf, size_t cap)
 {
     const char *a = c->addr;
     unsigned port = c->preview_port ? c->preview_port : c->route->tpl->app_port;
     /* memcmp of a constant length is inlined; strncmp is a call (callgrind: ~50 a request) */
-    if (!c->preview_port && memcmp(a, "unix:", 5) != 0 && memcmp(a, "vm:", 3) != 0) {
+    if (!c->preview_port && memcmp(a, "unix:", 5) != 0 && memcmp(a, "vm:", 3) != 0 &&
+        memcmp(a, "relay:", 6) != 0) {
         if (memcmp(a, "tcp:", 4) == 0)
             a += 4;
         size_t n = strnlen(a, cap - 1);

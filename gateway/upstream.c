@@ -4,12 +4,15 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -28,11 +31,17 @@ struct gw_upool {
     uint64_t key;
     char addr[GW_UPOOL_ADDR_MAX];
     uint16_t port; /* "addr@port": ask the agent for this port inside the sandbox */
-    /* "addr@port#instance" (a VM's): the port line carries that instance's key */
+    /* "addr@port#instance" (a VM's), or a relay's instance */
     char instance[GW_INSTANCE_ID_MAX];
+    int keyed; /* the port line carries the instance's key (a VM's agent wants it) */
+    int relay; /* "relay:": every new connection starts with the relay's line */
     struct sockaddr_storage sa;
     socklen_t salen;
     int is_tcp;
+    /* The relay's line, made once a second (an HMAC each time otherwise) */
+    time_t hello_at;
+    int hello_len;
+    char hello[CM_RELAY_HELLO_MAX];
     struct gw_upconn *idle; /* doubly linked */
     size_t n_idle;
     size_t refs; /* idle + in use */
@@ -54,6 +63,51 @@ struct gw_upstreams {
     struct gw_upool *buckets[BUCKETS];
     size_t n_idle;
 };
+
+int gw_relay_addr_parse(const char *addr, struct gw_relay_addr *ret)
+{
+    if (strncmp(addr, "relay:", 6) != 0)
+        return -EINVAL;
+    const char *hp = addr + 6;
+    const char *s1 = strchr(hp, '/');
+    const char *s2 = s1 ? strchr(s1 + 1, '/') : NULL;
+    char host[128];
+    if (!s1 || !s2 || s1 == hp || (size_t)(s1 - hp) >= sizeof(host))
+        return -EINVAL;
+    size_t kl = (size_t)(s2 - s1 - 1), il = strlen(s2 + 1);
+    struct gw_relay_addr r;
+    memset(&r, 0, sizeof(r));
+    if (il == 0 || il >= sizeof(r.id) || il > CM_RELAY_ID_MAX ||
+        strspn(s2 + 1, CM_RELAY_ID_CHARS) != il)
+        return -EINVAL;
+    if (kl == 4 && memcmp(s1 + 1, "proc", 4) == 0)
+        r.has_ports = 1;
+    else if (kl == 2 && memcmp(s1 + 1, "vm", 2) == 0)
+        r.has_ports = r.vm = 1;
+    else if (!(kl == 3 && memcmp(s1 + 1, "tcp", 3) == 0))
+        return -EINVAL;
+    memcpy(host, hp, (size_t)(s1 - hp));
+    host[s1 - hp] = '\0';
+    int slen = (int)sizeof(r.sa);
+    if (evutil_parse_sockaddr_port(host, (struct sockaddr *)&r.sa, &slen) < 0)
+        return -EINVAL;
+    in_port_t port = r.sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&r.sa)->sin6_port
+                                                : ((struct sockaddr_in *)&r.sa)->sin_port;
+    if (port == 0) /* "host" alone parses, as port 0 */
+        return -EINVAL;
+    r.salen = (socklen_t)slen;
+    memcpy(r.id, s2 + 1, il + 1);
+    *ret = r;
+    return 0;
+}
+
+int gw_relay_hello(const char *secret, const struct gw_relay_addr *ra, const char *channel,
+                   char *out)
+{
+    if (!secret)
+        return -EACCES;
+    return cm_secret_relay_hello(secret, ra->id, channel, (int64_t)time(NULL), out);
+}
 
 static int parse_addr(const char *addr, struct sockaddr_storage *sa, socklen_t *len, int *is_tcp)
 {
@@ -211,7 +265,22 @@ static struct gw_upool *pool_get(struct gw_upstreams *u, const char *addr, int *
         p->port = (uint16_t)port;
         *at = '\0';
     }
-    if (parse_addr(base, &p->sa, &p->salen, &p->is_tcp) < 0) {
+    if (hash)
+        p->keyed = 1;
+    if (strncmp(base, "relay:", 6) == 0) {
+        struct gw_relay_addr ra;
+        if (gw_relay_addr_parse(base, &ra) < 0 || (p->port && !ra.has_ports)) {
+            free(p);
+            *ret_err = -EINVAL;
+            return NULL;
+        }
+        memcpy(&p->sa, &ra.sa, sizeof(p->sa));
+        p->salen = ra.salen;
+        p->is_tcp = 1;
+        p->relay = 1;
+        p->keyed = ra.vm;
+        snprintf(p->instance, sizeof(p->instance), "%s", ra.id);
+    } else if (parse_addr(base, &p->sa, &p->salen, &p->is_tcp) < 0) {
         free(p);
         *ret_err = -EINVAL;
         return NULL;
@@ -255,7 +324,20 @@ struct gw_upconn *gw_upstream_get(struct gw_upstreams *u, const char *addr, int 
         *ret_err = rc;
         return NULL;
     }
-    if (p->port && p->instance[0]) { /* a VM's agent wants the instance's key on the line */
+    if (p->relay) {
+        time_t now = time(NULL);
+        if (p->hello_at != now || p->hello_len <= 0) {
+            p->hello_len = cm_secret_relay_hello(u->gc->scheduler_secret ? u->gc->scheduler_secret
+                                                                           : "",
+                                                 p->instance, p->port ? "ports" : "app",
+                                                 (int64_t)now, p->hello);
+            p->hello_at = now;
+        }
+        /* no line (no secret, OpenSSL failed): the relay closes the connection, a 502 */
+        if (p->hello_len > 0)
+            evbuffer_add(uc->s.out, p->hello, (size_t)p->hello_len);
+    }
+    if (p->port && p->keyed) { /* a VM's agent wants the instance's key on the line */
         char key[CM_EXEC_KEY_LEN + 1];
         if (cm_secret_exec_key(u->gc->scheduler_secret, p->instance, key) == 0)
             evbuffer_add_printf(uc->s.out, "BERTH-PORT %u %s\r\n", p->port, key);

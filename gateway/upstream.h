@@ -1,5 +1,6 @@
 /* Connections to instances: a keep-alive pool per instance address ("unix:/path",
- * "tcp:host:port", or "vm:host:port", a microVM's forward), per loop. "<addr>@<n>" is the
+ * "tcp:host:port", "vm:host:port", a microVM's forward, or "relay:host:port/<kind>/<id>", an
+ * instance behind its host's instance relay, see scheduler/relay.h), per loop. "<addr>@<n>" is the
  * agent's ports socket or forward, asked for port <n> inside the sandbox ("BERTH-PORT <n>"
  * first); "vm:...@<n>#<instance>" adds that instance's key to the line (common/secret.h). An
  * idle pooled connection that the instance closes, or that stays idle past
@@ -14,6 +15,8 @@
 /* The longest pool address: an instance's, "@65535", "#" and an instance id. */
 #define GW_UPOOL_ADDR_MAX (GW_ADDR_MAX + 8 + GW_INSTANCE_ID_MAX)
 
+#include <sys/socket.h>
+
 struct event_base;
 struct gw_stream;
 struct gw_stream_scratch;
@@ -21,6 +24,22 @@ struct gw_config;
 struct gw_metrics;
 struct gw_upstreams;
 struct gw_upconn;
+
+/* An instance relay's address "relay:<host:port>/<kind>/<id>", <kind> proc | vm | tcp. */
+struct gw_relay_addr {
+    struct sockaddr_storage sa; /* the relay */
+    socklen_t salen;
+    char id[GW_INSTANCE_ID_MAX]; /* the instance */
+    int vm;                      /* its agent wants the instance's key (a VM's) */
+    int has_ports;               /* it has the agent's ports socket (not a "tcp" instance) */
+};
+/* Parses <addr> (NUL-terminated, without "@port"). Returns 0 with <ret> filled, or -EINVAL
+ * (not such an address). */
+int gw_relay_addr_parse(const char *addr, struct gw_relay_addr *ret);
+/* The relay's first line for a new connection to <ra> (<channel> "app" or "ports"), into <out>
+ * (CM_RELAY_HELLO_MAX bytes). Returns its length or a negative errno. */
+int gw_relay_hello(const char *secret, const struct gw_relay_addr *ra, const char *channel,
+                   char *out);
 
 /* Returns a new pool set, or NULL. Borrows its arguments for its life (<scratch>: the loop's
  * read buffer, see gateway/stream.h). */

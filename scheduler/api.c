@@ -21,6 +21,7 @@
 #include "scheduler/paths.h"
 #include "scheduler/pause.h"
 #include "scheduler/pool.h"
+#include "scheduler/relay.h"
 #include "scheduler/sched.h"
 #include "scheduler/usage.h"
 
@@ -196,7 +197,7 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
         req_error(r, strcmp(code, "start_timeout") == 0 ? 504 : 502, code, msg);
         return;
     }
-    char now[24], need_mem[24], need_mcpu[24];
+    char now[24], need_mem[24], need_mcpu[24], pub[SCH_ADDR_MAX];
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
     snprintf(need_mem, sizeof(need_mem), "%" PRIu64, r->tpl->memory);
     snprintf(need_mcpu, sizeof(need_mcpu), "%" PRIu32, r->tpl->cpu_millis);
@@ -210,7 +211,7 @@ static void on_instance_ready(struct sch_inst *inst, const char *code, const cha
                           r->ttl,
                           r->idle,
                           inst->id,
-                          inst->di->addr,
+                          sch_inst_addr(inst, pub, sizeof(pub)),
                           ctx->sc->host_id,
                           r->meta ? r->meta : "",
                           r->key_id,
@@ -463,6 +464,16 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
                    sch_redis_connected(ctx) ? "connected" : "disconnected",
                    ctx->recovered ? "true" : "false", api->n_pending);
     cm_jbuf_printf(&b, ",\"draining\":%s", ctx->draining ? "true" : "false");
+    if (full && ctx->relay) {
+        struct sch_relay_stats rs;
+        sch_relay_get_stats(ctx->relay, &rs);
+        cm_jbuf_printf(&b, ",\"relay\":{\"advertise\":");
+        cm_jbuf_cstr(&b, sch_relay_advertised(ctx->relay));
+        cm_jbuf_printf(&b,
+                       ",\"accepted\":%" PRIu64 ",\"relayed\":%" PRIu64 ",\"refused\":%" PRIu64
+                       ",\"active\":%" PRIu64 "}",
+                       rs.accepted, rs.relayed, rs.refused, rs.active);
+    }
     if (full) {
         cm_jbuf_raw(&b, ",\"drivers\":", 11);
         sch_drivers_status(ctx->drivers, &b);
@@ -499,7 +510,8 @@ static void handle_status(struct sch_api *api, struct cm_httpd_req *req, int ful
         cm_jbuf_cstr(&b, i->drv ? i->drv->ops->name : "");
         cm_jbuf_printf(&b, ",\"state\":\"%s\",\"pid\":%d,\"addr\":", sch_inst_state_name(i->state),
                        i->di ? (int)i->di->pid : 0);
-        cm_jbuf_cstr(&b, i->di ? i->di->addr : "");
+        char pub[SCH_ADDR_MAX];
+        cm_jbuf_cstr(&b, sch_inst_addr(i, pub, sizeof(pub)));
         cm_jbuf_raw(&b, ",\"session\":", 11);
         cm_jbuf_cstr(&b, i->session);
         cm_jbuf_printf(&b, ",\"agent_bound\":%s,\"pause\":\"%s\"}",

@@ -1,8 +1,11 @@
 #include "scheduler/config.h"
+#include "scheduler/relay.h"
 
 #include "common/compat.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <grp.h>
 #include <limits.h>
@@ -130,7 +133,12 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                                        "pool_max_starting",
                                        "microvm",
                                        "exec_max",
+                                       "instance_relay",
                                        NULL};
+    static const char *const relay_keys[] = {"listen",           "advertise",
+                                             "max_connections",  "handshake_timeout",
+                                             "max_clock_skew",   "buffer",
+                                             NULL};
     static const char *const microvm_keys[] = {"qemu",          "image_dir",       "accel",
                                                "probe_timeout", "memory_overhead", "default_memory",
                                                "nice",          NULL};
@@ -145,6 +153,9 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     char *socket_group = NULL;
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     const struct cm_ynode *mvm = cm_ynode_get(section, "microvm");
+    const struct cm_ynode *relay = cm_ynode_get(section, "instance_relay");
+    uint64_t relay_conns;
+    cm_usec_t relay_skew;
     memset(ret, 0, sizeof(*ret));
 
     if (cm_conf_keys(&ctx, section, SEC, keys) ||
@@ -203,8 +214,62 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                      &c.microvm.default_memory) ||
         cm_conf_u64(&ctx, mvm, SEC ".microvm", "nice", 10, 0, 19, &mvm_nice) ||
         cm_conf_secret(&ctx, section, SEC, "api_secret", "api_secret_file", CM_API_SECRET_MIN,
-                       CM_SECRET_TOKEN, &c.api_secret))
+                       CM_SECRET_TOKEN, &c.api_secret) ||
+        cm_conf_keys(&ctx, relay, SEC ".instance_relay", relay_keys) ||
+        cm_conf_str(&ctx, relay, SEC ".instance_relay", "listen", "", &c.instance_relay.listen) ||
+        cm_conf_str(&ctx, relay, SEC ".instance_relay", "advertise", "",
+                    &c.instance_relay.advertise) ||
+        cm_conf_u64(&ctx, relay, SEC ".instance_relay", "max_connections", 1024, 1, 1u << 20,
+                    &relay_conns) ||
+        cm_conf_duration(&ctx, relay, SEC ".instance_relay", "handshake_timeout",
+                         5 * CM_USEC_PER_SEC, 100 * CM_USEC_PER_MSEC, 600 * CM_USEC_PER_SEC,
+                         &c.instance_relay.handshake_timeout) ||
+        cm_conf_duration(&ctx, relay, SEC ".instance_relay", "max_clock_skew",
+                         30 * CM_USEC_PER_SEC, CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC,
+                         &relay_skew) ||
+        cm_conf_size(&ctx, relay, SEC ".instance_relay", "buffer", 64u << 10, 4u << 10,
+                     1u << 20, &c.instance_relay.buffer))
         goto fail;
+    c.instance_relay.max_conns = (uint32_t)relay_conns;
+    c.instance_relay.max_skew_s = (uint32_t)(relay_skew / CM_USEC_PER_SEC);
+    if (relay && relay->type != CM_YNODE_MAP) {
+        cm_conf_fail(&ctx, relay, SEC, "instance_relay", "must be a mapping");
+        goto fail;
+    }
+    if (!*c.instance_relay.listen) {
+        free(c.instance_relay.listen);
+        c.instance_relay.listen = NULL;
+    } else {
+        struct sockaddr_storage ss;
+        unsigned slen;
+        if (sch_relay_parse_listen(c.instance_relay.listen, &ss, &slen) < 0) {
+            cm_conf_fail(&ctx, cm_ynode_get(relay, "listen"), SEC ".instance_relay", "listen",
+                         "must be an IP address and port (10.0.0.5:7070, 0.0.0.0:7070, "
+                         "[::]:7070), not '%s'",
+                         c.instance_relay.listen);
+            goto fail;
+        }
+        int wildcard = ss.ss_family == AF_INET6
+                           ? IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&ss)->sin6_addr)
+                           : ((struct sockaddr_in *)&ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+        if (wildcard && !*c.instance_relay.advertise) {
+            cm_conf_fail(&ctx, relay, SEC ".instance_relay", "advertise",
+                         "is required when listen is a wildcard address (%s): the address "
+                         "gateways on other hosts connect to",
+                         c.instance_relay.listen);
+            goto fail;
+        }
+    }
+    if (!*c.instance_relay.advertise) {
+        free(c.instance_relay.advertise);
+        c.instance_relay.advertise = NULL;
+    } else if (strlen(c.instance_relay.advertise) > 100 ||
+               strcspn(c.instance_relay.advertise, " /#@\t") !=
+                   strlen(c.instance_relay.advertise)) {
+        cm_conf_fail(&ctx, cm_ynode_get(relay, "advertise"), SEC ".instance_relay", "advertise",
+                     "must be host:port or host (at most 100 characters, no blank, '/', '#', '@')");
+        goto fail;
+    }
     c.microvm.nice = (uint32_t)mvm_nice;
     if (strcmp(c.microvm.accel, "auto") != 0 && strcmp(c.microvm.accel, "kvm") != 0 &&
         strcmp(c.microvm.accel, "tcg") != 0) {
@@ -394,5 +459,7 @@ void sch_config_fini(struct sch_config *c)
     free(c->microvm.qemu);
     free(c->microvm.image_dir);
     free(c->microvm.accel);
+    free(c->instance_relay.listen);
+    free(c->instance_relay.advertise);
     memset(c, 0, sizeof(*c));
 }

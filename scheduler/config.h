@@ -33,6 +33,16 @@ struct sch_microvm_config {
     uint32_t nice;            /* added to QEMU's nice value: the control plane comes first */
 };
 
+/* scheduler.instance_relay: gateways on other hosts reach instances here (relay.h). */
+struct sch_relay_config {
+    char *listen;                /* "host:port" of the listener; NULL: no relay */
+    char *advertise;             /* "host:port" or "host" gateways connect to; NULL: listen's */
+    uint32_t max_conns;          /* relayed connections open at once */
+    cm_usec_t handshake_timeout; /* the gateway's line, and the connect to the instance */
+    uint32_t max_skew_s;         /* accepted difference between the line's clock and ours */
+    uint64_t buffer;             /* bytes in flight per direction (a pipe's size) */
+};
+
 struct sch_config {
     char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
     char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
@@ -67,6 +77,7 @@ struct sch_config {
     uint32_t reserve_cpu_millis;   /* likewise, in thousandths of a core */
     uint32_t socket_gid;           /* group of the instances' app.sock and ports.sock (0660) */
     struct sch_microvm_config microvm;
+    struct sch_relay_config instance_relay;
     char *api_secret; /* required: POST /v1/start and the full GET /v1/status need
                        * "Authorization: Bearer <api_secret>" (api_secret or api_secret_file) */
 };

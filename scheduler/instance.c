@@ -16,6 +16,7 @@
 #include "scheduler/driver.h"
 #include "scheduler/paths.h"
 #include "scheduler/pool.h"
+#include "scheduler/relay.h"
 #include "scheduler/sched.h"
 
 #define AGENT_TIMEOUT (2 * CM_USEC_PER_SEC)
@@ -107,6 +108,7 @@ static void free_events(struct sch_inst *inst)
 static void inst_remove(struct sch_inst *inst)
 {
     struct sch_ctx *ctx = inst->ctx;
+    sch_relay_del(ctx->relay, inst->id);
     free_events(inst);
     inst->state = SCH_INST_GONE;
     if (inst->prev)
@@ -118,6 +120,24 @@ static void inst_remove(struct sch_inst *inst)
     inst->prev = inst->next = NULL;
     ctx->n_live--;
     sch_inst_unref(inst);
+}
+
+const char *sch_inst_addr(const struct sch_inst *inst, char *buf, size_t len)
+{
+    const char *addr = inst->di ? inst->di->addr : "";
+    if (inst->ctx->relay && *addr &&
+        sch_relay_public_addr(inst->ctx->relay, inst->id, addr, buf, len) == 0)
+        return buf;
+    return addr;
+}
+
+/* Tells the relay where <inst> is. */
+static void relay_add(struct sch_inst *inst)
+{
+    if (inst->ctx->relay && inst->di &&
+        sch_relay_add(inst->ctx->relay, inst->id, inst->di->addr) < 0)
+        cm_log_error("relay", "instance not reachable through the relay inst=%s addr=%s",
+                     inst->id, inst->di->addr);
 }
 
 struct sch_inst *sch_inst_find(struct sch_ctx *ctx, const char *id)
@@ -434,8 +454,9 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
     struct timeval tv;
     cm_usec_to_tv(tpl->ready_timeout, &tv);
     evtimer_add(inst->timer_ev, &tv);
+    relay_add(inst);
 
-    char key[256], started[24], pid[16];
+    char key[256], started[24], pid[16], pub[SCH_ADDR_MAX];
     snprintf(started, sizeof(started), "%" PRIu64, cm_now_wall_ms());
     snprintf(pid, sizeof(pid), "%d", (int)di->pid);
     /* The set first: a crash between the two leaves an id recovery can purge. */
@@ -444,7 +465,7 @@ struct sch_inst *sch_inst_start(struct sch_ctx *ctx, const struct cm_template *t
     inst_redis(inst, 3, sadd);
     const char *hset[] = {"HSET",     sch_key(ctx, key, sizeof(key), "i:%s", inst->id),
                           "host",     ctx->sc->host_id,
-                          "addr",     di->addr,
+                          "addr",     sch_inst_addr(inst, pub, sizeof(pub)),
                           "template", tpl->name,
                           "driver",   drv->ops->name,
                           "state",    "starting",
@@ -651,6 +672,7 @@ void sch_inst_adopted(struct sch_inst *inst, const struct cm_template *tpl, stru
         inst_remove(inst);
         return;
     }
+    relay_add(inst);
     inst->state = SCH_INST_WARM;
     inst->for_pool = 1;
     char pending[CM_HASH_HEX_LEN + 1];

@@ -103,6 +103,10 @@ void sch_inst_stop(struct sch_inst *inst, const char *reason, int lost);
 void sch_inst_destroy(struct sch_inst *inst, const char *reason);
 
 struct sch_inst *sch_inst_find(struct sch_ctx *ctx, const char *id);
+/* The address gateways use for <inst> (it has a driver instance): the instance relay's
+ * "relay:..." when scheduler.instance_relay is on, else the driver's own. <buf> holds it when
+ * needed (SCH_ADDR_MAX bytes); the answer lives as long as <buf> and <inst>. */
+const char *sch_inst_addr(const struct sch_inst *inst, char *buf, size_t len);
 void sch_inst_ref(struct sch_inst *inst);
 void sch_inst_unref(struct sch_inst *inst);
 const char *sch_inst_state_name(enum sch_inst_state s);

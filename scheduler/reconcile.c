@@ -186,7 +186,7 @@ static int send_item(struct round *r, struct sch_inst *inst, const char *state, 
     it->r = r;
     it->inst = inst;
     snprintf(it->session, sizeof(it->session), "%s", inst->session);
-    char now[24], started[24], pid[16], ttl[24];
+    char now[24], started[24], pid[16], ttl[24], pub[SCH_ADDR_MAX];
     cm_usec_t age = now_mono > inst->started ? now_mono - inst->started : 0;
     snprintf(now, sizeof(now), "%" PRIu64, now_ms);
     snprintf(started, sizeof(started), "%" PRIu64, now_ms - age / CM_USEC_PER_MSEC);
@@ -196,7 +196,7 @@ static int send_item(struct round *r, struct sch_inst *inst, const char *state, 
                           ctx->sc->host_id,
                           inst->id,
                           inst->tpl->name,
-                          inst->di->addr,
+                          sch_inst_addr(inst, pub, sizeof(pub)),
                           state,
                           it->session,
                           started,

@@ -23,6 +23,7 @@
 #include "scheduler/pool.h"
 #include "scheduler/reconcile.h"
 #include "scheduler/recover.h"
+#include "scheduler/relay.h"
 #include "scheduler/usage.h"
 
 #define MAX_ARGV CM_REDIS_MAX_ARGS
@@ -131,7 +132,8 @@ void sch_heartbeat(struct sch_ctx *ctx)
                           "capacity", cap,
                           "free",     free_,
                           "driver",   drivers,
-                          "draining", ctx->draining ? "1" : "0"};
+                          "draining", ctx->draining ? "1" : "0",
+                          "relay",    ctx->relay ? sch_relay_advertised(ctx->relay) : ""};
     sch_redis(ctx, on_logged, ctx, (int)CM_ARRAY_SIZE(hset), hset);
     /* The zset entry last: a host is claimable only once its hash is there. */
     if (ctx->recovered) {
@@ -418,6 +420,13 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     ctx->api = sch_api_create(ctx, err, errlen);
     if (!ctx->api)
         goto fail;
+    if (sc->instance_relay.listen) {
+        ctx->relay = sch_relay_create(&sc->instance_relay, sc->api_secret, err, errlen);
+        if (!ctx->relay)
+            goto fail;
+        cm_log_info("relay", "instance relay up listen=%s advertise=%s",
+                    sc->instance_relay.listen, sch_relay_advertised(ctx->relay));
+    }
     ctx->redis = cm_redis_create(base, &cfg->redis, on_redis_state, ctx);
     ctx->sub = cm_redis_create(base, &cfg->redis, on_sub_state, ctx);
     if (ctx->redis)
@@ -464,6 +473,8 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
     ctx->agentctl = NULL;
     sch_recover_abort(ctx);
     sch_inst_release_all(ctx);
+    sch_relay_destroy(ctx->relay); /* ends relayed connections: see README, "Instance relay" */
+    ctx->relay = NULL;
     struct event *evs[] = {ctx->heartbeat_ev, ctx->reap_ev, ctx->sigterm_ev, ctx->sigint_ev};
     for (size_t i = 0; i < CM_ARRAY_SIZE(evs); i++)
         if (evs[i])

@@ -337,3 +337,35 @@ TEST(api_secret_from_a_file)
     CHECK_CONTAINS(err, path);
     CHECK_CONTAINS(err, "is open to group or others (mode 0640): it holds a secret, chmod 600 it");
 }
+
+TEST(instance_relay)
+{
+    struct sch_config c;
+    char err[1024];
+    CHECK_MSG(parse("scheduler:\n  host_id: h\n", &c, err, sizeof(err)) == 0, "%s", err);
+    CHECK(c.instance_relay.listen == NULL && c.instance_relay.advertise == NULL);
+    CHECK(c.instance_relay.max_conns == 1024 && c.instance_relay.max_skew_s == 30);
+    CHECK(c.instance_relay.handshake_timeout == 5 * CM_USEC_PER_SEC);
+    CHECK(c.instance_relay.buffer == 65536);
+    sch_config_fini(&c);
+    CHECK_MSG(parse("scheduler:\n  instance_relay:\n    listen: 0.0.0.0:7070\n"
+                    "    advertise: 10.0.0.5\n    max_connections: 10\n"
+                    "    handshake_timeout: 2s\n    max_clock_skew: 1m\n    buffer: 16KiB\n",
+                    &c, err, sizeof(err)) == 0,
+              "%s", err);
+    CHECK(strcmp(c.instance_relay.listen, "0.0.0.0:7070") == 0);
+    CHECK(strcmp(c.instance_relay.advertise, "10.0.0.5") == 0);
+    CHECK(c.instance_relay.max_conns == 10 && c.instance_relay.max_skew_s == 60);
+    CHECK(c.instance_relay.handshake_timeout == 2 * CM_USEC_PER_SEC);
+    CHECK(c.instance_relay.buffer == 16384);
+    sch_config_fini(&c);
+    EXPECT_ERROR("scheduler:\n  instance_relay:\n    listen: 0.0.0.0:7070\n",
+                 "scheduler.instance_relay.advertise: is required when listen is a wildcard");
+    EXPECT_ERROR("scheduler:\n  instance_relay:\n    listen: somehost:7070\n",
+                 "scheduler.instance_relay.listen: must be an IP address and port");
+    EXPECT_ERROR("scheduler:\n  instance_relay:\n    listen: 127.0.0.1:1\n    advertise: a/b\n",
+                 "scheduler.instance_relay.advertise: must be host:port or host");
+    EXPECT_ERROR("scheduler:\n  instance_relay:\n    listen: 127.0.0.1:1\n    port: 3\n",
+                 "scheduler.instance_relay");
+    EXPECT_ERROR("scheduler:\n  instance_relay: on\n", "scheduler.instance_relay");
+}

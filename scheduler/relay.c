@@ -1,0 +1,733 @@
+/* The instance relay (relay.h). One thread, one event loop; connections live in a list the
+ * thread alone touches. The instance table is the only state shared with the scheduler's loop
+ * (under a mutex, held for a lookup's copy only). */
+#include "relay.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/log.h"
+#include "common/secret.h"
+#include "scheduler/config.h"
+
+#define BUCKETS 256
+/* splice() passes per pump call before yielding to other connections. */
+#define PUMP_ROUNDS 8
+
+struct entry {
+    struct entry *next;
+    char id[CM_RELAY_ID_MAX + 1];
+    char addr[160];
+};
+
+enum rc_state { RC_HELLO, RC_CONNECTING, RC_RELAYING };
+
+/* One direction: bytes read from fd[from] into the pipe, written from it to fd[1 - from]. */
+struct half {
+    int pipe[2];
+    size_t n;   /* bytes in the pipe */
+    int eof;    /* the reading side ended */
+    int shut;   /* the writing side was shut down after the last byte */
+};
+
+struct rconn {
+    struct rconn *next, *prev;
+    struct sch_relay *r;
+    enum rc_state state;
+    int fd[2];                  /* 0: the gateway's, 1: the instance's */
+    struct event *rd[2], *wr[2];
+    struct event *timer;        /* the hello's deadline */
+    struct half h[2];           /* h[0]: gateway -> instance, h[1]: instance -> gateway */
+    size_t hello_len;
+    char hello[CM_RELAY_HELLO_MAX];
+};
+
+struct sch_relay {
+    const struct sch_relay_config *rc;
+    const char *secret;
+    char advertise[128];
+    int lfd, stop_fd;
+    struct event_base *base;
+    struct event *accept_ev, *stop_ev;
+    struct timeval hello_tv;
+    pthread_t thread;
+    int running;
+    struct rconn *conns;
+    uint32_t n_conns;
+    time_t last_refusal_log;
+    pthread_mutex_t lock;
+    struct entry *buckets[BUCKETS];
+    _Atomic uint64_t accepted, relayed, refused, active;
+};
+
+/* ------------------------------------------------------------------ pure parts */
+
+int sch_relay_check_hello(const char *line, size_t len, const char *secret, int64_t now_s,
+                          uint32_t max_skew_s, char *ret_id, enum sch_relay_channel *ret_chan)
+{
+    /* "BERTH-RELAY <id> <chan> <ts> <mac>" */
+    static const char prefix[] = "BERTH-RELAY ";
+    const size_t pl = sizeof(prefix) - 1;
+    if (len < pl || len >= CM_RELAY_HELLO_MAX || memcmp(line, prefix, pl) != 0)
+        return -EINVAL;
+    const char *f[4];
+    size_t fl[4];
+    size_t at = pl;
+    for (int i = 0; i < 4; i++) {
+        size_t start = at;
+        while (at < len && line[at] != ' ')
+            at++;
+        if (at == start || (i < 3 && at == len) || (i == 3 && at != len))
+            return -EINVAL;
+        f[i] = line + start;
+        fl[i] = at - start;
+        at++;
+    }
+    char id[CM_RELAY_ID_MAX + 1], chan[8], ts[24], mac[CM_EXEC_KEY_LEN + 1];
+    if (fl[0] > CM_RELAY_ID_MAX || fl[1] >= sizeof(chan) || fl[2] >= sizeof(ts) ||
+        fl[3] != CM_EXEC_KEY_LEN)
+        return -EINVAL;
+    memcpy(id, f[0], fl[0]);
+    id[fl[0]] = '\0';
+    memcpy(chan, f[1], fl[1]);
+    chan[fl[1]] = '\0';
+    memcpy(ts, f[2], fl[2]);
+    ts[fl[2]] = '\0';
+    if (strspn(id, CM_RELAY_ID_CHARS) != fl[0] || strspn(ts, "0123456789") != fl[2] ||
+        strspn(f[3], "0123456789abcdef") < CM_EXEC_KEY_LEN)
+        return -EINVAL;
+    enum sch_relay_channel c;
+    if (strcmp(chan, "app") == 0)
+        c = SCH_RELAY_APP;
+    else if (strcmp(chan, "ports") == 0)
+        c = SCH_RELAY_PORTS;
+    else
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    long long t = strtoll(ts, &end, 10);
+    if (errno || *end)
+        return -EINVAL;
+    if (t > now_s + (int64_t)max_skew_s || t < now_s - (int64_t)max_skew_s)
+        return -ETIME;
+    if (cm_secret_relay_mac(secret, id, chan, t, mac) < 0)
+        return -EACCES;
+    int ok = CRYPTO_memcmp(mac, f[3], CM_EXEC_KEY_LEN) == 0;
+    OPENSSL_cleanse(mac, sizeof(mac));
+    if (!ok)
+        return -EACCES;
+    memcpy(ret_id, id, fl[0] + 1);
+    *ret_chan = c;
+    return 0;
+}
+
+int sch_relay_parse_listen(const char *s, struct sockaddr_storage *ret, unsigned *ret_len)
+{
+    const char *colon = strrchr(s, ':');
+    char host[INET6_ADDRSTRLEN + 2];
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof(host) || !colon[1] ||
+        strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5)
+        return -EINVAL;
+    unsigned long port = strtoul(colon + 1, NULL, 10);
+    if (port > 65535)
+        return -EINVAL;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    memset(ret, 0, sizeof(*ret));
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ret;
+        host[hl - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
+            return -EINVAL;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        *ret_len = sizeof(*a);
+        return 0;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ret;
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        return -EINVAL;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    *ret_len = sizeof(*a);
+    return 0;
+}
+
+int sch_relay_local_addr(const char *addr, enum sch_relay_channel chan,
+                         struct sockaddr_storage *ret, unsigned *ret_len)
+{
+    memset(ret, 0, sizeof(*ret));
+    if (strncmp(addr, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)ret;
+        const char *path = addr + 5;
+        size_t n = strlen(path);
+        static const char app[] = "/app.sock", ports[] = "/ports.sock";
+        if (n <= sizeof(app) - 1 || strcmp(path + n - (sizeof(app) - 1), app) != 0)
+            return -EINVAL;
+        size_t dir = n - (sizeof(app) - 1);
+        const char *tail = chan == SCH_RELAY_APP ? app : ports;
+        if (dir + strlen(tail) >= sizeof(un->sun_path))
+            return -EINVAL;
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, path, dir);
+        memcpy(un->sun_path + dir, tail, strlen(tail) + 1);
+        *ret_len = (unsigned)(offsetof(struct sockaddr_un, sun_path) + dir + strlen(tail) + 1);
+        return 0;
+    }
+    int vm = strncmp(addr, "vm:", 3) == 0;
+    if (!vm && strncmp(addr, "tcp:", 4) != 0)
+        return -EINVAL;
+    if (!vm && chan == SCH_RELAY_PORTS)
+        return -EINVAL;
+    int slen = (int)sizeof(*ret);
+    if (evutil_parse_sockaddr_port(addr + (vm ? 3 : 4), (struct sockaddr *)ret, &slen) < 0)
+        return -EINVAL;
+    in_port_t *port = ret->ss_family == AF_INET6 ? &((struct sockaddr_in6 *)ret)->sin6_port
+                                                 : &((struct sockaddr_in *)ret)->sin_port;
+    if (ntohs(*port) == 0 || (chan == SCH_RELAY_PORTS && ntohs(*port) == 65535))
+        return -EINVAL;
+    if (chan == SCH_RELAY_PORTS)
+        *port = htons((uint16_t)(ntohs(*port) + 1)); /* a VM's ports forward: app port + 1 */
+    *ret_len = (unsigned)slen;
+    return 0;
+}
+
+static const char *kind_of(const char *addr)
+{
+    if (strncmp(addr, "unix:", 5) == 0)
+        return "proc";
+    if (strncmp(addr, "vm:", 3) == 0)
+        return "vm";
+    if (strncmp(addr, "tcp:", 4) == 0)
+        return "tcp";
+    return NULL;
+}
+
+int sch_relay_public_addr(const struct sch_relay *r, const char *id, const char *addr, char *out,
+                          size_t len)
+{
+    const char *kind = kind_of(addr);
+    if (!kind)
+        return -EINVAL;
+    int n = snprintf(out, len, "relay:%s/%s/%s", r->advertise, kind, id);
+    return n < 0 || (size_t)n >= len ? -EINVAL : 0;
+}
+
+const char *sch_relay_advertised(const struct sch_relay *r)
+{
+    return r->advertise;
+}
+
+/* ------------------------------------------------------------------ the instance table */
+
+static size_t bucket_of(const char *id)
+{
+    return (size_t)(XXH3_64bits(id, strlen(id)) % BUCKETS);
+}
+
+int sch_relay_add(struct sch_relay *r, const char *id, const char *addr)
+{
+    struct sockaddr_storage ss;
+    unsigned sl;
+    size_t il = strlen(id);
+    if (il == 0 || il > CM_RELAY_ID_MAX || strspn(id, CM_RELAY_ID_CHARS) != il ||
+        strlen(addr) >= sizeof(((struct entry *)0)->addr) ||
+        sch_relay_local_addr(addr, SCH_RELAY_APP, &ss, &sl) < 0)
+        return -EINVAL;
+    struct entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    memcpy(e->id, id, il + 1);
+    snprintf(e->addr, sizeof(e->addr), "%s", addr);
+    pthread_mutex_lock(&r->lock);
+    struct entry **pp = &r->buckets[bucket_of(id)];
+    while (*pp && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->next;
+    if (*pp) {
+        struct entry *old = *pp;
+        e->next = old->next;
+        *pp = e;
+        free(old);
+    } else {
+        e->next = NULL;
+        *pp = e;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+void sch_relay_del(struct sch_relay *r, const char *id)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->lock);
+    struct entry **pp = &r->buckets[bucket_of(id)];
+    while (*pp && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->next;
+    struct entry *gone = *pp;
+    if (gone)
+        *pp = gone->next;
+    pthread_mutex_unlock(&r->lock);
+    free(gone);
+}
+
+/* Copies <id>'s driver address into <out>; -ENOENT when it is not live here. */
+static int lookup(struct sch_relay *r, const char *id, char *out, size_t len)
+{
+    int rc = -ENOENT;
+    pthread_mutex_lock(&r->lock);
+    for (struct entry *e = r->buckets[bucket_of(id)]; e; e = e->next)
+        if (strcmp(e->id, id) == 0) {
+            snprintf(out, len, "%s", e->addr);
+            rc = 0;
+            break;
+        }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ connections */
+
+static void conn_close(struct rconn *c, int refused)
+{
+    struct sch_relay *r = c->r;
+    for (int i = 0; i < 2; i++) {
+        if (c->rd[i])
+            event_free(c->rd[i]);
+        if (c->wr[i])
+            event_free(c->wr[i]);
+        if (c->fd[i] >= 0)
+            close(c->fd[i]);
+        for (int k = 0; k < 2; k++)
+            if (c->h[i].pipe[k] >= 0)
+                close(c->h[i].pipe[k]);
+    }
+    if (c->timer)
+        event_free(c->timer);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        r->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    r->n_conns--;
+    atomic_fetch_sub(&r->active, 1);
+    if (refused)
+        atomic_fetch_add(&r->refused, 1);
+    OPENSSL_cleanse(c->hello, sizeof(c->hello));
+    free(c);
+}
+
+/* Moves what it can of direction <d>, then arms the events it waits for. Returns 0, or -1 when
+ * the connection ended (closed here). */
+static int pump(struct rconn *c, int d)
+{
+    struct half *h = &c->h[d];
+    int from = c->fd[d], to = c->fd[1 - d];
+    size_t cap = c->r->rc->buffer;
+    for (int round = 0; round < PUMP_ROUNDS; round++) {
+        int moved = 0;
+        /* Read only into an empty pipe: a pipe's slots can fill before its bytes do (one per
+         * segment), and a socket that stays readable into a full pipe would spin the loop. */
+        if (!h->eof && h->n == 0) {
+            ssize_t got = splice(from, NULL, h->pipe[1], NULL, cap,
+                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (got > 0) {
+                h->n += (size_t)got;
+                moved = 1;
+            } else if (got == 0) {
+                h->eof = 1;
+                moved = 1;
+            } else if (errno != EAGAIN && errno != EINTR) {
+                conn_close(c, 0);
+                return -1;
+            }
+        }
+        if (h->n > 0) {
+            ssize_t put = splice(h->pipe[0], NULL, to, NULL, h->n,
+                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (put > 0) {
+                h->n -= (size_t)put;
+                moved = 1;
+            } else if (put < 0 && errno != EAGAIN && errno != EINTR) {
+                conn_close(c, 0);
+                return -1;
+            }
+        }
+        if (!moved)
+            break;
+    }
+    if (h->eof && h->n == 0 && !h->shut) {
+        shutdown(to, SHUT_WR);
+        h->shut = 1;
+    }
+    if (c->h[0].shut && c->h[1].shut) {
+        conn_close(c, 0);
+        return -1;
+    }
+    if (!h->eof && h->n == 0)
+        event_add(c->rd[d], NULL);
+    else
+        event_del(c->rd[d]);
+    if (h->n > 0)
+        event_add(c->wr[1 - d], NULL);
+    else
+        event_del(c->wr[1 - d]);
+    return 0;
+}
+
+/* fd[i] readable: direction i can read; fd[i] writable: direction 1 - i can write. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    (void)what;
+    pump(c, fd == c->fd[0] ? 0 : 1);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    (void)what;
+    pump(c, fd == c->fd[0] ? 1 : 0);
+}
+
+static int start_relaying(struct rconn *c)
+{
+    struct sch_relay *r = c->r;
+    for (int i = 0; i < 2; i++) {
+        if (pipe2(c->h[i].pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+            return -1;
+        if (r->rc->buffer != 65536)
+            fcntl(c->h[i].pipe[1], F_SETPIPE_SZ, (int)r->rc->buffer);
+        if (c->rd[i])
+            event_free(c->rd[i]);
+        if (c->wr[i])
+            event_free(c->wr[i]);
+        c->rd[i] = event_new(r->base, c->fd[i], EV_READ, on_readable, c);
+        c->wr[i] = event_new(r->base, c->fd[i], EV_WRITE, on_writable, c);
+        if (!c->rd[i] || !c->wr[i])
+            return -1;
+    }
+    c->state = RC_RELAYING;
+    atomic_fetch_add(&r->relayed, 1);
+    if (pump(c, 0) < 0)
+        return 1; /* closed already */
+    return pump(c, 1) < 0 ? 1 : 0;
+}
+
+static void on_connected(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    int err = 0;
+    socklen_t el = sizeof(err);
+    if (what & EV_TIMEOUT) {
+        conn_close(c, 1);
+        return;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
+        conn_close(c, 1);
+        return;
+    }
+    if (start_relaying(c) < 0)
+        conn_close(c, 1);
+}
+
+/* The hello is in c->hello: check it, find the instance and connect to it. */
+static void on_hello(struct rconn *c)
+{
+    struct sch_relay *r = c->r;
+    char id[CM_RELAY_ID_MAX + 1], addr[160];
+    enum sch_relay_channel chan;
+    size_t len = c->hello_len - 1; /* without '\n' */
+    if (len && c->hello[len - 1] == '\r')
+        len--;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int rc = sch_relay_check_hello(c->hello, len, r->secret, (int64_t)now.tv_sec,
+                                   r->rc->max_skew_s, id, &chan);
+    struct sockaddr_storage ss;
+    unsigned sl = 0;
+    if (rc == 0 && (rc = lookup(r, id, addr, sizeof(addr))) == 0)
+        rc = sch_relay_local_addr(addr, chan, &ss, &sl);
+    if (rc < 0) {
+        /* At most one line a second: whoever sends garbage must not fill our log. */
+        if (now.tv_sec != r->last_refusal_log)
+            cm_log_warn("relay", "refused fd=%d reason=%s%s%s", c->fd[0],
+                        rc == -ETIME    ? "clock"
+                        : rc == -EACCES ? "mac"
+                        : rc == -ENOENT ? "unknown_instance"
+                                        : "bad_line_or_channel",
+                        rc == -ENOENT ? " inst=" : "", rc == -ENOENT ? id : "");
+        r->last_refusal_log = now.tv_sec;
+        conn_close(c, 1);
+        return;
+    }
+    event_free(c->timer);
+    c->timer = NULL;
+    event_free(c->rd[0]);
+    c->rd[0] = NULL;
+    c->fd[1] = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd[1] < 0) {
+        conn_close(c, 1);
+        return;
+    }
+    if (ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(c->fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    if (connect(c->fd[1], (struct sockaddr *)&ss, sl) == 0) {
+        if (start_relaying(c) < 0)
+            conn_close(c, 1);
+        return;
+    }
+    if (errno != EINPROGRESS) { /* a unix socket's full backlog is EAGAIN: refused too */
+        conn_close(c, 1);
+        return;
+    }
+    c->state = RC_CONNECTING;
+    c->wr[1] = event_new(r->base, c->fd[1], EV_WRITE, on_connected, c);
+    if (!c->wr[1] || event_add(c->wr[1], &r->hello_tv) < 0)
+        conn_close(c, 1);
+}
+
+/* The gateway's first bytes: read exactly the hello line (peeked first, so that the bytes after
+ * it stay in the socket for splice). */
+static void on_hello_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    (void)what;
+    char buf[CM_RELAY_HELLO_MAX];
+    size_t room = sizeof(c->hello) - c->hello_len;
+    ssize_t n = recv(fd, buf, room, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        conn_close(c, 1);
+        return;
+    }
+    char *nl = memchr(buf, '\n', (size_t)n);
+    size_t take = nl ? (size_t)(nl - buf) + 1 : (size_t)n;
+    if (!nl && c->hello_len + take >= sizeof(c->hello)) {
+        conn_close(c, 1); /* no line within CM_RELAY_HELLO_MAX bytes */
+        return;
+    }
+    ssize_t got = recv(fd, c->hello + c->hello_len, take, 0);
+    if (got != (ssize_t)take) {
+        conn_close(c, 1);
+        return;
+    }
+    c->hello_len += take;
+    if (nl)
+        on_hello(c);
+}
+
+static void on_hello_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    conn_close(arg, 1);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    struct sch_relay *r = arg;
+    (void)what;
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        atomic_fetch_add(&r->accepted, 1);
+        if (r->n_conns >= r->rc->max_conns) {
+            atomic_fetch_add(&r->refused, 1);
+            close(fd);
+            continue;
+        }
+        struct rconn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            atomic_fetch_add(&r->refused, 1);
+            close(fd);
+            continue;
+        }
+        c->r = r;
+        c->fd[0] = fd;
+        c->fd[1] = -1;
+        for (int k = 0; k < 2; k++)
+            c->h[k].pipe[0] = c->h[k].pipe[1] = -1;
+        c->next = r->conns;
+        if (r->conns)
+            r->conns->prev = c;
+        r->conns = c;
+        r->n_conns++;
+        atomic_fetch_add(&r->active, 1);
+        int one = 1, idle = 30, intvl = 10, cnt = 3;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* A gateway host that vanished without a FIN must not hold a relay slot forever. */
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+        c->rd[0] = event_new(r->base, fd, EV_READ | EV_PERSIST, on_hello_readable, c);
+        c->timer = evtimer_new(r->base, on_hello_timeout, c);
+        if (!c->rd[0] || !c->timer || event_add(c->rd[0], NULL) < 0 ||
+            evtimer_add(c->timer, &r->hello_tv) < 0)
+            conn_close(c, 1);
+    }
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct sch_relay *r = arg;
+    uint64_t v;
+    (void)what;
+    if (read(fd, &v, sizeof(v)) < 0) {
+        /* nothing to do: the loop ends either way */
+    }
+    event_base_loopbreak(r->base);
+}
+
+static void *relay_main(void *arg)
+{
+    struct sch_relay *r = arg;
+    event_base_dispatch(r->base);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ life */
+
+struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret,
+                                   char *err, size_t errlen)
+{
+    struct sch_relay *r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->rc = rc;
+    r->secret = secret;
+    r->lfd = r->stop_fd = -1;
+    pthread_mutex_init(&r->lock, NULL);
+    cm_usec_to_tv(rc->handshake_timeout, &r->hello_tv);
+    struct sockaddr_storage ss;
+    unsigned slen = 0;
+    if (sch_relay_parse_listen(rc->listen, &ss, &slen) < 0) {
+        snprintf(err, errlen, "instance_relay.listen: not an address: %s", rc->listen);
+        goto fail;
+    }
+    r->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (r->lfd < 0 || setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(r->lfd, (struct sockaddr *)&ss, (socklen_t)slen) < 0 || listen(r->lfd, 1024) < 0) {
+        snprintf(err, errlen, "instance_relay.listen: cannot listen on %s: %s", rc->listen,
+                 strerror(errno));
+        goto fail;
+    }
+    struct sockaddr_storage bound;
+    socklen_t bl = sizeof(bound);
+    char host[INET6_ADDRSTRLEN];
+    if (getsockname(r->lfd, (struct sockaddr *)&bound, &bl) < 0)
+        goto sysfail;
+    unsigned port = ntohs(bound.ss_family == AF_INET6
+                              ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                              : ((struct sockaddr_in *)&bound)->sin_port);
+    if (rc->advertise && strchr(rc->advertise, ':') && rc->advertise[0] != '[') {
+        snprintf(r->advertise, sizeof(r->advertise), "%s", rc->advertise); /* host:port */
+    } else if (rc->advertise && rc->advertise[0] == '[' && strstr(rc->advertise, "]:")) {
+        snprintf(r->advertise, sizeof(r->advertise), "%s", rc->advertise);
+    } else if (rc->advertise) { /* a host alone: our port */
+        snprintf(r->advertise, sizeof(r->advertise), "%s:%u", rc->advertise, port);
+    } else {
+        const void *a = bound.ss_family == AF_INET6
+                            ? (const void *)&((struct sockaddr_in6 *)&bound)->sin6_addr
+                            : (const void *)&((struct sockaddr_in *)&bound)->sin_addr;
+        if (!inet_ntop(bound.ss_family, a, host, sizeof(host)))
+            goto sysfail;
+        snprintf(r->advertise, sizeof(r->advertise),
+                 bound.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+    }
+    /* Every relayed connection holds two sockets and two pipes: take the hard limit. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    r->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->base = event_base_new();
+    if (r->stop_fd < 0 || !r->base)
+        goto sysfail;
+    r->accept_ev = event_new(r->base, r->lfd, EV_READ | EV_PERSIST, on_accept, r);
+    r->stop_ev = event_new(r->base, r->stop_fd, EV_READ, on_stop, r);
+    if (!r->accept_ev || !r->stop_ev || event_add(r->accept_ev, NULL) < 0 ||
+        event_add(r->stop_ev, NULL) < 0)
+        goto sysfail;
+    int prc = pthread_create(&r->thread, NULL, relay_main, r);
+    if (prc) {
+        errno = prc;
+        goto sysfail;
+    }
+    r->running = 1;
+    return r;
+sysfail:
+    snprintf(err, errlen, "instance_relay: %s", strerror(errno));
+fail:
+    sch_relay_destroy(r);
+    return NULL;
+}
+
+void sch_relay_destroy(struct sch_relay *r)
+{
+    if (!r)
+        return;
+    if (r->running) {
+        uint64_t one = 1;
+        if (write(r->stop_fd, &one, sizeof(one)) < 0)
+            cm_log_error("relay", "cannot stop the relay thread: %s", strerror(errno));
+        pthread_join(r->thread, NULL);
+    }
+    while (r->conns)
+        conn_close(r->conns, 0);
+    if (r->accept_ev)
+        event_free(r->accept_ev);
+    if (r->stop_ev)
+        event_free(r->stop_ev);
+    if (r->base)
+        event_base_free(r->base);
+    if (r->lfd >= 0)
+        close(r->lfd);
+    if (r->stop_fd >= 0)
+        close(r->stop_fd);
+    for (size_t b = 0; b < BUCKETS; b++)
+        while (r->buckets[b]) {
+            struct entry *e = r->buckets[b];
+            r->buckets[b] = e->next;
+            free(e);
+        }
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+void sch_relay_get_stats(struct sch_relay *r, struct sch_relay_stats *ret)
+{
+    ret->accepted = atomic_load(&r->accepted);
+    ret->relayed = atomic_load(&r->relayed);
+    ret->refused = atomic_load(&r->refused);
+    ret->active = atomic_load(&r->active);
+}
