@@ -600,3 +600,37 @@ def test_preview_link_reaches_a_port_in_the_vm(vmx):
     r = s.get("/", headers={"Host": "8001-vm-pv.preview.localhost"}, timeout=60 * SLOW)
     assert r.status == 502, r
     assert echo(s, "vm-pv")["hostname"] == iid
+
+
+@pytest.mark.berth_timeout(900)
+def test_vms_behind_the_instance_relay(image_dir, make_stack):
+    """With scheduler.instance_relay on, a VM is published as relay:<host:port>/vm/<id>: the
+    gateway reaches its app forward (channel app) and its ports forward (channel ports: exec
+    with the instance's key, preview links) through the relay, and a paused VM wakes for a
+    request that came through the relay (the relay's connect waits in QEMU's listener)."""
+    from conftest import free_port
+    from test_pause import frozen
+    missing = [p for p in VM_TOOLS if not os.path.exists(p)]
+    if missing:
+        pytest.skip("host tools missing: %s" % missing)
+    port = free_port()
+    over = mvm_overrides(image_dir, [mvm_template(pool={"min": 1, "max": 2})],
+                         instance_relay={"listen": "127.0.0.1:%d" % port})
+    over["scheduler"]["ro_binds"] = [str(Path(binary("berth-echo")).parent)] + VM_TOOLS
+    over["gateway"] = {"routes": [{"name": "preview", "preview_domain": "preview.localhost"}]}
+    s = make_stack(over, wait_pools=False)
+    s.wait_pool("echo", 1, timeout=180 * SLOW)
+    iid = echo(s, "vm-relay")["hostname"]
+    assert s.instances()[iid]["addr"] == "relay:127.0.0.1:%d/vm/%s" % (port, iid)
+    out, end, r = vm_exec(s, "vm-relay", ["/usr/bin/dash", "-c", "echo via relay"])
+    assert out == "via relay\n" and end["exit_code"] == 0
+    assert r.header("X-Berth-Instance") == iid
+    p = s.get("/pg", headers={"Host": "8000-vm-relay.preview.localhost"}, timeout=60 * SLOW)
+    assert p.status == 200 and p.json()["hostname"] == iid, p
+    pid, _ = vm_of(s, iid)
+    assert s.api("POST", "/v1/sessions/vm-relay/pause", timeout=60 * SLOW).status == 200
+    assert frozen(pid)
+    assert echo(s, "vm-relay")["hostname"] == iid
+    assert not frozen(pid)
+    st = s.sched_api("/v1/status").json()["relay"]
+    assert st["relayed"] >= 4 and st["refused"] == 0, st
