@@ -305,32 +305,55 @@ static const char release_src[] =
     "event(reason, 'session', h, 'tenant', s[1], 'instance', inst)\n"
     "return {'released', inst, host}\n";
 
-static const char lost_src[] =
-    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE
-    "local id = ARGV[2]\n"
-    "local ik = P..'i:'..id\n"
-    "local i = redis.call('HMGET', ik, 'host', 'template', 'session', 'state')\n"
-    "redis.call('DEL', ik)\n"
-    "if not i[1] then return '' end\n"
-    "redis.call('LREM', P..'pool:'..i[1]..':'..(i[2] or ''), 0, id)\n"
-    "local h = i[3] or ''\n"
-    "if h ~= '' then\n"
-    "  local sk = P..'s:'..h\n"
-    "  local cur = redis.call('HMGET', sk, 'instance', 'tenant')\n"
-    "  if cur[1] == id then\n"
-    "    redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"
-    "    uncount(sk, cur[2] or '')\n"
-    "    redis.call('PUBLISH', P..'inval', h)\n"
-    "    for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"
-    "      redis.call('PUBLISH', P..'inval', a)\n"
-    "    end\n"
-    "    event('lost', 'session', h, 'tenant', cur[2] or '', 'instance', id, 'host', i[1],\n"
-    "      'reason', ARGV[4])\n"
-    "    return h\n"
-    "  end\n"
+/* An instance is gone: its record, its pool entry, and its session marked lost. */
+#define LUA_LOST_ONE                                                                               \
+    "local function lost_one(id, reason)\n"                                                        \
+    "  local ik = P..'i:'..id\n"                                                                   \
+    "  local i = redis.call('HMGET', ik, 'host', 'template', 'session', 'state')\n"                \
+    "  redis.call('DEL', ik)\n"                                                                    \
+    "  if not i[1] then return '' end\n"                                                           \
+    "  redis.call('LREM', P..'pool:'..i[1]..':'..(i[2] or ''), 0, id)\n"                           \
+    "  local h = i[3] or ''\n"                                                                     \
+    "  if h ~= '' then\n"                                                                          \
+    "    local sk = P..'s:'..h\n"                                                                  \
+    "    local cur = redis.call('HMGET', sk, 'instance', 'tenant')\n"                              \
+    "    if cur[1] == id then\n"                                                                   \
+    "      redis.call('HSET', sk, 'state', 'lost', 'addr', '')\n"                                  \
+    "      uncount(sk, cur[2] or '')\n"                                                            \
+    "      redis.call('PUBLISH', P..'inval', h)\n"                                                 \
+    "      for _, a in ipairs(redis.call('SMEMBERS', sk..':aliases')) do\n"                        \
+    "        redis.call('PUBLISH', P..'inval', a)\n"                                               \
+    "      end\n"                                                                                  \
+    "      event('lost', 'session', h, 'tenant', cur[2] or '', 'instance', id, 'host', i[1],\n"   \
+    "        'reason', reason)\n"                                                                  \
+    "      return h\n"                                                                             \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  event('lost', 'session', '', 'instance', id, 'host', i[1], 'reason', reason)\n"            \
+    "  return ''\n"                                                                                \
     "end\n"
-    "event('lost', 'session', '', 'instance', id, 'host', i[1], 'reason', ARGV[4])\n"
-    "return ''\n";
+
+static const char lost_src[] =
+    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE LUA_LOST_ONE
+    "return lost_one(ARGV[2], ARGV[4])\n";
+
+static const char hostdown_src[] =
+    "local now = tonumber(ARGV[3])\n" LUA_PRELUDE LUA_LOST_ONE
+    "local host = ARGV[2]\n"
+    "local beat = redis.call('ZSCORE', P..'hosts', host)\n"
+    "if not beat or tonumber(beat) > now - tonumber(ARGV[4]) then return -1 end\n"
+    "local ids = redis.call('SMEMBERS', P..'host:'..host..':instances')\n"
+    "local n = 0\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local tpl = redis.call('HGET', P..'i:'..id, 'template')\n"
+    "  if tpl then redis.call('DEL', P..'pool:'..host..':'..tpl) end\n"
+    "  if lost_one(id, 'host_down') ~= '' then n = n + 1 end\n"
+    "end\n"
+    "redis.call('DEL', P..'host:'..host..':instances', P..'host:'..host..':mark', P..'host:'..host)\n"
+    "redis.call('ZREM', P..'hosts', host)\n"
+    "event('host_down', 'host', host, 'instances', tostring(#ids), 'sessions', tostring(n),\n"
+    "  'last_heartbeat', beat)\n"
+    "return n\n";
 
 static const char resolve_src[] =
     "local P = ARGV[1]\n"
@@ -517,6 +540,7 @@ static const char *const sources[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_IDLE] = idle_src,       [CM_SCRIPT_PAUSED] = paused_src,
     [CM_SCRIPT_RESUMED] = resumed_src, [CM_SCRIPT_EVENT] = event_src,
     [CM_SCRIPT_USAGE] = usage_src,      [CM_SCRIPT_EXECS] = execs_src,
+    [CM_SCRIPT_HOSTDOWN] = hostdown_src,
 };
 static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_CLAIM] = "claim",     [CM_SCRIPT_BIND] = "bind",
@@ -527,6 +551,7 @@ static const char *const names[CM_SCRIPT_COUNT] = {
     [CM_SCRIPT_IDLE] = "idle",       [CM_SCRIPT_PAUSED] = "paused",
     [CM_SCRIPT_RESUMED] = "resumed", [CM_SCRIPT_EVENT] = "event",
     [CM_SCRIPT_USAGE] = "usage",        [CM_SCRIPT_EXECS] = "execs",
+    [CM_SCRIPT_HOSTDOWN] = "hostdown",
 };
 static char shas[CM_SCRIPT_COUNT][41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;

@@ -21,7 +21,7 @@
  *                            (counted while it has max_memory/max_cpus; s:{h} use_mem use_mcpu)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
- *                      file_written|file_deleted|tenant_limit; key_id on those an API call
+ *                      file_written|file_deleted|tenant_limit|host_down; key_id on those an API call
  *                      caused
  *   P u:{tenant}:{hour} hash  usage counters "<h>|<template>|<metric>" (USAGE); ...:ids h -> id
  *   P u:{tenant}       zset  the hours that have usage (score = hour ms)
@@ -164,6 +164,15 @@ enum cm_script {
      * second, for session h); renew: extends id's lease; end: gives it back. Returns 1, or 0
      * for a begin over max. */
     CM_SCRIPT_EXECS,
+    /* HOSTDOWN ARGV: P host now_ms down_after_ms
+     * A scheduler host whose heartbeat (its score in P hosts) is older than down_after_ms:
+     * re-checked here, then every instance in P host:{host}:instances goes as LOST does (reason
+     * host_down: its session is marked lost, so its next request follows on_lost), the host's
+     * pools, instance set, hash and marker are deleted and it leaves P hosts (a `host_down`
+     * event). The marker's absence makes the host's scheduler, if it comes back, write its
+     * live instances back (RECONCILE) and end those whose sessions moved on. Returns the
+     * number of sessions marked lost, or -1 when the host is alive (or already gone). */
+    CM_SCRIPT_HOSTDOWN,
     CM_SCRIPT_COUNT
 };
 

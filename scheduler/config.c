@@ -134,6 +134,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                                        "microvm",
                                        "exec_max",
                                        "instance_relay",
+                                       "host_down_after",
                                        NULL};
     static const char *const relay_keys[] = {"listen",           "advertise",
                                              "max_connections",  "handshake_timeout",
@@ -169,6 +170,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                          60 * CM_USEC_PER_SEC, &c.heartbeat) ||
         cm_conf_duration(&ctx, section, SEC, "reap_interval", CM_USEC_PER_SEC,
                          10 * CM_USEC_PER_MSEC, 3600 * CM_USEC_PER_SEC, &c.reap_interval) ||
+        cm_conf_duration(&ctx, section, SEC, "host_down_after", 30 * CM_USEC_PER_SEC, 0,
+                         3600 * CM_USEC_PER_SEC, &c.host_down_after) ||
         cm_conf_duration(&ctx, section, SEC, "bind_wait", 5 * CM_USEC_PER_SEC, 0,
                          600 * CM_USEC_PER_SEC, &c.bind_wait) ||
         cm_conf_duration(&ctx, section, SEC, "destroy_grace", 2 * CM_USEC_PER_SEC, 0,
@@ -336,6 +339,12 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     c.api_max_pending = (uint32_t)max_pending;
     c.api_max_connections = (uint32_t)api_conns;
     c.health_max_conns = (uint32_t)health_conns;
+    if (c.host_down_after && c.host_down_after < 3 * c.heartbeat) {
+        cm_conf_fail(&ctx, cm_ynode_get(section, "host_down_after"), SEC, "host_down_after",
+                     "must be 0 (never) or at least 3 heartbeats: a host that missed fewer is "
+                     "not down");
+        goto fail;
+    }
     if (c.api_header_timeout > c.api_timeout) {
         cm_conf_fail(&ctx, cm_ynode_get(section, "api_header_timeout"), SEC, "api_header_timeout",
                      "must not exceed api_timeout");

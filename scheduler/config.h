@@ -53,6 +53,7 @@ struct sch_config {
     uint32_t pool_max_starting; /* pool refills: instances starting at once on this host */
     cm_usec_t heartbeat;
     cm_usec_t reap_interval;
+    cm_usec_t host_down_after; /* another host's heartbeat older: its sessions lost (0: never) */
     cm_usec_t bind_wait;     /* how long the agent holds a connection waiting for BIND */
     cm_usec_t destroy_grace; /* SIGTERM to SIGKILL */
     char *cgroup_parent;     /* relative: under our own cgroup; absolute: from the hierarchy root */

@@ -230,10 +230,59 @@ static void on_expired(struct redisReply *reply, const char *err, void *data)
     }
 }
 
+static void on_hostdown_reply(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    ctx->hostdown_inflight--;
+    if (err)
+        cm_log_warn("hosts", "hostdown script failed err=\"%s\"", err);
+    else if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0)
+        cm_log_warn("hosts", "host down: its sessions follow on_lost sessions_lost=%lld",
+                    (long long)reply->integer);
+}
+
+static void on_stale_hosts(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    ctx->hostdown_inflight--;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    char now[24], after[24];
+    snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+    snprintf(after, sizeof(after), "%" PRIu64, ctx->sc->host_down_after / CM_USEC_PER_MSEC);
+    for (size_t i = 0; i < reply->elements; i++) {
+        const struct redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING || strcmp(e->str, ctx->sc->host_id) == 0)
+            continue;
+        cm_log_warn("hosts", "no heartbeat from a host for host_down_after: marking it down "
+                    "host=%s", e->str);
+        const char *argv[] = {ctx->cfg->redis.prefix, e->str, now, after};
+        if (sch_script(ctx, CM_SCRIPT_HOSTDOWN, on_hostdown_reply, ctx, 4, argv) == 0)
+            ctx->hostdown_inflight++;
+    }
+}
+
+/* Hosts whose heartbeat stopped (host_down_after): every scheduler looks, the script makes
+ * it happen once. */
+static void sweep_hosts(struct sch_ctx *ctx)
+{
+    if (!ctx->sc->host_down_after || ctx->hostdown_inflight || !ctx->recovered)
+        return;
+    char key[256], before[24];
+    uint64_t now = cm_now_wall_ms(), after = ctx->sc->host_down_after / CM_USEC_PER_MSEC;
+    snprintf(before, sizeof(before), "(%" PRIu64, now > after ? now - after : 0);
+    const char *argv[] = {"ZRANGEBYSCORE", sch_key(ctx, key, sizeof(key), "hosts"), "-inf",
+                          before, "LIMIT", "0", "16"};
+    if (sch_redis(ctx, on_stale_hosts, ctx, 7, argv) == 0)
+        ctx->hostdown_inflight++;
+}
+
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     struct sch_ctx *ctx = arg;
     (void)fd, (void)what;
+    if (sch_redis_connected(ctx))
+        sweep_hosts(ctx);
     if (ctx->reap_inflight || !sch_redis_connected(ctx))
         return;
     char key[256], now[24];

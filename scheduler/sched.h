@@ -56,6 +56,7 @@ struct sch_ctx {
 
     struct event *heartbeat_ev, *reap_ev, *sigterm_ev, *sigint_ev;
     int reap_inflight;
+    int hostdown_inflight; /* the sweep of hosts whose heartbeat stopped: replies awaited */
     struct sch_recovery *recovery; /* recover.c, while recovering */
     int recovering, recovered;
     /* reconcile.c: the token in P host:<host>:mark ("" while Redis may lack our records) */
