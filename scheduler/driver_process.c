@@ -228,16 +228,30 @@ static void close_fd(int *fd)
  * host. Back to root right after; the other namespaces need no capability in ours, being owned
  * by the new user namespace. <owner> 0: a plain clone. Falls back to root as the owner where an
  * unprivileged user namespace is refused (logged once). */
+/* The effective ids of this thread alone. glibc's setresuid() and setresgid() change every
+ * thread of the process (POSIX); the system calls change only the caller's. The scheduler is
+ * single-threaded (the instance relay is a process of its own, relay.c says why), but a
+ * switch meant for one clone() must never reach a thread a library may have started. */
+static int thread_set_euid(uint32_t id)
+{
+    return (int)syscall(SYS_setresuid, -1, id, -1);
+}
+
+static int thread_set_egid(uint32_t id)
+{
+    return (int)syscall(SYS_setresgid, -1, id, -1);
+}
+
 static pid_t clone_as(struct pdriver *d, uint32_t owner, int flags, struct sch_sandbox_args *args,
                       int *pidfd)
 {
     static int warned;
     char *stack_top = args->stack_top;
     if (owner && d->owner_ok) {
-        if (setresgid(-1, owner, -1) == 0 && setresuid(-1, owner, -1) == 0) {
+        if (thread_set_egid(owner) == 0 && thread_set_euid(owner) == 0) {
             pid_t pid = clone(sch_sandbox_child, stack_top, flags, args, pidfd);
             int e = errno;
-            if (setresuid(-1, 0, -1) < 0 || setresgid(-1, 0, -1) < 0) {
+            if (thread_set_euid(0) < 0 || thread_set_egid(0) < 0) {
                 /* Without root we cannot manage anything any more: stop loudly. */
                 cm_log_error("driver", "cannot become root again after clone: %s", strerror(errno));
                 abort();
@@ -248,8 +262,8 @@ static pid_t clone_as(struct pdriver *d, uint32_t owner, int flags, struct sch_s
             if (e != EPERM && e != EACCES && e != ENOSPC)
                 return -1;
         } else {
-            setresuid(-1, 0, -1);
-            setresgid(-1, 0, -1);
+            thread_set_euid(0);
+            thread_set_egid(0);
         }
         d->owner_ok = 0;
         if (!warned++)

@@ -1,6 +1,9 @@
-/* The instance relay (relay.h). One thread, one event loop; connections live in a list the
- * thread alone touches. The instance table is the only state shared with the scheduler's loop
- * (under a mutex, held for a lookup's copy only). */
+/* The instance relay (relay.h). A process forked from the scheduler at start-up, one event
+ * loop. The scheduler tells it which instances exist over a socket pair, one line each
+ * ("A <id> <addr>", "D <id>"); its counters are in a shared anonymous mapping. Why a process
+ * and not a thread: the scheduler changes its effective ids around clone() (driver_process.c)
+ * and clone()s sandboxes without fork()'s care for locks other threads hold (malloc's, stdio's);
+ * a second thread in its address space would see the first and could leave the second held. */
 #include "relay.h"
 
 #include <arpa/inet.h>
@@ -12,14 +15,17 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
-#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,22 +67,30 @@ struct rconn {
     char hello[CM_RELAY_HELLO_MAX];
 };
 
+/* The counters, in memory both processes map. */
+struct shared {
+    _Atomic uint64_t accepted, relayed, refused, active;
+};
+
 struct sch_relay {
     const struct sch_relay_config *rc;
     const char *secret;
     char advertise[128];
-    int lfd, stop_fd;
+    int lfd;   /* the listener (kept by the scheduler too, to fork another relay) */
+    int ctl;   /* the socket pair's end: the scheduler writes, the relay reads */
+    pid_t pid; /* the relay process (in the scheduler) */
+    int pidfd; /* readable once it ended */
+    struct shared *st;
+    /* The relay process's own: */
     struct event_base *base;
-    struct event *accept_ev, *stop_ev;
+    struct event *accept_ev, *ctl_ev;
     struct timeval hello_tv;
-    pthread_t thread;
-    int running;
     struct rconn *conns;
     uint32_t n_conns;
     time_t last_refusal_log;
-    pthread_mutex_t lock;
+    size_t ctl_len;
+    char ctl_buf[512];
     struct entry *buckets[BUCKETS];
-    _Atomic uint64_t accepted, relayed, refused, active;
 };
 
 /* ------------------------------------------------------------------ pure parts */
@@ -245,21 +259,65 @@ static size_t bucket_of(const char *id)
     return (size_t)(XXH3_64bits(id, strlen(id)) % BUCKETS);
 }
 
-int sch_relay_add(struct sch_relay *r, const char *id, const char *addr)
+static int valid_entry(const char *id, const char *addr)
 {
     struct sockaddr_storage ss;
     unsigned sl;
     size_t il = strlen(id);
     if (il == 0 || il > CM_RELAY_ID_MAX || strspn(id, CM_RELAY_ID_CHARS) != il ||
-        strlen(addr) >= sizeof(((struct entry *)0)->addr) ||
+        strlen(addr) >= sizeof(((struct entry *)0)->addr) || strpbrk(addr, " \n") ||
         sch_relay_local_addr(addr, SCH_RELAY_APP, &ss, &sl) < 0)
+        return 0;
+    return 1;
+}
+
+/* Sends one line to the relay process. Blocking, bounded by SO_SNDTIMEO: the lines are
+ * short and the relay reads them as they come. */
+static int send_line(struct sch_relay *r, const char *line, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(r->ctl, line + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            cm_log_error("relay", "cannot reach the relay process: %s",
+                         n < 0 ? strerror(errno) : "closed");
+            return -EIO;
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+int sch_relay_add(struct sch_relay *r, const char *id, const char *addr)
+{
+    if (!valid_entry(id, addr))
         return -EINVAL;
+    char line[CM_RELAY_ID_MAX + 200];
+    int n = snprintf(line, sizeof(line), "A %s %s\n", id, addr);
+    return send_line(r, line, (size_t)n);
+}
+
+void sch_relay_del(struct sch_relay *r, const char *id)
+{
+    if (!r)
+        return;
+    char line[CM_RELAY_ID_MAX + 8];
+    int n = snprintf(line, sizeof(line), "D %s\n", id);
+    if (n > 0 && (size_t)n < sizeof(line))
+        send_line(r, line, (size_t)n);
+}
+
+/* The relay process's table. */
+static void table_put(struct sch_relay *r, const char *id, const char *addr)
+{
+    if (!valid_entry(id, addr))
+        return;
     struct entry *e = calloc(1, sizeof(*e));
     if (!e)
-        return -ENOMEM;
-    memcpy(e->id, id, il + 1);
+        return;
+    snprintf(e->id, sizeof(e->id), "%s", id);
     snprintf(e->addr, sizeof(e->addr), "%s", addr);
-    pthread_mutex_lock(&r->lock);
     struct entry **pp = &r->buckets[bucket_of(id)];
     while (*pp && strcmp((*pp)->id, id) != 0)
         pp = &(*pp)->next;
@@ -272,37 +330,67 @@ int sch_relay_add(struct sch_relay *r, const char *id, const char *addr)
         e->next = NULL;
         *pp = e;
     }
-    pthread_mutex_unlock(&r->lock);
-    return 0;
 }
 
-void sch_relay_del(struct sch_relay *r, const char *id)
+static void table_del(struct sch_relay *r, const char *id)
 {
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->lock);
     struct entry **pp = &r->buckets[bucket_of(id)];
     while (*pp && strcmp((*pp)->id, id) != 0)
         pp = &(*pp)->next;
     struct entry *gone = *pp;
     if (gone)
         *pp = gone->next;
-    pthread_mutex_unlock(&r->lock);
     free(gone);
+}
+
+/* Reads what the scheduler sent and applies each whole line. Returns 0, or -1 when the
+ * scheduler closed its end (it is gone: so are we). */
+static int read_ctl(struct sch_relay *r)
+{
+    for (;;) {
+        ssize_t n = recv(r->ctl, r->ctl_buf + r->ctl_len, sizeof(r->ctl_buf) - 1 - r->ctl_len,
+                         MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno == EAGAIN ? 0 : -1;
+        if (n == 0)
+            return -1;
+        r->ctl_len += (size_t)n;
+        r->ctl_buf[r->ctl_len] = '\0';
+        char *line = r->ctl_buf, *nl;
+        while ((nl = strchr(line, '\n'))) {
+            *nl = '\0';
+            char *sp = strchr(line + 2, ' ');
+            if (line[0] == 'A' && line[1] == ' ' && sp) {
+                *sp = '\0';
+                table_put(r, line + 2, sp + 1);
+            } else if (line[0] == 'D' && line[1] == ' ') {
+                table_del(r, line + 2);
+            }
+            line = nl + 1;
+        }
+        r->ctl_len = strlen(line);
+        memmove(r->ctl_buf, line, r->ctl_len);
+        if (r->ctl_len == sizeof(r->ctl_buf) - 1)
+            r->ctl_len = 0; /* a line longer than any we send: drop it */
+    }
 }
 
 /* Copies <id>'s driver address into <out>; -ENOENT when it is not live here. */
 static int lookup(struct sch_relay *r, const char *id, char *out, size_t len)
 {
     int rc = -ENOENT;
-    pthread_mutex_lock(&r->lock);
+    /* What the scheduler wrote before this connection came is in the socket already: read it
+     * first, so that an instance is known from the moment sch_relay_add() returned. */
+    if (read_ctl(r) < 0)
+        event_base_loopbreak(r->base);
     for (struct entry *e = r->buckets[bucket_of(id)]; e; e = e->next)
         if (strcmp(e->id, id) == 0) {
             snprintf(out, len, "%s", e->addr);
             rc = 0;
             break;
         }
-    pthread_mutex_unlock(&r->lock);
     return rc;
 }
 
@@ -311,6 +399,9 @@ static int lookup(struct sch_relay *r, const char *id, char *out, size_t len)
 static void conn_close(struct rconn *c, int refused)
 {
     struct sch_relay *r = c->r;
+    atomic_fetch_sub(&r->st->active, 1);
+    if (refused)
+        atomic_fetch_add(&r->st->refused, 1);
     for (int i = 0; i < 2; i++) {
         if (c->rd[i])
             event_free(c->rd[i]);
@@ -331,9 +422,6 @@ static void conn_close(struct rconn *c, int refused)
     if (c->next)
         c->next->prev = c->prev;
     r->n_conns--;
-    atomic_fetch_sub(&r->active, 1);
-    if (refused)
-        atomic_fetch_add(&r->refused, 1);
     OPENSSL_cleanse(c->hello, sizeof(c->hello));
     free(c);
 }
@@ -429,7 +517,7 @@ static int start_relaying(struct rconn *c)
             return -1;
     }
     c->state = RC_RELAYING;
-    atomic_fetch_add(&r->relayed, 1);
+    atomic_fetch_add(&r->st->relayed, 1);
     if (pump(c, 0) < 0)
         return 1; /* closed already */
     return pump(c, 1) < 0 ? 1 : 0;
@@ -555,15 +643,15 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        atomic_fetch_add(&r->accepted, 1);
+        atomic_fetch_add(&r->st->accepted, 1);
         if (r->n_conns >= r->rc->max_conns) {
-            atomic_fetch_add(&r->refused, 1);
+            atomic_fetch_add(&r->st->refused, 1);
             close(fd);
             continue;
         }
         struct rconn *c = calloc(1, sizeof(*c));
         if (!c) {
-            atomic_fetch_add(&r->refused, 1);
+            atomic_fetch_add(&r->st->refused, 1);
             close(fd);
             continue;
         }
@@ -577,7 +665,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             r->conns->prev = c;
         r->conns = c;
         r->n_conns++;
-        atomic_fetch_add(&r->active, 1);
+        atomic_fetch_add(&r->st->active, 1);
         int one = 1, idle = 30, intvl = 10, cnt = 3;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         /* A gateway host that vanished without a FIN must not hold a relay slot forever. */
@@ -593,25 +681,106 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
-static void on_stop(evutil_socket_t fd, short what, void *arg)
+static void on_ctl(evutil_socket_t fd, short what, void *arg)
 {
     struct sch_relay *r = arg;
-    uint64_t v;
-    (void)what;
-    if (read(fd, &v, sizeof(v)) < 0) {
-        /* nothing to do: the loop ends either way */
-    }
-    event_base_loopbreak(r->base);
+    (void)fd, (void)what;
+    if (read_ctl(r) < 0)
+        event_base_loopbreak(r->base); /* the scheduler is gone */
 }
 
-static void *relay_main(void *arg)
+/* The relay process: never returns. */
+static void relay_process(struct sch_relay *r)
 {
-    struct sch_relay *r = arg;
+    prctl(PR_SET_NAME, "berth-relay", 0, 0, 0);
+    /* Gone with the scheduler, whatever way it ends. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_IGN); /* a terminal's ^C: the scheduler stops, and then we do */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Nothing of the scheduler's but the listener, our end of the pair and stderr: its
+     * event loop's descriptors, Redis connections and instances' sockets stay there. */
+    int l = fcntl(r->lfd, F_DUPFD_CLOEXEC, 10), c = fcntl(r->ctl, F_DUPFD_CLOEXEC, 10);
+    if (l < 0 || c < 0 || dup2(l, 3) < 0 || dup2(c, 4) < 0)
+        _exit(1);
+    r->lfd = 3;
+    r->ctl = 4;
+    syscall(SYS_close_range, 5u, ~0u, 0u);
+    r->base = event_base_new();
+    if (!r->base)
+        _exit(1);
+    r->accept_ev = event_new(r->base, r->lfd, EV_READ | EV_PERSIST, on_accept, r);
+    r->ctl_ev = event_new(r->base, r->ctl, EV_READ | EV_PERSIST, on_ctl, r);
+    if (!r->accept_ev || !r->ctl_ev || event_add(r->accept_ev, NULL) < 0 ||
+        event_add(r->ctl_ev, NULL) < 0)
+        _exit(1);
+    if (getppid() == 1)
+        _exit(0); /* the scheduler died before PR_SET_PDEATHSIG was in place */
     event_base_dispatch(r->base);
-    return NULL;
+    _exit(0);
 }
 
 /* ------------------------------------------------------------------ life */
+
+/* Forks the relay process (the scheduler keeps the listener, so that it can fork another).
+ * Returns 0 or -1 (errno set). */
+static int spawn(struct sch_relay *r)
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+        return -1;
+    /* A relay that stops reading must not hang the scheduler. */
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int big = 1 << 20;
+    setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(pair[0]);
+        close(pair[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        close(pair[0]);
+        r->ctl = pair[1];
+        relay_process(r);
+    }
+    close(pair[1]);
+    r->ctl = pair[0];
+    r->pid = pid;
+    r->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return 0;
+}
+
+int sch_relay_exit_fd(const struct sch_relay *r)
+{
+    return r->pidfd;
+}
+
+int sch_relay_respawn(struct sch_relay *r)
+{
+    int status = 0;
+    if (r->ctl >= 0)
+        close(r->ctl);
+    r->ctl = -1;
+    if (r->pidfd >= 0)
+        close(r->pidfd);
+    r->pidfd = -1;
+    if (r->pid > 0)
+        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+        }
+    r->pid = 0;
+    atomic_store(&r->st->active, 0);
+    if (spawn(r) < 0)
+        return -errno;
+    return status;
+}
 
 struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret,
                                    char *err, size_t errlen)
@@ -623,8 +792,8 @@ struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char
     }
     r->rc = rc;
     r->secret = secret;
-    r->lfd = r->stop_fd = -1;
-    pthread_mutex_init(&r->lock, NULL);
+    r->lfd = r->ctl = r->pidfd = -1;
+    r->st = MAP_FAILED;
     cm_usec_to_tv(rc->handshake_timeout, &r->hello_tv);
     struct sockaddr_storage ss;
     unsigned slen = 0;
@@ -669,21 +838,9 @@ struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    r->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    r->base = event_base_new();
-    if (r->stop_fd < 0 || !r->base)
+    r->st = mmap(NULL, sizeof(*r->st), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (r->st == MAP_FAILED || spawn(r) < 0)
         goto sysfail;
-    r->accept_ev = event_new(r->base, r->lfd, EV_READ | EV_PERSIST, on_accept, r);
-    r->stop_ev = event_new(r->base, r->stop_fd, EV_READ, on_stop, r);
-    if (!r->accept_ev || !r->stop_ev || event_add(r->accept_ev, NULL) < 0 ||
-        event_add(r->stop_ev, NULL) < 0)
-        goto sysfail;
-    int prc = pthread_create(&r->thread, NULL, relay_main, r);
-    if (prc) {
-        errno = prc;
-        goto sysfail;
-    }
-    r->running = 1;
     return r;
 sysfail:
     snprintf(err, errlen, "instance_relay: %s", strerror(errno));
@@ -696,38 +853,27 @@ void sch_relay_destroy(struct sch_relay *r)
 {
     if (!r)
         return;
-    if (r->running) {
-        uint64_t one = 1;
-        if (write(r->stop_fd, &one, sizeof(one)) < 0)
-            cm_log_error("relay", "cannot stop the relay thread: %s", strerror(errno));
-        pthread_join(r->thread, NULL);
+    if (r->ctl >= 0)
+        close(r->ctl); /* the relay reads EOF and ends */
+    if (r->pid > 0) {
+        int status;
+        kill(r->pid, SIGTERM);
+        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+        }
     }
-    while (r->conns)
-        conn_close(r->conns, 0);
-    if (r->accept_ev)
-        event_free(r->accept_ev);
-    if (r->stop_ev)
-        event_free(r->stop_ev);
-    if (r->base)
-        event_base_free(r->base);
+    if (r->pidfd >= 0)
+        close(r->pidfd);
     if (r->lfd >= 0)
         close(r->lfd);
-    if (r->stop_fd >= 0)
-        close(r->stop_fd);
-    for (size_t b = 0; b < BUCKETS; b++)
-        while (r->buckets[b]) {
-            struct entry *e = r->buckets[b];
-            r->buckets[b] = e->next;
-            free(e);
-        }
-    pthread_mutex_destroy(&r->lock);
+    if (r->st != MAP_FAILED)
+        munmap(r->st, sizeof(*r->st));
     free(r);
 }
 
 void sch_relay_get_stats(struct sch_relay *r, struct sch_relay_stats *ret)
 {
-    ret->accepted = atomic_load(&r->accepted);
-    ret->relayed = atomic_load(&r->relayed);
-    ret->refused = atomic_load(&r->refused);
-    ret->active = atomic_load(&r->active);
+    ret->accepted = atomic_load(&r->st->accepted);
+    ret->relayed = atomic_load(&r->st->relayed);
+    ret->refused = atomic_load(&r->st->refused);
+    ret->active = atomic_load(&r->st->active);
 }

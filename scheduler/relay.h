@@ -15,9 +15,10 @@
  * Anything else is closed without a byte of answer. Everything after the line passes through
  * unchanged (the agent's "BERTH-PORT"/"BERTH-EXEC" lines too).
  *
- * The relay runs on a thread of its own with its own event loop, so that a slow scheduler
- * step (a blocking QMP call, an adoption) never stalls relayed bytes. The scheduler's loop
- * tells it which instances exist (sch_relay_add/del); nothing else is shared. */
+ * The relay is a process of its own (forked by sch_relay_create(), named berth-relay, gone
+ * with the scheduler), with its own event loop, so that a slow scheduler step (a blocking QMP
+ * call, an adoption) never stalls relayed bytes. The scheduler tells it which instances exist
+ * (sch_relay_add/del: a line each over a socket pair); the counters are shared memory. */
 #ifndef SCH_RELAY_H
 #define SCH_RELAY_H
 
@@ -46,16 +47,23 @@ void sch_relay_destroy(struct sch_relay *r);
 
 /* Makes instance <id> reachable: <addr> is its driver's address ("unix:<dir>/app.sock",
  * "vm:127.0.0.1:<port>" or "tcp:<host>:<port>"). Replaces an earlier entry of the same id.
- * Returns 0, -EINVAL (an address of another shape, a bad id) or -ENOMEM. Any thread. */
+ * A connection that arrives after this returned finds the instance. Returns 0, -EINVAL (an
+ * address of another shape, a bad id) or -EIO (the relay process does not read). */
 int sch_relay_add(struct sch_relay *r, const char *id, const char *addr);
 /* Forgets <id>: new connections to it are refused (open ones end on their own when the
- * instance goes). Takes an unknown id. Any thread. */
+ * instance goes). Takes an unknown id, and NULL <r>. */
 void sch_relay_del(struct sch_relay *r, const char *id);
 
 /* The address gateways use for instance <id> whose driver address is <addr> (see above), into
  * <out>. Returns 0, or -EINVAL (<addr> of another shape, or it does not fit <len>). */
 int sch_relay_public_addr(const struct sch_relay *r, const char *id, const char *addr, char *out,
                           size_t len);
+/* A descriptor readable (POLLIN) once the relay process ended (it should not: a crash). */
+int sch_relay_exit_fd(const struct sch_relay *r);
+/* Reaps the ended relay process and forks another on the same listener; its table is empty:
+ * the caller adds every live instance again. Returns the old process's wait status (>= 0) or
+ * a negative errno (no new process). */
+int sch_relay_respawn(struct sch_relay *r);
 /* "host:port" gateways connect to. */
 const char *sch_relay_advertised(const struct sch_relay *r);
 void sch_relay_get_stats(struct sch_relay *r, struct sch_relay_stats *ret);

@@ -407,6 +407,31 @@ static struct event *add_timer(struct sch_ctx *ctx, cm_usec_t every,
     return ev;
 }
 
+/* The relay process ended (a crash: it ends only with us): another one, told every instance. */
+static void on_relay_exit(evutil_socket_t fd, short what, void *arg)
+{
+    struct sch_ctx *ctx = arg;
+    (void)fd, (void)what;
+    event_free(ctx->relay_ev);
+    ctx->relay_ev = NULL;
+    int rc = sch_relay_respawn(ctx->relay);
+    cm_log_error("relay", "the relay process ended: connections through it were cut status=%d",
+                 rc);
+    if (rc < 0) {
+        cm_log_error("relay", "cannot start another relay process: %s", strerror(-rc));
+        return;
+    }
+    unsigned n = 0;
+    for (struct sch_inst *i = ctx->insts; i; i = i->next)
+        if (i->di && sch_relay_add(ctx->relay, i->id, i->di->addr) == 0)
+            n++;
+    ctx->relay_ev = event_new(ctx->base, sch_relay_exit_fd(ctx->relay), EV_READ, on_relay_exit,
+                              ctx);
+    if (!ctx->relay_ev || event_add(ctx->relay_ev, NULL) < 0)
+        cm_log_error("relay", "cannot watch the new relay process");
+    cm_log_info("relay", "relay process started again instances=%u", n);
+}
+
 struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *cfg,
                                const struct sch_config *sc, char *err, size_t errlen)
 {
@@ -431,6 +456,20 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         if (!sch_template_started_here(&cfg->templates[i]))
             cm_log_info("main", "template not started by this scheduler template=%s driver=%s",
                         cfg->templates[i].name, cfg->templates[i].driver);
+    /* The relay first: it is forked, and should take as little of our state as can be. */
+    if (sc->instance_relay.listen) {
+        ctx->relay = sch_relay_create(&sc->instance_relay, sc->api_secret, err, errlen);
+        if (!ctx->relay)
+            goto fail;
+        ctx->relay_ev = event_new(base, sch_relay_exit_fd(ctx->relay), EV_READ, on_relay_exit,
+                                  ctx);
+        if (!ctx->relay_ev || event_add(ctx->relay_ev, NULL) < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        cm_log_info("relay", "instance relay up listen=%s advertise=%s",
+                    sc->instance_relay.listen, sch_relay_advertised(ctx->relay));
+    }
     if (sch_pool_init(ctx) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -469,13 +508,7 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
     ctx->api = sch_api_create(ctx, err, errlen);
     if (!ctx->api)
         goto fail;
-    if (sc->instance_relay.listen) {
-        ctx->relay = sch_relay_create(&sc->instance_relay, sc->api_secret, err, errlen);
-        if (!ctx->relay)
-            goto fail;
-        cm_log_info("relay", "instance relay up listen=%s advertise=%s",
-                    sc->instance_relay.listen, sch_relay_advertised(ctx->relay));
-    }
+
     ctx->redis = cm_redis_create(base, &cfg->redis, on_redis_state, ctx);
     ctx->sub = cm_redis_create(base, &cfg->redis, on_sub_state, ctx);
     if (ctx->redis)
@@ -522,6 +555,9 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
     ctx->agentctl = NULL;
     sch_recover_abort(ctx);
     sch_inst_release_all(ctx);
+    if (ctx->relay_ev)
+        event_free(ctx->relay_ev);
+    ctx->relay_ev = NULL;
     sch_relay_destroy(ctx->relay); /* ends relayed connections: see README, "Instance relay" */
     ctx->relay = NULL;
     struct event *evs[] = {ctx->heartbeat_ev, ctx->reap_ev, ctx->sigterm_ev, ctx->sigint_ev};

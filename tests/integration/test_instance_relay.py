@@ -7,6 +7,8 @@ redis-server, curl; the hostile client is a raw socket.
     BERTH_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_instance_relay.py
 """
 import hashlib
+import os
+import signal
 import hmac
 import json
 import socket
@@ -192,3 +194,39 @@ def test_a_restarted_scheduler_relays_to_the_instances_it_adopted(rstack):
         r2 = s.get("/", session="rl-restart")
         assert r2.status == 200, r2
         assert r2.header("x-berth-instance") == inst
+
+
+def relay_pids(s):
+    """Pids of the scheduler's berth-relay children."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        ppid = int(st[st.rindex(")") + 2:].split()[1])
+        if comm == "berth-relay" and ppid == s.scheduler.pid:
+            out.append(int(d))
+    return out
+
+
+def test_a_relay_process_that_dies_is_replaced_and_knows_every_instance(rstack):
+    """The relay is a process of the scheduler's (berth-relay): killed, the scheduler forks
+    another on the same listener and tells it every live instance."""
+    s = rstack
+    r = s.get("/", session="rl-crash")
+    assert r.status == 200, r
+    inst = r.header("x-berth-instance")
+    old = relay_pids(s)
+    assert len(old) == 1, old
+    os.kill(old[0], signal.SIGKILL)
+    wait_until(lambda: relay_pids(s) and relay_pids(s) != old, 10 * SLOW, "a new relay process")
+    wait_until(lambda: "relay process started again" in s.scheduler.log(), 10 * SLOW,
+               "the scheduler's note of it")
+    for _ in range(3):
+        r2 = s.get("/", session="rl-crash")
+        assert r2.status == 200 and r2.header("x-berth-instance") == inst, r2
