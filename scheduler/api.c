@@ -820,7 +820,12 @@ struct sch_api *sch_api_create(struct sch_ctx *ctx, char *err, size_t errlen)
                  strerror(-rc));
         goto fail;
     }
-    snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s:%u", ctx->sc->api_host, port);
+    const char *adv = ctx->sc->api_advertise;
+    if (adv && strchr(adv, ':') && (adv[0] != '[' || strstr(adv, "]:")))
+        snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s", adv); /* host:port */
+    else
+        snprintf(ctx->api_addr, sizeof(ctx->api_addr), "%s:%u", adv ? adv : ctx->sc->api_host,
+                 port);
     if (ctx->sc->health_host) {
         /* Probes only, on connections of their own: the API's (which starts on behalf of
          * tenants' sessions can fill) never make a probe wait or fail. */

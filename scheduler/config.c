@@ -98,6 +98,39 @@ static int parse_listen(struct cm_conf_ctx *ctx, const struct cm_ynode *section,
     return 0;
 }
 
+/* An `advertise` value (<path>.advertise, or scheduler.api_advertise when <path> is SEC):
+ * "" is none (*val NULL); "$NAME" is the value of environment variable NAME (Kubernetes puts
+ * the node's address there: status.hostIP); then host:port or host, at most 100 characters,
+ * none of " /#@" or a tab (they would break the addresses built from it). */
+static int advertised(struct cm_conf_ctx *ctx, const struct cm_ynode *map, const char *path,
+                      char **val)
+{
+    const char *key = strcmp(path, SEC) == 0 ? "api_advertise" : "advertise";
+    const struct cm_ynode *at = cm_ynode_get(map, key);
+    if (!*val || !**val) {
+        free(*val);
+        *val = NULL;
+        return 0;
+    }
+    if ((*val)[0] == '$') {
+        const char *env = getenv(*val + 1);
+        if (!env || !*env)
+            return cm_conf_fail(ctx, at, path, key, "environment variable %s is not set",
+                                *val + 1);
+        char *copy = strdup(env);
+        if (!copy)
+            return cm_conf_fail(ctx, at, path, key, "out of memory");
+        free(*val);
+        *val = copy;
+    }
+    if (strlen(*val) > 100 || strcspn(*val, " /#@\t") != strlen(*val))
+        return cm_conf_fail(ctx, at, path, key,
+                            "must be host:port or host (at most 100 characters, no blank, '/', "
+                            "'#', '@'), not '%s'",
+                            *val);
+    return 0;
+}
+
 int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, const char *file,
                      char *err, size_t errlen)
 {
@@ -135,6 +168,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                                        "exec_max",
                                        "instance_relay",
                                        "host_down_after",
+                                       "api_advertise",
                                        NULL};
     static const char *const relay_keys[] = {"listen",           "advertise",
                                              "max_connections",  "handshake_timeout",
@@ -162,6 +196,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     if (cm_conf_keys(&ctx, section, SEC, keys) ||
         cm_conf_str(&ctx, section, SEC, "host_id", NULL, &c.host_id) ||
         cm_conf_str(&ctx, section, SEC, "api_listen", "127.0.0.1:9191", &listen) ||
+        cm_conf_str(&ctx, section, SEC, "api_advertise", "", &c.api_advertise) ||
         cm_conf_str(&ctx, section, SEC, "run_dir", "/var/lib/berth/run", &c.run_dir) ||
         cm_conf_str(&ctx, section, SEC, "storage_root", "/var/lib/berth/data", &c.storage_root) ||
         cm_conf_u64(&ctx, section, SEC, "capacity", 64, 1, 10000, &capacity) ||
@@ -263,16 +298,9 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
             goto fail;
         }
     }
-    if (!*c.instance_relay.advertise) {
-        free(c.instance_relay.advertise);
-        c.instance_relay.advertise = NULL;
-    } else if (strlen(c.instance_relay.advertise) > 100 ||
-               strcspn(c.instance_relay.advertise, " /#@\t") !=
-                   strlen(c.instance_relay.advertise)) {
-        cm_conf_fail(&ctx, cm_ynode_get(relay, "advertise"), SEC ".instance_relay", "advertise",
-                     "must be host:port or host (at most 100 characters, no blank, '/', '#', '@')");
+    if (advertised(&ctx, relay, SEC ".instance_relay", &c.instance_relay.advertise) ||
+        advertised(&ctx, section, SEC, &c.api_advertise))
         goto fail;
-    }
     c.microvm.nice = (uint32_t)mvm_nice;
     if (strcmp(c.microvm.accel, "auto") != 0 && strcmp(c.microvm.accel, "kvm") != 0 &&
         strcmp(c.microvm.accel, "tcg") != 0) {
@@ -458,6 +486,7 @@ void sch_config_fini(struct sch_config *c)
 {
     free(c->host_id);
     free(c->api_host);
+    free(c->api_advertise);
     free(c->health_host);
     free(c->run_dir);
     free(c->storage_root);

@@ -46,6 +46,7 @@ struct sch_relay_config {
 struct sch_config {
     char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
     char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
+    char *api_advertise; /* "host:port" or "host" gateways call (registered); NULL: api_listen */
     uint16_t api_port;  /* 0: pick a free port (the registered address uses the real one) */
     char *run_dir;      /* absolute: per-instance dirs {run_dir}/{id}/ */
     char *storage_root; /* absolute: durable dirs {storage_root}/{tenant}/{h} */

@@ -802,9 +802,18 @@ struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char
         goto fail;
     }
     r->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (r->lfd < 0 || setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(r->lfd, (struct sockaddr *)&ss, (socklen_t)slen) < 0 || listen(r->lfd, 1024) < 0) {
+    int one = 1, brc = -1;
+    if (r->lfd >= 0 && setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0) {
+        /* The relay process of a scheduler that just ended (restart) may hold the port for a
+         * moment more: it dies with its parent, but not in the same instant. */
+        for (int i = 0; i < 30; i++) {
+            brc = bind(r->lfd, (struct sockaddr *)&ss, (socklen_t)slen);
+            if (brc == 0 || errno != EADDRINUSE)
+                break;
+            usleep(100 * 1000);
+        }
+    }
+    if (brc < 0 || listen(r->lfd, 1024) < 0) {
         snprintf(err, errlen, "instance_relay.listen: cannot listen on %s: %s", rc->listen,
                  strerror(errno));
         goto fail;

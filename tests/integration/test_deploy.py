@@ -15,13 +15,15 @@ from conftest import BUILD_DIR, REPO, binary, free_port, wait_until
 SAMPLE = REPO / "deploy" / "config" / "berth.yaml"
 
 
-def check_config(path):
-    """Runs both daemons' config checks on <path>; returns their outputs."""
+def check_config(path, env=None):
+    """Runs both daemons' config checks on <path> (with <env> added to the environment);
+    returns their outputs."""
+    e = dict(os.environ, **(env or {}))
     g = subprocess.run([binary("berth-gateway"), "-t", "-c", str(path)], capture_output=True,
-                       text=True, timeout=30)
+                       text=True, timeout=30, env=e)
     assert g.returncode == 0, "berth-gateway -t: %s%s" % (g.stdout, g.stderr)
     s = subprocess.run([binary("berth-scheduler"), "--check", "-c", str(path)],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, env=e)
     assert s.returncode == 0, "berth-scheduler --check: %s%s" % (s.stdout, s.stderr)
     return g.stdout, s.stdout
 
@@ -235,7 +237,10 @@ def test_k8s_manifests(tmp_path):
         for v in w["spec"]["template"]["spec"].get("volumes", []):
             if "configMap" in v:
                 assert v["configMap"]["name"] in cm
-    check_config(k8s_config_with_secret_files(kinds, tmp_path))
+    # NODE_IP: the scheduler pod's, from the downward API (status.hostIP)
+    env = {e["name"]: e for e in ds["containers"][0]["env"]}
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    _, out = check_config(k8s_config_with_secret_files(kinds, tmp_path), {"NODE_IP": "192.0.2.7"})
 
 
 def test_k8s_secrets_come_from_one_generated_secret():
@@ -292,9 +297,15 @@ def test_k8s_network_policy():
     assert [f for f in redis_from if "ipBlock" in f], redis_from
     assert all(set(f) <= {"podSelector", "ipBlock"} for f in redis_from), redis_from
     assert len(by_app["berth-redis"]) == 1 and len(by_app["berth-redis"][0]["ingress"]) == 1
-    # The scheduler API: only gateways; nothing else of the scheduler is open.
+    # The scheduler API and the instance relay: only gateways (and, since they use the host
+    # network, the nodes' addresses); nothing else of the scheduler is open.
     (api_from,) = sources("berth-scheduler", 9191)
-    assert api_from == [{"podSelector": {"matchLabels": {"app": "berth-gateway"}}}], api_from
+    (relay_from,) = sources("berth-scheduler", 7070)
+    assert api_from == relay_from
+    assert [f for f in api_from if "podSelector" in f] == [
+        {"podSelector": {"matchLabels": {"app": "berth-gateway"}}}], api_from
+    assert [f for f in api_from if "ipBlock" in f] == [f for f in redis_from if "ipBlock" in f]
+    assert all(set(f) <= {"podSelector", "ipBlock"} for f in api_from), api_from
     assert len(by_app["berth-scheduler"]) == 1
     assert len(by_app["berth-scheduler"][0]["ingress"]) == 1
     # The data plane: from anywhere.
@@ -302,7 +313,12 @@ def test_k8s_network_policy():
     # The pods carry the labels the policies select.
     assert pod_spec(kinds, "StatefulSet", "berth-redis")
     cm = {c["metadata"]["name"]: c for c in kinds["ConfigMap"]}["berth-config"]
-    assert "api_listen: 127.0.0.1:9191" in cm["data"]["berth.yaml"]
+    conf = cm["data"]["berth.yaml"]
+    assert "api_listen: 0.0.0.0:9191" in conf and "api_advertise: $NODE_IP" in conf
+    assert "listen: 0.0.0.0:7070" in conf and "advertise: $NODE_IP" in conf
+    ports = {p["name"]: p["containerPort"] for p in
+             pod_spec(kinds, "DaemonSet", "berth-scheduler")["containers"][0]["ports"]}
+    assert ports["api"] == 9191 and ports["relay"] == 7070
 
 
 def test_k8s_scheduler_pod_is_not_privileged():

@@ -369,3 +369,29 @@ TEST(instance_relay)
                  "scheduler.instance_relay");
     EXPECT_ERROR("scheduler:\n  instance_relay: on\n", "scheduler.instance_relay");
 }
+
+TEST(advertised_addresses_may_come_from_the_environment)
+{
+    struct sch_config c;
+    char err[1024];
+    setenv("BERTH_TEST_NODE_IP", "10.1.2.3", 1);
+    CHECK_MSG(parse("scheduler:\n  api_listen: 0.0.0.0:9191\n  api_advertise: $BERTH_TEST_NODE_IP\n"
+                    "  instance_relay:\n    listen: 0.0.0.0:7070\n"
+                    "    advertise: $BERTH_TEST_NODE_IP\n",
+                    &c, err, sizeof(err)) == 0,
+              "%s", err);
+    CHECK(strcmp(c.api_advertise, "10.1.2.3") == 0);
+    CHECK(strcmp(c.instance_relay.advertise, "10.1.2.3") == 0);
+    sch_config_fini(&c);
+    CHECK_MSG(parse("scheduler:\n  api_advertise: 10.0.0.9:19191\n", &c, err, sizeof(err)) == 0,
+              "%s", err);
+    CHECK(strcmp(c.api_advertise, "10.0.0.9:19191") == 0);
+    sch_config_fini(&c);
+    EXPECT_ERROR("scheduler:\n  api_advertise: $BERTH_TEST_NOT_SET_ANYWHERE\n",
+                 "scheduler.api_advertise: environment variable BERTH_TEST_NOT_SET_ANYWHERE is "
+                 "not set");
+    setenv("BERTH_TEST_BAD", "a b", 1);
+    EXPECT_ERROR("scheduler:\n  instance_relay:\n    listen: 127.0.0.1:1\n"
+                 "    advertise: $BERTH_TEST_BAD\n",
+                 "scheduler.instance_relay.advertise: must be host:port or host");
+}
