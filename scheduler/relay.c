@@ -34,10 +34,9 @@
 #include "common/log.h"
 #include "common/secret.h"
 #include "scheduler/config.h"
+#include "scheduler/splice.h"
 
 #define BUCKETS 256
-/* splice() passes per pump call before yielding to other connections. */
-#define PUMP_ROUNDS 8
 
 struct entry {
     struct entry *next;
@@ -47,22 +46,14 @@ struct entry {
 
 enum rc_state { RC_HELLO, RC_CONNECTING, RC_RELAYING };
 
-/* One direction: bytes read from fd[from] into the pipe, written from it to fd[1 - from]. */
-struct half {
-    int pipe[2];
-    size_t n;   /* bytes in the pipe */
-    int eof;    /* the reading side ended */
-    int shut;   /* the writing side was shut down after the last byte */
-};
-
 struct rconn {
     struct rconn *next, *prev;
     struct sch_relay *r;
     enum rc_state state;
-    int fd[2];                  /* 0: the gateway's, 1: the instance's */
-    struct event *rd[2], *wr[2];
+    struct sch_splice sp;       /* sp.fd[0]: the gateway's, sp.fd[1]: the instance's */
+    struct event *hello_ev;     /* the gateway's line readable */
+    struct event *conn_ev;      /* the connect to the instance done */
     struct event *timer;        /* the hello's deadline */
-    struct half h[2];           /* h[0]: gateway -> instance, h[1]: instance -> gateway */
     size_t hello_len;
     char hello[CM_RELAY_HELLO_MAX];
 };
@@ -126,9 +117,11 @@ int sch_relay_check_hello(const char *line, size_t len, const char *secret, int6
     chan[fl[1]] = '\0';
     memcpy(ts, f[2], fl[2]);
     ts[fl[2]] = '\0';
-    if (strspn(id, CM_RELAY_ID_CHARS) != fl[0] || strspn(ts, "0123456789") != fl[2] ||
-        strspn(f[3], "0123456789abcdef") < CM_EXEC_KEY_LEN)
+    if (strspn(id, CM_RELAY_ID_CHARS) != fl[0] || strspn(ts, "0123456789") != fl[2])
         return -EINVAL;
+    for (size_t i = 0; i < CM_EXEC_KEY_LEN; i++) /* <line> is not NUL-terminated */
+        if (!((f[3][i] >= '0' && f[3][i] <= '9') || (f[3][i] >= 'a' && f[3][i] <= 'f')))
+            return -EINVAL;
     enum sch_relay_channel c;
     if (strcmp(chan, "app") == 0)
         c = SCH_RELAY_APP;
@@ -402,17 +395,11 @@ static void conn_close(struct rconn *c, int refused)
     atomic_fetch_sub(&r->st->active, 1);
     if (refused)
         atomic_fetch_add(&r->st->refused, 1);
-    for (int i = 0; i < 2; i++) {
-        if (c->rd[i])
-            event_free(c->rd[i]);
-        if (c->wr[i])
-            event_free(c->wr[i]);
-        if (c->fd[i] >= 0)
-            close(c->fd[i]);
-        for (int k = 0; k < 2; k++)
-            if (c->h[i].pipe[k] >= 0)
-                close(c->h[i].pipe[k]);
-    }
+    sch_splice_fini(&c->sp);
+    if (c->hello_ev)
+        event_free(c->hello_ev);
+    if (c->conn_ev)
+        event_free(c->conn_ev);
     if (c->timer)
         event_free(c->timer);
     if (c->prev)
@@ -426,101 +413,20 @@ static void conn_close(struct rconn *c, int refused)
     free(c);
 }
 
-/* Moves what it can of direction <d>, then arms the events it waits for. Returns 0, or -1 when
- * the connection ended (closed here). */
-static int pump(struct rconn *c, int d)
+static void on_spliced(struct sch_splice *sp, int failed, void *arg)
 {
-    struct half *h = &c->h[d];
-    int from = c->fd[d], to = c->fd[1 - d];
-    size_t cap = c->r->rc->buffer;
-    for (int round = 0; round < PUMP_ROUNDS; round++) {
-        int moved = 0;
-        /* Read only into an empty pipe: a pipe's slots can fill before its bytes do (one per
-         * segment), and a socket that stays readable into a full pipe would spin the loop. */
-        if (!h->eof && h->n == 0) {
-            ssize_t got = splice(from, NULL, h->pipe[1], NULL, cap,
-                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-            if (got > 0) {
-                h->n += (size_t)got;
-                moved = 1;
-            } else if (got == 0) {
-                h->eof = 1;
-                moved = 1;
-            } else if (errno != EAGAIN && errno != EINTR) {
-                conn_close(c, 0);
-                return -1;
-            }
-        }
-        if (h->n > 0) {
-            ssize_t put = splice(h->pipe[0], NULL, to, NULL, h->n,
-                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-            if (put > 0) {
-                h->n -= (size_t)put;
-                moved = 1;
-            } else if (put < 0 && errno != EAGAIN && errno != EINTR) {
-                conn_close(c, 0);
-                return -1;
-            }
-        }
-        if (!moved)
-            break;
-    }
-    if (h->eof && h->n == 0 && !h->shut) {
-        shutdown(to, SHUT_WR);
-        h->shut = 1;
-    }
-    if (c->h[0].shut && c->h[1].shut) {
-        conn_close(c, 0);
-        return -1;
-    }
-    if (!h->eof && h->n == 0)
-        event_add(c->rd[d], NULL);
-    else
-        event_del(c->rd[d]);
-    if (h->n > 0)
-        event_add(c->wr[1 - d], NULL);
-    else
-        event_del(c->wr[1 - d]);
-    return 0;
+    (void)sp, (void)failed;
+    conn_close(arg, 0);
 }
 
-/* fd[i] readable: direction i can read; fd[i] writable: direction 1 - i can write. */
-static void on_readable(evutil_socket_t fd, short what, void *arg)
-{
-    struct rconn *c = arg;
-    (void)what;
-    pump(c, fd == c->fd[0] ? 0 : 1);
-}
-
-static void on_writable(evutil_socket_t fd, short what, void *arg)
-{
-    struct rconn *c = arg;
-    (void)what;
-    pump(c, fd == c->fd[0] ? 1 : 0);
-}
-
+/* Connected to the instance: bytes both ways. Returns 0, 1 (it ended already: <c> is gone) or
+ * -1 (the caller closes). */
 static int start_relaying(struct rconn *c)
 {
     struct sch_relay *r = c->r;
-    for (int i = 0; i < 2; i++) {
-        if (pipe2(c->h[i].pipe, O_CLOEXEC | O_NONBLOCK) < 0)
-            return -1;
-        if (r->rc->buffer != 65536)
-            fcntl(c->h[i].pipe[1], F_SETPIPE_SZ, (int)r->rc->buffer);
-        if (c->rd[i])
-            event_free(c->rd[i]);
-        if (c->wr[i])
-            event_free(c->wr[i]);
-        c->rd[i] = event_new(r->base, c->fd[i], EV_READ, on_readable, c);
-        c->wr[i] = event_new(r->base, c->fd[i], EV_WRITE, on_writable, c);
-        if (!c->rd[i] || !c->wr[i])
-            return -1;
-    }
     c->state = RC_RELAYING;
     atomic_fetch_add(&r->st->relayed, 1);
-    if (pump(c, 0) < 0)
-        return 1; /* closed already */
-    return pump(c, 1) < 0 ? 1 : 0;
+    return sch_splice_start(&c->sp, r->base, r->rc->buffer, on_spliced, c);
 }
 
 static void on_connected(evutil_socket_t fd, short what, void *arg)
@@ -560,7 +466,7 @@ static void on_hello(struct rconn *c)
     if (rc < 0) {
         /* At most one line a second: whoever sends garbage must not fill our log. */
         if (now.tv_sec != r->last_refusal_log)
-            cm_log_warn("relay", "refused fd=%d reason=%s%s%s", c->fd[0],
+            cm_log_warn("relay", "refused fd=%d reason=%s%s%s", c->sp.fd[0],
                         rc == -ETIME    ? "clock"
                         : rc == -EACCES ? "mac"
                         : rc == -ENOENT ? "unknown_instance"
@@ -572,18 +478,18 @@ static void on_hello(struct rconn *c)
     }
     event_free(c->timer);
     c->timer = NULL;
-    event_free(c->rd[0]);
-    c->rd[0] = NULL;
-    c->fd[1] = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd[1] < 0) {
+    event_free(c->hello_ev);
+    c->hello_ev = NULL;
+    c->sp.fd[1] = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->sp.fd[1] < 0) {
         conn_close(c, 1);
         return;
     }
     if (ss.ss_family != AF_UNIX) {
         int one = 1;
-        setsockopt(c->fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(c->sp.fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    if (connect(c->fd[1], (struct sockaddr *)&ss, sl) == 0) {
+    if (connect(c->sp.fd[1], (struct sockaddr *)&ss, sl) == 0) {
         if (start_relaying(c) < 0)
             conn_close(c, 1);
         return;
@@ -593,8 +499,8 @@ static void on_hello(struct rconn *c)
         return;
     }
     c->state = RC_CONNECTING;
-    c->wr[1] = event_new(r->base, c->fd[1], EV_WRITE, on_connected, c);
-    if (!c->wr[1] || event_add(c->wr[1], &r->hello_tv) < 0)
+    c->conn_ev = event_new(r->base, c->sp.fd[1], EV_WRITE, on_connected, c);
+    if (!c->conn_ev || event_add(c->conn_ev, &r->hello_tv) < 0)
         conn_close(c, 1);
 }
 
@@ -656,10 +562,8 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             continue;
         }
         c->r = r;
-        c->fd[0] = fd;
-        c->fd[1] = -1;
-        for (int k = 0; k < 2; k++)
-            c->h[k].pipe[0] = c->h[k].pipe[1] = -1;
+        sch_splice_init(&c->sp);
+        c->sp.fd[0] = fd;
         c->next = r->conns;
         if (r->conns)
             r->conns->prev = c;
@@ -673,9 +577,9 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-        c->rd[0] = event_new(r->base, fd, EV_READ | EV_PERSIST, on_hello_readable, c);
+        c->hello_ev = event_new(r->base, fd, EV_READ | EV_PERSIST, on_hello_readable, c);
         c->timer = evtimer_new(r->base, on_hello_timeout, c);
-        if (!c->rd[0] || !c->timer || event_add(c->rd[0], NULL) < 0 ||
+        if (!c->hello_ev || !c->timer || event_add(c->hello_ev, NULL) < 0 ||
             evtimer_add(c->timer, &r->hello_tv) < 0)
             conn_close(c, 1);
     }
