@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "egress.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -468,8 +470,9 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
                                        "idle_timeout", "max_idle_timeout", "on_lost", "data",
                                        "upstreams", "sessions_per_instance", "data_size",
                                        "run_as_root", "seccomp", "io", "rootfs", "accel", "idle",
-                                       NULL};
+                                       "egress", NULL};
     static const char *const idle_keys[] = {"pause_after", NULL};
+    static const char *const egress_keys[] = {"allow", "deny", NULL};
     static const char *const io_keys[] = {"read_bps", "write_bps", "read_iops", "write_iops",
                                           NULL};
     static const char *const app_keys[] = {"command", "port", "env", NULL};
@@ -596,6 +599,31 @@ static int load_template(struct cm_conf_ctx *ctx, const struct cm_ynode *m,
         cm_conf_u64(ctx, io, iopath, "read_iops", 0, 0, UINT32_MAX, &t->io_read_iops) ||
         cm_conf_u64(ctx, io, iopath, "write_iops", 0, 0, UINT32_MAX, &t->io_write_iops))
         return free(lost_s), -EINVAL;
+    const struct cm_ynode *egress = cm_ynode_get(m, "egress");
+    char epath[160];
+    snprintf(epath, sizeof(epath), "%s.egress", path);
+    if (cm_conf_keys(ctx, egress, epath, egress_keys) ||
+        cm_conf_strv(ctx, egress, epath, "allow", NULL, &t->egress_allow) ||
+        cm_conf_strv(ctx, egress, epath, "deny", NULL, &t->egress_deny))
+        return free(lost_s), -EINVAL;
+    for (int deny = 0; deny < 2; deny++) {
+        char **list = deny ? t->egress_deny : t->egress_allow;
+        const char *key = deny ? "deny" : "allow";
+        if (list && cm_strv_len(list) > CM_EGRESS_MAX_ENTRIES / 2)
+            return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(egress, key), epath, key,
+                                              "at most %d entries (sessions may add as many)",
+                                              CM_EGRESS_MAX_ENTRIES / 2);
+        for (size_t i = 0; list && list[i]; i++) {
+            struct cm_egress_entry e;
+            const char *why = "";
+            if (cm_egress_parse(list[i], &e, &why) < 0)
+                return free(lost_s), cm_conf_fail(ctx, cm_ynode_get(egress, key), epath, key,
+                                                  "'%s': %s", list[i], why);
+        }
+    }
+    if (egress && is_static)
+        return free(lost_s), cm_conf_fail(ctx, egress, path, "egress",
+                                          "not used with driver static");
     const struct cm_ynode *idle = cm_ynode_get(m, "idle");
     char idlepath[160];
     snprintf(idlepath, sizeof(idlepath), "%s.idle", path);
@@ -744,6 +772,8 @@ void cm_config_free(struct cm_config *cfg)
         cm_strv_free(t->upstreams);
         cm_strv_free(t->app_command);
         cm_strv_free(t->app_env);
+        cm_strv_free(t->egress_allow);
+        cm_strv_free(t->egress_deny);
     }
     free(cfg->templates);
     free(cfg->redis.address);

@@ -80,6 +80,10 @@ struct cm_template {
     char *rootfs;       /* NULL: the host's /usr, /bin, /sbin, /lib*; else a root directory */
     char *accel;        /* microvm: "auto" (the host's probe decides), "kvm" or "tcg" */
     uint64_t io_read_bps, io_write_bps, io_read_iops, io_write_iops; /* 0: no limit */
+    /* egress.allow / egress.deny: destinations its sandboxes may reach through the host's
+     * egress proxy (common/egress.h patterns, checked here), NULL-terminated or NULL (none:
+     * nothing is allowed). A session's own lists (control API) are added to these. */
+    char **egress_allow, **egress_deny;
 };
 
 /* The largest tenants[].limits.max_sessions and rates (sanity bounds, not capacities). */

@@ -7,6 +7,7 @@
  *   P s:{h}            hash  tenant source key template instance addr host state(bound|lost)
  *                            gen created ttl idle_timeout last_active meta   (times in ms)
  *                            paused (since, while its sandbox is frozen) paused_ms (total)
+ *                            egress (the session's own egress lists, common/egress.h JSON)
  *   P i:{id}           hash  host addr template state(starting|warm|bound|releasing) session
  *                            started bound pid paused
  *   P pool:{host}:{t}  list  warm instance ids
@@ -21,7 +22,8 @@
  *                            (counted while it has max_memory/max_cpus; s:{h} use_mem use_mcpu)
  *   P events           stream (capped) type=created|bound|activity|expiring|expired|deleted|lost|
  *                      unused|paused|resumed|updated|exec_started|exec_ended|
- *                      file_written|file_deleted|tenant_limit|host_down; key_id on those an API call
+ *                      file_written|file_deleted|tenant_limit|host_down|egress_updated|
+ *                      egress_allowed|egress_refused; key_id on those an API call
  *                      caused
  *   P u:{tenant}:{hour} hash  usage counters "<h>|<template>|<metric>" (USAGE); ...:ids h -> id
  *   P u:{tenant}       zset  the hours that have usage (score = hour ms)
@@ -83,8 +85,11 @@ enum cm_script {
      * ahead of now (not known yet: gateways keep the binding). The expiry zset is not moved: its score is a lower bound of
      * the deadline, which RELEASE with reason expired recomputes. */
     CM_SCRIPT_TOUCH,
-    /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms [key_id]
-     * (key_id: the API key's id, written into its `updated` event)
+    /* UPDATE ARGV: P h tenant ttl_ms|"" idle_ms|"" now_ms [key_id [egress]]
+     * (key_id: the API key's id, written into its `updated` event; egress: "" unchanged,
+     * "null" the session's own egress lists go, else their JSON (common/egress.h) into
+     * P s:{h} egress; either way `egress <instance> <h>` to a bound session's host, which
+     * applies it at once, and an `egress_updated` event)
      * Returns {"ok", deadline} or {"absent"} (also for another tenant's session). */
     CM_SCRIPT_UPDATE,
     /* RELEASE ARGV: P h tenant|"" reason(deleted|expired|unused) now_ms [key_id]

@@ -341,6 +341,20 @@ static void create_on_session(redisReply *r, const char *err, void *data)
     op_settle(op);
 }
 
+/* The session's own egress lists are in Redis (and on their way to its host): answer. */
+static void create_on_egress(redisReply *r, const char *err, void *data)
+{
+    struct op *op = data;
+    op->waiting--;
+    (void)r;
+    if (err)
+        cm_log_warn("admin", "cannot store the new session's egress lists session=%s err=\"%s\"",
+                    op->h, err);
+    if (read_session(op, create_on_session) < 0)
+        create_answer_known(op);
+    op_settle(op);
+}
+
 static void create_on_claim(const struct gw_binding *bnd, int err, void *data)
 {
     struct op *op = data;
@@ -353,7 +367,16 @@ static void create_on_claim(const struct gw_binding *bnd, int err, void *data)
         memcpy(op->h, bnd->hash_hex, sizeof(op->h));
         snprintf(op->instance, sizeof(op->instance), "%s", bnd->instance);
         op->bound_ms = cm_now_wall_ms();
-        if (read_session(op, create_on_session) < 0)
+        char now[24], key[KEY_BUF], kid[13];
+        snprintf(now, sizeof(now), "%" PRIu64, op->bound_ms);
+        snprintf(key, sizeof(key), "%s", prefix(op->api));
+        key_id(op->req, kid);
+        const char *argv[] = {key, op->h, op->tenant->name, "", "", now, kid,
+                              op->create.egress ? op->create.egress : ""};
+        if (op->create.egress && op->req &&
+            send_script(op, CM_SCRIPT_UPDATE, create_on_egress, 8, argv) == 0)
+            ; /* answered from create_on_egress */
+        else if (read_session(op, create_on_session) < 0)
             create_answer_known(op);
     }
     op_settle(op);
@@ -461,7 +484,7 @@ static void update_on_session(redisReply *r, const char *err, void *data)
         size_t len;
         const char *body = cm_httpd_body(op->req, &len);
         struct gw_api_update u;
-        struct gw_api_error e;
+        struct gw_api_error e = {.err = GW_ERR_INTERNAL, .message = "out of memory"};
         if (!body) {
             op_error(op, GW_ERR_INTERNAL, "out of memory");
         } else if (gw_api_parse_update(body, len, tpl, &u, &e) < 0) {
@@ -475,9 +498,11 @@ static void update_on_session(redisReply *r, const char *err, void *data)
             snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
             snprintf(key, sizeof(key), "%s", prefix(op->api));
             key_id(op->req, kid);
-            const char *argv[] = {key, op->h, op->tenant->name, ttl, idle, now, kid};
-            if (send_script(op, CM_SCRIPT_UPDATE, update_on_script, 7, argv) < 0)
+            const char *eg = !u.has_egress ? "" : u.egress[0] ? u.egress : "null";
+            const char *argv[] = {key, op->h, op->tenant->name, ttl, idle, now, kid, eg};
+            if (send_script(op, CM_SCRIPT_UPDATE, update_on_script, 8, argv) < 0)
                 op_error(op, GW_ERR_STORE_UNAVAILABLE, NULL);
+            gw_api_update_fini(&u);
         }
     }
     op_settle(op);
@@ -495,8 +520,14 @@ static void handle_update(struct gw_api *api, struct cm_httpd_req *req, const st
         gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
         return;
     }
-    if (gw_api_parse_update(body, len, NULL, &u, &e) < 0) {
+    int prc = gw_api_parse_update(body, len, NULL, &u, &e);
+    if (prc == -EINVAL) {
         gw_api_reply_error(req, e.err, e.message, 0);
+        return;
+    }
+    gw_api_update_fini(&u);
+    if (prc < 0) {
+        gw_api_reply_error(req, GW_ERR_INTERNAL, "out of memory", 0);
         return;
     }
     struct op *op = op_new(api, req, OP_UPDATE, t);

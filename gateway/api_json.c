@@ -198,8 +198,8 @@ int gw_api_parse_create(const char *body, size_t len, const struct gw_config *gc
                         const char *tenant, const struct gw_api_limits *lim,
                         struct gw_api_create *ret, struct gw_api_error *err)
 {
-    static const char *const allowed[] = {"id",           "template", "ttl",
-                                          "idle_timeout", "metadata", NULL};
+    static const char *const allowed[] = {"id",       "template", "ttl", "idle_timeout",
+                                          "metadata", "egress",   NULL};
     struct gw_api_create c = {0};
     struct cm_json *j = parse_object(body, len, allowed, err);
     if (!j)
@@ -285,11 +285,25 @@ int gw_api_parse_create(const char *body, size_t len, const struct gw_config *gc
         }
         c.meta = mb.data; /* ownership moves to <c> */
     }
+    const struct cm_json *eg = cm_json_get(j, "egress");
+    if (eg && eg->type != CM_JSON_NULL) {
+        char why[200];
+        int r = cm_egress_json_check(eg, GW_API_EGRESS_MAX, &c.egress, why, sizeof(why));
+        if (r == -EINVAL) {
+            fail(err, GW_ERR_INVALID_ARGUMENT, "%s", why);
+            goto out;
+        }
+        if (r < 0) {
+            rc = r;
+            goto out;
+        }
+    }
     *ret = c;
-    c.meta = NULL;
+    c.meta = c.egress = NULL;
     rc = 0;
 out:
     free(c.meta);
+    free(c.egress);
     cm_json_free(j);
     return rc;
 }
@@ -299,13 +313,14 @@ void gw_api_create_fini(struct gw_api_create *c)
     if (!c)
         return;
     free(c->meta);
-    c->meta = NULL;
+    free(c->egress);
+    c->meta = c->egress = NULL;
 }
 
 int gw_api_parse_update(const char *body, size_t len, const struct cm_template *tpl,
                         struct gw_api_update *ret, struct gw_api_error *err)
 {
-    static const char *const allowed[] = {"ttl", "idle_timeout", NULL};
+    static const char *const allowed[] = {"ttl", "idle_timeout", "egress", NULL};
     struct cm_json *j = parse_object(body, len, allowed, err);
     if (!j)
         return -EINVAL;
@@ -315,14 +330,39 @@ int gw_api_parse_update(const char *body, size_t len, const struct cm_template *
     int b =
         a < 0 ? 0
               : get_seconds(j, "idle_timeout", tpl ? tpl->max_idle_timeout : year, &u.idle_ms, err);
+    const struct cm_json *eg = cm_json_get(j, "egress");
+    if (a >= 0 && b >= 0 && eg) {
+        u.has_egress = 1;
+        char why[200];
+        int r = eg->type == CM_JSON_NULL
+                    ? ((u.egress = strdup("")) ? 0 : -ENOMEM)
+                    : cm_egress_json_check(eg, GW_API_EGRESS_MAX, &u.egress, why, sizeof(why));
+        if (r == -EINVAL) {
+            cm_json_free(j);
+            return fail(err, GW_ERR_INVALID_ARGUMENT, "%s", why);
+        }
+        if (r < 0) {
+            cm_json_free(j);
+            return r;
+        }
+    }
     cm_json_free(j);
     if (a < 0 || b < 0)
         return -EINVAL;
-    if (!a && !b)
-        return fail(err, GW_ERR_INVALID_ARGUMENT, "nothing to update: give ttl or idle_timeout");
+    if (!a && !b && !u.has_egress)
+        return fail(err, GW_ERR_INVALID_ARGUMENT,
+                    "nothing to update: give ttl, idle_timeout or egress");
     u.has_ttl = a, u.has_idle = b;
     *ret = u;
     return 0;
+}
+
+void gw_api_update_fini(struct gw_api_update *u)
+{
+    if (!u)
+        return;
+    free(u->egress);
+    u->egress = NULL;
 }
 
 static int parse_u64(const char *s, size_t n, uint64_t max, uint64_t *ret)
@@ -406,6 +446,8 @@ int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
         {"meta", offsetof(struct gw_session_rec, meta), offsetof(struct gw_session_rec, meta_len)},
         {"host", offsetof(struct gw_session_rec, host), offsetof(struct gw_session_rec, host_len)},
         {"addr", offsetof(struct gw_session_rec, addr), offsetof(struct gw_session_rec, addr_len)},
+        {"egress", offsetof(struct gw_session_rec, egress),
+         offsetof(struct gw_session_rec, egress_len)},
     };
     for (size_t i = 0; i + 1 < n; i += 2) {
         const char *f = fv[i], *v = fv[i + 1];
@@ -482,6 +524,14 @@ void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r)
     else
         cm_jbuf_raw(b, "null", 4);
     cm_json_free(m);
+    cm_jbuf_raw(b, ",\"egress\":", 10);
+    struct cm_json *eg =
+        r->egress && r->egress_len ? cm_json_parse(r->egress, r->egress_len, NULL, 0) : NULL;
+    if (eg && eg->type == CM_JSON_OBJECT && json_utf8(eg))
+        gw_api_json_write(b, eg);
+    else
+        cm_jbuf_raw(b, "{\"allow\":[],\"deny\":[]}", 22);
+    cm_json_free(eg);
     cm_jbuf_raw(b, "}", 1);
 }
 

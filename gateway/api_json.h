@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/egress.h"
 #include "common/json.h"
 #include "common/key.h"
 #include "common/time.h"
@@ -35,6 +36,7 @@ struct gw_api_create {
     const struct cm_template *tpl; /* borrowed from the config */
     uint64_t ttl_ms, idle_ms;      /* always set (the template's defaults when absent) */
     char *meta;                    /* compact JSON of "metadata", or NULL; owned */
+    char *egress; /* the normal form of "egress" (common/egress.h), or NULL; owned */
 };
 
 /* Validates a POST /v1/sessions body (<len> 0 = "{}") for <tenant>. On success fills <ret>
@@ -49,15 +51,21 @@ int gw_api_parse_create(const char *body, size_t len, const struct gw_config *gc
 void gw_api_create_fini(struct gw_api_create *c);
 
 struct gw_api_update {
-    int has_ttl, has_idle;
+    int has_ttl, has_idle, has_egress;
     uint64_t ttl_ms, idle_ms;
+    char *egress; /* has_egress: the normal form, or "" (null: the session's lists go); owned */
 };
 
-/* Validates a PATCH /v1/sessions/{id} body: {"ttl"?, "idle_timeout"?} in whole seconds, at
- * least one present, bounded by <tpl>'s max_ttl/max_idle_timeout (<tpl> NULL: by one year).
- * Returns 0 or -EINVAL with <err> set. */
+/* The most egress entries a session may add to each of its template's lists. */
+#define GW_API_EGRESS_MAX (CM_EGRESS_MAX_ENTRIES / 2)
+
+/* Validates a PATCH /v1/sessions/{id} body: {"ttl"?, "idle_timeout"?, "egress"?}, times in
+ * whole seconds bounded by <tpl>'s max_ttl/max_idle_timeout (<tpl> NULL: by one year), egress
+ * as common/egress.h's JSON (or null), at least one present. Returns 0 (release with
+ * gw_api_update_fini()), -EINVAL with <err> set, or -ENOMEM. */
 int gw_api_parse_update(const char *body, size_t len, const struct cm_template *tpl,
                         struct gw_api_update *ret, struct gw_api_error *err);
+void gw_api_update_fini(struct gw_api_update *u);
 
 /* Parses the query string of GET /v1/sessions (<query> may be NULL): limit (1..list_max,
  * default list_default) and cursor (opaque to clients: the index of the page's first entry).
@@ -83,8 +91,9 @@ int gw_api_utf8_valid(const char *s, size_t n);
 
 /* A session as stored in P s:{h}. Strings point into the caller's storage (borrowed). */
 struct gw_session_rec {
-    const char *key, *tenant, *tpl, *instance, *state, *meta, *host, *addr;
-    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len, host_len, addr_len;
+    const char *key, *tenant, *tpl, *instance, *state, *meta, *host, *addr, *egress;
+    size_t key_len, tenant_len, tpl_len, instance_len, state_len, meta_len, host_len, addr_len,
+        egress_len;
     uint64_t created, ttl, idle, last_active; /* ms since the epoch / durations in ms */
     uint64_t paused, paused_ms; /* since when its sandbox is paused (0: running); time paused */
 };
@@ -96,9 +105,11 @@ int gw_api_session_parse(const char *const *fv, const size_t *lens, size_t n,
                          struct gw_session_rec *ret);
 /* Appends the session object {"id","tenant","template","instance","state","created_ms",
  * "ttl_s","idle_timeout_s","last_active_ms","expires_at_ms","paused","paused_since_ms",
- * "paused_ms","metadata"}: "paused" whether its sandbox is paused now, "paused_since_ms" since
- * when (null when running), "paused_ms" the time it was paused before, in all. The stored metadata
- * is embedded as JSON when it parses as JSON, else null. */
+ * "paused_ms","metadata","egress"}: "paused" whether its sandbox is paused now,
+ * "paused_since_ms" since when (null when running), "paused_ms" the time it was paused before,
+ * in all. The stored metadata is embedded as JSON when it parses as JSON, else null; "egress"
+ * is the session's own lists ({"allow":[],"deny":[]} when it has none; its template's come on
+ * top). */
 void gw_api_session_write(struct cm_jbuf *b, const struct gw_session_rec *r);
 
 /* Appends <j> as compact JSON (integral numbers without a fraction). */

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <event2/util.h>
 #include <netinet/in.h>
 #include <errno.h>
 #include <grp.h>
@@ -169,7 +170,13 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                                        "instance_relay",
                                        "host_down_after",
                                        "api_advertise",
+                                       "egress",
                                        NULL};
+    static const char *const egress_keys[] = {"enabled",         "port",
+                                              "resolver",        "handshake_timeout",
+                                              "connect_timeout", "max_connections",
+                                              "max_header_bytes", "buffer",
+                                              NULL};
     static const char *const relay_keys[] = {"listen",           "advertise",
                                              "max_connections",  "handshake_timeout",
                                              "max_clock_skew",   "buffer",
@@ -189,6 +196,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     const struct cm_ynode *reserve = cm_ynode_get(section, "reserve");
     const struct cm_ynode *mvm = cm_ynode_get(section, "microvm");
     const struct cm_ynode *relay = cm_ynode_get(section, "instance_relay");
+    const struct cm_ynode *egress = cm_ynode_get(section, "egress");
+    uint64_t eg_port, eg_conns;
     uint64_t relay_conns;
     cm_usec_t relay_skew;
     memset(ret, 0, sizeof(*ret));
@@ -266,8 +275,40 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                          30 * CM_USEC_PER_SEC, CM_USEC_PER_SEC, 3600 * CM_USEC_PER_SEC,
                          &relay_skew) ||
         cm_conf_size(&ctx, relay, SEC ".instance_relay", "buffer", 64u << 10, 4u << 10,
-                     1u << 20, &c.instance_relay.buffer))
+                     1u << 20, &c.instance_relay.buffer) ||
+        cm_conf_keys(&ctx, egress, SEC ".egress", egress_keys) ||
+        cm_conf_bool(&ctx, egress, SEC ".egress", "enabled", 1, &c.egress.enabled) ||
+        cm_conf_u64(&ctx, egress, SEC ".egress", "port", 3128, 1, 65535, &eg_port) ||
+        cm_conf_str(&ctx, egress, SEC ".egress", "resolver", "", &c.egress.resolver) ||
+        cm_conf_duration(&ctx, egress, SEC ".egress", "handshake_timeout", 10 * CM_USEC_PER_SEC,
+                         100 * CM_USEC_PER_MSEC, 600 * CM_USEC_PER_SEC,
+                         &c.egress.handshake_timeout) ||
+        cm_conf_duration(&ctx, egress, SEC ".egress", "connect_timeout", 10 * CM_USEC_PER_SEC,
+                         100 * CM_USEC_PER_MSEC, 600 * CM_USEC_PER_SEC,
+                         &c.egress.connect_timeout) ||
+        cm_conf_u64(&ctx, egress, SEC ".egress", "max_connections", 1024, 1, 1u << 20,
+                    &eg_conns) ||
+        cm_conf_size(&ctx, egress, SEC ".egress", "max_header_bytes", 16u << 10, 1u << 10,
+                     1u << 20, &c.egress.max_header_bytes) ||
+        cm_conf_size(&ctx, egress, SEC ".egress", "buffer", 64u << 10, 4u << 10, 1u << 20,
+                     &c.egress.buffer))
         goto fail;
+    c.egress.port = (uint16_t)eg_port;
+    c.egress.max_conns = (uint32_t)eg_conns;
+    if (!*c.egress.resolver) {
+        free(c.egress.resolver);
+        c.egress.resolver = NULL;
+    } else {
+        struct sockaddr_storage rs;
+        int rl = (int)sizeof(rs);
+        if (evutil_parse_sockaddr_port(c.egress.resolver, (struct sockaddr *)&rs, &rl) < 0) {
+            cm_conf_fail(&ctx, cm_ynode_get(egress, "resolver"), SEC ".egress", "resolver",
+                         "must be an IP address with an optional port (10.0.0.2, "
+                         "10.0.0.2:5353, [::1]:53), not '%s'",
+                         c.egress.resolver);
+            goto fail;
+        }
+    }
     c.instance_relay.max_conns = (uint32_t)relay_conns;
     c.instance_relay.max_skew_s = (uint32_t)(relay_skew / CM_USEC_PER_SEC);
     if (relay && relay->type != CM_YNODE_MAP) {
@@ -497,6 +538,7 @@ void sch_config_fini(struct sch_config *c)
     free(c->microvm.qemu);
     free(c->microvm.image_dir);
     free(c->microvm.accel);
+    free(c->egress.resolver);
     free(c->instance_relay.listen);
     free(c->instance_relay.advertise);
     memset(c, 0, sizeof(*c));

@@ -43,6 +43,18 @@ struct sch_relay_config {
     uint64_t buffer;             /* bytes in flight per direction (a pipe's size) */
 };
 
+/* scheduler.egress: the egress proxy (egress.h). */
+struct sch_egress_config {
+    int enabled;                 /* 0: sandboxes get no proxy listener at all */
+    uint16_t port;               /* the listener's port on the sandbox's 127.0.0.1 */
+    char *resolver;              /* "IP[:port]" of the DNS server; NULL: /etc/resolv.conf's */
+    cm_usec_t handshake_timeout; /* the request head (and the name's lookup) */
+    cm_usec_t connect_timeout;
+    uint32_t max_conns;          /* connections through the proxy at once, all sandboxes */
+    uint64_t max_header_bytes;
+    uint64_t buffer; /* bytes in flight per direction per connection */
+};
+
 struct sch_config {
     char *host_id;      /* [A-Za-z0-9._-]{1,40}; default: gethostname() */
     char *api_host;     /* listen address of the scheduler API (IPv4 literal or "localhost") */
@@ -80,6 +92,7 @@ struct sch_config {
     uint32_t socket_gid;           /* group of the instances' app.sock and ports.sock (0660) */
     struct sch_microvm_config microvm;
     struct sch_relay_config instance_relay;
+    struct sch_egress_config egress;
     char *api_secret; /* required: POST /v1/start and the full GET /v1/status need
                        * "Authorization: Bearer <api_secret>" (api_secret or api_secret_file) */
 };

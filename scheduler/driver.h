@@ -99,6 +99,10 @@ struct sch_driver_ops {
      * sockets, then up to 200 ms for the freeze). Returns 0 or a negative errno with a message
      * in <err> (-EAGAIN: busy now, try again later). */
     int (*pause)(struct sch_driver *d, struct sch_dinst *di, int paused, char *err, size_t errlen);
+    /* Optional (NULL: its sandboxes have no egress proxy listener): a new descriptor of the
+     * instance's egress listener (scheduler/egress.h), checked to be what it should be, or -1
+     * (logged). */
+    int (*egress_listener)(struct sch_driver *d, struct sch_dinst *di);
     /* Optional (NULL: no usage metering of CPU and memory): what the instance uses now. */
     int (*stats)(struct sch_driver *d, struct sch_dinst *di, struct sch_cg_stats *ret);
     /* hard 0: ask the instance to stop (the agent forwards SIGTERM to the app); hard 1: kill it

@@ -12,11 +12,13 @@
  *   data/        shared mount point receiving the session's durable file system at bind time
  *   root/        mount point of the tmpfs root inside the instance's mount namespace
  * Everything read back from here is opened with O_NOFOLLOW|O_NONBLOCK and read with a bound. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -124,11 +126,11 @@ static uint32_t slot_uid(const struct pdriver *d, int k)
 
 /* ------------------------------------------------------------------ start */
 
-static char **build_env(const struct sch_start_spec *spec)
+static char **build_env(const struct pdriver *d, const struct sch_start_spec *spec)
 {
     const struct cm_template *t = spec->tpl;
     size_t n = cm_strv_len(t->app_env);
-    char **env = calloc(n + 8, sizeof(*env));
+    char **env = calloc(n + 16, sizeof(*env));
     if (!env)
         return NULL;
     size_t k = 0;
@@ -136,9 +138,24 @@ static char **build_env(const struct sch_start_spec *spec)
     ok &= asprintf(&env[k++], "BERTH_INSTANCE_ID=%s", spec->id) >= 0;
     ok &= asprintf(&env[k++], "PORT=%u", t->app_port) >= 0;
     /* Defaults the template may override. */
-    static const char *const defaults[] = {"PATH=" SANDBOX_PATH, "HOME=/workspace", "LANG=C.UTF-8",
-                                           "TMPDIR=/tmp"};
-    for (size_t i = 0; i < CM_ARRAY_SIZE(defaults) && ok; i++) {
+    char proxy[6][64];
+    size_t np = 0;
+    if (d->cfg->egress.enabled) {
+        /* The egress proxy's listener on the sandbox's loopback (scheduler/egress.h). */
+        static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                            "https_proxy"};
+        for (size_t i = 0; i < CM_ARRAY_SIZE(names); i++)
+            snprintf(proxy[np++], sizeof(proxy[0]), "%s=http://127.0.0.1:%u", names[i],
+                     (unsigned)d->cfg->egress.port);
+        snprintf(proxy[np++], sizeof(proxy[0]), "NO_PROXY=localhost,127.0.0.1,::1");
+        snprintf(proxy[np++], sizeof(proxy[0]), "no_proxy=localhost,127.0.0.1,::1");
+    }
+    const char *defaults[4 + 6] = {"PATH=" SANDBOX_PATH, "HOME=/workspace", "LANG=C.UTF-8",
+                                   "TMPDIR=/tmp"};
+    size_t nd = 4;
+    for (size_t i = 0; i < np; i++)
+        defaults[nd++] = proxy[i];
+    for (size_t i = 0; i < nd && ok; i++) {
         size_t klen = strcspn(defaults[i], "=") + 1;
         int overridden = 0;
         for (char **e = t->app_env; e && *e; e++)
@@ -200,6 +217,8 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
                            conns,
                            "--max-execs",
                            execs,
+                           "--egress-fd",
+                           fds[SCH_FD_EGRESS],
                            "--"};
     size_t k = 0;
     for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)
@@ -387,7 +406,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         goto fail;
     }
     argv = build_argv(d, spec);
-    envp = build_env(spec);
+    envp = build_env(d, spec);
     stack = malloc(CHILD_STACK);
     if (!argv || !envp || !stack) {
         rc = -ENOMEM;
@@ -412,6 +431,7 @@ static int p_start(struct sch_driver *base, const struct sch_start_spec *spec,
         .ports_fd = socks[1],
         .ctl_fd = socks[2],
         .exit_fd = exit_fd,
+        .egress_port = d->cfg->egress.enabled ? d->cfg->egress.port : 0,
         .argv = argv,
         .envp = envp,
         .stack_top = stack + CHILD_STACK,
@@ -950,6 +970,36 @@ int sch_driver_process_probe(const struct sch_config *cfg, char *why, size_t len
     return cfg->insecure ? 1 : 0;
 }
 
+/* The agent holds the egress listener its sandbox's setup made (sandbox.c, SCH_FD_EGRESS): a
+ * copy of it, after checking that it is a listening TCP socket on 127.0.0.1:<egress.port> (it
+ * is the sandbox's: an app that replaced it could only have hurt its own way out). */
+static int p_egress_listener(struct sch_driver *base, struct sch_dinst *di)
+{
+    struct pdriver *d = (struct pdriver *)base;
+    int fd = (int)syscall(SYS_pidfd_getfd, di->exit_fd, SCH_FD_EGRESS, 0);
+    if (fd < 0) {
+        cm_log_warn("process", "cannot take the egress listener: the sandbox has no way out "
+                               "inst=%s err=\"%s\"",
+                    di->id, strerror(errno));
+        return -1;
+    }
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int listening = 0, type = 0;
+    socklen_t ll = sizeof(listening), tl = sizeof(type);
+    memset(&sa, 0, sizeof(sa));
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && listening &&
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && sa.sin_family == AF_INET &&
+        sa.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && ntohs(sa.sin_port) == d->cfg->egress.port)
+        return fd;
+    cm_log_warn("process", "the agent's fd %d is not the egress listener: the sandbox has no way "
+                           "out inst=%s",
+                SCH_FD_EGRESS, di->id);
+    close(fd);
+    return -1;
+}
+
 static const struct sch_driver_ops process_ops = {
     .name = "process",
     .start = p_start,
@@ -957,6 +1007,7 @@ static const struct sch_driver_ops process_ops = {
     .attach_storage = p_attach_storage,
     .pause = p_pause,
     .stats = p_stats,
+    .egress_listener = p_egress_listener,
     .stop = p_stop,
     .finish = p_finish,
     .release = p_release,

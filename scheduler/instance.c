@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "scheduler/agentctl.h"
 #include "scheduler/driver.h"
+#include "scheduler/inst_egress.h"
 #include "scheduler/paths.h"
 #include "scheduler/pool.h"
 #include "scheduler/relay.h"
@@ -109,6 +110,7 @@ static void inst_remove(struct sch_inst *inst)
 {
     struct sch_ctx *ctx = inst->ctx;
     sch_relay_del(ctx->relay, inst->id);
+    sch_inst_egress_gone(inst);
     free_events(inst);
     inst->state = SCH_INST_GONE;
     if (inst->prev)
@@ -304,6 +306,7 @@ static void became_ready(struct sch_inst *inst)
     sch_event(ctx, "started", "instance", inst->id, "host", ctx->sc->host_id, "template",
               inst->tpl->name, "pid", pid, "ready_ms", ms, NULL);
     inst->state = SCH_INST_WARM;
+    sch_inst_egress_ready(inst);
     /* A driver may start the process only later (a VM clone waiting for its snapshot): the
      * pid goes into the record now when it had none at start. */
     int late_pid = inst->started_pid != inst->di->pid;
@@ -632,6 +635,7 @@ void sch_inst_bind(struct sch_inst *inst, const char *h)
     inst->state = SCH_INST_BOUND;
     snprintf(inst->session, sizeof(inst->session), "%s", h);
     inst->bind_tries = 0;
+    sch_inst_egress_bound(inst);
     if (!inst->tpl || !inst->tpl->data) {
         send_bind(inst);
     } else {
@@ -674,6 +678,7 @@ void sch_inst_adopted(struct sch_inst *inst, const struct cm_template *tpl, stru
     }
     relay_add(inst);
     inst->state = SCH_INST_WARM;
+    sch_inst_egress_ready(inst);
     inst->for_pool = 1;
     char pending[CM_HASH_HEX_LEN + 1];
     snprintf(pending, sizeof(pending), "%s", inst->pending_bind);

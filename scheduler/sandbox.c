@@ -1,5 +1,6 @@
 #include "scheduler/sandbox.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -9,6 +10,7 @@
 #include <linux/if.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -530,6 +532,18 @@ static void loopback_up(const struct child *c)
     close(s);
 }
 
+/* The egress proxy's listener on the sandbox's own loopback (made here, before the app runs, so
+ * that the app can use it from its first instruction). */
+static int egress_listener(const struct child *c, uint16_t port)
+{
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (s < 0 || bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0 || listen(s, 128) < 0)
+        die(c, "egress listener", "127.0.0.1");
+    return s;
+}
+
 static void enter_root(const struct child *c)
 {
     if (chdir(c->root) < 0)
@@ -592,14 +606,15 @@ static void drop_privileges(const struct child *c)
 
 /* Puts the inherited fds at their SCH_FD_* numbers, 0 on /dev/null and 1, 2 on the console log;
  * closes everything else. */
-static void arrange_fds(struct child *c)
+static void arrange_fds(struct child *c, int egress_fd)
 {
     const struct sch_sandbox_args *a = c->a;
     int want[SCH_FD_COUNT] = {-1,        a->log_fd,   a->log_fd, a->ready_fd, a->agent_fd,
-                              a->app_fd, a->ports_fd, a->ctl_fd, a->exit_fd};
+                              a->app_fd, a->ports_fd, a->ctl_fd, a->exit_fd,  egress_fd};
     int moved[SCH_FD_COUNT];
     for (int i = 1; i < SCH_FD_COUNT; i++)
-        if ((moved[i] = fcntl(want[i], F_DUPFD_CLOEXEC, ESC_FD_BASE)) < 0)
+        if ((moved[i] = want[i] < 0 ? open("/dev/null", O_RDWR | O_CLOEXEC)
+                                    : fcntl(want[i], F_DUPFD_CLOEXEC, ESC_FD_BASE)) < 0)
             die(c, "dup", "fds");
     c->ready_fd = moved[SCH_FD_READY];
     moved[0] = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -640,8 +655,9 @@ int sch_sandbox_child(void *arg)
     if (sethostname(a->hostname, strlen(a->hostname)) < 0)
         die(&c, "sethostname", a->hostname);
     loopback_up(&c);
+    int egress_fd = a->egress_port ? egress_listener(&c, a->egress_port) : -1;
     enter_root(&c);
-    arrange_fds(&c);
+    arrange_fds(&c, egress_fd);
     drop_privileges(&c);
     syscall(SYS_execveat, SCH_FD_AGENT, "", a->argv, a->envp, AT_EMPTY_PATH);
     die(&c, "exec", a->argv[0]);

@@ -38,7 +38,11 @@ enum {
     SCH_FD_PORTS = 6, /* listening socket: preview ports ({dir}/sock/ports.sock) */
     SCH_FD_CTL = 7,   /* listening socket: control ({dir}/sock/ctl.sock) */
     SCH_FD_EXIT = 8,  /* {dir}/exit, opened by the host for writing the agent's account */
-    SCH_FD_COUNT = 9,
+    /* listening TCP socket 127.0.0.1:<egress_port> in the sandbox's network namespace: the
+     * egress proxy's door (scheduler/egress.h). The agent only holds it (close-on-exec, never
+     * accepted on); the scheduler takes a copy. /dev/null when the sandbox has none. */
+    SCH_FD_EGRESS = 9,
+    SCH_FD_COUNT = 10,
 };
 
 /* Inside the sandbox: the app user (uid = gid). */
@@ -64,6 +68,7 @@ struct sch_sandbox_args {
     int log_fd;   /* console log: becomes the agent's stdout and stderr */
     int agent_fd;
     int app_fd, ports_fd, ctl_fd, exit_fd;
+    uint16_t egress_port; /* 0: no egress listener */
     const struct sch_sandbox_host *host; /* from sch_sandbox_host_create() */
     char **argv;                         /* the agent's argv */
     char **envp;                         /* the agent's (and so the app's) environment */

@@ -18,6 +18,7 @@
 #include "scheduler/agentctl.h"
 #include "scheduler/api.h"
 #include "scheduler/driver.h"
+#include "scheduler/inst_egress.h"
 #include "scheduler/instance.h"
 #include "scheduler/pause.h"
 #include "scheduler/pool.h"
@@ -314,6 +315,10 @@ static void on_command(const char *channel, const char *msg, size_t len, void *d
         cm_log_warn("cmd", "malformed command msg=\"%.*s\"", (int)len, msg);
         return;
     }
+    if (strcmp(verb, "egress") == 0 && arg) {
+        sch_egress_command(ctx, id, arg);
+        return;
+    }
     struct sch_inst *inst = sch_inst_find(ctx, id);
     if (strcmp(verb, "bind") == 0 && arg) {
         if (!inst) {
@@ -470,6 +475,8 @@ struct sch_ctx *sch_ctx_create(struct event_base *base, const struct cm_config *
         cm_log_info("relay", "instance relay up listen=%s advertise=%s",
                     sc->instance_relay.listen, sch_relay_advertised(ctx->relay));
     }
+    if (sch_egress_start(ctx, err, errlen) < 0)
+        goto fail;
     if (sch_pool_init(ctx) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -558,6 +565,7 @@ void sch_ctx_destroy(struct sch_ctx *ctx)
     if (ctx->relay_ev)
         event_free(ctx->relay_ev);
     ctx->relay_ev = NULL;
+    sch_egress_stop(ctx);
     sch_relay_destroy(ctx->relay); /* ends relayed connections: see README, "Instance relay" */
     ctx->relay = NULL;
     struct event *evs[] = {ctx->heartbeat_ev, ctx->reap_ev, ctx->sigterm_ev, ctx->sigint_ev};

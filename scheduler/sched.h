@@ -46,6 +46,8 @@ struct sch_ctx {
     struct sch_api *api;
     struct sch_relay *relay; /* relay.h: NULL unless scheduler.instance_relay.listen is set */
     struct event *relay_ev;  /* the relay process's end */
+    struct sch_egress *egress; /* egress.h: NULL when scheduler.egress.enabled is false */
+    struct event *egress_ev;   /* the egress proxy process's end */
     struct sch_agentctl *agentctl; /* requests to the agents' control sockets */
     struct cm_usagetab *usage_labels; /* usage.c: by tenant and template, for GET /metrics */
     char api_addr[80];             /* "host:port" as registered (real port when 0 was configured) */

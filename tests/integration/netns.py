@@ -37,9 +37,10 @@ def _enter(path):
 
 
 class Net:
-    def __init__(self, hosts):
-        """<hosts>: {name: n} for 10.211.0.<n>."""
+    def __init__(self, hosts, subnet=SUBNET):
+        """<hosts>: {name: n} for <subnet>.<n> (10.211.0.<n> by default)."""
         self.tag = "bt%s" % os.urandom(3).hex()
+        self.subnet = subnet
         self.hosts = dict(hosts)
         self.made = []
         self.pools = []
@@ -53,7 +54,7 @@ class Net:
                 _ip("link", "add", peer, "netns", self.ns("sw"), "type", "veth", "peer", "name",
                     "eth0", "netns", ns)
                 _ip("-n", self.ns("sw"), "link", "set", peer, "master", "br0", "up")
-                _ip("-n", ns, "addr", "add", "%s.%d/24" % (SUBNET, n), "dev", "eth0")
+                _ip("-n", ns, "addr", "add", "%s.%d/24" % (subnet, n), "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
         except BaseException:
@@ -68,7 +69,11 @@ class Net:
         return "%s-%s" % (self.tag, host)
 
     def addr(self, host):
-        return "%s.%d" % (SUBNET, self.hosts[host])
+        return "%s.%d" % (self.subnet, self.hosts[host])
+
+    def add_addr(self, host, cidr):
+        """Another address on <host>'s link (e.g. one in a private range)."""
+        _ip("-n", self.ns(host), "addr", "add", cidr, "dev", "eth0")
 
     def argv(self, host):
         return ["nsenter", "--net=/run/netns/%s" % self.ns(host), "--"]

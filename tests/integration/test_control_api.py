@@ -31,7 +31,7 @@ OVERRIDES = {
 }
 SESSION_FIELDS = {"id", "tenant", "template", "instance", "state", "created_ms", "ttl_s",
                   "idle_timeout_s", "last_active_ms", "expires_at_ms", "paused",
-                  "paused_since_ms", "paused_ms", "metadata"}
+                  "paused_since_ms", "paused_ms", "metadata", "egress"}
 
 
 @pytest.fixture(scope="module")

@@ -273,14 +273,16 @@ TEST(session_round_trip)
                         "ttl",          "60000",
                         "idle_timeout", "1500",
                         "last_active",  "2000",
-                        "meta",         "{\"a\": [1, {\"b\":null}]}"};
+                        "meta",         "{\"a\": [1, {\"b\":null}]}",
+                        "egress",       "{\"allow\":[\"*.pypi.org\"],\"deny\":[]}"};
     char out[1024];
     CHECK_NOT_NULL(render(fv, CM_ARRAY_SIZE(fv), out, sizeof(out)));
     CHECK_STR_EQ(out, "{\"id\":\"k\\\"1\",\"tenant\":\"acme\",\"template\":\"first\","
                       "\"instance\":\"i-1\",\"state\":\"bound\",\"created_ms\":1000,"
                       "\"ttl_s\":60,\"idle_timeout_s\":1.500,\"last_active_ms\":2000,"
                       "\"expires_at_ms\":3500,\"paused\":false,\"paused_since_ms\":null,"
-                      "\"paused_ms\":0,\"metadata\":{\"a\":[1,{\"b\":null}]}}");
+                      "\"paused_ms\":0,\"metadata\":{\"a\":[1,{\"b\":null}]},"
+                      "\"egress\":{\"allow\":[\"*.pypi.org\"],\"deny\":[]}}");
     /* the result is JSON */
     struct cm_json *j = cm_json_parse(out, strlen(out), NULL, 0);
     CHECK_NOT_NULL(j);
