@@ -176,6 +176,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                                               "resolver",        "handshake_timeout",
                                               "connect_timeout", "max_connections",
                                               "max_header_bytes", "buffer",
+                                              "max_connections_per_sandbox",
                                               NULL};
     static const char *const relay_keys[] = {"listen",           "advertise",
                                              "max_connections",  "handshake_timeout",
@@ -197,7 +198,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
     const struct cm_ynode *mvm = cm_ynode_get(section, "microvm");
     const struct cm_ynode *relay = cm_ynode_get(section, "instance_relay");
     const struct cm_ynode *egress = cm_ynode_get(section, "egress");
-    uint64_t eg_port, eg_conns;
+    uint64_t eg_port, eg_conns, eg_conns_sb;
     uint64_t relay_conns;
     cm_usec_t relay_skew;
     memset(ret, 0, sizeof(*ret));
@@ -288,6 +289,8 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
                          &c.egress.connect_timeout) ||
         cm_conf_u64(&ctx, egress, SEC ".egress", "max_connections", 1024, 1, 1u << 20,
                     &eg_conns) ||
+        cm_conf_u64(&ctx, egress, SEC ".egress", "max_connections_per_sandbox", 64, 1, 1u << 20,
+                    &eg_conns_sb) ||
         cm_conf_size(&ctx, egress, SEC ".egress", "max_header_bytes", 16u << 10, 1u << 10,
                      1u << 20, &c.egress.max_header_bytes) ||
         cm_conf_size(&ctx, egress, SEC ".egress", "buffer", 64u << 10, 4u << 10, 1u << 20,
@@ -295,6 +298,7 @@ int sch_config_parse(struct sch_config *ret, const struct cm_ynode *section, con
         goto fail;
     c.egress.port = (uint16_t)eg_port;
     c.egress.max_conns = (uint32_t)eg_conns;
+    c.egress.max_conns_per_sandbox = (uint32_t)eg_conns_sb;
     if (!*c.egress.resolver) {
         free(c.egress.resolver);
         c.egress.resolver = NULL;

@@ -51,6 +51,7 @@ struct sch_egress_config {
     cm_usec_t handshake_timeout; /* the request head (and the name's lookup) */
     cm_usec_t connect_timeout;
     uint32_t max_conns;          /* connections through the proxy at once, all sandboxes */
+    uint32_t max_conns_per_sandbox; /* ... and of one sandbox */
     uint64_t max_header_bytes;
     uint64_t buffer; /* bytes in flight per direction per connection */
 };

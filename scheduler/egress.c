@@ -223,6 +223,7 @@ struct inst {
     unsigned n_seen;
     time_t refusal_sec;              /* refused events: at most 10 a second per instance */
     unsigned refusals;
+    unsigned n_conns; /* its connections now (max_conns_per_sandbox) */
 };
 
 enum cstate { C_HEAD, C_RESOLVING, C_CONNECTING, C_RELAYING };
@@ -336,6 +337,8 @@ static void conn_close(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     e->n_conns--;
+    if (c->in)
+        c->in->n_conns--;
     if (c->dns) {
         struct evdns_getaddrinfo_request *req = c->dns;
         c->closing = 1;
@@ -639,12 +642,15 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             e->conns->prev = c;
         e->conns = c;
         e->n_conns++;
+        in->n_conns++;
         c->head_ev = event_new(e->base, fd, EV_READ | EV_PERSIST, on_head_readable, c);
         c->timer = evtimer_new(e->base, on_timeout, c);
         c->next_ev = event_new(e->base, -1, 0, on_next, c);
         if (!c->head_ev || !c->timer || !c->next_ev || event_add(c->head_ev, NULL) < 0 ||
             evtimer_add(c->timer, &e->head_tv) < 0)
             conn_close(c);
+        else if (in->n_conns > e->ec->max_conns_per_sandbox)
+            refuse(c, 503, "busy", "too many connections from this sandbox at once");
     }
 }
 

@@ -84,7 +84,8 @@ class World:
                             egress={"allow": ["private.test", PRIVATE]})
         self.cfg = make_config(self.base, "127.0.0.1:%d" % rport, ports, {
             "templates": [closed, opened, ops],
-            "scheduler": {"egress": {"resolver": DNS, "handshake_timeout": "5s"},
+            "scheduler": {"egress": {"resolver": DNS, "handshake_timeout": "5s",
+                                     "max_connections_per_sandbox": 8},
                           "ro_binds": [str(Path(binary("berth-echo")).parent),
                                        str(self.certs)]}}, host_id=self.host_id)
         self.prefix = self.cfg["redis"]["prefix"]
@@ -354,3 +355,20 @@ def test_a_proxy_that_dies_is_replaced_and_knows_every_sandbox(w):
     st, h, body = w.curl(sid, "http://allowed.test/again")
     assert st == 200 and json.loads(body)["path"] == "/again", (st, h, body)
     assert w.curl(sid, "http://other.test/")[0] == 403
+
+
+def test_one_sandbox_cannot_take_the_proxys_connections(w):
+    """Past max_connections_per_sandbox (8 here) a sandbox's connections get 503 at once; another
+    sandbox is served."""
+    sid, other = w.session("open"), w.session("open")
+    # The sandbox's python (the host's /usr) holds 8 connections open, then opens 4 more.
+    script = ("import socket, time\n"
+              "held = [socket.create_connection(('127.0.0.1', 3128)) for _ in range(8)]\n"
+              "time.sleep(0.5)\n"
+              "extra = [socket.create_connection(('127.0.0.1', 3128)) for _ in range(4)]\n"
+              "for s in extra:\n"
+              "    s.settimeout(5)\n"
+              "    print(s.recv(100).split(b'\\r\\n')[0].decode())\n")
+    code, out = w.sh(sid, "python3 -c \"%s\"" % script.replace('"', '\\"'))
+    assert out.count("503 Service Unavailable") == 4, out
+    assert w.curl(other, "http://allowed.test/")[0] == 200
