@@ -30,6 +30,7 @@
 #include "common/egress.h"
 #include "common/log.h"
 #include "scheduler/config.h"
+#include "scheduler/helper.h"
 #include "scheduler/splice.h"
 
 #define BUCKETS 256
@@ -768,19 +769,7 @@ static void on_ctl(evutil_socket_t fd, short what, void *arg)
 
 static void proxy_process(struct sch_egress *e)
 {
-    prctl(PR_SET_NAME, "berth-egress", 0, 0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_IGN);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    int c = fcntl(e->ctl, F_DUPFD_CLOEXEC, 10);
-    if (c < 0 || dup2(c, 3) < 0)
-        _exit(1);
-    e->ctl = 3;
-    syscall(SYS_close_range, 4u, ~0u, 0u);
+    sch_helper_child_setup("berth-egress", &e->ctl, 1);
     e->base = event_base_new();
     if (!e->base)
         _exit(1);
@@ -798,8 +787,6 @@ static void proxy_process(struct sch_egress *e)
     struct event *ev = event_new(e->base, e->ctl, EV_READ | EV_PERSIST, on_ctl, e);
     if (!ev || event_add(ev, NULL) < 0)
         _exit(1);
-    if (getppid() == 1)
-        _exit(0);
     event_base_dispatch(e->base);
     _exit(0);
 }
@@ -894,20 +881,13 @@ int sch_egress_exit_fd(const struct sch_egress *e)
 
 int sch_egress_respawn(struct sch_egress *e)
 {
-    int status = 0;
     if (e->ctl_ev)
         event_free(e->ctl_ev);
     e->ctl_ev = NULL;
     if (e->ctl >= 0)
         close(e->ctl);
     e->ctl = -1;
-    if (e->pidfd >= 0)
-        close(e->pidfd);
-    e->pidfd = -1;
-    if (e->pid > 0)
-        while (waitpid(e->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-    e->pid = 0;
+    int status = sch_helper_reap(&e->pid, &e->pidfd);
     if (spawn(e) < 0)
         return -errno;
     return status;
@@ -921,14 +901,9 @@ void sch_egress_destroy(struct sch_egress *e)
         event_free(e->ctl_ev);
     if (e->ctl >= 0)
         close(e->ctl);
-    if (e->pid > 0) {
-        int status;
+    if (e->pid > 0)
         kill(e->pid, SIGTERM);
-        while (waitpid(e->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-    }
-    if (e->pidfd >= 0)
-        close(e->pidfd);
+    sch_helper_reap(&e->pid, &e->pidfd);
     free(e);
 }
 

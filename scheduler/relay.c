@@ -34,6 +34,7 @@
 #include "common/log.h"
 #include "common/secret.h"
 #include "scheduler/config.h"
+#include "scheduler/helper.h"
 #include "scheduler/splice.h"
 
 #define BUCKETS 256
@@ -596,23 +597,10 @@ static void on_ctl(evutil_socket_t fd, short what, void *arg)
 /* The relay process: never returns. */
 static void relay_process(struct sch_relay *r)
 {
-    prctl(PR_SET_NAME, "berth-relay", 0, 0, 0);
-    /* Gone with the scheduler, whatever way it ends. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_IGN); /* a terminal's ^C: the scheduler stops, and then we do */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    /* Nothing of the scheduler's but the listener, our end of the pair and stderr: its
-     * event loop's descriptors, Redis connections and instances' sockets stay there. */
-    int l = fcntl(r->lfd, F_DUPFD_CLOEXEC, 10), c = fcntl(r->ctl, F_DUPFD_CLOEXEC, 10);
-    if (l < 0 || c < 0 || dup2(l, 3) < 0 || dup2(c, 4) < 0)
-        _exit(1);
-    r->lfd = 3;
-    r->ctl = 4;
-    syscall(SYS_close_range, 5u, ~0u, 0u);
+    int keep[2] = {r->lfd, r->ctl};
+    sch_helper_child_setup("berth-relay", keep, 2);
+    r->lfd = keep[0];
+    r->ctl = keep[1];
     r->base = event_base_new();
     if (!r->base)
         _exit(1);
@@ -621,8 +609,6 @@ static void relay_process(struct sch_relay *r)
     if (!r->accept_ev || !r->ctl_ev || event_add(r->accept_ev, NULL) < 0 ||
         event_add(r->ctl_ev, NULL) < 0)
         _exit(1);
-    if (getppid() == 1)
-        _exit(0); /* the scheduler died before PR_SET_PDEATHSIG was in place */
     event_base_dispatch(r->base);
     _exit(0);
 }
@@ -669,17 +655,10 @@ int sch_relay_exit_fd(const struct sch_relay *r)
 
 int sch_relay_respawn(struct sch_relay *r)
 {
-    int status = 0;
     if (r->ctl >= 0)
         close(r->ctl);
     r->ctl = -1;
-    if (r->pidfd >= 0)
-        close(r->pidfd);
-    r->pidfd = -1;
-    if (r->pid > 0)
-        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-    r->pid = 0;
+    int status = sch_helper_reap(&r->pid, &r->pidfd);
     atomic_store(&r->st->active, 0);
     if (spawn(r) < 0)
         return -errno;
@@ -768,14 +747,9 @@ void sch_relay_destroy(struct sch_relay *r)
         return;
     if (r->ctl >= 0)
         close(r->ctl); /* the relay reads EOF and ends */
-    if (r->pid > 0) {
-        int status;
+    if (r->pid > 0)
         kill(r->pid, SIGTERM);
-        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
-        }
-    }
-    if (r->pidfd >= 0)
-        close(r->pidfd);
+    sch_helper_reap(&r->pid, &r->pidfd);
     if (r->lfd >= 0)
         close(r->lfd);
     if (r->st != MAP_FAILED)

@@ -802,6 +802,21 @@ def _pids_matching(host_id, cgroup_name):
     return found
 
 
+def kill_sandboxes(host_id, cgroup_name, tries=100):
+    """SIGKILLs every process of host <host_id>'s sandboxes (_pids_matching), again until none
+    is left (bounded)."""
+    for _ in range(tries):
+        pids = _pids_matching(host_id, cgroup_name)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
 def events(stack, kind):
     out = []
     for _id, fields in stack.redis.cmd("XRANGE", stack.key("events"), "-", "+"):

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DEV_KEY, SLOW, Proc, RedisClient, _mounts_under, _pids_matching,
-                      _remove_tree, _short_tmp, _skip_unless_root, binary, echo_template,
-                      free_port, logged_cgroup_parents, make_ca, make_cert, make_config,
+from conftest import (DEV_KEY, SLOW, Proc, RedisClient, _mounts_under, _remove_tree,
+                      _short_tmp, _skip_unless_root, binary, echo_template, free_port,
+                      kill_sandboxes, logged_cgroup_parents, make_ca, make_cert, make_config,
                       remove_cgroup_dirs, wait_until, write_config)
 from netns import Net
 
@@ -171,17 +171,8 @@ class World:
     def stop(self):
         for p in reversed(self.procs):
             p.stop()
-        for _ in range(50):
-            pids = _pids_matching(getattr(self, "host_id", "none"), "berth-test-%s" % getattr(
-                self, "host_id", "none"))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
+        hid = getattr(self, "host_id", "none")
+        kill_sandboxes(hid, "berth-test-%s" % hid)
         for mp in _mounts_under(self.base):
             os.system("umount -l '%s' 2>/dev/null" % mp)
         log = self.base / "scheduler.log"

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from conftest import (SLOW, Proc, _pids_matching, binary, echo_template, events, wait_until,
+from conftest import (SLOW, Proc, binary, echo_template, events, kill_sandboxes, wait_until,
                       write_config)
 from test_drain import SecondHost
 
@@ -65,16 +65,7 @@ def test_a_dead_host_is_marked_down_and_its_sessions_move(make_stack):
         on = place(s, b)
         # Everything on host b dies: its scheduler and its sandboxes.
         kill_scheduler(b)
-        cg = b.cfg["scheduler"]["cgroup_parent"]
-        for _ in range(50):
-            pids = _pids_matching(b.host_id, cg)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_sandboxes(b.host_id, b.cfg["scheduler"]["cgroup_parent"])
         wait_until(lambda: host_gone(s, b.host_id), 20 * SLOW, "host b marked down")
         assert "marking it down\" host=%s" % b.host_id in s.scheduler.log()
         # Its pools, instance set and marker are gone with it.

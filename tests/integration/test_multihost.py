@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (SCHED_SECRET, SLOW, Proc, RedisClient, _pids_matching, _remove_tree,
-                      _short_tmp, _skip_unless_root, binary, echo_template, make_config,
-                      remove_cgroup_dirs, logged_cgroup_parents, wait_until, write_config,
-                      _mounts_under)
+from conftest import (SCHED_SECRET, SLOW, Proc, RedisClient, _mounts_under, _remove_tree,
+                      _short_tmp, _skip_unless_root, binary, echo_template, kill_sandboxes,
+                      logged_cgroup_parents, make_config, remove_cgroup_dirs, wait_until,
+                      write_config)
 from netns import Net
 
 pytestmark = pytest.mark.berth_timeout(900)
@@ -169,18 +169,7 @@ class World:
                    30 * SLOW, "%s ready" % name)
 
     def kill_node_sandboxes(self, name):
-        hid = self.host_ids[name]
-        cg = self.cfgs[name]["scheduler"]["cgroup_parent"]
-        for _ in range(100):
-            pids = _pids_matching(hid, cg)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
+        kill_sandboxes(self.host_ids[name], self.cfgs[name]["scheduler"]["cgroup_parent"])
 
     def stop(self):
         problems = []
