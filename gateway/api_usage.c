@@ -3,7 +3,8 @@
  * common/store.h USAGE), per session or per template:
  *   {"from","to","group_by","granularity_ms":3600000,"usage":[{"session","id","template" |
  *    "template", "requests","bytes_in","bytes_out","wall_ms","active_ms","idle_ms",
- *    "paused_ms","cpu_ms","mem_peak_bytes","mem_avg_bytes"}...]}
+ *    "paused_ms","cpu_ms","mem_peak_bytes","mem_avg_bytes","egress_bytes_out",
+ *    "egress_bytes_in"}...]}
  * idle_ms = wall_ms - active_ms - paused_ms (not below 0); mem_avg_bytes = the memory's
  * integral over time / wall_ms. from defaults to 24 h before to, to to now; at most 31 days
  * (744 hours) per query. On the admin loop. */
@@ -28,10 +29,14 @@
 #define HOUR_MS ((uint64_t)3600000)
 #define MAX_HOURS 744
 
-enum metric { M_REQ, M_IN, M_OUT, M_WALL, M_ACTIVE, M_PAUSED, M_CPU, M_MEMPEAK, M_MEMKIBMS, M_N };
-static const char *const metric_names[M_N] = {"requests", "bytes_in",  "bytes_out",
-                                              "wall_ms",  "active_ms", "paused_ms",
-                                              "cpu_ms",   "mem_peak",  "mem_kib_ms"};
+enum metric {
+    M_REQ, M_IN, M_OUT, M_WALL, M_ACTIVE, M_PAUSED, M_CPU, M_MEMPEAK, M_MEMKIBMS,
+    M_EGOUT, M_EGIN, M_N
+};
+static const char *const metric_names[M_N] = {"requests",   "bytes_in",   "bytes_out",
+                                              "wall_ms",    "active_ms",  "paused_ms",
+                                              "cpu_ms",     "mem_peak",   "mem_kib_ms",
+                                              "egress_out", "egress_in"};
 
 struct group {
     char *key; /* the session hash or the template */
@@ -126,9 +131,10 @@ static void answer(struct uq *q)
                        ",\"requests\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
                        ",\"wall_ms\":%" PRIu64 ",\"active_ms\":%" PRIu64 ",\"idle_ms\":%" PRIu64
                        ",\"paused_ms\":%" PRIu64 ",\"cpu_ms\":%" PRIu64
-                       ",\"mem_peak_bytes\":%" PRIu64 ",\"mem_avg_bytes\":%" PRIu64 "}",
+                       ",\"mem_peak_bytes\":%" PRIu64 ",\"mem_avg_bytes\":%" PRIu64
+                       ",\"egress_bytes_out\":%" PRIu64 ",\"egress_bytes_in\":%" PRIu64 "}",
                        m[M_REQ], m[M_IN], m[M_OUT], m[M_WALL], m[M_ACTIVE], idle, m[M_PAUSED],
-                       m[M_CPU], m[M_MEMPEAK], avg);
+                       m[M_CPU], m[M_MEMPEAK], avg, m[M_EGOUT], m[M_EGIN]);
     }
     cm_jbuf_raw(&b, "]}", 2);
     if (b.failed)

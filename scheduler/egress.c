@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -225,6 +226,7 @@ struct inst {
     time_t refusal_sec;              /* refused events: at most 10 a second per instance */
     unsigned refusals;
     unsigned n_conns; /* its connections now (max_conns_per_sandbox) */
+    uint64_t out, in; /* bytes to and from destinations not reported yet */
 };
 
 enum cstate { C_HEAD, C_RESOLVING, C_CONNECTING, C_RELAYING };
@@ -244,6 +246,7 @@ struct conn {
     size_t head_len;
     char *buf; /* max_header_bytes: the head as read, then the head to send */
     char *out;
+    uint64_t counted[2]; /* bytes of sp.h[] already added to the instance's counts */
     struct sockaddr_storage addrs[MAX_ADDRS];
     socklen_t addr_lens[MAX_ADDRS];
     unsigned n_addrs, next_addr;
@@ -258,6 +261,7 @@ struct sch_egress {
     /* the scheduler's side */
     struct event *ctl_ev;
     sch_egress_event_cb cb;
+    sch_egress_bytes_cb bytes_cb;
     void *cb_arg;
     /* the proxy process's */
     struct event_base *base;
@@ -322,9 +326,23 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
+/* Adds what moved since the last time to the instance's counts. */
+static void count_bytes(struct conn *c)
+{
+    if (!c->in || c->state != C_RELAYING)
+        return;
+    uint64_t out = c->sp.h[0].total - c->counted[0], in = c->sp.h[1].total - c->counted[1];
+    /* A forwarded request's head went with send(), not through the pipe. */
+    c->in->out += out;
+    c->in->in += in;
+    c->counted[0] = c->sp.h[0].total;
+    c->counted[1] = c->sp.h[1].total;
+}
+
 static void conn_close(struct conn *c)
 {
     struct sch_egress *e = c->e;
+    count_bytes(c);
     sch_splice_fini(&c->sp);
     struct event *evs[] = {c->head_ev, c->conn_ev, c->timer, c->next_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
@@ -423,6 +441,8 @@ static void on_connected(evutil_socket_t fd, short what, void *arg)
     }
     send_event(c->e, c, "allowed", "policy");
     c->state = C_RELAYING;
+    if (!first && c->in)
+        c->in->out += c->head.out_len;
     if (sch_splice_start(&c->sp, c->e->base, c->e->ec->buffer, on_spliced, c) < 0)
         conn_close(c);
 }
@@ -740,6 +760,26 @@ static void on_message(struct sch_egress *e, char *msg, int fd)
     }
 }
 
+/* Once a second: every instance's bytes since the last report, "B <id> <session> <out> <in>". */
+static void on_report(evutil_socket_t fd, short what, void *arg)
+{
+    struct sch_egress *e = arg;
+    (void)fd, (void)what;
+    for (struct conn *c = e->conns; c; c = c->next)
+        count_bytes(c);
+    for (size_t b = 0; b < BUCKETS; b++)
+        for (struct inst *in = e->buckets[b]; in; in = in->next) {
+            if (!in->out && !in->in)
+                continue;
+            char msg[300];
+            int n = snprintf(msg, sizeof(msg), "B %s %s %" PRIu64 " %" PRIu64, in->id,
+                             in->session[0] ? in->session : "-", in->out, in->in);
+            if (n > 0 && (size_t)n < sizeof(msg) &&
+                send(e->ctl, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n)
+                in->out = in->in = 0;
+        }
+}
+
 static void on_ctl(evutil_socket_t fd, short what, void *arg)
 {
     struct sch_egress *e = arg;
@@ -785,7 +825,9 @@ static void proxy_process(struct sch_egress *e)
         cm_log_warn("egress", "no resolver from /etc/resolv.conf: names will not resolve");
     }
     struct event *ev = event_new(e->base, e->ctl, EV_READ | EV_PERSIST, on_ctl, e);
-    if (!ev || event_add(ev, NULL) < 0)
+    struct event *rep = event_new(e->base, -1, EV_PERSIST, on_report, e);
+    struct timeval second = {.tv_sec = 1};
+    if (!ev || event_add(ev, NULL) < 0 || !rep || event_add(rep, &second) < 0)
         _exit(1);
     event_base_dispatch(e->base);
     _exit(0);
@@ -810,6 +852,9 @@ static void on_events(evutil_socket_t fd, short what, void *arg)
         if (nf == 8 && strcmp(f[0], "E") == 0 && e->cb)
             e->cb(f[1], strcmp(f[2], "-") ? f[2] : "", strcmp(f[3], "-") ? f[3] : "", f[4], f[5],
                   (unsigned)strtoul(f[6], NULL, 10), f[7], e->cb_arg);
+        else if (nf == 5 && strcmp(f[0], "B") == 0 && e->bytes_cb)
+            e->bytes_cb(f[1], strcmp(f[2], "-") ? f[2] : "", strtoull(f[3], NULL, 10),
+                        strtoull(f[4], NULL, 10), e->cb_arg);
     }
 }
 
@@ -872,6 +917,11 @@ static int spawn(struct sch_egress *e)
     return 0;
 sysfail:
     return -1;
+}
+
+void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb)
+{
+    e->bytes_cb = cb;
 }
 
 int sch_egress_exit_fd(const struct sch_egress *e)

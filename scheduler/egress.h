@@ -42,6 +42,13 @@ typedef void (*sch_egress_event_cb)(const char *id, const char *tenant, const ch
                                     const char *decision, const char *host, unsigned port,
                                     const char *reason, void *arg);
 
+/* Bytes instance <id> (bound to <session>, "" when none) sent to (<out>) and received from
+ * (<in>) its destinations since the last report (reports come once a second). */
+typedef void (*sch_egress_bytes_cb)(const char *id, const char *session, uint64_t out,
+                                    uint64_t in, void *arg);
+/* Sets the byte reports' callback (called on the scheduler's loop, with the events' <arg>). */
+void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb);
+
 /* Forks the proxy process. <base>: the scheduler's loop, where <cb> runs. Returns a new proxy
  * (free with sch_egress_destroy()) or NULL with a message in <err>. */
 struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct event_base *base,

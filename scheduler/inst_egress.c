@@ -70,6 +70,17 @@ static void on_proxy_exit(evutil_socket_t fd, short what, void *arg)
     cm_log_info("egress", "egress proxy started again instances=%u", n);
 }
 
+static void on_proxy_bytes(const char *id, const char *session, uint64_t out, uint64_t in,
+                           void *arg)
+{
+    struct sch_inst *inst = sch_inst_find(arg, id);
+    /* Bytes of a session the instance is no longer bound to are not anyone's to bill. */
+    if (inst && inst->session[0] && strcmp(inst->session, session) == 0) {
+        inst->egress_out += out;
+        inst->egress_in += in;
+    }
+}
+
 int sch_egress_start(struct sch_ctx *ctx, char *err, size_t errlen)
 {
     if (!ctx->sc->egress.enabled)
@@ -77,6 +88,7 @@ int sch_egress_start(struct sch_ctx *ctx, char *err, size_t errlen)
     ctx->egress = sch_egress_create(&ctx->sc->egress, ctx->base, on_proxy_event, ctx, err, errlen);
     if (!ctx->egress)
         return -1;
+    sch_egress_on_bytes(ctx->egress, on_proxy_bytes);
     ctx->egress_ev =
         event_new(ctx->base, sch_egress_exit_fd(ctx->egress), EV_READ, on_proxy_exit, ctx);
     if (!ctx->egress_ev || event_add(ctx->egress_ev, NULL) < 0) {

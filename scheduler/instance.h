@@ -69,6 +69,8 @@ struct sch_inst {
     struct sch_pause_wait *pause_waiters;
     /* usage.c: the last sample (monotonic ms, 0: none yet) and the CPU time then */
     uint64_t usage_at, usage_cpu_ms;
+    /* bytes to and from egress destinations not in a usage sample yet (inst_egress.c) */
+    uint64_t egress_out, egress_in;
 };
 
 /* Called when a start for the API ends: <inst> ready (err NULL), or failed with <code> and

@@ -15,7 +15,7 @@
 #include "scheduler/instance.h"
 #include "scheduler/sched.h"
 
-#define METRICS 5 /* wall_ms paused_ms cpu_ms mem_peak mem_kib_ms */
+#define METRICS 7 /* wall_ms paused_ms cpu_ms mem_peak mem_kib_ms egress_out egress_in */
 /* Sessions per script call: as many as fit one call's ARGV (3 + 12 each). */
 #define BATCH ((CM_REDIS_MAX_ARGS - 3) / (2 + 2 * METRICS))
 _Static_assert(3 + BATCH * (2 + 2 * METRICS) <= CM_REDIS_MAX_ARGS, "one USAGE call's ARGV");
@@ -112,17 +112,23 @@ void sch_usage_sample(struct sch_ctx *ctx)
         d[1] = i->pause == SCH_PAUSE_PAUSED ? dt : 0;
         d[2] = cpu;
         d[3] = (st.mem >> 10) * dt;
-        snprintf(v[0], VAL_LEN, "%d", METRICS);
+        /* The egress counts only when there were some: two fields less per session-hour. */
+        int nm = i->egress_out || i->egress_in ? METRICS : METRICS - 2;
+        snprintf(v[0], VAL_LEN, "%d", nm);
         snprintf(v[1], VAL_LEN, "%" PRIu64, d[0]);
         snprintf(v[2], VAL_LEN, "%" PRIu64, d[1]);
         snprintf(v[3], VAL_LEN, "%" PRIu64, d[2]);
         snprintf(v[4], VAL_LEN, "%" PRIu64, st.mem_peak);
         snprintf(v[5], VAL_LEN, "%" PRIu64, d[3]);
-        static const char *const names[METRICS] = {"wall_ms", "paused_ms", "cpu_ms", "mem_peak",
-                                                   "mem_kib_ms"};
+        snprintf(v[6], VAL_LEN, "%" PRIu64, i->egress_out);
+        snprintf(v[7], VAL_LEN, "%" PRIu64, i->egress_in);
+        i->egress_out = i->egress_in = 0;
+        static const char *const names[METRICS] = {"wall_ms",    "paused_ms",  "cpu_ms",
+                                                   "mem_peak",   "mem_kib_ms", "egress_out",
+                                                   "egress_in"};
         b.argv[b.argc++] = i->session;
         b.argv[b.argc++] = v[0];
-        for (int k = 0; k < METRICS; k++) {
+        for (int k = 0; k < nm; k++) {
             b.argv[b.argc++] = names[k];
             b.argv[b.argc++] = v[1 + k];
         }

@@ -5,7 +5,8 @@
     egress_servers.py web  ADDR NAME [CERT KEY]  HTTP on ADDR:80 (and HTTPS on ADDR:443 with
                                                  CERT/KEY): every answer is JSON naming the
                                                  server, the Host it was asked for, the path and
-                                                 the request's headers
+                                                 the request's headers; GET /bytes/N
+                                                 answers N bytes
 """
 import http.server
 import json
@@ -57,6 +58,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/bytes/"):
+            n = int(self.path[7:])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(b"x" * n)
+            return
         out = json.dumps({"server": self.server_name_, "host": self.headers.get("Host"),
                           "path": self.path, "method": self.command,
                           "headers": {k.lower(): v for k, v in self.headers.items()},

@@ -363,3 +363,24 @@ def test_one_sandbox_cannot_take_the_proxys_connections(w):
     code, out = w.sh(sid, "python3 -c \"%s\"" % script.replace('"', '\\"'))
     assert out.count("503 Service Unavailable") == 4, out
     assert w.curl(other, "http://allowed.test/")[0] == 200
+
+
+def test_bytes_to_and_from_destinations_are_in_usage(w):
+    sid = w.session("open")
+    code, out = w.sh(sid, "head -c 100000 /dev/zero | curl -sS -m 20 -x http://127.0.0.1:3128 "
+                          "--noproxy '' --data-binary @- -o /dev/null -w '%{http_code} ' "
+                          "http://allowed.test/up; curl -sS -m 20 -x http://127.0.0.1:3128 "
+                          "--noproxy '' -o /dev/null -w '%{http_code} %{size_download}' "
+                          "http://allowed.test/bytes/300000")
+    assert out.split() == ["200", "200", "300000"], out
+
+    def usage():
+        st, body = w.api("GET", "/v1/usage?group_by=session")
+        assert st == 200, body
+        rows = [r for r in json.loads(body)["usage"] if r.get("id") == sid]
+        return rows[0] if rows else None
+    wait_until(lambda: (usage() or {}).get("egress_bytes_in", 0) >= 300000, 20 * SLOW,
+               "the session's egress bytes in its usage")
+    u = usage()
+    assert 100000 <= u["egress_bytes_out"] < 110000, u
+    assert 300000 <= u["egress_bytes_in"] < 310000, u
