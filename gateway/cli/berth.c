@@ -1,7 +1,9 @@
 /* berth: the command-line client of Berth's control API (issue 17).
  *
  *   berth [--url URL] [--key KEY] [--json] COMMAND ...
- *     sessions list | create [ID] [--template T] [--ttl S] [--idle S] | get ID | delete ID
+ *     sessions list | create [ID] [--template T] [--ttl S] [--idle S] [--allow P]... [--deny P]...
+ *              | get ID | delete ID
+ *     egress SESSION [--allow P]... [--deny P]... | egress SESSION --clear
  *     exec SESSION [--env NAME=VALUE]... [--cwd DIR] [--timeout S] -- CMD [ARG...]
  *     cp SESSION:/PATH LOCAL | cp LOCAL SESSION:/PATH
  *     events [--session ID] [--type T[,T...]] [--since ID] [--follow]
@@ -60,8 +62,9 @@ static void __attribute__((noreturn, format(printf, 2, 3))) die(int code, const 
 static void __attribute__((noreturn)) usage(void)
 {
     fputs("usage: berth [--url URL] [--key KEY] [--json] COMMAND ...\n"
-          "  sessions list | create [ID] [--template T] [--ttl S] [--idle S] | get ID | "
-          "delete ID\n"
+          "  sessions list | create [ID] [--template T] [--ttl S] [--idle S] [--allow P]... "
+          "[--deny P]... | get ID | delete ID\n"
+          "  egress SESSION [--allow P]... [--deny P]... | egress SESSION --clear\n"
           "  exec SESSION [--env NAME=VALUE]... [--cwd DIR] [--timeout S] -- CMD [ARG...]\n"
           "  cp SESSION:/PATH LOCAL | cp LOCAL SESSION:/PATH\n"
           "  events [--session ID] [--type T[,T...]] [--since ID] [--follow]\n"
@@ -342,6 +345,32 @@ static struct cm_json *parse(const struct buf *b)
 
 /* ------------------------------------------------------------------ commands */
 
+/* "egress":{"allow":[...],"deny":[...]} from the --allow P and --deny P of argv[from..] into
+ * <jb>; returns 1 when there was one, 0 when there was none. */
+static int egress_json(struct cm_jbuf *jb, int argc, char **argv, int from)
+{
+    int any = 0;
+    for (int i = from; i + 1 < argc; i++)
+        any |= strcmp(argv[i], "--allow") == 0 || strcmp(argv[i], "--deny") == 0;
+    if (!any)
+        return 0;
+    cm_jbuf_raw(jb, "\"egress\":{", 10);
+    static const char *const keys[] = {"allow", "deny"};
+    for (int k = 0; k < 2; k++) {
+        cm_jbuf_printf(jb, "%s\"%s\":[", k ? "," : "", keys[k]);
+        int n = 0;
+        for (int i = from; i + 1 < argc; i++)
+            if (strcmp(argv[i], k ? "--deny" : "--allow") == 0) {
+                if (n++)
+                    cm_jbuf_raw(jb, ",", 1);
+                cm_jbuf_cstr(jb, argv[++i]);
+            }
+        cm_jbuf_raw(jb, "]", 1);
+    }
+    cm_jbuf_raw(jb, "}", 1);
+    return 1;
+}
+
 static int cmd_sessions(int argc, char **argv)
 {
     if (argc < 1)
@@ -368,8 +397,14 @@ static int cmd_sessions(int argc, char **argv)
         cm_jbuf_init(&jb);
         cm_jbuf_raw(&jb, "{", 1);
         int n = 0;
+        if (egress_json(&jb, argc, argv, 1))
+            n++;
         for (int i = 1; i < argc; i++) {
             const char *k = NULL;
+            if (strcmp(argv[i], "--allow") == 0 || strcmp(argv[i], "--deny") == 0) {
+                i++; /* in "egress" already */
+                continue;
+            }
             if (strcmp(argv[i], "--template") == 0)
                 k = "template";
             else if (strcmp(argv[i], "--ttl") == 0)
@@ -748,6 +783,50 @@ static int cmd_pause(int argc, char **argv, const char *action)
     return 0;
 }
 
+/* PATCH the session's own egress lists (or remove them: --clear); prints them. */
+static int cmd_egress(int argc, char **argv)
+{
+    if (argc < 2)
+        usage();
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--clear") != 0 &&
+            ((strcmp(argv[i], "--allow") != 0 && strcmp(argv[i], "--deny") != 0) ||
+             ++i >= argc))
+            usage();
+    static struct buf path = {0}, out = {0}, body = {0};
+    struct cm_jbuf jb;
+    cm_jbuf_init(&jb);
+    cm_jbuf_raw(&jb, "{", 1);
+    if (argc == 2 && strcmp(argv[1], "--clear") == 0)
+        cm_jbuf_raw(&jb, "\"egress\":null", 13);
+    else if (!egress_json(&jb, argc, argv, 1))
+        usage();
+    cm_jbuf_raw(&jb, "}", 1);
+    buf_add(&body, jb.data, jb.len);
+    cm_jbuf_fini(&jb);
+    buf_add(&path, "/v1/sessions/", 13);
+    enc(&path, argv[0], 0);
+    struct sink sink = {.fd = -1, .whole = &out};
+    request("PATCH", path.data, NULL, &body, -1, 0, &sink);
+    if (O.json) {
+        print_json(&out);
+        return 0;
+    }
+    struct cm_json *j = parse(&out);
+    const struct cm_json *eg = cm_json_get(j, "egress");
+    static const char *const keys[] = {"allow", "deny"};
+    for (int k = 0; k < 2; k++) {
+        const struct cm_json *l = cm_json_get(eg, keys[k]);
+        printf("%-6s", keys[k]);
+        for (size_t i = 0; l && l->type == CM_JSON_ARRAY && i < l->len; i++)
+            if (l->items[i]->type == CM_JSON_STRING)
+                printf(" %s", l->items[i]->str);
+        printf("\n");
+    }
+    cm_json_free(j);
+    return 0;
+}
+
 /* http://host[:port][/prefix] */
 static void parse_url(void)
 {
@@ -821,5 +900,7 @@ int main(int argc, char **argv)
         return cmd_usage(n, rest);
     if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0)
         return cmd_pause(n, rest, cmd);
+    if (strcmp(cmd, "egress") == 0)
+        return cmd_egress(n, rest);
     usage();
 }

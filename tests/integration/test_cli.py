@@ -109,3 +109,18 @@ def test_exec_cp_events_pause(cli):
     finally:
         f.kill()
         f.wait()
+
+
+def test_egress_lists(cli):
+    p = cli("--json", "sessions", "create", "cli-eg", "--allow", "*.pypi.org", "--allow",
+            "api.example.com:443", check=0)
+    assert json.loads(p.stdout)["egress"] == {"allow": ["*.pypi.org", "api.example.com:443"],
+                                              "deny": []}
+    p = cli("egress", "cli-eg", "--allow", "*.pypi.org", "--deny", "upload.pypi.org", check=0)
+    assert p.stdout.decode().splitlines() == ["allow  *.pypi.org", "deny   upload.pypi.org"]
+    p = cli("egress", "cli-eg", "--clear", check=0)
+    assert p.stdout.decode().splitlines() == ["allow ", "deny  "]
+    p = cli("egress", "cli-eg", "--allow", "bad name", check=1)
+    assert p.stderr.decode().startswith("berth: invalid_argument: egress.allow[0]")
+    cli("egress", "cli-eg", check=2)
+    cli("sessions", "delete", "cli-eg", check=0)
