@@ -406,9 +406,69 @@ static int load_rate(struct cm_conf_ctx *ctx, const struct cm_ynode *lim, const 
     return 0;
 }
 
+/* tenants[].api_keys: [{sha256, limits: {max_sessions, sessions_per_second, sessions_burst,
+ * max_execs}}]. */
+static int load_api_keys(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
+{
+    static const char *const key_keys[] = {"sha256", "limits", NULL};
+    static const char *const limit_keys[] = {"max_sessions", "sessions_per_second",
+                                             "sessions_burst", "max_execs", NULL};
+    const struct cm_ynode *list = cm_ynode_get(m, "api_keys");
+    if (!list)
+        return 0;
+    char path[96];
+    snprintf(path, sizeof(path), "tenants.%s.api_keys", t->name);
+    if (list->type != CM_YNODE_SEQ)
+        return cm_conf_fail(ctx, list, path, NULL, "must be a list of {sha256, limits}");
+    t->api_keys = calloc(list->n ? list->n : 1, sizeof(*t->api_keys));
+    if (!t->api_keys)
+        return cm_conf_fail(ctx, list, path, NULL, "out of memory");
+    for (size_t i = 0; i < list->n; i++) {
+        const struct cm_ynode *k = list->items[i];
+        struct cm_api_key *ak = &t->api_keys[t->n_api_keys];
+        char *sha = NULL;
+        if (!k || k->type != CM_YNODE_MAP)
+            return cm_conf_fail(ctx, k, path, NULL, "items must be mappings {sha256, limits}");
+        if (cm_conf_keys(ctx, k, path, key_keys) ||
+            cm_conf_str(ctx, k, path, "sha256", NULL, &sha))
+            return -EINVAL;
+        size_t n = sha ? strlen(sha) : 0;
+        int hex = n == 64;
+        for (size_t j = 0; hex && j < n; j++) {
+            sha[j] = (char)tolower((unsigned char)sha[j]);
+            hex = isxdigit((unsigned char)sha[j]);
+        }
+        if (!hex) {
+            free(sha);
+            return cm_conf_fail(ctx, cm_ynode_get(k, "sha256"), path, "sha256",
+                                "required: 64 hex digits (sha256sum of a key)");
+        }
+        memcpy(ak->sha256, sha, 65);
+        free(sha);
+        const struct cm_ynode *lim = cm_ynode_get(k, "limits");
+        char lpath[128];
+        snprintf(lpath, sizeof(lpath), "%s[%zu].limits", path, i);
+        uint64_t max_sessions = 0, execs = 0;
+        if (cm_conf_keys(ctx, lim, lpath, limit_keys) ||
+            cm_conf_u64(ctx, lim, lpath, "max_sessions", 0, 0, CM_TENANT_MAX_SESSIONS,
+                        &max_sessions) ||
+            cm_conf_u64(ctx, lim, lpath, "max_execs", 0, 0, CM_TENANT_MAX_SESSIONS, &execs) ||
+            load_rate(ctx, lim, lpath, "sessions", &ak->sessions_per_second,
+                      &ak->sessions_burst))
+            return -EINVAL;
+        ak->max_sessions = (uint32_t)max_sessions;
+        ak->max_execs = (uint32_t)execs;
+        ak->set = (cm_ynode_get(lim, "max_sessions") ? CM_KEY_MAX_SESSIONS : 0) |
+                  (cm_ynode_get(lim, "sessions_per_second") ? CM_KEY_SESSION_RATE : 0) |
+                  (cm_ynode_get(lim, "max_execs") ? CM_KEY_MAX_EXECS : 0);
+        t->n_api_keys++;
+    }
+    return 0;
+}
+
 static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct cm_tenant *t)
 {
-    static const char *const keys[] = {"name", "api_keys_sha256", "limits", NULL};
+    static const char *const keys[] = {"name", "api_keys_sha256", "api_keys", "limits", NULL};
     static const char *const limit_keys[] = {"max_sessions",        "sessions_per_second",
                                              "sessions_burst",      "requests_per_second",
                                              "requests_burst",      "max_execs",
@@ -447,6 +507,8 @@ static int load_tenant(struct cm_conf_ctx *ctx, const struct cm_ynode *m, struct
                                 "must be a number of cores 0..1000000 (0: none)");
         t->max_cpu_millis = (uint64_t)(c * 1000 + 0.5);
     }
+    if (load_api_keys(ctx, m, t) < 0)
+        return -EINVAL;
     for (char **k = t->api_key_sha256; k && *k; k++) {
         size_t n = strlen(*k);
         int hex = n == 64;
@@ -723,6 +785,29 @@ struct cm_config *cm_config_load(const char *path, char *err, size_t errlen)
                     goto fail;
                 }
         }
+        /* A key names one tenant, once: who a caller is must not depend on the list order. */
+        for (size_t i = 0; i < cfg->n_tenants; i++) {
+            const struct cm_tenant *t = &cfg->tenants[i];
+            size_t n = cm_strv_len(t->api_key_sha256) + t->n_api_keys;
+            for (size_t a = 0; a < n; a++) {
+                const char *ka = a < t->n_api_keys ? t->api_keys[a].sha256
+                                                   : t->api_key_sha256[a - t->n_api_keys];
+                for (size_t j = i; j < cfg->n_tenants; j++) {
+                    const struct cm_tenant *u = &cfg->tenants[j];
+                    size_t m = cm_strv_len(u->api_key_sha256) + u->n_api_keys;
+                    for (size_t b = j == i ? a + 1 : 0; b < m; b++) {
+                        const char *kb = b < u->n_api_keys ? u->api_keys[b].sha256
+                                                           : u->api_key_sha256[b - u->n_api_keys];
+                        if (strcmp(ka, kb) == 0) {
+                            cm_conf_fail(&ctx, tenants->items[j], "tenants", u->name,
+                                         "API key %.12s... is listed twice (tenants %s and %s)",
+                                         ka, t->name, u->name);
+                            goto fail;
+                        }
+                    }
+                }
+            }
+        }
     }
     const struct cm_ynode *tpls = cm_ynode_get(cfg->root, "templates");
     if (tpls) {
@@ -760,6 +845,7 @@ void cm_config_free(struct cm_config *cfg)
     for (size_t i = 0; i < cfg->n_tenants; i++) {
         free(cfg->tenants[i].name);
         cm_strv_free(cfg->tenants[i].api_key_sha256);
+        free(cfg->tenants[i].api_keys);
     }
     free(cfg->tenants);
     for (size_t i = 0; i < cfg->n_templates; i++) {
@@ -806,6 +892,34 @@ const struct cm_tenant *cm_config_tenant(const struct cm_config *cfg, const char
 
 const struct cm_tenant *cm_config_tenant_by_key(const struct cm_config *cfg, const char *key)
 {
+    return cm_config_key(cfg, key, NULL);
+}
+
+uint32_t cm_limit_max_sessions(const struct cm_tenant *t, const struct cm_api_key *k)
+{
+    return k && (k->set & CM_KEY_MAX_SESSIONS) ? k->max_sessions : t ? t->max_sessions : 0;
+}
+
+uint32_t cm_limit_max_execs(const struct cm_tenant *t, const struct cm_api_key *k)
+{
+    return k && (k->set & CM_KEY_MAX_EXECS) ? k->max_execs : t ? t->max_execs : 0;
+}
+
+void cm_limit_session_rate(const struct cm_tenant *t, const struct cm_api_key *k,
+                           uint32_t *ret_rate, uint32_t *ret_burst)
+{
+    if (k && (k->set & CM_KEY_SESSION_RATE)) {
+        *ret_rate = k->sessions_per_second;
+        *ret_burst = k->sessions_burst;
+    } else {
+        *ret_rate = t ? t->sessions_per_second : 0;
+        *ret_burst = t ? t->sessions_burst : 0;
+    }
+}
+
+const struct cm_tenant *cm_config_key(const struct cm_config *cfg, const char *key,
+                                      const struct cm_api_key **ret_key)
+{
     unsigned char md[32];
     unsigned int mdlen = 0;
     char hex[65];
@@ -814,9 +928,23 @@ const struct cm_tenant *cm_config_tenant_by_key(const struct cm_config *cfg, con
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
     const struct cm_tenant *found = NULL;
-    for (size_t i = 0; i < cfg->n_tenants; i++)
+    const struct cm_api_key *fk = NULL;
+    /* Every entry is compared (the time taken says nothing about which one matched). */
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
         for (char **k = cfg->tenants[i].api_key_sha256; k && *k; k++)
             if (CRYPTO_memcmp(*k, hex, 64) == 0 && !found)
                 found = &cfg->tenants[i];
+        for (size_t j = 0; j < cfg->tenants[i].n_api_keys; j++)
+            if (CRYPTO_memcmp(cfg->tenants[i].api_keys[j].sha256, hex, 64) == 0 && !fk) {
+                fk = &cfg->tenants[i].api_keys[j];
+                if (!found)
+                    found = &cfg->tenants[i];
+            }
+    }
+    if (ret_key)
+        *ret_key = fk && found && fk >= found->api_keys &&
+                           fk < found->api_keys + found->n_api_keys
+                       ? fk
+                       : NULL;
     return found;
 }

@@ -90,9 +90,23 @@ struct cm_template {
 #define CM_TENANT_MAX_SESSIONS 10000000u
 #define CM_TENANT_MAX_RATE 1000000u
 
+/* tenants[].api_keys[]: an API key with limits of its own. Each limit it sets replaces the
+ * tenant's for the control API calls made with it (checked against the tenant's counts, which
+ * every key and the data plane share); what it does not set is the tenant's. */
+#define CM_KEY_MAX_SESSIONS 1u
+#define CM_KEY_SESSION_RATE 2u
+#define CM_KEY_MAX_EXECS 4u
+struct cm_api_key {
+    char sha256[65]; /* lower-case hex */
+    unsigned set;    /* CM_KEY_* bits: the limits it sets */
+    uint32_t max_sessions, sessions_per_second, sessions_burst, max_execs;
+};
+
 struct cm_tenant {
     char *name;
     char **api_key_sha256; /* lower-case hex SHA-256 of each accepted API key */
+    struct cm_api_key *api_keys; /* keys with limits of their own (also accepted) */
+    size_t n_api_keys;
     /* limits.max_sessions: the tenant's sessions (bound or lost, not yet ended) at most at
      * once, across all gateways; 0: unlimited. */
     uint32_t max_sessions;
@@ -149,5 +163,15 @@ const struct cm_tenant *cm_config_tenant(const struct cm_config *cfg, const char
 /* Finds the tenant owning API key <key> (compared by SHA-256, in constant time per key).
  * Returns NULL when none does. */
 const struct cm_tenant *cm_config_tenant_by_key(const struct cm_config *cfg, const char *key);
+/* The same, and the key's own entry in *ret_key (NULL: a key of api_keys_sha256, without
+ * limits of its own). */
+const struct cm_tenant *cm_config_key(const struct cm_config *cfg, const char *key,
+                                      const struct cm_api_key **ret_key);
+/* A limit for a call made with key <k> (NULL: the data plane, or a key without its own) of
+ * tenant <t>: the key's where it sets it, else the tenant's. */
+uint32_t cm_limit_max_sessions(const struct cm_tenant *t, const struct cm_api_key *k);
+uint32_t cm_limit_max_execs(const struct cm_tenant *t, const struct cm_api_key *k);
+void cm_limit_session_rate(const struct cm_tenant *t, const struct cm_api_key *k,
+                           uint32_t *ret_rate, uint32_t *ret_burst);
 
 #endif

@@ -294,6 +294,21 @@ static void key_id(struct cm_httpd_req *req, char out[13])
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
+/* The caller's key's own limits (tenants[].api_keys), or NULL. */
+static const struct cm_api_key *key_of(const struct gw_api *api, struct cm_httpd_req *req)
+{
+    size_t n = 0;
+    const char *h = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
+    if (!h || n > API_KEY_MAX)
+        return NULL;
+    char key[API_KEY_MAX + 1];
+    memcpy(key, h, n);
+    key[n] = '\0';
+    const struct cm_api_key *k = NULL;
+    cm_config_key(api->gc->common, key, &k);
+    return k;
+}
+
 /* --- POST /v1/sessions -------------------------------------------------------------------- */
 
 /* The session was bound but could not be read back: answer from what the claim told us. */
@@ -421,6 +436,7 @@ static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const st
         .idle_ms = op->create.idle_ms,
         .meta = op->create.meta,
         .key_id = kid,
+        .api_key = key_of(api, req),
     };
     op->claim = gw_claim_start(api->claimer, &cr, create_on_claim, op);
     if (!op->claim) {
@@ -740,7 +756,8 @@ static void channel_on_session(redisReply *r, const char *err, void *data)
         op->req = NULL;
         struct gw_exec_audit audit = {.redis = op->api->redis,
                                       .tenant = op->tenant->name,
-                                      .max_execs = op->tenant->max_execs,
+                                      .max_execs = cm_limit_max_execs(op->tenant,
+                                                                      key_of(op->api, req)),
                                       .m = op->api->m,
                                       .tenant_idx = (size_t)(op->tenant -
                                                              op->api->gc->common->tenants)};

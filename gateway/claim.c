@@ -44,7 +44,8 @@ struct gw_claim {
     enum gw_claim_mode mode;
     char *meta;
     char key_id[13]; /* "" unless a control API call asks (gw_claim_req) */
-    uint32_t max_sessions;        /* the tenant's limits.max_sessions; 0: none */
+    uint32_t max_sessions;        /* the tenant's (or the API key's) max_sessions; 0: none */
+    uint32_t rate, burst;         /* ... and sessions_per_second, sessions_burst */
     const struct cm_tenant *tcfg; /* the tenant's config entry, NULL: none (a route's tenant) */
     struct evhttp_connection *http;
     struct event *timeout_ev;
@@ -410,8 +411,10 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     cl->fail_on_lost = req->tpl->on_lost == CM_LOST_FAIL;
     if (req->key_id)
         snprintf(cl->key_id, sizeof(cl->key_id), "%s", req->key_id);
-    if ((cl->tcfg = cm_config_tenant(c->gc->common, cl->tenant)))
-        cl->max_sessions = cl->tcfg->max_sessions;
+    if ((cl->tcfg = cm_config_tenant(c->gc->common, cl->tenant))) {
+        cl->max_sessions = cm_limit_max_sessions(cl->tcfg, req->api_key);
+        cm_limit_session_rate(cl->tcfg, req->api_key, &cl->rate, &cl->burst);
+    }
     if (req->meta && !(cl->meta = strdup(req->meta))) {
         free(cl);
         return NULL;
@@ -440,9 +443,9 @@ struct gw_claim *gw_claim_start(struct gw_claimer *c, const struct gw_claim_req 
     }
     if (cl->max_sessions)
         snprintf(max, sizeof(max), "%" PRIu32, cl->max_sessions);
-    if (cl->tcfg && cl->tcfg->sessions_per_second) {
-        snprintf(rate, sizeof(rate), "%" PRIu32, cl->tcfg->sessions_per_second);
-        snprintf(burst, sizeof(burst), "%" PRIu32, cl->tcfg->sessions_burst);
+    if (cl->rate) {
+        snprintf(rate, sizeof(rate), "%" PRIu32, cl->rate);
+        snprintf(burst, sizeof(burst), "%" PRIu32, cl->burst);
     }
     const char *argv[] = {prefix, cl->b.hash_hex, cl->tenant, cl->source, cl->key, cl->tpl,
                           now, ttl, idle, stale, cl->fail_on_lost ? "fail" : "replace",

@@ -40,6 +40,7 @@ struct gw_claim_req {
     const char *meta;         /* JSON text stored with a new session, or NULL */
     const char *key_id;       /* a control API call's API key id (12 hex digits), for the
                                * created and bound events; NULL for the data plane */
+    const struct cm_api_key *api_key; /* its key's own limits (NULL: the tenant's) */
 };
 
 struct gw_binding {

@@ -386,3 +386,40 @@ def test_a_tenant_hammering_its_limit_does_not_hold_up_another(make_stack):
     print("other tenant: %d requests, p50 %.1f ms, p99 %.1f ms, while %d refusals" % (
         len(other_ms), other_ms[len(other_ms) // 2], other_ms[int(len(other_ms) * 0.99)],
         refused[0]))
+
+
+CI_KEY = "berth-ci-key-with-limits"
+ADMIN_KEY = "berth-admin-key-without"
+
+
+def test_an_api_keys_own_limits_replace_the_tenants_for_its_calls(make_stack):
+    """tenants[].api_keys: a key with max_sessions 2 and max_execs 1 of its own; the tenant
+    has max_sessions 4 and no exec limit. The key's creates stop when the tenant holds 2
+    sessions, the tenant's other keys go on to 4; the key runs one command at a time, the
+    others as many as they like."""
+    cfg = limited_config(4)
+    cfg["tenants"][0]["api_keys"] = [
+        {"sha256": _sha256(CI_KEY), "limits": {"max_sessions": 2, "max_execs": 1}},
+        {"sha256": _sha256(ADMIN_KEY)}]
+    s = make_stack(cfg)
+    assert s.api("POST", "/v1/sessions", {"id": "k-1"}, key=CI_KEY).status == 201
+    assert s.api("POST", "/v1/sessions", {"id": "k-2"}, key=ADMIN_KEY).status == 201
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "k-3"}, key=CI_KEY))
+    # The same tenant's other keys: the tenant's limit (4).
+    assert s.api("POST", "/v1/sessions", {"id": "k-3"}, key=DEV_KEY).status == 201
+    assert s.api("POST", "/v1/sessions", {"id": "k-4"}, key=ADMIN_KEY).status == 201
+    assert_limited(s.api("POST", "/v1/sessions", {"id": "k-5"}, key=DEV_KEY))
+    # Both keys see the tenant's sessions.
+    got = s.api("GET", "/v1/sessions", key=CI_KEY).json()["sessions"]
+    assert {x["id"] for x in got} == {"k-1", "k-2", "k-3", "k-4"}
+    # max_execs 1 for the key's commands.
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        slow = ex.submit(s.api, "POST", "/v1/sessions/k-1/exec",
+                         {"cmd": ["/bin/sh", "-c", "sleep 3"]}, key=CI_KEY, timeout=30 * SLOW)
+        wait_until(lambda: s.redis.cmd("ZCARD", s.key("execs:default")) >= 1, 10 * SLOW,
+                   "the first command's lease")
+        r = s.api("POST", "/v1/sessions/k-2/exec", {"cmd": ["/bin/true"]}, key=CI_KEY)
+        assert_limited(r, "max_execs")
+        r = s.api("POST", "/v1/sessions/k-2/exec", {"cmd": ["/bin/true"]}, key=DEV_KEY)
+        assert r.status == 200, r
+        assert slow.result().status == 200

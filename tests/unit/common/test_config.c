@@ -637,3 +637,42 @@ TEST(template_driver_name_is_left_to_the_scheduler)
                  "3:13: templates.t.driver: '../x' is not a driver name (static, or a scheduler "
                  "driver such as process: 1-32 of [a-z0-9_-])");
 }
+
+#define KEY_A "4ae56750c98cc0bb9e30fa2f42bc165f150c596874e4c5efb1b354e9df3bea45"
+#define KEY_B "5ae56750c98cc0bb9e30fa2f42bc165f150c596874e4c5efb1b354e9df3bea45"
+
+TEST(api_keys_with_limits_of_their_own)
+{
+    char err[1024];
+    struct cm_config *cfg =
+        load("tenants:\n  - name: t\n    limits: {max_sessions: 9, max_execs: 3}\n"
+             "    api_keys:\n      - sha256: " KEY_B "\n"
+             "        limits: {max_sessions: 2, sessions_per_second: 5}\n"
+             "      - {sha256: " KEY_A "}\n" TPL,
+             err, sizeof(err));
+    CHECK_MSG(cfg, "%s", err);
+    const struct cm_tenant *t = &cfg->tenants[0];
+    CHECK(t->n_api_keys == 2);
+    /* sha256("berth-dev-key") is KEY_A: the key without limits of its own. */
+    const struct cm_api_key *k = (const struct cm_api_key *)1;
+    CHECK(cm_config_key(cfg, "berth-dev-key", &k) == t && k == &t->api_keys[1]);
+    CHECK(cm_limit_max_sessions(t, k) == 9 && cm_limit_max_execs(t, k) == 3);
+    k = &t->api_keys[0];
+    uint32_t rate, burst;
+    cm_limit_session_rate(t, k, &rate, &burst);
+    CHECK(cm_limit_max_sessions(t, k) == 2 && cm_limit_max_execs(t, k) == 3);
+    CHECK(rate == 5 && burst == 5);
+    CHECK(cm_limit_max_sessions(t, NULL) == 9);
+    CHECK(cm_config_key(cfg, "no such key", &k) == NULL);
+    cm_config_free(cfg);
+    EXPECT_ERROR("tenants:\n  - name: t\n    api_keys: x\n",
+                 "3:15: tenants.t.api_keys: must be a list of {sha256, limits}");
+    EXPECT_ERROR("tenants:\n  - name: t\n    api_keys:\n      - {sha256: abc}\n",
+                 "4:18: tenants.t.api_keys.sha256: required: 64 hex digits (sha256sum of a key)");
+    EXPECT_ERROR("tenants:\n  - name: t\n    api_keys:\n      - sha256: " KEY_A "\n"
+                 "        limits: {max_memory: 1}\n",
+                 "5:18: tenants.t.api_keys[0].limits.max_memory: unknown key");
+    EXPECT_ERROR("tenants:\n  - name: t\n    api_keys_sha256: [" KEY_A "]\n"
+                 "  - name: u\n    api_keys:\n      - {sha256: " KEY_A "}\n",
+                 "4:5: tenants.u: API key 4ae56750c98c... is listed twice (tenants t and u)");
+}
