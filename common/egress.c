@@ -118,6 +118,14 @@ int cm_egress_parse(const char *pattern, struct cm_egress_entry *ret, const char
         }
         e.prefix = (uint8_t)(slash ? bits : 128);
     }
+    if (e.family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)e.addr) &&
+        e.prefix >= 96) {
+        /* ::ffff:a.b.c.d/n is a.b.c.d/(n-96): the proxy judges such an address as IPv4. */
+        memmove(e.addr, e.addr + 12, 4);
+        memset(e.addr + 4, 0, 12);
+        e.family = AF_INET;
+        e.prefix = (uint8_t)(e.prefix - 96);
+    }
     if (e.family) {
         e.kind = CM_EGRESS_NET;
         /* The host part of a network must be zero: 10.1.2.3/8 is probably a mistake. */
@@ -241,12 +249,17 @@ int cm_egress_host_allowed(const struct cm_egress_policy *p, const char *host, u
     uint8_t a[16];
     int family = 0;
     char name[CM_EGRESS_PATTERN_MAX + 1];
-    if (inet_pton(AF_INET, host, a) == 1)
+    if (inet_pton(AF_INET, host, a) == 1) {
         family = AF_INET;
-    else if (inet_pton(AF_INET6, host, a) == 1)
+    } else if (inet_pton(AF_INET6, host, a) == 1) {
         family = AF_INET6;
-    else if (normal_name(host, strlen(host), name) < 0)
+        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)a)) { /* judged as the IPv4 address */
+            memmove(a, a + 12, 4);
+            family = AF_INET;
+        }
+    } else if (normal_name(host, strlen(host), name) < 0) {
         return 0;
+    }
     for (size_t i = 0; i < p->n_deny; i++) {
         const struct cm_egress_entry *e = &p->deny[i];
         if (port_ok(e, port) && (family ? net_match(e, family, a) : name_match(e, name)))
@@ -273,6 +286,7 @@ static const struct {
     {AF_INET, 16, {169, 254}},              /* link-local: 169.254.169.254, the metadata */
     {AF_INET, 12, {172, 16}},               /* private */
     {AF_INET, 24, {192, 0, 0}},             /* IETF protocol assignments */
+    {AF_INET, 15, {198, 18}},               /* benchmarking */
     {AF_INET, 16, {192, 168}},              /* private */
     {AF_INET, 4, {224}},                    /* multicast */
     {AF_INET, 4, {240}},                    /* reserved, broadcast */
@@ -283,6 +297,10 @@ static const struct {
     {AF_INET6, 8, {0xff}},                  /* multicast */
     {AF_INET6, 96, {0}},                    /* IPv4-compatible (deprecated) */
     {AF_INET6, 96, {0, 0x64, 0xff, 0x9b}},  /* NAT64: an IPv4 address behind it */
+    {AF_INET6, 48, {0, 0x64, 0xff, 0x9b, 0, 1}}, /* local-use NAT64 */
+    {AF_INET6, 16, {0x20, 0x02}},           /* 6to4: an IPv4 address inside */
+    {AF_INET6, 32, {0x20, 0x01, 0, 0}},     /* Teredo */
+    {AF_INET6, 10, {0xfe, 0xc0}},           /* site-local (deprecated) */
 };
 
 int cm_egress_special(const struct sockaddr *sa)

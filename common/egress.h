@@ -42,7 +42,7 @@ struct cm_egress_entry {
     uint8_t prefix; /* CM_EGRESS_NET: bits that must match */
     uint8_t addr[16];
     uint8_t trusted; /* from the operator's config (may open special addresses) */
-    char name[CM_EGRESS_PATTERN_MAX + 1]; /* NAME: the name; SUFFIX: ".example.com" */
+    char name[CM_EGRESS_PATTERN_MAX + 2]; /* NAME: the name; SUFFIX: ".example.com" (a '.' more) */
 };
 
 struct cm_egress_policy {

@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -38,10 +39,13 @@
 #define MSG_MAX 32768
 #define MAX_ADDRS 8
 #define SEEN_MAX 64 /* destinations remembered per instance for egress_allowed events */
+#define MAX_LOOKUPS 8 /* name lookups in flight per instance */
 
 /* ------------------------------------------------------------------ the request head */
 
 /* The authority "host[:port]" of <s> (<n> bytes; IPv6 in brackets) into <ret>. */
+#define HOST_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_"
+
 static int parse_authority(const char *s, size_t n, int need_port, uint16_t dflt,
                            struct sch_egress_head *ret)
 {
@@ -69,6 +73,10 @@ static int parse_authority(const char *s, size_t n, int need_port, uint16_t dflt
         return -1;
     memcpy(ret->host, host, hl);
     ret->host[hl] = '\0';
+    /* A name's characters, or an address's: nothing that could end up in a log line or an
+     * event as something else. */
+    if (strspn(ret->host, s[0] == '[' ? "0123456789abcdefABCDEF:." : HOST_CHARS) != hl)
+        return -1;
     if (s[0] == '[') {
         struct in6_addr a6;
         if (inet_pton(AF_INET6, ret->host, &a6) != 1)
@@ -114,6 +122,12 @@ int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *r
         *why = "a NUL byte in the head";
         return 400;
     }
+    for (size_t i = 0; i < len; i++) /* CR only before LF, LF only after CR */
+        if ((buf[i] == '\r' && (i + 1 == len || buf[i + 1] != '\n')) ||
+            (buf[i] == '\n' && (i == 0 || buf[i - 1] != '\r'))) {
+            *why = "a bare CR or LF in the head";
+            return 400;
+        }
     size_t ll = (size_t)(eol - buf);
     const char *sp1 = memchr(buf, ' ', ll);
     const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', ll - (size_t)(sp1 + 1 - buf)) : NULL;
@@ -160,7 +174,7 @@ int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *r
         return 400;
     }
     /* The head to send: "<method> <path> HTTP/1.x", then the headers but the proxy's own. */
-    if (cap < len + 2) {
+    if (cap < len + SCH_EGRESS_HEAD_EXTRA) {
         *why = "head too long";
         return 400;
     }
@@ -181,7 +195,11 @@ int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *r
     for (const char *line = eol + 2; line < buf + len - 2;) {
         const char *le = memmem(line, (size_t)(buf + len - line), "\r\n", 2);
         size_t n = (size_t)(le - line);
-        if (header_is(line, n, "Proxy-Connection") || header_is(line, n, "Proxy-Authorization")) {
+        /* The proxy's headers, and the connection's: one request goes to one destination,
+         * then the connection ends ("Connection: close" below), so that a client's next
+         * request (to another host, with that host's credentials) never reaches this one. */
+        if (header_is(line, n, "Proxy-Connection") || header_is(line, n, "Proxy-Authorization") ||
+            header_is(line, n, "Connection") || header_is(line, n, "Keep-Alive")) {
             line = le + 2;
             continue;
         }
@@ -205,8 +223,8 @@ int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *r
         o += n + 2;
         line = le + 2;
     }
-    memcpy(out + o, "\r\n", 2);
-    o += 2;
+    memcpy(out + o, "Connection: close\r\n\r\n", 21);
+    o += 21;
     ret->out_len = o;
     return 0;
 }
@@ -226,6 +244,7 @@ struct inst {
     time_t refusal_sec;              /* refused events: at most 10 a second per instance */
     unsigned refusals;
     unsigned n_conns; /* its connections now (max_conns_per_sandbox) */
+    unsigned n_dns;   /* its lookups in flight (MAX_LOOKUPS) */
     uint64_t out, in; /* bytes to and from destinations not reported yet */
 };
 
@@ -241,6 +260,7 @@ struct conn {
     struct event *head_ev, *conn_ev, *timer, *next_ev;
     struct evdns_getaddrinfo_request *dns;
     int closing; /* closed while its lookup was pending: the lookup's callback frees it */
+    int dns_counted; /* its lookup counts in in->n_dns */
     int dns_result;
     struct sch_egress_head head;
     size_t head_len;
@@ -262,6 +282,7 @@ struct sch_egress {
     struct event *ctl_ev;
     sch_egress_event_cb cb;
     sch_egress_bytes_cb bytes_cb;
+    char *const *wipe; /* the scheduler's secrets, overwritten in the proxy process */
     void *cb_arg;
     /* the proxy process's */
     struct event_base *base;
@@ -303,13 +324,12 @@ static void send_event(struct sch_egress *e, struct conn *c, const char *decisio
         char key[300];
         int n = snprintf(key, sizeof(key), "%s:%u", c->head.host, c->head.port);
         uint64_t h = XXH3_64bits(key, (size_t)n);
-        for (unsigned k = 0; k < in->n_seen; k++)
+        for (unsigned k = 0; k < in->n_seen && k < SEEN_MAX; k++)
             if (in->seen[k] == h)
                 return;
-        if (in->n_seen < SEEN_MAX)
-            in->seen[in->n_seen++] = h;
-        else
-            return;
+        /* The last SEEN_MAX destinations: a sandbox that went to many first does not hide
+         * the later ones (an older one may be told again). */
+        in->seen[in->n_seen++ % SEEN_MAX] = h;
     }
     char msg[512];
     int n = snprintf(msg, sizeof(msg), "E %s %s %s %s %s %u %s", c->id,
@@ -475,6 +495,37 @@ static void try_connect(struct conn *c)
     refuse(c, 502, "connect", "no address of it could be connected to");
 }
 
+/* 1 when <sa> is an address of this host (any interface: its public addresses too, which
+ * reach services bound to 0.0.0.0 over the loopback). The list is read at most once a second. */
+static int is_local(const struct sockaddr *sa)
+{
+    static struct ifaddrs *ifs;
+    static time_t read_at;
+    time_t now = time(NULL);
+    if (!ifs || now != read_at) {
+        if (ifs)
+            freeifaddrs(ifs);
+        ifs = NULL;
+        if (getifaddrs(&ifs) < 0)
+            return 1; /* unknown: refuse rather than risk the host */
+        read_at = now;
+    }
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        const struct sockaddr *a = i->ifa_addr;
+        if (!a || a->sa_family != sa->sa_family)
+            continue;
+        if (a->sa_family == AF_INET &&
+            ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+                ((const struct sockaddr_in *)sa)->sin_addr.s_addr)
+            return 1;
+        if (a->sa_family == AF_INET6 &&
+            memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                   &((const struct sockaddr_in6 *)sa)->sin6_addr, 16) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Keeps the allowed addresses among those found for the destination; connects. */
 static void with_addresses(struct conn *c, struct sockaddr_storage *found, socklen_t *lens,
                            unsigned n)
@@ -489,7 +540,7 @@ static void with_addresses(struct conn *c, struct sockaddr_storage *found, sockl
             ((struct sockaddr_in6 *)sa)->sin6_port = htons(c->head.port);
         else
             continue;
-        if (!cm_egress_addr_allowed(p, sa))
+        if (!cm_egress_addr_allowed(p, sa) || is_local(sa))
             continue;
         c->addrs[c->n_addrs] = found[i];
         c->addr_lens[c->n_addrs++] = lens[i];
@@ -509,6 +560,9 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
     struct conn *c = arg;
     c->dns = NULL;
+    if (c->dns_counted && c->in)
+        c->in->n_dns--;
+    c->dns_counted = 0;
     if (c->closing) {
         if (res)
             evutil_freeaddrinfo(res);
@@ -551,7 +605,7 @@ static void on_head(struct conn *c)
     struct sch_egress *e = c->e;
     const char *why = "";
     int st = sch_egress_parse_head(c->buf, c->head_len, &c->head, c->out,
-                                   e->ec->max_header_bytes + 2, &why);
+                                   e->ec->max_header_bytes + SCH_EGRESS_HEAD_EXTRA, &why);
     if (st) {
         refuse(c, st, "bad_request", why);
         return;
@@ -578,6 +632,14 @@ static void on_head(struct conn *c)
         with_addresses(c, &ss, &sl, 1);
         return;
     }
+    /* A sandbox's lookups in flight are few: a nameserver that never answers must not fill the
+     * resolver's queue for every other sandbox. */
+    if (c->in->n_dns >= MAX_LOOKUPS) {
+        refuse(c, 503, "busy", "too many name lookups from this sandbox at once");
+        return;
+    }
+    c->in->n_dns++;
+    c->dns_counted = 1;
     struct evutil_addrinfo hints;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -641,13 +703,13 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     struct sch_egress *e = in->e;
     (void)what;
     for (int k = 0; k < 32; k++) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = sch_helper_accept(lfd);
         if (fd < 0)
             return;
         struct conn *c = NULL;
         if (e->n_conns >= e->ec->max_conns || !(c = calloc(1, sizeof(*c))) ||
-            !(c->buf = malloc(e->ec->max_header_bytes + 2)) ||
-            !(c->out = malloc(e->ec->max_header_bytes + 2))) {
+            !(c->buf = malloc(e->ec->max_header_bytes + SCH_EGRESS_HEAD_EXTRA)) ||
+            !(c->out = malloc(e->ec->max_header_bytes + SCH_EGRESS_HEAD_EXTRA))) {
             if (c)
                 conn_free(c);
             close(fd);
@@ -678,8 +740,10 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 static void inst_free(struct sch_egress *e, struct inst *in)
 {
     for (struct conn *c = e->conns; c; c = c->next)
-        if (c->in == in)
+        if (c->in == in) {
             c->in = NULL; /* its open connections go on; new decisions refuse */
+            c->dns_counted = 0;
+        }
     if (in->accept_ev)
         event_free(in->accept_ev);
     if (in->lfd >= 0)
@@ -810,6 +874,9 @@ static void on_ctl(evutil_socket_t fd, short what, void *arg)
 static void proxy_process(struct sch_egress *e)
 {
     sch_helper_child_setup("berth-egress", &e->ctl, 1);
+    /* It parses what sandboxes send: it holds no secret of the scheduler's and runs as
+     * nobody (it accepts on listeners it was given and connects out: no privilege). */
+    sch_helper_child_drop(e->wipe, 65534);
     e->base = event_base_new();
     if (!e->base)
         _exit(1);
@@ -821,9 +888,15 @@ static void proxy_process(struct sch_egress *e)
             cm_log_error("egress", "bad resolver address resolver=%s", e->ec->resolver);
             _exit(1);
         }
-    } else if (evdns_base_resolv_conf_parse(e->dns, DNS_OPTIONS_ALL, "/etc/resolv.conf") != 0) {
+    } else if (evdns_base_resolv_conf_parse(e->dns, DNS_OPTION_NAMESERVERS | DNS_OPTION_MISC,
+                                            "/etc/resolv.conf") != 0) {
         cm_log_warn("egress", "no resolver from /etc/resolv.conf: names will not resolve");
     }
+    /* The name checked is the name resolved: no search domains appended, no hosts file. */
+    evdns_base_search_clear(e->dns);
+    evdns_base_set_option(e->dns, "max-inflight:", "1024");
+    evdns_base_set_option(e->dns, "timeout:", "3");
+    evdns_base_set_option(e->dns, "attempts:", "2");
     struct event *ev = event_new(e->base, e->ctl, EV_READ | EV_PERSIST, on_ctl, e);
     struct event *rep = event_new(e->base, -1, EV_PERSIST, on_report, e);
     struct timeval second = {.tv_sec = 1};
@@ -861,8 +934,8 @@ static void on_events(evutil_socket_t fd, short what, void *arg)
 static int spawn(struct sch_egress *e);
 
 struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct event_base *base,
-                                     sch_egress_event_cb cb, void *arg, char *err,
-                                     size_t errlen)
+                                     sch_egress_event_cb cb, void *arg, char *const *wipe,
+                                     char *err, size_t errlen)
 {
     struct sch_egress *e = calloc(1, sizeof(*e));
     if (!e) {
@@ -872,6 +945,7 @@ struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct 
     e->ec = ec;
     e->cb = cb;
     e->cb_arg = arg;
+    e->wipe = wipe;
     e->ctl = e->pidfd = -1;
     e->sbase = base;
     cm_usec_to_tv(ec->handshake_timeout, &e->head_tv);

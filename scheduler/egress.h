@@ -49,11 +49,13 @@ typedef void (*sch_egress_bytes_cb)(const char *id, const char *session, uint64_
 /* Sets the byte reports' callback (called on the scheduler's loop, with the events' <arg>). */
 void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb);
 
-/* Forks the proxy process. <base>: the scheduler's loop, where <cb> runs. Returns a new proxy
- * (free with sch_egress_destroy()) or NULL with a message in <err>. */
+/* Forks the proxy process (it runs as nobody, and overwrites its copies of the strings of
+ * <wipe>, NULL-terminated, borrowed: the scheduler's secrets). <base>: the scheduler's loop,
+ * where <cb> runs. Returns a new proxy (free with sch_egress_destroy()) or NULL with a message
+ * in <err>. */
 struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct event_base *base,
-                                     sch_egress_event_cb cb, void *arg, char *err,
-                                     size_t errlen);
+                                     sch_egress_event_cb cb, void *arg, char *const *wipe,
+                                     char *err, size_t errlen);
 /* Ends the proxy process (connections through it end). Takes NULL. */
 void sch_egress_destroy(struct sch_egress *e);
 /* A descriptor readable (POLLIN) once the proxy process ended (a crash: it ends only with us). */
@@ -88,8 +90,12 @@ struct sch_egress_head {
     size_t out_len;
 };
 
+/* What the head to send may have beyond the head read: "Connection: close" and a '/'. */
+#define SCH_EGRESS_HEAD_EXTRA 32
 /* Parses a request head <buf> (<len> bytes up to and with its "\r\n\r\n"). On success fills
- * <ret> and, for FORWARD, writes the head to send into <out> (<cap> bytes, at least <len>).
+ * <ret> and, for FORWARD, writes the head to send into <out> (<cap> bytes, at least <len> +
+ * SCH_EGRESS_HEAD_EXTRA): origin-form, the proxy's and the connection's headers dropped,
+ * "Connection: close" added (one request per connection).
  * Returns 0, or an HTTP status (400: not a request a proxy takes; 405: a method without an
  * absolute http:// URL other than CONNECT) with a reason in <why> (static text). */
 int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *ret, char *out,

@@ -1,6 +1,10 @@
 #include "scheduler/helper.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <openssl/crypto.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -33,6 +37,35 @@ void sch_helper_child_setup(const char *name, int *fds, int n)
     syscall(SYS_close_range, (unsigned)(3 + n), ~0u, 0u);
     if (getppid() == 1)
         _exit(0); /* the scheduler died before PR_SET_PDEATHSIG was in place */
+}
+
+void sch_helper_child_drop(char *const *wipe, unsigned uid)
+{
+    for (; wipe && *wipe; wipe++)
+        OPENSSL_cleanse(*wipe, strlen(*wipe));
+    if (!uid)
+        return;
+    if (setgroups(0, NULL) < 0 || setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0 ||
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        _exit(1);
+}
+
+int sch_helper_accept(int lfd)
+{
+    static int spare = -1;
+    if (spare < 0)
+        spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || spare < 0)
+        return fd;
+    close(spare);
+    spare = -1;
+    fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0)
+        close(fd);
+    spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    errno = EAGAIN;
+    return -1;
 }
 
 int sch_helper_reap(pid_t *pid, int *pidfd)

@@ -14,6 +14,18 @@
  * failure, _exit(0) when the scheduler is gone already. */
 void sch_helper_child_setup(const char *name, int *fds, int n);
 
+/* In the child: overwrites each string of <wipe> (NULL-terminated; the scheduler's secrets,
+ * which a helper that does not need them must not hold), then, when <uid> is not 0, gives up
+ * root: no supplementary groups, gid and uid <uid> (nobody's), no_new_privs. _exit(1) when the
+ * ids cannot be changed. */
+void sch_helper_child_drop(char *const *wipe, unsigned uid);
+
+/* accept4(<lfd>, non-blocking, close-on-exec) that does not leave a listener readable forever
+ * when the process is out of descriptors: then one pending connection is taken with a spare
+ * descriptor kept for this and closed at once. Returns the new descriptor, or -1 (errno
+ * EAGAIN when there is nothing to accept, or after such a drop). */
+int sch_helper_accept(int lfd);
+
 /* Waits for *pid (when > 0) and closes *pidfd (when >= 0); both are reset. Returns the wait
  * status (0 when there was no process). */
 int sch_helper_reap(pid_t *pid, int *pidfd);

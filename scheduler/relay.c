@@ -57,7 +57,25 @@ struct rconn {
     struct event *timer;        /* the hello's deadline */
     size_t hello_len;
     char hello[CM_RELAY_HELLO_MAX];
+    struct sockaddr_storage peer; /* the gateway's address */
 };
+
+/* Connections not past their line yet: at most so many, and so many from one address. */
+#define PENDING_MAX 256
+#define PENDING_PER_SOURCE 16
+
+static int same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+    return 0;
+}
 
 /* The counters, in memory both processes map. */
 struct shared {
@@ -547,11 +565,24 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     struct sch_relay *r = arg;
     (void)what;
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof(peer);
+        int fd = sch_helper_accept(lfd);
         if (fd < 0)
             return;
         atomic_fetch_add(&r->st->accepted, 1);
-        if (r->n_conns >= r->rc->max_conns) {
+        memset(&peer, 0, sizeof(peer));
+        getpeername(fd, (struct sockaddr *)&peer, &pl);
+        /* Connections that have not proven anything yet are few, and few per source: whoever
+         * reaches the port cannot fill the relay before the gateways. */
+        unsigned pending = 0, same = 0;
+        for (struct rconn *o = r->conns; o; o = o->next)
+            if (o->state == RC_HELLO) {
+                pending++;
+                same += same_ip(&o->peer, &peer);
+            }
+        if (r->n_conns >= r->rc->max_conns || pending >= PENDING_MAX ||
+            same >= PENDING_PER_SOURCE) {
             atomic_fetch_add(&r->st->refused, 1);
             close(fd);
             continue;
@@ -565,6 +596,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         c->r = r;
         sch_splice_init(&c->sp);
         c->sp.fd[0] = fd;
+        c->peer = peer;
         c->next = r->conns;
         if (r->conns)
             r->conns->prev = c;

@@ -17,15 +17,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct cm_egress_policy p;
-    char *out = malloc(size + 2);
+    char *out = malloc(size + SCH_EGRESS_HEAD_EXTRA);
     if (!out)
         return 0;
     struct sch_egress_head h;
     const char *why = NULL;
-    int st = sch_egress_parse_head((const char *)data, size, &h, out, size + 2, &why);
+    int st = sch_egress_parse_head((const char *)data, size, &h, out, size + SCH_EGRESS_HEAD_EXTRA,
+                                   &why);
     if (st == 0) {
         if (!h.host[0] || strlen(h.host) >= sizeof(h.host) ||
-            (h.kind == SCH_EGRESS_FORWARD && (h.out_len > size + 2 || h.port == 0)))
+            (h.kind == SCH_EGRESS_FORWARD && (h.out_len > size + SCH_EGRESS_HEAD_EXTRA || h.port == 0)))
             abort();
         memset(&p, 0, sizeof(p));
         cm_egress_add(&p, 0, 0, "*", &why);

@@ -52,6 +52,7 @@ class World:
             self.run("dns", "dns", [py, HERE / "egress_servers.py", "dns", DNS,
                                     "allowed.test=" + WEB, "other.test=" + WEB,
                                     "private.test=" + PRIVATE, "bad.wild.test=" + WEB,
+                                    "self.test=203.0.113.2",
                                     "a.wild.test=" + WEB])
             self.run("web", "web", [py, HERE / "egress_servers.py", "web", "0.0.0.0", "web",
                                     self.certs / "web.pem", self.certs / "web.key"])
@@ -78,13 +79,15 @@ class World:
         self.host_id = "eg%s" % os.urandom(3).hex()
         closed = echo_template("closed", pool={"min": 1, "max": 4})
         opened = echo_template("open", pool={"min": 1, "max": 4},
-                               egress={"allow": ["allowed.test", "private.test", "*.wild.test"],
+                               egress={"allow": ["allowed.test", "private.test", "*.wild.test",
+                                                 "self.test"],
                                        "deny": ["bad.wild.test"]})
         ops = echo_template("ops", pool={"min": 0, "max": 2},
                             egress={"allow": ["private.test", PRIVATE]})
         self.cfg = make_config(self.base, "127.0.0.1:%d" % rport, ports, {
             "templates": [closed, opened, ops],
-            "scheduler": {"egress": {"resolver": DNS, "handshake_timeout": "5s",
+            "scheduler": {"capacity": 64,
+                          "egress": {"resolver": DNS, "handshake_timeout": "5s",
                                      "max_connections_per_sandbox": 8},
                           "ro_binds": [str(Path(binary("berth-echo")).parent),
                                        str(self.certs)]}}, host_id=self.host_id)
@@ -346,6 +349,10 @@ def test_a_proxy_that_dies_is_replaced_and_knows_every_sandbox(w):
     st, h, body = w.curl(sid, "http://allowed.test/again")
     assert st == 200 and json.loads(body)["path"] == "/again", (st, h, body)
     assert w.curl(sid, "http://other.test/")[0] == 403
+    # It runs as nobody (it parses what sandboxes send).
+    with open("/proc/%d/status" % proxies()[0]) as f:
+        uids = [ln.split()[1:] for ln in f if ln.startswith("Uid:")][0]
+    assert uids == ["65534"] * 4, uids
 
 
 def test_one_sandbox_cannot_take_the_proxys_connections(w):
@@ -384,3 +391,44 @@ def test_bytes_to_and_from_destinations_are_in_usage(w):
     u = usage()
     assert 100000 <= u["egress_bytes_out"] < 110000, u
     assert 300000 <= u["egress_bytes_in"] < 310000, u
+
+
+def test_the_proxys_own_host_is_never_a_destination(w):
+    """A name that resolves to one of the proxy's host's own (public) addresses: refused, even
+    when the template allows the name (it would reach services bound to 0.0.0.0)."""
+    sid = w.session("open")
+    st, h, body = w.curl(sid, "http://self.test:%d/v1/status" % w.ports["scheduler"])
+    assert st == 403 and h.get("x-berth-egress") == "address", (st, h, body)
+
+
+def test_one_request_per_proxied_connection(w):
+    """Two requests pipelined on one proxy connection, for two hosts: the first goes to its
+    host with "Connection: close", the second never reaches that host."""
+    sid = w.session("open")
+    script = ("import socket\n"
+              "s = socket.create_connection(('127.0.0.1', 3128))\n"
+              "s.sendall(b'GET http://allowed.test/first HTTP/1.1\\r\\nHost: allowed.test\\r\\n'"
+              " b'Connection: keep-alive\\r\\n\\r\\n'"
+              " b'GET http://other.test/second HTTP/1.1\\r\\nHost: other.test\\r\\n'"
+              " b'Authorization: Bearer for-other\\r\\n\\r\\n')\n"
+              "s.settimeout(10)\n"
+              "got = b''\n"
+              "while True:\n"
+              "    b = s.recv(65536)\n"
+              "    if not b:\n"
+              "        break\n"
+              "    got += b\n"
+              "print(got.decode(errors='replace'))\n")
+    code, out = w.sh(sid, "python3 -c \"%s\"" % script.replace('"', '\\"'))
+    assert out.count("HTTP/1.") == 1 and '"path": "/first"' in out, out
+    assert '"connection": "close"' in out and "/second" not in out, out
+
+
+def test_control_characters_in_a_destination_are_refused(w):
+    sid = w.session("open")
+    code, out = w.sh(sid, "printf 'CONNECT a\\nlevel=error:443 HTTP/1.1\\r\\n\\r\\n' | "
+                          "curl -sS -m 5 telnet://127.0.0.1:3128 2>&1 | head -1")
+    assert out.startswith("HTTP/1.1 400"), out
+    code, out = w.sh(sid, "printf 'CONNECT a%%0a.test:443 HTTP/1.1\\r\\n\\r\\n' | "
+                          "curl -sS -m 5 telnet://127.0.0.1:3128 2>&1 | head -1")
+    assert out.startswith("HTTP/1.1 400"), out

@@ -138,3 +138,45 @@ TEST(a_session_cannot_open_special_addresses_and_nobody_opens_loopback)
     CHECK(!addr_ok("::1", 80));
     CHECK(!addr_ok("::ffff:127.0.0.1", 80));
 }
+
+TEST(the_longest_names_fit_and_mapped_addresses_are_ipv4)
+{
+    struct cm_egress_entry e;
+    const char *why = NULL;
+    /* "*." and 253 characters of name (the review's stack overflow: ".name" and its NUL). */
+    char pat[CM_EGRESS_PATTERN_MAX + 8] = "*.";
+    char *p = pat + 2;
+    for (int l = 0; l < 4; l++) {
+        int n = l < 3 ? 63 : 61;
+        memset(p, 'a' + l, (size_t)n);
+        p += n;
+        if (l < 3)
+            *p++ = '.';
+    }
+    *p = '\0';
+    CHECK(strlen(pat) == 255);
+    CHECK_MSG(cm_egress_parse(pat, &e, &why) == 0, "%s", why);
+    CHECK(e.kind == CM_EGRESS_SUFFIX && strlen(e.name) == 254 && e.name[0] == '.');
+    memset(&P, 0, sizeof(P));
+    CHECK(cm_egress_add(&P, 0, 0, pat, &why) == 0);
+    CHECK(!cm_egress_host_allowed(&P, pat + 2, 443)); /* the name itself is not below it */
+    pat[strlen(pat) - 1] = '\0';
+    pat[strlen(pat) - 1] = 'x';
+    CHECK(cm_egress_parse(pat, &e, &why) == 0 && strlen(e.name) == 253);
+    CHECK(cm_egress_parse("::ffff:203.0.113.0/120", &e, &why) == 0);
+    CHECK(e.family == AF_INET && e.prefix == 24);
+    const char *allow[] = {"*", "203.0.113.7", NULL};
+    const char *deny[] = {"::ffff:203.0.113.0/120", NULL};
+    policy(allow, deny);
+    CHECK(!addr_ok("203.0.113.7", 443));
+    CHECK(!addr_ok("::ffff:203.0.113.7", 443));
+    const char *allow2[] = {"203.0.113.7", NULL};
+    policy(allow2, NULL);
+    CHECK(cm_egress_host_allowed(&P, "::ffff:203.0.113.7", 443));
+    const char *more[] = {"64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1", "2001:0:1::1", "fec0::1",
+                          "198.18.0.1"};
+    const char *any[] = {"*", NULL};
+    policy(any, NULL);
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+        CHECK_MSG(!addr_ok(more[i], 443), "allowed: %s", more[i]);
+}

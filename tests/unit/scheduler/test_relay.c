@@ -362,3 +362,28 @@ TEST(destroy_ends_open_connections)
     pthread_join(th, NULL);
     close(in.lfd);
 }
+
+TEST(silent_connections_from_one_address_are_bounded)
+{
+    struct sch_relay_config rc;
+    int port;
+    struct sch_relay *r = relay_up(&rc, 65536, &port); /* handshake_timeout 2 s */
+    int held[16];
+    for (int i = 0; i < 16; i++)
+        held[i] = dial(port); /* say nothing */
+    /* Let the relay take them all before the next one comes. */
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    int fd = dial(port);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&p, 1, 1000) == 1); /* closed at once, not after the handshake timeout */
+    char b[4];
+    CHECK(read(fd, b, sizeof(b)) <= 0);
+    close(fd);
+    for (int i = 0; i < 16; i++)
+        close(held[i]);
+    struct sch_relay_stats st;
+    sch_relay_get_stats(r, &st);
+    CHECK(st.refused >= 1);
+    sch_relay_destroy(r);
+}
