@@ -2,8 +2,8 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <stdio.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -96,8 +96,8 @@ int cm_egress_parse(const char *pattern, struct cm_egress_entry *ret, const char
     unsigned bits = 0;
     if (slash) {
         *slash = '\0';
-        if (!slash[1] || strlen(slash + 1) > 3 || strspn(slash + 1, "0123456789") !=
-                                                      strlen(slash + 1)) {
+        if (!slash[1] || strlen(slash + 1) > 3 ||
+            strspn(slash + 1, "0123456789") != strlen(slash + 1)) {
             *why = "a network needs /<prefix length>";
             return -EINVAL;
         }
@@ -118,8 +118,7 @@ int cm_egress_parse(const char *pattern, struct cm_egress_entry *ret, const char
         }
         e.prefix = (uint8_t)(slash ? bits : 128);
     }
-    if (e.family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)e.addr) &&
-        e.prefix >= 96) {
+    if (e.family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)e.addr) && e.prefix >= 96) {
         /* ::ffff:a.b.c.d/n is a.b.c.d/(n-96): the proxy judges such an address as IPv4. */
         memmove(e.addr, e.addr + 12, 4);
         memset(e.addr + 4, 0, 12);
@@ -279,28 +278,28 @@ static const struct {
     uint8_t prefix;
     uint8_t addr[16];
 } special[] = {
-    {AF_INET, 8, {0}},                      /* 0.0.0.0/8: "this network" */
-    {AF_INET, 8, {10}},                     /* private */
-    {AF_INET, 10, {100, 64}},               /* shared address space (CGNAT) */
-    {AF_INET, 8, {127}},                    /* loopback */
-    {AF_INET, 16, {169, 254}},              /* link-local: 169.254.169.254, the metadata */
-    {AF_INET, 12, {172, 16}},               /* private */
-    {AF_INET, 24, {192, 0, 0}},             /* IETF protocol assignments */
-    {AF_INET, 15, {198, 18}},               /* benchmarking */
-    {AF_INET, 16, {192, 168}},              /* private */
-    {AF_INET, 4, {224}},                    /* multicast */
-    {AF_INET, 4, {240}},                    /* reserved, broadcast */
-    {AF_INET6, 128, {0}},                   /* :: */
+    {AF_INET, 8, {0}},          /* 0.0.0.0/8: "this network" */
+    {AF_INET, 8, {10}},         /* private */
+    {AF_INET, 10, {100, 64}},   /* shared address space (CGNAT) */
+    {AF_INET, 8, {127}},        /* loopback */
+    {AF_INET, 16, {169, 254}},  /* link-local: 169.254.169.254, the metadata */
+    {AF_INET, 12, {172, 16}},   /* private */
+    {AF_INET, 24, {192, 0, 0}}, /* IETF protocol assignments */
+    {AF_INET, 15, {198, 18}},   /* benchmarking */
+    {AF_INET, 16, {192, 168}},  /* private */
+    {AF_INET, 4, {224}},        /* multicast */
+    {AF_INET, 4, {240}},        /* reserved, broadcast */
+    {AF_INET6, 128, {0}},       /* :: */
     {AF_INET6, 128, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}}, /* ::1 */
-    {AF_INET6, 7, {0xfc}},                  /* unique local (fd00:ec2::254, the metadata) */
-    {AF_INET6, 10, {0xfe, 0x80}},           /* link-local */
-    {AF_INET6, 8, {0xff}},                  /* multicast */
-    {AF_INET6, 96, {0}},                    /* IPv4-compatible (deprecated) */
-    {AF_INET6, 96, {0, 0x64, 0xff, 0x9b}},  /* NAT64: an IPv4 address behind it */
+    {AF_INET6, 7, {0xfc}},                       /* unique local (fd00:ec2::254, the metadata) */
+    {AF_INET6, 10, {0xfe, 0x80}},                /* link-local */
+    {AF_INET6, 8, {0xff}},                       /* multicast */
+    {AF_INET6, 96, {0}},                         /* IPv4-compatible (deprecated) */
+    {AF_INET6, 96, {0, 0x64, 0xff, 0x9b}},       /* NAT64: an IPv4 address behind it */
     {AF_INET6, 48, {0, 0x64, 0xff, 0x9b, 0, 1}}, /* local-use NAT64 */
-    {AF_INET6, 16, {0x20, 0x02}},           /* 6to4: an IPv4 address inside */
-    {AF_INET6, 32, {0x20, 0x01, 0, 0}},     /* Teredo */
-    {AF_INET6, 10, {0xfe, 0xc0}},           /* site-local (deprecated) */
+    {AF_INET6, 16, {0x20, 0x02}},                /* 6to4: an IPv4 address inside */
+    {AF_INET6, 32, {0x20, 0x01, 0, 0}},          /* Teredo */
+    {AF_INET6, 10, {0xfe, 0xc0}},                /* site-local (deprecated) */
 };
 
 int cm_egress_special(const struct sockaddr *sa)
@@ -311,8 +310,8 @@ int cm_egress_special(const struct sockaddr *sa)
     if (!family)
         return 1;
     for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); i++) {
-        struct cm_egress_entry e = {.kind = CM_EGRESS_NET, .family = special[i].family,
-                                    .prefix = special[i].prefix};
+        struct cm_egress_entry e = {
+            .kind = CM_EGRESS_NET, .family = special[i].family, .prefix = special[i].prefix};
         memcpy(e.addr, special[i].addr, 16);
         if (net_match(&e, family, a))
             return 1;

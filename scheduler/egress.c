@@ -38,7 +38,7 @@
 #define BUCKETS 256
 #define MSG_MAX 32768
 #define MAX_ADDRS 8
-#define SEEN_MAX 64 /* destinations remembered per instance for egress_allowed events */
+#define SEEN_MAX 64   /* destinations remembered per instance for egress_allowed events */
 #define MAX_LOOKUPS 8 /* name lookups in flight per instance */
 
 /* ------------------------------------------------------------------ the request head */
@@ -131,9 +131,8 @@ int sch_egress_parse_head(const char *buf, size_t len, struct sch_egress_head *r
     size_t ll = (size_t)(eol - buf);
     const char *sp1 = memchr(buf, ' ', ll);
     const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', ll - (size_t)(sp1 + 1 - buf)) : NULL;
-    if (!sp1 || !sp2 || sp1 == buf || sp2 == sp1 + 1 ||
-        (size_t)(eol - (sp2 + 1)) != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0 ||
-        (sp2[8] != '0' && sp2[8] != '1')) {
+    if (!sp1 || !sp2 || sp1 == buf || sp2 == sp1 + 1 || (size_t)(eol - (sp2 + 1)) != 8 ||
+        memcmp(sp2 + 1, "HTTP/1.", 7) != 0 || (sp2[8] != '0' && sp2[8] != '1')) {
         *why = "not an HTTP/1.x request line";
         return 400;
     }
@@ -241,7 +240,7 @@ struct inst {
     struct cm_egress_policy *policy; /* NULL: refuse everything */
     uint64_t seen[SEEN_MAX];         /* destinations with an egress_allowed event */
     unsigned n_seen;
-    time_t refusal_sec;              /* refused events: at most 10 a second per instance */
+    time_t refusal_sec; /* refused events: at most 10 a second per instance */
     unsigned refusals;
     unsigned n_conns; /* its connections now (max_conns_per_sandbox) */
     unsigned n_dns;   /* its lookups in flight (MAX_LOOKUPS) */
@@ -259,7 +258,7 @@ struct conn {
     struct sch_splice sp; /* sp.fd[0]: the sandbox's, sp.fd[1]: the destination's */
     struct event *head_ev, *conn_ev, *timer, *next_ev;
     struct evdns_getaddrinfo_request *dns;
-    int closing; /* closed while its lookup was pending: the lookup's callback frees it */
+    int closing;     /* closed while its lookup was pending: the lookup's callback frees it */
     int dns_counted; /* its lookup counts in in->n_dns */
     int dns_result;
     struct sch_egress_head head;
@@ -276,7 +275,7 @@ struct sch_egress {
     const struct sch_egress_config *ec;
     int ctl;
     pid_t pid;
-    int pidfd; /* readable once the proxy process ended */
+    int pidfd;                /* readable once the proxy process ended */
     struct event_base *sbase; /* the scheduler's loop */
     /* the scheduler's side */
     struct event *ctl_ev;
@@ -333,8 +332,8 @@ static void send_event(struct sch_egress *e, struct conn *c, const char *decisio
     }
     char msg[512];
     int n = snprintf(msg, sizeof(msg), "E %s %s %s %s %s %u %s", c->id,
-                     in->tenant[0] ? in->tenant : "-", in->session[0] ? in->session : "-",
-                     decision, c->head.host[0] ? c->head.host : "-", c->head.port, reason);
+                     in->tenant[0] ? in->tenant : "-", in->session[0] ? in->session : "-", decision,
+                     c->head.host[0] ? c->head.host : "-", c->head.port, reason);
     if (n > 0 && (size_t)n < sizeof(msg))
         send(e->ctl, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
@@ -393,9 +392,10 @@ static void refuse(struct conn *c, int status, const char *reason, const char *w
     static const struct {
         int status;
         const char *text;
-    } texts[] = {{400, "Bad Request"},  {403, "Forbidden"},   {405, "Method Not Allowed"},
-                 {431, "Request Header Fields Too Large"}, {502, "Bad Gateway"},
-                 {503, "Service Unavailable"},            {504, "Gateway Timeout"}};
+    } texts[] = {{400, "Bad Request"},        {403, "Forbidden"},
+                 {405, "Method Not Allowed"}, {431, "Request Header Fields Too Large"},
+                 {502, "Bad Gateway"},        {503, "Service Unavailable"},
+                 {504, "Gateway Timeout"}};
     const char *text = "Error";
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
         if (texts[i].status == status)
@@ -445,9 +445,8 @@ static void on_connected(evutil_socket_t fd, short what, void *arg)
     }
     event_free(c->conn_ev);
     c->conn_ev = NULL;
-    const char *first = c->head.kind == SCH_EGRESS_CONNECT
-                            ? "HTTP/1.1 200 Connection established\r\n\r\n"
-                            : NULL;
+    const char *first =
+        c->head.kind == SCH_EGRESS_CONNECT ? "HTTP/1.1 200 Connection established\r\n\r\n" : NULL;
     /* The first bytes are small and the sockets fresh: a short write means a broken peer. */
     if (first && send(c->sp.fd[0], first, strlen(first), MSG_DONTWAIT | MSG_NOSIGNAL) !=
                      (ssize_t)strlen(first)) {
@@ -514,9 +513,8 @@ static int is_local(const struct sockaddr *sa)
         const struct sockaddr *a = i->ifa_addr;
         if (!a || a->sa_family != sa->sa_family)
             continue;
-        if (a->sa_family == AF_INET &&
-            ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-                ((const struct sockaddr_in *)sa)->sin_addr.s_addr)
+        if (a->sa_family == AF_INET && ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+                                           ((const struct sockaddr_in *)sa)->sin_addr.s_addr)
             return 1;
         if (a->sa_family == AF_INET6 &&
             memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
@@ -587,8 +585,8 @@ static void on_next(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     (void)fd, (void)what;
     if (c->dns_result != 0 || c->n_addrs == 0) {
-        refuse(c, 502, "resolve", c->dns_result ? evutil_gai_strerror(c->dns_result)
-                                                : "the name has no address");
+        refuse(c, 502, "resolve",
+               c->dns_result ? evutil_gai_strerror(c->dns_result) : "the name has no address");
         return;
     }
     struct sockaddr_storage found[MAX_ADDRS];
@@ -623,8 +621,7 @@ static void on_head(struct conn *c)
     if (inet_pton(AF_INET, c->head.host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
         ss.ss_family = AF_INET;
         sl = sizeof(struct sockaddr_in);
-    } else if (inet_pton(AF_INET6, c->head.host, &((struct sockaddr_in6 *)&ss)->sin6_addr) ==
-               1) {
+    } else if (inet_pton(AF_INET6, c->head.host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
         ss.ss_family = AF_INET6;
         sl = sizeof(struct sockaddr_in6);
     }
@@ -852,8 +849,8 @@ static void on_ctl(evutil_socket_t fd, short what, void *arg)
         char msg[MSG_MAX + 1];
         char cbuf[CMSG_SPACE(sizeof(int))];
         struct iovec iov = {.iov_base = msg, .iov_len = MSG_MAX};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                            .msg_controllen = sizeof(cbuf)};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
         ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
@@ -1067,14 +1064,14 @@ int sch_egress_add(struct sch_egress *e, const char *id, int fd)
     return rc;
 }
 
-int sch_egress_policy(struct sch_egress *e, const char *id, const char *tenant,
-                      const char *session, char *const *allow[2], char *const *deny[2])
+int sch_egress_policy(struct sch_egress *e, const char *id, const char *tenant, const char *session,
+                      char *const *allow[2], char *const *deny[2])
 {
     char *msg = malloc(MSG_MAX);
     if (!msg)
         return -ENOMEM;
-    int n = snprintf(msg, MSG_MAX, "P %s %s %s", id, *tenant ? tenant : "-",
-                     *session ? session : "-");
+    int n =
+        snprintf(msg, MSG_MAX, "P %s %s %s", id, *tenant ? tenant : "-", *session ? session : "-");
     size_t counts[2] = {0, 0};
     for (int d = 0; d < 2; d++)
         for (int l = 0; l < 2; l++) {

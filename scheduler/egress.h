@@ -44,8 +44,8 @@ typedef void (*sch_egress_event_cb)(const char *id, const char *tenant, const ch
 
 /* Bytes instance <id> (bound to <session>, "" when none) sent to (<out>) and received from
  * (<in>) its destinations since the last report (reports come once a second). */
-typedef void (*sch_egress_bytes_cb)(const char *id, const char *session, uint64_t out,
-                                    uint64_t in, void *arg);
+typedef void (*sch_egress_bytes_cb)(const char *id, const char *session, uint64_t out, uint64_t in,
+                                    void *arg);
 /* Sets the byte reports' callback (called on the scheduler's loop, with the events' <arg>). */
 void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb);
 
@@ -73,8 +73,8 @@ int sch_egress_add(struct sch_egress *e, const char *id, int fd);
  * every entry a valid common/egress.h pattern. Replaces the previous one at once (open
  * connections keep going). Returns 0, -E2BIG (more than CM_EGRESS_MAX_ENTRIES in a list) or
  * -EIO. */
-int sch_egress_policy(struct sch_egress *e, const char *id, const char *tenant,
-                      const char *session, char *const *allow[2], char *const *deny[2]);
+int sch_egress_policy(struct sch_egress *e, const char *id, const char *tenant, const char *session,
+                      char *const *allow[2], char *const *deny[2]);
 /* Forgets <id>: its listener is closed. Takes an unknown id and NULL <e>. */
 void sch_egress_del(struct sch_egress *e, const char *id);
 

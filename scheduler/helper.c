@@ -1,13 +1,13 @@
 #include "scheduler/helper.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <openssl/crypto.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>

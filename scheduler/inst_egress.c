@@ -35,10 +35,22 @@ static void on_proxy_event(const char *id, const char *tenant, const char *sessi
     snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
     snprintf(p, sizeof(p), "%u", port);
     snprintf(type, sizeof(type), "egress_%s", decision);
-    cm_log_info("egress", "%s inst=%s session=%s host=%s port=%s reason=%s", decision, id,
-                session, host, p, reason);
-    const char *argv[] = {ctx->cfg->redis.prefix, now, tenant, type, "session", session,
-                          "instance", id, "host", host, "port", p, "reason", reason};
+    cm_log_info("egress", "%s inst=%s session=%s host=%s port=%s reason=%s", decision, id, session,
+                host, p, reason);
+    const char *argv[] = {ctx->cfg->redis.prefix,
+                          now,
+                          tenant,
+                          type,
+                          "session",
+                          session,
+                          "instance",
+                          id,
+                          "host",
+                          host,
+                          "port",
+                          p,
+                          "reason",
+                          reason};
     if (sch_redis_connected(ctx))
         sch_script(ctx, CM_SCRIPT_EVENT, on_event_written, ctx, (int)CM_ARRAY_SIZE(argv), argv);
 }
@@ -51,8 +63,7 @@ static void on_proxy_exit(evutil_socket_t fd, short what, void *arg)
     event_free(ctx->egress_ev);
     ctx->egress_ev = NULL;
     int rc = sch_egress_respawn(ctx->egress);
-    cm_log_error("egress", "the egress proxy ended: connections through it were cut status=%d",
-                 rc);
+    cm_log_error("egress", "the egress proxy ended: connections through it were cut status=%d", rc);
     if (rc < 0)
         return;
     unsigned n = 0;
@@ -94,8 +105,8 @@ int sch_egress_start(struct sch_ctx *ctx, char *err, size_t errlen)
         wipe[0] = wipe[1];
         wipe[1] = NULL;
     }
-    ctx->egress = sch_egress_create(&ctx->sc->egress, ctx->base, on_proxy_event, ctx, wipe, err,
-                                    errlen);
+    ctx->egress =
+        sch_egress_create(&ctx->sc->egress, ctx->base, on_proxy_event, ctx, wipe, err, errlen);
     if (!ctx->egress)
         return -1;
     sch_egress_on_bytes(ctx->egress, on_proxy_bytes);
@@ -156,13 +167,14 @@ static void on_session_egress(struct redisReply *reply, const char *err, void *d
         const redisReply *eg = reply->element[1];
         if (eg->type == REDIS_REPLY_STRING &&
             cm_egress_json_lists(eg->str, eg->len, &allow, &deny) < 0)
-            cm_log_error("egress", "the session's egress lists do not parse: ignored inst=%s "
-                                   "session=%s",
+            cm_log_error("egress",
+                         "the session's egress lists do not parse: ignored inst=%s "
+                         "session=%s",
                          inst->id, inst->session);
         send_policy(inst, tenant, allow, deny);
     } else if (err) {
-        cm_log_warn("egress", "cannot read the session's egress lists inst=%s err=\"%s\"",
-                    inst->id, err);
+        cm_log_warn("egress", "cannot read the session's egress lists inst=%s err=\"%s\"", inst->id,
+                    err);
     }
     cm_strv_free(allow);
     cm_strv_free(deny);
@@ -191,8 +203,9 @@ void sch_egress_command(struct sch_ctx *ctx, const char *id, const char *h)
 {
     struct sch_inst *inst = sch_inst_find(ctx, id);
     if (!inst || strcmp(inst->session, h) != 0) {
-        cm_log_warn("egress", "egress lists for an instance not bound to that session inst=%s "
-                              "session=%s",
+        cm_log_warn("egress",
+                    "egress lists for an instance not bound to that session inst=%s "
+                    "session=%s",
                     id, h);
         return;
     }

@@ -16,17 +16,17 @@
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -51,10 +51,10 @@ struct rconn {
     struct rconn *next, *prev;
     struct sch_relay *r;
     enum rc_state state;
-    struct sch_splice sp;       /* sp.fd[0]: the gateway's, sp.fd[1]: the instance's */
-    struct event *hello_ev;     /* the gateway's line readable */
-    struct event *conn_ev;      /* the connect to the instance done */
-    struct event *timer;        /* the hello's deadline */
+    struct sch_splice sp;   /* sp.fd[0]: the gateway's, sp.fd[1]: the instance's */
+    struct event *hello_ev; /* the gateway's line readable */
+    struct event *conn_ev;  /* the connect to the instance done */
+    struct event *timer;    /* the hello's deadline */
     size_t hello_len;
     char hello[CM_RELAY_HELLO_MAX];
     struct sockaddr_storage peer; /* the gateway's address */
@@ -476,8 +476,8 @@ static void on_hello(struct rconn *c)
         len--;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    int rc = sch_relay_check_hello(c->hello, len, r->secret, (int64_t)now.tv_sec,
-                                   r->rc->max_skew_s, id, &chan);
+    int rc = sch_relay_check_hello(c->hello, len, r->secret, (int64_t)now.tv_sec, r->rc->max_skew_s,
+                                   id, &chan);
     struct sockaddr_storage ss;
     unsigned sl = 0;
     if (rc == 0 && (rc = lookup(r, id, addr, sizeof(addr))) == 0)
@@ -697,8 +697,8 @@ int sch_relay_respawn(struct sch_relay *r)
     return status;
 }
 
-struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret,
-                                   char *err, size_t errlen)
+struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret, char *err,
+                                   size_t errlen)
 {
     struct sch_relay *r = calloc(1, sizeof(*r));
     if (!r) {
@@ -738,9 +738,8 @@ struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char
     char host[INET6_ADDRSTRLEN];
     if (getsockname(r->lfd, (struct sockaddr *)&bound, &bl) < 0)
         goto sysfail;
-    unsigned port = ntohs(bound.ss_family == AF_INET6
-                              ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                              : ((struct sockaddr_in *)&bound)->sin_port);
+    unsigned port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                      : ((struct sockaddr_in *)&bound)->sin_port);
     if (rc->advertise && strchr(rc->advertise, ':') && rc->advertise[0] != '[') {
         snprintf(r->advertise, sizeof(r->advertise), "%s", rc->advertise); /* host:port */
     } else if (rc->advertise && rc->advertise[0] == '[' && strstr(rc->advertise, "]:")) {

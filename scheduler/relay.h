@@ -40,8 +40,8 @@ struct sch_relay_stats {
 
 /* Binds the listener and starts the thread. <secret> is borrowed for the relay's life.
  * Returns a new relay (free with sch_relay_destroy()), or NULL with a message in <err>. */
-struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret,
-                                   char *err, size_t errlen);
+struct sch_relay *sch_relay_create(const struct sch_relay_config *rc, const char *secret, char *err,
+                                   size_t errlen);
 /* Stops the thread, closes every relayed connection and frees. Takes NULL. */
 void sch_relay_destroy(struct sch_relay *r);
 

@@ -46,8 +46,8 @@ static int pump(struct sch_splice *s, int d)
     for (int round = 0; round < PUMP_ROUNDS; round++) {
         int moved = 0;
         if (!h->eof && h->n == 0) {
-            ssize_t got = splice(from, NULL, h->pipe[1], NULL, s->cap,
-                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            ssize_t got =
+                splice(from, NULL, h->pipe[1], NULL, s->cap, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
             if (got > 0) {
                 h->n += (size_t)got;
                 moved = 1;
@@ -60,8 +60,8 @@ static int pump(struct sch_splice *s, int d)
             }
         }
         if (h->n > 0) {
-            ssize_t put = splice(h->pipe[0], NULL, to, NULL, h->n,
-                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            ssize_t put =
+                splice(h->pipe[0], NULL, to, NULL, h->n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
             if (put > 0) {
                 h->n -= (size_t)put;
                 h->total += (uint64_t)put;

@@ -26,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                    &why);
     if (st == 0) {
         if (!h.host[0] || strlen(h.host) >= sizeof(h.host) ||
-            (h.kind == SCH_EGRESS_FORWARD && (h.out_len > size + SCH_EGRESS_HEAD_EXTRA || h.port == 0)))
+            (h.kind == SCH_EGRESS_FORWARD &&
+             (h.out_len > size + SCH_EGRESS_HEAD_EXTRA || h.port == 0)))
             abort();
         memset(&p, 0, sizeof(p));
         cm_egress_add(&p, 0, 0, "*", &why);

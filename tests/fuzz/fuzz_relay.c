@@ -31,9 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *ts = strstr(s, chan == SCH_RELAY_APP ? " app " : " ports ");
         if (!ts)
             abort();
-        int n = cm_secret_relay_hello(SECRET, id, chan == SCH_RELAY_APP ? "app" : "ports",
-                                      strtoll(ts + (chan == SCH_RELAY_APP ? 5 : 7), NULL, 10),
-                                      want);
+        int n =
+            cm_secret_relay_hello(SECRET, id, chan == SCH_RELAY_APP ? "app" : "ports",
+                                  strtoll(ts + (chan == SCH_RELAY_APP ? 5 : 7), NULL, 10), want);
         if (n < 2 || (size_t)n - 2 != size || memcmp(want, data, size) != 0)
             abort();
     } else if (rc != -EINVAL && rc != -ETIME && rc != -EACCES) {
@@ -44,8 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sch_relay_parse_listen(s, &ss, &len) == 0 && len > sizeof(ss))
         abort();
     for (int c = 0; c < 2; c++)
-        if (sch_relay_local_addr(s, (enum sch_relay_channel)c, &ss, &len) == 0 &&
-            len > sizeof(ss))
+        if (sch_relay_local_addr(s, (enum sch_relay_channel)c, &ss, &len) == 0 && len > sizeof(ss))
             abort();
     free(s);
     return 0;

@@ -45,16 +45,32 @@ TEST(patterns_parse_or_say_why_not)
 {
     struct cm_egress_entry e;
     const char *why = NULL;
-    const char *good[] = {"api.example.com", "API.Example.COM.", "*.pypi.org", "*", "*:443",
-                          "203.0.113.7", "203.0.113.0/24", "203.0.113.7:8080", "[2001:db8::7]",
-                          "[2001:db8::7]:443", "2001:db8::/32", "a_b.example:22",
-                          "0.0.0.0/0"};
+    const char *good[] = {
+        "api.example.com", "API.Example.COM.",  "*.pypi.org",     "*",
+        "*:443",           "203.0.113.7",       "203.0.113.0/24", "203.0.113.7:8080",
+        "[2001:db8::7]",   "[2001:db8::7]:443", "2001:db8::/32",  "a_b.example:22",
+        "0.0.0.0/0"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
         CHECK_MSG(cm_egress_parse(good[i], &e, &why) == 0, "%s: %s", good[i], why);
-    const char *bad[] = {"", "api..example", "-", "*.", "**.x", "a b", "x:0", "x:65536",
-                         "x:http", "203.0.113.7/33", "203.0.113.7/24", "1.2.3.256",
-                         "[2001:db8::7", "[host]", "2001:db8::/129", "x/8", "[::1]x",
-                         "ex*ample.com", "a.-b/3"};
+    const char *bad[] = {"",
+                         "api..example",
+                         "-",
+                         "*.",
+                         "**.x",
+                         "a b",
+                         "x:0",
+                         "x:65536",
+                         "x:http",
+                         "203.0.113.7/33",
+                         "203.0.113.7/24",
+                         "1.2.3.256",
+                         "[2001:db8::7",
+                         "[host]",
+                         "2001:db8::/129",
+                         "x/8",
+                         "[::1]x",
+                         "ex*ample.com",
+                         "a.-b/3"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK_MSG(cm_egress_parse(bad[i], &e, &why) == -EINVAL, "taken: '%s'", bad[i]);
 }
@@ -107,13 +123,26 @@ TEST(special_addresses_need_an_explicit_address_pattern)
     const char *allow[] = {"*", "10.1.2.3", NULL};
     const char *deny[] = {"203.0.113.66", NULL};
     policy(allow, deny);
-    const char *special[] = {"127.0.0.1", "10.0.0.1", "172.16.5.5", "192.168.1.1",
-                             "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
-                             "255.255.255.255", "::1", "::", "fd00:ec2::254", "fe80::1",
-                             "ff02::1", "::ffff:127.0.0.1", "64:ff9b::a00:1", "::10.0.0.1"};
+    const char *special[] = {"127.0.0.1",
+                             "10.0.0.1",
+                             "172.16.5.5",
+                             "192.168.1.1",
+                             "169.254.169.254",
+                             "100.64.0.1",
+                             "0.0.0.0",
+                             "224.0.0.1",
+                             "255.255.255.255",
+                             "::1",
+                             "::",
+                             "fd00:ec2::254",
+                             "fe80::1",
+                             "ff02::1",
+                             "::ffff:127.0.0.1",
+                             "64:ff9b::a00:1",
+                             "::10.0.0.1"};
     for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); i++)
         CHECK_MSG(!addr_ok(special[i], 443), "allowed: %s", special[i]);
-    CHECK(addr_ok("10.1.2.3", 443));   /* listed by address (by the operator) */
+    CHECK(addr_ok("10.1.2.3", 443)); /* listed by address (by the operator) */
     CHECK(!addr_ok("10.1.2.4", 443));
     CHECK(addr_ok("203.0.113.7", 443));
     CHECK(!addr_ok("203.0.113.66", 443)); /* denied by address */

@@ -24,11 +24,11 @@ TEST(other_addresses_are_not_relay_addresses)
 {
     struct gw_relay_addr ra;
     const char *bad[] = {
-        "relay:10.0.0.5:7070/proc/",      "relay:10.0.0.5:7070/proc",
-        "relay:10.0.0.5:7070/box/n-1",    "relay:/proc/n-1",
-        "relay:10.0.0.5/proc/n-1",        "relay:10.0.0.5:7070/proc/n 1",
-        "relay:10.0.0.5:7070/proc/n/1",   "vm:127.0.0.1:4000",
-        "unix:/run/x/app.sock",           "relay:host.example:7070/proc/n-1",
+        "relay:10.0.0.5:7070/proc/",    "relay:10.0.0.5:7070/proc",
+        "relay:10.0.0.5:7070/box/n-1",  "relay:/proc/n-1",
+        "relay:10.0.0.5/proc/n-1",      "relay:10.0.0.5:7070/proc/n 1",
+        "relay:10.0.0.5:7070/proc/n/1", "vm:127.0.0.1:4000",
+        "unix:/run/x/app.sock",         "relay:host.example:7070/proc/n-1",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK_MSG(gw_relay_addr_parse(bad[i], &ra) < 0, "taken: %s", bad[i]);
