@@ -229,6 +229,35 @@ def test_loadgen_reports_refused_connections():
     assert doc["prepare_failed"] is True and doc["requests"] == 0
 
 
+# ------------------------------------------------------------------ bench/relay --quick
+
+def test_bench_relay_quick(tmp_path):
+    """bench/relay: both stacks (direct, relay) measured in each phase, the relay really on the
+    path of the second (its sessions' instances are relay: addresses), no errors, nothing left
+    running (the stacks' sandboxes and cgroups)."""
+    from conftest import _skip_unless_root
+    _skip_unless_root()
+    out = tmp_path / "relay.json"
+    p = subprocess.run([PY, str(REPO / "bench" / "relay"), "--quick", "--build-dir",
+                        str(BUILD_DIR), "--out", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300 * SLOW,
+                       env=sanitizer_env(), cwd=str(REPO))
+    stdout, stderr = p.stdout.decode(), p.stderr.decode(errors="replace")
+    assert p.returncode == 0, "bench/relay exited %d\n%s\n%s" % (p.returncode, stdout,
+                                                                  stderr[-4000:])
+    for phase in ("closed", "open", "newconn"):
+        assert "| %s | relay / direct |" % phase in stdout, stdout
+    runs = json.loads(out.read_text())["runs"]
+    for phase in ("closed", "open", "newconn"):
+        for kind in ("direct", "relay"):
+            (r,) = runs[phase][kind]
+            assert r["responses_all"] > 0 and r["errors_total"] == 0, (phase, kind, r)
+            assert r["daemon_cpu_s"] > 0, (phase, kind)
+            assert r["instance_addr"].startswith("relay:" if kind == "relay" else "unix:"), r
+    left = subprocess.run(["pgrep", "-f", "berth-bench-br"], stdout=subprocess.PIPE)
+    assert not left.stdout, left.stdout
+
+
 # ------------------------------------------------------------------ bench/run --quick
 
 def test_bench_run_quick(tmp_path):
