@@ -431,8 +431,47 @@ static void on_resync(struct redisReply *reply, const char *err, void *data)
     sch_inst_unref(inst);
 }
 
+/* A pool list may hold ids of instances that are gone: after a failover, the new primary
+ * kept an entry whose removal the old one took (or never got). Each such entry is taken out,
+ * so that no claim binds a session to it. */
+static void on_pool_entries(struct redisReply *reply, const char *err, void *data)
+{
+    struct sch_ctx *ctx = data;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || ctx->stopping)
+        return;
+    for (size_t k = 0; k + 1 < reply->elements; k += 2) { /* key, then its entries */
+        const redisReply *key = reply->element[k], *ids = reply->element[k + 1];
+        if (key->type != REDIS_REPLY_STRING || ids->type != REDIS_REPLY_ARRAY)
+            continue;
+        for (size_t i = 0; i < ids->elements; i++) {
+            const redisReply *id = ids->element[i];
+            if (id->type != REDIS_REPLY_STRING)
+                continue;
+            struct sch_inst *inst = sch_inst_find(ctx, id->str);
+            if (inst && (inst->state == SCH_INST_WARM || inst->state == SCH_INST_STARTING))
+                continue;
+            cm_log_warn("recover", "resync: a pool lists an instance that is not warm here: "
+                                   "removed inst=%s",
+                        id->str);
+            const char *argv[] = {"LREM", key->str, "0", id->str};
+            sch_redis(ctx, on_logged, ctx, 4, argv);
+        }
+    }
+}
+
 void sch_recover_resync(struct sch_ctx *ctx)
 {
+    for (size_t t = 0; t < ctx->cfg->n_templates; t++) {
+        const struct cm_template *tpl = &ctx->cfg->templates[t];
+        if (!sch_template_started_here(tpl))
+            continue;
+        char key[256];
+        sch_key(ctx, key, sizeof(key), "pool:%s:%s", ctx->sc->host_id, tpl->name);
+        /* One reply that names its key (the callback needs it) and holds its entries. */
+        const char *argv[] = {"EVAL", "return {KEYS[1], redis.call('LRANGE', KEYS[1], 0, -1)}",
+                              "1", key};
+        sch_redis(ctx, on_pool_entries, ctx, 4, argv);
+    }
     for (struct sch_inst *i = ctx->insts; i; i = i->next) {
         if (i->state != SCH_INST_WARM || i->pushing)
             continue;

@@ -323,6 +323,18 @@ static void on_command(const char *channel, const char *msg, size_t len, void *d
     if (strcmp(verb, "bind") == 0 && arg) {
         if (!inst) {
             cm_log_warn("cmd", "bind for an unknown instance inst=%s session=%s", id, arg);
+            /* An instance of ours that is gone, still listed in Redis (a failover that kept
+             * a pool entry whose removal the old primary never saw): the session must not
+             * stay bound to it. The lost script marks it lost, so its next request follows
+             * on_lost. Not while recovering: adoption is still finding our instances. */
+            size_t hl = strlen(ctx->sc->host_id);
+            if (ctx->recovered && !ctx->recovering && strncmp(id, ctx->sc->host_id, hl) == 0 &&
+                id[hl] == '-') {
+                char now[24];
+                snprintf(now, sizeof(now), "%" PRIu64, cm_now_wall_ms());
+                const char *argv[] = {ctx->cfg->redis.prefix, id, now, "unknown to its host"};
+                sch_script(ctx, CM_SCRIPT_LOST, on_logged, ctx, 4, argv);
+            }
             return;
         }
         sch_inst_bind(inst, arg);

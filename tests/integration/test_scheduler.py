@@ -818,3 +818,27 @@ def test_activity_keeps_a_session_past_its_idle_timeout(make_stack):
         return r
     r = wait_until(fresh, 10 * SLOW, "a fresh instance for the released session")
     assert r.header("x-berth-instance") != inst, r
+
+
+def test_a_pool_entry_of_an_instance_that_is_gone_does_not_hold_a_session(make_stack):
+    """A failover can leave a pool entry whose instance the host already ended (its removal
+    went to the old primary). The claim binds a session to it; its host, told to bind an
+    instance it does not know, marks it lost, and the session's next request gets a new
+    instance (on_lost: replace) instead of failing for ever."""
+    s = make_stack({"templates": [echo_template(pool={"min": 1, "max": 2})]})
+    ghost = "%s-deadbeef" % s.host_id
+    s.redis.cmd("HSET", s.key("i:", ghost), "host", s.host_id, "template", "echo", "state",
+                "warm", "addr", "unix:%s/nonexistent/app.sock" % s.base, "driver", "process")
+    pool = s.key("pool:%s:echo" % s.host_id)
+    # Whichever end the claim pops from, the ghost is what it gets.
+    s.redis.cmd("DEL", pool)
+    s.redis.cmd("RPUSH", pool, ghost)
+    r = s.get("/", session="ghost-1", timeout=30)
+    assert r.status in (200, 502), r
+    if r.status == 502:
+        wait_until(lambda: "bind for an unknown instance\" inst=%s" % ghost in s.scheduler.log(),
+                   10 * SLOW, "the host told to bind the ghost")
+        wait_until(lambda: s.get("/", session="ghost-1", timeout=30).status == 200, 20 * SLOW,
+                   "the session on a new instance")
+    r = s.get("/", session="ghost-1")
+    assert r.status == 200 and r.header("x-berth-instance") != ghost, r
