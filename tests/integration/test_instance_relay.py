@@ -58,10 +58,10 @@ def hello(inst, channel="app", ts=None, secret=SCHED_SECRET):
     return ("BERTH-RELAY %s %s %d %s\r\n" % (inst, channel, ts, mac)).encode()
 
 
-def talk(port, data, timeout=10):
+def talk(port, data, timeout=10, host="127.0.0.1"):
     """Connects to the relay, sends <data>, and returns every byte it answers until it closes
     (or <timeout> seconds pass: then None)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as c:
+    with socket.create_connection((host, port), timeout=timeout * SLOW) as c:
         if data:
             c.sendall(data)
         got = b""
@@ -153,7 +153,8 @@ def test_the_relay_gives_nothing_without_the_gateways_line(rstack):
     assert r.status == 200, r
     inst = r.header("x-berth-instance")
     port = s.relay_port
-    request = b"GET / HTTP/1.1\r\nHost: x\r\nx-fc-session-id: rl-hostile\r\nConnection: close\r\n\r\n"
+    request = (b"GET / HTTP/1.1\r\nHost: x\r\nx-fc-session-id: rl-hostile\r\n"
+               b"Connection: close\r\n\r\n")
     refused0 = sched_status(s)["relay"]["refused"]
     # The positive control: the same request after a right line is answered by the instance.
     ok = talk(port, hello(inst) + request)

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -36,6 +35,7 @@ from conftest import (SCHED_SECRET, SLOW, Proc, RedisClient, _mounts_under, _rem
                       logged_cgroup_parents, make_config, remove_cgroup_dirs, wait_until,
                       write_config)
 from netns import Net
+from test_instance_relay import talk
 
 pytestmark = pytest.mark.berth_timeout(900)
 
@@ -255,19 +255,8 @@ def hello(inst, ts=None):
 
 
 def raw(w, host, port, data):
-    def go():
-        with socket.create_connection((w.a(host), port), timeout=10 * SLOW) as c:
-            c.sendall(data)
-            got = b""
-            try:
-                while True:
-                    b = c.recv(65536)
-                    if not b:
-                        return got
-                    got += b
-            except ConnectionResetError:
-                return got
-    return w.on_client(go)
+    """What a relay on <host> answers to <data> from the client's namespace."""
+    return w.on_client(talk, port, data, 10, w.a(host))
 
 
 def test_many_hosts_in_network_namespaces(world):
