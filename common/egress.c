@@ -11,6 +11,13 @@
 #include "config.h"
 #include "json.h"
 
+/* ::ffff:a.b.c.d (bytes: an in6_addr may not be aligned where these are kept) */
+static int v4mapped(const uint8_t *a)
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(a, prefix, 12) == 0;
+}
+
 /* A host name of letters, digits, '-', '_' and dots (labels 1..63), lower-cased into <out>
  * without a trailing dot. Returns 0 or -1. */
 static int normal_name(const char *s, size_t len, char *out)
@@ -118,7 +125,7 @@ int cm_egress_parse(const char *pattern, struct cm_egress_entry *ret, const char
         }
         e.prefix = (uint8_t)(slash ? bits : 128);
     }
-    if (e.family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)e.addr) && e.prefix >= 96) {
+    if (e.family == AF_INET6 && v4mapped(e.addr) && e.prefix >= 96) {
         /* ::ffff:a.b.c.d/n is a.b.c.d/(n-96): the proxy judges such an address as IPv4. */
         memmove(e.addr, e.addr + 12, 4);
         memset(e.addr + 4, 0, 12);
@@ -252,7 +259,7 @@ int cm_egress_host_allowed(const struct cm_egress_policy *p, const char *host, u
         family = AF_INET;
     } else if (inet_pton(AF_INET6, host, a) == 1) {
         family = AF_INET6;
-        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)a)) { /* judged as the IPv4 address */
+        if (v4mapped(a)) { /* judged as the IPv4 address */
             memmove(a, a + 12, 4);
             family = AF_INET;
         }
