@@ -53,6 +53,7 @@ struct op {
     struct cm_httpd_req *req; /* NULL once answered */
     enum op_kind kind;
     const struct cm_tenant *tenant;
+    const struct cm_api_key *api_key; /* the caller's key's own limits, or NULL */
     char h[CM_HASH_HEX_LEN + 1];
     int waiting; /* Redis replies still to come */
     int failed;  /* one of them failed */
@@ -84,6 +85,9 @@ struct gw_api {
     struct op *ops;
     struct gw_events *events;
     struct gw_metrics *m; /* the admin loop's shard (gw_api_create) */
+    /* The key of the call being dispatched (gw_api_handle, synchronously): its own limits
+     * (tenants[].api_keys), or NULL. */
+    const struct cm_api_key *caller_key;
 };
 
 void gw_api_reply(struct cm_httpd_req *req, int status, const char *ctype, const char *body,
@@ -142,6 +146,7 @@ static struct op *op_new(struct gw_api *api, struct cm_httpd_req *req, enum op_k
     op->req = req;
     op->kind = kind;
     op->tenant = t;
+    op->api_key = api->caller_key;
     op->ok_status = 200;
     op->next = api->ops;
     if (api->ops)
@@ -294,21 +299,6 @@ static void key_id(struct cm_httpd_req *req, char out[13])
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
-/* The caller's key's own limits (tenants[].api_keys), or NULL. */
-static const struct cm_api_key *key_of(const struct gw_api *api, struct cm_httpd_req *req)
-{
-    size_t n = 0;
-    const char *h = cm_bearer_token(cm_httpd_header(req, "Authorization"), &n);
-    if (!h || n > API_KEY_MAX)
-        return NULL;
-    char key[API_KEY_MAX + 1];
-    memcpy(key, h, n);
-    key[n] = '\0';
-    const struct cm_api_key *k = NULL;
-    cm_config_key(api->gc->common, key, &k);
-    return k;
-}
-
 /* --- POST /v1/sessions -------------------------------------------------------------------- */
 
 /* The session was bound but could not be read back: answer from what the claim told us. */
@@ -436,7 +426,7 @@ static void handle_create(struct gw_api *api, struct cm_httpd_req *req, const st
         .idle_ms = op->create.idle_ms,
         .meta = op->create.meta,
         .key_id = kid,
-        .api_key = key_of(api, req),
+        .api_key = op->api_key,
     };
     op->claim = gw_claim_start(api->claimer, &cr, create_on_claim, op);
     if (!op->claim) {
@@ -756,8 +746,7 @@ static void channel_on_session(redisReply *r, const char *err, void *data)
         op->req = NULL;
         struct gw_exec_audit audit = {.redis = op->api->redis,
                                       .tenant = op->tenant->name,
-                                      .max_execs = cm_limit_max_execs(op->tenant,
-                                                                      key_of(op->api, req)),
+                                      .max_execs = cm_limit_max_execs(op->tenant, op->api_key),
                                       .m = op->api->m,
                                       .tenant_idx = (size_t)(op->tenant -
                                                              op->api->gc->common->tenants)};
@@ -996,8 +985,10 @@ static void handle_list(struct gw_api *api, struct cm_httpd_req *req, const stru
 
 /* --- routing ------------------------------------------------------------------------------ */
 
-static const struct cm_tenant *authenticate(const struct gw_api *api, struct cm_httpd_req *req)
+/* The caller's tenant (and its key's own limits in api->caller_key), or NULL. */
+static const struct cm_tenant *authenticate(struct gw_api *api, struct cm_httpd_req *req)
 {
+    api->caller_key = NULL;
     const char *h = cm_httpd_header(req, "Authorization");
     if (!h)
         return NULL;
@@ -1008,7 +999,7 @@ static const struct cm_tenant *authenticate(const struct gw_api *api, struct cm_
     char key[API_KEY_MAX + 1];
     memcpy(key, h, n);
     key[n] = '\0';
-    return cm_config_tenant_by_key(api->gc->common, key);
+    return cm_config_key(api->gc->common, key, &api->caller_key);
 }
 
 /* "{id}" of "/v1/sessions/{id}" or "/v1/sessions/{id}/{action}" (one non-empty segment each),
