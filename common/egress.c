@@ -189,12 +189,6 @@ int cm_egress_add(struct cm_egress_policy *p, int deny, int trusted, const char 
     return rc;
 }
 
-int cm_egress_is_literal(const char *host)
-{
-    uint8_t b[16];
-    return inet_pton(AF_INET, host, b) == 1 || inet_pton(AF_INET6, host, b) == 1;
-}
-
 static int net_match(const struct cm_egress_entry *e, int family, const uint8_t *a)
 {
     if (e->kind != CM_EGRESS_NET || e->family != family)

@@ -71,8 +71,6 @@ int cm_egress_special(const struct sockaddr *sa);
 /* 1 when <sa> is loopback or unspecified (or no IPv4/IPv6 address): never reachable. */
 int cm_egress_never(const struct sockaddr *sa);
 
-/* 1 when <host> is an address literal (IPv4 dotted quad, or IPv6). */
-int cm_egress_is_literal(const char *host);
 
 /* A session's own lists, as the control API takes them and Redis keeps them (P s:{h} egress):
  * {"allow": ["pattern", ...], "deny": [...]}, both optional, at most <max_each> entries each.

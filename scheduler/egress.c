@@ -524,14 +524,13 @@ static int is_local(const struct sockaddr *sa)
     return 0;
 }
 
-/* Keeps the allowed addresses among those found for the destination; connects. */
-static void with_addresses(struct conn *c, struct sockaddr_storage *found, socklen_t *lens,
-                           unsigned n)
+/* c->addrs[0..n_addrs) are what the destination is: keeps the allowed ones, in order. */
+static void with_addresses(struct conn *c)
 {
     const struct cm_egress_policy *p = c->in ? c->in->policy : NULL;
-    c->n_addrs = c->next_addr = 0;
-    for (unsigned i = 0; i < n && p; i++) {
-        struct sockaddr *sa = (struct sockaddr *)&found[i];
+    unsigned kept = 0;
+    for (unsigned i = 0; i < c->n_addrs && p; i++) {
+        struct sockaddr *sa = (struct sockaddr *)&c->addrs[i];
         if (sa->sa_family == AF_INET)
             ((struct sockaddr_in *)sa)->sin_port = htons(c->head.port);
         else if (sa->sa_family == AF_INET6)
@@ -540,9 +539,11 @@ static void with_addresses(struct conn *c, struct sockaddr_storage *found, sockl
             continue;
         if (!cm_egress_addr_allowed(p, sa) || is_local(sa))
             continue;
-        c->addrs[c->n_addrs] = found[i];
-        c->addr_lens[c->n_addrs++] = lens[i];
+        c->addrs[kept] = c->addrs[i];
+        c->addr_lens[kept++] = c->addr_lens[i];
     }
+    c->n_addrs = kept;
+    c->next_addr = 0;
     if (c->n_addrs == 0) {
         refuse(c, 403, "address",
                "it resolves to no address this sandbox may reach (private, loopback, "
@@ -589,12 +590,7 @@ static void on_next(evutil_socket_t fd, short what, void *arg)
                c->dns_result ? evutil_gai_strerror(c->dns_result) : "the name has no address");
         return;
     }
-    struct sockaddr_storage found[MAX_ADDRS];
-    socklen_t lens[MAX_ADDRS];
-    unsigned n = c->n_addrs;
-    memcpy(found, c->addrs, sizeof(found));
-    memcpy(lens, c->addr_lens, sizeof(lens));
-    with_addresses(c, found, lens, n);
+    with_addresses(c);
 }
 
 /* The head is in c->buf: decide. */
@@ -615,18 +611,19 @@ static void on_head(struct conn *c)
         refuse(c, 403, "policy", "not in this session's egress allow list");
         return;
     }
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    socklen_t sl = 0;
-    if (inet_pton(AF_INET, c->head.host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-        ss.ss_family = AF_INET;
-        sl = sizeof(struct sockaddr_in);
-    } else if (inet_pton(AF_INET6, c->head.host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-        ss.ss_family = AF_INET6;
-        sl = sizeof(struct sockaddr_in6);
+    /* An address asked for as such: no lookup. */
+    struct sockaddr_storage *ss = &c->addrs[0];
+    memset(ss, 0, sizeof(*ss));
+    if (inet_pton(AF_INET, c->head.host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+        ss->ss_family = AF_INET;
+        c->addr_lens[0] = sizeof(struct sockaddr_in);
+    } else if (inet_pton(AF_INET6, c->head.host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+        ss->ss_family = AF_INET6;
+        c->addr_lens[0] = sizeof(struct sockaddr_in6);
     }
-    if (sl) {
-        with_addresses(c, &ss, &sl, 1);
+    if (ss->ss_family) {
+        c->n_addrs = 1;
+        with_addresses(c);
         return;
     }
     /* A sandbox's lookups in flight are few: a nameserver that never answers must not fill the
@@ -931,8 +928,8 @@ static void on_events(evutil_socket_t fd, short what, void *arg)
 static int spawn(struct sch_egress *e);
 
 struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct event_base *base,
-                                     sch_egress_event_cb cb, void *arg, char *const *wipe,
-                                     char *err, size_t errlen)
+                                     sch_egress_event_cb cb, sch_egress_bytes_cb bytes_cb,
+                                     void *arg, char *const *wipe, char *err, size_t errlen)
 {
     struct sch_egress *e = calloc(1, sizeof(*e));
     if (!e) {
@@ -941,6 +938,7 @@ struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct 
     }
     e->ec = ec;
     e->cb = cb;
+    e->bytes_cb = bytes_cb;
     e->cb_arg = arg;
     e->wipe = wipe;
     e->ctl = e->pidfd = -1;
@@ -988,11 +986,6 @@ static int spawn(struct sch_egress *e)
     return 0;
 sysfail:
     return -1;
-}
-
-void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb)
-{
-    e->bytes_cb = cb;
 }
 
 int sch_egress_exit_fd(const struct sch_egress *e)

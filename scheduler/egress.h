@@ -46,16 +46,14 @@ typedef void (*sch_egress_event_cb)(const char *id, const char *tenant, const ch
  * (<in>) its destinations since the last report (reports come once a second). */
 typedef void (*sch_egress_bytes_cb)(const char *id, const char *session, uint64_t out, uint64_t in,
                                     void *arg);
-/* Sets the byte reports' callback (called on the scheduler's loop, with the events' <arg>). */
-void sch_egress_on_bytes(struct sch_egress *e, sch_egress_bytes_cb cb);
 
 /* Forks the proxy process (it runs as nobody, and overwrites its copies of the strings of
  * <wipe>, NULL-terminated, borrowed: the scheduler's secrets). <base>: the scheduler's loop,
- * where <cb> runs. Returns a new proxy (free with sch_egress_destroy()) or NULL with a message
- * in <err>. */
+ * where <cb> (audit events) and <bytes_cb> (byte counts) run with <arg>. Returns a new proxy
+ * (free with sch_egress_destroy()) or NULL with a message in <err>. */
 struct sch_egress *sch_egress_create(const struct sch_egress_config *ec, struct event_base *base,
-                                     sch_egress_event_cb cb, void *arg, char *const *wipe,
-                                     char *err, size_t errlen);
+                                     sch_egress_event_cb cb, sch_egress_bytes_cb bytes_cb,
+                                     void *arg, char *const *wipe, char *err, size_t errlen);
 /* Ends the proxy process (connections through it end). Takes NULL. */
 void sch_egress_destroy(struct sch_egress *e);
 /* A descriptor readable (POLLIN) once the proxy process ended (a crash: it ends only with us). */

@@ -97,19 +97,15 @@ int sch_egress_start(struct sch_ctx *ctx, char *err, size_t errlen)
     if (!ctx->sc->egress.enabled)
         return 0;
     /* The proxy needs none of the scheduler's secrets: its copies are overwritten. */
+    /* (api_secret is required; a NULL password ends the list early.) */
     static char *wipe[3];
     wipe[0] = ctx->sc->api_secret;
     wipe[1] = ctx->cfg->redis.password;
     wipe[2] = NULL;
-    if (!wipe[0]) {
-        wipe[0] = wipe[1];
-        wipe[1] = NULL;
-    }
-    ctx->egress =
-        sch_egress_create(&ctx->sc->egress, ctx->base, on_proxy_event, ctx, wipe, err, errlen);
+    ctx->egress = sch_egress_create(&ctx->sc->egress, ctx->base, on_proxy_event, on_proxy_bytes,
+                                    ctx, wipe, err, errlen);
     if (!ctx->egress)
         return -1;
-    sch_egress_on_bytes(ctx->egress, on_proxy_bytes);
     ctx->egress_ev =
         event_new(ctx->base, sch_egress_exit_fd(ctx->egress), EV_READ, on_proxy_exit, ctx);
     if (!ctx->egress_ev || event_add(ctx->egress_ev, NULL) < 0) {
