@@ -509,6 +509,15 @@ static int is_local(const struct sockaddr *sa)
             return 1; /* unknown: refuse rather than risk the host */
         read_at = now;
     }
+    /* ::ffff:a.b.c.d reaches a.b.c.d: judged as that IPv4 address. */
+    struct sockaddr_in mapped;
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    if (sa->sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+        memset(&mapped, 0, sizeof(mapped));
+        mapped.sin_family = AF_INET;
+        memcpy(&mapped.sin_addr, (const uint8_t *)&s6->sin6_addr + 12, 4);
+        sa = (const struct sockaddr *)&mapped;
+    }
     for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
         const struct sockaddr *a = i->ifa_addr;
         if (!a || a->sa_family != sa->sa_family)

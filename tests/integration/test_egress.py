@@ -83,7 +83,7 @@ class World:
                                                  "self.test"],
                                        "deny": ["bad.wild.test"]})
         ops = echo_template("ops", pool={"min": 0, "max": 2},
-                            egress={"allow": ["private.test", PRIVATE]})
+                            egress={"allow": ["private.test", PRIVATE, "203.0.113.2"]})
         self.cfg = make_config(self.base, "127.0.0.1:%d" % rport, ports, {
             "templates": [closed, opened, ops],
             "scheduler": {"capacity": 64,
@@ -220,6 +220,17 @@ def test_without_a_policy_nothing_is_reachable(w):
                           "2>/dev/null | grep -i '_proxy=' | sort -u")
     assert "HTTP_PROXY=http://127.0.0.1:3128" in out and "https_proxy=http://127.0.0.1:3128" in \
         out and "NO_PROXY=localhost,127.0.0.1,::1" in out, out
+    # No process the tenant runs holds the proxy's listener (the agent keeps it close-on-exec):
+    # nothing in the sandbox can accept the others' connections or stand in for the proxy.
+    code, out = w.sh(sid, "while read sl local rem st q t r uid to ino rest; do "
+                          "[ \"$local $st\" = \"0100007F:0C38 0A\" ] && inode=$ino; "
+                          "done < /proc/net/tcp; echo inode=$inode; "
+                          "echo readable=$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c socket); "
+                          "echo holders=$(ls -l /proc/[0-9]*/fd 2>/dev/null | "
+                          "grep -c \"socket:\\[$inode\\]\")")
+    kv = dict(x.split("=", 1) for x in out.split())
+    assert kv["inode"].isdigit() and int(kv["readable"]) > 0, out  # it is there; fds are seen
+    assert kv["holders"] == "0", out
 
 
 def test_an_allowed_name_is_reached_and_nothing_else_on_its_address(w):
@@ -402,6 +413,11 @@ def test_the_proxys_own_host_is_never_a_destination(w):
     sid = w.session("open")
     st, h, body = w.curl(sid, "http://self.test:%d/v1/status" % w.ports["scheduler"])
     assert st == 403 and h.get("x-berth-egress") == "address", (st, h, body)
+    # Even the operator's own address entry for it, asked for as such or IPv4-mapped.
+    sid = w.session("ops")
+    for host in ("203.0.113.2", "[::ffff:203.0.113.2]"):
+        st, h, body = w.curl(sid, "http://%s:%d/v1/status" % (host, w.ports["scheduler"]))
+        assert st == 403 and h.get("x-berth-egress") == "address", (host, st, h, body)
 
 
 def test_one_request_per_proxied_connection(w):
