@@ -217,8 +217,6 @@ static char **build_argv(const struct pdriver *d, const struct sch_start_spec *s
                            conns,
                            "--max-execs",
                            execs,
-                           "--egress-fd",
-                           fds[SCH_FD_EGRESS],
                            "--"};
     size_t k = 0;
     for (size_t i = 0; i < CM_ARRAY_SIZE(fixed); i++)

@@ -39,8 +39,9 @@ enum {
     SCH_FD_CTL = 7,   /* listening socket: control ({dir}/sock/ctl.sock) */
     SCH_FD_EXIT = 8,  /* {dir}/exit, opened by the host for writing the agent's account */
     /* listening TCP socket 127.0.0.1:<egress_port> in the sandbox's network namespace: the
-     * egress proxy's door (scheduler/egress.h). The agent only holds it (close-on-exec, never
-     * accepted on); the scheduler takes a copy. /dev/null when the sandbox has none. */
+     * egress proxy's door (scheduler/egress.h). The agent only holds it (never accepts on it;
+     * the app and commands it starts get no descriptor from 3 up); the scheduler takes a copy.
+     * /dev/null when the sandbox has none. */
     SCH_FD_EGRESS = 9,
     SCH_FD_COUNT = 10,
 };

@@ -96,7 +96,6 @@ struct agent {
     const char *id;
     const char *sock_dir;
     int app_fd, ports_fd, ctl_fd, exit_fd; /* host-made, or -1 (then sock_dir) */
-    int egress_fd; /* the egress proxy's listener: held, never accepted on (-1: none) */
     uint16_t port;
     int ready_fd;
     uint64_t log_max, log_written;
@@ -202,7 +201,7 @@ static uint64_t num_arg(const char *name, const char *v, uint64_t min, uint64_t 
 static void set_defaults(void)
 {
     A.ready_fd = -1;
-    A.app_fd = A.ports_fd = A.ctl_fd = A.exit_fd = A.egress_fd = -1;
+    A.app_fd = A.ports_fd = A.ctl_fd = A.exit_fd = -1;
     A.log_max = 1 << 20;
     A.relay_cfg.buffer = 64 << 10;
     A.relay_cfg.max_conns = 1024;
@@ -236,8 +235,6 @@ static void parse_args(int argc, char **argv)
             A.ctl_fd = (int)num_arg(a, v, 0, 65535);
         else if (strcmp(a, "--exit-fd") == 0)
             A.exit_fd = (int)num_arg(a, v, 0, 65535);
-        else if (strcmp(a, "--egress-fd") == 0)
-            A.egress_fd = (int)num_arg(a, v, 0, 65535);
         else if (strcmp(a, "--ready-fd") == 0)
             A.ready_fd = (int)num_arg(a, v, 0, 65535);
         else if (strcmp(a, "--hold-ms") == 0)
@@ -827,11 +824,6 @@ int main(int argc, char **argv)
     if (A.ready_fd >= 0)
         fcntl(A.ready_fd, F_SETFD, FD_CLOEXEC);
     int app_fd, ports_fd, ctl_fd;
-    /* The host accepts on it (scheduler/egress.h); the app must not inherit it. */
-    if (A.egress_fd >= 0 && fcntl(A.egress_fd, F_SETFD, FD_CLOEXEC) < 0) {
-        logf_("egress fd %d: %s", A.egress_fd, strerror(errno));
-        agent_exit(127);
-    }
     if (A.sock_dir) {
         app_fd = listen_unix("app.sock", 0666);
         ports_fd = listen_unix("ports.sock", 0666);
