@@ -254,8 +254,19 @@ def test_bench_relay_quick(tmp_path):
             assert r["responses_all"] > 0 and r["errors_total"] == 0, (phase, kind, r)
             assert r["daemon_cpu_s"] > 0, (phase, kind)
             assert r["instance_addr"].startswith("relay:" if kind == "relay" else "unix:"), r
-    left = subprocess.run(["pgrep", "-f", "berth-bench-br"], stdout=subprocess.PIPE)
-    assert not left.stdout, left.stdout
+    # The stacks' sandboxes (host ids br<hex>) are gone, and so are their cgroups.
+    left = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/environ" % d, "rb") as f:
+                if b"BERTH_INSTANCE_ID=br" in f.read():
+                    left.append(d)
+        except OSError:
+            pass
+    assert not left, left
+    import glob
+    assert not glob.glob("/sys/fs/cgroup/*/berth-bench-br*"), glob.glob(
+        "/sys/fs/cgroup/*/berth-bench-br*")
 
 
 # ------------------------------------------------------------------ bench/run --quick
